@@ -1,0 +1,61 @@
+"""jupyter_staging: stage data into Jupyter as tracked, resumable jobs, optionally as chunked Parquet.
+
+In a notebook::
+
+    %load_ext jupyter_staging
+    job = %stage /archive/kepler/kplr010666592-2009131110544_slc.fits --to-parquet --wait
+    df = job.to_pandas()
+
+or ``jupyter_staging.stage(source, destination=None, *, method=None, to_parquet=False, ...)``.
+Nothing heavy is imported until used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from .client import Job
+
+__all__ = ["Job", "__version__", "jobs", "load_ipython_extension", "stage"]
+
+
+def stage(source: str, destination: str | None = None, **kwargs: Any) -> Job:
+    """Stage ``source`` into ``destination``; see :func:`jupyter_staging.client.stage`."""
+    from .client import stage as _stage
+
+    return _stage(source, destination, **kwargs)
+
+
+def jobs(**kwargs: Any) -> list[Job]:
+    """The staging jobs, newest first; see :func:`jupyter_staging.client.list_jobs`."""
+    from .client import list_jobs
+
+    return list_jobs(**kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Job":
+        from .client import Job
+
+        return Job
+    raise AttributeError(name)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext jupyter_staging``: registers the ``%stage`` magic."""
+    from .magics import StagingMagics
+
+    ipython.register_magics(StagingMagics)
+
+
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    from .server.app import StagingApp
+
+    return [{"module": "jupyter_staging", "app": StagingApp}]
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    return [{"src": "labextension", "dest": "jupyter-staging"}]

@@ -1,0 +1,114 @@
+"""Errors of the staging engine.
+
+Every error the engine raises on purpose is a :class:`StagingError`: it carries a stable machine-readable
+``code`` (clients branch on it; it is part of the wire contract), a human ``message`` that never holds a
+traceback, a token or a presigned signature, and the HTTP ``status`` an adapter should answer with.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StagingError(Exception):
+    """Base of every deliberate staging error.
+
+    Parameters
+    ----------
+    message:
+        What went wrong, for a person. Must not contain secrets.
+    code:
+        Stable identifier such as ``"source_not_found"``; defaults to the class's ``code``.
+    status:
+        HTTP status an adapter answers with (400 for bad input, 404 for unknown ids, ...).
+    """
+
+    code: str = "staging_error"
+    status: int = 500
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as the wire format's ``{"code", "message"}`` object."""
+        return {"code": self.code, "message": self.message}
+
+
+class InvalidRequest(StagingError):
+    """The request is malformed or names something that is not allowed (HTTP 400)."""
+
+    code = "invalid_request"
+    status = 400
+
+
+class PathNotAllowed(InvalidRequest):
+    """A destination or source path escapes its allowed root, or targets a protected name (HTTP 400)."""
+
+    code = "path_not_allowed"
+
+
+class DestinationExists(StagingError):
+    """The destination already holds a file the job would write; nothing is overwritten (HTTP 409)."""
+
+    code = "destination_exists"
+    status = 409
+
+
+class SourceNotFound(StagingError):
+    """The source does not exist or cannot be read (HTTP 400 at creation, job error code later)."""
+
+    code = "source_not_found"
+    status = 400
+
+
+class JobNotFound(StagingError):
+    """No job (or chunk) with that id belongs to this owner (HTTP 404)."""
+
+    code = "job_not_found"
+    status = 404
+
+
+class InvalidState(StagingError):
+    """The job cannot do that in its present state, e.g. pausing a finished job (HTTP 409)."""
+
+    code = "invalid_state"
+    status = 409
+
+
+class TransferFailed(StagingError):
+    """Moving bytes failed after retries (network error, HTTP error status, S3 error)."""
+
+    code = "transfer_failed"
+    status = 502
+
+
+class VerificationFailed(StagingError):
+    """The bytes written do not match the size (or checksum) the source announced."""
+
+    code = "verification_failed"
+
+
+class SourceChanged(StagingError):
+    """The source changed (ETag, size or mtime) between two parts of one transfer."""
+
+    code = "source_changed"
+
+
+class ConversionFailed(StagingError):
+    """The source could not be converted to Parquet (not a table, unreadable, bad HDU index)."""
+
+    code = "conversion_failed"
+    status = 400
+
+
+class JobInterrupted(Exception):  # noqa: N818 - control flow, not an error a user sees
+    """Raised inside a worker when the job was asked to pause or cancel; ``reason`` says which."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -1,0 +1,609 @@
+"""The staging manager: creates, runs, steers and recovers jobs.
+
+This is the engine every surface calls — the server extension, the hub service, scripts and the
+in-process fallback of the magics. It is synchronous and thread-safe; it imports nothing from tornado,
+Jupyter or IPython. Callers on an event loop call it from a worker thread.
+
+Every state change is persisted in the :class:`~jupyter_staging.store.Store` before it is announced to
+listeners (``subscribe``), and jobs that were running when the process died are resumed by :meth:`start`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from .errors import (
+    DestinationExists,
+    InvalidRequest,
+    InvalidState,
+    JobNotFound,
+    StagingError,
+)
+from .executors import Executor, LocalExecutor
+from .manifest import MANIFEST_NAME, read_manifest
+from .models import (
+    TRANSITIONS,
+    ChunkState,
+    ConvertOptions,
+    CreateJob,
+    DescribeChunk,
+    DescribeJob,
+    JobError,
+    JobState,
+    ListJobsQuery,
+    ListJobsResponse,
+    Progress,
+)
+from .paths import resolve_destination
+from .redact import redact_text, redact_url
+from .sources import open_source
+from .store import ChunkRecord, JobRecord, Store, utcnow
+from .transfer import RateMeter
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[dict[str, Any]], None]
+
+#: Minimum seconds between two persisted / announced progress updates of one job.
+PROGRESS_INTERVAL = 0.25
+
+
+def default_name(source: str) -> str:
+    """A readable job name from a source: the file or folder name without its extension."""
+    if "://" in source:
+        path = unquote(urlsplit(source).path)
+    else:
+        path = source
+    base = PurePosixPath(path.rstrip("/")).name or "staging"
+    for suffix in (".gz", ".bz2", ".fz"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    stem = base.rsplit(".", 1)[0] if "." in base[1:] else base
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem).strip("._")
+    return safe[:100] or "staging"
+
+
+class LiveProgress:
+    """Counters a running job updates from its worker thread (bytes, rows) and their rate."""
+
+    def __init__(self, bytes_done: int = 0, rows_done: int = 0) -> None:
+        self.bytes_done = bytes_done
+        self.rows_done = rows_done
+        self.meter = RateMeter()
+        self.rate: float | None = None
+        self.last_flush = 0.0
+        self.lock = threading.Lock()
+
+
+class StagingManager:
+    """Owns the jobs of one staging area.
+
+    Parameters
+    ----------
+    root_dir:
+        Folder destinations are relative to and confined in (the Jupyter server's ``root_dir``).
+    db_url:
+        SQLAlchemy URL of the job database (``sqlite:///path.db`` by default).
+    staging_dir:
+        Default parent folder of destinations, relative to ``root_dir``.
+    source_roots:
+        When set, the only local folders a job may read.
+    max_concurrent_jobs:
+        Jobs running at once; others wait ``queued``.
+    executor_class:
+        :class:`~jupyter_staging.executors.Executor` subclass running the jobs.
+    """
+
+    def __init__(
+        self,
+        root_dir: str | os.PathLike[str],
+        *,
+        db_url: str,
+        staging_dir: str = "staging",
+        source_roots: list[str] | None = None,
+        max_concurrent_jobs: int = 4,
+        executor_class: type[Executor] = LocalExecutor,
+        default_owner: str | None = None,
+    ) -> None:
+        self.root_dir = Path(root_dir).resolve()
+        self.staging_dir = staging_dir
+        self.source_roots = list(source_roots) if source_roots else None
+        self.max_concurrent_jobs = max_concurrent_jobs
+        self.store = Store(db_url)
+        self.executor = executor_class(max_concurrent_jobs)
+        self.default_owner = default_owner or _current_user()
+        self._listeners: list[Listener] = []
+        self._controls: dict[str, Any] = {}
+        self._live: dict[str, LiveProgress] = {}
+        self._lock = threading.RLock()
+        self._create_lock = threading.Lock()
+        self._done = threading.Condition(self._lock)
+        self._stopped = False
+
+    # -- life cycle ---------------------------------------------------------------------------------
+
+    def start(self) -> list[str]:
+        """Recover after a restart: jobs left ``running`` or ``queued`` are queued again and resume from
+        their partial files. Returns the ids of the jobs resubmitted."""
+        resumed = []
+        for rec in self.store.list_jobs(
+            root=str(self.root_dir), states=[JobState.running.value, JobState.queued.value], limit=100000
+        ):
+            if rec.state == JobState.running.value:
+                self._log(rec.id, "warning", "the server stopped while this job ran; resuming it")
+                self._set_state(rec.id, JobState.queued)
+            resumed.append(rec.id)
+        for job_id in reversed(resumed):  # oldest first
+            self._submit(job_id)
+        return resumed
+
+    def stop(self, wait: bool = True) -> None:
+        """Pause nothing, persist progress and stop workers. Running jobs stay ``running`` in the
+        database so that the next :meth:`start` resumes them."""
+        self._stopped = True
+        with self._lock:
+            controls = list(self._controls.values())
+        for control in controls:
+            control.interrupt("shutdown")
+        self.executor.shutdown(wait=wait)
+        self.store.close()
+
+    # -- listeners ----------------------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(event)`` on every job change; returns a function that unsubscribes.
+
+        ``event`` is ``{"type": "job", "job": <DescribeJob as JSON dict>}``. Listeners are called from
+        worker threads and must not block.
+        """
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _announce(self, rec: JobRecord) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+            self._done.notify_all()
+        if not listeners:
+            return
+        event = {"type": "job", "job": self._describe(rec).model_dump(mode="json")}
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:  # a broken listener must not break a job
+                log.exception("staging event listener failed")
+
+    # -- public API ---------------------------------------------------------------------------------
+
+    def create(self, request: CreateJob, owner: str | None = None) -> tuple[DescribeJob, bool]:
+        """Validate ``request``, persist a ``queued`` job and submit it.
+
+        Returns ``(job, created)``; ``created`` is False when an earlier job of ``owner`` had the same
+        ``idempotency_key`` (that job is returned unchanged).
+
+        Raises :class:`InvalidRequest` / :class:`~jupyter_staging.errors.PathNotAllowed` (400) for bad
+        input, :class:`~jupyter_staging.errors.SourceNotFound` (400) for a missing local source and
+        :class:`DestinationExists` (409) when the destination already holds a job's output.
+        """
+        owner = owner or self.default_owner
+        with self._create_lock:
+            if request.idempotency_key:
+                existing = self.store.find_by_idempotency_key(owner, request.idempotency_key)
+                if existing is not None:
+                    return self._describe(existing), False
+            source = open_source(request.source, source_roots=self.source_roots)
+            method = request.method or source.default_method
+            if method not in source.methods:
+                raise InvalidRequest(
+                    f"method {method!r} does not apply to this source; use one of {', '.join(source.methods)}",
+                    code="invalid_method",
+                )
+            if request.convert is not None and method in ("hardlink", "symlink"):
+                raise InvalidRequest(
+                    "conversion to Parquet writes new files; it cannot be combined with "
+                    f"method {method!r}",
+                    code="invalid_method",
+                )
+            name = request.name or default_name(request.source)
+            job_id = str(uuid.uuid4())
+            destination = request.destination
+            if destination is None:
+                destination = f"{self.staging_dir.strip('/')}/{default_name(name)}"
+                dest_path, rel = resolve_destination(self.root_dir, destination)
+                if dest_path.exists():
+                    destination = f"{destination}-{job_id[:8]}"
+            dest_path, rel = resolve_destination(self.root_dir, destination)
+            if (dest_path / MANIFEST_NAME).exists():
+                raise DestinationExists(
+                    f"destination {rel!r} already holds a staged job's output; choose another folder"
+                )
+            if self._destination_in_use(rel):
+                raise DestinationExists(f"destination {rel!r} is used by another active job")
+            now = utcnow()
+            expires = now + timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else None
+            rec = JobRecord(
+                id=job_id,
+                owner=owner,
+                root=str(self.root_dir),
+                name=name,
+                source=request.source,
+                destination=rel,
+                method=method,
+                convert=request.convert.model_dump() if request.convert else None,
+                state=JobState.queued.value,
+                bytes_done=0,
+                chunks_done=0,
+                rows_done=0,
+                cleanup_policy=request.cleanup_policy,
+                idempotency_key=request.idempotency_key,
+                ttl_seconds=request.ttl_seconds,
+                created_at=now,
+                updated_at=now,
+                expires_at=expires,
+                resume={},
+            )
+            self.store.add_job(rec)
+        self._log(job_id, "info", f"job created: {source.describe()} -> {rel} ({method})")
+        self._announce(rec)
+        self._submit(job_id)
+        return self._describe(rec), True
+
+    def get(self, job_id: str, owner: str | None = None) -> DescribeJob:
+        """The job's status and progress. Raises :class:`JobNotFound` (404) for unknown or foreign ids."""
+        return self._describe(self._record(job_id, owner))
+
+    def list(self, owner: str | None = None, query: ListJobsQuery | None = None) -> ListJobsResponse:
+        """Jobs of ``owner`` newest first, filtered by ``query.state``, ``query.limit`` per page.
+
+        Raises :class:`InvalidRequest` for a malformed cursor.
+        """
+        query = query or ListJobsQuery()
+        owner = owner or self.default_owner
+        before = None
+        if query.cursor:
+            before = _decode_cursor(query.cursor)
+        states = [query.state.value] if query.state else None
+        recs = self.store.list_jobs(
+            owner, root=str(self.root_dir), states=states, limit=query.limit + 1, before=before
+        )
+        more = len(recs) > query.limit
+        recs = recs[: query.limit]
+        next_cursor = _encode_cursor(recs[-1]) if more and recs else None
+        return ListJobsResponse(jobs=[self._describe(r) for r in recs], next_cursor=next_cursor)
+
+    def cancel(self, job_id: str, owner: str | None = None) -> DescribeJob:
+        """Cancel a job and remove its partial output (and its output, for ``delete_always``).
+
+        Cancelling a finished job is a no-op that returns it. Raises :class:`JobNotFound`.
+        """
+        rec = self._record(job_id, owner)
+        state = JobState(rec.state)
+        if state.is_final:
+            return self._describe(rec)
+        with self._lock:
+            control = self._controls.get(job_id)
+        if control is not None and state == JobState.running:
+            self.store.update_job(job_id, requested=JobState.cancelled.value)
+            control.interrupt("cancelled")
+            self.wait(job_id, timeout=30, owner=owner)
+            return self.get(job_id, owner)
+        self._finish_cancelled(job_id)
+        return self.get(job_id, owner)
+
+    def pause(self, job_id: str, owner: str | None = None) -> DescribeJob:
+        """Stop moving bytes at the next block and keep the partial files; ``resume`` continues.
+
+        Raises :class:`InvalidState` (409) unless the job is queued, running or already paused.
+        """
+        rec = self._record(job_id, owner)
+        state = JobState(rec.state)
+        if state == JobState.paused:
+            return self._describe(rec)
+        if state not in (JobState.queued, JobState.running):
+            raise InvalidState(f"a {state.value} job cannot be paused")
+        with self._lock:
+            control = self._controls.get(job_id)
+            if control is not None:
+                self.store.update_job(job_id, requested=JobState.paused.value)
+                control.interrupt("paused")
+            else:
+                self._set_state(job_id, JobState.paused)
+        if control is not None:
+            self.wait(job_id, timeout=30, owner=owner, until=lambda s: s != JobState.running)
+        self._log(job_id, "info", "paused")
+        return self.get(job_id, owner)
+
+    def resume(self, job_id: str, owner: str | None = None) -> DescribeJob:
+        """Queue a paused job again; it continues from its partial files.
+
+        Raises :class:`InvalidState` (409) unless the job is paused (a queued or running job is returned
+        as it is).
+        """
+        rec = self._record(job_id, owner)
+        state = JobState(rec.state)
+        if state in (JobState.queued, JobState.running):
+            return self._describe(rec)
+        if state != JobState.paused:
+            raise InvalidState(f"a {state.value} job cannot be resumed")
+        self.store.update_job(job_id, requested=None)
+        self._set_state(job_id, JobState.queued)
+        self._log(job_id, "info", "resumed")
+        self._submit(job_id)
+        return self.get(job_id, owner)
+
+    def chunks(self, job_id: str, owner: str | None = None) -> list[DescribeChunk]:
+        """The job's chunks in index order. Raises :class:`JobNotFound`."""
+        self._record(job_id, owner)
+        return [_describe_chunk(c) for c in self.store.list_chunks(job_id)]
+
+    def ack(self, job_id: str, chunk_id: str, owner: str | None = None) -> DescribeChunk:
+        """Record that a consumer has read chunk ``chunk_id`` (its index); with the ``delete_on_ack``
+        policy its file is deleted at once. Acking twice is harmless.
+
+        Raises :class:`JobNotFound` (code ``chunk_not_found``) and :class:`InvalidState` (code
+        ``chunk_not_ready``) for a chunk whose file is not complete yet.
+        """
+        rec = self._record(job_id, owner)
+        try:
+            index = int(chunk_id)
+        except ValueError:
+            raise JobNotFound(f"no chunk {chunk_id!r} in job {job_id!r}", code="chunk_not_found") from None
+        chunk = self.store.get_chunk(job_id, index)
+        if chunk is None:
+            raise JobNotFound(f"no chunk {chunk_id!r} in job {job_id!r}", code="chunk_not_found")
+        if chunk.state == ChunkState.pending.value:
+            raise InvalidState(f"chunk {index} is not ready yet", code="chunk_not_ready")
+        if chunk.state == ChunkState.ready.value:
+            chunk = self.store.update_chunk(chunk.id, state=ChunkState.acked.value) or chunk
+            self._log(job_id, "info", f"chunk {index} acknowledged")
+            if rec.cleanup_policy == "delete_on_ack":
+                dest = (self.root_dir / rec.destination).resolve()
+                path = dest / chunk.path
+                if path.parent.resolve().is_relative_to(dest) and (path.is_file() or path.is_symlink()):
+                    path.unlink()
+                    self._log(job_id, "info", f"chunk {index} deleted on ack: {chunk.path}")
+            self._announce(self._record(job_id, owner))
+        return _describe_chunk(chunk)
+
+    def manifest(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
+        """The manifest of a succeeded job.
+
+        Raises :class:`JobNotFound`, and :class:`InvalidState` (code ``manifest_not_ready``) until the job
+        has succeeded.
+        """
+        rec = self._record(job_id, owner)
+        manifest = read_manifest(self.root_dir / rec.destination) if rec.state == "succeeded" else None
+        if manifest is None or manifest.get("job_id") != job_id:
+            raise InvalidState(
+                f"job is {rec.state}; its manifest is written when it succeeds", code="manifest_not_ready"
+            )
+        return manifest
+
+    def job_log(self, job_id: str, owner: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """The job's log lines, oldest first: ``{"time", "level", "message"}``. Raises :class:`JobNotFound`."""
+        self._record(job_id, owner)
+        return [
+            {"time": e.time.isoformat().replace("+00:00", "Z"), "level": e.level, "message": e.message}
+            for e in self.store.list_events(job_id, limit=limit)
+        ]
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        owner: str | None = None,
+        until: Callable[[JobState], bool] | None = None,
+    ) -> DescribeJob:
+        """Block until the job reaches a final state (or ``until(state)`` holds), at most ``timeout``
+        seconds; returns the job as it then is."""
+        until = until or (lambda s: s.is_final)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            rec = self._record(job_id, owner)
+            if until(JobState(rec.state)):
+                return self._describe(rec)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return self._describe(rec)
+            with self._done:
+                self._done.wait(timeout=0.5 if remaining is None else min(0.5, remaining))
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _record(self, job_id: str, owner: str | None) -> JobRecord:
+        rec = self.store.get_job(job_id)
+        if rec is None or rec.root != str(self.root_dir) or (owner is not None and rec.owner != owner):
+            raise JobNotFound(f"no staging job {job_id!r}")
+        return rec
+
+    def _destination_in_use(self, rel: str) -> bool:
+        active = [JobState.queued.value, JobState.running.value, JobState.paused.value]
+        for rec in self.store.list_jobs(root=str(self.root_dir), states=active, limit=100000):
+            if rec.destination == rel:
+                return True
+        return False
+
+    def _describe(self, rec: JobRecord) -> DescribeJob:
+        live = self._live.get(rec.id)
+        bytes_done = rec.bytes_done
+        rows_done = rec.rows_done
+        rate = None
+        if live is not None:
+            bytes_done = max(bytes_done, live.bytes_done)
+            rows_done = max(rows_done, live.rows_done)
+            rate = live.rate
+        eta = None
+        if rate and rec.bytes_total is not None and rec.state == JobState.running.value:
+            eta = max(0.0, (rec.bytes_total - bytes_done) / rate)
+        error = JobError(code=rec.error_code, message=rec.error_message or "") if rec.error_code else None
+        return DescribeJob(
+            id=rec.id,
+            name=rec.name,
+            owner=rec.owner,
+            state=JobState(rec.state),
+            source=redact_url(rec.source),
+            destination=rec.destination,
+            method=rec.method,  # type: ignore[arg-type]
+            convert=ConvertOptions(**rec.convert) if rec.convert else None,
+            progress=Progress(
+                bytes_done=bytes_done,
+                bytes_total=rec.bytes_total,
+                chunks_done=rec.chunks_done,
+                chunks_total=rec.chunks_total,
+                rows_done=rows_done,
+                rate=rate,
+                eta_seconds=eta,
+            ),
+            error=error,
+            cleanup_policy=rec.cleanup_policy,  # type: ignore[arg-type]
+            idempotency_key=rec.idempotency_key,
+            created_at=rec.created_at,
+            updated_at=rec.updated_at,
+            started_at=rec.started_at,
+            finished_at=rec.finished_at,
+            expires_at=rec.expires_at,
+        )
+
+    def _set_state(self, job_id: str, state: JobState, **fields: Any) -> JobRecord:
+        rec = self.store.get_job(job_id)
+        if rec is None:
+            raise JobNotFound(f"no staging job {job_id!r}")
+        current = JobState(rec.state)
+        if state != current and state not in TRANSITIONS[current]:
+            raise InvalidState(f"a {current.value} job cannot become {state.value}")
+        if state.is_final:
+            fields.setdefault("finished_at", utcnow())
+        updated = self.store.update_job(job_id, state=state.value, **fields)
+        assert updated is not None
+        self._announce(updated)
+        return updated
+
+    def _log(self, job_id: str, level: str, message: str) -> None:
+        message = redact_text(message)
+        self.store.add_event(job_id, level, message)
+        getattr(log, level if level in ("info", "warning", "error") else "info")(
+            "staging job %s: %s", job_id, message
+        )
+
+    def _submit(self, job_id: str) -> None:
+        if self._stopped:
+            return
+        from .jobs import JobRunner
+
+        runner = JobRunner(self, job_id)
+        with self._lock:
+            self._controls[job_id] = runner.control
+        self.executor.submit(runner.run)
+
+    def _finish_cancelled(self, job_id: str) -> None:
+        from .jobs import remove_job_output
+
+        rec = self._record(job_id, None)
+        remove_job_output(self, rec, keep_ready=False)
+        self.store.update_job(job_id, requested=None)
+        self._set_state(job_id, JobState.cancelled)
+        self._log(job_id, "info", "cancelled; partial output removed")
+
+    # Called by JobRunner ------------------------------------------------------------------------------
+
+    def _progress(self, job_id: str, *, force: bool = False) -> None:
+        live = self._live.get(job_id)
+        if live is None:
+            return
+        now = time.monotonic()
+        with live.lock:
+            if not force and now - live.last_flush < PROGRESS_INTERVAL:
+                return
+            live.last_flush = now
+            live.rate = live.meter.sample(live.bytes_done, now)
+            bytes_done, rows_done = live.bytes_done, live.rows_done
+        rec = self.store.update_job(job_id, bytes_done=bytes_done, rows_done=rows_done)
+        if rec is not None:
+            self._announce(rec)
+
+    def _fail(self, job_id: str, error: StagingError | Exception) -> None:
+        if isinstance(error, StagingError):
+            code, message = error.code, error.message
+        else:
+            log.exception("staging job %s failed unexpectedly", job_id, exc_info=error)
+            code, message = "internal_error", f"unexpected error: {type(error).__name__}"
+        message = redact_text(message)
+        self._log(job_id, "error", f"failed: {message} ({code})")
+        self._set_state(job_id, JobState.failed, error_code=code, error_message=message, requested=None)
+
+    def _release(self, job_id: str) -> None:
+        with self._lock:
+            self._controls.pop(job_id, None)
+            self._live.pop(job_id, None)
+
+
+def _current_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "user"
+
+
+def _encode_cursor(rec: JobRecord) -> str:
+    import base64
+
+    raw = f"{rec.created_at.isoformat()}|{rec.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    import base64
+
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, job_id = raw.split("|", 1)
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return when, job_id
+    except Exception:
+        raise InvalidRequest("malformed cursor", code="invalid_cursor") from None
+
+
+def _describe_chunk(c: ChunkRecord) -> DescribeChunk:
+    return DescribeChunk(
+        id=str(c.index),
+        index=c.index,
+        path=c.path,
+        state=ChunkState(c.state),
+        rows=c.rows,
+        bytes=c.bytes,
+        sha256=c.sha256,
+        content_type=c.content_type,
+    )
+
+
+def remove_tree_if_empty(folder: Path, stop: Path) -> None:
+    """Remove ``folder`` and its empty parents up to (not including) ``stop``."""
+    folder = folder.resolve()
+    stop = stop.resolve()
+    while folder != stop and stop in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
+__all__ = ["StagingManager", "default_name", "remove_tree_if_empty"]

@@ -1,0 +1,129 @@
+"""``StagingApp``: the Jupyter server extension that runs staging jobs inside the user's own server."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Int, List, Unicode, default
+from traitlets import Type as TypeTrait
+
+from .._version import __version__
+from ..manager import StagingManager
+from .handlers import default_handlers
+
+#: Environment variables the extension sets for the kernels its server starts, so that ``%stage`` finds
+#: this server with no configuration (kernels inherit the server's environment).
+ENV_URL = "JUPYTER_STAGING_SERVER_URL"
+ENV_TOKEN = "JUPYTER_STAGING_SERVER_TOKEN"  # noqa: S105 - a variable name, not a secret
+ENV_ROOT = "JUPYTER_STAGING_ROOT_DIR"
+
+
+class StagingApp(ExtensionApp):
+    """Stage data into the server's root directory as tracked, resumable jobs.
+
+    REST API under ``<base_url>api/v1/staging`` (``DESIGN.md``). Jobs run on worker threads of this
+    server process, at most :attr:`max_concurrent_jobs` at once, and are persisted in :attr:`db_url`.
+    """
+
+    name = "jupyter_staging"
+    version = __version__
+    description = __doc__
+
+    staging_dir = Unicode(
+        "staging",
+        help="""Folder, relative to the server's root_dir, under which jobs without a destination land.""",
+    ).tag(config=True)
+
+    source_roots = List(
+        Unicode(),
+        default_value=[],
+        help="""Local folders jobs may read. Empty: any readable path. A symlink leaving these roots is
+        refused.""",
+    ).tag(config=True)
+
+    db_url = Unicode(
+        help="""SQLAlchemy URL of the job database. Default: a SQLite file under the Jupyter data dir.""",
+    ).tag(config=True)
+
+    max_concurrent_jobs = Int(4, help="""How many staging jobs run at once; others wait queued.""").tag(
+        config=True
+    )
+
+    executor_class = TypeTrait(
+        default_value="jupyter_staging.executors.LocalExecutor",
+        klass="jupyter_staging.executors.Executor",
+        help="""How staging jobs run.""",
+    ).tag(config=True)
+
+    owner = Unicode(help="""Name recorded as the owner of jobs (default: the JupyterHub user or the
+        account running the server).""").tag(config=True)
+
+    @default("db_url")
+    def _default_db_url(self) -> str:
+        folder = Path(jupyter_data_dir()) / "jupyter_staging"
+        folder.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{folder / 'jobs.sqlite'}"
+
+    @default("owner")
+    def _default_owner(self) -> str:
+        import getpass
+
+        return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+
+    def initialize_settings(self) -> None:
+        root_dir = Path(os.path.expanduser(self.serverapp.root_dir)).resolve()
+        self.manager = StagingManager(
+            root_dir,
+            db_url=self.db_url,
+            staging_dir=self.staging_dir,
+            source_roots=list(self.source_roots) or None,
+            max_concurrent_jobs=self.max_concurrent_jobs,
+            executor_class=self.executor_class,
+            default_owner=self.owner,
+        )
+        self.settings.update({"staging_manager": self.manager, "staging_owner": self.owner})
+        self.log.info("jupyter_staging %s: jobs in %s", __version__, _safe_url(self.db_url))
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(default_handlers)
+
+    async def _start_jupyter_server_extension(self, serverapp) -> None:  # type: ignore[no-untyped-def]
+        import asyncio
+
+        resumed = await asyncio.to_thread(self.manager.start)
+        if resumed:
+            self.log.info("jupyter_staging: resumed %d job(s) after restart", len(resumed))
+        self._export_env(serverapp)
+
+    def _export_env(self, serverapp) -> None:  # type: ignore[no-untyped-def]
+        """Tell kernels started by this server where its staging API is (they inherit os.environ)."""
+        try:
+            url = f"http://127.0.0.1:{serverapp.port}{serverapp.base_url}"
+            if serverapp.sock:
+                return
+        except Exception:
+            return
+        os.environ[ENV_URL] = url
+        os.environ[ENV_ROOT] = str(self.manager.root_dir)
+        token = getattr(serverapp.identity_provider, "token", "") or ""
+        if token:
+            os.environ[ENV_TOKEN] = token
+
+    async def stop_extension(self) -> None:
+        import asyncio
+
+        manager = getattr(self, "manager", None)
+        if manager is not None:
+            await asyncio.to_thread(manager.stop)
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<database>"

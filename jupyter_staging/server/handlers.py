@@ -1,0 +1,289 @@
+"""REST handlers of the staging API, under ``<base_url>api/v1/staging`` (``DESIGN.md``).
+
+Each handler parses the request into a model, makes one call into the
+:class:`~jupyter_staging.manager.StagingManager` on a worker thread (the manager does blocking database and
+file work) and writes JSON. Errors are ``{"message", "reason", "code"}`` with a stable ``code``; bad input is
+400, never 500; no traceback or secret is ever written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+from pydantic import BaseModel, ValidationError
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from ..errors import StagingError
+from ..manager import StagingManager
+from ..models import CreateJob, ListJobsQuery, dump
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+API_PREFIX = "api/v1/staging"
+_JOB_ID = r"(?P<job_id>[0-9a-fA-F-]{1,64})"
+_CHUNK_ID = r"(?P<chunk_id>[0-9]{1,9})"
+
+#: Seconds between keep-alive comments on an idle event stream.
+EVENTS_KEEPALIVE = 15.0
+
+
+class StagingAPIHandler(APIHandler):
+    """Shared plumbing. Subclasses define their own decorated verbs (the ``@authorized`` decorator caches
+    the resource of the class it is first used on, so no verb is inherited)."""
+
+    @property
+    def manager(self) -> StagingManager:
+        return self.settings["staging_manager"]  # type: ignore[no-any-return]
+
+    @property
+    def owner(self) -> str:
+        """Everyone allowed on this single-user server acts as its owner."""
+        return self.settings["staging_owner"]  # type: ignore[no-any-return]
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking manager call on a worker thread, turning :class:`StagingError` into HTTP errors."""
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except StagingError as err:
+            raise StagingHTTPError(err.status, err.message, code=err.code) from None
+
+    def parse_body(self, model: type[M]) -> M:
+        """The JSON body validated as ``model``; 400 with code ``invalid_json`` / ``invalid_request``."""
+        try:
+            data = json.loads(self.request.body or b"null")
+        except (ValueError, UnicodeDecodeError):
+            raise StagingHTTPError(400, "request body is not valid JSON", code="invalid_json") from None
+        if not isinstance(data, dict):
+            raise StagingHTTPError(400, "request body must be a JSON object", code="invalid_json")
+        return validate(model, data)
+
+    def write_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(payload))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """JSON ``{"message", "reason", "code"}``; never a traceback."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, web.HTTPError):
+            message = exc.log_message or exc.reason or self._reason
+            code = getattr(exc, "code", None) or _default_code(status_code)
+        else:
+            message = "internal error; see the server log"
+            code = "internal_error"
+        reason = getattr(exc, "reason", None) or self._reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"message": message, "reason": reason, "code": code}))
+
+
+class StagingHTTPError(web.HTTPError):
+    """An HTTP error carrying the staging error ``code``."""
+
+    def __init__(self, status: int, message: str, *, code: str) -> None:
+        super().__init__(status, "%s", message)
+        self.log_message = message
+        self.args = ()
+        self.code = code
+
+
+def validate(model: type[M], data: dict[str, Any]) -> M:
+    """``model.model_validate(data)``; 400 with the failing fields (their values are never echoed)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+            for e in err.errors(include_input=False, include_url=False)
+        )
+        raise StagingHTTPError(400, f"invalid request: {problems}", code="invalid_request") from None
+
+
+def _default_code(status: int) -> str:
+    return {400: "invalid_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(
+        status, "error"
+    )
+
+
+class JobsHandler(StagingAPIHandler):
+    """``POST /jobs`` creates a job; ``GET /jobs`` lists them."""
+
+    auth_resource = "jupyter_staging:jobs"
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        request = self.parse_body(CreateJob)
+        job, created = await self.call(self.manager.create, request, self.owner)
+        self.set_header("Location", url_path_join(self.base_url, API_PREFIX, "jobs", job.id))
+        self.write_json(dump(job), status=201 if created else 200)
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        args = {k: self.get_argument(k) for k in ("state", "limit", "cursor") if self.get_argument(k, None)}
+        query = validate(ListJobsQuery, args)
+        jobs = await self.call(self.manager.list, self.owner, query)
+        self.write_json(dump(jobs))
+
+
+class JobHandler(StagingAPIHandler):
+    """``GET /jobs/{id}`` status and progress; ``DELETE /jobs/{id}`` cancels and cleans up."""
+
+    auth_resource = "jupyter_staging:jobs"
+
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str) -> None:
+        job = await self.call(self.manager.get, job_id, self.owner)
+        self.write_json(dump(job))
+
+    @web.authenticated
+    @authorized
+    async def delete(self, job_id: str) -> None:
+        await self.call(self.manager.cancel, job_id, self.owner)
+        self.set_status(204)
+        self.finish()
+
+
+class PauseHandler(StagingAPIHandler):
+    """``POST /jobs/{id}/pause``."""
+
+    auth_resource = "jupyter_staging:jobs"
+
+    @web.authenticated
+    @authorized
+    async def post(self, job_id: str) -> None:
+        job = await self.call(self.manager.pause, job_id, self.owner)
+        self.write_json(dump(job))
+
+
+class ResumeHandler(StagingAPIHandler):
+    """``POST /jobs/{id}/resume``."""
+
+    auth_resource = "jupyter_staging:jobs"
+
+    @web.authenticated
+    @authorized
+    async def post(self, job_id: str) -> None:
+        job = await self.call(self.manager.resume, job_id, self.owner)
+        self.write_json(dump(job))
+
+
+class ChunksHandler(StagingAPIHandler):
+    """``GET /jobs/{id}/chunks``: ``{"chunks": [chunk, ...]}``."""
+
+    auth_resource = "jupyter_staging:jobs"
+
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str) -> None:
+        chunks = await self.call(self.manager.chunks, job_id, self.owner)
+        self.write_json({"chunks": [dump(c) for c in chunks]})
+
+
+class ChunkAckHandler(StagingAPIHandler):
+    """``POST /jobs/{id}/chunks/{chunk_id}/ack``: the acknowledged chunk."""
+
+    auth_resource = "jupyter_staging:jobs"
+
+    @web.authenticated
+    @authorized
+    async def post(self, job_id: str, chunk_id: str) -> None:
+        chunk = await self.call(self.manager.ack, job_id, chunk_id, self.owner)
+        self.write_json(dump(chunk))
+
+
+class ManifestHandler(StagingAPIHandler):
+    """``GET /jobs/{id}/manifest``: the manifest of a succeeded job (409 ``manifest_not_ready`` before)."""
+
+    auth_resource = "jupyter_staging:jobs"
+
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str) -> None:
+        manifest = await self.call(self.manager.manifest, job_id, self.owner)
+        self.write_json(manifest)
+
+
+class LogHandler(StagingAPIHandler):
+    """``GET /jobs/{id}/log``: ``{"lines": [{"time", "level", "message"}, ...]}``."""
+
+    auth_resource = "jupyter_staging:jobs"
+
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str) -> None:
+        lines = await self.call(self.manager.job_log, job_id, self.owner)
+        self.write_json({"lines": lines})
+
+
+class EventsHandler(StagingAPIHandler):
+    """``GET /events``: server-sent events, one ``data: {"type": "job", "job": {...}}`` per job change.
+
+    The stream opens with the current state of every unfinished job, then follows changes (progress at
+    most a few times a second per job); a comment line keeps idle connections open.
+    """
+
+    auth_resource = "jupyter_staging:events"
+    _track_activity = False
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10_000)
+
+        def listener(event: dict[str, Any]) -> None:
+            if event["job"].get("owner") == self.owner:
+                loop.call_soon_threadsafe(_put, queue, event)
+
+        unsubscribe = self.manager.subscribe(listener)
+        try:
+            current = await self.call(self.manager.list, self.owner, ListJobsQuery(limit=1000))
+            for job in current.jobs:
+                if not job.state.is_final:
+                    await self._send({"type": "job", "job": dump(job)})
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), timeout=EVENTS_KEEPALIVE)
+                except asyncio.TimeoutError:
+                    self.write(": keep-alive\n\n")
+                    await self.flush()
+                    continue
+                await self._send(event)
+        except StreamClosedError:
+            pass
+        finally:
+            unsubscribe()
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        self.write(f"data: {json.dumps(event)}\n\n")
+        await self.flush()
+
+
+def _put(queue: asyncio.Queue[dict[str, Any]], event: dict[str, Any]) -> None:
+    if not queue.full():
+        queue.put_nowait(event)
+
+
+default_handlers = [
+    (rf"/{API_PREFIX}/jobs", JobsHandler),
+    (rf"/{API_PREFIX}/jobs/{_JOB_ID}", JobHandler),
+    (rf"/{API_PREFIX}/jobs/{_JOB_ID}/pause", PauseHandler),
+    (rf"/{API_PREFIX}/jobs/{_JOB_ID}/resume", ResumeHandler),
+    (rf"/{API_PREFIX}/jobs/{_JOB_ID}/chunks", ChunksHandler),
+    (rf"/{API_PREFIX}/jobs/{_JOB_ID}/chunks/{_CHUNK_ID}/ack", ChunkAckHandler),
+    (rf"/{API_PREFIX}/jobs/{_JOB_ID}/manifest", ManifestHandler),
+    (rf"/{API_PREFIX}/jobs/{_JOB_ID}/log", LogHandler),
+    (rf"/{API_PREFIX}/events", EventsHandler),
+]

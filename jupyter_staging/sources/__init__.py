@@ -1,0 +1,92 @@
+"""Where staged data comes from: local paths, HTTP(S) URLs, S3 objects and prefixes.
+
+A :class:`Source` lists the files it will produce as :class:`SourceItem` s (one output file, hence one
+chunk, each) and fetches one item into a :class:`~jupyter_staging.transfer.PartFile`, continuing from
+``out.offset`` when a previous attempt left a partial file.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidRequest
+from ..transfer import JobControl, PartFile
+
+
+@dataclass
+class SourceItem:
+    """One file a source will produce.
+
+    ``name``: output path relative to the job's destination (POSIX). ``size``: bytes, or None when the
+    source does not say. ``locator``: what :meth:`Source.fetch` needs (path, URL, ``s3://`` URI).
+    ``validator``: what identifies this version of the bytes (``etag``, ``last_modified``, ``mtime``,
+    ``size``), compared before resuming so two versions are never spliced.
+    ``content_type``: MIME type when known.
+    """
+
+    name: str
+    size: int | None
+    locator: str
+    validator: dict[str, Any] = field(default_factory=dict)
+    content_type: str | None = None
+
+
+class Source(abc.ABC):
+    """A staging source. Subclasses implement :meth:`list_items` and :meth:`fetch`."""
+
+    #: Method used when the request names none.
+    default_method: str = "download"
+    #: Methods this source supports.
+    methods: tuple[str, ...] = ("download",)
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    @abc.abstractmethod
+    def list_items(self) -> list[SourceItem]:
+        """The files to stage. Raises :class:`~jupyter_staging.errors.SourceNotFound` when absent."""
+
+    @abc.abstractmethod
+    def fetch(self, item: SourceItem, out: PartFile, control: JobControl) -> None:
+        """Write ``item``'s bytes to ``out``, starting at ``out.offset`` (bytes already there).
+
+        Implementations call ``control.check()`` between blocks and ``control.add_bytes(n)`` as they
+        write. If the source no longer matches ``item.validator`` they call ``out.restart()`` and fetch
+        from byte 0. Raises :class:`~jupyter_staging.errors.TransferFailed` on lasting errors.
+        """
+
+    def local_path(self, item: SourceItem) -> Path | None:
+        """The item as a readable local file, when it is one (lets conversion skip a download)."""
+        return None
+
+    def describe(self) -> str:
+        """The source as safe to show in a log (no secrets)."""
+        from ..redact import redact_url
+
+        return redact_url(self.uri)
+
+
+def open_source(uri: str, *, source_roots: list[str] | None = None) -> Source:
+    """Pick the :class:`Source` for ``uri``: ``http(s)://``, ``s3://``, or an absolute local path.
+
+    Raises :class:`InvalidRequest` (code ``unsupported_source``) for other schemes, and what
+    :func:`~jupyter_staging.paths.resolve_source` raises for local paths.
+    """
+    lowered = uri.lower()
+    if lowered.startswith(("http://", "https://")):
+        from .http import HTTPSource
+
+        return HTTPSource(uri)
+    if lowered.startswith("s3://"):
+        from .s3 import S3Source
+
+        return S3Source(uri)
+    if "://" in uri:
+        scheme = uri.split("://", 1)[0]
+        raise InvalidRequest(f"unsupported source scheme {scheme!r}", code="unsupported_source")
+    from .local import LocalSource
+
+    return LocalSource(uri, source_roots=source_roots)
