@@ -466,6 +466,7 @@ class JobRunner:
         self.manager._set_state(self.job_id, JobState.succeeded)
         total = sum(c.bytes or 0 for c in chunks)
         self._log("info", f"succeeded: {len(chunks)} chunk(s), {total} bytes, {rows} rows; manifest written")
+        self.manager.apply_cleanup_policy(self.job_id)
 
 
 def _strip_suffixes(name: str) -> str:

@@ -114,6 +114,7 @@ class StagingManager:
         max_concurrent_jobs: int = 4,
         executor_class: type[Executor] = LocalExecutor,
         default_owner: str | None = None,
+        sweep_interval: float = 10.0,
     ) -> None:
         self.root_dir = Path(root_dir).resolve()
         self.staging_dir = staging_dir
@@ -129,6 +130,9 @@ class StagingManager:
         self._create_lock = threading.Lock()
         self._done = threading.Condition(self._lock)
         self._stopped = False
+        self.sweep_interval = sweep_interval
+        self._sweeper: threading.Thread | None = None
+        self._sweep_stop = threading.Event()
 
     # -- life cycle ---------------------------------------------------------------------------------
 
@@ -145,12 +149,60 @@ class StagingManager:
             resumed.append(rec.id)
         for job_id in reversed(resumed):  # oldest first
             self._submit(job_id)
+        if self.sweep_interval > 0 and self._sweeper is None:
+            self._sweeper = threading.Thread(target=self._sweep_loop, name="staging-ttl-sweeper", daemon=True)
+            self._sweeper.start()
         return resumed
+
+    def _sweep_loop(self) -> None:
+        while not self._sweep_stop.wait(self.sweep_interval):
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("staging TTL sweep failed")
+
+    def sweep(self, now: datetime | None = None) -> list[str]:
+        """Expire finished jobs whose ``expires_at`` has passed: remove their output, mark their chunks
+        and the job ``expired``. Returns the ids expired. Runs every ``sweep_interval`` seconds."""
+        now = now or utcnow()
+        expired = []
+        final = [JobState.succeeded.value, JobState.failed.value, JobState.cancelled.value]
+        for rec in self.store.list_jobs(root=str(self.root_dir), states=final, limit=100000):
+            if rec.expires_at is None or rec.expires_at > now:
+                continue
+            self._expire(rec)
+            expired.append(rec.id)
+        return expired
+
+    def _expire(self, rec: JobRecord) -> None:
+        from .jobs import remove_job_output
+
+        removed = remove_job_output(self, rec, keep_ready=False)
+        for chunk in self.store.list_chunks(rec.id):
+            if chunk.state != ChunkState.expired.value:
+                self.store.update_chunk(chunk.id, state=ChunkState.expired.value)
+        self._log(rec.id, "info", f"expired: output removed ({removed} file(s))")
+        self._set_state(rec.id, JobState.expired)
+
+    def apply_cleanup_policy(self, job_id: str) -> None:
+        """After a job ended: ``delete_on_success`` (if it succeeded) and ``delete_always`` remove its
+        output; chunks become ``expired``. ``retain`` and ``delete_on_ack`` keep what is left."""
+        rec = self._record(job_id, None)
+        policy = rec.cleanup_policy
+        if policy == "delete_always" or (policy == "delete_on_success" and rec.state == JobState.succeeded.value):
+            from .jobs import remove_job_output
+
+            removed = remove_job_output(self, rec, keep_ready=False)
+            for chunk in self.store.list_chunks(rec.id):
+                self.store.update_chunk(chunk.id, state=ChunkState.expired.value)
+            self._log(job_id, "info", f"cleanup policy {policy}: output removed ({removed} file(s))")
+            self._announce(self._record(job_id, None))
 
     def stop(self, wait: bool = True) -> None:
         """Pause nothing, persist progress and stop workers. Running jobs stay ``running`` in the
         database so that the next :meth:`start` resumes them."""
         self._stopped = True
+        self._sweep_stop.set()
         with self._lock:
             controls = list(self._controls.values())
         for control in controls:
@@ -546,6 +598,7 @@ class StagingManager:
         message = redact_text(message)
         self._log(job_id, "error", f"failed: {message} ({code})")
         self._set_state(job_id, JobState.failed, error_code=code, error_message=message, requested=None)
+        self.apply_cleanup_policy(job_id)
 
     def _release(self, job_id: str) -> None:
         with self._lock:

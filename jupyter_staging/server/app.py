@@ -7,7 +7,7 @@ from pathlib import Path
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Int, List, Unicode, default
+from traitlets import Float, Int, List, Unicode, default
 from traitlets import Type as TypeTrait
 
 from .._version import __version__
@@ -52,6 +52,11 @@ class StagingApp(ExtensionApp):
         config=True
     )
 
+    sweep_interval = Float(
+        10.0,
+        help="""Seconds between two sweeps that expire jobs past their TTL and remove their output.""",
+    ).tag(config=True)
+
     executor_class = TypeTrait(
         default_value="jupyter_staging.executors.LocalExecutor",
         klass="jupyter_staging.executors.Executor",
@@ -83,6 +88,7 @@ class StagingApp(ExtensionApp):
             max_concurrent_jobs=self.max_concurrent_jobs,
             executor_class=self.executor_class,
             default_owner=self.owner,
+            sweep_interval=self.sweep_interval,
         )
         self.settings.update({"staging_manager": self.manager, "staging_owner": self.owner})
         self.log.info("jupyter_staging %s: jobs in %s", __version__, _safe_url(self.db_url))
