@@ -286,6 +286,9 @@ class JobRunner:
         except BaseException:
             out.discard()
             raise
+        finally:
+            # Bytes of a restarted file were reported once already; take them back.
+            self.control.add_bytes(-out.discarded)
         return out.commit(item.size)
 
     def _link(self, method: str, item: SourceItem, final: Path) -> tuple[int, str]:

@@ -132,6 +132,8 @@ class PartFile:
         self.part = part_path(final)
         self.sha256 = hashlib.sha256()
         self.offset = 0
+        #: Bytes thrown away by :meth:`restart` calls (progress already reported for them).
+        self.discarded = 0
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists() or final.is_symlink():
             raise DestinationExists(f"{final.name} already exists in the destination; not overwritten")
@@ -151,6 +153,7 @@ class PartFile:
         self._fh.seek(0)
         self._fh.truncate()
         self.sha256 = hashlib.sha256()
+        self.discarded += self.offset
         self.offset = 0
 
     def write(self, data: bytes | memoryview) -> None:

@@ -1,0 +1,465 @@
+"""HTTP(S) and presigned URLs: one file per URL, downloaded resumably.
+
+A download streams the body in blocks of about 1 MiB into the :class:`~jupyter_staging.transfer.PartFile`.
+It continues an interrupted attempt with ``Range: bytes=<offset>-`` guarded by ``If-Range`` (the ETag or
+Last-Modified seen when the item was listed), so bytes of two versions of a file are never spliced:
+a server that answers ``200`` instead of ``206`` sent the whole (changed) file, and the part file restarts.
+
+Every message this module produces names the URL through :func:`~jupyter_staging.redact.redact_url`,
+so a presigned signature never reaches a log, a response or the database.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import unicodedata
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from email.message import Message
+from typing import Any, NoReturn
+from urllib.parse import unquote, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import HTTPError as URLLib3Error
+from urllib3.util.retry import Retry
+
+from ..errors import SourceNotFound, TransferFailed
+from ..redact import REDACTED, redact_url
+from ..transfer import JobControl, PartFile
+from . import Source, SourceItem
+
+#: Bytes handed to the part file at a time. Large enough that per-block overhead vanishes at
+#: 1 GB/s, small enough that a pause is noticed quickly on a slow link.
+HTTP_BLOCK = 1 << 20
+#: Longest time (seconds) one block waits to fill before it is written anyway, so progress and
+#: pause/cancel stay responsive on a slow link.
+BLOCK_MAX_WAIT = 0.25
+#: (connect, read) timeouts in seconds.
+TIMEOUT = (10.0, 60.0)
+#: Connection losses in a row (without a byte of progress) before a download fails.
+MAX_RESUMES = 5
+#: First back-off (seconds) between resumes; doubles each time up to :data:`MAX_BACKOFF`.
+BACKOFF = 0.5
+MAX_BACKOFF = 8.0
+USER_AGENT = "jupyter-staging"
+
+#: Errors meaning "the connection broke"; the download continues from the bytes it has.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    URLLib3Error,
+    ConnectionError,
+    TimeoutError,
+)
+
+_CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
+_SECRET_IN_TEXT_RE = re.compile(
+    r"(?i)\b(x-amz-signature|x-amz-credential|x-amz-security-token|signature|awsaccesskeyid|sig"
+    r"|x-goog-signature|x-goog-credential|token|access_token|api_key|apikey)=[^&\s'\"()]+"
+)
+
+
+def retrying_session() -> requests.Session:
+    """A :class:`requests.Session` that retries connection errors and 429/5xx answers to GET/HEAD.
+
+    Five retries with exponential back-off (factor 0.5 s, honouring ``Retry-After``). After the last
+    retry the final response is returned (not raised), so callers map its status themselves.
+    """
+    retry = Retry(
+        total=5,
+        backoff_factor=0.5,
+        status_forcelist=(429, 500, 502, 503, 504),
+        allowed_methods=frozenset({"GET", "HEAD"}),
+        raise_on_status=False,
+        backoff_max=MAX_BACKOFF,
+    )
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = USER_AGENT
+    # The stored bytes are the file's bytes: never let a server compress them on the way.
+    session.headers["Accept-Encoding"] = "identity"
+    return session
+
+
+def safe_text(text: str) -> str:
+    """``text`` with secret query values (signatures, tokens) replaced by ``REDACTED``.
+
+    Catches them in bare paths too (``/key?X-Amz-Signature=...`` in a urllib3 message), not only in
+    full URLs.
+    """
+    return _SECRET_IN_TEXT_RE.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, secret-free description of a network error (its innermost cause)."""
+    inner: BaseException = exc
+    for _ in range(5):
+        reason = getattr(inner, "reason", None)
+        if isinstance(reason, BaseException):
+            inner = reason
+            continue
+        if inner.args and isinstance(inner.args[0], BaseException):
+            inner = inner.args[0]
+            continue
+        break
+    text = str(inner) or type(inner).__name__
+    # urllib3 puts the connection object's repr in front of the message: keep the message.
+    text = re.sub(r"<[^>]*>:\s*", "", text)
+    return safe_text(f"{type(inner).__name__}: {text}")[:300]
+
+
+def safe_filename(name: str, fallback: str = "download") -> str:
+    """``name`` as one safe file name: no folder part, no NUL or control characters, no leading dot.
+
+    Returns ``fallback`` when nothing usable is left. Length is capped at 200 characters (the
+    extension is kept).
+    """
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
+    name = name.strip().lstrip(".").strip()
+    if not name:
+        return fallback
+    if len(name) > 200:
+        stem, dot, ext = name.rpartition(".")
+        name = stem[: 200 - len(ext) - 1] + dot + ext if dot and len(ext) <= 20 else name[:200]
+    return name
+
+
+def filename_from_disposition(value: str | None) -> str | None:
+    """The file name a ``Content-Disposition`` header gives (``filename*=`` preferred), or None."""
+    if not value:
+        return None
+    msg = Message()
+    msg["content-disposition"] = value
+    try:
+        name = msg.get_filename()
+    except (ValueError, LookupError):
+        return None
+    return name or None
+
+
+def filename_from_url(url: str) -> str:
+    """The URL's last path segment, percent-decoded (may be empty)."""
+    path = urlsplit(url).path
+    return unquote(path.rstrip("/").rsplit("/", 1)[-1]) if path else ""
+
+
+def _validator(headers: Any, size: int | None) -> dict[str, Any]:
+    return {
+        "etag": headers.get("ETag"),
+        "last_modified": headers.get("Last-Modified"),
+        "size": size,
+    }
+
+
+def _total_from_content_range(value: str | None) -> int | None:
+    if not value:
+        return None
+    m = _CONTENT_RANGE_RE.match(value.strip())
+    if m and m.group(3) != "*":
+        return int(m.group(3))
+    tail = value.rsplit("/", 1)[-1].strip()
+    return int(tail) if tail.isdigit() else None
+
+
+def _int_header(headers: Any, name: str) -> int | None:
+    value = headers.get(name)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def pump(read: Callable[[], bytes], out: PartFile, control: JobControl) -> int:
+    """Copy blocks from ``read()`` (``b""`` at the end) into ``out``; returns the bytes copied.
+
+    Writing and hashing block *n* (in a helper thread; both release the GIL) overlaps reading block
+    *n+1*. ``control.check()`` runs before every read and ``control.add_bytes()`` after every write,
+    also when ``read()`` raises, so progress always matches ``out.offset``.
+    """
+    copied = 0
+    pending: Future[None] | None = None
+    pending_len = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-write") as pool:
+        try:
+            while True:
+                control.check()
+                block = read()
+                if pending is not None:
+                    pending.result()
+                    control.add_bytes(pending_len)
+                    pending = None
+                if not block:
+                    return copied
+                pending = pool.submit(out.write, block)
+                pending_len = len(block)
+                copied += pending_len
+        finally:
+            if pending is not None:
+                pending.result()
+                control.add_bytes(pending_len)
+
+
+class _Restart(Exception):  # noqa: N818 - internal control flow
+    """The server's answer cannot continue the part file: start it again from byte 0."""
+
+
+class _Incomplete(Exception):  # noqa: N818 - internal control flow
+    """The body ended before its announced length."""
+
+
+#: What :meth:`HTTPSource.fetch` continues after, from the bytes already written.
+RESUMABLE_ERRORS: tuple[type[BaseException], ...] = (_Incomplete, *TRANSIENT_ERRORS)
+
+
+class HTTPSource(Source):
+    """One file behind an ``http://`` or ``https://`` URL (presigned URLs included).
+
+    Retries 429/5xx answers and connection errors, follows redirects, and resumes interrupted
+    downloads with ``Range`` + ``If-Range``.
+    """
+
+    default_method = "download"
+    methods = ("download",)
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+        self.safe_url = redact_url(url)
+
+    # -- listing -----------------------------------------------------------------------------------
+
+    def list_items(self) -> list[SourceItem]:
+        """One :class:`SourceItem` for the URL, from a HEAD request (or a 1-byte ranged GET).
+
+        Raises :class:`SourceNotFound` (code ``source_not_found`` for 404/410, ``source_forbidden``
+        for 401/403) and :class:`TransferFailed` for other errors.
+        """
+        with retrying_session() as session:
+            headers, size = self._probe(session)
+        name = filename_from_disposition(headers.get("Content-Disposition")) or filename_from_url(self.url)
+        content_type = headers.get("Content-Type")
+        return [
+            SourceItem(
+                name=safe_filename(name),
+                size=size,
+                locator=self.url,
+                validator=_validator(headers, size),
+                content_type=content_type.split(";", 1)[0].strip() if content_type else None,
+            )
+        ]
+
+    def _probe(self, session: requests.Session) -> tuple[Any, int | None]:
+        """Headers and size of the resource: HEAD, or ``GET`` of byte 0 when HEAD is refused."""
+        try:
+            resp = session.head(self.url, allow_redirects=True, timeout=TIMEOUT)
+            resp.close()
+            if resp.ok:
+                size = _int_header(resp.headers, "Content-Length")
+                return resp.headers, size
+            if resp.status_code in (404, 410):
+                self._raise_for_status(resp.status_code)
+            # HEAD refused (405/501, or 403 from a URL presigned for GET only): ask with GET.
+            with session.get(
+                self.url, headers={"Range": "bytes=0-0"}, stream=True, allow_redirects=True, timeout=TIMEOUT
+            ) as resp:
+                if resp.status_code == 206:
+                    return resp.headers, _total_from_content_range(resp.headers.get("Content-Range"))
+                if resp.status_code == 200:
+                    return resp.headers, _int_header(resp.headers, "Content-Length")
+                self._raise_for_status(resp.status_code)
+        except TRANSIENT_ERRORS as exc:
+            raise TransferFailed(f"cannot reach {self.safe_url}: {describe_error(exc)}") from None
+        except requests.RequestException as exc:
+            raise TransferFailed(f"request to {self.safe_url} failed: {describe_error(exc)}") from None
+
+    def _raise_for_status(self, status: int) -> NoReturn:
+        if status in (404, 410):
+            raise SourceNotFound(f"{self.safe_url} was not found (HTTP {status})")
+        if status in (401, 403):
+            raise SourceNotFound(
+                f"access to {self.safe_url} was refused (HTTP {status})", code="source_forbidden"
+            )
+        raise TransferFailed(f"{self.safe_url} answered HTTP {status}")
+
+    # -- fetching ----------------------------------------------------------------------------------
+
+    def fetch(self, item: SourceItem, out: PartFile, control: JobControl) -> None:
+        """Download ``item`` into ``out``, continuing from ``out.offset``.
+
+        Before continuing a partial file, a fresh HEAD is compared with ``item.validator`` (ETag,
+        Last-Modified, size); any difference restarts the file. When the server sends a new version
+        (a ``200`` to a ranged request), the file restarts and ``item.size`` / ``item.validator`` are
+        updated to the version written, so ``out.commit(item.size)`` verifies the right length.
+        A dropped connection resumes from the bytes received, up to :data:`MAX_RESUMES` times in a row
+        with back-off. Raises :class:`TransferFailed`, :class:`SourceNotFound`, or
+        :class:`~jupyter_staging.errors.JobInterrupted` when paused or cancelled.
+        """
+        with retrying_session() as session:
+            if out.offset:
+                if self._complete_or_restart(session, item, out, control):
+                    return
+            failures = 0
+            while True:
+                control.check()
+                before = out.offset
+                try:
+                    self._download(session, item, out, control)
+                    return
+                except _Restart:
+                    out.restart()
+                    continue
+                except RESUMABLE_ERRORS as exc:
+                    failures = 0 if out.offset > before else failures + 1
+                    if failures >= MAX_RESUMES:
+                        raise TransferFailed(
+                            f"{item.name}: download from {self.safe_url} kept failing after "
+                            f"{out.offset} bytes: {describe_error(exc)}"
+                        ) from None
+                    delay = min(MAX_BACKOFF, BACKOFF * 2 ** max(failures - 1, 0))
+                    control.log(
+                        "warning",
+                        f"{item.name}: connection lost after {out.offset} bytes ({describe_error(exc)}); "
+                        f"resuming in {delay:g} s",
+                    )
+                    control.wait(delay)
+                except requests.RequestException as exc:
+                    raise TransferFailed(
+                        f"{item.name}: request to {self.safe_url} failed: {describe_error(exc)}"
+                    ) from None
+
+    def _complete_or_restart(
+        self, session: requests.Session, item: SourceItem, out: PartFile, control: JobControl
+    ) -> bool:
+        """Before resuming: restart ``out`` if the source changed; True if ``out`` is already complete."""
+        try:
+            headers, size = self._probe(session)
+        except TransferFailed:
+            fresh = None  # cannot ask now; If-Range still protects the resumed request
+        else:
+            fresh = _validator(headers, size)
+        if fresh is not None:
+            changed = [
+                key
+                for key in ("etag", "last_modified", "size")
+                if item.validator.get(key) is not None
+                and fresh.get(key) is not None
+                and item.validator[key] != fresh[key]
+            ]
+            if changed:
+                control.log(
+                    "warning",
+                    f"{item.name}: source changed since the partial download ({', '.join(changed)}); "
+                    "restarting it",
+                )
+                out.restart()
+                item.validator = fresh
+                item.size = size
+                return False
+        if item.size is not None and out.offset > item.size:
+            control.log("warning", f"{item.name}: partial file is longer than the source; restarting it")
+            out.restart()
+            return False
+        return fresh is not None and item.size is not None and out.offset == item.size
+
+    def _download(
+        self, session: requests.Session, item: SourceItem, out: PartFile, control: JobControl
+    ) -> None:
+        """One GET from ``out.offset`` to the end. Raises :class:`_Restart` / :class:`_Incomplete`."""
+        start = out.offset
+        headers: dict[str, str] = {}
+        if start:
+            headers["Range"] = f"bytes={start}-"
+            if_range = self._if_range(item)
+            if if_range:
+                headers["If-Range"] = if_range
+        resp = session.get(item.locator, headers=headers, stream=True, timeout=TIMEOUT)
+        with resp:
+            status = resp.status_code
+            if status == 206 and start:
+                first = _CONTENT_RANGE_RE.match(resp.headers.get("Content-Range", "").strip())
+                if first is None or int(first.group(1)) != start:
+                    control.log("warning", f"{item.name}: server sent an unexpected range; restarting")
+                    raise _Restart
+            elif status in (200, 206):
+                if start:
+                    control.log(
+                        "warning",
+                        f"{item.name}: the server sent the whole file instead of the rest (the source "
+                        "changed or does not support ranges); restarting it",
+                    )
+                    out.restart()
+                size = (
+                    _int_header(resp.headers, "Content-Length")
+                    if status == 200
+                    else _total_from_content_range(resp.headers.get("Content-Range"))
+                )
+                fresh = _validator(resp.headers, size)
+                same_version = all(
+                    fresh[k] == item.validator.get(k) for k in ("etag", "last_modified") if fresh[k]
+                ) and bool(fresh["etag"] or fresh["last_modified"])
+                if size is None and same_version:
+                    # No length in this answer (chunked), but the version listed: keep its size.
+                    fresh["size"] = size = item.size
+                item.validator = fresh
+                item.size = size
+            elif status == 416 and start:
+                total = _total_from_content_range(resp.headers.get("Content-Range"))
+                if total is not None and total == start == item.size:
+                    return
+                control.log("warning", f"{item.name}: partial file does not fit the source; restarting")
+                raise _Restart
+            else:
+                self._raise_for_status(status)
+            expected = _int_header(resp.headers, "Content-Length")
+            got = pump(self._block_reader(resp.raw), out, control)
+            if expected is not None and got < expected:
+                raise _Incomplete(f"body ended after {got} of {expected} bytes")
+
+    @staticmethod
+    def _if_range(item: SourceItem) -> str | None:
+        """A strong ETag, else Last-Modified, identifying the version the part file holds."""
+        etag = item.validator.get("etag")
+        if etag and not etag.startswith("W/"):
+            return str(etag)
+        last_modified = item.validator.get("last_modified")
+        return str(last_modified) if last_modified else None
+
+    @staticmethod
+    def _block_reader(raw: Any) -> Callable[[], bytes]:
+        """``read()`` returning up to :data:`HTTP_BLOCK` bytes: what arrives within
+        :data:`BLOCK_MAX_WAIT` seconds, and ``b""`` at the end of the body.
+
+        When the connection breaks, the bytes received before the break are returned first and the
+        error is raised by the next call, so none of them is lost for the resume.
+        """
+        failed: list[BaseException] = []
+
+        def read() -> bytes:
+            if failed:
+                raise failed[0]
+            pieces: list[bytes] = []
+            have = 0
+            started = time.monotonic()
+            while have < HTTP_BLOCK:
+                try:
+                    piece = raw.read1(HTTP_BLOCK - have, decode_content=False)
+                except Exception as exc:
+                    if not pieces:
+                        raise
+                    failed.append(exc)
+                    break
+                if not piece:
+                    break
+                pieces.append(piece)
+                have += len(piece)
+                if time.monotonic() - started >= BLOCK_MAX_WAIT:
+                    break
+            return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+        return read

@@ -1,0 +1,455 @@
+"""S3 objects and prefixes (AWS or any S3-compatible store), downloaded resumably.
+
+Endpoints and credentials come from boto3's standard configuration (``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ``AWS_DEFAULT_REGION``, config files).
+
+Every GET carries ``IfMatch=<etag>`` (the ETag seen when the object was listed), so a part file never
+mixes two versions of an object: when S3 answers ``412 PreconditionFailed`` the part file restarts on the
+new version. A new file that is large is fetched with boto3's transfer manager (parallel ranged GETs,
+written strictly in order through a sequential sink); an interrupted one continues with a single ranged
+GET from ``out.offset``.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..errors import InvalidRequest, SourceChanged, SourceNotFound, TransferFailed
+from ..transfer import JobControl, PartFile
+from . import Source, SourceItem
+from .http import describe_error, pump, safe_filename
+
+if TYPE_CHECKING:
+    from boto3.s3.transfer import TransferConfig
+
+#: Bytes read from a GET body at a time.
+S3_BLOCK = 1 << 20
+#: Objects at least this large (bytes) and fetched from byte 0 use parallel ranged GETs.
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+#: Size of each ranged GET of a parallel download, bytes.
+MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
+#: Parallel GETs of one object.
+MAX_CONCURRENCY = 8
+#: Connection losses in a row (without progress) before a download fails.
+MAX_RESUMES = 5
+#: Times the object may change under one fetch before it fails with ``source_changed``.
+MAX_RESTARTS = 3
+BACKOFF = 0.5
+MAX_BACKOFF = 8.0
+
+_NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
+_FORBIDDEN = frozenset(
+    {"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+)
+_CHANGED = frozenset({"PreconditionFailed", "412"})
+_SERVER_BUSY = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "500", "502", "503", "504"})
+
+
+def s3_client(max_pool_connections: int = MAX_CONCURRENCY + 2) -> Any:
+    """A new boto3 S3 client, configured the standard boto3 way, with ``standard`` retries.
+
+    Creates its own :class:`boto3.session.Session` (boto3's default session is not thread-safe), so call
+    it in the thread that will use the client.
+    """
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        # SigV4 everywhere (presigned URLs included): SigV2 is deprecated and refused by newer regions.
+        signature_version="s3v4",
+        retries={"mode": "standard", "max_attempts": 5},
+        connect_timeout=10,
+        read_timeout=60,
+        max_pool_connections=max_pool_connections,
+    )
+    return boto3.session.Session().client("s3", config=config)
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> ``("bucket", "key")`` (key may be ``""`` or end in ``/``).
+
+    Raises :class:`InvalidRequest` (code ``invalid_request``) without a bucket name.
+    """
+    if not uri.lower().startswith("s3://"):
+        raise InvalidRequest(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[5:].partition("/")
+    if not bucket or "\x00" in uri:
+        raise InvalidRequest(f"S3 URI {uri!r} must look like s3://bucket/key or s3://bucket/prefix/")
+    return bucket, key
+
+
+def presign_get(uri: str, expires_seconds: int = 3600) -> str:
+    """A presigned HTTPS GET URL for the object ``uri`` (``s3://bucket/key``), valid ``expires_seconds``.
+
+    The URL is a credential: never log it unredacted (:func:`~jupyter_staging.redact.redact_url`).
+    """
+    bucket, key = parse_s3_uri(uri)
+    if not key or key.endswith("/"):
+        raise InvalidRequest(f"{uri!r} names a prefix, not an object")
+    url: str = s3_client().generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=int(expires_seconds)
+    )
+    return url
+
+
+def default_transfer_config() -> TransferConfig:
+    """The transfer manager's settings for parallel downloads (see :data:`MULTIPART_THRESHOLD`)."""
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(
+        multipart_threshold=MULTIPART_THRESHOLD,
+        multipart_chunksize=MULTIPART_CHUNKSIZE,
+        max_concurrency=MAX_CONCURRENCY,
+        io_chunksize=S3_BLOCK,
+        use_threads=True,
+    )
+
+
+def _error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    if not code:
+        code = str(response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+    return code
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """Errors meaning "the connection broke"; the download continues from the bytes it has."""
+    from botocore.exceptions import (
+        ConnectionError as BotoConnectionError,
+    )
+    from botocore.exceptions import (
+        HTTPClientError,
+        IncompleteReadError,
+        ResponseStreamingError,
+    )
+    from s3transfer.exceptions import RetriesExceededError
+    from urllib3.exceptions import HTTPError as URLLib3Error
+
+    return (
+        BotoConnectionError,
+        HTTPClientError,
+        IncompleteReadError,
+        ResponseStreamingError,
+        RetriesExceededError,
+        URLLib3Error,
+        ConnectionError,
+        TimeoutError,
+    )
+
+
+class _ObjectChanged(Exception):  # noqa: N818 - internal control flow
+    """The object no longer has the ETag the part file was started with."""
+
+
+class _Busy(Exception):  # noqa: N818 - internal control flow
+    """S3 answered with a server-side error after botocore's own retries."""
+
+
+class _SequentialSink:
+    """A write-only, non-seekable file object over a :class:`PartFile`.
+
+    boto3's transfer manager writes to a non-seekable target strictly in order (it holds back parts
+    that arrive early), so the part file always holds a prefix of the object and can be resumed.
+    After :meth:`stop` every write raises, so nothing lands once the fetch gave up.
+    """
+
+    def __init__(self, out: PartFile) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+        self._stopped = False
+        self.written = 0
+
+    def write(self, data: bytes) -> int:
+        with self._lock:
+            if self._stopped:
+                raise OSError("download stopped")
+            self._out.write(data)
+            self.written += len(data)
+        return len(data)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+
+
+def _known_object(size: int, etag: str | None) -> Any:
+    """A transfer-manager subscriber giving it the size and ETag we listed (no HEAD; IfMatch on GETs)."""
+    from s3transfer.subscribers import BaseSubscriber
+
+    class KnownObject(BaseSubscriber):  # type: ignore[misc]
+        def on_queued(self, future: Any, **kwargs: Any) -> None:
+            future.meta.provide_transfer_size(size)
+            if etag:
+                future.meta.provide_object_etag(etag)
+
+    return KnownObject()
+
+
+class S3Source(Source):
+    """``s3://bucket/key`` (one object) or ``s3://bucket/prefix/`` (every object below the prefix).
+
+    A key without a trailing slash that is not an object but is a prefix is treated as the prefix.
+    Item names are relative to the prefix (POSIX paths); keys ending in ``/`` (folder markers) and keys
+    with empty, ``.``/``..`` or hidden (dot) components are skipped. ``transfer_config`` overrides
+    :func:`default_transfer_config`.
+    """
+
+    default_method = "download"
+    methods = ("download",)
+
+    def __init__(self, uri: str, *, transfer_config: TransferConfig | None = None) -> None:
+        super().__init__(uri)
+        self.bucket, self.key = parse_s3_uri(uri)
+        self._transfer_config = transfer_config
+        self._local = threading.local()
+
+    @property
+    def transfer_config(self) -> TransferConfig:
+        if self._transfer_config is None:
+            self._transfer_config = default_transfer_config()
+        return self._transfer_config
+
+    def client(self) -> Any:
+        """This thread's S3 client (made by :func:`s3_client` on first use in the thread)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = s3_client(self.transfer_config.max_request_concurrency + 2)
+        return client
+
+    # -- listing -----------------------------------------------------------------------------------
+
+    def list_items(self) -> list[SourceItem]:
+        """The object, or the objects below the prefix, with size and ETag.
+
+        Raises :class:`SourceNotFound` (code ``source_not_found`` for a missing object, prefix or bucket,
+        ``source_forbidden`` when access is denied or no credentials are found) and
+        :class:`TransferFailed` for other S3 or network errors.
+        """
+        client = self.client()
+        if self.key and not self.key.endswith("/"):
+            try:
+                with self._translate_errors(self.uri, listing=True):
+                    head = client.head_object(Bucket=self.bucket, Key=self.key)
+                return [self._item(self.key, safe_filename(self.key.rsplit("/", 1)[-1]), head)]
+            except SourceNotFound as exc:
+                if exc.code != "source_not_found":
+                    raise
+            items = self._list(client, self.key + "/")
+            if not items:
+                raise SourceNotFound(f"{self.uri} was not found (no such object or prefix)")
+            return items
+        items = self._list(client, self.key)
+        if not items:
+            raise SourceNotFound(f"no objects under {self.uri}")
+        return items
+
+    def _list(self, client: Any, prefix: str) -> list[SourceItem]:
+        items = []
+        with self._translate_errors(f"s3://{self.bucket}/{prefix}", listing=True):
+            pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    key = obj["Key"]
+                    if key.endswith("/"):
+                        continue
+                    rel = key[len(prefix) :]
+                    parts = rel.split("/")
+                    if any(p in ("", ".", "..") or p.startswith(".") or "\x00" in p for p in parts):
+                        continue
+                    items.append(self._item(key, rel, obj))
+        return items
+
+    def _item(self, key: str, name: str, meta: dict[str, Any]) -> SourceItem:
+        """An item from a ``head_object`` answer or a ``list_objects_v2`` entry."""
+        size = int(meta["ContentLength"] if "ContentLength" in meta else meta["Size"])
+        modified = meta.get("LastModified")
+        return SourceItem(
+            name=name,
+            size=size,
+            locator=f"s3://{self.bucket}/{key}",
+            validator={
+                "etag": meta.get("ETag"),
+                "size": size,
+                "last_modified": modified.isoformat() if modified is not None else None,
+            },
+            content_type=meta.get("ContentType") or mimetypes.guess_type(name)[0],
+        )
+
+    def _translate_errors(self, what: str, *, listing: bool = False) -> _ErrorTranslator:
+        return _ErrorTranslator(what, self.bucket, listing=listing)
+
+    # -- fetching ----------------------------------------------------------------------------------
+
+    def fetch(self, item: SourceItem, out: PartFile, control: JobControl) -> None:
+        """Download the object ``item`` into ``out``, continuing from ``out.offset``.
+
+        Every GET is conditional on ``item.validator["etag"]``; when the object changed, ``out``
+        restarts and ``item.size`` / ``item.validator`` are updated to the new version (so
+        ``out.commit(item.size)`` checks the right length). Raises :class:`SourceNotFound`,
+        :class:`TransferFailed`, :class:`~jupyter_staging.errors.SourceChanged` (the object kept changing)
+        or :class:`~jupyter_staging.errors.JobInterrupted`.
+        """
+        bucket, key = parse_s3_uri(item.locator)
+        client = self.client()
+        resumable: tuple[type[BaseException], ...] = (_Busy, *_transient_errors())
+        failures = restarts = 0
+        while True:
+            control.check()
+            before = out.offset
+            try:
+                with self._translate_errors(item.locator):
+                    self._fetch_once(client, bucket, key, item, out, control)
+                return
+            except _ObjectChanged:
+                restarts += 1
+                if restarts > MAX_RESTARTS:
+                    raise SourceChanged(f"{item.locator} kept changing during the download") from None
+                control.log("warning", f"{item.name}: the object changed (new ETag); restarting it")
+                out.restart()
+                with self._translate_errors(item.locator):
+                    head = client.head_object(Bucket=bucket, Key=key)
+                fresh = self._item(key, item.name, head)
+                item.size, item.validator = fresh.size, fresh.validator
+            except resumable as exc:
+                failures = 0 if out.offset > before else failures + 1
+                if failures >= MAX_RESUMES:
+                    raise TransferFailed(
+                        f"{item.name}: download of {item.locator} kept failing after {out.offset} bytes: "
+                        f"{describe_error(exc)}"
+                    ) from None
+                delay = min(MAX_BACKOFF, BACKOFF * 2 ** max(failures - 1, 0))
+                control.log(
+                    "warning",
+                    f"{item.name}: connection lost after {out.offset} bytes ({describe_error(exc)}); "
+                    f"resuming in {delay:g} s",
+                )
+                control.wait(delay)
+
+    def _fetch_once(
+        self, client: Any, bucket: str, key: str, item: SourceItem, out: PartFile, control: JobControl
+    ) -> None:
+        etag = item.validator.get("etag")
+        if item.size is not None and out.offset > item.size:
+            control.log("warning", f"{item.name}: partial file is longer than the object; restarting it")
+            out.restart()
+        if out.offset and out.offset == item.size:
+            # Complete already; make sure it is still the same object.
+            client.head_object(Bucket=bucket, Key=key, **({"IfMatch": etag} if etag else {}))
+            return
+        if (
+            out.offset == 0
+            and item.size is not None
+            and item.size >= self.transfer_config.multipart_threshold
+        ):
+            self._parallel(client, bucket, key, item, out, control)
+        else:
+            self._stream(client, bucket, key, item, out, control)
+
+    def _stream(
+        self, client: Any, bucket: str, key: str, item: SourceItem, out: PartFile, control: JobControl
+    ) -> None:
+        """One GET (ranged when ``out.offset`` > 0) read in :data:`S3_BLOCK` blocks."""
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        etag = item.validator.get("etag")
+        if etag:
+            kwargs["IfMatch"] = etag
+        start = out.offset
+        if start:
+            kwargs["Range"] = f"bytes={start}-"
+        resp = client.get_object(**kwargs)
+        body = resp["Body"]
+        try:
+            content_range = resp.get("ContentRange")
+            if start and not (content_range and content_range.startswith(f"bytes {start}-")):
+                # The store ignored the range: take the whole object from byte 0.
+                control.log("warning", f"{item.name}: the store sent the whole object; restarting it")
+                out.restart()
+            if not etag or item.size is None:
+                item.size = int(resp["ContentLength"]) + (start if content_range else 0)
+                item.validator = {**item.validator, "etag": resp.get("ETag"), "size": item.size}
+            pump(lambda: body.read(S3_BLOCK), out, control)
+        finally:
+            body.close()
+
+    def _parallel(
+        self, client: Any, bucket: str, key: str, item: SourceItem, out: PartFile, control: JobControl
+    ) -> None:
+        """Whole object with the transfer manager: parallel ranged GETs, written in order."""
+        from boto3.s3.transfer import create_transfer_manager
+
+        assert item.size is not None
+        sink = _SequentialSink(out)
+        reported = 0
+
+        def report() -> None:
+            nonlocal reported
+            written = sink.written
+            control.add_bytes(written - reported)
+            reported = written
+
+        try:
+            with create_transfer_manager(client, self.transfer_config) as manager:
+                future = manager.download(
+                    bucket, key, sink, subscribers=[_known_object(item.size, item.validator.get("etag"))]
+                )
+                while not future.done():
+                    if control.interrupted:
+                        sink.stop()
+                        future.cancel()
+                        break
+                    time.sleep(0.05)
+                    report()
+                if not control.interrupted:
+                    future.result()
+        finally:
+            sink.stop()
+            report()
+        control.check()
+
+
+class _ErrorTranslator:
+    """Context manager turning boto errors into staging errors (messages name the URI, never a secret).
+
+    While fetching (``listing=False``) a changed object and server-side or connection errors become the
+    internal signals :meth:`S3Source.fetch` acts on; while listing they are :class:`TransferFailed`.
+    """
+
+    def __init__(self, what: str, bucket: str, *, listing: bool = False) -> None:
+        self.what = what
+        self.bucket = bucket
+        self.listing = listing
+
+    def __enter__(self) -> _ErrorTranslator:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
+        if exc is None:
+            return False
+        from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
+
+        if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+            raise SourceNotFound(
+                f"no usable AWS credentials to read {self.what}", code="source_forbidden"
+            ) from None
+        if not isinstance(exc, ClientError):
+            if self.listing and isinstance(exc, _transient_errors()):
+                raise TransferFailed(f"cannot reach S3 for {self.what}: {describe_error(exc)}") from None
+            return False
+        code = _error_code(exc)
+        if code in _CHANGED:
+            raise _ObjectChanged from None
+        if code == "NoSuchBucket":
+            raise SourceNotFound(f"S3 bucket {self.bucket!r} does not exist") from None
+        if code in _NOT_FOUND:
+            raise SourceNotFound(f"{self.what} was not found") from None
+        if code in _FORBIDDEN:
+            raise SourceNotFound(
+                f"access to {self.what} was refused ({code})", code="source_forbidden"
+            ) from None
+        if code in _SERVER_BUSY and not self.listing:
+            raise _Busy(f"S3 answered {code}") from None
+        raise TransferFailed(f"S3 error {code or 'unknown'} for {self.what}") from None

@@ -1,0 +1,82 @@
+"""Shared fixtures: real Jupyter servers (pytest-jupyter), the shipped mission data, test servers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+KEPLER = SHARED_DATA / "kplr010666592-2009131110544_slc.fits"
+TESS = SHARED_DATA / "hlsp_tess-data-alerts_tess_phot_00025155310-s01_tess_v1_lc.fits"
+SPITZER = SHARED_DATA / "spitzer_example_catalog.xml"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The read-only folder of real mission data beside the repository (``../shared/data``)."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"the shared mission data is missing: {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def jp_server_config(tmp_path):
+    """A server with only our extension, strict authentication, and the job database in tmp_path."""
+    return {
+        "ServerApp": {
+            "jpserver_extensions": {"jupyter_staging": True},
+            "allow_unauthenticated_access": False,
+        },
+        "StagingApp": {"db_url": f"sqlite:///{tmp_path / 'staging-jobs.sqlite'}"},
+    }
+
+
+# -- real HTTP and S3 servers on 127.0.0.1 (tests/servers.py) ----------------------------------------
+
+
+def _servers():
+    """``tests/servers.py``, whether ``tests`` is imported as a package or as a plain folder."""
+    try:
+        from . import servers
+    except ImportError:
+        import servers  # type: ignore[no-redef]
+    return servers
+
+
+@pytest.fixture
+def range_server(tmp_path_factory):
+    """A :class:`servers.RangeHTTPServer` serving a fresh temporary folder (``range_server.root``)."""
+    with _servers().RangeHTTPServer(tmp_path_factory.mktemp("http-root")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 endpoint (:class:`servers.MotoS3Server`), one per test session."""
+    with _servers().MotoS3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """AWS settings pointing at ``s3_server`` and a new empty bucket: yields ``(client, bucket)``."""
+    import uuid
+
+    from jupyter_staging.sources.s3 import s3_client
+
+    s3_server.apply_env(monkeypatch)
+    client = s3_client()
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    yield client, bucket
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "slow: needs several seconds (real servers, kernels or conversions); runs by default, "
+        "deselect with -m 'not slow'",
+    )
