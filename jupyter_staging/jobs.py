@@ -26,7 +26,7 @@ from .models import ChunkState, JobState
 from .paths import check_output_name
 from .sources import Source, SourceItem, open_source
 from .store import ChunkRecord, JobRecord, utcnow
-from .transfer import BLOCK_SIZE, PART_SUFFIX, JobControl, PartFile, part_path
+from .transfer import BLOCK_SIZE, PART_SUFFIX, JobControl, PartFile, part_path, publish
 
 if TYPE_CHECKING:
     from .manager import LiveProgress, StagingManager
@@ -311,23 +311,28 @@ class JobRunner:
     # -- conversions --------------------------------------------------------------------------------
 
     def _convert(self, source: Source, rec: JobRecord, resume: dict[str, Any], item: SourceItem, dest: Path) -> None:
-        from .convert import convert_to_parquet, detect_format
+        from .convert import convert_to_parquet, detect_format, is_table
 
         opts = rec.convert or {}
-        fmt = detect_format(Path(item.name))
-        local = source.local_path(item)
-        if fmt is None or fmt == "parquet":
-            self._convert_passthrough(source, rec, item, dest)
-            return
         done_items = resume.setdefault("converted", [])
         if item.name in done_items:
             return
+        if any(c.path == item.name for c in self.store.list_chunks(self.job_id)):
+            self._convert_passthrough(source, rec, item, dest)  # staged as-is in an earlier run
+            return
+        local = source.local_path(item)
+        downloaded = None
         if local is None:
-            local = scratch_dir(dest, self.job_id) / item.name
+            # Remote: download first (resumable), then decide from the bytes whether it is a table.
+            local = downloaded = scratch_dir(dest, self.job_id) / item.name
             if not local.exists():
                 self._stage_file(source, "download", item, local, recovering=False)
             else:
                 self.control.add_bytes(item.size or 0)
+        fmt = detect_format(local)
+        if fmt is None or fmt == "parquet" or (opts.get("hdu") is None and not is_table(local)):
+            self._convert_passthrough(source, rec, item, dest, downloaded=downloaded)
+            return
         if fmt == "fits" and len(resume.get("items", [])) == 1:
             self._expect_chunks(local, opts)
         stem = PurePosixPath(item.name)
@@ -400,8 +405,11 @@ class JobRunner:
         except Exception:  # noqa: S110 - only an estimate; the converter reports real errors
             pass
 
-    def _convert_passthrough(self, source: Source, rec: JobRecord, item: SourceItem, dest: Path) -> None:
-        """Stage a file that is not a table (an image, a Parquet file) as it is, as one chunk."""
+    def _convert_passthrough(
+        self, source: Source, rec: JobRecord, item: SourceItem, dest: Path, downloaded: Path | None = None
+    ) -> None:
+        """Stage a file that is not a table (an image, a Parquet file) as it is, as one chunk; a file
+        ``downloaded`` to the scratch folder already is moved into place rather than fetched again."""
         chunks = self.store.list_chunks(self.job_id)
         for chunk in chunks:
             if chunk.path == item.name:
@@ -422,7 +430,14 @@ class JobRunner:
                 )
             )
         self._log("info", f"{item.name}: not a table; staged as it is")
-        size, sha = self._stage_file(source, "copy" if rec.method == "copy" else "download", item, dest / item.name, recovering=self.recovering)
+        final = dest / item.name
+        if downloaded is not None:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            publish(downloaded, final)
+            size, sha = final.stat().st_size, sha256_file(final)
+        else:
+            method = "copy" if rec.method == "copy" else "download"
+            size, sha = self._stage_file(source, method, item, final, recovering=self.recovering)
         self._chunk_ready(chunk, bytes=size, sha256=sha)
 
     # -- the end --------------------------------------------------------------------------------------

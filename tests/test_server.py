@@ -298,3 +298,60 @@ async def test_cancel_a_finished_job_is_harmless(jp_fetch, jp_root_dir):
     assert (jp_root_dir / "staging" / "c" / SPITZER.name).exists()
     job = json.loads((await jp_fetch(*API, "jobs", job["id"])).body)
     assert job["state"] == "succeeded"
+
+
+async def test_http_and_s3_sources_stage_byte_identical(jp_fetch, jp_root_dir, range_server, s3_env):
+    from .conftest import TESS
+
+    (range_server.root / KEPLER.name).write_bytes(KEPLER.read_bytes())
+    client, bucket = s3_env
+    client.upload_file(str(TESS), bucket, f"tess/{TESS.name}")
+    sources = {
+        "http": (range_server.url(KEPLER.name), KEPLER),
+        "s3": (f"s3://{bucket}/tess/{TESS.name}", TESS),
+    }
+    for kind, (uri, original) in sources.items():
+        job = json.loads((await post_job(jp_fetch, {"source": uri, "destination": f"staging/{kind}"})).body)
+        assert job["method"] == "download"
+        job = await wait_for(jp_fetch, job["id"])
+        assert job["state"] == "succeeded", job
+        staged = jp_root_dir / "staging" / kind / original.name
+        assert staged.read_bytes() == original.read_bytes()
+        manifest = json.loads((await jp_fetch(*API, "jobs", job["id"], "manifest")).body)
+        assert manifest["objects"][0]["sha256"] == sha256(original)
+        assert manifest["source"] == uri
+
+
+async def test_missing_remote_sources_fail_with_a_code(jp_fetch, range_server, s3_env):
+    _, bucket = s3_env
+    for uri in (range_server.url("nothing-here.fits"), f"s3://{bucket}/nothing-here.fits"):
+        job = json.loads((await post_job(jp_fetch, {"source": uri})).body)
+        job = await wait_for(jp_fetch, job["id"])
+        assert job["state"] == "failed"
+        assert job["error"]["code"] == "source_not_found", job
+
+
+async def test_remote_table_is_converted(jp_fetch, jp_root_dir, range_server):
+    (range_server.root / KEPLER.name).write_bytes(KEPLER.read_bytes())
+    body = {"source": range_server.url(KEPLER.name), "destination": "staging/remote-lc", "convert": {"chunk_rows": 5000}}
+    job = json.loads((await post_job(jp_fetch, body)).body)
+    job = await wait_for(jp_fetch, job["id"])
+    assert job["state"] == "succeeded", job
+    assert job["progress"]["rows_done"] == 14280
+    folder = jp_root_dir / "staging" / "remote-lc"
+    assert sorted(p.name for p in folder.iterdir()) == ["kplr010666592-2009131110544_slc.parquet", "manifest.json"]
+
+
+async def test_images_are_staged_as_they_are_when_converting(jp_fetch, jp_root_dir, shared_data):
+    image = shared_data / "allsky_rosat.fits"
+    job = json.loads((await post_job(jp_fetch, {"source": str(image), "destination": "staging/img", "convert": {}})).body)
+    job = await wait_for(jp_fetch, job["id"])
+    assert job["state"] == "succeeded", job
+    assert (jp_root_dir / "staging" / "img" / image.name).read_bytes() == image.read_bytes()
+
+    body = {"source": str(image), "destination": "staging/img-hdu", "convert": {"hdu": 0}}
+    job = json.loads((await post_job(jp_fetch, body)).body)
+    job = await wait_for(jp_fetch, job["id"])
+    assert job["state"] == "failed" and job["error"]["code"] == "conversion_failed", job
+    assert "Traceback" not in job["error"]["message"]
+    assert not list((jp_root_dir / "staging").rglob("*.part"))
