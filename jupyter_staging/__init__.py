@@ -19,7 +19,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from .client import Job
 
-__all__ = ["Job", "__version__", "jobs", "load_ipython_extension", "stage"]
+__all__ = ["Job", "__version__", "list_jobs", "load_ipython_extension", "stage"]
 
 
 def stage(source: str, destination: str | None = None, **kwargs: Any) -> Job:
@@ -29,11 +29,11 @@ def stage(source: str, destination: str | None = None, **kwargs: Any) -> Job:
     return _stage(source, destination, **kwargs)
 
 
-def jobs(**kwargs: Any) -> list[Job]:
+def list_jobs(**kwargs: Any) -> list[Job]:
     """The staging jobs, newest first; see :func:`jupyter_staging.client.list_jobs`."""
-    from .client import list_jobs
+    from .client import list_jobs as _list_jobs
 
-    return list_jobs(**kwargs)
+    return _list_jobs(**kwargs)
 
 
 def __getattr__(name: str) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -130,6 +131,8 @@ class StagingManager:
         self._create_lock = threading.Lock()
         self._done = threading.Condition(self._lock)
         self._stopped = False
+        #: Identifies this process as the runner of the jobs it submits (``host:pid``).
+        self.runner_id = f"{socket.gethostname()}:{os.getpid()}"
         self.sweep_interval = sweep_interval
         self._sweeper: threading.Thread | None = None
         self._sweep_stop = threading.Event()
@@ -143,6 +146,8 @@ class StagingManager:
         for rec in self.store.list_jobs(
             root=str(self.root_dir), states=[JobState.running.value, JobState.queued.value], limit=100000
         ):
+            if rec.runner and rec.runner != self.runner_id and _runner_alive(rec.runner):
+                continue  # another live process (a second kernel, a script) runs it
             if rec.state == JobState.running.value:
                 self._log(rec.id, "warning", "the server stopped while this job ran; resuming it")
                 self._set_state(rec.id, JobState.queued)
@@ -320,7 +325,7 @@ class StagingManager:
         """The job's status and progress. Raises :class:`JobNotFound` (404) for unknown or foreign ids."""
         return self._describe(self._record(job_id, owner))
 
-    def list(self, owner: str | None = None, query: ListJobsQuery | None = None) -> ListJobsResponse:
+    def list_jobs(self, owner: str | None = None, query: ListJobsQuery | None = None) -> ListJobsResponse:
         """Jobs of ``owner`` newest first, filtered by ``query.state``, ``query.limit`` per page.
 
         Raises :class:`InvalidRequest` for a malformed cursor.
@@ -348,15 +353,20 @@ class StagingManager:
         state = JobState(rec.state)
         if state.is_final:
             return self._describe(rec)
-        with self._lock:
-            control = self._controls.get(job_id)
-        if control is not None and state == JobState.running:
-            self.store.update_job(job_id, requested=JobState.cancelled.value)
-            control.interrupt("cancelled")
-            self.wait(job_id, timeout=30, owner=owner)
-            return self.get(job_id, owner)
+        if state == JobState.running:
+            self._request(job_id, JobState.cancelled)
+            return self.wait(job_id, timeout=30, owner=owner)
         self._finish_cancelled(job_id)
         return self.get(job_id, owner)
+
+    def _request(self, job_id: str, wanted: JobState) -> None:
+        """Ask the runner of a running job to pause or cancel: in this process through its control,
+        in another process (a shared database) through the ``requested`` column it polls."""
+        self.store.update_job(job_id, requested=wanted.value)
+        with self._lock:
+            control = self._controls.get(job_id)
+        if control is not None:
+            control.interrupt(wanted.value)
 
     def pause(self, job_id: str, owner: str | None = None) -> DescribeJob:
         """Stop moving bytes at the next block and keep the partial files; ``resume`` continues.
@@ -370,14 +380,12 @@ class StagingManager:
         if state not in (JobState.queued, JobState.running):
             raise InvalidState(f"a {state.value} job cannot be paused")
         with self._lock:
-            control = self._controls.get(job_id)
-            if control is not None:
-                self.store.update_job(job_id, requested=JobState.paused.value)
-                control.interrupt("paused")
-            else:
-                self._set_state(job_id, JobState.paused)
-        if control is not None:
-            self.wait(job_id, timeout=30, owner=owner, until=lambda s: s != JobState.running)
+            queued_here = job_id in self._controls
+        if state == JobState.running or queued_here:
+            self._request(job_id, JobState.paused)
+            self.wait(job_id, timeout=30, owner=owner, until=lambda s: s not in (JobState.running, JobState.queued))
+        else:
+            self._set_state(job_id, JobState.paused)
         self._log(job_id, "info", "paused")
         return self.get(job_id, owner)
 
@@ -559,6 +567,7 @@ class StagingManager:
         from .jobs import JobRunner
 
         runner = JobRunner(self, job_id)
+        self.store.update_job(job_id, runner=self.runner_id)
         with self._lock:
             self._controls[job_id] = runner.control
         self.executor.submit(runner.run)
@@ -587,6 +596,11 @@ class StagingManager:
             bytes_done, rows_done = live.bytes_done, live.rows_done
         rec = self.store.update_job(job_id, bytes_done=bytes_done, rows_done=rows_done)
         if rec is not None:
+            if rec.requested in (JobState.paused.value, JobState.cancelled.value):
+                with self._lock:
+                    control = self._controls.get(job_id)
+                if control is not None and not control.interrupted:
+                    control.interrupt(rec.requested)
             self._announce(rec)
 
     def _fail(self, job_id: str, error: StagingError | Exception) -> None:
@@ -604,6 +618,21 @@ class StagingManager:
         with self._lock:
             self._controls.pop(job_id, None)
             self._live.pop(job_id, None)
+
+
+def _runner_alive(runner: str) -> bool:
+    """True when ``runner`` (``host:pid``) is a live process on this host; False when it is gone or
+    cannot be checked from here (another host)."""
+    host, _, pid = runner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _current_user() -> str:

@@ -78,6 +78,8 @@ class StagingApp(ExtensionApp):
 
         return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
 
+    _exported: dict[str, str] = {}  # noqa: RUF012 - replaced per instance in _export_env
+
     def initialize_settings(self) -> None:
         root_dir = Path(os.path.expanduser(self.serverapp.root_dir)).resolve()
         self.manager = StagingManager(
@@ -112,11 +114,11 @@ class StagingApp(ExtensionApp):
                 return
         except Exception:
             return
-        os.environ[ENV_URL] = url
-        os.environ[ENV_ROOT] = str(self.manager.root_dir)
+        self._exported = {ENV_URL: url, ENV_ROOT: str(self.manager.root_dir)}
         token = getattr(serverapp.identity_provider, "token", "") or ""
         if token:
-            os.environ[ENV_TOKEN] = token
+            self._exported[ENV_TOKEN] = token
+        os.environ.update(self._exported)
 
     async def stop_extension(self) -> None:
         import asyncio
@@ -124,6 +126,9 @@ class StagingApp(ExtensionApp):
         manager = getattr(self, "manager", None)
         if manager is not None:
             await asyncio.to_thread(manager.stop)
+        for var in (ENV_URL, ENV_TOKEN, ENV_ROOT):
+            if os.environ.get(var) == self._exported.get(var):
+                os.environ.pop(var, None)
 
 
 def _safe_url(url: str) -> str:

@@ -28,8 +28,8 @@ T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 API_PREFIX = "api/v1/staging"
-_JOB_ID = r"(?P<job_id>[0-9a-fA-F-]{1,64})"
-_CHUNK_ID = r"(?P<chunk_id>[0-9]{1,9})"
+_JOB_ID = r"(?P<job_id>[^/]{1,128})"
+_CHUNK_ID = r"(?P<chunk_id>[^/]{1,64})"
 
 #: Seconds between keep-alive comments on an idle event stream.
 EVENTS_KEEPALIVE = 15.0
@@ -72,7 +72,10 @@ class StagingAPIHandler(APIHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """JSON ``{"message", "reason", "code"}``; never a traceback."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, web.HTTPError):
+        if isinstance(exc, StagingHTTPError):
+            message = exc.message
+            code = exc.code
+        elif isinstance(exc, web.HTTPError):
             message = exc.log_message or exc.reason or self._reason
             code = getattr(exc, "code", None) or _default_code(status_code)
         else:
@@ -87,10 +90,12 @@ class StagingHTTPError(web.HTTPError):
     """An HTTP error carrying the staging error ``code``."""
 
     def __init__(self, status: int, message: str, *, code: str) -> None:
-        super().__init__(status, "%s", message)
-        self.log_message = message
-        self.args = ()
+        super().__init__(status)
+        self.message = message
         self.code = code
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status_code}: {self.message} ({self.code})"
 
 
 def validate(model: type[M], data: dict[str, Any]) -> M:
@@ -129,7 +134,7 @@ class JobsHandler(StagingAPIHandler):
     async def get(self) -> None:
         args = {k: self.get_argument(k) for k in ("state", "limit", "cursor") if self.get_argument(k, None)}
         query = validate(ListJobsQuery, args)
-        jobs = await self.call(self.manager.list, self.owner, query)
+        jobs = await self.call(self.manager.list_jobs, self.owner, query)
         self.write_json(dump(jobs))
 
 
@@ -249,7 +254,7 @@ class EventsHandler(StagingAPIHandler):
 
         unsubscribe = self.manager.subscribe(listener)
         try:
-            current = await self.call(self.manager.list, self.owner, ListJobsQuery(limit=1000))
+            current = await self.call(self.manager.list_jobs, self.owner, ListJobsQuery(limit=1000))
             for job in current.jobs:
                 if not job.state.is_final:
                     await self._send({"type": "job", "job": dump(job)})

@@ -1,0 +1,107 @@
+"""The ``%stage`` line magic: ``%load_ext jupyter_staging``, then::
+
+    job = %stage /archive/kepler/kplr010666592-2009131110544_slc.fits kepler --to-parquet --wait
+    %stage jobs
+    %stage pause|resume|cancel JOB_ID
+
+It calls :mod:`jupyter_staging.client`, so it goes through the Jupyter server that started the kernel when
+there is one, and runs in-process otherwise. Staging errors are shown as one line
+(``UsageError: staging error [code]: message``), never as a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from . import client
+from .errors import StagingError
+
+#: First words of ``%stage`` that are commands rather than a source (stage ``./jobs`` for a file so named).
+CONTROL_COMMANDS = ("pause", "resume", "cancel")
+
+
+@magics_class
+class StagingMagics(Magics):
+    """Magics of ``jupyter_staging``; registered by ``%load_ext jupyter_staging``."""
+
+    @magic_arguments()
+    @argument(
+        "source",
+        help="""File, folder, http(s):// URL or s3:// URI to stage (relative paths are relative to the
+        notebook's folder); or the command 'jobs', 'pause', 'resume' or 'cancel'.""",
+    )
+    @argument(
+        "dest",
+        nargs="?",
+        default=None,
+        help="""Destination folder, relative to the notebook's folder (default: a new folder under the
+        server's staging folder); for pause/resume/cancel, the job id.""",
+    )
+    @argument(
+        "--to-parquet", action="store_true", help="Convert tables (FITS, VOTable, CSV, ECSV) to Parquet."
+    )
+    @argument("--chunk-rows", type=int, default=None, metavar="N", help="Rows per Parquet part file.")
+    @argument("--compression", default="zstd", metavar="C", help="Parquet codec (default zstd).")
+    @argument("--hdu", default=None, metavar="H", help="FITS HDU holding the table (index or name).")
+    @argument(
+        "--method", default=None, choices=["copy", "hardlink", "symlink", "download"], help="How to stage."
+    )
+    @argument("--name", default=None, help="A name for the job.")
+    @argument("--wait", action="store_true", help="Block until the job ends.")
+    @argument(
+        "--timeout", type=float, default=None, metavar="SECONDS", help="With --wait: wait at most this."
+    )
+    @argument("--state", default=None, help="With 'jobs': only jobs in this state.")
+    @line_magic
+    def stage(self, line: str) -> Any:
+        """Stage data as a tracked job and return the :class:`~jupyter_staging.client.Job`.
+
+        ``%stage SOURCE [DEST] [--to-parquet] [--chunk-rows N] [--method M] [--wait]`` submits a job;
+        ``%stage jobs`` lists the jobs; ``%stage pause|resume|cancel JOB_ID`` steers one.
+        ``$name`` and ``{expression}`` are expanded from the notebook's variables.
+        """
+        args = parse_argstring(self.stage, line)
+        try:
+            if args.source == "jobs" and args.dest is None:
+                return client.list_jobs(state=args.state)
+            if args.source in CONTROL_COMMANDS and args.dest is not None:
+                job = client.get_job(args.dest)
+                return getattr(job, args.source)()
+            hdu = int(args.hdu) if args.hdu is not None and args.hdu.lstrip("-").isdigit() else args.hdu
+            job = client.stage(
+                args.source,
+                args.dest,
+                method=args.method,
+                to_parquet=args.to_parquet,
+                chunk_rows=args.chunk_rows,
+                compression=args.compression,
+                hdu=hdu,
+                name=args.name,
+            )
+            if args.wait:
+                return _wait(job, args.timeout)
+            return job
+        except client.JobFailed as err:
+            raise UsageError(
+                f"staging error [{err.code}]: {err.message} (job {err.job.id}; see job.log())"
+            ) from None
+        except StagingError as err:
+            raise UsageError(f"staging error [{err.code}]: {err.message}") from None
+
+
+def _wait(job: client.Job, timeout: float | None) -> client.Job:
+    """Wait for ``job``; on a timeout or an interrupt, say so and hand the still-running job back."""
+    try:
+        return job.wait(timeout=timeout)
+    except TimeoutError:
+        print(f"job {job.name!r} ({job.id}) is still {job.state} after {timeout} s; it keeps running")
+    except KeyboardInterrupt:
+        print(f"stopped waiting; job {job.name!r} ({job.id}) keeps running")
+    return job
+
+
+__all__ = ["StagingMagics"]
