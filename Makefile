@@ -16,7 +16,8 @@ demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --ignore=tests/hub
+	$(BIN)/python -m pytest tests/hub
 
 lint: setup
 	$(BIN)/pip install -q ruff mypy

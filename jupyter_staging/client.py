@@ -674,14 +674,25 @@ class Job:
 
     # -- control -----------------------------------------------------------------------------------------
 
-    def wait(self, timeout: float | None = None, poll: float = 0.25) -> Job:
+    def wait(self, timeout: float | None = None, poll: float = 0.25, *, progress: bool = False) -> Job:
         """Block until the job ends; returns ``self`` once it has succeeded (or expired).
 
         ``timeout`` seconds at most (None: no limit; a paused job waits for :meth:`resume`), polling every
-        ``poll`` seconds. Raises :class:`JobFailed` (with the job's error ``code`` and ``message``; code
-        ``cancelled`` for a cancelled job) and :class:`TimeoutError` when ``timeout`` passes first.
+        ``poll`` seconds; with ``progress``, a text progress line is rewritten on stdout at each poll.
+        Raises :class:`JobFailed` (with the job's error ``code`` and ``message``; code ``cancelled`` for a
+        cancelled job) and :class:`TimeoutError` when ``timeout`` passes first.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        if progress:
+            from .widgets import progress_text
+
+            while not self.refresh().done:
+                print(f"\r{self.name}: {progress_text(self._data)}", end="", flush=True)
+                if deadline is not None and time.monotonic() >= deadline:
+                    print()
+                    raise TimeoutError(f"job {self.name!r} ({self.id}) is still {self.state} after {timeout} s")
+                time.sleep(poll)
+            print(f"\r{self.name}: {progress_text(self._data)}", flush=True)
         while True:
             remaining = 3600.0 if deadline is None else max(0.0, deadline - time.monotonic())
             self._data = self._backend.wait(self.id, timeout=min(remaining, 3600.0), poll=poll)
@@ -868,6 +879,7 @@ def stage(
     ttl_seconds: int | None = None,
     wait: bool = False,
     timeout: float | None = None,
+    show: bool | None = None,
 ) -> Job:
     """Stage ``source`` into ``destination`` as a tracked job.
 
@@ -889,6 +901,10 @@ def stage(
         As in the REST API (``DESIGN.md``); the same ``idempotency_key`` returns the same job.
     wait, timeout:
         Block until the job ends (at most ``timeout`` seconds), as :meth:`Job.wait`.
+    show:
+        Display a live :class:`~jupyter_staging.widgets.JobWidget` (progress, chunks, Pause / Resume /
+        Cancel). Default: when running in a Jupyter kernel; in terminal IPython, waiting prints a text
+        progress line instead.
 
     Returns the :class:`Job`. Raises :class:`StagingError` subclasses with a stable ``code``:
     ``source_not_found``, ``path_not_allowed``, ``destination_exists``, ``invalid_request``...; with
@@ -913,8 +929,14 @@ def stage(
         if value is not None:
             body[key] = value
     job = Job(backend.create(body), backend)
+    from . import widgets
+
+    if show is None:
+        show = widgets.has_widget_frontend()
+    if show:
+        widgets.display_job(job)
     if wait:
-        job.wait(timeout=timeout)
+        job.wait(timeout=timeout, progress=not show and widgets.in_ipython())
     return job
 
 

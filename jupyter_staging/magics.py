@@ -17,7 +17,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from . import client
+from . import client, widgets
 from .errors import StagingError
 
 #: First words of ``%stage`` that are commands rather than a source (stage ``./jobs`` for a file so named).
@@ -67,6 +67,8 @@ class StagingMagics(Magics):
         args = parse_argstring(self.stage, line)
         try:
             if args.source == "jobs" and args.dest is None:
+                if widgets.has_widget_frontend():
+                    return widgets.JobsTable(lambda: client.list_jobs(state=args.state))
                 return client.list_jobs(state=args.state)
             if args.source in CONTROL_COMMANDS and args.dest is not None:
                 job = client.get_job(args.dest)
@@ -96,7 +98,7 @@ class StagingMagics(Magics):
 def _wait(job: client.Job, timeout: float | None) -> client.Job:
     """Wait for ``job``; on a timeout or an interrupt, say so and hand the still-running job back."""
     try:
-        return job.wait(timeout=timeout)
+        return job.wait(timeout=timeout, progress=not widgets.has_widget_frontend())
     except TimeoutError:
         print(f"job {job.name!r} ({job.id}) is still {job.state} after {timeout} s; it keeps running")
     except KeyboardInterrupt:

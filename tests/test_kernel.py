@@ -25,6 +25,7 @@ from jupyter_staging.errors import JobNotFound, PathNotAllowed, SourceNotFound
 from .conftest import KEPLER, SPITZER
 from .servers import free_port
 
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 API = "api/v1/staging"
 
 
@@ -174,16 +175,22 @@ class Kernel:
                     raise
                 time.sleep(0.5)
 
+    widgets_shown: list[str]
+
     def run(self, code: str, timeout: float = 120) -> tuple[dict[str, Any], str]:
         """Execute ``code``; returns the reply content and everything shown (streams, results, errors)."""
         shown: list[str] = []
+        self.widgets_shown = []
 
         def on_output(msg: dict[str, Any]) -> None:
             kind, content = msg["msg_type"], msg["content"]
             if kind == "stream":
                 shown.append(content["text"])
             elif kind in ("execute_result", "display_data"):
-                shown.append(content["data"].get("text/plain", "") + "\n")
+                if WIDGET_MIME in content["data"]:
+                    self.widgets_shown.append(content["data"][WIDGET_MIME]["model_id"])
+                else:
+                    shown.append(content["data"].get("text/plain", "") + "\n")
             elif kind == "error":
                 shown.append("\n".join(content["traceback"]) + "\n")
 
@@ -249,6 +256,7 @@ def test_stage_votable_to_parquet_and_read_it_in_the_kernel(kernel, jupyter_serv
         f"job = %stage {SPITZER} --to-parquet --wait\n"
         "print(job.id, job.state, len(job.to_pandas()), len(job.paths))"
     )
+    assert len(kernel.widgets_shown) == 1  # the live job widget
     job_id, state, rows, parts = shown.split()
     assert (state, int(rows)) == ("succeeded", 224)
     assert int(parts) >= 1
@@ -263,7 +271,9 @@ def test_stage_votable_to_parquet_and_read_it_in_the_kernel(kernel, jupyter_serv
     assert all(c["path"].endswith(".parquet") for c in chunks)
     assert (jupyter_server.root / job["destination"] / chunks[0]["path"]).is_file()
 
-    listing = kernel.ok("%stage jobs")
+    kernel.ok("%stage jobs")
+    assert len(kernel.widgets_shown) == 1  # the live jobs table
+    listing = kernel.ok("import jupyter_staging\nprint(jupyter_staging.list_jobs())")
     assert job_id in listing and "succeeded" in listing
 
 

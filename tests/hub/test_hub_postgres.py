@@ -1,0 +1,51 @@
+"""The service end to end with its records in a real PostgreSQL: stage, refuse, restart, read back."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from .conftest import KEPLER_NAME, start_hub
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pg_hub(tmp_path_factory, kepler, proxy_command, postgres):
+    db_url = postgres.create_database("staging_hub")
+    started = time.monotonic()
+    hub = start_hub(
+        tmp_path_factory.mktemp("hub-pg"), kepler, proxy_command, service_args=[f"--db-url={db_url}"]
+    )
+    print(f"hub (PostgreSQL records) up in {time.monotonic() - started:.1f} s")
+    hub.db_url = db_url
+    yield hub
+    hub.stop()
+
+
+def test_records_live_in_postgresql_and_survive_a_restart(pg_hub, kepler):
+    src = str(pg_hub.archive / "kepler" / KEPLER_NAME)
+    ok = pg_hub.api("POST", "api/stage", token=pg_hub.tokens["alice"],
+                    json={"method": "local_copy", "local_path_on_storage": src})  # fmt: skip
+    assert ok.status_code == 201, ok.text
+    refused = pg_hub.api("POST", "api/stage", token=pg_hub.tokens["alice"],
+                         json={"method": "local_copy", "local_path_on_storage": "/etc/passwd"})  # fmt: skip
+    assert refused.status_code == 400
+
+    engine = create_engine(pg_hub.db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT id, status, error_code, bytes FROM operations ORDER BY started")
+        ).all()
+    engine.dispose()
+    assert [(r.id, r.status) for r in rows] == [(ok.json()["id"], "succeeded"),
+                                                (refused.json()["operation_id"], "failed")]  # fmt: skip
+    assert rows[0].bytes == kepler.stat().st_size and rows[1].error_code == "path_not_allowed"
+    assert not (pg_hub.service_dir / "jupyter_staging_hub.sqlite").exists()
+
+    before = pg_hub.api("GET", "api/operations", token=pg_hub.tokens["admin"]).json()
+    pg_hub.restart()
+    after = pg_hub.api("GET", "api/operations", token=pg_hub.tokens["admin"]).json()
+    assert after == before and len(after["operations"]) == 2

@@ -1,0 +1,182 @@
+"""The hub service's file work on its own (no hub): confinement, no-follow, no overwrite, read-only."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+
+import pytest
+
+from jupyter_staging.errors import DestinationExists, PathNotAllowed, SourceNotFound
+from jupyter_staging.hub import oplog
+from jupyter_staging.hub.operations import (
+    UserAreas,
+    check_source,
+    content_disposition,
+    escape_username,
+    hardlink,
+    local_copy,
+    parse_stage_request,
+    split_relative_path,
+    symlink,
+)
+
+from .conftest import KEPLER_NAME
+
+
+@pytest.fixture
+def site(tmp_path, kepler):
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    shutil.copyfile(kepler, archive / KEPLER_NAME)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "homes").mkdir()
+    (tmp_path / "outside" / "secret").write_text("secret")
+    (archive / "out").symlink_to(tmp_path / "outside" / "secret")
+    return tmp_path
+
+
+def test_usernames_are_escaped_to_one_safe_component():
+    assert escape_username("alice") == "alice"
+    assert escape_username("a.b") == "a-2eb"
+    assert escape_username("..") == "-2e-2e"
+    assert escape_username("x/../y") == "x-2f-2e-2e-2fy"
+    assert escape_username("é") == "-c3-a9"
+
+
+@pytest.mark.parametrize(
+    ("relative", "expected"),
+    [
+        ("", ([], "f.fits")),
+        ("d/", (["d"], "f.fits")),
+        ("d/e/n.fits", (["d", "e"], "n.fits")),
+        ("n", ([], "n")),
+    ],
+)
+def test_relative_paths(relative, expected):
+    assert split_relative_path(relative, "f.fits") == expected
+
+
+@pytest.mark.parametrize("relative", ["../x", "a/../../x", "/abs/x", ".bashrc", "a/.ssh/", "a\x00b"])
+def test_hostile_relative_paths(relative):
+    with pytest.raises(PathNotAllowed):
+        split_relative_path(relative, "f.fits")
+
+
+def test_sources_are_confined_after_resolving_links(site):
+    roots = [str(site / "archive")]
+    assert check_source(str(site / "archive" / KEPLER_NAME), roots).size == 1457280
+    for bad in (
+        str(site / "archive" / "out"),
+        str(site / "archive" / ".." / "outside" / "secret"),
+        "/etc/passwd",
+    ):
+        with pytest.raises(PathNotAllowed):
+            check_source(bad, roots)
+    with pytest.raises(SourceNotFound):
+        check_source(str(site / "archive" / "missing"), roots)
+
+
+def test_templates_are_checked():
+    for bad in ("relative/{username}", "/home/staging", "/home/{username}/../x"):
+        with pytest.raises(ValueError):
+            UserAreas(bad)
+
+
+def test_copy_is_read_only_and_never_overwrites(site, kepler):
+    areas = UserAreas(str(site / "homes" / "{username}" / "staging"))
+    src = check_source(str(site / "archive" / KEPLER_NAME), [str(site / "archive")])
+    with areas.open_target("alice", "a/b/", src.name) as target:
+        outcome = local_copy(src, target)
+    final = site / "homes" / "alice" / "staging" / "a" / "b" / KEPLER_NAME
+    assert outcome.status == "succeeded" and final.read_bytes() == kepler.read_bytes()
+    assert stat.S_IMODE(final.stat().st_mode) == 0o444
+    with areas.open_target("alice", "a/b/", src.name) as target:
+        assert local_copy(src, target).duplicate
+    os.chmod(final, 0o644)
+    final.write_bytes(b"changed")
+    with areas.open_target("alice", "a/b/", src.name) as target, pytest.raises(DestinationExists):
+        local_copy(src, target)
+    assert final.read_bytes() == b"changed"
+    assert sorted(p.name for p in final.parent.iterdir()) == [KEPLER_NAME]  # no .part left
+
+
+def test_symlinks_in_the_area_are_refused_at_every_level(site):
+    areas = UserAreas(str(site / "homes" / "{username}" / "staging"))
+    src = check_source(str(site / "archive" / KEPLER_NAME), [str(site / "archive")])
+    (site / "homes" / "bob").mkdir()
+    (site / "homes" / "bob" / "staging").symlink_to(site / "outside")  # the area itself
+    with pytest.raises(PathNotAllowed):
+        areas.open_target("bob", "", src.name)
+    (site / "homes" / "carol" / "staging").mkdir(parents=True)
+    (site / "homes" / "carol" / "staging" / "d").symlink_to(site / "outside")  # a folder inside it
+    with pytest.raises(PathNotAllowed):
+        areas.open_target("carol", "d/x.fits", src.name)
+    (site / "homes" / "carol" / "staging" / "f").write_text("a file, not a folder")
+    with pytest.raises(PathNotAllowed):
+        areas.open_target("carol", "f/x.fits", src.name)
+    assert sorted(p.name for p in (site / "outside").iterdir()) == ["secret"]
+
+
+def test_the_trusted_base_may_be_a_symlink(site):
+    (site / "real-homes").mkdir()
+    (site / "homes-link").symlink_to(site / "real-homes")
+    areas = UserAreas(str(site / "homes-link" / "{username}"))
+    src = check_source(str(site / "archive" / KEPLER_NAME), [str(site / "archive")])
+    with areas.open_target("dave", "", src.name) as target:
+        symlink(src, target)
+    assert (site / "real-homes" / "dave" / KEPLER_NAME).is_symlink()
+
+
+def test_hardlink_shares_the_inode_and_keeps_the_mode(site):
+    areas = UserAreas(str(site / "homes" / "{username}"))
+    src_path = site / "archive" / KEPLER_NAME
+    os.chmod(src_path, 0o640)
+    src = check_source(str(src_path), [str(site / "archive")])
+    with areas.open_target("erin", "", src.name) as target:
+        assert hardlink(src, target).status == "succeeded"
+    assert (site / "homes" / "erin" / KEPLER_NAME).stat().st_ino == src_path.stat().st_ino
+    assert stat.S_IMODE(src_path.stat().st_mode) == 0o640
+
+
+def test_request_parsing():
+    ok = parse_stage_request(b'{"method": "symlink_copy", "local_path_on_storage": "/a"}')
+    assert ok.method == "symlink_copy" and ok.relative_path == ""
+    for body, code in [
+        (b"[]", "invalid_json"),
+        (b"nope", "invalid_json"),
+        (b'{"method": "local_copy"}', "invalid_request"),
+        (b'{"method": "local_copy", "local_path_on_storage": "/a", "user": "bob"}', "user_in_body"),
+        (b'{"method": "local_copy", "local_path_on_storage": "/a", "extra": 1}', "invalid_request"),
+    ]:
+        with pytest.raises(Exception) as info:
+            parse_stage_request(body)
+        assert info.value.code == code
+
+
+def test_content_disposition_quotes_odd_names():
+    assert content_disposition("a.fits") == "attachment; filename=\"a.fits\"; filename*=UTF-8''a.fits"
+    assert 'filename="_x_.fits"' in content_disposition('"x".fits')
+    assert "filename*=UTF-8''%C3%A9.fits" in content_disposition("é.fits")
+
+
+def test_log_tail_filters_by_user_and_level(tmp_path):
+    path = tmp_path / "ops.log"
+    logger = oplog.open_log(path, max_bytes=1000, backup_count=3)  # about 4 lines per file
+    for i in range(12):
+        user = "alice" if i % 2 else "bob"
+        logger.log(
+            30 if i % 3 == 0 else 20, "line %d", i, extra={"user": user, "actor": user, "operation": str(i)}
+        )
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert (tmp_path / "ops.log.1").exists()  # it rotated
+    everything = oplog.tail(path, lines=100, backup_count=3)
+    assert [e["message"] for e in everything] == [f"line {i}" for i in range(12)]  # across 3 files
+    assert [e["message"] for e in oplog.tail(path, lines=2, backup_count=3)] == ["line 10", "line 11"]
+    alice = oplog.tail(path, lines=100, user="alice", backup_count=3)
+    assert alice and {e["user"] for e in alice} == {"alice"}
+    warnings = oplog.tail(path, lines=2, level="warning", backup_count=3)
+    assert [e["message"] for e in warnings] == ["line 6", "line 9"]
+    with pytest.raises(ValueError):
+        oplog.tail(path, level="loud")
