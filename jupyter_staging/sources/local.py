@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import SourceNotFound
 from ..paths import resolve_source
-from ..transfer import JobControl, PartFile, copy_stream
+from ..transfer import JobControl, PartFile, copy_file
 from . import Source, SourceItem
 
 
@@ -68,9 +68,7 @@ class LocalSource(Source):
         if out.offset and (self.changed(item) or out.offset > (item.size or 0)):
             control.log("warning", f"{item.name}: source changed since the partial copy; restarting it")
             out.restart()
-        with open(item.locator, "rb") as src:
-            src.seek(out.offset)
-            copy_stream(src, out, control)
+        copy_file(Path(item.locator), out, control)
 
     def local_path(self, item: SourceItem) -> Path | None:
         return Path(item.locator)
