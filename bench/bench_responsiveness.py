@@ -66,14 +66,8 @@ def main() -> None:
         try:
             rest = latencies(server, args.requests)
             job = server.create_job({"source": str(src), "destination": "staging/big"})
-            state = {"done": False}
-
             def finished() -> bool:
-                if not state["done"]:
-                    state["done"] = server.job(job["id"])["state"] != "running" and server.job(job["id"])[
-                        "state"
-                    ] != "queued"
-                return state["done"]
+                return server.job(job["id"])["state"] not in ("queued", "running")
 
             t0 = time.perf_counter()
             busy = []
@@ -84,8 +78,9 @@ def main() -> None:
         finally:
             server.stop()
     print(f"copy of {args.size_mib} MiB: {final['state']} in about {elapsed:.1f} s")
-    print(f"/api/status at rest : p50 {pct(rest, 0.5):6.1f} ms  p99 {pct(rest, 0.99):6.1f} ms  (n={len(rest)})")
-    print(f"/api/status copying : p50 {pct(busy, 0.5):6.1f} ms  p99 {pct(busy, 0.99):6.1f} ms  (n={len(busy)})")
+    for label, values in (("at rest ", rest), ("copying ", busy)):
+        p50, p99 = pct(values, 0.5), pct(values, 0.99)
+        print(f"/api/status {label}: p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  (n={len(values)})")
     print(f"p99 ratio copying/rest: {pct(busy, 0.99) / pct(rest, 0.99):.2f}x; goal p99 < 100 ms: "
           f"{'met' if pct(busy, 0.99) < 100 else 'NOT met'}; mean {statistics.mean(busy):.1f} ms")
 
