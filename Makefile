@@ -9,7 +9,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test,lab,hub]"
+	$(BIN)/pip install -q -e ".[test,lab,hub,azure]"
 	touch $@
 
 demo: setup

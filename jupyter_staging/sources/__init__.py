@@ -70,7 +70,8 @@ class Source(abc.ABC):
 
 
 def open_source(uri: str, *, source_roots: list[str] | None = None) -> Source:
-    """Pick the :class:`Source` for ``uri``: ``http(s)://``, ``s3://``, or an absolute local path.
+    """Pick the :class:`Source` for ``uri``: ``http(s)://``, ``s3://``, ``az://container/path`` or
+    ``azure://account/container/path`` (the ``azure`` extra), or an absolute local path.
 
     Raises :class:`InvalidRequest` (code ``unsupported_source``) for other schemes, and what
     :func:`~jupyter_staging.paths.resolve_source` raises for local paths.
@@ -84,6 +85,10 @@ def open_source(uri: str, *, source_roots: list[str] | None = None) -> Source:
         from .s3 import S3Source
 
         return S3Source(uri)
+    if lowered.startswith(("az://", "azure://")):
+        from .azure import AzureSource
+
+        return AzureSource(uri)
     if "://" in uri:
         scheme = uri.split("://", 1)[0]
         raise InvalidRequest(f"unsupported source scheme {scheme!r}", code="unsupported_source")
