@@ -17,16 +17,32 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
+    import os
+    from collections.abc import Mapping
+
     from .client import Job
 
-__all__ = ["Job", "__version__", "list_jobs", "load_ipython_extension", "stage"]
+__all__ = ["Job", "__version__", "list_jobs", "load_ipython_extension", "resolve", "stage"]
 
 
-def stage(source: str, destination: str | None = None, **kwargs: Any) -> Job:
-    """Stage ``source`` into ``destination``; see :func:`jupyter_staging.client.stage`."""
+def stage(
+    source: str | os.PathLike[str] | Mapping[str, str],
+    destination: str | os.PathLike[str] | None = None,
+    **kwargs: Any,
+) -> Job:
+    """Stage ``source`` (or a manifest ``{name: source}``) into ``destination``; see
+    :func:`jupyter_staging.client.stage`."""
     from .client import stage as _stage
 
     return _stage(source, destination, **kwargs)
+
+
+def resolve(params: Any, job: Any) -> Any:
+    """A copy of ``params`` with every string equal to an entry name of the manifest ``job`` replaced by
+    that entry's local path; see :func:`jupyter_staging.client.resolve`."""
+    from .client import resolve as _resolve
+
+    return _resolve(params, job)
 
 
 def list_jobs(**kwargs: Any) -> list[Job]:
@@ -45,7 +61,7 @@ def __getattr__(name: str) -> Any:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """``%load_ext jupyter_staging``: registers the ``%stage`` magic."""
+    """``%load_ext jupyter_staging``: registers the ``%stage`` line magic and ``%%stage`` cell magic."""
     from .magics import StagingMagics
 
     ipython.register_magics(StagingMagics)

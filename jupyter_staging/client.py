@@ -19,7 +19,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import pyarrow.dataset
     from pydantic import ValidationError
 
+    from .chunks import Chunk
     from .manager import StagingManager
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "get_job",
     "list_jobs",
     "reset_backend",
+    "resolve",
     "stage",
     "to_root_relative",
     "use_local",
@@ -172,6 +174,10 @@ class Backend:
         """Acknowledge chunk ``index``; returns the chunk."""
         raise NotImplementedError
 
+    def refresh_chunk(self, job_id: str, index: int) -> dict[str, Any]:
+        """Chunk ``index`` (in object storage) with a new presigned ``url``; returns the chunk."""
+        raise NotImplementedError
+
     def manifest(self, job_id: str) -> dict[str, Any]:
         """The manifest of a succeeded job. Raises :class:`InvalidState` before."""
         raise NotImplementedError
@@ -286,6 +292,9 @@ class ServerBackend(Backend):
     def ack(self, job_id: str, index: int) -> dict[str, Any]:
         return self._call("POST", f"jobs/{_quote(job_id)}/chunks/{int(index)}/ack")  # type: ignore[no-any-return]
 
+    def refresh_chunk(self, job_id: str, index: int) -> dict[str, Any]:
+        return self._call("GET", f"jobs/{_quote(job_id)}/chunks/{int(index)}/refresh")  # type: ignore[no-any-return]
+
     def manifest(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"jobs/{_quote(job_id)}/manifest")  # type: ignore[no-any-return]
 
@@ -386,6 +395,11 @@ class LocalBackend(Backend):
         from .models import dump
 
         return dump(self.manager.ack(job_id, str(index)))
+
+    def refresh_chunk(self, job_id: str, index: int) -> dict[str, Any]:
+        from .models import dump
+
+        return dump(self.manager.refresh_chunk(job_id, str(index)))
 
     def manifest(self, job_id: str) -> dict[str, Any]:
         return self.manager.manifest(job_id)
@@ -630,9 +644,19 @@ class Job:
         return str(self._data.get("source") or "")
 
     @property
-    def destination(self) -> Path:
-        """The absolute local folder the job writes to."""
-        return self._backend.root_dir / self._data["destination"]
+    def destination(self) -> Path | str:
+        """The absolute local folder the job writes to; for an object store destination, the job's own
+        prefix URI (``s3://bucket/prefix/<job_id>/``), as text."""
+        destination = str(self._data["destination"])
+        if _is_url(destination):
+            return destination
+        return self._backend.root_dir / destination
+
+    @property
+    def entries(self) -> list[str] | None:
+        """The entry names of a manifest job (``stage({"name": source, ...})``), else None."""
+        entries = self._data.get("entries")
+        return list(entries) if entries is not None else None
 
     def as_dict(self) -> dict[str, Any]:
         """The job as the API last returned it (the wire format of ``DESIGN.md``; a copy)."""
@@ -652,10 +676,42 @@ class Job:
         return self._backend.chunks(self.id)
 
     @property
-    def paths(self) -> list[Path]:
-        """Absolute paths of the chunk files that are ready to read, in chunk order (acknowledged chunks
-        are included while their file exists)."""
-        return _chunk_paths(self.destination, self.chunks)
+    def paths(self) -> Any:
+        """Where the staged output is.
+
+        A job of one source: a ``list[Path]``, the absolute paths of the chunk files that are ready to
+        read, in chunk order (acknowledged chunks are included while their file exists).
+
+        A manifest job: a ``dict`` mapping each entry name that was staged to its local path — the file
+        for an entry of one file, else the folder holding the entry's files (a source folder or prefix,
+        or the ``<name>.parquet`` folder of a converted table). Entries that failed or are still pending
+        are left out (see :attr:`error` and :attr:`chunks`). For an object store destination, the values
+        are object URIs (``str``) rather than local paths. Feed it to :func:`resolve`.
+        """
+        if self._data.get("entries") is None:
+            destination = self.destination
+            return [] if isinstance(destination, str) else _chunk_paths(destination, self.chunks)
+        return _entry_paths(self.destination, self.entries or [], self.chunks)
+
+    def iter_chunks(self, *, poll: float = 0.25, timeout: float | None = None) -> Iterator[Chunk]:
+        """Each chunk once, in index order, as soon as it is ready — also while the job still runs::
+
+            for chunk in job.iter_chunks():
+                df = chunk.to_pandas()
+                chunk.ack()
+
+        See :func:`jupyter_staging.chunks.iter_chunks` for the errors raised.
+        """
+        from .chunks import iter_chunks
+
+        return iter_chunks(self, poll=poll, timeout=timeout)
+
+    def refresh_url(self, index: int) -> dict[str, Any]:
+        """Chunk ``index`` of a job writing to object storage, with a new presigned ``url`` (valid the
+        server's ``presign_expiry_seconds``) and ``url_expires_at``. Raises :class:`InvalidRequest` (code
+        ``chunk_not_in_object_storage``) for a local chunk, :class:`InvalidState` (``chunk_not_ready``).
+        The URL is a credential: do not print or share it."""
+        return self._backend.refresh_chunk(self.id, index)
 
     def ack(self, index: int) -> dict[str, Any]:
         """Acknowledge that chunk ``index`` has been read (with ``cleanup_policy="delete_on_ack"`` its file
@@ -690,7 +746,7 @@ class Job:
                 print(f"\r{self.name}: {progress_text(self._data)}", end="", flush=True)
                 if deadline is not None and time.monotonic() >= deadline:
                     print()
-                    raise TimeoutError(f"job {self.name!r} ({self.id}) is still {self.state} after {timeout} s")
+                    raise TimeoutError(f"job {self.name!r} ({self.id}) still {self.state} after {timeout} s")
                 time.sleep(poll)
             print(f"\r{self.name}: {progress_text(self._data)}", flush=True)
         while True:
@@ -722,7 +778,8 @@ class Job:
 
     # -- reading ---------------------------------------------------------------------------------------
 
-    def _parquet_paths(self) -> list[Path]:
+    def _parquet_paths(self) -> list[Path] | list[str]:
+        """Local part files, or for an object store destination their presigned URLs."""
         if self.state != "succeeded":
             self.wait()
         chunks = [c for c in self.chunks if _is_parquet_chunk(c)]
@@ -733,7 +790,12 @@ class Job:
                 code="no_parquet_output",
                 status=400,
             )
-        paths = _chunk_paths(self.destination, chunks)
+        destination = self.destination
+        paths: list[Path] | list[str]
+        if isinstance(destination, str):
+            paths = [str(c["url"]) for c in sorted(chunks, key=lambda c: c["index"]) if c.get("url")]
+        else:
+            paths = _chunk_paths(destination, chunks)
         if len(paths) != len(chunks):
             raise StagingError(
                 f"some Parquet chunks of job {self.name!r} are no longer on disk (acknowledged or expired)",
@@ -746,13 +808,16 @@ class Job:
         """All Parquet chunks of the job as one ``pyarrow.Table``, rows in chunk order, with the schema's
         column units and descriptions. Waits for the job to succeed first.
 
+        Parts in object storage are fetched through their presigned URLs (each part is read into memory).
+
         Raises :class:`JobFailed` if it does not, and :class:`StagingError` (code ``no_parquet_output``)
         when the job wrote no Parquet file.
         """
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        tables = [pq.read_table(path) for path in self._parquet_paths()]
+        parts = self._parquet_paths()
+        tables = [pq.read_table(_fetch_part(p) if isinstance(p, str) else p) for p in parts]
         return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
     def to_pandas(self, **kwargs: Any) -> pandas.DataFrame:
@@ -761,9 +826,16 @@ class Job:
 
     def dataset(self) -> pyarrow.dataset.Dataset:
         """A ``pyarrow.dataset.Dataset`` over the job's Parquet chunk files, for filtered or lazy reads
-        larger than memory. Same waiting and errors as :meth:`to_arrow`."""
+        larger than memory. Same waiting and errors as :meth:`to_arrow`; for a job writing to object
+        storage use :meth:`to_arrow` (code ``not_local``)."""
         import pyarrow.dataset as ds
 
+        if isinstance(self.destination, str):
+            raise StagingError(
+                f"job {self.name!r} wrote to {self.destination}; read it with to_arrow() or to_pandas()",
+                code="not_local",
+                status=400,
+            )
         return ds.dataset([str(p) for p in self._parquet_paths()], format="parquet")
 
     # -- display -----------------------------------------------------------------------------------------
@@ -799,6 +871,86 @@ class JobList(list):  # type: ignore[type-arg]
 def _is_parquet_chunk(chunk: dict[str, Any]) -> bool:
     path = str(chunk.get("path") or "")
     return chunk.get("content_type") == PARQUET_CONTENT_TYPE or path.lower().endswith(".parquet")
+
+
+def _fetch_part(url: str) -> Any:
+    """A Parquet part behind a presigned URL, as a ``pyarrow.BufferReader`` (errors never show the URL)."""
+    import pyarrow as pa
+    import requests
+
+    try:
+        response = requests.get(url, timeout=REQUEST_TIMEOUT)
+    except requests.RequestException as exc:
+        raise StagingError(
+            f"cannot read a part from object storage: {type(exc).__name__}", code="read_failed"
+        ) from None
+    if response.status_code != 200:
+        raise StagingError(
+            f"object storage answered HTTP {response.status_code} for a part (an expired URL?)",
+            code="read_failed",
+        )
+    return pa.BufferReader(response.content)
+
+
+def _entry_paths(
+    destination: Path | str, entries: list[str], chunks: Iterable[dict[str, Any]]
+) -> dict[str, Path | str]:
+    """Entry name -> its staged file, or the folder (longest common parent) of its staged files."""
+    staged: dict[str, list[str]] = {}
+    for chunk in sorted(chunks, key=lambda c: c["index"]):
+        if not chunk.get("entry") or chunk.get("error") or chunk["state"] not in ("ready", "acked"):
+            continue
+        if (
+            chunk["state"] == "acked"
+            and not chunk.get("url")
+            and not (not isinstance(destination, str) and (destination / chunk["path"]).exists())
+        ):
+            continue  # acknowledged and deleted (delete_on_ack)
+        staged.setdefault(chunk["entry"], []).append(str(chunk["path"]))
+    paths: dict[str, Path | str] = {}
+    for name in entries:
+        found = staged.get(name)
+        if not found:
+            continue
+        if isinstance(destination, str):  # object URIs below the job's prefix
+            rels = [p[len(destination) :] if p.startswith(destination) else p for p in found]
+            paths[name] = destination + (rels[0] if len(rels) == 1 else os.path.commonpath(rels) + "/")
+            continue
+        paths[name] = destination / (found[0] if len(found) == 1 else os.path.commonpath(found))
+    return paths
+
+
+def resolve(params: Any, job: Job | Mapping[str, Any]) -> Any:
+    """A copy of ``params`` in which every string equal to an entry name of ``job`` is replaced by that
+    entry's local path (as ``str``).
+
+    ``params`` may nest dicts, lists and tuples to any depth; dict keys, other strings and every other
+    value are left as they are (an entry that failed, having no path, stays its name). ``job`` is a
+    manifest :class:`Job` (its :attr:`Job.paths` as they are now: call it once the job has ended, e.g.
+    after ``job.wait()``) or a mapping of names to paths.
+
+    >>> resolve({"genome": "ref", "k": 31, "reads": ["r1", "r2"]}, {"ref": "/data/ref.fa", "r1": "/d/1.fq"})
+    {'genome': '/data/ref.fa', 'k': 31, 'reads': ['/d/1.fq', 'r2']}
+
+    Raises :class:`InvalidRequest` when ``job`` is a job of a single source (it has no entry names).
+    """
+    mapping = job.paths if isinstance(job, Job) else job
+    if not isinstance(mapping, Mapping):
+        raise InvalidRequest("resolve() needs a manifest job (staged from {name: source, ...}) or a mapping")
+    paths = {str(name): str(path) for name, path in mapping.items()}
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, str):
+            return paths.get(value, value)
+        if isinstance(value, Mapping):
+            return {k: swap(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [swap(v) for v in value]
+        if isinstance(value, tuple):
+            return tuple(swap(v) for v in value)
+        return value
+
+    return swap(params)
 
 
 def _chunk_paths(destination: Path, chunks: Iterable[dict[str, Any]]) -> list[Path]:
@@ -865,7 +1017,7 @@ def _jobs_table(jobs: Iterable[Job], *, with_id: bool = False) -> str:
 
 
 def stage(
-    source: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]],
     destination: str | os.PathLike[str] | None = None,
     *,
     method: str | None = None,
@@ -887,11 +1039,17 @@ def stage(
     ----------
     source:
         A local file or folder (relative paths are relative to the current working directory), an
-        ``http(s)://`` URL or an ``s3://bucket/key`` / ``s3://bucket/prefix/`` URI.
+        ``http(s)://`` URL (presigned URLs included) or an ``s3://bucket/key`` / ``s3://bucket/prefix/``
+        URI. Or a manifest: a mapping of entry names to such sources (``{"reference": "https://...",
+        "reads": "s3://..."}``), staged in parallel into ``<destination>/<name>/``; :attr:`Job.paths`
+        then maps each staged name to its local path and :func:`resolve` puts those paths into a
+        parameter dict. A failed entry does not stop the others; the job then ends ``failed`` with code
+        ``partial``, keeping what was staged.
     destination:
         Folder to stage into, relative to the current working directory (or absolute); it must lie inside
         the staging root (the Jupyter server's root_dir). Default: a new folder under the server's
-        ``staging_dir``.
+        ``staging_dir``. Or an object store prefix ``s3://bucket/prefix/``: the job writes below
+        ``prefix/<job_id>/`` and its chunks carry presigned URLs.
     method:
         ``copy``, ``hardlink``, ``symlink`` or ``download``; default chosen from the source.
     to_parquet, chunk_rows, compression, hdu:
@@ -911,9 +1069,14 @@ def stage(
     ``wait``, :class:`JobFailed` or :class:`TimeoutError`.
     """
     backend = default_backend()
-    body: dict[str, Any] = {"source": _local_source(os.fspath(source)), "cleanup_policy": cleanup_policy}
+    body: dict[str, Any] = {"cleanup_policy": cleanup_policy}
+    if isinstance(source, Mapping):
+        body["manifest"] = {str(k): _local_source(os.fspath(v)) for k, v in source.items()}
+    else:
+        body["source"] = _local_source(os.fspath(source))
     if destination is not None:
-        body["destination"] = to_root_relative(destination, backend.root_dir)
+        text = os.fspath(destination)
+        body["destination"] = text if _is_url(text) else to_root_relative(text, backend.root_dir)
     if method is not None:
         body["method"] = method
     if not to_parquet and (chunk_rows is not None or hdu is not None):

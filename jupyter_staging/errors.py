@@ -106,6 +106,21 @@ class ConversionFailed(StagingError):
     status = 400
 
 
+class SecretUnavailable(StagingError):
+    """A job's sealed credentials (a presigned source URL) cannot be opened: the key file changed or is
+    gone (:mod:`jupyter_staging.sealed`); the job must be submitted again."""
+
+    code = "secret_unavailable"
+    status = 409
+
+
+class PartiallyStaged(StagingError):
+    """Some entries of a manifest job failed while others were staged (the job ends ``failed`` with
+    code ``partial``; what was staged is kept and listed)."""
+
+    code = "partial"
+
+
 class JobInterrupted(Exception):  # noqa: N818 - control flow, not an error a user sees
     """Raised inside a worker when the job was asked to pause or cancel; ``reason`` says which."""
 

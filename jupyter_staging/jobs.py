@@ -1,42 +1,59 @@
 """Running one staging job: list the source, stage each item as a chunk, convert tables, write the manifest.
 
-A :class:`JobRunner` runs on an executor thread. It persists each chunk as soon as its file is published,
-so a job interrupted by a pause, a shutdown or a crash continues from its finished chunks and from the
-bytes already in its ``.part`` files.
+A :class:`JobRunner` runs on an executor thread. Every file is produced locally, complete and verified,
+in its destination's work folder, then handed to the job's
+:class:`~jupyter_staging.destinations.Destination` (nothing more to do for a folder; an upload for object
+storage). Each chunk is persisted as soon as it is published, so a job interrupted by a pause, a shutdown
+or a crash continues from its finished chunks and from the bytes already in its ``.part`` files.
+
+A manifest job (``CreateJob.manifest``) lists and stages its entries in parallel, at most
+:data:`MANIFEST_CONCURRENCY` at a time, each into ``<entry name>/`` of the job's output. An entry that
+fails is recorded (its chunks keep ``pending`` with an ``error``) and the others go on; the job then ends
+``failed`` with code ``partial`` after writing a manifest of what was staged.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import logging
 import math
 import os
-import shutil
+import re
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from .destinations import Destination, make_private_dir, remove_tree_if_empty, scratch_dir
 from .errors import (
     DestinationExists,
     JobInterrupted,
+    PartiallyStaged,
     StagingError,
     TransferFailed,
 )
-from .manifest import MANIFEST_NAME, build_manifest, read_manifest, write_manifest
+from .manifest import build_manifest
 from .models import ChunkState, JobState
 from .paths import check_output_name
+from .redact import redact_text, redact_url
 from .sources import Source, SourceItem, open_source
 from .store import ChunkRecord, JobRecord, utcnow
-from .transfer import BLOCK_SIZE, PART_SUFFIX, JobControl, PartFile, part_path, publish
+from .transfer import BLOCK_SIZE, JobControl, PartFile, part_path, publish
 
 if TYPE_CHECKING:
     from .manager import LiveProgress, StagingManager
 
-SCRATCH_PREFIX = ".staging-"
+log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
-def scratch_dir(dest: Path, job_id: str) -> Path:
-    """Hidden folder inside the destination where remote tables are downloaded before conversion."""
-    return dest / f"{SCRATCH_PREFIX}{job_id}"
+#: Entries of a manifest job listed or staged at the same time.
+MANIFEST_CONCURRENCY = 4
+PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
+_PART_RE = re.compile(r"part-(\d+)\.parquet")
 
 
 def sha256_file(path: Path) -> str:
@@ -48,67 +65,35 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _within(path: Path, root: Path) -> bool:
-    try:
-        path.relative_to(root)
-    except ValueError:
-        return False
-    return True
+def _resume_item_names(resume: dict[str, Any]) -> list[str]:
+    names = [i["name"] for i in resume.get("items", [])]
+    for entry in (resume.get("entries") or {}).values():
+        names.extend(i["name"] for i in entry.get("items", []))
+    return names
 
 
 def remove_job_output(manager: StagingManager, rec: JobRecord, *, keep_ready: bool) -> int:
-    """Delete what job ``rec`` wrote below its destination: ``.part`` files, the scratch folder, and
-    unless ``keep_ready`` its published chunks and manifest. Returns the number of files removed.
+    """Delete what job ``rec`` wrote: ``.part`` files, scratch files, unfinished uploads, and unless
+    ``keep_ready`` its published chunks and manifest (for object storage: every object below the job's
+    prefix). Returns the number of files (objects) removed.
 
-    Only paths inside the job's destination are touched, and a symlink is removed, never followed.
+    Only the job's own destination is touched: paths inside its folder (a symlink is removed, never
+    followed) or keys below ``prefix/<job_id>/``. Raises
+    :class:`~jupyter_staging.errors.TransferFailed` when the object store cannot be cleaned.
     """
-    dest = (manager.root_dir / rec.destination).resolve()
-    if not _within(dest, manager.root_dir) or dest == manager.root_dir:
-        return 0
-    removed = 0
+    destination = manager.destination_of(rec)
+    resume = rec.resume or {}
+    chunk_paths = [destination.relative(c.path) for c in manager.store.list_chunks(rec.id)]
+    return destination.remove(
+        chunk_paths, _resume_item_names(resume), list(resume.get("convert_dirs", [])), keep_ready=keep_ready
+    )
 
-    def unlink(path: Path) -> None:
-        nonlocal removed
-        if not _within(path.parent.resolve(), dest):
-            return
-        try:
-            if path.is_symlink() or path.is_file():
-                path.unlink()
-                removed += 1
-        except FileNotFoundError:
-            pass
 
-    folders: set[Path] = set()
-    for chunk in manager.store.list_chunks(rec.id):
-        path = dest / chunk.path
-        folders.add(path.parent)
-        unlink(part_path(path))
-        if not keep_ready:
-            unlink(path)
-    for item in (rec.resume or {}).get("items", []):
-        path = dest / item["name"]
-        folders.add(path.parent)
-        unlink(part_path(path))
-    for out_dir in (rec.resume or {}).get("convert_dirs", []):
-        folder = dest / out_dir
-        folders.add(folder)
-        if folder.is_dir() and not folder.is_symlink():
-            for part in folder.glob(f"*{PART_SUFFIX}"):
-                unlink(part)
-    scratch = scratch_dir(dest, rec.id)
-    if scratch.is_dir() and not scratch.is_symlink():
-        shutil.rmtree(scratch, ignore_errors=True)
-    if not keep_ready:
-        manifest = read_manifest(dest) if (dest / MANIFEST_NAME).is_file() else None
-        if manifest is not None and manifest.get("job_id") == rec.id:
-            unlink(dest / MANIFEST_NAME)
-    from .manager import remove_tree_if_empty
-
-    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
-        if _within(folder.resolve(), dest):
-            remove_tree_if_empty(folder, dest.parent)
-    remove_tree_if_empty(dest, dest.parent)
-    return removed
+def _error_of(exc: BaseException) -> dict[str, str]:
+    """``{"code", "message"}`` of an entry's failure, secrets redacted."""
+    if isinstance(exc, StagingError):
+        return {"code": exc.code, "message": redact_text(exc.message)}
+    return {"code": "internal_error", "message": f"unexpected error: {type(exc).__name__}"}
 
 
 class JobRunner:
@@ -123,6 +108,11 @@ class JobRunner:
         self.live: LiveProgress = LiveProgress()
         self.control = JobControl(on_bytes=self._on_bytes, on_rows=self._on_rows, log=self._log)
         self.recovering = False
+        #: Engine bookkeeping persisted in ``JobRecord.resume``; guarded by ``_lock`` (entries run in
+        #: parallel), as is the allocation of chunk indices.
+        self.resume: dict[str, Any] = {}
+        self._lock = threading.RLock()
+        self.dest: Destination
 
     # -- callbacks from sources and converters ------------------------------------------------------
 
@@ -167,12 +157,15 @@ class JobRunner:
             try:
                 rec = self.store.get_job(self.job_id)
                 if rec is not None:
-                    remove_job_output(m, rec, keep_ready=True)
+                    try:
+                        remove_job_output(m, rec, keep_ready=True)
+                    except Exception as cleanup:
+                        self._log(
+                            "warning", f"could not remove partial output: {_error_of(cleanup)['message']}"
+                        )
                 m._fail(self.job_id, exc)
             except Exception:  # the database itself failed; nothing more we can record
-                import logging
-
-                logging.getLogger(__name__).exception("could not record failure of job %s", self.job_id)
+                log.exception("could not record failure of job %s", self.job_id)
         finally:
             m._release(self.job_id)
 
@@ -187,26 +180,37 @@ class JobRunner:
 
     def _run(self, rec: JobRecord) -> None:
         m = self.manager
-        source = open_source(rec.source, source_roots=m.source_roots)
-        resume: dict[str, Any] = dict(rec.resume or {})
-        resume["attempts"] = int(resume.get("attempts", 0)) + 1
-        self.recovering = resume["attempts"] > 1
-        rec = self.store.update_job(self.job_id, resume=resume) or rec
-        if "items" in resume:
-            items = [SourceItem(**d) for d in resume["items"]]
+        source_uri, entries = m.raw_sources(rec)
+        self.resume = dict(rec.resume or {})
+        self.resume["attempts"] = int(self.resume.get("attempts", 0)) + 1
+        self.recovering = self.resume["attempts"] > 1
+        self._save_resume()
+        self.dest = m.destination_of(rec)
+        if self.dest.remote:
+            make_private_dir(self.dest.workdir)
+        else:
+            self.dest.workdir.mkdir(parents=True, exist_ok=True)
+        if entries is not None:
+            self._run_manifest(rec, entries)
+        else:
+            self._run_source(rec, source_uri)
+
+    def _run_source(self, rec: JobRecord, uri: str) -> None:
+        source = open_source(uri, source_roots=self.manager.source_roots)
+        if "items" in self.resume:
+            items = [self._load_item(d) for d in self.resume["items"]]
         else:
             items = source.list_items()
             for item in items:
                 item.name = check_output_name(item.name)
-            resume["items"] = [asdict(i) for i in items]
             total = None if any(i.size is None for i in items) else sum(i.size or 0 for i in items)
-            fields: dict[str, Any] = {"resume": resume, "bytes_total": total}
+            fields: dict[str, Any] = {"bytes_total": total}
             if rec.convert is None:
                 fields["chunks_total"] = len(items)
-            rec = self.store.update_job(self.job_id, **fields) or rec
+            with self._lock:
+                self.resume["items"] = [self._dump_item(i) for i in items]
+                rec = self.store.update_job(self.job_id, resume=copy.deepcopy(self.resume), **fields) or rec
             self._log("info", f"{len(items)} file(s) to stage, {total if total is not None else '?'} bytes")
-        dest = m.root_dir / rec.destination
-        dest.mkdir(parents=True, exist_ok=True)
         chunks = {c.index: c for c in self.store.list_chunks(self.job_id)}
         if rec.convert is None:
             for index, item in enumerate(items):
@@ -222,23 +226,54 @@ class JobRunner:
                             content_type=item.content_type,
                         )
                     )
-        self._count_done(chunks)
+        self._count_done(list(chunks.values()))
         for index, item in enumerate(items):
             self.control.check()
             if rec.convert is None:
-                self._transfer(source, rec, item, dest, chunks[index])
+                self._transfer(source, rec.method, item, chunks[index])
             else:
-                self._convert(source, rec, resume, item, dest)
+                self._convert(source, rec, rec.method, item)
             self.manager._progress(self.job_id, force=True)
         self.control.check()
-        self._finish(rec, dest)
+        self._finish(rec)
 
-    def _count_done(self, chunks: dict[int, ChunkRecord]) -> None:
-        done = [c for c in chunks.values() if c.state in (ChunkState.ready.value, ChunkState.acked.value)]
+    # -- bookkeeping ----------------------------------------------------------------------------------
+
+    def _save_resume(self) -> None:
+        with self._lock:
+            self.store.update_job(self.job_id, resume=copy.deepcopy(self.resume))
+
+    def _dump_item(self, item: SourceItem) -> dict[str, Any]:
+        """``item`` as JSON for the database: a locator holding a secret (a presigned URL) is stored
+        redacted, its raw form sealed (:mod:`jupyter_staging.sealed`)."""
+        data = asdict(item)
+        shown = redact_url(item.locator)
+        if shown != item.locator:
+            data["locator"] = shown
+            data["sealed"] = self.manager.secrets.seal(item.locator)
+        return data
+
+    def _load_item(self, data: dict[str, Any]) -> SourceItem:
+        data = dict(data)
+        sealed = data.pop("sealed", None)
+        if sealed:
+            data["locator"] = self.manager.secrets.open(sealed)
+        return SourceItem(**data)
+
+    def _count_done(self, chunks: list[ChunkRecord]) -> None:
+        done = [c for c in chunks if c.state in (ChunkState.ready.value, ChunkState.acked.value)]
         with self.live.lock:
             self.live.bytes_done = 0
             self.live.rows_done = sum(c.rows or 0 for c in done)
         self.store.update_job(self.job_id, chunks_done=len(done))
+
+    def _new_chunk(self, **fields: Any) -> ChunkRecord:
+        """A new chunk record with the next free index (indices are allocated under the runner's lock)."""
+        with self._lock:
+            index = max((c.index for c in self.store.list_chunks(self.job_id)), default=-1) + 1
+            return self.store.upsert_chunk(
+                ChunkRecord(id=f"{self.job_id}-{index}", job_id=self.job_id, index=index, **fields)
+            )
 
     def _chunk_ready(self, chunk: ChunkRecord, **fields: Any) -> None:
         self.store.update_chunk(chunk.id, state=ChunkState.ready.value, **fields)
@@ -253,24 +288,32 @@ class JobRunner:
 
     # -- plain transfers ----------------------------------------------------------------------------
 
-    def _transfer(self, source: Source, rec: JobRecord, item: SourceItem, dest: Path, chunk: ChunkRecord) -> None:
+    def _transfer(self, source: Source, method: str, item: SourceItem, chunk: ChunkRecord) -> None:
         if chunk.state != ChunkState.pending.value:
             self.control.add_bytes(chunk.bytes or 0)
             return
-        final = dest / item.name
-        size, sha = self._stage_file(source, rec.method, item, final, recovering=self.recovering)
-        self._chunk_ready(chunk, bytes=size, sha256=sha)
+        final = self.dest.workdir / item.name
+        size, sha = self._stage_file(source, method, item, final, recovering=self.recovering)
+        path = self.dest.put(
+            final, item.name, size=size, sha256=sha, content_type=item.content_type, control=self.control
+        )
+        self._chunk_ready(chunk, bytes=size, sha256=sha, path=path)
 
     def _stage_file(
         self, source: Source, method: str, item: SourceItem, final: Path, *, recovering: bool
     ) -> tuple[int, str]:
         """Bring one item to ``final``; returns ``(size_bytes, sha256_hex)``."""
         final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists() and not part_path(final).exists() and recovering:
-            # Published by this job just before the process died, before the chunk was recorded.
-            if final.is_file() and not final.is_symlink() and final.stat().st_size == item.size:
+        if final.exists() and not part_path(final).exists() and (recovering or self.dest.remote):
+            # Published by this job just before it stopped, before the chunk was recorded. An object-store
+            # job's work folder is its own private scratch folder: whatever is published there is ours.
+            if (
+                final.is_file()
+                and not final.is_symlink()
+                and (self.dest.remote or final.stat().st_size == item.size)
+            ):
                 self._log("info", f"{item.name}: already complete from the previous run")
-                self.control.add_bytes(item.size or 0)
+                self.control.add_bytes(final.stat().st_size)
                 return final.stat().st_size, sha256_file(final)
         if method in ("hardlink", "symlink"):
             return self._link(method, item, final)
@@ -299,7 +342,9 @@ class JobRunner:
             else:
                 os.symlink(src, final)
         except FileExistsError:
-            raise DestinationExists(f"{final.name} already exists in the destination; not overwritten") from None
+            raise DestinationExists(
+                f"{final.name} already exists in the destination; not overwritten"
+            ) from None
         except OSError as exc:
             code = "hardlink_failed" if method == "hardlink" else "symlink_failed"
             hint = " (source and destination must be on the same file system)" if exc.errno == 18 else ""
@@ -310,59 +355,72 @@ class JobRunner:
 
     # -- conversions --------------------------------------------------------------------------------
 
-    def _convert(self, source: Source, rec: JobRecord, resume: dict[str, Any], item: SourceItem, dest: Path) -> None:
+    def _convert(
+        self, source: Source, rec: JobRecord, method: str, item: SourceItem, entry: str | None = None
+    ) -> None:
         from .convert import convert_to_parquet, detect_format, is_table
 
         opts = rec.convert or {}
-        done_items = resume.setdefault("converted", [])
-        if item.name in done_items:
-            return
-        if any(c.path == item.name for c in self.store.list_chunks(self.job_id)):
-            self._convert_passthrough(source, rec, item, dest)  # staged as-is in an earlier run
+        work = self.dest.workdir
+        with self._lock:
+            if item.name in self.resume.setdefault("converted", []):
+                return
+        if any(self.dest.relative(c.path) == item.name for c in self.store.list_chunks(self.job_id)):
+            self._convert_passthrough(source, method, item, entry=entry)  # staged as-is in an earlier run
             return
         local = source.local_path(item)
         downloaded = None
         if local is None:
             # Remote: download first (resumable), then decide from the bytes whether it is a table.
-            local = downloaded = scratch_dir(dest, self.job_id) / item.name
+            local = downloaded = scratch_dir(work, self.job_id) / item.name
             if not local.exists():
                 self._stage_file(source, "download", item, local, recovering=False)
             else:
                 self.control.add_bytes(item.size or 0)
         fmt = detect_format(local)
         if fmt is None or fmt == "parquet" or (opts.get("hdu") is None and not is_table(local)):
-            self._convert_passthrough(source, rec, item, dest, downloaded=downloaded)
+            self._convert_passthrough(source, method, item, downloaded=downloaded, entry=entry)
             return
-        if fmt == "fits" and len(resume.get("items", [])) == 1:
+        if fmt == "fits" and len(self.resume.get("items", [])) == 1:
             self._expect_chunks(local, opts)
         stem = PurePosixPath(item.name)
         out_rel = (stem.parent / f"{_strip_suffixes(stem.name)}.parquet").as_posix()
         out_rel = check_output_name(out_rel)
-        if out_rel not in resume.setdefault("convert_dirs", []):
-            resume["convert_dirs"].append(out_rel)
-            self.store.update_job(self.job_id, resume=resume)
-        out_dir = dest / out_rel
+        with self._lock:
+            if out_rel not in self.resume.setdefault("convert_dirs", []):
+                self.resume["convert_dirs"].append(out_rel)
+                self._save_resume()
+        out_dir = work / out_rel
         existing = [
-            c for c in self.store.list_chunks(self.job_id) if c.path.startswith(out_rel + "/")
+            c
+            for c in self.store.list_chunks(self.job_id)
+            if self.dest.relative(c.path).startswith(out_rel + "/")
         ]
-        next_index = len(self.store.list_chunks(self.job_id))
+        if self.recovering:
+            self._drop_unrecorded_part(out_dir, len(existing))
 
         def on_chunk(info: Any) -> None:
-            nonlocal next_index
-            chunk = ChunkRecord(
-                id=f"{self.job_id}-{next_index}",
-                job_id=self.job_id,
-                index=next_index,
-                path=f"{out_rel}/{info.name}",
+            rel = f"{out_rel}/{info.name}"
+            # Published locally; for object storage uploaded now (and the local part removed). Only then
+            # is the chunk recorded, so an interrupted upload is redone from the part on resume.
+            path = self.dest.put(
+                out_dir / info.name,
+                rel,
+                size=info.bytes,
+                sha256=info.sha256,
+                content_type=PARQUET_CONTENT_TYPE,
+                control=self.control,
+            )
+            chunk = self._new_chunk(
+                path=rel,
                 state=ChunkState.pending.value,
                 rows=info.rows,
                 bytes=info.bytes,
                 sha256=info.sha256,
-                content_type="application/vnd.apache.parquet",
+                content_type=PARQUET_CONTENT_TYPE,
+                entry=entry,
             )
-            next_index += 1
-            self.store.upsert_chunk(chunk)
-            self._chunk_ready(chunk)
+            self._chunk_ready(chunk, path=path)
 
         if local is not None and source.local_path(item) is not None:
             bytes_before = self.live.bytes_done
@@ -380,12 +438,28 @@ class JobRunner:
         )
         if bytes_before is not None and self.live.bytes_done == bytes_before:
             self.control.add_bytes(item.size or 0)
-        done_items.append(item.name)
-        self.store.update_job(self.job_id, resume=resume)
-        scratch = scratch_dir(dest, self.job_id)
-        if scratch.exists():
-            shutil.rmtree(scratch, ignore_errors=True)
+        with self._lock:
+            self.resume["converted"].append(item.name)
+            self._save_resume()
+        if downloaded is not None:
+            downloaded.unlink(missing_ok=True)
+            remove_tree_if_empty(downloaded.parent, work)
+        if self.dest.remote:
+            remove_tree_if_empty(out_dir, work)
         self._log("info", f"{item.name}: converted to {out_rel}")
+
+    def _drop_unrecorded_part(self, out_dir: Path, start_index: int) -> None:
+        """Remove the part file ``start_index`` if a previous run published it but stopped before
+        recording it (the converter publishes a part while encoding the next); it is written again."""
+        if not out_dir.is_dir() or out_dir.is_symlink():
+            return
+        for path in out_dir.iterdir():
+            match = _PART_RE.fullmatch(path.name)
+            if match and int(match.group(1)) == start_index and path.is_file() and not path.is_symlink():
+                self._log(
+                    "info", f"{path.name}: published but not recorded before the stop; writing it again"
+                )
+                path.unlink()
 
     def _expect_chunks(self, path: Path, opts: dict[str, Any]) -> None:
         """Set ``chunks_total`` ahead of a FITS conversion from the table's NAXIS2 (rows)."""
@@ -406,58 +480,256 @@ class JobRunner:
             pass
 
     def _convert_passthrough(
-        self, source: Source, rec: JobRecord, item: SourceItem, dest: Path, downloaded: Path | None = None
+        self,
+        source: Source,
+        method: str,
+        item: SourceItem,
+        downloaded: Path | None = None,
+        entry: str | None = None,
     ) -> None:
         """Stage a file that is not a table (an image, a Parquet file) as it is, as one chunk; a file
         ``downloaded`` to the scratch folder already is moved into place rather than fetched again."""
-        chunks = self.store.list_chunks(self.job_id)
-        for chunk in chunks:
-            if chunk.path == item.name:
+        for chunk in self.store.list_chunks(self.job_id):
+            if self.dest.relative(chunk.path) == item.name:
                 if chunk.state != ChunkState.pending.value:
                     self.control.add_bytes(chunk.bytes or 0)
                     return
                 break
         else:
-            chunk = self.store.upsert_chunk(
-                ChunkRecord(
-                    id=f"{self.job_id}-{len(chunks)}",
-                    job_id=self.job_id,
-                    index=len(chunks),
-                    path=item.name,
-                    state=ChunkState.pending.value,
-                    bytes=item.size,
-                    content_type=item.content_type,
-                )
+            chunk = self._new_chunk(
+                path=item.name,
+                state=ChunkState.pending.value,
+                bytes=item.size,
+                content_type=item.content_type,
+                entry=entry,
             )
         self._log("info", f"{item.name}: not a table; staged as it is")
-        final = dest / item.name
+        final = self.dest.workdir / item.name
         if downloaded is not None:
             final.parent.mkdir(parents=True, exist_ok=True)
-            publish(downloaded, final)
+            if self.dest.remote and final.is_file():
+                downloaded.unlink()  # moved here by an earlier run that stopped before the upload
+            else:
+                publish(downloaded, final)
             size, sha = final.stat().st_size, sha256_file(final)
         else:
-            method = "copy" if rec.method == "copy" else "download"
-            size, sha = self._stage_file(source, method, item, final, recovering=self.recovering)
-        self._chunk_ready(chunk, bytes=size, sha256=sha)
+            size, sha = self._stage_file(
+                source, "copy" if method == "copy" else "download", item, final, recovering=self.recovering
+            )
+        path = self.dest.put(
+            final, item.name, size=size, sha256=sha, content_type=item.content_type, control=self.control
+        )
+        self._chunk_ready(chunk, bytes=size, sha256=sha, path=path)
+
+    # -- manifest jobs --------------------------------------------------------------------------------
+
+    def _run_manifest(self, rec: JobRecord, entries: dict[str, str]) -> None:
+        """List every entry, then stage them, :data:`MANIFEST_CONCURRENCY` at a time (see the module)."""
+        names = list(entries)
+        with self._lock:
+            listed: dict[str, dict[str, Any]] = self.resume.setdefault("entries", {})
+            todo = [n for n in names if n not in listed]
+        if todo:
+            results = self._parallel(todo, lambda name: self._list_entry(name, entries[name]))
+            with self._lock:
+                listed.update(results)
+                self._save_resume()
+            failed = [n for n in todo if "error" in listed[n]]
+            files = sum(len(listed[n].get("items", [])) for n in todo)
+            self._log(
+                "info",
+                f"{len(names)} entries: {files} file(s) to stage"
+                + (f"; {len(failed)} could not be listed ({', '.join(failed)})" if failed else ""),
+            )
+        items = {n: [self._load_item(d) for d in listed[n].get("items", [])] for n in names}
+        self._ensure_entry_chunks(rec, names, listed, items)
+        sizes = [i.size for n in names for i in items[n]]
+        self.store.update_job(
+            self.job_id, bytes_total=None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
+        )
+        chunks = self.store.list_chunks(self.job_id)
+        if rec.convert is None:
+            self.store.update_job(self.job_id, chunks_total=len(chunks))
+        self._count_done(chunks)
+        failures = {n: listed[n]["error"] for n in names if "error" in listed[n]}
+        staged = self._parallel(
+            [n for n in names if n not in failures],
+            lambda name: self._stage_entry(rec, name, entries[name], items[name]),
+        )
+        failures.update({n: error for n, error in staged.items() if error is not None})
+        self.control.check()
+        self._finish(rec, entries=names, failures=failures)
+
+    def _parallel(self, names: list[str], work: Callable[[str], T]) -> dict[str, T]:
+        """``{name: work(name)}``, at most :data:`MANIFEST_CONCURRENCY` at once. Every call ends before
+        this returns; then a :class:`JobInterrupted` (pause, cancel, shutdown) or another error of any
+        call is raised."""
+        if not names:
+            return {}
+        results: dict[str, T] = {}
+        errors: list[BaseException] = []
+        workers = min(MANIFEST_CONCURRENCY, len(names))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="staging-entry") as pool:
+            futures = {name: pool.submit(work, name) for name in names}
+            for name, future in futures.items():
+                try:
+                    results[name] = future.result()
+                except BaseException as exc:  # re-raised below, once every entry has stopped
+                    errors.append(exc)
+        for error in errors:
+            if isinstance(error, JobInterrupted):
+                raise error
+        if errors:
+            raise errors[0]
+        return results
+
+    def _list_entry(self, name: str, uri: str) -> dict[str, Any]:
+        """``{"items": [...]}`` for entry ``name`` (item names below ``name/``), or ``{"error": {...}}``."""
+        self.control.check()
+        try:
+            items = open_source(uri, source_roots=self.manager.source_roots).list_items()
+            for item in items:
+                item.name = check_output_name(f"{name}/{item.name}")
+            return {"items": [self._dump_item(i) for i in items]}
+        except JobInterrupted:
+            raise
+        except Exception as exc:
+            error = _error_of(exc)
+            if error["code"] == "internal_error":
+                log.error(
+                    "staging job %s: listing entry %s failed: %s", self.job_id, name, redact_text(repr(exc))
+                )
+            self._log("warning", f"entry {name}: {error['message']} ({error['code']})")
+            return {"error": error}
+
+    def _ensure_entry_chunks(
+        self,
+        rec: JobRecord,
+        names: list[str],
+        listed: dict[str, dict[str, Any]],
+        items: dict[str, list[SourceItem]],
+    ) -> None:
+        """Chunks in entry order: one per file (plain transfers; conversions add theirs as parts are
+        written), and one marked with the error for an entry that could not be listed. Idempotent."""
+        existing = {(c.entry, self.dest.relative(c.path)) for c in self.store.list_chunks(self.job_id)}
+        for name in names:
+            error = listed[name].get("error")
+            if error is not None:
+                if not any(entry == name for entry, _ in existing):
+                    self._new_chunk(
+                        path=name,
+                        state=ChunkState.pending.value,
+                        entry=name,
+                        error_code=error["code"],
+                        error_message=error["message"],
+                    )
+                continue
+            if rec.convert is not None:
+                continue
+            for item in items[name]:
+                if (name, item.name) not in existing:
+                    self._new_chunk(
+                        path=item.name,
+                        state=ChunkState.pending.value,
+                        bytes=item.size,
+                        content_type=item.content_type,
+                        entry=name,
+                    )
+
+    def _stage_entry(
+        self, rec: JobRecord, name: str, uri: str, items: list[SourceItem]
+    ) -> dict[str, str] | None:
+        """Stage every item of entry ``name``; returns None, or the entry's error (recorded)."""
+        try:
+            source = open_source(uri, source_roots=self.manager.source_roots)
+            method = rec.method if rec.method in source.methods else source.default_method
+            for item in items:
+                self.control.check()
+                if rec.convert is None:
+                    chunk = next(
+                        c
+                        for c in self.store.list_chunks(self.job_id)
+                        if c.entry == name and self.dest.relative(c.path) == item.name
+                    )
+                    self._transfer(source, method, item, chunk)
+                else:
+                    self._convert(source, rec, method, item, entry=name)
+                self.manager._progress(self.job_id, force=True)
+        except JobInterrupted:
+            raise
+        except Exception as exc:
+            error = _error_of(exc)
+            if error["code"] == "internal_error":
+                log.error("staging job %s: entry %s failed: %s", self.job_id, name, redact_text(repr(exc)))
+            self._entry_failed(name, error)
+            return error
+        return None
+
+    def _entry_failed(self, name: str, error: dict[str, str]) -> None:
+        """Record the failure of entry ``name`` in the resume data and on its pending chunks."""
+        with self._lock:
+            self.resume["entries"][name]["error"] = error
+            self._save_resume()
+            pending = [
+                c
+                for c in self.store.list_chunks(self.job_id)
+                if c.entry == name and c.state == ChunkState.pending.value
+            ]
+            for chunk in pending:
+                self.store.update_chunk(chunk.id, error_code=error["code"], error_message=error["message"])
+            if not pending:
+                self._new_chunk(
+                    path=name,
+                    state=ChunkState.pending.value,
+                    entry=name,
+                    error_code=error["code"],
+                    error_message=error["message"],
+                )
+        self._log("warning", f"entry {name} failed: {error['message']} ({error['code']}); the others go on")
 
     # -- the end --------------------------------------------------------------------------------------
 
-    def _finish(self, rec: JobRecord, dest: Path) -> None:
+    def _finish(
+        self,
+        rec: JobRecord,
+        *,
+        entries: list[str] | None = None,
+        failures: dict[str, dict[str, str]] | None = None,
+    ) -> None:
+        """Write the manifest (last), apply the cleanup policy, end ``succeeded`` — or, when manifest
+        entries failed, raise :class:`PartiallyStaged` (code ``partial``) after writing the manifest."""
+        failures = failures or {}
         chunks = self.store.list_chunks(self.job_id)
-        objects = [
-            {
-                "path": c.path,
+        staged = [c for c in chunks if c.state in (ChunkState.ready.value, ChunkState.acked.value)]
+        objects = []
+        for c in staged:
+            obj: dict[str, Any] = {
+                "path": self.dest.relative(c.path),
                 "size": c.bytes,
                 "sha256": c.sha256,
                 "rows": c.rows,
                 "content_type": c.content_type,
             }
-            for c in chunks
-        ]
-        existing = read_manifest(dest)
+            if self.dest.remote:
+                obj["uri"] = c.path
+            if c.entry is not None:
+                obj["entry"] = c.entry
+            objects.append(obj)
+        listing = None
+        if entries is not None:
+            shown = rec.entries or {}
+            listing = [
+                {
+                    "name": name,
+                    "source": shown.get(name, ""),
+                    "paths": [o["path"] for o in objects if o.get("entry") == name],
+                    "error": failures.get(name),
+                }
+                for name in entries
+            ]
+        existing = self.dest.read_manifest()
         if existing is None or existing.get("job_id") != self.job_id:
-            write_manifest(
-                dest,
+            self.dest.write_manifest(
                 build_manifest(
                     job_id=self.job_id,
                     name=rec.name,
@@ -467,24 +739,39 @@ class JobRunner:
                     objects=objects,
                     created_at=rec.created_at,
                     finished_at=utcnow(),
+                    entries=listing,
                 ),
             )
-        rows = sum(c.rows or 0 for c in chunks)
+        rows = sum(c.rows or 0 for c in staged)
         with self.live.lock:
             self.live.rows_done = rows
-            if rec.bytes_total is not None:
+            if rec.bytes_total is not None and not failures:
                 self.live.bytes_done = max(self.live.bytes_done, rec.bytes_total)
         self.store.update_job(
             self.job_id,
             bytes_done=self.live.bytes_done,
             rows_done=rows,
-            chunks_done=len(chunks),
+            chunks_done=len(staged),
             chunks_total=len(chunks),
         )
+        if self.dest.remote:
+            remove_tree_if_empty(self.dest.workdir, self.dest.workdir.parent.parent)
+        total = sum(c.bytes or 0 for c in staged)
+        if failures:
+            assert entries is not None
+            failed = ", ".join(f"{n} ({failures[n]['code']})" for n in entries if n in failures)
+            message = (
+                f"{len(entries) - len(failures)} of {len(entries)} entries staged "
+                f"({len(staged)} chunk(s), {total} bytes; manifest written); failed: {failed}"
+            )
+            codes = {f["code"] for f in failures.values()}
+            if len(failures) == len(entries) and len(codes) == 1:
+                # Nothing staged, for one reason (a missing bucket, no network): that reason is the code.
+                raise StagingError(message, code=codes.pop())
+            raise PartiallyStaged(message)
+        self._log("info", f"succeeded: {len(staged)} chunk(s), {total} bytes, {rows} rows; manifest written")
+        self.manager.apply_cleanup_policy(self.job_id, JobState.succeeded)
         self.manager._set_state(self.job_id, JobState.succeeded)
-        total = sum(c.bytes or 0 for c in chunks)
-        self._log("info", f"succeeded: {len(chunks)} chunk(s), {total} bytes, {rows} rows; manifest written")
-        self.manager.apply_cleanup_policy(self.job_id)
 
 
 def _strip_suffixes(name: str) -> str:
@@ -495,4 +782,12 @@ def _strip_suffixes(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name[1:] else name
 
 
-__all__ = ["JobRunner", "StagingError", "remove_job_output", "scratch_dir", "sha256_file"]
+__all__ = [
+    "MANIFEST_CONCURRENCY",
+    "JobControl",
+    "JobRunner",
+    "StagingError",
+    "remove_job_output",
+    "scratch_dir",
+    "sha256_file",
+]

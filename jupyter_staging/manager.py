@@ -23,15 +23,26 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from .destinations import (
+    SCRATCH_FOLDER,
+    Destination,
+    check_object_destination,
+    is_object_destination,
+    object_destination,
+    open_destination,
+    remove_tree_if_empty,
+)
 from .errors import (
     DestinationExists,
     InvalidRequest,
     InvalidState,
     JobNotFound,
+    PathNotAllowed,
+    SourceNotFound,
     StagingError,
 )
 from .executors import Executor, LocalExecutor
-from .manifest import MANIFEST_NAME, read_manifest
+from .manifest import MANIFEST_NAME
 from .models import (
     TRANSITIONS,
     ChunkState,
@@ -46,8 +57,9 @@ from .models import (
     Progress,
 )
 from .paths import resolve_destination
-from .redact import redact_text, redact_url
-from .sources import open_source
+from .redact import install_log_filters, redact_text, redact_url
+from .sealed import SecretBox
+from .sources import Source, open_source
 from .store import ChunkRecord, JobRecord, Store, utcnow
 from .transfer import RateMeter
 
@@ -103,6 +115,15 @@ class StagingManager:
         Jobs running at once; others wait ``queued``.
     executor_class:
         :class:`~jupyter_staging.executors.Executor` subclass running the jobs.
+    presign_expiry_seconds:
+        Validity of the presigned GET URLs handed out for chunks in object storage, seconds (1 s - 7 days).
+    secret_key_file:
+        Key file sealing secret-bearing sources (presigned URLs) in the database
+        (:mod:`jupyter_staging.sealed`). Default: ``<database file>.key`` beside a SQLite database file; for
+        other databases a key held in memory (such jobs then cannot resume after a restart).
+    scratch_dir:
+        Local folder (relative to ``root_dir``, or absolute) where jobs writing to object storage prepare
+        their files before uploading them. Default: ``<staging_dir>/.staging-scratch``.
     """
 
     def __init__(
@@ -116,12 +137,29 @@ class StagingManager:
         executor_class: type[Executor] = LocalExecutor,
         default_owner: str | None = None,
         sweep_interval: float = 10.0,
+        presign_expiry_seconds: int = 3600,
+        secret_key_file: str | os.PathLike[str] | None = None,
+        scratch_dir: str | os.PathLike[str] | None = None,
     ) -> None:
+        install_log_filters()
         self.root_dir = Path(root_dir).resolve()
         self.staging_dir = staging_dir
         self.source_roots = list(source_roots) if source_roots else None
         self.max_concurrent_jobs = max_concurrent_jobs
+        self.presign_expiry_seconds = int(presign_expiry_seconds)
+        self.scratch_root = self.root_dir / (
+            scratch_dir or f"{staging_dir.strip('/') or '.'}/{SCRATCH_FOLDER}"
+        )
         self.store = Store(db_url)
+        if secret_key_file is None:
+            secret_key_file = _default_key_file(db_url)
+            if secret_key_file is None:
+                log.warning(
+                    "staging: no secret_key_file for %s; jobs reading presigned URLs will not resume after a "
+                    "restart",
+                    self.store.engine.url.render_as_string(hide_password=True),
+                )
+        self.secrets = SecretBox(secret_key_file)
         self.executor = executor_class(max_concurrent_jobs)
         self.default_owner = default_owner or _current_user()
         self._listeners: list[Listener] = []
@@ -182,22 +220,36 @@ class StagingManager:
     def _expire(self, rec: JobRecord) -> None:
         from .jobs import remove_job_output
 
-        removed = remove_job_output(self, rec, keep_ready=False)
+        try:
+            removed = remove_job_output(self, rec, keep_ready=False)
+        except StagingError as exc:  # the store is unreachable: the next sweep tries again
+            log.warning("staging job %s: could not expire its output: %s", rec.id, redact_text(exc.message))
+            return
         for chunk in self.store.list_chunks(rec.id):
             if chunk.state != ChunkState.expired.value:
                 self.store.update_chunk(chunk.id, state=ChunkState.expired.value)
         self._log(rec.id, "info", f"expired: output removed ({removed} file(s))")
         self._set_state(rec.id, JobState.expired)
 
-    def apply_cleanup_policy(self, job_id: str) -> None:
-        """After a job ended: ``delete_on_success`` (if it succeeded) and ``delete_always`` remove its
-        output; chunks become ``expired``. ``retain`` and ``delete_on_ack`` keep what is left."""
+    def apply_cleanup_policy(self, job_id: str, outcome: JobState | None = None) -> None:
+        """When a job ends: ``delete_on_success`` (if it succeeded) and ``delete_always`` remove its
+        output — for an object store, every object below the job's prefix; chunks become ``expired``.
+        ``retain`` and ``delete_on_ack`` keep what is left.
+
+        ``outcome`` is the final state the job is about to be given (the runner cleans up *before*
+        announcing it, so a client that sees ``succeeded`` never sees the output still there); default:
+        its present state."""
         rec = self._record(job_id, None)
         policy = rec.cleanup_policy
-        if policy == "delete_always" or (policy == "delete_on_success" and rec.state == JobState.succeeded.value):
+        state = (outcome or JobState(rec.state)).value
+        if policy == "delete_always" or (policy == "delete_on_success" and state == JobState.succeeded.value):
             from .jobs import remove_job_output
 
-            removed = remove_job_output(self, rec, keep_ready=False)
+            try:
+                removed = remove_job_output(self, rec, keep_ready=False)
+            except StagingError as exc:
+                self._log(job_id, "warning", f"cleanup policy {policy}: output not removed: {exc.message}")
+                return
             for chunk in self.store.list_chunks(rec.id):
                 self.store.update_chunk(chunk.id, state=ChunkState.expired.value)
             self._log(job_id, "info", f"cleanup policy {policy}: output removed ({removed} file(s))")
@@ -254,44 +306,64 @@ class StagingManager:
         Returns ``(job, created)``; ``created`` is False when an earlier job of ``owner`` had the same
         ``idempotency_key`` (that job is returned unchanged).
 
+        A source (or manifest entry) holding secrets is stored redacted, its raw form sealed
+        (:mod:`jupyter_staging.sealed`). An ``s3://bucket/prefix/`` destination becomes the job's own
+        prefix ``s3://bucket/prefix/<job_id>/``.
+
         Raises :class:`InvalidRequest` / :class:`~jupyter_staging.errors.PathNotAllowed` (400) for bad
-        input, :class:`~jupyter_staging.errors.SourceNotFound` (400) for a missing local source and
-        :class:`DestinationExists` (409) when the destination already holds a job's output.
+        input (codes ``invalid_method``, ``unsupported_source``, ``unsupported_destination``,
+        ``invalid_destination``, ``destination_not_found``...), :class:`SourceNotFound` (400) for a
+        missing local source (a missing manifest entry fails later, alone) and :class:`DestinationExists`
+        (409) when the destination already holds a job's output.
         """
         owner = owner or self.default_owner
+        remote = is_object_destination(request.destination)
+        if remote and request.method in ("hardlink", "symlink"):
+            raise InvalidRequest(
+                f"method {request.method!r} cannot write to object storage; use copy or download",
+                code="invalid_method",
+            )
+        if remote and request.destination is not None:
+            check_object_destination(object_destination(request.destination, "check"))
         with self._create_lock:
             if request.idempotency_key:
                 existing = self.store.find_by_idempotency_key(owner, request.idempotency_key)
                 if existing is not None:
                     return self._describe(existing), False
-            source = open_source(request.source, source_roots=self.source_roots)
-            method = request.method or source.default_method
-            if method not in source.methods:
-                raise InvalidRequest(
-                    f"method {method!r} does not apply to this source; use one of {', '.join(source.methods)}",
-                    code="invalid_method",
-                )
+            if request.manifest is not None:
+                method = self._check_entries(request)
+                described = f"manifest of {len(request.manifest)} entries"
+                name = request.name or "manifest"
+                shown_source = _manifest_label(len(request.manifest))
+                entries: dict[str, str] | None = {k: redact_url(v) for k, v in request.manifest.items()}
+                raw: dict[str, Any] = {"entries": request.manifest}
+                secret = entries != request.manifest
+            else:
+                assert request.source is not None
+                source = open_source(request.source, source_roots=self.source_roots)
+                method = request.method or source.default_method
+                if method not in source.methods:
+                    raise InvalidRequest(
+                        f"method {method!r} does not apply to this source; "
+                        f"use one of {', '.join(source.methods)}",
+                        code="invalid_method",
+                    )
+                described = source.describe()
+                name = request.name or default_name(request.source)
+                shown_source, entries = redact_url(request.source), None
+                raw = {"source": request.source}
+                secret = shown_source != request.source
             if request.convert is not None and method in ("hardlink", "symlink"):
                 raise InvalidRequest(
-                    "conversion to Parquet writes new files; it cannot be combined with "
-                    f"method {method!r}",
+                    f"conversion to Parquet writes new files; it cannot be combined with method {method!r}",
                     code="invalid_method",
                 )
-            name = request.name or default_name(request.source)
             job_id = str(uuid.uuid4())
-            destination = request.destination
-            if destination is None:
-                destination = f"{self.staging_dir.strip('/')}/{default_name(name)}"
-                dest_path, rel = resolve_destination(self.root_dir, destination)
-                if dest_path.exists():
-                    destination = f"{destination}-{job_id[:8]}"
-            dest_path, rel = resolve_destination(self.root_dir, destination)
-            if (dest_path / MANIFEST_NAME).exists():
-                raise DestinationExists(
-                    f"destination {rel!r} already holds a staged job's output; choose another folder"
-                )
-            if self._destination_in_use(rel):
-                raise DestinationExists(f"destination {rel!r} is used by another active job")
+            if remote:
+                assert request.destination is not None
+                rel = object_destination(request.destination, job_id)
+            else:
+                rel = self._local_destination(request.destination, name, job_id)
             now = utcnow()
             expires = now + timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else None
             rec = JobRecord(
@@ -299,7 +371,9 @@ class StagingManager:
                 owner=owner,
                 root=str(self.root_dir),
                 name=name,
-                source=request.source,
+                source=shown_source,
+                entries=entries,
+                sealed=self.secrets.seal(raw) if secret else None,
                 destination=rel,
                 method=method,
                 convert=request.convert.model_dump() if request.convert else None,
@@ -316,10 +390,71 @@ class StagingManager:
                 resume={},
             )
             self.store.add_job(rec)
-        self._log(job_id, "info", f"job created: {source.describe()} -> {rel} ({method})")
+        self._log(job_id, "info", f"job created: {described} -> {rel} ({method})")
         self._announce(rec)
         self._submit(job_id)
         return self._describe(rec), True
+
+    def _local_destination(self, destination: str | None, name: str, job_id: str) -> str:
+        """The checked destination folder, relative to ``root_dir`` (see :meth:`create`)."""
+        if destination is None:
+            destination = f"{self.staging_dir.strip('/')}/{default_name(name)}"
+            dest_path, rel = resolve_destination(self.root_dir, destination)
+            if dest_path.exists():
+                destination = f"{destination}-{job_id[:8]}"
+        dest_path, rel = resolve_destination(self.root_dir, destination)
+        if (dest_path / MANIFEST_NAME).exists():
+            raise DestinationExists(
+                f"destination {rel!r} already holds a staged job's output; choose another folder"
+            )
+        if self._destination_in_use(rel):
+            raise DestinationExists(f"destination {rel!r} is used by another active job")
+        return rel
+
+    def _check_entries(self, request: CreateJob) -> str:
+        """Check every manifest entry as :meth:`create` checks a source; returns the job's method.
+
+        Bad input (an unsupported scheme, a path outside the source roots) refuses the whole job; a local
+        entry that does not exist does not (it fails alone when the job runs). Without a ``method`` in the
+        request each entry uses its own default (the job shows ``download`` when any entry is remote).
+        """
+        assert request.manifest is not None
+        methods: list[str] = []
+        for entry, uri in request.manifest.items():
+            try:
+                source: Source | None = open_source(uri, source_roots=self.source_roots)
+            except SourceNotFound:
+                source = None  # reported when the job runs, as this entry's error
+            except (InvalidRequest, PathNotAllowed) as exc:
+                raise type(exc)(f"manifest entry {entry!r}: {exc.message}", code=exc.code) from None
+            if source is None:
+                continue
+            if request.method is not None and request.method not in source.methods:
+                raise InvalidRequest(
+                    f"manifest entry {entry!r}: method {request.method!r} does not apply to this source; "
+                    f"use one of {', '.join(source.methods)}",
+                    code="invalid_method",
+                )
+            methods.append(source.default_method)
+        if request.method is not None:
+            return request.method
+        return "download" if "download" in methods or not methods else "copy"
+
+    def raw_sources(self, rec: JobRecord) -> tuple[str, dict[str, str] | None]:
+        """The job's source and manifest entries as submitted, secrets included (unsealed).
+
+        For the job runner only: never log, show or store what this returns. Raises
+        :class:`~jupyter_staging.errors.SecretUnavailable` when the sealing key changed."""
+        if rec.sealed:
+            raw = self.secrets.open(rec.sealed)
+            return str(raw.get("source") or rec.source), raw.get("entries") or rec.entries
+        return rec.source, rec.entries
+
+    def destination_of(self, rec: JobRecord) -> Destination:
+        """The :class:`~jupyter_staging.destinations.Destination` of job ``rec``."""
+        return open_destination(
+            rec.id, rec.destination, root_dir=self.root_dir, scratch_root=self.scratch_root
+        )
 
     def get(self, job_id: str, owner: str | None = None) -> DescribeJob:
         """The job's status and progress. Raises :class:`JobNotFound` (404) for unknown or foreign ids."""
@@ -383,7 +518,9 @@ class StagingManager:
             queued_here = job_id in self._controls
         if state == JobState.running or queued_here:
             self._request(job_id, JobState.paused)
-            self.wait(job_id, timeout=30, owner=owner, until=lambda s: s not in (JobState.running, JobState.queued))
+            self.wait(
+                job_id, timeout=30, owner=owner, until=lambda s: s not in (JobState.running, JobState.queued)
+            )
         else:
             self._set_state(job_id, JobState.paused)
         self._log(job_id, "info", "paused")
@@ -407,10 +544,63 @@ class StagingManager:
         self._submit(job_id)
         return self.get(job_id, owner)
 
-    def chunks(self, job_id: str, owner: str | None = None) -> list[DescribeChunk]:
-        """The job's chunks in index order. Raises :class:`JobNotFound`."""
-        self._record(job_id, owner)
-        return [_describe_chunk(c) for c in self.store.list_chunks(job_id)]
+    def chunks(self, job_id: str, owner: str | None = None, *, urls: bool = True) -> list[DescribeChunk]:
+        """The job's chunks in index order. Raises :class:`JobNotFound`.
+
+        With ``urls``, every ready chunk in object storage (and every acked one whose object is kept)
+        carries a presigned GET URL valid :attr:`presign_expiry_seconds` from now, and its expiry. URLs
+        are made for this answer only (locally: SigV4 presigning is an HMAC, no request) and never
+        stored, logged or announced, so nothing changes on a read."""
+        rec = self._record(job_id, owner)
+        chunks = self.store.list_chunks(job_id)
+        if not urls or not is_object_destination(rec.destination):
+            return [_describe_chunk(c) for c in chunks]
+        destination = self.destination_of(rec)
+        return [self._with_url(destination, rec, c) for c in chunks]
+
+    def refresh_chunk(self, job_id: str, chunk_id: str, owner: str | None = None) -> DescribeChunk:
+        """Chunk ``chunk_id`` (its index) with a new presigned GET URL valid
+        :attr:`presign_expiry_seconds` from now (SigV4 query signing, ``X-Amz-Expires``).
+
+        Raises :class:`JobNotFound` (code ``chunk_not_found``), :class:`InvalidRequest` (400, code
+        ``chunk_not_in_object_storage``) for a chunk of a local destination — a file has no URL — and
+        :class:`InvalidState` (409, code ``chunk_not_ready``) for a chunk not uploaded yet, or whose
+        object is gone (``expired``, or acked under ``delete_on_ack``)."""
+        rec = self._record(job_id, owner)
+        chunk = self._chunk(job_id, chunk_id)
+        if not is_object_destination(rec.destination):
+            raise InvalidRequest(
+                f"chunk {chunk.index} is a file in {rec.destination!r}, not an object in object storage; "
+                "only object-store chunks have presigned URLs",
+                code="chunk_not_in_object_storage",
+            )
+        described = self._with_url(self.destination_of(rec), rec, chunk)
+        if described.url is None:
+            raise InvalidState(
+                f"chunk {chunk.index} is {chunk.state}; it has no object to hand out", code="chunk_not_ready"
+            )
+        return described
+
+    def _with_url(self, destination: Destination, rec: JobRecord, chunk: ChunkRecord) -> DescribeChunk:
+        described = _describe_chunk(chunk)
+        kept = chunk.state == ChunkState.ready.value or (
+            chunk.state == ChunkState.acked.value and rec.cleanup_policy != "delete_on_ack"
+        )
+        if kept and "://" in chunk.path:
+            signed = destination.presign(chunk.path, self.presign_expiry_seconds)
+            if signed is not None:
+                described.url, described.url_expires_at = signed
+        return described
+
+    def _chunk(self, job_id: str, chunk_id: str) -> ChunkRecord:
+        try:
+            index = int(chunk_id)
+        except ValueError:
+            raise JobNotFound(f"no chunk {chunk_id!r} in job {job_id!r}", code="chunk_not_found") from None
+        chunk = self.store.get_chunk(job_id, index)
+        if chunk is None:
+            raise JobNotFound(f"no chunk {chunk_id!r} in job {job_id!r}", code="chunk_not_found")
+        return chunk
 
     def ack(self, job_id: str, chunk_id: str, owner: str | None = None) -> DescribeChunk:
         """Record that a consumer has read chunk ``chunk_id`` (its index); with the ``delete_on_ack``
@@ -420,35 +610,29 @@ class StagingManager:
         ``chunk_not_ready``) for a chunk whose file is not complete yet.
         """
         rec = self._record(job_id, owner)
-        try:
-            index = int(chunk_id)
-        except ValueError:
-            raise JobNotFound(f"no chunk {chunk_id!r} in job {job_id!r}", code="chunk_not_found") from None
-        chunk = self.store.get_chunk(job_id, index)
-        if chunk is None:
-            raise JobNotFound(f"no chunk {chunk_id!r} in job {job_id!r}", code="chunk_not_found")
+        chunk = self._chunk(job_id, chunk_id)
+        index = chunk.index
         if chunk.state == ChunkState.pending.value:
             raise InvalidState(f"chunk {index} is not ready yet", code="chunk_not_ready")
         if chunk.state == ChunkState.ready.value:
             chunk = self.store.update_chunk(chunk.id, state=ChunkState.acked.value) or chunk
             self._log(job_id, "info", f"chunk {index} acknowledged")
-            if rec.cleanup_policy == "delete_on_ack":
-                dest = (self.root_dir / rec.destination).resolve()
-                path = dest / chunk.path
-                if path.parent.resolve().is_relative_to(dest) and (path.is_file() or path.is_symlink()):
-                    path.unlink()
-                    self._log(job_id, "info", f"chunk {index} deleted on ack: {chunk.path}")
+            if rec.cleanup_policy == "delete_on_ack" and self.destination_of(rec).remove_chunk(chunk.path):
+                self._log(job_id, "info", f"chunk {index} deleted on ack: {chunk.path}")
             self._announce(self._record(job_id, owner))
         return _describe_chunk(chunk)
 
     def manifest(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
-        """The manifest of a succeeded job.
+        """The manifest of a succeeded job, or of a manifest job that failed with code ``partial`` (it
+        lists what was staged and which entries failed); for an object store it is read back from
+        ``prefix/<job_id>/manifest.json`` (GetObject).
 
         Raises :class:`JobNotFound`, and :class:`InvalidState` (code ``manifest_not_ready``) until the job
         has succeeded.
         """
         rec = self._record(job_id, owner)
-        manifest = read_manifest(self.root_dir / rec.destination) if rec.state == "succeeded" else None
+        written = rec.state == "succeeded" or (rec.state == "failed" and rec.error_code == "partial")
+        manifest = self.destination_of(rec).read_manifest() if written else None
         if manifest is None or manifest.get("job_id") != job_id:
             raise InvalidState(
                 f"job is {rec.state}; its manifest is written when it succeeds", code="manifest_not_ready"
@@ -456,7 +640,9 @@ class StagingManager:
         return manifest
 
     def job_log(self, job_id: str, owner: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        """The job's log lines, oldest first: ``{"time", "level", "message"}``. Raises :class:`JobNotFound`."""
+        """The job's log lines, oldest first: ``{"time", "level", "message"}``.
+
+        Raises :class:`JobNotFound`."""
         self._record(job_id, owner)
         return [
             {"time": e.time.isoformat().replace("+00:00", "Z"), "level": e.level, "message": e.message}
@@ -518,6 +704,7 @@ class StagingManager:
             owner=rec.owner,
             state=JobState(rec.state),
             source=redact_url(rec.source),
+            entries=list(rec.entries) if rec.entries is not None else None,
             destination=rec.destination,
             method=rec.method,  # type: ignore[arg-type]
             convert=ConvertOptions(**rec.convert) if rec.convert else None,
@@ -549,6 +736,10 @@ class StagingManager:
             raise InvalidState(f"a {current.value} job cannot become {state.value}")
         if state.is_final:
             fields.setdefault("finished_at", utcnow())
+            # The raw source is needed to run, not to remember: drop the sealed copies.
+            fields.setdefault("sealed", None)
+            if rec.resume:
+                fields.setdefault("resume", _without_sealed(rec.resume))
         updated = self.store.update_job(job_id, state=state.value, **fields)
         assert updated is not None
         self._announce(updated)
@@ -576,7 +767,10 @@ class StagingManager:
         from .jobs import remove_job_output
 
         rec = self._record(job_id, None)
-        remove_job_output(self, rec, keep_ready=False)
+        try:
+            remove_job_output(self, rec, keep_ready=False)
+        except StagingError as exc:
+            self._log(job_id, "warning", f"partial output not removed: {exc.message}")
         self.store.update_job(job_id, requested=None)
         self._set_state(job_id, JobState.cancelled)
         self._log(job_id, "info", "cancelled; partial output removed")
@@ -607,12 +801,16 @@ class StagingManager:
         if isinstance(error, StagingError):
             code, message = error.code, error.message
         else:
-            log.exception("staging job %s failed unexpectedly", job_id, exc_info=error)
+            import traceback
+
+            # The traceback may quote a URL (a library's exception message): redact it as a log line.
+            text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+            log.error("staging job %s failed unexpectedly:\n%s", job_id, redact_text(text))
             code, message = "internal_error", f"unexpected error: {type(error).__name__}"
         message = redact_text(message)
         self._log(job_id, "error", f"failed: {message} ({code})")
+        self.apply_cleanup_policy(job_id, JobState.failed)
         self._set_state(job_id, JobState.failed, error_code=code, error_message=message, requested=None)
-        self.apply_cleanup_policy(job_id)
 
     def _release(self, job_id: str) -> None:
         with self._lock:
@@ -673,19 +871,44 @@ def _describe_chunk(c: ChunkRecord) -> DescribeChunk:
         bytes=c.bytes,
         sha256=c.sha256,
         content_type=c.content_type,
+        entry=c.entry,
+        error=JobError(code=c.error_code, message=c.error_message or "") if c.error_code else None,
     )
 
 
-def remove_tree_if_empty(folder: Path, stop: Path) -> None:
-    """Remove ``folder`` and its empty parents up to (not including) ``stop``."""
-    folder = folder.resolve()
-    stop = stop.resolve()
-    while folder != stop and stop in folder.parents:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-        folder = folder.parent
+def _manifest_label(entries: int) -> str:
+    """The ``source`` shown for a manifest job: ``manifest:4 entries``."""
+    return f"manifest:{entries} {'entry' if entries == 1 else 'entries'}"
+
+
+def _default_key_file(db_url: str) -> Path | None:
+    """``<database file>.key`` for a SQLite database file, else None (an in-memory key)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    if url.database.startswith("file:"):
+        return None
+    return Path(url.database + ".key")
+
+
+def _without_sealed(resume: dict[str, Any]) -> dict[str, Any]:
+    """The runner's resume data without the sealed locators of its items (``items`` and
+    ``entries.<name>.items``; see ``JobRunner._dump_item`` in :mod:`jupyter_staging.jobs`)."""
+
+    def items(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in item.items() if k != "sealed"} for item in values]
+
+    resume = dict(resume)
+    if "items" in resume:
+        resume["items"] = items(resume["items"])
+    if "entries" in resume:
+        resume["entries"] = {
+            name: {**entry, "items": items(entry.get("items", []))} if "items" in entry else entry
+            for name, entry in resume["entries"].items()
+        }
+    return resume
 
 
 __all__ = ["StagingManager", "default_name", "remove_tree_if_empty"]

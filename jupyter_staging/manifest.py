@@ -31,10 +31,14 @@ def build_manifest(
     objects: list[dict[str, Any]],
     created_at: datetime,
     finished_at: datetime,
+    entries: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The manifest as a dict. ``objects`` items have ``path``, ``size`` (bytes), ``sha256``, ``rows``
-    (int or None) and ``content_type``."""
-    return {
+    """The manifest as a dict. ``objects`` items have ``path`` (relative to the manifest), ``size``
+    (bytes), ``sha256``, ``rows`` (int or None) and ``content_type``; in object storage also ``uri``
+    (``s3://...``), in a manifest job also ``entry``. ``entries`` (manifest jobs) lists every entry:
+    ``{"name", "source" (redacted), "paths": [output paths], "error": null | {"code", "message"}}``,
+    failed ones included, so a partly staged job still says what it holds."""
+    manifest = {
         "manifest_version": MANIFEST_VERSION,
         "job_id": job_id,
         "name": name,
@@ -48,6 +52,9 @@ def build_manifest(
         "total_rows": sum(int(o["rows"]) for o in objects if o.get("rows") is not None) or None,
         "objects": objects,
     }
+    if entries is not None:
+        manifest["entries"] = [{**e, "source": redact_url(str(e.get("source", "")))} for e in entries]
+    return manifest
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> tuple[int, str]:

@@ -7,10 +7,11 @@ repository rely on every field name here, so fields may be added but never renam
 from __future__ import annotations
 
 import enum
+import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class JobState(str, enum.Enum):
@@ -76,17 +77,35 @@ class ConvertOptions(BaseModel):
     hdu: int | str | None = None
 
 
+#: A manifest entry name: a letter or digit, then letters, digits, ``_``, ``-`` or ``.`` (128 at most).
+ENTRY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+#: Most entries one manifest job may have.
+MAX_MANIFEST_ENTRIES = 1000
+#: Entry names refused because the job folder already uses them.
+RESERVED_ENTRY_NAMES = frozenset({"manifest.json"})
+
+
 class CreateJob(BaseModel):
     """Body of ``POST /jobs``.
 
-    ``source`` is a local path (absolute, as the server sees it), an ``http(s)://`` URL or an
-    ``s3://bucket/key`` / ``s3://bucket/prefix/`` URI. ``destination`` is a folder relative to the
-    server's root_dir (default: a new folder under ``StagingApp.staging_dir``).
+    Exactly one of ``source`` and ``manifest``:
+
+    - ``source`` is a local path (absolute, as the server sees it), an ``http(s)://`` URL (presigned
+      included) or an ``s3://bucket/key`` / ``s3://bucket/prefix/`` URI;
+    - ``manifest`` maps entry names to such sources (``{"reference": "https://...", ...}``, at most
+      :data:`MAX_MANIFEST_ENTRIES`); every entry is staged into the job's folder as ``<name>/<file name>``
+      (one chunk per file; several for a folder, a prefix or a converted table). Names match
+      :data:`ENTRY_NAME_RE`, differ from each other ignoring case, and are not ``manifest.json``.
+
+    ``destination`` is a folder relative to the server's root_dir (default: a new folder under
+    ``StagingApp.staging_dir``), or an object store prefix ``s3://bucket/prefix/`` under which the job
+    writes ``prefix/<job_id>/...``.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    source: str = Field(min_length=1, max_length=8192)
+    source: str | None = Field(default=None, min_length=1, max_length=8192)
+    manifest: dict[str, str] | None = Field(default=None, min_length=1, max_length=MAX_MANIFEST_ENTRIES)
     destination: str | None = Field(default=None, max_length=4096)
     method: Method | None = None
     convert: ConvertOptions | None = None
@@ -101,6 +120,31 @@ class CreateJob(BaseModel):
         if value is not None and "\x00" in value:
             raise ValueError("must not contain NUL characters")
         return value
+
+    @field_validator("manifest")
+    @classmethod
+    def _entries(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return value
+        seen: set[str] = set()
+        for name, source in value.items():
+            if not ENTRY_NAME_RE.fullmatch(name) or name.lower() in RESERVED_ENTRY_NAMES:
+                raise ValueError(
+                    f"entry name {name[:130]!r} is not allowed: use 1-128 letters, digits, '_', '-' or '.', "
+                    "starting with a letter or digit (and not 'manifest.json')"
+                )
+            if name.lower() in seen:
+                raise ValueError(f"entry names must differ (ignoring case): {name!r} is given twice")
+            seen.add(name.lower())
+            if not source or len(source) > 8192 or "\x00" in source:
+                raise ValueError(f"entry {name!r}: the source must be 1-8192 characters without NUL")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CreateJob:
+        if (self.source is None) == (self.manifest is None):
+            raise ValueError("give exactly one of 'source' (one source) and 'manifest' (named sources)")
+        return self
 
 
 class JobError(BaseModel):
@@ -124,7 +168,15 @@ class Progress(BaseModel):
 
 
 class DescribeChunk(BaseModel):
-    """One chunk of a job's output: a file relative to the job's destination (or an object URI)."""
+    """One chunk of a job's output: a file relative to the job's destination, or for an object store
+    destination the object's URI (``s3://bucket/prefix/<job_id>/<file>``).
+
+    ``entry``: the manifest entry the chunk belongs to (manifest jobs). ``error``: why the entry failed
+    (the chunk then stays ``pending``). ``url`` / ``url_expires_at``: a presigned HTTPS GET URL of a
+    ready object-store chunk and when it stops working (UTC). The URL is a credential: it is present only
+    in the answers of ``GET /jobs/{id}/chunks`` and ``GET /jobs/{id}/chunks/{chunk_id}/refresh`` (to the
+    job's owner), made afresh for each request and never stored, logged or announced.
+    """
 
     id: str
     index: int
@@ -134,16 +186,26 @@ class DescribeChunk(BaseModel):
     bytes: int | None = None
     sha256: str | None = None
     content_type: str | None = None
+    entry: str | None = None
+    error: JobError | None = None
+    url: str | None = None
+    url_expires_at: datetime | None = None
 
 
 class DescribeJob(BaseModel):
-    """A job as every endpoint returns it (``DESIGN.md``)."""
+    """A job as every endpoint returns it (``DESIGN.md``).
+
+    ``source`` is redacted (no signature or token); for a manifest job it reads ``manifest:<n> entries``
+    and ``entries`` lists the entry names (their sources are not shown). ``destination`` is a folder
+    relative to the server's root_dir, or the job's own object store prefix ``s3://bucket/prefix/<id>/``.
+    """
 
     id: str
     name: str
     owner: str
     state: JobState
     source: str
+    entries: list[str] | None = None
     destination: str
     method: Method
     convert: ConvertOptions | None = None

@@ -53,7 +53,13 @@ class JobRecord(Base):
     #: The root folder destinations are relative to; a database may serve several servers.
     root: Mapped[str] = mapped_column(Text, default="")
     name: Mapped[str] = mapped_column(String(255))
+    #: The source as shown: secrets redacted (``manifest:<n> entries`` for a manifest job).
     source: Mapped[str] = mapped_column(Text)
+    #: Manifest jobs: entry name -> source, redacted, in the request's order; None otherwise.
+    entries: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
+    #: The raw source / entries when they hold secrets (presigned URLs), sealed with the manager's
+    #: :class:`~jupyter_staging.sealed.SecretBox`; None when nothing is secret or once the job has ended.
+    sealed: Mapped[str | None] = mapped_column(Text, nullable=True)
     destination: Mapped[str] = mapped_column(Text)
     method: Mapped[str] = mapped_column(String(32))
     convert: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
@@ -97,6 +103,11 @@ class ChunkRecord(Base):
     bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     content_type: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    #: Manifest jobs: the entry this chunk belongs to.
+    entry: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    #: Why the chunk's entry failed (the chunk stays pending), else None.
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class EventRecord(Base):
@@ -248,9 +259,7 @@ class Store:
     def list_chunks(self, job_id: str) -> list[ChunkRecord]:
         with self.session() as s:
             return list(
-                s.scalars(
-                    select(ChunkRecord).where(ChunkRecord.job_id == job_id).order_by(ChunkRecord.index)
-                )
+                s.scalars(select(ChunkRecord).where(ChunkRecord.job_id == job_id).order_by(ChunkRecord.index))
             )
 
     def update_chunk(self, chunk_id: str, **fields: Any) -> ChunkRecord | None:

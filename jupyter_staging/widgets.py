@@ -34,6 +34,8 @@ _STATE_COLOURS = {
     "expired": "#757575",
 }
 _CHUNK_COLOURS = {"pending": "#e0e0e0", "ready": "#43a047", "acked": "#1e88e5", "expired": "#bdbdbd"}
+#: A chunk of a manifest entry that failed (it stays pending, with an ``error``).
+_FAILED_CHUNK_COLOUR = "#c62828"
 _FINAL = {"succeeded", "failed", "cancelled", "expired"}
 
 
@@ -53,13 +55,19 @@ def progress_text(job: dict[str, Any]) -> str:
 
 
 def chunk_grid_html(chunks: Sequence[dict[str, Any]], limit: int = 400) -> str:
-    """A compact grid: one small square per chunk, coloured by its state (titles give rows / bytes)."""
+    """A compact grid: one small square per chunk, coloured by its state, red for a failed manifest entry
+    (titles give rows / bytes / the error)."""
     cells = []
     for chunk in list(chunks)[:limit]:
         colour = _CHUNK_COLOURS.get(chunk.get("state", ""), "#e0e0e0")
+        error = chunk.get("error")
+        if error:
+            colour = _FAILED_CHUNK_COLOUR
+        # Never the chunk's presigned ``url``: the grid shows what a chunk is, not how to fetch it.
         title = html.escape(
             f"chunk {chunk.get('index')}: {chunk.get('state')}, {chunk.get('rows') or '-'} rows, "
             f"{_format_bytes(chunk.get('bytes'))} - {chunk.get('path')}"
+            + (f" - failed [{error.get('code')}]: {error.get('message')}" if error else "")
         )
         cells.append(
             f'<span title="{title}" style="display:inline-block;width:10px;height:10px;margin:1px;'
@@ -134,31 +142,19 @@ class JobWidget(w.VBox):
         self.update()
 
     def update(self) -> None:
-        """Set the widgets' traits from ``self.job`` as last read."""
+        """Set the widgets' traits from ``self.job`` as last read.
+
+        The chunks are fetched first and the title (which shows the state) is set last, so a display
+        whose title says ``failed`` already shows that state's error, figures, chunks and bar."""
         with self._lock:
             job = self.job
             data = job.as_dict()
             state = data.get("state", "?")
             colour = _STATE_COLOURS.get(state, "#000")
-            self.title.value = (
-                f"<b>{html.escape(str(data.get('name')))}</b> "
-                f'<span style="color:#fff;background:{colour};padding:0 6px;border-radius:8px">{state}</span> '
-                f"<code>{html.escape(str(data.get('source')))}</code> → "
-                f"<code>{html.escape(str(data.get('destination')))}</code>"
-            )
-            p = data.get("progress") or {}
-            total = p.get("bytes_total")
-            if total:
-                self.bar.value = min(1.0, (p.get("bytes_done") or 0) / total)
-            elif state == "succeeded":
-                self.bar.value = 1.0
-            self.bar.bar_style = {"succeeded": "success", "failed": "danger", "paused": "warning"}.get(state, "")
-            self.figures.value = f"<code>{html.escape(progress_text(data))}</code>"
             try:
                 chunks = job.chunks
             except Exception:
                 chunks = []
-            self.chunk_grid.value = chunk_grid_html(chunks)
             error = data.get("error")
             self.error.value = (
                 f'<span style="color:#c62828">error [{html.escape(error.get("code", ""))}]: '
@@ -166,9 +162,26 @@ class JobWidget(w.VBox):
                 if error
                 else ""
             )
+            self.figures.value = f"<code>{html.escape(progress_text(data))}</code>"
+            self.chunk_grid.value = chunk_grid_html(chunks)
             self.pause_button.disabled = state not in ("queued", "running")
             self.resume_button.disabled = state != "paused"
             self.cancel_button.disabled = state in _FINAL
+            # The bar and the title, which both show the state, are set one right after the other.
+            p = data.get("progress") or {}
+            total = p.get("bytes_total")
+            if total:
+                self.bar.value = min(1.0, (p.get("bytes_done") or 0) / total)
+            elif state == "succeeded":
+                self.bar.value = 1.0
+            styles = {"succeeded": "success", "failed": "danger", "paused": "warning"}
+            self.bar.bar_style = styles.get(state, "")
+            self.title.value = (
+                f"<b>{html.escape(str(data.get('name')))}</b> "
+                f'<span style="color:#fff;background:{colour};padding:0 6px;border-radius:8px">'
+                f"{state}</span> <code>{html.escape(str(data.get('source')))}</code> → "
+                f"<code>{html.escape(str(data.get('destination')))}</code>"
+            )
 
     def stop(self) -> None:
         """Stop following the job."""

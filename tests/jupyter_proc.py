@@ -82,7 +82,9 @@ class JupyterServerProcess:
             *self.extra_args,
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.root_dir)
+        self.proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.root_dir
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

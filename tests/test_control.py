@@ -75,8 +75,12 @@ async def test_pause_freezes_bytes_and_resume_completes(jp_fetch, jp_root_dir, s
 async def test_pause_a_finished_job_is_409(jp_fetch, shared_data):
     job = json.loads((await post_job(jp_fetch, {"source": str(shared_data / "README.md")})).body)
     await wait_for(jp_fetch, job["id"])
-    await expect_error(jp_fetch(*API, "jobs", job["id"], "pause", method="POST", body=""), 409, "invalid_state")
-    await expect_error(jp_fetch(*API, "jobs", job["id"], "resume", method="POST", body=""), 409, "invalid_state")
+    await expect_error(
+        jp_fetch(*API, "jobs", job["id"], "pause", method="POST", body=""), 409, "invalid_state"
+    )
+    await expect_error(
+        jp_fetch(*API, "jobs", job["id"], "resume", method="POST", body=""), 409, "invalid_state"
+    )
 
 
 async def test_cancel_a_running_download_removes_partial_output(jp_fetch, jp_root_dir, slow_file):
@@ -104,22 +108,32 @@ async def test_tess_chunks_and_ack_with_delete_on_ack(jp_fetch, jp_root_dir):
     assert len(chunks) == 11 and sum(c["rows"] for c in chunks) == 20076
     folder = jp_root_dir / "staging" / "tess"
 
-    acked = json.loads((await jp_fetch(*API, "jobs", job["id"], "chunks", "0", "ack", method="POST", body="")).body)
+    acked = json.loads(
+        (await jp_fetch(*API, "jobs", job["id"], "chunks", "0", "ack", method="POST", body="")).body
+    )
     assert acked["state"] == "acked"
     assert not (folder / chunks[0]["path"]).exists()
     rest = pq.read_table([folder / c["path"] for c in chunks[1:]])
     assert rest.num_rows == 20076 - 2000
-    states = [c["state"] for c in json.loads((await jp_fetch(*API, "jobs", job["id"], "chunks")).body)["chunks"]]
+    states = [
+        c["state"] for c in json.loads((await jp_fetch(*API, "jobs", job["id"], "chunks")).body)["chunks"]
+    ]
     assert states == ["acked"] + ["ready"] * 10
     # Acking again is harmless; unknown chunks are 404.
     await jp_fetch(*API, "jobs", job["id"], "chunks", "0", "ack", method="POST", body="")
     await expect_error(
-        jp_fetch(*API, "jobs", job["id"], "chunks", "99", "ack", method="POST", body=""), 404, "chunk_not_found"
+        jp_fetch(*API, "jobs", job["id"], "chunks", "99", "ack", method="POST", body=""),
+        404,
+        "chunk_not_found",
     )
 
 
 async def test_delete_on_success_removes_output(jp_fetch, jp_root_dir, shared_data):
-    body = {"source": str(shared_data / "README.md"), "destination": "staging/tmp", "cleanup_policy": "delete_on_success"}
+    body = {
+        "source": str(shared_data / "README.md"),
+        "destination": "staging/tmp",
+        "cleanup_policy": "delete_on_success",
+    }
     job = json.loads((await post_job(jp_fetch, body)).body)
     job = await wait_for(jp_fetch, job["id"])
     assert job["state"] == "succeeded"
@@ -141,7 +155,9 @@ async def test_ttl_expiry_removes_the_folder(jp_fetch, jp_root_dir, shared_data,
     assert neighbour.read_text() == "not ours"
 
 
-async def test_events_stream_progress_with_job_ids(jp_fetch, http_server_client, jp_base_url, jp_auth_header, slow_file, range_server):
+async def test_events_stream_progress_with_job_ids(
+    jp_fetch, http_server_client, jp_base_url, jp_auth_header, slow_file, range_server
+):
     url, _ = slow_file
     range_server.throttle_bytes_per_s = 2_000_000
     events: list[dict] = []

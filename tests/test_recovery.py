@@ -61,11 +61,20 @@ def test_kill_during_conversion_then_restart_completes(server, tmp_path):
     with open(csv, "w") as fh:
         fh.write("TIME,FLUX,QUALITY\n")
         for start in range(0, 3_000_000, 100_000):
-            fh.writelines(f"{i * 0.0204:.6f},{1000 + (i % 997) * 0.5:.3f},{i % 8}\n" for i in range(start, start + 100_000))
+            fh.writelines(
+                f"{i * 0.0204:.6f},{1000 + (i % 997) * 0.5:.3f},{i % 8}\n"
+                for i in range(start, start + 100_000)
+            )
     job = server.create_job(
-        {"source": str(csv), "destination": "staging/big", "convert": {"format": "parquet", "chunk_rows": 200_000}}
+        {
+            "source": str(csv),
+            "destination": "staging/big",
+            "convert": {"format": "parquet", "chunk_rows": 200_000},
+        }
     )
-    server.wait_for(job["id"], lambda j: j["progress"]["chunks_done"] >= 2 or j["state"] != "running", timeout=60)
+    server.wait_for(
+        job["id"], lambda j: j["progress"]["chunks_done"] >= 2 or j["state"] != "running", timeout=60
+    )
     server.kill()
 
     server.start()

@@ -161,7 +161,11 @@ async def test_no_token_is_refused(jp_fetch):
     await expect_error(jp_fetch(*API, "jobs", headers={"Authorization": ""}), 403, "forbidden")
     await expect_error(
         jp_fetch(
-            *API, "jobs", method="POST", body=json.dumps({"source": str(KEPLER)}), headers={"Authorization": ""}
+            *API,
+            "jobs",
+            method="POST",
+            body=json.dumps({"source": str(KEPLER)}),
+            headers={"Authorization": ""},
         ),
         403,
         "forbidden",
@@ -203,7 +207,9 @@ async def test_bad_input_is_400_never_500(jp_fetch):
     await expect_error(
         send(json.dumps({"source": str(KEPLER), "convert": {"chunk_rows": 0}})), 400, "invalid_request"
     )
-    await expect_error(send(json.dumps({"source": str(KEPLER), "method": "teleport"})), 400, "invalid_request")
+    await expect_error(
+        send(json.dumps({"source": str(KEPLER), "method": "teleport"})), 400, "invalid_request"
+    )
     await expect_error(send(json.dumps({"source": str(KEPLER), "method": "download"})), 400, "invalid_method")
     await expect_error(
         send(json.dumps({"source": str(KEPLER), "method": "symlink", "convert": {}})), 400, "invalid_method"
@@ -277,7 +283,11 @@ async def test_link_methods(jp_fetch, jp_root_dir, tmp_path, method):
     src = tmp_path / "data.bin"
     src.write_bytes(os.urandom(4096))
     job = json.loads(
-        (await post_job(jp_fetch, {"source": str(src), "destination": f"staging/{method}", "method": method})).body
+        (
+            await post_job(
+                jp_fetch, {"source": str(src), "destination": f"staging/{method}", "method": method}
+            )
+        ).body
     )
     job = await wait_for(jp_fetch, job["id"])
     assert job["state"] == "succeeded", job
@@ -333,18 +343,27 @@ async def test_missing_remote_sources_fail_with_a_code(jp_fetch, range_server, s
 
 async def test_remote_table_is_converted(jp_fetch, jp_root_dir, range_server):
     (range_server.root / KEPLER.name).write_bytes(KEPLER.read_bytes())
-    body = {"source": range_server.url(KEPLER.name), "destination": "staging/remote-lc", "convert": {"chunk_rows": 5000}}
+    body = {
+        "source": range_server.url(KEPLER.name),
+        "destination": "staging/remote-lc",
+        "convert": {"chunk_rows": 5000},
+    }
     job = json.loads((await post_job(jp_fetch, body)).body)
     job = await wait_for(jp_fetch, job["id"])
     assert job["state"] == "succeeded", job
     assert job["progress"]["rows_done"] == 14280
     folder = jp_root_dir / "staging" / "remote-lc"
-    assert sorted(p.name for p in folder.iterdir()) == ["kplr010666592-2009131110544_slc.parquet", "manifest.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "kplr010666592-2009131110544_slc.parquet",
+        "manifest.json",
+    ]
 
 
 async def test_images_are_staged_as_they_are_when_converting(jp_fetch, jp_root_dir, shared_data):
     image = shared_data / "allsky_rosat.fits"
-    job = json.loads((await post_job(jp_fetch, {"source": str(image), "destination": "staging/img", "convert": {}})).body)
+    job = json.loads(
+        (await post_job(jp_fetch, {"source": str(image), "destination": "staging/img", "convert": {}})).body
+    )
     job = await wait_for(jp_fetch, job["id"])
     assert job["state"] == "succeeded", job
     assert (jp_root_dir / "staging" / "img" / image.name).read_bytes() == image.read_bytes()

@@ -37,5 +37,7 @@ async def test_source_roots_confine_local_sources(jp_fetch, source_root):
     job = json.loads((await post_job(jp_fetch, {"source": str(source_root / "inside.txt")})).body)
     assert (await wait_for(jp_fetch, job["id"]))["state"] == "succeeded"
     await expect_error(post_job(jp_fetch, {"source": str(KEPLER)}), 400, "path_not_allowed")
-    await expect_error(post_job(jp_fetch, {"source": str(source_root / "escape.txt")}), 400, "path_not_allowed")
+    await expect_error(
+        post_job(jp_fetch, {"source": str(source_root / "escape.txt")}), 400, "path_not_allowed"
+    )
     await expect_error(post_job(jp_fetch, {"source": str(source_root / ".." / "x")}), 400, "path_not_allowed")

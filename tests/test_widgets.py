@@ -107,8 +107,15 @@ def test_text_progress_line():
     line = widgets.progress_text(
         {
             "state": "running",
-            "progress": {"bytes_done": 50, "bytes_total": 200, "chunks_done": 1, "chunks_total": 4,
-                         "rows_done": 0, "rate": 1000.0, "eta_seconds": 3.0},
+            "progress": {
+                "bytes_done": 50,
+                "bytes_total": 200,
+                "chunks_done": 1,
+                "chunks_total": 4,
+                "rows_done": 0,
+                "rate": 1000.0,
+                "eta_seconds": 3.0,
+            },
         }
     )
     assert line.startswith("running 25.0%") and "1/4 chunks" in line and "ETA 3 s" in line

@@ -63,8 +63,26 @@ class StagingApp(ExtensionApp):
         help="""How staging jobs run.""",
     ).tag(config=True)
 
-    owner = Unicode(help="""Name recorded as the owner of jobs (default: the JupyterHub user or the
-        account running the server).""").tag(config=True)
+    presign_expiry_seconds = Int(
+        3600,
+        min=1,
+        max=7 * 24 * 3600,
+        help="""Seconds a presigned GET URL of a chunk in object storage stays valid (SigV4 allows at most
+        7 days). Each ``GET .../chunks`` or ``.../refresh`` hands out URLs valid this long from then.""",
+    ).tag(config=True)
+
+    secret_key_file = Unicode(
+        "",
+        help="""File holding the key that seals secret-bearing sources (presigned URLs) in the job
+        database; created with mode 0600 when missing. Empty: ``<database file>.key`` beside a SQLite
+        database, or for other databases a key kept in memory (jobs reading presigned URLs then cannot
+        resume after a restart) — set it when ``db_url`` is not SQLite.""",
+    ).tag(config=True)
+
+    owner = Unicode(
+        help="""Name recorded as the owner of jobs (default: the JupyterHub user or the
+        account running the server)."""
+    ).tag(config=True)
 
     @default("db_url")
     def _default_db_url(self) -> str:
@@ -91,6 +109,8 @@ class StagingApp(ExtensionApp):
             executor_class=self.executor_class,
             default_owner=self.owner,
             sweep_interval=self.sweep_interval,
+            presign_expiry_seconds=self.presign_expiry_seconds,
+            secret_key_file=self.secret_key_file or None,
         )
         self.settings.update({"staging_manager": self.manager, "staging_owner": self.owner})
         self.log.info("jupyter_staging %s: jobs in %s", __version__, _safe_url(self.db_url))

@@ -4,6 +4,11 @@ Each handler parses the request into a model, makes one call into the
 :class:`~jupyter_staging.manager.StagingManager` on a worker thread (the manager does blocking database and
 file work) and writes JSON. Errors are ``{"message", "reason", "code"}`` with a stable ``code``; bad input is
 400, never 500; no traceback or secret is ever written.
+
+Presigned chunk URLs are the one exception by design: ``GET /jobs/{id}/chunks`` and
+``GET /jobs/{id}/chunks/{chunk_id}/refresh`` exist to hand the authenticated owner of a job the URLs of its
+chunks in object storage, so their bodies carry them (with their signatures, or they would not work).
+No other answer, no event, log line, database row or manifest ever holds one.
 """
 
 from __future__ import annotations
@@ -56,9 +61,14 @@ class StagingAPIHandler(APIHandler):
             raise StagingHTTPError(err.status, err.message, code=err.code) from None
 
     def parse_body(self, model: type[M]) -> M:
-        """The JSON body validated as ``model``; 400 with code ``invalid_json`` / ``invalid_request``."""
+        """The JSON body validated as ``model``; 400 with code ``invalid_json`` (also for a key given
+        twice in one object, which JSON parsers would silently collapse) / ``invalid_request``."""
         try:
-            data = json.loads(self.request.body or b"null")
+            data = json.loads(self.request.body or b"null", object_pairs_hook=_unique_keys)
+        except _DuplicateKey as dup:
+            raise StagingHTTPError(
+                400, f"request body gives the key {dup.key[:130]!r} twice in one object", code="invalid_json"
+            ) from None
         except (ValueError, UnicodeDecodeError):
             raise StagingHTTPError(400, "request body is not valid JSON", code="invalid_json") from None
         if not isinstance(data, dict):
@@ -96,6 +106,21 @@ class StagingHTTPError(web.HTTPError):
 
     def __str__(self) -> str:
         return f"HTTP {self.status_code}: {self.message} ({self.code})"
+
+
+class _DuplicateKey(Exception):  # noqa: N818 - internal signal of parse_body
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _DuplicateKey(key)
+        data[key] = value
+    return data
 
 
 def validate(model: type[M], data: dict[str, Any]) -> M:
@@ -182,15 +207,41 @@ class ResumeHandler(StagingAPIHandler):
 
 
 class ChunksHandler(StagingAPIHandler):
-    """``GET /jobs/{id}/chunks``: ``{"chunks": [chunk, ...]}``."""
+    """``GET /jobs/{id}/chunks``: ``{"chunks": [chunk, ...]}``.
+
+    Ready chunks in object storage carry ``url``, a presigned GET URL valid
+    ``StagingApp.presign_expiry_seconds`` from this request, and ``url_expires_at``. This body (and
+    ``refresh``'s) is the only place such a URL is ever written: it is made per request, never stored,
+    logged or sent as an event.
+    """
 
     auth_resource = "jupyter_staging:jobs"
 
     @web.authenticated
     @authorized
     async def get(self, job_id: str) -> None:
-        chunks = await self.call(self.manager.chunks, job_id, self.owner)
+        chunks = await self.call(self.manager.chunks, job_id, self.owner, urls=True)
+        self.set_header("Cache-Control", "no-store")
         self.write_json({"chunks": [dump(c) for c in chunks]})
+
+
+class ChunkRefreshHandler(StagingAPIHandler):
+    """``GET /jobs/{id}/chunks/{chunk_id}/refresh``: the chunk with a new presigned ``url`` (valid
+    ``StagingApp.presign_expiry_seconds`` from now) and its ``url_expires_at``.
+
+    Errors: 404 ``chunk_not_found``; 400 ``chunk_not_in_object_storage`` for a chunk of a local
+    destination (a file has no URL); 409 ``chunk_not_ready`` for a chunk not uploaded yet or whose object
+    is gone. Signing is local (no request to the store) and changes nothing, hence a GET.
+    """
+
+    auth_resource = "jupyter_staging:jobs"
+
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str, chunk_id: str) -> None:
+        chunk = await self.call(self.manager.refresh_chunk, job_id, chunk_id, self.owner)
+        self.set_header("Cache-Control", "no-store")
+        self.write_json(dump(chunk))
 
 
 class ChunkAckHandler(StagingAPIHandler):
@@ -245,6 +296,8 @@ class EventsHandler(StagingAPIHandler):
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
+        self.write(": stream open\n\n")  # send the headers now, so clients know the stream is live
+        await self.flush()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10_000)
 
@@ -288,6 +341,7 @@ default_handlers = [
     (rf"/{API_PREFIX}/jobs/{_JOB_ID}/resume", ResumeHandler),
     (rf"/{API_PREFIX}/jobs/{_JOB_ID}/chunks", ChunksHandler),
     (rf"/{API_PREFIX}/jobs/{_JOB_ID}/chunks/{_CHUNK_ID}/ack", ChunkAckHandler),
+    (rf"/{API_PREFIX}/jobs/{_JOB_ID}/chunks/{_CHUNK_ID}/refresh", ChunkRefreshHandler),
     (rf"/{API_PREFIX}/jobs/{_JOB_ID}/manifest", ManifestHandler),
     (rf"/{API_PREFIX}/jobs/{_JOB_ID}/log", LogHandler),
     (rf"/{API_PREFIX}/events", EventsHandler),

@@ -1,0 +1,250 @@
+/** A job opened in the main area: its summary, chunks and log, refreshed while it runs. */
+import { ReactWidget, UseSignal } from '@jupyterlab/apputils';
+import type { CommandRegistry } from '@lumino/commands';
+import type { Message } from '@lumino/messaging';
+import * as React from 'react';
+
+import { ChunkTable, displayFolder, ProgressBar } from './components';
+import { StateIcon } from './icons';
+import type { JobsModel } from './jobs';
+import {
+  actionsFor,
+  formatCount,
+  isFinal,
+  parquetDatasets,
+  progressSummary,
+  type Chunk,
+  type Job,
+  type LogLine
+} from './model';
+import { CommandIDs } from './panel';
+
+function time(iso: string | null | undefined): string {
+  if (!iso) {
+    return '';
+  }
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? iso : date.toLocaleString();
+}
+
+function clock(iso: string): string {
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? iso : date.toLocaleTimeString(undefined, { hour12: false });
+}
+
+export class JobDetail extends ReactWidget {
+  constructor(
+    readonly jobId: string,
+    private readonly model: JobsModel,
+    private readonly commands: CommandRegistry
+  ) {
+    super();
+    this.addClass('jp-Staging-detail');
+    this.model.changed.connect(this._onModelChanged, this);
+  }
+
+  /** Fetch the job, its chunks and its log now. */
+  async refresh(): Promise<void> {
+    if (this._loading) {
+      return;
+    }
+    this._loading = true;
+    try {
+      const [job, chunks, log] = await Promise.all([
+        this.model.client.getJob(this.jobId),
+        this.model.client.chunks(this.jobId),
+        this.model.client.log(this.jobId)
+      ]);
+      this.model.dispatch({ type: 'job', job });
+      this._chunks = chunks;
+      this._log = log;
+      this._error = null;
+      this._fetchedState = job.state;
+    } catch (error) {
+      this._error = (error as Error).message;
+    } finally {
+      this._loading = false;
+      this.update();
+      this._schedule();
+    }
+  }
+
+  dispose(): void {
+    if (this._timer !== null) {
+      clearTimeout(this._timer);
+      this._timer = null;
+    }
+    this.model.changed.disconnect(this._onModelChanged, this);
+    super.dispose();
+  }
+
+  protected onAfterAttach(msg: Message): void {
+    super.onAfterAttach(msg);
+    void this.refresh();
+  }
+
+  protected onUpdateRequest(msg: Message): void {
+    super.onUpdateRequest(msg);
+    // Follow the log's tail unless the reader scrolled up.
+    requestAnimationFrame(() => {
+      const node = this.node.querySelector('.jp-Staging-log');
+      if (node && this._stickToBottom) {
+        node.scrollTop = node.scrollHeight;
+      }
+    });
+  }
+
+  private _schedule(): void {
+    if (this._timer !== null) {
+      clearTimeout(this._timer);
+      this._timer = null;
+    }
+    const job = this.model.job(this.jobId);
+    if (this.isDisposed || (job && isFinal(job.state) && this._fetchedState === job.state)) {
+      return;
+    }
+    this._timer = window.setTimeout(() => {
+      this._timer = null;
+      void this.refresh();
+    }, this.model.refreshInterval * 1000);
+  }
+
+  private _onModelChanged(): void {
+    const job = this.model.job(this.jobId);
+    if (job) {
+      this.title.label = `Staging: ${job.name}`;
+      // A state change (e.g. the job finished) is worth an immediate fetch of chunks and log.
+      if (job.state !== this._fetchedState && !this._loading) {
+        void this.refresh();
+      }
+    }
+  }
+
+  protected render(): JSX.Element {
+    return (
+      <UseSignal signal={this.model.changed}>
+        {() => {
+          const job = this.model.job(this.jobId);
+          if (!job) {
+            return <div className="jp-Staging-empty">{this._error ?? 'Loading…'}</div>;
+          }
+          return this._renderJob(job);
+        }}
+      </UseSignal>
+    );
+  }
+
+  private _renderJob(job: Job): JSX.Element {
+    const actions = actionsFor(job.state);
+    const datasets = job.state === 'succeeded' ? parquetDatasets(job, this._chunks) : [];
+    const act = (what: () => Promise<void>) => () =>
+      void what().catch(error => {
+        this._error = (error as Error).message;
+        this.update();
+      });
+    return (
+      <div className="jp-Staging-detailBody" data-job-id={job.id} data-state={job.state}>
+        <div className="jp-Staging-detailHead">
+          <StateIcon state={job.state} />
+          <h2>{job.name}</h2>
+          <span className={`jp-Staging-stateLabel jp-Staging-state-${job.state}`}>{job.state}</span>
+          <span className="jp-Staging-spacer" />
+          {actions.pause && (
+            <button className="jp-Staging-button" onClick={act(() => this.model.pause(job.id))}>
+              Pause
+            </button>
+          )}
+          {actions.resume && (
+            <button className="jp-Staging-button" onClick={act(() => this.model.resume(job.id))}>
+              Resume
+            </button>
+          )}
+          {actions.cancel && (
+            <button className="jp-Staging-button jp-mod-warn" onClick={act(() => this.model.cancel(job.id))}>
+              Cancel
+            </button>
+          )}
+          {datasets.map(path => (
+            <button
+              key={path}
+              className="jp-Staging-button jp-mod-accept"
+              title={`Insert a cell reading ${path} into the active notebook`}
+              onClick={() => void this.commands.execute(CommandIDs.openDataFrame, { path })}
+            >
+              Open in notebook as DataFrame
+            </button>
+          ))}
+        </div>
+        <ProgressBar job={job} />
+        <div className="jp-Staging-numbers">
+          <span className="jp-Staging-summary">{progressSummary(job)}</span>
+        </div>
+        {job.error && (
+          <div className="jp-Staging-error" role="alert">
+            <span className="jp-Staging-errorCode">{job.error.code}</span>
+            <span className="jp-Staging-errorMessage">{job.error.message}</span>
+          </div>
+        )}
+        {this._error && <div className="jp-Staging-notice jp-mod-error">{this._error}</div>}
+        <dl className="jp-Staging-facts">
+          <dt>source</dt>
+          <dd>{job.source}</dd>
+          <dt>destination</dt>
+          <dd>{displayFolder(job.destination)}</dd>
+          <dt>method</dt>
+          <dd>
+            {job.method}
+            {job.convert &&
+              ` → Parquet, ${formatCount(job.convert.chunk_rows)} rows per part, ${job.convert.compression}`}
+          </dd>
+          <dt>created</dt>
+          <dd>{time(job.created_at)}</dd>
+          {job.started_at && (
+            <>
+              <dt>started</dt>
+              <dd>{time(job.started_at)}</dd>
+            </>
+          )}
+          {job.finished_at && (
+            <>
+              <dt>finished</dt>
+              <dd>{time(job.finished_at)}</dd>
+            </>
+          )}
+          <dt>id</dt>
+          <dd className="jp-Staging-id">{job.id}</dd>
+        </dl>
+        <h3>Chunks ({this._chunks.length})</h3>
+        <ChunkTable chunks={this._chunks} />
+        <h3>Log</h3>
+        <div
+          className="jp-Staging-log"
+          onScroll={e => {
+            const el = e.currentTarget;
+            this._stickToBottom = el.scrollHeight - el.scrollTop - el.clientHeight < 24;
+          }}
+        >
+          {this._log.length === 0 ? (
+            <div className="jp-Staging-empty">No log lines yet.</div>
+          ) : (
+            this._log.map((line, i) => (
+              <div key={i} className={`jp-Staging-logLine jp-Staging-log-${line.level.toLowerCase()}`}>
+                <span className="jp-Staging-logTime">{clock(line.time)}</span>
+                <span className="jp-Staging-logLevel">{line.level}</span>
+                <span className="jp-Staging-logMessage">{line.message}</span>
+              </div>
+            ))
+          )}
+        </div>
+      </div>
+    );
+  }
+
+  private _chunks: Chunk[] = [];
+  private _log: LogLine[] = [];
+  private _error: string | null = null;
+  private _loading = false;
+  private _fetchedState: string | null = null;
+  private _timer: number | null = null;
+  private _stickToBottom = true;
+}

@@ -1,0 +1,528 @@
+/**
+ * The panel's model: the wire types of the staging API, formatting, the server-sent-event parser and the
+ * job-list reducer. Pure TypeScript with no JupyterLab imports, so the unit tests run it under plain node.
+ */
+
+/** Life cycle of a job (``DESIGN.md``, "Job model"). */
+export type JobState =
+  | 'queued'
+  | 'running'
+  | 'paused'
+  | 'succeeded'
+  | 'failed'
+  | 'cancelled'
+  | 'expired';
+
+/** States a job never leaves by itself. */
+export const FINAL_STATES: ReadonlySet<JobState> = new Set<JobState>([
+  'succeeded',
+  'failed',
+  'cancelled',
+  'expired'
+]);
+
+export type Method = 'copy' | 'hardlink' | 'symlink' | 'download';
+export const METHODS: readonly Method[] = ['copy', 'hardlink', 'symlink', 'download'];
+
+export type Compression = 'zstd' | 'snappy' | 'gzip' | 'lz4' | 'brotli' | 'none';
+export const COMPRESSIONS: readonly Compression[] = ['zstd', 'snappy', 'gzip', 'lz4', 'brotli', 'none'];
+
+/** Progress of a job: bytes, chunks (part files), rows; ``rate`` in bytes/s, ``eta_seconds`` in s. */
+export interface Progress {
+  bytes_done: number;
+  bytes_total: number | null;
+  chunks_done: number;
+  chunks_total: number | null;
+  rows_done: number;
+  rate?: number | null;
+  eta_seconds?: number | null;
+}
+
+export interface ConvertOptions {
+  format: 'parquet';
+  chunk_rows: number;
+  compression: Compression;
+  hdu?: number | string | null;
+}
+
+/** A job, as every endpoint of ``api/v1/staging`` returns it. */
+export interface Job {
+  id: string;
+  name: string;
+  owner: string;
+  state: JobState;
+  source: string;
+  /** Folder relative to the server's root_dir ('' is the root itself). */
+  destination: string;
+  method: Method;
+  convert: ConvertOptions | null;
+  progress: Progress;
+  error: { code: string; message: string } | null;
+  created_at: string;
+  updated_at: string;
+  started_at?: string | null;
+  finished_at?: string | null;
+  expires_at?: string | null;
+}
+
+/** One output file of a job; ``path`` is relative to the job's destination. */
+export interface Chunk {
+  id: string;
+  index: number;
+  path: string;
+  state: 'pending' | 'ready' | 'acked' | 'expired';
+  rows: number | null;
+  bytes: number | null;
+  sha256: string | null;
+  content_type: string | null;
+}
+
+export interface LogLine {
+  time: string;
+  level: string;
+  message: string;
+}
+
+/** Body of ``POST /jobs``. */
+export interface CreateJobRequest {
+  source: string;
+  destination?: string;
+  method?: Method;
+  convert?: ConvertOptions;
+  name?: string;
+}
+
+export interface ListJobsResponse {
+  jobs: Job[];
+  next_cursor: string | null;
+}
+
+export function isFinal(state: JobState): boolean {
+  return FINAL_STATES.has(state);
+}
+
+// -- formatting ------------------------------------------------------------------------------------------
+
+const BYTE_UNITS = ['B', 'kB', 'MB', 'GB', 'TB', 'PB'];
+
+/** Bytes in decimal units with three significant digits: ``0 B``, ``999 B``, ``1.46 MB``, ``143 GB``. */
+export function formatBytes(bytes: number | null | undefined): string {
+  if (bytes === null || bytes === undefined || !Number.isFinite(bytes) || bytes < 0) {
+    return '?';
+  }
+  if (bytes < 1000) {
+    return `${Math.round(bytes)} B`;
+  }
+  let value = bytes;
+  let unit = 0;
+  while (value >= 999.5 && unit < BYTE_UNITS.length - 1) {
+    value /= 1000;
+    unit += 1;
+  }
+  const digits = value >= 99.95 ? 0 : value >= 9.995 ? 1 : 2;
+  return `${value.toFixed(digits)} ${BYTE_UNITS[unit]}`;
+}
+
+/** A transfer rate (bytes per second): ``1.20 MB/s``; empty when unknown. */
+export function formatRate(bytesPerSecond: number | null | undefined): string {
+  if (bytesPerSecond === null || bytesPerSecond === undefined || !Number.isFinite(bytesPerSecond)) {
+    return '';
+  }
+  return `${formatBytes(Math.max(0, bytesPerSecond))}/s`;
+}
+
+/** Time left: ``45 s``, ``3 min 05 s``, ``2 h 07 min``, ``3 d 4 h``; empty when unknown. */
+export function formatEta(seconds: number | null | undefined): string {
+  if (seconds === null || seconds === undefined || !Number.isFinite(seconds) || seconds < 0) {
+    return '';
+  }
+  const s = Math.ceil(seconds);
+  if (s < 60) {
+    return `${s} s`;
+  }
+  const pad = (n: number) => String(n).padStart(2, '0');
+  if (s < 3600) {
+    return `${Math.floor(s / 60)} min ${pad(s % 60)} s`;
+  }
+  if (s < 86400) {
+    return `${Math.floor(s / 3600)} h ${pad(Math.floor((s % 3600) / 60))} min`;
+  }
+  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+
+/** A count with thousands separators: ``14,280``. */
+export function formatCount(n: number | null | undefined): string {
+  if (n === null || n === undefined || !Number.isFinite(n)) {
+    return '?';
+  }
+  return Math.round(n)
+    .toString()
+    .replace(/\B(?=(\d{3})+(?!\d))/g, ',');
+}
+
+/**
+ * A source short enough for a list row: a local path's file name, a URL's host and file name
+ * (``https://host/…/name``), an S3 URI's bucket and key name (``s3://bucket/…/name``). Query strings
+ * (presigned signatures) are never shown.
+ */
+export function shortSource(source: string): string {
+  const url = /^([a-z][a-z0-9+.-]*):\/\/([^/?#]*)([^?#]*)/i.exec(source);
+  const path = url ? url[3] : source;
+  const trailing = path.endsWith('/') ? '/' : '';
+  const parts = path.split('/').filter(Boolean);
+  const name = parts.length ? parts[parts.length - 1] + trailing : '';
+  if (!url) {
+    return name || source;
+  }
+  const head = `${url[1].toLowerCase()}://${url[2]}`;
+  if (parts.length === 0) {
+    return head;
+  }
+  return parts.length === 1 ? `${head}/${name}` : `${head}/…/${name}`;
+}
+
+/** Fraction done in [0, 1] from bytes (or chunks when bytes are unknown); null when no total is known. */
+export function progressFraction(job: Pick<Job, 'state' | 'progress'>): number | null {
+  if (job.state === 'succeeded') {
+    return 1;
+  }
+  const p = job.progress;
+  if (p.bytes_total !== null && p.bytes_total !== undefined && p.bytes_total > 0) {
+    return Math.min(1, Math.max(0, p.bytes_done / p.bytes_total));
+  }
+  if (p.chunks_total !== null && p.chunks_total !== undefined && p.chunks_total > 0) {
+    return Math.min(1, Math.max(0, p.chunks_done / p.chunks_total));
+  }
+  return null;
+}
+
+/**
+ * The line under a job's progress bar: bytes done of total, then (while running) rate and ETA, then rows
+ * for conversions. For example ``5.24 MB of 10.5 MB · 1.20 MB/s · 4 s left``.
+ */
+export function progressSummary(job: Pick<Job, 'state' | 'progress' | 'convert'>): string {
+  const p = job.progress;
+  const parts: string[] = [];
+  parts.push(
+    p.bytes_total !== null && p.bytes_total !== undefined
+      ? `${formatBytes(p.bytes_done)} of ${formatBytes(p.bytes_total)}`
+      : formatBytes(p.bytes_done)
+  );
+  if (job.state === 'running') {
+    const rate = formatRate(p.rate);
+    if (rate) {
+      parts.push(rate);
+    }
+    const eta = formatEta(p.eta_seconds);
+    if (eta) {
+      parts.push(`${eta} left`);
+    }
+  }
+  if (job.convert && p.rows_done > 0) {
+    parts.push(`${formatCount(p.rows_done)} rows`);
+  }
+  return parts.join(' · ');
+}
+
+/** What the buttons of a job in a given state do (Remove cancels an unfinished job first). */
+export interface JobActions {
+  pause: boolean;
+  resume: boolean;
+  cancel: boolean;
+  remove: boolean;
+}
+
+export function actionsFor(state: JobState): JobActions {
+  return {
+    pause: state === 'queued' || state === 'running',
+    resume: state === 'paused',
+    cancel: !isFinal(state),
+    remove: true
+  };
+}
+
+// -- server-sent events ---------------------------------------------------------------------------------
+
+/** One event of a ``text/event-stream``. */
+export interface ServerSentEvent {
+  event: string;
+  data: string;
+  id?: string;
+}
+
+/**
+ * Incremental parser of a ``text/event-stream`` (the WHATWG rules that matter here): feed it text as it
+ * arrives, in pieces of any size; it returns the events completed by that piece. Comment lines (``:``),
+ * ``retry`` and unknown fields are ignored; several ``data`` lines join with ``\n``.
+ */
+export class EventStreamParser {
+  private buffer = '';
+  private data: string[] = [];
+  private eventType = '';
+  private lastId: string | undefined = undefined;
+
+  feed(text: string): ServerSentEvent[] {
+    this.buffer += text;
+    const events: ServerSentEvent[] = [];
+    for (;;) {
+      const match = /\r\n|\r|\n/.exec(this.buffer);
+      if (!match) {
+        break;
+      }
+      // A lone '\r' at the end may be the first half of '\r\n': wait for the next piece.
+      if (match[0] === '\r' && match.index === this.buffer.length - 1) {
+        break;
+      }
+      const line = this.buffer.slice(0, match.index);
+      this.buffer = this.buffer.slice(match.index + match[0].length);
+      const event = this.line(line);
+      if (event) {
+        events.push(event);
+      }
+    }
+    return events;
+  }
+
+  private line(line: string): ServerSentEvent | null {
+    if (line === '') {
+      if (this.data.length === 0) {
+        this.eventType = '';
+        return null;
+      }
+      const event: ServerSentEvent = {
+        event: this.eventType || 'message',
+        data: this.data.join('\n')
+      };
+      if (this.lastId !== undefined) {
+        event.id = this.lastId;
+      }
+      this.data = [];
+      this.eventType = '';
+      return event;
+    }
+    if (line.startsWith(':')) {
+      return null;
+    }
+    const colon = line.indexOf(':');
+    const field = colon === -1 ? line : line.slice(0, colon);
+    let value = colon === -1 ? '' : line.slice(colon + 1);
+    if (value.startsWith(' ')) {
+      value = value.slice(1);
+    }
+    if (field === 'data') {
+      this.data.push(value);
+    } else if (field === 'event') {
+      this.eventType = value;
+    } else if (field === 'id') {
+      this.lastId = value;
+    }
+    return null;
+  }
+}
+
+/** The job carried by one event of ``GET /events`` (``{"type": "job", "job": {...}}``), or null. */
+export function jobFromEvent(event: ServerSentEvent): Job | null {
+  if (event.event !== 'message') {
+    return null;
+  }
+  let payload: unknown;
+  try {
+    payload = JSON.parse(event.data);
+  } catch {
+    return null;
+  }
+  if (!payload || typeof payload !== 'object') {
+    return null;
+  }
+  const { type, job } = payload as { type?: unknown; job?: unknown };
+  if (type !== 'job' || !job || typeof job !== 'object') {
+    return null;
+  }
+  const candidate = job as Partial<Job>;
+  if (typeof candidate.id !== 'string' || typeof candidate.state !== 'string' || !candidate.progress) {
+    return null;
+  }
+  return candidate as Job;
+}
+
+// -- the job list -----------------------------------------------------------------------------------------
+
+export interface JobsState {
+  /** Every known job by id. */
+  readonly jobs: Readonly<Record<string, Job>>;
+  /** Ids removed from the list by the user (client-side only: the server keeps its history). */
+  readonly hidden: readonly string[];
+}
+
+export type JobsAction =
+  /** Jobs from ``GET /jobs`` (a poll) or from a REST answer. */
+  | { type: 'jobs'; jobs: readonly Job[] }
+  /** One job from the event stream. */
+  | { type: 'job'; job: Job }
+  | { type: 'hide'; id: string }
+  | { type: 'setHidden'; ids: readonly string[] };
+
+export const EMPTY_JOBS: JobsState = { jobs: {}, hidden: [] };
+
+const PROGRESS_KEYS: (keyof Progress)[] = ['bytes_done', 'chunks_done', 'rows_done'];
+
+/**
+ * Whether ``incoming`` should replace ``current``: a newer ``updated_at`` wins; at the same
+ * ``updated_at`` (progress does not bump it) the one that got further wins, so an older poll answer
+ * never moves a progress bar backwards under a fresher event.
+ */
+export function isNewer(incoming: Job, current: Job | undefined): boolean {
+  if (!current) {
+    return true;
+  }
+  const a = Date.parse(incoming.updated_at);
+  const b = Date.parse(current.updated_at);
+  if (Number.isFinite(a) && Number.isFinite(b) && a !== b) {
+    return a > b;
+  }
+  for (const key of PROGRESS_KEYS) {
+    const x = (incoming.progress[key] as number | null | undefined) ?? 0;
+    const y = (current.progress[key] as number | null | undefined) ?? 0;
+    if (x !== y) {
+      return x > y;
+    }
+  }
+  return true;
+}
+
+/** The job list's reducer: pure, returns ``state`` itself when nothing changed. */
+export function reduceJobs(state: JobsState, action: JobsAction): JobsState {
+  switch (action.type) {
+    case 'job':
+      return reduceJobs(state, { type: 'jobs', jobs: [action.job] });
+    case 'jobs': {
+      let jobs: Record<string, Job> | null = null;
+      for (const job of action.jobs) {
+        const current = (jobs ?? state.jobs)[job.id];
+        if (current !== job && isNewer(job, current)) {
+          jobs = jobs ?? { ...state.jobs };
+          jobs[job.id] = job;
+        }
+      }
+      return jobs ? { ...state, jobs } : state;
+    }
+    case 'hide':
+      return state.hidden.includes(action.id)
+        ? state
+        : { ...state, hidden: [...state.hidden, action.id] };
+    case 'setHidden':
+      return { ...state, hidden: [...action.ids] };
+  }
+}
+
+/** Jobs to show, newest first, without the hidden ones. */
+export function visibleJobs(state: JobsState): Job[] {
+  const hidden = new Set(state.hidden);
+  return Object.values(state.jobs)
+    .filter(job => !hidden.has(job.id))
+    .sort((a, b) => b.created_at.localeCompare(a.created_at) || a.id.localeCompare(b.id));
+}
+
+// -- paths and the DataFrame cell ------------------------------------------------------------------------
+
+/** POSIX path segments of a server-relative path ('' and '.' dropped). */
+function segments(path: string): string[] {
+  return path.split('/').filter(s => s !== '' && s !== '.');
+}
+
+/** ``a`` and ``b`` joined with '/', relative to the server root ('' for the root). */
+export function joinPath(...parts: string[]): string {
+  return parts.flatMap(segments).join('/');
+}
+
+/** The path of ``target`` relative to the folder ``fromDir`` (both relative to the server root). */
+export function relativePath(fromDir: string, target: string): string {
+  const from = segments(fromDir);
+  const to = segments(target);
+  let common = 0;
+  while (common < from.length && common < to.length && from[common] === to[common]) {
+    common += 1;
+  }
+  const up = from.slice(common).map(() => '..');
+  const rel = [...up, ...to.slice(common)].join('/');
+  return rel || '.';
+}
+
+/** Whether a file-browser item is a staged Parquet dataset folder or part file. */
+export function isParquetPath(path: string): boolean {
+  return /\.parquet$/i.test(path.replace(/\/+$/, ''));
+}
+
+/**
+ * The Parquet datasets a job produced, as paths relative to the server root: each ``<stem>.parquet``
+ * folder holding part files, or a lone ``.parquet`` file.
+ */
+export function parquetDatasets(job: Pick<Job, 'destination'>, chunks: readonly Chunk[]): string[] {
+  const found: string[] = [];
+  for (const chunk of chunks) {
+    const parts = segments(chunk.path);
+    const folder = parts.findIndex(p => isParquetPath(p));
+    if (folder === -1) {
+      continue;
+    }
+    const dataset = joinPath(job.destination, ...parts.slice(0, folder + 1));
+    if (!found.includes(dataset)) {
+      found.push(dataset);
+    }
+  }
+  return found;
+}
+
+/** A Python string literal for ``text`` (double-quoted, backslashes and quotes escaped). */
+export function pythonString(text: string): string {
+  const escaped = text
+    .replace(/\\/g, '\\\\')
+    .replace(/"/g, '\\"')
+    .replace(/\n/g, '\\n')
+    .replace(/\r/g, '\\r')
+    .replace(/\t/g, '\\t');
+  return `"${escaped}"`;
+}
+
+/** The code of the cell that reads a staged Parquet dataset (``relPath`` relative to the notebook). */
+export function dataframeCellSource(relPath: string): string {
+  return ['import pandas as pd', '', `df = pd.read_parquet(${pythonString(relPath)})`, 'df'].join('\n');
+}
+
+/**
+ * A ``POST /jobs`` body from the form's fields, or an error message for the user. Empty optional fields
+ * are left out; an empty destination is the server's root folder.
+ */
+export interface JobFormValues {
+  source: string;
+  destination: string;
+  name: string;
+  method: Method | '';
+  toParquet: boolean;
+  chunkRows: string | number;
+  compression: Compression;
+}
+
+export function buildCreateRequest(
+  values: JobFormValues
+): { request: CreateJobRequest } | { error: string } {
+  const source = values.source.trim();
+  if (!source) {
+    return { error: 'Enter a source: a path on the server, an http(s):// URL or an s3:// URI.' };
+  }
+  const request: CreateJobRequest = { source, destination: values.destination.trim() };
+  if (values.name.trim()) {
+    request.name = values.name.trim();
+  }
+  if (values.method) {
+    request.method = values.method;
+  }
+  if (values.toParquet) {
+    const rows = Number(values.chunkRows);
+    if (!Number.isInteger(rows) || rows < 1) {
+      return { error: 'Rows per part file must be a whole number of at least 1.' };
+    }
+    request.convert = { format: 'parquet', chunk_rows: rows, compression: values.compression };
+  }
+  return { request };
+}

@@ -1,0 +1,170 @@
+import { JobsModel, type JobsClient } from '../src/jobs';
+import type { Job, ListJobsResponse } from '../src/model';
+
+function job(id: string, state: Job['state'] = 'running', bytes = 0, updated = '2026-11-20T12:00:00Z'): Job {
+  return {
+    id,
+    name: id,
+    owner: 'astro',
+    state,
+    source: `/archive/${id}.fits`,
+    destination: 'staging',
+    method: 'copy',
+    convert: null,
+    error: null,
+    progress: { bytes_done: bytes, bytes_total: 100, chunks_done: 0, chunks_total: 1, rows_done: 0 },
+    created_at: '2026-11-20T12:00:00Z',
+    updated_at: updated
+  };
+}
+
+/** A streaming ``Response`` whose body the test writes to, like ``GET /events``. */
+function eventStream(): { response: Response; send: (text: string) => void; close: () => void } {
+  let controller!: ReadableStreamDefaultController<Uint8Array>;
+  const body = new ReadableStream<Uint8Array>({
+    start(c) {
+      controller = c;
+    }
+  });
+  const encoder = new TextEncoder();
+  return {
+    response: new Response(body, { headers: { 'Content-Type': 'text/event-stream' } }),
+    send: text => controller.enqueue(encoder.encode(text)),
+    close: () => controller.close()
+  };
+}
+
+const event = (j: Job) => `data: ${JSON.stringify({ type: 'job', job: j })}\n\n`;
+
+function until(predicate: () => boolean, timeout = 5000): Promise<void> {
+  const deadline = Date.now() + timeout;
+  return new Promise((resolve, reject) => {
+    const check = () => {
+      if (predicate()) {
+        resolve();
+      } else if (Date.now() > deadline) {
+        reject(new Error('timed out'));
+      } else {
+        setTimeout(check, 10);
+      }
+    };
+    check();
+  });
+}
+
+function fakeClient(overrides: Partial<JobsClient>): JobsClient & { polls: number } {
+  const client = {
+    polls: 0,
+    async listJobs(): Promise<ListJobsResponse> {
+      client.polls += 1;
+      return { jobs: [], next_cursor: null };
+    },
+    getJob: jest.fn(),
+    createJob: jest.fn(),
+    pause: jest.fn(),
+    resume: jest.fn(),
+    cancel: jest.fn(),
+    chunks: jest.fn(),
+    log: jest.fn(),
+    openEvents: jest.fn(),
+    ...overrides
+  };
+  return client as unknown as JobsClient & { polls: number };
+}
+
+describe('JobsModel', () => {
+  let model: JobsModel | null = null;
+  afterEach(() => {
+    model?.dispose();
+    model = null;
+  });
+
+  it('follows the event stream, events split anywhere, after listing the finished jobs', async () => {
+    const stream = eventStream();
+    const client = fakeClient({
+      listJobs: async () => ({ jobs: [job('done', 'succeeded', 100)], next_cursor: null }),
+      openEvents: async () => stream.response
+    });
+    model = new JobsModel({ client });
+    await model.start();
+    await until(() => model!.status === 'live');
+    const text = event(job('a', 'running', 10)) + ': keep-alive\n\n' + event(job('a', 'running', 60));
+    stream.send(text.slice(0, 25));
+    stream.send(text.slice(25, 200));
+    stream.send(text.slice(200));
+    await until(() => model!.job('a')?.progress.bytes_done === 60);
+    expect(model.jobs.map(j => j.id).sort()).toEqual(['a', 'done']);
+    expect(model.status).toBe('live');
+  });
+
+  it('polls while the stream is refused, and goes live once it opens', async () => {
+    const stream = eventStream();
+    let attempts = 0;
+    const client = fakeClient({
+      openEvents: async () => {
+        attempts += 1;
+        if (attempts === 1) {
+          throw new Error('HTTP 503');
+        }
+        return stream.response;
+      }
+    });
+    model = new JobsModel({ client });
+    model.refreshInterval = 0.5;
+    await model.start();
+    await until(() => model!.status === 'polling');
+    const pollsWhileDown = client.polls;
+    await until(() => model!.status === 'live', 4000);
+    expect(attempts).toBe(2);
+    expect(client.polls).toBeGreaterThan(pollsWhileDown);
+    stream.send(event(job('b')));
+    await until(() => model!.job('b') !== undefined);
+  });
+
+  it('falls back to polling when the stream ends', async () => {
+    const stream = eventStream();
+    const polled: Job[] = [job('c', 'running', 10, '2026-11-20T12:00:00Z')];
+    const client = fakeClient({
+      openEvents: async () => stream.response,
+      listJobs: async () => {
+        (client as { polls: number }).polls += 1;
+        return { jobs: polled, next_cursor: null };
+      }
+    });
+    model = new JobsModel({ client });
+    model.refreshInterval = 0.5;
+    await model.start();
+    await until(() => model!.status === 'live');
+    stream.close();
+    await until(() => model!.status !== 'live');
+    polled[0] = job('c', 'succeeded', 100, '2026-11-20T12:00:09Z');
+    await until(() => model!.job('c')?.state === 'succeeded');
+  });
+
+  it('only polls when live updates are off', async () => {
+    const client = fakeClient({});
+    model = new JobsModel({ client });
+    model.refreshInterval = 0.5;
+    model.liveUpdates = false;
+    await model.start();
+    await until(() => client.polls >= 3, 3000);
+    expect(client.openEvents).not.toHaveBeenCalled();
+    expect(model.status).toBe('polling');
+  });
+
+  it('cancels an unfinished job before removing it, and only hides a finished one', async () => {
+    const cancelled = job('r', 'cancelled', 0, '2026-11-20T12:00:05Z');
+    const client = fakeClient({
+      cancel: jest.fn(async () => undefined),
+      getJob: jest.fn(async () => cancelled)
+    });
+    model = new JobsModel({ client });
+    model.dispatch({ type: 'jobs', jobs: [job('r', 'running'), job('f', 'succeeded')] });
+    await model.remove('r');
+    expect(client.cancel).toHaveBeenCalledWith('r');
+    await model.remove('f');
+    expect(client.cancel).toHaveBeenCalledTimes(1);
+    expect(model.jobs).toEqual([]);
+    expect(model.job('r')?.state).toBe('cancelled');
+  });
+});
