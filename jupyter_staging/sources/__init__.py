@@ -12,8 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, TransferFailed
 from ..transfer import JobControl, PartFile
+
+#: Broken attempts in a row (none gaining a byte) after which a transfer gives up.
+MAX_RESUMES = 5
+#: First back-off (seconds) between resumes; doubles each time up to :data:`MAX_BACKOFF`.
+BACKOFF = 0.5
+MAX_BACKOFF = 8.0
 
 
 @dataclass
@@ -32,6 +38,35 @@ class SourceItem:
     locator: str
     validator: dict[str, Any] = field(default_factory=dict)
     content_type: str | None = None
+
+
+class ResumeBudget:
+    """How a source keeps resuming one item after broken connections.
+
+    Call :meth:`broken` after each failed attempt: an attempt that gained bytes resets the count; after
+    :data:`MAX_RESUMES` fruitless attempts in a row it raises :class:`TransferFailed`, otherwise it logs
+    and waits ``BACKOFF * 2**(n-1)`` seconds (at most :data:`MAX_BACKOFF`), waking early on pause/cancel.
+    """
+
+    def __init__(self, item: SourceItem, where: str, control: JobControl) -> None:
+        self.item = item
+        self.where = where
+        self.control = control
+        self.failures = 0
+
+    def broken(self, out: PartFile, before: int, reason: str) -> None:
+        """Account for an attempt that started at byte ``before`` and broke for ``reason`` (no secrets)."""
+        self.failures = 0 if out.offset > before else self.failures + 1
+        if self.failures >= MAX_RESUMES:
+            raise TransferFailed(
+                f"{self.item.name}: download of {self.where} kept failing after {out.offset} bytes: {reason}"
+            )
+        delay = min(MAX_BACKOFF, BACKOFF * 2 ** max(self.failures - 1, 0))
+        self.control.log(
+            "warning",
+            f"{self.item.name}: connection lost after {out.offset} bytes ({reason}); resuming in {delay:g} s",
+        )
+        self.control.wait(delay)
 
 
 class Source(abc.ABC):

@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from ..errors import InvalidRequest, SourceChanged, SourceNotFound, TransferFailed
 from ..transfer import JobControl, PartFile
-from . import Source, SourceItem
+from . import ResumeBudget, Source, SourceItem
 from .http import describe_error, pump, safe_filename
 
 #: What to install when ``azure-storage-blob`` is missing.
@@ -55,12 +55,8 @@ SECRET_ENV = (ENV_CONNECTION_STRING, ENV_KEY, ENV_SAS)
 #: Bytes per ranged GET (the SDK's first GET and every following one), so memory stays bounded and a
 #: pause is noticed within one range.
 AZURE_BLOCK = 4 * 1024 * 1024
-#: Connection losses in a row (without progress) before a download fails.
-MAX_RESUMES = 5
 #: Times the blob may change under one fetch before it fails with ``source_changed``.
 MAX_RESTARTS = 3
-BACKOFF = 0.5
-MAX_BACKOFF = 8.0
 #: (connect, read) timeouts of each request, seconds.
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 60
@@ -343,7 +339,8 @@ class AzureSource(Source):
         """
         blob = self._blob_name(item.locator)
         client = self.service().get_blob_client(self.container, blob)
-        failures = restarts = 0
+        budget = ResumeBudget(item, item.locator, control)
+        restarts = 0
         while True:
             control.check()
             before = out.offset
@@ -362,18 +359,7 @@ class AzureSource(Source):
                 fresh = self._item(blob, item.name, props)
                 item.size, item.validator = fresh.size, fresh.validator
             except _Transient as exc:
-                failures = 0 if out.offset > before else failures + 1
-                if failures >= MAX_RESUMES:
-                    raise TransferFailed(
-                        f"{item.name}: download of {item.locator} kept failing after {out.offset} bytes: "
-                        f"{exc}"
-                    ) from None
-                delay = min(MAX_BACKOFF, BACKOFF * 2 ** max(failures - 1, 0))
-                control.log(
-                    "warning",
-                    f"{item.name}: connection lost after {out.offset} bytes ({exc}); resuming in {delay:g} s",
-                )
-                control.wait(delay)
+                budget.broken(out, before, str(exc))
 
     def _fetch_once(self, client: Any, item: SourceItem, out: PartFile, control: JobControl) -> None:
         from azure.core import MatchConditions

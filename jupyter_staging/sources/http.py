@@ -28,7 +28,7 @@ from urllib3.util.retry import Retry
 from ..errors import SourceNotFound, TransferFailed
 from ..redact import REDACTED, redact_url
 from ..transfer import JobControl, PartFile
-from . import Source, SourceItem
+from . import MAX_BACKOFF, ResumeBudget, Source, SourceItem
 
 #: Bytes handed to the part file at a time. Large enough that per-block overhead vanishes at
 #: 1 GB/s, small enough that a pause is noticed quickly on a slow link.
@@ -39,10 +39,7 @@ BLOCK_MAX_WAIT = 0.25
 #: (connect, read) timeouts in seconds.
 TIMEOUT = (10.0, 60.0)
 #: Connection losses in a row (without a byte of progress) before a download fails.
-MAX_RESUMES = 5
-#: First back-off (seconds) between resumes; doubles each time up to :data:`MAX_BACKOFF`.
-BACKOFF = 0.5
-MAX_BACKOFF = 8.0
+
 USER_AGENT = "jupyter-staging"
 
 #: Errors meaning "the connection broke"; the download continues from the bytes it has.
@@ -304,7 +301,7 @@ class HTTPSource(Source):
             if out.offset:
                 if self._complete_or_restart(session, item, out, control):
                     return
-            failures = 0
+            budget = ResumeBudget(item, self.safe_url, control)
             while True:
                 control.check()
                 before = out.offset
@@ -315,19 +312,7 @@ class HTTPSource(Source):
                     out.restart()
                     continue
                 except RESUMABLE_ERRORS as exc:
-                    failures = 0 if out.offset > before else failures + 1
-                    if failures >= MAX_RESUMES:
-                        raise TransferFailed(
-                            f"{item.name}: download from {self.safe_url} kept failing after "
-                            f"{out.offset} bytes: {describe_error(exc)}"
-                        ) from None
-                    delay = min(MAX_BACKOFF, BACKOFF * 2 ** max(failures - 1, 0))
-                    control.log(
-                        "warning",
-                        f"{item.name}: connection lost after {out.offset} bytes ({describe_error(exc)}); "
-                        f"resuming in {delay:g} s",
-                    )
-                    control.wait(delay)
+                    budget.broken(out, before, describe_error(exc))
                 except requests.RequestException as exc:
                     raise TransferFailed(
                         f"{item.name}: request to {self.safe_url} failed: {describe_error(exc)}"

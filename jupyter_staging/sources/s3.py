@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import InvalidRequest, SourceChanged, SourceNotFound, TransferFailed
 from ..transfer import JobControl, PartFile
-from . import Source, SourceItem
+from . import ResumeBudget, Source, SourceItem
 from .http import describe_error, pump, safe_filename
 
 if TYPE_CHECKING:
@@ -33,12 +33,8 @@ MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
 #: Parallel GETs of one object.
 MAX_CONCURRENCY = 8
-#: Connection losses in a row (without progress) before a download fails.
-MAX_RESUMES = 5
 #: Times the object may change under one fetch before it fails with ``source_changed``.
 MAX_RESTARTS = 3
-BACKOFF = 0.5
-MAX_BACKOFF = 8.0
 
 _NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
 _FORBIDDEN = frozenset(
@@ -296,7 +292,8 @@ class S3Source(Source):
         bucket, key = parse_s3_uri(item.locator)
         client = self.client()
         resumable: tuple[type[BaseException], ...] = (_Busy, *_transient_errors())
-        failures = restarts = 0
+        budget = ResumeBudget(item, item.locator, control)
+        restarts = 0
         while True:
             control.check()
             before = out.offset
@@ -315,19 +312,7 @@ class S3Source(Source):
                 fresh = self._item(key, item.name, head)
                 item.size, item.validator = fresh.size, fresh.validator
             except resumable as exc:
-                failures = 0 if out.offset > before else failures + 1
-                if failures >= MAX_RESUMES:
-                    raise TransferFailed(
-                        f"{item.name}: download of {item.locator} kept failing after {out.offset} bytes: "
-                        f"{describe_error(exc)}"
-                    ) from None
-                delay = min(MAX_BACKOFF, BACKOFF * 2 ** max(failures - 1, 0))
-                control.log(
-                    "warning",
-                    f"{item.name}: connection lost after {out.offset} bytes ({describe_error(exc)}); "
-                    f"resuming in {delay:g} s",
-                )
-                control.wait(delay)
+                budget.broken(out, before, describe_error(exc))
 
     def _fetch_once(
         self, client: Any, bucket: str, key: str, item: SourceItem, out: PartFile, control: JobControl
