@@ -39,10 +39,6 @@ class Base(DeclarativeBase):
     pass
 
 
-class UTCDateTime(DateTime):
-    """Placeholder to keep type names readable; SQLite drops tz info, we restore it in ``_aware``."""
-
-
 class JobRecord(Base):
     """One staging job (see ``models.DescribeJob`` for the meaning of each column)."""
 
@@ -124,7 +120,8 @@ class EventRecord(Base):
     message: Mapped[str] = mapped_column(Text)
 
 
-def _aware(value: datetime | None) -> datetime | None:
+def aware(value: datetime | None) -> datetime | None:
+    """SQLite and MySQL return naive datetimes; every time stored here is UTC."""
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value
@@ -151,16 +148,14 @@ def make_engine(db_url: str) -> Engine:
     return create_engine(db_url, pool_pre_ping=True)
 
 
-class Store:
-    """Thread-safe access to the job tables.
+class SQLStore:
+    """Thread-safe sessions on the tables of ``base`` at ``db_url`` (any SQLAlchemy URL); tables are
+    created when missing. Shared by the job store and the hub service's operations store."""
 
-    ``db_url`` is any SQLAlchemy URL; tables are created when missing.
-    """
-
-    def __init__(self, db_url: str) -> None:
+    def __init__(self, db_url: str, base: type[DeclarativeBase]) -> None:
         self.db_url = db_url
         self.engine = make_engine(db_url)
-        Base.metadata.create_all(self.engine)
+        base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite allows one writer; serialising our own writers avoids "database is locked" retries.
         self._write_lock = threading.RLock()
@@ -174,6 +169,13 @@ class Store:
     def close(self) -> None:
         """Dispose of the engine's connections."""
         self.engine.dispose()
+
+
+class Store(SQLStore):
+    """Thread-safe access to the job tables (jobs, chunks, log events) at ``db_url``."""
+
+    def __init__(self, db_url: str) -> None:
+        super().__init__(db_url, Base)
 
     # -- jobs ---------------------------------------------------------------------------------------
 
@@ -294,7 +296,7 @@ class Store:
             )
         rows.reverse()
         for row in rows:
-            row.time = _aware(row.time)  # type: ignore[assignment]
+            row.time = aware(row.time)  # type: ignore[assignment]
         return rows
 
     @staticmethod
@@ -302,5 +304,5 @@ class Store:
         if rec is None:
             return None
         for attr in ("created_at", "updated_at", "started_at", "finished_at", "expires_at"):
-            setattr(rec, attr, _aware(getattr(rec, attr)))
+            setattr(rec, attr, aware(getattr(rec, attr)))
         return rec

@@ -11,24 +11,16 @@ shown to the user.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, String, Text, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from ..store import make_engine
+from ..store import SQLStore, aware, utcnow
 
 #: Values of :attr:`Operation.status`.
 STATUSES = ("running", "succeeded", "skipped", "failed")
-
-
-def utcnow() -> datetime:
-    """Now, as an aware UTC datetime (its own function so tests can move time)."""
-    return datetime.now(timezone.utc)
 
 
 class Base(DeclarativeBase):
@@ -85,36 +77,17 @@ class Operation(Base):
         }
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite and MySQL return naive datetimes; every time stored here is UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
-
 
 def _iso(value: datetime | None) -> str | None:
-    value = _aware(value)
+    value = aware(value)
     return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else None
 
 
-class OperationStore:
+class OperationStore(SQLStore):
     """Thread-safe access to the ``operations`` table at ``db_url`` (any SQLAlchemy URL)."""
 
     def __init__(self, db_url: str) -> None:
-        self.engine = make_engine(db_url)
-        Base.metadata.create_all(self.engine)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._write_lock = threading.RLock()
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session that commits on success and rolls back on error."""
-        with self._write_lock, self._sessions() as session, session.begin():
-            yield session
-
-    def close(self) -> None:
-        """Dispose of the engine's connections."""
-        self.engine.dispose()
+        super().__init__(db_url, Base)
 
     def add(self, operation: Operation) -> Operation:
         """Insert ``operation`` (``started`` defaults to now)."""
@@ -170,6 +143,6 @@ class OperationStore:
     @staticmethod
     def _fix(op: Operation | None) -> Operation | None:
         if op is not None:
-            op.started = _aware(op.started)  # type: ignore[assignment]
-            op.finished = _aware(op.finished)
+            op.started = aware(op.started)  # type: ignore[assignment]
+            op.finished = aware(op.finished)
         return op
