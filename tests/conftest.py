@@ -22,16 +22,33 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture
-def jp_server_config(tmp_path):
-    """A server with only our extension, strict authentication, and the job database in tmp_path."""
+def server_config(tmp_path: Path, **staging: object) -> dict:
+    """pytest-jupyter config: only our extension, strict authentication, the job database in ``tmp_path``,
+    and any further ``StagingApp`` settings."""
     return {
         "ServerApp": {
             "jpserver_extensions": {"jupyter_staging": True},
             "allow_unauthenticated_access": False,
         },
-        "StagingApp": {"db_url": f"sqlite:///{tmp_path / 'staging-jobs.sqlite'}"},
+        "StagingApp": {"db_url": f"sqlite:///{tmp_path / 'staging-jobs.sqlite'}", **staging},
     }
+
+
+@pytest.fixture
+def jp_server_config(tmp_path):
+    """A server with only our extension, strict authentication, and the job database in tmp_path."""
+    return server_config(tmp_path)
+
+
+@pytest.fixture
+def local_backend(tmp_path, monkeypatch):
+    """Jobs of this test run in-process (the client's fallback), confined to ``tmp_path``, the cwd."""
+    from jupyter_staging import client
+
+    monkeypatch.chdir(tmp_path)
+    backend = client.use_local(tmp_path, db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    yield backend
+    client.reset_backend()
 
 
 # -- real HTTP and S3 servers on 127.0.0.1 (tests/servers.py) ----------------------------------------

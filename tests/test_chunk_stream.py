@@ -7,14 +7,6 @@ import pytest
 from jupyter_staging import client
 
 
-@pytest.fixture
-def local_backend(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    backend = client.use_local(tmp_path, db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}")
-    yield backend
-    client.reset_backend()
-
-
 def write_csv(path, rows):
     with open(path, "w") as fh:
         fh.write("TIME,FLUX,QUALITY\n")

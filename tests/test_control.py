@@ -11,19 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from .conftest import TESS
+from .conftest import TESS, server_config
 from .test_server import API, expect_error, post_job, wait_for
 
 
 @pytest.fixture
 def jp_server_config(tmp_path):
-    return {
-        "ServerApp": {
-            "jpserver_extensions": {"jupyter_staging": True},
-            "allow_unauthenticated_access": False,
-        },
-        "StagingApp": {"db_url": f"sqlite:///{tmp_path / 'staging-jobs.sqlite'}", "sweep_interval": 0.2},
-    }
+    return server_config(tmp_path, sweep_interval=0.2)
 
 
 async def start_extension(serverapp):

@@ -25,7 +25,7 @@ import requests
 from jupyter_staging.destinations import S3Destination
 from jupyter_staging.transfer import JobControl
 
-from .conftest import KEPLER
+from .conftest import KEPLER, server_config
 from .jupyter_proc import JupyterServerProcess
 from .test_server import API, expect_error, post_job, wait_for
 
@@ -34,13 +34,7 @@ BUCKET = "results"
 
 @pytest.fixture
 def jp_server_config(tmp_path):
-    return {
-        "ServerApp": {
-            "jpserver_extensions": {"jupyter_staging": True},
-            "allow_unauthenticated_access": False,
-        },
-        "StagingApp": {"db_url": f"sqlite:///{tmp_path / 'staging-jobs.sqlite'}", "sweep_interval": 0.2},
-    }
+    return server_config(tmp_path, sweep_interval=0.2)
 
 
 @pytest.fixture

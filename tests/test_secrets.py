@@ -72,17 +72,6 @@ def assert_nowhere(secrets: list[str], texts: list[str], where: str) -> None:
             )
 
 
-@pytest.fixture
-def jp_server_config(tmp_path):
-    return {
-        "ServerApp": {
-            "jpserver_extensions": {"jupyter_staging": True},
-            "allow_unauthenticated_access": False,
-        },
-        "StagingApp": {"db_url": f"sqlite:///{tmp_path / 'staging-jobs.sqlite'}"},
-    }
-
-
 @pytest.mark.slow
 async def test_no_signature_in_responses_events_logs_database_or_files(
     jp_fetch,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from .conftest import KEPLER
+from .conftest import KEPLER, server_config
 from .test_server import expect_error, post_job, wait_for
 
 
@@ -21,16 +21,7 @@ def source_root(tmp_path):
 
 @pytest.fixture
 def jp_server_config(tmp_path, source_root):
-    return {
-        "ServerApp": {
-            "jpserver_extensions": {"jupyter_staging": True},
-            "allow_unauthenticated_access": False,
-        },
-        "StagingApp": {
-            "db_url": f"sqlite:///{tmp_path / 'staging-jobs.sqlite'}",
-            "source_roots": [str(source_root)],
-        },
-    }
+    return server_config(tmp_path, source_roots=[str(source_root)])
 
 
 async def test_source_roots_confine_local_sources(jp_fetch, source_root):

@@ -5,19 +5,9 @@ from __future__ import annotations
 import os
 import time
 
-import pytest
-
 from jupyter_staging import client, widgets
 
 from .conftest import TESS
-
-
-@pytest.fixture
-def local_backend(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    backend = client.use_local(tmp_path, db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}")
-    yield backend
-    client.reset_backend()
 
 
 def until(predicate, timeout=30.0):
