@@ -64,13 +64,15 @@ class JupyterServerProcess:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"token {self.token}"}
 
-    def start(self, timeout: float = 60.0) -> None:
-        self.root_dir.mkdir(parents=True, exist_ok=True)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        args = [
+    #: The module run with ``python -m``: ``jupyter_server`` here, ``jupyterlab`` for the UI tests.
+    app_module = "jupyter_server"
+
+    def command(self) -> list[str]:
+        """The server's command line."""
+        return [
             sys.executable,
             "-m",
-            "jupyter_server",
+            self.app_module,
             "--allow-root",
             "--no-browser",
             "--ip=127.0.0.1",
@@ -81,6 +83,17 @@ class JupyterServerProcess:
             f"--StagingApp.db_url=sqlite:///{self.state_dir / 'jobs.sqlite'}",
             *self.extra_args,
         ]
+
+    def prepare(self) -> None:
+        """Hook run before each start (subclasses write settings, link extensions)."""
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the server and wait until ``/api/status`` answers. Raises RuntimeError with the end of
+        its log if it exits or does not answer within ``timeout`` seconds."""
+        self.root_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.prepare()
+        args = self.command()
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.root_dir

@@ -12,15 +12,12 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from ..jupyter_proc import JupyterServerProcess
 
@@ -69,7 +66,16 @@ class JupyterLabProcess(JupyterServerProcess):
         super().__init__(root_dir, state_dir)
         self.extension = extension
 
-    def _prepare(self) -> None:
+    app_module = "jupyterlab"
+
+    def command(self) -> list[str]:
+        return [
+            *super().command(),
+            "--ServerApp.allow_unauthenticated_access=False",
+            "--LabApp.expose_app_in_browser=True",
+        ]
+
+    def prepare(self) -> None:
         data = Path(self.env["JUPYTER_DATA_DIR"])
         link = data / "labextensions" / "jupyter-staging"
         link.parent.mkdir(parents=True, exist_ok=True)
@@ -82,40 +88,7 @@ class JupyterLabProcess(JupyterServerProcess):
             path.write_text(json.dumps(values))
 
     def start(self, timeout: float = 90.0) -> None:
-        self.root_dir.mkdir(parents=True, exist_ok=True)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._prepare()
-        args = [
-            sys.executable,
-            "-m",
-            "jupyterlab",
-            "--allow-root",
-            "--no-browser",
-            "--ip=127.0.0.1",
-            f"--port={self.port}",
-            "--port-retries=0",
-            f"--IdentityProvider.token={self.token}",
-            f"--ServerApp.root_dir={self.root_dir}",
-            "--ServerApp.allow_unauthenticated_access=False",
-            f"--StagingApp.db_url=sqlite:///{self.state_dir / 'jobs.sqlite'}",
-            "--LabApp.expose_app_in_browser=True",
-        ]
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.root_dir
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"jupyter lab exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{self.url}api/status", headers=self.headers, timeout=2).ok:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"jupyter lab did not start: {self.log_path.read_text()[-3000:]}")
+        super().start(timeout)
 
     def lab_url(self, path: str = "lab") -> str:
         return f"{self.url}{path}?token={self.token}"
