@@ -91,17 +91,7 @@ class StagingMagics(Magics):
             if args.source in CONTROL_COMMANDS and args.dest is not None:
                 job = client.get_job(args.dest)
                 return getattr(job, args.source)()
-            hdu = int(args.hdu) if args.hdu is not None and args.hdu.lstrip("-").isdigit() else args.hdu
-            job = client.stage(
-                args.source,
-                args.dest,
-                method=args.method,
-                to_parquet=args.to_parquet,
-                chunk_rows=args.chunk_rows,
-                compression=args.compression,
-                hdu=hdu,
-                name=args.name,
-            )
+            job = client.stage(args.source, args.dest, **_stage_options(args))
             if args.wait:
                 return _wait(job, args.timeout)
             return job
@@ -116,17 +106,7 @@ class StagingMagics(Magics):
         args = parse_argstring(_cell_arguments, line)
         entries = parse_manifest(cell)
         try:
-            hdu = int(args.hdu) if args.hdu is not None and args.hdu.lstrip("-").isdigit() else args.hdu
-            job = client.stage(
-                entries,
-                args.dest,
-                method=args.method,
-                to_parquet=args.to_parquet,
-                chunk_rows=args.chunk_rows,
-                compression=args.compression,
-                hdu=hdu,
-                name=args.name,
-            )
+            job = client.stage(entries, args.dest, **_stage_options(args))
             if not args.wait:
                 return job
             job = _wait(job, args.timeout)
@@ -190,6 +170,19 @@ def parse_manifest(text: str) -> dict[str, str]:
             raise UsageError(f"entry {name!r}: the source must be text (a path, URL or s3:// URI)")
         entries[str(name)] = source
     return entries
+
+
+def _stage_options(args: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`client.stage` from parsed ``%stage`` / ``%%stage`` options."""
+    hdu = int(args.hdu) if args.hdu is not None and args.hdu.lstrip("-").isdigit() else args.hdu
+    return {
+        "method": args.method,
+        "to_parquet": args.to_parquet,
+        "chunk_rows": args.chunk_rows,
+        "compression": args.compression,
+        "hdu": hdu,
+        "name": args.name,
+    }
 
 
 def _wait(job: client.Job, timeout: float | None) -> client.Job:

@@ -284,6 +284,17 @@ class RangeHTTPServer:
         self.stop()
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
+    """Terminate ``proc`` if it still runs; kill it after ``timeout`` seconds."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
 def moto_server_command(port: int) -> list[str]:
     """The command line starting moto's server on 127.0.0.1:``port`` with this interpreter's moto."""
     exe = Path(sys.executable).with_name("moto_server")
@@ -351,13 +362,7 @@ class MotoS3Server:
         raise RuntimeError(f"moto_server did not answer on {self.endpoint_url}")
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(10)
+        stop_process(self._proc)
         self._proc = None
         shutil.rmtree(self._workdir, ignore_errors=True)
 

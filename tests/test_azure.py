@@ -26,6 +26,8 @@ from jupyter_staging.errors import InvalidRequest, JobInterrupted, SourceNotFoun
 from jupyter_staging.sources.azure import AZURE_BLOCK, AzureSource, parse_azure_uri
 from jupyter_staging.transfer import JobControl, PartFile
 
+from .servers import stop_process
+
 REPO = Path(__file__).resolve().parents[1]
 KEPLER_NAME = "kplr010666592-2009131110544_slc.fits"
 TESS_NAME = "hlsp_tess-data-alerts_tess_phot_00025155310-s01_tess_v1_lc.fits"
@@ -112,13 +114,7 @@ class AzuriteServer:
         raise RuntimeError(f"azurite-blob did not listen on 127.0.0.1:{self.port}")
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(10)
+        stop_process(self._proc)
         self._proc = None
         shutil.rmtree(self.workdir, ignore_errors=True)
 

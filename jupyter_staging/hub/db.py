@@ -77,7 +77,6 @@ class Operation(Base):
         }
 
 
-
 def _iso(value: datetime | None) -> str | None:
     value = aware(value)
     return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else None
