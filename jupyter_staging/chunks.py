@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 
 class Chunk:
-    """One ready chunk of a job: a file at :attr:`path` (``rows`` rows, ``bytes`` bytes)."""
+    """One ready chunk of a job: a file at :attr:`path` (:attr:`rows` rows, :attr:`size` bytes)."""
 
     def __init__(self, job: Job, data: dict[str, Any]) -> None:
         self.job = job
@@ -49,7 +49,8 @@ class Chunk:
         return self._data.get("rows")
 
     @property
-    def bytes(self) -> int | None:
+    def size(self) -> int | None:
+        """Size of the chunk's file, bytes (the wire format's ``bytes``)."""
         return self._data.get("bytes")
 
     @property
@@ -94,7 +95,7 @@ class Chunk:
         return self
 
     def __repr__(self) -> str:
-        return f"<Chunk {self.index} {self.state} rows={self.rows} bytes={self.bytes} {self.path}>"
+        return f"<Chunk {self.index} {self.state} rows={self.rows} bytes={self.size} {self.path}>"
 
 
 def iter_chunks(job: Job, *, poll: float = 0.25, timeout: float | None = None) -> Iterator[Chunk]:

@@ -99,6 +99,7 @@ class StagingApp(ExtensionApp):
     _exported: dict[str, str] = {}  # noqa: RUF012 - replaced per instance in _export_env
 
     def initialize_settings(self) -> None:
+        assert self.serverapp is not None
         root_dir = Path(os.path.expanduser(self.serverapp.root_dir)).resolve()
         self.manager = StagingManager(
             root_dir,
