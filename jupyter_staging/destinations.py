@@ -1,4 +1,5 @@
-"""Where a job's output lands: a folder under the server's root, or a prefix in an S3-compatible store.
+"""Where a job's output lands: a folder under the server's root, or a prefix in an S3-compatible store or
+an Azure Blob Storage container.
 
 A job always produces its files locally first, complete and verified (``.part`` + fsync + rename, see
 :mod:`jupyter_staging.transfer`), in its destination's :attr:`Destination.workdir`. It then hands each file
@@ -12,12 +13,17 @@ to :meth:`Destination.put`, which gives back the chunk's ``path``:
   verifies it, deletes the local copy and returns the object's URI. Ready chunks are handed out as SigV4
   presigned GET URLs (:meth:`S3Destination.presign`).
 
+- :class:`AzureDestination` (the ``azure`` extra): the same for ``az://container/prefix/`` and
+  ``azure://account/container/prefix/``, uploaded with ``azure-storage-blob`` (one Put Blob below
+  64 MiB, Put Block / Put Block List above) and handed out as read-only SAS URLs.
+
 The manifest goes last (:meth:`Destination.write_manifest`) and :meth:`Destination.remove` deletes what
-the job wrote and nothing else: for S3, exactly the objects below ``prefix/<job_id>/``.
+the job wrote and nothing else: for S3 and Azure, exactly the objects below ``prefix/<job_id>/``.
 
 Endpoints and credentials of S3 come from boto3's standard configuration (``AWS_ENDPOINT_URL``,
 ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, config files), so MinIO or Ceph RGW
-work through ``AWS_ENDPOINT_URL``.
+work through ``AWS_ENDPOINT_URL``. Azure's account and credentials come from the environment as for Azure
+sources (``AZURE_STORAGE_CONNECTION_STRING``... see :mod:`jupyter_staging.sources.azure`).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from .errors import InvalidRequest, JobInterrupted, TransferFailed, VerificationFailed
+from .errors import InvalidRequest, InvalidState, JobInterrupted, TransferFailed, VerificationFailed
 from .manifest import MANIFEST_NAME, read_manifest, write_manifest
 from .transfer import BLOCK_SIZE, PART_SUFFIX, JobControl, part_path
 
@@ -70,6 +76,7 @@ _clients: dict[tuple[str | None, ...], Any] = {}
 _clients_lock = threading.Lock()
 _BUCKET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 _MD5_ETAG_RE = re.compile(r'"?([0-9a-f]{32})"?')
+_AZURE_SCHEMES = ("az", "azure")
 
 
 def shared_s3_client() -> Any:
@@ -95,16 +102,20 @@ def is_object_destination(destination: str | None) -> bool:
 
 def object_destination(destination: str, job_id: str) -> str:
     """The job's own prefix for the object store destination ``destination``: ``s3://bucket/prefix/``
-    → ``s3://bucket/prefix/<job_id>/`` (the prefix may be empty).
+    → ``s3://bucket/prefix/<job_id>/`` (the prefix may be empty); likewise ``az://container/prefix/``
+    and ``azure://account/container/prefix/``.
 
-    Raises :class:`InvalidRequest` (code ``unsupported_destination``) for schemes other than ``s3``, and
-    (code ``invalid_destination``) for a missing bucket or a prefix with empty, ``.``/``..`` or control
-    character segments.
+    Raises :class:`InvalidRequest` (code ``unsupported_destination``) for other schemes, (code
+    ``invalid_destination``) for a missing bucket / container or a prefix with empty, ``.``/``..`` or
+    control character segments, and (code ``missing_extra``) for Azure without the ``azure`` extra.
     """
     scheme = destination.split("://", 1)[0].lower()
+    if scheme in _AZURE_SCHEMES:
+        return _azure_destination(destination, job_id)
     if scheme != "s3":
         raise InvalidRequest(
-            f"unsupported destination scheme {scheme!r}; use a folder or s3://bucket/prefix/",
+            f"unsupported destination scheme {scheme!r}; use a folder, s3://bucket/prefix/ or "
+            "az://container/prefix/",
             code="unsupported_destination",
         )
     bucket, _, prefix = destination[5:].partition("/")
@@ -113,6 +124,12 @@ def object_destination(destination: str, job_id: str) -> str:
             "the destination must look like s3://bucket/prefix/ with a valid bucket name",
             code="invalid_destination",
         )
+    key_prefix = _checked_prefix(destination, prefix)
+    return f"s3://{bucket}/{key_prefix}{job_id}/"
+
+
+def _checked_prefix(destination: str, prefix: str) -> str:
+    """``prefix`` as ``"a/b/"`` (or ``""``); raises :class:`InvalidRequest` for bad segments."""
     segments = prefix.split("/")
     if segments and segments[-1] == "":
         segments.pop()
@@ -122,8 +139,25 @@ def object_destination(destination: str, job_id: str) -> str:
                 f"destination {destination!r} has an empty, '.', '..' or control-character path segment",
                 code="invalid_destination",
             )
-    key_prefix = "".join(f"{s}/" for s in segments)
-    return f"s3://{bucket}/{key_prefix}{job_id}/"
+    return "".join(f"{s}/" for s in segments)
+
+
+def _azure_destination(destination: str, job_id: str) -> str:
+    from .sources.azure import parse_azure_uri, require_sdk
+
+    try:
+        account, container, prefix = parse_azure_uri(destination)
+    except InvalidRequest as exc:
+        raise InvalidRequest(exc.message, code="invalid_destination") from None
+    key_prefix = _checked_prefix(destination, prefix)
+    require_sdk()
+    head = f"azure://{account}/" if account else "az://"
+    return f"{head}{container}/{key_prefix}{job_id}/"
+
+
+def is_azure_destination(destination: str | None) -> bool:
+    """True for ``az://`` and ``azure://`` destinations."""
+    return destination is not None and destination.split("://", 1)[0].lower() in _AZURE_SCHEMES
 
 
 def check_object_destination(uri: str) -> None:
@@ -131,7 +165,11 @@ def check_object_destination(uri: str) -> None:
 
     Other answers (403: the credentials may write objects without ``s3:ListBucket``; network errors) are
     left for the job to report. Raises :class:`InvalidRequest` (code ``destination_not_found``).
+    For Azure, see :func:`check_azure_destination`.
     """
+    if is_azure_destination(uri):
+        check_azure_destination(uri)
+        return
     from botocore.exceptions import BotoCoreError, ClientError
 
     from .sources.s3 import _error_code, parse_s3_uri
@@ -616,11 +654,433 @@ class _translate:  # noqa: N801 - used as a context manager, reads like a functi
         return False
 
 
+# -- Azure Blob Storage --------------------------------------------------------------------------------
+
+#: Azure files above this size (bytes) are uploaded in blocks (Put Block + Put Block List).
+AZURE_SINGLE_PUT_SIZE = UPLOAD_MULTIPART_THRESHOLD
+#: Size of one block of a block upload, bytes.
+AZURE_BLOCK_SIZE = UPLOAD_CHUNKSIZE
+#: Blobs deleted in one blob batch request (the service's limit is 256).
+AZURE_DELETE_BATCH = 256
+#: A SAS starts this long before it is made, for clocks of the service a little behind ours.
+SAS_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def _azure_client(account: str | None, *, at_creation: bool = False, **options: Any) -> Any:
+    """The configured :class:`~azure.storage.blob.BlobServiceClient` for writing to ``account``.
+
+    Never anonymous. A missing or malformed configuration raises :class:`InvalidRequest` at creation,
+    :class:`TransferFailed` later (both code ``destination_forbidden``)."""
+    from .errors import SourceNotFound
+    from .sources.azure import blob_service_client
+
+    try:
+        return blob_service_client(account, anonymous_ok=False, **options)
+    except SourceNotFound as exc:
+        cls = InvalidRequest if at_creation else TransferFailed
+        raise cls(
+            exc.message.replace("az:// URIs", "az:// destinations"), code="destination_forbidden"
+        ) from None
+
+
+def check_azure_destination(uri: str) -> None:
+    """Fail early when no credentials are configured for the account of ``uri`` (code
+    ``destination_forbidden``) or its container certainly does not exist (code
+    ``destination_not_found``). Other answers (access refused, network errors) are left for the job."""
+    from azure.core.exceptions import AzureError
+
+    from .sources.azure import error_code, parse_azure_uri
+
+    account, container, _ = parse_azure_uri(uri)
+    service = _azure_client(account, at_creation=True)
+    try:
+        service.get_container_client(container).get_container_properties()
+    except AzureError as exc:
+        if error_code(exc) == "ContainerNotFound" or getattr(exc, "status_code", None) == 404:
+            raise InvalidRequest(
+                f"the destination container {container!r} does not exist", code="destination_not_found"
+            ) from None
+
+
+class _InterruptibleReader:
+    """A binary file whose reads raise :class:`JobInterrupted` once the job is paused or cancelled, so
+    a running SDK upload stops within one block."""
+
+    def __init__(self, fh: Any, control: JobControl) -> None:
+        self._fh = fh
+        self._control = control
+
+    def read(self, size: int = -1) -> bytes:
+        self._control.check()
+        data: bytes = self._fh.read(size)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return int(self._fh.seek(offset, whence))
+
+    def tell(self) -> int:
+        return int(self._fh.tell())
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+
+class AzureDestination(Destination):
+    """The job prefix ``uri`` = ``az://container/prefix/<job_id>/`` or
+    ``azure://account/container/prefix/<job_id>/`` (from :func:`object_destination`).
+
+    ``scratch`` is the local work folder (created mode 0700 on first use). ``single_put_size`` and
+    ``block_size`` override :data:`AZURE_SINGLE_PUT_SIZE` and :data:`AZURE_BLOCK_SIZE`.
+    Raises :class:`InvalidRequest` (code ``missing_extra``) without ``azure-storage-blob``.
+    """
+
+    remote = True
+
+    def __init__(
+        self,
+        job_id: str,
+        uri: str,
+        scratch: Path,
+        *,
+        single_put_size: int = AZURE_SINGLE_PUT_SIZE,
+        block_size: int = AZURE_BLOCK_SIZE,
+    ) -> None:
+        from .sources.azure import parse_azure_uri, require_sdk
+
+        super().__init__(job_id, scratch)
+        if not uri.endswith(f"/{job_id}/"):
+            # The job removes everything below its prefix: make sure the prefix is the job's own.
+            raise InvalidRequest(f"{uri!r} is not the prefix of job {job_id}", code="invalid_destination")
+        self.account, self.container, self.prefix = parse_azure_uri(uri)
+        require_sdk()
+        self.uri = uri
+        self.single_put_size = single_put_size
+        self.block_size = block_size
+        self._service: Any = None
+        self._lock = threading.Lock()
+
+    def service(self) -> Any:
+        """The :class:`~azure.storage.blob.BlobServiceClient` (thread-safe), made once per destination."""
+        with self._lock:
+            if self._service is None:
+                self._service = _azure_client(
+                    self.account,
+                    max_single_put_size=self.single_put_size,
+                    max_block_size=self.block_size,
+                )
+            return self._service
+
+    def blob(self, name: str) -> Any:
+        return self.service().get_blob_client(self.container, name)
+
+    def chunk_path(self, rel: str) -> str:
+        return f"{self.uri}{rel}"
+
+    def relative(self, chunk_path: str) -> str:
+        return chunk_path[len(self.uri) :] if chunk_path.startswith(self.uri) else chunk_path
+
+    def key(self, rel: str) -> str:
+        """The blob name of output file ``rel``."""
+        return f"{self.prefix}{rel}"
+
+    def _key_of(self, chunk_path: str) -> str:
+        rel = self.relative(chunk_path)
+        pure = PurePosixPath(rel)
+        if (rel == chunk_path and "://" in chunk_path) or pure.is_absolute() or ".." in pure.parts:
+            raise InvalidRequest(f"{chunk_path!r} is not an object of this job", code="invalid_destination")
+        return self.key(rel)
+
+    def _locator(self, name: str) -> str:
+        head = self.uri[: len(self.uri) - len(self.prefix)]
+        return f"{head}{name}"
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def put(
+        self,
+        local: Path,
+        rel: str,
+        *,
+        size: int,
+        sha256: str,
+        content_type: str | None,
+        control: JobControl,
+    ) -> str:
+        """Upload ``local`` to ``prefix/<job_id>/<rel>`` and verify it, then delete ``local``.
+
+        ``upload_blob`` with ``validate_content`` (the service checks each Put Blob / Put Block body
+        against its MD5) and ``max_concurrency`` blocks at once above :attr:`single_put_size`; the hex
+        sha256 is stored as the blob's ``sha256`` metadata. Afterwards the blob must have ``size``
+        bytes and, for a single-shot upload, the stored Content-MD5 (where the service keeps one) must
+        be the file's MD5 and the file's SHA-256 ``sha256``; a mismatch deletes the blob and raises
+        :class:`VerificationFailed`. Pause and cancel stop a running upload within one block (its
+        uncommitted blocks are discarded by the service) and raise :class:`JobInterrupted`.
+        """
+        from azure.storage.blob import ContentSettings
+
+        name = self.key(rel)
+        client = self.blob(name)
+        with _translate_azure(self._locator(name), self.container):
+            with open(local, "rb") as fh:
+                client.upload_blob(
+                    _InterruptibleReader(fh, control),
+                    length=size,
+                    overwrite=True,
+                    metadata={"sha256": sha256},
+                    content_settings=ContentSettings(content_type=content_type or "application/octet-stream"),
+                    validate_content=True,
+                    max_concurrency=UPLOAD_CONCURRENCY,
+                )
+            props = client.get_blob_properties()
+        self._verify(props, client, local, name, size, sha256)
+        local.unlink(missing_ok=True)
+        return self.chunk_path(rel)
+
+    def _verify(self, props: Any, client: Any, local: Path, name: str, size: int, sha256: str) -> None:
+        problem = None
+        if int(props.size) != size:
+            problem = f"{props.size} bytes stored, {size} sent"
+        elif size <= self.single_put_size:
+            md5, sha = _digests(local)
+            stored = getattr(props.content_settings, "content_md5", None)
+            if stored and bytes(stored) != md5:
+                problem = "the stored MD5 differs from the file's"
+            elif sha != sha256:
+                problem = "the file's SHA-256 differs from the one recorded"
+        # Block uploads: each block's MD5 was checked by the service; only the size is compared here.
+        if problem:
+            try:
+                client.delete_blob()
+            except Exception:  # noqa: S110 - the verification error is the one to report
+                pass
+            raise VerificationFailed(f"upload of {self._locator(name)} could not be verified: {problem}")
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        """Put Blob ``prefix/<job_id>/manifest.json`` (``application/json``, MD5 checked)."""
+        from azure.storage.blob import ContentSettings
+
+        body = json.dumps(manifest, indent=2).encode() + b"\n"
+        name = self.key(MANIFEST_NAME)
+        client = self.blob(name)
+        with _translate_azure(self._locator(name), self.container):
+            client.upload_blob(
+                body,
+                overwrite=True,
+                content_settings=ContentSettings(content_type="application/json"),
+                metadata={"sha256": hashlib.sha256(body).hexdigest()},
+                validate_content=True,
+            )
+            props = client.get_blob_properties()
+        if int(props.size) != len(body):
+            raise VerificationFailed(f"upload of {self._locator(name)} could not be verified")
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        """The blob ``prefix/<job_id>/manifest.json``; None when it does not exist."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        from .sources.azure import error_code
+
+        name = self.key(MANIFEST_NAME)
+        try:
+            with _translate_azure(self._locator(name), self.container, missing_ok=True):
+                body = self.blob(name).download_blob().readall()
+        except ResourceNotFoundError as exc:  # only a missing blob gets here (missing_ok)
+            if error_code(exc) == "ContainerNotFound":
+                raise TransferFailed(
+                    f"the destination container {self.container!r} does not exist",
+                    code="destination_not_found",
+                ) from None
+            return None
+        data: dict[str, Any] = json.loads(body)
+        return data
+
+    # -- removing ----------------------------------------------------------------------------------
+
+    def remove_chunk(self, chunk_path: str) -> bool:
+        """Delete one blob of this job; False when it was gone already."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        name = self._key_of(chunk_path)
+        try:
+            with _translate_azure(chunk_path, self.container, missing_ok=True):
+                self.blob(name).delete_blob(delete_snapshots="include")
+        except ResourceNotFoundError:
+            return False
+        return True
+
+    def remove(
+        self, chunk_paths: list[str], item_names: list[str], convert_dirs: list[str], *, keep_ready: bool
+    ) -> int:
+        """Delete the scratch folder; unless ``keep_ready``, also every blob below ``prefix/<job_id>/``
+        (listed, then deleted in blob batches of :data:`AZURE_DELETE_BATCH`) — never anything outside
+        that prefix. Uncommitted blocks of an interrupted upload are left to the service, which
+        discards them after a week."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        if self.workdir.is_dir() and not self.workdir.is_symlink():
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            remove_tree_if_empty(self.workdir.parent, self.workdir.parent.parent)
+        if keep_ready:
+            return 0
+        container = self.service().get_container_client(self.container)
+        removed = 0
+        with _translate_azure(self.uri, self.container):
+            try:
+                names = [
+                    b.name
+                    for b in container.list_blobs(name_starts_with=self.prefix)
+                    if b.name.startswith(self.prefix)
+                ]
+            except ResourceNotFoundError:
+                return 0  # no container: nothing of ours left
+            for start in range(0, len(names), AZURE_DELETE_BATCH):
+                batch = names[start : start + AZURE_DELETE_BATCH]
+                failed = []
+                for answer in self._delete_batch(container, batch):
+                    if answer in (202, 404):
+                        removed += answer == 202
+                    else:
+                        failed.append(answer)
+                if failed:
+                    raise TransferFailed(
+                        f"could not delete {len(failed)} blob(s) below {self.uri} (status {failed[0]})",
+                        code="cleanup_failed",
+                    )
+        return removed
+
+    @staticmethod
+    def _delete_batch(container: Any, names: list[str]) -> list[int]:
+        """Statuses of deleting ``names`` (202 deleted, 404 gone already): one blob batch request, or
+        one request per blob where the service does not take batches."""
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+        try:
+            answers = container.delete_blobs(*names, delete_snapshots="include", raise_on_any_failure=False)
+            return [int(a.status_code) for a in answers]
+        except HttpResponseError as exc:
+            if getattr(exc, "status_code", None) not in (400, 404, 405, 501):
+                raise
+        statuses = []
+        for name in names:
+            try:
+                container.delete_blob(name, delete_snapshots="include")
+                statuses.append(202)
+            except ResourceNotFoundError:
+                statuses.append(404)
+        return statuses
+
+    # -- presigned URLs ----------------------------------------------------------------------------
+
+    def presign(self, chunk_path: str, expires_seconds: int) -> tuple[str, datetime]:
+        """A read-only service SAS URL of the chunk's blob, valid ``expires_seconds`` (1 s - 7 days),
+        and when it expires (its ``se``). Made locally with the account key (an HMAC, no request).
+
+        Raises :class:`InvalidState` (code ``cannot_presign``) when the configured credentials hold no
+        account key (a SAS token, or none): a SAS for one blob cannot be made from them. The URL is a
+        bearer credential until it expires: hand it only to the job's owner, never log or store it."""
+        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+        seconds = max(1, min(int(expires_seconds), MAX_PRESIGN_SECONDS))
+        name = self._key_of(chunk_path)
+        service = self.service()
+        key = getattr(service.credential, "account_key", None)
+        account = getattr(service.credential, "account_name", None) or service.account_name
+        if not key or not account:
+            raise InvalidState(
+                f"cannot make a download URL for {chunk_path}: the Azure credentials configured for this "
+                "server hold no account key (set AZURE_STORAGE_CONNECTION_STRING with an AccountKey, or "
+                "AZURE_STORAGE_KEY)",
+                code="cannot_presign",
+            )
+        now = datetime.now(timezone.utc).replace(microsecond=0)
+        expiry = now + timedelta(seconds=seconds)
+        sas = generate_blob_sas(
+            account,
+            self.container,
+            name,
+            account_key=key,
+            permission=BlobSasPermissions(read=True),
+            start=now - SAS_CLOCK_SKEW,
+            expiry=expiry,
+        )
+        url = str(self.blob(name).url).split("?", 1)[0]
+        return f"{url}?{sas}", expiry
+
+
+def _digests(path: Path) -> tuple[bytes, str]:
+    """(MD5 digest, hex SHA-256) of a file, read once."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(BLOCK_SIZE):
+            md5.update(block)
+            sha.update(block)
+    return md5.digest(), sha.hexdigest()
+
+
+class _translate_azure:  # noqa: N801 - used as a context manager, reads like a function
+    """Turns Azure SDK errors while writing to a destination into :class:`TransferFailed` with a stable
+    code: ``destination_not_found`` (no such container), ``destination_forbidden`` (access refused) or
+    ``upload_failed``; messages name the URI, never a key or a SAS."""
+
+    def __init__(self, what: str, container: str, *, missing_ok: bool = False) -> None:
+        self.what = what
+        self.container = container
+        self.missing_ok = missing_ok
+
+    def __enter__(self) -> _translate_azure:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
+        if exc is None or isinstance(
+            exc, (JobInterrupted, TransferFailed, VerificationFailed, InvalidRequest, InvalidState)
+        ):
+            return False
+        from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
+
+        from .sources.azure import describe_azure_error, error_code
+        from .sources.http import describe_error
+
+        if isinstance(exc, AzureError):
+            code = error_code(exc)
+            status = getattr(exc, "status_code", None)
+            if code == "ContainerNotFound":
+                if self.missing_ok:
+                    return False
+                raise TransferFailed(
+                    f"the destination container {self.container!r} does not exist",
+                    code="destination_not_found",
+                ) from None
+            if self.missing_ok and status == 404:
+                return False
+            if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
+                raise TransferFailed(
+                    f"writing {self.what} was refused ({code or status})", code="destination_forbidden"
+                ) from None
+            if isinstance(exc, HttpResponseError) and status is not None:
+                raise TransferFailed(
+                    f"Azure error {code or status} for {self.what}", code="upload_failed"
+                ) from None
+            raise TransferFailed(
+                f"cannot write {self.what}: {describe_azure_error(exc)}", code="upload_failed"
+            ) from None
+        if isinstance(exc, OSError):
+            raise TransferFailed(
+                f"cannot write {self.what}: {describe_error(exc)}", code="upload_failed"
+            ) from None
+        return False
+
+
 def open_destination(job_id: str, destination: str, *, root_dir: Path, scratch_root: Path) -> Destination:
     """The :class:`Destination` of a job whose stored ``destination`` is a folder relative to
     ``root_dir`` or its own object store prefix; object-store jobs work in ``scratch_root/<job_id>``."""
     if is_object_destination(destination):
         scratch = scratch_root / job_id
+        if is_azure_destination(destination):
+            return AzureDestination(job_id, destination, scratch)
         return S3Destination(job_id, destination, scratch)
     return LocalDestination(job_id, root_dir, destination)
 
@@ -636,10 +1096,12 @@ def make_private_dir(folder: Path) -> None:
 
 
 __all__ = [
+    "AzureDestination",
     "Destination",
     "LocalDestination",
     "S3Destination",
     "check_object_destination",
+    "is_azure_destination",
     "is_object_destination",
     "object_destination",
     "open_destination",

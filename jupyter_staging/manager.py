@@ -565,7 +565,9 @@ class StagingManager:
         Raises :class:`JobNotFound` (code ``chunk_not_found``), :class:`InvalidRequest` (400, code
         ``chunk_not_in_object_storage``) for a chunk of a local destination — a file has no URL — and
         :class:`InvalidState` (409, code ``chunk_not_ready``) for a chunk not uploaded yet, or whose
-        object is gone (``expired``, or acked under ``delete_on_ack``)."""
+        object is gone (``expired``, or acked under ``delete_on_ack``), and (409, code
+        ``cannot_presign``) when the destination's credentials cannot sign a URL (Azure without an
+        account key)."""
         rec = self._record(job_id, owner)
         chunk = self._chunk(job_id, chunk_id)
         if not is_object_destination(rec.destination):
@@ -574,20 +576,29 @@ class StagingManager:
                 "only object-store chunks have presigned URLs",
                 code="chunk_not_in_object_storage",
             )
-        described = self._with_url(self.destination_of(rec), rec, chunk)
+        described = self._with_url(self.destination_of(rec), rec, chunk, strict=True)
         if described.url is None:
             raise InvalidState(
                 f"chunk {chunk.index} is {chunk.state}; it has no object to hand out", code="chunk_not_ready"
             )
         return described
 
-    def _with_url(self, destination: Destination, rec: JobRecord, chunk: ChunkRecord) -> DescribeChunk:
+    def _with_url(
+        self, destination: Destination, rec: JobRecord, chunk: ChunkRecord, *, strict: bool = False
+    ) -> DescribeChunk:
+        """The chunk with its URL; a destination that ``cannot_presign`` (Azure credentials without an
+        account key) leaves it out of a listing and raises when ``strict`` (a refresh)."""
         described = _describe_chunk(chunk)
         kept = chunk.state == ChunkState.ready.value or (
             chunk.state == ChunkState.acked.value and rec.cleanup_policy != "delete_on_ack"
         )
         if kept and "://" in chunk.path:
-            signed = destination.presign(chunk.path, self.presign_expiry_seconds)
+            try:
+                signed = destination.presign(chunk.path, self.presign_expiry_seconds)
+            except InvalidState as exc:
+                if strict or exc.code != "cannot_presign":
+                    raise
+                signed = None
             if signed is not None:
                 described.url, described.url_expires_at = signed
         return described

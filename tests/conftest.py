@@ -51,7 +51,7 @@ def local_backend(tmp_path, monkeypatch):
     client.reset_backend()
 
 
-# -- real HTTP and S3 servers on 127.0.0.1 (tests/servers.py) ----------------------------------------
+# -- real HTTP, S3 and Azure Blob servers on 127.0.0.1 (tests/servers.py) ------------------------------
 
 
 def _servers():
@@ -89,6 +89,36 @@ def s3_env(s3_server, monkeypatch):
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
     yield client, bucket
+
+
+@pytest.fixture(scope="session")
+def azurite():
+    """A running Azurite blob service (:class:`servers.AzuriteServer`), one per test session; skips the
+    test when Azurite or azure-storage-blob is missing."""
+    pytest.importorskip(
+        "azure.storage.blob", reason='azure-storage-blob is not installed: pip install ".[azure]"'
+    )
+    servers = _servers()
+    command = servers.find_azurite()
+    if command is None:
+        pytest.skip("azurite-blob is not installed: run scripts/ci-azure-deps.sh")
+    with servers.AzuriteServer(command) as server:
+        yield server
+
+
+@pytest.fixture
+def azure_env(azurite, monkeypatch):
+    """The environment pointing at ``azurite`` and a new empty container: yields its ContainerClient."""
+    import uuid
+
+    from azure.storage.blob import BlobServiceClient
+
+    for name in _servers().AZURE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    container = service.create_container(f"test-{uuid.uuid4().hex[:12]}")
+    yield container
 
 
 def pytest_configure(config):

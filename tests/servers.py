@@ -2,7 +2,7 @@
 
 ``RangeHTTPServer`` serves a folder over HTTP/1.1 with HEAD, ranges, ``If-Range``, ETags and switches that
 imitate a bad network (throttling, one dropped connection, 503 answers). ``MotoS3Server`` runs moto's
-S3 endpoint as a subprocess.
+S3 endpoint as a subprocess, ``AzuriteServer`` Microsoft's Azure Blob Storage emulator.
 
 Manual use::
 
@@ -391,6 +391,107 @@ class MotoS3Server:
         return entries
 
     def __enter__(self) -> MotoS3Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+#: Azurite's well-known development account and key (public, documented; not a secret).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+#: Environment variables that configure Azure Blob Storage (cleared around Azurite tests).
+AZURE_ENV = (
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT",
+    "AZURE_STORAGE_ACCOUNT_URL",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+)
+_AZURITE_REQUEST_RE = re.compile(r"RequestMethod=(\w+) RequestURL=(\S+) RequestHeaders:(\{.*?\}) ClientIP=")
+
+
+def find_azurite() -> str | None:
+    """``azurite-blob``: ``$AZURITE_BLOB``, then PATH, then ``.venv/azurite`` (scripts/ci-azure-deps.sh)."""
+    repo = Path(__file__).resolve().parents[1]
+    candidates = [os.environ.get("AZURITE_BLOB"), shutil.which("azurite-blob")]
+    candidates.append(str(repo / ".venv" / "azurite" / "node_modules" / ".bin" / "azurite-blob"))
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+class AzuriteServer:
+    """``azurite-blob`` as a subprocess on 127.0.0.1, with its debug log to read the requests it got."""
+
+    def __init__(self, command: str, *, startup_timeout: float = 60.0) -> None:
+        self.command = command
+        self.port = free_port()
+        self.startup_timeout = startup_timeout
+        self.workdir = Path(tempfile.mkdtemp(prefix="azurite-"))
+        self.debug_log = self.workdir / "debug.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def blob_endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}/{AZURITE_ACCOUNT}"
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint={self.blob_endpoint};"
+        )
+
+    def start(self) -> AzuriteServer:
+        # Azurite writes its database files into --location; --silent drops the access log.
+        self._proc = subprocess.Popen(
+            [
+                self.command,
+                "--blobHost", HOST,
+                "--blobPort", str(self.port),
+                "--location", str(self.workdir / "data"),
+                "--skipApiVersionCheck",
+                "--disableTelemetry",
+                "--silent",
+                "--debug", str(self.debug_log),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"azurite-blob exited with status {self._proc.returncode}")
+            try:
+                socket.create_connection((HOST, self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"azurite-blob did not listen on {HOST}:{self.port}")
+
+    def stop(self) -> None:
+        stop_process(self._proc)
+        self._proc = None
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def mark(self) -> int:
+        """A position in the request log; :meth:`requests` reads what came after it."""
+        return self.debug_log.stat().st_size if self.debug_log.exists() else 0
+
+    def requests(self, since: int = 0) -> list[dict[str, Any]]:
+        """Requests Azurite received after ``since``: dicts with ``method``, ``url``, ``headers``."""
+        with open(self.debug_log, "rb") as fh:
+            fh.seek(since)
+            text = fh.read().decode("utf-8", "replace")
+        return [
+            {"method": m.group(1), "url": m.group(2), "headers": json.loads(m.group(3))}
+            for m in _AZURITE_REQUEST_RE.finditer(text)
+        ]
+
+    def __enter__(self) -> AzuriteServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -1,24 +1,17 @@
 """Azure Blob sources (the ``azure`` extra) against Azurite, Microsoft's storage emulator, on 127.0.0.1.
 
-Azurite is the npm package ``azurite`` (``scripts/ci-azure-deps.sh`` installs it into ``.venv/azurite``);
-the client is ``azure-storage-blob``. Tests that need either are skipped, with the reason, when absent.
+Azurite is the npm package ``azurite`` (``scripts/ci-azure-deps.sh`` installs it into ``.venv/azurite``;
+the ``azurite`` / ``azure_env`` fixtures are in conftest.py); the client is ``azure-storage-blob``.
+Tests that need either are skipped, with the reason, when absent.
 No mocks: the only simulated fault is a missing SDK (an import that fails).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,145 +19,12 @@ from jupyter_staging.errors import InvalidRequest, JobInterrupted, SourceNotFoun
 from jupyter_staging.sources.azure import AZURE_BLOCK, AzureSource, parse_azure_uri
 from jupyter_staging.transfer import JobControl, PartFile
 
-from .servers import stop_process
+from .servers import AZURE_ENV, AZURITE_ACCOUNT, AZURITE_KEY
+from .servers import free_port as _free_port
 
-REPO = Path(__file__).resolve().parents[1]
 KEPLER_NAME = "kplr010666592-2009131110544_slc.fits"
 TESS_NAME = "hlsp_tess-data-alerts_tess_phot_00025155310-s01_tess_v1_lc.fits"
 SPITZER_NAME = "spitzer_example_catalog.xml"
-
-#: Azurite's well-known development account and key (public, documented; not a secret).
-AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-AZURE_ENV = (
-    "AZURE_STORAGE_CONNECTION_STRING",
-    "AZURE_STORAGE_ACCOUNT",
-    "AZURE_STORAGE_ACCOUNT_URL",
-    "AZURE_STORAGE_KEY",
-    "AZURE_STORAGE_SAS_TOKEN",
-)
-
-_REQUEST_RE = re.compile(r"RequestMethod=(\w+) RequestURL=(\S+) RequestHeaders:(\{.*?\}) ClientIP=")
-
-
-def find_azurite() -> str | None:
-    """``azurite-blob``: ``$AZURITE_BLOB``, then PATH, then ``.venv/azurite`` (scripts/ci-azure-deps.sh)."""
-    candidates = [os.environ.get("AZURITE_BLOB"), shutil.which("azurite-blob")]
-    candidates.append(str(REPO / ".venv" / "azurite" / "node_modules" / ".bin" / "azurite-blob"))
-    for candidate in candidates:
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class AzuriteServer:
-    """``azurite-blob`` as a subprocess on 127.0.0.1, with its debug log to read the requests it got."""
-
-    def __init__(self, command: str, *, startup_timeout: float = 60.0) -> None:
-        self.command = command
-        self.port = _free_port()
-        self.startup_timeout = startup_timeout
-        self.workdir = Path(tempfile.mkdtemp(prefix="azurite-"))
-        self.debug_log = self.workdir / "debug.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def blob_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
-
-    @property
-    def connection_string(self) -> str:
-        return (
-            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-            f"BlobEndpoint={self.blob_endpoint};"
-        )
-
-    def start(self) -> AzuriteServer:
-        # Azurite writes its database files into --location; --silent drops the access log.
-        self._proc = subprocess.Popen(
-            [
-                self.command,
-                "--blobHost", "127.0.0.1",
-                "--blobPort", str(self.port),
-                "--location", str(self.workdir / "data"),
-                "--skipApiVersionCheck",
-                "--disableTelemetry",
-                "--silent",
-                "--debug", str(self.debug_log),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"azurite-blob exited with status {self._proc.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"azurite-blob did not listen on 127.0.0.1:{self.port}")
-
-    def stop(self) -> None:
-        stop_process(self._proc)
-        self._proc = None
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def mark(self) -> int:
-        """A position in the request log; :meth:`requests` reads what came after it."""
-        return self.debug_log.stat().st_size if self.debug_log.exists() else 0
-
-    def requests(self, since: int = 0) -> list[dict[str, Any]]:
-        """Requests Azurite received after ``since``: dicts with ``method``, ``url``, ``headers``."""
-        with open(self.debug_log, "rb") as fh:
-            fh.seek(since)
-            text = fh.read().decode("utf-8", "replace")
-        return [
-            {"method": m.group(1), "url": m.group(2), "headers": json.loads(m.group(3))}
-            for m in _REQUEST_RE.finditer(text)
-        ]
-
-    def __enter__(self) -> AzuriteServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-@pytest.fixture(scope="session")
-def azurite():
-    """A running Azurite blob service (skips the test when Azurite or azure-storage-blob is missing)."""
-    pytest.importorskip(
-        "azure.storage.blob", reason='azure-storage-blob is not installed: pip install ".[azure]"'
-    )
-    command = find_azurite()
-    if command is None:
-        pytest.skip("azurite-blob is not installed: run scripts/ci-azure-deps.sh")
-    with AzuriteServer(command) as server:
-        yield server
-
-
-@pytest.fixture
-def azure_env(azurite, monkeypatch):
-    """The environment pointing at ``azurite`` and a new empty container: yields its ContainerClient."""
-    import uuid
-
-    from azure.storage.blob import BlobServiceClient
-
-    for name in AZURE_ENV:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
-    service = BlobServiceClient.from_connection_string(azurite.connection_string)
-    container = service.create_container(f"test-{uuid.uuid4().hex[:12]}")
-    yield container
 
 
 def sha256(data: bytes) -> str:

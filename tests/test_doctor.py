@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_azure import AZURITE_KEY, AzuriteServer, find_azurite
+from .servers import AZURITE_KEY, AzuriteServer, find_azurite
 
 #: Every test runs the doctor as a subprocess (about 4 s: it imports jupyter_server, as the server does).
 pytestmark = pytest.mark.slow

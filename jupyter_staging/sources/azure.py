@@ -116,12 +116,16 @@ def azure_configured() -> bool:
     return any(os.environ.get(name) for name in (ENV_CONNECTION_STRING, ENV_ACCOUNT, ENV_ACCOUNT_URL))
 
 
-def blob_service_client(account: str | None = None, *, retries: int = 3) -> Any:
+def blob_service_client(
+    account: str | None = None, *, retries: int = 3, anonymous_ok: bool = True, **client_options: Any
+) -> Any:
     """A :class:`azure.storage.blob.BlobServiceClient` for ``account`` (None: the configured one).
 
     Configured from the environment as the module's docstring says, with :data:`AZURE_BLOCK` ranges,
     :data:`CONNECT_TIMEOUT` / :data:`READ_TIMEOUT` and ``retries`` retries, 0-2 s apart, of
-    connection errors and 5xx answers.
+    connection errors and 5xx answers; ``client_options`` (the SDK's client keywords, e.g.
+    ``max_block_size``) are added. Without ``anonymous_ok`` an account none of the credentials are for
+    is refused rather than read anonymously (a destination needs credentials to write).
 
     Raises :class:`InvalidRequest` (``missing_extra``) without the SDK, and :class:`SourceNotFound`
     (code ``source_forbidden``) when no account is configured for ``az://`` or the configuration is
@@ -138,6 +142,7 @@ def blob_service_client(account: str | None = None, *, retries: int = 3) -> Any:
         # The SDK's default waits 15 s, 18 s, 24 s: too long for a job's listing. Fetches add their own
         # resumes with back-off on top (MAX_RESUMES).
         "retry_policy": LinearRetry(backoff=1, retry_total=retries, random_jitter_range=1),
+        **client_options,
     }
     wanted = account.lower() if account else None
 
@@ -178,6 +183,12 @@ def blob_service_client(account: str | None = None, *, retries: int = 3) -> Any:
         raise SourceNotFound(
             f"no Azure storage account is configured for az:// URIs: set {ENV_CONNECTION_STRING}, "
             f"or {ENV_ACCOUNT} with {ENV_KEY} or {ENV_SAS}",
+            code="source_forbidden",
+        )
+    if not anonymous_ok:
+        raise SourceNotFound(
+            f"no credentials are configured for the Azure storage account {wanted!r}: set "
+            f"{ENV_CONNECTION_STRING}, or {ENV_ACCOUNT} with {ENV_KEY} or {ENV_SAS}, for that account",
             code="source_forbidden",
         )
     # An account none of the credentials are for: anonymous access (public containers only).
