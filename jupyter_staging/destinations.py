@@ -366,25 +366,53 @@ def upload_transfer_config() -> TransferConfig:
     )
 
 
-class S3Destination(Destination):
+class ObjectStoreDestination(Destination):
+    """A job prefix ``uri`` in object storage (``s3://bucket/prefix/<job_id>/``, ``az://...``): chunk paths
+    are object URIs below it and every key is ``prefix + rel``. Subclasses set ``uri`` and ``prefix``
+    (the key prefix within the bucket or container, ending in ``<job_id>/``)."""
+
+    remote = True
+    uri: str
+    prefix: str
+
+    def __init__(self, job_id: str, uri: str, scratch: Path) -> None:
+        super().__init__(job_id, scratch)
+        if not uri.endswith(f"/{job_id}/"):
+            # The job removes everything below its prefix: make sure the prefix is the job's own.
+            raise InvalidRequest(f"{uri!r} is not the prefix of job {job_id}", code="invalid_destination")
+        self.uri = uri
+
+    def chunk_path(self, rel: str) -> str:
+        return f"{self.uri}{rel}"
+
+    def relative(self, chunk_path: str) -> str:
+        return chunk_path[len(self.uri) :] if chunk_path.startswith(self.uri) else chunk_path
+
+    def key(self, rel: str) -> str:
+        """The object key (blob name) of output file ``rel``."""
+        return f"{self.prefix}{rel}"
+
+    def _key_of(self, chunk_path: str) -> str:
+        rel = self.relative(chunk_path)
+        pure = PurePosixPath(rel)
+        if (rel == chunk_path and "://" in chunk_path) or pure.is_absolute() or ".." in pure.parts:
+            raise InvalidRequest(f"{chunk_path!r} is not an object of this job", code="invalid_destination")
+        return self.key(rel)
+
+
+class S3Destination(ObjectStoreDestination):
     """The job prefix ``uri`` = ``s3://bucket/prefix/<job_id>/`` (from :func:`object_destination`).
 
     ``scratch`` is the local work folder (created mode 0700 on first use). ``transfer_config`` overrides
     :func:`upload_transfer_config`.
     """
 
-    remote = True
-
     def __init__(
         self, job_id: str, uri: str, scratch: Path, *, transfer_config: TransferConfig | None = None
     ) -> None:
         from .sources.s3 import parse_s3_uri
 
-        super().__init__(job_id, scratch)
-        if not uri.endswith(f"/{job_id}/"):
-            # The job removes everything below its prefix: make sure the prefix is the job's own.
-            raise InvalidRequest(f"{uri!r} is not the prefix of job {job_id}", code="invalid_destination")
-        self.uri = uri
+        super().__init__(job_id, uri, scratch)
         self.bucket, self.prefix = parse_s3_uri(uri)
         self.transfer_config = transfer_config or upload_transfer_config()
         self._client: Any = None
@@ -397,22 +425,6 @@ class S3Destination(Destination):
                 self._client = shared_s3_client()
             return self._client
 
-    def chunk_path(self, rel: str) -> str:
-        return f"{self.uri}{rel}"
-
-    def relative(self, chunk_path: str) -> str:
-        return chunk_path[len(self.uri) :] if chunk_path.startswith(self.uri) else chunk_path
-
-    def key(self, rel: str) -> str:
-        """The object key of output file ``rel``."""
-        return f"{self.prefix}{rel}"
-
-    def _key_of(self, chunk_path: str) -> str:
-        rel = self.relative(chunk_path)
-        pure = PurePosixPath(rel)
-        if (rel == chunk_path and "://" in chunk_path) or pure.is_absolute() or ".." in pure.parts:
-            raise InvalidRequest(f"{chunk_path!r} is not an object of this job", code="invalid_destination")
-        return self.key(rel)
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -728,7 +740,7 @@ class _InterruptibleReader:
         return True
 
 
-class AzureDestination(Destination):
+class AzureDestination(ObjectStoreDestination):
     """The job prefix ``uri`` = ``az://container/prefix/<job_id>/`` or
     ``azure://account/container/prefix/<job_id>/`` (from :func:`object_destination`).
 
@@ -736,8 +748,6 @@ class AzureDestination(Destination):
     ``block_size`` override :data:`AZURE_SINGLE_PUT_SIZE` and :data:`AZURE_BLOCK_SIZE`.
     Raises :class:`InvalidRequest` (code ``missing_extra``) without ``azure-storage-blob``.
     """
-
-    remote = True
 
     def __init__(
         self,
@@ -750,13 +760,9 @@ class AzureDestination(Destination):
     ) -> None:
         from .sources.azure import parse_azure_uri, require_sdk
 
-        super().__init__(job_id, scratch)
-        if not uri.endswith(f"/{job_id}/"):
-            # The job removes everything below its prefix: make sure the prefix is the job's own.
-            raise InvalidRequest(f"{uri!r} is not the prefix of job {job_id}", code="invalid_destination")
+        super().__init__(job_id, uri, scratch)
         self.account, self.container, self.prefix = parse_azure_uri(uri)
         require_sdk()
-        self.uri = uri
         self.single_put_size = single_put_size
         self.block_size = block_size
         self._service: Any = None
@@ -776,22 +782,6 @@ class AzureDestination(Destination):
     def blob(self, name: str) -> Any:
         return self.service().get_blob_client(self.container, name)
 
-    def chunk_path(self, rel: str) -> str:
-        return f"{self.uri}{rel}"
-
-    def relative(self, chunk_path: str) -> str:
-        return chunk_path[len(self.uri) :] if chunk_path.startswith(self.uri) else chunk_path
-
-    def key(self, rel: str) -> str:
-        """The blob name of output file ``rel``."""
-        return f"{self.prefix}{rel}"
-
-    def _key_of(self, chunk_path: str) -> str:
-        rel = self.relative(chunk_path)
-        pure = PurePosixPath(rel)
-        if (rel == chunk_path and "://" in chunk_path) or pure.is_absolute() or ".." in pure.parts:
-            raise InvalidRequest(f"{chunk_path!r} is not an object of this job", code="invalid_destination")
-        return self.key(rel)
 
     def _locator(self, name: str) -> str:
         head = self.uri[: len(self.uri) - len(self.prefix)]
