@@ -8,7 +8,6 @@ No mocks: the only simulated fault is a missing SDK (an import that fails).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from pathlib import Path
@@ -21,29 +20,7 @@ from jupyter_staging.transfer import JobControl, PartFile
 
 from .servers import AZURE_ENV, AZURITE_ACCOUNT, AZURITE_KEY
 from .servers import free_port as _free_port
-
-KEPLER_NAME = "kplr010666592-2009131110544_slc.fits"
-TESS_NAME = "hlsp_tess-data-alerts_tess_phot_00025155310-s01_tess_v1_lc.fits"
-SPITZER_NAME = "spitzer_example_catalog.xml"
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-class Progress:
-    """A JobControl whose reported bytes and log lines the test can read."""
-
-    def __init__(self) -> None:
-        self.bytes = 0
-        self.lines: list[tuple[str, str]] = []
-        self.control = JobControl(on_bytes=self._on_bytes, log=self._log)
-
-    def _on_bytes(self, n: int) -> None:
-        self.bytes += n
-
-    def _log(self, level: str, message: str) -> None:
-        self.lines.append((level, message))
+from .test_sources_remote import KEPLER_NAME, SPITZER_NAME, TESS_NAME, Progress, sha256
 
 
 def stage(source, item, dest: Path, *, resume: bool = False, control: JobControl | None = None):
