@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +22,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"the shared mission data is missing: {SHARED_DATA}")
     return SHARED_DATA
+
+
+def wait_until(
+    predicate: Any, timeout: float = 30.0, what: str = "the condition", interval: float = 0.05
+) -> Any:
+    """Poll ``predicate`` every ``interval`` seconds until it returns something true (returned), at most
+    ``timeout`` seconds; then fail the test naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
 
 
 def server_config(tmp_path: Path, **staging: object) -> dict:

@@ -7,15 +7,7 @@ import time
 
 from jupyter_staging import client, widgets
 
-from .conftest import TESS
-
-
-def until(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
+from .conftest import TESS, wait_until
 
 
 def test_widget_follows_a_download_and_its_buttons_work(local_backend, range_server, tmp_path):
@@ -25,13 +17,13 @@ def test_widget_follows_a_download_and_its_buttons_work(local_backend, range_ser
     job = client.stage(range_server.url("slow.bin"), "slow", show=False)
     widget = widgets.JobWidget(job)
     try:
-        until(lambda: 0.05 < widget.bar.value < 1.0)
+        wait_until(lambda: 0.05 < widget.bar.value < 1.0)
         assert "running" in widget.title.value
         assert widget.pause_button.disabled is False and widget.resume_button.disabled is True
         assert "MB" in widget.figures.value or "kB" in widget.figures.value
 
         widget.pause_button.click()
-        until(lambda: "paused" in widget.title.value)
+        wait_until(lambda: "paused" in widget.title.value)
         assert job.refresh().state == "paused"
         frozen = widget.bar.value
         time.sleep(1.0)
@@ -40,7 +32,7 @@ def test_widget_follows_a_download_and_its_buttons_work(local_backend, range_ser
 
         range_server.throttle_bytes_per_s = 0
         widget.resume_button.click()
-        until(lambda: "succeeded" in widget.title.value)
+        wait_until(lambda: "succeeded" in widget.title.value)
         assert widget.bar.value == 1.0 and widget.bar.bar_style == "success"
         assert widget.cancel_button.disabled is True
         assert "#43a047" in widget.chunk_grid.value  # the one chunk is ready
@@ -55,9 +47,9 @@ def test_cancel_button_cancels(local_backend, range_server, tmp_path):
     job = client.stage(range_server.url("slow.bin"), "cancelled", show=False)
     widget = widgets.JobWidget(job)
     try:
-        until(lambda: widget.bar.value > 0)
+        wait_until(lambda: widget.bar.value > 0)
         widget.cancel_button.click()
-        until(lambda: "cancelled" in widget.title.value)
+        wait_until(lambda: "cancelled" in widget.title.value)
     finally:
         widget.stop()
     assert not (tmp_path / "cancelled").exists()
@@ -77,7 +69,7 @@ def test_failed_job_shows_its_error(local_backend, range_server):
     job = client.stage(range_server.url("missing.fits"), "missing", show=False)
     widget = widgets.JobWidget(job)
     try:
-        until(lambda: "failed" in widget.title.value)
+        wait_until(lambda: "failed" in widget.title.value)
         assert "source_not_found" in widget.error.value
         assert widget.bar.bar_style == "danger"
     finally:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from ..conftest import wait_until
 from ..servers import RangeHTTPServer
 from .conftest import JupyterLabProcess
 
@@ -37,17 +38,6 @@ def slow_http(tmp_path_factory: pytest.TempPathFactory) -> Any:
     (folder / "demo.bin").write_bytes(os.urandom(SIZE))
     with RangeHTTPServer(folder, throttle_bytes_per_s=SLOW_RATE) as server:
         yield server
-
-
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def run_cell(page: Any, source: str) -> Any:

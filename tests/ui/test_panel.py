@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from ..conftest import KEPLER
+from ..conftest import KEPLER, wait_until
 from ..servers import RangeHTTPServer
 from .conftest import JupyterLabProcess
 
@@ -51,17 +51,6 @@ def open_file_browser(page: Any, folder: str = "") -> None:
 def bar_value(page: Any, job_id: str) -> float:
     value = job_item(page, job_id).locator(".jp-Staging-bar").get_attribute("aria-valuenow")
     return float(value) if value is not None else -1.0
-
-
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def shot(page: Any, screenshots: Path, name: str, *, panel_only: bool = False) -> None:
