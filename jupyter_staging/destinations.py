@@ -425,7 +425,6 @@ class S3Destination(ObjectStoreDestination):
                 self._client = shared_s3_client()
             return self._client
 
-
     # -- writing -----------------------------------------------------------------------------------
 
     def put(
@@ -781,7 +780,6 @@ class AzureDestination(ObjectStoreDestination):
 
     def blob(self, name: str) -> Any:
         return self.service().get_blob_client(self.container, name)
-
 
     def _locator(self, name: str) -> str:
         head = self.uri[: len(self.uri) - len(self.prefix)]

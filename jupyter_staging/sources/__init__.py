@@ -8,11 +8,12 @@ chunk, each) and fetches one item into a :class:`~jupyter_staging.transfer.PartF
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidRequest, TransferFailed
+from ..errors import InvalidRequest, SourceNotFound, TransferFailed
 from ..transfer import JobControl, PartFile
 
 #: Broken attempts in a row (none gaining a byte) after which a transfer gives up.
@@ -67,6 +68,33 @@ class ResumeBudget:
             f"{self.item.name}: connection lost after {out.offset} bytes ({reason}); resuming in {delay:g} s",
         )
         self.control.wait(delay)
+
+
+def object_or_prefix(
+    uri: str,
+    key: str,
+    head: Callable[[], SourceItem | None],
+    list_prefix: Callable[[str], list[SourceItem]],
+    noun: str,
+) -> list[SourceItem]:
+    """The items of an object-store source: the object ``key`` itself when ``head()`` finds it (None:
+    no such object), else every object below ``key + "/"``; a ``key`` that is empty or ends in ``/`` is
+    listed as a prefix directly. ``noun`` names the objects in messages ("object", "blob").
+
+    Raises :class:`~jupyter_staging.errors.SourceNotFound` when there is neither object nor prefix.
+    """
+    if key and not key.endswith("/"):
+        item = head()
+        if item is not None:
+            return [item]
+        items = list_prefix(key + "/")
+        if not items:
+            raise SourceNotFound(f"{uri} was not found (no such {noun} or prefix)")
+        return items
+    items = list_prefix(key)
+    if not items:
+        raise SourceNotFound(f"no {noun}s under {uri}")
+    return items
 
 
 class Source(abc.ABC):

@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from ..errors import InvalidRequest, SourceChanged, SourceNotFound, TransferFailed
 from ..transfer import JobControl, PartFile
-from . import ResumeBudget, Source, SourceItem
+from . import ResumeBudget, Source, SourceItem, object_or_prefix
 from .http import describe_error, pump, safe_filename
 
 #: What to install when ``azure-storage-blob`` is missing.
@@ -275,28 +275,21 @@ class AzureSource(Source):
         container; ``source_forbidden`` when access is refused or no account is configured) and
         :class:`TransferFailed` for other Azure or network errors.
         """
-        service = self.service()
-        if self.path and not self.path.endswith("/"):
-            from azure.core.exceptions import ResourceNotFoundError
+        from azure.core.exceptions import ResourceNotFoundError
 
-            props = None
+        service = self.service()
+
+        def head() -> SourceItem | None:
             with self._translate_errors(self.uri, listing=True):
                 try:
                     props = service.get_blob_client(self.container, self.path).get_blob_properties()
                 except ResourceNotFoundError as exc:
                     if error_code(exc) == "ContainerNotFound":
                         raise
-            if props is not None:
-                return [self._item(self.path, safe_filename(self.path.rsplit("/", 1)[-1]), props)]
-            # Not a blob: perhaps a prefix.
-            items = self._list(service, self.path + "/")
-            if not items:
-                raise SourceNotFound(f"{self.uri} was not found (no such blob or prefix)")
-            return items
-        items = self._list(service, self.path)
-        if not items:
-            raise SourceNotFound(f"no blobs under {self.uri}")
-        return items
+                    return None  # not a blob: perhaps a prefix
+            return self._item(self.path, safe_filename(self.path.rsplit("/", 1)[-1]), props)
+
+        return object_or_prefix(self.uri, self.path, head, lambda prefix: self._list(service, prefix), "blob")
 
     def _list(self, service: Any, prefix: str) -> list[SourceItem]:
         items = []

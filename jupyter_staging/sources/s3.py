@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import InvalidRequest, SourceChanged, SourceNotFound, TransferFailed
 from ..transfer import JobControl, PartFile
-from . import ResumeBudget, Source, SourceItem
+from . import ResumeBudget, Source, SourceItem, object_or_prefix
 from .http import describe_error, pump, safe_filename
 
 if TYPE_CHECKING:
@@ -226,22 +226,18 @@ class S3Source(Source):
         :class:`TransferFailed` for other S3 or network errors.
         """
         client = self.client()
-        if self.key and not self.key.endswith("/"):
+
+        def head() -> SourceItem | None:
             try:
                 with self._translate_errors(self.uri, listing=True):
-                    head = client.head_object(Bucket=self.bucket, Key=self.key)
-                return [self._item(self.key, safe_filename(self.key.rsplit("/", 1)[-1]), head)]
+                    found = client.head_object(Bucket=self.bucket, Key=self.key)
             except SourceNotFound as exc:
                 if exc.code != "source_not_found":
                     raise
-            items = self._list(client, self.key + "/")
-            if not items:
-                raise SourceNotFound(f"{self.uri} was not found (no such object or prefix)")
-            return items
-        items = self._list(client, self.key)
-        if not items:
-            raise SourceNotFound(f"no objects under {self.uri}")
-        return items
+                return None
+            return self._item(self.key, safe_filename(self.key.rsplit("/", 1)[-1]), found)
+
+        return object_or_prefix(self.uri, self.key, head, lambda prefix: self._list(client, prefix), "object")
 
     def _list(self, client: Any, prefix: str) -> list[SourceItem]:
         items = []
