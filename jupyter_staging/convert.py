@@ -507,12 +507,8 @@ class _CsvSource(_Source):
         ``read_csv`` on that sample promotes a column's type when a later block needs it (int64 to
         double to string), which the streaming reader cannot do once it has started.
         """
-        raw = pa.OSFile(str(self.path), "rb")
+        raw, stream = self._open_stream()
         try:
-            codec = _compression_of(self.path)
-            stream: pa.NativeFile = pa.CompressedInputStream(raw, codec) if codec else raw
-            if self._header_bytes:
-                stream.read(self._header_bytes)
             sample = stream.read_buffer(CSV_INFER_BYTES + 1)
             if sample.size > CSV_INFER_BYTES:  # cut after the last whole line (zero-copy)
                 window = min(CSV_INFER_BYTES, 1024 * 1024)
@@ -533,6 +529,26 @@ class _CsvSource(_Source):
             raw.close()
         return table.schema
 
+    def _open_stream(self) -> tuple[pa.NativeFile, pa.NativeFile]:
+        """``(raw file, text stream)``: the file decompressed if need be, positioned after the comment
+        lines of the header. The caller closes the raw file. Raises :class:`ConversionFailed` when the
+        file (or its compression) cannot be read."""
+        raw = pa.OSFile(str(self.path), "rb")
+        try:
+            codec = _compression_of(self.path)
+            stream: pa.NativeFile = pa.CompressedInputStream(raw, codec) if codec else raw
+            if self._header_bytes:
+                stream.read(self._header_bytes)
+        except pa.ArrowException as exc:
+            raw.close()
+            raise ConversionFailed(
+                f"{self.path.name}: not a readable {self.fmt.upper()} file: {exc}"
+            ) from None
+        except BaseException:
+            raw.close()
+            raise
+        return raw, stream
+
     def _convert_options(self) -> pacsv.ConvertOptions:
         if self._ecsv:  # ECSV 1.0: missing values are empty fields, booleans True/False
             return pacsv.ConvertOptions(
@@ -545,12 +561,8 @@ class _CsvSource(_Source):
         return pacsv.ConvertOptions(column_types=self._column_types)
 
     def _open(self) -> tuple[pacsv.CSVStreamingReader, pa.NativeFile]:
-        raw = pa.OSFile(str(self.path), "rb")
+        raw, stream = self._open_stream()
         try:
-            codec = _compression_of(self.path)
-            stream: pa.NativeFile = pa.CompressedInputStream(raw, codec) if codec else raw
-            if self._header_bytes:
-                stream.read(self._header_bytes)
             reader = pacsv.open_csv(
                 stream,
                 read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_SIZE),

@@ -616,13 +616,7 @@ class JobRunner:
             error = listed[name].get("error")
             if error is not None:
                 if not any(entry == name for entry, _ in existing):
-                    self._new_chunk(
-                        path=name,
-                        state=ChunkState.pending.value,
-                        entry=name,
-                        error_code=error["code"],
-                        error_message=error["message"],
-                    )
+                    self._error_chunk(name, error)
                 continue
             if rec.convert is not None:
                 continue
@@ -665,6 +659,16 @@ class JobRunner:
             return error
         return None
 
+    def _error_chunk(self, name: str, error: dict[str, str]) -> None:
+        """A pending chunk standing for manifest entry ``name``, carrying why it could not be staged."""
+        self._new_chunk(
+            path=name,
+            state=ChunkState.pending.value,
+            entry=name,
+            error_code=error["code"],
+            error_message=error["message"],
+        )
+
     def _entry_failed(self, name: str, error: dict[str, str]) -> None:
         """Record the failure of entry ``name`` in the resume data and on its pending chunks."""
         with self._lock:
@@ -678,13 +682,7 @@ class JobRunner:
             for chunk in pending:
                 self.store.update_chunk(chunk.id, error_code=error["code"], error_message=error["message"])
             if not pending:
-                self._new_chunk(
-                    path=name,
-                    state=ChunkState.pending.value,
-                    entry=name,
-                    error_code=error["code"],
-                    error_message=error["message"],
-                )
+                self._error_chunk(name, error)
         self._log("warning", f"entry {name} failed: {error['message']} ({error['code']}); the others go on")
 
     # -- the end --------------------------------------------------------------------------------------
