@@ -1,4 +1,4 @@
-"""CSV -> Parquet: ``jupyter_staging.convert.convert_to_parquet`` vs bare pyarrow vs pandas.
+"""CSV -> Parquet: ``jupyter_staging.formats.convert.convert_to_parquet`` vs bare pyarrow vs pandas.
 
 Input: a Kepler-like light-curve CSV (``datagen.py``; 20 numeric columns, NaN gaps), default ~500 MB.
 Candidates, interleaved in one process, the page cache dropped before each run when possible:
@@ -62,13 +62,13 @@ def parquet_rows(path: Path) -> tuple[int, int, int]:
 
 
 def run_ours(src: Path, out: Path, chunk_rows: int, compression: str) -> None:
-    from jupyter_staging.convert import convert_to_parquet
+    from jupyter_staging.formats.convert import convert_to_parquet
 
     convert_to_parquet(src, out, chunk_rows=chunk_rows, compression=compression)
 
 
 def run_pyarrow(src: Path, out: Path, compression: str, group_rows: int | None) -> None:
-    from jupyter_staging.convert import CSV_BLOCK_SIZE
+    from jupyter_staging.formats.convert import CSV_BLOCK_SIZE
 
     reader = pacsv.open_csv(src, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_SIZE))
     with pq.ParquetWriter(out, reader.schema, compression=compression) as writer:

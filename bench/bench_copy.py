@@ -1,6 +1,6 @@
 """Local file copy through the real staging engine vs ``cp``.
 
-The candidate is a :class:`jupyter_staging.manager.StagingManager` job with ``method="copy"``: listing,
+The candidate is a :class:`jupyter_staging.engine.manager.StagingManager` job with ``method="copy"``: listing,
 ``.part`` file, pipelined read + sha256 + write (``transfer.copy_stream``), fsync, size check, publish
 (link + unlink + directory fsync), chunk record, ``manifest.json`` (itself fsynced) and the state changes in
 SQLite. It is timed from ``create()`` to the job's ``finished_at`` (the moment it is marked succeeded).
@@ -45,8 +45,8 @@ from benchlib import (
     spread,
 )
 
-from jupyter_staging.manager import StagingManager
-from jupyter_staging.models import CreateJob, JobState
+from jupyter_staging.engine.manager import StagingManager
+from jupyter_staging.engine.models import CreateJob, JobState
 
 
 def make_source(path: Path, size: int) -> str:

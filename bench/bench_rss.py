@@ -37,7 +37,7 @@ import json, sys, time
 from pathlib import Path
 mode, src, out, chunk_rows = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 import numpy, pyarrow, pyarrow.parquet, pyarrow.csv, astropy.io.fits  # what a conversion imports anyway
-from jupyter_staging.convert import convert_to_parquet
+from jupyter_staging.formats.convert import convert_to_parquet
 t0 = time.perf_counter()
 rows = 0
 if mode == "convert":

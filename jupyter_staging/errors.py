@@ -108,7 +108,7 @@ class ConversionFailed(StagingError):
 
 class SecretUnavailable(StagingError):
     """A job's sealed credentials (a presigned source URL) cannot be opened: the key file changed or is
-    gone (:mod:`jupyter_staging.sealed`); the job must be submitted again."""
+    gone (:mod:`jupyter_staging.safety.sealed`); the job must be submitted again."""
 
     code = "secret_unavailable"
     status = 409

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.helpers.data import SHARED_DATA
+from tests.helpers.jupyter import server_config
+
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-KEPLER = SHARED_DATA / "kplr010666592-2009131110544_slc.fits"
-TESS = SHARED_DATA / "hlsp_tess-data-alerts_tess_phot_00025155310-s01_tess_v1_lc.fits"
-SPITZER = SHARED_DATA / "spitzer_example_catalog.xml"
-
 
 @pytest.fixture
 def shared_data() -> Path:
@@ -22,33 +17,6 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"the shared mission data is missing: {SHARED_DATA}")
     return SHARED_DATA
-
-
-def wait_until(
-    predicate: Any, timeout: float = 30.0, what: str = "the condition", interval: float = 0.05
-) -> Any:
-    """Poll ``predicate`` every ``interval`` seconds until it returns something true (returned), at most
-    ``timeout`` seconds; then fail the test naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
-def server_config(tmp_path: Path, **staging: object) -> dict:
-    """pytest-jupyter config: only our extension, strict authentication, the job database in ``tmp_path``,
-    and any further ``StagingApp`` settings."""
-    return {
-        "ServerApp": {
-            "jpserver_extensions": {"jupyter_staging": True},
-            "allow_unauthenticated_access": False,
-        },
-        "StagingApp": {"db_url": f"sqlite:///{tmp_path / 'staging-jobs.sqlite'}", **staging},
-    }
 
 
 @pytest.fixture
@@ -60,7 +28,7 @@ def jp_server_config(tmp_path):
 @pytest.fixture
 def local_backend(tmp_path, monkeypatch):
     """Jobs of this test run in-process (the client's fallback), confined to ``tmp_path``, the cwd."""
-    from jupyter_staging import client
+    from jupyter_staging.kernel import client
 
     monkeypatch.chdir(tmp_path)
     backend = client.use_local(tmp_path, db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}")
@@ -74,7 +42,7 @@ def local_backend(tmp_path, monkeypatch):
 def _servers():
     """``tests/servers.py``, whether ``tests`` is imported as a package or as a plain folder."""
     try:
-        from . import servers
+        from tests.helpers import servers
     except ImportError:
         import servers  # type: ignore[no-redef]
     return servers

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from traitlets import Float, Int, List, Unicode, default
 from traitlets.config import Application
 
-from .._version import __version__
+from jupyter_staging._version import __version__
 
 #: The service's templates (``staging.html`` extends JupyterHub's ``page.html``).
 TEMPLATES = Path(__file__).with_name("templates")
@@ -209,7 +209,7 @@ class StagingHub(Application):
             self.exit(1)
 
     def _check_settings(self) -> list[str]:
-        from .operations import UserAreas
+        from jupyter_staging.hub.operations import UserAreas
 
         problems = []
         if not self.api_token:
@@ -250,10 +250,10 @@ class StagingHub(Application):
         from tornado import web
         from tornado.httpserver import HTTPServer
 
-        from . import oplog
-        from .db import OperationStore
-        from .handlers import default_handlers, log_request
-        from .operations import HubAPI, StagingOperations, UserAreas
+        from jupyter_staging.hub import oplog
+        from jupyter_staging.hub.db import OperationStore
+        from jupyter_staging.hub.handlers import default_handlers, log_request
+        from jupyter_staging.hub.operations import HubAPI, StagingOperations, UserAreas
 
         store = OperationStore(self.db_url)
         operations_log = oplog.open_log(

@@ -1,7 +1,7 @@
 """The hub service's record of operations: one row per staging call, whatever its outcome.
 
 SQLAlchemy 2 over SQLite by default; any SQLAlchemy URL works (``postgresql+psycopg://...``,
-``mysql+pymysql://...``). The table is created when missing. Like :mod:`jupyter_staging.store`, the
+``mysql+pymysql://...``). The table is created when missing. Like :mod:`jupyter_staging.engine.store`, the
 store is synchronous and thread-safe (each method opens its own session): callers on the event loop use
 ``asyncio.to_thread``.
 
@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import BigInteger, DateTime, String, Text, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from ..store import SQLStore, aware, utcnow
+from jupyter_staging.engine.store import SQLStore, aware, utcnow
 
 #: Values of :attr:`Operation.status`.
 STATUSES = ("running", "succeeded", "skipped", "failed")

@@ -38,10 +38,17 @@ from tornado.httputil import HTTPOutputError
 from tornado.iostream import StreamClosedError
 from tornado.log import access_log, app_log
 
-from ..errors import StagingError
-from . import oplog
-from .db import STATUSES
-from .operations import BLOCK_SIZE, METHODS, Caller, Download, StagingOperations, content_disposition
+from jupyter_staging.errors import StagingError
+from jupyter_staging.hub import oplog
+from jupyter_staging.hub.db import STATUSES
+from jupyter_staging.hub.operations import (
+    BLOCK_SIZE,
+    METHODS,
+    Caller,
+    Download,
+    StagingOperations,
+    content_disposition,
+)
 
 #: Most rows ``GET api/operations`` returns; most lines ``GET api/logs`` returns.
 MAX_LIMIT = 1000

@@ -37,10 +37,16 @@ from urllib.parse import quote
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from ..errors import DestinationExists, InvalidRequest, PathNotAllowed, SourceNotFound, StagingError
-from ..paths import check_output_name, resolve_source
-from ..transfer import copy_stream
-from .db import Operation, OperationStore, utcnow
+from jupyter_staging.errors import (
+    DestinationExists,
+    InvalidRequest,
+    PathNotAllowed,
+    SourceNotFound,
+    StagingError,
+)
+from jupyter_staging.hub.db import Operation, OperationStore, utcnow
+from jupyter_staging.safety.partfile import copy_stream
+from jupyter_staging.safety.paths import check_output_name, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -436,7 +442,7 @@ def check_duplicate(target: Target, source: SourceFile) -> bool:
 
 
 class _FdWriter:
-    """The ``write`` side :func:`jupyter_staging.transfer.copy_stream` expects, on a raw fd, hashing."""
+    """The ``write`` side :func:`jupyter_staging.safety.partfile.copy_stream` expects, on a raw fd, hashing."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd

@@ -10,9 +10,9 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Float, Int, List, Unicode, default
 from traitlets import Type as TypeTrait
 
-from .._version import __version__
-from ..manager import StagingManager
-from .handlers import default_handlers
+from jupyter_staging._version import __version__
+from jupyter_staging.engine.manager import StagingManager
+from jupyter_staging.server.handlers import default_handlers
 
 #: Environment variables the extension sets for the kernels its server starts, so that ``%stage`` finds
 #: this server with no configuration (kernels inherit the server's environment).
@@ -58,8 +58,8 @@ class StagingApp(ExtensionApp):
     ).tag(config=True)
 
     executor_class = TypeTrait(
-        default_value="jupyter_staging.executors.LocalExecutor",
-        klass="jupyter_staging.executors.Executor",
+        default_value="jupyter_staging.engine.executors.LocalExecutor",
+        klass="jupyter_staging.engine.executors.Executor",
         help="""How staging jobs run.""",
     ).tag(config=True)
 

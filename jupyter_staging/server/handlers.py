@@ -1,7 +1,7 @@
 """REST handlers of the staging API, under ``<base_url>api/v1/staging`` (``DESIGN.md``).
 
 Each handler parses the request into a model, makes one call into the
-:class:`~jupyter_staging.manager.StagingManager` on a worker thread (the manager does blocking database and
+:class:`~jupyter_staging.engine.manager.StagingManager` on a worker thread (the manager does blocking database and
 file work) and writes JSON. Errors are ``{"message", "reason", "code"}`` with a stable ``code``; bad input is
 400, never 500; no traceback or secret is ever written.
 
@@ -25,9 +25,9 @@ from pydantic import BaseModel, ValidationError
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from ..errors import StagingError
-from ..manager import StagingManager
-from ..models import CreateJob, ListJobsQuery, dump
+from jupyter_staging.engine.manager import StagingManager
+from jupyter_staging.engine.models import CreateJob, ListJobsQuery, dump
+from jupyter_staging.errors import StagingError
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)

@@ -36,10 +36,11 @@ import re
 import threading
 from typing import Any, Literal
 
-from ..errors import InvalidRequest, SourceChanged, SourceNotFound, TransferFailed
-from ..transfer import JobControl, PartFile
-from . import ResumeBudget, Source, SourceItem, object_or_prefix
-from .http import describe_error, pump, safe_filename
+from jupyter_staging.errors import InvalidRequest, SourceChanged, SourceNotFound, TransferFailed
+from jupyter_staging.safety.control import JobControl
+from jupyter_staging.safety.partfile import PartFile
+from jupyter_staging.sources.base import ResumeBudget, Source, SourceItem, object_or_prefix
+from jupyter_staging.sources.http import describe_error, pump, safe_filename
 
 #: What to install when ``azure-storage-blob`` is missing.
 INSTALL_HINT = 'pip install "jupyter_staging[azure]"'

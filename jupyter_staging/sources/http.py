@@ -1,11 +1,11 @@
 """HTTP(S) and presigned URLs: one file per URL, downloaded resumably.
 
-A download streams the body in blocks of about 1 MiB into the :class:`~jupyter_staging.transfer.PartFile`.
+A download streams the body in blocks of about 1 MiB into the :class:`~jupyter_staging.safety.partfile.PartFile`.
 It continues an interrupted attempt with ``Range: bytes=<offset>-`` guarded by ``If-Range`` (the ETag or
 Last-Modified seen when the item was listed), so bytes of two versions of a file are never spliced:
 a server that answers ``200`` instead of ``206`` sent the whole (changed) file, and the part file restarts.
 
-Every message this module produces names the URL through :func:`~jupyter_staging.redact.redact_url`,
+Every message this module produces names the URL through :func:`~jupyter_staging.safety.redact.redact_url`,
 so a presigned signature never reaches a log, a response or the database.
 """
 
@@ -25,10 +25,11 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import HTTPError as URLLib3Error
 from urllib3.util.retry import Retry
 
-from ..errors import SourceNotFound, TransferFailed
-from ..redact import REDACTED, redact_url
-from ..transfer import JobControl, PartFile
-from . import MAX_BACKOFF, ResumeBudget, Source, SourceItem
+from jupyter_staging.errors import SourceNotFound, TransferFailed
+from jupyter_staging.safety.control import JobControl
+from jupyter_staging.safety.partfile import PartFile
+from jupyter_staging.safety.redact import REDACTED, redact_url
+from jupyter_staging.sources.base import MAX_BACKOFF, ResumeBudget, Source, SourceItem
 
 #: Bytes handed to the part file at a time. Large enough that per-block overhead vanishes at
 #: 1 GB/s, small enough that a pause is noticed quickly on a slow link.

@@ -6,10 +6,11 @@ import mimetypes
 import os
 from pathlib import Path
 
-from ..errors import SourceNotFound
-from ..paths import resolve_source
-from ..transfer import JobControl, PartFile, copy_file
-from . import Source, SourceItem
+from jupyter_staging.errors import SourceNotFound
+from jupyter_staging.safety.control import JobControl
+from jupyter_staging.safety.partfile import PartFile, copy_file
+from jupyter_staging.safety.paths import resolve_source
+from jupyter_staging.sources.base import Source, SourceItem
 
 
 class LocalSource(Source):

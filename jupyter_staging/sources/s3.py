@@ -17,10 +17,11 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..errors import InvalidRequest, SourceChanged, SourceNotFound, TransferFailed
-from ..transfer import JobControl, PartFile
-from . import ResumeBudget, Source, SourceItem, object_or_prefix
-from .http import describe_error, pump, safe_filename
+from jupyter_staging.errors import InvalidRequest, SourceChanged, SourceNotFound, TransferFailed
+from jupyter_staging.safety.control import JobControl
+from jupyter_staging.safety.partfile import PartFile
+from jupyter_staging.sources.base import ResumeBudget, Source, SourceItem, object_or_prefix
+from jupyter_staging.sources.http import describe_error, pump, safe_filename
 
 if TYPE_CHECKING:
     from boto3.s3.transfer import TransferConfig
@@ -80,7 +81,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 def presign_get(uri: str, expires_seconds: int = 3600) -> str:
     """A presigned HTTPS GET URL for the object ``uri`` (``s3://bucket/key``), valid ``expires_seconds``.
 
-    The URL is a credential: never log it unredacted (:func:`~jupyter_staging.redact.redact_url`).
+    The URL is a credential: never log it unredacted (:func:`~jupyter_staging.safety.redact.redact_url`).
     """
     bucket, key = parse_s3_uri(uri)
     if not key or key.endswith("/"):

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from .hubproc import HubProcess, find_proxy, free_port
+from tests.helpers.data import KEPLER_NAME
+from tests.helpers.hub import HubProcess, find_proxy, free_port
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-KEPLER_NAME = "kplr010666592-2009131110544_slc.fits"
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,9 @@ import time
 import pytest
 from sqlalchemy import create_engine, text
 
-from .conftest import KEPLER_NAME, start_hub
+from tests.helpers.data import KEPLER_NAME
+
+from .conftest import start_hub
 
 pytestmark = pytest.mark.slow
 

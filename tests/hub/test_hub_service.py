@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 
-from .conftest import KEPLER_NAME, start_hub
-from .hubproc import HubProcess
+from tests.helpers.data import KEPLER_NAME
+from tests.helpers.hub import HubProcess
+
+from .conftest import start_hub
 
 pytestmark = pytest.mark.slow
 

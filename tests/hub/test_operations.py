@@ -21,8 +21,7 @@ from jupyter_staging.hub.operations import (
     split_relative_path,
     symlink,
 )
-
-from .conftest import KEPLER_NAME
+from tests.helpers.data import KEPLER_NAME
 
 
 @pytest.fixture

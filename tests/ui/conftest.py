@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from ..jupyter_proc import JupyterServerProcess
+from tests.helpers.jupyter import JupyterServerProcess
 
 CHROMIUM = Path(os.environ.get("JUPYTER_STAGING_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from ..conftest import wait_until
-from ..servers import RangeHTTPServer
+from tests.helpers.data import wait_until
+from tests.helpers.servers import RangeHTTPServer
+
 from .conftest import JupyterLabProcess
 
 pytestmark = pytest.mark.slow

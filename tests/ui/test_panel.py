@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from ..conftest import KEPLER, wait_until
-from ..servers import RangeHTTPServer
+from tests.helpers.data import KEPLER, wait_until
+from tests.helpers.servers import RangeHTTPServer
+
 from .conftest import JupyterLabProcess
 
 pytestmark = pytest.mark.slow

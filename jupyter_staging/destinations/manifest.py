@@ -1,0 +1,80 @@
+"""The job manifest (the dpone contract): ``manifest.json`` beside a job's output, written last.
+
+It lists every object the job produced — path relative to the manifest, size in bytes, sha256, rows (for
+Parquet parts), content type — plus the source (secrets redacted) and the converter's version, so a
+consumer can verify what it reads. It is written atomically (``.part`` + fsync + rename), so its presence
+means the job's output is complete.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from jupyter_staging._version import __version__
+from jupyter_staging.safety.partfile import PartFile
+from jupyter_staging.safety.redact import redact_url
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+def build_manifest(
+    *,
+    job_id: str,
+    name: str,
+    source: str,
+    method: str,
+    convert: dict[str, Any] | None,
+    objects: list[dict[str, Any]],
+    created_at: datetime,
+    finished_at: datetime,
+    entries: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The manifest as a dict. ``objects`` items have ``path`` (relative to the manifest), ``size``
+    (bytes), ``sha256``, ``rows`` (int or None) and ``content_type``; in object storage also ``uri``
+    (``s3://...``), in a manifest job also ``entry``. ``entries`` (manifest jobs) lists every entry:
+    ``{"name", "source" (redacted), "paths": [output paths], "error": null | {"code", "message"}}``,
+    failed ones included, so a partly staged job still says what it holds."""
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "job_id": job_id,
+        "name": name,
+        "source": redact_url(source),
+        "method": method,
+        "convert": convert,
+        "converter": {"name": "jupyter_staging", "version": __version__},
+        "created_at": created_at.isoformat().replace("+00:00", "Z"),
+        "finished_at": finished_at.isoformat().replace("+00:00", "Z"),
+        "total_bytes": sum(int(o.get("size") or 0) for o in objects),
+        "total_rows": sum(int(o["rows"]) for o in objects if o.get("rows") is not None) or None,
+        "objects": objects,
+    }
+    if entries is not None:
+        manifest["entries"] = [{**e, "source": redact_url(str(e.get("source", "")))} for e in entries]
+    return manifest
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> tuple[int, str]:
+    """Write ``folder/manifest.json`` atomically; returns ``(size_bytes, sha256_hex)``.
+
+    Raises :class:`~jupyter_staging.errors.DestinationExists` if a manifest is already there.
+    """
+    out = PartFile(folder / MANIFEST_NAME)
+    try:
+        out.write(json.dumps(manifest, indent=2, sort_keys=False).encode() + b"\n")
+        return out.commit()
+    except BaseException:
+        out.discard()
+        raise
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest in ``folder``, or None when the job has not written one (yet)."""
+    path = folder / MANIFEST_NAME
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,308 @@
+"""Persistence of jobs, chunks and job log events with SQLAlchemy 2.
+
+SQLite by default (one file, WAL journal so readers never wait for the writer); any SQLAlchemy URL works
+(PostgreSQL, MySQL/MariaDB). The store is synchronous and thread-safe: every method opens its own session,
+so callers on an event loop must call it from a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+
+def utcnow() -> datetime:
+    """Now, as an aware UTC datetime (its own function so tests can move time)."""
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobRecord(Base):
+    """One staging job (see ``models.DescribeJob`` for the meaning of each column)."""
+
+    __tablename__ = "staging_jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    #: The root folder destinations are relative to; a database may serve several servers.
+    root: Mapped[str] = mapped_column(Text, default="")
+    name: Mapped[str] = mapped_column(String(255))
+    #: The source as shown: secrets redacted (``manifest:<n> entries`` for a manifest job).
+    source: Mapped[str] = mapped_column(Text)
+    #: Manifest jobs: entry name -> source, redacted, in the request's order; None otherwise.
+    entries: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
+    #: The raw source / entries when they hold secrets (presigned URLs), sealed with the manager's
+    #: :class:`~jupyter_staging.safety.sealed.SecretBox`; None when nothing is secret or once the job has ended.
+    sealed: Mapped[str | None] = mapped_column(Text, nullable=True)
+    destination: Mapped[str] = mapped_column(Text)
+    method: Mapped[str] = mapped_column(String(32))
+    convert: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    #: Desired state requested by a user while the worker still runs ("paused", "cancelled"), else None.
+    requested: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: ``host:pid`` of the process that runs (or queued) the job; recovery skips jobs of live runners.
+    runner: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_total: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    chunks_done: Mapped[int] = mapped_column(Integer, default=0)
+    chunks_total: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rows_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cleanup_policy: Mapped[str] = mapped_column(String(32), default="retain")
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
+    ttl_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: Engine bookkeeping needed to resume (validators such as ETag / mtime per file), JSON.
+    resume: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ChunkRecord(Base):
+    """One output chunk of a job: a file (relative to the job's destination) or an object URI."""
+
+    __tablename__ = "staging_chunks"
+
+    id: Mapped[str] = mapped_column(String(48), primary_key=True)
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("staging_jobs.id", ondelete="CASCADE"), index=True
+    )
+    index: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    rows: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    content_type: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    #: Manifest jobs: the entry this chunk belongs to.
+    entry: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    #: Why the chunk's entry failed (the chunk stays pending), else None.
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class EventRecord(Base):
+    """A line of a job's log: state changes, warnings, errors (never secrets)."""
+
+    __tablename__ = "staging_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("staging_jobs.id", ondelete="CASCADE"), index=True
+    )
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    level: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """SQLite and MySQL return naive datetimes; every time stored here is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def make_engine(db_url: str) -> Engine:
+    """Create an engine for ``db_url``; SQLite gets WAL, foreign keys and thread sharing."""
+    if db_url.startswith("sqlite"):
+        engine = create_engine(
+            db_url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            json_serializer=json.dumps,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    return create_engine(db_url, pool_pre_ping=True)
+
+
+class SQLStore:
+    """Thread-safe sessions on the tables of ``base`` at ``db_url`` (any SQLAlchemy URL); tables are
+    created when missing. Shared by the job store and the hub service's operations store."""
+
+    def __init__(self, db_url: str, base: type[DeclarativeBase]) -> None:
+        self.db_url = db_url
+        self.engine = make_engine(db_url)
+        base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite allows one writer; serialising our own writers avoids "database is locked" retries.
+        self._write_lock = threading.RLock()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits on success and rolls back on error."""
+        with self._write_lock, self._sessions() as session, session.begin():
+            yield session
+
+    def close(self) -> None:
+        """Dispose of the engine's connections."""
+        self.engine.dispose()
+
+
+class Store(SQLStore):
+    """Thread-safe access to the job tables (jobs, chunks, log events) at ``db_url``."""
+
+    def __init__(self, db_url: str) -> None:
+        super().__init__(db_url, Base)
+
+    # -- jobs ---------------------------------------------------------------------------------------
+
+    def add_job(self, record: JobRecord) -> JobRecord:
+        with self.session() as s:
+            s.add(record)
+        return record
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        with self.session() as s:
+            rec = s.get(JobRecord, job_id)
+            return self._fix(rec)
+
+    def find_by_idempotency_key(self, owner: str, key: str) -> JobRecord | None:
+        with self.session() as s:
+            rec = s.scalars(
+                select(JobRecord).where(JobRecord.owner == owner, JobRecord.idempotency_key == key)
+            ).first()
+            return self._fix(rec)
+
+    def list_jobs(
+        self,
+        owner: str | None = None,
+        *,
+        root: str | None = None,
+        states: list[str] | None = None,
+        limit: int = 100,
+        before: tuple[datetime, str] | None = None,
+    ) -> list[JobRecord]:
+        """Jobs newest first; ``before`` is the (created_at, id) of the last job of the previous page."""
+        with self.session() as s:
+            q = select(JobRecord)
+            if owner is not None:
+                q = q.where(JobRecord.owner == owner)
+            if root is not None:
+                q = q.where(JobRecord.root == root)
+            if states:
+                q = q.where(JobRecord.state.in_(states))
+            if before is not None:
+                created, job_id = before
+                q = q.where(
+                    (JobRecord.created_at < created)
+                    | ((JobRecord.created_at == created) & (JobRecord.id < job_id))
+                )
+            q = q.order_by(JobRecord.created_at.desc(), JobRecord.id.desc()).limit(limit)
+            return [self._fix(r) for r in s.scalars(q)]  # type: ignore[misc]
+
+    def update_job(self, job_id: str, **fields: Any) -> JobRecord | None:
+        """Set ``fields`` on a job and bump ``updated_at``; returns the updated record."""
+        with self.session() as s:
+            rec = s.get(JobRecord, job_id)
+            if rec is None:
+                return None
+            for key, value in fields.items():
+                setattr(rec, key, value)
+            rec.updated_at = utcnow()
+            return self._fix(rec)
+
+    def delete_job(self, job_id: str) -> None:
+        with self.session() as s:
+            rec = s.get(JobRecord, job_id)
+            if rec is not None:
+                for chunk in s.scalars(select(ChunkRecord).where(ChunkRecord.job_id == job_id)):
+                    s.delete(chunk)
+                for ev in s.scalars(select(EventRecord).where(EventRecord.job_id == job_id)):
+                    s.delete(ev)
+                s.delete(rec)
+
+    # -- chunks -------------------------------------------------------------------------------------
+
+    def upsert_chunk(self, chunk: ChunkRecord) -> ChunkRecord:
+        with self.session() as s:
+            s.merge(chunk)
+        return chunk
+
+    def get_chunk(self, job_id: str, index: int) -> ChunkRecord | None:
+        """The chunk of ``job_id`` with that index, or None."""
+        with self.session() as s:
+            return s.scalars(
+                select(ChunkRecord).where(ChunkRecord.job_id == job_id, ChunkRecord.index == index)
+            ).first()
+
+    def list_chunks(self, job_id: str) -> list[ChunkRecord]:
+        with self.session() as s:
+            return list(
+                s.scalars(select(ChunkRecord).where(ChunkRecord.job_id == job_id).order_by(ChunkRecord.index))
+            )
+
+    def update_chunk(self, chunk_id: str, **fields: Any) -> ChunkRecord | None:
+        with self.session() as s:
+            rec = s.get(ChunkRecord, chunk_id)
+            if rec is None:
+                return None
+            for key, value in fields.items():
+                setattr(rec, key, value)
+            return rec
+
+    def delete_chunks(self, job_id: str) -> None:
+        with self.session() as s:
+            for chunk in s.scalars(select(ChunkRecord).where(ChunkRecord.job_id == job_id)):
+                s.delete(chunk)
+
+    # -- log ----------------------------------------------------------------------------------------
+
+    def add_event(self, job_id: str, level: str, message: str) -> None:
+        with self.session() as s:
+            s.add(EventRecord(job_id=job_id, time=utcnow(), level=level, message=message))
+
+    def list_events(self, job_id: str, *, limit: int = 1000) -> list[EventRecord]:
+        with self.session() as s:
+            rows = list(
+                s.scalars(
+                    select(EventRecord)
+                    .where(EventRecord.job_id == job_id)
+                    .order_by(EventRecord.id.desc())
+                    .limit(limit)
+                )
+            )
+        rows.reverse()
+        for row in rows:
+            row.time = aware(row.time)  # type: ignore[assignment]
+        return rows
+
+    @staticmethod
+    def _fix(rec: JobRecord | None) -> JobRecord | None:
+        if rec is None:
+            return None
+        for attr in ("created_at", "updated_at", "started_at", "finished_at", "expires_at"):
+            setattr(rec, attr, aware(getattr(rec, attr)))
+        return rec

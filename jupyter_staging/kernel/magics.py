@@ -1,0 +1,199 @@
+"""The ``%stage`` line magic and the ``%%stage`` cell magic: ``%load_ext jupyter_staging``, then::
+
+    job = %stage /archive/kepler/kplr010666592-2009131110544_slc.fits kepler --to-parquet --wait
+    %stage jobs
+    %stage pause|resume|cancel JOB_ID
+
+and for a manifest of named sources (YAML or JSON in the cell)::
+
+    %%stage inputs --wait
+    reference: https://example.org/GRCh38.fa.gz
+    reads: s3://bucket/run42/reads.fastq
+
+which returns ``{"reference": Path(".../inputs/reference/GRCh38.fa.gz"), ...}`` once staged (see
+:func:`jupyter_staging.resolve`).
+
+It calls :mod:`jupyter_staging.kernel.client`, so it goes through the Jupyter server that started the kernel when
+there is one, and runs in-process otherwise. Staging errors are shown as one line
+(``UsageError: staging error [code]: message``), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from jupyter_staging.errors import StagingError
+from jupyter_staging.kernel import client, widgets
+
+#: First words of ``%stage`` that are commands rather than a source (stage ``./jobs`` for a file so named).
+CONTROL_COMMANDS = ("pause", "resume", "cancel")
+
+
+@magics_class
+class StagingMagics(Magics):
+    """Magics of ``jupyter_staging``; registered by ``%load_ext jupyter_staging``."""
+
+    @magic_arguments()
+    @argument(
+        "source",
+        help="""File, folder, http(s):// URL or s3:// URI to stage (relative paths are relative to the
+        notebook's folder); or the command 'jobs', 'pause', 'resume' or 'cancel'.""",
+    )
+    @argument(
+        "dest",
+        nargs="?",
+        default=None,
+        help="""Destination folder, relative to the notebook's folder, or s3://bucket/prefix/ (default: a
+        new folder under the server's staging folder); for pause/resume/cancel, the job id.""",
+    )
+    @argument(
+        "--to-parquet", action="store_true", help="Convert tables (FITS, VOTable, CSV, ECSV) to Parquet."
+    )
+    @argument("--chunk-rows", type=int, default=None, metavar="N", help="Rows per Parquet part file.")
+    @argument("--compression", default="zstd", metavar="C", help="Parquet codec (default zstd).")
+    @argument("--hdu", default=None, metavar="H", help="FITS HDU holding the table (index or name).")
+    @argument(
+        "--method", default=None, choices=["copy", "hardlink", "symlink", "download"], help="How to stage."
+    )
+    @argument("--name", default=None, help="A name for the job.")
+    @argument("--wait", action="store_true", help="Block until the job ends.")
+    @argument(
+        "--timeout", type=float, default=None, metavar="SECONDS", help="With --wait: wait at most this."
+    )
+    @argument("--state", default=None, help="With 'jobs': only jobs in this state.")
+    @line_cell_magic
+    def stage(self, line: str, cell: str | None = None) -> Any:
+        """Stage data as a tracked job and return the :class:`~jupyter_staging.kernel.client.Job`.
+
+        ``%stage SOURCE [DEST] [--to-parquet] [--chunk-rows N] [--method M] [--wait]`` submits a job;
+        ``%stage jobs`` lists the jobs; ``%stage pause|resume|cancel JOB_ID`` steers one.
+        ``$name`` and ``{expression}`` are expanded from the notebook's variables.
+
+        As a cell magic, ``%%stage [DEST] [--to-parquet] [--chunk-rows N] [--method M] [--name NAME]
+        [--wait] [--timeout SECONDS]`` stages the manifest in the cell — a YAML or JSON mapping of entry
+        names to sources — as one job into ``DEST/<name>/``. With ``--wait`` it returns the dict of entry
+        name -> local path once every entry is staged (a staging error if some failed: the message names
+        them and the job); without, the :class:`~jupyter_staging.kernel.client.Job`.
+        """
+        if cell is not None:
+            return self._stage_manifest(line, cell)
+        args = parse_argstring(self.stage, line)
+        try:
+            if args.source == "jobs" and args.dest is None:
+                if widgets.has_widget_frontend():
+                    return widgets.JobsTable(lambda: client.list_jobs(state=args.state))
+                return client.list_jobs(state=args.state)
+            if args.source in CONTROL_COMMANDS and args.dest is not None:
+                job = client.get_job(args.dest)
+                return getattr(job, args.source)()
+            job = client.stage(args.source, args.dest, **_stage_options(args))
+            if args.wait:
+                return _wait(job, args.timeout)
+            return job
+        except client.JobFailed as err:
+            raise UsageError(
+                f"staging error [{err.code}]: {err.message} (job {err.job.id}; see job.log())"
+            ) from None
+        except StagingError as err:
+            raise UsageError(f"staging error [{err.code}]: {err.message}") from None
+
+    def _stage_manifest(self, line: str, cell: str) -> Any:
+        args = parse_argstring(_cell_arguments, line)
+        entries = parse_manifest(cell)
+        try:
+            job = client.stage(entries, args.dest, **_stage_options(args))
+            if not args.wait:
+                return job
+            job = _wait(job, args.timeout)
+            return job.paths if job.state == "succeeded" else job
+        except client.JobFailed as err:
+            hint = ""
+            if err.code == "partial":
+                hint = f"; the staged entries: jupyter_staging.get_job({err.job.id!r}).paths"
+            raise UsageError(
+                f"staging error [{err.code}]: {err.message} (job {err.job.id}; see job.log()){hint}"
+            ) from None
+        except StagingError as err:
+            raise UsageError(f"staging error [{err.code}]: {err.message}") from None
+
+
+@magic_arguments()
+@argument(
+    "dest",
+    nargs="?",
+    default=None,
+    help="""Destination folder, relative to the notebook's folder, or s3://bucket/prefix/ (default: a new
+    folder under the server's staging folder). Each entry lands in DEST/<name>/.""",
+)
+@argument("--to-parquet", action="store_true", help="Convert tables (FITS, VOTable, CSV, ECSV) to Parquet.")
+@argument("--chunk-rows", type=int, default=None, metavar="N", help="Rows per Parquet part file.")
+@argument("--compression", default="zstd", metavar="C", help="Parquet codec (default zstd).")
+@argument("--hdu", default=None, metavar="H", help="FITS HDU holding the table (index or name).")
+@argument("--method", default=None, choices=["copy", "hardlink", "symlink", "download"], help="How to stage.")
+@argument("--name", default=None, help="A name for the job.")
+@argument("--wait", action="store_true", help="Block until the job ends; return {name: local path}.")
+@argument("--timeout", type=float, default=None, metavar="SECONDS", help="With --wait: wait at most this.")
+def _cell_arguments(line: str, cell: str) -> None:
+    """%%stage [DEST] [options], then one `name: source` per line (YAML) or a JSON object."""
+
+
+def parse_manifest(text: str) -> dict[str, str]:
+    """The entry name -> source mapping in a ``%%stage`` cell: a JSON object, or YAML (``name: source``
+    lines). Sources are text (a path, URL or URI); names are checked by the server.
+
+    Raises :class:`UsageError` when the cell is neither, is not a mapping, or maps to non-text values.
+    """
+    stripped = text.strip()
+    if not stripped:
+        raise UsageError("%%stage needs a manifest in the cell: one 'name: source' per line (YAML) or JSON")
+    try:
+        data = json.loads(stripped)
+    except ValueError:
+        import yaml
+
+        try:
+            data = yaml.safe_load(stripped)
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            line = f" (line {where.line + 1})" if where is not None else ""
+            raise UsageError(f"the %%stage cell is neither JSON nor YAML{line}") from None
+    if not isinstance(data, dict) or not data:
+        raise UsageError("the %%stage cell must map entry names to sources, e.g. 'reference: https://...'")
+    entries: dict[str, str] = {}
+    for name, source in data.items():
+        if not isinstance(source, str) or not isinstance(name, (str, int)):
+            raise UsageError(f"entry {name!r}: the source must be text (a path, URL or s3:// URI)")
+        entries[str(name)] = source
+    return entries
+
+
+def _stage_options(args: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`client.stage` from parsed ``%stage`` / ``%%stage`` options."""
+    hdu = int(args.hdu) if args.hdu is not None and args.hdu.lstrip("-").isdigit() else args.hdu
+    return {
+        "method": args.method,
+        "to_parquet": args.to_parquet,
+        "chunk_rows": args.chunk_rows,
+        "compression": args.compression,
+        "hdu": hdu,
+        "name": args.name,
+    }
+
+
+def _wait(job: client.Job, timeout: float | None) -> client.Job:
+    """Wait for ``job``; on a timeout or an interrupt, say so and hand the still-running job back."""
+    try:
+        return job.wait(timeout=timeout, progress=not widgets.has_widget_frontend())
+    except TimeoutError:
+        print(f"job {job.name!r} ({job.id}) is still {job.state} after {timeout} s; it keeps running")
+    except KeyboardInterrupt:
+        print(f"stopped waiting; job {job.name!r} ({job.id}) keeps running")
+    return job
+
+
+__all__ = ["StagingMagics", "parse_manifest"]

@@ -1,0 +1,65 @@
+"""A running job's control token: pause / cancel requests, progress and log callbacks.
+
+Every blocking loop (sources, destinations, converters, part-file writers) checks it between blocks.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from jupyter_staging.errors import JobInterrupted
+
+
+class JobControl:
+    """What a worker thread needs from the job that runs it.
+
+    ``check()`` raises :class:`~jupyter_staging.errors.JobInterrupted` once ``interrupt(reason)`` has been
+    called (reason ``"paused"`` or ``"cancelled"``); sources call it between blocks, so a pause or cancel
+    takes effect within one block (well under a second). ``add_bytes(n)`` / ``add_rows(n)`` report
+    progress in bytes and rows.
+    """
+
+    def __init__(
+        self,
+        on_bytes: Callable[[int], None] | None = None,
+        on_rows: Callable[[int], None] | None = None,
+        log: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self._event = threading.Event()
+        self.reason: str | None = None
+        self._on_bytes = on_bytes
+        self._on_rows = on_rows
+        self._log = log
+
+    def interrupt(self, reason: str) -> None:
+        """Ask the worker to stop at its next check; ``reason`` is ``"paused"`` or ``"cancelled"``."""
+        self.reason = reason
+        self._event.set()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        """Raise :class:`JobInterrupted` if the job was asked to pause or cancel."""
+        if self._event.is_set():
+            raise JobInterrupted(self.reason or "cancelled")
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to ``seconds`` (for retry back-off), waking early and raising if interrupted."""
+        if self._event.wait(seconds):
+            raise JobInterrupted(self.reason or "cancelled")
+
+    def add_bytes(self, n: int) -> None:
+        if self._on_bytes is not None and n:
+            self._on_bytes(n)
+
+    def add_rows(self, n: int) -> None:
+        if self._on_rows is not None and n:
+            self._on_rows(n)
+
+    def log(self, level: str, message: str) -> None:
+        """Add a line to the job's log (``level`` is ``info``, ``warning`` or ``error``)."""
+        if self._log is not None:
+            self._log(level, message)

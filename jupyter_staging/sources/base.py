@@ -1,0 +1,133 @@
+"""Where staged data comes from: local paths, HTTP(S) URLs, S3 objects and prefixes.
+
+A :class:`Source` lists the files it will produce as :class:`SourceItem` s (one output file, hence one
+chunk, each) and fetches one item into a :class:`~jupyter_staging.safety.partfile.PartFile`, continuing from
+``out.offset`` when a previous attempt left a partial file.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jupyter_staging.errors import SourceNotFound, TransferFailed
+from jupyter_staging.safety.control import JobControl
+from jupyter_staging.safety.partfile import PartFile
+
+#: Broken attempts in a row (none gaining a byte) after which a transfer gives up.
+MAX_RESUMES = 5
+#: First back-off (seconds) between resumes; doubles each time up to :data:`MAX_BACKOFF`.
+BACKOFF = 0.5
+MAX_BACKOFF = 8.0
+
+
+@dataclass
+class SourceItem:
+    """One file a source will produce.
+
+    ``name``: output path relative to the job's destination (POSIX). ``size``: bytes, or None when the
+    source does not say. ``locator``: what :meth:`Source.fetch` needs (path, URL, ``s3://`` URI).
+    ``validator``: what identifies this version of the bytes (``etag``, ``last_modified``, ``mtime``,
+    ``size``), compared before resuming so two versions are never spliced.
+    ``content_type``: MIME type when known.
+    """
+
+    name: str
+    size: int | None
+    locator: str
+    validator: dict[str, Any] = field(default_factory=dict)
+    content_type: str | None = None
+
+
+class ResumeBudget:
+    """How a source keeps resuming one item after broken connections.
+
+    Call :meth:`broken` after each failed attempt: an attempt that gained bytes resets the count; after
+    :data:`MAX_RESUMES` fruitless attempts in a row it raises :class:`TransferFailed`, otherwise it logs
+    and waits ``BACKOFF * 2**(n-1)`` seconds (at most :data:`MAX_BACKOFF`), waking early on pause/cancel.
+    """
+
+    def __init__(self, item: SourceItem, where: str, control: JobControl) -> None:
+        self.item = item
+        self.where = where
+        self.control = control
+        self.failures = 0
+
+    def broken(self, out: PartFile, before: int, reason: str) -> None:
+        """Account for an attempt that started at byte ``before`` and broke for ``reason`` (no secrets)."""
+        self.failures = 0 if out.offset > before else self.failures + 1
+        if self.failures >= MAX_RESUMES:
+            raise TransferFailed(
+                f"{self.item.name}: download of {self.where} kept failing after {out.offset} bytes: {reason}"
+            )
+        delay = min(MAX_BACKOFF, BACKOFF * 2 ** max(self.failures - 1, 0))
+        self.control.log(
+            "warning",
+            f"{self.item.name}: connection lost after {out.offset} bytes ({reason}); resuming in {delay:g} s",
+        )
+        self.control.wait(delay)
+
+
+def object_or_prefix(
+    uri: str,
+    key: str,
+    head: Callable[[], SourceItem | None],
+    list_prefix: Callable[[str], list[SourceItem]],
+    noun: str,
+) -> list[SourceItem]:
+    """The items of an object-store source: the object ``key`` itself when ``head()`` finds it (None:
+    no such object), else every object below ``key + "/"``; a ``key`` that is empty or ends in ``/`` is
+    listed as a prefix directly. ``noun`` names the objects in messages ("object", "blob").
+
+    Raises :class:`~jupyter_staging.errors.SourceNotFound` when there is neither object nor prefix.
+    """
+    if key and not key.endswith("/"):
+        item = head()
+        if item is not None:
+            return [item]
+        items = list_prefix(key + "/")
+        if not items:
+            raise SourceNotFound(f"{uri} was not found (no such {noun} or prefix)")
+        return items
+    items = list_prefix(key)
+    if not items:
+        raise SourceNotFound(f"no {noun}s under {uri}")
+    return items
+
+
+class Source(abc.ABC):
+    """A staging source. Subclasses implement :meth:`list_items` and :meth:`fetch`."""
+
+    #: Method used when the request names none.
+    default_method: str = "download"
+    #: Methods this source supports.
+    methods: tuple[str, ...] = ("download",)
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    @abc.abstractmethod
+    def list_items(self) -> list[SourceItem]:
+        """The files to stage. Raises :class:`~jupyter_staging.errors.SourceNotFound` when absent."""
+
+    @abc.abstractmethod
+    def fetch(self, item: SourceItem, out: PartFile, control: JobControl) -> None:
+        """Write ``item``'s bytes to ``out``, starting at ``out.offset`` (bytes already there).
+
+        Implementations call ``control.check()`` between blocks and ``control.add_bytes(n)`` as they
+        write. If the source no longer matches ``item.validator`` they call ``out.restart()`` and fetch
+        from byte 0. Raises :class:`~jupyter_staging.errors.TransferFailed` on lasting errors.
+        """
+
+    def local_path(self, item: SourceItem) -> Path | None:
+        """The item as a readable local file, when it is one (lets conversion skip a download)."""
+        return None
+
+    def describe(self) -> str:
+        """The source as safe to show in a log (no secrets)."""
+        from jupyter_staging.safety.redact import redact_url
+
+        return redact_url(self.uri)

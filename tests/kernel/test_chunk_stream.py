@@ -1,0 +1,50 @@
+"""Chunks as a stream: ``for chunk in job.iter_chunks(): df = chunk.to_pandas(); chunk.ack()``."""
+
+from __future__ import annotations
+
+import pytest
+
+from jupyter_staging.kernel import client
+
+
+def write_csv(path, rows):
+    with open(path, "w") as fh:
+        fh.write("TIME,FLUX,QUALITY\n")
+        for start in range(0, rows, 100_000):
+            fh.writelines(
+                f"{i * 0.0204:.6f},{1000 + (i % 997) * 0.5:.3f},{i % 8}\n"
+                for i in range(start, start + 100_000)
+            )
+
+
+def test_consume_and_ack_chunks_while_the_job_runs(local_backend, tmp_path):
+    csv = tmp_path / "lightcurves.csv"
+    write_csv(csv, 3_000_000)
+    job = client.stage(
+        csv, "stream", to_parquet=True, chunk_rows=200_000, cleanup_policy="delete_on_ack", show=False
+    )
+    seen, states_when_read, rows = [], [], 0
+    for chunk in job.iter_chunks(poll=0.05, timeout=300):
+        states_when_read.append(job.state)
+        frame = chunk.to_pandas()
+        assert len(frame) == chunk.rows
+        assert frame["QUALITY"].iloc[0] == (chunk.index * 200_000) % 8
+        rows += len(frame)
+        path = chunk.path
+        chunk.ack()
+        assert chunk.state == "acked"
+        assert not path.exists()  # delete_on_ack frees the space at once
+        seen.append(chunk.index)
+    assert seen == list(range(15))
+    assert rows == 3_000_000
+    assert states_when_read[0] == "running"  # the first part was read while the job still ran
+    assert job.refresh().state == "succeeded"
+
+
+def test_iter_chunks_raises_when_the_job_fails(local_backend, tmp_path, shared_data):
+    with pytest.raises(client.JobFailed) as info:
+        for _ in client.stage(
+            shared_data / "allsky_rosat.fits", "img", to_parquet=True, hdu=0, show=False
+        ).iter_chunks():
+            pass
+    assert info.value.code == "conversion_failed"
