@@ -23,14 +23,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from jupyter_staging.destinations.core import (
-    SCRATCH_FOLDER,
-    Destination,
+from jupyter_staging.destinations.base import SCRATCH_FOLDER, Destination, remove_tree_if_empty
+from jupyter_staging.destinations.registry import (
     check_object_destination,
     is_object_destination,
     object_destination,
     open_destination,
-    remove_tree_if_empty,
 )
 from jupyter_staging.destinations.manifest import MANIFEST_NAME
 from jupyter_staging.engine.executors import Executor, LocalExecutor

@@ -27,12 +27,9 @@ from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from jupyter_staging.destinations.core import (
-    Destination,
-    make_private_dir,
-    remove_tree_if_empty,
-    scratch_dir,
-)
+from jupyter_staging.destinations.base import Destination, make_private_dir, remove_tree_if_empty, scratch_dir
+from jupyter_staging.formats.convert import convert_to_parquet
+from jupyter_staging.formats.detect import detect_format, is_table
 from jupyter_staging.destinations.manifest import build_manifest
 from jupyter_staging.engine.models import ChunkState, JobState
 from jupyter_staging.engine.store import ChunkRecord, JobRecord, utcnow
@@ -365,8 +362,6 @@ class JobRunner:
     def _convert(
         self, source: Source, rec: JobRecord, method: str, item: SourceItem, entry: str | None = None
     ) -> None:
-        from jupyter_staging.formats.convert import convert_to_parquet, detect_format, is_table
-
         opts = rec.convert or {}
         work = self.dest.workdir
         with self._lock:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.net import free_port
 from tests.helpers.servers import AZURITE_KEY, AzuriteServer, find_azurite
 
 #: Every test runs the doctor as a subprocess (about 4 s: it imports jupyter_server, as the server does).
@@ -28,11 +28,6 @@ AWS_SECRET = "doctor-aws-secret-key-0123456789abcdef"
 HUB_TOKEN = "doctor-hub-token-0123456789abcdef"
 
 
-def free_port() -> int:
-    """A port on 127.0.0.1 nothing listens on (it was free a moment ago)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Setup:

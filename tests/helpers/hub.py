@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,14 @@ from typing import Any
 
 import requests
 
+from tests.helpers.net import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = REPO / "examples" / "jupyterhub_config.py"
 SERVICE_PREFIX = "/services/staging/"
 PASSWORD = "staging-test-password"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def find_proxy() -> str | None:

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.data import KEPLER_NAME
-from tests.helpers.hub import HubProcess, find_proxy, free_port
+from tests.helpers.hub import HubProcess, find_proxy
+from tests.helpers.net import free_port
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 

@@ -22,7 +22,7 @@ import requests
 from jupyter_staging.errors import JobNotFound, PathNotAllowed, SourceNotFound
 from jupyter_staging.kernel import client
 from tests.helpers.data import KEPLER, SPITZER
-from tests.helpers.servers import free_port
+from tests.helpers.net import free_port
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 API = "api/v1/staging"

@@ -19,8 +19,8 @@ from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile
 from jupyter_staging.sources.azure import AZURE_BLOCK, AzureSource, parse_azure_uri
 from tests.helpers.data import KEPLER_NAME, SPITZER_NAME, TESS_NAME, sha256
+from tests.helpers.net import free_port as _free_port
 from tests.helpers.servers import AZURE_ENV, AZURITE_ACCOUNT, AZURITE_KEY
-from tests.helpers.servers import free_port as _free_port
 from tests.helpers.sources import Progress
 
 
