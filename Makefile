@@ -3,13 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint lint-imports bench
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test,lab,hub,azure]"
+	$(BIN)/pip install -q -e ".[test,lab,hub,azure,lint]"
 	touch $@
 
 demo: setup
@@ -19,10 +19,16 @@ test: setup
 	$(BIN)/python -m pytest --ignore=tests/hub
 	$(BIN)/python -m pytest tests/hub
 
-lint: setup
-	$(BIN)/pip install -q ruff mypy
-	$(BIN)/ruff check jupyter_staging tests bench
+# ruff (lint + format), the import contract (layers, a plain engine, no cycles), complexity (radon grade C at
+# worst), mypy.
+lint: lint-imports
+	$(BIN)/ruff check jupyter_staging tests bench scripts
+	$(BIN)/ruff format --check jupyter_staging tests bench scripts
+	@out="$$($(BIN)/radon cc -n D jupyter_staging)"; if [ -n "$$out" ]; then echo "$$out"; echo "radon: grade D or worse"; exit 1; fi
 	$(BIN)/mypy
+
+lint-imports: setup
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python bench/run_all.py

@@ -68,7 +68,7 @@ def run_ours(src: Path, out: Path, chunk_rows: int, compression: str) -> None:
 
 
 def run_pyarrow(src: Path, out: Path, compression: str, group_rows: int | None) -> None:
-    from jupyter_staging.formats.convert import CSV_BLOCK_SIZE
+    from jupyter_staging.formats.csv import CSV_BLOCK_SIZE
 
     reader = pacsv.open_csv(src, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_SIZE))
     with pq.ParquetWriter(out, reader.schema, compression=compression) as writer:
@@ -117,12 +117,16 @@ def main(argv: list[str] | None = None) -> dict:
     outs = work / "out"
     rmtree(outs)
     outs.mkdir(parents=True)
-    print(f"# bench_convert: ~{args.size_mb:g} MB CSV, {args.reps} reps, chunk_rows={args.chunk_rows}, "
-          f"{args.compression}; {machine()}, pyarrow {pa.__version__}")
+    print(
+        f"# bench_convert: ~{args.size_mb:g} MB CSV, {args.reps} reps, chunk_rows={args.chunk_rows}, "
+        f"{args.compression}; {machine()}, pyarrow {pa.__version__}"
+    )
     t = time.perf_counter()
     meta = datagen.write_csv(src, args.size_mb)
-    print(f"# input ready in {time.perf_counter() - t:.1f}s: {src.name}, {meta['rows']} rows, "
-          f"{len(datagen.COLUMNS)} columns, {meta['bytes'] / 1e6:.0f} MB")
+    print(
+        f"# input ready in {time.perf_counter() - t:.1f}s: {src.name}, {meta['rows']} rows, "
+        f"{len(datagen.COLUMNS)} columns, {meta['bytes'] / 1e6:.0f} MB"
+    )
 
     cache = PageCache(args.cache)
     sizes: dict[str, int] = {}
@@ -173,8 +177,10 @@ def main(argv: list[str] | None = None) -> dict:
     mb = meta["bytes"] / 1e6
     print(f"# {cache.describe()}")
     print(f"# {load.describe()}")
-    print(f"# ours: {med(ours):.2f} s ({mb / med(ours):.0f} MB/s of CSV), output {human(sizes['ours'])} in "
-          f"{shapes['ours'][2]} part files, {shapes['ours'][1]} row groups")
+    print(
+        f"# ours: {med(ours):.2f} s ({mb / med(ours):.0f} MB/s of CSV), output {human(sizes['ours'])} in "
+        f"{shapes['ours'][2]} part files, {shapes['ours'][1]} row groups"
+    )
     result: dict = {
         "bench": "convert",
         "size_mb": round(mb),
@@ -200,9 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{human(sizes['ours'])}, {name} {human(sizes[name])} ({sizes['ours'] / sizes[name]:.2f}x), "
             f"row groups {shapes['ours'][1]} vs {shapes[name][1]}"
         )
-    print(
-        "# median CPU seconds (user+sys): " + ", ".join(f"{k} {med(v):.1f}" for k, v in cpu.items())
-    )
+    print("# median CPU seconds (user+sys): " + ", ".join(f"{k} {med(v):.1f}" for k, v in cpu.items()))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result

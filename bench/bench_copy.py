@@ -72,8 +72,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-mib", type=int, default=2048, help="size of the file copied (MiB)")
     ap.add_argument("--reps", type=int, default=5, help="repetitions of each candidate (interleaved)")
-    ap.add_argument("--cache", choices=("drop", "warm"), default="drop",
-                    help="drop the page cache before each run (default; needs root) or start warm")
+    ap.add_argument(
+        "--cache",
+        choices=("drop", "warm"),
+        default="drop",
+        help="drop the page cache before each run (default; needs root) or start warm",
+    )
     ap.add_argument("--no-listener", action="store_true", help="skip the engine+listener variant")
     ap.add_argument("--no-plain-cp", action="store_true", help="skip the plain cp (no sync) baseline")
     ap.add_argument("--workdir", type=Path, default=WORK / "copy")
@@ -104,8 +108,10 @@ def main(argv: list[str] | None = None) -> dict:
     def engine(rep: int, listener: bool = False) -> float:
         unsubscribe = None
         if listener:
+
             def on_event(_event: dict) -> None:
                 events["n"] += 1
+
             unsubscribe = manager.subscribe(on_event)
         try:
             dest = f"out/engine-{rep}-{int(listener)}"

@@ -66,6 +66,7 @@ def main() -> None:
         try:
             rest = latencies(server, args.requests)
             job = server.create_job({"source": str(src), "destination": "staging/big"})
+
             def finished() -> bool:
                 return server.job(job["id"])["state"] not in ("queued", "running")
 
@@ -81,8 +82,10 @@ def main() -> None:
     for label, values in (("at rest ", rest), ("copying ", busy)):
         p50, p99 = pct(values, 0.5), pct(values, 0.99)
         print(f"/api/status {label}: p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  (n={len(values)})")
-    print(f"p99 ratio copying/rest: {pct(busy, 0.99) / pct(rest, 0.99):.2f}x; goal p99 < 100 ms: "
-          f"{'met' if pct(busy, 0.99) < 100 else 'NOT met'}; mean {statistics.mean(busy):.1f} ms")
+    print(
+        f"p99 ratio copying/rest: {pct(busy, 0.99) / pct(rest, 0.99):.2f}x; goal p99 < 100 ms: "
+        f"{'met' if pct(busy, 0.99) < 100 else 'NOT met'}; mean {statistics.mean(busy):.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -106,16 +106,19 @@ def measure(mode: str, src: Path, out: Path, chunk_rows: int) -> dict:
     }
 
 
-def series(kind: str, sizes: list[float], chunk_rows: int, work: Path, base: dict, keep: bool,
-           pandas: bool) -> list[dict]:
+def series(
+    kind: str, sizes: list[float], chunk_rows: int, work: Path, base: dict, keep: bool, pandas: bool
+) -> list[dict]:
     results = []
     for size in sizes:
         suffix = "csv" if kind == "csv" else "fits"
         src = work / "src" / f"kepler_lc_{size:g}mb.{suffix}"
         t = time.perf_counter()
         meta = (datagen.write_csv if kind == "csv" else datagen.write_fits)(src, size)
-        print(f"# {src.name}: {meta['bytes'] / 1e6:.0f} MB, {meta['rows']} rows "
-              f"(ready in {time.perf_counter() - t:.0f}s)")
+        print(
+            f"# {src.name}: {meta['bytes'] / 1e6:.0f} MB, {meta['rows']} rows "
+            f"(ready in {time.perf_counter() - t:.0f}s)"
+        )
         out = work / "out" / src.stem
         rmtree(out)
         r = measure("convert", src, out, chunk_rows)
@@ -131,8 +134,10 @@ def series(kind: str, sizes: list[float], chunk_rows: int, work: Path, base: dic
             rmtree(out)
             p = measure("pandas", src, out.with_suffix(".pandas.parquet"), chunk_rows)
             r["pandas"] = p
-            print(f"    pandas read_csv().to_parquet() on the same file: peak RSS {p['vmhwm_mib']:.0f} MiB, "
-                  f"{p['seconds']:.1f} s")
+            print(
+                f"    pandas read_csv().to_parquet() on the same file: peak RSS {p['vmhwm_mib']:.0f} MiB, "
+                f"{p['seconds']:.1f} s"
+            )
         rmtree(out)
         out.with_suffix(".pandas.parquet").unlink(missing_ok=True)
         if not keep:
@@ -149,16 +154,24 @@ def series(kind: str, sizes: list[float], chunk_rows: int, work: Path, base: dic
             f"rss {kind}: {large['size_mb']:.0f} MB vs {small['size_mb']:.0f} MB input ({grow:.1f}x) -> "
             f"peak RSS ratio {ratio:.2f}x (above imports {above:.2f}x, RssAnon {anon:.2f}x)"
         )
-        results.append({"kind": kind, "input_ratio": grow, "rss_ratio": ratio, "above_imports_ratio": above,
-                        "anon_ratio": anon})
+        results.append(
+            {
+                "kind": kind,
+                "input_ratio": grow,
+                "rss_ratio": ratio,
+                "above_imports_ratio": above,
+                "anon_ratio": anon,
+            }
+        )
     return results
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--csv-mb", type=float, nargs="*", default=[200, 2000], help="CSV sizes, MB")
-    ap.add_argument("--fits-mb", type=float, nargs="*", default=[100, 1000],
-                    help="FITS sizes, MB (none: skip)")
+    ap.add_argument(
+        "--fits-mb", type=float, nargs="*", default=[100, 1000], help="FITS sizes, MB (none: skip)"
+    )
     ap.add_argument("--chunk-rows", type=int, default=1_000_000)
     ap.add_argument("--pandas", action="store_true", help="also measure pandas on each CSV (needs RAM)")
     ap.add_argument("--workdir", type=Path, default=WORK / "rss")
@@ -169,8 +182,10 @@ def main(argv: list[str] | None = None) -> dict:
     (work / "out").mkdir(parents=True, exist_ok=True)
     print(f"# bench_rss: chunk_rows={args.chunk_rows}, zstd; {machine()}")
     base = measure("imports", Path("-"), Path("-"), args.chunk_rows)
-    print(f"# imports only (python + numpy + pyarrow + astropy + jupyter_staging): peak RSS "
-          f"{base['vmhwm_mib']:.0f} MiB")
+    print(
+        f"# imports only (python + numpy + pyarrow + astropy + jupyter_staging): peak RSS "
+        f"{base['vmhwm_mib']:.0f} MiB"
+    )
     result: dict = {"bench": "rss", "chunk_rows": args.chunk_rows, "imports": base, "csv": [], "fits": []}
     try:
         if args.csv_mb:

@@ -70,26 +70,48 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     if copy:
         ms = copy["median_s"]
-        rows.append((f"copy {copy['size_mib']} MiB: cp+fsync / engine",
-                     f"{copy['ratio_cp_fsync']:.2f}x",
-                     f"engine {ms['engine']:.2f} s, cp+fsync {ms['cp+fsync']:.2f} s",
-                     f"≥ {GOAL_COPY}x: {verdict(copy['ratio_cp_fsync'] >= GOAL_COPY)}"))
+        rows.append(
+            (
+                f"copy {copy['size_mib']} MiB: cp+fsync / engine",
+                f"{copy['ratio_cp_fsync']:.2f}x",
+                f"engine {ms['engine']:.2f} s, cp+fsync {ms['cp+fsync']:.2f} s",
+                f"≥ {GOAL_COPY}x: {verdict(copy['ratio_cp_fsync'] >= GOAL_COPY)}",
+            )
+        )
         if "ratio_cp_plain" in copy:
-            rows.append(("copy: cp (no fsync) / engine", f"{copy['ratio_cp_plain']:.2f}x",
-                         f"cp {ms['cp']:.2f} s", "information"))
+            rows.append(
+                (
+                    "copy: cp (no fsync) / engine",
+                    f"{copy['ratio_cp_plain']:.2f}x",
+                    f"cp {ms['cp']:.2f} s",
+                    "information",
+                )
+            )
         if "ratio_listener" in copy:
             r = copy["ratio_listener"]
-            rows.append(("copy: no listener / with listener", f"{r:.3f}x",
-                         f"overhead {100 * (1 / r - 1):+.1f} %", "information"))
+            rows.append(
+                (
+                    "copy: no listener / with listener",
+                    f"{r:.3f}x",
+                    f"overhead {100 * (1 / r - 1):+.1f} %",
+                    "information",
+                )
+            )
     elif "copy" not in args.skip:
         failed = True
     if convert:
         ms = convert["median_s"]
         for name, r in convert["ratios"].items():
             goal = f"≥ {GOAL_CONVERT}x: {verdict(r >= GOAL_CONVERT)}" if name == "pyarrow" else "information"
-            rows.append((f"convert {convert['size_mb']} MB CSV: {name} / ours", f"{r:.2f}x",
-                         f"ours {ms['ours']:.2f} s, {name} {ms[name]:.2f} s; size "
-                         f"{convert['bytes']['ours'] / convert['bytes'][name]:.2f}x", goal))
+            rows.append(
+                (
+                    f"convert {convert['size_mb']} MB CSV: {name} / ours",
+                    f"{r:.2f}x",
+                    f"ours {ms['ours']:.2f} s, {name} {ms[name]:.2f} s; size "
+                    f"{convert['bytes']['ours'] / convert['bytes'][name]:.2f}x",
+                    goal,
+                )
+            )
     elif "convert" not in args.skip:
         failed = True
     if rss:
@@ -100,17 +122,23 @@ def main(argv: list[str] | None = None) -> int:
             if summary is None or len(points) < 2:
                 continue
             a = summary["above_imports_ratio"]
-            rows.append((f"rss {kind} {points[-1]['size_mb']:.0f} MB / {points[0]['size_mb']:.0f} MB "
-                         f"(input {summary['input_ratio']:.1f}x)",
-                         f"{summary['rss_ratio']:.2f}x",
-                         f"peak {points[0]['vmhwm_mib']:.0f} -> {points[-1]['vmhwm_mib']:.0f} MiB; above "
-                         f"imports {a:.2f}x",
-                         f"flat (< {GOAL_RSS}x): {verdict(summary['rss_ratio'] < GOAL_RSS)}"))
+            rows.append(
+                (
+                    f"rss {kind} {points[-1]['size_mb']:.0f} MB / {points[0]['size_mb']:.0f} MB "
+                    f"(input {summary['input_ratio']:.1f}x)",
+                    f"{summary['rss_ratio']:.2f}x",
+                    f"peak {points[0]['vmhwm_mib']:.0f} -> {points[-1]['vmhwm_mib']:.0f} MiB; above "
+                    f"imports {a:.2f}x",
+                    f"flat (< {GOAL_RSS}x): {verdict(summary['rss_ratio'] < GOAL_RSS)}",
+                )
+            )
     elif "rss" not in args.skip:
         failed = True
 
-    print(f"\n# summary ({time.perf_counter() - started:.0f}s in all; ratios are medians of interleaved "
-          "runs; ≥ 1 means ours is as fast as the baseline)")
+    print(
+        f"\n# summary ({time.perf_counter() - started:.0f}s in all; ratios are medians of interleaved "
+        "runs; ≥ 1 means ours is as fast as the baseline)"
+    )
     widths = [max(len(r[i]) for r in rows) for i in range(4)] if rows else [0] * 4
     for r in rows:
         print("  " + "  ".join(col.ljust(w) for col, w in zip(r, widths, strict=True)).rstrip())

@@ -1,4 +1,5 @@
-"""Write demo/staging-demo.ipynb: %stage the shipped Kepler light curve and Spitzer VOTable into DataFrames."""
+"""Write demo/staging-demo.ipynb: %stage the shipped Kepler light curve and Spitzer VOTable into
+DataFrames."""
 
 import sys
 from pathlib import Path
@@ -18,7 +19,9 @@ cells = [
     ),
     nbformat.v4.new_code_cell("%load_ext jupyter_staging"),
     nbformat.v4.new_code_cell(f"job = %stage {kepler} --to-parquet --chunk-rows 5000 --wait\njob"),
-    nbformat.v4.new_code_cell("df = job.to_pandas()\nprint(len(df), 'rows')\ndf[['TIME', 'PDCSAP_FLUX']].head()"),
+    nbformat.v4.new_code_cell(
+        "df = job.to_pandas()\nprint(len(df), 'rows')\ndf[['TIME', 'PDCSAP_FLUX']].head()"
+    ),
     nbformat.v4.new_code_cell("job.to_arrow().schema.field('PDCSAP_FLUX').metadata"),
     nbformat.v4.new_code_cell(f"votable = %stage {spitzer} --to-parquet --wait\nvotable.to_pandas().head()"),
     nbformat.v4.new_code_cell("%stage jobs"),

@@ -11,6 +11,7 @@ from tests.helpers.jupyter import server_config
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
+
 @pytest.fixture
 def shared_data() -> Path:
     """The read-only folder of real mission data beside the repository (``../shared/data``)."""
@@ -28,12 +29,12 @@ def jp_server_config(tmp_path):
 @pytest.fixture
 def local_backend(tmp_path, monkeypatch):
     """Jobs of this test run in-process (the client's fallback), confined to ``tmp_path``, the cwd."""
-    from jupyter_staging.kernel import client
+    from jupyter_staging.kernel import api
 
     monkeypatch.chdir(tmp_path)
-    backend = client.use_local(tmp_path, db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    backend = api.use_local(tmp_path, db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}")
     yield backend
-    client.reset_backend()
+    api.reset_backend()
 
 
 # -- real HTTP, S3 and Azure Blob servers on 127.0.0.1 (tests/servers.py) ------------------------------
@@ -67,7 +68,7 @@ def s3_env(s3_server, monkeypatch):
     """AWS settings pointing at ``s3_server`` and a new empty bucket: yields ``(client, bucket)``."""
     import uuid
 
-    from jupyter_staging.sources.s3 import s3_client
+    from jupyter_staging.clouds.s3 import s3_client
 
     s3_server.apply_env(monkeypatch)
     client = s3_client()

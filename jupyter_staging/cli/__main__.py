@@ -1,6 +1,8 @@
 """``python -m jupyter_staging.cli ...``: the same as the ``jupyter-staging`` console script."""
 
-from jupyter_staging.cli.doctor import main
+from __future__ import annotations
+
+from jupyter_staging.cli.main import main
 
 if __name__ == "__main__":
     main()

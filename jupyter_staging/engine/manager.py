@@ -4,100 +4,41 @@ This is the engine every surface calls — the server extension, the hub service
 in-process fallback of the magics. It is synchronous and thread-safe; it imports nothing from tornado,
 Jupyter or IPython. Callers on an event loop call it from a worker thread.
 
-Every state change is persisted in the :class:`~jupyter_staging.engine.store.Store` before it is announced to
-listeners (``subscribe``), and jobs that were running when the process died are resumed by :meth:`start`.
+The verbs are here; admission of a request is :mod:`~jupyter_staging.engine.admission`, the job's life
+around its runs (state changes, events, recovery, TTL, cleanup) is
+:mod:`~jupyter_staging.engine.lifecycle`, one run is :mod:`~jupyter_staging.engine.runner`.
 """
 
 from __future__ import annotations
 
-import getpass
-import logging
 import os
-import socket
-import threading
 import time
-import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from jupyter_staging.destinations.base import SCRATCH_FOLDER, Destination, remove_tree_if_empty
-from jupyter_staging.destinations.registry import (
-    check_object_destination,
-    is_object_destination,
-    object_destination,
-    open_destination,
-)
-from jupyter_staging.destinations.manifest import MANIFEST_NAME
+from jupyter_staging.destinations.registry import is_object_destination
+from jupyter_staging.engine.admission import Admission, default_name
+from jupyter_staging.engine.describe import decode_cursor, describe_chunk, encode_cursor
 from jupyter_staging.engine.executors import Executor, LocalExecutor
+from jupyter_staging.engine.lifecycle import JobLifecycle, current_user, default_key_file, log
 from jupyter_staging.engine.models import (
-    TRANSITIONS,
     ChunkState,
-    ConvertOptions,
     CreateJob,
     DescribeChunk,
     DescribeJob,
-    JobError,
     JobState,
     ListJobsQuery,
     ListJobsResponse,
-    Progress,
 )
-from jupyter_staging.engine.progress import RateMeter
-from jupyter_staging.engine.store import ChunkRecord, JobRecord, Store, utcnow
-from jupyter_staging.errors import (
-    DestinationExists,
-    InvalidRequest,
-    InvalidState,
-    JobNotFound,
-    PathNotAllowed,
-    SourceNotFound,
-    StagingError,
-)
-from jupyter_staging.safety.paths import resolve_destination
-from jupyter_staging.safety.redact import install_log_filters, redact_text, redact_url
+from jupyter_staging.engine.store import ChunkRecord, JobRecord, Store
+from jupyter_staging.errors import InvalidRequest, InvalidState, JobNotFound
+from jupyter_staging.safety.redact import install_log_filters
 from jupyter_staging.safety.sealed import SecretBox
-from jupyter_staging.sources.base import Source
-from jupyter_staging.sources.registry import open_source
-
-log = logging.getLogger(__name__)
-
-Listener = Callable[[dict[str, Any]], None]
-
-#: Minimum seconds between two persisted / announced progress updates of one job.
-PROGRESS_INTERVAL = 0.25
 
 
-def default_name(source: str) -> str:
-    """A readable job name from a source: the file or folder name without its extension."""
-    if "://" in source:
-        path = unquote(urlsplit(source).path)
-    else:
-        path = source
-    base = PurePosixPath(path.rstrip("/")).name or "staging"
-    for suffix in (".gz", ".bz2", ".fz"):
-        if base.endswith(suffix):
-            base = base[: -len(suffix)]
-    stem = base.rsplit(".", 1)[0] if "." in base[1:] else base
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem).strip("._")
-    return safe[:100] or "staging"
-
-
-class LiveProgress:
-    """Counters a running job updates from its worker thread (bytes, rows) and their rate."""
-
-    def __init__(self, bytes_done: int = 0, rows_done: int = 0) -> None:
-        self.bytes_done = bytes_done
-        self.rows_done = rows_done
-        self.meter = RateMeter()
-        self.rate: float | None = None
-        self.last_flush = 0.0
-        self.lock = threading.Lock()
-
-
-class StagingManager:
+class StagingManager(JobLifecycle):
     """Owns the jobs of one staging area.
 
     Parameters
@@ -118,7 +59,8 @@ class StagingManager:
         Validity of the presigned GET URLs handed out for chunks in object storage, seconds (1 s - 7 days).
     secret_key_file:
         Key file sealing secret-bearing sources (presigned URLs) in the database
-        (:mod:`jupyter_staging.safety.sealed`). Default: ``<database file>.key`` beside a SQLite database file; for
+        (:mod:`jupyter_staging.safety.sealed`). Default: ``<database file>.key`` beside a SQLite database
+        file; for
         other databases a key held in memory (such jobs then cannot resume after a restart).
     scratch_dir:
         Local folder (relative to ``root_dir``, or absolute) where jobs writing to object storage prepare
@@ -141,161 +83,36 @@ class StagingManager:
         scratch_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         install_log_filters()
-        self.root_dir = Path(root_dir).resolve()
+        root = Path(root_dir).resolve()
         self.staging_dir = staging_dir
-        self.source_roots = list(source_roots) if source_roots else None
         self.max_concurrent_jobs = max_concurrent_jobs
         self.presign_expiry_seconds = int(presign_expiry_seconds)
-        self.scratch_root = self.root_dir / (
-            scratch_dir or f"{staging_dir.strip('/') or '.'}/{SCRATCH_FOLDER}"
-        )
-        self.store = Store(db_url)
+        store = Store(db_url)
         if secret_key_file is None:
-            secret_key_file = _default_key_file(db_url)
+            secret_key_file = default_key_file(db_url)
             if secret_key_file is None:
                 log.warning(
                     "staging: no secret_key_file for %s; jobs reading presigned URLs will not resume after a "
                     "restart",
-                    self.store.engine.url.render_as_string(hide_password=True),
+                    store.engine.url.render_as_string(hide_password=True),
                 )
-        self.secrets = SecretBox(secret_key_file)
-        self.executor = executor_class(max_concurrent_jobs)
-        self.default_owner = default_owner or _current_user()
-        self._listeners: list[Listener] = []
-        self._controls: dict[str, Any] = {}
-        self._live: dict[str, LiveProgress] = {}
-        self._lock = threading.RLock()
-        self._create_lock = threading.Lock()
-        self._done = threading.Condition(self._lock)
-        self._stopped = False
-        #: Identifies this process as the runner of the jobs it submits (``host:pid``).
-        self.runner_id = f"{socket.gethostname()}:{os.getpid()}"
-        self.sweep_interval = sweep_interval
-        self._sweeper: threading.Thread | None = None
-        self._sweep_stop = threading.Event()
-
-    # -- life cycle ---------------------------------------------------------------------------------
-
-    def start(self) -> list[str]:
-        """Recover after a restart: jobs left ``running`` or ``queued`` are queued again and resume from
-        their partial files. Returns the ids of the jobs resubmitted."""
-        resumed = []
-        for rec in self.store.list_jobs(
-            root=str(self.root_dir), states=[JobState.running.value, JobState.queued.value], limit=100000
-        ):
-            if rec.runner and rec.runner != self.runner_id and _runner_alive(rec.runner):
-                continue  # another live process (a second kernel, a script) runs it
-            if rec.state == JobState.running.value:
-                self._log(rec.id, "warning", "the server stopped while this job ran; resuming it")
-                self._set_state(rec.id, JobState.queued)
-            resumed.append(rec.id)
-        for job_id in reversed(resumed):  # oldest first
-            self._submit(job_id)
-        if self.sweep_interval > 0 and self._sweeper is None:
-            self._sweeper = threading.Thread(target=self._sweep_loop, name="staging-ttl-sweeper", daemon=True)
-            self._sweeper.start()
-        return resumed
-
-    def _sweep_loop(self) -> None:
-        while not self._sweep_stop.wait(self.sweep_interval):
-            try:
-                self.sweep()
-            except Exception:
-                log.exception("staging TTL sweep failed")
-
-    def sweep(self, now: datetime | None = None) -> list[str]:
-        """Expire finished jobs whose ``expires_at`` has passed: remove their output, mark their chunks
-        and the job ``expired``. Returns the ids expired. Runs every ``sweep_interval`` seconds."""
-        now = now or utcnow()
-        expired = []
-        final = [JobState.succeeded.value, JobState.failed.value, JobState.cancelled.value]
-        for rec in self.store.list_jobs(root=str(self.root_dir), states=final, limit=100000):
-            if rec.expires_at is None or rec.expires_at > now:
-                continue
-            self._expire(rec)
-            expired.append(rec.id)
-        return expired
-
-    def _expire(self, rec: JobRecord) -> None:
-        from jupyter_staging.engine.runner import remove_job_output
-
-        try:
-            removed = remove_job_output(self, rec, keep_ready=False)
-        except StagingError as exc:  # the store is unreachable: the next sweep tries again
-            log.warning("staging job %s: could not expire its output: %s", rec.id, redact_text(exc.message))
-            return
-        for chunk in self.store.list_chunks(rec.id):
-            if chunk.state != ChunkState.expired.value:
-                self.store.update_chunk(chunk.id, state=ChunkState.expired.value)
-        self._log(rec.id, "info", f"expired: output removed ({removed} file(s))")
-        self._set_state(rec.id, JobState.expired)
-
-    def apply_cleanup_policy(self, job_id: str, outcome: JobState | None = None) -> None:
-        """When a job ends: ``delete_on_success`` (if it succeeded) and ``delete_always`` remove its
-        output — for an object store, every object below the job's prefix; chunks become ``expired``.
-        ``retain`` and ``delete_on_ack`` keep what is left.
-
-        ``outcome`` is the final state the job is about to be given (the runner cleans up *before*
-        announcing it, so a client that sees ``succeeded`` never sees the output still there); default:
-        its present state."""
-        rec = self._record(job_id, None)
-        policy = rec.cleanup_policy
-        state = (outcome or JobState(rec.state)).value
-        if policy == "delete_always" or (policy == "delete_on_success" and state == JobState.succeeded.value):
-            from jupyter_staging.engine.runner import remove_job_output
-
-            try:
-                removed = remove_job_output(self, rec, keep_ready=False)
-            except StagingError as exc:
-                self._log(job_id, "warning", f"cleanup policy {policy}: output not removed: {exc.message}")
-                return
-            for chunk in self.store.list_chunks(rec.id):
-                self.store.update_chunk(chunk.id, state=ChunkState.expired.value)
-            self._log(job_id, "info", f"cleanup policy {policy}: output removed ({removed} file(s))")
-            self._announce(self._record(job_id, None))
-
-    def stop(self, wait: bool = True) -> None:
-        """Pause nothing, persist progress and stop workers. Running jobs stay ``running`` in the
-        database so that the next :meth:`start` resumes them."""
-        self._stopped = True
-        self._sweep_stop.set()
-        with self._lock:
-            controls = list(self._controls.values())
-        for control in controls:
-            control.interrupt("shutdown")
-        self.executor.shutdown(wait=wait)
-        self.store.close()
-
-    # -- listeners ----------------------------------------------------------------------------------
-
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener(event)`` on every job change; returns a function that unsubscribes.
-
-        ``event`` is ``{"type": "job", "job": <DescribeJob as JSON dict>}``. Listeners are called from
-        worker threads and must not block.
-        """
-        with self._lock:
-            self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
-
-        return unsubscribe
-
-    def _announce(self, rec: JobRecord) -> None:
-        with self._lock:
-            listeners = list(self._listeners)
-            self._done.notify_all()
-        if not listeners:
-            return
-        event = {"type": "job", "job": self._describe(rec).model_dump(mode="json")}
-        for listener in listeners:
-            try:
-                listener(event)
-            except Exception:  # a broken listener must not break a job
-                log.exception("staging event listener failed")
+        super().__init__(
+            store=store,
+            secrets=SecretBox(secret_key_file),
+            root_dir=root,
+            scratch_root=root / (scratch_dir or f"{staging_dir.strip('/') or '.'}/{SCRATCH_FOLDER}"),
+            source_roots=list(source_roots) if source_roots else None,
+            executor=executor_class(max_concurrent_jobs),
+            sweep_interval=sweep_interval,
+        )
+        self.default_owner = default_owner or current_user()
+        self.admission = Admission(
+            self.store,
+            self.secrets,
+            root_dir=self.root_dir,
+            staging_dir=staging_dir,
+            source_roots=self.source_roots,
+        )
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -316,148 +133,17 @@ class StagingManager:
         (409) when the destination already holds a job's output.
         """
         owner = owner or self.default_owner
-        remote = is_object_destination(request.destination)
-        if remote and request.method in ("hardlink", "symlink"):
-            raise InvalidRequest(
-                f"method {request.method!r} cannot write to object storage; use copy or download",
-                code="invalid_method",
-            )
-        if remote and request.destination is not None:
-            check_object_destination(object_destination(request.destination, "check"))
-        with self._create_lock:
-            if request.idempotency_key:
-                existing = self.store.find_by_idempotency_key(owner, request.idempotency_key)
-                if existing is not None:
-                    return self._describe(existing), False
-            if request.manifest is not None:
-                method = self._check_entries(request)
-                described = f"manifest of {len(request.manifest)} entries"
-                name = request.name or "manifest"
-                shown_source = _manifest_label(len(request.manifest))
-                entries: dict[str, str] | None = {k: redact_url(v) for k, v in request.manifest.items()}
-                raw: dict[str, Any] = {"entries": request.manifest}
-                secret = entries != request.manifest
-            else:
-                assert request.source is not None
-                source = open_source(request.source, source_roots=self.source_roots)
-                method = request.method or source.default_method
-                if method not in source.methods:
-                    raise InvalidRequest(
-                        f"method {method!r} does not apply to this source; "
-                        f"use one of {', '.join(source.methods)}",
-                        code="invalid_method",
-                    )
-                described = source.describe()
-                name = request.name or default_name(request.source)
-                shown_source, entries = redact_url(request.source), None
-                raw = {"source": request.source}
-                secret = shown_source != request.source
-            if request.convert is not None and method in ("hardlink", "symlink"):
-                raise InvalidRequest(
-                    f"conversion to Parquet writes new files; it cannot be combined with method {method!r}",
-                    code="invalid_method",
-                )
-            job_id = str(uuid.uuid4())
-            if remote:
-                assert request.destination is not None
-                rel = object_destination(request.destination, job_id)
-            else:
-                rel = self._local_destination(request.destination, name, job_id)
-            now = utcnow()
-            expires = now + timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else None
-            rec = JobRecord(
-                id=job_id,
-                owner=owner,
-                root=str(self.root_dir),
-                name=name,
-                source=shown_source,
-                entries=entries,
-                sealed=self.secrets.seal(raw) if secret else None,
-                destination=rel,
-                method=method,
-                convert=request.convert.model_dump() if request.convert else None,
-                state=JobState.queued.value,
-                bytes_done=0,
-                chunks_done=0,
-                rows_done=0,
-                cleanup_policy=request.cleanup_policy,
-                idempotency_key=request.idempotency_key,
-                ttl_seconds=request.ttl_seconds,
-                created_at=now,
-                updated_at=now,
-                expires_at=expires,
-                resume={},
-            )
-            self.store.add_job(rec)
-        self._log(job_id, "info", f"job created: {described} -> {rel} ({method})")
-        self._announce(rec)
-        self._submit(job_id)
-        return self._describe(rec), True
-
-    def _local_destination(self, destination: str | None, name: str, job_id: str) -> str:
-        """The checked destination folder, relative to ``root_dir`` (see :meth:`create`)."""
-        if destination is None:
-            destination = f"{self.staging_dir.strip('/')}/{default_name(name)}"
-            dest_path, rel = resolve_destination(self.root_dir, destination)
-            if dest_path.exists():
-                destination = f"{destination}-{job_id[:8]}"
-        dest_path, rel = resolve_destination(self.root_dir, destination)
-        if (dest_path / MANIFEST_NAME).exists():
-            raise DestinationExists(
-                f"destination {rel!r} already holds a staged job's output; choose another folder"
-            )
-        if self._destination_in_use(rel):
-            raise DestinationExists(f"destination {rel!r} is used by another active job")
-        return rel
-
-    def _check_entries(self, request: CreateJob) -> str:
-        """Check every manifest entry as :meth:`create` checks a source; returns the job's method.
-
-        Bad input (an unsupported scheme, a path outside the source roots) refuses the whole job; a local
-        entry that does not exist does not (it fails alone when the job runs). Without a ``method`` in the
-        request each entry uses its own default (the job shows ``download`` when any entry is remote).
-        """
-        assert request.manifest is not None
-        methods: list[str] = []
-        for entry, uri in request.manifest.items():
-            try:
-                source: Source | None = open_source(uri, source_roots=self.source_roots)
-            except SourceNotFound:
-                source = None  # reported when the job runs, as this entry's error
-            except (InvalidRequest, PathNotAllowed) as exc:
-                raise type(exc)(f"manifest entry {entry!r}: {exc.message}", code=exc.code) from None
-            if source is None:
-                continue
-            if request.method is not None and request.method not in source.methods:
-                raise InvalidRequest(
-                    f"manifest entry {entry!r}: method {request.method!r} does not apply to this source; "
-                    f"use one of {', '.join(source.methods)}",
-                    code="invalid_method",
-                )
-            methods.append(source.default_method)
-        if request.method is not None:
-            return request.method
-        return "download" if "download" in methods or not methods else "copy"
-
-    def raw_sources(self, rec: JobRecord) -> tuple[str, dict[str, str] | None]:
-        """The job's source and manifest entries as submitted, secrets included (unsealed).
-
-        For the job runner only: never log, show or store what this returns. Raises
-        :class:`~jupyter_staging.errors.SecretUnavailable` when the sealing key changed."""
-        if rec.sealed:
-            raw = self.secrets.open(rec.sealed)
-            return str(raw.get("source") or rec.source), raw.get("entries") or rec.entries
-        return rec.source, rec.entries
-
-    def destination_of(self, rec: JobRecord) -> Destination:
-        """The :class:`~jupyter_staging.destinations.core.Destination` of job ``rec``."""
-        return open_destination(
-            rec.id, rec.destination, root_dir=self.root_dir, scratch_root=self.scratch_root
-        )
+        rec, created, described = self.admission.admit(request, owner)
+        if not created:
+            return self.describe(rec), False
+        self.log_event(rec.id, "info", f"job created: {described} -> {rec.destination} ({rec.method})")
+        self.announce(rec)
+        self.submit(rec.id)
+        return self.describe(rec), True
 
     def get(self, job_id: str, owner: str | None = None) -> DescribeJob:
         """The job's status and progress. Raises :class:`JobNotFound` (404) for unknown or foreign ids."""
-        return self._describe(self._record(job_id, owner))
+        return self.describe(self._record(job_id, owner))
 
     def list_jobs(self, owner: str | None = None, query: ListJobsQuery | None = None) -> ListJobsResponse:
         """Jobs of ``owner`` newest first, filtered by ``query.state``, ``query.limit`` per page.
@@ -468,15 +154,15 @@ class StagingManager:
         owner = owner or self.default_owner
         before = None
         if query.cursor:
-            before = _decode_cursor(query.cursor)
+            before = decode_cursor(query.cursor)
         states = [query.state.value] if query.state else None
         recs = self.store.list_jobs(
             owner, root=str(self.root_dir), states=states, limit=query.limit + 1, before=before
         )
         more = len(recs) > query.limit
         recs = recs[: query.limit]
-        next_cursor = _encode_cursor(recs[-1]) if more and recs else None
-        return ListJobsResponse(jobs=[self._describe(r) for r in recs], next_cursor=next_cursor)
+        next_cursor = encode_cursor(recs[-1]) if more and recs else None
+        return ListJobsResponse(jobs=[self.describe(r) for r in recs], next_cursor=next_cursor)
 
     def cancel(self, job_id: str, owner: str | None = None) -> DescribeJob:
         """Cancel a job and remove its partial output (and its output, for ``delete_always``).
@@ -486,11 +172,11 @@ class StagingManager:
         rec = self._record(job_id, owner)
         state = JobState(rec.state)
         if state.is_final:
-            return self._describe(rec)
+            return self.describe(rec)
         if state == JobState.running:
             self._request(job_id, JobState.cancelled)
             return self.wait(job_id, timeout=30, owner=owner)
-        self._finish_cancelled(job_id)
+        self.finish_cancelled(job_id)
         return self.get(job_id, owner)
 
     def _request(self, job_id: str, wanted: JobState) -> None:
@@ -510,7 +196,7 @@ class StagingManager:
         rec = self._record(job_id, owner)
         state = JobState(rec.state)
         if state == JobState.paused:
-            return self._describe(rec)
+            return self.describe(rec)
         if state not in (JobState.queued, JobState.running):
             raise InvalidState(f"a {state.value} job cannot be paused")
         with self._lock:
@@ -521,8 +207,8 @@ class StagingManager:
                 job_id, timeout=30, owner=owner, until=lambda s: s not in (JobState.running, JobState.queued)
             )
         else:
-            self._set_state(job_id, JobState.paused)
-        self._log(job_id, "info", "paused")
+            self.set_state(job_id, JobState.paused)
+        self.log_event(job_id, "info", "paused")
         return self.get(job_id, owner)
 
     def resume(self, job_id: str, owner: str | None = None) -> DescribeJob:
@@ -534,13 +220,13 @@ class StagingManager:
         rec = self._record(job_id, owner)
         state = JobState(rec.state)
         if state in (JobState.queued, JobState.running):
-            return self._describe(rec)
+            return self.describe(rec)
         if state != JobState.paused:
             raise InvalidState(f"a {state.value} job cannot be resumed")
         self.store.update_job(job_id, requested=None)
-        self._set_state(job_id, JobState.queued)
-        self._log(job_id, "info", "resumed")
-        self._submit(job_id)
+        self.set_state(job_id, JobState.queued)
+        self.log_event(job_id, "info", "resumed")
+        self.submit(job_id)
         return self.get(job_id, owner)
 
     def chunks(self, job_id: str, owner: str | None = None, *, urls: bool = True) -> list[DescribeChunk]:
@@ -553,7 +239,7 @@ class StagingManager:
         rec = self._record(job_id, owner)
         chunks = self.store.list_chunks(job_id)
         if not urls or not is_object_destination(rec.destination):
-            return [_describe_chunk(c) for c in chunks]
+            return [describe_chunk(c) for c in chunks]
         destination = self.destination_of(rec)
         return [self._with_url(destination, rec, c) for c in chunks]
 
@@ -587,7 +273,7 @@ class StagingManager:
     ) -> DescribeChunk:
         """The chunk with its URL; a destination that ``cannot_presign`` (Azure credentials without an
         account key) leaves it out of a listing and raises when ``strict`` (a refresh)."""
-        described = _describe_chunk(chunk)
+        described = describe_chunk(chunk)
         kept = chunk.state == ChunkState.ready.value or (
             chunk.state == ChunkState.acked.value and rec.cleanup_policy != "delete_on_ack"
         )
@@ -626,11 +312,11 @@ class StagingManager:
             raise InvalidState(f"chunk {index} is not ready yet", code="chunk_not_ready")
         if chunk.state == ChunkState.ready.value:
             chunk = self.store.update_chunk(chunk.id, state=ChunkState.acked.value) or chunk
-            self._log(job_id, "info", f"chunk {index} acknowledged")
+            self.log_event(job_id, "info", f"chunk {index} acknowledged")
             if rec.cleanup_policy == "delete_on_ack" and self.destination_of(rec).remove_chunk(chunk.path):
-                self._log(job_id, "info", f"chunk {index} deleted on ack: {chunk.path}")
-            self._announce(self._record(job_id, owner))
-        return _describe_chunk(chunk)
+                self.log_event(job_id, "info", f"chunk {index} deleted on ack: {chunk.path}")
+            self.announce(self._record(job_id, owner))
+        return describe_chunk(chunk)
 
     def manifest(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
         """The manifest of a succeeded job, or of a manifest job that failed with code ``partial`` (it
@@ -673,252 +359,12 @@ class StagingManager:
         while True:
             rec = self._record(job_id, owner)
             if until(JobState(rec.state)):
-                return self._describe(rec)
+                return self.describe(rec)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                return self._describe(rec)
+                return self.describe(rec)
             with self._done:
                 self._done.wait(timeout=0.5 if remaining is None else min(0.5, remaining))
-
-    # -- internals ----------------------------------------------------------------------------------
-
-    def _record(self, job_id: str, owner: str | None) -> JobRecord:
-        rec = self.store.get_job(job_id)
-        if rec is None or rec.root != str(self.root_dir) or (owner is not None and rec.owner != owner):
-            raise JobNotFound(f"no staging job {job_id!r}")
-        return rec
-
-    def _destination_in_use(self, rel: str) -> bool:
-        active = [JobState.queued.value, JobState.running.value, JobState.paused.value]
-        for rec in self.store.list_jobs(root=str(self.root_dir), states=active, limit=100000):
-            if rec.destination == rel:
-                return True
-        return False
-
-    def _describe(self, rec: JobRecord) -> DescribeJob:
-        live = self._live.get(rec.id)
-        bytes_done = rec.bytes_done
-        rows_done = rec.rows_done
-        rate = None
-        if live is not None:
-            bytes_done = max(bytes_done, live.bytes_done)
-            rows_done = max(rows_done, live.rows_done)
-            rate = live.rate
-        eta = None
-        if rate and rec.bytes_total is not None and rec.state == JobState.running.value:
-            eta = max(0.0, (rec.bytes_total - bytes_done) / rate)
-        error = JobError(code=rec.error_code, message=rec.error_message or "") if rec.error_code else None
-        return DescribeJob(
-            id=rec.id,
-            name=rec.name,
-            owner=rec.owner,
-            state=JobState(rec.state),
-            source=redact_url(rec.source),
-            entries=list(rec.entries) if rec.entries is not None else None,
-            destination=rec.destination,
-            method=rec.method,  # type: ignore[arg-type]
-            convert=ConvertOptions(**rec.convert) if rec.convert else None,
-            progress=Progress(
-                bytes_done=bytes_done,
-                bytes_total=rec.bytes_total,
-                chunks_done=rec.chunks_done,
-                chunks_total=rec.chunks_total,
-                rows_done=rows_done,
-                rate=rate,
-                eta_seconds=eta,
-            ),
-            error=error,
-            cleanup_policy=rec.cleanup_policy,  # type: ignore[arg-type]
-            idempotency_key=rec.idempotency_key,
-            created_at=rec.created_at,
-            updated_at=rec.updated_at,
-            started_at=rec.started_at,
-            finished_at=rec.finished_at,
-            expires_at=rec.expires_at,
-        )
-
-    def _set_state(self, job_id: str, state: JobState, **fields: Any) -> JobRecord:
-        rec = self.store.get_job(job_id)
-        if rec is None:
-            raise JobNotFound(f"no staging job {job_id!r}")
-        current = JobState(rec.state)
-        if state != current and state not in TRANSITIONS[current]:
-            raise InvalidState(f"a {current.value} job cannot become {state.value}")
-        if state.is_final:
-            fields.setdefault("finished_at", utcnow())
-            # The raw source is needed to run, not to remember: drop the sealed copies.
-            fields.setdefault("sealed", None)
-            if rec.resume:
-                fields.setdefault("resume", _without_sealed(rec.resume))
-        updated = self.store.update_job(job_id, state=state.value, **fields)
-        assert updated is not None
-        self._announce(updated)
-        return updated
-
-    def _log(self, job_id: str, level: str, message: str) -> None:
-        message = redact_text(message)
-        self.store.add_event(job_id, level, message)
-        getattr(log, level if level in ("info", "warning", "error") else "info")(
-            "staging job %s: %s", job_id, message
-        )
-
-    def _submit(self, job_id: str) -> None:
-        if self._stopped:
-            return
-        from jupyter_staging.engine.runner import JobRunner
-
-        runner = JobRunner(self, job_id)
-        self.store.update_job(job_id, runner=self.runner_id)
-        with self._lock:
-            self._controls[job_id] = runner.control
-        self.executor.submit(runner.run)
-
-    def _finish_cancelled(self, job_id: str) -> None:
-        from jupyter_staging.engine.runner import remove_job_output
-
-        rec = self._record(job_id, None)
-        try:
-            remove_job_output(self, rec, keep_ready=False)
-        except StagingError as exc:
-            self._log(job_id, "warning", f"partial output not removed: {exc.message}")
-        self.store.update_job(job_id, requested=None)
-        self._set_state(job_id, JobState.cancelled)
-        self._log(job_id, "info", "cancelled; partial output removed")
-
-    # Called by JobRunner ------------------------------------------------------------------------------
-
-    def _progress(self, job_id: str, *, force: bool = False) -> None:
-        live = self._live.get(job_id)
-        if live is None:
-            return
-        now = time.monotonic()
-        with live.lock:
-            if not force and now - live.last_flush < PROGRESS_INTERVAL:
-                return
-            live.last_flush = now
-            live.rate = live.meter.sample(live.bytes_done, now)
-            bytes_done, rows_done = live.bytes_done, live.rows_done
-        rec = self.store.update_job(job_id, bytes_done=bytes_done, rows_done=rows_done)
-        if rec is not None:
-            if rec.requested in (JobState.paused.value, JobState.cancelled.value):
-                with self._lock:
-                    control = self._controls.get(job_id)
-                if control is not None and not control.interrupted:
-                    control.interrupt(rec.requested)
-            self._announce(rec)
-
-    def _fail(self, job_id: str, error: StagingError | Exception) -> None:
-        if isinstance(error, StagingError):
-            code, message = error.code, error.message
-        else:
-            import traceback
-
-            # The traceback may quote a URL (a library's exception message): redact it as a log line.
-            text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-            log.error("staging job %s failed unexpectedly:\n%s", job_id, redact_text(text))
-            code, message = "internal_error", f"unexpected error: {type(error).__name__}"
-        message = redact_text(message)
-        self._log(job_id, "error", f"failed: {message} ({code})")
-        self.apply_cleanup_policy(job_id, JobState.failed)
-        self._set_state(job_id, JobState.failed, error_code=code, error_message=message, requested=None)
-
-    def _release(self, job_id: str) -> None:
-        with self._lock:
-            self._controls.pop(job_id, None)
-            self._live.pop(job_id, None)
-
-
-def _runner_alive(runner: str) -> bool:
-    """True when ``runner`` (``host:pid``) is a live process on this host; False when it is gone or
-    cannot be checked from here (another host)."""
-    host, _, pid = runner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _current_user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return "user"
-
-
-def _encode_cursor(rec: JobRecord) -> str:
-    import base64
-
-    raw = f"{rec.created_at.isoformat()}|{rec.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    import base64
-
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, job_id = raw.split("|", 1)
-        when = datetime.fromisoformat(created)
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        return when, job_id
-    except Exception:
-        raise InvalidRequest("malformed cursor", code="invalid_cursor") from None
-
-
-def _describe_chunk(c: ChunkRecord) -> DescribeChunk:
-    return DescribeChunk(
-        id=str(c.index),
-        index=c.index,
-        path=c.path,
-        state=ChunkState(c.state),
-        rows=c.rows,
-        bytes=c.bytes,
-        sha256=c.sha256,
-        content_type=c.content_type,
-        entry=c.entry,
-        error=JobError(code=c.error_code, message=c.error_message or "") if c.error_code else None,
-    )
-
-
-def _manifest_label(entries: int) -> str:
-    """The ``source`` shown for a manifest job: ``manifest:4 entries``."""
-    return f"manifest:{entries} {'entry' if entries == 1 else 'entries'}"
-
-
-def _default_key_file(db_url: str) -> Path | None:
-    """``<database file>.key`` for a SQLite database file, else None (an in-memory key)."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(db_url)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    if url.database.startswith("file:"):
-        return None
-    return Path(url.database + ".key")
-
-
-def _without_sealed(resume: dict[str, Any]) -> dict[str, Any]:
-    """The runner's resume data without the sealed locators of its items (``items`` and
-    ``entries.<name>.items``; see ``JobRunner._dump_item`` in :mod:`jupyter_staging.engine.runner`)."""
-
-    def items(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [{k: v for k, v in item.items() if k != "sealed"} for item in values]
-
-    resume = dict(resume)
-    if "items" in resume:
-        resume["items"] = items(resume["items"])
-    if "entries" in resume:
-        resume["entries"] = {
-            name: {**entry, "items": items(entry.get("items", []))} if "items" in entry else entry
-            for name, entry in resume["entries"].items()
-        }
-    return resume
 
 
 __all__ = ["StagingManager", "default_name", "remove_tree_if_empty"]

@@ -1,8 +1,12 @@
-"""Progress of running jobs: rates over a sliding window."""
+"""Progress of running jobs: live counters and rates over a sliding window."""
 
 from __future__ import annotations
 
+import threading
 import time
+
+#: Minimum seconds between two persisted / announced progress updates of one job.
+PROGRESS_INTERVAL = 0.25
 
 
 class RateMeter:
@@ -21,3 +25,15 @@ class RateMeter:
         if now - t0 < 0.2:
             return None
         return max(0.0, (total - b0) / (now - t0))
+
+
+class LiveProgress:
+    """Counters a running job updates from its worker thread (bytes, rows) and their rate."""
+
+    def __init__(self, bytes_done: int = 0, rows_done: int = 0) -> None:
+        self.bytes_done = bytes_done
+        self.rows_done = rows_done
+        self.meter = RateMeter()
+        self.rate: float | None = None
+        self.last_flush = 0.0
+        self.lock = threading.Lock()

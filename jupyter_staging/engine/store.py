@@ -54,7 +54,8 @@ class JobRecord(Base):
     #: Manifest jobs: entry name -> source, redacted, in the request's order; None otherwise.
     entries: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
     #: The raw source / entries when they hold secrets (presigned URLs), sealed with the manager's
-    #: :class:`~jupyter_staging.safety.sealed.SecretBox`; None when nothing is secret or once the job has ended.
+    #: :class:`~jupyter_staging.safety.sealed.SecretBox`; None when nothing is secret or once the job
+    #: has ended.
     sealed: Mapped[str | None] = mapped_column(Text, nullable=True)
     destination: Mapped[str] = mapped_column(Text)
     method: Mapped[str] = mapped_column(String(32))

@@ -20,10 +20,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import jinja2
+from jupyterhub._data import DATA_FILES_PATH
+from jupyterhub.services.auth import HubOAuth
+from sqlalchemy.engine import make_url
+from tornado import web
+from tornado.httpserver import HTTPServer
 from traitlets import Float, Int, List, Unicode, default
 from traitlets.config import Application
 
 from jupyter_staging._version import __version__
+from jupyter_staging.hub import oplog
+from jupyter_staging.hub.areas import UserAreas
+from jupyter_staging.hub.db import OperationStore
+from jupyter_staging.hub.handlers import default_handlers, log_request
+from jupyter_staging.hub.hubapi import HubAPI
+from jupyter_staging.hub.operations import StagingOperations
 
 #: The service's templates (``staging.html`` extends JupyterHub's ``page.html``).
 TEMPLATES = Path(__file__).with_name("templates")
@@ -209,8 +221,6 @@ class StagingHub(Application):
             self.exit(1)
 
     def _check_settings(self) -> list[str]:
-        from jupyter_staging.hub.operations import UserAreas
-
         problems = []
         if not self.api_token:
             problems.append("no Hub API token: run as a JupyterHub service (JUPYTERHUB_API_TOKEN is unset)")
@@ -245,59 +255,10 @@ class StagingHub(Application):
 
     async def serve(self) -> None:
         """Open the database and the log, recover unfinished operations, listen, wait for a signal."""
-        import jinja2
-        from jupyterhub.services.auth import HubOAuth
-        from tornado import web
-        from tornado.httpserver import HTTPServer
-
-        from jupyter_staging.hub import oplog
-        from jupyter_staging.hub.db import OperationStore
-        from jupyter_staging.hub.handlers import default_handlers, log_request
-        from jupyter_staging.hub.operations import HubAPI, StagingOperations, UserAreas
-
         store = OperationStore(self.db_url)
-        operations_log = oplog.open_log(
-            self.log_file, max_bytes=self.log_max_bytes, backup_count=self.log_backup_count
-        )
-        operations = StagingOperations(
-            store,
-            UserAreas(self.user_area_template),
-            list(self.shared_roots),
-            HubAPI(self.hub_api_url, self.api_token, self.proxy_url),
-            server_root_template=self.server_root_template,
-            concurrency=self.concurrency,
-            server_start_timeout=self.server_start_timeout,
-            job_poll_interval=self.job_poll_interval,
-            oplog=operations_log,
-        )
-        hub_prefix = url_join(self.hub_base_url, "hub/")
-        hub_auth = HubOAuth(
-            parent=self,
-            api_token=self.api_token,
-            api_url=self.hub_api_url,
-            base_url=self.service_prefix,
-            hub_prefix=hub_prefix,
-        )
-        app = web.Application(
-            default_handlers(self.service_prefix),
-            cookie_secret=load_cookie_secret(self.cookie_secret_file),
-            hub_auth=hub_auth,
-            log_function=log_request,
-            jinja_env=jinja2.Environment(
-                loader=jinja2.FileSystemLoader(self._template_search_path()), autoescape=True
-            ),
-            staging_operations=operations,
-            staging_admin_scope=self.admin_scope,
-            staging_service_prefix=self.service_prefix,
-            staging_hub_prefix=hub_prefix,
-            staging_hub_base_url=self.hub_base_url,
-            staging_shared_roots=list(self.shared_roots),
-            staging_user_area_template=self.user_area_template,
-            staging_log_file=self.log_file,
-            staging_log_backups=self.log_backup_count,
-        )
+        operations = self.make_operations(store)
         bind = urlsplit(self.bind_url)
-        server = HTTPServer(app, xheaders=True)
+        server = HTTPServer(self.make_web_app(operations), xheaders=True)
         server.listen(bind.port or 80, address=bind.hostname or "127.0.0.1")
         await operations.recover()
         self.log.info(
@@ -317,17 +278,58 @@ class StagingHub(Application):
         await operations.stop()
         await asyncio.to_thread(store.close)
 
+    def make_operations(self, store: OperationStore) -> StagingOperations:
+        """The service's :class:`StagingOperations` over ``store``, logging to the operations log file."""
+        operations_log = oplog.open_log(
+            self.log_file, max_bytes=self.log_max_bytes, backup_count=self.log_backup_count
+        )
+        return StagingOperations(
+            store,
+            UserAreas(self.user_area_template),
+            list(self.shared_roots),
+            HubAPI(self.hub_api_url, self.api_token, self.proxy_url),
+            server_root_template=self.server_root_template,
+            concurrency=self.concurrency,
+            server_start_timeout=self.server_start_timeout,
+            job_poll_interval=self.job_poll_interval,
+            oplog=operations_log,
+        )
+
+    def make_web_app(self, operations: StagingOperations) -> web.Application:
+        """The tornado application: the routes under the service prefix, Hub OAuth, the page's templates."""
+        hub_prefix = url_join(self.hub_base_url, "hub/")
+        hub_auth = HubOAuth(
+            parent=self,
+            api_token=self.api_token,
+            api_url=self.hub_api_url,
+            base_url=self.service_prefix,
+            hub_prefix=hub_prefix,
+        )
+        return web.Application(
+            default_handlers(self.service_prefix),
+            cookie_secret=load_cookie_secret(self.cookie_secret_file),
+            hub_auth=hub_auth,
+            log_function=log_request,
+            jinja_env=jinja2.Environment(
+                loader=jinja2.FileSystemLoader(self._template_search_path()), autoescape=True
+            ),
+            staging_operations=operations,
+            staging_admin_scope=self.admin_scope,
+            staging_service_prefix=self.service_prefix,
+            staging_hub_prefix=hub_prefix,
+            staging_hub_base_url=self.hub_base_url,
+            staging_shared_roots=list(self.shared_roots),
+            staging_user_area_template=self.user_area_template,
+            staging_log_file=self.log_file,
+            staging_log_backups=self.log_backup_count,
+        )
+
     def _template_search_path(self) -> list[str]:
         """Site templates, the service's, JupyterHub's (``page.html``), then the fallback page."""
         paths = [*self.template_paths, str(TEMPLATES)]
-        try:
-            from jupyterhub._data import DATA_FILES_PATH
-
-            hub_templates = Path(DATA_FILES_PATH) / "templates"
-            if (hub_templates / "page.html").exists():
-                paths.append(str(hub_templates))
-        except ImportError:
-            pass
+        hub_templates = Path(DATA_FILES_PATH) / "templates"
+        if (hub_templates / "page.html").exists():
+            paths.append(str(hub_templates))
         paths.append(str(TEMPLATES / "fallback"))
         return paths
 
@@ -367,8 +369,6 @@ def _read_cookie_secret(file: Path) -> bytes:
 
 def _safe_url(url: str) -> str:
     """A database URL for a log line: the password hidden."""
-    from sqlalchemy.engine import make_url
-
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:

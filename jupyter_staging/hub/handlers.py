@@ -30,6 +30,7 @@ import hashlib
 import html
 import json
 from typing import Any
+from urllib.parse import quote
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
@@ -41,37 +42,14 @@ from tornado.log import access_log, app_log
 from jupyter_staging.errors import StagingError
 from jupyter_staging.hub import oplog
 from jupyter_staging.hub.db import STATUSES
-from jupyter_staging.hub.operations import (
-    BLOCK_SIZE,
-    METHODS,
-    Caller,
-    Download,
-    StagingOperations,
-    content_disposition,
-)
+from jupyter_staging.hub.fileops import BLOCK_SIZE
+from jupyter_staging.hub.operations import Caller, Download, StagingOperations
+from jupyter_staging.hub.requests import METHODS
+from jupyter_staging.server.web import JSONHandlerMixin, StagingHTTPError
 
 #: Most rows ``GET api/operations`` returns; most lines ``GET api/logs`` returns.
 MAX_LIMIT = 1000
 MAX_LOG_LINES = 5000
-
-
-class StagingHTTPError(web.HTTPError):
-    """An HTTP error with the staging ``code`` (and the recorded operation's id, when there is one)."""
-
-    def __init__(self, status: int, message: str, *, code: str, operation_id: str | None = None) -> None:
-        super().__init__(status)
-        self.message = message
-        self.code = code
-        self.operation_id = operation_id
-
-    def __str__(self) -> str:
-        return f"HTTP {self.status_code}: {self.message} ({self.code})"
-
-
-def _default_code(status: int) -> str:
-    return {400: "invalid_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(
-        status, "error"
-    )
 
 
 class _HubAuthFromSettings:
@@ -84,8 +62,11 @@ class _HubAuthFromSettings:
         self.hub_auth = self.settings["hub_auth"]
 
 
-class BaseHandler(_HubAuthFromSettings, HubOAuthenticated, web.RequestHandler):
-    """What every handler shares: the operations, the caller, errors and logs without secrets."""
+class BaseHandler(_HubAuthFromSettings, HubOAuthenticated, JSONHandlerMixin):
+    """What every handler shares: the operations, the caller, JSON errors
+    (:class:`~jupyter_staging.server.web.JSONHandlerMixin`) and logs without secrets."""
+
+    internal_error_message = "internal error; see the service log"
 
     @property
     def ops(self) -> StagingOperations:
@@ -107,9 +88,7 @@ class BaseHandler(_HubAuthFromSettings, HubOAuthenticated, web.RequestHandler):
         try:
             return await fn(*args, **kwargs)
         except StagingError as err:
-            raise StagingHTTPError(
-                err.status, err.message, code=err.code, operation_id=getattr(err, "operation_id", None)
-            ) from None
+            raise StagingHTTPError.from_error(err) from None
 
     def get_int(self, name: str, default: int, maximum: int) -> int:
         """Query argument ``name`` as an int in ``1..maximum``; 400 ``invalid_request`` otherwise."""
@@ -130,35 +109,6 @@ class BaseHandler(_HubAuthFromSettings, HubOAuthenticated, web.RequestHandler):
         if value is not None and value not in choices:
             raise StagingHTTPError(400, f"{name} must be one of {', '.join(choices)}", code="invalid_request")
         return value
-
-    def write_json(self, payload: Any, status: int = 200) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(payload))
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """JSON ``{"message", "reason", "code"}`` (and ``operation_id``); never a traceback."""
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        payload: dict[str, Any]
-        if isinstance(exc, StagingHTTPError):
-            payload = {"message": exc.message, "reason": self._reason, "code": exc.code}
-            if exc.operation_id:
-                payload["operation_id"] = exc.operation_id
-        elif isinstance(exc, web.HTTPError):
-            message = exc.log_message % exc.args if exc.log_message and exc.args else exc.log_message
-            payload = {
-                "message": message or self._reason,
-                "reason": self._reason,
-                "code": _default_code(status_code),
-            }
-        else:
-            payload = {
-                "message": "internal error; see the service log",
-                "reason": self._reason,
-                "code": "internal_error",
-            }
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(payload))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         """One line per error, without traceback and without the query string (it may hold a token)."""
@@ -359,6 +309,12 @@ class PageHandler(BaseHandler):
             f"<!DOCTYPE html><title>{status_code} {self._reason}</title>"
             f"<h1>{status_code} {self._reason}</h1><p>{html.escape(str(message))}</p>"
         )
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` header value for ``filename``, with an ASCII fallback and RFC 5987 ``filename*``."""
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 class _PageUser:

@@ -1,1 +1,2 @@
-"""kernel."""
+"""The notebook side: api (stage, list_jobs, get_job, resolve, use_local, use_server), job (Job, Chunk),
+backends and discovery, magics (``%stage``), widgets, and the formatting, paths and frontend helpers."""

@@ -13,7 +13,7 @@ and for a manifest of named sources (YAML or JSON in the cell)::
 which returns ``{"reference": Path(".../inputs/reference/GRCh38.fa.gz"), ...}`` once staged (see
 :func:`jupyter_staging.resolve`).
 
-It calls :mod:`jupyter_staging.kernel.client`, so it goes through the Jupyter server that started the kernel when
+It calls :mod:`jupyter_staging.kernel.api`, so it goes through the Jupyter server that started the kernel when
 there is one, and runs in-process otherwise. Staging errors are shown as one line
 (``UsageError: staging error [code]: message``), never as a traceback.
 """
@@ -21,17 +21,50 @@ there is one, and runs in-process otherwise. Staging errors are shown as one lin
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import yaml
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from jupyter_staging.errors import StagingError
-from jupyter_staging.kernel import client, widgets
+from jupyter_staging.kernel import api
+from jupyter_staging.kernel.frontend import has_widget_frontend
+from jupyter_staging.kernel.job import Job, JobFailed
+from jupyter_staging.kernel.widgets import JobsTable
 
 #: First words of ``%stage`` that are commands rather than a source (stage ``./jobs`` for a file so named).
 CONTROL_COMMANDS = ("pause", "resume", "cancel")
+
+#: The options ``%stage`` and ``%%stage`` share, in the order their help lists them.
+_JOB_OPTIONS = (
+    argument(
+        "--to-parquet", action="store_true", help="Convert tables (FITS, VOTable, CSV, ECSV) to Parquet."
+    ),
+    argument("--chunk-rows", type=int, default=None, metavar="N", help="Rows per Parquet part file."),
+    argument("--compression", default="zstd", metavar="C", help="Parquet codec (default zstd)."),
+    argument("--hdu", default=None, metavar="H", help="FITS HDU holding the table (index or name)."),
+    argument(
+        "--method", default=None, choices=["copy", "hardlink", "symlink", "download"], help="How to stage."
+    ),
+    argument("--name", default=None, help="A name for the job."),
+)
+#: ``--timeout``, which both magics take after their own ``--wait``.
+_TIMEOUT_OPTION = argument(
+    "--timeout", type=float, default=None, metavar="SECONDS", help="With --wait: wait at most this."
+)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def job_options(func: _F) -> _F:
+    """Add the shared conversion and naming options (``--to-parquet`` ... ``--name``) to a magic, listed in
+    the order of :data:`_JOB_OPTIONS` (argument decorators apply bottom-up, so they go in reversed)."""
+    for option in reversed(_JOB_OPTIONS):
+        func = option(func)
+    return func
 
 
 @magics_class
@@ -51,24 +84,13 @@ class StagingMagics(Magics):
         help="""Destination folder, relative to the notebook's folder, or s3://bucket/prefix/ (default: a
         new folder under the server's staging folder); for pause/resume/cancel, the job id.""",
     )
-    @argument(
-        "--to-parquet", action="store_true", help="Convert tables (FITS, VOTable, CSV, ECSV) to Parquet."
-    )
-    @argument("--chunk-rows", type=int, default=None, metavar="N", help="Rows per Parquet part file.")
-    @argument("--compression", default="zstd", metavar="C", help="Parquet codec (default zstd).")
-    @argument("--hdu", default=None, metavar="H", help="FITS HDU holding the table (index or name).")
-    @argument(
-        "--method", default=None, choices=["copy", "hardlink", "symlink", "download"], help="How to stage."
-    )
-    @argument("--name", default=None, help="A name for the job.")
+    @job_options
     @argument("--wait", action="store_true", help="Block until the job ends.")
-    @argument(
-        "--timeout", type=float, default=None, metavar="SECONDS", help="With --wait: wait at most this."
-    )
+    @_TIMEOUT_OPTION
     @argument("--state", default=None, help="With 'jobs': only jobs in this state.")
     @line_cell_magic
     def stage(self, line: str, cell: str | None = None) -> Any:
-        """Stage data as a tracked job and return the :class:`~jupyter_staging.kernel.client.Job`.
+        """Stage data as a tracked job and return the :class:`~jupyter_staging.kernel.job.Job`.
 
         ``%stage SOURCE [DEST] [--to-parquet] [--chunk-rows N] [--method M] [--wait]`` submits a job;
         ``%stage jobs`` lists the jobs; ``%stage pause|resume|cancel JOB_ID`` steers one.
@@ -78,24 +100,24 @@ class StagingMagics(Magics):
         [--wait] [--timeout SECONDS]`` stages the manifest in the cell — a YAML or JSON mapping of entry
         names to sources — as one job into ``DEST/<name>/``. With ``--wait`` it returns the dict of entry
         name -> local path once every entry is staged (a staging error if some failed: the message names
-        them and the job); without, the :class:`~jupyter_staging.kernel.client.Job`.
+        them and the job); without, the :class:`~jupyter_staging.kernel.job.Job`.
         """
         if cell is not None:
             return self._stage_manifest(line, cell)
         args = parse_argstring(self.stage, line)
         try:
             if args.source == "jobs" and args.dest is None:
-                if widgets.has_widget_frontend():
-                    return widgets.JobsTable(lambda: client.list_jobs(state=args.state))
-                return client.list_jobs(state=args.state)
+                if has_widget_frontend():
+                    return JobsTable(lambda: api.list_jobs(state=args.state))
+                return api.list_jobs(state=args.state)
             if args.source in CONTROL_COMMANDS and args.dest is not None:
-                job = client.get_job(args.dest)
+                job = api.get_job(args.dest)
                 return getattr(job, args.source)()
-            job = client.stage(args.source, args.dest, **_stage_options(args))
+            job = api.stage(args.source, args.dest, **_stage_options(args))
             if args.wait:
                 return _wait(job, args.timeout)
             return job
-        except client.JobFailed as err:
+        except JobFailed as err:
             raise UsageError(
                 f"staging error [{err.code}]: {err.message} (job {err.job.id}; see job.log())"
             ) from None
@@ -106,12 +128,12 @@ class StagingMagics(Magics):
         args = parse_argstring(_cell_arguments, line)
         entries = parse_manifest(cell)
         try:
-            job = client.stage(entries, args.dest, **_stage_options(args))
+            job = api.stage(entries, args.dest, **_stage_options(args))
             if not args.wait:
                 return job
             job = _wait(job, args.timeout)
             return job.paths if job.state == "succeeded" else job
-        except client.JobFailed as err:
+        except JobFailed as err:
             hint = ""
             if err.code == "partial":
                 hint = f"; the staged entries: jupyter_staging.get_job({err.job.id!r}).paths"
@@ -130,14 +152,9 @@ class StagingMagics(Magics):
     help="""Destination folder, relative to the notebook's folder, or s3://bucket/prefix/ (default: a new
     folder under the server's staging folder). Each entry lands in DEST/<name>/.""",
 )
-@argument("--to-parquet", action="store_true", help="Convert tables (FITS, VOTable, CSV, ECSV) to Parquet.")
-@argument("--chunk-rows", type=int, default=None, metavar="N", help="Rows per Parquet part file.")
-@argument("--compression", default="zstd", metavar="C", help="Parquet codec (default zstd).")
-@argument("--hdu", default=None, metavar="H", help="FITS HDU holding the table (index or name).")
-@argument("--method", default=None, choices=["copy", "hardlink", "symlink", "download"], help="How to stage.")
-@argument("--name", default=None, help="A name for the job.")
+@job_options
 @argument("--wait", action="store_true", help="Block until the job ends; return {name: local path}.")
-@argument("--timeout", type=float, default=None, metavar="SECONDS", help="With --wait: wait at most this.")
+@_TIMEOUT_OPTION
 def _cell_arguments(line: str, cell: str) -> None:
     """%%stage [DEST] [options], then one `name: source` per line (YAML) or a JSON object."""
 
@@ -154,8 +171,6 @@ def parse_manifest(text: str) -> dict[str, str]:
     try:
         data = json.loads(stripped)
     except ValueError:
-        import yaml
-
         try:
             data = yaml.safe_load(stripped)
         except yaml.YAMLError as exc:
@@ -173,7 +188,8 @@ def parse_manifest(text: str) -> dict[str, str]:
 
 
 def _stage_options(args: Any) -> dict[str, Any]:
-    """The keyword arguments of :func:`client.stage` from parsed ``%stage`` / ``%%stage`` options."""
+    """The keyword arguments of :func:`~jupyter_staging.kernel.api.stage` from parsed ``%stage`` /
+    ``%%stage`` options."""
     hdu = int(args.hdu) if args.hdu is not None and args.hdu.lstrip("-").isdigit() else args.hdu
     return {
         "method": args.method,
@@ -185,10 +201,10 @@ def _stage_options(args: Any) -> dict[str, Any]:
     }
 
 
-def _wait(job: client.Job, timeout: float | None) -> client.Job:
+def _wait(job: Job, timeout: float | None) -> Job:
     """Wait for ``job``; on a timeout or an interrupt, say so and hand the still-running job back."""
     try:
-        return job.wait(timeout=timeout, progress=not widgets.has_widget_frontend())
+        return job.wait(timeout=timeout, progress=not has_widget_frontend())
     except TimeoutError:
         print(f"job {job.name!r} ({job.id}) is still {job.state} after {timeout} s; it keeps running")
     except KeyboardInterrupt:

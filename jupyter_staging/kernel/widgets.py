@@ -12,14 +12,16 @@ from __future__ import annotations
 import html
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ipywidgets as w
+from IPython.display import display
 
-from jupyter_staging.kernel.client import _format_bytes
+from jupyter_staging.kernel.backends import FINAL_STATES
+from jupyter_staging.kernel.formatting import format_bytes, progress_text
+from jupyter_staging.kernel.job import Job
 
-if TYPE_CHECKING:
-    from jupyter_staging.kernel.client import Job
+__all__ = ["POLL_INTERVAL", "JobWidget", "JobsTable", "chunk_grid_html", "display_job", "progress_text"]
 
 #: Seconds between two status polls of a job shown in a widget.
 POLL_INTERVAL = 0.5
@@ -36,22 +38,6 @@ _STATE_COLOURS = {
 _CHUNK_COLOURS = {"pending": "#e0e0e0", "ready": "#43a047", "acked": "#1e88e5", "expired": "#bdbdbd"}
 #: A chunk of a manifest entry that failed (it stays pending, with an ``error``).
 _FAILED_CHUNK_COLOUR = "#c62828"
-_FINAL = {"succeeded", "failed", "cancelled", "expired"}
-
-
-def progress_text(job: dict[str, Any]) -> str:
-    """One line for a job's JSON: state, percent of bytes, then chunks, bytes, rows, rate and ETA, and the
-    error code and message of a failed job."""
-    from jupyter_staging.kernel.client import _progress_text
-
-    p = job.get("progress") or {}
-    total, done = p.get("bytes_total"), p.get("bytes_done") or 0
-    percent = f"{100 * done / total:.1f}%" if total else "?%"
-    text = f"{job.get('state', '?')} {percent} - {_progress_text(p)}"
-    error = job.get("error")
-    if error:
-        text += f" - error [{error.get('code')}]: {error.get('message')}"
-    return text
 
 
 def chunk_grid_html(chunks: Sequence[dict[str, Any]], limit: int = 400) -> str:
@@ -66,7 +52,7 @@ def chunk_grid_html(chunks: Sequence[dict[str, Any]], limit: int = 400) -> str:
         # Never the chunk's presigned ``url``: the grid shows what a chunk is, not how to fetch it.
         title = html.escape(
             f"chunk {chunk.get('index')}: {chunk.get('state')}, {chunk.get('rows') or '-'} rows, "
-            f"{_format_bytes(chunk.get('bytes'))} - {chunk.get('path')}"
+            f"{format_bytes(chunk.get('bytes'))} - {chunk.get('path')}"
             + (f" - failed [{error.get('code')}]: {error.get('message')}" if error else "")
         )
         cells.append(
@@ -125,7 +111,7 @@ class JobWidget(w.VBox):
         super().__init__([self.title, self.bar, self.figures, self.chunk_grid, self.error, buttons])
         self._lock = threading.Lock()
         self.update()
-        self._follower = _Follower(self.refresh, lambda: self.job.state in _FINAL)
+        self._follower = _Follower(self.refresh, lambda: self.job.state in FINAL_STATES)
         if follow:
             self._follower.start()
 
@@ -166,7 +152,7 @@ class JobWidget(w.VBox):
             self.chunk_grid.value = chunk_grid_html(chunks)
             self.pause_button.disabled = state not in ("queued", "running")
             self.resume_button.disabled = state != "paused"
-            self.cancel_button.disabled = state in _FINAL
+            self.cancel_button.disabled = state in FINAL_STATES
             # The bar and the title, which both show the state, are set one right after the other.
             p = data.get("progress") or {}
             total = p.get("bytes_total")
@@ -223,28 +209,6 @@ class JobsTable(w.VBox):
 
 def display_job(job: Job) -> JobWidget:
     """Display a live :class:`JobWidget` for ``job`` in the current notebook output; returns it."""
-    from IPython.display import display
-
     widget = JobWidget(job)
     display(widget)
     return widget
-
-
-def in_ipython() -> bool:
-    """True when running under IPython (a terminal or a kernel), False in a plain script."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    return get_ipython() is not None
-
-
-def has_widget_frontend() -> bool:
-    """True inside a Jupyter kernel (a frontend renders widgets); False in terminal IPython or a script."""
-    try:
-        from IPython import get_ipython
-
-        shell = get_ipython()
-    except ImportError:
-        return False
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"

@@ -1,9 +1,10 @@
 """REST handlers of the staging API, under ``<base_url>api/v1/staging`` (``DESIGN.md``).
 
 Each handler parses the request into a model, makes one call into the
-:class:`~jupyter_staging.engine.manager.StagingManager` on a worker thread (the manager does blocking database and
-file work) and writes JSON. Errors are ``{"message", "reason", "code"}`` with a stable ``code``; bad input is
-400, never 500; no traceback or secret is ever written.
+:class:`~jupyter_staging.engine.manager.StagingManager` on a worker thread (the manager does blocking
+database and file work) and writes JSON. Errors are ``{"message", "reason", "code"}`` with a stable
+``code`` (:mod:`jupyter_staging.server.web`); bad input is 400, never 500; no traceback or secret is ever
+written.
 
 Presigned chunk URLs are the one exception by design: ``GET /jobs/{id}/chunks`` and
 ``GET /jobs/{id}/chunks/{chunk_id}/refresh`` exist to hand the authenticated owner of a job the URLs of its
@@ -21,16 +22,15 @@ from typing import Any, TypeVar
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
-from pydantic import BaseModel, ValidationError
 from tornado import web
 from tornado.iostream import StreamClosedError
 
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, ListJobsQuery, dump
 from jupyter_staging.errors import StagingError
+from jupyter_staging.server.web import JSONHandlerMixin, StagingHTTPError
 
 T = TypeVar("T")
-M = TypeVar("M", bound=BaseModel)
 
 API_PREFIX = "api/v1/staging"
 _JOB_ID = r"(?P<job_id>[^/]{1,128})"
@@ -40,9 +40,10 @@ _CHUNK_ID = r"(?P<chunk_id>[^/]{1,64})"
 EVENTS_KEEPALIVE = 15.0
 
 
-class StagingAPIHandler(APIHandler):
+class StagingAPIHandler(JSONHandlerMixin, APIHandler):
     """Shared plumbing. Subclasses define their own decorated verbs (the ``@authorized`` decorator caches
-    the resource of the class it is first used on, so no verb is inherited)."""
+    the resource of the class it is first used on, so no verb is inherited). Bodies, answers and errors are
+    JSON (:class:`~jupyter_staging.server.web.JSONHandlerMixin`)."""
 
     @property
     def manager(self) -> StagingManager:
@@ -58,87 +59,7 @@ class StagingAPIHandler(APIHandler):
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except StagingError as err:
-            raise StagingHTTPError(err.status, err.message, code=err.code) from None
-
-    def parse_body(self, model: type[M]) -> M:
-        """The JSON body validated as ``model``; 400 with code ``invalid_json`` (also for a key given
-        twice in one object, which JSON parsers would silently collapse) / ``invalid_request``."""
-        try:
-            data = json.loads(self.request.body or b"null", object_pairs_hook=_unique_keys)
-        except _DuplicateKey as dup:
-            raise StagingHTTPError(
-                400, f"request body gives the key {dup.key[:130]!r} twice in one object", code="invalid_json"
-            ) from None
-        except (ValueError, UnicodeDecodeError):
-            raise StagingHTTPError(400, "request body is not valid JSON", code="invalid_json") from None
-        if not isinstance(data, dict):
-            raise StagingHTTPError(400, "request body must be a JSON object", code="invalid_json")
-        return validate(model, data)
-
-    def write_json(self, payload: Any, status: int = 200) -> None:
-        self.set_status(status)
-        self.finish(json.dumps(payload))
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """JSON ``{"message", "reason", "code"}``; never a traceback."""
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, StagingHTTPError):
-            message = exc.message
-            code = exc.code
-        elif isinstance(exc, web.HTTPError):
-            message = exc.log_message or exc.reason or self._reason
-            code = getattr(exc, "code", None) or _default_code(status_code)
-        else:
-            message = "internal error; see the server log"
-            code = "internal_error"
-        reason = getattr(exc, "reason", None) or self._reason
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"message": message, "reason": reason, "code": code}))
-
-
-class StagingHTTPError(web.HTTPError):
-    """An HTTP error carrying the staging error ``code``."""
-
-    def __init__(self, status: int, message: str, *, code: str) -> None:
-        super().__init__(status)
-        self.message = message
-        self.code = code
-
-    def __str__(self) -> str:
-        return f"HTTP {self.status_code}: {self.message} ({self.code})"
-
-
-class _DuplicateKey(Exception):  # noqa: N818 - internal signal of parse_body
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in data:
-            raise _DuplicateKey(key)
-        data[key] = value
-    return data
-
-
-def validate(model: type[M], data: dict[str, Any]) -> M:
-    """``model.model_validate(data)``; 400 with the failing fields (their values are never echoed)."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
-            for e in err.errors(include_input=False, include_url=False)
-        )
-        raise StagingHTTPError(400, f"invalid request: {problems}", code="invalid_request") from None
-
-
-def _default_code(status: int) -> str:
-    return {400: "invalid_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(
-        status, "error"
-    )
+            raise StagingHTTPError.from_error(err) from None
 
 
 class JobsHandler(StagingAPIHandler):
@@ -158,7 +79,7 @@ class JobsHandler(StagingAPIHandler):
     @authorized
     async def get(self) -> None:
         args = {k: self.get_argument(k) for k in ("state", "limit", "cursor") if self.get_argument(k, None)}
-        query = validate(ListJobsQuery, args)
+        query = self.validate(ListJobsQuery, args)
         jobs = await self.call(self.manager.list_jobs, self.owner, query)
         self.write_json(dump(jobs))
 

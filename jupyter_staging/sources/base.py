@@ -1,4 +1,4 @@
-"""Where staged data comes from: local paths, HTTP(S) URLs, S3 objects and prefixes.
+"""Where staged data comes from: local paths, HTTP(S) URLs, S3 objects and prefixes, Azure blobs.
 
 A :class:`Source` lists the files it will produce as :class:`SourceItem` s (one output file, hence one
 chunk, each) and fetches one item into a :class:`~jupyter_staging.safety.partfile.PartFile`, continuing from
@@ -8,7 +8,9 @@ chunk, each) and fetches one item into a :class:`~jupyter_staging.safety.partfil
 from __future__ import annotations
 
 import abc
+import unicodedata
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 from jupyter_staging.errors import SourceNotFound, TransferFailed
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile
+from jupyter_staging.safety.redact import redact_url
 
 #: Broken attempts in a row (none gaining a byte) after which a transfer gives up.
 MAX_RESUMES = 5
@@ -98,6 +101,59 @@ def object_or_prefix(
     return items
 
 
+def safe_filename(name: str, fallback: str = "download") -> str:
+    """``name`` as one safe file name: no folder part, no NUL or control characters, no leading dot.
+
+    Returns ``fallback`` when nothing usable is left. Length is capped at 200 characters (the
+    extension is kept).
+    """
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
+    name = name.strip().lstrip(".").strip()
+    if not name:
+        return fallback
+    if len(name) > 200:
+        stem, dot, ext = name.rpartition(".")
+        name = stem[: 200 - len(ext) - 1] + dot + ext if dot and len(ext) <= 20 else name[:200]
+    return name
+
+
+def plain_relative_name(rel: str) -> bool:
+    """True when every ``/``-separated part of ``rel`` is a plain, visible name: not empty, ``.``,
+    ``..``, hidden (a leading dot) or holding NUL. Listings skip other names."""
+    return not any(p in ("", ".", "..") or p.startswith(".") or "\x00" in p for p in rel.split("/"))
+
+
+def pump(read: Callable[[], bytes], out: PartFile, control: JobControl) -> int:
+    """Copy blocks from ``read()`` (``b""`` at the end) into ``out``; returns the bytes copied.
+
+    Writing and hashing block *n* (in a helper thread; both release the GIL) overlaps reading block
+    *n+1*. ``control.check()`` runs before every read and ``control.add_bytes()`` after every write,
+    also when ``read()`` raises, so progress always matches ``out.offset``.
+    """
+    copied = 0
+    pending: Future[None] | None = None
+    pending_len = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-write") as pool:
+        try:
+            while True:
+                control.check()
+                block = read()
+                if pending is not None:
+                    pending.result()
+                    control.add_bytes(pending_len)
+                    pending = None
+                if not block:
+                    return copied
+                pending = pool.submit(out.write, block)
+                pending_len = len(block)
+                copied += pending_len
+        finally:
+            if pending is not None:
+                pending.result()
+                control.add_bytes(pending_len)
+
+
 class Source(abc.ABC):
     """A staging source. Subclasses implement :meth:`list_items` and :meth:`fetch`."""
 
@@ -128,6 +184,4 @@ class Source(abc.ABC):
 
     def describe(self) -> str:
         """The source as safe to show in a log (no secrets)."""
-        from jupyter_staging.safety.redact import redact_url
-
         return redact_url(self.uri)

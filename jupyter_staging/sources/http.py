@@ -1,9 +1,10 @@
 """HTTP(S) and presigned URLs: one file per URL, downloaded resumably.
 
-A download streams the body in blocks of about 1 MiB into the :class:`~jupyter_staging.safety.partfile.PartFile`.
-It continues an interrupted attempt with ``Range: bytes=<offset>-`` guarded by ``If-Range`` (the ETag or
-Last-Modified seen when the item was listed), so bytes of two versions of a file are never spliced:
-a server that answers ``200`` instead of ``206`` sent the whole (changed) file, and the part file restarts.
+A download streams the body in blocks of about 1 MiB into the
+:class:`~jupyter_staging.safety.partfile.PartFile`. It continues an interrupted attempt with
+``Range: bytes=<offset>-`` guarded by ``If-Range`` (the ETag or Last-Modified seen when the item was
+listed), so bytes of two versions of a file are never spliced: a server that answers ``200`` instead of
+``206`` sent the whole (changed) file, and the part file restarts.
 
 Every message this module produces names the URL through :func:`~jupyter_staging.safety.redact.redact_url`,
 so a presigned signature never reaches a log, a response or the database.
@@ -13,9 +14,7 @@ from __future__ import annotations
 
 import re
 import time
-import unicodedata
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from email.message import Message
 from typing import Any, NoReturn
 from urllib.parse import unquote, urlsplit
@@ -25,11 +24,12 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import HTTPError as URLLib3Error
 from urllib3.util.retry import Retry
 
+from jupyter_staging.clouds.http import describe_error
 from jupyter_staging.errors import SourceNotFound, TransferFailed
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile
-from jupyter_staging.safety.redact import REDACTED, redact_url
-from jupyter_staging.sources.base import MAX_BACKOFF, ResumeBudget, Source, SourceItem
+from jupyter_staging.safety.redact import redact_url
+from jupyter_staging.sources.base import MAX_BACKOFF, ResumeBudget, Source, SourceItem, pump, safe_filename
 
 #: Bytes handed to the part file at a time. Large enough that per-block overhead vanishes at
 #: 1 GB/s, small enough that a pause is noticed quickly on a slow link.
@@ -39,7 +39,6 @@ HTTP_BLOCK = 1 << 20
 BLOCK_MAX_WAIT = 0.25
 #: (connect, read) timeouts in seconds.
 TIMEOUT = (10.0, 60.0)
-#: Connection losses in a row (without a byte of progress) before a download fails.
 
 USER_AGENT = "jupyter-staging"
 
@@ -54,10 +53,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
-_SECRET_IN_TEXT_RE = re.compile(
-    r"(?i)\b(x-amz-signature|x-amz-credential|x-amz-security-token|signature|awsaccesskeyid|sig"
-    r"|x-goog-signature|x-goog-credential|token|access_token|api_key|apikey)=[^&\s'\"()]+"
-)
 
 
 def retrying_session() -> requests.Session:
@@ -82,50 +77,6 @@ def retrying_session() -> requests.Session:
     # The stored bytes are the file's bytes: never let a server compress them on the way.
     session.headers["Accept-Encoding"] = "identity"
     return session
-
-
-def safe_text(text: str) -> str:
-    """``text`` with secret query values (signatures, tokens) replaced by ``REDACTED``.
-
-    Catches them in bare paths too (``/key?X-Amz-Signature=...`` in a urllib3 message), not only in
-    full URLs.
-    """
-    return _SECRET_IN_TEXT_RE.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
-
-
-def describe_error(exc: BaseException) -> str:
-    """A short, secret-free description of a network error (its innermost cause)."""
-    inner: BaseException = exc
-    for _ in range(5):
-        reason = getattr(inner, "reason", None)
-        if isinstance(reason, BaseException):
-            inner = reason
-            continue
-        if inner.args and isinstance(inner.args[0], BaseException):
-            inner = inner.args[0]
-            continue
-        break
-    text = str(inner) or type(inner).__name__
-    # urllib3 puts the connection object's repr in front of the message: keep the message.
-    text = re.sub(r"<[^>]*>:\s*", "", text)
-    return safe_text(f"{type(inner).__name__}: {text}")[:300]
-
-
-def safe_filename(name: str, fallback: str = "download") -> str:
-    """``name`` as one safe file name: no folder part, no NUL or control characters, no leading dot.
-
-    Returns ``fallback`` when nothing usable is left. Length is capped at 200 characters (the
-    extension is kept).
-    """
-    name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
-    name = name.strip().lstrip(".").strip()
-    if not name:
-        return fallback
-    if len(name) > 200:
-        stem, dot, ext = name.rpartition(".")
-        name = stem[: 200 - len(ext) - 1] + dot + ext if dot and len(ext) <= 20 else name[:200]
-    return name
 
 
 def filename_from_disposition(value: str | None) -> str | None:
@@ -171,36 +122,6 @@ def _int_header(headers: Any, name: str) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
-
-
-def pump(read: Callable[[], bytes], out: PartFile, control: JobControl) -> int:
-    """Copy blocks from ``read()`` (``b""`` at the end) into ``out``; returns the bytes copied.
-
-    Writing and hashing block *n* (in a helper thread; both release the GIL) overlaps reading block
-    *n+1*. ``control.check()`` runs before every read and ``control.add_bytes()`` after every write,
-    also when ``read()`` raises, so progress always matches ``out.offset``.
-    """
-    copied = 0
-    pending: Future[None] | None = None
-    pending_len = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-write") as pool:
-        try:
-            while True:
-                control.check()
-                block = read()
-                if pending is not None:
-                    pending.result()
-                    control.add_bytes(pending_len)
-                    pending = None
-                if not block:
-                    return copied
-                pending = pool.submit(out.write, block)
-                pending_len = len(block)
-                copied += pending_len
-        finally:
-            if pending is not None:
-                pending.result()
-                control.add_bytes(pending_len)
 
 
 class _Restart(Exception):  # noqa: N818 - internal control flow
@@ -373,27 +294,7 @@ class HTTPSource(Source):
                     control.log("warning", f"{item.name}: server sent an unexpected range; restarting")
                     raise _Restart
             elif status in (200, 206):
-                if start:
-                    control.log(
-                        "warning",
-                        f"{item.name}: the server sent the whole file instead of the rest (the source "
-                        "changed or does not support ranges); restarting it",
-                    )
-                    out.restart()
-                size = (
-                    _int_header(resp.headers, "Content-Length")
-                    if status == 200
-                    else _total_from_content_range(resp.headers.get("Content-Range"))
-                )
-                fresh = _validator(resp.headers, size)
-                same_version = all(
-                    fresh[k] == item.validator.get(k) for k in ("etag", "last_modified") if fresh[k]
-                ) and bool(fresh["etag"] or fresh["last_modified"])
-                if size is None and same_version:
-                    # No length in this answer (chunked), but the version listed: keep its size.
-                    fresh["size"] = size = item.size
-                item.validator = fresh
-                item.size = size
+                self._take_whole(resp, item, out, control)
             elif status == 416 and start:
                 total = _total_from_content_range(resp.headers.get("Content-Range"))
                 if total is not None and total == start == item.size:
@@ -406,6 +307,33 @@ class HTTPSource(Source):
             got = pump(self._block_reader(resp.raw), out, control)
             if expected is not None and got < expected:
                 raise _Incomplete(f"body ended after {got} of {expected} bytes")
+
+    @staticmethod
+    def _take_whole(resp: requests.Response, item: SourceItem, out: PartFile, control: JobControl) -> None:
+        """The server sends the file from byte 0 (``200``, or ``206`` to a request from 0): restart a
+        partial ``out``, and update ``item.size`` / ``item.validator`` to the version sent."""
+        status = resp.status_code
+        if out.offset:
+            control.log(
+                "warning",
+                f"{item.name}: the server sent the whole file instead of the rest (the source "
+                "changed or does not support ranges); restarting it",
+            )
+            out.restart()
+        size = (
+            _int_header(resp.headers, "Content-Length")
+            if status == 200
+            else _total_from_content_range(resp.headers.get("Content-Range"))
+        )
+        fresh = _validator(resp.headers, size)
+        same_version = all(
+            fresh[k] == item.validator.get(k) for k in ("etag", "last_modified") if fresh[k]
+        ) and bool(fresh["etag"] or fresh["last_modified"])
+        if size is None and same_version:
+            # No length in this answer (chunked), but the version listed: keep its size.
+            fresh["size"] = size = item.size
+        item.validator = fresh
+        item.size = size
 
     @staticmethod
     def _if_range(item: SourceItem) -> str | None:

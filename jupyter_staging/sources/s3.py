@@ -1,7 +1,6 @@
 """S3 objects and prefixes (AWS or any S3-compatible store), downloaded resumably.
 
-Endpoints and credentials come from boto3's standard configuration (``AWS_ENDPOINT_URL``,
-``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ``AWS_DEFAULT_REGION``, config files).
+Clients, URIs and error translation are shared with S3 destinations (:mod:`jupyter_staging.clouds.s3`).
 
 Every GET carries ``IfMatch=<etag>`` (the ETag seen when the object was listed), so a part file never
 mixes two versions of an object: when S3 answers ``412 PreconditionFailed`` the part file restarts on the
@@ -15,16 +14,32 @@ from __future__ import annotations
 import mimetypes
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
-from jupyter_staging.errors import InvalidRequest, SourceChanged, SourceNotFound, TransferFailed
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
+from s3transfer.subscribers import BaseSubscriber
+
+from jupyter_staging.clouds.http import describe_error
+from jupyter_staging.clouds.s3 import (
+    TRANSIENT_ERRORS,
+    ObjectChanged,
+    S3Errors,
+    ServerBusy,
+    parse_s3_uri,
+    s3_client,
+)
+from jupyter_staging.errors import SourceChanged, SourceNotFound
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile
-from jupyter_staging.sources.base import ResumeBudget, Source, SourceItem, object_or_prefix
-from jupyter_staging.sources.http import describe_error, pump, safe_filename
-
-if TYPE_CHECKING:
-    from boto3.s3.transfer import TransferConfig
+from jupyter_staging.sources.base import (
+    ResumeBudget,
+    Source,
+    SourceItem,
+    object_or_prefix,
+    plain_relative_name,
+    pump,
+    safe_filename,
+)
 
 #: Bytes read from a GET body at a time.
 S3_BLOCK = 1 << 20
@@ -37,65 +52,9 @@ MAX_CONCURRENCY = 8
 #: Times the object may change under one fetch before it fails with ``source_changed``.
 MAX_RESTARTS = 3
 
-_NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
-_FORBIDDEN = frozenset(
-    {"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
-)
-_CHANGED = frozenset({"PreconditionFailed", "412"})
-_SERVER_BUSY = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "500", "502", "503", "504"})
-
-
-def s3_client(max_pool_connections: int = MAX_CONCURRENCY + 2) -> Any:
-    """A new boto3 S3 client, configured the standard boto3 way, with ``standard`` retries.
-
-    Creates its own :class:`boto3.session.Session` (boto3's default session is not thread-safe), so call
-    it in the thread that will use the client.
-    """
-    import boto3
-    from botocore.config import Config
-
-    config = Config(
-        # SigV4 everywhere (presigned URLs included): SigV2 is deprecated and refused by newer regions.
-        signature_version="s3v4",
-        retries={"mode": "standard", "max_attempts": 5},
-        connect_timeout=10,
-        read_timeout=60,
-        max_pool_connections=max_pool_connections,
-    )
-    return boto3.session.Session().client("s3", config=config)
-
-
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` -> ``("bucket", "key")`` (key may be ``""`` or end in ``/``).
-
-    Raises :class:`InvalidRequest` (code ``invalid_request``) without a bucket name.
-    """
-    if not uri.lower().startswith("s3://"):
-        raise InvalidRequest(f"not an s3:// URI: {uri!r}")
-    bucket, _, key = uri[5:].partition("/")
-    if not bucket or "\x00" in uri:
-        raise InvalidRequest(f"S3 URI {uri!r} must look like s3://bucket/key or s3://bucket/prefix/")
-    return bucket, key
-
-
-def presign_get(uri: str, expires_seconds: int = 3600) -> str:
-    """A presigned HTTPS GET URL for the object ``uri`` (``s3://bucket/key``), valid ``expires_seconds``.
-
-    The URL is a credential: never log it unredacted (:func:`~jupyter_staging.safety.redact.redact_url`).
-    """
-    bucket, key = parse_s3_uri(uri)
-    if not key or key.endswith("/"):
-        raise InvalidRequest(f"{uri!r} names a prefix, not an object")
-    url: str = s3_client().generate_presigned_url(
-        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=int(expires_seconds)
-    )
-    return url
-
 
 def default_transfer_config() -> TransferConfig:
     """The transfer manager's settings for parallel downloads (see :data:`MULTIPART_THRESHOLD`)."""
-    from boto3.s3.transfer import TransferConfig
-
     return TransferConfig(
         multipart_threshold=MULTIPART_THRESHOLD,
         multipart_chunksize=MULTIPART_CHUNKSIZE,
@@ -103,47 +62,6 @@ def default_transfer_config() -> TransferConfig:
         io_chunksize=S3_BLOCK,
         use_threads=True,
     )
-
-
-def _error_code(exc: Exception) -> str:
-    response = getattr(exc, "response", None) or {}
-    code = str(response.get("Error", {}).get("Code", ""))
-    if not code:
-        code = str(response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-    return code
-
-
-def _transient_errors() -> tuple[type[BaseException], ...]:
-    """Errors meaning "the connection broke"; the download continues from the bytes it has."""
-    from botocore.exceptions import (
-        ConnectionError as BotoConnectionError,
-    )
-    from botocore.exceptions import (
-        HTTPClientError,
-        IncompleteReadError,
-        ResponseStreamingError,
-    )
-    from s3transfer.exceptions import RetriesExceededError
-    from urllib3.exceptions import HTTPError as URLLib3Error
-
-    return (
-        BotoConnectionError,
-        HTTPClientError,
-        IncompleteReadError,
-        ResponseStreamingError,
-        RetriesExceededError,
-        URLLib3Error,
-        ConnectionError,
-        TimeoutError,
-    )
-
-
-class _ObjectChanged(Exception):  # noqa: N818 - internal control flow
-    """The object no longer has the ETag the part file was started with."""
-
-
-class _Busy(Exception):  # noqa: N818 - internal control flow
-    """S3 answered with a server-side error after botocore's own retries."""
 
 
 class _SequentialSink:
@@ -173,17 +91,18 @@ class _SequentialSink:
             self._stopped = True
 
 
-def _known_object(size: int, etag: str | None) -> Any:
+class _KnownObject(BaseSubscriber):  # type: ignore[misc]
     """A transfer-manager subscriber giving it the size and ETag we listed (no HEAD; IfMatch on GETs)."""
-    from s3transfer.subscribers import BaseSubscriber
 
-    class KnownObject(BaseSubscriber):  # type: ignore[misc]
-        def on_queued(self, future: Any, **kwargs: Any) -> None:
-            future.meta.provide_transfer_size(size)
-            if etag:
-                future.meta.provide_object_etag(etag)
+    def __init__(self, size: int, etag: str | None) -> None:
+        super().__init__()
+        self.size = size
+        self.etag = etag
 
-    return KnownObject()
+    def on_queued(self, future: Any, **kwargs: Any) -> None:
+        future.meta.provide_transfer_size(self.size)
+        if self.etag:
+            future.meta.provide_object_etag(self.etag)
 
 
 class S3Source(Source):
@@ -230,7 +149,7 @@ class S3Source(Source):
 
         def head() -> SourceItem | None:
             try:
-                with self._translate_errors(self.uri, listing=True):
+                with S3Errors(self.uri, self.bucket, "list"):
                     found = client.head_object(Bucket=self.bucket, Key=self.key)
             except SourceNotFound as exc:
                 if exc.code != "source_not_found":
@@ -242,7 +161,7 @@ class S3Source(Source):
 
     def _list(self, client: Any, prefix: str) -> list[SourceItem]:
         items = []
-        with self._translate_errors(f"s3://{self.bucket}/{prefix}", listing=True):
+        with S3Errors(f"s3://{self.bucket}/{prefix}", self.bucket, "list"):
             pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
             for page in pages:
                 for obj in page.get("Contents", []):
@@ -250,10 +169,8 @@ class S3Source(Source):
                     if key.endswith("/"):
                         continue
                     rel = key[len(prefix) :]
-                    parts = rel.split("/")
-                    if any(p in ("", ".", "..") or p.startswith(".") or "\x00" in p for p in parts):
-                        continue
-                    items.append(self._item(key, rel, obj))
+                    if plain_relative_name(rel):
+                        items.append(self._item(key, rel, obj))
         return items
 
     def _item(self, key: str, name: str, meta: dict[str, Any]) -> SourceItem:
@@ -272,9 +189,6 @@ class S3Source(Source):
             content_type=meta.get("ContentType") or mimetypes.guess_type(name)[0],
         )
 
-    def _translate_errors(self, what: str, *, listing: bool = False) -> _ErrorTranslator:
-        return _ErrorTranslator(what, self.bucket, listing=listing)
-
     # -- fetching ----------------------------------------------------------------------------------
 
     def fetch(self, item: SourceItem, out: PartFile, control: JobControl) -> None:
@@ -288,23 +202,23 @@ class S3Source(Source):
         """
         bucket, key = parse_s3_uri(item.locator)
         client = self.client()
-        resumable: tuple[type[BaseException], ...] = (_Busy, *_transient_errors())
+        resumable: tuple[type[BaseException], ...] = (ServerBusy, *TRANSIENT_ERRORS)
         budget = ResumeBudget(item, item.locator, control)
         restarts = 0
         while True:
             control.check()
             before = out.offset
             try:
-                with self._translate_errors(item.locator):
+                with S3Errors(item.locator, bucket, "fetch"):
                     self._fetch_once(client, bucket, key, item, out, control)
                 return
-            except _ObjectChanged:
+            except ObjectChanged:
                 restarts += 1
                 if restarts > MAX_RESTARTS:
                     raise SourceChanged(f"{item.locator} kept changing during the download") from None
                 control.log("warning", f"{item.name}: the object changed (new ETag); restarting it")
                 out.restart()
-                with self._translate_errors(item.locator):
+                with S3Errors(item.locator, bucket, "fetch"):
                     head = client.head_object(Bucket=bucket, Key=key)
                 fresh = self._item(key, item.name, head)
                 item.size, item.validator = fresh.size, fresh.validator
@@ -361,8 +275,6 @@ class S3Source(Source):
         self, client: Any, bucket: str, key: str, item: SourceItem, out: PartFile, control: JobControl
     ) -> None:
         """Whole object with the transfer manager: parallel ranged GETs, written in order."""
-        from boto3.s3.transfer import create_transfer_manager
-
         assert item.size is not None
         sink = _SequentialSink(out)
         reported = 0
@@ -376,7 +288,7 @@ class S3Source(Source):
         try:
             with create_transfer_manager(client, self.transfer_config) as manager:
                 future = manager.download(
-                    bucket, key, sink, subscribers=[_known_object(item.size, item.validator.get("etag"))]
+                    bucket, key, sink, subscribers=[_KnownObject(item.size, item.validator.get("etag"))]
                 )
                 while not future.done():
                     if control.interrupted:
@@ -391,47 +303,3 @@ class S3Source(Source):
             sink.stop()
             report()
         control.check()
-
-
-class _ErrorTranslator:
-    """Context manager turning boto errors into staging errors (messages name the URI, never a secret).
-
-    While fetching (``listing=False``) a changed object and server-side or connection errors become the
-    internal signals :meth:`S3Source.fetch` acts on; while listing they are :class:`TransferFailed`.
-    """
-
-    def __init__(self, what: str, bucket: str, *, listing: bool = False) -> None:
-        self.what = what
-        self.bucket = bucket
-        self.listing = listing
-
-    def __enter__(self) -> _ErrorTranslator:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
-        if exc is None:
-            return False
-        from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
-
-        if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-            raise SourceNotFound(
-                f"no usable AWS credentials to read {self.what}", code="source_forbidden"
-            ) from None
-        if not isinstance(exc, ClientError):
-            if self.listing and isinstance(exc, _transient_errors()):
-                raise TransferFailed(f"cannot reach S3 for {self.what}: {describe_error(exc)}") from None
-            return False
-        code = _error_code(exc)
-        if code in _CHANGED:
-            raise _ObjectChanged from None
-        if code == "NoSuchBucket":
-            raise SourceNotFound(f"S3 bucket {self.bucket!r} does not exist") from None
-        if code in _NOT_FOUND:
-            raise SourceNotFound(f"{self.what} was not found") from None
-        if code in _FORBIDDEN:
-            raise SourceNotFound(
-                f"access to {self.what} was refused ({code})", code="source_forbidden"
-            ) from None
-        if code in _SERVER_BUSY and not self.listing:
-            raise _Busy(f"S3 answered {code}") from None
-        raise TransferFailed(f"S3 error {code or 'unknown'} for {self.what}") from None

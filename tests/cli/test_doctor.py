@@ -28,8 +28,6 @@ AWS_SECRET = "doctor-aws-secret-key-0123456789abcdef"
 HUB_TOKEN = "doctor-hub-token-0123456789abcdef"
 
 
-
-
 class Setup:
     """A server's world in ``tmp_path``: Jupyter config folder, root_dir, database folder, archive."""
 
@@ -383,7 +381,7 @@ def test_azure_configured_without_the_extra_says_what_to_install(setup):
     launcher = (
         "-c",
         "import sys; sys.modules['azure.storage.blob'] = None; "
-        "from jupyter_staging.cli.doctor import main; main(sys.argv[1:])",
+        "from jupyter_staging.cli.main import main; main(sys.argv[1:])",
     )
     setup.env["AZURE_STORAGE_CONNECTION_STRING"] = (
         f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"

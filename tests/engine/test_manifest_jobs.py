@@ -19,8 +19,9 @@ import pandas as pd
 import pytest
 
 from jupyter_staging import resolve
-from jupyter_staging.errors import InvalidRequest
-from jupyter_staging.kernel import client
+from jupyter_staging.errors import InvalidRequest, StagingError
+from jupyter_staging.kernel import api
+from jupyter_staging.kernel.job import Job, JobFailed
 from tests.helpers.api import API, expect_error, post_job, wait_for
 from tests.helpers.data import KEPLER, SPITZER, TESS
 
@@ -154,9 +155,9 @@ async def test_manifest_requests_are_validated(jp_fetch, served):
 def local(tmp_path, monkeypatch):
     """The in-process engine on ``tmp_path`` (as a plain IPython or a script gets it)."""
     monkeypatch.chdir(tmp_path)
-    backend = client.use_local(tmp_path, db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    backend = api.use_local(tmp_path, db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}")
     yield backend
-    client.reset_backend()
+    api.reset_backend()
 
 
 @pytest.mark.slow
@@ -167,8 +168,8 @@ def test_job_paths_has_the_three_and_resolve_maps_a_parameter_dict(local, tmp_pa
         "broken": served["dead"],
         "tess": served["tess"],
     }
-    job = client.stage(entries, "inputs", show=False)
-    with pytest.raises(client.JobFailed) as info:
+    job = api.stage(entries, "inputs", show=False)
+    with pytest.raises(JobFailed) as info:
         job.wait(timeout=60)
     assert info.value.code == "partial"
     assert job.entries == ["lightcurve", "catalog", "broken", "tess"]
@@ -206,7 +207,7 @@ def test_job_paths_has_the_three_and_resolve_maps_a_parameter_dict(local, tmp_pa
     assert params["fit"]["target"] == "tess"  # a copy; the original is left alone
     assert resolve(params, {"tess": "/elsewhere/t.fits"})["fit"]["target"] == "/elsewhere/t.fits"
 
-    plain = client.stage(KEPLER, "plain", wait=True, show=False)
+    plain = api.stage(KEPLER, "plain", wait=True, show=False)
     assert plain.paths == [tmp_path.resolve() / "plain" / KEPLER.name]  # one source: a list, as before
     with pytest.raises(InvalidRequest):
         resolve(params, plain)
@@ -219,7 +220,7 @@ def test_entries_are_staged_in_parallel_at_most_four_at_a_time(local, tmp_path, 
     for i in range(6):
         (range_server.root / f"f{i}.bin").write_bytes(os.urandom(800_000))
     range_server.throttle_bytes_per_s = 400_000  # each file takes about 2 s
-    job = client.stage({f"e{i}": range_server.url(f"f{i}.bin") for i in range(6)}, "par", show=False)
+    job = api.stage({f"e{i}": range_server.url(f"f{i}.bin") for i in range(6)}, "par", show=False)
     most = 0
     stop = threading.Event()
 
@@ -243,7 +244,7 @@ def test_entries_are_staged_in_parallel_at_most_four_at_a_time(local, tmp_path, 
 
 @pytest.mark.slow
 def test_a_manifest_converted_to_parquet_maps_names_to_datasets(local, tmp_path, served):
-    job = client.stage(
+    job = api.stage(
         {"lc": KEPLER, "catalog": served["catalog"], "readme": served["readme"]},
         "tables",
         to_parquet=True,
@@ -292,7 +293,7 @@ def test_cell_magic_takes_yaml_or_json_and_returns_the_paths(shell, tmp_path, se
 
     json_cell = json.dumps({"readme": served["readme"]})
     job = shell.run_cell(f"%%stage json-cell\n{json_cell}").result
-    assert isinstance(job, client.Job) and job.entries == ["readme"]
+    assert isinstance(job, Job) and job.entries == ["readme"]
     job.wait(timeout=60)
     assert job.paths == {"readme": tmp_path.resolve() / "json-cell" / "readme" / "README.md"}
 
@@ -318,7 +319,7 @@ def test_cell_magic_errors_are_one_line(shell, served):
 @pytest.mark.slow
 def test_a_manifest_into_object_storage_maps_names_to_object_uris(local, s3_env, served):
     s3, bucket = s3_env
-    job = client.stage(
+    job = api.stage(
         {"lc": KEPLER, "readme": served["readme"]},
         f"s3://{bucket}/runs/",
         to_parquet=True,
@@ -334,7 +335,7 @@ def test_a_manifest_into_object_storage_maps_names_to_object_uris(local, s3_env,
     # Read back through the chunks' presigned URLs.
     table = job.to_arrow()
     assert table.num_rows == 14280 and table.schema.field("PDCSAP_FLUX").metadata[b"unit"] == b"e-/s"
-    with pytest.raises(client.StagingError) as info:
+    with pytest.raises(StagingError) as info:
         job.dataset()
     assert info.value.code == "not_local"
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"runs/{job.id}/")["Contents"]}

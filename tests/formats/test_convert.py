@@ -23,7 +23,9 @@ from astropy.io.votable.tree import Param
 from astropy.table import MaskedColumn, Table
 
 from jupyter_staging.errors import ConversionFailed, DestinationExists, JobInterrupted, SourceNotFound
-from jupyter_staging.formats.convert import ChunkInfo, convert_to_parquet, detect_format, is_table
+from jupyter_staging.formats.base import ChunkInfo
+from jupyter_staging.formats.convert import convert_to_parquet
+from jupyter_staging.formats.detect import detect_format, is_table
 from jupyter_staging.safety.control import JobControl
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"

@@ -28,8 +28,6 @@ SERVICE_PREFIX = "/services/staging/"
 PASSWORD = "staging-test-password"
 
 
-
-
 def find_proxy() -> str | None:
     """configurable-http-proxy on PATH or in the repository's node_modules, or None."""
     found = shutil.which("configurable-http-proxy")

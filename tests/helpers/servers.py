@@ -37,8 +37,6 @@ HOST = "127.0.0.1"
 WRITE_PIECE = 64 * 1024
 
 
-
-
 @dataclass
 class LoggedRequest:
     method: str

@@ -10,17 +10,10 @@ import pytest
 
 from jupyter_staging.errors import DestinationExists, PathNotAllowed, SourceNotFound
 from jupyter_staging.hub import oplog
-from jupyter_staging.hub.operations import (
-    UserAreas,
-    check_source,
-    content_disposition,
-    escape_username,
-    hardlink,
-    local_copy,
-    parse_stage_request,
-    split_relative_path,
-    symlink,
-)
+from jupyter_staging.hub.areas import UserAreas, escape_username, split_relative_path
+from jupyter_staging.hub.fileops import check_source, hardlink, local_copy, symlink
+from jupyter_staging.hub.handlers import content_disposition
+from jupyter_staging.hub.requests import parse_stage_request
 from tests.helpers.data import KEPLER_NAME
 
 

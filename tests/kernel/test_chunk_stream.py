@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_staging.kernel import client
+from jupyter_staging.kernel import api
+from jupyter_staging.kernel.job import JobFailed
 
 
 def write_csv(path, rows):
@@ -20,7 +21,7 @@ def write_csv(path, rows):
 def test_consume_and_ack_chunks_while_the_job_runs(local_backend, tmp_path):
     csv = tmp_path / "lightcurves.csv"
     write_csv(csv, 3_000_000)
-    job = client.stage(
+    job = api.stage(
         csv, "stream", to_parquet=True, chunk_rows=200_000, cleanup_policy="delete_on_ack", show=False
     )
     seen, states_when_read, rows = [], [], 0
@@ -42,8 +43,8 @@ def test_consume_and_ack_chunks_while_the_job_runs(local_backend, tmp_path):
 
 
 def test_iter_chunks_raises_when_the_job_fails(local_backend, tmp_path, shared_data):
-    with pytest.raises(client.JobFailed) as info:
-        for _ in client.stage(
+    with pytest.raises(JobFailed) as info:
+        for _ in api.stage(
             shared_data / "allsky_rosat.fits", "img", to_parquet=True, hdu=0, show=False
         ).iter_chunks():
             pass

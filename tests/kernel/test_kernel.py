@@ -19,8 +19,12 @@ from typing import Any
 import pytest
 import requests
 
-from jupyter_staging.errors import JobNotFound, PathNotAllowed, SourceNotFound
-from jupyter_staging.kernel import client
+from jupyter_staging.errors import JobNotFound, PathNotAllowed, SourceNotFound, StagingError
+from jupyter_staging.kernel import api
+from jupyter_staging.kernel.backends import Backend, LocalBackend, ServerBackend
+from jupyter_staging.kernel.discovery import ENV_ROOT, ENV_TOKEN, ENV_URL
+from jupyter_staging.kernel.job import Job
+from jupyter_staging.kernel.paths import to_root_relative
 from tests.helpers.data import KEPLER, SPITZER
 from tests.helpers.net import free_port
 
@@ -238,8 +242,8 @@ def server_job(server: JupyterServer, job_id: str) -> dict[str, Any]:
 @pytest.mark.timeout(180)
 def test_kernel_finds_its_server_with_no_configuration(kernel, jupyter_server):
     shown = kernel.ok(
-        "from jupyter_staging.kernel import client\n"
-        "backend = client.default_backend()\n"
+        "from jupyter_staging.kernel import api\n"
+        "backend = api.default_backend()\n"
         "print(type(backend).__name__, backend.url, backend.root_dir, os.getcwd())"
     )
     kind, url, root, cwd = shown.split()
@@ -361,7 +365,7 @@ def test_staging_errors_are_one_line_not_tracebacks(kernel, jupyter_server):
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_server_backend_maps_api_errors_to_staging_errors(jupyter_server):
-    backend = client.ServerBackend(jupyter_server.url, jupyter_server.token, jupyter_server.root)
+    backend = ServerBackend(jupyter_server.url, jupyter_server.token, jupyter_server.root)
     try:
         assert backend.probe()
         with pytest.raises(SourceNotFound) as info:
@@ -372,7 +376,7 @@ def test_server_backend_maps_api_errors_to_staging_errors(jupyter_server):
         assert (info.value.code, info.value.status) == ("job_not_found", 404)
     finally:
         backend.close()
-    wrong = client.ServerBackend(jupyter_server.url, "not-the-token", jupyter_server.root)
+    wrong = ServerBackend(jupyter_server.url, "not-the-token", jupyter_server.root)
     assert not wrong.probe()
     wrong.close()
 
@@ -388,21 +392,21 @@ def test_discovery_uses_the_exported_environment_and_skips_a_bad_server(
             monkeypatch.delenv(name)
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
-    monkeypatch.setenv(client.ENV_URL, jupyter_server.url)
-    monkeypatch.setenv(client.ENV_TOKEN, jupyter_server.token)
-    monkeypatch.setenv(client.ENV_ROOT, str(jupyter_server.root))
-    client.reset_backend()
+    monkeypatch.setenv(ENV_URL, jupyter_server.url)
+    monkeypatch.setenv(ENV_TOKEN, jupyter_server.token)
+    monkeypatch.setenv(ENV_ROOT, str(jupyter_server.root))
+    api.reset_backend()
     try:
-        backend = client.default_backend()
-        assert isinstance(backend, client.ServerBackend) and backend.root_dir == jupyter_server.root
-        assert client.default_backend() is backend  # chosen once per process
+        backend = api.default_backend()
+        assert isinstance(backend, ServerBackend) and backend.root_dir == jupyter_server.root
+        assert api.default_backend() is backend  # chosen once per process
 
-        monkeypatch.setenv(client.ENV_TOKEN, "not-the-token")
-        client.reset_backend()
-        backend = client.default_backend()
-        assert isinstance(backend, client.LocalBackend) and backend.root_dir == tmp_path.resolve()
+        monkeypatch.setenv(ENV_TOKEN, "not-the-token")
+        api.reset_backend()
+        backend = api.default_backend()
+        assert isinstance(backend, LocalBackend) and backend.root_dir == tmp_path.resolve()
     finally:
-        client.reset_backend()
+        api.reset_backend()
 
 
 # -- 2. no server: the same engine in-process ---------------------------------------------------------------
@@ -411,13 +415,13 @@ def test_discovery_uses_the_exported_environment_and_skips_a_bad_server(
 FALLBACK_SCRIPT = """
 import json, sys
 import jupyter_staging
-from jupyter_staging.kernel import client
+from jupyter_staging.kernel import api
 from jupyter_staging.errors import StagingError
 
 job = jupyter_staging.stage(sys.argv[1], "kepler-lc", to_parquet=True, chunk_rows=5000, wait=True)
 table = job.to_arrow()
 out = {
-    "backend": type(client.default_backend()).__name__,
+    "backend": type(api.default_backend()).__name__,
     "state": job.state,
     "rows": len(job.to_pandas()),
     "unit": table.schema.field("PDCSAP_FLUX").metadata[b"unit"].decode(),
@@ -462,7 +466,7 @@ def shell(tmp_path, monkeypatch):
     from IPython.core.interactiveshell import InteractiveShell
 
     monkeypatch.chdir(tmp_path)
-    client.use_local(tmp_path, db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    api.use_local(tmp_path, db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}")
     InteractiveShell.clear_instance()
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "jupyter_staging")
@@ -470,7 +474,7 @@ def shell(tmp_path, monkeypatch):
         yield shell
     finally:
         InteractiveShell.clear_instance()
-        client.reset_backend()
+        api.reset_backend()
 
 
 @pytest.mark.slow
@@ -480,7 +484,7 @@ def test_magic_in_plain_ipython_expands_variables_and_returns_the_job(shell, tmp
     result = shell.run_cell("job = %stage $src lightcurves --to-parquet --chunk-rows 5000 --wait\njob")
     assert result.success, result.error_in_exec
     job = shell.user_ns["job"]
-    assert isinstance(job, client.Job) and job.state == "succeeded"
+    assert isinstance(job, Job) and job.state == "succeeded"
     assert job.destination == tmp_path.resolve() / "lightcurves"
     assert [p.name for p in job.paths] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     assert job.dataset().count_rows() == 14280
@@ -497,9 +501,9 @@ def test_magic_in_plain_ipython_expands_variables_and_returns_the_job(shell, tmp
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_job_without_parquet_output_says_so(shell):
-    job = client.stage(KEPLER, "plain", wait=True)
+    job = api.stage(KEPLER, "plain", wait=True)
     assert job.paths == [job.destination / KEPLER.name]
-    with pytest.raises(client.StagingError) as info:
+    with pytest.raises(StagingError) as info:
         job.to_arrow()
     assert info.value.code == "no_parquet_output"
 
@@ -511,11 +515,11 @@ def test_relative_destination_maps_from_the_notebook_folder(tmp_path):
     root = tmp_path / "root"
     (root / "project" / "notebooks").mkdir(parents=True)
     cwd = root / "project" / "notebooks"
-    assert client.to_root_relative("kepler", root, cwd) == "project/notebooks/kepler"
-    assert client.to_root_relative("../data/kepler", root, cwd) == "project/data/kepler"
-    assert client.to_root_relative("./a/b/", root, cwd) == "project/notebooks/a/b"
-    assert client.to_root_relative(root / "staging" / "x", root, cwd) == "staging/x"
-    assert client.to_root_relative(".", root, root) == "."
+    assert to_root_relative("kepler", root, cwd) == "project/notebooks/kepler"
+    assert to_root_relative("../data/kepler", root, cwd) == "project/data/kepler"
+    assert to_root_relative("./a/b/", root, cwd) == "project/notebooks/a/b"
+    assert to_root_relative(root / "staging" / "x", root, cwd) == "staging/x"
+    assert to_root_relative(".", root, root) == "."
 
 
 def test_destination_outside_the_root_is_refused(tmp_path):
@@ -523,7 +527,7 @@ def test_destination_outside_the_root_is_refused(tmp_path):
     root.mkdir()
     for destination, cwd in (("../elsewhere", root), ("/etc/staging", root), ("../../x", root / "sub")):
         with pytest.raises(PathNotAllowed) as info:
-            client.to_root_relative(destination, root, cwd)
+            to_root_relative(destination, root, cwd)
         assert info.value.code == "path_not_allowed"
         assert "outside the staging root" in info.value.message
 
@@ -533,33 +537,33 @@ def test_root_reached_through_a_symlink_maps_to_the_same_folder(tmp_path):
     (real / "sub").mkdir(parents=True)
     link = tmp_path / "link-root"
     link.symlink_to(real)
-    assert client.to_root_relative("out", real, link / "sub") == "sub/out"
-    assert client.to_root_relative("out", link, real / "sub") == "sub/out"
+    assert to_root_relative("out", real, link / "sub") == "sub/out"
+    assert to_root_relative("out", link, real / "sub") == "sub/out"
 
 
 def test_stage_sends_absolute_sources_and_root_relative_destinations(tmp_path, monkeypatch):
     sent: list[dict[str, Any]] = []
 
-    class Recorder(client.Backend):
+    class Recorder(Backend):
         root_dir = tmp_path
 
         def create(self, body: dict[str, Any]) -> dict[str, Any]:
             sent.append(body)
             return {"id": "1", "name": "x", "state": "queued", "destination": body.get("destination", "")}
 
-    monkeypatch.setattr(client, "_backend", Recorder())
+    monkeypatch.setattr(api, "_backend", Recorder())
     (tmp_path / "nb").mkdir()
     monkeypatch.chdir(tmp_path / "nb")
-    client.stage("data/table.csv", "out", to_parquet=True, chunk_rows=10)
-    client.stage("https://example.org/a.fits")
-    client.stage("s3://bucket/prefix/", "../s3")
+    api.stage("data/table.csv", "out", to_parquet=True, chunk_rows=10)
+    api.stage("https://example.org/a.fits")
+    api.stage("s3://bucket/prefix/", "../s3")
     assert sent[0]["source"] == str(tmp_path / "nb" / "data" / "table.csv")
     assert sent[0]["destination"] == "nb/out"
     assert sent[0]["convert"] == {"format": "parquet", "compression": "zstd", "chunk_rows": 10}
     assert sent[1] == {"source": "https://example.org/a.fits", "cleanup_policy": "retain"}
     assert (sent[2]["source"], sent[2]["destination"]) == ("s3://bucket/prefix/", "s3")
     with pytest.raises(PathNotAllowed):
-        client.stage("a.fits", "../../outside")
-    with pytest.raises(client.StagingError) as info:
-        client.stage("a.fits", chunk_rows=10)
+        api.stage("a.fits", "../../outside")
+    with pytest.raises(StagingError) as info:
+        api.stage("a.fits", chunk_rows=10)
     assert info.value.code == "invalid_request"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from jupyter_staging.kernel import client, widgets
+from jupyter_staging.kernel import api, widgets
 from tests.helpers.data import TESS, wait_until
 
 
@@ -13,7 +13,7 @@ def test_widget_follows_a_download_and_its_buttons_work(local_backend, range_ser
     payload = os.urandom(2 * 1024 * 1024)
     (range_server.root / "slow.bin").write_bytes(payload)
     range_server.throttle_bytes_per_s = 700_000
-    job = client.stage(range_server.url("slow.bin"), "slow", show=False)
+    job = api.stage(range_server.url("slow.bin"), "slow", show=False)
     widget = widgets.JobWidget(job)
     try:
         wait_until(lambda: 0.05 < widget.bar.value < 1.0)
@@ -43,7 +43,7 @@ def test_widget_follows_a_download_and_its_buttons_work(local_backend, range_ser
 def test_cancel_button_cancels(local_backend, range_server, tmp_path):
     (range_server.root / "slow.bin").write_bytes(os.urandom(2 * 1024 * 1024))
     range_server.throttle_bytes_per_s = 300_000
-    job = client.stage(range_server.url("slow.bin"), "cancelled", show=False)
+    job = api.stage(range_server.url("slow.bin"), "cancelled", show=False)
     widget = widgets.JobWidget(job)
     try:
         wait_until(lambda: widget.bar.value > 0)
@@ -55,7 +55,7 @@ def test_cancel_button_cancels(local_backend, range_server, tmp_path):
 
 
 def test_chunk_grid_shows_each_part(local_backend):
-    job = client.stage(TESS, "tess", to_parquet=True, chunk_rows=2000, wait=True, show=False)
+    job = api.stage(TESS, "tess", to_parquet=True, chunk_rows=2000, wait=True, show=False)
     widget = widgets.JobWidget(job, follow=False)
     assert widget.chunk_grid.value.count("<span") == 11
     job.ack(0)
@@ -65,7 +65,7 @@ def test_chunk_grid_shows_each_part(local_backend):
 
 
 def test_failed_job_shows_its_error(local_backend, range_server):
-    job = client.stage(range_server.url("missing.fits"), "missing", show=False)
+    job = api.stage(range_server.url("missing.fits"), "missing", show=False)
     widget = widgets.JobWidget(job)
     try:
         wait_until(lambda: "failed" in widget.title.value)
@@ -76,9 +76,9 @@ def test_failed_job_shows_its_error(local_backend, range_server):
 
 
 def test_jobs_table_lists_every_job(local_backend, shared_data):
-    client.stage(shared_data / "README.md", "one", wait=True, show=False)
-    client.stage(shared_data / "SHA256SUMS", "two", wait=True, show=False)
-    table = widgets.JobsTable(client.list_jobs, follow=False)
+    api.stage(shared_data / "README.md", "one", wait=True, show=False)
+    api.stage(shared_data / "SHA256SUMS", "two", wait=True, show=False)
+    table = widgets.JobsTable(api.list_jobs, follow=False)
     rows = [c for c in table.children if isinstance(c, widgets.JobWidget)]
     assert len(rows) == 2
     assert all("succeeded" in r.title.value for r in rows)

@@ -23,11 +23,12 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 from tornado.httpclient import HTTPClientError
 
+from jupyter_staging.clouds.s3 import presign_get
 from jupyter_staging.engine.executors import Executor
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
-from jupyter_staging.kernel import client
-from jupyter_staging.sources.s3 import presign_get
+from jupyter_staging.kernel import api
+from jupyter_staging.kernel.job import JobFailed
 from tests.helpers.api import API, wait_for
 from tests.helpers.data import KEPLER, SPITZER
 
@@ -270,11 +271,11 @@ def test_the_kernel_side_shows_no_signature(tmp_path, monkeypatch, s3_env):
     url = presign_get(f"s3://{bucket}/k.fits", 600)
     missing = presign_get(f"s3://{bucket}/none.fits", 600)
     monkeypatch.chdir(tmp_path)
-    client.use_local(tmp_path, db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    api.use_local(tmp_path, db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}")
     try:
-        job = client.stage(url, "k", wait=True, show=False)
-        failed = client.stage({"ok": url, "dead": missing}, "m", show=False)
-        with pytest.raises(client.JobFailed) as info:
+        job = api.stage(url, "k", wait=True, show=False)
+        failed = api.stage({"ok": url, "dead": missing}, "m", show=False)
+        with pytest.raises(JobFailed) as info:
             failed.wait(timeout=60)
         texts = [str(info.value), repr(info.value.job)]
         for j in (job, failed):
@@ -282,8 +283,8 @@ def test_the_kernel_side_shows_no_signature(tmp_path, monkeypatch, s3_env):
             texts += [w.value for w in widget.children if hasattr(w, "value") and isinstance(w.value, str)]
             texts += [repr(j), j._repr_html_(), j.source, json.dumps(j.as_dict()), json.dumps(j.log())]
             texts += [json.dumps(j.chunks), json.dumps(j.manifest())]
-        texts.append(repr(client.list_jobs()))
+        texts.append(repr(api.list_jobs()))
         assert any("X-Amz-Signature=REDACTED" in t for t in texts)
         assert_nowhere(secrets_of(url) + secrets_of(missing), texts, "the kernel side")
     finally:
-        client.reset_backend()
+        api.reset_backend()

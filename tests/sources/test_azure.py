@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from jupyter_staging.clouds.azure import AZURE_BLOCK, parse_azure_uri
 from jupyter_staging.errors import InvalidRequest, JobInterrupted, SourceNotFound
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile
-from jupyter_staging.sources.azure import AZURE_BLOCK, AzureSource, parse_azure_uri
+from jupyter_staging.sources.azure import AzureSource
 from tests.helpers.data import KEPLER_NAME, SPITZER_NAME, TESS_NAME, sha256
 from tests.helpers.net import free_port as _free_port
 from tests.helpers.servers import AZURE_ENV, AZURITE_ACCOUNT, AZURITE_KEY

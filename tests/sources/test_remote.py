@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from jupyter_staging.clouds.s3 import presign_get
 from jupyter_staging.errors import JobInterrupted, SourceNotFound
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile
-from jupyter_staging.sources.base import SourceItem
-from jupyter_staging.sources.http import HTTPSource, safe_filename
+from jupyter_staging.sources.base import SourceItem, safe_filename
+from jupyter_staging.sources.http import HTTPSource
 from jupyter_staging.sources.registry import open_source
-from jupyter_staging.sources.s3 import S3Source, presign_get
+from jupyter_staging.sources.s3 import S3Source
 from tests.helpers.data import KEPLER_NAME, SPITZER_NAME, TESS_NAME, sha256
 from tests.helpers.sources import Progress
 

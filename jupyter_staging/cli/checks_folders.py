@@ -1,0 +1,142 @@
+"""The local folder checks: ``staging folder`` (``<root_dir>/<staging_dir>``, or its nearest existing
+parent, takes a probe file and has free space) and ``source root`` (each ``StagingApp.source_roots``
+folder exists and can be listed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from jupyter_staging.cli.model import FAIL, OK, WARN, Check, DoctorSettings, existing_ancestor
+from jupyter_staging.errors import PathNotAllowed
+from jupyter_staging.safety.paths import resolve_destination
+
+STAGING = "staging folder"
+SOURCE_ROOT = "source root"
+
+
+def human_size(n: float) -> str:
+    """``n`` bytes for people: ``"512 B"``, ``"1.5 GiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def check_staging_folder(settings: DoctorSettings) -> Check:
+    """``root_dir/staging_dir`` is allowed, writable (a probe file, created and deleted), with free space."""
+    root = Path(settings.root_dir).expanduser()
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        return Check(
+            STAGING,
+            FAIL,
+            f"the server's root_dir {root} {what}",
+            "pass --root-dir (or set ServerApp.root_dir) to the folder the Jupyter server serves",
+        )
+    rel = settings.staging_dir.replace("\\", "/").strip("/")
+    target = root.joinpath(*[p for p in rel.split("/") if p]) if rel else root
+    existing = existing_ancestor(target)
+    if existing != target and existing.exists() and not existing.is_dir():
+        return Check(
+            STAGING,
+            FAIL,
+            f"the staging folder {target} cannot be created: {existing} is a file, not a folder",
+            f"move {existing} out of the way, or set StagingApp.staging_dir to a folder under {root}",
+        )
+    try:
+        resolve_destination(root, rel)
+    except PathNotAllowed as exc:
+        return Check(
+            STAGING,
+            FAIL,
+            f"StagingApp.staging_dir {settings.staging_dir!r} is refused: {exc.message}",
+            f"set StagingApp.staging_dir to a plain folder under {root} (no '..', dot-folders or "
+            "symlinks), e.g. staging",
+        )
+    return _writable_with_space(target, existing, settings.min_free_bytes)
+
+
+def _writable_with_space(target: Path, existing: Path, min_free_bytes: int) -> Check:
+    """``existing`` (``target`` or its nearest existing parent) takes a probe file and has at least
+    ``min_free_bytes`` free."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".jupyter-staging-doctor-", dir=existing)
+        try:
+            os.write(fd, b"probe")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        return Check(
+            STAGING,
+            FAIL,
+            f"cannot write in {existing}: {exc.strerror or exc}",
+            f"give the account running Jupyter write access to {existing} (chown/chmod), or set "
+            "StagingApp.staging_dir to a folder it can write",
+        )
+    free = shutil.disk_usage(existing).free
+    later = "" if existing == target else f" (created by the first job; {existing} is writable)"
+    if free < min_free_bytes:
+        return Check(
+            STAGING,
+            WARN,
+            f"the staging folder {target}{later} has only {human_size(free)} free",
+            f"free some space on that file system (at least {human_size(min_free_bytes)}), "
+            "or set StagingApp.staging_dir / the server's root_dir to a larger one",
+        )
+    return Check(STAGING, OK, f"the staging folder {target} is writable{later}, {human_size(free)} free")
+
+
+def check_source_roots(settings: DoctorSettings) -> list[Check]:
+    """Each configured source root exists, is a folder, and can be listed: one check per root."""
+    if not settings.source_roots:
+        return [
+            Check(
+                "source roots",
+                OK,
+                "StagingApp.source_roots is empty: jobs may read any local path this account can read",
+            )
+        ]
+    return [check_source_root(Path(raw).expanduser()) for raw in settings.source_roots]
+
+
+def check_source_root(path: Path) -> Check:
+    """``path`` exists, is a folder, and can be listed."""
+    if not path.exists():
+        dangling = " (a symlink to a missing target)" if path.is_symlink() else ""
+        return Check(
+            SOURCE_ROOT,
+            FAIL,
+            f"source root {path} does not exist{dangling}",
+            f"mount or create {path}, or remove it from StagingApp.source_roots",
+        )
+    if not path.is_dir():
+        return Check(
+            SOURCE_ROOT,
+            FAIL,
+            f"source root {path} is not a folder",
+            f"set StagingApp.source_roots to folders; replace {path} by its folder",
+        )
+    try:
+        with os.scandir(path) as entries:
+            next(entries, None)
+        readable = os.access(path, os.R_OK | os.X_OK)
+    except OSError as exc:
+        readable, reason = False, exc.strerror or str(exc)
+    else:
+        reason = "permission denied"
+    if not readable:
+        return Check(
+            SOURCE_ROOT,
+            FAIL,
+            f"source root {path} cannot be listed: {reason}",
+            f"give the account running Jupyter read and execute access to {path}",
+        )
+    real = path.resolve()
+    via = f" (-> {real})" if real != path.absolute() else ""
+    return Check(SOURCE_ROOT, OK, f"source root {path}{via} is readable")

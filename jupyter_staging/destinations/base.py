@@ -1,0 +1,117 @@
+"""Where a job's output lands: the :class:`Destination` interface and the local folders every job uses.
+
+A job always produces its files locally first, complete and verified (``.part`` + fsync + rename, see
+:mod:`jupyter_staging.safety.partfile`), in its destination's :attr:`Destination.workdir`. It then hands
+each file to :meth:`Destination.put`, which gives back the chunk's ``path``: relative to the folder for a
+local folder (:mod:`~jupyter_staging.destinations.local`), an object URI for object storage
+(:mod:`~jupyter_staging.destinations.objectstore`). The manifest goes last
+(:meth:`Destination.write_manifest`) and :meth:`Destination.remove` deletes what the job wrote and
+nothing else. :func:`~jupyter_staging.destinations.registry.open_destination` picks the class.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from jupyter_staging.safety.control import JobControl
+
+#: Name of the folder, inside the staging folder, holding the scratch folders of object-store jobs.
+SCRATCH_FOLDER = ".staging-scratch"
+
+
+class Destination(abc.ABC):
+    """Where the output of job ``job_id`` lands. ``workdir`` is the local folder the job writes into."""
+
+    #: True for object stores: chunk paths are object URIs and ready chunks have presigned URLs.
+    remote: bool = False
+
+    def __init__(self, job_id: str, workdir: Path) -> None:
+        self.job_id = job_id
+        self.workdir = workdir
+
+    def chunk_path(self, rel: str) -> str:
+        """The chunk ``path`` of the output file ``rel`` (relative to the job's output)."""
+        return rel
+
+    def relative(self, chunk_path: str) -> str:
+        """Inverse of :meth:`chunk_path`: ``rel`` from a chunk's ``path``."""
+        return chunk_path
+
+    @abc.abstractmethod
+    def put(
+        self,
+        local: Path,
+        rel: str,
+        *,
+        size: int,
+        sha256: str,
+        content_type: str | None,
+        control: JobControl,
+    ) -> str:
+        """Publish the complete, verified local file ``local`` (which is ``workdir / rel``) as output
+        file ``rel``; returns its chunk ``path``. Raises :class:`TransferFailed`,
+        :class:`VerificationFailed` or :class:`JobInterrupted` (``local`` is then kept for a retry)."""
+
+    @abc.abstractmethod
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        """Store ``manifest.json`` beside the output (call it last)."""
+
+    @abc.abstractmethod
+    def read_manifest(self) -> dict[str, Any] | None:
+        """The stored manifest, or None when there is none (yet)."""
+
+    @abc.abstractmethod
+    def remove_chunk(self, chunk_path: str) -> bool:
+        """Delete one published output file (``delete_on_ack``); True when something was deleted."""
+
+    @abc.abstractmethod
+    def remove(
+        self, chunk_paths: list[str], item_names: list[str], convert_dirs: list[str], *, keep_ready: bool
+    ) -> int:
+        """Delete what the job wrote: partial and scratch files always, its published output and manifest
+        unless ``keep_ready``. Returns the number of files (objects) deleted."""
+
+    def presign(self, chunk_path: str, expires_seconds: int) -> tuple[str, datetime] | None:
+        """A presigned GET URL of a published chunk and its expiry time (UTC), or None when the
+        destination has no URLs (local folders)."""
+        return None
+
+
+def within(path: Path, root: Path) -> bool:
+    """True when ``path`` is ``root`` or below it (lexically; resolve both first)."""
+    try:
+        path.relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
+def remove_tree_if_empty(folder: Path, stop: Path) -> None:
+    """Remove ``folder`` and its empty parents up to (not including) ``stop``."""
+    folder = folder.resolve()
+    stop = stop.resolve()
+    while folder != stop and stop in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def scratch_dir(dest: Path, job_id: str) -> Path:
+    """Hidden folder inside ``dest`` where remote tables are downloaded before conversion."""
+    return dest / f".staging-{job_id}"
+
+
+def make_private_dir(folder: Path) -> None:
+    """Create ``folder`` (and parents) with mode 0700 for the last component."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    os.chmod(folder, 0o700)

@@ -1,0 +1,131 @@
+"""What S3 and Azure Blob Storage destinations share: a job prefix in object storage.
+
+The job's work folder is a private scratch folder (mode 0700) below the staging folder; ``put`` uploads
+each file to ``<prefix>/<job_id>/<relative path>``, verifies it, deletes the local copy and returns the
+object's URI. Ready chunks are handed out as presigned URLs valid at most :data:`MAX_PRESIGN_SECONDS`.
+:meth:`~jupyter_staging.destinations.base.Destination.remove` deletes exactly the objects below
+``<prefix>/<job_id>/``, never anything outside it.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import shutil
+from pathlib import Path, PurePosixPath
+from typing import Any, NoReturn
+
+from jupyter_staging.destinations.base import Destination, remove_tree_if_empty
+from jupyter_staging.errors import InvalidRequest, VerificationFailed
+from jupyter_staging.safety.partfile import BLOCK_SIZE
+
+#: Files at least this large (bytes) are uploaded in parts (multipart upload, or Azure blocks).
+UPLOAD_MULTIPART_THRESHOLD = 64 * 1024 * 1024
+#: Size of one part of a multipart upload, bytes (boto3 raises it for files above 10,000 parts).
+UPLOAD_CHUNKSIZE = 16 * 1024 * 1024
+#: Parts of one file uploaded at once.
+UPLOAD_CONCURRENCY = 8
+#: Longest validity of a presigned URL, seconds (7 days, the most SigV4 allows).
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+
+
+def checked_prefix(destination: str, prefix: str) -> str:
+    """``prefix`` (the key prefix of ``destination``) as ``"a/b/"`` (or ``""``).
+
+    Raises :class:`InvalidRequest` (code ``invalid_destination``) for empty, ``.``/``..`` or
+    control-character segments.
+    """
+    segments = prefix.split("/")
+    if segments and segments[-1] == "":
+        segments.pop()
+    for segment in segments:
+        if segment in ("", ".", "..") or any(ord(c) < 32 or ord(c) == 127 for c in segment):
+            raise InvalidRequest(
+                f"destination {destination!r} has an empty, '.', '..' or control-character path segment",
+                code="invalid_destination",
+            )
+    return "".join(f"{s}/" for s in segments)
+
+
+def presign_seconds(expires_seconds: int) -> int:
+    """``expires_seconds`` clamped to 1 s - :data:`MAX_PRESIGN_SECONDS`."""
+    return max(1, min(int(expires_seconds), MAX_PRESIGN_SECONDS))
+
+
+def manifest_body(manifest: dict[str, Any]) -> bytes:
+    """The bytes of ``manifest.json`` as stored in object storage (indented JSON, a final newline)."""
+    return json.dumps(manifest, indent=2).encode() + b"\n"
+
+
+def file_digests(path: Path) -> tuple[bytes, str]:
+    """(MD5 digest, hex SHA-256) of a file, read once in blocks."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(BLOCK_SIZE):
+            md5.update(block)
+            sha.update(block)
+    return md5.digest(), sha.hexdigest()
+
+
+class ObjectStoreDestination(Destination):
+    """A job prefix ``uri`` in object storage (``s3://bucket/prefix/<job_id>/``, ``az://...``): chunk paths
+    are object URIs below it and every key is ``prefix + rel``. Subclasses set ``prefix`` (the key prefix
+    within the bucket or container, ending in ``<job_id>/``) and implement :meth:`discard`.
+
+    Raises :class:`InvalidRequest` (code ``invalid_destination``) when ``uri`` is not the job's own prefix.
+    """
+
+    remote = True
+    uri: str
+    prefix: str
+
+    def __init__(self, job_id: str, uri: str, scratch: Path) -> None:
+        super().__init__(job_id, scratch)
+        if not uri.endswith(f"/{job_id}/"):
+            # The job removes everything below its prefix: make sure the prefix is the job's own.
+            raise InvalidRequest(f"{uri!r} is not the prefix of job {job_id}", code="invalid_destination")
+        self.uri = uri
+
+    def chunk_path(self, rel: str) -> str:
+        return f"{self.uri}{rel}"
+
+    def relative(self, chunk_path: str) -> str:
+        return chunk_path[len(self.uri) :] if chunk_path.startswith(self.uri) else chunk_path
+
+    def key(self, rel: str) -> str:
+        """The object key (blob name) of output file ``rel``."""
+        return f"{self.prefix}{rel}"
+
+    def key_of(self, chunk_path: str) -> str:
+        """The object key of a chunk of this job. Raises :class:`InvalidRequest` (code
+        ``invalid_destination``) for a path outside the job's prefix."""
+        rel = self.relative(chunk_path)
+        pure = PurePosixPath(rel)
+        if (rel == chunk_path and "://" in chunk_path) or pure.is_absolute() or ".." in pure.parts:
+            raise InvalidRequest(f"{chunk_path!r} is not an object of this job", code="invalid_destination")
+        return self.key(rel)
+
+    def locator(self, key: str) -> str:
+        """The URI of the object ``key`` in this destination's bucket or container."""
+        return f"{self.uri[: len(self.uri) - len(self.prefix)]}{key}"
+
+    @abc.abstractmethod
+    def discard(self, key: str) -> None:
+        """Delete the object ``key`` (an upload that failed verification)."""
+
+    def reject(self, key: str, problem: str) -> NoReturn:
+        """Delete the object ``key`` whose upload could not be verified and raise
+        :class:`VerificationFailed` saying ``problem``."""
+        try:
+            self.discard(key)
+        except Exception:  # noqa: S110 - the verification error is the one to report
+            pass
+        raise VerificationFailed(f"upload of {self.locator(key)} could not be verified: {problem}")
+
+    def remove_scratch(self) -> None:
+        """Delete the local work folder (partial and not yet uploaded files) and its empty parent."""
+        if self.workdir.is_dir() and not self.workdir.is_symlink():
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            remove_tree_if_empty(self.workdir.parent, self.workdir.parent.parent)

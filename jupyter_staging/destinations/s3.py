@@ -1,0 +1,271 @@
+"""A prefix in an S3-compatible store as a job's destination: ``s3://bucket/prefix/<job_id>/``.
+
+Files are uploaded with boto3's transfer manager (PutObject below :data:`UPLOAD_MULTIPART_THRESHOLD`,
+CreateMultipartUpload / UploadPart / CompleteMultipartUpload above), verified, and handed out as SigV4
+presigned GET URLs. Clients and error translation are shared with S3 sources
+(:mod:`jupyter_staging.clouds.s3`, which also says where endpoints and credentials come from).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+from jupyter_staging.clouds.s3 import S3Errors, bucket_exists, parse_s3_uri, presign_object, shared_s3_client
+from jupyter_staging.destinations.manifest import MANIFEST_NAME
+from jupyter_staging.destinations.objectstore import (
+    UPLOAD_CHUNKSIZE,
+    UPLOAD_CONCURRENCY,
+    UPLOAD_MULTIPART_THRESHOLD,
+    ObjectStoreDestination,
+    checked_prefix,
+    file_digests,
+    manifest_body,
+    presign_seconds,
+)
+from jupyter_staging.errors import InvalidRequest, TransferFailed, VerificationFailed
+from jupyter_staging.safety.control import JobControl
+
+#: Keys deleted by one DeleteObjects request (the service's limit).
+DELETE_BATCH = 1000
+
+_BUCKET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+_MD5_ETAG_RE = re.compile(r'"?([0-9a-f]{32})"?')
+
+
+def s3_job_prefix(destination: str, job_id: str) -> str:
+    """``s3://bucket/prefix/`` -> ``s3://bucket/prefix/<job_id>/`` (the prefix may be empty).
+
+    Raises :class:`InvalidRequest` (code ``invalid_destination``) for a bad bucket name or a prefix with
+    empty, ``.``/``..`` or control-character segments.
+    """
+    bucket, _, prefix = destination[5:].partition("/")
+    if not _BUCKET_RE.fullmatch(bucket):
+        raise InvalidRequest(
+            "the destination must look like s3://bucket/prefix/ with a valid bucket name",
+            code="invalid_destination",
+        )
+    return f"s3://{bucket}/{checked_prefix(destination, prefix)}{job_id}/"
+
+
+def check_s3_destination(uri: str) -> None:
+    """Fail early when the bucket of ``uri`` certainly does not exist (HeadBucket answers 404).
+
+    Other answers (403: the credentials may write objects without ``s3:ListBucket``; network errors) are
+    left for the job to report. Raises :class:`InvalidRequest` (code ``destination_not_found``).
+    """
+    bucket, _ = parse_s3_uri(uri)
+    if bucket_exists(shared_s3_client(), bucket) is False:
+        raise InvalidRequest(
+            f"the destination bucket {bucket!r} does not exist", code="destination_not_found"
+        )
+
+
+def upload_transfer_config() -> TransferConfig:
+    """The transfer manager's settings for uploads (see :data:`UPLOAD_MULTIPART_THRESHOLD`)."""
+    return TransferConfig(
+        multipart_threshold=UPLOAD_MULTIPART_THRESHOLD,
+        multipart_chunksize=UPLOAD_CHUNKSIZE,
+        max_concurrency=UPLOAD_CONCURRENCY,
+        use_threads=True,
+    )
+
+
+class S3Destination(ObjectStoreDestination):
+    """The job prefix ``uri`` = ``s3://bucket/prefix/<job_id>/`` (from
+    :func:`~jupyter_staging.destinations.registry.object_destination`).
+
+    ``scratch`` is the local work folder (created mode 0700 on first use). ``transfer_config`` overrides
+    :func:`upload_transfer_config`. Raises :class:`InvalidRequest` (code ``invalid_destination``) when
+    ``uri`` is not the job's own prefix.
+    """
+
+    def __init__(
+        self, job_id: str, uri: str, scratch: Path, *, transfer_config: TransferConfig | None = None
+    ) -> None:
+        super().__init__(job_id, uri, scratch)
+        self.bucket, self.prefix = parse_s3_uri(uri)
+        self.transfer_config = transfer_config or upload_transfer_config()
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def client(self) -> Any:
+        """The S3 client (:func:`~jupyter_staging.clouds.s3.shared_s3_client`), taken once."""
+        with self._lock:
+            if self._client is None:
+                self._client = shared_s3_client()
+            return self._client
+
+    def errors(self, what: str, *, missing_ok: bool = False) -> S3Errors:
+        """The error translator for writing ``what`` (see :class:`~jupyter_staging.clouds.s3.S3Errors`)."""
+        return S3Errors(what, self.bucket, "write", missing_ok=missing_ok)
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def put(
+        self,
+        local: Path,
+        rel: str,
+        *,
+        size: int,
+        sha256: str,
+        content_type: str | None,
+        control: JobControl,
+    ) -> str:
+        """Upload ``local`` to ``prefix/<job_id>/<rel>`` and verify it, then delete ``local``.
+
+        The upload carries ``ChecksumAlgorithm=SHA256`` (the store checks each PutObject / UploadPart
+        body against it) and the hex sha256 as ``x-amz-meta-sha256``. Afterwards a HeadObject
+        (``ChecksumMode=ENABLED``) must report ``size`` bytes and, for a single-part upload, the same
+        SHA-256 (or, from a store without checksums, an MD5 ETag equal to the file's MD5); a mismatch
+        deletes the object and raises :class:`VerificationFailed`. Pause and cancel stop a running upload
+        (an unfinished multipart upload is aborted) and raise :class:`JobInterrupted`. Other failures
+        raise :class:`TransferFailed` (see :meth:`errors`).
+        """
+        key = self.key(rel)
+        extra: dict[str, Any] = {"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": sha256}}
+        if content_type:
+            extra["ContentType"] = content_type
+        with self.errors(self.locator(key)):
+            self._upload(local, key, extra, control)
+            head = self.client().head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        self._verify(head, local, key, size, sha256)
+        local.unlink(missing_ok=True)
+        return self.chunk_path(rel)
+
+    def _upload(self, local: Path, key: str, extra: dict[str, Any], control: JobControl) -> None:
+        with create_transfer_manager(self.client(), self.transfer_config) as manager:
+            future = manager.upload(str(local), self.bucket, key, extra_args=extra)
+            while not future.done():
+                if control.interrupted:
+                    future.cancel()
+                    break
+                time.sleep(0.05)
+            if not control.interrupted:
+                future.result()
+        control.check()
+
+    def _verify(self, head: dict[str, Any], local: Path, key: str, size: int, sha256: str) -> None:
+        problem = None
+        if int(head.get("ContentLength", -1)) != size:
+            problem = f"{head.get('ContentLength')} bytes stored, {size} sent"
+        elif size < self.transfer_config.multipart_threshold:
+            checksum = head.get("ChecksumSHA256")
+            etag = _MD5_ETAG_RE.fullmatch(str(head.get("ETag") or ""))
+            if checksum:
+                if checksum != base64.b64encode(bytes.fromhex(sha256)).decode():
+                    problem = "the stored SHA-256 differs from the file's"
+            elif etag and etag.group(1) != file_digests(local)[0].hex():
+                problem = "the stored MD5 (ETag) differs from the file's"
+        # Multipart: each UploadPart body was checked against its SHA-256 by the store; the object's
+        # checksum is then a checksum of the parts' checksums, so only the size is compared here.
+        if problem:
+            self.reject(key, problem)
+
+    def discard(self, key: str) -> None:
+        self.client().delete_object(Bucket=self.bucket, Key=key)
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        """PutObject ``prefix/<job_id>/manifest.json`` (``application/json``, SHA-256 checked)."""
+        body = manifest_body(manifest)
+        key = self.key(MANIFEST_NAME)
+        digest = hashlib.sha256(body).digest()
+        with self.errors(self.locator(key)):
+            self.client().put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ContentType="application/json",
+                ChecksumSHA256=base64.b64encode(digest).decode(),
+            )
+            head = self.client().head_object(Bucket=self.bucket, Key=key)
+        if int(head.get("ContentLength", -1)) != len(body):
+            raise VerificationFailed(f"upload of {self.locator(key)} could not be verified")
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        """GetObject ``prefix/<job_id>/manifest.json``; None when it does not exist."""
+        with self.errors(f"{self.uri}{MANIFEST_NAME}", missing_ok=True) as errors:
+            response = self.client().get_object(Bucket=self.bucket, Key=self.key(MANIFEST_NAME))
+        if errors.missing:
+            return None
+        with response["Body"] as body:
+            data: dict[str, Any] = json.loads(body.read())
+        return data
+
+    # -- removing ----------------------------------------------------------------------------------
+
+    def remove_chunk(self, chunk_path: str) -> bool:
+        """DeleteObject of one chunk of this job."""
+        key = self.key_of(chunk_path)
+        with self.errors(chunk_path):
+            self.client().delete_object(Bucket=self.bucket, Key=key)
+        return True
+
+    def remove(
+        self, chunk_paths: list[str], item_names: list[str], convert_dirs: list[str], *, keep_ready: bool
+    ) -> int:
+        """Delete the scratch folder and abort unfinished multipart uploads below the job prefix; unless
+        ``keep_ready``, also delete every object below ``prefix/<job_id>/`` (ListObjectsV2 +
+        DeleteObjects, :data:`DELETE_BATCH` keys a request) — never anything outside that prefix.
+        Raises :class:`TransferFailed` (code ``cleanup_failed``) when objects could not be deleted."""
+        self.remove_scratch()
+        removed = 0
+        with self.errors(self.uri):
+            self._abort_uploads()
+            if not keep_ready:
+                removed = self._delete_objects()
+        return removed
+
+    def _abort_uploads(self) -> None:
+        client = self.client()
+        uploads = client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=self.prefix
+        )
+        for page in uploads:
+            for upload in page.get("Uploads", []):
+                if upload["Key"].startswith(self.prefix):
+                    client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+
+    def _delete_objects(self) -> int:
+        client = self.client()
+        removed = 0
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
+        for page in pages:
+            keys = [o["Key"] for o in page.get("Contents", []) if o["Key"].startswith(self.prefix)]
+            for start in range(0, len(keys), DELETE_BATCH):
+                batch = keys[start : start + DELETE_BATCH]
+                answer = client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+                )
+                errors = answer.get("Errors") or []
+                removed += len(batch) - len(errors)
+                if errors:
+                    raise TransferFailed(
+                        f"could not delete {len(errors)} object(s) below {self.uri} "
+                        f"({errors[0].get('Code', 'error')})",
+                        code="cleanup_failed",
+                    )
+        return removed
+
+    # -- presigned URLs ----------------------------------------------------------------------------
+
+    def presign(self, chunk_path: str, expires_seconds: int) -> tuple[str, datetime]:
+        """A SigV4 presigned GetObject URL of the chunk, valid ``expires_seconds`` (1 s - 7 days), and
+        when it expires (from its ``X-Amz-Date`` + ``X-Amz-Expires``). Made locally (an HMAC, no request).
+
+        The URL is a bearer credential for that object until it expires: hand it only to the job's
+        owner, never log or store it. Raises :class:`InvalidRequest` for a chunk not of this job."""
+        return presign_object(
+            self.client(), self.bucket, self.key_of(chunk_path), presign_seconds(expires_seconds)
+        )

@@ -1,0 +1,250 @@
+"""Admission: validate a :class:`~jupyter_staging.engine.models.CreateJob` and persist it as a queued job.
+
+Everything a request can get wrong is found here, before a job exists: the method against the source, the
+destination's confinement (:func:`~jupyter_staging.safety.paths.resolve_destination`), a destination that
+already holds a job's output, an object-store prefix. Sources holding secrets are stored redacted and
+their raw form sealed (:mod:`jupyter_staging.safety.sealed`).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from jupyter_staging.destinations.manifest import MANIFEST_NAME
+from jupyter_staging.destinations.registry import (
+    check_object_destination,
+    is_object_destination,
+    object_destination,
+)
+from jupyter_staging.engine.models import CreateJob, JobState
+from jupyter_staging.engine.store import JobRecord, Store, utcnow
+from jupyter_staging.errors import DestinationExists, InvalidRequest, PathNotAllowed, SourceNotFound
+from jupyter_staging.safety.paths import resolve_destination
+from jupyter_staging.safety.redact import redact_url
+from jupyter_staging.safety.sealed import SecretBox
+from jupyter_staging.sources.base import Source
+from jupyter_staging.sources.registry import open_source
+
+
+def default_name(source: str) -> str:
+    """A readable job name from a source: the file or folder name without its extension."""
+    if "://" in source:
+        path = unquote(urlsplit(source).path)
+    else:
+        path = source
+    base = PurePosixPath(path.rstrip("/")).name or "staging"
+    for suffix in (".gz", ".bz2", ".fz"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    stem = base.rsplit(".", 1)[0] if "." in base[1:] else base
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem).strip("._")
+    return safe[:100] or "staging"
+
+
+def manifest_label(entries: int) -> str:
+    """The ``source`` shown for a manifest job: ``manifest:4 entries``."""
+    return f"manifest:{entries} {'entry' if entries == 1 else 'entries'}"
+
+
+@dataclass
+class SourcePlan:
+    """What a request's source (or manifest) resolves to before a job id exists."""
+
+    method: str
+    #: The source as safe to log (secrets redacted).
+    described: str
+    name: str
+    #: The ``source`` column: redacted URL, or ``manifest:N entries``.
+    shown_source: str
+    #: Manifest entries, redacted; None for a single source.
+    entries: dict[str, str] | None
+    #: What to seal when ``secret``: ``{"source": ...}`` or ``{"entries": {...}}``.
+    raw: dict[str, Any]
+    secret: bool
+
+
+class Admission:
+    """Validates requests and inserts queued :class:`~jupyter_staging.engine.store.JobRecord` s.
+
+    ``root_dir`` confines local destinations; ``staging_dir`` (relative to it) is the parent of default
+    destinations; ``source_roots``, when set, are the only local folders a job may read.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        secrets: SecretBox,
+        *,
+        root_dir: Path,
+        staging_dir: str,
+        source_roots: list[str] | None,
+    ) -> None:
+        self.store = store
+        self.secrets = secrets
+        self.root_dir = root_dir
+        self.staging_dir = staging_dir
+        self.source_roots = source_roots
+        self._lock = threading.Lock()
+
+    def admit(self, request: CreateJob, owner: str) -> tuple[JobRecord, bool, str]:
+        """Validate ``request`` and persist it as a queued job of ``owner``.
+
+        Returns ``(record, created, described)``: ``created`` is False when an earlier job of ``owner``
+        had the same ``idempotency_key`` (its record is returned); ``described`` is the source as safe to
+        log. Raises :class:`InvalidRequest` / :class:`PathNotAllowed` (400), :class:`SourceNotFound` (400)
+        and :class:`DestinationExists` (409), as :meth:`StagingManager.create` documents.
+        """
+        remote = is_object_destination(request.destination)
+        self._check_remote(request, remote)
+        with self._lock:
+            if request.idempotency_key:
+                existing = self.store.find_by_idempotency_key(owner, request.idempotency_key)
+                if existing is not None:
+                    return existing, False, existing.source
+            plan = (
+                self._plan_manifest(request) if request.manifest is not None else self._plan_source(request)
+            )
+            if request.convert is not None and plan.method in ("hardlink", "symlink"):
+                raise InvalidRequest(
+                    "conversion to Parquet writes new files; "
+                    f"it cannot be combined with method {plan.method!r}",
+                    code="invalid_method",
+                )
+            job_id = str(uuid.uuid4())
+            if remote:
+                assert request.destination is not None
+                rel = object_destination(request.destination, job_id)
+            else:
+                rel = self.local_destination(request.destination, plan.name, job_id)
+            rec = self._record(request, plan, owner, job_id, rel)
+            self.store.add_job(rec)
+        return rec, True, plan.described
+
+    @staticmethod
+    def _check_remote(request: CreateJob, remote: bool) -> None:
+        """Object-store destinations take copies and downloads only, into a well-formed prefix."""
+        if remote and request.method in ("hardlink", "symlink"):
+            raise InvalidRequest(
+                f"method {request.method!r} cannot write to object storage; use copy or download",
+                code="invalid_method",
+            )
+        if remote and request.destination is not None:
+            check_object_destination(object_destination(request.destination, "check"))
+
+    def _plan_manifest(self, request: CreateJob) -> SourcePlan:
+        assert request.manifest is not None
+        entries = {k: redact_url(v) for k, v in request.manifest.items()}
+        return SourcePlan(
+            method=self.check_entries(request),
+            described=f"manifest of {len(request.manifest)} entries",
+            name=request.name or "manifest",
+            shown_source=manifest_label(len(request.manifest)),
+            entries=entries,
+            raw={"entries": request.manifest},
+            secret=entries != request.manifest,
+        )
+
+    def _plan_source(self, request: CreateJob) -> SourcePlan:
+        assert request.source is not None
+        source = open_source(request.source, source_roots=self.source_roots)
+        method = request.method or source.default_method
+        if method not in source.methods:
+            raise InvalidRequest(
+                f"method {method!r} does not apply to this source; use one of {', '.join(source.methods)}",
+                code="invalid_method",
+            )
+        shown = redact_url(request.source)
+        return SourcePlan(
+            method=method,
+            described=source.describe(),
+            name=request.name or default_name(request.source),
+            shown_source=shown,
+            entries=None,
+            raw={"source": request.source},
+            secret=shown != request.source,
+        )
+
+    def _record(self, request: CreateJob, plan: SourcePlan, owner: str, job_id: str, rel: str) -> JobRecord:
+        now = utcnow()
+        expires = now + timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else None
+        return JobRecord(
+            id=job_id,
+            owner=owner,
+            root=str(self.root_dir),
+            name=plan.name,
+            source=plan.shown_source,
+            entries=plan.entries,
+            sealed=self.secrets.seal(plan.raw) if plan.secret else None,
+            destination=rel,
+            method=plan.method,
+            convert=request.convert.model_dump() if request.convert else None,
+            state=JobState.queued.value,
+            bytes_done=0,
+            chunks_done=0,
+            rows_done=0,
+            cleanup_policy=request.cleanup_policy,
+            idempotency_key=request.idempotency_key,
+            ttl_seconds=request.ttl_seconds,
+            created_at=now,
+            updated_at=now,
+            expires_at=expires,
+            resume={},
+        )
+
+    def local_destination(self, destination: str | None, name: str, job_id: str) -> str:
+        """The checked destination folder, relative to ``root_dir`` (see :meth:`admit`)."""
+        if destination is None:
+            destination = f"{self.staging_dir.strip('/')}/{default_name(name)}"
+            dest_path, rel = resolve_destination(self.root_dir, destination)
+            if dest_path.exists():
+                destination = f"{destination}-{job_id[:8]}"
+        dest_path, rel = resolve_destination(self.root_dir, destination)
+        if (dest_path / MANIFEST_NAME).exists():
+            raise DestinationExists(
+                f"destination {rel!r} already holds a staged job's output; choose another folder"
+            )
+        if self._destination_in_use(rel):
+            raise DestinationExists(f"destination {rel!r} is used by another active job")
+        return rel
+
+    def check_entries(self, request: CreateJob) -> str:
+        """Check every manifest entry as :meth:`admit` checks a source; returns the job's method.
+
+        Bad input (an unsupported scheme, a path outside the source roots) refuses the whole job; a local
+        entry that does not exist does not (it fails alone when the job runs). Without a ``method`` in the
+        request each entry uses its own default (the job shows ``download`` when any entry is remote).
+        """
+        assert request.manifest is not None
+        methods: list[str] = []
+        for entry, uri in request.manifest.items():
+            try:
+                source: Source | None = open_source(uri, source_roots=self.source_roots)
+            except SourceNotFound:
+                source = None  # reported when the job runs, as this entry's error
+            except (InvalidRequest, PathNotAllowed) as exc:
+                raise type(exc)(f"manifest entry {entry!r}: {exc.message}", code=exc.code) from None
+            if source is None:
+                continue
+            if request.method is not None and request.method not in source.methods:
+                raise InvalidRequest(
+                    f"manifest entry {entry!r}: method {request.method!r} does not apply to this source; "
+                    f"use one of {', '.join(source.methods)}",
+                    code="invalid_method",
+                )
+            methods.append(source.default_method)
+        if request.method is not None:
+            return request.method
+        return "download" if "download" in methods or not methods else "copy"
+
+    def _destination_in_use(self, rel: str) -> bool:
+        active = [JobState.queued.value, JobState.running.value, JobState.paused.value]
+        for rec in self.store.list_jobs(root=str(self.root_dir), states=active, limit=100000):
+            if rec.destination == rel:
+                return True
+        return False

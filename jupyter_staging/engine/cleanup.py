@@ -1,0 +1,33 @@
+"""Removing what a job wrote: part files, scratch files, unfinished uploads, published chunks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jupyter_staging.engine.host import JobHost
+from jupyter_staging.engine.store import JobRecord
+
+
+def resume_item_names(resume: dict[str, Any]) -> list[str]:
+    """Names of every item a job listed (its own and its manifest entries'), from its resume data."""
+    names = [i["name"] for i in resume.get("items", [])]
+    for entry in (resume.get("entries") or {}).values():
+        names.extend(i["name"] for i in entry.get("items", []))
+    return names
+
+
+def remove_job_output(host: JobHost, rec: JobRecord, *, keep_ready: bool) -> int:
+    """Delete what job ``rec`` wrote: ``.part`` files, scratch files, unfinished uploads, and unless
+    ``keep_ready`` its published chunks and manifest (for object storage: every object below the job's
+    prefix). Returns the number of files (objects) removed.
+
+    Only the job's own destination is touched: paths inside its folder (a symlink is removed, never
+    followed) or keys below ``prefix/<job_id>/``. Raises
+    :class:`~jupyter_staging.errors.TransferFailed` when the object store cannot be cleaned.
+    """
+    destination = host.destination_of(rec)
+    resume = rec.resume or {}
+    chunk_paths = [destination.relative(c.path) for c in host.store.list_chunks(rec.id)]
+    return destination.remove(
+        chunk_paths, resume_item_names(resume), list(resume.get("convert_dirs", [])), keep_ready=keep_ready
+    )

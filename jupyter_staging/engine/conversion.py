@@ -1,0 +1,214 @@
+"""Conversion steps of a run: a table item becomes numbered Parquet parts, one chunk each.
+
+Anything that is not a table (an image, a Parquet file) is staged as it is, as one chunk. A remote table
+is downloaded (resumably) into the job's scratch folder first.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from astropy.io import fits
+
+from jupyter_staging.destinations.base import remove_tree_if_empty, scratch_dir
+from jupyter_staging.engine.items import ItemStager, sha256_file
+from jupyter_staging.engine.models import ChunkState
+from jupyter_staging.engine.store import JobRecord
+from jupyter_staging.formats.convert import convert_to_parquet
+from jupyter_staging.formats.detect import detect_format, is_table
+from jupyter_staging.safety.partfile import publish
+from jupyter_staging.safety.paths import check_output_name
+from jupyter_staging.sources.base import Source, SourceItem
+
+PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
+_PART_RE = re.compile(r"part-(\d+)\.parquet")
+
+
+class ConvertingStager(ItemStager):
+    """Adds conversion to Parquet to :class:`~jupyter_staging.engine.items.ItemStager`."""
+
+    def _convert(
+        self, source: Source, rec: JobRecord, method: str, item: SourceItem, entry: str | None = None
+    ) -> None:
+        """Convert table ``item`` into ``<stem>.parquet/part-NNNNN.parquet`` chunks (or stage it as it is
+        when it is not a table); resumes after the parts already recorded."""
+        opts = rec.convert or {}
+        with self._lock:
+            if item.name in self.resume.setdefault("converted", []):
+                return
+        if any(self.dest.relative(c.path) == item.name for c in self.store.list_chunks(self.job_id)):
+            self._convert_passthrough(source, method, item, entry=entry)  # staged as-is in an earlier run
+            return
+        local, downloaded = self._local_copy(source, item)
+        fmt = detect_format(local)
+        if fmt is None or fmt == "parquet" or (opts.get("hdu") is None and not is_table(local)):
+            self._convert_passthrough(source, method, item, downloaded=downloaded, entry=entry)
+            return
+        if fmt == "fits" and len(self.resume.get("items", [])) == 1:
+            self._expect_chunks(local, opts)
+        out_rel = self._output_folder(item)
+        out_dir = self.dest.workdir / out_rel
+        existing = [
+            c
+            for c in self.store.list_chunks(self.job_id)
+            if self.dest.relative(c.path).startswith(out_rel + "/")
+        ]
+        if self.recovering:
+            self._drop_unrecorded_part(out_dir, len(existing))
+        bytes_before = self.live.bytes_done if downloaded is None else None
+        convert_to_parquet(
+            local,
+            out_dir,
+            chunk_rows=int(opts.get("chunk_rows") or 100_000),
+            compression=str(opts.get("compression") or "zstd"),
+            hdu=opts.get("hdu"),
+            control=self.control,
+            start_index=len(existing),
+            on_chunk=lambda info: self._record_part(out_dir, out_rel, info, entry),
+        )
+        if bytes_before is not None and self.live.bytes_done == bytes_before:
+            self.control.add_bytes(item.size or 0)
+        self._converted(item, out_rel, out_dir, downloaded)
+
+    def _local_copy(self, source: Source, item: SourceItem) -> tuple[Path, Path | None]:
+        """``(local path, downloaded)``: the item's own path when it is a local file, else a resumable
+        download into the job's scratch folder (then also returned as ``downloaded``)."""
+        local = source.local_path(item)
+        if local is not None:
+            return local, None
+        # Remote: download first (resumable), then decide from the bytes whether it is a table.
+        downloaded = scratch_dir(self.dest.workdir, self.job_id) / item.name
+        if not downloaded.exists():
+            self._stage_file(source, "download", item, downloaded, recovering=False)
+        else:
+            self.control.add_bytes(item.size or 0)
+        return downloaded, downloaded
+
+    def _output_folder(self, item: SourceItem) -> str:
+        """The checked output folder ``<stem>.parquet`` of ``item`` (recorded for cleanup)."""
+        stem = PurePosixPath(item.name)
+        out_rel = check_output_name((stem.parent / f"{_strip_suffixes(stem.name)}.parquet").as_posix())
+        with self._lock:
+            if out_rel not in self.resume.setdefault("convert_dirs", []):
+                self.resume["convert_dirs"].append(out_rel)
+                self._save_resume()
+        return out_rel
+
+    def _record_part(self, out_dir: Path, out_rel: str, info: Any, entry: str | None) -> None:
+        """A part file the converter published: hand it to the destination, then record its chunk."""
+        rel = f"{out_rel}/{info.name}"
+        # Published locally; for object storage uploaded now (and the local part removed). Only then
+        # is the chunk recorded, so an interrupted upload is redone from the part on resume.
+        path = self.dest.put(
+            out_dir / info.name,
+            rel,
+            size=info.bytes,
+            sha256=info.sha256,
+            content_type=PARQUET_CONTENT_TYPE,
+            control=self.control,
+        )
+        chunk = self._new_chunk(
+            path=rel,
+            state=ChunkState.pending.value,
+            rows=info.rows,
+            bytes=info.bytes,
+            sha256=info.sha256,
+            content_type=PARQUET_CONTENT_TYPE,
+            entry=entry,
+        )
+        self._chunk_ready(chunk, path=path)
+
+    def _converted(self, item: SourceItem, out_rel: str, out_dir: Path, downloaded: Path | None) -> None:
+        """Record ``item`` as converted and remove its scratch download."""
+        work = self.dest.workdir
+        with self._lock:
+            self.resume["converted"].append(item.name)
+            self._save_resume()
+        if downloaded is not None:
+            downloaded.unlink(missing_ok=True)
+            remove_tree_if_empty(downloaded.parent, work)
+        if self.dest.remote:
+            remove_tree_if_empty(out_dir, work)
+        self._log("info", f"{item.name}: converted to {out_rel}")
+
+    def _drop_unrecorded_part(self, out_dir: Path, start_index: int) -> None:
+        """Remove the part file ``start_index`` if a previous run published it but stopped before
+        recording it (the converter publishes a part while encoding the next); it is written again."""
+        if not out_dir.is_dir() or out_dir.is_symlink():
+            return
+        for path in out_dir.iterdir():
+            match = _PART_RE.fullmatch(path.name)
+            if match and int(match.group(1)) == start_index and path.is_file() and not path.is_symlink():
+                self._log(
+                    "info", f"{path.name}: published but not recorded before the stop; writing it again"
+                )
+                path.unlink()
+
+    def _expect_chunks(self, path: Path, opts: dict[str, Any]) -> None:
+        """Set ``chunks_total`` ahead of a FITS conversion from the table's NAXIS2 (rows)."""
+        try:
+            with fits.open(path, memmap=True) as hdul:
+                hdu = opts.get("hdu")
+                if hdu is None:
+                    table = next((h for h in hdul if isinstance(h, (fits.BinTableHDU, fits.TableHDU))), None)
+                else:
+                    table = hdul[hdu]
+                rows = int(table.header.get("NAXIS2", 0)) if table is not None else 0
+            chunk_rows = int(opts.get("chunk_rows") or 100_000)
+            if rows:
+                self.store.update_job(self.job_id, chunks_total=math.ceil(rows / chunk_rows))
+        except Exception:  # noqa: S110 - only an estimate; the converter reports real errors
+            pass
+
+    def _convert_passthrough(
+        self,
+        source: Source,
+        method: str,
+        item: SourceItem,
+        downloaded: Path | None = None,
+        entry: str | None = None,
+    ) -> None:
+        """Stage a file that is not a table (an image, a Parquet file) as it is, as one chunk; a file
+        ``downloaded`` to the scratch folder already is moved into place rather than fetched again."""
+        for chunk in self.store.list_chunks(self.job_id):
+            if self.dest.relative(chunk.path) == item.name:
+                if chunk.state != ChunkState.pending.value:
+                    self.control.add_bytes(chunk.bytes or 0)
+                    return
+                break
+        else:
+            chunk = self._new_chunk(
+                path=item.name,
+                state=ChunkState.pending.value,
+                bytes=item.size,
+                content_type=item.content_type,
+                entry=entry,
+            )
+        self._log("info", f"{item.name}: not a table; staged as it is")
+        final = self.dest.workdir / item.name
+        if downloaded is not None:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if self.dest.remote and final.is_file():
+                downloaded.unlink()  # moved here by an earlier run that stopped before the upload
+            else:
+                publish(downloaded, final)
+            size, sha = final.stat().st_size, sha256_file(final)
+        else:
+            size, sha = self._stage_file(
+                source, "copy" if method == "copy" else "download", item, final, recovering=self.recovering
+            )
+        path = self.dest.put(
+            final, item.name, size=size, sha256=sha, content_type=item.content_type, control=self.control
+        )
+        self._chunk_ready(chunk, bytes=size, sha256=sha, path=path)
+
+
+def _strip_suffixes(name: str) -> str:
+    lowered = name.lower()
+    for suffix in (".gz", ".bz2", ".fz"):
+        if lowered.endswith(suffix):
+            name, lowered = name[: -len(suffix)], lowered[: -len(suffix)]
+    return name.rsplit(".", 1)[0] if "." in name[1:] else name

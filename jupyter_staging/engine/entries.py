@@ -1,0 +1,211 @@
+"""Manifest jobs: many sources, each an entry staged into ``<entry name>/`` of the job's output.
+
+Entries are listed and staged in parallel, at most :data:`MANIFEST_CONCURRENCY` at a time. An entry that
+fails is recorded (its chunks keep ``pending`` with an ``error``) and the others go on; the job then ends
+``failed`` with code ``partial`` after writing a manifest of what was staged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from jupyter_staging.engine.conversion import ConvertingStager
+from jupyter_staging.engine.models import ChunkState
+from jupyter_staging.engine.store import JobRecord
+from jupyter_staging.errors import JobInterrupted, StagingError
+from jupyter_staging.safety.paths import check_output_name
+from jupyter_staging.safety.redact import redact_text
+from jupyter_staging.sources.base import SourceItem
+from jupyter_staging.sources.registry import open_source
+
+log = logging.getLogger("jupyter_staging.engine.runner")
+
+T = TypeVar("T")
+
+#: Entries of a manifest job listed or staged at the same time.
+MANIFEST_CONCURRENCY = 4
+
+
+def error_of(exc: BaseException) -> dict[str, str]:
+    """``{"code", "message"}`` of an entry's failure, secrets redacted."""
+    if isinstance(exc, StagingError):
+        return {"code": exc.code, "message": redact_text(exc.message)}
+    return {"code": "internal_error", "message": f"unexpected error: {type(exc).__name__}"}
+
+
+class ManifestStager(ConvertingStager):
+    """Adds manifest jobs (many sources) to :class:`~jupyter_staging.engine.conversion.ConvertingStager`."""
+
+    def _run_manifest(
+        self, rec: JobRecord, entries: dict[str, str]
+    ) -> tuple[list[str], dict[str, dict[str, str]]]:
+        """List every entry, then stage them, :data:`MANIFEST_CONCURRENCY` at a time (see the module).
+        Returns the entry names and the errors of those that failed."""
+        names = list(entries)
+        listed = self._list_entries(names, entries)
+        items = {n: [self._load_item(d) for d in listed[n].get("items", [])] for n in names}
+        self._ensure_entry_chunks(rec, names, listed, items)
+        sizes = [i.size for n in names for i in items[n]]
+        self.store.update_job(
+            self.job_id, bytes_total=None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
+        )
+        chunks = self.store.list_chunks(self.job_id)
+        if rec.convert is None:
+            self.store.update_job(self.job_id, chunks_total=len(chunks))
+        self._count_done(chunks)
+        failures = {n: listed[n]["error"] for n in names if "error" in listed[n]}
+        staged = self._parallel(
+            [n for n in names if n not in failures],
+            lambda name: self._stage_entry(rec, name, entries[name], items[name]),
+        )
+        failures.update({n: error for n, error in staged.items() if error is not None})
+        self.control.check()
+        return names, failures
+
+    def _list_entries(self, names: list[str], entries: dict[str, str]) -> dict[str, dict[str, Any]]:
+        """List the entries not listed by an earlier run, in parallel; ``{name: {"items"} | {"error"}}``."""
+        with self._lock:
+            listed: dict[str, dict[str, Any]] = self.resume.setdefault("entries", {})
+            todo = [n for n in names if n not in listed]
+        if not todo:
+            return listed
+        results = self._parallel(todo, lambda name: self._list_entry(name, entries[name]))
+        with self._lock:
+            listed.update(results)
+            self._save_resume()
+        failed = [n for n in todo if "error" in listed[n]]
+        files = sum(len(listed[n].get("items", [])) for n in todo)
+        self._log(
+            "info",
+            f"{len(names)} entries: {files} file(s) to stage"
+            + (f"; {len(failed)} could not be listed ({', '.join(failed)})" if failed else ""),
+        )
+        return listed
+
+    def _parallel(self, names: list[str], work: Callable[[str], T]) -> dict[str, T]:
+        """``{name: work(name)}``, at most :data:`MANIFEST_CONCURRENCY` at once. Every call ends before
+        this returns; then a :class:`JobInterrupted` (pause, cancel, shutdown) or another error of any
+        call is raised."""
+        if not names:
+            return {}
+        results: dict[str, T] = {}
+        errors: list[BaseException] = []
+        workers = min(MANIFEST_CONCURRENCY, len(names))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="staging-entry") as pool:
+            futures = {name: pool.submit(work, name) for name in names}
+            for name, future in futures.items():
+                try:
+                    results[name] = future.result()
+                except BaseException as exc:  # re-raised below, once every entry has stopped
+                    errors.append(exc)
+        for error in errors:
+            if isinstance(error, JobInterrupted):
+                raise error
+        if errors:
+            raise errors[0]
+        return results
+
+    def _list_entry(self, name: str, uri: str) -> dict[str, Any]:
+        """``{"items": [...]}`` for entry ``name`` (item names below ``name/``), or ``{"error": {...}}``."""
+        self.control.check()
+        try:
+            items = open_source(uri, source_roots=self.host.source_roots).list_items()
+            for item in items:
+                item.name = check_output_name(f"{name}/{item.name}")
+            return {"items": [self._dump_item(i) for i in items]}
+        except JobInterrupted:
+            raise
+        except Exception as exc:
+            error = error_of(exc)
+            if error["code"] == "internal_error":
+                log.error(
+                    "staging job %s: listing entry %s failed: %s", self.job_id, name, redact_text(repr(exc))
+                )
+            self._log("warning", f"entry {name}: {error['message']} ({error['code']})")
+            return {"error": error}
+
+    def _ensure_entry_chunks(
+        self,
+        rec: JobRecord,
+        names: list[str],
+        listed: dict[str, dict[str, Any]],
+        items: dict[str, list[SourceItem]],
+    ) -> None:
+        """Chunks in entry order: one per file (plain transfers; conversions add theirs as parts are
+        written), and one marked with the error for an entry that could not be listed. Idempotent."""
+        existing = {(c.entry, self.dest.relative(c.path)) for c in self.store.list_chunks(self.job_id)}
+        for name in names:
+            error = listed[name].get("error")
+            if error is not None:
+                if not any(entry == name for entry, _ in existing):
+                    self._error_chunk(name, error)
+                continue
+            if rec.convert is not None:
+                continue
+            for item in items[name]:
+                if (name, item.name) not in existing:
+                    self._new_chunk(
+                        path=item.name,
+                        state=ChunkState.pending.value,
+                        bytes=item.size,
+                        content_type=item.content_type,
+                        entry=name,
+                    )
+
+    def _stage_entry(
+        self, rec: JobRecord, name: str, uri: str, items: list[SourceItem]
+    ) -> dict[str, str] | None:
+        """Stage every item of entry ``name``; returns None, or the entry's error (recorded)."""
+        try:
+            source = open_source(uri, source_roots=self.host.source_roots)
+            method = rec.method if rec.method in source.methods else source.default_method
+            for item in items:
+                self.control.check()
+                if rec.convert is None:
+                    chunk = next(
+                        c
+                        for c in self.store.list_chunks(self.job_id)
+                        if c.entry == name and self.dest.relative(c.path) == item.name
+                    )
+                    self._transfer(source, method, item, chunk)
+                else:
+                    self._convert(source, rec, method, item, entry=name)
+                self.host.report_progress(self.job_id, force=True)
+        except JobInterrupted:
+            raise
+        except Exception as exc:
+            error = error_of(exc)
+            if error["code"] == "internal_error":
+                log.error("staging job %s: entry %s failed: %s", self.job_id, name, redact_text(repr(exc)))
+            self._entry_failed(name, error)
+            return error
+        return None
+
+    def _error_chunk(self, name: str, error: dict[str, str]) -> None:
+        """A pending chunk standing for manifest entry ``name``, carrying why it could not be staged."""
+        self._new_chunk(
+            path=name,
+            state=ChunkState.pending.value,
+            entry=name,
+            error_code=error["code"],
+            error_message=error["message"],
+        )
+
+    def _entry_failed(self, name: str, error: dict[str, str]) -> None:
+        """Record the failure of entry ``name`` in the resume data and on its pending chunks."""
+        with self._lock:
+            self.resume["entries"][name]["error"] = error
+            self._save_resume()
+            pending = [
+                c
+                for c in self.store.list_chunks(self.job_id)
+                if c.entry == name and c.state == ChunkState.pending.value
+            ]
+            for chunk in pending:
+                self.store.update_chunk(chunk.id, error_code=error["code"], error_message=error["message"])
+            if not pending:
+                self._error_chunk(name, error)
+        self._log("warning", f"entry {name} failed: {error['message']} ({error['code']}); the others go on")

@@ -1,0 +1,75 @@
+"""What a :class:`~jupyter_staging.engine.runner.JobRunner` needs from the manager that runs it.
+
+The runner reaches its manager only through this protocol, so the runner never imports the manager (no
+cycle) and a test or another executor can host a runner with anything that provides these members.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from jupyter_staging.destinations.base import Destination
+from jupyter_staging.engine.models import JobState
+from jupyter_staging.engine.progress import LiveProgress
+from jupyter_staging.engine.store import JobRecord, Store
+from jupyter_staging.errors import StagingError
+from jupyter_staging.safety.sealed import SecretBox
+
+
+class JobHost(Protocol):
+    """The manager as its job runners see it.
+
+    Every method is thread-safe: runners call them from executor threads. State changes are persisted
+    before they are announced to listeners.
+    """
+
+    store: Store
+    secrets: SecretBox
+    source_roots: list[str] | None
+
+    def destination_of(self, rec: JobRecord) -> Destination:
+        """The destination (local folder or object-store prefix) of job ``rec``."""
+        ...
+
+    def raw_sources(self, rec: JobRecord) -> tuple[str, dict[str, str] | None]:
+        """The job's source and manifest entries as submitted, secrets unsealed (never log them)."""
+        ...
+
+    def set_state(self, job_id: str, state: JobState, **fields: Any) -> JobRecord:
+        """Persist a state transition (and other columns) and announce it; raises
+        :class:`~jupyter_staging.errors.InvalidState` for a transition the job model forbids."""
+        ...
+
+    def log_event(self, job_id: str, level: str, message: str) -> None:
+        """Add a redacted line (``level``: info, warning, error) to the job's log."""
+        ...
+
+    def announce(self, rec: JobRecord) -> None:
+        """Tell listeners that job ``rec`` changed (after it was persisted)."""
+        ...
+
+    def attach_live(self, job_id: str, live: LiveProgress) -> None:
+        """Register the running job's in-memory progress counters."""
+        ...
+
+    def report_progress(self, job_id: str, *, force: bool = False) -> None:
+        """Persist and announce live progress, at most every ``PROGRESS_INTERVAL`` seconds unless
+        ``force``; also relays a pause / cancel requested by another process."""
+        ...
+
+    def apply_cleanup_policy(self, job_id: str, outcome: JobState | None = None) -> None:
+        """Remove the job's output when its cleanup policy says so for ``outcome``."""
+        ...
+
+    def finish_cancelled(self, job_id: str) -> None:
+        """Remove the job's partial output and end it ``cancelled``."""
+        ...
+
+    def fail(self, job_id: str, error: StagingError | Exception) -> None:
+        """End the job ``failed`` with the error's code and a redacted message (``internal_error`` for
+        anything that is not a :class:`~jupyter_staging.errors.StagingError`)."""
+        ...
+
+    def release(self, job_id: str) -> None:
+        """Forget the runner's control and live counters once it has returned."""
+        ...

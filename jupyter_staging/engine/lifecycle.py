@@ -1,0 +1,372 @@
+"""The life of jobs around their runs: state changes and events, recovery, TTL expiry, cleanup policies.
+
+:class:`JobLifecycle` is the part of the manager its runners see (it implements
+:class:`~jupyter_staging.engine.host.JobHost`): every state change is persisted in the
+:class:`~jupyter_staging.engine.store.Store` before it is announced to listeners; jobs left running by a
+process that died are resumed by :meth:`JobLifecycle.start`; finished jobs past their ``expires_at`` are
+expired by the sweeper thread.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from jupyter_staging.destinations.base import Destination
+from jupyter_staging.destinations.registry import open_destination
+from jupyter_staging.engine.cleanup import remove_job_output
+from jupyter_staging.engine.describe import describe_job
+from jupyter_staging.engine.executors import Executor
+from jupyter_staging.engine.models import TRANSITIONS, ChunkState, DescribeJob, JobState
+from jupyter_staging.engine.progress import PROGRESS_INTERVAL, LiveProgress
+from jupyter_staging.engine.runner import JobRunner
+from jupyter_staging.engine.store import JobRecord, Store, utcnow
+from jupyter_staging.errors import InvalidState, JobNotFound, StagingError
+from jupyter_staging.safety.control import JobControl
+from jupyter_staging.safety.redact import redact_text
+from jupyter_staging.safety.sealed import SecretBox
+
+log = logging.getLogger("jupyter_staging.engine.manager")
+
+Listener = Callable[[dict[str, Any]], None]
+
+
+class JobLifecycle:
+    """Job state, events, recovery and cleanup of one staging area (the base of
+    :class:`~jupyter_staging.engine.manager.StagingManager`; see its parameters)."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        secrets: SecretBox,
+        root_dir: Path,
+        scratch_root: Path,
+        source_roots: list[str] | None,
+        executor: Executor,
+        sweep_interval: float,
+    ) -> None:
+        self.store = store
+        self.secrets = secrets
+        self.root_dir = root_dir
+        self.scratch_root = scratch_root
+        self.source_roots = source_roots
+        self.executor = executor
+        self._listeners: list[Listener] = []
+        self._controls: dict[str, JobControl] = {}
+        self._live: dict[str, LiveProgress] = {}
+        self._lock = threading.RLock()
+        self._done = threading.Condition(self._lock)
+        self._stopped = False
+        #: Identifies this process as the runner of the jobs it submits (``host:pid``).
+        self.runner_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.sweep_interval = sweep_interval
+        self._sweeper: threading.Thread | None = None
+        self._sweep_stop = threading.Event()
+
+    # -- recovery, TTL expiry, cleanup policies -------------------------------------------------------
+
+    def start(self) -> list[str]:
+        """Recover after a restart: jobs left ``running`` or ``queued`` are queued again and resume from
+        their partial files. Returns the ids of the jobs resubmitted."""
+        resumed = []
+        for rec in self.store.list_jobs(
+            root=str(self.root_dir), states=[JobState.running.value, JobState.queued.value], limit=100000
+        ):
+            if rec.runner and rec.runner != self.runner_id and runner_alive(rec.runner):
+                continue  # another live process (a second kernel, a script) runs it
+            if rec.state == JobState.running.value:
+                self.log_event(rec.id, "warning", "the server stopped while this job ran; resuming it")
+                self.set_state(rec.id, JobState.queued)
+            resumed.append(rec.id)
+        for job_id in reversed(resumed):  # oldest first
+            self.submit(job_id)
+        if self.sweep_interval > 0 and self._sweeper is None:
+            self._sweeper = threading.Thread(target=self._sweep_loop, name="staging-ttl-sweeper", daemon=True)
+            self._sweeper.start()
+        return resumed
+
+    def _sweep_loop(self) -> None:
+        while not self._sweep_stop.wait(self.sweep_interval):
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("staging TTL sweep failed")
+
+    def sweep(self, now: datetime | None = None) -> list[str]:
+        """Expire finished jobs whose ``expires_at`` has passed: remove their output, mark their chunks
+        and the job ``expired``. Returns the ids expired. Runs every ``sweep_interval`` seconds."""
+        now = now or utcnow()
+        expired = []
+        final = [JobState.succeeded.value, JobState.failed.value, JobState.cancelled.value]
+        for rec in self.store.list_jobs(root=str(self.root_dir), states=final, limit=100000):
+            if rec.expires_at is None or rec.expires_at > now:
+                continue
+            self._expire(rec)
+            expired.append(rec.id)
+        return expired
+
+    def _expire(self, rec: JobRecord) -> None:
+        try:
+            removed = remove_job_output(self, rec, keep_ready=False)
+        except StagingError as exc:  # the store is unreachable: the next sweep tries again
+            log.warning("staging job %s: could not expire its output: %s", rec.id, redact_text(exc.message))
+            return
+        for chunk in self.store.list_chunks(rec.id):
+            if chunk.state != ChunkState.expired.value:
+                self.store.update_chunk(chunk.id, state=ChunkState.expired.value)
+        self.log_event(rec.id, "info", f"expired: output removed ({removed} file(s))")
+        self.set_state(rec.id, JobState.expired)
+
+    def apply_cleanup_policy(self, job_id: str, outcome: JobState | None = None) -> None:
+        """When a job ends: ``delete_on_success`` (if it succeeded) and ``delete_always`` remove its
+        output — for an object store, every object below the job's prefix; chunks become ``expired``.
+        ``retain`` and ``delete_on_ack`` keep what is left.
+
+        ``outcome`` is the final state the job is about to be given (the runner cleans up *before*
+        announcing it, so a client that sees ``succeeded`` never sees the output still there); default:
+        its present state."""
+        rec = self._record(job_id, None)
+        policy = rec.cleanup_policy
+        state = (outcome or JobState(rec.state)).value
+        if policy == "delete_always" or (policy == "delete_on_success" and state == JobState.succeeded.value):
+            try:
+                removed = remove_job_output(self, rec, keep_ready=False)
+            except StagingError as exc:
+                self.log_event(
+                    job_id, "warning", f"cleanup policy {policy}: output not removed: {exc.message}"
+                )
+                return
+            for chunk in self.store.list_chunks(rec.id):
+                self.store.update_chunk(chunk.id, state=ChunkState.expired.value)
+            self.log_event(job_id, "info", f"cleanup policy {policy}: output removed ({removed} file(s))")
+            self.announce(self._record(job_id, None))
+
+    def stop(self, wait: bool = True) -> None:
+        """Pause nothing, persist progress and stop workers. Running jobs stay ``running`` in the
+        database so that the next :meth:`start` resumes them."""
+        self._stopped = True
+        self._sweep_stop.set()
+        with self._lock:
+            controls = list(self._controls.values())
+        for control in controls:
+            control.interrupt("shutdown")
+        self.executor.shutdown(wait=wait)
+        self.store.close()
+
+    # -- listeners ----------------------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(event)`` on every job change; returns a function that unsubscribes.
+
+        ``event`` is ``{"type": "job", "job": <DescribeJob as JSON dict>}``. Listeners are called from
+        worker threads and must not block.
+        """
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def announce(self, rec: JobRecord) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+            self._done.notify_all()
+        if not listeners:
+            return
+        event = {"type": "job", "job": self.describe(rec).model_dump(mode="json")}
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:  # a broken listener must not break a job
+                log.exception("staging event listener failed")
+
+    # -- the JobHost protocol: what runners call -----------------------------------------------------
+
+    def raw_sources(self, rec: JobRecord) -> tuple[str, dict[str, str] | None]:
+        """The job's source and manifest entries as submitted, secrets included (unsealed).
+
+        For the job runner only: never log, show or store what this returns. Raises
+        :class:`~jupyter_staging.errors.SecretUnavailable` when the sealing key changed."""
+        if rec.sealed:
+            raw = self.secrets.open(rec.sealed)
+            return str(raw.get("source") or rec.source), raw.get("entries") or rec.entries
+        return rec.source, rec.entries
+
+    def destination_of(self, rec: JobRecord) -> Destination:
+        """The :class:`~jupyter_staging.destinations.base.Destination` of job ``rec``."""
+        return open_destination(
+            rec.id, rec.destination, root_dir=self.root_dir, scratch_root=self.scratch_root
+        )
+
+    def set_state(self, job_id: str, state: JobState, **fields: Any) -> JobRecord:
+        """Persist ``state`` (and ``fields``) then announce it; a final state also drops the sealed
+        secrets. Raises :class:`JobNotFound` and :class:`InvalidState` (a transition the model forbids)."""
+        rec = self.store.get_job(job_id)
+        if rec is None:
+            raise JobNotFound(f"no staging job {job_id!r}")
+        current = JobState(rec.state)
+        if state != current and state not in TRANSITIONS[current]:
+            raise InvalidState(f"a {current.value} job cannot become {state.value}")
+        if state.is_final:
+            fields.setdefault("finished_at", utcnow())
+            # The raw source is needed to run, not to remember: drop the sealed copies.
+            fields.setdefault("sealed", None)
+            if rec.resume:
+                fields.setdefault("resume", without_sealed(rec.resume))
+        updated = self.store.update_job(job_id, state=state.value, **fields)
+        assert updated is not None
+        self.announce(updated)
+        return updated
+
+    def log_event(self, job_id: str, level: str, message: str) -> None:
+        """Add ``message`` (redacted) to the job's log and to this process's log at ``level``."""
+        message = redact_text(message)
+        self.store.add_event(job_id, level, message)
+        getattr(log, level if level in ("info", "warning", "error") else "info")(
+            "staging job %s: %s", job_id, message
+        )
+
+    def attach_live(self, job_id: str, live: LiveProgress) -> None:
+        """Register the running job's in-memory progress counters (read by :meth:`describe`)."""
+        with self._lock:
+            self._live[job_id] = live
+
+    def submit(self, job_id: str) -> None:
+        """Hand job ``job_id`` to the executor (a new :class:`JobRunner`), this process its runner."""
+        if self._stopped:
+            return
+        runner = JobRunner(self, job_id)
+        self.store.update_job(job_id, runner=self.runner_id)
+        with self._lock:
+            self._controls[job_id] = runner.control
+        self.executor.submit(runner.run)
+
+    def finish_cancelled(self, job_id: str) -> None:
+        """Remove the job's output and end it ``cancelled``."""
+        rec = self._record(job_id, None)
+        try:
+            remove_job_output(self, rec, keep_ready=False)
+        except StagingError as exc:
+            self.log_event(job_id, "warning", f"partial output not removed: {exc.message}")
+        self.store.update_job(job_id, requested=None)
+        self.set_state(job_id, JobState.cancelled)
+        self.log_event(job_id, "info", "cancelled; partial output removed")
+
+    def report_progress(self, job_id: str, *, force: bool = False) -> None:
+        """Persist and announce the live counters, at most every :data:`PROGRESS_INTERVAL` seconds unless
+        ``force``; relays a pause / cancel that another process requested through the database."""
+        live = self._live.get(job_id)
+        if live is None:
+            return
+        now = time.monotonic()
+        with live.lock:
+            if not force and now - live.last_flush < PROGRESS_INTERVAL:
+                return
+            live.last_flush = now
+            live.rate = live.meter.sample(live.bytes_done, now)
+            bytes_done, rows_done = live.bytes_done, live.rows_done
+        rec = self.store.update_job(job_id, bytes_done=bytes_done, rows_done=rows_done)
+        if rec is not None:
+            if rec.requested in (JobState.paused.value, JobState.cancelled.value):
+                with self._lock:
+                    control = self._controls.get(job_id)
+                if control is not None and not control.interrupted:
+                    control.interrupt(rec.requested)
+            self.announce(rec)
+
+    def fail(self, job_id: str, error: StagingError | Exception) -> None:
+        """End the job ``failed`` with the error's code (``internal_error`` and the exception's type for
+        anything unexpected; its traceback, redacted, goes to this process's log only)."""
+        if isinstance(error, StagingError):
+            code, message = error.code, error.message
+        else:
+            # The traceback may quote a URL (a library's exception message): redact it as a log line.
+            text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+            log.error("staging job %s failed unexpectedly:\n%s", job_id, redact_text(text))
+            code, message = "internal_error", f"unexpected error: {type(error).__name__}"
+        message = redact_text(message)
+        self.log_event(job_id, "error", f"failed: {message} ({code})")
+        self.apply_cleanup_policy(job_id, JobState.failed)
+        self.set_state(job_id, JobState.failed, error_code=code, error_message=message, requested=None)
+
+    def release(self, job_id: str) -> None:
+        """Forget the control and live counters of a runner that has returned."""
+        with self._lock:
+            self._controls.pop(job_id, None)
+            self._live.pop(job_id, None)
+
+    def _record(self, job_id: str, owner: str | None) -> JobRecord:
+        rec = self.store.get_job(job_id)
+        if rec is None or rec.root != str(self.root_dir) or (owner is not None and rec.owner != owner):
+            raise JobNotFound(f"no staging job {job_id!r}")
+        return rec
+
+    def describe(self, rec: JobRecord) -> DescribeJob:
+        """The API view of ``rec``, with the live counters of a job running in this process."""
+        return describe_job(rec, self._live.get(rec.id))
+
+
+def runner_alive(runner: str) -> bool:
+    """True when ``runner`` (``host:pid``) is a live process on this host; False when it is gone or
+    cannot be checked from here (another host)."""
+    host, _, pid = runner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def current_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "user"
+
+
+def default_key_file(db_url: str) -> Path | None:
+    """``<database file>.key`` for a SQLite database file, else None (an in-memory key)."""
+    url = make_url(db_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    if url.database.startswith("file:"):
+        return None
+    return Path(url.database + ".key")
+
+
+def without_sealed(resume: dict[str, Any]) -> dict[str, Any]:
+    """The runner's resume data without the sealed locators of its items (``items`` and
+    ``entries.<name>.items``; see ``JobRunner._dump_item`` in :mod:`jupyter_staging.engine.runner`)."""
+
+    def items(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in item.items() if k != "sealed"} for item in values]
+
+    resume = dict(resume)
+    if "items" in resume:
+        resume["items"] = items(resume["items"])
+    if "entries" in resume:
+        resume["entries"] = {
+            name: {**entry, "items": items(entry.get("items", []))} if "items" in entry else entry
+            for name, entry in resume["entries"].items()
+        }
+    return resume

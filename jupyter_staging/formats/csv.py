@@ -1,0 +1,180 @@
+"""CSV, TSV and simple ECSV, streamed with pyarrow's CSV reader (``pyarrow.csv.open_csv``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from jupyter_staging.errors import ConversionFailed
+from jupyter_staging.formats.base import Piece, Source
+from jupyter_staging.formats.compression import compression_of
+from jupyter_staging.formats.metadata import base_meta, with_metadata
+from jupyter_staging.safety.control import JobControl
+
+__all__ = ["CSV_BLOCK_SIZE", "CSV_INFER_BYTES", "CsvSource"]
+
+log = logging.getLogger(__name__)
+
+#: Bytes of CSV text parsed per batch. Small blocks keep the reader's read-ahead small.
+CSV_BLOCK_SIZE = 1024 * 1024
+#: Bytes of CSV text column types are inferred from (then fixed for the whole file).
+CSV_INFER_BYTES = 16 * 1024 * 1024
+
+
+class CsvSource(Source):
+    """CSV/TSV (and ECSV whose columns are plain scalars) via ``pyarrow.csv.open_csv``.
+
+    Column types are inferred once from the first ``CSV_INFER_BYTES`` of text (ECSV: taken from its
+    header) and then fixed for the whole file, so every part has the same schema; a later value that does
+    not fit its column's type raises :class:`ConversionFailed`. Columns empty throughout that first block
+    are read as strings. The file is then streamed in ``CSV_BLOCK_SIZE`` blocks: memory is a few blocks
+    of text and their Arrow batches.
+
+    ``header_bytes`` of comment lines at the start are skipped; ``column_types`` fixes types by name
+    (ECSV); ``fields_meta`` (by column name) and ``schema_meta`` are added to the schema. Raises
+    :class:`ConversionFailed` when the text cannot be read or (ECSV) its columns do not match the header.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        fmt: str,
+        *,
+        header_bytes: int = 0,
+        delimiter: str = ",",
+        column_types: dict[str, pa.DataType] | None = None,
+        fields_meta: dict[str, dict[bytes, bytes]] | None = None,
+        schema_meta: dict[str, str] | None = None,
+        control: JobControl | None = None,
+    ) -> None:
+        self.path = path
+        self.fmt = fmt
+        self.size = path.stat().st_size
+        self._header_bytes = header_bytes
+        self._delimiter = delimiter
+        self._column_types = dict(column_types or {})
+        self._ecsv = fmt == "ecsv"
+        schema = self._untyped_as_strings(self._infer_schema(), control)
+        if self._ecsv and column_types is not None and list(column_types) != schema.names:
+            raise ConversionFailed(f"{path.name}: ECSV column names do not match its header")
+        if len(set(schema.names)) == len(schema.names):
+            self._column_types = {f.name: f.type for f in schema}
+        meta = base_meta(path, fmt) | (schema_meta or {})
+        fields_meta = fields_meta or {}
+        self.schema = with_metadata(schema, [fields_meta.get(name, {}) for name in schema.names], meta)
+
+    def _untyped_as_strings(self, schema: pa.Schema, control: JobControl | None) -> pa.Schema:
+        """``schema`` with columns of null type (empty in the inferred sample) read as strings, warned of."""
+        untyped = [f.name for f in schema if pa.types.is_null(f.type)]
+        if not untyped:
+            return schema
+        message = (
+            f"{self.path.name}: columns {', '.join(untyped)} are empty in the first "
+            f"{CSV_INFER_BYTES // (1024 * 1024)} MiB; reading them as strings"
+        )
+        log.warning("%s", message)
+        if control is not None:
+            control.log("warning", message)
+        return pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in schema])
+
+    def _infer_schema(self) -> pa.Schema:
+        """Column names and types from the first ``CSV_INFER_BYTES`` (whole lines) of the text.
+
+        ``read_csv`` on that sample promotes a column's type when a later block needs it (int64 to
+        double to string), which the streaming reader cannot do once it has started.
+        """
+        raw, stream = self._open_stream()
+        try:
+            sample = stream.read_buffer(CSV_INFER_BYTES + 1)
+            if sample.size > CSV_INFER_BYTES:  # cut after the last whole line (zero-copy)
+                window = min(CSV_INFER_BYTES, 1024 * 1024)
+                cut = sample.slice(CSV_INFER_BYTES - window, window).to_pybytes().rfind(b"\n")
+                if cut >= 0:
+                    sample = sample.slice(0, CSV_INFER_BYTES - window + cut + 1)
+            table = pacsv.read_csv(pa.BufferReader(sample), **self._options())
+        except pa.ArrowException as exc:
+            raise self._unreadable(exc) from None
+        finally:
+            raw.close()
+        return table.schema
+
+    def _unreadable(self, exc: Exception) -> ConversionFailed:
+        return ConversionFailed(f"{self.path.name}: not a readable {self.fmt.upper()} file: {exc}")
+
+    def _open_stream(self) -> tuple[pa.NativeFile, pa.NativeFile]:
+        """``(raw file, text stream)``: the file decompressed if need be, positioned after the comment
+        lines of the header. The caller closes the raw file. Raises :class:`ConversionFailed` when the
+        file (or its compression) cannot be read."""
+        raw = pa.OSFile(str(self.path), "rb")
+        try:
+            codec = compression_of(self.path)
+            stream: pa.NativeFile = pa.CompressedInputStream(raw, codec) if codec else raw
+            if self._header_bytes:
+                stream.read(self._header_bytes)
+        except BaseException as exc:
+            raw.close()
+            if isinstance(exc, pa.ArrowException):
+                raise self._unreadable(exc) from None
+            raise
+        return raw, stream
+
+    def _options(self) -> dict[str, Any]:
+        """Read, parse and convert options for ``pyarrow.csv.read_csv``/``open_csv``."""
+        if self._ecsv:  # ECSV 1.0: missing values are empty fields, booleans True/False
+            convert = pacsv.ConvertOptions(
+                column_types=self._column_types,
+                null_values=[""],
+                strings_can_be_null=True,
+                true_values=["True", "true"],
+                false_values=["False", "false"],
+            )
+        else:
+            convert = pacsv.ConvertOptions(column_types=self._column_types)
+        return {
+            "read_options": pacsv.ReadOptions(block_size=CSV_BLOCK_SIZE),
+            "parse_options": pacsv.ParseOptions(delimiter=self._delimiter),
+            "convert_options": convert,
+        }
+
+    def _open(self) -> tuple[pacsv.CSVStreamingReader, pa.NativeFile]:
+        raw, stream = self._open_stream()
+        try:
+            reader = pacsv.open_csv(stream, **self._options())
+        except BaseException as exc:
+            raw.close()
+            if isinstance(exc, pa.ArrowException):
+                raise self._unreadable(exc) from None
+            raise
+        return reader, raw
+
+    def pieces(self, skip_rows: int) -> Iterator[Piece]:
+        reader, raw = self._open()
+        try:
+            start = raw.tell()
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    return
+                except pa.ArrowInvalid as exc:
+                    raise ConversionFailed(
+                        f"{self.path.name}: {exc} (column types were inferred from the first "
+                        f"{CSV_INFER_BYTES // (1024 * 1024)} MiB of the file)"
+                    ) from None
+                end = raw.tell()
+                if skip_rows >= batch.num_rows:
+                    skip_rows -= batch.num_rows
+                else:
+                    if skip_rows:
+                        batch = batch.slice(skip_rows)
+                        skip_rows = 0
+                    yield Piece(batch, start, end)
+                start = end
+        finally:
+            reader.close()
+            raw.close()

@@ -1,0 +1,129 @@
+"""Which tabular format a file holds (sniffed, else by suffix), and whether it can be converted."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jupyter_staging.errors import ConversionFailed
+from jupyter_staging.formats.compression import COMPRESSED_SUFFIXES, head, open_binary
+from jupyter_staging.formats.fits import select_fits_hdu
+from jupyter_staging.formats.votable import VOTableSource
+
+__all__ = ["detect_format", "is_table"]
+
+#: Suffixes of FITS files.
+_FITS_SUFFIXES = {".fits", ".fit", ".fts", ".fz"}
+_SUFFIX_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".ecsv": "ecsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".parq": "parquet",
+    ".vot": "votable",
+    ".votable": "votable",
+    **dict.fromkeys(_FITS_SUFFIXES, "fits"),
+}
+_VOTABLE_ROOT = re.compile(rb"<(?:\w+:)?VOTABLE[\s>]")
+_VOTABLE_TABLE = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?TABLE[\s>/]")
+
+
+def _base_suffix(path: Path) -> str:
+    """The format suffix, looking through one compression suffix (``x.csv.gz`` -> ``.csv``)."""
+    name = path.name.lower()
+    suffix = Path(name).suffix
+    if suffix in COMPRESSED_SUFFIXES:
+        suffix = Path(name[: -len(suffix)]).suffix
+    return suffix
+
+
+def _sniff(start: bytes) -> str | None:
+    """The format the first bytes of a file show, or None."""
+    if start.startswith(b"SIMPLE  ="):
+        return "fits"
+    if start.startswith(b"PAR1"):
+        return "parquet"
+    text = start.lstrip(b"\xef\xbb\xbf").lstrip()
+    if text.startswith(b"# %ECSV"):
+        return "ecsv"
+    if text.startswith(b"<") and _VOTABLE_ROOT.search(text):
+        return "votable"
+    return None
+
+
+def detect_format(path: Path) -> str | None:
+    """The tabular format of ``path``: ``'csv' | 'tsv' | 'fits' | 'votable' | 'ecsv' | 'parquet'``, or None.
+
+    The first 64 KiB are sniffed first (through ``.gz``/``.bz2``/``.zst`` compression): FITS starts with
+    ``SIMPLE  =`` (FITS Standard 4.0 §4.4.1.1), Parquet with ``PAR1``, ECSV with ``# %ECSV``, and a VOTable
+    is XML with a ``VOTABLE`` root element. Otherwise the suffix decides (``.csv``, ``.tsv``/``.tab``,
+    ``.ecsv``, ``.parquet``/``.pq``, ``.fits``/``.fit``/``.fts``/``.fz``, ``.vot``/``.votable``, each
+    optionally followed by a compression suffix). ``.xml`` counts only when it sniffs as a VOTable.
+    None means not a table this module converts (an image, a text file, an unknown suffix, a folder).
+    Never raises for an unreadable path: the suffix alone decides then.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return None
+    sniffed = _sniff(head(path))
+    if sniffed is not None:
+        return sniffed
+    return _SUFFIX_FORMATS.get(_base_suffix(path))
+
+
+def is_table(path: Path, hdu: int | str | None = None) -> bool:
+    """True when :func:`jupyter_staging.formats.convert.convert_to_parquet` can convert ``path`` (with
+    this ``hdu``).
+
+    FITS files are opened (headers only) and need a binary or ASCII table HDU (or ``hdu`` must name one);
+    an image-only FITS file gives False. VOTables need a ``TABLE`` element (with ``hdu`` given, the file is
+    parsed to check that table exists); Parquet files need a readable footer; CSV, TSV and ECSV files are
+    taken on trust (their content is only checked while converting). Never raises.
+    """
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt is None or not path.is_file():
+        return False
+    try:
+        if fmt == "fits":
+            _check_fits(path, hdu)
+        elif fmt == "votable":
+            return _check_votable(path, hdu)
+        elif fmt == "parquet":
+            pq.ParquetFile(path).close()
+    except (ConversionFailed, OSError, ValueError, pa.ArrowException):
+        return False
+    return True
+
+
+def _check_fits(path: Path, hdu: int | str | None) -> None:
+    """Raises :class:`ConversionFailed` (or what astropy raises) unless ``path`` has that table HDU."""
+    # astropy is heavy (about a second to import): loaded only when a FITS file is looked at
+    from astropy.io import fits
+
+    with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
+        select_fits_hdu(hdul, hdu, path.name)
+
+
+def _check_votable(path: Path, hdu: int | str | None) -> bool:
+    """Whether the VOTable has a ``TABLE`` (with ``hdu``: parsed, and raises unless that table exists)."""
+    if hdu is not None:
+        VOTableSource(path, hdu, chunk_rows=1).close()
+        return True
+    return _has_votable_table(path)
+
+
+def _has_votable_table(path: Path) -> bool:
+    """Whether the XML text contains a ``TABLE`` element, scanning in 1 MiB blocks."""
+    tail = b""
+    with open_binary(path) as fh:
+        while block := fh.read(1024 * 1024):
+            if _VOTABLE_TABLE.search(tail + block):
+                return True
+            tail = block[-64:]
+    return False

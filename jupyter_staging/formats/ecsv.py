@@ -1,0 +1,125 @@
+"""ECSV 1.0: streamed as CSV when its columns are plain scalars, else read whole by astropy.
+
+The YAML header (``# %ECSV 1.0`` then ``# ``-prefixed lines) gives each column's ``datatype``, ``unit``,
+``description`` and ``meta``; mixin columns (``__serialized_columns__``), ``subtype`` columns and
+multi-character delimiters need astropy's reader.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from jupyter_staging.errors import ConversionFailed
+from jupyter_staging.formats.arrow import ndarray_to_arrow
+from jupyter_staging.formats.base import Source, TableSource
+from jupyter_staging.formats.compression import comment_prefix_bytes, head
+from jupyter_staging.formats.csv import CsvSource
+from jupyter_staging.formats.metadata import base_meta, dumps, ecsv_field_meta, with_metadata
+from jupyter_staging.safety.control import JobControl
+
+__all__ = ["ECSV_TYPES", "ecsv_source", "read_ecsv_whole"]
+
+#: ECSV 1.0 ``datatype`` values read directly by the CSV reader.
+ECSV_TYPES: dict[str, pa.DataType] = {
+    "bool": pa.bool_(),
+    "int8": pa.int8(),
+    "int16": pa.int16(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "uint8": pa.uint8(),
+    "uint16": pa.uint16(),
+    "uint32": pa.uint32(),
+    "uint64": pa.uint64(),
+    "float16": pa.float32(),
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+    "string": pa.string(),
+}
+
+
+def _ecsv_header(path: Path) -> tuple[dict[str, Any], int] | None:
+    """The parsed YAML header of an ECSV file and its size in bytes, or None if it is not one."""
+    # astropy is heavy (about a second to import): loaded only when an ECSV file is read
+    from astropy.table import meta as table_meta
+
+    skip = comment_prefix_bytes(path)
+    lines = head(path, skip).decode("utf-8", "replace").splitlines()
+    if not lines or not re.match(r"#\s*%ECSV\s+\d", lines[0]):
+        return None
+    body = [line[2:] if line.startswith("# ") else line[1:] for line in lines[1:]]
+    try:
+        header = table_meta.get_header_from_yaml(body)
+    except Exception as exc:  # astropy raises several YAML error types
+        raise ConversionFailed(f"{path.name}: invalid ECSV header: {exc}") from None
+    return header, skip
+
+
+def _is_simple(header: dict[str, Any]) -> bool:
+    """Whether the CSV reader can read the file: plain scalar columns, one-character delimiter."""
+    columns = header.get("datatype") or []
+    return bool(
+        columns
+        and all(c.get("datatype") in ECSV_TYPES and "subtype" not in c for c in columns)
+        and "__serialized_columns__" not in (header.get("meta") or {})
+        and len(header.get("delimiter", " ")) == 1
+    )
+
+
+def ecsv_source(path: Path, chunk_rows: int, control: JobControl | None) -> Source:
+    """An ECSV file: streamed as CSV when its columns are plain scalars, else read whole by astropy.
+
+    Raises :class:`ConversionFailed` when it is not an ECSV file or cannot be read.
+    """
+    found = _ecsv_header(path)
+    if found is None:
+        raise ConversionFailed(f"{path.name}: not an ECSV file (no '# %ECSV' first line)")
+    header, header_bytes = found
+    if not _is_simple(header):
+        return read_ecsv_whole(path, chunk_rows)
+    columns = header["datatype"]
+    table_meta = header.get("meta") or {}
+    fields_meta = {
+        column["name"]: ecsv_field_meta(column.get("unit"), column.get("description"), column.get("meta"))
+        for column in columns
+    }
+    return CsvSource(
+        path,
+        "ecsv",
+        header_bytes=header_bytes,
+        delimiter=header.get("delimiter", " "),
+        column_types={c["name"]: ECSV_TYPES[c["datatype"]] for c in columns},
+        fields_meta=fields_meta,
+        schema_meta={"ecsv.meta": dumps(table_meta)} if table_meta else {},
+        control=control,
+    )
+
+
+def read_ecsv_whole(path: Path, chunk_rows: int) -> TableSource:
+    """An ECSV file read whole by ``astropy.table.Table.read`` (mixin columns split into plain ones).
+
+    Memory is the whole table. Raises :class:`ConversionFailed` when astropy cannot read it.
+    """
+    # astropy is heavy (about a second to import): loaded only when such a file is read
+    from astropy.table import Table
+    from astropy.table.serialize import represent_mixins_as_columns
+
+    try:
+        table = represent_mixins_as_columns(Table.read(path, format="ascii.ecsv"))
+    except Exception as exc:  # astropy raises many error types for malformed ECSV
+        raise ConversionFailed(f"{path.name}: not a readable ECSV file: {exc}") from None
+    arrays, fields_meta = [], []
+    for name in table.colnames:
+        column = table[name]
+        arrays.append(ndarray_to_arrow(column))
+        unit = column.unit.to_string() if column.unit is not None else None
+        fields_meta.append(ecsv_field_meta(unit, column.description, column.meta))
+    meta = base_meta(path, "ecsv")
+    if table.meta:
+        meta["ecsv.meta"] = dumps(dict(table.meta))
+    arrow = pa.table(arrays, names=table.colnames)
+    arrow = arrow.cast(with_metadata(arrow.schema, fields_meta, meta))
+    return TableSource(arrow, path.stat().st_size, chunk_rows)

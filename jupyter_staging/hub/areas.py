@@ -1,0 +1,223 @@
+"""Users' areas, reached through directory descriptors only.
+
+A user's area is writable by the user, so everything below the area's trusted base is opened one
+component at a time with ``O_NOFOLLOW | O_DIRECTORY`` (:class:`UserAreas`, :class:`Target`): a symlink the
+user plants is refused, never followed, even if it appears between two checks. What is then written in the
+target's folder is :mod:`jupyter_staging.hub.fileops`' business.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pwd
+import string
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from jupyter_staging.errors import PathNotAllowed, StagingError
+from jupyter_staging.safety.paths import check_output_name
+
+#: Flags opening a folder of a user's area: never through a symlink.
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+_SAFE_USERNAME_CHARS = frozenset(string.ascii_letters + string.digits)
+
+
+def escape_username(name: str) -> str:
+    """``name`` made safe as one path component: ASCII letters and digits stay, every other byte of its
+    UTF-8 form becomes ``-xx`` (hex). The same scheme as ``escapism`` / KubeSpawner's legacy
+    ``{username}``, so ``alice`` stays ``alice`` and ``a.b`` becomes ``a-2eb``; ``..`` cannot survive."""
+    out = []
+    for char in name:
+        if char in _SAFE_USERNAME_CHARS:
+            out.append(char)
+        else:
+            out.extend(f"-{byte:02x}" for byte in char.encode("utf-8"))
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Numeric owner given to what the service creates in a user's area."""
+
+    uid: int
+    gid: int
+
+
+def owner_for(username: str) -> Owner | None:
+    """The user's uid and gid when this process may give files away (it runs as root) and the user
+    exists in the password database; otherwise None and files keep the service's ownership."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(username)
+    except KeyError:
+        return None
+    return Owner(entry.pw_uid, entry.pw_gid)
+
+
+@dataclass
+class Target:
+    """Where one file goes: ``name`` inside the folder open at ``dir_fd`` (opened without following any
+    symlink below the area's trusted base). ``path`` is the absolute path, for records and messages;
+    ``folder`` the folder relative to the user's area (POSIX, ``""`` for the area itself).
+    Close it (or use it as a context manager) to release the descriptor."""
+
+    dir_fd: int
+    name: str
+    path: str
+    folder: str
+    owner: Owner | None
+
+    def close(self) -> None:
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+
+    def __enter__(self) -> Target:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def lstat(self) -> os.stat_result | None:
+        """``lstat`` of the target name, or None when nothing is there."""
+        try:
+            return os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+
+class UserAreas:
+    """The users' areas, from a template such as ``/home/{username}/staging``.
+
+    ``{username}`` is replaced by :func:`escape_username` of the user's name. The folders above the
+    component holding ``{username}`` are the trusted base: set by the administrator, resolved once,
+    symlinks allowed. From the user's component down, every folder is opened with ``O_NOFOLLOW``, and
+    missing folders are created (mode 0755, given to the user when the service runs as root).
+
+    Raises :class:`ValueError` at construction for a template that is relative, lacks ``{username}``, or
+    has ``.``/``..`` components.
+    """
+
+    def __init__(self, template: str) -> None:
+        parts = PurePosixPath(template).parts
+        if not template.startswith("/"):
+            raise ValueError(f"user area template {template!r} must be an absolute path")
+        if any(part in (".", "..") for part in parts):
+            raise ValueError(f"user area template {template!r} must not contain '.' or '..'")
+        index = next((i for i, part in enumerate(parts) if "{username}" in part), None)
+        if index is None:
+            raise ValueError(f"user area template {template!r} must contain {{username}}")
+        self.template = template
+        self.base = Path(*parts[:index]).resolve()
+        self._below = parts[index:]
+
+    def components(self, username: str) -> list[str]:
+        """The area's folders below the trusted base, for ``username``."""
+        escaped = escape_username(username)
+        return [part.replace("{username}", escaped) for part in self._below]
+
+    def path(self, username: str) -> Path:
+        """Absolute path of the user's area (it may not exist yet)."""
+        return self.base.joinpath(*self.components(username))
+
+    def open_target(
+        self,
+        username: str,
+        relative_path: str,
+        default_name: str,
+        *,
+        create: bool = True,
+        owner: Owner | None = None,
+    ) -> Target:
+        """Open the folder that will hold the target and return the :class:`Target`.
+
+        ``relative_path`` is relative to the user's area (see :class:`StageRequest`); ``default_name`` is
+        used when it names a folder. With ``create``, missing folders are made.
+
+        Raises :class:`PathNotAllowed` (400, ``path_not_allowed``) for absolute paths, ``..``, hidden
+        (dot) components, NUL, or a symlink (or a file) where a folder is expected;
+        :class:`FileNotFoundError` when a folder is missing and ``create`` is False; ``not_configured``
+        (500) when the trusted base folder is missing.
+        """
+        folder, name = split_relative_path(relative_path, default_name)
+        try:
+            fd = os.open(self.base, DIR_FLAGS)
+        except OSError as err:
+            raise StagingError(
+                f"the base folder of the user areas, {self.base}, cannot be opened: {err.strerror}",
+                code="not_configured",
+                status=500,
+            ) from None
+        walked: list[str] = []
+        try:
+            for part in [*self.components(username), *folder]:
+                child = _open_child_dir(fd, part, create=create, owner=owner, shown=walked + [part])
+                os.close(fd)
+                fd = child
+                walked.append(part)
+        except BaseException:
+            os.close(fd)
+            raise
+        area = self.path(username)
+        return Target(
+            dir_fd=fd,
+            name=name,
+            path=str(area.joinpath(*folder, name)),
+            folder="/".join(folder),
+            owner=owner,
+        )
+
+
+def split_relative_path(relative_path: str, default_name: str) -> tuple[list[str], str]:
+    """``(folders, file_name)`` of a ``relative_path`` inside a user's area.
+
+    A path ending in ``/`` (or empty) is a folder and the file is ``default_name``. Raises
+    :class:`PathNotAllowed` for absolute paths, ``..``, dot components and NUL.
+    """
+    if "\x00" in relative_path or "\x00" in default_name:
+        raise PathNotAllowed("relative_path must not contain NUL characters")
+    raw = relative_path.replace("\\", "/").strip()
+    if raw.startswith("/"):
+        raise PathNotAllowed(
+            f"relative_path {relative_path!r} must be relative to your area; absolute paths are refused"
+        )
+    is_folder = raw == "" or raw.endswith("/")
+    parts = check_output_name(raw.rstrip("/")).split("/") if raw.rstrip("/") else []
+    if is_folder:
+        parts.append(check_output_name(default_name))
+    if len(parts) == 1 and parts[0] == "":
+        raise PathNotAllowed("relative_path names no file")
+    return parts[:-1], parts[-1]
+
+
+def _open_child_dir(parent_fd: int, name: str, *, create: bool, owner: Owner | None, shown: list[str]) -> int:
+    """Open folder ``name`` in ``parent_fd`` without following a symlink, creating it if asked."""
+    where = "/".join(shown)
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+    except FileNotFoundError:
+        if not create:
+            raise
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise PathNotAllowed(
+                f"{where!r} is a symbolic link or a file, not a folder; links in a user's area are never "
+                "followed"
+            ) from None
+        raise
+    try:
+        os.mkdir(name, 0o755, dir_fd=parent_fd)
+    except FileExistsError:
+        pass  # made meanwhile: the O_NOFOLLOW open below decides whether it is acceptable
+    try:
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise PathNotAllowed(f"{where!r} was replaced by a symbolic link or a file") from None
+        raise
+    if owner is not None:
+        os.fchown(fd, owner.uid, owner.gid)
+    return fd

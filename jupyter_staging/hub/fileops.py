@@ -1,0 +1,318 @@
+"""The file work of the hub service, descriptor-based: copy, hard-link, symlink, stream a source.
+
+Nothing here knows tornado or the Hub; every call runs on a worker thread. A source is a regular file on the
+shared storage (:func:`check_source`), re-checked by inode when it is opened. A target is a name in a
+folder open as a descriptor (:class:`~jupyter_staging.hub.areas.Target`); files are created there with
+``O_CREAT | O_EXCL | O_NOFOLLOW`` relative to that descriptor, written as ``<name>.<random>.part``,
+fsynced and given their final name with ``linkat`` (never replacing anything), so a symlink planted by the
+user is never followed and nothing is ever overwritten.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from jupyter_staging.errors import (
+    DestinationExists,
+    InvalidRequest,
+    PathNotAllowed,
+    SourceNotFound,
+    StagingError,
+)
+from jupyter_staging.hub.areas import Target
+from jupyter_staging.safety.partfile import copy_stream
+from jupyter_staging.safety.paths import resolve_source
+
+log = logging.getLogger(__name__)
+
+#: Bytes per read when hashing or streaming a file.
+BLOCK_SIZE = 1024 * 1024
+
+#: Flags reading a file: never through a symlink, never blocking on a FIFO.
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+#: Flags creating a file: it must not exist and must not be a symlink.
+CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+# -- sources --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A regular file on the shared storage: ``path`` is resolved (no symlinks), ``size`` in bytes."""
+
+    path: Path
+    size: int
+    device: int
+    inode: int
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def check_source(path: str, shared_roots: list[str]) -> SourceFile:
+    """Resolve ``path`` (absolute) and check it is a regular file inside ``shared_roots`` after every
+    symlink is followed.
+
+    Raises :class:`PathNotAllowed` (400, ``path_not_allowed``) for relative paths or paths outside the
+    roots (including through a symlink), :class:`SourceNotFound` (400, ``source_not_found``) when it does
+    not exist, :class:`InvalidRequest` (400, ``source_not_a_file``) for folders and special files.
+    """
+    if not shared_roots:
+        raise StagingError("the service has no shared roots configured", code="not_configured", status=500)
+    resolved = resolve_source(path, shared_roots)
+    st = resolved.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidRequest(f"source {path!r} is not a regular file", code="source_not_a_file")
+    return SourceFile(resolved, st.st_size, st.st_dev, st.st_ino)
+
+
+def _open_source(source: SourceFile) -> int:
+    """An fd reading ``source``; refuses a file replaced since :func:`check_source` (``source_changed``)."""
+    try:
+        fd = os.open(source.path, READ_FLAGS)
+    except FileNotFoundError:
+        raise SourceNotFound(f"source {str(source.path)!r} disappeared") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise PathNotAllowed(f"source {str(source.path)!r} became a symbolic link") from None
+        raise
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (source.device, source.inode) or not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise StagingError(
+            f"source {str(source.path)!r} changed while it was checked", code="source_changed", status=409
+        )
+    return fd
+
+
+def sha256_of_fd(fd: int) -> tuple[int, str]:
+    """``(size_bytes, sha256_hex)`` of the whole file open at ``fd`` (read with ``pread``)."""
+    digest = hashlib.sha256()
+    offset = 0
+    while True:
+        block = os.pread(fd, BLOCK_SIZE, offset)
+        if not block:
+            return offset, digest.hexdigest()
+        digest.update(block)
+        offset += len(block)
+
+
+def source_sha256(source: SourceFile) -> str:
+    """sha256 (hex) of a source file's bytes."""
+    fd = _open_source(source)
+    try:
+        return sha256_of_fd(fd)[1]
+    finally:
+        os.close(fd)
+
+
+# -- the file work --------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """Result of the file work: ``status`` ``succeeded`` or ``skipped`` (a duplicate); ``bytes`` the file
+    size; ``sha256`` the hex digest of the bytes written (None for links)."""
+
+    status: str
+    bytes: int | None = None
+    sha256: str | None = None
+
+    @property
+    def duplicate(self) -> bool:
+        return self.status == "skipped"
+
+
+def _exists_error(target: Target) -> DestinationExists:
+    return DestinationExists(
+        f"{target.path} already exists with different content; it is never overwritten",
+        code="target_exists",
+    )
+
+
+def check_duplicate(target: Target, source: SourceFile) -> bool:
+    """True when the target already holds the same bytes as ``source`` (same size and sha256, or the
+    very same inode); False when nothing is there.
+
+    Raises :class:`DestinationExists` (409, ``target_exists``) when something else is there, including
+    a symlink (which is never followed).
+    """
+    st = target.lstat()
+    if st is None:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_size != source.size:
+        raise _exists_error(target)
+    if (st.st_dev, st.st_ino) == (source.device, source.inode):
+        return True
+    fd = os.open(target.name, READ_FLAGS, dir_fd=target.dir_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _exists_error(target)
+        _, existing = sha256_of_fd(fd)
+    finally:
+        os.close(fd)
+    if existing != source_sha256(source):
+        raise _exists_error(target)
+    return True
+
+
+class _FdWriter:
+    """The ``write`` side :func:`~jupyter_staging.safety.partfile.copy_stream` expects: a raw fd, hashed."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+        self.sha256.update(data)
+        self.size += len(data)
+
+
+def local_copy(source: SourceFile, target: Target) -> Outcome:
+    """Copy ``source`` to ``target``: written as ``<name>.<random>.part`` (created with ``O_EXCL |
+    O_NOFOLLOW`` in the target's folder fd), fsynced, checked against the source size, made read-only
+    (0444), given to the user when the service may, then linked under its final name, which must not
+    exist (nothing is ever overwritten).
+
+    Returns ``skipped`` for a duplicate. Raises :class:`DestinationExists` (``target_exists``) for a
+    different file of that name, ``source_changed`` (409) when the source changed size while copied.
+    """
+    if check_duplicate(target, source):
+        return Outcome("skipped", source.size, source_sha256(source))
+    src_fd = _open_source(source)
+    part = f"{target.name}.{secrets.token_hex(4)}.part"
+    try:
+        out_fd = os.open(part, CREATE_FLAGS, 0o600, dir_fd=target.dir_fd)
+    except BaseException:
+        os.close(src_fd)
+        raise
+    published = False
+    try:
+        writer = _FdWriter(out_fd)
+        with os.fdopen(src_fd, "rb", buffering=0, closefd=False) as reader:
+            copy_stream(reader, writer, block_size=BLOCK_SIZE)  # type: ignore[arg-type]
+        os.fsync(out_fd)
+        if writer.size != source.size or os.fstat(src_fd).st_size != source.size:
+            raise StagingError(
+                f"source {str(source.path)!r} changed size while it was copied",
+                code="source_changed",
+                status=409,
+            )
+        os.fchmod(out_fd, 0o444)
+        if target.owner is not None:
+            os.fchown(out_fd, target.owner.uid, target.owner.gid)
+        _publish(part, target)
+        published = True
+        return Outcome("succeeded", writer.size, writer.sha256.hexdigest())
+    finally:
+        os.close(src_fd)
+        os.close(out_fd)
+        if not published:
+            _unlink_quietly(part, target.dir_fd)
+
+
+def _publish(part: str, target: Target) -> None:
+    """Give ``part`` the target's name with ``linkat`` (never replaces, never follows), then drop it."""
+    try:
+        os.link(part, target.name, src_dir_fd=target.dir_fd, dst_dir_fd=target.dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        raise _exists_error(target) from None
+    os.unlink(part, dir_fd=target.dir_fd)
+    os.fsync(target.dir_fd)
+
+
+def _unlink_quietly(name: str, dir_fd: int) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
+
+
+def hardlink(source: SourceFile, target: Target) -> Outcome:
+    """Hard-link ``source`` as ``target`` (instant; the archive and the area must share a file system).
+
+    The link *is* the archive's inode, so its mode and owner are left alone: a ``chmod 0444`` or a
+    ``chown`` to the user would change the shared source file for everyone. Archives are expected to be
+    read-only to users already. ``sha256`` is not computed (the content is the source itself).
+
+    Raises ``cross_device`` (400) across file systems, ``link_not_permitted`` (403) when the kernel's
+    ``protected_hardlinks`` refuses, :class:`DestinationExists` (``target_exists``) for a different file.
+    """
+    if check_duplicate(target, source):
+        return Outcome("skipped", source.size)
+    try:
+        os.link(source.path, target.name, dst_dir_fd=target.dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        raise _exists_error(target) from None
+    except OSError as err:
+        if err.errno == errno.EXDEV:
+            raise InvalidRequest(
+                "hardlink needs the shared storage and the user's area on one file system; use local_copy",
+                code="cross_device",
+            ) from None
+        if err.errno == errno.EPERM:
+            raise StagingError(
+                "the system refused the hard link (protected_hardlinks); use local_copy",
+                code="link_not_permitted",
+                status=403,
+            ) from None
+        raise
+    os.fsync(target.dir_fd)
+    return Outcome("succeeded", source.size)
+
+
+def symlink(source: SourceFile, target: Target) -> Outcome:
+    """Create ``target`` as a symbolic link to the resolved ``source`` path (owned by the user when the
+    service may). A link to the same path already there is a duplicate; anything else there is
+    ``target_exists``."""
+    st = target.lstat()
+    if st is not None:
+        if stat.S_ISLNK(st.st_mode) and os.readlink(target.name, dir_fd=target.dir_fd) == str(source.path):
+            return Outcome("skipped", source.size)
+        raise _exists_error(target)
+    try:
+        os.symlink(source.path, target.name, dir_fd=target.dir_fd)
+    except FileExistsError:
+        raise _exists_error(target) from None
+    if target.owner is not None:
+        os.chown(target.name, target.owner.uid, target.owner.gid, dir_fd=target.dir_fd, follow_symlinks=False)
+    os.fsync(target.dir_fd)
+    return Outcome("succeeded", source.size)
+
+
+def make_read_only(target: Target) -> None:
+    """``chmod 0444`` (and give to the user when the service may) the regular file at ``target``,
+    opened without following a symlink. Best effort: a service without the right leaves it as is."""
+    try:
+        fd = os.open(target.name, READ_FLAGS, dir_fd=target.dir_fd)
+    except OSError:
+        return
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fchmod(fd, 0o444)
+            if target.owner is not None:
+                os.fchown(fd, target.owner.uid, target.owner.gid)
+    except PermissionError:
+        log.debug("cannot make %s read-only: not its owner", target.path)
+    finally:
+        os.close(fd)
+
+
+def open_download(source: SourceFile) -> BinaryIO:
+    """The source opened for streaming to the caller (unbuffered binary file, caller closes it)."""
+    return os.fdopen(_open_source(source), "rb", buffering=0)

@@ -1,0 +1,161 @@
+"""A small client of the JupyterHub REST API and of users' own servers, with the service's token.
+
+``jupyter_copy`` needs it: the Hub starts the user's server
+(https://jupyterhub.readthedocs.io/en/stable/reference/rest-api.html), then the user's server runs the copy
+through its staging API (``api/v1/staging``), so the write is the user's own. Errors are
+:class:`~jupyter_staging.errors.StagingError` with stable codes; messages never hold the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+from urllib.parse import quote
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from jupyter_staging.errors import InvalidRequest, StagingError
+
+#: The jobs of the staging API of a user's server, relative to the server's URL.
+STAGING_JOBS = "api/v1/staging/jobs"
+
+
+class HubAPI:
+    """Calls to the JupyterHub REST API and to users' servers with the service's own token.
+
+    Scopes the service's role needs (https://jupyterhub.readthedocs.io/en/stable/rbac/scopes.html):
+    ``read:users:name`` and ``read:servers`` to see a user's server, ``servers`` to start it,
+    ``access:servers`` to call the staging API of the user's server.
+
+    ``api_url`` is ``$JUPYTERHUB_API_URL`` (``.../hub/api``); ``proxy_url`` the proxy's URL as the service
+    reaches it (user servers are under ``/user/<name>/`` there). Requests time out after
+    ``request_timeout`` seconds.
+    """
+
+    def __init__(self, api_url: str, token: str, proxy_url: str, *, request_timeout: float = 30.0) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.proxy_url = proxy_url.rstrip("/")
+        self._token = token
+        self.request_timeout = request_timeout
+        self.client = AsyncHTTPClient()
+
+    async def request(self, method: str, url: str, body: Any = None) -> tuple[int, Any]:
+        """``(status, decoded JSON or None)``; HTTP error statuses are returned, not raised.
+
+        Raises ``hub_unreachable`` (502) when the connection fails."""
+        req = HTTPRequest(
+            url,
+            method=method,
+            headers={"Authorization": f"token {self._token}", "Content-Type": "application/json"},
+            body=None if body is None and method in ("GET", "DELETE") else json.dumps(body or {}),
+            request_timeout=self.request_timeout,
+            follow_redirects=False,
+        )
+        try:
+            response = await self.client.fetch(req, raise_error=False)
+        except (OSError, HTTPClientError) as err:
+            raise StagingError(
+                f"cannot reach {url.split('?')[0]}: {type(err).__name__}", code="hub_unreachable", status=502
+            ) from None
+        if response.code == 599:
+            raise StagingError(f"cannot reach {url.split('?')[0]}", code="hub_unreachable", status=502)
+        try:
+            data = json.loads(response.body) if response.body else None
+        except ValueError:
+            data = None
+        return response.code, data
+
+    async def get_user(self, name: str) -> dict[str, Any] | None:
+        """The user's model (with ``servers``), or None for an unknown user."""
+        code, data = await self.request("GET", f"{self.api_url}/users/{quote(name, safe='')}")
+        if code == 404:
+            return None
+        if code != 200 or not isinstance(data, dict):
+            raise StagingError(f"the Hub answered {code} for user {name!r}", code="hub_error", status=502)
+        return data
+
+    async def ensure_server(self, name: str, *, timeout: float, interval: float = 0.5) -> str:
+        """Start the user's default server unless it runs, wait until it is ready, return its URL path
+        (e.g. ``/user/bob/``).
+
+        Raises ``unknown_user`` (400), ``server_start_failed`` (502) when the spawn fails,
+        ``server_start_timeout`` (504) after ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        user = await self._require_user(name)
+        server = user.get("servers", {}).get("")
+        if not (server and (server.get("ready") or server.get("pending"))):
+            code, data = await self.request("POST", f"{self.api_url}/users/{quote(name, safe='')}/server")
+            if code not in (201, 202, 400):
+                message = data.get("message") if isinstance(data, dict) else None
+                raise StagingError(
+                    f"the Hub could not start {name}'s server ({code}: {message or 'no detail'})",
+                    code="server_start_failed",
+                    status=502,
+                )
+        while True:
+            server = (await self._require_user(name)).get("servers", {}).get("")
+            if server and server.get("ready"):
+                return str(server["url"])
+            if not server:
+                raise StagingError(f"{name}'s server failed to start", code="server_start_failed", status=502)
+            if loop.time() > deadline:
+                raise StagingError(
+                    f"{name}'s server was not ready after {timeout:.0f} s",
+                    code="server_start_timeout",
+                    status=504,
+                )
+            await asyncio.sleep(interval)
+
+    async def _require_user(self, name: str) -> dict[str, Any]:
+        user = await self.get_user(name)
+        if user is None:
+            raise InvalidRequest(f"no JupyterHub user named {name!r}", code="unknown_user")
+        return user
+
+    async def server_api(self, server_path: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """Call ``<proxy_url><server_path><path>`` (a user's server) with the service token."""
+        return await self.request(method, f"{self.proxy_url}{server_path.rstrip('/')}/{path}", body)
+
+    # -- the staging API of a user's server -----------------------------------------------------------
+
+    async def create_job(self, username: str, server_path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST api/v1/staging/jobs`` in ``username``'s server (at ``server_path``); the job model.
+
+        Raises :func:`server_error` unless the answer is 200 or 201 with a JSON object."""
+        code, job = await self.server_api(server_path, "POST", STAGING_JOBS, body)
+        if code not in (200, 201) or not isinstance(job, dict):
+            raise server_error(username, code, job)
+        return job
+
+    async def get_job(self, username: str, server_path: str, job_id: str) -> dict[str, Any]:
+        """``GET api/v1/staging/jobs/{job_id}`` in ``username``'s server; the job model.
+
+        Raises :func:`server_error` unless the answer is 200 with a JSON object."""
+        code, job = await self.server_api(server_path, "GET", job_url(job_id))
+        if code != 200 or not isinstance(job, dict):
+            raise server_error(username, code, job)
+        return job
+
+    async def job_chunks(self, server_path: str, job_id: str) -> list[dict[str, Any]]:
+        """The chunks of a job in a user's server (``[]`` when the answer has none)."""
+        _, chunks = await self.server_api(server_path, "GET", f"{job_url(job_id)}/chunks")
+        return list((chunks or {}).get("chunks", []))
+
+
+def job_url(job_id: str) -> str:
+    """Path of a job in the staging API of a user's server, relative to the server."""
+    return f"{STAGING_JOBS}/{quote(job_id, safe='')}"
+
+
+def server_error(username: str, code: int, body: Any) -> StagingError:
+    """A failed call to the user's server as a :class:`StagingError` keeping the server's error code."""
+    message = body.get("message") if isinstance(body, dict) else None
+    server_code = body.get("code") if isinstance(body, dict) else None
+    return StagingError(
+        f"{username}'s server answered {code}: {message or 'no detail'}",
+        code=str(server_code or "server_error"),
+        status=502 if code >= 500 or code < 400 else code,
+    )

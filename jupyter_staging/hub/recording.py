@@ -1,0 +1,111 @@
+"""How the hub service records an operation: one database row and one line of the operations log.
+
+Every call of ``POST api/stage`` ends in :meth:`Recorder.finish` or :meth:`Recorder.fail`, whatever
+happened; a failure is recorded even when the database is down (the log line still says it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from typing import Any
+
+from jupyter_staging.errors import InvalidRequest, StagingError
+from jupyter_staging.hub.db import Operation, OperationStore, utcnow
+from jupyter_staging.hub.fileops import Outcome
+
+logger = logging.getLogger(__name__)
+
+
+class Recorder:
+    """Final states of operations in ``store`` (an :class:`~jupyter_staging.hub.db.OperationStore`), each
+    with a line in ``oplog`` (the operations log, see :mod:`jupyter_staging.hub.oplog`)."""
+
+    def __init__(self, store: OperationStore, oplog: logging.Logger) -> None:
+        self.store = store
+        self.oplog = oplog
+
+    async def finish(self, op: Operation, outcome: Outcome) -> Operation:
+        """Record ``op`` as ``succeeded`` or ``skipped`` with the outcome's size and digest."""
+        fields: dict[str, Any] = {
+            "bytes": outcome.bytes, "sha256": outcome.sha256, "target": op.target, "job_id": op.job_id,
+        }  # fmt: skip
+        if outcome.duplicate:
+            fields.update(
+                error_code="duplicate",
+                error_reason="the same file (same size and sha256, or same link) is already there; skipped",
+            )
+        done = await asyncio.to_thread(self.save, op, outcome.status, fields)
+        self.log(logging.INFO, done, "duplicate, skipped" if outcome.duplicate else "done")
+        return done
+
+    def save(self, op: Operation, status: str, fields: dict[str, Any]) -> Operation:
+        """Give ``op`` its final ``status`` and ``fields``, inserting the row if it is not there yet."""
+        done = self.store.finish(op.id, status, **fields)
+        if done is None:
+            op.status = status
+            op.finished = utcnow()
+            for key, value in fields.items():
+                setattr(op, key, value)
+            done = self.store.add(op)
+        return done
+
+    async def fail(self, op: Operation, err: BaseException, **fields: Any) -> None:
+        """Record ``op`` as failed because of ``err`` (a refusal, an I/O error or a bug)."""
+        staging = as_staging_error(err, op.id)
+        level = logging.WARNING if staging.status < 500 else logging.ERROR
+        if not isinstance(err, (StagingError, OSError)):
+            logger.error("operation %s: unexpected %s: %s", op.id, type(err).__name__, err)
+        fields.update(
+            error_code=staging.code, error_reason=staging.message, target=op.target, job_id=op.job_id
+        )
+        try:
+            done = await asyncio.to_thread(self.save, op, "failed", fields)
+        except Exception as db_err:  # the database is down: the log line still records the call
+            logger.error("operation %s not recorded: %s: %s", op.id, type(db_err).__name__, db_err)
+            op.status, op.error_code = "failed", staging.code
+            done = op
+        self.log(level, done, staging.message)
+
+    def log(self, level: int, op: Operation, message: str) -> None:
+        """One line of the operations log (a JSON object, see :mod:`jupyter_staging.hub.oplog`)."""
+        self.oplog.log(
+            level,
+            message,
+            extra={
+                "operation": op.id,
+                "user": op.user,
+                "actor": op.actor,
+                "method": op.method,
+                "status": op.status,
+                "code": op.error_code,
+                "source": op.source,
+                "target": op.target,
+                "bytes": op.bytes,
+                "job_id": op.job_id,
+            },
+        )
+
+
+def as_staging_error(err: BaseException, operation_id: str) -> StagingError:
+    """``err`` as a :class:`StagingError` with ``operation_id`` attached; OS errors keep their
+    ``strerror`` (never a traceback)."""
+    if isinstance(err, StagingError):
+        staging = err
+    elif isinstance(err, FileNotFoundError):
+        staging = InvalidRequest(
+            f"a folder of the target does not exist: {err.strerror}", code="target_missing"
+        )
+    elif isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        staging = StagingError("no space left in the user's area", code="no_space", status=507)
+    elif isinstance(err, OSError) and err.errno == errno.ENAMETOOLONG:
+        staging = InvalidRequest("a name in the path is too long", code="name_too_long")
+    elif isinstance(err, OSError):
+        staging = StagingError(f"file system error: {err.strerror or type(err).__name__}", code="io_error")
+    else:
+        staging = StagingError(
+            f"internal error ({type(err).__name__}); see the service log", code="internal_error"
+        )
+    staging.operation_id = operation_id  # type: ignore[attr-defined]
+    return staging

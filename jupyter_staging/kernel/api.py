@@ -1,0 +1,251 @@
+"""The notebook's staging API: :func:`stage`, :func:`list_jobs`, :func:`get_job`, :func:`resolve`, and the
+backend of this process (:func:`default_backend`, :func:`use_server`, :func:`use_local`).
+
+In a kernel started by a Jupyter server that runs the ``jupyter_staging`` extension, every call goes through
+that server's REST API (``<base_url>api/v1/staging``), so jobs run in the server and survive kernel restarts.
+Anywhere else (a plain IPython, a script) the same engine runs in this process
+(:class:`~jupyter_staging.kernel.backends.LocalBackend`). :func:`default_backend` chooses once per process
+(:mod:`jupyter_staging.kernel.discovery`); :func:`use_server` and :func:`use_local` override the choice.
+
+Paths are as the caller sees them: a relative local source or destination is relative to the current working
+directory. Destinations are sent to the engine relative to its root directory and must lie inside it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from jupyter_staging.errors import InvalidRequest
+from jupyter_staging.kernel.backends import Backend, LocalBackend, ServerBackend
+from jupyter_staging.kernel.discovery import discover
+from jupyter_staging.kernel.frontend import has_widget_frontend, in_ipython
+from jupyter_staging.kernel.job import Job, JobList
+from jupyter_staging.kernel.paths import is_url, local_source, to_root_relative
+
+__all__ = [
+    "default_backend",
+    "get_job",
+    "list_jobs",
+    "reset_backend",
+    "resolve",
+    "stage",
+    "use_local",
+    "use_server",
+]
+
+_backend: Backend | None = None
+_backend_lock = threading.Lock()
+
+
+# -- the backend of this process ---------------------------------------------------------------------------
+
+
+def default_backend() -> Backend:
+    """The backend of this process, chosen on first use by
+    :func:`~jupyter_staging.kernel.discovery.discover` and kept: the Jupyter server that started this
+    kernel (or the one the environment names), else a :class:`LocalBackend` on the current working
+    directory."""
+    global _backend
+    with _backend_lock:
+        if _backend is None:
+            _backend = discover()
+        return _backend
+
+
+def use_server(url: str, token: str | None = None, root_dir: str | os.PathLike[str] | None = None) -> Backend:
+    """Send every later call of this process to the Jupyter server at ``url`` (with its base_url).
+
+    ``root_dir`` is the server's root directory as this process sees it (default: the current working
+    directory). Nothing is checked until the first call; a wrong URL or token then raises
+    :class:`StagingError`. Returns the backend.
+    """
+    backend = ServerBackend(url, token, root_dir if root_dir is not None else os.getcwd())
+    _set_backend(backend)
+    return backend
+
+
+def use_local(root_dir: str | os.PathLike[str] | None = None, *, db_url: str | None = None) -> Backend:
+    """Run every later job of this process in this process, confined to ``root_dir`` (default: the
+    current working directory); see :class:`LocalBackend`. Returns the backend."""
+    backend = LocalBackend(root_dir, db_url=db_url)
+    _set_backend(backend)
+    return backend
+
+
+def reset_backend() -> None:
+    """Forget (and close) the backend of this process; the next call discovers one again."""
+    _set_backend(None)
+
+
+def _set_backend(backend: Backend | None) -> Backend | None:
+    global _backend
+    with _backend_lock:
+        previous, _backend = _backend, backend
+    if previous is not None and previous is not backend:
+        previous.close()
+    return backend
+
+
+# -- jobs --------------------------------------------------------------------------------------------------
+
+
+def stage(
+    source: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]],
+    destination: str | os.PathLike[str] | None = None,
+    *,
+    method: str | None = None,
+    to_parquet: bool = False,
+    chunk_rows: int | None = None,
+    compression: str = "zstd",
+    hdu: int | str | None = None,
+    name: str | None = None,
+    idempotency_key: str | None = None,
+    cleanup_policy: str = "retain",
+    ttl_seconds: int | None = None,
+    wait: bool = False,
+    timeout: float | None = None,
+    show: bool | None = None,
+) -> Job:
+    """Stage ``source`` into ``destination`` as a tracked job.
+
+    Parameters
+    ----------
+    source:
+        A local file or folder (relative paths are relative to the current working directory), an ``http(s)://``
+        URL (presigned URLs included) or an ``s3://bucket/key`` / ``s3://bucket/prefix/`` URI. Or a manifest:
+        a mapping of entry names to such sources (``{"reference": "https://...", "reads": "s3://..."}``),
+        staged in parallel into ``<destination>/<name>/``; :attr:`Job.paths` then maps each staged name to its
+        local path and :func:`resolve` puts those paths into a parameter dict. A failed entry does not stop
+        the others; the job then ends ``failed`` with code ``partial``, keeping what was staged.
+    destination:
+        Folder to stage into, relative to the current working directory (or absolute); it must lie inside
+        the staging root (the Jupyter server's root_dir). Default: a new folder under the server's
+        ``staging_dir``. Or an object store prefix ``s3://bucket/prefix/``: the job writes below
+        ``prefix/<job_id>/`` and its chunks carry presigned URLs.
+    method:
+        ``copy``, ``hardlink``, ``symlink`` or ``download``; default chosen from the source.
+    to_parquet, chunk_rows, compression, hdu:
+        Convert tables (FITS, VOTable, CSV/TSV, ECSV) to Parquet part files of ``chunk_rows`` rows
+        (default 100,000) with ``compression``; ``hdu`` picks the FITS table HDU (index or name).
+    name, idempotency_key, cleanup_policy, ttl_seconds:
+        As in the REST API (``DESIGN.md``); the same ``idempotency_key`` returns the same job.
+    wait, timeout:
+        Block until the job ends (at most ``timeout`` seconds), as :meth:`Job.wait`.
+    show:
+        Display a live :class:`~jupyter_staging.kernel.widgets.JobWidget` (progress, chunks, Pause / Resume /
+        Cancel). Default: when running in a Jupyter kernel; in terminal IPython, waiting prints a text
+        progress line instead.
+
+    Returns the :class:`Job`. Raises :class:`StagingError` subclasses with a stable ``code``:
+    ``source_not_found``, ``path_not_allowed``, ``destination_exists``, ``invalid_request``...; with
+    ``wait``, :class:`JobFailed` or :class:`TimeoutError`.
+    """
+    backend = default_backend()
+    body = _request_body(source, destination, backend, method=method, cleanup_policy=cleanup_policy)
+    convert = _convert_options(to_parquet, chunk_rows, compression, hdu)
+    extra = {"convert": convert, "name": name, "idempotency_key": idempotency_key, "ttl_seconds": ttl_seconds}
+    body.update({key: value for key, value in extra.items() if value is not None})
+    job = Job(backend.create(body), backend)
+    show = has_widget_frontend() if show is None else show
+    if show:
+        _display(job)
+    if wait:
+        job.wait(timeout=timeout, progress=not show and in_ipython())
+    return job
+
+
+def _request_body(
+    source: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]],
+    destination: str | os.PathLike[str] | None,
+    backend: Backend,
+    *,
+    method: str | None,
+    cleanup_policy: str,
+) -> dict[str, Any]:
+    """The ``POST /jobs`` body's source (or manifest), destination, method and cleanup policy: local
+    sources absolute, a local destination relative to ``backend.root_dir`` (:class:`PathNotAllowed`
+    outside it)."""
+    body: dict[str, Any] = {"cleanup_policy": cleanup_policy}
+    if isinstance(source, Mapping):
+        body["manifest"] = {str(k): local_source(os.fspath(v)) for k, v in source.items()}
+    else:
+        body["source"] = local_source(os.fspath(source))
+    if destination is not None:
+        text = os.fspath(destination)
+        body["destination"] = text if is_url(text) else to_root_relative(text, backend.root_dir)
+    if method is not None:
+        body["method"] = method
+    return body
+
+
+def _convert_options(
+    to_parquet: bool, chunk_rows: int | None, compression: str, hdu: int | str | None
+) -> dict[str, Any] | None:
+    """The body's ``convert`` object, or None without ``to_parquet``. Raises :class:`InvalidRequest` for
+    ``chunk_rows`` or ``hdu`` without ``to_parquet``."""
+    if not to_parquet:
+        if chunk_rows is not None or hdu is not None:
+            raise InvalidRequest("chunk_rows and hdu apply to conversions; pass to_parquet=True as well")
+        return None
+    convert: dict[str, Any] = {"format": "parquet", "compression": compression}
+    if chunk_rows is not None:
+        convert["chunk_rows"] = int(chunk_rows)
+    if hdu is not None:
+        convert["hdu"] = hdu
+    return convert
+
+
+def _display(job: Job) -> None:
+    """Show a live job widget in the current notebook output."""
+    # Deferred: ipywidgets (and its comm machinery) is loaded only when a job is displayed, not by scripts.
+    from jupyter_staging.kernel.widgets import display_job
+
+    display_job(job)
+
+
+def list_jobs(state: str | None = None, limit: int = 100) -> JobList:
+    """Up to ``limit`` jobs, newest first, optionally only those in ``state`` (e.g. ``"running"``)."""
+    backend = default_backend()
+    return JobList(Job(data, backend) for data in backend.list_jobs(state=state, limit=limit))
+
+
+def get_job(job_id: str) -> Job:
+    """The job ``job_id``. Raises :class:`JobNotFound` (code ``job_not_found``)."""
+    backend = default_backend()
+    return Job(backend.get(job_id), backend)
+
+
+def resolve(params: Any, job: Job | Mapping[str, Any]) -> Any:
+    """A copy of ``params`` in which every string equal to an entry name of ``job`` is replaced by that
+    entry's local path (as ``str``).
+
+    ``params`` may nest dicts, lists and tuples to any depth; dict keys, other strings and every other
+    value are left as they are (an entry that failed, having no path, stays its name). ``job`` is a
+    manifest :class:`Job` (its :attr:`Job.paths` as they are now: call it once the job has ended, e.g.
+    after ``job.wait()``) or a mapping of names to paths.
+
+    >>> resolve({"genome": "ref", "k": 31, "reads": ["r1", "r2"]}, {"ref": "/data/ref.fa", "r1": "/d/1.fq"})
+    {'genome': '/data/ref.fa', 'k': 31, 'reads': ['/d/1.fq', 'r2']}
+
+    Raises :class:`InvalidRequest` when ``job`` is a job of a single source (it has no entry names).
+    """
+    mapping = job.paths if isinstance(job, Job) else job
+    if not isinstance(mapping, Mapping):
+        raise InvalidRequest("resolve() needs a manifest job (staged from {name: source, ...}) or a mapping")
+    return _swap_names(params, {str(name): str(path) for name, path in mapping.items()})
+
+
+def _swap_names(value: Any, paths: dict[str, str]) -> Any:
+    """``value`` with every string that is a key of ``paths`` replaced, through dicts, lists and tuples."""
+    if isinstance(value, str):
+        return paths.get(value, value)
+    if isinstance(value, Mapping):
+        return {k: _swap_names(v, paths) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_swap_names(v, paths) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_swap_names(v, paths) for v in value)
+    return value

@@ -1,0 +1,361 @@
+"""Where jobs live: a Jupyter server's REST API (:class:`ServerBackend`) or this process
+(:class:`LocalBackend`, which runs a :class:`~jupyter_staging.engine.manager.StagingManager`).
+
+Both take and return the wire format's JSON dicts (``DESIGN.md``), so :class:`~jupyter_staging.kernel.job.Job`
+reads the same whichever runs its jobs. Nothing here imports tornado or jupyter_server.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import requests
+from jupyter_core.paths import jupyter_data_dir
+from pydantic import ValidationError
+
+from jupyter_staging.engine.models import CreateJob, ListJobsQuery, dump
+from jupyter_staging.errors import (
+    ConversionFailed,
+    DestinationExists,
+    InvalidRequest,
+    InvalidState,
+    JobNotFound,
+    PathNotAllowed,
+    SourceNotFound,
+    StagingError,
+    TransferFailed,
+)
+
+if TYPE_CHECKING:
+    from jupyter_staging.engine.manager import StagingManager
+
+__all__ = [
+    "API_PREFIX",
+    "FINAL_STATES",
+    "PROBE_TIMEOUT",
+    "REQUEST_TIMEOUT",
+    "Backend",
+    "LocalBackend",
+    "ServerBackend",
+    "error_from_response",
+]
+
+API_PREFIX = "api/v1/staging"
+
+#: Seconds a discovery probe waits for a candidate server.
+PROBE_TIMEOUT = 3.0
+#: Seconds any other API request waits for the server.
+REQUEST_TIMEOUT = 60.0
+
+FINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "expired"})
+
+
+# -- errors from the wire -------------------------------------------------------------------------------
+
+_ERRORS_BY_CODE: dict[str, type[StagingError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidRequest,
+        PathNotAllowed,
+        DestinationExists,
+        SourceNotFound,
+        JobNotFound,
+        InvalidState,
+        TransferFailed,
+        ConversionFailed,
+    )
+}
+_ERRORS_BY_STATUS: dict[int, type[StagingError]] = {
+    400: InvalidRequest,
+    404: JobNotFound,
+    409: InvalidState,
+}
+
+
+def error_from_response(status: int, body: dict[str, Any] | None) -> StagingError:
+    """The :class:`StagingError` (subclass chosen by ``code``, else by HTTP ``status``) for an API error
+    answer ``{"message", "reason", "code"}``."""
+    body = body or {}
+    code = str(body.get("code") or "http_error")
+    message = str(body.get("message") or body.get("reason") or f"HTTP {status}")
+    cls = _ERRORS_BY_CODE.get(code) or _ERRORS_BY_STATUS.get(status, StagingError)
+    return cls(message, code=code, status=status)
+
+
+# -- the interface -----------------------------------------------------------------------------------------
+
+
+class Backend:
+    """Where jobs live. Every method takes and returns the wire format's JSON dicts (``DESIGN.md``).
+
+    ``root_dir`` is the absolute local folder job destinations are relative to.
+    """
+
+    root_dir: Path
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create a job from a ``POST /jobs`` body; returns the job."""
+        raise NotImplementedError
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        """The job ``job_id``. Raises :class:`JobNotFound`."""
+        raise NotImplementedError
+
+    def list_jobs(self, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Up to ``limit`` jobs, newest first, optionally only those in ``state``."""
+        raise NotImplementedError
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel the job (a finished job is returned unchanged); returns the job."""
+        raise NotImplementedError
+
+    def pause(self, job_id: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def resume(self, job_id: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def chunks(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's chunks in index order."""
+        raise NotImplementedError
+
+    def ack(self, job_id: str, index: int) -> dict[str, Any]:
+        """Acknowledge chunk ``index``; returns the chunk."""
+        raise NotImplementedError
+
+    def refresh_chunk(self, job_id: str, index: int) -> dict[str, Any]:
+        """Chunk ``index`` (in object storage) with a new presigned ``url``; returns the chunk."""
+        raise NotImplementedError
+
+    def manifest(self, job_id: str) -> dict[str, Any]:
+        """The manifest of a succeeded job. Raises :class:`InvalidState` before."""
+        raise NotImplementedError
+
+    def log(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's log lines ``{"time", "level", "message"}``, oldest first."""
+        raise NotImplementedError
+
+    def wait(self, job_id: str, timeout: float, poll: float) -> dict[str, Any]:
+        """Block up to ``timeout`` seconds for the job to reach a final state; returns the job as it is."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            remaining = deadline - time.monotonic()
+            if job["state"] in FINAL_STATES or remaining <= 0:
+                return job
+            time.sleep(min(poll, remaining))
+
+    def close(self) -> None:
+        """Release what the backend holds (connections, worker threads)."""
+
+
+# -- a Jupyter server --------------------------------------------------------------------------------------
+
+
+class ServerBackend(Backend):
+    """Jobs in a Jupyter server running the ``jupyter_staging`` extension, through its REST API.
+
+    Parameters
+    ----------
+    url:
+        The server's URL including its base_url, e.g. ``http://127.0.0.1:8888/`` or
+        ``https://hub.example.org/user/ada/``.
+    token:
+        An API token of that server (sent as ``Authorization: token ...``), or None.
+    root_dir:
+        The server's root directory as this process sees it (destinations are relative to it).
+
+    Errors the server answers with become :class:`StagingError` subclasses carrying the server's ``code``,
+    ``message`` and HTTP ``status``; an unreachable server is ``StagingError(code="server_unreachable")``.
+    """
+
+    def __init__(self, url: str, token: str | None, root_dir: str | os.PathLike[str]) -> None:
+        self.url = url if url.endswith("/") else url + "/"
+        self.api = f"{self.url}{API_PREFIX}/"
+        self.root_dir = Path(root_dir).expanduser().resolve()
+        self._session = requests.Session()
+        self._session.headers["Accept"] = "application/json"
+        if token:
+            self._session.headers["Authorization"] = f"token {token}"
+
+    def __repr__(self) -> str:
+        return f"ServerBackend({self.url!r}, root_dir={str(self.root_dir)!r})"
+
+    def probe(self, timeout: float = PROBE_TIMEOUT) -> bool:
+        """True when the server answers ``GET jobs?limit=1`` with 200 (it runs the extension and accepts
+        the token)."""
+        try:
+            response = self._session.get(self.api + "jobs", params={"limit": 1}, timeout=timeout)
+        except requests.RequestException:
+            return False
+        return response.status_code == 200
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("timeout", REQUEST_TIMEOUT)
+        try:
+            response = self._session.request(method, self.api + path, **kwargs)
+        except requests.RequestException as exc:
+            raise StagingError(
+                f"cannot reach the Jupyter server at {self.url}: {type(exc).__name__}",
+                code="server_unreachable",
+                status=503,
+            ) from None
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            raise error_from_response(response.status_code, body if isinstance(body, dict) else None)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "jobs", json=body)  # type: ignore[no-any-return]
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", _job_path(job_id))  # type: ignore[no-any-return]
+
+    def list_jobs(self, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if state:
+            params["state"] = state
+        return self._call("GET", "jobs", params=params)["jobs"]  # type: ignore[no-any-return]
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        self._call("DELETE", _job_path(job_id))
+        return self.get(job_id)
+
+    def pause(self, job_id: str) -> dict[str, Any]:
+        return self._call("POST", _job_path(job_id, "pause"))  # type: ignore[no-any-return]
+
+    def resume(self, job_id: str) -> dict[str, Any]:
+        return self._call("POST", _job_path(job_id, "resume"))  # type: ignore[no-any-return]
+
+    def chunks(self, job_id: str) -> list[dict[str, Any]]:
+        return self._call("GET", _job_path(job_id, "chunks"))["chunks"]  # type: ignore[no-any-return]
+
+    def ack(self, job_id: str, index: int) -> dict[str, Any]:
+        return self._call("POST", _job_path(job_id, f"chunks/{int(index)}/ack"))  # type: ignore[no-any-return]
+
+    def refresh_chunk(self, job_id: str, index: int) -> dict[str, Any]:
+        path = _job_path(job_id, f"chunks/{int(index)}/refresh")
+        return self._call("GET", path)  # type: ignore[no-any-return]
+
+    def manifest(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", _job_path(job_id, "manifest"))  # type: ignore[no-any-return]
+
+    def log(self, job_id: str) -> list[dict[str, Any]]:
+        return self._call("GET", _job_path(job_id, "log"))["lines"]  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def _job_path(job_id: str, rest: str = "") -> str:
+    """``jobs/<job_id>[/rest]`` with the id quoted as one path segment."""
+    path = f"jobs/{quote(job_id, safe='')}"
+    return f"{path}/{rest}" if rest else path
+
+
+# -- this process ------------------------------------------------------------------------------------------
+
+
+class LocalBackend(Backend):
+    """Jobs run by a :class:`~jupyter_staging.engine.manager.StagingManager` in this process.
+
+    Parameters
+    ----------
+    root_dir:
+        Folder destinations are relative to and confined in (default: the current working directory).
+    db_url:
+        SQLAlchemy URL of the job database (default: ``local-jobs.sqlite`` in
+        ``<jupyter data dir>/jupyter_staging``).
+
+    The manager is started at once (jobs this database left running in ``root_dir`` are resumed) and
+    stopped at interpreter exit; a job still running then stays ``running`` in the database and resumes
+    the next time a local backend starts on the same root.
+    """
+
+    def __init__(self, root_dir: str | os.PathLike[str] | None = None, db_url: str | None = None) -> None:
+        # Deferred: the engine (SQLAlchemy, sources, formats) is loaded only when jobs run in this process.
+        from jupyter_staging.engine.manager import StagingManager
+
+        self.root_dir = Path(root_dir if root_dir is not None else os.getcwd()).expanduser().resolve()
+        if db_url is None:
+            folder = Path(jupyter_data_dir()) / "jupyter_staging"
+            folder.mkdir(parents=True, exist_ok=True)
+            db_url = f"sqlite:///{folder / 'local-jobs.sqlite'}"
+        self.manager: StagingManager = StagingManager(self.root_dir, db_url=db_url)
+        self.manager.start()
+        self._closed = False
+        atexit.register(self.close)
+
+    def __repr__(self) -> str:
+        return f"LocalBackend(root_dir={str(self.root_dir)!r})"
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            request = CreateJob.model_validate(body)
+        except ValidationError as exc:
+            raise InvalidRequest(f"invalid request: {_problems(exc)}") from None
+        job, _ = self.manager.create(request)
+        return dump(job)
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        return dump(self.manager.get(job_id))
+
+    def list_jobs(self, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        try:
+            query = ListJobsQuery.model_validate({"state": state, "limit": limit})
+        except ValidationError as exc:
+            raise InvalidRequest(f"invalid query: {_problems(exc)}") from None
+        return [dump(j) for j in self.manager.list_jobs(query=query).jobs]
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return dump(self.manager.cancel(job_id))
+
+    def pause(self, job_id: str) -> dict[str, Any]:
+        return dump(self.manager.pause(job_id))
+
+    def resume(self, job_id: str) -> dict[str, Any]:
+        return dump(self.manager.resume(job_id))
+
+    def chunks(self, job_id: str) -> list[dict[str, Any]]:
+        # ``StagingManager.list`` shadows ``list`` in the manager's annotations, so mypy misreads this type.
+        chunks: Iterable[Any] = self.manager.chunks(job_id)  # type: ignore[assignment]
+        return [dump(c) for c in chunks]
+
+    def ack(self, job_id: str, index: int) -> dict[str, Any]:
+        return dump(self.manager.ack(job_id, str(index)))
+
+    def refresh_chunk(self, job_id: str, index: int) -> dict[str, Any]:
+        return dump(self.manager.refresh_chunk(job_id, str(index)))
+
+    def manifest(self, job_id: str) -> dict[str, Any]:
+        return self.manager.manifest(job_id)
+
+    def log(self, job_id: str) -> list[dict[str, Any]]:
+        return self.manager.job_log(job_id)
+
+    def wait(self, job_id: str, timeout: float, poll: float) -> dict[str, Any]:
+        return dump(self.manager.wait(job_id, timeout=timeout))
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.manager.stop(wait=True)
+
+
+def _problems(err: ValidationError) -> str:
+    """A validation error as ``field: problem; ...`` without echoing the values (as the server does)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+        for e in err.errors(include_input=False, include_url=False)
+    )

@@ -1,0 +1,466 @@
+"""A staging job as the notebook sees it: :class:`Job` (status, output, control, reading as a table), its
+chunks as a stream (:class:`Chunk`, :func:`iter_chunks`), :class:`JobList` and :class:`JobFailed`.
+
+    for chunk in job.iter_chunks():
+        df = chunk.to_pandas()
+        chunk.ack()          # with cleanup_policy="delete_on_ack", the part file is deleted now
+
+A chunk is ``ready`` once its file is complete under its final name (``DESIGN.md``, "Chunks"), so it can be
+read while the job is still running. Sizes are bytes, rates bytes per second, times seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import requests
+
+from jupyter_staging.errors import StagingError
+from jupyter_staging.kernel.backends import FINAL_STATES, REQUEST_TIMEOUT, Backend
+from jupyter_staging.kernel.formatting import jobs_table_html, progress_summary, progress_text
+from jupyter_staging.kernel.paths import chunk_paths, entry_paths, is_url
+
+if TYPE_CHECKING:
+    import pandas
+    import pyarrow
+    import pyarrow.dataset
+
+__all__ = ["PARQUET_CONTENT_TYPE", "Chunk", "Job", "JobFailed", "JobList", "iter_chunks"]
+
+PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
+
+_PROGRESS_KEYS = (
+    "bytes_done",
+    "bytes_total",
+    "chunks_done",
+    "chunks_total",
+    "rows_done",
+    "rate",
+    "eta_seconds",
+)
+
+
+class JobFailed(StagingError):
+    """A job the caller waited for ended ``failed`` or ``cancelled``.
+
+    ``code`` and ``message`` are the job's own error (``cancelled`` for a cancelled job); ``job`` is the
+    :class:`Job` as it ended, so its :meth:`Job.log` can be read.
+    """
+
+    code = "job_failed"
+    status = 500
+
+    def __init__(self, job: Job) -> None:
+        error = job.error or {}
+        if job.state == "cancelled":
+            code, message = "cancelled", f"job {job.name!r} was cancelled"
+        else:
+            code = error.get("code") or "job_failed"
+            message = error.get("message") or f"job {job.name!r} ended {job.state}"
+        super().__init__(message, code=code)
+        self.job = job
+
+
+class Job:
+    """One staging job, seen through a backend.
+
+    Attributes are read from the last status fetched; :meth:`refresh` fetches a new one. Sizes are bytes,
+    ``rate`` is bytes per second and ``eta_seconds`` seconds.
+    """
+
+    def __init__(self, data: dict[str, Any], backend: Backend) -> None:
+        self._data = data
+        self._backend = backend
+
+    # -- status ------------------------------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return str(self._data["id"])
+
+    @property
+    def name(self) -> str:
+        return str(self._data.get("name") or "")
+
+    @property
+    def state(self) -> str:
+        """``queued``, ``running``, ``paused``, ``succeeded``, ``failed``, ``cancelled`` or ``expired``."""
+        return str(self._data["state"])
+
+    @property
+    def done(self) -> bool:
+        """True once the job is in a final state."""
+        return self.state in FINAL_STATES
+
+    @property
+    def progress(self) -> dict[str, Any]:
+        """``{"bytes_done", "bytes_total", "chunks_done", "chunks_total", "rows_done", "rate",
+        "eta_seconds"}``: bytes, chunks, rows, bytes per second and seconds; totals and rates may be None."""
+        progress = dict(self._data.get("progress") or {})
+        for key in _PROGRESS_KEYS:
+            progress.setdefault(key, None)
+        return progress
+
+    @property
+    def error(self) -> dict[str, str] | None:
+        """``{"code", "message"}`` of a failed job, else None."""
+        return self._data.get("error")
+
+    @property
+    def source(self) -> str:
+        return str(self._data.get("source") or "")
+
+    @property
+    def destination(self) -> Path | str:
+        """The absolute local folder the job writes to; for an object store destination, the job's own
+        prefix URI (``s3://bucket/prefix/<job_id>/``), as text."""
+        destination = str(self._data["destination"])
+        if is_url(destination):
+            return destination
+        return self._backend.root_dir / destination
+
+    @property
+    def entries(self) -> list[str] | None:
+        """The entry names of a manifest job (``stage({"name": source, ...})``), else None."""
+        entries = self._data.get("entries")
+        return list(entries) if entries is not None else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The job as the API last returned it (the wire format of ``DESIGN.md``; a copy)."""
+        return dict(self._data)
+
+    def refresh(self) -> Job:
+        """Fetch the job's status again; returns ``self``."""
+        self._data = self._backend.get(self.id)
+        return self
+
+    # -- output ------------------------------------------------------------------------------------------
+
+    @property
+    def chunks(self) -> list[dict[str, Any]]:
+        """The job's chunks in index order: ``{"id", "index", "path", "state", "rows", "bytes", "sha256",
+        "content_type"}``; ``path`` is relative to :attr:`destination` (or an object URI)."""
+        return self._backend.chunks(self.id)
+
+    @property
+    def paths(self) -> Any:
+        """Where the staged output is.
+
+        A job of one source: a ``list[Path]``, the absolute paths of the chunk files that are ready to
+        read, in chunk order (acknowledged chunks are included while their file exists).
+
+        A manifest job: a ``dict`` mapping each entry name that was staged to its local path — the file
+        for an entry of one file, else the folder holding the entry's files (a source folder or prefix,
+        or the ``<name>.parquet`` folder of a converted table). Entries that failed or are still pending
+        are left out (see :attr:`error` and :attr:`chunks`). For an object store destination, the values
+        are object URIs (``str``) rather than local paths. Feed it to
+        :func:`~jupyter_staging.kernel.api.resolve`.
+        """
+        if self._data.get("entries") is None:
+            destination = self.destination
+            return [] if isinstance(destination, str) else chunk_paths(destination, self.chunks)
+        return entry_paths(self.destination, self.entries or [], self.chunks)
+
+    def iter_chunks(self, *, poll: float = 0.25, timeout: float | None = None) -> Iterator[Chunk]:
+        """Each chunk once, in index order, as soon as it is ready — also while the job still runs::
+
+            for chunk in job.iter_chunks():
+                df = chunk.to_pandas()
+                chunk.ack()
+
+        See :func:`iter_chunks` for the errors raised.
+        """
+        return iter_chunks(self, poll=poll, timeout=timeout)
+
+    def refresh_url(self, index: int) -> dict[str, Any]:
+        """Chunk ``index`` of a job writing to object storage, with a new presigned ``url`` (valid the
+        server's ``presign_expiry_seconds``) and ``url_expires_at``. Raises :class:`InvalidRequest` (code
+        ``chunk_not_in_object_storage``) for a local chunk, :class:`InvalidState` (``chunk_not_ready``).
+        The URL is a credential: do not print or share it."""
+        return self._backend.refresh_chunk(self.id, index)
+
+    def ack(self, index: int) -> dict[str, Any]:
+        """Acknowledge that chunk ``index`` has been read (with ``cleanup_policy="delete_on_ack"`` its file
+        is deleted). Raises :class:`InvalidState` (code ``chunk_not_ready``) for a chunk not ready yet."""
+        return self._backend.ack(self.id, index)
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest of the succeeded job (every object's path, size, sha256, rows, content type).
+
+        Raises :class:`InvalidState` (code ``manifest_not_ready``) until the job has succeeded."""
+        return self._backend.manifest(self.id)
+
+    def log(self) -> list[dict[str, Any]]:
+        """The job's log lines, oldest first: ``{"time", "level", "message"}``."""
+        return self._backend.log(self.id)
+
+    # -- control -----------------------------------------------------------------------------------------
+
+    def wait(self, timeout: float | None = None, poll: float = 0.25, *, progress: bool = False) -> Job:
+        """Block until the job ends; returns ``self`` once it has succeeded (or expired).
+
+        ``timeout`` seconds at most (None: no limit; a paused job waits for :meth:`resume`), polling every
+        ``poll`` seconds; with ``progress``, a text progress line is rewritten on stdout at each poll.
+        Raises :class:`JobFailed` (with the job's error ``code`` and ``message``; code ``cancelled`` for a
+        cancelled job) and :class:`TimeoutError` when ``timeout`` passes first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if progress:
+            self._print_progress_until_done(deadline, timeout, poll)
+        while True:
+            remaining = 3600.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            self._data = self._backend.wait(self.id, timeout=min(remaining, 3600.0), poll=poll)
+            if self.done:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {self.name!r} ({self.id}) is still {self.state} after {timeout} s")
+        if self.state in ("failed", "cancelled"):
+            raise JobFailed(self)
+        return self
+
+    def _print_progress_until_done(self, deadline: float | None, timeout: float | None, poll: float) -> None:
+        """Rewrite ``name: progress`` on stdout every ``poll`` seconds until the job ends (then end the
+        line); :class:`TimeoutError` at ``deadline`` (a ``time.monotonic()`` value)."""
+        while not self.refresh().done:
+            print(f"\r{self.name}: {progress_text(self._data)}", end="", flush=True)
+            if deadline is not None and time.monotonic() >= deadline:
+                print()
+                raise TimeoutError(f"job {self.name!r} ({self.id}) still {self.state} after {timeout} s")
+            time.sleep(poll)
+        print(f"\r{self.name}: {progress_text(self._data)}", flush=True)
+
+    def pause(self) -> Job:
+        """Pause the job at its next block, keeping partial files. Raises :class:`InvalidState` for a
+        finished job. Returns ``self``."""
+        self._data = self._backend.pause(self.id)
+        return self
+
+    def resume(self) -> Job:
+        """Continue a paused job from its partial files. Raises :class:`InvalidState` unless paused."""
+        self._data = self._backend.resume(self.id)
+        return self
+
+    def cancel(self) -> Job:
+        """Cancel the job and remove its partial output (a finished job is left as it is)."""
+        self._data = self._backend.cancel(self.id)
+        return self
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    def _parquet_paths(self) -> list[Path] | list[str]:
+        """Local part files, or for an object store destination their presigned URLs."""
+        if self.state != "succeeded":
+            self.wait()
+        chunks = [c for c in self.chunks if _is_parquet_chunk(c)]
+        if not chunks:
+            raise StagingError(
+                f"job {self.name!r} has no Parquet output; stage with to_parquet=True "
+                "(or %stage --to-parquet) to read it as a table",
+                code="no_parquet_output",
+                status=400,
+            )
+        destination = self.destination
+        paths: list[Path] | list[str]
+        if isinstance(destination, str):
+            paths = [str(c["url"]) for c in sorted(chunks, key=lambda c: c["index"]) if c.get("url")]
+        else:
+            paths = chunk_paths(destination, chunks)
+        if len(paths) != len(chunks):
+            raise StagingError(
+                f"some Parquet chunks of job {self.name!r} are no longer on disk (acknowledged or expired)",
+                code="chunks_missing",
+                status=409,
+            )
+        return paths
+
+    def to_arrow(self) -> pyarrow.Table:
+        """All Parquet chunks of the job as one ``pyarrow.Table``, rows in chunk order, with the schema's
+        column units and descriptions. Waits for the job to succeed first.
+
+        Parts in object storage are fetched through their presigned URLs (each part is read into memory).
+
+        Raises :class:`JobFailed` if it does not, and :class:`StagingError` (code ``no_parquet_output``)
+        when the job wrote no Parquet file.
+        """
+        # Deferred: pyarrow is heavy and only needed when a job is read as a table.
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        parts = self._parquet_paths()
+        tables = [pq.read_table(_fetch_part(p) if isinstance(p, str) else p) for p in parts]
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+    def to_pandas(self, **kwargs: Any) -> pandas.DataFrame:
+        """:meth:`to_arrow` as a ``pandas.DataFrame`` (``kwargs`` go to ``pyarrow.Table.to_pandas``)."""
+        return self.to_arrow().to_pandas(**kwargs)
+
+    def dataset(self) -> pyarrow.dataset.Dataset:
+        """A ``pyarrow.dataset.Dataset`` over the job's Parquet chunk files, for filtered or lazy reads
+        larger than memory. Same waiting and errors as :meth:`to_arrow`; for a job writing to object
+        storage use :meth:`to_arrow` (code ``not_local``)."""
+        # Deferred: pyarrow is heavy and only needed when a job is read as a table.
+        import pyarrow.dataset as ds
+
+        if isinstance(self.destination, str):
+            raise StagingError(
+                f"job {self.name!r} wrote to {self.destination}; read it with to_arrow() or to_pandas()",
+                code="not_local",
+                status=400,
+            )
+        return ds.dataset([str(p) for p in self._parquet_paths()], format="parquet")
+
+    # -- display -----------------------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return (
+            f"<Job {self.name!r} {self.state}: {progress_summary(self.progress)} -> {self.destination}"
+            f" (id {self.id})>"
+        )
+
+    def _repr_html_(self) -> str:
+        return jobs_table_html([self])
+
+
+class JobList(list):  # type: ignore[type-arg]
+    """A list of :class:`Job` that shows as a table in notebooks."""
+
+    def __repr__(self) -> str:
+        if not self:
+            return "(no staging jobs)"
+        lines = [f"{'id':36}  {'state':9}  name / progress / destination"]
+        for job in self:
+            progress = progress_summary(job.progress)
+            lines.append(f"{job.id:36}  {job.state:9}  {job.name}  {progress}  -> {job.destination}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        if not self:
+            return "<p>(no staging jobs)</p>"
+        return jobs_table_html(self, with_id=True)
+
+
+def _is_parquet_chunk(chunk: dict[str, Any]) -> bool:
+    path = str(chunk.get("path") or "")
+    return chunk.get("content_type") == PARQUET_CONTENT_TYPE or path.lower().endswith(".parquet")
+
+
+def _fetch_part(url: str) -> Any:
+    """A Parquet part behind a presigned URL, as a ``pyarrow.BufferReader`` (errors never show the URL)."""
+    # Deferred: pyarrow is heavy and only needed when a job is read as a table.
+    import pyarrow as pa
+
+    try:
+        response = requests.get(url, timeout=REQUEST_TIMEOUT)
+    except requests.RequestException as exc:
+        raise StagingError(
+            f"cannot read a part from object storage: {type(exc).__name__}", code="read_failed"
+        ) from None
+    if response.status_code != 200:
+        raise StagingError(
+            f"object storage answered HTTP {response.status_code} for a part (an expired URL?)",
+            code="read_failed",
+        )
+    return pa.BufferReader(response.content)
+
+
+# -- chunks as a stream --------------------------------------------------------------------------------------
+
+
+class Chunk:
+    """One ready chunk of a job: a file at :attr:`path` (:attr:`rows` rows, :attr:`size` bytes)."""
+
+    def __init__(self, job: Job, data: dict[str, Any]) -> None:
+        self.job = job
+        self._data = data
+
+    @property
+    def index(self) -> int:
+        return int(self._data["index"])
+
+    @property
+    def path(self) -> Path | str:
+        """Absolute local path of the chunk's file; for object storage, its object URI (``s3://...``)."""
+        path = str(self._data["path"])
+        destination = self.job.destination
+        if "://" in path or isinstance(destination, str):
+            return path
+        return destination / path
+
+    @property
+    def rows(self) -> int | None:
+        return self._data.get("rows")
+
+    @property
+    def size(self) -> int | None:
+        """Size of the chunk's file, bytes (the wire format's ``bytes``)."""
+        return self._data.get("bytes")
+
+    @property
+    def sha256(self) -> str | None:
+        return self._data.get("sha256")
+
+    @property
+    def state(self) -> str:
+        return str(self._data["state"])
+
+    def to_arrow(self) -> pyarrow.Table:
+        """The chunk as a ``pyarrow.Table`` (Parquet chunks only; units in the schema). Raises
+        :class:`StagingError` (code ``not_parquet``) for other files."""
+        # Deferred: pyarrow is heavy and only needed when a chunk is read as a table.
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not str(self.path).endswith(".parquet"):
+            raise StagingError(f"chunk {self.index} is not a Parquet part: {self.path}", code="not_parquet")
+        if isinstance(self.path, Path):
+            return pq.read_table(self.path)
+        return pq.read_table(pa.BufferReader(self.read_bytes()))
+
+    def to_pandas(self, **kwargs: Any) -> pandas.DataFrame:
+        """:meth:`to_arrow` as a ``pandas.DataFrame``."""
+        return self.to_arrow().to_pandas(**kwargs)
+
+    def read_bytes(self) -> bytes:
+        """The chunk's content: read from disk, or for object storage downloaded through its presigned
+        ``url`` (``GET .../chunks`` hands one out with each ready chunk)."""
+        if isinstance(self.path, Path):
+            return self.path.read_bytes()
+        url = self._data.get("url") or self.job.refresh_url(self.index).get("url")
+        response = requests.get(str(url), timeout=REQUEST_TIMEOUT)
+        response.raise_for_status()
+        return response.content
+
+    def ack(self) -> Chunk:
+        """Acknowledge the chunk; with ``delete_on_ack`` its file is deleted. Returns ``self``."""
+        self._data = self.job.ack(self.index)
+        return self
+
+    def __repr__(self) -> str:
+        return f"<Chunk {self.index} {self.state} rows={self.rows} bytes={self.size} {self.path}>"
+
+
+def iter_chunks(job: Job, *, poll: float = 0.25, timeout: float | None = None) -> Iterator[Chunk]:
+    """Yield each chunk of ``job`` once, in index order, as soon as it is ready — while the job runs.
+
+    Ends when the job has ended and every ready chunk was yielded. ``poll`` seconds between status reads;
+    ``timeout`` seconds at most in all. Raises :class:`JobFailed` when the job fails or is cancelled (after
+    yielding what was ready) and :class:`TimeoutError` when ``timeout`` passes.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    next_index = 0
+    while True:
+        done = job.refresh().done  # read the state first: chunks listed after it are complete
+        by_index = {c["index"]: c for c in job.chunks}
+        while next_index in by_index and by_index[next_index]["state"] in ("ready", "acked"):
+            yield Chunk(job, by_index[next_index])
+            next_index += 1
+        if done:
+            if job.state in ("failed", "cancelled"):
+                raise JobFailed(job)
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"job {job.name!r} still {job.state} after {timeout} s")
+        time.sleep(poll)
