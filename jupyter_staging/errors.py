@@ -93,6 +93,29 @@ class VerificationFailed(StagingError):
     code = "verification_failed"
 
 
+class ChecksumMismatch(VerificationFailed):
+    """The bytes do not match a checksum the user expected (``"checksum": "sha256:<hex>"``) or the source
+    stated (S3 ``ChecksumSHA256`` / single-part ETag, Azure ``Content-MD5``, HTTP ``Repr-Digest`` /
+    ``Digest`` / ``Content-MD5``); nothing is published."""
+
+    code = "checksum_mismatch"
+
+
+class SizeMismatch(VerificationFailed):
+    """The source sent more or fewer bytes than it announced, again after retries; nothing is published."""
+
+    code = "size_mismatch"
+
+
+class UnsafeArchive(StagingError):
+    """An archive (``unpack``) or a compressed file (``decompress``) was refused: a member with an
+    absolute name, ``..``, a link leaving the folder, a device file, or more bytes than allowed
+    (``StagingApp.max_unpacked_bytes``, or an expansion over 100:1). ``code`` says which."""
+
+    code = "unsafe_archive"
+    status = 400
+
+
 class SourceChanged(StagingError):
     """The source changed (ETag, size or mtime) between two parts of one transfer."""
 

@@ -29,6 +29,7 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
+from jupyter_staging.clouds.digests import bytes_to_hex
 from jupyter_staging.clouds.http import describe_error
 from jupyter_staging.errors import (
     InvalidRequest,
@@ -218,6 +219,17 @@ def if_match(etag: str | None) -> dict[str, Any]:
     from azure.core import MatchConditions  # optional extra
 
     return {"etag": etag, "match_condition": MatchConditions.IfNotModified}
+
+
+def stated_checksums(props: Any) -> dict[str, str]:
+    """The checksums Azure states for a whole blob, lower-case hex by algorithm: ``{"md5": ...}`` from
+    its ``Content-MD5`` property (``props.content_settings.content_md5``, raw bytes; the service sets it
+    on a single-request upload, an uploader may set it otherwise), else ``{}``. ``props``: a
+    ``BlobProperties`` from ``get_blob_properties``, ``list_blobs`` or a download (where the SDK gives
+    the stored ``x-ms-blob-content-md5`` for ranged GETs)."""
+    settings = getattr(props, "content_settings", None)
+    hexed = bytes_to_hex(getattr(settings, "content_md5", None), "md5")
+    return {"md5": hexed} if hexed else {}
 
 
 def content_settings(content_type: str) -> Any:

@@ -9,7 +9,9 @@ so MinIO or Ceph RGW work through ``AWS_ENDPOINT_URL``.
 from __future__ import annotations
 
 import os
+import re
 import threading
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -19,6 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    FlexibleChecksumError,
     HTTPClientError,
     IncompleteReadError,
     NoCredentialsError,
@@ -29,14 +32,17 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from s3transfer.exceptions import RetriesExceededError
 from urllib3.exceptions import HTTPError as URLLib3Error
 
+from jupyter_staging.clouds.digests import b64_to_hex
 from jupyter_staging.clouds.http import describe_error
 from jupyter_staging.errors import (
+    ChecksumMismatch,
     InvalidRequest,
     JobInterrupted,
     SourceNotFound,
     StagingError,
     TransferFailed,
 )
+from jupyter_staging.safety.partfile import mismatch_message
 
 #: Connections in the pool of a client made by :func:`s3_client` unless told otherwise.
 DEFAULT_POOL = 10
@@ -180,6 +186,48 @@ def bucket_exists(client: Any, bucket: str) -> bool | None:
     return True
 
 
+_MD5_ETAG_RE = re.compile(r"[0-9a-fA-F]{32}")
+
+
+def stated_checksums(meta: Mapping[str, Any]) -> dict[str, str]:
+    """The checksums S3 states for a whole object, lower-case hex by algorithm, from a ``head_object`` /
+    ``get_object`` answer (or a ``list_objects_v2`` entry).
+
+    ``ChecksumSHA256`` (base64; present when the object was uploaded with ``ChecksumAlgorithm="SHA256"``
+    and the request had ``ChecksumMode="ENABLED"``) gives ``"sha256"`` unless it is a composite
+    checksum of parts (``ChecksumType="COMPOSITE"`` or a ``-N`` suffix). The ETag gives ``"md5"`` only
+    from a HEAD/GET answer (``ContentLength`` present, so the encryption headers are there too) of a
+    single-part object (32 hex digits, no ``-N``) not encrypted with SSE-KMS or SSE-C, whose ETags are
+    not MD5s. A listing entry yields no MD5: it does not say how the object is encrypted.
+    """
+    found: dict[str, str] = {}
+    sha = meta.get("ChecksumSHA256")
+    if sha and "-" not in sha and meta.get("ChecksumType") != "COMPOSITE":
+        hexed = b64_to_hex(sha, "sha256")
+        if hexed:
+            found["sha256"] = hexed
+    etag = str(meta.get("ETag") or "").strip('"')
+    encryption = str(meta.get("ServerSideEncryption") or "")
+    plain_etag = not encryption.startswith("aws:kms") and not meta.get("SSECustomerAlgorithm")
+    if "ContentLength" in meta and plain_etag and _MD5_ETAG_RE.fullmatch(etag):
+        found["md5"] = etag.lower()
+    return found
+
+
+_BOTOCORE_MISMATCH_RE = re.compile(r"Expected checksum (\S+) did not match calculated checksum: (\S+)")
+
+
+def checksum_error(what: str, exc: FlexibleChecksumError) -> ChecksumMismatch:
+    """A :class:`ChecksumMismatch` for botocore's finding that a GET body does not match the
+    ``x-amz-checksum-sha256`` S3 sent with it (``response_checksum_validation``); names ``what``."""
+    found = _BOTOCORE_MISMATCH_RE.search(str(exc))
+    expected = b64_to_hex(found.group(1), "sha256") if found else None
+    actual = b64_to_hex(found.group(2), "sha256") if found else None
+    if expected and actual:
+        return ChecksumMismatch(mismatch_message(what, "sha256", expected, actual))
+    return ChecksumMismatch(f"{what}: {describe_error(exc)}; nothing was published")
+
+
 class ObjectChanged(Exception):  # noqa: N818 - control flow of a fetch, never shown to a user
     """The object no longer has the ETag the part file was started with (``412 PreconditionFailed``)."""
 
@@ -198,6 +246,7 @@ class S3Errors:
 
     ``role="list"`` / ``"fetch"`` (sources): :class:`SourceNotFound` (code ``source_not_found`` for a
     missing object or bucket, ``source_forbidden`` when access is refused or no credentials are found),
+    :class:`ChecksumMismatch` when botocore found a body that does not match the checksum S3 stated,
     else :class:`TransferFailed`. A changed object raises :class:`ObjectChanged`; while fetching, a busy
     service raises :class:`ServerBusy` and connection errors pass unchanged (the fetch resumes); while
     listing they are :class:`TransferFailed`.
@@ -242,6 +291,8 @@ class S3Errors:
             return self._refused(f"no usable AWS credentials to {verb} {self.what}")
         if isinstance(exc, ClientError):
             return self._client_error(error_code(exc))
+        if isinstance(exc, FlexibleChecksumError) and not self.writing:
+            return checksum_error(self.what, exc)
         if self.writing and isinstance(exc, (BotoCoreError, OSError)):
             return TransferFailed(f"cannot write {self.what}: {describe_error(exc)}", code="upload_failed")
         if self.role == "list" and isinstance(exc, TRANSIENT_ERRORS):

@@ -16,15 +16,16 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from jupyter_staging.destinations.manifest import MANIFEST_NAME
 from jupyter_staging.destinations.registry import (
     check_object_destination,
     is_object_destination,
     object_destination,
 )
+from jupyter_staging.engine.freshness import request_key
 from jupyter_staging.engine.models import CreateJob, JobState
+from jupyter_staging.engine.placement import Placement, Placer, describe_changes, swap_folder
 from jupyter_staging.engine.store import JobRecord, Store, utcnow
-from jupyter_staging.errors import DestinationExists, InvalidRequest, PathNotAllowed, SourceNotFound
+from jupyter_staging.errors import InvalidRequest, PathNotAllowed, SourceNotFound
 from jupyter_staging.safety.paths import resolve_destination
 from jupyter_staging.safety.redact import redact_url
 from jupyter_staging.safety.sealed import SecretBox
@@ -69,6 +70,68 @@ class SourcePlan:
     secret: bool
 
 
+@dataclass
+class Admitted:
+    """The answer to a request: the job's ``record``; ``created`` False when an earlier job answers it
+    (an idempotent repeat, the same request still running, or unchanged output); ``described`` the source
+    as safe to log; ``placement`` where the output goes (None for an idempotent repeat)."""
+
+    record: JobRecord
+    created: bool
+    described: str
+    placement: Placement | None = None
+
+    @property
+    def up_to_date(self) -> bool:
+        """True when unchanged output answered the request: no bytes move."""
+        return self.placement is not None and self.placement.reuse is not None
+
+
+def identity(request: CreateJob, plan: SourcePlan) -> dict[str, Any]:
+    """What makes two requests the same (hashed by :func:`request_key`): sources as shown (redacted, so a
+    freshly presigned URL of the same object matches), method and every option that shapes the output."""
+    return {
+        "source": plan.shown_source if plan.entries is None else None,
+        "entries": plan.entries,
+        "method": plan.method,
+        "convert": request.convert.model_dump() if request.convert else None,
+        "checksum": request.checksum,
+        "entry_checksums": request.entry_checksums(),
+        "unpack": request.unpack,
+        "decompress": request.decompress,
+    }
+
+
+def run_options(request: CreateJob, key: str, job_id: str, placement: Placement) -> dict[str, Any]:
+    """The job's initial resume data: the request's key and options, and for a replacing job the scratch
+    folder it stages into and what it may reuse of the output it replaces."""
+    resume: dict[str, Any] = {
+        "request": {
+            "key": key,
+            "checksum": request.checksum,
+            "entry_checksums": request.entry_checksums(),
+            "unpack": request.unpack,
+            "decompress": request.decompress,
+        }
+    }
+    if placement.replaces is not None:
+        resume["swap"] = {
+            "into": swap_folder(placement.rel, job_id),
+            "replaces": placement.replaces or None,
+            "reuse": reuse_plan_of(placement),
+            "changes": describe_changes(placement.fresh),
+        }
+    return resume
+
+
+def reuse_plan_of(placement: Placement) -> dict[str, Any]:
+    """``{"job": id, "fingerprints": {item: fingerprint}}`` of the unchanged items a replacing job may
+    take from the old output (empty after ``if_exists="refresh"``)."""
+    if placement.fresh is None or placement.replaces is None:
+        return {}
+    return {"job": placement.replaces, "fingerprints": placement.fresh.fingerprints}
+
+
 class Admission:
     """Validates requests and inserts queued :class:`~jupyter_staging.engine.store.JobRecord` s.
 
@@ -90,14 +153,15 @@ class Admission:
         self.root_dir = root_dir
         self.staging_dir = staging_dir
         self.source_roots = source_roots
+        self.placer = Placer(store, root_dir=root_dir, staging_dir=staging_dir, source_roots=source_roots)
         self._lock = threading.Lock()
 
-    def admit(self, request: CreateJob, owner: str) -> tuple[JobRecord, bool, str]:
-        """Validate ``request`` and persist it as a queued job of ``owner``.
+    def admit(self, request: CreateJob, owner: str) -> Admitted:
+        """Validate ``request`` and persist it as a queued job of ``owner`` — unless an earlier job
+        answers it: the same ``idempotency_key``, the same request still running, or (``if_exists="reuse"``)
+        unchanged output in the destination (:mod:`~jupyter_staging.engine.placement`).
 
-        Returns ``(record, created, described)``: ``created`` is False when an earlier job of ``owner``
-        had the same ``idempotency_key`` (its record is returned); ``described`` is the source as safe to
-        log. Raises :class:`InvalidRequest` / :class:`PathNotAllowed` (400), :class:`SourceNotFound` (400)
+        Raises :class:`InvalidRequest` / :class:`PathNotAllowed` (400), :class:`SourceNotFound` (400)
         and :class:`DestinationExists` (409), as :meth:`StagingManager.create` documents.
         """
         remote = is_object_destination(request.destination)
@@ -106,7 +170,7 @@ class Admission:
             if request.idempotency_key:
                 existing = self.store.find_by_idempotency_key(owner, request.idempotency_key)
                 if existing is not None:
-                    return existing, False, existing.source
+                    return Admitted(existing, created=False, described=existing.source)
             plan = (
                 self._plan_manifest(request) if request.manifest is not None else self._plan_source(request)
             )
@@ -116,15 +180,32 @@ class Admission:
                     f"it cannot be combined with method {plan.method!r}",
                     code="invalid_method",
                 )
+            key = request_key(identity(request, plan))
             job_id = str(uuid.uuid4())
             if remote:
                 assert request.destination is not None
-                rel = object_destination(request.destination, job_id)
+                placement = Placement(object_destination(request.destination, job_id))
             else:
-                rel = self.local_destination(request.destination, plan.name, job_id)
-            rec = self._record(request, plan, owner, job_id, rel)
+                placement = self._place(request, plan, key)
+                earlier = placement.reuse or placement.active
+                if earlier is not None:
+                    return Admitted(earlier, created=False, described=plan.described, placement=placement)
+            rec = self._record(request, plan, owner, job_id, placement.rel)
+            rec.resume = run_options(request, key, job_id, placement)
             self.store.add_job(rec)
-        return rec, True, plan.described
+        return Admitted(rec, created=True, described=plan.described, placement=placement)
+
+    def _place(self, request: CreateJob, plan: SourcePlan, key: str) -> Placement:
+        """The placement of a request into a local folder (checked: see :func:`resolve_destination`)."""
+        if request.destination is None:
+            rel = self.placer.default_folder(default_name(plan.name), key)
+        else:
+            rel = resolve_destination(self.root_dir, request.destination)[1]
+        if request.manifest is not None:
+            sources: dict[str | None, str] = {k: v for k, v in (request.entry_sources() or {}).items()}
+            return self.placer.place(rel, key, request.if_exists, sources, lambda e, n: f"{e}/{n}")
+        assert request.source is not None
+        return self.placer.place(rel, key, request.if_exists, {None: request.source}, lambda e, n: n)
 
     @staticmethod
     def _check_remote(request: CreateJob, remote: bool) -> None:
@@ -138,16 +219,17 @@ class Admission:
             check_object_destination(object_destination(request.destination, "check"))
 
     def _plan_manifest(self, request: CreateJob) -> SourcePlan:
-        assert request.manifest is not None
-        entries = {k: redact_url(v) for k, v in request.manifest.items()}
+        sources = request.entry_sources()
+        assert sources is not None
+        entries = {k: redact_url(v) for k, v in sources.items()}
         return SourcePlan(
             method=self.check_entries(request),
-            described=f"manifest of {len(request.manifest)} entries",
+            described=f"manifest of {len(sources)} entries",
             name=request.name or "manifest",
-            shown_source=manifest_label(len(request.manifest)),
+            shown_source=manifest_label(len(sources)),
             entries=entries,
-            raw={"entries": request.manifest},
-            secret=entries != request.manifest,
+            raw={"entries": sources},
+            secret=entries != sources,
         )
 
     def _plan_source(self, request: CreateJob) -> SourcePlan:
@@ -197,22 +279,6 @@ class Admission:
             resume={},
         )
 
-    def local_destination(self, destination: str | None, name: str, job_id: str) -> str:
-        """The checked destination folder, relative to ``root_dir`` (see :meth:`admit`)."""
-        if destination is None:
-            destination = f"{self.staging_dir.strip('/')}/{default_name(name)}"
-            dest_path, rel = resolve_destination(self.root_dir, destination)
-            if dest_path.exists():
-                destination = f"{destination}-{job_id[:8]}"
-        dest_path, rel = resolve_destination(self.root_dir, destination)
-        if (dest_path / MANIFEST_NAME).exists():
-            raise DestinationExists(
-                f"destination {rel!r} already holds a staged job's output; choose another folder"
-            )
-        if self._destination_in_use(rel):
-            raise DestinationExists(f"destination {rel!r} is used by another active job")
-        return rel
-
     def check_entries(self, request: CreateJob) -> str:
         """Check every manifest entry as :meth:`admit` checks a source; returns the job's method.
 
@@ -220,9 +286,10 @@ class Admission:
         entry that does not exist does not (it fails alone when the job runs). Without a ``method`` in the
         request each entry uses its own default (the job shows ``download`` when any entry is remote).
         """
-        assert request.manifest is not None
+        sources = request.entry_sources()
+        assert sources is not None
         methods: list[str] = []
-        for entry, uri in request.manifest.items():
+        for entry, uri in sources.items():
             try:
                 source: Source | None = open_source(uri, source_roots=self.source_roots)
             except SourceNotFound:
@@ -241,10 +308,3 @@ class Admission:
         if request.method is not None:
             return request.method
         return "download" if "download" in methods or not methods else "copy"
-
-    def _destination_in_use(self, rel: str) -> bool:
-        active = [JobState.queued.value, JobState.running.value, JobState.paused.value]
-        for rec in self.store.list_jobs(root=str(self.root_dir), states=active, limit=100000):
-            if rec.destination == rel:
-                return True
-        return False

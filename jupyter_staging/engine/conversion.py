@@ -17,6 +17,7 @@ from jupyter_staging.destinations.base import remove_tree_if_empty, scratch_dir
 from jupyter_staging.engine.items import ItemStager, sha256_file
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.store import JobRecord
+from jupyter_staging.errors import TransferFailed
 from jupyter_staging.formats.convert import convert_to_parquet
 from jupyter_staging.formats.detect import detect_format, is_table
 from jupyter_staging.safety.partfile import publish
@@ -42,6 +43,8 @@ class ConvertingStager(ItemStager):
         if any(self.dest.relative(c.path) == item.name for c in self.store.list_chunks(self.job_id)):
             self._convert_passthrough(source, method, item, entry=entry)  # staged as-is in an earlier run
             return
+        if self._reuse_converted(item, entry):
+            return
         local, downloaded = self._local_copy(source, item)
         fmt = detect_format(local)
         if fmt is None or fmt == "parquet" or (opts.get("hdu") is None and not is_table(local)):
@@ -49,7 +52,16 @@ class ConvertingStager(ItemStager):
             return
         if fmt == "fits" and len(self.resume.get("items", [])) == 1:
             self._expect_chunks(local, opts)
-        out_rel = self._output_folder(item)
+        bytes_before = self.live.bytes_done if downloaded is None else None
+        out_rel = self._convert_file(local, item.name, opts, entry)
+        if bytes_before is not None and self.live.bytes_done == bytes_before:
+            self.control.add_bytes(item.size or 0)
+        self._converted(item, out_rel, self.dest.workdir / out_rel, downloaded)
+
+    def _convert_file(self, local: Path, name: str, opts: dict[str, Any], entry: str | None) -> str:
+        """Convert the local table ``local`` (output name ``name``) into ``<stem>.parquet/part-*.parquet``
+        chunks, after the parts an earlier attempt recorded; returns the output folder (relative)."""
+        out_rel = self._output_folder(name)
         out_dir = self.dest.workdir / out_rel
         existing = [
             c
@@ -58,7 +70,6 @@ class ConvertingStager(ItemStager):
         ]
         if self.recovering:
             self._drop_unrecorded_part(out_dir, len(existing))
-        bytes_before = self.live.bytes_done if downloaded is None else None
         convert_to_parquet(
             local,
             out_dir,
@@ -67,11 +78,57 @@ class ConvertingStager(ItemStager):
             hdu=opts.get("hdu"),
             control=self.control,
             start_index=len(existing),
-            on_chunk=lambda info: self._record_part(out_dir, out_rel, info, entry),
+            on_chunk=lambda info: self._record_part(out_dir, out_rel, info, entry, name),
         )
-        if bytes_before is not None and self.live.bytes_done == bytes_before:
-            self.control.add_bytes(item.size or 0)
-        self._converted(item, out_rel, out_dir, downloaded)
+        return out_rel
+
+    def _reuse_converted(self, item: SourceItem, entry: str | None) -> bool:
+        """When ``item`` is unchanged since the output this job replaces, take that output's Parquet parts
+        (hard links, or local copies) as this job's chunks instead of converting again. Returns True when
+        it did."""
+        if self.replaced_folder is None or not self._unchanged(item):
+            return False
+        stem = PurePosixPath(item.name)
+        out_rel = (stem.parent / f"{_strip_suffixes(stem.name)}.parquet").as_posix()
+        parts = sorted(p for p in self._previous_objects() if p.startswith(out_rel + "/"))
+        folder = self.replaced_folder
+        if not parts or not all(
+            (folder / rel).is_file()
+            and (folder / rel).stat().st_size == self._previous_objects()[rel].get("size")
+            for rel in parts
+        ):
+            return False
+        self._output_folder(item.name)
+        for rel in parts:
+            old = self._previous_objects()[rel]
+            reused = self._reuse_output(item, self.dest.workdir / rel, rel)
+            if reused is None:  # checked above; gone since: the job fails and is run again
+                raise TransferFailed(f"{item.name}: part {rel} of the replaced output disappeared")
+            path = self.dest.put(
+                self.dest.workdir / rel,
+                rel,
+                size=reused[0],
+                sha256=reused[1],
+                content_type=PARQUET_CONTENT_TYPE,
+                control=self.control,
+            )
+            chunk = self._new_chunk(
+                path=rel,
+                state=ChunkState.pending.value,
+                rows=old.get("rows"),
+                bytes=reused[0],
+                sha256=reused[1],
+                content_type=PARQUET_CONTENT_TYPE,
+                entry=entry,
+            )
+            self._chunk_ready(chunk, path=path)
+            self.control.add_rows(int(old.get("rows") or 0))
+        with self._lock:
+            self.resume["converted"].append(item.name)
+            self.resume.setdefault("outputs", {}).update({rel: item.name for rel in parts})
+            self._save_resume()
+        self._log("info", f"{item.name}: unchanged; {len(parts)} Parquet part(s) taken from the local copy")
+        return True
 
     def _local_copy(self, source: Source, item: SourceItem) -> tuple[Path, Path | None]:
         """``(local path, downloaded)``: the item's own path when it is a local file, else a resumable
@@ -87,9 +144,9 @@ class ConvertingStager(ItemStager):
             self.control.add_bytes(item.size or 0)
         return downloaded, downloaded
 
-    def _output_folder(self, item: SourceItem) -> str:
-        """The checked output folder ``<stem>.parquet`` of ``item`` (recorded for cleanup)."""
-        stem = PurePosixPath(item.name)
+    def _output_folder(self, name: str) -> str:
+        """The checked output folder ``<stem>.parquet`` of output ``name`` (recorded for cleanup)."""
+        stem = PurePosixPath(name)
         out_rel = check_output_name((stem.parent / f"{_strip_suffixes(stem.name)}.parquet").as_posix())
         with self._lock:
             if out_rel not in self.resume.setdefault("convert_dirs", []):
@@ -97,9 +154,11 @@ class ConvertingStager(ItemStager):
                 self._save_resume()
         return out_rel
 
-    def _record_part(self, out_dir: Path, out_rel: str, info: Any, entry: str | None) -> None:
+    def _record_part(self, out_dir: Path, out_rel: str, info: Any, entry: str | None, item_name: str) -> None:
         """A part file the converter published: hand it to the destination, then record its chunk."""
         rel = f"{out_rel}/{info.name}"
+        with self._lock:
+            self.resume.setdefault("outputs", {})[rel] = item_name
         # Published locally; for object storage uploaded now (and the local part removed). Only then
         # is the chunk recorded, so an interrupted upload is redone from the part on resume.
         path = self.dest.put(
@@ -170,9 +229,11 @@ class ConvertingStager(ItemStager):
         item: SourceItem,
         downloaded: Path | None = None,
         entry: str | None = None,
+        why: str = "not a table",
     ) -> None:
         """Stage a file that is not a table (an image, a Parquet file) as it is, as one chunk; a file
-        ``downloaded`` to the scratch folder already is moved into place rather than fetched again."""
+        ``downloaded`` to the scratch folder already is moved into place rather than fetched again.
+        ``why`` is logged (nothing when empty)."""
         for chunk in self.store.list_chunks(self.job_id):
             if self.dest.relative(chunk.path) == item.name:
                 if chunk.state != ChunkState.pending.value:
@@ -187,7 +248,8 @@ class ConvertingStager(ItemStager):
                 content_type=item.content_type,
                 entry=entry,
             )
-        self._log("info", f"{item.name}: not a table; staged as it is")
+        if why:
+            self._log("info", f"{item.name}: {why}; staged as it is")
         final = self.dest.workdir / item.name
         if downloaded is not None:
             final.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from jupyter_staging.engine.conversion import ConvertingStager
+from jupyter_staging.engine.expansion import ExpandingStager
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.store import JobRecord
 from jupyter_staging.errors import JobInterrupted, StagingError
@@ -36,8 +36,8 @@ def error_of(exc: BaseException) -> dict[str, str]:
     return {"code": "internal_error", "message": f"unexpected error: {type(exc).__name__}"}
 
 
-class ManifestStager(ConvertingStager):
-    """Adds manifest jobs (many sources) to :class:`~jupyter_staging.engine.conversion.ConvertingStager`."""
+class ManifestStager(ExpandingStager):
+    """Adds manifest jobs (many sources) to :class:`~jupyter_staging.engine.expansion.ExpandingStager`."""
 
     def _run_manifest(
         self, rec: JobRecord, entries: dict[str, str]
@@ -53,7 +53,7 @@ class ManifestStager(ConvertingStager):
             self.job_id, bytes_total=None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
         )
         chunks = self.store.list_chunks(self.job_id)
-        if rec.convert is None:
+        if rec.convert is None and not self._expands():
             self.store.update_job(self.job_id, chunks_total=len(chunks))
         self._count_done(chunks)
         failures = {n: listed[n]["error"] for n in names if "error" in listed[n]}
@@ -143,7 +143,7 @@ class ManifestStager(ConvertingStager):
                 if not any(entry == name for entry, _ in existing):
                     self._error_chunk(name, error)
                 continue
-            if rec.convert is not None:
+            if rec.convert is not None or self._expands():
                 continue
             for item in items[name]:
                 if (name, item.name) not in existing:
@@ -164,7 +164,9 @@ class ManifestStager(ConvertingStager):
             method = rec.method if rec.method in source.methods else source.default_method
             for item in items:
                 self.control.check()
-                if rec.convert is None:
+                if self._expands():
+                    self._stage_item(source, rec, method, item, entry=name)
+                elif rec.convert is None:
                     chunk = next(
                         c
                         for c in self.store.list_chunks(self.job_id)

@@ -26,6 +26,8 @@ class JobHost(Protocol):
     store: Store
     secrets: SecretBox
     source_roots: list[str] | None
+    #: Most bytes one archive or compressed file may expand to (``unpack`` / ``decompress``).
+    max_unpacked_bytes: int
 
     def destination_of(self, rec: JobRecord) -> Destination:
         """The destination (local folder or object-store prefix) of job ``rec``."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
 import threading
 from dataclasses import asdict
@@ -16,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_staging.destinations.base import Destination
+from jupyter_staging.destinations.manifest import read_manifest
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.progress import LiveProgress
 from jupyter_staging.engine.store import ChunkRecord
-from jupyter_staging.errors import DestinationExists, JobInterrupted, TransferFailed
+from jupyter_staging.errors import ChecksumMismatch, DestinationExists, JobInterrupted, TransferFailed
 from jupyter_staging.safety.control import JobControl
-from jupyter_staging.safety.partfile import BLOCK_SIZE, PartFile, part_path
+from jupyter_staging.safety.partfile import BLOCK_SIZE, PartFile, copy_file, part_path
 from jupyter_staging.safety.redact import redact_url
 from jupyter_staging.sources.base import Source, SourceItem
 
@@ -34,6 +36,16 @@ def sha256_file(path: Path) -> str:
         while block := fh.read(BLOCK_SIZE):
             digest.update(block)
     return digest.hexdigest()
+
+
+#: Extended attribute naming the job (and source version) that writes a part file.
+OWNER_XATTR = "user.jupyter_staging.owner"
+
+
+def owner_tag(job_id: str, fingerprint: dict[str, Any]) -> str:
+    """``<job id>:<sha256 of the fingerprint, 16 hex>``: who may resume a part file."""
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{job_id}:{digest[:16]}"
 
 
 class ItemStager:
@@ -51,6 +63,9 @@ class ItemStager:
         self.resume: dict[str, Any] = {}
         self._lock = threading.RLock()
         self.dest: Destination
+        #: The folder whose output this job replaces when it completes (a swap), if any.
+        self.replaced_folder: Path | None = None
+        self._previous: dict[str, dict[str, Any]] | None = None
 
     # -- callbacks from sources and converters ------------------------------------------------------
 
@@ -147,7 +162,11 @@ class ItemStager:
                 return final.stat().st_size, sha256_file(final)
         if method in ("hardlink", "symlink"):
             return self._link(method, item, final)
-        out = PartFile(final, resume=True)
+        reused = self._reuse_output(item, final)
+        if reused is not None:
+            return reused
+        checksums = self._expected_checksums(item)
+        out = self._open_part(item, final, md5="md5" in checksums)
         if out.offset:
             self._log("info", f"{item.name}: resuming at byte {out.offset}")
             self.control.add_bytes(out.offset)
@@ -162,7 +181,115 @@ class ItemStager:
         finally:
             # Bytes of a restarted file were reported once already; take them back.
             self.control.add_bytes(-out.discarded)
-        return out.commit(item.size)
+        # The source may have stated its checksums only when the bytes came (a GET's headers).
+        return out.commit(item.size, checksums=self._expected_checksums(item) or None)
+
+    # -- integrity: part files, expected checksums, reuse of the output being replaced ----------------
+
+    def _open_part(self, item: SourceItem, final: Path, *, md5: bool) -> PartFile:
+        """The part file of ``item``, resumed only when this job wrote it for this fingerprint; any other
+        ``.part`` in the way (a planted one, another job's, another version's) is set aside, never
+        trusted (DESIGN.md, "Re-running a notebook").
+
+        Ownership is an extended attribute of the part file (``user.jupyter_staging.owner``: the job id
+        and a digest of the fingerprint), so recording it costs no database write; on a file system
+        without user xattrs it is kept in the job's resume data instead."""
+        part = part_path(final)
+        tag = owner_tag(self.job_id, item.validator)
+        if (part.exists() or part.is_symlink()) and self._part_owner(item, part) != tag:
+            aside = part.with_name(f"{part.name}.set-aside-{self.job_id[:8]}")
+            if aside.exists() or aside.is_symlink():
+                aside.unlink()
+            os.rename(part, aside)  # renames a planted symlink itself, never its target
+            self._log(
+                "warning",
+                f"{item.name}: a partial file this job did not write for this version of the source was "
+                f"set aside as {aside.name}; starting from byte 0",
+            )
+        out = PartFile(final, resume=True, md5=md5)
+        try:
+            os.setxattr(out.part, OWNER_XATTR, tag.encode(), follow_symlinks=False)
+        except OSError:  # no user xattrs here: remember it in the resume data (one database write)
+            with self._lock:
+                self.resume.setdefault("parts", {})[item.name] = tag
+                self._save_resume()
+        return out
+
+    def _part_owner(self, item: SourceItem, part: Path) -> str | None:
+        """The owner tag of an existing part file (its xattr, else the resume data), or None."""
+        try:
+            return os.getxattr(part, OWNER_XATTR, follow_symlinks=False).decode()
+        except OSError:
+            with self._lock:
+                return (self.resume.get("parts") or {}).get(item.name)
+
+    def _expected_checksums(self, item: SourceItem) -> dict[str, str]:
+        """``{algorithm: hex}`` the bytes of ``item`` must match: what the source states, and the
+        checksum the user gave for the job's single file (or for its manifest entry's single file)."""
+        sums = dict(item.checksums)
+        request = self.resume.get("request") or {}
+        if "entries" in self.resume:
+            entry = item.name.split("/", 1)[0]
+            given = (request.get("entry_checksums") or {}).get(entry)
+            single = len(self.resume["entries"].get(entry, {}).get("items", [])) == 1
+        else:
+            given = request.get("checksum")
+            single = len(self.resume.get("items", [])) == 1
+        if given and single:
+            algorithm, _, digest = given.partition(":")
+            stated = sums.get(algorithm)
+            if stated is not None and stated != digest:  # one of them is wrong: publish nothing
+                raise ChecksumMismatch(
+                    f"{item.name}: the source states {algorithm} {stated[:16]}..., "
+                    f"the expected checksum is {digest[:16]}..."
+                )
+            sums[algorithm] = digest
+        return sums
+
+    def _previous_objects(self) -> dict[str, dict[str, Any]]:
+        """The objects of the output this job replaces (``{relative path: manifest object}``), when the
+        job may reuse them; empty otherwise."""
+        with self._lock:  # manifest entries run in parallel
+            if self._previous is None:
+                reuse = (self.resume.get("swap") or {}).get("reuse") or {}
+                folder = self.replaced_folder
+                manifest = read_manifest(folder) if reuse and folder is not None else None
+                objects = (
+                    manifest.get("objects", [])
+                    if manifest and manifest.get("job_id") == reuse.get("job")
+                    else []
+                )
+                self._previous = {str(o["path"]): o for o in objects if o.get("sha256")}
+            return self._previous
+
+    def _unchanged(self, item: SourceItem) -> bool:
+        """True when ``item``'s fingerprint is the one the replaced output was staged from."""
+        reuse = (self.resume.get("swap") or {}).get("reuse") or {}
+        fingerprint = (reuse.get("fingerprints") or {}).get(item.name)
+        return bool(fingerprint) and fingerprint == item.validator
+
+    def _reuse_output(self, item: SourceItem, final: Path, rel: str | None = None) -> tuple[int, str] | None:
+        """Take output ``rel`` (default ``item.name``) of the replaced job when ``item`` is unchanged: a
+        hard link to the verified file (no byte moves), or a local copy where links fail. Returns
+        ``(size_bytes, sha256_hex)``, or None when there is nothing to reuse."""
+        rel = rel or item.name
+        old = self._previous_objects().get(rel)
+        if old is None or self.replaced_folder is None or not self._unchanged(item):
+            return None
+        src = self.replaced_folder / rel
+        if not src.is_file() or src.is_symlink() or src.stat().st_size != old.get("size"):
+            return None
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, final)
+        except OSError:
+            out = PartFile(final)
+            copy_file(src, out, self.control)
+            size, digest = out.commit(old.get("size"), checksums={"sha256": old["sha256"]})
+        else:
+            size, digest = int(old["size"]), str(old["sha256"])
+            self.control.add_bytes(size)
+        return size, digest
 
     def _link(self, method: str, item: SourceItem, final: Path) -> tuple[int, str]:
         src = Path(item.locator)

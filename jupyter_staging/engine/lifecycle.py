@@ -28,6 +28,7 @@ from jupyter_staging.destinations.registry import open_destination
 from jupyter_staging.engine.cleanup import remove_job_output
 from jupyter_staging.engine.describe import describe_job
 from jupyter_staging.engine.executors import Executor
+from jupyter_staging.engine.expansion import DEFAULT_MAX_UNPACKED_BYTES
 from jupyter_staging.engine.models import TRANSITIONS, ChunkState, DescribeJob, JobState
 from jupyter_staging.engine.progress import PROGRESS_INTERVAL, LiveProgress
 from jupyter_staging.engine.runner import JobRunner
@@ -45,6 +46,9 @@ Listener = Callable[[dict[str, Any]], None]
 class JobLifecycle:
     """Job state, events, recovery and cleanup of one staging area (the base of
     :class:`~jupyter_staging.engine.manager.StagingManager`; see its parameters)."""
+
+    #: Most bytes one archive or compressed file may expand to (``unpack`` / ``decompress``).
+    max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES
 
     def __init__(
         self,
@@ -209,10 +213,12 @@ class JobLifecycle:
         return rec.source, rec.entries
 
     def destination_of(self, rec: JobRecord) -> Destination:
-        """The :class:`~jupyter_staging.destinations.base.Destination` of job ``rec``."""
-        return open_destination(
-            rec.id, rec.destination, root_dir=self.root_dir, scratch_root=self.scratch_root
-        )
+        """The :class:`~jupyter_staging.destinations.base.Destination` job ``rec`` writes into: its
+        destination, or — for a job replacing an earlier output, until it swapped its own in — the scratch
+        folder beside it (so cleaning up a failed replacement never touches the output it did not replace)."""
+        swap = (rec.resume or {}).get("swap")
+        folder = swap["into"] if swap and not swap.get("done") else rec.destination
+        return open_destination(rec.id, folder, root_dir=self.root_dir, scratch_root=self.scratch_root)
 
     def set_state(self, job_id: str, state: JobState, **fields: Any) -> JobRecord:
         """Persist ``state`` (and ``fields``) then announce it; a final state also drops the sealed

@@ -22,6 +22,7 @@ from jupyter_staging.destinations.registry import is_object_destination
 from jupyter_staging.engine.admission import Admission, default_name
 from jupyter_staging.engine.describe import decode_cursor, describe_chunk, encode_cursor
 from jupyter_staging.engine.executors import Executor, LocalExecutor
+from jupyter_staging.engine.expansion import DEFAULT_MAX_UNPACKED_BYTES
 from jupyter_staging.engine.lifecycle import JobLifecycle, current_user, default_key_file, log
 from jupyter_staging.engine.models import (
     ChunkState,
@@ -55,6 +56,8 @@ class StagingManager(JobLifecycle):
         Jobs running at once; others wait ``queued``.
     executor_class:
         :class:`~jupyter_staging.engine.executors.Executor` subclass running the jobs.
+    max_unpacked_bytes:
+        Most bytes one archive or compressed file may expand to (``unpack`` / ``decompress``).
     presign_expiry_seconds:
         Validity of the presigned GET URLs handed out for chunks in object storage, seconds (1 s - 7 days).
     secret_key_file:
@@ -79,6 +82,7 @@ class StagingManager(JobLifecycle):
         default_owner: str | None = None,
         sweep_interval: float = 10.0,
         presign_expiry_seconds: int = 3600,
+        max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
         secret_key_file: str | os.PathLike[str] | None = None,
         scratch_dir: str | os.PathLike[str] | None = None,
     ) -> None:
@@ -87,6 +91,7 @@ class StagingManager(JobLifecycle):
         self.staging_dir = staging_dir
         self.max_concurrent_jobs = max_concurrent_jobs
         self.presign_expiry_seconds = int(presign_expiry_seconds)
+        self.max_unpacked_bytes = int(max_unpacked_bytes)
         store = Store(db_url)
         if secret_key_file is None:
             secret_key_file = default_key_file(db_url)
@@ -119,8 +124,12 @@ class StagingManager(JobLifecycle):
     def create(self, request: CreateJob, owner: str | None = None) -> tuple[DescribeJob, bool]:
         """Validate ``request``, persist a ``queued`` job and submit it.
 
-        Returns ``(job, created)``; ``created`` is False when an earlier job of ``owner`` had the same
-        ``idempotency_key`` (that job is returned unchanged).
+        Returns ``(job, created)``; ``created`` is False when an earlier job answers the request: one of
+        ``owner`` with the same ``idempotency_key``, the same request still queued / running / paused in
+        that folder, or (``if_exists="reuse"``, the default) an earlier job of the same source(s) and
+        options whose every source fingerprint still matches — then ``job.up_to_date`` is True and no byte
+        moves. When a source changed (or ``if_exists="refresh"``) the new job stages beside the old output
+        and swaps it in when complete (DESIGN.md, "Re-running a notebook").
 
         A source (or manifest entry) holding secrets is stored redacted, its raw form sealed
         (:mod:`jupyter_staging.safety.sealed`). An ``s3://bucket/prefix/`` destination becomes the job's own
@@ -130,13 +139,25 @@ class StagingManager(JobLifecycle):
         input (codes ``invalid_method``, ``unsupported_source``, ``unsupported_destination``,
         ``invalid_destination``, ``destination_not_found``...), :class:`SourceNotFound` (400) for a
         missing local source (a missing manifest entry fails later, alone) and :class:`DestinationExists`
-        (409) when the destination already holds a job's output.
+        (409) when the destination holds another request's output (or any output, with
+        ``if_exists="error"``), or another request's job is writing there.
         """
         owner = owner or self.default_owner
-        rec, created, described = self.admission.admit(request, owner)
-        if not created:
+        admitted = self.admission.admit(request, owner)
+        rec = admitted.record
+        if admitted.up_to_date:
+            self.log_event(rec.id, "info", "asked again: up to date (every source unchanged), no bytes moved")
+            return self.describe(rec).model_copy(update={"up_to_date": True}), False
+        if not admitted.created:
             return self.describe(rec), False
-        self.log_event(rec.id, "info", f"job created: {described} -> {rec.destination} ({rec.method})")
+        self.log_event(
+            rec.id, "info", f"job created: {admitted.described} -> {rec.destination} ({rec.method})"
+        )
+        swap = (rec.resume or {}).get("swap")
+        if swap:
+            self.log_event(
+                rec.id, "info", f"{swap['changes']}; staging beside the old output, swapped in when complete"
+            )
         self.announce(rec)
         self.submit(rec.id)
         return self.describe(rec), True

@@ -83,6 +83,35 @@ ENTRY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 MAX_MANIFEST_ENTRIES = 1000
 #: Entry names refused because the job folder already uses them.
 RESERVED_ENTRY_NAMES = frozenset({"manifest.json"})
+#: An expected checksum: ``sha256:<64 hex>`` or ``md5:<32 hex>`` (hex in either case).
+CHECKSUM_RE = re.compile(r"(sha256:[0-9a-f]{64}|md5:[0-9a-f]{32})", re.IGNORECASE)
+#: What to do when the destination already holds a job's output (DESIGN.md, "Re-running a notebook").
+IfExists = Literal["reuse", "refresh", "error"]
+
+
+def check_checksum(value: str | None) -> str | None:
+    """``value`` normalised to lower-case hex, or None; raises ValueError unless it is
+    ``sha256:<64 hex>`` or ``md5:<32 hex>``."""
+    if value is None:
+        return None
+    if not CHECKSUM_RE.fullmatch(value):
+        raise ValueError("a checksum is 'sha256:<64 hex digits>' or 'md5:<32 hex digits>'")
+    return value.lower()
+
+
+class ManifestEntry(BaseModel):
+    """A manifest entry given as an object: its ``source`` and, optionally, the ``checksum`` its bytes
+    must have (``sha256:<hex>`` or ``md5:<hex>``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(min_length=1, max_length=8192)
+    checksum: str | None = None
+
+    @field_validator("checksum")
+    @classmethod
+    def _checksum(cls, value: str | None) -> str | None:
+        return check_checksum(value)
 
 
 class CreateJob(BaseModel):
@@ -105,7 +134,9 @@ class CreateJob(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source: str | None = Field(default=None, min_length=1, max_length=8192)
-    manifest: dict[str, str] | None = Field(default=None, min_length=1, max_length=MAX_MANIFEST_ENTRIES)
+    manifest: dict[str, str | ManifestEntry] | None = Field(
+        default=None, min_length=1, max_length=MAX_MANIFEST_ENTRIES
+    )
     destination: str | None = Field(default=None, max_length=4096)
     method: Method | None = None
     convert: ConvertOptions | None = None
@@ -113,6 +144,27 @@ class CreateJob(BaseModel):
     idempotency_key: str | None = Field(default=None, max_length=255)
     cleanup_policy: CleanupPolicy = "retain"
     ttl_seconds: int | None = Field(default=None, ge=1)
+    checksum: str | None = None
+    if_exists: IfExists = "reuse"
+    unpack: bool = False
+    decompress: bool = False
+
+    @field_validator("checksum")
+    @classmethod
+    def _checksum(cls, value: str | None) -> str | None:
+        return check_checksum(value)
+
+    def entry_sources(self) -> dict[str, str] | None:
+        """The manifest as ``{name: source}`` (entry objects reduced to their source)."""
+        if self.manifest is None:
+            return None
+        return {k: v if isinstance(v, str) else v.source for k, v in self.manifest.items()}
+
+    def entry_checksums(self) -> dict[str, str]:
+        """``{name: checksum}`` of the manifest entries that state one."""
+        if self.manifest is None:
+            return {}
+        return {k: v.checksum for k, v in self.manifest.items() if not isinstance(v, str) and v.checksum}
 
     @field_validator("source", "destination", "name", "idempotency_key")
     @classmethod
@@ -123,11 +175,12 @@ class CreateJob(BaseModel):
 
     @field_validator("manifest")
     @classmethod
-    def _entries(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+    def _entries(cls, value: dict[str, str | ManifestEntry] | None) -> dict[str, str | ManifestEntry] | None:
         if value is None:
             return value
         seen: set[str] = set()
-        for name, source in value.items():
+        for name, given in value.items():
+            source = given if isinstance(given, str) else given.source
             if not ENTRY_NAME_RE.fullmatch(name) or name.lower() in RESERVED_ENTRY_NAMES:
                 raise ValueError(
                     f"entry name {name[:130]!r} is not allowed: use 1-128 letters, digits, '_', '-' or '.', "
@@ -218,6 +271,8 @@ class DescribeJob(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     expires_at: datetime | None = None
+    #: True when this answer reused unchanged output: every source fingerprint still matched, no byte moved.
+    up_to_date: bool = False
 
 
 class ListJobsQuery(BaseModel):

@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import PurePosixPath
 from typing import Any
 
 from jupyter_staging.destinations.base import make_private_dir, remove_tree_if_empty
-from jupyter_staging.destinations.manifest import build_manifest
+from jupyter_staging.destinations.manifest import build_manifest, read_manifest
 from jupyter_staging.engine.cleanup import remove_job_output
 from jupyter_staging.engine.entries import ManifestStager, error_of
 from jupyter_staging.engine.models import ChunkState, JobState
+from jupyter_staging.engine.placement import swap_in
 from jupyter_staging.engine.store import ChunkRecord, JobRecord, utcnow
 from jupyter_staging.errors import JobInterrupted, PartiallyStaged, StagingError
 from jupyter_staging.safety.paths import check_output_name
+from jupyter_staging.sources.base import SourceItem
 from jupyter_staging.sources.registry import open_source
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,9 @@ class JobRunner(ManifestStager):
         self.recovering = self.resume["attempts"] > 1
         self._save_resume()
         self.dest = self.host.destination_of(rec)
+        if self.resume.get("swap"):
+            self.replaced_folder = self.dest.workdir.parent / PurePosixPath(rec.destination).name
+            self._log("info", f"staging into {self.resume['swap']['into']}; swapped in when complete")
         if self.dest.remote:
             make_private_dir(self.dest.workdir)
         else:
@@ -130,6 +136,8 @@ class JobRunner(ManifestStager):
         if self.dest.remote:
             remove_tree_if_empty(self.dest.workdir, self.dest.workdir.parent.parent)
         total = sum(c.bytes or 0 for c in staged)
+        if self.resume.get("swap"):
+            self._swap_in(rec)
         if failures:
             assert entries is not None
             self._raise_partial(entries, failures, f"{len(staged)} chunk(s), {total} bytes")
@@ -149,50 +157,102 @@ class JobRunner(ManifestStager):
                 item.name = check_output_name(item.name)
             total = None if any(i.size is None for i in items) else sum(i.size or 0 for i in items)
             fields: dict[str, Any] = {"bytes_total": total}
-            if rec.convert is None:
+            if rec.convert is None and not self._expands():
                 fields["chunks_total"] = len(items)
             with self._lock:
                 self.resume["items"] = [self._dump_item(i) for i in items]
                 rec = self.store.update_job(self.job_id, resume=copy.deepcopy(self.resume), **fields) or rec
             self._log("info", f"{len(items)} file(s) to stage, {total if total is not None else '?'} bytes")
-        chunks = {c.index: c for c in self.store.list_chunks(self.job_id)}
-        if rec.convert is None:
-            for index, item in enumerate(items):
-                if index not in chunks:
-                    chunks[index] = self.store.upsert_chunk(
-                        ChunkRecord(
-                            id=f"{self.job_id}-{index}",
-                            job_id=self.job_id,
-                            index=index,
-                            path=item.name,
-                            state=ChunkState.pending.value,
-                            bytes=item.size,
-                            content_type=item.content_type,
-                        )
-                    )
-        self._count_done(list(chunks.values()))
+        plain = rec.convert is None and not self._expands()
+        chunks = self._plain_chunks(items) if plain else {}
+        self._count_done(self.store.list_chunks(self.job_id))
         for index, item in enumerate(items):
             self.control.check()
-            if rec.convert is None:
+            if plain:
                 self._transfer(source, rec.method, item, chunks[index])
+            elif self._expands():
+                self._stage_item(source, rec, rec.method, item)
             else:
                 self._convert(source, rec, rec.method, item)
             self.host.report_progress(self.job_id, force=True)
         self.control.check()
 
+    def _plain_chunks(self, items: list[SourceItem]) -> dict[int, ChunkRecord]:
+        """One chunk per item of a plain transfer, created once (index = item order)."""
+        chunks = {c.index: c for c in self.store.list_chunks(self.job_id)}
+        for index, item in enumerate(items):
+            if index not in chunks:
+                chunks[index] = self.store.upsert_chunk(
+                    ChunkRecord(
+                        id=f"{self.job_id}-{index}",
+                        job_id=self.job_id,
+                        index=index,
+                        path=item.name,
+                        state=ChunkState.pending.value,
+                        bytes=item.size,
+                        content_type=item.content_type,
+                    )
+                )
+        return chunks
+
     # -- the end ----------------------------------------------------------------------------------------
 
+    def _swap_in(self, rec: JobRecord) -> None:
+        """Put the output staged beside the old one in its place, and retire the job it replaces."""
+        swap = self.resume["swap"]
+        replaced = self.store.get_job(swap["replaces"]) if swap.get("replaces") else None
+        old = read_manifest(self.replaced_folder) if self.replaced_folder is not None else None
+        staged_before = {str(o.get("path")) for o in (old or {}).get("objects", [])}
+        root = self.dest.workdir.parents[len(PurePosixPath(swap["into"]).parts) - 1]
+        moved = swap_in(
+            root,
+            rec.destination,
+            swap["into"],
+            staged_before=staged_before,
+            aside_name=f".replaced-{self.job_id[:8]}",
+        )
+        if moved:
+            self._log(
+                "info", f"kept {len(moved)} file(s) that were not staged output: {', '.join(moved[:5])}"
+            )
+        with self._lock:
+            self.resume["swap"]["done"] = True
+            self._save_resume()
+        self._log("info", f"swapped into {rec.destination}")
+        if replaced is not None and not JobState(replaced.state) == JobState.expired:
+            for chunk in self.store.list_chunks(replaced.id):
+                self.store.update_chunk(chunk.id, state=ChunkState.expired.value)
+            self.host.log_event(
+                replaced.id, "info", f"output replaced by job {self.job_id} (a source changed)"
+            )
+            self.host.set_state(replaced.id, JobState.expired)
+
+    def _fingerprints(self) -> dict[str, dict[str, Any]]:
+        """``{item name: fingerprint}`` of every item the job listed."""
+        listed = [self.resume.get("items", [])] + [
+            e.get("items", []) for e in self.resume.get("entries", {}).values()
+        ]
+        return {i["name"]: i.get("validator") or {} for items in listed for i in items}
+
     def _manifest_objects(self, staged: list[ChunkRecord]) -> list[dict[str, Any]]:
-        """One manifest object per staged chunk: path (and URI), size in bytes, sha256, rows, type."""
+        """One manifest object per staged chunk: path (and URI), size in bytes, sha256, rows, type, and
+        the fingerprint of the source item it came from."""
         objects = []
+        fingerprints = self._fingerprints()
+        outputs = self.resume.get("outputs") or {}
         for c in staged:
+            path = self.dest.relative(c.path)
             obj: dict[str, Any] = {
-                "path": self.dest.relative(c.path),
+                "path": path,
                 "size": c.bytes,
                 "sha256": c.sha256,
                 "rows": c.rows,
                 "content_type": c.content_type,
             }
+            item = outputs.get(path, path)
+            if item in fingerprints:
+                obj["source_item"] = item
+                obj["fingerprint"] = fingerprints[item]
             if self.dest.remote:
                 obj["uri"] = c.path
             if c.entry is not None:

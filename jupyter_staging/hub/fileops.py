@@ -27,7 +27,7 @@ from jupyter_staging.errors import (
     SourceNotFound,
     StagingError,
 )
-from jupyter_staging.hub.areas import Target
+from jupyter_staging.hub.areas import DIR_FLAGS, Target
 from jupyter_staging.safety.partfile import copy_stream
 from jupyter_staging.safety.paths import resolve_source
 
@@ -311,6 +311,91 @@ def make_read_only(target: Target) -> None:
         log.debug("cannot make %s read-only: not its owner", target.path)
     finally:
         os.close(fd)
+
+
+# -- a file a job in the user's server wrote --------------------------------------------------------
+
+
+def _open_folder(name: str, parent_fd: int) -> int:
+    """An fd of folder ``name`` in ``parent_fd``, opened without following a symlink."""
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise PathNotAllowed(f"{name!r} is a symbolic link or a file, not a folder") from None
+        raise
+
+
+def _same_bytes(folder_fd: int, name: str, target: Target) -> bool:
+    """True when ``name`` in ``folder_fd`` and the target are regular files of the same size and sha256."""
+    digests = []
+    for dir_fd, file_name in ((folder_fd, name), (target.dir_fd, target.name)):
+        fd = os.open(file_name, READ_FLAGS, dir_fd=dir_fd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
+            digests.append(sha256_of_fd(fd))
+        finally:
+            os.close(fd)
+    return digests[0] == digests[1]
+
+
+def publish_from_folder(folder: str, file_name: str, target: Target) -> bool:
+    """Give the file ``folder/file_name`` the target's name: ``folder`` lies in the target's folder (a
+    ``jupyter_copy`` job's scratch folder); the file is linked with ``linkat``, which never replaces and
+    never follows a symlink, and stays where it was too (see :func:`remove_folder`).
+
+    Returns True when linked, False when the target already holds the same bytes (size and sha256).
+    Raises :class:`DestinationExists` (``target_exists``) when a different file has the target's name,
+    :class:`PathNotAllowed` when the folder or the file is a symlink or not what it should be,
+    ``link_not_permitted`` (403) when the system refuses the link (``protected_hardlinks``: the service
+    runs neither as root nor as the user), :class:`FileNotFoundError` when the file is missing.
+    """
+    folder_fd = _open_folder(folder, target.dir_fd)
+    try:
+        if not stat.S_ISREG(os.stat(file_name, dir_fd=folder_fd, follow_symlinks=False).st_mode):
+            raise PathNotAllowed(f"{folder}/{file_name} is not a regular file")
+        try:
+            os.link(
+                file_name, target.name, src_dir_fd=folder_fd, dst_dir_fd=target.dir_fd, follow_symlinks=False
+            )
+        except FileExistsError:
+            if not _same_bytes(folder_fd, file_name, target):
+                raise _exists_error(target) from None
+            return False
+        except PermissionError:
+            raise StagingError(
+                f"the system refused to link {target.path} to the file the user's server wrote "
+                "(protected_hardlinks); run the service as root or as the users' uid",
+                code="link_not_permitted",
+                status=403,
+            ) from None
+        os.fsync(target.dir_fd)
+        return True
+    finally:
+        os.close(folder_fd)
+
+
+def remove_folder(parent_fd: int, name: str) -> None:
+    """Remove folder ``name`` of ``parent_fd`` and the files right in it (links are removed, never
+    followed; a subfolder keeps the folder). Best effort: what cannot be removed stays, and is logged."""
+    try:
+        fd = _open_folder(name, parent_fd)
+    except (OSError, PathNotAllowed):
+        return
+    try:
+        for entry in os.listdir(fd):
+            try:
+                if not stat.S_ISDIR(os.stat(entry, dir_fd=fd, follow_symlinks=False).st_mode):
+                    os.unlink(entry, dir_fd=fd)
+            except OSError as err:
+                log.warning("cannot remove %s from %s: %s", entry, name, err.strerror)
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(name, dir_fd=parent_fd)
+    except OSError as err:
+        log.warning("cannot remove folder %s: %s", name, err.strerror)
 
 
 def open_download(source: SourceFile) -> BinaryIO:

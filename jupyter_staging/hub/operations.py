@@ -2,8 +2,8 @@
 
 :class:`StagingOperations` checks the request (:mod:`~jupyter_staging.hub.requests`) and the caller, does
 the work on worker threads, at most ``concurrency`` at once (:mod:`~jupyter_staging.hub.fileops` in the
-user's area, :mod:`~jupyter_staging.hub.areas`; or, for ``jupyter_copy``, a job in the user's own server
-through :mod:`~jupyter_staging.hub.hubapi`), and records one database row and one log line per call
+user's area, :mod:`~jupyter_staging.hub.areas`; or, for ``jupyter_copy``, a job in the user's own server,
+:mod:`~jupyter_staging.hub.jupytercopy`), and records one database row and one log line per call
 (:mod:`~jupyter_staging.hub.recording`).
 
 Every deliberate refusal is a :class:`~jupyter_staging.errors.StagingError` with a stable ``code`` and the
@@ -16,34 +16,28 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from jupyter_staging.errors import InvalidRequest, StagingError
-from jupyter_staging.hub.areas import Target, UserAreas, owner_for, split_relative_path
+from jupyter_staging.hub.areas import Target, UserAreas, owner_for
 from jupyter_staging.hub.db import Operation, OperationStore, utcnow
 from jupyter_staging.hub.fileops import (
     Outcome,
     SourceFile,
-    check_duplicate,
     check_source,
     hardlink,
     local_copy,
-    make_read_only,
     open_download,
-    source_sha256,
     symlink,
 )
 from jupyter_staging.hub.hubapi import HubAPI
+from jupyter_staging.hub.jupytercopy import JupyterCopies
 from jupyter_staging.hub.recording import Recorder, as_staging_error
 from jupyter_staging.hub.requests import parse_stage_request
 
 #: The file work of each method done in the service itself (``direct_download`` and ``jupyter_copy``
 #: have their own paths).
 FILE_WORK = {"local_copy": local_copy, "hardlink": hardlink, "symlink": symlink}
-
-#: States of a job in the user's server that end a ``jupyter_copy`` without its file.
-FAILED_JOB_STATES = ("failed", "cancelled", "expired")
 
 
 @dataclass(frozen=True)
@@ -107,13 +101,19 @@ class StagingOperations:
         self.areas = areas
         self.shared_roots = list(shared_roots)
         self.hub = hub
-        self.server_roots = UserAreas(server_root_template)
         self.semaphore = asyncio.Semaphore(concurrency)
-        self.server_starts = asyncio.Semaphore(concurrency)
-        self.server_start_timeout = server_start_timeout
-        self.job_poll_interval = job_poll_interval
         self.recorder = Recorder(store, oplog or logging.getLogger("jupyter_staging.hub.oplog"))
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.copies = JupyterCopies(
+            store,
+            areas,
+            UserAreas(server_root_template),
+            hub,
+            self.recorder,
+            file_work=self.semaphore,
+            server_starts=asyncio.Semaphore(concurrency),
+            server_start_timeout=server_start_timeout,
+            job_poll_interval=job_poll_interval,
+        )
 
     # -- queries ----------------------------------------------------------------------------------
 
@@ -165,7 +165,7 @@ class StagingOperations:
                 file = await asyncio.to_thread(open_download, source)
                 return Download(op, file, source.size, source.name)
             if op.method == "jupyter_copy":
-                return await self._start_jupyter_copy(op, source, request.relative_path)
+                return await self.copies.start(op, source, request.relative_path)
             outcome = await self._work_in_area(op, source, request.relative_path)
             return await self.recorder.finish(op, outcome)
         except Exception as err:
@@ -209,139 +209,20 @@ class StagingOperations:
     def _open_target(self, username: str, relative_path: str, name: str, *, create: bool = True) -> Target:
         return self.areas.open_target(username, relative_path, name, create=create, owner=owner_for(username))
 
-    # -- jupyter_copy -----------------------------------------------------------------------------
-
-    async def _start_jupyter_copy(self, op: Operation, source: SourceFile, relative_path: str) -> Operation:
-        """Check the target, record the operation as ``running`` and go on in the background."""
-        folder, name = split_relative_path(relative_path, source.name)
-        if name != source.name:
-            raise InvalidRequest(
-                f"jupyter_copy keeps the file's name ({source.name}); give a folder ending in '/' or a path "
-                f"ending in {source.name}",
-                code="rename_not_supported",
-            )
-        async with self.semaphore:
-            target = await asyncio.to_thread(self._open_target, op.user, relative_path, source.name)
-            with target:
-                op.target = target.path
-                duplicate = await asyncio.to_thread(check_duplicate, target, source)
-        if duplicate:
-            await asyncio.to_thread(self.store.add, op)
-            sha = await asyncio.to_thread(source_sha256, source)
-            return await self.recorder.finish(op, Outcome("skipped", source.size, sha))
-        await asyncio.to_thread(self.store.add, op)
-        destination = self._server_destination(op.user, folder)
-        self._spawn(self._run_jupyter_copy(op, str(source.path), destination, relative_path, source.name))
-        return op
-
-    def _server_destination(self, username: str, folder: list[str]) -> str:
-        """The target folder relative to the user's server ``root_dir`` (the staging API's
-        ``destination``)."""
-        root = self.server_roots.path(username)
-        area = self.areas.path(username)
-        try:
-            inside = area.relative_to(root)
-        except ValueError:
-            raise StagingError(
-                "jupyter_copy needs the user area inside the user's server root (server_root_template)",
-                code="not_configured",
-                status=500,
-            ) from None
-        return "/".join([*inside.parts, *folder])
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run_jupyter_copy(
-        self, op: Operation, source: str, destination: str, relative_path: str, name: str
-    ) -> None:
-        """Start the user's server if needed, create the job there, follow it to its end, record."""
-        try:
-            async with self.server_starts:
-                server = await self.hub.ensure_server(op.user, timeout=self.server_start_timeout)
-                body = {
-                    "source": source,
-                    "destination": destination,
-                    "method": "copy",
-                    "name": f"staging-hub-{op.id[:8]}",
-                    "idempotency_key": f"jupyter-staging-hub:{op.id}",
-                }
-                job = await self.hub.create_job(op.user, server, body)
-            op.job_id = str(job["id"])
-            await asyncio.to_thread(self.store.update, op.id, job_id=op.job_id)
-            self.recorder.log(logging.INFO, op, f"job {op.job_id} created in {op.user}'s server")
-            await self._follow_job(op, server, relative_path, name)
-        except asyncio.CancelledError:
-            raise  # the service stops; the row stays running and is picked up on the next start
-        except Exception as err:
-            await self.recorder.fail(op, err)
-
-    async def _follow_job(self, op: Operation, server: str, relative_path: str, name: str) -> None:
-        """Wait for the job to end, make its file read-only, record the outcome."""
-        bytes_done = await self._wait_for_job(op, server)
-        chunks = await self.hub.job_chunks(server, str(op.job_id))
-        chunk: dict[str, Any] = next((c for c in chunks if PurePosixPath(c.get("path", "")).name == name), {})
-        target = await asyncio.to_thread(self._open_target, op.user, relative_path, name, create=False)
-        with target:
-            await asyncio.to_thread(make_read_only, target)
-        outcome = Outcome("succeeded", chunk.get("bytes", bytes_done), chunk.get("sha256"))
-        await self.recorder.finish(op, outcome)
-
-    async def _wait_for_job(self, op: Operation, server: str) -> int:
-        """Poll the job until it succeeds, keeping ``bytes`` up to date; its last ``bytes_done``.
-
-        Raises :class:`StagingError` (502) with the job's error code when it fails, is cancelled or
-        expires."""
-        assert op.job_id is not None
-        bytes_done = -1
-        while True:
-            job = await self.hub.get_job(op.user, server, op.job_id)
-            progress = job.get("progress") or {}
-            if progress.get("bytes_done", 0) != bytes_done:
-                bytes_done = int(progress.get("bytes_done") or 0)
-                await asyncio.to_thread(self.store.update, op.id, bytes=bytes_done)
-            state = job.get("state")
-            if state == "succeeded":
-                return bytes_done
-            if state in FAILED_JOB_STATES:
-                error = job.get("error") or {}
-                raise StagingError(
-                    f"the job in {op.user}'s server ended {state}: {error.get('message', 'no detail')}",
-                    code=str(error.get("code") or f"job_{state}"),
-                    status=502,
-                )
-            await asyncio.sleep(self.job_poll_interval)
-
     async def recover(self) -> None:
         """After a restart: follow again the ``jupyter_copy`` jobs that were running (their servers
         are started if needed), and mark other operations left ``running`` as failed (``interrupted``)."""
         running = await asyncio.to_thread(self.store.list_operations, status="running", limit=100_000)
         for op in running:
             if op.method == "jupyter_copy" and op.job_id:
-                self._spawn(self._resume_jupyter_copy(op))
+                self.copies.resume(op)
             else:
                 err = StagingError("the service stopped during the operation", code="interrupted")
                 await self.recorder.fail(op, err)
 
-    async def _resume_jupyter_copy(self, op: Operation) -> None:
-        try:
-            async with self.server_starts:
-                server = await self.hub.ensure_server(op.user, timeout=self.server_start_timeout)
-            area = self.areas.path(op.user)
-            relative = Path(op.target or "").relative_to(area).as_posix()
-            await self._follow_job(op, server, relative, Path(relative).name)
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:
-            await self.recorder.fail(op, err)
-
     async def stop(self) -> None:
         """Cancel background work (rows stay ``running`` and are recovered on the next start)."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.copies.stop()
 
 
 def _forbidden(caller: Caller, what: str) -> StagingError:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, get_args
 
+from jupyter_staging.engine.models import IfExists
 from jupyter_staging.errors import InvalidRequest
 from jupyter_staging.kernel.backends import Backend, LocalBackend, ServerBackend
 from jupyter_staging.kernel.discovery import discover
@@ -26,6 +27,8 @@ from jupyter_staging.kernel.job import Job, JobList
 from jupyter_staging.kernel.paths import is_url, local_source, to_root_relative
 
 __all__ = [
+    "IF_EXISTS_CHOICES",
+    "EntrySource",
     "default_backend",
     "get_job",
     "list_jobs",
@@ -35,6 +38,12 @@ __all__ = [
     "use_local",
     "use_server",
 ]
+
+#: What ``if_exists`` may be: reuse unchanged output (the default), stage again, or refuse.
+IF_EXISTS_CHOICES: tuple[str, ...] = get_args(IfExists)
+
+#: A manifest value: a source, or ``{"source": ..., "checksum": "sha256:<hex>" | "md5:<hex>"}``.
+EntrySource = str | os.PathLike[str] | Mapping[str, str]
 
 _backend: Backend | None = None
 _backend_lock = threading.Lock()
@@ -93,7 +102,7 @@ def _set_backend(backend: Backend | None) -> Backend | None:
 
 
 def stage(
-    source: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]],
+    source: str | os.PathLike[str] | Mapping[str, EntrySource],
     destination: str | os.PathLike[str] | None = None,
     *,
     method: str | None = None,
@@ -105,6 +114,11 @@ def stage(
     idempotency_key: str | None = None,
     cleanup_policy: str = "retain",
     ttl_seconds: int | None = None,
+    if_exists: str = "reuse",
+    refresh: bool = False,
+    checksum: str | None = None,
+    unpack: bool = False,
+    decompress: bool = False,
     wait: bool = False,
     timeout: float | None = None,
     show: bool | None = None,
@@ -118,13 +132,16 @@ def stage(
         URL (presigned URLs included) or an ``s3://bucket/key`` / ``s3://bucket/prefix/`` URI. Or a manifest:
         a mapping of entry names to such sources (``{"reference": "https://...", "reads": "s3://..."}``),
         staged in parallel into ``<destination>/<name>/``; :attr:`Job.paths` then maps each staged name to its
-        local path and :func:`resolve` puts those paths into a parameter dict. A failed entry does not stop
-        the others; the job then ends ``failed`` with code ``partial``, keeping what was staged.
+        local path and :func:`resolve` puts those paths into a parameter dict. A value may also be
+        ``{"source": ..., "checksum": "sha256:<hex>"}`` to state the bytes that entry must have. A failed
+        entry does not stop the others; the job then ends ``failed`` with code ``partial``, keeping what
+        was staged.
     destination:
         Folder to stage into, relative to the current working directory (or absolute); it must lie inside
-        the staging root (the Jupyter server's root_dir). Default: a new folder under the server's
-        ``staging_dir``. Or an object store prefix ``s3://bucket/prefix/``: the job writes below
-        ``prefix/<job_id>/`` and its chunks carry presigned URLs.
+        the staging root (the Jupyter server's root_dir). Default: ``<staging_dir>/<name>`` on the server,
+        the same folder on every re-run of the same source. Or an object store prefix
+        ``s3://bucket/prefix/``: the job writes below ``prefix/<job_id>/`` and its chunks carry presigned
+        URLs.
     method:
         ``copy``, ``hardlink``, ``symlink`` or ``download``; default chosen from the source.
     to_parquet, chunk_rows, compression, hdu:
@@ -132,12 +149,25 @@ def stage(
         (default 100,000) with ``compression``; ``hdu`` picks the FITS table HDU (index or name).
     name, idempotency_key, cleanup_policy, ttl_seconds:
         As in the REST API (``DESIGN.md``); the same ``idempotency_key`` returns the same job.
+    if_exists, refresh:
+        When ``destination`` already holds the output of an earlier job of the same source(s) and options:
+        ``"reuse"`` (default) answers at once with that job when every source is unchanged
+        (:attr:`Job.up_to_date`; no bytes move, the same :attr:`Job.paths`), ``"refresh"`` stages again
+        whatever the fingerprints say, ``"error"`` refuses (:class:`DestinationExists`).
+        ``refresh=True`` is short for ``if_exists="refresh"``.
+    checksum:
+        The bytes the source must have, ``"sha256:<hex>"`` or ``"md5:<hex>"``; a mismatch fails the job
+        with code ``checksum_mismatch`` and publishes nothing.
+    unpack, decompress:
+        Extract ``.zip`` / ``.tar[.gz|.bz2|.xz]`` / ``.tgz`` archives after download; turn ``x.gz`` /
+        ``x.bz2`` / ``x.xz`` into ``x``.
     wait, timeout:
         Block until the job ends (at most ``timeout`` seconds), as :meth:`Job.wait`.
     show:
         Display a live :class:`~jupyter_staging.kernel.widgets.JobWidget` (progress, chunks, Pause / Resume /
         Cancel). Default: when running in a Jupyter kernel; in terminal IPython, waiting prints a text
-        progress line instead.
+        progress line instead. An up-to-date job shows one line instead, ``up to date: <destination> (no
+        bytes moved)`` (by default in IPython and Jupyter, not in scripts).
 
     Returns the :class:`Job`. Raises :class:`StagingError` subclasses with a stable ``code``:
     ``source_not_found``, ``path_not_allowed``, ``destination_exists``, ``invalid_request``...; with
@@ -148,17 +178,22 @@ def stage(
     convert = _convert_options(to_parquet, chunk_rows, compression, hdu)
     extra = {"convert": convert, "name": name, "idempotency_key": idempotency_key, "ttl_seconds": ttl_seconds}
     body.update({key: value for key, value in extra.items() if value is not None})
+    body.update(_reuse_options(if_exists, refresh, checksum, unpack=unpack, decompress=decompress))
     job = Job(backend.create(body), backend)
-    show = has_widget_frontend() if show is None else show
-    if show:
+    displayed = False
+    if job.up_to_date:  # nothing will move: one line, no widget, and wait() returns at once
+        if in_ipython() if show is None else show:
+            print(f"up to date: {job.destination} (no bytes moved)")
+    elif has_widget_frontend() if show is None else show:
         _display(job)
+        displayed = True
     if wait:
-        job.wait(timeout=timeout, progress=not show and in_ipython())
+        job.wait(timeout=timeout, progress=not displayed and in_ipython())
     return job
 
 
 def _request_body(
-    source: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]],
+    source: str | os.PathLike[str] | Mapping[str, EntrySource],
     destination: str | os.PathLike[str] | None,
     backend: Backend,
     *,
@@ -170,7 +205,7 @@ def _request_body(
     outside it)."""
     body: dict[str, Any] = {"cleanup_policy": cleanup_policy}
     if isinstance(source, Mapping):
-        body["manifest"] = {str(k): local_source(os.fspath(v)) for k, v in source.items()}
+        body["manifest"] = {str(k): _manifest_entry(str(k), v) for k, v in source.items()}
     else:
         body["source"] = local_source(os.fspath(source))
     if destination is not None:
@@ -179,6 +214,43 @@ def _request_body(
     if method is not None:
         body["method"] = method
     return body
+
+
+def _manifest_entry(name: str, value: EntrySource) -> str | dict[str, str]:
+    """A manifest value for the body: a source (local paths made absolute), or ``{"source", "checksum"}``
+    for an entry given as a mapping. Raises :class:`InvalidRequest` for a mapping without a ``source`` or
+    with other keys."""
+    if not isinstance(value, Mapping):
+        return local_source(os.fspath(value))
+    unknown = sorted(set(value) - {"source", "checksum"})
+    if unknown or not value.get("source"):
+        raise InvalidRequest(
+            f"manifest entry {name!r}: give a source, or {{'source': ..., 'checksum': 'sha256:...'}}"
+            + (f" (unknown keys: {', '.join(map(str, unknown))})" if unknown else "")
+        )
+    entry = {"source": local_source(os.fspath(value["source"]))}
+    if value.get("checksum") is not None:
+        entry["checksum"] = str(value["checksum"])
+    return entry
+
+
+def _reuse_options(
+    if_exists: str, refresh: bool, checksum: str | None, *, unpack: bool, decompress: bool
+) -> dict[str, Any]:
+    """The body's ``if_exists``, ``checksum``, ``unpack`` and ``decompress``, each only when it differs from
+    the server's default (so a body without them means what it always meant). Raises
+    :class:`InvalidRequest` for an unknown ``if_exists`` or ``refresh`` with ``if_exists="error"``."""
+    if if_exists not in IF_EXISTS_CHOICES:
+        raise InvalidRequest(f"if_exists must be one of {', '.join(IF_EXISTS_CHOICES)}, not {if_exists!r}")
+    if refresh:
+        if if_exists == "error":
+            raise InvalidRequest("refresh=True contradicts if_exists='error'; pass one of them")
+        if_exists = "refresh"
+    options: dict[str, Any] = {"if_exists": if_exists} if if_exists != "reuse" else {}
+    if checksum is not None:
+        options["checksum"] = checksum
+    options.update({key: True for key, on in (("unpack", unpack), ("decompress", decompress)) if on})
+    return options
 
 
 def _convert_options(

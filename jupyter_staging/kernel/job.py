@@ -74,6 +74,7 @@ class Job:
     def __init__(self, data: dict[str, Any], backend: Backend) -> None:
         self._data = data
         self._backend = backend
+        self._up_to_date = bool(data.get("up_to_date"))
 
     # -- status ------------------------------------------------------------------------------------------
 
@@ -94,6 +95,13 @@ class Job:
     def done(self) -> bool:
         """True once the job is in a final state."""
         return self.state in FINAL_STATES
+
+    @property
+    def up_to_date(self) -> bool:
+        """True when the request that gave this job answered with unchanged earlier output: every source
+        fingerprint still matched, no byte moved (the job JSON's ``up_to_date``; kept across
+        :meth:`refresh`, since later status reads describe the job, not that request)."""
+        return self._up_to_date or bool(self._data.get("up_to_date"))
 
     @property
     def progress(self) -> dict[str, Any]:
@@ -204,18 +212,17 @@ class Job:
 
         ``timeout`` seconds at most (None: no limit; a paused job waits for :meth:`resume`), polling every
         ``poll`` seconds; with ``progress``, a text progress line is rewritten on stdout at each poll.
+        A job last seen in a final state (an up-to-date one, say) returns at once, without a request.
         Raises :class:`JobFailed` (with the job's error ``code`` and ``message``; code ``cancelled`` for a
         cancelled job) and :class:`TimeoutError` when ``timeout`` passes first.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        if progress:
+        if progress and not self.done:
             self._print_progress_until_done(deadline, timeout, poll)
-        while True:
+        while not self.done:
             remaining = 3600.0 if deadline is None else max(0.0, deadline - time.monotonic())
             self._data = self._backend.wait(self.id, timeout=min(remaining, 3600.0), poll=poll)
-            if self.done:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
+            if not self.done and deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.name!r} ({self.id}) is still {self.state} after {timeout} s")
         if self.state in ("failed", "cancelled"):
             raise JobFailed(self)
@@ -315,8 +322,9 @@ class Job:
     # -- display -----------------------------------------------------------------------------------------
 
     def __repr__(self) -> str:
+        state = f"{self.state}, up to date" if self.up_to_date else self.state
         return (
-            f"<Job {self.name!r} {self.state}: {progress_summary(self.progress)} -> {self.destination}"
+            f"<Job {self.name!r} {state}: {progress_summary(self.progress)} -> {self.destination}"
             f" (id {self.id})>"
         )
 

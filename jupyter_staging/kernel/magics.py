@@ -8,10 +8,11 @@ and for a manifest of named sources (YAML or JSON in the cell)::
 
     %%stage inputs --wait
     reference: https://example.org/GRCh38.fa.gz
-    reads: s3://bucket/run42/reads.fastq
+    reads: {source: s3://bucket/run42/reads.fastq, checksum: "sha256:9f86d0..."}
 
 which returns ``{"reference": Path(".../inputs/reference/GRCh38.fa.gz"), ...}`` once staged (see
-:func:`jupyter_staging.resolve`).
+:func:`jupyter_staging.resolve`). Re-running either on unchanged sources answers at once with the earlier job
+(``up to date: <destination> (no bytes moved)``); ``--refresh`` stages again, ``--if-exists error`` refuses.
 
 It calls :mod:`jupyter_staging.kernel.api`, so it goes through the Jupyter server that started the kernel when
 there is one, and runs in-process otherwise. Staging errors are shown as one line
@@ -20,6 +21,7 @@ there is one, and runs in-process otherwise. Staging errors are shown as one lin
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -29,6 +31,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
+from jupyter_staging.engine.models import check_checksum
 from jupyter_staging.errors import StagingError
 from jupyter_staging.kernel import api
 from jupyter_staging.kernel.frontend import has_widget_frontend
@@ -50,6 +53,16 @@ _JOB_OPTIONS = (
         "--method", default=None, choices=["copy", "hardlink", "symlink", "download"], help="How to stage."
     ),
     argument("--name", default=None, help="A name for the job."),
+    argument(
+        "--if-exists",
+        default="reuse",
+        choices=api.IF_EXISTS_CHOICES,
+        help="""When DEST already holds this data: reuse it if the sources are unchanged (default), refresh
+        (stage again) or error.""",
+    ),
+    argument("--refresh", action="store_true", help="Stage again even if DEST is up to date."),
+    argument("--unpack", action="store_true", help="Extract .zip / .tar[.gz|.bz2|.xz] / .tgz archives."),
+    argument("--decompress", action="store_true", help="Turn x.gz / x.bz2 / x.xz into x."),
 )
 #: ``--timeout``, which both magics take after their own ``--wait``.
 _TIMEOUT_OPTION = argument(
@@ -57,6 +70,15 @@ _TIMEOUT_OPTION = argument(
 )
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def checksum_value(text: str) -> str:
+    """``--checksum``'s value, checked: ``sha256:<64 hex>`` or ``md5:<32 hex>`` (argparse names the flag
+    in its one-line error otherwise)."""
+    try:
+        return check_checksum(text) or text
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def job_options(func: _F) -> _F:
@@ -85,6 +107,13 @@ class StagingMagics(Magics):
         new folder under the server's staging folder); for pause/resume/cancel, the job id.""",
     )
     @job_options
+    @argument(
+        "--checksum",
+        type=checksum_value,
+        default=None,
+        metavar="ALG:HEX",
+        help="The bytes the source must have: sha256:<hex> or md5:<hex>.",
+    )
     @argument("--wait", action="store_true", help="Block until the job ends.")
     @_TIMEOUT_OPTION
     @argument("--state", default=None, help="With 'jobs': only jobs in this state.")
@@ -92,15 +121,18 @@ class StagingMagics(Magics):
     def stage(self, line: str, cell: str | None = None) -> Any:
         """Stage data as a tracked job and return the :class:`~jupyter_staging.kernel.job.Job`.
 
-        ``%stage SOURCE [DEST] [--to-parquet] [--chunk-rows N] [--method M] [--wait]`` submits a job;
-        ``%stage jobs`` lists the jobs; ``%stage pause|resume|cancel JOB_ID`` steers one.
+        ``%stage SOURCE [DEST] [--to-parquet] [--chunk-rows N] [--method M] [--refresh] [--checksum
+        sha256:HEX] [--unpack] [--decompress] [--wait]`` submits a job (or, when DEST already holds this
+        unchanged data, answers at once with the earlier job); ``%stage jobs`` lists the jobs;
+        ``%stage pause|resume|cancel JOB_ID`` steers one.
         ``$name`` and ``{expression}`` are expanded from the notebook's variables.
 
         As a cell magic, ``%%stage [DEST] [--to-parquet] [--chunk-rows N] [--method M] [--name NAME]
-        [--wait] [--timeout SECONDS]`` stages the manifest in the cell — a YAML or JSON mapping of entry
-        names to sources — as one job into ``DEST/<name>/``. With ``--wait`` it returns the dict of entry
-        name -> local path once every entry is staged (a staging error if some failed: the message names
-        them and the job); without, the :class:`~jupyter_staging.kernel.job.Job`.
+        [--refresh] [--wait] [--timeout SECONDS]`` stages the manifest in the cell — a YAML or JSON mapping
+        of entry names to sources (or to ``{source: ..., checksum: sha256:...}``) — as one job into
+        ``DEST/<name>/``. With ``--wait`` it returns the dict of entry name -> local path once every entry
+        is staged (a staging error if some failed: the message names them and the job); without, the
+        :class:`~jupyter_staging.kernel.job.Job`.
         """
         if cell is not None:
             return self._stage_manifest(line, cell)
@@ -156,14 +188,17 @@ class StagingMagics(Magics):
 @argument("--wait", action="store_true", help="Block until the job ends; return {name: local path}.")
 @_TIMEOUT_OPTION
 def _cell_arguments(line: str, cell: str) -> None:
-    """%%stage [DEST] [options], then one `name: source` per line (YAML) or a JSON object."""
+    """%%stage [DEST] [options], then one `name: source` (or `name: {source: ..., checksum: sha256:...}`)
+    per line (YAML) or a JSON object."""
 
 
-def parse_manifest(text: str) -> dict[str, str]:
+def parse_manifest(text: str) -> dict[str, str | dict[str, str]]:
     """The entry name -> source mapping in a ``%%stage`` cell: a JSON object, or YAML (``name: source``
-    lines). Sources are text (a path, URL or URI); names are checked by the server.
+    lines). A source is text (a path, URL or URI), or a mapping ``{source: ..., checksum: sha256:<hex>}``
+    (``md5:<hex>`` too); names are checked by the server.
 
-    Raises :class:`UsageError` when the cell is neither, is not a mapping, or maps to non-text values.
+    Raises :class:`UsageError` when the cell is neither, is not a mapping, maps to other values, or an
+    entry's checksum is malformed.
     """
     stripped = text.strip()
     if not stripped:
@@ -179,18 +214,39 @@ def parse_manifest(text: str) -> dict[str, str]:
             raise UsageError(f"the %%stage cell is neither JSON nor YAML{line}") from None
     if not isinstance(data, dict) or not data:
         raise UsageError("the %%stage cell must map entry names to sources, e.g. 'reference: https://...'")
-    entries: dict[str, str] = {}
+    entries: dict[str, str | dict[str, str]] = {}
     for name, source in data.items():
-        if not isinstance(source, str) or not isinstance(name, (str, int)):
+        if not isinstance(name, (str, int)):
             raise UsageError(f"entry {name!r}: the source must be text (a path, URL or s3:// URI)")
-        entries[str(name)] = source
+        entries[str(name)] = source if isinstance(source, str) else _entry_object(str(name), source)
     return entries
+
+
+def _entry_object(name: str, value: Any) -> dict[str, str]:
+    """A ``%%stage`` entry given as ``{source: ..., checksum: ...}``, checked. Raises :class:`UsageError`
+    for anything else (the message names the entry)."""
+    if not isinstance(value, dict) or set(value) - {"source", "checksum"} or not value.get("source"):
+        raise UsageError(
+            f"entry {name!r}: the source must be text (a path, URL or s3:// URI) "
+            "or {source: ..., checksum: sha256:...}"
+        )
+    source, checksum = value["source"], value.get("checksum")
+    if not isinstance(source, str) or not (checksum is None or isinstance(checksum, str)):
+        raise UsageError(f"entry {name!r}: source and checksum must be text")
+    if checksum is None:
+        return {"source": source}
+    try:
+        return {"source": source, "checksum": check_checksum(checksum) or checksum}
+    except ValueError as exc:
+        raise UsageError(f"entry {name!r}: {exc}") from None
 
 
 def _stage_options(args: Any) -> dict[str, Any]:
     """The keyword arguments of :func:`~jupyter_staging.kernel.api.stage` from parsed ``%stage`` /
     ``%%stage`` options."""
     hdu = int(args.hdu) if args.hdu is not None and args.hdu.lstrip("-").isdigit() else args.hdu
+    if args.refresh and args.if_exists == "error":
+        raise UsageError("--refresh contradicts --if-exists error; pass one of them")
     return {
         "method": args.method,
         "to_parquet": args.to_parquet,
@@ -198,6 +254,11 @@ def _stage_options(args: Any) -> dict[str, Any]:
         "compression": args.compression,
         "hdu": hdu,
         "name": args.name,
+        "if_exists": args.if_exists,
+        "refresh": args.refresh,
+        "checksum": getattr(args, "checksum", None),
+        "unpack": args.unpack,
+        "decompress": args.decompress,
     }
 
 

@@ -1,8 +1,9 @@
 """Atomic, verified, resumable file writing shared by every source.
 
-A file is written as ``<name>.part`` in its destination folder while a sha256 is computed over the bytes,
-then flushed, fsynced, checked against the expected size and only then given its final name, which must
-not exist yet (``DESIGN.md``: "A file appears under its final name only when complete and verified").
+A file is written as ``<name>.part`` in its destination folder while a sha256 (and, when asked, an MD5)
+is computed over the bytes, then flushed, fsynced, checked against the expected size and checksums and
+only then given its final name, which must not exist yet (``DESIGN.md``: "A file appears under its final
+name only when complete and verified").
 """
 
 from __future__ import annotations
@@ -15,13 +16,26 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
-from jupyter_staging.errors import DestinationExists, VerificationFailed
+from jupyter_staging.errors import ChecksumMismatch, DestinationExists, SizeMismatch, VerificationFailed
 from jupyter_staging.safety.control import JobControl
 
 #: Size of one read/write block, bytes. 1 MiB blocks in reused buffers stay in the CPU caches; 8 MiB blocks
 #: measured 1.5-1.9x slower here (bench/README.md).
 BLOCK_SIZE = 1024 * 1024
 PART_SUFFIX = ".part"
+#: Algorithms :meth:`PartFile.commit` can verify (``checksums`` keys).
+CHECKSUM_ALGORITHMS = ("sha256", "md5")
+#: Hex characters of each digest a :class:`ChecksumMismatch` message shows.
+SHOWN_HEX = 16
+
+
+def mismatch_message(what: str, algorithm: str, expected_hex: str, actual_hex: str) -> str:
+    """The message of a :class:`ChecksumMismatch`: ``what`` (a file name or URI), the algorithm and the
+    first :data:`SHOWN_HEX` hex digits of the digest expected and of the one computed."""
+    return (
+        f"{what}: {algorithm} mismatch: expected {expected_hex[:SHOWN_HEX]}..., "
+        f"got {actual_hex[:SHOWN_HEX]}...; nothing was published"
+    )
 
 
 def part_path(final: Path) -> Path:
@@ -70,14 +84,18 @@ class PartFile:
     """Writer of one output file through ``<final>.part``.
 
     With ``resume=True`` an existing ``.part`` is kept and its bytes re-hashed, so ``offset`` (bytes)
-    tells a source where to continue; otherwise any stale ``.part`` is truncated.
+    tells a source where to continue; otherwise any stale ``.part`` is truncated. With ``md5=True`` an
+    MD5 is computed beside the sha256 over every byte (re-hashed ones included), for sources that state
+    an MD5 (S3 single-part ETag, Azure ``Content-MD5``, HTTP ``Content-MD5``) or a user's ``md5:<hex>``.
     Use :meth:`write` for each block, then :meth:`commit`; :meth:`discard` removes the ``.part``.
     """
 
-    def __init__(self, final: Path, *, resume: bool = False) -> None:
+    def __init__(self, final: Path, *, resume: bool = False, md5: bool = False) -> None:
         self.final = final
         self.part = part_path(final)
+        self._want_md5 = md5
         self.sha256 = hashlib.sha256()
+        self.md5 = hashlib.md5(usedforsecurity=False) if md5 else None
         self.offset = 0
         #: Bytes thrown away by :meth:`restart` calls (progress already reported for them).
         self.discarded = 0
@@ -92,16 +110,22 @@ class PartFile:
                 block = self._fh.read(BLOCK_SIZE)
                 if not block:
                     break
-                self.sha256.update(block)
+                self._hash(block)
                 self.offset += len(block)
         else:
             self._fh = open(self.part, "wb")  # noqa: SIM115
+
+    def _hash(self, data: bytes | memoryview) -> None:
+        self.sha256.update(data)
+        if self.md5 is not None:
+            self.md5.update(data)
 
     def restart(self) -> None:
         """Throw away what was written so far (the source changed) and start at offset 0."""
         self._fh.seek(0)
         self._fh.truncate()
         self.sha256 = hashlib.sha256()
+        self.md5 = hashlib.md5(usedforsecurity=False) if self._want_md5 else None
         self.discarded += self.offset
         self.offset = 0
 
@@ -116,9 +140,9 @@ class PartFile:
         return n
 
     def hash_range(self, start: int, length: int) -> None:
-        """Add bytes ``start`` to ``start + length`` of the ``.part`` to the running sha256 (reads them back,
-        still in the page cache, through a second handle and one reused buffer; ranges must be hashed in
-        order, from one thread at a time)."""
+        """Add bytes ``start`` to ``start + length`` of the ``.part`` to the running sha256 (and MD5) (reads
+        them back, still in the page cache, through a second handle and one reused buffer; ranges must be
+        hashed in order, from one thread at a time)."""
         if self._reader is None:
             self._reader = io.FileIO(self.part, "rb")
             self._buffer = memoryview(bytearray(BLOCK_SIZE))
@@ -128,7 +152,7 @@ class PartFile:
             n = self._reader.readinto(self._buffer[: min(remaining, BLOCK_SIZE)])
             if not n:
                 raise VerificationFailed(f"{self.final.name}: the partial file shrank while copying")
-            self.sha256.update(self._buffer[:n])
+            self._hash(self._buffer[:n])
             remaining -= n
 
     def _close_reader(self) -> None:
@@ -137,29 +161,68 @@ class PartFile:
             self._reader = None
 
     def write(self, data: bytes | memoryview) -> None:
-        """Append ``data`` to the part file and to the running sha256."""
+        """Append ``data`` to the part file and to the running sha256 (and MD5)."""
         self._fh.write(data)
-        self.sha256.update(data)
+        self._hash(data)
         self.offset += len(data)
 
-    def commit(self, expected_size: int | None = None) -> tuple[int, str]:
-        """Flush, fsync, verify the size and publish under the final name.
+    def hexdigests(self) -> dict[str, str]:
+        """The digests of the bytes written so far, lower-case hex: ``{"sha256": ...}`` and, with
+        ``md5=True``, ``"md5"``."""
+        digests = {"sha256": self.sha256.hexdigest()}
+        if self.md5 is not None:
+            digests["md5"] = self.md5.hexdigest()
+        return digests
 
-        Returns ``(size_bytes, sha256_hex)``. Raises :class:`VerificationFailed` (the ``.part`` is removed)
-        when ``expected_size`` is given and differs, :class:`DestinationExists` when the final name was
-        taken meanwhile.
+    def commit(
+        self, expected_size: int | None = None, checksums: dict[str, str] | None = None
+    ) -> tuple[int, str]:
+        """Flush, fsync, verify the size and checksums, and publish under the final name.
+
+        ``expected_size``: bytes the file must hold (None: not checked). ``checksums``: hex digests the
+        bytes must match, by algorithm (``{"sha256": hex, "md5": hex}``, either or both; case does not
+        matter). An MD5 asked for without ``md5=True`` is computed here by reading the ``.part`` once.
+
+        Returns ``(size_bytes, sha256_hex)``. On any failure the ``.part`` is removed and nothing is
+        published: :class:`SizeMismatch` when the size differs from ``expected_size``,
+        :class:`ChecksumMismatch` when a digest differs (the message names the file, the algorithm and
+        the first :data:`SHOWN_HEX` hex digits expected and actual), :class:`VerificationFailed` when the
+        file on disk does not hold what was written or an algorithm is not one of
+        :data:`CHECKSUM_ALGORITHMS`; :class:`DestinationExists` when the final name was taken meanwhile.
         """
         self._close_reader()
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
         size = self.part.stat().st_size
-        if size != self.offset or (expected_size is not None and size != expected_size):
+        try:
+            if size != self.offset:
+                raise VerificationFailed(f"{self.final.name}: wrote {self.offset} bytes, found {size}")
+            if expected_size is not None and size != expected_size:
+                raise SizeMismatch(f"{self.final.name}: wrote {size} bytes, expected {expected_size}")
+            if checksums:
+                self._verify(checksums)
+        except VerificationFailed:
             self.part.unlink(missing_ok=True)
-            expected = expected_size if expected_size is not None else self.offset
-            raise VerificationFailed(f"{self.final.name}: wrote {size} bytes, expected {expected}")
+            raise
         publish(self.part, self.final)
         return size, self.sha256.hexdigest()
+
+    def _verify(self, checksums: dict[str, str]) -> None:
+        """Compare ``checksums`` (hex by algorithm) with the bytes written; raises on the first mismatch."""
+        unknown = sorted(set(checksums) - set(CHECKSUM_ALGORITHMS))
+        if unknown:
+            raise VerificationFailed(f"{self.final.name}: cannot verify a {', '.join(unknown)} checksum")
+        actual = self.hexdigests()
+        if "md5" in checksums and "md5" not in actual:
+            actual["md5"] = file_md5(self.part)
+        for algorithm in CHECKSUM_ALGORITHMS:
+            stated = checksums.get(algorithm)
+            expected = stated.strip().lower() if stated is not None else None
+            if expected is not None and expected != actual[algorithm]:
+                raise ChecksumMismatch(
+                    mismatch_message(self.final.name, algorithm, expected, actual[algorithm])
+                )
 
     def close(self) -> None:
         """Close the file, keeping the ``.part`` for a later resume."""
@@ -175,6 +238,15 @@ class PartFile:
         if not self._fh.closed:
             self._fh.close()
         self.part.unlink(missing_ok=True)
+
+
+def file_md5(path: Path) -> str:
+    """The MD5 of the file at ``path``, lower-case hex (read in :data:`BLOCK_SIZE` blocks)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while block := fh.read(BLOCK_SIZE):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def copy_stream(

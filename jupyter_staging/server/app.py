@@ -63,6 +63,13 @@ class StagingApp(ExtensionApp):
         help="""How staging jobs run.""",
     ).tag(config=True)
 
+    max_unpacked_bytes = Int(
+        100 * 1024**3,
+        help="""Most bytes one archive (``"unpack": true``) or compressed file (``"decompress": true``) may
+        expand to; larger ones, and any expanding more than 100:1, are refused (codes ``archive_too_large``,
+        ``archive_bomb``). Default 100 GiB.""",
+    ).tag(config=True)
+
     presign_expiry_seconds = Int(
         3600,
         min=1,
@@ -111,6 +118,7 @@ class StagingApp(ExtensionApp):
             default_owner=self.owner,
             sweep_interval=self.sweep_interval,
             presign_expiry_seconds=self.presign_expiry_seconds,
+            max_unpacked_bytes=self.max_unpacked_bytes,
             secret_key_file=self.secret_key_file or None,
         )
         self.settings.update({"staging_manager": self.manager, "staging_owner": self.owner})

@@ -8,7 +8,8 @@ destinations (:mod:`jupyter_staging.clouds.azure`, whose docstring lists the env
 Every GET carries ``If-Match: <etag>`` (the ETag seen when the blob was listed), so a part file never
 mixes two versions of a blob: when the service answers ``412 ConditionNotMet`` the part file restarts on
 the new version. A download reads 4 MiB ranges in order and continues an interrupted attempt with a
-ranged GET from ``out.offset``.
+ranged GET from ``out.offset``. The blob's ``Content-MD5``, when it has one, fills
+``SourceItem.checksums`` (:func:`~jupyter_staging.clouds.azure.stated_checksums`).
 
 Messages name blobs by their ``az://`` URI and never hold a key, a SAS or a connection string.
 """
@@ -28,6 +29,7 @@ from jupyter_staging.clouds.azure import (
     parse_azure_uri,
     quoted_etag,
     require_sdk,
+    stated_checksums,
 )
 from jupyter_staging.errors import InvalidRequest, SourceChanged
 from jupyter_staging.safety.control import JobControl
@@ -138,6 +140,7 @@ class AzureSource(Source):
                 "last_modified": modified.isoformat() if modified is not None else None,
             },
             content_type=stored_type,
+            checksums=stated_checksums(props),
         )
 
     # -- fetching ----------------------------------------------------------------------------------
@@ -146,9 +149,10 @@ class AzureSource(Source):
         """Download the blob ``item`` into ``out``, continuing from ``out.offset``.
 
         Every GET is conditional on ``item.validator["etag"]``; when the blob changed, ``out`` restarts
-        and ``item.size`` / ``item.validator`` are updated to the new version (so ``out.commit(item.size)``
-        checks the right length). Raises :class:`SourceNotFound`, :class:`TransferFailed`,
-        :class:`~jupyter_staging.errors.SourceChanged` (the blob kept changing) or
+        and ``item.size`` / ``item.validator`` / ``item.checksums`` are updated to the new version (so
+        ``out.commit(item.size, checksums=item.checksums)`` checks the right bytes). Raises
+        :class:`SourceNotFound`, :class:`TransferFailed`, :class:`~jupyter_staging.errors.SourceChanged`
+        (the blob kept changing) or
         :class:`~jupyter_staging.errors.JobInterrupted`.
         """
         blob = self._blob_name(item.locator)
@@ -171,7 +175,7 @@ class AzureSource(Source):
                 with AzureErrors(item.locator, self.container, "list"):
                     props = client.get_blob_properties()
                 fresh = self._item(blob, item.name, props)
-                item.size, item.validator = fresh.size, fresh.validator
+                item.size, item.validator, item.checksums = fresh.size, fresh.validator, fresh.checksums
             except Transient as exc:
                 budget.broken(out, before, str(exc))
 
@@ -194,5 +198,8 @@ class AzureSource(Source):
             item.size = size
             etag = quoted_etag(downloader.properties.etag)
             item.validator = {**item.validator, "etag": etag, "size": size}
+            item.checksums = stated_checksums(downloader.properties)  # an unconditional GET: this version's
+        else:
+            item.checksums = {**item.checksums, **stated_checksums(downloader.properties)}  # same (If-Match)
         chunks = downloader.chunks()
         pump(lambda: next(chunks, b""), out, control)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jupyter_staging.errors import SourceNotFound, TransferFailed
+from jupyter_staging.errors import SourceNotFound, StagingError, TransferFailed
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile
 from jupyter_staging.safety.redact import redact_url
@@ -36,6 +36,10 @@ class SourceItem:
     ``validator``: what identifies this version of the bytes (``etag``, ``last_modified``, ``mtime``,
     ``size``), compared before resuming so two versions are never spliced.
     ``content_type``: MIME type when known.
+    ``checksums``: digests the source states for these bytes, lower-case hex by algorithm
+    (``{"sha256": ...}`` from S3 ``ChecksumSHA256`` or HTTP ``Repr-Digest``; ``{"md5": ...}`` from a
+    single-part S3 ETag, Azure ``Content-MD5`` or HTTP ``Content-MD5``); verified after the transfer.
+    The ``validator`` is the item's fingerprint (DESIGN.md, "Re-running a notebook").
     """
 
     name: str
@@ -43,14 +47,16 @@ class SourceItem:
     locator: str
     validator: dict[str, Any] = field(default_factory=dict)
     content_type: str | None = None
+    checksums: dict[str, str] = field(default_factory=dict)
 
 
 class ResumeBudget:
     """How a source keeps resuming one item after broken connections.
 
     Call :meth:`broken` after each failed attempt: an attempt that gained bytes resets the count; after
-    :data:`MAX_RESUMES` fruitless attempts in a row it raises :class:`TransferFailed`, otherwise it logs
-    and waits ``BACKOFF * 2**(n-1)`` seconds (at most :data:`MAX_BACKOFF`), waking early on pause/cancel.
+    :data:`MAX_RESUMES` fruitless attempts in a row it raises :class:`TransferFailed` (or the error class
+    the last call names), otherwise it logs and waits ``BACKOFF * 2**(n-1)`` seconds (at most
+    :data:`MAX_BACKOFF`), waking early on pause/cancel.
     """
 
     def __init__(self, item: SourceItem, where: str, control: JobControl) -> None:
@@ -59,11 +65,15 @@ class ResumeBudget:
         self.control = control
         self.failures = 0
 
-    def broken(self, out: PartFile, before: int, reason: str) -> None:
-        """Account for an attempt that started at byte ``before`` and broke for ``reason`` (no secrets)."""
+    def broken(
+        self, out: PartFile, before: int, reason: str, *, give_up: type[StagingError] = TransferFailed
+    ) -> None:
+        """Account for an attempt that started at byte ``before`` and broke for ``reason`` (no secrets);
+        ``give_up``: the error raised when this was the last attempt allowed (``SizeMismatch`` for a body
+        shorter or longer than announced)."""
         self.failures = 0 if out.offset > before else self.failures + 1
         if self.failures >= MAX_RESUMES:
-            raise TransferFailed(
+            raise give_up(
                 f"{self.item.name}: download of {self.where} kept failing after {out.offset} bytes: {reason}"
             )
         delay = min(MAX_BACKOFF, BACKOFF * 2 ** max(self.failures - 1, 0))

@@ -4,7 +4,14 @@ A download streams the body in blocks of about 1 MiB into the
 :class:`~jupyter_staging.safety.partfile.PartFile`. It continues an interrupted attempt with
 ``Range: bytes=<offset>-`` guarded by ``If-Range`` (the ETag or Last-Modified seen when the item was
 listed), so bytes of two versions of a file are never spliced: a server that answers ``200`` instead of
-``206`` sent the whole (changed) file, and the part file restarts.
+``206`` sent the whole (changed) file, and the part file restarts; a ``206`` naming another ETag or
+Last-Modified (a server that ignores ``If-Range``) restarts it too. A body shorter or longer than announced
+(``Content-Length``, ``Content-Range``, the listed size) is retried and, when it keeps happening, fails
+with :class:`~jupyter_staging.errors.SizeMismatch`; nothing is published.
+
+Checksums the server states (``Repr-Digest``, ``Digest``, ``Content-MD5``: see
+:mod:`jupyter_staging.clouds.digests`) fill ``SourceItem.checksums`` from the HEAD and from every answer
+that starts the file again.
 
 Every message this module produces names the URL through :func:`~jupyter_staging.safety.redact.redact_url`,
 so a presigned signature never reaches a log, a response or the database.
@@ -24,8 +31,9 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import HTTPError as URLLib3Error
 from urllib3.util.retry import Retry
 
+from jupyter_staging.clouds.digests import http_checksums
 from jupyter_staging.clouds.http import describe_error
-from jupyter_staging.errors import SourceNotFound, TransferFailed
+from jupyter_staging.errors import SizeMismatch, SourceChanged, SourceNotFound, StagingError, TransferFailed
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile
 from jupyter_staging.safety.redact import redact_url
@@ -39,6 +47,9 @@ HTTP_BLOCK = 1 << 20
 BLOCK_MAX_WAIT = 0.25
 #: (connect, read) timeouts in seconds.
 TIMEOUT = (10.0, 60.0)
+#: Times one fetch may start its file again (the server sent another version) before it fails with
+#: ``source_changed``.
+MAX_RESTARTS = 3
 
 USER_AGENT = "jupyter-staging"
 
@@ -106,6 +117,13 @@ def _validator(headers: Any, size: int | None) -> dict[str, Any]:
     }
 
 
+def changed_keys(old: dict[str, Any], new: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
+    """The ``keys`` both validators know whose values differ (the two name different versions)."""
+    return [
+        key for key in keys if old.get(key) is not None and new.get(key) is not None and old[key] != new[key]
+    ]
+
+
 def _total_from_content_range(value: str | None) -> int | None:
     if not value:
         return None
@@ -129,11 +147,31 @@ class _Restart(Exception):  # noqa: N818 - internal control flow
 
 
 class _Incomplete(Exception):  # noqa: N818 - internal control flow
-    """The body ended before its announced length."""
+    """The body ended before its announced length (or before the item's size): continue after it."""
 
 
+class _WrongLength(Exception):  # noqa: N818 - internal control flow
+    """An answer of the same version announced or sent a length other than the item's size."""
+
+
+#: Body lengths other than announced: retried, then :class:`SizeMismatch`.
+SIZE_ERRORS: tuple[type[BaseException], ...] = (_Incomplete, _WrongLength)
 #: What :meth:`HTTPSource.fetch` continues after, from the bytes already written.
-RESUMABLE_ERRORS: tuple[type[BaseException], ...] = (_Incomplete, *TRANSIENT_ERRORS)
+RESUMABLE_ERRORS: tuple[type[BaseException], ...] = (*SIZE_ERRORS, *TRANSIENT_ERRORS)
+
+
+def give_up_error(exc: BaseException) -> type[StagingError]:
+    """The error a download fails with when ``exc`` kept happening: :class:`SizeMismatch` for a body
+    shorter or longer than announced (urllib3's ``IncompleteRead`` included), else
+    :class:`TransferFailed`."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        if isinstance(seen, SIZE_ERRORS) or type(seen).__name__ == "IncompleteRead":
+            return SizeMismatch
+        seen = next((arg for arg in seen.args if isinstance(arg, BaseException)), seen.__context__)
+    return TransferFailed
 
 
 class HTTPSource(Source):
@@ -160,7 +198,7 @@ class HTTPSource(Source):
         for 401/403) and :class:`TransferFailed` for other errors.
         """
         with retrying_session() as session:
-            headers, size = self._probe(session)
+            headers, size, checksums = self._probe(session)
         name = filename_from_disposition(headers.get("Content-Disposition")) or filename_from_url(self.url)
         content_type = headers.get("Content-Type")
         return [
@@ -170,27 +208,32 @@ class HTTPSource(Source):
                 locator=self.url,
                 validator=_validator(headers, size),
                 content_type=content_type.split(";", 1)[0].strip() if content_type else None,
+                checksums=checksums,
             )
         ]
 
-    def _probe(self, session: requests.Session) -> tuple[Any, int | None]:
-        """Headers and size of the resource: HEAD, or ``GET`` of byte 0 when HEAD is refused."""
+    def _probe(self, session: requests.Session) -> tuple[Any, int | None, dict[str, str]]:
+        """Headers, size (bytes) and stated checksums of the resource: HEAD, or ``GET`` of byte 0 when
+        HEAD is refused."""
         try:
             resp = session.head(self.url, allow_redirects=True, timeout=TIMEOUT)
             resp.close()
             if resp.ok:
                 size = _int_header(resp.headers, "Content-Length")
-                return resp.headers, size
+                return resp.headers, size, http_checksums(resp.headers, whole_body=True)
             if resp.status_code in (404, 410):
                 self._raise_for_status(resp.status_code)
             # HEAD refused (405/501, or 403 from a URL presigned for GET only): ask with GET.
             with session.get(
                 self.url, headers={"Range": "bytes=0-0"}, stream=True, allow_redirects=True, timeout=TIMEOUT
             ) as resp:
+                whole = resp.status_code == 200
                 if resp.status_code == 206:
-                    return resp.headers, _total_from_content_range(resp.headers.get("Content-Range"))
-                if resp.status_code == 200:
-                    return resp.headers, _int_header(resp.headers, "Content-Length")
+                    size = _total_from_content_range(resp.headers.get("Content-Range"))
+                    return resp.headers, size, http_checksums(resp.headers, whole_body=whole)
+                if whole:
+                    size = _int_header(resp.headers, "Content-Length")
+                    return resp.headers, size, http_checksums(resp.headers, whole_body=whole)
                 self._raise_for_status(resp.status_code)
         except TRANSIENT_ERRORS as exc:
             raise TransferFailed(f"cannot reach {self.safe_url}: {describe_error(exc)}") from None
@@ -213,28 +256,34 @@ class HTTPSource(Source):
 
         Before continuing a partial file, a fresh HEAD is compared with ``item.validator`` (ETag,
         Last-Modified, size); any difference restarts the file. When the server sends a new version
-        (a ``200`` to a ranged request), the file restarts and ``item.size`` / ``item.validator`` are
-        updated to the version written, so ``out.commit(item.size)`` verifies the right length.
-        A dropped connection resumes from the bytes received, up to :data:`MAX_RESUMES` times in a row
-        with back-off. Raises :class:`TransferFailed`, :class:`SourceNotFound`, or
+        (a ``200`` to a ranged request, or a ``206`` of another ETag / Last-Modified), the file restarts
+        and ``item.size`` / ``item.validator`` / ``item.checksums`` are updated to the version written,
+        so ``out.commit(item.size, checksums=item.checksums)`` verifies the right bytes.
+        A dropped connection or a short body resumes from the bytes received, up to :data:`MAX_RESUMES`
+        times in a row with back-off. Raises :class:`SizeMismatch` (the body kept being shorter or longer
+        than announced), :class:`TransferFailed`, :class:`SourceChanged` (a new version more than
+        :data:`MAX_RESTARTS` times), :class:`SourceNotFound`, or
         :class:`~jupyter_staging.errors.JobInterrupted` when paused or cancelled.
         """
         with retrying_session() as session:
-            if out.offset:
-                if self._complete_or_restart(session, item, out, control):
-                    return
+            if out.offset and self._complete_or_restart(session, item, out, control):
+                return
             budget = ResumeBudget(item, self.safe_url, control)
+            restarts = 0
             while True:
                 control.check()
                 before = out.offset
                 try:
                     self._download(session, item, out, control)
+                    self._check_length(item, out)
                     return
                 except _Restart:
+                    restarts += 1
+                    if restarts > MAX_RESTARTS:
+                        raise SourceChanged(f"{self.safe_url} kept changing during the download") from None
                     out.restart()
-                    continue
                 except RESUMABLE_ERRORS as exc:
-                    budget.broken(out, before, describe_error(exc))
+                    budget.broken(out, before, describe_error(exc), give_up=give_up_error(exc))
                 except requests.RequestException as exc:
                     raise TransferFailed(
                         f"{item.name}: request to {self.safe_url} failed: {describe_error(exc)}"
@@ -245,19 +294,13 @@ class HTTPSource(Source):
     ) -> bool:
         """Before resuming: restart ``out`` if the source changed; True if ``out`` is already complete."""
         try:
-            headers, size = self._probe(session)
+            headers, size, checksums = self._probe(session)
         except TransferFailed:
             fresh = None  # cannot ask now; If-Range still protects the resumed request
         else:
             fresh = _validator(headers, size)
         if fresh is not None:
-            changed = [
-                key
-                for key in ("etag", "last_modified", "size")
-                if item.validator.get(key) is not None
-                and fresh.get(key) is not None
-                and item.validator[key] != fresh[key]
-            ]
+            changed = changed_keys(item.validator, fresh, ("etag", "last_modified", "size"))
             if changed:
                 control.log(
                     "warning",
@@ -267,7 +310,9 @@ class HTTPSource(Source):
                 out.restart()
                 item.validator = fresh
                 item.size = size
+                item.checksums = checksums
                 return False
+            item.checksums = {**item.checksums, **checksums}  # the same version
         if item.size is not None and out.offset > item.size:
             control.log("warning", f"{item.name}: partial file is longer than the source; restarting it")
             out.restart()
@@ -289,10 +334,7 @@ class HTTPSource(Source):
         with resp:
             status = resp.status_code
             if status == 206 and start:
-                first = _CONTENT_RANGE_RE.match(resp.headers.get("Content-Range", "").strip())
-                if first is None or int(first.group(1)) != start:
-                    control.log("warning", f"{item.name}: server sent an unexpected range; restarting")
-                    raise _Restart
+                self._check_resumed(resp, item, control, start)
             elif status in (200, 206):
                 self._take_whole(resp, item, out, control)
             elif status == 416 and start:
@@ -309,9 +351,45 @@ class HTTPSource(Source):
                 raise _Incomplete(f"body ended after {got} of {expected} bytes")
 
     @staticmethod
+    def _check_resumed(resp: requests.Response, item: SourceItem, control: JobControl, start: int) -> None:
+        """A ``206`` continuing the part file must hold the range asked for (from ``start``) of the
+        version the part file holds: else :class:`_Restart` (another version: the server ignored
+        ``If-Range``) or :class:`_WrongLength` (the same version, another total length)."""
+        first = _CONTENT_RANGE_RE.match(resp.headers.get("Content-Range", "").strip())
+        if first is None or int(first.group(1)) != start:
+            control.log("warning", f"{item.name}: server sent an unexpected range; restarting")
+            raise _Restart
+        changed = changed_keys(item.validator, _validator(resp.headers, None), ("etag", "last_modified"))
+        if changed:
+            control.log(
+                "warning",
+                f"{item.name}: the server sent part of another version ({', '.join(changed)} changed; it "
+                "ignored If-Range); restarting from byte 0",
+            )
+            raise _Restart
+        total = _total_from_content_range(resp.headers.get("Content-Range"))
+        if total is not None and item.size is not None and total != item.size:
+            raise _WrongLength(f"the server announced {total} bytes, {item.size} were listed")
+        item.checksums = {**item.checksums, **http_checksums(resp.headers, whole_body=False)}
+
+    @staticmethod
+    def _check_length(item: SourceItem, out: PartFile) -> None:
+        """After a body ended cleanly: the part file must hold ``item.size`` bytes. Shorter raises
+        :class:`_Incomplete` (continue after it); longer restarts ``out`` and raises :class:`_WrongLength`."""
+        if item.size is None or out.offset == item.size:
+            return
+        if out.offset < item.size:
+            raise _Incomplete(f"body ended after byte {out.offset} of {item.size}")
+        got = out.offset
+        out.restart()
+        raise _WrongLength(f"received {got} bytes, {item.size} were announced")
+
+    @staticmethod
     def _take_whole(resp: requests.Response, item: SourceItem, out: PartFile, control: JobControl) -> None:
         """The server sends the file from byte 0 (``200``, or ``206`` to a request from 0): restart a
-        partial ``out``, and update ``item.size`` / ``item.validator`` to the version sent."""
+        partial ``out``, and update ``item.size`` / ``item.validator`` / ``item.checksums`` to the version
+        sent. An answer of the listed version (same ETag / Last-Modified) keeps the listed size, which
+        the body must then match (:meth:`_check_length`)."""
         status = resp.status_code
         if out.offset:
             control.log(
@@ -329,11 +407,15 @@ class HTTPSource(Source):
         same_version = all(
             fresh[k] == item.validator.get(k) for k in ("etag", "last_modified") if fresh[k]
         ) and bool(fresh["etag"] or fresh["last_modified"])
-        if size is None and same_version:
-            # No length in this answer (chunked), but the version listed: keep its size.
+        stated = http_checksums(resp.headers, whole_body=status == 200)
+        if same_version and item.size is not None:
+            # The version listed: its size stands (an answer without a length, or with another one,
+            # must still deliver exactly that many bytes) and its checksums add up.
             fresh["size"] = size = item.size
+            stated = {**item.checksums, **stated}
         item.validator = fresh
         item.size = size
+        item.checksums = stated
 
     @staticmethod
     def _if_range(item: SourceItem) -> str | None:

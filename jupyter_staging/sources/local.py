@@ -66,9 +66,14 @@ class LocalSource(Source):
         return any(item.validator.get(k) != v for k, v in current.items())
 
     def fetch(self, item: SourceItem, out: PartFile, control: JobControl) -> None:
+        """Copy the file into ``out`` from ``out.offset``; a partial copy of a file that changed since
+        (size, mtime or inode) restarts from byte 0 and ``item.size`` / ``item.validator`` follow the
+        file as it is now. A local file states no checksums (``item.checksums`` stays as given)."""
         if out.offset and (self.changed(item) or out.offset > (item.size or 0)):
             control.log("warning", f"{item.name}: source changed since the partial copy; restarting it")
             out.restart()
+            fresh = self._item(Path(item.locator), item.name)
+            item.size, item.validator = fresh.size, fresh.validator
         copy_file(Path(item.locator), out, control)
 
     def local_path(self, item: SourceItem) -> Path | None:

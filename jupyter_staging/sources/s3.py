@@ -7,6 +7,12 @@ mixes two versions of an object: when S3 answers ``412 PreconditionFailed`` the 
 new version. A new file that is large is fetched with boto3's transfer manager (parallel ranged GETs,
 written strictly in order through a sequential sink); an interrupted one continues with a single ranged
 GET from ``out.offset``.
+
+Checksums S3 states (``ChecksumSHA256`` of an object uploaded with ``ChecksumAlgorithm="SHA256"``, asked
+for with ``ChecksumMode="ENABLED"``; a single-part ETag as MD5) fill ``SourceItem.checksums``
+(:func:`~jupyter_staging.clouds.s3.stated_checksums`): from the HEAD of a single object, from the GET of a
+whole object, and from one HEAD before a ranged (resumed or parallel) download of a listed object. botocore
+also checks a whole-object GET against its ``ChecksumSHA256`` as it streams.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ from jupyter_staging.clouds.s3 import (
     ServerBusy,
     parse_s3_uri,
     s3_client,
+    stated_checksums,
 )
-from jupyter_staging.errors import SourceChanged, SourceNotFound
+from jupyter_staging.errors import ChecksumMismatch, SourceChanged, SourceNotFound
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile
 from jupyter_staging.sources.base import (
@@ -150,7 +157,7 @@ class S3Source(Source):
         def head() -> SourceItem | None:
             try:
                 with S3Errors(self.uri, self.bucket, "list"):
-                    found = client.head_object(Bucket=self.bucket, Key=self.key)
+                    found = client.head_object(Bucket=self.bucket, Key=self.key, ChecksumMode="ENABLED")
             except SourceNotFound as exc:
                 if exc.code != "source_not_found":
                     raise
@@ -174,7 +181,8 @@ class S3Source(Source):
         return items
 
     def _item(self, key: str, name: str, meta: dict[str, Any]) -> SourceItem:
-        """An item from a ``head_object`` answer or a ``list_objects_v2`` entry."""
+        """An item from a ``head_object`` answer or a ``list_objects_v2`` entry, with the checksums it
+        states (:func:`~jupyter_staging.clouds.s3.stated_checksums`)."""
         size = int(meta["ContentLength"] if "ContentLength" in meta else meta["Size"])
         modified = meta.get("LastModified")
         return SourceItem(
@@ -187,6 +195,7 @@ class S3Source(Source):
                 "last_modified": modified.isoformat() if modified is not None else None,
             },
             content_type=meta.get("ContentType") or mimetypes.guess_type(name)[0],
+            checksums=stated_checksums(meta),
         )
 
     # -- fetching ----------------------------------------------------------------------------------
@@ -195,10 +204,12 @@ class S3Source(Source):
         """Download the object ``item`` into ``out``, continuing from ``out.offset``.
 
         Every GET is conditional on ``item.validator["etag"]``; when the object changed, ``out``
-        restarts and ``item.size`` / ``item.validator`` are updated to the new version (so
-        ``out.commit(item.size)`` checks the right length). Raises :class:`SourceNotFound`,
-        :class:`TransferFailed`, :class:`~jupyter_staging.errors.SourceChanged` (the object kept changing)
-        or :class:`~jupyter_staging.errors.JobInterrupted`.
+        restarts and ``item.size`` / ``item.validator`` / ``item.checksums`` are updated to the new
+        version (so ``out.commit(item.size, checksums=item.checksums)`` checks the right bytes). Raises
+        :class:`SourceNotFound`, :class:`TransferFailed`, :class:`~jupyter_staging.errors.SourceChanged`
+        (the object kept changing), :class:`~jupyter_staging.errors.ChecksumMismatch` (botocore found
+        the body does not match ``ChecksumSHA256``; ``out`` is emptied) or
+        :class:`~jupyter_staging.errors.JobInterrupted`.
         """
         bucket, key = parse_s3_uri(item.locator)
         client = self.client()
@@ -212,6 +223,9 @@ class S3Source(Source):
                 with S3Errors(item.locator, bucket, "fetch"):
                     self._fetch_once(client, bucket, key, item, out, control)
                 return
+            except ChecksumMismatch:
+                out.restart()  # never keep bytes known to be wrong for a resume
+                raise
             except ObjectChanged:
                 restarts += 1
                 if restarts > MAX_RESTARTS:
@@ -219,28 +233,31 @@ class S3Source(Source):
                 control.log("warning", f"{item.name}: the object changed (new ETag); restarting it")
                 out.restart()
                 with S3Errors(item.locator, bucket, "fetch"):
-                    head = client.head_object(Bucket=bucket, Key=key)
+                    head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
                 fresh = self._item(key, item.name, head)
-                item.size, item.validator = fresh.size, fresh.validator
+                item.size, item.validator, item.checksums = fresh.size, fresh.validator, fresh.checksums
             except resumable as exc:
                 budget.broken(out, before, describe_error(exc))
 
     def _fetch_once(
         self, client: Any, bucket: str, key: str, item: SourceItem, out: PartFile, control: JobControl
     ) -> None:
-        etag = item.validator.get("etag")
         if item.size is not None and out.offset > item.size:
             control.log("warning", f"{item.name}: partial file is longer than the object; restarting it")
             out.restart()
         if out.offset and out.offset == item.size:
-            # Complete already; make sure it is still the same object.
-            client.head_object(Bucket=bucket, Key=key, **({"IfMatch": etag} if etag else {}))
+            # Complete already; make sure it is still the same object (and learn its checksums).
+            self._head_checksums(client, bucket, key, item)
             return
-        if (
+        parallel = (
             out.offset == 0
             and item.size is not None
             and item.size >= self.transfer_config.multipart_threshold
-        ):
+        )
+        if (parallel or out.offset) and "sha256" not in item.checksums:
+            # A ranged GET states no ChecksumSHA256: ask once for the whole object's.
+            self._head_checksums(client, bucket, key, item)
+        if parallel:
             self._parallel(client, bucket, key, item, out, control)
         else:
             self._stream(client, bucket, key, item, out, control)
@@ -249,10 +266,13 @@ class S3Source(Source):
         self, client: Any, bucket: str, key: str, item: SourceItem, out: PartFile, control: JobControl
     ) -> None:
         """One GET (ranged when ``out.offset`` > 0) read in :data:`S3_BLOCK` blocks."""
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
         etag = item.validator.get("etag")
-        if etag:
-            kwargs["IfMatch"] = etag
+        kwargs: dict[str, Any] = {
+            "Bucket": bucket,
+            "Key": key,
+            "ChecksumMode": "ENABLED",
+            **self._if_match(etag),
+        }
         start = out.offset
         if start:
             kwargs["Range"] = f"bytes={start}-"
@@ -264,12 +284,28 @@ class S3Source(Source):
                 # The store ignored the range: take the whole object from byte 0.
                 control.log("warning", f"{item.name}: the store sent the whole object; restarting it")
                 out.restart()
+            stated = stated_checksums(resp)
             if not etag or item.size is None:
                 item.size = int(resp["ContentLength"]) + (start if content_range else 0)
                 item.validator = {**item.validator, "etag": resp.get("ETag"), "size": item.size}
+                item.checksums = stated  # unconditional GET: what this answer states is all we know
+            else:
+                item.checksums = {**item.checksums, **stated}  # the same version (IfMatch)
             pump(lambda: body.read(S3_BLOCK), out, control)
         finally:
             body.close()
+
+    def _head_checksums(self, client: Any, bucket: str, key: str, item: SourceItem) -> None:
+        """A HEAD conditional on ``item``'s ETag (raises on a changed object) adding the checksums it
+        states to ``item.checksums``."""
+        etag = item.validator.get("etag")
+        head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED", **self._if_match(etag))
+        item.checksums = {**item.checksums, **stated_checksums(head)}
+
+    @staticmethod
+    def _if_match(etag: str | None) -> dict[str, str]:
+        """``{"IfMatch": etag}`` (the request only succeeds on this version), ``{}`` without an ETag."""
+        return {"IfMatch": etag} if etag else {}
 
     def _parallel(
         self, client: Any, bucket: str, key: str, item: SourceItem, out: PartFile, control: JobControl

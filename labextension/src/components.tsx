@@ -3,24 +3,33 @@ import { closeIcon } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
 import { StagingAPIError } from './api';
+import { buildCreateRequest, type JobFormValues } from './form';
 import { StateIcon } from './icons';
 import {
   COMPRESSIONS,
+  IF_EXISTS,
   METHODS,
   actionsFor,
-  buildCreateRequest,
   formatBytes,
   formatCount,
   isFinal,
   progressFraction,
   progressSummary,
   shortSource,
+  upToDateText,
   type Compression,
   type CreateJobRequest,
+  type IfExists,
   type Job,
-  type JobFormValues,
   type Method
 } from './model';
+
+/** How the form words each ``if_exists`` choice. */
+const IF_EXISTS_LABELS: Record<IfExists, string> = {
+  reuse: 'reuse it if unchanged',
+  refresh: 'stage it again',
+  error: 'stop with an error'
+};
 
 /** Show a destination relative to the server root ('' is the root). */
 export function displayFolder(path: string): string {
@@ -103,6 +112,11 @@ export function JobItem(props: JobItemProps): JSX.Element {
         <span className="jp-Staging-summary">{progressSummary(job)}</span>
         {chunks && <span className="jp-Staging-chunkCount">{chunks}</span>}
       </div>
+      {job.up_to_date && job.state === 'succeeded' && (
+        <div className="jp-Staging-upToDate" role="status">
+          {upToDateText(job)}
+        </div>
+      )}
       {job.error && (
         <div className="jp-Staging-error" role="alert">
           <span className="jp-Staging-errorCode">{job.error.code}</span>
@@ -152,7 +166,10 @@ export interface JobFormProps {
   onCancel: () => void;
 }
 
-/** "New staging job": source, destination, name, method, and the Parquet conversion options. */
+/**
+ * "New staging job": source, destination, name, method, what to do when the folder already holds this
+ * data, an expected checksum, and the Parquet conversion options.
+ */
 export function JobForm(props: JobFormProps): JSX.Element {
   const [values, setValues] = React.useState<JobFormValues>(props.initial);
   const [error, setError] = React.useState<{ message: string; code?: string } | null>(null);
@@ -229,6 +246,33 @@ export function JobForm(props: JobFormProps): JSX.Element {
             </option>
           ))}
         </select>
+      </label>
+      <label className="jp-Staging-field">
+        <span>If the folder already holds this data</span>
+        <select
+          className="jp-mod-styled"
+          name="ifExists"
+          value={values.ifExists ?? 'reuse'}
+          onChange={e => set('ifExists', e.target.value as IfExists)}
+        >
+          {IF_EXISTS.map(choice => (
+            <option key={choice} value={choice}>
+              {IF_EXISTS_LABELS[choice]}
+            </option>
+          ))}
+        </select>
+      </label>
+      <label className="jp-Staging-field">
+        <span>Checksum</span>
+        <input
+          className="jp-mod-styled"
+          name="checksum"
+          placeholder="(optional) sha256:… or md5:…"
+          spellCheck={false}
+          value={values.checksum ?? ''}
+          onChange={e => set('checksum', e.target.value)}
+        />
+        <small>the bytes the source must have; a mismatch fails the job</small>
       </label>
       <label className="jp-Staging-check">
         <input

@@ -143,9 +143,10 @@ export class JobsModel implements IDisposable {
     }
   }
 
+  /** ``POST /jobs``; the answer may be an earlier job, ``up_to_date`` (no byte moved). */
   async create(request: CreateJobRequest): Promise<Job> {
     const job = await this.client.createJob(request);
-    this.dispatch({ type: 'job', job });
+    this.dispatch({ type: 'created', job });
     return job;
   }
 

@@ -27,6 +27,13 @@ export const METHODS: readonly Method[] = ['copy', 'hardlink', 'symlink', 'downl
 export type Compression = 'zstd' | 'snappy' | 'gzip' | 'lz4' | 'brotli' | 'none';
 export const COMPRESSIONS: readonly Compression[] = ['zstd', 'snappy', 'gzip', 'lz4', 'brotli', 'none'];
 
+/**
+ * What ``POST /jobs`` does when the destination already holds this data: ``reuse`` unchanged output
+ * (answering ``up_to_date``, the server's default), ``refresh`` (stage again) or ``error`` (refuse).
+ */
+export type IfExists = 'reuse' | 'refresh' | 'error';
+export const IF_EXISTS: readonly IfExists[] = ['reuse', 'refresh', 'error'];
+
 /** Progress of a job: bytes, chunks (part files), rows; ``rate`` in bytes/s, ``eta_seconds`` in s. */
 export interface Progress {
   bytes_done: number;
@@ -63,6 +70,8 @@ export interface Job {
   started_at?: string | null;
   finished_at?: string | null;
   expires_at?: string | null;
+  /** True on the answer to a ``POST /jobs`` that reused unchanged output: no byte moved. */
+  up_to_date?: boolean;
 }
 
 /** One output file of a job; ``path`` is relative to the job's destination. */
@@ -90,6 +99,8 @@ export interface CreateJobRequest {
   method?: Method;
   convert?: ConvertOptions;
   name?: string;
+  if_exists?: IfExists;
+  checksum?: string;
 }
 
 export interface ListJobsResponse {
@@ -232,6 +243,11 @@ export interface JobActions {
   remove: boolean;
 }
 
+/** The line on a job ``POST /jobs`` answered ``up_to_date``: ``Up to date: kepler/ (no bytes moved)``. */
+export function upToDateText(job: Pick<Job, 'destination'>): string {
+  return `Up to date: ${job.destination ? `${job.destination}/` : '/ (server root)'} (no bytes moved)`;
+}
+
 export function actionsFor(state: JobState): JobActions {
   return {
     pause: state === 'queued' || state === 'running',
@@ -359,6 +375,8 @@ export type JobsAction =
   | { type: 'jobs'; jobs: readonly Job[] }
   /** One job from the event stream. */
   | { type: 'job'; job: Job }
+  /** The answer to ``POST /jobs``: authoritative for ``up_to_date``; shows the job even if it was hidden. */
+  | { type: 'created'; job: Job }
   | { type: 'hide'; id: string }
   | { type: 'setHidden'; ids: readonly string[] };
 
@@ -390,6 +408,17 @@ export function isNewer(incoming: Job, current: Job | undefined): boolean {
   return true;
 }
 
+/**
+ * ``incoming``, still marked ``up_to_date`` when ``current`` was (only the ``POST /jobs`` answer says so;
+ * later events and polls describe the job) and it is still the succeeded output that answer reused.
+ */
+function keepUpToDate(incoming: Job, current: Job | undefined): Job {
+  if (current?.up_to_date && !incoming.up_to_date && incoming.state === 'succeeded') {
+    return { ...incoming, up_to_date: true };
+  }
+  return incoming;
+}
+
 /** The job list's reducer: pure, returns ``state`` itself when nothing changed. */
 export function reduceJobs(state: JobsState, action: JobsAction): JobsState {
   switch (action.type) {
@@ -401,10 +430,20 @@ export function reduceJobs(state: JobsState, action: JobsAction): JobsState {
         const current = (jobs ?? state.jobs)[job.id];
         if (current !== job && isNewer(job, current)) {
           jobs = jobs ?? { ...state.jobs };
-          jobs[job.id] = job;
+          jobs[job.id] = keepUpToDate(job, current);
         }
       }
       return jobs ? { ...state, jobs } : state;
+    }
+    case 'created': {
+      const { job } = action;
+      const current = state.jobs[job.id];
+      const next = isNewer(job, current) ? job : { ...current!, up_to_date: job.up_to_date };
+      const hidden = state.hidden.filter(id => id !== job.id);
+      if (next === current && hidden.length === state.hidden.length) {
+        return state;
+      }
+      return { jobs: { ...state.jobs, [job.id]: next }, hidden };
     }
     case 'hide':
       return state.hidden.includes(action.id)
@@ -487,42 +526,4 @@ export function pythonString(text: string): string {
 /** The code of the cell that reads a staged Parquet dataset (``relPath`` relative to the notebook). */
 export function dataframeCellSource(relPath: string): string {
   return ['import pandas as pd', '', `df = pd.read_parquet(${pythonString(relPath)})`, 'df'].join('\n');
-}
-
-/**
- * A ``POST /jobs`` body from the form's fields, or an error message for the user. Empty optional fields
- * are left out; an empty destination is the server's root folder.
- */
-export interface JobFormValues {
-  source: string;
-  destination: string;
-  name: string;
-  method: Method | '';
-  toParquet: boolean;
-  chunkRows: string | number;
-  compression: Compression;
-}
-
-export function buildCreateRequest(
-  values: JobFormValues
-): { request: CreateJobRequest } | { error: string } {
-  const source = values.source.trim();
-  if (!source) {
-    return { error: 'Enter a source: a path on the server, an http(s):// URL or an s3:// URI.' };
-  }
-  const request: CreateJobRequest = { source, destination: values.destination.trim() };
-  if (values.name.trim()) {
-    request.name = values.name.trim();
-  }
-  if (values.method) {
-    request.method = values.method;
-  }
-  if (values.toParquet) {
-    const rows = Number(values.chunkRows);
-    if (!Number.isInteger(rows) || rows < 1) {
-      return { error: 'Rows per part file must be a whole number of at least 1.' };
-    }
-    request.convert = { format: 'parquet', chunk_rows: rows, compression: values.compression };
-  }
-  return { request };
 }

@@ -5,9 +5,10 @@ import type { CommandRegistry } from '@lumino/commands';
 import * as React from 'react';
 
 import { JobForm, JobItem } from './components';
+import type { JobFormValues } from './form';
 import { stagingIcon } from './icons';
 import type { JobsModel } from './jobs';
-import { isFinal, type CreateJobRequest, type Job, type JobFormValues } from './model';
+import { isFinal, upToDateText, type CreateJobRequest, type Job } from './model';
 
 export const CommandIDs = {
   openPanel: 'staging:open-panel',
@@ -49,6 +50,8 @@ export class StagingPanel extends ReactWidget {
       toParquet: false,
       chunkRows: defaults.chunkRows,
       compression: defaults.compression,
+      ifExists: 'reuse',
+      checksum: '',
       ...initial
     };
     this._formKey += 1;
@@ -65,7 +68,8 @@ export class StagingPanel extends ReactWidget {
   }
 
   private async _submit(request: CreateJobRequest): Promise<void> {
-    await this.model.create(request);
+    const job = await this.model.create(request);
+    this._info = job.up_to_date ? upToDateText(job) : null;
     this.closeForm();
   }
 
@@ -142,6 +146,14 @@ export class StagingPanel extends ReactWidget {
                 Server not reachable: {this.model.lastError}
               </div>
             )}
+            {this._info && (
+              <div className="jp-Staging-notice jp-Staging-upToDateNotice" role="status">
+                {this._info}
+                <button className="jp-Staging-dismiss" title="Dismiss" onClick={() => this._dismiss()}>
+                  ×
+                </button>
+              </div>
+            )}
             {this._notice && (
               <div className="jp-Staging-notice jp-mod-error" role="alert">
                 {this._notice}
@@ -180,6 +192,7 @@ export class StagingPanel extends ReactWidget {
 
   private _dismiss(): void {
     this._notice = null;
+    this._info = null;
     this.update();
   }
 
@@ -187,4 +200,6 @@ export class StagingPanel extends ReactWidget {
   private _formKey = 0;
   private _busy = new Set<string>();
   private _notice: string | null = null;
+  /** "Up to date: …" after a submission the server answered with unchanged output. */
+  private _info: string | null = null;
 }

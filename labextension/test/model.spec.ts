@@ -1,6 +1,6 @@
+import { buildCreateRequest, type JobFormValues } from '../src/form';
 import {
   actionsFor,
-  buildCreateRequest,
   dataframeCellSource,
   EMPTY_JOBS,
   EventStreamParser,
@@ -21,8 +21,7 @@ import {
   shortSource,
   visibleJobs,
   type Chunk,
-  type Job,
-  type JobFormValues
+  type Job
 } from '../src/model';
 
 function job(overrides: Partial<Job> & { id: string }, progress: Partial<Job['progress']> = {}): Job {

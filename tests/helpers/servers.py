@@ -1,8 +1,10 @@
 """Real servers on 127.0.0.1 for tests and manual checks.
 
 ``RangeHTTPServer`` serves a folder over HTTP/1.1 with HEAD, ranges, ``If-Range``, ETags and switches that
-imitate a bad network (throttling, one dropped connection, 503 answers). ``MotoS3Server`` runs moto's
-S3 endpoint as a subprocess, ``AzuriteServer`` Microsoft's Azure Blob Storage emulator.
+imitate a bad network (throttling, one dropped connection, 503 answers) or a misbehaving server (ignoring
+``If-Range``, short or long bodies, right or wrong ``Repr-Digest`` / ``Digest`` / ``Content-MD5``).
+``MotoS3Server`` runs moto's S3 endpoint as a subprocess, ``AzuriteServer`` Microsoft's Azure Blob Storage
+emulator.
 
 Manual use::
 
@@ -13,7 +15,9 @@ Manual use::
 from __future__ import annotations
 
 import argparse
+import base64
 import email.utils
+import hashlib
 import json
 import os
 import re
@@ -84,6 +88,10 @@ class _Handler(BaseHTTPRequestHandler):
         if file is None:
             self._simple(404, "not found")
             return
+        self._serve_file(file, path, body)
+
+    def _serve_file(self, file: Path, path: str, body: bool) -> None:
+        owner = self.server.owner
         st = file.stat()
         size = st.st_size
         etag = f'"{size}-{st.st_mtime_ns}"'
@@ -92,7 +100,7 @@ class _Handler(BaseHTTPRequestHandler):
         status = 200
         wanted = self.headers.get("Range") if owner.ranges else None
         if_range = self.headers.get("If-Range")
-        if wanted and (if_range is None or if_range in (etag, last_modified)):
+        if wanted and (if_range is None or if_range in (etag, last_modified) or owner.ignore_if_range):
             parsed = _parse_range(wanted, size)
             if parsed is None:
                 self.send_response(416)
@@ -102,9 +110,17 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             start, end = parsed
             status = 206
+        if self.command == "GET" and owner.truncate_get_to is not None:
+            end = min(end, owner.truncate_get_to - 1)  # a GET body shorter than HEAD said, and consistent
         length = max(0, end - start + 1)
         self.send_response(status)
-        self.send_header("Content-Length", str(length))
+        if owner.extra_body_bytes and body:
+            self.send_header("Connection", "close")  # no length: the body ends when the connection does
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(length))
+        for name, value in owner.digests_of(file, status).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", owner.content_type)
         self.send_header("ETag", etag)
         self.send_header("Last-Modified", last_modified)
@@ -118,10 +134,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if body and length:
             self._send_body(file, start, length)
+            if owner.extra_body_bytes:
+                self.wfile.write(b"x" * owner.extra_body_bytes)
 
     def _send_body(self, file: Path, start: int, length: int) -> None:
         owner = self.server.owner
         drop_at = owner._take_drop()
+        if owner.short_body_by:
+            drop_at = max(0, length - owner.short_body_by) if drop_at is None else drop_at
         sent = 0
         with open(file, "rb") as fh:
             fh.seek(start)
@@ -187,6 +207,15 @@ class RangeHTTPServer:
     ``head_status``: answer HEAD with this status instead (e.g. 405). ``ranges``: honour ``Range``.
     ``content_disposition``: file name -> ``Content-Disposition`` value. ``redirects``: path -> Location.
     ``requests``: every request received, as :class:`LoggedRequest`.
+
+    Misbehaviours: ``ignore_if_range``: honour ``Range`` even when ``If-Range`` names another version
+    (a ``206`` of the new file). ``short_body_by``: every body ends (the connection closes) this many
+    bytes before its ``Content-Length``. ``truncate_get_to``: GETs serve only the first N bytes, with a
+    matching ``Content-Length`` (HEAD still says the full size). ``extra_body_bytes``: no
+    ``Content-Length`` on GETs (HEAD still says the size); this many junk bytes follow the body.
+    ``digest_headers``: headers to send among ``Repr-Digest`` (RFC 9530), ``Digest`` (RFC 3230) and
+    ``Content-MD5`` (RFC 1864, full answers only), computed from the file; ``wrong_digests``: computed
+    from other bytes.
     """
 
     def __init__(
@@ -209,6 +238,12 @@ class RangeHTTPServer:
         self.content_disposition: dict[str, str] = {}
         self.redirects: dict[str, str] = {}
         self.requests: list[LoggedRequest] = []
+        self.ignore_if_range = False
+        self.short_body_by = 0
+        self.truncate_get_to: int | None = None
+        self.extra_body_bytes = 0
+        self.digest_headers: set[str] = set()
+        self.wrong_digests = False
         self.verbose = verbose
         self._lock = threading.Lock()
         self._httpd = _Server((HOST, port), _Handler)
@@ -233,6 +268,17 @@ class RangeHTTPServer:
         with self._lock:
             drop, self.drop_after_bytes = self.drop_after_bytes, None
             return drop
+
+    def digests_of(self, file: Path, status: int) -> dict[str, str]:
+        """The :attr:`digest_headers` for ``file`` (of other bytes with :attr:`wrong_digests`)."""
+        if not self.digest_headers:
+            return {}
+        data = file.read_bytes() + (b"!" if self.wrong_digests else b"")
+        sha = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # noqa: S324 - what the header holds
+        every = {"Repr-Digest": f"sha-256=:{sha}:", "Digest": f"SHA-256={sha}, MD5={md5}", "Content-MD5": md5}
+        skip = {"Content-MD5"} if status == 206 else set()
+        return {name: every[name] for name in self.digest_headers - skip}
 
     def file_for(self, path: str) -> Path | None:
         """The served file for a URL path, or None (missing, a folder, or outside the root)."""
@@ -379,10 +425,16 @@ class MotoS3Server:
         if not self.recording_path.exists():
             return []
         entries = []
-        for line in self.recording_path.read_text().splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                entries.append({k: entry.get(k) for k in ("method", "url", "headers")})
+        decoder = json.JSONDecoder()
+        text = self.recording_path.read_text()
+        at = 0
+        # moto appends one JSON object per request; concurrent requests may leave two on one line.
+        while at < len(text):
+            if text[at].isspace():
+                at += 1
+                continue
+            entry, at = decoder.raw_decode(text, at)
+            entries.append({k: entry.get(k) for k in ("method", "url", "headers")})
         return entries
 
     def __enter__(self) -> MotoS3Server:

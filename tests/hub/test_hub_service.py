@@ -344,10 +344,56 @@ def test_jupyter_copy_of_a_duplicate_is_skipped_without_a_job(hub):
     assert r.json()["status"] == "skipped" and r.json()["job_id"] is None
 
 
-def test_jupyter_copy_keeps_the_file_name(hub):
+def test_jupyter_copy_to_a_new_name_then_a_duplicate(hub, kepler):
     body = {"method": "jupyter_copy", "local_path_on_storage": source(hub), "relative_path": "x/other.fits"}
     r = stage(hub, "bob", body)
-    assert r.status_code == 400 and r.json()["code"] == "rename_not_supported", r.text
+    assert r.status_code == 202, r.text
+    op = wait_for(hub, r.json()["id"], "bob")
+    assert op["status"] == "succeeded", op
+    target = area(hub, "bob") / "x" / "other.fits"
+    assert op["target"] == str(target)
+    assert target.read_bytes() == kepler.read_bytes()
+    assert op["sha256"] == sha256(kepler) and op["bytes"] == kepler.stat().st_size
+    assert stat.S_IMODE(target.stat().st_mode) == 0o444
+    # the job staged into a scratch folder beside the target, which is gone: only the renamed file stays
+    assert sorted(p.name for p in target.parent.iterdir()) == ["other.fits"]
+    server_job = _bobs_job(hub, op["job_id"])
+    assert server_job["state"] == "succeeded"
+    assert server_job["destination"] == f"staging/x/other.fits.staging-{op['id'][:8]}"
+
+    again = stage(hub, "bob", body)
+    assert again.status_code == 200, again.text
+    dup = again.json()
+    assert dup["status"] == "skipped" and dup["duplicate"] is True and dup["job_id"] is None
+
+
+def _bobs_jobs_into(hub: HubProcess, destination: str) -> list[dict[str, Any]]:
+    import requests
+
+    r = requests.get(
+        f"{hub.url}/user/bob/api/v1/staging/jobs",
+        headers={"Authorization": f"token {hub.tokens['bob']}"},
+        params={"limit": 1000},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    return [job for job in r.json()["jobs"] if job["destination"].startswith(destination)]
+
+
+@pytest.mark.parametrize("relative_path", ["together/", "together-renamed/lc.fits"])
+def test_jupyter_copy_repeated_at_once_is_one_job_and_a_duplicate(hub, kepler, relative_path):
+    body = {"method": "jupyter_copy", "local_path_on_storage": source(hub), "relative_path": relative_path}
+    first, second = stage(hub, "bob", body), stage(hub, "bob", body)
+    assert first.status_code == 202, first.text
+    assert second.status_code in (200, 202), second.text
+    done = wait_for(hub, first.json()["id"], "bob")
+    dup = wait_for(hub, second.json()["id"], "bob")
+    assert done["status"] == "succeeded", done
+    assert dup["status"] == "skipped" and dup["duplicate"] is True, dup
+    assert dup["target"] == done["target"]
+    assert Path(done["target"]).read_bytes() == kepler.read_bytes()
+    folder = "staging/" + relative_path.split("/")[0]
+    assert [job["id"] for job in _bobs_jobs_into(hub, folder)] == [done["job_id"]]
 
 
 # -- admins ------------------------------------------------------------------------------------------

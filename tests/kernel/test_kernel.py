@@ -460,23 +460,6 @@ def test_script_without_a_server_stages_in_process(tmp_path):
     assert code == "source_not_found" and str(tmp_path.resolve() / "missing.fits") in message
 
 
-@pytest.fixture
-def shell(tmp_path, monkeypatch):
-    """A fresh IPython shell in ``tmp_path`` with ``%load_ext jupyter_staging`` and a local backend."""
-    from IPython.core.interactiveshell import InteractiveShell
-
-    monkeypatch.chdir(tmp_path)
-    api.use_local(tmp_path, db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}")
-    InteractiveShell.clear_instance()
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "jupyter_staging")
-    try:
-        yield shell
-    finally:
-        InteractiveShell.clear_instance()
-        api.reset_backend()
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_magic_in_plain_ipython_expands_variables_and_returns_the_job(shell, tmp_path):

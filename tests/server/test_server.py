@@ -42,6 +42,12 @@ async def test_copy_job_end_to_end(jp_fetch, jp_root_dir, jp_base_url):
             "sha256": sha256(KEPLER),
             "rows": None,
             "content_type": "image/fits",
+            "source_item": KEPLER.name,
+            "fingerprint": {
+                "size": KEPLER.stat().st_size,
+                "mtime_ns": KEPLER.stat().st_mtime_ns,
+                "inode": KEPLER.stat().st_ino,
+            },
         }
     ]
     assert json.loads((jp_root_dir / "staging" / "kepler" / "manifest.json").read_text()) == manifest

@@ -76,6 +76,9 @@ class JupyterLabProcess(JupyterServerProcess):
         ]
 
     def prepare(self) -> None:
+        # jupyter_core >= 5 in a venv searches the venv's share/jupyter before JUPYTER_DATA_DIR: without
+        # this the lab would load the copy installed by `pip install -e .`, not the build under test.
+        self.env["JUPYTER_PREFER_ENV_PATH"] = "0"
         data = Path(self.env["JUPYTER_DATA_DIR"])
         link = data / "labextensions" / "jupyter-staging"
         link.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,130 @@
+"""Unpacking archives and decompressing files a job staged (``"unpack": true``, ``"decompress": true``).
+
+MAST and other archives hand out bulk downloads as tarballs. With ``unpack`` an item named ``*.zip``,
+``*.tar``, ``*.tar.gz`` / ``*.tgz``, ``*.tar.bz2`` or ``*.tar.xz`` is fetched into the job's scratch folder,
+extracted there with the confinement rules of :mod:`jupyter_staging.formats.archives` (no absolute names,
+no ``..``, no links, no devices, at most ``max_unpacked_bytes`` and a 100:1 expansion), and every
+extracted file becomes a chunk below ``<archive stem>/`` — or, with ``convert``, its tables become Parquet
+parts. With ``decompress`` an ``x.gz`` / ``x.bz2`` / ``x.xz`` becomes ``x``. The archive itself is not
+kept.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path, PurePosixPath
+
+from jupyter_staging.destinations.base import scratch_dir
+from jupyter_staging.engine.conversion import ConvertingStager
+from jupyter_staging.engine.models import ChunkState
+from jupyter_staging.engine.store import JobRecord
+from jupyter_staging.formats.archives import (
+    Extracted,
+    archive_kind,
+    compressed_kind,
+    decompress,
+    decompressed_name,
+    unpack,
+)
+from jupyter_staging.formats.detect import detect_format, is_table
+from jupyter_staging.safety.partfile import publish
+from jupyter_staging.safety.paths import check_output_name
+from jupyter_staging.sources.base import Source, SourceItem
+
+#: Most bytes one item may expand to when the host does not say (bytes).
+DEFAULT_MAX_UNPACKED_BYTES = 100 * 1024**3
+#: Largest expansion of an archive or compressed file (uncompressed bytes per compressed byte).
+MAX_RATIO = 100.0
+
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tar", ".zip")
+
+
+def archive_stem(name: str) -> str:
+    """``data/bulk.tar.gz`` -> ``data/bulk``: the folder an archive's files are staged into."""
+    path = PurePosixPath(name)
+    lowered = path.name.lower()
+    for suffix in _ARCHIVE_SUFFIXES:
+        if lowered.endswith(suffix) and len(lowered) > len(suffix):
+            return (path.parent / path.name[: -len(suffix)]).as_posix()
+    return name
+
+
+class ExpandingStager(ConvertingStager):
+    """Adds ``unpack`` and ``decompress`` to :class:`~jupyter_staging.engine.conversion.ConvertingStager`."""
+
+    def _expands(self) -> bool:
+        """True when the job unpacks archives or decompresses files (chunks appear as files are made)."""
+        request = self.resume.get("request") or {}
+        return bool(request.get("unpack") or request.get("decompress"))
+
+    def _stage_item(
+        self, source: Source, rec: JobRecord, method: str, item: SourceItem, entry: str | None = None
+    ) -> None:
+        """Stage ``item`` of a job that unpacks / decompresses: expanded when it is an archive (or a
+        compressed file), converted when the job converts, else as it is (one chunk)."""
+        request = self.resume.get("request") or {}
+        with self._lock:
+            if item.name in self.resume.setdefault("expanded", []):
+                return
+        if request.get("unpack") and archive_kind(item.name):
+            self._expand(source, rec, item, entry, archive=True)
+        elif request.get("decompress") and compressed_kind(item.name):
+            self._expand(source, rec, item, entry, archive=False)
+        elif rec.convert is not None:
+            self._convert(source, rec, method, item, entry=entry)
+            return
+        else:
+            self._convert_passthrough(source, method, item, entry=entry, why="")
+            return
+        with self._lock:
+            self.resume["expanded"].append(item.name)
+            self._save_resume()
+
+    def _expand(
+        self, source: Source, rec: JobRecord, item: SourceItem, entry: str | None, *, archive: bool
+    ) -> None:
+        """Fetch ``item`` locally, extract (or decompress) it in the scratch folder, then publish each
+        file as a chunk (or convert it)."""
+        local, downloaded = self._local_copy(source, item)
+        if downloaded is None:
+            self.control.add_bytes(item.size or 0)
+        scratch = scratch_dir(self.dest.workdir, self.job_id) / f"expand-{len(self.resume['expanded'])}"
+        shutil.rmtree(scratch, ignore_errors=True)  # what an interrupted attempt left
+        limit = self.host.max_unpacked_bytes
+        if archive:
+            base = check_output_name(archive_stem(item.name))
+            files = unpack(local, scratch, max_bytes=limit, max_ratio=MAX_RATIO, control=self.control)
+        else:
+            base = check_output_name(PurePosixPath(item.name).parent.as_posix())
+            name = decompressed_name(PurePosixPath(item.name).name)
+            files = [
+                decompress(local, scratch / name, max_bytes=limit, max_ratio=MAX_RATIO, control=self.control)
+            ]
+        self._log("info", f"{item.name}: {'unpacked' if archive else 'decompressed'} {len(files)} file(s)")
+        for extracted in files:
+            rel = extracted.name if base in ("", ".") else f"{base}/{extracted.name}"
+            self._publish_extracted(rec, scratch / extracted.name, check_output_name(rel), extracted, entry)
+        shutil.rmtree(scratch, ignore_errors=True)
+        if downloaded is not None:
+            downloaded.unlink(missing_ok=True)
+
+    def _publish_extracted(
+        self, rec: JobRecord, path: Path, rel: str, extracted: Extracted, entry: str | None
+    ) -> None:
+        """One extracted file: converted to Parquet parts when the job converts and it is a table,
+        else published under ``rel`` as a chunk with the sha256 computed while extracting."""
+        if any(self.dest.relative(c.path) == rel for c in self.store.list_chunks(self.job_id)):
+            return  # recorded by an earlier attempt
+        opts = rec.convert or {}
+        fmt = detect_format(path) if rec.convert is not None else None
+        if fmt is not None and fmt != "parquet" and (opts.get("hdu") is not None or is_table(path)):
+            self._convert_file(path, rel, opts, entry)
+            return
+        final = self.dest.workdir / rel
+        final.parent.mkdir(parents=True, exist_ok=True)
+        publish(path, final)
+        chunk = self._new_chunk(path=rel, state=ChunkState.pending.value, bytes=extracted.size, entry=entry)
+        stored = self.dest.put(
+            final, rel, size=extracted.size, sha256=extracted.sha256, content_type=None, control=self.control
+        )
+        self._chunk_ready(chunk, bytes=extracted.size, sha256=extracted.sha256, path=stored)

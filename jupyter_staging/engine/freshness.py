@@ -1,0 +1,118 @@
+"""Is a destination's output still up to date? Request identity and source fingerprints.
+
+DESIGN.md, "Re-running a notebook": a request whose destination holds the output of an earlier job of the
+same source(s) and options is *up to date* when every source fingerprint still matches — local size +
+mtime_ns + inode; HTTP ETag, else Last-Modified + Content-Length; S3 / Azure ETag (+ VersionId), as each
+:class:`~jupyter_staging.sources.base.Source` records them in :attr:`SourceItem.validator`. Checking costs
+one ``stat`` / ``HEAD`` / listing per source, run concurrently for manifests, plus one ``stat`` per output
+file (a deleted output is not up to date).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jupyter_staging.engine.store import JobRecord
+from jupyter_staging.sources.base import SourceItem
+from jupyter_staging.sources.registry import open_source
+
+#: Sources (manifest entries) whose fingerprints are read at the same time.
+CHECK_CONCURRENCY = 16
+
+
+def request_key(identity: dict[str, Any]) -> str:
+    """A stable hex digest of what makes two requests the same: the (redacted) source or manifest
+    entries, the method, the conversion options, ``unpack`` / ``decompress`` and expected checksums."""
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def listed_items(resume: dict[str, Any]) -> dict[str | None, list[dict[str, Any]]]:
+    """The items a job listed, by manifest entry (key None for a single source), from its resume data."""
+    if "entries" in resume:
+        return {name: list(entry.get("items", [])) for name, entry in resume["entries"].items()}
+    return {None: list(resume.get("items", []))}
+
+
+@dataclass
+class Freshness:
+    """The outcome of comparing an earlier job's sources with what they are now.
+
+    ``changed``: entry names (``None`` for a single source) whose items differ (added, removed, or a
+    fingerprint changed); ``unchanged`` the others. ``fingerprints``: the current fingerprint of every item,
+    ``{item name: validator}``, for the items whose bytes may be reused.
+    """
+
+    changed: list[str | None] = field(default_factory=list)
+    unchanged: list[str | None] = field(default_factory=list)
+    fingerprints: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def up_to_date(self) -> bool:
+        """True when no source changed."""
+        return not self.changed
+
+
+def _same_items(before: list[dict[str, Any]], now: list[SourceItem]) -> bool:
+    """True when ``now`` lists the same item names with the same fingerprints (validators) as ``before``."""
+    old = {i["name"]: i.get("validator") or {} for i in before}
+    new = {i.name: i.validator for i in now}
+    return old == new and all(old.values())
+
+
+def check_sources(
+    prev: JobRecord,
+    sources: dict[str | None, str],
+    *,
+    source_roots: list[str] | None,
+    prefix: Callable[[str | None, str], str],
+) -> Freshness:
+    """Compare the items job ``prev`` staged with what ``sources`` (``{entry or None: raw URI}``) list now.
+
+    ``prefix(entry, name)`` maps a source's item name to the job's item name (manifest entries stage into
+    ``<entry>/``). A source that cannot be listed now (gone, network down) counts as changed: the new job
+    then reports why. Runs at most :data:`CHECK_CONCURRENCY` listings at once; returns a
+    :class:`Freshness`.
+    """
+    before = listed_items(prev.resume or {})
+    result = Freshness()
+
+    def look(entry: str | None) -> tuple[str | None, list[SourceItem] | None]:
+        try:
+            items = open_source(sources[entry], source_roots=source_roots).list_items()
+        except Exception:  # the new job stages it again and reports the error
+            return entry, None
+        for item in items:
+            item.name = prefix(entry, item.name)
+        return entry, items
+
+    workers = max(1, min(CHECK_CONCURRENCY, len(sources)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="staging-fresh") as pool:
+        for entry, items in pool.map(look, list(sources)):
+            if items is None or entry not in before or not _same_items(before[entry], items):
+                result.changed.append(entry)
+                continue
+            result.unchanged.append(entry)
+            result.fingerprints.update({i.name: i.validator for i in items})
+    return result
+
+
+def outputs_present(folder: Path, manifest: dict[str, Any]) -> bool:
+    """True when every object the manifest lists is still a regular file of its recorded size (bytes)."""
+    for obj in manifest.get("objects", []):
+        path = folder / str(obj.get("path", ""))
+        try:
+            st = path.lstat()
+        except OSError:
+            return False
+        if not path.is_file():  # a symlink (method symlink) must still lead to a file
+            return False
+        if obj.get("size") is not None and not path.is_symlink() and st.st_size != obj["size"]:
+            return False
+    return True

@@ -1,0 +1,192 @@
+"""Where a new job's output goes, and whether it needs to run at all.
+
+DESIGN.md, "Re-running a notebook": without a destination the folder is stable (``staging/<name>``; a
+different request that maps to the same name gets ``staging/<name>-<key8>``), so a re-run finds its own
+output. A folder that holds the output of an earlier job of the same request is reused when every source
+fingerprint still matches; otherwise (a source changed, or ``if_exists="refresh"``) the new job stages into
+a scratch folder beside it (:func:`swap_folder`) and swaps it in when complete, so the old output stays
+readable until then.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jupyter_staging.destinations.manifest import MANIFEST_NAME, read_manifest
+from jupyter_staging.engine.freshness import Freshness, check_sources, outputs_present
+from jupyter_staging.engine.models import JobState
+from jupyter_staging.engine.store import JobRecord, Store
+from jupyter_staging.errors import DestinationExists, PathNotAllowed
+from jupyter_staging.safety.paths import resolve_destination
+
+#: States of a job that still owns its destination folder.
+ACTIVE_STATES = (JobState.queued.value, JobState.running.value, JobState.paused.value)
+
+
+@dataclass
+class Placement:
+    """The decision for one request.
+
+    ``rel``: the destination folder, relative to the root. ``reuse``: an earlier job whose output answers
+    the request as it is (up to date; nothing to run). ``active``: an earlier job of the same request still
+    queued, running or paused (answered instead of a second job). ``replaces``: the earlier job whose
+    folder the new job replaces by a swap (or ``""`` for output of no known job); None when the new job
+    writes straight into ``rel``. ``fresh``: the fingerprint comparison, when one was made.
+    """
+
+    rel: str
+    reuse: JobRecord | None = None
+    active: JobRecord | None = None
+    replaces: str | None = None
+    fresh: Freshness | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def request_key_of(rec: JobRecord | None) -> str | None:
+    """The request key a job was admitted with (None for jobs of older versions)."""
+    if rec is None:
+        return None
+    return ((rec.resume or {}).get("request") or {}).get("key")
+
+
+def swap_folder(rel: str, job_id: str) -> str:
+    """The scratch folder beside ``rel`` (``parent/.<leaf>.staging-<id8>``) where a replacing job stages."""
+    parent, _, leaf = rel.rpartition("/")
+    name = f".{leaf}.staging-{job_id[:8]}"
+    return f"{parent}/{name}" if parent else name
+
+
+class Placer:
+    """Decides :class:`Placement` s for the jobs of one root (see the module)."""
+
+    def __init__(self, store: Store, *, root_dir: Path, staging_dir: str, source_roots: list[str] | None):
+        self.store = store
+        self.root_dir = root_dir
+        self.staging_dir = staging_dir
+        self.source_roots = source_roots
+
+    def default_folder(self, name: str, key: str) -> str:
+        """``staging/<name>``, unless it holds another request's output: then ``staging/<name>-<key8>``."""
+        base = f"{self.staging_dir.strip('/')}/{name}".lstrip("/")
+        for candidate in (base, f"{base}-{key[:8]}"):
+            path, rel = resolve_destination(self.root_dir, candidate)
+            owner = self.active_job(rel) or self.output_job(path)
+            if owner is not None and request_key_of(owner) == key:
+                return rel
+            if owner is None and not (path / MANIFEST_NAME).exists():
+                return rel
+        return resolve_destination(self.root_dir, f"{base}-{key[:8]}")[1]
+
+    def active_job(self, rel: str) -> JobRecord | None:
+        """A queued, running or paused job of this root writing to ``rel``."""
+        for rec in self.store.list_jobs(root=str(self.root_dir), states=list(ACTIVE_STATES), limit=100000):
+            if rec.destination == rel:
+                return rec
+        return None
+
+    def output_job(self, folder: Path) -> JobRecord | None:
+        """The job whose ``manifest.json`` is in ``folder`` (None when there is none, or no such job)."""
+        manifest = read_manifest(folder) if (folder / MANIFEST_NAME).is_file() else None
+        if manifest is None:
+            return None
+        rec = self.store.get_job(str(manifest.get("job_id")))
+        if rec is None or rec.root != str(self.root_dir):
+            return None
+        return rec
+
+    def place(
+        self,
+        rel: str,
+        key: str,
+        if_exists: str,
+        sources: dict[str | None, str],
+        prefix: Callable[[str | None, str], str],
+    ) -> Placement:
+        """Decide what a request with ``key`` into folder ``rel`` does (see the module and
+        :class:`Placement`). Raises :class:`DestinationExists` (409) when the folder holds another
+        request's output and ``if_exists`` is not ``refresh``, when it holds any output and ``if_exists``
+        is ``error``, or when another request's job is still writing there."""
+        path = self.root_dir / rel
+        active = self.active_job(rel)
+        if active is not None:
+            if request_key_of(active) == key and if_exists != "error":
+                return Placement(rel, active=active)
+            raise DestinationExists(f"destination {rel!r} is used by another active job")
+        if not (path / MANIFEST_NAME).is_file():
+            return Placement(rel)
+        if if_exists == "error":
+            raise DestinationExists(f"destination {rel!r} already holds a staged job's output")
+        prev = self.output_job(path)
+        same = prev is not None and request_key_of(prev) == key
+        if not same and if_exists != "refresh":
+            raise DestinationExists(
+                f"destination {rel!r} already holds the output of a different request; choose another "
+                "folder, or pass if_exists='refresh' to replace it"
+            )
+        if not same or if_exists == "refresh":
+            return Placement(rel, replaces=prev.id if prev is not None else "")
+        assert prev is not None
+        fresh = check_sources(prev, sources, source_roots=self.source_roots, prefix=prefix)
+        manifest = read_manifest(path) or {}
+        if fresh.up_to_date and outputs_present(path, manifest):
+            return Placement(rel, reuse=prev, fresh=fresh)
+        return Placement(rel, replaces=prev.id, fresh=fresh)
+
+
+def swap_in(root: Path, rel: str, into: str, *, staged_before: set[str], aside_name: str) -> list[str]:
+    """Replace folder ``root/rel`` by ``root/into`` (two renames; the old folder is whole until then).
+
+    Files of the old folder that were not staged output (``staged_before``: relative paths, and
+    ``manifest.json``) are moved into the new folder when their name is free there, so nothing a user put
+    beside the staged files is lost; the old folder is then removed (it is kept, renamed ``aside_name``,
+    when some of its files could not be moved). Returns the relative paths of the files moved across.
+    Raises :class:`PathNotAllowed` when ``rel`` became a symlink.
+    """
+    final, new = root / rel, root / into
+    if final.is_symlink():
+        raise PathNotAllowed(f"destination {rel!r} was replaced by a symbolic link; not swapped in")
+    if not final.exists():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(new, final)
+        return []
+    aside = final.parent / aside_name
+    os.rename(final, aside)
+    os.rename(new, final)
+    moved, kept = _carry_over(aside, final, staged_before | {MANIFEST_NAME})
+    if not kept:
+        shutil.rmtree(aside, ignore_errors=True)
+    return moved
+
+
+def _carry_over(old: Path, new: Path, staged: set[str]) -> tuple[list[str], int]:
+    """Move files of ``old`` that are not in ``staged`` into ``new`` (no overwrite); returns the moved
+    paths and the number of files that had to stay."""
+    moved: list[str] = []
+    kept = 0
+    for dirpath, _dirs, files in os.walk(old):
+        for name in files:
+            path = Path(dirpath) / name
+            rel = path.relative_to(old).as_posix()
+            if rel in staged or rel.endswith(".part"):
+                continue
+            target = new / rel
+            if target.exists() or target.is_symlink():
+                kept += 1
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(path, target)
+            moved.append(rel)
+    return moved, kept
+
+
+def describe_changes(fresh: Freshness | None) -> str:
+    """One log line saying which sources changed (``None`` stands for the job's single source)."""
+    if fresh is None:
+        return "staging again (if_exists=refresh, or the folder held other output)"
+    changed = ", ".join("source" if e is None else e for e in fresh.changed) or "output files"
+    reused = len(fresh.unchanged)
+    return f"changed since the last run: {changed}; unchanged and reused from the local copy: {reused}"

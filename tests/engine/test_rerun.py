@@ -1,0 +1,279 @@
+"""Re-running a notebook (issue 10): unchanged output is reused, a changed source is staged beside the old
+output and swapped in, ``if_exists`` decides, default folders are stable, planted part files are set aside.
+
+The engine runs in this process (a real :class:`StagingManager` on threads, SQLite in ``tmp_path``); sources
+are copies of the shipped mission data and a Range HTTP server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from jupyter_staging.engine.manager import StagingManager
+from jupyter_staging.engine.models import CreateJob
+from jupyter_staging.errors import DestinationExists
+from tests.helpers.data import KEPLER, SPITZER, TESS, sha256, wait_until
+from tests.helpers.servers import RangeHTTPServer
+
+
+@pytest.fixture
+def manager(tmp_path: Path):
+    root = tmp_path / "root"
+    root.mkdir()
+    mgr = StagingManager(root, db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}", sweep_interval=0)
+    mgr.start()
+    yield mgr
+    mgr.stop()
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    """Copies of the mission data the tests may change (``../shared/data`` is never modified)."""
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    for src in (KEPLER, SPITZER, TESS):
+        shutil.copyfile(src, folder / src.name)
+    return folder
+
+
+def run(manager: StagingManager, **body) -> tuple[dict, bool]:
+    """Create a job from ``body`` and wait for it; returns (job JSON, created)."""
+    job, created = manager.create(CreateJob(**body))
+    done = manager.wait(job.id, timeout=120)
+    return done.model_dump(mode="json") | {"up_to_date": job.up_to_date}, created
+
+
+def tree(folder: Path) -> dict[str, tuple[int, int]]:
+    """``{relative path: (inode, size)}`` of every file below ``folder``."""
+    return {
+        p.relative_to(folder).as_posix(): (p.stat().st_ino, p.stat().st_size)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def log_text(manager: StagingManager, job_id: str) -> str:
+    return "\n".join(line["message"] for line in manager.job_log(job_id))
+
+
+def test_second_run_of_a_conversion_is_up_to_date_and_moves_nothing(manager, archive):
+    body = {"source": str(archive / KEPLER.name), "destination": "kepler", "convert": {"chunk_rows": 5000}}
+    first, created = run(manager, **body)
+    assert created and first["state"] == "succeeded" and not first["up_to_date"]
+    before = tree(manager.root_dir / "kepler")
+    started = time.monotonic()
+    again, created = run(manager, **body)
+    elapsed = time.monotonic() - started
+    assert not created and again["up_to_date"] and again["id"] == first["id"]
+    assert elapsed < 1.0, elapsed
+    assert tree(manager.root_dir / "kepler") == before  # same files, same inodes: nothing rewritten
+    assert sorted(p.name for p in manager.root_dir.iterdir()) == ["kepler"]  # no new folder
+    assert "up to date" in log_text(manager, first["id"])
+
+
+def test_default_destination_is_stable_and_distinct_per_source(manager, archive, tmp_path):
+    first, _ = run(manager, source=str(archive / SPITZER.name))
+    again, created = run(manager, source=str(archive / SPITZER.name))
+    assert first["destination"] == again["destination"] == "staging/spitzer_example_catalog"
+    assert not created and again["up_to_date"]
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    shutil.copyfile(TESS, other / SPITZER.name)  # a different file under the same name
+    third, created = run(manager, source=str(other / SPITZER.name))
+    assert created and third["destination"].startswith("staging/spitzer_example_catalog-")
+    assert third["destination"] != first["destination"]
+    fourth, created = run(manager, source=str(other / SPITZER.name))
+    assert not created and fourth["destination"] == third["destination"]
+
+
+def test_changed_source_is_restaged_and_swapped_in(manager, archive):
+    src = archive / "lc.fits"
+    shutil.copyfile(KEPLER, src)
+    first, _ = run(manager, source=str(src), destination="lc")
+    staged = manager.root_dir / "lc" / "lc.fits"
+    assert sha256(staged) == sha256(KEPLER)
+    (manager.root_dir / "lc" / "notes.txt").write_text("mine\n")  # a user's file beside the output
+    shutil.copyfile(TESS, src)
+    os.utime(src)
+    second, created = run(manager, source=str(src), destination="lc")
+    assert created and second["state"] == "succeeded" and second["id"] != first["id"]
+    assert sha256(staged) == sha256(TESS)
+    assert (manager.root_dir / "lc" / "notes.txt").read_text() == "mine\n"
+    assert sorted(p.name for p in manager.root_dir.iterdir()) == ["lc"]  # no scratch folder left
+    manifest = json.loads((manager.root_dir / "lc" / "manifest.json").read_text())
+    assert manifest["job_id"] == second["id"]
+    (obj,) = manifest["objects"]
+    assert obj["sha256"] == sha256(TESS) and obj["fingerprint"]["size"] == TESS.stat().st_size
+    assert manager.get(first["id"]).state.value == "expired"
+    assert "changed since the last run: source" in log_text(manager, second["id"])
+
+
+def test_manifest_restages_only_the_changed_entry(manager, archive):
+    entries = {name: str(archive / src.name) for name, src in (("k", KEPLER), ("s", SPITZER), ("t", TESS))}
+    first, _ = run(manager, manifest=entries, destination="three")
+    before = tree(manager.root_dir / "three")
+    shutil.copyfile(KEPLER, archive / TESS.name)  # entry t gets new bytes
+    os.utime(archive / TESS.name)
+    second, created = run(manager, manifest=entries, destination="three")
+    assert created and second["state"] == "succeeded"
+    after = tree(manager.root_dir / "three")
+    assert after[f"k/{KEPLER.name}"][0] == before[f"k/{KEPLER.name}"][0]  # same inode: no byte moved
+    assert after[f"s/{SPITZER.name}"][0] == before[f"s/{SPITZER.name}"][0]
+    assert after[f"t/{TESS.name}"][0] != before[f"t/{TESS.name}"][0]
+    assert sha256(manager.root_dir / "three" / "t" / TESS.name) == sha256(KEPLER)
+    assert "changed since the last run: t;" in log_text(manager, second["id"])
+    third, created = run(manager, manifest=entries, destination="three")
+    assert not created and third["up_to_date"] and third["id"] == second["id"]
+
+
+def test_if_exists_error_and_refresh(manager, archive):
+    body = {"source": str(archive / SPITZER.name), "destination": "sp"}
+    first, _ = run(manager, **body)
+    with pytest.raises(DestinationExists):
+        manager.create(CreateJob(**body, if_exists="error"))
+    again, created = run(manager, **body, if_exists="refresh")
+    assert created and again["id"] != first["id"] and again["state"] == "succeeded"
+    other = {"source": str(archive / TESS.name), "destination": "sp"}
+    with pytest.raises(DestinationExists) as info:
+        manager.create(CreateJob(**other))
+    assert "if_exists='refresh'" in info.value.message
+    replaced, created = run(manager, **other, if_exists="refresh")
+    assert created and sorted(p.name for p in (manager.root_dir / "sp").iterdir()) == [
+        TESS.name,
+        "manifest.json",
+    ]
+
+
+def test_planted_part_file_is_set_aside_never_spliced(manager, archive):
+    folder = manager.root_dir / "planted"
+    folder.mkdir()
+    (folder / f"{KEPLER.name}.part").write_bytes(b"other bytes from another download" * 1000)
+    job, _ = run(manager, source=str(archive / KEPLER.name), destination="planted")
+    assert job["state"] == "succeeded"
+    assert sha256(folder / KEPLER.name) == sha256(KEPLER)
+    assert "set aside" in log_text(manager, job["id"])
+
+
+def test_checksum_wrong_by_one_digit_publishes_nothing_right_one_stages(manager, archive):
+    right = sha256(KEPLER)
+    wrong = right[:-1] + ("0" if right[-1] != "0" else "1")
+    job, _ = run(manager, source=str(archive / KEPLER.name), destination="sum", checksum=f"sha256:{wrong}")
+    assert job["state"] == "failed" and job["error"]["code"] == "checksum_mismatch"
+    assert not (manager.root_dir / "sum" / KEPLER.name).exists()
+    assert not list(manager.root_dir.rglob("*.part"))
+    ok, _ = run(manager, source=str(archive / KEPLER.name), destination="sum2", checksum=f"sha256:{right}")
+    assert ok["state"] == "succeeded" and sha256(manager.root_dir / "sum2" / KEPLER.name) == right
+    md5 = hashlib.md5(KEPLER.read_bytes()).hexdigest()
+    entry, _ = run(manager, manifest={"k": {"source": str(archive / KEPLER.name), "checksum": f"md5:{md5}"}})
+    assert entry["state"] == "succeeded"
+
+
+def test_unpack_a_tarball_of_100_light_curves_gives_100_chunks(manager, tmp_path):
+    bundle = tmp_path / "bundle.tar.gz"
+    with tarfile.open(bundle, "w:gz") as tar:
+        for i in range(100):
+            tar.add(KEPLER if i % 2 else TESS, arcname=f"lc/lc{i:03d}.fits")
+    job, _ = run(manager, source=str(bundle), destination="bulk", unpack=True)
+    assert job["state"] == "succeeded", job
+    chunks = manager.chunks(job["id"])
+    assert len(chunks) == 100 and {c.path for c in chunks} == {
+        f"bundle/lc/lc{i:03d}.fits" for i in range(100)
+    }
+    manifest = json.loads((manager.root_dir / "bulk" / "manifest.json").read_text())
+    assert len(manifest["objects"]) == 100
+    assert manifest["objects"][1]["sha256"] == sha256(KEPLER)
+    assert sha256(manager.root_dir / "bulk" / "bundle" / "lc" / "lc001.fits") == sha256(KEPLER)
+    assert not (manager.root_dir / "bulk" / "bundle.tar.gz").exists()
+    converted, _ = run(
+        manager, source=str(bundle), destination="bulkpq", unpack=True, convert={"chunk_rows": 50000}
+    )
+    assert converted["state"] == "succeeded"
+    parts = [c.path for c in manager.chunks(converted["id"])]
+    assert len(parts) == 100 and all(p.endswith(".parquet/part-00000.parquet") for p in parts)
+
+
+@pytest.mark.parametrize(
+    ("member", "code"),
+    [("../evil", "unsafe_archive_path"), ("/abs", "unsafe_archive_path"), ("link", "unsafe_archive_link")],
+)
+def test_unpack_refuses_unsafe_members_and_writes_nothing(manager, tmp_path, member, code):
+    bundle = tmp_path / "evil.tar"
+    with tarfile.open(bundle, "w") as tar:
+        tar.add(SPITZER, arcname="ok.xml")
+        if member == "link":
+            info = tarfile.TarInfo("etc")
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc"
+            tar.addfile(info)
+        else:
+            data = b"nope"
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    job, _ = run(manager, source=str(bundle), destination="evil", unpack=True)
+    assert job["state"] == "failed" and job["error"]["code"] == code, job
+    assert not (manager.root_dir / "evil" / "evil" / "ok.xml").exists()
+    assert not (tmp_path / "evil").exists() and not Path("/abs").exists()
+
+
+def test_unpack_refuses_a_bomb(manager, tmp_path):
+    bomb = tmp_path / "zeros.tar.gz"
+    with tarfile.open(bomb, "w:gz") as tar:
+        info = tarfile.TarInfo("zeros.bin")
+        info.size = 1024**3
+        tar.addfile(info, _Zeros(info.size))
+    job, _ = run(manager, source=str(bomb), destination="bomb", unpack=True)
+    assert job["state"] == "failed" and job["error"]["code"] in ("archive_bomb", "archive_too_large"), job
+    assert not list((manager.root_dir).rglob("zeros.bin"))
+
+
+class _Zeros(io.RawIOBase):
+    """``size`` zero bytes, read without holding them in memory."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self.left)
+        buffer[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+def test_old_output_stays_readable_until_the_swap(manager, tmp_path):
+    web = tmp_path / "web"
+    web.mkdir()
+    shutil.copyfile(KEPLER, web / "lc.fits")
+    http = RangeHTTPServer(web).start()
+    try:
+        body = {"manifest": {"lc": http.url("lc.fits"), "sp": str(SPITZER)}, "destination": "swap"}
+        first, _ = run(manager, **body)
+        old = manager.root_dir / "swap" / "lc" / "lc.fits"
+        assert sha256(old) == sha256(KEPLER)
+        shutil.copyfile(TESS, web / "lc.fits")  # new bytes, new ETag
+        http.throttle_bytes_per_s = 400_000  # about 5 s for the new version
+        job, created = manager.create(CreateJob(**body))
+        assert created
+        wait_until(lambda: manager.get(job.id).progress.bytes_done > 0, what="the new version to flow")
+        assert manager.get(job.id).state.value == "running"
+        assert sha256(old) == sha256(KEPLER)  # still the old output, whole, under its name
+        assert json.loads((manager.root_dir / "swap" / "manifest.json").read_text())["job_id"] == first["id"]
+        done = manager.wait(job.id, timeout=120)
+    finally:
+        http.stop()
+    assert done.state.value == "succeeded"
+    assert sha256(old) == sha256(TESS)
+    manifest = json.loads((manager.root_dir / "swap" / "manifest.json").read_text())
+    (obj,) = [o for o in manifest["objects"] if o["path"] == "lc/lc.fits"]
+    assert obj["sha256"] == sha256(TESS) and obj["fingerprint"]["size"] == TESS.stat().st_size

@@ -1,0 +1,166 @@
+"""``jupyter_copy`` against a stand-in for the user's server: what the service does with each answer.
+
+The real hub and servers are in ``test_hub_service.py``; here the server's answers are chosen, to reach
+the cases a live server gives only in races (an earlier request's job answered instead of a new one, a
+file appearing at the target while the job runs, a job that fails after writing into its scratch folder).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jupyter_staging.errors import StagingError
+from jupyter_staging.hub.areas import UserAreas
+from jupyter_staging.hub.db import Operation, OperationStore
+from jupyter_staging.hub.jupytercopy import scratch_name
+from jupyter_staging.hub.operations import Caller, StagingOperations
+from tests.helpers.data import KEPLER_NAME
+
+BOB = Caller("bob", "user", False)
+
+
+class FakeServer:
+    """Answers the calls :class:`~jupyter_staging.hub.hubapi.HubAPI` makes, like bob's server would:
+    ``create_job`` copies the source into ``root/destination`` (unless told the job is an earlier
+    one) and answers ``job``; ``get_job`` and ``job_chunks`` answer what ``create_job`` set."""
+
+    def __init__(self, root: Path, *, state: str = "succeeded", earlier: bool = False) -> None:
+        self.root = root
+        self.state = state
+        self.earlier = earlier
+        self.created: list[dict[str, Any]] = []
+        self.job: dict[str, Any] = {}
+        self.chunks: list[dict[str, Any]] = []
+        self.before_answer = lambda: None
+
+    async def ensure_server(self, name: str, *, timeout: float) -> str:
+        return f"/user/{name}/"
+
+    async def create_job(self, username: str, server: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.created.append(body)
+        folder = self.root / body["destination"]
+        folder.mkdir(parents=True, exist_ok=True)
+        data = Path(body["source"]).read_bytes()
+        (folder / Path(body["source"]).name).write_bytes(data)
+        (folder / "manifest.json").write_text("{}")
+        self.job = {
+            "id": "earlier-job" if self.earlier else "new-job",
+            "idempotency_key": "someone-else" if self.earlier else body["idempotency_key"],
+            "up_to_date": self.earlier,
+            "state": self.state,
+            "destination": body["destination"],
+            "progress": {"bytes_done": len(data)},
+            "error": {"code": "disk_full", "message": "no space"} if self.state == "failed" else None,
+        }
+        sha = hashlib.sha256(data).hexdigest()
+        self.chunks = [{"path": Path(body["source"]).name, "bytes": len(data), "sha256": sha}]
+        self.before_answer()
+        return self.job
+
+    async def get_job(self, username: str, server: str, job_id: str) -> dict[str, Any]:
+        return self.job
+
+    async def job_chunks(self, server: str, job_id: str) -> list[dict[str, Any]]:
+        return self.chunks
+
+    async def get_user(self, name: str) -> dict[str, Any]:
+        return {"name": name}
+
+
+@pytest.fixture
+def site(tmp_path, kepler):
+    (tmp_path / "archive").mkdir()
+    shutil.copyfile(kepler, tmp_path / "archive" / KEPLER_NAME)
+    (tmp_path / "homes" / "bob").mkdir(parents=True)
+    return tmp_path
+
+
+def run_copy(site: Path, server: FakeServer, relative_path: str) -> Operation:
+    """One ``jupyter_copy`` for bob, followed until its record is final."""
+
+    async def go() -> Operation:
+        ops = StagingOperations(
+            OperationStore(f"sqlite:///{site / 'ops.sqlite'}"),
+            UserAreas(str(site / "homes" / "{username}" / "staging")),
+            [str(site / "archive")],
+            server,  # type: ignore[arg-type]
+            server_root_template=str(site / "homes" / "{username}"),
+            job_poll_interval=0.01,
+        )
+        body = {
+            "method": "jupyter_copy",
+            "local_path_on_storage": str(site / "archive" / KEPLER_NAME),
+            "relative_path": relative_path,
+        }
+        op = await ops.stage(BOB, json.dumps(body).encode(), None)
+        assert isinstance(op, Operation)
+        for _ in range(500):
+            final = ops.store.get(op.id)
+            if final is not None and final.status != "running":
+                await ops.stop()
+                return final
+            await asyncio.sleep(0.01)
+        raise AssertionError("the operation did not end")
+
+    return asyncio.run(go())
+
+
+def test_an_earlier_requests_job_answered_by_the_server_is_a_duplicate(site, kepler):
+    server = FakeServer(site / "homes" / "bob", earlier=True)
+    op = run_copy(site, server, "kepler/")
+    assert op.status == "skipped" and op.to_dict()["duplicate"] is True, op.to_dict()
+    assert op.job_id == "earlier-job"
+    assert len(server.created) == 1
+    assert (site / "homes" / "bob" / "staging" / "kepler" / KEPLER_NAME).read_bytes() == kepler.read_bytes()
+
+
+def test_a_new_name_is_linked_from_the_scratch_folder_which_goes(site, kepler):
+    server = FakeServer(site / "homes" / "bob")
+    op = run_copy(site, server, "kepler/lc.fits")
+    assert op.status == "succeeded", op.to_dict()
+    assert server.created[0]["destination"] == f"staging/kepler/{scratch_name('lc.fits', op.id)}"
+    folder = site / "homes" / "bob" / "staging" / "kepler"
+    assert sorted(p.name for p in folder.iterdir()) == ["lc.fits"]
+    assert (folder / "lc.fits").read_bytes() == kepler.read_bytes()
+    assert op.sha256 == hashlib.sha256(kepler.read_bytes()).hexdigest()
+
+
+def test_a_failed_job_leaves_no_scratch_folder(site):
+    server = FakeServer(site / "homes" / "bob", state="failed")
+    op = run_copy(site, server, "kepler/lc.fits")
+    assert op.status == "failed" and op.error_code == "disk_full", op.to_dict()
+    assert list((site / "homes" / "bob" / "staging" / "kepler").iterdir()) == []
+
+
+def test_a_different_file_appearing_at_the_new_name_is_never_replaced(site):
+    server = FakeServer(site / "homes" / "bob")
+    theirs = site / "homes" / "bob" / "staging" / "kepler" / "lc.fits"
+    server.before_answer = lambda: theirs.write_bytes(b"bob's own work")
+    op = run_copy(site, server, "kepler/lc.fits")
+    assert op.status == "failed" and op.error_code == "target_exists", op.to_dict()
+    assert theirs.read_bytes() == b"bob's own work"
+    assert [p.name for p in theirs.parent.iterdir()] == ["lc.fits"]
+
+
+def test_the_same_bytes_appearing_at_the_new_name_are_a_duplicate(site, kepler):
+    server = FakeServer(site / "homes" / "bob")
+    theirs = site / "homes" / "bob" / "staging" / "kepler" / "lc.fits"
+    server.before_answer = lambda: theirs.write_bytes(kepler.read_bytes())
+    op = run_copy(site, server, "kepler/lc.fits")
+    assert op.status == "skipped" and op.error_code == "duplicate", op.to_dict()
+    assert [p.name for p in theirs.parent.iterdir()] == ["lc.fits"]
+
+
+def test_a_relative_path_leaving_the_area_is_refused_before_any_job(site):
+    server = FakeServer(site / "homes" / "bob")
+    with pytest.raises(StagingError) as err:
+        run_copy(site, server, "../escape.fits")
+    assert err.value.code == "path_not_allowed"
+    assert server.created == []

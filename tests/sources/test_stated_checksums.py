@@ -1,0 +1,235 @@
+"""Checksums the source states (S3 ``ChecksumSHA256`` / single-part ETag, Azure ``Content-MD5``, HTTP
+``Repr-Digest`` / ``Digest`` / ``Content-MD5``): read into ``SourceItem.checksums`` and verified, so bytes
+altered in the store after the upload end with ``checksum_mismatch`` and nothing published.
+
+The S3 tests run moto's server in this process (``ThreadedMotoServer``) so a test can alter an object's
+stored bytes behind S3's back, as bit rot or a faulty disk would: moto keeps the ETag and the
+``ChecksumSHA256`` computed at upload, as S3 would.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from jupyter_staging.clouds.digests import (
+    http_checksums,
+    parse_content_md5,
+    parse_legacy_digest,
+    parse_repr_digest,
+)
+from jupyter_staging.clouds.s3 import s3_client, stated_checksums
+from jupyter_staging.errors import ChecksumMismatch
+from jupyter_staging.safety.partfile import part_path
+from jupyter_staging.sources.s3 import S3Source
+from tests.helpers.data import KEPLER_NAME, sha256
+from tests.helpers.servers import HOST, MotoS3Server
+
+DATA = b"light curve bytes " * 1000
+SHA = hashlib.sha256(DATA).digest()
+MD5 = hashlib.md5(DATA).digest()  # noqa: S324 - the checksum under test
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+@pytest.fixture
+def dest(tmp_path) -> Path:
+    path = tmp_path / "dest"
+    path.mkdir()
+    return path
+
+
+# -- parsing what HTTP servers state (RFC 9530, RFC 3230, RFC 1864) ----------------------------------------
+
+
+def test_repr_digest_keeps_sha256_and_ignores_other_algorithms_and_parameters():
+    value = f"sha-512=:{b64(hashlib.sha512(DATA).digest())}:, sha-256=:{b64(SHA)}:;x=1"
+    assert parse_repr_digest(value) == {"sha256": SHA.hex()}
+    assert parse_repr_digest(f"SHA-256=:{b64(SHA)}:") == {"sha256": SHA.hex()}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, "", "sha-256=abc", f"sha-256={b64(SHA)}", "sha-256=:not base64!:", f"sha-256=:{b64(MD5)}:"],
+)
+def test_malformed_repr_digest_states_nothing(value):
+    assert parse_repr_digest(value) == {}
+
+
+def test_legacy_digest_and_content_md5():
+    assert parse_legacy_digest(f"SHA-256={b64(SHA)}, md5={b64(MD5)}, UNIXsum=30637") == {
+        "sha256": SHA.hex(),
+        "md5": MD5.hex(),
+    }
+    assert parse_content_md5(b64(MD5)) == {"md5": MD5.hex()}
+    assert parse_content_md5(b64(SHA)) == {}
+
+
+def test_content_md5_of_a_206_is_of_the_range_so_not_the_files():
+    headers = {"Content-MD5": b64(MD5), "Repr-Digest": f"sha-256=:{b64(SHA)}:"}
+    assert http_checksums(headers, whole_body=True) == {"md5": MD5.hex(), "sha256": SHA.hex()}
+    assert http_checksums(headers, whole_body=False) == {"sha256": SHA.hex()}
+
+
+# -- what S3 answers state ---------------------------------------------------------------------------------
+
+
+def test_s3_stated_checksums_skip_composite_checksums_and_etags_that_are_not_md5s():
+    head = {"ContentLength": 5, "ETag": f'"{MD5.hex()}"', "ChecksumSHA256": b64(SHA)}
+    assert stated_checksums(head) == {"sha256": SHA.hex(), "md5": MD5.hex()}
+    assert stated_checksums({**head, "ChecksumSHA256": b64(SHA) + "-3"}) == {"md5": MD5.hex()}
+    assert stated_checksums({**head, "ChecksumType": "COMPOSITE"}) == {"md5": MD5.hex()}
+    assert stated_checksums({**head, "ETag": f'"{MD5.hex()}-2"'}) == {"sha256": SHA.hex()}
+    assert stated_checksums({**head, "ServerSideEncryption": "aws:kms"}) == {"sha256": SHA.hex()}
+    assert stated_checksums({**head, "SSECustomerAlgorithm": "AES256"}) == {"sha256": SHA.hex()}
+    assert stated_checksums({**head, "ServerSideEncryption": "AES256"})["md5"] == MD5.hex()
+    # A listing entry does not say how the object is encrypted: its ETag is not taken as an MD5.
+    assert (
+        stated_checksums({"Size": 5, "ETag": f'"{MD5.hex()}"', "LastModified": datetime.now(timezone.utc)})
+        == {}
+    )
+
+
+# -- S3 objects altered after the upload (moto in this process) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moto_here():
+    """moto's S3 server in a thread of this process; yields the backend holding its objects."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+    from moto.server import ThreadedMotoServer
+
+    settings = MotoS3Server()  # a free port, its endpoint and environment; the server runs here instead
+    server = ThreadedMotoServer(ip_address=HOST, port=settings.port, verbose=False)
+    server.start()
+    try:
+        yield settings, s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    finally:
+        server.stop()
+        settings.stop()
+
+
+@pytest.fixture
+def bucket(moto_here, monkeypatch):
+    settings, backend = moto_here
+    settings.apply_env(monkeypatch)
+    client = s3_client()
+    name = f"rot-{os.urandom(6).hex()}"
+    client.create_bucket(Bucket=name)
+    return client, name, backend
+
+
+def rot_one_byte(backend, bucket: str, key: str, at: int) -> None:
+    """Flip one stored byte of ``key``; moto keeps the object's ETag and ChecksumSHA256, as S3 would."""
+    stored = backend.buckets[bucket].keys[key]
+    data = bytearray(stored.value)
+    data[at] ^= 0xFF
+    stored.value = bytes(data)
+
+
+def test_s3_sha256_and_single_part_etag_are_stated_and_verified(bucket, shared_data, dest, stage_verified):
+    client, name, _ = bucket
+    data = (shared_data / KEPLER_NAME).read_bytes()
+    client.put_object(Bucket=name, Key="k.fits", Body=data, ChecksumAlgorithm="SHA256")
+
+    [item] = S3Source(f"s3://{name}/k.fits").list_items()
+
+    assert item.checksums == {"sha256": sha256(data), "md5": hashlib.md5(data).hexdigest()}  # noqa: S324
+    path, size, digest = stage_verified(S3Source(f"s3://{name}/k.fits"), item, dest)
+    assert path.read_bytes() == data and digest == sha256(data)
+
+
+def test_s3_object_altered_after_upload_is_checksum_mismatch(bucket, shared_data, dest, stage_verified):
+    client, name, backend = bucket
+    data = (shared_data / KEPLER_NAME).read_bytes()
+    client.put_object(Bucket=name, Key="k.fits", Body=data, ChecksumAlgorithm="SHA256")
+    source = S3Source(f"s3://{name}/k.fits")
+    [item] = source.list_items()
+    rot_one_byte(backend, name, "k.fits", len(data) // 2)
+
+    with pytest.raises(ChecksumMismatch) as info:
+        stage_verified(source, item, dest)
+
+    assert info.value.code == "checksum_mismatch"
+    assert "sha256" in info.value.message and sha256(data)[:16] in info.value.message
+    assert not (dest / "k.fits").exists()
+    assert not part_path(dest / "k.fits").exists() or part_path(dest / "k.fits").stat().st_size == 0
+
+
+def test_s3_altered_object_listed_by_prefix_is_caught_too(bucket, dest, stage_verified):
+    client, name, backend = bucket
+    client.put_object(Bucket=name, Key="lc/a.bin", Body=DATA, ChecksumAlgorithm="SHA256")
+    source = S3Source(f"s3://{name}/lc/")
+    [item] = source.list_items()
+    assert item.checksums == {}  # a listing states no checksum; the GET does
+    rot_one_byte(backend, name, "lc/a.bin", 7)
+
+    with pytest.raises(ChecksumMismatch) as info:
+        stage_verified(source, item, dest)
+    assert info.value.code == "checksum_mismatch" and not (dest / "a.bin").exists()
+
+
+def test_s3_altered_object_fetched_by_parallel_ranged_gets_is_caught_at_commit(bucket, dest, stage_verified):
+    """Ranged GETs carry no checksum botocore could check: the commit compares the stated ones."""
+    from boto3.s3.transfer import TransferConfig
+
+    client, name, backend = bucket
+    data = os.urandom(3 * 256 * 1024 + 5)
+    client.put_object(Bucket=name, Key="big.bin", Body=data, ChecksumAlgorithm="SHA256")
+    config = TransferConfig(multipart_threshold=256 * 1024, multipart_chunksize=256 * 1024, max_concurrency=2)
+    source = S3Source(f"s3://{name}/big.bin", transfer_config=config)
+    [item] = source.list_items()
+    rot_one_byte(backend, name, "big.bin", len(data) - 3)
+
+    with pytest.raises(ChecksumMismatch) as info:
+        stage_verified(source, item, dest)
+    assert "big.bin" in info.value.message
+    assert not (dest / "big.bin").exists() and not part_path(dest / "big.bin").exists()
+
+
+def test_s3_checksums_follow_the_object_when_it_is_overwritten(bucket, dest, stage_verified):
+    client, name, _ = bucket
+    client.put_object(Bucket=name, Key="a.bin", Body=b"first version", ChecksumAlgorithm="SHA256")
+    source = S3Source(f"s3://{name}/a.bin")
+    [item] = source.list_items()
+    client.put_object(Bucket=name, Key="a.bin", Body=DATA, ChecksumAlgorithm="SHA256")
+
+    path, _, digest = stage_verified(source, item, dest)
+
+    assert path.read_bytes() == DATA and digest == SHA.hex()
+    assert item.checksums["sha256"] == SHA.hex()
+
+
+# -- Azure Content-MD5 (Azurite) ---------------------------------------------------------------------------
+
+
+def test_azure_content_md5_is_stated_and_a_wrong_one_is_checksum_mismatch(azure_env, dest, stage_verified):
+    from azure.storage.blob import ContentSettings
+
+    from jupyter_staging.sources.azure import AzureSource
+
+    container = azure_env
+    container.upload_blob("a.bin", DATA)
+    uri = f"az://{container.container_name}/a.bin"
+    [item] = AzureSource(uri).list_items()
+    assert item.checksums == {"md5": MD5.hex()}
+    path, _, _ = stage_verified(AzureSource(uri), item, dest)
+    assert path.read_bytes() == DATA
+
+    # Set Blob Properties stores a Content-MD5 without checking it: a stale one is a real fault.
+    wrong = hashlib.md5(b"other bytes").digest()  # noqa: S324
+    container.get_blob_client("a.bin").set_http_headers(ContentSettings(content_md5=bytearray(wrong)))
+    [item] = AzureSource(uri).list_items()
+    assert item.checksums == {"md5": wrong.hex()}
+    path.unlink()
+    with pytest.raises(ChecksumMismatch) as info:
+        stage_verified(AzureSource(uri), item, dest)
+    assert "md5" in info.value.message and not path.exists()
