@@ -21,8 +21,15 @@ from jupyter_staging.destinations.manifest import read_manifest
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.progress import LiveProgress
+from jupyter_staging.engine.staged import StagedIndex
 from jupyter_staging.engine.store import ChunkRecord
-from jupyter_staging.errors import ChecksumMismatch, DestinationExists, JobInterrupted, TransferFailed
+from jupyter_staging.errors import (
+    ChecksumMismatch,
+    DestinationExists,
+    JobInterrupted,
+    TransferFailed,
+    VerificationFailed,
+)
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import BLOCK_SIZE, PartFile, copy_file, part_path
 from jupyter_staging.safety.redact import redact_url
@@ -66,6 +73,8 @@ class ItemStager:
         #: The folder whose output this job replaces when it completes (a swap), if any.
         self.replaced_folder: Path | None = None
         self._previous: dict[str, dict[str, Any]] | None = None
+        #: Verified outputs of this server's earlier jobs, found by sha256 or source fingerprint.
+        self.staged = StagedIndex(host, job_id)
 
     # -- callbacks from sources and converters ------------------------------------------------------
 
@@ -163,6 +172,8 @@ class ItemStager:
         if method in ("hardlink", "symlink"):
             return self._link(method, item, final)
         reused = self._reuse_output(item, final)
+        if reused is None and source.local_path(item) is None:
+            reused = self._copy_staged(item, final)
         if reused is not None:
             return reused
         checksums = self._expected_checksums(item)
@@ -245,6 +256,34 @@ class ItemStager:
                 )
             sums[algorithm] = digest
         return sums
+
+    def _copy_staged(self, item: SourceItem, final: Path) -> tuple[int, str] | None:
+        """Bytes this server already staged and verified, instead of the network: an output of an earlier
+        job with the sha256 the source states (or the user expects), or from the same source with the same
+        fingerprint. Copied with ``copy_file_range`` and verified against the recorded sha256; a copy that
+        no longer matches (edited since) is dropped and the item is fetched. Returns ``(size, sha256)``."""
+        sums = self._expected_checksums(item)
+        found = self.staged.find(sums.get("sha256"), redact_url(item.locator), item.validator)
+        if found is None:
+            return None
+        path, size, digest = found
+        if item.size is not None and size != item.size:
+            return None
+        final.parent.mkdir(parents=True, exist_ok=True)
+        out = PartFile(final, md5="md5" in sums)
+        try:
+            copy_file(path, out, self.control)
+            result = out.commit(size, checksums={**sums, "sha256": digest})
+        except VerificationFailed:
+            self.control.add_bytes(-size)
+            return None
+        except BaseException:
+            out.discard()
+            raise
+        self._log(
+            "info", f"{item.name}: the same bytes were already staged here; copied locally, not downloaded"
+        )
+        return result
 
     def _previous_objects(self) -> dict[str, dict[str, Any]]:
         """The objects of the output this job replaces (``{relative path: manifest object}``), when the

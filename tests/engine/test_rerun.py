@@ -277,3 +277,21 @@ def test_old_output_stays_readable_until_the_swap(manager, tmp_path):
     manifest = json.loads((manager.root_dir / "swap" / "manifest.json").read_text())
     (obj,) = [o for o in manifest["objects"] if o["path"] == "lc/lc.fits"]
     assert obj["sha256"] == sha256(TESS) and obj["fingerprint"]["size"] == TESS.stat().st_size
+
+
+def test_bytes_already_staged_here_are_not_downloaded_again(manager, tmp_path):
+    web = tmp_path / "web"
+    web.mkdir()
+    shutil.copyfile(KEPLER, web / "lc.fits")
+    http = RangeHTTPServer(web).start()
+    try:
+        first, _ = run(manager, source=http.url("lc.fits"), destination="a")
+        gets = len([r for r in http.requests if r.method == "GET"])
+        second, created = run(manager, source=http.url("lc.fits"), destination="b")
+        assert len([r for r in http.requests if r.method == "GET"]) == gets  # HEAD only
+    finally:
+        http.stop()
+    assert created and second["state"] == "succeeded"
+    assert sha256(manager.root_dir / "b" / "lc.fits") == sha256(KEPLER)
+    assert "copied locally, not downloaded" in log_text(manager, second["id"])
+    assert second["progress"]["bytes_done"] == KEPLER.stat().st_size

@@ -1,0 +1,89 @@
+"""What this server already staged and verified: earlier outputs found by sha256 or source fingerprint.
+
+DESIGN.md, "Re-running a notebook": when a source's checksum (stated by the source or given by the user)
+or its fingerprint matches an item this server already staged and verified, the bytes come from the local
+copy, not the network. The index is built once per run from the newest :data:`RECENT_JOBS` succeeded jobs
+of the same root (local destinations only) and never trusted blindly: every copy is verified against the
+recorded sha256 before it is published.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from jupyter_staging.engine.freshness import listed_items
+from jupyter_staging.engine.host import JobHost
+from jupyter_staging.engine.models import ChunkState, JobState
+
+#: Succeeded jobs of the root whose outputs are looked at (newest first).
+RECENT_JOBS = 200
+
+#: ``(path, size in bytes, sha256 hex)`` of a staged file.
+Staged = tuple[Path, int, str]
+
+
+def fingerprint_key(locator: str, fingerprint: dict[str, Any]) -> str:
+    """The lookup key of a source item: its (redacted) locator and fingerprint."""
+    return json.dumps([locator, fingerprint], sort_keys=True, default=str)
+
+
+class StagedIndex:
+    """Outputs of ``host``'s earlier succeeded jobs (not job ``job_id``), built on first use."""
+
+    def __init__(self, host: JobHost, job_id: str) -> None:
+        self.host = host
+        self.job_id = job_id
+        self._lock = threading.Lock()
+        self._by_sha: dict[str, Staged] | None = None
+        self._by_fingerprint: dict[str, Staged] = {}
+
+    def find(self, sha256: str | None, locator: str, fingerprint: dict[str, Any]) -> Staged | None:
+        """A staged file with ``sha256``, else one staged from ``locator`` with ``fingerprint``, that is
+        still a regular file of its recorded size; None when there is none."""
+        self._build()
+        assert self._by_sha is not None
+        candidates = [self._by_sha.get(sha256 or "")]
+        if fingerprint:
+            candidates.append(self._by_fingerprint.get(fingerprint_key(locator, fingerprint)))
+        for found in candidates:
+            if found is not None and found[0].is_file() and not found[0].is_symlink():
+                if found[0].stat().st_size == found[1]:
+                    return found
+        return None
+
+    def _build(self) -> None:
+        with self._lock:
+            if self._by_sha is not None:
+                return
+            self._by_sha = {}
+            rec = self.host.store.get_job(self.job_id)
+            if rec is None:
+                return
+            jobs = self.host.store.list_jobs(
+                root=rec.root, states=[JobState.succeeded.value], limit=RECENT_JOBS
+            )
+            for job in jobs:
+                if job.id != self.job_id:
+                    self._add_job(job)
+
+    def _add_job(self, job: Any) -> None:
+        destination = self.host.destination_of(job)
+        if destination.remote:
+            return
+        items = {i["name"]: i for entry in listed_items(job.resume or {}).values() for i in entry}
+        for chunk in self.host.store.list_chunks(job.id):
+            if chunk.state not in (ChunkState.ready.value, ChunkState.acked.value) or not chunk.sha256:
+                continue
+            if chunk.bytes is None:
+                continue
+            rel = destination.relative(chunk.path)
+            staged = (destination.workdir / rel, int(chunk.bytes), chunk.sha256)
+            assert self._by_sha is not None
+            self._by_sha.setdefault(chunk.sha256, staged)
+            item = items.get(rel)
+            if item is not None and item.get("validator"):
+                key = fingerprint_key(str(item.get("locator", "")), item["validator"])
+                self._by_fingerprint.setdefault(key, staged)
