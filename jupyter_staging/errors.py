@@ -7,7 +7,12 @@ traceback, a token or a presigned signature, and the HTTP ``status`` an adapter 
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import Any
+
+#: ``errno`` values meaning "the file system is full" (no block left, or the user's disk quota reached).
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class StagingError(Exception):
@@ -142,6 +147,69 @@ class PartiallyStaged(StagingError):
     code ``partial``; what was staged is kept and listed)."""
 
     code = "partial"
+
+
+class NoSpace(StagingError):
+    """The file system holding the output (or the scratch folder) filled up, or the user's disk quota was
+    reached, while a job wrote (``ENOSPC`` / ``EDQUOT``). The item's part file is removed; other jobs and
+    other manifest entries go on.
+
+    HTTP 507 (Insufficient Storage): the server cannot store what the job asked for; the job's
+    ``error_code`` is ``no_space``.
+    """
+
+    code = "no_space"
+    status = 507
+
+
+class InsufficientSpace(StagingError):
+    """Refused at creation: the job's known total size (bytes) would leave less than
+    ``StagingApp.min_free_bytes`` free on the destination's file system, or would take staged output
+    beyond ``StagingApp.quota_bytes``. The message names both figures, in bytes and human units.
+
+    HTTP 409 (Conflict): the request is well-formed but conflicts with the present state of the storage;
+    it may succeed once space is freed (413 would wrongly blame the request body).
+    """
+
+    code = "insufficient_space"
+    status = 409
+
+
+def full_disk_errno(exc: BaseException) -> int | None:
+    """``ENOSPC`` or ``EDQUOT`` when ``exc`` — or an exception it was raised from or while handling
+    (``__cause__`` / ``__context__``) — is an :class:`OSError` saying the file system or the disk quota is
+    full (libraries such as pyarrow raise one without an ``errno``, only its text); else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError):
+            if current.errno in NO_SPACE_ERRNOS:
+                return current.errno
+            text = str(current)
+            for number in sorted(NO_SPACE_ERRNOS):
+                if os.strerror(number) in text:
+                    return number
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def no_space_error(exc: BaseException) -> NoSpace | None:
+    """The :class:`NoSpace` standing for ``exc`` when it means a full disk (see :func:`full_disk_errno`),
+    else None. The message gives the cause, never a path (it may name a scratch folder)."""
+    number = full_disk_errno(exc)
+    if number is None:
+        return None
+    cause = "disk quota exceeded" if number == errno.EDQUOT else "no space left on the device"
+    return NoSpace(f"the file system being written is full ({cause}); free some space and run the job again")
+
+
+def as_staging_error(exc: BaseException) -> StagingError | None:
+    """``exc`` itself when it is a :class:`StagingError`, a :class:`NoSpace` for a full file system,
+    else None (an unexpected error: the caller reports ``internal_error``)."""
+    if isinstance(exc, StagingError):
+        return exc
+    return no_space_error(exc)
 
 
 class JobInterrupted(Exception):  # noqa: N818 - control flow, not an error a user sees

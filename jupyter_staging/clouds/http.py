@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import re
 
-from jupyter_staging.safety.redact import REDACTED
+from jupyter_staging.safety.redact import redact_text
 
 #: Longest description :func:`describe_error` returns, characters.
 MAX_DESCRIPTION = 300
 
-_SECRET_IN_TEXT_RE = re.compile(
-    r"(?i)\b(x-amz-signature|x-amz-credential|x-amz-security-token|signature|awsaccesskeyid|sig"
-    r"|x-goog-signature|x-goog-credential|token|access_token|api_key|apikey)=[^&\s'\"()]+"
-)
 _CONNECTION_REPR_RE = re.compile(r"<[^>]*>:\s*")
 
 
@@ -26,7 +22,7 @@ def safe_text(text: str) -> str:
     Catches them in bare paths too (``/key?X-Amz-Signature=...`` in a urllib3 message), not only in
     full URLs.
     """
-    return _SECRET_IN_TEXT_RE.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+    return redact_text(text)
 
 
 def innermost_error(exc: BaseException, depth: int = 5) -> BaseException:

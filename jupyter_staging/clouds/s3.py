@@ -120,16 +120,26 @@ def shared_s3_client() -> Any:
         return client
 
 
+#: Bucket names the S3 API accepts (botocore's parameter validation; new buckets are stricter).
+BUCKET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+
+
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/key`` -> ``("bucket", "key")`` (key may be ``""`` or end in ``/``).
 
-    Raises :class:`InvalidRequest` (code ``invalid_request``) without a bucket name.
+    Raises :class:`InvalidRequest` (code ``invalid_source``) without a valid bucket name (letters,
+    digits, ``.``, ``-``, ``_``; 1-255 characters, as the S3 API's parameter validation accepts) or with a
+    key over 1,024 bytes (the S3 limit).
     """
     if not uri.lower().startswith("s3://"):
-        raise InvalidRequest(f"not an s3:// URI: {uri!r}")
+        raise InvalidRequest(f"not an s3:// URI: {uri[:200]!r}", code="invalid_source")
     bucket, _, key = uri[5:].partition("/")
-    if not bucket or "\x00" in uri:
-        raise InvalidRequest(f"S3 URI {uri!r} must look like s3://bucket/key or s3://bucket/prefix/")
+    if not BUCKET_NAME_RE.fullmatch(bucket) or "\x00" in uri or len(key.encode()) > 1024:
+        raise InvalidRequest(
+            f"S3 URI {uri[:200]!r} must look like s3://bucket/key or s3://bucket/prefix/ "
+            "(bucket: letters, digits, '.', '-', '_'; key: at most 1024 bytes)",
+            code="invalid_source",
+        )
     return bucket, key
 
 

@@ -28,6 +28,9 @@ class Destination(abc.ABC):
 
     #: True for object stores: chunk paths are object URIs and ready chunks have presigned URLs.
     remote: bool = False
+    #: The root ``workdir`` is confined to, for writes by descriptor
+    #: (:class:`~jupyter_staging.safety.partfile.PartFile` ``root=``); None for a private scratch folder.
+    confinement_root: Path | None = None
 
     def __init__(self, job_id: str, workdir: Path) -> None:
         self.job_id = job_id
@@ -74,6 +77,15 @@ class Destination(abc.ABC):
     ) -> int:
         """Delete what the job wrote: partial and scratch files always, its published output and manifest
         unless ``keep_ready``. Returns the number of files (objects) deleted."""
+
+    def confined(self, *, create: bool = False) -> None:
+        """Check that :attr:`workdir` is still reached from :attr:`confinement_root` without a symlink
+        (with ``create``, make what is missing, by descriptor). Called when a job starts or resumes, before
+        it publishes, acknowledges with ``delete_on_ack`` and cleans up. Raises
+        :class:`~jupyter_staging.errors.PathNotAllowed` (``path_not_allowed``) when a folder on the way
+        became a symlink or a file. The default (object stores: a private scratch folder) checks nothing.
+        """
+        return None
 
     def presign(self, chunk_path: str, expires_seconds: int) -> tuple[str, datetime] | None:
         """A presigned GET URL of a published chunk and its expiry time (UTC), or None when the

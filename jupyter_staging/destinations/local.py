@@ -1,24 +1,46 @@
-"""A folder below the server's root as a job's destination: files are written in place."""
+"""A folder below the server's root as a job's destination: files are written in place.
+
+Every write and removal goes through directory descriptors opened from the server's root without following
+a symlink (:mod:`jupyter_staging.safety.dirfd`): a folder swapped for a symlink while a job is queued or
+paused is refused with ``path_not_allowed``, and nothing outside the root is written or removed.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
-from pathlib import Path
+import stat
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from jupyter_staging.destinations.base import Destination, remove_tree_if_empty, scratch_dir, within
-from jupyter_staging.destinations.manifest import MANIFEST_NAME, read_manifest, write_manifest
+from jupyter_staging.destinations.base import Destination, scratch_dir
+from jupyter_staging.destinations.manifest import MANIFEST_NAME, read_manifest
+from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.control import JobControl
-from jupyter_staging.safety.partfile import PART_SUFFIX, part_path
+from jupyter_staging.safety.dirfd import (
+    components,
+    folder_fd,
+    lstat_at,
+    open_below,
+    open_folder,
+    read_file_at,
+    rmdir_at,
+    unlink_at,
+)
+from jupyter_staging.safety.partfile import PART_SUFFIX, PartFile
 
 
 class LocalDestination(Destination):
     """A folder ``rel`` below ``root_dir`` (already validated by
-    :func:`~jupyter_staging.safety.paths.resolve_destination`). Files are written in place."""
+    :func:`~jupyter_staging.safety.paths.resolve_destination`). Files are written in place, by
+    descriptor (:attr:`confinement_root` is ``root_dir``)."""
 
     def __init__(self, job_id: str, root_dir: Path, rel: str) -> None:
         super().__init__(job_id, root_dir / rel)
         self.root_dir = root_dir
+        self.rel = rel
+        self.confinement_root = root_dir
 
     def put(
         self,
@@ -32,66 +54,154 @@ class LocalDestination(Destination):
     ) -> str:
         return rel
 
+    def confined(self, *, create: bool = False) -> None:
+        """Re-open the destination folder from the root, one component at a time with ``O_NOFOLLOW``
+        (with ``create``, missing folders are made by descriptor; without, a missing folder is fine: it
+        will be made so). Raises :class:`PathNotAllowed` (``path_not_allowed``) when a component is a
+        symlink or a file."""
+        try:
+            fd = open_folder(self.root_dir, self.rel, create=create)
+        except FileNotFoundError:
+            return
+        os.close(fd)
+
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        write_manifest(self.workdir, manifest)
+        """Write ``manifest.json`` (``.part`` by descriptor, then ``linkat``; never overwrites)."""
+        out = PartFile(self.workdir / MANIFEST_NAME, root=self.root_dir)
+        try:
+            out.write(json.dumps(manifest, indent=2, sort_keys=False).encode() + b"\n")
+            out.commit()
+        except BaseException:
+            out.discard()
+            raise
 
     def read_manifest(self) -> dict[str, Any] | None:
         return read_manifest(self.workdir)
 
     def remove_chunk(self, chunk_path: str) -> bool:
-        dest = self.workdir.resolve()
-        path = dest / chunk_path
-        if path.parent.resolve().is_relative_to(dest) and (path.is_file() or path.is_symlink()):
-            path.unlink()
-            return True
-        return False
+        """Delete output file ``chunk_path`` (relative to the folder) by descriptor; a symlink is removed,
+        never followed. Raises :class:`PathNotAllowed` when a folder on the way is a symlink."""
+        parts = components(chunk_path)
+        if not parts:
+            return False
+        try:
+            with folder_fd(self.root_dir, PurePosixPath(self.rel, *parts[:-1])) as fd:
+                return unlink_at(fd, parts[-1])
+        except FileNotFoundError:
+            return False
 
     def remove(
         self, chunk_paths: list[str], item_names: list[str], convert_dirs: list[str], *, keep_ready: bool
     ) -> int:
-        """Only paths inside the destination folder are touched; a symlink is removed, never followed."""
-        dest = self.workdir.resolve()
-        if not within(dest, self.root_dir) or dest == self.root_dir:
+        """Only entries inside the destination folder are touched, by descriptor from the root; a symlink
+        is removed, never followed. A destination equal to the root, missing, or reached through a symlink
+        is left alone (0)."""
+        if not components(self.rel):
             return 0
-        removed = 0
-
-        def unlink(path: Path) -> None:
-            nonlocal removed
-            if not within(path.parent.resolve(), dest):
-                return
-            try:
-                if path.is_symlink() or path.is_file():
-                    path.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                pass
-
-        folders: set[Path] = set()
-        for chunk_path in chunk_paths:
-            path = dest / chunk_path
-            folders.add(path.parent)
-            unlink(part_path(path))
-            if not keep_ready:
-                unlink(path)
-        for name in item_names:
-            path = dest / name
-            folders.add(path.parent)
-            unlink(part_path(path))
-        for out_dir in convert_dirs:
-            folder = dest / out_dir
-            folders.add(folder)
-            if folder.is_dir() and not folder.is_symlink():
-                for part in folder.glob(f"*{PART_SUFFIX}"):
-                    unlink(part)
-        scratch = scratch_dir(dest, self.job_id)
-        if scratch.is_dir() and not scratch.is_symlink():
-            shutil.rmtree(scratch, ignore_errors=True)
-        if not keep_ready:
-            manifest = read_manifest(dest) if (dest / MANIFEST_NAME).is_file() else None
-            if manifest is not None and manifest.get("job_id") == self.job_id:
-                unlink(dest / MANIFEST_NAME)
-        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
-            if within(folder.resolve(), dest):
-                remove_tree_if_empty(folder, dest.parent)
-        remove_tree_if_empty(dest, dest.parent)
+        try:
+            dest_fd = open_folder(self.root_dir, self.rel)
+        except (FileNotFoundError, PathNotAllowed):
+            return 0
+        try:
+            removed = self._remove_below(
+                dest_fd, chunk_paths, item_names, convert_dirs, keep_ready=keep_ready
+            )
+        finally:
+            os.close(dest_fd)
+        parent, name = PurePosixPath(self.rel).parent, PurePosixPath(self.rel).name
+        try:
+            with folder_fd(self.root_dir, parent) as parent_fd:
+                rmdir_at(parent_fd, name)
+        except (FileNotFoundError, PathNotAllowed):
+            pass
         return removed
+
+    def _remove_below(
+        self,
+        dest_fd: int,
+        chunk_paths: list[str],
+        item_names: list[str],
+        convert_dirs: list[str],
+        *,
+        keep_ready: bool,
+    ) -> int:
+        """The work of :meth:`remove` inside the open destination folder ``dest_fd``."""
+        removed = 0
+        folders: set[tuple[str, ...]] = set()
+        for rel, keep in [(p, keep_ready) for p in chunk_paths] + [(n, True) for n in item_names]:
+            parts = _parts(rel)
+            if parts:
+                folders.add(tuple(parts[:-1]))
+                removed += _unlink_below(dest_fd, parts[:-1], parts[-1] + PART_SUFFIX)
+                if not keep:
+                    removed += _unlink_below(dest_fd, parts[:-1], parts[-1])
+        for out_dir in convert_dirs:
+            parts = _parts(out_dir)
+            if parts:
+                folders.add(tuple(parts))
+                removed += _remove_parts_in(dest_fd, parts)
+        scratch = scratch_dir(Path(), self.job_id).name
+        st = lstat_at(dest_fd, scratch)
+        if st is not None and stat.S_ISDIR(st.st_mode):  # lstat: a symlink is not a folder
+            shutil.rmtree(scratch, ignore_errors=True, dir_fd=dest_fd)  # type: ignore[call-arg]
+        if not keep_ready and self._own_manifest(dest_fd):
+            removed += _unlink_below(dest_fd, [], MANIFEST_NAME)
+        for chain in sorted(folders, key=len, reverse=True):
+            _rmdir_chain(dest_fd, list(chain))
+        return removed
+
+    def _own_manifest(self, dest_fd: int) -> bool:
+        """True when ``manifest.json`` in ``dest_fd`` is a regular file written by this job."""
+        try:
+            data = read_file_at(dest_fd, MANIFEST_NAME)
+            manifest = json.loads(data) if data is not None else None
+        except (PathNotAllowed, ValueError, OSError):
+            return False
+        return isinstance(manifest, dict) and manifest.get("job_id") == self.job_id
+
+
+def _parts(rel: str) -> list[str]:
+    """The components of a stored relative path, or ``[]`` when it is not one (then it is skipped)."""
+    try:
+        return components(rel)
+    except PathNotAllowed:
+        return []
+
+
+def _unlink_below(dest_fd: int, folder: list[str], name: str) -> int:
+    """Remove ``folder/name`` below ``dest_fd`` (1) or nothing (0), by descriptor."""
+    try:
+        fd = open_below(dest_fd, PurePosixPath(*folder))
+    except (FileNotFoundError, PathNotAllowed):
+        return 0
+    try:
+        return int(unlink_at(fd, name))
+    finally:
+        os.close(fd)
+
+
+def _remove_parts_in(dest_fd: int, folder: list[str]) -> int:
+    """Remove every ``*.part`` right in ``folder`` below ``dest_fd``; returns how many."""
+    try:
+        fd = open_below(dest_fd, PurePosixPath(*folder))
+    except (FileNotFoundError, PathNotAllowed):
+        return 0
+    try:
+        return sum(unlink_at(fd, name) for name in os.listdir(fd) if name.endswith(PART_SUFFIX))
+    finally:
+        os.close(fd)
+
+
+def _rmdir_chain(dest_fd: int, folder: list[str]) -> None:
+    """Remove ``folder`` below ``dest_fd`` and its parents up to ``dest_fd`` while they are empty."""
+    while folder:
+        try:
+            with_fd = open_below(dest_fd, PurePosixPath(*folder[:-1]))
+        except (FileNotFoundError, PathNotAllowed):
+            return
+        try:
+            if not rmdir_at(with_fd, folder[-1]):
+                return
+        finally:
+            os.close(with_fd)
+        folder = folder[:-1]

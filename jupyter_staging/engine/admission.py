@@ -2,8 +2,9 @@
 
 Everything a request can get wrong is found here, before a job exists: the method against the source, the
 destination's confinement (:func:`~jupyter_staging.safety.paths.resolve_destination`), a destination that
-already holds a job's output, an object-store prefix. Sources holding secrets are stored redacted and
-their raw form sealed (:mod:`jupyter_staging.safety.sealed`).
+already holds a job's output, an object-store prefix, and — when ``min_free_bytes`` or ``quota_bytes`` is
+set — room for the job's known size (:mod:`~jupyter_staging.engine.space`). Sources holding secrets are
+stored redacted and their raw form sealed (:mod:`jupyter_staging.safety.sealed`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from jupyter_staging.destinations.registry import (
     is_object_destination,
     object_destination,
 )
-from jupyter_staging.engine.freshness import request_key
+from jupyter_staging.engine.freshness import locator_identity, request_key
 from jupyter_staging.engine.models import CreateJob, JobState
 from jupyter_staging.engine.placement import Placement, Placer, describe_changes, swap_folder
+from jupyter_staging.engine.records import dump_item
+from jupyter_staging.engine.space import Listing, SpaceLimits, list_sources
 from jupyter_staging.engine.store import JobRecord, Store, utcnow
 from jupyter_staging.errors import InvalidRequest, PathNotAllowed, SourceNotFound
 from jupyter_staging.safety.paths import resolve_destination
@@ -80,6 +83,9 @@ class Admitted:
     created: bool
     described: str
     placement: Placement | None = None
+    #: ``"3 file(s) to stage, 1024 bytes"`` when admission listed the sources for the space check and
+    #: handed the listing to the runner (which then does not list again); else None.
+    listed: str | None = None
 
     @property
     def up_to_date(self) -> bool:
@@ -88,11 +94,13 @@ class Admitted:
 
 
 def identity(request: CreateJob, plan: SourcePlan) -> dict[str, Any]:
-    """What makes two requests the same (hashed by :func:`request_key`): sources as shown (redacted, so a
-    freshly presigned URL of the same object matches), method and every option that shapes the output."""
+    """What makes two requests the same (hashed by :func:`request_key`): the objects the sources name
+    (:func:`~jupyter_staging.engine.freshness.locator_identity`: a freshly presigned URL of the same object
+    matches, ``?id=1`` and ``?id=2`` do not), method and every option that shapes the output."""
+    entries = request.entry_sources()
     return {
-        "source": plan.shown_source if plan.entries is None else None,
-        "entries": plan.entries,
+        "source": locator_identity(request.source) if request.source is not None else None,
+        "entries": {k: locator_identity(v) for k, v in entries.items()} if entries is not None else None,
         "method": plan.method,
         "convert": request.convert.model_dump() if request.convert else None,
         "checksum": request.checksum,
@@ -136,7 +144,9 @@ class Admission:
     """Validates requests and inserts queued :class:`~jupyter_staging.engine.store.JobRecord` s.
 
     ``root_dir`` confines local destinations; ``staging_dir`` (relative to it) is the parent of default
-    destinations; ``source_roots``, when set, are the only local folders a job may read.
+    destinations; ``source_roots``, when set, are the only local folders a job may read;
+    ``min_free_bytes`` / ``quota_bytes`` (0: off) are the space rules of
+    :class:`~jupyter_staging.engine.space.SpaceLimits`.
     """
 
     def __init__(
@@ -147,6 +157,8 @@ class Admission:
         root_dir: Path,
         staging_dir: str,
         source_roots: list[str] | None,
+        min_free_bytes: int = 0,
+        quota_bytes: int = 0,
     ) -> None:
         self.store = store
         self.secrets = secrets
@@ -154,6 +166,7 @@ class Admission:
         self.staging_dir = staging_dir
         self.source_roots = source_roots
         self.placer = Placer(store, root_dir=root_dir, staging_dir=staging_dir, source_roots=source_roots)
+        self.space = SpaceLimits(store, root_dir, min_free_bytes=min_free_bytes, quota_bytes=quota_bytes)
         self._lock = threading.Lock()
 
     def admit(self, request: CreateJob, owner: str) -> Admitted:
@@ -161,11 +174,14 @@ class Admission:
         answers it: the same ``idempotency_key``, the same request still running, or (``if_exists="reuse"``)
         unchanged output in the destination (:mod:`~jupyter_staging.engine.placement`).
 
-        Raises :class:`InvalidRequest` / :class:`PathNotAllowed` (400), :class:`SourceNotFound` (400)
-        and :class:`DestinationExists` (409), as :meth:`StagingManager.create` documents.
+        Raises :class:`InvalidRequest` / :class:`PathNotAllowed` (400), :class:`SourceNotFound` (400),
+        :class:`DestinationExists` (409) and :class:`~jupyter_staging.errors.InsufficientSpace` (409), as
+        :meth:`StagingManager.create` documents.
         """
         remote = is_object_destination(request.destination)
         self._check_remote(request, remote)
+        # Listed before the lock: a HEAD or an S3 listing must not hold up other requests.
+        listing = self._list_for_space(request) if self.space.enabled and not remote else None
         with self._lock:
             if request.idempotency_key:
                 existing = self.store.find_by_idempotency_key(owner, request.idempotency_key)
@@ -190,10 +206,43 @@ class Admission:
                 earlier = placement.reuse or placement.active
                 if earlier is not None:
                     return Admitted(earlier, created=False, described=plan.described, placement=placement)
+            if listing is not None:
+                self.space.check(listing, placement.rel)
             rec = self._record(request, plan, owner, job_id, placement.rel)
             rec.resume = run_options(request, key, job_id, placement)
+            listed = self._hand_over(rec, request, listing) if listing is not None else None
             self.store.add_job(rec)
-        return Admitted(rec, created=True, described=plan.described, placement=placement)
+        return Admitted(rec, created=True, described=plan.described, placement=placement, listed=listed)
+
+    def _list_for_space(self, request: CreateJob) -> Listing:
+        """The request's sources listed for the space check (never raises; see
+        :func:`~jupyter_staging.engine.space.list_sources`)."""
+        entries = request.entry_sources()
+        sources: dict[str | None, str] = (
+            dict(entries.items()) if entries is not None else {None: str(request.source)}
+        )
+        return list_sources(sources, source_roots=self.source_roots)
+
+    def _hand_over(self, rec: JobRecord, request: CreateJob, listing: Listing) -> str | None:
+        """Put what admission listed into the new job's resume data, as the runner would have stored it,
+        so that it does not list (HEAD, S3 listing) again. Returns the log line saying so, or None."""
+        rec.resume = rec.resume if rec.resume is not None else {}
+        if request.manifest is not None:
+            rec.resume["entries"] = {
+                name: {"items": [dump_item(i, self.secrets) for i in items]}
+                for name, items in listing.items.items()
+                if name is not None
+            }
+            return None
+        items = listing.items.get(None)
+        if items is None:
+            return None
+        rec.resume["items"] = [dump_item(i, self.secrets) for i in items]
+        rec.bytes_total = listing.exact_total
+        if request.convert is None and not (request.unpack or request.decompress):
+            rec.chunks_total = len(items)
+        total = rec.bytes_total if rec.bytes_total is not None else "?"
+        return f"{len(items)} file(s) to stage, {total} bytes"
 
     def _place(self, request: CreateJob, plan: SourcePlan, key: str) -> Placement:
         """The placement of a request into a local folder (checked: see :func:`resolve_destination`)."""

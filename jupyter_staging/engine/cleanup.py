@@ -23,9 +23,12 @@ def remove_job_output(host: JobHost, rec: JobRecord, *, keep_ready: bool) -> int
 
     Only the job's own destination is touched: paths inside its folder (a symlink is removed, never
     followed) or keys below ``prefix/<job_id>/``. Raises
-    :class:`~jupyter_staging.errors.TransferFailed` when the object store cannot be cleaned.
+    :class:`~jupyter_staging.errors.TransferFailed` when the object store cannot be cleaned, and
+    :class:`~jupyter_staging.errors.PathNotAllowed` (nothing removed) when the destination folder is
+    reached through a symlink (``Destination.confined``).
     """
     destination = host.destination_of(rec)
+    destination.confined()
     resume = rec.resume or {}
     chunk_paths = [destination.relative(c.path) for c in host.store.list_chunks(rec.id)]
     return destination.remove(

@@ -20,7 +20,6 @@ from jupyter_staging.engine.store import JobRecord
 from jupyter_staging.errors import TransferFailed
 from jupyter_staging.formats.convert import convert_to_parquet
 from jupyter_staging.formats.detect import detect_format, is_table
-from jupyter_staging.safety.partfile import publish
 from jupyter_staging.safety.paths import check_output_name
 from jupyter_staging.sources.base import Source, SourceItem
 
@@ -252,11 +251,10 @@ class ConvertingStager(ItemStager):
             self._log("info", f"{item.name}: {why}; staged as it is")
         final = self.dest.workdir / item.name
         if downloaded is not None:
-            final.parent.mkdir(parents=True, exist_ok=True)
             if self.dest.remote and final.is_file():
                 downloaded.unlink()  # moved here by an earlier run that stopped before the upload
             else:
-                publish(downloaded, final)
+                self._publish_local(downloaded, final)
             size, sha = final.stat().st_size, sha256_file(final)
         else:
             size, sha = self._stage_file(

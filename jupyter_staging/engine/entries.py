@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from jupyter_staging.engine.expansion import ExpandingStager
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.store import JobRecord
-from jupyter_staging.errors import JobInterrupted, StagingError
+from jupyter_staging.errors import JobInterrupted, as_staging_error
 from jupyter_staging.safety.paths import check_output_name
 from jupyter_staging.safety.redact import redact_text
 from jupyter_staging.sources.base import SourceItem
@@ -30,9 +30,12 @@ MANIFEST_CONCURRENCY = 4
 
 
 def error_of(exc: BaseException) -> dict[str, str]:
-    """``{"code", "message"}`` of an entry's failure, secrets redacted."""
-    if isinstance(exc, StagingError):
-        return {"code": exc.code, "message": redact_text(exc.message)}
+    """``{"code", "message"}`` of an entry's failure, secrets redacted: a :class:`StagingError`'s own code,
+    ``no_space`` for a full disk (``ENOSPC`` / ``EDQUOT``: this entry fails alone), else
+    ``internal_error``."""
+    known = as_staging_error(exc)
+    if known is not None:
+        return {"code": known.code, "message": redact_text(known.message)}
     return {"code": "internal_error", "message": f"unexpected error: {type(exc).__name__}"}
 
 

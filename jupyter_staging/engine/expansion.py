@@ -27,7 +27,6 @@ from jupyter_staging.formats.archives import (
     unpack,
 )
 from jupyter_staging.formats.detect import detect_format, is_table
-from jupyter_staging.safety.partfile import publish
 from jupyter_staging.safety.paths import check_output_name
 from jupyter_staging.sources.base import Source, SourceItem
 
@@ -121,8 +120,7 @@ class ExpandingStager(ConvertingStager):
             self._convert_file(path, rel, opts, entry)
             return
         final = self.dest.workdir / rel
-        final.parent.mkdir(parents=True, exist_ok=True)
-        publish(path, final)
+        self._publish_local(path, final)
         chunk = self._new_chunk(path=rel, state=ChunkState.pending.value, bytes=extracted.size, entry=entry)
         stored = self.dest.put(
             final, rel, size=extracted.size, sha256=extracted.sha256, content_type=None, control=self.control

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from jupyter_staging.engine.store import JobRecord
 from jupyter_staging.sources.base import SourceItem
@@ -24,6 +25,46 @@ from jupyter_staging.sources.registry import open_source
 
 #: Sources (manifest entries) whose fingerprints are read at the same time.
 CHECK_CONCURRENCY = 16
+
+#: Query parameters of presigned URLs that change with every signing but do not name another object:
+#: AWS SigV4 / SigV2, Google, Azure SAS (``sig``, ``se``, ...), CloudFront.
+_SIGNING_PREFIXES = ("x-amz-", "x-goog-")
+_SIGNING_PARAMS = frozenset(
+    {
+        "sig",
+        "se",
+        "st",
+        "sp",
+        "sv",
+        "sr",
+        "spr",
+        "ss",
+        "srt",
+        "si",
+        "skoid",
+        "sktid",
+        "skt",
+        "ske",
+        "sks",
+        "skv",
+    }
+    | {"signature", "expires", "awsaccesskeyid", "key-pair-id", "policy", "googleaccessid"}
+)
+
+
+def locator_identity(uri: str) -> str:
+    """A hex digest naming the object ``uri`` points at: the raw URI (secrets included: only its digest is
+    kept) without the query parameters that change with every presigning, so a freshly presigned URL of
+    the same object has the same identity, while ``?id=1`` and ``?id=2`` do not."""
+    if "://" in uri and "?" in uri:
+        parts = urlsplit(uri)
+        kept = [
+            (name, value)
+            for name, value in parse_qsl(parts.query, keep_blank_values=True)
+            if not name.lower().startswith(_SIGNING_PREFIXES) and name.lower() not in _SIGNING_PARAMS
+        ]
+        uri = urlunsplit(parts._replace(query=urlencode(sorted(kept)), fragment=""))
+    return hashlib.sha256(uri.encode()).hexdigest()
 
 
 def request_key(identity: dict[str, Any]) -> str:

@@ -12,27 +12,29 @@ import hashlib
 import json
 import os
 import threading
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from jupyter_staging.destinations.base import Destination
 from jupyter_staging.destinations.manifest import read_manifest
+from jupyter_staging.engine.freshness import locator_identity
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.progress import LiveProgress
+from jupyter_staging.engine.records import dump_item, load_item
 from jupyter_staging.engine.staged import StagedIndex
 from jupyter_staging.engine.store import ChunkRecord
 from jupyter_staging.errors import (
     ChecksumMismatch,
     DestinationExists,
     JobInterrupted,
+    PathNotAllowed,
     TransferFailed,
     VerificationFailed,
 )
 from jupyter_staging.safety.control import JobControl
-from jupyter_staging.safety.partfile import BLOCK_SIZE, PartFile, copy_file, part_path
-from jupyter_staging.safety.redact import redact_url
+from jupyter_staging.safety.dirfd import folder_fd, lstat_at, open_existing, publish_at, rename_at
+from jupyter_staging.safety.partfile import BLOCK_SIZE, PartFile, copy_file, part_path, publish
 from jupyter_staging.sources.base import Source, SourceItem
 
 
@@ -98,21 +100,11 @@ class ItemStager:
             self.store.update_job(self.job_id, resume=copy.deepcopy(self.resume))
 
     def _dump_item(self, item: SourceItem) -> dict[str, Any]:
-        """``item`` as JSON for the database: a locator holding a secret (a presigned URL) is stored
-        redacted, its raw form sealed (:mod:`jupyter_staging.safety.sealed`)."""
-        data = asdict(item)
-        shown = redact_url(item.locator)
-        if shown != item.locator:
-            data["locator"] = shown
-            data["sealed"] = self.host.secrets.seal(item.locator)
-        return data
+        """``item`` as JSON for the database (:func:`~jupyter_staging.engine.records.dump_item`)."""
+        return dump_item(item, self.host.secrets)
 
     def _load_item(self, data: dict[str, Any]) -> SourceItem:
-        data = dict(data)
-        sealed = data.pop("sealed", None)
-        if sealed:
-            data["locator"] = self.host.secrets.open(sealed)
-        return SourceItem(**data)
+        return load_item(data, self.host.secrets)
 
     def _count_done(self, chunks: list[ChunkRecord]) -> None:
         done = [c for c in chunks if c.state in (ChunkState.ready.value, ChunkState.acked.value)]
@@ -157,7 +149,7 @@ class ItemStager:
         self, source: Source, method: str, item: SourceItem, final: Path, *, recovering: bool
     ) -> tuple[int, str]:
         """Bring one item to ``final``; returns ``(size_bytes, sha256_hex)``."""
-        final.parent.mkdir(parents=True, exist_ok=True)
+        self._make_folder(final)
         if final.exists() and not part_path(final).exists() and (recovering or self.dest.remote):
             # Published by this job just before it stopped, before the chunk was recorded. An object-store
             # job's work folder is its own private scratch folder: whatever is published there is ours.
@@ -207,24 +199,100 @@ class ItemStager:
         without user xattrs it is kept in the job's resume data instead."""
         part = part_path(final)
         tag = owner_tag(self.job_id, item.validator)
-        if (part.exists() or part.is_symlink()) and self._part_owner(item, part) != tag:
-            aside = part.with_name(f"{part.name}.set-aside-{self.job_id[:8]}")
-            if aside.exists() or aside.is_symlink():
-                aside.unlink()
-            os.rename(part, aside)  # renames a planted symlink itself, never its target
-            self._log(
-                "warning",
-                f"{item.name}: a partial file this job did not write for this version of the source was "
-                f"set aside as {aside.name}; starting from byte 0",
-            )
-        out = PartFile(final, resume=True, md5=md5)
+        root = self.dest.confinement_root
+        if root is None:
+            if (part.exists() or part.is_symlink()) and self._part_owner(item, part) != tag:
+                aside = part.with_name(f"{part.name}.set-aside-{self.job_id[:8]}")
+                if aside.exists() or aside.is_symlink():
+                    aside.unlink()
+                os.rename(part, aside)  # renames a planted symlink itself, never its target
+                self._log_set_aside(item, aside.name)
+        else:
+            with folder_fd(root, self._folder_below_root(final), create=True) as fd:
+                if lstat_at(fd, part.name) is not None and self._part_owner_at(item, fd, part.name) != tag:
+                    aside_name = f"{part.name}.set-aside-{self.job_id[:8]}"
+                    rename_at(fd, part.name, aside_name)  # a planted symlink itself, never its target
+                    self._log_set_aside(item, aside_name)
+        out = PartFile(final, resume=True, md5=md5, root=root)
         try:
-            os.setxattr(out.part, OWNER_XATTR, tag.encode(), follow_symlinks=False)
+            os.setxattr(out.fileno(), OWNER_XATTR, tag.encode())
         except OSError:  # no user xattrs here: remember it in the resume data (one database write)
             with self._lock:
                 self.resume.setdefault("parts", {})[item.name] = tag
                 self._save_resume()
         return out
+
+    def _log_set_aside(self, item: SourceItem, aside_name: str) -> None:
+        self._log(
+            "warning",
+            f"{item.name}: a partial file this job did not write for this version of the source was "
+            f"set aside as {aside_name}; starting from byte 0",
+        )
+
+    def _part_owner_at(self, item: SourceItem, dir_fd: int, name: str) -> str | None:
+        """The owner tag of part file ``name`` in ``dir_fd`` (opened without following a symlink: a
+        planted symlink has no owner), else the resume data's, or None."""
+        try:
+            fd = open_existing(dir_fd, name, os.O_RDONLY | os.O_NONBLOCK)
+        except PathNotAllowed:
+            return None
+        if fd is not None:
+            try:
+                return os.getxattr(fd, OWNER_XATTR).decode()
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        with self._lock:
+            return (self.resume.get("parts") or {}).get(item.name)
+
+    # -- writing below the confinement root (by descriptor for local folders) ------------------------
+
+    def _folder_below_root(self, final: Path) -> str:
+        """The folder of ``final`` relative to the destination's confinement root (POSIX)."""
+        root = self.dest.confinement_root
+        assert root is not None
+        try:
+            return final.parent.relative_to(root).as_posix()
+        except ValueError:
+            raise PathNotAllowed(f"{final.name}: its folder is outside the server's root") from None
+
+    def _make_folder(self, final: Path) -> None:
+        """Make the folder of ``final``: by descriptor from the confinement root (no symlink followed),
+        or by path for a private scratch folder."""
+        if self.dest.confinement_root is None:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            return
+        with folder_fd(self.dest.confinement_root, self._folder_below_root(final), create=True):
+            pass
+
+    def _link_into(self, src: Path, final: Path, *, symbolic: bool) -> None:
+        """Hard-link (or symlink) ``src`` as ``final``, in ``final``'s folder opened by descriptor from
+        the confinement root. Raises :class:`FileExistsError` when ``final`` exists."""
+        root = self.dest.confinement_root
+        if root is None:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(src, final) if symbolic else os.link(src, final)
+            return
+        with folder_fd(root, self._folder_below_root(final), create=True) as fd:
+            if symbolic:
+                os.symlink(src, final.name, dir_fd=fd)
+            else:
+                os.link(src, final.name, dst_dir_fd=fd)
+
+    def _publish_local(self, path: Path, final: Path) -> None:
+        """Give the complete file ``path`` (below the destination) the name ``final``, never replacing
+        anything: by descriptor from the confinement root (``linkat``), else by path."""
+        root = self.dest.confinement_root
+        if root is None:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            publish(path, final)
+            return
+        with (
+            folder_fd(root, self._folder_below_root(path)) as src_fd,
+            folder_fd(root, self._folder_below_root(final), create=True) as dst_fd,
+        ):
+            publish_at(src_fd, path.name, dst_fd, final.name)
 
     def _part_owner(self, item: SourceItem, part: Path) -> str | None:
         """The owner tag of an existing part file (its xattr, else the resume data), or None."""
@@ -263,14 +331,13 @@ class ItemStager:
         fingerprint. Copied with ``copy_file_range`` and verified against the recorded sha256; a copy that
         no longer matches (edited since) is dropped and the item is fetched. Returns ``(size, sha256)``."""
         sums = self._expected_checksums(item)
-        found = self.staged.find(sums.get("sha256"), redact_url(item.locator), item.validator)
+        found = self.staged.find(sums.get("sha256"), locator_identity(item.locator), item.validator)
         if found is None:
             return None
         path, size, digest = found
         if item.size is not None and size != item.size:
             return None
-        final.parent.mkdir(parents=True, exist_ok=True)
-        out = PartFile(final, md5="md5" in sums)
+        out = PartFile(final, md5="md5" in sums, root=self.dest.confinement_root)
         try:
             copy_file(path, out, self.control)
             result = out.commit(size, checksums={**sums, "sha256": digest})
@@ -318,11 +385,10 @@ class ItemStager:
         src = self.replaced_folder / rel
         if not src.is_file() or src.is_symlink() or src.stat().st_size != old.get("size"):
             return None
-        final.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(src, final)
+            self._link_into(src, final, symbolic=False)
         except OSError:
-            out = PartFile(final)
+            out = PartFile(final, root=self.dest.confinement_root)
             copy_file(src, out, self.control)
             size, digest = out.commit(old.get("size"), checksums={"sha256": old["sha256"]})
         else:
@@ -333,10 +399,7 @@ class ItemStager:
     def _link(self, method: str, item: SourceItem, final: Path) -> tuple[int, str]:
         src = Path(item.locator)
         try:
-            if method == "hardlink":
-                os.link(src, final)
-            else:
-                os.symlink(src, final)
+            self._link_into(src, final, symbolic=method == "symlink")
         except FileExistsError:
             raise DestinationExists(
                 f"{final.name} already exists in the destination; not overwritten"

@@ -33,7 +33,7 @@ from jupyter_staging.engine.models import TRANSITIONS, ChunkState, DescribeJob, 
 from jupyter_staging.engine.progress import PROGRESS_INTERVAL, LiveProgress
 from jupyter_staging.engine.runner import JobRunner
 from jupyter_staging.engine.store import JobRecord, Store, utcnow
-from jupyter_staging.errors import InvalidState, JobNotFound, StagingError
+from jupyter_staging.errors import InvalidState, JobNotFound, StagingError, as_staging_error
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.redact import redact_text
 from jupyter_staging.safety.sealed import SecretBox
@@ -297,10 +297,13 @@ class JobLifecycle:
             self.announce(rec)
 
     def fail(self, job_id: str, error: StagingError | Exception) -> None:
-        """End the job ``failed`` with the error's code (``internal_error`` and the exception's type for
-        anything unexpected; its traceback, redacted, goes to this process's log only)."""
-        if isinstance(error, StagingError):
-            code, message = error.code, error.message
+        """End the job ``failed`` with the error's code: a :class:`StagingError`'s own, ``no_space`` for an
+        :class:`OSError` saying the disk (or the disk quota) is full (``ENOSPC`` / ``EDQUOT``), else
+        ``internal_error`` and the exception's type (its traceback, redacted, goes to this process's log
+        only)."""
+        known = as_staging_error(error)
+        if known is not None:
+            code, message = known.code, known.message
         else:
             # The traceback may quote a URL (a library's exception message): redact it as a log line.
             text = "".join(traceback.format_exception(type(error), error, error.__traceback__))

@@ -68,6 +68,14 @@ class StagingManager(JobLifecycle):
     scratch_dir:
         Local folder (relative to ``root_dir``, or absolute) where jobs writing to object storage prepare
         their files before uploading them. Default: ``<staging_dir>/.staging-scratch``.
+    min_free_bytes:
+        Bytes that must stay free on a local destination's file system: a job whose known size (local
+        files, an HTTP ``Content-Length``, an S3 / Azure listing) would leave less is refused at creation
+        with ``insufficient_space`` (409). 0 (the default): no check, and no listing at creation.
+    quota_bytes:
+        Most bytes the local output of this root's jobs may hold together (queued, running and paused jobs
+        count their announced total); a job that would go beyond it is refused with
+        ``insufficient_space``. 0 (the default): no quota.
     """
 
     def __init__(
@@ -85,6 +93,8 @@ class StagingManager(JobLifecycle):
         max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
         secret_key_file: str | os.PathLike[str] | None = None,
         scratch_dir: str | os.PathLike[str] | None = None,
+        min_free_bytes: int = 0,
+        quota_bytes: int = 0,
     ) -> None:
         install_log_filters()
         root = Path(root_dir).resolve()
@@ -117,6 +127,8 @@ class StagingManager(JobLifecycle):
             root_dir=self.root_dir,
             staging_dir=staging_dir,
             source_roots=self.source_roots,
+            min_free_bytes=min_free_bytes,
+            quota_bytes=quota_bytes,
         )
 
     # -- public API ---------------------------------------------------------------------------------
@@ -140,7 +152,9 @@ class StagingManager(JobLifecycle):
         ``invalid_destination``, ``destination_not_found``...), :class:`SourceNotFound` (400) for a
         missing local source (a missing manifest entry fails later, alone) and :class:`DestinationExists`
         (409) when the destination holds another request's output (or any output, with
-        ``if_exists="error"``), or another request's job is writing there.
+        ``if_exists="error"``), or another request's job is writing there, and
+        :class:`~jupyter_staging.errors.InsufficientSpace` (409, code ``insufficient_space``) when the
+        job's known size would leave less than ``min_free_bytes`` free or exceed ``quota_bytes``.
         """
         owner = owner or self.default_owner
         admitted = self.admission.admit(request, owner)
@@ -153,6 +167,8 @@ class StagingManager(JobLifecycle):
         self.log_event(
             rec.id, "info", f"job created: {admitted.described} -> {rec.destination} ({rec.method})"
         )
+        if admitted.listed:
+            self.log_event(rec.id, "info", admitted.listed)
         swap = (rec.resume or {}).get("swap")
         if swap:
             self.log_event(
@@ -323,12 +339,16 @@ class StagingManager(JobLifecycle):
         """Record that a consumer has read chunk ``chunk_id`` (its index); with the ``delete_on_ack``
         policy its file is deleted at once. Acking twice is harmless.
 
-        Raises :class:`JobNotFound` (code ``chunk_not_found``) and :class:`InvalidState` (code
-        ``chunk_not_ready``) for a chunk whose file is not complete yet.
+        Raises :class:`JobNotFound` (code ``chunk_not_found``), :class:`InvalidState` (code
+        ``chunk_not_ready``) for a chunk whose file is not complete yet, and :class:`PathNotAllowed` (code
+        ``path_not_allowed``, nothing deleted) under ``delete_on_ack`` when the destination folder became
+        a symlink.
         """
         rec = self._record(job_id, owner)
         chunk = self._chunk(job_id, chunk_id)
         index = chunk.index
+        if rec.cleanup_policy == "delete_on_ack":
+            self.destination_of(rec).confined()  # a folder swapped for a symlink: path_not_allowed
         if chunk.state == ChunkState.pending.value:
             raise InvalidState(f"chunk {index} is not ready yet", code="chunk_not_ready")
         if chunk.state == ChunkState.ready.value:

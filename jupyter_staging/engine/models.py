@@ -10,8 +10,13 @@ import enum
 import re
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from jupyter_staging.errors import StagingError
+from jupyter_staging.safety.paths import check_destination_text, check_name_lengths, unsafe_character
 
 
 class JobState(str, enum.Enum):
@@ -62,17 +67,61 @@ Method = Literal["copy", "hardlink", "symlink", "download"]
 CleanupPolicy = Literal["retain", "delete_on_success", "delete_always", "delete_on_ack"]
 
 
+#: Longest ``ttl_seconds`` a request may give: ten years.
+MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
+#: Fewest and most rows per Parquet part a request may ask for (``convert.chunk_rows``).
+MIN_CHUNK_ROWS = 1_000
+MAX_CHUNK_ROWS = 10_000_000
+#: Error codes the request validators give (as ``PydanticCustomError`` types); the server answers a
+#: failed validation with the first of them (:func:`jupyter_staging.server.web.validate`).
+ERROR_CODES = frozenset({"invalid_ttl", "invalid_destination", "name_too_long", "invalid_source"})
+
+
+def custom_error(err: StagingError) -> PydanticCustomError:
+    """``err`` as a pydantic error whose type is its ``code`` (its message is not a template)."""
+    return PydanticCustomError(err.code, "{message}", {"message": err.message})
+
+
+def check_source_text(source: str) -> None:
+    """The checks of a source that need neither network nor file system: a URL must parse (host, port,
+    IPv6 brackets) and name a host; a local path has no name over 255 bytes.
+
+    Raises ``PydanticCustomError`` of type ``invalid_source`` or ``name_too_long`` (the value is not
+    echoed).
+    """
+    if "://" not in source:
+        try:
+            check_name_lengths(source.split("/"), "source")
+        except StagingError as err:
+            raise custom_error(err) from None
+        return
+    try:
+        parts = urlsplit(source)
+        parts.port  # noqa: B018 - parses the port, raising ValueError when it is not one
+    except ValueError:
+        raise PydanticCustomError("invalid_source", "source is not a well-formed URL") from None
+    if (
+        unsafe_character(source) is not None
+        or not parts.netloc
+        or (parts.scheme.lower() in ("http", "https") and not parts.hostname)
+    ):
+        raise PydanticCustomError(
+            "invalid_source", "source is not a well-formed URL (no host, or control characters)"
+        )
+
+
 class ConvertOptions(BaseModel):
     """How to convert a tabular source to chunked Parquet.
 
-    ``chunk_rows`` rows per part file (one chunk each); ``compression`` a Parquet codec; ``hdu`` the FITS
-    HDU index or name holding the table (default: the first table HDU).
+    ``chunk_rows`` rows per part file (one chunk each; an integer, not ``true`` or ``5000.0``; a request
+    asks for :data:`MIN_CHUNK_ROWS` to :data:`MAX_CHUNK_ROWS`, see :class:`CreateJob`); ``compression`` a
+    Parquet codec; ``hdu`` the FITS HDU index or name holding the table (default: the first table HDU).
     """
 
     model_config = ConfigDict(extra="forbid")
 
     format: Literal["parquet"] = "parquet"
-    chunk_rows: int = Field(default=100_000, ge=1, le=100_000_000)
+    chunk_rows: int = Field(default=100_000, ge=1, le=100_000_000, strict=True)
     compression: Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"] = "zstd"
     hdu: int | str | None = None
 
@@ -173,6 +222,49 @@ class CreateJob(BaseModel):
             raise ValueError("must not contain NUL characters")
         return value
 
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_source_text(value)
+        return value
+
+    @field_validator("destination")
+    @classmethod
+    def _destination(cls, value: str | None) -> str | None:
+        """An explicit destination names a folder below the root (omit it for the default folder), with
+        no control character and names of at most 255 bytes; object-store URIs are checked later."""
+        if value is None:
+            return value
+        try:
+            if "://" in value:
+                bad = unsafe_character(value)
+                if bad is not None:
+                    raise PydanticCustomError(
+                        "invalid_destination", "destination contains a control character"
+                    )
+            else:
+                check_destination_text(value)
+        except StagingError as err:
+            raise custom_error(err) from None
+        return value
+
+    @field_validator("ttl_seconds")
+    @classmethod
+    def _ttl(cls, value: int | None) -> int | None:
+        if value is not None and value > MAX_TTL_SECONDS:
+            raise PydanticCustomError(
+                "invalid_ttl", "ttl_seconds is at most {limit} (ten years)", {"limit": MAX_TTL_SECONDS}
+            )
+        return value
+
+    @field_validator("convert")
+    @classmethod
+    def _chunk_rows(cls, value: ConvertOptions | None) -> ConvertOptions | None:
+        if value is not None and not MIN_CHUNK_ROWS <= value.chunk_rows <= MAX_CHUNK_ROWS:
+            raise ValueError(f"chunk_rows must be an integer from {MIN_CHUNK_ROWS} to {MAX_CHUNK_ROWS}")
+        return value
+
     @field_validator("manifest")
     @classmethod
     def _entries(cls, value: dict[str, str | ManifestEntry] | None) -> dict[str, str | ManifestEntry] | None:
@@ -191,6 +283,7 @@ class CreateJob(BaseModel):
             seen.add(name.lower())
             if not source or len(source) > 8192 or "\x00" in source:
                 raise ValueError(f"entry {name!r}: the source must be 1-8192 characters without NUL")
+            check_source_text(source)
         return value
 
     @model_validator(mode="after")

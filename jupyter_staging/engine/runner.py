@@ -90,7 +90,9 @@ class JobRunner(ManifestStager):
         if self.dest.remote:
             make_private_dir(self.dest.workdir)
         else:
-            self.dest.workdir.mkdir(parents=True, exist_ok=True)
+            # Confinement is re-checked at every start and resume: a destination folder swapped for a
+            # symlink meanwhile fails the job with path_not_allowed before a byte is written.
+            self.dest.confined(create=True)
         if entries is not None:
             return self._run_manifest(rec, entries)
         self._run_source(rec, source_uri)
@@ -131,6 +133,7 @@ class JobRunner(ManifestStager):
         chunks = self.store.list_chunks(self.job_id)
         staged = [c for c in chunks if c.state in (ChunkState.ready.value, ChunkState.acked.value)]
         objects = self._manifest_objects(staged)
+        self.dest.confined()  # before publishing the manifest (path_not_allowed if swapped meanwhile)
         self._write_manifest(rec, objects, entries, failures)
         rows = self._record_totals(rec, chunks, staged, failed=bool(failures))
         if self.dest.remote:

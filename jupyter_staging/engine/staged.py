@@ -25,9 +25,9 @@ RECENT_JOBS = 200
 Staged = tuple[Path, int, str]
 
 
-def fingerprint_key(locator: str, fingerprint: dict[str, Any]) -> str:
-    """The lookup key of a source item: its (redacted) locator and fingerprint."""
-    return json.dumps([locator, fingerprint], sort_keys=True, default=str)
+def fingerprint_key(locator_id: str, fingerprint: dict[str, Any]) -> str:
+    """The lookup key of a source item: the identity of the object it names, and its fingerprint."""
+    return json.dumps([locator_id, fingerprint], sort_keys=True, default=str)
 
 
 class StagedIndex:
@@ -40,14 +40,15 @@ class StagedIndex:
         self._by_sha: dict[str, Staged] | None = None
         self._by_fingerprint: dict[str, Staged] = {}
 
-    def find(self, sha256: str | None, locator: str, fingerprint: dict[str, Any]) -> Staged | None:
-        """A staged file with ``sha256``, else one staged from ``locator`` with ``fingerprint``, that is
+    def find(self, sha256: str | None, locator_id: str, fingerprint: dict[str, Any]) -> Staged | None:
+        """A staged file with ``sha256``, else one staged from the object ``locator_id`` names
+        (:func:`~jupyter_staging.engine.freshness.locator_identity`) with ``fingerprint``, that is
         still a regular file of its recorded size; None when there is none."""
         self._build()
         assert self._by_sha is not None
         candidates = [self._by_sha.get(sha256 or "")]
         if fingerprint:
-            candidates.append(self._by_fingerprint.get(fingerprint_key(locator, fingerprint)))
+            candidates.append(self._by_fingerprint.get(fingerprint_key(locator_id, fingerprint)))
         for found in candidates:
             if found is not None and found[0].is_file() and not found[0].is_symlink():
                 if found[0].stat().st_size == found[1]:
@@ -84,6 +85,6 @@ class StagedIndex:
             assert self._by_sha is not None
             self._by_sha.setdefault(chunk.sha256, staged)
             item = items.get(rel)
-            if item is not None and item.get("validator"):
-                key = fingerprint_key(str(item.get("locator", "")), item["validator"])
+            if item is not None and item.get("validator") and item.get("locator_id"):
+                key = fingerprint_key(str(item["locator_id"]), item["validator"])
                 self._by_fingerprint.setdefault(key, staged)

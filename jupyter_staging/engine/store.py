@@ -8,6 +8,9 @@ so callers on an event loop must call it from a worker thread.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,8 +29,15 @@ from sqlalchemy import (
     event,
     select,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+log = logging.getLogger(__name__)
+
+#: Range of a SQL ``INTEGER`` (64-bit signed): larger numbers match no row (SQLite would overflow).
+SQL_INT_MIN, SQL_INT_MAX = -(2**63), 2**63 - 1
+#: Mode of a SQLite job database and its ``-wal`` / ``-shm`` files: read and write by the owner only.
+PRIVATE_FILE_MODE = 0o600
 
 
 def utcnow() -> datetime:
@@ -128,9 +138,43 @@ def aware(value: datetime | None) -> datetime | None:
     return value
 
 
+def sqlite_file(db_url: str) -> str | None:
+    """The file of a SQLite ``db_url`` (None for other databases and in-memory SQLite)."""
+    url = make_url(db_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    if url.database.startswith("file:"):  # a SQLite URI (``?uri=true``): leave its file alone
+        return None
+    return url.database
+
+
+def make_private(path: str) -> None:
+    """Create the SQLite file ``path`` with mode 0600 when missing, and tighten it and its ``-wal`` and
+    ``-shm`` files to 0600 when they allow more (the database holds every job's details). Files of
+    another user are logged and left as they are."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE))
+    except OSError as err:
+        log.warning("cannot create the job database %s: %s", path, err.strerror)
+        return
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            mode = stat.S_IMODE(os.stat(name).st_mode)
+            if mode & ~PRIVATE_FILE_MODE:
+                os.chmod(name, mode & PRIVATE_FILE_MODE)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            log.warning("cannot make %s private (mode 0600): %s", name, err.strerror)
+
+
 def make_engine(db_url: str) -> Engine:
-    """Create an engine for ``db_url``; SQLite gets WAL, foreign keys and thread sharing."""
+    """Create an engine for ``db_url``; SQLite gets WAL, foreign keys and thread sharing, and its file
+    (with ``-wal`` and ``-shm``, which SQLite creates with the database's mode) is 0600."""
     if db_url.startswith("sqlite"):
+        path = sqlite_file(db_url)
+        if path is not None:
+            make_private(path)
         engine = create_engine(
             db_url,
             connect_args={"check_same_thread": False, "timeout": 30},
@@ -144,6 +188,8 @@ def make_engine(db_url: str) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
+            if path is not None:
+                make_private(path)
 
         return engine
     return create_engine(db_url, pool_pre_ping=True)
@@ -253,7 +299,9 @@ class Store(SQLStore):
         return chunk
 
     def get_chunk(self, job_id: str, index: int) -> ChunkRecord | None:
-        """The chunk of ``job_id`` with that index, or None."""
+        """The chunk of ``job_id`` with that index, or None (also for an index no SQL integer holds)."""
+        if not SQL_INT_MIN <= index <= SQL_INT_MAX:
+            return None
         with self.session() as s:
             return s.scalars(
                 select(ChunkRecord).where(ChunkRecord.job_id == job_id, ChunkRecord.index == index)

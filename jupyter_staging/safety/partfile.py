@@ -16,8 +16,24 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
-from jupyter_staging.errors import ChecksumMismatch, DestinationExists, SizeMismatch, VerificationFailed
+from jupyter_staging.errors import (
+    ChecksumMismatch,
+    DestinationExists,
+    PathNotAllowed,
+    SizeMismatch,
+    VerificationFailed,
+)
 from jupyter_staging.safety.control import JobControl
+from jupyter_staging.safety.dirfd import (
+    create_file,
+    folder_fd,
+    lstat_at,
+    open_existing,
+    open_folder,
+    publish_at,
+    same_inode,
+    unlink_at,
+)
 
 #: Size of one read/write block, bytes. 1 MiB blocks in reused buffers stay in the CPU caches; 8 MiB blocks
 #: measured 1.5-1.9x slower here (bench/README.md).
@@ -88,11 +104,25 @@ class PartFile:
     MD5 is computed beside the sha256 over every byte (re-hashed ones included), for sources that state
     an MD5 (S3 single-part ETag, Azure ``Content-MD5``, HTTP ``Content-MD5``) or a user's ``md5:<hex>``.
     Use :meth:`write` for each block, then :meth:`commit`; :meth:`discard` removes the ``.part``.
+
+    With ``root`` (the confinement root ``final`` lies below), the work is done by descriptor
+    (:mod:`jupyter_staging.safety.dirfd`): ``final``'s folder is opened from ``root`` one component at a
+    time without following a symlink (missing folders are made), the ``.part`` is created with
+    ``O_CREAT | O_EXCL | O_NOFOLLOW`` (or resumed with ``O_NOFOLLOW``) in it, and :meth:`commit` publishes
+    with ``linkat`` only after re-opening the folder from ``root`` and finding the same folder. Raises
+    :class:`PathNotAllowed` (``path_not_allowed``) when a folder on the way is (or became) a symlink.
+    Without ``root`` it works by path, as before.
     """
 
-    def __init__(self, final: Path, *, resume: bool = False, md5: bool = False) -> None:
+    def __init__(
+        self, final: Path, *, resume: bool = False, md5: bool = False, root: Path | None = None
+    ) -> None:
         self.final = final
         self.part = part_path(final)
+        #: The confinement root: when given, ``final``'s folder is opened from it by descriptor.
+        self.root = root
+        self._dir_fd: int | None = None
+        self._part_id: tuple[int, int] | None = None
         self._want_md5 = md5
         self.sha256 = hashlib.sha256()
         self.md5 = hashlib.md5(usedforsecurity=False) if md5 else None
@@ -101,19 +131,109 @@ class PartFile:
         self.discarded = 0
         self._reader: io.RawIOBase | None = None
         self._buffer = memoryview(b"")
+        if root is not None:
+            self._fh: BinaryIO = self._open_by_fd(root, resume=resume)
+            if resume:
+                self._rehash()
+            return
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists() or final.is_symlink():
             raise DestinationExists(f"{final.name} already exists in the destination; not overwritten")
         if resume and self.part.exists():
-            self._fh: BinaryIO = open(self.part, "r+b")  # noqa: SIM115 - closed in commit/discard
-            while True:
-                block = self._fh.read(BLOCK_SIZE)
-                if not block:
-                    break
-                self._hash(block)
-                self.offset += len(block)
+            self._fh = open(self.part, "r+b")  # noqa: SIM115 - closed in commit/discard
+            self._rehash()
         else:
             self._fh = open(self.part, "wb")  # noqa: SIM115
+
+    def _open_by_fd(self, root: Path, *, resume: bool) -> BinaryIO:
+        """Open the folder of ``final`` from ``root`` by descriptor (made when missing, no symlink
+        followed) and the ``.part`` in it: an existing regular one kept with ``resume``, else anything
+        of that name removed (a planted symlink itself, never its target) and created ``O_EXCL``."""
+        try:
+            rel = self.final.parent.relative_to(root)
+        except ValueError:
+            raise PathNotAllowed(f"{self.final.name}: its folder is outside the root") from None
+        self._dir_fd = open_folder(root, rel.as_posix(), create=True)
+        try:
+            if lstat_at(self._dir_fd, self.final.name) is not None:
+                raise DestinationExists(
+                    f"{self.final.name} already exists in the destination; not overwritten"
+                )
+            fd = None
+            if resume:
+                try:
+                    fd = open_existing(self._dir_fd, self.part.name)
+                except PathNotAllowed:
+                    fd = None
+            if fd is None:
+                unlink_at(self._dir_fd, self.part.name)
+                fd = create_file(self._dir_fd, self.part.name)
+        except BaseException:
+            self._close_dir()
+            raise
+        self._part_id = _identity(os.fstat(fd))
+        return os.fdopen(fd, "r+b")
+
+    def _rehash(self) -> None:
+        """Hash the bytes already in a resumed ``.part``; ``offset`` becomes its size."""
+        while True:
+            block = self._fh.read(BLOCK_SIZE)
+            if not block:
+                break
+            self._hash(block)
+            self.offset += len(block)
+
+    def fileno(self) -> int:
+        """The descriptor of the open ``.part`` (for ``fsetxattr``, ``fstat``)."""
+        return self._fh.fileno()
+
+    def _close_dir(self) -> None:
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+
+    def _open_reader(self) -> io.RawIOBase:
+        """A second, read-only handle on the ``.part`` (by descriptor in the confined mode, and then
+        refused unless it is the very file being written)."""
+        if self._dir_fd is None:
+            return io.FileIO(self.part, "rb")
+        fd = open_existing(self._dir_fd, self.part.name, os.O_RDONLY | os.O_CLOEXEC)
+        if fd is None or _identity(os.fstat(fd)) != self._part_id:
+            if fd is not None:
+                os.close(fd)
+            raise VerificationFailed(f"{self.final.name}: the partial file was replaced while copying")
+        return io.FileIO(fd, "rb")
+
+    def _remove_part(self) -> None:
+        if self._dir_fd is not None:
+            unlink_at(self._dir_fd, self.part.name)
+        else:
+            self.part.unlink(missing_ok=True)
+
+    def _publish(self) -> None:
+        """Publish the ``.part`` under the final name; in the confined mode only after re-opening the
+        folder from the root and finding the very folder the part was written in (else
+        :class:`PathNotAllowed`, and the part is removed)."""
+        if self._dir_fd is None or self.root is None:
+            publish(self.part, self.final)
+            return
+        try:
+            with folder_fd(self.root, self.final.parent.relative_to(self.root).as_posix()) as fresh:
+                if not same_inode(fresh, self._dir_fd):
+                    raise PathNotAllowed(
+                        f"{self.final.name}: its folder was moved or replaced while it was written"
+                    )
+        except (PathNotAllowed, FileNotFoundError):
+            self._remove_part()
+            self._close_dir()
+            raise PathNotAllowed(
+                f"{self.final.name}: its folder was moved or replaced by a symbolic link while it was "
+                "written; nothing was published"
+            ) from None
+        try:
+            publish_at(self._dir_fd, self.part.name, self._dir_fd, self.final.name)
+        finally:
+            self._close_dir()
 
     def _hash(self, data: bytes | memoryview) -> None:
         self.sha256.update(data)
@@ -144,7 +264,7 @@ class PartFile:
         them back, still in the page cache, through a second handle and one reused buffer; ranges must be
         hashed in order, from one thread at a time)."""
         if self._reader is None:
-            self._reader = io.FileIO(self.part, "rb")
+            self._reader = self._open_reader()
             self._buffer = memoryview(bytearray(BLOCK_SIZE))
         self._reader.seek(start)
         remaining = length
@@ -193,8 +313,9 @@ class PartFile:
         self._close_reader()
         self._fh.flush()
         os.fsync(self._fh.fileno())
+        confined_size = os.fstat(self._fh.fileno()).st_size
         self._fh.close()
-        size = self.part.stat().st_size
+        size = self.part.stat().st_size if self._dir_fd is None else confined_size
         try:
             if size != self.offset:
                 raise VerificationFailed(f"{self.final.name}: wrote {self.offset} bytes, found {size}")
@@ -203,9 +324,10 @@ class PartFile:
             if checksums:
                 self._verify(checksums)
         except VerificationFailed:
-            self.part.unlink(missing_ok=True)
+            self._remove_part()
+            self._close_dir()
             raise
-        publish(self.part, self.final)
+        self._publish()
         return size, self.sha256.hexdigest()
 
     def _verify(self, checksums: dict[str, str]) -> None:
@@ -215,7 +337,7 @@ class PartFile:
             raise VerificationFailed(f"{self.final.name}: cannot verify a {', '.join(unknown)} checksum")
         actual = self.hexdigests()
         if "md5" in checksums and "md5" not in actual:
-            actual["md5"] = file_md5(self.part)
+            actual["md5"] = self._part_md5()
         for algorithm in CHECKSUM_ALGORITHMS:
             stated = checksums.get(algorithm)
             expected = stated.strip().lower() if stated is not None else None
@@ -224,6 +346,16 @@ class PartFile:
                     mismatch_message(self.final.name, algorithm, expected, actual[algorithm])
                 )
 
+    def _part_md5(self) -> str:
+        """The MD5 of the ``.part`` on disk, lower-case hex."""
+        if self._dir_fd is None:
+            return file_md5(self.part)
+        digest = hashlib.md5(usedforsecurity=False)
+        with self._open_reader() as reader:
+            while block := reader.read(BLOCK_SIZE):
+                digest.update(block)
+        return digest.hexdigest()
+
     def close(self) -> None:
         """Close the file, keeping the ``.part`` for a later resume."""
         self._close_reader()
@@ -231,13 +363,24 @@ class PartFile:
             self._fh.flush()
             os.fsync(self._fh.fileno())
             self._fh.close()
+        self._close_dir()
 
     def discard(self) -> None:
-        """Close and delete the ``.part``."""
-        self._close_reader()
-        if not self._fh.closed:
-            self._fh.close()
-        self.part.unlink(missing_ok=True)
+        """Close and delete the ``.part`` (also when closing fails: a full disk cannot flush the buffer,
+        and the bytes are thrown away anyway)."""
+        try:
+            self._close_reader()
+            if not self._fh.closed:
+                self._fh.close()
+        except OSError:
+            pass  # discarded bytes: an ENOSPC flushing them changes nothing
+        finally:
+            self._remove_part()
+            self._close_dir()
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
 
 
 def file_md5(path: Path) -> str:

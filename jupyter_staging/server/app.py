@@ -86,6 +86,26 @@ class StagingApp(ExtensionApp):
         resume after a restart) — set it when ``db_url`` is not SQLite.""",
     ).tag(config=True)
 
+    min_free_bytes = Int(
+        0,
+        min=0,
+        help="""Bytes that must stay free on the file system of a job's (local) destination. When set, a
+        job whose total size is known at creation (local files, an HTTP ``Content-Length``, an S3 or Azure
+        listing) and would leave less free is refused with ``insufficient_space`` (409), the message naming
+        both figures; the listing made for the check is handed to the job, so sources are not asked twice.
+        A disk that fills up anyway fails the item with ``no_space``. Default 0: no check — a fixed
+        reserve would refuse every job on a small or nearly full disk (a laptop, a CI runner), which the
+        server cannot tell from a misconfiguration; sites set it to the reserve they want kept.""",
+    ).tag(config=True)
+
+    quota_bytes = Int(
+        0,
+        min=0,
+        help="""Most bytes the staged output of this server's jobs may hold together (local destinations;
+        queued, running and paused jobs count their announced size). A job whose known size would go beyond
+        it is refused with ``insufficient_space`` (409). Default 0: no quota.""",
+    ).tag(config=True)
+
     owner = Unicode(
         help="""Name recorded as the owner of jobs (default: the JupyterHub user or the
         account running the server)."""
@@ -120,6 +140,8 @@ class StagingApp(ExtensionApp):
             presign_expiry_seconds=self.presign_expiry_seconds,
             max_unpacked_bytes=self.max_unpacked_bytes,
             secret_key_file=self.secret_key_file or None,
+            min_free_bytes=self.min_free_bytes,
+            quota_bytes=self.quota_bytes,
         )
         self.settings.update({"staging_manager": self.manager, "staging_owner": self.owner})
         self.log.info("jupyter_staging %s: jobs in %s", __version__, _safe_url(self.db_url))

@@ -15,6 +15,7 @@ No other answer, no event, log line, database row or manifest ever holds one.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ from tornado.iostream import StreamClosedError
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, ListJobsQuery, dump
 from jupyter_staging.errors import StagingError
+from jupyter_staging.server.openapi import OpenAPIHandler
 from jupyter_staging.server.web import JSONHandlerMixin, StagingHTTPError
 
 T = TypeVar("T")
@@ -55,11 +57,22 @@ class StagingAPIHandler(JSONHandlerMixin, APIHandler):
         return self.settings["staging_owner"]  # type: ignore[no-any-return]
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking manager call on a worker thread, turning :class:`StagingError` into HTTP errors."""
+        """Run a blocking manager call on a worker thread, turning :class:`StagingError` into HTTP errors.
+
+        What a request's values can still provoke below the checks is answered 400 too (see
+        :func:`input_error`), logged with its traceback so a bug stays visible; any other exception
+        is a 500 ``internal_error`` without details.
+        """
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except StagingError as err:
             raise StagingHTTPError.from_error(err) from None
+        except (ValueError, OverflowError, RecursionError, OSError) as exc:
+            http_error = input_error(exc)
+            if http_error is None:
+                raise
+            self.log.warning("staging: %s answered 400 %s", type(exc).__name__, http_error.code, exc_info=exc)
+            raise http_error from None
 
 
 class JobsHandler(StagingAPIHandler):
@@ -250,6 +263,25 @@ class EventsHandler(StagingAPIHandler):
         await self.flush()
 
 
+#: ``code`` of an :class:`OSError` a request's path provokes, by ``errno``.
+INPUT_ERRNO_CODES = {errno.ENAMETOOLONG: "name_too_long", errno.ELOOP: "path_not_allowed"}
+
+
+def input_error(exc: BaseException) -> StagingHTTPError | None:
+    """The 400 answer for an exception a request's values provoke below the checks: a value out of range
+    (``ValueError``, ``OverflowError``), nesting too deep (``RecursionError``), a path too long or
+    looping (``OSError`` ``ENAMETOOLONG``, ``ELOOP``). None for anything else (a 500)."""
+    if isinstance(exc, OSError):
+        code = INPUT_ERRNO_CODES.get(exc.errno or 0)
+        if code is None:
+            return None
+        return StagingHTTPError(400, f"a path of the request cannot be used: {exc.strerror}", code=code)
+    if not isinstance(exc, (ValueError, OverflowError, RecursionError)):
+        return None
+    what = "nested too deeply" if isinstance(exc, RecursionError) else "out of range or malformed"
+    return StagingHTTPError(400, f"a value of the request is {what}", code="invalid_request")
+
+
 def _put(queue: asyncio.Queue[dict[str, Any]], event: dict[str, Any]) -> None:
     if not queue.full():
         queue.put_nowait(event)
@@ -266,4 +298,5 @@ default_handlers = [
     (rf"/{API_PREFIX}/jobs/{_JOB_ID}/manifest", ManifestHandler),
     (rf"/{API_PREFIX}/jobs/{_JOB_ID}/log", LogHandler),
     (rf"/{API_PREFIX}/events", EventsHandler),
+    (rf"/{API_PREFIX}/openapi.yaml", OpenAPIHandler),
 ]

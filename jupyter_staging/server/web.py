@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from tornado import web
 
+from jupyter_staging.engine.models import ERROR_CODES
 from jupyter_staging.errors import InvalidRequest, StagingError
 
 M = TypeVar("M", bound=BaseModel)
@@ -52,7 +53,7 @@ def parse_json_object(body: bytes | None, *, reject_duplicate_keys: bool = True)
     instead of being silently collapsed; the hub service's ``api/stage`` accepts it (the last one wins).
 
     Raises :class:`InvalidRequest` (400, code ``invalid_json``) for an empty body, a body that is not
-    JSON, not a JSON object, or repeats a key.
+    JSON (or nests arrays and objects too deeply to parse), is not a JSON object, or repeats a key.
     """
     hook = _unique_keys if reject_duplicate_keys else None
     try:
@@ -61,6 +62,8 @@ def parse_json_object(body: bytes | None, *, reject_duplicate_keys: bool = True)
         raise InvalidRequest(
             f"request body gives the key {dup.key[:130]!r} twice in one object", code="invalid_json"
         ) from None
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply", code="invalid_json") from None
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("request body is not valid JSON", code="invalid_json") from None
     if not isinstance(data, dict):
@@ -71,17 +74,20 @@ def parse_json_object(body: bytes | None, *, reject_duplicate_keys: bool = True)
 def validate(model: type[M], data: dict[str, Any]) -> M:
     """``model.model_validate(data)``.
 
-    Raises :class:`InvalidRequest` (400, code ``invalid_request``) naming the failing fields; their values
-    are never echoed.
+    Raises :class:`InvalidRequest` (400) naming the failing fields; their values are never echoed. Its
+    ``code`` is the first staging code a validator gave (a ``PydanticCustomError`` type of
+    :data:`~jupyter_staging.engine.models.ERROR_CODES`: ``invalid_ttl``, ``invalid_destination``,
+    ``name_too_long``, ``invalid_source``), else ``invalid_request``.
     """
     try:
         return model.model_validate(data)
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply", code="invalid_json") from None
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
-            for e in err.errors(include_input=False, include_url=False)
-        )
-        raise InvalidRequest(f"invalid request: {problems}") from None
+        errors = err.errors(include_input=False, include_url=False)
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in errors)
+        code = next((e["type"] for e in errors if e["type"] in ERROR_CODES), "invalid_request")
+        raise InvalidRequest(f"invalid request: {problems}", code=code) from None
 
 
 class StagingHTTPError(web.HTTPError):

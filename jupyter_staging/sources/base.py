@@ -111,11 +111,22 @@ def object_or_prefix(
     return items
 
 
+#: Longest file name produced, bytes of UTF-8 (room for a ``.part`` suffix below the 255 of Linux).
+SAFE_NAME_BYTES = 240
+#: Names a job folder already uses for itself (any case): a remote file so named gets a prefix.
+RESERVED_FILE_NAMES = frozenset({"manifest.json"})
+#: Suffix of the part files a job writes before publishing (any case): a remote name ending so is changed.
+PART_SUFFIX = ".part"
+
+
 def safe_filename(name: str, fallback: str = "download") -> str:
     """``name`` as one safe file name: no folder part, no NUL or control characters, no leading dot.
 
-    Returns ``fallback`` when nothing usable is left. Length is capped at 200 characters (the
-    extension is kept).
+    Returns ``fallback`` when nothing usable is left. Length is capped at 200 characters and
+    :data:`SAFE_NAME_BYTES` bytes of UTF-8 (the extension is kept). Names the job folder reserves are
+    renamed: ``manifest.json`` (any case) becomes ``<fallback>-manifest.json``
+    (``download-manifest.json``), and a trailing ``.part`` becomes ``_part`` (``a.fits.part`` ->
+    ``a.fits_part``), so a remote file never takes the place of the staging manifest or of a part file.
     """
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
@@ -125,6 +136,13 @@ def safe_filename(name: str, fallback: str = "download") -> str:
     if len(name) > 200:
         stem, dot, ext = name.rpartition(".")
         name = stem[: 200 - len(ext) - 1] + dot + ext if dot and len(ext) <= 20 else name[:200]
+    while len(name.encode("utf-8", "surrogatepass")) > SAFE_NAME_BYTES:  # 200 wide characters may not fit
+        stem, dot, ext = name.rpartition(".")
+        name = stem[:-1] + dot + ext if dot and len(stem) > 1 and len(ext) <= 20 else name[:-1]
+    if name.lower() in RESERVED_FILE_NAMES:
+        name = f"{fallback}-{name}"
+    if name.lower().endswith(PART_SUFFIX):
+        name = f"{name[: -len(PART_SUFFIX)]}_{name[-len(PART_SUFFIX) + 1 :]}"
     return name
 
 

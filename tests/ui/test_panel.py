@@ -134,8 +134,11 @@ def test_rest_job_appears_live_moves_and_pauses_and_resumes(
 
 def test_cancel_and_remove(lab: JupyterLabProcess, page: Any, slow_http: RangeHTTPServer) -> None:
     open_panel(page)
-    first = lab.create_job({"source": slow_http.url("survey.bin"), "destination": "downloads/cancelled"})
-    second = lab.create_job({"source": slow_http.url("survey.bin"), "destination": "downloads/removed"})
+    # Bytes no earlier test staged: the server would otherwise copy them locally at once (issue 10).
+    for name in ("slow-one.bin", "slow-two.bin"):
+        (slow_http.root / name).write_bytes(os.urandom(3_000_000))
+    first = lab.create_job({"source": slow_http.url("slow-one.bin"), "destination": "downloads/cancelled"})
+    second = lab.create_job({"source": slow_http.url("slow-two.bin"), "destination": "downloads/removed"})
     running = f'{PANEL} li[data-job-id="{{}}"][data-state="running"]'
     page.wait_for_selector(running.format(first["id"]), timeout=10_000)
     page.wait_for_selector(running.format(second["id"]), timeout=10_000)

@@ -1,0 +1,39 @@
+"""How a job keeps the items it listed in its resume data (the job database), secrets sealed.
+
+Each item is stored as its :class:`~jupyter_staging.sources.base.SourceItem` fields, with a locator holding
+a secret (a presigned URL) redacted and its raw form sealed (:mod:`jupyter_staging.safety.sealed`), plus
+``locator_id``: :func:`~jupyter_staging.engine.freshness.locator_identity` of the raw locator, so outputs
+can be matched to the object they came from without unsealing anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from jupyter_staging.engine.freshness import locator_identity
+from jupyter_staging.safety.redact import redact_url
+from jupyter_staging.safety.sealed import SecretBox
+from jupyter_staging.sources.base import SourceItem
+
+
+def dump_item(item: SourceItem, secrets: SecretBox) -> dict[str, Any]:
+    """``item`` as JSON for the database (see the module)."""
+    data = asdict(item)
+    data["locator_id"] = locator_identity(item.locator)
+    shown = redact_url(item.locator)
+    if shown != item.locator:
+        data["locator"] = shown
+        data["sealed"] = secrets.seal(item.locator)
+    return data
+
+
+def load_item(data: dict[str, Any], secrets: SecretBox) -> SourceItem:
+    """The :class:`SourceItem` stored by :func:`dump_item`, its secret unsealed. Raises
+    :class:`~jupyter_staging.errors.SecretUnavailable` when the sealing key changed."""
+    data = dict(data)
+    data.pop("locator_id", None)
+    sealed = data.pop("sealed", None)
+    if sealed:
+        data["locator"] = secrets.open(sealed)
+    return SourceItem(**data)

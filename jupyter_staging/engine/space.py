@@ -1,0 +1,170 @@
+"""Room for a job's output: its known size against the free space and the server's quota.
+
+Admission asks :class:`SpaceLimits` before a local job exists. The size of a request is what its sources
+list (:meth:`~jupyter_staging.sources.base.Source.list_items`): a ``stat`` for local files, a ``HEAD`` for an
+HTTP URL, a listing for an S3 / Azure prefix. The listing is handed to the job's runner in its resume data
+(``resume["items"]``, ``resume["entries"][name]["items"]``), which then does not list again: a remote
+source is asked once per job, as without the check. Sizes are the sources' (a conversion to Parquet, an
+unpacked archive or a decompressed file may be larger or smaller): the check is an estimate; a disk that
+fills up anyway fails the item with ``no_space`` (:class:`~jupyter_staging.errors.NoSpace`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jupyter_staging.destinations.registry import is_object_destination
+from jupyter_staging.engine.freshness import CHECK_CONCURRENCY
+from jupyter_staging.engine.models import ChunkState, JobState
+from jupyter_staging.engine.store import JobRecord, Store
+from jupyter_staging.errors import InsufficientSpace
+from jupyter_staging.safety.paths import check_output_name
+from jupyter_staging.sources.base import SourceItem
+from jupyter_staging.sources.registry import open_source
+
+#: States of a job that is going to write (its announced total counts against the quota).
+WRITING_STATES = (JobState.queued.value, JobState.running.value, JobState.paused.value)
+#: States of a finished job whose published chunks stay on disk until cleaned up or expired.
+KEPT_STATES = (JobState.succeeded.value, JobState.failed.value)
+
+
+@dataclass
+class Listing:
+    """The items admission listed, by manifest entry (key None for a single source), names as the job
+    writes them (``<entry>/<name>`` for a manifest). ``unknown``: a source could not be listed or an item
+    has no size, so :attr:`total` is only a lower bound."""
+
+    items: dict[str | None, list[SourceItem]] = field(default_factory=dict)
+    unknown: bool = False
+
+    @property
+    def total(self) -> int:
+        """Bytes of the items whose size is known."""
+        return sum(i.size or 0 for items in self.items.values() for i in items)
+
+    @property
+    def exact_total(self) -> int | None:
+        """Bytes of every item, or None when :attr:`unknown`."""
+        return None if self.unknown else self.total
+
+
+def list_sources(sources: dict[str | None, str], *, source_roots: list[str] | None) -> Listing:
+    """List ``sources`` (``{entry or None: raw URI}``), at most :data:`CHECK_CONCURRENCY` at once.
+
+    Never raises: a source that cannot be listed now (missing, refused, network down) is left out and
+    marks the listing ``unknown``; the job reports its error when it runs."""
+
+    def look(entry: str | None) -> tuple[str | None, list[SourceItem] | None]:
+        try:
+            items = open_source(sources[entry], source_roots=source_roots).list_items()
+            for item in items:
+                item.name = check_output_name(item.name if entry is None else f"{entry}/{item.name}")
+        except Exception:  # the runner lists it again and reports why it cannot
+            return entry, None
+        return entry, items
+
+    listing = Listing()
+    workers = max(1, min(CHECK_CONCURRENCY, len(sources)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="staging-size") as pool:
+        for entry, items in pool.map(look, list(sources)):
+            if items is None:
+                listing.unknown = True
+                continue
+            listing.items[entry] = items
+            listing.unknown = listing.unknown or any(i.size is None for i in items)
+    return listing
+
+
+def human_bytes(count: int) -> str:
+    """``count`` bytes in binary units: ``"512 B"``, ``"4.0 MiB"``, ``"1.5 TiB"``."""
+    if count < 1024:
+        return f"{count} B"
+    value = float(count)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):  # noqa: B007 - the unit reached is the one shown
+        value /= 1024
+        if value < 1024:
+            break
+    return f"{value:.1f} {unit}"
+
+
+def figure(count: int) -> str:
+    """``count`` bytes as shown in messages: ``"4194304 bytes (4.0 MiB)"``."""
+    return f"{count} bytes ({human_bytes(count)})"
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes free to this process on the file system that holds ``path``, or would once it is created
+    (``shutil.disk_usage`` of its nearest existing folder)."""
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            return shutil.disk_usage(folder).free
+    return shutil.disk_usage("/").free
+
+
+class SpaceLimits:
+    """The space rules of one root (see the module).
+
+    ``min_free_bytes``: bytes that must stay free on the destination's file system after a job whose size
+    is known (0: no check). ``quota_bytes``: most bytes the staged output of this root's jobs may hold
+    together (0: no quota). Both apply to local destinations only: object storage has its own limits.
+    """
+
+    def __init__(self, store: Store, root_dir: Path, *, min_free_bytes: int = 0, quota_bytes: int = 0):
+        self.store = store
+        self.root_dir = root_dir
+        self.min_free_bytes = max(0, int(min_free_bytes))
+        self.quota_bytes = max(0, int(quota_bytes))
+
+    @property
+    def enabled(self) -> bool:
+        """True when a rule is set (else admission lists nothing for it)."""
+        return bool(self.min_free_bytes or self.quota_bytes)
+
+    def staged_bytes(self) -> int:
+        """Bytes the local output of this root's jobs holds or is going to hold: the announced total (else
+        the bytes done) of a queued, running or paused job, the published chunks of a finished one."""
+        held = 0
+        for rec in self.store.list_jobs(
+            root=str(self.root_dir), states=[*WRITING_STATES, *KEPT_STATES], limit=100000
+        ):
+            if is_object_destination(rec.destination):
+                continue
+            if rec.state in WRITING_STATES:
+                held += rec.bytes_total if rec.bytes_total is not None else rec.bytes_done or 0
+            else:
+                held += self._kept_bytes(rec)
+        return held
+
+    def _kept_bytes(self, rec: JobRecord) -> int:
+        kept = [ChunkState.ready.value]
+        if rec.cleanup_policy != "delete_on_ack":
+            kept.append(ChunkState.acked.value)
+        return sum(c.bytes or 0 for c in self.store.list_chunks(rec.id) if c.state in kept)
+
+    def check(self, listing: Listing, rel: str, *, free: Callable[[Path], int] = free_bytes) -> None:
+        """Refuse a job of ``listing`` into folder ``rel`` (relative to the root) that would leave less
+        than :attr:`min_free_bytes` free, or take staged output beyond :attr:`quota_bytes`.
+
+        With an ``unknown`` listing only its known part is checked (refused when even that does not fit).
+        Raises :class:`~jupyter_staging.errors.InsufficientSpace` (409) naming the figures in bytes and
+        binary units."""
+        need = listing.total
+        at_least = "at least " if listing.unknown else ""
+        if self.min_free_bytes:
+            available = free(self.root_dir / rel)
+            if available - need < self.min_free_bytes:
+                raise InsufficientSpace(
+                    f"this job needs {at_least}{figure(need)} but only {figure(available)} are free where "
+                    f"{rel!r} is; {figure(self.min_free_bytes)} must stay free (StagingApp.min_free_bytes)"
+                )
+        if self.quota_bytes:
+            held = self.staged_bytes()
+            if held + need > self.quota_bytes:
+                raise InsufficientSpace(
+                    f"this job needs {at_least}{figure(need)} but staged output already holds "
+                    f"{figure(held)} of the {figure(self.quota_bytes)} allowed (StagingApp.quota_bytes)"
+                )

@@ -1,0 +1,271 @@
+"""File operations through directory descriptors, confined to a root the user cannot move.
+
+The user's server writes into folders the user can change at any moment: a ``.part`` name or a whole
+folder may be replaced by a symbolic link between two checks. Everything here works relative to a folder
+descriptor instead of a path. The root (the server's ``root_dir``, trusted) is opened once, then every
+folder below it one component at a time with ``O_RDONLY | O_DIRECTORY | O_NOFOLLOW``, so a symbolic link
+(or a file) where a folder is expected is refused with :class:`PathNotAllowed` (``path_not_allowed``),
+never followed. Files are created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` relative to that descriptor,
+given their final name with :func:`publish_at` and removed with :func:`unlink_at`.
+
+Publishing without overwriting: :func:`publish_at` uses ``linkat(part, final)`` then ``unlinkat(part)``.
+``linkat`` fails with ``EEXIST`` whatever is at ``final`` (a file, a folder, a dangling symlink) and does
+not follow ``part`` if it is a symlink, in one system call, so the check and the publication cannot be
+separated by another process (a ``stat`` then ``rename`` could: ``rename`` silently replaces a file made in
+between). Only on file systems without hard links does it fall back to ``fstatat`` + ``renameat`` (its
+window is documented there). The hub service does the same for users' areas
+(:mod:`jupyter_staging.hub.fileops`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+
+from jupyter_staging.errors import DestinationExists, PathNotAllowed
+
+#: Flags opening a folder below the root: never through a symlink.
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Flags creating a part file: it must not exist and must not be a symlink.
+CREATE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Flags opening an existing part file to resume it: never through a symlink.
+RESUME_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Flags reading a file below the root: never through a symlink, never blocking on a FIFO.
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+#: errno values of ``linkat`` meaning "no hard links here": publish with ``renameat`` instead.
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}
+
+
+def components(rel: str | PurePosixPath) -> list[str]:
+    """The folder names of ``rel`` (POSIX, relative; ``""`` or ``"."`` is the root itself: ``[]``).
+
+    Raises :class:`PathNotAllowed` for an absolute path, ``..``, or a NUL character."""
+    text = str(rel)
+    if "\x00" in text:
+        raise PathNotAllowed("a path below the root must not contain NUL characters")
+    pure = PurePosixPath(text)
+    if pure.is_absolute():
+        raise PathNotAllowed(f"{text!r} must be relative to the root")
+    parts = [p for p in pure.parts if p != "."]
+    if ".." in parts:
+        raise PathNotAllowed(f"{text!r} must not contain '..'")
+    return parts
+
+
+def check_name(name: str) -> str:
+    """``name`` when it is one plain entry name (no ``/``, not ``.``/``..``/empty, no NUL); else
+    :class:`PathNotAllowed`."""
+    if name in ("", ".", "..") or "/" in name or "\x00" in name:
+        raise PathNotAllowed(f"{name!r} is not a plain file name")
+    return name
+
+
+def open_root(root: Path) -> int:
+    """A descriptor of the trusted ``root`` folder (symlinks above and at the root are the deployer's
+    choice and followed). Raises :class:`PathNotAllowed` when it is not a folder, ``OSError`` else."""
+    try:
+        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except NotADirectoryError:
+        raise PathNotAllowed(f"the root {str(root)!r} is not a folder") from None
+
+
+def open_dir(parent_fd: int, name: str, *, create: bool = False, mode: int = 0o777) -> int:
+    """A descriptor of folder ``name`` in ``parent_fd``, opened without following a symlink; with
+    ``create`` a missing folder is made first (``mode`` before the umask).
+
+    Raises :class:`PathNotAllowed` when ``name`` is a symlink or a file (also when it became one after
+    being made), :class:`FileNotFoundError` when missing and not ``create``."""
+    check_name(name)
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+    except FileNotFoundError:
+        if not create:
+            raise
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise PathNotAllowed(f"{name!r} is a symbolic link or a file, not a folder") from None
+        raise
+    try:
+        os.mkdir(name, mode, dir_fd=parent_fd)
+    except FileExistsError:
+        pass  # made meanwhile: the O_NOFOLLOW open below decides whether it is acceptable
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise PathNotAllowed(f"{name!r} was replaced by a symbolic link or a file") from None
+        raise
+
+
+def open_below(dir_fd: int, rel: str | PurePosixPath, *, create: bool = False) -> int:
+    """A new descriptor of folder ``rel`` below the folder ``dir_fd``, reached one component at a time
+    without following any symlink; missing folders are made with ``create``. The caller closes it.
+
+    Raises :class:`PathNotAllowed` (``path_not_allowed``) for ``..``, an absolute ``rel``, or a symlink
+    or file on the way; :class:`FileNotFoundError` for a missing folder without ``create``."""
+    parts = components(rel)
+    fd = os.open(".", DIR_FLAGS, dir_fd=dir_fd)  # a descriptor of its own, closed independently
+    walked: list[str] = []
+    try:
+        for part in parts:
+            walked.append(part)
+            try:
+                child = open_dir(fd, part, create=create)
+            except PathNotAllowed:
+                raise PathNotAllowed(
+                    f"{'/'.join(walked)!r} is a symbolic link or a file, not a folder; links are never "
+                    "followed when writing"
+                ) from None
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_folder(root: Path, rel: str | PurePosixPath, *, create: bool = False) -> int:
+    """A descriptor of folder ``root / rel``, reached from ``root`` with :func:`open_below` (no symlink
+    below ``root`` followed); missing folders are made with ``create``. The caller closes it.
+
+    Raises :class:`PathNotAllowed` (``path_not_allowed``) for ``..``, an absolute ``rel``, or a symlink or
+    file on the way; :class:`FileNotFoundError` for a missing folder without ``create``."""
+    root_fd = open_root(root)
+    try:
+        return open_below(root_fd, rel, create=create)
+    finally:
+        os.close(root_fd)
+
+
+@contextmanager
+def folder_fd(root: Path, rel: str | PurePosixPath, *, create: bool = False) -> Iterator[int]:
+    """:func:`open_folder` as a context manager that closes the descriptor."""
+    fd = open_folder(root, rel, create=create)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def same_inode(fd_a: int, fd_b: int) -> bool:
+    """True when two descriptors are the same file or folder (device and inode)."""
+    a, b = os.fstat(fd_a), os.fstat(fd_b)
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
+    """``lstat`` of ``name`` in ``dir_fd`` (a symlink is described, not followed); None when absent."""
+    try:
+        return os.stat(check_name(name), dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def create_file(dir_fd: int, name: str, mode: int = 0o666) -> int:
+    """Create ``name`` in ``dir_fd`` with ``O_CREAT | O_EXCL | O_NOFOLLOW`` (read-write, ``mode`` before
+    the umask); returns its descriptor. Raises :class:`FileExistsError` when anything (a symlink too)
+    already has that name."""
+    return os.open(check_name(name), CREATE_FLAGS, mode, dir_fd=dir_fd)
+
+
+def open_existing(dir_fd: int, name: str, flags: int = RESUME_FLAGS) -> int | None:
+    """Open the regular file ``name`` in ``dir_fd`` with ``O_NOFOLLOW`` (default read-write, to resume a
+    part file); None when absent. Raises :class:`PathNotAllowed` when it is a symlink or not a regular
+    file."""
+    try:
+        fd = os.open(check_name(name), flags | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise PathNotAllowed(f"{name!r} is a symbolic link or not a regular file") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PathNotAllowed(f"{name!r} is not a regular file")
+    return fd
+
+
+def publish_at(src_dir_fd: int, part: str, dst_dir_fd: int, final: str) -> None:
+    """Give ``part`` (in ``src_dir_fd``) the name ``final`` (in ``dst_dir_fd``), never replacing
+    anything: ``linkat`` + ``unlinkat`` (race-free, see the module's docstring), then the destination
+    folder is fsynced. Where the file system has no hard links, ``fstatat`` then ``renameat``: a file
+    made at ``final`` between the two calls would be replaced (no ``RENAME_NOREPLACE`` from Python).
+
+    Raises :class:`DestinationExists` when ``final`` exists (a symlink or folder included)."""
+    check_name(part)
+    check_name(final)
+    try:
+        os.link(part, final, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        raise DestinationExists(f"{final} already exists in the destination; not overwritten") from None
+    except OSError as err:
+        if err.errno not in _NO_LINKS:
+            raise
+        if lstat_at(dst_dir_fd, final) is not None:
+            raise DestinationExists(f"{final} already exists in the destination; not overwritten") from None
+        os.rename(part, final, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+    else:
+        os.unlink(part, dir_fd=src_dir_fd)
+    fsync_fd(dst_dir_fd)
+
+
+def rename_at(dir_fd: int, name: str, new_name: str) -> None:
+    """Rename entry ``name`` of ``dir_fd`` to ``new_name`` in the same folder (a symlink is renamed
+    itself, never its target); an entry at ``new_name`` is removed first (never a folder)."""
+    unlink_at(dir_fd, new_name)
+    os.rename(check_name(name), check_name(new_name), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def unlink_at(dir_fd: int, name: str) -> bool:
+    """Remove the file or symlink ``name`` of ``dir_fd`` (a symlink is removed, never followed; a
+    folder is left alone). Returns True when something was removed."""
+    st = lstat_at(dir_fd, name)
+    if st is None or stat.S_ISDIR(st.st_mode):
+        return False
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def mkdir_at(dir_fd: int, name: str, mode: int = 0o777) -> None:
+    """Make folder ``name`` in ``dir_fd`` (``mode`` before the umask); an existing one is fine."""
+    try:
+        os.mkdir(check_name(name), mode, dir_fd=dir_fd)
+    except FileExistsError:
+        pass
+
+
+def rmdir_at(dir_fd: int, name: str) -> bool:
+    """Remove the empty folder ``name`` of ``dir_fd``; True when removed, False when it is not there,
+    not empty, or not a folder."""
+    try:
+        os.rmdir(check_name(name), dir_fd=dir_fd)
+    except OSError:
+        return False
+    return True
+
+
+def read_file_at(dir_fd: int, name: str, limit: int = 64 * 1024 * 1024) -> bytes | None:
+    """The bytes (at most ``limit``) of the regular file ``name`` in ``dir_fd``, opened without following
+    a symlink; None when absent. Raises :class:`PathNotAllowed` for a symlink or special file."""
+    fd = open_existing(dir_fd, name, READ_FLAGS)
+    if fd is None:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read(limit)
+
+
+def fsync_fd(fd: int) -> None:
+    """fsync a descriptor (a folder: so a rename in it survives a crash); no-op where unsupported."""
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass

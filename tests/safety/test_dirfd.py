@@ -1,0 +1,216 @@
+"""Descriptor-based file operations: symlinks planted below the root are refused, never followed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from jupyter_staging.errors import DestinationExists, PathNotAllowed
+from jupyter_staging.safety.dirfd import (
+    components,
+    create_file,
+    folder_fd,
+    open_existing,
+    open_folder,
+    publish_at,
+    read_file_at,
+    rename_at,
+    unlink_at,
+)
+from jupyter_staging.safety.partfile import PartFile
+
+
+@pytest.fixture
+def layout(tmp_path):
+    """``root/`` (the confinement root) and ``outside/`` beside it, with one file to protect."""
+    root = tmp_path / "root"
+    outside = tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret.txt").write_text("keep me")
+    return root, outside
+
+
+def snapshot(folder: Path) -> dict[str, bytes | str]:
+    out: dict[str, bytes | str] = {}
+    for path in sorted(folder.rglob("*")):
+        rel = str(path.relative_to(folder))
+        out[rel] = (
+            f"-> {os.readlink(path)}"
+            if path.is_symlink()
+            else (path.read_bytes() if path.is_file() else "dir")
+        )
+    return out
+
+
+@pytest.mark.parametrize("rel", ["..", "a/../b", "/etc", "a/\x00b", "../outside"])
+def test_components_refuse_escapes(rel):
+    with pytest.raises(PathNotAllowed):
+        components(rel)
+
+
+def test_components_of_plain_paths():
+    assert components("") == []
+    assert components(".") == []
+    assert components("a/./b/") == ["a", "b"]
+
+
+def test_open_folder_creates_missing_folders(layout):
+    root, _ = layout
+    with folder_fd(root, "a/b/c", create=True) as fd:
+        assert os.path.samestat(os.fstat(fd), os.stat(root / "a/b/c"))
+
+
+def test_open_folder_refuses_a_symlinked_component(layout):
+    root, outside = layout
+    (root / "a").mkdir()
+    (root / "a" / "link").symlink_to(outside)
+    before = snapshot(outside)
+    with pytest.raises(PathNotAllowed) as info:
+        open_folder(root, "a/link/deeper", create=True)
+    assert info.value.code == "path_not_allowed"
+    assert snapshot(outside) == before
+
+
+def test_open_folder_refuses_a_file_component(layout):
+    root, _ = layout
+    (root / "file").write_text("x")
+    with pytest.raises(PathNotAllowed):
+        open_folder(root, "file/x", create=True)
+
+
+def test_missing_folder_without_create(layout):
+    root, _ = layout
+    with pytest.raises(FileNotFoundError):
+        open_folder(root, "nope")
+
+
+def test_create_file_never_follows_a_planted_symlink(layout):
+    root, outside = layout
+    (root / "x.part").symlink_to(outside / "secret.txt")
+    with folder_fd(root, "") as fd, pytest.raises(FileExistsError):
+        create_file(fd, "x.part")
+    assert (outside / "secret.txt").read_text() == "keep me"
+
+
+def test_open_existing_refuses_symlinks_and_folders(layout):
+    root, outside = layout
+    (root / "link").symlink_to(outside / "secret.txt")
+    (root / "folder").mkdir()
+    with folder_fd(root, "") as fd:
+        with pytest.raises(PathNotAllowed):
+            open_existing(fd, "link")
+        with pytest.raises(PathNotAllowed):
+            open_existing(fd, "folder")
+        assert open_existing(fd, "missing") is None
+
+
+def test_publish_at_never_replaces(layout):
+    root, outside = layout
+    (root / "f.part").write_text("new")
+    (root / "f").symlink_to(outside / "secret.txt")
+    with folder_fd(root, "") as fd:
+        with pytest.raises(DestinationExists):
+            publish_at(fd, "f.part", fd, "f")
+        unlink_at(fd, "f")
+        publish_at(fd, "f.part", fd, "f")
+    assert (root / "f").read_text() == "new"
+    assert not (root / "f.part").exists()
+    assert (outside / "secret.txt").read_text() == "keep me"
+
+
+def test_unlink_at_removes_the_link_not_its_target(layout):
+    root, outside = layout
+    (root / "link").symlink_to(outside / "secret.txt")
+    (root / "folder").mkdir()
+    with folder_fd(root, "") as fd:
+        assert unlink_at(fd, "link")
+        assert not unlink_at(fd, "link")
+        assert not unlink_at(fd, "folder")
+    assert (outside / "secret.txt").read_text() == "keep me"
+    assert (root / "folder").is_dir()
+
+
+def test_rename_at_moves_a_symlink_itself(layout):
+    root, outside = layout
+    (root / "a.part").symlink_to(outside / "secret.txt")
+    with folder_fd(root, "") as fd:
+        rename_at(fd, "a.part", "a.part.aside")
+    assert (root / "a.part.aside").is_symlink()
+    assert (outside / "secret.txt").read_text() == "keep me"
+
+
+def test_read_file_at_refuses_symlinks(layout):
+    root, outside = layout
+    (root / "m.json").symlink_to(outside / "secret.txt")
+    with folder_fd(root, "") as fd, pytest.raises(PathNotAllowed):
+        read_file_at(fd, "m.json")
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_partfile_with_root_replaces_a_planted_part_symlink(layout, resume):
+    root, outside = layout
+    dest = root / "dest"
+    dest.mkdir()
+    (dest / "data.bin.part").symlink_to(outside / "secret.txt")
+    before = snapshot(outside)
+    out = PartFile(dest / "data.bin", resume=resume, root=root)
+    assert out.offset == 0
+    out.write(b"payload")
+    size, _ = out.commit(7)
+    assert size == 7
+    assert (dest / "data.bin").read_bytes() == b"payload"
+    assert not (dest / "data.bin").is_symlink()
+    assert snapshot(outside) == before
+
+
+def test_partfile_with_root_resumes_its_own_part(layout):
+    root, _ = layout
+    out = PartFile(root / "d" / "f.bin", root=root)
+    out.write(b"abc")
+    out.close()
+    again = PartFile(root / "d" / "f.bin", resume=True, root=root)
+    assert again.offset == 3
+    again.write(b"def")
+    again.commit(6, checksums={"md5": "e80b5017098950fc58aad83c8c14978e"})
+    assert (root / "d" / "f.bin").read_bytes() == b"abcdef"
+
+
+def test_partfile_with_root_refuses_a_symlinked_folder(layout):
+    root, outside = layout
+    (root / "dest").symlink_to(outside)
+    before = snapshot(outside)
+    with pytest.raises(PathNotAllowed):
+        PartFile(root / "dest" / "f.bin", root=root)
+    assert snapshot(outside) == before
+
+
+def test_partfile_with_root_refuses_a_folder_swapped_before_publishing(layout):
+    root, outside = layout
+    dest = root / "dest"
+    out = PartFile(dest / "f.bin", root=root)
+    out.write(b"bytes")
+    dest.rename(root / "moved")
+    dest.symlink_to(outside)
+    before = snapshot(outside)
+    with pytest.raises(PathNotAllowed) as info:
+        out.commit(5)
+    assert info.value.code == "path_not_allowed"
+    assert snapshot(outside) == before
+    assert list((root / "moved").iterdir()) == []
+
+
+def test_partfile_with_root_never_overwrites(layout):
+    root, _ = layout
+    (root / "f.bin").write_text("old")
+    with pytest.raises(DestinationExists):
+        PartFile(root / "f.bin", root=root)
+    assert (root / "f.bin").read_text() == "old"
+
+
+def test_partfile_with_root_refuses_a_file_outside_the_root(layout):
+    root, outside = layout
+    with pytest.raises(PathNotAllowed):
+        PartFile(outside / "f.bin", root=root)
