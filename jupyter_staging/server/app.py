@@ -115,6 +115,7 @@ class StagingApp(ExtensionApp):
     def _default_db_url(self) -> str:
         folder = Path(jupyter_data_dir()) / "jupyter_staging"
         folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o700)  # our own folder: the job database, its WAL and key are the owner's alone
         return f"sqlite:///{folder / 'jobs.sqlite'}"
 
     @default("owner")
