@@ -56,33 +56,34 @@ def test_kill_during_slow_download_then_restart_resumes(server, tmp_path):
 
 
 def test_kill_during_conversion_then_restart_completes(server, tmp_path):
-    # A large CSV so that the conversion is still running when the server dies.
+    # A large CSV (10M rows, 100 chunks) so that the conversion is still running when the server dies:
+    # 15 chunks converted in 0.7 s here, and a CI machine once finished them before the kill.
     csv = tmp_path / "big.csv"
+    rows, chunk_rows = 10_000_000, 100_000
     with open(csv, "w") as fh:
         fh.write("TIME,FLUX,QUALITY\n")
-        for start in range(0, 3_000_000, 100_000):
-            fh.writelines(
-                f"{i * 0.0204:.6f},{1000 + (i % 997) * 0.5:.3f},{i % 8}\n"
-                for i in range(start, start + 100_000)
-            )
+        block = "".join(f"{i * 0.0204:.6f},{1000 + (i % 997) * 0.5:.3f},{i % 8}\n" for i in range(100_000))
+        for _ in range(rows // 100_000):
+            fh.write(block)
     job = server.create_job(
         {
             "source": str(csv),
             "destination": "staging/big",
-            "convert": {"format": "parquet", "chunk_rows": 200_000},
+            "convert": {"format": "parquet", "chunk_rows": chunk_rows},
         }
     )
-    server.wait_for(
+    seen = server.wait_for(
         job["id"], lambda j: j["progress"]["chunks_done"] >= 2 or j["state"] != "running", timeout=60
     )
+    assert seen["state"] == "running" and seen["progress"]["chunks_done"] < 50, seen
     server.kill()
 
     server.start()
     done = server.wait_for(job["id"], lambda j: j["state"] in ("succeeded", "failed"), timeout=120)
     assert done["state"] == "succeeded", done
     chunks = server.request("GET", f"jobs/{job['id']}/chunks").json()["chunks"]
-    assert [c["index"] for c in chunks] == list(range(15))
-    assert sum(c["rows"] for c in chunks) == 3_000_000
+    assert [c["index"] for c in chunks] == list(range(rows // chunk_rows))
+    assert sum(c["rows"] for c in chunks) == rows
     assert not list(server.root_dir.rglob("*.part"))
     log = server.request("GET", f"jobs/{job['id']}/log").json()["lines"]
     assert any("stopped while this job ran" in line["message"] for line in log), log
@@ -91,7 +92,7 @@ def test_kill_during_conversion_then_restart_completes(server, tmp_path):
 
     dest = server.root_dir / "staging" / "big"
     table = pq.read_table([dest / c["path"] for c in chunks])
-    assert table.num_rows == 3_000_000
+    assert table.num_rows == rows
     assert table.column("QUALITY").to_pylist()[:10] == [i % 8 for i in range(10)]
 
 
