@@ -17,6 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from jupyter_staging.errors import PathNotAllowed
+from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.control import JobControl
 
 #: Name of the folder, inside the staging folder, holding the scratch folders of object-store jobs.
@@ -78,6 +80,12 @@ class Destination(abc.ABC):
         """Delete what the job wrote: partial and scratch files always, its published output and manifest
         unless ``keep_ready``. Returns the number of files (objects) deleted."""
 
+    @property
+    def files(self) -> Confined:
+        """File operations below :attr:`workdir` by descriptor, confined to :attr:`confinement_root` (for a
+        private scratch folder, to the folder above :attr:`workdir`)."""
+        return Confined(self.confinement_root or self.workdir.parent)
+
     def confined(self, *, create: bool = False) -> None:
         """Check that :attr:`workdir` is still reached from :attr:`confinement_root` without a symlink
         (with ``create``, make what is missing, by descriptor). Called when a job starts or resumes, before
@@ -103,13 +111,17 @@ def within(path: Path, root: Path) -> bool:
 
 
 def remove_tree_if_empty(folder: Path, stop: Path) -> None:
-    """Remove ``folder`` and its empty parents up to (not including) ``stop``."""
-    folder = folder.resolve()
-    stop = stop.resolve()
-    while folder != stop and stop in folder.parents:
+    """Remove ``folder`` and its empty parents up to (not including) ``stop``, by descriptor from
+    ``stop`` (:class:`~jupyter_staging.safety.confined.Confined`): a folder on the way that became a
+    symlink stops the walk, and nothing outside ``stop`` is touched."""
+    if not within(folder, stop):
+        return
+    files = Confined(stop)
+    while folder != stop:
         try:
-            folder.rmdir()
-        except OSError:
+            if not files.rmdir(folder):
+                return
+        except PathNotAllowed:
             return
         folder = folder.parent
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
-import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
@@ -126,6 +125,5 @@ class ObjectStoreDestination(Destination):
 
     def remove_scratch(self) -> None:
         """Delete the local work folder (partial and not yet uploaded files) and its empty parent."""
-        if self.workdir.is_dir() and not self.workdir.is_symlink():
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            remove_tree_if_empty(self.workdir.parent, self.workdir.parent.parent)
+        self.files.remove_tree(self.workdir)
+        remove_tree_if_empty(self.workdir.parent, self.workdir.parent.parent)

@@ -11,7 +11,6 @@ kept.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path, PurePosixPath
 
 from jupyter_staging.destinations.base import scratch_dir
@@ -88,24 +87,34 @@ class ExpandingStager(ConvertingStager):
         if downloaded is None:
             self.control.add_bytes(item.size or 0)
         scratch = scratch_dir(self.dest.workdir, self.job_id) / f"expand-{len(self.resume['expanded'])}"
-        shutil.rmtree(scratch, ignore_errors=True)  # what an interrupted attempt left
+        fs = self.dest.files
+        fs.remove_tree(scratch)  # what an interrupted attempt left
         limit = self.host.max_unpacked_bytes
         if archive:
             base = check_output_name(archive_stem(item.name))
-            files = unpack(local, scratch, max_bytes=limit, max_ratio=MAX_RATIO, control=self.control)
+            files = unpack(
+                local, scratch, max_bytes=limit, max_ratio=MAX_RATIO, control=self.control, root=fs.root
+            )
         else:
             base = check_output_name(PurePosixPath(item.name).parent.as_posix())
             name = decompressed_name(PurePosixPath(item.name).name)
             files = [
-                decompress(local, scratch / name, max_bytes=limit, max_ratio=MAX_RATIO, control=self.control)
+                decompress(
+                    local,
+                    scratch / name,
+                    max_bytes=limit,
+                    max_ratio=MAX_RATIO,
+                    control=self.control,
+                    root=fs.root,
+                )
             ]
         self._log("info", f"{item.name}: {'unpacked' if archive else 'decompressed'} {len(files)} file(s)")
         for extracted in files:
             rel = extracted.name if base in ("", ".") else f"{base}/{extracted.name}"
             self._publish_extracted(rec, scratch / extracted.name, check_output_name(rel), extracted, entry)
-        shutil.rmtree(scratch, ignore_errors=True)
+        fs.remove_tree(scratch)
         if downloaded is not None:
-            downloaded.unlink(missing_ok=True)
+            fs.unlink(downloaded)
 
     def _publish_extracted(
         self, rec: JobRecord, path: Path, rel: str, extracted: Extracted, entry: str | None

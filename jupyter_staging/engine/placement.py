@@ -11,16 +11,17 @@ readable until then.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from jupyter_staging.destinations.manifest import MANIFEST_NAME, read_manifest
 from jupyter_staging.engine.freshness import Freshness, check_sources, outputs_present
 from jupyter_staging.engine.models import JobState
 from jupyter_staging.engine.store import JobRecord, Store
 from jupyter_staging.errors import DestinationExists, PathNotAllowed
+from jupyter_staging.safety.confined import Confined
+from jupyter_staging.safety.dirfd import lstat_at, open_below
 from jupyter_staging.safety.paths import resolve_destination
 
 #: States of a job that still owns its destination folder.
@@ -144,42 +145,51 @@ def swap_in(root: Path, rel: str, into: str, *, staged_before: set[str], aside_n
     ``manifest.json``) are moved into the new folder when their name is free there, so nothing a user put
     beside the staged files is lost; the old folder is then removed (it is kept, renamed ``aside_name``,
     when some of its files could not be moved). Returns the relative paths of the files moved across.
-    Raises :class:`PathNotAllowed` when ``rel`` became a symlink.
+    Every step is done by descriptor from ``root`` (:class:`~jupyter_staging.safety.confined.Confined`).
+    Raises :class:`PathNotAllowed` when ``rel`` or a folder above it became a symlink.
     """
+    fs = Confined(root)
     final, new = root / rel, root / into
-    if final.is_symlink():
-        raise PathNotAllowed(f"destination {rel!r} was replaced by a symbolic link; not swapped in")
-    if not final.exists():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(new, final)
+    if fs.exists(final) and not fs.is_folder(final):
+        raise PathNotAllowed(f"destination {rel!r} was replaced by a symbolic link or a file; not swapped in")
+    if not fs.exists(final):
+        fs.rename(new, final, make_parents=True)
         return []
     aside = final.parent / aside_name
-    os.rename(final, aside)
-    os.rename(new, final)
-    moved, kept = _carry_over(aside, final, staged_before | {MANIFEST_NAME})
+    fs.rename(final, aside)
+    fs.rename(new, final)
+    with fs.folder(aside) as old_fd, fs.folder(final) as new_fd:
+        moved, kept = _carry_over(old_fd, new_fd, staged_before | {MANIFEST_NAME})
     if not kept:
-        shutil.rmtree(aside, ignore_errors=True)
+        fs.remove_tree(aside)
     return moved
 
 
-def _carry_over(old: Path, new: Path, staged: set[str]) -> tuple[list[str], int]:
-    """Move files of ``old`` that are not in ``staged`` into ``new`` (no overwrite); returns the moved
-    paths and the number of files that had to stay."""
+def _carry_over(old_fd: int, new_fd: int, staged: set[str]) -> tuple[list[str], int]:
+    """Move files of folder ``old_fd`` that are not in ``staged`` into folder ``new_fd`` at the same
+    relative path (no overwrite, no symlink followed); returns the moved paths and the number of files
+    that had to stay."""
     moved: list[str] = []
     kept = 0
-    for dirpath, _dirs, files in os.walk(old):
+    for dirpath, _dirs, files, dir_fd in os.fwalk(".", dir_fd=old_fd):
+        folder = PurePosixPath(dirpath)
         for name in files:
-            path = Path(dirpath) / name
-            rel = path.relative_to(old).as_posix()
+            rel = (folder / name).as_posix()
             if rel in staged or rel.endswith(".part"):
                 continue
-            target = new / rel
-            if target.exists() or target.is_symlink():
+            try:
+                target_fd = open_below(new_fd, folder.as_posix(), create=True)
+            except PathNotAllowed:
                 kept += 1
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(path, target)
-            moved.append(rel)
+            try:
+                if lstat_at(target_fd, name) is not None:
+                    kept += 1
+                    continue
+                os.rename(name, name, src_dir_fd=dir_fd, dst_dir_fd=target_fd)
+                moved.append(rel)
+            finally:
+                os.close(target_fd)
     return moved, kept
 
 

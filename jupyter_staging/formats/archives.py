@@ -51,7 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from jupyter_staging.errors import DestinationExists, UnsafeArchive
+from jupyter_staging.errors import DestinationExists, PathNotAllowed, UnsafeArchive
+from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import BLOCK_SIZE, PART_SUFFIX, PartFile
 
@@ -296,34 +297,48 @@ def _check_layout(what: str, entries: list[_Entry], into: Path) -> None:
 
 
 class _Writer:
-    """Creates folders and files under ``into`` and remembers them, so a failed call can remove them."""
+    """Creates folders and files under ``into`` and remembers them, so a failed call can remove them.
 
-    def __init__(self, into: Path) -> None:
+    Everything is done by descriptor from ``root`` (the trusted folder ``into`` lies below,
+    :class:`~jupyter_staging.safety.confined.Confined`): a folder on the way that is or becomes a symlink
+    is refused (``unsafe_archive_link``), never followed."""
+
+    def __init__(self, into: Path, root: Path) -> None:
         self.into = into
+        self.fs = Confined(root)
         self.files: list[Path] = []
         self.folders: list[Path] = []
         self.part: PartFile | None = None
 
     def folder(self, path: Path) -> None:
-        """Create ``path`` and its missing parents; refuse a link under ``into`` that appeared meanwhile."""
+        """Create ``path`` and its missing parents (by descriptor); refuse a link in the way."""
         missing = []
-        while not path.is_dir():
-            missing.append(path)
-            path = path.parent
-        if self.into in path.parents and path.is_symlink():
+        probe = path
+        try:
+            while probe != self.fs.root and not self.fs.is_folder(probe):
+                if self.fs.exists(probe):
+                    raise PathNotAllowed(f"{probe.name!r} is a symbolic link or a file")
+                missing.append(probe)
+                probe = probe.parent
+            for folder in reversed(missing):
+                self.fs.mkdir(folder)
+                self.folders.append(folder)
+        except PathNotAllowed:
             raise UnsafeArchive(
                 f"{path.name}: a link in the destination is in the way", code="unsafe_archive_link"
-            )
-        for folder in reversed(missing):
-            folder.mkdir()
-            self.folders.append(folder)
+            ) from None
 
     def file(
         self, final: Path, src: IO[bytes], budget: _Budget, control: JobControl | None
     ) -> tuple[int, str]:
         """Copy ``src`` into ``final`` through a part file; returns ``(size_bytes, sha256_hex)``."""
         self.folder(final.parent)
-        self.part = PartFile(final)
+        try:
+            self.part = PartFile(final, root=self.fs.root)
+        except PathNotAllowed:
+            raise UnsafeArchive(
+                f"{final.name}: a link in the destination is in the way", code="unsafe_archive_link"
+            ) from None
         _copy_bounded(src, self.part, budget, control)
         size, digest = self.part.commit()
         self.part = None
@@ -335,12 +350,21 @@ class _Writer:
         if self.part is not None:
             self.part.discard()
         for path in reversed(self.files):
-            path.unlink(missing_ok=True)
+            try:
+                self.fs.unlink(path)
+            except PathNotAllowed:
+                pass  # its folder was swapped for a link: nothing of ours is reachable there
         for folder in reversed(self.folders):
             try:
-                folder.rmdir()
-            except OSError:
+                self.fs.rmdir(folder)
+            except PathNotAllowed:
                 pass
+
+
+def _trusted_parent(folder: Path) -> Path:
+    """``folder``'s parent, made when missing: the root to work from when the caller names none."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return folder.parent
 
 
 def _copy_bounded(src: IO[bytes], out: PartFile, budget: _Budget, control: JobControl | None) -> None:
@@ -364,9 +388,10 @@ def _extract(
     open_member: Callable[[_Entry], IO[bytes]],
     budget: _Budget,
     control: JobControl | None,
+    root: Path,
 ) -> list[Extracted]:
     """Write the checked ``entries`` in order; on any error remove what was written and re-raise."""
-    writer = _Writer(into)
+    writer = _Writer(into, root)
     extracted = []
     try:
         writer.folder(into)
@@ -414,13 +439,16 @@ def unpack(
     max_bytes: int,
     max_ratio: float = 100.0,
     control: JobControl | None = None,
+    root: Path | None = None,
 ) -> list[Extracted]:
     """Extract the regular files and folders of ``archive`` (kind by :func:`archive_kind`) under ``into``.
 
     ``max_bytes`` limits the total bytes of files (declared and really written); ``max_ratio`` limits that
     total over the archive's size in bytes. ``into`` is created if missing. Folders are created but not
-    listed. ``control.check()`` runs between blocks (``add_bytes`` is not called: the engine counts the
-    source's bytes). A compressed tarball is read twice: once to check every member, once to extract.
+    listed. ``root`` is the trusted folder ``into`` lies below (default: ``into``'s parent, made when
+    missing): every folder and file is made by descriptor from it, never through a symlink.
+    ``control.check()`` runs between blocks (``add_bytes`` is not called: the engine counts the source's
+    bytes). A compressed tarball is read twice: once to check every member, once to extract.
     Returns the files written, in archive order.
 
     Raises :class:`UnsafeArchive` (codes in the module docstring; nothing is written, or what was written
@@ -434,6 +462,7 @@ def unpack(
             f"{what}: not a .zip, .tar, .tar.gz, .tgz, .tar.bz2 or .tar.xz file", code="archive_unsupported"
         )
     budget = _Budget(what, archive.stat().st_size, max_bytes, max_ratio)
+    base = root or _trusted_parent(into)
     if kind == "zip":
         with _reading(what):
             zf = zipfile.ZipFile(archive)
@@ -441,7 +470,7 @@ def unpack(
             with _reading(what):
                 entries = _scan(what, zf.infolist(), budget, control)
             _check_layout(what, entries, into)
-            files = _extract(what, entries, into, _open_zip_member(zf), budget, control)
+            files = _extract(what, entries, into, _open_zip_member(zf), budget, control, base)
     else:
         with _reading(what):
             tf = tarfile.open(archive, "r:*")
@@ -449,7 +478,7 @@ def unpack(
             with _reading(what):
                 entries = _scan(what, tf, budget, control)
             _check_layout(what, entries, into)
-            files = _extract(what, entries, into, _open_tar_member(tf), budget, control)
+            files = _extract(what, entries, into, _open_tar_member(tf), budget, control, base)
     if control is not None:
         control.log("info", f"unpacked {len(files)} files ({budget.written} bytes) from {what}")
     return files
@@ -462,11 +491,13 @@ def decompress(
     max_bytes: int,
     max_ratio: float = 100.0,
     control: JobControl | None = None,
+    root: Path | None = None,
 ) -> Extracted:
     """Decompress the single gzip / bzip2 / xz file ``path`` (kind by :func:`compressed_kind`) into ``out``.
 
     The same limits as :func:`unpack`, counted on the bytes really written (these formats declare no
-    trustworthy size). Returns the file written, named ``out.name``.
+    trustworthy size). Returns the file written, named ``out.name``. ``root``: the trusted folder ``out``
+    lies below (default: ``out``'s folder's parent); the file is written by descriptor from it.
 
     Raises :class:`UnsafeArchive` (``archive_too_large``, ``archive_bomb``, ``archive_corrupt``,
     ``archive_unsupported``; the partial output is removed), :class:`DestinationExists` if ``out``
@@ -477,7 +508,9 @@ def decompress(
     if kind is None:
         raise UnsafeArchive(f"{what}: not a .gz, .bz2 or .xz file", code="archive_unsupported")
     budget = _Budget(what, path.stat().st_size, max_bytes, max_ratio)
-    part = PartFile(out)
+    base = root or _trusted_parent(out.parent)
+    Confined(base).makedirs(out.parent)
+    part = PartFile(out, root=base)
     try:
         with _DECOMPRESSORS[kind](path, "rb") as src:
             _copy_bounded(src, part, budget, control)

@@ -8,7 +8,6 @@ target's folder is :mod:`jupyter_staging.hub.fileops`' business.
 
 from __future__ import annotations
 
-import errno
 import os
 import pwd
 import string
@@ -16,10 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from jupyter_staging.errors import PathNotAllowed, StagingError
+from jupyter_staging.safety.dirfd import DIR_FLAGS, open_dir
 from jupyter_staging.safety.paths import check_output_name
-
-#: Flags opening a folder of a user's area: never through a symlink.
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 _SAFE_USERNAME_CHARS = frozenset(string.ascii_letters + string.digits)
 
@@ -194,30 +191,15 @@ def split_relative_path(relative_path: str, default_name: str) -> tuple[list[str
 
 
 def _open_child_dir(parent_fd: int, name: str, *, create: bool, owner: Owner | None, shown: list[str]) -> int:
-    """Open folder ``name`` in ``parent_fd`` without following a symlink, creating it if asked."""
-    where = "/".join(shown)
+    """Open folder ``name`` in ``parent_fd`` without following a symlink (:func:`open_dir`), creating it
+    (mode 0755, then given to ``owner``) if asked."""
     try:
-        return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
-    except FileNotFoundError:
-        if not create:
-            raise
-    except OSError as err:
-        if err.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise PathNotAllowed(
-                f"{where!r} is a symbolic link or a file, not a folder; links in a user's area are never "
-                "followed"
-            ) from None
-        raise
-    try:
-        os.mkdir(name, 0o755, dir_fd=parent_fd)
-    except FileExistsError:
-        pass  # made meanwhile: the O_NOFOLLOW open below decides whether it is acceptable
-    try:
-        fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
-    except OSError as err:
-        if err.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise PathNotAllowed(f"{where!r} was replaced by a symbolic link or a file") from None
-        raise
+        fd = open_dir(parent_fd, name, create=create, mode=0o755)
+    except PathNotAllowed:
+        raise PathNotAllowed(
+            f"{'/'.join(shown)!r} is a symbolic link or a file, not a folder; links in a user's area are "
+            "never followed"
+        ) from None
     if owner is not None:
         os.fchown(fd, owner.uid, owner.gid)
     return fd

@@ -27,7 +27,8 @@ from jupyter_staging.errors import (
     SourceNotFound,
     StagingError,
 )
-from jupyter_staging.hub.areas import DIR_FLAGS, Target
+from jupyter_staging.hub.areas import Target
+from jupyter_staging.safety.dirfd import open_dir, publish_at
 from jupyter_staging.safety.partfile import copy_stream
 from jupyter_staging.safety.paths import resolve_source
 
@@ -227,13 +228,12 @@ def local_copy(source: SourceFile, target: Target) -> Outcome:
 
 
 def _publish(part: str, target: Target) -> None:
-    """Give ``part`` the target's name with ``linkat`` (never replaces, never follows), then drop it."""
+    """Give ``part`` the target's name with ``linkat`` (:func:`publish_at`: never replaces, never
+    follows), then drop it."""
     try:
-        os.link(part, target.name, src_dir_fd=target.dir_fd, dst_dir_fd=target.dir_fd, follow_symlinks=False)
-    except FileExistsError:
+        publish_at(target.dir_fd, part, target.dir_fd, target.name)
+    except DestinationExists:
         raise _exists_error(target) from None
-    os.unlink(part, dir_fd=target.dir_fd)
-    os.fsync(target.dir_fd)
 
 
 def _unlink_quietly(name: str, dir_fd: int) -> None:
@@ -316,16 +316,6 @@ def make_read_only(target: Target) -> None:
 # -- a file a job in the user's server wrote --------------------------------------------------------
 
 
-def _open_folder(name: str, parent_fd: int) -> int:
-    """An fd of folder ``name`` in ``parent_fd``, opened without following a symlink."""
-    try:
-        return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
-    except OSError as err:
-        if err.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise PathNotAllowed(f"{name!r} is a symbolic link or a file, not a folder") from None
-        raise
-
-
 def _same_bytes(folder_fd: int, name: str, target: Target) -> bool:
     """True when ``name`` in ``folder_fd`` and the target are regular files of the same size and sha256."""
     digests = []
@@ -351,7 +341,7 @@ def publish_from_folder(folder: str, file_name: str, target: Target) -> bool:
     ``link_not_permitted`` (403) when the system refuses the link (``protected_hardlinks``: the service
     runs neither as root nor as the user), :class:`FileNotFoundError` when the file is missing.
     """
-    folder_fd = _open_folder(folder, target.dir_fd)
+    folder_fd = open_dir(target.dir_fd, folder)
     try:
         if not stat.S_ISREG(os.stat(file_name, dir_fd=folder_fd, follow_symlinks=False).st_mode):
             raise PathNotAllowed(f"{folder}/{file_name} is not a regular file")
@@ -380,7 +370,7 @@ def remove_folder(parent_fd: int, name: str) -> None:
     """Remove folder ``name`` of ``parent_fd`` and the files right in it (links are removed, never
     followed; a subfolder keeps the folder). Best effort: what cannot be removed stays, and is logged."""
     try:
-        fd = _open_folder(name, parent_fd)
+        fd = open_dir(parent_fd, name)
     except (OSError, PathNotAllowed):
         return
     try:

@@ -1,0 +1,142 @@
+"""Confined: path-shaped operations done by descriptor never reach outside the root through a link."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from jupyter_staging.engine.placement import swap_in
+from jupyter_staging.errors import DestinationExists, PathNotAllowed, UnsafeArchive
+from jupyter_staging.formats.archives import decompress, unpack
+from jupyter_staging.safety.confined import Confined
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` with its bytes (symlinks not followed)."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> tuple[Path, Path]:
+    """A root (the user's area) and a sibling folder outside it holding a file that must survive."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "staging" / "run").mkdir(parents=True)
+    (root / "staging" / "run" / "a.txt").write_bytes(b"a")
+    outside.mkdir()
+    (outside / "keep.txt").write_bytes(b"precious")
+    (outside / "sub").mkdir()
+    (outside / "sub" / "deep.txt").write_bytes(b"deep")
+    return root, outside
+
+
+def test_every_operation_refuses_a_folder_swapped_for_a_link(layout: tuple[Path, Path]) -> None:
+    root, outside = layout
+    before = snapshot(outside)
+    (root / "evil").symlink_to(outside, target_is_directory=True)
+    fs = Confined(root)
+    with pytest.raises(PathNotAllowed):
+        fs.unlink(root / "evil" / "keep.txt")
+    with pytest.raises(PathNotAllowed):
+        fs.remove_tree(root / "evil" / "sub")
+    with pytest.raises(PathNotAllowed):
+        fs.rename(root / "staging" / "run" / "a.txt", root / "evil" / "a.txt")
+    with pytest.raises(PathNotAllowed):
+        fs.makedirs(root / "evil" / "new")
+    with pytest.raises(PathNotAllowed):
+        fs.rmdir(root / "evil" / "sub")
+    assert snapshot(outside) == before
+    assert not (outside / "new").exists() and not (outside / "a.txt").exists()
+    # The link itself is what remove_tree removes, never its target.
+    fs.remove_tree(root / "evil")
+    assert not (root / "evil").is_symlink() and snapshot(outside) == before
+
+
+def test_paths_outside_or_at_the_root_are_refused(layout: tuple[Path, Path]) -> None:
+    root, outside = layout
+    fs = Confined(root)
+    with pytest.raises(PathNotAllowed):
+        fs.unlink(outside / "keep.txt")
+    with pytest.raises(PathNotAllowed):
+        fs.remove_tree(root)
+    assert (outside / "keep.txt").read_bytes() == b"precious"
+
+
+def test_rename_never_replaces_and_remove_tree_empties(layout: tuple[Path, Path]) -> None:
+    root, _ = layout
+    fs = Confined(root)
+    (root / "b.txt").write_bytes(b"b")
+    with pytest.raises(DestinationExists):
+        fs.rename(root / "b.txt", root / "staging" / "run" / "a.txt")
+    fs.rename(root / "b.txt", root / "new" / "deeper" / "b.txt", make_parents=True)
+    assert (root / "new" / "deeper" / "b.txt").read_bytes() == b"b"
+    fs.remove_tree(root / "new")
+    assert not (root / "new").exists()
+    assert fs.exists(root / "staging" / "run" / "a.txt") and not fs.exists(root / "nothing" / "x")
+
+
+def test_swap_in_refuses_a_parent_swapped_for_a_link(layout: tuple[Path, Path]) -> None:
+    root, outside = layout
+    (root / "staging" / ".swap").mkdir()
+    (root / "staging" / ".swap" / "a.txt").write_bytes(b"new")
+    os.rename(root / "staging", root / "staging-moved")
+    (root / "staging").symlink_to(outside, target_is_directory=True)
+    before = snapshot(outside)
+    with pytest.raises(PathNotAllowed):
+        swap_in(root, "staging/run", "staging/.swap", staged_before={"a.txt"}, aside_name=".aside")
+    assert snapshot(outside) == before
+
+
+def test_swap_in_carries_over_user_files_by_descriptor(layout: tuple[Path, Path]) -> None:
+    root, outside = layout
+    run = root / "staging" / "run"
+    (run / "notes").mkdir()
+    (run / "notes" / "mine.txt").write_bytes(b"user's")
+    (run / "linked").symlink_to(outside, target_is_directory=True)
+    (root / "staging" / ".swap").mkdir()
+    (root / "staging" / ".swap" / "a.txt").write_bytes(b"new")
+    moved = swap_in(root, "staging/run", "staging/.swap", staged_before={"a.txt"}, aside_name=".aside")
+    assert moved == ["notes/mine.txt"]
+    assert (run / "a.txt").read_bytes() == b"new"
+    assert (run / "notes" / "mine.txt").read_bytes() == b"user's"
+    assert snapshot(outside) == {"keep.txt": b"precious", "sub/deep.txt": b"deep"}
+
+
+def _tarball(path: Path) -> Path:
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data in (("d/x.txt", b"x" * 100), ("d/y.txt", b"y" * 100)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_unpack_into_a_folder_swapped_for_a_link_writes_nothing_outside(layout: tuple[Path, Path]) -> None:
+    root, outside = layout
+    archive = _tarball(root / "bulk.tar.gz")
+    (root / "scratch").symlink_to(outside, target_is_directory=True)
+    before = snapshot(outside)
+    with pytest.raises(UnsafeArchive) as err:
+        unpack(archive, root / "scratch" / "expand-0", max_bytes=10**6, root=root)
+    assert err.value.code == "unsafe_archive_link"
+    assert snapshot(outside) == before and not (outside / "expand-0").exists()
+
+
+def test_decompress_by_descriptor(layout: tuple[Path, Path]) -> None:
+    root, outside = layout
+    src = root / "x.fits.gz"
+    src.write_bytes(gzip.compress(b"SIMPLE" * 100))
+    out = decompress(src, root / "out" / "x.fits", max_bytes=10**6, root=root)
+    assert out.size == 600 and (root / "out" / "x.fits").read_bytes() == b"SIMPLE" * 100
+    (root / "bad").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(PathNotAllowed):
+        decompress(src, root / "bad" / "x.fits", max_bytes=10**6, root=root)
+    assert not (outside / "x.fits").exists() and not (outside / "x.fits.part").exists()
