@@ -140,6 +140,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_body(self, file: Path, start: int, length: int) -> None:
         owner = self.server.owner
         drop_at = owner._take_drop()
+        stall_at = owner._take_stall()
         if owner.short_body_by:
             drop_at = max(0, length - owner.short_body_by) if drop_at is None else drop_at
         sent = 0
@@ -149,6 +150,9 @@ class _Handler(BaseHTTPRequestHandler):
                 piece = fh.read(min(WRITE_PIECE, length - sent))
                 if not piece:
                     break
+                if stall_at is not None and sent + len(piece) >= stall_at:
+                    self._stall(piece[: max(0, stall_at - sent)])
+                    return
                 if drop_at is not None and sent + len(piece) >= drop_at:
                     piece = piece[: max(0, drop_at - sent)]
                     self.wfile.write(piece)
@@ -164,6 +168,13 @@ class _Handler(BaseHTTPRequestHandler):
                 sent += len(piece)
                 if owner.throttle_bytes_per_s:
                     time.sleep(len(piece) / owner.throttle_bytes_per_s)
+
+    def _stall(self, head: bytes) -> None:
+        """Send ``head``, then nothing more for ``stall_seconds`` with the connection open; then close it."""
+        self.wfile.write(head)
+        self.wfile.flush()
+        self.server.owner.stopping.wait(self.server.owner.stall_seconds)
+        self.close_connection = True
 
     def _simple(self, status: int, text: str) -> None:
         data = text.encode()
@@ -213,6 +224,8 @@ class RangeHTTPServer:
     bytes before its ``Content-Length``. ``truncate_get_to``: GETs serve only the first N bytes, with a
     matching ``Content-Length`` (HEAD still says the full size). ``extra_body_bytes``: no
     ``Content-Length`` on GETs (HEAD still says the size); this many junk bytes follow the body.
+    ``stall_after_bytes``: once, after this many bytes of one body, send nothing more for
+    ``stall_seconds`` while keeping the connection open (a server that hangs mid-body), then close it.
     ``digest_headers``: headers to send among ``Repr-Digest`` (RFC 9530), ``Digest`` (RFC 3230) and
     ``Content-MD5`` (RFC 1864, full answers only), computed from the file; ``wrong_digests``: computed
     from other bytes.
@@ -231,6 +244,10 @@ class RangeHTTPServer:
         self.root = Path(root).resolve()
         self.throttle_bytes_per_s = throttle_bytes_per_s
         self.drop_after_bytes = drop_after_bytes
+        self.stall_after_bytes: int | None = None
+        self.stall_seconds = 30.0
+        #: Set when the server stops, so stalled answers end at once.
+        self.stopping = threading.Event()
         self.fail_first_n = fail_first_n
         self.head_status: int | None = None
         self.ranges = True
@@ -268,6 +285,11 @@ class RangeHTTPServer:
         with self._lock:
             drop, self.drop_after_bytes = self.drop_after_bytes, None
             return drop
+
+    def _take_stall(self) -> int | None:
+        with self._lock:
+            stall, self.stall_after_bytes = self.stall_after_bytes, None
+            return stall
 
     def digests_of(self, file: Path, status: int) -> dict[str, str]:
         """The :attr:`digest_headers` for ``file`` (of other bytes with :attr:`wrong_digests`)."""
@@ -313,6 +335,7 @@ class RangeHTTPServer:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         if self._thread is not None:

@@ -13,6 +13,7 @@ from jupyter_staging.errors import ChecksumMismatch, SizeMismatch, VerificationF
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import part_path
 from jupyter_staging.sources import base
+from jupyter_staging.sources import http as http_source
 from jupyter_staging.sources.http import HTTPSource
 from tests.helpers.data import KEPLER_NAME, TESS_NAME, sha256
 from tests.helpers.sources import Progress
@@ -95,6 +96,24 @@ def test_206_of_the_same_version_continues(range_server, kepler, dest, stage_ver
 
     assert path.read_bytes() == kepler and digest == sha256(kepler)
     assert [g.header("Range") for g in range_server.requests_for("k.fits", "GET")] == [None, "bytes=400000-"]
+
+
+def test_a_server_that_stalls_mid_body_is_resumed_after_the_read_timeout(
+    range_server, kepler, dest, stage_verified, monkeypatch
+):
+    (range_server.root / "k.fits").write_bytes(kepler)
+    range_server.stall_after_bytes = 500_000
+    monkeypatch.setattr(http_source, "TIMEOUT", (5.0, 1.0))  # the read timeout, 60 s in production
+    source = HTTPSource(range_server.url("k.fits"))
+    [item] = source.list_items()
+
+    path, _, digest = stage_verified(source, item, dest)
+
+    assert path.read_bytes() == kepler and digest == sha256(kepler)
+    ranges = [g.header("Range") for g in range_server.requests_for("k.fits", "GET")]
+    assert ranges[0] is None and len(ranges) == 2
+    resumed_at = int(ranges[1].removeprefix("bytes=").rstrip("-"))
+    assert 0 < resumed_at <= 500_000
 
 
 # -- bodies shorter or longer than announced ---------------------------------------------------------
