@@ -10,20 +10,12 @@ import tempfile
 from pathlib import Path
 
 from jupyter_staging.cli.model import FAIL, OK, WARN, Check, DoctorSettings, existing_ancestor
+from jupyter_staging.engine.describe import format_bytes
 from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.paths import resolve_destination
 
 STAGING = "staging folder"
 SOURCE_ROOT = "source root"
-
-
-def human_size(n: float) -> str:
-    """``n`` bytes for people: ``"512 B"``, ``"1.5 GiB"``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def check_staging_folder(settings: DoctorSettings) -> Check:
@@ -85,11 +77,11 @@ def _writable_with_space(target: Path, existing: Path, min_free_bytes: int) -> C
         return Check(
             STAGING,
             WARN,
-            f"the staging folder {target}{later} has only {human_size(free)} free",
-            f"free some space on that file system (at least {human_size(min_free_bytes)}), "
+            f"the staging folder {target}{later} has only {format_bytes(free)} free",
+            f"free some space on that file system (at least {format_bytes(min_free_bytes)}), "
             "or set StagingApp.staging_dir / the server's root_dir to a larger one",
         )
-    return Check(STAGING, OK, f"the staging folder {target} is writable{later}, {human_size(free)} free")
+    return Check(STAGING, OK, f"the staging folder {target} is writable{later}, {format_bytes(free)} free")
 
 
 def check_source_roots(settings: DoctorSettings) -> list[Check]:

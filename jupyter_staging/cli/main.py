@@ -12,7 +12,9 @@ which the doctor cannot see: pass ``--root-dir`` then. The checks and the report
 
 from __future__ import annotations
 
+import difflib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from jupyter_staging.cli.model import (
     GIB,
     DoctorSettings,
 )
-from jupyter_staging.server.app import StagingApp
+from jupyter_staging.server.app import StagingApp, parse_source_roots
 
 
 class DoctorApp(JupyterApp):
@@ -120,7 +122,7 @@ class DoctorApp(JupyterApp):
         return DoctorSettings(
             root_dir=str(Path(os.path.expanduser(root)).absolute()),
             staging_dir=staging.staging_dir,
-            source_roots=list(staging.source_roots),
+            source_roots=parse_source_roots(staging.source_roots),  # as the server reads it
             db_url=staging.db_url,
             jpserver_extensions=dict(extensions),
             config_paths=list(self.config_file_paths),
@@ -159,6 +161,27 @@ class StagingCommand(JupyterApp):
 
     def load_config_file(self, suppress_errors: bool = True) -> None:  # type: ignore[override]
         """The subcommands load what they need."""
+
+    def start(self) -> None:
+        """Run the subcommand; without a valid one, print the usage (with a "did you mean" for a near
+        miss such as ``doktor``) to stderr and exit 2, as command-line tools do for a usage error."""
+        if self.subapp is not None:
+            super().start()
+            return
+        print(self.usage_text(self.extra_args[0] if self.extra_args else None), file=sys.stderr)
+        self.exit(2)
+
+    def usage_text(self, typed: str | None) -> str:
+        """The usage message for ``jupyter staging TYPED`` (``typed`` None: no subcommand given)."""
+        names = sorted(self.subcommands)
+        lines = []
+        if typed is not None:
+            close = difflib.get_close_matches(typed, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            lines.append(f"jupyter staging: unknown command {typed!r}{hint}")
+        lines.append(f"usage: jupyter staging {{{','.join(names)}}} [options]   (--help for more)")
+        lines += [f"  {name:10} {self.subcommands[name][1]}" for name in names]
+        return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_staging._version import __version__
-from jupyter_staging.safety.partfile import PartFile
 from jupyter_staging.safety.redact import redact_url
 
 MANIFEST_NAME = "manifest.json"
@@ -55,20 +54,6 @@ def build_manifest(
     if entries is not None:
         manifest["entries"] = [{**e, "source": redact_url(str(e.get("source", "")))} for e in entries]
     return manifest
-
-
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> tuple[int, str]:
-    """Write ``folder/manifest.json`` atomically; returns ``(size_bytes, sha256_hex)``.
-
-    Raises :class:`~jupyter_staging.errors.DestinationExists` if a manifest is already there.
-    """
-    out = PartFile(folder / MANIFEST_NAME)
-    try:
-        out.write(json.dumps(manifest, indent=2, sort_keys=False).encode() + b"\n")
-        return out.commit()
-    except BaseException:
-        out.discard()
-        raise
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:

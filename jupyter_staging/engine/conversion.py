@@ -1,7 +1,13 @@
 """Conversion steps of a run: a table item becomes numbered Parquet parts, one chunk each.
 
-Anything that is not a table (an image, a Parquet file) is staged as it is, as one chunk. A remote table
-is downloaded (resumably) into the job's scratch folder first.
+Anything that is not a table (an image, a Parquet file) is staged as it is, as one chunk, and recorded in
+the job's resume data under ``not_converted`` (output name -> why), which the job's description shows as a
+notice. A remote table is downloaded (resumably) into the job's scratch folder first.
+
+Progress stays truthful: ``bytes_done`` counts source bytes once (a downloaded table's bytes as they
+arrive, not again as the converter reads them back), ``rows_done`` the rows converted, and the bytes of
+each Parquet part are recorded under ``part_bytes`` (part path -> bytes) as the part is published, before
+its chunk is counted (``progress.output_bytes``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from jupyter_staging.engine.items import ItemStager, sha256_file
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.store import JobRecord
 from jupyter_staging.errors import TransferFailed
+from jupyter_staging.safety.control import JobControl
 from jupyter_staging.formats.convert import convert_to_parquet
 from jupyter_staging.formats.detect import detect_format, is_table
 from jupyter_staging.safety.paths import check_output_name
@@ -25,6 +32,33 @@ from jupyter_staging.sources.base import Source, SourceItem
 
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 _PART_RE = re.compile(r"part-(\d+)\.parquet")
+
+#: Keys of the job's resume data this module keeps: Parquet part path -> bytes; output name -> why it was
+#: staged as it is although a conversion was asked for.
+PART_BYTES = "part_bytes"
+NOT_CONVERTED = "not_converted"
+
+
+class CountedControl(JobControl):
+    """The job's control for converting a file whose source bytes were counted already (as they were
+    downloaded): pause, cancel, rows and log lines go to ``job``; source bytes are not counted twice."""
+
+    def __init__(self, job: JobControl) -> None:
+        super().__init__(on_rows=job.add_rows, log=job.log)
+        self._job = job
+
+    def interrupt(self, reason: str) -> None:
+        self._job.interrupt(reason)
+
+    @property
+    def interrupted(self) -> bool:
+        return self._job.interrupted
+
+    def check(self) -> None:
+        self._job.check()
+
+    def wait(self, seconds: float) -> None:
+        self._job.wait(seconds)
 
 
 class ConvertingStager(ItemStager):
@@ -40,26 +74,32 @@ class ConvertingStager(ItemStager):
             if item.name in self.resume.setdefault("converted", []):
                 return
         if any(self.dest.relative(c.path) == item.name for c in self.store.list_chunks(self.job_id)):
-            self._convert_passthrough(source, method, item, entry=entry)  # staged as-is in an earlier run
+            # Staged as it is in an earlier run, which recorded why (resume data, job log).
+            self._convert_passthrough(source, method, item, entry=entry, why="")
             return
         if self._reuse_converted(item, entry):
             return
         local, downloaded = self._local_copy(source, item)
         fmt = detect_format(local)
         if fmt is None or fmt == "parquet" or (opts.get("hdu") is None and not is_table(local)):
-            self._convert_passthrough(source, method, item, downloaded=downloaded, entry=entry)
+            why = "already Parquet" if fmt == "parquet" else "not a table"
+            self._convert_passthrough(source, method, item, downloaded=downloaded, entry=entry, why=why)
             return
         if fmt == "fits" and len(self.resume.get("items", [])) == 1:
             self._expect_chunks(local, opts)
         bytes_before = self.live.bytes_done if downloaded is None else None
-        out_rel = self._convert_file(local, item.name, opts, entry)
+        out_rel = self._convert_file(local, item.name, opts, entry, counted=downloaded is not None)
         if bytes_before is not None and self.live.bytes_done == bytes_before:
             self.control.add_bytes(item.size or 0)
         self._converted(item, out_rel, self.dest.workdir / out_rel, downloaded)
 
-    def _convert_file(self, local: Path, name: str, opts: dict[str, Any], entry: str | None) -> str:
+    def _convert_file(
+        self, local: Path, name: str, opts: dict[str, Any], entry: str | None, *, counted: bool
+    ) -> str:
         """Convert the local table ``local`` (output name ``name``) into ``<stem>.parquet/part-*.parquet``
-        chunks, after the parts an earlier attempt recorded; returns the output folder (relative)."""
+        chunks, after the parts an earlier attempt recorded; returns the output folder (relative).
+        ``counted``: the source bytes were counted already (a download), so the converter reports rows
+        only."""
         out_rel = self._output_folder(name)
         out_dir = self.dest.workdir / out_rel
         existing = [
@@ -75,7 +115,7 @@ class ConvertingStager(ItemStager):
             chunk_rows=int(opts.get("chunk_rows") or 100_000),
             compression=str(opts.get("compression") or "zstd"),
             hdu=opts.get("hdu"),
-            control=self.control,
+            control=CountedControl(self.control) if counted else self.control,
             start_index=len(existing),
             on_chunk=lambda info: self._record_part(out_dir, out_rel, info, entry, name),
         )
@@ -120,6 +160,7 @@ class ConvertingStager(ItemStager):
                 content_type=PARQUET_CONTENT_TYPE,
                 entry=entry,
             )
+            self._part_written(rel, reused[0])
             self._chunk_ready(chunk, path=path)
             self.control.add_rows(int(old.get("rows") or 0))
         with self._lock:
@@ -177,7 +218,15 @@ class ConvertingStager(ItemStager):
             content_type=PARQUET_CONTENT_TYPE,
             entry=entry,
         )
+        self._part_written(rel, info.bytes)
         self._chunk_ready(chunk, path=path)
+
+    def _part_written(self, rel: str, size: int) -> None:
+        """Record the ``size`` bytes of Parquet part ``rel`` (``progress.output_bytes`` sums them); keyed by
+        part, so a part written again after a stop is counted once."""
+        with self._lock:
+            self.resume.setdefault(PART_BYTES, {})[rel] = int(size)
+            self._save_resume()
 
     def _converted(self, item: SourceItem, out_rel: str, out_dir: Path, downloaded: Path | None) -> None:
         """Record ``item`` as converted and remove its scratch download."""
@@ -249,6 +298,9 @@ class ConvertingStager(ItemStager):
             )
         if why:
             self._log("info", f"{item.name}: {why}; staged as it is")
+            with self._lock:
+                self.resume.setdefault(NOT_CONVERTED, {})[item.name] = why
+                self._save_resume()
         final = self.dest.workdir / item.name
         if downloaded is not None:
             if self.dest.remote and final.is_file():

@@ -1,10 +1,12 @@
-"""The API views of jobs and chunks (pydantic models) and list cursors."""
+"""The API views of jobs and chunks (pydantic models), list cursors, and byte counts for people."""
 
 from __future__ import annotations
 
 import base64
+import math
 from datetime import datetime, timezone
 
+from jupyter_staging.engine.conversion import NOT_CONVERTED, PART_BYTES
 from jupyter_staging.engine.models import (
     ChunkState,
     ConvertOptions,
@@ -19,10 +21,38 @@ from jupyter_staging.engine.store import ChunkRecord, JobRecord
 from jupyter_staging.errors import InvalidRequest
 from jupyter_staging.safety.redact import redact_url
 
+#: Decimal (SI) byte units, as the JupyterLab panel shows them (``labextension/src/format.ts``).
+BYTE_UNITS = ("B", "kB", "MB", "GB", "TB", "PB")
+
+
+def format_bytes(count: float | None) -> str:
+    """``count`` bytes for people, in decimal (SI) units with three significant digits, the same text the
+    JupyterLab panel shows: ``"0 B"``, ``"999 B"``, ``"1.46 MB"``, ``"90.8 MB"``, ``"143 GB"``;
+    ``"?"`` for None, a negative or a non-finite count. The one byte formatter of the Python code
+    (notebook text, widgets, ``jupyter staging doctor``)."""
+    if count is None or not math.isfinite(count) or count < 0:
+        return "?"
+    if count < 1000:
+        return f"{round(count)} B"
+    value, unit = float(count), 0
+    while value >= 999.5 and unit < len(BYTE_UNITS) - 1:
+        value /= 1000
+        unit += 1
+    digits = 0 if value >= 99.95 else 1 if value >= 9.995 else 2
+    return f"{value:.{digits}f} {BYTE_UNITS[unit]}"
+
+
+#: Most files a notice names one by one; more are counted.
+MAX_NOTICE_NAMES = 3
+
 
 def describe_job(rec: JobRecord, live: LiveProgress | None = None) -> DescribeJob:
     """The API view of job ``rec``; ``live`` counters of a running job (bytes, rows, rate) win over
-    the persisted ones when larger. ``eta_seconds`` is derived from the rate (bytes per second)."""
+    the persisted ones when larger. ``eta_seconds`` is derived from the rate (bytes per second).
+
+    ``progress.bytes_done`` never exceeds a known ``bytes_total`` (both count source bytes);
+    ``progress.output_bytes`` sums the Parquet parts the conversion recorded; ``notices`` says which
+    files were staged as they are although a conversion was asked for."""
     bytes_done = rec.bytes_done
     rows_done = rec.rows_done
     rate = None
@@ -30,6 +60,9 @@ def describe_job(rec: JobRecord, live: LiveProgress | None = None) -> DescribeJo
         bytes_done = max(bytes_done, live.bytes_done)
         rows_done = max(rows_done, live.rows_done)
         rate = live.rate
+    if rec.bytes_total is not None:
+        bytes_done = min(bytes_done, rec.bytes_total)
+    resume = rec.resume or {}
     eta = None
     if rate and rec.bytes_total is not None and rec.state == JobState.running.value:
         eta = max(0.0, (rec.bytes_total - bytes_done) / rate)
@@ -50,6 +83,7 @@ def describe_job(rec: JobRecord, live: LiveProgress | None = None) -> DescribeJo
             chunks_done=rec.chunks_done,
             chunks_total=rec.chunks_total,
             rows_done=rows_done,
+            output_bytes=sum(int(n) for n in (resume.get(PART_BYTES) or {}).values()),
             rate=rate,
             eta_seconds=eta,
         ),
@@ -61,7 +95,26 @@ def describe_job(rec: JobRecord, live: LiveProgress | None = None) -> DescribeJo
         started_at=rec.started_at,
         finished_at=rec.finished_at,
         expires_at=rec.expires_at,
+        notices=conversion_notices(resume.get(NOT_CONVERTED) or {}),
     )
+
+
+def conversion_notices(not_converted: dict[str, str]) -> list[str]:
+    """One line per reason a requested conversion did not apply, from output name -> reason
+    (``{"m31.png": "not a table"}``): ``["m31.png: not a table: staged as it is"]``; past
+    :data:`MAX_NOTICE_NAMES` files of one reason, ``"5 files (a.png, b.png, c.png, ...): not a table: staged
+    as they are"``."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in not_converted.items():
+        by_reason.setdefault(str(reason), []).append(str(name))
+    notices = []
+    for reason, names in by_reason.items():
+        if len(names) == 1:
+            notices.append(f"{names[0]}: {reason}: staged as it is")
+            continue
+        shown = ", ".join(names[:MAX_NOTICE_NAMES]) + (", ..." if len(names) > MAX_NOTICE_NAMES else "")
+        notices.append(f"{len(names)} files ({shown}): {reason}: staged as they are")
+    return notices
 
 
 def describe_chunk(c: ChunkRecord) -> DescribeChunk:

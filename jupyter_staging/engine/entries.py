@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from jupyter_staging.engine.expansion import ExpandingStager
 from jupyter_staging.engine.models import ChunkState
-from jupyter_staging.engine.store import JobRecord
+from jupyter_staging.engine.store import ChunkRecord, JobRecord
 from jupyter_staging.errors import JobInterrupted, as_staging_error
 from jupyter_staging.safety.paths import check_output_name
 from jupyter_staging.safety.redact import redact_text
@@ -52,17 +52,16 @@ class ManifestStager(ExpandingStager):
         items = {n: [self._load_item(d) for d in listed[n].get("items", [])] for n in names}
         self._ensure_entry_chunks(rec, names, listed, items)
         sizes = [i.size for n in names for i in items[n]]
-        self.store.update_job(
-            self.job_id, bytes_total=None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
-        )
+        fields: dict[str, Any] = {"bytes_total": None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)}
         chunks = self.store.list_chunks(self.job_id)
         if rec.convert is None and not self._expands():
-            self.store.update_job(self.job_id, chunks_total=len(chunks))
-        self._count_done(chunks)
+            fields["chunks_total"] = len(chunks)
+        self.store.update_job(self.job_id, **fields)
+        by_item = {(c.entry, self.dest.relative(c.path)): c for c in chunks}
         failures = {n: listed[n]["error"] for n in names if "error" in listed[n]}
         staged = self._parallel(
             [n for n in names if n not in failures],
-            lambda name: self._stage_entry(rec, name, entries[name], items[name]),
+            lambda name: self._stage_entry(rec, name, entries[name], items[name], by_item),
         )
         failures.update({n: error for n, error in staged.items() if error is not None})
         self.control.check()
@@ -138,7 +137,8 @@ class ManifestStager(ExpandingStager):
         items: dict[str, list[SourceItem]],
     ) -> None:
         """Chunks in entry order: one per file (plain transfers; conversions add theirs as parts are
-        written), and one marked with the error for an entry that could not be listed. Idempotent."""
+        written), and one marked with the error for an entry that could not be listed, written in one
+        transaction. Idempotent."""
         existing = {(c.entry, self.dest.relative(c.path)) for c in self.store.list_chunks(self.job_id)}
         for name in names:
             error = listed[name].get("error")
@@ -157,25 +157,29 @@ class ManifestStager(ExpandingStager):
                         content_type=item.content_type,
                         entry=name,
                     )
+        self._flush_chunks(force=True)
 
     def _stage_entry(
-        self, rec: JobRecord, name: str, uri: str, items: list[SourceItem]
+        self,
+        rec: JobRecord,
+        name: str,
+        uri: str,
+        items: list[SourceItem],
+        chunks: dict[tuple[str | None, str], ChunkRecord],
     ) -> dict[str, str] | None:
-        """Stage every item of entry ``name``; returns None, or the entry's error (recorded)."""
+        """Stage every item of entry ``name`` (plain transfers up to ``concurrent_items`` at once; their
+        chunks are looked up in ``chunks``, by entry and relative path); returns None, or the entry's
+        error (recorded)."""
         try:
             source = open_source(uri, source_roots=self.host.source_roots)
             method = rec.method if rec.method in source.methods else source.default_method
+            if rec.convert is None and not self._expands():
+                self._transfer_all(source, method, [(item, chunks[(name, item.name)]) for item in items])
+                return None
             for item in items:
                 self.control.check()
                 if self._expands():
                     self._stage_item(source, rec, method, item, entry=name)
-                elif rec.convert is None:
-                    chunk = next(
-                        c
-                        for c in self.store.list_chunks(self.job_id)
-                        if c.entry == name and self.dest.relative(c.path) == item.name
-                    )
-                    self._transfer(source, method, item, chunk)
                 else:
                     self._convert(source, rec, method, item, entry=name)
                 self.host.report_progress(self.job_id, force=True)

@@ -28,6 +28,8 @@ class JobHost(Protocol):
     source_roots: list[str] | None
     #: Most bytes one archive or compressed file may expand to (``unpack`` / ``decompress``).
     max_unpacked_bytes: int
+    #: Items (files) of one job staged at the same time (plain transfers), at least 1.
+    concurrent_items: int
 
     def destination_of(self, rec: JobRecord) -> Destination:
         """The destination (local folder or object-store prefix) of job ``rec``."""

@@ -17,13 +17,14 @@ from typing import Any
 
 from jupyter_staging.destinations.base import Destination
 from jupyter_staging.destinations.manifest import read_manifest
+from jupyter_staging.engine.executors import run_bounded
 from jupyter_staging.engine.freshness import locator_identity
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.models import ChunkState
-from jupyter_staging.engine.progress import LiveProgress
+from jupyter_staging.engine.progress import ChunkLedger, LiveProgress
 from jupyter_staging.engine.records import dump_item, load_item
 from jupyter_staging.engine.staged import StagedIndex
-from jupyter_staging.engine.store import ChunkRecord
+from jupyter_staging.engine.store import ChunkRecord, JobRecord
 from jupyter_staging.errors import (
     ChecksumMismatch,
     DestinationExists,
@@ -33,8 +34,8 @@ from jupyter_staging.errors import (
     VerificationFailed,
 )
 from jupyter_staging.safety.control import JobControl
-from jupyter_staging.safety.dirfd import folder_fd, lstat_at, open_existing, publish_at, rename_at
-from jupyter_staging.safety.partfile import BLOCK_SIZE, PartFile, copy_file, part_path, publish
+from jupyter_staging.safety.dirfd import folder_fd, fsync_fd, lstat_at, open_existing, publish_at, rename_at
+from jupyter_staging.safety.partfile import BLOCK_SIZE, PartFile, copy_file, fsync_dir, part_path, publish
 from jupyter_staging.sources.base import Source, SourceItem
 
 
@@ -77,12 +78,19 @@ class ItemStager:
         self._previous: dict[str, dict[str, Any]] | None = None
         #: Verified outputs of this server's earlier jobs, found by sha256 or source fingerprint.
         self.staged = StagedIndex(host, job_id)
+        #: The job's chunk records in memory (loaded once per run), written in batches.
+        self.ledger = ChunkLedger()
+        self._flush_lock = threading.Lock()
+        #: Items of this job staged at once, across all of its manifest entries.
+        self._item_slots = threading.BoundedSemaphore(max(1, int(host.concurrent_items)))
 
     # -- callbacks from sources and converters ------------------------------------------------------
 
     def _on_bytes(self, n: int) -> None:
         with self.live.lock:
             self.live.bytes_done += n
+        if self.ledger.due():  # ready marks of finished items wait while a long one runs
+            self._flush_chunks()
         self.host.report_progress(self.job_id)
 
     def _on_rows(self, n: int) -> None:
@@ -96,8 +104,10 @@ class ItemStager:
     # -- bookkeeping ----------------------------------------------------------------------------------
 
     def _save_resume(self) -> None:
+        """Persist the resume data, with the chunk records waiting in the ledger (one transaction, so
+        the resume data never gets ahead of the chunks it speaks of)."""
         with self._lock:
-            self.store.update_job(self.job_id, resume=copy.deepcopy(self.resume))
+            self._flush_chunks(force=True, resume=copy.deepcopy(self.resume))
 
     def _dump_item(self, item: SourceItem) -> dict[str, Any]:
         """``item`` as JSON for the database (:func:`~jupyter_staging.engine.records.dump_item`)."""
@@ -106,31 +116,68 @@ class ItemStager:
     def _load_item(self, data: dict[str, Any]) -> SourceItem:
         return load_item(data, self.host.secrets)
 
-    def _count_done(self, chunks: list[ChunkRecord]) -> None:
+    def _load_ledger(self) -> list[ChunkRecord]:
+        """Read the job's chunk records once at the start of a run (the ledger then counts in memory);
+        rows of done chunks become the live row count. Returns the records in index order."""
+        chunks = self.store.list_chunks(self.job_id)
         done = [c for c in chunks if c.state in (ChunkState.ready.value, ChunkState.acked.value)]
+        self.ledger.load([c.index for c in chunks], len(done))
         with self.live.lock:
             self.live.bytes_done = 0
             self.live.rows_done = sum(c.rows or 0 for c in done)
-        self.store.update_job(self.job_id, chunks_done=len(done))
+        return chunks
 
-    def _new_chunk(self, **fields: Any) -> ChunkRecord:
-        """A new chunk record with the next free index (indices are allocated under the runner's lock)."""
-        with self._lock:
-            index = max((c.index for c in self.store.list_chunks(self.job_id)), default=-1) + 1
-            return self.store.upsert_chunk(
-                ChunkRecord(id=f"{self.job_id}-{index}", job_id=self.job_id, index=index, **fields)
-            )
+    def _new_chunk(self, *, index: int | None = None, **fields: Any) -> ChunkRecord:
+        """A new chunk record at ``index`` or the next free index, written with the next batch."""
+        return ChunkRecord(**self.ledger.add(self.job_id, fields, index))
 
     def _chunk_ready(self, chunk: ChunkRecord, **fields: Any) -> None:
-        self.store.update_chunk(chunk.id, state=ChunkState.ready.value, **fields)
-        done = sum(
-            1
-            for c in self.store.list_chunks(self.job_id)
-            if c.state in (ChunkState.ready.value, ChunkState.acked.value)
-        )
-        rec = self.store.update_job(self.job_id, chunks_done=done)
+        """Mark ``chunk`` ready now (one transaction with any records waiting) and announce the job."""
+        self.ledger.ready(chunk.id, {**fields, "state": ChunkState.ready.value})
+        rec = self._flush_chunks(force=True)
         if rec is not None:
             self.host.announce(rec)
+
+    def _chunk_done(self, chunk: ChunkRecord, **fields: Any) -> None:
+        """Mark ``chunk`` ready with the next batch (its bytes are durable already: fsynced, or a link
+        whose folder the batch fsyncs first)."""
+        self.ledger.ready(chunk.id, {**fields, "state": ChunkState.ready.value})
+        if self.ledger.due():
+            self._flush_chunks()
+
+    def _flush_chunks(self, *, force: bool = False, **job_fields: Any) -> JobRecord | None:
+        """Write what waits in the ledger when due (always with ``force``) in one transaction, with the
+        job's ``chunks_done`` and ``job_fields``; folders holding new links are fsynced first. Returns the
+        job as written, or None when nothing was written."""
+        if not force and not self.ledger.due():
+            return None
+        with self._flush_lock:
+            batch = self.ledger.take()
+            if batch.empty and not job_fields:
+                return None
+            if batch.chunks_done is not None:
+                job_fields["chunks_done"] = batch.chunks_done
+            try:
+                for folder in sorted(batch.folders):
+                    self._sync_folder(folder)
+                rec = self.store.write_chunks(
+                    self.job_id, list(batch.new.values()), batch.updates, **job_fields
+                )
+            except BaseException:
+                self.ledger.restore(batch)
+                raise
+        if not force:
+            self.host.report_progress(self.job_id)
+        return rec
+
+    def _sync_folder(self, folder: Path) -> None:
+        """fsync ``folder`` (by descriptor from the confinement root when there is one)."""
+        root = self.dest.confinement_root
+        if root is None:
+            fsync_dir(folder)
+            return
+        with folder_fd(root, folder.relative_to(root).as_posix()) as fd:
+            fsync_fd(fd)
 
     # -- plain transfers ----------------------------------------------------------------------------
 
@@ -143,7 +190,18 @@ class ItemStager:
         path = self.dest.put(
             final, item.name, size=size, sha256=sha, content_type=item.content_type, control=self.control
         )
-        self._chunk_ready(chunk, bytes=size, sha256=sha, path=path)
+        self._chunk_done(chunk, bytes=size, sha256=sha, path=path)
+
+    def _transfer_all(self, source: Source, method: str, work: list[tuple[SourceItem, ChunkRecord]]) -> None:
+        """Transfer ``(item, chunk)`` pairs, up to ``concurrent_items`` of the job at once
+        (:func:`~jupyter_staging.engine.executors.run_bounded`: the first error stops the others)."""
+
+        def one(pair: tuple[SourceItem, ChunkRecord]) -> None:
+            self.control.check()
+            self._transfer(source, method, *pair)
+            self.host.report_progress(self.job_id)
+
+        run_bounded(one, work, self.host.concurrent_items, slots=self._item_slots)
 
     def _stage_file(
         self, source: Source, method: str, item: SourceItem, final: Path, *, recovering: bool
@@ -268,7 +326,9 @@ class ItemStager:
 
     def _link_into(self, src: Path, final: Path, *, symbolic: bool) -> None:
         """Hard-link (or symlink) ``src`` as ``final``, in ``final``'s folder opened by descriptor from
-        the confinement root. Raises :class:`FileExistsError` when ``final`` exists."""
+        the confinement root (fsynced before the next chunk batch: a link has no data of its own to
+        fsync). Raises :class:`FileExistsError` when ``final`` exists."""
+        self.ledger.sync_folder(final.parent)
         root = self.dest.confinement_root
         if root is None:
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -401,9 +461,11 @@ class ItemStager:
         try:
             self._link_into(src, final, symbolic=method == "symlink")
         except FileExistsError:
-            raise DestinationExists(
-                f"{final.name} already exists in the destination; not overwritten"
-            ) from None
+            if not (self.recovering and _links_to(final, src, symbolic=method == "symlink")):
+                raise DestinationExists(
+                    f"{final.name} already exists in the destination; not overwritten"
+                ) from None
+            self._log("info", f"{item.name}: already linked by the previous run")
         except OSError as exc:
             code = "hardlink_failed" if method == "hardlink" else "symlink_failed"
             hint = " (source and destination must be on the same file system)" if exc.errno == 18 else ""
@@ -411,3 +473,15 @@ class ItemStager:
         size = src.stat().st_size
         self.control.add_bytes(size)
         return size, sha256_file(src)
+
+
+def _links_to(final: Path, src: Path, *, symbolic: bool) -> bool:
+    """True when ``final`` is the link to ``src`` a previous run made: a symlink whose target is
+    ``src``, or a hard link to ``src``'s inode. Never follows ``final``."""
+    try:
+        if symbolic:
+            return os.readlink(final) == str(src)
+        here, there = os.lstat(final), os.stat(src)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)

@@ -27,7 +27,7 @@ from jupyter_staging.destinations.base import Destination
 from jupyter_staging.destinations.registry import open_destination
 from jupyter_staging.engine.cleanup import remove_job_output
 from jupyter_staging.engine.describe import describe_job
-from jupyter_staging.engine.executors import Executor
+from jupyter_staging.engine.executors import DEFAULT_CONCURRENT_ITEMS, Executor
 from jupyter_staging.engine.expansion import DEFAULT_MAX_UNPACKED_BYTES
 from jupyter_staging.engine.models import TRANSITIONS, ChunkState, DescribeJob, JobState
 from jupyter_staging.engine.progress import PROGRESS_INTERVAL, LiveProgress
@@ -49,6 +49,8 @@ class JobLifecycle:
 
     #: Most bytes one archive or compressed file may expand to (``unpack`` / ``decompress``).
     max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES
+    #: Items (files) of one job staged at the same time (plain transfers).
+    concurrent_items: int = DEFAULT_CONCURRENT_ITEMS
 
     def __init__(
         self,
@@ -287,7 +289,7 @@ class JobLifecycle:
             live.last_flush = now
             live.rate = live.meter.sample(live.bytes_done, now)
             bytes_done, rows_done = live.bytes_done, live.rows_done
-        rec = self.store.update_job(job_id, bytes_done=bytes_done, rows_done=rows_done)
+        rec = self.store.set_job_fields(job_id, bytes_done=bytes_done, rows_done=rows_done)
         if rec is not None:
             if rec.requested in (JobState.paused.value, JobState.cancelled.value):
                 with self._lock:

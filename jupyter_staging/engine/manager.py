@@ -21,7 +21,7 @@ from jupyter_staging.destinations.base import SCRATCH_FOLDER, Destination, remov
 from jupyter_staging.destinations.registry import is_object_destination
 from jupyter_staging.engine.admission import Admission, default_name
 from jupyter_staging.engine.describe import decode_cursor, describe_chunk, encode_cursor
-from jupyter_staging.engine.executors import Executor, LocalExecutor
+from jupyter_staging.engine.executors import DEFAULT_CONCURRENT_ITEMS, Executor, LocalExecutor
 from jupyter_staging.engine.expansion import DEFAULT_MAX_UNPACKED_BYTES
 from jupyter_staging.engine.lifecycle import JobLifecycle, current_user, default_key_file, log
 from jupyter_staging.engine.models import (
@@ -58,6 +58,10 @@ class StagingManager(JobLifecycle):
         :class:`~jupyter_staging.engine.executors.Executor` subclass running the jobs.
     max_unpacked_bytes:
         Most bytes one archive or compressed file may expand to (``unpack`` / ``decompress``).
+    concurrent_items:
+        Files of one job staged at the same time (a job of many small files: each file's open, copy,
+        fsync and publish overlap with the others'); at least 1. Conversions and unpacking stay one item
+        at a time.
     presign_expiry_seconds:
         Validity of the presigned GET URLs handed out for chunks in object storage, seconds (1 s - 7 days).
     secret_key_file:
@@ -91,6 +95,7 @@ class StagingManager(JobLifecycle):
         sweep_interval: float = 10.0,
         presign_expiry_seconds: int = 3600,
         max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
+        concurrent_items: int = DEFAULT_CONCURRENT_ITEMS,
         secret_key_file: str | os.PathLike[str] | None = None,
         scratch_dir: str | os.PathLike[str] | None = None,
         min_free_bytes: int = 0,
@@ -102,6 +107,9 @@ class StagingManager(JobLifecycle):
         self.max_concurrent_jobs = max_concurrent_jobs
         self.presign_expiry_seconds = int(presign_expiry_seconds)
         self.max_unpacked_bytes = int(max_unpacked_bytes)
+        if int(concurrent_items) < 1:
+            raise ValueError(f"concurrent_items must be at least 1, not {concurrent_items}")
+        self.concurrent_items = int(concurrent_items)
         store = Store(db_url)
         if secret_key_file is None:
             secret_key_file = default_key_file(db_url)

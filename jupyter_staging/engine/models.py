@@ -301,14 +301,22 @@ class JobError(BaseModel):
 
 
 class Progress(BaseModel):
-    """Progress of a job. Bytes are bytes; ``rate`` is bytes per second over the recent past;
-    ``eta_seconds`` is seconds to completion at that rate (null when unknown)."""
+    """Progress of a job.
+
+    ``bytes_done`` / ``bytes_total`` count source bytes only (read or downloaded), so ``bytes_done <=
+    bytes_total`` whenever the total is known. ``chunks_done`` counts output chunks as they become ready
+    (for a conversion, each Parquet part as it is written); ``chunks_total`` is null until known.
+    ``rows_done``: table rows converted so far. ``output_bytes``: bytes of Parquet written so far (0 for a
+    job that converts nothing). ``rate`` is source bytes per second over the recent past; ``eta_seconds``
+    is seconds to completion at that rate (null when unknown).
+    """
 
     bytes_done: int = 0
     bytes_total: int | None = None
     chunks_done: int = 0
     chunks_total: int | None = None
     rows_done: int = 0
+    output_bytes: int = 0
     rate: float | None = None
     eta_seconds: float | None = None
 
@@ -366,6 +374,9 @@ class DescribeJob(BaseModel):
     expires_at: datetime | None = None
     #: True when this answer reused unchanged output: every source fingerprint still matched, no byte moved.
     up_to_date: bool = False
+    #: What a user should know that is not an error, one line each: a requested conversion that did not
+    #: apply (``"image.png: not a table: staged as it is"``).
+    notices: list[str] = Field(default_factory=list)
 
 
 class ListJobsQuery(BaseModel):

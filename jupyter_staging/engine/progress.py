@@ -1,9 +1,12 @@
-"""Progress of running jobs: live counters and rates over a sliding window."""
+"""Progress of running jobs: live counters, rates over a sliding window, and chunk bookkeeping in memory."""
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 #: Minimum seconds between two persisted / announced progress updates of one job.
 PROGRESS_INTERVAL = 0.25
@@ -37,3 +40,107 @@ class LiveProgress:
         self.rate: float | None = None
         self.last_flush = 0.0
         self.lock = threading.Lock()
+
+
+#: Most chunk records written in one transaction by a :class:`ChunkLedger` batch.
+CHUNK_BATCH = 1000
+
+
+@dataclass
+class ChunkBatch:
+    """Chunk records a :class:`ChunkLedger` hands over for one transaction.
+
+    ``new``: rows to insert by chunk id (column -> value), in order; ``updates``: ``{chunk id: {column: value}}`` applied after
+    the inserts; ``folders``: folders to fsync before the transaction (they hold new hard links or
+    symlinks, whose names must be durable before their chunks say ``ready``); ``chunks_done``: ready or
+    acked chunks of the job once the batch is written (None before the ledger was loaded)."""
+
+    new: dict[str, dict[str, Any]] = field(default_factory=dict)
+    updates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    folders: set[Path] = field(default_factory=set)
+    chunks_done: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.new or self.updates or self.folders)
+
+
+class ChunkLedger:
+    """The chunk bookkeeping of one run, in memory, so that a chunk costs O(1) database work.
+
+    :meth:`load` reads the job's chunk records once (the next free index, how many are done); then new
+    chunks (:meth:`add`) and ready marks (:meth:`ready`) wait here until :meth:`take` hands them over as
+    one :class:`ChunkBatch` — :meth:`due` says when: ``interval`` seconds after the last batch, or once
+    ``batch`` records wait. A batch that could not be written is given back with :meth:`restore`.
+    Thread-safe."""
+
+    def __init__(self, interval: float = PROGRESS_INTERVAL, batch: int = CHUNK_BATCH) -> None:
+        self.interval = interval
+        self.batch = batch
+        self.next_index = 0
+        self.done = 0
+        self.loaded = False
+        self._pending = ChunkBatch()
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def load(self, indices: list[int], done: int) -> None:
+        """Start from the recorded chunks: their ``indices`` and how many are ready or acked."""
+        with self._lock:
+            self.next_index = max(indices, default=-1) + 1
+            self.done = done
+            self.loaded = True
+
+    def add(self, job_id: str, fields: dict[str, Any], index: int | None = None) -> dict[str, Any]:
+        """Queue a new chunk row of job ``job_id`` (``fields``: its columns but id and index) at
+        ``index``, or at the next free index; returns the whole row (id ``<job id>-<index>``)."""
+        with self._lock:
+            if index is None:
+                index = self.next_index
+            self.next_index = max(self.next_index, index + 1)
+            row = {**fields, "id": f"{job_id}-{index}", "job_id": job_id, "index": index}
+            self._pending.new[row["id"]] = row
+            return dict(row)
+
+    def ready(self, chunk_id: str, fields: dict[str, Any], *, folder: Path | None = None) -> None:
+        """Queue ``fields`` (its ``state`` ``ready`` among them) for chunk ``chunk_id``, counted done;
+        ``folder`` (holding its new link) is fsynced before the batch is written."""
+        with self._lock:
+            self.done += 1
+            row = self._pending.new.get(chunk_id)
+            if row is not None:
+                row.update(fields)
+            else:
+                self._pending.updates.setdefault(chunk_id, {}).update(fields)
+            if folder is not None:
+                self._pending.folders.add(folder)
+
+    def sync_folder(self, folder: Path) -> None:
+        """fsync ``folder`` before the next batch is written."""
+        with self._lock:
+            self._pending.folders.add(folder)
+
+    def due(self) -> bool:
+        """True when records wait and the interval has passed (or a full batch waits)."""
+        with self._lock:
+            waiting = len(self._pending.new) + len(self._pending.updates)
+            if not waiting and not self._pending.folders:
+                return False
+            return waiting >= self.batch or time.monotonic() - self._last >= self.interval
+
+    def take(self) -> ChunkBatch:
+        """Everything waiting, as one batch (the ledger starts a new one)."""
+        with self._lock:
+            batch, self._pending = self._pending, ChunkBatch()
+            batch.chunks_done = self.done if self.loaded else None
+            self._last = time.monotonic()
+            return batch
+
+    def restore(self, batch: ChunkBatch) -> None:
+        """Give back a batch that was not written; it goes out with the next one (inserts first)."""
+        with self._lock:
+            pending = self._pending
+            pending.new = {**batch.new, **pending.new}
+            for chunk_id, fields in batch.updates.items():
+                pending.updates[chunk_id] = {**fields, **pending.updates.get(chunk_id, {})}
+            pending.folders |= batch.folders

@@ -82,6 +82,7 @@ class JobRunner(ManifestStager):
         self.resume = dict(rec.resume or {})
         self.resume["attempts"] = int(self.resume.get("attempts", 0)) + 1
         self.recovering = self.resume["attempts"] > 1
+        self._load_ledger()
         self._save_resume()
         self.dest = self.host.destination_of(rec)
         if self.resume.get("swap"):
@@ -100,6 +101,7 @@ class JobRunner(ManifestStager):
 
     def on_interrupted(self, reason: str) -> None:
         """A pause, cancel or shutdown stopped the run between two blocks."""
+        self._flush_chunks(force=True)
         self.host.report_progress(self.job_id, force=True)
         if reason == "paused":
             self.host.set_state(self.job_id, JobState.paused, requested=None)
@@ -110,6 +112,7 @@ class JobRunner(ManifestStager):
     def on_failure(self, exc: Exception) -> None:
         """Remove the partial output (published chunks stay) and end the job ``failed`` with a code."""
         try:
+            self._flush_chunks(force=True)  # published chunks are kept: record them first
             rec = self.store.get_job(self.job_id)
             if rec is not None:
                 try:
@@ -130,6 +133,7 @@ class JobRunner(ManifestStager):
         """Write the manifest (last), apply the cleanup policy, end ``succeeded`` — or, when manifest
         entries failed, raise :class:`PartiallyStaged` (code ``partial``) after writing the manifest."""
         failures = failures or {}
+        self._flush_chunks(force=True)
         chunks = self.store.list_chunks(self.job_id)
         staged = [c for c in chunks if c.state in (ChunkState.ready.value, ChunkState.acked.value)]
         objects = self._manifest_objects(staged)
@@ -166,36 +170,33 @@ class JobRunner(ManifestStager):
                 self.resume["items"] = [self._dump_item(i) for i in items]
                 rec = self.store.update_job(self.job_id, resume=copy.deepcopy(self.resume), **fields) or rec
             self._log("info", f"{len(items)} file(s) to stage, {total if total is not None else '?'} bytes")
-        plain = rec.convert is None and not self._expands()
-        chunks = self._plain_chunks(items) if plain else {}
-        self._count_done(self.store.list_chunks(self.job_id))
-        for index, item in enumerate(items):
-            self.control.check()
-            if plain:
-                self._transfer(source, rec.method, item, chunks[index])
-            elif self._expands():
-                self._stage_item(source, rec, rec.method, item)
-            else:
-                self._convert(source, rec, rec.method, item)
-            self.host.report_progress(self.job_id, force=True)
+        if rec.convert is None and not self._expands():
+            chunks = self._plain_chunks(items)
+            self._transfer_all(source, rec.method, [(item, chunks[i]) for i, item in enumerate(items)])
+        else:
+            for item in items:
+                self.control.check()
+                if self._expands():
+                    self._stage_item(source, rec, rec.method, item)
+                else:
+                    self._convert(source, rec, rec.method, item)
+                self.host.report_progress(self.job_id, force=True)
         self.control.check()
 
     def _plain_chunks(self, items: list[SourceItem]) -> dict[int, ChunkRecord]:
-        """One chunk per item of a plain transfer, created once (index = item order)."""
+        """One chunk per item of a plain transfer (index = item order), the missing ones created in one
+        transaction."""
         chunks = {c.index: c for c in self.store.list_chunks(self.job_id)}
         for index, item in enumerate(items):
             if index not in chunks:
-                chunks[index] = self.store.upsert_chunk(
-                    ChunkRecord(
-                        id=f"{self.job_id}-{index}",
-                        job_id=self.job_id,
-                        index=index,
-                        path=item.name,
-                        state=ChunkState.pending.value,
-                        bytes=item.size,
-                        content_type=item.content_type,
-                    )
+                chunks[index] = self._new_chunk(
+                    index=index,
+                    path=item.name,
+                    state=ChunkState.pending.value,
+                    bytes=item.size,
+                    content_type=item.content_type,
                 )
+        self._flush_chunks(force=True)
         return chunks
 
     # -- the end ----------------------------------------------------------------------------------------

@@ -27,10 +27,12 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    insert,
     select,
+    update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column, sessionmaker
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +323,41 @@ class Store(SQLStore):
             for key, value in fields.items():
                 setattr(rec, key, value)
             return rec
+
+    def write_chunks(
+        self,
+        job_id: str,
+        new: list[dict[str, Any]],
+        updates: dict[str, dict[str, Any]],
+        **job_fields: Any,
+    ) -> JobRecord | None:
+        """In one transaction: insert the chunk rows ``new`` (column -> value, ``id`` / ``job_id`` /
+        ``index`` / ``path`` / ``state`` at least), then apply ``updates`` (``{chunk id: {column:
+        value}}``, by primary key), then set ``job_fields`` on job ``job_id`` as :meth:`set_job_fields`
+        does (not touched when empty). Returns the job as updated (without its resume data), or None when
+        ``job_fields`` is empty or the job is gone. Costs O(rows) whatever the number of chunks the job
+        already has."""
+        with self.session() as s:
+            if new:
+                s.execute(insert(ChunkRecord), new)
+            by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for chunk_id, fields in updates.items():
+                by_columns.setdefault(tuple(sorted(fields)), []).append({**fields, "id": chunk_id})
+            for rows in by_columns.values():
+                s.execute(update(ChunkRecord), rows)
+            return self._set_job_fields(s, job_id, job_fields) if job_fields else None
+
+    def set_job_fields(self, job_id: str, **fields: Any) -> JobRecord | None:
+        """Like :meth:`update_job` (``updated_at`` bumped), for frequent small updates such as progress:
+        one ``UPDATE`` statement, and the record returned is read without its resume data (which may
+        list every item of the job; reading ``resume`` on it raises). None when the job is gone."""
+        with self.session() as s:
+            return self._set_job_fields(s, job_id, fields)
+
+    def _set_job_fields(self, s: Session, job_id: str, fields: dict[str, Any]) -> JobRecord | None:
+        s.execute(update(JobRecord).where(JobRecord.id == job_id).values(**fields, updated_at=utcnow()))
+        query = select(JobRecord).where(JobRecord.id == job_id).options(defer(JobRecord.resume, raiseload=True))
+        return self._fix(s.scalars(query).first())
 
     def delete_chunks(self, job_id: str) -> None:
         with self.session() as s:

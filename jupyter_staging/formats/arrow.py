@@ -46,18 +46,25 @@ def _strings(values: np.ndarray, *, rstrip: bool = False) -> pa.Array:
 
 def object_array(values: np.ndarray, mask: np.ndarray | None) -> pa.Array:
     """1-d object array (variable-length arrays, Python strings) -> Arrow; rows where ``mask`` is set are
-    nulls."""
+    nulls; complex values become ``[re, im]`` pairs."""
     items: list[Any] = []
     for i, item in enumerate(values):
         if mask is not None and mask[i]:
             items.append(None)
         elif isinstance(item, np.ndarray):
-            items.append(item.tolist())
+            items.append(_pairs(item).tolist() if item.dtype.kind == "c" else item.tolist())
+        elif isinstance(item, complex | np.complexfloating):
+            items.append([item.real, item.imag])
         elif isinstance(item, np.generic):
             items.append(item.item())
         else:
             items.append(item)
     return pa.array(items)
+
+
+def _pairs(values: np.ndarray) -> np.ndarray:
+    """Complex ``values`` as real ``[re, im]`` pairs (a new last dimension of 2)."""
+    return np.stack([values.real, values.imag], axis=-1)
 
 
 def _flat_mask(mask: np.ndarray | None, values: np.ndarray) -> np.ndarray | None:
@@ -75,8 +82,8 @@ def _flat_to_arrow(flat: np.ndarray, flat_mask: np.ndarray | None, *, rstrip: bo
         if flat_mask is not None:
             arr = pc.if_else(pa.array(flat_mask), pa.scalar(None, pa.string()), arr)
         return arr
-    if flat.dtype.kind == "c":
-        parts = flat.view(np.float32 if flat.dtype.itemsize == 8 else np.float64)
+    if flat.dtype.kind == "c":  # a strided slice of a record array cannot be viewed in place
+        parts = np.ascontiguousarray(flat).view(np.float32 if flat.dtype.itemsize == 8 else np.float64)
         arr = pa.FixedSizeListArray.from_arrays(pa.array(parts), 2)
         if flat_mask is not None:
             arr = pc.if_else(pa.array(flat_mask), pa.scalar(None, arr.type), arr)
@@ -86,12 +93,25 @@ def _flat_to_arrow(flat: np.ndarray, flat_mask: np.ndarray | None, *, rstrip: bo
     return pa.array(flat, mask=flat_mask)
 
 
+def _empty_lists(values: np.ndarray, mask: np.ndarray | None, *, rstrip: bool) -> pa.Array:
+    """Rows of a column with a zero-length dimension as empty lists of its element type (masked rows
+    null)."""
+    element = _flat_to_arrow(np.empty(0, dtype=values.dtype), None, rstrip=rstrip).type
+    rows: list[bool] = [False] * len(values)
+    if mask is not None:
+        per_row = np.any(np.asarray(mask).reshape(len(values), -1), axis=1).tolist()
+        rows = [bool(masked) for masked in per_row]
+    return pa.array([None if masked else [] for masked in rows], type=pa.list_(element))
+
+
 def ndarray_to_arrow(values: np.ndarray, mask: np.ndarray | None = None, *, rstrip: bool = False) -> pa.Array:
     """A numpy column (rows first; extra dimensions become nested fixed-size lists) -> Arrow array.
 
     ``mask`` (bool, rows first) and the mask of a masked array mark nulls. Complex values become
     fixed-size lists of two floats ``[re, im]`` (Arrow has no complex type); float16 widens to float32;
-    ``rstrip`` removes trailing blanks of strings. Object arrays go through :func:`object_array`.
+    ``rstrip`` removes trailing blanks of strings. Object arrays go through :func:`object_array`. A
+    column with a zero-length dimension (FITS ``TFORMn = '0D'``, VOTable ``arraysize="0"``) becomes a
+    list column of empty lists (Arrow has no fixed-size list of size 0).
     """
     if isinstance(values, np.ma.MaskedArray):
         mask = np.ma.getmaskarray(values) if mask is None else mask | np.ma.getmaskarray(values)
@@ -103,6 +123,8 @@ def ndarray_to_arrow(values: np.ndarray, mask: np.ndarray | None = None, *, rstr
         return object_array(values.reshape(len(values), -1)[:, 0] if values.ndim > 1 else values, mask)
     values = native(values)
     shape = values.shape[1:]
+    if 0 in shape:
+        return _empty_lists(values, mask, rstrip=rstrip)
     arr = _flat_to_arrow(values.reshape(-1), _flat_mask(mask, values), rstrip=rstrip)
     return _nest(arr, shape) if shape else arr
 

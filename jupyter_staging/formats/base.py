@@ -5,13 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import pyarrow as pa
 
 from jupyter_staging.formats.arrow import conform
 
-__all__ = ["ChunkInfo", "Piece", "Source", "TableSource"]
+__all__ = ["ChunkInfo", "Piece", "Source", "TableSource", "without_paths"]
+
+
+def without_paths(text: str, path: Path) -> str:
+    """``text`` (a library's error message about ``path``) with the file's folders removed: messages
+    name the file, never where it sits on the server."""
+    for form in {str(path.resolve()), str(path.absolute()), str(path)}:
+        text = text.replace(form, path.name)
+    return text
 
 
 @dataclass

@@ -42,7 +42,7 @@ from pathlib import Path
 from jupyter_staging.errors import ConversionFailed, SourceNotFound
 from jupyter_staging.formats.base import ChunkInfo, Source
 from jupyter_staging.formats.compression import comment_prefix_bytes
-from jupyter_staging.formats.csv import CsvSource
+from jupyter_staging.formats.csv import CsvSource, RaggedRows, read_ragged
 from jupyter_staging.formats.detect import detect_format
 from jupyter_staging.formats.ecsv import ecsv_source
 from jupyter_staging.formats.fits import FitsSource
@@ -132,9 +132,13 @@ def _open_source(
 ) -> Source:
     if fmt in ("csv", "tsv"):
         delimiter = "\t" if fmt == "tsv" else ","
-        return CsvSource(
-            src, fmt, header_bytes=comment_prefix_bytes(src), delimiter=delimiter, control=control
-        )
+        try:
+            return CsvSource(
+                src, fmt, header_bytes=comment_prefix_bytes(src), delimiter=delimiter, control=control
+            )
+        except RaggedRows as exc:
+            log.info("%s; read whole by astropy, missing fields masked", exc.message)
+            return read_ragged(src, fmt, chunk_rows)
     if fmt == "ecsv":
         return ecsv_source(src, chunk_rows, control)
     if fmt == "fits":

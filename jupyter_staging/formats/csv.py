@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,12 +12,13 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from jupyter_staging.errors import ConversionFailed
-from jupyter_staging.formats.base import Piece, Source
+from jupyter_staging.formats.arrow import ndarray_to_arrow
+from jupyter_staging.formats.base import Piece, Source, TableSource, without_paths
 from jupyter_staging.formats.compression import compression_of
 from jupyter_staging.formats.metadata import base_meta, with_metadata
 from jupyter_staging.safety.control import JobControl
 
-__all__ = ["CSV_BLOCK_SIZE", "CSV_INFER_BYTES", "CsvSource"]
+__all__ = ["CSV_BLOCK_SIZE", "CSV_INFER_BYTES", "RAGGED_MAX_BYTES", "CsvSource", "RaggedRows", "read_ragged"]
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,14 @@ log = logging.getLogger(__name__)
 CSV_BLOCK_SIZE = 1024 * 1024
 #: Bytes of CSV text column types are inferred from (then fixed for the whole file).
 CSV_INFER_BYTES = 16 * 1024 * 1024
+#: Largest CSV/TSV file read whole by astropy when its rows have fewer fields than its header, bytes.
+RAGGED_MAX_BYTES = 256 * 1024 * 1024
+#: pyarrow's message for a row whose field count differs from the header's.
+_RAGGED = re.compile(r"Expected (\d+) columns, got (\d+)")
+
+
+class RaggedRows(ConversionFailed):
+    """Rows near the start of a CSV/TSV file have another number of fields than its header."""
 
 
 class CsvSource(Source):
@@ -98,6 +108,8 @@ class CsvSource(Source):
                     sample = sample.slice(0, CSV_INFER_BYTES - window + cut + 1)
             table = pacsv.read_csv(pa.BufferReader(sample), **self._options())
         except pa.ArrowException as exc:
+            if not self._ecsv and _RAGGED.search(str(exc)):
+                raise RaggedRows(f"{self.path.name}: {_ragged_message(exc)}") from None
             raise self._unreadable(exc) from None
         finally:
             raw.close()
@@ -162,6 +174,12 @@ class CsvSource(Source):
                 except StopIteration:
                     return
                 except pa.ArrowInvalid as exc:
+                    if _RAGGED.search(str(exc)):
+                        raise ConversionFailed(
+                            f"{self.path.name}: {_ragged_message(exc)} after the first "
+                            f"{CSV_INFER_BYTES // (1024 * 1024)} MiB; such files are converted only "
+                            "when the first short row comes before that"
+                        ) from None
                     raise ConversionFailed(
                         f"{self.path.name}: {exc} (column types were inferred from the first "
                         f"{CSV_INFER_BYTES // (1024 * 1024)} MiB of the file)"
@@ -178,3 +196,37 @@ class CsvSource(Source):
         finally:
             reader.close()
             raw.close()
+
+
+def _ragged_message(exc: Exception) -> str:
+    match = _RAGGED.search(str(exc))
+    assert match is not None
+    return f"a row has {match.group(2)} fields where the header has {match.group(1)}"
+
+
+def read_ragged(path: Path, fmt: str, chunk_rows: int) -> TableSource:
+    """A CSV/TSV file whose rows have fewer fields than its header, read whole as astropy reads it
+    (``Table.read(format="ascii.csv" | "ascii.tab")``): missing fields are masked, then nulls.
+
+    Memory is the whole table. Raises :class:`ConversionFailed` when the file is larger than
+    ``RAGGED_MAX_BYTES`` or astropy cannot read it either (a row longer than the header).
+    """
+    # astropy is heavy (about a second to import): loaded only when such a file is read
+    from astropy.table import Table
+
+    size = path.stat().st_size
+    if size > RAGGED_MAX_BYTES:
+        raise ConversionFailed(
+            f"{path.name}: some rows have fewer fields than the header; files over "
+            f"{RAGGED_MAX_BYTES // (1024 * 1024)} MiB with such rows are not converted"
+        )
+    try:
+        table = Table.read(path, format="ascii.tab" if fmt == "tsv" else "ascii.csv")
+    except Exception as exc:  # astropy raises many error types for inconsistent text tables
+        raise ConversionFailed(
+            f"{path.name}: rows and header disagree: {without_paths(str(exc), path)}"
+        ) from None
+    arrays = [ndarray_to_arrow(table[name]) for name in table.colnames]
+    arrow = pa.table(arrays, names=table.colnames)
+    arrow = arrow.cast(with_metadata(arrow.schema, [{} for _ in arrays], base_meta(path, fmt)))
+    return TableSource(arrow, size, chunk_rows)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from jupyter_staging.errors import ConversionFailed
 from jupyter_staging.formats.compression import COMPRESSED_SUFFIXES, head, open_binary
 from jupyter_staging.formats.fits import select_fits_hdu
-from jupyter_staging.formats.votable import VOTableSource
+from jupyter_staging.formats.votable import VOTableSource, has_readable_table
 
 __all__ = ["detect_format", "is_table"]
 
@@ -81,9 +81,10 @@ def is_table(path: Path, hdu: int | str | None = None) -> bool:
     this ``hdu``).
 
     FITS files are opened (headers only) and need a binary or ASCII table HDU (or ``hdu`` must name one);
-    an image-only FITS file gives False. VOTables need a ``TABLE`` element (with ``hdu`` given, the file is
-    parsed to check that table exists); Parquet files need a readable footer; CSV, TSV and ECSV files are
-    taken on trust (their content is only checked while converting). Never raises.
+    an image-only FITS file gives False. VOTables need a ``TABLE`` element and astropy must parse them:
+    a VOTable astropy rejects is staged as it is (the file is parsed, which takes as long as converting
+    it). Parquet files need a readable footer; CSV, TSV and ECSV files are taken on trust (their content
+    is only checked while converting). Never raises.
     """
     path = Path(path)
     fmt = detect_format(path)
@@ -111,11 +112,12 @@ def _check_fits(path: Path, hdu: int | str | None) -> None:
 
 
 def _check_votable(path: Path, hdu: int | str | None) -> bool:
-    """Whether the VOTable has a ``TABLE`` (with ``hdu``: parsed, and raises unless that table exists)."""
+    """Whether astropy reads a ``TABLE`` in the VOTable (with ``hdu``: raises unless that table exists).
+    A file without a ``TABLE`` element is not parsed."""
     if hdu is not None:
         VOTableSource(path, hdu, chunk_rows=1).close()
         return True
-    return _has_votable_table(path)
+    return _has_votable_table(path) and has_readable_table(path)
 
 
 def _has_votable_table(path: Path) -> bool:

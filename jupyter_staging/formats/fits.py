@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from jupyter_staging.errors import ConversionFailed
 from jupyter_staging.formats.arrow import conform, native, ndarray_to_arrow, object_array
-from jupyter_staging.formats.base import Piece, Source
+from jupyter_staging.formats.base import Piece, Source, without_paths
 from jupyter_staging.formats.compression import compression_of
 from jupyter_staging.formats.metadata import base_meta, fits_column_meta, fits_header_text, with_metadata
 
@@ -138,7 +138,9 @@ class FitsSource(Source):
         try:
             self._hdul = fits.open(path, memmap=True, lazy_load_hdus=True, mode="readonly")
         except Exception as exc:  # astropy raises OSError, ValueError, TypeError for non-FITS bytes
-            raise ConversionFailed(f"{path.name}: not a readable FITS file: {exc}") from None
+            raise ConversionFailed(
+                f"{path.name}: not a readable FITS file: {without_paths(str(exc), path)}"
+            ) from None
         try:
             self._open_table(hdu, chunk_rows)
         except ConversionFailed:
@@ -146,7 +148,9 @@ class FitsSource(Source):
             raise
         except Exception as exc:
             self.close()
-            raise ConversionFailed(f"{path.name}: cannot read FITS table: {exc}") from None
+            raise ConversionFailed(
+                f"{path.name}: cannot read FITS table: {without_paths(str(exc), path)}"
+            ) from None
 
     def _open_table(self, hdu: int | str | None, chunk_rows: int) -> None:
         """Select the HDU, choose how its rows are read, and build the schema with its metadata."""
@@ -232,7 +236,9 @@ class FitsSource(Source):
             try:
                 arrays = self._convert(start, stop)
             except (OSError, ValueError, TypeError) as exc:
-                raise ConversionFailed(f"{self.path.name}: cannot read rows {start}-{stop}: {exc}") from None
+                raise ConversionFailed(
+                    f"{self.path.name}: cannot read rows {start}-{stop}: {without_paths(str(exc), self.path)}"
+                ) from None
             batch = conform(pa.RecordBatch.from_arrays(arrays, names=self.schema.names), self.schema)
             yield Piece(batch, self.size * start // total, self.size * stop // total)
             start = stop

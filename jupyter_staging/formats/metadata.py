@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from jupyter_staging._version import __version__
+from jupyter_staging.formats.astropy_meta import META_YAML_KEY, table_meta_yaml
 
 __all__ = [
     "base_meta",
@@ -44,7 +45,16 @@ __all__ = [
 _DESCRIBED = (b"unit", b"ucd", b"description")
 
 
+def _blank(value: Any) -> bool:
+    """Whether an attribute value is absent: None or an empty string (an empty array is a value)."""
+    return value is None or (isinstance(value, str | bytes) and not value)
+
+
 def _json_default(value: Any) -> Any:
+    if hasattr(value, "unit") and hasattr(value, "to_value"):  # an astropy Quantity: value + unit
+        return {"value": value.to_value(), "unit": value.unit.to_string()}
+    if isinstance(value, np.ma.MaskedArray):
+        return np.ma.masked_array(value, dtype=object).filled(None).tolist()
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):
@@ -55,7 +65,8 @@ def _json_default(value: Any) -> Any:
 
 
 def dumps(value: Any) -> str:
-    """``value`` as JSON text; numpy values become Python ones, bytes UTF-8 text, anything else ``str``."""
+    """``value`` as JSON text; numpy values become Python ones (masked entries null), an astropy
+    ``Quantity`` ``{"value": ..., "unit": "..."}``, bytes UTF-8 text, anything else ``str``."""
     return json.dumps(value, default=_json_default, ensure_ascii=False)
 
 
@@ -66,7 +77,7 @@ def field_meta(**items: Any) -> dict[bytes, bytes]:
     """
     meta = {}
     for key, value in items.items():
-        if value is None or value == "":
+        if _blank(value):
             continue
         meta[key.replace("__", ".").encode()] = str(value).encode()
     return meta
@@ -88,7 +99,8 @@ def with_metadata(
 
     ``fields_meta`` has one dict per field, in order. Also records every column's
     ``unit``/``ucd``/``description`` as JSON under ``jupyter_staging.columns`` so readers that ignore
-    Arrow field metadata still see them.
+    Arrow field metadata still see them, and writes them in astropy's Parquet convention under
+    ``table_meta_yaml`` (:mod:`jupyter_staging.formats.astropy_meta`) unless the schema holds one.
     """
     fields = []
     columns: dict[str, dict[str, str]] = {}
@@ -103,7 +115,12 @@ def with_metadata(
     merged.update(schema_meta)
     if columns:
         merged["jupyter_staging.columns"] = dumps(columns)
-    return pa.schema(fields, metadata={k.encode(): v.encode() for k, v in merged.items()})
+    result = pa.schema(fields, metadata={k.encode(): v.encode() for k, v in merged.items()})
+    if META_YAML_KEY not in merged:
+        result = result.with_metadata(
+            result.metadata | {META_YAML_KEY.encode(): table_meta_yaml(result).encode()}
+        )
+    return result
 
 
 # FITS
@@ -152,7 +169,9 @@ def votable_param(param: Any, level: str) -> dict[str, Any]:
     (``'VOTABLE' | 'RESOURCE' | 'TABLE'``)."""
     value = param.value
     if isinstance(value, np.ma.MaskedArray):
-        value = value.filled(None) if value.dtype.kind == "O" else value.tolist()
+        value = np.ma.masked_array(value, dtype=object).filled(None).tolist()
+    elif isinstance(value, np.ndarray):  # an array PARAM (arraysize), kept as a list
+        value = value.tolist()
     return {
         k: v
         for k, v in {
@@ -167,7 +186,7 @@ def votable_param(param: Any, level: str) -> dict[str, Any]:
             "utype": param.utype,
             "description": param.description,
         }.items()
-        if v not in (None, "")
+        if not _blank(v)
     }
 
 

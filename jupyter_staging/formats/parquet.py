@@ -1,6 +1,8 @@
 """Parquet in and out: a Parquet source re-chunked, and the part writer that cuts a stream of record
 batches into ``part-NNNNN.parquet`` files of exactly ``chunk_rows`` rows.
 
+Each part's schema metadata also holds ``table::len::<name>``, the longest string of each string column
+in that part (astropy's Parquet convention, :mod:`jupyter_staging.formats.astropy_meta`).
 Each part is written as ``<name>.part`` while its sha256 is computed, fsynced, and only then published
 under its final name, which is never overwritten (:class:`jupyter_staging.safety.partfile.PartFile`).
 """
@@ -18,6 +20,7 @@ import pyarrow.parquet as pq
 
 from jupyter_staging.errors import ConversionFailed
 from jupyter_staging.formats.arrow import conform
+from jupyter_staging.formats.astropy_meta import string_lengths
 from jupyter_staging.formats.base import ChunkInfo, Piece, Source
 from jupyter_staging.formats.metadata import base_meta, with_metadata
 from jupyter_staging.safety.control import JobControl
@@ -164,6 +167,12 @@ def _encode_part(
     part = PartFile(final)
     try:
         table = pa.Table.from_batches(batches, schema=schema)
+        lengths = string_lengths(table)  # astropy's Parquet reader sizes its string columns from these
+        if lengths:
+            schema = schema.with_metadata(
+                (schema.metadata or {}) | {k.encode(): v.encode() for k, v in lengths.items()}
+            )
+            table = table.replace_schema_metadata(schema.metadata)
         sink = pa.BufferedOutputStream(pa.PythonFile(_PartSink(part), mode="w"), WRITE_BUFFER_BYTES)
         try:
             with pq.ParquetWriter(

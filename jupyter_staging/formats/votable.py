@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import pyarrow as pa
 
 from jupyter_staging.errors import ConversionFailed
 from jupyter_staging.formats.arrow import ndarray_to_arrow
-from jupyter_staging.formats.base import TableSource
+from jupyter_staging.formats.base import TableSource, without_paths
 from jupyter_staging.formats.metadata import (
     base_meta,
     dumps,
@@ -18,7 +19,7 @@ from jupyter_staging.formats.metadata import (
     with_metadata,
 )
 
-__all__ = ["VOTableSource"]
+__all__ = ["VOTableSource", "has_readable_table"]
 
 
 class _Found(NamedTuple):
@@ -36,7 +37,18 @@ def _parse(path: Path) -> Any:
     try:
         return parse(str(path), verify="ignore")
     except Exception as exc:  # astropy raises XML, value and unit errors for malformed files
-        raise ConversionFailed(f"{path.name}: not a readable VOTable: {exc}") from None
+        raise ConversionFailed(
+            f"{path.name}: not a readable VOTable: {without_paths(str(exc), path)}"
+        ) from None
+
+
+def has_readable_table(path: Path) -> bool:
+    """Whether astropy parses the VOTable at ``path`` and finds a ``TABLE`` in it (the file is parsed
+    whole: as long as the conversion's own parse). A VOTable astropy rejects is not a table here."""
+    try:
+        return bool(_tables(_parse(path)))
+    except ConversionFailed:
+        return False
 
 
 def _tables(votable: Any) -> list[_Found]:
@@ -98,6 +110,15 @@ def _schema_meta(path: Path, votable: Any, found: _Found, position: int) -> dict
     return meta
 
 
+def _no_data(field: Any) -> pa.Array:
+    """An empty column for a ``FIELD`` of a ``TABLE`` without ``DATA``, typed from its datatype."""
+    try:
+        dtype = np.dtype(field.converter.format)
+    except (AttributeError, TypeError):
+        return pa.array([], type=pa.null())
+    return pa.array([], type=pa.null()) if dtype.kind == "O" else ndarray_to_arrow(np.empty(0, dtype))
+
+
 class VOTableSource(TableSource):
     """A VOTable ``TABLE`` (``hdu``: its 0-based position among the file's tables, or its ID/name).
 
@@ -116,7 +137,7 @@ class VOTableSource(TableSource):
         names = data.dtype.names or ()
         arrays, fields_meta, columns = [], [], []
         for i, field in enumerate(table.fields):
-            arrays.append(ndarray_to_arrow(data[names[i]]))
+            arrays.append(ndarray_to_arrow(data[names[i]]) if i < len(names) else _no_data(field))
             columns.append(field.name or field.ID or names[i])
             fields_meta.append(votable_field_meta(field))
         meta = _schema_meta(path, votable, found[position], position)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
+import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Float, Int, List, Unicode, default
+from traitlets import Float, Int, List, TraitError, Unicode, default, validate
 from traitlets import Type as TypeTrait
 
 from jupyter_staging._version import __version__
@@ -41,7 +44,9 @@ class StagingApp(ExtensionApp):
         Unicode(),
         default_value=[],
         help="""Local folders jobs may read. Empty: any readable path. A symlink leaving these roots is
-        refused.""",
+        refused. On a command line: one folder per flag (``--StagingApp.source_roots=/a
+        --StagingApp.source_roots=/b``), a list (``--StagingApp.source_roots="['/a', '/b']"``) or a
+        ``:``-separated list (``/a:/b``); see :func:`parse_source_roots`.""",
     ).tag(config=True)
 
     db_url = Unicode(
@@ -110,6 +115,13 @@ class StagingApp(ExtensionApp):
         help="""Name recorded as the owner of jobs (default: the JupyterHub user or the
         account running the server)."""
     ).tag(config=True)
+
+    @validate("source_roots")
+    def _validate_source_roots(self, proposal: dict[str, object]) -> list[str]:
+        try:
+            return parse_source_roots(proposal["value"])  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise TraitError(f"StagingApp.source_roots: {exc}") from None
 
     @default("db_url")
     def _default_db_url(self) -> str:
@@ -181,6 +193,45 @@ class StagingApp(ExtensionApp):
         for var in (ENV_URL, ENV_TOKEN, ENV_ROOT):
             if os.environ.get(var) == self._exported.get(var):
                 os.environ.pop(var, None)
+
+
+def parse_source_roots(value: str | Iterable[str]) -> list[str]:
+    """The folders of ``StagingApp.source_roots`` as people write them, one path per item.
+
+    ``value`` is a list of paths or one text; each text may be a path (``/archive``), a list literal
+    (``['/a', '/b']`` or ``["/a", "/b"]``, as ``--StagingApp.source_roots=[...]`` passes it: jupyter_server
+    defers extension options, so such a list arrives as one text) or an ``os.pathsep``-separated list
+    (``/a:/b``, like ``PATH``). Empty items are dropped, duplicates kept once, order kept. The server
+    (this trait's validator) and ``jupyter staging doctor`` (through the same trait) read it with this
+    one function.
+
+    Raises :class:`ValueError` for a list literal that does not parse or holds something other than text.
+    """
+    texts = [value] if isinstance(value, str) else list(value)
+    roots: list[str] = []
+    for text in texts:
+        if not isinstance(text, str):
+            raise ValueError(f"expected folders as text, got {type(text).__name__}")
+        for root in _split_roots(text.strip()):
+            if root and root not in roots:
+                roots.append(root)
+    return roots
+
+
+def _split_roots(text: str) -> list[str]:
+    """One text of :func:`parse_source_roots`: a list literal, else ``os.pathsep``-separated paths."""
+    if not (text.startswith("[") and text.endswith("]")):
+        return [part.strip() for part in text.split(os.pathsep)]
+    try:
+        items = json.loads(text)
+    except ValueError:
+        try:
+            items = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"cannot read {text!r} as a list of folders") from None
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
+        raise ValueError(f"{text!r} must list folders as text, e.g. ['/archive', '/data']")
+    return [item.strip() for item in items]
 
 
 def _safe_url(url: str) -> str:

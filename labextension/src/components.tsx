@@ -1,26 +1,19 @@
-/** React pieces of the panel: a job's row, its progress bar, and the "New staging job" form. */
-import { closeIcon } from '@jupyterlab/ui-components';
+/** React pieces of the panel: the "New staging job" form and a job's chunk table. */
 import * as React from 'react';
 
 import { StagingAPIError } from './api';
 import { buildCreateRequest, type JobFormValues } from './form';
-import { StateIcon } from './icons';
 import {
   COMPRESSIONS,
   IF_EXISTS,
   METHODS,
-  actionsFor,
+  defaultDestination,
   formatBytes,
   formatCount,
-  isFinal,
-  progressFraction,
-  progressSummary,
-  shortSource,
-  upToDateText,
+  type Chunk,
   type Compression,
   type CreateJobRequest,
   type IfExists,
-  type Job,
   type Method
 } from './model';
 
@@ -30,135 +23,6 @@ const IF_EXISTS_LABELS: Record<IfExists, string> = {
   refresh: 'stage it again',
   error: 'stop with an error'
 };
-
-/** Show a destination relative to the server root ('' is the root). */
-export function displayFolder(path: string): string {
-  return path ? `${path}/` : '/ (server root)';
-}
-
-export function ProgressBar(props: { job: Job }): JSX.Element {
-  const fraction = progressFraction(props.job);
-  const indeterminate = fraction === null && props.job.state === 'running';
-  const percent = fraction === null ? 0 : Math.round(fraction * 1000) / 10;
-  return (
-    <div
-      className={`jp-Staging-bar jp-Staging-bar-${props.job.state}${indeterminate ? ' jp-mod-indeterminate' : ''}`}
-      role="progressbar"
-      aria-valuemin={0}
-      aria-valuemax={100}
-      aria-valuenow={fraction === null ? undefined : percent}
-      title={fraction === null ? 'size not known yet' : `${percent}%`}
-    >
-      <div className="jp-Staging-barFill" style={{ width: indeterminate ? '30%' : `${percent}%` }} />
-    </div>
-  );
-}
-
-export interface JobItemProps {
-  job: Job;
-  busy: boolean;
-  onOpen: (job: Job) => void;
-  onPause: (job: Job) => void;
-  onResume: (job: Job) => void;
-  onCancel: (job: Job) => void;
-  onRemove: (job: Job) => void;
-  onDataFrame: (job: Job) => void;
-}
-
-/** One job in the list: state icon, name, route, progress bar, numbers, error and buttons. */
-export function JobItem(props: JobItemProps): JSX.Element {
-  const { job } = props;
-  const actions = actionsFor(job.state);
-  const p = job.progress;
-  const chunks =
-    p.chunks_total !== null && p.chunks_total !== undefined
-      ? `${p.chunks_done}/${p.chunks_total} ${job.convert ? 'parts' : 'files'}`
-      : '';
-  return (
-    <li className={`jp-Staging-job jp-Staging-job-${job.state}`} data-job-id={job.id} data-state={job.state}>
-      <div className="jp-Staging-jobHead">
-        <StateIcon state={job.state} />
-        <button
-          className="jp-Staging-jobName"
-          title={`Open ${job.name}: chunks and log`}
-          onClick={() => props.onOpen(job)}
-        >
-          {job.name}
-        </button>
-        <span className={`jp-Staging-stateLabel jp-Staging-state-${job.state}`}>{job.state}</span>
-        {actions.remove && (
-          <button
-            className="jp-Staging-remove"
-            aria-label="Remove"
-            disabled={props.busy}
-            title={
-              isFinal(job.state)
-                ? 'Remove from this list (the staged files stay)'
-                : 'Cancel the job and remove it from this list'
-            }
-            onClick={() => props.onRemove(job)}
-          >
-            <closeIcon.react tag="span" elementSize="small" />
-          </button>
-        )}
-      </div>
-      <div className="jp-Staging-route" title={`${job.source}\n→ ${displayFolder(job.destination)}`}>
-        <span className="jp-Staging-source">{shortSource(job.source)}</span>
-        <span className="jp-Staging-arrow">→</span>
-        <span className="jp-Staging-destination">{displayFolder(job.destination)}</span>
-      </div>
-      <ProgressBar job={job} />
-      <div className="jp-Staging-numbers">
-        <span className="jp-Staging-summary">{progressSummary(job)}</span>
-        {chunks && <span className="jp-Staging-chunkCount">{chunks}</span>}
-      </div>
-      {job.up_to_date && job.state === 'succeeded' && (
-        <div className="jp-Staging-upToDate" role="status">
-          {upToDateText(job)}
-        </div>
-      )}
-      {job.error && (
-        <div className="jp-Staging-error" role="alert">
-          <span className="jp-Staging-errorCode">{job.error.code}</span>
-          <span className="jp-Staging-errorMessage">{job.error.message}</span>
-        </div>
-      )}
-      <div className="jp-Staging-actions">
-        {actions.pause && (
-          <button className="jp-Staging-button" disabled={props.busy} onClick={() => props.onPause(job)}>
-            Pause
-          </button>
-        )}
-        {actions.resume && (
-          <button className="jp-Staging-button" disabled={props.busy} onClick={() => props.onResume(job)}>
-            Resume
-          </button>
-        )}
-        {actions.cancel && (
-          <button
-            className="jp-Staging-button jp-mod-warn"
-            disabled={props.busy}
-            onClick={() => props.onCancel(job)}
-          >
-            Cancel
-          </button>
-        )}
-        <button className="jp-Staging-button" onClick={() => props.onOpen(job)}>
-          Log
-        </button>
-        {job.state === 'succeeded' && job.convert && (
-          <button
-            className="jp-Staging-button jp-mod-accept"
-            title="Insert a cell reading this Parquet dataset into the active notebook"
-            onClick={() => props.onDataFrame(job)}
-          >
-            DataFrame
-          </button>
-        )}
-      </div>
-    </li>
-  );
-}
 
 export interface JobFormProps {
   initial: JobFormValues;
@@ -174,8 +38,12 @@ export function JobForm(props: JobFormProps): JSX.Element {
   const [values, setValues] = React.useState<JobFormValues>(props.initial);
   const [error, setError] = React.useState<{ message: string; code?: string } | null>(null);
   const [submitting, setSubmitting] = React.useState(false);
-  const set = <K extends keyof JobFormValues>(key: K, value: JobFormValues[K]) =>
+  // An edit makes the last refusal stale: it goes as soon as the user changes anything.
+  const set = <K extends keyof JobFormValues>(key: K, value: JobFormValues[K]) => {
     setValues(v => ({ ...v, [key]: value }));
+    setError(null);
+  };
+  const defaultFolder = defaultDestination(values.name.trim() || values.source || 'name');
 
   const submit = async (event: React.FormEvent) => {
     event.preventDefault();
@@ -215,11 +83,13 @@ export function JobForm(props: JobFormProps): JSX.Element {
         <input
           className="jp-mod-styled"
           name="destination"
-          placeholder="(server root)"
+          placeholder={defaultFolder}
           value={values.destination}
           onChange={e => set('destination', e.target.value)}
         />
-        <small>relative to the server's root; created if missing</small>
+        <small>
+          relative to the server's root; empty: <code>{defaultFolder}/</code>, where a re-run finds it
+        </small>
       </label>
       <label className="jp-Staging-field">
         <span>Name</span>
@@ -286,7 +156,7 @@ export function JobForm(props: JobFormProps): JSX.Element {
       {values.toParquet && (
         <div className="jp-Staging-parquet">
           <label className="jp-Staging-field">
-            <span>Rows per part file</span>
+            <span>Rows per chunk</span>
             <input
               className="jp-mod-styled"
               name="chunkRows"
@@ -312,6 +182,18 @@ export function JobForm(props: JobFormProps): JSX.Element {
               ))}
             </select>
           </label>
+          <label className="jp-Staging-field">
+            <span>FITS HDU</span>
+            <input
+              className="jp-mod-styled"
+              name="hdu"
+              placeholder="first table"
+              title="The FITS extension holding the table: an index (1) or a name (LIGHTCURVE)"
+              spellCheck={false}
+              value={values.hdu ?? ''}
+              onChange={e => set('hdu', e.target.value)}
+            />
+          </label>
         </div>
       )}
       {error && (
@@ -333,9 +215,9 @@ export function JobForm(props: JobFormProps): JSX.Element {
 }
 
 /** A small table of a job's chunks. */
-export function ChunkTable(props: { chunks: readonly import('./model').Chunk[] }): JSX.Element {
+export function ChunkTable(props: { chunks: readonly Chunk[] }): JSX.Element {
   if (!props.chunks.length) {
-    return <div className="jp-Staging-empty">No output files yet.</div>;
+    return <div className="jp-Staging-empty">No chunks yet.</div>;
   }
   return (
     <table className="jp-Staging-chunks">

@@ -17,12 +17,24 @@ export interface JobFormValues {
   ifExists?: IfExists;
   /** The bytes the source must have, ``sha256:<hex>`` or ``md5:<hex>`` (optional). */
   checksum?: string;
+  /** The FITS HDU holding the table, an index (``1``) or a name (``LIGHTCURVE``); empty: the first table. */
+  hdu?: string;
+}
+
+/** An HDU as the form's field gives it: a whole number is an index, other text an extension name. */
+export function parseHdu(text: string | undefined): number | string | null {
+  const value = (text ?? '').trim();
+  if (!value) {
+    return null;
+  }
+  return /^\d+$/.test(value) ? Number(value) : value;
 }
 
 /**
  * A ``POST /jobs`` body from the form's fields, or an error message for the user. Empty optional fields
- * are left out (``if_exists`` too while it is the server's default, ``reuse``); an empty destination is the
- * server's root folder.
+ * are left out (``if_exists`` too while it is the server's default, ``reuse``); an empty destination is
+ * left out too, so the server stages into its stable default folder ``staging/<name>`` (as ``%stage``
+ * does), and a re-run finds its output there.
  */
 export function buildCreateRequest(
   values: JobFormValues
@@ -31,7 +43,11 @@ export function buildCreateRequest(
   if (!source) {
     return { error: 'Enter a source: a path on the server, an http(s):// URL or an s3:// URI.' };
   }
-  const request: CreateJobRequest = { source, destination: values.destination.trim() };
+  const request: CreateJobRequest = { source };
+  const destination = values.destination.trim();
+  if (destination) {
+    request.destination = destination;
+  }
   if (values.name.trim()) {
     request.name = values.name.trim();
   }
@@ -51,9 +67,13 @@ export function buildCreateRequest(
   if (values.toParquet) {
     const rows = Number(values.chunkRows);
     if (!Number.isInteger(rows) || rows < 1) {
-      return { error: 'Rows per part file must be a whole number of at least 1.' };
+      return { error: 'Rows per chunk must be a whole number of at least 1.' };
     }
     request.convert = { format: 'parquet', chunk_rows: rows, compression: values.compression };
+    const hdu = parseHdu(values.hdu);
+    if (hdu !== null) {
+      request.convert.hdu = hdu;
+    }
   }
   return { request };
 }

@@ -102,8 +102,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
       return item && !item.done ? item.value : null;
     };
 
+    // An empty destination lets the server choose staging/<name>, as %stage does (Stage Here… aims the
+    // form at a folder instead).
     const panel = new StagingPanel(model, commands, () => ({
-      destination: settings.destination || currentFolder(),
+      destination: settings.destination,
       chunkRows: settings.chunkRows,
       compression: settings.compression
     }));

@@ -13,6 +13,7 @@ import {
   EventStreamParser,
   isFinal,
   jobFromEvent,
+  parquetDatasets,
   reduceJobs,
   visibleJobs,
   type CreateJobRequest,
@@ -170,6 +171,47 @@ export class JobsModel implements IDisposable {
       await this.cancel(id);
     }
     this.dispatch({ type: 'hide', id });
+    await this._saveHidden();
+  }
+
+  /**
+   * "Clear finished": hide every succeeded, failed, cancelled or expired job from the list (the server
+   * keeps its records and the staged files stay; ``DELETE /jobs/{id}`` of a finished job changes
+   * nothing). Returns how many jobs were hidden.
+   */
+  async clearFinished(): Promise<number> {
+    const ids = this.jobs.filter(job => isFinal(job.state)).map(job => job.id);
+    this.dispatch({ type: 'hideMany', ids });
+    await this._saveHidden();
+    return ids.length;
+  }
+
+  /**
+   * The Parquet datasets a succeeded job produced (paths relative to the server root): ``undefined``
+   * until known, then fetched once from ``GET /jobs/{id}/chunks`` (``changed`` fires when they arrive).
+   * Jobs without a conversion, or not succeeded, have none.
+   */
+  parquetOf(job: Job): string[] | undefined {
+    if (job.state !== 'succeeded' || !job.convert) {
+      return [];
+    }
+    const known = this._parquet.get(job.id);
+    if (known !== undefined || this._parquetPending.has(job.id)) {
+      return known;
+    }
+    this._parquetPending.add(job.id);
+    this.client
+      .chunks(job.id)
+      .then(chunks => {
+        this._parquet.set(job.id, parquetDatasets(job, chunks));
+        this._changed.emit();
+      })
+      .catch(() => undefined)
+      .finally(() => this._parquetPending.delete(job.id));
+    return undefined;
+  }
+
+  private async _saveHidden(): Promise<void> {
     if (this._stateDB) {
       await this._stateDB.save(HIDDEN_KEY, this._state.hidden.slice(-MAX_HIDDEN) as string[]);
     }
@@ -326,6 +368,8 @@ export class JobsModel implements IDisposable {
   private _generation = 0;
   private _abort: AbortController | null = null;
   private _wakers = new Set<() => void>();
+  private _parquet = new Map<string, string[]>();
+  private _parquetPending = new Set<string>();
   private _stateDB: IStateDB | null;
   private _changed = new Signal<this, void>(this);
 }

@@ -4,13 +4,17 @@ import type { CommandRegistry } from '@lumino/commands';
 import type { Message } from '@lumino/messaging';
 import * as React from 'react';
 
-import { ChunkTable, displayFolder, ProgressBar } from './components';
+import { ChunkTable } from './components';
+import { displayFolder, ProgressBar } from './jobitem';
 import { StateIcon } from './icons';
 import type { JobsModel } from './jobs';
 import {
   actionsFor,
+  chunkCount,
   formatCount,
+  humanizeLogMessage,
   isFinal,
+  jobNotices,
   parquetDatasets,
   progressSummary,
   type Chunk,
@@ -178,13 +182,19 @@ export class JobDetail extends ReactWidget {
         <ProgressBar job={job} />
         <div className="jp-Staging-numbers">
           <span className="jp-Staging-summary">{progressSummary(job)}</span>
+          <span className="jp-Staging-chunkCount">{chunkCount(job.progress)}</span>
         </div>
         {job.error && (
-          <div className="jp-Staging-error" role="alert">
+          <div className="jp-Staging-error jp-Staging-errorFull" role="alert">
             <span className="jp-Staging-errorCode">{job.error.code}</span>
             <span className="jp-Staging-errorMessage">{job.error.message}</span>
           </div>
         )}
+        {jobNotices(job).map(notice => (
+          <div key={notice} className="jp-Staging-noticeLine" role="note">
+            {notice}
+          </div>
+        ))}
         {this._error && <div className="jp-Staging-notice jp-mod-error">{this._error}</div>}
         <dl className="jp-Staging-facts">
           <dt>source</dt>
@@ -195,7 +205,9 @@ export class JobDetail extends ReactWidget {
           <dd>
             {job.method}
             {job.convert &&
-              ` → Parquet, ${formatCount(job.convert.chunk_rows)} rows per part, ${job.convert.compression}`}
+              ` → Parquet, ${formatCount(job.convert.chunk_rows)} rows per chunk, ` +
+                job.convert.compression +
+                (job.convert.hdu !== null && job.convert.hdu !== undefined ? `, HDU ${job.convert.hdu}` : '')}
           </dd>
           <dt>created</dt>
           <dd>{time(job.created_at)}</dd>
@@ -231,7 +243,7 @@ export class JobDetail extends ReactWidget {
               <div key={i} className={`jp-Staging-logLine jp-Staging-log-${line.level.toLowerCase()}`}>
                 <span className="jp-Staging-logTime">{clock(line.time)}</span>
                 <span className="jp-Staging-logLevel">{line.level}</span>
-                <span className="jp-Staging-logMessage">{line.message}</span>
+                <span className="jp-Staging-logMessage">{humanizeLogMessage(line.message)}</span>
               </div>
             ))
           )}

@@ -34,13 +34,18 @@ export const COMPRESSIONS: readonly Compression[] = ['zstd', 'snappy', 'gzip', '
 export type IfExists = 'reuse' | 'refresh' | 'error';
 export const IF_EXISTS: readonly IfExists[] = ['reuse', 'refresh', 'error'];
 
-/** Progress of a job: bytes, chunks (part files), rows; ``rate`` in bytes/s, ``eta_seconds`` in s. */
+/**
+ * Progress of a job: source bytes done / total (``bytes_done <= bytes_total``), chunks (output pieces),
+ * rows, and ``output_bytes`` (bytes of Parquet written by a conversion, when the server reports it);
+ * ``rate`` in bytes/s, ``eta_seconds`` in s.
+ */
 export interface Progress {
   bytes_done: number;
   bytes_total: number | null;
   chunks_done: number;
   chunks_total: number | null;
   rows_done: number;
+  output_bytes?: number | null;
   rate?: number | null;
   eta_seconds?: number | null;
 }
@@ -72,6 +77,9 @@ export interface Job {
   expires_at?: string | null;
   /** True on the answer to a ``POST /jobs`` that reused unchanged output: no byte moved. */
   up_to_date?: boolean;
+  /** Things the user should know that are not errors, e.g. ``not a table: staged as it is``. */
+  notices?: string[] | null;
+  notice?: string | null;
 }
 
 /** One output file of a job; ``path`` is relative to the job's destination. */
@@ -112,128 +120,9 @@ export function isFinal(state: JobState): boolean {
   return FINAL_STATES.has(state);
 }
 
-// -- formatting ------------------------------------------------------------------------------------------
+// -- formatting (format.ts, re-exported here) ---------------------------------------------------------
 
-const BYTE_UNITS = ['B', 'kB', 'MB', 'GB', 'TB', 'PB'];
-
-/** Bytes in decimal units with three significant digits: ``0 B``, ``999 B``, ``1.46 MB``, ``143 GB``. */
-export function formatBytes(bytes: number | null | undefined): string {
-  if (bytes === null || bytes === undefined || !Number.isFinite(bytes) || bytes < 0) {
-    return '?';
-  }
-  if (bytes < 1000) {
-    return `${Math.round(bytes)} B`;
-  }
-  let value = bytes;
-  let unit = 0;
-  while (value >= 999.5 && unit < BYTE_UNITS.length - 1) {
-    value /= 1000;
-    unit += 1;
-  }
-  const digits = value >= 99.95 ? 0 : value >= 9.995 ? 1 : 2;
-  return `${value.toFixed(digits)} ${BYTE_UNITS[unit]}`;
-}
-
-/** A transfer rate (bytes per second): ``1.20 MB/s``; empty when unknown. */
-export function formatRate(bytesPerSecond: number | null | undefined): string {
-  if (bytesPerSecond === null || bytesPerSecond === undefined || !Number.isFinite(bytesPerSecond)) {
-    return '';
-  }
-  return `${formatBytes(Math.max(0, bytesPerSecond))}/s`;
-}
-
-/** Time left: ``45 s``, ``3 min 05 s``, ``2 h 07 min``, ``3 d 4 h``; empty when unknown. */
-export function formatEta(seconds: number | null | undefined): string {
-  if (seconds === null || seconds === undefined || !Number.isFinite(seconds) || seconds < 0) {
-    return '';
-  }
-  const s = Math.ceil(seconds);
-  if (s < 60) {
-    return `${s} s`;
-  }
-  const pad = (n: number) => String(n).padStart(2, '0');
-  if (s < 3600) {
-    return `${Math.floor(s / 60)} min ${pad(s % 60)} s`;
-  }
-  if (s < 86400) {
-    return `${Math.floor(s / 3600)} h ${pad(Math.floor((s % 3600) / 60))} min`;
-  }
-  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
-}
-
-/** A count with thousands separators: ``14,280``. */
-export function formatCount(n: number | null | undefined): string {
-  if (n === null || n === undefined || !Number.isFinite(n)) {
-    return '?';
-  }
-  return Math.round(n)
-    .toString()
-    .replace(/\B(?=(\d{3})+(?!\d))/g, ',');
-}
-
-/**
- * A source short enough for a list row: a local path's file name, a URL's host and file name
- * (``https://host/…/name``), an S3 URI's bucket and key name (``s3://bucket/…/name``). Query strings
- * (presigned signatures) are never shown.
- */
-export function shortSource(source: string): string {
-  const url = /^([a-z][a-z0-9+.-]*):\/\/([^/?#]*)([^?#]*)/i.exec(source);
-  const path = url ? url[3] : source;
-  const trailing = path.endsWith('/') ? '/' : '';
-  const parts = path.split('/').filter(Boolean);
-  const name = parts.length ? parts[parts.length - 1] + trailing : '';
-  if (!url) {
-    return name || source;
-  }
-  const head = `${url[1].toLowerCase()}://${url[2]}`;
-  if (parts.length === 0) {
-    return head;
-  }
-  return parts.length === 1 ? `${head}/${name}` : `${head}/…/${name}`;
-}
-
-/** Fraction done in [0, 1] from bytes (or chunks when bytes are unknown); null when no total is known. */
-export function progressFraction(job: Pick<Job, 'state' | 'progress'>): number | null {
-  if (job.state === 'succeeded') {
-    return 1;
-  }
-  const p = job.progress;
-  if (p.bytes_total !== null && p.bytes_total !== undefined && p.bytes_total > 0) {
-    return Math.min(1, Math.max(0, p.bytes_done / p.bytes_total));
-  }
-  if (p.chunks_total !== null && p.chunks_total !== undefined && p.chunks_total > 0) {
-    return Math.min(1, Math.max(0, p.chunks_done / p.chunks_total));
-  }
-  return null;
-}
-
-/**
- * The line under a job's progress bar: bytes done of total, then (while running) rate and ETA, then rows
- * for conversions. For example ``5.24 MB of 10.5 MB · 1.20 MB/s · 4 s left``.
- */
-export function progressSummary(job: Pick<Job, 'state' | 'progress' | 'convert'>): string {
-  const p = job.progress;
-  const parts: string[] = [];
-  parts.push(
-    p.bytes_total !== null && p.bytes_total !== undefined
-      ? `${formatBytes(p.bytes_done)} of ${formatBytes(p.bytes_total)}`
-      : formatBytes(p.bytes_done)
-  );
-  if (job.state === 'running') {
-    const rate = formatRate(p.rate);
-    if (rate) {
-      parts.push(rate);
-    }
-    const eta = formatEta(p.eta_seconds);
-    if (eta) {
-      parts.push(`${eta} left`);
-    }
-  }
-  if (job.convert && p.rows_done > 0) {
-    parts.push(`${formatCount(p.rows_done)} rows`);
-  }
-  return parts.join(' · ');
-}
+export * from './format';
 
 /** What the buttons of a job in a given state do (Remove cancels an unfinished job first). */
 export interface JobActions {
@@ -241,11 +130,6 @@ export interface JobActions {
   resume: boolean;
   cancel: boolean;
   remove: boolean;
-}
-
-/** The line on a job ``POST /jobs`` answered ``up_to_date``: ``Up to date: kepler/ (no bytes moved)``. */
-export function upToDateText(job: Pick<Job, 'destination'>): string {
-  return `Up to date: ${job.destination ? `${job.destination}/` : '/ (server root)'} (no bytes moved)`;
 }
 
 export function actionsFor(state: JobState): JobActions {
@@ -378,6 +262,8 @@ export type JobsAction =
   /** The answer to ``POST /jobs``: authoritative for ``up_to_date``; shows the job even if it was hidden. */
   | { type: 'created'; job: Job }
   | { type: 'hide'; id: string }
+  /** Hide several jobs at once ("Clear finished"). */
+  | { type: 'hideMany'; ids: readonly string[] }
   | { type: 'setHidden'; ids: readonly string[] };
 
 export const EMPTY_JOBS: JobsState = { jobs: {}, hidden: [] };
@@ -449,6 +335,10 @@ export function reduceJobs(state: JobsState, action: JobsAction): JobsState {
       return state.hidden.includes(action.id)
         ? state
         : { ...state, hidden: [...state.hidden, action.id] };
+    case 'hideMany': {
+      const add = action.ids.filter(id => !state.hidden.includes(id));
+      return add.length ? { ...state, hidden: [...state.hidden, ...add] } : state;
+    }
     case 'setHidden':
       return { ...state, hidden: [...action.ids] };
   }

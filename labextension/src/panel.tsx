@@ -1,12 +1,13 @@
 /** The "Staging" sidebar: connection status, the "New staging job" form and the live job list. */
 import { Dialog, ReactWidget, showDialog, UseSignal } from '@jupyterlab/apputils';
-import { addIcon, refreshIcon, ToolbarButtonComponent } from '@jupyterlab/ui-components';
+import { addIcon, clearIcon, refreshIcon, ToolbarButtonComponent } from '@jupyterlab/ui-components';
 import type { CommandRegistry } from '@lumino/commands';
 import * as React from 'react';
 
-import { JobForm, JobItem } from './components';
+import { JobForm } from './components';
 import type { JobFormValues } from './form';
 import { stagingIcon } from './icons';
+import { JobItem } from './jobitem';
 import type { JobsModel } from './jobs';
 import { isFinal, upToDateText, type CreateJobRequest, type Job } from './model';
 
@@ -52,6 +53,7 @@ export class StagingPanel extends ReactWidget {
       compression: defaults.compression,
       ifExists: 'reuse',
       checksum: '',
+      hdu: '',
       ...initial
     };
     this._formKey += 1;
@@ -128,6 +130,13 @@ export class StagingPanel extends ReactWidget {
                 onClick={() => (this.formOpen ? this.closeForm() : this.openForm())}
               />
               <ToolbarButtonComponent
+                icon={clearIcon}
+                tooltip="Clear finished jobs from this list (their staged files stay)"
+                className="jp-Staging-clearFinished"
+                enabled={this.model.jobs.some(job => isFinal(job.state))}
+                onClick={() => void this._clearFinished()}
+              />
+              <ToolbarButtonComponent
                 icon={refreshIcon}
                 tooltip="Refresh the job list"
                 onClick={() => void this.commands.execute(CommandIDs.refresh)}
@@ -174,6 +183,7 @@ export class StagingPanel extends ReactWidget {
                     key={job.id}
                     job={job}
                     busy={this._busy.has(job.id)}
+                    parquet={this.model.parquetOf(job)}
                     onOpen={j => void this.commands.execute(CommandIDs.openJob, { id: j.id })}
                     onPause={j => void this._act(j, 'pause', () => this.model.pause(j.id))}
                     onResume={j => void this._act(j, 'resume', () => this.model.resume(j.id))}
@@ -188,6 +198,15 @@ export class StagingPanel extends ReactWidget {
         )}
       </UseSignal>
     );
+  }
+
+  private async _clearFinished(): Promise<void> {
+    try {
+      await this.model.clearFinished();
+    } catch (error) {
+      this._notice = `Could not clear finished jobs: ${(error as Error).message}`;
+      this.update();
+    }
   }
 
   private _dismiss(): void {

@@ -167,4 +167,41 @@ describe('JobsModel', () => {
     expect(model.jobs).toEqual([]);
     expect(model.job('r')?.state).toBe('cancelled');
   });
+
+  it('clears finished jobs from the list and remembers it; running ones stay', async () => {
+    const saved: Record<string, unknown> = {};
+    const state = {
+      fetch: async (key: string) => saved[key],
+      save: async (key: string, value: unknown) => {
+        saved[key] = value;
+      }
+    };
+    model = new JobsModel({ client: fakeClient({}), state: state as never });
+    model.dispatch({
+      type: 'jobs',
+      jobs: [job('ok', 'succeeded'), job('bad', 'failed'), job('run', 'running'), job('gone', 'cancelled')]
+    });
+    expect(await model.clearFinished()).toBe(3);
+    expect(model.jobs.map(j => j.id)).toEqual(['run']);
+    expect((saved['jupyter-staging:hidden-jobs'] as string[]).slice().sort()).toEqual(['bad', 'gone', 'ok']);
+    expect(await model.clearFinished()).toBe(0);
+  });
+
+  it('knows which succeeded jobs produced Parquet, asking for their chunks once', async () => {
+    const chunk = (path: string) => ({
+      id: path, index: 0, path, state: 'ready', rows: 1, bytes: 1, sha256: null, content_type: null
+    });
+    const chunks = jest.fn(async (id: string) => (id === 'table' ? [chunk('t.parquet/part-00000.parquet')] : [chunk('image.fits')]));
+    model = new JobsModel({ client: fakeClient({ chunks: chunks as never }) });
+    const convert = { format: 'parquet' as const, chunk_rows: 10, compression: 'zstd' as const };
+    const table = { ...job('table', 'succeeded'), convert, destination: 'staging/t' };
+    const image = { ...job('image', 'succeeded'), convert };
+    expect(model.parquetOf(table)).toBeUndefined();
+    expect(model.parquetOf(image)).toBeUndefined();
+    await until(() => model!.parquetOf(table) !== undefined && model!.parquetOf(image) !== undefined);
+    expect(model.parquetOf(table)).toEqual(['staging/t/t.parquet']);
+    expect(model.parquetOf(image)).toEqual([]);
+    expect(model.parquetOf(job('plain', 'succeeded'))).toEqual([]);
+    expect(chunks).toHaveBeenCalledTimes(2);
+  });
 });

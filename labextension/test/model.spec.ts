@@ -1,7 +1,13 @@
 import { buildCreateRequest, type JobFormValues } from '../src/form';
 import {
   actionsFor,
+  chunkCount,
   dataframeCellSource,
+  defaultDestination,
+  firstLine,
+  humanizeLogMessage,
+  jobNotices,
+  splitForMiddleEllipsis,
   EMPTY_JOBS,
   EventStreamParser,
   formatBytes,
@@ -116,7 +122,7 @@ describe('progress', () => {
 
   it('summarises bytes, rate and time left while running', () => {
     const running = job({ id: 'a' }, { bytes_done: 5_240_000, bytes_total: 10_500_000, rate: 1_200_000, eta_seconds: 4.3 });
-    expect(progressSummary(running)).toBe('5.24 MB of 10.5 MB · 1.20 MB/s · 5 s left');
+    expect(progressSummary(running)).toBe('5.24 MB of 10.5 MB · 1.20 MB/s · 5 s');
     expect(progressSummary({ ...running, state: 'paused' })).toBe('5.24 MB of 10.5 MB');
   });
 
@@ -341,5 +347,88 @@ describe('buildCreateRequest', () => {
     expect(buildCreateRequest({ ...values, source: '  ' })).toHaveProperty('error');
     expect(buildCreateRequest({ ...values, toParquet: true, chunkRows: '0' })).toHaveProperty('error');
     expect(buildCreateRequest({ ...values, toParquet: true, chunkRows: '1.5' })).toHaveProperty('error');
+  });
+});
+
+describe('the dense job row', () => {
+  it('never says more bytes done than the total, and shows Parquet bytes apart', () => {
+    const convert = { format: 'parquet' as const, chunk_rows: 5000, compression: 'zstd' as const };
+    const over = job({ id: 'a', state: 'succeeded', convert }, { bytes_done: 181_500_000, bytes_total: 90_750_214 });
+    expect(progressSummary(over)).toBe('90.8 MB of 90.8 MB');
+    const written = job(
+      { id: 'a', state: 'running', convert },
+      { bytes_done: 17_000_000, bytes_total: 90_750_214, output_bytes: 4_200_000, rows_done: 5000 }
+    );
+    expect(progressSummary(written)).toBe('17.0 MB of 90.8 MB · 4.20 MB Parquet · 5,000 rows');
+    expect(progressFraction(over)).toBe(1);
+  });
+
+  it('counts chunks, also while the total is unknown', () => {
+    const p = job({ id: 'a' }).progress;
+    expect(chunkCount({ ...p, chunks_done: 3, chunks_total: 3 })).toBe('3/3 chunks');
+    expect(chunkCount({ ...p, chunks_done: 2, chunks_total: null })).toBe('2/? chunks');
+    expect(chunkCount({ ...p, chunks_done: 0, chunks_total: null })).toBe('');
+  });
+
+  it('keeps the end of a long name for a middle ellipsis', () => {
+    expect(splitForMiddleEllipsis('short')).toEqual(['short', '']);
+    expect(splitForMiddleEllipsis('survey_lightcurve_part_003')).toEqual(['survey_lightcurv', 'e_part_003']);
+    const [head, tail] = splitForMiddleEllipsis('survey_lightcurve_part_003');
+    expect(head + tail).toBe('survey_lightcurve_part_003');
+    expect(tail).toBe('e_part_003');
+  });
+
+  it('summarises an error in its first line', () => {
+    expect(firstLine('\ncannot reach host: timed out\n  at urllib3 ...')).toBe('cannot reach host: timed out');
+    expect(firstLine('one line')).toBe('one line');
+  });
+
+  it('reads notices from either field', () => {
+    expect(jobNotices({ notices: ['not a table: staged as it is'] })).toEqual(['not a table: staged as it is']);
+    expect(jobNotices({ notice: 'x' })).toEqual(['x']);
+    expect(jobNotices({})).toEqual([]);
+  });
+
+  it('writes log sizes in human units and names the server root', () => {
+    expect(humanizeLogMessage('1 file(s) to stage, 90750214 bytes')).toBe('1 file(s) to stage, 90.8 MB');
+    expect(humanizeLogMessage('succeeded: 3 chunk(s), 1024 bytes, 14280 rows')).toBe(
+      'succeeded: 3 chunk(s), 1.02 kB, 14280 rows'
+    );
+    expect(humanizeLogMessage('job created: https://h/x.csv ->  (download)')).toBe(
+      'job created: https://h/x.csv -> / (server root) (download)'
+    );
+  });
+
+  it('names the default folder as the server does (staging/<name>)', () => {
+    expect(defaultDestination('/data/kplr010666592-2009131110544_slc.fits')).toBe(
+      'staging/kplr010666592-2009131110544_slc'
+    );
+    expect(defaultDestination('https://host/a/survey%20lc.csv.gz?sig=1')).toBe('staging/survey_lc');
+    expect(defaultDestination('s3://bucket/prefix/')).toBe('staging/prefix');
+    expect(defaultDestination('kepler-lc')).toBe('staging/kepler-lc');
+    expect(defaultDestination('')).toBe('staging/staging');
+    expect(defaultDestination('x.fits', '')).toBe('x');
+  });
+});
+
+describe('the form', () => {
+  const values: JobFormValues = {
+    source: '/archive/k.fits',
+    destination: '  ',
+    name: '',
+    method: '',
+    toParquet: true,
+    chunkRows: 5000,
+    compression: 'zstd'
+  };
+
+  it('leaves an empty destination to the server (staging/<name>)', () => {
+    expect(buildCreateRequest({ ...values, toParquet: false })).toEqual({ request: { source: '/archive/k.fits' } });
+  });
+
+  it('sends the FITS HDU as an index or a name', () => {
+    expect(buildCreateRequest({ ...values, hdu: ' 1 ' })).toHaveProperty('request.convert.hdu', 1);
+    expect(buildCreateRequest({ ...values, hdu: 'LIGHTCURVE' })).toHaveProperty('request.convert.hdu', 'LIGHTCURVE');
+    expect(buildCreateRequest({ ...values, hdu: '' })).not.toHaveProperty('request.convert.hdu');
   });
 });
