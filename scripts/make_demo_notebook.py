@@ -1,5 +1,11 @@
 """Write demo/staging-demo.ipynb: %stage the shipped Kepler light curve and Spitzer VOTable into
-DataFrames."""
+DataFrames.
+
+Usage: ``python scripts/make_demo_notebook.py DEMO_FOLDER [DATA_FOLDER]``. Without a data folder (on Binder,
+where ``../shared/data`` does not exist) the notebook stages the same files from their public copies on
+the astropy data server (https://www.astropy.org/astropy-data/, the collection ``../shared/data`` was
+taken from), as HTTPS downloads.
+"""
 
 import sys
 from pathlib import Path
@@ -10,8 +16,14 @@ root, data = Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else ""
 target = root / "staging-demo.ipynb"
 if target.exists():
     sys.exit(0)
-kepler = f"{data}/kplr010666592-2009131110544_slc.fits"
-spitzer = f"{data}/spitzer_example_catalog.xml"
+#: Public HTTPS copies of the sample files (the astropy data server's mirror).
+PUBLIC = "https://www.astropy.org/astropy-data"
+if data:
+    kepler = f"{data}/kplr010666592-2009131110544_slc.fits"
+    spitzer = f"{data}/spitzer_example_catalog.xml"
+else:
+    kepler = f"{PUBLIC}/timeseries/kplr010666592-2009131110544_slc.fits"
+    spitzer = f"{PUBLIC}/photometry/spitzer_example_catalog.xml"
 cells = [
     nbformat.v4.new_markdown_cell(
         "# jupyter_staging demo\n\nStage real mission data into this folder as chunked Parquet, "
