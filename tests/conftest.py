@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.data import SHARED_DATA
+from tests.helpers.groups import GROUPS, group_of, require_azure_sdk, skip_group
 from tests.helpers.jupyter import server_config
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
@@ -81,13 +84,11 @@ def s3_env(s3_server, monkeypatch):
 def azurite():
     """A running Azurite blob service (:class:`servers.AzuriteServer`), one per test session; skips the
     test when Azurite or azure-storage-blob is missing."""
-    pytest.importorskip(
-        "azure.storage.blob", reason='azure-storage-blob is not installed: pip install ".[azure]"'
-    )
+    require_azure_sdk()
     servers = _servers()
     command = servers.find_azurite()
     if command is None:
-        pytest.skip("azurite-blob is not installed: run scripts/ci-azure-deps.sh")
+        skip_group("azure", "azurite-blob is not installed: run scripts/ci-azure-deps.sh")
     with servers.AzuriteServer(command) as server:
         yield server
 
@@ -113,3 +114,32 @@ def pytest_configure(config):
         "slow: needs several seconds (real servers, kernels or conversions); runs by default, "
         "deselect with -m 'not slow'",
     )
+
+
+# -- loud skips (tests/helpers/groups.py) --------------------------------------------------------------
+
+_SKIPPED_GROUPS: Counter[str] = Counter()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Count the tests skipped because a group's tool is missing."""
+    if report.skipped and isinstance(report.longrepr, tuple):
+        group = group_of(str(report.longrepr[2]))
+        if group is not None:
+            _SKIPPED_GROUPS[group] += 1
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under ``CI=true`` a skipped group fails the run."""
+    if _SKIPPED_GROUPS and os.environ.get("CI", "").lower() == "true" and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """One line per skipped group, with the command that enables it."""
+    if not _SKIPPED_GROUPS:
+        return
+    ci = os.environ.get("CI", "").lower() == "true"
+    terminalreporter.section("skipped test groups" + (" (CI=true: the run fails)" if ci else ""))
+    for group, count in sorted(_SKIPPED_GROUPS.items()):
+        terminalreporter.write_line(f"SKIPPED GROUP {group}: {count} test(s); enable with: {GROUPS[group]}")

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.data import KEPLER_NAME
+from tests.helpers.groups import skip_group
 from tests.helpers.hub import HubProcess, find_proxy
 from tests.helpers.net import free_port
 
@@ -52,7 +53,7 @@ def proxy_command() -> str:
     """configurable-http-proxy (``scripts/ci-hub-deps.sh`` installs it)."""
     found = find_proxy()
     if found is None:
-        pytest.skip("configurable-http-proxy is not installed: run scripts/ci-hub-deps.sh")
+        skip_group("hub", "configurable-http-proxy is not installed: run scripts/ci-hub-deps.sh")
     return found
 
 
@@ -127,11 +128,14 @@ def postgres() -> Iterator[PostgresServer]:
     """A running PostgreSQL (skipped, with the reason, when Debian's postgresql is not installed)."""
     bindir = postgres_bindir()
     if bindir is None:
-        pytest.skip(
-            "PostgreSQL binaries not found under /usr/lib/postgresql/*/bin: run scripts/ci-hub-deps.sh"
+        skip_group(
+            "postgres",
+            "PostgreSQL binaries not found under /usr/lib/postgresql/*/bin: run scripts/ci-hub-deps.sh",
         )
     if os.geteuid() == 0 and shutil.which("runuser") is None:
-        pytest.skip("running as root without runuser: cannot start PostgreSQL as the postgres account")
+        skip_group(
+            "postgres", "running as root without runuser: cannot start PostgreSQL as the postgres account"
+        )
     server = PostgresServer(bindir)
     started = time.monotonic()
     server.start()

@@ -20,6 +20,7 @@ from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile
 from jupyter_staging.sources.azure import AzureSource
 from tests.helpers.data import KEPLER_NAME, SPITZER_NAME, TESS_NAME, sha256
+from tests.helpers.groups import require_azure_sdk
 from tests.helpers.net import free_port as _free_port
 from tests.helpers.servers import AZURE_ENV, AZURITE_ACCOUNT, AZURITE_KEY
 from tests.helpers.sources import Progress
@@ -104,7 +105,7 @@ def test_malformed_uris_are_invalid_requests(uri):
 
 
 def test_az_uri_without_a_configured_account_is_refused_with_the_settings_to_set(monkeypatch):
-    pytest.importorskip("azure.storage.blob", reason="azure-storage-blob is not installed")
+    require_azure_sdk()
     for name in AZURE_ENV:
         monkeypatch.delenv(name, raising=False)
 
@@ -321,7 +322,7 @@ def test_wrong_account_key_is_source_forbidden_without_the_key(azurite, monkeypa
 
 
 def test_unreachable_endpoint_is_transfer_failed_naming_the_uri(monkeypatch):
-    pytest.importorskip("azure.storage.blob", reason="azure-storage-blob is not installed")
+    require_azure_sdk()
     from jupyter_staging.errors import TransferFailed
 
     for name in AZURE_ENV:
