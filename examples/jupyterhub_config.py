@@ -56,8 +56,12 @@ c.JupyterHub.services = [
         ]
         + os.environ.get("JUPYTER_STAGING_SERVICE_ARGS", "").split(),  # fmt: skip
         "cwd": str(service_dir),  # its SQLite database, log file and cookie secret
-        # Passed to the service; the hub adds the JUPYTERHUB_* variables itself.
-        "environment": {"PYTHONUNBUFFERED": "1"},
+        # Passed to the service; the hub adds the JUPYTERHUB_* variables itself. Secrets (the database
+        # URL with its password) go here from the hub's own environment, never on the command line.
+        "environment": {
+            "PYTHONUNBUFFERED": "1",
+            **{k: v for k, v in os.environ.items() if k == "JUPYTER_STAGING_HUB_DB_URL"},
+        },
         # Admin-operated: users are not asked to authorise it at login.
         "oauth_no_confirm": True,
         # Scopes a login token for the service may carry: the admin scope, for those who hold it.

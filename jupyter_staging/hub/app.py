@@ -37,6 +37,8 @@ from jupyter_staging.hub.handlers import default_handlers, log_request
 from jupyter_staging.hub.hubapi import HubAPI
 from jupyter_staging.hub.operations import StagingOperations
 
+#: Environment variable holding the operations database's URL (with its password): never the command line.
+DB_URL_ENV = "JUPYTER_STAGING_HUB_DB_URL"
 #: The service's templates (``staging.html`` extends JupyterHub's ``page.html``).
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -96,9 +98,11 @@ class StagingHub(Application):
     ).tag(config=True)
 
     db_url = Unicode(
-        "sqlite:///jupyter_staging_hub.sqlite",
         help="""SQLAlchemy URL of the operations database: SQLite (default, in the working directory),
-        ``postgresql+psycopg://user:password@host/db`` or ``mysql+pymysql://user:password@host/db``.""",
+        ``postgresql+psycopg://user:password@host/db`` or ``mysql+pymysql://user:password@host/db``.
+        Default: $JUPYTER_STAGING_HUB_DB_URL, else ``sqlite:///jupyter_staging_hub.sqlite``. Give a URL
+        holding a password through that variable (from a Kubernetes secret, or the service's
+        ``environment``), never on the command line, where every local user can read it.""",
     ).tag(config=True)
 
     log_file = Unicode(
@@ -180,6 +184,10 @@ class StagingHub(Application):
             parts = urlsplit(public)
             return urlunsplit((parts.scheme, parts.netloc, "", "", ""))
         return "http://127.0.0.1:8000"
+
+    @default("db_url")
+    def _default_db_url(self) -> str:
+        return os.environ.get(DB_URL_ENV) or "sqlite:///jupyter_staging_hub.sqlite"
 
     @default("api_token")
     def _default_api_token(self) -> str:

@@ -41,7 +41,14 @@ class HubProcess:
     """``python -m jupyterhub -f <generated config>`` in ``workdir``; ``start()``, ``stop()``,
     ``restart()`` keep the same ports, tokens, databases and folders."""
 
-    def __init__(self, workdir: Path, *, proxy: str, service_args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        proxy: str,
+        service_args: list[str] | None = None,
+        service_env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.hub_dir = workdir / "hub"
         self.hub_dir.mkdir(parents=True, exist_ok=True)
@@ -55,6 +62,8 @@ class HubProcess:
         self.tokens = {name: secrets.token_hex(16) for name in ("alice", "bob", "admin", "other")}
         self.proxy = proxy
         self.service_args = service_args or []
+        #: Extra environment of the hub, passed on to the service by the example config (secrets).
+        self.service_env = service_env or {}
         self.log_path = self.hub_dir / "jupyterhub.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.config_path = self.hub_dir / "jupyterhub_config.py"
@@ -96,6 +105,7 @@ c.JupyterHub.log_level = "INFO"
             JUPYTER_STAGING_SERVICE_ARGS=" ".join(self.service_args),
             PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
         )
+        env.update(self.service_env)
         return env
 
     def start(self, timeout: float = 120.0) -> None:

@@ -57,9 +57,15 @@ def proxy_command() -> str:
     return found
 
 
-def start_hub(workdir: Path, kepler: Path, proxy: str, service_args: list[str] | None = None) -> HubProcess:
+def start_hub(
+    workdir: Path,
+    kepler: Path,
+    proxy: str,
+    service_args: list[str] | None = None,
+    service_env: dict[str, str] | None = None,
+) -> HubProcess:
     build_archive(workdir, kepler)
-    hub = HubProcess(workdir, proxy=proxy, service_args=service_args)
+    hub = HubProcess(workdir, proxy=proxy, service_args=service_args, service_env=service_env)
     hub.start()
     return hub
 

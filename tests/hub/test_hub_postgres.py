@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -18,13 +19,37 @@ pytestmark = pytest.mark.slow
 def pg_hub(tmp_path_factory, kepler, proxy_command, postgres):
     db_url = postgres.create_database("staging_hub")
     started = time.monotonic()
+    # The URL (which would hold the password) reaches the service through its environment, as
+    # docs/hub.md says to do: never on its command line.
     hub = start_hub(
-        tmp_path_factory.mktemp("hub-pg"), kepler, proxy_command, service_args=[f"--db-url={db_url}"]
+        tmp_path_factory.mktemp("hub-pg"),
+        kepler,
+        proxy_command,
+        service_env={"JUPYTER_STAGING_HUB_DB_URL": db_url},
     )
     print(f"hub (PostgreSQL records) up in {time.monotonic() - started:.1f} s")
     hub.db_url = db_url
     yield hub
     hub.stop()
+
+
+def service_command_lines() -> list[str]:
+    """The command lines of the running staging services (``python -m jupyter_staging.hub.app``)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"jupyter_staging.hub.app" in args:
+            found.append(b" ".join(args).decode(errors="replace"))
+    return found
+
+
+def test_the_database_url_is_not_on_the_service_command_line(pg_hub):
+    lines = service_command_lines()
+    assert lines, "no staging service process found"
+    assert not any(pg_hub.db_url in line or "--db-url" in line for line in lines), lines
 
 
 def test_records_live_in_postgresql_and_survive_a_restart(pg_hub, kepler):
