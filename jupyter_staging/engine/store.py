@@ -32,7 +32,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from jupyter_staging.engine.migrate import JOB_MIGRATIONS, Migrations, upgrade_database
 
 log = logging.getLogger(__name__)
 
@@ -198,13 +200,15 @@ def make_engine(db_url: str) -> Engine:
 
 
 class SQLStore:
-    """Thread-safe sessions on the tables of ``base`` at ``db_url`` (any SQLAlchemy URL); tables are
-    created when missing. Shared by the job store and the hub service's operations store."""
+    """Thread-safe sessions on the tables of ``base`` at ``db_url`` (any SQLAlchemy URL). The database is
+    brought to the newest revision of ``migrations`` first (:func:`~jupyter_staging.engine.migrate.
+    upgrade_database`: tables created when missing, an existing database upgraded in place). Shared by
+    the job store and the hub service's operations store."""
 
-    def __init__(self, db_url: str, base: type[DeclarativeBase]) -> None:
+    def __init__(self, db_url: str, base: type[DeclarativeBase], migrations: Migrations) -> None:
         self.db_url = db_url
         self.engine = make_engine(db_url)
-        base.metadata.create_all(self.engine)
+        upgrade_database(self.engine, migrations)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite allows one writer; serialising our own writers avoids "database is locked" retries.
         self._write_lock = threading.RLock()
@@ -224,7 +228,7 @@ class Store(SQLStore):
     """Thread-safe access to the job tables (jobs, chunks, log events) at ``db_url``."""
 
     def __init__(self, db_url: str) -> None:
-        super().__init__(db_url, Base)
+        super().__init__(db_url, Base, JOB_MIGRATIONS)
 
     # -- jobs ---------------------------------------------------------------------------------------
 
@@ -329,14 +333,16 @@ class Store(SQLStore):
         job_id: str,
         new: list[dict[str, Any]],
         updates: dict[str, dict[str, Any]],
+        *,
+        load_job: bool = False,
         **job_fields: Any,
     ) -> JobRecord | None:
         """In one transaction: insert the chunk rows ``new`` (column -> value, ``id`` / ``job_id`` /
         ``index`` / ``path`` / ``state`` at least), then apply ``updates`` (``{chunk id: {column:
-        value}}``, by primary key), then set ``job_fields`` on job ``job_id`` as :meth:`set_job_fields`
-        does (not touched when empty). Returns the job as updated (without its resume data), or None when
-        ``job_fields`` is empty or the job is gone. Costs O(rows) whatever the number of chunks the job
-        already has."""
+        value}}``, by primary key), then set ``job_fields`` on job ``job_id`` with one ``UPDATE``
+        (``updated_at`` bumped; not touched when empty). Returns the job as updated with ``load_job``
+        (None when it is gone), else None. Costs O(rows) whatever the number of chunks the job already
+        has."""
         with self.session() as s:
             if new:
                 s.execute(insert(ChunkRecord), new)
@@ -345,19 +351,22 @@ class Store(SQLStore):
                 by_columns.setdefault(tuple(sorted(fields)), []).append({**fields, "id": chunk_id})
             for rows in by_columns.values():
                 s.execute(update(ChunkRecord), rows)
-            return self._set_job_fields(s, job_id, job_fields) if job_fields else None
+            if job_fields:
+                s.execute(
+                    update(JobRecord).where(JobRecord.id == job_id).values(**job_fields, updated_at=utcnow())
+                )
+            return self._fix(s.get(JobRecord, job_id)) if load_job else None
 
-    def set_job_fields(self, job_id: str, **fields: Any) -> JobRecord | None:
-        """Like :meth:`update_job` (``updated_at`` bumped), for frequent small updates such as progress:
-        one ``UPDATE`` statement, and the record returned is read without its resume data (which may
-        list every item of the job; reading ``resume`` on it raises). None when the job is gone."""
+    def set_job_fields(self, job_id: str, **fields: Any) -> dict[str, Any] | None:
+        """Like :meth:`update_job`, for frequent small updates such as progress, without reading the
+        whole row back (its resume data lists every item of the job): one ``UPDATE`` (``updated_at``
+        bumped), then ``{"state", "requested"}`` of the job as updated, or None when it is gone."""
         with self.session() as s:
-            return self._set_job_fields(s, job_id, fields)
-
-    def _set_job_fields(self, s: Session, job_id: str, fields: dict[str, Any]) -> JobRecord | None:
-        s.execute(update(JobRecord).where(JobRecord.id == job_id).values(**fields, updated_at=utcnow()))
-        query = select(JobRecord).where(JobRecord.id == job_id).options(defer(JobRecord.resume, raiseload=True))
-        return self._fix(s.scalars(query).first())
+            s.execute(update(JobRecord).where(JobRecord.id == job_id).values(**fields, updated_at=utcnow()))
+            row = s.execute(
+                select(JobRecord.state, JobRecord.requested).where(JobRecord.id == job_id)
+            ).first()
+            return None if row is None else {"state": row.state, "requested": row.requested}
 
     def delete_chunks(self, job_id: str) -> None:
         with self.session() as s:

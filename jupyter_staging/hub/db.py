@@ -12,12 +12,17 @@ shown to the user.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, String, Text, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from jupyter_staging.engine.migrate import Migrations
 from jupyter_staging.engine.store import SQLStore, aware, utcnow
+
+#: The operations database's revisions (``jupyter_staging/hub/migrations``) and version table.
+HUB_MIGRATIONS = Migrations(Path(__file__).with_name("migrations"), "staging_hub_alembic_version")
 
 #: Values of :attr:`Operation.status`.
 STATUSES = ("running", "succeeded", "skipped", "failed")
@@ -86,7 +91,7 @@ class OperationStore(SQLStore):
     """Thread-safe access to the ``operations`` table at ``db_url`` (any SQLAlchemy URL)."""
 
     def __init__(self, db_url: str) -> None:
-        super().__init__(db_url, Base)
+        super().__init__(db_url, Base, HUB_MIGRATIONS)
 
     def add(self, operation: Operation) -> Operation:
         """Insert ``operation`` (``started`` defaults to now)."""

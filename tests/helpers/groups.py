@@ -20,6 +20,7 @@ GROUPS: dict[str, str] = {
     "labextension": "bash scripts/ci-ui-deps.sh  (jlpm install in labextension/)",
     "hub": "bash scripts/ci-hub-deps.sh  (configurable-http-proxy from npm)",
     "postgres": "bash scripts/ci-hub-deps.sh  (PostgreSQL from Debian)",
+    "mariadb": "bash scripts/ci-hub-deps.sh  (MariaDB from Debian)",
     "azure": "bash scripts/ci-azure-deps.sh  (Azurite from npm, azure-storage-blob from PyPI)",
 }
 

@@ -21,6 +21,7 @@ import pytest
 from tests.helpers.data import KEPLER_NAME
 from tests.helpers.groups import skip_group
 from tests.helpers.hub import HubProcess, find_proxy
+from tests.helpers.mariadb import MariaDBServer, find_mariadbd
 from tests.helpers.net import free_port
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -146,5 +147,22 @@ def postgres() -> Iterator[PostgresServer]:
     started = time.monotonic()
     server.start()
     print(f"PostgreSQL on 127.0.0.1:{server.port} started in {time.monotonic() - started:.1f} s")
+    yield server
+    server.stop()
+
+
+# -- MariaDB ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MariaDBServer]:
+    """A running MariaDB (skipped, group ``mariadb``, when Debian's mariadb-server is not installed)."""
+    binary = find_mariadbd()
+    if binary is None:
+        skip_group("mariadb", "mariadbd not found: run scripts/ci-hub-deps.sh")
+    server = MariaDBServer(binary)
+    started = time.monotonic()
+    server.start()
+    print(f"MariaDB on 127.0.0.1:{server.port} started in {time.monotonic() - started:.1f} s")
     yield server
     server.stop()

@@ -1,4 +1,5 @@
-"""The service end to end with its records in a real PostgreSQL: stage, refuse, restart, read back."""
+"""The service end to end with its records in a real PostgreSQL and a real MariaDB: stage, refuse,
+restart, read back."""
 
 from __future__ import annotations
 
@@ -15,19 +16,19 @@ from .conftest import start_hub
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def pg_hub(tmp_path_factory, kepler, proxy_command, postgres):
-    db_url = postgres.create_database("staging_hub")
+@pytest.fixture(scope="module", params=["postgres", "mariadb"])
+def pg_hub(request, tmp_path_factory, kepler, proxy_command):
+    db_url = request.getfixturevalue(request.param).create_database("staging_hub")
     started = time.monotonic()
     # The URL (which would hold the password) reaches the service through its environment, as
     # docs/hub.md says to do: never on its command line.
     hub = start_hub(
-        tmp_path_factory.mktemp("hub-pg"),
+        tmp_path_factory.mktemp(f"hub-{request.param}"),
         kepler,
         proxy_command,
         service_env={"JUPYTER_STAGING_HUB_DB_URL": db_url},
     )
-    print(f"hub (PostgreSQL records) up in {time.monotonic() - started:.1f} s")
+    print(f"hub ({request.param} records) up in {time.monotonic() - started:.1f} s")
     hub.db_url = db_url
     yield hub
     hub.stop()
@@ -52,7 +53,7 @@ def test_the_database_url_is_not_on_the_service_command_line(pg_hub):
     assert not any(pg_hub.db_url in line or "--db-url" in line for line in lines), lines
 
 
-def test_records_live_in_postgresql_and_survive_a_restart(pg_hub, kepler):
+def test_records_live_in_the_database_and_survive_a_restart(pg_hub, kepler):
     src = str(pg_hub.archive / "kepler" / KEPLER_NAME)
     ok = pg_hub.api("POST", "api/stage", token=pg_hub.tokens["alice"],
                     json={"method": "local_copy", "local_path_on_storage": src})  # fmt: skip

@@ -1,0 +1,1 @@
+"""Revisions of the hub service's operations database (table ``operations``)."""

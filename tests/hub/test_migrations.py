@@ -1,0 +1,134 @@
+"""Databases made by release 0.1.0 (tables from ``create_all``, no version table) are upgraded in place
+and their jobs and operations read back, on SQLite, PostgreSQL and MariaDB; fresh databases are created
+at the newest revision; two processes upgrading one database at once both succeed."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import sqlalchemy as sa
+
+from jupyter_staging.engine.migrate import JOB_MIGRATIONS, Migrations, current_revision
+from jupyter_staging.engine.store import Store
+from jupyter_staging.hub.db import HUB_MIGRATIONS, OperationStore
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def db_url(request, tmp_path) -> str:
+    """An empty database of each kind (the servers are started once per session)."""
+    name = f"mig_{abs(hash(request.node.name)) % 10**8}"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres").create_database(name)
+    return request.getfixturevalue("mariadb").create_database(name)
+
+
+def baseline(migrations: Migrations) -> ModuleType:
+    """The baseline revision module of ``migrations`` (its tables are the 0.1.0 schema)."""
+    [path] = sorted(Path(migrations.versions).glob("v0001_*.py"))
+    spec = importlib.util.spec_from_file_location(f"baseline_{path.parent.name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_release_0_1_jobs(url: str) -> None:
+    """A job database as 0.1.0 left it: its three tables and one finished job with a chunk and an event."""
+    engine = sa.create_engine(url)
+    jobs, chunks, events = baseline(JOB_MIGRATIONS)._tables()
+    jobs.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            jobs.insert().values(
+                id="job-0.1", owner="alice", root="/home/alice", name="kepler", source="/archive/k.fits",
+                destination="staging/kepler", method="copy", state="succeeded", bytes_done=1457280,
+                bytes_total=1457280, chunks_done=1, chunks_total=1, rows_done=0, cleanup_policy="retain",
+                created_at=NOW, updated_at=NOW, finished_at=NOW,
+            )
+        )  # fmt: skip
+        conn.execute(
+            chunks.insert().values(
+                id="job-0.1-0", job_id="job-0.1", index=0, path="k.fits", state="ready", bytes=1457280
+            )
+        )
+        conn.execute(events.insert().values(job_id="job-0.1", time=NOW, level="info", message="succeeded"))
+    engine.dispose()
+
+
+def test_a_release_0_1_job_database_is_upgraded_in_place_and_its_jobs_read_back(db_url):
+    make_release_0_1_jobs(db_url)
+    engine = sa.create_engine(db_url)
+    assert current_revision(engine, JOB_MIGRATIONS) is None
+
+    store = Store(db_url)  # what the server does on start
+
+    assert current_revision(engine, JOB_MIGRATIONS) == JOB_MIGRATIONS.head()
+    job = store.get_job("job-0.1")
+    assert job is not None and job.state == "succeeded" and job.owner == "alice"
+    assert job.finished_at == NOW
+    [chunk] = store.list_chunks("job-0.1")
+    assert chunk.path == "k.fits" and chunk.bytes == 1457280
+    assert [e.message for e in store.list_events("job-0.1")] == ["succeeded"]
+    store.close()
+    engine.dispose()
+
+
+def test_a_release_0_1_operations_database_is_upgraded_and_read_back(db_url):
+    engine = sa.create_engine(db_url)
+    operations = baseline(HUB_MIGRATIONS)._operations()
+    operations.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            operations.insert().values(
+                id="op-0.1", user="bob", actor="bob", method="local_copy", source="/archive/k.fits",
+                target="/home/bob/staging/k.fits", status="succeeded", bytes=1457280, started=NOW,
+                finished=NOW,
+            )
+        )  # fmt: skip
+
+    store = OperationStore(db_url)  # what the hub service does on start
+
+    assert current_revision(engine, HUB_MIGRATIONS) == HUB_MIGRATIONS.head()
+    [op] = store.list_operations(user="bob")
+    assert op.to_dict()["status"] == "succeeded" and op.to_dict()["started"].startswith("2026-11-21T12:00")
+    store.close()
+    engine.dispose()
+
+
+def test_a_fresh_database_is_made_at_the_newest_revision_with_both_version_tables(db_url):
+    Store(db_url).close()
+    OperationStore(db_url).close()
+    engine = sa.create_engine(db_url)
+    tables = set(sa.inspect(engine).get_table_names())
+    assert {"staging_jobs", "staging_chunks", "staging_events", "operations"} <= tables
+    assert {"staging_alembic_version", "staging_hub_alembic_version"} <= tables
+    assert current_revision(engine, JOB_MIGRATIONS) == JOB_MIGRATIONS.head()
+    assert current_revision(engine, HUB_MIGRATIONS) == HUB_MIGRATIONS.head()
+    engine.dispose()
+
+
+def test_two_processes_upgrading_at_once_both_succeed(db_url):
+    # Separate processes, as two users' servers (or two hub-service replicas) starting together are.
+    script = (
+        "import sqlalchemy as sa, sys\n"
+        "from jupyter_staging.engine.migrate import JOB_MIGRATIONS, upgrade_database\n"
+        "upgrade_database(sa.create_engine(sys.argv[1]), JOB_MIGRATIONS)\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, db_url], stderr=subprocess.PIPE) for _ in range(4)
+    ]
+    results = [(p.wait(timeout=120), p.stderr.read().decode() if p.stderr else "") for p in procs]
+    assert all(code == 0 for code, _ in results), results
+    engine = sa.create_engine(db_url)
+    assert current_revision(engine, JOB_MIGRATIONS) == JOB_MIGRATIONS.head()
+    engine.dispose()
