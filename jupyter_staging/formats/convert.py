@@ -28,8 +28,17 @@ the ``TTYPEn`` comment, FITS Standard 4.0 §7.2–7.3; VOTable ``FIELD`` ``unit`
 syntax) / ``ucd`` / ``DESCRIPTION``, VOTable 1.4 §4; ECSV ``unit``/``description``/``meta.ucd``). The
 schema metadata (Parquet key-value metadata) holds ``jupyter_staging.source``, ``jupyter_staging.format``,
 ``jupyter_staging.converter_version``, ``jupyter_staging.columns`` and, for FITS, ``fits.header`` and
-``fits.primary_header`` (card images, one per line); for VOTables ``votable.params``, ``votable.infos``
-(JSON) and ``votable.description``.
+``fits.primary_header`` (card images, one per line); for VOTables ``votable.params`` (array values as
+lists), ``votable.infos`` (JSON) and ``votable.description``; for ECSV ``ecsv.meta`` (a ``Quantity`` as
+``{"value", "unit"}``). The same units, UCDs and descriptions are also written in astropy's own Parquet
+convention (``table_meta_yaml``, ``table::len::<name>``), so ``astropy.table.QTable.read(part,
+format="parquet")`` returns them (:mod:`jupyter_staging.formats.astropy_meta`).
+
+Awkward columns: complex values become ``[re, im]`` fixed-size lists; a zero-width column (FITS
+``TFORMn = '0D'``, VOTable ``arraysize="0"``) a list column of empty lists; a VOTable ``TABLE`` without
+``DATA`` an empty table with its FIELDs' columns. A CSV/TSV whose rows have fewer fields than its header
+(in the first ``CSV_INFER_BYTES``) is read whole by astropy, missing fields masked, up to
+``RAGGED_MAX_BYTES``. Error messages name the file, never its folder.
 """
 
 from __future__ import annotations

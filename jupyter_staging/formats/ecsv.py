@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from jupyter_staging.errors import ConversionFailed
 from jupyter_staging.formats.arrow import ndarray_to_arrow
-from jupyter_staging.formats.base import Source, TableSource
+from jupyter_staging.formats.base import Source, TableSource, without_paths
 from jupyter_staging.formats.compression import comment_prefix_bytes, head
 from jupyter_staging.formats.csv import CsvSource
 from jupyter_staging.formats.metadata import base_meta, dumps, ecsv_field_meta, with_metadata
@@ -54,7 +54,7 @@ def _ecsv_header(path: Path) -> tuple[dict[str, Any], int] | None:
     try:
         header = table_meta.get_header_from_yaml(body)
     except Exception as exc:  # astropy raises several YAML error types
-        raise ConversionFailed(f"{path.name}: invalid ECSV header: {exc}") from None
+        raise ConversionFailed(f"{path.name}: invalid ECSV header: {without_paths(str(exc), path)}") from None
     return header, skip
 
 
@@ -110,7 +110,9 @@ def read_ecsv_whole(path: Path, chunk_rows: int) -> TableSource:
     try:
         table = represent_mixins_as_columns(Table.read(path, format="ascii.ecsv"))
     except Exception as exc:  # astropy raises many error types for malformed ECSV
-        raise ConversionFailed(f"{path.name}: not a readable ECSV file: {exc}") from None
+        raise ConversionFailed(
+            f"{path.name}: not a readable ECSV file: {without_paths(str(exc), path)}"
+        ) from None
     arrays, fields_meta = [], []
     for name in table.colnames:
         column = table[name]

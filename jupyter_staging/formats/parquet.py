@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from jupyter_staging.errors import ConversionFailed
 from jupyter_staging.formats.arrow import conform
 from jupyter_staging.formats.astropy_meta import string_lengths
-from jupyter_staging.formats.base import ChunkInfo, Piece, Source
+from jupyter_staging.formats.base import ChunkInfo, Piece, Source, without_paths
 from jupyter_staging.formats.metadata import base_meta, with_metadata
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile
@@ -66,7 +66,9 @@ class ParquetSource(Source):
         try:
             self._file = pq.ParquetFile(path)
         except (pa.ArrowException, OSError) as exc:
-            raise ConversionFailed(f"{path.name}: not a readable Parquet file: {exc}") from None
+            raise ConversionFailed(
+                f"{path.name}: not a readable Parquet file: {without_paths(str(exc), path)}"
+            ) from None
         schema = self._file.schema_arrow
         self.schema = with_metadata(schema, [{} for _ in schema], base_meta(path, "parquet"))
         self._batch_rows = max(1, min(chunk_rows, 64 * 1024))

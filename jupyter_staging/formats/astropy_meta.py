@@ -1,0 +1,137 @@
+"""Units, UCDs and descriptions in astropy's own Parquet convention, so ``QTable.read(part)`` finds them.
+
+astropy's Parquet reader (``astropy.io.misc.parquet.read_table_parquet``) takes each column's ``unit``,
+``description``, ``format`` and ``meta`` from a YAML document under the Parquet key-value metadata key
+``table_meta_yaml`` (the ECSV 1.0 header layout: ``datatype`` is a list of ``{name, datatype, unit,
+description, meta}``, ``meta`` the table's metadata), and the length of string columns from
+``table::len::<name>``. The converter writes both beside its own Arrow field metadata.
+
+Units: a source's unit text is parsed by astropy (generic, FITS, then CDS syntax, FITS Standard 4.0 §4.3,
+VOTable 1.4 §4.3); the few mission spellings astropy does not know are mapped (``e-/s`` is ``electron /
+s``, as lightkurve reads Kepler and TESS files; ``BJD - 2454833`` is days). The original text stays in the
+Arrow field metadata (``unit``) and in the column's ``meta`` as ``original_unit`` when it differs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import yaml
+
+__all__ = ["META_YAML_KEY", "astropy_unit", "string_lengths", "table_meta_yaml"]
+
+#: Parquet key-value metadata key astropy reads column units and descriptions from.
+META_YAML_KEY = "table_meta_yaml"
+#: Schema metadata keys not repeated in the YAML's table ``meta`` (Arrow's own, or already per column).
+_NOT_META = ("ARROW:", META_YAML_KEY, "table::len::", "jupyter_staging.columns")
+#: Unit spellings of mission files that astropy does not parse (Kepler, K2, TESS light curves).
+_MISSION_UNITS = {
+    "e-/s": "electron / s",
+    "e-": "electron",
+    "e-/s/pix": "electron / (s pix)",
+    "pixels": "pix",
+    "deg": "deg",
+}
+#: A time offset written as a unit: ``BJD - 2454833``, ``BTJD``: days since a reference Julian date.
+_TIME_OFFSET = re.compile(r"^\s*(?:BJD|BKJD|BTJD|JD|MJD|TJD|HJD)(?:\s*-\s*\d+(?:\.\d+)?)?\s*$", re.IGNORECASE)
+#: ECSV 1.0 datatypes of Arrow types; any other type is described as ``string``.
+_DATATYPES = {
+    pa.bool_(): "bool",
+    pa.int8(): "int8",
+    pa.int16(): "int16",
+    pa.int32(): "int32",
+    pa.int64(): "int64",
+    pa.uint8(): "uint8",
+    pa.uint16(): "uint16",
+    pa.uint32(): "uint32",
+    pa.uint64(): "uint64",
+    pa.float16(): "float16",
+    pa.float32(): "float32",
+    pa.float64(): "float64",
+}
+
+
+def astropy_unit(text: str | None) -> str | None:
+    """``text`` (a unit as a FITS, VOTable or ECSV file writes it) as astropy's generic unit string (``""``
+    for dimensionless), or None when astropy cannot read it even after mapping mission spellings
+    (``e-/s`` -> ``electron / s``)."""
+    if text is None or not text.strip():
+        return None
+    # astropy is heavy (about a second to import): loaded only when a column has a unit
+    from astropy import units as u
+
+    text = _MISSION_UNITS.get(text.strip(), text.strip())
+    if _TIME_OFFSET.match(text):
+        return "d"
+    for fmt in ("generic", "fits", "cds"):
+        try:
+            unit = u.Unit(text, format=fmt, parse_strict="raise")
+            if unit == u.dimensionless_unscaled:
+                return ""  # CDS "---", FITS "": astropy's generic spelling is the empty string
+            generic = unit.to_string()
+            u.Unit(generic, parse_strict="raise")  # what astropy's Parquet reader parses back
+        except (ValueError, TypeError):
+            continue
+        return str(generic)
+    lowered = text.lower()
+    return astropy_unit(lowered) if lowered != text else None
+
+
+def _column_entry(field: pa.Field) -> dict[str, Any]:
+    """The YAML ``datatype`` entry of one field: name, datatype, unit, description, meta (ucd, ...)."""
+    meta = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
+    entry: dict[str, Any] = {"name": field.name, "datatype": _DATATYPES.get(field.type, "string")}
+    original = meta.pop("unit", None)
+    unit = astropy_unit(original)
+    if unit is not None:
+        entry["unit"] = unit
+    description = meta.pop("description", None)
+    if description:
+        entry["description"] = description
+    column_meta = {k: v for k, v in meta.items() if not k.startswith("ARROW:")}
+    if original is not None and original != unit:
+        column_meta["original_unit"] = original
+    if column_meta:
+        entry["meta"] = column_meta
+    return entry
+
+
+def table_meta_yaml(schema: pa.Schema) -> str:
+    """The ``table_meta_yaml`` document for ``schema``: every field's entry, and the schema metadata
+    (source, format, FITS header, VOTable PARAMs ...) as the table's ``meta``."""
+    meta = {
+        k.decode(): v.decode()
+        for k, v in (schema.metadata or {}).items()
+        if not k.decode().startswith(_NOT_META)
+    }
+    header = {"datatype": [_column_entry(field) for field in schema], "meta": meta}
+    return yaml.safe_dump(header, sort_keys=False, allow_unicode=True)
+
+
+def _max_length(column: pa.ChunkedArray | pa.Array) -> int:
+    """Longest string (in UTF-8 bytes, at least its characters) of a string column or of the strings
+    inside its lists; at least 1."""
+    while pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type):
+        column = pc.list_flatten(column)
+    longest = pc.max(pc.binary_length(column)).as_py()  # UTF-8 bytes: never fewer than characters
+    return max(1, int(longest or 0))
+
+
+def _stringlike(kind: pa.DataType) -> bool:
+    while pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind):
+        kind = kind.value_type
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind))
+
+
+def string_lengths(table: pa.Table) -> dict[str, str]:
+    """``table::len::<name>`` metadata for each string or binary column of ``table``: the length astropy's
+    Parquet reader gives its numpy string dtype, the longest value in bytes (at least its characters,
+    at least 1)."""
+    return {
+        f"table::len::{field.name}": str(_max_length(table.column(i)))
+        for i, field in enumerate(table.schema)
+        if _stringlike(field.type)
+    }

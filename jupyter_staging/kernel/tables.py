@@ -1,0 +1,173 @@
+"""A job's Parquet output as an astropy ``QTable``: units as ``Quantity``, nulls masked, FITS times as
+``Time``.
+
+Units, descriptions and column ``meta`` come from the ``table_meta_yaml`` document the converter writes in
+astropy's Parquet convention (:mod:`jupyter_staging.formats.astropy_meta`); the table's ``meta`` holds the
+source's metadata (file name, format, FITS header, VOTable PARAMs). Time columns of a FITS table become
+``astropy.time.Time`` where its header says how: the FITS time keywords of FITS Standard 4.0 §9
+(``TCTYPn``/``TCUNIn``, ``TIMESYS``, ``MJDREF``/``JDREF``, read by ``astropy.io.fits.fitstime``), or the
+Kepler/K2/TESS convention (a ``TIME`` column in days since ``BJDREFI`` + ``BJDREFF``, scale ``TIMESYS``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from astropy import units as u
+from astropy.io import fits
+from astropy.io.fits.fitstime import fits_to_time
+from astropy.table import MaskedColumn, QTable, Table
+from astropy.table.meta import get_header_from_yaml
+from astropy.time import Time
+
+from jupyter_staging.formats.astropy_meta import META_YAML_KEY
+
+__all__ = ["to_qtable"]
+
+log = logging.getLogger(__name__)
+
+#: Column attributes taken from the ``table_meta_yaml`` entries (as astropy's Parquet reader does).
+_ATTRIBUTES = ("unit", "description", "format", "meta")
+
+
+def _yaml_header(schema: pa.Schema) -> dict[str, Any]:
+    """The parsed ``table_meta_yaml`` of ``schema`` (``{"datatype": [...], "meta": {...}}``), or empty."""
+    text = (schema.metadata or {}).get(META_YAML_KEY.encode())
+    if not text:
+        return {}
+    try:
+        return dict(get_header_from_yaml(text.decode().split("\n")))
+    except Exception:  # astropy raises its own YAML error type; the columns are still worth having
+        log.warning("the Parquet schema's %s could not be read; columns have no units", META_YAML_KEY)
+        return {}
+
+
+def _flatten(array: pa.Array) -> tuple[pa.Array, tuple[int, ...]]:
+    """The values below nested fixed-size lists, and the shape those lists give each row."""
+    shape: list[int] = []
+    rows = len(array)
+    while pa.types.is_fixed_size_list(array.type):
+        size = array.type.list_size
+        shape.append(size)
+        array = array.values.slice(array.offset * size, len(array) * size)
+    return array, (rows, *shape)
+
+
+def _fill_value(kind: pa.DataType) -> Any:
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return ""
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return b""
+    if pa.types.is_boolean(kind):
+        return False
+    return 0
+
+
+def _to_numpy(column: pa.ChunkedArray) -> np.ndarray:
+    """One Arrow column as numpy, rows first: fixed-size lists as extra dimensions, nulls masked
+    (a ``numpy.ma.MaskedArray``), variable-length lists as an object array of numpy arrays (as astropy's
+    Parquet reader gives them), structs as an object array of dicts."""
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    rows = len(array)
+    row_nulls = array.is_null().to_numpy(zero_copy_only=False) if array.null_count else None
+    values, shape = _flatten(array)
+    if pa.types.is_nested(values.type) or pa.types.is_null(values.type):
+        data = np.empty(rows, dtype=object)
+        data[:] = [np.asarray(v) if isinstance(v, list) else v for v in array.to_pylist()]
+        return np.ma.MaskedArray(data, mask=row_nulls) if row_nulls is not None else data
+    element_nulls = values.is_null().to_numpy(zero_copy_only=False) if values.null_count else None
+    if element_nulls is not None:
+        values = pc.fill_null(values, _fill_value(values.type))
+    data = values.to_numpy(zero_copy_only=False)
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        data = data.astype(str)
+    data = data.reshape(shape)
+    mask = np.zeros(shape, dtype=bool)
+    if element_nulls is not None:
+        mask |= element_nulls.reshape(shape)
+    if row_nulls is not None:
+        mask |= row_nulls.reshape((rows,) + (1,) * (len(shape) - 1))
+    return np.ma.MaskedArray(data, mask=mask) if mask.any() else data
+
+
+def _fits_header(meta: dict[str, Any]) -> fits.Header | None:
+    """The FITS table header kept in the table's ``meta`` (``fits.header``), or None."""
+    text = meta.get("fits.header")
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return fits.Header.fromstring(text, sep="\n")
+    except Exception:  # a damaged header: the columns are still worth having
+        log.warning("the FITS header kept with the table could not be parsed; times stay numbers")
+        return None
+
+
+def _mission_times(table: Table, header: fits.Header) -> None:
+    """A ``TIME`` column in days since ``BJDREFI + BJDREFF`` (Kepler, K2, TESS) as a ``Time`` in
+    ``TIMESYS`` (TDB by default), when the header gives that reference."""
+    name = next((n for n in table.colnames if n.upper() == "TIME"), None)
+    if name is None or isinstance(table[name], Time) or "BJDREFI" not in header:
+        return
+    if str(header.get("TIMEUNIT", "d")).strip().lower() not in ("d", "day", "days"):
+        return
+    column = table[name]
+    days = column.filled(np.nan) if isinstance(column, MaskedColumn) else np.asarray(column)
+    scale = str(header.get("TIMESYS", "TDB")).strip().lower()
+    time = Time(
+        np.full(len(days), float(header["BJDREFI"])),
+        np.asarray(days, dtype=np.float64) + float(header.get("BJDREFF", 0.0)),
+        format="jd",
+        scale=scale if scale in Time.SCALES else "tdb",
+    )
+    time.format = "jd"
+    table.replace_column(name, time)
+
+
+def to_qtable(table: pa.Table) -> QTable:
+    """``table`` (Parquet parts the converter wrote, as one ``pyarrow.Table``) as an astropy ``QTable``.
+
+    Rows and column names are the Arrow table's. Columns with a unit are ``Quantity`` (the unit astropy
+    reads from the ``table_meta_yaml`` entry; the source's original spelling is in the column's
+    ``info.meta['original_unit']`` when it differs, e.g. ``e-/s`` read as ``electron / s``); nulls are
+    masked; fixed-size lists are extra dimensions; variable-length lists are object columns. FITS time
+    columns become ``Time`` as the module docstring says. ``meta`` holds the source's metadata.
+
+    Raises ``ValueError`` from astropy when a column cannot be represented (it names the column).
+    """
+    header = _yaml_header(table.schema)
+    entries = {entry["name"]: entry for entry in header.get("datatype") or [] if "name" in entry}
+    result = Table(meta=dict(header.get("meta") or {}))
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        values = _to_numpy(column)
+        cls = MaskedColumn if isinstance(values, np.ma.MaskedArray) else None
+        result[name] = cls(values, name=name) if cls is not None else values
+        for attribute in _ATTRIBUTES:
+            if attribute in entries.get(name, {}):
+                setattr(result[name], attribute, entries[name][attribute])
+    fits_header = _fits_header(result.meta)
+    if fits_header is not None:
+        _fits_times(result, fits_header)
+    return QTable(result)
+
+
+def _fits_times(table: Table, header: fits.Header) -> None:
+    """Time columns as astropy's FITS reader makes them (``fits_to_time``, with the units as the FITS
+    file spells them, so ``BJD - 2454833`` is not taken for days since MJD 0), then the mission convention."""
+    mapped = {}
+    for name in table.colnames:
+        original = (table[name].meta or {}).get("original_unit")
+        if original is not None:
+            mapped[name] = table[name].unit
+            table[name].unit = u.Unit(original, format="fits", parse_strict="silent")
+    try:
+        fits_to_time(header, table)
+    except Exception:  # astropy raises several error types for time keywords it cannot use
+        log.warning("the FITS time keywords could not be applied; times stay numbers", exc_info=True)
+    for name, unit in mapped.items():
+        if not isinstance(table[name], Time):
+            table[name].unit = unit
+    _mission_times(table, header)

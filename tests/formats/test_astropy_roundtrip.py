@@ -1,0 +1,201 @@
+"""Units, UCDs and descriptions reach astropy: ``QTable.read(part, format="parquet")`` and ``to_qtable``.
+
+Also the inputs of issue 16 that crashed or were refused unhelpfully: array PARAMs, complex columns, a
+TABLE without DATA, Quantity metadata, zero-width FITS columns, a CSV with short rows, VOTables astropy
+rejects.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import astropy
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from astropy import units as u
+from astropy.io import fits
+from astropy.table import QTable, Table
+from astropy.time import Time
+
+from jupyter_staging.errors import ConversionFailed
+from jupyter_staging.formats.astropy_meta import astropy_unit
+from jupyter_staging.formats.convert import convert_to_parquet
+from jupyter_staging.formats.detect import is_table
+from jupyter_staging.kernel.tables import to_qtable
+
+DATA = Path("/work/shared/data")
+KEPLER = DATA / "kplr010666592-2009131110544_slc.fits"
+TESS = DATA / "hlsp_tess-data-alerts_tess_phot_00025155310-s01_tess_v1_lc.fits"
+SPITZER = DATA / "spitzer_example_catalog.xml"
+ASTROPY = Path(astropy.__file__).parent
+
+pytestmark = pytest.mark.filterwarnings("ignore::astropy.utils.exceptions.AstropyWarning")
+
+
+def test_kepler_units_reach_astropy_parquet_reader_and_arrow_keeps_the_original(tmp_path: Path) -> None:
+    parts = convert_to_parquet(KEPLER, tmp_path / "out", chunk_rows=5000)
+    assert len(parts) == 3
+    first = tmp_path / "out" / parts[0].name
+    table = QTable.read(first, format="parquet")
+    assert table["PDCSAP_FLUX"].unit == u.electron / u.s
+    assert isinstance(table["PDCSAP_FLUX"], u.Quantity)
+    assert table["TIME"].unit == u.day
+    assert table["PDCSAP_FLUX"].info.meta["original_unit"] == "e-/s"
+    assert table["PDCSAP_FLUX"].info.description  # TTYPE comment: "aperture photometry flux"
+    assert len(table) == 5000 and table.meta["jupyter_staging.format"] == "fits"
+    arrow = pq.read_table(first)
+    assert arrow.schema.field("PDCSAP_FLUX").metadata[b"unit"] == b"e-/s"
+    raw = fits.getdata(KEPLER, 1)
+    np.testing.assert_array_equal(table["PDCSAP_FLUX"].value, raw["PDCSAP_FLUX"][:5000])
+
+
+def test_kepler_to_qtable_has_quantities_masks_and_bjd_times(tmp_path: Path) -> None:
+    convert_to_parquet(KEPLER, tmp_path / "out", chunk_rows=5000)
+    table = to_qtable(pq.read_table(tmp_path / "out"))
+    raw = fits.getdata(KEPLER, 1)
+    header = fits.getheader(KEPLER, 1)
+    assert len(table) == len(raw) == 14280
+    assert table["PDCSAP_FLUX"].unit == u.electron / u.s
+    assert isinstance(table["TIME"], Time) and table["TIME"].scale == "tdb"
+    finite = np.isfinite(raw["TIME"])
+    expected = header["BJDREFI"] + header["BJDREFF"] + raw["TIME"][finite]
+    np.testing.assert_allclose(table["TIME"].jd[finite], expected, rtol=0, atol=1e-8)
+    np.testing.assert_array_equal(table["SAP_QUALITY"], raw["SAP_QUALITY"])
+
+
+def test_tess_to_qtable_uses_its_own_reference_time(tmp_path: Path) -> None:
+    convert_to_parquet(TESS, tmp_path / "out")
+    table = to_qtable(pq.read_table(tmp_path / "out"))
+    assert isinstance(table["TIME"], Time)
+    assert table["TIME"][0].iso.startswith("2018-07-25")  # TESS sector 1 began on 2018-07-25
+    assert table["PDCSAP_FLUX"].unit == u.electron / u.s
+
+
+VOTABLE = """<?xml version="1.0"?>
+<VOTABLE version="1.4" xmlns="http://www.ivoa.net/xml/VOTable/v1.3">
+ <RESOURCE><TABLE>
+  <FIELD name="ra" datatype="double" unit="deg" ucd="pos.eq.ra;meta.main">
+   <DESCRIPTION>Right ascension</DESCRIPTION>
+  </FIELD>
+  <FIELD name="flux" datatype="float" unit="mJy" ucd="phot.flux.density"/>
+  <DATA><TABLEDATA><TR><TD>10.5</TD><TD>1.25</TD></TR><TR><TD>11.0</TD><TD></TD></TR></TABLEDATA></DATA>
+ </TABLE></RESOURCE>
+</VOTABLE>
+"""
+
+
+def test_votable_units_ucds_and_descriptions_reach_astropy(tmp_path: Path) -> None:
+    parts = convert_to_parquet(SPITZER, tmp_path / "out")
+    table = QTable.read(tmp_path / "out" / parts[0].name, format="parquet")
+    reference = Table.read(SPITZER, format="votable")
+    assert [table[n].unit if hasattr(table[n], "unit") else None for n in reference.colnames] == [
+        reference[n].unit for n in reference.colnames
+    ]
+    assert to_qtable(pq.read_table(tmp_path / "out"))["l"].unit == u.deg
+    src = tmp_path / "small.vot"
+    src.write_text(VOTABLE)
+    parts = convert_to_parquet(src, tmp_path / "small")
+    small = QTable.read(tmp_path / "small" / parts[0].name, format="parquet")
+    assert small["ra"].unit == u.deg and small["ra"].info.meta["ucd"] == "pos.eq.ra;meta.main"
+    assert small["ra"].info.description == "Right ascension"
+    assert small["flux"].unit == u.mJy and small["flux"].info.meta["ucd"] == "phot.flux.density"
+    assert to_qtable(pq.read_table(tmp_path / "small"))["flux"].mask.tolist() == [False, True]
+
+
+def test_string_columns_and_empty_parts_are_read_by_astropy(tmp_path: Path) -> None:
+    src = tmp_path / "names.csv"
+    src.write_text("name,flux\nalpha,1.5\nbeta-longer,2.5\n,3.5\n")
+    parts = convert_to_parquet(src, tmp_path / "out", chunk_rows=2)
+    second = QTable.read(tmp_path / "out" / parts[1].name, format="parquet")
+    assert list(QTable.read(tmp_path / "out" / parts[0].name, format="parquet")["name"]) == [
+        "alpha",
+        "beta-longer",
+    ]
+    assert len(second) == 1 and second["flux"][0] == 3.5
+    empty = tmp_path / "empty.ecsv"
+    empty.write_text(
+        "# %ECSV 1.0\n# ---\n# datatype:\n# - {name: a, datatype: string}\n"
+        "# - {name: b, unit: m, datatype: float64}\na b\n"
+    )
+    parts = convert_to_parquet(empty, tmp_path / "empty")
+    read = QTable.read(tmp_path / "empty" / parts[0].name, format="parquet")
+    assert len(read) == 0 and read["b"].unit == u.m
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("e-/s", "electron / s"), ("BJD - 2454833", "d"), ("mJy", "mJy"), ("---", ""), ("no such unit", None)],
+)
+def test_unit_spellings(text: str, expected: str | None) -> None:
+    assert astropy_unit(text) == expected
+
+
+def test_quantity_table_metadata_is_value_and_unit(tmp_path: Path) -> None:
+    convert_to_parquet(ASTROPY / "cosmology" / "data" / "Planck18.ecsv", tmp_path / "out")
+    table = pq.read_table(tmp_path / "out")
+    meta = json.loads(table.schema.metadata[b"ecsv.meta"])
+    assert table.num_rows == 1 and table.column("H0").to_pylist() == [pytest.approx(67.66)]
+    quantities = [v for v in meta.values() if isinstance(v, dict) and set(v) == {"value", "unit"}]
+    assert quantities, meta  # e.g. Tcmb0 serialised as {"value": 2.7255, "unit": "K"}
+
+
+def test_votable_array_params_complex_columns_and_tables_without_data(tmp_path: Path) -> None:
+    src = ASTROPY / "io" / "votable" / "tests" / "data" / "regression.xml"
+    convert_to_parquet(src, tmp_path / "t0", hdu=0)
+    table = pq.read_table(tmp_path / "t0")
+    params = json.loads(table.schema.metadata[b"votable.params"])
+    assert any(isinstance(p.get("value"), list) for p in params)  # array PARAMs kept as lists
+    complex_column = table.column("floatComplex").to_pylist()
+    assert all(v is None or len(v) == 2 for v in complex_column)  # [re, im]
+    convert_to_parquet(src, tmp_path / "t2", hdu=2)  # FIELDs but no DATA
+    assert pq.read_table(tmp_path / "t2").num_rows == 0
+
+
+def test_zero_width_fits_column_becomes_empty_lists(tmp_path: Path) -> None:
+    src = ASTROPY / "io" / "fits" / "tests" / "data" / "zerowidth.fits"
+    convert_to_parquet(src, tmp_path / "out", hdu=2)
+    table = pq.read_table(tmp_path / "out")
+    reference = Table.read(src, hdu=2)
+    zero = [n for n in reference.colnames if reference[n].shape[1:] and 0 in reference[n].shape[1:]]
+    assert zero and all(v == [] for v in table.column(zero[0]).to_pylist())
+    assert table.num_rows == len(reference)
+
+
+def test_csv_with_short_rows_is_read_as_astropy_reads_it(tmp_path: Path) -> None:
+    src = tmp_path / "short.csv"
+    src.write_text("a,b,c\n1\n4,5,6\n")
+    convert_to_parquet(src, tmp_path / "out")
+    assert pq.read_table(tmp_path / "out").to_pydict() == {"a": [1, 4], "b": [None, 5], "c": [None, 6]}
+
+
+def test_votable_astropy_rejects_is_staged_as_it_is_and_messages_hold_no_folder(tmp_path: Path) -> None:
+    src = ASTROPY / "io" / "votable" / "tests" / "data" / "custom_datatype.xml"
+    assert not is_table(src)
+    with warnings.catch_warnings(), pytest.raises(ConversionFailed) as caught:
+        warnings.simplefilter("ignore")
+        convert_to_parquet(src, tmp_path / "out")
+    assert "custom_datatype.xml" in caught.value.message and str(src.parent) not in caught.value.message
+
+
+def test_arrow_types_round_trip_through_to_qtable() -> None:
+    arrow = pa.table(
+        {
+            "i": pa.array([1, None, 3], pa.int32()),
+            "v": pa.array([[1.0, 2.0], None, [5.0, None]], pa.list_(pa.float64(), 2)),
+            "s": pa.array(["x", None, "zz"]),
+            "l": pa.array([[1], [], None], pa.list_(pa.int64())),
+        }
+    )
+    table = to_qtable(arrow)
+    assert table["i"].mask.tolist() == [False, True, False] and table["i"][2] == 3
+    assert table["v"].shape == (3, 2) and table["v"].mask.tolist() == [
+        [False, False],
+        [True, True],
+        [False, True],
+    ]
+    assert table["s"].mask.tolist() == [False, True, False] and table["s"][2] == "zz"
+    assert table["l"][0].tolist() == [1] and table["l"].mask.tolist() == [False, False, True]
