@@ -58,6 +58,7 @@ from jupyter_staging.formats.fits import FitsSource
 from jupyter_staging.formats.parquet import COMPRESSIONS, ParquetSource, PartWriter
 from jupyter_staging.formats.prefetch import Prefetch
 from jupyter_staging.formats.votable import VOTableSource
+from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.control import JobControl
 
 __all__ = ["convert_to_parquet"]
@@ -76,6 +77,7 @@ def convert_to_parquet(
     control: JobControl | None = None,
     start_index: int = 0,
     on_chunk: Callable[[ChunkInfo], None] | None = None,
+    root: Path | None = None,
 ) -> list[ChunkInfo]:
     """Convert the table in ``src`` into Parquet part files in ``out_dir``; return the parts written.
 
@@ -88,6 +90,9 @@ def convert_to_parquet(
     ``TABLE`` in the file, or its ID or name (default: the first). ``control``, ``start_index`` (resume)
     and ``on_chunk`` (called with each published :class:`ChunkInfo`) are described in the module
     docstring, as are memory use and the units, UCDs, descriptions and headers kept as Arrow metadata.
+    ``root``: the trusted folder ``out_dir`` lies below; when given, ``out_dir`` and every part are made
+    by descriptor from it (:class:`~jupyter_staging.safety.confined.Confined`), never through a symlink
+    (:class:`PathNotAllowed` otherwise).
 
     Raises :class:`SourceNotFound` if ``src`` is not a file; :class:`ConversionFailed` for something
     that is not a table (e.g. an image-only FITS file), an HDU/table index or name that does not exist or
@@ -99,11 +104,14 @@ def convert_to_parquet(
     src, out_dir = Path(src), Path(out_dir)
     codec = _check_arguments(chunk_rows, start_index, compression)
     fmt = _table_format(src, fmt)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if root is None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        Confined(root).makedirs(out_dir)
     started = time.monotonic()
     source = _open_source(src, fmt, hdu, chunk_rows, control)
     try:
-        chunks = _write_parts(source, out_dir, chunk_rows, codec, start_index, control, on_chunk)
+        chunks = _write_parts(source, out_dir, chunk_rows, codec, start_index, control, on_chunk, root)
     finally:
         source.close()
     _log_converted(src, fmt, chunks, time.monotonic() - started)
@@ -167,6 +175,7 @@ def _write_parts(
     start_index: int,
     control: JobControl | None,
     on_chunk: Callable[[ChunkInfo], None] | None,
+    root: Path | None,
 ) -> list[ChunkInfo]:
     writer = PartWriter(
         out_dir,
@@ -176,6 +185,7 @@ def _write_parts(
         start_index=start_index,
         control=control,
         on_chunk=on_chunk,
+        root=root,
     )
     try:
         with Prefetch(source.pieces(start_index * chunk_rows)) as pieces:

@@ -158,7 +158,12 @@ def _dictionary_columns(schema: pa.Schema) -> list[str]:
 
 
 def _encode_part(
-    final: Path, batches: list[pa.RecordBatch], schema: pa.Schema, compression: str, row_group_rows: int
+    final: Path,
+    batches: list[pa.RecordBatch],
+    schema: pa.Schema,
+    compression: str,
+    row_group_rows: int,
+    root: Path | None = None,
 ) -> PartFile:
     """Write ``batches`` as one Parquet file into ``final.part``, hashing it; not yet fsynced or published.
 
@@ -166,7 +171,7 @@ def _encode_part(
     when the destination fails, :class:`ConversionFailed` when Arrow cannot write the table; on any error
     the ``.part`` is removed.
     """
-    part = PartFile(final)
+    part = PartFile(final, root=root)
     try:
         table = pa.Table.from_batches(batches, schema=schema)
         lengths = string_lengths(table)  # astropy's Parquet reader sizes its string columns from these
@@ -225,9 +230,12 @@ class PartWriter:
         start_index: int,
         control: JobControl | None,
         on_chunk: Callable[[ChunkInfo], None] | None,
+        root: Path | None = None,
     ) -> None:
         self.chunks: list[ChunkInfo] = []
         self._out_dir = out_dir
+        #: The confinement root: parts are written by descriptor from it (PartFile ``root=``).
+        self._root = root
         self._schema = source.schema
         self._size = source.size
         self._chunk_rows = chunk_rows
@@ -287,6 +295,7 @@ class PartWriter:
             self._schema,
             self._compression,
             self._row_group_rows,
+            self._root,
         )
         job = (self._index, self._pending_rows, self._read_to)
         self._pending, self._pending_rows, self._index = [], 0, self._index + 1

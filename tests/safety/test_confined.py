@@ -140,3 +140,17 @@ def test_decompress_by_descriptor(layout: tuple[Path, Path]) -> None:
     with pytest.raises(PathNotAllowed):
         decompress(src, root / "bad" / "x.fits", max_bytes=10**6, root=root)
     assert not (outside / "x.fits").exists() and not (outside / "x.fits.part").exists()
+
+
+def test_conversion_parts_are_written_by_descriptor(layout: tuple[Path, Path], shared_data: Path) -> None:
+    from jupyter_staging.formats.convert import convert_to_parquet
+
+    root, outside = layout
+    src = shared_data / "wright_eastmann_2014_tau_ceti.fits"
+    parts = convert_to_parquet(src, root / "out" / "tau", chunk_rows=2000, root=root)
+    assert [p.name for p in parts] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    (root / "evil").symlink_to(outside, target_is_directory=True)
+    before = snapshot(outside)
+    with pytest.raises(PathNotAllowed):
+        convert_to_parquet(src, root / "evil" / "tau", chunk_rows=2000, root=root)
+    assert snapshot(outside) == before and not (outside / "tau").exists()
