@@ -48,6 +48,7 @@ class HubProcess:
         proxy: str,
         service_args: list[str] | None = None,
         service_env: dict[str, str] | None = None,
+        extra_config: str = "",
     ) -> None:
         self.workdir = workdir
         self.hub_dir = workdir / "hub"
@@ -64,6 +65,8 @@ class HubProcess:
         self.service_args = service_args or []
         #: Extra environment of the hub, passed on to the service by the example config (secrets).
         self.service_env = service_env or {}
+        #: Lines of ``jupyterhub_config.py`` added after the test settings.
+        self.extra_config = extra_config
         self.log_path = self.hub_dir / "jupyterhub.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.config_path = self.hub_dir / "jupyterhub_config.py"
@@ -93,6 +96,7 @@ c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120
 c.JupyterHub.log_level = "INFO"
 """
+            + self.extra_config
         )
 
     def _env(self) -> dict[str, str]:
@@ -204,6 +208,20 @@ c.JupyterHub.log_level = "INFO"
                 return
             time.sleep(0.3)
         raise RuntimeError(f"{username}'s server did not stop")
+
+    def start_server(self, username: str, timeout: float = 120.0) -> None:
+        """Start the user's server through the Hub API and wait until the hub says it is ready."""
+        token = self.tokens["admin"]
+        r = self.hub_api("POST", f"users/{username}/server", token=token)
+        if r.status_code not in (201, 202, 400):  # 400: already running
+            raise RuntimeError(f"could not start {username}'s server: {r.status_code} {r.text[:300]}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.server_state(username)
+            if state and state.get("ready"):
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"{username}'s server did not become ready:\n{self.log_tail()}")
 
     def server_state(self, username: str) -> dict[str, Any] | None:
         user = self.hub_api("GET", f"users/{username}", token=self.tokens["admin"]).json()
