@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml
 	@bash scripts/check-node.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test,lab,hub,azure,lint]"
+	$(BIN)/pip install -q -e ".[test,lab,hub,azure,lint,docs]"
 	touch $@
 
 demo: setup
@@ -33,3 +33,10 @@ lint-imports: setup
 
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+# The documentation site (docs/: Sphinx, MyST, pydata-sphinx-theme), warnings as errors. Installs the docs
+# extra first when it is missing from .venv.
+.PHONY: docs
+docs: setup
+	@$(BIN)/python -c "import sphinx, myst_parser, pydata_sphinx_theme, sphinxcontrib.openapi" 2>/dev/null || $(BIN)/pip install -q -e ".[docs]"
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
