@@ -67,6 +67,9 @@ class StagingHub(Application):
         "proxy-url": "StagingHub.proxy_url",
         "bind-url": "StagingHub.bind_url",
         "concurrency": "StagingHub.concurrency",
+        "replica-id": "StagingHub.replica_id",
+        "lease-seconds": "StagingHub.lease_seconds",
+        "heartbeat-interval": "StagingHub.heartbeat_interval",
         "log-level": "Application.log_level",
     }
     flags = {
@@ -136,6 +139,23 @@ class StagingHub(Application):
 
     job_poll_interval = Float(
         1.0, help="""Seconds between two polls of a jupyter_copy job in the user's server."""
+    ).tag(config=True)
+
+    replica_id = Unicode(
+        help="""This process's name among the service's replicas sharing one database (at most 128
+        characters). Default: host name, process id and random digits, new at every start.""",
+    ).tag(config=True)
+
+    lease_seconds = Float(
+        60.0,
+        help="""Seconds a replica holds a running operation without renewing its lease. When a replica
+        dies, another one takes its operations over this long after its last renewal.""",
+    ).tag(config=True)
+
+    heartbeat_interval = Float(
+        0.0,
+        help="""Seconds between two lease renewals (and looks for operations to take over). Default
+        (0): a third of lease_seconds.""",
     ).tag(config=True)
 
     proxy_url = Unicode(
@@ -232,6 +252,7 @@ class StagingHub(Application):
         problems = []
         if not self.api_token:
             problems.append("no Hub API token: run as a JupyterHub service (JUPYTERHUB_API_TOKEN is unset)")
+        problems += self._check_leases()
         if not self.shared_roots:
             problems.append("StagingHub.shared_roots is empty: name the shared storage folders")
         for root in self.shared_roots:
@@ -245,6 +266,16 @@ class StagingHub(Application):
                 continue
             if name == "user_area_template" and not areas.base.is_dir():
                 problems.append(f"the base folder of the user areas, {areas.base}, does not exist")
+        return problems
+
+    def _check_leases(self) -> list[str]:
+        problems = []
+        if len(self.replica_id) > 128:
+            problems.append("StagingHub.replica_id is longer than 128 characters")
+        if self.lease_seconds <= 0:
+            problems.append("StagingHub.lease_seconds must be positive")
+        elif not 0 <= self.heartbeat_interval < self.lease_seconds:
+            problems.append("StagingHub.heartbeat_interval must be 0 (default) or shorter than lease_seconds")
         return problems
 
     def _init_logging(self) -> None:
@@ -262,19 +293,21 @@ class StagingHub(Application):
         asyncio.run(self.serve())
 
     async def serve(self) -> None:
-        """Open the database and the log, recover unfinished operations, listen, wait for a signal."""
+        """Open the database and the log, listen, take over operations whose lease expired and keep
+        this replica's leases renewed, wait for a signal."""
         store = OperationStore(self.db_url)
         operations = self.make_operations(store)
         bind = urlsplit(self.bind_url)
         server = HTTPServer(self.make_web_app(operations), xheaders=True)
         server.listen(bind.port or 80, address=bind.hostname or "127.0.0.1")
-        await operations.recover()
+        await operations.start()
         self.log.info(
-            "jupyter-staging-hub %s at %s%s (operations in %s)",
+            "jupyter-staging-hub %s at %s%s (operations in %s, replica %s)",
             __version__,
             self.bind_url.rstrip("/"),
             self.service_prefix,
             _safe_url(self.db_url),
+            operations.leases.replica_id,
         )
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -301,6 +334,9 @@ class StagingHub(Application):
             server_start_timeout=self.server_start_timeout,
             job_poll_interval=self.job_poll_interval,
             oplog=operations_log,
+            replica_id=self.replica_id or None,
+            lease_seconds=self.lease_seconds,
+            heartbeat_interval=self.heartbeat_interval or None,
         )
 
     def make_web_app(self, operations: StagingOperations) -> web.Application:

@@ -7,15 +7,24 @@ store is synchronous and thread-safe (each method opens its own session): caller
 
 No column ever holds a token or a secret: sources and targets are paths, ``error_reason`` is the message
 shown to the user.
+
+Several service replicas may share one database. A ``running`` operation is leased: ``runner`` names the
+replica running it and ``lease_expires_at`` says until when; the runner renews the lease while it works
+(:meth:`OperationStore.renew`). Another replica takes over only an operation whose lease expired, claiming
+it atomically (:meth:`OperationStore.claim_expired`: ``SELECT ... FOR UPDATE SKIP LOCKED`` where the
+database has it, and always a conditional ``UPDATE`` whose row count says who won), and a replica writes
+the end of an operation only while it still holds it (:meth:`OperationStore.finish` raises
+:class:`LeaseLost` otherwise). Lease times come from each replica's clock (UTC): keep them in sync (NTP).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, String, Text, select
+from sqlalchemy import BigInteger, DateTime, String, Text, or_, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from jupyter_staging.engine.migrate import Migrations
@@ -32,6 +41,15 @@ class Base(DeclarativeBase):
     pass
 
 
+class LeaseLost(Exception):
+    """Raised when a replica records the end of an operation it no longer holds (another replica took
+    it over after its lease expired, or it already ended). ``operation`` is the row as stored."""
+
+    def __init__(self, operation: Operation) -> None:
+        super().__init__(f"operation {operation.id} is held by {operation.runner!r} ({operation.status})")
+        self.operation = operation
+
+
 class Operation(Base):
     """One call of ``POST api/stage``.
 
@@ -41,7 +59,9 @@ class Operation(Base):
     broken: ``error_code`` and ``error_reason`` say why). ``bytes`` is the file size in bytes,
     ``sha256`` the hex digest of the bytes written (null for links, whose content is the source itself),
     ``job_id`` the id of the staging job in the user's server for ``jupyter_copy``. ``started`` and
-    ``finished`` are UTC.
+    ``finished`` are UTC. ``runner`` is the replica id of the service process that runs (or ran) it,
+    ``lease_expires_at`` (UTC) when its hold on a ``running`` operation ends unless renewed; both are
+    internal and not part of :meth:`to_dict`.
     """
 
     __tablename__ = "operations"
@@ -60,6 +80,8 @@ class Operation(Base):
     job_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     started: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     finished: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    runner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     def to_dict(self) -> dict[str, Any]:
         """The operation as the REST API returns it (times as ISO 8601 UTC, ``Z`` suffix)."""
@@ -114,15 +136,81 @@ class OperationStore(SQLStore):
                 setattr(op, key, value)
         return self._fix(op)
 
-    def finish(self, operation_id: str, status: str, **fields: Any) -> Operation | None:
-        """Give an operation its final ``status`` (and other ``fields``), stamping ``finished``."""
+    def finish(
+        self, operation_id: str, status: str, *, runner: str | None = None, **fields: Any
+    ) -> Operation | None:
+        """Give an operation its final ``status`` (and other ``fields``), stamping ``finished`` and ending
+        its lease. Returns it, or None when the id is unknown.
+
+        With ``runner`` (a replica id), only while that replica holds the ``running`` operation: raises
+        :class:`LeaseLost` when another replica took it over or it already ended. Raises
+        :class:`ValueError` for a status that is not final."""
         if status not in STATUSES or status == "running":
             raise ValueError(f"not a final status: {status!r}")
-        return self.update(operation_id, status=status, finished=utcnow(), **fields)
+        with self.session() as s:
+            op = s.get(Operation, operation_id, with_for_update=runner is not None)
+            if op is None:
+                return None
+            if runner is not None and (op.runner != runner or op.status != "running"):
+                raise LeaseLost(self._fix(op))  # type: ignore[arg-type]
+            for key, value in {
+                **fields,
+                "status": status,
+                "finished": utcnow(),
+                "lease_expires_at": None,
+            }.items():
+                setattr(op, key, value)
+        return self._fix(op)
+
+    def renew(self, operation_ids: Collection[str], runner: str, until: datetime) -> set[str]:
+        """Extend to ``until`` the leases ``runner`` holds on the ``running`` operations among
+        ``operation_ids``; returns the ids it still holds (the others were taken over or ended)."""
+        if not operation_ids:
+            return set()
+        held = (
+            Operation.id.in_(list(operation_ids)),
+            Operation.runner == runner,
+            Operation.status == "running",
+        )
+        with self.session() as s:
+            s.execute(update(Operation).where(*held).values(lease_expires_at=until))
+            return set(s.scalars(select(Operation.id).where(*held)))
+
+    def claim_expired(
+        self, runner: str, until: datetime, *, limit: int, now: datetime | None = None
+    ) -> list[Operation]:
+        """Take over at most ``limit`` ``running`` operations whose lease expired before ``now`` (or that
+        have none: rows of a release before leases), oldest first: each gets ``runner`` and a lease until
+        ``until``. Two replicas claiming at once never get the same row: candidates are read with
+        ``FOR UPDATE SKIP LOCKED`` (PostgreSQL, MySQL 8, MariaDB 10.6; ignored by SQLite, whose writes are
+        serialised), and each is taken by an ``UPDATE`` repeating the expiry test, kept only when it
+        changed one row. Returns the claimed operations, their previous ``runner`` in ``op.runner``
+        replaced by ``runner``."""
+        now = now or utcnow()
+        expired = (
+            Operation.status == "running",
+            or_(Operation.lease_expires_at.is_(None), Operation.lease_expires_at < now),
+        )
+        query = select(Operation).where(*expired).order_by(Operation.started, Operation.id).limit(limit)
+        claimed = []
+        with self.session() as s:
+            for op in s.scalars(query.with_for_update(skip_locked=True)).all():
+                taken = s.execute(
+                    update(Operation)
+                    .where(Operation.id == op.id, *expired)
+                    .values(runner=runner, lease_expires_at=until)
+                    .execution_options(synchronize_session=False)
+                )
+                if taken.rowcount == 1:  # type: ignore[attr-defined]
+                    claimed.append(op)
+            for op in claimed:
+                s.refresh(op)
+        return [self._fix(op) for op in claimed]  # type: ignore[misc]
 
     def get(self, operation_id: str) -> Operation | None:
         with self.session() as s:
-            return self._fix(s.get(Operation, operation_id))
+            op = s.get(Operation, operation_id)
+        return self._fix(op)
 
     def list_operations(
         self,
@@ -142,11 +230,16 @@ class OperationStore(SQLStore):
             query = query.where(Operation.status == status)
         query = query.order_by(Operation.started.desc(), Operation.id.desc()).limit(limit)
         with self.session() as s:
-            return [self._fix(op) for op in s.scalars(query)]  # type: ignore[misc]
+            ops = list(s.scalars(query))
+        return [self._fix(op) for op in ops]  # type: ignore[misc]
 
     @staticmethod
     def _fix(op: Operation | None) -> Operation | None:
+        """Make the times of ``op`` aware (UTC). Only ever on an object outside its session: inside, the
+        change would be flushed back at commit, writing the values read over newer ones (a lease
+        claimed meanwhile by another replica, on SQLite and MySQL, which return naive times)."""
         if op is not None:
             op.started = aware(op.started)  # type: ignore[assignment]
             op.finished = aware(op.finished)
+            op.lease_expires_at = aware(op.lease_expires_at)
         return op

@@ -137,8 +137,8 @@ class JupyterCopies:
         Raises :class:`StagingError` for a target that is not allowed or holds a different file."""
         if await self._landed(op, source, relative_path):
             return await self._skip(op, source)
-        await asyncio.to_thread(self.store.add, op)
-        self._spawn(self._run(op, source, relative_path))
+        await self.recorder.begin(op)
+        self._spawn(self.run(op, source, relative_path))
         return op
 
     async def _landed(self, op: Operation, source: SourceFile, relative_path: str) -> bool:
@@ -161,7 +161,7 @@ class JupyterCopies:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, op: Operation, source: SourceFile, relative_path: str) -> None:
+    async def run(self, op: Operation, source: SourceFile, relative_path: str) -> None:
         """Wait for an earlier call staging the same target, then skip or create the job and follow it."""
         assert op.target is not None
         earlier = self._landing.get(op.target)
@@ -270,24 +270,32 @@ class JupyterCopies:
                 return job
             await asyncio.sleep(self.job_poll_interval)
 
-    def resume(self, op: Operation) -> None:
-        """After a restart: follow again the job of ``op`` (a ``jupyter_copy`` left ``running`` with its
-        ``job_id``), in the background."""
-        self._spawn(self._resume(op))
+    def relative_target(self, op: Operation) -> str:
+        """The recorded target of ``op`` relative to its user's area (the ``relative_path`` to run it
+        again with). Raises ``path_not_allowed`` (400) when it lies outside the area."""
+        try:
+            return Path(op.target or "").relative_to(self.areas.path(op.user)).as_posix()
+        except ValueError:
+            raise StagingError(
+                "the recorded target is not in the user's area", code="path_not_allowed"
+            ) from None
 
-    async def _resume(self, op: Operation) -> None:
+    async def follow_again(self, op: Operation) -> None:
+        """Follow the job of ``op`` (a ``jupyter_copy`` left ``running`` with its ``job_id``, taken over
+        from a replica that stopped) to its end and record it; its user's server is started if needed."""
         try:
             async with self.server_starts:
                 server = await self.hub.ensure_server(op.user, timeout=self.server_start_timeout)
-            relative = Path(op.target or "").relative_to(self.areas.path(op.user)).as_posix()
-            await self._follow_job(op, server, relative, Path(relative).name)
+            relative = self.relative_target(op)
+            await self._follow_job(op, server, relative, PurePosixPath(relative).name)
         except asyncio.CancelledError:
             raise
         except Exception as err:
             await self.recorder.fail(op, err)
 
     async def stop(self) -> None:
-        """Cancel background work (rows stay ``running`` and are recovered on the next start)."""
+        """Cancel background work (rows stay ``running``; a replica takes them over once their lease
+        expires)."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

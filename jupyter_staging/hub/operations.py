@@ -8,6 +8,16 @@ user's area, :mod:`~jupyter_staging.hub.areas`; or, for ``jupyter_copy``, a job 
 
 Every deliberate refusal is a :class:`~jupyter_staging.errors.StagingError` with a stable ``code`` and the
 HTTP ``status`` to answer with; messages name paths, never tokens.
+
+Replicas: several service processes may share one database. Each has a replica id and leases the
+operations it runs (:class:`~jupyter_staging.hub.recording.Leases`), renewing them every
+``heartbeat_interval`` seconds while it lives (:meth:`StagingOperations.start`). At the same pace it takes
+over operations whose lease expired -- their replica died or stopped -- claiming each atomically
+(:meth:`~jupyter_staging.hub.db.OperationStore.claim_expired`), and runs them to their end: file work is
+done again from the recorded source and target (a file the dead replica already published is found as a
+duplicate, never written twice), a ``jupyter_copy`` job is followed again or created with the operation's
+own idempotency key (so the user's server answers with the job the dead replica created, if it did), and
+a ``direct_download``, whose client went with the replica, is recorded as failed (``interrupted``).
 """
 
 from __future__ import annotations
@@ -32,8 +42,10 @@ from jupyter_staging.hub.fileops import (
 )
 from jupyter_staging.hub.hubapi import HubAPI
 from jupyter_staging.hub.jupytercopy import JupyterCopies
-from jupyter_staging.hub.recording import Recorder, as_staging_error
+from jupyter_staging.hub.recording import Leases, Recorder, as_staging_error, new_replica_id
 from jupyter_staging.hub.requests import parse_stage_request
+
+logger = logging.getLogger(__name__)
 
 #: The file work of each method done in the service itself (``direct_download`` and ``jupyter_copy``
 #: have their own paths).
@@ -82,6 +94,10 @@ class StagingOperations:
         Seconds to wait for a user's server; seconds between two polls of a ``jupyter_copy`` job.
     oplog:
         Logger of the operations log (one line per operation).
+    replica_id, lease_seconds, heartbeat_interval:
+        This replica's id (default: host, pid and random digits); how long, in seconds, it holds an
+        operation without renewing; seconds between two renewals and takeover scans (default a third of
+        ``lease_seconds``).
     """
 
     def __init__(
@@ -96,13 +112,22 @@ class StagingOperations:
         server_start_timeout: float = 300.0,
         job_poll_interval: float = 1.0,
         oplog: logging.Logger | None = None,
+        replica_id: str | None = None,
+        lease_seconds: float = 60.0,
+        heartbeat_interval: float | None = None,
     ) -> None:
         self.store = store
         self.areas = areas
         self.shared_roots = list(shared_roots)
         self.hub = hub
         self.semaphore = asyncio.Semaphore(concurrency)
-        self.recorder = Recorder(store, oplog or logging.getLogger("jupyter_staging.hub.oplog"))
+        self.concurrency = concurrency
+        self.leases = Leases(store, replica_id or new_replica_id(), lease_seconds)
+        self.heartbeat_interval = heartbeat_interval or lease_seconds / 3
+        self.recorder = Recorder(store, oplog or logging.getLogger("jupyter_staging.hub.oplog"), self.leases)
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._takeovers: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
         self.copies = JupyterCopies(
             store,
             areas,
@@ -151,7 +176,7 @@ class StagingOperations:
         """
         op = Operation(
             id=str(uuid.uuid4()), user=caller.name, actor=caller.name, method="unknown", source="",
-            status="running", started=utcnow(),
+            status="running", started=utcnow(), runner=self.leases.replica_id,
         )  # fmt: skip
         try:
             request = parse_stage_request(body)
@@ -161,7 +186,7 @@ class StagingOperations:
             source = await asyncio.to_thread(check_source, request.local_path_on_storage, self.shared_roots)
             if op.method == "direct_download":
                 op.target = source.name
-                await asyncio.to_thread(self.store.add, op)
+                await self.recorder.begin(op)
                 file = await asyncio.to_thread(open_download, source)
                 return Download(op, file, source.size, source.name)
             if op.method == "jupyter_copy":
@@ -178,7 +203,7 @@ class StagingOperations:
             target = await asyncio.to_thread(self._open_target, op.user, relative_path, source.name)
             with target:
                 op.target = target.path
-                await asyncio.to_thread(self.store.add, op)
+                await self.recorder.begin(op)
                 return await asyncio.to_thread(FILE_WORK[op.method], source, target)
 
     async def finish_download(self, op: Operation, size: int, sha256: str | None, error: str | None) -> None:
@@ -209,19 +234,85 @@ class StagingOperations:
     def _open_target(self, username: str, relative_path: str, name: str, *, create: bool = True) -> Target:
         return self.areas.open_target(username, relative_path, name, create=create, owner=owner_for(username))
 
-    async def recover(self) -> None:
-        """After a restart: follow again the ``jupyter_copy`` jobs that were running (their servers
-        are started if needed), and mark other operations left ``running`` as failed (``interrupted``)."""
-        running = await asyncio.to_thread(self.store.list_operations, status="running", limit=100_000)
-        for op in running:
+    # -- replicas -----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Take over the operations left with an expired lease, then renew this replica's leases and
+        look for more to take over every ``heartbeat_interval`` seconds, in the background."""
+        await self.recover()
+        self._heartbeat = asyncio.ensure_future(self._beat())
+
+    async def recover(self) -> int:
+        """Claim operations whose lease expired (at most ``concurrency`` taken-over operations run at
+        once) and run them to their end in the background; returns how many were claimed."""
+        room = self.concurrency - len(self._takeovers)
+        if room <= 0:
+            return 0
+        claimed = await asyncio.to_thread(
+            self.store.claim_expired, self.leases.replica_id, self.leases.until(), limit=room
+        )
+        for op in claimed:
+            self.leases.held.add(op.id)
+            self.recorder.log(logging.INFO, op, f"taken over by replica {self.leases.replica_id}")
+            task = asyncio.ensure_future(self._take_over(op))
+            self._takeovers.add(task)
+            task.add_done_callback(self._took_over)
+        return len(claimed)
+
+    def _took_over(self, task: asyncio.Task[None]) -> None:
+        self._takeovers.discard(task)
+        self._wake.set()  # room for one more: look again now
+
+    async def _beat(self) -> None:
+        """The heartbeat: renew the leases, take over expired operations; a database error is logged
+        and tried again at the next beat."""
+        while True:
+            try:
+                await self.leases.renew()
+                await self.recover()
+            except Exception as err:
+                logger.error(
+                    "replica %s: heartbeat failed: %s: %s", self.leases.replica_id, type(err).__name__, err
+                )
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.heartbeat_interval)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _take_over(self, op: Operation) -> None:
+        """Run a claimed operation to its end (see the module), recording it once."""
+        try:
             if op.method == "jupyter_copy" and op.job_id:
-                self.copies.resume(op)
-            else:
-                err = StagingError("the service stopped during the operation", code="interrupted")
-                await self.recorder.fail(op, err)
+                await self.copies.follow_again(op)
+                return
+            if op.method not in FILE_WORK and op.method != "jupyter_copy":
+                raise StagingError("the service replica running the operation stopped", code="interrupted")
+            source = await asyncio.to_thread(check_source, op.source, self.shared_roots)
+            relative = self.copies.relative_target(op)
+            if op.method == "jupyter_copy":
+                await self.copies.run(op, source, relative)
+                return
+            async with self.semaphore:
+                target = await asyncio.to_thread(self._open_target, op.user, relative, source.name)
+                with target:
+                    outcome = await asyncio.to_thread(FILE_WORK[op.method], source, target)
+            await self.recorder.finish(op, outcome)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            await self.recorder.fail(op, err)
 
     async def stop(self) -> None:
-        """Cancel background work (rows stay ``running`` and are recovered on the next start)."""
+        """Stop the heartbeat and background work. Rows stay ``running``; their leases are not released
+        (file work may still be ending on worker threads), so another replica takes them over once they
+        expire, ``lease_seconds`` later."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        for task in list(self._takeovers):
+            task.cancel()
+        await asyncio.gather(*self._takeovers, return_exceptions=True)
         await self.copies.stop()
 
 

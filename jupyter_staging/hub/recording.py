@@ -1,7 +1,9 @@
 """How the hub service records an operation: one database row and one line of the operations log.
 
 Every call of ``POST api/stage`` ends in :meth:`Recorder.finish` or :meth:`Recorder.fail`, whatever
-happened; a failure is recorded even when the database is down (the log line still says it).
+happened; a failure is recorded even when the database is down (the log line still says it). The end of
+a leased operation (``op.runner`` set) is written only by the replica holding it: a replica whose lease
+was taken over drops its outcome (and logs why), so each operation ends exactly once.
 """
 
 from __future__ import annotations
@@ -9,22 +11,72 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
+import secrets
+import socket
+from datetime import datetime, timedelta
 from typing import Any
 
 from jupyter_staging.errors import InvalidRequest, StagingError
-from jupyter_staging.hub.db import Operation, OperationStore, utcnow
+from jupyter_staging.hub.db import LeaseLost, Operation, OperationStore, utcnow
 from jupyter_staging.hub.fileops import Outcome
 
 logger = logging.getLogger(__name__)
 
 
+def new_replica_id() -> str:
+    """A replica id unique to this process: ``<host>:<pid>:<8 random hex digits>`` (at most 128 chars)."""
+    return f"{socket.gethostname()[:100]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class Leases:
+    """The operations this replica (``replica_id``) holds, each leased for ``lease_seconds`` (seconds)
+    at a time in ``store``; :meth:`renew` extends them (the heartbeat)."""
+
+    def __init__(self, store: OperationStore, replica_id: str, lease_seconds: float) -> None:
+        self.store = store
+        self.replica_id = replica_id
+        self.lease_seconds = lease_seconds
+        #: Ids of the running operations this replica holds.
+        self.held: set[str] = set()
+
+    def until(self) -> datetime:
+        """When a lease taken or renewed now expires (aware UTC datetime)."""
+        return utcnow() + timedelta(seconds=self.lease_seconds)
+
+    def hold(self, op: Operation) -> None:
+        """Mark ``op`` as run by this replica, its lease starting now (before its row is written)."""
+        op.runner = self.replica_id
+        op.lease_expires_at = self.until()
+        self.held.add(op.id)
+
+    async def renew(self) -> set[str]:
+        """Extend the leases of the held operations; returns the ids lost to another replica (they are
+        no longer held: their outcome will be dropped)."""
+        held = set(self.held)
+        kept = await asyncio.to_thread(self.store.renew, held, self.replica_id, self.until())
+        lost = held & self.held - kept  # those that ended meanwhile left self.held
+        self.held -= lost
+        for operation_id in sorted(lost):
+            logger.warning("operation %s: lease lost by replica %s", operation_id, self.replica_id)
+        return lost
+
+
 class Recorder:
     """Final states of operations in ``store`` (an :class:`~jupyter_staging.hub.db.OperationStore`), each
-    with a line in ``oplog`` (the operations log, see :mod:`jupyter_staging.hub.oplog`)."""
+    with a line in ``oplog`` (the operations log, see :mod:`jupyter_staging.hub.oplog`); ``leases`` are
+    this replica's (default: a new replica id, 60 s leases)."""
 
-    def __init__(self, store: OperationStore, oplog: logging.Logger) -> None:
+    def __init__(self, store: OperationStore, oplog: logging.Logger, leases: Leases | None = None) -> None:
         self.store = store
         self.oplog = oplog
+        self.leases = leases or Leases(store, new_replica_id(), 60.0)
+
+    async def begin(self, op: Operation) -> Operation:
+        """Insert ``op`` as ``running``, held by this replica."""
+        op.status = "running"
+        self.leases.hold(op)
+        return await asyncio.to_thread(self.store.add, op)
 
     async def finish(self, op: Operation, outcome: Outcome) -> Operation:
         """Record ``op`` as ``succeeded`` or ``skipped`` with the outcome's size and digest."""
@@ -36,16 +88,25 @@ class Recorder:
                 error_code="duplicate",
                 error_reason="the same file (same size and sha256, or same link) is already there; skipped",
             )
-        done = await asyncio.to_thread(self.save, op, outcome.status, fields)
+        try:
+            done = await asyncio.to_thread(self.save, op, outcome.status, fields)
+        except LeaseLost as lost:
+            return self._dropped(op, lost)
         self.log(logging.INFO, done, "duplicate, skipped" if outcome.duplicate else "done")
         return done
 
     def save(self, op: Operation, status: str, fields: dict[str, Any]) -> Operation:
-        """Give ``op`` its final ``status`` and ``fields``, inserting the row if it is not there yet."""
-        done = self.store.finish(op.id, status, **fields)
+        """Give ``op`` its final ``status`` and ``fields``, inserting the row if it is not there yet.
+
+        Raises :class:`~jupyter_staging.hub.db.LeaseLost` when ``op.runner`` no longer holds the row."""
+        try:
+            done = self.store.finish(op.id, status, runner=op.runner, **fields)
+        finally:
+            self.leases.held.discard(op.id)
         if done is None:
             op.status = status
             op.finished = utcnow()
+            op.lease_expires_at = None
             for key, value in fields.items():
                 setattr(op, key, value)
             done = self.store.add(op)
@@ -62,11 +123,22 @@ class Recorder:
         )
         try:
             done = await asyncio.to_thread(self.save, op, "failed", fields)
+        except LeaseLost as lost:
+            self._dropped(op, lost)
+            return
         except Exception as db_err:  # the database is down: the log line still records the call
             logger.error("operation %s not recorded: %s: %s", op.id, type(db_err).__name__, db_err)
             op.status, op.error_code = "failed", staging.code
             done = op
         self.log(level, done, staging.message)
+
+    def _dropped(self, op: Operation, lost: LeaseLost) -> Operation:
+        """The row as another replica left it, when this one lost ``op`` (its outcome is not recorded)."""
+        logger.warning(
+            "operation %s: this replica (%s) lost its lease to %s; its outcome is dropped",
+            op.id, op.runner, lost.operation.runner,
+        )  # fmt: skip
+        return lost.operation
 
     def log(self, level: int, op: Operation, message: str) -> None:
         """One line of the operations log (a JSON object, see :mod:`jupyter_staging.hub.oplog`)."""
