@@ -87,9 +87,7 @@ export function JobForm(props: JobFormProps): JSX.Element {
           value={values.destination}
           onChange={e => set('destination', e.target.value)}
         />
-        <small>
-          relative to the server's root; empty: <code>{defaultFolder}/</code>, where a re-run finds it
-        </small>
+        <small>relative to the server's root; empty: the folder shown, where a re-run finds it</small>
       </label>
       <label className="jp-Staging-field">
         <span>Name</span>

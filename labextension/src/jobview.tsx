@@ -1,5 +1,6 @@
 /** A job opened in the main area: its summary, chunks and log, refreshed while it runs. */
 import { ReactWidget, UseSignal } from '@jupyterlab/apputils';
+import { infoIcon } from '@jupyterlab/ui-components';
 import type { CommandRegistry } from '@lumino/commands';
 import type { Message } from '@lumino/messaging';
 import * as React from 'react';
@@ -192,7 +193,8 @@ export class JobDetail extends ReactWidget {
         )}
         {jobNotices(job).map(notice => (
           <div key={notice} className="jp-Staging-noticeLine" role="note">
-            {notice}
+            <infoIcon.react tag="span" elementSize="small" className="jp-Staging-noticeIcon" />
+            <span className="jp-Staging-noticeText">{notice}</span>
           </div>
         ))}
         {this._error && <div className="jp-Staging-notice jp-mod-error">{this._error}</div>}

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from jupyter_staging.kernel.formatting import format_bytes
 from tests.helpers.data import wait_until
 from tests.helpers.servers import RangeHTTPServer
 
@@ -72,6 +73,34 @@ def shot(widget: Any, screenshots: Path, name: str) -> None:
     widget.screenshot(path=str(screenshots / f"{name}.png"))
 
 
+def resume_to_success(
+    page: Any, widget: Any, lab: JupyterLabProcess, job_id: str, slow_http: RangeHTTPServer, screenshots: Path
+) -> None:
+    """Resume in the widget: it runs on from where it stopped to succeeded, with a full green bar, and
+    shows its outcome instead of buttons."""
+    slow_http.throttle_bytes_per_s = FAST_RATE
+    widget.get_by_role("button", name="Resume").click()
+    wait_until(lambda: badge(widget) == "succeeded", 30, "the badge to say succeeded")
+    assert bar_percent(widget) == 100
+    assert "progress-bar-success" in (widget.locator(".progress-bar").get_attribute("class") or "")
+    # Finished: no dead buttons, the outcome instead, with a link to the folder.
+    for name in ("Pause", "Resume", "Cancel"):
+        assert not widget.get_by_role("button", name=name).is_visible()
+    outcome = widget.locator(".widget-html", has_text="Staged").first
+    assert "1 chunk" in outcome.inner_text() and format_bytes(SIZE) in outcome.inner_text()
+    assert outcome.locator("a").get_attribute("href") == "widget-demo"
+    done = lab.job(job_id)
+    assert done["state"] == "succeeded"
+    # Resumed with a ranged request, not restarted from byte 0.
+    ranged = [r for r in slow_http.requests_for("demo.bin", "GET") if r.header("Range")]
+    assert ranged, [r.headers for r in slow_http.requests]
+    staged = lab.root_dir / "widget-demo" / "demo.bin"
+    assert staged.read_bytes() == (slow_http.root / "demo.bin").read_bytes()
+    page.wait_for_timeout(300)
+    shot(widget, screenshots, "widget-03-succeeded")
+    page.screenshot(path=str(screenshots / "widget-04-notebook.png"))
+
+
 def test_stage_magic_widget_moves_pauses_and_resumes(
     lab: JupyterLabProcess, page: Any, screenshots: Path, slow_http: RangeHTTPServer
 ) -> None:
@@ -125,22 +154,5 @@ def test_stage_magic_widget_moves_pauses_and_resumes(
     assert "progress-bar-warning" in (widget.locator(".progress-bar").get_attribute("class") or "")
     shot(widget, screenshots, "widget-02-paused")
 
-    # Resume in the widget: it runs on from where it stopped to succeeded, with a full green bar.
-    slow_http.throttle_bytes_per_s = FAST_RATE
-    widget.get_by_role("button", name="Resume").click()
-    wait_until(lambda: badge(widget) == "succeeded", 30, "the badge to say succeeded")
-    assert bar_percent(widget) == 100
-    assert "progress-bar-success" in (widget.locator(".progress-bar").get_attribute("class") or "")
-    for name in ("Pause", "Resume", "Cancel"):
-        assert widget.get_by_role("button", name=name).is_disabled()
-    done = lab.job(job["id"])
-    assert done["state"] == "succeeded"
-    # Resumed with a ranged request, not restarted from byte 0.
-    ranged = [r for r in slow_http.requests_for("demo.bin", "GET") if r.header("Range")]
-    assert ranged, [r.headers for r in slow_http.requests]
-    staged = lab.root_dir / "widget-demo" / "demo.bin"
-    assert staged.read_bytes() == (slow_http.root / "demo.bin").read_bytes()
-    page.wait_for_timeout(300)
-    shot(widget, screenshots, "widget-03-succeeded")
-    page.screenshot(path=str(screenshots / "widget-04-notebook.png"))
+    resume_to_success(page, widget, lab, job["id"], slow_http, screenshots)
     assert not page.errors, page.errors  # type: ignore[attr-defined]

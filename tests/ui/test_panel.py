@@ -97,7 +97,10 @@ def test_rest_job_appears_live_moves_and_pauses_and_resumes(
     # Its progress bar moves without a reload.
     first = wait_until(lambda: bar_value(page, job["id"]) > 0 and bar_value(page, job["id"]), 15, "progress")
     wait_until(lambda: bar_value(page, job["id"]) > first + 2, 10, "the progress bar to move")
-    assert "survey.bin" in item.inner_text()
+    # One dense row: the name, and a tooltip holding source -> destination.
+    assert "survey" in item.inner_text()
+    assert slow_http.url("survey.bin") in (item.get_attribute("title") or "")
+    assert "downloads/survey/" in (item.get_attribute("title") or "")
     assert "/s" in item.locator(".jp-Staging-summary").inner_text()  # a rate while running
     shot(page, screenshots, "02-running-job")
 
@@ -122,7 +125,9 @@ def test_rest_job_appears_live_moves_and_pauses_and_resumes(
     page.wait_for_selector(f'{PANEL} li[data-job-id="{job["id"]}"][data-state="succeeded"]', timeout=60_000)
     staged = lab.root_dir / "downloads" / "survey" / "survey.bin"
     assert staged.read_bytes() == (slow_http.root / "survey.bin").read_bytes()
-    assert bar_value(page, job["id"]) == 100
+    # Finished: the bar gives way to the size staged (issue 13: one dense row per job).
+    assert item.locator(".jp-Staging-bar").count() == 0
+    assert item.locator(".jp-Staging-summary").inner_text() == "3.00 MB"
     view.locator(".jp-Staging-logLine", has_text="succeeded").wait_for(timeout=10_000)
     assert "resumed" in view.locator(".jp-Staging-log").inner_text()
     assert view.locator("table.jp-Staging-chunks tbody tr").first.inner_text().split()[1:3] == [
@@ -205,9 +210,10 @@ def test_form_stages_the_kepler_light_curve_to_parquet(
     open_panel(page)
     page.click(f"{PANEL} .jp-Staging-newButton")
     form = page.locator(f"{PANEL} form.jp-Staging-form")
-    # The destination starts as the file browser's current folder.
-    assert form.locator('input[name="destination"]').input_value() == "kepler"
+    # The destination starts empty: the server's staging/<name>, as %stage (issue 13); aim it at kepler/.
+    assert form.locator('input[name="destination"]').input_value() == ""
     form.locator('input[name="source"]').fill(str(KEPLER))
+    form.locator('input[name="destination"]').fill("kepler")
     form.locator('input[name="toParquet"]').check()
     form.locator('input[name="chunkRows"]').fill("5000")
     form.locator('select[name="compression"]').select_option("zstd")
@@ -215,12 +221,12 @@ def test_form_stages_the_kepler_light_curve_to_parquet(
     form.get_by_role("button", name="Stage").click()
     form.wait_for(state="detached")
 
-    item = page.locator(f"{PANEL} li.jp-Staging-job", has_text=KEPLER.stem + ".fits").first
+    item = page.locator(f"{PANEL} li.jp-Staging-job", has_text=KEPLER.stem).first
     item.wait_for()
     job_id = item.get_attribute("data-job-id")
     page.wait_for_selector(f'{PANEL} li[data-job-id="{job_id}"][data-state="succeeded"]', timeout=120_000)
     assert "14,280 rows" in item.locator(".jp-Staging-summary").inner_text()
-    assert item.locator(".jp-Staging-chunkCount").inner_text() == "3/3 parts"
+    assert item.locator(".jp-Staging-chunkCount").inner_text() == "3/3 chunks"
     job = lab.job(job_id)
     assert job["destination"] == "kepler"
     assert job["convert"]["chunk_rows"] == 5000
