@@ -24,9 +24,9 @@ from jupyter_staging.engine.items import ItemStager, sha256_file
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.store import JobRecord
 from jupyter_staging.errors import TransferFailed
-from jupyter_staging.safety.control import JobControl
 from jupyter_staging.formats.convert import convert_to_parquet
 from jupyter_staging.formats.detect import detect_format, is_table
+from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.paths import check_output_name
 from jupyter_staging.sources.base import Source, SourceItem
 
@@ -94,12 +94,12 @@ class ConvertingStager(ItemStager):
         self._converted(item, out_rel, self.dest.workdir / out_rel, downloaded)
 
     def _convert_file(
-        self, local: Path, name: str, opts: dict[str, Any], entry: str | None, *, counted: bool
+        self, local: Path, name: str, opts: dict[str, Any], entry: str | None, *, counted: bool = True
     ) -> str:
         """Convert the local table ``local`` (output name ``name``) into ``<stem>.parquet/part-*.parquet``
         chunks, after the parts an earlier attempt recorded; returns the output folder (relative).
-        ``counted``: the source bytes were counted already (a download), so the converter reports rows
-        only."""
+        ``counted``: the source bytes were counted already (a download, or the archive a file was
+        extracted from), so the converter reports rows only; False for a table read in place."""
         out_rel = self._output_folder(name)
         out_dir = self.dest.workdir / out_rel
         existing = [

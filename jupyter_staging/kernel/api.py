@@ -162,11 +162,12 @@ def stage(
         Extract ``.zip`` / ``.tar[.gz|.bz2|.xz]`` / ``.tgz`` archives after download; turn ``x.gz`` /
         ``x.bz2`` / ``x.xz`` into ``x``.
     wait, timeout:
-        Block until the job ends (at most ``timeout`` seconds), as :meth:`Job.wait`.
+        Block until the job ends (at most ``timeout`` seconds), as :meth:`Job.wait`: with a progress bar on
+        stderr when it is a terminal and no widget shows the job.
     show:
         Display a live :class:`~jupyter_staging.kernel.widgets.JobWidget` (progress, chunks, Pause / Resume /
-        Cancel). Default: when running in a Jupyter kernel; in terminal IPython, waiting prints a text
-        progress line instead. An up-to-date job shows one line instead, ``up to date: <destination> (no
+        Cancel). Default: when running in a Jupyter kernel; in a terminal, waiting draws a progress bar on
+        stderr instead. An up-to-date job shows one line instead, ``up to date: <destination> (no
         bytes moved)`` (by default in IPython and Jupyter, not in scripts).
 
     Returns the :class:`Job`. Raises :class:`StagingError` subclasses with a stable ``code``:
@@ -187,8 +188,8 @@ def stage(
     elif has_widget_frontend() if show is None else show:
         _display(job)
         displayed = True
-    if wait:
-        job.wait(timeout=timeout, progress=not displayed and in_ipython())
+    if wait:  # a displayed widget shows progress; else a bar when stderr is a terminal
+        job.wait(timeout=timeout, progress=False if displayed else None)
     return job
 
 

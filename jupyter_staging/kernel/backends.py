@@ -8,6 +8,7 @@ reads the same whichever runs its jobs. Nothing here imports tornado or jupyter_
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import time
 from collections.abc import Iterable
@@ -281,6 +282,10 @@ class LocalBackend(Backend):
     The manager is started at once (jobs this database left running in ``root_dir`` are resumed) and
     stopped at interpreter exit; a job still running then stays ``running`` in the database and resumes
     the next time a local backend starts on the same root.
+
+    The engine's log lines are the jobs' own logs (:meth:`Job.log`); unless the program configured a
+    handler for the ``jupyter_staging`` logger, they are not also printed on stderr (Python's last-resort
+    handler would repeat every job error there, beside the error the caller gets).
     """
 
     def __init__(self, root_dir: str | os.PathLike[str] | None = None, db_url: str | None = None) -> None:
@@ -292,6 +297,9 @@ class LocalBackend(Backend):
             folder = Path(jupyter_data_dir()) / "jupyter_staging"
             folder.mkdir(parents=True, exist_ok=True)
             db_url = f"sqlite:///{folder / 'local-jobs.sqlite'}"
+        engine_log = logging.getLogger("jupyter_staging")
+        if not engine_log.handlers:
+            engine_log.addHandler(logging.NullHandler())
         self.manager: StagingManager = StagingManager(self.root_dir, db_url=db_url)
         self.manager.start()
         self._closed = False

@@ -1,7 +1,9 @@
 """Text for people: byte sizes, one-line job progress and the HTML table of jobs.
 
-Shared by :class:`~jupyter_staging.kernel.job.Job` (its ``repr``, :meth:`Job.wait` with ``progress``) and
-the notebook widgets. Pure functions of the wire format's JSON (``DESIGN.md``); nothing here fetches.
+Shared by :class:`~jupyter_staging.kernel.job.Job` (its ``repr``), the terminal progress bar
+(:mod:`jupyter_staging.kernel.progressbar`) and the notebook widgets. :func:`format_bytes` is the engine's
+one byte formatter (:func:`jupyter_staging.engine.describe.format_bytes`), re-exported here. Pure
+functions of the wire format's JSON (``DESIGN.md``); nothing here fetches.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import html
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
+
+from jupyter_staging.engine.describe import format_bytes
 
 __all__ = ["JobSummary", "format_bytes", "jobs_table_html", "progress_summary", "progress_text"]
 
@@ -36,26 +40,18 @@ class JobSummary(Protocol):
     def destination(self) -> Path | str: ...
 
 
-def format_bytes(n: float | None) -> str:
-    """``n`` bytes in decimal units: ``"512 B"``, ``"1.5 kB"`` ... ``"3.2 TB"``; ``"?"`` for None."""
-    if n is None:
-        return "?"
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} PB"  # pragma: no cover
-
-
 def progress_summary(progress: dict[str, Any]) -> str:
-    """A job's ``progress`` dict as ``"3/10 chunks, 1.2 MB of 4.0 MB, 5,000 rows, 2.0 MB/s, ETA 2 s"``
-    (rows, rate and ETA only when known; ``?`` for an unknown total)."""
+    """A job's ``progress`` dict as ``"3/10 chunks, 1.20 MB of 4.00 MB, 5,000 rows, 310 kB Parquet,
+    2.00 MB/s, ETA 2 s"`` (rows, Parquet bytes, rate and ETA only when known; ``?`` for an unknown total).
+    Source bytes done never show above their total."""
+    total = progress.get("bytes_total")
+    done = progress.get("bytes_done") or 0
     parts = [f"{progress.get('chunks_done') or 0}/{_or_q(progress.get('chunks_total'))} chunks"]
-    parts.append(
-        f"{format_bytes(progress.get('bytes_done') or 0)} of {format_bytes(progress.get('bytes_total'))}"
-    )
+    parts.append(f"{format_bytes(min(done, total) if total is not None else done)} of {format_bytes(total)}")
     if progress.get("rows_done"):
         parts.append(f"{progress['rows_done']:,} rows")
+    if progress.get("output_bytes"):
+        parts.append(f"{format_bytes(progress['output_bytes'])} Parquet")
     if progress.get("rate"):
         parts.append(f"{format_bytes(progress['rate'])}/s")
     if progress.get("eta_seconds") is not None:
@@ -68,7 +64,7 @@ def progress_text(job: dict[str, Any]) -> str:
     error code and message of a failed job."""
     p = job.get("progress") or {}
     total, done = p.get("bytes_total"), p.get("bytes_done") or 0
-    percent = f"{100 * done / total:.1f}%" if total else "?%"
+    percent = f"{100 * min(done, total) / total:.1f}%" if total else "?%"
     text = f"{job.get('state', '?')} {percent} - {progress_summary(p)}"
     error = job.get("error")
     if error:

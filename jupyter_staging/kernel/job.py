@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 from jupyter_staging.errors import StagingError
+from jupyter_staging.kernel import progressbar
 from jupyter_staging.kernel.backends import FINAL_STATES, REQUEST_TIMEOUT, Backend
-from jupyter_staging.kernel.formatting import jobs_table_html, progress_summary, progress_text
+from jupyter_staging.kernel.formatting import jobs_table_html, progress_summary
 from jupyter_staging.kernel.paths import chunk_paths, entry_paths, is_url
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ _PROGRESS_KEYS = (
     "chunks_done",
     "chunks_total",
     "rows_done",
+    "output_bytes",
     "rate",
     "eta_seconds",
 )
@@ -105,8 +107,9 @@ class Job:
 
     @property
     def progress(self) -> dict[str, Any]:
-        """``{"bytes_done", "bytes_total", "chunks_done", "chunks_total", "rows_done", "rate",
-        "eta_seconds"}``: bytes, chunks, rows, bytes per second and seconds; totals and rates may be None."""
+        """``{"bytes_done", "bytes_total", "chunks_done", "chunks_total", "rows_done", "output_bytes",
+        "rate", "eta_seconds"}``: source bytes (``bytes_done <= bytes_total``), chunks, rows converted,
+        bytes of Parquet written, source bytes per second and seconds; totals and rates may be None."""
         progress = dict(self._data.get("progress") or {})
         for key in _PROGRESS_KEYS:
             progress.setdefault(key, None)
@@ -116,6 +119,12 @@ class Job:
     def error(self) -> dict[str, str] | None:
         """``{"code", "message"}`` of a failed job, else None."""
         return self._data.get("error")
+
+    @property
+    def notices(self) -> list[str]:
+        """What to know that is not an error, one line each: a requested conversion that did not apply
+        (``"m31.fits: not a table: staged as it is"``). Empty when there is nothing to say."""
+        return [str(notice) for notice in self._data.get("notices") or []]
 
     @property
     def source(self) -> str:
@@ -207,18 +216,20 @@ class Job:
 
     # -- control -----------------------------------------------------------------------------------------
 
-    def wait(self, timeout: float | None = None, poll: float = 0.25, *, progress: bool = False) -> Job:
+    def wait(self, timeout: float | None = None, poll: float = 0.25, *, progress: bool | None = None) -> Job:
         """Block until the job ends; returns ``self`` once it has succeeded (or expired).
 
         ``timeout`` seconds at most (None: no limit; a paused job waits for :meth:`resume`), polling every
-        ``poll`` seconds; with ``progress``, a text progress line is rewritten on stdout at each poll.
+        ``poll`` seconds. ``progress``: draw a progress bar (tqdm) on stderr while waiting; None (the
+        default) draws it when stderr is a terminal and no notebook widget shows the job
+        (:func:`~jupyter_staging.kernel.progressbar.shows_by_default`).
         A job last seen in a final state (an up-to-date one, say) returns at once, without a request.
         Raises :class:`JobFailed` (with the job's error ``code`` and ``message``; code ``cancelled`` for a
         cancelled job) and :class:`TimeoutError` when ``timeout`` passes first.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        if progress and not self.done:
-            self._print_progress_until_done(deadline, timeout, poll)
+        if not self.done and (progressbar.shows_by_default() if progress is None else progress):
+            progressbar.follow(self, poll=poll, deadline=deadline, timeout=timeout)
         while not self.done:
             remaining = 3600.0 if deadline is None else max(0.0, deadline - time.monotonic())
             self._data = self._backend.wait(self.id, timeout=min(remaining, 3600.0), poll=poll)
@@ -227,17 +238,6 @@ class Job:
         if self.state in ("failed", "cancelled"):
             raise JobFailed(self)
         return self
-
-    def _print_progress_until_done(self, deadline: float | None, timeout: float | None, poll: float) -> None:
-        """Rewrite ``name: progress`` on stdout every ``poll`` seconds until the job ends (then end the
-        line); :class:`TimeoutError` at ``deadline`` (a ``time.monotonic()`` value)."""
-        while not self.refresh().done:
-            print(f"\r{self.name}: {progress_text(self._data)}", end="", flush=True)
-            if deadline is not None and time.monotonic() >= deadline:
-                print()
-                raise TimeoutError(f"job {self.name!r} ({self.id}) still {self.state} after {timeout} s")
-            time.sleep(poll)
-        print(f"\r{self.name}: {progress_text(self._data)}", flush=True)
 
     def pause(self) -> Job:
         """Pause the job at its next block, keeping partial files. Raises :class:`InvalidState` for a

@@ -22,7 +22,9 @@ there is one, and runs in-process otherwise. Staging errors are shown as one lin
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -136,7 +138,7 @@ class StagingMagics(Magics):
         """
         if cell is not None:
             return self._stage_manifest(line, cell)
-        args = parse_argstring(self.stage, line)
+        args = parse_options(self.stage, line)
         try:
             if args.source == "jobs" and args.dest is None:
                 if has_widget_frontend():
@@ -147,7 +149,8 @@ class StagingMagics(Magics):
                 return getattr(job, args.source)()
             job = api.stage(args.source, args.dest, **_stage_options(args))
             if args.wait:
-                return _wait(job, args.timeout)
+                job = _wait(job, args.timeout)
+                _print_notices(job)
             return job
         except JobFailed as err:
             raise UsageError(
@@ -157,13 +160,14 @@ class StagingMagics(Magics):
             raise UsageError(f"staging error [{err.code}]: {err.message}") from None
 
     def _stage_manifest(self, line: str, cell: str) -> Any:
-        args = parse_argstring(_cell_arguments, line)
+        args = parse_options(_cell_arguments, line)
         entries = parse_manifest(cell)
         try:
             job = api.stage(entries, args.dest, **_stage_options(args))
             if not args.wait:
                 return job
             job = _wait(job, args.timeout)
+            _print_notices(job)
             return job.paths if job.state == "succeeded" else job
         except JobFailed as err:
             hint = ""
@@ -190,6 +194,25 @@ class StagingMagics(Magics):
 def _cell_arguments(line: str, cell: str) -> None:
     """%%stage [DEST] [options], then one `name: source` (or `name: {source: ..., checksum: sha256:...}`)
     per line (YAML) or a JSON object."""
+
+
+def parse_options(magic: Callable[..., Any], line: str) -> argparse.Namespace:
+    """``line`` parsed by ``magic``'s arguments (``parse_argstring``). A mistyped option gets a "did you
+    mean": ``unrecognized arguments: --to-parqet (did you mean --to-parquet?)``, one line, as a
+    :class:`UsageError`."""
+    try:
+        return parse_argstring(magic, line)
+    except UsageError as err:
+        message = str(err)
+        if "unrecognized arguments" not in message:
+            raise
+        known = sorted(set(re.findall(r"--[a-z][a-z-]*", magic.parser.format_usage())))  # type: ignore[attr-defined]
+        hints = []
+        for typed in re.findall(r"--?[A-Za-z][\w-]*", message.split(":", 1)[-1]):
+            close = difflib.get_close_matches(typed.split("=", 1)[0], known, n=1, cutoff=0.6)
+            if close:
+                hints.append(f"{typed}: did you mean {close[0]}?")
+        raise UsageError(f"{message} ({'; '.join(hints)})" if hints else message) from None
 
 
 def parse_manifest(text: str) -> dict[str, str | dict[str, str]]:
@@ -247,6 +270,15 @@ def _stage_options(args: Any) -> dict[str, Any]:
     hdu = int(args.hdu) if args.hdu is not None and args.hdu.lstrip("-").isdigit() else args.hdu
     if args.refresh and args.if_exists == "error":
         raise UsageError("--refresh contradicts --if-exists error; pass one of them")
+    if not args.to_parquet:
+        typed = [
+            flag for flag, value in (("--chunk-rows", args.chunk_rows), ("--hdu", hdu)) if value is not None
+        ]
+        if args.compression != "zstd":
+            typed.append("--compression")
+        if typed:
+            what = " and ".join(typed)
+            raise UsageError(f"{what} apply to conversions; add --to-parquet")
     return {
         "method": args.method,
         "to_parquet": args.to_parquet,
@@ -262,10 +294,17 @@ def _stage_options(args: Any) -> dict[str, Any]:
     }
 
 
+def _print_notices(job: Job) -> None:
+    """Print what the user should know about a finished job that is not an error (one line each)."""
+    for notice in job.notices:
+        print(f"note: {notice}")
+
+
 def _wait(job: Job, timeout: float | None) -> Job:
-    """Wait for ``job``; on a timeout or an interrupt, say so and hand the still-running job back."""
+    """Wait for ``job`` (a progress bar on stderr in a terminal; in a notebook, its widget shows it); on a
+    timeout or an interrupt, say so and hand the still-running job back."""
     try:
-        return job.wait(timeout=timeout, progress=not has_widget_frontend())
+        return job.wait(timeout=timeout)
     except TimeoutError:
         print(f"job {job.name!r} ({job.id}) is still {job.state} after {timeout} s; it keeps running")
     except KeyboardInterrupt:
@@ -273,4 +312,4 @@ def _wait(job: Job, timeout: float | None) -> Job:
     return job
 
 
-__all__ = ["StagingMagics", "parse_manifest"]
+__all__ = ["StagingMagics", "parse_manifest", "parse_options"]

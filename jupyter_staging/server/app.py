@@ -205,7 +205,7 @@ def parse_source_roots(value: str | Iterable[str]) -> list[str]:
     (this trait's validator) and ``jupyter staging doctor`` (through the same trait) read it with this
     one function.
 
-    Raises :class:`ValueError` for a list literal that does not parse or holds something other than text.
+    Raises :class:`ValueError` for a text starting with ``[`` that is not a list literal of texts.
     """
     texts = [value] if isinstance(value, str) else list(value)
     roots: list[str] = []
@@ -220,7 +220,7 @@ def parse_source_roots(value: str | Iterable[str]) -> list[str]:
 
 def _split_roots(text: str) -> list[str]:
     """One text of :func:`parse_source_roots`: a list literal, else ``os.pathsep``-separated paths."""
-    if not (text.startswith("[") and text.endswith("]")):
+    if not text.startswith("["):
         return [part.strip() for part in text.split(os.pathsep)]
     try:
         items = json.loads(text)

@@ -1,0 +1,99 @@
+"""What a user reads when something goes wrong or needs saying: one line, said once, naming the flag or
+option typed, with "did you mean"; hints that name what exists; a notice when a conversion did not apply
+(issue 13). Real IPython shells, a local engine, a closed port on 127.0.0.1, the shipped mission data."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+from IPython.core.error import UsageError
+
+import jupyter_staging
+from jupyter_staging.clouds.http import describe_error, error_detail
+from tests.helpers.data import KEPLER, SHARED_DATA
+from tests.helpers.net import free_port
+
+ROSAT = SHARED_DATA / "allsky_rosat.fits"  # an image, no table
+
+
+def test_unreachable_url_is_one_clean_line_said_once(shell, capfd):
+    url = f"https://127.0.0.1:{free_port()}/x"  # nothing listens there
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic("stage", f"{url} --wait")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("staging error [transfer_failed]: cannot reach")
+    assert "connection refused" in message
+    for internal in ("NewConnectionError", "HTTPSConnection", "urllib3", "Errno", "object at 0x"):
+        assert internal not in message
+    out, err = capfd.readouterr()
+    assert "connection refused" not in out + err.lower(), "the error was printed besides the UsageError"
+
+
+def test_describe_error_summarises_and_error_detail_keeps_the_cause():
+    try:
+        requests.get(f"http://127.0.0.1:{free_port()}/x?X-Amz-Signature=secret123", timeout=5)
+    except requests.RequestException as exc:
+        assert describe_error(exc) == "connection refused"
+        detail = error_detail(exc)
+        assert detail.startswith("NewConnectionError: ") and "Connection refused" in detail
+        assert "secret123" not in detail and "HTTPConnection(" not in detail
+    else:
+        pytest.fail("a closed port answered")
+
+
+def test_conversion_options_without_to_parquet_name_the_flags(shell):
+    with pytest.raises(UsageError, match=r"^--chunk-rows apply to conversions; add --to-parquet$"):
+        shell.run_line_magic("stage", f"{KEPLER} --chunk-rows 100")
+    with pytest.raises(UsageError, match=r"^--chunk-rows and --hdu apply to conversions; add --to-parquet$"):
+        shell.run_line_magic("stage", f"{KEPLER} --chunk-rows 100 --hdu 1")
+    with pytest.raises(UsageError) as info:
+        shell.run_cell_magic("stage", "out --hdu 1", "a: /x\n")
+    assert "--hdu" in str(info.value) and "to_parquet=True" not in str(info.value)
+
+
+def test_a_mistyped_option_gets_did_you_mean(shell):
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic("stage", f"{KEPLER} --to-parqet --wait")
+    assert str(info.value) == (
+        "unrecognized arguments: --to-parqet (--to-parqet: did you mean --to-parquet?)"
+    )
+    with pytest.raises(UsageError, match="did you mean --chunk-rows"):
+        shell.run_cell_magic("stage", "out --to-parquet --chunks-rows=5000", "a: /x\n")
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic("stage", f"{KEPLER} --zzzzzz")
+    assert "did you mean" not in str(info.value) and "--zzzzzz" in str(info.value)
+
+
+def test_partial_failure_hint_names_a_call_that_works(shell, tmp_path):
+    cell = f"good: {ROSAT}\nbad: {tmp_path / 'missing.fits'}\n"
+    with pytest.raises(UsageError) as info:
+        shell.run_cell_magic("stage", "inputs --wait", cell)
+    message = str(info.value)
+    assert "[partial]" in message and "\n" not in message
+    hint = message.split("the staged entries: ", 1)[1]
+    assert hint.startswith("jupyter_staging.get_job(")
+    paths = eval(hint, {"jupyter_staging": jupyter_staging})  # noqa: S307 - the hint, run as a user would
+    assert list(paths) == ["good"] and paths["good"].name == ROSAT.name
+
+
+def test_get_job_is_public_and_returns_the_job(shell):
+    job = shell.run_line_magic("stage", f"{ROSAT} --wait")
+    again = jupyter_staging.get_job(job.id)
+    assert isinstance(again, jupyter_staging.Job) and again.id == job.id and again.state == "succeeded"
+    assert "get_job" in jupyter_staging.__all__
+
+
+def test_to_parquet_on_an_image_succeeds_with_a_notice(shell, capsys):
+    job = shell.run_line_magic("stage", f"{ROSAT} --to-parquet --wait")
+    assert job.state == "succeeded"
+    expected = f"{ROSAT.name}: not a table: staged as it is"
+    assert job.notices == [expected]
+    assert f"note: {expected}" in capsys.readouterr().out.splitlines()
+    assert [p.name for p in job.paths] == [ROSAT.name]
+
+
+def test_a_table_converts_without_a_notice(shell, capsys):
+    job = shell.run_line_magic("stage", f"{KEPLER} --to-parquet --chunk-rows 5000 --wait")
+    assert job.notices == [] and "note:" not in capsys.readouterr().out
+    assert job.progress["output_bytes"] > 0 and job.progress["rows_done"] == 14_280
