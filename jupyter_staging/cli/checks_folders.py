@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from jupyter_staging.cli.model import FAIL, OK, WARN, Check, DoctorSettings, existing_ancestor
-from jupyter_staging.engine.describe import format_bytes
+from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.paths import resolve_destination
 

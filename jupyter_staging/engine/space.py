@@ -21,6 +21,7 @@ from jupyter_staging.destinations.registry import is_object_destination
 from jupyter_staging.engine.freshness import CHECK_CONCURRENCY
 from jupyter_staging.engine.models import ChunkState, JobState
 from jupyter_staging.engine.store import JobRecord, Store
+from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import InsufficientSpace
 from jupyter_staging.safety.paths import check_output_name
 from jupyter_staging.sources.base import SourceItem
@@ -79,21 +80,9 @@ def list_sources(sources: dict[str | None, str], *, source_roots: list[str] | No
     return listing
 
 
-def human_bytes(count: int) -> str:
-    """``count`` bytes in binary units: ``"512 B"``, ``"4.0 MiB"``, ``"1.5 TiB"``."""
-    if count < 1024:
-        return f"{count} B"
-    value = float(count)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):  # noqa: B007 - the unit reached is the one shown
-        value /= 1024
-        if value < 1024:
-            break
-    return f"{value:.1f} {unit}"
-
-
 def figure(count: int) -> str:
-    """``count`` bytes as shown in messages: ``"4194304 bytes (4.0 MiB)"``."""
-    return f"{count} bytes ({human_bytes(count)})"
+    """``count`` bytes as shown in messages: ``"4194304 bytes (4.19 MB)"``."""
+    return f"{count} bytes ({format_bytes(count)})"
 
 
 def free_bytes(path: Path) -> int:

@@ -170,9 +170,18 @@ def stage(
         stderr instead. An up-to-date job shows one line instead, ``up to date: <destination> (no
         bytes moved)`` (by default in IPython and Jupyter, not in scripts).
 
-    Returns the :class:`Job`. Raises :class:`StagingError` subclasses with a stable ``code``:
-    ``source_not_found``, ``path_not_allowed``, ``destination_exists``, ``invalid_request``...; with
-    ``wait``, :class:`JobFailed` or :class:`TimeoutError`.
+    Returns
+    -------
+    Job
+        The staged job.
+
+    Raises
+    ------
+    StagingError
+        Subclasses with a stable ``code``: ``source_not_found``, ``path_not_allowed``,
+        ``destination_exists``, ``invalid_request``...
+    JobFailed, TimeoutError
+        With ``wait``.
     """
     backend = default_backend()
     body = _request_body(source, destination, backend, method=method, cleanup_policy=cleanup_policy)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from jupyter_staging.engine.describe import format_bytes
+from jupyter_staging.engine.units import format_bytes
 
 __all__ = ["JobSummary", "format_bytes", "jobs_table_html", "progress_summary", "progress_text"]
 

@@ -25,6 +25,7 @@ from jupyter_staging.kernel.formatting import jobs_table_html, progress_summary
 from jupyter_staging.kernel.paths import chunk_paths, entry_paths, is_url
 
 if TYPE_CHECKING:
+    import astropy.table
     import pandas
     import pyarrow
     import pyarrow.dataset
@@ -303,6 +304,15 @@ class Job:
     def to_pandas(self, **kwargs: Any) -> pandas.DataFrame:
         """:meth:`to_arrow` as a ``pandas.DataFrame`` (``kwargs`` go to ``pyarrow.Table.to_pandas``)."""
         return self.to_arrow().to_pandas(**kwargs)
+
+    def to_table(self) -> astropy.table.QTable:
+        """:meth:`to_arrow` as an astropy ``QTable``: columns with units are ``Quantity`` (e.g.
+        ``PDCSAP_FLUX`` in ``electron / s``), nulls masked, FITS time columns as ``Time`` where the header
+        says how; ``meta`` holds the source's metadata. Same waiting and errors as :meth:`to_arrow`."""
+        # Deferred: astropy is heavy (about a second to import) and only needed here.
+        from jupyter_staging.kernel.tables import to_qtable
+
+        return to_qtable(self.to_arrow())
 
     def dataset(self) -> pyarrow.dataset.Dataset:
         """A ``pyarrow.dataset.Dataset`` over the job's Parquet chunk files, for filtered or lazy reads

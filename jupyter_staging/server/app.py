@@ -10,12 +10,15 @@ from pathlib import Path
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Float, Int, List, TraitError, Unicode, default, validate
+from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, validate
 from traitlets import Type as TypeTrait
 
 from jupyter_staging._version import __version__
+from jupyter_staging.engine.executors import DEFAULT_CONCURRENT_ITEMS
 from jupyter_staging.engine.manager import StagingManager
+from jupyter_staging.engine.models import JobState
 from jupyter_staging.server.handlers import default_handlers
+from jupyter_staging.server.keepalive import KeepAlive
 
 #: Environment variables the extension sets for the kernels its server starts, so that ``%stage`` finds
 #: this server with no configuration (kernels inherit the server's environment).
@@ -111,6 +114,35 @@ class StagingApp(ExtensionApp):
         it is refused with ``insufficient_space`` (409). Default 0: no quota.""",
     ).tag(config=True)
 
+    concurrent_items = Int(
+        DEFAULT_CONCURRENT_ITEMS,
+        min=1,
+        help="""Items (files of a folder, entries of a manifest, objects of a prefix) one job stages at once,
+        sharing its connection pools. Many small files are then limited by the storage, not by one
+        round trip after another.""",
+    ).tag(config=True)
+
+    keep_alive_while_staging = Bool(
+        True,
+        help="""While a job of this server is queued or running, report the server as active to JupyterHub,
+        so jupyterhub-idle-culler does not stop it in the middle of a job (kernels and terminals do the
+        same for their own activity).""",
+    ).tag(config=True)
+
+    max_keep_alive_seconds = Int(
+        24 * 3600,
+        min=0,
+        help="""Longest time (seconds) jobs alone keep the server active without a break; after it the idle
+        culler may stop the server even though a job still runs. 0: no limit.""",
+    ).tag(config=True)
+
+    keep_alive_interval = Float(
+        30.0,
+        min=0.1,
+        help="""Seconds between two keep-alive checks (one small database query each). JupyterHub reads the
+        activity every $JUPYTERHUB_ACTIVITY_INTERVAL seconds (300 by default).""",
+    ).tag(config=True)
+
     owner = Unicode(
         help="""Name recorded as the owner of jobs (default: the JupyterHub user or the
         account running the server)."""
@@ -155,6 +187,7 @@ class StagingApp(ExtensionApp):
             secret_key_file=self.secret_key_file or None,
             min_free_bytes=self.min_free_bytes,
             quota_bytes=self.quota_bytes,
+            concurrent_items=self.concurrent_items,
         )
         self.settings.update({"staging_manager": self.manager, "staging_owner": self.owner})
         self.log.info("jupyter_staging %s: jobs in %s", __version__, _safe_url(self.db_url))
@@ -169,6 +202,20 @@ class StagingApp(ExtensionApp):
         if resumed:
             self.log.info("jupyter_staging: resumed %d job(s) after restart", len(resumed))
         self._export_env(serverapp)
+        if self.keep_alive_while_staging:
+            self.keep_alive = KeepAlive(
+                serverapp.web_app.settings,
+                self._has_active_jobs,
+                interval_seconds=self.keep_alive_interval,
+                max_seconds=self.max_keep_alive_seconds,
+            )
+            self.keep_alive.start()
+
+    def _has_active_jobs(self) -> bool:
+        """True when a job of this server's root is queued or running (one indexed query, one row)."""
+        active = [JobState.queued.value, JobState.running.value]
+        root = str(self.manager.root_dir)
+        return bool(self.manager.store.list_jobs(root=root, states=active, limit=1))
 
     def _export_env(self, serverapp) -> None:  # type: ignore[no-untyped-def]
         """Tell kernels started by this server where its staging API is (they inherit os.environ)."""
@@ -187,6 +234,9 @@ class StagingApp(ExtensionApp):
     async def stop_extension(self) -> None:
         import asyncio
 
+        keep_alive = getattr(self, "keep_alive", None)
+        if keep_alive is not None:
+            keep_alive.stop()
         manager = getattr(self, "manager", None)
         if manager is not None:
             await asyncio.to_thread(manager.stop)

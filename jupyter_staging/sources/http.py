@@ -236,9 +236,9 @@ class HTTPSource(Source):
                     return resp.headers, size, http_checksums(resp.headers, whole_body=whole)
                 self._raise_for_status(resp.status_code)
         except TRANSIENT_ERRORS as exc:
-            raise TransferFailed(f"cannot reach {self.safe_url}: {describe_error(exc)}") from None
+            raise TransferFailed(f"cannot reach {self.safe_url}: {describe_error(exc)}") from exc
         except requests.RequestException as exc:
-            raise TransferFailed(f"request to {self.safe_url} failed: {describe_error(exc)}") from None
+            raise TransferFailed(f"request to {self.safe_url} failed: {describe_error(exc)}") from exc
 
     def _raise_for_status(self, status: int) -> NoReturn:
         if status in (404, 410):

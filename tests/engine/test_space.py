@@ -18,7 +18,8 @@ import pytest
 
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
-from jupyter_staging.engine.space import Listing, SpaceLimits, figure, human_bytes
+from jupyter_staging.engine.space import Listing, SpaceLimits, figure
+from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import InsufficientSpace, NoSpace, as_staging_error, no_space_error
 from jupyter_staging.sources.base import SourceItem
 from tests.helpers.api import expect_error, post_job, wait_for
@@ -156,7 +157,7 @@ def test_admission_refuses_a_job_that_would_leave_less_than_min_free_bytes(root,
     assert info.value.code == "insufficient_space"
     assert info.value.status == 409
     message = info.value.message
-    assert f"{3 * MiB} bytes (3.0 MiB)" in message  # what the job needs
+    assert f"{3 * MiB} bytes (3.15 MB)" in message  # what the job needs
     assert "bytes are free" in message or " are free" in message  # what the disk has
     assert str(free + 10 * MiB) in message  # and the reserve
     assert not (root / "out").exists()
@@ -173,8 +174,8 @@ def test_admission_compares_with_the_file_system_of_the_destination(small, root,
         assert mgr.wait(job.id, timeout=60).state.value == "succeeded"
     finally:
         mgr.stop()
-    assert f"only {TMPFS_SIZE} bytes (4.0 MiB) are free" in info.value.message
-    assert f"{3 * MiB} bytes (3.0 MiB)" in info.value.message
+    assert f"only {TMPFS_SIZE} bytes (4.19 MB) are free" in info.value.message
+    assert f"{3 * MiB} bytes (3.15 MB)" in info.value.message
 
 
 def test_a_job_that_fits_runs_from_the_listing_made_at_admission(root, tmp_path, sources):
@@ -206,9 +207,9 @@ def test_quota_bounds_what_staged_output_may_hold(root, tmp_path, sources):
         mgr.stop()
     message = info.value.message
     assert info.value.code == "insufficient_space"
-    assert f"{3 * MiB} bytes (3.0 MiB)" in message
-    assert f"{6 * MiB} bytes (6.0 MiB)" in message  # already held
-    assert f"{8 * MiB} bytes (8.0 MiB)" in message  # the quota
+    assert f"{3 * MiB} bytes (3.15 MB)" in message
+    assert f"{6 * MiB} bytes (6.29 MB)" in message  # already held
+    assert f"{8 * MiB} bytes (8.39 MB)" in message  # the quota
     assert "StagingApp.quota_bytes" in message
 
 
@@ -262,10 +263,10 @@ def test_no_space_is_found_in_a_chain_and_in_a_libraries_message():
 
 
 def test_human_units():
-    assert human_bytes(512) == "512 B"
-    assert human_bytes(4 * MiB) == "4.0 MiB"
-    assert human_bytes(3 * 1024**5) == "3072.0 TiB"
-    assert figure(1536) == "1536 bytes (1.5 KiB)"
+    assert format_bytes(512) == "512 B"
+    assert format_bytes(4 * MiB) == "4.19 MB"
+    assert format_bytes(3 * 1000**5) == "3.00 PB"
+    assert figure(1536) == "1536 bytes (1.54 kB)"
 
 
 def test_an_unknown_size_checks_only_the_known_part(tmp_path):
