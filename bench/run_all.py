@@ -7,6 +7,7 @@ shared machine's timings are evidence, not a test). Usage::
     .venv/bin/python bench/run_all.py               # modest defaults
     .venv/bin/python bench/run_all.py --full        # the sizes of the issue: 2 GiB copy x5, 500 MB CSV x5
     .venv/bin/python bench/run_all.py --smoke       # tiny sizes: only checks that everything runs
+    .venv/bin/python bench/run_all.py --scale       # only many small files: 200, 2,000 and 20,000 files
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from benchlib import BENCH_DIR, WORK, machine
 GOAL_COPY = 0.95  # engine ≥ 0.95x cp+fsync
 GOAL_CONVERT = 0.90  # ours ≥ 0.9x bare pyarrow
 GOAL_RSS = 1.5  # peak RSS grows < 1.5x while the input grows ~10x ("flat")
+GOAL_SCALE_COPY = 1.0  # 2,000 x 64 KiB copy job ≥ 1.0x cp -r + fsync of each file
+GOAL_SCALE_LINKS = 10_000  # hardlink job ≥ 10,000 files/s
+GOAL_SCALE_FLAT = 0.9  # files/s of the largest count ≥ 0.9x that of the one before
 
 
 def run(script: str, args: list[str], out: Path) -> dict | None:
@@ -40,109 +44,187 @@ def verdict(ok: bool) -> str:
     return "meets goal" if ok else "BELOW goal"
 
 
+def scale_rows(scale: dict) -> list[tuple[str, str, str, str]]:
+    """Summary rows of ``bench_scale.py``: per count, the copy and hardlink ratios and files/s."""
+    rows = []
+    for r in scale["counts"]:
+        fps, n = r["files_per_s"], r["count"]
+        goal = n == 2000
+        rows.append(
+            (
+                f"{n} small files: copy / cp -r+fsync",
+                f"{r['ratios']['engine copy']:.2f}x",
+                f"engine {fps['engine copy']:.0f} files/s, cp -r+fsync {fps['cp -r+fsync']:.0f} files/s",
+                f"≥ {GOAL_SCALE_COPY}x: {verdict(r['ratios']['engine copy'] >= GOAL_SCALE_COPY)}"
+                if goal
+                else "information",
+            )
+        )
+        rows.append(
+            (
+                f"{n} small files: hardlink files/s",
+                f"{fps['engine hardlink']:.0f}",
+                f"cp -al {fps['cp -al']:.0f} files/s ({r['ratios']['engine hardlink']:.3f}x)",
+                f"≥ {GOAL_SCALE_LINKS}: {verdict(fps['engine hardlink'] >= GOAL_SCALE_LINKS)}"
+                if goal
+                else "information",
+            )
+        )
+    for name, ratio in (scale.get("flatness") or {}).items():
+        rows.append(
+            (
+                f"{name}: files/s largest / previous count",
+                f"{ratio:.2f}x",
+                "flat is 1.0x",
+                f"≥ {GOAL_SCALE_FLAT}x: {verdict(ratio >= GOAL_SCALE_FLAT)}",
+            )
+        )
+    return rows
+
+
+#: Arguments of each benchmark by size: smoke, modest (the default), full (the issue's sizes).
+SIZES = {
+    "smoke": {
+        "copy": ["--size-mib", "64", "--reps", "2"],
+        "convert": ["--size-mb", "20", "--reps", "2"],
+        "rss": ["--csv-mb", "20", "60", "--fits-mb", "20", "60"],
+        "scale": ["--counts", "50", "200", "--reps", "2"],
+    },
+    "modest": {
+        "copy": ["--size-mib", "1024", "--reps", "5"],
+        "convert": ["--size-mb", "200", "--reps", "3"],
+        "rss": ["--csv-mb", "200", "2000", "--fits-mb", "100", "1000"],
+        "scale": ["--counts", "200", "2000", "--reps", "3"],
+    },
+    "full": {
+        "copy": ["--size-mib", "2048", "--reps", "5"],
+        "convert": ["--size-mb", "500", "--reps", "5"],
+        "rss": ["--csv-mb", "200", "2000", "--fits-mb", "100", "1000"],
+        "scale": ["--counts", "200", "2000", "20000", "--reps", "3"],
+    },
+}
+SCRIPTS = {
+    "copy": "bench_copy.py",
+    "convert": "bench_convert.py",
+    "rss": "bench_rss.py",
+    "scale": "bench_scale.py",
+}
+
+Row = tuple[str, str, str, str]
+
+
+def copy_rows(copy: dict) -> list[Row]:
+    ms = copy["median_s"]
+    rows = [
+        (
+            f"copy {copy['size_mib']} MiB: cp+fsync / engine",
+            f"{copy['ratio_cp_fsync']:.2f}x",
+            f"engine {ms['engine']:.2f} s, cp+fsync {ms['cp+fsync']:.2f} s",
+            f"≥ {GOAL_COPY}x: {verdict(copy['ratio_cp_fsync'] >= GOAL_COPY)}",
+        )
+    ]
+    if "ratio_cp_plain" in copy:
+        rows.append(
+            (
+                "copy: cp (no fsync) / engine",
+                f"{copy['ratio_cp_plain']:.2f}x",
+                f"cp {ms['cp']:.2f} s",
+                "information",
+            )
+        )
+    if "ratio_listener" in copy:
+        r = copy["ratio_listener"]
+        rows.append(
+            (
+                "copy: no listener / with listener",
+                f"{r:.3f}x",
+                f"overhead {100 * (1 / r - 1):+.1f} %",
+                "information",
+            )
+        )
+    return rows
+
+
+def convert_rows(convert: dict) -> list[Row]:
+    ms = convert["median_s"]
+    rows = []
+    for name, r in convert["ratios"].items():
+        goal = f"≥ {GOAL_CONVERT}x: {verdict(r >= GOAL_CONVERT)}" if name == "pyarrow" else "information"
+        rows.append(
+            (
+                f"convert {convert['size_mb']} MB CSV: {name} / ours",
+                f"{r:.2f}x",
+                f"ours {ms['ours']:.2f} s, {name} {ms[name]:.2f} s; size "
+                f"{convert['bytes']['ours'] / convert['bytes'][name]:.2f}x",
+                goal,
+            )
+        )
+    return rows
+
+
+def rss_rows(rss: dict) -> list[Row]:
+    rows = []
+    for kind in ("csv", "fits"):
+        series = rss.get(kind) or []
+        summary = next((s for s in series if "rss_ratio" in s), None)
+        points = [s for s in series if "vmhwm_mib" in s]
+        if summary is None or len(points) < 2:
+            continue
+        a = summary["above_imports_ratio"]
+        rows.append(
+            (
+                f"rss {kind} {points[-1]['size_mb']:.0f} MB / {points[0]['size_mb']:.0f} MB "
+                f"(input {summary['input_ratio']:.1f}x)",
+                f"{summary['rss_ratio']:.2f}x",
+                f"peak {points[0]['vmhwm_mib']:.0f} -> {points[-1]['vmhwm_mib']:.0f} MiB; above "
+                f"imports {a:.2f}x",
+                f"flat (< {GOAL_RSS}x): {verdict(summary['rss_ratio'] < GOAL_RSS)}",
+            )
+        )
+    return rows
+
+
+ROWS = {"copy": copy_rows, "convert": convert_rows, "rss": rss_rows, "scale": scale_rows}
+
+
+def plan(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The sizes to run (a key of :data:`SIZES`) and the benchmarks to skip."""
+    if args.scale:
+        return "full", [n for n in SCRIPTS if n != "scale"]
+    return ("smoke" if args.smoke else "full" if args.full else "modest"), list(args.skip)
+
+
+def print_rows(rows: list[Row]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(4)] if rows else [0] * 4
+    for r in rows:
+        print("  " + "  ".join(col.ljust(w) for col, w in zip(r, widths, strict=True)).rstrip())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--full", action="store_true", help="the issue's sizes (about 30 minutes)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the scripts run (~1 minute)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=("copy", "convert", "rss"))
+    ap.add_argument("--scale", action="store_true", help="only bench_scale: 200, 2,000 and 20,000 files")
+    ap.add_argument("--skip", nargs="*", default=[], choices=tuple(SCRIPTS))
     args = ap.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    if args.smoke:
-        copy_args = ["--size-mib", "64", "--reps", "2"]
-        convert_args = ["--size-mb", "20", "--reps", "2"]
-        rss_args = ["--csv-mb", "20", "60", "--fits-mb", "20", "60"]
-    elif args.full:
-        copy_args = ["--size-mib", "2048", "--reps", "5"]
-        convert_args = ["--size-mb", "500", "--reps", "5"]
-        rss_args = ["--csv-mb", "200", "2000", "--fits-mb", "100", "1000"]
-    else:
-        copy_args = ["--size-mib", "1024", "--reps", "5"]
-        convert_args = ["--size-mb", "200", "--reps", "3"]
-        rss_args = ["--csv-mb", "200", "2000", "--fits-mb", "100", "1000"]
-    label = "smoke" if args.smoke else "full" if args.full else "modest"
-    print(f"# run_all ({label} sizes): {machine()}")
-    copy = None if "copy" in args.skip else run("bench_copy.py", copy_args, WORK / "copy.json")
-    convert = None if "convert" in args.skip else run("bench_convert.py", convert_args, WORK / "convert.json")
-    rss = None if "rss" in args.skip else run("bench_rss.py", rss_args, WORK / "rss.json")
-
-    rows: list[tuple[str, str, str, str]] = []
-    failed = False
-    if copy:
-        ms = copy["median_s"]
-        rows.append(
-            (
-                f"copy {copy['size_mib']} MiB: cp+fsync / engine",
-                f"{copy['ratio_cp_fsync']:.2f}x",
-                f"engine {ms['engine']:.2f} s, cp+fsync {ms['cp+fsync']:.2f} s",
-                f"≥ {GOAL_COPY}x: {verdict(copy['ratio_cp_fsync'] >= GOAL_COPY)}",
-            )
-        )
-        if "ratio_cp_plain" in copy:
-            rows.append(
-                (
-                    "copy: cp (no fsync) / engine",
-                    f"{copy['ratio_cp_plain']:.2f}x",
-                    f"cp {ms['cp']:.2f} s",
-                    "information",
-                )
-            )
-        if "ratio_listener" in copy:
-            r = copy["ratio_listener"]
-            rows.append(
-                (
-                    "copy: no listener / with listener",
-                    f"{r:.3f}x",
-                    f"overhead {100 * (1 / r - 1):+.1f} %",
-                    "information",
-                )
-            )
-    elif "copy" not in args.skip:
-        failed = True
-    if convert:
-        ms = convert["median_s"]
-        for name, r in convert["ratios"].items():
-            goal = f"≥ {GOAL_CONVERT}x: {verdict(r >= GOAL_CONVERT)}" if name == "pyarrow" else "information"
-            rows.append(
-                (
-                    f"convert {convert['size_mb']} MB CSV: {name} / ours",
-                    f"{r:.2f}x",
-                    f"ours {ms['ours']:.2f} s, {name} {ms[name]:.2f} s; size "
-                    f"{convert['bytes']['ours'] / convert['bytes'][name]:.2f}x",
-                    goal,
-                )
-            )
-    elif "convert" not in args.skip:
-        failed = True
-    if rss:
-        for kind in ("csv", "fits"):
-            series = rss.get(kind) or []
-            summary = next((s for s in series if "rss_ratio" in s), None)
-            points = [s for s in series if "vmhwm_mib" in s]
-            if summary is None or len(points) < 2:
-                continue
-            a = summary["above_imports_ratio"]
-            rows.append(
-                (
-                    f"rss {kind} {points[-1]['size_mb']:.0f} MB / {points[0]['size_mb']:.0f} MB "
-                    f"(input {summary['input_ratio']:.1f}x)",
-                    f"{summary['rss_ratio']:.2f}x",
-                    f"peak {points[0]['vmhwm_mib']:.0f} -> {points[-1]['vmhwm_mib']:.0f} MiB; above "
-                    f"imports {a:.2f}x",
-                    f"flat (< {GOAL_RSS}x): {verdict(summary['rss_ratio'] < GOAL_RSS)}",
-                )
-            )
-    elif "rss" not in args.skip:
-        failed = True
-
+    label, skip = plan(args)
+    print(f"# run_all ({'scale' if args.scale else label} sizes): {machine()}")
+    results = {
+        name: run(script, SIZES[label][name], WORK / f"{name}.json")
+        for name, script in SCRIPTS.items()
+        if name not in skip
+    }
+    rows: list[Row] = [row for name, res in results.items() if res for row in ROWS[name](res)]
+    failed = any(res is None for res in results.values())
     print(
         f"\n# summary ({time.perf_counter() - started:.0f}s in all; ratios are medians of interleaved "
         "runs; ≥ 1 means ours is as fast as the baseline)"
     )
-    widths = [max(len(r[i]) for r in rows) for i in range(4)] if rows else [0] * 4
-    for r in rows:
-        print("  " + "  ".join(col.ljust(w) for col, w in zip(r, widths, strict=True)).rstrip())
-    for name, res in (("copy", copy), ("convert", convert)):
+    print_rows(rows)
+    for name in ("copy", "convert", "scale"):
+        res = results.get(name)
         if res:
             print(f"# {name}: {res.get('cache', '')}; {res.get('load', '')}")
     return 1 if failed else 0

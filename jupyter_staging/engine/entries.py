@@ -52,7 +52,9 @@ class ManifestStager(ExpandingStager):
         items = {n: [self._load_item(d) for d in listed[n].get("items", [])] for n in names}
         self._ensure_entry_chunks(rec, names, listed, items)
         sizes = [i.size for n in names for i in items[n]]
-        fields: dict[str, Any] = {"bytes_total": None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)}
+        fields: dict[str, Any] = {
+            "bytes_total": None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
+        }
         chunks = self.store.list_chunks(self.job_id)
         if rec.convert is None and not self._expands():
             fields["chunks_total"] = len(chunks)

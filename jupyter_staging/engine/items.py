@@ -134,7 +134,7 @@ class ItemStager:
     def _chunk_ready(self, chunk: ChunkRecord, **fields: Any) -> None:
         """Mark ``chunk`` ready now (one transaction with any records waiting) and announce the job."""
         self.ledger.ready(chunk.id, {**fields, "state": ChunkState.ready.value})
-        rec = self._flush_chunks(force=True)
+        rec = self._flush_chunks(force=True, load_job=True)
         if rec is not None:
             self.host.announce(rec)
 
@@ -145,13 +145,18 @@ class ItemStager:
         if self.ledger.due():
             self._flush_chunks()
 
-    def _flush_chunks(self, *, force: bool = False, **job_fields: Any) -> JobRecord | None:
+    def _flush_chunks(
+        self, *, force: bool = False, load_job: bool = False, **job_fields: Any
+    ) -> JobRecord | None:
         """Write what waits in the ledger when due (always with ``force``) in one transaction, with the
         job's ``chunks_done`` and ``job_fields``; folders holding new links are fsynced first. Returns the
-        job as written, or None when nothing was written."""
+        job as written with ``load_job``, else None (also when nothing was written)."""
         if not force and not self.ledger.due():
             return None
-        with self._flush_lock:
+        # A due flush skips when another thread is writing (what waits goes with the next one).
+        if not self._flush_lock.acquire(blocking=force):
+            return None
+        try:
             batch = self.ledger.take()
             if batch.empty and not job_fields:
                 return None
@@ -161,11 +166,13 @@ class ItemStager:
                 for folder in sorted(batch.folders):
                     self._sync_folder(folder)
                 rec = self.store.write_chunks(
-                    self.job_id, list(batch.new.values()), batch.updates, **job_fields
+                    self.job_id, list(batch.new.values()), batch.updates, load_job=load_job, **job_fields
                 )
             except BaseException:
                 self.ledger.restore(batch)
                 raise
+        finally:
+            self._flush_lock.release()
         if not force:
             self.host.report_progress(self.job_id)
         return rec

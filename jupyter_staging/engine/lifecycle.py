@@ -289,14 +289,21 @@ class JobLifecycle:
             live.last_flush = now
             live.rate = live.meter.sample(live.bytes_done, now)
             bytes_done, rows_done = live.bytes_done, live.rows_done
-        rec = self.store.set_job_fields(job_id, bytes_done=bytes_done, rows_done=rows_done)
-        if rec is not None:
-            if rec.requested in (JobState.paused.value, JobState.cancelled.value):
-                with self._lock:
-                    control = self._controls.get(job_id)
-                if control is not None and not control.interrupted:
-                    control.interrupt(rec.requested)
-            self.announce(rec)
+        row = self.store.set_job_fields(job_id, bytes_done=bytes_done, rows_done=rows_done)
+        if row is None:
+            return
+        if row["requested"] in (JobState.paused.value, JobState.cancelled.value):
+            with self._lock:
+                control = self._controls.get(job_id)
+            if control is not None and not control.interrupted:
+                control.interrupt(row["requested"])
+        with self._lock:
+            heard = bool(self._listeners)
+            self._done.notify_all()
+        if heard:  # the whole record (its resume data too) is read only when someone listens
+            rec = self.store.get_job(job_id)
+            if rec is not None:
+                self.announce(rec)
 
     def fail(self, job_id: str, error: StagingError | Exception) -> None:
         """End the job ``failed`` with the error's code: a :class:`StagingError`'s own, ``no_space`` for an

@@ -60,8 +60,8 @@ class StagingManager(JobLifecycle):
         Most bytes one archive or compressed file may expand to (``unpack`` / ``decompress``).
     concurrent_items:
         Files of one job staged at the same time (a job of many small files: each file's open, copy,
-        fsync and publish overlap with the others'); at least 1. Conversions and unpacking stay one item
-        at a time.
+        fsync and publish overlap with the others'); at least 1 (:class:`ValueError` otherwise).
+        Conversions and unpacking stay one item at a time.
     presign_expiry_seconds:
         Validity of the presigned GET URLs handed out for chunks in object storage, seconds (1 s - 7 days).
     secret_key_file:

@@ -50,10 +50,11 @@ CHUNK_BATCH = 1000
 class ChunkBatch:
     """Chunk records a :class:`ChunkLedger` hands over for one transaction.
 
-    ``new``: rows to insert by chunk id (column -> value), in order; ``updates``: ``{chunk id: {column: value}}`` applied after
-    the inserts; ``folders``: folders to fsync before the transaction (they hold new hard links or
-    symlinks, whose names must be durable before their chunks say ``ready``); ``chunks_done``: ready or
-    acked chunks of the job once the batch is written (None before the ledger was loaded)."""
+    ``new``: rows to insert by chunk id (column -> value), in order; ``updates``: ``{chunk id: {column:
+    value}}`` applied after the inserts; ``folders``: folders to fsync before the transaction (they hold
+    new hard links or symlinks, whose names must be durable before their chunks say ``ready``);
+    ``chunks_done``: ready or acked chunks of the job once the batch is written (None before the ledger
+    was loaded)."""
 
     new: dict[str, dict[str, Any]] = field(default_factory=dict)
     updates: dict[str, dict[str, Any]] = field(default_factory=dict)

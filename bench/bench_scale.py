@@ -1,0 +1,233 @@
+"""Folders of many small files through the real staging engine vs ``cp -r`` + fsync and ``cp -al``.
+
+For each count (default 200, 2,000 and 20,000 files of 64 KiB, random bytes), four candidates run
+interleaved (the order rotates every repetition), the page cache dropped before each run where permitted:
+
+- ``engine copy``: a :class:`jupyter_staging.engine.manager.StagingManager` job with ``method="copy"``
+  (through the manager directly, no HTTP): listing, per file a ``.part``, copy + sha256, fsync, publish,
+  chunk records in batches, ``manifest.json``, SQLite state changes. Timed from ``create()`` to the job's
+  ``finished_at``.
+- ``cp -r+fsync``: ``cp -r SRC DST`` then ``sync FILE...`` of every copied file (coreutils ``sync`` with
+  file arguments fsyncs each): the fair baseline, since the engine fsyncs every file too.
+- ``engine hardlink``: the same job with ``method="hardlink"`` (links, sha256 of each source file, one
+  fsync of the folder per batch).
+- ``cp -al``: ``cp -al SRC DST``.
+
+Printed per count: files/s (median), the ratios ``engine files/s / baseline files/s`` (median of the
+per-repetition ratios), CPU seconds (this process and its children, so the engine's threads and ``cp``)
+and peak RSS (``VmHWM`` of this process, reset before each engine run through ``/proc/self/clear_refs``;
+``cp``'s from ``RUSAGE_CHILDREN`` is not reliable, see README). The line is flat when files/s stays the
+same while the count grows 10x. Every engine run is checked: succeeded, one ready chunk per file, and the
+manifest's sha256 of every file equal to the source's. Usage::
+
+    .venv/bin/python bench/bench_scale.py --counts 200 2000 20000 --reps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchlib import WORK, CpuClock, MachineLoad, PageCache, interleaved, machine, med, rmtree
+
+from jupyter_staging.engine.manager import StagingManager
+from jupyter_staging.engine.models import CreateJob, JobState
+
+ROOT = WORK / "scale"
+CANDIDATES = ("engine copy", "cp -r+fsync", "engine hardlink", "cp -al")
+BASELINE = {"engine copy": "cp -r+fsync", "engine hardlink": "cp -al"}
+
+
+def make_source(count: int, size: int) -> tuple[Path, dict[str, str]]:
+    """``count`` files of ``size`` random bytes in ``ROOT/src-<count>-<size>``; returns the folder and
+    ``{name: sha256}``. Reused when present."""
+    folder = ROOT / f"src-{count}-{size}"
+    stamp = ROOT / f"src-{count}-{size}.json"
+    if folder.is_dir() and stamp.is_file():
+        sums = json.loads(stamp.read_text())
+        if len(sums) == count:
+            return folder, sums
+    rmtree(folder)
+    folder.mkdir(parents=True)
+    sums = {}
+    for i in range(count):
+        data = os.urandom(size)
+        name = f"tess-lc-{i:06d}.fits"
+        (folder / name).write_bytes(data)
+        sums[name] = hashlib.sha256(data).hexdigest()
+    stamp.write_text(json.dumps(sums))
+    os.sync()
+    return folder, sums
+
+
+def peak_rss_reset() -> None:
+    """Reset this process's ``VmHWM`` (Linux: ``5 > /proc/self/clear_refs``); ignored where refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5\n")
+    except OSError:
+        pass
+
+
+def peak_rss_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class EngineRun:
+    """Runs engine jobs of one source folder and checks them."""
+
+    def __init__(self, mgr: StagingManager, source: Path, sums: dict[str, str]) -> None:
+        self.mgr = mgr
+        self.source = source
+        self.sums = sums
+        self.rss: dict[str, list[float]] = {}
+
+    def __call__(self, method: str, dest: str) -> float:
+        peak_rss_reset()
+        started = time.time()
+        job, _ = self.mgr.create(CreateJob(source=str(self.source), destination=dest, method=method))
+        done = self.mgr.wait(job.id, timeout=3600)
+        self.rss.setdefault(method, []).append(peak_rss_mib())
+        if done.state != JobState.succeeded or done.finished_at is None:
+            raise SystemExit(f"engine {method} job did not succeed: {done.state} {done.error}")
+        seconds = done.finished_at.timestamp() - started
+        chunks = self.mgr.chunks(job.id, urls=False)
+        manifest = self.mgr.manifest(job.id)
+        if len(chunks) != len(self.sums) or any(c.state.value != "ready" for c in chunks):
+            raise SystemExit(f"engine {method}: {len(chunks)} chunks, not {len(self.sums)} ready ones")
+        if {o["path"]: o["sha256"] for o in manifest["objects"]} != self.sums:
+            raise SystemExit(f"engine {method}: the manifest's sha256 differ from the sources'")
+        return seconds
+
+
+def cp_fsync(src: Path, dst: Path) -> float:
+    """``cp -r`` then ``sync FILE...`` (fsync of each copied file), timed together."""
+    t0 = time.perf_counter()
+    subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
+    files = [str(p) for p in dst.iterdir()]
+    for i in range(0, len(files), 2000):  # keep each command line short
+        subprocess.run(["sync", *files[i : i + 2000]], check=True)
+    return time.perf_counter() - t0
+
+
+def cp_al(src: Path, dst: Path) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(["cp", "-al", str(src), str(dst)], check=True)
+    return time.perf_counter() - t0
+
+
+def bench_count(count: int, args: argparse.Namespace, cache: PageCache) -> dict:
+    source, sums = make_source(count, args.size_kib * 1024)
+    out = ROOT / "out"
+    rmtree(out)
+    out.mkdir(parents=True)
+    mgr = StagingManager(
+        ROOT,
+        db_url=f"sqlite:///{ROOT / f'jobs-{count}.sqlite'}",
+        sweep_interval=0,
+        concurrent_items=args.concurrent_items,
+    )
+    mgr.start()
+    engine = EngineRun(mgr, source, sums)
+    inputs = sorted(source.iterdir()) if cache.mode == "warm" or cache.failed else []
+    run_dirs: dict[str, Path] = {}
+
+    def target(name: str, rep: int) -> Path:
+        return out / f"{name.replace(' ', '_').replace('+', '_')}-{rep}"
+
+    def before(name: str, rep: int) -> None:
+        run_dirs[name] = target(name, rep)
+        cache.prepare(*inputs)
+
+    def after(name: str, rep: int) -> None:
+        rmtree(run_dirs[name])
+        os.sync()
+
+    candidates = {
+        "engine copy": lambda rep: engine("copy", run_dirs["engine copy"].relative_to(ROOT).as_posix()),
+        "cp -r+fsync": lambda rep: cp_fsync(source, run_dirs["cp -r+fsync"]),
+        "engine hardlink": lambda rep: engine(
+            "hardlink", run_dirs["engine hardlink"].relative_to(ROOT).as_posix()
+        ),
+        "cp -al": lambda rep: cp_al(source, run_dirs["cp -al"]),
+    }
+    cpu: dict[str, list[float]] = {}
+    print(f"\n## {count} files of {args.size_kib} KiB ({count * args.size_kib / 1024:.0f} MiB)", flush=True)
+    try:
+        times = interleaved(candidates, args.reps, before=before, after=after, cpu=cpu)
+    finally:
+        mgr.stop()
+        rmtree(out)
+        Path(ROOT / f"jobs-{count}.sqlite").unlink(missing_ok=True)
+    result: dict = {"count": count, "files_per_s": {}, "median_s": {}, "cpu_s": {}, "ratios": {}}
+    for name in CANDIDATES:
+        result["median_s"][name] = med(times[name])
+        result["files_per_s"][name] = count / med(times[name])
+        result["cpu_s"][name] = med(cpu[name])
+    for name, base in BASELINE.items():
+        result["ratios"][name] = med([b / c for b, c in zip(times[base], times[name], strict=True)])
+    result["peak_rss_mib"] = {f"engine {m}": max(v) for m, v in engine.rss.items()}
+    for name in CANDIDATES:
+        ratio = f"  {result['ratios'][name]:.2f}x {BASELINE[name]}" if name in BASELINE else ""
+        rss = result["peak_rss_mib"].get(name)
+        print(
+            f"  {name:16s} {result['files_per_s'][name]:10.0f} files/s  {result['median_s'][name]:7.2f} s  "
+            f"{result['cpu_s'][name]:6.2f} CPU-s" + (f"  peak RSS {rss:.0f} MiB" if rss else "") + ratio,
+            flush=True,
+        )
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--counts", type=int, nargs="+", default=[200, 2000, 20000], help="files per run")
+    ap.add_argument("--size-kib", type=int, default=64, help="size of each file (KiB)")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions of each candidate (interleaved)")
+    ap.add_argument("--concurrent-items", type=int, default=8, help="the engine's concurrent_items")
+    ap.add_argument("--cache", choices=("drop", "warm"), default="drop")
+    ap.add_argument("--keep", action="store_true", help="keep the generated sources")
+    ap.add_argument("--json", type=Path, help="write the figures here")
+    args = ap.parse_args(argv)
+    ROOT.mkdir(parents=True, exist_ok=True)
+    print(f"# bench_scale: {machine()}; concurrent_items={args.concurrent_items}", flush=True)
+    cache = PageCache(args.cache)
+    load = MachineLoad()
+    c0 = CpuClock.now()
+    results = [bench_count(count, args, cache) for count in args.counts]
+    summary: dict = {"counts": results, "cache": cache.describe(), "load": load.describe()}
+    print(f"\n# files/s by count (flat is the goal); {CpuClock.now() - c0:.0f} CPU-s in all")
+    print("  " + "".join(f"{name:>18s}" for name in ("count", *CANDIDATES)))
+    for r in results:
+        print("  " + f"{r['count']:>18d}" + "".join(f"{r['files_per_s'][n]:>18.0f}" for n in CANDIDATES))
+    if len(results) > 1:
+        first, last = results[-2], results[-1]
+        summary["flatness"] = {
+            name: last["files_per_s"][name] / first["files_per_s"][name] for name in BASELINE
+        }
+        print(
+            f"# {last['count']} vs {first['count']} files: "
+            + ", ".join(f"{n} {v:.2f}x" for n, v in summary["flatness"].items())
+        )
+    print(f"# {summary['cache']}\n# {summary['load']}")
+    if not args.keep:
+        for r in results:
+            rmtree(ROOT / f"src-{r['count']}-{args.size_kib * 1024}")
+            (ROOT / f"src-{r['count']}-{args.size_kib * 1024}.json").unlink(missing_ok=True)
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

@@ -1,0 +1,216 @@
+"""Jobs of many small files (issue 12): per-file database work is O(1) and batched, files are staged by a
+bounded pool per job, and a job killed (SIGKILL) between two batches converges when it resumes.
+
+The engine runs in this process (a real :class:`StagingManager` on threads, SQLite in ``tmp_path``); the
+killed run is a child Python process running the same engine on the same database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event
+
+from jupyter_staging.engine.executors import run_bounded
+from jupyter_staging.engine.manager import StagingManager
+from jupyter_staging.engine.models import CreateJob, JobState
+from jupyter_staging.errors import JobInterrupted, TransferFailed
+from tests.helpers.data import wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_files(folder: Path, count: int, size: int = 4096) -> dict[str, str]:
+    """``count`` files of ``size`` distinct bytes in ``folder``; returns ``{name: sha256}``."""
+    folder.mkdir(parents=True)
+    sums = {}
+    for i in range(count):
+        data = i.to_bytes(4, "big") * (size // 4)
+        (folder / f"lc-{i:05d}.fits").write_bytes(data)
+        sums[f"lc-{i:05d}.fits"] = hashlib.sha256(data).hexdigest()
+    return sums
+
+
+def manager_for(tmp_path: Path, **kwargs) -> StagingManager:
+    mgr = StagingManager(
+        tmp_path / "root", db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}", sweep_interval=0, **kwargs
+    )
+    mgr.start()
+    return mgr
+
+
+class StatementCounter:
+    """Counts the SQL statements a store's engine runs, by their first words and table."""
+
+    def __init__(self, mgr: StagingManager) -> None:
+        self.statements: list[str] = []
+        event.listen(mgr.store.engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, _conn, _cursor, statement: str, *_args) -> None:
+        self.statements.append(" ".join(statement.split()))
+
+    def count(self, prefix: str, table: str) -> int:
+        return sum(1 for s in self.statements if s.startswith(prefix) and table in s.split(" WHERE")[0])
+
+
+def staged_job(mgr: StagingManager, source: Path, dest: str, method: str) -> dict:
+    job, _ = mgr.create(CreateJob(source=str(source), destination=dest, method=method))
+    return mgr.wait(job.id, timeout=300).model_dump(mode="json")
+
+
+@pytest.mark.parametrize("method", ["copy", "hardlink"])
+def test_database_work_per_file_is_constant_and_batched(tmp_path: Path, method: str):
+    root = tmp_path / "root"
+    small, large = make_files(root / "small", 50), make_files(root / "large", 400)
+    mgr = manager_for(tmp_path)
+    try:
+        counts = {}
+        for name, files in (("small", small), ("large", large)):
+            counter = StatementCounter(mgr)
+            job = staged_job(mgr, root / name, f"out-{name}", method)
+            assert job["state"] == "succeeded", job
+            assert job["progress"]["chunks_done"] == job["progress"]["chunks_total"] == len(files)
+            event.remove(mgr.store.engine, "before_cursor_execute", counter._seen)
+            counts[name] = {
+                "chunk_selects": counter.count("SELECT", "staging_chunks"),
+                "job_updates": counter.count("UPDATE staging_jobs", "staging_jobs"),
+                "chunk_writes": counter.count("INSERT INTO staging_chunks", "staging_chunks")
+                + counter.count("UPDATE staging_chunks", "staging_chunks"),
+            }
+            chunks = mgr.chunks(job["id"])
+            assert {c.path: c.sha256 for c in chunks} == files
+            assert {c.state.value for c in chunks} == {"ready"}
+    finally:
+        mgr.stop()
+    # The job's chunks are listed a fixed number of times (start, completion), never once per file.
+    assert counts["large"]["chunk_selects"] == counts["small"]["chunk_selects"] <= 6, counts
+    # Chunk rows and the job row are written per batch (per progress interval), not per file.
+    assert counts["large"]["chunk_writes"] < 400 / 4, counts
+    assert counts["large"]["job_updates"] < 400 / 4, counts
+
+
+def test_hard_links_share_the_inode_and_the_manifest_has_every_sha256(tmp_path: Path):
+    files = make_files(tmp_path / "root" / "sector", 300)
+    mgr = manager_for(tmp_path)
+    try:
+        job = staged_job(mgr, tmp_path / "root" / "sector", "linked", "hardlink")
+        manifest = mgr.manifest(job["id"])
+    finally:
+        mgr.stop()
+    assert job["state"] == "succeeded", job
+    out = tmp_path / "root" / "linked"
+    for name in files:
+        assert (out / name).stat().st_ino == (tmp_path / "root" / "sector" / name).stat().st_ino
+    assert {o["path"]: o["sha256"] for o in manifest["objects"]} == files
+
+
+def test_concurrent_items_must_be_at_least_one(tmp_path: Path):
+    with pytest.raises(ValueError, match="concurrent_items"):
+        StagingManager(tmp_path, db_url=f"sqlite:///{tmp_path / 'j.sqlite'}", concurrent_items=0)
+
+
+def test_run_bounded_keeps_to_its_bound_and_stops_at_the_first_error():
+    running, peak, started = 0, 0, []
+    lock = threading.Lock()
+
+    def work(i: int) -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+            started.append(i)
+        time.sleep(0.01)
+        with lock:
+            running -= 1
+        if i == 20:
+            raise TransferFailed("item 20 failed")
+
+    with pytest.raises(TransferFailed, match="item 20"):
+        run_bounded(work, list(range(200)), 4)
+    assert peak == 4
+    assert 20 in started and len(started) < 40  # nothing new started once item 20 failed
+
+    slots = threading.BoundedSemaphore(2)
+    peak = 0
+    run_bounded(lambda i: work(i + 1000), list(range(40)), 8, slots=slots)
+    assert peak == 2
+
+
+def test_run_bounded_prefers_an_interruption_to_other_errors():
+    together = threading.Barrier(3, timeout=10)
+
+    def work(i: int) -> None:
+        together.wait()  # the three first items run at once; each fails
+        if i == 0:
+            raise TransferFailed("broken")
+        raise JobInterrupted("paused")
+
+    with pytest.raises(JobInterrupted):
+        run_bounded(work, list(range(10)), 3)
+
+
+CHILD = """
+import sys, time
+from jupyter_staging.engine.manager import StagingManager
+from jupyter_staging.engine.models import CreateJob
+mgr = StagingManager(sys.argv[1], db_url=sys.argv[2], sweep_interval=0)
+mgr.start()
+job, _ = mgr.create(CreateJob(source=sys.argv[3], destination="out", method=sys.argv[4]))
+print(job.id, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("method", ["copy", "hardlink", "symlink"])
+def test_killed_between_batches_then_resumed_converges(tmp_path: Path, method: str):
+    root = tmp_path / "root"
+    count = 3000
+    files = make_files(root / "sector", count)
+    db_url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(root), db_url, str(root / "sector"), method],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        job_id = child.stdout.readline().strip()
+        out = root / "out"
+        # Kill mid-job: some files are published, most are not.
+        wait_until(lambda: out.is_dir() and len(os.listdir(out)) >= 200, timeout=60)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    published = len([p for p in os.listdir(out) if not p.endswith(".part")])
+    assert published < count, "the job ended before the kill; nothing was tested"
+
+    mgr = manager_for(tmp_path)
+    try:
+        assert job_id in [j.id for j in mgr.list_jobs().jobs]
+        done = mgr.wait(job_id, timeout=300)
+        chunks = mgr.chunks(job_id)
+        manifest = mgr.manifest(job_id)
+        log = [line["message"] for line in mgr.job_log(job_id)]
+    finally:
+        mgr.stop()
+    assert done.state == JobState.succeeded, done
+    assert done.progress.chunks_done == done.progress.chunks_total == count
+    assert [c.index for c in chunks] == list(range(count))
+    assert {c.state.value for c in chunks} == {"ready"}
+    assert {c.path: c.sha256 for c in chunks} == files
+    assert {o["path"]: o["sha256"] for o in manifest["objects"]} == files
+    assert sorted(os.listdir(out)) == sorted([*files, "manifest.json"])
+    for name, digest in files.items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+        assert (out / name).is_symlink() == (method == "symlink")
+    assert any("stopped while this job ran" in line for line in log), json.dumps(log[-5:])
