@@ -28,6 +28,7 @@ from jupyter_staging.engine.placement import Placement, Placer, describe_changes
 from jupyter_staging.engine.records import dump_item
 from jupyter_staging.engine.space import Listing, SpaceLimits, list_sources
 from jupyter_staging.engine.store import JobRecord, Store, utcnow
+from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import InvalidRequest, PathNotAllowed, SourceNotFound
 from jupyter_staging.safety.paths import resolve_destination
 from jupyter_staging.safety.redact import redact_url
@@ -83,7 +84,7 @@ class Admitted:
     created: bool
     described: str
     placement: Placement | None = None
-    #: ``"3 file(s) to stage, 1024 bytes"`` when admission listed the sources for the space check and
+    #: ``"3 file(s) to stage, 1.02 kB"`` when admission listed the sources for the space check and
     #: handed the listing to the runner (which then does not list again); else None.
     listed: str | None = None
 
@@ -241,8 +242,7 @@ class Admission:
         rec.bytes_total = listing.exact_total
         if request.convert is None and not (request.unpack or request.decompress):
             rec.chunks_total = len(items)
-        total = rec.bytes_total if rec.bytes_total is not None else "?"
-        return f"{len(items)} file(s) to stage, {total} bytes"
+        return f"{len(items)} file(s) to stage, {format_bytes(rec.bytes_total)}"
 
     def _place(self, request: CreateJob, plan: SourcePlan, key: str) -> Placement:
         """The placement of a request into a local folder (checked: see :func:`resolve_destination`)."""

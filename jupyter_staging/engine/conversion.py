@@ -118,6 +118,7 @@ class ConvertingStager(ItemStager):
             control=CountedControl(self.control) if counted else self.control,
             start_index=len(existing),
             on_chunk=lambda info: self._record_part(out_dir, out_rel, info, entry, name),
+            root=self.dest.files.root,
         )
         return out_rel
 
@@ -235,7 +236,7 @@ class ConvertingStager(ItemStager):
             self.resume["converted"].append(item.name)
             self._save_resume()
         if downloaded is not None:
-            downloaded.unlink(missing_ok=True)
+            self.dest.files.unlink(downloaded)
             remove_tree_if_empty(downloaded.parent, work)
         if self.dest.remote:
             remove_tree_if_empty(out_dir, work)
@@ -252,7 +253,7 @@ class ConvertingStager(ItemStager):
                 self._log(
                     "info", f"{path.name}: published but not recorded before the stop; writing it again"
                 )
-                path.unlink()
+                self.dest.files.unlink(path)
 
     def _expect_chunks(self, path: Path, opts: dict[str, Any]) -> None:
         """Set ``chunks_total`` ahead of a FITS conversion from the table's NAXIS2 (rows)."""
@@ -304,7 +305,7 @@ class ConvertingStager(ItemStager):
         final = self.dest.workdir / item.name
         if downloaded is not None:
             if self.dest.remote and final.is_file():
-                downloaded.unlink()  # moved here by an earlier run that stopped before the upload
+                self.dest.files.unlink(downloaded)  # moved here by a run that stopped before the upload
             else:
                 self._publish_local(downloaded, final)
             size, sha = final.stat().st_size, sha256_file(final)

@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from jupyter_staging.clouds.http import error_detail
 from jupyter_staging.destinations.base import Destination
 from jupyter_staging.destinations.registry import open_destination
 from jupyter_staging.engine.cleanup import remove_job_output
@@ -309,7 +310,7 @@ class JobLifecycle:
         """End the job ``failed`` with the error's code: a :class:`StagingError`'s own, ``no_space`` for an
         :class:`OSError` saying the disk (or the disk quota) is full (``ENOSPC`` / ``EDQUOT``), else
         ``internal_error`` and the exception's type (its traceback, redacted, goes to this process's log
-        only)."""
+        only). A known error's technical cause (``__cause__``) is written to the job's log as one line."""
         known = as_staging_error(error)
         if known is not None:
             code, message = known.code, known.message
@@ -319,6 +320,9 @@ class JobLifecycle:
             log.error("staging job %s failed unexpectedly:\n%s", job_id, redact_text(text))
             code, message = "internal_error", f"unexpected error: {type(error).__name__}"
         message = redact_text(message)
+        if known is not None and error.__cause__ is not None:
+            # The one-line message is for people; the library's own words go to the job log only.
+            self.log_event(job_id, "info", f"cause: {redact_text(error_detail(error.__cause__))}")
         self.log_event(job_id, "error", f"failed: {message} ({code})")
         self.apply_cleanup_policy(job_id, JobState.failed)
         self.set_state(job_id, JobState.failed, error_code=code, error_message=message, requested=None)

@@ -172,9 +172,8 @@ class StagingManager(JobLifecycle):
             return self.describe(rec).model_copy(update={"up_to_date": True}), False
         if not admitted.created:
             return self.describe(rec), False
-        self.log_event(
-            rec.id, "info", f"job created: {admitted.described} -> {rec.destination} ({rec.method})"
-        )
+        where = rec.destination or "/ (server root)"
+        self.log_event(rec.id, "info", f"job created: {admitted.described} -> {where} ({rec.method})")
         if admitted.listed:
             self.log_event(rec.id, "info", admitted.listed)
         swap = (rec.resume or {}).get("swap")

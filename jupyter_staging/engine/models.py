@@ -121,7 +121,14 @@ class ConvertOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     format: Literal["parquet"] = "parquet"
-    chunk_rows: int = Field(default=100_000, ge=1, le=100_000_000, strict=True)
+    # The bounds a request may ask for (checked by CreateJob) are what the OpenAPI description states.
+    chunk_rows: int = Field(
+        default=100_000,
+        ge=1,
+        le=100_000_000,
+        strict=True,
+        json_schema_extra={"minimum": MIN_CHUNK_ROWS, "maximum": MAX_CHUNK_ROWS},
+    )
     compression: Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"] = "zstd"
     hdu: int | str | None = None
 
@@ -133,7 +140,8 @@ MAX_MANIFEST_ENTRIES = 1000
 #: Entry names refused because the job folder already uses them.
 RESERVED_ENTRY_NAMES = frozenset({"manifest.json"})
 #: An expected checksum: ``sha256:<64 hex>`` or ``md5:<32 hex>`` (hex in either case).
-CHECKSUM_RE = re.compile(r"(sha256:[0-9a-f]{64}|md5:[0-9a-f]{32})", re.IGNORECASE)
+CHECKSUM_PATTERN = r"^(sha256:[0-9a-fA-F]{64}|md5:[0-9a-fA-F]{32})$"
+CHECKSUM_RE = re.compile(CHECKSUM_PATTERN)
 #: What to do when the destination already holds a job's output (DESIGN.md, "Re-running a notebook").
 IfExists = Literal["reuse", "refresh", "error"]
 
@@ -155,7 +163,7 @@ class ManifestEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source: str = Field(min_length=1, max_length=8192)
-    checksum: str | None = None
+    checksum: str | None = Field(default=None, json_schema_extra={"pattern": CHECKSUM_PATTERN})
 
     @field_validator("checksum")
     @classmethod
@@ -192,8 +200,8 @@ class CreateJob(BaseModel):
     name: str | None = Field(default=None, max_length=255)
     idempotency_key: str | None = Field(default=None, max_length=255)
     cleanup_policy: CleanupPolicy = "retain"
-    ttl_seconds: int | None = Field(default=None, ge=1)
-    checksum: str | None = None
+    ttl_seconds: int | None = Field(default=None, ge=1, json_schema_extra={"maximum": MAX_TTL_SECONDS})
+    checksum: str | None = Field(default=None, json_schema_extra={"pattern": CHECKSUM_PATTERN})
     if_exists: IfExists = "reuse"
     unpack: bool = False
     decompress: bool = False

@@ -27,6 +27,7 @@ from jupyter_staging.engine.entries import ManifestStager, error_of
 from jupyter_staging.engine.models import ChunkState, JobState
 from jupyter_staging.engine.placement import swap_in
 from jupyter_staging.engine.store import ChunkRecord, JobRecord, utcnow
+from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import JobInterrupted, PartiallyStaged, StagingError
 from jupyter_staging.safety.paths import check_output_name
 from jupyter_staging.sources.base import SourceItem
@@ -147,8 +148,9 @@ class JobRunner(ManifestStager):
             self._swap_in(rec)
         if failures:
             assert entries is not None
-            self._raise_partial(entries, failures, f"{len(staged)} chunk(s), {total} bytes")
-        self._log("info", f"succeeded: {len(staged)} chunk(s), {total} bytes, {rows} rows; manifest written")
+            self._raise_partial(entries, failures, f"{len(staged)} chunk(s), {format_bytes(total)}")
+        summary = f"{len(staged)} chunk(s), {format_bytes(total)}, {rows} rows"
+        self._log("info", f"succeeded: {summary}; manifest written")
         self.host.apply_cleanup_policy(self.job_id, JobState.succeeded)
         self.host.set_state(self.job_id, JobState.succeeded)
 
@@ -169,7 +171,7 @@ class JobRunner(ManifestStager):
             with self._lock:
                 self.resume["items"] = [self._dump_item(i) for i in items]
                 rec = self.store.update_job(self.job_id, resume=copy.deepcopy(self.resume), **fields) or rec
-            self._log("info", f"{len(items)} file(s) to stage, {total if total is not None else '?'} bytes")
+            self._log("info", f"{len(items)} file(s) to stage, {format_bytes(total)}")
         if rec.convert is None and not self._expands():
             chunks = self._plain_chunks(items)
             self._transfer_all(source, rec.method, [(item, chunks[i]) for i, item in enumerate(items)])

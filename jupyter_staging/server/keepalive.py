@@ -81,8 +81,11 @@ class KeepAlive:
     def start(self) -> None:
         """Run :meth:`tick` now and then every ``interval_seconds`` on the current IOLoop."""
         self.tick()
-        self._callback = PeriodicCallback(self.tick, self.interval_seconds * 1000)
+        self._callback = PeriodicCallback(self._tick, self.interval_seconds * 1000)
         self._callback.start()
+
+    def _tick(self) -> None:
+        self.tick()
 
     def stop(self) -> None:
         """Stop the periodic callback."""

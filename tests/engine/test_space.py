@@ -189,7 +189,7 @@ def test_a_job_that_fits_runs_from_the_listing_made_at_admission(root, tmp_path,
         mgr.stop()
     assert done.state.value == "succeeded", done.error
     assert done.progress.chunks_total == 3
-    assert "3 file(s) to stage, 9437189 bytes" in log
+    assert "3 file(s) to stage, 9.44 MB" in log
     assert (root / "all" / "big.bin").read_bytes() == (sources / "big.bin").read_bytes()
 
 

@@ -28,6 +28,10 @@ def test_unreachable_url_is_one_clean_line_said_once(shell, capfd):
         assert internal not in message
     out, err = capfd.readouterr()
     assert "connection refused" not in out + err.lower(), "the error was printed besides the UsageError"
+    # The library's own words are kept, in the job's log only.
+    [job] = [j for j in jupyter_staging.list_jobs() if j.state == "failed"][-1:]
+    causes = [line["message"] for line in job.log() if line["message"].startswith("cause: ")]
+    assert causes and "NewConnectionError" in causes[0] and "Connection refused" in causes[0]
 
 
 def test_describe_error_summarises_and_error_detail_keeps_the_cause():
