@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.groups import require_azure_sdk, skip_group
 from tests.helpers.net import free_port
 from tests.helpers.servers import AZURITE_KEY, AzuriteServer, find_azurite
 
@@ -339,12 +340,10 @@ def test_extension_disabled_for_the_user_names_the_file_that_disables_it(setup):
 
 @pytest.fixture(scope="module")
 def azurite_for_doctor():
-    pytest.importorskip(
-        "azure.storage.blob", reason='azure-storage-blob is not installed: pip install ".[azure]"'
-    )
+    require_azure_sdk()
     command = find_azurite()
     if command is None:
-        pytest.skip("azurite-blob is not installed: run scripts/ci-azure-deps.sh")
+        skip_group("azure", "azurite-blob is not installed: run scripts/ci-azure-deps.sh")
     with AzuriteServer(command) as server:
         from azure.storage.blob import BlobServiceClient
 
@@ -397,7 +396,7 @@ def test_azure_configured_without_the_extra_says_what_to_install(setup):
 
 
 def test_azure_unreachable_endpoint(setup):
-    pytest.importorskip("azure.storage.blob", reason="azure-storage-blob is not installed")
+    require_azure_sdk()
     setup.env["AZURE_STORAGE_CONNECTION_STRING"] = (
         f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
         f"BlobEndpoint=http://127.0.0.1:{free_port()}/devstoreaccount1;"
@@ -421,7 +420,7 @@ def hub(tmp_path_factory):
 
     proxy = find_proxy()
     if proxy is None:
-        pytest.skip("configurable-http-proxy is not installed: run scripts/ci-hub-deps.sh")
+        skip_group("hub", "configurable-http-proxy is not installed: run scripts/ci-hub-deps.sh")
     hub = HubProcess(tmp_path_factory.mktemp("doctor-hub"), proxy=proxy)
     hub.start()
     try:
