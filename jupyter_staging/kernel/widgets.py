@@ -48,6 +48,8 @@ _STATE_COLOURS = {
     "cancelled": "#6d4c41",
     "expired": "#757575",
 }
+#: The mark the header of a job that ended starts with, so a glance at the notebook tells how it ended.
+_ENDING_MARKS = {"succeeded": "✓ ", "failed": "✗ "}
 _CHUNK_COLOURS = {"pending": "#e0e0e0", "ready": "#43a047", "acked": "#1e88e5", "expired": "#bdbdbd"}
 #: A chunk of a manifest entry that failed (it stays pending, with an ``error``).
 _FAILED_CHUNK_COLOUR = "#c62828"
@@ -257,9 +259,12 @@ class JobWidget(w.VBox):
 
     @staticmethod
     def _title_html(data: dict[str, Any], state: str) -> str:
+        """The header line: an outcome mark once the job ended (``✓`` succeeded, ``✗`` failed), the name,
+        the state as a coloured badge, then source → destination."""
         colour = _STATE_COLOURS.get(state, "#000")
+        mark = _ENDING_MARKS.get(state, "")
         return (
-            f"<b>{html.escape(str(data.get('name')))}</b> "
+            f"{mark}<b>{html.escape(str(data.get('name')))}</b> "
             f'<span style="color:#fff;background:{colour};padding:0 6px;border-radius:8px">'
             f"{state}</span> <code>{html.escape(str(data.get('source')))}</code> → "
             f"<code>{html.escape(str(data.get('destination')))}</code>"

@@ -3,7 +3,9 @@
  *
  * A "Staging" sidebar with the live job list and the "New staging job" form; a main-area view per job
  * (chunks and log); file-browser actions ("Stage here…", "Open in notebook as DataFrame"); commands in the
- * palette; settings for the form's defaults and the refresh policy.
+ * palette; settings for the form's defaults and the refresh policy; notifications when a job started
+ * here ends; shareable links (``lab?stage=<source>&dest=<folder>&to_parquet=1``) that open the form
+ * prefilled.
  */
 import {
   ILayoutRestorer,
@@ -11,7 +13,7 @@ import {
   type JupyterFrontEndPlugin
 } from '@jupyterlab/application';
 import { ICommandPalette, MainAreaWidget } from '@jupyterlab/apputils';
-import { PathExt } from '@jupyterlab/coreutils';
+import { PageConfig, PathExt } from '@jupyterlab/coreutils';
 import { IDefaultFileBrowser, IFileBrowserFactory, type FileBrowser } from '@jupyterlab/filebrowser';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
@@ -21,8 +23,10 @@ import { StagingClient } from './api';
 import { stagingIcon } from './icons';
 import { JobsModel } from './jobs';
 import { JobDetail } from './jobview';
+import { parseStagingLink, withoutStagingLink, type StagingLink } from './links';
 import { isParquetPath, parquetDatasets, type Compression } from './model';
 import { openAsDataFrame } from './notebook';
+import { JobNotifier } from './notify';
 import { CommandIDs, StagingPanel, type FormDefaults } from './panel';
 
 const PLUGIN_ID = 'jupyter-staging:plugin';
@@ -31,6 +35,7 @@ const CATEGORY = 'Staging';
 interface Settings extends FormDefaults {
   refreshInterval: number;
   liveUpdates: boolean;
+  notifications: boolean;
 }
 
 const DEFAULTS: Settings = {
@@ -38,7 +43,8 @@ const DEFAULTS: Settings = {
   chunkRows: 100000,
   compression: 'zstd',
   refreshInterval: 3,
-  liveUpdates: true
+  liveUpdates: true,
+  notifications: true
 };
 
 function readSettings(settings: ISettingRegistry.ISettings): Settings {
@@ -51,7 +57,8 @@ function readSettings(settings: ISettingRegistry.ISettings): Settings {
     chunkRows: get('chunkRows', DEFAULTS.chunkRows),
     compression: get<Compression>('compression', DEFAULTS.compression),
     refreshInterval: get('refreshInterval', DEFAULTS.refreshInterval),
-    liveUpdates: get('liveUpdates', DEFAULTS.liveUpdates)
+    liveUpdates: get('liveUpdates', DEFAULTS.liveUpdates),
+    notifications: get('notifications', DEFAULTS.notifications)
   };
 }
 
@@ -81,6 +88,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const { commands, shell } = app;
     const contents = app.serviceManager.contents;
     let settings: Settings = { ...DEFAULTS };
+    // A shareable link's values, read now (JupyterLab keeps the query on /lab until it routes).
+    const link = parseStagingLink(window.location.search);
 
     const model = new JobsModel({
       client: new StagingClient(app.serviceManager.serverSettings),
@@ -104,13 +113,25 @@ const plugin: JupyterFrontEndPlugin<void> = {
 
     // An empty destination lets the server choose staging/<name>, as %stage does (Stage Here… aims the
     // form at a folder instead).
-    const panel = new StagingPanel(model, commands, () => ({
-      destination: settings.destination,
-      chunkRows: settings.chunkRows,
-      compression: settings.compression
-    }));
+    const panel = new StagingPanel(
+      model,
+      commands,
+      () => ({
+        destination: settings.destination,
+        chunkRows: settings.chunkRows,
+        compression: settings.compression
+      }),
+      () => ({ baseUrl: PageConfig.getBaseUrl(), hubPrefix: PageConfig.getOption('hubPrefix') })
+    );
     shell.add(panel, 'left', { rank: 750, type: 'Staging' });
     restorer?.add(panel, panel.id);
+
+    new JobNotifier(
+      model,
+      commands,
+      { goToPath: 'filebrowser:go-to-path', openDataFrame: CommandIDs.openDataFrame },
+      () => settings.notifications
+    );
 
     const detailViews = new Map<string, MainAreaWidget<JobDetail>>();
 
@@ -235,7 +256,20 @@ const plugin: JupyterFrontEndPlugin<void> = {
       model.refreshInterval = settings.refreshInterval;
       model.liveUpdates = settings.liveUpdates;
     };
-    const start = () => void model.start();
+    const start = () => {
+      void model.start();
+      if (link) {
+        openLink(link);
+      }
+    };
+    /** The form prefilled from a shareable link; nothing is submitted until the user presses Stage. */
+    const openLink = (values: StagingLink) => {
+      shell.activateById(panel.id);
+      // No ``dest`` in the link: the reader's own default destination (the settings') applies.
+      const { destination, ...rest } = values;
+      panel.openForm(destination ? values : rest);
+      window.history.replaceState(window.history.state, '', withoutStagingLink(window.location.href));
+    };
     if (settingRegistry) {
       Promise.all([settingRegistry.load(PLUGIN_ID), app.restored])
         .then(([loaded]) => {

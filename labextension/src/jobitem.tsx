@@ -7,6 +7,7 @@
 import {
   closeIcon,
   infoIcon,
+  linkIcon,
   listIcon,
   pauseIcon,
   runIcon,
@@ -107,6 +108,8 @@ export interface JobItemProps {
   onCancel: (job: Job) => void;
   onRemove: (job: Job) => void;
   onDataFrame: (job: Job) => void;
+  /** Copy a shareable link that opens the form prefilled to stage the same source again. */
+  onCopyLink: (job: Job) => void;
 }
 
 /** The second line of a row: the error's first line, the up-to-date note, or the figures. */
@@ -152,7 +155,10 @@ function rowMeta(job: Job): string {
   return job.state === 'succeeded' || job.state === 'running' ? '' : job.state;
 }
 
-/** A row's actions, for its state: pause or resume, cancel, DataFrame (Parquet output only), log, remove. */
+/**
+ * A row's actions, for its state: pause or resume, cancel, DataFrame (Parquet output only), copy link,
+ * log, remove.
+ */
 function RowActions(props: JobItemProps): JSX.Element {
   const { job, busy } = props;
   const actions = actionsFor(job.state);
@@ -197,6 +203,13 @@ function RowActions(props: JobItemProps): JSX.Element {
           onClick={() => props.onDataFrame(job)}
         />
       )}
+      <IconButton
+        label="Copy link"
+        title="Copy a link that opens this form prefilled to stage the same source (nothing starts until Stage)"
+        icon={linkIcon}
+        className="jp-Staging-copyLink"
+        onClick={() => props.onCopyLink(job)}
+      />
       <IconButton
         label="Log"
         title="Open the job: chunks and log"

@@ -53,6 +53,11 @@ export class JobsModel implements IDisposable {
     return this._changed;
   }
 
+  /** Emitted with the answer to each ``POST /jobs`` this model made (a job started from this browser). */
+  get created(): ISignal<this, Job> {
+    return this._created;
+  }
+
   get state(): JobsState {
     return this._state;
   }
@@ -148,6 +153,7 @@ export class JobsModel implements IDisposable {
   async create(request: CreateJobRequest): Promise<Job> {
     const job = await this.client.createJob(request);
     this.dispatch({ type: 'created', job });
+    this._created.emit(job);
     return job;
   }
 
@@ -372,4 +378,5 @@ export class JobsModel implements IDisposable {
   private _parquetPending = new Set<string>();
   private _stateDB: IStateDB | null;
   private _changed = new Signal<this, void>(this);
+  private _created = new Signal<this, Job>(this);
 }

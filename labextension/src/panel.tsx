@@ -1,5 +1,5 @@
 /** The "Staging" sidebar: connection status, the "New staging job" form and the live job list. */
-import { Dialog, ReactWidget, showDialog, UseSignal } from '@jupyterlab/apputils';
+import { Clipboard, Dialog, ReactWidget, showDialog, UseSignal } from '@jupyterlab/apputils';
 import { addIcon, clearIcon, refreshIcon, ToolbarButtonComponent } from '@jupyterlab/ui-components';
 import type { CommandRegistry } from '@lumino/commands';
 import * as React from 'react';
@@ -9,6 +9,7 @@ import type { JobFormValues } from './form';
 import { stagingIcon } from './icons';
 import { JobItem } from './jobitem';
 import type { JobsModel } from './jobs';
+import { buildStagingLink, linkOfJob, type LinkTarget } from './links';
 import { isFinal, upToDateText, type CreateJobRequest, type Job } from './model';
 
 export const CommandIDs = {
@@ -31,7 +32,8 @@ export class StagingPanel extends ReactWidget {
   constructor(
     private readonly model: JobsModel,
     private readonly commands: CommandRegistry,
-    private readonly formDefaults: () => FormDefaults
+    private readonly formDefaults: () => FormDefaults,
+    private readonly linkTarget: () => LinkTarget
   ) {
     super();
     this.id = 'jupyter-staging-panel';
@@ -87,6 +89,19 @@ export class StagingPanel extends ReactWidget {
       this._busy.delete(job.id);
       this.update();
     }
+  }
+
+  /** "Copy link": a shareable staging link of ``job`` on the clipboard, and a note saying so. */
+  private async _copyLink(job: Job): Promise<void> {
+    const link = buildStagingLink(linkOfJob(job), this.linkTarget());
+    try {
+      await navigator.clipboard.writeText(link);
+    } catch {
+      Clipboard.copyToSystem(link); // no async clipboard (an insecure origin): the copy-event route
+    }
+    this._notice = null;
+    this._copied = link;
+    this.update();
   }
 
   private async _remove(job: Job): Promise<void> {
@@ -163,6 +178,14 @@ export class StagingPanel extends ReactWidget {
                 </button>
               </div>
             )}
+            {this._copied && (
+              <div className="jp-Staging-notice jp-Staging-linkNotice" role="status" title={this._copied}>
+                Link copied: it opens this form prefilled; nothing starts until Stage is pressed.
+                <button className="jp-Staging-dismiss" title="Dismiss" onClick={() => this._dismiss()}>
+                  ×
+                </button>
+              </div>
+            )}
             {this._notice && (
               <div className="jp-Staging-notice jp-mod-error" role="alert">
                 {this._notice}
@@ -190,6 +213,7 @@ export class StagingPanel extends ReactWidget {
                     onCancel={j => void this._act(j, 'cancel', () => this.model.cancel(j.id))}
                     onRemove={j => void this._remove(j)}
                     onDataFrame={j => void this.commands.execute(CommandIDs.openDataFrame, { jobId: j.id })}
+                    onCopyLink={j => void this._copyLink(j)}
                   />
                 ))}
               </ul>
@@ -212,6 +236,7 @@ export class StagingPanel extends ReactWidget {
   private _dismiss(): void {
     this._notice = null;
     this._info = null;
+    this._copied = null;
     this.update();
   }
 
@@ -221,4 +246,6 @@ export class StagingPanel extends ReactWidget {
   private _notice: string | null = null;
   /** "Up to date: …" after a submission the server answered with unchanged output. */
   private _info: string | null = null;
+  /** The link "Copy link" last put on the clipboard. */
+  private _copied: string | null = null;
 }
