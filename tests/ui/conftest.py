@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.groups import skip_group
 from tests.helpers.jupyter import JupyterServerProcess
 
 CHROMIUM = Path(os.environ.get("JUPYTER_STAGING_CHROMIUM", "/usr/bin/chromium"))
@@ -132,7 +133,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterLabProcess]
     """A running ``jupyter lab`` rooted at a fresh folder, with the staging extension."""
     reason = _skip_reason()
     if reason:
-        pytest.skip(reason)
+        skip_group("ui", reason)
     extension = _extension_to_test()
     assert extension is not None
     base = tmp_path_factory.mktemp("ui")
@@ -149,7 +150,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterLabProcess]
 def browser() -> Iterator[Any]:
     reason = _skip_reason()
     if reason:
-        pytest.skip(reason)
+        skip_group("ui", reason)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

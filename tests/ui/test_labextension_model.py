@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.helpers.groups import skip_group
 
 LABEXTENSION = Path(__file__).resolve().parents[2] / "labextension"
 
@@ -25,10 +25,10 @@ def _jlpm() -> str | None:
 
 def test_frontend_model_unit_tests_pass() -> None:
     if not (LABEXTENSION / "node_modules" / "jest").is_dir():
-        pytest.skip("labextension/node_modules is not installed (run jlpm install in labextension/)")
+        skip_group("labextension", "labextension/node_modules is missing (run jlpm install in labextension/)")
     jlpm = _jlpm()
     if jlpm is None:
-        pytest.skip("jlpm (from jupyterlab) is not installed")
+        skip_group("labextension", "jlpm (from jupyterlab) is not installed")
     result = subprocess.run(
         [jlpm, "test", "--ci", "--silent"],
         cwd=LABEXTENSION,
