@@ -22,7 +22,10 @@ import pytest
 from tests.helpers.groups import skip_group
 from tests.helpers.jupyter import JupyterServerProcess
 
-CHROMIUM = Path(os.environ.get("JUPYTER_STAGING_CHROMIUM", "/usr/bin/chromium"))
+#: Debian's chromium: $JUPYTER_STAGING_CHROMIUM, else found on PATH (a missing one skips the ui group).
+CHROMIUM = Path(
+    os.environ.get("JUPYTER_STAGING_CHROMIUM") or shutil.which("chromium") or "chromium-not-on-PATH"
+)
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -100,7 +103,7 @@ class JupyterLabProcess(JupyterServerProcess):
 
 def _skip_reason() -> str | None:
     if not CHROMIUM.exists():
-        return f"{CHROMIUM} is missing (run scripts/ci-ui-deps.sh)"
+        return f"chromium is not on PATH ({CHROMIUM}; run scripts/ci-ui-deps.sh)"
     try:
         import playwright  # noqa: F401
     except ImportError:
