@@ -35,6 +35,10 @@ cells = [
         "df = job.to_pandas()\nprint(len(df), 'rows')\ndf[['TIME', 'PDCSAP_FLUX']].head()"
     ),
     nbformat.v4.new_code_cell("job.to_arrow().schema.field('PDCSAP_FLUX').metadata"),
+    nbformat.v4.new_code_cell(
+        "table = job.to_table()  # an astropy QTable: units as Quantity, TIME as Time\n"
+        "table['PDCSAP_FLUX'].unit, table['TIME'][0].iso"
+    ),
     nbformat.v4.new_code_cell(f"votable = %stage {spitzer} --to-parquet --wait\nvotable.to_pandas().head()"),
     nbformat.v4.new_code_cell("%stage jobs"),
 ]

@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,15 @@ from jupyter_staging.errors import (
     VerificationFailed,
 )
 from jupyter_staging.safety.control import JobControl
-from jupyter_staging.safety.dirfd import folder_fd, fsync_fd, lstat_at, open_existing, publish_at, rename_at
+from jupyter_staging.safety.dirfd import (
+    folder_fd,
+    fsync_fd,
+    lstat_at,
+    open_existing,
+    publish_at,
+    rename_at,
+    unlink_at,
+)
 from jupyter_staging.safety.partfile import BLOCK_SIZE, PartFile, copy_file, fsync_dir, part_path, publish
 from jupyter_staging.sources.base import Source, SourceItem
 
@@ -274,7 +283,13 @@ class ItemStager:
                 self._log_set_aside(item, aside.name)
         else:
             with folder_fd(root, self._folder_below_root(final), create=True) as fd:
-                if lstat_at(fd, part.name) is not None and self._part_owner_at(item, fd, part.name) != tag:
+                st = lstat_at(fd, part.name)
+                owner = None if st is None else self._part_owner_at(item, fd, part.name)
+                if st is not None and owner is None and stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                    # Created, then the process died before tagging it (the tag follows the creation at
+                    # once, before any byte): an empty file, nothing to keep.
+                    unlink_at(fd, part.name)
+                elif st is not None and owner != tag:
                     aside_name = f"{part.name}.set-aside-{self.job_id[:8]}"
                     rename_at(fd, part.name, aside_name)  # a planted symlink itself, never its target
                     self._log_set_aside(item, aside_name)
