@@ -83,6 +83,8 @@ class Manifest(BaseModel):
     """
 
     model_config = ConfigDict(extra="allow")
+    #: Fields beyond the listed ones (stated, so the type of the extras never depends on pydantic's own).
+    __pydantic_extra__: dict[str, Any]
 
     manifest_version: int
     job_id: str
