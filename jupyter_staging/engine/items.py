@@ -44,17 +44,14 @@ from jupyter_staging.safety.dirfd import (
     rename_at,
     unlink_at,
 )
-from jupyter_staging.safety.partfile import BLOCK_SIZE, PartFile, copy_file, fsync_dir, part_path, publish
+from jupyter_staging.safety.partfile import PartFile, copy_file, file_digest, fsync_dir, part_path, publish
 from jupyter_staging.sources.base import Source, SourceItem
 
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in :data:`~jupyter_staging.safety.partfile.BLOCK_SIZE` blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(BLOCK_SIZE):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hex sha256 of a file's bytes (:func:`~jupyter_staging.safety.partfile.file_digest`: one reused
+    buffer per thread, no copy of a block)."""
+    return file_digest(path, "sha256")
 
 
 #: Extended attribute naming the job (and source version) that writes a part file.
@@ -147,10 +144,10 @@ class ItemStager:
         if rec is not None:
             self.host.announce(rec)
 
-    def _chunk_done(self, chunk: ChunkRecord, **fields: Any) -> None:
+    def _chunk_done(self, chunk: ChunkRecord, *, folder: Path | None = None, **fields: Any) -> None:
         """Mark ``chunk`` ready with the next batch (its bytes are durable already: fsynced, or a link
-        whose folder the batch fsyncs first)."""
-        self.ledger.ready(chunk.id, {**fields, "state": ChunkState.ready.value})
+        whose folder the batch fsyncs first); ``folder`` (holding its new name) is fsynced before it."""
+        self.ledger.ready(chunk.id, {**fields, "state": ChunkState.ready.value}, folder=folder)
         if self.ledger.due():
             self._flush_chunks()
 
@@ -202,11 +199,16 @@ class ItemStager:
             self.control.add_bytes(chunk.bytes or 0)
             return
         final = self.dest.workdir / item.name
-        size, sha = self._stage_file(source, method, item, final, recovering=self.recovering)
+        # A local output's name is made durable by the ledger's fsync of its folder, once per batch and
+        # before the chunk is recorded ready; an uploaded one's local copy is scratch.
+        local = not self.dest.remote
+        size, sha = self._stage_file(
+            source, method, item, final, recovering=self.recovering, sync_folder=not local
+        )
         path = self.dest.put(
             final, item.name, size=size, sha256=sha, content_type=item.content_type, control=self.control
         )
-        self._chunk_done(chunk, bytes=size, sha256=sha, path=path)
+        self._chunk_done(chunk, folder=final.parent if local else None, bytes=size, sha256=sha, path=path)
 
     def _transfer_all(self, source: Source, method: str, work: list[tuple[SourceItem, ChunkRecord]]) -> None:
         """Transfer ``(item, chunk)`` pairs, up to ``concurrent_items`` of the job at once
@@ -220,9 +222,17 @@ class ItemStager:
         run_bounded(one, work, self.host.concurrent_items, slots=self._item_slots)
 
     def _stage_file(
-        self, source: Source, method: str, item: SourceItem, final: Path, *, recovering: bool
+        self,
+        source: Source,
+        method: str,
+        item: SourceItem,
+        final: Path,
+        *,
+        recovering: bool,
+        sync_folder: bool = True,
     ) -> tuple[int, str]:
-        """Bring one item to ``final``; returns ``(size_bytes, sha256_hex)``."""
+        """Bring one item to ``final``; returns ``(size_bytes, sha256_hex)``. Without ``sync_folder`` a
+        copied file's folder is not fsynced here: the caller has it fsynced before recording the item."""
         self._make_folder(final)
         if final.exists() and not part_path(final).exists() and (recovering or self.dest.remote):
             # Published by this job just before it stopped, before the chunk was recorded. An object-store
@@ -239,7 +249,7 @@ class ItemStager:
             return self._link(method, item, final)
         reused = self._reuse_output(item, final)
         if reused is None and source.local_path(item) is None:
-            reused = self._copy_staged(item, final)
+            reused = self._copy_staged(item, final, sync_folder=sync_folder)
         if reused is not None:
             return reused
         checksums = self._expected_checksums(item)
@@ -259,7 +269,9 @@ class ItemStager:
             # Bytes of a restarted file were reported once already; take them back.
             self.control.add_bytes(-out.discarded)
         # The source may have stated its checksums only when the bytes came (a GET's headers).
-        return out.commit(item.size, checksums=self._expected_checksums(item) or None)
+        return out.commit(
+            item.size, checksums=self._expected_checksums(item) or None, sync_folder=sync_folder
+        )
 
     # -- integrity: part files, expected checksums, reuse of the output being replaced ----------------
 
@@ -407,7 +419,7 @@ class ItemStager:
             sums[algorithm] = digest
         return sums
 
-    def _copy_staged(self, item: SourceItem, final: Path) -> tuple[int, str] | None:
+    def _copy_staged(self, item: SourceItem, final: Path, *, sync_folder: bool) -> tuple[int, str] | None:
         """Bytes this server already staged and verified, instead of the network: an output of an earlier
         job with the sha256 the source states (or the user expects), or from the same source with the same
         fingerprint. Copied with ``copy_file_range`` and verified against the recorded sha256; a copy that
@@ -422,7 +434,7 @@ class ItemStager:
         out = PartFile(final, md5="md5" in sums, root=self.dest.confinement_root)
         try:
             copy_file(path, out, self.control)
-            result = out.commit(size, checksums={**sums, "sha256": digest})
+            result = out.commit(size, checksums={**sums, "sha256": digest}, sync_folder=sync_folder)
         except VerificationFailed:
             self.control.add_bytes(-size)
             return None

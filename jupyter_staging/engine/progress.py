@@ -52,7 +52,8 @@ class ChunkBatch:
 
     ``new``: rows to insert by chunk id (column -> value), in order; ``updates``: ``{chunk id: {column:
     value}}`` applied after the inserts; ``folders``: folders to fsync before the transaction (they hold
-    new hard links or symlinks, whose names must be durable before their chunks say ``ready``);
+    new hard links, symlinks or published copies, whose names must be durable before their chunks say
+    ``ready``; a copy's bytes were fsynced when it was published);
     ``chunks_done``: ready or acked chunks of the job once the batch is written (None before the ledger
     was loaded)."""
 
@@ -105,7 +106,7 @@ class ChunkLedger:
 
     def ready(self, chunk_id: str, fields: dict[str, Any], *, folder: Path | None = None) -> None:
         """Queue ``fields`` (its ``state`` ``ready`` among them) for chunk ``chunk_id``, counted done;
-        ``folder`` (holding its new link) is fsynced before the batch is written."""
+        ``folder`` (holding its new link or published file) is fsynced before the batch is written."""
         with self._lock:
             self.done += 1
             row = self._pending.new.get(chunk_id)

@@ -191,11 +191,13 @@ def open_existing(dir_fd: int, name: str, flags: int = RESUME_FLAGS) -> int | No
     return fd
 
 
-def publish_at(src_dir_fd: int, part: str, dst_dir_fd: int, final: str) -> None:
+def publish_at(src_dir_fd: int, part: str, dst_dir_fd: int, final: str, *, sync: bool = True) -> None:
     """Give ``part`` (in ``src_dir_fd``) the name ``final`` (in ``dst_dir_fd``), never replacing
     anything: ``linkat`` + ``unlinkat`` (race-free, see the module's docstring), then the destination
-    folder is fsynced. Where the file system has no hard links, ``fstatat`` then ``renameat``: a file
-    made at ``final`` between the two calls would be replaced (no ``RENAME_NOREPLACE`` from Python).
+    folder is fsynced — unless ``sync`` is False: the caller then fsyncs that folder itself before it
+    relies on the name surviving a crash (the engine does it once per batch of chunk records). Where the
+    file system has no hard links, ``fstatat`` then ``renameat``: a file made at ``final`` between the
+    two calls would be replaced (no ``RENAME_NOREPLACE`` from Python).
 
     Raises :class:`DestinationExists` when ``final`` exists (a symlink or folder included)."""
     check_name(part)
@@ -212,7 +214,8 @@ def publish_at(src_dir_fd: int, part: str, dst_dir_fd: int, final: str) -> None:
         os.rename(part, final, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
     else:
         os.unlink(part, dir_fd=src_dir_fd)
-    fsync_fd(dst_dir_fd)
+    if sync:
+        fsync_fd(dst_dir_fd)
 
 
 def rename_at(dir_fd: int, name: str, new_name: str) -> None:

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import io
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
@@ -73,11 +74,12 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def publish(tmp: Path, final: Path) -> None:
+def publish(tmp: Path, final: Path, *, sync: bool = True) -> None:
     """Give ``tmp`` the name ``final`` without ever replacing an existing ``final``.
 
     Uses ``link`` + ``unlink`` (atomic and refuses an existing target); on file systems without hard
-    links falls back to an existence check and ``rename``.
+    links falls back to an existence check and ``rename``. Then ``final``'s folder is fsynced, unless
+    ``sync`` is False (the caller fsyncs it before relying on the name surviving a crash).
 
     Raises :class:`DestinationExists` if ``final`` already exists.
     """
@@ -93,7 +95,8 @@ def publish(tmp: Path, final: Path) -> None:
         os.rename(tmp, final)
     else:
         os.unlink(tmp)
-    fsync_dir(final.parent)
+    if sync:
+        fsync_dir(final.parent)
 
 
 class PartFile:
@@ -210,12 +213,12 @@ class PartFile:
         else:
             self.part.unlink(missing_ok=True)
 
-    def _publish(self) -> None:
-        """Publish the ``.part`` under the final name; in the confined mode only after re-opening the
-        folder from the root and finding the very folder the part was written in (else
-        :class:`PathNotAllowed`, and the part is removed)."""
+    def _publish(self, *, sync: bool) -> None:
+        """Publish the ``.part`` under the final name (the folder fsynced with ``sync``); in the confined
+        mode only after re-opening the folder from the root and finding the very folder the part was
+        written in (else :class:`PathNotAllowed`, and the part is removed)."""
         if self._dir_fd is None or self.root is None:
-            publish(self.part, self.final)
+            publish(self.part, self.final, sync=sync)
             return
         try:
             with folder_fd(self.root, self.final.parent.relative_to(self.root).as_posix()) as fresh:
@@ -231,7 +234,7 @@ class PartFile:
                 "written; nothing was published"
             ) from None
         try:
-            publish_at(self._dir_fd, self.part.name, self._dir_fd, self.final.name)
+            publish_at(self._dir_fd, self.part.name, self._dir_fd, self.final.name, sync=sync)
         finally:
             self._close_dir()
 
@@ -295,13 +298,20 @@ class PartFile:
         return digests
 
     def commit(
-        self, expected_size: int | None = None, checksums: dict[str, str] | None = None
+        self,
+        expected_size: int | None = None,
+        checksums: dict[str, str] | None = None,
+        *,
+        sync_folder: bool = True,
     ) -> tuple[int, str]:
         """Flush, fsync, verify the size and checksums, and publish under the final name.
 
         ``expected_size``: bytes the file must hold (None: not checked). ``checksums``: hex digests the
         bytes must match, by algorithm (``{"sha256": hex, "md5": hex}``, either or both; case does not
         matter). An MD5 asked for without ``md5=True`` is computed here by reading the ``.part`` once.
+        The file's bytes are always fsynced; its folder (which makes the new name durable) only with
+        ``sync_folder``: a caller passing False must fsync ``final.parent`` before it records the file as
+        done (the engine's :class:`~jupyter_staging.engine.progress.ChunkLedger` does, once per batch).
 
         Returns ``(size_bytes, sha256_hex)``. On any failure the ``.part`` is removed and nothing is
         published: :class:`SizeMismatch` when the size differs from ``expected_size``,
@@ -327,7 +337,7 @@ class PartFile:
             self._remove_part()
             self._close_dir()
             raise
-        self._publish()
+        self._publish(sync=sync_folder)
         return size, self.sha256.hexdigest()
 
     def _verify(self, checksums: dict[str, str]) -> None:
@@ -383,13 +393,34 @@ def _identity(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def file_md5(path: Path) -> str:
-    """The MD5 of the file at ``path``, lower-case hex (read in :data:`BLOCK_SIZE` blocks)."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        while block := fh.read(BLOCK_SIZE):
-            digest.update(block)
+_BUFFERS = threading.local()
+
+
+def block_buffer() -> memoryview:
+    """This thread's reused buffer of :data:`BLOCK_SIZE` bytes (made on first use), for reading a whole
+    file block by block with ``readinto`` without allocating a block per read. Whoever uses it is done
+    with it before the thread reads another file."""
+    view: memoryview | None = getattr(_BUFFERS, "view", None)
+    if view is None:
+        view = _BUFFERS.view = memoryview(bytearray(BLOCK_SIZE))
+    return view
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """The ``algorithm`` (``hashlib`` name) digest of the file at ``path``, lower-case hex: read
+    unbuffered into this thread's :func:`block_buffer` and hashed in place (no copy of a block).
+    Raises ``OSError`` when the file cannot be read."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
+    view = block_buffer()
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(view):
+            digest.update(view[:n])
     return digest.hexdigest()
+
+
+def file_md5(path: Path) -> str:
+    """The MD5 of the file at ``path``, lower-case hex (:func:`file_digest`)."""
+    return file_digest(path, "md5")
 
 
 def copy_stream(
@@ -439,43 +470,72 @@ def copy_stream(
 _NO_COPY_FILE_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.EPERM}
 
 
-#: Bytes moved per ``copy_file_range`` call by :func:`copy_file` (hashed meanwhile on a helper thread).
+#: Bytes moved per ``copy_file_range`` call by :func:`copy_file` (hashed meanwhile on a helper thread); a
+#: file with at most this many bytes left is copied in the calling thread instead.
 COPY_STEP = 8 * 1024 * 1024
 
 
 def copy_file(src: Path, out: PartFile, control: JobControl | None = None, *, step: int = COPY_STEP) -> int:
     """Copy the regular file ``src`` from byte ``out.offset`` to its end into ``out``; returns bytes copied.
 
-    Like ``cp``, the bytes move inside the kernel (``copy_file_range(2)``, ``step`` bytes at a time); a
-    helper thread reads each range just written back from the ``.part`` (still in the page cache) and
-    hashes it, so the sha256 covers exactly the bytes that will be published. Where the kernel or file
-    system cannot (another device, an old kernel), it falls back to :func:`copy_stream`.
+    Up to ``step`` bytes left (most files of a folder of many small ones), the calling thread reads each
+    block into its reused :func:`block_buffer` and hands it to :meth:`PartFile.write` (hash, then
+    write): starting a helper thread would cost more than the copy. Bigger files move like ``cp`` inside
+    the kernel (``copy_file_range(2)``, ``step`` bytes at a time) while a helper thread reads each range
+    just written back from the ``.part`` (still in the page cache) and hashes it on another core, so the
+    sha256 covers exactly the bytes that will be published. Where the kernel or file system cannot
+    (another device, an old kernel), it falls back to :func:`copy_stream`.
     """
-    copied = 0
-    with open(src, "rb") as fh:
+    with open(src, "rb", buffering=0) as fh:
         fh.seek(out.offset)
+        if os.fstat(fh.fileno()).st_size - out.offset <= step:
+            return _copy_blocks(fh, out, control)
         if not hasattr(os, "copy_file_range"):
             return copy_stream(fh, out, control)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-hash") as pool:
-            pending = None
-            while True:
-                if control is not None:
-                    control.check()
-                start = out.offset
-                try:
-                    n = out.copy_range_from(fh.fileno(), step)
-                except OSError as exc:
-                    if exc.errno not in _NO_COPY_FILE_RANGE or copied:
-                        raise
-                    return copy_stream(fh, out, control)
-                if pending is not None:
-                    pending.result()
-                if n == 0:
-                    break
-                pending = pool.submit(out.hash_range, start, n)
-                copied += n
-                if control is not None:
-                    control.add_bytes(n)
+        return _copy_ranges(fh, out, control, step)
+
+
+def _copy_blocks(fh: io.FileIO, out: PartFile, control: JobControl | None) -> int:
+    """Copy ``fh`` to its end into ``out`` in this thread, through its :func:`block_buffer`."""
+    view = block_buffer()
+    copied = 0
+    while True:
+        if control is not None:
+            control.check()
+        n = fh.readinto(view)
+        if not n:
+            return copied
+        out.write(view[:n])
+        copied += n
+        if control is not None:
+            control.add_bytes(n)
+
+
+def _copy_ranges(fh: io.FileIO, out: PartFile, control: JobControl | None, step: int) -> int:
+    """Copy ``fh`` to its end into ``out`` with ``copy_file_range``, ``step`` bytes at a time, hashing each
+    range on a helper thread while the next one moves; falls back to :func:`copy_stream` when the first
+    call is refused."""
+    copied = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-hash") as pool:
+        pending = None
+        while True:
+            if control is not None:
+                control.check()
+            start = out.offset
+            try:
+                n = out.copy_range_from(fh.fileno(), step)
+            except OSError as exc:
+                if exc.errno not in _NO_COPY_FILE_RANGE or copied:
+                    raise
+                return copy_stream(fh, out, control)
             if pending is not None:
                 pending.result()
+            if n == 0:
+                break
+            pending = pool.submit(out.hash_range, start, n)
+            copied += n
+            if control is not None:
+                control.add_bytes(n)
+        if pending is not None:
+            pending.result()
     return copied

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import stat
 from pathlib import Path
 
 from jupyter_staging.errors import SourceNotFound
@@ -29,32 +30,82 @@ class LocalSource(Source):
         self.path = resolve_source(uri, source_roots)
 
     def list_items(self) -> list[SourceItem]:
+        """The file, or the folder's files in walk order (a folder's files by name, then its folders by
+        name, recursively; hidden entries skipped, folder symlinks never followed, a file symlink kept
+        only when it resolves inside the source roots — or inside the folder when none are set).
+
+        The folder's confinement was checked once, at construction: below it, regular files are taken
+        from ``os.scandir`` with their ``lstat`` (one system call each, no per-file ``realpath``); only
+        symbolic links are resolved and checked (:func:`resolve_source`), as before. Raises
+        :class:`SourceNotFound` when the source is neither a file nor a folder."""
         if self.path.is_file():
             return [self._item(self.path, self.path.name)]
         if not self.path.is_dir():
             raise SourceNotFound(f"source {self.uri!r} is neither a file nor a folder")
-        items = []
-        for folder, dirs, files in os.walk(self.path):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for fname in sorted(files):
-                if fname.startswith("."):
-                    continue
-                full = Path(folder) / fname
-                try:
-                    resolved = resolve_source(str(full), self.roots or [str(self.path)])
-                except Exception:  # noqa: S112 - a link leaving the roots is skipped, not followed
-                    continue
-                if resolved.is_file():
-                    items.append(self._item(resolved, full.relative_to(self.path).as_posix()))
+        items: list[SourceItem] = []
+        stack = [(str(self.path), "")]
+        while stack:
+            folder, prefix = stack.pop()
+            subfolders = self._list_folder(folder, prefix, items)
+            stack.extend(reversed(subfolders))  # depth first, in name order, like os.walk
         return items
 
+    def _list_folder(self, folder: str, prefix: str, items: list[SourceItem]) -> list[tuple[str, str]]:
+        """Append the files of ``folder`` (relative name ``prefix``) to ``items``; returns its visible
+        subfolders (not symlinks) as ``(path, relative name)``, by name. An unreadable folder is
+        skipped, as ``os.walk`` does."""
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            return []
+        subfolders = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            rel = prefix + entry.name
+            try:
+                is_dir = entry.is_dir()  # follows a symlink, as os.walk classifies entries
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not entry.is_symlink():
+                    subfolders.append((entry.path, rel + "/"))
+                continue
+            item = self._link_item(entry.path, rel) if entry.is_symlink() else self._file_item(entry, rel)
+            if item is not None:
+                items.append(item)
+        return subfolders
+
+    def _file_item(self, entry: os.DirEntry[str], rel: str) -> SourceItem | None:
+        """The item of a plain (not symlink) entry below the confined folder: a readable regular file."""
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or not os.access(entry.path, os.R_OK):
+            return None
+        return self._item_from_stat(entry.path, rel, st)
+
+    def _link_item(self, path: str, rel: str) -> SourceItem | None:
+        """The item of a symlink: its target when that is a regular file inside the source roots (the
+        folder itself without roots); None otherwise (a link leaving them is skipped, never followed)."""
+        try:
+            resolved = resolve_source(path, self.roots or [str(self.path)])
+        except Exception:  # noqa: BLE001 - a link leaving the roots is skipped, not followed
+            return None
+        return self._item(resolved, rel) if resolved.is_file() else None
+
+    @classmethod
+    def _item(cls, path: Path, name: str) -> SourceItem:
+        return cls._item_from_stat(str(path), name, path.stat())
+
     @staticmethod
-    def _item(path: Path, name: str) -> SourceItem:
-        st = path.stat()
+    def _item_from_stat(locator: str, name: str, st: os.stat_result) -> SourceItem:
         return SourceItem(
             name=name,
             size=st.st_size,
-            locator=str(path),
+            locator=locator,
             validator={"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino},
             content_type=mimetypes.guess_type(name)[0],
         )

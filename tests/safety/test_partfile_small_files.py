@@ -1,0 +1,142 @@
+"""Per-file costs of folders of many small files (issue 12): a published file's folder fsync can be left
+to the caller, files up to one copy step are copied and hashed in the calling thread, and whole-file
+digests read into one reused buffer."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from jupyter_staging.errors import DestinationExists, JobInterrupted
+from jupyter_staging.safety import partfile
+from jupyter_staging.safety.control import JobControl
+from jupyter_staging.safety.dirfd import folder_fd, publish_at
+from jupyter_staging.safety.partfile import (
+    BLOCK_SIZE,
+    PartFile,
+    block_buffer,
+    copy_file,
+    file_digest,
+    file_md5,
+    part_path,
+)
+
+
+@pytest.fixture
+def fsyncs(monkeypatch) -> list[str]:
+    """The paths ``os.fsync`` is called on, in order (the real fsync still runs)."""
+    seen: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        seen.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return seen
+
+
+@pytest.fixture
+def helper_threads(monkeypatch) -> list[str]:
+    """Thread name prefixes of the pools :mod:`partfile` starts."""
+    started: list[str] = []
+    real = partfile.ThreadPoolExecutor
+
+    def pool(*args, **kwargs):
+        started.append(kwargs.get("thread_name_prefix", ""))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(partfile, "ThreadPoolExecutor", pool)
+    return started
+
+
+@pytest.mark.parametrize("confined", [False, True])
+@pytest.mark.parametrize("sync_folder", [True, False])
+def test_commit_fsyncs_the_folder_only_when_asked(tmp_path: Path, fsyncs, confined: bool, sync_folder: bool):
+    final = tmp_path / "out" / "a.fits"
+    out = PartFile(final, root=tmp_path if confined else None)
+    out.write(b"x" * 1000)
+    size, sha = out.commit(1000, sync_folder=sync_folder)
+    assert (size, sha) == (1000, hashlib.sha256(b"x" * 1000).hexdigest())
+    assert final.read_bytes() == b"x" * 1000 and not part_path(final).exists()
+    # The bytes are always fsynced (before the name exists); the folder only with sync_folder.
+    assert fsyncs[0] == str(part_path(final))
+    assert fsyncs[1:] == ([str(final.parent)] if sync_folder else [])
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_publish_at_fsyncs_the_destination_folder_only_when_asked(tmp_path: Path, fsyncs, sync: bool):
+    (tmp_path / "f.part").write_text("new")
+    with folder_fd(tmp_path, "") as fd:
+        publish_at(fd, "f.part", fd, "f", sync=sync)
+        (tmp_path / "g.part").write_text("other")
+        with pytest.raises(DestinationExists):  # still never replaces, whatever the sync
+            publish_at(fd, "g.part", fd, "f", sync=sync)
+    assert (tmp_path / "f").read_text() == "new"
+    assert fsyncs == ([str(tmp_path)] if sync else [])
+
+
+@pytest.mark.parametrize(
+    ("size", "threaded"),
+    [(0, False), (1, False), (64 * 1024, False), (256 * 1024, False), (256 * 1024 + 1, True)],
+)
+def test_files_up_to_one_step_are_copied_in_the_calling_thread(
+    tmp_path: Path, helper_threads, size: int, threaded: bool
+):
+    data = os.urandom(size)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    seen: list[int] = []
+    out = PartFile(tmp_path / "out" / "copy.bin")
+    copied = copy_file(src, out, JobControl(on_bytes=seen.append), step=256 * 1024)
+    assert out.commit(size) == (size, hashlib.sha256(data).hexdigest())
+    assert copied == sum(seen) == size
+    assert (tmp_path / "out" / "copy.bin").read_bytes() == data
+    assert helper_threads == (["staging-hash"] if threaded else [])
+
+
+def test_resume_with_one_step_left_copies_in_the_calling_thread(tmp_path: Path, helper_threads):
+    data = os.urandom(3 * BLOCK_SIZE + 99)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    final = tmp_path / "copy.bin"
+    part_path(final).write_bytes(data[: 2 * BLOCK_SIZE])
+    out = PartFile(final, resume=True)
+    assert copy_file(src, out, step=2 * BLOCK_SIZE) == BLOCK_SIZE + 99
+    assert out.commit(len(data))[1] == hashlib.sha256(data).hexdigest()
+    assert helper_threads == []
+
+
+def test_pausing_a_small_copy_keeps_the_part(tmp_path: Path):
+    data = os.urandom(2 * BLOCK_SIZE + 5)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    control = JobControl(on_bytes=lambda n: control.interrupt("paused"))  # pause after the first block
+    out = PartFile(tmp_path / "copy.bin")
+    with pytest.raises(JobInterrupted):
+        copy_file(src, out, control)
+    out.close()
+    assert part_path(tmp_path / "copy.bin").read_bytes() == data[:BLOCK_SIZE]
+
+
+@pytest.mark.parametrize("size", [0, 1, BLOCK_SIZE, BLOCK_SIZE + 7, 3 * BLOCK_SIZE - 1])
+def test_file_digest_matches_hashlib(tmp_path: Path, size: int):
+    data = os.urandom(size)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    assert file_digest(path) == hashlib.sha256(data).hexdigest()
+    assert file_md5(path) == hashlib.md5(data).hexdigest()  # noqa: S324 - the checksum under test
+
+
+def test_block_buffer_is_reused_per_thread():
+    mine = block_buffer()
+    assert block_buffer() is mine and len(mine) == BLOCK_SIZE
+    other: list[memoryview] = []
+    thread = threading.Thread(target=lambda: other.append(block_buffer()))
+    thread.start()
+    thread.join()
+    assert other[0] is not mine and other[0].obj is not mine.obj
