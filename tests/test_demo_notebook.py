@@ -121,7 +121,7 @@ def test_demo_notebook_runs_against_the_demo_server(demo_server, monkeypatch):
     )
     assert "14280 rows" in outputs
     assert "PDCSAP_FLUX" in outputs
-    assert "Unit(\"electron / s\")" in outputs  # job.to_table(): units reach astropy
+    assert 'Unit("electron / s")' in outputs  # job.to_table(): units reach astropy
     jobs = requests.get(f"{url}api/v1/staging/jobs", headers=headers, timeout=10).json()["jobs"]
     assert sorted(job["state"] for job in jobs) == ["succeeded", "succeeded"]
     assert all(job["destination"].startswith("staging/") for job in jobs)
