@@ -93,5 +93,13 @@ def test_a_deep_tree_is_walked_without_recursion(tmp_path: Path):
         os.mkdir(deep)
     Path(deep, "leaf.fits").write_text("leaf")
     (src / "first.fits").write_text("first")
-    names = [i.name for i in LocalSource(str(src)).list_items()]
-    assert names == ["first.fits", "/".join(["d"] * 1100) + "/leaf.fits"]
+    try:
+        names = [i.name for i in LocalSource(str(src)).list_items()]
+        assert names == ["first.fits", "/".join(["d"] * 1100) + "/leaf.fits"]
+    finally:
+        # Removed one level at a time: shutil.rmtree (pytest's clean-up of old temporary folders) recurses
+        # once per level and would hit the recursion limit.
+        os.unlink(os.path.join(deep, "leaf.fits"))
+        while deep != str(src):
+            os.rmdir(deep)
+            deep = os.path.dirname(deep)
