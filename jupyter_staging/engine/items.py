@@ -234,6 +234,8 @@ class ItemStager:
         """Bring one item to ``final``; returns ``(size_bytes, sha256_hex)``. Without ``sync_folder`` a
         copied file's folder is not fsynced here: the caller has it fsynced before recording the item."""
         self._make_folder(final)
+        if recovering:
+            self._drop_published_part(final)
         if final.exists() and not part_path(final).exists() and (recovering or self.dest.remote):
             # Published by this job just before it stopped, before the chunk was recorded. An object-store
             # job's work folder is its own private scratch folder: whatever is published there is ours.
@@ -313,6 +315,18 @@ class ItemStager:
                 self.resume.setdefault("parts", {})[item.name] = tag
                 self._save_resume()
         return out
+
+    def _drop_published_part(self, final: Path) -> None:
+        """Publishing is ``linkat(part, final)`` then ``unlinkat(part)``: a process killed between the two
+        leaves both names on one file. Drop the ``.part`` name of such a file (same inode as ``final``, by
+        descriptor), so the file counts as published."""
+        part = part_path(final)
+        try:
+            final_st, part_st = os.lstat(final), os.lstat(part)
+        except FileNotFoundError:
+            return
+        if stat.S_ISREG(final_st.st_mode) and os.path.samestat(final_st, part_st):
+            self.dest.files.unlink(part)
 
     def _log_set_aside(self, item: SourceItem, aside_name: str) -> None:
         self._log(
