@@ -8,8 +8,9 @@ of each is a baseline that creates only what is missing: a database made by rele
 ``create_all``, no version table) is adopted as it is, and every later revision applies to it.
 
 Two processes starting on one database at once (two users' servers, two hub-service replicas) are
-serialised with PostgreSQL's ``pg_advisory_xact_lock`` and MySQL / MariaDB's ``GET_LOCK``; SQLite's own
-write lock does the same there. See https://alembic.sqlalchemy.org/en/latest/cookbook.html
+serialised with PostgreSQL's ``pg_advisory_xact_lock``, MySQL / MariaDB's ``GET_LOCK`` and, on SQLite,
+by taking the database's write lock first (``BEGIN IMMEDIATE``): the Python driver would otherwise begin
+its transaction only at the first INSERT, after both processes had read "no revision yet". See https://alembic.sqlalchemy.org/en/latest/cookbook.html
 ("Sharing a Connection across one or more programmatic migration commands").
 """
 
@@ -127,5 +128,10 @@ def _migration_lock(conn: sa.Connection, name: str) -> Iterator[None]:
             yield
         finally:
             conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+    elif dialect == "sqlite":
+        # pysqlite has not begun a transaction yet (it would at the first INSERT / UPDATE); begin one that
+        # holds the write lock now, waiting up to the driver's busy timeout for another process's upgrade.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        yield
     else:
         yield

@@ -125,7 +125,7 @@ def test_two_processes_upgrading_at_once_both_succeed(db_url):
         "upgrade_database(sa.create_engine(sys.argv[1]), JOB_MIGRATIONS)\n"
     )
     procs = [
-        subprocess.Popen([sys.executable, "-c", script, db_url], stderr=subprocess.PIPE) for _ in range(4)
+        subprocess.Popen([sys.executable, "-c", script, db_url], stderr=subprocess.PIPE) for _ in range(6)
     ]
     results = [(p.wait(timeout=120), p.stderr.read().decode() if p.stderr else "") for p in procs]
     assert all(code == 0 for code, _ in results), results
