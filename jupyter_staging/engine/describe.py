@@ -14,6 +14,7 @@ from jupyter_staging.engine.models import (
     JobError,
     JobState,
     Progress,
+    TaskCounts,
 )
 from jupyter_staging.engine.progress import LiveProgress
 from jupyter_staging.engine.store import ChunkRecord, JobRecord
@@ -35,7 +36,9 @@ def describe_job(rec: JobRecord, live: LiveProgress | None = None) -> DescribeJo
     bytes_done = rec.bytes_done
     rows_done = rec.rows_done
     rate = None
+    tasks = None
     if live is not None:
+        tasks = TaskCounts(**live.tasks) if live.tasks is not None else None
         bytes_done = max(bytes_done, live.bytes_done)
         rows_done = max(rows_done, live.rows_done)
         rate = live.rate
@@ -65,6 +68,7 @@ def describe_job(rec: JobRecord, live: LiveProgress | None = None) -> DescribeJo
             output_bytes=sum(int(n) for n in (resume.get(PART_BYTES) or {}).values()),
             rate=rate,
             eta_seconds=eta,
+            tasks=tasks,
         ),
         error=error,
         cleanup_policy=rec.cleanup_policy,  # type: ignore[arg-type]

@@ -308,6 +308,17 @@ class JobError(BaseModel):
     message: str
 
 
+class TaskCounts(BaseModel):
+    """Where a job's work runs when its server uses a distributed executor (``DaskExecutor``): tasks
+    ``queued`` (submitted, waiting for a worker), ``running`` and ``done`` (finished in this run), and
+    ``workers``: running tasks by worker (the worker's name, or its address ``tcp://host:port``)."""
+
+    queued: int = 0
+    running: int = 0
+    done: int = 0
+    workers: dict[str, int] = Field(default_factory=dict)
+
+
 class Progress(BaseModel):
     """Progress of a job.
 
@@ -327,6 +338,8 @@ class Progress(BaseModel):
     output_bytes: int = 0
     rate: float | None = None
     eta_seconds: float | None = None
+    #: Tasks of a job running on a distributed executor; null on the server's own threads.
+    tasks: TaskCounts | None = None
 
 
 class DescribeChunk(BaseModel):

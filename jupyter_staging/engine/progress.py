@@ -40,6 +40,8 @@ class LiveProgress:
         self.rate: float | None = None
         self.last_flush = 0.0
         self.lock = threading.Lock()
+        #: Task counts of a job on a distributed executor (``TaskCounts`` fields), None on threads.
+        self.tasks: dict[str, Any] | None = None
 
 
 #: Most chunk records written in one transaction by a :class:`ChunkLedger` batch.
