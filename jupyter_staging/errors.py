@@ -43,6 +43,16 @@ class StagingError(Exception):
         """The error as the wire format's ``{"code", "message"}`` object."""
         return {"code": self.code, "message": self.message}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled with its code and status (a task on a Dask worker raises it in the server's process).
+        return (_rebuild_error, (type(self), self.message, self.code, self.status))
+
+
+def _rebuild_error(cls: type[StagingError], message: str, code: str, status: int) -> StagingError:
+    error = cls.__new__(cls)
+    StagingError.__init__(error, message, code=code, status=status)
+    return error
+
 
 class InvalidRequest(StagingError):
     """The request is malformed or names something that is not allowed (HTTP 400)."""
@@ -61,6 +71,14 @@ class DestinationExists(StagingError):
     """The destination already holds a file the job would write; nothing is overwritten (HTTP 409)."""
 
     code = "destination_exists"
+    status = 409
+
+
+class DestinationNotShared(StagingError):
+    """The job runs on a distributed executor whose workers cannot see the destination folder (a probe
+    file a worker wrote there did not reach the server): nothing was staged (HTTP 409)."""
+
+    code = "destination_not_shared"
     status = 409
 
 

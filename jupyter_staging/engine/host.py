@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from jupyter_staging.destinations.base import Destination
+from jupyter_staging.engine.executors import Executor
 from jupyter_staging.engine.models import JobState
 from jupyter_staging.engine.progress import LiveProgress
 from jupyter_staging.engine.store import JobRecord, Store
@@ -25,6 +26,8 @@ class JobHost(Protocol):
 
     store: Store
     secrets: SecretBox
+    #: What runs the jobs (its type says whether a job's work becomes tasks on a cluster).
+    executor: Executor
     source_roots: list[str] | None
     #: Most bytes one archive or compressed file may expand to (``unpack`` / ``decompress``).
     max_unpacked_bytes: int

@@ -233,27 +233,11 @@ class ItemStager:
     ) -> tuple[int, str]:
         """Bring one item to ``final``; returns ``(size_bytes, sha256_hex)``. Without ``sync_folder`` a
         copied file's folder is not fsynced here: the caller has it fsynced before recording the item."""
-        self._make_folder(final)
-        if recovering:
-            self._drop_published_part(final)
-        if final.exists() and not part_path(final).exists() and (recovering or self.dest.remote):
-            # Published by this job just before it stopped, before the chunk was recorded. An object-store
-            # job's work folder is its own private scratch folder: whatever is published there is ours.
-            if (
-                final.is_file()
-                and not final.is_symlink()
-                and (self.dest.remote or final.stat().st_size == item.size)
-            ):
-                self._log("info", f"{item.name}: already complete from the previous run")
-                self.control.add_bytes(final.stat().st_size)
-                return final.stat().st_size, sha256_file(final)
-        if method in ("hardlink", "symlink"):
-            return self._link(method, item, final)
-        reused = self._reuse_output(item, final)
-        if reused is None and source.local_path(item) is None:
-            reused = self._copy_staged(item, final, sync_folder=sync_folder)
-        if reused is not None:
-            return reused
+        done = self._stage_without_fetch(
+            source, method, item, final, recovering=recovering, sync_folder=sync_folder
+        )
+        if done is not None:
+            return done
         checksums = self._expected_checksums(item)
         out = self._open_part(item, final, md5="md5" in checksums)
         if out.offset:
@@ -274,6 +258,40 @@ class ItemStager:
         return out.commit(
             item.size, checksums=self._expected_checksums(item) or None, sync_folder=sync_folder
         )
+
+    def _stage_without_fetch(
+        self,
+        source: Source,
+        method: str,
+        item: SourceItem,
+        final: Path,
+        *,
+        recovering: bool,
+        sync_folder: bool,
+    ) -> tuple[int, str] | None:
+        """What brings ``item`` to ``final`` without reading the source's bytes: finished by the previous
+        run, a hard link or symlink, reused unchanged output, a copy of bytes this server staged before.
+        Returns ``(size_bytes, sha256_hex)``, or None when the bytes must be fetched (its folder is made)."""
+        self._make_folder(final)
+        if recovering:
+            self._drop_published_part(final)
+        if final.exists() and not part_path(final).exists() and (recovering or self.dest.remote):
+            # Published by this job just before it stopped, before the chunk was recorded. An object-store
+            # job's work folder is its own private scratch folder: whatever is published there is ours.
+            if (
+                final.is_file()
+                and not final.is_symlink()
+                and (self.dest.remote or final.stat().st_size == item.size)
+            ):
+                self._log("info", f"{item.name}: already complete from the previous run")
+                self.control.add_bytes(final.stat().st_size)
+                return final.stat().st_size, sha256_file(final)
+        if method in ("hardlink", "symlink"):
+            return self._link(method, item, final)
+        reused = self._reuse_output(item, final)
+        if reused is None and source.local_path(item) is None:
+            reused = self._copy_staged(item, final, sync_folder=sync_folder)
+        return reused
 
     # -- integrity: part files, expected checksums, reuse of the output being replaced ----------------
 

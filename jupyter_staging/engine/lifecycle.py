@@ -87,6 +87,7 @@ class JobLifecycle:
     def start(self) -> list[str]:
         """Recover after a restart: jobs left ``running`` or ``queued`` are queued again and resume from
         their partial files. Returns the ids of the jobs resubmitted."""
+        self.executor.start()
         resumed = []
         for rec in self.store.list_jobs(
             root=str(self.root_dir), states=[JobState.running.value, JobState.queued.value], limit=100000

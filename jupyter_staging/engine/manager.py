@@ -56,6 +56,10 @@ class StagingManager(JobLifecycle):
         Jobs running at once; others wait ``queued``.
     executor_class:
         :class:`~jupyter_staging.engine.executors.Executor` subclass running the jobs.
+    executor_options:
+        Keyword arguments of ``executor_class`` beyond ``max_workers`` (for
+        :class:`~jupyter_staging.engine.executors.DaskExecutor`: ``scheduler_address``, ``gateway``,
+        ``local_workers``, ``range_bytes``).
     max_unpacked_bytes:
         Most bytes one archive or compressed file may expand to (``unpack`` / ``decompress``).
     concurrent_items:
@@ -91,6 +95,7 @@ class StagingManager(JobLifecycle):
         source_roots: list[str] | None = None,
         max_concurrent_jobs: int = 4,
         executor_class: type[Executor] = LocalExecutor,
+        executor_options: dict[str, Any] | None = None,
         default_owner: str | None = None,
         sweep_interval: float = 10.0,
         presign_expiry_seconds: int = 3600,
@@ -125,7 +130,7 @@ class StagingManager(JobLifecycle):
             root_dir=root,
             scratch_root=root / (scratch_dir or f"{staging_dir.strip('/') or '.'}/{SCRATCH_FOLDER}"),
             source_roots=list(source_roots) if source_roots else None,
-            executor=executor_class(max_concurrent_jobs),
+            executor=executor_class(max_concurrent_jobs, **(executor_options or {})),
             sweep_interval=sweep_interval,
         )
         self.default_owner = default_owner or current_user()

@@ -23,9 +23,10 @@ from typing import Any
 from jupyter_staging.destinations.base import make_private_dir, remove_tree_if_empty
 from jupyter_staging.destinations.manifest import build_manifest, read_manifest
 from jupyter_staging.engine.cleanup import remove_job_output
-from jupyter_staging.engine.entries import ManifestStager, error_of
+from jupyter_staging.engine.entries import error_of
 from jupyter_staging.engine.models import ChunkState, JobState
 from jupyter_staging.engine.placement import swap_in
+from jupyter_staging.engine.spread import SpreadStager
 from jupyter_staging.engine.store import ChunkRecord, JobRecord, utcnow
 from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import JobInterrupted, PartiallyStaged, StagingError
@@ -36,7 +37,7 @@ from jupyter_staging.sources.registry import open_source
 log = logging.getLogger(__name__)
 
 
-class JobRunner(ManifestStager):
+class JobRunner(SpreadStager):
     """Runs job ``job_id`` of its :class:`~jupyter_staging.engine.host.JobHost` once (from queued to a
     final or paused state)."""
 
@@ -53,6 +54,7 @@ class JobRunner(ManifestStager):
         except Exception as exc:  # every failure ends the job with a code, never a traceback
             self.on_failure(exc)
         finally:
+            self.close_tasks()
             self.host.release(self.job_id)
 
     # -- the template's steps -------------------------------------------------------------------------
@@ -95,6 +97,7 @@ class JobRunner(ManifestStager):
             # Confinement is re-checked at every start and resume: a destination folder swapped for a
             # symlink meanwhile fails the job with path_not_allowed before a byte is written.
             self.dest.confined(create=True)
+        self.prepare_tasks(rec.method)
         if entries is not None:
             return self._run_manifest(rec, entries)
         self._run_source(rec, source_uri)

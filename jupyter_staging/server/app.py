@@ -10,11 +10,11 @@ from pathlib import Path
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, validate
+from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default, validate
 from traitlets import Type as TypeTrait
 
 from jupyter_staging._version import __version__
-from jupyter_staging.engine.executors import DEFAULT_CONCURRENT_ITEMS
+from jupyter_staging.engine.executors import DEFAULT_CONCURRENT_ITEMS, DaskExecutor
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import JobState
 from jupyter_staging.server.handlers import default_handlers
@@ -68,7 +68,35 @@ class StagingApp(ExtensionApp):
     executor_class = TypeTrait(
         default_value="jupyter_staging.engine.executors.LocalExecutor",
         klass="jupyter_staging.engine.executors.Executor",
-        help="""How staging jobs run.""",
+        help="""How staging jobs run: ``jupyter_staging.engine.executors.LocalExecutor`` (threads of this
+        server) or ``jupyter_staging.engine.executors.DaskExecutor`` (files, byte ranges and table parts as
+        tasks on a Dask cluster; the ``dask`` extra; see the ``dask_*`` settings and docs/scale-out.md).""",
+    ).tag(config=True)
+
+    dask_scheduler_address = Unicode(
+        "",
+        help="""DaskExecutor: address of an existing Dask scheduler (``tcp://host:8786``, e.g. a
+        dask-jobqueue cluster's). Empty: a dask-gateway cluster when ``dask_gateway`` is set, else a
+        LocalCluster of ``dask_local_workers`` processes on 127.0.0.1.""",
+    ).tag(config=True)
+
+    dask_gateway = Dict(
+        {},
+        help="""DaskExecutor: create the cluster through dask-gateway: ``address``, ``proxy_address``,
+        ``auth`` (default ``"jupyterhub"``), ``cluster_options`` (dict), ``workers`` (default 2).""",
+    ).tag(config=True)
+
+    dask_local_workers = Int(
+        2,
+        min=1,
+        help="""DaskExecutor without a scheduler address or gateway: worker processes of the LocalCluster.""",
+    ).tag(config=True)
+
+    dask_range_bytes = Int(
+        256 * 1024**2,
+        min=1024**2,
+        help="""DaskExecutor: local files larger than this (bytes) are copied as ranges of this size, one
+        task each, and assembled into one verified file.""",
     ).tag(config=True)
 
     max_unpacked_bytes = Int(
@@ -180,6 +208,7 @@ class StagingApp(ExtensionApp):
             source_roots=list(self.source_roots) or None,
             max_concurrent_jobs=self.max_concurrent_jobs,
             executor_class=self.executor_class,
+            executor_options=self._executor_options(),
             default_owner=self.owner,
             sweep_interval=self.sweep_interval,
             presign_expiry_seconds=self.presign_expiry_seconds,
@@ -191,6 +220,17 @@ class StagingApp(ExtensionApp):
         )
         self.settings.update({"staging_manager": self.manager, "staging_owner": self.owner})
         self.log.info("jupyter_staging %s: jobs in %s", __version__, _safe_url(self.db_url))
+
+    def _executor_options(self) -> dict[str, object]:
+        """Keyword arguments of ``executor_class`` beyond its thread count (the ``dask_*`` settings)."""
+        if not issubclass(self.executor_class, DaskExecutor):
+            return {}
+        return {
+            "scheduler_address": self.dask_scheduler_address or None,
+            "gateway": dict(self.dask_gateway),
+            "local_workers": self.dask_local_workers,
+            "range_bytes": self.dask_range_bytes,
+        }
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(default_handlers)

@@ -1,0 +1,211 @@
+"""A job's work spread over a Dask cluster (:class:`~jupyter_staging.engine.executors.DaskExecutor`).
+
+On a Dask executor the runner stays in the server and keeps every decision and all bookkeeping: what is
+already done, reused or linked is settled here as on threads (no task), and only reading the source's bytes
+becomes tasks (:mod:`jupyter_staging.engine.tasks`): one per file of a folder / prefix / manifest, or, for a
+local file larger than ``range_bytes``, one per byte range plus one that hashes, verifies and publishes the
+assembled file. Results come back in the order tasks finish and are recorded as chunks as on threads.
+
+Before the first task, a worker writes a probe file into the destination folder and the server reads it
+back: a destination the workers do not share fails the job with ``destination_not_shared`` before a byte
+moves. Object-store destinations, hard links and symlinks stay on the server's threads (the job log says
+so); so do archives and conversions that cannot be split.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from jupyter_staging.engine.entries import ManifestStager
+from jupyter_staging.engine.executors import DaskExecutor
+from jupyter_staging.engine.models import ChunkState
+from jupyter_staging.engine.store import ChunkRecord
+from jupyter_staging.engine.tasks import (
+    TaskContext,
+    copy_range,
+    fetch_item,
+    finish_ranges,
+    probe_folder,
+    read_probe,
+)
+from jupyter_staging.engine.taskset import JobTasks, TaskBatch
+from jupyter_staging.errors import DestinationNotShared, StagingError
+from jupyter_staging.sources.base import Source, SourceItem
+
+#: Methods whose bytes are read from the source, hence worth a task.
+FETCHING = ("copy", "download")
+
+
+class SpreadStager(ManifestStager):
+    """Stages a job's files as tasks on a :class:`DaskExecutor`'s cluster; on any other executor (and for
+    what does not spread) exactly as :class:`ManifestStager`."""
+
+    _job_tasks: JobTasks | None = None
+    _said_local: bool = False
+
+    def _executor_for(self, method: str) -> DaskExecutor | None:
+        """The Dask executor when this transfer runs as tasks, else None (logged once per run)."""
+        executor = self.host.executor
+        if not isinstance(executor, DaskExecutor):
+            return None
+        if self.dest.remote or method not in FETCHING or self.dest.confinement_root is None:
+            if not self._said_local:
+                self._said_local = True
+                why = "an object-store destination" if self.dest.remote else f"method {method}"
+                self._log("info", f"{why}: staged on the server's own threads, not as Dask tasks")
+            return None
+        return executor
+
+    def prepare_tasks(self, method: str) -> None:
+        """Before any item: on a Dask executor, make sure the workers see the destination (the probe);
+        raises :class:`DestinationNotShared` otherwise. Nothing on other executors."""
+        executor = self._executor_for(method)
+        if executor is not None:
+            self._tasks(executor)
+
+    def _transfer_all(self, source: Source, method: str, work: list[tuple[SourceItem, ChunkRecord]]) -> None:
+        executor = self._executor_for(method)
+        if executor is None:
+            super()._transfer_all(source, method, work)
+            return
+        with self._tasks(executor).batch() as tasks:
+            waiting: dict[int, tuple[SourceItem, ChunkRecord, Path]] = {}
+            ranges: dict[int, int] = {}
+            for index, (item, chunk) in enumerate(work):
+                self.control.check()
+                if chunk.state != ChunkState.pending.value:
+                    self.control.add_bytes(chunk.bytes or 0)
+                    continue
+                final = self.dest.workdir / item.name
+                done = self._stage_without_fetch(
+                    source, method, item, final, recovering=self.recovering, sync_folder=False
+                )
+                if done is not None:
+                    self._item_done(item, chunk, final, done)
+                    continue
+                waiting[index] = (item, chunk, final)
+                ranges[index] = self._submit(tasks, executor, source, item, final, index)
+            for (kind, index), result in tasks.results():
+                item, chunk, final = waiting[index]
+                if kind == "range":
+                    ranges[index] -= 1
+                    if ranges[index] == 0:
+                        checksums = self._expected_checksums(item)
+                        tasks.submit(
+                            finish_ranges,
+                            tasks.ctx,
+                            self._rel(final),
+                            item.size,
+                            checksums,
+                            tag=("item", index),
+                        )
+                    continue
+                self._item_done(item, chunk, final, result)
+
+    def _submit(
+        self,
+        tasks: TaskBatch,
+        executor: DaskExecutor,
+        source: Source,
+        item: SourceItem,
+        final: Path,
+        index: int,
+    ) -> int:
+        """Submit the task(s) of one file; returns how many byte-range tasks (0: one fetch task)."""
+        local = source.local_path(item)
+        checksums = self._expected_checksums(item)
+        if local is None or item.size is None or item.size <= executor.range_bytes:
+            tasks.submit(
+                fetch_item,
+                tasks.ctx,
+                source.uri,
+                self.host.source_roots,
+                item,
+                self._rel(final),
+                checksums,
+                md5="md5" in checksums,
+                tag=("item", index),
+            )
+            return 0
+        out = self._open_part(item, final, md5=False)  # sets aside a foreign .part, tags ours
+        try:
+            os.ftruncate(out.fileno(), item.size)
+        finally:
+            out.close()
+        step = executor.range_bytes
+        starts = range(0, item.size, step)
+        for start in starts:
+            length = min(step, item.size - start)
+            tasks.submit(
+                copy_range, tasks.ctx, str(local), self._rel(final), start, length, tag=("range", index)
+            )
+        self._log("info", f"{item.name}: {len(starts)} ranges of up to {step} bytes as Dask tasks")
+        return len(starts)
+
+    def _item_done(self, item: SourceItem, chunk: ChunkRecord, final: Path, result: Any) -> None:
+        size, sha = result
+        path = self.dest.put(
+            final, item.name, size=size, sha256=sha, content_type=item.content_type, control=self.control
+        )
+        self._chunk_done(chunk, folder=final.parent, bytes=size, sha256=sha, path=path)
+
+    def _rel(self, path: Path) -> str:
+        """``path`` relative to the confinement root (POSIX)."""
+        assert self.dest.confinement_root is not None
+        return path.relative_to(self.dest.confinement_root).as_posix()
+
+    def _tasks(self, executor: DaskExecutor) -> JobTasks:
+        """This run's :class:`JobTasks`, made (once the workers proved they see the destination folder)
+        by the first thread that needs it."""
+        assert self.dest.confinement_root is not None
+        with self._lock:
+            if self._job_tasks is None:
+                tasks = JobTasks(
+                    executor.client(),
+                    TaskContext(self.job_id, str(self.dest.confinement_root)),
+                    self.control,
+                    self.live,
+                    lambda: self.host.report_progress(self.job_id),
+                )
+                try:
+                    with tasks.batch() as probe:
+                        self._probe(probe)
+                except BaseException:
+                    tasks.close()
+                    raise
+                self._job_tasks = tasks
+            return self._job_tasks
+
+    def close_tasks(self) -> None:
+        """End this run's :class:`JobTasks`, if it had one."""
+        with self._lock:
+            tasks, self._job_tasks = self._job_tasks, None
+        if tasks is not None:
+            tasks.close()
+
+    def _probe(self, tasks: TaskBatch) -> None:
+        """Raise :class:`DestinationNotShared` unless a worker's probe file reaches this server."""
+        assert self.dest.confinement_root is not None
+        folder = self._rel(self.dest.workdir)
+        self.dest.files.makedirs(self.dest.workdir)
+        token = secrets.token_hex(16)
+        tasks.submit(probe_folder, tasks.ctx, folder, token, tag=("probe", -1), retries=0)
+        try:
+            host = next((result for _, result in tasks.results()), "?")
+        except StagingError:
+            raise
+        except Exception as exc:  # the folder is missing or different on the worker
+            raise self._not_shared(folder, type(exc).__name__) from None
+        if not read_probe(self.dest.confinement_root, folder, token):
+            raise self._not_shared(folder, f"a file written by worker host {host} did not appear here")
+        self._log("info", f"Dask workers see the destination folder (probe from host {host})")
+
+    @staticmethod
+    def _not_shared(folder: str, why: str) -> DestinationNotShared:
+        return DestinationNotShared(
+            f"the Dask workers cannot see the destination folder {folder!r} ({why}); stage into a folder on "
+            "a file system the workers share, or run this job on the server's own threads (LocalExecutor)"
+        )

@@ -1,0 +1,256 @@
+"""What the workers of a distributed executor run: each function here is one Dask task of a job.
+
+Tasks are plain module-level functions of picklable arguments (paths as strings, :class:`SourceItem` s,
+:class:`TaskContext`), so any worker that has ``jupyter_staging`` installed can run them. They write only
+below the job's confinement root, by descriptor (:mod:`jupyter_staging.safety.dirfd`), and publish a file
+only when it is complete and verified, exactly as the server's own threads do. What they do not do is the
+bookkeeping: they return sizes and sha256 digests, and the job's runner in the server records chunks, the
+manifest and the job's state (:mod:`jupyter_staging.engine.spread`).
+
+A retried task (its worker died, Dask ran it again elsewhere) starts its output afresh: a part file left by
+the dead attempt is truncated (a byte range is rewritten), never trusted.
+
+Pause and cancel reach a running task through a ``distributed.Variable`` named by its job and batch
+(:attr:`TaskContext.control_key`), polled at most every :data:`POLL_SECONDS` while the task works; bytes
+and rows flow back as Dask structured events on :attr:`TaskContext.topic`
+(``distributed.Worker.log_event``), at most every :data:`REPORT_SECONDS` per task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from jupyter_staging.errors import JobInterrupted, PathNotAllowed
+from jupyter_staging.safety.control import JobControl
+from jupyter_staging.safety.dirfd import (
+    create_file,
+    folder_fd,
+    lstat_at,
+    open_existing,
+    read_file_at,
+    unlink_at,
+)
+from jupyter_staging.safety.partfile import PartFile, part_path
+from jupyter_staging.sources.base import SourceItem
+from jupyter_staging.sources.registry import open_source
+
+#: Seconds between two looks of a task at its job's control variable (pause / cancel).
+POLL_SECONDS = 0.5
+#: Seconds between two progress events of one task.
+REPORT_SECONDS = 0.25
+#: Bytes a range task copies per system call (between two control checks).
+RANGE_STEP = 16 * 1024**2
+#: What a job's control variable holds while it may run.
+RUN = "run"
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What every task of one batch knows: its job's ``job_id``, the confinement ``root`` (the server's
+    root folder, as the workers see it: the same path on a shared file system), the ``batch`` of tasks it
+    belongs to (the tasks the runner waits for together: a folder's files, one manifest entry's), the name
+    of the batch's control variable and of the job's progress topic."""
+
+    job_id: str
+    root: str
+    batch: str = "0"
+
+    @property
+    def control_key(self) -> str:
+        return f"jupyter-staging-control-{self.job_id}-{self.batch}"
+
+    @property
+    def topic(self) -> str:
+        return f"jupyter-staging-progress-{self.job_id}"
+
+    def path(self, rel: str) -> Path:
+        """``rel`` (POSIX, relative to the root) as a path below the root."""
+        return Path(self.root) / rel
+
+
+class TaskControl(JobControl):
+    """The job's control as a task sees it: :meth:`check` reads the job's control variable (at most
+    every :data:`POLL_SECONDS`), bytes and rows are sent back as structured events."""
+
+    def __init__(self, ctx: TaskContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self._checked = 0.0
+        self._sent = time.monotonic()
+        self._bytes = 0
+        self._rows = 0
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now - self._checked >= POLL_SECONDS:
+            self._checked = now
+            # Deferred: distributed is imported only on workers (the optional dask extra).
+            from distributed import Variable
+
+            value = Variable(self.ctx.control_key).get(timeout=30)
+            if value != RUN:
+                self.interrupt(str(value))
+        super().check()
+
+    def wait(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.check()
+            time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        self.check()
+
+    def add_bytes(self, n: int) -> None:
+        self._bytes += n
+        self._report()
+
+    def add_rows(self, n: int) -> None:
+        self._rows += n
+        self._report()
+
+    def _report(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not (self._bytes or self._rows) or (not force and now - self._sent < REPORT_SECONDS):
+            return
+        # Deferred: as above.
+        from distributed import get_worker
+
+        get_worker().log_event(self.ctx.topic, {"bytes": self._bytes, "rows": self._rows})
+        self._sent, self._bytes, self._rows = now, 0, 0
+
+    def flush(self) -> None:
+        """Send the bytes and rows not reported yet."""
+        self._report(force=True)
+
+
+def probe_folder(ctx: TaskContext, rel: str, token: str) -> str:
+    """Write the file ``.staging-probe-<token>`` (holding ``token``) into folder ``rel`` below the root,
+    so the server can tell whether it sees what this worker writes. Returns the worker's host name.
+    Raises :class:`FileNotFoundError` / :class:`PathNotAllowed` when the folder is missing or a symlink
+    here."""
+    with folder_fd(Path(ctx.root), rel) as fd:
+        name = f".staging-probe-{token}"
+        unlink_at(fd, name)  # a run again of this task (its worker died before the result was read)
+        out = create_file(fd, name, 0o600)
+        try:
+            os.write(out, token.encode())
+            os.fsync(out)
+        finally:
+            os.close(out)
+    return os.uname().nodename
+
+
+def read_probe(root: Path, rel: str, token: str) -> bool:
+    """Whether the probe file of ``token`` is in folder ``rel`` with its content (then removed)."""
+    try:
+        with folder_fd(root, rel) as fd:
+            name = f".staging-probe-{token}"
+            found = read_file_at(fd, name, limit=1024)
+            unlink_at(fd, name)
+    except (FileNotFoundError, PathNotAllowed):
+        return False
+    return found == token.encode()
+
+
+def fetch_item(
+    ctx: TaskContext,
+    uri: str,
+    source_roots: list[str] | None,
+    item: SourceItem,
+    final_rel: str,
+    checksums: dict[str, str],
+    *,
+    md5: bool,
+) -> tuple[int, str]:
+    """Fetch ``item`` of source ``uri`` into ``final_rel`` (below the root): a fresh ``.part`` (a dead
+    attempt's is truncated), verified against ``item.size`` and ``checksums`` (``{algorithm: hex}``, plus
+    those the source states when the bytes come), published. Returns ``(size_bytes, sha256_hex)``.
+
+    Raises what the source and :meth:`PartFile.commit` raise (``transfer_failed``, ``checksum_mismatch``,
+    ``size_mismatch``, ``destination_exists``, ...), and :class:`JobInterrupted` on pause or cancel (the
+    ``.part`` stays; the next attempt truncates it)."""
+    control = TaskControl(ctx)
+    control.check()
+    published = _published(ctx, final_rel, item.size)
+    if published is not None:
+        return published
+    source = open_source(uri, source_roots=source_roots)
+    out = PartFile(ctx.path(final_rel), resume=False, md5=md5, root=Path(ctx.root))
+    try:
+        source.fetch(item, out, control)
+    except JobInterrupted:
+        out.close()
+        raise
+    except BaseException:
+        out.discard()
+        raise
+    finally:
+        control.flush()
+    return out.commit(item.size, checksums={**item.checksums, **checksums} or None)
+
+
+def _published(ctx: TaskContext, final_rel: str, size: int | None) -> tuple[int, str] | None:
+    """``(size, sha256)`` of ``final_rel`` when an earlier attempt of this task published it (a regular
+    file of the expected size and no ``.part`` beside it: the runner submitted the task only after finding
+    neither), else None. A task runs again after publishing when its worker died before the server read
+    the result."""
+    final = Path(final_rel)
+    with folder_fd(Path(ctx.root), final.parent.as_posix(), create=True) as dir_fd:
+        st = lstat_at(dir_fd, final.name)
+        if st is None or not stat.S_ISREG(st.st_mode) or lstat_at(dir_fd, part_path(final).name) is not None:
+            return None
+        if size is not None and st.st_size != size:
+            return None
+        fd = open_existing(dir_fd, final.name, os.O_RDONLY | os.O_CLOEXEC)
+    if fd is None:
+        return None
+    digest = hashlib.sha256()
+    with os.fdopen(fd, "rb") as fh:
+        while block := fh.read(RANGE_STEP):
+            digest.update(block)
+    return st.st_size, digest.hexdigest()
+
+
+def copy_range(ctx: TaskContext, src: str, final_rel: str, start: int, length: int) -> int:
+    """Copy bytes ``[start, start + length)`` of the local file ``src`` into the same range of
+    ``final_rel``'s ``.part`` (made at its full size beforehand), with ``copy_file_range``; fsynced.
+    Returns the bytes copied. Raises :class:`JobInterrupted` on pause or cancel, :class:`PathNotAllowed`
+    when the part file is a symlink, :class:`OSError` when the source is shorter than expected."""
+    control = TaskControl(ctx)
+    final = ctx.path(final_rel)
+    with folder_fd(Path(ctx.root), Path(final_rel).parent.as_posix()) as dir_fd:
+        fd = open_existing(dir_fd, part_path(final).name, os.O_WRONLY | os.O_CLOEXEC)
+        if fd is None:
+            raise FileNotFoundError(f"{final.name}: its part file is missing")
+        try:
+            with open(src, "rb") as source:
+                done = 0
+                while done < length:
+                    control.check()
+                    n = os.copy_file_range(
+                        source.fileno(), fd, min(RANGE_STEP, length - done), start + done, start + done
+                    )
+                    if n == 0:
+                        raise OSError(f"{final.name}: the source ended at byte {start + done}")
+                    done += n
+                    control.add_bytes(n)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            control.flush()
+    return done
+
+
+def finish_ranges(ctx: TaskContext, final_rel: str, size: int, checksums: dict[str, str]) -> tuple[int, str]:
+    """Hash the assembled ``.part`` of ``final_rel`` once (sha256, and MD5 when ``checksums`` asks for
+    it), verify it against ``size`` and ``checksums``, publish it. Returns ``(size_bytes, sha256_hex)``;
+    raises as :meth:`PartFile.commit`."""
+    published = _published(ctx, final_rel, size)
+    if published is not None:
+        return published
+    out = PartFile(ctx.path(final_rel), resume=True, md5="md5" in checksums, root=Path(ctx.root))
+    return out.commit(size, checksums=checksums or None)

@@ -1,0 +1,220 @@
+"""The tasks of one job on a Dask cluster, as its runner in the server sees them.
+
+:class:`JobTasks` is one run of one job on the executor's ``distributed.Client``: it adds the bytes and
+rows its tasks report (Dask structured events on the job's topic) to the job's live progress, and keeps
+:attr:`LiveProgress.tasks` (queued, running, done, running per worker) up to date, about once a second.
+
+A :class:`TaskBatch` is what one of the runner's threads waits for together (a folder's files, one manifest
+entry's files, the ranges of a file): it submits tasks (:mod:`jupyter_staging.engine.tasks`) and hands their
+results back in the order they finish, so the runner records chunks as on its own threads. Meanwhile it
+
+- relays a pause or cancel of the job to its running tasks (the batch's control ``distributed.Variable``;
+  tasks poll it) and cancels its queued ones, then raises :class:`JobInterrupted`;
+- stops its other tasks the same way when one fails, then raises that task's error (other batches of the
+  job, such as other manifest entries, go on).
+
+A task whose worker dies is run again by the scheduler (``distributed.scheduler.allowed-failures``); one
+that raises is run again :data:`TASK_RETRIES` times.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from jupyter_staging.engine.progress import LiveProgress
+from jupyter_staging.engine.tasks import RUN, TaskContext
+from jupyter_staging.errors import JobInterrupted, StagingError
+from jupyter_staging.safety.control import JobControl
+
+#: Times a task that raised is run again (a lost connection, a full worker).
+TASK_RETRIES = 2
+#: Seconds the runner's thread waits for a task to finish before it looks at the job's control again.
+WAIT_SECONDS = 0.25
+#: Seconds between two looks at the state of a batch's tasks.
+POLL_SECONDS = 0.02
+#: Seconds between two updates of the task counts (one request to the scheduler each).
+COUNT_SECONDS = 1.0
+#: Seconds the running tasks of a stopping batch are given to notice and end.
+STOP_SECONDS = 60.0
+
+
+class JobTasks:
+    """One run of job ``ctx.job_id`` on ``client`` (a ``distributed.Client``): ``control`` is the job's
+    control in the server, ``live`` its live counters, ``report`` persists and announces its progress.
+    :meth:`close` when the run ends."""
+
+    def __init__(
+        self,
+        client: Any,
+        ctx: TaskContext,
+        control: JobControl,
+        live: LiveProgress,
+        report: Callable[[], None],
+    ) -> None:
+        self.client = client
+        self.ctx = ctx
+        self.control = control
+        self.live = live
+        self.report = report
+        self._batches = itertools.count()
+        self._lock = threading.Lock()
+        self._pending: set[str] = set()  # keys of every batch's unfinished tasks
+        self._done = 0
+        self._counted = 0.0
+        client.subscribe_topic(ctx.topic, self._on_event)
+
+    def batch(self) -> TaskBatch:
+        """A new :class:`TaskBatch` of this job (a context manager)."""
+        ctx = TaskContext(self.ctx.job_id, self.ctx.root, str(next(self._batches)))
+        return TaskBatch(self, ctx)
+
+    def close(self) -> None:
+        """Stop listening to the job's progress events and forget its task counts."""
+        self.client.unsubscribe_topic(self.ctx.topic)
+        with self.live.lock:
+            self.live.tasks = None
+
+    def track(self, key: str, *, done: bool = False) -> None:
+        """Count task ``key`` as submitted, or (``done``) as ended."""
+        with self._lock:
+            if done:
+                self._pending.discard(key)
+                self._done += 1
+            else:
+                self._pending.add(key)
+
+    def forget(self, keys: list[str]) -> None:
+        """Stop counting tasks that were cancelled or abandoned."""
+        with self._lock:
+            self._pending.difference_update(keys)
+
+    def running_keys(self) -> set[str]:
+        """Keys of the tasks the scheduler has handed to workers (one scheduler request)."""
+        return {key for keys in self.client.processing().values() for key in keys}
+
+    def count(self, *, force: bool = False) -> None:
+        """Update the live task counts (one scheduler request, at most every :data:`COUNT_SECONDS`)."""
+        now = time.monotonic()
+        with self._lock:
+            if not force and now - self._counted < COUNT_SECONDS:
+                return
+            self._counted = now
+            ours, done = set(self._pending), self._done
+        workers: dict[str, int] = {}
+        if ours:
+            for worker, keys in self.client.processing().items():
+                running = sum(1 for key in keys if key in ours)
+                if running:
+                    workers[str(worker)] = running
+        running = sum(workers.values())
+        with self.live.lock:
+            self.live.tasks = {
+                "queued": max(0, len(ours) - running),
+                "running": running,
+                "done": done,
+                "workers": workers,
+            }
+
+    def _on_event(self, event: Any) -> None:
+        """A task's progress event (on the client's event loop): add it to the live counters only."""
+        _, message = event
+        if not isinstance(message, dict):
+            return
+        with self.live.lock:
+            self.live.bytes_done += int(message.get("bytes", 0))
+            self.live.rows_done += int(message.get("rows", 0))
+
+
+class TaskBatch:
+    """Tasks of ``job`` that one thread of the runner waits for together; a context manager whose exit
+    stops what still runs and deletes the batch's control variable."""
+
+    def __init__(self, job: JobTasks, ctx: TaskContext) -> None:
+        # Deferred: distributed is the optional dask extra; this module runs only with it.
+        from distributed import Variable
+
+        self.job = job
+        self.ctx = ctx
+        self._variable = Variable(ctx.control_key, client=job.client)
+        self._variable.set(RUN)
+        self._pending: dict[Any, Any] = {}  # future -> tag
+
+    def __enter__(self) -> TaskBatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._pending:
+                self._stop("cancelled")
+        finally:
+            self._variable.delete()
+
+    def submit(
+        self, fn: Callable[..., Any], *args: Any, tag: Any, retries: int = TASK_RETRIES, **kwargs: Any
+    ) -> None:
+        """Run ``fn(*args, **kwargs)`` on a worker (again up to ``retries`` times when it raises); its
+        result comes back from :meth:`results` with ``tag``."""
+        key = f"staging-{fn.__name__}-{self.ctx.job_id[:8]}-{uuid.uuid4().hex[:12]}"
+        future = self.job.client.submit(fn, *args, key=key, pure=False, retries=retries, **kwargs)
+        self._pending[future] = tag
+        self.job.track(key)
+
+    def results(self) -> Iterator[tuple[Any, Any]]:
+        """``(tag, result)`` of each task as it finishes (tasks submitted meanwhile included), until none
+        is left. Raises :class:`JobInterrupted` when the job is paused or cancelled, or the first task's
+        error; either way, every other task of the batch has ended first."""
+        control = self.job.control
+        while self._pending:
+            if control.interrupted:
+                self._stop(control.reason or "cancelled")
+                raise JobInterrupted(control.reason or "cancelled")
+            _wait(list(self._pending), WAIT_SECONDS, every=False)
+            self.job.count()
+            self.job.report()
+            for future in [f for f in self._pending if f.done()]:
+                tag = self._pending.pop(future)
+                self.job.track(future.key, done=True)
+                yield tag, self._result(future)
+        self.job.count(force=True)
+
+    def _result(self, future: Any) -> Any:
+        """The future's result; on its error, stop the batch's other tasks and raise it."""
+        if future.status == "finished":
+            return future.result()
+        error = future.exception() if future.status == "error" else JobInterrupted("cancelled")
+        self._stop("failed")
+        control = self.job.control
+        if isinstance(error, JobInterrupted) and control.interrupted:
+            raise JobInterrupted(control.reason or error.reason)
+        if isinstance(error, BaseException):
+            raise error
+        raise StagingError(f"a task ended {future.status}")
+
+    def _stop(self, reason: str) -> None:
+        """Tell running tasks to stop (they raise at their next check), cancel queued ones, wait for the
+        running ones to end (at most :data:`STOP_SECONDS`)."""
+        self._variable.set(reason)
+        futures = list(self._pending)
+        self._pending.clear()
+        running = self.job.running_keys()
+        queued = [f for f in futures if f.key not in running and not f.done()]
+        if queued:
+            self.job.client.cancel(queued)
+        _wait([f for f in futures if f.key in running], STOP_SECONDS, every=True)
+        self.job.forget([f.key for f in futures])
+
+
+def _wait(futures: list[Any], seconds: float, *, every: bool) -> None:
+    """Wait up to ``seconds`` until one (``every``: all) of ``futures`` is done. (``distributed.wait``
+    needs a default client; the executor's client is not made the default of the server's process.)"""
+    deadline = time.monotonic() + seconds
+    while futures and time.monotonic() < deadline:
+        done = [f.done() for f in futures]
+        if all(done) if every else any(done):
+            return
+        time.sleep(POLL_SECONDS)

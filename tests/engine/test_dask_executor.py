@@ -1,0 +1,252 @@
+"""Jobs on a Dask cluster (issue 15): ``DaskExecutor`` runs a job's files and byte ranges as tasks on the
+workers of a real ``distributed.LocalCluster`` (two worker processes on 127.0.0.1), and the output is the
+local executor's, byte for byte.
+
+The engine runs in this process (a real :class:`StagingManager`, SQLite in ``tmp_path``); the cluster's
+workers are separate processes that write into ``tmp_path`` (a file system they share with the server).
+The worker that cannot see the destination runs in its own mount namespace (``unshare``), with an empty
+tmpfs over the server's root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from distributed import Client, LocalCluster
+
+from jupyter_staging.engine.executors import DaskExecutor, LocalExecutor
+from jupyter_staging.engine.manager import StagingManager
+from jupyter_staging.engine.models import CreateJob, DescribeJob, JobState
+from tests.helpers.data import KEPLER, SPITZER, TESS, sha256, wait_until
+from tests.helpers.servers import RangeHTTPServer
+
+FINAL = {JobState.succeeded, JobState.failed, JobState.cancelled, JobState.paused}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as made:
+        yield made
+
+
+def make_manager(root: Path, executor_class: type = DaskExecutor, **options: Any) -> StagingManager:
+    root.mkdir(parents=True, exist_ok=True)
+    manager = StagingManager(
+        root,
+        db_url=f"sqlite:///{root}/.jobs.db",
+        executor_class=executor_class,
+        executor_options=options,
+    )
+    manager.start()
+    return manager
+
+
+@pytest.fixture
+def dask_manager(tmp_path: Path, cluster: LocalCluster) -> Iterator[StagingManager]:
+    manager = make_manager(tmp_path / "dask-root", scheduler_address=cluster.scheduler_address)
+    yield manager
+    manager.stop(wait=True)
+
+
+def run(manager: StagingManager, request: CreateJob, timeout: float = 300.0) -> DescribeJob:
+    job, _ = manager.create(request)
+    return wait_until(lambda: _final(manager, job.id), timeout=timeout, what=f"job {job.id} to end")
+
+
+def _final(manager: StagingManager, job_id: str) -> DescribeJob | None:
+    job = manager.get(job_id)
+    return job if job.state in FINAL else None
+
+
+def log_text(manager: StagingManager, job_id: str) -> str:
+    return "\n".join(line["message"] for line in manager.job_log(job_id))
+
+
+def manifest_objects(manager: StagingManager, job_id: str) -> list[tuple[str, int, str]]:
+    objects = manager.manifest(job_id)["objects"]
+    return sorted((o["path"], o["size"], o["sha256"]) for o in objects)
+
+
+def test_a_manifest_of_three_mission_files_matches_the_local_executor(tmp_path, dask_manager):
+    manifest = {"kepler": str(KEPLER), "tess": str(TESS), "catalog": str(SPITZER)}
+    job = run(dask_manager, CreateJob(manifest=manifest, destination="inputs"))
+    assert job.state == JobState.succeeded, job.error
+    assert "Dask workers see the destination folder" in log_text(dask_manager, job.id)
+
+    local = make_manager(tmp_path / "local-root", executor_class=LocalExecutor)
+    try:
+        reference = run(local, CreateJob(manifest=manifest, destination="inputs"))
+        assert reference.state == JobState.succeeded
+        assert manifest_objects(dask_manager, job.id) == manifest_objects(local, reference.id)
+    finally:
+        local.stop(wait=True)
+    for name, path in manifest.items():
+        assert sha256(tmp_path / "dask-root" / "inputs" / name / Path(path).name) == sha256(Path(path))
+
+
+def write_numbered_blocks(path: Path, size: int, block: int = 1024**2) -> str:
+    """A file of ``size`` bytes whose every 1 MiB block starts with its own number (a range written at the
+    wrong offset changes the sha256); returns its sha256."""
+    base = os.urandom(block)
+    digest = hashlib.sha256()
+    with open(path, "wb") as out:
+        for index, start in enumerate(range(0, size, block)):
+            data = (index.to_bytes(8, "big") + base[8:])[: min(block, size - start)]
+            out.write(data)
+            digest.update(data)
+    return digest.hexdigest()
+
+
+def test_a_two_gib_local_file_is_copied_in_ranges_on_both_workers(tmp_path, cluster):
+    source = tmp_path / "big" / "catalog.bin"
+    source.parent.mkdir()
+    expected = write_numbered_blocks(source, 2 * 1024**3 + 12345)
+    manager = make_manager(
+        tmp_path / "root", scheduler_address=cluster.scheduler_address, range_bytes=256 * 1024**2
+    )
+    seen: set[str] = set()
+    try:
+        job, _ = manager.create(CreateJob(source=str(source), destination="big"))
+
+        def ended() -> DescribeJob | None:
+            described = manager.get(job.id)
+            if described.progress.tasks is not None:
+                seen.update(described.progress.tasks.workers)
+            return described if described.state in FINAL else None
+
+        done = wait_until(ended, timeout=600, interval=0.1, what="the 2 GiB copy")
+        assert done.state == JobState.succeeded, done.error
+        assert done.progress.bytes_done == done.progress.bytes_total == source.stat().st_size
+        assert "catalog.bin: 9 ranges of up to 268435456 bytes as Dask tasks" in log_text(manager, job.id)
+        [(_, size, digest)] = manifest_objects(manager, job.id)
+        assert (size, digest) == (source.stat().st_size, expected)
+        assert sha256(tmp_path / "root" / "big" / "catalog.bin") == expected
+        assert len(seen) == 2, seen  # both workers ran ranges
+        assert not list((tmp_path / "root" / "big").glob("*.part"))
+    finally:
+        manager.stop(wait=True)
+        source.unlink()
+        shutil.rmtree(tmp_path / "root", ignore_errors=True)
+
+
+@pytest.fixture
+def slow_server(tmp_path) -> Iterator[tuple[RangeHTTPServer, dict[str, str]]]:
+    """Six 1 MB files served at 400 kB/s each (a task takes about 2.5 s)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    sums = {}
+    for i in range(6):
+        data = os.urandom(1_000_000)
+        (served / f"lc-{i}.fits").write_bytes(data)
+        sums[f"lc-{i}"] = hashlib.sha256(data).hexdigest()
+    with RangeHTTPServer(served, throttle_bytes_per_s=400_000) as server:
+        yield server, sums
+
+
+def manifest_of(server: RangeHTTPServer, sums: dict[str, str]) -> dict[str, str]:
+    return {name: server.url(f"{name}.fits") for name in sums}
+
+
+def staged_sums(root: Path, sums: dict[str, str]) -> dict[str, str]:
+    return {name: sha256(root / name / f"{name}.fits") for name in sums}
+
+
+def running_tasks(manager: StagingManager, job_id: str) -> int:
+    tasks = manager.get(job_id).progress.tasks
+    return tasks.running if tasks is not None else 0
+
+
+def test_pause_resume_and_cancel_reach_running_tasks(tmp_path, dask_manager, slow_server):
+    server, sums = slow_server
+    job, _ = dask_manager.create(CreateJob(manifest=manifest_of(server, sums), destination="lcs"))
+    wait_until(lambda: running_tasks(dask_manager, job.id), timeout=60, what="tasks to run")
+    dask_manager.pause(job.id)
+    paused = wait_until(lambda: _final(dask_manager, job.id), timeout=15, what="the pause")
+    assert paused.state == JobState.paused
+    assert paused.progress.tasks is None
+
+    dask_manager.resume(job.id)
+    done = wait_until(lambda: _final(dask_manager, job.id), timeout=120, what="the resumed job")
+    assert done.state == JobState.succeeded, done.error
+    assert staged_sums(tmp_path / "dask-root" / "lcs", sums) == sums
+
+    other, _ = dask_manager.create(CreateJob(manifest=manifest_of(server, sums), destination="again"))
+    wait_until(lambda: dask_manager.get(other.id).progress.bytes_done > 0, timeout=60, what="bytes")
+    dask_manager.cancel(other.id)
+    cancelled = wait_until(lambda: _final(dask_manager, other.id), timeout=15, what="the cancel")
+    assert cancelled.state == JobState.cancelled
+    left = [p for p in (tmp_path / "dask-root" / "again").rglob("*") if p.is_file()]
+    assert left == []
+
+
+def test_a_worker_killed_mid_job_its_tasks_run_again_and_the_job_succeeds(tmp_path, slow_server):
+    server, sums = slow_server
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1", dashboard_address=None
+        ) as own,
+        Client(own, set_as_default=False) as client,
+    ):
+        manager = make_manager(tmp_path / "root", scheduler_address=own.scheduler_address)
+        try:
+            job, _ = manager.create(CreateJob(manifest=manifest_of(server, sums), destination="lcs"))
+
+            def busy_worker() -> str | None:
+                tasks = manager.get(job.id).progress.tasks
+                return next(iter(tasks.workers), None) if tasks is not None else None
+
+            victim = wait_until(busy_worker, timeout=60, what="a worker running a task")
+            pids = client.run(os.getpid)
+            os.kill(pids[victim], signal.SIGKILL)
+            done = wait_until(lambda: _final(manager, job.id), timeout=180, what="the job to end")
+            assert done.state == JobState.succeeded, done.error
+            assert staged_sums(tmp_path / "root" / "lcs", sums) == sums
+            assert {o[2] for o in manifest_objects(manager, job.id)} == set(sums.values())
+            assert not list((tmp_path / "root" / "lcs").rglob("*.part"))
+        finally:
+            manager.stop(wait=True)
+
+
+def test_a_destination_the_workers_cannot_see_is_refused_before_any_byte_moves(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    with (
+        LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address=None) as scheduler_only,
+        Client(scheduler_only, set_as_default=False) as client,
+    ):
+        # One worker whose view of the server's root is an empty tmpfs (its own mount namespace).
+        command = (
+            f"mount -t tmpfs tmpfs {root} && exec {sys.executable} -m distributed.cli.dask_worker "
+            f"{scheduler_only.scheduler_address} --nthreads 1 --host 127.0.0.1 --no-dashboard --no-nanny"
+        )
+        worker = subprocess.Popen(
+            ["unshare", "--user", "--map-root-user", "--mount", "--", "sh", "-c", command]
+        )
+        try:
+            client.wait_for_workers(1, timeout=60)
+            manager = make_manager(root, scheduler_address=scheduler_only.scheduler_address)
+            try:
+                job = run(manager, CreateJob(source=str(KEPLER), destination="lc"), timeout=120)
+                assert job.state == JobState.failed
+                assert job.error is not None and job.error.code == "destination_not_shared"
+                assert "cannot see the destination folder 'lc'" in job.error.message
+                assert str(tmp_path) not in job.error.message
+                assert job.progress.bytes_done == 0
+                assert [c.state for c in manager.chunks(job.id, urls=False)] in ([], ["pending"])
+                assert not [p for p in (root / "lc").rglob("*") if p.is_file()]
+            finally:
+                manager.stop(wait=True)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
