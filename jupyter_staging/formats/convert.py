@@ -14,13 +14,21 @@ pages count as resident.
 
 Resuming (``start_index``): parts ``0 .. start_index-1`` exist already and are not written again; the
 first ``start_index * chunk_rows`` rows are skipped (FITS, VOTable, ECSV, Parquet seek to them; CSV parses
-and drops them). Progress (``control``): ``check()`` is called between batches (so pause/cancel act
-within one batch); ``add_rows(n)`` after each part with its row count; ``add_bytes(n)`` with the bytes of
-source consumed by each part (approximate; parts skipped by ``start_index`` are not counted, the rest of
-the file is added when the last part is written). ``on_chunk`` is called with each :class:`ChunkInfo`
-once that part is published, in the caller's thread and in part order (part N is published while part
-N+1 is encoded, and reported after that). If the job is interrupted meanwhile, for instance from this
-callback, the part being encoded is dropped.
+and drops them, unless ``start_offset`` gives the byte offset of part ``start_index``'s first line).
+
+Ranges (``stop_index``): only parts ``start_index .. stop_index-1`` are written, so several calls (on
+several processes) can write disjoint ranges of one conversion into one folder; their parts are
+byte-identical to those of a single call (a part's bytes depend only on its rows, the options and the
+source's schema and metadata, which hold no time or host). :mod:`jupyter_staging.formats.split` plans
+the ranges and, for CSV/TSV, the byte offsets.
+
+Progress (``control``): ``check()`` is called between batches (so pause/cancel act within one
+batch); ``add_rows(n)`` after each part with its row count; ``add_bytes(n)`` with the bytes of source
+consumed by each part (approximate; parts skipped by ``start_index`` are not counted, the rest of the
+file is added when the last part is written, unless ``stop_index`` stopped before the end).
+``on_chunk`` is called with each :class:`ChunkInfo` once that part is published, in the caller's thread
+and in part order (part N is published while part N+1 is encoded, and reported after that). If the job
+is interrupted meanwhile, for instance from this callback, the part being encoded is dropped.
 
 Units and descriptions (:mod:`jupyter_staging.formats.metadata`): each Arrow field's metadata holds
 ``unit``, ``ucd`` and ``description`` where the source has them (FITS ``TUNITn``, ``TUCDn``, ``TCOMMn`` or
@@ -45,11 +53,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from jupyter_staging.errors import ConversionFailed, SourceNotFound
-from jupyter_staging.formats.base import ChunkInfo, Source
+from jupyter_staging.formats.base import ChunkInfo, Piece, Source
 from jupyter_staging.formats.compression import comment_prefix_bytes
 from jupyter_staging.formats.csv import CsvSource, RaggedRows, read_ragged
 from jupyter_staging.formats.detect import detect_format
@@ -78,6 +86,8 @@ def convert_to_parquet(
     start_index: int = 0,
     on_chunk: Callable[[ChunkInfo], None] | None = None,
     root: Path | None = None,
+    stop_index: int | None = None,
+    start_offset: int | None = None,
 ) -> list[ChunkInfo]:
     """Convert the table in ``src`` into Parquet part files in ``out_dir``; return the parts written.
 
@@ -92,17 +102,26 @@ def convert_to_parquet(
     docstring, as are memory use and the units, UCDs, descriptions and headers kept as Arrow metadata.
     ``root``: the trusted folder ``out_dir`` lies below; when given, ``out_dir`` and every part are made
     by descriptor from it (:class:`~jupyter_staging.safety.confined.Confined`), never through a symlink
-    (:class:`PathNotAllowed` otherwise).
+    (:class:`PathNotAllowed` otherwise). ``stop_index`` (> ``start_index``; None: to the end): write
+    parts up to ``stop_index - 1`` only. ``start_offset`` (plain CSV/TSV only): the byte offset in
+    ``src`` of the first line of part ``start_index`` (from
+    :func:`jupyter_staging.formats.split.csv_part_offsets`); reading starts there instead of parsing
+    and dropping the rows before it; the header is still read for the column names and types.
 
     Raises :class:`SourceNotFound` if ``src`` is not a file; :class:`ConversionFailed` for something
     that is not a table (e.g. an image-only FITS file), an HDU/table index or name that does not exist or
     is not a table, an unreadable or corrupt file, an unknown compression, a CSV value that does not fit
-    its column's type; :class:`DestinationExists` if a part file to be written already exists (nothing is
-    overwritten); :class:`JobInterrupted` when ``control`` was interrupted (parts published so far stay,
-    resume with ``start_index``; the part in progress is removed). On any error no ``.part`` file is left.
+    its column's type, a ``stop_index`` not above ``start_index``, a ``start_offset`` for a file that is
+    not a plain CSV/TSV (or whose rows are read whole, or whose header is not one line) or that is not
+    the start of a data line; :class:`DestinationExists` if a part file to be written already exists
+    (nothing is overwritten); :class:`JobInterrupted` when ``control`` was interrupted (parts published
+    so far stay, resume with ``start_index``; the part in progress is removed). On any error no ``.part``
+    file is left.
     """
     src, out_dir = Path(src), Path(out_dir)
     codec = _check_arguments(chunk_rows, start_index, compression)
+    if stop_index is not None and stop_index <= start_index:
+        raise ConversionFailed(f"stop_index must be above start_index ({start_index}), not {stop_index}")
     fmt = _table_format(src, fmt)
     if root is None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +130,9 @@ def convert_to_parquet(
     started = time.monotonic()
     source = _open_source(src, fmt, hdu, chunk_rows, control)
     try:
-        chunks = _write_parts(source, out_dir, chunk_rows, codec, start_index, control, on_chunk, root)
+        pieces = _pieces(src, source, start_index * chunk_rows, start_offset)
+        parts = (start_index, stop_index)
+        chunks = _write_parts(source, pieces, out_dir, chunk_rows, codec, parts, control, on_chunk, root)
     finally:
         source.close()
     _log_converted(src, fmt, chunks, time.monotonic() - started)
@@ -167,16 +188,43 @@ def _open_source(
     raise ConversionFailed(f"{src.name}: unknown table format {fmt!r}")
 
 
+def _pieces(src: Path, source: Source, skip_rows: int, start_offset: int | None) -> Iterator[Piece]:
+    """The source's pieces after ``skip_rows`` rows, or (CSV/TSV) from the line at ``start_offset``."""
+    if start_offset is None:
+        return source.pieces(skip_rows)
+    if not isinstance(source, CsvSource) or source.fmt not in ("csv", "tsv"):
+        raise ConversionFailed(
+            f"{src.name}: start_offset is for plain CSV/TSV files whose rows are streamed, not read whole"
+        )
+    return source.pieces_at(start_offset)
+
+
+def _limited(pieces: Iterator[Piece], rows: int | None) -> Iterator[Piece]:
+    """``pieces`` up to ``rows`` rows in all (None: all of them), the last one cut."""
+    for piece in pieces:
+        if rows is not None and piece.batch.num_rows >= rows:
+            if rows:
+                yield piece._replace(batch=piece.batch.slice(0, rows))
+            return
+        if rows is not None:
+            rows -= piece.batch.num_rows
+        yield piece
+
+
 def _write_parts(
     source: Source,
+    pieces: Iterator[Piece],
     out_dir: Path,
     chunk_rows: int,
     compression: str,
-    start_index: int,
+    parts: tuple[int, int | None],
     control: JobControl | None,
     on_chunk: Callable[[ChunkInfo], None] | None,
     root: Path | None,
 ) -> list[ChunkInfo]:
+    """Parts ``parts[0] .. parts[1]-1`` (None: to the end) of ``pieces`` written into ``out_dir``."""
+    start_index, stop_index = parts
+    limit = None if stop_index is None else (stop_index - start_index) * chunk_rows
     writer = PartWriter(
         out_dir,
         source,
@@ -188,10 +236,12 @@ def _write_parts(
         root=root,
     )
     try:
-        with Prefetch(source.pieces(start_index * chunk_rows)) as pieces:
-            for piece in pieces:
+        taken = 0
+        with Prefetch(pieces) as ahead:
+            for piece in _limited(iter(ahead), limit):
                 writer.add(piece)
-        return writer.finish()
+                taken += piece.batch.num_rows
+        return writer.finish(to_end=limit is None or taken < limit)
     finally:
         writer.close()
 

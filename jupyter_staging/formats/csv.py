@@ -164,8 +164,72 @@ class CsvSource(Source):
             raise
         return reader, raw
 
+    def data_start(self) -> int:
+        """Byte offset of the first data line: after the comment lines and the header line (the first
+        non-empty line, as pyarrow reads it), the file's size when there is no data line.
+
+        Raises :class:`ConversionFailed` when rows cannot be read from a byte offset: a compressed or
+        ECSV file, repeated column names (their types are not fixed by name), or a header line that
+        alone does not give the column names (a quoted line break in a name).
+        """
+        if self._ecsv or compression_of(self.path) is not None:
+            raise ConversionFailed(f"{self.path.name}: only plain CSV/TSV files are read from a byte offset")
+        if len(set(self.schema.names)) != len(self.schema.names):
+            raise ConversionFailed(f"{self.path.name}: repeated column names; not read from a byte offset")
+        with open(self.path, "rb") as fh:
+            fh.seek(self._header_bytes)
+            line = fh.readline()
+            while line in (b"\n", b"\r\n"):  # pyarrow skips empty lines before the header too
+                line = fh.readline()
+            end = fh.tell()
+        try:
+            names = pacsv.read_csv(pa.BufferReader(line), **self._options()).column_names
+        except pa.ArrowException:
+            names = []
+        if names != self.schema.names:
+            raise ConversionFailed(
+                f"{self.path.name}: the header is not one line; not read from a byte offset"
+            )
+        return end
+
+    def pieces_at(self, offset: int) -> Iterator[Piece]:
+        """The rows from the line that begins at byte ``offset`` (at or after :meth:`data_start`) to the
+        end, parsed with this source's column names and types, as batches in order.
+
+        Raises :class:`ConversionFailed` as :meth:`data_start` does, when ``offset`` is not the start of
+        a data line, and as :meth:`pieces` does.
+        """
+        data_start = self.data_start()
+        raw = pa.OSFile(str(self.path), "rb")
+        try:
+            if offset != data_start and not data_start < offset <= self.size:
+                raise ConversionFailed(f"{self.path.name}: byte offset {offset} is outside the data lines")
+            if offset != data_start:
+                raw.seek(offset - 1)
+                if raw.read(1) != b"\n":
+                    raise ConversionFailed(
+                        f"{self.path.name}: byte offset {offset} is not at the start of a line"
+                    )
+            if offset == self.size:  # no rows from here (pyarrow refuses an empty stream)
+                raw.close()
+                return
+            raw.seek(offset)
+            options = self._options()
+            options["read_options"].column_names = self.schema.names
+            reader = pacsv.open_csv(raw, **options)
+        except BaseException as exc:
+            raw.close()
+            if isinstance(exc, pa.ArrowException):
+                raise self._unreadable(exc) from None
+            raise
+        yield from self._read(reader, raw, 0)
+
     def pieces(self, skip_rows: int) -> Iterator[Piece]:
         reader, raw = self._open()
+        yield from self._read(reader, raw, skip_rows)
+
+    def _read(self, reader: pacsv.CSVStreamingReader, raw: pa.NativeFile, skip_rows: int) -> Iterator[Piece]:
+        """Batches of ``reader`` after the first ``skip_rows`` rows; closes ``reader`` and ``raw``."""
         try:
             start = raw.tell()
             while True:

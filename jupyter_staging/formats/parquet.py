@@ -173,7 +173,10 @@ def _encode_part(
     """
     part = PartFile(final, root=root)
     try:
-        table = pa.Table.from_batches(batches, schema=schema)
+        # One contiguous chunk per column: Parquet page boundaries follow the chunks written, so the
+        # bytes of a part then depend only on its rows, not on how the source batched them (a part
+        # written by a ranged conversion is byte-identical to the same part of a whole one).
+        table = pa.Table.from_batches(batches, schema=schema).combine_chunks()
         lengths = string_lengths(table)  # astropy's Parquet reader sizes its string columns from these
         if lengths:
             schema = schema.with_metadata(
@@ -275,11 +278,17 @@ class PartWriter:
             if self._pending_rows == self._chunk_rows:
                 self._flush()
 
-    def finish(self) -> list[ChunkInfo]:
-        """Write the last (short, or for an empty table empty) part; wait for it; return all parts."""
+    def finish(self, *, to_end: bool = True) -> list[ChunkInfo]:
+        """Write the last (short, or for an empty table empty) part; wait for it; return all parts.
+
+        ``to_end=False``: the source was not read to its end (a ranged conversion stopped at its last
+        part), so the rest of the source's bytes are not reported to ``control``.
+        """
         if self._pending_rows or self._index == 0:
             self._flush()
         self._settle()
+        if not to_end:
+            return self.chunks
         if self._reported is None and not self.chunks:
             self._reported = self._size  # resumed past the end: nothing read, nothing to report
         if self._control is not None and self._size > (self._reported or 0):
