@@ -21,7 +21,7 @@ import requests
 from jupyter_staging.errors import StagingError
 from jupyter_staging.kernel import progressbar
 from jupyter_staging.kernel.backends import FINAL_STATES, REQUEST_TIMEOUT, Backend
-from jupyter_staging.kernel.formatting import jobs_table_html, progress_summary
+from jupyter_staging.kernel.formatting import jobs_table_html, progress_summary, tasks_summary
 from jupyter_staging.kernel.paths import chunk_paths, entry_paths, is_url
 
 if TYPE_CHECKING:
@@ -110,7 +110,9 @@ class Job:
     def progress(self) -> dict[str, Any]:
         """``{"bytes_done", "bytes_total", "chunks_done", "chunks_total", "rows_done", "output_bytes",
         "rate", "eta_seconds"}``: source bytes (``bytes_done <= bytes_total``), chunks, rows converted,
-        bytes of Parquet written, source bytes per second and seconds; totals and rates may be None."""
+        bytes of Parquet written, source bytes per second and seconds; totals and rates may be None. A
+        job on a distributed executor adds ``"tasks"``: ``{"queued", "running", "done", "workers"}``
+        (tasks, and running tasks by worker address or name), None on the server's own threads."""
         progress = dict(self._data.get("progress") or {})
         for key in _PROGRESS_KEYS:
             progress.setdefault(key, None)
@@ -333,8 +335,10 @@ class Job:
 
     def __repr__(self) -> str:
         state = f"{self.state}, up to date" if self.up_to_date else self.state
+        tasks = tasks_summary(self.state, self.progress)
+        where = f" ({tasks})" if tasks else ""
         return (
-            f"<Job {self.name!r} {state}: {progress_summary(self.progress)} -> {self.destination}"
+            f"<Job {self.name!r} {state}: {progress_summary(self.progress)}{where} -> {self.destination}"
             f" (id {self.id})>"
         )
 

@@ -1,12 +1,13 @@
 """Live job widgets for notebooks (ipywidgets 8), with a text fallback for plain IPython.
 
-A :class:`JobWidget` shows one job — overall progress bar, per-chunk grid, bytes / total, rate, ETA,
-state, the error when it failed, a notice when a requested conversion did not apply — and, while the job
-can still change, Pause / Resume / Cancel buttons that call the staging API. A finished job shows its
-outcome instead: one line with the chunks, bytes and rows staged and a link to the folder they are in. A
-:class:`JobsTable` shows every job the same way. Both follow their jobs from a daemon thread that polls
-the job's status, so the kernel stays free: the user keeps running cells while jobs move. Widget state
-moves only through synced traits (``value``, ``description``...), set from that thread.
+A :class:`JobWidget` shows one job — overall progress bar, per-chunk grid, bytes / total, rate, ETA, where its
+tasks run on a distributed executor (tasks per worker), state, the error when it failed, a notice when a
+requested conversion did not apply — and, while the job can still change, Pause / Resume / Cancel buttons that
+call the staging API. A finished job shows its outcome instead: one line with the chunks, bytes and rows
+staged and a link to the folder they are in. A :class:`JobsTable` shows every job the same way. Both follow
+their jobs from a daemon thread that polls the job's status, so the kernel stays free: the user keeps running
+cells while jobs move. Widget state moves only through synced traits (``value``, ``description``...), set from
+that thread.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ import ipywidgets as w
 from IPython.display import display
 
 from jupyter_staging.kernel.backends import FINAL_STATES
-from jupyter_staging.kernel.formatting import format_bytes, progress_summary, progress_text
+from jupyter_staging.kernel.formatting import (
+    format_bytes,
+    progress_summary,
+    progress_text,
+    task_worker_lines,
+    tasks_summary,
+)
 from jupyter_staging.kernel.job import Job
 
 __all__ = [
@@ -34,6 +41,7 @@ __all__ = [
     "job_notices",
     "outcome_html",
     "progress_text",
+    "tasks_html",
 ]
 
 #: Seconds between two status polls of a job shown in a widget.
@@ -87,6 +95,18 @@ def job_notices(data: dict[str, Any]) -> list[str]:
     if single and str(single) not in notices:
         notices.append(str(single))
     return notices
+
+
+def tasks_html(state: str, progress: dict[str, Any]) -> str:
+    """The line under a running job's progress bar saying where its tasks are, for the job JSON's
+    ``state`` and ``progress``: ``4 tasks on 2 workers · 3 queued``, its tooltip one line per worker
+    (``127.0.0.1:40123: 2 tasks``). Empty for a job on the server's own threads (``tasks`` null) or one
+    that is not running."""
+    text = tasks_summary(state, progress)
+    if not text:
+        return ""
+    title = html.escape("\n".join([text, *task_worker_lines(progress.get("tasks"))]))
+    return f'<code title="{title}">{html.escape(text)}</code>'
 
 
 def _percent(progress: dict[str, Any], state: str) -> float | None:
@@ -162,13 +182,15 @@ class _Follower:
 
 
 class JobWidget(w.VBox):
-    """Live view of one job: state, progress bar, chunk grid, figures, error and control buttons."""
+    """Live view of one job: state, progress bar, figures, where its tasks run (distributed executors),
+    chunk grid, error and control buttons."""
 
     def __init__(self, job: Job, *, follow: bool = True) -> None:
         self.job = job
         self.title = w.HTML()
         self.bar = w.FloatProgress(value=0.0, min=0.0, max=1.0, layout=w.Layout(width="100%"))
         self.figures = w.HTML()
+        self.tasks = w.HTML()
         self.chunk_grid = w.HTML()
         self.error = w.HTML()
         self.notice = w.HTML()
@@ -187,6 +209,7 @@ class JobWidget(w.VBox):
                 self.title,
                 self.bar,
                 self.figures,
+                self.tasks,
                 self.chunk_grid,
                 self.error,
                 self.notice,
@@ -234,6 +257,7 @@ class JobWidget(w.VBox):
             percent = _percent(p, state)
             shown = f"{percent:.1f}%" if percent is not None else "?%"
             self.figures.value = f"<code>{html.escape(f'{shown} · {progress_summary(p)}')}</code>"
+            self.tasks.value = tasks_html(state, p)
             self.chunk_grid.value = chunk_grid_html(chunks)
             final = state in FINAL_STATES
             self.outcome.value = outcome_html(data, job.destination) if final else ""

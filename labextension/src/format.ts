@@ -1,9 +1,9 @@
 /**
  * Text for people, from the wire types: byte sizes, rates, times left, counts, short sources, a job's
- * progress line and chunk count, log lines in human units, and the default destination of a job.
+ * progress line and chunk count, where its tasks run (distributed executors), log lines in human units, and the default destination of a job.
  * Pure functions (re-exported by ``model.ts``); unit-tested under plain node.
  */
-import type { Job, Progress } from './model';
+import type { Job, Progress, TaskCounts } from './model';
 
 const BYTE_UNITS = ['B', 'kB', 'MB', 'GB', 'TB', 'PB'];
 
@@ -143,6 +143,59 @@ export function chunkCount(progress: Progress): string {
   }
   const of = total === null || total === undefined ? '?' : String(total);
   return `${formatCount(progress.chunks_done)}/${of} chunks`;
+}
+
+/** ``n`` and a noun, plural unless ``n`` is 1: ``1 task``, ``4 tasks``, ``1,024 workers``. */
+function countOf(n: number, noun: string): string {
+  return `${formatCount(n)} ${noun}${n === 1 ? '' : 's'}`;
+}
+
+/**
+ * A Dask worker as people read it: its address without the scheme (``tcp://127.0.0.1:40123`` →
+ * ``127.0.0.1:40123``, ``tls://[::1]:8786`` → ``[::1]:8786``); a plain name (``worker-0``) as it is.
+ */
+export function shortWorker(worker: string): string {
+  const url = /^[a-z][a-z0-9+.-]*:\/\/([^/?#]+)/i.exec(worker);
+  return url ? url[1] : worker;
+}
+
+/** The workers running a job's tasks, ``[host:port or name, running tasks]``, busy ones only, by name. */
+export function taskWorkers(tasks: TaskCounts): [string, number][] {
+  return Object.entries(tasks.workers ?? {})
+    .filter(([, n]) => Number.isFinite(n) && n > 0)
+    .map(([worker, n]): [string, number] => [shortWorker(worker), n])
+    .sort((a, b) => a[0].localeCompare(b[0], undefined, { numeric: true }));
+}
+
+/**
+ * Where a running job's tasks are, in one short line: ``4 tasks on 2 workers · 3 queued`` (``4 tasks
+ * running`` when the server names no worker, ``3 tasks queued`` before any runs; ``· 12 done`` added
+ * with ``done``). Empty unless the job is running on a distributed executor (``progress.tasks``).
+ */
+export function tasksSummary(job: Pick<Job, 'state' | 'progress'>, done = false): string {
+  const tasks = job.progress.tasks;
+  if (job.state !== 'running' || !tasks) {
+    return '';
+  }
+  const running = tasks.running ?? 0;
+  const queued = tasks.queued ?? 0;
+  const parts: string[] = [];
+  if (running > 0) {
+    const workers = taskWorkers(tasks).length;
+    parts.push(`${countOf(running, 'task')} ${workers ? `on ${countOf(workers, 'worker')}` : 'running'}`);
+  }
+  if (queued > 0) {
+    parts.push(running > 0 ? `${formatCount(queued)} queued` : `${countOf(queued, 'task')} queued`);
+  }
+  if (done && parts.length && (tasks.done ?? 0) > 0) {
+    parts.push(`${formatCount(tasks.done)} done`);
+  }
+  return parts.join(' · ');
+}
+
+/** The per-worker lines of a job's tasks: ``127.0.0.1:40123: 2 tasks``, one per busy worker. */
+export function taskWorkerLines(tasks: TaskCounts | null | undefined): string[] {
+  return tasks ? taskWorkers(tasks).map(([worker, n]) => `${worker}: ${countOf(n, 'task')}`) : [];
 }
 
 /** The first line of an error message, for a one-line summary (the full text is in the job view). */

@@ -2,7 +2,7 @@
  * One job in the Staging sidebar, as one dense row like JupyterLab's Running and File Browser panels:
  * state icon, the name (middle ellipsis; its tooltip holds source → destination), a thin progress bar
  * while the job is unfinished, one line of figures (or of the error), and the actions, shown while the row
- * is hovered or focused.
+ * is hovered or focused; a job on a distributed executor adds a line saying where its tasks run.
  */
 import {
   closeIcon,
@@ -27,6 +27,8 @@ import {
   progressFraction,
   progressSummary,
   splitForMiddleEllipsis,
+  tasksSummary,
+  taskWorkerLines,
   upToDateText,
   type Job
 } from './model';
@@ -112,6 +114,24 @@ export interface JobItemProps {
   onCopyLink: (job: Job) => void;
 }
 
+/**
+ * Where a running job's tasks are (distributed executors only): ``4 tasks on 2 workers · 3 queued``, the
+ * tooltip listing each worker's running tasks; nothing for a job on the server's own threads.
+ */
+export function TasksLine(props: { job: Job; done?: boolean }): JSX.Element | null {
+  const { job } = props;
+  const text = tasksSummary(job, props.done);
+  if (!text) {
+    return null;
+  }
+  const workers = taskWorkerLines(job.progress.tasks);
+  return (
+    <div className="jp-Staging-numbers jp-Staging-tasksLine" title={[text, ...workers].join('\n')}>
+      <span className="jp-Staging-noticeText jp-Staging-tasks">{text}</span>
+    </div>
+  );
+}
+
 /** The second line of a row: the error's first line, the up-to-date note, or the figures. */
 function RowDetail(props: { job: Job }): JSX.Element {
   const { job } = props;
@@ -136,6 +156,7 @@ function RowDetail(props: { job: Job }): JSX.Element {
         </span>
         {chunks && <span className="jp-Staging-chunkCount">{chunks}</span>}
       </div>
+      <TasksLine job={job} />
       {notices.length > 0 && (
         <div className="jp-Staging-noticeLine" role="note" title={notices.join('\n')}>
           <infoIcon.react tag="span" elementSize="small" className="jp-Staging-noticeIcon" />

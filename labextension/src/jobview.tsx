@@ -6,7 +6,7 @@ import type { Message } from '@lumino/messaging';
 import * as React from 'react';
 
 import { ChunkTable } from './components';
-import { displayFolder, ProgressBar } from './jobitem';
+import { displayFolder, ProgressBar, TasksLine } from './jobitem';
 import { StateIcon } from './icons';
 import type { JobsModel } from './jobs';
 import {
@@ -18,6 +18,8 @@ import {
   jobNotices,
   parquetDatasets,
   progressSummary,
+  tasksSummary,
+  taskWorkerLines,
   type Chunk,
   type Job,
   type LogLine
@@ -142,6 +144,8 @@ export class JobDetail extends ReactWidget {
   private _renderJob(job: Job): JSX.Element {
     const actions = actionsFor(job.state);
     const datasets = job.state === 'succeeded' ? parquetDatasets(job, this._chunks) : [];
+    // Running tasks by worker (host:port), for a running job on a distributed executor.
+    const workers = tasksSummary(job) ? taskWorkerLines(job.progress.tasks) : [];
     const act = (what: () => Promise<void>) => () =>
       void what().catch(error => {
         this._error = (error as Error).message;
@@ -185,6 +189,7 @@ export class JobDetail extends ReactWidget {
           <span className="jp-Staging-summary">{progressSummary(job)}</span>
           <span className="jp-Staging-chunkCount">{chunkCount(job.progress)}</span>
         </div>
+        <TasksLine job={job} done />
         {job.error && (
           <div className="jp-Staging-error jp-Staging-errorFull" role="alert">
             <span className="jp-Staging-errorCode">{job.error.code}</span>
@@ -211,6 +216,16 @@ export class JobDetail extends ReactWidget {
                 job.convert.compression +
                 (job.convert.hdu !== null && job.convert.hdu !== undefined ? `, HDU ${job.convert.hdu}` : '')}
           </dd>
+          {workers.length > 0 && (
+            <>
+              <dt>workers</dt>
+              <dd className="jp-Staging-workers">
+                {workers.map(line => (
+                  <div key={line}>{line}</div>
+                ))}
+              </dd>
+            </>
+          )}
           <dt>created</dt>
           <dd>{time(job.created_at)}</dd>
           {job.started_at && (

@@ -35,6 +35,18 @@ export type IfExists = 'reuse' | 'refresh' | 'error';
 export const IF_EXISTS: readonly IfExists[] = ['reuse', 'refresh', 'error'];
 
 /**
+ * Where a job's work runs on a distributed executor (Dask): tasks ``queued`` (waiting for a worker),
+ * ``running`` and ``done`` (in this run), and ``workers``: running tasks by worker, keyed by the worker's
+ * address (``tcp://127.0.0.1:40123``) or name (``worker-0``).
+ */
+export interface TaskCounts {
+  queued: number;
+  running: number;
+  done: number;
+  workers: Record<string, number>;
+}
+
+/**
  * Progress of a job: source bytes done / total (``bytes_done <= bytes_total``), chunks (output pieces),
  * rows, and ``output_bytes`` (bytes of Parquet written by a conversion, when the server reports it);
  * ``rate`` in bytes/s, ``eta_seconds`` in s.
@@ -48,6 +60,8 @@ export interface Progress {
   output_bytes?: number | null;
   rate?: number | null;
   eta_seconds?: number | null;
+  /** Tasks of a job on a distributed executor; null (or absent) for jobs on the server's own threads. */
+  tasks?: TaskCounts | null;
 }
 
 export interface ConvertOptions {
