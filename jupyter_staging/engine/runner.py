@@ -26,7 +26,7 @@ from jupyter_staging.engine.cleanup import remove_job_output
 from jupyter_staging.engine.entries import error_of
 from jupyter_staging.engine.models import ChunkState, JobState
 from jupyter_staging.engine.placement import swap_in
-from jupyter_staging.engine.spread import SpreadStager
+from jupyter_staging.engine.spreadtables import TableSpreadStager
 from jupyter_staging.engine.store import ChunkRecord, JobRecord, utcnow
 from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import JobInterrupted, PartiallyStaged, StagingError
@@ -37,7 +37,7 @@ from jupyter_staging.sources.registry import open_source
 log = logging.getLogger(__name__)
 
 
-class JobRunner(SpreadStager):
+class JobRunner(TableSpreadStager):
     """Runs job ``job_id`` of its :class:`~jupyter_staging.engine.host.JobHost` once (from queued to a
     final or paused state)."""
 
@@ -47,14 +47,16 @@ class JobRunner(SpreadStager):
             rec = self.before_start()
             if rec is None:
                 return
-            names, failures = self.run_items(rec)
+            try:
+                names, failures = self.run_items(rec)
+            finally:
+                self.close_tasks()  # no task counts once the job says paused, failed or succeeded
             self.on_complete(rec, entries=names, failures=failures)
         except JobInterrupted as stop:
             self.on_interrupted(stop.reason)
         except Exception as exc:  # every failure ends the job with a code, never a traceback
             self.on_failure(exc)
         finally:
-            self.close_tasks()
             self.host.release(self.job_id)
 
     # -- the template's steps -------------------------------------------------------------------------

@@ -24,8 +24,13 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from jupyter_staging.errors import JobInterrupted, PathNotAllowed
+from jupyter_staging.formats.base import ChunkInfo
+from jupyter_staging.formats.convert import convert_to_parquet
+from jupyter_staging.formats.parquet import part_name
+from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.dirfd import (
     create_file,
@@ -77,9 +82,10 @@ class TaskControl(JobControl):
     """The job's control as a task sees it: :meth:`check` reads the job's control variable (at most
     every :data:`POLL_SECONDS`), bytes and rows are sent back as structured events."""
 
-    def __init__(self, ctx: TaskContext) -> None:
+    def __init__(self, ctx: TaskContext, *, count_bytes: bool = True) -> None:
         super().__init__()
         self.ctx = ctx
+        self.count_bytes = count_bytes
         self._checked = 0.0
         self._sent = time.monotonic()
         self._bytes = 0
@@ -105,8 +111,9 @@ class TaskControl(JobControl):
         self.check()
 
     def add_bytes(self, n: int) -> None:
-        self._bytes += n
-        self._report()
+        if self.count_bytes:
+            self._bytes += n
+            self._report()
 
     def add_rows(self, n: int) -> None:
         self._rows += n
@@ -254,3 +261,59 @@ def finish_ranges(ctx: TaskContext, final_rel: str, size: int, checksums: dict[s
         return published
     out = PartFile(ctx.path(final_rel), resume=True, md5="md5" in checksums, root=Path(ctx.root))
     return out.commit(size, checksums=checksums or None)
+
+
+def source_visible(path: str, size: int, mtime_ns: int) -> bool:
+    """Whether the local file ``path`` is here with this ``size`` (bytes) and ``mtime_ns``: the worker
+    sees the same file as the server (a table it is to convert in place)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return st.st_size == size and st.st_mtime_ns == mtime_ns
+
+
+def convert_range(
+    ctx: TaskContext,
+    src: str,
+    out_rel: str,
+    options: dict[str, Any],
+    start_index: int,
+    stop_index: int,
+    start_offset: int | None,
+    *,
+    count_bytes: bool,
+) -> list[ChunkInfo]:
+    """Convert the rows of parts ``start_index .. stop_index - 1`` of the table ``src`` into those Parquet
+    parts of folder ``out_rel`` (below the root): exactly the files one whole conversion writes there
+    (:func:`~jupyter_staging.formats.convert.convert_to_parquet` with the same ``options``: ``chunk_rows``,
+    ``compression``, ``hdu``, ``fmt``). ``start_offset``: the byte offset of part ``start_index``'s first
+    line (CSV/TSV, from :mod:`jupyter_staging.formats.split`). Parts of this range left by a dead attempt
+    are removed first. ``count_bytes``: report source bytes (False when the server counted them already, for
+    a download). Returns the parts written, in order.
+
+    Raises what the converter raises (``conversion_failed``, ``destination_exists``, ...) and
+    :class:`JobInterrupted` on pause or cancel (parts published so far stay; the runner records none of
+    this range and removes them before the range runs again)."""
+    control = TaskControl(ctx, count_bytes=count_bytes)
+    control.check()
+    out_dir = ctx.path(out_rel)
+    files = Confined(Path(ctx.root))
+    for index in range(start_index, stop_index):
+        files.unlink(out_dir / part_name(index))
+    try:
+        return convert_to_parquet(
+            Path(src),
+            out_dir,
+            chunk_rows=int(options["chunk_rows"]),
+            compression=str(options["compression"]),
+            hdu=options.get("hdu"),
+            fmt=options.get("fmt"),
+            control=control,
+            start_index=start_index,
+            stop_index=stop_index,
+            start_offset=start_offset,
+            root=Path(ctx.root),
+        )
+    finally:
+        control.flush()

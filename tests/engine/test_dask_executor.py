@@ -250,3 +250,55 @@ def test_a_destination_the_workers_cannot_see_is_refused_before_any_byte_moves(t
         finally:
             worker.terminate()
             worker.wait(timeout=30)
+
+
+def converted(manager: StagingManager, job_id: str) -> list[tuple[str, int, str, int]]:
+    objects = manager.manifest(job_id)["objects"]
+    return sorted((o["path"], o["size"], o["sha256"], o["rows"]) for o in objects)
+
+
+def write_light_curve_csv(path: Path, rows: int) -> None:
+    """A light-curve-like CSV of ``rows`` rows (TIME, FLUX, FLUX_ERR, QUALITY)."""
+    block = "".join(
+        f"{i * 0.0204:.6f},{1000 + (i % 997) * 0.5:.3f},{0.1 + (i % 13) * 0.01:.3f},{i % 8}\n"
+        for i in range(10_000)
+    )
+    with open(path, "w") as fh:
+        fh.write("TIME,FLUX,FLUX_ERR,QUALITY\n")
+        for _ in range(rows // 10_000):
+            fh.write(block)
+
+
+@pytest.mark.parametrize(
+    ("name", "chunk_rows"),
+    [("kepler", 1000), ("csv", 50_000)],
+)
+def test_a_table_is_converted_in_part_ranges_identical_to_the_local_executor(
+    tmp_path, cluster, name, chunk_rows
+):
+    if name == "kepler":
+        source = KEPLER
+    else:
+        source = tmp_path / "lightcurve.csv"
+        write_light_curve_csv(source, 1_000_000)  # about 30 MB: 20 parts, ranges of 1 MiB
+    request = CreateJob(
+        source=str(source), destination="table", convert={"format": "parquet", "chunk_rows": chunk_rows}
+    )
+    dask = make_manager(tmp_path / "dask", scheduler_address=cluster.scheduler_address, range_bytes=1024**2)
+    local = make_manager(tmp_path / "local", executor_class=LocalExecutor)
+    try:
+        job = run(dask, request)
+        reference = run(local, request)
+        assert job.state == reference.state == JobState.succeeded, (job.error, reference.error)
+        assert "part ranges of" in log_text(dask, job.id)
+        parts = converted(dask, job.id)
+        assert len(parts) > 2
+        assert parts == converted(local, reference.id)
+        assert job.progress.rows_done == reference.progress.rows_done == sum(p[3] for p in parts)
+        assert [c.index for c in dask.chunks(job.id, urls=False)] == list(range(len(parts)))
+        assert [c.path for c in dask.chunks(job.id, urls=False)] == sorted(
+            c.path for c in dask.chunks(job.id, urls=False)
+        )
+    finally:
+        dask.stop(wait=True)
+        local.stop(wait=True)
