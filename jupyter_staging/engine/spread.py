@@ -165,7 +165,11 @@ class SpreadStager(ManifestStager):
             if self._job_tasks is None:
                 tasks = JobTasks(
                     executor.client(),
-                    TaskContext(self.job_id, str(self.dest.confinement_root)),
+                    TaskContext(
+                        self.job_id,
+                        str(self.dest.confinement_root),
+                        attempt=int(self.resume.get("attempts", 1)),
+                    ),
                     self.control,
                     self.live,
                     lambda: self.host.report_progress(self.job_id),

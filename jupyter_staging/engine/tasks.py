@@ -10,10 +10,11 @@ manifest and the job's state (:mod:`jupyter_staging.engine.spread`).
 A retried task (its worker died, Dask ran it again elsewhere) starts its output afresh: a part file left by
 the dead attempt is truncated (a byte range is rewritten), never trusted.
 
-Pause and cancel reach a running task through a ``distributed.Variable`` named by its job and batch
-(:attr:`TaskContext.control_key`), polled at most every :data:`POLL_SECONDS` while the task works; bytes
-and rows flow back as Dask structured events on :attr:`TaskContext.topic`
-(``distributed.Worker.log_event``), at most every :data:`REPORT_SECONDS` per task.
+Pause and cancel reach a running task through a ``distributed.Variable`` named by its job, run and batch
+(:attr:`TaskContext.control_key`), and a task of a run that was superseded (the server died and runs the
+job again) stops through the job's :attr:`TaskContext.run_key`; both are polled at most every
+:data:`POLL_SECONDS` while the task works. Bytes and rows flow back as Dask structured events on
+:attr:`TaskContext.topic` (``distributed.Worker.log_event``), at most every :data:`REPORT_SECONDS` per task.
 """
 
 from __future__ import annotations
@@ -64,10 +65,18 @@ class TaskContext:
     job_id: str
     root: str
     batch: str = "0"
+    #: The run of the job (``JobRecord.resume["attempts"]``): a task of an earlier run, left running when
+    #: the server died, stops once it finds a newer run in :attr:`run_key`.
+    attempt: int = 1
 
     @property
     def control_key(self) -> str:
-        return f"jupyter-staging-control-{self.job_id}-{self.batch}"
+        return f"jupyter-staging-control-{self.job_id}-{self.attempt}-{self.batch}"
+
+    @property
+    def run_key(self) -> str:
+        """Name of the variable holding the job's current run (its attempt number)."""
+        return f"jupyter-staging-run-{self.job_id}"
 
     @property
     def topic(self) -> str:
@@ -101,6 +110,8 @@ class TaskControl(JobControl):
             value = Variable(self.ctx.control_key).get(timeout=30)
             if value != RUN:
                 self.interrupt(str(value))
+            elif Variable(self.ctx.run_key).get(timeout=30) != self.ctx.attempt:
+                self.interrupt("superseded")  # the server restarted and runs the job again
         super().check()
 
     def wait(self, seconds: float) -> None:

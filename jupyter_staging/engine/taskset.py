@@ -66,16 +66,22 @@ class JobTasks:
         self._pending: set[str] = set()  # keys of every batch's unfinished tasks
         self._done = 0
         self._counted = 0.0
+        # Deferred: distributed is the optional dask extra; this module runs only with it.
+        from distributed import Variable
+
+        self._run = Variable(ctx.run_key, client=client)
+        self._run.set(ctx.attempt)
         client.subscribe_topic(ctx.topic, self._on_event)
 
     def batch(self) -> TaskBatch:
         """A new :class:`TaskBatch` of this job (a context manager)."""
-        ctx = TaskContext(self.ctx.job_id, self.ctx.root, str(next(self._batches)))
+        ctx = TaskContext(self.ctx.job_id, self.ctx.root, str(next(self._batches)), self.ctx.attempt)
         return TaskBatch(self, ctx)
 
     def close(self) -> None:
-        """Stop listening to the job's progress events and forget its task counts."""
+        """Stop listening to the job's progress events and forget its task counts and current run."""
         self.client.unsubscribe_topic(self.ctx.topic)
+        self._run.delete()
         with self.live.lock:
             self.live.tasks = None
 

@@ -11,6 +11,7 @@ tmpfs over the server's root.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -302,3 +303,56 @@ def test_a_table_is_converted_in_part_ranges_identical_to_the_local_executor(
     finally:
         dask.stop(wait=True)
         local.stop(wait=True)
+
+
+SERVER = """
+import sys, time, json
+from jupyter_staging.engine.executors import DaskExecutor
+from jupyter_staging.engine.manager import StagingManager
+from jupyter_staging.engine.models import CreateJob
+if __name__ == "__main__":
+    mgr = StagingManager(sys.argv[1], db_url=sys.argv[2], sweep_interval=0, executor_class=DaskExecutor,
+                         executor_options={"scheduler_address": sys.argv[3]})
+    mgr.start()
+    job, _ = mgr.create(CreateJob(manifest=json.loads(sys.argv[4]), destination="lcs"))
+    print(job.id, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_server_killed_mid_job_resumes_it_on_the_cluster(tmp_path, cluster, slow_server):
+    server, sums = slow_server
+    root = tmp_path / "root"
+    root.mkdir()
+    db_url = f"sqlite:///{root}/.jobs.db"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            SERVER,
+            str(root),
+            db_url,
+            cluster.scheduler_address,
+            json.dumps(manifest_of(server, sums)),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        job_id = child.stdout.readline().strip()  # type: ignore[union-attr]
+        # Kill once tasks are writing: their part files are there, nothing is published yet.
+        wait_until(lambda: list((root / "lcs").rglob("*.part")), timeout=60, what="part files")
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    manager = make_manager(root, scheduler_address=cluster.scheduler_address)
+    try:
+        done = wait_until(lambda: _final(manager, job_id), timeout=180, what="the resumed job")
+        assert done.state == JobState.succeeded, done.error
+        assert staged_sums(root / "lcs", sums) == sums
+        assert {o[2] for o in manifest_objects(manager, job_id)} == set(sums.values())
+        assert "stopped while this job ran" in log_text(manager, job_id)
+        assert not list((root / "lcs").rglob("*.part"))
+    finally:
+        manager.stop(wait=True)
