@@ -35,8 +35,9 @@ bench: setup
 	$(BIN)/python bench/run_all.py
 
 # The documentation site (docs/: Sphinx, MyST, pydata-sphinx-theme), warnings as errors. Installs the docs
-# extra first when it is missing from .venv.
+# extra first when it is missing from .venv. -E: a fresh environment each time, since pages generated from the
+# code (the configuration reference, the REST API) change without their .md file changing.
 .PHONY: docs
 docs: setup
 	@$(BIN)/python -c "import sphinx, myst_parser, pydata_sphinx_theme, sphinxcontrib.openapi" 2>/dev/null || $(BIN)/pip install -q -e ".[docs]"
-	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+	$(BIN)/sphinx-build -E -W --keep-going -b html docs docs/_build/html
