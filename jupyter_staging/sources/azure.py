@@ -9,7 +9,9 @@ Every GET carries ``If-Match: <etag>`` (the ETag seen when the blob was listed),
 mixes two versions of a blob: when the service answers ``412 ConditionNotMet`` the part file restarts on
 the new version. A download reads 4 MiB ranges in order and continues an interrupted attempt with a
 ranged GET from ``out.offset``. The blob's ``Content-MD5``, when it has one, fills
-``SourceItem.checksums`` (:func:`~jupyter_staging.clouds.azure.stated_checksums`).
+``SourceItem.checksums`` (:func:`~jupyter_staging.clouds.azure.stated_checksums`). One byte range
+(:meth:`AzureSource.fetch_range`) is a conditional ``download_blob(offset=, length=)``; a ``412`` there
+fails with :class:`~jupyter_staging.errors.SourceChanged`.
 
 Messages name blobs by their ``az://`` URI and never hold a key, a SAS or a connection string.
 """
@@ -31,16 +33,20 @@ from jupyter_staging.clouds.azure import (
     require_sdk,
     stated_checksums,
 )
-from jupyter_staging.errors import InvalidRequest, SourceChanged
+from jupyter_staging.errors import InvalidRequest, SourceChanged, TransferFailed
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile
 from jupyter_staging.sources.base import (
+    RangeOut,
     ResumeBudget,
+    ShortRange,
     Source,
     SourceItem,
+    check_range,
     object_or_prefix,
     plain_relative_name,
     pump,
+    pump_range,
     safe_filename,
 )
 
@@ -142,6 +148,57 @@ class AzureSource(Source):
             content_type=stored_type,
             checksums=stated_checksums(props),
         )
+
+    # -- byte ranges -------------------------------------------------------------------------------
+
+    def supports_ranges(self, item: SourceItem) -> bool:
+        """True when the size and the ETag (what every ranged GET is conditional on) are known."""
+        return item.size is not None and bool(item.validator.get("etag"))
+
+    def fetch_range(self, item: SourceItem, start: int, length: int, fd: int, control: JobControl) -> int:
+        """Write bytes ``[start, start + length)`` of the blob at the same offsets of ``fd`` (see
+        :meth:`Source.fetch_range`): ``download_blob(offset=, length=)`` conditional on the listed ETag
+        (``If-Match``, ``MatchConditions.IfNotModified``), read in the SDK's chunks. A broken download
+        continues after its last byte, up to :data:`~jupyter_staging.sources.base.MAX_RESUMES` fruitless
+        attempts in a row.
+
+        Raises :class:`SourceChanged` (``412 ConditionNotMet``: another ETag; or another size),
+        :class:`TransferFailed` (no ETag or size listed, lasting errors), :class:`SourceNotFound`,
+        :class:`~jupyter_staging.errors.JobInterrupted`, :class:`ValueError` (a range outside ``item``).
+        """
+        check_range(item, start, length)
+        if not self.supports_ranges(item):
+            raise TransferFailed(f"{item.name}: {item.locator} has no ETag or size to read ranges of")
+        client = self.service().get_blob_client(self.container, self._blob_name(item.locator))
+        out = RangeOut(fd, start, length, control)
+        budget = ResumeBudget(item, item.locator, control)
+        while out.remaining:
+            control.check()
+            before = out.offset
+            try:
+                with AzureErrors(item.locator, self.container, "fetch"):
+                    self._get_range(client, item, out)
+            except BlobChanged:
+                raise SourceChanged(f"{item.locator} changed since it was listed (new ETag)") from None
+            except (Transient, ShortRange) as exc:
+                budget.broken(out, before, str(exc), give_up=TransferFailed)
+        return out.offset
+
+    @staticmethod
+    def _get_range(client: Any, item: SourceItem, out: RangeOut) -> None:
+        """One download of the rest of ``out``'s range, conditional on the listed ETag, written."""
+        downloader = client.download_blob(
+            offset=out.position,
+            length=out.remaining,
+            max_concurrency=1,
+            decompress=False,
+            **if_match(item.validator["etag"]),
+        )
+        sent = str(getattr(downloader.properties, "content_range", None) or "")
+        if not sent.endswith(f"/{item.size}"):  # "bytes a-b/<blob size>"; If-Match keeps it the same
+            raise SourceChanged(f"{item.locator} changed since it was listed (now {sent or 'no range'})")
+        chunks = downloader.chunks()
+        pump_range(lambda: next(chunks, b""), out)
 
     # -- fetching ----------------------------------------------------------------------------------
 

@@ -8,12 +8,13 @@ chunk, each) and fetches one item into a :class:`~jupyter_staging.safety.partfil
 from __future__ import annotations
 
 import abc
+import os
 import unicodedata
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from jupyter_staging.errors import SourceNotFound, StagingError, TransferFailed
 from jupyter_staging.safety.control import JobControl
@@ -40,6 +41,8 @@ class SourceItem:
     (``{"sha256": ...}`` from S3 ``ChecksumSHA256`` or HTTP ``Repr-Digest``; ``{"md5": ...}`` from a
     single-part S3 ETag, Azure ``Content-MD5`` or HTTP ``Content-MD5``); verified after the transfer.
     The ``validator`` is the item's fingerprint (DESIGN.md, "Re-running a notebook").
+    ``accept_ranges``: the listing said the source serves byte ranges of it (HTTP ``Accept-Ranges:
+    bytes``); see :meth:`Source.supports_ranges`. Not part of the fingerprint.
     """
 
     name: str
@@ -48,6 +51,14 @@ class SourceItem:
     validator: dict[str, Any] = field(default_factory=dict)
     content_type: str | None = None
     checksums: dict[str, str] = field(default_factory=dict)
+    accept_ranges: bool = False
+
+
+class Written(Protocol):
+    """What :class:`ResumeBudget` reads of an output: the bytes written so far (``offset``)."""
+
+    @property
+    def offset(self) -> int: ...
 
 
 class ResumeBudget:
@@ -66,9 +77,10 @@ class ResumeBudget:
         self.failures = 0
 
     def broken(
-        self, out: PartFile, before: int, reason: str, *, give_up: type[StagingError] = TransferFailed
+        self, out: Written, before: int, reason: str, *, give_up: type[StagingError] = TransferFailed
     ) -> None:
-        """Account for an attempt that started at byte ``before`` and broke for ``reason`` (no secrets);
+        """Account for an attempt that started at byte ``before`` of ``out`` (a :class:`PartFile` or a
+        :class:`RangeOut`) and broke for ``reason`` (no secrets);
         ``give_up``: the error raised when this was the last attempt allowed (``SizeMismatch`` for a body
         shorter or longer than announced)."""
         self.failures = 0 if out.offset > before else self.failures + 1
@@ -182,6 +194,67 @@ def pump(read: Callable[[], bytes], out: PartFile, control: JobControl) -> int:
                 control.add_bytes(pending_len)
 
 
+class ShortRange(Exception):  # noqa: N818 - control flow of a ranged fetch, never shown to a user
+    """A ranged answer ended before the end of the range asked for: continue after its last byte."""
+
+
+def check_range(item: SourceItem, start: int, length: int) -> None:
+    """Raise :class:`ValueError` (a caller's mistake) unless ``[start, start + length)`` is a byte range
+    of ``item`` (``start >= 0``, ``length >= 0``, the end at most ``item.size`` when known)."""
+    if start < 0 or length < 0 or (item.size is not None and start + length > item.size):
+        raise ValueError(f"{item.name}: bytes {start}+{length} are not a range of {item.size} bytes")
+
+
+class RangeOut:
+    """The output of one ranged fetch: bytes ``[start, start + length)`` of an item written at the same
+    offsets of the open file descriptor ``fd`` with ``os.pwrite`` (so several ranges, on threads or
+    processes, fill one pre-sized file). ``offset``: bytes of the range written so far (what
+    :class:`ResumeBudget` counts). :meth:`write` never writes past the range's end; every write is
+    reported with ``control.add_bytes``. Raises :class:`OSError` when the file system does.
+    """
+
+    def __init__(self, fd: int, start: int, length: int, control: JobControl) -> None:
+        self.fd = fd
+        self.start = start
+        self.length = length
+        self.control = control
+        self.offset = 0
+
+    @property
+    def remaining(self) -> int:
+        """Bytes of the range still to write."""
+        return self.length - self.offset
+
+    @property
+    def position(self) -> int:
+        """The next byte of the item (and of the file) to write."""
+        return self.start + self.offset
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Write ``data`` at :attr:`position`, cut at the range's end; returns the bytes written."""
+        view = memoryview(data)[: self.remaining]
+        written = 0
+        while view:
+            n = os.pwrite(self.fd, view, self.position)
+            self.offset += n
+            written += n
+            view = view[n:]
+            self.control.add_bytes(n)
+        return written
+
+
+def pump_range(read: Callable[[], bytes], out: RangeOut) -> None:
+    """Copy blocks from ``read()`` (``b""`` at the end) into ``out`` until the range is full or the body
+    ends (then :class:`ShortRange`); ``out.control.check()`` runs before every read. Bytes after the
+    range's end are never read."""
+    while out.remaining:
+        out.control.check()
+        block = read()
+        if not block:
+            raise ShortRange(f"the answer ended {out.remaining} bytes before the end of the range")
+        out.write(block)
+
+
 class Source(abc.ABC):
     """A staging source. Subclasses implement :meth:`list_items` and :meth:`fetch`."""
 
@@ -205,6 +278,28 @@ class Source(abc.ABC):
         write. If the source no longer matches ``item.validator`` they call ``out.restart()`` and fetch
         from byte 0. Raises :class:`~jupyter_staging.errors.TransferFailed` on lasting errors.
         """
+
+    def supports_ranges(self, item: SourceItem) -> bool:
+        """Whether :meth:`fetch_range` can read byte ranges of ``item`` (the version listed, checked by
+        every read). False unless a source says otherwise."""
+        return False
+
+    def fetch_range(self, item: SourceItem, start: int, length: int, fd: int, control: JobControl) -> int:
+        """Write bytes ``[start, start + length)`` of ``item`` at the same offsets of the open file
+        descriptor ``fd`` (``os.pwrite``; the file is pre-sized by the caller, other ranges may be written
+        at the same time by other threads or processes). Returns the bytes written (``length``).
+
+        Calls ``control.check()`` between blocks and ``control.add_bytes(n)`` as it writes. Never writes
+        outside the range. Sources that :meth:`supports_ranges` raise
+        :class:`~jupyter_staging.errors.SourceChanged` when the source no longer is the version
+        ``item.validator`` names, :class:`TransferFailed` on lasting errors, :class:`SourceNotFound`,
+        and :class:`~jupyter_staging.errors.JobInterrupted` on pause or cancel (the bytes written stay;
+        the range is written again in full next time). This default raises :class:`TransferFailed`: the
+        source cannot read ranges (callers ask :meth:`supports_ranges` first). :class:`ValueError` when
+        the range is not one of ``item`` (:func:`check_range`).
+        """
+        check_range(item, start, length)
+        raise TransferFailed(f"{item.name}: {self.describe()} cannot be read by byte range")
 
     def local_path(self, item: SourceItem) -> Path | None:
         """The item as a readable local file, when it is one (lets conversion skip a download)."""

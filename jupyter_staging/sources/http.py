@@ -9,6 +9,13 @@ Last-Modified (a server that ignores ``If-Range``) restarts it too. A body short
 (``Content-Length``, ``Content-Range``, the listed size) is retried and, when it keeps happening, fails
 with :class:`~jupyter_staging.errors.SizeMismatch`; nothing is published.
 
+One byte range of a file (:meth:`HTTPSource.fetch_range`, for parallel streams and distributed tasks
+writing one pre-sized file) is ``Range: bytes=a-b`` + ``If-Range``; there a new version cannot restart
+anything, so a ``200``, another total size or another ETag fails with
+:class:`~jupyter_staging.errors.SourceChanged` before a byte is written.
+
+Session setup and header parsing are in :mod:`jupyter_staging.clouds.http_client`.
+
 Checksums the server states (``Repr-Digest``, ``Digest``, ``Content-MD5``: see
 :mod:`jupyter_staging.clouds.digests`) fill ``SourceItem.checksums`` from the HEAD and from every answer
 that starts the file again.
@@ -19,25 +26,41 @@ so a presigned signature never reaches a log, a response or the database.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
-from email.message import Message
 from typing import Any, NoReturn
-from urllib.parse import unquote, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.exceptions import HTTPError as URLLib3Error
-from urllib3.util.retry import Retry
 
 from jupyter_staging.clouds.digests import http_checksums
 from jupyter_staging.clouds.http import describe_error
+from jupyter_staging.clouds.http_client import (
+    CONTENT_RANGE_RE,
+    accepts_ranges,
+    changed_keys,
+    filename_from_disposition,
+    filename_from_url,
+    int_header,
+    retrying_session,
+    total_from_content_range,
+    validator_of,
+)
 from jupyter_staging.errors import SizeMismatch, SourceChanged, SourceNotFound, StagingError, TransferFailed
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile
 from jupyter_staging.safety.redact import redact_url
-from jupyter_staging.sources.base import MAX_BACKOFF, ResumeBudget, Source, SourceItem, pump, safe_filename
+from jupyter_staging.sources.base import (
+    RangeOut,
+    ResumeBudget,
+    ShortRange,
+    Source,
+    SourceItem,
+    check_range,
+    pump,
+    pump_range,
+    safe_filename,
+)
 
 #: Bytes handed to the part file at a time. Large enough that per-block overhead vanishes at
 #: 1 GB/s, small enough that a pause is noticed quickly on a slow link.
@@ -51,8 +74,6 @@ TIMEOUT = (10.0, 60.0)
 #: ``source_changed``.
 MAX_RESTARTS = 3
 
-USER_AGENT = "jupyter-staging"
-
 #: Errors meaning "the connection broke"; the download continues from the bytes it has.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     requests.ConnectionError,
@@ -62,84 +83,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
 )
-
-_CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
-
-
-def retrying_session() -> requests.Session:
-    """A :class:`requests.Session` that retries connection errors and 429/5xx answers to GET/HEAD.
-
-    Five retries with exponential back-off (factor 0.5 s, honouring ``Retry-After``). After the last
-    retry the final response is returned (not raised), so callers map its status themselves.
-    """
-    retry = Retry(
-        total=5,
-        backoff_factor=0.5,
-        status_forcelist=(429, 500, 502, 503, 504),
-        allowed_methods=frozenset({"GET", "HEAD"}),
-        raise_on_status=False,
-        backoff_max=MAX_BACKOFF,
-    )
-    session = requests.Session()
-    adapter = HTTPAdapter(max_retries=retry)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.headers["User-Agent"] = USER_AGENT
-    # The stored bytes are the file's bytes: never let a server compress them on the way.
-    session.headers["Accept-Encoding"] = "identity"
-    return session
-
-
-def filename_from_disposition(value: str | None) -> str | None:
-    """The file name a ``Content-Disposition`` header gives (``filename*=`` preferred), or None."""
-    if not value:
-        return None
-    msg = Message()
-    msg["content-disposition"] = value
-    try:
-        name = msg.get_filename()
-    except (ValueError, LookupError):
-        return None
-    return name or None
-
-
-def filename_from_url(url: str) -> str:
-    """The URL's last path segment, percent-decoded (may be empty)."""
-    path = urlsplit(url).path
-    return unquote(path.rstrip("/").rsplit("/", 1)[-1]) if path else ""
-
-
-def _validator(headers: Any, size: int | None) -> dict[str, Any]:
-    return {
-        "etag": headers.get("ETag"),
-        "last_modified": headers.get("Last-Modified"),
-        "size": size,
-    }
-
-
-def changed_keys(old: dict[str, Any], new: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
-    """The ``keys`` both validators know whose values differ (the two name different versions)."""
-    return [
-        key for key in keys if old.get(key) is not None and new.get(key) is not None and old[key] != new[key]
-    ]
-
-
-def _total_from_content_range(value: str | None) -> int | None:
-    if not value:
-        return None
-    m = _CONTENT_RANGE_RE.match(value.strip())
-    if m and m.group(3) != "*":
-        return int(m.group(3))
-    tail = value.rsplit("/", 1)[-1].strip()
-    return int(tail) if tail.isdigit() else None
-
-
-def _int_header(headers: Any, name: str) -> int | None:
-    value = headers.get(name)
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 class _Restart(Exception):  # noqa: N818 - internal control flow
@@ -158,6 +101,8 @@ class _WrongLength(Exception):  # noqa: N818 - internal control flow
 SIZE_ERRORS: tuple[type[BaseException], ...] = (_Incomplete, _WrongLength)
 #: What :meth:`HTTPSource.fetch` continues after, from the bytes already written.
 RESUMABLE_ERRORS: tuple[type[BaseException], ...] = (*SIZE_ERRORS, *TRANSIENT_ERRORS)
+#: What :meth:`HTTPSource.fetch_range` continues after, from the last byte written.
+RANGE_RESUMABLE: tuple[type[BaseException], ...] = (ShortRange, *TRANSIENT_ERRORS)
 
 
 def give_up_error(exc: BaseException) -> type[StagingError]:
@@ -206,9 +151,10 @@ class HTTPSource(Source):
                 name=safe_filename(name),
                 size=size,
                 locator=self.url,
-                validator=_validator(headers, size),
+                validator=validator_of(headers, size),
                 content_type=content_type.split(";", 1)[0].strip() if content_type else None,
                 checksums=checksums,
+                accept_ranges=accepts_ranges(headers),
             )
         ]
 
@@ -219,7 +165,7 @@ class HTTPSource(Source):
             resp = session.head(self.url, allow_redirects=True, timeout=TIMEOUT)
             resp.close()
             if resp.ok:
-                size = _int_header(resp.headers, "Content-Length")
+                size = int_header(resp.headers, "Content-Length")
                 return resp.headers, size, http_checksums(resp.headers, whole_body=True)
             if resp.status_code in (404, 410):
                 self._raise_for_status(resp.status_code)
@@ -229,10 +175,10 @@ class HTTPSource(Source):
             ) as resp:
                 whole = resp.status_code == 200
                 if resp.status_code == 206:
-                    size = _total_from_content_range(resp.headers.get("Content-Range"))
+                    size = total_from_content_range(resp.headers.get("Content-Range"))
                     return resp.headers, size, http_checksums(resp.headers, whole_body=whole)
                 if whole:
-                    size = _int_header(resp.headers, "Content-Length")
+                    size = int_header(resp.headers, "Content-Length")
                     return resp.headers, size, http_checksums(resp.headers, whole_body=whole)
                 self._raise_for_status(resp.status_code)
         except TRANSIENT_ERRORS as exc:
@@ -248,6 +194,75 @@ class HTTPSource(Source):
                 f"access to {self.safe_url} was refused (HTTP {status})", code="source_forbidden"
             )
         raise TransferFailed(f"{self.safe_url} answered HTTP {status}")
+
+    # -- byte ranges -------------------------------------------------------------------------------
+
+    def supports_ranges(self, item: SourceItem) -> bool:
+        """True when the listing said ``Accept-Ranges: bytes``, the size is known and the version has a
+        strong validator for ``If-Range`` (RFC 9110 §13.1.5): a strong ETag, or, without any ETag,
+        Last-Modified. A weak ETag (``W/``) says the bytes may differ between answers: no ranges."""
+        etag = item.validator.get("etag")
+        strong = not etag.startswith("W/") if etag else bool(item.validator.get("last_modified"))
+        return item.accept_ranges and item.size is not None and strong
+
+    def fetch_range(self, item: SourceItem, start: int, length: int, fd: int, control: JobControl) -> int:
+        """Write bytes ``[start, start + length)`` of ``item`` at the same offsets of ``fd`` (see
+        :meth:`Source.fetch_range`) with ``GET`` + ``Range: bytes=a-b`` + ``If-Range`` (RFC 9110 §14.2,
+        §13.1.5). Only a ``206`` whose ``Content-Range`` is ``bytes a-b/<item.size>`` and whose ETag /
+        Last-Modified are the listed ones is written. A body that ends early or a dropped connection
+        continues after its last byte, up to :data:`MAX_RESUMES` fruitless attempts in a row.
+
+        Raises :class:`SourceChanged` (a ``200``: the file changed or the server ignored the range; a
+        ``416`` or another total size; another ETag or Last-Modified), :class:`TransferFailed` (no range
+        support, another range sent, lasting errors), :class:`SourceNotFound`,
+        :class:`~jupyter_staging.errors.JobInterrupted`, :class:`ValueError` (a range outside ``item``).
+        """
+        check_range(item, start, length)
+        if not self.supports_ranges(item):
+            raise TransferFailed(f"{item.name}: {self.safe_url} serves no byte ranges of a known version")
+        out = RangeOut(fd, start, length, control)
+        budget = ResumeBudget(item, self.safe_url, control)
+        with retrying_session() as session:
+            while out.remaining:
+                control.check()
+                before = out.offset
+                try:
+                    self._get_range(session, item, out)
+                except RANGE_RESUMABLE as exc:
+                    budget.broken(out, before, describe_error(exc), give_up=TransferFailed)
+                except requests.RequestException as exc:
+                    raise TransferFailed(
+                        f"{item.name}: request to {self.safe_url} failed: {describe_error(exc)}"
+                    ) from None
+        return out.offset
+
+    def _get_range(self, session: requests.Session, item: SourceItem, out: RangeOut) -> None:
+        """One GET of the rest of ``out``'s range, checked (:meth:`_check_range`) and written."""
+        first, last = out.position, out.start + out.length - 1
+        headers = {"Range": f"bytes={first}-{last}", "If-Range": str(self._if_range(item))}
+        with session.get(item.locator, headers=headers, stream=True, timeout=TIMEOUT) as resp:
+            self._check_range(resp, item, first, last)
+            pump_range(self._block_reader(resp.raw), out)
+
+    def _check_range(self, resp: requests.Response, item: SourceItem, first: int, last: int) -> None:
+        """Raise unless ``resp`` is a ``206`` of bytes ``first``-``last`` of the listed version."""
+        status = resp.status_code
+        where = f"{item.name}: {self.safe_url}"
+        if status == 200:
+            raise SourceChanged(f"{where} sent the whole file for a range (it changed or ignored If-Range)")
+        if status == 416:
+            raise SourceChanged(f"{where} no longer has bytes {first}-{last} (the file changed)")
+        if status != 206:
+            self._raise_for_status(status)
+        found = CONTENT_RANGE_RE.match(resp.headers.get("Content-Range", "").strip())
+        total = total_from_content_range(resp.headers.get("Content-Range"))
+        if total is not None and total != item.size:
+            raise SourceChanged(f"{where} now has {total} bytes, {item.size} were listed")
+        changed = changed_keys(item.validator, validator_of(resp.headers, None), ("etag", "last_modified"))
+        if changed:
+            raise SourceChanged(f"{where} sent part of another version ({', '.join(changed)} changed)")
+        if found is None or (int(found.group(1)), int(found.group(2))) != (first, last):
+            raise TransferFailed(f"{where} sent another range than bytes {first}-{last}")
 
     # -- fetching ----------------------------------------------------------------------------------
 
@@ -298,7 +313,7 @@ class HTTPSource(Source):
         except TransferFailed:
             fresh = None  # cannot ask now; If-Range still protects the resumed request
         else:
-            fresh = _validator(headers, size)
+            fresh = validator_of(headers, size)
         if fresh is not None:
             changed = changed_keys(item.validator, fresh, ("etag", "last_modified", "size"))
             if changed:
@@ -338,14 +353,14 @@ class HTTPSource(Source):
             elif status in (200, 206):
                 self._take_whole(resp, item, out, control)
             elif status == 416 and start:
-                total = _total_from_content_range(resp.headers.get("Content-Range"))
+                total = total_from_content_range(resp.headers.get("Content-Range"))
                 if total is not None and total == start == item.size:
                     return
                 control.log("warning", f"{item.name}: partial file does not fit the source; restarting")
                 raise _Restart
             else:
                 self._raise_for_status(status)
-            expected = _int_header(resp.headers, "Content-Length")
+            expected = int_header(resp.headers, "Content-Length")
             got = pump(self._block_reader(resp.raw), out, control)
             if expected is not None and got < expected:
                 raise _Incomplete(f"body ended after {got} of {expected} bytes")
@@ -355,11 +370,11 @@ class HTTPSource(Source):
         """A ``206`` continuing the part file must hold the range asked for (from ``start``) of the
         version the part file holds: else :class:`_Restart` (another version: the server ignored
         ``If-Range``) or :class:`_WrongLength` (the same version, another total length)."""
-        first = _CONTENT_RANGE_RE.match(resp.headers.get("Content-Range", "").strip())
+        first = CONTENT_RANGE_RE.match(resp.headers.get("Content-Range", "").strip())
         if first is None or int(first.group(1)) != start:
             control.log("warning", f"{item.name}: server sent an unexpected range; restarting")
             raise _Restart
-        changed = changed_keys(item.validator, _validator(resp.headers, None), ("etag", "last_modified"))
+        changed = changed_keys(item.validator, validator_of(resp.headers, None), ("etag", "last_modified"))
         if changed:
             control.log(
                 "warning",
@@ -367,7 +382,7 @@ class HTTPSource(Source):
                 "ignored If-Range); restarting from byte 0",
             )
             raise _Restart
-        total = _total_from_content_range(resp.headers.get("Content-Range"))
+        total = total_from_content_range(resp.headers.get("Content-Range"))
         if total is not None and item.size is not None and total != item.size:
             raise _WrongLength(f"the server announced {total} bytes, {item.size} were listed")
         item.checksums = {**item.checksums, **http_checksums(resp.headers, whole_body=False)}
@@ -399,11 +414,11 @@ class HTTPSource(Source):
             )
             out.restart()
         size = (
-            _int_header(resp.headers, "Content-Length")
+            int_header(resp.headers, "Content-Length")
             if status == 200
-            else _total_from_content_range(resp.headers.get("Content-Range"))
+            else total_from_content_range(resp.headers.get("Content-Range"))
         )
-        fresh = _validator(resp.headers, size)
+        fresh = validator_of(resp.headers, size)
         same_version = all(
             fresh[k] == item.validator.get(k) for k in ("etag", "last_modified") if fresh[k]
         ) and bool(fresh["etag"] or fresh["last_modified"])

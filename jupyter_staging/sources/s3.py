@@ -6,7 +6,8 @@ Every GET carries ``IfMatch=<etag>`` (the ETag seen when the object was listed),
 mixes two versions of an object: when S3 answers ``412 PreconditionFailed`` the part file restarts on the
 new version. A new file that is large is fetched with boto3's transfer manager (parallel ranged GETs,
 written strictly in order through a sequential sink); an interrupted one continues with a single ranged
-GET from ``out.offset``.
+GET from ``out.offset``. One byte range (:meth:`S3Source.fetch_range`) is a ranged GET with
+``IfMatch``; a ``412`` there fails with :class:`~jupyter_staging.errors.SourceChanged`.
 
 Checksums S3 states (``ChecksumSHA256`` of an object uploaded with ``ChecksumAlgorithm="SHA256"``, asked
 for with ``ChecksumMode="ENABLED"``; a single-part ETag as MD5) fill ``SourceItem.checksums``
@@ -35,16 +36,20 @@ from jupyter_staging.clouds.s3 import (
     s3_client,
     stated_checksums,
 )
-from jupyter_staging.errors import ChecksumMismatch, SourceChanged, SourceNotFound
+from jupyter_staging.errors import ChecksumMismatch, SourceChanged, SourceNotFound, TransferFailed
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile
 from jupyter_staging.sources.base import (
+    RangeOut,
     ResumeBudget,
+    ShortRange,
     Source,
     SourceItem,
+    check_range,
     object_or_prefix,
     plain_relative_name,
     pump,
+    pump_range,
     safe_filename,
 )
 
@@ -58,6 +63,8 @@ MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
 MAX_CONCURRENCY = 8
 #: Times the object may change under one fetch before it fails with ``source_changed``.
 MAX_RESTARTS = 3
+#: What :meth:`S3Source.fetch_range` continues after, from the last byte written.
+RANGE_RESUMABLE: tuple[type[BaseException], ...] = (ShortRange, ServerBusy, *TRANSIENT_ERRORS)
 
 
 def default_transfer_config() -> TransferConfig:
@@ -197,6 +204,69 @@ class S3Source(Source):
             content_type=meta.get("ContentType") or mimetypes.guess_type(name)[0],
             checksums=stated_checksums(meta),
         )
+
+    # -- byte ranges -------------------------------------------------------------------------------
+
+    def supports_ranges(self, item: SourceItem) -> bool:
+        """True when the size and the ETag (what every ranged GET is conditional on) are known."""
+        return item.size is not None and bool(item.validator.get("etag"))
+
+    def fetch_range(self, item: SourceItem, start: int, length: int, fd: int, control: JobControl) -> int:
+        """Write bytes ``[start, start + length)`` of the object at the same offsets of ``fd`` (see
+        :meth:`Source.fetch_range`): ``GetObject`` with ``Range=bytes=a-b``, ``IfMatch=<listed ETag>``
+        and ``VersionId`` when the item names one. A broken body continues after its last byte, up to
+        :data:`~jupyter_staging.sources.base.MAX_RESUMES` fruitless attempts in a row.
+
+        Raises :class:`SourceChanged` (``412 PreconditionFailed``: another ETag; or another size in
+        ``ContentRange``), :class:`TransferFailed` (no ETag or size listed, another range sent, lasting
+        errors), :class:`SourceNotFound`, :class:`~jupyter_staging.errors.JobInterrupted`,
+        :class:`ValueError` (a range outside ``item``).
+        """
+        check_range(item, start, length)
+        if not self.supports_ranges(item):
+            raise TransferFailed(f"{item.name}: {item.locator} has no ETag or size to read ranges of")
+        bucket, key = parse_s3_uri(item.locator)
+        client = self.client()
+        out = RangeOut(fd, start, length, control)
+        budget = ResumeBudget(item, item.locator, control)
+        while out.remaining:
+            control.check()
+            before = out.offset
+            try:
+                with S3Errors(item.locator, bucket, "fetch"):
+                    self._get_range(client, bucket, key, item, out)
+            except ObjectChanged:
+                raise SourceChanged(f"{item.locator} changed since it was listed (new ETag)") from None
+            except RANGE_RESUMABLE as exc:
+                budget.broken(out, before, describe_error(exc), give_up=TransferFailed)
+        return out.offset
+
+    @staticmethod
+    def _get_range(client: Any, bucket: str, key: str, item: SourceItem, out: RangeOut) -> None:
+        """One conditional GET of the rest of ``out``'s range, checked and written."""
+        first, last = out.position, out.start + out.length - 1
+        etag = item.validator["etag"]
+        kwargs: dict[str, Any] = {
+            "Bucket": bucket,
+            "Key": key,
+            "Range": f"bytes={first}-{last}",
+            "IfMatch": etag,
+        }
+        if item.validator.get("version_id"):
+            kwargs["VersionId"] = item.validator["version_id"]
+        resp = client.get_object(**kwargs)
+        body = resp["Body"]
+        try:
+            sent = str(resp.get("ContentRange") or "")
+            if not sent:
+                raise TransferFailed(f"{item.locator}: the store ignored the range (sent the whole object)")
+            if not sent.endswith(f"/{item.size}") or resp.get("ETag", etag) != etag:
+                raise SourceChanged(f"{item.locator} changed since it was listed (now {sent})")
+            if not sent.startswith(f"bytes {first}-{last}/"):
+                raise TransferFailed(f"{item.locator}: S3 sent another range than bytes {first}-{last}")
+            pump_range(lambda: body.read(S3_BLOCK), out)
+        finally:
+            body.close()
 
     # -- fetching ----------------------------------------------------------------------------------
 

@@ -94,7 +94,7 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         st = file.stat()
         size = st.st_size
-        etag = f'"{size}-{st.st_mtime_ns}"'
+        etag = f'{"W/" if owner.weak_etags else ""}"{size}-{st.st_mtime_ns}"'
         last_modified = email.utils.formatdate(st.st_mtime, usegmt=True)
         start, end = 0, size - 1
         status = 200
@@ -141,8 +141,9 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         drop_at = owner._take_drop()
         stall_at = owner._take_stall()
-        if owner.short_body_by:
-            drop_at = max(0, length - owner.short_body_by) if drop_at is None else drop_at
+        short_by = owner._take_short()
+        if short_by:
+            drop_at = max(0, length - short_by) if drop_at is None else drop_at
         sent = 0
         with open(file, "rb") as fh:
             fh.seek(start)
@@ -228,7 +229,9 @@ class RangeHTTPServer:
     ``stall_seconds`` while keeping the connection open (a server that hangs mid-body), then close it.
     ``digest_headers``: headers to send among ``Repr-Digest`` (RFC 9530), ``Digest`` (RFC 3230) and
     ``Content-MD5`` (RFC 1864, full answers only), computed from the file; ``wrong_digests``: computed
-    from other bytes.
+    from other bytes. ``short_bodies_left``: when set, only this many bodies are cut by
+    ``short_body_by`` (None: every body). ``weak_etags``: ETags are weak (``W/"..."``), as from a
+    server that may compress.
     """
 
     def __init__(
@@ -257,10 +260,12 @@ class RangeHTTPServer:
         self.requests: list[LoggedRequest] = []
         self.ignore_if_range = False
         self.short_body_by = 0
+        self.short_bodies_left: int | None = None
         self.truncate_get_to: int | None = None
         self.extra_body_bytes = 0
         self.digest_headers: set[str] = set()
         self.wrong_digests = False
+        self.weak_etags = False
         self.verbose = verbose
         self._lock = threading.Lock()
         self._httpd = _Server((HOST, port), _Handler)
@@ -285,6 +290,15 @@ class RangeHTTPServer:
         with self._lock:
             drop, self.drop_after_bytes = self.drop_after_bytes, None
             return drop
+
+    def _take_short(self) -> int:
+        with self._lock:
+            if not self.short_body_by or self.short_bodies_left is None:
+                return self.short_body_by
+            if self.short_bodies_left <= 0:
+                return 0
+            self.short_bodies_left -= 1
+            return self.short_body_by
 
     def _take_stall(self) -> int | None:
         with self._lock:

@@ -1,0 +1,112 @@
+"""The HTTP client HTTP(S) sources use, and how they read its answers' headers.
+
+:func:`retrying_session` is the one ``requests`` session setup (urllib3 ``Retry`` of connection errors and
+429/5xx); the other functions read what an answer says about the resource: its version (ETag,
+Last-Modified, size), its length (``Content-Length``, ``Content-Range``), whether it serves byte ranges
+(``Accept-Ranges``), and its file name (``Content-Disposition`` or the URL). RFC 9110 throughout.
+"""
+
+from __future__ import annotations
+
+import re
+from email.message import Message
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+USER_AGENT = "jupyter-staging"
+#: Longest back-off (seconds) between two retries of one request.
+RETRY_BACKOFF_MAX = 8.0
+
+#: ``Content-Range: bytes <first>-<last>/<complete length or *>``.
+CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
+
+
+def retrying_session() -> requests.Session:
+    """A :class:`requests.Session` that retries connection errors and 429/5xx answers to GET/HEAD.
+
+    Five retries with exponential back-off (factor 0.5 s, honouring ``Retry-After``). After the last
+    retry the final response is returned (not raised), so callers map its status themselves.
+    """
+    retry = Retry(
+        total=5,
+        backoff_factor=0.5,
+        status_forcelist=(429, 500, 502, 503, 504),
+        allowed_methods=frozenset({"GET", "HEAD"}),
+        raise_on_status=False,
+        backoff_max=RETRY_BACKOFF_MAX,
+    )
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = USER_AGENT
+    # The stored bytes are the file's bytes: never let a server compress them on the way.
+    session.headers["Accept-Encoding"] = "identity"
+    return session
+
+
+def filename_from_disposition(value: str | None) -> str | None:
+    """The file name a ``Content-Disposition`` header gives (``filename*=`` preferred), or None."""
+    if not value:
+        return None
+    msg = Message()
+    msg["content-disposition"] = value
+    try:
+        name = msg.get_filename()
+    except (ValueError, LookupError):
+        return None
+    return name or None
+
+
+def filename_from_url(url: str) -> str:
+    """The URL's last path segment, percent-decoded (may be empty)."""
+    path = urlsplit(url).path
+    return unquote(path.rstrip("/").rsplit("/", 1)[-1]) if path else ""
+
+
+def validator_of(headers: Any, size: int | None) -> dict[str, Any]:
+    """The version an answer names: ``{"etag", "last_modified", "size"}`` (the item's fingerprint;
+    ``size`` in bytes, or None)."""
+    return {
+        "etag": headers.get("ETag"),
+        "last_modified": headers.get("Last-Modified"),
+        "size": size,
+    }
+
+
+def accepts_ranges(headers: Any) -> bool:
+    """True when an answer says the server serves byte ranges: ``Accept-Ranges: bytes`` (RFC 9110
+    §14.3), or a ``Content-Range`` (a ``206`` to the probe's ranged GET)."""
+    units = {unit.strip().lower() for unit in (headers.get("Accept-Ranges") or "").split(",")}
+    return "bytes" in units or bool(headers.get("Content-Range"))
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
+    """The ``keys`` both validators know whose values differ (the two name different versions)."""
+    return [
+        key for key in keys if old.get(key) is not None and new.get(key) is not None and old[key] != new[key]
+    ]
+
+
+def total_from_content_range(value: str | None) -> int | None:
+    """The complete length (bytes) a ``Content-Range`` header states (RFC 9110 §14.4), or None."""
+    if not value:
+        return None
+    m = CONTENT_RANGE_RE.match(value.strip())
+    if m and m.group(3) != "*":
+        return int(m.group(3))
+    tail = value.rsplit("/", 1)[-1].strip()
+    return int(tail) if tail.isdigit() else None
+
+
+def int_header(headers: Any, name: str) -> int | None:
+    """Header ``name`` as an integer, or None when absent or not a number."""
+    value = headers.get(name)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
