@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 #: Items (files) of one job staged at the same time by default (``StagingApp.concurrent_items``).
 DEFAULT_CONCURRENT_ITEMS = 8
+#: Streams of one large download by default (``StagingApp.streams_per_file``; 1: one stream).
+DEFAULT_STREAMS_PER_FILE = 4
 
 
 class Executor(abc.ABC):

@@ -33,6 +33,8 @@ class JobHost(Protocol):
     max_unpacked_bytes: int
     #: Items (files) of one job staged at the same time (plain transfers), at least 1.
     concurrent_items: int
+    #: Byte ranges of one large download from a range-capable source fetched at once; 1: one stream.
+    streams_per_file: int
 
     def destination_of(self, rec: JobRecord) -> Destination:
         """The destination (local folder or object-store prefix) of job ``rec``."""

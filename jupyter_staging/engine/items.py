@@ -238,6 +238,11 @@ class ItemStager:
         )
         if done is not None:
             return done
+        return self._fetch(source, item, final, sync_folder=sync_folder)
+
+    def _fetch(self, source: Source, item: SourceItem, final: Path, *, sync_folder: bool) -> tuple[int, str]:
+        """Read ``item``'s bytes from ``source`` into its part file (one stream, resuming the bytes this job
+        wrote for this fingerprint), verify and publish as ``final``; returns ``(size_bytes, sha256_hex)``."""
         checksums = self._expected_checksums(item)
         out = self._open_part(item, final, md5="md5" in checksums)
         if out.offset:

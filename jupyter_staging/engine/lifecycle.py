@@ -28,7 +28,7 @@ from jupyter_staging.destinations.base import Destination
 from jupyter_staging.destinations.registry import open_destination
 from jupyter_staging.engine.cleanup import remove_job_output
 from jupyter_staging.engine.describe import describe_job
-from jupyter_staging.engine.executors import DEFAULT_CONCURRENT_ITEMS, Executor
+from jupyter_staging.engine.executors import DEFAULT_CONCURRENT_ITEMS, DEFAULT_STREAMS_PER_FILE, Executor
 from jupyter_staging.engine.expansion import DEFAULT_MAX_UNPACKED_BYTES
 from jupyter_staging.engine.models import TRANSITIONS, ChunkState, DescribeJob, JobState
 from jupyter_staging.engine.progress import PROGRESS_INTERVAL, LiveProgress
@@ -52,6 +52,8 @@ class JobLifecycle:
     max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES
     #: Items (files) of one job staged at the same time (plain transfers).
     concurrent_items: int = DEFAULT_CONCURRENT_ITEMS
+    #: Streams (byte ranges at once) of one large download from a range-capable source; 1: one stream.
+    streams_per_file: int = DEFAULT_STREAMS_PER_FILE
 
     def __init__(
         self,

@@ -21,7 +21,12 @@ from jupyter_staging.destinations.base import SCRATCH_FOLDER, Destination, remov
 from jupyter_staging.destinations.registry import is_object_destination
 from jupyter_staging.engine.admission import Admission, default_name
 from jupyter_staging.engine.describe import decode_cursor, describe_chunk, encode_cursor
-from jupyter_staging.engine.executors import DEFAULT_CONCURRENT_ITEMS, Executor, LocalExecutor
+from jupyter_staging.engine.executors import (
+    DEFAULT_CONCURRENT_ITEMS,
+    DEFAULT_STREAMS_PER_FILE,
+    Executor,
+    LocalExecutor,
+)
 from jupyter_staging.engine.expansion import DEFAULT_MAX_UNPACKED_BYTES
 from jupyter_staging.engine.lifecycle import JobLifecycle, current_user, default_key_file, log
 from jupyter_staging.engine.models import (
@@ -66,6 +71,9 @@ class StagingManager(JobLifecycle):
         Files of one job staged at the same time (a job of many small files: each file's open, copy,
         fsync and publish overlap with the others'); at least 1 (:class:`ValueError` otherwise).
         Conversions and unpacking stay one item at a time.
+    streams_per_file:
+        Byte ranges of one large download (64 MiB and up, from HTTP with ranges, S3 or Azure) fetched at
+        once (:mod:`jupyter_staging.engine.streams`); 1: one stream. At least 1 (:class:`ValueError`).
     presign_expiry_seconds:
         Validity of the presigned GET URLs handed out for chunks in object storage, seconds (1 s - 7 days).
     secret_key_file:
@@ -101,6 +109,7 @@ class StagingManager(JobLifecycle):
         presign_expiry_seconds: int = 3600,
         max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
         concurrent_items: int = DEFAULT_CONCURRENT_ITEMS,
+        streams_per_file: int = DEFAULT_STREAMS_PER_FILE,
         secret_key_file: str | os.PathLike[str] | None = None,
         scratch_dir: str | os.PathLike[str] | None = None,
         min_free_bytes: int = 0,
@@ -115,6 +124,9 @@ class StagingManager(JobLifecycle):
         if int(concurrent_items) < 1:
             raise ValueError(f"concurrent_items must be at least 1, not {concurrent_items}")
         self.concurrent_items = int(concurrent_items)
+        if int(streams_per_file) < 1:
+            raise ValueError(f"streams_per_file must be at least 1, not {streams_per_file}")
+        self.streams_per_file = int(streams_per_file)
         store = Store(db_url)
         if secret_key_file is None:
             secret_key_file = default_key_file(db_url)

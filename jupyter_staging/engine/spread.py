@@ -25,8 +25,8 @@ from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.store import ChunkRecord
 from jupyter_staging.engine.tasks import (
     TaskContext,
-    copy_range,
     fetch_item,
+    fetch_range,
     finish_ranges,
     probe_folder,
     read_probe,
@@ -115,9 +115,8 @@ class SpreadStager(ManifestStager):
         index: int,
     ) -> int:
         """Submit the task(s) of one file; returns how many byte-range tasks (0: one fetch task)."""
-        local = source.local_path(item)
         checksums = self._expected_checksums(item)
-        if local is None or item.size is None or item.size <= executor.range_bytes:
+        if item.size is None or item.size <= executor.range_bytes or not source.supports_ranges(item):
             tasks.submit(
                 fetch_item,
                 tasks.ctx,
@@ -140,7 +139,15 @@ class SpreadStager(ManifestStager):
         for start in starts:
             length = min(step, item.size - start)
             tasks.submit(
-                copy_range, tasks.ctx, str(local), self._rel(final), start, length, tag=("range", index)
+                fetch_range,
+                tasks.ctx,
+                source.uri,
+                self.host.source_roots,
+                item,
+                self._rel(final),
+                start,
+                length,
+                tag=("range", index),
             )
         self._log("info", f"{item.name}: {len(starts)} ranges of up to {step} bytes as Dask tasks")
         return len(starts)

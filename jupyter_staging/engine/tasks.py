@@ -49,7 +49,7 @@ from jupyter_staging.sources.registry import open_source
 POLL_SECONDS = 0.5
 #: Seconds between two progress events of one task.
 REPORT_SECONDS = 0.25
-#: Bytes a range task copies per system call (between two control checks).
+#: Bytes read at a time when hashing a published file.
 RANGE_STEP = 16 * 1024**2
 #: What a job's control variable holds while it may run.
 RUN = "run"
@@ -233,29 +233,30 @@ def _published(ctx: TaskContext, final_rel: str, size: int | None) -> tuple[int,
     return st.st_size, digest.hexdigest()
 
 
-def copy_range(ctx: TaskContext, src: str, final_rel: str, start: int, length: int) -> int:
-    """Copy bytes ``[start, start + length)`` of the local file ``src`` into the same range of
-    ``final_rel``'s ``.part`` (made at its full size beforehand), with ``copy_file_range``; fsynced.
-    Returns the bytes copied. Raises :class:`JobInterrupted` on pause or cancel, :class:`PathNotAllowed`
-    when the part file is a symlink, :class:`OSError` when the source is shorter than expected."""
+def fetch_range(
+    ctx: TaskContext,
+    uri: str,
+    source_roots: list[str] | None,
+    item: SourceItem,
+    final_rel: str,
+    start: int,
+    length: int,
+) -> int:
+    """Write bytes ``[start, start + length)`` of ``item`` (source ``uri``) into the same range of
+    ``final_rel``'s ``.part`` (made at its full size beforehand), with ``Source.fetch_range`` (a local
+    file by ``copy_file_range``, HTTP by a conditional ``Range`` GET, S3 / Azure by a conditional ranged
+    GET); fsynced. Returns the bytes written. Raises :class:`JobInterrupted` on pause or cancel,
+    :class:`PathNotAllowed` when the part file is a symlink, and what the source raises
+    (``source_changed`` when the version changed, ``transfer_failed``)."""
     control = TaskControl(ctx)
+    source = open_source(uri, source_roots=source_roots)
     final = ctx.path(final_rel)
     with folder_fd(Path(ctx.root), Path(final_rel).parent.as_posix()) as dir_fd:
         fd = open_existing(dir_fd, part_path(final).name, os.O_WRONLY | os.O_CLOEXEC)
         if fd is None:
             raise FileNotFoundError(f"{final.name}: its part file is missing")
         try:
-            with open(src, "rb") as source:
-                done = 0
-                while done < length:
-                    control.check()
-                    n = os.copy_file_range(
-                        source.fileno(), fd, min(RANGE_STEP, length - done), start + done, start + done
-                    )
-                    if n == 0:
-                        raise OSError(f"{final.name}: the source ended at byte {start + done}")
-                    done += n
-                    control.add_bytes(n)
+            done = source.fetch_range(item, start, length, fd, control)
             os.fsync(fd)
         finally:
             os.close(fd)

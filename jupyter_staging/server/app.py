@@ -14,7 +14,7 @@ from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default
 from traitlets import Type as TypeTrait
 
 from jupyter_staging._version import __version__
-from jupyter_staging.engine.executors import DEFAULT_CONCURRENT_ITEMS, DaskExecutor
+from jupyter_staging.engine.executors import DEFAULT_CONCURRENT_ITEMS, DEFAULT_STREAMS_PER_FILE, DaskExecutor
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import JobState
 from jupyter_staging.server.handlers import default_handlers
@@ -150,6 +150,14 @@ class StagingApp(ExtensionApp):
         round trip after another.""",
     ).tag(config=True)
 
+    streams_per_file = Int(
+        DEFAULT_STREAMS_PER_FILE,
+        min=1,
+        help="""Byte ranges of one large download (64 MiB and more, from an HTTP server that serves ranges of
+        a file with a strong validator, S3 or Azure) fetched at once, each conditional on the file's
+        validator, into one file hashed and verified once at the end. 1: one stream.""",
+    ).tag(config=True)
+
     keep_alive_while_staging = Bool(
         True,
         help="""While a job of this server is queued or running, report the server as active to JupyterHub,
@@ -217,6 +225,7 @@ class StagingApp(ExtensionApp):
             min_free_bytes=self.min_free_bytes,
             quota_bytes=self.quota_bytes,
             concurrent_items=self.concurrent_items,
+            streams_per_file=self.streams_per_file,
         )
         self.settings.update({"staging_manager": self.manager, "staging_owner": self.owner})
         self.log.info("jupyter_staging %s: jobs in %s", __version__, _safe_url(self.db_url))

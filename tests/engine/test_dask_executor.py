@@ -356,3 +356,22 @@ def test_the_server_killed_mid_job_resumes_it_on_the_cluster(tmp_path, cluster, 
         assert not list((root / "lcs").rglob("*.part"))
     finally:
         manager.stop(wait=True)
+
+
+def test_a_large_http_download_is_fetched_as_conditional_range_tasks(tmp_path, cluster):
+    www = tmp_path / "www"
+    www.mkdir()
+    expected = write_numbered_blocks(www / "image.fits", 5 * 1024**2 + 77)
+    manager = make_manager(
+        tmp_path / "root", scheduler_address=cluster.scheduler_address, range_bytes=1024**2
+    )
+    try:
+        with RangeHTTPServer(www) as server:
+            job = run(manager, CreateJob(source=server.url("image.fits"), destination="img"))
+            ranged = [r for r in server.requests_for("image.fits", "GET") if r.header("Range")]
+        assert job.state == JobState.succeeded, job.error
+        assert "image.fits: 6 ranges of up to 1048576 bytes as Dask tasks" in log_text(manager, job.id)
+        assert len(ranged) == 6 and all(r.header("If-Range") for r in ranged)
+        assert sha256(tmp_path / "root" / "img" / "image.fits") == expected
+    finally:
+        manager.stop(wait=True)

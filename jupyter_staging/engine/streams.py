@@ -1,0 +1,129 @@
+"""Large downloads on parallel streams: the byte ranges of one file fetched at once by several threads.
+
+One HTTP connection (or one S3 GET) rarely fills a fast link: per-connection windows, server-side limits and
+object stores that serve each GET from one disk all cap it. A file of at least :data:`STREAM_MIN_BYTES`
+whose source can serve ranges (``Source.supports_ranges``: HTTP with ``Accept-Ranges`` and a strong
+validator, S3, Azure) is fetched as ranges of :data:`STREAM_RANGE_BYTES`, ``streams_per_file`` at a time
+(``StagingApp.streams_per_file``), each written at its own offset of the one pre-sized ``.part`` file. Every
+range is conditional on the item's validator (``If-Range`` / ``IfMatch``), so two versions are never
+spliced; once all ranges are in, the whole file is hashed once (sha256, and MD5 when the source states one),
+verified against the size and the source's checksums, and published, exactly as a one-stream download.
+
+A file that changes between two ranges (the server answers ``200`` to ``If-Range``, or another ETag) is
+fetched again from its first byte in one stream, as a one-stream download of a changed file is.
+
+Resuming: the ranges finished are recorded in the job's resume data (``resume["ranges"][name]``, with the
+part's owner tag); a paused or restarted job fetches only the others. Local files are copied in one stream
+(``copy_file_range`` is not faster in pieces on one disk).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from jupyter_staging.engine.executors import run_bounded
+from jupyter_staging.engine.items import ItemStager, owner_tag
+from jupyter_staging.errors import JobInterrupted, SourceChanged, TransferFailed
+from jupyter_staging.safety.partfile import PartFile
+from jupyter_staging.sources.base import Source, SourceItem
+
+#: Bytes of one range of a file fetched on parallel streams.
+STREAM_RANGE_BYTES = 32 * 1024**2
+#: Smallest file (bytes) fetched on parallel streams.
+STREAM_MIN_BYTES = 64 * 1024**2
+
+
+def byte_ranges(size: int, step: int, done: set[int] | None = None) -> list[tuple[int, int]]:
+    """``(start, length)`` of the ranges of ``step`` bytes covering ``size`` bytes, without those whose
+    start is in ``done``."""
+    return [
+        (start, min(step, size - start)) for start in range(0, size, step) if start not in (done or set())
+    ]
+
+
+class StreamingStager(ItemStager):
+    """Fetches large files of range-capable sources on parallel streams; everything else as
+    :class:`~jupyter_staging.engine.items.ItemStager`."""
+
+    def _fetch(self, source: Source, item: SourceItem, final: Path, *, sync_folder: bool) -> tuple[int, str]:
+        streams = self.host.streams_per_file
+        if (
+            streams < 2
+            or item.size is None
+            or item.size < STREAM_MIN_BYTES
+            or source.local_path(item) is not None
+            or not source.supports_ranges(item)
+        ):
+            return super()._fetch(source, item, final, sync_folder=sync_folder)
+        try:
+            return self._fetch_ranges(source, item, final, streams, sync_folder=sync_folder)
+        except SourceChanged:
+            # A new version appeared between two ranges: no range of it is trusted; one stream fetches
+            # it from its first byte (and the size and checksum checks then judge it).
+            self._log("warning", f"{item.name}: changed while it was fetched in ranges; fetching it again")
+            return super()._fetch(source, item, final, sync_folder=sync_folder)
+
+    def _fetch_ranges(
+        self, source: Source, item: SourceItem, final: Path, streams: int, *, sync_folder: bool
+    ) -> tuple[int, str]:
+        """Fetch ``item`` as ranges on ``streams`` threads into its pre-sized part, then hash, verify and
+        publish it; returns ``(size_bytes, sha256_hex)``."""
+        assert item.size is not None
+        size = item.size
+        record = self._range_record(item)
+        out = self._open_part(item, final, md5=False)  # sets aside a foreign .part; ours is kept
+        try:
+            if out.offset != size or not record["done"]:
+                record["done"] = []
+                os.ftruncate(out.fileno(), 0)
+                os.ftruncate(out.fileno(), size)
+            done = set(record["done"])
+            todo = byte_ranges(size, STREAM_RANGE_BYTES, done)
+            if done:
+                self._log("info", f"{item.name}: resuming, {len(todo)} of its ranges left")
+                self.control.add_bytes(size - sum(length for _, length in todo))
+            fd = out.fileno()
+
+            def one(span: tuple[int, int]) -> None:
+                self.control.check()
+                start, length = span
+                if source.fetch_range(item, start, length, fd, self.control) != length:
+                    raise TransferFailed(f"{item.name}: range at byte {start} came short")
+                with self._lock:
+                    record["done"].append(start)
+                    self._save_resume()
+
+            if todo:
+                self._log("info", f"{item.name}: {len(todo)} ranges on {min(streams, len(todo))} streams")
+            run_bounded(one, todo, streams, name="staging-stream")
+        except JobInterrupted:
+            out.close()
+            raise
+        except BaseException:
+            out.discard()
+            self._drop_range_record(item)
+            raise
+        out.close()
+        checksums = self._expected_checksums(item)
+        whole = PartFile(final, resume=True, md5="md5" in checksums, root=self.dest.confinement_root)
+        result = whole.commit(size, checksums=checksums or None, sync_folder=sync_folder)
+        self._drop_range_record(item)
+        return result
+
+    def _range_record(self, item: SourceItem) -> dict[str, Any]:
+        """The resume record of ``item``'s ranges (``{"tag", "size", "done": [starts]}``), a new one when
+        none matches this job, fingerprint and size."""
+        tag = owner_tag(self.job_id, item.validator)
+        with self._lock:
+            ranges = self.resume.setdefault("ranges", {})
+            record = ranges.get(item.name)
+            if not record or record.get("tag") != tag or record.get("size") != item.size:
+                record = ranges[item.name] = {"tag": tag, "size": item.size, "done": []}
+            return record
+
+    def _drop_range_record(self, item: SourceItem) -> None:
+        with self._lock:
+            if (self.resume.get("ranges") or {}).pop(item.name, None) is not None:
+                self._save_resume()
