@@ -127,7 +127,7 @@ export function TasksLine(props: { job: Job; done?: boolean }): JSX.Element | nu
   const workers = taskWorkerLines(job.progress.tasks);
   return (
     <div className="jp-Staging-numbers jp-Staging-tasksLine" title={[text, ...workers].join('\n')}>
-      <span className="jp-Staging-noticeText jp-Staging-tasks">{text}</span>
+      <span className="jp-Staging-tasks">{text}</span>
     </div>
   );
 }
