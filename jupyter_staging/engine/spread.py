@@ -203,7 +203,7 @@ class SpreadStager(ManifestStager):
         folder = self._rel(self.dest.workdir)
         self.dest.files.makedirs(self.dest.workdir)
         token = secrets.token_hex(16)
-        tasks.submit(probe_folder, tasks.ctx, folder, token, tag=("probe", -1), retries=0)
+        tasks.submit(probe_folder, tasks.ctx, folder, token, tag=("probe", -1), retries=0, counted=False)
         try:
             host = next((result for _, result in tasks.results()), "?")
         except StagingError:

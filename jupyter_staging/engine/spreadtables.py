@@ -164,5 +164,7 @@ class TableSpreadStager(SpreadStager):
     def _workers_see(self, batch: TaskBatch, local: Path) -> bool:
         """Whether a worker finds ``local`` as this server does (same size and modification time)."""
         st = local.stat()
-        batch.submit(source_visible, str(local), st.st_size, st.st_mtime_ns, tag="stat", retries=0)
+        batch.submit(
+            source_visible, str(local), st.st_size, st.st_mtime_ns, tag="stat", retries=0, counted=False
+        )
         return bool(next((seen for _, seen in batch.results()), False))

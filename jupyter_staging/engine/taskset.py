@@ -89,8 +89,9 @@ class JobTasks:
         """Count task ``key`` as submitted, or (``done``) as ended."""
         with self._lock:
             if done:
-                self._pending.discard(key)
-                self._done += 1
+                if key in self._pending:
+                    self._pending.discard(key)
+                    self._done += 1
             else:
                 self._pending.add(key)
 
@@ -161,14 +162,22 @@ class TaskBatch:
             self._variable.delete()
 
     def submit(
-        self, fn: Callable[..., Any], *args: Any, tag: Any, retries: int = TASK_RETRIES, **kwargs: Any
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        tag: Any,
+        retries: int = TASK_RETRIES,
+        counted: bool = True,
+        **kwargs: Any,
     ) -> None:
         """Run ``fn(*args, **kwargs)`` on a worker (again up to ``retries`` times when it raises); its
-        result comes back from :meth:`results` with ``tag``."""
+        result comes back from :meth:`results` with ``tag``. ``counted``: part of the job's work, shown in
+        its task counts (False for the checks before it: the probe, a look at the source)."""
         key = f"staging-{fn.__name__}-{self.ctx.job_id[:8]}-{uuid.uuid4().hex[:12]}"
         future = self.job.client.submit(fn, *args, key=key, pure=False, retries=retries, **kwargs)
         self._pending[future] = tag
-        self.job.track(key)
+        if counted:
+            self.job.track(key)
 
     def results(self) -> Iterator[tuple[Any, Any]]:
         """``(tag, result)`` of each task as it finishes (tasks submitted meanwhile included), until none
