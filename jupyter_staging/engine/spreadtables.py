@@ -101,7 +101,7 @@ class TableSpreadStager(SpreadStager):
                     convert_range,
                     batch.ctx,
                     str(local),
-                    out_rel,
+                    self._rel(out_dir),  # tasks resolve folders against the root, not the destination
                     options,
                     t.start_index,
                     t.stop_index,

@@ -3,11 +3,12 @@
 One HTTP connection (or one S3 GET) rarely fills a fast link: per-connection windows, server-side limits and
 object stores that serve each GET from one disk all cap it. A file of at least :data:`STREAM_MIN_BYTES`
 whose source can serve ranges (``Source.supports_ranges``: HTTP with ``Accept-Ranges`` and a strong
-validator, S3, Azure) is fetched as ranges of :data:`STREAM_RANGE_BYTES`, ``streams_per_file`` at a time
-(``StagingApp.streams_per_file``), each written at its own offset of the one pre-sized ``.part`` file. Every
-range is conditional on the item's validator (``If-Range`` / ``IfMatch``), so two versions are never
-spliced; once all ranges are in, the whole file is hashed once (sha256, and MD5 when the source states one),
-verified against the size and the source's checksums, and published, exactly as a one-stream download.
+validator, S3, Azure) is fetched as ranges (:func:`range_step`: 32 MiB and up, two per stream at most),
+``streams_per_file`` at a time (``StagingApp.streams_per_file``), each written at its own offset of the one
+pre-sized ``.part`` file. Every range is conditional on the item's validator (``If-Range`` / ``IfMatch``),
+so two versions are never spliced; once all ranges are in, the whole file is hashed once (sha256, and MD5
+when the source states one), verified against the size and the source's checksums, and published, exactly
+as a one-stream download.
 
 A file that changes between two ranges (the server answers ``200`` to ``If-Range``, or another ETag) is
 fetched again from its first byte in one stream, as a one-stream download of a changed file is.
@@ -29,10 +30,21 @@ from jupyter_staging.errors import JobInterrupted, SourceChanged, TransferFailed
 from jupyter_staging.safety.partfile import PartFile
 from jupyter_staging.sources.base import Source, SourceItem
 
-#: Bytes of one range of a file fetched on parallel streams.
+#: Fewest bytes of one range of a file fetched on parallel streams.
 STREAM_RANGE_BYTES = 32 * 1024**2
+#: Ranges per stream at most: larger files get larger ranges (an endpoint slow per request, such as an
+#: object store that reads the whole object for each ranged GET, is asked few times).
+RANGES_PER_STREAM = 2
 #: Smallest file (bytes) fetched on parallel streams.
 STREAM_MIN_BYTES = 64 * 1024**2
+
+
+def range_step(size: int, streams: int) -> int:
+    """Bytes per range for a file of ``size`` bytes on ``streams`` streams: at least
+    :data:`STREAM_RANGE_BYTES`, and at most :data:`RANGES_PER_STREAM` ranges per stream (in whole MiB)."""
+    mib = 1024**2
+    wanted = -(-size // (streams * RANGES_PER_STREAM))
+    return max(STREAM_RANGE_BYTES, -(-wanted // mib) * mib)
 
 
 def byte_ranges(size: int, step: int, done: set[int] | None = None) -> list[tuple[int, int]]:
@@ -72,7 +84,7 @@ class StreamingStager(ItemStager):
         publish it; returns ``(size_bytes, sha256_hex)``."""
         assert item.size is not None
         size = item.size
-        record = self._range_record(item)
+        record = self._range_record(item, range_step(size, streams))
         out = self._open_part(item, final, md5=False)  # sets aside a foreign .part; ours is kept
         try:
             if out.offset != size or not record["done"]:
@@ -80,7 +92,7 @@ class StreamingStager(ItemStager):
                 os.ftruncate(out.fileno(), 0)
                 os.ftruncate(out.fileno(), size)
             done = set(record["done"])
-            todo = byte_ranges(size, STREAM_RANGE_BYTES, done)
+            todo = byte_ranges(size, int(record["step"]), done)
             if done:
                 self._log("info", f"{item.name}: resuming, {len(todo)} of its ranges left")
                 self.control.add_bytes(size - sum(length for _, length in todo))
@@ -112,15 +124,17 @@ class StreamingStager(ItemStager):
         self._drop_range_record(item)
         return result
 
-    def _range_record(self, item: SourceItem) -> dict[str, Any]:
-        """The resume record of ``item``'s ranges (``{"tag", "size", "done": [starts]}``), a new one when
-        none matches this job, fingerprint and size."""
+    def _range_record(self, item: SourceItem, step: int) -> dict[str, Any]:
+        """The resume record of ``item``'s ranges (``{"tag", "size", "step", "done": [starts]}``: ranges of
+        ``step`` bytes), the earlier run's when it matches this job, fingerprint and size (its step kept),
+        else a new one."""
         tag = owner_tag(self.job_id, item.validator)
         with self._lock:
             ranges = self.resume.setdefault("ranges", {})
             record = ranges.get(item.name)
             if not record or record.get("tag") != tag or record.get("size") != item.size:
-                record = ranges[item.name] = {"tag": tag, "size": item.size, "done": []}
+                record = ranges[item.name] = {"tag": tag, "size": item.size, "step": step, "done": []}
+            record.setdefault("step", step)
             return record
 
     def _drop_range_record(self, item: SourceItem) -> None:

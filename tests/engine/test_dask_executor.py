@@ -294,6 +294,9 @@ def test_a_table_is_converted_in_part_ranges_identical_to_the_local_executor(
         assert "part ranges of" in log_text(dask, job.id)
         parts = converted(dask, job.id)
         assert len(parts) > 2
+        for path, _size, digest, _rows in parts:  # on disk where the records say
+            assert sha256(tmp_path / "dask" / "table" / path) == digest
+        assert not (tmp_path / "dask" / f"{Path(source).stem}.parquet").exists()
         assert parts == converted(local, reference.id)
         assert job.progress.rows_done == reference.progress.rows_done == sum(p[3] for p in parts)
         assert [c.index for c in dask.chunks(job.id, urls=False)] == list(range(len(parts)))
