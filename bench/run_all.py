@@ -8,12 +8,14 @@ shared machine's timings are evidence, not a test). Usage::
     .venv/bin/python bench/run_all.py --full        # the sizes of the issue: 2 GiB copy x5, 500 MB CSV x5
     .venv/bin/python bench/run_all.py --smoke       # tiny sizes: only checks that everything runs
     .venv/bin/python bench/run_all.py --scale       # only many small files: 200, 2,000 and 20,000 files
+    .venv/bin/python bench/run_all.py --dask        # also jobs on a Dask LocalCluster (bench_dask.py)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -27,6 +29,7 @@ GOAL_RSS = 1.5  # peak RSS grows < 1.5x while the input grows ~10x ("flat")
 GOAL_SCALE_COPY = 1.0  # 2,000 x 64 KiB copy job ≥ 1.0x cp -r + fsync of each file
 GOAL_SCALE_LINKS = 10_000  # hardlink job ≥ 10,000 files/s
 GOAL_SCALE_FLAT = 0.9  # files/s of the largest count ≥ 0.9x that of the one before
+GOAL_DASK_OVERHEAD = 1.0  # a small job costs < 1 s more on Dask than on the local executor
 
 
 def run(script: str, args: list[str], out: Path) -> dict | None:
@@ -89,18 +92,22 @@ SIZES = {
         "convert": ["--size-mb", "20", "--reps", "2"],
         "rss": ["--csv-mb", "20", "60", "--fits-mb", "20", "60"],
         "scale": ["--counts", "50", "200", "--reps", "2"],
+        "dask": ["--size-mb", "20", "--copy-mib", "64", "--chunk-rows", "20000", "--range-mib", "16"]
+        + ["--reps", "1", "--small-reps", "2", "--cluster-starts", "1"],
     },
     "modest": {
         "copy": ["--size-mib", "1024", "--reps", "5"],
         "convert": ["--size-mb", "200", "--reps", "3"],
         "rss": ["--csv-mb", "200", "2000", "--fits-mb", "100", "1000"],
         "scale": ["--counts", "200", "2000", "--reps", "3"],
+        "dask": ["--size-mb", "500", "--copy-mib", "1024", "--chunk-rows", "250000", "--reps", "3"],
     },
     "full": {
         "copy": ["--size-mib", "2048", "--reps", "5"],
         "convert": ["--size-mb", "500", "--reps", "5"],
         "rss": ["--csv-mb", "200", "2000", "--fits-mb", "100", "1000"],
         "scale": ["--counts", "200", "2000", "20000", "--reps", "3"],
+        "dask": ["--size-mb", "2000", "--copy-mib", "2048", "--reps", "3"],
     },
 }
 SCRIPTS = {
@@ -108,6 +115,7 @@ SCRIPTS = {
     "convert": "bench_convert.py",
     "rss": "bench_rss.py",
     "scale": "bench_scale.py",
+    "dask": "bench_dask.py",  # only with --dask
 }
 
 Row = tuple[str, str, str, str]
@@ -184,14 +192,43 @@ def rss_rows(rss: dict) -> list[Row]:
     return rows
 
 
-ROWS = {"copy": copy_rows, "convert": convert_rows, "rss": rss_rows, "scale": scale_rows}
+def dask_rows(dask: dict) -> list[Row]:
+    """Summary rows of ``bench_dask.py``: Dask 2 workers vs the local executor, the small-job overhead."""
+    rows = []
+    for key, label in (("convert", "CSV->Parquet"), ("copy", "copy")):
+        fig = (dask.get(key) or {}).get("figures")
+        if fig:
+            wall = {name: statistics.median(f["wall"]) for name, f in fig.items()}
+            rows.append(
+                (
+                    f"dask {label}: local executor / Dask 2 workers",
+                    f"{wall['local'] / wall['dask 2w']:.2f}x",
+                    ", ".join(f"{name} {s:.2f} s" for name, s in wall.items()),
+                    "information",
+                )
+            )
+    for kind, small in (dask.get("small") or {}).items():
+        ok = small["overhead_s"] < GOAL_DASK_OVERHEAD
+        rows.append(
+            (
+                f"dask overhead, small job ({kind})",
+                f"{small['overhead_s']:+.2f} s",
+                "median Dask - median local executor",
+                f"< {GOAL_DASK_OVERHEAD:g} s: {verdict(ok)}",
+            )
+        )
+    return rows
+
+
+ROWS = {"copy": copy_rows, "convert": convert_rows, "rss": rss_rows, "scale": scale_rows, "dask": dask_rows}
 
 
 def plan(args: argparse.Namespace) -> tuple[str, list[str]]:
     """The sizes to run (a key of :data:`SIZES`) and the benchmarks to skip."""
+    dask = [] if args.dask else ["dask"]
     if args.scale:
-        return "full", [n for n in SCRIPTS if n != "scale"]
-    return ("smoke" if args.smoke else "full" if args.full else "modest"), list(args.skip)
+        return "full", [n for n in SCRIPTS if n not in ("scale", "dask")] + dask
+    return ("smoke" if args.smoke else "full" if args.full else "modest"), list(args.skip) + dask
 
 
 def print_rows(rows: list[Row]) -> None:
@@ -205,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full", action="store_true", help="the issue's sizes (about 30 minutes)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the scripts run (~1 minute)")
     ap.add_argument("--scale", action="store_true", help="only bench_scale: 200, 2,000 and 20,000 files")
+    ap.add_argument("--dask", action="store_true", help="also bench_dask: jobs on a Dask LocalCluster")
     ap.add_argument("--skip", nargs="*", default=[], choices=tuple(SCRIPTS))
     args = ap.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -223,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs; ≥ 1 means ours is as fast as the baseline)"
     )
     print_rows(rows)
-    for name in ("copy", "convert", "scale"):
+    for name in ("copy", "convert", "scale", "dask"):
         res = results.get(name)
         if res:
             print(f"# {name}: {res.get('cache', '')}; {res.get('load', '')}")
