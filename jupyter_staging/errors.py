@@ -82,6 +82,14 @@ class DestinationNotShared(StagingError):
     status = 409
 
 
+class ClusterUnavailable(StagingError):
+    """The Dask cluster could not be reached or made (``DaskExecutor``): a wrong address, refused
+    credentials, a gateway that could not start the cluster (HTTP 503)."""
+
+    code = "cluster_unavailable"
+    status = 503
+
+
 class SourceNotFound(StagingError):
     """The source does not exist or cannot be read (HTTP 400 at creation, job error code later)."""
 

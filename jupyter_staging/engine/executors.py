@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from jupyter_staging.errors import JobInterrupted
+from jupyter_staging.errors import ClusterUnavailable, JobInterrupted
 
 T = TypeVar("T")
 
@@ -120,10 +120,23 @@ class DaskExecutor(LocalExecutor):
             log.warning("staging: could not reach the Dask cluster yet: %s", type(exc).__name__)
 
     def client(self) -> Any:
-        """The ``distributed.Client`` of the cluster, connected (or the cluster made) on first use."""
+        """The ``distributed.Client`` of the cluster, connected (or the cluster made) on first use.
+
+        Raises :class:`~jupyter_staging.errors.ClusterUnavailable` when it cannot be reached or made (the
+        message names the error's type, never the address: it may hold credentials); :class:`ImportError`
+        without ``distributed`` (or ``dask-gateway`` for a gateway)."""
         with self._connect_lock:
             if self._client is None:
-                self._client, self._cluster = self._connect()
+                try:
+                    self._client, self._cluster = self._connect()
+                except ImportError:
+                    raise
+                except Exception as exc:  # OSError, TimeoutError, aiohttp / gateway errors
+                    status = getattr(exc, "status", None)
+                    detail = f", HTTP {status}" if status else ""
+                    raise ClusterUnavailable(
+                        f"the Dask cluster could not be reached or made ({type(exc).__name__}{detail})"
+                    ) from exc
             return self._client
 
     def _connect(self) -> tuple[Any, Any]:
@@ -159,7 +172,11 @@ class DaskExecutor(LocalExecutor):
         for key, value in (options.get("cluster_options") or {}).items():
             cluster_options[key] = value
         cluster = gateway.new_cluster(cluster_options)
-        cluster.scale(int(options.get("workers", 2)))
+        try:
+            cluster.scale(int(options.get("workers", 2)))
+        except BaseException:
+            cluster.close()
+            raise
         log.info("staging: tasks on dask-gateway cluster %s", cluster.name)
         return cluster.get_client(set_as_default=False), cluster
 
