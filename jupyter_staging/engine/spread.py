@@ -8,8 +8,10 @@ assembled file. Results come back in the order tasks finish and are recorded as 
 
 Before the first task, a worker writes a probe file into the destination folder and the server reads it
 back: a destination the workers do not share fails the job with ``destination_not_shared`` before a byte
-moves. Object-store destinations, hard links and symlinks stay on the server's threads (the job log says
-so); so do archives and conversions that cannot be split.
+moves. For an object-store destination no folder is shared: each task fetches into a scratch folder of its
+worker and uploads the file itself (verified, as the server would), with the credentials of the worker's
+environment. Hard links and symlinks stay on the server's threads (the job log says so); so do archives and
+conversions that cannot be split or whose output goes to object storage.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from jupyter_staging.engine.store import ChunkRecord
 from jupyter_staging.engine.tasks import (
     TaskContext,
     fetch_item,
+    fetch_item_to_store,
     fetch_range,
     finish_ranges,
     probe_folder,
@@ -51,11 +54,10 @@ class SpreadStager(ManifestStager):
         executor = self.host.executor
         if not isinstance(executor, DaskExecutor):
             return None
-        if self.dest.remote or method not in FETCHING or self.dest.confinement_root is None:
+        if method not in FETCHING or (not self.dest.remote and self.dest.confinement_root is None):
             if not self._said_local:
                 self._said_local = True
-                why = "an object-store destination" if self.dest.remote else f"method {method}"
-                self._log("info", f"{why}: staged on the server's own threads, not as Dask tasks")
+                self._log("info", f"method {method}: staged on the server's own threads, not as Dask tasks")
             return None
         return executor
 
@@ -90,6 +92,10 @@ class SpreadStager(ManifestStager):
                 ranges[index] = self._submit(tasks, executor, source, item, final, index)
             for (kind, index), result in tasks.results():
                 item, chunk, final = waiting[index]
+                if kind == "stored":
+                    size, sha, path = result
+                    self._chunk_done(chunk, bytes=size, sha256=sha, path=path)
+                    continue
                 if kind == "range":
                     ranges[index] -= 1
                     if ranges[index] == 0:
@@ -116,6 +122,20 @@ class SpreadStager(ManifestStager):
     ) -> int:
         """Submit the task(s) of one file; returns how many byte-range tasks (0: one fetch task)."""
         checksums = self._expected_checksums(item)
+        if self.dest.remote:  # the worker uploads what it fetched (object storage needs no shared folder)
+            tasks.submit(
+                fetch_item_to_store,
+                tasks.ctx,
+                source.uri,
+                self.host.source_roots,
+                item,
+                self.dest.chunk_path(""),
+                item.name,
+                checksums,
+                md5="md5" in checksums,
+                tag=("stored", index),
+            )
+            return 0
         if item.size is None or item.size <= executor.range_bytes or not source.supports_ranges(item):
             tasks.submit(
                 fetch_item,
@@ -157,7 +177,8 @@ class SpreadStager(ManifestStager):
         path = self.dest.put(
             final, item.name, size=size, sha256=sha, content_type=item.content_type, control=self.control
         )
-        self._chunk_done(chunk, folder=final.parent, bytes=size, sha256=sha, path=path)
+        folder = None if self.dest.remote else final.parent
+        self._chunk_done(chunk, folder=folder, bytes=size, sha256=sha, path=path)
 
     def _rel(self, path: Path) -> str:
         """``path`` relative to the confinement root (POSIX)."""
@@ -167,14 +188,13 @@ class SpreadStager(ManifestStager):
     def _tasks(self, executor: DaskExecutor) -> JobTasks:
         """This run's :class:`JobTasks`, made (once the workers proved they see the destination folder)
         by the first thread that needs it."""
-        assert self.dest.confinement_root is not None
         with self._lock:
             if self._job_tasks is None:
                 tasks = JobTasks(
                     executor.client(),
                     TaskContext(
                         self.job_id,
-                        str(self.dest.confinement_root),
+                        str(self.dest.confinement_root or ""),
                         attempt=int(self.resume.get("attempts", 1)),
                     ),
                     self.control,
@@ -182,8 +202,9 @@ class SpreadStager(ManifestStager):
                     lambda: self.host.report_progress(self.job_id),
                 )
                 try:
-                    with tasks.batch() as probe:
-                        self._probe(probe)
+                    if not self.dest.remote:
+                        with tasks.batch() as probe:
+                            self._probe(probe)
                 except BaseException:
                     tasks.close()
                     raise

@@ -74,7 +74,7 @@ class TableSpreadStager(SpreadStager):
     def _convert_file(
         self, local: Path, name: str, opts: dict[str, Any], entry: str | None, *, counted: bool = True
     ) -> str:
-        executor = self._executor_for("copy")
+        executor = None if self.dest.remote else self._executor_for("copy")
         ranges = self._plan_ranges(executor, local, opts) if executor is not None else None
         if executor is None or ranges is None:
             return super()._convert_file(local, name, opts, entry, counted=counted)

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jupyter_staging.destinations.registry import open_destination
 from jupyter_staging.errors import JobInterrupted, PathNotAllowed
 from jupyter_staging.formats.base import ChunkInfo
 from jupyter_staging.formats.convert import convert_to_parquet
@@ -328,4 +331,44 @@ def convert_range(
             root=Path(ctx.root),
         )
     finally:
+        control.flush()
+
+
+def fetch_item_to_store(
+    ctx: TaskContext,
+    uri: str,
+    source_roots: list[str] | None,
+    item: SourceItem,
+    destination: str,
+    rel: str,
+    checksums: dict[str, str],
+    *,
+    md5: bool,
+) -> tuple[int, str, str]:
+    """Fetch ``item`` of source ``uri`` into a scratch folder of this worker's own, verify it (size,
+    ``checksums`` and those the source states), and upload it as ``rel`` of the job's object-store prefix
+    ``destination`` (``s3://bucket/prefix/<job_id>/``, ``az://...``) with the destination's verified upload;
+    the scratch copy is removed. Returns ``(size_bytes, sha256_hex, chunk path)`` (the object's URI).
+
+    The worker needs the object store's credentials in its environment (as the server has them). Raises
+    what the source, :meth:`PartFile.commit` and the upload raise, and :class:`JobInterrupted` on pause
+    or cancel (nothing uploaded; the next attempt fetches again)."""
+    control = TaskControl(ctx)
+    control.check()
+    scratch = Path(tempfile.mkdtemp(prefix="jupyter-staging-task-"))
+    try:
+        dest = open_destination(ctx.job_id, destination, root_dir=scratch, scratch_root=scratch)
+        local = dest.workdir / rel
+        source = open_source(uri, source_roots=source_roots)
+        out = PartFile(local, resume=False, md5=md5, root=scratch)
+        try:
+            source.fetch(item, out, control)
+        except BaseException:
+            out.discard()
+            raise
+        size, sha = out.commit(item.size, checksums={**item.checksums, **checksums} or None)
+        path = dest.put(local, rel, size=size, sha256=sha, content_type=item.content_type, control=control)
+        return size, sha, path
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
         control.flush()

@@ -378,3 +378,27 @@ def test_a_large_http_download_is_fetched_as_conditional_range_tasks(tmp_path, c
         assert sha256(tmp_path / "root" / "img" / "image.fits") == expected
     finally:
         manager.stop(wait=True)
+
+
+def test_an_object_store_destination_is_uploaded_by_the_workers(tmp_path, s3_env):
+    client, bucket = s3_env
+    manifest = {"kepler": str(KEPLER), "tess": str(TESS), "catalog": str(SPITZER)}
+    # A cluster of its own, started after s3_env: its workers inherit the S3 endpoint and credentials.
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as own:
+        manager = make_manager(tmp_path / "root", scheduler_address=own.scheduler_address)
+        try:
+            job = run(manager, CreateJob(manifest=manifest, destination=f"s3://{bucket}/inputs/"))
+            assert job.state == JobState.succeeded, job.error
+            log = log_text(manager, job.id)
+            assert "own threads" not in log and "probe" not in log
+            objects = {o[0]: o[2] for o in manifest_objects(manager, job.id)}
+        finally:
+            manager.stop(wait=True)
+    for name, path in manifest.items():
+        rel = f"{name}/{Path(path).name}"
+        assert objects[rel] == sha256(Path(path))
+        body = client.get_object(Bucket=bucket, Key=f"inputs/{job.id}/{rel}")["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == objects[rel]
+    assert not list((tmp_path / "root").rglob("kplr*"))  # nothing through the server's scratch folder
