@@ -27,6 +27,7 @@ from distributed import Client, LocalCluster
 from jupyter_staging.engine.executors import DaskExecutor, LocalExecutor
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, DescribeJob, JobState
+from tests.helpers.dask import local_cluster
 from tests.helpers.data import KEPLER, SPITZER, TESS, sha256, wait_until
 from tests.helpers.servers import RangeHTTPServer
 
@@ -35,9 +36,7 @@ FINAL = {JobState.succeeded, JobState.failed, JobState.cancelled, JobState.pause
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(
-        n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1", dashboard_address=None
-    ) as made:
+    with local_cluster() as made:
         yield made
 
 
@@ -194,9 +193,7 @@ def test_pause_resume_and_cancel_reach_running_tasks(tmp_path, dask_manager, slo
 def test_a_worker_killed_mid_job_its_tasks_run_again_and_the_job_succeeds(tmp_path, slow_server):
     server, sums = slow_server
     with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1", dashboard_address=None
-        ) as own,
+        local_cluster() as own,
         Client(own, set_as_default=False) as client,
     ):
         manager = make_manager(tmp_path / "root", scheduler_address=own.scheduler_address)
@@ -223,7 +220,7 @@ def test_a_destination_the_workers_cannot_see_is_refused_before_any_byte_moves(t
     root = tmp_path / "root"
     root.mkdir()
     with (
-        LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address=None) as scheduler_only,
+        local_cluster(workers=0) as scheduler_only,
         Client(scheduler_only, set_as_default=False) as client,
     ):
         # One worker whose view of the server's root is an empty tmpfs (its own mount namespace).
@@ -384,9 +381,7 @@ def test_an_object_store_destination_is_uploaded_by_the_workers(tmp_path, s3_env
     client, bucket = s3_env
     manifest = {"kepler": str(KEPLER), "tess": str(TESS), "catalog": str(SPITZER)}
     # A cluster of its own, started after s3_env: its workers inherit the S3 endpoint and credentials.
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-    ) as own:
+    with local_cluster(threads=1) as own:
         manager = make_manager(tmp_path / "root", scheduler_address=own.scheduler_address)
         try:
             job = run(manager, CreateJob(manifest=manifest, destination=f"s3://{bucket}/inputs/"))

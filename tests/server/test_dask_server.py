@@ -18,15 +18,14 @@ import pytest
 from distributed import LocalCluster
 
 from tests.helpers.api import API, post_job, wait_for
+from tests.helpers.dask import local_cluster
 from tests.helpers.jupyter import server_config
 from tests.helpers.servers import RangeHTTPServer
 
 
 @pytest.fixture(scope="module")
 def dask_cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(
-        n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1", dashboard_address=None
-    ) as cluster:
+    with local_cluster() as cluster:
         yield cluster
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from distributed import LocalCluster
 
+from tests.helpers.dask import local_cluster
 from tests.helpers.data import wait_until
 from tests.helpers.groups import skip_group
 from tests.helpers.servers import RangeHTTPServer
@@ -63,9 +64,7 @@ WATCH_ROWS_JS = """(panel) => {
 @pytest.fixture(scope="module")
 def dask_cluster() -> Iterator[LocalCluster]:
     """Two worker processes of two threads each on 127.0.0.1, without the dashboard."""
-    with LocalCluster(
-        n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1", dashboard_address=None
-    ) as cluster:
+    with local_cluster() as cluster:
         yield cluster
 
 
