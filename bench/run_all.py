@@ -9,6 +9,7 @@ shared machine's timings are evidence, not a test). Usage::
     .venv/bin/python bench/run_all.py --smoke       # tiny sizes: only checks that everything runs
     .venv/bin/python bench/run_all.py --scale       # only many small files: 200, 2,000 and 20,000 files
     .venv/bin/python bench/run_all.py --dask        # also jobs on a Dask LocalCluster (bench_dask.py)
+    .venv/bin/python bench/run_all.py --streams     # also downloads on parallel streams (bench_streams.py)
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ GOAL_SCALE_COPY = 1.0  # 2,000 x 64 KiB copy job ≥ 1.0x cp -r + fsync of each 
 GOAL_SCALE_LINKS = 10_000  # hardlink job ≥ 10,000 files/s
 GOAL_SCALE_FLAT = 0.9  # files/s of the largest count ≥ 0.9x that of the one before
 GOAL_DASK_OVERHEAD = 1.0  # a small job costs < 1 s more on Dask than on the local executor
+#: bench_streams: (section, engine candidate, baseline) -> goal of baseline time / engine time
+GOAL_STREAMS = {("fast", "engine 4", "curl"): 1.0, ("throttled", "engine 4", "curl"): 3.5}
+GOAL_STREAMS[("throttled", "engine 4", "aria2c -x4")] = 1.0
 
 
 def run(script: str, args: list[str], out: Path) -> dict | None:
@@ -94,6 +98,7 @@ SIZES = {
         "scale": ["--counts", "50", "200", "--reps", "2"],
         "dask": ["--size-mb", "20", "--copy-mib", "64", "--chunk-rows", "20000", "--range-mib", "16"]
         + ["--reps", "1", "--small-reps", "2", "--cluster-starts", "1"],
+        "streams": ["--size-mib", "96", "--throttled-size-mib", "96", "--rate", "50000000", "--reps", "1"],
     },
     "modest": {
         "copy": ["--size-mib", "1024", "--reps", "5"],
@@ -101,6 +106,7 @@ SIZES = {
         "rss": ["--csv-mb", "200", "2000", "--fits-mb", "100", "1000"],
         "scale": ["--counts", "200", "2000", "--reps", "3"],
         "dask": ["--size-mb", "500", "--copy-mib", "1024", "--chunk-rows", "250000", "--reps", "3"],
+        "streams": ["--size-mib", "1024", "--throttled-size-mib", "512", "--reps", "3"],
     },
     "full": {
         "copy": ["--size-mib", "2048", "--reps", "5"],
@@ -108,6 +114,7 @@ SIZES = {
         "rss": ["--csv-mb", "200", "2000", "--fits-mb", "100", "1000"],
         "scale": ["--counts", "200", "2000", "20000", "--reps", "3"],
         "dask": ["--size-mb", "2000", "--copy-mib", "2048", "--reps", "3"],
+        "streams": ["--size-mib", "1024", "--throttled-size-mib", "1024", "--reps", "5", "--s3"],
     },
 }
 SCRIPTS = {
@@ -116,6 +123,7 @@ SCRIPTS = {
     "rss": "bench_rss.py",
     "scale": "bench_scale.py",
     "dask": "bench_dask.py",  # only with --dask
+    "streams": "bench_streams.py",  # only with --streams
 }
 
 Row = tuple[str, str, str, str]
@@ -220,14 +228,47 @@ def dask_rows(dask: dict) -> list[Row]:
     return rows
 
 
-ROWS = {"copy": copy_rows, "convert": convert_rows, "rss": rss_rows, "scale": scale_rows, "dask": dask_rows}
+def streams_rows(streams: dict) -> list[Row]:
+    """Summary rows of ``bench_streams.py``: every engine candidate against each baseline of its section."""
+    rows = []
+    for title in ("fast", "throttled", "s3"):
+        res = streams.get(title)
+        if not res:
+            continue
+        base = res["baseline"]
+        for name, by_base in res["ratios"].items():
+            if not name.startswith("engine"):
+                continue
+            for other, r in by_base.items():
+                goal = GOAL_STREAMS.get((title, name, other))
+                if other != base and goal is None:
+                    continue
+                rows.append(
+                    (
+                        f"streams {title} {res['size_mib']:.0f} MiB: {other} / {name}",
+                        f"{r:.2f}x",
+                        f"{name} {res['mb_s'][name]:.0f} MB/s, {other} {res['mb_s'][other]:.0f} MB/s",
+                        f"≥ {goal}x: {verdict(r >= goal)}" if goal else "information",
+                    )
+                )
+    return rows
+
+
+ROWS = {
+    "copy": copy_rows,
+    "convert": convert_rows,
+    "rss": rss_rows,
+    "scale": scale_rows,
+    "dask": dask_rows,
+    "streams": streams_rows,
+}
 
 
 def plan(args: argparse.Namespace) -> tuple[str, list[str]]:
     """The sizes to run (a key of :data:`SIZES`) and the benchmarks to skip."""
-    dask = [] if args.dask else ["dask"]
+    dask = ([] if args.dask else ["dask"]) + ([] if args.streams else ["streams"])
     if args.scale:
-        return "full", [n for n in SCRIPTS if n not in ("scale", "dask")] + dask
+        return "full", [n for n in SCRIPTS if n not in ("scale", "dask", "streams")] + dask
     return ("smoke" if args.smoke else "full" if args.full else "modest"), list(args.skip) + dask
 
 
@@ -243,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the scripts run (~1 minute)")
     ap.add_argument("--scale", action="store_true", help="only bench_scale: 200, 2,000 and 20,000 files")
     ap.add_argument("--dask", action="store_true", help="also bench_dask: jobs on a Dask LocalCluster")
+    ap.add_argument("--streams", action="store_true", help="also bench_streams: parallel downloads")
     ap.add_argument("--skip", nargs="*", default=[], choices=tuple(SCRIPTS))
     args = ap.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -261,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs; ≥ 1 means ours is as fast as the baseline)"
     )
     print_rows(rows)
-    for name in ("copy", "convert", "scale", "dask"):
+    for name in ("copy", "convert", "scale", "dask", "streams"):
         res = results.get(name)
         if res:
             print(f"# {name}: {res.get('cache', '')}; {res.get('load', '')}")
