@@ -3,12 +3,13 @@
 One HTTP connection (or one S3 GET) rarely fills a fast link: per-connection windows, server-side limits and
 object stores that serve each GET from one disk all cap it. A file of at least :data:`STREAM_MIN_BYTES`
 whose source can serve ranges (``Source.supports_ranges``: HTTP with ``Accept-Ranges`` and a strong
-validator, S3, Azure) is fetched as ranges (:func:`range_step`: 32 MiB and up, two per stream at most),
+validator, S3, Azure) is fetched as ranges (:func:`range_step`: 32 MiB and up, four per stream at most),
 ``streams_per_file`` at a time (``StagingApp.streams_per_file``), each written at its own offset of the one
 pre-sized ``.part`` file. Every range is conditional on the item's validator (``If-Range`` / ``IfMatch``),
-so two versions are never spliced; once all ranges are in, the whole file is hashed once (sha256, and MD5
-when the source states one), verified against the size and the source's checksums, and published, exactly
-as a one-stream download.
+so two versions are never spliced. The file is hashed once, from its first byte, while the ranges arrive
+(:class:`PrefixHasher`: sha256, and MD5 when the source states one); once all are in, what is left is
+hashed, the file verified against the size and the source's checksums and published, exactly as a
+one-stream download.
 
 A file that changes between two ranges (the server answers ``200`` to ``If-Range``, or another ETag) is
 fetched again from its first byte in one stream, as a one-stream download of a changed file is.
@@ -20,28 +21,33 @@ part's owner tag); a paused or restarted job fetches only the others. Local file
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 from jupyter_staging.engine.executors import run_bounded
 from jupyter_staging.engine.items import ItemStager, owner_tag
 from jupyter_staging.errors import JobInterrupted, SourceChanged, TransferFailed
-from jupyter_staging.safety.partfile import PartFile
+from jupyter_staging.safety.partfile import Hashed, PartFile
 from jupyter_staging.sources.base import Source, SourceItem
 
+#: Bytes read back at a time by :class:`PrefixHasher`.
+HASH_BLOCK = 8 * 1024**2
 #: Fewest bytes of one range of a file fetched on parallel streams.
 STREAM_RANGE_BYTES = 32 * 1024**2
 #: Ranges per stream at most: larger files get larger ranges (an endpoint slow per request, such as an
 #: object store that reads the whole object for each ranged GET, is asked few times).
-RANGES_PER_STREAM = 2
+RANGES_PER_STREAM = 4
 #: Smallest file (bytes) fetched on parallel streams.
 STREAM_MIN_BYTES = 64 * 1024**2
 
 
 def range_step(size: int, streams: int) -> int:
     """Bytes per range for a file of ``size`` bytes on ``streams`` streams: at least
-    :data:`STREAM_RANGE_BYTES`, and at most :data:`RANGES_PER_STREAM` ranges per stream (in whole MiB)."""
+    :data:`STREAM_RANGE_BYTES`, and at most :data:`RANGES_PER_STREAM` ranges per stream (in whole MiB).
+    Several ranges per stream let them finish roughly in order, so the prefix hash keeps up."""
     mib = 1024**2
     wanted = -(-size // (streams * RANGES_PER_STREAM))
     return max(STREAM_RANGE_BYTES, -(-wanted // mib) * mib)
@@ -53,6 +59,68 @@ def byte_ranges(size: int, step: int, done: set[int] | None = None) -> list[tupl
     return [
         (start, min(step, size - start)) for start in range(0, size, step) if start not in (done or set())
     ]
+
+
+class PrefixHasher:
+    """Hashes a file from its first byte while its ranges arrive out of order: each completed range is
+    reported with :meth:`completed`, and a helper thread hashes (sha256, and MD5 with ``md5``) the longest
+    run of completed bytes from where it stopped, reading them back from ``fd`` (still in the page cache).
+    :meth:`finish` returns what it hashed, for ``PartFile(..., hashed=)``: only a tail is then left to
+    read once all ranges are in."""
+
+    def __init__(self, fd: int, *, md5: bool) -> None:
+        self.fd = fd
+        self.hashed = Hashed(0, hashlib.sha256(), hashlib.md5(usedforsecurity=False) if md5 else None)
+        self._offset = 0
+        self._ranges: dict[int, int] = {}
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="staging-stream-hash", daemon=True)
+        self._thread.start()
+
+    def completed(self, start: int, length: int) -> None:
+        """Bytes ``[start, start + length)`` are in the file."""
+        with self._cond:
+            self._ranges[start] = length
+            self._cond.notify()
+
+    def finish(self) -> Hashed:
+        """Stop the helper thread; the bytes hashed so far (``offset``) and their hash objects."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+        return Hashed(self._offset, self.hashed.sha256, self.hashed.md5)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._offset not in self._ranges and not self._closed:
+                    self._cond.wait()
+                if self._offset not in self._ranges:
+                    return
+                start, length = self._offset, self._ranges.pop(self._offset)
+            if not self._hash(start, length):
+                return
+            with self._cond:
+                self._offset = start + length
+
+    def _hash(self, start: int, length: int) -> bool:
+        """Hash ``length`` bytes at ``start``; False when the file could not be read (then the rest is
+        hashed when the part is published)."""
+        end = start + length
+        try:
+            while start < end:
+                block = os.pread(self.fd, min(HASH_BLOCK, end - start), start)
+                if not block:
+                    return False
+                self.hashed.sha256.update(block)
+                if self.hashed.md5 is not None:
+                    self.hashed.md5.update(block)
+                start += len(block)
+        except OSError:
+            return False
+        return True
 
 
 class StreamingStager(ItemStager):
@@ -97,19 +165,28 @@ class StreamingStager(ItemStager):
                 self._log("info", f"{item.name}: resuming, {len(todo)} of its ranges left")
                 self.control.add_bytes(size - sum(length for _, length in todo))
             fd = out.fileno()
+            checksums = self._expected_checksums(item)
+            hasher = PrefixHasher(fd, md5="md5" in checksums)
+            for start, length in byte_ranges(size, int(record["step"])):
+                if start in done:
+                    hasher.completed(start, length)
 
             def one(span: tuple[int, int]) -> None:
                 self.control.check()
                 start, length = span
                 if source.fetch_range(item, start, length, fd, self.control) != length:
                     raise TransferFailed(f"{item.name}: range at byte {start} came short")
+                hasher.completed(start, length)
                 with self._lock:
                     record["done"].append(start)
                     self._save_resume()
 
             if todo:
                 self._log("info", f"{item.name}: {len(todo)} ranges on {min(streams, len(todo))} streams")
-            run_bounded(one, todo, streams, name="staging-stream")
+            try:
+                run_bounded(one, todo, streams, name="staging-stream")
+            finally:
+                hashed = hasher.finish()
         except JobInterrupted:
             out.close()
             raise
@@ -119,7 +196,13 @@ class StreamingStager(ItemStager):
             raise
         out.close()
         checksums = self._expected_checksums(item)
-        whole = PartFile(final, resume=True, md5="md5" in checksums, root=self.dest.confinement_root)
+        whole = PartFile(
+            final,
+            resume=True,
+            md5="md5" in checksums,
+            root=self.dest.confinement_root,
+            hashed=hashed,
+        )
         result = whole.commit(size, checksums=checksums or None, sync_folder=sync_folder)
         self._drop_range_record(item)
         return result

@@ -15,7 +15,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from jupyter_staging.errors import (
     ChecksumMismatch,
@@ -99,6 +99,15 @@ def publish(tmp: Path, final: Path, *, sync: bool = True) -> None:
         fsync_dir(final.parent)
 
 
+class Hashed(NamedTuple):
+    """The first ``offset`` bytes of a part file as hashed by whoever wrote them: its ``sha256`` (and
+    ``md5``, or None) hash objects, fed with exactly those bytes."""
+
+    offset: int
+    sha256: Any
+    md5: Any = None
+
+
 class PartFile:
     """Writer of one output file through ``<final>.part``.
 
@@ -107,6 +116,9 @@ class PartFile:
     MD5 is computed beside the sha256 over every byte (re-hashed ones included), for sources that state
     an MD5 (S3 single-part ETag, Azure ``Content-MD5``, HTTP ``Content-MD5``) or a user's ``md5:<hex>``.
     Use :meth:`write` for each block, then :meth:`commit`; :meth:`discard` removes the ``.part``.
+
+    With ``resume`` and ``hashed`` (a :class:`Hashed`), the first ``hashed.offset`` bytes are taken as hashed
+    already and only the rest of the ``.part`` is read (parallel streams hash each range as it completes).
 
     With ``root`` (the confinement root ``final`` lies below), the work is done by descriptor
     (:mod:`jupyter_staging.safety.dirfd`): ``final``'s folder is opened from ``root`` one component at a
@@ -118,7 +130,13 @@ class PartFile:
     """
 
     def __init__(
-        self, final: Path, *, resume: bool = False, md5: bool = False, root: Path | None = None
+        self,
+        final: Path,
+        *,
+        resume: bool = False,
+        md5: bool = False,
+        root: Path | None = None,
+        hashed: Hashed | None = None,
     ) -> None:
         self.final = final
         self.part = part_path(final)
@@ -133,6 +151,8 @@ class PartFile:
         #: Bytes thrown away by :meth:`restart` calls (progress already reported for them).
         self.discarded = 0
         self._reader: io.RawIOBase | None = None
+        #: With ``resume``: the first bytes of the part were hashed already (by whoever wrote them).
+        self._prehashed = hashed
         self._buffer = memoryview(b"")
         if root is not None:
             self._fh: BinaryIO = self._open_by_fd(root, resume=resume)
@@ -178,7 +198,15 @@ class PartFile:
         return os.fdopen(fd, "r+b")
 
     def _rehash(self) -> None:
-        """Hash the bytes already in a resumed ``.part``; ``offset`` becomes its size."""
+        """Hash the bytes already in a resumed ``.part`` (after those given as ``hashed``, when it has them
+        all: its MD5 too if one is wanted); ``offset`` becomes its size."""
+        pre = self._prehashed
+        if pre is not None and (self.md5 is None or pre.md5 is not None):
+            if pre.offset <= os.fstat(self._fh.fileno()).st_size:
+                self.sha256, self.offset = pre.sha256, pre.offset
+                if self.md5 is not None:
+                    self.md5 = pre.md5
+                self._fh.seek(pre.offset)
         while True:
             block = self._fh.read(BLOCK_SIZE)
             if not block:

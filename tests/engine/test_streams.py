@@ -9,6 +9,7 @@ HTTP server of tests/helpers/servers.py on 127.0.0.1.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,8 @@ import pytest
 
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, JobState
-from jupyter_staging.engine.streams import STREAM_RANGE_BYTES
+from jupyter_staging.engine.streams import STREAM_RANGE_BYTES, PrefixHasher, byte_ranges
+from jupyter_staging.safety.partfile import PartFile
 from tests.helpers.data import sha256, wait_until
 from tests.helpers.servers import RangeHTTPServer
 
@@ -129,3 +131,25 @@ def test_a_file_replaced_between_two_ranges_is_fetched_again_whole_never_spliced
         assert sha256(tmp_path / "root" / "big" / big.name) == sha256(replacement)
     finally:
         manager.stop()
+
+
+def test_the_prefix_hash_follows_ranges_completed_out_of_order(tmp_path):
+    data = os.urandom(10 * 1024**2 + 5)
+    part = tmp_path / "cube.fits.part"
+    part.write_bytes(data)
+    step = 1024**2
+    spans = byte_ranges(len(data), step)
+    with open(part, "rb") as fh:
+        hasher = PrefixHasher(fh.fileno(), md5=True)
+        for start, length in spans[1:4] + spans[:1]:  # 1, 2, 3 wait for 0
+            hasher.completed(start, length)
+        hashed = hasher.finish()
+    assert hashed.offset == 4 * step  # the contiguous run from byte 0; ranges 4.. never came
+    assert hashed.sha256.hexdigest() == hashlib.sha256(data[: 4 * step]).hexdigest()
+    assert hashed.md5.hexdigest() == hashlib.md5(data[: 4 * step]).hexdigest()
+    # The part file takes it and reads only the rest.
+    size, digest = PartFile(tmp_path / "cube.fits", resume=True, md5=True, hashed=hashed).commit(
+        len(data), checksums={"md5": hashlib.md5(data).hexdigest()}
+    )
+    assert (size, digest) == (len(data), hashlib.sha256(data).hexdigest())
+    assert (tmp_path / "cube.fits").read_bytes() == data
