@@ -63,6 +63,8 @@ MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
 MAX_CONCURRENCY = 8
 #: Times the object may change under one fetch before it fails with ``source_changed``.
 MAX_RESTARTS = 3
+#: Connections of the client shared by the streams reading ranges of one source.
+RANGES_POOL = 16
 #: What :meth:`S3Source.fetch_range` continues after, from the last byte written.
 RANGE_RESUMABLE: tuple[type[BaseException], ...] = (ShortRange, ServerBusy, *TRANSIENT_ERRORS)
 
@@ -136,6 +138,8 @@ class S3Source(Source):
         self.bucket, self.key = parse_s3_uri(uri)
         self._transfer_config = transfer_config
         self._local = threading.local()
+        self._ranges_client: Any = None
+        self._ranges_lock = threading.Lock()
 
     @property
     def transfer_config(self) -> TransferConfig:
@@ -149,6 +153,14 @@ class S3Source(Source):
         if client is None:
             client = self._local.client = s3_client(self.transfer_config.max_request_concurrency + 2)
         return client
+
+    def ranges_client(self) -> Any:
+        """One client for every stream reading ranges of this source's objects (boto3 clients are
+        thread-safe; building one per stream thread costs about 0.1 CPU-s each)."""
+        with self._ranges_lock:
+            if self._ranges_client is None:
+                self._ranges_client = s3_client(RANGES_POOL)
+            return self._ranges_client
 
     # -- listing -----------------------------------------------------------------------------------
 
@@ -226,7 +238,7 @@ class S3Source(Source):
         if not self.supports_ranges(item):
             raise TransferFailed(f"{item.name}: {item.locator} has no ETag or size to read ranges of")
         bucket, key = parse_s3_uri(item.locator)
-        client = self.client()
+        client = self.ranges_client()
         out = RangeOut(fd, start, length, control)
         budget = ResumeBudget(item, item.locator, control)
         while out.remaining:
