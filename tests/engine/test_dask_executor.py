@@ -181,11 +181,17 @@ def test_pause_resume_and_cancel_reach_running_tasks(tmp_path, dask_manager, slo
     assert done.state == JobState.succeeded, done.error
     assert staged_sums(tmp_path / "dask-root" / "lcs", sums) == sums
 
-    other, _ = dask_manager.create(CreateJob(manifest=manifest_of(server, sums), destination="again"))
-    wait_until(lambda: dask_manager.get(other.id).progress.bytes_done > 0, timeout=60, what="bytes")
+    # New files: the same ones again would be copied from the output above, not downloaded (too fast to
+    # cancel; the CI machine once finished the job first).
+    others = {}
+    for i in range(6):
+        (server.root / f"other-{i}.fits").write_bytes(os.urandom(1_000_000))
+        others[f"other-{i}"] = ""
+    other, _ = dask_manager.create(CreateJob(manifest=manifest_of(server, others), destination="again"))
+    wait_until(lambda: running_tasks(dask_manager, other.id), timeout=60, what="tasks to run")
     dask_manager.cancel(other.id)
     cancelled = wait_until(lambda: _final(dask_manager, other.id), timeout=15, what="the cancel")
-    assert cancelled.state == JobState.cancelled
+    assert cancelled.state == JobState.cancelled, cancelled.error
     left = [p for p in (tmp_path / "dask-root" / "again").rglob("*") if p.is_file()]
     assert left == []
 
