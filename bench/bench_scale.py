@@ -34,7 +34,18 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import WORK, CpuClock, MachineLoad, PageCache, interleaved, machine, med, rmtree
+from benchlib import (
+    WORK,
+    CpuClock,
+    MachineLoad,
+    PageCache,
+    interleaved,
+    machine,
+    med,
+    peak_rss_mib,
+    peak_rss_reset,
+    rmtree,
+)
 
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, JobState
@@ -64,23 +75,6 @@ def make_source(count: int, size: int) -> tuple[Path, dict[str, str]]:
     stamp.write_text(json.dumps(sums))
     os.sync()
     return folder, sums
-
-
-def peak_rss_reset() -> None:
-    """Reset this process's ``VmHWM`` (Linux: ``5 > /proc/self/clear_refs``); ignored where refused."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5\n")
-    except OSError:
-        pass
-
-
-def peak_rss_mib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class EngineRun:

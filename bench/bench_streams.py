@@ -47,7 +47,20 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
-from benchlib import REPO, WORK, CpuClock, MachineLoad, MiB, PageCache, interleaved, machine, med, rmtree
+from benchlib import (
+    REPO,
+    WORK,
+    CpuClock,
+    MachineLoad,
+    MiB,
+    PageCache,
+    interleaved,
+    machine,
+    med,
+    peak_rss_mib,
+    peak_rss_reset,
+    rmtree,
+)
 
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, JobState
@@ -192,22 +205,6 @@ def run_tool(cmd: list[str], out: Path, env: dict[str, str] | None = None) -> tu
         raise SystemExit(f"{cmd[0]} exited with status {proc.returncode}")
     subprocess.run(["sync", str(out)], check=True)
     return time.perf_counter() - t0, peak
-
-
-def peak_rss_reset() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5\n")
-    except OSError:
-        pass
-
-
-def peak_rss_mib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class Engines:
