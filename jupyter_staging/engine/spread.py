@@ -25,6 +25,7 @@ from jupyter_staging.engine.entries import ManifestStager
 from jupyter_staging.engine.executors import DaskExecutor
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.store import ChunkRecord
+from jupyter_staging.engine.streams import byte_ranges
 from jupyter_staging.engine.tasks import (
     TaskContext,
     fetch_item,
@@ -155,9 +156,8 @@ class SpreadStager(ManifestStager):
         finally:
             out.close()
         step = executor.range_bytes
-        starts = range(0, item.size, step)
-        for start in starts:
-            length = min(step, item.size - start)
+        spans = byte_ranges(item.size, step)
+        for start, length in spans:
             tasks.submit(
                 fetch_range,
                 tasks.ctx,
@@ -169,8 +169,8 @@ class SpreadStager(ManifestStager):
                 length,
                 tag=("range", index),
             )
-        self._log("info", f"{item.name}: {len(starts)} ranges of up to {step} bytes as Dask tasks")
-        return len(starts)
+        self._log("info", f"{item.name}: {len(spans)} ranges of up to {step} bytes as Dask tasks")
+        return len(spans)
 
     def _item_done(self, item: SourceItem, chunk: ChunkRecord, final: Path, result: Any) -> None:
         size, sha = result

@@ -14,7 +14,12 @@ from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default
 from traitlets import Type as TypeTrait
 
 from jupyter_staging._version import __version__
-from jupyter_staging.engine.executors import DEFAULT_CONCURRENT_ITEMS, DEFAULT_STREAMS_PER_FILE, DaskExecutor
+from jupyter_staging.engine.executors import (
+    DEFAULT_CONCURRENT_ITEMS,
+    DEFAULT_RANGE_BYTES,
+    DEFAULT_STREAMS_PER_FILE,
+    DaskExecutor,
+)
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import JobState
 from jupyter_staging.server.handlers import default_handlers
@@ -93,7 +98,7 @@ class StagingApp(ExtensionApp):
     ).tag(config=True)
 
     dask_range_bytes = Int(
-        256 * 1024**2,
+        DEFAULT_RANGE_BYTES,
         min=1024**2,
         help="""DaskExecutor: local files larger than this (bytes) are copied as ranges of this size, one
         task each, and assembled into one verified file.""",
