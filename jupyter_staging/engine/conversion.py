@@ -22,7 +22,7 @@ from astropy.io import fits
 from jupyter_staging.destinations.base import remove_tree_if_empty, scratch_dir
 from jupyter_staging.engine.items import sha256_file
 from jupyter_staging.engine.models import ChunkState
-from jupyter_staging.engine.store import JobRecord
+from jupyter_staging.engine.store import NOT_CONVERTED, PART_BYTES, JobRecord
 from jupyter_staging.engine.streams import StreamingStager
 from jupyter_staging.errors import TransferFailed
 from jupyter_staging.formats.convert import convert_to_parquet
@@ -33,11 +33,6 @@ from jupyter_staging.sources.base import Source, SourceItem
 
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 _PART_RE = re.compile(r"part-(\d+)\.parquet")
-
-#: Keys of the job's resume data this module keeps: Parquet part path -> bytes; output name -> why it was
-#: staged as it is although a conversion was asked for.
-PART_BYTES = "part_bytes"
-NOT_CONVERTED = "not_converted"
 
 
 class CountedControl(JobControl):

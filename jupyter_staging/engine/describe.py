@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 from datetime import datetime, timezone
 
-from jupyter_staging.engine.conversion import NOT_CONVERTED, PART_BYTES
 from jupyter_staging.engine.models import (
     ChunkState,
     ConvertOptions,
@@ -44,7 +43,6 @@ def describe_job(rec: JobRecord, live: LiveProgress | None = None) -> DescribeJo
         rate = live.rate
     if rec.bytes_total is not None:
         bytes_done = min(bytes_done, rec.bytes_total)
-    resume = rec.resume or {}
     eta = None
     if rate and rec.bytes_total is not None and rec.state == JobState.running.value:
         eta = max(0.0, (rec.bytes_total - bytes_done) / rate)
@@ -65,7 +63,7 @@ def describe_job(rec: JobRecord, live: LiveProgress | None = None) -> DescribeJo
             chunks_done=rec.chunks_done,
             chunks_total=rec.chunks_total,
             rows_done=rows_done,
-            output_bytes=sum(int(n) for n in (resume.get(PART_BYTES) or {}).values()),
+            output_bytes=sum(int(n) for n in (rec.part_bytes or {}).values()),
             rate=rate,
             eta_seconds=eta,
             tasks=tasks,
@@ -78,7 +76,7 @@ def describe_job(rec: JobRecord, live: LiveProgress | None = None) -> DescribeJo
         started_at=rec.started_at,
         finished_at=rec.finished_at,
         expires_at=rec.expires_at,
-        notices=conversion_notices(resume.get(NOT_CONVERTED) or {}),
+        notices=conversion_notices(rec.not_converted or {}),
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from jupyter_staging.destinations.base import Destination
 from jupyter_staging.destinations.manifest import read_manifest
 from jupyter_staging.engine.executors import run_bounded
+from jupyter_staging.engine.folders import DestinationWriter
 from jupyter_staging.engine.freshness import locator_identity
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.models import ChunkState
@@ -36,15 +37,13 @@ from jupyter_staging.errors import (
 )
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.dirfd import (
-    folder_fd,
-    fsync_fd,
+    FolderCache,
     lstat_at,
     open_existing,
-    publish_at,
     rename_at,
     unlink_at,
 )
-from jupyter_staging.safety.partfile import PartFile, copy_file, file_digest, fsync_dir, part_path, publish
+from jupyter_staging.safety.partfile import PartFile, copy_file, file_digest, part_path
 from jupyter_staging.sources.base import Source, SourceItem
 
 
@@ -64,7 +63,7 @@ def owner_tag(job_id: str, fingerprint: dict[str, Any]) -> str:
     return f"{job_id}:{digest[:16]}"
 
 
-class ItemStager:
+class ItemStager(DestinationWriter):
     """Runs job ``job_id`` of ``host``: the state of one run and the staging of single items."""
 
     def __init__(self, host: JobHost, job_id: str) -> None:
@@ -89,6 +88,7 @@ class ItemStager:
         self._flush_lock = threading.Lock()
         #: Items of this job staged at once, across all of its manifest entries.
         self._item_slots = threading.BoundedSemaphore(max(1, int(host.concurrent_items)))
+        self._folders: FolderCache | None = None
 
     # -- callbacks from sources and converters ------------------------------------------------------
 
@@ -183,15 +183,6 @@ class ItemStager:
             self.host.report_progress(self.job_id)
         return rec
 
-    def _sync_folder(self, folder: Path) -> None:
-        """fsync ``folder`` (by descriptor from the confinement root when there is one)."""
-        root = self.dest.confinement_root
-        if root is None:
-            fsync_dir(folder)
-            return
-        with folder_fd(root, folder.relative_to(root).as_posix()) as fd:
-            fsync_fd(fd)
-
     # -- plain transfers ----------------------------------------------------------------------------
 
     def _transfer(self, source: Source, method: str, item: SourceItem, chunk: ChunkRecord) -> None:
@@ -277,10 +268,9 @@ class ItemStager:
         """What brings ``item`` to ``final`` without reading the source's bytes: finished by the previous
         run, a hard link or symlink, reused unchanged output, a copy of bytes this server staged before.
         Returns ``(size_bytes, sha256_hex)``, or None when the bytes must be fetched (its folder is made)."""
-        self._make_folder(final)
         if recovering:
             self._drop_published_part(final)
-        if final.exists() and not part_path(final).exists() and (recovering or self.dest.remote):
+        if (recovering or self.dest.remote) and final.exists() and not part_path(final).exists():
             # Published by this job just before it stopped, before the chunk was recorded. An object-store
             # job's work folder is its own private scratch folder: whatever is published there is ours.
             if (
@@ -292,10 +282,12 @@ class ItemStager:
                 self.control.add_bytes(final.stat().st_size)
                 return final.stat().st_size, sha256_file(final)
         if method in ("hardlink", "symlink"):
-            return self._link(method, item, final)
+            return self._link(method, item, final)  # its folder is made by the link
         reused = self._reuse_output(item, final)
         if reused is None and source.local_path(item) is None:
             reused = self._copy_staged(item, final, sync_folder=sync_folder)
+        if reused is None:
+            self._make_folder(final)
         return reused
 
     # -- integrity: part files, expected checksums, reuse of the output being replaced ----------------
@@ -319,7 +311,7 @@ class ItemStager:
                 os.rename(part, aside)  # renames a planted symlink itself, never its target
                 self._log_set_aside(item, aside.name)
         else:
-            with folder_fd(root, self._folder_below_root(final), create=True) as fd:
+            with self.folders.folder(self._folder_below_root(final), create=True) as fd:
                 st = lstat_at(fd, part.name)
                 owner = None if st is None else self._part_owner_at(item, fd, part.name)
                 if st is not None and owner is None and stat.S_ISREG(st.st_mode) and st.st_size == 0:
@@ -330,7 +322,7 @@ class ItemStager:
                     aside_name = f"{part.name}.set-aside-{self.job_id[:8]}"
                     rename_at(fd, part.name, aside_name)  # a planted symlink itself, never its target
                     self._log_set_aside(item, aside_name)
-        out = PartFile(final, resume=True, md5=md5, root=root)
+        out = self.part_file(final, resume=True, md5=md5)
         try:
             os.setxattr(out.fileno(), OWNER_XATTR, tag.encode())
         except OSError:  # no user xattrs here: remember it in the resume data (one database write)
@@ -375,56 +367,6 @@ class ItemStager:
         with self._lock:
             return (self.resume.get("parts") or {}).get(item.name)
 
-    # -- writing below the confinement root (by descriptor for local folders) ------------------------
-
-    def _folder_below_root(self, final: Path) -> str:
-        """The folder of ``final`` relative to the destination's confinement root (POSIX)."""
-        root = self.dest.confinement_root
-        assert root is not None
-        try:
-            return final.parent.relative_to(root).as_posix()
-        except ValueError:
-            raise PathNotAllowed(f"{final.name}: its folder is outside the server's root") from None
-
-    def _make_folder(self, final: Path) -> None:
-        """Make the folder of ``final``: by descriptor from the confinement root (no symlink followed),
-        or by path for a private scratch folder."""
-        if self.dest.confinement_root is None:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            return
-        with folder_fd(self.dest.confinement_root, self._folder_below_root(final), create=True):
-            pass
-
-    def _link_into(self, src: Path, final: Path, *, symbolic: bool) -> None:
-        """Hard-link (or symlink) ``src`` as ``final``, in ``final``'s folder opened by descriptor from
-        the confinement root (fsynced before the next chunk batch: a link has no data of its own to
-        fsync). Raises :class:`FileExistsError` when ``final`` exists."""
-        self.ledger.sync_folder(final.parent)
-        root = self.dest.confinement_root
-        if root is None:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(src, final) if symbolic else os.link(src, final)
-            return
-        with folder_fd(root, self._folder_below_root(final), create=True) as fd:
-            if symbolic:
-                os.symlink(src, final.name, dir_fd=fd)
-            else:
-                os.link(src, final.name, dst_dir_fd=fd)
-
-    def _publish_local(self, path: Path, final: Path) -> None:
-        """Give the complete file ``path`` (below the destination) the name ``final``, never replacing
-        anything: by descriptor from the confinement root (``linkat``), else by path."""
-        root = self.dest.confinement_root
-        if root is None:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            publish(path, final)
-            return
-        with (
-            folder_fd(root, self._folder_below_root(path)) as src_fd,
-            folder_fd(root, self._folder_below_root(final), create=True) as dst_fd,
-        ):
-            publish_at(src_fd, path.name, dst_fd, final.name)
-
     def _part_owner(self, item: SourceItem, part: Path) -> str | None:
         """The owner tag of an existing part file (its xattr, else the resume data), or None."""
         try:
@@ -468,7 +410,7 @@ class ItemStager:
         path, size, digest = found
         if item.size is not None and size != item.size:
             return None
-        out = PartFile(final, md5="md5" in sums, root=self.dest.confinement_root)
+        out = self.part_file(final, md5="md5" in sums)
         try:
             copy_file(path, out, self.control)
             result = out.commit(size, checksums={**sums, "sha256": digest}, sync_folder=sync_folder)
@@ -519,7 +461,7 @@ class ItemStager:
         try:
             self._link_into(src, final, symbolic=False)
         except OSError:
-            out = PartFile(final, root=self.dest.confinement_root)
+            out = self.part_file(final)
             copy_file(src, out, self.control)
             size, digest = out.commit(old.get("size"), checksums={"sha256": old["sha256"]})
         else:
@@ -543,7 +485,17 @@ class ItemStager:
             raise TransferFailed(f"cannot {method} {item.name}: {exc.strerror}{hint}", code=code) from None
         size = src.stat().st_size
         self.control.add_bytes(size)
-        return size, sha256_file(src)
+        return size, self._link_digest(item, src, size)
+
+    def _link_digest(self, item: SourceItem, src: Path, size: int) -> str:
+        """The sha256 (hex) the manifest records for a link to ``src`` (``size`` bytes): the one an earlier
+        job of this server recorded for the same source object with the same fingerprint (size, mtime,
+        inode: the very bytes, as the re-run rules judge), else read and hashed here. A link moves no byte,
+        so hashing is most of its cost: staging the same shared files again is free."""
+        found = self.staged.find(None, locator_identity(item.locator), item.validator)
+        if found is not None and found[1] == size:
+            return found[2]
+        return sha256_file(src)
 
 
 def _links_to(final: Path, src: Path, *, symbolic: bool) -> bool:

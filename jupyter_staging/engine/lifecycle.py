@@ -147,12 +147,12 @@ class JobLifecycle:
         ``outcome`` is the final state the job is about to be given (the runner cleans up *before*
         announcing it, so a client that sees ``succeeded`` never sees the output still there); default:
         its present state."""
-        rec = self._record(job_id, None)
+        rec = self._record(job_id, None, resume=False)
         policy = rec.cleanup_policy
         state = (outcome or JobState(rec.state)).value
         if policy == "delete_always" or (policy == "delete_on_success" and state == JobState.succeeded.value):
             try:
-                removed = remove_job_output(self, rec, keep_ready=False)
+                removed = remove_job_output(self, self._record(job_id, None), keep_ready=False)
             except StagingError as exc:
                 self.log_event(
                     job_id, "warning", f"cleanup policy {policy}: output not removed: {exc.message}"
@@ -228,8 +228,9 @@ class JobLifecycle:
 
     def set_state(self, job_id: str, state: JobState, **fields: Any) -> JobRecord:
         """Persist ``state`` (and ``fields``) then announce it; a final state also drops the sealed
-        secrets. Raises :class:`JobNotFound` and :class:`InvalidState` (a transition the model forbids)."""
-        rec = self.store.get_job(job_id)
+        secrets. Returns the job as updated, without its resume data unless ``fields`` sets it. Raises
+        :class:`JobNotFound` and :class:`InvalidState` (a transition the model forbids)."""
+        rec = self.store.get_job(job_id, resume=state.is_final)
         if rec is None:
             raise JobNotFound(f"no staging job {job_id!r}")
         current = JobState(rec.state)
@@ -239,9 +240,9 @@ class JobLifecycle:
             fields.setdefault("finished_at", utcnow())
             # The raw source is needed to run, not to remember: drop the sealed copies.
             fields.setdefault("sealed", None)
-            if rec.resume:
+            if rec.resume and has_sealed(rec.resume):
                 fields.setdefault("resume", without_sealed(rec.resume))
-        updated = self.store.update_job(job_id, state=state.value, **fields)
+        updated = self.store.update_job(job_id, load_resume=False, state=state.value, **fields)
         assert updated is not None
         self.announce(updated)
         return updated
@@ -304,8 +305,8 @@ class JobLifecycle:
         with self._lock:
             heard = bool(self._listeners)
             self._done.notify_all()
-        if heard:  # the whole record (its resume data too) is read only when someone listens
-            rec = self.store.get_job(job_id)
+        if heard:  # the record is read only when someone listens (never its resume data)
+            rec = self.store.get_job(job_id, resume=False)
             if rec is not None:
                 self.announce(rec)
 
@@ -336,8 +337,10 @@ class JobLifecycle:
             self._controls.pop(job_id, None)
             self._live.pop(job_id, None)
 
-    def _record(self, job_id: str, owner: str | None) -> JobRecord:
-        rec = self.store.get_job(job_id)
+    def _record(self, job_id: str, owner: str | None, *, resume: bool = True) -> JobRecord:
+        """Job ``job_id`` of this root (and of ``owner`` when given; without its resume data unless
+        ``resume``). Raises :class:`JobNotFound` for unknown and foreign ids."""
+        rec = self.store.get_job(job_id, resume=resume)
         if rec is None or rec.root != str(self.root_dir) or (owner is not None and rec.owner != owner):
             raise JobNotFound(f"no staging job {job_id!r}")
         return rec
@@ -377,6 +380,18 @@ def default_key_file(db_url: str) -> Path | None:
     if url.database.startswith("file:"):
         return None
     return Path(url.database + ".key")
+
+
+def _listed(resume: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """The item lists of the resume data: ``items`` and each ``entries.<name>.items``."""
+    return [resume.get("items") or []] + [
+        entry.get("items") or [] for entry in (resume.get("entries") or {}).values()
+    ]
+
+
+def has_sealed(resume: dict[str, Any]) -> bool:
+    """True when an item of the resume data holds a sealed locator (a presigned URL)."""
+    return any("sealed" in item for items in _listed(resume) for item in items)
 
 
 def without_sealed(resume: dict[str, Any]) -> dict[str, Any]:

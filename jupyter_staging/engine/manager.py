@@ -204,7 +204,7 @@ class StagingManager(JobLifecycle):
 
     def get(self, job_id: str, owner: str | None = None) -> DescribeJob:
         """The job's status and progress. Raises :class:`JobNotFound` (404) for unknown or foreign ids."""
-        return self.describe(self._record(job_id, owner))
+        return self.describe(self._record(job_id, owner, resume=False))
 
     def list_jobs(self, owner: str | None = None, query: ListJobsQuery | None = None) -> ListJobsResponse:
         """Jobs of ``owner`` newest first, filtered by ``query.state``, ``query.limit`` per page.
@@ -218,7 +218,7 @@ class StagingManager(JobLifecycle):
             before = decode_cursor(query.cursor)
         states = [query.state.value] if query.state else None
         recs = self.store.list_jobs(
-            owner, root=str(self.root_dir), states=states, limit=query.limit + 1, before=before
+            owner, root=str(self.root_dir), states=states, limit=query.limit + 1, before=before, resume=False
         )
         more = len(recs) > query.limit
         recs = recs[: query.limit]
@@ -421,13 +421,15 @@ class StagingManager(JobLifecycle):
         seconds; returns the job as it then is."""
         until = until or (lambda s: s.is_final)
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._record(job_id, owner, resume=False)  # JobNotFound for unknown and foreign ids
         while True:
-            rec = self._record(job_id, owner)
-            if until(JobState(rec.state)):
-                return self.describe(rec)
+            # Woken at every progress report: poll the state alone, read the whole job once at the end.
+            head = self.store.job_state(job_id)
+            if head is None:
+                raise JobNotFound(f"no staging job {job_id!r}")
             remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return self.describe(rec)
+            if until(JobState(head[0])) or (remaining is not None and remaining <= 0):
+                return self.describe(self._record(job_id, owner, resume=False))
             with self._done:
                 self._done.wait(timeout=0.5 if remaining is None else min(0.5, remaining))
 

@@ -8,7 +8,7 @@ can be matched to the object they came from without unsealing anything.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Any
 
 from jupyter_staging.engine.freshness import locator_identity
@@ -19,7 +19,9 @@ from jupyter_staging.sources.base import SourceItem
 
 def dump_item(item: SourceItem, secrets: SecretBox) -> dict[str, Any]:
     """``item`` as JSON for the database (see the module)."""
-    data = asdict(item)
+    # Its fields one level deep (``dataclasses.asdict`` recurses and deep-copies: 8 % of a 2,000-file job).
+    data = {f.name: getattr(item, f.name) for f in fields(item)}
+    data["validator"], data["checksums"] = dict(item.validator), dict(item.checksums)
     data["locator_id"] = locator_identity(item.locator)
     shown = redact_url(item.locator)
     if shown != item.locator:

@@ -57,6 +57,7 @@ class JobRunner(TableSpreadStager):
         except Exception as exc:  # every failure ends the job with a code, never a traceback
             self.on_failure(exc)
         finally:
+            self.close_folders()
             self.host.release(self.job_id)
 
     # -- the template's steps -------------------------------------------------------------------------
@@ -74,11 +75,11 @@ class JobRunner(TableSpreadStager):
             self.host.finish_cancelled(self.job_id)
             return None
         self.host.attach_live(self.job_id, self.live)
-        rec = self.host.set_state(
+        self.host.set_state(
             self.job_id, JobState.running, started_at=rec.started_at or utcnow(), requested=None
         )
         self._log("info", "running")
-        return rec
+        return self.store.get_job(self.job_id)
 
     def run_items(self, rec: JobRecord) -> tuple[list[str] | None, dict[str, dict[str, str]]]:
         """Stage every item of the job (a single source, or each entry of a manifest). Returns the
@@ -319,6 +320,7 @@ class JobRunner(TableSpreadStager):
                 self.live.bytes_done = max(self.live.bytes_done, rec.bytes_total)
         self.store.update_job(
             self.job_id,
+            load_resume=False,
             bytes_done=self.live.bytes_done,
             rows_done=rows,
             chunks_done=len(staged),

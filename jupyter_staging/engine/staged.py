@@ -10,6 +10,8 @@ recorded sha256 before it is published.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -50,9 +52,14 @@ class StagedIndex:
         if fingerprint:
             candidates.append(self._by_fingerprint.get(fingerprint_key(locator_id, fingerprint)))
         for found in candidates:
-            if found is not None and found[0].is_file() and not found[0].is_symlink():
-                if found[0].stat().st_size == found[1]:
-                    return found
+            if found is None:
+                continue
+            try:
+                st = os.lstat(found[0])
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_size == found[1]:
+                return found
         return None
 
     def _build(self) -> None:

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -24,7 +24,9 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Table,
     Text,
+    bindparam,
     create_engine,
     event,
     insert,
@@ -32,7 +34,15 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    column_property,
+    mapped_column,
+    sessionmaker,
+    undefer,
+)
 
 from jupyter_staging.engine.migrate import JOB_MIGRATIONS, Migrations, upgrade_database
 
@@ -40,6 +50,9 @@ log = logging.getLogger(__name__)
 
 #: Range of a SQL ``INTEGER`` (64-bit signed): larger numbers match no row (SQLite would overflow).
 SQL_INT_MIN, SQL_INT_MAX = -(2**63), 2**63 - 1
+#: Keys of ``JobRecord.resume``: the bytes of each Parquet part written so far; why an output was staged
+#: as it is although a conversion was asked for.
+PART_BYTES, NOT_CONVERTED = "part_bytes", "not_converted"
 #: Mode of a SQLite job database and its ``-wal`` / ``-shm`` files: read and write by the owner only.
 PRIVATE_FILE_MODE = 0o600
 
@@ -89,13 +102,30 @@ class JobRecord(Base):
     cleanup_policy: Mapped[str] = mapped_column(String(32), default="retain")
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
     ttl_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    #: Engine bookkeeping needed to resume (validators such as ETag / mtime per file), JSON.
-    resume: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: Engine bookkeeping needed to resume (validators such as ETag / mtime per file), JSON. It lists every
+    #: item of the job (megabytes for 20,000 files), so it is read only when asked for (``resume=True`` of
+    #: :meth:`Store.get_job` / :meth:`Store.list_jobs`); reading it on a record loaded without it raises.
+    resume: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, deferred=True)
+    #: What showing a job needs of the resume data, read with every record by the database's JSON path
+    #: operator: ``{part path: bytes}`` of a conversion's Parquet parts, and ``{output name: reason}`` of
+    #: files staged as they are although a conversion was asked for.
+    part_bytes: Mapped[dict[str, int] | None] = column_property(resume[PART_BYTES], expire_on_flush=False)
+    not_converted: Mapped[dict[str, str] | None] = column_property(
+        resume[NOT_CONVERTED], expire_on_flush=False
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+def _show_resume(rec: JobRecord) -> None:
+    """Set the shown parts of ``rec``'s resume data (``part_bytes``, ``not_converted``) as the database will
+    read them once the new resume data is written (they are read-only SQL expressions)."""
+    resume = rec.resume or {}
+    rec.part_bytes = resume.get(PART_BYTES)
+    rec.not_converted = resume.get(NOT_CONVERTED)
 
 
 class ChunkRecord(Base):
@@ -235,17 +265,30 @@ class Store(SQLStore):
     def add_job(self, record: JobRecord) -> JobRecord:
         with self.session() as s:
             s.add(record)
+            _show_resume(record)
         return record
 
-    def get_job(self, job_id: str) -> JobRecord | None:
+    def get_job(self, job_id: str, *, resume: bool = True) -> JobRecord | None:
+        """Job ``job_id`` or None; without ``resume`` its resume data is not read (enough to show it)."""
         with self.session() as s:
-            rec = s.get(JobRecord, job_id)
+            rec = s.get(JobRecord, job_id, options=[undefer(JobRecord.resume)] if resume else [])
             return self._fix(rec)
+
+    def job_state(self, job_id: str) -> tuple[str, str, str] | None:
+        """``(state, root, owner)`` of job ``job_id``, or None: one narrow ``SELECT`` that never reads the
+        resume data (which lists every item of the job, megabytes for a folder of 20,000 files)."""
+        with self.session() as s:
+            row = s.execute(
+                select(JobRecord.state, JobRecord.root, JobRecord.owner).where(JobRecord.id == job_id)
+            ).first()
+            return None if row is None else (row.state, row.root, row.owner)
 
     def find_by_idempotency_key(self, owner: str, key: str) -> JobRecord | None:
         with self.session() as s:
             rec = s.scalars(
-                select(JobRecord).where(JobRecord.owner == owner, JobRecord.idempotency_key == key)
+                select(JobRecord)
+                .options(undefer(JobRecord.resume))
+                .where(JobRecord.owner == owner, JobRecord.idempotency_key == key)
             ).first()
             return self._fix(rec)
 
@@ -257,10 +300,12 @@ class Store(SQLStore):
         states: list[str] | None = None,
         limit: int = 100,
         before: tuple[datetime, str] | None = None,
+        resume: bool = True,
     ) -> list[JobRecord]:
-        """Jobs newest first; ``before`` is the (created_at, id) of the last job of the previous page."""
+        """Jobs newest first; ``before`` is the (created_at, id) of the last job of the previous page;
+        without ``resume`` their resume data is not read."""
         with self.session() as s:
-            q = select(JobRecord)
+            q = select(JobRecord).options(*([undefer(JobRecord.resume)] if resume else []))
             if owner is not None:
                 q = q.where(JobRecord.owner == owner)
             if root is not None:
@@ -276,14 +321,17 @@ class Store(SQLStore):
             q = q.order_by(JobRecord.created_at.desc(), JobRecord.id.desc()).limit(limit)
             return [self._fix(r) for r in s.scalars(q)]  # type: ignore[misc]
 
-    def update_job(self, job_id: str, **fields: Any) -> JobRecord | None:
-        """Set ``fields`` on a job and bump ``updated_at``; returns the updated record."""
+    def update_job(self, job_id: str, *, load_resume: bool = True, **fields: Any) -> JobRecord | None:
+        """Set ``fields`` on a job and bump ``updated_at``; returns the updated record (without its resume
+        data unless ``load_resume`` or ``fields`` sets it)."""
         with self.session() as s:
-            rec = s.get(JobRecord, job_id)
+            rec = s.get(JobRecord, job_id, options=[undefer(JobRecord.resume)] if load_resume else [])
             if rec is None:
                 return None
             for key, value in fields.items():
                 setattr(rec, key, value)
+            if "resume" in fields:
+                _show_resume(rec)
             rec.updated_at = utcnow()
             return self._fix(rec)
 
@@ -341,16 +389,24 @@ class Store(SQLStore):
         ``index`` / ``path`` / ``state`` at least), then apply ``updates`` (``{chunk id: {column:
         value}}``, by primary key), then set ``job_fields`` on job ``job_id`` with one ``UPDATE``
         (``updated_at`` bumped; not touched when empty). Returns the job as updated with ``load_job``
-        (None when it is gone), else None. Costs O(rows) whatever the number of chunks the job already
-        has."""
+        (without its resume data; None when it is gone), else None. Costs O(rows) whatever the number of
+        chunks the job already has."""
         with self.session() as s:
             if new:
                 s.execute(insert(ChunkRecord), new)
             by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
             for chunk_id, fields in updates.items():
-                by_columns.setdefault(tuple(sorted(fields)), []).append({**fields, "id": chunk_id})
-            for rows in by_columns.values():
-                s.execute(update(ChunkRecord), rows)
+                by_columns.setdefault(tuple(sorted(fields)), []).append({**fields, "chunk_id": chunk_id})
+            table = cast(Table, ChunkRecord.__table__)
+            for columns, rows in by_columns.items():
+                # One executemany of a plain UPDATE per set of columns (the ORM's bulk update by primary
+                # key costs a Python pass per row).
+                stmt = (
+                    update(table)
+                    .where(table.c.id == bindparam("chunk_id"))
+                    .values({name: bindparam(name) for name in columns})
+                )
+                s.execute(stmt, rows)
             if job_fields:
                 s.execute(
                     update(JobRecord).where(JobRecord.id == job_id).values(**job_fields, updated_at=utcnow())

@@ -30,7 +30,7 @@ from typing import Any
 from jupyter_staging.engine.executors import run_bounded
 from jupyter_staging.engine.items import ItemStager, owner_tag
 from jupyter_staging.errors import JobInterrupted, SourceChanged, TransferFailed
-from jupyter_staging.safety.partfile import Hashed, PartFile
+from jupyter_staging.safety.partfile import Hashed
 from jupyter_staging.sources.base import Source, SourceItem
 
 #: Bytes read back at a time by :class:`PrefixHasher`.
@@ -196,13 +196,7 @@ class StreamingStager(ItemStager):
             raise
         out.close()
         checksums = self._expected_checksums(item)
-        whole = PartFile(
-            final,
-            resume=True,
-            md5="md5" in checksums,
-            root=self.dest.confinement_root,
-            hashed=hashed,
-        )
+        whole = self.part_file(final, resume=True, md5="md5" in checksums, hashed=hashed)
         result = whole.commit(size, checksums=checksums or None, sync_folder=sync_folder)
         self._drop_range_record(item)
         return result

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -143,13 +144,77 @@ def open_folder(root: Path, rel: str | PurePosixPath, *, create: bool = False) -
 
 
 @contextmanager
-def folder_fd(root: Path, rel: str | PurePosixPath, *, create: bool = False) -> Iterator[int]:
-    """:func:`open_folder` as a context manager that closes the descriptor."""
-    fd = open_folder(root, rel, create=create)
+def closing_fd(fd: int) -> Iterator[int]:
+    """Yield the open descriptor ``fd`` and close it on exit."""
     try:
         yield fd
     finally:
         os.close(fd)
+
+
+@contextmanager
+def folder_fd(root: Path, rel: str | PurePosixPath, *, create: bool = False) -> Iterator[int]:
+    """:func:`open_folder` as a context manager that closes the descriptor."""
+    with closing_fd(open_folder(root, rel, create=create)) as fd:
+        yield fd
+
+
+class FolderCache:
+    """Descriptors of folders below one trusted ``root``, each reached once with :func:`open_below` (no
+    symlink followed) and kept until :meth:`close` (a job run keeps one): later uses cost one ``dup``
+    instead of a walk from the root. A folder of many files is thus opened once, not four times per file.
+
+    A kept descriptor designates the folder it was opened on, wherever that folder is moved later; a
+    symlink put in its place afterwards is never followed. Code that must know the folder is still at its
+    path re-walks with :meth:`walk` and compares inodes (:func:`same_inode`), as publishing does. At most
+    ``limit`` folders are kept; beyond that each use walks from the root. Thread-safe."""
+
+    def __init__(self, root: Path, *, limit: int = 256) -> None:
+        self.root = root
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._root_fd: int | None = None
+        self._kept: dict[str, int] = {}
+
+    def _root(self) -> int:
+        with self._lock:
+            if self._root_fd is None:
+                self._root_fd = open_root(self.root)
+            return self._root_fd
+
+    def open(self, rel: str | PurePosixPath, *, create: bool = False) -> int:
+        """A new descriptor (the caller closes it) of folder ``root / rel``: a ``dup`` of the kept one, else
+        walked from the root and kept. Raises like :func:`open_folder`."""
+        key = "/".join(components(rel))
+        with self._lock:
+            kept = self._kept.get(key)
+            if kept is not None:
+                return os.dup(kept)
+        fd = open_below(self._root(), key, create=create)
+        with self._lock:
+            if key not in self._kept and len(self._kept) < self._limit and self._root_fd is not None:
+                self._kept[key] = os.dup(fd)
+        return fd
+
+    def walk(self, rel: str | PurePosixPath) -> int:
+        """A new descriptor of ``root / rel`` walked afresh from the root (never a kept one), to check
+        that a folder is still where it was. Raises like :func:`open_folder` without ``create``."""
+        return open_below(self._root(), rel)
+
+    @contextmanager
+    def folder(self, rel: str | PurePosixPath, *, create: bool = False) -> Iterator[int]:
+        """:meth:`open` as a context manager that closes the descriptor it yields."""
+        with closing_fd(self.open(rel, create=create)) as fd:
+            yield fd
+
+    def close(self) -> None:
+        """Close every kept descriptor, once no thread uses the cache any more (the end of a run); it may
+        be used again afterwards and then walks afresh."""
+        with self._lock:
+            kept, self._kept = list(self._kept.values()), {}
+            root, self._root_fd = self._root_fd, None
+        for fd in [*kept, *([root] if root is not None else [])]:
+            os.close(fd)
 
 
 def same_inode(fd_a: int, fd_b: int) -> bool:

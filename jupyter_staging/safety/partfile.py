@@ -26,8 +26,9 @@ from jupyter_staging.errors import (
 )
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.dirfd import (
+    FolderCache,
+    closing_fd,
     create_file,
-    folder_fd,
     lstat_at,
     open_existing,
     open_folder,
@@ -126,7 +127,8 @@ class PartFile:
     ``O_CREAT | O_EXCL | O_NOFOLLOW`` (or resumed with ``O_NOFOLLOW``) in it, and :meth:`commit` publishes
     with ``linkat`` only after re-opening the folder from ``root`` and finding the same folder. Raises
     :class:`PathNotAllowed` (``path_not_allowed``) when a folder on the way is (or became) a symlink.
-    Without ``root`` it works by path, as before.
+    Without ``root`` it works by path, as before. ``folders`` (a :class:`FolderCache` of the root) gives the
+    folder's descriptor without a walk; the check before publishing still walks from the root.
     """
 
     def __init__(
@@ -137,11 +139,15 @@ class PartFile:
         md5: bool = False,
         root: Path | None = None,
         hashed: Hashed | None = None,
+        folders: FolderCache | None = None,
     ) -> None:
         self.final = final
         self.part = part_path(final)
         #: The confinement root: when given, ``final``'s folder is opened from it by descriptor.
-        self.root = root
+        self.root = folders.root if folders is not None else root
+        #: Folder descriptors of the run, kept open (the walk from ``root`` is then done once per folder).
+        self._folders = folders
+        root = self.root
         self._dir_fd: int | None = None
         self._part_id: tuple[int, int] | None = None
         self._want_md5 = md5
@@ -176,7 +182,10 @@ class PartFile:
             rel = self.final.parent.relative_to(root)
         except ValueError:
             raise PathNotAllowed(f"{self.final.name}: its folder is outside the root") from None
-        self._dir_fd = open_folder(root, rel.as_posix(), create=True)
+        if self._folders is not None:
+            self._dir_fd = self._folders.open(rel.as_posix(), create=True)
+        else:
+            self._dir_fd = open_folder(root, rel.as_posix(), create=True)
         try:
             if lstat_at(self._dir_fd, self.final.name) is not None:
                 raise DestinationExists(
@@ -248,8 +257,10 @@ class PartFile:
         if self._dir_fd is None or self.root is None:
             publish(self.part, self.final, sync=sync)
             return
+        rel = self.final.parent.relative_to(self.root).as_posix()
         try:
-            with folder_fd(self.root, self.final.parent.relative_to(self.root).as_posix()) as fresh:
+            fresh_fd = self._folders.walk(rel) if self._folders is not None else open_folder(self.root, rel)
+            with closing_fd(fresh_fd) as fresh:
                 if not same_inode(fresh, self._dir_fd):
                     raise PathNotAllowed(
                         f"{self.final.name}: its folder was moved or replaced while it was written"

@@ -71,10 +71,13 @@ def staged_job(mgr: StagingManager, source: Path, dest: str, method: str) -> dic
 def test_database_work_per_file_is_constant_and_batched(tmp_path: Path, method: str):
     root = tmp_path / "root"
     small, large = make_files(root / "small", 50), make_files(root / "large", 400)
-    mgr = manager_for(tmp_path)
-    try:
-        counts = {}
-        for name, files in (("small", small), ("large", large)):
+    counts = {}
+    for name, files in (("small", small), ("large", large)):
+        # A job database of its own for each (a hard link looks up the sha256 earlier jobs recorded for
+        # the same files: one listing per earlier job, whatever the number of files).
+        mgr = StagingManager(root, db_url=f"sqlite:///{tmp_path / f'{name}.sqlite'}", sweep_interval=0)
+        mgr.start()
+        try:
             counter = StatementCounter(mgr)
             job = staged_job(mgr, root / name, f"out-{name}", method)
             assert job["state"] == "succeeded", job
@@ -89,8 +92,8 @@ def test_database_work_per_file_is_constant_and_batched(tmp_path: Path, method: 
             chunks = mgr.chunks(job["id"])
             assert {c.path: c.sha256 for c in chunks} == files
             assert {c.state.value for c in chunks} == {"ready"}
-    finally:
-        mgr.stop()
+        finally:
+            mgr.stop()
     # The job's chunks are listed a fixed number of times (start, completion), never once per file.
     assert counts["large"]["chunk_selects"] == counts["small"]["chunk_selects"] <= 6, counts
     # Chunk rows and the job row are written per batch (per progress interval), not per file.
@@ -214,3 +217,42 @@ def test_killed_between_batches_then_resumed_converges(tmp_path: Path, method: s
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
         assert (out / name).is_symlink() == (method == "symlink")
     assert any("stopped while this job ran" in line for line in log), json.dumps(log[-5:])
+
+
+def test_linking_unchanged_files_again_reuses_the_sha256_recorded_before(tmp_path: Path):
+    """A hard link moves no byte: hashing is most of its cost. A second hardlink job of files whose
+    fingerprint (size, mtime, inode) is unchanged takes the sha256 the first job recorded instead of reading
+    them, as the re-run rules judge a fingerprint; a file whose fingerprint changed is hashed again."""
+    root = tmp_path / "root"
+    files = make_files(root / "src", 20)
+    mgr = manager_for(tmp_path)
+    try:
+        first = staged_job(mgr, root / "src", "first", "hardlink")
+        assert first["state"] == "succeeded", first
+        # Change the bytes of one file but give it back its size and mtime: same fingerprint, so the
+        # second job's manifest shows the recorded sha256 (proof that it was not read)...
+        kept = root / "src" / "lc-00003.fits"
+        st = kept.stat()
+        with open(kept, "r+b") as fh:
+            fh.write(b"\xff" * 16)
+        os.utime(kept, ns=(st.st_atime_ns, st.st_mtime_ns))
+        # ...and touch another: a new fingerprint, hashed again.
+        touched = root / "src" / "lc-00007.fits"
+        os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        again = staged_job(mgr, root / "src", "again", "hardlink")
+        assert again["state"] == "succeeded", again
+        sums = {o["path"]: o["sha256"] for o in mgr.manifest(again["id"])["objects"]}
+        assert sums == files  # lc-00003 as recorded, lc-00007 re-hashed (its bytes did not change)
+        assert hashlib.sha256(kept.read_bytes()).hexdigest() != files["lc-00003.fits"]
+        assert (tmp_path / "root" / "again" / "lc-00003.fits").stat().st_ino == st.st_ino
+        # A fresh database has nothing recorded: every file is read, the changed one shows its new sha256.
+        fresh = StagingManager(root, db_url=f"sqlite:///{tmp_path / 'fresh.sqlite'}", sweep_interval=0)
+        fresh.start()
+        try:
+            third = staged_job(fresh, root / "src", "third", "hardlink")
+            sums = {o["path"]: o["sha256"] for o in fresh.manifest(third["id"])["objects"]}
+        finally:
+            fresh.stop()
+        assert sums["lc-00003.fits"] == hashlib.sha256(kept.read_bytes()).hexdigest()
+    finally:
+        mgr.stop()

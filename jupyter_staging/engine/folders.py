@@ -1,0 +1,119 @@
+"""Writing below a job's destination: by descriptor from its confinement root, each folder walked to once.
+
+:class:`DestinationWriter` is the base of :class:`~jupyter_staging.engine.items.ItemStager`. A local
+destination is confined to the server's root (DESIGN.md, "Security rules"): every folder is reached from the
+root one component at a time without following a symlink (:mod:`jupyter_staging.safety.dirfd`), and the
+descriptors are kept for the run (:class:`~jupyter_staging.safety.dirfd.FolderCache`), so a folder of
+20,000 files is walked to once, not four times per file. An object-store job's work folder is private
+scratch and is written by path.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from jupyter_staging.destinations.base import Destination
+from jupyter_staging.engine.progress import ChunkLedger
+from jupyter_staging.errors import PathNotAllowed
+from jupyter_staging.safety.dirfd import FolderCache, fsync_fd, publish_at
+from jupyter_staging.safety.partfile import PartFile, fsync_dir, publish
+
+
+class DestinationWriter:
+    """Folders, part files, links and publication below ``dest`` for one run of a job."""
+
+    dest: Destination
+    #: The job's chunk records waiting to be written (folders holding new links are fsynced first).
+    ledger: ChunkLedger
+    _lock: threading.RLock
+    _folders: FolderCache | None = None
+
+    @property
+    def folders(self) -> FolderCache:
+        """Descriptors of the destination's folders below its confinement root, kept for this run (each
+        folder is walked to once; :meth:`close_folders` at the end of the run)."""
+        root = self.dest.confinement_root
+        assert root is not None
+        with self._lock:
+            if self._folders is None or self._folders.root != root:
+                if self._folders is not None:
+                    self._folders.close()
+                self._folders = FolderCache(root)
+            return self._folders
+
+    def close_folders(self) -> None:
+        """Close the run's folder descriptors (once no item is being staged)."""
+        with self._lock:
+            folders, self._folders = self._folders, None
+        if folders is not None:
+            folders.close()
+
+    def part_file(self, final: Path, **options: Any) -> PartFile:
+        """A :class:`PartFile` for ``final`` (``options`` as its own): by descriptor through the run's
+        folder descriptors when the destination is confined to a root, else by path."""
+        if self.dest.confinement_root is None:
+            return PartFile(final, **options)
+        return PartFile(final, folders=self.folders, **options)
+
+    def _sync_folder(self, folder: Path) -> None:
+        """fsync ``folder`` (by descriptor from the confinement root when there is one)."""
+        root = self.dest.confinement_root
+        if root is None:
+            fsync_dir(folder)
+            return
+        with self.folders.folder(folder.relative_to(root).as_posix()) as fd:
+            fsync_fd(fd)
+
+    def _folder_below_root(self, final: Path) -> str:
+        """The folder of ``final`` relative to the destination's confinement root (POSIX)."""
+        root = self.dest.confinement_root
+        assert root is not None
+        # By string (as Path.relative_to does, lexically: both are normalised paths), once per file.
+        folder, top = os.path.dirname(final), str(root)
+        if folder == top:
+            return "."
+        if folder.startswith(top.rstrip("/") + "/"):
+            return folder[len(top.rstrip("/")) + 1 :]
+        raise PathNotAllowed(f"{final.name}: its folder is outside the server's root")
+
+    def _make_folder(self, final: Path) -> None:
+        """Make the folder of ``final``: by descriptor from the confinement root (no symlink followed),
+        or by path for a private scratch folder."""
+        if self.dest.confinement_root is None:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            return
+        with self.folders.folder(self._folder_below_root(final), create=True):
+            pass
+
+    def _link_into(self, src: Path, final: Path, *, symbolic: bool) -> None:
+        """Hard-link (or symlink) ``src`` as ``final``, in ``final``'s folder opened by descriptor from
+        the confinement root (fsynced before the next chunk batch: a link has no data of its own to
+        fsync). Raises :class:`FileExistsError` when ``final`` exists."""
+        self.ledger.sync_folder(final.parent)
+        root = self.dest.confinement_root
+        if root is None:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(src, final) if symbolic else os.link(src, final)
+            return
+        with self.folders.folder(self._folder_below_root(final), create=True) as fd:
+            if symbolic:
+                os.symlink(src, final.name, dir_fd=fd)
+            else:
+                os.link(src, final.name, dst_dir_fd=fd)
+
+    def _publish_local(self, path: Path, final: Path) -> None:
+        """Give the complete file ``path`` (below the destination) the name ``final``, never replacing
+        anything: by descriptor from the confinement root (``linkat``), else by path."""
+        root = self.dest.confinement_root
+        if root is None:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            publish(path, final)
+            return
+        with (
+            self.folders.folder(self._folder_below_root(path)) as src_fd,
+            self.folders.folder(self._folder_below_root(final), create=True) as dst_fd,
+        ):
+            publish_at(src_fd, path.name, dst_fd, final.name)

@@ -1,0 +1,94 @@
+"""FolderCache: each folder below the root is walked to once per run, and a kept descriptor never lets a
+symlink planted later redirect a write."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from jupyter_staging.errors import PathNotAllowed
+from jupyter_staging.safety.dirfd import FolderCache, same_inode
+from jupyter_staging.safety.partfile import PartFile
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> tuple[Path, Path]:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    return root, outside
+
+
+def test_a_folder_is_walked_to_once_then_duplicated(layout):
+    root, _ = layout
+    cache = FolderCache(root)
+    try:
+        first = cache.open("a/b", create=True)
+        (root / "a").rename(root / "a-moved")  # a walk from the root would now fail
+        second = cache.open("a/b")
+        assert first != second and same_inode(first, second)
+        assert os.fstat(second).st_ino == (root / "a-moved" / "b").stat().st_ino
+        os.close(first)
+        os.close(second)
+        with pytest.raises(FileNotFoundError):
+            cache.walk("a/b")  # the check by path walks afresh
+    finally:
+        cache.close()
+    with pytest.raises(FileNotFoundError):  # closed: walks again, and the folder is gone from its path
+        cache.open("a/b")
+    cache.close()
+
+
+def test_a_symlinked_folder_is_refused_on_the_first_walk(layout):
+    root, outside = layout
+    (root / "link").symlink_to(outside)
+    cache = FolderCache(root)
+    try:
+        with pytest.raises(PathNotAllowed):
+            cache.open("link/sub", create=True)
+        assert list(outside.iterdir()) == []
+    finally:
+        cache.close()
+
+
+def test_a_folder_replaced_by_a_symlink_after_it_was_kept_publishes_nothing(layout):
+    root, outside = layout
+    cache = FolderCache(root)
+    try:
+        PartFile(root / "dest" / "one.bin", folders=cache).commit(0)  # the folder is now kept
+        out = PartFile(root / "dest" / "two.bin", folders=cache)
+        out.write(b"bytes")
+        (root / "dest").rename(root / "moved")
+        (root / "dest").symlink_to(outside)
+        with pytest.raises(PathNotAllowed) as info:
+            out.commit(5)
+        assert info.value.code == "path_not_allowed"
+        assert list(outside.iterdir()) == []
+        assert sorted(p.name for p in (root / "moved").iterdir()) == ["one.bin"]
+        # New part files go into the kept folder (never through the symlink), and are refused at publishing.
+        late = PartFile(root / "dest" / "three.bin", folders=cache)
+        late.write(b"x")
+        with pytest.raises(PathNotAllowed):
+            late.commit(1)
+        assert list(outside.iterdir()) == []
+    finally:
+        cache.close()
+
+
+def test_more_folders_than_the_limit_are_walked_each_time(layout):
+    root, _ = layout
+    cache = FolderCache(root, limit=2)
+    try:
+        fds = [cache.open(f"f{i}", create=True) for i in range(4)]
+        for fd in fds:
+            os.close(fd)
+        (root / "f3").rename(root / "f3-moved")  # not kept: the next use walks and finds it gone
+        with pytest.raises(FileNotFoundError):
+            cache.open("f3")
+        (root / "f0").rename(root / "f0-moved")  # kept: still usable by descriptor
+        fd = cache.open("f0")
+        os.close(fd)
+    finally:
+        cache.close()
