@@ -13,9 +13,10 @@ from types import ModuleType
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.orm.exc import DetachedInstanceError
 
 from jupyter_staging.engine.migrate import JOB_MIGRATIONS, Migrations, current_revision
-from jupyter_staging.engine.store import Store
+from jupyter_staging.engine.store import ChunkRecord, JobRecord, Store
 from jupyter_staging.hub.db import HUB_MIGRATIONS, OperationStore
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
@@ -132,3 +133,49 @@ def test_two_processes_upgrading_at_once_both_succeed(db_url):
     engine = sa.create_engine(db_url)
     assert current_revision(engine, JOB_MIGRATIONS) == JOB_MIGRATIONS.head()
     engine.dispose()
+
+
+def test_jobs_are_shown_without_reading_their_resume_data_on_every_database(db_url):
+    """A job's resume data lists every item (megabytes for 20,000 files): showing a job reads only what it
+    shows of it (Parquet part bytes, notices) by the database's JSON path operator; chunk updates are one
+    executemany. Same results on SQLite, PostgreSQL and MariaDB."""
+    store = Store(db_url)
+    items = [{"name": f"lc-{i}.fits", "size": i} for i in range(500)]
+    resume = {
+        "items": items,
+        "part_bytes": {"p-0.parquet": 10, "p-1.parquet": 5},
+        "not_converted": {"x": "why"},
+    }
+    store.add_job(
+        JobRecord(
+            id="job-1", owner="alice", root="/home/alice", name="k", source="/archive", destination="out",
+            method="copy", state="running", cleanup_policy="retain", resume=resume,
+            created_at=NOW, updated_at=NOW,
+        )
+    )  # fmt: skip
+    light = store.get_job("job-1", resume=False)
+    assert light is not None and light.part_bytes == resume["part_bytes"]
+    assert light.not_converted == {"x": "why"}
+    with pytest.raises(DetachedInstanceError):
+        _ = light.resume  # never read behind the caller's back
+    [listed] = store.list_jobs("alice", resume=False)
+    assert listed.part_bytes == resume["part_bytes"]
+    full = store.get_job("job-1")
+    assert full is not None and full.resume == resume
+    new = [dict(id=f"c-{i}", job_id="job-1", index=i, path=f"lc-{i}.fits", state="pending") for i in range(3)]
+    store.write_chunks("job-1", new, {})
+    ready = {"c-0": {"state": "ready", "sha256": "a" * 64}, "c-2": {"state": "ready", "sha256": "b" * 64}}
+    store.write_chunks("job-1", [], ready, chunks_done=2)
+    chunks: list[ChunkRecord] = store.list_chunks("job-1")
+    assert [(c.state, c.sha256) for c in chunks] == [
+        ("ready", "a" * 64),
+        ("pending", None),
+        ("ready", "b" * 64),
+    ]
+    updated = store.update_job(
+        "job-1", load_resume=False, resume={**resume, "part_bytes": {"p-0.parquet": 7}}
+    )
+    assert updated is not None and updated.part_bytes == {"p-0.parquet": 7}
+    again = store.get_job("job-1", resume=False)
+    assert again is not None and again.part_bytes == {"p-0.parquet": 7} and again.chunks_done == 2
+    store.close()
