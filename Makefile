@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml
 	@bash scripts/check-node.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test,lab,hub,azure,lint,docs,dask]"
+	$(BIN)/pip install -q -e ".[test,lab,hub,azure,lint,docs,dask,bench]"
 	touch $@
 
 demo: setup

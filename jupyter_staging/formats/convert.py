@@ -27,8 +27,9 @@ batch); ``add_rows(n)`` after each part with its row count; ``add_bytes(n)`` wit
 consumed by each part (approximate; parts skipped by ``start_index`` are not counted, the rest of the
 file is added when the last part is written, unless ``stop_index`` stopped before the end).
 ``on_chunk`` is called with each :class:`ChunkInfo` once that part is published, in the caller's thread
-and in part order (part N is published while part N+1 is encoded, and reported after that). If the job
-is interrupted meanwhile, for instance from this callback, the part being encoded is dropped.
+and in part order (part N is encoded and published on a writer thread while part N+1's rows are read,
+and reported once part N+1 is complete). If the job is interrupted meanwhile, for instance from this
+callback, the part being encoded is dropped.
 
 Units and descriptions (:mod:`jupyter_staging.formats.metadata`): each Arrow field's metadata holds
 ``unit``, ``ucd`` and ``description`` where the source has them (FITS ``TUNITn``, ``TUCDn``, ``TCOMMn`` or

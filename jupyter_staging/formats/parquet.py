@@ -157,6 +157,21 @@ def _dictionary_columns(schema: pa.Schema) -> list[str]:
     ]
 
 
+def _combined(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
+    """The rows of ``batches`` (which is emptied) as a table of one contiguous chunk per column.
+
+    Column by column, each column's batches freed once copied: memory holds the part's rows once plus
+    one column, not twice.
+    """
+    columns = [[batch.column(i) for batch in batches] for i in range(len(schema))]
+    batches.clear()
+    arrays = []
+    for i, field in enumerate(schema):
+        chunks, columns[i] = columns[i], []
+        arrays.append(pa.chunked_array(chunks, type=field.type).combine_chunks())
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
 def _encode_part(
     final: Path,
     batches: list[pa.RecordBatch],
@@ -166,6 +181,7 @@ def _encode_part(
     root: Path | None = None,
 ) -> PartFile:
     """Write ``batches`` as one Parquet file into ``final.part``, hashing it; not yet fsynced or published.
+    ``batches`` is emptied once its rows are gathered into one table.
 
     Raises :class:`DestinationExists` (before writing anything) if ``final`` exists, :class:`OSError`
     when the destination fails, :class:`ConversionFailed` when Arrow cannot write the table; on any error
@@ -176,7 +192,7 @@ def _encode_part(
         # One contiguous chunk per column: Parquet page boundaries follow the chunks written, so the
         # bytes of a part then depend only on its rows, not on how the source batched them (a part
         # written by a ranged conversion is byte-identical to the same part of a whole one).
-        table = pa.Table.from_batches(batches, schema=schema).combine_chunks()
+        table = _combined(batches, schema)
         lengths = string_lengths(table)  # astropy's Parquet reader sizes its string columns from these
         if lengths:
             schema = schema.with_metadata(
@@ -205,7 +221,6 @@ def _encode_part(
 
 class _Inflight(NamedTuple):
     future: Future[tuple[int, str]]
-    part: PartFile
     part_index: int
     rows: int
     read_to: int
@@ -214,10 +229,12 @@ class _Inflight(NamedTuple):
 class PartWriter:
     """Cuts a stream of batches into parts of exactly ``chunk_rows`` rows and publishes them in order.
 
-    Each part is encoded in the caller's thread, then fsynced and published by a committer thread while
-    the next part is encoded (fsync is about a sixth of a conversion's time here). Bookkeeping
+    Each full part is encoded, fsynced and published by a writer thread while the caller gathers the next
+    part's rows (the source is read meanwhile: reading and encoding overlap for a whole part, not only
+    for the few batches the reader holds ahead), so memory is about two parts of Arrow data. Bookkeeping
     (:class:`ChunkInfo`, ``control.add_rows``/``add_bytes``, ``on_chunk``) runs in the caller's thread, in
-    part order, once a part is published; after an interrupt no further part is published.
+    part order, once a part is published; after an interrupt no further part is published (the writer
+    thread checks ``control`` between encoding a part and publishing it).
 
     Parts are numbered from ``start_index``; ``compression`` is one of :data:`COMPRESSIONS`. Call
     :meth:`add` for each piece, :meth:`finish` at the end, and :meth:`close` always.
@@ -250,7 +267,7 @@ class PartWriter:
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._inflight: _Inflight | None = None
-        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-convert-commit")
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-convert-write")
         # Source bytes reported through control.add_bytes, up to here; a resumed run starts counting
         # where its first row was read.
         self._reported: int | None = 0 if start_index == 0 else None
@@ -298,34 +315,32 @@ class PartWriter:
 
     def _flush(self) -> None:
         self._check()
-        part = _encode_part(
-            self._out_dir / part_name(self._index),
-            self._pending,
-            self._schema,
-            self._compression,
-            self._row_group_rows,
-            self._root,
-        )
-        job = (self._index, self._pending_rows, self._read_to)
+        batches, index, rows = self._pending, self._index, self._pending_rows
         self._pending, self._pending_rows, self._index = [], 0, self._index + 1
+        self._settle()
+        self._check()  # an interrupt while the previous part was reported stops here
+        future = self._encoder.submit(self._write, part_name(index), batches)
+        self._inflight = _Inflight(future, index, rows, self._read_to)
+
+    def _write(self, name: str, batches: list[pa.RecordBatch]) -> tuple[int, str]:
+        """In the writer thread: encode ``batches`` as part ``name``, then fsync and publish it unless the
+        job was interrupted meanwhile; ``(bytes, sha256)``. On any error the ``.part`` is removed."""
+        part = _encode_part(
+            self._out_dir / name, batches, self._schema, self._compression, self._row_group_rows, self._root
+        )
         try:
-            self._settle()
-            self._check()  # an interrupt while the previous part was reported stops here
+            self._check()
+            return part.commit()
         except BaseException:
             part.discard()
             raise
-        self._inflight = _Inflight(self._committer.submit(part.commit), part, *job)
 
     def _settle(self) -> None:
         """Wait until the part being published is published, then report it."""
         inflight, self._inflight = self._inflight, None
         if inflight is None:
             return
-        try:
-            size, sha256 = inflight.future.result()
-        except BaseException:
-            inflight.part.discard()
-            raise
+        size, sha256 = inflight.future.result()  # the writer thread removed the .part on an error
         info = ChunkInfo(
             index=inflight.part_index,
             name=part_name(inflight.part_index),
@@ -357,4 +372,4 @@ class PartWriter:
         except BaseException:  # the error that brought us here is the one to raise
             log.debug("part left unreported after an error", exc_info=True)
         finally:
-            self._committer.shutdown(wait=True)
+            self._encoder.shutdown(wait=True)

@@ -18,7 +18,7 @@ PREFETCH_BATCHES = 4
 class Prefetch:
     """Runs an iterator in a reader thread, holding at most ``depth`` items ahead of the consumer.
 
-    Reading (CSV parsing, FITS decoding) then overlaps with Parquet encoding in the caller's thread
+    Reading (CSV parsing, FITS decoding) then overlaps with Parquet encoding (on the part writer's thread)
     (``DESIGN.md``: overlapping reader and writer reaches DuckDB's speed). An exception in the reader is
     raised again in the consumer. Use as a context manager so the reader is stopped on any exit.
     """
