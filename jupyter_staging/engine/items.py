@@ -22,6 +22,7 @@ from jupyter_staging.engine.executors import run_bounded
 from jupyter_staging.engine.folders import DestinationWriter
 from jupyter_staging.engine.freshness import locator_identity
 from jupyter_staging.engine.host import JobHost
+from jupyter_staging.engine.links import SourceDigests, links_to
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.progress import ChunkLedger, LiveProgress
 from jupyter_staging.engine.records import dump_item, load_item
@@ -45,6 +46,7 @@ from jupyter_staging.safety.dirfd import (
 )
 from jupyter_staging.safety.partfile import PartFile, copy_file, file_digest, part_path
 from jupyter_staging.sources.base import Source, SourceItem
+from jupyter_staging.sources.local import fingerprint
 
 
 def sha256_file(path: Path) -> str:
@@ -89,6 +91,8 @@ class ItemStager(DestinationWriter):
         #: Items of this job staged at once, across all of its manifest entries.
         self._item_slots = threading.BoundedSemaphore(max(1, int(host.concurrent_items)))
         self._folders: FolderCache | None = None
+        #: The read-ahead sha256 of a link job's sources while its items are linked.
+        self._digests: SourceDigests | None = None
 
     # -- callbacks from sources and converters ------------------------------------------------------
 
@@ -210,7 +214,19 @@ class ItemStager(DestinationWriter):
             self._transfer(source, method, *pair)
             self.host.report_progress(self.job_id)
 
-        run_bounded(one, work, self.host.concurrent_items, slots=self._item_slots)
+        if method not in ("hardlink", "symlink"):
+            run_bounded(one, work, self.host.concurrent_items, slots=self._item_slots)
+            return
+        # Links on this thread, the sources' sha256 read ahead on the pool (see engine/links.py).
+        with SourceDigests(
+            lambda item: sha256_file(Path(item.locator)), self._recorded_digest, self.host.concurrent_items
+        ) as digests:
+            digests.start(item for item, chunk in work if chunk.state == ChunkState.pending.value)
+            self._digests = digests
+            try:
+                run_bounded(one, work, 1, slots=self._item_slots)
+            finally:
+                self._digests = None
 
     def _stage_file(
         self,
@@ -474,7 +490,7 @@ class ItemStager(DestinationWriter):
         try:
             self._link_into(src, final, symbolic=method == "symlink")
         except FileExistsError:
-            if not (self.recovering and _links_to(final, src, symbolic=method == "symlink")):
+            if not (self.recovering and links_to(final, src, symbolic=method == "symlink")):
                 raise DestinationExists(
                     f"{final.name} already exists in the destination; not overwritten"
                 ) from None
@@ -485,26 +501,16 @@ class ItemStager(DestinationWriter):
             raise TransferFailed(f"cannot {method} {item.name}: {exc.strerror}{hint}", code=code) from None
         size = src.stat().st_size
         self.control.add_bytes(size)
-        return size, self._link_digest(item, src, size)
+        if self._digests is not None:
+            return size, self._digests.result(item)
+        return size, self._recorded_digest(item) or sha256_file(src)
 
-    def _link_digest(self, item: SourceItem, src: Path, size: int) -> str:
-        """The sha256 (hex) the manifest records for a link to ``src`` (``size`` bytes): the one an earlier
-        job of this server recorded for the same source object with the same fingerprint (size, mtime,
-        inode: the very bytes, as the re-run rules judge), else read and hashed here. A link moves no byte,
-        so hashing is most of its cost: staging the same shared files again is free."""
+    def _recorded_digest(self, item: SourceItem) -> str | None:
+        """The sha256 (hex) an earlier job of this server recorded for local file ``item`` when it still has
+        the listed fingerprint (size, mtime, inode: the very bytes, as the re-run rules judge), else None.
+        A link moves no byte, so hashing is most of its cost: linking the same shared files again is free.
+        Raises ``OSError``."""
+        if fingerprint(Path(item.locator).stat()) != item.validator:
+            return None
         found = self.staged.find(None, locator_identity(item.locator), item.validator)
-        if found is not None and found[1] == size:
-            return found[2]
-        return sha256_file(src)
-
-
-def _links_to(final: Path, src: Path, *, symbolic: bool) -> bool:
-    """True when ``final`` is the link to ``src`` a previous run made: a symlink whose target is
-    ``src``, or a hard link to ``src``'s inode. Never follows ``final``."""
-    try:
-        if symbolic:
-            return os.readlink(final) == str(src)
-        here, there = os.lstat(final), os.stat(src)
-    except OSError:
-        return False
-    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+        return found[2] if found is not None and found[1] == item.size else None

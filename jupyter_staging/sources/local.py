@@ -20,6 +20,12 @@ RANGE_STEP = 16 * 1024**2
 NO_COPY_RANGE = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP})
 
 
+def fingerprint(st: os.stat_result) -> dict[str, int]:
+    """The fingerprint of a local file (DESIGN.md, "Re-running a notebook"): ``{"size": bytes,
+    "mtime_ns": modification time in ns, "inode": inode number}`` from its ``stat``."""
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
+
 class LocalSource(Source):
     """A file, or a folder copied recursively (hidden entries and symlinks leaving the folder skipped).
 
@@ -112,14 +118,13 @@ class LocalSource(Source):
             name=name,
             size=st.st_size,
             locator=locator,
-            validator={"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino},
+            validator=fingerprint(st),
             content_type=mimetypes.guess_type(name)[0],
         )
 
     def changed(self, item: SourceItem) -> bool:
         """True when the file's size, mtime or inode differ from ``item.validator``."""
-        st = os.stat(item.locator)
-        current = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+        current = fingerprint(os.stat(item.locator))
         return any(item.validator.get(k) != v for k, v in current.items())
 
     def fetch(self, item: SourceItem, out: PartFile, control: JobControl) -> None:
