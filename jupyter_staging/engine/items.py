@@ -55,6 +55,9 @@ def sha256_file(path: Path) -> str:
     return file_digest(path, "sha256")
 
 
+#: Earlier jobs of the same source whose recorded sha256 a link job looks up (the newest ones).
+LINKED_JOBS = 2
+
 #: Extended attribute naming the job (and source version) that writes a part file.
 OWNER_XATTR = "user.jupyter_staging.owner"
 
@@ -85,6 +88,8 @@ class ItemStager(DestinationWriter):
         self._previous: dict[str, dict[str, Any]] | None = None
         #: Verified outputs of this server's earlier jobs, found by sha256 or source fingerprint.
         self.staged = StagedIndex(host, job_id)
+        #: The same, of the newest jobs of the same source only: the sha256 a link job may reuse.
+        self.linked = StagedIndex(host, job_id, same_source=True, jobs=LINKED_JOBS)
         #: The job's chunk records in memory (loaded once per run), written in batches.
         self.ledger = ChunkLedger()
         self._flush_lock = threading.Lock()
@@ -512,5 +517,5 @@ class ItemStager(DestinationWriter):
         Raises ``OSError``."""
         if fingerprint(Path(item.locator).stat()) != item.validator:
             return None
-        found = self.staged.find(None, locator_identity(item.locator), item.validator)
+        found = self.linked.find(None, locator_identity(item.locator), item.validator)
         return found[2] if found is not None and found[1] == item.size else None

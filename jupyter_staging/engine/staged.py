@@ -33,11 +33,17 @@ def fingerprint_key(locator_id: str, fingerprint: dict[str, Any]) -> str:
 
 
 class StagedIndex:
-    """Outputs of ``host``'s earlier succeeded jobs (not job ``job_id``), built on first use."""
+    """Outputs of ``host``'s earlier succeeded jobs (not job ``job_id``), built on first use: of the newest
+    ``jobs`` of the root, or with ``same_source`` of those of the same source as job ``job_id`` only (what
+    a link job looks at: building costs one listing of each job's chunks and items)."""
 
-    def __init__(self, host: JobHost, job_id: str) -> None:
+    def __init__(
+        self, host: JobHost, job_id: str, *, same_source: bool = False, jobs: int = RECENT_JOBS
+    ) -> None:
         self.host = host
         self.job_id = job_id
+        self._same_source = same_source
+        self._jobs = jobs
         self._lock = threading.Lock()
         self._by_sha: dict[str, Staged] | None = None
         self._by_fingerprint: dict[str, Staged] = {}
@@ -67,11 +73,14 @@ class StagedIndex:
             if self._by_sha is not None:
                 return
             self._by_sha = {}
-            rec = self.host.store.get_job(self.job_id)
+            rec = self.host.store.get_job(self.job_id, resume=False)
             if rec is None:
                 return
             jobs = self.host.store.list_jobs(
-                root=rec.root, states=[JobState.succeeded.value], limit=RECENT_JOBS
+                root=rec.root,
+                states=[JobState.succeeded.value],
+                limit=self._jobs,
+                source=rec.source if self._same_source else None,
             )
             for job in jobs:
                 if job.id != self.job_id:

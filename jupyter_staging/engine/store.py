@@ -301,13 +301,16 @@ class Store(SQLStore):
         limit: int = 100,
         before: tuple[datetime, str] | None = None,
         resume: bool = True,
+        source: str | None = None,
     ) -> list[JobRecord]:
-        """Jobs newest first; ``before`` is the (created_at, id) of the last job of the previous page;
-        without ``resume`` their resume data is not read."""
+        """Jobs newest first (of ``source`` as shown, when given); ``before`` is the (created_at, id) of
+        the last job of the previous page; without ``resume`` their resume data is not read."""
         with self.session() as s:
             q = select(JobRecord).options(*([undefer(JobRecord.resume)] if resume else []))
             if owner is not None:
                 q = q.where(JobRecord.owner == owner)
+            if source is not None:
+                q = q.where(JobRecord.source == source)
             if root is not None:
                 q = q.where(JobRecord.root == root)
             if states:
