@@ -43,6 +43,7 @@ from sqlalchemy.orm import (
     sessionmaker,
     undefer,
 )
+from sqlalchemy.types import TypeDecorator
 
 from jupyter_staging.engine.migrate import JOB_MIGRATIONS, Migrations, upgrade_database
 
@@ -60,6 +61,25 @@ PRIVATE_FILE_MODE = 0o600
 def utcnow() -> datetime:
     """Now, as an aware UTC datetime (its own function so tests can move time)."""
     return datetime.now(timezone.utc)
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """SQLite and MySQL return naive datetimes; every time stored here is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """``DateTime(timezone=True)`` read back as an aware UTC datetime (SQLite and MySQL return naive
+    values). Converting on load, not on the loaded record, keeps a read from marking the record changed
+    (and the session from writing every row it read back to the database)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return aware(value)
 
 
 class Base(DeclarativeBase):
@@ -113,11 +133,11 @@ class JobRecord(Base):
     not_converted: Mapped[dict[str, str] | None] = column_property(
         resume[NOT_CONVERTED], expire_on_flush=False
     )
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 def _show_resume(rec: JobRecord) -> None:
@@ -160,16 +180,9 @@ class EventRecord(Base):
     job_id: Mapped[str] = mapped_column(
         String(36), ForeignKey("staging_jobs.id", ondelete="CASCADE"), index=True
     )
-    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    time: Mapped[datetime] = mapped_column(UTCDateTime())
     level: Mapped[str] = mapped_column(String(16))
     message: Mapped[str] = mapped_column(Text)
-
-
-def aware(value: datetime | None) -> datetime | None:
-    """SQLite and MySQL return naive datetimes; every time stored here is UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
 
 
 def sqlite_file(db_url: str) -> str | None:
@@ -249,6 +262,14 @@ class SQLStore:
         with self._write_lock, self._sessions() as session, session.begin():
             yield session
 
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A session for reads only, not queued behind this process's writers: SQLite in WAL mode (like any
+        server database) lets readers run beside its one writer, so showing a job never waits for a big
+        job's batch of chunk records. Nothing read is changed, so its transaction writes nothing."""
+        with self._sessions() as session, session.begin():
+            yield session
+
     def close(self) -> None:
         """Dispose of the engine's connections."""
         self.engine.dispose()
@@ -270,27 +291,41 @@ class Store(SQLStore):
 
     def get_job(self, job_id: str, *, resume: bool = True) -> JobRecord | None:
         """Job ``job_id`` or None; without ``resume`` its resume data is not read (enough to show it)."""
-        with self.session() as s:
+        with self.read_session() as s:
             rec = s.get(JobRecord, job_id, options=[undefer(JobRecord.resume)] if resume else [])
-            return self._fix(rec)
+            return rec
 
     def job_state(self, job_id: str) -> tuple[str, str, str] | None:
         """``(state, root, owner)`` of job ``job_id``, or None: one narrow ``SELECT`` that never reads the
         resume data (which lists every item of the job, megabytes for a folder of 20,000 files)."""
-        with self.session() as s:
+        with self.read_session() as s:
             row = s.execute(
                 select(JobRecord.state, JobRecord.root, JobRecord.owner).where(JobRecord.id == job_id)
             ).first()
             return None if row is None else (row.state, row.root, row.owner)
 
+    def active_job_id(self, root: str, destination: str, states: list[str]) -> str | None:
+        """The id of the newest job of ``root`` writing to ``destination`` in one of ``states``, or None:
+        one narrow ``SELECT`` (no job's resume data read)."""
+        with self.read_session() as s:
+            query = (
+                select(JobRecord.id)
+                .where(
+                    JobRecord.root == root, JobRecord.destination == destination, JobRecord.state.in_(states)
+                )
+                .order_by(JobRecord.created_at.desc())
+                .limit(1)
+            )
+            return s.scalars(query).first()
+
     def find_by_idempotency_key(self, owner: str, key: str) -> JobRecord | None:
-        with self.session() as s:
+        with self.read_session() as s:
             rec = s.scalars(
                 select(JobRecord)
                 .options(undefer(JobRecord.resume))
                 .where(JobRecord.owner == owner, JobRecord.idempotency_key == key)
             ).first()
-            return self._fix(rec)
+            return rec
 
     def list_jobs(
         self,
@@ -302,15 +337,19 @@ class Store(SQLStore):
         before: tuple[datetime, str] | None = None,
         resume: bool = True,
         source: str | None = None,
+        expires_before: datetime | None = None,
     ) -> list[JobRecord]:
-        """Jobs newest first (of ``source`` as shown, when given); ``before`` is the (created_at, id) of
-        the last job of the previous page; without ``resume`` their resume data is not read."""
-        with self.session() as s:
+        """Jobs newest first (of ``source`` as shown, when given; with ``expires_before``, only those
+        whose ``expires_at`` is at or before it); ``before`` is the (created_at, id) of the last job of the
+        previous page; without ``resume`` their resume data is not read."""
+        with self.read_session() as s:
             q = select(JobRecord).options(*([undefer(JobRecord.resume)] if resume else []))
             if owner is not None:
                 q = q.where(JobRecord.owner == owner)
             if source is not None:
                 q = q.where(JobRecord.source == source)
+            if expires_before is not None:
+                q = q.where(JobRecord.expires_at.is_not(None), JobRecord.expires_at <= expires_before)
             if root is not None:
                 q = q.where(JobRecord.root == root)
             if states:
@@ -322,7 +361,7 @@ class Store(SQLStore):
                     | ((JobRecord.created_at == created) & (JobRecord.id < job_id))
                 )
             q = q.order_by(JobRecord.created_at.desc(), JobRecord.id.desc()).limit(limit)
-            return [self._fix(r) for r in s.scalars(q)]  # type: ignore[misc]
+            return list(s.scalars(q))
 
     def update_job(self, job_id: str, *, load_resume: bool = True, **fields: Any) -> JobRecord | None:
         """Set ``fields`` on a job and bump ``updated_at``; returns the updated record (without its resume
@@ -336,7 +375,7 @@ class Store(SQLStore):
             if "resume" in fields:
                 _show_resume(rec)
             rec.updated_at = utcnow()
-            return self._fix(rec)
+            return rec
 
     def delete_job(self, job_id: str) -> None:
         with self.session() as s:
@@ -359,13 +398,13 @@ class Store(SQLStore):
         """The chunk of ``job_id`` with that index, or None (also for an index no SQL integer holds)."""
         if not SQL_INT_MIN <= index <= SQL_INT_MAX:
             return None
-        with self.session() as s:
+        with self.read_session() as s:
             return s.scalars(
                 select(ChunkRecord).where(ChunkRecord.job_id == job_id, ChunkRecord.index == index)
             ).first()
 
     def list_chunks(self, job_id: str) -> list[ChunkRecord]:
-        with self.session() as s:
+        with self.read_session() as s:
             return list(
                 s.scalars(select(ChunkRecord).where(ChunkRecord.job_id == job_id).order_by(ChunkRecord.index))
             )
@@ -414,7 +453,7 @@ class Store(SQLStore):
                 s.execute(
                     update(JobRecord).where(JobRecord.id == job_id).values(**job_fields, updated_at=utcnow())
                 )
-            return self._fix(s.get(JobRecord, job_id)) if load_job else None
+            return s.get(JobRecord, job_id) if load_job else None
 
     def set_job_fields(self, job_id: str, **fields: Any) -> dict[str, Any] | None:
         """Like :meth:`update_job`, for frequent small updates such as progress, without reading the
@@ -439,7 +478,7 @@ class Store(SQLStore):
             s.add(EventRecord(job_id=job_id, time=utcnow(), level=level, message=message))
 
     def list_events(self, job_id: str, *, limit: int = 1000) -> list[EventRecord]:
-        with self.session() as s:
+        with self.read_session() as s:
             rows = list(
                 s.scalars(
                     select(EventRecord)
@@ -449,14 +488,4 @@ class Store(SQLStore):
                 )
             )
         rows.reverse()
-        for row in rows:
-            row.time = aware(row.time)  # type: ignore[assignment]
         return rows
-
-    @staticmethod
-    def _fix(rec: JobRecord | None) -> JobRecord | None:
-        if rec is None:
-            return None
-        for attr in ("created_at", "updated_at", "started_at", "finished_at", "expires_at"):
-            setattr(rec, attr, aware(getattr(rec, attr)))
-        return rec
