@@ -27,7 +27,7 @@ from jupyter_staging.engine.entries import error_of
 from jupyter_staging.engine.models import ChunkState, JobState
 from jupyter_staging.engine.placement import swap_in
 from jupyter_staging.engine.spreadtables import TableSpreadStager
-from jupyter_staging.engine.store import ChunkRecord, JobRecord, utcnow
+from jupyter_staging.engine.store import ChunkRecord, ChunkSummary, JobRecord, utcnow
 from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import JobInterrupted, PartiallyStaged, StagingError
 from jupyter_staging.safety.paths import check_output_name
@@ -141,7 +141,7 @@ class JobRunner(TableSpreadStager):
         entries failed, raise :class:`PartiallyStaged` (code ``partial``) after writing the manifest."""
         failures = failures or {}
         self._flush_chunks(force=True)
-        chunks = self.store.list_chunks(self.job_id)
+        chunks = self.store.chunk_summaries(self.job_id)
         staged = [c for c in chunks if c.state in (ChunkState.ready.value, ChunkState.acked.value)]
         objects = self._manifest_objects(staged)
         self.dest.confined()  # before publishing the manifest (path_not_allowed if swapped meanwhile)
@@ -246,7 +246,7 @@ class JobRunner(TableSpreadStager):
         ]
         return {i["name"]: i.get("validator") or {} for items in listed for i in items}
 
-    def _manifest_objects(self, staged: list[ChunkRecord]) -> list[dict[str, Any]]:
+    def _manifest_objects(self, staged: list[ChunkSummary]) -> list[dict[str, Any]]:
         """One manifest object per staged chunk: path (and URI), size in bytes, sha256, rows, type, and
         the fingerprint of the source item it came from."""
         objects = []
@@ -310,7 +310,7 @@ class JobRunner(TableSpreadStager):
         )
 
     def _record_totals(
-        self, rec: JobRecord, chunks: list[ChunkRecord], staged: list[ChunkRecord], *, failed: bool
+        self, rec: JobRecord, chunks: list[ChunkSummary], staged: list[ChunkSummary], *, failed: bool
     ) -> int:
         """Persist the final bytes, rows and chunk counts; returns the rows staged."""
         rows = sum(c.rows or 0 for c in staged)

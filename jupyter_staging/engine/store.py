@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
     JSON,
@@ -169,6 +169,18 @@ class ChunkRecord(Base):
     #: Why the chunk's entry failed (the chunk stays pending), else None.
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ChunkSummary(NamedTuple):
+    """The columns of a chunk record a manifest and the job's totals need (see :class:`ChunkRecord`)."""
+
+    path: str
+    state: str
+    rows: int | None
+    bytes: int | None
+    sha256: str | None
+    content_type: str | None
+    entry: str | None
 
 
 class EventRecord(Base):
@@ -402,6 +414,15 @@ class Store(SQLStore):
             return s.scalars(
                 select(ChunkRecord).where(ChunkRecord.job_id == job_id, ChunkRecord.index == index)
             ).first()
+
+    def chunk_summaries(self, job_id: str) -> list[ChunkSummary]:
+        """What a manifest needs of each chunk of ``job_id``, in index order, as plain tuples (building
+        20,000 ORM records holds the GIL for about half a second)."""
+        table = cast(Table, ChunkRecord.__table__)
+        columns = [table.c[name] for name in ChunkSummary._fields]
+        with self.read_session() as s:
+            query = select(*columns).where(table.c.job_id == job_id).order_by(table.c.index)
+            return [ChunkSummary(*row) for row in s.execute(query)]
 
     def list_chunks(self, job_id: str) -> list[ChunkRecord]:
         with self.read_session() as s:
