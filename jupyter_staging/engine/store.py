@@ -38,7 +38,6 @@ from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
     Session,
-    column_property,
     mapped_column,
     sessionmaker,
     undefer,
@@ -126,13 +125,11 @@ class JobRecord(Base):
     #: item of the job (megabytes for 20,000 files), so it is read only when asked for (``resume=True`` of
     #: :meth:`Store.get_job` / :meth:`Store.list_jobs`); reading it on a record loaded without it raises.
     resume: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, deferred=True)
-    #: What showing a job needs of the resume data, read with every record by the database's JSON path
-    #: operator: ``{part path: bytes}`` of a conversion's Parquet parts, and ``{output name: reason}`` of
+    #: What showing a job needs of the resume data, written beside it whenever it is written (migration
+    #: 0003): ``{part path: bytes}`` of a conversion's Parquet parts, and ``{output name: reason}`` of
     #: files staged as they are although a conversion was asked for.
-    part_bytes: Mapped[dict[str, int] | None] = column_property(resume[PART_BYTES], expire_on_flush=False)
-    not_converted: Mapped[dict[str, str] | None] = column_property(
-        resume[NOT_CONVERTED], expire_on_flush=False
-    )
+    part_bytes: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
+    not_converted: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -141,11 +138,15 @@ class JobRecord(Base):
 
 
 def _show_resume(rec: JobRecord) -> None:
-    """Set the shown parts of ``rec``'s resume data (``part_bytes``, ``not_converted``) as the database will
-    read them once the new resume data is written (they are read-only SQL expressions)."""
-    resume = rec.resume or {}
-    rec.part_bytes = resume.get(PART_BYTES)
-    rec.not_converted = resume.get(NOT_CONVERTED)
+    """Set the shown parts of ``rec``'s resume data (``part_bytes``, ``not_converted``) from it."""
+    rec.part_bytes, rec.not_converted = shown_parts(rec.resume).values()
+
+
+def shown_parts(resume: dict[str, Any] | None) -> dict[str, Any]:
+    """``{"part_bytes": ..., "not_converted": ...}`` of ``resume`` (None when absent): the columns written
+    beside the resume data."""
+    resume = resume or {}
+    return {"part_bytes": resume.get(PART_BYTES) or None, "not_converted": resume.get(NOT_CONVERTED) or None}
 
 
 class ChunkRecord(Base):
@@ -470,6 +471,8 @@ class Store(SQLStore):
                     .values({name: bindparam(name) for name in columns})
                 )
                 s.execute(stmt, rows)
+            if "resume" in job_fields:
+                job_fields.update(shown_parts(job_fields["resume"]))
             if job_fields:
                 s.execute(
                     update(JobRecord).where(JobRecord.id == job_id).values(**job_fields, updated_at=utcnow())

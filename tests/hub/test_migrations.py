@@ -55,6 +55,7 @@ def make_release_0_1_jobs(url: str) -> None:
                 destination="staging/kepler", method="copy", state="succeeded", bytes_done=1457280,
                 bytes_total=1457280, chunks_done=1, chunks_total=1, rows_done=0, cleanup_policy="retain",
                 created_at=NOW, updated_at=NOW, finished_at=NOW,
+                resume={"items": [{"name": "k.fits"}], "part_bytes": {"part-000000.parquet": 1234}},
             )
         )  # fmt: skip
         conn.execute(
@@ -77,6 +78,13 @@ def test_a_release_0_1_job_database_is_upgraded_in_place_and_its_jobs_read_back(
     job = store.get_job("job-0.1")
     assert job is not None and job.state == "succeeded" and job.owner == "alice"
     assert job.finished_at == NOW
+    # Migration 0003 copied what a job's description shows of its resume data into columns of its own.
+    shown = store.get_job("job-0.1", resume=False)
+    assert (
+        shown is not None
+        and shown.part_bytes == {"part-000000.parquet": 1234}
+        and shown.not_converted is None
+    )
     [chunk] = store.list_chunks("job-0.1")
     assert chunk.path == "k.fits" and chunk.bytes == 1457280
     assert [e.message for e in store.list_events("job-0.1")] == ["succeeded"]
