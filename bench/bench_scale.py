@@ -13,8 +13,9 @@ interleaved (the order rotates every repetition), the page cache dropped before 
   fsync of the folder per batch), the first time: a new manager and job database for each run, so
   nothing was staged from these files before and every source file is read and hashed.
 - ``engine hardlink again``: the same job on the main manager, after an untimed hardlink job of the same
-  files (kept): the fingerprints are unchanged, so the sha256 the first job recorded is reused and no
-  byte is read (the notebook re-run case, and every later user linking the same shared files).
+  files (kept): the fingerprints are unchanged, so for files of 1 MiB and more the sha256 the first job
+  recorded is reused and no byte is read (the notebook re-run case, and every later user linking the same
+  shared files); smaller files are hashed again, which costs less than the lookup.
 - ``cp -al``: ``cp -al SRC DST``.
 
 Printed per count: files/s (median), the ratios ``engine files/s / baseline files/s`` (median of the
