@@ -76,15 +76,32 @@ class StagedIndex:
             rec = self.host.store.get_job(self.job_id, resume=False)
             if rec is None:
                 return
-            jobs = self.host.store.list_jobs(
+            if not self._same_source:
+                jobs = self.host.store.list_jobs(
+                    root=rec.root, states=[JobState.succeeded.value], limit=self._jobs
+                )
+                for job in jobs:
+                    if job.id != self.job_id:
+                        self._add_job(job)
+                return
+            # The newest ``jobs`` of the same source whose output folder is still there (read whole only
+            # then: an earlier output removed since has nothing to offer).
+            added = 0
+            for job in self.host.store.list_jobs(
                 root=rec.root,
                 states=[JobState.succeeded.value],
-                limit=self._jobs,
-                source=rec.source if self._same_source else None,
-            )
-            for job in jobs:
-                if job.id != self.job_id:
-                    self._add_job(job)
+                limit=RECENT_JOBS,
+                source=rec.source,
+                resume=False,
+            ):
+                if added >= self._jobs:
+                    break
+                if job.id == self.job_id or not (Path(job.root) / job.destination).is_dir():
+                    continue
+                whole = self.host.store.get_job(job.id)
+                if whole is not None:
+                    self._add_job(whole)
+                    added += 1
 
     def _add_job(self, job: Any) -> None:
         destination = self.host.destination_of(job)
