@@ -10,6 +10,9 @@ shared machine's timings are evidence, not a test). Usage::
     .venv/bin/python bench/run_all.py --scale       # only many small files: 200, 2,000 and 20,000 files
     .venv/bin/python bench/run_all.py --dask        # also jobs on a Dask LocalCluster (bench_dask.py)
     .venv/bin/python bench/run_all.py --streams     # also downloads on parallel streams (bench_streams.py)
+
+The default run also measures the server's responsiveness (``bench_responsiveness.py``: /api/status under
+three jobs, POST /jobs with 10,000 jobs in the database); ``--skip responsiveness`` leaves it out.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ GOAL_RSS = 1.5  # peak RSS grows < 1.5x while the input grows ~10x ("flat")
 GOAL_SCALE_COPY = 1.0  # 2,000 x 64 KiB copy job ≥ 1.0x cp -r + fsync of each file
 GOAL_SCALE_LINKS = 10_000  # hardlink job ≥ 10,000 files/s
 GOAL_SCALE_FLAT = 0.9  # files/s of the largest count ≥ 0.9x that of the one before
+GOAL_STATUS_P99_MS = 50.0  # GET /api/status p99 while a copy, a folder copy and a conversion run
+GOAL_POST_P99_MS = 20.0  # POST /jobs p99 with 10,000 jobs in the job database
 GOAL_DASK_OVERHEAD = 1.0  # a small job costs < 1 s more on Dask than on the local executor
 #: bench_streams: (section, engine candidate, baseline) -> goal of baseline time / engine time
 GOAL_STREAMS = {("fast", "engine 4", "curl"): 1.0, ("throttled", "engine 4", "curl"): 3.5}
@@ -104,6 +109,7 @@ SIZES = {
         "dask": ["--size-mb", "20", "--copy-mib", "64", "--chunk-rows", "20000", "--range-mib", "16"]
         + ["--reps", "1", "--small-reps", "2", "--cluster-starts", "1"],
         "streams": ["--size-mib", "96", "--throttled-size-mib", "96", "--rate", "50000000", "--reps", "1"],
+        "responsiveness": ["--smoke"],
     },
     "modest": {
         "copy": ["--size-mib", "1024", "--reps", "5"],
@@ -112,6 +118,7 @@ SIZES = {
         "scale": ["--counts", "200", "2000", "--reps", "3"],
         "dask": ["--size-mb", "500", "--copy-mib", "1024", "--chunk-rows", "250000", "--reps", "3"],
         "streams": ["--size-mib", "1024", "--throttled-size-mib", "512", "--reps", "3"],
+        "responsiveness": ["--copy-mib", "1024", "--files", "2000", "--csv-mb", "200"],
     },
     "full": {
         "copy": ["--size-mib", "2048", "--reps", "5"],
@@ -120,6 +127,7 @@ SIZES = {
         "scale": ["--counts", "200", "2000", "20000", "--reps", "3"],
         "dask": ["--size-mb", "2000", "--copy-mib", "2048", "--reps", "3"],
         "streams": ["--size-mib", "1024", "--throttled-size-mib", "1024", "--reps", "5", "--s3"],
+        "responsiveness": [],  # the issue's sizes are the defaults
     },
 }
 SCRIPTS = {
@@ -129,6 +137,7 @@ SCRIPTS = {
     "scale": "bench_scale.py",
     "dask": "bench_dask.py",  # only with --dask
     "streams": "bench_streams.py",  # only with --streams
+    "responsiveness": "bench_responsiveness.py",
 }
 
 Row = tuple[str, str, str, str]
@@ -270,6 +279,47 @@ def streams_rows(streams: dict) -> list[Row]:
     return rows
 
 
+def responsiveness_rows(res: dict) -> list[Row]:
+    """Summary rows of ``bench_responsiveness.py``: /api/status p99 at rest and under load, the load jobs'
+    outcome, POST /jobs p99 with an empty and a full job database."""
+    rows: list[Row] = []
+    status = res.get("status")
+    if status:
+        for key, label in (("rest_ms", "at rest"), ("load_ms", "under load")):
+            s = status[key]
+            goal = f"< {GOAL_STATUS_P99_MS:g} ms: {verdict(s['p99'] < GOAL_STATUS_P99_MS)}"
+            rows.append(
+                (
+                    f"GET /api/status p99 {label}",
+                    f"{s['p99']:.1f} ms",
+                    f"p50 {s['p50']:.1f} ms, max {s['max']:.1f} ms (n={s['n']})",
+                    goal if key == "load_ms" else "information",
+                )
+            )
+        states = {label: job["state"] for label, job in status["jobs"].items()}
+        ok = all(state == "succeeded" for state in states.values())
+        rows.append(
+            (
+                "jobs run during the load",
+                "all succeeded" if ok else "NOT all succeeded",
+                ", ".join(f"{label}: {state}" for label, state in states.items()),
+                "must succeed",
+            )
+        )
+    for post in res.get("post") or []:
+        s, seeded = post["post_ms"], post["seed_jobs"]
+        goal = f"< {GOAL_POST_P99_MS:g} ms: {verdict(s['p99'] < GOAL_POST_P99_MS)}"
+        rows.append(
+            (
+                f"POST /jobs p99, {seeded} jobs in the database",
+                f"{s['p99']:.1f} ms",
+                f"p50 {s['p50']:.1f} ms, max {s['max']:.1f} ms (n={s['n']}); {post['states']}",
+                goal if seeded else "baseline",
+            )
+        )
+    return rows
+
+
 ROWS = {
     "copy": copy_rows,
     "convert": convert_rows,
@@ -277,6 +327,7 @@ ROWS = {
     "scale": scale_rows,
     "dask": dask_rows,
     "streams": streams_rows,
+    "responsiveness": responsiveness_rows,
 }
 
 
@@ -319,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs; ≥ 1 means ours is as fast as the baseline)"
     )
     print_rows(rows)
-    for name in ("copy", "convert", "scale", "dask", "streams"):
+    for name in ("copy", "convert", "scale", "dask", "streams", "responsiveness"):
         res = results.get(name)
         if res:
             print(f"# {name}: {res.get('cache', '')}; {res.get('load', '')}")
