@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, DateTime, Integer, Numeric, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.types import TypeDecorator
 
 from jupyter_staging.cli.model import (
     FAIL,
@@ -181,7 +182,10 @@ def probe_values(model: Any) -> dict[str, Any]:
 
 
 def _probe_value(column_type: Any) -> Any:
-    """A value of SQLAlchemy type ``column_type``: now, False, 0, ``{}`` or ``""``."""
+    """A value of SQLAlchemy type ``column_type`` (a ``TypeDecorator`` by the type it stores): now, False,
+    0, ``{}`` or ``""``."""
+    if isinstance(column_type, TypeDecorator):
+        column_type = column_type.impl_instance
     if isinstance(column_type, DateTime):
         return utcnow()
     if isinstance(column_type, Boolean):
