@@ -668,7 +668,7 @@ def write_big_fits(path: Path, min_bytes: float) -> int:
 @pytest.mark.parametrize("kind", ["csv", "fits"])
 def test_memory_is_bounded_by_the_chunk_not_the_file(tmp_path: Path, kind: str) -> None:
     source = tmp_path / f"big.{kind}"
-    rows = write_big_csv(source, 150e6) if kind == "csv" else write_big_fits(source, 150e6)
+    rows = write_big_csv(source, 300e6) if kind == "csv" else write_big_fits(source, 300e6)
     size = source.stat().st_size
 
     done = subprocess.run(
@@ -682,9 +682,11 @@ def test_memory_is_bounded_by_the_chunk_not_the_file(tmp_path: Path, kind: str) 
 
     assert result["rows"] == rows
     assert result["parts"] == math.ceil(rows / 200_000)
-    # Reading the whole table first peaks at 2-3x the file size (or, through a memory map, keeps the
-    # whole file resident); streaming stays at a few chunks over the interpreter's baseline.
-    assert result["peak"] < size + 200 * 2**20, result
+    # Reading the whole table first peaks at 2-3x the file size above the interpreter's baseline (or,
+    # through a memory map, keeps the whole file resident besides); streaming stays at a few chunks above
+    # it (a FITS table's pages stay mapped: up to the file's size). Measured above the baseline, which
+    # differs between machines (a fresh clone compiles every module on its first import: +40 MiB).
+    assert result["peak"] - result["baseline"] < size + 150 * 2**20, result
     print(
         f"{size / 1e6:.0f} MB {kind}, {rows} rows: {result['seconds']:.1f} s "
         f"({rows / result['seconds']:.0f} rows/s), peak RSS {result['peak'] / 2**20:.0f} MiB "
