@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +79,14 @@ def listed_items(resume: dict[str, Any]) -> dict[str | None, list[dict[str, Any]
     if "entries" in resume:
         return {name: list(entry.get("items", [])) for name, entry in resume["entries"].items()}
     return {None: list(resume.get("items", []))}
+
+
+def every_listed_item(resume: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every item the resume data lists, as stored: the single source's (``items``), then each manifest
+    entry's (``entries.<name>.items``)."""
+    yield from resume.get("items") or []
+    for entry in (resume.get("entries") or {}).values():
+        yield from entry.get("items") or []
 
 
 @dataclass

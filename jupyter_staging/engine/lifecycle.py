@@ -30,6 +30,7 @@ from jupyter_staging.engine.cleanup import remove_job_output
 from jupyter_staging.engine.describe import describe_job
 from jupyter_staging.engine.executors import DEFAULT_CONCURRENT_ITEMS, DEFAULT_STREAMS_PER_FILE, Executor
 from jupyter_staging.engine.expansion import DEFAULT_MAX_UNPACKED_BYTES
+from jupyter_staging.engine.freshness import every_listed_item
 from jupyter_staging.engine.models import TRANSITIONS, ChunkState, DescribeJob, JobState
 from jupyter_staging.engine.progress import PROGRESS_INTERVAL, LiveProgress
 from jupyter_staging.engine.runner import JobRunner
@@ -381,16 +382,9 @@ def default_key_file(db_url: str) -> Path | None:
     return Path(url.database + ".key")
 
 
-def _listed(resume: dict[str, Any]) -> list[list[dict[str, Any]]]:
-    """The item lists of the resume data: ``items`` and each ``entries.<name>.items``."""
-    return [resume.get("items") or []] + [
-        entry.get("items") or [] for entry in (resume.get("entries") or {}).values()
-    ]
-
-
 def has_sealed(resume: dict[str, Any]) -> bool:
     """True when an item of the resume data holds a sealed locator (a presigned URL)."""
-    return any("sealed" in item for items in _listed(resume) for item in items)
+    return any("sealed" in item for item in every_listed_item(resume))
 
 
 def without_sealed(resume: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from jupyter_staging.destinations.base import make_private_dir, remove_tree_if_e
 from jupyter_staging.destinations.manifest import build_manifest, read_manifest
 from jupyter_staging.engine.cleanup import remove_job_output
 from jupyter_staging.engine.entries import error_of
+from jupyter_staging.engine.freshness import every_listed_item
 from jupyter_staging.engine.models import ChunkState, JobState
 from jupyter_staging.engine.placement import swap_in
 from jupyter_staging.engine.spreadtables import TableSpreadStager
@@ -241,10 +242,7 @@ class JobRunner(TableSpreadStager):
 
     def _fingerprints(self) -> dict[str, dict[str, Any]]:
         """``{item name: fingerprint}`` of every item the job listed."""
-        listed = [self.resume.get("items", [])] + [
-            e.get("items", []) for e in self.resume.get("entries", {}).values()
-        ]
-        return {i["name"]: i.get("validator") or {} for items in listed for i in items}
+        return {i["name"]: i.get("validator") or {} for i in every_listed_item(self.resume)}
 
     def _manifest_objects(self, staged: list[ChunkSummary]) -> list[dict[str, Any]]:
         """One manifest object per staged chunk: path (and URI), size in bytes, sha256, rows, type, and
