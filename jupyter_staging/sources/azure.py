@@ -47,6 +47,7 @@ from jupyter_staging.sources.base import (
     plain_relative_name,
     pump,
     pump_range,
+    resume_range,
     safe_filename,
 )
 
@@ -170,19 +171,16 @@ class AzureSource(Source):
         if not self.supports_ranges(item):
             raise TransferFailed(f"{item.name}: {item.locator} has no ETag or size to read ranges of")
         client = self.service().get_blob_client(self.container, self._blob_name(item.locator))
-        out = RangeOut(fd, start, length, control)
-        budget = ResumeBudget(item, item.locator, control)
-        while out.remaining:
-            control.check()
-            before = out.offset
+
+        def attempt(out: RangeOut) -> None:
             try:
                 with AzureErrors(item.locator, self.container, "fetch"):
                     self._get_range(client, item, out)
             except BlobChanged:
                 raise SourceChanged(f"{item.locator} changed since it was listed (new ETag)") from None
-            except (Transient, ShortRange) as exc:
-                budget.broken(out, before, str(exc), give_up=TransferFailed)
-        return out.offset
+
+        out = RangeOut(fd, start, length, control)
+        return resume_range(item, item.locator, out, attempt, (Transient, ShortRange))
 
     @staticmethod
     def _get_range(client: Any, item: SourceItem, out: RangeOut) -> None:

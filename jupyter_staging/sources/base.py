@@ -255,6 +255,30 @@ def pump_range(read: Callable[[], bytes], out: RangeOut) -> None:
         out.write(block)
 
 
+def resume_range(
+    item: SourceItem,
+    shown: str,
+    out: RangeOut,
+    attempt: Callable[[RangeOut], None],
+    resumable: tuple[type[BaseException], ...],
+    describe: Callable[[BaseException], str] = str,
+) -> int:
+    """Fill ``out`` (a range of ``item``) by calling ``attempt(out)`` until the range is complete: an attempt
+    that raises one of ``resumable`` is continued after its last byte, within a :class:`ResumeBudget`
+    (``shown``: the source as a message may name it; ``describe(exc)``: the reason logged). Returns the
+    bytes written. Raises :class:`TransferFailed` once the budget is spent, what ``attempt`` raises
+    otherwise, and :class:`~jupyter_staging.errors.JobInterrupted` (checked before every attempt)."""
+    budget = ResumeBudget(item, shown, out.control)
+    while out.remaining:
+        out.control.check()
+        before = out.offset
+        try:
+            attempt(out)
+        except resumable as exc:
+            budget.broken(out, before, describe(exc), give_up=TransferFailed)
+    return out.offset
+
+
 class Source(abc.ABC):
     """A staging source. Subclasses implement :meth:`list_items` and :meth:`fetch`."""
 

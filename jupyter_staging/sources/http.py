@@ -59,6 +59,7 @@ from jupyter_staging.sources.base import (
     check_range,
     pump,
     pump_range,
+    resume_range,
     safe_filename,
 )
 
@@ -220,21 +221,20 @@ class HTTPSource(Source):
         check_range(item, start, length)
         if not self.supports_ranges(item):
             raise TransferFailed(f"{item.name}: {self.safe_url} serves no byte ranges of a known version")
-        out = RangeOut(fd, start, length, control)
-        budget = ResumeBudget(item, self.safe_url, control)
+
+        def attempt(out: RangeOut) -> None:
+            try:
+                self._get_range(session, item, out)
+            except RANGE_RESUMABLE:
+                raise  # continued by resume_range
+            except requests.RequestException as exc:
+                raise TransferFailed(
+                    f"{item.name}: request to {self.safe_url} failed: {describe_error(exc)}"
+                ) from None
+
         with retrying_session() as session:
-            while out.remaining:
-                control.check()
-                before = out.offset
-                try:
-                    self._get_range(session, item, out)
-                except RANGE_RESUMABLE as exc:
-                    budget.broken(out, before, describe_error(exc), give_up=TransferFailed)
-                except requests.RequestException as exc:
-                    raise TransferFailed(
-                        f"{item.name}: request to {self.safe_url} failed: {describe_error(exc)}"
-                    ) from None
-        return out.offset
+            out = RangeOut(fd, start, length, control)
+            return resume_range(item, self.safe_url, out, attempt, RANGE_RESUMABLE, describe_error)
 
     def _get_range(self, session: requests.Session, item: SourceItem, out: RangeOut) -> None:
         """One GET of the rest of ``out``'s range, checked (:meth:`_check_range`) and written."""

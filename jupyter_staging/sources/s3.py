@@ -50,6 +50,7 @@ from jupyter_staging.sources.base import (
     plain_relative_name,
     pump,
     pump_range,
+    resume_range,
     safe_filename,
 )
 
@@ -239,19 +240,16 @@ class S3Source(Source):
             raise TransferFailed(f"{item.name}: {item.locator} has no ETag or size to read ranges of")
         bucket, key = parse_s3_uri(item.locator)
         client = self.ranges_client()
-        out = RangeOut(fd, start, length, control)
-        budget = ResumeBudget(item, item.locator, control)
-        while out.remaining:
-            control.check()
-            before = out.offset
+
+        def attempt(out: RangeOut) -> None:
             try:
                 with S3Errors(item.locator, bucket, "fetch"):
                     self._get_range(client, bucket, key, item, out)
             except ObjectChanged:
                 raise SourceChanged(f"{item.locator} changed since it was listed (new ETag)") from None
-            except RANGE_RESUMABLE as exc:
-                budget.broken(out, before, describe_error(exc), give_up=TransferFailed)
-        return out.offset
+
+        out = RangeOut(fd, start, length, control)
+        return resume_range(item, item.locator, out, attempt, RANGE_RESUMABLE, describe_error)
 
     @staticmethod
     def _get_range(client: Any, bucket: str, key: str, item: SourceItem, out: RangeOut) -> None:
