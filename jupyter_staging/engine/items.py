@@ -38,7 +38,6 @@ from jupyter_staging.errors import (
 )
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.dirfd import (
-    FolderCache,
     lstat_at,
     open_existing,
     rename_at,
@@ -98,7 +97,6 @@ class ItemStager(DestinationWriter):
         self._flush_lock = threading.Lock()
         #: Items of this job staged at once, across all of its manifest entries.
         self._item_slots = threading.BoundedSemaphore(max(1, int(host.concurrent_items)))
-        self._folders: FolderCache | None = None
         #: The read-ahead sha256 of a link job's sources while its items are linked.
         self._digests: SourceDigests | None = None
 
