@@ -113,20 +113,28 @@ def test_disk_full_fails_the_job_no_space_removes_the_part_and_a_parallel_job_su
     assert any("no_space" in line["message"] for line in manager.job_log(full.id))
 
 
-def test_a_manifest_entry_that_does_not_fit_fails_alone_and_the_job_is_partial(manager, small, sources):
+def test_a_manifest_entry_that_does_not_fit_fails_alone_and_the_job_is_partial(
+    root, tmp_path, small, sources
+):
+    # One item at a time: staged beside the big entry, the tiny one could meet the disk filled by the big
+    # one's part before that part is removed, and fail too (a CI run saw it: both no_space).
+    manager = make_manager(root, tmp_path, concurrent_items=1)
     manifest = {"big": str(sources / "big.bin"), "tiny": str(sources / "tiny.txt")}
-    job, _ = manager.create(CreateJob(manifest=manifest, destination="small/inputs"))
-
-    job = manager.wait(job.id, timeout=60)
+    try:
+        job, _ = manager.create(CreateJob(manifest=manifest, destination="small/inputs"))
+        job = manager.wait(job.id, timeout=60)
+        chunks = {c.entry: c for c in manager.chunks(job.id)}
+        manifest_job = manager.manifest(job.id)["job_id"]
+    finally:
+        manager.stop()
 
     assert job.state.value == "failed"
     assert job.error is not None and job.error.code == "partial"
-    chunks = {c.entry: c for c in manager.chunks(job.id)}
     assert chunks["big"].error is not None and chunks["big"].error.code == "no_space"
     assert chunks["tiny"].state.value == "ready"
     assert (small / "inputs" / "tiny" / "tiny.txt").read_bytes() == b"hello"
     assert part_files(small) == []
-    assert manager.manifest(job.id)["job_id"] == job.id
+    assert manifest_job == job.id
 
 
 async def test_a_job_created_over_http_shows_no_space(jp_fetch, jp_root_dir, sources):
