@@ -37,19 +37,20 @@ from jupyter_staging.errors import (
     VerificationFailed,
 )
 from jupyter_staging.safety.control import JobControl
+from jupyter_staging.safety.copying import copy_file, file_digest
 from jupyter_staging.safety.dirfd import (
     lstat_at,
     open_existing,
     rename_at,
     unlink_at,
 )
-from jupyter_staging.safety.partfile import PartFile, copy_file, file_digest, part_path
+from jupyter_staging.safety.partfile import PartFile, part_path
 from jupyter_staging.sources.base import Source, SourceItem
 from jupyter_staging.sources.local import fingerprint
 
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes (:func:`~jupyter_staging.safety.partfile.file_digest`: one reused
+    """Hex sha256 of a file's bytes (:func:`~jupyter_staging.safety.copying.file_digest`: one reused
     buffer per thread, no copy of a block)."""
     return file_digest(path, "sha256")
 

@@ -28,8 +28,8 @@ from jupyter_staging.errors import (
     StagingError,
 )
 from jupyter_staging.hub.areas import Target
+from jupyter_staging.safety.copying import copy_stream
 from jupyter_staging.safety.dirfd import open_dir, publish_at
-from jupyter_staging.safety.partfile import copy_stream
 from jupyter_staging.safety.paths import resolve_source
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def check_duplicate(target: Target, source: SourceFile) -> bool:
 
 
 class _FdWriter:
-    """The ``write`` side :func:`~jupyter_staging.safety.partfile.copy_stream` expects: a raw fd, hashed."""
+    """The ``write`` side :func:`~jupyter_staging.safety.copying.copy_stream` expects: a raw fd, hashed."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd

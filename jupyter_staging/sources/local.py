@@ -10,7 +10,8 @@ from pathlib import Path
 
 from jupyter_staging.errors import SourceChanged, SourceNotFound
 from jupyter_staging.safety.control import JobControl
-from jupyter_staging.safety.partfile import PartFile, copy_file
+from jupyter_staging.safety.copying import copy_file
+from jupyter_staging.safety.partfile import PartFile
 from jupyter_staging.safety.paths import resolve_source
 from jupyter_staging.sources.base import RangeOut, Source, SourceItem, check_range
 

@@ -10,7 +10,8 @@ import pytest
 
 from jupyter_staging.errors import DestinationExists, JobInterrupted, VerificationFailed
 from jupyter_staging.safety.control import JobControl
-from jupyter_staging.safety.partfile import PartFile, copy_file, copy_stream, part_path
+from jupyter_staging.safety.copying import copy_file, copy_stream
+from jupyter_staging.safety.partfile import PartFile, part_path
 
 
 @pytest.fixture

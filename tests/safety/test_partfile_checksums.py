@@ -9,7 +9,8 @@ import os
 import pytest
 
 from jupyter_staging.errors import ChecksumMismatch, SizeMismatch, VerificationFailed
-from jupyter_staging.safety.partfile import PartFile, copy_file, copy_stream, part_path
+from jupyter_staging.safety.copying import copy_file, copy_stream
+from jupyter_staging.safety.partfile import PartFile, part_path
 
 DATA = os.urandom(2 * 1024 * 1024 + 777)
 SHA256 = hashlib.sha256(DATA).hexdigest()

@@ -12,18 +12,11 @@ from pathlib import Path
 import pytest
 
 from jupyter_staging.errors import DestinationExists, JobInterrupted
-from jupyter_staging.safety import partfile
+from jupyter_staging.safety import copying
 from jupyter_staging.safety.control import JobControl
+from jupyter_staging.safety.copying import block_buffer, copy_file, file_digest, file_md5
 from jupyter_staging.safety.dirfd import folder_fd, publish_at
-from jupyter_staging.safety.partfile import (
-    BLOCK_SIZE,
-    PartFile,
-    block_buffer,
-    copy_file,
-    file_digest,
-    file_md5,
-    part_path,
-)
+from jupyter_staging.safety.partfile import BLOCK_SIZE, PartFile, part_path
 
 
 @pytest.fixture
@@ -44,13 +37,13 @@ def fsyncs(monkeypatch) -> list[str]:
 def helper_threads(monkeypatch) -> list[str]:
     """Thread name prefixes of the pools :mod:`partfile` starts."""
     started: list[str] = []
-    real = partfile.ThreadPoolExecutor
+    real = copying.ThreadPoolExecutor
 
     def pool(*args, **kwargs):
         started.append(kwargs.get("thread_name_prefix", ""))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(partfile, "ThreadPoolExecutor", pool)
+    monkeypatch.setattr(copying, "ThreadPoolExecutor", pool)
     return started
 
 

@@ -1,0 +1,167 @@
+"""Copying and hashing whole files: the block loops behind every local copy and sha256.
+
+:func:`copy_file` moves a local file into a :class:`~jupyter_staging.safety.partfile.PartFile` (in the kernel
+with ``copy_file_range(2)`` for big files, through one reused buffer for small ones), :func:`copy_stream`
+does the same from any readable stream, and :func:`file_digest` hashes a file without copying its blocks.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import BinaryIO
+
+from jupyter_staging.safety.control import JobControl
+from jupyter_staging.safety.partfile import BLOCK_SIZE, PartFile
+
+_BUFFERS = threading.local()
+
+
+def block_buffer() -> memoryview:
+    """This thread's reused buffer of :data:`BLOCK_SIZE` bytes (made on first use), for reading a whole
+    file block by block with ``readinto`` without allocating a block per read. Whoever uses it is done
+    with it before the thread reads another file."""
+    view: memoryview | None = getattr(_BUFFERS, "view", None)
+    if view is None:
+        view = _BUFFERS.view = memoryview(bytearray(BLOCK_SIZE))
+    return view
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """The ``algorithm`` (``hashlib`` name) digest of the file at ``path``, lower-case hex: read
+    unbuffered into this thread's :func:`block_buffer` and hashed in place (no copy of a block).
+    Raises ``OSError`` when the file cannot be read."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
+    view = block_buffer()
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(view):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def file_md5(path: Path) -> str:
+    """The MD5 of the file at ``path``, lower-case hex (:func:`file_digest`)."""
+    return file_digest(path, "md5")
+
+
+def copy_stream(
+    src: BinaryIO,
+    out: PartFile,
+    control: JobControl | None = None,
+    *,
+    block_size: int | None = None,
+) -> int:
+    """Copy ``src`` (positioned where copying starts) to ``out`` until EOF; returns bytes copied.
+
+    Reading the next block overlaps with hashing and writing the previous one (hashlib and file I/O
+    release the GIL). Blocks of ``block_size`` bytes (default :data:`BLOCK_SIZE`) are read into two reused
+    buffers when ``src`` supports ``readinto``, so no new block is allocated per read.
+    """
+    size = block_size or BLOCK_SIZE
+    readinto = getattr(src, "readinto", None)
+    buffers = [bytearray(size), bytearray(size)] if readinto is not None else []
+    copied = 0
+    turn = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-write") as pool:
+        pending = None
+        pending_len = 0
+        while True:
+            if control is not None:
+                control.check()
+            if readinto is not None:
+                view = memoryview(buffers[turn])
+                n = readinto(view)
+                block: bytes | memoryview = view[: n or 0]
+                turn ^= 1  # the other buffer is free once the write in flight completes
+            else:
+                block = src.read(size)
+            if pending is not None:
+                pending.result()
+                if control is not None:
+                    control.add_bytes(pending_len)
+            if not block:
+                break
+            pending = pool.submit(out.write, block)
+            pending_len = len(block)
+            copied += len(block)
+    return copied
+
+
+#: errno values of ``copy_file_range`` that mean "not here": fall back to reading and writing.
+_NO_COPY_FILE_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.EPERM}
+
+
+#: Bytes moved per ``copy_file_range`` call by :func:`copy_file` (hashed meanwhile on a helper thread); a
+#: file with at most this many bytes left is copied in the calling thread instead.
+COPY_STEP = 8 * 1024 * 1024
+
+
+def copy_file(src: Path, out: PartFile, control: JobControl | None = None, *, step: int = COPY_STEP) -> int:
+    """Copy the regular file ``src`` from byte ``out.offset`` to its end into ``out``; returns bytes copied.
+
+    Up to ``step`` bytes left (most files of a folder of many small ones), the calling thread reads each
+    block into its reused :func:`block_buffer` and hands it to :meth:`PartFile.write` (hash, then
+    write): starting a helper thread would cost more than the copy. Bigger files move like ``cp`` inside
+    the kernel (``copy_file_range(2)``, ``step`` bytes at a time) while a helper thread reads each range
+    just written back from the ``.part`` (still in the page cache) and hashes it on another core, so the
+    sha256 covers exactly the bytes that will be published. Where the kernel or file system cannot
+    (another device, an old kernel), it falls back to :func:`copy_stream`.
+    """
+    with open(src, "rb", buffering=0) as fh:
+        fh.seek(out.offset)
+        if os.fstat(fh.fileno()).st_size - out.offset <= step:
+            return _copy_blocks(fh, out, control)
+        if not hasattr(os, "copy_file_range"):
+            return copy_stream(fh, out, control)
+        return _copy_ranges(fh, out, control, step)
+
+
+def _copy_blocks(fh: io.FileIO, out: PartFile, control: JobControl | None) -> int:
+    """Copy ``fh`` to its end into ``out`` in this thread, through its :func:`block_buffer`."""
+    view = block_buffer()
+    copied = 0
+    while True:
+        if control is not None:
+            control.check()
+        n = fh.readinto(view)
+        if not n:
+            return copied
+        out.write(view[:n])
+        copied += n
+        if control is not None:
+            control.add_bytes(n)
+
+
+def _copy_ranges(fh: io.FileIO, out: PartFile, control: JobControl | None, step: int) -> int:
+    """Copy ``fh`` to its end into ``out`` with ``copy_file_range``, ``step`` bytes at a time, hashing each
+    range on a helper thread while the next one moves; falls back to :func:`copy_stream` when the first
+    call is refused."""
+    copied = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-hash") as pool:
+        pending = None
+        while True:
+            if control is not None:
+                control.check()
+            start = out.offset
+            try:
+                n = out.copy_range_from(fh.fileno(), step)
+            except OSError as exc:
+                if exc.errno not in _NO_COPY_FILE_RANGE or copied:
+                    raise
+                return copy_stream(fh, out, control)
+            if pending is not None:
+                pending.result()
+            if n == 0:
+                break
+            pending = pool.submit(out.hash_range, start, n)
+            copied += n
+            if control is not None:
+                control.add_bytes(n)
+        if pending is not None:
+            pending.result()
+    return copied
