@@ -22,8 +22,8 @@ from astropy.io import fits
 from jupyter_staging.destinations.base import remove_tree_if_empty, scratch_dir
 from jupyter_staging.engine.items import sha256_file
 from jupyter_staging.engine.models import ChunkState
+from jupyter_staging.engine.pipeline import PipelinedStager
 from jupyter_staging.engine.store import NOT_CONVERTED, PART_BYTES, JobRecord
-from jupyter_staging.engine.streams import StreamingStager
 from jupyter_staging.errors import TransferFailed
 from jupyter_staging.formats.convert import convert_to_parquet
 from jupyter_staging.formats.detect import detect_format, is_table
@@ -57,8 +57,8 @@ class CountedControl(JobControl):
         self._job.wait(seconds)
 
 
-class ConvertingStager(StreamingStager):
-    """Adds conversion to Parquet to :class:`~jupyter_staging.engine.streams.StreamingStager`."""
+class ConvertingStager(PipelinedStager):
+    """Adds conversion to Parquet to :class:`~jupyter_staging.engine.pipeline.PipelinedStager`."""
 
     def _convert(
         self, source: Source, rec: JobRecord, method: str, item: SourceItem, entry: str | None = None

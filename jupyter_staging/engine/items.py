@@ -207,6 +207,14 @@ class ItemStager(DestinationWriter):
         size, sha = self._stage_file(
             source, method, item, final, recovering=self.recovering, sync_folder=not local
         )
+        self._record_transfer(item, chunk, final, size, sha)
+
+    def _record_transfer(
+        self, item: SourceItem, chunk: ChunkRecord, final: Path, size: int, sha: str
+    ) -> None:
+        """Put the published ``final`` (``size`` bytes, ``sha`` hex) where the destination keeps it and mark
+        ``chunk`` ready with the next batch (a local file's folder fsynced before it)."""
+        local = not self.dest.remote
         path = self.dest.put(
             final, item.name, size=size, sha256=sha, content_type=item.content_type, control=self.control
         )
@@ -257,6 +265,12 @@ class ItemStager(DestinationWriter):
     def _fetch(self, source: Source, item: SourceItem, final: Path, *, sync_folder: bool) -> tuple[int, str]:
         """Read ``item``'s bytes from ``source`` into its part file (one stream, resuming the bytes this job
         wrote for this fingerprint), verify and publish as ``final``; returns ``(size_bytes, sha256_hex)``."""
+        return self._commit_part(self._fetch_part(source, item, final), item, sync_folder=sync_folder)
+
+    def _fetch_part(self, source: Source, item: SourceItem, final: Path) -> PartFile:
+        """Read ``item``'s bytes from ``source`` into its part file (see :meth:`_fetch`); returns the part,
+        open and not yet published. On an error it is discarded (closed, kept for a resume, when the job
+        is interrupted)."""
         checksums = self._expected_checksums(item)
         out = self._open_part(item, final, md5="md5" in checksums)
         if out.offset:
@@ -273,6 +287,11 @@ class ItemStager(DestinationWriter):
         finally:
             # Bytes of a restarted file were reported once already; take them back.
             self.control.add_bytes(-out.discarded)
+        return out
+
+    def _commit_part(self, out: PartFile, item: SourceItem, *, sync_folder: bool) -> tuple[int, str]:
+        """Verify the fetched part of ``item`` and publish it (:meth:`PartFile.commit`); returns
+        ``(size_bytes, sha256_hex)``."""
         # The source may have stated its checksums only when the bytes came (a GET's headers).
         return out.commit(
             item.size, checksums=self._expected_checksums(item) or None, sync_folder=sync_folder

@@ -152,6 +152,8 @@ class PartFile:
         self.offset = 0
         #: Bytes thrown away by :meth:`restart` calls (progress already reported for them).
         self.discarded = 0
+        #: ``offset`` when :meth:`sync` last made the bytes durable (None: not since the last restart).
+        self._synced: int | None = None
         self._reader: io.RawIOBase | None = None
         #: With ``resume``: the first bytes of the part were hashed already (by whoever wrote them).
         self._prehashed = hashed
@@ -285,6 +287,7 @@ class PartFile:
         self.sha256 = hashlib.sha256()
         self.md5 = hashlib.md5(usedforsecurity=False) if self._want_md5 else None
         self.discarded += self.offset
+        self._synced = None
         self.offset = 0
 
     def copy_range_from(self, src_fd: int, count: int) -> int:
@@ -332,6 +335,15 @@ class PartFile:
             digests["md5"] = self.md5.hexdigest()
         return digests
 
+    def sync(self) -> None:
+        """Flush and fsync the bytes written so far; :meth:`commit` then skips its own fsync unless more
+        were written since. Callable from another thread once writing is done, so that the fsyncs of many
+        small files can be in flight at once (the file system commits them together) while one thread
+        writes the next files (:class:`~jupyter_staging.engine.pipeline.SyncPipeline`)."""
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._synced = self.offset
+
     def commit(
         self,
         expected_size: int | None = None,
@@ -344,9 +356,10 @@ class PartFile:
         ``expected_size``: bytes the file must hold (None: not checked). ``checksums``: hex digests the
         bytes must match, by algorithm (``{"sha256": hex, "md5": hex}``, either or both; case does not
         matter). An MD5 asked for without ``md5=True`` is computed here by reading the ``.part`` once.
-        The file's bytes are always fsynced; its folder (which makes the new name durable) only with
-        ``sync_folder``: a caller passing False must fsync ``final.parent`` before it records the file as
-        done (the engine's :class:`~jupyter_staging.engine.progress.ChunkLedger` does, once per batch).
+        The file's bytes are always fsynced (here, unless :meth:`sync` did since the last write); its
+        folder (which makes the new name durable) only with ``sync_folder``: a caller passing False must
+        fsync ``final.parent`` before it records the file as done (the engine's
+        :class:`~jupyter_staging.engine.progress.ChunkLedger` does, once per batch).
 
         Returns ``(size_bytes, sha256_hex)``. On any failure the ``.part`` is removed and nothing is
         published: :class:`SizeMismatch` when the size differs from ``expected_size``,
@@ -357,7 +370,8 @@ class PartFile:
         """
         self._close_reader()
         self._fh.flush()
-        os.fsync(self._fh.fileno())
+        if self._synced != self.offset:
+            os.fsync(self._fh.fileno())
         confined_size = os.fstat(self._fh.fileno()).st_size
         self._fh.close()
         size = self.part.stat().st_size if self._dir_fd is None else confined_size

@@ -1,0 +1,123 @@
+"""Small local files copied on the job's thread with their fsyncs in flight (issue 12): files are published
+in order once durable, an error or a pause publishes nothing more and keeps every written part for the
+resume, and a paused folder copy resumes to the same bytes.
+
+Real part files in ``tmp_path`` and a real :class:`StagingManager`; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from jupyter_staging.engine.models import CreateJob, JobState
+from jupyter_staging.engine.pipeline import WAITING_PER_THREAD, SyncPipeline
+from jupyter_staging.errors import JobInterrupted
+from jupyter_staging.safety.partfile import PartFile
+from tests.engine.test_scale import make_files, manager_for
+from tests.helpers.data import wait_until
+
+
+def written(folder: Path, name: str, data: bytes) -> PartFile:
+    out = PartFile(folder / name)
+    out.write(data)
+    return out
+
+
+def test_files_are_published_in_the_order_they_were_added(tmp_path: Path):
+    published: list[str] = []
+
+    def then(out: PartFile) -> None:
+        size, digest = out.commit(len(data))
+        assert digest == hashlib.sha256(data).hexdigest()
+        published.append(out.final.name)
+
+    data = os.urandom(50_000)
+    names = [f"f{i:03d}" for i in range(2 * 3 * WAITING_PER_THREAD + 5)]  # more than may wait at once
+    with SyncPipeline(3) as pipeline:
+        for name in names:
+            out = written(tmp_path, name, data)
+            pipeline.add(out, lambda out=out: then(out))
+    assert published == names
+    assert sorted(os.listdir(tmp_path)) == names  # no .part left
+    assert all((tmp_path / n).read_bytes() == data for n in names)
+
+
+def test_a_failing_step_stops_the_rest_and_keeps_their_parts(tmp_path: Path):
+    data = b"x" * 4096
+
+    def then(out: PartFile) -> None:
+        if out.final.name == "f2":
+            raise RuntimeError("verification of f2 failed")
+        out.commit(len(data))
+
+    with pytest.raises(RuntimeError, match="f2"), SyncPipeline(1) as pipeline:
+        for i in range(8):
+            out = written(tmp_path, f"f{i}", data)
+            pipeline.add(out, lambda out=out: then(out))
+    names = set(os.listdir(tmp_path))
+    assert {"f0", "f1", "f2.part"} <= names
+    # Nothing after the failure is published; each file written before the pipeline stopped is kept as a
+    # closed part holding every byte, and resumes.
+    parts = sorted(n for n in names if n.endswith(".part"))
+    assert not names - {"f0", "f1", *parts}
+    assert parts == [f"f{i}.part" for i in range(2, 2 + len(parts))]
+    for name in parts:
+        resumed = PartFile(tmp_path / name.removesuffix(".part"), resume=True)
+        assert resumed.offset == len(data)
+        resumed.commit(len(data))
+        assert (tmp_path / name.removesuffix(".part")).read_bytes() == data
+
+
+def test_an_interruption_while_files_wait_publishes_none_of_them(tmp_path: Path):
+    data = b"y" * 1000
+    published: list[str] = []
+
+    def then(out: PartFile) -> None:
+        out.commit(len(data))
+        published.append(out.final.name)
+
+    with pytest.raises(JobInterrupted), SyncPipeline(2) as pipeline:
+        for i in range(3):
+            out = written(tmp_path, f"f{i}", data)
+            pipeline.add(out, lambda out=out: then(out))
+        raise JobInterrupted("paused")
+    # Files published before the interruption came are a prefix, in order; every other one stays a part,
+    # complete and closed, for the resume.
+    assert published == ["f0", "f1", "f2"][: len(published)]
+    expected = [*published, *[f"f{i}.part" for i in range(len(published), 3)]]
+    assert sorted(os.listdir(tmp_path)) == expected
+    for name in expected:
+        assert (tmp_path / name).read_bytes() == data
+
+
+def test_a_paused_folder_copy_resumes_to_the_same_bytes(tmp_path: Path):
+    root = tmp_path / "root"
+    sums = make_files(root / "sector", 1500, size=16384)
+    mgr = manager_for(tmp_path)
+    try:
+        job, _ = mgr.create(CreateJob(source=str(root / "sector"), destination="out", method="copy"))
+        out = root / "out"
+        wait_until(lambda: out.is_dir() and len(os.listdir(out)) >= 100, timeout=60)
+        mgr.pause(job.id)
+        paused = mgr.wait(job.id, timeout=60, until=lambda s: s in (JobState.paused, JobState.succeeded))
+        if paused.state == JobState.paused:
+            listed = os.listdir(out)
+            assert len([n for n in listed if not n.endswith(".part")]) < 1500
+            for name in listed:  # a published file is whole; a part is ours, left for the resume
+                if not name.endswith(".part"):
+                    assert hashlib.sha256((out / name).read_bytes()).hexdigest() == sums[name]
+            mgr.resume(job.id)
+        done = mgr.wait(job.id, timeout=300)
+        manifest = mgr.manifest(job.id)
+    finally:
+        mgr.stop()
+    assert done.state == JobState.succeeded, done
+    assert paused.state == JobState.paused, "the job ended before the pause; nothing was tested"
+    assert sorted(os.listdir(out)) == sorted([*sums, "manifest.json"])
+    assert {o["path"]: o["sha256"] for o in manifest["objects"]} == sums
+    for name, digest in sums.items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
