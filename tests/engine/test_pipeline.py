@@ -7,6 +7,7 @@ Real part files in ``tmp_path`` and a real :class:`StagingManager`; nothing is m
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -40,7 +41,7 @@ def test_files_are_published_in_the_order_they_were_added(tmp_path: Path):
     with SyncPipeline(3) as pipeline:
         for name in names:
             out = written(tmp_path, name, data)
-            pipeline.add(out, lambda out=out: then(out))
+            pipeline.add(out, functools.partial(then, out))
     assert published == names
     assert sorted(os.listdir(tmp_path)) == names  # no .part left
     assert all((tmp_path / n).read_bytes() == data for n in names)
@@ -57,7 +58,7 @@ def test_a_failing_step_stops_the_rest_and_keeps_their_parts(tmp_path: Path):
     with pytest.raises(RuntimeError, match="f2"), SyncPipeline(1) as pipeline:
         for i in range(8):
             out = written(tmp_path, f"f{i}", data)
-            pipeline.add(out, lambda out=out: then(out))
+            pipeline.add(out, functools.partial(then, out))
     names = set(os.listdir(tmp_path))
     assert {"f0", "f1", "f2.part"} <= names
     # Nothing after the failure is published; each file written before the pipeline stopped is kept as a
@@ -83,7 +84,7 @@ def test_an_interruption_while_files_wait_publishes_none_of_them(tmp_path: Path)
     with pytest.raises(JobInterrupted), SyncPipeline(2) as pipeline:
         for i in range(3):
             out = written(tmp_path, f"f{i}", data)
-            pipeline.add(out, lambda out=out: then(out))
+            pipeline.add(out, functools.partial(then, out))
         raise JobInterrupted("paused")
     # Files published before the interruption came are a prefix, in order; every other one stays a part,
     # complete and closed, for the resume.
