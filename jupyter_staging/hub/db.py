@@ -24,11 +24,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, String, Text, or_, select, update
+from sqlalchemy import BigInteger, String, Text, or_, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from jupyter_staging.engine.migrate import Migrations
-from jupyter_staging.engine.store import SQLStore, aware, utcnow
+from jupyter_staging.engine.store import SQLStore, UTCDateTime, aware, utcnow
 
 #: The operations database's revisions (``jupyter_staging/hub/migrations``) and version table.
 HUB_MIGRATIONS = Migrations(Path(__file__).with_name("migrations"), "staging_hub_alembic_version")
@@ -61,7 +61,8 @@ class Operation(Base):
     ``job_id`` the id of the staging job in the user's server for ``jupyter_copy``. ``started`` and
     ``finished`` are UTC. ``runner`` is the replica id of the service process that runs (or ran) it,
     ``lease_expires_at`` (UTC) when its hold on a ``running`` operation ends unless renewed; both are
-    internal and not part of :meth:`to_dict`.
+    internal and not part of :meth:`to_dict`. Every time is read back as an aware UTC datetime
+    (:class:`~jupyter_staging.engine.store.UTCDateTime`), as it loads.
     """
 
     __tablename__ = "operations"
@@ -78,10 +79,10 @@ class Operation(Base):
     bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     job_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    started: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    finished: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    started: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    finished: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     runner: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     def to_dict(self) -> dict[str, Any]:
         """The operation as the REST API returns it (times as ISO 8601 UTC, ``Z`` suffix)."""
@@ -123,7 +124,6 @@ class OperationStore(SQLStore):
             operation.status = "running"
         with self.session() as s:
             s.add(operation)
-        self._fix(operation)
         return operation
 
     def update(self, operation_id: str, **fields: Any) -> Operation | None:
@@ -134,7 +134,7 @@ class OperationStore(SQLStore):
                 return None
             for key, value in fields.items():
                 setattr(op, key, value)
-        return self._fix(op)
+        return op
 
     def finish(
         self, operation_id: str, status: str, *, runner: str | None = None, **fields: Any
@@ -152,7 +152,8 @@ class OperationStore(SQLStore):
             if op is None:
                 return None
             if runner is not None and (op.runner != runner or op.status != "running"):
-                raise LeaseLost(self._fix(op))  # type: ignore[arg-type]
+                s.expunge(op)  # the row as read: the rollback this raise causes would expire it
+                raise LeaseLost(op)
             for key, value in {
                 **fields,
                 "status": status,
@@ -160,7 +161,7 @@ class OperationStore(SQLStore):
                 "lease_expires_at": None,
             }.items():
                 setattr(op, key, value)
-        return self._fix(op)
+        return op
 
     def renew(self, operation_ids: Collection[str], runner: str, until: datetime) -> set[str]:
         """Extend to ``until`` the leases ``runner`` holds on the ``running`` operations among
@@ -205,12 +206,11 @@ class OperationStore(SQLStore):
                     claimed.append(op)
             for op in claimed:
                 s.refresh(op)
-        return [self._fix(op) for op in claimed]  # type: ignore[misc]
+        return claimed
 
     def get(self, operation_id: str) -> Operation | None:
         with self.session() as s:
-            op = s.get(Operation, operation_id)
-        return self._fix(op)
+            return s.get(Operation, operation_id)
 
     def list_operations(
         self,
@@ -230,16 +230,4 @@ class OperationStore(SQLStore):
             query = query.where(Operation.status == status)
         query = query.order_by(Operation.started.desc(), Operation.id.desc()).limit(limit)
         with self.session() as s:
-            ops = list(s.scalars(query))
-        return [self._fix(op) for op in ops]  # type: ignore[misc]
-
-    @staticmethod
-    def _fix(op: Operation | None) -> Operation | None:
-        """Make the times of ``op`` aware (UTC). Only ever on an object outside its session: inside, the
-        change would be flushed back at commit, writing the values read over newer ones (a lease
-        claimed meanwhile by another replica, on SQLite and MySQL, which return naive times)."""
-        if op is not None:
-            op.started = aware(op.started)  # type: ignore[assignment]
-            op.finished = aware(op.finished)
-            op.lease_expires_at = aware(op.lease_expires_at)
-        return op
+            return list(s.scalars(query))

@@ -56,3 +56,17 @@ def test_rows_survive_a_new_store_and_filter(db_url, monkeypatch):
     with pytest.raises(ValueError):
         again.finish(a.id, "running")
     again.close()
+
+
+def test_a_lost_lease_carries_the_row_as_the_other_replica_left_it(db_url):
+    """``finish`` by a replica whose lease another took raises :class:`LeaseLost` carrying the row as read
+    (usable after the rollback: the outcome is dropped, not a ``DetachedInstanceError``)."""
+    store = OperationStore(db_url)
+    op = store.add(new_op("alice", runner="A", lease_expires_at=db.utcnow() - timedelta(seconds=1)))
+    [taken] = store.claim_expired("B", db.utcnow() + timedelta(seconds=60), limit=5)
+    assert taken.id == op.id and taken.runner == "B" and taken.started.tzinfo is not None
+    with pytest.raises(db.LeaseLost) as lost:
+        store.finish(op.id, "succeeded", runner="A")
+    assert lost.value.operation.runner == "B" and lost.value.operation.status == "running"
+    assert store.get(op.id).status == "running"
+    store.close()
