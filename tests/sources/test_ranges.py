@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,26 @@ def part(tmp_path) -> Iterator[tuple[Path, int]]:
     os.close(fd)
 
 
+@dataclass
+class Served:
+    """The big file served by the range server: the file the server reads, a source for its URL and the
+    item that source listed."""
+
+    path: Path
+    source: HTTPSource
+    item: SourceItem
+
+
+@pytest.fixture
+def served(range_server, big_bytes) -> Served:
+    """:func:`big_bytes` served as ``big.bin`` by the range server, listed once."""
+    path = range_server.root / "big.bin"
+    path.write_bytes(big_bytes)
+    source = HTTPSource(range_server.url("big.bin"))
+    [item] = source.list_items()
+    return Served(path, source, item)
+
+
 def seven_ranges(size: int) -> list[tuple[int, int]]:
     """``size`` cut into 7 uneven ``(start, length)`` ranges, shuffled."""
     cuts = sorted(random.Random(7).sample(range(1, size), 6))
@@ -92,6 +113,15 @@ def fetch_in_ranges(source: Source, item: SourceItem, path: Path, control: JobCo
         os.close(fd)
 
 
+def fetch_whole_and_compare(source: Source, item: SourceItem, out: Path, expected: bytes) -> None:
+    """Fetch all of ``item`` into ``out`` in 7 shuffled ranges (:func:`fetch_in_ranges`) and check that
+    every byte was counted once and ``out`` holds ``expected``."""
+    control = Counting()
+    written = fetch_in_ranges(source, item, out, control)
+    assert sum(written) == control.bytes == BIG
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == hashlib.sha256(expected).hexdigest()
+
+
 def outside_untouched(path: Path, start: int, length: int) -> bool:
     """True when every byte of ``path`` outside ``[start, start + length)`` still holds :data:`FILL`."""
     data = path.read_bytes()
@@ -102,18 +132,10 @@ def outside_untouched(path: Path, start: int, length: int) -> bool:
 # -- the whole file from 7 shuffled ranges ---------------------------------------------------------------
 
 
-def test_http_20_mb_in_7_shuffled_ranges_is_byte_identical(range_server, big_bytes, tmp_path):
-    (range_server.root / "big.bin").write_bytes(big_bytes)
-    source = HTTPSource(range_server.url("big.bin"))
-    [item] = source.list_items()
+def test_http_20_mb_in_7_shuffled_ranges_is_byte_identical(range_server, served, big_bytes, tmp_path):
+    source, item = served.source, served.item
     assert item.accept_ranges and source.supports_ranges(item)
-    control = Counting()
-    written = fetch_in_ranges(source, item, tmp_path / "out.bin", control)
-    assert sum(written) == control.bytes == BIG
-    assert (
-        hashlib.sha256((tmp_path / "out.bin").read_bytes()).hexdigest()
-        == hashlib.sha256(big_bytes).hexdigest()
-    )
+    fetch_whole_and_compare(source, item, tmp_path / "out.bin", big_bytes)
     gets = range_server.requests_for("big.bin", "GET")
     assert len(gets) == 7
     assert {g.header("If-Range") for g in gets} == {item.validator["etag"]}
@@ -127,17 +149,11 @@ def test_s3_20_mb_in_7_shuffled_ranges_is_byte_identical(s3_env, big_bytes, tmp_
     source = S3Source(f"s3://{bucket}/data/big.bin")
     [item] = source.list_items()
     assert source.supports_ranges(item)
-    control = Counting()
     s3_server.start_recording()
     try:
-        written = fetch_in_ranges(source, item, tmp_path / "out.bin", control)
+        fetch_whole_and_compare(source, item, tmp_path / "out.bin", big_bytes)
     finally:
         s3_server.stop_recording()
-    assert sum(written) == control.bytes == BIG
-    assert (
-        hashlib.sha256((tmp_path / "out.bin").read_bytes()).hexdigest()
-        == hashlib.sha256(big_bytes).hexdigest()
-    )
     gets = [r for r in s3_server.recorded() if r["method"] == "GET" and "big.bin" in r["url"]]
     headers = [{k.lower(): v for k, v in (g["headers"] or {}).items()} for g in gets]
     assert len(headers) == 7
@@ -152,10 +168,7 @@ def test_azure_20_mb_in_7_shuffled_ranges_is_byte_identical(azure_env, big_bytes
     source = AzureSource(f"az://{azure_env.container_name}/data/big.bin")
     [item] = source.list_items()
     assert source.supports_ranges(item)
-    control = Counting()
-    written = fetch_in_ranges(source, item, tmp_path / "out.bin", control)
-    assert sum(written) == control.bytes == BIG
-    assert (tmp_path / "out.bin").read_bytes() == big_bytes
+    fetch_whole_and_compare(source, item, tmp_path / "out.bin", big_bytes)
 
 
 def test_local_20_mb_in_7_shuffled_ranges_is_byte_identical(tmp_path, big_bytes):
@@ -165,10 +178,7 @@ def test_local_20_mb_in_7_shuffled_ranges_is_byte_identical(tmp_path, big_bytes)
     source = LocalSource(str(src))
     [item] = source.list_items()
     assert source.supports_ranges(item)
-    control = Counting()
-    written = fetch_in_ranges(source, item, tmp_path / "out.bin", control)
-    assert sum(written) == control.bytes == BIG
-    assert (tmp_path / "out.bin").read_bytes() == big_bytes
+    fetch_whole_and_compare(source, item, tmp_path / "out.bin", big_bytes)
 
 
 def test_local_range_across_file_systems_reads_and_writes(big_bytes, part):
@@ -191,12 +201,10 @@ def test_local_range_across_file_systems_reads_and_writes(big_bytes, part):
 
 
 def test_http_server_answering_200_to_a_range_is_source_changed_and_writes_nothing(
-    range_server, big_bytes, part
+    range_server, served, part
 ):
     """The listing said Accept-Ranges, then the server ignores Range (200, the whole file)."""
-    (range_server.root / "big.bin").write_bytes(big_bytes)
-    source = HTTPSource(range_server.url("big.bin"))
-    [item] = source.list_items()
+    source, item = served.source, served.item
     range_server.ranges = False
     path, fd = part
     with pytest.raises(SourceChanged) as err:
@@ -205,13 +213,10 @@ def test_http_server_answering_200_to_a_range_is_source_changed_and_writes_nothi
     assert path.read_bytes() == bytes([FILL]) * BIG
 
 
-def test_http_file_replaced_after_listing_is_source_changed(range_server, big_bytes, part):
+def test_http_file_replaced_after_listing_is_source_changed(range_server, served, big_bytes, part):
     """If-Range names the listed ETag; the server has a new version and answers 200."""
-    served = range_server.root / "big.bin"
-    served.write_bytes(big_bytes)
-    source = HTTPSource(range_server.url("big.bin"))
-    [item] = source.list_items()
-    served.write_bytes(big_bytes[::-1])  # same size, new mtime: a new ETag
+    source, item = served.source, served.item
+    served.path.write_bytes(big_bytes[::-1])  # same size, new mtime: a new ETag
     path, fd = part
     with pytest.raises(SourceChanged):
         source.fetch_range(item, 0, 4_000_000, fd, JobControl())
@@ -220,27 +225,23 @@ def test_http_file_replaced_after_listing_is_source_changed(range_server, big_by
     assert get.header("If-Range") == item.validator["etag"]
 
 
-def test_http_server_ignoring_if_range_sends_new_version_source_changed(range_server, big_bytes, part):
+def test_http_server_ignoring_if_range_sends_new_version_source_changed(
+    range_server, served, big_bytes, part
+):
     """The server ignores If-Range and sends a 206 of the new version (its new ETag): nothing written."""
-    served = range_server.root / "big.bin"
-    served.write_bytes(big_bytes)
-    source = HTTPSource(range_server.url("big.bin"))
-    [item] = source.list_items()
+    source, item = served.source, served.item
     range_server.ignore_if_range = True
-    served.write_bytes(big_bytes[::-1])
+    served.path.write_bytes(big_bytes[::-1])
     path, fd = part
     with pytest.raises(SourceChanged, match="another version"):
         source.fetch_range(item, 1_000_000, 2_000_000, fd, JobControl())
     assert path.read_bytes() == bytes([FILL]) * BIG
 
 
-def test_http_file_of_another_size_is_source_changed(range_server, big_bytes, part):
-    served = range_server.root / "big.bin"
-    served.write_bytes(big_bytes)
-    source = HTTPSource(range_server.url("big.bin"))
-    [item] = source.list_items()
+def test_http_file_of_another_size_is_source_changed(range_server, served, big_bytes, part):
+    source, item = served.source, served.item
     range_server.ignore_if_range = True
-    served.write_bytes(big_bytes + b"more")
+    served.path.write_bytes(big_bytes + b"more")
     path, fd = part
     with pytest.raises(SourceChanged, match=f"now has {BIG + 4} bytes"):
         source.fetch_range(item, 0, 1000, fd, JobControl())
@@ -288,10 +289,8 @@ def test_local_file_changed_after_listing_is_source_changed(tmp_path, big_bytes,
 # -- broken answers resume within the range ---------------------------------------------------------------
 
 
-def test_http_short_body_resumes_within_the_range(range_server, big_bytes, part, quick_retries):
-    (range_server.root / "big.bin").write_bytes(big_bytes)
-    source = HTTPSource(range_server.url("big.bin"))
-    [item] = source.list_items()
+def test_http_short_body_resumes_within_the_range(range_server, served, big_bytes, part, quick_retries):
+    source, item = served.source, served.item
     range_server.short_body_by = 300_000
     range_server.short_bodies_left = 1
     path, fd = part
@@ -306,10 +305,8 @@ def test_http_short_body_resumes_within_the_range(range_server, big_bytes, part,
     assert ranges == [f"bytes={start}-{end}", f"bytes={start + length - 300_000}-{end}"]
 
 
-def test_http_dropped_connection_mid_range_resumes(range_server, big_bytes, part, quick_retries):
-    (range_server.root / "big.bin").write_bytes(big_bytes)
-    source = HTTPSource(range_server.url("big.bin"))
-    [item] = source.list_items()
+def test_http_dropped_connection_mid_range_resumes(range_server, served, big_bytes, part, quick_retries):
+    source, item = served.source, served.item
     range_server.drop_after_bytes = 1_000_000
     path, fd = part
     start, length = BIG - 3_000_003, 3_000_003
@@ -339,10 +336,8 @@ def test_http_body_always_short_fails_after_the_budget_without_secrets(
 # -- pause ------------------------------------------------------------------------------------------------
 
 
-def test_http_pause_stops_within_one_block(range_server, big_bytes, part):
-    (range_server.root / "big.bin").write_bytes(big_bytes)
-    source = HTTPSource(range_server.url("big.bin"))
-    [item] = source.list_items()
+def test_http_pause_stops_within_one_block(range_server, served, part):
+    source, item = served.source, served.item
     range_server.throttle_bytes_per_s = 8_000_000
     _, fd = part
     control = Counting(pause_after=1)
