@@ -38,22 +38,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
-from benchlib import (
-    WORK,
-    CpuClock,
-    MachineLoad,
-    PageCache,
-    interleaved,
-    machine,
-    med,
-    peak_rss_mib,
-    peak_rss_reset,
-    rmtree,
-)
+from benchlib import WORK, BenchRun, PageCache, interleaved, med, rmtree, run_job
 
 from jupyter_staging.engine.manager import StagingManager
-from jupyter_staging.engine.models import CreateJob, JobState
+from jupyter_staging.engine.models import CreateJob
 
 ROOT = WORK / "scale"
 CANDIDATES = ("engine copy", "cp -r+fsync", "engine hardlink", "engine hardlink again", "cp -al")
@@ -92,26 +82,26 @@ class EngineRun:
         self.rss: dict[str, list[float]] = {}
 
     def __call__(
-        self, method: str, dest: str, *, name: str | None = None, mgr: StagingManager | None = None
+        self,
+        method: Literal["copy", "hardlink"],
+        dest: str,
+        *,
+        name: str | None = None,
+        mgr: StagingManager | None = None,
     ) -> float:
         """Run one job of ``method`` into ``dest`` on ``mgr`` (default: the main manager); returns its
         seconds from ``create()`` to ``finished_at``. Raises SystemExit when it is wrong."""
         mgr = mgr or self.mgr
-        peak_rss_reset()
-        started = time.time()
-        job, _ = mgr.create(CreateJob(source=str(self.source), destination=dest, method=method))
-        done = mgr.wait(job.id, timeout=3600)
-        self.rss.setdefault(name or f"engine {method}", []).append(peak_rss_mib())
-        if done.state != JobState.succeeded or done.finished_at is None:
-            raise SystemExit(f"engine {method} job did not succeed: {done.state} {done.error}")
-        seconds = done.finished_at.timestamp() - started
-        chunks = mgr.chunks(job.id, urls=False)
-        manifest = mgr.manifest(job.id)
+        request = CreateJob(source=str(self.source), destination=dest, method=method)
+        done = run_job(mgr, request, f"engine {method}")
+        self.rss.setdefault(name or f"engine {method}", []).append(done.peak_rss_mib)
+        chunks = done.chunks
+        manifest = mgr.manifest(done.job_id)
         if len(chunks) != len(self.sums) or any(c.state.value != "ready" for c in chunks):
             raise SystemExit(f"engine {method}: {len(chunks)} chunks, not {len(self.sums)} ready ones")
         if {o["path"]: o["sha256"] for o in manifest["objects"]} != self.sums:
             raise SystemExit(f"engine {method}: the manifest's sha256 differ from the sources'")
-        return seconds
+        return done.seconds
 
 
 def first_time(engine: EngineRun, dest: str, db: Path, concurrent_items: int) -> float:
@@ -222,13 +212,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args(argv)
     ROOT.mkdir(parents=True, exist_ok=True)
-    print(f"# bench_scale: {machine()}; concurrent_items={args.concurrent_items}", flush=True)
-    cache = PageCache(args.cache)
-    load = MachineLoad()
-    c0 = CpuClock.now()
-    results = [bench_count(count, args, cache) for count in args.counts]
-    summary: dict = {"counts": results, "cache": cache.describe(), "load": load.describe()}
-    print(f"\n# files/s by count (flat is the goal); {CpuClock.now() - c0:.0f} CPU-s in all")
+    run = BenchRun("bench_scale", args.cache, f"; concurrent_items={args.concurrent_items}")
+    results = [bench_count(count, args, run.cache) for count in args.counts]
+    summary: dict = {"counts": results}
+    print("\n# files/s by count (flat is the goal)")
     print("  " + "".join(f"{name:>22s}" for name in ("count", *CANDIDATES)))
     for r in results:
         print("  " + f"{r['count']:>22d}" + "".join(f"{r['files_per_s'][n]:>22.0f}" for n in CANDIDATES))
@@ -241,14 +228,11 @@ def main(argv: list[str] | None = None) -> dict:
             f"# {last['count']} vs {first['count']} files: "
             + ", ".join(f"{n} {v:.2f}x" for n, v in summary["flatness"].items())
         )
-    print(f"# {summary['cache']}\n# {summary['load']}")
     if not args.keep:
         for r in results:
             rmtree(ROOT / f"src-{r['count']}-{args.size_kib * 1024}")
             (ROOT / f"src-{r['count']}-{args.size_kib * 1024}.json").unlink(missing_ok=True)
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=2))
-    return summary
+    return run.finish(summary, args.json)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -47,23 +46,12 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
-from benchlib import (
-    REPO,
-    WORK,
-    CpuClock,
-    MachineLoad,
-    MiB,
-    PageCache,
-    interleaved,
-    machine,
-    med,
-    peak_rss_mib,
-    peak_rss_reset,
-    rmtree,
-)
+from benchlib import REPO, WORK, BenchRun, MiB, interleaved, med, rmtree, run_job
+from benchlib import peak_rss_mib as peak_rss_mib  # bench_streams_s3 imports these two from here
+from benchlib import peak_rss_reset as peak_rss_reset
 
 from jupyter_staging.engine.manager import StagingManager
-from jupyter_staging.engine.models import CreateJob, JobState
+from jupyter_staging.engine.models import CreateJob
 
 ROOT = WORK / "streams"
 WWW = ROOT / "www"
@@ -225,20 +213,15 @@ class Engines:
         """Stage ``source`` into ``dest`` (a folder under the root) on ``streams`` streams; returns
         ``(seconds from create to finished_at, peak RSS MiB of this process)``; checks the job."""
         mgr = self.managers[streams]
-        peak_rss_reset()
-        started = time.time()
-        job, _ = mgr.create(CreateJob(source=source, destination=dest.relative_to(self.root).as_posix()))
-        done = mgr.wait(job.id, timeout=3600)
-        peak = peak_rss_mib()
-        if done.state != JobState.succeeded or done.finished_at is None:
-            raise SystemExit(f"engine {streams} streams: job {done.state}: {done.error}")
-        chunks = mgr.chunks(job.id, urls=False)
+        request = CreateJob(source=source, destination=dest.relative_to(self.root).as_posix())
+        done = run_job(mgr, request, f"engine {streams} streams")
+        chunks = done.chunks
         if len(chunks) != 1 or chunks[0].sha256 != sha:
             raise SystemExit(f"engine {streams} streams: chunk record sha256 differs from the source's")
-        log = " | ".join(line["message"] for line in mgr.job_log(job.id) if "stream" in line["message"])
+        log = " | ".join(line["message"] for line in mgr.job_log(done.job_id) if "stream" in line["message"])
         if streams > 1 and "streams" not in log:
             raise SystemExit(f"engine {streams} streams: the file was not fetched in ranges")
-        return done.finished_at.timestamp() - started, peak
+        return done.seconds, done.peak_rss_mib
 
     def stop(self) -> None:
         for n, mgr in self.managers.items():
@@ -380,12 +363,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--keep", action="store_true", help="keep the generated sources")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args(argv)
-    args.page_cache = PageCache(args.cache)
     for sig in (signal.SIGTERM, signal.SIGHUP):  # run the finally blocks: servers stopped, files deleted
         signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     ROOT.mkdir(parents=True, exist_ok=True)
-    print(f"# bench_streams: {machine()}; load average {os.getloadavg()[0]:.1f} at start", flush=True)
-    load, c0 = MachineLoad(), CpuClock.now()
+    run = BenchRun("bench_streams", args.cache, f"; load average {os.getloadavg()[0]:.1f} at start")
+    args.page_cache = run.cache
     engines = Engines(sorted({*args.streams, 1, 4}))
     try:
         results = http_sections(args, engines)
@@ -397,12 +379,8 @@ def main(argv: list[str] | None = None) -> dict:
         engines.stop()
         if not args.keep:
             rmtree(WWW)
-    results |= {"cache": args.page_cache.describe(), "load": load.describe()}
     print_goals(results)
-    print(f"# {results['cache']}\n# {results['load']}; {CpuClock.now() - c0:.0f} CPU-s in all")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-    return results
+    return run.finish(results, args.json)
 
 
 if __name__ == "__main__":

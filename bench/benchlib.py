@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmarks: page-cache control, interleaved repetitions, medians, formatting.
+"""Shared helpers of the benchmarks: page-cache control, interleaved repetitions, medians, formatting, the
+lines around every benchmark's figures (:class:`BenchRun`) and one timed staging job (:func:`run_job`).
 
 Nothing here asserts on time. Every benchmark runs its candidates interleaved (the order rotates each
 repetition) in one process and reports medians, because this machine's two cores are shared and its disk
@@ -7,6 +8,7 @@ speed varies (``DESIGN.md``, "Facts about the tools").
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -15,7 +17,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -23,6 +27,10 @@ WORK = BENCH_DIR / "_work"  # gitignored
 
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
+
+if TYPE_CHECKING:
+    from jupyter_staging.engine.manager import StagingManager
+    from jupyter_staging.engine.models import CreateJob, DescribeChunk
 
 MiB = 1024 * 1024
 
@@ -214,3 +222,58 @@ def peak_rss_mib() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+class BenchRun:
+    """What a benchmark prints around its figures: a first line naming it and the machine, and at the
+    end the page-cache mode, the machine's load and the CPU seconds of the whole run; the figures are
+    written as JSON when asked.
+
+    ``cache_mode``: ``"drop"`` or ``"warm"`` (:class:`PageCache`); ``note`` ends the first line.
+    """
+
+    def __init__(self, name: str, cache_mode: str, note: str = "") -> None:
+        self.cache = PageCache(cache_mode)
+        print(f"# {name}: {machine()}{note}", flush=True)
+        self.load = MachineLoad()
+        self.cpu0 = CpuClock.now()
+
+    def finish(self, results: dict[str, Any], json_path: Path | None) -> dict[str, Any]:
+        """Add ``cache`` and ``load`` (descriptions) to ``results``, print them with the CPU seconds of
+        the run, write ``results`` to ``json_path`` when given; returns ``results``."""
+        results |= {"cache": self.cache.describe(), "load": self.load.describe()}
+        print(f"# {results['cache']}\n# {results['load']}; {CpuClock.now() - self.cpu0:.0f} CPU-s in all")
+        if json_path is not None:
+            json_path.write_text(json.dumps(results, indent=2))
+        return results
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    """A staging job :func:`run_job` ran to success."""
+
+    job_id: str
+    #: From ``create()`` to the job's ``finished_at``, seconds.
+    seconds: float
+    #: This process's peak resident set during the job (``VmHWM``), MiB.
+    peak_rss_mib: float
+    #: The job's chunk records.
+    chunks: list[DescribeChunk]
+
+
+def run_job(mgr: StagingManager, request: CreateJob, what: str) -> FinishedJob:
+    """Create ``request`` on the started manager ``mgr`` (no HTTP in front) and wait for its end (at most
+    an hour), with this process's peak RSS reset before. Raises :class:`SystemExit` naming ``what`` when
+    the job did not succeed."""
+    # deferred: importing this module first puts the checkout on sys.path (above)
+    from jupyter_staging.engine.models import JobState
+
+    peak_rss_reset()
+    started = time.time()
+    job, _ = mgr.create(request)
+    done = mgr.wait(job.id, timeout=3600)
+    peak = peak_rss_mib()
+    if done.state != JobState.succeeded or done.finished_at is None:
+        raise SystemExit(f"{what}: job {done.state}: {done.error}")
+    seconds = done.finished_at.timestamp() - started
+    return FinishedJob(job.id, seconds, peak, mgr.chunks(job.id, urls=False))
