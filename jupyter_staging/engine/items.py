@@ -345,6 +345,7 @@ class ItemStager(DestinationWriter):
         part = part_path(final)
         tag = owner_tag(self.job_id, item.validator)
         root = self.dest.confinement_root
+        resume = True
         if root is None:
             if (part.exists() or part.is_symlink()) and self._part_owner(item, part) != tag:
                 aside = part.with_name(f"{part.name}.set-aside-{self.job_id[:8]}")
@@ -364,7 +365,9 @@ class ItemStager(DestinationWriter):
                     aside_name = f"{part.name}.set-aside-{self.job_id[:8]}"
                     rename_at(fd, part.name, aside_name)  # a planted symlink itself, never its target
                     self._log_set_aside(item, aside_name)
-        out = self.part_file(final, resume=True, md5=md5)
+                # Without a part of ours there is nothing to resume: the part is created, not looked for.
+                resume = st is not None and owner == tag
+        out = self.part_file(final, resume=resume, md5=md5)
         try:
             os.setxattr(out.fileno(), OWNER_XATTR, tag.encode())
         except OSError:  # no user xattrs here: remember it in the resume data (one database write)
