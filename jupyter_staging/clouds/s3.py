@@ -46,8 +46,10 @@ from jupyter_staging.safety.partfile import mismatch_message
 
 #: Connections in the pool of a client made by :func:`s3_client` unless told otherwise.
 DEFAULT_POOL = 10
-#: Connections in the pool of :func:`shared_s3_client`'s client (every upload of parallel entries).
-SHARED_POOL = 34
+#: Connections in the pool of :func:`shared_s3_client`'s client, which every S3 source and destination of the
+#: process uses: 8 items at once (``StagingApp.concurrent_items``) with up to 8 GETs each (parallel ranges or
+#: the transfer manager's parts), plus listings and uploads. Connections open only when needed.
+SHARED_POOL = 72
 
 #: S3 error codes (or HTTP statuses) meaning: no such object.
 NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
@@ -107,9 +109,9 @@ def s3_client(max_pool_connections: int = DEFAULT_POOL) -> Any:
 
 
 def shared_s3_client() -> Any:
-    """An S3 client shared by this process (boto3 clients are thread-safe; building one takes about
-    0.1 s, too slow for every ``GET .../chunks``). A new one is built when the AWS settings in the
-    environment (:data:`CLIENT_ENV`) change; its pool has :data:`SHARED_POOL` connections."""
+    """An S3 client shared by this process (boto3 clients are thread-safe; building one takes 0.15-0.3
+    CPU-s here, too slow for every job, listing or ``GET .../chunks``). A new one is built when the AWS
+    settings in the environment (:data:`CLIENT_ENV`) change; its pool has :data:`SHARED_POOL` connections."""
     key = tuple(os.environ.get(name) for name in CLIENT_ENV)
     with _shared_lock:
         client = _shared.get(key)

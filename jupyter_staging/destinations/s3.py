@@ -71,12 +71,15 @@ def check_s3_destination(uri: str) -> None:
 
 
 def upload_transfer_config() -> TransferConfig:
-    """The transfer manager's settings for uploads (see :data:`UPLOAD_MULTIPART_THRESHOLD`)."""
+    """The transfer manager's settings for uploads (see :data:`UPLOAD_MULTIPART_THRESHOLD`): boto3's
+    classic manager, also where ``awscrt`` is installed (boto3's ``"auto"`` may then pick the CRT manager,
+    whose client ignores ``AWS_ENDPOINT_URL``: boto/boto3#4839)."""
     return TransferConfig(
         multipart_threshold=UPLOAD_MULTIPART_THRESHOLD,
         multipart_chunksize=UPLOAD_CHUNKSIZE,
         max_concurrency=UPLOAD_CONCURRENCY,
         use_threads=True,
+        preferred_transfer_client="classic",
     )
 
 

@@ -33,7 +33,7 @@ from jupyter_staging.clouds.s3 import (
     S3Errors,
     ServerBusy,
     parse_s3_uri,
-    s3_client,
+    shared_s3_client,
     stated_checksums,
 )
 from jupyter_staging.errors import ChecksumMismatch, SourceChanged, SourceNotFound, TransferFailed
@@ -64,20 +64,23 @@ MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
 MAX_CONCURRENCY = 8
 #: Times the object may change under one fetch before it fails with ``source_changed``.
 MAX_RESTARTS = 3
-#: Connections of the client shared by the streams reading ranges of one source.
-RANGES_POOL = 16
 #: What :meth:`S3Source.fetch_range` continues after, from the last byte written.
 RANGE_RESUMABLE: tuple[type[BaseException], ...] = (ShortRange, ServerBusy, *TRANSIENT_ERRORS)
 
 
 def default_transfer_config() -> TransferConfig:
-    """The transfer manager's settings for parallel downloads (see :data:`MULTIPART_THRESHOLD`)."""
+    """The transfer manager's settings for parallel downloads (see :data:`MULTIPART_THRESHOLD`).
+
+    The classic (Python) transfer manager is pinned: with ``awscrt`` installed, boto3's ``"auto"`` may pick
+    the CRT manager, which builds its own client from the region alone, ignoring ``AWS_ENDPOINT_URL``
+    and plain HTTP (boto/boto3#4839)."""
     return TransferConfig(
         multipart_threshold=MULTIPART_THRESHOLD,
         multipart_chunksize=MULTIPART_CHUNKSIZE,
         max_concurrency=MAX_CONCURRENCY,
         io_chunksize=S3_BLOCK,
         use_threads=True,
+        preferred_transfer_client="classic",
     )
 
 
@@ -138,9 +141,6 @@ class S3Source(Source):
         super().__init__(uri)
         self.bucket, self.key = parse_s3_uri(uri)
         self._transfer_config = transfer_config
-        self._local = threading.local()
-        self._ranges_client: Any = None
-        self._ranges_lock = threading.Lock()
 
     @property
     def transfer_config(self) -> TransferConfig:
@@ -149,19 +149,11 @@ class S3Source(Source):
         return self._transfer_config
 
     def client(self) -> Any:
-        """This thread's S3 client (made by :func:`s3_client` on first use in the thread)."""
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = s3_client(self.transfer_config.max_request_concurrency + 2)
-        return client
-
-    def ranges_client(self) -> Any:
-        """One client for every stream reading ranges of this source's objects (boto3 clients are
-        thread-safe; building one per stream thread costs about 0.1 CPU-s each)."""
-        with self._ranges_lock:
-            if self._ranges_client is None:
-                self._ranges_client = s3_client(RANGES_POOL)
-            return self._ranges_client
+        """The S3 client of this process for the current AWS settings
+        (:func:`~jupyter_staging.clouds.s3.shared_s3_client`): listing, fetching and every stream reading
+        ranges share it (boto3 clients are thread-safe; building one costs 0.15-0.3 CPU-s here, more than
+        a HEAD and the GETs of a small object together)."""
+        return shared_s3_client()
 
     # -- listing -----------------------------------------------------------------------------------
 
@@ -239,7 +231,7 @@ class S3Source(Source):
         if not self.supports_ranges(item):
             raise TransferFailed(f"{item.name}: {item.locator} has no ETag or size to read ranges of")
         bucket, key = parse_s3_uri(item.locator)
-        client = self.ranges_client()
+        client = self.client()
 
         def attempt(out: RangeOut) -> None:
             try:
