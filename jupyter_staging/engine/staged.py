@@ -48,6 +48,12 @@ class StagedIndex:
         self._by_sha: dict[str, Staged] | None = None
         self._by_fingerprint: dict[str, Staged] = {}
 
+    def empty(self) -> bool:
+        """True when the earlier jobs hold no staged file at all (built on first use): a job staging
+        something for the first time then looks nothing up."""
+        self._build()
+        return not self._by_sha and not self._by_fingerprint
+
     def find(self, sha256: str | None, locator_id: str, fingerprint: dict[str, Any]) -> Staged | None:
         """A staged file with ``sha256``, else one staged from the object ``locator_id`` names
         (:func:`~jupyter_staging.engine.freshness.locator_identity`) with ``fingerprint``, that is
@@ -108,7 +114,7 @@ class StagedIndex:
         if destination.remote:
             return
         items = {i["name"]: i for entry in listed_items(job.resume or {}).values() for i in entry}
-        for chunk in self.host.store.list_chunks(job.id):
+        for chunk in self.host.store.chunk_summaries(job.id):  # tuples: thousands of rows
             if chunk.state not in (ChunkState.ready.value, ChunkState.acked.value) or not chunk.sha256:
                 continue
             if chunk.bytes is None:

@@ -21,7 +21,6 @@ import pytest
 from sqlalchemy import event
 
 from jupyter_staging.engine.executors import run_bounded
-from jupyter_staging.engine.items import LOOKUP_BYTES
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, JobState
 from jupyter_staging.errors import JobInterrupted, TransferFailed
@@ -223,10 +222,9 @@ def test_killed_between_batches_then_resumed_converges(tmp_path: Path, method: s
 def test_linking_unchanged_files_again_reuses_the_sha256_recorded_before(tmp_path: Path):
     """A hard link moves no byte: hashing is most of its cost. A second hardlink job of files whose
     fingerprint (size, mtime, inode) is unchanged takes the sha256 the first job recorded instead of reading
-    them, as the re-run rules judge a fingerprint; a file whose fingerprint changed is hashed again (files
-    of LOOKUP_BYTES and more: smaller ones are always hashed, which costs less than the lookup)."""
+    them, as the re-run rules judge a fingerprint; a file whose fingerprint changed is hashed again."""
     root = tmp_path / "root"
-    files = make_files(root / "src", 20, size=LOOKUP_BYTES)
+    files = make_files(root / "src", 20, size=65536)
     mgr = manager_for(tmp_path)
     try:
         first = staged_job(mgr, root / "src", "first", "hardlink")
