@@ -31,7 +31,7 @@ from jupyter_staging.engine.store import JobRecord, Store, utcnow
 from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import InvalidRequest, PathNotAllowed, SourceNotFound
 from jupyter_staging.safety.paths import resolve_destination
-from jupyter_staging.safety.redact import redact_url
+from jupyter_staging.safety.redact import redact_text, redact_url
 from jupyter_staging.safety.sealed import SecretBox
 from jupyter_staging.sources.base import Source
 from jupyter_staging.sources.registry import open_source
@@ -93,6 +93,19 @@ class Admitted:
         """True when unchanged output answered the request: no bytes move."""
         return self.placement is not None and self.placement.reuse is not None
 
+    def creation_lines(self) -> list[tuple[str, str]]:
+        """The first lines of a new job's log, ``(level, message)``, redacted: what was asked, what
+        admission listed, and for a replacing job what changed."""
+        rec = self.record
+        where = rec.destination or "/ (server root)"
+        lines = [f"job created: {self.described} -> {where} ({rec.method})"]
+        if self.listed:
+            lines.append(self.listed)
+        swap = (rec.resume or {}).get("swap")
+        if swap:
+            lines.append(f"{swap['changes']}; staging beside the old output, swapped in when complete")
+        return [("info", redact_text(line)) for line in lines]
+
 
 def identity(request: CreateJob, plan: SourcePlan) -> dict[str, Any]:
     """What makes two requests the same (hashed by :func:`request_key`): the objects the sources name
@@ -147,7 +160,8 @@ class Admission:
     ``root_dir`` confines local destinations; ``staging_dir`` (relative to it) is the parent of default
     destinations; ``source_roots``, when set, are the only local folders a job may read;
     ``min_free_bytes`` / ``quota_bytes`` (0: off) are the space rules of
-    :class:`~jupyter_staging.engine.space.SpaceLimits`.
+    :class:`~jupyter_staging.engine.space.SpaceLimits`; ``runner_id`` (``host:pid``) is recorded as the
+    runner of every job admitted (the process that will run it), in the same transaction as the job.
     """
 
     def __init__(
@@ -160,8 +174,10 @@ class Admission:
         source_roots: list[str] | None,
         min_free_bytes: int = 0,
         quota_bytes: int = 0,
+        runner_id: str | None = None,
     ) -> None:
         self.store = store
+        self.runner_id = runner_id
         self.secrets = secrets
         self.root_dir = root_dir
         self.staging_dir = staging_dir
@@ -212,8 +228,13 @@ class Admission:
             rec = self._record(request, plan, owner, job_id, placement.rel)
             rec.resume = run_options(request, key, job_id, placement)
             listed = self._hand_over(rec, request, listing) if listing is not None else None
-            self.store.add_job(rec)
-        return Admitted(rec, created=True, described=plan.described, placement=placement, listed=listed)
+            admitted = Admitted(
+                rec, created=True, described=plan.described, placement=placement, listed=listed
+            )
+            # One commit for the job, its runner and its first log lines (each commit can wait behind
+            # running jobs' bookkeeping).
+            self.store.add_job(rec, admitted.creation_lines())
+        return admitted
 
     def _list_for_space(self, request: CreateJob) -> Listing:
         """The request's sources listed for the space check (never raises; see
@@ -316,6 +337,7 @@ class Admission:
             method=plan.method,
             convert=request.convert.model_dump() if request.convert else None,
             state=JobState.queued.value,
+            runner=self.runner_id,
             bytes_done=0,
             chunks_done=0,
             rows_done=0,

@@ -251,21 +251,21 @@ class JobLifecycle:
         """Add ``message`` (redacted) to the job's log and to this process's log at ``level``."""
         message = redact_text(message)
         self.store.add_event(job_id, level, message)
-        getattr(log, level if level in ("info", "warning", "error") else "info")(
-            "staging job %s: %s", job_id, message
-        )
+        echo_event(job_id, level, message)
 
     def attach_live(self, job_id: str, live: LiveProgress) -> None:
         """Register the running job's in-memory progress counters (read by :meth:`describe`)."""
         with self._lock:
             self._live[job_id] = live
 
-    def submit(self, job_id: str) -> None:
-        """Hand job ``job_id`` to the executor (a new :class:`JobRunner`), this process its runner."""
+    def submit(self, job_id: str, *, recorded: bool = False) -> None:
+        """Hand job ``job_id`` to the executor (a new :class:`JobRunner`), this process its runner (in the
+        database already when ``recorded``: admission stores it with a new job)."""
         if self._stopped:
             return
         runner = JobRunner(self, job_id)
-        self.store.update_job(job_id, runner=self.runner_id)
+        if not recorded:
+            self.store.update_job(job_id, load_resume=False, runner=self.runner_id)
         with self._lock:
             self._controls[job_id] = runner.control
         self.executor.submit(runner.run)
@@ -348,6 +348,13 @@ class JobLifecycle:
     def describe(self, rec: JobRecord) -> DescribeJob:
         """The API view of ``rec``, with the live counters of a job running in this process."""
         return describe_job(rec, self._live.get(rec.id))
+
+
+def echo_event(job_id: str, level: str, message: str) -> None:
+    """Write a line of a job's log (already redacted) to this process's log at ``level``."""
+    getattr(log, level if level in ("info", "warning", "error") else "info")(
+        "staging job %s: %s", job_id, message
+    )
 
 
 def runner_alive(runner: str) -> bool:

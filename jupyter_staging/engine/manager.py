@@ -28,7 +28,7 @@ from jupyter_staging.engine.executors import (
     LocalExecutor,
 )
 from jupyter_staging.engine.expansion import DEFAULT_MAX_UNPACKED_BYTES
-from jupyter_staging.engine.lifecycle import JobLifecycle, current_user, default_key_file, log
+from jupyter_staging.engine.lifecycle import JobLifecycle, current_user, default_key_file, echo_event, log
 from jupyter_staging.engine.models import (
     ChunkState,
     CreateJob,
@@ -154,12 +154,17 @@ class StagingManager(JobLifecycle):
             source_roots=self.source_roots,
             min_free_bytes=min_free_bytes,
             quota_bytes=quota_bytes,
+            runner_id=self.runner_id,
         )
 
     # -- public API ---------------------------------------------------------------------------------
 
-    def create(self, request: CreateJob, owner: str | None = None) -> tuple[DescribeJob, bool]:
-        """Validate ``request``, persist a ``queued`` job and submit it.
+    def create(
+        self, request: CreateJob, owner: str | None = None, *, start: bool = True
+    ) -> tuple[DescribeJob, bool]:
+        """Validate ``request``, persist a ``queued`` job and submit it (with ``start=False`` the caller
+        submits a created job itself, ``submit(job.id, recorded=True)``, e.g. once its answer is written,
+        so that the job's first steps do not compete with the answer).
 
         Returns ``(job, created)``; ``created`` is False when an earlier job answers the request: one of
         ``owner`` with the same ``idempotency_key``, the same request still queued / running / paused in
@@ -189,17 +194,12 @@ class StagingManager(JobLifecycle):
             return self.describe(rec).model_copy(update={"up_to_date": True}), False
         if not admitted.created:
             return self.describe(rec), False
-        where = rec.destination or "/ (server root)"
-        self.log_event(rec.id, "info", f"job created: {admitted.described} -> {where} ({rec.method})")
-        if admitted.listed:
-            self.log_event(rec.id, "info", admitted.listed)
-        swap = (rec.resume or {}).get("swap")
-        if swap:
-            self.log_event(
-                rec.id, "info", f"{swap['changes']}; staging beside the old output, swapped in when complete"
-            )
+        # Admission stored the job, its runner (this process) and its first log lines in one commit.
+        for level, message in admitted.creation_lines():
+            echo_event(rec.id, level, message)
         self.announce(rec)
-        self.submit(rec.id)
+        if start:
+            self.submit(rec.id, recorded=True)
         return self.describe(rec), True
 
     def get(self, job_id: str, owner: str | None = None) -> DescribeJob:

@@ -7,13 +7,8 @@ so callers on an event loop must call it from a worker thread.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import stat
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple, cast
 
@@ -27,24 +22,21 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
-    create_engine,
-    event,
+    delete,
     insert,
     select,
     update,
 )
-from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
-    Session,
     mapped_column,
-    sessionmaker,
     undefer,
 )
 from sqlalchemy.types import TypeDecorator
 
-from jupyter_staging.engine.migrate import JOB_MIGRATIONS, Migrations, upgrade_database
+from jupyter_staging.engine.database import SQLStore
+from jupyter_staging.engine.migrate import JOB_MIGRATIONS
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +45,6 @@ SQL_INT_MIN, SQL_INT_MAX = -(2**63), 2**63 - 1
 #: Keys of ``JobRecord.resume``: the bytes of each Parquet part written so far; why an output was staged
 #: as it is although a conversion was asked for.
 PART_BYTES, NOT_CONVERTED = "part_bytes", "not_converted"
-#: Mode of a SQLite job database and its ``-wal`` / ``-shm`` files: read and write by the owner only.
-PRIVATE_FILE_MODE = 0o600
 
 
 def utcnow() -> datetime:
@@ -198,96 +188,6 @@ class EventRecord(Base):
     message: Mapped[str] = mapped_column(Text)
 
 
-def sqlite_file(db_url: str) -> str | None:
-    """The file of a SQLite ``db_url`` (None for other databases and in-memory SQLite)."""
-    url = make_url(db_url)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    if url.database.startswith("file:"):  # a SQLite URI (``?uri=true``): leave its file alone
-        return None
-    return url.database
-
-
-def make_private(path: str) -> None:
-    """Create the SQLite file ``path`` with mode 0600 when missing, and tighten it and its ``-wal`` and
-    ``-shm`` files to 0600 when they allow more (the database holds every job's details). Files of
-    another user are logged and left as they are."""
-    try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE))
-    except OSError as err:
-        log.warning("cannot create the job database %s: %s", path, err.strerror)
-        return
-    for name in (path, f"{path}-wal", f"{path}-shm"):
-        try:
-            mode = stat.S_IMODE(os.stat(name).st_mode)
-            if mode & ~PRIVATE_FILE_MODE:
-                os.chmod(name, mode & PRIVATE_FILE_MODE)
-        except FileNotFoundError:
-            continue
-        except OSError as err:
-            log.warning("cannot make %s private (mode 0600): %s", name, err.strerror)
-
-
-def make_engine(db_url: str) -> Engine:
-    """Create an engine for ``db_url``; SQLite gets WAL, foreign keys and thread sharing, and its file
-    (with ``-wal`` and ``-shm``, which SQLite creates with the database's mode) is 0600."""
-    if db_url.startswith("sqlite"):
-        path = sqlite_file(db_url)
-        if path is not None:
-            make_private(path)
-        engine = create_engine(
-            db_url,
-            connect_args={"check_same_thread": False, "timeout": 30},
-            json_serializer=json.dumps,
-        )
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-            if path is not None:
-                make_private(path)
-
-        return engine
-    return create_engine(db_url, pool_pre_ping=True)
-
-
-class SQLStore:
-    """Thread-safe sessions on the tables of ``base`` at ``db_url`` (any SQLAlchemy URL). The database is
-    brought to the newest revision of ``migrations`` first (:func:`~jupyter_staging.engine.migrate.
-    upgrade_database`: tables created when missing, an existing database upgraded in place). Shared by
-    the job store and the hub service's operations store."""
-
-    def __init__(self, db_url: str, base: type[DeclarativeBase], migrations: Migrations) -> None:
-        self.db_url = db_url
-        self.engine = make_engine(db_url)
-        upgrade_database(self.engine, migrations)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        # SQLite allows one writer; serialising our own writers avoids "database is locked" retries.
-        self._write_lock = threading.RLock()
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session that commits on success and rolls back on error."""
-        with self._write_lock, self._sessions() as session, session.begin():
-            yield session
-
-    @contextmanager
-    def read_session(self) -> Iterator[Session]:
-        """A session for reads only, not queued behind this process's writers: SQLite in WAL mode (like any
-        server database) lets readers run beside its one writer, so showing a job never waits for a big
-        job's batch of chunk records. Nothing read is changed, so its transaction writes nothing."""
-        with self._sessions() as session, session.begin():
-            yield session
-
-    def close(self) -> None:
-        """Dispose of the engine's connections."""
-        self.engine.dispose()
-
-
 class Store(SQLStore):
     """Thread-safe access to the job tables (jobs, chunks, log events) at ``db_url``."""
 
@@ -296,10 +196,16 @@ class Store(SQLStore):
 
     # -- jobs ---------------------------------------------------------------------------------------
 
-    def add_job(self, record: JobRecord) -> JobRecord:
-        with self.session() as s:
+    def add_job(self, record: JobRecord, events: Sequence[tuple[str, str]] = ()) -> JobRecord:
+        """Insert job ``record`` and its first log lines ``events`` (``(level, message)``, already
+        redacted) in one transaction: a new job costs one commit."""
+        with self.session(first=True) as s:
             s.add(record)
             _show_resume(record)
+            if events:
+                s.flush()  # the job's row before the rows that refer to it
+                now = utcnow()
+                s.add_all(EventRecord(job_id=record.id, time=now, level=lv, message=m) for lv, m in events)
         return record
 
     def get_job(self, job_id: str, *, resume: bool = True) -> JobRecord | None:
@@ -391,14 +297,11 @@ class Store(SQLStore):
             return rec
 
     def delete_job(self, job_id: str) -> None:
+        """Delete job ``job_id`` with its chunks and log lines (nothing when there is no such job)."""
         with self.session() as s:
-            rec = s.get(JobRecord, job_id)
-            if rec is not None:
-                for chunk in s.scalars(select(ChunkRecord).where(ChunkRecord.job_id == job_id)):
-                    s.delete(chunk)
-                for ev in s.scalars(select(EventRecord).where(EventRecord.job_id == job_id)):
-                    s.delete(ev)
-                s.delete(rec)
+            for table in (ChunkRecord, EventRecord):
+                s.execute(delete(table).where(table.job_id == job_id))
+            s.execute(delete(JobRecord).where(JobRecord.id == job_id))
 
     # -- chunks -------------------------------------------------------------------------------------
 
@@ -492,8 +395,7 @@ class Store(SQLStore):
 
     def delete_chunks(self, job_id: str) -> None:
         with self.session() as s:
-            for chunk in s.scalars(select(ChunkRecord).where(ChunkRecord.job_id == job_id)):
-                s.delete(chunk)
+            s.execute(delete(ChunkRecord).where(ChunkRecord.job_id == job_id))
 
     # -- log ----------------------------------------------------------------------------------------
 

@@ -27,8 +27,9 @@ from typing import Any
 from sqlalchemy import BigInteger, String, Text, or_, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from jupyter_staging.engine.database import SQLStore
 from jupyter_staging.engine.migrate import Migrations
-from jupyter_staging.engine.store import SQLStore, UTCDateTime, aware, utcnow
+from jupyter_staging.engine.store import UTCDateTime, aware, utcnow
 
 #: The operations database's revisions (``jupyter_staging/hub/migrations``) and version table.
 HUB_MIGRATIONS = Migrations(Path(__file__).with_name("migrations"), "staging_hub_alembic_version")

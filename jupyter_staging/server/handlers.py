@@ -84,9 +84,13 @@ class JobsHandler(StagingAPIHandler):
     @authorized
     async def post(self) -> None:
         request = self.parse_body(CreateJob)
-        job, created = await self.call(self.manager.create, request, self.owner)
-        self.set_header("Location", url_path_join(self.base_url, API_PREFIX, "jobs", job.id))
-        self.write_json(dump(job), status=201 if created else 200)
+        job, created = await self.call(self.manager.create, request, self.owner, start=False)
+        try:
+            self.set_header("Location", url_path_join(self.base_url, API_PREFIX, "jobs", job.id))
+            self.write_json(dump(job), status=201 if created else 200)
+        finally:
+            if created:  # started once the answer is written (and whatever happened to it): a queue put
+                self.manager.submit(job.id, recorded=True)
 
     @web.authenticated
     @authorized
