@@ -170,14 +170,16 @@ class JobWatcher(threading.Thread):
 
 
 @contextmanager
-def pyspy(exe: str | None, pid: int, out: Path, *, gil: bool = False) -> Iterator[None]:
+def pyspy(exe: str | None, pid: int, out: Path, *, gil: bool = False, idle: bool = False) -> Iterator[None]:
     """Record process ``pid`` with py-spy (raw folded stacks, 200 Hz, per thread) while inside; with
-    ``gil`` only the thread holding the GIL (who keeps the event loop waiting)."""
+    ``gil`` only the thread holding the GIL (who keeps the event loop waiting); with ``idle`` waiting
+    threads too (where a request waits: a lock, the database, the GIL)."""
     if exe is None:
         yield
         return
     cmd = [exe, "record", "-r", "200", "-f", "raw", "--threads", "-o", str(out), "--pid", str(pid)]
     cmd += ["--gil"] if gil else []
+    cmd += ["--idle"] if idle else []
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield
@@ -331,8 +333,12 @@ def run_post(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     ):
         assert server.proc is not None
         _, warm = post_latencies(server, sources[: args.warmup], f"{tag}-warm")  # first-use costs
-        with pyspy(args.pyspy, server.proc.pid, ROOT / f"pyspy-post-{tag}.txt"):
+        with pyspy(args.pyspy, server.proc.pid, ROOT / f"pyspy-post-{tag}.txt", idle=True):
+            cpu0 = process_cpu(server.proc.pid)
             lat, ids = post_latencies(server, sources[args.warmup :], tag)
+            for job_id in ids:  # the server's CPU per request includes the job it started
+                server.wait_for(job_id, lambda j: j["state"] in FINAL, timeout=300)
+            cpu_ms = (process_cpu(server.proc.pid) - cpu0) * 1000 / max(1, len(ids))
         states: dict[str, int] = {}
         error = None
         for job_id in warm + ids:
@@ -340,7 +346,19 @@ def run_post(args: argparse.Namespace, seed: int) -> dict[str, Any]:
             states[job["state"]] = states.get(job["state"], 0) + 1
             if job["error"] and not error:
                 error = job["error"]
-    return {"seed_jobs": seed, "post_ms": summary(lat), "states": states, "error": error}
+    return {
+        "seed_jobs": seed,
+        "post_ms": summary(lat),
+        "server_cpu_ms_per_post": round(cpu_ms, 2),
+        "states": states,
+        "error": error,
+    }
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (``/proc/<pid>/stat``, Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- main -----------------------------------------------------------------------------------------------
@@ -370,9 +388,9 @@ def report(result: dict[str, Any]) -> None:
         print("POST /api/v1/staging/jobs:")
         for p in posts:
             err = f" first error {p['error']}" if p["error"] else ""
-            print(
-                fmt(f"{p['seed_jobs']} jobs in the database", p["post_ms"]) + f"  outcome {p['states']}{err}"
-            )
+            cpu = f"  server CPU {p['server_cpu_ms_per_post']:.1f} ms/POST (with its job)"
+            print(fmt(f"{p['seed_jobs']} jobs in the database", p["post_ms"]) + cpu)
+            print(f"    outcome {p['states']}{err}")
         met = posts[-1]["post_ms"]["p99"] < GOAL_POST_P99_MS
         verdict = "met" if met else "NOT met"
         print(f"  goal p99 < {GOAL_POST_P99_MS:g} ms with {posts[-1]['seed_jobs']} jobs: {verdict}")
