@@ -30,6 +30,10 @@ from jupyter_staging.sources.base import Source, SourceItem
 PIPELINED_BYTES = 4 * 1024 * 1024
 #: Files written and waiting for their fsync, per fsync thread, before the writing thread waits.
 WAITING_PER_THREAD = 4
+#: Files whose fsyncs are started together, one after another on one thread. On ext4 (``data=ordered``) the
+#: first fsync commits the journal with the data of every file written before it, so the others find
+#: little left to do: one disk flush per group instead of one per file.
+SYNC_GROUP_FILES = 16
 #: Source files whose reading is started ahead of the copy (``posix_fadvise``), in groups of this many on a
 #: thread of their own (opening a file whose inode is not cached waits for the disk): with a cold page
 #: cache, reading 2,000 files of 64 KiB one after another took 0.97 s here, 0.43 s read ahead.
@@ -59,8 +63,9 @@ class SyncPipeline:
 
     :meth:`add` hands over a written :class:`~jupyter_staging.safety.partfile.PartFile` and what to do once
     it is durable (``then``: verify, publish, record); the ``then`` calls run on the caller's thread, in
-    the order the files were added, each once its fsync has returned. At most ``threads`` x
-    :data:`WAITING_PER_THREAD` files wait (each holds two descriptors). Used as a context manager: a normal
+    the order the files were added, each once its fsync has returned. Files are fsynced in groups of
+    :data:`SYNC_GROUP_FILES`, each group by one task; at most ``threads`` x :data:`WAITING_PER_THREAD`
+    files wait (each holds two descriptors). Used as a context manager: a normal
     exit waits for every file; an exception closes the files still waiting without publishing them
     (each ``.part`` stays, tagged by its job, for a resume) and propagates. The first ``then`` or fsync
     that raises stops the pipeline the same way."""
@@ -69,16 +74,27 @@ class SyncPipeline:
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="staging-fsync")
         self._limit = max(1, threads) * WAITING_PER_THREAD
         self._waiting: deque[tuple[Future[None], PartFile, Callable[[], None]]] = deque()
+        self._group: list[tuple[PartFile, Callable[[], None]]] = []
 
     def __enter__(self) -> SyncPipeline:
         return self
 
     def add(self, out: PartFile, then: Callable[[], None]) -> None:
-        """Start ``out``'s fsync; run ``then`` of every file whose fsync is done, oldest first (waiting
-        for the oldest when too many are in flight). Raises what a fsync or a ``then`` raised."""
-        self._waiting.append((self._pool.submit(out.sync), out, then))
+        """Queue ``out``'s fsync (started with its group's); run ``then`` of every file whose fsync is
+        done, oldest first (waiting for the oldest when too many are in flight). Raises what a fsync or a
+        ``then`` raised."""
+        self._group.append((out, then))
+        if len(self._group) >= SYNC_GROUP_FILES:
+            self._start_group()
         while self._waiting and (self._waiting[0][0].done() or len(self._waiting) > self._limit):
             self._finish_oldest()
+
+    def _start_group(self) -> None:
+        """fsync the files of the current group, in order, as one task of the pool."""
+        group, self._group = self._group, []
+        if group:
+            synced = self._pool.submit(_sync_all, [out for out, _ in group])
+            self._waiting.extend((synced, out, then) for out, then in group)
 
     def _finish_oldest(self) -> None:
         synced, out, then = self._waiting.popleft()
@@ -97,6 +113,7 @@ class SyncPipeline:
     ) -> None:
         try:
             if exc is None:
+                self._start_group()
                 while self._waiting:
                     self._finish_oldest()
         finally:
@@ -104,6 +121,7 @@ class SyncPipeline:
 
     def _abandon(self) -> None:
         """Close (not publish) the files still waiting, once their fsync is over; stop the pool."""
+        self._start_group()
         while self._waiting:
             synced, out, _ = self._waiting.popleft()
             try:
@@ -112,6 +130,12 @@ class SyncPipeline:
                 pass
             _close(out)
         self._pool.shutdown(wait=True)
+
+
+def _sync_all(outs: list[PartFile]) -> None:
+    """:meth:`~jupyter_staging.safety.partfile.PartFile.sync` each of ``outs``, in order."""
+    for out in outs:
+        out.sync()
 
 
 def _close(out: PartFile) -> None:
