@@ -17,27 +17,24 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_staging.destinations.base import Destination
-from jupyter_staging.destinations.manifest import read_manifest
 from jupyter_staging.engine.executors import run_bounded
-from jupyter_staging.engine.folders import DestinationWriter
 from jupyter_staging.engine.freshness import locator_identity
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.links import SourceDigests, links_to
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.progress import ChunkLedger, LiveProgress
 from jupyter_staging.engine.records import dump_item, load_item
+from jupyter_staging.engine.reuse import ReusingWriter
 from jupyter_staging.engine.staged import StagedIndex
 from jupyter_staging.engine.store import ChunkRecord, JobRecord
 from jupyter_staging.errors import (
-    ChecksumMismatch,
     DestinationExists,
     JobInterrupted,
     PathNotAllowed,
     TransferFailed,
-    VerificationFailed,
 )
 from jupyter_staging.safety.control import JobControl
-from jupyter_staging.safety.copying import copy_file, file_digest
+from jupyter_staging.safety.copying import file_digest
 from jupyter_staging.safety.dirfd import (
     lstat_at,
     open_existing,
@@ -68,7 +65,7 @@ def owner_tag(job_id: str, fingerprint: dict[str, Any]) -> str:
     return f"{job_id}:{digest[:16]}"
 
 
-class ItemStager(DestinationWriter):
+class ItemStager(ReusingWriter):
     """Runs job ``job_id`` of ``host``: the state of one run and the staging of single items."""
 
     def __init__(self, host: JobHost, job_id: str) -> None:
@@ -111,9 +108,6 @@ class ItemStager(DestinationWriter):
         with self.live.lock:
             self.live.rows_done += n
         self.host.report_progress(self.job_id)
-
-    def _log(self, level: str, message: str) -> None:
-        self.host.log_event(self.job_id, level, message)
 
     # -- bookkeeping ----------------------------------------------------------------------------------
 
@@ -416,100 +410,6 @@ class ItemStager(DestinationWriter):
         except OSError:
             with self._lock:
                 return (self.resume.get("parts") or {}).get(item.name)
-
-    def _expected_checksums(self, item: SourceItem) -> dict[str, str]:
-        """``{algorithm: hex}`` the bytes of ``item`` must match: what the source states, and the
-        checksum the user gave for the job's single file (or for its manifest entry's single file)."""
-        sums = dict(item.checksums)
-        request = self.resume.get("request") or {}
-        if "entries" in self.resume:
-            entry = item.name.split("/", 1)[0]
-            given = (request.get("entry_checksums") or {}).get(entry)
-            single = len(self.resume["entries"].get(entry, {}).get("items", [])) == 1
-        else:
-            given = request.get("checksum")
-            single = len(self.resume.get("items", [])) == 1
-        if given and single:
-            algorithm, _, digest = given.partition(":")
-            stated = sums.get(algorithm)
-            if stated is not None and stated != digest:  # one of them is wrong: publish nothing
-                raise ChecksumMismatch(
-                    f"{item.name}: the source states {algorithm} {stated[:16]}..., "
-                    f"the expected checksum is {digest[:16]}..."
-                )
-            sums[algorithm] = digest
-        return sums
-
-    def _copy_staged(self, item: SourceItem, final: Path, *, sync_folder: bool) -> tuple[int, str] | None:
-        """Bytes this server already staged and verified, instead of the network: an output of an earlier
-        job with the sha256 the source states (or the user expects), or from the same source with the same
-        fingerprint. Copied with ``copy_file_range`` and verified against the recorded sha256; a copy that
-        no longer matches (edited since) is dropped and the item is fetched. Returns ``(size, sha256)``."""
-        sums = self._expected_checksums(item)
-        found = self.staged.find(sums.get("sha256"), locator_identity(item.locator), item.validator)
-        if found is None:
-            return None
-        path, size, digest = found
-        if item.size is not None and size != item.size:
-            return None
-        out = self.part_file(final, md5="md5" in sums)
-        try:
-            copy_file(path, out, self.control)
-            result = out.commit(size, checksums={**sums, "sha256": digest}, sync_folder=sync_folder)
-        except VerificationFailed:
-            self.control.add_bytes(-size)
-            return None
-        except BaseException:
-            out.discard()
-            raise
-        self._log(
-            "info", f"{item.name}: the same bytes were already staged here; copied locally, not downloaded"
-        )
-        return result
-
-    def _previous_objects(self) -> dict[str, dict[str, Any]]:
-        """The objects of the output this job replaces (``{relative path: manifest object}``), when the
-        job may reuse them; empty otherwise."""
-        with self._lock:  # manifest entries run in parallel
-            if self._previous is None:
-                reuse = (self.resume.get("swap") or {}).get("reuse") or {}
-                folder = self.replaced_folder
-                manifest = read_manifest(folder) if reuse and folder is not None else None
-                objects = (
-                    manifest.get("objects", [])
-                    if manifest and manifest.get("job_id") == reuse.get("job")
-                    else []
-                )
-                self._previous = {str(o["path"]): o for o in objects if o.get("sha256")}
-            return self._previous
-
-    def _unchanged(self, item: SourceItem) -> bool:
-        """True when ``item``'s fingerprint is the one the replaced output was staged from."""
-        reuse = (self.resume.get("swap") or {}).get("reuse") or {}
-        fingerprint = (reuse.get("fingerprints") or {}).get(item.name)
-        return bool(fingerprint) and fingerprint == item.validator
-
-    def _reuse_output(self, item: SourceItem, final: Path, rel: str | None = None) -> tuple[int, str] | None:
-        """Take output ``rel`` (default ``item.name``) of the replaced job when ``item`` is unchanged: a
-        hard link to the verified file (no byte moves), or a local copy where links fail. Returns
-        ``(size_bytes, sha256_hex)``, or None when there is nothing to reuse."""
-        rel = rel or item.name
-        old = self._previous_objects().get(rel)
-        if old is None or self.replaced_folder is None or not self._unchanged(item):
-            return None
-        src = self.replaced_folder / rel
-        if not src.is_file() or src.is_symlink() or src.stat().st_size != old.get("size"):
-            return None
-        try:
-            self._link_into(src, final, symbolic=False)
-        except OSError:
-            out = self.part_file(final)
-            copy_file(src, out, self.control)
-            size, digest = out.commit(old.get("size"), checksums={"sha256": old["sha256"]})
-        else:
-            size, digest = int(old["size"]), str(old["sha256"])
-            self.control.add_bytes(size)
-        return size, digest
 
     def _link(self, method: str, item: SourceItem, final: Path) -> tuple[int, str]:
         src = Path(item.locator)
