@@ -93,19 +93,24 @@ def make_engine(db_url: str) -> Engine:
 
 
 class FairLock:
-    """A reentrant lock granted in the order it was asked for (``acquire(first=True)``: before the others).
+    """A reentrant lock granted in the order it was asked for; ``acquire(first=True)`` (a request's write)
+    goes before the others, after earlier ``first`` ones.
 
     A :class:`threading.RLock` lets the thread that releases it take it again at once, before a waiting
     thread has woken (it still holds the GIL): a request could wait tens of milliseconds behind a job
-    writing its bookkeeping in short transactions. Here a release hands the lock to the next waiter."""
+    writing its bookkeeping in short transactions. Here a release hands the lock to the next waiter. A wait
+    interrupted by an exception (``KeyboardInterrupt`` in a kernel) leaves the queue as it was."""
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
         self._waiters: deque[tuple[int, threading.Lock]] = deque()
+        #: Waiters at the head of the queue that asked with ``first``.
+        self._firsts = 0
         self._owner: int | None = None
         self._depth = 0
 
     def acquire(self, first: bool = False) -> None:
+        """Take the lock (again, when this thread holds it), waiting for the earlier waiters."""
         me = threading.get_ident()
         with self._mutex:
             if self._owner is None or self._owner == me:  # free: nobody waits (a release hands it on)
@@ -114,18 +119,42 @@ class FairLock:
                 return
             gate = threading.Lock()
             gate.acquire()
-            (self._waiters.appendleft if first else self._waiters.append)((me, gate))
-        gate.acquire()  # released by the previous owner once it has made this thread the owner
+            if first:
+                self._waiters.insert(self._firsts, (me, gate))
+                self._firsts += 1
+            else:
+                self._waiters.append((me, gate))
+        try:
+            gate.acquire()  # released by the previous owner once it has made this thread the owner
+        except BaseException:
+            with self._mutex:
+                if self._owner == me:  # handed over meanwhile: hand it on
+                    self._depth = 1
+                    self._release_locked()
+                else:
+                    self._forget(me, gate)
+            raise
 
     def release(self) -> None:
+        """Give up one level; the last hands the lock to the first waiter."""
         with self._mutex:
-            self._depth -= 1
-            if not self._depth:
-                self._owner = None
-                if self._waiters:
-                    self._owner, gate = self._waiters.popleft()
-                    self._depth = 1
-                    gate.release()
+            self._release_locked()
+
+    def _release_locked(self) -> None:
+        self._depth -= 1
+        if not self._depth:
+            self._owner = None
+            if self._waiters:
+                self._owner, gate = self._waiters.popleft()
+                self._firsts = max(0, self._firsts - 1)
+                self._depth = 1
+                gate.release()
+
+    def _forget(self, me: int, gate: threading.Lock) -> None:
+        index = self._waiters.index((me, gate))
+        del self._waiters[index]
+        if index < self._firsts:
+            self._firsts -= 1
 
 
 def checkpoints(ref: weakref.ref[SQLStore], written: threading.Event, closing: threading.Event) -> None:

@@ -11,7 +11,9 @@ are one transaction, and checkpoints happen on the store's own thread.
 from __future__ import annotations
 
 import shutil
+import signal
 import threading
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -89,6 +91,56 @@ def test_write_lock_is_granted_in_order_and_a_first_waiter_goes_before_the_queue
     for thread in threads:
         thread.join(timeout=30)
     assert order == ["request", "job-1", "job-2", "job-3"]
+
+
+def test_requests_go_first_among_themselves_in_arrival_order():
+    lock = FairLock()
+    order: list[str] = []
+    lock.acquire()
+    threads = [queue_on(lock, order, "job-1")]
+    threads += [queue_on(lock, order, name, first=True) for name in ("request-1", "request-2")]
+    lock.release()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert order == ["request-1", "request-2", "job-1"]
+
+
+def test_an_interrupted_wait_leaves_the_lock_usable():
+    """A wait broken by an exception (a signal's, as a kernel interrupt raises KeyboardInterrupt) takes its
+    place out of the queue: the next release hands the lock to a thread that still waits."""
+    lock = FairLock()
+    order: list[str] = []
+    holder_may_release = threading.Event()
+
+    def hold() -> None:
+        lock.acquire()
+        holder_may_release.wait(30)
+        lock.release()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    wait_until(lambda: lock._owner is not None, timeout=30)
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(_signum, _frame) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Interrupted):
+            lock.acquire()  # this (main) thread waits; the alarm breaks the wait
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert lock._waiters == deque()
+    waiter = queue_on(lock, order, "other")
+    holder_may_release.set()
+    holder.join(timeout=30)
+    waiter.join(timeout=30)
+    assert order == ["other"] and lock._owner is None
 
 
 def test_write_lock_is_reentrant_and_free_once_released_as_often_as_taken():
