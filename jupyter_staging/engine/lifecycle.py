@@ -75,6 +75,8 @@ class JobLifecycle:
         self.executor = executor
         self._listeners: list[Listener] = []
         self._controls: dict[str, JobControl] = {}
+        #: Runners made by :meth:`prepare`, not submitted yet.
+        self._prepared: dict[str, JobRunner] = {}
         self._live: dict[str, LiveProgress] = {}
         self._lock = threading.RLock()
         self._done = threading.Condition(self._lock)
@@ -258,12 +260,24 @@ class JobLifecycle:
         with self._lock:
             self._live[job_id] = live
 
+    def prepare(self, job_id: str) -> None:
+        """Make the :class:`JobRunner` of job ``job_id`` and register its control, to be started by
+        :meth:`submit`: from now on a pause or cancel is a request the runner honours when it starts."""
+        runner = JobRunner(self, job_id)
+        with self._lock:
+            self._controls[job_id] = runner.control
+            self._prepared[job_id] = runner
+
     def submit(self, job_id: str, *, recorded: bool = False) -> None:
-        """Hand job ``job_id`` to the executor (a new :class:`JobRunner`), this process its runner (in the
-        database already when ``recorded``: admission stores it with a new job)."""
+        """Hand job ``job_id`` to the executor (the runner :meth:`prepare` made, else a new
+        :class:`JobRunner`), this process its runner (in the database already when ``recorded``:
+        admission stores it with a new job)."""
+        with self._lock:
+            runner = self._prepared.pop(job_id, None)
         if self._stopped:
             return
-        runner = JobRunner(self, job_id)
+        if runner is None:
+            runner = JobRunner(self, job_id)
         if not recorded:
             self.store.update_job(job_id, load_resume=False, runner=self.runner_id)
         with self._lock:

@@ -194,13 +194,21 @@ class StagingManager(JobLifecycle):
             return self.describe(rec).model_copy(update={"up_to_date": True}), False
         if not admitted.created:
             return self.describe(rec), False
-        # Admission stored the job, its runner (this process) and its first log lines in one commit.
-        for level, message in admitted.creation_lines():
-            echo_event(rec.id, level, message)
-        self.announce(rec)
+        # Admission stored the job, its runner (this process) and its first log lines in one commit. Its
+        # runner is made now, so a pause or cancel reaches it even before it is started; a job in the
+        # database is started whatever happens below (else it would wait, queued, for a restart).
+        self.prepare(rec.id)
+        try:
+            for level, message in admitted.creation_lines():
+                echo_event(rec.id, level, message)
+            self.announce(rec)
+            described = self.describe(rec)
+        except BaseException:
+            self.submit(rec.id, recorded=True)
+            raise
         if start:
             self.submit(rec.id, recorded=True)
-        return self.describe(rec), True
+        return described, True
 
     def get(self, job_id: str, owner: str | None = None) -> DescribeJob:
         """The job's status and progress. Raises :class:`JobNotFound` (404) for unknown or foreign ids."""
