@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,7 +29,7 @@ from jupyter_staging.sources.base import Source, SourceItem
 #: Local files up to this size (bytes) are copied on the job's thread with their fsyncs in flight on a
 #: pool; bigger ones each get a worker thread (their copy moves in the kernel, ``copy_file_range``).
 PIPELINED_BYTES = 4 * 1024 * 1024
-#: Files written and waiting for their fsync, per fsync thread, before the writing thread waits.
+#: Files written and not yet published at most, per fsync thread (each holds two descriptors).
 WAITING_PER_THREAD = 4
 #: Files whose fsyncs are started together, one after another on one thread. On ext4 (``data=ordered``) the
 #: first fsync commits the journal with the data of every file written before it, so the others find
@@ -41,21 +42,29 @@ READ_AHEAD_FILES = 16
 
 
 def read_ahead(paths: list[Path | None]) -> None:
-    """Ask the kernel to start reading each file of ``paths`` (None: skipped) into the page cache
-    (``posix_fadvise(POSIX_FADV_WILLNEED)``, POSIX.1-2001). Errors are ignored: the copy reports them."""
+    """Ask the kernel to start reading each regular file of ``paths`` (None and anything else: skipped)
+    into the page cache (``posix_fadvise(POSIX_FADV_WILLNEED)``, POSIX.1-2001); nothing else is opened (a
+    device or FIFO swapped in meanwhile is left alone). Errors are ignored: the copy reports them."""
     for path in paths:
         if path is None:
             continue
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         except OSError:
             continue
         try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
         except OSError:
             pass
         finally:
             os.close(fd)
+
+
+#: One file in a :class:`SyncPipeline`: its part, what to do once durable, and its group's fsync.
+Waiting = tuple["Future[dict[PartFile, OSError]]", PartFile, Callable[[], object]]
 
 
 class SyncPipeline:
@@ -63,46 +72,52 @@ class SyncPipeline:
 
     :meth:`add` hands over a written :class:`~jupyter_staging.safety.partfile.PartFile` and what to do once
     it is durable (``then``: verify, publish, record); the ``then`` calls run on the caller's thread, in
-    the order the files were added, each once its fsync has returned. Files are fsynced in groups of
-    :data:`SYNC_GROUP_FILES`, each group by one task; at most ``threads`` x :data:`WAITING_PER_THREAD`
-    files wait (each holds two descriptors). Used as a context manager: a normal
-    exit waits for every file; an exception closes the files still waiting without publishing them
-    (each ``.part`` stays, tagged by its job, for a resume) and propagates. The first ``then`` or fsync
-    that raises stops the pipeline the same way."""
+    the order the files were added, each once its fsync has returned. Files are fsynced in groups of up to
+    :data:`SYNC_GROUP_FILES`, each group by one task; at most ``threads`` x :data:`WAITING_PER_THREAD` files
+    (at least one group) are written and not yet published. Used as a context manager: a normal exit waits
+    for every file; an exception closes the files not yet published (each ``.part`` stays, tagged by its
+    job, for a resume) and propagates. The first ``then`` or fsync that raises stops the pipeline the same
+    way; a file whose fsync failed is discarded, not kept (a second fsync would report nothing)."""
 
     def __init__(self, threads: int) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="staging-fsync")
-        self._limit = max(1, threads) * WAITING_PER_THREAD
-        self._waiting: deque[tuple[Future[None], PartFile, Callable[[], None]]] = deque()
-        self._group: list[tuple[PartFile, Callable[[], None]]] = []
+        self._limit = max(SYNC_GROUP_FILES, max(1, threads) * WAITING_PER_THREAD)
+        self._waiting: deque[Waiting] = deque()
+        self._group: list[tuple[PartFile, Callable[[], object]]] = []
 
     def __enter__(self) -> SyncPipeline:
         return self
 
-    def add(self, out: PartFile, then: Callable[[], None]) -> None:
+    def add(self, out: PartFile, then: Callable[[], object]) -> None:
         """Queue ``out``'s fsync (started with its group's); run ``then`` of every file whose fsync is
-        done, oldest first (waiting for the oldest when too many are in flight). Raises what a fsync or a
-        ``then`` raised."""
+        done, oldest first (waiting for the oldest when too many are written and unpublished). Raises what
+        a fsync or a ``then`` raised."""
         self._group.append((out, then))
-        if len(self._group) >= SYNC_GROUP_FILES:
+        if len(self._group) >= SYNC_GROUP_FILES or len(self._waiting) + len(self._group) >= self._limit:
             self._start_group()
-        while self._waiting and (self._waiting[0][0].done() or len(self._waiting) > self._limit):
+        while self._waiting and (
+            self._waiting[0][0].done() or len(self._waiting) + len(self._group) > self._limit
+        ):
             self._finish_oldest()
 
     def _start_group(self) -> None:
         """fsync the files of the current group, in order, as one task of the pool."""
-        group, self._group = self._group, []
-        if group:
-            synced = self._pool.submit(_sync_all, [out for out, _ in group])
-            self._waiting.extend((synced, out, then) for out, then in group)
+        if not self._group:
+            return
+        outs = [out for out, _ in self._group]
+        synced = self._pool.submit(_sync_all, outs)
+        self._waiting.extend((synced, out, then) for out, then in self._group)
+        self._group = []
 
     def _finish_oldest(self) -> None:
         synced, out, then = self._waiting.popleft()
         try:
-            synced.result()
+            error = _sync_error(synced, out)
+            if error is not None:
+                raise error
             then()
         except BaseException:
-            _close(out)
+            _close(out, discard=_sync_error(synced, out) is not None)
             raise
 
     def __exit__(
@@ -120,26 +135,44 @@ class SyncPipeline:
             self._abandon()
 
     def _abandon(self) -> None:
-        """Close (not publish) the files still waiting, once their fsync is over; stop the pool."""
-        self._start_group()
+        """Close (not publish) the files not yet published, once their fsync is over (discarding those
+        whose fsync failed); stop the pool."""
+        for out, _ in self._group:
+            _close(out)
+        self._group = []
         while self._waiting:
             synced, out, _ = self._waiting.popleft()
-            try:
-                synced.result()
-            except BaseException:  # noqa: S110 - the error that stopped the pipeline is the one raised
-                pass
-            _close(out)
+            _close(out, discard=_sync_error(synced, out) is not None)
         self._pool.shutdown(wait=True)
 
 
-def _sync_all(outs: list[PartFile]) -> None:
-    """:meth:`~jupyter_staging.safety.partfile.PartFile.sync` each of ``outs``, in order."""
+def _sync_all(outs: list[PartFile]) -> dict[PartFile, OSError]:
+    """:meth:`~jupyter_staging.safety.partfile.PartFile.sync` each of ``outs``, in order; returns the
+    error of each file whose fsync failed (the others are durable)."""
+    failed: dict[PartFile, OSError] = {}
     for out in outs:
-        out.sync()
+        try:
+            out.sync()
+        except OSError as exc:
+            failed[out] = exc
+    return failed
 
 
-def _close(out: PartFile) -> None:
-    """Close ``out`` without publishing it (kept for a resume); discarded when even that fails."""
+def _sync_error(synced: Future[dict[PartFile, OSError]], out: PartFile) -> BaseException | None:
+    """The error of ``out``'s fsync in its group's task (waited for; the task's own error when it failed as a
+    whole), or None when ``out`` is durable."""
+    try:
+        return synced.result().get(out)
+    except BaseException as exc:
+        return exc
+
+
+def _close(out: PartFile, *, discard: bool = False) -> None:
+    """Close ``out`` without publishing it (kept for a resume), or ``discard`` it; discarded as well when
+    even closing fails."""
+    if discard:
+        out.discard()
+        return
     try:
         out.close()
     except OSError:
@@ -177,25 +210,26 @@ class PipelinedStager(StreamingStager):
         the first error stops the rest (their parts are kept for a resume)."""
         paths = [source.local_path(item) for item, _ in work]
         step = READ_AHEAD_FILES
-        with (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-read-ahead") as ahead,
-            SyncPipeline(self.host.concurrent_items) as pipeline,
-        ):
+        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-read-ahead")
+        try:
             ahead.submit(read_ahead, paths[:step])
-            for index, (item, chunk) in enumerate(work):
-                self.control.check()
-                if index % step == 0:  # one group ahead of the one being copied
-                    ahead.submit(read_ahead, paths[index + step : index + 2 * step])
-                final = self.dest.workdir / item.name
-                done = self._stage_without_fetch(
-                    source, "copy", item, final, recovering=self.recovering, sync_folder=False
-                )
-                if done is not None:
-                    self._record_transfer(item, chunk, final, *done)
-                    continue
-                out = self._fetch_part(source, item, final)
-                pipeline.add(out, functools.partial(self._publish_part, out, item, chunk, final))
-                self.host.report_progress(self.job_id)
+            with SyncPipeline(self.host.concurrent_items) as pipeline:
+                for index, (item, chunk) in enumerate(work):
+                    self.control.check()
+                    if index % step == 0:  # one group ahead of the one being copied
+                        ahead.submit(read_ahead, paths[index + step : index + 2 * step])
+                    final = self.dest.workdir / item.name
+                    done = self._stage_without_fetch(
+                        source, "copy", item, final, recovering=self.recovering, sync_folder=False
+                    )
+                    if done is not None:
+                        self._record_transfer(item, chunk, final, *done)
+                        continue
+                    out = self._fetch_part(source, item, final)
+                    pipeline.add(out, functools.partial(self._publish_part, out, item, chunk, final))
+                    self.host.report_progress(self.job_id)
+        finally:  # a pause does not wait for the reading started ahead
+            ahead.shutdown(wait=False, cancel_futures=True)
 
     def _publish_part(self, out: PartFile, item: SourceItem, chunk: ChunkRecord, final: Path) -> None:
         """Verify and publish the synced ``out`` (its folder fsynced with the next chunk batch) and record

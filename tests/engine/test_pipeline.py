@@ -7,6 +7,7 @@ Real part files in ``tmp_path`` and a real :class:`StagingManager`; nothing is m
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from jupyter_staging.engine.models import CreateJob, JobState
-from jupyter_staging.engine.pipeline import WAITING_PER_THREAD, SyncPipeline
+from jupyter_staging.engine.pipeline import SYNC_GROUP_FILES, WAITING_PER_THREAD, SyncPipeline
 from jupyter_staging.errors import JobInterrupted
 from jupyter_staging.safety.partfile import PartFile
 from tests.engine.test_scale import make_files, manager_for
@@ -45,6 +46,36 @@ def test_files_are_published_in_the_order_they_were_added(tmp_path: Path):
     assert published == names
     assert sorted(os.listdir(tmp_path)) == names  # no .part left
     assert all((tmp_path / n).read_bytes() == data for n in names)
+
+
+def test_files_written_and_unpublished_stay_within_the_limit(tmp_path: Path):
+    data = b"z" * 2048
+    seen: list[int] = []
+    with SyncPipeline(1) as pipeline:  # the limit: one group of SYNC_GROUP_FILES
+        for i in range(3 * SYNC_GROUP_FILES + 3):
+            out = written(tmp_path, f"f{i:03d}", data)
+            pipeline.add(out, functools.partial(out.commit, len(data)))
+            seen.append(len(pipeline._waiting) + len(pipeline._group))
+    assert max(seen) <= SYNC_GROUP_FILES
+    assert len(os.listdir(tmp_path)) == 3 * SYNC_GROUP_FILES + 3
+
+
+def test_a_file_whose_fsync_failed_is_discarded_not_kept(tmp_path: Path):
+    """An fsync error (EIO) is a fault this test cannot cause on a healthy disk: the one file's ``sync`` is
+    replaced by one that raises. The file is not kept for a resume (a second fsync would report nothing);
+    the files before it are published, the ones after it kept."""
+    data = b"w" * 4096
+
+    def broken() -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(OSError, match="Input/output"), SyncPipeline(1) as pipeline:
+        for i in range(5):
+            out = written(tmp_path, f"f{i}", data)
+            if i == 2:
+                out.sync = broken  # type: ignore[method-assign]
+            pipeline.add(out, functools.partial(out.commit, len(data)))
+    assert sorted(os.listdir(tmp_path)) == ["f0", "f1", "f3.part", "f4.part"]
 
 
 def test_a_failing_step_stops_the_rest_and_keeps_their_parts(tmp_path: Path):
