@@ -130,12 +130,17 @@ def boto3_download(client: object, key: str, out: Path) -> tuple[float, float]:
     peak_rss_reset()
     t0 = time.perf_counter()
     client.download_file(BUCKET, key, str(out), Config=config)  # type: ignore[attr-defined]
-    fd = os.open(out, os.O_RDONLY)
+    fsync_path(out)
+    return time.perf_counter() - t0, peak_rss_mib()
+
+
+def fsync_path(path: Path) -> None:
+    """fsync the file at ``path`` (a tool's download counts until its bytes are durable, as the engine's)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    return time.perf_counter() - t0, peak_rss_mib()
 
 
 def crt_manager(endpoint: str, part_size: int) -> Any:
@@ -156,11 +161,7 @@ def crt_download(manager: Any, key: str, out: Path) -> tuple[float, float]:
     peak_rss_reset()
     t0 = time.perf_counter()
     manager.download(BUCKET, key, str(out)).result()
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(out)
     return time.perf_counter() - t0, peak_rss_mib()
 
 

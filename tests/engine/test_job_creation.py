@@ -21,18 +21,16 @@ from sqlalchemy import event
 
 from jupyter_staging.engine import database
 from jupyter_staging.engine.database import FairLock
-from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
 from jupyter_staging.engine.store import JobRecord, Store, utcnow
+from tests.engine.test_scale import manager_for
 from tests.helpers.data import KEPLER, wait_until
 
 
 @pytest.fixture
 def manager(tmp_path: Path):
-    root = tmp_path / "root"
-    root.mkdir()
-    mgr = StagingManager(root, db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}", sweep_interval=0)
-    mgr.start()
+    (tmp_path / "root").mkdir()
+    mgr = manager_for(tmp_path)
     yield mgr
     mgr.stop()
 
