@@ -71,18 +71,23 @@ http {{
     access_log off;
     sendfile on;
     tcp_nopush on;
+    {http}
     client_body_temp_path {prefix}/tmp;
     proxy_temp_path {prefix}/tmp;
     fastcgi_temp_path {prefix}/tmp;
     uwsgi_temp_path {prefix}/tmp;
     scgi_temp_path {prefix}/tmp;
     server {{
-        listen {host}:{port};
-        location /fast/ {{ alias {www}/; }}
-        location /slow/ {{ alias {www}/; limit_rate {rate}; }}
+        {server}
     }}
 }}
 """
+
+
+def nginx_conf(prefix: Path, server: str, http: str = "") -> str:
+    """An nginx configuration: one worker, everything below ``prefix``, sendfile, no access log, the
+    ``server`` block's directives ``server`` and extra ``http`` directives ``http``."""
+    return NGINX_CONF.format(prefix=prefix, server=server, http=http)
 
 
 def free_port() -> int:
@@ -149,7 +154,11 @@ def http_server(kind: str, rate: int) -> Iterator[tuple[str, str, str]]:
         if kind == "nginx":
             prefix, port = ROOT / "nginx", free_port()
             (prefix / "tmp").mkdir(parents=True, exist_ok=True)
-            conf = NGINX_CONF.format(prefix=prefix, host=HOST, port=port, www=WWW, rate=rate)
+            conf = nginx_conf(
+                prefix,
+                f"listen {HOST}:{port};\n        location /fast/ {{ alias {WWW}/; }}\n"
+                f"        location /slow/ {{ alias {WWW}/; limit_rate {rate}; }}",
+            )
             (prefix / "nginx.conf").write_text(conf)
             exe = shutil.which("nginx") or "/usr/sbin/nginx"
             procs.append(subprocess.Popen([exe, "-p", str(prefix), "-c", str(prefix / "nginx.conf")]))

@@ -55,6 +55,7 @@ from bench_streams import (
     Engines,
     free_port,
     make_source,
+    nginx_conf,
     run_tool,
     stop,
     wait_listening,
@@ -76,31 +77,6 @@ except ImportError:  # awscrt missing
     CRTTransferManager = None
 
 BUCKET = "bench"
-
-NGINX_S3_CONF = """
-worker_processes 1;
-user root;
-daemon off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    default_type application/octet-stream;
-    client_body_temp_path {prefix}/tmp;
-    proxy_temp_path {prefix}/tmp;
-    fastcgi_temp_path {prefix}/tmp;
-    uwsgi_temp_path {prefix}/tmp;
-    scgi_temp_path {prefix}/tmp;
-    server {{
-        listen 127.0.0.1:{port};
-        root {www};
-        location / {{ limit_except GET {{ deny all; }} }}
-    }}
-}}
-"""
 
 Section = Callable[[str, dict[str, Candidate], str, int, str, argparse.Namespace], dict]
 
@@ -226,7 +202,12 @@ def nginx_endpoint(src: Path) -> Iterator[tuple[str, str]]:
     (prefix / "tmp").mkdir(parents=True)
     (prefix / "www" / BUCKET).mkdir(parents=True)
     os.link(src, prefix / "www" / BUCKET / src.name)
-    conf = NGINX_S3_CONF.format(prefix=prefix, port=port, www=prefix / "www")
+    conf = nginx_conf(
+        prefix,
+        f"listen 127.0.0.1:{port};\n        root {prefix / 'www'};\n"
+        "        location / { limit_except GET { deny all; } }",
+        http="default_type application/octet-stream;",
+    )
     (prefix / "nginx.conf").write_text(conf)
     proc = subprocess.Popen([exe, "-p", str(prefix), "-c", str(prefix / "nginx.conf")])
     try:
