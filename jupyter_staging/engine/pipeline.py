@@ -3,9 +3,9 @@
 A copy job makes every file durable before it is published (fsync, then ``linkat``). For a file of 64 KiB
 the fsync is most of its time, and the copy itself is a little Python: handing each file to its own worker
 thread (``concurrent_items`` of them) makes those workers fight for the GIL at every system call, for no
-gain on a machine of few cores. Here the job's thread copies the small files one after another, each
-file's fsync is handed to a pool (the file system commits the fsyncs in flight together), and each file is
-verified, published and recorded, in order, once its fsync has returned. Larger files, and every other
+gain on a machine of few cores. Here the job's thread copies the small files one after another, their
+fsyncs are handed to a pool in groups (the file system commits a group's fsyncs together), and each file is
+verified, published and recorded, in order, once its group's fsync has returned. Larger files, and every other
 method, are staged as before (:meth:`~jupyter_staging.engine.items.ItemStager._transfer_all`).
 """
 
@@ -227,7 +227,6 @@ class PipelinedStager(StreamingStager):
                         continue
                     out = self._fetch_part(source, item, final)
                     pipeline.add(out, functools.partial(self._publish_part, out, item, chunk, final))
-                    self.host.report_progress(self.job_id)
         finally:  # a pause does not wait for the reading started ahead
             ahead.shutdown(wait=False, cancel_futures=True)
 
