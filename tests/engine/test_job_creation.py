@@ -23,16 +23,7 @@ from jupyter_staging.engine import database
 from jupyter_staging.engine.database import FairLock
 from jupyter_staging.engine.models import CreateJob
 from jupyter_staging.engine.store import JobRecord, Store, utcnow
-from tests.engine.test_scale import manager_for
 from tests.helpers.data import KEPLER, wait_until
-
-
-@pytest.fixture
-def manager(tmp_path: Path):
-    (tmp_path / "root").mkdir()
-    mgr = manager_for(tmp_path)
-    yield mgr
-    mgr.stop()
 
 
 @pytest.fixture

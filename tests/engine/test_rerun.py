@@ -26,16 +26,6 @@ from tests.helpers.servers import RangeHTTPServer
 
 
 @pytest.fixture
-def manager(tmp_path: Path):
-    root = tmp_path / "root"
-    root.mkdir()
-    mgr = StagingManager(root, db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}", sweep_interval=0)
-    mgr.start()
-    yield mgr
-    mgr.stop()
-
-
-@pytest.fixture
 def archive(tmp_path: Path) -> Path:
     """Copies of the mission data the tests may change (``../shared/data`` is never modified)."""
     folder = tmp_path / "archive"
