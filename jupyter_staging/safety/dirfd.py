@@ -331,9 +331,19 @@ def read_file_at(dir_fd: int, name: str, limit: int = 64 * 1024 * 1024) -> bytes
         return fh.read(limit)
 
 
+#: errno values with which a file system says it cannot fsync a folder (not that the fsync failed):
+#: EINVAL (some FUSE and network file systems), ENOTSUP / EOPNOTSUPP, EROFS (read-only, nothing to flush).
+FSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EROFS})
+
+
 def fsync_fd(fd: int) -> None:
-    """fsync a descriptor (a folder: so a rename in it survives a crash); no-op where unsupported."""
+    """fsync a descriptor (a folder: so a rename in it survives a crash).
+
+    A no-op where the file system does not support it (:data:`FSYNC_UNSUPPORTED`); any other
+    :class:`OSError` (EIO, ENOSPC) is raised, so that nothing is recorded durable that is not.
+    """
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        if exc.errno not in FSYNC_UNSUPPORTED:
+            raise

@@ -25,6 +25,7 @@ from jupyter_staging.safety.dirfd import (
     FolderCache,
     closing_fd,
     create_file,
+    fsync_fd,
     lstat_at,
     open_existing,
     open_folder,
@@ -58,15 +59,18 @@ def part_path(final: Path) -> Path:
 
 
 def fsync_dir(folder: Path) -> None:
-    """fsync a directory so a rename in it survives a crash (no-op where unsupported)."""
+    """fsync a directory so a rename in it survives a crash.
+
+    A no-op where the folder cannot be opened for reading or the file system cannot fsync a folder
+    (:data:`~jupyter_staging.safety.dirfd.FSYNC_UNSUPPORTED`); a failed fsync (EIO) raises
+    :class:`OSError`.
+    """
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        fsync_fd(fd)
     finally:
         os.close(fd)
 
@@ -243,9 +247,11 @@ class PartFile:
         return io.FileIO(fd, "rb")
 
     def _remove_part(self) -> None:
+        """Remove the ``.part``: by descriptor in the confined mode, where it is a no-op once the folder's
+        descriptor is closed (the part was removed or published already; never unlinked by path)."""
         if self._dir_fd is not None:
             unlink_at(self._dir_fd, self.part.name)
-        else:
+        elif self.root is None:
             self.part.unlink(missing_ok=True)
 
     def _publish(self, *, sync: bool) -> None:
@@ -369,11 +375,17 @@ class PartFile:
         :data:`CHECKSUM_ALGORITHMS`; :class:`DestinationExists` when the final name was taken meanwhile.
         """
         self._close_reader()
-        self._fh.flush()
-        if self._synced != self.offset:
-            os.fsync(self._fh.fileno())
-        confined_size = os.fstat(self._fh.fileno()).st_size
-        self._fh.close()
+        try:
+            self._fh.flush()
+            if self._synced != self.offset:
+                os.fsync(self._fh.fileno())
+            confined_size = os.fstat(self._fh.fileno()).st_size
+            self._fh.close()
+        except OSError:
+            # Bytes that could not be flushed or made durable are not kept for a resume either (after a
+            # failed fsync, Linux reports the next one clean although the pages were dropped).
+            self.discard()
+            raise
         size = self.part.stat().st_size if self._dir_fd is None else confined_size
         try:
             if size != self.offset:
@@ -415,12 +427,16 @@ class PartFile:
 
     def close(self) -> None:
         """Close the file, keeping the ``.part`` for a later resume."""
-        self._close_reader()
-        if not self._fh.closed:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-        self._close_dir()
+        try:
+            self._close_reader()
+            if not self._fh.closed:
+                try:
+                    self._fh.flush()
+                    os.fsync(self._fh.fileno())
+                finally:
+                    self._fh.close()
+        finally:
+            self._close_dir()
 
     def discard(self) -> None:
         """Close and delete the ``.part`` (also when closing fails: a full disk cannot flush the buffer,

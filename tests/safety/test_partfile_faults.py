@@ -1,0 +1,81 @@
+"""Faults while making a part file durable: a failed fsync publishes nothing, keeps nothing for a resume
+and leaks no descriptor; a folder fsync that fails is an error, one the file system does not support is not.
+
+EIO from fsync is a fault a healthy disk cannot produce, so ``os.fsync`` is replaced for the one call
+(the only mock here); the descriptors are counted for real in ``/proc/self/fd``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from jupyter_staging.safety import dirfd, partfile
+from jupyter_staging.safety.dirfd import FSYNC_UNSUPPORTED, FolderCache
+from jupyter_staging.safety.partfile import PartFile, fsync_dir, part_path
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def failing_fsync(code: int):
+    def fsync(fd: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    return fsync
+
+
+@pytest.mark.parametrize("confined", [False, True], ids=["by-path", "by-descriptor"])
+def test_commit_whose_fsync_fails_publishes_nothing_and_leaks_nothing(tmp_path: Path, monkeypatch, confined):
+    final = tmp_path / "sub" / "f.bin"
+    cache = FolderCache(tmp_path) if confined else None
+    before = open_fds()
+    out = PartFile(final, folders=cache) if confined else PartFile(final)
+    out.write(b"x" * 10_000)
+    monkeypatch.setattr(partfile.os, "fsync", failing_fsync(errno.EIO))
+    with pytest.raises(OSError) as caught:
+        out.commit(10_000)
+    monkeypatch.undo()
+    assert caught.value.errno == errno.EIO
+    assert not final.exists()
+    # The bytes' durability is unknown after a failed fsync: the part is not kept for a resume.
+    assert not part_path(final).exists()
+    out.discard()  # what a caller does after any error: harmless a second time
+    if cache is not None:
+        cache.close()
+    assert open_fds() == before
+
+
+def test_close_whose_fsync_fails_still_closes(tmp_path: Path, monkeypatch):
+    final = tmp_path / "f.bin"
+    cache = FolderCache(tmp_path)
+    before = open_fds()
+    out = PartFile(final, folders=cache)
+    out.write(b"y" * 100)
+    monkeypatch.setattr(partfile.os, "fsync", failing_fsync(errno.EIO))
+    with pytest.raises(OSError):
+        out.close()
+    monkeypatch.undo()
+    cache.close()
+    assert open_fds() == before
+
+
+def test_folder_fsync_errors_are_raised_unsupported_ones_ignored(tmp_path: Path, monkeypatch):
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        dirfd.fsync_fd(fd)  # a real folder fsync on a real file system succeeds
+        for code in FSYNC_UNSUPPORTED:
+            monkeypatch.setattr(dirfd.os, "fsync", failing_fsync(code))
+            dirfd.fsync_fd(fd)
+        monkeypatch.setattr(dirfd.os, "fsync", failing_fsync(errno.EIO))
+        with pytest.raises(OSError, match="Input/output"):
+            dirfd.fsync_fd(fd)
+        with pytest.raises(OSError, match="Input/output"):
+            fsync_dir(tmp_path)
+    finally:
+        os.close(fd)
+    fsync_dir(tmp_path / "missing")  # a folder that cannot be opened: nothing to make durable
