@@ -6,6 +6,7 @@ cycle) and a test or another executor can host a runner with anything that provi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from jupyter_staging.destinations.base import Destination
@@ -44,9 +45,26 @@ class JobHost(Protocol):
         """The job's source and manifest entries as submitted, secrets unsealed (never log them)."""
         ...
 
-    def set_state(self, job_id: str, state: JobState, **fields: Any) -> JobRecord:
-        """Persist a state transition (and other columns) and announce it; raises
-        :class:`~jupyter_staging.errors.InvalidState` for a transition the job model forbids."""
+    def set_state(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        events: Sequence[tuple[str, str]] = (),
+        load_resume: bool = False,
+        **fields: Any,
+    ) -> JobRecord:
+        """Persist a state transition (and other columns, and the log lines ``events``: ``(level,
+        message)``) in one transaction and announce it; returns the job (with its resume data when
+        ``load_resume``). Raises :class:`~jupyter_staging.errors.InvalidState` for a transition the job
+        model forbids."""
+        ...
+
+    def update_job(
+        self, job_id: str, *, events: Sequence[tuple[str, str]] = (), load_resume: bool = False, **fields: Any
+    ) -> JobRecord:
+        """Persist columns of the job and the redacted log lines ``events`` in one transaction (not
+        announced); returns the job as updated."""
         ...
 
     def log_event(self, job_id: str, level: str, message: str) -> None:
@@ -66,8 +84,11 @@ class JobHost(Protocol):
         ``force``; also relays a pause / cancel requested by another process."""
         ...
 
-    def apply_cleanup_policy(self, job_id: str, outcome: JobState | None = None) -> None:
-        """Remove the job's output when its cleanup policy says so for ``outcome``."""
+    def apply_cleanup_policy(
+        self, job_id: str, outcome: JobState | None = None, *, policy: str | None = None
+    ) -> None:
+        """Remove the job's output when its cleanup policy (``policy``, read from the job when None) says
+        so for ``outcome``."""
         ...
 
     def finish_cancelled(self, job_id: str) -> None:

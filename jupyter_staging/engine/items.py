@@ -89,6 +89,8 @@ class ItemStager(ReusingWriter):
         self.linked = StagedIndex(host, job_id, same_source=True, jobs=LINKED_JOBS)
         #: The job's chunk records in memory (loaded once per run), written in batches.
         self.ledger = ChunkLedger()
+        #: The job's chunk records as this run found them (:meth:`_load_ledger`).
+        self._chunks_at_start: list[ChunkRecord] = []
         self._flush_lock = threading.Lock()
         #: Items of this job staged at once, across all of its manifest entries.
         self._item_slots = threading.BoundedSemaphore(max(1, int(host.concurrent_items)))
@@ -126,8 +128,10 @@ class ItemStager(ReusingWriter):
 
     def _load_ledger(self) -> list[ChunkRecord]:
         """Read the job's chunk records once at the start of a run (the ledger then counts in memory);
-        rows of done chunks become the live row count. Returns the records in index order."""
-        chunks = self.store.list_chunks(self.job_id)
+        rows of done chunks become the live row count. Returns the records in index order: none, unread,
+        on a job's first run (``recovering`` False: its chunks are written after the resume data that
+        counts the run)."""
+        chunks = self.store.list_chunks(self.job_id) if self.recovering else []
         done = [c for c in chunks if c.state in (ChunkState.ready.value, ChunkState.acked.value)]
         self.ledger.load([c.index for c in chunks], len(done))
         with self.live.lock:

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -141,14 +141,19 @@ class JobLifecycle:
         self.log_event(rec.id, "info", f"expired: output removed ({removed} file(s))")
         self.set_state(rec.id, JobState.expired)
 
-    def apply_cleanup_policy(self, job_id: str, outcome: JobState | None = None) -> None:
+    def apply_cleanup_policy(
+        self, job_id: str, outcome: JobState | None = None, *, policy: str | None = None
+    ) -> None:
         """When a job ends: ``delete_on_success`` (if it succeeded) and ``delete_always`` remove its
         output — for an object store, every object below the job's prefix; chunks become ``expired``.
         ``retain`` and ``delete_on_ack`` keep what is left.
 
         ``outcome`` is the final state the job is about to be given (the runner cleans up *before*
         announcing it, so a client that sees ``succeeded`` never sees the output still there); default:
-        its present state."""
+        its present state. ``policy``: the job's cleanup policy when the caller has its record (a policy
+        that keeps the output then costs no read)."""
+        if policy in ("retain", "delete_on_ack") and outcome is not None:
+            return
         rec = self._record(job_id, None, resume=False)
         policy = rec.cleanup_policy
         state = (outcome or JobState(rec.state)).value
@@ -228,25 +233,65 @@ class JobLifecycle:
         folder = swap["into"] if swap and not swap.get("done") else rec.destination
         return open_destination(rec.id, folder, root_dir=self.root_dir, scratch_root=self.scratch_root)
 
-    def set_state(self, job_id: str, state: JobState, **fields: Any) -> JobRecord:
-        """Persist ``state`` (and ``fields``) then announce it; a final state also drops the sealed
-        secrets. Returns the job as updated, without its resume data unless ``fields`` sets it. Raises
-        :class:`JobNotFound` and :class:`InvalidState` (a transition the model forbids)."""
-        rec = self.store.get_job(job_id, resume=state.is_final)
-        if rec is None:
-            raise JobNotFound(f"no staging job {job_id!r}")
-        current = JobState(rec.state)
-        if state != current and state not in TRANSITIONS[current]:
-            raise InvalidState(f"a {current.value} job cannot become {state.value}")
-        if state.is_final:
-            fields.setdefault("finished_at", utcnow())
+    def set_state(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        events: Sequence[tuple[str, str]] = (),
+        load_resume: bool = False,
+        **fields: Any,
+    ) -> JobRecord:
+        """Persist ``state`` (and ``fields``, and the log lines ``events``: ``(level, message)``, redacted
+        here) in one transaction, then announce it; a final state also drops the sealed secrets. The
+        transition is checked against the state read inside that transaction. Returns the job as updated,
+        without its resume data unless ``load_resume`` or ``fields`` sets it. Raises
+        :class:`JobNotFound` and :class:`InvalidState` (a transition the model forbids; nothing written)."""
+
+        def defaults(rec: JobRecord) -> dict[str, Any]:
+            current = JobState(rec.state)
+            if state != current and state not in TRANSITIONS[current]:
+                raise InvalidState(f"a {current.value} job cannot become {state.value}")
+            if not state.is_final:
+                return {}
             # The raw source is needed to run, not to remember: drop the sealed copies.
-            fields.setdefault("sealed", None)
+            extra: dict[str, Any] = {"finished_at": utcnow(), "sealed": None}
             if rec.resume and has_sealed(rec.resume):
-                fields.setdefault("resume", without_sealed(rec.resume))
-        updated = self.store.update_job(job_id, load_resume=False, state=state.value, **fields)
-        assert updated is not None
+                extra["resume"] = without_sealed(rec.resume)
+            return extra
+
+        updated = self.update_job(
+            job_id,
+            events=events,
+            load_resume=load_resume or state.is_final,
+            defaults=defaults,
+            state=state.value,
+            **fields,
+        )
         self.announce(updated)
+        return updated
+
+    def update_job(
+        self,
+        job_id: str,
+        *,
+        events: Sequence[tuple[str, str]] = (),
+        load_resume: bool = False,
+        defaults: Callable[[JobRecord], dict[str, Any]] | None = None,
+        **fields: Any,
+    ) -> JobRecord:
+        """Persist ``fields`` of job ``job_id`` with the log lines ``events`` (``(level, message)``, redacted
+        here, then echoed to this process's log) in one transaction, without announcing it
+        (:meth:`~jupyter_staging.engine.store.Store.update_job`). Returns the job as updated. Raises
+        :class:`JobNotFound`."""
+        lines = [(level, redact_text(message)) for level, message in events]
+        updated = self.store.update_job(
+            job_id, load_resume=load_resume, events=lines, defaults=defaults, **fields
+        )
+        if updated is None:
+            raise JobNotFound(f"no staging job {job_id!r}")
+        for level, message in lines:
+            echo_event(job_id, level, message)
         return updated
 
     def log_event(self, job_id: str, level: str, message: str) -> None:
@@ -291,9 +336,9 @@ class JobLifecycle:
             remove_job_output(self, rec, keep_ready=False)
         except StagingError as exc:
             self.log_event(job_id, "warning", f"partial output not removed: {exc.message}")
-        self.store.update_job(job_id, requested=None)
-        self.set_state(job_id, JobState.cancelled)
-        self.log_event(job_id, "info", "cancelled; partial output removed")
+        self.set_state(
+            job_id, JobState.cancelled, requested=None, events=[("info", "cancelled; partial output removed")]
+        )
 
     def report_progress(self, job_id: str, *, force: bool = False) -> None:
         """Persist and announce the live counters, at most every :data:`PROGRESS_INTERVAL` seconds unless
@@ -338,12 +383,14 @@ class JobLifecycle:
             log.error("staging job %s failed unexpectedly:\n%s", job_id, redact_text(text))
             code, message = "internal_error", f"unexpected error: {type(error).__name__}"
         message = redact_text(message)
+        lines = [("error", f"failed: {message} ({code})")]
         if known is not None and error.__cause__ is not None:
             # The one-line message is for people; the library's own words go to the job log only.
-            self.log_event(job_id, "info", f"cause: {redact_text(error_detail(error.__cause__))}")
-        self.log_event(job_id, "error", f"failed: {message} ({code})")
+            lines.insert(0, ("info", f"cause: {redact_text(error_detail(error.__cause__))}"))
         self.apply_cleanup_policy(job_id, JobState.failed)
-        self.set_state(job_id, JobState.failed, error_code=code, error_message=message, requested=None)
+        self.set_state(
+            job_id, JobState.failed, events=lines, error_code=code, error_message=message, requested=None
+        )
 
     def release(self, job_id: str) -> None:
         """Forget the control and live counters of a runner that has returned."""

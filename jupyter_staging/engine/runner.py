@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -76,21 +77,27 @@ class JobRunner(TableSpreadStager):
             self.host.finish_cancelled(self.job_id)
             return None
         self.host.attach_live(self.job_id, self.live)
-        self.host.set_state(
-            self.job_id, JobState.running, started_at=rec.started_at or utcnow(), requested=None
+        with self.live.lock:  # the first progress is written one interval in (a short job writes none)
+            self.live.last_flush = time.monotonic()
+        # The run counts itself in the resume data as it takes the job: a run after one that did not
+        # finish (a crash, a pause) is recovering, and finds the chunks and part files left.
+        self.resume = dict(rec.resume or {})
+        self.resume["attempts"] = int(self.resume.get("attempts", 0)) + 1
+        self.recovering = self.resume["attempts"] > 1
+        return self.host.set_state(
+            self.job_id,
+            JobState.running,
+            events=[("info", "running")],
+            resume=copy.deepcopy(self.resume),
+            started_at=rec.started_at or utcnow(),
+            requested=None,
         )
-        self._log("info", "running")
-        return self.store.get_job(self.job_id)
 
     def run_items(self, rec: JobRecord) -> tuple[list[str] | None, dict[str, dict[str, str]]]:
         """Stage every item of the job (a single source, or each entry of a manifest). Returns the
         manifest's entry names (None for a single source) and the errors of the entries that failed."""
         source_uri, entries = self.host.raw_sources(rec)
-        self.resume = dict(rec.resume or {})
-        self.resume["attempts"] = int(self.resume.get("attempts", 0)) + 1
-        self.recovering = self.resume["attempts"] > 1
-        self._load_ledger()
-        self._save_resume()
+        self._chunks_at_start = self._load_ledger()
         self.dest = self.host.destination_of(rec)
         if self.resume.get("swap"):
             self.replaced_folder = self.dest.workdir.parent / PurePosixPath(rec.destination).name
@@ -147,7 +154,7 @@ class JobRunner(TableSpreadStager):
         objects = self._manifest_objects(staged)
         self.dest.confined()  # before publishing the manifest (path_not_allowed if swapped meanwhile)
         self._write_manifest(rec, objects, entries, failures)
-        rows = self._record_totals(rec, chunks, staged, failed=bool(failures))
+        totals = self._totals(rec, chunks, staged, failed=bool(failures))
         if self.dest.remote:
             remove_tree_if_empty(self.dest.workdir, self.dest.workdir.parent.parent)
         total = sum(c.bytes or 0 for c in staged)
@@ -155,11 +162,17 @@ class JobRunner(TableSpreadStager):
             self._swap_in(rec)
         if failures:
             assert entries is not None
+            self.host.update_job(self.job_id, **totals)
             self._raise_partial(entries, failures, f"{len(staged)} chunk(s), {format_bytes(total)}")
-        summary = f"{len(staged)} chunk(s), {format_bytes(total)}, {rows} rows"
-        self._log("info", f"succeeded: {summary}; manifest written")
-        self.host.apply_cleanup_policy(self.job_id, JobState.succeeded)
-        self.host.set_state(self.job_id, JobState.succeeded)
+        summary = f"{len(staged)} chunk(s), {format_bytes(total)}, {totals['rows_done']} rows"
+        self.host.apply_cleanup_policy(self.job_id, JobState.succeeded, policy=rec.cleanup_policy)
+        # The totals, the last log line and the final state: one transaction.
+        self.host.set_state(
+            self.job_id,
+            JobState.succeeded,
+            events=[("info", f"succeeded: {summary}; manifest written")],
+            **totals,
+        )
 
     # -- a single source --------------------------------------------------------------------------------
 
@@ -177,8 +190,12 @@ class JobRunner(TableSpreadStager):
                 fields["chunks_total"] = len(items)
             with self._lock:
                 self.resume["items"] = [self._dump_item(i) for i in items]
-                rec = self.store.update_job(self.job_id, resume=copy.deepcopy(self.resume), **fields) or rec
-            self._log("info", f"{len(items)} file(s) to stage, {format_bytes(total)}")
+                rec = self.host.update_job(
+                    self.job_id,
+                    events=[("info", f"{len(items)} file(s) to stage, {format_bytes(total)}")],
+                    resume=copy.deepcopy(self.resume),
+                    **fields,
+                )
         if rec.convert is None and not self._expands():
             chunks = self._plain_chunks(items)
             self._transfer_all(source, rec.method, [(item, chunks[i]) for i, item in enumerate(items)])
@@ -195,7 +212,7 @@ class JobRunner(TableSpreadStager):
     def _plain_chunks(self, items: list[SourceItem]) -> dict[int, ChunkRecord]:
         """One chunk per item of a plain transfer (index = item order), the missing ones created in one
         transaction."""
-        chunks = {c.index: c for c in self.store.list_chunks(self.job_id)}
+        chunks = {c.index: c for c in self._chunks_at_start}  # no chunk is written before these
         for index, item in enumerate(items):
             if index not in chunks:
                 chunks[index] = self._new_chunk(
@@ -307,24 +324,23 @@ class JobRunner(TableSpreadStager):
             ),
         )
 
-    def _record_totals(
+    def _totals(
         self, rec: JobRecord, chunks: list[ChunkSummary], staged: list[ChunkSummary], *, failed: bool
-    ) -> int:
-        """Persist the final bytes, rows and chunk counts; returns the rows staged."""
+    ) -> dict[str, Any]:
+        """The job's final bytes, rows and chunk counts (columns of :class:`JobRecord`), also set on the
+        live counters; persisted by the caller with the job's final state."""
         rows = sum(c.rows or 0 for c in staged)
         with self.live.lock:
             self.live.rows_done = rows
             if rec.bytes_total is not None and not failed:
                 self.live.bytes_done = max(self.live.bytes_done, rec.bytes_total)
-        self.store.update_job(
-            self.job_id,
-            load_resume=False,
-            bytes_done=self.live.bytes_done,
-            rows_done=rows,
-            chunks_done=len(staged),
-            chunks_total=len(chunks),
-        )
-        return rows
+            bytes_done = self.live.bytes_done
+        return {
+            "bytes_done": bytes_done,
+            "rows_done": rows,
+            "chunks_done": len(staged),
+            "chunks_total": len(chunks),
+        }
 
     @staticmethod
     def _raise_partial(entries: list[str], failures: dict[str, dict[str, str]], staged: str) -> None:

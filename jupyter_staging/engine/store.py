@@ -8,7 +8,7 @@ so callers on an event loop must call it from a worker thread.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple, cast
 
@@ -282,18 +282,35 @@ class Store(SQLStore):
             q = q.order_by(JobRecord.created_at.desc(), JobRecord.id.desc()).limit(limit)
             return list(s.scalars(q))
 
-    def update_job(self, job_id: str, *, load_resume: bool = True, **fields: Any) -> JobRecord | None:
-        """Set ``fields`` on a job and bump ``updated_at``; returns the updated record (without its resume
-        data unless ``load_resume`` or ``fields`` sets it)."""
+    def update_job(
+        self,
+        job_id: str,
+        *,
+        load_resume: bool = True,
+        events: Sequence[tuple[str, str]] = (),
+        defaults: Callable[[JobRecord], dict[str, Any]] | None = None,
+        **fields: Any,
+    ) -> JobRecord | None:
+        """Set ``fields`` on a job, bump ``updated_at`` and add the log lines ``events`` (``(level,
+        message)``, already redacted), in one transaction; returns the updated record (without its resume
+        data unless ``load_resume`` or ``fields`` sets it), or None when there is no such job.
+
+        ``defaults``, when given, is called with the record as read inside the transaction (with its
+        resume data when ``load_resume``) and returns fields to set unless ``fields`` sets them; whatever
+        it raises aborts the transaction with nothing written (a forbidden state transition)."""
         with self.session() as s:
             rec = s.get(JobRecord, job_id, options=[undefer(JobRecord.resume)] if load_resume else [])
             if rec is None:
                 return None
+            if defaults is not None:
+                fields = {**defaults(rec), **fields}
             for key, value in fields.items():
                 setattr(rec, key, value)
             if "resume" in fields:
                 _show_resume(rec)
-            rec.updated_at = utcnow()
+            now = utcnow()
+            rec.updated_at = now
+            s.add_all(EventRecord(job_id=job_id, time=now, level=lv, message=m) for lv, m in events)
             return rec
 
     def delete_job(self, job_id: str) -> None:
