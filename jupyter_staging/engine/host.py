@@ -67,6 +67,20 @@ class JobHost(Protocol):
         announced); returns the job as updated."""
         ...
 
+    def write_chunks(
+        self,
+        job_id: str,
+        new: list[dict[str, Any]],
+        updates: dict[str, dict[str, Any]],
+        *,
+        events: Sequence[tuple[str, str]] = (),
+        load_job: bool = False,
+        **fields: Any,
+    ) -> JobRecord | None:
+        """Insert the chunk rows ``new``, apply ``updates`` (by chunk id), set ``fields`` on the job and add
+        the redacted log lines ``events``, in one transaction; returns the job with ``load_job``."""
+        ...
+
     def log_event(self, job_id: str, level: str, message: str) -> None:
         """Add a redacted line (``level``: info, warning, error) to the job's log."""
         ...

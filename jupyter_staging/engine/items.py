@@ -13,6 +13,7 @@ import json
 import os
 import stat
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,11 +159,17 @@ class ItemStager(ReusingWriter):
             self._flush_chunks()
 
     def _flush_chunks(
-        self, *, force: bool = False, load_job: bool = False, **job_fields: Any
+        self,
+        *,
+        force: bool = False,
+        load_job: bool = False,
+        events: Sequence[tuple[str, str]] = (),
+        **job_fields: Any,
     ) -> JobRecord | None:
         """Write what waits in the ledger when due (always with ``force``) in one transaction, with the
-        job's ``chunks_done`` and ``job_fields``; folders holding new links are fsynced first. Returns the
-        job as written with ``load_job``, else None (also when nothing was written)."""
+        job's ``chunks_done``, ``job_fields`` and the log lines ``events`` (``(level, message)``); folders
+        holding new links are fsynced first. Returns the job as written with ``load_job``, else None (also
+        when nothing was written)."""
         if not force and not self.ledger.due():
             return None
         # A due flush skips when another thread is writing (what waits goes with the next one).
@@ -170,15 +177,20 @@ class ItemStager(ReusingWriter):
             return None
         try:
             batch = self.ledger.take()
-            if batch.empty and not job_fields:
+            if batch.empty and not job_fields and not events:
                 return None
             if batch.chunks_done is not None:
                 job_fields["chunks_done"] = batch.chunks_done
             try:
                 for folder in sorted(batch.folders):
                     self._sync_folder(folder)
-                rec = self.store.write_chunks(
-                    self.job_id, list(batch.new.values()), batch.updates, load_job=load_job, **job_fields
+                rec = self.host.write_chunks(
+                    self.job_id,
+                    list(batch.new.values()),
+                    batch.updates,
+                    load_job=load_job,
+                    events=events,
+                    **job_fields,
                 )
             except BaseException:
                 self.ledger.restore(batch)

@@ -294,6 +294,25 @@ class JobLifecycle:
             echo_event(job_id, level, message)
         return updated
 
+    def write_chunks(
+        self,
+        job_id: str,
+        new: list[dict[str, Any]],
+        updates: dict[str, dict[str, Any]],
+        *,
+        events: Sequence[tuple[str, str]] = (),
+        load_job: bool = False,
+        **fields: Any,
+    ) -> JobRecord | None:
+        """Write chunk rows, columns of the job and its log lines ``events`` (redacted here, then echoed
+        to this process's log) in one transaction (:meth:`~jupyter_staging.engine.store.Store.write_chunks`,
+        whose arguments and result these are)."""
+        lines = [(level, redact_text(message)) for level, message in events]
+        rec = self.store.write_chunks(job_id, new, updates, load_job=load_job, events=lines, **fields)
+        for level, message in lines:
+            echo_event(job_id, level, message)
+        return rec
+
     def log_event(self, job_id: str, level: str, message: str) -> None:
         """Add ``message`` (redacted) to the job's log and to this process's log at ``level``."""
         message = redact_text(message)

@@ -178,6 +178,9 @@ class JobRunner(TableSpreadStager):
 
     def _run_source(self, rec: JobRecord, uri: str) -> None:
         source = open_source(uri, source_roots=self.host.source_roots)
+        plain = rec.convert is None and not self._expands()
+        #: The listing, written with the job's chunks (a first run's one transaction before any transfer).
+        listing: dict[str, Any] = {}
         if "items" in self.resume:
             items = [self._load_item(d) for d in self.resume["items"]]
         else:
@@ -185,21 +188,19 @@ class JobRunner(TableSpreadStager):
             for item in items:
                 item.name = check_output_name(item.name)
             total = None if any(i.size is None for i in items) else sum(i.size or 0 for i in items)
-            fields: dict[str, Any] = {"bytes_total": total}
-            if rec.convert is None and not self._expands():
-                fields["chunks_total"] = len(items)
+            listing["bytes_total"] = total
+            if plain:
+                listing["chunks_total"] = len(items)
+            listing["events"] = [("info", f"{len(items)} file(s) to stage, {format_bytes(total)}")]
             with self._lock:
                 self.resume["items"] = [self._dump_item(i) for i in items]
-                rec = self.host.update_job(
-                    self.job_id,
-                    events=[("info", f"{len(items)} file(s) to stage, {format_bytes(total)}")],
-                    resume=copy.deepcopy(self.resume),
-                    **fields,
-                )
-        if rec.convert is None and not self._expands():
-            chunks = self._plain_chunks(items)
+                listing["resume"] = copy.deepcopy(self.resume)
+        if plain:
+            chunks = self._plain_chunks(items, **listing)
             self._transfer_all(source, rec.method, [(item, chunks[i]) for i, item in enumerate(items)])
         else:
+            if listing:
+                self._flush_chunks(force=True, **listing)
             for item in items:
                 self.control.check()
                 if self._expands():
@@ -209,9 +210,9 @@ class JobRunner(TableSpreadStager):
                 self.host.report_progress(self.job_id, force=True)
         self.control.check()
 
-    def _plain_chunks(self, items: list[SourceItem]) -> dict[int, ChunkRecord]:
-        """One chunk per item of a plain transfer (index = item order), the missing ones created in one
-        transaction."""
+    def _plain_chunks(self, items: list[SourceItem], **listing: Any) -> dict[int, ChunkRecord]:
+        """One chunk per item of a plain transfer (index = item order): the missing ones created in one
+        transaction, with ``listing`` (columns of the job, its resume data, ``events``)."""
         chunks = {c.index: c for c in self._chunks_at_start}  # no chunk is written before these
         for index, item in enumerate(items):
             if index not in chunks:
@@ -222,7 +223,7 @@ class JobRunner(TableSpreadStager):
                     bytes=item.size,
                     content_type=item.content_type,
                 )
-        self._flush_chunks(force=True)
+        self._flush_chunks(force=True, **listing)
         return chunks
 
     # -- the end ----------------------------------------------------------------------------------------
