@@ -210,7 +210,8 @@ class OperationStore(SQLStore):
         return claimed
 
     def get(self, operation_id: str) -> Operation | None:
-        with self.session() as s:
+        """Operation ``operation_id``, or None; a read beside the writers (:meth:`read_session`)."""
+        with self.read_session() as s:
             return s.get(Operation, operation_id)
 
     def list_operations(
@@ -221,7 +222,8 @@ class OperationStore(SQLStore):
         status: str | None = None,
         limit: int = 100,
     ) -> list[Operation]:
-        """Operations newest first, filtered by the given columns, at most ``limit`` rows."""
+        """Operations newest first, filtered by the given columns, at most ``limit`` rows; a read beside the
+        writers (:meth:`read_session`), never queued behind running operations' updates."""
         query = select(Operation)
         if user is not None:
             query = query.where(Operation.user == user)
@@ -230,5 +232,5 @@ class OperationStore(SQLStore):
         if status is not None:
             query = query.where(Operation.status == status)
         query = query.order_by(Operation.started.desc(), Operation.id.desc()).limit(limit)
-        with self.session() as s:
+        with self.read_session() as s:
             return list(s.scalars(query))
