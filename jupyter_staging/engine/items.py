@@ -184,6 +184,10 @@ class ItemStager(ReusingWriter):
             try:
                 for folder in sorted(batch.folders):
                     self._sync_folder(folder)
+            except OSError:
+                self.ledger.restore(batch, durable=False)
+                raise
+            try:
                 rec = self.host.write_chunks(
                     self.job_id,
                     list(batch.new.values()),

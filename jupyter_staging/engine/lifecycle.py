@@ -406,7 +406,12 @@ class JobLifecycle:
         if known is not None and error.__cause__ is not None:
             # The one-line message is for people; the library's own words go to the job log only.
             lines.insert(0, ("info", f"cause: {redact_text(error_detail(error.__cause__))}"))
-        self.apply_cleanup_policy(job_id, JobState.failed)
+        try:
+            self.apply_cleanup_policy(job_id, JobState.failed)
+        except Exception as exc:  # the failure is recorded whatever its cleanup does
+            cause = as_staging_error(exc)
+            shown = cause.message if cause is not None else type(exc).__name__
+            lines.append(("warning", f"cleanup policy not applied: {shown}"))
         self.set_state(
             job_id, JobState.failed, events=lines, error_code=code, error_message=message, requested=None
         )

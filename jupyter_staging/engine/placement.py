@@ -158,7 +158,8 @@ def swap_in(root: Path, rel: str, into: str, *, staged_before: set[str], aside_n
         fs.rename(new, final, make_parents=True)
         return []
     aside = final.parent / aside_name
-    fs.rename(final, aside)
+    # Both names change before the one fsync of their folder: a failing fsync stops nothing half-way.
+    fs.rename(final, aside, sync=False)
     fs.rename(new, final)
     with fs.folder(aside) as old_fd, fs.folder(final) as new_fd:
         moved, kept = _carry_over(old_fd, new_fd, staged_before | {MANIFEST_NAME})

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jupyter_staging.engine.models import ChunkState
+
 #: Minimum seconds between two persisted / announced progress updates of one job.
 PROGRESS_INTERVAL = 0.25
 
@@ -140,11 +142,27 @@ class ChunkLedger:
             self._last = time.monotonic()
             return batch
 
-    def restore(self, batch: ChunkBatch) -> None:
-        """Give back a batch that was not written; it goes out with the next one (inserts first)."""
+    def restore(self, batch: ChunkBatch, *, durable: bool = True) -> None:
+        """Give back a batch that was not written; it goes out with the next one (inserts first).
+
+        ``durable=False``: the fsync of the batch's folders failed, so the names it would record ready may
+        not survive a crash, and fsyncing them again proves nothing (Linux reports a write-back error once).
+        Its ready marks are dropped, not given back: its new rows go back ``pending``, its updates and
+        folders are forgotten, and the chunks are no longer counted done."""
         with self._lock:
             pending = self._pending
-            pending.new = {**batch.new, **pending.new}
-            for chunk_id, fields in batch.updates.items():
+            new, updates = batch.new, batch.updates
+            if not durable:
+                unready = [row for row in new.values() if row.get("state") == ChunkState.ready.value]
+                for row in unready:
+                    row["state"] = ChunkState.pending.value
+                marked = sum(
+                    1 for fields in updates.values() if fields.get("state") == ChunkState.ready.value
+                )
+                self.done -= len(unready) + marked
+                updates = {}
+            pending.new = {**new, **pending.new}
+            for chunk_id, fields in updates.items():
                 pending.updates[chunk_id] = {**fields, **pending.updates.get(chunk_id, {})}
-            pending.folders |= batch.folders
+            if durable:
+                pending.folders |= batch.folders

@@ -116,7 +116,7 @@ class JobRunner(TableSpreadStager):
 
     def on_interrupted(self, reason: str) -> None:
         """A pause, cancel or shutdown stopped the run between two blocks."""
-        self._flush_chunks(force=True)
+        self._record_published()
         self.host.report_progress(self.job_id, force=True)
         if reason == "paused":
             self.host.set_state(self.job_id, JobState.paused, requested=None)
@@ -127,7 +127,8 @@ class JobRunner(TableSpreadStager):
     def on_failure(self, exc: Exception) -> None:
         """Remove the partial output (published chunks stay) and end the job ``failed`` with a code."""
         try:
-            self._flush_chunks(force=True)  # published chunks are kept: record them first
+            self._record_published()  # published chunks are kept: record them first
+            self.host.report_progress(self.job_id, force=True)  # a job failing early wrote none yet
             rec = self.store.get_job(self.job_id)
             if rec is not None:
                 try:
@@ -137,6 +138,15 @@ class JobRunner(TableSpreadStager):
             self.host.fail(self.job_id, exc)
         except Exception:  # the database itself failed; nothing more we can record
             log.exception("could not record failure of job %s", self.job_id)
+
+    def _record_published(self) -> None:
+        """Record the chunks published and not yet written (a pause or a failure keeps them); a failure to
+        do so (their folder's fsync failed: not recorded, staged again by the next run) is logged, and the
+        job still ends as it must."""
+        try:
+            self._flush_chunks(force=True)
+        except Exception as exc:
+            self._log("warning", f"published chunks not recorded: {error_of(exc)['message']}")
 
     def on_complete(
         self,

@@ -34,6 +34,7 @@ from sqlalchemy.orm import (
     mapped_column,
     undefer,
 )
+from sqlalchemy.sql.schema import ScalarElementColumnDefault
 from sqlalchemy.types import TypeDecorator
 
 from jupyter_staging.engine.database import SQLStore
@@ -191,6 +192,12 @@ class EventRecord(Base):
 
 #: The job table's columns by attribute name (each attribute is named as its column).
 _JOB_COLUMNS = tuple(attr.key for attr in JobRecord.__mapper__.column_attrs)
+#: The job table's scalar column defaults (``bytes_done`` 0, ``cleanup_policy`` "retain"...).
+_JOB_DEFAULTS = {
+    column.key: cast(ScalarElementColumnDefault, column.default).arg
+    for column in cast(Table, JobRecord.__table__).columns
+    if column.default is not None and column.default.is_scalar
+}
 _INSERT_JOB = insert(cast(Table, JobRecord.__table__))
 _INSERT_EVENT = insert(cast(Table, EventRecord.__table__))
 _ACTIVE_JOB_ID = (
@@ -222,6 +229,10 @@ class Store(SQLStore):
         creates a job): every column is taken from ``record`` as it is; one it leaves None is NULL."""
         _show_resume(record)
         row = {name: getattr(record, name) for name in _JOB_COLUMNS}
+        for name, value in row.items():
+            default = _JOB_DEFAULTS.get(name)
+            if value is None and default is not None:
+                row[name] = default  # the column's own default, as the ORM would have applied it
         for name, value in row.items():
             setattr(record, name, value)  # every column loaded: nothing to expire on the detached record
         # A column left out is SQL NULL (or its default), as the ORM writes an attribute never set; a JSON
@@ -321,8 +332,11 @@ class Store(SQLStore):
         ``defaults``, when given, is called with the record as read inside the transaction (with its
         resume data when ``load_resume``) and returns fields to set unless ``fields`` sets them; whatever
         it raises aborts the transaction with nothing written (a forbidden state transition)."""
+        options = [undefer(JobRecord.resume)] if load_resume else []
         with self.session() as s:
-            rec = s.get(JobRecord, job_id, options=[undefer(JobRecord.resume)] if load_resume else [])
+            # With ``defaults`` the row is read FOR UPDATE (PostgreSQL, MySQL): another process's writer
+            # cannot change it between the check and the write. SQLite has one writer at a time anyway.
+            rec = s.get(JobRecord, job_id, options=options, with_for_update=defaults is not None)
             if rec is None:
                 return None
             if defaults is not None:

@@ -132,9 +132,10 @@ class Confined:
         except FileNotFoundError:
             return
 
-    def rename(self, src: Path, dst: Path, *, make_parents: bool = False) -> None:
+    def rename(self, src: Path, dst: Path, *, make_parents: bool = False, sync: bool = True) -> None:
         """Move ``src`` (a file, symlink or folder, never followed) to ``dst``, never replacing anything
-        there; ``dst``'s folder is made when ``make_parents``, and fsynced after the move.
+        there; ``dst``'s folder is made when ``make_parents``, and fsynced after the move with ``sync`` (a
+        caller moving more than one name in a folder fsyncs it once, after the last).
 
         Raises :class:`DestinationExists` when ``dst`` exists, :class:`FileNotFoundError` when ``src`` is
         missing."""
@@ -142,7 +143,8 @@ class Confined:
             if lstat_at(dst_fd, name) is not None:
                 raise DestinationExists(f"{name} already exists in the destination; not overwritten")
             os.rename(src_name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
-            fsync_fd(dst_fd)
+            if sync:
+                fsync_fd(dst_fd)
 
     def mkdir(self, path: Path, mode: int = 0o777) -> None:
         """Make the single folder ``path`` (its parent must exist); an existing one is fine."""

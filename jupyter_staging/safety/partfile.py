@@ -278,6 +278,9 @@ class PartFile:
             ) from None
         try:
             publish_at(self._dir_fd, self.part.name, self._dir_fd, self.final.name, sync=sync)
+        except BaseException:
+            self._remove_part()  # nothing published stays behind (a no-op when the link happened)
+            raise
         finally:
             self._close_dir()
 
@@ -426,17 +429,19 @@ class PartFile:
         return digest.hexdigest()
 
     def close(self) -> None:
-        """Close the file, keeping the ``.part`` for a later resume."""
-        try:
-            self._close_reader()
-            if not self._fh.closed:
-                try:
-                    self._fh.flush()
-                    os.fsync(self._fh.fileno())
-                finally:
-                    self._fh.close()
-        finally:
-            self._close_dir()
+        """Close the file, keeping the ``.part`` for a later resume; when its flush or fsync fails, the
+        ``.part`` is removed instead and the :class:`OSError` raised."""
+        self._close_reader()
+        if not self._fh.closed:
+            try:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+                self._fh.close()
+            except OSError:
+                # Bytes not made durable are not kept for a resume (removed while the folder is open).
+                self.discard()
+                raise
+        self._close_dir()
 
     def discard(self) -> None:
         """Close and delete the ``.part`` (also when closing fails: a full disk cannot flush the buffer,

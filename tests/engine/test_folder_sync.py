@@ -8,7 +8,9 @@ run) so the order of the three steps can be checked for every chunk.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +91,35 @@ def test_each_ready_chunk_follows_its_file_and_folder_fsync(tmp_path: Path, monk
     for folder in folders:
         syncs = sum(1 for kind, value in timeline.events if kind == "fsync" and value == folder)
         assert syncs < 30, (folder, syncs)
+
+
+@pytest.mark.parametrize("code, expected", [(errno.ENOSPC, "no_space"), (errno.EIO, "internal_error")])
+def test_a_failing_folder_fsync_fails_the_job_and_records_nothing_ready(
+    tmp_path: Path, monkeypatch, code: int, expected: str
+):
+    """A folder fsync that fails (a full disk, a write-back error: faults a healthy disk cannot produce,
+    so ``os.fsync`` of folders is replaced) means the published names may not survive a crash: the job
+    ends ``failed`` with a code, not ``running`` forever, and no chunk is recorded ready (a retried
+    fsync would report the error no more)."""
+    root = tmp_path / "root"
+    make_files(root / "src", 5)
+    mgr = manager_for(tmp_path)
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(code, os.strerror(code))
+        real(fd)
+
+    try:
+        monkeypatch.setattr(os, "fsync", fsync)
+        job = staged_job(mgr, root / "src", "out", "copy")
+        monkeypatch.undo()
+        states = {c.state for c in mgr.store.list_chunks(job["id"])}
+        log = [line["message"] for line in mgr.job_log(job["id"])]
+    finally:
+        monkeypatch.undo()
+        mgr.stop()
+    assert job["state"] == "failed" and job["error"]["code"] == expected, job
+    assert states == {"pending"}
+    assert log[-1].startswith("failed:")

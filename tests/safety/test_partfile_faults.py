@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from jupyter_staging.errors import DestinationExists
 from jupyter_staging.safety import dirfd, partfile
 from jupyter_staging.safety.dirfd import FSYNC_UNSUPPORTED, FolderCache
 from jupyter_staging.safety.partfile import PartFile, fsync_dir, part_path
@@ -50,18 +51,37 @@ def test_commit_whose_fsync_fails_publishes_nothing_and_leaks_nothing(tmp_path: 
     assert open_fds() == before
 
 
-def test_close_whose_fsync_fails_still_closes(tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize("confined", [False, True], ids=["by-path", "by-descriptor"])
+def test_close_whose_fsync_fails_keeps_no_part_and_leaks_nothing(tmp_path: Path, monkeypatch, confined):
     final = tmp_path / "f.bin"
-    cache = FolderCache(tmp_path)
+    cache = FolderCache(tmp_path) if confined else None
     before = open_fds()
-    out = PartFile(final, folders=cache)
+    out = PartFile(final, folders=cache) if confined else PartFile(final)
     out.write(b"y" * 100)
     monkeypatch.setattr(partfile.os, "fsync", failing_fsync(errno.EIO))
     with pytest.raises(OSError):
         out.close()
     monkeypatch.undo()
-    cache.close()
+    out.discard()  # what a caller does after the error: harmless
+    if cache is not None:
+        cache.close()
     assert open_fds() == before
+    # Bytes not made durable are not resumed later (they would be trusted and rehashed).
+    assert not part_path(final).exists()
+
+
+def test_confined_commit_refused_at_publish_leaves_no_part(tmp_path: Path):
+    """The final name taken while the part was written: nothing is published and no ``.part`` stays."""
+    (tmp_path / "d").mkdir()
+    final = tmp_path / "d" / "x.bin"
+    out = PartFile(final, root=tmp_path)
+    out.write(b"hello")
+    final.write_bytes(b"someone else's")
+    with pytest.raises(DestinationExists):
+        out.commit()
+    out.discard()
+    assert sorted(os.listdir(tmp_path / "d")) == ["x.bin"]
+    assert final.read_bytes() == b"someone else's"
 
 
 def test_folder_fsync_errors_are_raised_unsupported_ones_ignored(tmp_path: Path, monkeypatch):
