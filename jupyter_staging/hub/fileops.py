@@ -29,7 +29,7 @@ from jupyter_staging.errors import (
 )
 from jupyter_staging.hub.areas import Target
 from jupyter_staging.safety.copying import copy_stream
-from jupyter_staging.safety.dirfd import open_dir, publish_at
+from jupyter_staging.safety.dirfd import fsync_fd, open_dir, publish_at
 from jupyter_staging.safety.paths import resolve_source
 
 log = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ def hardlink(source: SourceFile, target: Target) -> Outcome:
                 status=403,
             ) from None
         raise
-    os.fsync(target.dir_fd)
+    fsync_fd(target.dir_fd)
     return Outcome("succeeded", source.size)
 
 
@@ -291,7 +291,7 @@ def symlink(source: SourceFile, target: Target) -> Outcome:
         raise _exists_error(target) from None
     if target.owner is not None:
         os.chown(target.name, target.owner.uid, target.owner.gid, dir_fd=target.dir_fd, follow_symlinks=False)
-    os.fsync(target.dir_fd)
+    fsync_fd(target.dir_fd)
     return Outcome("succeeded", source.size)
 
 
@@ -360,7 +360,7 @@ def publish_from_folder(folder: str, file_name: str, target: Target) -> bool:
                 code="link_not_permitted",
                 status=403,
             ) from None
-        os.fsync(target.dir_fd)
+        fsync_fd(target.dir_fd)
         return True
     finally:
         os.close(folder_fd)
