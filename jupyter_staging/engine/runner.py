@@ -189,7 +189,7 @@ class JobRunner(TableSpreadStager):
     def _run_source(self, rec: JobRecord, uri: str) -> None:
         source = open_source(uri, source_roots=self.host.source_roots)
         plain = rec.convert is None and not self._expands()
-        #: The listing, written with the job's chunks (a first run's one transaction before any transfer).
+        # The listing, written with the job's chunks (a first run's one transaction before any transfer).
         listing: dict[str, Any] = {}
         if "items" in self.resume:
             items = [self._load_item(d) for d in self.resume["items"]]
