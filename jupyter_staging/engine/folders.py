@@ -17,8 +17,7 @@ from typing import Any
 
 from jupyter_staging.destinations.base import Destination
 from jupyter_staging.engine.progress import ChunkLedger
-from jupyter_staging.errors import PathNotAllowed
-from jupyter_staging.safety.dirfd import FolderCache, fsync_fd, publish_at
+from jupyter_staging.safety.dirfd import FolderCache, folder_below, fsync_fd, publish_at
 from jupyter_staging.safety.partfile import PartFile, fsync_dir, publish
 
 
@@ -71,13 +70,7 @@ class DestinationWriter:
         """The folder of ``final`` relative to the destination's confinement root (POSIX)."""
         root = self.dest.confinement_root
         assert root is not None
-        # By string (as Path.relative_to does, lexically: both are normalised paths), once per file.
-        folder, top = os.path.dirname(final), str(root)
-        if folder == top:
-            return "."
-        if folder.startswith(top.rstrip("/") + "/"):
-            return folder[len(top.rstrip("/")) + 1 :]
-        raise PathNotAllowed(f"{final.name}: its folder is outside the server's root")
+        return folder_below(root, final)
 
     def _make_folder(self, final: Path) -> None:
         """Make the folder of ``final``: by descriptor from the confinement root (no symlink followed),

@@ -37,6 +37,7 @@ from jupyter_staging.errors import (
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.copying import file_digest
 from jupyter_staging.safety.dirfd import (
+    create_unnamed,
     lstat_at,
     open_existing,
     rename_at,
@@ -278,12 +279,14 @@ class ItemStager(ReusingWriter):
         wrote for this fingerprint), verify and publish as ``final``; returns ``(size_bytes, sha256_hex)``."""
         return self._commit_part(self._fetch_part(source, item, final), item, sync_folder=sync_folder)
 
-    def _fetch_part(self, source: Source, item: SourceItem, final: Path) -> PartFile:
+    def _fetch_part(
+        self, source: Source, item: SourceItem, final: Path, *, unnamed: bool = False
+    ) -> PartFile:
         """Read ``item``'s bytes from ``source`` into its part file (see :meth:`_fetch`); returns the part,
         open and not yet published. On an error it is discarded (closed, kept for a resume, when the job
-        is interrupted)."""
+        is interrupted). ``unnamed``: see :meth:`_open_part`."""
         checksums = self._expected_checksums(item)
-        out = self._open_part(item, final, md5="md5" in checksums)
+        out = self._open_part(item, final, md5="md5" in checksums, unnamed=unnamed)
         if out.offset:
             self._log("info", f"{item.name}: resuming at byte {out.offset}")
             self.control.add_bytes(out.offset)
@@ -297,7 +300,8 @@ class ItemStager(ReusingWriter):
             raise
         finally:
             # Bytes of a restarted file were reported once already; take them back.
-            self.control.add_bytes(-out.discarded)
+            if out.discarded:
+                self.control.add_bytes(-out.discarded)
         return out
 
     def _commit_part(self, out: PartFile, item: SourceItem, *, sync_folder: bool) -> tuple[int, str]:
@@ -317,10 +321,12 @@ class ItemStager(ReusingWriter):
         *,
         recovering: bool,
         sync_folder: bool,
+        make_folder: bool = True,
     ) -> tuple[int, str] | None:
         """What brings ``item`` to ``final`` without reading the source's bytes: finished by the previous
         run, a hard link or symlink, reused unchanged output, a copy of bytes this server staged before.
-        Returns ``(size_bytes, sha256_hex)``, or None when the bytes must be fetched (its folder is made)."""
+        Returns ``(size_bytes, sha256_hex)``, or None when the bytes must be fetched (its folder is made,
+        unless ``make_folder`` is False: a caller that opens its part file next, which makes it)."""
         if recovering:
             self._drop_published_part(final)
         if (recovering or self.dest.remote) and final.exists() and not part_path(final).exists():
@@ -339,23 +345,39 @@ class ItemStager(ReusingWriter):
         reused = self._reuse_output(item, final)
         if reused is None and source.local_path(item) is None:
             reused = self._copy_staged(item, final, sync_folder=sync_folder)
-        if reused is None:
+        if reused is None and make_folder:
             self._make_folder(final)
         return reused
 
     # -- integrity: part files, expected checksums, reuse of the output being replaced ----------------
 
-    def _open_part(self, item: SourceItem, final: Path, *, md5: bool) -> PartFile:
+    def _open_part(self, item: SourceItem, final: Path, *, md5: bool, unnamed: bool = False) -> PartFile:
         """The part file of ``item``, resumed only when this job wrote it for this fingerprint; any other
         ``.part`` in the way (a planted one, another job's, another version's) is set aside, never
         trusted (DESIGN.md, "Re-running a notebook").
 
         Ownership is an extended attribute of the part file (``user.jupyter_staging.owner``: the job id
         and a digest of the fingerprint), so recording it costs no database write; on a file system
-        without user xattrs it is kept in the job's resume data instead."""
+        without user xattrs it is kept in the job's resume data instead.
+
+        With ``unnamed`` (a file small enough that resuming it would save nothing), in a confined
+        destination and outside a recovering run, the part is an unnamed file in the final folder
+        (``O_TMPFILE``): nothing to look for, tag or remove, and nothing left behind by a crash; where the
+        file system cannot make one, a ``.part`` as above. A recovering run uses ``.part`` names, so that
+        a part left by an earlier version is still found."""
+        root = self.dest.confinement_root
+        if root is not None and unnamed and not self.recovering:
+            fd = self.folders.open(self._folder_below_root(final), create=True)
+            try:
+                blank = create_unnamed(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            if blank is not None:
+                return self.part_file(final, md5=md5, dir_fd=fd, unnamed_fd=blank)
+            os.close(fd)
         part = part_path(final)
         tag = owner_tag(self.job_id, item.validator)
-        root = self.dest.confinement_root
         resume = True
         if root is None:
             if (part.exists() or part.is_symlink()) and self._part_owner(item, part) != tag:
@@ -365,7 +387,8 @@ class ItemStager(ReusingWriter):
                 os.rename(part, aside)  # renames a planted symlink itself, never its target
                 self._log_set_aside(item, aside.name)
         else:
-            with self.folders.folder(self._folder_below_root(final), create=True) as fd:
+            fd = self.folders.open(self._folder_below_root(final), create=True)
+            try:
                 st = lstat_at(fd, part.name)
                 owner = None if st is None else self._part_owner_at(item, fd, part.name)
                 if st is not None and owner is None and stat.S_ISREG(st.st_mode) and st.st_size == 0:
@@ -376,9 +399,18 @@ class ItemStager(ReusingWriter):
                     aside_name = f"{part.name}.set-aside-{self.job_id[:8]}"
                     rename_at(fd, part.name, aside_name)  # a planted symlink itself, never its target
                     self._log_set_aside(item, aside_name)
-                # Without a part of ours there is nothing to resume: the part is created, not looked for.
-                resume = st is not None and owner == tag
-        out = self.part_file(final, resume=resume, md5=md5)
+            except BaseException:
+                os.close(fd)
+                raise
+            # Without a part of ours there is nothing to resume: the part is created, not looked for.
+            resume = st is not None and owner == tag
+            # The folder's descriptor is handed over to the part file (no second open of the folder).
+            return self._tag_part(item, tag, self.part_file(final, resume=resume, md5=md5, dir_fd=fd))
+        return self._tag_part(item, tag, self.part_file(final, resume=resume, md5=md5))
+
+    def _tag_part(self, item: SourceItem, tag: str, out: PartFile) -> PartFile:
+        """Record ``tag`` as the owner of the new or resumed part ``out`` (its xattr, else the resume
+        data); returns ``out``."""
         try:
             os.setxattr(out.fileno(), OWNER_XATTR, tag.encode())
         except OSError:  # no user xattrs here: remember it in the resume data (one database write)

@@ -220,12 +220,18 @@ class PipelinedStager(StreamingStager):
                         ahead.submit(read_ahead, paths[index + step : index + 2 * step])
                     final = self.dest.workdir / item.name
                     done = self._stage_without_fetch(
-                        source, "copy", item, final, recovering=self.recovering, sync_folder=False
+                        source,
+                        "copy",
+                        item,
+                        final,
+                        recovering=self.recovering,
+                        sync_folder=False,
+                        make_folder=False,  # _fetch_part's part file makes it
                     )
                     if done is not None:
                         self._record_transfer(item, chunk, final, *done)
                         continue
-                    out = self._fetch_part(source, item, final)
+                    out = self._fetch_part(source, item, final, unnamed=True)
                     pipeline.add(out, functools.partial(self._publish_part, out, item, chunk, final))
         finally:  # a pause does not wait for the reading started ahead
             ahead.shutdown(wait=False, cancel_futures=True)

@@ -101,7 +101,9 @@ _NO_COPY_FILE_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL
 COPY_STEP = 8 * 1024 * 1024
 
 
-def copy_file(src: Path, out: PartFile, control: JobControl | None = None, *, step: int = COPY_STEP) -> int:
+def copy_file(
+    src: Path | str, out: PartFile, control: JobControl | None = None, *, step: int = COPY_STEP
+) -> int:
     """Copy the regular file ``src`` from byte ``out.offset`` to its end into ``out``; returns bytes copied.
 
     Up to ``step`` bytes left (most files of a folder of many small ones), the calling thread reads each

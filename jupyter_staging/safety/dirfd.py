@@ -20,6 +20,7 @@ window is documented there). The hub service does the same for users' areas
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 import threading
@@ -49,13 +50,26 @@ def components(rel: str | PurePosixPath) -> list[str]:
     text = str(rel)
     if "\x00" in text:
         raise PathNotAllowed("a path below the root must not contain NUL characters")
-    pure = PurePosixPath(text)
-    if pure.is_absolute():
+    if text.startswith("/"):
         raise PathNotAllowed(f"{text!r} must be relative to the root")
-    parts = [p for p in pure.parts if p != "."]
+    # As PurePosixPath(text).parts would split it (empty and "." components dropped), without building
+    # a path object: this runs several times for every file staged.
+    parts = [p for p in text.split("/") if p and p != "."]
     if ".." in parts:
         raise PathNotAllowed(f"{text!r} must not contain '..'")
     return parts
+
+
+def folder_below(root: Path, path: Path | str) -> str:
+    """The folder of ``path`` relative to ``root``, POSIX (``"."`` for ``root`` itself), compared as
+    strings (both normalised absolute paths, as :meth:`Path.relative_to` compares them, lexically).
+    Raises :class:`PathNotAllowed` when it is not below ``root``."""
+    folder, top = os.path.dirname(path), str(root).rstrip("/")
+    if folder == top or (not top and folder == "/"):
+        return "."
+    if folder.startswith(top + "/"):
+        return folder[len(top) + 1 :]
+    raise PathNotAllowed(f"{os.path.basename(path)}: its folder is outside the root")
 
 
 def check_name(name: str) -> str:
@@ -166,8 +180,9 @@ class FolderCache:
 
     A kept descriptor designates the folder it was opened on, wherever that folder is moved later; a
     symlink put in its place afterwards is never followed. Code that must know the folder is still at its
-    path re-walks with :meth:`walk` and compares inodes (:func:`same_inode`), as publishing does. At most
-    ``limit`` folders are kept; beyond that each use walks from the root. Thread-safe."""
+    path asks :meth:`in_place` (as publishing does), or re-walks with :meth:`walk` and compares inodes
+    (:func:`same_inode`). At most ``limit`` folders are kept; beyond that each use walks from the root.
+    Thread-safe."""
 
     def __init__(self, root: Path, *, limit: int = 256) -> None:
         self.root = root
@@ -175,6 +190,8 @@ class FolderCache:
         self._lock = threading.Lock()
         self._root_fd: int | None = None
         self._kept: dict[str, int] = {}
+        #: (device, inode) of each kept folder, as opened.
+        self._ids: dict[str, tuple[int, int]] = {}
 
     def _root(self) -> int:
         with self._lock:
@@ -184,17 +201,69 @@ class FolderCache:
 
     def open(self, rel: str | PurePosixPath, *, create: bool = False) -> int:
         """A new descriptor (the caller closes it) of folder ``root / rel``: a ``dup`` of the kept one, else
-        walked from the root and kept. Raises like :func:`open_folder`."""
-        key = "/".join(components(rel))
+        opened (without following a symlink) in its parent folder, itself opened the same way (kept, or
+        walked from the root), and kept. Raises like :func:`open_folder`."""
+        parts = components(rel)
+        key = "/".join(parts)
         with self._lock:
             kept = self._kept.get(key)
             if kept is not None:
                 return os.dup(kept)
-        fd = open_below(self._root(), key, create=create)
+        if len(parts) < 2:
+            fd = open_below(self._root(), key, create=create)
+        else:
+            with closing_fd(self.open("/".join(parts[:-1]), create=create)) as parent:
+                try:
+                    fd = open_dir(parent, parts[-1], create=create)
+                except PathNotAllowed:
+                    raise PathNotAllowed(
+                        f"{key!r} is a symbolic link or a file, not a folder; links are never followed "
+                        "when writing"
+                    ) from None
         with self._lock:
             if key not in self._kept and len(self._kept) < self._limit and self._root_fd is not None:
                 self._kept[key] = os.dup(fd)
+                self._ids[key] = _identity(fd)
         return fd
+
+    def in_place(self, rel: str | PurePosixPath, fd: int) -> bool:
+        """True when folder ``root / rel``, reached from the root without following a symlink, is the
+        folder ``fd`` designates: the check before publishing into a kept folder that it was not moved or
+        replaced (by a symlink, say) meanwhile.
+
+        Where every folder on the way is kept, each name is looked up with ``fstatat(AT_SYMLINK_NOFOLLOW)``
+        in its kept parent, which must be the folder found there (one call per component, against a walk's
+        open and close of each); else the path is walked afresh (:meth:`walk`). Raises ``OSError`` other
+        than a missing folder."""
+        parts = components(rel)
+        if not parts:
+            return _identity(fd) == _identity(self._root())
+        parent = self._root()
+        with self._lock:
+            chain = []
+            for depth in range(1, len(parts)):
+                prefix = "/".join(parts[:depth])
+                kept = self._kept.get(prefix)
+                if kept is None:
+                    chain = None
+                    break
+                chain.append((kept, self._ids[prefix]))
+        if chain is None:
+            try:
+                with closing_fd(self.walk(rel)) as fresh:
+                    return same_inode(fresh, fd)
+            except (PathNotAllowed, FileNotFoundError):
+                return False
+        for name, (kept, expected) in zip(parts, [*chain, (None, _identity(fd))], strict=True):
+            try:
+                st = os.stat(check_name(name), dir_fd=parent, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            if not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) != expected:
+                return False
+            if kept is not None:
+                parent = kept
+        return True
 
     def walk(self, rel: str | PurePosixPath) -> int:
         """A new descriptor of ``root / rel`` walked afresh from the root (never a kept one), to check
@@ -212,6 +281,7 @@ class FolderCache:
         be used again afterwards and then walks afresh."""
         with self._lock:
             kept, self._kept = list(self._kept.values()), {}
+            self._ids = {}
             root, self._root_fd = self._root_fd, None
         for fd in [*kept, *([root] if root is not None else [])]:
             os.close(fd)
@@ -219,8 +289,12 @@ class FolderCache:
 
 def same_inode(fd_a: int, fd_b: int) -> bool:
     """True when two descriptors are the same file or folder (device and inode)."""
-    a, b = os.fstat(fd_a), os.fstat(fd_b)
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+    return _identity(fd_a) == _identity(fd_b)
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
 
 
 def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
@@ -279,6 +353,59 @@ def publish_at(src_dir_fd: int, part: str, dst_dir_fd: int, final: str, *, sync:
         os.rename(part, final, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
     else:
         os.unlink(part, dir_fd=src_dir_fd)
+    if sync:
+        fsync_fd(dst_dir_fd)
+
+
+#: Where a descriptor can be named again by path (Linux's procfs): an unnamed file is linked into its
+#: folder, and re-opened, through ``/proc/self/fd/<n>`` (open(2), "O_TMPFILE"); ``linkat`` with
+#: ``AT_EMPTY_PATH`` would need a capability.
+PROC_FD = "/proc/self/fd"
+
+#: errno values of ``open(O_TMPFILE)`` meaning "not on this kernel or file system" (open(2): EISDIR from
+#: kernels without ``O_TMPFILE``, EOPNOTSUPP from file systems without it).
+_NO_TMPFILE = {errno.EISDIR, errno.EOPNOTSUPP, errno.EINVAL}
+
+
+@functools.cache
+def _procfs() -> bool:
+    """True where unnamed files can be made and named (``O_TMPFILE`` and procfs), looked up once."""
+    return hasattr(os, "O_TMPFILE") and os.path.isdir(PROC_FD)
+
+
+def create_unnamed(dir_fd: int, mode: int = 0o666) -> int | None:
+    """A new unnamed regular file in folder ``dir_fd`` (``O_TMPFILE``, read-write, ``mode`` before the
+    umask), given a name only by :func:`publish_fd_at`; a crash or a close before that leaves nothing
+    behind. None where the kernel or the file system cannot make one, or procfs is missing (it could not
+    be named then). Raises ``OSError`` for any other failure (ENOSPC, EACCES)."""
+    if not _procfs():
+        return None
+    try:
+        return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    except OSError as err:
+        if err.errno in _NO_TMPFILE:
+            return None
+        raise
+
+
+def reopen_unnamed(fd: int, flags: int = os.O_RDONLY | os.O_CLOEXEC) -> int:
+    """A second descriptor (read-only by default) on the file open as ``fd``, named or not, through
+    :data:`PROC_FD`. Raises ``OSError``."""
+    return os.open(f"{PROC_FD}/{fd}", flags)
+
+
+def publish_fd_at(fd: int, dst_dir_fd: int, final: str, *, sync: bool = True) -> None:
+    """Give the unnamed file open as ``fd`` (made with ``O_TMPFILE``) the name ``final`` in
+    ``dst_dir_fd``, never replacing anything: ``linkat`` of ``/proc/self/fd/<fd>`` with
+    ``AT_SYMLINK_FOLLOW`` (open(2), "O_TMPFILE"), which fails with ``EEXIST`` whatever is at ``final``; then
+    the folder is fsynced unless ``sync`` is False (as :func:`publish_at`).
+
+    Raises :class:`DestinationExists` when ``final`` exists; ``OSError`` else (``ENOENT`` without procfs)."""
+    check_name(final)
+    try:
+        os.link(f"{PROC_FD}/{fd}", final, dst_dir_fd=dst_dir_fd, follow_symlinks=True)
+    except FileExistsError:
+        raise DestinationExists(f"{final} already exists in the destination; not overwritten") from None
     if sync:
         fsync_fd(dst_dir_fd)
 

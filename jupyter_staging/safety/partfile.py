@@ -8,6 +8,7 @@ name only when complete and verified").
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -25,11 +26,14 @@ from jupyter_staging.safety.dirfd import (
     FolderCache,
     closing_fd,
     create_file,
+    folder_below,
     fsync_fd,
     lstat_at,
     open_existing,
     open_folder,
     publish_at,
+    publish_fd_at,
+    reopen_unnamed,
     same_inode,
     unlink_at,
 )
@@ -128,7 +132,9 @@ class PartFile:
     with ``linkat`` only after re-opening the folder from ``root`` and finding the same folder. Raises
     :class:`PathNotAllowed` (``path_not_allowed``) when a folder on the way is (or became) a symlink.
     Without ``root`` it works by path, as before. ``folders`` (a :class:`FolderCache` of the root) gives the
-    folder's descriptor without a walk; the check before publishing still walks from the root.
+    folder's descriptor without a walk; the check before publishing still walks from the root. ``dir_fd``,
+    with ``root`` or ``folders``: a descriptor of ``final``'s folder the caller opened from the root already
+    (taken over: the part file closes it, also when the constructor raises).
     """
 
     def __init__(
@@ -140,9 +146,10 @@ class PartFile:
         root: Path | None = None,
         hashed: Hashed | None = None,
         folders: FolderCache | None = None,
+        dir_fd: int | None = None,
+        unnamed_fd: int | None = None,
     ) -> None:
         self.final = final
-        self.part = part_path(final)
         #: The confinement root: when given, ``final``'s folder is opened from it by descriptor.
         self.root = folders.root if folders is not None else root
         #: Folder descriptors of the run, kept open (the walk from ``root`` is then done once per folder).
@@ -150,6 +157,8 @@ class PartFile:
         root = self.root
         self._dir_fd: int | None = None
         self._part_id: tuple[int, int] | None = None
+        #: True when the part file has no name at all (``O_TMPFILE``) until :meth:`commit` links it.
+        self.unnamed = False
         self._want_md5 = md5
         self.sha256 = hashlib.sha256()
         self.md5 = hashlib.md5(usedforsecurity=False) if md5 else None
@@ -162,8 +171,13 @@ class PartFile:
         #: With ``resume``: the first bytes of the part were hashed already (by whoever wrote them).
         self._prehashed = hashed
         self._buffer = memoryview(b"")
+        if root is None and (dir_fd is not None or unnamed_fd is not None):
+            for fd in (dir_fd, unnamed_fd):
+                if fd is not None:
+                    os.close(fd)
+            raise ValueError("a part file given descriptors needs its root")
         if root is not None:
-            self._fh: BinaryIO = self._open_by_fd(root, resume=resume)
+            self._fh: BinaryIO = self._open_by_fd(root, resume=resume, dir_fd=dir_fd, unnamed_fd=unnamed_fd)
             if resume:
                 self._rehash()
             return
@@ -176,37 +190,59 @@ class PartFile:
         else:
             self._fh = open(self.part, "wb")  # noqa: SIM115
 
-    def _open_by_fd(self, root: Path, *, resume: bool) -> BinaryIO:
+    def _open_by_fd(
+        self, root: Path, *, resume: bool, dir_fd: int | None, unnamed_fd: int | None
+    ) -> BinaryIO:
         """Open the folder of ``final`` from ``root`` by descriptor (made when missing, no symlink
         followed) and the ``.part`` in it: an existing regular one kept with ``resume``, else anything
-        of that name removed (a planted symlink itself, never its target) and created ``O_EXCL``."""
-        try:
-            rel = self.final.parent.relative_to(root)
-        except ValueError:
-            raise PathNotAllowed(f"{self.final.name}: its folder is outside the root") from None
-        if self._folders is not None:
-            self._dir_fd = self._folders.open(rel.as_posix(), create=True)
+        of that name removed (a planted symlink itself, never its target) and created ``O_EXCL``. With
+        ``unnamed_fd`` (an unnamed file made in that folder by the caller) that file is the part."""
+        if dir_fd is not None:
+            self._dir_fd = dir_fd  # opened from the root by the caller
         else:
-            self._dir_fd = open_folder(root, rel.as_posix(), create=True)
+            try:
+                rel = self.final.parent.relative_to(root).as_posix()
+                if self._folders is not None:
+                    self._dir_fd = self._folders.open(rel, create=True)
+                else:
+                    self._dir_fd = open_folder(root, rel, create=True)
+            except BaseException as exc:
+                if unnamed_fd is not None:
+                    os.close(unnamed_fd)
+                if isinstance(exc, ValueError):
+                    raise PathNotAllowed(f"{self.final.name}: its folder is outside the root") from None
+                raise
         try:
             if lstat_at(self._dir_fd, self.final.name) is not None:
                 raise DestinationExists(
                     f"{self.final.name} already exists in the destination; not overwritten"
                 )
-            fd = None
-            if resume:
+            fd = unnamed_fd
+            self.unnamed = fd is not None
+            if fd is None and resume:
                 try:
                     fd = open_existing(self._dir_fd, self.part.name)
                 except PathNotAllowed:
                     fd = None
             if fd is None:
-                unlink_at(self._dir_fd, self.part.name)
-                fd = create_file(self._dir_fd, self.part.name)
+                try:
+                    fd = create_file(self._dir_fd, self.part.name)
+                except FileExistsError:  # rarely: removed (a planted symlink itself), then made anew
+                    unlink_at(self._dir_fd, self.part.name)
+                    fd = create_file(self._dir_fd, self.part.name)
         except BaseException:
+            if unnamed_fd is not None:
+                os.close(unnamed_fd)
             self._close_dir()
             raise
-        self._part_id = _identity(os.fstat(fd))
+        if not self.unnamed:  # an unnamed part is re-opened by descriptor, never by a name
+            self._part_id = _identity(os.fstat(fd))
         return os.fdopen(fd, "r+b")
+
+    @functools.cached_property
+    def part(self) -> Path:
+        """The ``.part`` path of ``final`` (its name in the folder, unless :attr:`unnamed`)."""
+        return part_path(self.final)
 
     def _rehash(self) -> None:
         """Hash the bytes already in a resumed ``.part`` (after those given as ``hashed``, when it has them
@@ -229,6 +265,15 @@ class PartFile:
         """The descriptor of the open ``.part`` (for ``fsetxattr``, ``fstat``)."""
         return self._fh.fileno()
 
+    def _close_file(self) -> None:
+        """Close the part's descriptor (an unnamed part is then gone, unless linked); a failing close is
+        ignored: its bytes were flushed, or are being thrown away."""
+        try:
+            if not self._fh.closed:
+                self._fh.close()
+        except OSError:
+            pass
+
     def _close_dir(self) -> None:
         if self._dir_fd is not None:
             os.close(self._dir_fd)
@@ -239,6 +284,8 @@ class PartFile:
         refused unless it is the very file being written)."""
         if self._dir_fd is None:
             return io.FileIO(self.part, "rb")
+        if self.unnamed:
+            return io.FileIO(reopen_unnamed(self._fh.fileno()), "rb")
         fd = open_existing(self._dir_fd, self.part.name, os.O_RDONLY | os.O_CLOEXEC)
         if fd is None or _identity(os.fstat(fd)) != self._part_id:
             if fd is not None:
@@ -248,8 +295,11 @@ class PartFile:
 
     def _remove_part(self) -> None:
         """Remove the ``.part``: by descriptor in the confined mode, where it is a no-op once the folder's
-        descriptor is closed (the part was removed or published already; never unlinked by path)."""
-        if self._dir_fd is not None:
+        descriptor is closed (the part was removed or published already; never unlinked by path). An
+        unnamed part is closed: the file system frees it."""
+        if self.unnamed:
+            self._close_file()
+        elif self._dir_fd is not None:
             unlink_at(self._dir_fd, self.part.name)
         elif self.root is None:
             self.part.unlink(missing_ok=True)
@@ -261,14 +311,17 @@ class PartFile:
         if self._dir_fd is None or self.root is None:
             publish(self.part, self.final, sync=sync)
             return
-        rel = self.final.parent.relative_to(self.root).as_posix()
+        rel = folder_below(self.root, self.final)
         try:
-            fresh_fd = self._folders.walk(rel) if self._folders is not None else open_folder(self.root, rel)
-            with closing_fd(fresh_fd) as fresh:
-                if not same_inode(fresh, self._dir_fd):
-                    raise PathNotAllowed(
-                        f"{self.final.name}: its folder was moved or replaced while it was written"
-                    )
+            if self._folders is not None:
+                moved = not self._folders.in_place(rel, self._dir_fd)
+            else:
+                with closing_fd(open_folder(self.root, rel)) as fresh:
+                    moved = not same_inode(fresh, self._dir_fd)
+            if moved:
+                raise PathNotAllowed(
+                    f"{self.final.name}: its folder was moved or replaced while it was written"
+                )
         except (PathNotAllowed, FileNotFoundError):
             self._remove_part()
             self._close_dir()
@@ -277,11 +330,15 @@ class PartFile:
                 "written; nothing was published"
             ) from None
         try:
-            publish_at(self._dir_fd, self.part.name, self._dir_fd, self.final.name, sync=sync)
+            if self.unnamed:
+                publish_fd_at(self._fh.fileno(), self._dir_fd, self.final.name, sync=sync)
+            else:
+                publish_at(self._dir_fd, self.part.name, self._dir_fd, self.final.name, sync=sync)
         except BaseException:
             self._remove_part()  # nothing published stays behind (a no-op when the link happened)
             raise
         finally:
+            self._close_file()
             self._close_dir()
 
     def _hash(self, data: bytes | memoryview) -> None:
@@ -383,7 +440,8 @@ class PartFile:
             if self._synced != self.offset:
                 os.fsync(self._fh.fileno())
             confined_size = os.fstat(self._fh.fileno()).st_size
-            self._fh.close()
+            if not self.unnamed:  # an unnamed one stays open until linked under its final name
+                self._fh.close()
         except OSError:
             # Bytes that could not be flushed or made durable are not kept for a resume either (after a
             # failed fsync, Linux reports the next one clean although the pages were dropped).
@@ -432,7 +490,9 @@ class PartFile:
         """Close the file, keeping the ``.part`` for a later resume; when its flush or fsync fails, the
         ``.part`` is removed instead and the :class:`OSError` raised."""
         self._close_reader()
-        if not self._fh.closed:
+        if self.unnamed:  # nothing to keep: the file system frees it
+            self._close_file()
+        elif not self._fh.closed:
             try:
                 self._fh.flush()
                 os.fsync(self._fh.fileno())

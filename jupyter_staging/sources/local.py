@@ -137,7 +137,7 @@ class LocalSource(Source):
             out.restart()
             fresh = self._item(Path(item.locator), item.name)
             item.size, item.validator = fresh.size, fresh.validator
-        copy_file(Path(item.locator), out, control)
+        copy_file(item.locator, out, control)
 
     def supports_ranges(self, item: SourceItem) -> bool:
         """True for a file of known size: :meth:`fetch_range` copies any range of it."""

@@ -24,6 +24,8 @@ class Timeline:
 
     def __init__(self) -> None:
         self.events: list[tuple[str, str]] = []
+        #: The inode of the file or folder of each ``fsync`` event, by index in ``events``.
+        self.inodes: dict[int, int] = {}
 
     def fsync_spy(self, real):
         def fsync(fd: int) -> None:
@@ -31,6 +33,7 @@ class Timeline:
                 target = os.readlink(f"/proc/self/fd/{fd}")
             except OSError:
                 target = "?"
+            self.inodes[len(self.events)] = os.fstat(fd).st_ino
             self.events.append(("fsync", target))
             real(fd)
 
@@ -51,6 +54,12 @@ class Timeline:
     def last_before(self, kind: str, match, before: int) -> int:
         """Index of the last event of ``kind`` before ``before`` whose value passes ``match``; -1 if none."""
         hits = [i for i, (k, v) in enumerate(self.events[:before]) if k == kind and match(v)]
+        return hits[-1] if hits else -1
+
+    def last_fsync_of(self, inode: int, before: int) -> int:
+        """Index of the last fsync of file ``inode`` before ``before``; -1 if none. By inode: a small file's
+        part has no name while it is written (``O_TMPFILE``), a bigger one is ``<name>.part``."""
+        hits = [i for i in range(before) if self.events[i][0] == "fsync" and self.inodes[i] == inode]
         return hits[-1] if hits else -1
 
 
@@ -78,11 +87,12 @@ def test_each_ready_chunk_follows_its_file_and_folder_fsync(tmp_path: Path, monk
     for rel in ready:
         assert (out / rel).is_file()
         marked = timeline.first("ready", rel)
-        # The bytes were fsynced (as the .part, wherever the job writes) before the chunk says ready ...
-        data_sync = timeline.last_before("fsync", lambda v, r=rel: v.endswith(f"/{r}.part"), marked)
+        # The bytes were fsynced (unnamed, or as the .part) before the chunk says ready ...
+        data_sync = timeline.last_fsync_of((out / rel).stat().st_ino, marked)
         assert data_sync >= 0, rel
         part = timeline.events[data_sync][1]
-        folder = (part[: -len(rel) - len(".part")] + os.path.dirname(rel)).rstrip("/")
+        assert part.startswith(f"{(out / rel).parent}/"), part  # written in its own folder
+        folder = str((out / rel).parent)
         folders.add(folder)
         # ... and then its folder, making the published name durable.
         folder_sync = timeline.last_before("fsync", lambda v, f=folder: v == f, marked)
