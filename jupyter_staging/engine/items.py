@@ -367,18 +367,11 @@ class ItemStager(ReusingWriter):
         a part left by an earlier version is still found."""
         root = self.dest.confinement_root
         if root is not None and unnamed and not self.recovering:
-            fd = self.folders.open(self._folder_below_root(final), create=True)
-            try:
-                blank = create_unnamed(fd)
-            except BaseException:
-                os.close(fd)
-                raise
-            if blank is not None:
-                return self.part_file(final, md5=md5, dir_fd=fd, unnamed_fd=blank)
-            os.close(fd)
+            out = self._open_unnamed_part(final, md5=md5)
+            if out is not None:
+                return out
         part = part_path(final)
         tag = owner_tag(self.job_id, item.validator)
-        resume = True
         if root is None:
             if (part.exists() or part.is_symlink()) and self._part_owner(item, part) != tag:
                 aside = part.with_name(f"{part.name}.set-aside-{self.job_id[:8]}")
@@ -386,27 +379,46 @@ class ItemStager(ReusingWriter):
                     aside.unlink()
                 os.rename(part, aside)  # renames a planted symlink itself, never its target
                 self._log_set_aside(item, aside.name)
-        else:
-            fd = self.folders.open(self._folder_below_root(final), create=True)
-            try:
-                st = lstat_at(fd, part.name)
-                owner = None if st is None else self._part_owner_at(item, fd, part.name)
-                if st is not None and owner is None and stat.S_ISREG(st.st_mode) and st.st_size == 0:
-                    # Created, then the process died before tagging it (the tag follows the creation at
-                    # once, before any byte): an empty file, nothing to keep.
-                    unlink_at(fd, part.name)
-                elif st is not None and owner != tag:
-                    aside_name = f"{part.name}.set-aside-{self.job_id[:8]}"
-                    rename_at(fd, part.name, aside_name)  # a planted symlink itself, never its target
-                    self._log_set_aside(item, aside_name)
-            except BaseException:
-                os.close(fd)
-                raise
-            # Without a part of ours there is nothing to resume: the part is created, not looked for.
-            resume = st is not None and owner == tag
-            # The folder's descriptor is handed over to the part file (no second open of the folder).
-            return self._tag_part(item, tag, self.part_file(final, resume=resume, md5=md5, dir_fd=fd))
-        return self._tag_part(item, tag, self.part_file(final, resume=resume, md5=md5))
+            return self._tag_part(item, tag, self.part_file(final, resume=True, md5=md5))
+        fd = self.folders.open(self._folder_below_root(final), create=True)
+        try:
+            resume = self._clear_part_at(item, fd, part.name, tag)
+        except BaseException:
+            os.close(fd)
+            raise
+        # The folder's descriptor is handed over to the part file (no second open of the folder).
+        return self._tag_part(item, tag, self.part_file(final, resume=resume, md5=md5, dir_fd=fd))
+
+    def _open_unnamed_part(self, final: Path, *, md5: bool) -> PartFile | None:
+        """An unnamed part file (``O_TMPFILE``) in ``final``'s folder, or None where the file system
+        cannot make one (see :meth:`_open_part`)."""
+        fd = self.folders.open(self._folder_below_root(final), create=True)
+        try:
+            blank = create_unnamed(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if blank is None:
+            os.close(fd)
+            return None
+        return self.part_file(final, md5=md5, dir_fd=fd, unnamed_fd=blank)
+
+    def _clear_part_at(self, item: SourceItem, dir_fd: int, name: str, tag: str) -> bool:
+        """Make way for the part file ``name`` in ``dir_fd``: True when the ``.part`` there is ours
+        (``tag``) to resume; an empty untagged one is removed, any other set aside."""
+        st = lstat_at(dir_fd, name)
+        if st is None:  # without a part of ours there is nothing to resume: it is created, not looked for
+            return False
+        owner = self._part_owner_at(item, dir_fd, name)
+        if owner is None and stat.S_ISREG(st.st_mode) and st.st_size == 0:
+            # Created, then the process died before tagging it (the tag follows the creation at once,
+            # before any byte): an empty file, nothing to keep.
+            unlink_at(dir_fd, name)
+        elif owner != tag:
+            aside_name = f"{name}.set-aside-{self.job_id[:8]}"
+            rename_at(dir_fd, name, aside_name)  # a planted symlink itself, never its target
+            self._log_set_aside(item, aside_name)
+        return owner == tag
 
     def _tag_part(self, item: SourceItem, tag: str, out: PartFile) -> PartFile:
         """Record ``tag`` as the owner of the new or resumed part ``out`` (its xattr, else the resume

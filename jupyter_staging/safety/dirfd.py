@@ -238,32 +238,18 @@ class FolderCache:
         parts = components(rel)
         if not parts:
             return _identity(fd) == _identity(self._root())
-        parent = self._root()
-        with self._lock:
-            chain = []
-            for depth in range(1, len(parts)):
-                prefix = "/".join(parts[:depth])
-                kept = self._kept.get(prefix)
-                if kept is None:
-                    chain = None
-                    break
-                chain.append((kept, self._ids[prefix]))
-        if chain is None:
-            try:
-                with closing_fd(self.walk(rel)) as fresh:
-                    return same_inode(fresh, fd)
-            except (PathNotAllowed, FileNotFoundError):
-                return False
-        for name, (kept, expected) in zip(parts, [*chain, (None, _identity(fd))], strict=True):
-            try:
-                st = os.stat(check_name(name), dir_fd=parent, follow_symlinks=False)
-            except (FileNotFoundError, NotADirectoryError):
-                return False
-            if not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) != expected:
-                return False
-            if kept is not None:
-                parent = kept
-        return True
+        root = self._root()
+        want = _identity(fd)
+        with self._lock:  # the kept descriptors stay open while they are used
+            prefixes = ["/".join(parts[:depth]) for depth in range(1, len(parts))]
+            if all(prefix in self._kept for prefix in prefixes):
+                parents = [root, *(self._kept[prefix] for prefix in prefixes)]
+                return _names_lead_to(parts, parents, [*(self._ids[p] for p in prefixes), want])
+        try:
+            with closing_fd(self.walk(rel)) as fresh:
+                return same_inode(fresh, fd)
+        except (PathNotAllowed, FileNotFoundError):
+            return False
 
     def walk(self, rel: str | PurePosixPath) -> int:
         """A new descriptor of ``root / rel`` walked afresh from the root (never a kept one), to check
@@ -285,6 +271,19 @@ class FolderCache:
             root, self._root_fd = self._root_fd, None
         for fd in [*kept, *([root] if root is not None else [])]:
             os.close(fd)
+
+
+def _names_lead_to(parts: list[str], parents: list[int], expected: list[tuple[int, int]]) -> bool:
+    """True when each of ``parts``, looked up without following a symlink in its parent's descriptor
+    (``parents[i]``), is a folder with the (device, inode) ``expected[i]``."""
+    for name, parent, want in zip(parts, parents, expected, strict=True):
+        try:
+            st = os.stat(check_name(name), dir_fd=parent, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) != want:
+            return False
+    return True
 
 
 def same_inode(fd_a: int, fd_b: int) -> bool:
