@@ -392,16 +392,18 @@ class ItemStager(ReusingWriter):
     def _open_unnamed_part(self, final: Path, *, md5: bool) -> PartFile | None:
         """An unnamed part file (``O_TMPFILE``) in ``final``'s folder, or None where the file system
         cannot make one (see :meth:`_open_part`)."""
-        fd = self.folders.open(self._folder_below_root(final), create=True)
+        fd, lent = self.folders.lend(self._folder_below_root(final), create=True)
         try:
             blank = create_unnamed(fd)
         except BaseException:
-            os.close(fd)
+            if not lent:
+                os.close(fd)
             raise
         if blank is None:
-            os.close(fd)
+            if not lent:
+                os.close(fd)
             return None
-        return self.part_file(final, md5=md5, dir_fd=fd, unnamed_fd=blank)
+        return self.part_file(final, md5=md5, dir_fd=fd, dir_fd_lent=lent, unnamed_fd=blank)
 
     def _clear_part_at(self, item: SourceItem, dir_fd: int, name: str, tag: str) -> bool:
         """Make way for the part file ``name`` in ``dir_fd``: True when the ``.part`` there is ours

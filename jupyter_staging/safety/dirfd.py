@@ -226,6 +226,24 @@ class FolderCache:
                 self._ids[key] = _identity(fd)
         return fd
 
+    def lend(self, rel: str | PurePosixPath, *, create: bool = False) -> tuple[int, bool]:
+        """A descriptor of folder ``root / rel`` (opened as :meth:`open` does) and whether it is lent:
+        True for the kept descriptor itself, which the caller must not close (it stays open until
+        :meth:`close`, the end of the run: no ``dup`` and ``close`` per file), False for a new one the
+        caller closes (a folder beyond ``limit``). Raises like :meth:`open`."""
+        key = "/".join(components(rel))
+        with self._lock:
+            kept = self._kept.get(key)
+        if kept is not None:
+            return kept, True
+        fd = self.open(key, create=create)
+        with self._lock:
+            kept = self._kept.get(key)
+        if kept is None:
+            return fd, False
+        os.close(fd)
+        return kept, True
+
     def in_place(self, rel: str | PurePosixPath, fd: int) -> bool:
         """True when folder ``root / rel``, reached from the root without following a symlink, is the
         folder ``fd`` designates: the check before publishing into a kept folder that it was not moved or
@@ -239,7 +257,10 @@ class FolderCache:
         if not parts:
             return _identity(fd) == _identity(self._root())
         root = self._root()
-        want = _identity(fd)
+        key = "/".join(parts)
+        with self._lock:
+            known = self._ids.get(key) if self._kept.get(key) == fd else None
+        want = known or _identity(fd)
         with self._lock:  # the kept descriptors stay open while they are used
             prefixes = ["/".join(parts[:depth]) for depth in range(1, len(parts))]
             if all(prefix in self._kept for prefix in prefixes):

@@ -134,7 +134,10 @@ class PartFile:
     Without ``root`` it works by path, as before. ``folders`` (a :class:`FolderCache` of the root) gives the
     folder's descriptor without a walk; the check before publishing still walks from the root. ``dir_fd``,
     with ``root`` or ``folders``: a descriptor of ``final``'s folder the caller opened from the root already
-    (taken over: the part file closes it, also when the constructor raises).
+    (taken over: the part file closes it, also when the constructor raises; with ``dir_fd_lent``, lent by
+    ``folders`` and never closed here). ``unnamed_fd``: an unnamed file the caller made in that folder
+    (:func:`~jupyter_staging.safety.dirfd.create_unnamed`), used as the part: it gets its only name at
+    :meth:`commit`, and a name taken meanwhile is refused then.
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class PartFile:
         hashed: Hashed | None = None,
         folders: FolderCache | None = None,
         dir_fd: int | None = None,
+        dir_fd_lent: bool = False,
         unnamed_fd: int | None = None,
     ) -> None:
         self.final = final
@@ -156,6 +160,8 @@ class PartFile:
         self._folders = folders
         root = self.root
         self._dir_fd: int | None = None
+        #: The folder descriptor is lent by ``folders`` (:meth:`FolderCache.lend`): never closed here.
+        self._dir_fd_lent = dir_fd_lent and dir_fd is not None
         self._part_id: tuple[int, int] | None = None
         #: True when the part file has no name at all (``O_TMPFILE``) until :meth:`commit` links it.
         self.unnamed = False
@@ -172,7 +178,7 @@ class PartFile:
         self._prehashed = hashed
         self._buffer = memoryview(b"")
         if root is None and (dir_fd is not None or unnamed_fd is not None):
-            for fd in (dir_fd, unnamed_fd):
+            for fd in (None if dir_fd_lent else dir_fd, unnamed_fd):
                 if fd is not None:
                     os.close(fd)
             raise ValueError("a part file given descriptors needs its root")
@@ -213,7 +219,8 @@ class PartFile:
                     raise PathNotAllowed(f"{self.final.name}: its folder is outside the root") from None
                 raise
         try:
-            if lstat_at(self._dir_fd, self.final.name) is not None:
+            # An unnamed part is refused at publishing if the name is taken (nothing to clean up then).
+            if unnamed_fd is None and lstat_at(self._dir_fd, self.final.name) is not None:
                 raise DestinationExists(
                     f"{self.final.name} already exists in the destination; not overwritten"
                 )
@@ -237,7 +244,7 @@ class PartFile:
             raise
         if not self.unnamed:  # an unnamed part is re-opened by descriptor, never by a name
             self._part_id = _identity(os.fstat(fd))
-        return os.fdopen(fd, "r+b")
+        return io.BufferedRandom(io.FileIO(fd, "r+"))  # as os.fdopen(fd, "r+b"), without its isatty()
 
     @functools.cached_property
     def part(self) -> Path:
@@ -275,8 +282,10 @@ class PartFile:
             pass
 
     def _close_dir(self) -> None:
+        """Let go of the folder's descriptor (closed, unless it is lent by the folder cache)."""
         if self._dir_fd is not None:
-            os.close(self._dir_fd)
+            if not self._dir_fd_lent:
+                os.close(self._dir_fd)
             self._dir_fd = None
 
     def _open_reader(self) -> io.RawIOBase:

@@ -170,3 +170,29 @@ def test_publishing_into_a_folder_replaced_by_a_symlink_is_refused(tmp_path: Pat
     assert info.value.code == "path_not_allowed"
     assert os.listdir(tmp_path / "moved" / "sub") == []  # the unnamed part is gone with it
     assert list(outside.iterdir()) == []
+
+
+def test_a_lent_folder_descriptor_outlives_its_part_files(tmp_path: Path):
+    """The engine lends the kept descriptor to each small file's part (no ``dup``/``close`` per file); the
+    part never closes it, and a folder beyond the cache's limit is given as a descriptor of its own."""
+    cache = FolderCache(tmp_path, limit=1)
+    try:
+        fd, lent = cache.lend("out", create=True)
+        assert lent and fd == cache.lend("out")[0]
+        for name in ("a.bin", "b.bin"):
+            out = PartFile(
+                tmp_path / "out" / name,
+                folders=cache,
+                dir_fd=fd,
+                dir_fd_lent=True,
+                unnamed_fd=create_unnamed(fd),
+            )
+            out.write(b"1")
+            out.commit(1)
+        os.fstat(fd)  # still open
+        assert sorted(os.listdir(tmp_path / "out")) == ["a.bin", "b.bin"]
+        other, lent = cache.lend("other", create=True)  # the limit is reached: not kept, not lent
+        assert not lent and other != fd
+        os.close(other)
+    finally:
+        cache.close()
