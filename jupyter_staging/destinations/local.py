@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from jupyter_staging.destinations.base import Destination, scratch_dir
-from jupyter_staging.destinations.manifest import MANIFEST_NAME, read_manifest
+from jupyter_staging.destinations.manifest import MANIFEST_NAME, manifest_bytes, read_manifest
 from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.dirfd import (
@@ -69,7 +69,7 @@ class LocalDestination(Destination):
         """Write ``manifest.json`` (``.part`` by descriptor, then ``linkat``; never overwrites)."""
         out = PartFile(self.workdir / MANIFEST_NAME, root=self.root_dir)
         try:
-            out.write(json.dumps(manifest, indent=2, sort_keys=False).encode() + b"\n")
+            out.write(manifest_bytes(manifest))
             out.commit()
         except BaseException:
             out.discard()

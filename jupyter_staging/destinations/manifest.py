@@ -20,6 +20,24 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 
 
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    """The bytes of ``manifest.json``: UTF-8 JSON, each top-level key on a line of its own (indented by two
+    spaces), each element of a list (``objects``, ``entries``) on one line, and a final newline.
+
+    The same document as ``json.dumps(manifest, indent=2)``, laid out so that the long lists go through
+    the C encoder (``indent`` makes :mod:`json` encode in Python: 15 ms for 2,000 objects here, 4 ms
+    this way), and still one object per line for a reader with ``grep`` or ``diff``."""
+    lines = []
+    for key, value in manifest.items():
+        if isinstance(value, list) and value:
+            items = ",\n    ".join(json.dumps(element) for element in value)
+            text = f"[\n    {items}\n  ]"
+        else:
+            text = json.dumps(value)
+        lines.append(f"  {json.dumps(key)}: {text}")
+    return ("{\n" + ",\n".join(lines) + "\n}\n").encode()
+
+
 def build_manifest(
     *,
     job_id: str,

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import abc
 import hashlib
-import json
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
 from jupyter_staging.destinations.base import Destination, remove_tree_if_empty
+from jupyter_staging.destinations.manifest import manifest_bytes
 from jupyter_staging.errors import InvalidRequest, VerificationFailed
 from jupyter_staging.safety.partfile import BLOCK_SIZE
 
@@ -53,8 +53,8 @@ def presign_seconds(expires_seconds: int) -> int:
 
 
 def manifest_body(manifest: dict[str, Any]) -> bytes:
-    """The bytes of ``manifest.json`` as stored in object storage (indented JSON, a final newline)."""
-    return json.dumps(manifest, indent=2).encode() + b"\n"
+    """The bytes of ``manifest.json`` as stored in object storage (:func:`manifest_bytes`)."""
+    return manifest_bytes(manifest)
 
 
 def file_digests(path: Path) -> tuple[bytes, str]:

@@ -7,7 +7,6 @@ brings one :class:`~jupyter_staging.sources.base.SourceItem` to a published, ver
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -24,7 +23,7 @@ from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.links import SourceDigests, links_to
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.progress import ChunkLedger, LiveProgress
-from jupyter_staging.engine.records import dump_item, load_item
+from jupyter_staging.engine.records import dump_item, json_copy, load_item
 from jupyter_staging.engine.reuse import ReusingWriter
 from jupyter_staging.engine.staged import StagedIndex
 from jupyter_staging.engine.store import ChunkRecord, JobRecord
@@ -119,7 +118,7 @@ class ItemStager(ReusingWriter):
         """Persist the resume data, with the chunk records waiting in the ledger (one transaction, so
         the resume data never gets ahead of the chunks it speaks of)."""
         with self._lock:
-            self._flush_chunks(force=True, resume=copy.deepcopy(self.resume))
+            self._flush_chunks(force=True, resume=json_copy(self.resume))
 
     def _dump_item(self, item: SourceItem) -> dict[str, Any]:
         """``item`` as JSON for the database (:func:`~jupyter_staging.engine.records.dump_item`)."""
@@ -143,7 +142,7 @@ class ItemStager(ReusingWriter):
 
     def _new_chunk(self, *, index: int | None = None, **fields: Any) -> ChunkRecord:
         """A new chunk record at ``index`` or the next free index, written with the next batch."""
-        return ChunkRecord(**self.ledger.add(self.job_id, fields, index))
+        return ChunkRecord.detached(self.ledger.add(self.job_id, fields, index))
 
     def _chunk_ready(self, chunk: ChunkRecord, **fields: Any) -> None:
         """Mark ``chunk`` ready now (one transaction with any records waiting) and announce the job."""

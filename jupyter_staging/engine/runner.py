@@ -15,7 +15,6 @@ The runner reaches its manager only through :class:`~jupyter_staging.engine.host
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from pathlib import PurePosixPath
@@ -28,6 +27,7 @@ from jupyter_staging.engine.entries import error_of
 from jupyter_staging.engine.freshness import every_listed_item
 from jupyter_staging.engine.models import ChunkState, JobState
 from jupyter_staging.engine.placement import swap_in
+from jupyter_staging.engine.records import json_copy
 from jupyter_staging.engine.spreadtables import TableSpreadStager
 from jupyter_staging.engine.store import ChunkRecord, ChunkSummary, JobRecord, utcnow
 from jupyter_staging.engine.units import format_bytes
@@ -88,7 +88,7 @@ class JobRunner(TableSpreadStager):
             self.job_id,
             JobState.running,
             events=[("info", "running")],
-            resume=copy.deepcopy(self.resume),
+            resume=json_copy(self.resume),
             started_at=rec.started_at or utcnow(),
             requested=None,
         )
@@ -204,7 +204,7 @@ class JobRunner(TableSpreadStager):
             listing["events"] = [("info", f"{len(items)} file(s) to stage, {format_bytes(total)}")]
             with self._lock:
                 self.resume["items"] = [self._dump_item(i) for i in items]
-                listing["resume"] = copy.deepcopy(self.resume)
+                listing["resume"] = json_copy(self.resume)
         if plain:
             chunks = self._plain_chunks(items, **listing)
             self._transfer_all(source, rec.method, [(item, chunks[i]) for i, item in enumerate(items)])

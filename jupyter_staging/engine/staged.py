@@ -27,9 +27,14 @@ RECENT_JOBS = 200
 Staged = tuple[Path, int, str]
 
 
+#: Keys sorted, anything else as ``str``: built once (``json.dumps`` with options builds one per call).
+_KEY_ENCODER = json.JSONEncoder(sort_keys=True, default=str)
+
+
 def fingerprint_key(locator_id: str, fingerprint: dict[str, Any]) -> str:
-    """The lookup key of a source item: the identity of the object it names, and its fingerprint."""
-    return json.dumps([locator_id, fingerprint], sort_keys=True, default=str)
+    """The lookup key of a source item: the identity of the object it names, and its fingerprint (the
+    same text as ``json.dumps([locator_id, fingerprint], sort_keys=True, default=str)``)."""
+    return _KEY_ENCODER.encode([locator_id, fingerprint])
 
 
 class StagedIndex:

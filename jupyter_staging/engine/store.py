@@ -163,6 +163,16 @@ class ChunkRecord(Base):
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
 
+    @classmethod
+    def detached(cls, row: dict[str, Any]) -> ChunkRecord:
+        """A record holding the columns ``row`` (the others None), in no session and never flushed through
+        the ORM (the engine's chunk ledger writes its rows itself). Made by the class's instrumentation
+        manager without the constructor's attribute events: 6x faster than ``ChunkRecord(**row)``, which
+        was 1.5 % of a 2,000-file job."""
+        record: ChunkRecord = cls.__mapper__.class_manager.new_instance()
+        record.__dict__.update(row)
+        return record
+
 
 class ChunkSummary(NamedTuple):
     """The columns of a chunk record a manifest and the job's totals need (see :class:`ChunkRecord`)."""
@@ -358,11 +368,6 @@ class Store(SQLStore):
             s.execute(delete(JobRecord).where(JobRecord.id == job_id))
 
     # -- chunks -------------------------------------------------------------------------------------
-
-    def upsert_chunk(self, chunk: ChunkRecord) -> ChunkRecord:
-        with self.session() as s:
-            s.merge(chunk)
-        return chunk
 
     def get_chunk(self, job_id: str, index: int) -> ChunkRecord | None:
         """The chunk of ``job_id`` with that index, or None (also for an index no SQL integer holds)."""
