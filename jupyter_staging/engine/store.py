@@ -419,13 +419,18 @@ class Store(SQLStore):
         message)``, already redacted). Returns the job as updated with ``load_job`` (without its resume
         data; None when it is gone), else None. Costs O(rows) whatever the number of chunks the job
         already has."""
+        table = cast(Table, ChunkRecord.__table__)
         with self.session() as s:
-            if new:
-                s.execute(insert(ChunkRecord), new)
+            # One executemany of a plain INSERT per set of columns (the ORM's bulk insert sorts and
+            # inspects every row: 0.6 s of 20,000 here).
+            inserts: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for row in new:
+                inserts.setdefault(tuple(sorted(row)), []).append(row)
+            for rows in inserts.values():
+                s.execute(insert(table), rows)
             by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
             for chunk_id, fields in updates.items():
                 by_columns.setdefault(tuple(sorted(fields)), []).append({**fields, "chunk_id": chunk_id})
-            table = cast(Table, ChunkRecord.__table__)
             for columns, rows in by_columns.items():
                 # One executemany of a plain UPDATE per set of columns (the ORM's bulk update by primary
                 # key costs a Python pass per row).

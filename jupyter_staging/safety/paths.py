@@ -155,6 +155,8 @@ def check_output_name(name: str) -> str:
     Raises :class:`PathNotAllowed` for absolute names, ``..``, empty or dot components.
     Returns the name as POSIX text.
     """
+    if "/" not in name and "\\" not in name and "\x00" not in name and name and not name.startswith("."):
+        return name  # one plain component (a file of a flat folder: most names), as the loop below finds
     pure = PurePosixPath(name.replace("\\", "/"))
     if pure.is_absolute() or not pure.parts:
         raise PathNotAllowed(f"output name {name!r} is not a relative path")
