@@ -201,30 +201,49 @@ class FolderCache:
 
     def open(self, rel: str | PurePosixPath, *, create: bool = False) -> int:
         """A new descriptor (the caller closes it) of folder ``root / rel``: a ``dup`` of the kept one, else
-        opened (without following a symlink) in its parent folder, itself opened the same way (kept, or
-        walked from the root), and kept. Raises like :func:`open_folder`."""
+        walked from the root (:meth:`_walk`: the folders on the way are kept too) and kept. Raises like
+        :func:`open_folder`."""
         parts = components(rel)
         key = "/".join(parts)
         with self._lock:
             kept = self._kept.get(key)
             if kept is not None:
                 return os.dup(kept)
-        if len(parts) < 2:
-            fd = open_below(self._root(), key, create=create)
-        else:
-            with closing_fd(self.open("/".join(parts[:-1]), create=create)) as parent:
+        fd = self._walk(parts, create=create)
+        self._keep(key, fd)
+        return fd
+
+    def _walk(self, parts: list[str], *, create: bool) -> int:
+        """A new descriptor of the folder ``parts`` reached from the root one component at a time without
+        following a symlink (as :func:`open_below`; never through a kept descriptor, which may have been
+        moved), keeping each folder on the way that is not kept yet, so that :meth:`in_place` can check
+        a path by its kept parents. Iterative: any depth."""
+        fd = os.open(".", DIR_FLAGS, dir_fd=self._root())
+        try:
+            for depth, part in enumerate(parts, start=1):
                 try:
-                    fd = open_dir(parent, parts[-1], create=create)
+                    child = open_dir(fd, part, create=create)
                 except PathNotAllowed:
                     raise PathNotAllowed(
-                        f"{key!r} is a symbolic link or a file, not a folder; links are never followed "
-                        "when writing"
+                        f"{'/'.join(parts[:depth])!r} is a symbolic link or a file, not a folder; links are "
+                        "never followed when writing"
                     ) from None
+                os.close(fd)
+                fd = child
+                if depth < len(parts):
+                    self._keep("/".join(parts[:depth]), fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _keep(self, key: str, fd: int) -> None:
+        """Keep a duplicate of ``fd`` (folder ``key``, just walked to) unless one is kept already or the
+        cache is full or closed. A kept folder is never replaced: a descriptor lent out stays valid."""
         with self._lock:
             if key not in self._kept and len(self._kept) < self._limit and self._root_fd is not None:
                 self._kept[key] = os.dup(fd)
                 self._ids[key] = _identity(fd)
-        return fd
 
     def lend(self, rel: str | PurePosixPath, *, create: bool = False) -> tuple[int, bool]:
         """A descriptor of folder ``root / rel`` (opened as :meth:`open` does) and whether it is lent:

@@ -92,3 +92,33 @@ def test_more_folders_than_the_limit_are_walked_each_time(layout):
         os.close(fd)
     finally:
         cache.close()
+
+
+def test_a_new_folder_below_a_moved_kept_parent_is_walked_to_and_refused(layout):
+    """A folder not kept yet is walked to from the root, never opened in a kept parent that may have been
+    moved: a parent replaced by a symlink (to where it was moved) is refused, and nothing is made there."""
+    root, outside = layout
+    cache = FolderCache(root)
+    try:
+        os.close(cache.open("a/sub1", create=True))  # "a" is kept on the way
+        (root / "a").rename(outside / "a")
+        (root / "a").symlink_to(outside / "a")
+        with pytest.raises(PathNotAllowed):
+            cache.open("a/sub2", create=True)
+        assert sorted(p.name for p in (outside / "a").iterdir()) == ["sub1"]
+    finally:
+        cache.close()
+
+
+def test_a_deep_folder_is_walked_to_without_recursion(layout):
+    root, _ = layout
+    cache = FolderCache(root)
+    try:
+        deep = "/".join(["d"] * 1200)  # deeper than Python's recursion limit
+        fd = cache.open(deep, create=True)
+        try:
+            assert cache.in_place(deep, fd)
+        finally:
+            os.close(fd)
+    finally:
+        cache.close()
