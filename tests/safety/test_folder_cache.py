@@ -113,8 +113,9 @@ def test_a_new_folder_below_a_moved_kept_parent_is_walked_to_and_refused(layout)
 def test_a_deep_folder_is_walked_to_without_recursion(layout):
     root, _ = layout
     cache = FolderCache(root)
+    depth = 1200  # deeper than Python's recursion limit
     try:
-        deep = "/".join(["d"] * 1200)  # deeper than Python's recursion limit
+        deep = "/".join(["d"] * depth)
         fd = cache.open(deep, create=True)
         try:
             assert cache.in_place(deep, fd)
@@ -122,3 +123,6 @@ def test_a_deep_folder_is_walked_to_without_recursion(layout):
             os.close(fd)
     finally:
         cache.close()
+        # Removed here, deepest first: shutil.rmtree (pytest's clean-up) recurses once per level.
+        for level in range(depth, 0, -1):
+            (root / "/".join(["d"] * level)).rmdir()

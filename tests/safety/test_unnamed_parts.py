@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from jupyter_staging.errors import DestinationExists, PathNotAllowed, VerificationFailed
+from jupyter_staging.safety import dirfd
 from jupyter_staging.safety.dirfd import FolderCache, create_unnamed, folder_below
 from jupyter_staging.safety.partfile import PartFile
 
@@ -196,3 +197,30 @@ def test_a_lent_folder_descriptor_outlives_its_part_files(tmp_path: Path):
         os.close(other)
     finally:
         cache.close()
+
+
+@pytest.mark.parametrize("taken", [False, True])
+def test_where_linking_through_procfs_is_refused_the_bytes_are_copied_to_a_named_part(
+    tmp_path: Path, cache: FolderCache, monkeypatch, taken: bool
+):
+    """Some sandboxes refuse ``linkat`` through ``/proc/self/fd`` (a fault this machine cannot produce: the
+    path is pointed at a missing folder). The file is then copied to a part of its own name and published
+    the usual way, and later files are no longer made unnamed."""
+    monkeypatch.setattr(dirfd, "PROC_FD", str(tmp_path / "no-proc"))
+    monkeypatch.setattr(dirfd, "_unnamed_refused", False)
+    final = tmp_path / "out" / "lc.fits"
+    out = unnamed_part(cache, final)
+    out.write(b"q" * 3000)
+    if taken:
+        final.write_bytes(b"theirs")
+        with pytest.raises(DestinationExists):
+            out.commit(3000)
+        assert final.read_bytes() == b"theirs" and os.listdir(final.parent) == ["lc.fits"]
+    else:
+        assert out.commit(3000) == (3000, hashlib.sha256(b"q" * 3000).hexdigest())
+        assert final.read_bytes() == b"q" * 3000 and os.listdir(final.parent) == ["lc.fits"]
+    fd = cache.open("out")
+    try:
+        assert create_unnamed(fd) is None  # no more unnamed files in this process
+    finally:
+        os.close(fd)
