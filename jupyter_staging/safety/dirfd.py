@@ -25,7 +25,7 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
@@ -118,27 +118,35 @@ def open_dir(parent_fd: int, name: str, *, create: bool = False, mode: int = 0o7
         raise
 
 
-def open_below(dir_fd: int, rel: str | PurePosixPath, *, create: bool = False) -> int:
+def open_below(
+    dir_fd: int,
+    rel: str | PurePosixPath,
+    *,
+    create: bool = False,
+    on_the_way: Callable[[str, int], object] | None = None,
+) -> int:
     """A new descriptor of folder ``rel`` below the folder ``dir_fd``, reached one component at a time
     without following any symlink; missing folders are made with ``create``. The caller closes it.
+    ``on_the_way(prefix, fd)`` is called with each folder reached before the last (its path relative to
+    ``dir_fd``, and a descriptor it may duplicate but not close).
 
     Raises :class:`PathNotAllowed` (``path_not_allowed``) for ``..``, an absolute ``rel``, or a symlink
     or file on the way; :class:`FileNotFoundError` for a missing folder without ``create``."""
     parts = components(rel)
     fd = os.open(".", DIR_FLAGS, dir_fd=dir_fd)  # a descriptor of its own, closed independently
-    walked: list[str] = []
     try:
-        for part in parts:
-            walked.append(part)
+        for depth, part in enumerate(parts, start=1):
             try:
                 child = open_dir(fd, part, create=create)
             except PathNotAllowed:
                 raise PathNotAllowed(
-                    f"{'/'.join(walked)!r} is a symbolic link or a file, not a folder; links are never "
-                    "followed when writing"
+                    f"{'/'.join(parts[:depth])!r} is a symbolic link or a file, not a folder; links are "
+                    "never followed when writing"
                 ) from None
             os.close(fd)
             fd = child
+            if on_the_way is not None and depth < len(parts):
+                on_the_way("/".join(parts[:depth]), fd)
     except BaseException:
         os.close(fd)
         raise
@@ -202,40 +210,18 @@ class FolderCache:
 
     def open(self, rel: str | PurePosixPath, *, create: bool = False) -> int:
         """A new descriptor (the caller closes it) of folder ``root / rel``: a ``dup`` of the kept one, else
-        walked from the root (:meth:`_walk`: the folders on the way are kept too) and kept. Raises like
-        :func:`open_folder`."""
+        walked from the root (:func:`open_below`; the folders on the way are kept too) and kept. Raises
+        like :func:`open_folder`."""
         parts = components(rel)
         key = "/".join(parts)
         with self._lock:
             kept = self._kept.get(key)
             if kept is not None:
                 return os.dup(kept)
-        fd = self._walk(parts, create=create)
+        # Walked from the root (never through a kept descriptor, which may have been moved); the folders
+        # on the way are kept too, so that in_place can check a path by its kept parents.
+        fd = open_below(self._root(), key, create=create, on_the_way=self._keep)
         self._keep(key, fd)
-        return fd
-
-    def _walk(self, parts: list[str], *, create: bool) -> int:
-        """A new descriptor of the folder ``parts`` reached from the root one component at a time without
-        following a symlink (as :func:`open_below`; never through a kept descriptor, which may have been
-        moved), keeping each folder on the way that is not kept yet, so that :meth:`in_place` can check
-        a path by its kept parents. Iterative: any depth."""
-        fd = os.open(".", DIR_FLAGS, dir_fd=self._root())
-        try:
-            for depth, part in enumerate(parts, start=1):
-                try:
-                    child = open_dir(fd, part, create=create)
-                except PathNotAllowed:
-                    raise PathNotAllowed(
-                        f"{'/'.join(parts[:depth])!r} is a symbolic link or a file, not a folder; links are "
-                        "never followed when writing"
-                    ) from None
-                os.close(fd)
-                fd = child
-                if depth < len(parts):
-                    self._keep("/".join(parts[:depth]), fd)
-        except BaseException:
-            os.close(fd)
-            raise
         return fd
 
     def _keep(self, key: str, fd: int) -> None:
