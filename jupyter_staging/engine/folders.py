@@ -3,7 +3,7 @@
 :class:`DestinationWriter` is the base of :class:`~jupyter_staging.engine.items.ItemStager`. A local
 destination is confined to the server's root (DESIGN.md, "Security rules"): every folder is reached from the
 root one component at a time without following a symlink (:mod:`jupyter_staging.safety.dirfd`), and the
-descriptors are kept for the run (:class:`~jupyter_staging.safety.dirfd.FolderCache`), so a folder of
+descriptors are kept for the run (:class:`~jupyter_staging.safety.foldercache.FolderCache`), so a folder of
 20,000 files is walked to once, not four times per file. An object-store job's work folder is private
 scratch and is written by path.
 """
@@ -17,7 +17,8 @@ from typing import Any
 
 from jupyter_staging.destinations.base import Destination
 from jupyter_staging.engine.progress import ChunkLedger
-from jupyter_staging.safety.dirfd import FolderCache, folder_below, fsync_fd, publish_at
+from jupyter_staging.safety.dirfd import folder_below, fsync_fd, publish_at
+from jupyter_staging.safety.foldercache import FolderCache
 from jupyter_staging.safety.partfile import PartFile, fsync_dir, publish
 
 
@@ -83,15 +84,16 @@ class DestinationWriter:
 
     def _link_into(self, src: Path, final: Path, *, symbolic: bool) -> None:
         """Hard-link (or symlink) ``src`` as ``final``, in ``final``'s folder opened by descriptor from
-        the confinement root (fsynced before the next chunk batch: a link has no data of its own to
-        fsync). Raises :class:`FileExistsError` when ``final`` exists."""
+        the confinement root and found still at its path (fsynced before the next chunk batch: a link has
+        no data of its own to fsync). Raises :class:`FileExistsError` when ``final`` exists,
+        :class:`PathNotAllowed` when its folder was moved or replaced during the run."""
         self.ledger.sync_folder(final.parent)
         root = self.dest.confinement_root
         if root is None:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(src, final) if symbolic else os.link(src, final)
             return
-        with self.folders.folder(self._folder_below_root(final), create=True) as fd:
+        with self.folders.placed(self._folder_below_root(final), create=True) as fd:
             if symbolic:
                 os.symlink(src, final.name, dir_fd=fd)
             else:
@@ -99,14 +101,15 @@ class DestinationWriter:
 
     def _publish_local(self, path: Path, final: Path) -> None:
         """Give the complete file ``path`` (below the destination) the name ``final``, never replacing
-        anything: by descriptor from the confinement root (``linkat``), else by path."""
+        anything: by descriptor from the confinement root (``linkat``; both folders found still at their
+        paths, else :class:`PathNotAllowed`), else by path."""
         root = self.dest.confinement_root
         if root is None:
             final.parent.mkdir(parents=True, exist_ok=True)
             publish(path, final)
             return
         with (
-            self.folders.folder(self._folder_below_root(path)) as src_fd,
-            self.folders.folder(self._folder_below_root(final), create=True) as dst_fd,
+            self.folders.placed(self._folder_below_root(path)) as src_fd,
+            self.folders.placed(self._folder_below_root(final), create=True) as dst_fd,
         ):
             publish_at(src_fd, path.name, dst_fd, final.name)

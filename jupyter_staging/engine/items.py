@@ -36,13 +36,13 @@ from jupyter_staging.errors import (
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.copying import file_digest
 from jupyter_staging.safety.dirfd import (
-    create_unnamed,
     lstat_at,
     open_existing,
     rename_at,
     unlink_at,
 )
 from jupyter_staging.safety.partfile import PartFile, part_path
+from jupyter_staging.safety.unnamed import create_unnamed
 from jupyter_staging.sources.base import Source, SourceItem
 from jupyter_staging.sources.local import fingerprint
 

@@ -23,20 +23,20 @@ from jupyter_staging.errors import (
     VerificationFailed,
 )
 from jupyter_staging.safety.dirfd import (
-    FolderCache,
     closing_fd,
     create_file,
     folder_below,
     fsync_fd,
+    identity,
     lstat_at,
     open_existing,
     open_folder,
     publish_at,
-    publish_fd_at,
-    reopen_unnamed,
     same_inode,
     unlink_at,
 )
+from jupyter_staging.safety.foldercache import FolderCache
+from jupyter_staging.safety.unnamed import publish_fd_at, reopen_unnamed
 
 #: Size of one read/write block, bytes. 1 MiB blocks in reused buffers stay in the CPU caches; 8 MiB blocks
 #: measured 1.5-1.9x slower here (bench/README.md).
@@ -136,7 +136,7 @@ class PartFile:
     with ``root`` or ``folders``: a descriptor of ``final``'s folder the caller opened from the root already
     (taken over: the part file closes it, also when the constructor raises; with ``dir_fd_lent``, lent by
     ``folders`` and never closed here). ``unnamed_fd``: an unnamed file the caller made in that folder
-    (:func:`~jupyter_staging.safety.dirfd.create_unnamed`), used as the part: it gets its only name at
+    (:func:`~jupyter_staging.safety.unnamed.create_unnamed`), used as the part: it gets its only name at
     :meth:`commit`, and a name taken meanwhile is refused then.
     """
 
@@ -243,7 +243,7 @@ class PartFile:
             self._close_dir()
             raise
         if not self.unnamed:  # an unnamed part is re-opened by descriptor, never by a name
-            self._part_id = _identity(os.fstat(fd))
+            self._part_id = identity(os.fstat(fd))
         return io.BufferedRandom(io.FileIO(fd, "r+"))  # as os.fdopen(fd, "r+b"), without its isatty()
 
     @functools.cached_property
@@ -296,7 +296,7 @@ class PartFile:
         if self.unnamed:
             return io.FileIO(reopen_unnamed(self._fh.fileno()), "rb")
         fd = open_existing(self._dir_fd, self.part.name, os.O_RDONLY | os.O_CLOEXEC)
-        if fd is None or _identity(os.fstat(fd)) != self._part_id:
+        if fd is None or identity(os.fstat(fd)) != self._part_id:
             if fd is not None:
                 os.close(fd)
             raise VerificationFailed(f"{self.final.name}: the partial file was replaced while copying")
@@ -524,7 +524,3 @@ class PartFile:
         finally:
             self._remove_part()
             self._close_dir()
-
-
-def _identity(st: os.stat_result) -> tuple[int, int]:
-    return st.st_dev, st.st_ino

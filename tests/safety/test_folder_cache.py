@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from jupyter_staging.errors import PathNotAllowed
-from jupyter_staging.safety.dirfd import FolderCache, same_inode
+from jupyter_staging.safety.dirfd import same_inode
+from jupyter_staging.safety.foldercache import FolderCache
 from jupyter_staging.safety.partfile import PartFile
 
 
@@ -126,3 +127,36 @@ def test_a_deep_folder_is_walked_to_without_recursion(layout):
         # Removed here, deepest first: shutil.rmtree (pytest's clean-up) recurses once per level.
         for level in range(depth, 0, -1):
             (root / "/".join(["d"] * level)).rmdir()
+
+
+def test_placed_yields_a_kept_folder_that_is_still_at_its_path(layout):
+    root, _ = layout
+    cache = FolderCache(root)
+    try:
+        with cache.placed("a/b", create=True) as fd:
+            os.link(__file__, "linked", dst_dir_fd=fd)
+        assert (root / "a" / "b" / "linked").samefile(__file__)
+        with cache.placed("a/b") as again:  # the kept descriptor, lent: still open after the block
+            assert again == fd
+        os.fstat(fd)
+    finally:
+        cache.close()
+
+
+@pytest.mark.parametrize("moved", ["a/b", "a"])
+def test_placed_refuses_a_kept_folder_moved_out_of_the_root_and_replaced_by_a_symlink(layout, moved):
+    """A kept descriptor follows its folder wherever it is moved: a link made through it would land
+    outside the root. ``placed`` finds the path leads elsewhere (a symlink) and makes nothing."""
+    root, outside = layout
+    cache = FolderCache(root)
+    try:
+        with cache.placed("a/b", create=True):
+            pass
+        (root / moved).rename(outside / "moved")
+        (root / moved).symlink_to(outside / "moved")
+        with pytest.raises(PathNotAllowed, match="moved or replaced"):
+            with cache.placed("a/b") as fd:
+                os.link(__file__, "linked", dst_dir_fd=fd)
+        assert not list(outside.rglob("linked"))
+    finally:
+        cache.close()

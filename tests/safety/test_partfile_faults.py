@@ -15,7 +15,8 @@ import pytest
 
 from jupyter_staging.errors import DestinationExists
 from jupyter_staging.safety import dirfd, partfile
-from jupyter_staging.safety.dirfd import FSYNC_UNSUPPORTED, FolderCache
+from jupyter_staging.safety.dirfd import FSYNC_UNSUPPORTED
+from jupyter_staging.safety.foldercache import FolderCache
 from jupyter_staging.safety.partfile import PartFile, fsync_dir, part_path
 
 

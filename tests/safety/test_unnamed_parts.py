@@ -19,9 +19,11 @@ from pathlib import Path
 import pytest
 
 from jupyter_staging.errors import DestinationExists, PathNotAllowed, VerificationFailed
-from jupyter_staging.safety import dirfd
-from jupyter_staging.safety.dirfd import FolderCache, create_unnamed, folder_below
+from jupyter_staging.safety import unnamed
+from jupyter_staging.safety.dirfd import folder_below
+from jupyter_staging.safety.foldercache import FolderCache
 from jupyter_staging.safety.partfile import PartFile
+from jupyter_staging.safety.unnamed import create_unnamed
 
 
 def open_fds() -> int:
@@ -88,7 +90,8 @@ def test_a_crash_before_publishing_leaves_no_file(tmp_path: Path):
         f"""
         import os, signal
         from pathlib import Path
-        from jupyter_staging.safety.dirfd import FolderCache, create_unnamed
+        from jupyter_staging.safety.foldercache import FolderCache
+        from jupyter_staging.safety.unnamed import create_unnamed
         from jupyter_staging.safety.partfile import PartFile
         cache = FolderCache(Path({str(tmp_path)!r}))
         fd = cache.open("out", create=True)
@@ -206,8 +209,8 @@ def test_where_linking_through_procfs_is_refused_the_bytes_are_copied_to_a_named
     """Some sandboxes refuse ``linkat`` through ``/proc/self/fd`` (a fault this machine cannot produce: the
     path is pointed at a missing folder). The file is then copied to a part of its own name and published
     the usual way, and later files are no longer made unnamed."""
-    monkeypatch.setattr(dirfd, "PROC_FD", str(tmp_path / "no-proc"))
-    monkeypatch.setattr(dirfd, "_unnamed_refused", False)
+    monkeypatch.setattr(unnamed, "PROC_FD", str(tmp_path / "no-proc"))
+    monkeypatch.setattr(unnamed, "_unnamed_refused", False)
     final = tmp_path / "out" / "lc.fits"
     out = unnamed_part(cache, final)
     out.write(b"q" * 3000)

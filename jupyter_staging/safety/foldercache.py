@@ -1,0 +1,178 @@
+"""Folder descriptors kept for a job run: each folder below the root walked to once, checked in place.
+
+A job that writes 20,000 files into one folder would otherwise walk from the root (one ``open`` per path
+component, no symlink followed: :func:`~jupyter_staging.safety.dirfd.open_below`) four times per file.
+:class:`FolderCache` walks once and keeps the descriptor. A kept descriptor follows its folder wherever it
+is moved, so anything that gives a file a name in it first checks the folder is still at its path
+(:meth:`FolderCache.in_place`, :meth:`FolderCache.placed`): a folder moved out of the root and replaced by
+a symlink receives nothing (``DESIGN.md``, "Security rules").
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+
+from jupyter_staging.errors import PathNotAllowed
+from jupyter_staging.safety.dirfd import (
+    check_name,
+    closing_fd,
+    components,
+    fd_identity,
+    identity,
+    open_below,
+    open_root,
+    same_inode,
+)
+
+
+class FolderCache:
+    """Descriptors of folders below one trusted ``root``, each reached once with :func:`open_below` (no
+    symlink followed) and kept until :meth:`close` (a job run keeps one): later uses cost one ``dup``
+    instead of a walk from the root. A folder of many files is thus opened once, not four times per file.
+
+    A kept descriptor designates the folder it was opened on, wherever that folder is moved later; a
+    symlink put in its place afterwards is never followed. Code that must know the folder is still at its
+    path asks :meth:`in_place` (as publishing does), or re-walks with :meth:`walk` and compares inodes
+    (:func:`same_inode`). At most ``limit`` folders are kept; beyond that each use walks from the root.
+    Thread-safe."""
+
+    def __init__(self, root: Path, *, limit: int = 256) -> None:
+        self.root = root
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._root_fd: int | None = None
+        self._kept: dict[str, int] = {}
+        #: (device, inode) of each kept folder, as opened.
+        self._ids: dict[str, tuple[int, int]] = {}
+
+    def _root(self) -> int:
+        with self._lock:
+            if self._root_fd is None:
+                self._root_fd = open_root(self.root)
+            return self._root_fd
+
+    def open(self, rel: str | PurePosixPath, *, create: bool = False) -> int:
+        """A new descriptor (the caller closes it) of folder ``root / rel``: a ``dup`` of the kept one, else
+        walked from the root (:func:`open_below`; the folders on the way are kept too) and kept. Raises
+        like :func:`open_folder`."""
+        parts = components(rel)
+        key = "/".join(parts)
+        with self._lock:
+            kept = self._kept.get(key)
+            if kept is not None:
+                return os.dup(kept)
+        # Walked from the root (never through a kept descriptor, which may have been moved); the folders
+        # on the way are kept too, so that in_place can check a path by its kept parents.
+        fd = open_below(self._root(), key, create=create, on_the_way=self._keep)
+        self._keep(key, fd)
+        return fd
+
+    def _keep(self, key: str, fd: int) -> None:
+        """Keep a duplicate of ``fd`` (folder ``key``, just walked to) unless one is kept already or the
+        cache is full or closed. A kept folder is never replaced: a descriptor lent out stays valid."""
+        with self._lock:
+            if key not in self._kept and len(self._kept) < self._limit and self._root_fd is not None:
+                self._kept[key] = os.dup(fd)
+                self._ids[key] = fd_identity(fd)
+
+    def lend(self, rel: str | PurePosixPath, *, create: bool = False) -> tuple[int, bool]:
+        """A descriptor of folder ``root / rel`` (opened as :meth:`open` does) and whether it is lent:
+        True for the kept descriptor itself, which the caller must not close (it stays open until
+        :meth:`close`, the end of the run: no ``dup`` and ``close`` per file), False for a new one the
+        caller closes (a folder beyond ``limit``). Raises like :meth:`open`."""
+        key = "/".join(components(rel))
+        with self._lock:
+            kept = self._kept.get(key)
+        if kept is not None:
+            return kept, True
+        fd = self.open(key, create=create)
+        with self._lock:
+            kept = self._kept.get(key)
+        if kept is None:
+            return fd, False
+        os.close(fd)
+        return kept, True
+
+    def in_place(self, rel: str | PurePosixPath, fd: int) -> bool:
+        """True when folder ``root / rel``, reached from the root without following a symlink, is the
+        folder ``fd`` designates: the check before publishing into a kept folder that it was not moved or
+        replaced (by a symlink, say) meanwhile.
+
+        Where every folder on the way is kept, each name is looked up with ``fstatat(AT_SYMLINK_NOFOLLOW)``
+        in its kept parent, which must be the folder found there (one call per component, against a walk's
+        open and close of each); else the path is walked afresh (:meth:`walk`). Raises ``OSError`` other
+        than a missing folder."""
+        parts = components(rel)
+        if not parts:
+            return fd_identity(fd) == fd_identity(self._root())
+        root = self._root()
+        key = "/".join(parts)
+        prefixes = ["/".join(parts[:depth]) for depth in range(1, len(parts))]
+        with self._lock:  # the kept descriptors stay open while they are used
+            want = self._ids[key] if self._kept.get(key) == fd else fd_identity(fd)
+            if all(prefix in self._kept for prefix in prefixes):
+                parents = [root, *(self._kept[prefix] for prefix in prefixes)]
+                return _names_lead_to(parts, parents, [*(self._ids[p] for p in prefixes), want])
+        try:
+            with closing_fd(self.walk(rel)) as fresh:
+                return same_inode(fresh, fd)
+        except (PathNotAllowed, FileNotFoundError):
+            return False
+
+    def walk(self, rel: str | PurePosixPath) -> int:
+        """A new descriptor of ``root / rel`` walked afresh from the root (never a kept one), to check
+        that a folder is still where it was. Raises like :func:`open_folder` without ``create``."""
+        return open_below(self._root(), rel)
+
+    @contextmanager
+    def folder(self, rel: str | PurePosixPath, *, create: bool = False) -> Iterator[int]:
+        """:meth:`open` as a context manager that closes the descriptor it yields."""
+        with closing_fd(self.open(rel, create=create)) as fd:
+            yield fd
+
+    @contextmanager
+    def placed(self, rel: str | PurePosixPath, *, create: bool = False) -> Iterator[int]:
+        """:meth:`folder`, but the folder yielded is at ``root / rel`` now: a kept descriptor is checked
+        with :meth:`in_place` first, so a link or name made in it lands at its path, not in a folder moved
+        away since (perhaps out of the root) and replaced by a symlink. The descriptor may be the kept one
+        (:meth:`lend`): use it only inside the block, never close it.
+        Raises :class:`PathNotAllowed` for a folder moved or replaced, and like :meth:`open`."""
+        fd, lent = self.lend(rel, create=create)
+        try:
+            if not self.in_place(rel, fd):
+                raise PathNotAllowed(
+                    f"{'/'.join(components(rel))!r} was moved or replaced (by a symbolic link, say) while "
+                    "the job ran; nothing was written there"
+                )
+            yield fd
+        finally:
+            if not lent:
+                os.close(fd)
+
+    def close(self) -> None:
+        """Close every kept descriptor, once no thread uses the cache any more (the end of a run); it may
+        be used again afterwards and then walks afresh."""
+        with self._lock:
+            kept, self._kept = list(self._kept.values()), {}
+            self._ids = {}
+            root, self._root_fd = self._root_fd, None
+        for fd in [*kept, *([root] if root is not None else [])]:
+            os.close(fd)
+
+
+def _names_lead_to(parts: list[str], parents: list[int], expected: list[tuple[int, int]]) -> bool:
+    """True when each of ``parts``, looked up without following a symlink in its parent's descriptor
+    (``parents[i]``), is a folder with the (device, inode) ``expected[i]``."""
+    for name, parent, want in zip(parts, parents, expected, strict=True):
+        try:
+            st = os.stat(check_name(name), dir_fd=parent, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if not stat.S_ISDIR(st.st_mode) or identity(st) != want:
+            return False
+    return True

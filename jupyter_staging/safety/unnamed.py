@@ -1,0 +1,114 @@
+"""Unnamed files (``O_TMPFILE``): a small file written with no name in its final folder, named once verified.
+
+A file made with ``O_TMPFILE`` has no name until it is linked into its folder through
+``/proc/self/fd/<n>`` (open(2), "O_TMPFILE"), so a failure, a pause or a crash before that leaves nothing
+behind, and there is no ``.part`` name to create, tag, check or remove. Where the kernel, the file system or
+procfs cannot do this, :func:`create_unnamed` says so (None) and callers write a named ``.part``
+(:mod:`jupyter_staging.safety.partfile`).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import secrets
+
+from jupyter_staging.errors import DestinationExists
+from jupyter_staging.safety.dirfd import check_name, create_file, fsync_fd, publish_at, unlink_at
+
+#: Where a descriptor can be named again by path (Linux's procfs): an unnamed file is linked into its
+#: folder, and re-opened, through ``/proc/self/fd/<n>`` (open(2), "O_TMPFILE"); ``linkat`` with
+#: ``AT_EMPTY_PATH`` would need a capability.
+PROC_FD = "/proc/self/fd"
+
+#: errno values of ``open(O_TMPFILE)`` meaning "not on this kernel or file system" (open(2): EISDIR from
+#: kernels without ``O_TMPFILE``, EOPNOTSUPP from file systems without it).
+_NO_TMPFILE = {errno.EISDIR, errno.EOPNOTSUPP, errno.EINVAL}
+
+
+@functools.cache
+def _procfs() -> bool:
+    """True where unnamed files can be made and named (``O_TMPFILE`` and procfs), looked up once."""
+    return hasattr(os, "O_TMPFILE") and os.path.isdir(PROC_FD)
+
+
+def create_unnamed(dir_fd: int, mode: int = 0o666) -> int | None:
+    """A new unnamed regular file in folder ``dir_fd`` (``O_TMPFILE``, read-write, ``mode`` before the
+    umask), given a name only by :func:`publish_fd_at`; a crash or a close before that leaves nothing
+    behind. None where the kernel or the file system cannot make one, or procfs is missing (it could not
+    be named then). Raises ``OSError`` for any other failure (ENOSPC, EACCES)."""
+    if _unnamed_refused or not _procfs():
+        return None
+    try:
+        return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    except OSError as err:
+        if err.errno in _NO_TMPFILE:
+            return None
+        raise
+
+
+def reopen_unnamed(fd: int, flags: int = os.O_RDONLY | os.O_CLOEXEC) -> int:
+    """A second descriptor (read-only by default) on the file open as ``fd``, named or not, through
+    :data:`PROC_FD`. Raises ``OSError``."""
+    return os.open(f"{PROC_FD}/{fd}", flags)
+
+
+#: errno values of the link through procfs meaning "this system does not name unnamed files that way" (a
+#: sandbox or a hardened procfs): the file is copied to a named part instead, and no more are made unnamed.
+_NO_PROC_LINK = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EXDEV, errno.ELOOP}
+#: Set once linking an unnamed file was refused in this process: :func:`create_unnamed` then makes none.
+_unnamed_refused = False
+
+
+def publish_fd_at(fd: int, dst_dir_fd: int, final: str, *, sync: bool = True) -> None:
+    """Give the unnamed file open as ``fd`` (made with ``O_TMPFILE``) the name ``final`` in
+    ``dst_dir_fd``, never replacing anything: ``linkat`` of ``/proc/self/fd/<fd>`` with
+    ``AT_SYMLINK_FOLLOW`` (open(2), "O_TMPFILE"), which fails with ``EEXIST`` whatever is at ``final``; then
+    the folder is fsynced unless ``sync`` is False (as :func:`publish_at`).
+
+    Where the system refuses that link (:data:`_NO_PROC_LINK`), the bytes are copied to a new file
+    ``<final>.<8 hex>.part`` in the same folder, fsynced and published with :func:`publish_at` (that file
+    removed on any failure), and no later file of this process is made unnamed.
+
+    Raises :class:`DestinationExists` when ``final`` exists; ``OSError`` else."""
+    global _unnamed_refused
+    check_name(final)
+    try:
+        os.link(f"{PROC_FD}/{fd}", final, dst_dir_fd=dst_dir_fd, follow_symlinks=True)
+    except FileExistsError:
+        raise DestinationExists(f"{final} already exists in the destination; not overwritten") from None
+    except OSError as err:
+        if err.errno not in _NO_PROC_LINK:
+            raise
+        _unnamed_refused = True
+        _publish_copy(fd, dst_dir_fd, final)
+    if sync:
+        fsync_fd(dst_dir_fd)
+
+
+def _publish_copy(fd: int, dir_fd: int, final: str) -> None:
+    """Copy the whole file open as ``fd`` to a new file of ``dir_fd`` with a name of its own
+    (``<final>.<8 hex>.part``, ``O_EXCL``: nothing of anyone else is touched), fsync it and publish it as
+    ``final`` (not fsyncing the folder). Raises :class:`DestinationExists` or ``OSError``; that file is
+    removed on failure."""
+    part = check_name(f"{final}.{secrets.token_hex(4)}.part")
+    out = create_file(dir_fd, part)
+    try:
+        try:
+            offset, size = 0, os.fstat(fd).st_size
+            while offset < size:
+                block = os.pread(fd, min(size - offset, 1024 * 1024), offset)
+                if not block:
+                    raise OSError(errno.EIO, f"{final}: the unnamed file shrank while it was copied")
+                written = 0
+                while written < len(block):
+                    written += os.pwrite(out, block[written:], offset + written)
+                offset += len(block)
+            os.fsync(out)
+        finally:
+            os.close(out)
+        publish_at(dir_fd, part, dir_fd, final, sync=False)
+    except BaseException:
+        unlink_at(dir_fd, part)
+        raise

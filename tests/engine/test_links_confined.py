@@ -1,0 +1,68 @@
+"""Links and reused outputs are made only in folders still at their paths below the destination's root:
+a folder moved out of the root while a job runs, and replaced by a symlink, receives nothing."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from jupyter_staging.destinations.local import LocalDestination
+from jupyter_staging.engine.folders import DestinationWriter
+from jupyter_staging.engine.progress import ChunkLedger
+from jupyter_staging.errors import PathNotAllowed
+
+
+class _Writer(DestinationWriter):
+    def __init__(self, root: Path) -> None:
+        self.dest = LocalDestination("job", root, "staged")
+        self.ledger = ChunkLedger()
+        self._lock = threading.RLock()
+
+
+@pytest.fixture
+def setting(tmp_path: Path) -> tuple[Path, Path, Path]:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "shared").mkdir(parents=True)
+    outside.mkdir()
+    src = root / "shared" / "kplr.fits"
+    src.write_bytes(b"SIMPLE  =                    T" + b" " * 50)
+    return root, outside, src
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_a_link_goes_into_a_folder_moved_away_nowhere(setting, symbolic):
+    root, outside, src = setting
+    writer = _Writer(root)
+    staged = root / "staged" / "sub"
+    try:
+        writer._link_into(src, staged / "first.fits", symbolic=symbolic)  # the folder is kept now
+        assert (staged / "first.fits").exists()
+        (root / "staged").rename(outside / "staged")
+        (root / "staged").symlink_to(outside / "staged")
+        with pytest.raises(PathNotAllowed):
+            writer._link_into(src, staged / "second.fits", symbolic=symbolic)
+        assert sorted(p.name for p in (outside / "staged" / "sub").iterdir()) == ["first.fits"]
+    finally:
+        writer.close_folders()
+
+
+def test_a_reused_output_is_not_published_into_a_folder_moved_away(setting):
+    root, outside, src = setting
+    writer = _Writer(root)
+    staged = root / "staged"
+    try:
+        writer._link_into(src, staged / "done.fits", symbolic=False)
+        (staged / "work").mkdir()
+        (staged / "work" / "out.parquet").write_bytes(b"PAR1")
+        writer._publish_local(staged / "work" / "out.parquet", staged / "out.parquet")
+        assert (staged / "out.parquet").read_bytes() == b"PAR1"
+        (staged / "work" / "next.parquet").write_bytes(b"PAR1")
+        (root / "staged").rename(outside / "staged")
+        (root / "staged").symlink_to(outside / "staged")
+        with pytest.raises(PathNotAllowed):
+            writer._publish_local(staged / "work" / "next.parquet", staged / "next.parquet")
+        assert not (outside / "staged" / "next.parquet").exists()
+    finally:
+        writer.close_folders()
