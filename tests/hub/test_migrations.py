@@ -13,10 +13,9 @@ from types import ModuleType
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.orm.exc import DetachedInstanceError
 
 from jupyter_staging.engine.migrate import JOB_MIGRATIONS, Migrations, current_revision
-from jupyter_staging.engine.store import ChunkRecord, JobRecord, Store
+from jupyter_staging.engine.store import ChunkRecord, JobRecord, ResumeNotRead, Store
 from jupyter_staging.hub.db import HUB_MIGRATIONS, OperationStore
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
@@ -85,6 +84,9 @@ def test_a_release_0_1_job_database_is_upgraded_in_place_and_its_jobs_read_back(
         and shown.part_bytes == {"part-000000.parquet": 1234}
         and shown.not_converted is None
     )
+    # Migration 0004 moved the resume data into a table of its own and dropped the column.
+    assert job.resume == {"items": [{"name": "k.fits"}], "part_bytes": {"part-000000.parquet": 1234}}
+    assert "resume" not in {c["name"] for c in sa.inspect(engine).get_columns("staging_jobs")}
     [chunk] = store.list_chunks("job-0.1")
     assert chunk.path == "k.fits" and chunk.bytes == 1457280
     assert [e.message for e in store.list_events("job-0.1")] == ["succeeded"]
@@ -119,7 +121,7 @@ def test_a_fresh_database_is_made_at_the_newest_revision_with_both_version_table
     OperationStore(db_url).close()
     engine = sa.create_engine(db_url)
     tables = set(sa.inspect(engine).get_table_names())
-    assert {"staging_jobs", "staging_chunks", "staging_events", "operations"} <= tables
+    assert {"staging_jobs", "staging_chunks", "staging_events", "staging_job_resume", "operations"} <= tables
     assert {"staging_alembic_version", "staging_hub_alembic_version"} <= tables
     assert current_revision(engine, JOB_MIGRATIONS) == JOB_MIGRATIONS.head()
     assert current_revision(engine, HUB_MIGRATIONS) == HUB_MIGRATIONS.head()
@@ -164,7 +166,7 @@ def test_jobs_are_shown_without_reading_their_resume_data_on_every_database(db_u
     light = store.get_job("job-1", resume=False)
     assert light is not None and light.part_bytes == resume["part_bytes"]
     assert light.not_converted == {"x": "why"}
-    with pytest.raises(DetachedInstanceError):
+    with pytest.raises(ResumeNotRead):
         _ = light.resume  # never read behind the caller's back
     [listed] = store.list_jobs("alice", resume=False)
     assert listed.part_bytes == resume["part_bytes"]
@@ -186,4 +188,48 @@ def test_jobs_are_shown_without_reading_their_resume_data_on_every_database(db_u
     assert updated is not None and updated.part_bytes == {"p-0.parquet": 7}
     again = store.get_job("job-1", resume=False)
     assert again is not None and again.part_bytes == {"p-0.parquet": 7} and again.chunks_done == 2
+    store.write_chunks("job-1", [], {}, resume={"items": items[:2]}, bytes_done=9)
+    [listed] = store.list_jobs("alice")
+    assert listed.resume == {"items": items[:2]} and listed.bytes_done == 9 and listed.part_bytes is None
+    store.delete_job("job-1")
+    assert store.get_job("job-1") is None
+    engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM staging_job_resume")).scalar() == 0
+    engine.dispose()
     store.close()
+
+
+def test_the_resume_table_is_moved_back_by_a_downgrade_and_forth_again(db_url):
+    """Migration 0004 both ways: a downgrade to 0003 puts each job's resume data back in its row, an upgrade
+    moves it out again, nothing lost."""
+    from alembic import command
+
+    from jupyter_staging.engine.migrate import upgrade_database
+
+    store = Store(db_url)
+    resume = {"items": [{"name": "lc.fits", "size": 5}], "attempts": 2}
+    store.add_job(
+        JobRecord(
+            id="job-r", owner="alice", root="/home/alice", name="k", source="/archive", destination="out",
+            method="copy", state="running", cleanup_policy="retain", resume=resume,
+            created_at=NOW, updated_at=NOW,
+        )
+    )  # fmt: skip
+    store.close()
+    engine = sa.create_engine(db_url)
+    cfg = JOB_MIGRATIONS.config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        cfg.attributes["version_table"] = JOB_MIGRATIONS.version_table
+        command.downgrade(cfg, "0003")
+    with engine.connect() as conn:
+        jobs = sa.table("staging_jobs", sa.column("id"), sa.column("resume", sa.JSON))
+        assert conn.execute(sa.select(jobs.c.resume).where(jobs.c.id == "job-r")).scalar() == resume
+        assert "staging_job_resume" not in sa.inspect(conn).get_table_names()
+    upgrade_database(engine, JOB_MIGRATIONS)
+    store = Store(db_url)
+    job = store.get_job("job-r")
+    assert job is not None and job.resume == resume
+    store.close()
+    engine.dispose()
