@@ -12,7 +12,7 @@ def database_texts(db: Path) -> list[str]:
     texts = []
     with sqlite3.connect(db) as conn:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        assert {"staging_jobs", "staging_chunks", "staging_events"} <= set(tables)
+        assert {"staging_jobs", "staging_chunks", "staging_events", "staging_job_resume"} <= set(tables)
         for table in tables:
             for row in conn.execute(f'SELECT * FROM "{table}"'):  # noqa: S608 - names from sqlite_master
                 texts.extend(str(v) for v in row)

@@ -213,7 +213,7 @@ def test_a_job_reading_a_presigned_url_resumes_after_a_restart_from_its_sealed_s
     assert_nowhere(secrets_of(url), database_texts(db), "the database")
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT sealed FROM staging_jobs").fetchall() == [(None,)]
-        assert "sealed" not in conn.execute("SELECT resume FROM staging_jobs").fetchone()[0]
+        assert "sealed" not in conn.execute("SELECT resume FROM staging_job_resume").fetchone()[0]
 
 
 def test_without_its_key_a_sealed_job_fails_clearly(tmp_path, s3_env):
