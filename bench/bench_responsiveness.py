@@ -48,7 +48,7 @@ from datagen import write_csv
 from sqlalchemy import insert
 
 from jupyter_staging.engine.lifecycle import current_user
-from jupyter_staging.engine.store import ChunkRecord, EventRecord, JobRecord, Store, utcnow
+from jupyter_staging.engine.store import ChunkRecord, EventRecord, JobRecord, ResumeRecord, Store, utcnow
 from tests.helpers.jupyter import JupyterServerProcess
 
 ROOT = WORK / "responsiveness"
@@ -300,8 +300,10 @@ def seed_jobs(db_url: str, root_dir: Path, count: int) -> None:
             dict(job_id=job_id, time=created, level="info", message="job created: seed"),
             dict(job_id=job_id, time=created, level="info", message="succeeded"),
         ]
+    resumes = [{"job_id": job["id"], "resume": job.pop("resume")} for job in jobs]
     with store.session() as s:
-        for table, rows in ((JobRecord, jobs), (ChunkRecord, chunks), (EventRecord, events)):
+        tables = ((JobRecord, jobs), (ResumeRecord, resumes), (ChunkRecord, chunks), (EventRecord, events))
+        for table, rows in tables:
             for start in range(0, len(rows), 5000):
                 s.execute(insert(table), rows[start : start + 5000])
     store.close()

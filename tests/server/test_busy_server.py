@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import insert
 
-from jupyter_staging.engine.store import JobRecord, utcnow
+from jupyter_staging.engine.store import JobRecord, ResumeRecord, utcnow
 from tests.helpers.api import API, expect_error, post_job, wait_for
 from tests.helpers.data import KEPLER, SPITZER
 
@@ -44,8 +44,10 @@ def seed_finished_jobs(manager, count: int) -> list[str]:
                 **dict(created_at=created, updated_at=created, started_at=created, finished_at=created),
             }
         )
+    resumes = [{"job_id": r["id"], "resume": r.pop("resume")} for r in rows]
     with manager.store.session() as s:
         s.execute(insert(JobRecord), rows)
+        s.execute(insert(ResumeRecord), resumes)
     return [r["destination"] for r in rows]
 
 
