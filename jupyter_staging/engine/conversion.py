@@ -263,7 +263,9 @@ class ConvertingStager(PipelinedStager):
                 rows = int(table.header.get("NAXIS2", 0)) if table is not None else 0
             chunk_rows = int(opts.get("chunk_rows") or 100_000)
             if rows:
-                self.store.update_job(self.job_id, chunks_total=math.ceil(rows / chunk_rows))
+                self.store.update_job(
+                    self.job_id, load_resume=False, chunks_total=math.ceil(rows / chunk_rows)
+                )
         except Exception:  # noqa: S110 - only an estimate; the converter reports real errors
             pass
 

@@ -58,7 +58,7 @@ class ManifestStager(ExpandingStager):
         chunks = self.store.list_chunks(self.job_id)
         if rec.convert is None and not self._expands():
             fields["chunks_total"] = len(chunks)
-        self.store.update_job(self.job_id, **fields)
+        self.store.update_job(self.job_id, load_resume=False, **fields)
         by_item = {(c.entry, self.dest.relative(c.path)): c for c in chunks}
         failures = {n: listed[n]["error"] for n in names if "error" in listed[n]}
         staged = self._parallel(

@@ -379,7 +379,7 @@ class ItemStager(ReusingWriter):
                 os.rename(part, aside)  # renames a planted symlink itself, never its target
                 self._log_set_aside(item, aside.name)
             return self._tag_part(item, tag, self.part_file(final, resume=True, md5=md5))
-        fd = self.folders.open(self._folder_below_root(final), create=True)
+        fd = self.folders.open(self._folder_below_root(final), create=True, placed=True)
         try:
             resume = self._clear_part_at(item, fd, part.name, tag)
         except BaseException:

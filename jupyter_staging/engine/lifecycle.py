@@ -95,7 +95,10 @@ class JobLifecycle:
         self.executor.start()
         resumed = []
         for rec in self.store.list_jobs(
-            root=str(self.root_dir), states=[JobState.running.value, JobState.queued.value], limit=100000
+            root=str(self.root_dir),
+            states=[JobState.running.value, JobState.queued.value],
+            limit=100000,
+            resume=False,
         ):
             if rec.runner and rec.runner != self.runner_id and runner_alive(rec.runner):
                 continue  # another live process (a second kernel, a script) runs it

@@ -251,7 +251,7 @@ class StagingManager(JobLifecycle):
     def _request(self, job_id: str, wanted: JobState) -> None:
         """Ask the runner of a running job to pause or cancel: in this process through its control,
         in another process (a shared database) through the ``requested`` column it polls."""
-        self.store.update_job(job_id, requested=wanted.value)
+        self.store.update_job(job_id, load_resume=False, requested=wanted.value)
         with self._lock:
             control = self._controls.get(job_id)
         if control is not None:
@@ -292,7 +292,7 @@ class StagingManager(JobLifecycle):
             return self.describe(rec)
         if state != JobState.paused:
             raise InvalidState(f"a {state.value} job cannot be resumed")
-        self.store.update_job(job_id, requested=None)
+        self.store.update_job(job_id, load_resume=False, requested=None)
         self.set_state(job_id, JobState.queued)
         self.log_event(job_id, "info", "resumed")
         self.submit(job_id)

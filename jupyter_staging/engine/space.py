@@ -118,7 +118,7 @@ class SpaceLimits:
         the bytes done) of a queued, running or paused job, the published chunks of a finished one."""
         held = 0
         for rec in self.store.list_jobs(
-            root=str(self.root_dir), states=[*WRITING_STATES, *KEPT_STATES], limit=100000
+            root=str(self.root_dir), states=[*WRITING_STATES, *KEPT_STATES], limit=100000, resume=False
         ):
             if is_object_destination(rec.destination):
                 continue

@@ -87,7 +87,7 @@ class TableSpreadStager(SpreadStager):
         )
         tasks = ranges.after(existing)
         if len(self.resume.get("items", [])) == 1:
-            self.store.update_job(self.job_id, chunks_total=ranges.parts)
+            self.store.update_job(self.job_id, load_resume=False, chunks_total=ranges.parts)
         options = {
             "chunk_rows": int(opts.get("chunk_rows") or 100_000),
             "compression": str(opts.get("compression") or "zstd"),

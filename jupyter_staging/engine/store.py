@@ -147,6 +147,8 @@ class JobRecord(Base):
 
 #: Where a :class:`JobRecord` holds its resume data once read (not a mapped attribute).
 _RESUME_KEY = "_resume_data"
+#: "No resume data given" (None is resume data: none).
+_UNSET: Any = object()
 
 
 class ResumeNotRead(RuntimeError):
@@ -249,12 +251,20 @@ _INSERT_JOB = insert(cast(Table, JobRecord.__table__))
 _RESUME = cast(Table, ResumeRecord.__table__)
 
 
+#: Job ids per ``SELECT ... IN`` of resume data: below every database's limit of bound parameters (999 on
+#: SQLite before 3.32, 32,766 since; 65,535 with psycopg).
+_RESUME_BATCH = 500
+
+
 def _read_resume(s: Session, records: Sequence[JobRecord]) -> None:
-    """Read the resume data of ``records`` (one ``SELECT``) into them; None for a job without any."""
-    if not records:
-        return
+    """Read the resume data of ``records`` (one ``SELECT`` per :data:`_RESUME_BATCH` jobs) into them; None
+    for a job without any."""
+    found: dict[str, Any] = {}
     ids = [rec.id for rec in records]
-    found = dict(s.execute(select(_RESUME.c.job_id, _RESUME.c.resume).where(_RESUME.c.job_id.in_(ids))).all())
+    for start in range(0, len(ids), _RESUME_BATCH):
+        batch = ids[start : start + _RESUME_BATCH]
+        query = select(_RESUME.c.job_id, _RESUME.c.resume).where(_RESUME.c.job_id.in_(batch))
+        found.update(s.execute(query).tuples().all())
     for rec in records:
         rec.resume = found.get(rec.id)
 
@@ -423,10 +433,12 @@ class Store(SQLStore):
             for key, value in fields.items():
                 setattr(rec, key, value)
             if "resume" in fields:
-                _write_resume(s, job_id, fields["resume"])
                 _show_resume(rec)
             now = utcnow()
             rec.updated_at = now
+            if "resume" in fields:
+                s.flush()  # the job's row before its resume row, as in write_chunks (one lock order)
+                _write_resume(s, job_id, fields["resume"])
             s.add_all(EventRecord(job_id=job_id, time=now, level=lv, message=m) for lv, m in events)
             return rec
 
@@ -510,14 +522,15 @@ class Store(SQLStore):
                     .values({name: bindparam(name) for name in columns})
                 )
                 s.execute(stmt, rows)
-            if "resume" in job_fields:
-                resume = job_fields.pop("resume")
-                _write_resume(s, job_id, resume)
+            resume = job_fields.pop("resume", _UNSET)
+            if resume is not _UNSET:
                 job_fields.update(shown_parts(resume))
-            if job_fields:
+            if job_fields:  # the job's row before its resume row, as in update_job (one lock order)
                 s.execute(
                     update(JobRecord).where(JobRecord.id == job_id).values(**job_fields, updated_at=utcnow())
                 )
+            if resume is not _UNSET:
+                _write_resume(s, job_id, resume)
             if events:
                 now = utcnow()
                 s.execute(

@@ -56,16 +56,22 @@ class FolderCache:
                 self._root_fd = open_root(self.root)
             return self._root_fd
 
-    def open(self, rel: str | PurePosixPath, *, create: bool = False) -> int:
+    def open(self, rel: str | PurePosixPath, *, create: bool = False, placed: bool = False) -> int:
         """A new descriptor (the caller closes it) of folder ``root / rel``: a ``dup`` of the kept one, else
-        walked from the root (:func:`open_below`; the folders on the way are kept too) and kept. Raises
-        like :func:`open_folder`."""
+        walked from the root (:func:`open_below`; the folders on the way are kept too) and kept. With
+        ``placed``, a kept one is first checked to be at its path still (:meth:`in_place`; a folder walked
+        to is). Raises like :func:`open_folder`, and :class:`PathNotAllowed` for a kept folder moved or
+        replaced with ``placed``."""
         parts = components(rel)
         key = "/".join(parts)
         with self._lock:
             kept = self._kept.get(key)
-            if kept is not None:
-                return os.dup(kept)
+            fd = os.dup(kept) if kept is not None else None
+        if fd is not None:
+            if placed and not self.in_place(key, fd):
+                os.close(fd)
+                raise _moved(key)
+            return fd
         # Walked from the root (never through a kept descriptor, which may have been moved); the folders
         # on the way are kept too, so that in_place can check a path by its kept parents.
         fd = open_below(self._root(), key, create=create, on_the_way=self._keep)
@@ -145,10 +151,7 @@ class FolderCache:
         fd, lent = self.lend(rel, create=create)
         try:
             if not self.in_place(rel, fd):
-                raise PathNotAllowed(
-                    f"{'/'.join(components(rel))!r} was moved or replaced (by a symbolic link, say) while "
-                    "the job ran; nothing was written there"
-                )
+                raise _moved("/".join(components(rel)))
             yield fd
         finally:
             if not lent:
@@ -163,6 +166,14 @@ class FolderCache:
             root, self._root_fd = self._root_fd, None
         for fd in [*kept, *([root] if root is not None else [])]:
             os.close(fd)
+
+
+def _moved(key: str) -> PathNotAllowed:
+    """The error for folder ``key`` found moved or replaced since it was kept."""
+    return PathNotAllowed(
+        f"{key!r} was moved or replaced (by a symbolic link, say) while the job ran; nothing was "
+        "written there"
+    )
 
 
 def _names_lead_to(parts: list[str], parents: list[int], expected: list[tuple[int, int]]) -> bool:

@@ -209,7 +209,7 @@ class PartFile:
             try:
                 rel = self.final.parent.relative_to(root).as_posix()
                 if self._folders is not None:
-                    self._dir_fd = self._folders.open(rel, create=True)
+                    self._dir_fd = self._folders.open(rel, create=True, placed=True)
                 else:
                     self._dir_fd = open_folder(root, rel, create=True)
             except BaseException as exc:

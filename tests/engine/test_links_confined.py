@@ -66,3 +66,20 @@ def test_a_reused_output_is_not_published_into_a_folder_moved_away(setting):
         assert not (outside / "staged" / "next.parquet").exists()
     finally:
         writer.close_folders()
+
+
+def test_a_part_file_is_not_made_in_a_folder_moved_away(setting):
+    """A large file's part (named ``.part``) is created in its folder only when the kept folder is still
+    at its path: nothing is created, written or set aside in a folder moved out of the root."""
+    root, outside, src = setting
+    writer = _Writer(root)
+    staged = root / "staged"
+    try:
+        writer._link_into(src, staged / "first.fits", symbolic=False)  # the folder is kept now
+        (root / "staged").rename(outside / "staged")
+        (root / "staged").symlink_to(outside / "staged")
+        with pytest.raises(PathNotAllowed):
+            writer.part_file(staged / "big.fits")
+        assert sorted(p.name for p in (outside / "staged").iterdir()) == ["first.fits"]
+    finally:
+        writer.close_folders()

@@ -68,12 +68,11 @@ def test_a_folder_replaced_by_a_symlink_after_it_was_kept_publishes_nothing(layo
         assert info.value.code == "path_not_allowed"
         assert list(outside.iterdir()) == []
         assert sorted(p.name for p in (root / "moved").iterdir()) == ["one.bin"]
-        # New part files go into the kept folder (never through the symlink), and are refused at publishing.
-        late = PartFile(root / "dest" / "three.bin", folders=cache)
-        late.write(b"x")
+        # A new part file is not even made: neither through the symlink nor in the kept folder, moved away.
         with pytest.raises(PathNotAllowed):
-            late.commit(1)
+            PartFile(root / "dest" / "three.bin", folders=cache)
         assert list(outside.iterdir()) == []
+        assert sorted(p.name for p in (root / "moved").iterdir()) == ["one.bin"]
     finally:
         cache.close()
 

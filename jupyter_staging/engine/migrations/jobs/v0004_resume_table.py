@@ -5,10 +5,13 @@ row, every progress update rewrote them (SQLite rewrites a whole row: 11 ms per 
 job, about 70 updates per run) and every read of a column stored after them walked them (3 ms). Now the
 job's row stays small and the resume data is written only when it changes.
 
-The column is dropped where the database can (PostgreSQL, MySQL / MariaDB, SQLite 3.35 and later, with
-``ALTER TABLE ... DROP COLUMN``); an older SQLite keeps it, emptied, because dropping it there means
-rebuilding the table, and dropping the old table would delete every job's chunks and log lines through
-their ``ON DELETE CASCADE`` keys.
+The column is dropped where the database can (PostgreSQL, MySQL / MariaDB, SQLite 3.35.5 and later, with
+``ALTER TABLE ... DROP COLUMN``; 3.35.5 fixed defects of 3.35.0's ``DROP COLUMN``); an older SQLite keeps it,
+emptied, because dropping it there means rebuilding the table, and dropping the old table would delete
+every job's chunks and log lines through their ``ON DELETE CASCADE`` keys.
+
+Every server using one database must run this release or a later one: code of an earlier release fails on
+the dropped column (or, where it is kept, reads no resume data). Stop them all before the upgrade.
 
 Revision ID: 0004
 Revises: 0003
@@ -37,7 +40,7 @@ def _tables() -> tuple[sa.TableClause, sa.TableClause]:
 
 def _can_drop_columns(bind: sa.Connection) -> bool:
     """True where ``ALTER TABLE ... DROP COLUMN`` works without rebuilding the table."""
-    return bind.dialect.name != "sqlite" or sqlite3.sqlite_version_info >= (3, 35, 0)
+    return bind.dialect.name != "sqlite" or sqlite3.sqlite_version_info >= (3, 35, 5)
 
 
 def upgrade() -> None:
