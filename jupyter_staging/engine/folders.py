@@ -17,9 +17,9 @@ from typing import Any
 
 from jupyter_staging.destinations.base import Destination
 from jupyter_staging.engine.progress import ChunkLedger
-from jupyter_staging.safety.dirfd import folder_below, fsync_fd, publish_at
+from jupyter_staging.safety.dirfd import folder_below, fsync_dir, fsync_fd, publish, publish_at
 from jupyter_staging.safety.foldercache import FolderCache
-from jupyter_staging.safety.partfile import PartFile, fsync_dir, publish
+from jupyter_staging.safety.partfile import PartFile
 
 
 class DestinationWriter:

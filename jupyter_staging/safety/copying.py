@@ -158,6 +158,7 @@ def _copy_ranges(fh: io.FileIO, out: PartFile, control: JobControl | None, step:
     copied = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-hash") as pool:
         pending = None
+        hashed = (0, 0)
         while True:
             if control is not None:
                 control.check()
@@ -170,9 +171,11 @@ def _copy_ranges(fh: io.FileIO, out: PartFile, control: JobControl | None, step:
                 return copy_stream(fh, out, control)
             if pending is not None:
                 pending.result()
+                out.write_back(*hashed)
             if n == 0:
                 break
             pending = pool.submit(out.hash_range, start, n)
+            hashed = (start, n)
             copied += n
             if control is not None:
                 control.add_bytes(n)

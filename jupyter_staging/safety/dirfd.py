@@ -254,6 +254,48 @@ def publish_at(src_dir_fd: int, part: str, dst_dir_fd: int, final: str, *, sync:
         fsync_fd(dst_dir_fd)
 
 
+def fsync_dir(folder: Path) -> None:
+    """fsync a directory so a rename in it survives a crash.
+
+    A no-op where the folder cannot be opened for reading or the file system cannot fsync a folder
+    (:data:`FSYNC_UNSUPPORTED`); a failed fsync (EIO) raises
+    :class:`OSError`.
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        fsync_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(tmp: Path, final: Path, *, sync: bool = True) -> None:
+    """Give ``tmp`` the name ``final`` without ever replacing an existing ``final``.
+
+    Uses ``link`` + ``unlink`` (atomic and refuses an existing target); on file systems without hard
+    links falls back to an existence check and ``rename``. Then ``final``'s folder is fsynced, unless
+    ``sync`` is False (the caller fsyncs it before relying on the name surviving a crash).
+
+    Raises :class:`DestinationExists` if ``final`` already exists.
+    """
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        raise DestinationExists(f"{final.name} already exists in the destination; not overwritten") from None
+    except OSError:
+        if final.exists() or final.is_symlink():
+            raise DestinationExists(
+                f"{final.name} already exists in the destination; not overwritten"
+            ) from None
+        os.rename(tmp, final)
+    else:
+        os.unlink(tmp)
+    if sync:
+        fsync_dir(final.parent)
+
+
 def rename_at(dir_fd: int, name: str, new_name: str) -> None:
     """Rename entry ``name`` of ``dir_fd`` to ``new_name`` in the same folder (a symlink is renamed
     itself, never its target); an entry at ``new_name`` is removed first (never a folder)."""

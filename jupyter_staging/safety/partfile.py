@@ -26,11 +26,11 @@ from jupyter_staging.safety.dirfd import (
     closing_fd,
     create_file,
     folder_below,
-    fsync_fd,
     identity,
     lstat_at,
     open_existing,
     open_folder,
+    publish,
     publish_at,
     same_inode,
     unlink_at,
@@ -60,48 +60,6 @@ def mismatch_message(what: str, algorithm: str, expected_hex: str, actual_hex: s
 def part_path(final: Path) -> Path:
     """The in-progress name of ``final``: ``<final>.part`` in the same folder."""
     return final.with_name(final.name + PART_SUFFIX)
-
-
-def fsync_dir(folder: Path) -> None:
-    """fsync a directory so a rename in it survives a crash.
-
-    A no-op where the folder cannot be opened for reading or the file system cannot fsync a folder
-    (:data:`~jupyter_staging.safety.dirfd.FSYNC_UNSUPPORTED`); a failed fsync (EIO) raises
-    :class:`OSError`.
-    """
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        fsync_fd(fd)
-    finally:
-        os.close(fd)
-
-
-def publish(tmp: Path, final: Path, *, sync: bool = True) -> None:
-    """Give ``tmp`` the name ``final`` without ever replacing an existing ``final``.
-
-    Uses ``link`` + ``unlink`` (atomic and refuses an existing target); on file systems without hard
-    links falls back to an existence check and ``rename``. Then ``final``'s folder is fsynced, unless
-    ``sync`` is False (the caller fsyncs it before relying on the name surviving a crash).
-
-    Raises :class:`DestinationExists` if ``final`` already exists.
-    """
-    try:
-        os.link(tmp, final)
-    except FileExistsError:
-        raise DestinationExists(f"{final.name} already exists in the destination; not overwritten") from None
-    except OSError:
-        if final.exists() or final.is_symlink():
-            raise DestinationExists(
-                f"{final.name} already exists in the destination; not overwritten"
-            ) from None
-        os.rename(tmp, final)
-    else:
-        os.unlink(tmp)
-    if sync:
-        fsync_dir(final.parent)
 
 
 class Hashed(NamedTuple):
@@ -390,6 +348,17 @@ class PartFile:
                 raise VerificationFailed(f"{self.final.name}: the partial file shrank while copying")
             self._hash(self._buffer[:n])
             remaining -= n
+
+    def write_back(self, start: int, length: int) -> None:
+        """Start writing bytes ``start`` to ``start + length`` of the part to disk now and let the page
+        cache drop them once written (``posix_fadvise(POSIX_FADV_DONTNEED)``: Linux starts the writeback of
+        dirty pages without waiting, then frees the clean ones): for a range already hashed, so the fsync
+        at :meth:`commit` finds most of a big file written already, as it would after ``cp``'s own
+        writeback, and the copy does not push other data out of memory. Errors are ignored (a hint)."""
+        try:
+            os.posix_fadvise(self._fh.fileno(), start, length, os.POSIX_FADV_DONTNEED)
+        except (OSError, AttributeError):
+            pass
 
     def _close_reader(self) -> None:
         if self._reader is not None:

@@ -88,3 +88,25 @@ def test_commit_checks_the_size_and_never_overwrites(tmp_path):
     with pytest.raises(DestinationExists):
         out.commit()
     assert (tmp_path / "c.bin").read_bytes() == b"arrived meanwhile"
+
+
+def test_a_big_copy_starts_writing_each_hashed_range_back_to_disk(tmp_path, payload, monkeypatch):
+    """Each range, once hashed, is handed to the kernel's writeback (``POSIX_FADV_DONTNEED``), so the fsync
+    at commit finds most of the file on disk already; every byte once, in order."""
+    src, data = payload
+    out = PartFile(tmp_path / "out" / "copy.bin")
+    advised: list[tuple[int, int, int]] = []
+    real = os.posix_fadvise
+
+    def spy(fd: int, offset: int, length: int, advice: int) -> None:
+        if fd == out.fileno():
+            advised.append((offset, length, advice))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", spy)
+    copy_file(src, out, step=1024 * 1024)
+    assert {advice for _, _, advice in advised} == {os.POSIX_FADV_DONTNEED}
+    assert [(offset, length) for offset, length, _ in advised] == [
+        (start, min(1024 * 1024, len(data) - start)) for start in range(0, len(data), 1024 * 1024)
+    ]
+    assert out.commit(len(data))[1] == hashlib.sha256(data).hexdigest()
