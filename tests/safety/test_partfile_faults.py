@@ -15,9 +15,9 @@ import pytest
 
 from jupyter_staging.errors import DestinationExists
 from jupyter_staging.safety import dirfd, partfile
-from jupyter_staging.safety.dirfd import FSYNC_UNSUPPORTED
+from jupyter_staging.safety.dirfd import FSYNC_UNSUPPORTED, fsync_dir
 from jupyter_staging.safety.foldercache import FolderCache
-from jupyter_staging.safety.partfile import PartFile, fsync_dir, part_path
+from jupyter_staging.safety.partfile import PartFile, part_path
 
 
 def open_fds() -> int:
