@@ -10,17 +10,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 from sqlalchemy import (
-    JSON,
-    BigInteger,
-    DateTime,
-    ForeignKey,
-    Integer,
-    String,
     Table,
-    Text,
     bindparam,
     delete,
     insert,
@@ -28,25 +21,49 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import (
-    DeclarativeBase,
-    Mapped,
     Session,
     make_transient_to_detached,
-    mapped_column,
 )
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
-from sqlalchemy.types import TypeDecorator
 
 from jupyter_staging.engine.database import SQLStore
 from jupyter_staging.engine.migrate import JOB_MIGRATIONS
+from jupyter_staging.engine.schema import (
+    NOT_CONVERTED,
+    PART_BYTES,
+    Base,
+    ChunkRecord,
+    ChunkSummary,
+    EventRecord,
+    JobRecord,
+    ResumeNotRead,
+    ResumeRecord,
+    UTCDateTime,
+    _show_resume,
+    aware,
+    shown_parts,
+)
+
+__all__ = [
+    "NOT_CONVERTED",
+    "PART_BYTES",
+    "ChunkRecord",
+    "ChunkSummary",
+    "EventRecord",
+    "JobRecord",
+    "ResumeNotRead",
+    "ResumeRecord",
+    "Store",
+    "UTCDateTime",
+    "aware",
+    "shown_parts",
+    "utcnow",
+]
 
 log = logging.getLogger(__name__)
 
 #: Range of a SQL ``INTEGER`` (64-bit signed): larger numbers match no row (SQLite would overflow).
 SQL_INT_MIN, SQL_INT_MAX = -(2**63), 2**63 - 1
-#: Keys of ``JobRecord.resume``: the bytes of each Parquet part written so far; why an output was staged
-#: as it is although a conversion was asked for.
-PART_BYTES, NOT_CONVERTED = "part_bytes", "not_converted"
 
 
 def utcnow() -> datetime:
@@ -54,189 +71,8 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def aware(value: datetime | None) -> datetime | None:
-    """SQLite and MySQL return naive datetimes; every time stored here is UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """``DateTime(timezone=True)`` read back as an aware UTC datetime (SQLite and MySQL return naive
-    values). Converting on load, not on the loaded record, keeps a read from marking the record changed
-    (and the session from writing every row it read back to the database)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        return aware(value)
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class JobRecord(Base):
-    """One staging job (see ``models.DescribeJob`` for the meaning of each column)."""
-
-    __tablename__ = "staging_jobs"
-
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    owner: Mapped[str] = mapped_column(String(255), index=True)
-    #: The root folder destinations are relative to; a database may serve several servers.
-    root: Mapped[str] = mapped_column(Text, default="")
-    name: Mapped[str] = mapped_column(String(255))
-    #: The source as shown: secrets redacted (``manifest:<n> entries`` for a manifest job).
-    source: Mapped[str] = mapped_column(Text)
-    #: Manifest jobs: entry name -> source, redacted, in the request's order; None otherwise.
-    entries: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
-    #: The raw source / entries when they hold secrets (presigned URLs), sealed with the manager's
-    #: :class:`~jupyter_staging.safety.sealed.SecretBox`; None when nothing is secret or once the job
-    #: has ended.
-    sealed: Mapped[str | None] = mapped_column(Text, nullable=True)
-    destination: Mapped[str] = mapped_column(Text)
-    method: Mapped[str] = mapped_column(String(32))
-    convert: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    state: Mapped[str] = mapped_column(String(16), index=True)
-    #: Desired state requested by a user while the worker still runs ("paused", "cancelled"), else None.
-    requested: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    #: ``host:pid`` of the process that runs (or queued) the job; recovery skips jobs of live runners.
-    runner: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
-    bytes_total: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    chunks_done: Mapped[int] = mapped_column(Integer, default=0)
-    chunks_total: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    rows_done: Mapped[int] = mapped_column(BigInteger, default=0)
-    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
-    cleanup_policy: Mapped[str] = mapped_column(String(32), default="retain")
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
-    ttl_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    #: What showing a job needs of the resume data, written beside it whenever it is written (migration
-    #: 0003): ``{part path: bytes}`` of a conversion's Parquet parts, and ``{output name: reason}`` of
-    #: files staged as they are although a conversion was asked for.
-    part_bytes: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
-    not_converted: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-
-    @property
-    def resume(self) -> dict[str, Any] | None:
-        """Engine bookkeeping needed to resume (validators such as ETag / mtime per file), JSON, kept in a
-        table of its own (:class:`ResumeRecord`). It lists every item of the job (megabytes for 20,000
-        files), so it is read only when asked for (``resume=True`` of :meth:`Store.get_job` /
-        :meth:`Store.list_jobs`, ``load_resume`` of :meth:`Store.update_job`). Raises
-        :class:`ResumeNotRead` on a record read without it."""
-        try:
-            return cast("dict[str, Any] | None", self.__dict__[_RESUME_KEY])
-        except KeyError:
-            raise ResumeNotRead(f"job {self.id}: its resume data was not read with it") from None
-
-    @resume.setter
-    def resume(self, value: dict[str, Any] | None) -> None:
-        self.__dict__[_RESUME_KEY] = value
-
-    def has_resume(self) -> bool:
-        """True when :attr:`resume` was read (or set) on this record."""
-        return _RESUME_KEY in self.__dict__
-
-
-#: Where a :class:`JobRecord` holds its resume data once read (not a mapped attribute).
-_RESUME_KEY = "_resume_data"
 #: "No resume data given" (None is resume data: none).
 _UNSET: Any = object()
-
-
-class ResumeNotRead(RuntimeError):
-    """:attr:`JobRecord.resume` of a record read without its resume data."""
-
-
-class ResumeRecord(Base):
-    """A job's resume data (:attr:`JobRecord.resume`), one row per job, in a table of its own (migration
-    0004): in the job's row, megabytes of JSON made every progress update rewrite them (SQLite rewrites a
-    whole row: 11 ms per update of a 20,000-file job) and every read of a later column walk them."""
-
-    __tablename__ = "staging_job_resume"
-
-    job_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("staging_jobs.id", ondelete="CASCADE"), primary_key=True
-    )
-    resume: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
-
-
-def _show_resume(rec: JobRecord) -> None:
-    """Set the shown parts of ``rec``'s resume data (``part_bytes``, ``not_converted``) from it."""
-    rec.part_bytes, rec.not_converted = shown_parts(rec.resume).values()
-
-
-def shown_parts(resume: dict[str, Any] | None) -> dict[str, Any]:
-    """``{"part_bytes": ..., "not_converted": ...}`` of ``resume`` (None when absent): the columns written
-    beside the resume data."""
-    resume = resume or {}
-    return {"part_bytes": resume.get(PART_BYTES) or None, "not_converted": resume.get(NOT_CONVERTED) or None}
-
-
-class ChunkRecord(Base):
-    """One output chunk of a job: a file (relative to the job's destination) or an object URI."""
-
-    __tablename__ = "staging_chunks"
-
-    id: Mapped[str] = mapped_column(String(48), primary_key=True)
-    job_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("staging_jobs.id", ondelete="CASCADE"), index=True
-    )
-    index: Mapped[int] = mapped_column(Integer)
-    path: Mapped[str] = mapped_column(Text)
-    state: Mapped[str] = mapped_column(String(16))
-    rows: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    content_type: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    #: Manifest jobs: the entry this chunk belongs to.
-    entry: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    #: Why the chunk's entry failed (the chunk stays pending), else None.
-    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
-
-    @classmethod
-    def detached(cls, row: dict[str, Any]) -> ChunkRecord:
-        """A record holding the columns ``row`` (the others None), in no session and never flushed through
-        the ORM (the engine's chunk ledger writes its rows itself). Made by the class's instrumentation
-        manager without the constructor's attribute events: 6x faster than ``ChunkRecord(**row)``, which
-        was 1.5 % of a 2,000-file job."""
-        record: ChunkRecord = cls.__mapper__.class_manager.new_instance()
-        record.__dict__.update(row)
-        return record
-
-
-class ChunkSummary(NamedTuple):
-    """The columns of a chunk record a manifest and the job's totals need (see :class:`ChunkRecord`)."""
-
-    path: str
-    state: str
-    rows: int | None
-    bytes: int | None
-    sha256: str | None
-    content_type: str | None
-    entry: str | None
-
-
-class EventRecord(Base):
-    """A line of a job's log: state changes, warnings, errors (never secrets)."""
-
-    __tablename__ = "staging_events"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("staging_jobs.id", ondelete="CASCADE"), index=True
-    )
-    time: Mapped[datetime] = mapped_column(UTCDateTime())
-    level: Mapped[str] = mapped_column(String(16))
-    message: Mapped[str] = mapped_column(Text)
 
 
 #: The job table's columns by attribute name (each attribute is named as its column).

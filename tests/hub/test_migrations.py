@@ -66,6 +66,15 @@ def make_release_0_1_jobs(url: str) -> None:
     engine.dispose()
 
 
+def running_job(job_id: str, resume: dict) -> JobRecord:
+    """A running copy job of alice's with ``resume`` as its resume data."""
+    return JobRecord(
+        id=job_id, owner="alice", root="/home/alice", name="k", source="/archive", destination="out",
+        method="copy", state="running", cleanup_policy="retain", resume=resume,
+        created_at=NOW, updated_at=NOW,
+    )  # fmt: skip
+
+
 def test_a_release_0_1_job_database_is_upgraded_in_place_and_its_jobs_read_back(db_url):
     make_release_0_1_jobs(db_url)
     engine = sa.create_engine(db_url)
@@ -156,13 +165,7 @@ def test_jobs_are_shown_without_reading_their_resume_data_on_every_database(db_u
         "part_bytes": {"p-0.parquet": 10, "p-1.parquet": 5},
         "not_converted": {"x": "why"},
     }
-    store.add_job(
-        JobRecord(
-            id="job-1", owner="alice", root="/home/alice", name="k", source="/archive", destination="out",
-            method="copy", state="running", cleanup_policy="retain", resume=resume,
-            created_at=NOW, updated_at=NOW,
-        )
-    )  # fmt: skip
+    store.add_job(running_job("job-1", resume))
     light = store.get_job("job-1", resume=False)
     assert light is not None and light.part_bytes == resume["part_bytes"]
     assert light.not_converted == {"x": "why"}
@@ -209,13 +212,7 @@ def test_the_resume_table_is_moved_back_by_a_downgrade_and_forth_again(db_url):
 
     store = Store(db_url)
     resume = {"items": [{"name": "lc.fits", "size": 5}], "attempts": 2}
-    store.add_job(
-        JobRecord(
-            id="job-r", owner="alice", root="/home/alice", name="k", source="/archive", destination="out",
-            method="copy", state="running", cleanup_policy="retain", resume=resume,
-            created_at=NOW, updated_at=NOW,
-        )
-    )  # fmt: skip
+    store.add_job(running_job("job-r", resume))
     store.close()
     engine = sa.create_engine(db_url)
     cfg = JOB_MIGRATIONS.config()
