@@ -68,9 +68,12 @@ class FolderCache:
             kept = self._kept.get(key)
             fd = os.dup(kept) if kept is not None else None
         if fd is not None:
-            if placed and not self.in_place(key, fd):
-                os.close(fd)
-                raise _moved(key)
+            if placed:
+                try:
+                    self._check_placed(key, fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
             return fd
         # Walked from the root (never through a kept descriptor, which may have been moved); the folders
         # on the way are kept too, so that in_place can check a path by its kept parents.
@@ -130,6 +133,11 @@ class FolderCache:
         except (PathNotAllowed, FileNotFoundError):
             return False
 
+    def _check_placed(self, rel: str | PurePosixPath, fd: int) -> None:
+        """Raise :class:`PathNotAllowed` unless folder ``fd`` is at ``root / rel`` (:meth:`in_place`)."""
+        if not self.in_place(rel, fd):
+            raise _moved("/".join(components(rel)))
+
     def walk(self, rel: str | PurePosixPath) -> int:
         """A new descriptor of ``root / rel`` walked afresh from the root (never a kept one), to check
         that a folder is still where it was. Raises like :func:`open_folder` without ``create``."""
@@ -150,8 +158,7 @@ class FolderCache:
         Raises :class:`PathNotAllowed` for a folder moved or replaced, and like :meth:`open`."""
         fd, lent = self.lend(rel, create=create)
         try:
-            if not self.in_place(rel, fd):
-                raise _moved("/".join(components(rel)))
+            self._check_placed(rel, fd)
             yield fd
         finally:
             if not lent:

@@ -25,8 +25,8 @@ from jupyter_staging.errors import (
 from jupyter_staging.safety.dirfd import (
     closing_fd,
     create_file,
+    fd_identity,
     folder_below,
-    identity,
     lstat_at,
     open_existing,
     open_folder,
@@ -201,7 +201,7 @@ class PartFile:
             self._close_dir()
             raise
         if not self.unnamed:  # an unnamed part is re-opened by descriptor, never by a name
-            self._part_id = identity(os.fstat(fd))
+            self._part_id = fd_identity(fd)
         return io.BufferedRandom(io.FileIO(fd, "r+"))  # as os.fdopen(fd, "r+b"), without its isatty()
 
     @functools.cached_property
@@ -254,7 +254,7 @@ class PartFile:
         if self.unnamed:
             return io.FileIO(reopen_unnamed(self._fh.fileno()), "rb")
         fd = open_existing(self._dir_fd, self.part.name, os.O_RDONLY | os.O_CLOEXEC)
-        if fd is None or identity(os.fstat(fd)) != self._part_id:
+        if fd is None or fd_identity(fd) != self._part_id:
             if fd is not None:
                 os.close(fd)
             raise VerificationFailed(f"{self.final.name}: the partial file was replaced while copying")
