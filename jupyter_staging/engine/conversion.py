@@ -23,6 +23,7 @@ from jupyter_staging.destinations.base import remove_tree_if_empty, scratch_dir
 from jupyter_staging.engine.items import sha256_file
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.pipeline import PipelinedStager
+from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.store import NOT_CONVERTED, PART_BYTES, JobRecord
 from jupyter_staging.errors import TransferFailed
 from jupyter_staging.formats.convert import convert_to_parquet
@@ -281,6 +282,7 @@ class ConvertingStager(PipelinedStager):
         """Stage a file that is not a table (an image, a Parquet file) as it is, as one chunk; a file
         ``downloaded`` to the scratch folder already is moved into place rather than fetched again.
         ``why`` is logged (nothing when empty)."""
+        chunk: JobChunk
         for chunk in self.store.list_chunks(self.job_id):
             if self.dest.relative(chunk.path) == item.name:
                 if chunk.state != ChunkState.pending.value:

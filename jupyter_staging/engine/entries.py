@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 from jupyter_staging.engine.expansion import ExpandingStager
 from jupyter_staging.engine.models import ChunkState
-from jupyter_staging.engine.store import ChunkRecord, JobRecord
+from jupyter_staging.engine.schema import JobChunk
+from jupyter_staging.engine.store import JobRecord
 from jupyter_staging.errors import JobInterrupted, as_staging_error
 from jupyter_staging.safety.paths import check_output_name
 from jupyter_staging.safety.redact import redact_text
@@ -59,7 +60,9 @@ class ManifestStager(ExpandingStager):
         if rec.convert is None and not self._expands():
             fields["chunks_total"] = len(chunks)
         self.store.update_job(self.job_id, load_resume=False, **fields)
-        by_item = {(c.entry, self.dest.relative(c.path)): c for c in chunks}
+        by_item: dict[tuple[str | None, str], JobChunk] = {
+            (c.entry, self.dest.relative(c.path)): c for c in chunks
+        }
         failures = {n: listed[n]["error"] for n in names if "error" in listed[n]}
         staged = self._parallel(
             [n for n in names if n not in failures],
@@ -167,7 +170,7 @@ class ManifestStager(ExpandingStager):
         name: str,
         uri: str,
         items: list[SourceItem],
-        chunks: dict[tuple[str | None, str], ChunkRecord],
+        chunks: dict[tuple[str | None, str], JobChunk],
     ) -> dict[str, str] | None:
         """Stage every item of entry ``name`` (plain transfers up to ``concurrent_items`` at once; their
         chunks are looked up in ``chunks``, by entry and relative path); returns None, or the entry's

@@ -25,8 +25,9 @@ from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.progress import ChunkLedger, LiveProgress
 from jupyter_staging.engine.records import dump_item, json_copy, load_item
 from jupyter_staging.engine.reuse import ReusingWriter
+from jupyter_staging.engine.schema import ChunkRow, JobChunk
 from jupyter_staging.engine.staged import StagedIndex
-from jupyter_staging.engine.store import ChunkRecord, JobRecord
+from jupyter_staging.engine.store import JobRecord
 from jupyter_staging.errors import (
     DestinationExists,
     JobInterrupted,
@@ -91,7 +92,7 @@ class ItemStager(ReusingWriter):
         #: The job's chunk records in memory (loaded once per run), written in batches.
         self.ledger = ChunkLedger()
         #: The job's chunk records as this run found them (:meth:`_load_ledger`).
-        self._chunks_at_start: list[ChunkRecord] = []
+        self._chunks_at_start: list[JobChunk] = []
         self._flush_lock = threading.Lock()
         #: Items of this job staged at once, across all of its manifest entries.
         self._item_slots = threading.BoundedSemaphore(max(1, int(host.concurrent_items)))
@@ -127,12 +128,12 @@ class ItemStager(ReusingWriter):
     def _load_item(self, data: dict[str, Any]) -> SourceItem:
         return load_item(data, self.host.secrets)
 
-    def _load_ledger(self) -> list[ChunkRecord]:
+    def _load_ledger(self) -> list[JobChunk]:
         """Read the job's chunk records once at the start of a run (the ledger then counts in memory);
         rows of done chunks become the live row count. Returns the records in index order: none, unread,
         on a job's first run (``recovering`` False: its chunks are written after the resume data that
         counts the run)."""
-        chunks = self.store.list_chunks(self.job_id) if self.recovering else []
+        chunks: list[JobChunk] = [*self.store.list_chunks(self.job_id)] if self.recovering else []
         done = [c for c in chunks if c.state in (ChunkState.ready.value, ChunkState.acked.value)]
         self.ledger.load([c.index for c in chunks], len(done))
         with self.live.lock:
@@ -140,18 +141,18 @@ class ItemStager(ReusingWriter):
             self.live.rows_done = sum(c.rows or 0 for c in done)
         return chunks
 
-    def _new_chunk(self, *, index: int | None = None, **fields: Any) -> ChunkRecord:
+    def _new_chunk(self, *, index: int | None = None, **fields: Any) -> JobChunk:
         """A new chunk record at ``index`` or the next free index, written with the next batch."""
-        return ChunkRecord.detached(self.ledger.add(self.job_id, fields, index))
+        return ChunkRow(**self.ledger.add(self.job_id, fields, index))
 
-    def _chunk_ready(self, chunk: ChunkRecord, **fields: Any) -> None:
+    def _chunk_ready(self, chunk: JobChunk, **fields: Any) -> None:
         """Mark ``chunk`` ready now (one transaction with any records waiting) and announce the job."""
         self.ledger.ready(chunk.id, {**fields, "state": ChunkState.ready.value})
         rec = self._flush_chunks(force=True, load_job=True)
         if rec is not None:
             self.host.announce(rec)
 
-    def _chunk_done(self, chunk: ChunkRecord, *, folder: Path | None = None, **fields: Any) -> None:
+    def _chunk_done(self, chunk: JobChunk, *, folder: Path | None = None, **fields: Any) -> None:
         """Mark ``chunk`` ready with the next batch (its bytes are durable already: fsynced, or a link
         whose folder the batch fsyncs first); ``folder`` (holding its new name) is fsynced before it."""
         self.ledger.ready(chunk.id, {**fields, "state": ChunkState.ready.value}, folder=folder)
@@ -207,7 +208,7 @@ class ItemStager(ReusingWriter):
 
     # -- plain transfers ----------------------------------------------------------------------------
 
-    def _transfer(self, source: Source, method: str, item: SourceItem, chunk: ChunkRecord) -> None:
+    def _transfer(self, source: Source, method: str, item: SourceItem, chunk: JobChunk) -> None:
         if chunk.state != ChunkState.pending.value:
             self.control.add_bytes(chunk.bytes or 0)
             return
@@ -220,9 +221,7 @@ class ItemStager(ReusingWriter):
         )
         self._record_transfer(item, chunk, final, size, sha)
 
-    def _record_transfer(
-        self, item: SourceItem, chunk: ChunkRecord, final: Path, size: int, sha: str
-    ) -> None:
+    def _record_transfer(self, item: SourceItem, chunk: JobChunk, final: Path, size: int, sha: str) -> None:
         """Put the published ``final`` (``size`` bytes, ``sha`` hex) where the destination keeps it and mark
         ``chunk`` ready with the next batch (a local file's folder fsynced before it)."""
         local = not self.dest.remote
@@ -231,11 +230,11 @@ class ItemStager(ReusingWriter):
         )
         self._chunk_done(chunk, folder=final.parent if local else None, bytes=size, sha256=sha, path=path)
 
-    def _transfer_all(self, source: Source, method: str, work: list[tuple[SourceItem, ChunkRecord]]) -> None:
+    def _transfer_all(self, source: Source, method: str, work: list[tuple[SourceItem, JobChunk]]) -> None:
         """Transfer ``(item, chunk)`` pairs, up to ``concurrent_items`` of the job at once
         (:func:`~jupyter_staging.engine.executors.run_bounded`: the first error stops the others)."""
 
-        def one(pair: tuple[SourceItem, ChunkRecord]) -> None:
+        def one(pair: tuple[SourceItem, JobChunk]) -> None:
             self.control.check()
             self._transfer(source, method, *pair)
             self.host.report_progress(self.job_id)
@@ -490,20 +489,25 @@ class ItemStager(ReusingWriter):
             code = "hardlink_failed" if method == "hardlink" else "symlink_failed"
             hint = " (source and destination must be on the same file system)" if exc.errno == 18 else ""
             raise TransferFailed(f"cannot {method} {item.name}: {exc.strerror}{hint}", code=code) from None
-        size = src.stat().st_size
-        self.control.add_bytes(size)
+        # Seen after linking: the linked file still has the fingerprint it was listed with (for a hard link
+        # the very inode now in the destination), else a recorded or read-ahead digest is not trusted.
+        st = src.stat()
+        current = fingerprint(st) == item.validator
+        self.control.add_bytes(st.st_size)
         if self._digests is not None:
-            return size, self._digests.result(item)
-        return size, self._recorded_digest(item) or sha256_file(src)
+            return st.st_size, self._digests.result(item, current=current)
+        return st.st_size, (self._recorded_digest(item) if current else None) or sha256_file(src)
 
     def _recorded_digest(self, item: SourceItem) -> str | None:
-        """The sha256 (hex) an earlier job of this server recorded for local file ``item`` when it still has
-        the listed fingerprint (size, mtime, inode: the very bytes, as the re-run rules judge), else None.
-        A link moves no byte, so hashing is most of its cost: linking the same shared files again reads
-        none of them. Every size is looked up: with the page cache dropped, linking 2,000 files of 64 KiB
-        again measured 1.15x the first time's files/s at 0.8x its CPU (``bench/bench_scale.py``), and a
-        network file system makes reading dearer still. Raises ``OSError``."""
-        if self.linked.empty() or fingerprint(Path(item.locator).stat()) != item.validator:
+        """The sha256 (hex) an earlier job of this server recorded for local file ``item`` with the
+        fingerprint it was listed with (size, mtime, inode: the very bytes, as the re-run rules judge), else
+        None; the caller checks after linking that the file still has it (:meth:`_link`). A link moves no
+        byte, so hashing is most of its cost: linking the same shared files again reads none of them. Every
+        size is looked up: with the page cache dropped, linking 2,000 files of 64 KiB again measured 1.15x
+        the first time's files/s at 0.8x its CPU (``bench/bench_scale.py``), and a network file system
+        makes reading dearer still."""
+        if self.linked.empty():
             return None
-        found = self.linked.find(None, locator_identity(item.locator), item.validator)
-        return found[2] if found is not None and found[1] == item.size else None
+        if item.size is None:
+            return None
+        return self.linked.recorded_sha256(locator_identity(item.locator), item.validator, item.size)

@@ -61,12 +61,18 @@ class SourceDigests:
                 else:
                     self._futures[item.name] = self._pool.submit(self._hash_file, item)
 
-    def result(self, item: SourceItem) -> str:
+    def result(self, item: SourceItem, *, current: bool = True) -> str:
         """The sha256 (hex) of ``item``: recorded, read ahead (waited for), or hashed here when it was not
-        given to :meth:`start`. Raises what ``hash_file`` raised (``OSError`` for an unreadable file)."""
+        given to :meth:`start`. ``current``: the file still has the fingerprint it was listed with (seen
+        after it was linked); when not, what was recorded or read ahead may be of other bytes, so it is
+        hashed again here. Raises what ``hash_file`` raised (``OSError`` for an unreadable file)."""
         with self._lock:
             known = self._known.pop(item.name, None)
             future = self._futures.pop(item.name, None)
+        if not current:
+            if future is not None:
+                future.cancel()
+            return self._hash_file(item)
         if known is not None:
             return known
         return self._hash_file(item) if future is None else future.result()

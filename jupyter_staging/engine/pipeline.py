@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 
 from jupyter_staging.engine.models import ChunkState
-from jupyter_staging.engine.store import ChunkRecord
+from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.streams import StreamingStager
 from jupyter_staging.safety.partfile import PartFile
 from jupyter_staging.sources.base import Source, SourceItem
@@ -183,7 +183,7 @@ class PipelinedStager(StreamingStager):
     """Copies the small local files of a job through a :class:`SyncPipeline`; everything else as
     :class:`~jupyter_staging.engine.streams.StreamingStager`."""
 
-    def _transfer_all(self, source: Source, method: str, work: list[tuple[SourceItem, ChunkRecord]]) -> None:
+    def _transfer_all(self, source: Source, method: str, work: list[tuple[SourceItem, JobChunk]]) -> None:
         small = [pair for pair in work if self._pipelined(source, method, *pair)]
         if len(small) > 1:
             with self._item_slots:  # the job's thread stages them: one item slot
@@ -192,7 +192,7 @@ class PipelinedStager(StreamingStager):
             work = [pair for pair in work if id(pair) not in chosen]
         super()._transfer_all(source, method, work)
 
-    def _pipelined(self, source: Source, method: str, item: SourceItem, chunk: ChunkRecord) -> bool:
+    def _pipelined(self, source: Source, method: str, item: SourceItem, chunk: JobChunk) -> bool:
         """True for a pending copy of a local file of at most :data:`PIPELINED_BYTES` into a local
         destination."""
         return (
@@ -204,7 +204,7 @@ class PipelinedStager(StreamingStager):
             and source.local_path(item) is not None
         )
 
-    def _copy_pipelined(self, source: Source, work: list[tuple[SourceItem, ChunkRecord]]) -> None:
+    def _copy_pipelined(self, source: Source, work: list[tuple[SourceItem, JobChunk]]) -> None:
         """Copy ``work`` on this thread, each file verified, published and recorded once its fsync (on the
         pipeline's threads) returned, the reading of the sources started ahead (:data:`READ_AHEAD_FILES`);
         the first error stops the rest (their parts are kept for a resume)."""
@@ -236,7 +236,7 @@ class PipelinedStager(StreamingStager):
         finally:  # a pause does not wait for the reading started ahead
             ahead.shutdown(wait=False, cancel_futures=True)
 
-    def _publish_part(self, out: PartFile, item: SourceItem, chunk: ChunkRecord, final: Path) -> None:
+    def _publish_part(self, out: PartFile, item: SourceItem, chunk: JobChunk, final: Path) -> None:
         """Verify and publish the synced ``out`` (its folder fsynced with the next chunk batch) and record
         ``chunk`` ready."""
         size, sha = self._commit_part(out, item, sync_folder=False)

@@ -28,8 +28,9 @@ from jupyter_staging.engine.freshness import every_listed_item
 from jupyter_staging.engine.models import ChunkState, JobState
 from jupyter_staging.engine.placement import swap_in
 from jupyter_staging.engine.records import json_copy
+from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.spreadtables import TableSpreadStager
-from jupyter_staging.engine.store import ChunkRecord, ChunkSummary, JobRecord, utcnow
+from jupyter_staging.engine.store import ChunkSummary, JobRecord, utcnow
 from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import JobInterrupted, PartiallyStaged, StagingError
 from jupyter_staging.safety.paths import check_output_name
@@ -220,7 +221,7 @@ class JobRunner(TableSpreadStager):
                 self.host.report_progress(self.job_id, force=True)
         self.control.check()
 
-    def _plain_chunks(self, items: list[SourceItem], **listing: Any) -> dict[int, ChunkRecord]:
+    def _plain_chunks(self, items: list[SourceItem], **listing: Any) -> dict[int, JobChunk]:
         """One chunk per item of a plain transfer (index = item order): the missing ones created in one
         transaction, with ``listing`` (columns of the job, its resume data, ``events``)."""
         chunks = {c.index: c for c in self._chunks_at_start}  # no chunk is written before these

@@ -24,7 +24,7 @@ from typing import Any
 from jupyter_staging.engine.entries import ManifestStager
 from jupyter_staging.engine.executors import DaskExecutor
 from jupyter_staging.engine.models import ChunkState
-from jupyter_staging.engine.store import ChunkRecord
+from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.streams import byte_ranges
 from jupyter_staging.engine.tasks import (
     TaskContext,
@@ -69,13 +69,13 @@ class SpreadStager(ManifestStager):
         if executor is not None:
             self._tasks(executor)
 
-    def _transfer_all(self, source: Source, method: str, work: list[tuple[SourceItem, ChunkRecord]]) -> None:
+    def _transfer_all(self, source: Source, method: str, work: list[tuple[SourceItem, JobChunk]]) -> None:
         executor = self._executor_for(method)
         if executor is None:
             super()._transfer_all(source, method, work)
             return
         with self._tasks(executor).batch() as tasks:
-            waiting: dict[int, tuple[SourceItem, ChunkRecord, Path]] = {}
+            waiting: dict[int, tuple[SourceItem, JobChunk, Path]] = {}
             ranges: dict[int, int] = {}
             for index, (item, chunk) in enumerate(work):
                 self.control.check()
@@ -172,7 +172,7 @@ class SpreadStager(ManifestStager):
         self._log("info", f"{item.name}: {len(spans)} ranges of up to {step} bytes as Dask tasks")
         return len(spans)
 
-    def _item_done(self, item: SourceItem, chunk: ChunkRecord, final: Path, result: Any) -> None:
+    def _item_done(self, item: SourceItem, chunk: JobChunk, final: Path, result: Any) -> None:
         size, sha = result
         path = self.dest.put(
             final, item.name, size=size, sha256=sha, content_type=item.content_type, control=self.control

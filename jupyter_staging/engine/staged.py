@@ -13,6 +13,7 @@ import json
 import os
 import stat
 import threading
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +27,27 @@ RECENT_JOBS = 200
 #: ``(path, size in bytes, sha256 hex)`` of a staged file.
 Staged = tuple[Path, int, str]
 
+#: How the index keeps one: the path as text (a ``Path`` is two more objects for the collector to walk,
+#: 40,000 of them for a folder of 20,000 files).
+_Kept = tuple[str, int, str]
+
 
 #: Keys sorted, anything else as ``str``: built once (``json.dumps`` with options builds one per call).
 _KEY_ENCODER = json.JSONEncoder(sort_keys=True, default=str)
 
 
-def fingerprint_key(locator_id: str, fingerprint: dict[str, Any]) -> str:
-    """The lookup key of a source item: the identity of the object it names, and its fingerprint (the
-    same text as ``json.dumps([locator_id, fingerprint], sort_keys=True, default=str)``)."""
+def fingerprint_key(locator_id: str, fingerprint: dict[str, Any]) -> Hashable:
+    """The lookup key of a source item: the identity of the object it names, and its fingerprint. A tuple
+    when every value of the fingerprint is a number or text (a local file's, an HTTP or S3 validator), else
+    the same text as ``json.dumps([locator_id, fingerprint], sort_keys=True, default=str)``; the two
+    kinds never equal each other."""
+    if all(type(value) in _PLAIN for value in fingerprint.values()):
+        return (locator_id, *sorted(fingerprint.items()))
     return _KEY_ENCODER.encode([locator_id, fingerprint])
+
+
+#: Fingerprint values a tuple key holds as they are (hashable, and equal only to their own kind's).
+_PLAIN = frozenset({int, str})
 
 
 class StagedIndex:
@@ -50,8 +63,8 @@ class StagedIndex:
         self._same_source = same_source
         self._jobs = jobs
         self._lock = threading.Lock()
-        self._by_sha: dict[str, Staged] | None = None
-        self._by_fingerprint: dict[str, Staged] = {}
+        self._by_sha: dict[str, _Kept] | None = None
+        self._by_fingerprint: dict[Hashable, _Kept] = {}
 
     def empty(self) -> bool:
         """True when the earlier jobs hold no staged file at all (built on first use): a job staging
@@ -76,8 +89,17 @@ class StagedIndex:
             except OSError:
                 continue
             if stat.S_ISREG(st.st_mode) and st.st_size == found[1]:
-                return found
+                return Path(found[0]), found[1], found[2]
         return None
+
+    def recorded_sha256(self, locator_id: str, fingerprint: dict[str, Any], size: int) -> str | None:
+        """The sha256 (hex) an earlier job recorded for the object ``locator_id`` names when it had
+        ``fingerprint`` and ``size`` bytes, else None. Unlike :meth:`find` the earlier output is not
+        looked at: a link job takes only the digest, which the fingerprint vouches for (the very bytes, as
+        the re-run rules judge), whether or not that output is still there."""
+        self._build()
+        found = self._by_fingerprint.get(fingerprint_key(locator_id, fingerprint)) if fingerprint else None
+        return found[2] if found is not None and found[1] == size else None
 
     def _build(self) -> None:
         with self._lock:
@@ -118,6 +140,7 @@ class StagedIndex:
         destination = self.host.destination_of(job)
         if destination.remote:
             return
+        workdir = str(destination.workdir)
         items = {i["name"]: i for entry in listed_items(job.resume or {}).values() for i in entry}
         for chunk in self.host.store.chunk_summaries(job.id):  # tuples: thousands of rows
             if chunk.state not in (ChunkState.ready.value, ChunkState.acked.value) or not chunk.sha256:
@@ -125,7 +148,7 @@ class StagedIndex:
             if chunk.bytes is None:
                 continue
             rel = destination.relative(chunk.path)
-            staged = (destination.workdir / rel, int(chunk.bytes), chunk.sha256)
+            staged = (os.path.join(workdir, rel), int(chunk.bytes), chunk.sha256)
             assert self._by_sha is not None
             self._by_sha.setdefault(chunk.sha256, staged)
             item = items.get(rel)

@@ -256,3 +256,43 @@ def test_linking_unchanged_files_again_reuses_the_sha256_recorded_before(tmp_pat
         assert sums["lc-00003.fits"] == hashlib.sha256(kept.read_bytes()).hexdigest()
     finally:
         mgr.stop()
+
+
+@pytest.mark.parametrize("earlier", [False, True], ids=["read-ahead", "recorded"])
+def test_a_file_changed_after_its_digest_was_taken_is_hashed_again_once_linked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, earlier: bool
+):
+    """A link job takes each file's sha256 ahead of linking it: recorded by an earlier job for the listed
+    fingerprint, or read ahead on a pool. A file rewritten after that (new bytes, new mtime) but before its
+    link is checked after linking, found with another fingerprint, and hashed again: the manifest states
+    the bytes now behind the link, never the ones read or recorded before."""
+    from jupyter_staging.engine import links
+
+    root = tmp_path / "root"
+    files = make_files(root / "src", 12, size=65536)
+    mgr = manager_for(tmp_path)
+    changed = root / "src" / "lc-00005.fits"
+    started = links.SourceDigests.start
+
+    def start_then_rewrite(self: links.SourceDigests, items) -> None:
+        started(self, items)
+        for future in list(self._futures.values()):
+            future.result()  # every read-ahead digest is taken: of the old bytes
+        st = changed.stat()
+        with open(changed, "r+b") as fh:  # the same inode: the link is made to the new bytes
+            fh.write(b"\xee" * 64)
+        os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+    try:
+        if earlier:
+            assert staged_job(mgr, root / "src", "first", "hardlink")["state"] == "succeeded"
+        monkeypatch.setattr(links.SourceDigests, "start", start_then_rewrite)
+        job = staged_job(mgr, root / "src", "linked", "hardlink")
+        assert job["state"] == "succeeded", job
+        sums = {o["path"]: o["sha256"] for o in mgr.manifest(job["id"])["objects"]}
+    finally:
+        mgr.stop()
+    new_sha = hashlib.sha256(changed.read_bytes()).hexdigest()
+    assert new_sha != files[changed.name]
+    assert sums == {**files, changed.name: new_sha}
+    assert (root / "linked" / changed.name).stat().st_ino == changed.stat().st_ino
