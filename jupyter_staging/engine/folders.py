@@ -11,12 +11,15 @@ scratch and is written by path.
 from __future__ import annotations
 
 import os
+import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from jupyter_staging.destinations.base import Destination
 from jupyter_staging.engine.progress import ChunkLedger
+from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.dirfd import folder_below, fsync_dir, fsync_fd, publish, publish_at
 from jupyter_staging.safety.foldercache import FolderCache
 from jupyter_staging.safety.partfile import PartFile
@@ -82,22 +85,30 @@ class DestinationWriter:
         with self.folders.folder(self._folder_below_root(final), create=True):
             pass
 
-    def _link_into(self, src: Path, final: Path, *, symbolic: bool) -> None:
+    def _link_into(self, src: Path, final: Path, *, symbolic: bool) -> os.stat_result:
         """Hard-link (or symlink) ``src`` as ``final``, in ``final``'s folder opened by descriptor from
         the confinement root and found still at its path (fsynced before the next chunk batch: a link has
-        no data of its own to fsync). Raises :class:`FileExistsError` when ``final`` exists,
-        :class:`PathNotAllowed` when its folder was moved or replaced during the run."""
+        no data of its own to fsync). A hard link is made to ``src`` itself, never to what a symlink put
+        there since it was listed would lead to. Returns the ``stat`` of what ``final`` now leads to: the
+        hard link itself (looked up by descriptor, not followed: the very inode linked), or the symlink's
+        target. Raises :class:`FileExistsError` when ``final`` exists, :class:`PathNotAllowed` when its
+        folder was moved or replaced during the run."""
         self.ledger.sync_folder(final.parent)
         root = self.dest.confinement_root
         if root is None:
             final.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(src, final) if symbolic else os.link(src, final)
-            return
+            if symbolic:
+                os.symlink(src, final)
+                return os.stat(src)
+            os.link(src, final, follow_symlinks=False)
+            return _no_symlink(os.lstat(final), src, lambda: os.unlink(final))
         with self.folders.placed(self._folder_below_root(final), create=True) as fd:
             if symbolic:
                 os.symlink(src, final.name, dir_fd=fd)
-            else:
-                os.link(src, final.name, dst_dir_fd=fd)
+                return os.stat(src)
+            os.link(src, final.name, dst_dir_fd=fd, follow_symlinks=False)
+            st = os.stat(final.name, dir_fd=fd, follow_symlinks=False)
+            return _no_symlink(st, src, lambda: os.unlink(final.name, dir_fd=fd))
 
     def _publish_local(self, path: Path, final: Path) -> None:
         """Give the complete file ``path`` (below the destination) the name ``final``, never replacing
@@ -113,3 +124,13 @@ class DestinationWriter:
             self.folders.placed(self._folder_below_root(final), create=True) as dst_fd,
         ):
             publish_at(src_fd, path.name, dst_fd, final.name)
+
+
+def _no_symlink(st: os.stat_result, src: Path, remove: Callable[[], None]) -> os.stat_result:
+    """``st`` (of a new hard link to ``src``), unless the link is a symlink: ``src`` was replaced by one
+    after it was listed. Then the new name is removed (``remove``) and :class:`PathNotAllowed` raised:
+    what a symlink leads to is never staged in place of a listed file."""
+    if not stat.S_ISLNK(st.st_mode):
+        return st
+    remove()
+    raise PathNotAllowed(f"{src.name} was replaced by a symbolic link after it was listed; not linked")

@@ -18,21 +18,17 @@ from typing import Any
 
 from jupyter_staging.destinations.base import Destination
 from jupyter_staging.engine.executors import run_bounded
-from jupyter_staging.engine.freshness import locator_identity
 from jupyter_staging.engine.host import JobHost
-from jupyter_staging.engine.links import SourceDigests, links_to
+from jupyter_staging.engine.links import LinkingWriter
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.progress import ChunkLedger, LiveProgress
 from jupyter_staging.engine.records import dump_item, json_copy, load_item
-from jupyter_staging.engine.reuse import ReusingWriter
 from jupyter_staging.engine.schema import ChunkRow, JobChunk
 from jupyter_staging.engine.staged import StagedIndex
 from jupyter_staging.engine.store import JobRecord
 from jupyter_staging.errors import (
-    DestinationExists,
     JobInterrupted,
     PathNotAllowed,
-    TransferFailed,
 )
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.copying import file_digest
@@ -45,7 +41,6 @@ from jupyter_staging.safety.dirfd import (
 from jupyter_staging.safety.partfile import PartFile, part_path
 from jupyter_staging.safety.unnamed import create_unnamed
 from jupyter_staging.sources.base import Source, SourceItem
-from jupyter_staging.sources.local import fingerprint
 
 
 def sha256_file(path: Path) -> str:
@@ -67,7 +62,7 @@ def owner_tag(job_id: str, fingerprint: dict[str, Any]) -> str:
     return f"{job_id}:{digest[:16]}"
 
 
-class ItemStager(ReusingWriter):
+class ItemStager(LinkingWriter):
     """Runs job ``job_id`` of ``host``: the state of one run and the staging of single items."""
 
     def __init__(self, host: JobHost, job_id: str) -> None:
@@ -96,8 +91,8 @@ class ItemStager(ReusingWriter):
         self._flush_lock = threading.Lock()
         #: Items of this job staged at once, across all of its manifest entries.
         self._item_slots = threading.BoundedSemaphore(max(1, int(host.concurrent_items)))
-        #: The read-ahead sha256 of a link job's sources while its items are linked.
-        self._digests: SourceDigests | None = None
+        #: The read-ahead sha256 of a link job's sources while its items are linked (per entry thread).
+        self._link_digests = threading.local()
 
     # -- callbacks from sources and converters ------------------------------------------------------
 
@@ -242,16 +237,7 @@ class ItemStager(ReusingWriter):
         if method not in ("hardlink", "symlink"):
             run_bounded(one, work, self.host.concurrent_items, slots=self._item_slots)
             return
-        # Links on this thread, the sources' sha256 read ahead on the pool (see engine/links.py).
-        with SourceDigests(
-            lambda item: sha256_file(Path(item.locator)), self._recorded_digest, self.host.concurrent_items
-        ) as digests:
-            digests.start(item for item, chunk in work if chunk.state == ChunkState.pending.value)
-            self._digests = digests
-            try:
-                run_bounded(one, work, 1, slots=self._item_slots)
-            finally:
-                self._digests = None
+        self._link_all(work, one)  # on this thread, the sha256 read ahead on a pool (engine/links.py)
 
     def _stage_file(
         self,
@@ -474,40 +460,3 @@ class ItemStager(ReusingWriter):
         except OSError:
             with self._lock:
                 return (self.resume.get("parts") or {}).get(item.name)
-
-    def _link(self, method: str, item: SourceItem, final: Path) -> tuple[int, str]:
-        src = Path(item.locator)
-        try:
-            self._link_into(src, final, symbolic=method == "symlink")
-        except FileExistsError:
-            if not (self.recovering and links_to(final, src, symbolic=method == "symlink")):
-                raise DestinationExists(
-                    f"{final.name} already exists in the destination; not overwritten"
-                ) from None
-            self._log("info", f"{item.name}: already linked by the previous run")
-        except OSError as exc:
-            code = "hardlink_failed" if method == "hardlink" else "symlink_failed"
-            hint = " (source and destination must be on the same file system)" if exc.errno == 18 else ""
-            raise TransferFailed(f"cannot {method} {item.name}: {exc.strerror}{hint}", code=code) from None
-        # Seen after linking: the linked file still has the fingerprint it was listed with (for a hard link
-        # the very inode now in the destination), else a recorded or read-ahead digest is not trusted.
-        st = src.stat()
-        current = fingerprint(st) == item.validator
-        self.control.add_bytes(st.st_size)
-        if self._digests is not None:
-            return st.st_size, self._digests.result(item, current=current)
-        return st.st_size, (self._recorded_digest(item) if current else None) or sha256_file(src)
-
-    def _recorded_digest(self, item: SourceItem) -> str | None:
-        """The sha256 (hex) an earlier job of this server recorded for local file ``item`` with the
-        fingerprint it was listed with (size, mtime, inode: the very bytes, as the re-run rules judge), else
-        None; the caller checks after linking that the file still has it (:meth:`_link`). A link moves no
-        byte, so hashing is most of its cost: linking the same shared files again reads none of them. Every
-        size is looked up: with the page cache dropped, linking 2,000 files of 64 KiB again measured 1.15x
-        the first time's files/s at 0.8x its CPU (``bench/bench_scale.py``), and a network file system
-        makes reading dearer still."""
-        if self.linked.empty():
-            return None
-        if item.size is None:
-            return None
-        return self.linked.recorded_sha256(locator_identity(item.locator), item.validator, item.size)

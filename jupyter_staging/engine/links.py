@@ -7,6 +7,14 @@ So a link job links on one thread, leaving the GIL to the server's event loop as
 :class:`SourceDigests` reads and hashes the sources ahead on a pool. On a folder of 2,000 files of 64 KiB
 (``bench/bench_scale.py``, page cache dropped) this measured the same as eight threads each linking and
 hashing (1.62-1.72 s against 1.75-1.84 s, 1.5 CPU-s both).
+
+A digest taken ahead is a digest of some bytes at some moment; the manifest must state the bytes behind
+the link. So each digest goes with the fingerprint (size, mtime, inode: DESIGN.md, "Re-running a
+notebook") of the file it is of: the listed one for a digest an earlier job recorded, the one seen by
+descriptor before and after reading for a digest read ahead. After linking, the fingerprint of what the
+new name leads to (the linked inode itself, for a hard link) is compared with it; when they differ, the
+linked file is hashed again by descriptor, and the job's resume data files the digest under the
+fingerprint seen, not the listed one.
 """
 
 from __future__ import annotations
@@ -17,27 +25,61 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
+from jupyter_staging.engine.executors import run_bounded
+from jupyter_staging.engine.freshness import every_listed_item, locator_identity
+from jupyter_staging.engine.models import ChunkState
+from jupyter_staging.engine.reuse import ReusingWriter
+from jupyter_staging.engine.schema import JobChunk
+from jupyter_staging.engine.staged import StagedIndex
+from jupyter_staging.errors import DestinationExists, SourceChanged, TransferFailed
+from jupyter_staging.safety.copying import fd_digest
+from jupyter_staging.safety.dirfd import open_existing
 from jupyter_staging.sources.base import SourceItem
+from jupyter_staging.sources.local import fingerprint
+
+#: A sha256 (hex) and the fingerprint of the file it was taken of (None: the file changed while read).
+Digest = tuple[str, dict[str, int] | None]
+
+
+def digest_of(fd: int) -> Digest:
+    """The sha256 of open file ``fd`` from its current position, with its fingerprint when ``fstat`` saw
+    the same one before and after reading (else None: it changed while it was read). Raises ``OSError``."""
+    before = fingerprint(os.fstat(fd))
+    digest = fd_digest(fd)
+    after = fingerprint(os.fstat(fd))
+    return digest, (after if after == before else None)
+
+
+def read_digest(path: str) -> Digest:
+    """:func:`digest_of` the regular file at ``path``, opened without following a final symlink (a listed
+    source is a file; a symlink put there since is refused with ``OSError``)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        return digest_of(fd)
+    finally:
+        os.close(fd)
 
 
 class SourceDigests:
-    """The sha256 of the items of one link job: ``recorded(item)`` (a sha256 known already, or None; run
-    on the caller's thread: it is Python work), else ``hash_file(item)`` computed ahead on ``workers``
+    """The sha256 of the items of one link job, each valid for one fingerprint: ``recorded(item)`` (the
+    sha256 an earlier job recorded for the fingerprint the item was listed with, or None; run on the
+    caller's thread: it is Python work), else ``read(item)`` (a :data:`Digest`) run ahead on ``workers``
     threads in the order the items will be linked. Use as a context manager: leaving it cancels what has
     not started (a pause or a failure does not hash the rest of a folder)."""
 
     def __init__(
         self,
-        hash_file: Callable[[SourceItem], str],
+        read: Callable[[SourceItem], Digest],
         recorded: Callable[[SourceItem], str | None],
         workers: int,
     ) -> None:
-        self._hash_file = hash_file
+        self._read = read
         self._recorded = recorded
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="staging-hash")
         self._known: dict[str, str] = {}
-        self._futures: dict[str, Future[str]] = {}
+        self._futures: dict[str, Future[Digest]] = {}
         self._lock = threading.Lock()
 
     def __enter__(self) -> SourceDigests:
@@ -49,7 +91,7 @@ class SourceDigests:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def start(self, items: Iterable[SourceItem]) -> None:
-        """Look up the recorded sha256 of ``items`` and queue the others for hashing (by name: a name
+        """Look up the recorded sha256 of ``items`` and queue the others for reading (by name: a name
         given twice is looked up once)."""
         for item in items:
             if item.name in self._known or item.name in self._futures:
@@ -59,23 +101,137 @@ class SourceDigests:
                 if digest is not None:
                     self._known[item.name] = digest
                 else:
-                    self._futures[item.name] = self._pool.submit(self._hash_file, item)
+                    self._futures[item.name] = self._pool.submit(self._read, item)
 
-    def result(self, item: SourceItem, *, current: bool = True) -> str:
-        """The sha256 (hex) of ``item``: recorded, read ahead (waited for), or hashed here when it was not
-        given to :meth:`start`. ``current``: the file still has the fingerprint it was listed with (seen
-        after it was linked); when not, what was recorded or read ahead may be of other bytes, so it is
-        hashed again here. Raises what ``hash_file`` raised (``OSError`` for an unreadable file)."""
+    def result(self, item: SourceItem, seen: dict[str, Any]) -> str | None:
+        """The sha256 (hex) of ``item``'s bytes as they are behind its link, whose fingerprint after linking
+        is ``seen``: the recorded one when ``seen`` is the listed fingerprint, the one read ahead (waited
+        for) when it was read from a file with fingerprint ``seen``; else None (the file changed since, or
+        could not be read by its path: the caller hashes the linked file itself)."""
         with self._lock:
             known = self._known.pop(item.name, None)
             future = self._futures.pop(item.name, None)
-        if not current:
-            if future is not None:
-                future.cancel()
-            return self._hash_file(item)
         if known is not None:
-            return known
-        return self._hash_file(item) if future is None else future.result()
+            return known if seen == item.validator else None
+        if future is None or (seen != item.validator and future.cancel()):
+            return None
+        try:
+            digest, read_from = future.result()
+        except OSError:
+            return None
+        return digest if read_from == seen else None
+
+
+class LinkingWriter(ReusingWriter):
+    """Hard links and symlinks of a local source's files for one run of job ``job_id`` (the state is set
+    by :class:`~jupyter_staging.engine.items.ItemStager`)."""
+
+    recovering: bool
+    #: Outputs of the newest earlier jobs of the same source: the sha256 a link job may reuse.
+    linked: StagedIndex
+    #: Items of this job staged at once, across all of its manifest entries.
+    _item_slots: threading.BoundedSemaphore
+    #: The :class:`SourceDigests` of the link loop running on this thread (one per manifest entry).
+    _link_digests: threading.local
+    #: Writes the resume data and the chunk records waiting, in one transaction (ItemStager's).
+    _save_resume: Callable[[], None]
+
+    def _link_all(
+        self, work: list[tuple[SourceItem, JobChunk]], one: Callable[[tuple[SourceItem, JobChunk]], None]
+    ) -> None:
+        """Run ``one`` on each ``(item, chunk)`` pair of a link job on this thread, the sha256 of the
+        pending ones looked up or read ahead on a pool meanwhile."""
+        with SourceDigests(
+            lambda item: read_digest(item.locator), self._recorded_digest, self.host.concurrent_items
+        ) as digests:
+            digests.start(item for item, chunk in work if chunk.state == ChunkState.pending.value)
+            self._link_digests.current = digests
+            try:
+                run_bounded(one, work, 1, slots=self._item_slots)
+            finally:
+                self._link_digests.current = None
+
+    def _link(self, method: str, item: SourceItem, final: Path) -> tuple[int, str]:
+        """Link ``item`` as ``final``; returns ``(size_bytes, sha256_hex)`` of the bytes behind the link.
+        Raises :class:`DestinationExists`, :class:`TransferFailed` (``hardlink_failed`` /
+        ``symlink_failed``), :class:`SourceChanged` for a file that kept changing while it was hashed."""
+        symbolic = method == "symlink"
+        src = Path(item.locator)
+        try:
+            linked = self._link_into(src, final, symbolic=symbolic)
+        except FileExistsError:
+            if not (self.recovering and links_to(final, src, symbolic=symbolic)):
+                raise DestinationExists(
+                    f"{final.name} already exists in the destination; not overwritten"
+                ) from None
+            self._log("info", f"{item.name}: already linked by the previous run")
+            linked = os.stat(src) if symbolic else os.lstat(final)
+        except OSError as exc:
+            code = "hardlink_failed" if method == "hardlink" else "symlink_failed"
+            hint = " (source and destination must be on the same file system)" if exc.errno == 18 else ""
+            raise TransferFailed(f"cannot {method} {item.name}: {exc.strerror}{hint}", code=code) from None
+        seen: dict[str, Any] = fingerprint(linked)
+        digests: SourceDigests | None = getattr(self._link_digests, "current", None)
+        if digests is not None:
+            digest = digests.result(item, seen)
+        else:
+            digest = self._recorded_digest(item) if seen == item.validator else None
+        if digest is None:
+            digest, seen = self._hash_linked(item, final, symbolic=symbolic)
+        if seen != item.validator:
+            self._relist(item, seen)
+        self.control.add_bytes(int(seen["size"]))
+        return int(seen["size"]), digest
+
+    def _hash_linked(self, item: SourceItem, final: Path, *, symbolic: bool) -> tuple[str, dict[str, Any]]:
+        """The sha256 of the bytes behind the new link ``final`` and their fingerprint: the hard link read
+        by descriptor (never following a symlink), a symlink's target by its path. Read again while the
+        file changes during the read, three times at most, then :class:`SourceChanged`."""
+        for _ in range(3):
+            fd = os.open(item.locator, os.O_RDONLY) if symbolic else self._open_linked(final)
+            try:
+                digest, seen = digest_of(fd)
+            finally:
+                os.close(fd)
+            if seen is not None:
+                return digest, seen
+        raise SourceChanged(f"{item.name} kept changing while it was read; not staged")
+
+    def _open_linked(self, final: Path) -> int:
+        """A read-only descriptor of the hard link ``final``, opened in its folder by descriptor where the
+        destination is confined to a root. Raises ``OSError``, :class:`PathNotAllowed`."""
+        if self.dest.confinement_root is None:
+            return os.open(final, os.O_RDONLY | os.O_NOFOLLOW)
+        with self.folders.placed(self._folder_below_root(final)) as folder:
+            fd = open_existing(folder, final.name, os.O_RDONLY)
+        if fd is None:
+            raise FileNotFoundError(f"{final.name} is gone from the destination")
+        return fd
+
+    def _relist(self, item: SourceItem, seen: dict[str, Any]) -> None:
+        """``item`` changed since it was listed: from now on it has fingerprint ``seen``, in memory and in
+        the resume data, written at once (with the chunk records waiting), before this item's chunk is
+        marked ready, so that a later job finds its digest under the fingerprint of the bytes it was taken
+        of, never under the listed one. A rare event (a source rewritten while it is linked), and one
+        write of the resume data each."""
+        with self._lock:
+            item.validator, item.size = dict(seen), int(seen["size"])
+            for listed in every_listed_item(self.resume):
+                if listed.get("name") == item.name:
+                    listed["validator"], listed["size"] = dict(seen), int(seen["size"])
+            self._save_resume()
+
+    def _recorded_digest(self, item: SourceItem) -> str | None:
+        """The sha256 (hex) an earlier job of this server recorded for local file ``item`` with the
+        fingerprint it was listed with (size, mtime, inode: the very bytes, as the re-run rules judge), else
+        None; :meth:`_link` checks after linking that the file still has it. A link moves no byte, so
+        hashing is most of its cost: linking the same shared files again reads none of them. Every size
+        is looked up: with the page cache dropped, linking 2,000 files of 64 KiB again measured 1.15x the
+        first time's files/s at 0.8x its CPU (``bench/bench_scale.py``), and a network file system makes
+        reading dearer still."""
+        if item.size is None or self.linked.empty():
+            return None
+        return self.linked.recorded_sha256(locator_identity(item.locator), item.validator, item.size)
 
 
 def links_to(final: Path, src: Path, *, symbolic: bool) -> bool:

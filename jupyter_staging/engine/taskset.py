@@ -19,6 +19,7 @@ that raises is run again :data:`TASK_RETRIES` times.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
@@ -79,9 +80,17 @@ class JobTasks:
         return TaskBatch(self, ctx)
 
     def close(self) -> None:
-        """Stop listening to the job's progress events and forget its task counts and current run."""
+        """Stop listening to the job's progress events and forget its task counts and current run: the
+        run variable is deleted only while it still names this run. A job paused and resumed at once
+        may have a newer run holding it already, whose tasks would otherwise wait for it in vain (and
+        fail after 30 s)."""
         self.client.unsubscribe_topic(self.ctx.topic)
-        self._run.delete()
+        try:
+            current = self._run.get(timeout=5)
+        except (TimeoutError, asyncio.TimeoutError):  # gone already
+            current = None
+        if current == self.ctx.attempt:
+            self._run.delete()
         with self.live.lock:
             self.live.tasks = None
 

@@ -36,11 +36,17 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
     """The ``algorithm`` (``hashlib`` name) digest of the file at ``path``, lower-case hex: read
     unbuffered into this thread's :func:`block_buffer` and hashed in place (no copy of a block).
     Raises ``OSError`` when the file cannot be read."""
+    with open(path, "rb", buffering=0) as fh:
+        return fd_digest(fh.fileno(), algorithm)
+
+
+def fd_digest(fd: int, algorithm: str = "sha256") -> str:
+    """The ``algorithm`` digest (lower-case hex) of the bytes of the open file ``fd`` from its current
+    position to its end, read as :func:`file_digest` reads (``fd`` stays open). Raises ``OSError``."""
     digest = hashlib.new(algorithm, usedforsecurity=False)
     view = block_buffer()
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(view):
-            digest.update(view[:n])
+    while n := os.readv(fd, [view]):
+        digest.update(view[:n])
     return digest.hexdigest()
 
 

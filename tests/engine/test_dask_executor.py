@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -403,3 +404,36 @@ def test_an_object_store_destination_is_uploaded_by_the_workers(tmp_path, s3_env
         body = client.get_object(Bucket=bucket, Key=f"inputs/{job.id}/{rel}")["Body"].read()
         assert hashlib.sha256(body).hexdigest() == objects[rel]
     assert not list((tmp_path / "root").rglob("kplr*"))  # nothing through the server's scratch folder
+
+
+def test_a_run_closing_late_leaves_the_newer_run_of_its_job_in_place():
+    """Pause then resume at once: the paused run's tasks may close after the resumed run began. Closing
+    must not delete the run variable the newer run set (its tasks would wait for it and fail)."""
+    from distributed import Variable
+
+    from jupyter_staging.engine.progress import LiveProgress
+    from jupyter_staging.engine.tasks import TaskContext
+    from jupyter_staging.engine.taskset import JobTasks
+    from jupyter_staging.safety.control import JobControl
+
+    with local_cluster(workers=0) as cluster, Client(cluster, set_as_default=False) as client:
+
+        def run(attempt: int) -> JobTasks:
+            ctx = TaskContext("job-1", "/tmp", "run", attempt)
+            return JobTasks(client, ctx, JobControl(), LiveProgress(), lambda: None)
+
+        def held() -> int | None:
+            """The run the variable names, or None once deleted (a deletion reaches the scheduler
+            asynchronously: wait a little before looking)."""
+            time.sleep(1)
+            try:
+                return Variable(second.ctx.run_key, client=client).get(timeout=2)
+            except TimeoutError:
+                return None
+
+        first = run(1)
+        second = run(2)
+        first.close()  # late: the newer run is already there
+        assert held() == 2
+        second.close()
+        assert held() is None

@@ -203,7 +203,7 @@ def test_killed_between_batches_then_resumed_converges(tmp_path: Path, method: s
         done = mgr.wait(job_id, timeout=300)
         chunks = mgr.chunks(job_id)
         manifest = mgr.manifest(job_id)
-        log = [line["message"] for line in mgr.job_log(job_id)]
+        log = [line["message"] for line in mgr.job_log(job_id, limit=10_000)]
     finally:
         mgr.stop()
     assert done.state == JobState.succeeded, done
@@ -258,41 +258,138 @@ def test_linking_unchanged_files_again_reuses_the_sha256_recorded_before(tmp_pat
         mgr.stop()
 
 
+def linked_sums(root: Path, dest: str) -> dict[str, str]:
+    """``{name: sha256}`` of the bytes behind each link in ``root / dest`` (a symlink followed)."""
+    files = [p for p in (root / dest).iterdir() if p.name != "manifest.json"]
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def rewrite(path: Path, *, rename: bool) -> None:
+    """New bytes at ``path`` (same size, mtime 1 s later): written in place, or a new file renamed over it."""
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[:64] = b"\xee" * 64
+    target = path.with_name(path.name + ".new") if rename else path
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    if rename:
+        os.replace(target, path)
+
+
 @pytest.mark.parametrize("earlier", [False, True], ids=["read-ahead", "recorded"])
-def test_a_file_changed_after_its_digest_was_taken_is_hashed_again_once_linked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, earlier: bool
+@pytest.mark.parametrize(
+    ("method", "when"),
+    # A symlink's target may change at any moment after it is linked: only a change before is checked.
+    [("hardlink", "before-link"), ("hardlink", "after-link"), ("symlink", "before-link")],
+)
+def test_the_manifest_states_the_bytes_behind_each_link_when_a_source_changes_while_linked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str, earlier: bool, when: str
 ):
     """A link job takes each file's sha256 ahead of linking it: recorded by an earlier job for the listed
-    fingerprint, or read ahead on a pool. A file rewritten after that (new bytes, new mtime) but before its
-    link is checked after linking, found with another fingerprint, and hashed again: the manifest states
-    the bytes now behind the link, never the ones read or recorded before."""
-    from jupyter_staging.engine import links
+    fingerprint, or read ahead on a pool. A source rewritten in place before its link, or replaced by a
+    rename just after a hard link is made, is seen after linking with another fingerprint (or the linked
+    inode with the listed one): the manifest states the bytes behind the link (the hard-linked inode; a
+    symlink's target), never the ones read or recorded of another file."""
+    from jupyter_staging.engine import folders, links
 
     root = tmp_path / "root"
     files = make_files(root / "src", 12, size=65536)
     mgr = manager_for(tmp_path)
     changed = root / "src" / "lc-00005.fits"
-    started = links.SourceDigests.start
+    started, link_into = links.SourceDigests.start, folders.DestinationWriter._link_into
 
     def start_then_rewrite(self: links.SourceDigests, items) -> None:
         started(self, items)
         for future in list(self._futures.values()):
             future.result()  # every read-ahead digest is taken: of the old bytes
-        st = changed.stat()
-        with open(changed, "r+b") as fh:  # the same inode: the link is made to the new bytes
-            fh.write(b"\xee" * 64)
-        os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        rewrite(changed, rename=False)  # the same inode: the link is made to the new bytes
+
+    def link_then_replace(self, src: Path, final: Path, *, symbolic: bool):
+        result = link_into(self, src, final, symbolic=symbolic)
+        if src == changed:
+            rewrite(changed, rename=True)  # another inode at the path: a hard link keeps the old one
+        return result
 
     try:
         if earlier:
-            assert staged_job(mgr, root / "src", "first", "hardlink")["state"] == "succeeded"
-        monkeypatch.setattr(links.SourceDigests, "start", start_then_rewrite)
-        job = staged_job(mgr, root / "src", "linked", "hardlink")
+            assert staged_job(mgr, root / "src", "first", method)["state"] == "succeeded"
+        if when == "before-link":
+            monkeypatch.setattr(links.SourceDigests, "start", start_then_rewrite)
+        else:
+            monkeypatch.setattr(folders.DestinationWriter, "_link_into", link_then_replace)
+        job = staged_job(mgr, root / "src", "linked", method)
         assert job["state"] == "succeeded", job
         sums = {o["path"]: o["sha256"] for o in mgr.manifest(job["id"])["objects"]}
     finally:
         mgr.stop()
-    new_sha = hashlib.sha256(changed.read_bytes()).hexdigest()
-    assert new_sha != files[changed.name]
-    assert sums == {**files, changed.name: new_sha}
-    assert (root / "linked" / changed.name).stat().st_ino == changed.stat().st_ino
+    behind = linked_sums(root, "linked")
+    assert sums == behind
+    assert hashlib.sha256(changed.read_bytes()).hexdigest() != files[changed.name]
+    # A hard link made before the rename keeps the listed inode and its bytes.
+    assert (behind[changed.name] != files[changed.name]) == (when == "before-link")
+
+
+def test_a_digest_taken_of_a_file_swapped_in_is_not_filed_under_the_listed_fingerprint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A file listed as inode A, moved aside and replaced by inode B before it is linked: B is linked and
+    hashed, and its digest is recorded under B's fingerprint. When A comes back (same size and mtime), a
+    later job does not take B's digest for it."""
+    from jupyter_staging.engine import links
+
+    root = tmp_path / "root"
+    files = make_files(root / "src", 6, size=65536)
+    mgr = manager_for(tmp_path)
+    changed = root / "src" / "lc-00002.fits"
+    started = links.SourceDigests.start
+
+    def start_then_swap(self: links.SourceDigests, items) -> None:
+        started(self, items)
+        os.rename(changed, tmp_path / "aside.fits")
+        changed.write_bytes(b"\x01" * 65536)  # inode B, same size
+
+    try:
+        monkeypatch.setattr(links.SourceDigests, "start", start_then_swap)
+        job = staged_job(mgr, root / "src", "swapped", "hardlink")
+        assert job["state"] == "succeeded", job
+        monkeypatch.undo()
+        os.replace(tmp_path / "aside.fits", changed)  # inode A is back, as listed then
+        again = staged_job(mgr, root / "src", "again", "hardlink")
+        assert again["state"] == "succeeded", again
+        sums = {o["path"]: o["sha256"] for o in mgr.manifest(again["id"])["objects"]}
+    finally:
+        mgr.stop()
+    assert sums == files == linked_sums(root, "again")
+
+
+def test_a_source_replaced_by_a_symlink_after_listing_is_never_hard_linked_through_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A listed file replaced by a symlink (to a file elsewhere) before it is hard-linked: the link is made
+    to the symlink itself, found to be one, removed, and the item refused (``path_not_allowed``); nothing in
+    the destination leads to the symlink's target."""
+    from jupyter_staging.engine import links
+
+    root = tmp_path / "root"
+    make_files(root / "src", 4, size=4096)
+    secret = tmp_path / "elsewhere.txt"
+    secret.write_text("not listed, not to be staged")
+    mgr = manager_for(tmp_path)
+    replaced = root / "src" / "lc-00002.fits"
+    started = links.SourceDigests.start
+
+    def start_then_plant(self: links.SourceDigests, items) -> None:
+        started(self, items)
+        replaced.unlink()
+        replaced.symlink_to(secret)
+
+    try:
+        monkeypatch.setattr(links.SourceDigests, "start", start_then_plant)
+        job = staged_job(mgr, root / "src", "linked", "hardlink")
+    finally:
+        mgr.stop()
+    assert job["state"] == "failed", job
+    assert job["error"]["code"] == "path_not_allowed", job["error"]
+    out = root / "linked"
+    assert not (out / replaced.name).exists() and not (out / replaced.name).is_symlink()
+    assert all(not p.is_symlink() for p in out.iterdir())
