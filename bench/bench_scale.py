@@ -11,11 +11,12 @@ interleaved (the order rotates every repetition), the page cache dropped before 
   file arguments fsyncs each): the fair baseline, since the engine fsyncs every file too.
 - ``engine hardlink``: the same job with ``method="hardlink"`` (links, sha256 of each source file, one
   fsync of the folder per batch), the first time: a new manager and job database for each run, so
-  nothing was staged from these files before and every source file is read and hashed.
+  nothing was staged from these files before and every source file is read and hashed (files up to 1 MiB
+  on the linking thread, read ahead by the kernel; larger ones on a pool: ``engine/links.py``).
 - ``engine hardlink again``: the same job on the main manager, after an untimed hardlink job of the same
-  files (kept): the fingerprints are unchanged, so for files of 1 MiB and more the sha256 the first job
-  recorded is reused and no byte is read (the notebook re-run case, and every later user linking the same
-  shared files); smaller files are hashed again, which costs less than the lookup.
+  files (kept), into a new folder: the fingerprints are unchanged, so the sha256 the first job recorded is
+  reused and no byte is read (the same user linking the same shared files again elsewhere; linking into
+  the same folder again is answered at once as up to date, DESIGN.md "Re-running a notebook").
 - ``cp -al``: ``cp -al SRC DST``.
 
 Printed per count: files/s (median), the ratios ``engine files/s / baseline files/s`` (median of the

@@ -276,6 +276,7 @@ def rewrite(path: Path, *, rename: bool) -> None:
         os.replace(target, path)
 
 
+@pytest.mark.parametrize("size", [65536, 2 * 1024 * 1024], ids=["small", "large"])
 @pytest.mark.parametrize("earlier", [False, True], ids=["read-ahead", "recorded"])
 @pytest.mark.parametrize(
     ("method", "when"),
@@ -283,17 +284,19 @@ def rewrite(path: Path, *, rename: bool) -> None:
     [("hardlink", "before-link"), ("hardlink", "after-link"), ("symlink", "before-link")],
 )
 def test_the_manifest_states_the_bytes_behind_each_link_when_a_source_changes_while_linked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str, earlier: bool, when: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str, earlier: bool, when: str, size: int
 ):
     """A link job takes each file's sha256 ahead of linking it: recorded by an earlier job for the listed
     fingerprint, or read ahead on a pool. A source rewritten in place before its link, or replaced by a
     rename just after a hard link is made, is seen after linking with another fingerprint (or the linked
     inode with the listed one): the manifest states the bytes behind the link (the hard-linked inode; a
-    symlink's target), never the ones read or recorded of another file."""
+    symlink's target), never the ones read or recorded of another file. Small files are read on the
+    linking thread, large ones ahead on a pool (``links.INLINE_BYTES``)."""
     from jupyter_staging.engine import folders, links
 
+    assert (size <= links.INLINE_BYTES) == (size == 65536)
     root = tmp_path / "root"
-    files = make_files(root / "src", 12, size=65536)
+    files = make_files(root / "src", 12, size=size)
     mgr = manager_for(tmp_path)
     changed = root / "src" / "lc-00005.fits"
     started, link_into = links.SourceDigests.start, folders.DestinationWriter._link_into
