@@ -15,7 +15,7 @@ import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from jupyter_staging.destinations.base import Destination
 from jupyter_staging.engine.progress import ChunkLedger
@@ -32,6 +32,10 @@ class DestinationWriter:
     #: The job's chunk records waiting to be written (folders holding new links are fsynced first).
     ledger: ChunkLedger
     _lock: threading.RLock
+    #: Guards :attr:`_folders` alone (one lock for all runs: it is held only to make or drop a cache): a
+    #: chunk flush fsyncs folders through the cache while holding the flush lock, and the job's ``_lock``
+    #: is taken before the flush lock elsewhere (saving resume data), so ``_lock`` cannot guard it.
+    _folders_lock: ClassVar[threading.Lock] = threading.Lock()
     _folders: FolderCache | None = None
 
     @property
@@ -40,7 +44,7 @@ class DestinationWriter:
         folder is walked to once; :meth:`close_folders` at the end of the run)."""
         root = self.dest.confinement_root
         assert root is not None
-        with self._lock:
+        with self._folders_lock:
             if self._folders is None or self._folders.root != root:
                 if self._folders is not None:
                     self._folders.close()
@@ -49,7 +53,7 @@ class DestinationWriter:
 
     def close_folders(self) -> None:
         """Close the run's folder descriptors (once no item is being staged)."""
-        with self._lock:
+        with self._folders_lock:
             folders, self._folders = self._folders, None
         if folders is not None:
             folders.close()
@@ -127,10 +131,12 @@ class DestinationWriter:
 
 
 def _no_symlink(st: os.stat_result, src: Path, remove: Callable[[], None]) -> os.stat_result:
-    """``st`` (of a new hard link to ``src``), unless the link is a symlink: ``src`` was replaced by one
-    after it was listed. Then the new name is removed (``remove``) and :class:`PathNotAllowed` raised:
-    what a symlink leads to is never staged in place of a listed file."""
-    if not stat.S_ISLNK(st.st_mode):
+    """``st`` (of a new hard link to ``src``), unless the link is not a regular file: ``src`` was replaced
+    after it was listed by a symlink (or a FIFO, a device). Then the new name is removed (``remove``) and
+    :class:`PathNotAllowed` raised: what a symlink leads to is never staged in place of a listed file."""
+    if stat.S_ISREG(st.st_mode):
         return st
     remove()
-    raise PathNotAllowed(f"{src.name} was replaced by a symbolic link after it was listed; not linked")
+    raise PathNotAllowed(
+        f"{src.name} is no longer a regular file (a symbolic link?) since it was listed; not linked"
+    )

@@ -21,9 +21,11 @@ fingerprint seen, not the listed one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -55,14 +57,42 @@ def digest_of(fd: int) -> Digest:
     return digest, (after if after == before else None)
 
 
+def open_regular(path: str, *, follow: bool = False) -> int:
+    """A read-only descriptor of the regular file at ``path``: opened without blocking (a FIFO put there
+    would hang an open) and, unless ``follow``, without following a final symlink. Raises ``OSError``
+    (``ELOOP`` for a symlink, ``EINVAL`` for anything but a regular file)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{os.path.basename(path)} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def read_digest(path: str) -> Digest:
-    """:func:`digest_of` the regular file at ``path``, opened without following a final symlink (a listed
-    source is a file; a symlink put there since is refused with ``OSError``)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    """:func:`digest_of` the regular file at ``path`` (:func:`open_regular`: a listed source is a file; a
+    symlink or anything else put there since is refused with ``OSError``)."""
+    fd = open_regular(path)
     try:
         return digest_of(fd)
     finally:
         os.close(fd)
+
+
+def _open_ahead(path: str) -> int | None:
+    """:func:`open_regular`, the kernel asked to read the file ahead (``POSIX_FADV_WILLNEED``, where the
+    platform has it); None when it cannot be opened (its turn then reads the link itself)."""
+    try:
+        fd = open_regular(path)
+    except OSError:
+        return None
+    if hasattr(os, "posix_fadvise"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    return fd
 
 
 #: Files up to this size (bytes) are hashed on the linking thread itself, the kernel reading them ahead.
@@ -97,10 +127,10 @@ class SourceDigests:
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="staging-hash")
         self._known: dict[str, str] = {}
         self._futures: dict[str, Future[Digest]] = {}
-        #: Small files in link order, not opened yet; and those opened ahead (name -> descriptor).
-        self._small: deque[SourceItem] = deque()
-        self._small_names: set[str] = set()
-        self._opened: dict[str, int] = {}
+        #: Small files in link order not opened yet (and their names); those opened ahead, in link order.
+        self._queue: deque[SourceItem] = deque()
+        self._queued: set[str] = set()
+        self._opened: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
 
     def __enter__(self) -> SourceDigests:
@@ -111,9 +141,9 @@ class SourceDigests:
     ) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
-            opened, self._opened = list(self._opened.values()), {}
-            self._small.clear()
-            self._small_names.clear()
+            opened, self._opened = list(self._opened.values()), OrderedDict()
+            self._queue.clear()
+            self._queued.clear()
         for fd in opened:
             os.close(fd)
 
@@ -121,15 +151,16 @@ class SourceDigests:
         """Look up the recorded sha256 of ``items`` and queue the others for reading (by name: a name
         given twice is looked up once)."""
         for item in items:
-            if item.name in self._known or item.name in self._futures:
+            name = item.name
+            if name in self._known or name in self._futures or name in self._queued or name in self._opened:
                 continue
             digest = self._recorded(item)
             with self._lock:
                 if digest is not None:
-                    self._known[item.name] = digest
+                    self._known[name] = digest
                 elif item.size is not None and item.size <= INLINE_BYTES:
-                    self._small.append(item)
-                    self._small_names.add(item.name)
+                    self._queue.append(item)
+                    self._queued.add(name)
                 else:
                     self._futures[item.name] = self._pool.submit(self._read, item)
 
@@ -156,45 +187,57 @@ class SourceDigests:
     def _read_small(self, item: SourceItem, seen: dict[str, Any]) -> str | None:
         """:meth:`result` of a small file: read now from the descriptor opened ahead (its bytes read ahead
         by the kernel), the next ones opened and read ahead meanwhile; None for a file not given to
-        :meth:`start`."""
-        with self._lock:
-            if item.name not in self._small_names:
-                return None
-            self._small_names.discard(item.name)
-        self._read_ahead(item.name)
-        with self._lock:
-            fd = self._opened.pop(item.name, None)
-        self._read_ahead()
-        if fd is None:
-            return None
+        :meth:`start` or that could not be opened."""
+        fd = self._take(item.name)
         try:
+            self._read_ahead()
+            if fd is None:
+                return None
             digest, read_from = digest_of(fd)
         except OSError:
             return None
         finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
         return digest if read_from == seen else None
 
-    def _read_ahead(self, through: str | None = None) -> None:
-        """Open the next small files (up to ``through``'s turn, else :data:`READ_AHEAD_FILES` of them) and
-        start the kernel's readahead of each; one that cannot be opened is left to the caller."""
+    def _take(self, name: str) -> int | None:
+        """The descriptor of small file ``name``, opened ahead or now. The files before it in link order
+        that were never asked for (a resumed run skips what the run before it linked) are closed, or
+        dropped unopened. None when it was not given to :meth:`start`, or cannot be opened."""
+        stale: list[int] = []
+        item: SourceItem | None = None
+        with self._lock:
+            if name in self._opened:
+                while True:
+                    first, fd = self._opened.popitem(last=False)
+                    if first == name:
+                        break
+                    stale.append(fd)
+            elif name in self._queued:
+                stale, self._opened = list(self._opened.values()), OrderedDict()
+                while item is None or item.name != name:
+                    item = self._queue.popleft()
+                    self._queued.discard(item.name)
+            else:
+                return None
+        for old in stale:
+            os.close(old)
+        return fd if item is None else _open_ahead(item.locator)
+
+    def _read_ahead(self) -> None:
+        """Open the next small files, up to :data:`READ_AHEAD_FILES` open at once, and have the kernel
+        read each ahead; one that cannot be opened is dropped (its turn reads the link itself)."""
         while True:
             with self._lock:
-                if not self._small or (through is None and len(self._opened) >= READ_AHEAD_FILES):
+                if not self._queue or len(self._opened) >= READ_AHEAD_FILES:
                     return
-                if through is not None and through in self._opened:
-                    return
-                item = self._small.popleft()
-            try:
-                fd = os.open(item.locator, os.O_RDONLY | os.O_NOFOLLOW)
-            except OSError:
-                continue
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            with self._lock:
-                self._opened[item.name] = fd
-            if item.name == through:
-                return
+                item = self._queue.popleft()
+                self._queued.discard(item.name)
+            fd = _open_ahead(item.locator)
+            if fd is not None:
+                with self._lock:
+                    self._opened[item.name] = fd
 
 
 class LinkingWriter(ReusingWriter):
@@ -263,7 +306,7 @@ class LinkingWriter(ReusingWriter):
         by descriptor (never following a symlink), a symlink's target by its path. Read again while the
         file changes during the read, three times at most, then :class:`SourceChanged`."""
         for _ in range(3):
-            fd = os.open(item.locator, os.O_RDONLY) if symbolic else self._open_linked(final)
+            fd = open_regular(item.locator, follow=True) if symbolic else self._open_linked(final)
             try:
                 digest, seen = digest_of(fd)
             finally:
@@ -276,9 +319,9 @@ class LinkingWriter(ReusingWriter):
         """A read-only descriptor of the hard link ``final``, opened in its folder by descriptor where the
         destination is confined to a root. Raises ``OSError``, :class:`PathNotAllowed`."""
         if self.dest.confinement_root is None:
-            return os.open(final, os.O_RDONLY | os.O_NOFOLLOW)
+            return open_regular(str(final))
         with self.folders.placed(self._folder_below_root(final)) as folder:
-            fd = open_existing(folder, final.name, os.O_RDONLY)
+            fd = open_existing(folder, final.name, os.O_RDONLY | os.O_NONBLOCK)
         if fd is None:
             raise FileNotFoundError(f"{final.name} is gone from the destination")
         return fd
