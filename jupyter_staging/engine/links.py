@@ -258,7 +258,7 @@ class LinkingWriter(ReusingWriter):
         self, work: list[tuple[SourceItem, JobChunk]], one: Callable[[tuple[SourceItem, JobChunk]], None]
     ) -> None:
         """Run ``one`` on each ``(item, chunk)`` pair of a link job on this thread, the sha256 of the
-        pending ones looked up or read ahead on a pool meanwhile."""
+        pending ones looked up, or read ahead (small files by the kernel, large ones on a pool)."""
         with SourceDigests(
             lambda item: read_digest(item.locator), self._recorded_digest, self.host.concurrent_items
         ) as digests:

@@ -71,10 +71,12 @@ def upgrade_database(engine: sa.Engine, migrations: Migrations) -> None:
     Raises :class:`sqlalchemy.exc.SQLAlchemyError` when the database refuses a statement (the transaction
     is rolled back: on PostgreSQL the whole upgrade, elsewhere the statement)."""
     cfg = migrations.config()
-    with _PROCESS_LOCK, engine.begin() as conn, _migration_lock(conn, migrations.version_table):
-        cfg.attributes["connection"] = conn
-        cfg.attributes["version_table"] = migrations.version_table
-        command.upgrade(cfg, "head")
+    name = migrations.version_table
+    with _PROCESS_LOCK, engine.connect() as conn, _session_lock(conn, name):
+        with conn.begin(), _migration_lock(conn, name):
+            cfg.attributes["connection"] = conn
+            cfg.attributes["version_table"] = name
+            command.upgrade(cfg, "head")
 
 
 def current_revision(engine: sa.Engine, migrations: Migrations) -> str | None:
@@ -111,23 +113,38 @@ def mysql_fractional_seconds(conn: sa.Connection, columns: list[tuple[str, str, 
 
 
 @contextmanager
+def _session_lock(conn: sa.Connection, name: str) -> Iterator[None]:
+    """On MySQL / MariaDB, the lock named ``name`` across processes (``GET_LOCK``, held by the session),
+    taken before the upgrade's transaction begins and released only after it is committed: released
+    inside it, another process read the version table before the last revision's row was committed,
+    and ran that revision again (its ``CREATE TABLE`` failed). Nothing elsewhere (see
+    :func:`_migration_lock`)."""
+    if conn.dialect.name not in ("mysql", "mariadb"):
+        yield
+        return
+    got = conn.execute(
+        sa.text("SELECT GET_LOCK(:name, :timeout)"), {"name": name, "timeout": LOCK_TIMEOUT_SECONDS}
+    ).scalar()
+    conn.commit()  # end the transaction the statement began; the lock is the session's
+    if got != 1:
+        raise sa.exc.OperationalError("GET_LOCK", {"name": name}, Exception("migration lock timed out"))
+    try:
+        yield
+    finally:
+        conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+        conn.commit()
+
+
+@contextmanager
 def _migration_lock(conn: sa.Connection, name: str) -> Iterator[None]:
-    """A lock named ``name`` across processes on one database server, held for the block."""
+    """A lock named ``name`` across processes on one database server, held for the block and released
+    with the transaction's end (PostgreSQL's transaction-level advisory lock, SQLite's write lock);
+    MySQL / MariaDB hold :func:`_session_lock` around the transaction instead."""
     dialect = conn.dialect.name
     if dialect == "postgresql":
         key = zlib.crc32(name.encode())
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
         yield
-    elif dialect in ("mysql", "mariadb"):
-        got = conn.execute(
-            sa.text("SELECT GET_LOCK(:name, :timeout)"), {"name": name, "timeout": LOCK_TIMEOUT_SECONDS}
-        ).scalar()
-        if got != 1:
-            raise sa.exc.OperationalError("GET_LOCK", {"name": name}, Exception("migration lock timed out"))
-        try:
-            yield
-        finally:
-            conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": name})
     elif dialect == "sqlite":
         # pysqlite has not begun a transaction yet (it would at the first INSERT / UPDATE); begin one that
         # holds the write lock now, waiting up to the driver's busy timeout for another process's upgrade.
