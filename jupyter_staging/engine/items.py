@@ -237,7 +237,7 @@ class ItemStager(LinkingWriter):
         if method not in ("hardlink", "symlink"):
             run_bounded(one, work, self.host.concurrent_items, slots=self._item_slots)
             return
-        self._link_all(work, one)  # on this thread, the sha256 read ahead on a pool (engine/links.py)
+        self._link_all(work, one)  # on this thread, the sources read ahead (engine/links.py)
 
     def _stage_file(
         self,
