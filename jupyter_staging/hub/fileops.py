@@ -272,8 +272,25 @@ def hardlink(source: SourceFile, target: Target) -> Outcome:
                 status=403,
             ) from None
         raise
+    _check_linked(source, target)
     fsync_fd(target.dir_fd)
     return Outcome("succeeded", source.size)
+
+
+def _check_linked(source: SourceFile, target: Target) -> None:
+    """Unless the new hard link ``target`` is the very file :func:`check_source` checked (same device and
+    inode, a regular file), remove it and raise ``source_changed`` (409): ``linkat`` follows symlinks
+    in the folders of ``source.path``, so a folder replaced by a symlink after the check (to a file
+    outside the shared roots, say) would otherwise be linked into the user's area."""
+    st = os.stat(target.name, dir_fd=target.dir_fd, follow_symlinks=False)
+    if (st.st_dev, st.st_ino) == (source.device, source.inode) and stat.S_ISREG(st.st_mode):
+        return
+    _unlink_quietly(target.name, target.dir_fd)
+    raise StagingError(
+        f"source {str(source.path)!r} changed while it was checked; not linked",
+        code="source_changed",
+        status=409,
+    )
 
 
 def symlink(source: SourceFile, target: Target) -> Outcome:

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from jupyter_staging.errors import DestinationExists, PathNotAllowed, SourceNotFound
+from jupyter_staging.errors import DestinationExists, PathNotAllowed, SourceNotFound, StagingError
 from jupyter_staging.hub import oplog
 from jupyter_staging.hub.areas import UserAreas, escape_username, split_relative_path
 from jupyter_staging.hub.fileops import check_source, hardlink, local_copy, symlink
@@ -130,6 +130,24 @@ def test_hardlink_shares_the_inode_and_keeps_the_mode(site):
         assert hardlink(src, target).status == "succeeded"
     assert (site / "homes" / "erin" / KEPLER_NAME).stat().st_ino == src_path.stat().st_ino
     assert stat.S_IMODE(src_path.stat().st_mode) == 0o640
+
+
+def test_hardlink_refuses_a_source_folder_replaced_by_a_symlink_after_the_check(site):
+    """linkat follows symlinks in the source's folders: a folder swapped after check_source must not get a
+    file from outside the shared roots linked into the user's area."""
+    areas = UserAreas(str(site / "homes" / "{username}"))
+    sub = site / "archive" / "sub"
+    sub.mkdir()
+    (sub / "data.txt").write_text("shared")
+    src = check_source(str(sub / "data.txt"), [str(site / "archive")])
+    (site / "outside" / "data.txt").write_text("private")
+    sub.rename(site / "archive" / "sub-moved")
+    sub.symlink_to(site / "outside", target_is_directory=True)
+    with areas.open_target("erin", "", src.name) as target, pytest.raises(StagingError) as caught:
+        hardlink(src, target)
+    assert caught.value.code == "source_changed"
+    assert not (site / "homes" / "erin" / "data.txt").exists()
+    assert (site / "outside" / "data.txt").read_text() == "private"
 
 
 def test_request_parsing():
