@@ -89,14 +89,19 @@ class DestinationWriter:
         with self.folders.folder(self._folder_below_root(final), create=True):
             pass
 
-    def _link_into(self, src: Path, final: Path, *, symbolic: bool) -> os.stat_result:
+    def _link_into(
+        self, src: Path, final: Path, *, symbolic: bool, src_at: tuple[int, str] | None = None
+    ) -> os.stat_result:
         """Hard-link (or symlink) ``src`` as ``final``, in ``final``'s folder opened by descriptor from
         the confinement root and found still at its path (fsynced before the next chunk batch: a link has
         no data of its own to fsync). A hard link is made to ``src`` itself, never to what a symlink put
         there since it was listed would lead to. Returns the ``stat`` of what ``final`` now leads to: the
         hard link itself (looked up by descriptor, not followed: the very inode linked), or the symlink's
-        target. Raises :class:`FileExistsError` when ``final`` exists, :class:`PathNotAllowed` when its
-        folder was moved or replaced during the run."""
+        target. A hard link is made by ``src_at`` (``(descriptor of src's folder, its name)``) when given: a
+        folder on ``src``'s path replaced since is then never followed. Raises :class:`FileExistsError`
+        when ``final`` exists, :class:`PathNotAllowed` when its folder was moved or replaced during the
+        run."""
+        src_dir_fd, src_name = src_at if src_at is not None else (None, str(src))
         self.ledger.sync_folder(final.parent)
         root = self.dest.confinement_root
         if root is None:
@@ -104,13 +109,13 @@ class DestinationWriter:
             if symbolic:
                 os.symlink(src, final)
                 return os.stat(src)
-            os.link(src, final, follow_symlinks=False)
+            os.link(src_name, final, src_dir_fd=src_dir_fd, follow_symlinks=False)
             return _no_symlink(os.lstat(final), src, lambda: os.unlink(final))
         with self.folders.placed(self._folder_below_root(final), create=True) as fd:
             if symbolic:
                 os.symlink(src, final.name, dir_fd=fd)
                 return os.stat(src)
-            os.link(src, final.name, dst_dir_fd=fd, follow_symlinks=False)
+            os.link(src_name, final.name, src_dir_fd=src_dir_fd, dst_dir_fd=fd, follow_symlinks=False)
             st = os.stat(final.name, dir_fd=fd, follow_symlinks=False)
             return _no_symlink(st, src, lambda: os.unlink(final.name, dir_fd=fd))
 

@@ -52,12 +52,14 @@ class JobHost(Protocol):
         *,
         events: Sequence[tuple[str, str]] = (),
         load_resume: bool = False,
+        sealed_dropped: bool = False,
         **fields: Any,
     ) -> JobRecord:
         """Persist a state transition (and other columns, and the log lines ``events``: ``(level,
         message)``) in one transaction and announce it; returns the job (with its resume data when
-        ``load_resume``). Raises :class:`~jupyter_staging.errors.InvalidState` for a transition the job
-        model forbids."""
+        ``load_resume``). ``sealed_dropped``: the caller knows the stored resume data holds no sealed
+        locator (or sets ``resume`` without them), so a final state need not read it. Raises
+        :class:`~jupyter_staging.errors.InvalidState` for a transition the job model forbids."""
         ...
 
     def update_job(

@@ -18,6 +18,7 @@ from typing import Any
 
 from jupyter_staging.destinations.base import Destination
 from jupyter_staging.engine.executors import run_bounded
+from jupyter_staging.engine.freshness import every_listed_item
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.links import LinkingWriter
 from jupyter_staging.engine.models import ChunkState
@@ -93,6 +94,8 @@ class ItemStager(LinkingWriter):
         self._item_slots = threading.BoundedSemaphore(max(1, int(host.concurrent_items)))
         #: The read-ahead sha256 of a link job's sources while its items are linked (per entry thread).
         self._link_digests = threading.local()
+        #: Files this run found complete from the previous run (logged as one line per transfer).
+        self._recovered_files = 0
 
     # -- callbacks from sources and converters ------------------------------------------------------
 
@@ -115,6 +118,19 @@ class ItemStager(LinkingWriter):
         the resume data never gets ahead of the chunks it speaks of)."""
         with self._lock:
             self._flush_chunks(force=True, resume=json_copy(self.resume))
+
+    def _relist(self, item: SourceItem, seen: dict[str, Any]) -> None:
+        """``item`` changed since it was listed: from now on it has fingerprint ``seen``, in memory and in
+        the resume data, written at once (with the chunk records waiting), before this item's chunk is
+        marked ready, so that a later job finds its digest under the fingerprint of the bytes it was taken
+        of, never under the listed one. A rare event (a source rewritten or replaced while it is copied
+        or linked), and one write of the resume data each."""
+        with self._lock:
+            item.validator, item.size = dict(seen), int(seen["size"])
+            for listed in every_listed_item(self.resume):
+                if listed.get("name") == item.name:
+                    listed["validator"], listed["size"] = dict(seen), int(seen["size"])
+            self._save_resume()
 
     def _dump_item(self, item: SourceItem) -> dict[str, Any]:
         """``item`` as JSON for the database (:func:`~jupyter_staging.engine.records.dump_item`)."""
@@ -234,10 +250,27 @@ class ItemStager(LinkingWriter):
             self._transfer(source, method, *pair)
             self.host.report_progress(self.job_id)
 
-        if method not in ("hardlink", "symlink"):
-            run_bounded(one, work, self.host.concurrent_items, slots=self._item_slots)
-            return
-        self._link_all(work, one)  # on this thread, the sources read ahead (engine/links.py)
+        try:
+            if method not in ("hardlink", "symlink"):
+                run_bounded(one, work, self.host.concurrent_items, slots=self._item_slots)
+            else:
+                self._link_all(work, one)  # on this thread, the sources read ahead (engine/links.py)
+        finally:
+            self._log_recovered()
+
+    def _count_recovered(self) -> None:
+        """Count one file found complete (published, or linked) by the previous run: one log line for all
+        of them (:meth:`_log_recovered`), not one each (a batch of 1,000 lines would push the line that
+        says why the job was resumed out of the newest lines the panel shows)."""
+        with self._lock:
+            self._recovered_files += 1
+
+    def _log_recovered(self) -> None:
+        """Log how many files were found complete from the previous run since the last call, if any."""
+        with self._lock:
+            count, self._recovered_files = self._recovered_files, 0
+        if count:
+            self._log("info", f"{count} file(s) already complete from the previous run, kept as they are")
 
     def _stage_file(
         self,
@@ -274,8 +307,11 @@ class ItemStager(LinkingWriter):
         if out.offset:
             self._log("info", f"{item.name}: resuming at byte {out.offset}")
             self.control.add_bytes(out.offset)
+        listed = dict(item.validator)
         try:
             source.fetch(item, out, self.control)
+            if item.validator != listed:  # the source changed since it was listed: these bytes are newer
+                self._relist(item, item.validator)
         except JobInterrupted:
             out.close()
             raise
@@ -321,11 +357,11 @@ class ItemStager(LinkingWriter):
                 and not final.is_symlink()
                 and (self.dest.remote or final.stat().st_size == item.size)
             ):
-                self._log("info", f"{item.name}: already complete from the previous run")
+                self._count_recovered()
                 self.control.add_bytes(final.stat().st_size)
                 return final.stat().st_size, sha256_file(final)
         if method in ("hardlink", "symlink"):
-            return self._link(method, item, final)  # its folder is made by the link
+            return self._link(source, method, item, final)  # its folder is made by the link
         reused = self._reuse_output(item, final)
         if reused is None and source.local_path(item) is None:
             reused = self._copy_staged(item, final, sync_folder=sync_folder)

@@ -30,9 +30,9 @@ from jupyter_staging.engine.cleanup import remove_job_output
 from jupyter_staging.engine.describe import describe_job
 from jupyter_staging.engine.executors import DEFAULT_CONCURRENT_ITEMS, DEFAULT_STREAMS_PER_FILE, Executor
 from jupyter_staging.engine.expansion import DEFAULT_MAX_UNPACKED_BYTES
-from jupyter_staging.engine.freshness import every_listed_item
 from jupyter_staging.engine.models import TRANSITIONS, ChunkState, DescribeJob, JobState
 from jupyter_staging.engine.progress import PROGRESS_INTERVAL, LiveProgress
+from jupyter_staging.engine.records import has_sealed, without_sealed
 from jupyter_staging.engine.runner import JobRunner
 from jupyter_staging.engine.store import JobRecord, Store, utcnow
 from jupyter_staging.errors import InvalidState, JobNotFound, StagingError, as_staging_error
@@ -243,12 +243,15 @@ class JobLifecycle:
         *,
         events: Sequence[tuple[str, str]] = (),
         load_resume: bool = False,
+        sealed_dropped: bool = False,
         **fields: Any,
     ) -> JobRecord:
         """Persist ``state`` (and ``fields``, and the log lines ``events``: ``(level, message)``, redacted
-        here) in one transaction, then announce it; a final state also drops the sealed secrets. The
-        transition is checked against the state read inside that transaction. Returns the job as updated,
-        without its resume data unless ``load_resume`` or ``fields`` sets it. Raises
+        here) in one transaction, then announce it; a final state also drops the sealed secrets (reading
+        the resume data for the sealed locators of its items, unless ``sealed_dropped``: the caller
+        knows there are none, or sets ``resume`` without them; a listing of 20,000 files is megabytes of
+        JSON to read). The transition is checked against the state read inside that transaction. Returns
+        the job as updated, without its resume data unless ``load_resume`` or ``fields`` sets it. Raises
         :class:`JobNotFound` and :class:`InvalidState` (a transition the model forbids; nothing written)."""
 
         def defaults(rec: JobRecord) -> dict[str, Any]:
@@ -259,14 +262,14 @@ class JobLifecycle:
                 return {}
             # The raw source is needed to run, not to remember: drop the sealed copies.
             extra: dict[str, Any] = {"finished_at": utcnow(), "sealed": None}
-            if rec.resume and has_sealed(rec.resume):
+            if rec.has_resume() and rec.resume and has_sealed(rec.resume):
                 extra["resume"] = without_sealed(rec.resume)
             return extra
 
         updated = self.update_job(
             job_id,
             events=events,
-            load_resume=load_resume or state.is_final,
+            load_resume=load_resume or (state.is_final and not sealed_dropped),
             defaults=defaults,
             state=state.value,
             **fields,
@@ -475,26 +478,3 @@ def default_key_file(db_url: str) -> Path | None:
     if url.database.startswith("file:"):
         return None
     return Path(url.database + ".key")
-
-
-def has_sealed(resume: dict[str, Any]) -> bool:
-    """True when an item of the resume data holds a sealed locator (a presigned URL)."""
-    return any("sealed" in item for item in every_listed_item(resume))
-
-
-def without_sealed(resume: dict[str, Any]) -> dict[str, Any]:
-    """The runner's resume data without the sealed locators of its items (``items`` and
-    ``entries.<name>.items``; see ``JobRunner._dump_item`` in :mod:`jupyter_staging.engine.runner`)."""
-
-    def items(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [{k: v for k, v in item.items() if k != "sealed"} for item in values]
-
-    resume = dict(resume)
-    if "items" in resume:
-        resume["items"] = items(resume["items"])
-    if "entries" in resume:
-        resume["entries"] = {
-            name: {**entry, "items": items(entry.get("items", []))} if "items" in entry else entry
-            for name, entry in resume["entries"].items()
-        }
-    return resume

@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import Any
 
 from jupyter_staging.engine.executors import run_bounded
-from jupyter_staging.engine.freshness import every_listed_item, locator_identity
+from jupyter_staging.engine.freshness import locator_identity
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.reuse import ReusingWriter
 from jupyter_staging.engine.schema import JobChunk
@@ -41,8 +41,8 @@ from jupyter_staging.engine.staged import StagedIndex
 from jupyter_staging.errors import DestinationExists, SourceChanged, TransferFailed
 from jupyter_staging.safety.copying import fd_digest
 from jupyter_staging.safety.dirfd import open_existing
-from jupyter_staging.sources.base import SourceItem
-from jupyter_staging.sources.local import fingerprint
+from jupyter_staging.sources.base import Source, SourceItem
+from jupyter_staging.sources.local import LocalSource, fingerprint
 
 #: A sha256 (hex) and the fingerprint of the file it was taken of (None: the file changed while read).
 Digest = tuple[str, dict[str, int] | None]
@@ -251,8 +251,10 @@ class LinkingWriter(ReusingWriter):
     _item_slots: threading.BoundedSemaphore
     #: The :class:`SourceDigests` of the link loop running on this thread (one per manifest entry).
     _link_digests: threading.local
-    #: Writes the resume data and the chunk records waiting, in one transaction (ItemStager's).
-    _save_resume: Callable[[], None]
+    #: Counts a file found complete from the previous run (ItemStager's: one log line for all).
+    _count_recovered: Callable[[], None]
+    #: Files ``item`` under the fingerprint its bytes were seen with, at once (ItemStager's).
+    _relist: Callable[[SourceItem, dict[str, Any]], None]
 
     def _link_all(
         self, work: list[tuple[SourceItem, JobChunk]], one: Callable[[tuple[SourceItem, JobChunk]], None]
@@ -269,20 +271,29 @@ class LinkingWriter(ReusingWriter):
             finally:
                 self._link_digests.current = None
 
-    def _link(self, method: str, item: SourceItem, final: Path) -> tuple[int, str]:
-        """Link ``item`` as ``final``; returns ``(size_bytes, sha256_hex)`` of the bytes behind the link.
-        Raises :class:`DestinationExists`, :class:`TransferFailed` (``hardlink_failed`` /
-        ``symlink_failed``), :class:`SourceChanged` for a file that kept changing while it was hashed."""
+    def _link(self, source: Source, method: str, item: SourceItem, final: Path) -> tuple[int, str]:
+        """Link ``item`` of ``source`` as ``final``; returns ``(size_bytes, sha256_hex)`` of the bytes behind
+        the link. A hard link is made by descriptor of the source file's folder
+        (:meth:`~jupyter_staging.sources.local.LocalSource.item_folder`: no symlink put on its path since
+        the listing is followed). Raises :class:`DestinationExists`, :class:`TransferFailed`
+        (``hardlink_failed`` / ``symlink_failed``), :class:`SourceChanged` for a file that kept changing
+        while it was hashed, :class:`PathNotAllowed` for a source folder replaced by a symlink."""
         symbolic = method == "symlink"
         src = Path(item.locator)
+        at_source = (
+            source.item_folder(item)
+            if isinstance(source, LocalSource) and not symbolic
+            else contextlib.nullcontext(None)
+        )
         try:
-            linked = self._link_into(src, final, symbolic=symbolic)
+            with at_source as src_at:
+                linked = self._link_into(src, final, symbolic=symbolic, src_at=src_at)
         except FileExistsError:
             if not (self.recovering and links_to(final, src, symbolic=symbolic)):
                 raise DestinationExists(
                     f"{final.name} already exists in the destination; not overwritten"
                 ) from None
-            self._log("info", f"{item.name}: already linked by the previous run")
+            self._count_recovered()
             linked = os.stat(src) if symbolic else os.lstat(final)
         except OSError as exc:
             code = "hardlink_failed" if method == "hardlink" else "symlink_failed"
@@ -325,19 +336,6 @@ class LinkingWriter(ReusingWriter):
         if fd is None:
             raise FileNotFoundError(f"{final.name} is gone from the destination")
         return fd
-
-    def _relist(self, item: SourceItem, seen: dict[str, Any]) -> None:
-        """``item`` changed since it was listed: from now on it has fingerprint ``seen``, in memory and in
-        the resume data, written at once (with the chunk records waiting), before this item's chunk is
-        marked ready, so that a later job finds its digest under the fingerprint of the bytes it was taken
-        of, never under the listed one. A rare event (a source rewritten while it is linked), and one
-        write of the resume data each."""
-        with self._lock:
-            item.validator, item.size = dict(seen), int(seen["size"])
-            for listed in every_listed_item(self.resume):
-                if listed.get("name") == item.name:
-                    listed["validator"], listed["size"] = dict(seen), int(seen["size"])
-            self._save_resume()
 
     def _recorded_digest(self, item: SourceItem) -> str | None:
         """The sha256 (hex) an earlier job of this server recorded for local file ``item`` with the

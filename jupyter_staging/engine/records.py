@@ -12,7 +12,7 @@ import json
 from dataclasses import fields
 from typing import Any
 
-from jupyter_staging.engine.freshness import locator_identity
+from jupyter_staging.engine.freshness import every_listed_item, locator_identity
 from jupyter_staging.safety.redact import redact_url
 from jupyter_staging.safety.sealed import SecretBox
 from jupyter_staging.sources.base import SourceItem
@@ -48,3 +48,26 @@ def load_item(data: dict[str, Any], secrets: SecretBox) -> SourceItem:
     if sealed:
         data["locator"] = secrets.open(sealed)
     return SourceItem(**data)
+
+
+def has_sealed(resume: dict[str, Any]) -> bool:
+    """True when an item of the resume data holds a sealed locator (a presigned URL)."""
+    return any("sealed" in item for item in every_listed_item(resume))
+
+
+def without_sealed(resume: dict[str, Any]) -> dict[str, Any]:
+    """The runner's resume data without the sealed locators of its items (``items`` and
+    ``entries.<name>.items``; see ``JobRunner._dump_item`` in :mod:`jupyter_staging.engine.runner`)."""
+
+    def items(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in item.items() if k != "sealed"} for item in values]
+
+    resume = dict(resume)
+    if "items" in resume:
+        resume["items"] = items(resume["items"])
+    if "entries" in resume:
+        resume["entries"] = {
+            name: {**entry, "items": items(entry.get("items", []))} if "items" in entry else entry
+            for name, entry in resume["entries"].items()
+        }
+    return resume

@@ -27,7 +27,7 @@ from jupyter_staging.engine.entries import error_of
 from jupyter_staging.engine.freshness import every_listed_item
 from jupyter_staging.engine.models import ChunkState, JobState
 from jupyter_staging.engine.placement import swap_in
-from jupyter_staging.engine.records import json_copy
+from jupyter_staging.engine.records import has_sealed, json_copy, without_sealed
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.spreadtables import TableSpreadStager
 from jupyter_staging.engine.store import ChunkSummary, JobRecord, utcnow
@@ -177,11 +177,19 @@ class JobRunner(TableSpreadStager):
             self._raise_partial(entries, failures, f"{len(staged)} chunk(s), {format_bytes(total)}")
         summary = f"{len(staged)} chunk(s), {format_bytes(total)}, {totals['rows_done']} rows"
         self.host.apply_cleanup_policy(self.job_id, JobState.succeeded, policy=rec.cleanup_policy)
+        # This run's resume data is the newest: its sealed locators (presigned URLs), if any, are dropped
+        # from it here instead of reading the stored copy back.
+        with self._lock:
+            unsealed: dict[str, Any] = (
+                {"resume": without_sealed(self.resume)} if has_sealed(self.resume) else {}
+            )
         # The totals, the last log line and the final state: one transaction.
         self.host.set_state(
             self.job_id,
             JobState.succeeded,
             events=[("info", f"succeeded: {summary}; manifest written")],
+            sealed_dropped=True,
+            **unsealed,
             **totals,
         )
 

@@ -122,16 +122,17 @@ def copy_file(
     """
     fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        small = os.fstat(fd).st_size - out.offset <= step
-    except BaseException:
+        return copy_from_fd(fd, out, control, step=step)
+    finally:
         os.close(fd)
-        raise
-    if small:
-        try:
-            return _copy_blocks(fd, out, control)
-        finally:
-            os.close(fd)
-    with open(fd, "rb", buffering=0) as fh:  # closes fd
+
+
+def copy_from_fd(fd: int, out: PartFile, control: JobControl | None = None, *, step: int = COPY_STEP) -> int:
+    """:func:`copy_file` of the regular file open as ``fd`` (read from byte ``out.offset`` with ``pread``
+    or ``copy_file_range``, the descriptor left open); returns bytes copied."""
+    if os.fstat(fd).st_size - out.offset <= step:
+        return _copy_blocks(fd, out, control)
+    with open(fd, "rb", buffering=0, closefd=False) as fh:
         fh.seek(out.offset)
         if not hasattr(os, "copy_file_range"):
             return copy_stream(fh, out, control)

@@ -1,4 +1,13 @@
-"""Local files and folders (the site's shared storage): ``copy``, ``hardlink`` and ``symlink``."""
+"""Local files and folders (the site's shared storage): ``copy``, ``hardlink`` and ``symlink``.
+
+A listed item's locator is its resolved path (no symlink on it when it was listed, inside the source roots).
+Its bytes are read, and it is hard-linked, through descriptors of its folders reached from ``/`` one
+component at a time without following any symlink (:meth:`LocalSource.item_folder`): a folder on the way
+replaced by a symlink after the listing (to somewhere outside the roots, say) makes the item fail with
+``path_not_allowed`` instead of being followed (DESIGN.md, "Security rules": sources are confined to the
+roots). The file itself is opened with ``O_NOFOLLOW`` and must be a regular file; what was opened is then
+judged by its own fingerprint (``fstat``), never by a second look at the path.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +15,16 @@ import errno
 import mimetypes
 import os
 import stat
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from jupyter_staging.errors import SourceChanged, SourceNotFound
+from jupyter_staging.errors import PathNotAllowed, SourceChanged, SourceNotFound
 from jupyter_staging.safety.control import JobControl
-from jupyter_staging.safety.copying import copy_file
+from jupyter_staging.safety.copying import copy_from_fd
+from jupyter_staging.safety.dirfd import READ_FLAGS, check_name
+from jupyter_staging.safety.foldercache import FolderCache
 from jupyter_staging.safety.partfile import PartFile
 from jupyter_staging.safety.paths import resolve_source
 from jupyter_staging.sources.base import RangeOut, Source, SourceItem, check_range
@@ -41,6 +55,65 @@ class LocalSource(Source):
         super().__init__(uri)
         self.roots = source_roots
         self.path = resolve_source(uri, source_roots)
+        #: Descriptors of the folders items are read from, each walked to once from ``/``.
+        self._folders = FolderCache(Path("/"), limit=64)
+        weakref.finalize(self, self._folders.close)
+
+    @contextmanager
+    def item_folder(self, item: SourceItem) -> Iterator[tuple[int, str]]:
+        """``(descriptor of item's folder, its file name)``: the folder reached from ``/`` one component at
+        a time without following a symlink (a descriptor kept for the source's lifetime, not to be closed),
+        so that nothing swapped onto the listed path since the listing is followed.
+
+        Raises :class:`PathNotAllowed` (``path_not_allowed``) when a folder on the way is now a symlink or
+        a file, or the locator is not an absolute path; :class:`SourceNotFound` when a folder is gone."""
+        folder, name = os.path.split(item.locator)
+        if not os.path.isabs(folder):
+            raise PathNotAllowed(f"{item.name}: the listed source is not an absolute path")
+        try:
+            fd, lent = self._folders.lend(folder.lstrip("/"))
+        except PathNotAllowed:
+            raise PathNotAllowed(
+                f"{item.name}: a folder on its path became a symbolic link since it was listed; not read"
+            ) from None
+        except (FileNotFoundError, NotADirectoryError):
+            raise SourceNotFound(f"{item.name}: the source file is gone") from None
+        try:
+            yield fd, check_name(name)
+        finally:
+            if not lent:
+                os.close(fd)
+
+    def open_item(self, item: SourceItem) -> tuple[int, os.stat_result]:
+        """``(read-only descriptor, its fstat)`` of the regular file ``item`` names, reached as
+        :meth:`item_folder` says and opened without following a symlink or blocking (a FIFO put there
+        would hang an ``open``). The caller closes the descriptor.
+
+        Raises :class:`PathNotAllowed` when the file or a folder on its path is now a symlink, or it is no
+        longer a regular file; :class:`SourceNotFound` when it is gone or unreadable."""
+        with self.item_folder(item) as (folder, name):
+            try:
+                fd = os.open(name, READ_FLAGS | os.O_NOCTTY, dir_fd=folder)
+            except FileNotFoundError:
+                raise SourceNotFound(f"{item.name}: the source file is gone") from None
+            except PermissionError:
+                raise SourceNotFound(
+                    f"{item.name}: the source file is not readable", code="source_not_readable"
+                ) from None
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+                raise PathNotAllowed(
+                    f"{item.name}: became a symbolic link since it was listed; not read"
+                ) from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise PathNotAllowed(f"{item.name}: no longer a regular file since it was listed; not read")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, st
 
     def list_items(self) -> list[SourceItem]:
         """The file, or the folder's files in walk order (a folder's files by name, then its folders by
@@ -123,21 +196,28 @@ class LocalSource(Source):
             content_type=mimetypes.guess_type(name)[0],
         )
 
-    def changed(self, item: SourceItem) -> bool:
-        """True when the file's size, mtime or inode differ from ``item.validator``."""
-        current = fingerprint(os.stat(item.locator))
-        return any(item.validator.get(k) != v for k, v in current.items())
-
     def fetch(self, item: SourceItem, out: PartFile, control: JobControl) -> None:
-        """Copy the file into ``out`` from ``out.offset``; a partial copy of a file that changed since
-        (size, mtime or inode) restarts from byte 0 and ``item.size`` / ``item.validator`` follow the
-        file as it is now. A local file states no checksums (``item.checksums`` stays as given)."""
-        if out.offset and (self.changed(item) or out.offset > (item.size or 0)):
-            control.log("warning", f"{item.name}: source changed since the partial copy; restarting it")
-            out.restart()
-            fresh = self._item(Path(item.locator), item.name)
-            item.size, item.validator = fresh.size, fresh.validator
-        copy_file(item.locator, out, control)
+        """Copy the file into ``out`` from ``out.offset``, read from the descriptor :meth:`open_item` gives.
+        When that file's fingerprint (size, mtime, inode) is not ``item.validator`` (the file was
+        rewritten or replaced since it was listed), ``item.size`` and ``item.validator`` follow the file
+        as opened, and a partial copy restarts from byte 0: the caller sees the change in ``item`` (the
+        engine relists it). A local file states no checksums (``item.checksums`` stays as given).
+
+        Raises like :meth:`open_item`, and :class:`~jupyter_staging.errors.JobInterrupted` on pause or
+        cancel."""
+        fd, st = self.open_item(item)
+        try:
+            seen = fingerprint(st)
+            if seen != item.validator or out.offset > st.st_size:
+                if out.offset:
+                    control.log(
+                        "warning", f"{item.name}: source changed since the partial copy; restarting it"
+                    )
+                    out.restart()
+                item.size, item.validator = st.st_size, seen
+            copy_from_fd(fd, out, control)
+        finally:
+            os.close(fd)
 
     def supports_ranges(self, item: SourceItem) -> bool:
         """True for a file of known size: :meth:`fetch_range` copies any range of it."""
@@ -148,16 +228,17 @@ class LocalSource(Source):
         ``os.copy_file_range`` (in the kernel, :data:`RANGE_STEP` bytes per call), or ``pread`` /
         ``pwrite`` where the two files do not allow it. Returns the bytes written.
 
-        Raises :class:`SourceChanged` when the file's size, mtime or inode differ from ``item.validator``
-        before or after the copy, or it ends early; :class:`SourceNotFound` when it is gone;
+        Raises :class:`SourceChanged` when the file opened (:meth:`open_item`) has not the fingerprint
+        ``item.validator`` before or after the copy, or it ends early; :class:`SourceNotFound` when it is
+        gone; :class:`PathNotAllowed` as :meth:`open_item`;
         :class:`~jupyter_staging.errors.JobInterrupted` on pause or cancel; :class:`ValueError` for a
         range outside the item.
         """
         check_range(item, start, length)
-        self._same_file(item)
-        out = RangeOut(fd, start, length, control)
-        with open(item.locator, "rb") as fh:
-            src = fh.fileno()
+        src, st = self.open_item(item)
+        try:
+            self._same_file(item, st)
+            out = RangeOut(fd, start, length, control)
             kernel_copy = True
             while out.remaining:
                 control.check()
@@ -176,16 +257,15 @@ class LocalSource(Source):
                     n = out.write(os.pread(src, step, out.position))
                 if n == 0:
                     raise SourceChanged(f"{item.name}: the file ended at byte {out.position}")
-        self._same_file(item)
+            self._same_file(item, os.fstat(src))
+        finally:
+            os.close(src)
         return out.offset
 
-    def _same_file(self, item: SourceItem) -> None:
-        """Raise :class:`SourceChanged` / :class:`SourceNotFound` unless the file is the listed version."""
-        try:
-            changed = self.changed(item)
-        except FileNotFoundError:
-            raise SourceNotFound(f"{item.name}: the source file is gone") from None
-        if changed:
+    @staticmethod
+    def _same_file(item: SourceItem, st: os.stat_result) -> None:
+        """Raise :class:`SourceChanged` unless ``st`` (of the file opened) is of the listed version."""
+        if fingerprint(st) != item.validator:
             raise SourceChanged(f"{item.name}: the source file changed since it was listed")
 
     def local_path(self, item: SourceItem) -> Path | None:
