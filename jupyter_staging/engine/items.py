@@ -302,16 +302,17 @@ class ItemStager(LinkingWriter):
         """Read ``item``'s bytes from ``source`` into its part file (see :meth:`_fetch`); returns the part,
         open and not yet published. On an error it is discarded (closed, kept for a resume, when the job
         is interrupted). ``unnamed``: see :meth:`_open_part`."""
+        if source.revalidate(item):
+            # Changed since the listing: staged as it is now, its part file tagged and the item listed
+            # with the fingerprint of these bytes (a part of the listed version is set aside).
+            self._relist(item, item.validator)
         checksums = self._expected_checksums(item)
         out = self._open_part(item, final, md5="md5" in checksums, unnamed=unnamed)
         if out.offset:
             self._log("info", f"{item.name}: resuming at byte {out.offset}")
             self.control.add_bytes(out.offset)
-        listed = dict(item.validator)
         try:
             source.fetch(item, out, self.control)
-            if item.validator != listed:  # the source changed since it was listed: these bytes are newer
-                self._relist(item, item.validator)
         except JobInterrupted:
             out.close()
             raise

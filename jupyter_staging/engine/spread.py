@@ -89,6 +89,8 @@ class SpreadStager(ManifestStager):
                 if done is not None:
                     self._item_done(item, chunk, final, done)
                     continue
+                if source.revalidate(item):  # changed since the listing: the workers stage it as it is now
+                    self._relist(item, item.validator)
                 waiting[index] = (item, chunk, final)
                 ranges[index] = self._submit(tasks, executor, source, item, final, index)
             for (kind, index), result in tasks.results():

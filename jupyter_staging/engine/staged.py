@@ -4,7 +4,9 @@ DESIGN.md, "Re-running a notebook": when a source's checksum (stated by the sour
 or its fingerprint matches an item this server already staged and verified, the bytes come from the local
 copy, not the network. The index is built once per run from the newest :data:`RECENT_JOBS` succeeded jobs
 of the same root (local destinations only) and never trusted blindly: every copy is verified against the
-recorded sha256 before it is published.
+recorded sha256 before it is published. What the jobs this process finished or read last contribute is kept
+in memory (:data:`RECENT`), so that a re-run does not read its predecessor's listing back from the job
+database.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ import json
 import os
 import stat
 import threading
-from collections.abc import Hashable
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from jupyter_staging.engine.freshness import listed_items
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.models import ChunkState, JobState
+from jupyter_staging.engine.store import ChunkSummary
 
 #: Succeeded jobs of the root whose outputs are looked at (newest first).
 RECENT_JOBS = 200
@@ -48,6 +52,102 @@ def fingerprint_key(locator_id: str, fingerprint: dict[str, Any]) -> Hashable:
 
 #: Fingerprint values a tuple key holds as they are (hashable, and equal only to their own kind's).
 _PLAIN = frozenset({int, str})
+
+
+class JobEntries(NamedTuple):
+    """What one finished job adds to a :class:`StagedIndex`: ``(sha256, staged)`` and ``(fingerprint key,
+    staged)`` pairs, in chunk order (the first of a key wins, as in the index)."""
+
+    by_sha: list[tuple[str, _Kept]]
+    by_fingerprint: list[tuple[Hashable, _Kept]]
+
+
+def job_entries(
+    workdir: str, relative: Any, resume: dict[str, Any], chunks: Sequence[ChunkSummary]
+) -> JobEntries:
+    """The :class:`JobEntries` of a finished job with local output folder ``workdir``, its resume data
+    (the items it listed) and its chunks; ``relative`` maps a chunk's path to the item name it came from
+    (``Destination.relative``). Only ready or acknowledged chunks with a sha256 and a size count."""
+    items = {i["name"]: i for entry in listed_items(resume).values() for i in entry}
+    by_sha: list[tuple[str, _Kept]] = []
+    by_fingerprint: list[tuple[Hashable, _Kept]] = []
+    for chunk in chunks:
+        if chunk.state not in (ChunkState.ready.value, ChunkState.acked.value) or not chunk.sha256:
+            continue
+        if chunk.bytes is None:
+            continue
+        rel = relative(chunk.path)
+        staged = (os.path.join(workdir, rel), int(chunk.bytes), chunk.sha256)
+        by_sha.append((chunk.sha256, staged))
+        item = items.get(rel)
+        if item is not None and item.get("validator") and item.get("locator_id"):
+            by_fingerprint.append((fingerprint_key(str(item["locator_id"]), item["validator"]), staged))
+    return JobEntries(by_sha, by_fingerprint)
+
+
+class _RecentJobs:
+    """The :class:`JobEntries` of the jobs this process finished or read last, by job id, up to
+    :data:`RECENT_FILES` files in all (the oldest dropped first): a re-run of a source in the same server
+    takes its predecessor's digests from memory instead of reading its listing back from the job
+    database (megabytes of JSON for 20,000 files). What an entry states stays true: the bytes a job
+    staged from a file with a given fingerprint had the recorded sha256 (a later job's own outputs are
+    checked where they are used, as before). Thread-safe."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._jobs: OrderedDict[str, JobEntries | tuple[str, Any, dict[str, Any], Sequence[ChunkSummary]]] = (
+            OrderedDict()
+        )
+        self._sizes: dict[str, int] = {}
+
+    def remember(
+        self, job_id: str, workdir: str, relative: Any, resume: dict[str, Any], chunks: Sequence[ChunkSummary]
+    ) -> None:
+        """Keep what a job that just succeeded staged; its entries are made on first use (a job that is
+        never re-run costs nothing more)."""
+        self._put(job_id, (workdir, relative, resume, chunks), len(chunks))
+
+    def get(self, job_id: str) -> JobEntries | None:
+        with self._lock:
+            found = self._jobs.get(job_id)
+            if found is not None:
+                self._jobs.move_to_end(job_id)
+        if found is None or isinstance(found, JobEntries):
+            return found
+        entries = job_entries(*found)
+        with self._lock:
+            if job_id in self._jobs:
+                self._jobs[job_id] = entries
+        return entries
+
+    def clear(self) -> None:
+        """Forget every job (as a restarted server has)."""
+        with self._lock:
+            self._jobs.clear()
+            self._sizes.clear()
+
+    def put(self, job_id: str, entries: JobEntries) -> None:
+        self._put(job_id, entries, len(entries.by_sha))
+
+    def _put(self, job_id: str, value: Any, size: int) -> None:
+        if size > self._limit:
+            return
+        with self._lock:
+            self._jobs[job_id] = value
+            self._jobs.move_to_end(job_id)
+            self._sizes[job_id] = size
+            while sum(self._sizes.values()) > self._limit:
+                oldest, _ = self._jobs.popitem(last=False)
+                del self._sizes[oldest]
+
+
+#: Files whose entries :data:`RECENT` keeps, over all jobs (a TESS sector): about 1.2 kB of memory each until
+#: first used (the listing and chunk rows as the job held them), 0.5 kB after.
+RECENT_FILES = 25_000
+
+#: The entries of the jobs this process finished or looked at last (see :class:`_RecentJobs`).
+RECENT = _RecentJobs(RECENT_FILES)
 
 
 class StagedIndex:
@@ -131,27 +231,32 @@ class StagedIndex:
                     break
                 if job.id == self.job_id or not (Path(job.root) / job.destination).is_dir():
                     continue
-                whole = self.host.store.get_job(job.id)
-                if whole is not None:
-                    self._add_job(whole)
+                entries = RECENT.get(job.id)
+                if entries is None:
+                    whole = self.host.store.get_job(job.id)
+                    entries = self._entries_of(whole) if whole is not None else None
+                    if entries is not None:
+                        RECENT.put(job.id, entries)
+                if entries is not None:
+                    self._merge(entries)
                     added += 1
 
     def _add_job(self, job: Any) -> None:
+        entries = RECENT.get(job.id) or self._entries_of(job)
+        if entries is not None:
+            self._merge(entries)
+
+    def _entries_of(self, job: Any) -> JobEntries | None:
+        """The entries of job record ``job`` (read with its resume data); None for remote output."""
         destination = self.host.destination_of(job)
         if destination.remote:
-            return
-        workdir = str(destination.workdir)
-        items = {i["name"]: i for entry in listed_items(job.resume or {}).values() for i in entry}
-        for chunk in self.host.store.chunk_summaries(job.id):  # tuples: thousands of rows
-            if chunk.state not in (ChunkState.ready.value, ChunkState.acked.value) or not chunk.sha256:
-                continue
-            if chunk.bytes is None:
-                continue
-            rel = destination.relative(chunk.path)
-            staged = (os.path.join(workdir, rel), int(chunk.bytes), chunk.sha256)
-            assert self._by_sha is not None
-            self._by_sha.setdefault(chunk.sha256, staged)
-            item = items.get(rel)
-            if item is not None and item.get("validator") and item.get("locator_id"):
-                key = fingerprint_key(str(item["locator_id"]), item["validator"])
-                self._by_fingerprint.setdefault(key, staged)
+            return None
+        chunks = self.host.store.chunk_summaries(job.id)  # tuples: thousands of rows
+        return job_entries(str(destination.workdir), destination.relative, job.resume or {}, chunks)
+
+    def _merge(self, entries: JobEntries) -> None:
+        assert self._by_sha is not None
+        for sha, staged in entries.by_sha:
+            self._by_sha.setdefault(sha, staged)
+        for key, staged in entries.by_fingerprint:
+            self._by_fingerprint.setdefault(key, staged)

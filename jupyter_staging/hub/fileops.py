@@ -255,8 +255,9 @@ def hardlink(source: SourceFile, target: Target) -> Outcome:
     """
     if check_duplicate(target, source):
         return Outcome("skipped", source.size)
+    pinned = _pin_source(source)
     try:
-        os.link(source.path, target.name, dst_dir_fd=target.dir_fd, follow_symlinks=False)
+        _link_pinned(pinned, source, target)
     except FileExistsError:
         raise _exists_error(target) from None
     except OSError as err:
@@ -272,25 +273,53 @@ def hardlink(source: SourceFile, target: Target) -> Outcome:
                 status=403,
             ) from None
         raise
-    _check_linked(source, target)
+    finally:
+        os.close(pinned)
     fsync_fd(target.dir_fd)
     return Outcome("succeeded", source.size)
 
 
-def _check_linked(source: SourceFile, target: Target) -> None:
-    """Unless the new hard link ``target`` is the very file :func:`check_source` checked (same device and
-    inode, a regular file), remove it and raise ``source_changed`` (409): ``linkat`` follows symlinks
-    in the folders of ``source.path``, so a folder replaced by a symlink after the check (to a file
-    outside the shared roots, say) would otherwise be linked into the user's area."""
-    st = os.stat(target.name, dir_fd=target.dir_fd, follow_symlinks=False)
-    if (st.st_dev, st.st_ino) == (source.device, source.inode) and stat.S_ISREG(st.st_mode):
-        return
-    _unlink_quietly(target.name, target.dir_fd)
-    raise StagingError(
+def _changed(source: SourceFile) -> StagingError:
+    return StagingError(
         f"source {str(source.path)!r} changed while it was checked; not linked",
         code="source_changed",
         status=409,
     )
+
+
+def _pin_source(source: SourceFile) -> int:
+    """An ``O_PATH`` descriptor of ``source`` (a final symlink not followed) that is the very file
+    :func:`check_source` checked (device and inode, a regular file), else ``source_changed`` (409): a folder
+    on its path replaced by a symlink since the check (to a file outside the shared roots, say) leads to
+    another inode. ``O_PATH`` needs no read permission on the file."""
+    try:
+        fd = os.open(source.path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise SourceNotFound(f"source {str(source.path)!r} disappeared") from None
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (source.device, source.inode) or not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _changed(source)
+    return fd
+
+
+def _link_pinned(fd: int, source: SourceFile, target: Target) -> None:
+    """Hard-link the inode open as ``fd`` (:func:`_pin_source`) as ``target``: ``linkat`` of the magic link
+    ``/proc/self/fd/<fd>`` with ``AT_SYMLINK_FOLLOW`` (proc(5); the same rules as any hard link, so
+    ``protected_hardlinks`` still applies), so that what is linked is the inode checked, not whatever the
+    path leads to by then. Where ``/proc`` is not mounted, the path is linked (no symlink followed at its
+    end) and the new link checked to be that inode, else removed (``source_changed``)."""
+    if os.path.lexists(f"/proc/self/fd/{fd}"):
+        os.link(f"/proc/self/fd/{fd}", target.name, dst_dir_fd=target.dir_fd, follow_symlinks=True)
+        return
+    os.link(source.path, target.name, dst_dir_fd=target.dir_fd, follow_symlinks=False)
+    try:
+        st = os.stat(target.name, dir_fd=target.dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        raise _changed(source) from None
+    if (st.st_dev, st.st_ino) != (source.device, source.inode) or not stat.S_ISREG(st.st_mode):
+        _unlink_quietly(target.name, target.dir_fd)
+        raise _changed(source)
 
 
 def symlink(source: SourceFile, target: Target) -> Outcome:

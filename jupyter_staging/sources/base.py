@@ -303,6 +303,13 @@ class Source(abc.ABC):
         from byte 0. Raises :class:`~jupyter_staging.errors.TransferFailed` on lasting errors.
         """
 
+    def revalidate(self, item: SourceItem) -> bool:
+        """Bring ``item.size`` and ``item.validator`` up to date with the object as it is now, before any of
+        its bytes are staged; True when they changed since the listing (the caller then relists the item,
+        so that its fingerprint is that of the bytes it stages). A source that checks the version as it
+        reads (HTTP's ``If-Range``, say) keeps this default: False, nothing looked at."""
+        return False
+
     def supports_ranges(self, item: SourceItem) -> bool:
         """Whether :meth:`fetch_range` can read byte ranges of ``item`` (the version listed, checked by
         every read). False unless a source says otherwise."""

@@ -24,9 +24,9 @@ from jupyter_staging.errors import PathNotAllowed, SourceChanged, SourceNotFound
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.copying import copy_from_fd
 from jupyter_staging.safety.dirfd import READ_FLAGS, check_name
-from jupyter_staging.safety.foldercache import FolderCache
 from jupyter_staging.safety.partfile import PartFile
 from jupyter_staging.safety.paths import resolve_source
+from jupyter_staging.safety.sourcefolders import SourceFolders
 from jupyter_staging.sources.base import RangeOut, Source, SourceItem, check_range
 
 #: Bytes one ``copy_file_range`` / ``pread`` call of a ranged fetch moves (between two control checks).
@@ -56,64 +56,75 @@ class LocalSource(Source):
         self.roots = source_roots
         self.path = resolve_source(uri, source_roots)
         #: Descriptors of the folders items are read from, each walked to once from ``/``.
-        self._folders = FolderCache(Path("/"), limit=64)
+        self._folders = SourceFolders()
         weakref.finalize(self, self._folders.close)
 
     @contextmanager
     def item_folder(self, item: SourceItem) -> Iterator[tuple[int, str]]:
-        """``(descriptor of item's folder, its file name)``: the folder reached from ``/`` one component at
-        a time without following a symlink (a descriptor kept for the source's lifetime, not to be closed),
-        so that nothing swapped onto the listed path since the listing is followed.
+        """``(O_PATH descriptor of item's folder, its file name)``, the folder reached from ``/`` without
+        following a symlink (:class:`~jupyter_staging.safety.sourcefolders.SourceFolders`), closed on exit.
 
-        Raises :class:`PathNotAllowed` (``path_not_allowed``) when a folder on the way is now a symlink or
-        a file, or the locator is not an absolute path; :class:`SourceNotFound` when a folder is gone."""
+        Raises :class:`PathNotAllowed` (``path_not_allowed``) when a folder on the way is now a symlink or a
+        file, or the locator is not an absolute path; :class:`SourceNotFound` when a folder is gone
+        (``source_not_found``) or may not be searched (``permission_denied``, 403)."""
         folder, name = os.path.split(item.locator)
-        if not os.path.isabs(folder):
-            raise PathNotAllowed(f"{item.name}: the listed source is not an absolute path")
         try:
-            fd, lent = self._folders.lend(folder.lstrip("/"))
+            fd = self._folders.open(folder)
         except PathNotAllowed:
             raise PathNotAllowed(
-                f"{item.name}: a folder on its path became a symbolic link since it was listed; not read"
+                f"{item.name}: a folder on its path is a symbolic link or a file since the listing; not read"
             ) from None
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:
             raise SourceNotFound(f"{item.name}: the source file is gone") from None
+        except OSError as exc:
+            raise _read_error(item, exc) from None
         try:
             yield fd, check_name(name)
         finally:
-            if not lent:
-                os.close(fd)
+            os.close(fd)
 
     def open_item(self, item: SourceItem) -> tuple[int, os.stat_result]:
-        """``(read-only descriptor, its fstat)`` of the regular file ``item`` names, reached as
-        :meth:`item_folder` says and opened without following a symlink or blocking (a FIFO put there
+        """``(read-only descriptor, its fstat)`` of the regular file ``item`` names, in the folder
+        :meth:`item_folder` reaches, opened without following a symlink or blocking (a FIFO put there
         would hang an ``open``). The caller closes the descriptor.
 
-        Raises :class:`PathNotAllowed` when the file or a folder on its path is now a symlink, or it is no
-        longer a regular file; :class:`SourceNotFound` when it is gone or unreadable."""
+        Raises :class:`PathNotAllowed` when the file or a folder on its path is now a symlink, or the file
+        is no longer a regular one; :class:`SourceNotFound` when it is gone or may not be read."""
         with self.item_folder(item) as (folder, name):
             try:
                 fd = os.open(name, READ_FLAGS | os.O_NOCTTY, dir_fd=folder)
             except FileNotFoundError:
                 raise SourceNotFound(f"{item.name}: the source file is gone") from None
-            except PermissionError:
-                raise SourceNotFound(
-                    f"{item.name}: the source file is not readable", code="source_not_readable"
-                ) from None
             except OSError as exc:
-                if exc.errno != errno.ELOOP:
-                    raise
-                raise PathNotAllowed(
-                    f"{item.name}: became a symbolic link since it was listed; not read"
-                ) from None
+                raise _read_error(item, exc) from None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise PathNotAllowed(f"{item.name}: no longer a regular file since it was listed; not read")
+                raise _not_regular(item)
         except BaseException:
             os.close(fd)
             raise
         return fd, st
+
+    def revalidate(self, item: SourceItem) -> bool:
+        """Look at the file ``item`` names as it is now (by descriptor, no symlink followed): when its
+        fingerprint is not ``item.validator`` (rewritten or replaced since the listing), ``item.size`` and
+        ``item.validator`` follow it and True is returned, before any of its bytes are staged. Raises like
+        :meth:`open_item`."""
+        with self.item_folder(item) as (folder, name):
+            try:
+                st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            except FileNotFoundError:
+                raise SourceNotFound(f"{item.name}: the source file is gone") from None
+            except OSError as exc:
+                raise _read_error(item, exc) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(item)
+        seen = fingerprint(st)
+        if seen == item.validator:
+            return False
+        item.size, item.validator = st.st_size, seen
+        return True
 
     def list_items(self) -> list[SourceItem]:
         """The file, or the folder's files in walk order (a folder's files by name, then its folders by
@@ -198,23 +209,18 @@ class LocalSource(Source):
 
     def fetch(self, item: SourceItem, out: PartFile, control: JobControl) -> None:
         """Copy the file into ``out`` from ``out.offset``, read from the descriptor :meth:`open_item` gives.
-        When that file's fingerprint (size, mtime, inode) is not ``item.validator`` (the file was
-        rewritten or replaced since it was listed), ``item.size`` and ``item.validator`` follow the file
-        as opened, and a partial copy restarts from byte 0: the caller sees the change in ``item`` (the
-        engine relists it). A local file states no checksums (``item.checksums`` stays as given).
+        The caller calls :meth:`revalidate` before opening ``out``: a file rewritten since the listing is
+        then staged as it is now, under its new fingerprint. A local file states no checksums
+        (``item.checksums`` stays as given).
 
-        Raises like :meth:`open_item`, and :class:`~jupyter_staging.errors.JobInterrupted` on pause or
-        cancel."""
+        Raises :class:`SourceChanged` when the file opened has not the fingerprint ``item.validator`` (it
+        changed again since), or is shorter than ``out.offset``; else like :meth:`open_item`, and
+        :class:`~jupyter_staging.errors.JobInterrupted` on pause or cancel."""
         fd, st = self.open_item(item)
         try:
-            seen = fingerprint(st)
-            if seen != item.validator or out.offset > st.st_size:
-                if out.offset:
-                    control.log(
-                        "warning", f"{item.name}: source changed since the partial copy; restarting it"
-                    )
-                    out.restart()
-                item.size, item.validator = st.st_size, seen
+            self._same_file(item, st)
+            if out.offset > st.st_size:
+                raise SourceChanged(f"{item.name}: the source file is shorter than the part already copied")
             copy_from_fd(fd, out, control)
         finally:
             os.close(fd)
@@ -270,3 +276,18 @@ class LocalSource(Source):
 
     def local_path(self, item: SourceItem) -> Path | None:
         return Path(item.locator)
+
+
+def _read_error(item: SourceItem, exc: OSError) -> PathNotAllowed | SourceNotFound:
+    """The staging error for ``exc``, met opening listed file ``item`` (or a folder on its path)."""
+    if exc.errno == errno.ELOOP:
+        return PathNotAllowed(f"{item.name}: became a symbolic link since it was listed; not read")
+    if exc.errno in (errno.ENXIO, errno.ENOTDIR, errno.EISDIR, errno.ENODEV):
+        return _not_regular(item)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return SourceNotFound(f"{item.name}: permission denied", code="permission_denied", status=403)
+    return SourceNotFound(f"{item.name}: cannot be read ({exc.strerror})", code="source_not_readable")
+
+
+def _not_regular(item: SourceItem) -> PathNotAllowed:
+    return PathNotAllowed(f"{item.name}: no longer a regular file since it was listed; not read")

@@ -221,16 +221,30 @@ def test_killed_between_batches_then_resumed_converges(tmp_path: Path, method: s
     assert sum("from the previous run" in line for line in log) <= 2, json.dumps(log[-5:])
 
 
-def test_linking_unchanged_files_again_reuses_the_sha256_recorded_before(tmp_path: Path):
+@pytest.mark.parametrize("memory", [True, False], ids=["same-server", "restarted-server"])
+def test_linking_unchanged_files_again_reuses_the_sha256_recorded_before(tmp_path: Path, memory: bool):
     """A hard link moves no byte: hashing is most of its cost. A second hardlink job of files whose
     fingerprint (size, mtime, inode) is unchanged takes the sha256 the first job recorded instead of reading
-    them, as the re-run rules judge a fingerprint; a file whose fingerprint changed is hashed again."""
+    them, as the re-run rules judge a fingerprint; a file whose fingerprint changed is hashed again. In the
+    server that ran the first job, its digests come from memory (its listing is not read back from the
+    database); after a restart, from the database."""
+    from jupyter_staging.engine.staged import RECENT
+
     root = tmp_path / "root"
     files = make_files(root / "src", 20, size=65536)
     mgr = manager_for(tmp_path)
     try:
         first = staged_job(mgr, root / "src", "first", "hardlink")
         assert first["state"] == "succeeded", first
+        if not memory:
+            RECENT.clear()
+        read_back: list[str] = []
+
+        def seen(_conn, _cursor, statement: str, parameters, *_args) -> None:
+            if "staging_job_resume" in statement and first["id"] in str(parameters):
+                read_back.append(statement)
+
+        event.listen(mgr.store.engine, "before_cursor_execute", seen)
         # Change the bytes of one file but give it back its size and mtime: same fingerprint, so the
         # second job's manifest shows the recorded sha256 (proof that it was not read)...
         kept = root / "src" / "lc-00003.fits"
@@ -245,6 +259,8 @@ def test_linking_unchanged_files_again_reuses_the_sha256_recorded_before(tmp_pat
         assert again["state"] == "succeeded", again
         sums = {o["path"]: o["sha256"] for o in mgr.manifest(again["id"])["objects"]}
         assert sums == files  # lc-00003 as recorded, lc-00007 re-hashed (its bytes did not change)
+        assert bool(read_back) != memory, read_back
+        event.remove(mgr.store.engine, "before_cursor_execute", seen)
         assert hashlib.sha256(kept.read_bytes()).hexdigest() != files["lc-00003.fits"]
         assert (tmp_path / "root" / "again" / "lc-00003.fits").stat().st_ino == st.st_ino
         # A fresh database has nothing recorded: every file is read, the changed one shows its new sha256.

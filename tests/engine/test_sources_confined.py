@@ -9,7 +9,14 @@ swap happens between the listing and the transfer, by wrapping :meth:`LocalSourc
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +25,7 @@ import pytest
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
 from jupyter_staging.sources.local import LocalSource
+from tests.helpers.data import wait_until
 
 
 def manager_for(tmp_path: Path) -> StagingManager:
@@ -114,3 +122,127 @@ def test_a_file_replaced_before_it_is_copied_is_filed_under_the_fingerprint_copi
     assert again["state"] == "succeeded", again
     assert not again["up_to_date"], again
     assert (root / "out" / "lc-0.fits").read_bytes() == b"\x01" * 65536
+
+
+CHILD = """
+import json, os, sys
+from pathlib import Path
+from jupyter_staging.engine.manager import StagingManager
+from jupyter_staging.engine.models import CreateJob
+base = Path(sys.argv[1])
+
+def run(root, db, source, roots):
+    mgr = StagingManager(root, db_url=f"sqlite:///{db}", sweep_interval=0, source_roots=roots)
+    mgr.start()
+    states = {}
+    try:
+        for method in ("copy", "hardlink"):
+            job, _ = mgr.create(CreateJob(source=str(source), destination=method, method=method))
+            done = mgr.wait(job.id, timeout=60)
+            states[method] = [done.state.value, done.error.code if done.error else None]
+    finally:
+        mgr.stop()
+    return states
+
+if os.geteuid() == 0:
+    # Everything imported by a first run as root (the interpreter lives below /root), then nobody.
+    run(base / "warm", base / "warm.sqlite", base / "warm-src", [str(base / "warm-src")])
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+print(json.dumps(run(base / "root", base / "db" / "jobs.sqlite", base / "share" / "proj" / "data",
+                     [str(base / "share")])))
+"""
+
+
+def test_a_source_below_a_folder_that_may_only_be_searched_is_staged():
+    """Shared storage often has folders of mode 0711 (searchable, not listable) above the data. Reaching a
+    source's folder by descriptor must not need more than a path lookup does: the folders are opened with
+    ``O_PATH``. Run as ``nobody`` when the tests run as root (root's permissions would hide the case),
+    else as the user running them."""
+    base = Path(tempfile.mkdtemp(prefix="jupyter-staging-0711-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        data = base / "share" / "proj" / "data"
+        data.mkdir(parents=True)
+        (base / "root").mkdir()
+        for i in range(3):
+            (data / f"lc-{i}.fits").write_bytes(bytes([i]) * 4096)
+        (base / "db").mkdir()
+        (base / "warm-src").mkdir()
+        (base / "warm-src" / "a.fits").write_bytes(b"a" * 4096)
+        if os.geteuid() == 0:  # the files and the staging root are nobody's (protected_hardlinks)
+            for path in [base / "root", base / "db", data, *data.iterdir()]:
+                os.chown(path, 65534, 65534)
+        (base / "share").chmod(0o755)
+        (base / "share" / "proj").chmod(0o711)
+        result = subprocess.run(
+            [sys.executable, "-c", CHILD, str(base)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=str(base),
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        states = json.loads(result.stdout.strip().splitlines()[-1])
+        assert states == {"copy": ["succeeded", None], "hardlink": ["succeeded", None]}, states
+        assert sorted(p.name for p in (base / "root" / "copy").iterdir()) == [
+            "lc-0.fits",
+            "lc-1.fits",
+            "lc-2.fits",
+            "manifest.json",
+        ]
+    finally:
+        if (base / "share" / "proj").exists():
+            (base / "share" / "proj").chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_copy_paused_after_its_source_was_replaced_resumes_without_splicing_two_versions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The listed file A is replaced by B (same size) before the copy; the job is paused with half of B
+    in the part file; A comes back; the job resumes. B's half was tagged and listed as B, so it is set
+    aside and A is copied whole: never half of B followed by half of A."""
+    from jupyter_staging.sources import local
+
+    size = 4 * 1024 * 1024
+    root = tmp_path / "root"
+    src = root / "src"
+    src.mkdir(parents=True)
+    big = src / "big.bin"
+    big.write_bytes(b"\x01" * size)  # A, listed
+    aside = tmp_path / "aside.bin"
+
+    def replace() -> None:
+        os.rename(big, aside)
+        big.write_bytes(b"\x03" * size)  # B: same size, another inode
+
+    after_listing(monkeypatch, replace)
+    copy = local.copy_from_fd
+    calls: list[int] = []
+    mgr = manager_for(tmp_path)
+
+    def copy_half_then_pause(fd, out, control, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            out.write(os.pread(fd, size // 2, out.offset))
+            threading.Thread(target=mgr.pause, args=(job.id,)).start()  # as a user would, from elsewhere
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                control.check()  # raises JobInterrupted once the pause reaches the copy
+                time.sleep(0.02)
+        return copy(fd, out, control, **kwargs)
+
+    monkeypatch.setattr(local, "copy_from_fd", copy_half_then_pause)
+    try:
+        job, _ = mgr.create(CreateJob(source=str(src), destination="out", method="copy"))
+        wait_until(lambda: mgr.get(job.id).state.value == "paused", timeout=30, what="the job to pause")
+        os.replace(aside, big)  # A is back, as listed
+        mgr.resume(job.id)
+        done = mgr.wait(job.id, timeout=60)
+    finally:
+        mgr.stop()
+    assert done.state.value == "succeeded", done
+    assert (root / "out" / "big.bin").read_bytes() == b"\x01" * size
