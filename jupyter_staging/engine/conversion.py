@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -66,7 +68,6 @@ class ConvertingStager(PipelinedStager):
     ) -> None:
         """Convert table ``item`` into ``<stem>.parquet/part-NNNNN.parquet`` chunks (or stage it as it is
         when it is not a table); resumes after the parts already recorded."""
-        opts = rec.convert or {}
         with self._lock:
             if item.name in self.resume.setdefault("converted", []):
                 return
@@ -76,7 +77,21 @@ class ConvertingStager(PipelinedStager):
             return
         if self._reuse_converted(item, entry):
             return
-        local, downloaded = self._local_copy(source, item)
+        with self._local_copy(source, item) as (local, downloaded):
+            self._convert_local(source, rec, method, item, local, downloaded, entry)
+
+    def _convert_local(
+        self,
+        source: Source,
+        rec: JobRecord,
+        method: str,
+        item: SourceItem,
+        local: Path,
+        downloaded: Path | None,
+        entry: str | None,
+    ) -> None:
+        """:meth:`_convert` of ``item`` read at ``local`` (``downloaded`` when it was downloaded there)."""
+        opts = rec.convert or {}
         fmt = detect_format(local)
         if fmt is None or fmt == "parquet" or (opts.get("hdu") is None and not is_table(local)):
             why = "already Parquet" if fmt == "parquet" else "not a table"
@@ -85,18 +100,29 @@ class ConvertingStager(PipelinedStager):
         if fmt == "fits" and len(self.resume.get("items", [])) == 1:
             self._expect_chunks(local, opts)
         bytes_before = self.live.bytes_done if downloaded is None else None
-        out_rel = self._convert_file(local, item.name, opts, entry, counted=downloaded is not None)
+        out_rel = self._convert_file(
+            local, item.name, opts, entry, counted=downloaded is not None, listed=source.local_path(item)
+        )
         if bytes_before is not None and self.live.bytes_done == bytes_before:
             self.control.add_bytes(item.size or 0)
         self._converted(item, out_rel, self.dest.workdir / out_rel, downloaded)
 
     def _convert_file(
-        self, local: Path, name: str, opts: dict[str, Any], entry: str | None, *, counted: bool = True
+        self,
+        local: Path,
+        name: str,
+        opts: dict[str, Any],
+        entry: str | None,
+        *,
+        counted: bool = True,
+        listed: Path | None = None,
     ) -> str:
         """Convert the local table ``local`` (output name ``name``) into ``<stem>.parquet/part-*.parquet``
         chunks, after the parts an earlier attempt recorded; returns the output folder (relative).
         ``counted``: the source bytes were counted already (a download, or the archive a file was
-        extracted from), so the converter reports rows only; False for a table read in place."""
+        extracted from), so the converter reports rows only; False for a table read in place. ``listed``:
+        the table's own path when ``local`` reads it through this process's descriptors (what other
+        processes, Dask workers, open instead)."""
         out_rel = self._output_folder(name)
         out_dir = self.dest.workdir / out_rel
         existing = [
@@ -168,19 +194,26 @@ class ConvertingStager(PipelinedStager):
         self._log("info", f"{item.name}: unchanged; {len(parts)} Parquet part(s) taken from the local copy")
         return True
 
-    def _local_copy(self, source: Source, item: SourceItem) -> tuple[Path, Path | None]:
-        """``(local path, downloaded)``: the item's own path when it is a local file, else a resumable
-        download into the job's scratch folder (then also returned as ``downloaded``)."""
-        local = source.local_path(item)
-        if local is not None:
-            return local, None
+    @contextmanager
+    def _local_copy(self, source: Source, item: SourceItem) -> Iterator[tuple[Path, Path | None]]:
+        """``(local path, downloaded)`` for the block: a local file read where it is (through the
+        descriptor of its folder, :meth:`~jupyter_staging.sources.base.Source.reading_path`; a file changed
+        since the listing is relisted first), else a resumable download into the job's scratch folder (then
+        also returned as ``downloaded``)."""
+        if source.local_path(item) is not None:
+            if source.revalidate(item):
+                self._relist(item, item.validator)
+            with source.reading_path(item) as local:
+                assert local is not None
+                yield local, None
+            return
         # Remote: download first (resumable), then decide from the bytes whether it is a table.
         downloaded = scratch_dir(self.dest.workdir, self.job_id) / item.name
         if not downloaded.exists():
             self._stage_file(source, "download", item, downloaded, recovering=False)
         else:
             self.control.add_bytes(item.size or 0)
-        return downloaded, downloaded
+        yield downloaded, downloaded
 
     def _output_folder(self, name: str) -> str:
         """The checked output folder ``<stem>.parquet`` of output ``name`` (recorded for cleanup)."""

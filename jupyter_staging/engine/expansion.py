@@ -83,38 +83,42 @@ class ExpandingStager(ConvertingStager):
     ) -> None:
         """Fetch ``item`` locally, extract (or decompress) it in the scratch folder, then publish each
         file as a chunk (or convert it)."""
-        local, downloaded = self._local_copy(source, item)
-        if downloaded is None:
-            self.control.add_bytes(item.size or 0)
-        scratch = scratch_dir(self.dest.workdir, self.job_id) / f"expand-{len(self.resume['expanded'])}"
-        fs = self.dest.files
-        fs.remove_tree(scratch)  # what an interrupted attempt left
-        limit = self.host.max_unpacked_bytes
-        if archive:
-            base = check_output_name(archive_stem(item.name))
-            files = unpack(
-                local, scratch, max_bytes=limit, max_ratio=MAX_RATIO, control=self.control, root=fs.root
-            )
-        else:
-            base = check_output_name(PurePosixPath(item.name).parent.as_posix())
-            name = decompressed_name(PurePosixPath(item.name).name)
-            files = [
-                decompress(
-                    local,
-                    scratch / name,
-                    max_bytes=limit,
-                    max_ratio=MAX_RATIO,
-                    control=self.control,
-                    root=fs.root,
+        with self._local_copy(source, item) as (local, downloaded):
+            if downloaded is None:
+                self.control.add_bytes(item.size or 0)
+            scratch = scratch_dir(self.dest.workdir, self.job_id) / f"expand-{len(self.resume['expanded'])}"
+            fs = self.dest.files
+            fs.remove_tree(scratch)  # what an interrupted attempt left
+            limit = self.host.max_unpacked_bytes
+            if archive:
+                base = check_output_name(archive_stem(item.name))
+                files = unpack(
+                    local, scratch, max_bytes=limit, max_ratio=MAX_RATIO, control=self.control, root=fs.root
                 )
-            ]
-        self._log("info", f"{item.name}: {'unpacked' if archive else 'decompressed'} {len(files)} file(s)")
-        for extracted in files:
-            rel = extracted.name if base in ("", ".") else f"{base}/{extracted.name}"
-            self._publish_extracted(rec, scratch / extracted.name, check_output_name(rel), extracted, entry)
-        fs.remove_tree(scratch)
-        if downloaded is not None:
-            fs.unlink(downloaded)
+            else:
+                base = check_output_name(PurePosixPath(item.name).parent.as_posix())
+                name = decompressed_name(PurePosixPath(item.name).name)
+                files = [
+                    decompress(
+                        local,
+                        scratch / name,
+                        max_bytes=limit,
+                        max_ratio=MAX_RATIO,
+                        control=self.control,
+                        root=fs.root,
+                    )
+                ]
+            self._log(
+                "info", f"{item.name}: {'unpacked' if archive else 'decompressed'} {len(files)} file(s)"
+            )
+            for extracted in files:
+                rel = extracted.name if base in ("", ".") else f"{base}/{extracted.name}"
+                self._publish_extracted(
+                    rec, scratch / extracted.name, check_output_name(rel), extracted, entry
+                )
+            fs.remove_tree(scratch)
+            if downloaded is not None:
+                fs.unlink(downloaded)
 
     def _publish_extracted(
         self, rec: JobRecord, path: Path, rel: str, extracted: Extracted, entry: str | None

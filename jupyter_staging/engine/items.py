@@ -22,7 +22,7 @@ from jupyter_staging.engine.freshness import every_listed_item
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.links import LinkingWriter
 from jupyter_staging.engine.models import ChunkState
-from jupyter_staging.engine.progress import ChunkLedger, LiveProgress
+from jupyter_staging.engine.progress import ChunkBatch, ChunkLedger, LiveProgress
 from jupyter_staging.engine.records import dump_item, json_copy, load_item
 from jupyter_staging.engine.schema import ChunkRow, JobChunk
 from jupyter_staging.engine.staged import StagedIndex
@@ -96,6 +96,8 @@ class ItemStager(LinkingWriter):
         self._link_digests = threading.local()
         #: Files this run found complete from the previous run (logged as one line per transfer).
         self._recovered_files = 0
+        #: Items relisted (:meth:`_relist`) since the resume data was last written.
+        self._resume_dirty = False
 
     # -- callbacks from sources and converters ------------------------------------------------------
 
@@ -117,20 +119,22 @@ class ItemStager(LinkingWriter):
         """Persist the resume data, with the chunk records waiting in the ledger (one transaction, so
         the resume data never gets ahead of the chunks it speaks of)."""
         with self._lock:
+            self._resume_dirty = False
             self._flush_chunks(force=True, resume=json_copy(self.resume))
 
     def _relist(self, item: SourceItem, seen: dict[str, Any]) -> None:
         """``item`` changed since it was listed: from now on it has fingerprint ``seen``, in memory and in
-        the resume data, written at once (with the chunk records waiting), before this item's chunk is
-        marked ready, so that a later job finds its digest under the fingerprint of the bytes it was taken
-        of, never under the listed one. A rare event (a source rewritten or replaced while it is copied
-        or linked), and one write of the resume data each."""
+        the resume data. The resume data goes out with the next write of chunk records, in the same
+        transaction, and always before (or with) this item's chunk marked ready (:meth:`_flush_chunks`),
+        so that a later job finds its digest under the fingerprint of the bytes it was taken of, never
+        under the listed one; a folder whose files all changed costs one write per batch, not one per
+        file."""
         with self._lock:
             item.validator, item.size = dict(seen), int(seen["size"])
             for listed in every_listed_item(self.resume):
                 if listed.get("name") == item.name:
                     listed["validator"], listed["size"] = dict(seen), int(seen["size"])
-            self._save_resume()
+            self._resume_dirty = True
 
     def _dump_item(self, item: SourceItem) -> dict[str, Any]:
         """``item`` as JSON for the database (:func:`~jupyter_staging.engine.records.dump_item`)."""
@@ -184,6 +188,15 @@ class ItemStager(LinkingWriter):
         when nothing was written)."""
         if not force and not self.ledger.due():
             return None
+        if self._resume_dirty and "resume" not in job_fields:
+            # Relisted items: their listing goes out with (or before) their ready marks. The job's lock
+            # first, then the flush's (the order _save_resume takes them in).
+            with self._lock:
+                self._resume_dirty = False
+                resume = json_copy(self.resume)
+                return self._flush_chunks(
+                    force=True, load_job=load_job, events=events, resume=resume, **job_fields
+                )
         # A due flush skips when another thread is writing (what waits goes with the next one).
         if not self._flush_lock.acquire(blocking=force):
             return None
@@ -191,31 +204,45 @@ class ItemStager(LinkingWriter):
             batch = self.ledger.take()
             if batch.empty and not job_fields and not events:
                 return None
-            if batch.chunks_done is not None:
-                job_fields["chunks_done"] = batch.chunks_done
-            try:
-                for folder in sorted(batch.folders):
-                    self._sync_folder(folder)
-            except OSError:
-                self.ledger.restore(batch, durable=False)
-                raise
-            try:
-                rec = self.host.write_chunks(
-                    self.job_id,
-                    list(batch.new.values()),
-                    batch.updates,
-                    load_job=load_job,
-                    events=events,
-                    **job_fields,
-                )
-            except BaseException:
+            relisted = self._resume_dirty and "resume" not in job_fields
+            if relisted:  # an item was relisted meanwhile: its ready mark goes with the resume data
                 self.ledger.restore(batch)
-                raise
+            else:
+                rec = self._write_batch(batch, load_job=load_job, events=events, **job_fields)
         finally:
             self._flush_lock.release()
+        if relisted:
+            return self._flush_chunks(force=True, load_job=load_job, events=events, **job_fields)
         if not force:
             self.host.report_progress(self.job_id)
         return rec
+
+    def _write_batch(
+        self, batch: ChunkBatch, *, load_job: bool, events: Sequence[tuple[str, str]], **job_fields: Any
+    ) -> JobRecord | None:
+        """Write ``batch`` (taken from the ledger) and ``job_fields`` in one transaction, the folders of
+        its new names fsynced first; on an error the batch is given back to the ledger (its ready marks
+        dropped when a fsync failed)."""
+        if batch.chunks_done is not None:
+            job_fields["chunks_done"] = batch.chunks_done
+        try:
+            for folder in sorted(batch.folders):
+                self._sync_folder(folder)
+        except OSError:
+            self.ledger.restore(batch, durable=False)
+            raise
+        try:
+            return self.host.write_chunks(
+                self.job_id,
+                list(batch.new.values()),
+                batch.updates,
+                load_job=load_job,
+                events=events,
+                **job_fields,
+            )
+        except BaseException:
+            self.ledger.restore(batch)
+            raise
 
     # -- plain transfers ----------------------------------------------------------------------------
 
@@ -311,9 +338,11 @@ class ItemStager(LinkingWriter):
         if out.offset:
             self._log("info", f"{item.name}: resuming at byte {out.offset}")
             self.control.add_bytes(out.offset)
+        listed = dict(item.validator)
         try:
             source.fetch(item, out, self.control)
         except JobInterrupted:
+            self._follow_version(item, listed, out)
             out.close()
             raise
         except BaseException:
@@ -323,7 +352,17 @@ class ItemStager(LinkingWriter):
             # Bytes of a restarted file were reported once already; take them back.
             if out.discarded:
                 self.control.add_bytes(-out.discarded)
+        self._follow_version(item, listed, out)
         return out
+
+    def _follow_version(self, item: SourceItem, listed: dict[str, Any], out: PartFile) -> None:
+        """When ``fetch`` switched ``item`` to another version than ``listed`` (an HTTP or S3 object
+        replaced meanwhile, restarted from its first byte), list the item with that version and tag its
+        part with it: a later job never finds these bytes under the listed fingerprint, and a paused
+        part is never resumed with the listed version's bytes."""
+        if item.validator != listed:
+            self._relist(item, item.validator)
+            self._tag_part(item, owner_tag(self.job_id, item.validator), out)
 
     def _commit_part(self, out: PartFile, item: SourceItem, *, sync_folder: bool) -> tuple[int, str]:
         """Verify the fetched part of ``item`` and publish it (:meth:`PartFile.commit`); returns

@@ -253,7 +253,8 @@ class LinkingWriter(ReusingWriter):
     _link_digests: threading.local
     #: Counts a file found complete from the previous run (ItemStager's: one log line for all).
     _count_recovered: Callable[[], None]
-    #: Files ``item`` under the fingerprint its bytes were seen with, at once (ItemStager's).
+    #: Files ``item`` under the fingerprint its bytes were seen with (ItemStager's; written before its
+    #: chunk is marked ready).
     _relist: Callable[[SourceItem, dict[str, Any]], None]
 
     def _link_all(

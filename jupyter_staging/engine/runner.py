@@ -51,10 +51,16 @@ class JobRunner(TableSpreadStager):
             rec = self.before_start()
             if rec is None:
                 return
+            # No task counts once the job says paused, failed or succeeded.
             try:
                 names, failures = self.run_items(rec)
-            finally:
-                self.close_tasks()  # no task counts once the job says paused, failed or succeeded
+            except JobInterrupted:
+                self.close_tasks(forget_run=False)  # a resumed run may hold the run variable already
+                raise
+            except BaseException:
+                self.close_tasks()
+                raise
+            self.close_tasks()
             self.on_complete(rec, entries=names, failures=failures)
         except JobInterrupted as stop:
             self.on_interrupted(stop.reason)
@@ -196,9 +202,10 @@ class JobRunner(TableSpreadStager):
             **unsealed,
             **totals,
         )
-        if not self.dest.remote and not self.resume.get("swap"):
+        if not self.dest.remote and not self.resume.get("swap") and rec.cleanup_policy == "retain":
             # A later job of the same source in this server takes these digests from memory (made after
-            # the job has ended: 50 ms for 20,000 files, not part of its time).
+            # the job has ended: 50 ms for 20,000 files, not part of its time). Not for an output the
+            # cleanup policy removes: its entries would hide an older copy that is still there.
             recent = job_entries(str(self.dest.workdir), self.dest.relative, self.resume, chunks)
             RECENT.put(self.job_id, recent)
 

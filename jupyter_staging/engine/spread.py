@@ -213,12 +213,12 @@ class SpreadStager(ManifestStager):
                 self._job_tasks = tasks
             return self._job_tasks
 
-    def close_tasks(self) -> None:
-        """End this run's :class:`JobTasks`, if it had one."""
+    def close_tasks(self, *, forget_run: bool = True) -> None:
+        """End this run's :class:`JobTasks`, if it had one (``forget_run``: see :meth:`JobTasks.close`)."""
         with self._lock:
             tasks, self._job_tasks = self._job_tasks, None
         if tasks is not None:
-            tasks.close()
+            tasks.close(forget_run=forget_run)
 
     def _probe(self, tasks: TaskBatch) -> None:
         """Raise :class:`DestinationNotShared` unless a worker's probe file reaches this server."""

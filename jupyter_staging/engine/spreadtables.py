@@ -72,10 +72,20 @@ class TableSpreadStager(SpreadStager):
     :class:`~jupyter_staging.engine.spread.SpreadStager`."""
 
     def _convert_file(
-        self, local: Path, name: str, opts: dict[str, Any], entry: str | None, *, counted: bool = True
+        self,
+        local: Path,
+        name: str,
+        opts: dict[str, Any],
+        entry: str | None,
+        *,
+        counted: bool = True,
+        listed: Path | None = None,
     ) -> str:
         executor = None if self.dest.remote else self._executor_for("copy")
-        ranges = self._plan_ranges(executor, local, opts) if executor is not None else None
+        # Workers are other processes: they open the table by its own path (``local`` may be a path
+        # through this process's descriptors), so a folder swapped meanwhile is not caught there.
+        shared = listed or local
+        ranges = self._plan_ranges(executor, shared, opts) if executor is not None else None
         if executor is None or ranges is None:
             return super()._convert_file(local, name, opts, entry, counted=counted)
         out_rel = self._output_folder(name)
@@ -100,7 +110,7 @@ class TableSpreadStager(SpreadStager):
                 batch.submit(
                     convert_range,
                     batch.ctx,
-                    str(local),
+                    str(shared),
                     self._rel(out_dir),  # tasks resolve folders against the root, not the destination
                     options,
                     t.start_index,

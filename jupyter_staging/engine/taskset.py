@@ -79,12 +79,18 @@ class JobTasks:
         ctx = TaskContext(self.ctx.job_id, self.ctx.root, str(next(self._batches)), self.ctx.attempt)
         return TaskBatch(self, ctx)
 
-    def close(self) -> None:
-        """Stop listening to the job's progress events and forget its task counts and current run: the
-        run variable is deleted only while it still names this run. A job paused and resumed at once
-        may have a newer run holding it already, whose tasks would otherwise wait for it in vain (and
-        fail after 30 s)."""
+    def close(self, *, forget_run: bool = True) -> None:
+        """Stop listening to the job's progress events and forget its task counts, and with
+        ``forget_run`` its current run: the run variable is deleted only while it still names this run.
+        A run that was interrupted (paused, cancelled, the server stopping) passes False: a job paused and
+        resumed at once may have a newer run that set the variable between this run's look and its
+        deletion, whose tasks would then wait for it in vain (and fail after 30 s). The variable is
+        deleted by the run that ends the job."""
         self.client.unsubscribe_topic(self.ctx.topic)
+        if not forget_run:
+            with self.live.lock:
+                self.live.tasks = None
+            return
         try:
             current = self._run.get(timeout=5)
         except (TimeoutError, asyncio.TimeoutError):  # gone already

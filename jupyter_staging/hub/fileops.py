@@ -296,6 +296,10 @@ def _pin_source(source: SourceFile) -> int:
         fd = os.open(source.path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         raise SourceNotFound(f"source {str(source.path)!r} disappeared") from None
+    except OSError as err:
+        if err.errno in (errno.ENOTDIR, errno.ELOOP):  # a folder on the way replaced by a file, or a loop
+            raise _changed(source) from None
+        raise
     st = os.fstat(fd)
     if (st.st_dev, st.st_ino) != (source.device, source.inode) or not stat.S_ISREG(st.st_mode):
         os.close(fd)
@@ -310,7 +314,10 @@ def _link_pinned(fd: int, source: SourceFile, target: Target) -> None:
     path leads to by then. Where ``/proc`` is not mounted, the path is linked (no symlink followed at its
     end) and the new link checked to be that inode, else removed (``source_changed``)."""
     if os.path.lexists(f"/proc/self/fd/{fd}"):
-        os.link(f"/proc/self/fd/{fd}", target.name, dst_dir_fd=target.dir_fd, follow_symlinks=True)
+        try:
+            os.link(f"/proc/self/fd/{fd}", target.name, dst_dir_fd=target.dir_fd, follow_symlinks=True)
+        except FileNotFoundError:  # the source was removed since it was pinned
+            raise _changed(source) from None
         return
     os.link(source.path, target.name, dst_dir_fd=target.dir_fd, follow_symlinks=False)
     try:

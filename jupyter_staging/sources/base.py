@@ -10,8 +10,9 @@ from __future__ import annotations
 import abc
 import os
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -335,6 +336,13 @@ class Source(abc.ABC):
     def local_path(self, item: SourceItem) -> Path | None:
         """The item as a readable local file, when it is one (lets conversion skip a download)."""
         return None
+
+    @contextmanager
+    def reading_path(self, item: SourceItem) -> Iterator[Path | None]:
+        """A path that reads the item for the duration of the block, for readers that open paths (astropy,
+        pyarrow): :meth:`local_path` here; a local source gives one that cannot be redirected by a folder
+        swapped for a symlink since the listing. None when the item is not a local file."""
+        yield self.local_path(item)
 
     def describe(self) -> str:
         """The source as safe to show in a log (no secrets)."""

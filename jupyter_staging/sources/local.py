@@ -209,19 +209,27 @@ class LocalSource(Source):
 
     def fetch(self, item: SourceItem, out: PartFile, control: JobControl) -> None:
         """Copy the file into ``out`` from ``out.offset``, read from the descriptor :meth:`open_item` gives.
-        The caller calls :meth:`revalidate` before opening ``out``: a file rewritten since the listing is
-        then staged as it is now, under its new fingerprint. A local file states no checksums
-        (``item.checksums`` stays as given).
+        The caller calls :meth:`revalidate` before opening ``out``. When the file opened is not the version
+        ``item.validator`` names even so (replaced in between: an editor's atomic save), ``item.size`` and
+        ``item.validator`` follow it and a partial copy restarts from byte 0; the caller relists the item.
+        A local file states no checksums (``item.checksums`` stays as given).
 
-        Raises :class:`SourceChanged` when the file opened has not the fingerprint ``item.validator`` (it
-        changed again since), or is shorter than ``out.offset``; else like :meth:`open_item`, and
+        Raises :class:`SourceChanged` when the file changes while it is copied (its fingerprint after the
+        copy is not the one it was opened with); else like :meth:`open_item`, and
         :class:`~jupyter_staging.errors.JobInterrupted` on pause or cancel."""
         fd, st = self.open_item(item)
         try:
-            self._same_file(item, st)
-            if out.offset > st.st_size:
-                raise SourceChanged(f"{item.name}: the source file is shorter than the part already copied")
+            seen = fingerprint(st)
+            if seen != item.validator or out.offset > st.st_size:
+                if out.offset:
+                    control.log(
+                        "warning", f"{item.name}: source changed since the partial copy; restarting it"
+                    )
+                    out.restart()
+                item.size, item.validator = st.st_size, seen
             copy_from_fd(fd, out, control)
+            if fingerprint(os.fstat(fd)) != seen:
+                raise SourceChanged(f"{item.name}: the source file changed while it was copied")
         finally:
             os.close(fd)
 
@@ -276,6 +284,18 @@ class LocalSource(Source):
 
     def local_path(self, item: SourceItem) -> Path | None:
         return Path(item.locator)
+
+    @contextmanager
+    def reading_path(self, item: SourceItem) -> Iterator[Path | None]:
+        """``/proc/self/fd/<folder>/<name>``: the file read through the descriptor of its folder
+        (:meth:`item_folder`, kept open for the block), so a folder on the listed path swapped for a
+        symlink is not followed (proc(5): the folder's entry is a link to the very folder opened); the
+        name keeps its suffix, by which formats are told apart. The file must be a regular one when the
+        block starts (:meth:`revalidate`'s look, which the caller makes first). Where ``/proc`` is not
+        mounted, the listed path itself. Raises like :meth:`item_folder`."""
+        with self.item_folder(item) as (folder, name):
+            through = Path(f"/proc/self/fd/{folder}")
+            yield through / name if through.is_dir() else Path(item.locator)
 
 
 def _read_error(item: SourceItem, exc: OSError) -> PathNotAllowed | SourceNotFound:

@@ -1,6 +1,7 @@
 """A local source is read, and hard-linked, through descriptors of its folders (DESIGN.md, "Security
 rules": sources are confined to the roots): what is swapped onto a listed path after the listing is never
-followed, and bytes that changed since the listing are filed under the fingerprint they were read with.
+followed, and bytes that changed since the listing (local files, and an HTTP object that switched version)
+are filed under the fingerprint they were read with.
 
 The engine runs in this process (a real :class:`StagingManager` on threads, SQLite in ``tmp_path``); the
 swap happens between the listing and the transfer, by wrapping :meth:`LocalSource.list_items`.
@@ -18,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -246,3 +248,168 @@ def test_a_copy_paused_after_its_source_was_replaced_resumes_without_splicing_tw
         mgr.stop()
     assert done.state.value == "succeeded", done
     assert (root / "out" / "big.bin").read_bytes() == b"\x01" * size
+
+
+def test_a_download_that_switched_version_is_listed_with_the_version_fetched(tmp_path: Path):
+    """An HTTP object listed as version "A" (its ETag) and served as "B" by the GET: the job lists it with
+    B's ETag (the fingerprint of the bytes it holds). When the server is back at A, a second job downloads
+    A instead of reusing B's bytes as if they were A's."""
+    a, b = b"A" * 200_000, b"B" * 200_000
+    state = {"version": "A", "flip": True}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def _head(self) -> bytes:
+            body = a if state["version"] == "A" else b
+            self.send_response(200)
+            self.send_header("ETag", f'"{state["version"]}"')
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            return body
+
+        def do_HEAD(self) -> None:
+            self._head()
+
+        def do_GET(self) -> None:
+            if state["flip"]:
+                state["version"] = "B"
+            self.wfile.write(self._head())
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/lc.fits"
+    (tmp_path / "root").mkdir()
+    mgr = manager_for(tmp_path)
+    try:
+        first, _ = run(mgr, source=url, destination="a")
+        assert first["state"] == "succeeded", first
+        listed = json.loads((tmp_path / "root" / "a" / "manifest.json").read_text())["objects"][0]
+        assert listed["fingerprint"]["etag"] == '"B"'
+        assert listed["sha256"] == hashlib.sha256(b).hexdigest()
+        state.update(version="A", flip=False)
+        second, _ = run(mgr, source=url, destination="b")
+        assert second["state"] == "succeeded", second
+        assert (tmp_path / "root" / "b" / "lc.fits").read_bytes() == a
+    finally:
+        mgr.stop()
+        server.shutdown()
+
+
+def test_a_folder_whose_files_all_changed_since_listing_writes_its_listing_once_per_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Every file of a folder rewritten between the listing and the copy (a folder synced again while its
+    job was paused): each is relisted, and the listing goes out with the chunk batches, not once per file
+    (which made 2,000 files take 40 s)."""
+    from sqlalchemy import event
+
+    root = tmp_path / "root"
+    src = root / "src"
+    src.mkdir(parents=True)
+    for i in range(300):
+        (src / f"f{i:04d}.dat").write_bytes(b"x" * 100)
+
+    def rewrite_all() -> None:
+        for path in src.iterdir():
+            path.write_bytes(b"y" * 120)
+
+    after_listing(monkeypatch, rewrite_all)
+    mgr = manager_for(tmp_path)
+    writes: list[str] = []
+
+    def seen(_conn, _cursor, statement: str, *_args) -> None:
+        if statement.split()[0] in ("INSERT", "UPDATE") and "staging_job_resume" in statement.split("SET")[0]:
+            writes.append(statement)
+
+    event.listen(mgr.store.engine, "before_cursor_execute", seen)
+    try:
+        job, _ = run(mgr, source=str(src), destination="out", method="copy")
+        sums = {o["path"]: o["sha256"] for o in mgr.manifest(job["id"])["objects"]}
+    finally:
+        mgr.stop()
+    assert job["state"] == "succeeded", job
+    assert set(sums.values()) == {hashlib.sha256(b"y" * 120).hexdigest()}
+    assert len(writes) <= 6, len(writes)  # the listing, then a few batches: not 300
+
+
+def test_an_output_the_cleanup_policy_removes_is_not_kept_among_recent_digests(tmp_path: Path):
+    """A job whose output is deleted on success leaves no entries in memory: they would hide an older copy
+    of the same bytes that is still there."""
+    from jupyter_staging.engine.staged import RECENT
+
+    src = tmp_path / "root" / "src"
+    src.mkdir(parents=True)
+    (src / "lc.fits").write_bytes(b"z" * 4096)
+    mgr = manager_for(tmp_path)
+    try:
+        kept, _ = run(mgr, source=str(src), destination="kept", method="copy")
+        gone, _ = run(
+            mgr, source=str(src), destination="gone", method="copy", cleanup_policy="delete_on_success"
+        )
+    finally:
+        mgr.stop()
+    assert kept["state"] == gone["state"] == "succeeded"
+    assert RECENT.get(kept["id"]) is not None
+    assert RECENT.get(gone["id"]) is None
+
+
+def test_a_table_converted_in_place_is_never_read_through_a_folder_swapped_for_a_symlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A CSV inside the source roots, converted to Parquet where it is (no copy first): its folder is
+    replaced by a symlink to a folder outside the roots after the listing. The converter reads the table
+    through the descriptor of the folder, so the job fails with ``path_not_allowed`` and no row of the
+    outside table reaches the Parquet output (the old code converted it)."""
+    roots = tmp_path / "roots"
+    sub = roots / "data" / "sub"
+    sub.mkdir(parents=True)
+    (sub / "t.csv").write_text("a,b\n1,2\n3,4\n")
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "t.csv").write_text("a,b\n999,SECRET\n")
+
+    def swap() -> None:
+        sub.rename(roots / "data" / "aside")
+        sub.symlink_to(secret, target_is_directory=True)
+
+    after_listing(monkeypatch, swap)
+    (tmp_path / "root").mkdir()
+    mgr = StagingManager(
+        tmp_path / "root",
+        db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}",
+        sweep_interval=0,
+        source_roots=[str(roots)],
+    )
+    mgr.start()
+    try:
+        job, _ = run(mgr, source=str(roots / "data"), destination="out", convert={"chunk_rows": 1000})
+    finally:
+        mgr.stop()
+    assert job["state"] == "failed", job
+    assert job["error"]["code"] == "path_not_allowed", job["error"]
+    out = tmp_path / "root" / "out"
+    written = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
+    assert all(b"SECRET" not in p.read_bytes() for p in written), written
+
+
+def test_a_table_converted_in_place_reads_the_listed_file(tmp_path: Path):
+    """The converter opens the table by a path through its folder's descriptor: the Parquet output holds
+    the file's rows, and the format is still told by the name's suffix."""
+    src = tmp_path / "root" / "src"
+    src.mkdir(parents=True)
+    (src / "t.csv").write_text("a,b\n1,2\n3,4\n")
+    mgr = manager_for(tmp_path)
+    try:
+        job, _ = run(mgr, source=str(src), destination="out", convert={"chunk_rows": 1000})
+    finally:
+        mgr.stop()
+    assert job["state"] == "succeeded", job
+    import pyarrow.parquet as pq
+
+    parts = sorted((tmp_path / "root" / "out").rglob("*.parquet"))
+    rows = [row for part in parts if part.is_file() for row in pq.read_table(part).to_pylist()]
+    assert rows == [{"a": 1, "b": 2}, {"a": 3, "b": 4}], parts
