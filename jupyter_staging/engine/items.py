@@ -115,12 +115,18 @@ class ItemStager(LinkingWriter):
 
     # -- bookkeeping ----------------------------------------------------------------------------------
 
-    def _save_resume(self) -> None:
+    def _save_resume(
+        self, *, load_job: bool = False, events: Sequence[tuple[str, str]] = (), **job_fields: Any
+    ) -> JobRecord | None:
         """Persist the resume data, with the chunk records waiting in the ledger (one transaction, so
-        the resume data never gets ahead of the chunks it speaks of)."""
+        the resume data never gets ahead of the chunks it speaks of), and like :meth:`_flush_chunks`
+        ``job_fields`` and ``events``; returns what it returns. The job's lock is taken before the
+        flush's (the one order both are taken in)."""
         with self._lock:
             self._resume_dirty = False
-            self._flush_chunks(force=True, resume=json_copy(self.resume))
+            return self._flush_chunks(
+                force=True, load_job=load_job, events=events, resume=json_copy(self.resume), **job_fields
+            )
 
     def _relist(self, item: SourceItem, seen: dict[str, Any]) -> None:
         """``item`` changed since it was listed: from now on it has fingerprint ``seen``, in memory and in
@@ -189,14 +195,8 @@ class ItemStager(LinkingWriter):
         if not force and not self.ledger.due():
             return None
         if self._resume_dirty and "resume" not in job_fields:
-            # Relisted items: their listing goes out with (or before) their ready marks. The job's lock
-            # first, then the flush's (the order _save_resume takes them in).
-            with self._lock:
-                self._resume_dirty = False
-                resume = json_copy(self.resume)
-                return self._flush_chunks(
-                    force=True, load_job=load_job, events=events, resume=resume, **job_fields
-                )
+            # Relisted items: their listing goes out with (or before) their ready marks.
+            return self._save_resume(load_job=load_job, events=events, **job_fields)
         # A due flush skips when another thread is writing (what waits goes with the next one).
         if not self._flush_lock.acquire(blocking=force):
             return None
@@ -212,7 +212,7 @@ class ItemStager(LinkingWriter):
         finally:
             self._flush_lock.release()
         if relisted:
-            return self._flush_chunks(force=True, load_job=load_job, events=events, **job_fields)
+            return self._save_resume(load_job=load_job, events=events, **job_fields)
         if not force:
             self.host.report_progress(self.job_id)
         return rec
