@@ -9,22 +9,20 @@ interleaved (the order rotates every repetition), the page cache dropped before 
   ``finished_at``.
 - ``cp -r+fsync``: ``cp -r SRC DST`` then ``sync FILE...`` of every copied file (coreutils ``sync`` with
   file arguments fsyncs each): the fair baseline, since the engine fsyncs every file too.
-- ``engine hardlink``: the same job with ``method="hardlink"`` (links, sha256 of each source file, one
-  fsync of the folder per batch), the first time: a new manager and job database for each run, so
-  nothing was staged from these files before and every source file is read and hashed (files up to 1 MiB
-  on the linking thread, read ahead by the kernel; larger ones on a pool: ``engine/links.py``).
+- ``engine hardlink``: the same job with ``method="hardlink"`` (links on one thread, one fsync of the
+  folder per batch; no byte of the sources is read: ``engine/links.py``), the first time: a new manager
+  and job database for each run (a server that has just started).
 - ``engine hardlink again``: the same job on the main manager, after an untimed hardlink job of the same
-  files (kept), into a new folder: the fingerprints are unchanged, so the sha256 the first job recorded is
-  reused and no byte is read (the same user linking the same shared files again elsewhere; linking into
-  the same folder again is answered at once as up to date, DESIGN.md "Re-running a notebook").
+  files (kept), into a new folder (the same user linking the same shared files again elsewhere; linking
+  into the same folder again is answered at once as up to date, DESIGN.md "Re-running a notebook").
 - ``cp -al``: ``cp -al SRC DST``.
 
 Printed per count: files/s (median), the ratios ``engine files/s / baseline files/s`` (median of the
 per-repetition ratios), CPU seconds (this process and its children, so the engine's threads and ``cp``)
 and peak RSS (``VmHWM`` of this process, reset before each engine run through ``/proc/self/clear_refs``;
 ``cp``'s from ``RUSAGE_CHILDREN`` is not reliable, see README). The line is flat when files/s stays the
-same while the count grows 10x. Every engine run is checked: succeeded, one ready chunk per file, and the
-manifest's sha256 of every file equal to the source's. Usage::
+same while the count grows 10x. Every engine run is checked: succeeded, one ready chunk per file; a copy's
+manifest states the source's sha256 of every file, a hard link's output is the source's inode. Usage::
 
     .venv/bin/python bench/bench_scale.py --counts 200 2000 20000 --reps 3
 """
@@ -100,8 +98,13 @@ class EngineRun:
         manifest = mgr.manifest(done.job_id)
         if len(chunks) != len(self.sums) or any(c.state.value != "ready" for c in chunks):
             raise SystemExit(f"engine {method}: {len(chunks)} chunks, not {len(self.sums)} ready ones")
-        if {o["path"]: o["sha256"] for o in manifest["objects"]} != self.sums:
+        stated = {o["path"]: o["sha256"] for o in manifest["objects"]}
+        if method == "copy" and stated != self.sums:
             raise SystemExit(f"engine {method}: the manifest's sha256 differ from the sources'")
+        if method == "hardlink" and not all(
+            (ROOT / dest / name).stat().st_ino == (self.source / name).stat().st_ino for name in self.sums
+        ):
+            raise SystemExit(f"engine {method}: an output is not the source's inode")
         return done.seconds
 
 

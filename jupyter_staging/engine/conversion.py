@@ -343,9 +343,10 @@ class ConvertingStager(PipelinedStager):
                 self._publish_local(downloaded, final)
             size, sha = final.stat().st_size, sha256_file(final)
         else:
-            size, sha = self._stage_file(
+            size, staged_sha = self._stage_file(
                 source, "copy" if method == "copy" else "download", item, final, recovering=self.recovering
             )
+            sha = staged_sha if staged_sha is not None else sha256_file(final)  # only a link has none
         path = self.dest.put(
             final, item.name, size=size, sha256=sha, content_type=item.content_type, control=self.control
         )

@@ -10,6 +10,7 @@ scratch and is written by path.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -118,6 +119,17 @@ class DestinationWriter:
             os.link(src_name, final.name, src_dir_fd=src_dir_fd, dst_dir_fd=fd, follow_symlinks=False)
             st = os.stat(final.name, dir_fd=fd, follow_symlinks=False)
             return _no_symlink(st, src, lambda: os.unlink(final.name, dir_fd=fd))
+
+    def _remove_output(self, final: Path) -> None:
+        """Remove the name ``final`` this run just made (a link whose bytes failed their check), by
+        descriptor of its folder where the destination is confined; a name already gone is no error.
+        Raises :class:`PathNotAllowed` when the folder was moved or replaced during the run."""
+        with contextlib.suppress(FileNotFoundError):
+            if self.dest.confinement_root is None:
+                final.unlink()
+                return
+            with self.folders.placed(self._folder_below_root(final)) as fd:
+                os.unlink(final.name, dir_fd=fd)
 
     def _publish_local(self, path: Path, final: Path) -> None:
         """Give the complete file ``path`` (below the destination) the name ``final``, never replacing

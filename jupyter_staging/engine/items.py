@@ -50,9 +50,6 @@ def sha256_file(path: Path) -> str:
     return file_digest(path, "sha256")
 
 
-#: Earlier jobs of the same source whose recorded sha256 a link job looks up (the newest ones).
-LINKED_JOBS = 2
-
 #: Extended attribute naming the job (and source version) that writes a part file.
 OWNER_XATTR = "user.jupyter_staging.owner"
 
@@ -83,8 +80,6 @@ class ItemStager(LinkingWriter):
         self._previous: dict[str, dict[str, Any]] | None = None
         #: Verified outputs of this server's earlier jobs, found by sha256 or source fingerprint.
         self.staged = StagedIndex(host, job_id)
-        #: The same, of the newest jobs of the same source only: the sha256 a link job may reuse.
-        self.linked = StagedIndex(host, job_id, same_source=True, jobs=LINKED_JOBS)
         #: The job's chunk records in memory (loaded once per run), written in batches.
         self.ledger = ChunkLedger()
         #: The job's chunk records as this run found them (:meth:`_load_ledger`).
@@ -92,8 +87,6 @@ class ItemStager(LinkingWriter):
         self._flush_lock = threading.Lock()
         #: Items of this job staged at once, across all of its manifest entries.
         self._item_slots = threading.BoundedSemaphore(max(1, int(host.concurrent_items)))
-        #: The read-ahead sha256 of a link job's sources while its items are linked (per entry thread).
-        self._link_digests = threading.local()
         #: Files this run found complete from the previous run (logged as one line per transfer).
         self._recovered_files = 0
         #: Items relisted (:meth:`_relist`) since the resume data was last written.
@@ -259,13 +252,19 @@ class ItemStager(LinkingWriter):
         )
         self._record_transfer(item, chunk, final, size, sha)
 
-    def _record_transfer(self, item: SourceItem, chunk: JobChunk, final: Path, size: int, sha: str) -> None:
+    def _record_transfer(
+        self, item: SourceItem, chunk: JobChunk, final: Path, size: int, sha: str | None
+    ) -> None:
         """Put the published ``final`` (``size`` bytes, ``sha`` hex) where the destination keeps it and mark
-        ``chunk`` ready with the next batch (a local file's folder fsynced before it)."""
+        ``chunk`` ready with the next batch (a local file's folder fsynced before it). ``sha`` is None for
+        a link whose bytes were not read (links are made in local destinations only)."""
         local = not self.dest.remote
-        path = self.dest.put(
-            final, item.name, size=size, sha256=sha, content_type=item.content_type, control=self.control
-        )
+        if sha is None:
+            path = self.dest.chunk_path(item.name)
+        else:
+            path = self.dest.put(
+                final, item.name, size=size, sha256=sha, content_type=item.content_type, control=self.control
+            )
         self._chunk_done(chunk, folder=final.parent if local else None, bytes=size, sha256=sha, path=path)
 
     def _transfer_all(self, source: Source, method: str, work: list[tuple[SourceItem, JobChunk]]) -> None:
@@ -308,7 +307,7 @@ class ItemStager(LinkingWriter):
         *,
         recovering: bool,
         sync_folder: bool = True,
-    ) -> tuple[int, str]:
+    ) -> tuple[int, str | None]:
         """Bring one item to ``final``; returns ``(size_bytes, sha256_hex)``. Without ``sync_folder`` a
         copied file's folder is not fsynced here: the caller has it fsynced before recording the item."""
         done = self._stage_without_fetch(
@@ -382,11 +381,14 @@ class ItemStager(LinkingWriter):
         recovering: bool,
         sync_folder: bool,
         make_folder: bool = True,
-    ) -> tuple[int, str] | None:
-        """What brings ``item`` to ``final`` without reading the source's bytes: finished by the previous
-        run, a hard link or symlink, reused unchanged output, a copy of bytes this server staged before.
-        Returns ``(size_bytes, sha256_hex)``, or None when the bytes must be fetched (its folder is made,
+    ) -> tuple[int, str | None] | None:
+        """What brings ``item`` to ``final`` without reading the source's bytes: a hard link or symlink
+        (the previous run's found in place), finished by the previous run, reused unchanged output, a copy
+        of bytes this server staged before. Returns ``(size_bytes, sha256_hex)`` (the sha256 None for a
+        link whose bytes were not read), or None when the bytes must be fetched (its folder is made,
         unless ``make_folder`` is False: a caller that opens its part file next, which makes it)."""
+        if method in ("hardlink", "symlink"):
+            return self._link(source, method, item, final)  # its folder is made by the link
         if recovering:
             self._drop_published_part(final)
         if (recovering or self.dest.remote) and final.exists() and not part_path(final).exists():
@@ -400,8 +402,6 @@ class ItemStager(LinkingWriter):
                 self._count_recovered()
                 self.control.add_bytes(final.stat().st_size)
                 return final.stat().st_size, sha256_file(final)
-        if method in ("hardlink", "symlink"):
-            return self._link(source, method, item, final)  # its folder is made by the link
         reused = self._reuse_output(item, final)
         if reused is None and source.local_path(item) is None:
             reused = self._copy_staged(item, final, sync_folder=sync_folder)

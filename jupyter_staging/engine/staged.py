@@ -136,16 +136,12 @@ RECENT = _RecentJobs(RECENT_FILES)
 
 
 class StagedIndex:
-    """Outputs of ``host``'s earlier succeeded jobs (not job ``job_id``), built on first use: of the newest
-    ``jobs`` of the root, or with ``same_source`` of those of the same source as job ``job_id`` only (what
-    a link job looks at: building costs one listing of each job's chunks and items)."""
+    """Outputs of ``host``'s newest ``jobs`` earlier succeeded jobs of the same root (not job ``job_id``),
+    built on first use."""
 
-    def __init__(
-        self, host: JobHost, job_id: str, *, same_source: bool = False, jobs: int = RECENT_JOBS
-    ) -> None:
+    def __init__(self, host: JobHost, job_id: str, *, jobs: int = RECENT_JOBS) -> None:
         self.host = host
         self.job_id = job_id
-        self._same_source = same_source
         self._jobs = jobs
         self._lock = threading.Lock()
         self._by_sha: dict[str, _Kept] | None = None
@@ -177,15 +173,6 @@ class StagedIndex:
                 return Path(found[0]), found[1], found[2]
         return None
 
-    def recorded_sha256(self, locator_id: str, fingerprint: dict[str, Any], size: int) -> str | None:
-        """The sha256 (hex) an earlier job recorded for the object ``locator_id`` names when it had
-        ``fingerprint`` and ``size`` bytes, else None. Unlike :meth:`find` the earlier output is not
-        looked at: a link job takes only the digest, which the fingerprint vouches for (the very bytes, as
-        the re-run rules judge), whether or not that output is still there."""
-        self._build()
-        found = self._by_fingerprint.get(fingerprint_key(locator_id, fingerprint)) if fingerprint else None
-        return found[2] if found is not None and found[1] == size else None
-
     def _build(self) -> None:
         with self._lock:
             if self._by_sha is not None:
@@ -194,37 +181,12 @@ class StagedIndex:
             rec = self.host.store.get_job(self.job_id, resume=False)
             if rec is None:
                 return
-            if not self._same_source:
-                jobs = self.host.store.list_jobs(
-                    root=rec.root, states=[JobState.succeeded.value], limit=self._jobs
-                )
-                for job in jobs:
-                    if job.id != self.job_id:
-                        self._add_job(job)
-                return
-            # The newest ``jobs`` of the same source whose output folder is still there (read whole only
-            # then: an earlier output removed since has nothing to offer).
-            added = 0
-            for job in self.host.store.list_jobs(
-                root=rec.root,
-                states=[JobState.succeeded.value],
-                limit=RECENT_JOBS,
-                source=rec.source,
-                resume=False,
-            ):
-                if added >= self._jobs:
-                    break
-                if job.id == self.job_id or not (Path(job.root) / job.destination).is_dir():
-                    continue
-                entries = RECENT.get(job.id)
-                if entries is None:
-                    whole = self.host.store.get_job(job.id)
-                    entries = self._entries_of(whole) if whole is not None else None
-                    if entries is not None:
-                        RECENT.put(job.id, entries)
-                if entries is not None:
-                    self._merge(entries)
-                    added += 1
+            jobs = self.host.store.list_jobs(
+                root=rec.root, states=[JobState.succeeded.value], limit=self._jobs
+            )
+            for job in jobs:
+                if job.id != self.job_id:
+                    self._add_job(job)
 
     def _add_job(self, job: Any) -> None:
         entries = RECENT.get(job.id) or self._entries_of(job)

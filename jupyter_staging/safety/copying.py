@@ -43,11 +43,20 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
 def fd_digest(fd: int, algorithm: str = "sha256") -> str:
     """The ``algorithm`` digest (lower-case hex) of the bytes of the open file ``fd`` from its current
     position to its end, read as :func:`file_digest` reads (``fd`` stays open). Raises ``OSError``."""
-    digest = hashlib.new(algorithm, usedforsecurity=False)
+    return fd_digests(fd, (algorithm,))[algorithm]
+
+
+def fd_digests(fd: int, algorithms: tuple[str, ...]) -> dict[str, str]:
+    """``{algorithm: lower-case hex}`` of the bytes of the open file ``fd`` from its current position to
+    its end, each ``hashlib`` algorithm fed the same blocks of one read (``fd`` stays open). Raises
+    ``OSError``."""
+    digests = [hashlib.new(name, usedforsecurity=False) for name in algorithms]
     view = block_buffer()
     while n := os.readv(fd, [view]):
-        digest.update(view[:n])
-    return digest.hexdigest()
+        block = view[:n]
+        for digest in digests:
+            digest.update(block)
+    return {name: digest.hexdigest() for name, digest in zip(algorithms, digests, strict=True)}
 
 
 def file_md5(path: Path) -> str:
