@@ -7,10 +7,6 @@ brings one :class:`~jupyter_staging.sources.base.SourceItem` to a published, ver
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import stat
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +18,7 @@ from jupyter_staging.engine.freshness import every_listed_item
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.links import LinkingWriter
 from jupyter_staging.engine.models import ChunkState
+from jupyter_staging.engine.parts import PartOwnership, owner_tag
 from jupyter_staging.engine.progress import ChunkBatch, ChunkLedger, LiveProgress
 from jupyter_staging.engine.records import dump_item, json_copy, load_item
 from jupyter_staging.engine.schema import ChunkRow, JobChunk
@@ -29,18 +26,10 @@ from jupyter_staging.engine.staged import StagedIndex
 from jupyter_staging.engine.store import JobRecord
 from jupyter_staging.errors import (
     JobInterrupted,
-    PathNotAllowed,
 )
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.copying import file_digest
-from jupyter_staging.safety.dirfd import (
-    lstat_at,
-    open_existing,
-    rename_at,
-    unlink_at,
-)
 from jupyter_staging.safety.partfile import PartFile, part_path
-from jupyter_staging.safety.unnamed import create_unnamed
 from jupyter_staging.sources.base import Source, SourceItem
 
 
@@ -50,17 +39,7 @@ def sha256_file(path: Path) -> str:
     return file_digest(path, "sha256")
 
 
-#: Extended attribute naming the job (and source version) that writes a part file.
-OWNER_XATTR = "user.jupyter_staging.owner"
-
-
-def owner_tag(job_id: str, fingerprint: dict[str, Any]) -> str:
-    """``<job id>:<sha256 of the fingerprint, 16 hex>``: who may resume a part file."""
-    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
-    return f"{job_id}:{digest[:16]}"
-
-
-class ItemStager(LinkingWriter):
+class ItemStager(LinkingWriter, PartOwnership):
     """Runs job ``job_id`` of ``host``: the state of one run and the staging of single items."""
 
     def __init__(self, host: JobHost, job_id: str) -> None:
@@ -408,131 +387,3 @@ class ItemStager(LinkingWriter):
         if reused is None and make_folder:
             self._make_folder(final)
         return reused
-
-    # -- integrity: part files, expected checksums, reuse of the output being replaced ----------------
-
-    def _open_part(self, item: SourceItem, final: Path, *, md5: bool, unnamed: bool = False) -> PartFile:
-        """The part file of ``item``, resumed only when this job wrote it for this fingerprint; any other
-        ``.part`` in the way (a planted one, another job's, another version's) is set aside, never
-        trusted (DESIGN.md, "Re-running a notebook").
-
-        Ownership is an extended attribute of the part file (``user.jupyter_staging.owner``: the job id
-        and a digest of the fingerprint), so recording it costs no database write; on a file system
-        without user xattrs it is kept in the job's resume data instead.
-
-        With ``unnamed`` (a file small enough that resuming it would save nothing), in a confined
-        destination and outside a recovering run, the part is an unnamed file in the final folder
-        (``O_TMPFILE``): nothing to look for, tag or remove, and nothing left behind by a crash; where the
-        file system cannot make one, a ``.part`` as above. A recovering run uses ``.part`` names, so that
-        a part left by an earlier version is still found."""
-        root = self.dest.confinement_root
-        if root is not None and unnamed and not self.recovering:
-            out = self._open_unnamed_part(final, md5=md5)
-            if out is not None:
-                return out
-        part = part_path(final)
-        tag = owner_tag(self.job_id, item.validator)
-        if root is None:
-            if (part.exists() or part.is_symlink()) and self._part_owner(item, part) != tag:
-                aside = part.with_name(f"{part.name}.set-aside-{self.job_id[:8]}")
-                if aside.exists() or aside.is_symlink():
-                    aside.unlink()
-                os.rename(part, aside)  # renames a planted symlink itself, never its target
-                self._log_set_aside(item, aside.name)
-            return self._tag_part(item, tag, self.part_file(final, resume=True, md5=md5))
-        fd = self.folders.open(self._folder_below_root(final), create=True, placed=True)
-        try:
-            resume = self._clear_part_at(item, fd, part.name, tag)
-        except BaseException:
-            os.close(fd)
-            raise
-        # The folder's descriptor is handed over to the part file (no second open of the folder).
-        return self._tag_part(item, tag, self.part_file(final, resume=resume, md5=md5, dir_fd=fd))
-
-    def _open_unnamed_part(self, final: Path, *, md5: bool) -> PartFile | None:
-        """An unnamed part file (``O_TMPFILE``) in ``final``'s folder, or None where the file system
-        cannot make one (see :meth:`_open_part`)."""
-        fd, lent = self.folders.lend(self._folder_below_root(final), create=True)
-        try:
-            blank = create_unnamed(fd)
-        except BaseException:
-            if not lent:
-                os.close(fd)
-            raise
-        if blank is None:
-            if not lent:
-                os.close(fd)
-            return None
-        return self.part_file(final, md5=md5, dir_fd=fd, dir_fd_lent=lent, unnamed_fd=blank)
-
-    def _clear_part_at(self, item: SourceItem, dir_fd: int, name: str, tag: str) -> bool:
-        """Make way for the part file ``name`` in ``dir_fd``: True when the ``.part`` there is ours
-        (``tag``) to resume; an empty untagged one is removed, any other set aside."""
-        st = lstat_at(dir_fd, name)
-        if st is None:  # without a part of ours there is nothing to resume: it is created, not looked for
-            return False
-        owner = self._part_owner_at(item, dir_fd, name)
-        if owner is None and stat.S_ISREG(st.st_mode) and st.st_size == 0:
-            # Created, then the process died before tagging it (the tag follows the creation at once,
-            # before any byte): an empty file, nothing to keep.
-            unlink_at(dir_fd, name)
-        elif owner != tag:
-            aside_name = f"{name}.set-aside-{self.job_id[:8]}"
-            rename_at(dir_fd, name, aside_name)  # a planted symlink itself, never its target
-            self._log_set_aside(item, aside_name)
-        return owner == tag
-
-    def _tag_part(self, item: SourceItem, tag: str, out: PartFile) -> PartFile:
-        """Record ``tag`` as the owner of the new or resumed part ``out`` (its xattr, else the resume
-        data); returns ``out``."""
-        try:
-            os.setxattr(out.fileno(), OWNER_XATTR, tag.encode())
-        except OSError:  # no user xattrs here: remember it in the resume data (one database write)
-            with self._lock:
-                self.resume.setdefault("parts", {})[item.name] = tag
-                self._save_resume()
-        return out
-
-    def _drop_published_part(self, final: Path) -> None:
-        """Publishing is ``linkat(part, final)`` then ``unlinkat(part)``: a process killed between the two
-        leaves both names on one file. Drop the ``.part`` name of such a file (same inode as ``final``, by
-        descriptor), so the file counts as published."""
-        part = part_path(final)
-        try:
-            final_st, part_st = os.lstat(final), os.lstat(part)
-        except FileNotFoundError:
-            return
-        if stat.S_ISREG(final_st.st_mode) and os.path.samestat(final_st, part_st):
-            self.dest.files.unlink(part)
-
-    def _log_set_aside(self, item: SourceItem, aside_name: str) -> None:
-        self._log(
-            "warning",
-            f"{item.name}: a partial file this job did not write for this version of the source was "
-            f"set aside as {aside_name}; starting from byte 0",
-        )
-
-    def _part_owner_at(self, item: SourceItem, dir_fd: int, name: str) -> str | None:
-        """The owner tag of part file ``name`` in ``dir_fd`` (opened without following a symlink: a
-        planted symlink has no owner), else the resume data's, or None."""
-        try:
-            fd = open_existing(dir_fd, name, os.O_RDONLY | os.O_NONBLOCK)
-        except PathNotAllowed:
-            return None
-        if fd is not None:
-            try:
-                return os.getxattr(fd, OWNER_XATTR).decode()
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-        with self._lock:
-            return (self.resume.get("parts") or {}).get(item.name)
-
-    def _part_owner(self, item: SourceItem, part: Path) -> str | None:
-        """The owner tag of an existing part file (its xattr, else the resume data), or None."""
-        try:
-            return os.getxattr(part, OWNER_XATTR, follow_symlinks=False).decode()
-        except OSError:
-            with self._lock:
-                return (self.resume.get("parts") or {}).get(item.name)

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_staging.engine.executors import run_bounded
-from jupyter_staging.engine.items import ItemStager, owner_tag
+from jupyter_staging.engine.items import ItemStager
+from jupyter_staging.engine.parts import owner_tag
 from jupyter_staging.errors import JobInterrupted, SourceChanged, TransferFailed
 from jupyter_staging.safety.partfile import Hashed
 from jupyter_staging.sources.base import Source, SourceItem
