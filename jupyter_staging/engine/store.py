@@ -7,7 +7,9 @@ so callers on an event loop must call it from a worker thread.
 
 from __future__ import annotations
 
+import functools
 import logging
+import operator
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, cast
@@ -20,10 +22,13 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import (
     Session,
     make_transient_to_detached,
 )
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
 from jupyter_staging.engine.database import SQLStore
@@ -125,6 +130,44 @@ _ACTIVE_JOB_ID = (
     .order_by(JobRecord.created_at.desc())
     .limit(1)
 )
+
+
+@functools.lru_cache(maxsize=64)
+def _chunk_insert(columns: tuple[str, ...]) -> Insert:
+    """``INSERT INTO staging_chunks`` of ``columns`` (bound by their names)."""
+    table = cast(Table, ChunkRecord.__table__)
+    return insert(table).values({name: bindparam(name) for name in columns})
+
+
+@functools.lru_cache(maxsize=64)
+def _chunk_update(columns: tuple[str, ...]) -> Update:
+    """``UPDATE staging_chunks`` of ``columns`` for the row whose ``id`` is bound as ``chunk_id``."""
+    table = cast(Table, ChunkRecord.__table__)
+    return update(table).where(table.c.id == bindparam("chunk_id")).values({n: bindparam(n) for n in columns})
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(stmt: Insert | Update, dialect: Dialect) -> SQLCompiler:
+    return cast(SQLCompiler, stmt.compile(dialect=dialect))
+
+
+def _executemany(s: Session, stmt: Insert | Update, rows: list[dict[str, Any]]) -> None:
+    """Run ``stmt`` once per row of ``rows`` (``{bind name: value}``) as one DBAPI ``executemany`` of the
+    statement compiled for the session's database, the rows handed to the driver as they are (tuples in
+    the statement's order for a positional paramstyle). The chunk table's columns are strings and integers,
+    which no dialect converts; SQLAlchemy's own per-row parameter processing took two thirds of writing
+    2,000 rows on SQLite (21-23 ms against 7.5-8 ms for the insert, 22 ms against 4.5-5 ms for the update)."""
+    conn = s.connection()
+    compiled = _compiled(stmt, conn.dialect)
+    order = compiled.positiontup
+    if not order:
+        conn.exec_driver_sql(compiled.string, rows)
+        return
+    if len(order) == 1:
+        conn.exec_driver_sql(compiled.string, [(row[order[0]],) for row in rows])
+        return
+    values = operator.itemgetter(*order)
+    conn.exec_driver_sql(compiled.string, [values(row) for row in rows])
 
 
 class Store(SQLStore):
@@ -337,27 +380,20 @@ class Store(SQLStore):
         message)``, already redacted). Returns the job as updated with ``load_job`` (without its resume
         data; None when it is gone), else None. Costs O(rows) whatever the number of chunks the job
         already has."""
-        table = cast(Table, ChunkRecord.__table__)
         with self.session() as s:
             # One executemany of a plain INSERT per set of columns (the ORM's bulk insert sorts and
-            # inspects every row: 0.6 s of 20,000 here).
+            # inspects every row: 0.6 s of 20,000 here), then of a plain UPDATE by primary key per set of
+            # columns (the ORM's bulk update costs a Python pass per row).
             inserts: dict[tuple[str, ...], list[dict[str, Any]]] = {}
             for row in new:
                 inserts.setdefault(tuple(sorted(row)), []).append(row)
-            for rows in inserts.values():
-                s.execute(insert(table), rows)
+            for columns, rows in inserts.items():
+                _executemany(s, _chunk_insert(columns), rows)
             by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
             for chunk_id, fields in updates.items():
                 by_columns.setdefault(tuple(sorted(fields)), []).append({**fields, "chunk_id": chunk_id})
             for columns, rows in by_columns.items():
-                # One executemany of a plain UPDATE per set of columns (the ORM's bulk update by primary
-                # key costs a Python pass per row).
-                stmt = (
-                    update(table)
-                    .where(table.c.id == bindparam("chunk_id"))
-                    .values({name: bindparam(name) for name in columns})
-                )
-                s.execute(stmt, rows)
+                _executemany(s, _chunk_update(columns), rows)
             resume = job_fields.pop("resume", _UNSET)
             if resume is not _UNSET:
                 job_fields.update(shown_parts(resume))
