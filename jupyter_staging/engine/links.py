@@ -47,14 +47,19 @@ Digests = tuple[dict[str, str], dict[str, int] | None]
 READ_TRIES = 3
 
 
-def digests_of(fd: int, algorithms: tuple[str, ...] = ("sha256",)) -> Digests:
+def digests_of(
+    fd: int, algorithms: tuple[str, ...] = ("sha256",), check: Callable[[], None] | None = None
+) -> Digests:
     """The ``algorithms`` digests of open file ``fd`` from its current position, with its fingerprint when
-    ``fstat`` saw the same one before and after reading (else None: it changed while it was read). Raises
-    ``OSError``."""
-    before = fingerprint(os.fstat(fd))
-    sums = fd_digests(fd, algorithms)
-    after = fingerprint(os.fstat(fd))
-    return sums, (after if after == before else None)
+    ``fstat`` saw the same one (and the same change time) before and after reading, else None: it changed
+    while it was read. ``check`` is called before each block (:meth:`JobControl.check`: a pause or cancel
+    stops the read). Raises ``OSError``, what ``check`` raises."""
+    st = os.fstat(fd)
+    before = (fingerprint(st), st.st_ctime_ns)
+    sums = fd_digests(fd, algorithms, check)
+    st = os.fstat(fd)
+    after = (fingerprint(st), st.st_ctime_ns)
+    return sums, (after[0] if after == before else None)
 
 
 def open_regular(path: str, *, follow: bool = False) -> int:
@@ -73,15 +78,18 @@ def open_regular(path: str, *, follow: bool = False) -> int:
 
 
 def read_steady(
-    open_fd: Callable[[], int], algorithms: tuple[str, ...], what: str
+    open_fd: Callable[[], int],
+    algorithms: tuple[str, ...],
+    what: str,
+    check: Callable[[], None] | None = None,
 ) -> tuple[dict[str, str], dict[str, int]]:
     """:func:`digests_of` the file ``open_fd()`` opens (closed after), read again while it changes during
     the read, :data:`READ_TRIES` times at most, then :class:`SourceChanged`; the fingerprint returned is
-    never None. Raises what ``open_fd`` raises, ``OSError``."""
+    never None. Raises what ``open_fd`` and ``check`` raise, ``OSError``."""
     for _ in range(READ_TRIES):
         fd = open_fd()
         try:
-            sums, seen = digests_of(fd, algorithms)
+            sums, seen = digests_of(fd, algorithms, check)
         finally:
             os.close(fd)
         if seen is not None:
@@ -125,38 +133,28 @@ class LinkingWriter(ReusingWriter):
         (read before linking; a mismatch links nothing), else None (no byte is read). A hard link is made
         by descriptor of the source file's folder
         (:meth:`~jupyter_staging.sources.local.LocalSource.item_folder`: no symlink put on its path since
-        the listing is followed).
+        the listing is followed). A recovering run keeps the link the previous run made (verified again
+        when a checksum is expected: it may have stopped before it verified it).
 
         Raises :class:`DestinationExists`, :class:`TransferFailed` (``hardlink_failed`` /
         ``symlink_failed``), :class:`ChecksumMismatch`, :class:`SourceChanged` for a file that kept
-        changing while it was read, :class:`PathNotAllowed` for a source folder replaced by a symlink."""
+        changing while it was read, :class:`PathNotAllowed` for a source folder replaced by a symlink,
+        :class:`JobInterrupted` while a file is read."""
         symbolic = method == "symlink"
-        src = Path(item.locator)
         expected = self._expected_checksums(item)
-        checked = self._read_source(source, item, expected, symbolic=symbolic) if expected else None
-        at_source = (
-            source.item_folder(item)
-            if isinstance(source, LocalSource) and not symbolic
-            else contextlib.nullcontext(None)
-        )
-        try:
-            with at_source as src_at:
-                linked = self._link_into(src, final, symbolic=symbolic, src_at=src_at)
-        except FileExistsError:
-            if not (self.recovering and links_to(final, src, symbolic=symbolic)):
-                raise DestinationExists(
-                    f"{final.name} already exists in the destination; not overwritten"
-                ) from None
+        checked = None
+        linked = self._previous_link(item, final, symbolic=symbolic) if self.recovering else None
+        if linked is not None:
             self._count_recovered()
-            linked = os.stat(src) if symbolic else os.lstat(final)
-        except OSError as exc:
-            code = "hardlink_failed" if method == "hardlink" else "symlink_failed"
-            hint = " (source and destination must be on the same file system)" if exc.errno == 18 else ""
-            raise TransferFailed(f"cannot {method} {item.name}: {exc.strerror}{hint}", code=code) from None
+        else:
+            checked = self._read_source(source, item, expected, symbolic=symbolic) if expected else None
+            linked = self._make_link(source, method, item, final)
         seen: dict[str, Any] = fingerprint(linked)
         digest = None
-        if checked is not None:
-            if checked[1] != seen:  # changed between its read and its link: what is behind the link counts
+        if expected:
+            if checked is None or checked[1] != seen:
+                # The previous run's link, or a file changed between its read and its link: what is
+                # behind the link counts.
                 checked = self._read_linked(item, final, expected, symbolic=symbolic)
                 seen = checked[1]
             digest = checked[0]["sha256"]
@@ -164,6 +162,50 @@ class LinkingWriter(ReusingWriter):
             self._relist(item, seen)
         self.control.add_bytes(int(seen["size"]))
         return int(seen["size"]), digest
+
+    def _make_link(self, source: Source, method: str, item: SourceItem, final: Path) -> os.stat_result:
+        """Make the link ``final`` to ``item``; returns the ``stat`` of what it leads to (see
+        :meth:`~jupyter_staging.engine.folders.DestinationWriter._link_into`). Raises
+        :class:`DestinationExists`, :class:`TransferFailed`, :class:`PathNotAllowed`."""
+        symbolic = method == "symlink"
+        at_source = (
+            source.item_folder(item)
+            if isinstance(source, LocalSource) and not symbolic
+            else contextlib.nullcontext(None)
+        )
+        try:
+            with at_source as src_at:
+                return self._link_into(Path(item.locator), final, symbolic=symbolic, src_at=src_at)
+        except FileExistsError:
+            raise DestinationExists(
+                f"{final.name} already exists in the destination; not overwritten"
+            ) from None
+        except OSError as exc:
+            code = "hardlink_failed" if method == "hardlink" else "symlink_failed"
+            hint = " (source and destination must be on the same file system)" if exc.errno == 18 else ""
+            raise TransferFailed(f"cannot {method} {item.name}: {exc.strerror}{hint}", code=code) from None
+
+    def _previous_link(self, item: SourceItem, final: Path, *, symbolic: bool) -> os.stat_result | None:
+        """The ``stat`` of what ``final`` leads to when it is the link to ``item`` a previous run of this
+        job made, else None: a symlink whose target is the item's path (its target's ``stat``), or a hard
+        link (never followed) to the inode the source path has now or to the one listed (a source replaced
+        by a rename since the previous run linked it)."""
+        src = str(item.locator)
+        try:
+            if symbolic:
+                return os.stat(src) if os.readlink(final) == src else None
+            here = os.lstat(final)
+        except OSError:
+            return None
+        if not stat.S_ISREG(here.st_mode):
+            return None
+        if fingerprint(here) == item.validator:
+            return here
+        try:
+            there = os.stat(src)
+        except OSError:
+            return None
+        return here if (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino) else None
 
     def _read_source(
         self, source: Source, item: SourceItem, expected: dict[str, str], *, symbolic: bool
@@ -179,7 +221,7 @@ class LinkingWriter(ReusingWriter):
                 return open_regular(item.locator, follow=symbolic)
             return source.open_item(item)[0]
 
-        checked = read_steady(open_fd, _algorithms(expected), item.name)
+        checked = read_steady(open_fd, _algorithms(expected), item.name, self.control.check)
         mismatch = first_mismatch(item.name, expected, checked[0])
         if mismatch is not None:
             raise mismatch
@@ -188,19 +230,22 @@ class LinkingWriter(ReusingWriter):
     def _read_linked(
         self, item: SourceItem, final: Path, expected: dict[str, str], *, symbolic: bool
     ) -> tuple[dict[str, str], dict[str, int]]:
-        """The digests of the bytes behind the new link ``final`` and their fingerprint: the hard link read
-        by descriptor (never following a symlink), a symlink's target by its path. When they are not
-        ``expected`` the link is removed and :class:`ChecksumMismatch` raised. Raises
-        :class:`SourceChanged`, ``OSError``."""
+        """The digests of the bytes behind the link ``final`` and their fingerprint: the hard link read by
+        descriptor (never following a symlink), a symlink's target by its path (as the symlink leads).
+        When they are not ``expected``, :class:`ChecksumMismatch`; on that and on any other failure
+        (:class:`SourceChanged`, :class:`JobInterrupted`, ``OSError``) the link is removed first."""
 
         def open_fd() -> int:
             return open_regular(item.locator, follow=True) if symbolic else self._open_linked(final)
 
-        checked = read_steady(open_fd, _algorithms(expected), item.name)
-        mismatch = first_mismatch(item.name, expected, checked[0])
-        if mismatch is not None:
-            self._remove_output(final)
-            raise mismatch
+        try:
+            checked = read_steady(open_fd, _algorithms(expected), item.name, self.control.check)
+            mismatch = first_mismatch(item.name, expected, checked[0])
+            if mismatch is not None:
+                raise mismatch
+        except BaseException:
+            self._remove_output(final)  # unverified bytes are not left under the final name
+            raise
         return checked
 
     def _open_linked(self, final: Path) -> int:
@@ -218,15 +263,3 @@ class LinkingWriter(ReusingWriter):
 def _algorithms(expected: dict[str, str]) -> tuple[str, ...]:
     """sha256 (the manifest's), then the other algorithms ``expected`` names."""
     return ("sha256", *sorted(set(expected) - {"sha256"}))
-
-
-def links_to(final: Path, src: Path, *, symbolic: bool) -> bool:
-    """True when ``final`` is the link to ``src`` a previous run made: a symlink whose target is
-    ``src``, or a hard link to ``src``'s inode. Never follows ``final``."""
-    try:
-        if symbolic:
-            return os.readlink(final) == str(src)
-        here, there = os.lstat(final), os.stat(src)
-    except OSError:
-        return False
-    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)

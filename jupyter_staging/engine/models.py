@@ -346,11 +346,14 @@ class DescribeChunk(BaseModel):
     """One chunk of a job's output: a file relative to the job's destination, or for an object store
     destination the object's URI (``s3://bucket/prefix/<job_id>/<file>``).
 
-    ``entry``: the manifest entry the chunk belongs to (manifest jobs). ``error``: why the entry failed
-    (the chunk then stays ``pending``). ``url`` / ``url_expires_at``: a presigned HTTPS GET URL of a
-    ready object-store chunk and when it stops working (UTC). The URL is a credential: it is present only
-    in the answers of ``GET /jobs/{id}/chunks`` and ``GET /jobs/{id}/chunks/{chunk_id}/refresh`` (to the
-    job's owner), made afresh for each request and never stored, logged or announced.
+    ``sha256``: the hex digest of the chunk's bytes once it is ready; null for a ``hardlink`` or
+    ``symlink`` chunk whose bytes were not read (a link job reads a file only to verify an expected
+    checksum). ``entry``: the manifest entry the chunk belongs to (manifest jobs). ``error``: why the
+    entry failed (the chunk then stays ``pending``). ``url`` / ``url_expires_at``: a presigned HTTPS GET
+    URL of a ready object-store chunk and when it stops working (UTC). The URL is a credential: it is
+    present only in the answers of ``GET /jobs/{id}/chunks`` and
+    ``GET /jobs/{id}/chunks/{chunk_id}/refresh`` (to the job's owner), made afresh for each request and
+    never stored, logged or announced.
     """
 
     id: str

@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
@@ -46,13 +47,20 @@ def fd_digest(fd: int, algorithm: str = "sha256") -> str:
     return fd_digests(fd, (algorithm,))[algorithm]
 
 
-def fd_digests(fd: int, algorithms: tuple[str, ...]) -> dict[str, str]:
+def fd_digests(
+    fd: int, algorithms: tuple[str, ...], check: Callable[[], None] | None = None
+) -> dict[str, str]:
     """``{algorithm: lower-case hex}`` of the bytes of the open file ``fd`` from its current position to
-    its end, each ``hashlib`` algorithm fed the same blocks of one read (``fd`` stays open). Raises
-    ``OSError``."""
+    its end, each ``hashlib`` algorithm fed the same blocks of one read (``fd`` stays open); ``check`` is
+    called before each block. Raises ``OSError``, what ``check`` raises."""
     digests = [hashlib.new(name, usedforsecurity=False) for name in algorithms]
     view = block_buffer()
-    while n := os.readv(fd, [view]):
+    while True:
+        if check is not None:
+            check()
+        n = os.readv(fd, [view])
+        if not n:
+            break
         block = view[:n]
         for digest in digests:
             digest.update(block)

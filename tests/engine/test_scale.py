@@ -363,6 +363,105 @@ def test_a_file_changed_between_its_check_and_its_link_is_verified_as_linked(
         assert not out.exists() and not out.is_symlink()
 
 
+def test_a_file_that_keeps_changing_while_its_link_is_verified_leaves_no_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A file rewritten between its check and its link, then changing on every read of the link: the job
+    fails with ``source_changed`` and the link, never verified, is removed from the destination."""
+    from jupyter_staging.engine import links
+
+    root = tmp_path / "root"
+    files = make_files(root / "src", 1, size=65536)
+    [(name, digest)] = files.items()
+    src = root / "src" / name
+    read_source, digests_of = links.LinkingWriter._read_source, links.digests_of
+    rewritten = threading.Event()
+
+    def read_then_rewrite(self, source, item, expected, *, symbolic):
+        checked = read_source(self, source, item, expected, symbolic=symbolic)
+        rewrite(src, rename=False)
+        rewritten.set()
+        return checked
+
+    def never_steady(fd, algorithms=("sha256",), check=None):
+        sums, seen = digests_of(fd, algorithms, check)
+        return sums, (None if rewritten.is_set() else seen)
+
+    monkeypatch.setattr(links.LinkingWriter, "_read_source", read_then_rewrite)
+    monkeypatch.setattr(links, "digests_of", never_steady)
+    mgr = manager_for(tmp_path)
+    try:
+        job = linked_job(
+            mgr, CreateJob(source=str(src), destination="out", method="hardlink", checksum=f"sha256:{digest}")
+        )
+    finally:
+        mgr.stop()
+    assert job["state"] == "failed" and job["error"]["code"] == "source_changed", job
+    assert not (root / "out" / name).exists()
+
+
+@pytest.mark.parametrize(
+    ("between", "outcome"),
+    [
+        # Replaced by a rename after the first run linked it: the link it made (the listed inode) is kept.
+        ("renamed-over", "succeeded"),
+        # Rewritten in place (the linked inode itself): the expected checksum no longer holds.
+        ("rewritten", "checksum_mismatch"),
+    ],
+)
+def test_a_resumed_link_job_keeps_its_own_links_and_verifies_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, between: str, outcome: str
+):
+    """A run that made a link and stopped before recording it (a kill, here a pause right after the link):
+    the resumed run keeps that link, even when the source path now names another inode, and verifies it
+    again when a checksum is expected (the stop may have come before the check); a mismatch removes it."""
+    from jupyter_staging.engine import folders
+
+    root = tmp_path / "root"
+    files = make_files(root / "src", 1, size=65536)
+    [(name, digest)] = files.items()
+    src = root / "src" / name
+    listed_inode = src.stat().st_ino
+    link_into = folders.DestinationWriter._link_into
+    mgr = manager_for(tmp_path)
+    first = threading.Event()
+
+    def link_then_stop(self, src_path, final, *, symbolic, src_at=None):
+        st = link_into(self, src_path, final, symbolic=symbolic, src_at=src_at)
+        if not first.is_set():
+            first.set()
+            mgr._request(self.job_id, JobState.paused)
+            self.control.check()  # raises JobInterrupted: the link is made, its chunk not recorded
+        return st
+
+    monkeypatch.setattr(folders.DestinationWriter, "_link_into", link_then_stop)
+    try:
+        job, _ = mgr.create(
+            CreateJob(source=str(src), destination="out", method="hardlink", checksum=f"sha256:{digest}")
+        )
+        wait_until(lambda: mgr.get(job.id).state == JobState.paused, timeout=60)
+        assert [c.state.value for c in mgr.chunks(job.id)] == ["pending"]
+        assert (root / "out" / name).stat().st_ino == listed_inode
+        if between == "renamed-over":
+            fresh = src.with_name("fresh")
+            fresh.write_bytes(src.read_bytes())
+            os.replace(fresh, src)
+        else:
+            rewrite(src, rename=False)
+        mgr.resume(job.id)
+        done = mgr.wait(job.id, timeout=60).model_dump(mode="json")
+        stated = [o["sha256"] for o in mgr.manifest(job.id)["objects"]] if outcome == "succeeded" else []
+    finally:
+        mgr.stop()
+    out = root / "out" / name
+    if outcome == "succeeded":
+        assert done["state"] == "succeeded", done
+        assert out.stat().st_ino == listed_inode and stated == [digest]
+    else:
+        assert done["state"] == "failed" and done["error"]["code"] == outcome, done
+        assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("change", "up_to_date"),
     # Rewritten in place before its link: the link has the new bytes, filed under the new fingerprint.

@@ -251,24 +251,24 @@ async def test_folder_source_copies_every_file(jp_fetch, jp_root_dir, tmp_path):
 
 @pytest.mark.parametrize("method", ["hardlink", "symlink"])
 async def test_link_methods(jp_fetch, jp_root_dir, tmp_path, method):
+    """A link job reads no byte: its manifest states a file's sha256 only when the request gave a checksum
+    to verify (null otherwise)."""
     src = tmp_path / "data.bin"
     src.write_bytes(os.urandom(4096))
-    job = json.loads(
-        (
-            await post_job(
-                jp_fetch, {"source": str(src), "destination": f"staging/{method}", "method": method}
-            )
-        ).body
-    )
-    job = await wait_for(jp_fetch, job["id"])
-    assert job["state"] == "succeeded", job
-    staged = jp_root_dir / "staging" / method / "data.bin"
-    if method == "hardlink":
-        assert staged.stat().st_ino == src.stat().st_ino
-    else:
-        assert staged.is_symlink() and staged.resolve() == src
-    manifest = json.loads((await jp_fetch(*API, "jobs", job["id"], "manifest")).body)
-    assert manifest["objects"][0]["sha256"] == sha256(src)
+    stated = {}
+    for dest, checksum in ((method, f"sha256:{sha256(src)}"), (f"{method}-unread", None)):
+        body = {"source": str(src), "destination": f"staging/{dest}", "method": method, "checksum": checksum}
+        job = json.loads((await post_job(jp_fetch, body)).body)
+        job = await wait_for(jp_fetch, job["id"])
+        assert job["state"] == "succeeded", job
+        staged = jp_root_dir / "staging" / dest / "data.bin"
+        if method == "hardlink":
+            assert staged.stat().st_ino == src.stat().st_ino
+        else:
+            assert staged.is_symlink() and staged.resolve() == src
+        manifest = json.loads((await jp_fetch(*API, "jobs", job["id"], "manifest")).body)
+        stated[dest] = manifest["objects"][0]["sha256"]
+    assert stated == {method: sha256(src), f"{method}-unread": None}
 
 
 async def test_cancel_a_finished_job_is_harmless(jp_fetch, jp_root_dir):
