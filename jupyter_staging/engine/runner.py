@@ -227,6 +227,14 @@ class JobRunner(TableSpreadStager):
             if plain:
                 listing["chunks_total"] = len(items)
             listing["events"] = [("info", f"{len(items)} file(s) to stage, {format_bytes(total)}")]
+            if (self.resume.get("request") or {}).get("checksum") and len(items) != 1:
+                listing["events"].append(
+                    (
+                        "warning",
+                        f"the expected checksum is of one file and this source lists {len(items)}: "
+                        "no file is checked against it",
+                    )
+                )
             with self._lock:
                 self.resume["items"] = [self._dump_item(i) for i in items]
                 # Not copied (a JSON round trip of the listing: 2 % of a 2,000-file link job, and as many

@@ -363,6 +363,29 @@ def test_a_file_changed_between_its_check_and_its_link_is_verified_as_linked(
         assert not out.exists() and not out.is_symlink()
 
 
+@pytest.mark.parametrize("method", ["copy", "hardlink"])
+def test_a_checksum_given_for_a_folder_is_named_as_unchecked_in_the_log(tmp_path: Path, method: str):
+    """An expected checksum states the bytes of one file: given with a folder of several, no file is
+    checked against it, and the job's log says so (the files are staged)."""
+    root = tmp_path / "root"
+    files = make_files(root / "src", 3)
+    mgr = manager_for(tmp_path)
+    try:
+        request = CreateJob(
+            source=str(root / "src"), destination="out", method=method, checksum="md5:" + "0" * 32
+        )
+        job = linked_job(mgr, request)
+        log = [(line["level"], line["message"]) for line in mgr.job_log(job["id"])]
+    finally:
+        mgr.stop()
+    assert job["state"] == "succeeded", job
+    assert sorted(p.name for p in (root / "out").iterdir()) == sorted([*files, "manifest.json"])
+    assert (
+        "warning",
+        "the expected checksum is of one file and this source lists 3: no file is checked against it",
+    ) in log
+
+
 def test_a_file_that_keeps_changing_while_its_link_is_verified_leaves_no_link(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
