@@ -103,22 +103,43 @@ class DestinationWriter:
         when ``final`` exists, :class:`PathNotAllowed` when its folder was moved or replaced during the
         run."""
         src_dir_fd, src_name = src_at if src_at is not None else (None, str(src))
-        self.ledger.sync_folder(final.parent)
         root = self.dest.confinement_root
         if root is None:
             final.parent.mkdir(parents=True, exist_ok=True)
             if symbolic:
                 os.symlink(src, final)
-                return os.stat(src)
-            os.link(src_name, final, src_dir_fd=src_dir_fd, follow_symlinks=False)
-            return _no_symlink(os.lstat(final), src, lambda: os.unlink(final))
-        with self.folders.placed(self._folder_below_root(final), create=True) as fd:
-            if symbolic:
-                os.symlink(src, final.name, dir_fd=fd)
-                return os.stat(src)
-            os.link(src_name, final.name, src_dir_fd=src_dir_fd, dst_dir_fd=fd, follow_symlinks=False)
-            st = os.stat(final.name, dir_fd=fd, follow_symlinks=False)
-            return _no_symlink(st, src, lambda: os.unlink(final.name, dir_fd=fd))
+                st = os.stat(src)
+            else:
+                os.link(src_name, final, src_dir_fd=src_dir_fd, follow_symlinks=False)
+                st = _no_symlink(os.lstat(final), src, lambda: os.unlink(final))
+        else:
+            with self.folders.placed(self._folder_below_root(final), create=True) as fd:
+                if symbolic:
+                    os.symlink(src, final.name, dir_fd=fd)
+                    st = os.stat(src)
+                else:
+                    os.link(src_name, final.name, src_dir_fd=src_dir_fd, dst_dir_fd=fd, follow_symlinks=False)
+                    st = os.stat(final.name, dir_fd=fd, follow_symlinks=False)
+                    st = _no_symlink(st, src, lambda: os.unlink(final.name, dir_fd=fd))
+        # Queued once the folder exists: a batch written meanwhile by another thread (a manifest entry
+        # linking beside this one) would fsync a folder not made yet.
+        self.ledger.sync_folder(final.parent)
+        return st
+
+    def _look_at_output(self, final: Path) -> tuple[os.stat_result, str | None] | None:
+        """What the name ``final`` is now, never followed: its ``lstat`` and, for a symlink, its target;
+        None when there is no such name (or folder). Looked up by descriptor of its folder where the
+        destination is confined (the folder found still at its path). Raises :class:`PathNotAllowed` when
+        the folder was moved or replaced during the run."""
+        try:
+            if self.dest.confinement_root is None:
+                st = os.lstat(final)
+                return st, (os.readlink(final) if stat.S_ISLNK(st.st_mode) else None)
+            with self.folders.placed(self._folder_below_root(final)) as fd:
+                st = os.stat(final.name, dir_fd=fd, follow_symlinks=False)
+                return st, (os.readlink(final.name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None)
+        except FileNotFoundError:
+            return None
 
     def _remove_output(self, final: Path) -> None:
         """Remove the name ``final`` this run just made (a link whose bytes failed their check), by

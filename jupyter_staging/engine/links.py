@@ -32,7 +32,14 @@ from typing import Any
 from jupyter_staging.engine.executors import run_bounded
 from jupyter_staging.engine.reuse import ReusingWriter
 from jupyter_staging.engine.schema import JobChunk
-from jupyter_staging.errors import ChecksumMismatch, DestinationExists, SourceChanged, TransferFailed
+from jupyter_staging.errors import (
+    ChecksumMismatch,
+    DestinationExists,
+    JobInterrupted,
+    PathNotAllowed,
+    SourceChanged,
+    TransferFailed,
+)
 from jupyter_staging.safety.copying import fd_digests
 from jupyter_staging.safety.dirfd import open_existing
 from jupyter_staging.safety.partfile import mismatch_message
@@ -143,10 +150,9 @@ class LinkingWriter(ReusingWriter):
         symbolic = method == "symlink"
         expected = self._expected_checksums(item)
         checked = None
-        linked = self._previous_link(item, final, symbolic=symbolic) if self.recovering else None
-        if linked is not None:
-            self._count_recovered()
-        else:
+        linked = self._previous_link(source, item, final, symbolic=symbolic) if self.recovering else None
+        recovered = linked is not None
+        if linked is None:
             checked = self._read_source(source, item, expected, symbolic=symbolic) if expected else None
             linked = self._make_link(source, method, item, final)
         seen: dict[str, Any] = fingerprint(linked)
@@ -158,6 +164,8 @@ class LinkingWriter(ReusingWriter):
                 checked = self._read_linked(item, final, expected, symbolic=symbolic)
                 seen = checked[1]
             digest = checked[0]["sha256"]
+        if recovered:
+            self._count_recovered()  # once verified, when a checksum is expected
         if seen != item.validator:
             self._relist(item, seen)
         self.control.add_bytes(int(seen["size"]))
@@ -185,27 +193,37 @@ class LinkingWriter(ReusingWriter):
             hint = " (source and destination must be on the same file system)" if exc.errno == 18 else ""
             raise TransferFailed(f"cannot {method} {item.name}: {exc.strerror}{hint}", code=code) from None
 
-    def _previous_link(self, item: SourceItem, final: Path, *, symbolic: bool) -> os.stat_result | None:
+    def _previous_link(
+        self, source: Source, item: SourceItem, final: Path, *, symbolic: bool
+    ) -> os.stat_result | None:
         """The ``stat`` of what ``final`` leads to when it is the link to ``item`` a previous run of this
         job made, else None: a symlink whose target is the item's path (its target's ``stat``), or a hard
-        link (never followed) to the inode the source path has now or to the one listed (a source replaced
-        by a rename since the previous run linked it)."""
-        src = str(item.locator)
-        try:
-            if symbolic:
-                return os.stat(src) if os.readlink(final) == src else None
-            here = os.lstat(final)
-        except OSError:
+        link to the inode the source has now, or to the listed one (a source renamed over since the
+        previous run linked it: same device, inode, size and mtime). ``final`` is looked at by descriptor
+        of its folder, never followed (:meth:`_look_at_output`). Raises :class:`PathNotAllowed` when that
+        folder was moved or replaced, and what :meth:`LocalSource.item_folder` raises."""
+        looked = self._look_at_output(final)
+        if looked is None:
             return None
-        if not stat.S_ISREG(here.st_mode):
+        here, target = looked
+        if symbolic:
+            if target != item.locator:
+                return None
+            try:
+                return os.stat(item.locator)
+            except OSError:
+                return None
+        if not stat.S_ISREG(here.st_mode) or not isinstance(source, LocalSource):
             return None
-        if fingerprint(here) == item.validator:
+        with source.item_folder(item) as (folder, name):
+            device = os.fstat(folder).st_dev
+            try:
+                there: os.stat_result | None = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            except OSError:
+                there = None
+        if there is not None and (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino):
             return here
-        try:
-            there = os.stat(src)
-        except OSError:
-            return None
-        return here if (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino) else None
+        return here if here.st_dev == device and fingerprint(here) == item.validator else None
 
     def _read_source(
         self, source: Source, item: SourceItem, expected: dict[str, str], *, symbolic: bool
@@ -233,7 +251,8 @@ class LinkingWriter(ReusingWriter):
         """The digests of the bytes behind the link ``final`` and their fingerprint: the hard link read by
         descriptor (never following a symlink), a symlink's target by its path (as the symlink leads).
         When they are not ``expected``, :class:`ChecksumMismatch`; on that and on any other failure
-        (:class:`SourceChanged`, :class:`JobInterrupted`, ``OSError``) the link is removed first."""
+        (:class:`SourceChanged`, ``OSError``) the link is removed first. A pause or cancel
+        (:class:`JobInterrupted`) keeps it: the resumed run verifies it again."""
 
         def open_fd() -> int:
             return open_regular(item.locator, follow=True) if symbolic else self._open_linked(final)
@@ -243,8 +262,13 @@ class LinkingWriter(ReusingWriter):
             mismatch = first_mismatch(item.name, expected, checked[0])
             if mismatch is not None:
                 raise mismatch
+        except JobInterrupted:
+            raise  # kept: the run that resumes the job finds this link and verifies it again
         except BaseException:
-            self._remove_output(final)  # unverified bytes are not left under the final name
+            # Unverified bytes are not left under the final name; a failure to remove them does not hide
+            # why they were to be removed.
+            with contextlib.suppress(OSError, PathNotAllowed):
+                self._remove_output(final)
             raise
         return checked
 

@@ -485,6 +485,99 @@ def test_a_resumed_link_job_keeps_its_own_links_and_verifies_them(
         assert not out.exists()
 
 
+def pause_after_links(monkeypatch: pytest.MonkeyPatch, mgr: StagingManager, then=None) -> dict:
+    """Have the first link a job makes pause the job right after it is made (its chunk not recorded: a
+    kill, as far as the next run can tell); ``then(self, final)`` runs after each later link."""
+    from jupyter_staging.engine import folders
+
+    link_into = folders.DestinationWriter._link_into
+    made = {"links": 0}
+
+    def link_then_stop(self, src_path, final, *, symbolic, src_at=None):
+        st = link_into(self, src_path, final, symbolic=symbolic, src_at=src_at)
+        made["links"] += 1
+        if made["links"] == 1:
+            mgr._request(self.job_id, JobState.paused)
+            self.control.check()
+        elif then is not None:
+            then(self, final)
+        return st
+
+    monkeypatch.setattr(folders.DestinationWriter, "_link_into", link_then_stop)
+    return made
+
+
+def test_a_pause_while_a_resumed_run_verifies_a_kept_link_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The link a first run made to the listed inode is verified again by the resumed run; paused during
+    that read, the link is kept (not removed: the source path now names other bytes), and the next resume
+    verifies it and succeeds."""
+    from jupyter_staging.engine import links
+
+    root = tmp_path / "root"
+    [(name, digest)] = make_files(root / "src", 1, size=65536).items()
+    src, out = root / "src" / name, root / "out" / name
+    mgr = manager_for(tmp_path)
+    pause_after_links(monkeypatch, mgr)
+    read_steady, pause_next_read = links.read_steady, threading.Event()
+
+    def read_then_pause(open_fd, algorithms, what, check=None):
+        if pause_next_read.is_set():
+            pause_next_read.clear()
+            mgr._request(job.id, JobState.paused)
+        return read_steady(open_fd, algorithms, what, check)
+
+    monkeypatch.setattr(links, "read_steady", read_then_pause)
+    try:
+        request = CreateJob(
+            source=str(src), destination="out", method="hardlink", checksum=f"sha256:{digest}"
+        )
+        job, _ = mgr.create(request)
+        wait_until(lambda: mgr.get(job.id).state == JobState.paused, timeout=60)
+        listed = out.stat().st_ino
+        rewrite(src, rename=True)  # the path names other bytes; the listed inode (linked) is intact
+        pause_next_read.set()
+        mgr.resume(job.id)
+        wait_until(lambda: mgr.get(job.id).state == JobState.paused, timeout=60)
+        assert out.stat().st_ino == listed
+        mgr.resume(job.id)
+        done = mgr.wait(job.id, timeout=60)
+    finally:
+        mgr.stop()
+    assert done.state == JobState.succeeded, done
+    assert out.stat().st_ino == listed
+
+
+def test_a_resumed_link_job_fails_when_its_output_folder_is_swapped_for_the_source_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """During a resumed run the output folder is moved away and replaced by a symlink to the source
+    folder itself, where every name "is" a link to its source: the run does not take those for the links
+    its previous run made (it looks by descriptor of the folder found at its path) and fails with
+    ``path_not_allowed``."""
+    root = tmp_path / "root"
+    make_files(root / "src" / "sub", 3, size=4096)
+    sub = root / "out" / "sub"
+    mgr = manager_for(tmp_path)
+
+    def swap(_self, _final):
+        if not sub.is_symlink():
+            os.rename(sub, root / "out" / "moved")
+            os.symlink(root / "src" / "sub", sub)
+
+    pause_after_links(monkeypatch, mgr, then=swap)
+    try:
+        job, _ = mgr.create(CreateJob(source=str(root / "src"), destination="out", method="hardlink"))
+        wait_until(lambda: mgr.get(job.id).state == JobState.paused, timeout=60)
+        os.unlink(sub / "lc-00000.fits")  # linked again by the resumed run, which then swaps the folder
+        mgr.resume(job.id)
+        done = mgr.wait(job.id, timeout=60)
+    finally:
+        mgr.stop()
+    assert done.state == JobState.failed and done.error.code == "path_not_allowed", done
+
+
 @pytest.mark.parametrize(
     ("change", "up_to_date"),
     # Rewritten in place before its link: the link has the new bytes, filed under the new fingerprint.
