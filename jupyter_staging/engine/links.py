@@ -239,11 +239,7 @@ class LinkingWriter(ReusingWriter):
                 return open_regular(item.locator, follow=symbolic)
             return source.open_item(item)[0]
 
-        checked = read_steady(open_fd, _algorithms(expected), item.name, self.control.check)
-        mismatch = first_mismatch(item.name, expected, checked[0])
-        if mismatch is not None:
-            raise mismatch
-        return checked
+        return self._read_verified(open_fd, item, expected)
 
     def _read_linked(
         self, item: SourceItem, final: Path, expected: dict[str, str], *, symbolic: bool
@@ -258,10 +254,7 @@ class LinkingWriter(ReusingWriter):
             return open_regular(item.locator, follow=True) if symbolic else self._open_linked(final)
 
         try:
-            checked = read_steady(open_fd, _algorithms(expected), item.name, self.control.check)
-            mismatch = first_mismatch(item.name, expected, checked[0])
-            if mismatch is not None:
-                raise mismatch
+            return self._read_verified(open_fd, item, expected)
         except JobInterrupted:
             raise  # kept: the run that resumes the job finds this link and verifies it again
         except BaseException:
@@ -270,6 +263,17 @@ class LinkingWriter(ReusingWriter):
             with contextlib.suppress(OSError, PathNotAllowed):
                 self._remove_output(final)
             raise
+
+    def _read_verified(
+        self, open_fd: Callable[[], int], item: SourceItem, expected: dict[str, str]
+    ) -> tuple[dict[str, str], dict[str, int]]:
+        """:func:`read_steady` the file ``open_fd()`` opens for sha256 and the algorithms ``expected``
+        names (a pause or cancel stops the read); raises :class:`ChecksumMismatch` when the digests are not
+        ``expected``."""
+        checked = read_steady(open_fd, _algorithms(expected), item.name, self.control.check)
+        mismatch = first_mismatch(item.name, expected, checked[0])
+        if mismatch is not None:
+            raise mismatch
         return checked
 
     def _open_linked(self, final: Path) -> int:

@@ -1,6 +1,7 @@
 """Databases made by release 0.1.0 (tables from ``create_all``, no version table) are upgraded in place
 and their jobs and operations read back, on SQLite, PostgreSQL and MariaDB; fresh databases are created
-at the newest revision; two processes upgrading one database at once both succeed."""
+at the newest revision; two processes upgrading one database at once both succeed; the job store reads and
+writes its jobs and chunks on each of them."""
 
 from __future__ import annotations
 
@@ -230,3 +231,59 @@ def test_the_resume_table_is_moved_back_by_a_downgrade_and_forth_again(db_url):
     assert job is not None and job.resume == resume
     store.close()
     engine.dispose()
+
+
+# The job store's chunk writes: one driver-level executemany per set of columns, the statement compiled for
+# the database (positional or named parameters), read back as written.
+def test_chunk_rows_are_inserted_and_updated_in_batches_on_each_database(db_url: str):
+    store = Store(db_url)
+    try:
+        now = datetime.now(timezone.utc)
+        rec = JobRecord(
+            **dict(id="j-1", owner="me", root="/r", name="n", source="/s", destination="d", method="copy"),
+            **dict(state="running", cleanup_policy="retain", created_at=now, updated_at=now, resume={}),
+        )
+        store.add_job(rec)
+        pending = [
+            {
+                "id": f"c-{i}",
+                "job_id": "j-1",
+                "index": i,
+                "path": f"lc-{i:05d}.fits",
+                "state": "pending",
+                "bytes": 65536 + i,
+                "content_type": None,
+            }
+            for i in range(300)
+        ]
+        # Two sets of columns: one executemany each.
+        pending += [
+            {"id": "c-300", "job_id": "j-1", "index": 300, "path": "100% done's.fits", "state": "pending"}
+        ]
+        store.write_chunks("j-1", new=pending, updates={}, chunks_done=0)
+        updates = {
+            f"c-{i}": {"state": "ready", "sha256": f"{i:064x}", "bytes": 65536 + i} for i in range(0, 300, 2)
+        }
+        updates["c-1"] = {"state": "ready", "sha256": None, "bytes": 1}  # another set of values, same columns
+        updates["c-300"] = {"state": "ready", "path": "100% done's.fits", "rows": 7}
+        store.write_chunks("j-1", new=[], updates=updates, chunks_done=len(updates))
+        chunks = {c.id: c for c in store.list_chunks("j-1")}
+    finally:
+        store.close()
+    assert len(chunks) == 301
+    assert [c.index for c in sorted(chunks.values(), key=lambda c: c.index)] == list(range(301))
+    for i in range(300):
+        c = chunks[f"c-{i}"]
+        if i % 2 == 0:
+            assert (c.state, c.sha256, c.bytes, c.path) == (
+                "ready",
+                f"{i:064x}",
+                65536 + i,
+                f"lc-{i:05d}.fits",
+            )
+        elif i == 1:
+            assert (c.state, c.sha256, c.bytes) == ("ready", None, 1)
+        else:
+            assert (c.state, c.sha256, c.bytes) == ("pending", None, 65536 + i)
+    last = chunks["c-300"]
+    assert (last.state, last.path, last.rows, last.bytes) == ("ready", "100% done's.fits", 7, None)
