@@ -136,13 +136,12 @@ RECENT = _RecentJobs(RECENT_FILES)
 
 
 class StagedIndex:
-    """Outputs of ``host``'s newest ``jobs`` earlier succeeded jobs of the same root (not job ``job_id``),
-    built on first use."""
+    """Outputs of ``host``'s newest :data:`RECENT_JOBS` earlier succeeded jobs of the same root (not job
+    ``job_id``), built on first use."""
 
-    def __init__(self, host: JobHost, job_id: str, *, jobs: int = RECENT_JOBS) -> None:
+    def __init__(self, host: JobHost, job_id: str) -> None:
         self.host = host
         self.job_id = job_id
-        self._jobs = jobs
         self._lock = threading.Lock()
         self._by_sha: dict[str, _Kept] | None = None
         self._by_fingerprint: dict[Hashable, _Kept] = {}
@@ -182,7 +181,7 @@ class StagedIndex:
             if rec is None:
                 return
             jobs = self.host.store.list_jobs(
-                root=rec.root, states=[JobState.succeeded.value], limit=self._jobs
+                root=rec.root, states=[JobState.succeeded.value], limit=RECENT_JOBS
             )
             for job in jobs:
                 if job.id != self.job_id:
