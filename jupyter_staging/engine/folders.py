@@ -14,7 +14,7 @@ import contextlib
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -90,6 +90,21 @@ class DestinationWriter:
         with self.folders.folder(self._folder_below_root(final), create=True):
             pass
 
+    @contextlib.contextmanager
+    def _in_folder(self, final: Path, *, create: bool = False) -> Iterator[tuple[int | None, str]]:
+        """``(descriptor of final's folder, final's name)`` to act on ``final`` with ``dir_fd=``: the folder
+        reached from the confinement root and found still at its path (:meth:`FolderCache.placed`; lent,
+        never to be closed), or ``(None, str(final))`` by path for a destination with no such root (a
+        private scratch folder). ``create`` makes missing folders. Raises :class:`PathNotAllowed` when the
+        folder was moved or replaced during the run."""
+        if self.dest.confinement_root is None:
+            if create:
+                final.parent.mkdir(parents=True, exist_ok=True)
+            yield None, str(final)
+            return
+        with self.folders.placed(self._folder_below_root(final), create=create) as fd:
+            yield fd, final.name
+
     def _link_into(
         self, src: Path, final: Path, *, symbolic: bool, src_at: tuple[int, str] | None = None
     ) -> os.stat_result:
@@ -103,24 +118,14 @@ class DestinationWriter:
         when ``final`` exists, :class:`PathNotAllowed` when its folder was moved or replaced during the
         run."""
         src_dir_fd, src_name = src_at if src_at is not None else (None, str(src))
-        root = self.dest.confinement_root
-        if root is None:
-            final.parent.mkdir(parents=True, exist_ok=True)
+        with self._in_folder(final, create=True) as (fd, name):
             if symbolic:
-                os.symlink(src, final)
+                os.symlink(src, name, dir_fd=fd)
                 st = os.stat(src)
             else:
-                os.link(src_name, final, src_dir_fd=src_dir_fd, follow_symlinks=False)
-                st = _no_symlink(os.lstat(final), src, lambda: os.unlink(final))
-        else:
-            with self.folders.placed(self._folder_below_root(final), create=True) as fd:
-                if symbolic:
-                    os.symlink(src, final.name, dir_fd=fd)
-                    st = os.stat(src)
-                else:
-                    os.link(src_name, final.name, src_dir_fd=src_dir_fd, dst_dir_fd=fd, follow_symlinks=False)
-                    st = os.stat(final.name, dir_fd=fd, follow_symlinks=False)
-                    st = _no_symlink(st, src, lambda: os.unlink(final.name, dir_fd=fd))
+                os.link(src_name, name, src_dir_fd=src_dir_fd, dst_dir_fd=fd, follow_symlinks=False)
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                st = _no_symlink(st, src, lambda: os.unlink(name, dir_fd=fd))
         # Queued once the folder exists: a batch written meanwhile by another thread (a manifest entry
         # linking beside this one) would fsync a folder not made yet.
         self.ledger.sync_folder(final.parent)
@@ -132,12 +137,9 @@ class DestinationWriter:
         destination is confined (the folder found still at its path). Raises :class:`PathNotAllowed` when
         the folder was moved or replaced during the run."""
         try:
-            if self.dest.confinement_root is None:
-                st = os.lstat(final)
-                return st, (os.readlink(final) if stat.S_ISLNK(st.st_mode) else None)
-            with self.folders.placed(self._folder_below_root(final)) as fd:
-                st = os.stat(final.name, dir_fd=fd, follow_symlinks=False)
-                return st, (os.readlink(final.name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None)
+            with self._in_folder(final) as (fd, name):
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                return st, (os.readlink(name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None)
         except FileNotFoundError:
             return None
 
@@ -145,12 +147,8 @@ class DestinationWriter:
         """Remove the name ``final`` this run just made (a link whose bytes failed their check), by
         descriptor of its folder where the destination is confined; a name already gone is no error.
         Raises :class:`PathNotAllowed` when the folder was moved or replaced during the run."""
-        with contextlib.suppress(FileNotFoundError):
-            if self.dest.confinement_root is None:
-                final.unlink()
-                return
-            with self.folders.placed(self._folder_below_root(final)) as fd:
-                os.unlink(final.name, dir_fd=fd)
+        with contextlib.suppress(FileNotFoundError), self._in_folder(final) as (fd, name):
+            os.unlink(name, dir_fd=fd)
 
     def _publish_local(self, path: Path, final: Path) -> None:
         """Give the complete file ``path`` (below the destination) the name ``final``, never replacing
