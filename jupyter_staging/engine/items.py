@@ -259,7 +259,7 @@ class ItemStager(LinkingWriter, PartOwnership):
             if method not in ("hardlink", "symlink"):
                 run_bounded(one, work, self.host.concurrent_items, slots=self._item_slots)
             else:
-                self._link_all(work, one)  # on this thread, the sources read ahead (engine/links.py)
+                self._link_all(source, method, work)  # on this thread (engine/links.py)
         finally:
             self._log_recovered()
 

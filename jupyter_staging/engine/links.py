@@ -29,7 +29,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jupyter_staging.engine.executors import run_bounded
 from jupyter_staging.engine.reuse import ReusingWriter
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.errors import (
@@ -126,13 +125,18 @@ class LinkingWriter(ReusingWriter):
     #: Files ``item`` under the fingerprint its bytes were seen with (ItemStager's; written before its
     #: chunk is marked ready).
     _relist: Callable[[SourceItem, dict[str, Any]], None]
+    #: Stages one ``(item, chunk)`` pair and records it (ItemStager's).
+    _transfer: Callable[[Source, str, SourceItem, JobChunk], None]
 
-    def _link_all(
-        self, work: list[tuple[SourceItem, JobChunk]], one: Callable[[tuple[SourceItem, JobChunk]], None]
-    ) -> None:
-        """Run ``one`` on each ``(item, chunk)`` pair of a link job, on this thread (the work is Python's:
-        more threads would only take turns at the GIL)."""
-        run_bounded(one, work, 1, slots=self._item_slots)
+    def _link_all(self, source: Source, method: str, work: list[tuple[SourceItem, JobChunk]]) -> None:
+        """Link each ``(item, chunk)`` pair of a link job, in order, on this thread, holding one of the job's
+        item slots throughout (the work is Python's: more threads would only take turns at the GIL). Each
+        file reports its bytes, and with them the job's progress (:meth:`ItemStager._on_bytes`). The first
+        error stops the rest; a pause or cancel is seen before each file."""
+        with self._item_slots:
+            for item, chunk in work:
+                self.control.check()
+                self._transfer(source, method, item, chunk)
 
     def _link(self, source: Source, method: str, item: SourceItem, final: Path) -> tuple[int, str | None]:
         """Link ``item`` of ``source`` as ``final``; returns ``(size_bytes, sha256_hex or None)`` of the

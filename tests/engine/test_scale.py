@@ -597,10 +597,10 @@ def test_a_link_job_files_each_item_under_the_fingerprint_it_linked(
     changed = root / "src" / "lc-00002.fits"
     link_all, link_into = links.LinkingWriter._link_all, folders.DestinationWriter._link_into
 
-    def change_then_link_all(self, work, one):
+    def change_then_link_all(self, source, method, work):
         if change == "rewritten-before-link":
             rewrite(changed, rename=False)
-        return link_all(self, work, one)
+        return link_all(self, source, method, work)
 
     def link_then_replace(self, src: Path, final: Path, *, symbolic: bool, src_at=None):
         result = link_into(self, src, final, symbolic=symbolic, src_at=src_at)
@@ -663,10 +663,10 @@ def test_a_source_replaced_by_a_symlink_after_listing_is_never_hard_linked_throu
     replaced = root / "src" / "lc-00002.fits"
     link_all = links.LinkingWriter._link_all
 
-    def plant_then_link_all(self, work, one):
+    def plant_then_link_all(self, source, method, work):
         replaced.unlink()
         replaced.symlink_to(secret)
-        return link_all(self, work, one)
+        return link_all(self, source, method, work)
 
     try:
         monkeypatch.setattr(links.LinkingWriter, "_link_all", plant_then_link_all)
