@@ -131,12 +131,17 @@ class LinkingWriter(ReusingWriter):
     def _link_all(self, source: Source, method: str, work: list[tuple[SourceItem, JobChunk]]) -> None:
         """Link each ``(item, chunk)`` pair of a link job, in order, on this thread, holding one of the job's
         item slots throughout (the work is Python's: more threads would only take turns at the GIL). Each
-        file reports its bytes, and with them the job's progress (:meth:`ItemStager._on_bytes`). The first
+        file reports its bytes, and with them the job's progress (:meth:`ItemStager._on_bytes`); an empty
+        one reports the progress itself (which also relays a pause asked for by another process). The first
         error stops the rest; a pause or cancel is seen before each file."""
+        if not work:
+            return
         with self._item_slots:
             for item, chunk in work:
                 self.control.check()
                 self._transfer(source, method, item, chunk)
+                if not chunk.bytes:
+                    self.host.report_progress(self.job_id)
 
     def _link(self, source: Source, method: str, item: SourceItem, final: Path) -> tuple[int, str | None]:
         """Link ``item`` of ``source`` as ``final``; returns ``(size_bytes, sha256_hex or None)`` of the

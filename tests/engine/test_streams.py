@@ -153,3 +153,96 @@ def test_the_prefix_hash_follows_ranges_completed_out_of_order(tmp_path):
     )
     assert (size, digest) == (len(data), hashlib.sha256(data).hexdigest())
     assert (tmp_path / "cube.fits").read_bytes() == data
+
+
+def _hashed_then_committed(tmp_path: Path, data: bytes, spans: list[tuple[int, int]], hasher: PrefixHasher):
+    """Report ``spans`` complete to ``hasher``, finish it and commit its part (MD5 expected): returns what
+    the hasher handed over and the part file's ``(size, sha256)``."""
+    for start, length in spans:
+        hasher.completed(start, length)
+    hashed = hasher.finish()
+    md5 = hashlib.md5(data).hexdigest()
+    committed = PartFile(tmp_path / "cube.fits", resume=True, md5=True, hashed=hashed).commit(
+        len(data), checksums={"md5": md5}
+    )
+    return hashed, committed
+
+
+@pytest.mark.parametrize("fault", ["read fails", "read ends early"])
+def test_the_prefix_hash_stops_where_its_read_failed_mid_range(tmp_path, monkeypatch, fault):
+    """A range is hashed in blocks; when reading one block fails, what was hashed so far (counted block by
+    block) is handed over and the part file hashes the rest: the digests stay right."""
+    from jupyter_staging.engine import streams
+
+    monkeypatch.setattr(streams, "HASH_BLOCK", 256 * 1024)
+    data = os.urandom(3 * 1024**2)
+    part = tmp_path / "cube.fits.part"
+    part.write_bytes(data)
+    real_pread, calls = os.pread, []
+
+    def pread(fd, size, offset):
+        calls.append(offset)
+        if len(calls) == 3:  # the third block of the first range
+            if fault == "read fails":
+                raise OSError(5, "Input/output error")
+            return b""
+        return real_pread(fd, size, offset)
+
+    with open(part, "rb") as fh:
+        monkeypatch.setattr(streams.os, "pread", pread)
+        hasher = PrefixHasher(fh.fileno(), md5=True)
+        for start, length in byte_ranges(len(data), 1024**2):
+            hasher.completed(start, length)
+        hashed = hasher.finish()
+        monkeypatch.undo()
+    assert hashed.offset == 2 * 256 * 1024  # the two blocks hashed, not the range start
+    assert hashed.sha256.hexdigest() == hashlib.sha256(data[: hashed.offset]).hexdigest()
+    assert hashed.md5.hexdigest() == hashlib.md5(data[: hashed.offset]).hexdigest()
+    size, digest = PartFile(tmp_path / "cube.fits", resume=True, md5=True, hashed=hashed).commit(
+        len(data), checksums={"md5": hashlib.md5(data).hexdigest()}
+    )
+    assert (size, digest) == (len(data), hashlib.sha256(data).hexdigest())
+
+
+def test_the_prefix_hash_takes_both_digests_on_one_thread_when_no_thread_starts(tmp_path, monkeypatch):
+    """Where no second thread can be started (a process limit), the MD5 is taken after the sha256."""
+    import threading
+
+    data = os.urandom(2 * 1024**2 + 7)
+    part = tmp_path / "cube.fits.part"
+    part.write_bytes(data)
+    with open(part, "rb") as fh:
+        hasher = PrefixHasher(fh.fileno(), md5=True)
+
+        def no_thread(self):
+            raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(threading.Thread, "start", no_thread)
+        hashed, committed = _hashed_then_committed(tmp_path, data, byte_ranges(len(data), 1024**2), hasher)
+    assert hashed.offset == len(data)
+    assert hashed.md5.hexdigest() == hashlib.md5(data).hexdigest()
+    assert committed == (len(data), hashlib.sha256(data).hexdigest())
+
+
+def test_a_prefix_hash_that_failed_hands_over_nothing(tmp_path):
+    """An update that fails (here the MD5's, on its own thread) may leave a hash object ahead of the
+    bytes counted: the hasher then hands over nothing, and the part file hashes every byte."""
+    data = os.urandom(2 * 1024**2)
+    part = tmp_path / "cube.fits.part"
+    part.write_bytes(data)
+
+    class FailingMd5:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def update(self, block: bytes) -> None:
+            self.calls += 1
+            if self.calls == 2:
+                raise MemoryError
+
+    with open(part, "rb") as fh:
+        hasher = PrefixHasher(fh.fileno(), md5=True)
+        hasher.hashed = hasher.hashed._replace(md5=FailingMd5())
+        hashed, committed = _hashed_then_committed(tmp_path, data, byte_ranges(len(data), 1024**2), hasher)
+    assert hashed.offset == 0
+    assert committed == (len(data), hashlib.sha256(data).hexdigest())
