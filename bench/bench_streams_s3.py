@@ -136,7 +136,7 @@ def crt_download(endpoint: str, key: str, out: Path) -> tuple[float, float]:
     timed; returns ``(seconds, peak RSS MiB of this process)``. The manager is shut down afterwards: its
     buffer pool (about 1 GiB for a 1 GiB object) would otherwise stay in this process and be counted in
     the peak RSS of every in-process row after it (a ``clear_refs`` reset cannot go below the current RSS).
-    Its CPU seconds therefore include building the client (about 0.2 CPU-s)."""
+    Its CPU seconds therefore include building the client (its time does not)."""
     with crt_manager(endpoint, 64 * MiB) as manager:
         peak_rss_reset()
         t0 = time.perf_counter()
