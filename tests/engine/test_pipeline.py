@@ -153,3 +153,39 @@ def test_a_paused_folder_copy_resumes_to_the_same_bytes(tmp_path: Path):
     assert {o["path"]: o["sha256"] for o in manifest["objects"]} == sums
     for name, digest in sums.items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+
+
+def test_writeback_is_started_for_every_pipelined_file_and_bytes_stay_whole(tmp_path: Path, monkeypatch):
+    root = tmp_path / "root"
+    sums = make_files(root / "sector", 40, size=20000)
+    advised: list[int] = []
+    real = os.posix_fadvise
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        if advice == os.POSIX_FADV_DONTNEED:
+            advised.append(os.fstat(fd).st_size)
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    mgr = manager_for(tmp_path)
+    try:
+        job, _ = mgr.create(CreateJob(source=str(root / "sector"), destination="out", method="copy"))
+        done = mgr.wait(job.id, timeout=120)
+    finally:
+        mgr.stop()
+    assert done.state == JobState.succeeded, done
+    assert advised == [20000] * 40  # each file once, when all its bytes were written
+    for name, digest in sums.items():
+        assert hashlib.sha256((root / "out" / name).read_bytes()).hexdigest() == digest
+
+
+def test_a_failing_writeback_hint_changes_nothing(tmp_path: Path, monkeypatch):
+    def refused(fd: int, offset: int, length: int, advice: int) -> None:
+        raise OSError(errno.ESPIPE, "Illegal seek")  # what a pipe or an odd file system answers
+
+    monkeypatch.setattr(os, "posix_fadvise", refused)
+    data = os.urandom(70_000)
+    out = written(tmp_path, "f.bin", data)
+    out.start_writeback()
+    assert out.commit(len(data))[1] == hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "f.bin").read_bytes() == data
