@@ -82,6 +82,15 @@ class DestinationNotShared(StagingError):
     status = 409
 
 
+class DestinationUnavailable(StagingError):
+    """The folder jobs write below (the server's ``root_dir``) is missing or may not be entered: moved,
+    deleted or unmounted while the server runs. Nothing was written; the same request succeeds once the
+    folder is back (HTTP 503)."""
+
+    code = "destination_unavailable"
+    status = 503
+
+
 class ClusterUnavailable(StagingError):
     """The Dask cluster could not be reached or made (``DaskExecutor``): a wrong address, refused
     credentials, a gateway that could not start the cluster (HTTP 503)."""

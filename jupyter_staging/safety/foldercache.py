@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from jupyter_staging.errors import PathNotAllowed
+from jupyter_staging.errors import DestinationUnavailable, PathNotAllowed
 from jupyter_staging.safety.dirfd import (
     check_name,
     closing_fd,
@@ -51,9 +51,18 @@ class FolderCache:
         self._ids: dict[str, tuple[int, int]] = {}
 
     def _root(self) -> int:
+        """The kept descriptor of the root, opened on first use. Raises :class:`DestinationUnavailable`
+        when the root is missing or may not be entered (moved, deleted or unmounted under the server),
+        :class:`PathNotAllowed` when it is not a folder."""
         with self._lock:
             if self._root_fd is None:
-                self._root_fd = open_root(self.root)
+                try:
+                    self._root_fd = open_root(self.root)
+                except (FileNotFoundError, PermissionError) as exc:
+                    raise DestinationUnavailable(
+                        f"the folder jobs write below, {str(self.root)!r}, cannot be opened "
+                        f"({exc.strerror}); nothing was written"
+                    ) from None
             return self._root_fd
 
     def open(self, rel: str | PurePosixPath, *, create: bool = False, placed: bool = False) -> int:

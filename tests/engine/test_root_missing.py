@@ -1,0 +1,42 @@
+"""The folder jobs write below (the server's ``root_dir``) gone while the server runs: a job fails with
+``destination_unavailable`` and a message without a traceback, writes nothing, and the same request
+succeeds once the folder is back. A real :class:`StagingManager` and real folders; nothing is mocked."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from jupyter_staging.engine.models import CreateJob, JobState
+from tests.engine.test_scale import make_files, manager_for
+
+
+@pytest.mark.parametrize("method", ["copy", "hardlink"])
+def test_a_root_removed_under_the_server_fails_the_job_clearly_and_nothing_is_lost(
+    tmp_path: Path, method: str
+):
+    sums = make_files(tmp_path / "sector", 5)
+    root = tmp_path / "root"
+    root.mkdir()
+    mgr = manager_for(tmp_path)
+    try:
+        shutil.rmtree(root)
+        job, _ = mgr.create(CreateJob(source=str(tmp_path / "sector"), destination="out", method=method))
+        failed = mgr.wait(job.id, timeout=60)
+        assert not root.exists()  # nothing was made where the root was
+        root.mkdir()
+        again, created = mgr.create(
+            CreateJob(source=str(tmp_path / "sector"), destination="out", method=method)
+        )
+        done = mgr.wait(again.id, timeout=60)
+    finally:
+        mgr.stop()
+    assert failed.state == JobState.failed
+    assert failed.error is not None and failed.error.code == "destination_unavailable"
+    assert str(root) in failed.error.message and "Traceback" not in failed.error.message
+    assert created and done.state == JobState.succeeded, done
+    assert sorted(os.listdir(tmp_path / "sector")) == sorted(sums)  # the source is untouched
+    assert sorted(os.listdir(root / "out")) == sorted([*sums, "manifest.json"])
