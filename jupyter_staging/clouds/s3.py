@@ -47,8 +47,8 @@ from jupyter_staging.safety.partfile import mismatch_message
 #: Connections in the pool of a client made by :func:`s3_client` unless told otherwise.
 DEFAULT_POOL = 10
 #: Connections in the pool of :func:`shared_s3_client`'s client, which every S3 source and destination of the
-#: process uses: 8 items at once (``StagingApp.concurrent_items``) with up to 8 GETs each (parallel ranges or
-#: the transfer manager's parts), plus listings and uploads. Connections open only when needed.
+#: process uses: 8 items at once (``StagingApp.concurrent_items``) with up to 8 GETs each (parallel ranges),
+#: plus listings and uploads (the transfer manager's parts). Connections open only when needed.
 SHARED_POOL = 72
 
 #: S3 error codes (or HTTP statuses) meaning: no such object.

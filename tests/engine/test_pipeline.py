@@ -11,6 +11,8 @@ import errno
 import functools
 import hashlib
 import os
+import resource
+import signal
 from pathlib import Path
 
 import pytest
@@ -157,13 +159,13 @@ def test_a_paused_folder_copy_resumes_to_the_same_bytes(tmp_path: Path):
 
 def test_writeback_is_started_for_every_pipelined_file_and_bytes_stay_whole(tmp_path: Path, monkeypatch):
     root = tmp_path / "root"
-    sums = make_files(root / "sector", 40, size=20000)
+    sums = make_files(root / "sector", 40, size=4096)  # small enough to sit in the write buffer
     advised: list[int] = []
     real = os.posix_fadvise
 
     def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
         if advice == os.POSIX_FADV_DONTNEED:
-            advised.append(os.fstat(fd).st_size)
+            advised.append(os.fstat(fd).st_size)  # the buffered tail written before
         real(fd, offset, length, advice)
 
     monkeypatch.setattr(os, "posix_fadvise", fadvise)
@@ -174,7 +176,7 @@ def test_writeback_is_started_for_every_pipelined_file_and_bytes_stay_whole(tmp_
     finally:
         mgr.stop()
     assert done.state == JobState.succeeded, done
-    assert advised == [20000] * 40  # each file once, when all its bytes were written
+    assert advised == [4096] * 40  # each file once, when all its bytes were written
     for name, digest in sums.items():
         assert hashlib.sha256((root / "out" / name).read_bytes()).hexdigest() == digest
 
@@ -189,3 +191,24 @@ def test_a_failing_writeback_hint_changes_nothing(tmp_path: Path, monkeypatch):
     out.start_writeback()
     assert out.commit(len(data))[1] == hashlib.sha256(data).hexdigest()
     assert (tmp_path / "f.bin").read_bytes() == data
+
+
+def test_a_write_failing_when_writeback_starts_is_raised_by_the_fsync(tmp_path: Path):
+    # A file too big for the process's limit (RLIMIT_FSIZE: EFBIG, as a full disk or a quota would fail
+    # it): the buffered tail cannot be written when the writeback starts. That raises nothing there; the
+    # fsync raises it, where the pipeline discards the part.
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    out = PartFile(tmp_path / "f.bin")
+    out.write(os.urandom(4096))  # still in the write buffer
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, limits[1]))
+        out.start_writeback()
+        with pytest.raises(OSError) as info:
+            out.sync()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert info.value.errno == errno.EFBIG
+    out.discard()
+    assert os.listdir(tmp_path) == []
