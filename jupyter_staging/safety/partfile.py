@@ -380,14 +380,9 @@ class PartFile:
         return digests
 
     def start_writeback(self) -> None:
-        """Ask the kernel to start writing the bytes written so far to disk, without waiting: the buffered
-        tail is written, then :meth:`write_back` of the whole file (``posix_fadvise(POSIX_FADV_DONTNEED)``:
-        on Linux it starts the writeback of dirty pages and drops only pages already clean, so the new
-        bytes stay cached). The later :meth:`sync` then finds its data on the way: 2,000 files of 64 KiB
-        fsynced in groups took 0.23 s here instead of 0.35 s. (PostgreSQL's ``pg_flush_data`` gives the
-        same kind of hint, with ``sync_file_range`` where it has it.) Durability still comes from
-        :meth:`sync` alone. Never raises: a failed write of the buffered tail (a full disk, a quota) stays
-        in the buffer and is raised by :meth:`sync`, which discards the part."""
+        """:meth:`write_back` of the whole file once its buffered tail is written: a later :meth:`sync` then
+        finds its data on the way (2,000 files of 64 KiB fsynced in groups: 0.23 s here instead of 0.35 s).
+        Never raises: a failed write of the tail stays buffered, and :meth:`sync` raises it."""
         try:
             self._fh.flush()
         except OSError:
