@@ -125,7 +125,7 @@ class DestinationWriter:
             else:
                 os.link(src_name, name, src_dir_fd=src_dir_fd, dst_dir_fd=fd, follow_symlinks=False)
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                st = _no_symlink(st, src, lambda: os.unlink(name, dir_fd=fd))
+                st = no_symlink(st, src.name, lambda: os.unlink(name, dir_fd=fd))
         # Queued once the folder exists: a batch written meanwhile by another thread (a manifest entry
         # linking beside this one) would fsync a folder not made yet.
         self.ledger.sync_folder(final.parent)
@@ -166,13 +166,14 @@ class DestinationWriter:
             publish_at(src_fd, path.name, dst_fd, final.name)
 
 
-def _no_symlink(st: os.stat_result, src: Path, remove: Callable[[], None]) -> os.stat_result:
-    """``st`` (of a new hard link to ``src``), unless the link is not a regular file: ``src`` was replaced
-    after it was listed by a symlink (or a FIFO, a device). Then the new name is removed (``remove``) and
-    :class:`PathNotAllowed` raised: what a symlink leads to is never staged in place of a listed file."""
+def no_symlink(st: os.stat_result, src_name: str, remove: Callable[[], None]) -> os.stat_result:
+    """``st`` (of a new hard link to the file named ``src_name``), unless the link is not a regular file:
+    the file was replaced after it was listed by a symlink (or a FIFO, a device). Then the new name is
+    removed (``remove``) and :class:`PathNotAllowed` raised: what a symlink leads to is never staged in
+    place of a listed file."""
     if stat.S_ISREG(st.st_mode):
         return st
     remove()
     raise PathNotAllowed(
-        f"{src.name} is no longer a regular file (a symbolic link?) since it was listed; not linked"
+        f"{src_name} is no longer a regular file (a symbolic link?) since it was listed; not linked"
     )

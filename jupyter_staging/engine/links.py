@@ -27,8 +27,10 @@ import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from jupyter_staging.engine.folders import no_symlink
+from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.reuse import ReusingWriter
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.errors import (
@@ -37,10 +39,11 @@ from jupyter_staging.errors import (
     JobInterrupted,
     PathNotAllowed,
     SourceChanged,
+    StagingError,
     TransferFailed,
 )
 from jupyter_staging.safety.copying import fd_digests
-from jupyter_staging.safety.dirfd import open_existing
+from jupyter_staging.safety.dirfd import check_name, open_existing
 from jupyter_staging.safety.partfile import mismatch_message
 from jupyter_staging.sources.base import Source, SourceItem
 from jupyter_staging.sources.local import LocalSource, fingerprint
@@ -127,21 +130,61 @@ class LinkingWriter(ReusingWriter):
     _relist: Callable[[SourceItem, dict[str, Any]], None]
     #: Stages one ``(item, chunk)`` pair and records it (ItemStager's).
     _transfer: Callable[[Source, str, SourceItem, JobChunk], None]
+    #: Marks a chunk ready with the next batch, fsyncing ``folder`` before (ItemStager's).
+    _chunk_done: Callable[..., None]
 
     def _link_all(self, source: Source, method: str, work: list[tuple[SourceItem, JobChunk]]) -> None:
         """Link each ``(item, chunk)`` pair of a link job, in order, on this thread, holding one of the job's
         item slots throughout (the work is Python's: more threads would only take turns at the GIL). Each
         file reports its bytes, and with them the job's progress (:meth:`ItemStager._on_bytes`); an empty
         one reports the progress itself (which also relays a pause asked for by another process). The first
-        error stops the rest; a pause or cancel is seen before each file."""
+        error stops the rest; a pause or cancel is seen before each file.
+
+        A first run's hard links of a local folder, with no checksum to verify, take :meth:`_hard_link`:
+        the same work as :meth:`_link`, each folder's descriptors opened once for the files that follow
+        in it (walk order keeps a folder's files together)."""
         if not work:
             return
-        with self._item_slots:
+        plain = (
+            method == "hardlink"
+            and isinstance(source, LocalSource)
+            and not self.recovering
+            and self.dest.confinement_root is not None
+        )
+        with self._item_slots, _LinkFolders(self) as folders:
             for item, chunk in work:
                 self.control.check()
-                self._transfer(source, method, item, chunk)
+                if plain and chunk.state == ChunkState.pending.value and not self._expected_checksums(item):
+                    self._hard_link(folders, cast(LocalSource, source), item, chunk)
+                else:
+                    self._transfer(source, method, item, chunk)
                 if not chunk.bytes:
                     self.host.report_progress(self.job_id)
+
+    def _hard_link(
+        self, folders: _LinkFolders, source: LocalSource, item: SourceItem, chunk: JobChunk
+    ) -> None:
+        """Hard-link ``item`` as its output and mark ``chunk`` ready with the next batch, as :meth:`_link`
+        and :meth:`ItemStager._record_transfer` do for a hard link without a checksum: linked by
+        descriptor of both folders (the destination's found still at its path first), the link's ``lstat``
+        taken by descriptor (a symlink put in the source's place since the listing is removed, never
+        staged), the item relisted when its fingerprint changed. Raises what :meth:`_make_link` raises."""
+        src_fd, src_name = folders.source(source, item)
+        name = item.name.rpartition("/")[2]
+        try:
+            dst_fd, name, parent = folders.destination(item)
+            os.link(src_name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
+            st = os.stat(name, dir_fd=dst_fd, follow_symlinks=False)
+        except OSError as exc:
+            raise _link_failed(exc, "hardlink", item, name) from None
+        st = no_symlink(st, src_name, lambda: os.unlink(name, dir_fd=dst_fd))
+        seen: dict[str, Any] = fingerprint(st)
+        if seen != item.validator:
+            self._relist(item, seen)
+        self.control.add_bytes(st.st_size)
+        self._chunk_done(
+            chunk, folder=parent, bytes=st.st_size, sha256=None, path=self.dest.chunk_path(item.name)
+        )
 
     def _link(self, source: Source, method: str, item: SourceItem, final: Path) -> tuple[int, str | None]:
         """Link ``item`` of ``source`` as ``final``; returns ``(size_bytes, sha256_hex or None)`` of the
@@ -193,14 +236,8 @@ class LinkingWriter(ReusingWriter):
         try:
             with at_source as src_at:
                 return self._link_into(Path(item.locator), final, symbolic=symbolic, src_at=src_at)
-        except FileExistsError:
-            raise DestinationExists(
-                f"{final.name} already exists in the destination; not overwritten"
-            ) from None
         except OSError as exc:
-            code = "hardlink_failed" if method == "hardlink" else "symlink_failed"
-            hint = " (source and destination must be on the same file system)" if exc.errno == 18 else ""
-            raise TransferFailed(f"cannot {method} {item.name}: {exc.strerror}{hint}", code=code) from None
+            raise _link_failed(exc, method, item, final.name) from None
 
     def _previous_link(
         self, source: Source, item: SourceItem, final: Path, *, symbolic: bool
@@ -295,6 +332,72 @@ class LinkingWriter(ReusingWriter):
         if fd is None:
             raise FileNotFoundError(f"{final.name} is gone from the destination")
         return fd
+
+
+def _link_failed(exc: OSError, method: str, item: SourceItem, name: str) -> StagingError:
+    """The error for a link of ``item`` named ``name`` that failed with ``exc``: :class:`DestinationExists`
+    when the name is taken, else :class:`TransferFailed` (``hardlink_failed`` / ``symlink_failed``; for
+    ``EXDEV``, the hint that both must be on one file system)."""
+    if isinstance(exc, FileExistsError):
+        return DestinationExists(f"{name} already exists in the destination; not overwritten")
+    code = "hardlink_failed" if method == "hardlink" else "symlink_failed"
+    hint = " (source and destination must be on the same file system)" if exc.errno == errno.EXDEV else ""
+    return TransferFailed(f"cannot {method} {item.name}: {exc.strerror}{hint}", code=code)
+
+
+class _LinkFolders:
+    """The source and destination folders of the file a link job links now, kept open for the files
+    that follow in the same folders (:meth:`LinkingWriter._hard_link`); closed on exit."""
+
+    def __init__(self, writer: LinkingWriter) -> None:
+        self._writer = writer
+        self._source: tuple[str, int] | None = None
+        #: (folder of the item's name, descriptor, lent by the folder cache, folder below the root, path)
+        self._dest: tuple[str, int, bool, str, Path] | None = None
+
+    def __enter__(self) -> _LinkFolders:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close_source()
+        self._close_dest()
+
+    def source(self, source: LocalSource, item: SourceItem) -> tuple[int, str]:
+        """``(descriptor of item's folder, its file name)``: :meth:`LocalSource.open_folder`, once per
+        folder. Raises what it raises."""
+        folder, _, name = item.locator.rpartition("/")
+        if self._source is None or self._source[0] != folder:
+            self._close_source()
+            fd, name = source.open_folder(item)
+            self._source = (folder, fd)
+        return self._source[1], check_name(name)
+
+    def destination(self, item: SourceItem) -> tuple[int, str, Path]:
+        """``(descriptor of the output's folder, the output's name, the folder's path)``: the folder walked
+        to (made when missing) once per folder from the confinement root, and found still at its path
+        for every file (:meth:`FolderCache.check_placed`). Raises :class:`PathNotAllowed` when it was moved
+        or replaced during the run."""
+        writer = self._writer
+        folder, _, name = item.name.rpartition("/")
+        if self._dest is None or self._dest[0] != folder:
+            self._close_dest()
+            final = writer.dest.workdir / item.name
+            rel = writer._folder_below_root(final)
+            fd, lent = writer.folders.lend(rel, create=True)
+            self._dest = (folder, fd, lent, rel, final.parent)
+        _, fd, _, rel, parent = self._dest
+        writer.folders.check_placed(rel, fd)
+        return fd, name, parent
+
+    def _close_source(self) -> None:
+        if self._source is not None:
+            os.close(self._source[1])
+            self._source = None
+
+    def _close_dest(self) -> None:
+        if self._dest is not None and not self._dest[2]:
+            os.close(self._dest[1])
+        self._dest = None
 
 
 def _algorithms(expected: dict[str, str]) -> tuple[str, ...]:

@@ -16,10 +16,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from jupyter_staging.errors import DestinationUnavailable, PathNotAllowed
 from jupyter_staging.safety.dirfd import (
-    check_name,
     closing_fd,
     components,
     fd_identity,
@@ -28,6 +28,15 @@ from jupyter_staging.safety.dirfd import (
     open_root,
     same_inode,
 )
+
+
+class _Chain(NamedTuple):
+    """A folder below the root as :meth:`FolderCache.in_place` walks it: ``key`` (its names joined by
+    ``/``), ``names`` (one per level) and ``parents`` (the keys of the folders above it, root excluded)."""
+
+    key: str
+    names: tuple[str, ...]
+    parents: tuple[str, ...]
 
 
 class FolderCache:
@@ -49,6 +58,8 @@ class FolderCache:
         self._kept: dict[str, int] = {}
         #: (device, inode) of each kept folder, as opened.
         self._ids: dict[str, tuple[int, int]] = {}
+        #: :meth:`_chain` of each folder asked for (its names parsed once, not once per file).
+        self._chains: dict[str, _Chain] = {}
 
     def _root(self) -> int:
         """The kept descriptor of the root, opened on first use. Raises :class:`DestinationUnavailable`
@@ -71,15 +82,14 @@ class FolderCache:
         ``placed``, a kept one is first checked to be at its path still (:meth:`in_place`; a folder walked
         to is). Raises like :func:`open_folder`, and :class:`PathNotAllowed` for a kept folder moved or
         replaced with ``placed``."""
-        parts = components(rel)
-        key = "/".join(parts)
+        key = self._chain(rel).key
         with self._lock:
             kept = self._kept.get(key)
             fd = os.dup(kept) if kept is not None else None
         if fd is not None:
             if placed:
                 try:
-                    self._check_placed(key, fd)
+                    self.check_placed(key, fd)
                 except BaseException:
                     os.close(fd)
                     raise
@@ -103,7 +113,7 @@ class FolderCache:
         True for the kept descriptor itself, which the caller must not close (it stays open until
         :meth:`close`, the end of the run: no ``dup`` and ``close`` per file), False for a new one the
         caller closes (a folder beyond ``limit``). Raises like :meth:`open`."""
-        key = "/".join(components(rel))
+        key = self._chain(rel).key
         with self._lock:
             kept = self._kept.get(key)
         if kept is not None:
@@ -125,27 +135,40 @@ class FolderCache:
         in its kept parent, which must be the folder found there (one call per component, against a walk's
         open and close of each); else the path is walked afresh (:meth:`walk`). Raises ``OSError`` other
         than a missing folder."""
-        parts = components(rel)
-        if not parts:
+        chain = self._chain(rel)
+        if not chain.names:
             return fd_identity(fd) == fd_identity(self._root())
         root = self._root()
-        key = "/".join(parts)
-        prefixes = ["/".join(parts[:depth]) for depth in range(1, len(parts))]
         with self._lock:  # the kept descriptors stay open while they are used
-            want = self._ids[key] if self._kept.get(key) == fd else fd_identity(fd)
-            if all(prefix in self._kept for prefix in prefixes):
-                parents = [root, *(self._kept[prefix] for prefix in prefixes)]
-                return _names_lead_to(parts, parents, [*(self._ids[p] for p in prefixes), want])
+            kept, ids = self._kept, self._ids
+            want = ids[chain.key] if kept.get(chain.key) == fd else fd_identity(fd)
+            if all(prefix in kept for prefix in chain.parents):
+                parents = [root, *(kept[prefix] for prefix in chain.parents)]
+                return _names_lead_to(chain.names, parents, [*(ids[p] for p in chain.parents), want])
         try:
             with closing_fd(self.walk(rel)) as fresh:
                 return same_inode(fresh, fd)
         except (PathNotAllowed, FileNotFoundError):
             return False
 
-    def _check_placed(self, rel: str | PurePosixPath, fd: int) -> None:
+    def _chain(self, rel: str | PurePosixPath) -> _Chain:
+        """The names of folder ``rel`` and of the folders above it (:func:`components`), parsed once per
+        folder. Raises :class:`PathNotAllowed` like :func:`components`."""
+        text = str(rel)
+        chain = self._chains.get(text)
+        if chain is None:
+            names = tuple(components(text))
+            parents = tuple("/".join(names[:depth]) for depth in range(1, len(names)))
+            chain = _Chain("/".join(names), names, parents)
+            with self._lock:
+                if len(self._chains) < 4 * self._limit:
+                    self._chains[text] = chain
+        return chain
+
+    def check_placed(self, rel: str | PurePosixPath, fd: int) -> None:
         """Raise :class:`PathNotAllowed` unless folder ``fd`` is at ``root / rel`` (:meth:`in_place`)."""
         if not self.in_place(rel, fd):
-            raise _moved("/".join(components(rel)))
+            raise _moved(self._chain(rel).key)
 
     def walk(self, rel: str | PurePosixPath) -> int:
         """A new descriptor of ``root / rel`` walked afresh from the root (never a kept one), to check
@@ -167,7 +190,7 @@ class FolderCache:
         Raises :class:`PathNotAllowed` for a folder moved or replaced, and like :meth:`open`."""
         fd, lent = self.lend(rel, create=create)
         try:
-            self._check_placed(rel, fd)
+            self.check_placed(rel, fd)
             yield fd
         finally:
             if not lent:
@@ -192,12 +215,13 @@ def _moved(key: str) -> PathNotAllowed:
     )
 
 
-def _names_lead_to(parts: list[str], parents: list[int], expected: list[tuple[int, int]]) -> bool:
-    """True when each of ``parts``, looked up without following a symlink in its parent's descriptor
-    (``parents[i]``), is a folder with the (device, inode) ``expected[i]``."""
-    for name, parent, want in zip(parts, parents, expected, strict=True):
+def _names_lead_to(names: tuple[str, ...], parents: list[int], expected: list[tuple[int, int]]) -> bool:
+    """True when each of ``names`` (plain names: :func:`components` checked them), looked up without
+    following a symlink in its parent's descriptor (``parents[i]``), is a folder with the (device, inode)
+    ``expected[i]``."""
+    for name, parent, want in zip(names, parents, expected, strict=True):
         try:
-            st = os.stat(check_name(name), dir_fd=parent, follow_symlinks=False)
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
             return False
         if not stat.S_ISDIR(st.st_mode) or identity(st) != want:

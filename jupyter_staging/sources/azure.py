@@ -18,7 +18,6 @@ Messages name blobs by their ``az://`` URI and never hold a key, a SAS or a conn
 
 from __future__ import annotations
 
-import mimetypes
 import threading
 from typing import Any
 
@@ -43,6 +42,7 @@ from jupyter_staging.sources.base import (
     Source,
     SourceItem,
     check_range,
+    content_type_of,
     object_or_prefix,
     plain_relative_name,
     pump,
@@ -136,7 +136,7 @@ class AzureSource(Source):
         stored_type = getattr(settings, "content_type", None) if settings is not None else None
         if not stored_type or stored_type == "application/octet-stream":
             # Azure's default for blobs uploaded without a type: the name says more.
-            stored_type = mimetypes.guess_type(name)[0] or stored_type
+            stored_type = content_type_of(name) or stored_type
         return SourceItem(
             name=name,
             size=size,

@@ -8,6 +8,8 @@ chunk, each) and fetches one item into a :class:`~jupyter_staging.safety.partfil
 from __future__ import annotations
 
 import abc
+import functools
+import mimetypes
 import os
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -130,6 +132,22 @@ SAFE_NAME_BYTES = 240
 RESERVED_FILE_NAMES = frozenset({"manifest.json"})
 #: Suffix of the part files a job writes before publishing (any case): a remote name ending so is changed.
 PART_SUFFIX = ".part"
+
+
+def content_type_of(name: str) -> str | None:
+    """The MIME type ``mimetypes.guess_type`` gives for the file name ``name`` (a relative POSIX path),
+    or None. Only the suffixes of its last component count (``.csv``, ``.fits.gz``), so the answer is
+    looked up once per chain of suffixes: a folder of 20,000 light curves asks ``mimetypes`` once, not
+    20,000 times (about 8 µs each)."""
+    base = name.rpartition("/")[2].lstrip(".")
+    dot = base.find(".")
+    return _suffix_type(base[dot:]) if dot >= 0 else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _suffix_type(suffixes: str) -> str | None:
+    """The MIME type of a file whose name ends in ``suffixes`` (``".llc.fits"``)."""
+    return mimetypes.guess_type("file" + suffixes)[0]
 
 
 def safe_filename(name: str, fallback: str = "download") -> str:

@@ -12,7 +12,6 @@ judged by its own fingerprint (``fstat``), never by a second look at the path.
 from __future__ import annotations
 
 import errno
-import mimetypes
 import os
 import stat
 import weakref
@@ -27,7 +26,7 @@ from jupyter_staging.safety.dirfd import READ_FLAGS, check_name
 from jupyter_staging.safety.partfile import PartFile
 from jupyter_staging.safety.paths import resolve_source
 from jupyter_staging.safety.sourcefolders import SourceFolders
-from jupyter_staging.sources.base import RangeOut, Source, SourceItem, check_range
+from jupyter_staging.sources.base import RangeOut, Source, SourceItem, check_range, content_type_of
 
 #: Bytes one ``copy_file_range`` / ``pread`` call of a ranged fetch moves (between two control checks).
 RANGE_STEP = 16 * 1024**2
@@ -61,13 +60,24 @@ class LocalSource(Source):
 
     @contextmanager
     def item_folder(self, item: SourceItem) -> Iterator[tuple[int, str]]:
+        """:meth:`open_folder` as a context manager: the descriptor is closed on exit."""
+        fd, name = self.open_folder(item)
+        try:
+            yield fd, name
+        finally:
+            os.close(fd)
+
+    def open_folder(self, item: SourceItem) -> tuple[int, str]:
         """``(O_PATH descriptor of item's folder, its file name)``, the folder reached from ``/`` without
-        following a symlink (:class:`~jupyter_staging.safety.sourcefolders.SourceFolders`), closed on exit.
+        following a symlink (:class:`~jupyter_staging.safety.sourcefolders.SourceFolders`); the caller
+        closes the descriptor. Items of the same folder (``os.path.dirname`` of their locators) may share
+        it.
 
         Raises :class:`PathNotAllowed` (``path_not_allowed``) when a folder on the way is now a symlink or a
         file, or the locator is not an absolute path; :class:`SourceNotFound` when a folder is gone
         (``source_not_found``) or may not be searched (``permission_denied``, 403)."""
         folder, name = os.path.split(item.locator)
+        name = check_name(name)
         try:
             fd = self._folders.open(folder)
         except PathNotAllowed:
@@ -78,10 +88,7 @@ class LocalSource(Source):
             raise SourceNotFound(f"{item.name}: the source file is gone") from None
         except OSError as exc:
             raise _read_error(item, exc) from None
-        try:
-            yield fd, check_name(name)
-        finally:
-            os.close(fd)
+        return fd, name
 
     def open_item(self, item: SourceItem) -> tuple[int, os.stat_result]:
         """``(read-only descriptor, its fstat)`` of the regular file ``item`` names, in the folder
@@ -204,7 +211,7 @@ class LocalSource(Source):
             size=st.st_size,
             locator=locator,
             validator=fingerprint(st),
-            content_type=mimetypes.guess_type(name)[0],
+            content_type=content_type_of(name),
         )
 
     def fetch(self, item: SourceItem, out: PartFile, control: JobControl) -> None:

@@ -20,7 +20,6 @@ also checks a whole-object GET against its ``ChecksumSHA256`` as it streams.
 
 from __future__ import annotations
 
-import mimetypes
 from typing import Any
 
 from jupyter_staging.clouds.http import describe_error
@@ -43,6 +42,7 @@ from jupyter_staging.sources.base import (
     Source,
     SourceItem,
     check_range,
+    content_type_of,
     object_or_prefix,
     plain_relative_name,
     pump,
@@ -132,7 +132,7 @@ class S3Source(Source):
                 "size": size,
                 "last_modified": modified.isoformat() if modified is not None else None,
             },
-            content_type=meta.get("ContentType") or mimetypes.guess_type(name)[0],
+            content_type=meta.get("ContentType") or content_type_of(name),
             checksums=stated_checksums(meta),
         )
 

@@ -485,25 +485,41 @@ def test_a_resumed_link_job_keeps_its_own_links_and_verifies_them(
         assert not out.exists()
 
 
+def after_each_link(monkeypatch: pytest.MonkeyPatch, then) -> None:
+    """Call ``then(self, src, final)`` (the writer, the source file's and the link's paths) right after
+    each hard link or symlink a job makes: a first run's plain hard links
+    (:meth:`LinkingWriter._hard_link`), and the others (:meth:`DestinationWriter._link_into`)."""
+    from jupyter_staging.engine import folders, links
+
+    link_into, hard_link = folders.DestinationWriter._link_into, links.LinkingWriter._hard_link
+
+    def link_into_then(self, src_path, final, *, symbolic, src_at=None):
+        st = link_into(self, src_path, final, symbolic=symbolic, src_at=src_at)
+        then(self, src_path, final)
+        return st
+
+    def hard_link_then(self, folders_, source, item, chunk):
+        hard_link(self, folders_, source, item, chunk)
+        then(self, Path(item.locator), self.dest.workdir / item.name)
+
+    monkeypatch.setattr(folders.DestinationWriter, "_link_into", link_into_then)
+    monkeypatch.setattr(links.LinkingWriter, "_hard_link", hard_link_then)
+
+
 def pause_after_links(monkeypatch: pytest.MonkeyPatch, mgr: StagingManager, then=None) -> dict:
     """Have the first link a job makes pause the job right after it is made (its chunk not recorded: a
     kill, as far as the next run can tell); ``then(self, final)`` runs after each later link."""
-    from jupyter_staging.engine import folders
-
-    link_into = folders.DestinationWriter._link_into
     made = {"links": 0}
 
-    def link_then_stop(self, src_path, final, *, symbolic, src_at=None):
-        st = link_into(self, src_path, final, symbolic=symbolic, src_at=src_at)
+    def stop_after_first(self, _src, final):
         made["links"] += 1
         if made["links"] == 1:
             mgr._request(self.job_id, JobState.paused)
             self.control.check()
         elif then is not None:
             then(self, final)
-        return st
 
-    monkeypatch.setattr(folders.DestinationWriter, "_link_into", link_then_stop)
+    after_each_link(monkeypatch, stop_after_first)
     return made
 
 
@@ -590,29 +606,27 @@ def test_a_link_job_files_each_item_under_the_fingerprint_it_linked(
     """A link job reads no byte, but it files each item under the fingerprint of what it linked (the hard
     link's inode after linking), never the listed one: the same request made again is up to date when the
     link still is the source's file, and is staged anew when the source changed after the link was made."""
-    from jupyter_staging.engine import folders, links
+    from jupyter_staging.engine import links
 
     root = tmp_path / "root"
     files = make_files(root / "src", 6, size=65536)
     changed = root / "src" / "lc-00002.fits"
-    link_all, link_into = links.LinkingWriter._link_all, folders.DestinationWriter._link_into
+    link_all = links.LinkingWriter._link_all
 
     def change_then_link_all(self, source, method, work):
         if change == "rewritten-before-link":
             rewrite(changed, rename=False)
         return link_all(self, source, method, work)
 
-    def link_then_replace(self, src: Path, final: Path, *, symbolic: bool, src_at=None):
-        result = link_into(self, src, final, symbolic=symbolic, src_at=src_at)
+    def replace_after_link(_self, src: Path, _final: Path):
         if src == changed and change == "renamed-after-link":
             rewrite(changed, rename=True)
-        return result
 
     mgr = manager_for(tmp_path)
     try:
         with monkeypatch.context() as patched:
             patched.setattr(links.LinkingWriter, "_link_all", change_then_link_all)
-            patched.setattr(folders.DestinationWriter, "_link_into", link_then_replace)
+            after_each_link(patched, replace_after_link)
             job = staged_job(mgr, root / "src", "linked", "hardlink")
         assert job["state"] == "succeeded", job
         again, created = mgr.create(
@@ -678,3 +692,33 @@ def test_a_source_replaced_by_a_symlink_after_listing_is_never_hard_linked_throu
     out = root / "linked"
     assert not (out / replaced.name).exists() and not (out / replaced.name).is_symlink()
     assert all(not p.is_symlink() for p in out.iterdir())
+
+
+def test_a_link_job_whose_output_folder_is_moved_away_links_nothing_more_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A first run's hard links keep their folder's descriptor from file to file, and find the folder
+    still at its path before each link: moved out of the root after the second link and replaced by a
+    symlink, it receives nothing more, and the job fails with ``path_not_allowed``."""
+    root = tmp_path / "root"
+    make_files(root / "src" / "sub", 6, size=4096)
+    outside = tmp_path / "outside"
+    linked = root / "linked" / "sub"
+    made: list[str] = []
+
+    def move_after_second(_self, _src, final):
+        made.append(final.name)
+        if len(made) == 2:
+            outside.mkdir()
+            linked.rename(outside / "sub")
+            linked.symlink_to(outside / "sub")
+
+    after_each_link(monkeypatch, move_after_second)
+    mgr = manager_for(tmp_path)
+    try:
+        job = staged_job(mgr, root / "src", "linked", "hardlink")
+    finally:
+        mgr.stop()
+    assert job["state"] == "failed" and job["error"]["code"] == "path_not_allowed", job
+    assert made == ["lc-00000.fits", "lc-00001.fits"]
+    assert sorted(p.name for p in (outside / "sub").iterdir()) == made

@@ -103,3 +103,29 @@ def test_a_deep_tree_is_walked_without_recursion(tmp_path: Path):
         while deep != str(src):
             os.rmdir(deep)
             deep = os.path.dirname(deep)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "kplr008462852-2011073133259_llc.fits",
+        "sector-01/tess2018206045859-s0001-0000000025155310-0120-s_lc.fits",
+        "spitzer.vot.xml",
+        "table.ecsv",
+        "LIGHTCURVE.CSV",
+        "cube.fits.gz",
+        "archive.tar.bz2",
+        ".hidden.csv",
+        "folder.with.dots/README",
+        "no-suffix",
+        "odd:name.json",
+    ],
+)
+def test_the_content_type_is_the_one_mimetypes_gives_for_the_name(name: str):
+    """Looked up once per chain of suffixes (a folder of 20,000 light curves asks once), the type is the
+    one ``mimetypes.guess_type`` gives for the whole name."""
+    import mimetypes
+
+    from jupyter_staging.sources.base import content_type_of
+
+    assert content_type_of(name) == mimetypes.guess_type(name)[0]
