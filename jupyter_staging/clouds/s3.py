@@ -42,7 +42,7 @@ from jupyter_staging.errors import (
     StagingError,
     TransferFailed,
 )
-from jupyter_staging.safety.partfile import mismatch_message
+from jupyter_staging.safety.checksums import mismatch_message
 
 #: Connections in the pool of a client made by :func:`s3_client` unless told otherwise.
 DEFAULT_POOL = 10

@@ -34,7 +34,6 @@ from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.reuse import ReusingWriter
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.errors import (
-    ChecksumMismatch,
     DestinationExists,
     JobInterrupted,
     PathNotAllowed,
@@ -42,9 +41,9 @@ from jupyter_staging.errors import (
     StagingError,
     TransferFailed,
 )
+from jupyter_staging.safety.checksums import first_mismatch
 from jupyter_staging.safety.copying import fd_digests
 from jupyter_staging.safety.dirfd import check_name, open_existing
-from jupyter_staging.safety.partfile import mismatch_message
 from jupyter_staging.sources.base import Source, SourceItem
 from jupyter_staging.sources.local import LocalSource, fingerprint
 
@@ -104,16 +103,6 @@ def read_steady(
         if seen is not None:
             return sums, seen
     raise SourceChanged(f"{what} kept changing while it was read; not staged")
-
-
-def first_mismatch(what: str, expected: dict[str, str], sums: dict[str, str]) -> ChecksumMismatch | None:
-    """The :class:`ChecksumMismatch` for the first of ``expected`` (``{algorithm: hex}``) that ``sums``
-    does not match (hex compared without case), else None."""
-    for algorithm, want in expected.items():
-        got = sums.get(algorithm)
-        if got is not None and got.lower() != want.lower():
-            return ChecksumMismatch(mismatch_message(what, algorithm, want, got))
-    return None
 
 
 class LinkingWriter(ReusingWriter):

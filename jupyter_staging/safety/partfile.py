@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 from jupyter_staging.errors import (
-    ChecksumMismatch,
     DestinationExists,
     PathNotAllowed,
     SizeMismatch,
     VerificationFailed,
 )
+from jupyter_staging.safety.checksums import CHECKSUM_ALGORITHMS, first_mismatch
 from jupyter_staging.safety.dirfd import (
     closing_fd,
     create_file,
@@ -42,19 +42,6 @@ from jupyter_staging.safety.unnamed import publish_fd_at, reopen_unnamed
 #: measured 1.5-1.9x slower here (bench/README.md).
 BLOCK_SIZE = 1024 * 1024
 PART_SUFFIX = ".part"
-#: Algorithms :meth:`PartFile.commit` can verify (``checksums`` keys).
-CHECKSUM_ALGORITHMS = ("sha256", "md5")
-#: Hex characters of each digest a :class:`ChecksumMismatch` message shows.
-SHOWN_HEX = 16
-
-
-def mismatch_message(what: str, algorithm: str, expected_hex: str, actual_hex: str) -> str:
-    """The message of a :class:`ChecksumMismatch`: ``what`` (a file name or URI), the algorithm and the
-    first :data:`SHOWN_HEX` hex digits of the digest expected and of the one computed."""
-    return (
-        f"{what}: {algorithm} mismatch: expected {expected_hex[:SHOWN_HEX]}..., "
-        f"got {actual_hex[:SHOWN_HEX]}...; nothing was published"
-    )
 
 
 def part_path(final: Path) -> Path:
@@ -418,9 +405,10 @@ class PartFile:
         Returns ``(size_bytes, sha256_hex)``. On any failure the ``.part`` is removed and nothing is
         published: :class:`SizeMismatch` when the size differs from ``expected_size``,
         :class:`ChecksumMismatch` when a digest differs (the message names the file, the algorithm and
-        the first :data:`SHOWN_HEX` hex digits expected and actual), :class:`VerificationFailed` when the
-        file on disk does not hold what was written or an algorithm is not one of
-        :data:`CHECKSUM_ALGORITHMS`; :class:`DestinationExists` when the final name was taken meanwhile.
+        the first hex digits expected and actual: :mod:`jupyter_staging.safety.checksums`),
+        :class:`VerificationFailed` when the file on disk does not hold what was written or an algorithm
+        is not one of :data:`~jupyter_staging.safety.checksums.CHECKSUM_ALGORITHMS`;
+        :class:`DestinationExists` when the final name was taken meanwhile.
         """
         self._close_reader()
         try:
@@ -458,13 +446,9 @@ class PartFile:
         actual = self.hexdigests()
         if "md5" in checksums and "md5" not in actual:
             actual["md5"] = self._part_md5()
-        for algorithm in CHECKSUM_ALGORITHMS:
-            stated = checksums.get(algorithm)
-            expected = stated.strip().lower() if stated is not None else None
-            if expected is not None and expected != actual[algorithm]:
-                raise ChecksumMismatch(
-                    mismatch_message(self.final.name, algorithm, expected, actual[algorithm])
-                )
+        mismatch = first_mismatch(self.final.name, checksums, actual)
+        if mismatch is not None:
+            raise mismatch
 
     def _part_md5(self) -> str:
         """The MD5 of the ``.part`` on disk, lower-case hex."""
