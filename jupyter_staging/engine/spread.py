@@ -136,6 +136,7 @@ class SpreadStager(ManifestStager):
                 item.name,
                 checksums,
                 md5="md5" in checksums,
+                streams=self.host.streams_per_file,
                 tag=("stored", index),
             )
             return 0
@@ -149,6 +150,7 @@ class SpreadStager(ManifestStager):
                 self._rel(final),
                 checksums,
                 md5="md5" in checksums,
+                streams=self.host.streams_per_file,
                 tag=("item", index),
             )
             return 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from jupyter_staging.engine.executors import run_bounded
 from jupyter_staging.engine.items import ItemStager
 from jupyter_staging.engine.parts import owner_tag
 from jupyter_staging.errors import JobInterrupted, SourceChanged, TransferFailed
+from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import Hashed
 from jupyter_staging.sources.base import Source, SourceItem
 
@@ -161,19 +163,68 @@ class PrefixHasher:
                 raise failed[0]
 
 
+def streams_for(source: Source, item: SourceItem, streams: int) -> bool:
+    """True when ``item`` is fetched on parallel streams: ``streams`` is 2 or more, and the item is a
+    remote one of at least :data:`STREAM_MIN_BYTES` whose source serves ranges."""
+    return (
+        streams >= 2
+        and item.size is not None
+        and item.size >= STREAM_MIN_BYTES
+        and source.local_path(item) is None
+        and source.supports_ranges(item)
+    )
+
+
+def fetch_in_ranges(
+    source: Source,
+    item: SourceItem,
+    fd: int,
+    control: JobControl,
+    *,
+    streams: int,
+    step: int,
+    done: set[int] | None = None,
+    md5: bool = False,
+    on_range: Callable[[int], None] | None = None,
+) -> Hashed:
+    """Fetch the ranges of ``step`` bytes of ``item`` (``item.size`` bytes) not in ``done`` (their starts)
+    into ``fd``, a part file of that size, ``streams`` at a time, each written at its offset
+    (``Source.fetch_range``: conditional on the item's version), hashed from the first byte as they
+    arrive (:class:`PrefixHasher`; MD5 too with ``md5``). ``on_range(start)`` is called as each range is
+    in. Returns what was hashed, for ``PartFile(..., resume=True, hashed=)``.
+
+    Raises :class:`TransferFailed` for a range that came short, :class:`SourceChanged` when the item's
+    version changed, :class:`JobInterrupted` on pause or cancel, and what the source raises."""
+    assert item.size is not None
+    done = done or set()
+    hasher = PrefixHasher(fd, md5=md5)
+    for start, length in byte_ranges(item.size, step):
+        if start in done:
+            hasher.completed(start, length)
+
+    def one(span: tuple[int, int]) -> None:
+        control.check()
+        start, length = span
+        if source.fetch_range(item, start, length, fd, control) != length:
+            raise TransferFailed(f"{item.name}: range at byte {start} came short")
+        hasher.completed(start, length)
+        if on_range is not None:
+            on_range(start)
+
+    try:
+        run_bounded(one, byte_ranges(item.size, step, done), streams, name="staging-stream")
+    finally:
+        hashed = hasher.finish()
+    return hashed
+
+
 class StreamingStager(ItemStager):
     """Fetches large files of range-capable sources on parallel streams; everything else as
     :class:`~jupyter_staging.engine.items.ItemStager`."""
 
     def _fetch(self, source: Source, item: SourceItem, final: Path, *, sync_folder: bool) -> tuple[int, str]:
         streams = self.host.streams_per_file
-        if (
-            streams < 2
-            or item.size is None
-            or item.size < STREAM_MIN_BYTES
-            or source.local_path(item) is not None
-            or not source.supports_ranges(item)
-        ):
+        if not streams_for(source, item, streams):
             return super()._fetch(source, item, final, sync_folder=sync_folder)
         try:
             return self._fetch_ranges(source, item, final, streams, sync_folder=sync_folder)
@@ -202,29 +253,26 @@ class StreamingStager(ItemStager):
             if done:
                 self._log("info", f"{item.name}: resuming, {len(todo)} of its ranges left")
                 self.control.add_bytes(size - sum(length for _, length in todo))
-            fd = out.fileno()
             checksums = self._expected_checksums(item)
-            hasher = PrefixHasher(fd, md5="md5" in checksums)
-            for start, length in byte_ranges(size, int(record["step"])):
-                if start in done:
-                    hasher.completed(start, length)
 
-            def one(span: tuple[int, int]) -> None:
-                self.control.check()
-                start, length = span
-                if source.fetch_range(item, start, length, fd, self.control) != length:
-                    raise TransferFailed(f"{item.name}: range at byte {start} came short")
-                hasher.completed(start, length)
+            def recorded(start: int) -> None:
                 with self._lock:
                     record["done"].append(start)
                     self._save_resume()
 
             if todo:
                 self._log("info", f"{item.name}: {len(todo)} ranges on {min(streams, len(todo))} streams")
-            try:
-                run_bounded(one, todo, streams, name="staging-stream")
-            finally:
-                hashed = hasher.finish()
+            hashed = fetch_in_ranges(
+                source,
+                item,
+                out.fileno(),
+                self.control,
+                streams=streams,
+                step=int(record["step"]),
+                done=done,
+                md5="md5" in checksums,
+                on_range=recorded,
+            )
         except JobInterrupted:
             out.close()
             raise

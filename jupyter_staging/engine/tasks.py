@@ -24,13 +24,16 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jupyter_staging.destinations.registry import open_destination
-from jupyter_staging.errors import JobInterrupted, PathNotAllowed
+from jupyter_staging.engine.streams import fetch_in_ranges, range_step, streams_for
+from jupyter_staging.errors import JobInterrupted, PathNotAllowed, SourceChanged
 from jupyter_staging.formats.base import ChunkInfo
 from jupyter_staging.formats.convert import convert_to_parquet
 from jupyter_staging.formats.parquet import part_name
@@ -44,8 +47,8 @@ from jupyter_staging.safety.dirfd import (
     read_file_at,
     unlink_at,
 )
-from jupyter_staging.safety.partfile import PartFile, part_path
-from jupyter_staging.sources.base import SourceItem
+from jupyter_staging.safety.partfile import Hashed, PartFile, part_path
+from jupyter_staging.sources.base import Source, SourceItem
 from jupyter_staging.sources.registry import open_source
 
 #: Seconds between two looks of a task at its job's control variable (pause / cancel).
@@ -102,18 +105,32 @@ class TaskControl(JobControl):
         self._sent = time.monotonic()
         self._bytes = 0
         self._rows = 0
+        #: Guards the counters and the poll time: a task's parallel streams share its control.
+        self._lock = threading.Lock()
+        # The worker and its client, found on the task's own thread (``get_worker`` knows no other):
+        # the task's stream threads poll and report through them. None outside a worker.
+        # Deferred import: distributed is imported only on workers (the optional dask extra).
+        from distributed import get_client, get_worker
+
+        try:
+            self._worker: Any = get_worker()
+            self._client: Any = get_client()
+        except ValueError:
+            self._worker = self._client = None
 
     def check(self) -> None:
         now = time.monotonic()
-        if now - self._checked >= POLL_SECONDS:
-            self._checked = now
-            # Deferred: distributed is imported only on workers (the optional dask extra).
-            from distributed import Variable
+        with self._lock:
+            due = now - self._checked >= POLL_SECONDS
+            if due:
+                self._checked = now
+        if due:
+            from distributed import Variable  # deferred: as above
 
-            value = Variable(self.ctx.control_key).get(timeout=30)
+            value = Variable(self.ctx.control_key, client=self._client).get(timeout=30)
             if value != RUN:
                 self.interrupt(str(value))
-            elif Variable(self.ctx.run_key).get(timeout=30) != self.ctx.attempt:
+            elif Variable(self.ctx.run_key, client=self._client).get(timeout=30) != self.ctx.attempt:
                 self.interrupt("superseded")  # the server restarted and runs the job again
         super().check()
 
@@ -126,22 +143,28 @@ class TaskControl(JobControl):
 
     def add_bytes(self, n: int) -> None:
         if self.count_bytes:
-            self._bytes += n
+            with self._lock:
+                self._bytes += n
             self._report()
 
     def add_rows(self, n: int) -> None:
-        self._rows += n
+        with self._lock:
+            self._rows += n
         self._report()
 
     def _report(self, *, force: bool = False) -> None:
         now = time.monotonic()
-        if not (self._bytes or self._rows) or (not force and now - self._sent < REPORT_SECONDS):
-            return
-        # Deferred: as above.
-        from distributed import get_worker
+        with self._lock:
+            if not (self._bytes or self._rows) or (not force and now - self._sent < REPORT_SECONDS):
+                return
+            event = {"bytes": self._bytes, "rows": self._rows}
+            self._sent, self._bytes, self._rows = now, 0, 0
+        worker = self._worker
+        if worker is None:
+            from distributed import get_worker  # deferred: as above
 
-        get_worker().log_event(self.ctx.topic, {"bytes": self._bytes, "rows": self._rows})
-        self._sent, self._bytes, self._rows = now, 0, 0
+            worker = get_worker()
+        worker.log_event(self.ctx.topic, event)  # thread-safe: sent from the worker's event loop
 
     def flush(self) -> None:
         """Send the bytes and rows not reported yet."""
@@ -186,9 +209,11 @@ def fetch_item(
     checksums: dict[str, str],
     *,
     md5: bool,
+    streams: int = 1,
 ) -> tuple[int, str]:
     """Fetch ``item`` of source ``uri`` into ``final_rel`` (below the root): a fresh ``.part`` (a dead
-    attempt's is truncated), verified against ``item.size`` and ``checksums`` (``{algorithm: hex}``, plus
+    attempt's is truncated), on ``streams`` parallel streams when it is large enough
+    (:func:`fetch_part`), verified against ``item.size`` and ``checksums`` (``{algorithm: hex}``, plus
     those the source states when the bytes come), published. Returns ``(size_bytes, sha256_hex)``.
 
     Raises what the source and :meth:`PartFile.commit` raise (``transfer_failed``, ``checksum_mismatch``,
@@ -200,7 +225,58 @@ def fetch_item(
     if published is not None:
         return published
     source = open_source(uri, source_roots=source_roots)
-    out = PartFile(ctx.path(final_rel), resume=False, md5=md5, root=Path(ctx.root))
+    final, root = ctx.path(final_rel), Path(ctx.root)
+    try:
+        out = fetch_part(
+            source,
+            item,
+            control,
+            lambda hashed: PartFile(final, resume=hashed is not None, md5=md5, root=root, hashed=hashed),
+            md5=md5,
+            streams=streams,
+        )
+    finally:
+        control.flush()
+    return out.commit(item.size, checksums={**item.checksums, **checksums} or None)
+
+
+def fetch_part(
+    source: Source,
+    item: SourceItem,
+    control: JobControl,
+    part: Callable[[Hashed | None], PartFile],
+    *,
+    md5: bool,
+    streams: int,
+) -> PartFile:
+    """The part file of ``item``, its bytes fetched, ready to commit: on ``streams`` parallel streams
+    when :func:`~jupyter_staging.engine.streams.streams_for` says so (a remote file of 64 MiB or more
+    whose source serves ranges, each range conditional on the item's version; hashed as they arrive,
+    MD5 too with ``md5``), else on one. ``part(None)`` makes a fresh part file (a dead attempt's
+    truncated); ``part(hashed)`` opens the fetched one again to commit it, with what was hashed. A file
+    that changes between two ranges is fetched again on one stream, as the server's threads do.
+
+    On an error the part is removed, except on a pause or cancel (:class:`JobInterrupted`: closed; the
+    next attempt truncates it). Raises what the source raises."""
+    if streams_for(source, item, streams):
+        assert item.size is not None
+        out = part(None)
+        try:
+            os.ftruncate(out.fileno(), item.size)
+            step = range_step(item.size, streams)
+            hashed = fetch_in_ranges(source, item, out.fileno(), control, streams=streams, step=step, md5=md5)
+        except SourceChanged:
+            out.discard()  # no range of the new version is trusted: one stream, from the first byte
+        except JobInterrupted:
+            out.close()
+            raise
+        except BaseException:
+            out.discard()
+            raise
+        else:
+            out.close()
+            return part(hashed)
+    out = part(None)
     try:
         source.fetch(item, out, control)
     except JobInterrupted:
@@ -209,9 +285,7 @@ def fetch_item(
     except BaseException:
         out.discard()
         raise
-    finally:
-        control.flush()
-    return out.commit(item.size, checksums={**item.checksums, **checksums} or None)
+    return out
 
 
 def _published(ctx: TaskContext, final_rel: str, size: int | None) -> tuple[int, str] | None:
@@ -344,8 +418,10 @@ def fetch_item_to_store(
     checksums: dict[str, str],
     *,
     md5: bool,
+    streams: int = 1,
 ) -> tuple[int, str, str]:
-    """Fetch ``item`` of source ``uri`` into a scratch folder of this worker's own, verify it (size,
+    """Fetch ``item`` of source ``uri`` into a scratch folder of this worker's own (on ``streams``
+    parallel streams when it is large enough: :func:`fetch_part`), verify it (size,
     ``checksums`` and those the source states), and upload it as ``rel`` of the job's object-store prefix
     ``destination`` (``s3://bucket/prefix/<job_id>/``, ``az://...``) with the destination's verified upload;
     the scratch copy is removed. Returns ``(size_bytes, sha256_hex, chunk path)`` (the object's URI).
@@ -360,12 +436,14 @@ def fetch_item_to_store(
         dest = open_destination(ctx.job_id, destination, root_dir=scratch, scratch_root=scratch)
         local = dest.workdir / rel
         source = open_source(uri, source_roots=source_roots)
-        out = PartFile(local, resume=False, md5=md5, root=scratch)
-        try:
-            source.fetch(item, out, control)
-        except BaseException:
-            out.discard()
-            raise
+        out = fetch_part(
+            source,
+            item,
+            control,
+            lambda hashed: PartFile(local, resume=hashed is not None, md5=md5, root=scratch, hashed=hashed),
+            md5=md5,
+            streams=streams,
+        )
         size, sha = out.commit(item.size, checksums={**item.checksums, **checksums} or None)
         path = dest.put(local, rel, size=size, sha256=sha, content_type=item.content_type, control=control)
         return size, sha, path

@@ -384,6 +384,33 @@ def test_a_large_http_download_is_fetched_as_conditional_range_tasks(tmp_path, c
         manager.stop(wait=True)
 
 
+def test_a_download_below_range_bytes_is_one_task_on_parallel_streams(tmp_path, cluster):
+    """A file too small to be split into range tasks (under ``range_bytes``) but large enough for
+    parallel streams (64 MiB or more) is one task that fetches its ranges on ``streams_per_file``
+    streams, each conditional on the file's version, written at its offset, hashed and verified whole."""
+    www = tmp_path / "www"
+    www.mkdir()
+    expected = write_numbered_blocks(www / "cube.fits", 70 * 1024**2 + 77)
+    manager = make_manager(tmp_path / "root", scheduler_address=cluster.scheduler_address)
+    try:
+        with RangeHTTPServer(www) as server:
+            job = run(manager, CreateJob(source=server.url("cube.fits"), destination="img"))
+            gets = server.requests_for("cube.fits", "GET")
+        assert job.state == JobState.succeeded, job.error
+        assert "ranges of up to" not in log_text(manager, job.id)  # not split into range tasks
+        # 32 MiB ranges (the smallest) on 4 streams: 3 of them, each conditional on the ETag.
+        assert sorted(r.header("Range") for r in gets) == [
+            "bytes=0-33554431",
+            "bytes=33554432-67108863",
+            f"bytes=67108864-{70 * 1024**2 + 76}",
+        ]
+        assert all(r.header("If-Range") for r in gets)
+        assert sha256(tmp_path / "root" / "img" / "cube.fits") == expected
+        assert job.progress.bytes_done == 70 * 1024**2 + 77
+    finally:
+        manager.stop(wait=True)
+
+
 def test_an_object_store_destination_is_uploaded_by_the_workers(tmp_path, s3_env):
     client, bucket = s3_env
     manifest = {"kepler": str(KEPLER), "tess": str(TESS), "catalog": str(SPITZER)}
@@ -404,6 +431,27 @@ def test_an_object_store_destination_is_uploaded_by_the_workers(tmp_path, s3_env
         body = client.get_object(Bucket=bucket, Key=f"inputs/{job.id}/{rel}")["Body"].read()
         assert hashlib.sha256(body).hexdigest() == objects[rel]
     assert not list((tmp_path / "root").rglob("kplr*"))  # nothing through the server's scratch folder
+
+
+def test_a_large_file_for_object_storage_is_fetched_by_its_task_on_parallel_streams(tmp_path, s3_env):
+    """A task that uploads what it fetched (an object-store destination) fetches a file of 64 MiB or
+    more on parallel streams too, then verifies and uploads it whole."""
+    client, bucket = s3_env
+    www = tmp_path / "www"
+    www.mkdir()
+    size = 70 * 1024**2 + 5
+    expected = write_numbered_blocks(www / "cube.fits", size)
+    with local_cluster(threads=1) as own, RangeHTTPServer(www) as server:
+        manager = make_manager(tmp_path / "root", scheduler_address=own.scheduler_address)
+        try:
+            job = run(manager, CreateJob(source=server.url("cube.fits"), destination=f"s3://{bucket}/big/"))
+            gets = server.requests_for("cube.fits", "GET")
+        finally:
+            manager.stop(wait=True)
+    assert job.state == JobState.succeeded, job.error
+    assert len(gets) == 3 and all(r.header("Range") and r.header("If-Range") for r in gets)
+    body = client.get_object(Bucket=bucket, Key=f"big/{job.id}/cube.fits")["Body"].read()
+    assert len(body) == size and hashlib.sha256(body).hexdigest() == expected
 
 
 def test_a_run_closing_late_leaves_the_newer_run_of_its_job_in_place():
