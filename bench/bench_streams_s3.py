@@ -146,7 +146,11 @@ def crt_download(endpoint: str, key: str, out: Path) -> tuple[float, float]:
     with crt_manager(endpoint, 64 * MiB) as manager:
         peak_rss_reset()
         t0 = time.perf_counter()
-        manager.download(BUCKET, key, str(out)).result()
+        future = manager.download(BUCKET, key, str(out))
+        future.result()
+        # result() returns when the CRT request is done, before s3transfer's done callbacks have renamed
+        # its temporary file to ``out`` (the manager's shutdown waits for them): wait for them too.
+        future._coordinator.wait_until_on_done_callbacks_complete()
         fsync_path(out)
         seconds, peak = time.perf_counter() - t0, peak_rss_mib()
     return seconds, peak
@@ -208,28 +212,48 @@ def nginx_endpoint(src: Path) -> Iterator[tuple[str, str]]:
     any credentials, at nginx's speed (DESIGN.md, "Facts"); its ETag (``"mtime-size"``) is no MD5. Yields
     ``(endpoint URL, description)``, the AWS settings already in this process's environment."""
     exe = shutil.which("nginx") or "/usr/sbin/nginx"
-    prefix, port = ROOT / "s3nginx", free_port()
+    with bucket_folder("s3nginx", src) as (prefix, port):
+        (prefix / "tmp").mkdir()
+        conf = nginx_conf(
+            prefix,
+            f"listen 127.0.0.1:{port};\n        root {prefix / 'www'};\n"
+            "        location / { limit_except GET { deny all; } }",
+            http="default_type application/octet-stream;",
+        )
+        (prefix / "nginx.conf").write_text(conf)
+        cmd = [exe, "-p", str(prefix), "-c", str(prefix / "nginx.conf")]
+        with serving(cmd, port, "nginx", quiet=False) as url:
+            version = subprocess.run([exe, "-v"], capture_output=True, text=True).stderr.strip()
+            yield url, f"{version} (1 worker, sendfile) serving the bucket folder"
+
+
+@contextmanager
+def bucket_folder(name: str, src: Path) -> Iterator[tuple[Path, int]]:
+    """``(ROOT / name, a free port)`` for an S3 endpoint serving a folder: ``ROOT/<name>/www``, made afresh,
+    whose bucket folder (``www/<bucket>``) holds a hard link of ``src``; removed afterwards."""
+    prefix = ROOT / name
     rmtree(prefix)
-    (prefix / "tmp").mkdir(parents=True)
     (prefix / "www" / BUCKET).mkdir(parents=True)
     os.link(src, prefix / "www" / BUCKET / src.name)
-    conf = nginx_conf(
-        prefix,
-        f"listen 127.0.0.1:{port};\n        root {prefix / 'www'};\n"
-        "        location / { limit_except GET { deny all; } }",
-        http="default_type application/octet-stream;",
-    )
-    (prefix / "nginx.conf").write_text(conf)
-    proc = subprocess.Popen([exe, "-p", str(prefix), "-c", str(prefix / "nginx.conf")])
     try:
-        wait_listening(port, proc, "nginx")
+        yield prefix, free_port()
+    finally:
+        rmtree(prefix)
+
+
+@contextmanager
+def serving(cmd: list[str], port: int, name: str, *, quiet: bool) -> Iterator[str]:
+    """Run the S3 endpoint ``cmd`` (its output dropped when ``quiet``) until it listens on ``port``; yields
+    its URL, with the AWS settings in this process's environment; stopped afterwards."""
+    quieted = subprocess.DEVNULL if quiet else None
+    proc = subprocess.Popen(cmd, stdout=quieted, stderr=quieted)
+    try:
+        wait_listening(port, proc, name)
         env = s3_env(f"http://127.0.0.1:{port}")
         os.environ.update(env)
-        version = subprocess.run([exe, "-v"], capture_output=True, text=True).stderr.strip()
-        yield env["AWS_ENDPOINT_URL"], f"{version} (1 worker, sendfile) serving the bucket folder"
+        yield env["AWS_ENDPOINT_URL"]
     finally:
         stop(proc)
-        rmtree(prefix)
 
 
 @contextmanager
@@ -237,34 +261,23 @@ def rclone_endpoint(args: argparse.Namespace, src: Path) -> Iterator[tuple[str, 
     """``rclone serve s3`` on 127.0.0.1 over ``ROOT/s3rclone/www`` (the bucket a folder of it, holding a hard
     link of ``src``), with s3rver's key pair; the object's MD5 ETag computed once before yielding
     ``(endpoint URL, description)``, the AWS settings already in this process's environment."""
-    prefix, port = ROOT / "s3rclone", free_port()
-    rmtree(prefix)
-    (prefix / "www" / BUCKET).mkdir(parents=True)
-    os.link(src, prefix / "www" / BUCKET / src.name)
-    cmd = [
-        args.rclone,
-        "serve",
-        "s3",
-        "--config",
-        os.devnull,
-        "--auth-key",
-        "S3RVER,S3RVER",
-        "--addr",
-        f"127.0.0.1:{port}",
-        str(prefix / "www"),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_listening(port, proc, "rclone")
-        env = s3_env(f"http://127.0.0.1:{port}")
-        os.environ.update(env)
-        boto3.session.Session().client("s3").head_object(Bucket=BUCKET, Key=src.name)  # its MD5, once
-        version = subprocess.run([args.rclone, "version"], capture_output=True, text=True).stdout
-        version = version.split("\n")[0]
-        yield env["AWS_ENDPOINT_URL"], f"{version} serve s3 (Go) over the bucket folder"
-    finally:
-        stop(proc)
-        rmtree(prefix)
+    with bucket_folder("s3rclone", src) as (prefix, port):
+        cmd = [
+            args.rclone,
+            "serve",
+            "s3",
+            "--config",
+            os.devnull,
+            "--auth-key",
+            "S3RVER,S3RVER",
+            "--addr",
+            f"127.0.0.1:{port}",
+            str(prefix / "www"),
+        ]
+        with serving(cmd, port, "rclone", quiet=True) as url:
+            boto3.session.Session().client("s3").head_object(Bucket=BUCKET, Key=src.name)  # its MD5, once
+            version = subprocess.run([args.rclone, "version"], capture_output=True, text=True).stdout
+            yield url, f"{version.splitlines()[0]} serve s3 (Go) over the bucket folder"
 
 
 def s3_section(args: argparse.Namespace, engines: Engines, section: Section) -> dict | None:
