@@ -164,9 +164,9 @@ class LinkingWriter(ReusingWriter):
             dst_fd, name, parent = folders.destination(item)
             os.link(src_name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
             st = os.stat(name, dir_fd=dst_fd, follow_symlinks=False)
+            st = no_symlink(st, src_name, lambda: os.unlink(name, dir_fd=dst_fd))
         except OSError as exc:
             raise _link_failed(exc, "hardlink", item, name) from None
-        st = no_symlink(st, src_name, lambda: os.unlink(name, dir_fd=dst_fd))
         seen: dict[str, Any] = fingerprint(st)
         if seen != item.validator:
             self._relist(item, seen)

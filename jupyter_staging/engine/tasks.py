@@ -33,7 +33,7 @@ from typing import Any
 
 from jupyter_staging.destinations.registry import open_destination
 from jupyter_staging.engine.streams import fetch_in_ranges, range_step, streams_for
-from jupyter_staging.errors import JobInterrupted, PathNotAllowed, SourceChanged
+from jupyter_staging.errors import JobInterrupted, PathNotAllowed, SourceChanged, TransferFailed
 from jupyter_staging.formats.base import ChunkInfo
 from jupyter_staging.formats.convert import convert_to_parquet
 from jupyter_staging.formats.parquet import part_name
@@ -41,6 +41,7 @@ from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.dirfd import (
     create_file,
+    fd_identity,
     folder_fd,
     lstat_at,
     open_existing,
@@ -274,8 +275,7 @@ def fetch_part(
             out.discard()
             raise
         else:
-            out.close()
-            return part(hashed)
+            return _reopened(out, part, hashed)
     out = part(None)
     try:
         source.fetch(item, out, control)
@@ -406,6 +406,24 @@ def convert_range(
         )
     finally:
         control.flush()
+
+
+def _reopened(out: PartFile, part: Callable[[Hashed | None], PartFile], hashed: Hashed) -> PartFile:
+    """``part(hashed)``: the part file ``out`` (its ranges fetched, still open) opened again to commit it,
+    then ``out`` closed. When the reopen fails (the final name taken meanwhile, the folder moved), or finds
+    another file under the part's name, the part is removed by ``out``'s folder descriptor and the error
+    raised (:class:`TransferFailed` for a replaced part): ``hashed`` is of ``out``'s bytes only."""
+    try:
+        whole = part(hashed)
+    except BaseException:
+        out.discard()
+        raise
+    if fd_identity(whole.fileno()) != fd_identity(out.fileno()):
+        whole.close()
+        out.discard()
+        raise TransferFailed(f"{out.final.name}: its part file was replaced while it was fetched")
+    out.close()
+    return whole
 
 
 def fetch_item_to_store(

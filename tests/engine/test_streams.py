@@ -246,3 +246,53 @@ def test_a_prefix_hash_that_failed_hands_over_nothing(tmp_path):
         hashed, committed = _hashed_then_committed(tmp_path, data, byte_ranges(len(data), 1024**2), hasher)
     assert hashed.offset == 0
     assert committed == (len(data), hashlib.sha256(data).hexdigest())
+
+
+class _PublishedMeanwhile:
+    """A range-capable source whose last range finds the final name taken (another attempt of the same
+    Dask task published the file meanwhile: a race no real server can be made to lose on cue)."""
+
+    def __init__(self, final: Path, ranges: int) -> None:
+        self.final, self.ranges, self.calls = final, ranges, 0
+
+    def local_path(self, _item):
+        return None
+
+    def supports_ranges(self, _item):
+        return True
+
+    def fetch_range(self, _item, start, length, fd, _control):
+        os.pwrite(fd, b"x" * length, start)
+        self.calls += 1
+        if self.calls == self.ranges:
+            self.final.write_bytes(b"published by the other attempt")
+        return length
+
+
+def test_a_task_whose_final_name_is_taken_after_its_ranges_leaves_no_part(tmp_path):
+    """A Dask task fetched a file's ranges; reopening its part to commit finds the final name taken: the
+    error is raised and the full-size ``.part`` is removed (it would otherwise sit beside the final name,
+    and every retry would refuse the published file)."""
+    from jupyter_staging.engine.tasks import fetch_part
+    from jupyter_staging.errors import DestinationExists
+    from jupyter_staging.safety.control import JobControl
+    from jupyter_staging.sources.base import SourceItem
+
+    root = tmp_path / "root"
+    root.mkdir()
+    final = root / "out" / "big.bin"
+    size = 2 * STREAM_RANGE_BYTES + 10  # 3 ranges
+    item = SourceItem(name="big.bin", size=size, locator="http://127.0.0.1/big.bin", validator={"etag": "1"})
+    source = _PublishedMeanwhile(final, ranges=3)
+    with pytest.raises(DestinationExists):
+        fetch_part(
+            source,
+            item,
+            JobControl(),
+            lambda hashed: PartFile(final, resume=hashed is not None, root=root, hashed=hashed),
+            md5=False,
+            streams=4,
+        )
+    assert source.calls == 3
+    assert sorted(p.name for p in final.parent.iterdir()) == ["big.bin"]
+    assert final.read_bytes() == b"published by the other attempt"
