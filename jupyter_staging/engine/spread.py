@@ -24,8 +24,8 @@ from typing import Any
 from jupyter_staging.engine.entries import ManifestStager
 from jupyter_staging.engine.executors import DaskExecutor
 from jupyter_staging.engine.models import ChunkState
+from jupyter_staging.engine.ranges import byte_ranges
 from jupyter_staging.engine.schema import JobChunk
-from jupyter_staging.engine.streams import byte_ranges
 from jupyter_staging.engine.tasks import (
     TaskContext,
     fetch_item,

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_staging.destinations.registry import open_destination
-from jupyter_staging.engine.streams import fetch_in_ranges, range_step, streams_for
+from jupyter_staging.engine.ranges import fetch_in_ranges, range_step, streams_for
 from jupyter_staging.errors import JobInterrupted, PathNotAllowed, SourceChanged, TransferFailed
 from jupyter_staging.formats.base import ChunkInfo
 from jupyter_staging.formats.convert import convert_to_parquet
@@ -251,7 +251,7 @@ def fetch_part(
     streams: int,
 ) -> PartFile:
     """The part file of ``item``, its bytes fetched, ready to commit: on ``streams`` parallel streams
-    when :func:`~jupyter_staging.engine.streams.streams_for` says so (a remote file of 64 MiB or more
+    when :func:`~jupyter_staging.engine.ranges.streams_for` says so (a remote file of 64 MiB or more
     whose source serves ranges, each range conditional on the item's version; hashed as they arrive,
     MD5 too with ``md5``), else on one. ``part(None)`` makes a fresh part file (a dead attempt's
     truncated); ``part(hashed)`` opens the fetched one again to commit it, with what was hashed. A file

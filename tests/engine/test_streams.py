@@ -18,7 +18,7 @@ import pytest
 
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, JobState
-from jupyter_staging.engine.streams import STREAM_RANGE_BYTES, PrefixHasher, byte_ranges
+from jupyter_staging.engine.ranges import STREAM_RANGE_BYTES, PrefixHasher, byte_ranges
 from jupyter_staging.safety.partfile import PartFile
 from tests.helpers.data import sha256, wait_until
 from tests.helpers.servers import RangeHTTPServer
@@ -129,6 +129,9 @@ def test_a_file_replaced_between_two_ranges_is_fetched_again_whole_never_spliced
         assert done.state == JobState.succeeded, done.error
         assert "changed while it was fetched in ranges" in log_text(manager, job.id)
         assert sha256(tmp_path / "root" / "big" / big.name) == sha256(replacement)
+        # The bytes of the ranges fetched before the change are taken back: counted once, not twice (the
+        # job's own record; what the API shows is capped at the total).
+        assert manager.store.get_job(job.id).bytes_done == len(replacement)
     finally:
         manager.stop()
 
@@ -172,9 +175,9 @@ def _hashed_then_committed(tmp_path: Path, data: bytes, spans: list[tuple[int, i
 def test_the_prefix_hash_stops_where_its_read_failed_mid_range(tmp_path, monkeypatch, fault):
     """A range is hashed in blocks; when reading one block fails, what was hashed so far (counted block by
     block) is handed over and the part file hashes the rest: the digests stay right."""
-    from jupyter_staging.engine import streams
+    from jupyter_staging.engine import ranges
 
-    monkeypatch.setattr(streams, "HASH_BLOCK", 256 * 1024)
+    monkeypatch.setattr(ranges, "HASH_BLOCK", 256 * 1024)
     data = os.urandom(3 * 1024**2)
     part = tmp_path / "cube.fits.part"
     part.write_bytes(data)
@@ -189,7 +192,7 @@ def test_the_prefix_hash_stops_where_its_read_failed_mid_range(tmp_path, monkeyp
         return real_pread(fd, size, offset)
 
     with open(part, "rb") as fh:
-        monkeypatch.setattr(streams.os, "pread", pread)
+        monkeypatch.setattr(ranges.os, "pread", pread)
         hasher = PrefixHasher(fh.fileno(), md5=True)
         for start, length in byte_ranges(len(data), 1024**2):
             hasher.completed(start, length)
