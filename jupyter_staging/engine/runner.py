@@ -15,6 +15,7 @@ The runner reaches its manager only through :class:`~jupyter_staging.engine.host
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import PurePosixPath
@@ -23,6 +24,7 @@ from typing import Any
 from jupyter_staging.destinations.base import make_private_dir, remove_tree_if_empty
 from jupyter_staging.destinations.manifest import build_manifest, read_manifest
 from jupyter_staging.engine.cleanup import remove_job_output
+from jupyter_staging.engine.collector import collector_paused
 from jupyter_staging.engine.entries import error_of
 from jupyter_staging.engine.freshness import every_listed_item
 from jupyter_staging.engine.models import ChunkState, JobState
@@ -40,6 +42,9 @@ from jupyter_staging.sources.registry import open_source
 
 log = logging.getLogger(__name__)
 
+#: Methods whose jobs read no byte (links): their runs hold the collector off.
+LINK_METHODS = ("hardlink", "symlink")
+
 
 class JobRunner(TableSpreadStager):
     """Runs job ``job_id`` of its :class:`~jupyter_staging.engine.host.JobHost` once (from queued to a
@@ -51,17 +56,21 @@ class JobRunner(TableSpreadStager):
             rec = self.before_start()
             if rec is None:
                 return
-            # No task counts once the job says paused, failed or succeeded.
-            try:
-                names, failures = self.run_items(rec)
-            except JobInterrupted:
-                self.close_tasks(forget_run=False)  # a resumed run may hold the run variable already
-                raise
-            except BaseException:
+            # A link job builds its per-file records faster than anything else: the collector's full
+            # passes, one every few thousand files, are held off until it ends (engine/collector.py).
+            bulk = collector_paused() if rec.method in LINK_METHODS else contextlib.nullcontext()
+            with bulk:
+                # No task counts once the job says paused, failed or succeeded.
+                try:
+                    names, failures = self.run_items(rec)
+                except JobInterrupted:
+                    self.close_tasks(forget_run=False)  # a resumed run may hold the run variable already
+                    raise
+                except BaseException:
+                    self.close_tasks()
+                    raise
                 self.close_tasks()
-                raise
-            self.close_tasks()
-            self.on_complete(rec, entries=names, failures=failures)
+                self.on_complete(rec, entries=names, failures=failures)
         except JobInterrupted as stop:
             self.on_interrupted(stop.reason)
         except Exception as exc:  # every failure ends the job with a code, never a traceback
