@@ -16,7 +16,10 @@ at the next collection. This is the remedy Mercurial applies to its bulk loads (
 
 The collector is process-wide. Runs on several threads share one pause (counted): the last to end
 restores automatic collection, and only when it was enabled when the first began, so a process that
-disabled it itself keeps it disabled.
+disabled it itself keeps it disabled. A pause lasts :data:`MAX_PAUSE_SECONDS` at most: a link job that
+reads every byte to verify checksums, or one stuck on a hung mount, gives collection back to the server
+after that. Code elsewhere in the process that turns the collector off *during* a pause finds it turned
+on again when the pause ends (the ``gc`` module keeps no owner to ask).
 """
 
 from __future__ import annotations
@@ -26,27 +29,52 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+#: Longest the collector is held off at a stretch (seconds): past it, automatic collection is back on until
+#: the last run holding it ends. A 20,000-file link job takes about 2 s; a link job that reads every byte to
+#: verify checksums, or one stuck on a hung mount, must not keep the whole server from collecting.
+MAX_PAUSE_SECONDS = 60.0
+
 
 class _CollectorPause:
-    """How many runs hold the collector off, and whether it was enabled before the first."""
+    """How many runs hold the collector off, whether it was enabled before the first (and is to be
+    restored), and the timer that restores it after ``limit`` seconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: float = MAX_PAUSE_SECONDS) -> None:
+        self.limit = limit
         self._lock = threading.Lock()
         self._holders = 0
         self._was_enabled = False
+        self._timer: threading.Timer | None = None
 
     def begin(self) -> None:
         with self._lock:
             if self._holders == 0:
                 self._was_enabled = gc.isenabled()
-                gc.disable()
+                if self._was_enabled:
+                    gc.disable()
+                    self._timer = threading.Timer(self.limit, self._expire)
+                    self._timer.daemon = True
+                    self._timer.name = "staging-collector-limit"
+                    self._timer.start()
             self._holders += 1
+
+    def _expire(self) -> None:
+        """The pause lasted ``limit`` seconds: collection is back on, for the rest of it too."""
+        with self._lock:
+            if self._holders and self._was_enabled:
+                gc.enable()
+                self._was_enabled = False  # nothing left to restore
 
     def end(self) -> None:
         with self._lock:
             self._holders -= 1
-            if self._holders == 0 and self._was_enabled:
-                gc.enable()
+            if self._holders == 0:
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                if self._was_enabled:
+                    gc.enable()
+                    self._was_enabled = False
 
     @property
     def holders(self) -> int:
@@ -61,7 +89,8 @@ _PAUSE = _CollectorPause()
 @contextmanager
 def collector_paused() -> Iterator[None]:
     """Hold Python's automatic cyclic garbage collection off inside the block (see the module), on any
-    thread; restored when the last block still open ends, also when it raises."""
+    thread; restored when the last block still open ends (also when it raises), or after
+    :data:`MAX_PAUSE_SECONDS`, whichever comes first."""
     _PAUSE.begin()
     try:
         yield

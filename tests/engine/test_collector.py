@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,23 @@ def test_runs_on_several_threads_share_one_pause_and_the_last_restores_it():
     assert gc.isenabled()
 
 
+def test_a_pause_gives_collection_back_after_its_limit_and_the_last_run_leaves_it_on():
+    from jupyter_staging.engine.collector import _CollectorPause
+
+    pause = _CollectorPause(limit=0.2)
+    pause.begin()
+    assert not gc.isenabled()
+    deadline = time.monotonic() + 10
+    while not gc.isenabled() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert gc.isenabled()  # a run stuck on a hung mount no longer keeps the server from collecting
+    pause.begin()  # a run that begins after the limit does not turn it off again
+    assert gc.isenabled()
+    pause.end()
+    pause.end()
+    assert gc.isenabled() and pause.holders == 0
+
+
 def test_a_process_that_turned_the_collector_off_keeps_it_off():
     gc.disable()
     with collector_paused():
@@ -99,3 +117,24 @@ def test_a_link_job_runs_with_the_collector_held_off_and_it_is_on_after(
     assert done.state == JobState.succeeded, done.error
     assert seen == [not paused]
     assert gc.isenabled()
+
+
+def test_a_link_job_that_fails_gives_the_collector_back(tmp_path: Path):
+    root = tmp_path / "root"
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "kplr.fits").write_bytes(b"\0" * 4096)
+    mgr = StagingManager(root, db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}", sweep_interval=0)
+    mgr.start()
+    try:
+        request = CreateJob(
+            source=str(root / "src" / "kplr.fits"),
+            destination="out",
+            method="hardlink",
+            checksum="sha256:" + "0" * 64,
+        )
+        job, _ = mgr.create(request)
+        done = mgr.wait(job.id, timeout=60)
+    finally:
+        mgr.stop()
+    assert done.state == JobState.failed and done.error.code == "checksum_mismatch", done
+    assert gc.isenabled() and collector_holders() == 0
