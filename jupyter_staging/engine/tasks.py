@@ -214,7 +214,7 @@ def fetch_item(
 ) -> tuple[int, str]:
     """Fetch ``item`` of source ``uri`` into ``final_rel`` (below the root): a fresh ``.part`` (a dead
     attempt's is truncated), on ``streams`` parallel streams when it is large enough
-    (:func:`fetch_part`), verified against ``item.size`` and ``checksums`` (``{algorithm: hex}``, plus
+    (:func:`fetch_verified`), verified against ``item.size`` and ``checksums`` (``{algorithm: hex}``, plus
     those the source states when the bytes come), published. Returns ``(size_bytes, sha256_hex)``.
 
     Raises what the source and :meth:`PartFile.commit` raise (``transfer_failed``, ``checksum_mismatch``,
@@ -226,22 +226,44 @@ def fetch_item(
     if published is not None:
         return published
     source = open_source(uri, source_roots=source_roots)
-    final, root = ctx.path(final_rel), Path(ctx.root)
     try:
-        out = fetch_part(
-            source,
-            item,
-            control,
-            lambda hashed: PartFile(final, resume=hashed is not None, md5=md5, root=root, hashed=hashed),
-            md5=md5,
-            streams=streams,
+        return fetch_verified(
+            source, item, control, ctx.path(final_rel), Path(ctx.root), checksums, md5=md5, streams=streams
         )
     finally:
         control.flush()
+
+
+def fetch_verified(
+    source: Source,
+    item: SourceItem,
+    control: JobControl,
+    final: Path,
+    root: Path,
+    checksums: dict[str, str],
+    *,
+    md5: bool,
+    streams: int,
+) -> tuple[int, str]:
+    """Fetch ``item`` into a fresh part file of ``final`` (below ``root``; a dead attempt's is truncated),
+    verify it against ``item.size``, ``checksums`` and those the source states, and publish it; returns
+    ``(size_bytes, sha256_hex)``. On ``streams`` parallel streams when
+    :func:`~jupyter_staging.engine.ranges.streams_for` says so (a remote file of 64 MiB or more whose source
+    serves ranges, each range conditional on the item's version; hashed as they arrive, MD5 too with
+    ``md5``), else on one. A file that changes between two ranges is fetched again on one stream, as the
+    server's threads do.
+
+    On an error the part is removed, except on a pause or cancel (:class:`JobInterrupted`: closed; the
+    next attempt truncates it). Raises what the source and :meth:`PartFile.commit` raise."""
+
+    def part(hashed: Hashed | None) -> PartFile:
+        return PartFile(final, resume=hashed is not None, md5=md5, root=root, hashed=hashed)
+
+    out = _fetched_part(source, item, control, part, md5=md5, streams=streams)
     return out.commit(item.size, checksums={**item.checksums, **checksums} or None)
 
 
-def fetch_part(
+def _fetched_part(
     source: Source,
     item: SourceItem,
     control: JobControl,
@@ -250,15 +272,8 @@ def fetch_part(
     md5: bool,
     streams: int,
 ) -> PartFile:
-    """The part file of ``item``, its bytes fetched, ready to commit: on ``streams`` parallel streams
-    when :func:`~jupyter_staging.engine.ranges.streams_for` says so (a remote file of 64 MiB or more
-    whose source serves ranges, each range conditional on the item's version; hashed as they arrive,
-    MD5 too with ``md5``), else on one. ``part(None)`` makes a fresh part file (a dead attempt's
-    truncated); ``part(hashed)`` opens the fetched one again to commit it, with what was hashed. A file
-    that changes between two ranges is fetched again on one stream, as the server's threads do.
-
-    On an error the part is removed, except on a pause or cancel (:class:`JobInterrupted`: closed; the
-    next attempt truncates it). Raises what the source raises."""
+    """The part file of ``item``, its bytes fetched (see :func:`fetch_verified`), ready to commit:
+    ``part(None)`` makes a fresh one, ``part(hashed)`` opens a fetched one again with what was hashed."""
     if streams_for(source, item, streams):
         assert item.size is not None
         out = part(None)
@@ -439,7 +454,7 @@ def fetch_item_to_store(
     streams: int = 1,
 ) -> tuple[int, str, str]:
     """Fetch ``item`` of source ``uri`` into a scratch folder of this worker's own (on ``streams``
-    parallel streams when it is large enough: :func:`fetch_part`), verify it (size,
+    parallel streams when it is large enough: :func:`fetch_verified`), verify it (size,
     ``checksums`` and those the source states), and upload it as ``rel`` of the job's object-store prefix
     ``destination`` (``s3://bucket/prefix/<job_id>/``, ``az://...``) with the destination's verified upload;
     the scratch copy is removed. Returns ``(size_bytes, sha256_hex, chunk path)`` (the object's URI).
@@ -454,15 +469,7 @@ def fetch_item_to_store(
         dest = open_destination(ctx.job_id, destination, root_dir=scratch, scratch_root=scratch)
         local = dest.workdir / rel
         source = open_source(uri, source_roots=source_roots)
-        out = fetch_part(
-            source,
-            item,
-            control,
-            lambda hashed: PartFile(local, resume=hashed is not None, md5=md5, root=scratch, hashed=hashed),
-            md5=md5,
-            streams=streams,
-        )
-        size, sha = out.commit(item.size, checksums={**item.checksums, **checksums} or None)
+        size, sha = fetch_verified(source, item, control, local, scratch, checksums, md5=md5, streams=streams)
         path = dest.put(local, rel, size=size, sha256=sha, content_type=item.content_type, control=control)
         return size, sha, path
     finally:

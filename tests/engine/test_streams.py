@@ -276,7 +276,7 @@ def test_a_task_whose_final_name_is_taken_after_its_ranges_leaves_no_part(tmp_pa
     """A Dask task fetched a file's ranges; reopening its part to commit finds the final name taken: the
     error is raised and the full-size ``.part`` is removed (it would otherwise sit beside the final name,
     and every retry would refuse the published file)."""
-    from jupyter_staging.engine.tasks import fetch_part
+    from jupyter_staging.engine.tasks import fetch_verified
     from jupyter_staging.errors import DestinationExists
     from jupyter_staging.safety.control import JobControl
     from jupyter_staging.sources.base import SourceItem
@@ -288,14 +288,7 @@ def test_a_task_whose_final_name_is_taken_after_its_ranges_leaves_no_part(tmp_pa
     item = SourceItem(name="big.bin", size=size, locator="http://127.0.0.1/big.bin", validator={"etag": "1"})
     source = _PublishedMeanwhile(final, ranges=3)
     with pytest.raises(DestinationExists):
-        fetch_part(
-            source,
-            item,
-            JobControl(),
-            lambda hashed: PartFile(final, resume=hashed is not None, root=root, hashed=hashed),
-            md5=False,
-            streams=4,
-        )
+        fetch_verified(source, item, JobControl(), final, root, {}, md5=False, streams=4)
     assert source.calls == 3
     assert sorted(p.name for p in final.parent.iterdir()) == ["big.bin"]
     assert final.read_bytes() == b"published by the other attempt"
