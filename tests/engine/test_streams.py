@@ -104,6 +104,32 @@ def test_a_paused_job_fetches_only_the_ranges_it_had_not_finished(tmp_path, serv
         manager.stop()
 
 
+def test_a_file_replaced_while_its_job_was_paused_counts_its_bytes_once(tmp_path, served):
+    """Paused after two of its four ranges, the file is replaced; the resumed run credits the two finished
+    ranges, finds the next range of another version, and fetches the file again whole: the credited
+    bytes are taken back, so the job's record counts the file once."""
+    server, big = served
+    server.throttle_bytes_per_s = 8 * 1024**2
+    manager = make_manager(tmp_path / "root", streams=2)
+    try:
+        job, _ = manager.create(CreateJob(source=server.url(big.name), destination="big"))
+        wait_until(lambda: _ranges_done(manager, job.id) >= 2, timeout=120, what="two ranges finished")
+        manager.pause(job.id)
+        assert manager.wait(job.id, timeout=60).state == JobState.paused
+        replacement = os.urandom(SIZE)
+        tmp = big.with_name("new.tmp")
+        tmp.write_bytes(replacement)
+        os.replace(tmp, big)  # same size, new ETag (mtime)
+        server.throttle_bytes_per_s = None
+        manager.resume(job.id)
+        done = manager.wait(job.id, timeout=120)
+        assert done.state == JobState.succeeded, done.error
+        assert sha256(tmp_path / "root" / "big" / big.name) == sha256(replacement)
+        assert manager.store.get_job(job.id).bytes_done == SIZE
+    finally:
+        manager.stop()
+
+
 def _ranges_done(manager: StagingManager, job_id: str) -> int:
     rec = manager.store.get_job(job_id)
     ranges = (rec.resume or {}).get("ranges") or {}
