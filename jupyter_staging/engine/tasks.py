@@ -26,7 +26,8 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -278,29 +279,34 @@ def _fetched_part(
         assert item.size is not None
         out = part(None)
         try:
-            os.ftruncate(out.fileno(), item.size)
-            step = range_step(item.size, streams)
-            hashed = fetch_in_ranges(source, item, out.fileno(), control, streams=streams, step=step, md5=md5)
+            with _settled(out):
+                os.ftruncate(out.fileno(), item.size)
+                step = range_step(item.size, streams)
+                hashed = fetch_in_ranges(
+                    source, item, out.fileno(), control, streams=streams, step=step, md5=md5
+                )
         except SourceChanged:
-            out.discard()  # no range of the new version is trusted: one stream, from the first byte
-        except JobInterrupted:
-            out.close()
-            raise
-        except BaseException:
-            out.discard()
-            raise
+            pass  # discarded: no range of the new version is trusted; one stream, from the first byte
         else:
             return _reopened(out, part, hashed)
     out = part(None)
-    try:
+    with _settled(out):
         source.fetch(item, out, control)
+    return out
+
+
+@contextmanager
+def _settled(out: PartFile) -> Iterator[None]:
+    """Fetch into ``out`` inside the block: on a pause or cancel (:class:`JobInterrupted`) it is closed
+    (the next attempt truncates it), on any other error it is discarded; the error is raised again."""
+    try:
+        yield
     except JobInterrupted:
         out.close()
         raise
     except BaseException:
         out.discard()
         raise
-    return out
 
 
 def _published(ctx: TaskContext, final_rel: str, size: int | None) -> tuple[int, str] | None:
