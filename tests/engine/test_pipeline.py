@@ -13,6 +13,7 @@ import hashlib
 import os
 import resource
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,41 @@ def test_files_are_published_in_the_order_they_were_added(tmp_path: Path):
     assert published == names
     assert sorted(os.listdir(tmp_path)) == names  # no .part left
     assert all((tmp_path / n).read_bytes() == data for n in names)
+
+
+def test_each_file_is_written_back_then_fsynced_on_the_pool_not_the_writing_thread(
+    tmp_path: Path, monkeypatch
+):
+    """Every file's writeback is started (``POSIX_FADV_DONTNEED``) before its fsync, both on the pool's
+    threads: the thread that writes the files makes neither call. The system calls are real; they are
+    only watched."""
+    calls: list[tuple[str, int, str]] = []
+    real_fadvise, real_fsync = os.posix_fadvise, os.fsync
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        if advice == os.POSIX_FADV_DONTNEED:
+            calls.append(("writeback", os.fstat(fd).st_ino, threading.current_thread().name))
+        real_fadvise(fd, offset, length, advice)
+
+    def fsync(fd: int) -> None:
+        calls.append(("fsync", os.fstat(fd).st_ino, threading.current_thread().name))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    monkeypatch.setattr(os, "fsync", fsync)
+    data = os.urandom(20_000)
+    inodes = []
+    with SyncPipeline(2) as pipeline:
+        for i in range(2 * SYNC_GROUP_FILES + 3):
+            out = written(tmp_path, f"f{i:03d}", data)
+            inodes.append(os.fstat(out.fileno()).st_ino)
+            pipeline.add(out, functools.partial(out.commit, len(data), sync_folder=False))
+    writer = threading.current_thread().name
+    for inode in inodes:
+        mine = [(what, thread) for what, ino, thread in calls if ino == inode]
+        assert [what for what, _ in mine] == ["writeback", "fsync"]
+        assert all(thread.startswith("staging-fsync") and thread != writer for _, thread in mine)
+    assert all((tmp_path / f"f{i:03d}").read_bytes() == data for i in range(len(inodes)))
 
 
 def test_files_written_and_unpublished_stay_within_the_limit(tmp_path: Path):
