@@ -1,7 +1,9 @@
 """Folders of many small files through the real staging engine vs ``cp -r`` + fsync and ``cp -al``.
 
-For each count (default 200, 2,000 and 20,000 files of 64 KiB, random bytes), four candidates run
-interleaved (the order rotates every repetition), the page cache dropped before each run where permitted:
+For each count (default 200, 2,000 and 20,000 files of 64 KiB, random bytes), five candidates run
+interleaved (the order rotates every repetition), the page cache dropped before each run where permitted.
+Each repetition runs every count in turn (their order rotating too), so the figures of two counts are taken
+minutes apart, not a whole count's runs apart: the machine's speed drifts.
 
 - ``engine copy``: a :class:`jupyter_staging.engine.manager.StagingManager` job with ``method="copy"``
   (through the manager directly, no HTTP): listing, per file a ``.part``, copy + sha256, fsync, publish,
@@ -21,7 +23,8 @@ Printed per count: files/s (median), the ratios ``engine files/s / baseline file
 per-repetition ratios), CPU seconds (this process and its children, so the engine's threads and ``cp``)
 and peak RSS (``VmHWM`` of this process, reset before each engine run through ``/proc/self/clear_refs``;
 ``cp``'s from ``RUSAGE_CHILDREN`` is not reliable, see README). The line is flat when files/s stays the
-same while the count grows 10x. Every engine run is checked: succeeded, one ready chunk per file; a copy's
+same while the count grows 10x: the last line gives, for each candidate, files/s of the largest count over
+the one before, paired by repetition (median). Every engine run is checked: succeeded, one ready chunk per file; a copy's
 manifest states the source's sha256 of every file, a hard link's output is the source's inode. Usage::
 
     .venv/bin/python bench/bench_scale.py --counts 200 2000 20000 --reps 3
@@ -136,73 +139,99 @@ def cp_al(src: Path, dst: Path) -> float:
     return time.perf_counter() - t0
 
 
-def bench_count(count: int, args: argparse.Namespace, cache: PageCache) -> dict:
-    source, sums = make_source(count, args.size_kib * 1024)
-    out = ROOT / "out"
-    rmtree(out)
-    out.mkdir(parents=True)
-    mgr = StagingManager(
-        ROOT,
-        db_url=f"sqlite:///{ROOT / f'jobs-{count}.sqlite'}",
-        sweep_interval=0,
-        concurrent_items=args.concurrent_items,
-    )
-    mgr.start()
-    engine = EngineRun(mgr, source, sums)
-    inputs = sorted(source.iterdir()) if cache.mode == "warm" or cache.failed else []
-    run_dirs: dict[str, Path] = {}
+class CountBench:
+    """The five candidates of one count of files, run one repetition at a time (:meth:`rep`), so that the
+    repetitions of every count alternate: the machine's speed drifts by tens of percent within a run, and
+    files/s of 2,000 and 20,000 files measured minutes apart would compare the machine, not the engine."""
 
-    def target(name: str, rep: int) -> Path:
-        return out / f"{name.replace(' ', '_').replace('+', '_')}-{rep}"
+    def __init__(self, count: int, args: argparse.Namespace, cache: PageCache) -> None:
+        self.count, self.args = count, args
+        self.source, self.sums = make_source(count, args.size_kib * 1024)
+        self.out = ROOT / f"out-{count}"
+        rmtree(self.out)
+        self.out.mkdir(parents=True)
+        self.db = ROOT / f"jobs-{count}.sqlite"
+        self.db.unlink(missing_ok=True)
+        self.mgr = StagingManager(
+            ROOT, db_url=f"sqlite:///{self.db}", sweep_interval=0, concurrent_items=args.concurrent_items
+        )
+        self.mgr.start()
+        self.engine = EngineRun(self.mgr, self.source, self.sums)
+        self.cache = cache
+        self.inputs = sorted(self.source.iterdir()) if cache.mode == "warm" or cache.failed else []
+        self.run_dirs: dict[str, Path] = {}
+        self.times: dict[str, list[float]] = {name: [] for name in CANDIDATES}
+        self.cpu: dict[str, list[float]] = {}
+        self.engine("hardlink", self.rel_of(self.out / "first-links"), name="warm-up")  # untimed
+        first_db = ROOT / f"jobs-first-{count}.sqlite"
+        self.candidates = {
+            "engine copy": lambda rep: self.engine("copy", self.rel("engine copy")),
+            "cp -r+fsync": lambda rep: cp_fsync(self.source, self.run_dirs["cp -r+fsync"]),
+            "engine hardlink": lambda rep: first_time(
+                self.engine, self.rel("engine hardlink"), first_db, args.concurrent_items
+            ),
+            "engine hardlink again": lambda rep: self.engine(
+                "hardlink", self.rel("engine hardlink again"), name="engine hardlink again"
+            ),
+            "cp -al": lambda rep: cp_al(self.source, self.run_dirs["cp -al"]),
+        }
 
-    def before(name: str, rep: int) -> None:
-        run_dirs[name] = target(name, rep)
-        cache.prepare(*inputs)
+    @staticmethod
+    def rel_of(path: Path) -> str:
+        return path.relative_to(ROOT).as_posix()
 
-    def after(name: str, rep: int) -> None:
-        rmtree(run_dirs[name])
+    def rel(self, name: str) -> str:
+        return self.rel_of(self.run_dirs[name])
+
+    def _before(self, name: str, rep: int) -> None:
+        self.run_dirs[name] = self.out / f"{name.replace(' ', '_').replace('+', '_')}-{rep}"
+        self.cache.prepare(*self.inputs)
+
+    def _after(self, name: str, rep: int) -> None:
+        rmtree(self.run_dirs[name])
         os.sync()
 
-    def rel(name: str) -> str:
-        return run_dirs[name].relative_to(ROOT).as_posix()
-
-    engine("hardlink", (out / "first-links").relative_to(ROOT).as_posix(), name="warm-up")  # untimed
-    candidates = {
-        "engine copy": lambda rep: engine("copy", rel("engine copy")),
-        "cp -r+fsync": lambda rep: cp_fsync(source, run_dirs["cp -r+fsync"]),
-        "engine hardlink": lambda rep: first_time(
-            engine, rel("engine hardlink"), ROOT / f"jobs-first-{count}.sqlite", args.concurrent_items
-        ),
-        "engine hardlink again": lambda rep: engine(
-            "hardlink", rel("engine hardlink again"), name="engine hardlink again"
-        ),
-        "cp -al": lambda rep: cp_al(source, run_dirs["cp -al"]),
-    }
-    cpu: dict[str, list[float]] = {}
-    print(f"\n## {count} files of {args.size_kib} KiB ({count * args.size_kib / 1024:.0f} MiB)", flush=True)
-    try:
-        times = interleaved(candidates, args.reps, before=before, after=after, cpu=cpu)
-    finally:
-        mgr.stop()
-        rmtree(out)
-        Path(ROOT / f"jobs-{count}.sqlite").unlink(missing_ok=True)
-    result: dict = {"count": count, "files_per_s": {}, "median_s": {}, "cpu_s": {}, "ratios": {}}
-    for name in CANDIDATES:
-        result["median_s"][name] = med(times[name])
-        result["files_per_s"][name] = count / med(times[name])
-        result["cpu_s"][name] = med(cpu[name])
-    for name, base in BASELINE.items():
-        result["ratios"][name] = med([b / c for b, c in zip(times[base], times[name], strict=True)])
-    result["peak_rss_mib"] = {name: max(v) for name, v in engine.rss.items() if name != "warm-up"}
-    for name in CANDIDATES:
-        ratio = f"  {result['ratios'][name]:.2f}x {BASELINE[name]}" if name in BASELINE else ""
-        rss = result["peak_rss_mib"].get(name)
-        print(
-            f"  {name:16s} {result['files_per_s'][name]:10.0f} files/s  {result['median_s'][name]:7.2f} s  "
-            f"{result['cpu_s'][name]:6.2f} CPU-s" + (f"  peak RSS {rss:.0f} MiB" if rss else "") + ratio,
-            flush=True,
+    def rep(self, rep: int) -> None:
+        """Run repetition ``rep`` of every candidate (interleaved, the order rotating per repetition)."""
+        print(f"  {self.count} files:", flush=True)
+        times = interleaved(
+            self.candidates,
+            1,
+            before=self._before,
+            after=self._after,
+            cpu=self.cpu,
+            first_rep=rep,
+            total_reps=self.args.reps,
         )
-    return result
+        for name, seconds in times.items():
+            self.times[name].extend(seconds)
+
+    def close(self) -> None:
+        self.mgr.stop()
+        rmtree(self.out)
+        self.db.unlink(missing_ok=True)
+
+    def result(self) -> dict:
+        """The figures of this count (and their printout)."""
+        count, times, cpu = self.count, self.times, self.cpu
+        print(f"\n## {count} files of {self.args.size_kib} KiB ({count * self.args.size_kib / 1024:.0f} MiB)")
+        result: dict = {"count": count, "files_per_s": {}, "median_s": {}, "cpu_s": {}, "ratios": {}}
+        for name in CANDIDATES:
+            result["median_s"][name] = med(times[name])
+            result["files_per_s"][name] = count / med(times[name])
+            result["cpu_s"][name] = med(cpu[name])
+        for name, base in BASELINE.items():
+            result["ratios"][name] = med([b / c for b, c in zip(times[base], times[name], strict=True)])
+        result["peak_rss_mib"] = {name: max(v) for name, v in self.engine.rss.items() if name != "warm-up"}
+        for name in CANDIDATES:
+            ratio = f"  {result['ratios'][name]:.2f}x {BASELINE[name]}" if name in BASELINE else ""
+            rss = result["peak_rss_mib"].get(name)
+            print(
+                f"  {name:16s} {result['files_per_s'][name]:10.0f} files/s  {result['median_s'][name]:7.2f} s  "
+                f"{result['cpu_s'][name]:6.2f} CPU-s" + (f"  peak RSS {rss:.0f} MiB" if rss else "") + ratio,
+                flush=True,
+            )
+        return result
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -217,19 +246,39 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     ROOT.mkdir(parents=True, exist_ok=True)
     run = BenchRun("bench_scale", args.cache, f"; concurrent_items={args.concurrent_items}")
-    results = [bench_count(count, args, run.cache) for count in args.counts]
+    benches: list[CountBench] = []
+    try:
+        for count in args.counts:
+            benches.append(CountBench(count, args, run.cache))
+        for rep in range(args.reps):
+            print(f"\n# repetition {rep + 1}/{args.reps}", flush=True)
+            k = rep % len(benches)
+            for bench in benches[k:] + benches[:k]:  # the order of the counts rotates too
+                bench.rep(rep)
+        results = [bench.result() for bench in benches]
+    finally:
+        for bench in benches:
+            bench.close()
     summary: dict = {"counts": results}
     print("\n# files/s by count (flat is the goal)")
     print("  " + "".join(f"{name:>22s}" for name in ("count", *CANDIDATES)))
     for r in results:
         print("  " + f"{r['count']:>22d}" + "".join(f"{r['files_per_s'][n]:>22.0f}" for n in CANDIDATES))
-    if len(results) > 1:
-        first, last = results[-2], results[-1]
+    if len(benches) > 1:
+        # files/s of the largest count over that of the one before, in the same repetition (minutes apart
+        # at most), median over the repetitions; the baselines' own figure shows what the machine did.
+        small, large = benches[-2], benches[-1]
         summary["flatness"] = {
-            name: last["files_per_s"][name] / first["files_per_s"][name] for name in BASELINE
+            name: med(
+                [
+                    (large.count / t_large) / (small.count / t_small)
+                    for t_small, t_large in zip(small.times[name], large.times[name], strict=True)
+                ]
+            )
+            for name in CANDIDATES
         }
         print(
-            f"# {last['count']} vs {first['count']} files: "
+            f"# {large.count} vs {small.count} files, files/s ratio (median of the repetitions' ratios): "
             + ", ".join(f"{n} {v:.2f}x" for n, v in summary["flatness"].items())
         )
     if not args.keep:

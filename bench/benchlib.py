@@ -87,17 +87,21 @@ def interleaved(
     after: Callable[[str, int], None] | None = None,
     log: Callable[[str], None] = print,
     cpu: dict[str, list[float]] | None = None,
+    first_rep: int = 0,
+    total_reps: int | None = None,
 ) -> dict[str, list[float]]:
     """Run each candidate ``reps`` times, interleaved, rotating the order every repetition.
 
     ``candidates[name](rep)`` runs once and returns its own measured seconds (so that set-up and
     clean-up stay outside the timing). ``before``/``after`` are called around each run, untimed.
     Returns ``{name: [seconds per repetition]}`` (index = repetition); ``cpu``, when given, receives
-    the CPU seconds (this process + its children) each run used.
+    the CPU seconds (this process + its children) each run used. ``first_rep`` / ``total_reps``: for a
+    caller that runs one repetition at a time of several groups of candidates (the order keeps rotating,
+    the log line counts out of ``total_reps``).
     """
     names = list(candidates)
     times: dict[str, list[float]] = {n: [] for n in names}
-    for rep in range(reps):
+    for rep in range(first_rep, first_rep + reps):
         k = rep % len(names)
         order = names[k:] + names[:k]
         line = []
@@ -112,7 +116,7 @@ def interleaved(
                 after(name, rep)
             times[name].append(seconds)
             line.append(f"{name} {seconds:.2f}s")
-        log(f"  rep {rep + 1}/{reps}: " + ", ".join(line))
+        log(f"  rep {rep + 1}/{total_reps or reps}: " + ", ".join(line))
     return times
 
 
