@@ -24,8 +24,9 @@ per-repetition ratios), CPU seconds (this process and its children, so the engin
 and peak RSS (``VmHWM`` of this process, reset before each engine run through ``/proc/self/clear_refs``;
 ``cp``'s from ``RUSAGE_CHILDREN`` is not reliable, see README). The line is flat when files/s stays the
 same while the count grows 10x: the last line gives, for each candidate, files/s of the largest count over
-the one before, paired by repetition (median). Every engine run is checked: succeeded, one ready chunk per file; a copy's
-manifest states the source's sha256 of every file, a hard link's output is the source's inode. Usage::
+the one before, paired by repetition (median). Every engine run is checked: succeeded, one ready chunk per
+file; a copy's manifest states the source's sha256 of every file, a hard link's output is the source's
+inode. Usage::
 
     .venv/bin/python bench/bench_scale.py --counts 200 2000 20000 --reps 3
 """
@@ -226,8 +227,9 @@ class CountBench:
         for name in CANDIDATES:
             ratio = f"  {result['ratios'][name]:.2f}x {BASELINE[name]}" if name in BASELINE else ""
             rss = result["peak_rss_mib"].get(name)
+            fps, seconds = result["files_per_s"][name], result["median_s"][name]
             print(
-                f"  {name:16s} {result['files_per_s'][name]:10.0f} files/s  {result['median_s'][name]:7.2f} s  "
+                f"  {name:16s} {fps:10.0f} files/s  {seconds:7.2f} s  "
                 f"{result['cpu_s'][name]:6.2f} CPU-s" + (f"  peak RSS {rss:.0f} MiB" if rss else "") + ratio,
                 flush=True,
             )
