@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from jupyter_staging.errors import DestinationExists, PathNotAllowed
+from jupyter_staging.errors import DestinationExists, DestinationUnavailable, PathNotAllowed
 
 #: Flags opening a folder below the root: never through a symlink.
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -78,13 +78,28 @@ def check_name(name: str) -> str:
     return name
 
 
+#: errno values of opening the root meaning "not there now": missing, not to be entered, or a network or
+#: FUSE mount gone stale or disconnected (nfs(5) ``ESTALE``; FUSE answers ``ENOTCONN`` once its daemon died).
+_ROOT_UNAVAILABLE = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ESTALE, errno.ENOTCONN}
+
+
 def open_root(root: Path) -> int:
     """A descriptor of the trusted ``root`` folder (symlinks above and at the root are the deployer's
-    choice and followed). Raises :class:`PathNotAllowed` when it is not a folder, ``OSError`` else."""
+    choice and followed). Raises :class:`PathNotAllowed` when it is not a folder,
+    :class:`DestinationUnavailable` (``destination_unavailable``, 503) when it is missing, may not be
+    entered, or is on a mount gone stale (moved, deleted or unmounted under the server: every writer of
+    every job kind opens the root here, so each fails with that code); ``OSError`` else."""
     try:
         return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except NotADirectoryError:
         raise PathNotAllowed(f"the root {str(root)!r} is not a folder") from None
+    except OSError as exc:
+        if exc.errno not in _ROOT_UNAVAILABLE:
+            raise
+        raise DestinationUnavailable(
+            f"the folder jobs write below, {str(root)!r}, cannot be opened ({exc.strerror}); nothing was "
+            "written there"
+        ) from None
 
 
 def open_dir(parent_fd: int, name: str, *, create: bool = False, mode: int = 0o777) -> int:

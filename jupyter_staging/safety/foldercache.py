@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from jupyter_staging.errors import DestinationUnavailable, PathNotAllowed
+from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.dirfd import (
     closing_fd,
     components,
@@ -67,13 +67,7 @@ class FolderCache:
         :class:`PathNotAllowed` when it is not a folder."""
         with self._lock:
             if self._root_fd is None:
-                try:
-                    self._root_fd = open_root(self.root)
-                except (FileNotFoundError, PermissionError) as exc:
-                    raise DestinationUnavailable(
-                        f"the folder jobs write below, {str(self.root)!r}, cannot be opened "
-                        f"({exc.strerror}); nothing was written"
-                    ) from None
+                self._root_fd = open_root(self.root)
             return self._root_fd
 
     def open(self, rel: str | PurePosixPath, *, create: bool = False, placed: bool = False) -> int:

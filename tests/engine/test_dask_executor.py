@@ -257,6 +257,38 @@ def test_a_destination_the_workers_cannot_see_is_refused_before_any_byte_moves(t
             worker.wait(timeout=30)
 
 
+@pytest.mark.parametrize("convert", [False, True])
+def test_a_root_removed_under_the_server_fails_a_dask_job_clearly(tmp_path, cluster, convert):
+    """The server's root gone while it runs: a copy or a conversion on the cluster fails with
+    ``destination_unavailable`` (the workers' writers open the root as the server's do), and the same
+    request succeeds once the folder is back."""
+    root = tmp_path / "root"
+    root.mkdir()
+    manager = StagingManager(
+        root,
+        db_url=f"sqlite:///{tmp_path}/jobs.db",
+        executor_class=DaskExecutor,
+        executor_options={"scheduler_address": cluster.scheduler_address},
+    )
+    manager.start()
+    request = CreateJob(
+        source=str(KEPLER), destination="lc", convert={"format": "parquet"} if convert else None
+    )
+    try:
+        shutil.rmtree(root)
+        failed = run(manager, request, timeout=120)
+        assert not root.exists()
+        root.mkdir()
+        done = run(manager, request, timeout=120)
+    finally:
+        manager.stop(wait=True)
+    assert failed.state == JobState.failed
+    assert failed.error is not None and failed.error.code == "destination_unavailable", failed.error
+    assert str(root) in failed.error.message and "Traceback" not in failed.error.message
+    assert done.state == JobState.succeeded, done
+    assert (root / "lc" / "manifest.json").is_file()
+
+
 def converted(manager: StagingManager, job_id: str) -> list[tuple[str, int, str, int]]:
     objects = manager.manifest(job_id)["objects"]
     return sorted((o["path"], o["size"], o["sha256"], o["rows"]) for o in objects)

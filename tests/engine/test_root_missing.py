@@ -12,31 +12,40 @@ import pytest
 
 from jupyter_staging.engine.models import CreateJob, JobState
 from tests.engine.test_scale import make_files, manager_for
+from tests.helpers.data import KEPLER
 
 
-@pytest.mark.parametrize("method", ["copy", "hardlink"])
-def test_a_root_removed_under_the_server_fails_the_job_clearly_and_nothing_is_lost(
-    tmp_path: Path, method: str
-):
+def requests_of(kind: str, tmp_path: Path) -> CreateJob:
+    """A request of each kind of writer: a folder copied, hard-linked, symlinked; a FITS table converted
+    to Parquet (the conversion writes through its own confined writer)."""
+    if kind == "convert":
+        return CreateJob(source=str(KEPLER), destination="out", convert={"format": "parquet"})
+    return CreateJob(source=str(tmp_path / "sector"), destination="out", method=kind)
+
+
+@pytest.mark.parametrize("kind", ["copy", "hardlink", "symlink", "convert"])
+def test_a_root_removed_under_the_server_fails_the_job_clearly_and_nothing_is_lost(tmp_path: Path, kind: str):
     sums = make_files(tmp_path / "sector", 5)
     root = tmp_path / "root"
     root.mkdir()
     mgr = manager_for(tmp_path)
     try:
         shutil.rmtree(root)
-        job, _ = mgr.create(CreateJob(source=str(tmp_path / "sector"), destination="out", method=method))
+        job, _ = mgr.create(requests_of(kind, tmp_path))
         failed = mgr.wait(job.id, timeout=60)
         assert not root.exists()  # nothing was made where the root was
         root.mkdir()
-        again, created = mgr.create(
-            CreateJob(source=str(tmp_path / "sector"), destination="out", method=method)
-        )
+        again, created = mgr.create(requests_of(kind, tmp_path))
         done = mgr.wait(again.id, timeout=60)
     finally:
         mgr.stop()
     assert failed.state == JobState.failed
-    assert failed.error is not None and failed.error.code == "destination_unavailable"
+    assert failed.error is not None and failed.error.code == "destination_unavailable", failed.error
     assert str(root) in failed.error.message and "Traceback" not in failed.error.message
     assert created and done.state == JobState.succeeded, done
     assert sorted(os.listdir(tmp_path / "sector")) == sorted(sums)  # the source is untouched
-    assert sorted(os.listdir(root / "out")) == sorted([*sums, "manifest.json"])
+    if kind == "convert":
+        assert "manifest.json" in os.listdir(root / "out")
+        assert any(name.endswith(".parquet") for name in os.listdir(root / "out"))
+    else:
+        assert sorted(os.listdir(root / "out")) == sorted([*sums, "manifest.json"])

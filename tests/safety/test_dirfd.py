@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import pytest
 
-from jupyter_staging.errors import DestinationExists, PathNotAllowed
+from jupyter_staging.errors import DestinationExists, DestinationUnavailable, PathNotAllowed
 from jupyter_staging.safety.dirfd import (
     components,
     create_file,
     folder_fd,
     open_existing,
     open_folder,
+    open_root,
     publish_at,
     read_file_at,
     rename_at,
@@ -214,3 +216,38 @@ def test_partfile_with_root_refuses_a_file_outside_the_root(layout):
     root, outside = layout
     with pytest.raises(PathNotAllowed):
         PartFile(outside / "f.bin", root=root)
+
+
+def test_a_missing_root_is_unavailable_and_a_file_as_root_is_not_allowed(tmp_path: Path):
+    with pytest.raises(DestinationUnavailable, match="No such file") as info:
+        open_root(tmp_path / "gone")
+    assert info.value.code == "destination_unavailable" and info.value.status == 503
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(PathNotAllowed, match="is not a folder"):
+        open_root(tmp_path / "file")
+
+
+@pytest.mark.parametrize(
+    ("code", "unavailable"),
+    [(errno.ESTALE, True), (errno.ENOTCONN, True), (errno.EACCES, True), (errno.EIO, False)],
+)
+def test_a_root_on_a_stale_or_disconnected_mount_is_unavailable(
+    tmp_path: Path, monkeypatch, code: int, unavailable: bool
+):
+    """A stale NFS handle (ESTALE) or a FUSE mount whose daemon died (ENOTCONN) cannot be made here: the
+    root's ``open`` is replaced by one failing with that errno. Any other error stays an ``OSError``."""
+    real_open = os.open
+
+    def failing(path, flags, *args, **kwargs):
+        if Path(path) == tmp_path:
+            raise OSError(code, os.strerror(code))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", failing)
+    if unavailable:
+        with pytest.raises(DestinationUnavailable, match=os.strerror(code)):
+            open_root(tmp_path)
+    else:
+        with pytest.raises(OSError) as info:
+            open_root(tmp_path)
+        assert info.value.errno == code and not isinstance(info.value, DestinationUnavailable)
