@@ -17,7 +17,7 @@ from jupyter_staging.engine.executors import run_bounded
 from jupyter_staging.engine.freshness import every_listed_item
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.links import LinkingWriter
-from jupyter_staging.engine.models import ChunkState
+from jupyter_staging.engine.models import DONE_STATES, PENDING, READY
 from jupyter_staging.engine.parts import PartOwnership, owner_tag
 from jupyter_staging.engine.progress import ChunkBatch, ChunkLedger, LiveProgress
 from jupyter_staging.engine.records import dump_item, json_copy, load_item
@@ -127,7 +127,7 @@ class ItemStager(LinkingWriter, PartOwnership):
         on a job's first run (``recovering`` False: its chunks are written after the resume data that
         counts the run)."""
         chunks: list[JobChunk] = [*self.store.list_chunks(self.job_id)] if self.recovering else []
-        done = [c for c in chunks if c.state in (ChunkState.ready.value, ChunkState.acked.value)]
+        done = [c for c in chunks if c.state in DONE_STATES]
         self.ledger.load([c.index for c in chunks], len(done))
         with self.live.lock:
             self.live.bytes_done = 0
@@ -140,7 +140,7 @@ class ItemStager(LinkingWriter, PartOwnership):
 
     def _chunk_ready(self, chunk: JobChunk, **fields: Any) -> None:
         """Mark ``chunk`` ready now (one transaction with any records waiting) and announce the job."""
-        self.ledger.ready(chunk.id, {**fields, "state": ChunkState.ready.value})
+        self.ledger.ready(chunk.id, {**fields, "state": READY})
         rec = self._flush_chunks(force=True, load_job=True)
         if rec is not None:
             self.host.announce(rec)
@@ -148,7 +148,7 @@ class ItemStager(LinkingWriter, PartOwnership):
     def _chunk_done(self, chunk: JobChunk, *, folder: Path | None = None, **fields: Any) -> None:
         """Mark ``chunk`` ready with the next batch (its bytes are durable already: fsynced, or a link
         whose folder the batch fsyncs first); ``folder`` (holding its new name) is fsynced before it."""
-        self.ledger.ready(chunk.id, {**fields, "state": ChunkState.ready.value}, folder=folder)
+        self.ledger.ready(chunk.id, {**fields, "state": READY}, folder=folder)
         if self.ledger.due():
             self._flush_chunks()
 
@@ -219,7 +219,7 @@ class ItemStager(LinkingWriter, PartOwnership):
     # -- plain transfers ----------------------------------------------------------------------------
 
     def _transfer(self, source: Source, method: str, item: SourceItem, chunk: JobChunk) -> None:
-        if chunk.state != ChunkState.pending.value:
+        if chunk.state != PENDING:
             self.control.add_bytes(chunk.bytes or 0)
             return
         final = self.dest.workdir / item.name

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from jupyter_staging.engine.folders import no_symlink
-from jupyter_staging.engine.models import ChunkState
+from jupyter_staging.engine.models import PENDING
 from jupyter_staging.engine.reuse import ReusingWriter
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.errors import (
@@ -143,7 +143,7 @@ class LinkingWriter(ReusingWriter):
         with self._item_slots, _LinkFolders(self) as folders:
             for item, chunk in work:
                 self.control.check()
-                if plain and chunk.state == ChunkState.pending.value and not self._expected_checksums(item):
+                if plain and chunk.state == PENDING and not self._expected_checksums(item):
                     self._hard_link(folders, cast(LocalSource, source), item, chunk)
                 else:
                     self._transfer(source, method, item, chunk)

@@ -63,6 +63,13 @@ class ChunkState(str, enum.Enum):
     expired = "expired"
 
 
+#: The stored values of :class:`ChunkState` (``ChunkState.x.value`` is a descriptor call, about 1 µs: a
+#: 20,000-file job read it 140,000 times): ``PENDING``, ``READY``, and ``DONE_STATES`` (ready or acked).
+PENDING: str = ChunkState.pending.value
+READY: str = ChunkState.ready.value
+DONE_STATES: frozenset[str] = frozenset({ChunkState.ready.value, ChunkState.acked.value})
+
+
 Method = Literal["copy", "hardlink", "symlink", "download"]
 CleanupPolicy = Literal["retain", "delete_on_success", "delete_always", "delete_on_ack"]
 

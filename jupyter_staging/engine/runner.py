@@ -27,7 +27,7 @@ from jupyter_staging.engine.cleanup import remove_job_output
 from jupyter_staging.engine.collector import collector_paused
 from jupyter_staging.engine.entries import error_of
 from jupyter_staging.engine.freshness import every_listed_item
-from jupyter_staging.engine.models import ChunkState, JobState
+from jupyter_staging.engine.models import DONE_STATES, PENDING, ChunkState, JobState
 from jupyter_staging.engine.placement import swap_in
 from jupyter_staging.engine.records import has_sealed, json_copy, without_sealed
 from jupyter_staging.engine.schema import JobChunk
@@ -180,7 +180,7 @@ class JobRunner(TableSpreadStager):
         failures = failures or {}
         self._flush_chunks(force=True)
         chunks = self.store.chunk_summaries(self.job_id)
-        staged = [c for c in chunks if c.state in (ChunkState.ready.value, ChunkState.acked.value)]
+        staged = [c for c in chunks if c.state in DONE_STATES]
         objects = self._manifest_objects(staged)
         self.dest.confined()  # before publishing the manifest (path_not_allowed if swapped meanwhile)
         self._write_manifest(rec, objects, entries, failures)
@@ -274,7 +274,7 @@ class JobRunner(TableSpreadStager):
                 chunks[index] = self._new_chunk(
                     index=index,
                     path=item.name,
-                    state=ChunkState.pending.value,
+                    state=PENDING,
                     bytes=item.size,
                     content_type=item.content_type,
                 )

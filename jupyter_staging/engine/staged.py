@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from jupyter_staging.engine.freshness import listed_items
 from jupyter_staging.engine.host import JobHost
-from jupyter_staging.engine.models import ChunkState, JobState
+from jupyter_staging.engine.models import DONE_STATES, JobState
 from jupyter_staging.engine.store import ChunkSummary
 
 #: Succeeded jobs of the root whose outputs are looked at (newest first).
@@ -72,7 +72,7 @@ def job_entries(
     by_sha: list[tuple[str, _Kept]] = []
     by_fingerprint: list[tuple[Hashable, _Kept]] = []
     for chunk in chunks:
-        if chunk.state not in (ChunkState.ready.value, ChunkState.acked.value) or not chunk.sha256:
+        if chunk.state not in DONE_STATES or not chunk.sha256:
             continue
         if chunk.bytes is None:
             continue
