@@ -30,7 +30,7 @@ from jupyter_staging.engine.store import NOT_CONVERTED, PART_BYTES, JobRecord
 from jupyter_staging.errors import TransferFailed
 from jupyter_staging.formats.convert import convert_to_parquet
 from jupyter_staging.formats.detect import detect_format, is_table
-from jupyter_staging.safety.control import JobControl
+from jupyter_staging.safety.control import DelegatingControl, JobControl
 from jupyter_staging.safety.paths import check_output_name
 from jupyter_staging.sources.base import Source, SourceItem
 
@@ -38,26 +38,12 @@ PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 _PART_RE = re.compile(r"part-(\d+)\.parquet")
 
 
-class CountedControl(JobControl):
+class CountedControl(DelegatingControl):
     """The job's control for converting a file whose source bytes were counted already (as they were
     downloaded): pause, cancel, rows and log lines go to ``job``; source bytes are not counted twice."""
 
     def __init__(self, job: JobControl) -> None:
-        super().__init__(on_rows=job.add_rows, log=job.log)
-        self._job = job
-
-    def interrupt(self, reason: str) -> None:
-        self._job.interrupt(reason)
-
-    @property
-    def interrupted(self) -> bool:
-        return self._job.interrupted
-
-    def check(self) -> None:
-        self._job.check()
-
-    def wait(self, seconds: float) -> None:
-        self._job.wait(seconds)
+        super().__init__(job, on_rows=job.add_rows, log=job.log)
 
 
 class ConvertingStager(PipelinedStager):

@@ -16,11 +16,10 @@ import hashlib
 import os
 import threading
 from collections.abc import Callable
-from typing import Any, cast
 
 from jupyter_staging.engine.executors import run_bounded
 from jupyter_staging.errors import SourceChanged, TransferFailed
-from jupyter_staging.safety.control import JobControl
+from jupyter_staging.safety.control import DelegatingControl, JobControl
 from jupyter_staging.safety.partfile import Hashed
 from jupyter_staging.sources.base import Source, SourceItem
 
@@ -197,7 +196,7 @@ def fetch_in_ranges(
     def one(span: tuple[int, int]) -> None:
         control.check()
         start, length = span
-        if source.fetch_range(item, start, length, fd, cast(JobControl, counted)) != length:
+        if source.fetch_range(item, start, length, fd, counted) != length:
             raise TransferFailed(f"{item.name}: range at byte {start} came short")
         hasher.completed(start, length)
         if on_range is not None:
@@ -213,19 +212,16 @@ def fetch_in_ranges(
     return hashed
 
 
-class _Counted:
-    """``control`` (a :class:`JobControl`) as the ranges of one file report through it, counting the bytes
-    reported (to take them back when the file is fetched again); everything else is ``control``'s."""
+class _Counted(DelegatingControl):
+    """``control`` as the ranges of one file report through it, counting the bytes reported (to take them
+    back when the file is fetched again); pause, cancel, rows and log lines are ``control``'s."""
 
     def __init__(self, control: JobControl) -> None:
-        self._control = control
+        super().__init__(control, on_bytes=self._count, on_rows=control.add_rows, log=control.log)
         self._lock = threading.Lock()
         self.bytes = 0
 
-    def add_bytes(self, n: int) -> None:
+    def _count(self, n: int) -> None:
         with self._lock:
             self.bytes += n
-        self._control.add_bytes(n)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._control, name)
+        self._job.add_bytes(n)

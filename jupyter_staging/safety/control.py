@@ -63,3 +63,34 @@ class JobControl:
         """Add a line to the job's log (``level`` is ``info``, ``warning`` or ``error``)."""
         if self._log is not None:
             self._log(level, message)
+
+
+class DelegatingControl(JobControl):
+    """The control of a part of ``job``'s work that reports its progress its own way: pause and cancel
+    (:meth:`interrupt`, :attr:`interrupted`, :meth:`check`, :meth:`wait`) are ``job``'s; bytes, rows and
+    log lines go to ``on_bytes`` / ``on_rows`` / ``log`` as for :class:`JobControl` (pass ``job.add_rows``
+    and the like to forward them, None to drop them)."""
+
+    def __init__(
+        self,
+        job: JobControl,
+        *,
+        on_bytes: Callable[[int], None] | None = None,
+        on_rows: Callable[[int], None] | None = None,
+        log: Callable[[str, str], None] | None = None,
+    ) -> None:
+        super().__init__(on_bytes=on_bytes, on_rows=on_rows, log=log)
+        self._job = job
+
+    def interrupt(self, reason: str) -> None:
+        self._job.interrupt(reason)
+
+    @property
+    def interrupted(self) -> bool:
+        return self._job.interrupted
+
+    def check(self) -> None:
+        self._job.check()
+
+    def wait(self, seconds: float) -> None:
+        self._job.wait(seconds)
