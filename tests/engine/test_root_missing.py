@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -17,13 +18,19 @@ from tests.helpers.data import KEPLER
 
 def requests_of(kind: str, tmp_path: Path) -> CreateJob:
     """A request of each kind of writer: a folder copied, hard-linked, symlinked; a FITS table converted
-    to Parquet (the conversion writes through its own confined writer)."""
+    to Parquet, a tar archive of the folder unpacked (each writes through its own confined writer)."""
     if kind == "convert":
         return CreateJob(source=str(KEPLER), destination="out", convert={"format": "parquet"})
+    if kind == "unpack":
+        archive = tmp_path / "sector.tar.gz"
+        if not archive.exists():
+            with tarfile.open(archive, "w:gz") as tar:
+                tar.add(tmp_path / "sector", arcname="sector")
+        return CreateJob(source=str(archive), destination="out", unpack=True)
     return CreateJob(source=str(tmp_path / "sector"), destination="out", method=kind)
 
 
-@pytest.mark.parametrize("kind", ["copy", "hardlink", "symlink", "convert"])
+@pytest.mark.parametrize("kind", ["copy", "hardlink", "symlink", "convert", "unpack"])
 def test_a_root_removed_under_the_server_fails_the_job_clearly_and_nothing_is_lost(tmp_path: Path, kind: str):
     sums = make_files(tmp_path / "sector", 5)
     root = tmp_path / "root"
@@ -47,5 +54,8 @@ def test_a_root_removed_under_the_server_fails_the_job_clearly_and_nothing_is_lo
     if kind == "convert":
         assert "manifest.json" in os.listdir(root / "out")
         assert any(name.endswith(".parquet") for name in os.listdir(root / "out"))
+    elif kind == "unpack":
+        unpacked = {p.name for p in (root / "out").rglob("*") if p.is_file()}
+        assert unpacked == {*sums, "manifest.json"}
     else:
         assert sorted(os.listdir(root / "out")) == sorted([*sums, "manifest.json"])
