@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -91,7 +92,7 @@ async def test_symlink_loop_as_source_is_refused(jp_fetch, tmp_path):
     await expect_error(post_job(jp_fetch, {"source": str(other / "x.fits")}), 400, "path_not_allowed")
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/1/root"), reason="needs /proc/1/root (Linux)")
+@pytest.mark.skipif(not os.path.lexists("/proc/1/root"), reason="needs /proc/1/root (Linux)")
 async def test_unreadable_proc_root_source_is_refused(jp_fetch):
     source = "/proc/1/root/etc/passwd"
     try:
@@ -103,17 +104,52 @@ async def test_unreadable_proc_root_source_is_refused(jp_fetch):
         assert response.code == 201
 
 
-async def test_permission_denied_source_is_403(jp_fetch, tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root reads every folder")
-    closed = tmp_path / "closed"
-    closed.mkdir()
-    (closed / "a.fits").write_bytes(b"x")
-    closed.chmod(0)
+def unsearchable_folder(tmp_path):
+    """A folder this process may not search, made for real: a folder of mode 0 for an ordinary user; for
+    root (whose CAP_DAC_OVERRIDE searches every folder), ``/proc/1/root`` where the kernel refuses it
+    (ptrace access mode check of PID 1 from a container, proc(5)). Returns ``(folder, cleanup)``."""
+    if os.geteuid() != 0:
+        closed = tmp_path / "closed"
+        closed.mkdir()
+        (closed / "a.fits").write_bytes(b"x")
+        closed.chmod(0)
+        return closed, lambda: closed.chmod(0o700)
     try:
-        await expect_error(post_job(jp_fetch, {"source": str(closed / "a.fits")}), 403, "permission_denied")
+        os.stat("/proc/1/root/etc")
+    except PermissionError:
+        return Path("/proc/1/root/etc"), lambda: None
+    pytest.skip("root here may search every folder, even /proc/1/root")
+
+
+async def test_permission_denied_source_is_403(jp_fetch, tmp_path):
+    folder, cleanup = unsearchable_folder(tmp_path)
+    try:
+        refused = post_job(jp_fetch, {"source": str(folder / "a.fits")})
+        body = await expect_error(refused, 403, "permission_denied")
+        assert "permission denied" in body["message"]
+        # a manifest's entries are opened as the job runs: the entry fails with the same code
+        response = await post_job(jp_fetch, {"manifest": {"a.fits": str(folder / "a.fits")}})
+        job = await wait_for(jp_fetch, json.loads(response.body)["id"])
+        assert job["state"] == "failed"
+        assert "a.fits (permission_denied)" in job["error"]["message"]
     finally:
-        closed.chmod(0o700)
+        cleanup()
+
+
+async def test_unreadable_source_file_is_refused(jp_fetch, tmp_path):
+    """A file that may not be opened for reading is ``source_not_readable`` (400). As root, the write-only
+    sysctl ``/proc/sys/vm/drop_caches`` (mode 0200), which the kernel refuses to open for reading even to
+    root (proc(5)); otherwise a file of mode 0."""
+    if os.geteuid() == 0:
+        source = Path("/proc/sys/vm/drop_caches")
+    else:
+        source = tmp_path / "closed.fits"
+        source.write_bytes(b"x")
+        source.chmod(0)
+    with pytest.raises(PermissionError):
+        os.open(source, os.O_RDONLY)
+    body = await expect_error(post_job(jp_fetch, {"source": str(source)}), 400, "source_not_readable")
+    assert "not readable" in body["message"]
 
 
 @pytest.mark.parametrize(
