@@ -143,12 +143,22 @@ class DestinationWriter:
         except FileNotFoundError:
             return None
 
-    def _remove_output(self, final: Path) -> None:
-        """Remove the name ``final`` this run just made (a link whose bytes failed their check), by
-        descriptor of its folder where the destination is confined; a name already gone is no error.
-        Raises :class:`PathNotAllowed` when the folder was moved or replaced during the run."""
-        with contextlib.suppress(FileNotFoundError), self._in_folder(final) as (fd, name):
-            os.unlink(name, dir_fd=fd)
+    def _remove_output(self, final: Path, ours: Callable[[os.stat_result, str | None], bool]) -> bool:
+        """Remove the name ``final`` this run made (a link whose bytes failed their check), by descriptor
+        of its folder where the destination is confined, when it is still what the run made: ``ours(lstat,
+        symlink target or None)`` is true. Returns False when something else took the name since (a file
+        of the user's: left as it is), True when it was removed or is gone. Raises :class:`PathNotAllowed`
+        when the folder was moved or replaced during the run, ``OSError``."""
+        try:
+            with self._in_folder(final) as (fd, name):
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                target = os.readlink(name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None
+                if not ours(st, target):
+                    return False
+                os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+        return True
 
     def _publish_local(self, path: Path, final: Path) -> None:
         """Give the complete file ``path`` (below the destination) the name ``final``, never replacing

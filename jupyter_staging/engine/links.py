@@ -202,7 +202,7 @@ class LinkingWriter(ReusingWriter):
             if checked is None or checked[1] != seen:
                 # The previous run's link, or a file changed between its read and its link: what is
                 # behind the link counts.
-                checked = self._read_linked(item, final, expected, symbolic=symbolic)
+                checked = self._read_linked(item, final, expected, symbolic=symbolic, linked=linked)
                 seen = checked[1]
             digest = checked[0]["sha256"]
         if recovered:
@@ -277,13 +277,26 @@ class LinkingWriter(ReusingWriter):
         return self._read_verified(open_fd, item, expected)
 
     def _read_linked(
-        self, item: SourceItem, final: Path, expected: dict[str, str], *, symbolic: bool
+        self,
+        item: SourceItem,
+        final: Path,
+        expected: dict[str, str],
+        *,
+        symbolic: bool,
+        linked: os.stat_result,
     ) -> tuple[dict[str, str], dict[str, int]]:
         """The digests of the bytes behind the link ``final`` and their fingerprint: the hard link read by
         descriptor (never following a symlink), a symlink's target by its path (as the symlink leads).
         When they are not ``expected``, :class:`ChecksumMismatch`; on that and on any other failure
-        (:class:`SourceChanged`, ``OSError``) the link is removed first. A pause or cancel
+        (:class:`SourceChanged`, ``OSError``) the link is removed first, if the name is still that link: a
+        hard link to the inode ``linked`` (its ``stat``), or a symlink to the item's path; whatever took
+        the name while the bytes were read (a user's own file) is left. A pause or cancel
         (:class:`JobInterrupted`) keeps it: the resumed run verifies it again."""
+
+        def still_ours(st: os.stat_result, target: str | None) -> bool:
+            if symbolic:
+                return target == item.locator
+            return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (linked.st_dev, linked.st_ino)
 
         def open_fd() -> int:
             return open_regular(item.locator, follow=True) if symbolic else self._open_linked(final)
@@ -296,7 +309,8 @@ class LinkingWriter(ReusingWriter):
             # Unverified bytes are not left under the final name; a failure to remove them does not hide
             # why they were to be removed.
             with contextlib.suppress(OSError, PathNotAllowed):
-                self._remove_output(final)
+                if not self._remove_output(final, still_ours):
+                    self._log("warning", f"{item.name}: its output was replaced while it was verified; left")
             raise
 
     def _read_verified(

@@ -83,3 +83,35 @@ def test_a_part_file_is_not_made_in_a_folder_moved_away(setting):
         assert sorted(p.name for p in (outside / "staged").iterdir()) == ["first.fits"]
     finally:
         writer.close_folders()
+
+
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_a_link_is_removed_only_while_its_name_is_still_that_link(setting, symbolic):
+    """``_remove_output`` removes the name this run made, and leaves a file that took the name since."""
+    root, _outside, src = setting
+    writer = _Writer(root)
+    staged = root / "staged"
+    try:
+        made = writer._link_into(src, staged / "a.fits", symbolic=symbolic)
+        made_lstat = (staged / "a.fits").lstat()
+
+        def ours(st, target):
+            if symbolic:
+                return target == str(src)
+            return (st.st_dev, st.st_ino) == (made.st_dev, made.st_ino)
+
+        (staged / "mine.fits").write_bytes(b"the user's own")
+        (staged / "mine.fits").replace(staged / "a.fits")  # took the name while the link was verified
+        assert writer._remove_output(staged / "a.fits", ours) is False
+        assert (staged / "a.fits").read_bytes() == b"the user's own"
+        (staged / "a.fits").unlink()
+        writer._link_into(src, staged / "a.fits", symbolic=symbolic)
+        if not symbolic:
+            made = (staged / "a.fits").lstat()
+        assert (staged / "a.fits").lstat().st_mode == made_lstat.st_mode
+        assert writer._remove_output(staged / "a.fits", ours) is True
+        assert not (staged / "a.fits").exists() and not (staged / "a.fits").is_symlink()
+        assert writer._remove_output(staged / "a.fits", ours) is True  # gone already: no error
+        assert src.exists()
+    finally:
+        writer.close_folders()

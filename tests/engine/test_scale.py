@@ -722,3 +722,58 @@ def test_a_link_job_whose_output_folder_is_moved_away_links_nothing_more_there(
     assert job["state"] == "failed" and job["error"]["code"] == "path_not_allowed", job
     assert made == ["lc-00000.fits", "lc-00001.fits"]
     assert sorted(p.name for p in (outside / "sub").iterdir()) == made
+
+
+@pytest.mark.parametrize("method", ["hardlink", "symlink"])
+def test_a_link_that_fails_its_check_is_removed_but_not_a_file_that_took_its_name(
+    tmp_path: Path, method: str, monkeypatch: pytest.MonkeyPatch
+):
+    """A source rewritten between its read and its link has the bytes behind the new link verified; they
+    fail the expected checksum, and the link is removed, unless the user put a file of their own under
+    that name while the link was read: that file is kept, and the job's log says so. The two changes are
+    made for real, at the moment they matter (a wrapper of the read); without a user's file, the name is
+    gone."""
+    from jupyter_staging.engine import links
+
+    root = tmp_path / "root"
+    files = make_files(root / "src", 1, size=65536)
+    (name, digest) = next(iter(files.items()))
+    src = root / "src" / name
+    reads: list[int] = []
+    keep_mine = {"on": True}
+    real = links.read_steady
+
+    def read_then_change(open_fd, algorithms, item_name, check):
+        result = real(open_fd, algorithms, item_name, check)
+        reads.append(1)
+        if len(reads) % 2 == 1:  # the source, read before it is linked: rewritten before the link
+            with open(src, "ab") as f:
+                f.write(b"appended")
+        elif keep_mine["on"]:  # the link, read to verify it: the user's own file takes its name
+            mine = out.parent / "mine.tmp"
+            mine.write_bytes(b"the user's notes")
+            os.replace(mine, out)
+        return result
+
+    monkeypatch.setattr(links, "read_steady", read_then_change)
+    mgr = manager_for(tmp_path)
+    try:
+        out = root / "kept" / name
+        kept = linked_job(
+            mgr, CreateJob(source=str(src), destination="kept", method=method, checksum=f"sha256:{digest}")
+        )
+        src.write_bytes(b"\x00\x00\x00\x00" * (65536 // 4))  # the original bytes again
+        keep_mine["on"] = False
+        out = root / "gone" / name
+        gone = linked_job(
+            mgr, CreateJob(source=str(src), destination="gone", method=method, checksum=f"sha256:{digest}")
+        )
+        log_kept = [entry["message"] for entry in mgr.job_log(kept["id"])]
+    finally:
+        mgr.stop()
+    assert len(reads) == 4
+    for job in (kept, gone):
+        assert job["state"] == "failed" and job["error"]["code"] == "checksum_mismatch", job["error"]
+    assert (root / "kept" / name).read_bytes() == b"the user's notes"
+    assert any("replaced while it was verified" in line for line in log_kept), log_kept
+    assert not (root / "gone" / name).exists() and not (root / "gone" / name).is_symlink()
