@@ -57,8 +57,9 @@ class Confined:
     @contextmanager
     def folder(self, path: Path, *, create: bool = False) -> Iterator[int]:
         """A descriptor of folder ``path`` (the root itself allowed), made with its parents when missing
-        and ``create``; closed on exit."""
-        root_fd = open_root(self.root)
+        and ``create``; closed on exit. A missing root is :class:`FileNotFoundError` without ``create``,
+        :class:`DestinationUnavailable` with it (:func:`open_root`)."""
+        root_fd = open_root(self.root, writing=create)
         try:
             rel = "." if path == self.root else self.relative(path).as_posix()
             fd = open_below(root_fd, rel, create=create)

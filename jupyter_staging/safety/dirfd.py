@@ -83,18 +83,22 @@ def check_name(name: str) -> str:
 _ROOT_UNAVAILABLE = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ESTALE, errno.ENOTCONN}
 
 
-def open_root(root: Path) -> int:
+def open_root(root: Path, *, writing: bool = True) -> int:
     """A descriptor of the trusted ``root`` folder (symlinks above and at the root are the deployer's
-    choice and followed). Raises :class:`PathNotAllowed` when it is not a folder,
-    :class:`DestinationUnavailable` (``destination_unavailable``, 503) when it is missing, may not be
-    entered, or is on a mount gone stale (moved, deleted or unmounted under the server: every writer of
-    every job kind opens the root here, so each fails with that code); ``OSError`` else."""
+    choice and followed).
+
+    Raises :class:`PathNotAllowed` when it is not a folder; :class:`DestinationUnavailable`
+    (``destination_unavailable``, 503) when it may not be entered or is on a mount gone stale, and, when
+    ``writing``, when it is missing (moved, deleted or unmounted under the server: every writer of every
+    job kind opens the root here, so each fails with that code). Without ``writing`` (a look, a removal,
+    a clean-up) a missing root is :class:`FileNotFoundError`, as any missing folder below it: there is
+    nothing there to read or remove. ``OSError`` else."""
     try:
         return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except NotADirectoryError:
         raise PathNotAllowed(f"the root {str(root)!r} is not a folder") from None
     except OSError as exc:
-        if exc.errno not in _ROOT_UNAVAILABLE:
+        if exc.errno not in _ROOT_UNAVAILABLE or (exc.errno == errno.ENOENT and not writing):
             raise
         raise DestinationUnavailable(
             f"the folder jobs write below, {str(root)!r}, cannot be opened ({exc.strerror}); nothing was "
@@ -170,8 +174,9 @@ def open_folder(root: Path, rel: str | PurePosixPath, *, create: bool = False) -
     below ``root`` followed); missing folders are made with ``create``. The caller closes it.
 
     Raises :class:`PathNotAllowed` (``path_not_allowed``) for ``..``, an absolute ``rel``, or a symlink or
-    file on the way; :class:`FileNotFoundError` for a missing folder without ``create``."""
-    root_fd = open_root(root)
+    file on the way; :class:`FileNotFoundError` for a missing folder without ``create``;
+    :class:`DestinationUnavailable` as :func:`open_root` does (``writing`` = ``create``)."""
+    root_fd = open_root(root, writing=create)
     try:
         return open_below(root_fd, rel, create=create)
     finally:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from jupyter_staging.errors import DestinationExists, DestinationUnavailable, PathNotAllowed
+from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.dirfd import (
     components,
     create_file,
@@ -225,6 +226,24 @@ def test_a_missing_root_is_unavailable_and_a_file_as_root_is_not_allowed(tmp_pat
     (tmp_path / "file").write_bytes(b"x")
     with pytest.raises(PathNotAllowed, match="is not a folder"):
         open_root(tmp_path / "file")
+
+
+def test_a_missing_root_is_only_missing_to_a_look_or_a_clean_up(tmp_path: Path):
+    """Without ``writing`` (an existence check, a removal, a sweep) a missing root is a missing folder,
+    ``FileNotFoundError``, which those callers take as "nothing there"; a writer's folder fails with
+    ``destination_unavailable``."""
+    gone = tmp_path / "gone"
+    with pytest.raises(FileNotFoundError):
+        open_root(gone, writing=False)
+    with pytest.raises(FileNotFoundError):
+        folder_fd(gone, "a").__enter__()
+    with pytest.raises(DestinationUnavailable):
+        folder_fd(gone, "a", create=True).__enter__()
+    files = Confined(gone)
+    assert not files.exists(gone / "a" / "b.fits")
+    with pytest.raises(DestinationUnavailable):
+        files.makedirs(gone / "a")
+    assert not gone.exists()
 
 
 @pytest.mark.parametrize(
