@@ -306,13 +306,17 @@ class ItemStager(LinkingWriter, PartOwnership):
     ) -> PartFile:
         """Read ``item``'s bytes from ``source`` into its part file (see :meth:`_fetch`); returns the part,
         open and not yet published. On an error it is discarded (closed, kept for a resume, when the job
-        is interrupted). ``unnamed``: see :meth:`_open_part`."""
-        if source.revalidate(item):
-            # Changed since the listing: staged as it is now, its part file tagged and the item listed
-            # with the fingerprint of these bytes (a part of the listed version is set aside).
-            self._relist(item, item.validator)
-        checksums = self._expected_checksums(item)
-        out = self._open_part(item, final, md5="md5" in checksums, unnamed=unnamed)
+        is interrupted). ``unnamed``: see :meth:`_open_part`; an unnamed part is tagged with no version, so
+        the file is not looked at before it is opened (``fetch`` follows a version changed since the
+        listing all the same, and the item is relisted)."""
+        md5 = "md5" in self._expected_checksums(item)
+        out = self._open_unnamed_part(final, md5=md5) if unnamed and self._unnamed_allowed() else None
+        if out is None:
+            if source.revalidate(item):
+                # Changed since the listing: staged as it is now, its part file tagged and the item listed
+                # with the fingerprint of these bytes (a part of the listed version is set aside).
+                self._relist(item, item.validator)
+            out = self._open_part(item, final, md5=md5)
         if out.offset:
             self._log("info", f"{item.name}: resuming at byte {out.offset}")
             self.control.add_bytes(out.offset)
@@ -340,7 +344,8 @@ class ItemStager(LinkingWriter, PartOwnership):
         part is never resumed with the listed version's bytes."""
         if item.validator != listed:
             self._relist(item, item.validator)
-            self._tag_part(item, owner_tag(self.job_id, item.validator), out)
+            if not out.unnamed:  # an unnamed part is never found again: nothing to tag
+                self._tag_part(item, owner_tag(self.job_id, item.validator), out)
 
     def _commit_part(self, out: PartFile, item: SourceItem, *, sync_folder: bool) -> tuple[int, str]:
         """Verify the fetched part of ``item`` and publish it (:meth:`PartFile.commit`); returns

@@ -64,7 +64,7 @@ class PartOwnership(DestinationWriter):
         file system cannot make one, a ``.part`` as above. A recovering run uses ``.part`` names, so that
         a part left by an earlier version is still found."""
         root = self.dest.confinement_root
-        if root is not None and unnamed and not self.recovering:
+        if unnamed and self._unnamed_allowed():
             out = self._open_unnamed_part(final, md5=md5)
             if out is not None:
                 return out
@@ -86,6 +86,11 @@ class PartOwnership(DestinationWriter):
             raise
         # The folder's descriptor is handed over to the part file (no second open of the folder).
         return self._tag_part(item, tag, self.part_file(final, resume=resume, md5=md5, dir_fd=fd))
+
+    def _unnamed_allowed(self) -> bool:
+        """Whether a part may be an unnamed file: in a confined destination, outside a recovering run
+        (see :meth:`_open_part`)."""
+        return self.dest.confinement_root is not None and not self.recovering
 
     def _open_unnamed_part(self, final: Path, *, md5: bool) -> PartFile | None:
         """An unnamed part file (``O_TMPFILE``) in ``final``'s folder, or None where the file system
