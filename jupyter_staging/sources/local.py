@@ -216,9 +216,11 @@ class LocalSource(Source):
 
     def fetch(self, item: SourceItem, out: PartFile, control: JobControl) -> None:
         """Copy the file into ``out`` from ``out.offset``, read from the descriptor :meth:`open_item` gives.
-        The caller calls :meth:`revalidate` before opening ``out``. When the file opened is not the version
-        ``item.validator`` names even so (replaced in between: an editor's atomic save), ``item.size`` and
-        ``item.validator`` follow it and a partial copy restarts from byte 0; the caller relists the item.
+        The caller calls :meth:`revalidate` before opening a named (resumable) ``out``, whose owner tag
+        names the version; an unnamed one starts empty and is tagged with none. When the file opened is not
+        the version ``item.validator`` names (replaced in between: an editor's atomic save), ``item.size``
+        and ``item.validator`` follow it and a partial copy restarts from byte 0; the caller relists the
+        item.
         A local file states no checksums (``item.checksums`` stays as given).
 
         Raises :class:`SourceChanged` when the file changes while it is copied (its fingerprint after the
