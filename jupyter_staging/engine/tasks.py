@@ -349,7 +349,7 @@ def fetch_range(
     control = TaskControl(ctx)
     source = open_source(uri, source_roots=source_roots)
     final = ctx.path(final_rel)
-    with folder_fd(Path(ctx.root), Path(final_rel).parent.as_posix()) as dir_fd:
+    with folder_fd(Path(ctx.root), Path(final_rel).parent.as_posix(), writing=True) as dir_fd:
         fd = open_existing(dir_fd, part_path(final).name, os.O_WRONLY | os.O_CLOEXEC)
         if fd is None:
             raise FileNotFoundError(f"{final.name}: its part file is missing")

@@ -55,11 +55,12 @@ class Confined:
         return rel
 
     @contextmanager
-    def folder(self, path: Path, *, create: bool = False) -> Iterator[int]:
+    def folder(self, path: Path, *, create: bool = False, writing: bool | None = None) -> Iterator[int]:
         """A descriptor of folder ``path`` (the root itself allowed), made with its parents when missing
-        and ``create``; closed on exit. A missing root is :class:`FileNotFoundError` without ``create``,
-        :class:`DestinationUnavailable` with it (:func:`open_root`)."""
-        root_fd = open_root(self.root, writing=create)
+        and ``create``; closed on exit. A missing root is :class:`DestinationUnavailable` to a caller that
+        writes (``writing``, default ``create``), :class:`FileNotFoundError` to a look or a removal
+        (:func:`open_root`)."""
+        root_fd = open_root(self.root, writing=create if writing is None else writing)
         try:
             rel = "." if path == self.root else self.relative(path).as_posix()
             fd = open_below(root_fd, rel, create=create)
@@ -71,10 +72,13 @@ class Confined:
             os.close(fd)
 
     @contextmanager
-    def parent(self, path: Path, *, create: bool = False) -> Iterator[tuple[int, str]]:
-        """``(descriptor of path's folder, path's last component)``; the folder made when ``create``."""
+    def parent(
+        self, path: Path, *, create: bool = False, writing: bool | None = None
+    ) -> Iterator[tuple[int, str]]:
+        """``(descriptor of path's folder, path's last component)``; the folder made when ``create``
+        (``writing`` as :meth:`folder`)."""
         name = check_name(self.relative(path).name)
-        with self.folder(path.parent, create=create) as fd:
+        with self.folder(path.parent, create=create, writing=writing) as fd:
             yield fd, name
 
     def exists(self, path: Path) -> bool:
@@ -140,7 +144,10 @@ class Confined:
 
         Raises :class:`DestinationExists` when ``dst`` exists, :class:`FileNotFoundError` when ``src`` is
         missing."""
-        with self.parent(src) as (src_fd, src_name), self.parent(dst, create=make_parents) as (dst_fd, name):
+        with (
+            self.parent(src, writing=True) as (src_fd, src_name),
+            self.parent(dst, create=make_parents, writing=True) as (dst_fd, name),
+        ):
             if lstat_at(dst_fd, name) is not None:
                 raise DestinationExists(f"{name} already exists in the destination; not overwritten")
             os.rename(src_name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
@@ -149,5 +156,5 @@ class Confined:
 
     def mkdir(self, path: Path, mode: int = 0o777) -> None:
         """Make the single folder ``path`` (its parent must exist); an existing one is fine."""
-        with self.parent(path) as (fd, name):
+        with self.parent(path, writing=True) as (fd, name):
             mkdir_at(fd, name, mode)

@@ -169,14 +169,17 @@ def open_below(
     return fd
 
 
-def open_folder(root: Path, rel: str | PurePosixPath, *, create: bool = False) -> int:
+def open_folder(
+    root: Path, rel: str | PurePosixPath, *, create: bool = False, writing: bool | None = None
+) -> int:
     """A descriptor of folder ``root / rel``, reached from ``root`` with :func:`open_below` (no symlink
     below ``root`` followed); missing folders are made with ``create``. The caller closes it.
 
     Raises :class:`PathNotAllowed` (``path_not_allowed``) for ``..``, an absolute ``rel``, or a symlink or
     file on the way; :class:`FileNotFoundError` for a missing folder without ``create``;
-    :class:`DestinationUnavailable` as :func:`open_root` does (``writing`` = ``create``)."""
-    root_fd = open_root(root, writing=create)
+    :class:`DestinationUnavailable` as :func:`open_root` does (``writing``: default ``create``; a caller
+    that writes into an existing folder says so)."""
+    root_fd = open_root(root, writing=create if writing is None else writing)
     try:
         return open_below(root_fd, rel, create=create)
     finally:
@@ -193,9 +196,11 @@ def closing_fd(fd: int) -> Iterator[int]:
 
 
 @contextmanager
-def folder_fd(root: Path, rel: str | PurePosixPath, *, create: bool = False) -> Iterator[int]:
+def folder_fd(
+    root: Path, rel: str | PurePosixPath, *, create: bool = False, writing: bool | None = None
+) -> Iterator[int]:
     """:func:`open_folder` as a context manager that closes the descriptor."""
-    with closing_fd(open_folder(root, rel, create=create)) as fd:
+    with closing_fd(open_folder(root, rel, create=create, writing=writing)) as fd:
         yield fd
 
 

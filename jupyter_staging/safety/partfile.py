@@ -17,6 +17,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 from jupyter_staging.errors import (
     DestinationExists,
+    DestinationUnavailable,
     PathNotAllowed,
     SizeMismatch,
     VerificationFailed,
@@ -270,12 +271,16 @@ class PartFile:
             if self._folders is not None:
                 moved = not self._folders.in_place(rel, self._dir_fd)
             else:
-                with closing_fd(open_folder(self.root, rel)) as fresh:
+                with closing_fd(open_folder(self.root, rel, writing=True)) as fresh:
                     moved = not same_inode(fresh, self._dir_fd)
             if moved:
                 raise PathNotAllowed(
                     f"{self.final.name}: its folder was moved or replaced while it was written"
                 )
+        except DestinationUnavailable:  # the root itself is gone: nothing is published
+            self._remove_part()
+            self._close_dir()
+            raise
         except (PathNotAllowed, FileNotFoundError):
             self._remove_part()
             self._close_dir()

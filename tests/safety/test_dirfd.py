@@ -270,3 +270,27 @@ def test_a_root_on_a_stale_or_disconnected_mount_is_unavailable(
         with pytest.raises(OSError) as info:
             open_root(tmp_path)
         assert info.value.errno == code and not isinstance(info.value, DestinationUnavailable)
+
+
+def test_a_root_gone_while_a_job_writes_is_unavailable_to_every_writer(tmp_path: Path):
+    """A root moved away after a writer started: writers into folders that exist (no ``create``) fail with
+    ``destination_unavailable`` too (an unpack's ``mkdir``, a folder swap's ``rename``, a Dask range task,
+    a part's publication), never a bare ``FileNotFoundError`` (an ``internal_error``); nothing is
+    published and the part is gone."""
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    out = PartFile(root / "a" / "f.bin", root=root)
+    out.write(b"bytes")
+    root.rename(tmp_path / "moved")
+    with pytest.raises(DestinationUnavailable):
+        out.commit(5)
+    assert sorted(p.name for p in (tmp_path / "moved" / "a").iterdir()) == []
+    files = Confined(root)
+    with pytest.raises(DestinationUnavailable):
+        files.mkdir(root / "a" / "b")
+    with pytest.raises(DestinationUnavailable):
+        files.rename(root / "a" / "x", root / "a" / "y")
+    with pytest.raises(DestinationUnavailable):
+        folder_fd(root, "a", writing=True).__enter__()
+    assert not files.exists(root / "a")
+    assert not root.exists()
