@@ -306,11 +306,12 @@ class ItemStager(LinkingWriter, PartOwnership):
     ) -> PartFile:
         """Read ``item``'s bytes from ``source`` into its part file (see :meth:`_fetch`); returns the part,
         open and not yet published. On an error it is discarded (closed, kept for a resume, when the job
-        is interrupted). ``unnamed``: see :meth:`_open_part`; an unnamed part is tagged with no version, so
-        the file is not looked at before it is opened (``fetch`` follows a version changed since the
-        listing all the same, and the item is relisted)."""
+        is interrupted). With ``unnamed`` the part is an unnamed file where one can be made
+        (:meth:`_open_unnamed_part`); it is tagged with no version, so the file is not looked at before it
+        is opened (``fetch`` follows a version changed since the listing all the same, and the item is
+        relisted)."""
         md5 = "md5" in self._expected_checksums(item)
-        out = self._open_unnamed_part(final, md5=md5) if unnamed and self._unnamed_allowed() else None
+        out = self._open_unnamed_part(final, md5=md5) if unnamed else None
         if out is None:
             if source.revalidate(item):
                 # Changed since the listing: staged as it is now, its part file tagged and the item listed

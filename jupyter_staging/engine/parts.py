@@ -49,25 +49,16 @@ class PartOwnership(DestinationWriter):
     #: Adds a line to the job's log (ReusingWriter's).
     _log: Callable[[str, str], None]
 
-    def _open_part(self, item: SourceItem, final: Path, *, md5: bool, unnamed: bool = False) -> PartFile:
+    def _open_part(self, item: SourceItem, final: Path, *, md5: bool) -> PartFile:
         """The part file of ``item``, resumed only when this job wrote it for this fingerprint; any other
         ``.part`` in the way (a planted one, another job's, another version's) is set aside, never
         trusted (DESIGN.md, "Re-running a notebook").
 
         Ownership is an extended attribute of the part file (``user.jupyter_staging.owner``: the job id
         and a digest of the fingerprint), so recording it costs no database write; on a file system
-        without user xattrs it is kept in the job's resume data instead.
-
-        With ``unnamed`` (a file small enough that resuming it would save nothing), in a confined
-        destination and outside a recovering run, the part is an unnamed file in the final folder
-        (``O_TMPFILE``): nothing to look for, tag or remove, and nothing left behind by a crash; where the
-        file system cannot make one, a ``.part`` as above. A recovering run uses ``.part`` names, so that
-        a part left by an earlier version is still found."""
+        without user xattrs it is kept in the job's resume data instead. (A small file may use
+        :meth:`_open_unnamed_part` instead.)"""
         root = self.dest.confinement_root
-        if unnamed and self._unnamed_allowed():
-            out = self._open_unnamed_part(final, md5=md5)
-            if out is not None:
-                return out
         part = part_path(final)
         tag = owner_tag(self.job_id, item.validator)
         if root is None:
@@ -87,14 +78,14 @@ class PartOwnership(DestinationWriter):
         # The folder's descriptor is handed over to the part file (no second open of the folder).
         return self._tag_part(item, tag, self.part_file(final, resume=resume, md5=md5, dir_fd=fd))
 
-    def _unnamed_allowed(self) -> bool:
-        """Whether a part may be an unnamed file: in a confined destination, outside a recovering run
-        (see :meth:`_open_part`)."""
-        return self.dest.confinement_root is not None and not self.recovering
-
     def _open_unnamed_part(self, final: Path, *, md5: bool) -> PartFile | None:
-        """An unnamed part file (``O_TMPFILE``) in ``final``'s folder, or None where the file system
-        cannot make one (see :meth:`_open_part`)."""
+        """An unnamed part file (``O_TMPFILE``) in ``final``'s folder, for a file small enough that resuming
+        it would save nothing: nothing to look for, tag or remove, and nothing left behind by a crash.
+        None (use :meth:`_open_part`) outside a confined destination, in a recovering run (it uses
+        ``.part`` names, so that a part left by an earlier version is still found), or where the file
+        system cannot make one."""
+        if self.dest.confinement_root is None or self.recovering:
+            return None
         fd, lent = self.folders.lend(self._folder_below_root(final), create=True)
         try:
             blank = create_unnamed(fd)

@@ -22,11 +22,10 @@ from pathlib import Path, PurePosixPath
 from jupyter_staging.errors import DestinationExists, PathNotAllowed
 from jupyter_staging.safety.dirfd import (
     check_name,
+    folder_fd,
     fsync_fd,
     lstat_at,
     mkdir_at,
-    open_below,
-    open_root,
     rmdir_at,
     unlink_at,
 )
@@ -59,17 +58,10 @@ class Confined:
         """A descriptor of folder ``path`` (the root itself allowed), made with its parents when missing
         and ``create``; closed on exit. A missing root is :class:`DestinationUnavailable` to a caller that
         writes (``writing``, default ``create``), :class:`FileNotFoundError` to a look or a removal
-        (:func:`open_root`)."""
-        root_fd = open_root(self.root, writing=create if writing is None else writing)
-        try:
-            rel = "." if path == self.root else self.relative(path).as_posix()
-            fd = open_below(root_fd, rel, create=create)
-        finally:
-            os.close(root_fd)
-        try:
+        (:func:`~jupyter_staging.safety.dirfd.folder_fd`)."""
+        rel = "." if path == self.root else self.relative(path).as_posix()
+        with folder_fd(self.root, rel, create=create, writing=writing) as fd:
             yield fd
-        finally:
-            os.close(fd)
 
     @contextmanager
     def parent(
