@@ -144,11 +144,26 @@ def copy_file(
         os.close(fd)
 
 
-def copy_from_fd(fd: int, out: PartFile, control: JobControl | None = None, *, step: int = COPY_STEP) -> int:
+def copy_from_fd(
+    fd: int,
+    out: PartFile,
+    control: JobControl | None = None,
+    *,
+    step: int = COPY_STEP,
+    size: int | None = None,
+) -> int:
     """:func:`copy_file` of the regular file open as ``fd`` (read from byte ``out.offset`` with ``pread``
-    or ``copy_file_range``, the descriptor left open); returns bytes copied."""
-    if os.fstat(fd).st_size - out.offset <= step:
-        return _copy_blocks(fd, out, control)
+    or ``copy_file_range``, the descriptor left open); returns bytes copied. ``size``: the file's size in
+    bytes as the caller's ``fstat`` of ``fd`` gave it; a small file is then read up to that size, without a
+    last read to find its end (the caller must compare the file's ``fstat`` after the copy with the one it
+    took: a file that grew meanwhile is copied short)."""
+    if size is None:
+        size = os.fstat(fd).st_size
+        end = None
+    else:
+        end = size
+    if size - out.offset <= step:
+        return _copy_blocks(fd, out, control, end)
     with open(fd, "rb", buffering=0, closefd=False) as fh:
         fh.seek(out.offset)
         if not hasattr(os, "copy_file_range"):
@@ -156,15 +171,17 @@ def copy_from_fd(fd: int, out: PartFile, control: JobControl | None = None, *, s
         return _copy_ranges(fh, out, control, step)
 
 
-def _copy_blocks(fd: int, out: PartFile, control: JobControl | None) -> int:
-    """Copy the file open as ``fd`` from byte ``out.offset`` to its end into ``out`` in this thread,
-    through its :func:`block_buffer` (``preadv``: no file object, no seek)."""
+def _copy_blocks(fd: int, out: PartFile, control: JobControl | None, end: int | None = None) -> int:
+    """Copy the file open as ``fd`` from byte ``out.offset`` to its end (or to byte ``end``) into ``out``
+    in this thread, through its :func:`block_buffer` (``preadv``: no file object, no seek)."""
     view = block_buffer()
     copied = 0
     position = out.offset
     while True:
         if control is not None:
             control.check()
+        if end is not None and position >= end:
+            return copied
         n = os.preadv(fd, [view], position)
         if not n:
             return copied

@@ -236,7 +236,7 @@ class LocalSource(Source):
                     )
                     out.restart()
                 item.size, item.validator = st.st_size, seen
-            copy_from_fd(fd, out, control)
+            copy_from_fd(fd, out, control, size=st.st_size)  # the fstat below tells a file that grew
             if fingerprint(os.fstat(fd)) != seen:
                 raise SourceChanged(f"{item.name}: the source file changed while it was copied")
         finally:

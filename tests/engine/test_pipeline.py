@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from jupyter_staging.engine.models import CreateJob, JobState
-from jupyter_staging.engine.pipeline import SYNC_GROUP_FILES, WAITING_PER_THREAD, SyncPipeline
+from jupyter_staging.engine.pipeline import GROUPS_IN_FLIGHT, SYNC_GROUP_FILES, SyncPipeline
 from jupyter_staging.errors import JobInterrupted
 from jupyter_staging.safety.partfile import PartFile
 from tests.engine.test_scale import make_files, manager_for
@@ -41,7 +41,8 @@ def test_files_are_published_in_the_order_they_were_added(tmp_path: Path):
         published.append(out.final.name)
 
     data = os.urandom(50_000)
-    names = [f"f{i:03d}" for i in range(2 * 3 * WAITING_PER_THREAD + 5)]  # more than may wait at once
+    # more than may wait at once
+    names = [f"f{i:03d}" for i in range(2 * GROUPS_IN_FLIGHT * SYNC_GROUP_FILES + 5)]
     with SyncPipeline(3) as pipeline:
         for name in names:
             out = written(tmp_path, name, data)

@@ -100,3 +100,36 @@ def test_folder_fsync_errors_are_raised_unsupported_ones_ignored(tmp_path: Path,
     finally:
         os.close(fd)
     fsync_dir(tmp_path / "missing")  # a folder that cannot be opened: nothing to make durable
+
+
+def test_a_short_write_is_finished_or_raises_and_publishes_nothing(tmp_path: Path):
+    """A confined part is written unbuffered, so a write the kernel takes only in part must be finished by
+    :meth:`PartFile.write` itself. The fault is real: with ``RLIMIT_FSIZE`` at 100,000 bytes, a write of
+    150,000 bytes is taken short (100,000, POSIX ``write(2)``), and the rest is refused (EFBIG): the error
+    is raised, nothing is published and no part is left. Below the limit the same writes go through whole."""
+    import resource
+    import signal
+
+    data = os.urandom(150_000)
+    cache = FolderCache(tmp_path)
+    ok = PartFile(tmp_path / "whole.bin", folders=cache)
+    ok.write(data)
+    assert ok.commit(len(data))[0] == len(data)
+    assert (tmp_path / "whole.bin").read_bytes() == data
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not the signal's default (exit)
+    final = tmp_path / "capped.bin"
+    out = PartFile(final, folders=cache)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))
+        with pytest.raises(OSError) as caught:
+            out.write(data)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert caught.value.errno == errno.EFBIG
+    out.discard()
+    cache.close()
+    assert not final.exists()
+    assert not part_path(final).exists()

@@ -133,3 +133,60 @@ def test_block_buffer_is_reused_per_thread():
     thread.start()
     thread.join()
     assert other[0] is not mine and other[0].obj is not mine.obj
+
+
+def test_a_small_file_is_read_to_its_stated_size_with_no_read_past_its_end(tmp_path: Path, monkeypatch):
+    """Given the size its caller's ``fstat`` found, a small file is copied in reads up to that size: a
+    64 KiB file is one ``preadv``, not a second one that returns 0 (two fewer system calls per file with
+    the ``fstat`` it spares). The reads are real; they are only counted."""
+    src = tmp_path / "lc.fits"
+    data = os.urandom(64 * 1024)
+    src.write_bytes(data)
+    reads: list[int] = []
+    real = os.preadv
+
+    def preadv(fd: int, buffers, offset: int) -> int:
+        n = real(fd, buffers, offset)
+        reads.append(n)
+        return n
+
+    monkeypatch.setattr(copying.os, "preadv", preadv)
+    out = PartFile(tmp_path / "out" / "lc.fits")
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        assert copying.copy_from_fd(fd, out, size=os.fstat(fd).st_size) == len(data)
+    finally:
+        os.close(fd)
+    assert reads == [len(data)]
+    assert out.commit(len(data)) == (len(data), hashlib.sha256(data).hexdigest())
+
+
+def test_a_source_that_grows_after_it_was_opened_is_refused_not_copied_short(tmp_path: Path, monkeypatch):
+    """The copy stops at the size the source had when it was opened; a file appended to after that is
+    refused as changed (its ``fstat`` after the copy differs), so bytes cut short are never published.
+    The append is a real write to the source, made right after :meth:`LocalSource.open_item` returns."""
+    from jupyter_staging.errors import SourceChanged
+    from jupyter_staging.sources.local import LocalSource
+
+    folder = tmp_path / "src"
+    folder.mkdir()
+    src = folder / "lc.fits"
+    src.write_bytes(os.urandom(70_000))
+    source = LocalSource(str(folder))
+    (item,) = source.list_items()
+    real_open = LocalSource.open_item
+
+    def open_then_grow(self: LocalSource, it):
+        opened = real_open(self, it)
+        with src.open("ab") as fh:
+            fh.write(os.urandom(1_000))
+        return opened
+
+    monkeypatch.setattr(LocalSource, "open_item", open_then_grow)
+    final = tmp_path / "out" / "lc.fits"
+    out = PartFile(final)
+    with pytest.raises(SourceChanged):
+        source.fetch(item, out, JobControl())
+    out.discard()
+    assert not final.exists()
+    assert not part_path(final).exists()
