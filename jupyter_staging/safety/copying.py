@@ -195,11 +195,15 @@ def _copy_blocks(fd: int, out: PartFile, control: JobControl | None, end: int | 
 def _copy_ranges(fh: io.FileIO, out: PartFile, control: JobControl | None, step: int) -> int:
     """Copy ``fh`` to its end into ``out`` with ``copy_file_range``, ``step`` bytes at a time, hashing each
     range on a helper thread while the next one moves; falls back to :func:`copy_stream` when the first
-    call is refused."""
+    call is refused.
+
+    The written ranges are left to the page cache until the fsync before publishing, as ``cp`` leaves
+    them: starting their writeback as each range was hashed (``posix_fadvise(POSIX_FADV_DONTNEED)``, per
+    range or every 256 MiB) cost the copying thread about 1.2 CPU-s of system time per 2 GiB here, and the
+    copy took 3.8-5.8 s instead of 2.9-4.2 s (interleaved in one process, 14 pairs)."""
     copied = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-hash") as pool:
         pending = None
-        hashed = (0, 0)
         while True:
             if control is not None:
                 control.check()
@@ -212,11 +216,9 @@ def _copy_ranges(fh: io.FileIO, out: PartFile, control: JobControl | None, step:
                 return copy_stream(fh, out, control)
             if pending is not None:
                 pending.result()
-                out.write_back(*hashed)
             if n == 0:
                 break
             pending = pool.submit(out.hash_range, start, n)
-            hashed = (start, n)
             copied += n
             if control is not None:
                 control.add_bytes(n)

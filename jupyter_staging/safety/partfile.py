@@ -349,9 +349,9 @@ class PartFile:
     def write_back(self, start: int, length: int) -> None:
         """Start writing bytes ``start`` to ``start + length`` of the part to disk now and let the page
         cache drop them once written (``posix_fadvise(POSIX_FADV_DONTNEED)``: Linux starts the writeback of
-        dirty pages without waiting, then frees the clean ones): for a range already hashed, so the fsync
-        at :meth:`commit` finds most of a big file written already, as it would after ``cp``'s own
-        writeback, and the copy does not push other data out of memory. Errors are ignored (a hint)."""
+        dirty pages without waiting, then frees the clean ones), so that a later fsync finds the bytes on
+        their way (:meth:`start_writeback`, for many small files fsynced in groups). Errors are ignored (a
+        hint)."""
         try:
             os.posix_fadvise(self._fh.fileno(), start, length, os.POSIX_FADV_DONTNEED)
         except (OSError, AttributeError):
