@@ -29,7 +29,7 @@ from jupyter_staging.errors import (
 )
 from jupyter_staging.hub.areas import Target
 from jupyter_staging.safety.copying import copy_stream
-from jupyter_staging.safety.dirfd import fsync_fd, open_dir, publish_at
+from jupyter_staging.safety.dirfd import fsync_fd, open_dir, publish_at, write_all
 from jupyter_staging.safety.paths import resolve_source
 
 log = logging.getLogger(__name__)
@@ -176,10 +176,7 @@ class _FdWriter:
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
+        write_all(self.fd, data)
         self.sha256.update(data)
         self.size += len(data)
 

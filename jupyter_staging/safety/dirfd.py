@@ -219,6 +219,18 @@ def fd_identity(fd: int) -> tuple[int, int]:
     return identity(os.fstat(fd))
 
 
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write all of ``data`` at ``fd``'s position, however short each ``write(2)`` is (POSIX allows a
+    write to take fewer bytes than asked: a signal, a nearly full disk). Raises ``OSError`` when one is
+    refused (ENOSPC, EFBIG, EIO), and EIO when one takes no byte and reports no error."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if not n:
+            raise OSError(errno.EIO, "a write took no bytes and reported no error")
+        view = view[n:]
+
+
 def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
     """``lstat`` of ``name`` in ``dir_fd`` (a symlink is described, not followed); None when absent."""
     try:
