@@ -157,11 +157,9 @@ def copy_from_fd(
     bytes as the caller's ``fstat`` of ``fd`` gave it; a small file is then read up to that size, without a
     last read to find its end (the caller must compare the file's ``fstat`` after the copy with the one it
     took: a file that grew meanwhile is copied short)."""
+    end = size  # a size the caller stated bounds the reads; one looked up here does not
     if size is None:
         size = os.fstat(fd).st_size
-        end = None
-    else:
-        end = size
     if size - out.offset <= step:
         return _copy_blocks(fd, out, control, end)
     with open(fd, "rb", buffering=0, closefd=False) as fh:
