@@ -37,6 +37,7 @@ from jupyter_staging.engine.runner import JobRunner
 from jupyter_staging.engine.store import JobRecord, Store, utcnow
 from jupyter_staging.errors import InvalidState, JobNotFound, StagingError, as_staging_error
 from jupyter_staging.safety.control import JobControl
+from jupyter_staging.safety.descriptors import raise_open_file_limit
 from jupyter_staging.safety.redact import redact_text
 from jupyter_staging.safety.sealed import SecretBox
 
@@ -66,8 +67,11 @@ class JobLifecycle:
         source_roots: list[str] | None,
         executor: Executor,
         sweep_interval: float,
+        raise_open_files: bool = False,
     ) -> None:
         self.store = store
+        #: :meth:`start` raises the process's soft open-file limit (:func:`raise_open_file_limit`).
+        self.raise_open_files = raise_open_files
         self.secrets = secrets
         self.root_dir = root_dir
         self.scratch_root = scratch_root
@@ -91,7 +95,11 @@ class JobLifecycle:
 
     def start(self) -> list[str]:
         """Recover after a restart: jobs left ``running`` or ``queued`` are queued again and resume from
-        their partial files. Returns the ids of the jobs resubmitted."""
+        their partial files. Returns the ids of the jobs resubmitted. With ``raise_open_files``, raises the
+        process's soft open-file limit first (:func:`raise_open_file_limit`)."""
+        before, after = raise_open_file_limit() if self.raise_open_files else (0, 0)
+        if after != before:
+            log.info("staging: raised the soft open-file limit (RLIMIT_NOFILE) from %d to %d", before, after)
         self.executor.start()
         resumed = []
         for rec in self.store.list_jobs(

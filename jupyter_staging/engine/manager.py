@@ -92,6 +92,11 @@ class StagingManager(JobLifecycle):
         Most bytes the local output of this root's jobs may hold together (queued, running and paused jobs
         count their announced total); a job that would go beyond it is refused with
         ``insufficient_space``. 0 (the default): no quota.
+    raise_open_files:
+        Raise the process's soft open-file limit (``RLIMIT_NOFILE``) to the hard one, at most 65,536, when
+        :meth:`start` runs (:mod:`jupyter_staging.safety.descriptors`); processes started afterwards inherit
+        it. Off by default: a kernel's or a script's limits are theirs. The server extension turns it on
+        (``StagingApp.raise_open_file_limit``). Either way each job keeps a share of the limit it finds.
     """
 
     def __init__(
@@ -114,6 +119,7 @@ class StagingManager(JobLifecycle):
         scratch_dir: str | os.PathLike[str] | None = None,
         min_free_bytes: int = 0,
         quota_bytes: int = 0,
+        raise_open_files: bool = False,
     ) -> None:
         install_log_filters()
         root = Path(root_dir).resolve()
@@ -144,6 +150,7 @@ class StagingManager(JobLifecycle):
             source_roots=list(source_roots) if source_roots else None,
             executor=executor_class(max_concurrent_jobs, **(executor_options or {})),
             sweep_interval=sweep_interval,
+            raise_open_files=raise_open_files,
         )
         self.default_owner = default_owner or current_user()
         self.admission = Admission(

@@ -23,6 +23,7 @@ from types import TracebackType
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.streams import StreamingStager
+from jupyter_staging.safety.descriptors import FILES_IN_FLIGHT_PER_MILLE, descriptor_share
 from jupyter_staging.safety.partfile import PartFile
 from jupyter_staging.sources.base import Source, SourceItem
 
@@ -84,7 +85,9 @@ class SyncPipeline:
 
     def __init__(self, threads: int) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="staging-fsync")
-        self._limit = SYNC_GROUP_FILES * min(max(1, threads), GROUPS_IN_FLIGHT)
+        # Fewer under a low open-file limit (each file holds one or two descriptors until it is published).
+        in_flight = descriptor_share(FILES_IN_FLIGHT_PER_MILLE, low=SYNC_GROUP_FILES, high=64)
+        self._limit = min(SYNC_GROUP_FILES * min(max(1, threads), GROUPS_IN_FLIGHT), in_flight)
         self._waiting: deque[Waiting] = deque()
         self._group: list[tuple[PartFile, Callable[[], object]]] = []
 

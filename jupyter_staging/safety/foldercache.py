@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 from jupyter_staging.errors import PathNotAllowed
+from jupyter_staging.safety.descriptors import FOLDERS_PER_MILLE, descriptor_share
 from jupyter_staging.safety.dirfd import (
     closing_fd,
     components,
@@ -50,9 +51,10 @@ class FolderCache:
     (:func:`same_inode`). At most ``limit`` folders are kept; beyond that each use walks from the root.
     Thread-safe."""
 
-    def __init__(self, root: Path, *, limit: int = 256) -> None:
+    def __init__(self, root: Path, *, limit: int | None = None) -> None:
         self.root = root
-        self._limit = limit
+        #: At most 256, fewer under a low open-file limit (:func:`descriptor_share`).
+        self._limit = limit if limit is not None else descriptor_share(FOLDERS_PER_MILLE, low=8, high=256)
         self._lock = threading.Lock()
         self._root_fd: int | None = None
         self._kept: dict[str, int] = {}

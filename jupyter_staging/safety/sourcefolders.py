@@ -18,6 +18,7 @@ import threading
 from collections import OrderedDict
 
 from jupyter_staging.errors import PathNotAllowed
+from jupyter_staging.safety.descriptors import SOURCE_FOLDERS_PER_MILLE, descriptor_share
 from jupyter_staging.safety.dirfd import components
 
 #: How a source folder is opened: a path-only descriptor of a real folder, never through a symlink.
@@ -59,8 +60,11 @@ class SourceFolders:
     lifetime. :meth:`open` returns a duplicate the caller closes, so a folder dropped from the cache (the
     oldest, beyond ``limit``) is closed without harm to a reader. Thread-safe."""
 
-    def __init__(self, limit: int = 64) -> None:
-        self._limit = limit
+    def __init__(self, limit: int | None = None) -> None:
+        #: At most 64, fewer under a low open-file limit (:func:`descriptor_share`).
+        self._limit = (
+            limit if limit is not None else descriptor_share(SOURCE_FOLDERS_PER_MILLE, low=4, high=64)
+        )
         self._lock = threading.Lock()
         self._kept: OrderedDict[str, int] = OrderedDict()
 

@@ -155,6 +155,14 @@ class StagingApp(ExtensionApp):
         round trip after another.""",
     ).tag(config=True)
 
+    raise_open_file_limit = Bool(
+        True,
+        help="""Raise the server's soft open-file limit (RLIMIT_NOFILE) to its hard limit (at most 65,536)
+        when the extension starts; kernels and terminals started afterwards inherit it. systemd starts
+        services with a soft limit of 1,024, which four jobs of deep trees came near. Off: the limit stays
+        as it is; each job then keeps fewer folders and files open under a low limit.""",
+    ).tag(config=True)
+
     streams_per_file = Int(
         DEFAULT_STREAMS_PER_FILE,
         min=1,
@@ -231,6 +239,7 @@ class StagingApp(ExtensionApp):
             quota_bytes=self.quota_bytes,
             concurrent_items=self.concurrent_items,
             streams_per_file=self.streams_per_file,
+            raise_open_files=self.raise_open_file_limit,
         )
         self.settings.update({"staging_manager": self.manager, "staging_owner": self.owner})
         self.log.info("jupyter_staging %s: jobs in %s", __version__, _safe_url(self.db_url))

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from jupyter_staging.errors import PathNotAllowed, SourceChanged, SourceNotFound
+from jupyter_staging.errors import PathNotAllowed, SourceChanged, SourceNotFound, TransferFailed
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.copying import copy_from_fd
 from jupyter_staging.safety.dirfd import READ_FLAGS, check_name
@@ -307,8 +307,17 @@ class LocalSource(Source):
             yield through / name if through.is_dir() else Path(item.locator)
 
 
-def _read_error(item: SourceItem, exc: OSError) -> PathNotAllowed | SourceNotFound:
-    """The staging error for ``exc``, met opening listed file ``item`` (or a folder on its path)."""
+def _read_error(item: SourceItem, exc: OSError) -> PathNotAllowed | SourceNotFound | TransferFailed:
+    """The staging error for ``exc``, met opening listed file ``item`` (or a folder on its path). Out of
+    descriptors (``EMFILE`` / ``ENFILE``) is this server's state, not the source's: ``too_many_open_files``
+    (503), naming the limit to raise."""
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return TransferFailed(
+            f"{item.name}: not read: this server has too many files open ({exc.strerror}); run fewer jobs at "
+            "once or raise its open-file limit (RLIMIT_NOFILE)",
+            code="too_many_open_files",
+            status=503,
+        )
     if exc.errno == errno.ELOOP:
         return PathNotAllowed(f"{item.name}: became a symbolic link since it was listed; not read")
     if exc.errno in (errno.ENXIO, errno.ENOTDIR, errno.EISDIR, errno.ENODEV):
