@@ -2,8 +2,9 @@
 
 Every parser returns a dict such as ``{"sha256": "<64 hex>"}`` or ``{"md5": "<32 hex>"}`` (the shape of
 :attr:`~jupyter_staging.sources.base.SourceItem.checksums`), empty when the header is absent or malformed:
-a digest that cannot be read is not a digest to verify against. Only SHA-256 and MD5 are kept, the
-algorithms :meth:`~jupyter_staging.safety.partfile.PartFile.commit` verifies.
+a digest that cannot be read is not a digest to verify against. Only algorithms
+:meth:`~jupyter_staging.safety.partfile.PartFile.commit` verifies are kept (SHA-256, MD5, and the CRCs S3
+states).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import binascii
 from collections.abc import Mapping
 
 #: Digest length in bytes, by algorithm.
-DIGEST_BYTES = {"sha256": 32, "md5": 16}
+DIGEST_BYTES = {"sha256": 32, "md5": 16, "crc64nvme": 8, "crc32c": 4, "crc32": 4}
 
 
 def b64_to_hex(value: str | bytes | None, algorithm: str) -> str | None:

@@ -199,6 +199,13 @@ def bucket_exists(client: Any, bucket: str) -> bool | None:
 
 
 _MD5_ETAG_RE = re.compile(r"[0-9a-fA-F]{32}")
+#: The ``head_object`` / ``get_object`` field of each full-object checksum S3 may state.
+_CHECKSUM_FIELDS = {
+    "sha256": "ChecksumSHA256",
+    "crc64nvme": "ChecksumCRC64NVME",
+    "crc32c": "ChecksumCRC32C",
+    "crc32": "ChecksumCRC32",
+}
 
 
 def stated_checksums(meta: Mapping[str, Any]) -> dict[str, str]:
@@ -207,17 +214,21 @@ def stated_checksums(meta: Mapping[str, Any]) -> dict[str, str]:
 
     ``ChecksumSHA256`` (base64; present when the object was uploaded with ``ChecksumAlgorithm="SHA256"``
     and the request had ``ChecksumMode="ENABLED"``) gives ``"sha256"`` unless it is a composite
-    checksum of parts (``ChecksumType="COMPOSITE"`` or a ``-N`` suffix). The ETag gives ``"md5"`` only
-    from a HEAD/GET answer (``ContentLength`` present, so the encryption headers are there too) of a
+    checksum of parts (``ChecksumType="COMPOSITE"`` or a ``-N`` suffix); ``ChecksumCRC64NVME``,
+    ``ChecksumCRC32C`` and ``ChecksumCRC32`` give ``"crc64nvme"``, ``"crc32c"``, ``"crc32"`` on the same
+    terms (hex of the big-endian CRC; AWS adds a CRC64NVME to objects uploaded since December 2024 without
+    a checksum of their own: the S3 User Guide, "Checking object integrity"). The ETag gives ``"md5"``
+    only from a HEAD/GET answer (``ContentLength`` present, so the encryption headers are there too) of a
     single-part object (32 hex digits, no ``-N``) not encrypted with SSE-KMS or SSE-C, whose ETags are
     not MD5s. A listing entry yields no MD5: it does not say how the object is encrypted.
     """
     found: dict[str, str] = {}
-    sha = meta.get("ChecksumSHA256")
-    if sha and "-" not in sha and meta.get("ChecksumType") != "COMPOSITE":
-        hexed = b64_to_hex(sha, "sha256")
+    whole = meta.get("ChecksumType") != "COMPOSITE"
+    for algorithm, field in _CHECKSUM_FIELDS.items():
+        value = meta.get(field)
+        hexed = b64_to_hex(value, algorithm) if whole and value and "-" not in value else None
         if hexed:
-            found["sha256"] = hexed
+            found[algorithm] = hexed
     etag = str(meta.get("ETag") or "").strip('"')
     encryption = str(meta.get("ServerSideEncryption") or "")
     plain_etag = not encryption.startswith("aws:kms") and not meta.get("SSECustomerAlgorithm")
@@ -229,14 +240,20 @@ def stated_checksums(meta: Mapping[str, Any]) -> dict[str, str]:
 _BOTOCORE_MISMATCH_RE = re.compile(r"Expected checksum (\S+) did not match calculated checksum: (\S+)")
 
 
+#: What an ``x-amz-checksum-*`` value botocore found wrong is, told by its length (4 bytes: CRC32 or CRC32C).
+_CHECKED_BY_BOTOCORE = {"sha256": "sha256", "crc64nvme": "crc64nvme", "crc32": "crc32 or crc32c"}
+
+
 def checksum_error(what: str, exc: FlexibleChecksumError) -> ChecksumMismatch:
-    """A :class:`ChecksumMismatch` for botocore's finding that a GET body does not match the
-    ``x-amz-checksum-sha256`` S3 sent with it (``response_checksum_validation``); names ``what``."""
+    """A :class:`ChecksumMismatch` for botocore's finding that a GET body does not match the checksum
+    S3 sent with it (``x-amz-checksum-sha256`` / ``-crc64nvme`` / ``-crc32c`` / ``-crc32``:
+    ``response_checksum_validation``); names ``what`` and the algorithm, told by the digest's length."""
     found = _BOTOCORE_MISMATCH_RE.search(str(exc))
-    expected = b64_to_hex(found.group(1), "sha256") if found else None
-    actual = b64_to_hex(found.group(2), "sha256") if found else None
-    if expected and actual:
-        return ChecksumMismatch(mismatch_message(what, "sha256", expected, actual))
+    for algorithm, name in _CHECKED_BY_BOTOCORE.items():
+        expected = b64_to_hex(found.group(1), algorithm) if found else None
+        actual = b64_to_hex(found.group(2), algorithm) if found else None
+        if expected and actual:
+            return ChecksumMismatch(mismatch_message(what, name, expected, actual))
     return ChecksumMismatch(f"{what}: {describe_error(exc)}; nothing was published")
 
 

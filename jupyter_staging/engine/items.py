@@ -27,6 +27,7 @@ from jupyter_staging.engine.store import JobRecord
 from jupyter_staging.errors import (
     JobInterrupted,
 )
+from jupyter_staging.safety.checksums import second_algorithm
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.copying import file_digest
 from jupyter_staging.safety.partfile import PartFile, part_path
@@ -310,14 +311,14 @@ class ItemStager(LinkingWriter, PartOwnership):
         (:meth:`_open_unnamed_part`); it is tagged with no version, so the file is not looked at before it
         is opened (``fetch`` follows a version changed since the listing all the same, and the item is
         relisted)."""
-        md5 = "md5" in self._expected_checksums(item)
-        out = self._open_unnamed_part(final, md5=md5) if unnamed else None
+        second = second_algorithm(self._expected_checksums(item))
+        out = self._open_unnamed_part(final, second=second) if unnamed else None
         if out is None:
             if source.revalidate(item):
                 # Changed since the listing: staged as it is now, its part file tagged and the item listed
                 # with the fingerprint of these bytes (a part of the listed version is set aside).
                 self._relist(item, item.validator)
-            out = self._open_part(item, final, md5=md5)
+            out = self._open_part(item, final, second=second)
         if out.offset:
             self._log("info", f"{item.name}: resuming at byte {out.offset}")
             self.control.add_bytes(out.offset)

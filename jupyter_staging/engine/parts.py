@@ -49,7 +49,7 @@ class PartOwnership(DestinationWriter):
     #: Adds a line to the job's log (ReusingWriter's).
     _log: Callable[[str, str], None]
 
-    def _open_part(self, item: SourceItem, final: Path, *, md5: bool) -> PartFile:
+    def _open_part(self, item: SourceItem, final: Path, *, second: str | None) -> PartFile:
         """The part file of ``item``, resumed only when this job wrote it for this fingerprint; any other
         ``.part`` in the way (a planted one, another job's, another version's) is set aside, never
         trusted (DESIGN.md, "Re-running a notebook").
@@ -68,7 +68,7 @@ class PartOwnership(DestinationWriter):
                     aside.unlink()
                 os.rename(part, aside)  # renames a planted symlink itself, never its target
                 self._log_set_aside(item, aside.name)
-            return self._tag_part(item, tag, self.part_file(final, resume=True, md5=md5))
+            return self._tag_part(item, tag, self.part_file(final, resume=True, second=second))
         fd = self.folders.open(self._folder_below_root(final), create=True, placed=True)
         try:
             resume = self._clear_part_at(item, fd, part.name, tag)
@@ -76,9 +76,9 @@ class PartOwnership(DestinationWriter):
             os.close(fd)
             raise
         # The folder's descriptor is handed over to the part file (no second open of the folder).
-        return self._tag_part(item, tag, self.part_file(final, resume=resume, md5=md5, dir_fd=fd))
+        return self._tag_part(item, tag, self.part_file(final, resume=resume, second=second, dir_fd=fd))
 
-    def _open_unnamed_part(self, final: Path, *, md5: bool) -> PartFile | None:
+    def _open_unnamed_part(self, final: Path, *, second: str | None) -> PartFile | None:
         """An unnamed part file (``O_TMPFILE``) in ``final``'s folder, for a file small enough that resuming
         it would save nothing: nothing to look for, tag or remove, and nothing left behind by a crash.
         None (use :meth:`_open_part`) outside a confined destination, in a recovering run (it uses
@@ -97,7 +97,7 @@ class PartOwnership(DestinationWriter):
             if not lent:
                 os.close(fd)
             return None
-        return self.part_file(final, md5=md5, dir_fd=fd, dir_fd_lent=lent, unnamed_fd=blank)
+        return self.part_file(final, second=second, dir_fd=fd, dir_fd_lent=lent, unnamed_fd=blank)
 
     def _clear_part_at(self, item: SourceItem, dir_fd: int, name: str, tag: str) -> bool:
         """Make way for the part file ``name`` in ``dir_fd``: True when the ``.part`` there is ours

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from jupyter_staging.engine.executors import run_bounded
 from jupyter_staging.errors import SourceChanged, TransferFailed
+from jupyter_staging.safety.checksums import new_digest
 from jupyter_staging.safety.control import DelegatingControl, JobControl
 from jupyter_staging.safety.partfile import Hashed
 from jupyter_staging.sources.base import Source, SourceItem
@@ -53,14 +54,16 @@ def byte_ranges(size: int, step: int, done: set[int] | None = None) -> list[tupl
 
 class PrefixHasher:
     """Hashes a file from its first byte while its ranges arrive out of order: each completed range is
-    reported with :meth:`completed`, and a helper thread hashes (sha256, and MD5 with ``md5``) the longest
+    reported with :meth:`completed`, and a helper thread hashes (sha256, and ``second`` when given: an
+    algorithm of :data:`~jupyter_staging.safety.checksums.CHECKSUM_ALGORITHMS`) the longest
     run of completed bytes from where it stopped, reading them back from ``fd`` (still in the page cache).
     :meth:`finish` returns what it hashed, for ``PartFile(..., hashed=)``: only a tail is then left to
     read once all ranges are in."""
 
-    def __init__(self, fd: int, *, md5: bool) -> None:
+    def __init__(self, fd: int, *, second: str | None) -> None:
         self.fd = fd
-        self.hashed = Hashed(0, hashlib.sha256(), hashlib.md5(usedforsecurity=False) if md5 else None)
+        self._second = second
+        self.hashed = Hashed(0, hashlib.sha256(), new_digest(second) if second else None)
         #: Bytes fed to the hash objects, always exactly (advanced block by block).
         self._offset = 0
         #: True once hashing failed in a way that may have left the hash objects ahead of ``_offset``.
@@ -85,9 +88,8 @@ class PrefixHasher:
             self._cond.notify()
         self._thread.join()
         if self._broken:
-            md5 = hashlib.md5(usedforsecurity=False) if self.hashed.md5 is not None else None
-            return Hashed(0, hashlib.sha256(), md5)
-        return Hashed(self._offset, self.hashed.sha256, self.hashed.md5)
+            return Hashed(0, hashlib.sha256(), new_digest(self._second) if self._second else None)
+        return Hashed(self._offset, self.hashed.sha256, self.hashed.second)
 
     def _run(self) -> None:
         try:
@@ -122,18 +124,18 @@ class PrefixHasher:
         return True
 
     def _update(self, block: bytes) -> None:
-        """Feed ``block`` to the hash objects. With MD5 too, its MD5 is taken on a second thread while this
-        one takes its sha256 (both release the GIL): 690 MiB/s for the two here, against 500 MiB/s one
-        after the other (MD5 alone runs at about 710 MiB/s, sha256 at 1,690). Where no thread can be
-        started, one after the other. Raises what an update raised."""
-        md5 = self.hashed.md5
+        """Feed ``block`` to the hash objects. An MD5 is taken on a second thread while this one takes the
+        sha256 (both release the GIL): 690 MiB/s for the two here, against 500 MiB/s one after the other
+        (MD5 alone runs at about 710 MiB/s, sha256 at 1,690). A CRC (several GiB/s), or an MD5 where no
+        thread can be started, is taken here first. Raises what an update raised."""
+        second = self.hashed.second
         beside: threading.Thread | None = None
         failed: list[BaseException] = []
-        if md5 is not None:
+        if second is not None and second.name == "md5":
 
             def feed_md5() -> None:
                 try:
-                    md5.update(block)
+                    second.update(block)
                 except BaseException as exc:  # re-raised on this thread, after the join
                     failed.append(exc)
 
@@ -142,7 +144,8 @@ class PrefixHasher:
                 beside.start()
             except RuntimeError:  # no thread to spare (a process limit): here, before the sha256
                 beside = None
-                md5.update(block)
+        if second is not None and beside is None:
+            second.update(block)
         self.hashed.sha256.update(block)
         if beside is not None:
             beside.join()
@@ -171,13 +174,13 @@ def fetch_in_ranges(
     streams: int,
     step: int,
     done: set[int] | None = None,
-    md5: bool = False,
+    second: str | None = None,
     on_range: Callable[[int], None] | None = None,
 ) -> Hashed:
     """Fetch the ranges of ``step`` bytes of ``item`` (``item.size`` bytes) not in ``done`` (their starts)
     into ``fd``, a part file of that size, ``streams`` at a time, each written at its offset
     (``Source.fetch_range``: conditional on the item's version), hashed from the first byte as they
-    arrive (:class:`PrefixHasher`; MD5 too with ``md5``). ``on_range(start)`` is called as each range is
+    arrive (:class:`PrefixHasher`; the ``second`` digest too). ``on_range(start)`` is called as each range is
     in. Returns what was hashed, for ``PartFile(..., resume=True, hashed=)``. When the version changed, the
     bytes this call reported to ``control`` are taken back before :class:`SourceChanged` is raised (the
     caller fetches the file again from its first byte).
@@ -186,7 +189,7 @@ def fetch_in_ranges(
     version changed, :class:`JobInterrupted` on pause or cancel, and what the source raises."""
     assert item.size is not None
     done = done or set()
-    hasher = PrefixHasher(fd, md5=md5)
+    hasher = PrefixHasher(fd, second=second)
     for start, length in byte_ranges(item.size, step):
         if start in done:
             hasher.completed(start, length)

@@ -20,6 +20,7 @@ from jupyter_staging.engine.freshness import locator_identity
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.staged import StagedIndex
 from jupyter_staging.errors import ChecksumMismatch, VerificationFailed
+from jupyter_staging.safety.checksums import checksums_to_verify, second_algorithm
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.copying import copy_file
 from jupyter_staging.sources.base import SourceItem
@@ -46,8 +47,11 @@ class ReusingWriter(DestinationWriter):
         self.host.log_event(self.job_id, level, message)
 
     def _expected_checksums(self, item: SourceItem) -> dict[str, str]:
-        """``{algorithm: hex}`` the bytes of ``item`` must match: what the source states, and the
-        checksum the user gave for the job's single file (or for its manifest entry's single file)."""
+        """``{algorithm: hex}`` the bytes of ``item`` must match: the checksum the user gave for the job's
+        single file (or for its manifest entry's single file), and of what the source states the sha256,
+        else the one other digest cheapest to verify (:func:`checksums_to_verify`: a stated CRC64NVME
+        rather than an ETag's MD5). Raises :class:`ChecksumMismatch` when the user's checksum and the
+        source's of the same algorithm differ."""
         sums = dict(item.checksums)
         request = self.resume.get("request") or {}
         if "entries" in self.resume:
@@ -66,7 +70,8 @@ class ReusingWriter(DestinationWriter):
                     f"the expected checksum is {digest[:16]}..."
                 )
             sums[algorithm] = digest
-        return sums
+            return checksums_to_verify(sums, given=algorithm)
+        return checksums_to_verify(sums)
 
     def _copy_staged(self, item: SourceItem, final: Path, *, sync_folder: bool) -> tuple[int, str] | None:
         """Bytes this server already staged and verified, instead of the network: an output of an earlier
@@ -80,7 +85,7 @@ class ReusingWriter(DestinationWriter):
         path, size, digest = found
         if item.size is not None and size != item.size:
             return None
-        out = self.part_file(final, md5="md5" in sums)
+        out = self.part_file(final, second=second_algorithm(sums))
         try:
             copy_file(path, out, self.control)
             result = out.commit(size, checksums={**sums, "sha256": digest}, sync_folder=sync_folder)

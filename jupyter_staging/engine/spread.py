@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ from jupyter_staging.engine.tasks import (
     read_probe,
 )
 from jupyter_staging.engine.taskset import JobTasks, TaskBatch
-from jupyter_staging.errors import DestinationNotShared, StagingError
+from jupyter_staging.errors import DestinationNotShared, SourceChanged, StagingError
+from jupyter_staging.safety.checksums import second_algorithm
 from jupyter_staging.sources.base import Source, SourceItem
 
 #: Methods whose bytes are read from the source, hence worth a task.
@@ -135,7 +137,7 @@ class SpreadStager(ManifestStager):
                 self.dest.chunk_path(""),
                 item.name,
                 checksums,
-                md5="md5" in checksums,
+                second=second_algorithm(checksums),
                 streams=self.host.streams_per_file,
                 tag=("stored", index),
             )
@@ -149,12 +151,14 @@ class SpreadStager(ManifestStager):
                 item,
                 self._rel(final),
                 checksums,
-                md5="md5" in checksums,
+                second=second_algorithm(checksums),
                 streams=self.host.streams_per_file,
                 tag=("item", index),
             )
             return 0
-        out = self._open_part(item, final, md5=False)  # sets aside a foreign .part, tags ours
+        with suppress(SourceChanged):  # the range tasks find the new version too, and say so
+            source.ask_checksums(item)  # for finish_ranges: the ranges' answers state none
+        out = self._open_part(item, final, second=None)  # sets aside a foreign .part, tags ours
         try:
             os.ftruncate(out.fileno(), item.size)
         finally:

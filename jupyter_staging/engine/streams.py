@@ -26,6 +26,7 @@ from jupyter_staging.engine.items import ItemStager
 from jupyter_staging.engine.parts import owner_tag
 from jupyter_staging.engine.ranges import byte_ranges, fetch_in_ranges, range_step, streams_for
 from jupyter_staging.errors import JobInterrupted, SourceChanged
+from jupyter_staging.safety.checksums import second_algorithm
 from jupyter_staging.sources.base import Source, SourceItem
 
 
@@ -51,10 +52,11 @@ class StreamingStager(ItemStager):
         """Fetch ``item`` as ranges on ``streams`` threads into its pre-sized part, then hash, verify and
         publish it; returns ``(size_bytes, sha256_hex)``."""
         assert item.size is not None
+        source.ask_checksums(item)  # the ranges' answers state none (an S3 listing neither)
         size = item.size
         record = self._range_record(item, range_step(size, streams))
         credited = 0  # bytes of ranges a previous run finished, counted as done
-        out = self._open_part(item, final, md5=False)  # sets aside a foreign .part; ours is kept
+        out = self._open_part(item, final, second=None)  # sets aside a foreign .part; ours is kept
         try:
             if out.offset != size or not record["done"]:
                 record["done"] = []
@@ -83,7 +85,7 @@ class StreamingStager(ItemStager):
                 streams=streams,
                 step=int(record["step"]),
                 done=done,
-                md5="md5" in checksums,
+                second=second_algorithm(checksums),
                 on_range=recorded,
             )
         except JobInterrupted:
@@ -97,7 +99,7 @@ class StreamingStager(ItemStager):
             raise
         out.close()
         checksums = self._expected_checksums(item)
-        whole = self.part_file(final, resume=True, md5="md5" in checksums, hashed=hashed)
+        whole = self.part_file(final, resume=True, second=second_algorithm(checksums), hashed=hashed)
         result = whole.commit(size, checksums=checksums or None, sync_folder=sync_folder)
         self._drop_range_record(item)
         return result

@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from jupyter_staging.errors import JobInterrupted, PathNotAllowed, SourceChanged
 from jupyter_staging.formats.base import ChunkInfo
 from jupyter_staging.formats.convert import convert_to_parquet
 from jupyter_staging.formats.parquet import part_name
+from jupyter_staging.safety.checksums import can_compute, checksums_to_verify, second_algorithm
 from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.dirfd import (
@@ -210,7 +211,7 @@ def fetch_item(
     final_rel: str,
     checksums: dict[str, str],
     *,
-    md5: bool,
+    second: str | None,
     streams: int = 1,
 ) -> tuple[int, str]:
     """Fetch ``item`` of source ``uri`` into ``final_rel`` (below the root): a fresh ``.part`` (a dead
@@ -226,10 +227,10 @@ def fetch_item(
     published = _published(ctx, final_rel, item.size)
     if published is not None:
         return published
-    source = open_source(uri, source_roots=source_roots)
+    source, final = open_source(uri, source_roots=source_roots), ctx.path(final_rel)
     try:
         return fetch_verified(
-            source, item, control, ctx.path(final_rel), Path(ctx.root), checksums, md5=md5, streams=streams
+            source, item, control, final, Path(ctx.root), checksums, second=second, streams=streams
         )
     finally:
         control.flush()
@@ -243,25 +244,35 @@ def fetch_verified(
     root: Path,
     checksums: dict[str, str],
     *,
-    md5: bool,
+    second: str | None,
     streams: int,
 ) -> tuple[int, str]:
     """Fetch ``item`` into a fresh part file of ``final`` (below ``root``; a dead attempt's is truncated),
     verify it against ``item.size``, ``checksums`` and those the source states, and publish it; returns
     ``(size_bytes, sha256_hex)``. On ``streams`` parallel streams when
     :func:`~jupyter_staging.engine.ranges.streams_for` says so (a remote file of 64 MiB or more whose source
-    serves ranges, each range conditional on the item's version; hashed as they arrive, MD5 too with
-    ``md5``), else on one. A file that changes between two ranges is fetched again on one stream, as the
+    serves ranges, each range conditional on the item's version; hashed as they arrive, the ``second``
+    digest too), else on one. A file that changes between two ranges is fetched again on one stream, as the
     server's threads do.
 
     On an error the part is removed, except on a pause or cancel (:class:`JobInterrupted`: closed; the
     next attempt truncates it). Raises what the source and :meth:`PartFile.commit` raise."""
 
-    def part(hashed: Hashed | None) -> PartFile:
-        return PartFile(final, resume=hashed is not None, md5=md5, root=root, hashed=hashed)
+    if second is not None and not can_compute(second):  # a worker without awscrt: chosen again below
+        checksums, second = {a: v for a, v in checksums.items() if a != second}, None
+    if not item.checksums and streams_for(source, item, streams):
+        with suppress(SourceChanged):  # ranges state no checksum, nor an S3 listing: ask (a change: 1 stream)
+            source.ask_checksums(item)
+    chosen_here = second is None
+    second = second_algorithm(checksums_to_verify(item.checksums)) if chosen_here else second
 
-    out = _fetched_part(source, item, control, part, md5=md5, streams=streams)
-    return out.commit(item.size, checksums={**item.checksums, **checksums} or None)
+    def part(hashed: Hashed | None) -> PartFile:
+        return PartFile(final, resume=hashed is not None, second=second, root=root, hashed=hashed)
+
+    out = _fetched_part(source, item, control, part, second=second, streams=streams)
+    # Unless the server chose: what the source stated, as the bytes came too (a GET may have learned more).
+    expected = {**checksums_to_verify(item.checksums), **checksums} if chosen_here else checksums
+    return out.commit(item.size, checksums=expected or None)
 
 
 def _fetched_part(
@@ -270,7 +281,7 @@ def _fetched_part(
     control: JobControl,
     part: Callable[[Hashed | None], PartFile],
     *,
-    md5: bool,
+    second: str | None,
     streams: int,
 ) -> PartFile:
     """The part file of ``item``, its bytes fetched (see :func:`fetch_verified`), ready to commit:
@@ -283,7 +294,7 @@ def _fetched_part(
                 os.ftruncate(out.fileno(), item.size)
                 step = range_step(item.size, streams)
                 hashed = fetch_in_ranges(
-                    source, item, out.fileno(), control, streams=streams, step=step, md5=md5
+                    source, item, out.fileno(), control, streams=streams, step=step, second=second
                 )
         except SourceChanged:
             pass  # discarded: no range of the new version is trusted; one stream, from the first byte
@@ -363,13 +374,16 @@ def fetch_range(
 
 
 def finish_ranges(ctx: TaskContext, final_rel: str, size: int, checksums: dict[str, str]) -> tuple[int, str]:
-    """Hash the assembled ``.part`` of ``final_rel`` once (sha256, and MD5 when ``checksums`` asks for
-    it), verify it against ``size`` and ``checksums``, publish it. Returns ``(size_bytes, sha256_hex)``;
+    """Hash the assembled ``.part`` of ``final_rel`` once (sha256, and the other digest ``checksums`` asks
+    for), verify it against ``size`` and ``checksums``, publish it. Returns ``(size_bytes, sha256_hex)``;
     raises as :meth:`PartFile.commit`."""
     published = _published(ctx, final_rel, size)
     if published is not None:
         return published
-    out = PartFile(ctx.path(final_rel), resume=True, md5="md5" in checksums, root=Path(ctx.root))
+    second = second_algorithm(checksums)
+    if second is not None and not can_compute(second):  # a worker without awscrt: commit says it cannot
+        second = None
+    out = PartFile(ctx.path(final_rel), resume=True, second=second, root=Path(ctx.root))
     return out.commit(size, checksums=checksums or None)
 
 
@@ -456,7 +470,7 @@ def fetch_item_to_store(
     rel: str,
     checksums: dict[str, str],
     *,
-    md5: bool,
+    second: str | None,
     streams: int = 1,
 ) -> tuple[int, str, str]:
     """Fetch ``item`` of source ``uri`` into a scratch folder of this worker's own (on ``streams``
@@ -475,7 +489,9 @@ def fetch_item_to_store(
         dest = open_destination(ctx.job_id, destination, root_dir=scratch, scratch_root=scratch)
         local = dest.workdir / rel
         source = open_source(uri, source_roots=source_roots)
-        size, sha = fetch_verified(source, item, control, local, scratch, checksums, md5=md5, streams=streams)
+        size, sha = fetch_verified(
+            source, item, control, local, scratch, checksums, second=second, streams=streams
+        )
         path = dest.put(local, rel, size=size, sha256=sha, content_type=item.content_type, control=control)
         return size, sha, path
     finally:

@@ -8,7 +8,6 @@ does the same from any readable stream, and :func:`file_digest` hashes a file wi
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import os
 import threading
@@ -17,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
+from jupyter_staging.safety.checksums import new_digest
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import BLOCK_SIZE, PartFile
 
@@ -51,9 +51,10 @@ def fd_digests(
     fd: int, algorithms: tuple[str, ...], check: Callable[[], None] | None = None
 ) -> dict[str, str]:
     """``{algorithm: lower-case hex}`` of the bytes of the open file ``fd`` from its current position to
-    its end, each ``hashlib`` algorithm fed the same blocks of one read (``fd`` stays open); ``check`` is
-    called before each block. Raises ``OSError``, what ``check`` raises."""
-    digests = [hashlib.new(name, usedforsecurity=False) for name in algorithms]
+    its end, each algorithm (:func:`~jupyter_staging.safety.checksums.new_digest`) fed the same blocks of
+    one read (``fd`` stays open); ``check`` is called before each block. Raises ``OSError``, what ``check``
+    raises, ``ValueError`` for an algorithm that cannot be computed here."""
+    digests = [new_digest(name) for name in algorithms]
     view = block_buffer()
     while True:
         if check is not None:

@@ -22,7 +22,7 @@ from jupyter_staging.errors import (
     SizeMismatch,
     VerificationFailed,
 )
-from jupyter_staging.safety.checksums import CHECKSUM_ALGORITHMS, first_mismatch
+from jupyter_staging.safety.checksums import can_compute, first_mismatch, new_digest
 from jupyter_staging.safety.dirfd import (
     closing_fd,
     create_file,
@@ -53,21 +53,22 @@ def part_path(final: Path) -> Path:
 
 class Hashed(NamedTuple):
     """The first ``offset`` bytes of a part file as hashed by whoever wrote them: its ``sha256`` (and
-    ``md5``, or None) hash objects, fed with exactly those bytes."""
+    ``second``, a digest of another algorithm, or None) hash objects, fed with exactly those bytes."""
 
     offset: int
     sha256: Any
-    md5: Any = None
+    second: Any = None
 
 
 class PartFile:
     """Writer of one output file through ``<final>.part``.
 
     With ``resume=True`` an existing ``.part`` is kept and its bytes re-hashed, so ``offset`` (bytes)
-    tells a source where to continue; otherwise any stale ``.part`` is truncated. With ``md5=True`` an
-    MD5 is computed beside the sha256 over every byte (re-hashed ones included), for sources that state
-    an MD5 (S3 single-part ETag, Azure ``Content-MD5``, HTTP ``Content-MD5``) or a user's ``md5:<hex>``.
-    Use :meth:`write` for each block, then :meth:`commit`; :meth:`discard` removes the ``.part``.
+    tells a source where to continue; otherwise any stale ``.part`` is truncated. With ``second`` (an
+    algorithm of :data:`~jupyter_staging.safety.checksums.CHECKSUM_ALGORITHMS` but sha256) that digest is
+    computed beside the sha256 over every byte (re-hashed ones included), for a checksum a source states (an
+    S3 ETag's MD5 or CRC, ``Content-MD5``) or a user's ``md5:<hex>``. Use :meth:`write` for each block,
+    then :meth:`commit`; :meth:`discard` removes the ``.part``.
 
     With ``resume`` and ``hashed`` (a :class:`Hashed`), the first ``hashed.offset`` bytes are taken as hashed
     already and only the rest of the ``.part`` is read (parallel streams hash each range as it completes).
@@ -92,7 +93,7 @@ class PartFile:
         final: Path,
         *,
         resume: bool = False,
-        md5: bool = False,
+        second: str | None = None,
         root: Path | None = None,
         hashed: Hashed | None = None,
         folders: FolderCache | None = None,
@@ -112,9 +113,9 @@ class PartFile:
         self._part_id: tuple[int, int] | None = None
         #: True when the part file has no name at all (``O_TMPFILE``) until :meth:`commit` links it.
         self.unnamed = False
-        self._want_md5 = md5
+        self._want_second = second
         self.sha256 = hashlib.sha256()
-        self.md5 = hashlib.md5(usedforsecurity=False) if md5 else None
+        self.second = new_digest(second) if second else None
         self.offset = 0
         #: Bytes thrown away by :meth:`restart` calls (progress already reported for them).
         self.discarded = 0
@@ -203,14 +204,14 @@ class PartFile:
 
     def _rehash(self) -> None:
         """Hash the bytes already in a resumed ``.part`` (after those given as ``hashed``, when it has them
-        all: its MD5 too if one is wanted); ``offset`` becomes its size."""
-        pre = self._prehashed
-        if pre is not None and (self.md5 is None or pre.md5 is not None):
-            if pre.offset <= os.fstat(self._fh.fileno()).st_size:
-                self.sha256, self.offset = pre.sha256, pre.offset
-                if self.md5 is not None:
-                    self.md5 = pre.md5
-                self._fh.seek(pre.offset)
+        all: its second digest too if one is wanted); ``offset`` becomes its size."""
+        pre, want = self._prehashed, self._want_second
+        if pre is not None and want and getattr(pre.second, "name", None) != want:
+            pre = None  # hashed without the second digest wanted now: all is hashed again
+        if pre is not None and pre.offset <= os.fstat(self._fh.fileno()).st_size:
+            self.sha256, self.offset = pre.sha256, pre.offset
+            self.second = pre.second if want else None
+            self._fh.seek(pre.offset)
         while True:
             block = self._fh.read(BLOCK_SIZE)
             if not block:
@@ -306,15 +307,15 @@ class PartFile:
 
     def _hash(self, data: bytes | memoryview) -> None:
         self.sha256.update(data)
-        if self.md5 is not None:
-            self.md5.update(data)
+        if self.second is not None:
+            self.second.update(data)
 
     def restart(self) -> None:
         """Throw away what was written so far (the source changed) and start at offset 0."""
         self._fh.seek(0)
         self._fh.truncate()
         self.sha256 = hashlib.sha256()
-        self.md5 = hashlib.md5(usedforsecurity=False) if self._want_md5 else None
+        self.second = new_digest(self._want_second) if self._want_second else None
         self.discarded += self.offset
         self._synced = None
         self.offset = 0
@@ -330,7 +331,7 @@ class PartFile:
         return n
 
     def hash_range(self, start: int, length: int) -> None:
-        """Add bytes ``start`` to ``start + length`` of the ``.part`` to the running sha256 (and MD5) (reads
+        """Add bytes ``start`` to ``start + length`` of the ``.part`` to the running digests (reads
         them back, still in the page cache, through a second handle and one reused buffer; ranges must be
         hashed in order, from one thread at a time)."""
         if self._reader is None:
@@ -362,7 +363,7 @@ class PartFile:
             self._reader = None
 
     def write(self, data: bytes | memoryview) -> None:
-        """Append ``data`` to the part and its running sha256 (and MD5); OSError if not written whole."""
+        """Append ``data`` to the part and its running digests; OSError if not written whole."""
         written = self._fh.write(data) or 0
         if written != len(data):  # a short write of an unbuffered part (a signal, a nearly full disk)
             write_all(self._fh.fileno(), memoryview(data)[written:])
@@ -370,11 +371,10 @@ class PartFile:
         self.offset += len(data)
 
     def hexdigests(self) -> dict[str, str]:
-        """The digests of the bytes written so far, lower-case hex: ``{"sha256": ...}`` and, with
-        ``md5=True``, ``"md5"``."""
+        """The digests of the bytes written so far, lower-case hex: ``{"sha256": ..., second: ...}``."""
         digests = {"sha256": self.sha256.hexdigest()}
-        if self.md5 is not None:
-            digests["md5"] = self.md5.hexdigest()
+        if self.second is not None:
+            digests[self.second.name] = self.second.hexdigest()
         return digests
 
     def start_writeback(self) -> None:
@@ -406,8 +406,8 @@ class PartFile:
         """Flush, fsync, verify the size and checksums, and publish under the final name.
 
         ``expected_size``: bytes the file must hold (None: not checked). ``checksums``: hex digests the
-        bytes must match, by algorithm (``{"sha256": hex, "md5": hex}``, either or both; case does not
-        matter). An MD5 asked for without ``md5=True`` is computed here by reading the ``.part`` once.
+        bytes must match, by algorithm (``{"sha256": hex, "md5": hex}``, any of them; case does not
+        matter). A digest not computed as the bytes were written is computed here by reading the ``.part``.
         The file's bytes are always fsynced (here, unless :meth:`sync` did since the last write); its
         folder (which makes the new name durable) only with ``sync_folder``: a caller passing False must
         fsync ``final.parent`` before it records the file as done (the engine's
@@ -418,7 +418,7 @@ class PartFile:
         :class:`ChecksumMismatch` when a digest differs (the message names the file, the algorithm and
         the first hex digits expected and actual: :mod:`jupyter_staging.safety.checksums`),
         :class:`VerificationFailed` when the file on disk does not hold what was written or an algorithm
-        is not one of :data:`~jupyter_staging.safety.checksums.CHECKSUM_ALGORITHMS`;
+        cannot be computed here (:func:`~jupyter_staging.safety.checksums.can_compute`);
         :class:`DestinationExists` when the final name was taken meanwhile.
         """
         self._close_reader()
@@ -451,19 +451,19 @@ class PartFile:
 
     def _verify(self, checksums: dict[str, str]) -> None:
         """Compare ``checksums`` (hex by algorithm) with the bytes written; raises on the first mismatch."""
-        unknown = sorted(set(checksums) - set(CHECKSUM_ALGORITHMS))
+        unknown = sorted(algorithm for algorithm in checksums if not can_compute(algorithm))
         if unknown:
             raise VerificationFailed(f"{self.final.name}: cannot verify a {', '.join(unknown)} checksum")
         actual = self.hexdigests()
-        if "md5" in checksums and "md5" not in actual:
-            actual["md5"] = self._part_md5()
+        for algorithm in set(checksums) - set(actual):
+            actual[algorithm] = self._part_digest(algorithm)
         mismatch = first_mismatch(self.final.name, checksums, actual)
         if mismatch is not None:
             raise mismatch
 
-    def _part_md5(self) -> str:
-        """The MD5 of the ``.part`` on disk, lower-case hex."""
-        digest = hashlib.md5(usedforsecurity=False)
+    def _part_digest(self, algorithm: str) -> str:
+        """The ``algorithm`` digest of the ``.part`` on disk, lower-case hex."""
+        digest = new_digest(algorithm)
         with self._open_reader() as reader:
             while block := reader.read(BLOCK_SIZE):
                 digest.update(block)

@@ -329,6 +329,14 @@ class Source(abc.ABC):
         reads (HTTP's ``If-Range``, say) keeps this default: False, nothing looked at."""
         return False
 
+    def ask_checksums(self, item: SourceItem) -> None:
+        """Add to ``item.checksums`` what the source states for the version ``item.validator`` names, when
+        its listing stated nothing: called before the item is fetched in byte ranges, whose answers state no
+        checksum of the whole file. This default asks nothing (a source whose listing states its checksums,
+        or one that states none). Raises :class:`~jupyter_staging.errors.SourceChanged` when the item is
+        no longer that version, and what listing raises."""
+        return None
+
     def supports_ranges(self, item: SourceItem) -> bool:
         """Whether :meth:`fetch_range` can read byte ranges of ``item`` (the version listed, checked by
         every read). False unless a source says otherwise."""

@@ -486,6 +486,37 @@ def test_a_large_file_for_object_storage_is_fetched_by_its_task_on_parallel_stre
     assert len(body) == size and hashlib.sha256(body).hexdigest() == expected
 
 
+def test_an_s3_object_listed_below_a_prefix_is_split_into_range_tasks_and_checked_by_its_crc(
+    tmp_path, s3_env, s3_server
+):
+    """A listing states no checksum, nor does a ranged GET: before its range tasks, one HEAD (conditional
+    on the listed ETag, ``x-amz-checksum-mode: ENABLED``) asks for the object's, for the task that checks
+    the assembled file (tests/sources/test_stated_checksums.py: a mismatch there publishes nothing)."""
+    client, bucket = s3_env
+    data = os.urandom(3 * 1024**2 + 11)
+    client.put_object(Bucket=bucket, Key="cubes/cube.fits", Body=data, ChecksumAlgorithm="CRC64NVME")
+    with local_cluster(threads=1) as own:  # started after s3_env: its workers see the endpoint
+        manager = make_manager(
+            tmp_path / "root", scheduler_address=own.scheduler_address, range_bytes=1024**2
+        )
+        try:
+            s3_server.start_recording()
+            job = run(manager, CreateJob(source=f"s3://{bucket}/cubes/", destination="img"))
+            requests = [r for r in s3_server.recorded() if "cube.fits" in r["url"].split("?")[0]]
+            log = log_text(manager, job.id)
+        finally:
+            s3_server.stop_recording()
+            manager.stop(wait=True)
+    assert job.state == JobState.succeeded, job.error
+    assert "cube.fits: 4 ranges of up to 1048576 bytes as Dask tasks" in log
+    heads = [r for r in requests if r["method"] == "HEAD"]
+    assert len(heads) == 1, heads
+    headers = {k.lower(): v for k, v in heads[0]["headers"].items()}
+    assert headers.get("x-amz-checksum-mode") == "ENABLED" and headers.get("if-match")
+    assert sum(r["method"] == "GET" for r in requests) == 4
+    assert (tmp_path / "root" / "img" / "cube.fits").read_bytes() == data
+
+
 def test_a_run_closing_late_leaves_the_newer_run_of_its_job_in_place():
     """Pause then resume at once: the paused run's tasks may close after the resumed run began. Closing
     must not delete the run variable the newer run set (its tasks would wait for it and fail)."""

@@ -169,15 +169,15 @@ def test_the_prefix_hash_follows_ranges_completed_out_of_order(tmp_path):
     step = 1024**2
     spans = byte_ranges(len(data), step)
     with open(part, "rb") as fh:
-        hasher = PrefixHasher(fh.fileno(), md5=True)
+        hasher = PrefixHasher(fh.fileno(), second="md5")
         for start, length in spans[1:4] + spans[:1]:  # 1, 2, 3 wait for 0
             hasher.completed(start, length)
         hashed = hasher.finish()
     assert hashed.offset == 4 * step  # the contiguous run from byte 0; ranges 4.. never came
     assert hashed.sha256.hexdigest() == hashlib.sha256(data[: 4 * step]).hexdigest()
-    assert hashed.md5.hexdigest() == hashlib.md5(data[: 4 * step]).hexdigest()
+    assert hashed.second.hexdigest() == hashlib.md5(data[: 4 * step]).hexdigest()
     # The part file takes it and reads only the rest.
-    size, digest = PartFile(tmp_path / "cube.fits", resume=True, md5=True, hashed=hashed).commit(
+    size, digest = PartFile(tmp_path / "cube.fits", resume=True, second="md5", hashed=hashed).commit(
         len(data), checksums={"md5": hashlib.md5(data).hexdigest()}
     )
     assert (size, digest) == (len(data), hashlib.sha256(data).hexdigest())
@@ -191,7 +191,7 @@ def _hashed_then_committed(tmp_path: Path, data: bytes, spans: list[tuple[int, i
         hasher.completed(start, length)
     hashed = hasher.finish()
     md5 = hashlib.md5(data).hexdigest()
-    committed = PartFile(tmp_path / "cube.fits", resume=True, md5=True, hashed=hashed).commit(
+    committed = PartFile(tmp_path / "cube.fits", resume=True, second="md5", hashed=hashed).commit(
         len(data), checksums={"md5": md5}
     )
     return hashed, committed
@@ -219,15 +219,15 @@ def test_the_prefix_hash_stops_where_its_read_failed_mid_range(tmp_path, monkeyp
 
     with open(part, "rb") as fh:
         monkeypatch.setattr(ranges.os, "pread", pread)
-        hasher = PrefixHasher(fh.fileno(), md5=True)
+        hasher = PrefixHasher(fh.fileno(), second="md5")
         for start, length in byte_ranges(len(data), 1024**2):
             hasher.completed(start, length)
         hashed = hasher.finish()
         monkeypatch.undo()
     assert hashed.offset == 2 * 256 * 1024  # the two blocks hashed, not the range start
     assert hashed.sha256.hexdigest() == hashlib.sha256(data[: hashed.offset]).hexdigest()
-    assert hashed.md5.hexdigest() == hashlib.md5(data[: hashed.offset]).hexdigest()
-    size, digest = PartFile(tmp_path / "cube.fits", resume=True, md5=True, hashed=hashed).commit(
+    assert hashed.second.hexdigest() == hashlib.md5(data[: hashed.offset]).hexdigest()
+    size, digest = PartFile(tmp_path / "cube.fits", resume=True, second="md5", hashed=hashed).commit(
         len(data), checksums={"md5": hashlib.md5(data).hexdigest()}
     )
     assert (size, digest) == (len(data), hashlib.sha256(data).hexdigest())
@@ -241,7 +241,7 @@ def test_the_prefix_hash_takes_both_digests_on_one_thread_when_no_thread_starts(
     part = tmp_path / "cube.fits.part"
     part.write_bytes(data)
     with open(part, "rb") as fh:
-        hasher = PrefixHasher(fh.fileno(), md5=True)
+        hasher = PrefixHasher(fh.fileno(), second="md5")
 
         def no_thread(self):
             raise RuntimeError("can't start new thread")
@@ -249,7 +249,7 @@ def test_the_prefix_hash_takes_both_digests_on_one_thread_when_no_thread_starts(
         monkeypatch.setattr(threading.Thread, "start", no_thread)
         hashed, committed = _hashed_then_committed(tmp_path, data, byte_ranges(len(data), 1024**2), hasher)
     assert hashed.offset == len(data)
-    assert hashed.md5.hexdigest() == hashlib.md5(data).hexdigest()
+    assert hashed.second.hexdigest() == hashlib.md5(data).hexdigest()
     assert committed == (len(data), hashlib.sha256(data).hexdigest())
 
 
@@ -261,6 +261,8 @@ def test_a_prefix_hash_that_failed_hands_over_nothing(tmp_path):
     part.write_bytes(data)
 
     class FailingMd5:
+        name = "md5"
+
         def __init__(self) -> None:
             self.calls = 0
 
@@ -270,8 +272,8 @@ def test_a_prefix_hash_that_failed_hands_over_nothing(tmp_path):
                 raise MemoryError
 
     with open(part, "rb") as fh:
-        hasher = PrefixHasher(fh.fileno(), md5=True)
-        hasher.hashed = hasher.hashed._replace(md5=FailingMd5())
+        hasher = PrefixHasher(fh.fileno(), second="md5")
+        hasher.hashed = hasher.hashed._replace(second=FailingMd5())
         hashed, committed = _hashed_then_committed(tmp_path, data, byte_ranges(len(data), 1024**2), hasher)
     assert hashed.offset == 0
     assert committed == (len(data), hashlib.sha256(data).hexdigest())
@@ -285,6 +287,9 @@ class _PublishedMeanwhile:
         self.final, self.ranges, self.calls = final, ranges, 0
 
     def local_path(self, _item):
+        return None
+
+    def ask_checksums(self, _item):
         return None
 
     def supports_ranges(self, _item):
@@ -314,7 +319,7 @@ def test_a_task_whose_final_name_is_taken_after_its_ranges_leaves_no_part(tmp_pa
     item = SourceItem(name="big.bin", size=size, locator="http://127.0.0.1/big.bin", validator={"etag": "1"})
     source = _PublishedMeanwhile(final, ranges=3)
     with pytest.raises(DestinationExists):
-        fetch_verified(source, item, JobControl(), final, root, {}, md5=False, streams=4)
+        fetch_verified(source, item, JobControl(), final, root, {}, second=None, streams=4)
     assert source.calls == 3
     assert sorted(p.name for p in final.parent.iterdir()) == ["big.bin"]
     assert final.read_bytes() == b"published by the other attempt"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import zlib
 
 import pytest
+from awscrt import checksums as crt
 
 from jupyter_staging.errors import ChecksumMismatch, SizeMismatch, VerificationFailed
 from jupyter_staging.safety.copying import copy_file, copy_stream
@@ -15,6 +17,15 @@ from jupyter_staging.safety.partfile import PartFile, part_path
 DATA = os.urandom(2 * 1024 * 1024 + 777)
 SHA256 = hashlib.sha256(DATA).hexdigest()
 MD5 = hashlib.md5(DATA).hexdigest()  # noqa: S324 - the checksum under test
+#: Every algorithm a part file verifies, each digest of DATA as hex of the big-endian value for a CRC (as S3's
+#: x-amz-checksum-* headers decode).
+DIGESTS = {
+    "sha256": SHA256,
+    "md5": MD5,
+    "crc64nvme": crt.crc64nvme(DATA).to_bytes(8, "big").hex(),
+    "crc32c": crt.crc32c(DATA).to_bytes(4, "big").hex(),
+    "crc32": zlib.crc32(DATA).to_bytes(4, "big").hex(),
+}
 
 
 def one_digit_off(hexdigest: str) -> str:
@@ -22,8 +33,8 @@ def one_digit_off(hexdigest: str) -> str:
     return hexdigest[:-1] + ("0" if hexdigest[-1] != "0" else "1")
 
 
-def written(path, *, md5: bool = False) -> PartFile:
-    out = PartFile(path, md5=md5)
+def written(path, *, second: str | None = None) -> PartFile:
+    out = PartFile(path, second=second)
     out.write(DATA)
     return out
 
@@ -32,20 +43,22 @@ def nothing_published(path) -> bool:
     return not path.exists() and not part_path(path).exists()
 
 
-@pytest.mark.parametrize("md5", [True, False])
-def test_matching_checksums_publish_and_return_size_and_sha256(tmp_path, md5):
+@pytest.mark.parametrize("second", [None, "md5", "crc64nvme", "crc32c", "crc32"])
+def test_matching_checksums_publish_and_return_size_and_sha256(tmp_path, second):
+    """Each digest is taken as the bytes are written (``second``) or by reading the part at commit."""
     target = tmp_path / "a.fits"
-    out = written(target, md5=md5)
+    out = written(target, second=second)
 
-    assert out.commit(len(DATA), checksums={"sha256": SHA256, "md5": MD5.upper()}) == (len(DATA), SHA256)
+    expected = {algorithm: digest.upper() for algorithm, digest in DIGESTS.items()}
+    assert out.commit(len(DATA), checksums=expected) == (len(DATA), SHA256)
     assert target.read_bytes() == DATA and not part_path(target).exists()
 
 
-@pytest.mark.parametrize("algorithm", ["sha256", "md5"])
+@pytest.mark.parametrize("algorithm", list(DIGESTS))
 def test_one_wrong_hex_digit_is_checksum_mismatch_and_publishes_nothing(tmp_path, algorithm):
     target = tmp_path / "a.fits"
-    right = {"sha256": SHA256, "md5": MD5}[algorithm]
-    out = written(target, md5=algorithm == "md5")
+    right = DIGESTS[algorithm]
+    out = written(target, second=None if algorithm == "sha256" else algorithm)
 
     with pytest.raises(ChecksumMismatch) as info:
         out.commit(len(DATA), checksums={algorithm: one_digit_off(right)})
@@ -72,7 +85,7 @@ def test_md5_not_tracked_while_writing_is_computed_at_commit(tmp_path):
 
 def test_wrong_size_is_size_mismatch_before_any_checksum(tmp_path):
     target = tmp_path / "a.bin"
-    out = written(target, md5=True)
+    out = written(target, second="md5")
 
     with pytest.raises(SizeMismatch) as info:
         out.commit(len(DATA) + 1, checksums={"sha256": SHA256})
@@ -86,18 +99,18 @@ def test_unknown_algorithm_is_refused_not_ignored(tmp_path):
     target = tmp_path / "a.bin"
     out = written(target)
     with pytest.raises(VerificationFailed) as info:
-        out.commit(checksums={"crc32": "deadbeef"})
-    assert not isinstance(info.value, ChecksumMismatch) and "crc32" in info.value.message
+        out.commit(checksums={"sha512": "de" * 64})
+    assert not isinstance(info.value, ChecksumMismatch) and "sha512" in info.value.message
     assert nothing_published(target)
 
 
 def test_resume_rehashes_the_existing_part_with_md5_too(tmp_path):
     target = tmp_path / "a.bin"
-    first = PartFile(target, md5=True)
+    first = PartFile(target, second="md5")
     first.write(DATA[:1_000_000])
     first.close()
 
-    out = PartFile(target, resume=True, md5=True)
+    out = PartFile(target, resume=True, second="md5")
     assert out.offset == 1_000_000
     out.write(DATA[1_000_000:])
 
@@ -106,7 +119,7 @@ def test_resume_rehashes_the_existing_part_with_md5_too(tmp_path):
 
 
 def test_restart_forgets_the_md5_of_thrown_away_bytes(tmp_path):
-    out = PartFile(tmp_path / "a.bin", md5=True)
+    out = PartFile(tmp_path / "a.bin", second="md5")
     out.write(b"old version bytes")
     out.restart()
     out.write(DATA)
@@ -117,14 +130,14 @@ def test_restart_forgets_the_md5_of_thrown_away_bytes(tmp_path):
 def test_copy_file_path_computes_md5_over_every_byte(tmp_path, step):
     src = tmp_path / "src.bin"
     src.write_bytes(DATA)
-    out = PartFile(tmp_path / "dest" / "a.bin", md5=True)
+    out = PartFile(tmp_path / "dest" / "a.bin", second="md5")
     copy_file(src, out, step=step)
     assert out.hexdigests() == {"sha256": SHA256, "md5": MD5}
     out.commit(len(DATA), checksums={"md5": MD5})
 
 
 def test_copy_stream_path_computes_md5(tmp_path):
-    out = PartFile(tmp_path / "a.bin", md5=True)
+    out = PartFile(tmp_path / "a.bin", second="md5")
     copy_stream(io.BytesIO(DATA), out, block_size=100_000)
     with pytest.raises(ChecksumMismatch):
         out.commit(checksums={"md5": one_digit_off(MD5)})

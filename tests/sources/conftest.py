@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from jupyter_staging.safety.checksums import checksums_to_verify, second_algorithm
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile
 
@@ -15,13 +16,14 @@ from jupyter_staging.safety.partfile import PartFile
 def _stage_verified(
     source: Any, item: Any, dest: Path, control: JobControl | None = None
 ) -> tuple[Path, int, str]:
-    out = PartFile(dest / item.name, md5="md5" in item.checksums)
+    # As the engine does: the sha256 and the one other stated digest cheapest to verify.
+    out = PartFile(dest / item.name, second=second_algorithm(checksums_to_verify(item.checksums)))
     try:
         source.fetch(item, out, control or JobControl())
     except BaseException:
         out.close()
         raise
-    size, digest = out.commit(item.size, checksums=item.checksums)
+    size, digest = out.commit(item.size, checksums=checksums_to_verify(item.checksums))
     return dest / item.name, size, digest
 
 
