@@ -14,6 +14,9 @@ from typing import Any
 #: ``errno`` values meaning "the file system is full" (no block left, or the user's disk quota reached).
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
+#: ``errno`` values meaning "no file descriptor left" (the process's ``RLIMIT_NOFILE``, or the system's).
+NO_DESCRIPTOR_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
+
 
 class StagingError(Exception):
     """Base of every deliberate staging error.
@@ -239,12 +242,29 @@ def no_space_error(exc: BaseException) -> NoSpace | None:
     return NoSpace(f"the file system being written is full ({cause}); free some space and run the job again")
 
 
+def too_many_open_files_error(exc: BaseException, what: str = "") -> TransferFailed | None:
+    """The ``too_many_open_files`` error (503: this server's state, not the source's nor the request's)
+    standing for ``exc`` when it is an :class:`OSError` with ``EMFILE`` / ``ENFILE`` (no file descriptor
+    left), else None. ``what`` (a file's name, say) starts the message; the message names the limit to raise
+    (``RLIMIT_NOFILE``), never a path."""
+    if not isinstance(exc, OSError) or exc.errno not in NO_DESCRIPTOR_ERRNOS:
+        return None
+    prefix = f"{what}: not read: " if what else ""
+    return TransferFailed(
+        f"{prefix}this server has too many files open ({os.strerror(exc.errno)}); run fewer jobs at once or "
+        "raise its open-file limit (RLIMIT_NOFILE)",
+        code="too_many_open_files",
+        status=503,
+    )
+
+
 def as_staging_error(exc: BaseException) -> StagingError | None:
-    """``exc`` itself when it is a :class:`StagingError`, a :class:`NoSpace` for a full file system,
-    else None (an unexpected error: the caller reports ``internal_error``)."""
+    """``exc`` itself when it is a :class:`StagingError`, a :class:`NoSpace` for a full file system, the
+    ``too_many_open_files`` error for no descriptor left (see :func:`too_many_open_files_error`: creating a
+    part file, opening a folder), else None (an unexpected error: the caller reports ``internal_error``)."""
     if isinstance(exc, StagingError):
         return exc
-    return no_space_error(exc)
+    return no_space_error(exc) or too_many_open_files_error(exc)
 
 
 class JobInterrupted(Exception):  # noqa: N818 - control flow, not an error a user sees

@@ -282,10 +282,6 @@ class PartFile:
                 raise PathNotAllowed(
                     f"{self.final.name}: its folder was moved or replaced while it was written"
                 )
-        except DestinationUnavailable:  # the root itself is gone: nothing is published
-            self._remove_part()
-            self._close_dir()
-            raise
         except (PathNotAllowed, FileNotFoundError):
             self._remove_part()
             self._close_dir()
@@ -293,6 +289,10 @@ class PartFile:
                 f"{self.final.name}: its folder was moved or replaced by a symbolic link while it was "
                 "written; nothing was published"
             ) from None
+        except (DestinationUnavailable, OSError):  # the root is gone, no descriptor left: nothing published
+            self._remove_part()
+            self._close_dir()
+            raise
         try:
             if self.unnamed:
                 publish_fd_at(self._fh.fileno(), self._dir_fd, self.final.name, sync=sync)
@@ -442,7 +442,7 @@ class PartFile:
                 raise SizeMismatch(f"{self.final.name}: wrote {size} bytes, expected {expected_size}")
             if checksums:
                 self._verify(checksums)
-        except VerificationFailed:
+        except (VerificationFailed, OSError):  # OSError: the part could not be re-read for a checksum
             self._remove_part()
             self._close_dir()
             raise

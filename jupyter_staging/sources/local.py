@@ -19,7 +19,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from jupyter_staging.errors import PathNotAllowed, SourceChanged, SourceNotFound, TransferFailed
+from jupyter_staging.errors import (
+    PathNotAllowed,
+    SourceChanged,
+    SourceNotFound,
+    TransferFailed,
+    too_many_open_files_error,
+)
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.copying import copy_from_fd
 from jupyter_staging.safety.dirfd import READ_FLAGS, check_name
@@ -311,13 +317,9 @@ def _read_error(item: SourceItem, exc: OSError) -> PathNotAllowed | SourceNotFou
     """The staging error for ``exc``, met opening listed file ``item`` (or a folder on its path). Out of
     descriptors (``EMFILE`` / ``ENFILE``) is this server's state, not the source's: ``too_many_open_files``
     (503), naming the limit to raise."""
-    if exc.errno in (errno.EMFILE, errno.ENFILE):
-        return TransferFailed(
-            f"{item.name}: not read: this server has too many files open ({exc.strerror}); run fewer jobs at "
-            "once or raise its open-file limit (RLIMIT_NOFILE)",
-            code="too_many_open_files",
-            status=503,
-        )
+    no_descriptor = too_many_open_files_error(exc, item.name)
+    if no_descriptor is not None:
+        return no_descriptor
     if exc.errno == errno.ELOOP:
         return PathNotAllowed(f"{item.name}: became a symbolic link since it was listed; not read")
     if exc.errno in (errno.ENXIO, errno.ENOTDIR, errno.EISDIR, errno.ENODEV):

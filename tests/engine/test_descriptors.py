@@ -7,17 +7,21 @@ The jobs run in a child process whose limits the test sets (``preexec_fn``): a r
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import resource
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from jupyter_staging.errors import TransferFailed
+from jupyter_staging.engine.entries import error_of
+from jupyter_staging.errors import TransferFailed, as_staging_error
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.descriptors import (
     FILES_IN_FLIGHT_PER_MILLE,
@@ -27,7 +31,9 @@ from jupyter_staging.safety.descriptors import (
     open_file_limit,
     raise_open_file_limit,
 )
+from jupyter_staging.safety.dirfd import open_folder
 from jupyter_staging.safety.partfile import PartFile
+from jupyter_staging.safety.unnamed import create_unnamed
 from jupyter_staging.sources.local import LocalSource
 
 REPO = Path(__file__).resolve().parents[2]
@@ -157,6 +163,22 @@ def test_the_soft_limit_is_raised_never_lowered(nofile):
     assert raise_open_file_limit(300) == (target, target)  # already above what is asked: left alone
 
 
+@contextmanager
+def no_descriptor_left(nofile, spare: int = 4):
+    """Within: every descriptor of this process's soft limit is taken (the next ``open`` fails with
+    ``EMFILE``); ``spare`` is the room left before they are taken, for what the test opened first."""
+    nofile(len(os.listdir("/proc/self/fd")) + spare)
+    held: list[int] = []
+    try:
+        with pytest.raises(OSError, match="Too many open files"):
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
 def test_a_file_met_with_no_descriptor_left_is_too_many_open_files_not_an_unreadable_source(tmp_path, nofile):
     """Out of descriptors is the server's state: the error says so and names the limit (it used to say the
     source "cannot be read", code ``source_not_readable``). Nothing is published."""
@@ -165,18 +187,55 @@ def test_a_file_met_with_no_descriptor_left_is_too_many_open_files_not_an_unread
     source = LocalSource(str(src))
     [item] = source.list_items()
     out = PartFile(tmp_path / "copy.fits")
-    nofile(len(os.listdir("/proc/self/fd")) + 4)
-    held: list[int] = []
-    try:
-        with pytest.raises(OSError, match="Too many open files"):
-            while True:
-                held.append(os.open(os.devnull, os.O_RDONLY))
-        with pytest.raises(TransferFailed) as info:
-            source.fetch(item, out, JobControl())
-    finally:
-        for fd in held:
-            os.close(fd)
+    with no_descriptor_left(nofile), pytest.raises(TransferFailed) as info:
+        source.fetch(item, out, JobControl())
     assert info.value.code == "too_many_open_files" and info.value.status == 503
     assert "RLIMIT_NOFILE" in info.value.message and "lc.fits" in info.value.message
     out.discard()
     assert not (tmp_path / "copy.fits").exists()
+
+
+def test_a_part_file_that_cannot_be_created_for_want_of_a_descriptor_fails_its_job_too_many_open_files(
+    tmp_path, nofile
+):
+    """The same state met writing, not reading: the part file's folder is opened from the root by
+    descriptor, and the ``OSError`` that raises is what a job's runner (``JobLifecycle.fail``) and a manifest
+    entry (``error_of``) turn into the code: ``too_many_open_files``, not ``internal_error``. No file is
+    left under its final name or as a part."""
+    with no_descriptor_left(nofile, spare=0), pytest.raises(OSError) as info:
+        PartFile(tmp_path / "lc" / "copy.fits", root=tmp_path)
+    known = as_staging_error(info.value)
+    assert known is not None and (known.code, known.status) == ("too_many_open_files", 503)
+    assert "RLIMIT_NOFILE" in known.message and str(tmp_path) not in known.message
+    assert error_of(info.value)["code"] == "too_many_open_files"
+    assert as_staging_error(OSError(errno.EACCES, "Permission denied")) is None  # still internal_error
+    assert [p.name for p in tmp_path.rglob("*")] in ([], ["lc"])
+
+
+@pytest.mark.parametrize("unnamed", [False, True], ids=["named part", "unnamed part"])
+def test_a_part_committed_with_no_descriptor_left_is_removed_and_leaves_no_descriptor_open(
+    tmp_path, nofile, unnamed
+):
+    """A checksum not computed while writing (an MD5 asked for at commit) is computed by re-reading the
+    part through a second descriptor, and publishing re-opens the part's folder from the root. With no
+    descriptor left, one of them fails (an unnamed part stays open, so its re-read fails; a named one is
+    closed first, so its re-read takes that descriptor and the folder's re-open fails): the commit raises
+    the ``EMFILE`` (``too_many_open_files`` for the job), removes the part and lets go of every descriptor
+    it held. Both used to keep the folder's (and an unnamed part's) descriptor open."""
+    (tmp_path / "lc").mkdir()
+    data = os.urandom(64 * 1024)
+    before = sorted(os.listdir("/proc/self/fd"))
+    if unnamed:
+        dir_fd = open_folder(tmp_path, "lc")
+        unnamed_fd = create_unnamed(dir_fd)
+        assert unnamed_fd is not None, "this file system has no O_TMPFILE"
+        out = PartFile(tmp_path / "lc" / "copy.fits", root=tmp_path, dir_fd=dir_fd, unnamed_fd=unnamed_fd)
+    else:
+        out = PartFile(tmp_path / "lc" / "copy.fits", root=tmp_path)
+    out.write(data)
+    with no_descriptor_left(nofile, spare=0), pytest.raises(OSError) as info:
+        out.commit(checksums={"md5": hashlib.md5(data).hexdigest()})
+    known = as_staging_error(info.value)
+    assert known is not None and known.code == "too_many_open_files"
+    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert os.listdir(tmp_path / "lc") == []
