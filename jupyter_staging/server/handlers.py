@@ -28,7 +28,7 @@ from tornado.iostream import StreamClosedError
 
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, ListJobsQuery, dump
-from jupyter_staging.errors import StagingError
+from jupyter_staging.errors import StagingError, too_many_open_files_error
 from jupyter_staging.server.openapi import OpenAPIHandler
 from jupyter_staging.server.web import JSONHandlerMixin, StagingHTTPError
 
@@ -60,8 +60,9 @@ class StagingAPIHandler(JSONHandlerMixin, APIHandler):
         """Run a blocking manager call on a worker thread, turning :class:`StagingError` into HTTP errors.
 
         What a request's values can still provoke below the checks is answered 400 too (see
-        :func:`input_error`), logged with its traceback so a bug stays visible; any other exception
-        is a 500 ``internal_error`` without details.
+        :func:`input_error`), logged with its traceback so a bug stays visible; no file descriptor left
+        (``EMFILE`` / ``ENFILE``) is a 503 ``too_many_open_files``; any other exception is a 500
+        ``internal_error`` without details.
         """
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
@@ -70,7 +71,10 @@ class StagingAPIHandler(JSONHandlerMixin, APIHandler):
         except (ValueError, OverflowError, RecursionError, OSError) as exc:
             http_error = input_error(exc)
             if http_error is None:
-                raise
+                no_descriptor = too_many_open_files_error(exc)  # the server's state: 503, never a 500
+                if no_descriptor is None:
+                    raise
+                raise StagingHTTPError.from_error(no_descriptor) from None
             self.log.warning("staging: %s answered 400 %s", type(exc).__name__, http_error.code, exc_info=exc)
             raise http_error from None
 
