@@ -15,7 +15,6 @@ import resource
 import shutil
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,6 +34,7 @@ from jupyter_staging.safety.dirfd import open_folder
 from jupyter_staging.safety.partfile import PartFile
 from jupyter_staging.safety.unnamed import create_unnamed
 from jupyter_staging.sources.local import LocalSource
+from tests.helpers.descriptors import descriptors_to_spare
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -163,23 +163,7 @@ def test_the_soft_limit_is_raised_never_lowered(nofile):
     assert raise_open_file_limit(300) == (target, target)  # already above what is asked: left alone
 
 
-@contextmanager
-def no_descriptor_left(nofile, spare: int = 4):
-    """Within: every descriptor of this process's soft limit is taken (the next ``open`` fails with
-    ``EMFILE``); ``spare`` is the room left before they are taken, for what the test opened first."""
-    nofile(len(os.listdir("/proc/self/fd")) + spare)
-    held: list[int] = []
-    try:
-        with pytest.raises(OSError, match="Too many open files"):
-            while True:
-                held.append(os.open(os.devnull, os.O_RDONLY))
-        yield
-    finally:
-        for fd in held:
-            os.close(fd)
-
-
-def test_a_file_met_with_no_descriptor_left_is_too_many_open_files_not_an_unreadable_source(tmp_path, nofile):
+def test_a_file_met_with_no_descriptor_left_is_too_many_open_files_not_an_unreadable_source(tmp_path):
     """Out of descriptors is the server's state: the error says so and names the limit (it used to say the
     source "cannot be read", code ``source_not_readable``). Nothing is published."""
     src = tmp_path / "lc.fits"
@@ -187,7 +171,7 @@ def test_a_file_met_with_no_descriptor_left_is_too_many_open_files_not_an_unread
     source = LocalSource(str(src))
     [item] = source.list_items()
     out = PartFile(tmp_path / "copy.fits")
-    with no_descriptor_left(nofile), pytest.raises(TransferFailed) as info:
+    with descriptors_to_spare(), pytest.raises(TransferFailed) as info:
         source.fetch(item, out, JobControl())
     assert info.value.code == "too_many_open_files" and info.value.status == 503
     assert "RLIMIT_NOFILE" in info.value.message and "lc.fits" in info.value.message
@@ -196,13 +180,13 @@ def test_a_file_met_with_no_descriptor_left_is_too_many_open_files_not_an_unread
 
 
 def test_a_part_file_that_cannot_be_created_for_want_of_a_descriptor_fails_its_job_too_many_open_files(
-    tmp_path, nofile
+    tmp_path,
 ):
     """The same state met writing, not reading: the part file's folder is opened from the root by
     descriptor, and the ``OSError`` that raises is what a job's runner (``JobLifecycle.fail``) and a manifest
     entry (``error_of``) turn into the code: ``too_many_open_files``, not ``internal_error``. No file is
     left under its final name or as a part."""
-    with no_descriptor_left(nofile, spare=0), pytest.raises(OSError) as info:
+    with descriptors_to_spare(), pytest.raises(OSError) as info:
         PartFile(tmp_path / "lc" / "copy.fits", root=tmp_path)
     known = as_staging_error(info.value)
     assert known is not None and (known.code, known.status) == ("too_many_open_files", 503)
@@ -213,9 +197,7 @@ def test_a_part_file_that_cannot_be_created_for_want_of_a_descriptor_fails_its_j
 
 
 @pytest.mark.parametrize("unnamed", [False, True], ids=["named part", "unnamed part"])
-def test_a_part_committed_with_no_descriptor_left_is_removed_and_leaves_no_descriptor_open(
-    tmp_path, nofile, unnamed
-):
+def test_a_part_committed_with_no_descriptor_left_is_removed_and_leaves_no_descriptor_open(tmp_path, unnamed):
     """A checksum not computed while writing (an MD5 asked for at commit) is computed by re-reading the
     part through a second descriptor, and publishing re-opens the part's folder from the root. With no
     descriptor left, one of them fails (an unnamed part stays open, so its re-read fails; a named one is
@@ -233,7 +215,7 @@ def test_a_part_committed_with_no_descriptor_left_is_removed_and_leaves_no_descr
     else:
         out = PartFile(tmp_path / "lc" / "copy.fits", root=tmp_path)
     out.write(data)
-    with no_descriptor_left(nofile, spare=0), pytest.raises(OSError) as info:
+    with descriptors_to_spare(), pytest.raises(OSError) as info:
         out.commit(checksums={"md5": hashlib.md5(data).hexdigest()})
     known = as_staging_error(info.value)
     assert known is not None and known.code == "too_many_open_files"

@@ -6,37 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-from contextlib import contextmanager
 
 from tornado.httpclient import HTTPClientError
 
 from tests.helpers.api import post_job, wait_for
+from tests.helpers.descriptors import descriptors_to_spare
 
 #: Folders nested below the source: the job and the fingerprint check of a request open them.
 DEPTH = 40
-
-
-@contextmanager
-def descriptors_to_spare(spare: int):
-    """Within: the process's soft limit is reached but for ``spare`` descriptors (real ``EMFILE`` after)."""
-    saved = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + spare, saved[1]))
-    held: list[int] = []
-    try:
-        try:
-            while True:
-                held.append(os.open(os.devnull, os.O_RDONLY))
-        except OSError:
-            pass
-        for fd in held[len(held) - spare :] if spare else []:
-            os.close(fd)
-        del held[len(held) - spare :]
-        yield
-    finally:
-        for fd in held:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, saved)
 
 
 async def test_a_request_that_meets_no_descriptor_left_is_503_too_many_open_files(
