@@ -17,7 +17,7 @@ import socket
 from datetime import datetime, timedelta
 from typing import Any
 
-from jupyter_staging.errors import InvalidRequest, StagingError
+from jupyter_staging.errors import InvalidRequest, StagingError, too_many_open_files_error
 from jupyter_staging.hub.db import LeaseLost, Operation, OperationStore, utcnow
 from jupyter_staging.hub.fileops import Outcome
 
@@ -162,9 +162,13 @@ class Recorder:
 
 def as_staging_error(err: BaseException, operation_id: str) -> StagingError:
     """``err`` as a :class:`StagingError` with ``operation_id`` attached; OS errors keep their
-    ``strerror`` (never a traceback)."""
+    ``strerror`` (never a traceback). No file descriptor left (``EMFILE`` / ``ENFILE``) is the engine's
+    ``too_many_open_files`` (503: the service's state, not the request's)."""
+    no_descriptor = too_many_open_files_error(err)
     if isinstance(err, StagingError):
         staging = err
+    elif no_descriptor is not None:
+        staging = no_descriptor
     elif isinstance(err, FileNotFoundError):
         staging = InvalidRequest(
             f"a folder of the target does not exist: {err.strerror}", code="target_missing"

@@ -13,8 +13,10 @@ from jupyter_staging.hub import oplog
 from jupyter_staging.hub.areas import UserAreas, escape_username, split_relative_path
 from jupyter_staging.hub.fileops import check_source, hardlink, local_copy, symlink
 from jupyter_staging.hub.handlers import content_disposition
+from jupyter_staging.hub.recording import as_staging_error
 from jupyter_staging.hub.requests import parse_stage_request
 from tests.helpers.data import KEPLER_NAME
+from tests.helpers.descriptors import descriptors_to_spare
 
 
 @pytest.fixture
@@ -92,6 +94,23 @@ def test_copy_is_read_only_and_never_overwrites(site, kepler):
         local_copy(src, target)
     assert final.read_bytes() == b"changed"
     assert sorted(p.name for p in final.parent.iterdir()) == [KEPLER_NAME]  # no .part left
+
+
+def test_no_descriptor_left_is_too_many_open_files_not_io_error(site):
+    """A copy that meets the service's open-file limit for real (``EMFILE`` opening the source) is
+    recorded as ``too_many_open_files`` (503, the service's state), not a generic ``io_error`` (500), and
+    leaves nothing in the user's area."""
+    areas = UserAreas(str(site / "homes" / "{username}" / "staging"))
+    src = check_source(str(site / "archive" / KEPLER_NAME), [str(site / "archive")])
+    with areas.open_target("alice", "a/", src.name) as target:
+        with descriptors_to_spare(0), pytest.raises(OSError) as raised:
+            local_copy(src, target)
+    staging = as_staging_error(raised.value, "op-1")
+    assert (staging.code, staging.status, staging.operation_id) == ("too_many_open_files", 503, "op-1")
+    assert "RLIMIT_NOFILE" in str(staging) and str(site) not in str(staging)
+    assert os.listdir(site / "homes" / "alice" / "staging" / "a") == []
+    failed = as_staging_error(OSError(5, "Input/output error"), "op-2")
+    assert (failed.code, failed.status) == ("io_error", 500)
 
 
 def test_symlinks_in_the_area_are_refused_at_every_level(site):
