@@ -164,10 +164,9 @@ def as_staging_error(err: BaseException, operation_id: str) -> StagingError:
     """``err`` as a :class:`StagingError` with ``operation_id`` attached; OS errors keep their
     ``strerror`` (never a traceback). No file descriptor left (``EMFILE`` / ``ENFILE``) is the engine's
     ``too_many_open_files`` (503: the service's state, not the request's)."""
-    no_descriptor = too_many_open_files_error(err)
     if isinstance(err, StagingError):
         staging = err
-    elif no_descriptor is not None:
+    elif (no_descriptor := too_many_open_files_error(err)) is not None:
         staging = no_descriptor
     elif isinstance(err, FileNotFoundError):
         staging = InvalidRequest(
