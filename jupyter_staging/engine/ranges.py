@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from jupyter_staging.engine.executors import run_bounded
 from jupyter_staging.errors import SourceChanged, TransferFailed
-from jupyter_staging.safety.checksums import new_digest
+from jupyter_staging.safety.checksums import optional_digest
 from jupyter_staging.safety.control import DelegatingControl, JobControl
 from jupyter_staging.safety.partfile import Hashed
 from jupyter_staging.sources.base import Source, SourceItem
@@ -63,7 +63,7 @@ class PrefixHasher:
     def __init__(self, fd: int, *, second: str | None) -> None:
         self.fd = fd
         self._second = second
-        self.hashed = Hashed(0, hashlib.sha256(), new_digest(second) if second else None)
+        self.hashed = Hashed(0, hashlib.sha256(), optional_digest(second))
         #: Bytes fed to the hash objects, always exactly (advanced block by block).
         self._offset = 0
         #: True once hashing failed in a way that may have left the hash objects ahead of ``_offset``.
@@ -88,7 +88,7 @@ class PrefixHasher:
             self._cond.notify()
         self._thread.join()
         if self._broken:
-            return Hashed(0, hashlib.sha256(), new_digest(self._second) if self._second else None)
+            return Hashed(0, hashlib.sha256(), optional_digest(self._second))
         return Hashed(self._offset, self.hashed.sha256, self.hashed.second)
 
     def _run(self) -> None:

@@ -111,6 +111,7 @@ class SpreadStager(ManifestStager):
                             self._rel(final),
                             item.size,
                             checksums,
+                            item.checksums,
                             tag=("item", index),
                         )
                     continue

@@ -34,11 +34,22 @@ from typing import Any
 
 from jupyter_staging.destinations.registry import open_destination
 from jupyter_staging.engine.ranges import fetch_in_ranges, range_step, streams_for
-from jupyter_staging.errors import JobInterrupted, PathNotAllowed, SourceChanged, TransferFailed
+from jupyter_staging.errors import (
+    JobInterrupted,
+    PathNotAllowed,
+    SourceChanged,
+    TransferFailed,
+    VerificationFailed,
+)
 from jupyter_staging.formats.base import ChunkInfo
 from jupyter_staging.formats.convert import convert_to_parquet
 from jupyter_staging.formats.parquet import part_name
-from jupyter_staging.safety.checksums import can_compute, checksums_to_verify, second_algorithm
+from jupyter_staging.safety.checksums import (
+    can_compute,
+    checksums_to_verify,
+    second_algorithm,
+    verifiable_here,
+)
 from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.dirfd import (
@@ -258,11 +269,12 @@ def fetch_verified(
     On an error the part is removed, except on a pause or cancel (:class:`JobInterrupted`: closed; the
     next attempt truncates it). Raises what the source and :meth:`PartFile.commit` raise."""
 
-    if second is not None and not can_compute(second):  # a worker without awscrt: chosen again below
-        checksums, second = {a: v for a, v in checksums.items() if a != second}, None
     if not item.checksums and streams_for(source, item, streams):
         with suppress(SourceChanged):  # ranges state no checksum, nor an S3 listing: ask (a change: 1 stream)
             source.ask_checksums(item)
+    if second is not None and not can_compute(second):  # a worker without awscrt: another stated one, or fail
+        checksums = verifiable_here(checksums, item.checksums, item.name)
+        second = second_algorithm(checksums)
     chosen_here = second is None
     second = second_algorithm(checksums_to_verify(item.checksums)) if chosen_here else second
 
@@ -373,17 +385,29 @@ def fetch_range(
     return done
 
 
-def finish_ranges(ctx: TaskContext, final_rel: str, size: int, checksums: dict[str, str]) -> tuple[int, str]:
+def finish_ranges(
+    ctx: TaskContext,
+    final_rel: str,
+    size: int,
+    checksums: dict[str, str],
+    stated: dict[str, str] | None = None,
+) -> tuple[int, str]:
     """Hash the assembled ``.part`` of ``final_rel`` once (sha256, and the other digest ``checksums`` asks
     for), verify it against ``size`` and ``checksums``, publish it. Returns ``(size_bytes, sha256_hex)``;
-    raises as :meth:`PartFile.commit`."""
+    raises as :meth:`PartFile.commit`. ``stated``: what the source states (``{algorithm: hex}``), for a
+    worker that cannot compute an algorithm of ``checksums`` (no awscrt): one of these stands in for it, as
+    in :func:`fetch_verified`, else :class:`VerificationFailed` (the ``.part`` is removed)."""
     published = _published(ctx, final_rel, size)
     if published is not None:
         return published
-    second = second_algorithm(checksums)
-    if second is not None and not can_compute(second):  # a worker without awscrt: commit says it cannot
-        second = None
-    out = PartFile(ctx.path(final_rel), resume=True, second=second, root=Path(ctx.root))
+    final = ctx.path(final_rel)
+    try:
+        checksums = verifiable_here(checksums, stated or {}, final.name)
+    except VerificationFailed:  # nothing can be verified here: the assembled bytes are not kept
+        with folder_fd(Path(ctx.root), Path(final_rel).parent.as_posix()) as dir_fd:
+            unlink_at(dir_fd, part_path(final).name)
+        raise
+    out = PartFile(final, resume=True, second=second_algorithm(checksums), root=Path(ctx.root))
     return out.commit(size, checksums=checksums or None)
 
 

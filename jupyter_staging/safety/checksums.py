@@ -10,7 +10,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jupyter_staging.errors import ChecksumMismatch
+from jupyter_staging.errors import ChecksumMismatch, VerificationFailed
 
 try:  # the CRCs S3 states besides CRC32: awscrt (boto3[crt]), hardware-accelerated
     from awscrt import checksums as _crt
@@ -82,6 +82,36 @@ def new_digest(algorithm: str) -> Any:
         return _CRCS[algorithm]()
     except KeyError:
         raise ValueError(f"no {algorithm} digest here") from None
+
+
+def optional_digest(algorithm: str | None) -> Any:
+    """:func:`new_digest` of ``algorithm``, or None when there is none (a part file's second digest)."""
+    return new_digest(algorithm) if algorithm else None
+
+
+def cannot_verify(what: str, algorithms: list[str]) -> VerificationFailed:
+    """The error for checksums of ``algorithms`` that this interpreter cannot compute (:func:`can_compute`):
+    ``what`` (a file name) and what to install (CRC32C and CRC64NVME need awscrt)."""
+    return VerificationFailed(
+        f"{what}: cannot verify a {', '.join(sorted(algorithms))} checksum here "
+        "(CRC32C and CRC64NVME need awscrt: pip install 'boto3[crt]')"
+    )
+
+
+def verifiable_here(checksums: Mapping[str, str], stated: Mapping[str, str], what: str) -> dict[str, str]:
+    """``checksums`` (``{algorithm: hex}``, chosen by a process that could compute them all: the server)
+    as this process can verify them: an algorithm it cannot compute (a Dask worker without awscrt given a
+    CRC64NVME) is replaced by what :func:`checksums_to_verify` keeps of ``stated`` (what the source states,
+    ``{algorithm: hex}``; say the ETag's MD5). Raises :class:`VerificationFailed` (:func:`cannot_verify`)
+    when nothing it can compute is left to stand in: a stated checksum is never dropped unverified."""
+    unknown = [algorithm for algorithm in checksums if not can_compute(algorithm)]
+    if not unknown:
+        return dict(checksums)
+    kept = {algorithm: value for algorithm, value in checksums.items() if algorithm not in unknown}
+    instead = checksums_to_verify({a: v for a, v in stated.items() if a not in unknown and a not in kept})
+    if not instead:
+        raise cannot_verify(what, unknown)
+    return {**instead, **kept}
 
 
 def second_algorithm(checksums: Mapping[str, str]) -> str | None:

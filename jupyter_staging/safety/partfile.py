@@ -22,7 +22,13 @@ from jupyter_staging.errors import (
     SizeMismatch,
     VerificationFailed,
 )
-from jupyter_staging.safety.checksums import can_compute, first_mismatch, new_digest
+from jupyter_staging.safety.checksums import (
+    can_compute,
+    cannot_verify,
+    first_mismatch,
+    new_digest,
+    optional_digest,
+)
 from jupyter_staging.safety.dirfd import (
     closing_fd,
     create_file,
@@ -115,7 +121,7 @@ class PartFile:
         self.unnamed = False
         self._want_second = second
         self.sha256 = hashlib.sha256()
-        self.second = new_digest(second) if second else None
+        self.second = optional_digest(second)
         self.offset = 0
         #: Bytes thrown away by :meth:`restart` calls (progress already reported for them).
         self.discarded = 0
@@ -315,7 +321,7 @@ class PartFile:
         self._fh.seek(0)
         self._fh.truncate()
         self.sha256 = hashlib.sha256()
-        self.second = new_digest(self._want_second) if self._want_second else None
+        self.second = optional_digest(self._want_second)
         self.discarded += self.offset
         self._synced = None
         self.offset = 0
@@ -451,9 +457,9 @@ class PartFile:
 
     def _verify(self, checksums: dict[str, str]) -> None:
         """Compare ``checksums`` (hex by algorithm) with the bytes written; raises on the first mismatch."""
-        unknown = sorted(algorithm for algorithm in checksums if not can_compute(algorithm))
+        unknown = [algorithm for algorithm in checksums if not can_compute(algorithm)]
         if unknown:
-            raise VerificationFailed(f"{self.final.name}: cannot verify a {', '.join(unknown)} checksum")
+            raise cannot_verify(self.final.name, unknown)
         actual = self.hexdigests()
         for algorithm in set(checksums) - set(actual):
             actual[algorithm] = self._part_digest(algorithm)

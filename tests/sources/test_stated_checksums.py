@@ -331,3 +331,101 @@ def test_azure_content_md5_is_stated_and_a_wrong_one_is_checksum_mismatch(azure_
     with pytest.raises(ChecksumMismatch) as info:
         stage_verified(AzureSource(uri), item, dest)
     assert "md5" in info.value.message and not path.exists()
+
+
+# -- a Dask worker without awscrt (the server chose a CRC it can compute; the worker cannot) -----------------
+
+
+@pytest.fixture
+def no_awscrt(monkeypatch):
+    """This interpreter as a worker without awscrt sees it: CRC32 only (zlib). A missing library is a fault
+    the test cannot cause in this process, so the digest table is narrowed as the import would leave it."""
+    from jupyter_staging.safety import checksums
+
+    monkeypatch.setattr(checksums, "_CRCS", {"crc32": checksums._CRCS["crc32"]})
+
+
+@pytest.fixture
+def crc64_object(bucket, tmp_path):
+    """An S3 object stating a CRC64NVME and its ETag's MD5; the checksums the server (with awscrt) has the
+    worker verify; and a root folder for the worker's output."""
+    from jupyter_staging.engine.tasks import fetch_verified  # noqa: F401 - imported before awscrt "goes"
+
+    client, name, _ = bucket
+    data = os.urandom(300 * 1024 + 7)
+    client.put_object(Bucket=name, Key="lc.bin", Body=data, ChecksumAlgorithm="CRC64NVME")
+    source = S3Source(f"s3://{name}/lc.bin")
+    [item] = source.list_items()
+    chosen = checksums_to_verify(item.checksums)
+    assert list(chosen) == ["crc64nvme"]
+    root = tmp_path / "root"
+    root.mkdir()
+    return source, item, chosen, data, root
+
+
+def _fetch(source, item, chosen, root):
+    from jupyter_staging.engine.tasks import fetch_verified
+
+    final = root / "out" / "lc.bin"
+    return final, fetch_verified(
+        source, item, JobControl(), final, root, dict(chosen), second="crc64nvme", streams=1
+    )
+
+
+def test_a_worker_without_awscrt_verifies_the_stated_md5_in_place_of_the_crc64nvme(crc64_object, no_awscrt):
+    source, item, chosen, data, root = crc64_object
+    final, (size, digest) = _fetch(source, item, chosen, root)
+    assert final.read_bytes() == data and (size, digest) == (len(data), sha256(data))
+
+    # The MD5 is verified indeed: one the source states wrongly fails the file, and publishes nothing.
+    final.unlink()
+    item.checksums["md5"] = "0" * 32
+    with pytest.raises(ChecksumMismatch) as info:
+        _fetch(source, item, chosen, root)
+    assert "md5 mismatch" in info.value.message
+    assert os.listdir(root / "out") == []
+
+
+def test_a_worker_without_awscrt_fails_an_object_that_states_only_a_crc(crc64_object, no_awscrt):
+    """Nothing the worker can compute stands in for the CRC64NVME (a multipart object's ETag is no MD5):
+    the file fails before a byte moves, with an error that says what to install, instead of being
+    published unverified."""
+    from jupyter_staging.errors import VerificationFailed
+
+    source, item, chosen, _, root = crc64_object
+    del item.checksums["md5"]
+    with pytest.raises(VerificationFailed) as info:
+        _fetch(source, item, chosen, root)
+    assert info.value.code == "verification_failed"
+    assert "crc64nvme" in info.value.message and "awscrt" in info.value.message
+    assert not (root / "out").exists() or os.listdir(root / "out") == []
+
+
+@pytest.mark.parametrize("stated", ["crc64nvme+md5", "crc64nvme", "crc64nvme+wrong md5"])
+def test_ranges_finished_by_a_worker_without_awscrt_agree_with_one_stream(tmp_path, no_awscrt, stated):
+    """The last task of a file fetched as Dask range tasks (``finish_ranges``) chooses as
+    ``fetch_verified`` does: the stated MD5 in place of the CRC64NVME it cannot compute, else it fails and
+    removes the assembled ``.part``."""
+    from jupyter_staging.engine.tasks import TaskContext, finish_ranges
+    from jupyter_staging.errors import VerificationFailed
+
+    data = os.urandom(2 * 1024**2 + 3)
+    crc64 = crt.crc64nvme(data).to_bytes(8, "big").hex()
+    md5 = {"crc64nvme": None, "crc64nvme+md5": hashlib.md5(data).hexdigest()}.get(stated, "1" * 32)  # noqa: S324
+    states = {"crc64nvme": crc64, **({"md5": md5} if md5 else {})}
+    (tmp_path / "out").mkdir()
+    part_path(tmp_path / "out" / "lc.bin").write_bytes(data)
+    ctx = TaskContext("job-1", str(tmp_path))
+
+    if stated == "crc64nvme+md5":
+        assert finish_ranges(ctx, "out/lc.bin", len(data), {"crc64nvme": crc64}, states) == (
+            len(data),
+            sha256(data),
+        )
+        assert (tmp_path / "out" / "lc.bin").read_bytes() == data
+        return
+    expected = ChecksumMismatch if stated == "crc64nvme+wrong md5" else VerificationFailed
+    with pytest.raises(expected) as info:
+        finish_ranges(ctx, "out/lc.bin", len(data), {"crc64nvme": crc64}, states)
+    assert ("md5 mismatch" if expected is ChecksumMismatch else "awscrt") in info.value.message
+    assert os.listdir(tmp_path / "out") == []
