@@ -239,7 +239,7 @@ def no_space_error(exc: BaseException) -> NoSpace | None:
     if number is None:
         return None
     cause = "disk quota exceeded" if number == errno.EDQUOT else "no space left on the device"
-    return NoSpace(f"the file system being written is full ({cause}); free some space and run the job again")
+    return NoSpace(f"the file system being written is full ({cause}); free some space and try again")
 
 
 def too_many_open_files_error(exc: BaseException, what: str = "") -> TransferFailed | None:

@@ -11,7 +11,6 @@ import errno
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,29 +23,7 @@ from jupyter_staging.errors import InsufficientSpace, NoSpace, as_staging_error,
 from jupyter_staging.sources.base import SourceItem
 from tests.helpers.api import expect_error, post_job, wait_for
 from tests.helpers.jupyter import server_config
-
-MiB = 1024 * 1024
-TMPFS_SIZE = 4 * MiB
-
-
-def mount_small(folder: Path) -> Path:
-    """Mount a :data:`TMPFS_SIZE` tmpfs at ``folder`` (created), or skip the test saying why not."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if shutil.which("mount") is None:
-        pytest.skip("no `mount` command here: cannot make a small file system to fill")
-    done = subprocess.run(  # noqa: S603 - fixed arguments
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(folder)],  # noqa: S607
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip() or done.returncode}")
-    return folder
-
-
-def unmount(folder: Path) -> None:
-    subprocess.run(["umount", "-l", str(folder)], capture_output=True, check=False)  # noqa: S603, S607
+from tests.helpers.space import TMPFS_SIZE, MiB, mount_small, unmount
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -17,6 +18,7 @@ from jupyter_staging.hub.recording import as_staging_error
 from jupyter_staging.hub.requests import parse_stage_request
 from tests.helpers.data import KEPLER_NAME
 from tests.helpers.descriptors import descriptors_to_spare
+from tests.helpers.space import TMPFS_SIZE, small_file_system
 
 
 @pytest.fixture
@@ -111,6 +113,24 @@ def test_no_descriptor_left_is_too_many_open_files_not_io_error(site):
     assert os.listdir(site / "homes" / "alice" / "staging" / "a") == []
     failed = as_staging_error(OSError(5, "Input/output error"), "op-2")
     assert (failed.code, failed.status) == ("io_error", 500)
+
+
+def test_a_full_user_area_is_no_space_and_keeps_no_part(site):
+    """A copy into a user's area whose file system fills up for real (a small tmpfs) is recorded as
+    ``no_space`` (507, as the engine says it), not ``io_error`` (500), and leaves no part file; an area
+    over its disk quota (``EDQUOT``) is ``no_space`` too."""
+    (site / "archive" / "big.bin").write_bytes(os.urandom(TMPFS_SIZE + 2 * 1024 * 1024))
+    areas = UserAreas(str(site / "homes" / "{username}"))
+    src = check_source(str(site / "archive" / "big.bin"), [str(site / "archive")])
+    with small_file_system(site / "homes" / "alice") as area:
+        with areas.open_target("alice", "", src.name) as target, pytest.raises(OSError) as raised:
+            local_copy(src, target)
+        assert os.listdir(area) == []
+    staging = as_staging_error(raised.value, "op-1")
+    assert (staging.code, staging.status, staging.operation_id) == ("no_space", 507, "op-1")
+    assert "no space left" in str(staging) and str(site) not in str(staging)
+    quota = as_staging_error(OSError(errno.EDQUOT, os.strerror(errno.EDQUOT)), "op-2")
+    assert (quota.code, quota.status) == ("no_space", 507) and "quota" in str(quota)
 
 
 def test_symlinks_in_the_area_are_refused_at_every_level(site):
