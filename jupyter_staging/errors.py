@@ -16,6 +16,8 @@ NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 #: ``errno`` values meaning "no file descriptor left" (the process's ``RLIMIT_NOFILE``, or the system's).
 NO_DESCRIPTOR_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
+#: ``errno`` of a write to a file system mounted read-only.
+READ_ONLY_ERRNOS = frozenset({errno.EROFS})
 
 
 class StagingError(Exception):
@@ -213,23 +215,55 @@ class InsufficientSpace(StagingError):
     status = 409
 
 
-def full_disk_errno(exc: BaseException) -> int | None:
-    """``ENOSPC`` or ``EDQUOT`` when ``exc`` — or an exception it was raised from or while handling
-    (``__cause__`` / ``__context__``) — is an :class:`OSError` saying the file system or the disk quota is
-    full (libraries such as pyarrow raise one without an ``errno``, only its text); else None."""
+class DestinationReadOnly(StagingError):
+    """The destination lies on a file system mounted read-only (``statvfs``'s ``ST_RDONLY``, ``EROFS``):
+    nothing can be staged there. Refused at creation when the nearest existing folder of the destination is
+    read-only then; a job whose file system became read-only while it ran fails with this code, nothing
+    written under a final name.
+
+    HTTP 409 (Conflict): the request is well-formed but conflicts with the present state of the storage
+    (a read-only mount: a dataset folder shared into the user's area, say); another destination succeeds.
+    """
+
+    code = "destination_read_only"
+    status = 409
+
+
+def chained_errno(exc: BaseException, numbers: frozenset[int]) -> int | None:
+    """The first of ``numbers`` (errno values) that ``exc`` — or an exception it was raised from or while
+    handling (``__cause__`` / ``__context__``) — carries as an :class:`OSError`, by its ``errno`` or, for
+    libraries such as pyarrow that raise one without an ``errno``, by its text (``os.strerror``); else
+    None."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, OSError):
-            if current.errno in NO_SPACE_ERRNOS:
+            if current.errno in numbers:
                 return current.errno
             text = str(current)
-            for number in sorted(NO_SPACE_ERRNOS):
+            for number in sorted(numbers):
                 if os.strerror(number) in text:
                     return number
         current = current.__cause__ or current.__context__
     return None
+
+
+def full_disk_errno(exc: BaseException) -> int | None:
+    """``ENOSPC`` or ``EDQUOT`` when ``exc`` or its chain says the file system or the disk quota is full
+    (:func:`chained_errno`); else None."""
+    return chained_errno(exc, NO_SPACE_ERRNOS)
+
+
+def read_only_error(exc: BaseException) -> DestinationReadOnly | None:
+    """The :class:`DestinationReadOnly` standing for ``exc`` when it or its chain is ``EROFS`` (a write to a
+    read-only file system: :func:`chained_errno`), else None. The message names no path."""
+    if chained_errno(exc, READ_ONLY_ERRNOS) is None:
+        return None
+    return DestinationReadOnly(
+        "the destination is on a read-only file system; nothing was written there: choose a destination "
+        "that can be written to"
+    )
 
 
 def no_space_error(exc: BaseException) -> NoSpace | None:
@@ -259,12 +293,13 @@ def too_many_open_files_error(exc: BaseException, what: str = "") -> TransferFai
 
 
 def as_staging_error(exc: BaseException) -> StagingError | None:
-    """``exc`` itself when it is a :class:`StagingError`, a :class:`NoSpace` for a full file system, the
-    ``too_many_open_files`` error for no descriptor left (see :func:`too_many_open_files_error`: creating a
-    part file, opening a folder), else None (an unexpected error: the caller reports ``internal_error``)."""
+    """``exc`` itself when it is a :class:`StagingError`, a :class:`NoSpace` for a full file system, a
+    :class:`DestinationReadOnly` for a read-only one, the ``too_many_open_files`` error for no descriptor
+    left (see :func:`too_many_open_files_error`: creating a part file, opening a folder), else None (an
+    unexpected error: the caller reports ``internal_error``)."""
     if isinstance(exc, StagingError):
         return exc
-    return no_space_error(exc) or too_many_open_files_error(exc)
+    return no_space_error(exc) or read_only_error(exc) or too_many_open_files_error(exc)
 
 
 class JobInterrupted(Exception):  # noqa: N818 - control flow, not an error a user sees

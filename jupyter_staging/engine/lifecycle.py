@@ -95,8 +95,9 @@ class JobLifecycle:
 
     def start(self) -> list[str]:
         """Recover after a restart: jobs left ``running`` or ``queued`` are queued again and resume from
-        their partial files. Returns the ids of the jobs resubmitted. With ``raise_open_files``, raises the
-        process's soft open-file limit first (:func:`raise_open_file_limit`)."""
+        their partial files (not those this manager runs already: created before it was started). Returns
+        the ids of the jobs resubmitted. With ``raise_open_files``, raises the process's soft open-file
+        limit first (:func:`raise_open_file_limit`)."""
         before, after = raise_open_file_limit() if self.raise_open_files else (0, 0)
         if after != before:
             log.info("staging: raised the soft open-file limit (RLIMIT_NOFILE) from %d to %d", before, after)
@@ -110,6 +111,9 @@ class JobLifecycle:
         ):
             if rec.runner and rec.runner != self.runner_id and runner_alive(rec.runner):
                 continue  # another live process (a second kernel, a script) runs it
+            with self._lock:
+                if rec.id in self._controls:
+                    continue  # created and submitted by this manager before it started: its runner has it
             if rec.state == JobState.running.value:
                 self.log_event(rec.id, "warning", "the server stopped while this job ran; resuming it")
                 self.set_state(rec.id, JobState.queued)

@@ -11,6 +11,7 @@ fills up anyway fails the item with ``no_space`` (:class:`~jupyter_staging.error
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -85,13 +86,25 @@ def figure(count: int) -> str:
     return f"{count} bytes ({format_bytes(count)})"
 
 
+def nearest_folder(path: Path) -> Path:
+    """``path`` when it is a folder, else its nearest existing parent folder (``/`` at the latest): where
+    ``path`` would be made, on the file system that would hold it."""
+    return next((folder for folder in (path, *path.parents) if folder.is_dir()), Path("/"))
+
+
 def free_bytes(path: Path) -> int:
     """Bytes free to this process on the file system that holds ``path``, or would once it is created
-    (``shutil.disk_usage`` of its nearest existing folder)."""
-    for folder in (path, *path.parents):
-        if folder.is_dir():
-            return shutil.disk_usage(folder).free
-    return shutil.disk_usage("/").free
+    (``shutil.disk_usage`` of its :func:`nearest_folder`)."""
+    return shutil.disk_usage(nearest_folder(path)).free
+
+
+def read_only(path: Path) -> bool:
+    """True when the file system that holds ``path`` (or would: its :func:`nearest_folder`) is mounted
+    read-only (``statvfs(3)``'s ``ST_RDONLY``); False when it is not or cannot be asked."""
+    try:
+        return bool(os.statvfs(nearest_folder(path)).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 class SpaceLimits:

@@ -45,3 +45,27 @@ def small_file_system(folder: Path) -> Iterator[Path]:
         yield folder
     finally:
         unmount(folder)
+
+
+@contextmanager
+def read_only_folder(folder: Path) -> Iterator[Path]:
+    """``folder`` (created) bind-mounted on itself read-only for the block, as a site mounts a shared
+    dataset folder into a user's area; unmounted after it. Skips the test, saying why, where this process
+    may not mount."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if shutil.which("mount") is None:
+        pytest.skip("no `mount` command here: cannot make a read-only folder")
+    for options in (["--bind"], ["-o", "remount,bind,ro"]):
+        done = subprocess.run(  # noqa: S603 - fixed arguments
+            ["mount", *options, str(folder), str(folder)],  # noqa: S607
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            unmount(folder)
+            pytest.skip(f"a read-only bind mount is not permitted here: {done.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        unmount(folder)

@@ -18,7 +18,7 @@ from jupyter_staging.hub.recording import as_staging_error
 from jupyter_staging.hub.requests import parse_stage_request
 from tests.helpers.data import KEPLER_NAME
 from tests.helpers.descriptors import descriptors_to_spare
-from tests.helpers.space import TMPFS_SIZE, small_file_system
+from tests.helpers.space import TMPFS_SIZE, read_only_folder, small_file_system
 
 
 @pytest.fixture
@@ -131,6 +131,20 @@ def test_a_full_user_area_is_no_space_and_keeps_no_part(site):
     assert "no space left" in str(staging) and str(site) not in str(staging)
     quota = as_staging_error(OSError(errno.EDQUOT, os.strerror(errno.EDQUOT)), "op-2")
     assert (quota.code, quota.status) == ("no_space", 507) and "quota" in str(quota)
+
+
+def test_a_read_only_user_area_is_destination_read_only(site):
+    """A copy into a user's area mounted read-only for real (a bind mount) is ``destination_read_only``
+    (409, as the engine says it), not ``io_error`` (500)."""
+    areas = UserAreas(str(site / "homes" / "{username}"))
+    src = check_source(str(site / "archive" / KEPLER_NAME), [str(site / "archive")])
+    with read_only_folder(site / "homes" / "alice") as area:
+        with pytest.raises(OSError) as raised, areas.open_target("alice", "", src.name) as target:
+            local_copy(src, target)
+        assert os.listdir(area) == []
+    staging = as_staging_error(raised.value, "op-1")
+    assert (staging.code, staging.status, staging.operation_id) == ("destination_read_only", 409, "op-1")
+    assert str(site) not in str(staging)
 
 
 def test_symlinks_in_the_area_are_refused_at_every_level(site):
