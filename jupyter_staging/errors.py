@@ -215,17 +215,18 @@ class InsufficientSpace(StagingError):
     status = 409
 
 
-class DestinationReadOnly(StagingError):
-    """The destination lies on a file system mounted read-only (``statvfs``'s ``ST_RDONLY``, ``EROFS``):
-    nothing can be staged there. Refused at creation when the nearest existing folder of the destination is
-    read-only then; a job whose file system became read-only while it ran fails with this code, nothing
-    written under a final name.
+class DestinationNotWritable(StagingError):
+    """Nothing can be written at the destination: its file system is mounted read-only (``statvfs``'s
+    ``ST_RDONLY``, ``EROFS``), or its nearest existing folder may not be written into by this server's
+    user (``access(2)``). Refused at creation; a job whose file system became read-only while it ran fails
+    with this code, nothing written under a final name.
 
     HTTP 409 (Conflict): the request is well-formed but conflicts with the present state of the storage
-    (a read-only mount: a dataset folder shared into the user's area, say); another destination succeeds.
+    (a dataset folder a site mounts read-only into the user's area, a group folder without write
+    permission); another destination succeeds.
     """
 
-    code = "destination_read_only"
+    code = "destination_not_writable"
     status = 409
 
 
@@ -255,12 +256,12 @@ def full_disk_errno(exc: BaseException) -> int | None:
     return chained_errno(exc, NO_SPACE_ERRNOS)
 
 
-def read_only_error(exc: BaseException) -> DestinationReadOnly | None:
-    """The :class:`DestinationReadOnly` standing for ``exc`` when it or its chain is ``EROFS`` (a write to a
-    read-only file system: :func:`chained_errno`), else None. The message names no path."""
+def not_writable_error(exc: BaseException) -> DestinationNotWritable | None:
+    """The :class:`DestinationNotWritable` standing for ``exc`` when it or its chain is ``EROFS`` (a write
+    to a read-only file system: :func:`chained_errno`), else None. The message names no path."""
     if chained_errno(exc, READ_ONLY_ERRNOS) is None:
         return None
-    return DestinationReadOnly(
+    return DestinationNotWritable(
         "the destination is on a read-only file system; nothing was written there: choose a destination "
         "that can be written to"
     )
@@ -294,12 +295,12 @@ def too_many_open_files_error(exc: BaseException, what: str = "") -> TransferFai
 
 def as_staging_error(exc: BaseException) -> StagingError | None:
     """``exc`` itself when it is a :class:`StagingError`, a :class:`NoSpace` for a full file system, a
-    :class:`DestinationReadOnly` for a read-only one, the ``too_many_open_files`` error for no descriptor
+    :class:`DestinationNotWritable` for a read-only one, the ``too_many_open_files`` error for no descriptor
     left (see :func:`too_many_open_files_error`: creating a part file, opening a folder), else None (an
     unexpected error: the caller reports ``internal_error``)."""
     if isinstance(exc, StagingError):
         return exc
-    return no_space_error(exc) or read_only_error(exc) or too_many_open_files_error(exc)
+    return no_space_error(exc) or not_writable_error(exc) or too_many_open_files_error(exc)
 
 
 class JobInterrupted(Exception):  # noqa: N818 - control flow, not an error a user sees

@@ -26,10 +26,10 @@ from jupyter_staging.engine.freshness import locator_identity, request_key
 from jupyter_staging.engine.models import CreateJob, JobState
 from jupyter_staging.engine.placement import Placement, Placer, describe_changes, swap_folder
 from jupyter_staging.engine.records import dump_item
-from jupyter_staging.engine.space import Listing, SpaceLimits, list_sources, read_only
+from jupyter_staging.engine.space import Listing, SpaceLimits, list_sources, unwritable
 from jupyter_staging.engine.store import JobRecord, Store, utcnow
 from jupyter_staging.engine.units import format_bytes
-from jupyter_staging.errors import DestinationReadOnly, InvalidRequest, PathNotAllowed, SourceNotFound
+from jupyter_staging.errors import DestinationNotWritable, InvalidRequest, PathNotAllowed, SourceNotFound
 from jupyter_staging.safety.paths import resolve_destination
 from jupyter_staging.safety.redact import redact_text, redact_url
 from jupyter_staging.safety.sealed import SecretBox
@@ -223,9 +223,10 @@ class Admission:
                 earlier = placement.reuse or placement.active
                 if earlier is not None:
                     return Admitted(earlier, created=False, described=plan.described, placement=placement)
-                if read_only(self.root_dir / placement.rel):  # up-to-date output there was answered above
-                    raise DestinationReadOnly(
-                        f"{placement.rel!r} is on a read-only file system: nothing can be staged there; "
+                why = unwritable(self.root_dir / placement.rel)  # up-to-date output there was answered above
+                if why is not None:
+                    raise DestinationNotWritable(
+                        f"{placement.rel!r} {why}: nothing can be staged there; "
                         "choose a destination that can be written to"
                     )
             if listing is not None:

@@ -98,13 +98,19 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(nearest_folder(path)).free
 
 
-def read_only(path: Path) -> bool:
-    """True when the file system that holds ``path`` (or would: its :func:`nearest_folder`) is mounted
-    read-only (``statvfs(3)``'s ``ST_RDONLY``); False when it is not or cannot be asked."""
+def unwritable(path: Path) -> str | None:
+    """Why nothing can be made at ``path`` (below its :func:`nearest_folder`), or None: on a file system
+    mounted read-only (``statvfs(3)``'s ``ST_RDONLY``), or a folder this process may not write into
+    (``access(2)``, ``W_OK | X_OK``: always allowed to root). None too when it cannot be asked."""
+    folder = nearest_folder(path)
     try:
-        return bool(os.statvfs(nearest_folder(path)).f_flag & os.ST_RDONLY)
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "is on a read-only file system"
     except OSError:
-        return False
+        return None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return "lies in a folder this server may not write into (permission denied)"
+    return None
 
 
 class SpaceLimits:

@@ -21,7 +21,7 @@ from jupyter_staging.errors import (
     InvalidRequest,
     StagingError,
     no_space_error,
-    read_only_error,
+    not_writable_error,
     too_many_open_files_error,
 )
 from jupyter_staging.hub.db import LeaseLost, Operation, OperationStore, utcnow
@@ -171,7 +171,7 @@ def as_staging_error(err: BaseException, operation_id: str) -> StagingError:
     ``strerror`` (never a traceback). No file descriptor left (``EMFILE`` / ``ENFILE``) is the engine's
     ``too_many_open_files`` (503: the service's state, not the request's); a full file system or disk quota
     (``ENOSPC`` / ``EDQUOT``) its ``no_space`` (507), as :func:`~jupyter_staging.errors.no_space_error`
-    says it; a read-only one (``EROFS``) its ``destination_read_only`` (409)."""
+    says it; a read-only one (``EROFS``) its ``destination_not_writable`` (409)."""
     if isinstance(err, StagingError):
         staging = err
     elif (no_descriptor := too_many_open_files_error(err)) is not None:
@@ -180,7 +180,7 @@ def as_staging_error(err: BaseException, operation_id: str) -> StagingError:
         staging = InvalidRequest(
             f"a folder of the target does not exist: {err.strerror}", code="target_missing"
         )
-    elif (full := no_space_error(err) or read_only_error(err)) is not None:
+    elif (full := no_space_error(err) or not_writable_error(err)) is not None:
         staging = full
     elif isinstance(err, OSError) and err.errno == errno.ENAMETOOLONG:
         staging = InvalidRequest("a name in the path is too long", code="name_too_long")

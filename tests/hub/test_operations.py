@@ -133,8 +133,8 @@ def test_a_full_user_area_is_no_space_and_keeps_no_part(site):
     assert (quota.code, quota.status) == ("no_space", 507) and "quota" in str(quota)
 
 
-def test_a_read_only_user_area_is_destination_read_only(site):
-    """A copy into a user's area mounted read-only for real (a bind mount) is ``destination_read_only``
+def test_a_read_only_user_area_is_destination_not_writable(site):
+    """A copy into a user's area mounted read-only for real (a bind mount) is ``destination_not_writable``
     (409, as the engine says it), not ``io_error`` (500)."""
     areas = UserAreas(str(site / "homes" / "{username}"))
     src = check_source(str(site / "archive" / KEPLER_NAME), [str(site / "archive")])
@@ -143,7 +143,7 @@ def test_a_read_only_user_area_is_destination_read_only(site):
             local_copy(src, target)
         assert os.listdir(area) == []
     staging = as_staging_error(raised.value, "op-1")
-    assert (staging.code, staging.status, staging.operation_id) == ("destination_read_only", 409, "op-1")
+    assert (staging.code, staging.status, staging.operation_id) == ("destination_not_writable", 409, "op-1")
     assert str(site) not in str(staging)
 
 
