@@ -180,8 +180,8 @@ def as_staging_error(err: BaseException, operation_id: str) -> StagingError:
         staging = InvalidRequest(
             f"a folder of the target does not exist: {err.strerror}", code="target_missing"
         )
-    elif (full := no_space_error(err) or not_writable_error(err)) is not None:
-        staging = full
+    elif (storage := no_space_error(err) or not_writable_error(err)) is not None:
+        staging = storage
     elif isinstance(err, OSError) and err.errno == errno.ENAMETOOLONG:
         staging = InvalidRequest("a name in the path is too long", code="name_too_long")
     elif isinstance(err, OSError):
