@@ -174,7 +174,8 @@ def resolve_source(path: str, roots: Sequence[str | os.PathLike[str]] | None) ->
     Raises
     ------
     SourceNotFound
-        The path does not exist (code ``source_not_found``), cannot be read (``source_not_readable``), or
+        The path does not exist or is neither a regular file nor a folder (a FIFO, a device, a socket: code
+        ``source_not_found``), cannot be read (``source_not_readable``), or
         a folder on the way may not be searched (``permission_denied``, HTTP 403).
     PathNotAllowed
         ``roots`` is set and the resolved path (after following symlinks) lies in none of them, the path
@@ -205,6 +206,8 @@ def _resolve_confined(raw: Path, path: str, roots: Sequence[str | os.PathLike[st
             raise PathNotAllowed(f"source {path!r} is outside the allowed source roots")
     if not resolved.exists():
         raise SourceNotFound(f"source {path!r} does not exist")
+    if not (resolved.is_file() or resolved.is_dir()):  # a FIFO would block a reader, a device never end
+        raise SourceNotFound(f"source {path!r} is neither a file nor a folder")
     if not os.access(resolved, os.R_OK):
         raise SourceNotFound(f"source {path!r} is not readable", code="source_not_readable")
     return resolved

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -197,6 +198,17 @@ async def test_missing_source_has_a_code(jp_fetch, tmp_path):
         post_job(jp_fetch, {"source": str(tmp_path / "no-such.fits")}), 400, "source_not_found"
     )
     assert "no-such.fits" in body["message"]
+
+
+async def test_a_fifo_or_device_source_is_refused_at_creation(jp_fetch, tmp_path):
+    """A named pipe would block the job's reader and a device never end: 400 at once, not a job that fails
+    later (a listing skips them inside a folder)."""
+    os.mkfifo(tmp_path / "pipe")
+    for source in (tmp_path / "pipe", Path("/dev/zero")):
+        body = await expect_error(post_job(jp_fetch, {"source": str(source)}), 400, "source_not_found")
+        assert "neither a file nor a folder" in body["message"]
+    listed = json.loads((await jp_fetch("api", "v1", "staging", "jobs", method="GET")).body)
+    assert listed["jobs"] == []
 
 
 @pytest.mark.parametrize("suffix", [(), ("manifest",), ("chunks",), ("log",), ("pause",)])
