@@ -53,6 +53,19 @@ class StagingError(Exception):
         return (_rebuild_error, (type(self), self.message, self.code, self.status))
 
 
+def error_classes() -> list[type[StagingError]]:
+    """:class:`StagingError` and every subclass of it this module defines, base first: one per ``code``
+    (what a client maps an answer's ``code`` back to, what the docs' error table lists)."""
+    found: list[type[StagingError]] = []
+    pending: list[type[StagingError]] = [StagingError]
+    while pending:
+        cls = pending.pop(0)
+        if cls.__module__ == __name__:
+            found.append(cls)
+        pending += cls.__subclasses__()
+    return found
+
+
 def _rebuild_error(cls: type[StagingError], message: str, code: str, status: int) -> StagingError:
     error = cls.__new__(cls)
     StagingError.__init__(error, message, code=code, status=status)

@@ -26,13 +26,7 @@ PACKAGE = "jupyter_staging"
 def error_classes() -> dict[str, type[Exception]]:
     """Every subclass of ``StagingError`` defined in the package's modules, by class name."""
     errors = importlib.import_module(f"{PACKAGE}.errors")
-    found: dict[str, type[Exception]] = {}
-    pending = [errors.StagingError]
-    while pending:
-        cls = pending.pop()
-        found[cls.__name__] = cls
-        pending += cls.__subclasses__()
-    return found
+    return {cls.__name__: cls for cls in errors.error_classes()}
 
 
 def summary(cls: type) -> str:

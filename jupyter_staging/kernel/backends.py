@@ -21,17 +21,7 @@ from jupyter_core.paths import jupyter_data_dir
 from pydantic import ValidationError
 
 from jupyter_staging.engine.models import CreateJob, ListJobsQuery, dump
-from jupyter_staging.errors import (
-    ConversionFailed,
-    DestinationExists,
-    InvalidRequest,
-    InvalidState,
-    JobNotFound,
-    PathNotAllowed,
-    SourceNotFound,
-    StagingError,
-    TransferFailed,
-)
+from jupyter_staging.errors import InvalidRequest, InvalidState, JobNotFound, StagingError, error_classes
 
 if TYPE_CHECKING:
     from jupyter_staging.engine.manager import StagingManager
@@ -59,19 +49,9 @@ FINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "expired"})
 
 # -- errors from the wire -------------------------------------------------------------------------------
 
-_ERRORS_BY_CODE: dict[str, type[StagingError]] = {
-    cls.code: cls
-    for cls in (
-        InvalidRequest,
-        PathNotAllowed,
-        DestinationExists,
-        SourceNotFound,
-        JobNotFound,
-        InvalidState,
-        TransferFailed,
-        ConversionFailed,
-    )
-}
+#: Every error class of :mod:`jupyter_staging.errors` by its code: a job run by a server raises in the
+#: kernel what the same job run in-process raises (``DestinationNotWritable``, ``InsufficientSpace``, ...).
+_ERRORS_BY_CODE: dict[str, type[StagingError]] = {cls.code: cls for cls in error_classes()}
 _ERRORS_BY_STATUS: dict[int, type[StagingError]] = {
     400: InvalidRequest,
     404: JobNotFound,

@@ -19,14 +19,22 @@ from typing import Any
 import pytest
 import requests
 
-from jupyter_staging.errors import JobNotFound, PathNotAllowed, SourceNotFound, StagingError
+from jupyter_staging.errors import (
+    DestinationNotWritable,
+    JobNotFound,
+    PathNotAllowed,
+    SourceNotFound,
+    StagingError,
+    error_classes,
+)
 from jupyter_staging.kernel import api
-from jupyter_staging.kernel.backends import Backend, LocalBackend, ServerBackend
+from jupyter_staging.kernel.backends import Backend, LocalBackend, ServerBackend, error_from_response
 from jupyter_staging.kernel.discovery import ENV_ROOT, ENV_TOKEN, ENV_URL
 from jupyter_staging.kernel.job import Job
 from jupyter_staging.kernel.paths import to_root_relative
 from tests.helpers.data import KEPLER, SPITZER
 from tests.helpers.net import free_port
+from tests.helpers.space import read_only_folder
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 API = "api/v1/staging"
@@ -374,11 +382,28 @@ def test_server_backend_maps_api_errors_to_staging_errors(jupyter_server):
         with pytest.raises(JobNotFound) as info:
             backend.get("no-such-job")
         assert (info.value.code, info.value.status) == ("job_not_found", 404)
+        # The class a job run in-process raises, not only the status's generic one (409: InvalidState).
+        with read_only_folder(jupyter_server.root / "shared"), pytest.raises(DestinationNotWritable) as ro:
+            backend.create({"source": str(KEPLER), "destination": "shared/kepler"})
+        assert (ro.value.code, ro.value.status) == ("destination_not_writable", 409)
     finally:
         backend.close()
     wrong = ServerBackend(jupyter_server.url, "not-the-token", jupyter_server.root)
     assert not wrong.probe()
     wrong.close()
+
+
+def test_every_error_code_from_the_wire_is_its_own_class():
+    """Each code of :mod:`jupyter_staging.errors` comes back from an API answer as the class that raises it
+    in-process, so ``except InsufficientSpace`` works whether the server or the kernel ran the job."""
+    for cls in error_classes():
+        error = error_from_response(cls.status, {"code": cls.code, "message": "said by the server"})
+        assert type(error) is cls and (error.code, error.status, error.message) == (
+            cls.code,
+            cls.status,
+            "said by the server",
+        )
+    assert type(error_from_response(409, {"code": "some_new_code"})).__name__ == "InvalidState"
 
 
 @pytest.mark.slow
