@@ -286,6 +286,11 @@ def read_ragged(path: Path, fmt: str, chunk_rows: int) -> TableSource:
         )
     try:
         table = Table.read(path, format="ascii.tab" if fmt == "tsv" else "ascii.csv")
+    except UnicodeDecodeError:
+        raise ConversionFailed(
+            f"{path.name}: not UTF-8 text (a binary file, or another encoding); "
+            "save it as UTF-8 to convert it"
+        ) from None
     except Exception as exc:  # astropy raises many error types for inconsistent text tables
         raise ConversionFailed(
             f"{path.name}: rows and header disagree: {without_paths(str(exc), path)}"

@@ -172,6 +172,17 @@ def test_csv_with_short_rows_is_read_as_astropy_reads_it(tmp_path: Path) -> None
     assert pq.read_table(tmp_path / "out").to_pydict() == {"a": [1, 4], "b": [None, 5], "c": [None, 6]}
 
 
+def test_a_csv_that_is_not_utf8_text_says_so(tmp_path: Path) -> None:
+    """Bytes that are no UTF-8 text, whose lines also disagree with the header (read the astropy way), fail
+    naming the encoding, not "rows and header disagree"."""
+    src = tmp_path / "dump.csv"
+    src.write_bytes(b"\xff\xfe\x00header\n1,2\n")
+    with pytest.raises(ConversionFailed) as caught:
+        convert_to_parquet(src, tmp_path / "out")
+    assert caught.value.message.startswith("dump.csv: not UTF-8 text")
+    assert str(tmp_path) not in caught.value.message
+
+
 def test_votable_astropy_rejects_is_staged_as_it_is_and_messages_hold_no_folder(tmp_path: Path) -> None:
     src = ASTROPY / "io" / "votable" / "tests" / "data" / "custom_datatype.xml"
     assert not is_table(src)
