@@ -51,7 +51,8 @@ def build_manifest(
     entries: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The manifest as a dict. ``objects`` items have ``path`` (relative to the manifest), ``size``
-    (bytes), ``sha256``, ``rows`` (int or None) and ``content_type``; in object storage also ``uri``
+    (bytes), ``sha256``, ``rows`` (int or None) and ``content_type``; in a local folder also ``mtime_ns``
+    (the output's modification time when the manifest was written), in object storage ``uri``
     (``s3://...``), in a manifest job also ``entry``. ``entries`` (manifest jobs) lists every entry:
     ``{"name", "source" (redacted), "paths": [output paths], "error": null | {"code", "message"}}``,
     failed ones included, so a partly staged job still says what it holds."""

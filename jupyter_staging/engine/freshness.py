@@ -5,13 +5,15 @@ same source(s) and options is *up to date* when every source fingerprint still m
 mtime_ns + inode; HTTP ETag, else Last-Modified + Content-Length; S3 / Azure ETag (+ VersionId), as each
 :class:`~jupyter_staging.sources.base.Source` records them in :attr:`SourceItem.validator`. Checking costs
 one ``stat`` / ``HEAD`` / listing per source, run concurrently for manifests, plus one ``stat`` per output
-file (a deleted output is not up to date).
+file (a deleted output, or one edited since the job wrote it, is not up to date).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -152,8 +154,19 @@ def check_sources(
     return result
 
 
+def output_as_staged(st: os.stat_result, obj: dict[str, Any]) -> bool:
+    """True when ``st`` (an ``lstat`` of a staged output) still shows the manifest object ``obj`` as the job
+    left it: its ``size`` (bytes; not compared for a symlink, whose own size is its target's length) and its
+    ``mtime_ns`` (a file edited in place keeps its size, not its modification time; a manifest written
+    before jobs recorded it has none, and only the size counts)."""
+    if obj.get("size") is not None and not stat.S_ISLNK(st.st_mode) and st.st_size != obj["size"]:
+        return False
+    return obj.get("mtime_ns") is None or st.st_mtime_ns == obj["mtime_ns"]
+
+
 def outputs_present(folder: Path, manifest: dict[str, Any]) -> bool:
-    """True when every object the manifest lists is still a regular file of its recorded size (bytes)."""
+    """True when every object the manifest lists is still a regular file (or a link to one) as the job left
+    it (:func:`output_as_staged`): a deleted output, or one edited since, is not up to date."""
     for obj in manifest.get("objects", []):
         path = folder / str(obj.get("path", ""))
         try:
@@ -162,6 +175,6 @@ def outputs_present(folder: Path, manifest: dict[str, Any]) -> bool:
             return False
         if not path.is_file():  # a symlink (method symlink) must still lead to a file
             return False
-        if obj.get("size") is not None and not path.is_symlink() and st.st_size != obj["size"]:
+        if not output_as_staged(st, obj):
             return False
     return True

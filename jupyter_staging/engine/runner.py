@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from pathlib import PurePosixPath
 from typing import Any
@@ -318,8 +319,8 @@ class JobRunner(TableSpreadStager):
         return {i["name"]: i.get("validator") or {} for i in every_listed_item(self.resume)}
 
     def _manifest_objects(self, staged: list[ChunkSummary]) -> list[dict[str, Any]]:
-        """One manifest object per staged chunk: path (and URI), size in bytes, sha256, rows, type, and
-        the fingerprint of the source item it came from."""
+        """One manifest object per staged chunk: path (and URI), size in bytes, sha256, rows, type, the
+        fingerprint of the source item it came from and, for a local output, its ``mtime_ns``."""
         objects = []
         fingerprints = self._fingerprints()
         outputs = self.resume.get("outputs") or {}
@@ -338,6 +339,9 @@ class JobRunner(TableSpreadStager):
                 obj["fingerprint"] = fingerprints[item]
             if self.dest.remote:
                 obj["uri"] = c.path
+            else:  # its modification time as the job left it: a re-run finds a file edited since
+                with contextlib.suppress(OSError):
+                    obj["mtime_ns"] = os.lstat(self.dest.workdir / path).st_mtime_ns
             if c.entry is not None:
                 obj["entry"] = c.entry
             objects.append(obj)

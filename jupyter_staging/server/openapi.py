@@ -77,9 +77,11 @@ class Manifest(BaseModel):
     """Answer of ``GET /jobs/{job_id}/manifest``: the ``manifest.json`` a job wrote beside its output.
 
     ``objects`` items have ``path`` (relative to the manifest), ``size`` (bytes), ``sha256`` (null for a link
-    whose bytes a link job did not read), ``rows`` (int or null) and ``content_type``; in object storage also
-    ``uri``, in a manifest job also ``entry``. ``entries`` (manifest jobs) lists every entry with its
-    ``name``, redacted ``source``, output ``paths`` and ``error``. Further fields may be added.
+    whose bytes a link job did not read), ``rows`` (int or null) and ``content_type``; in a local folder also
+    ``mtime_ns`` (the file's modification time as the job left it, nanoseconds: a re-run stages a file
+    edited since again), in object storage ``uri``, in a manifest job also ``entry``. ``entries`` (manifest
+    jobs) lists every entry with its ``name``, redacted ``source``, output ``paths`` and ``error``. Further
+    fields may be added.
     """
 
     model_config = ConfigDict(extra="allow")

@@ -125,6 +125,31 @@ def test_manifest_restages_only_the_changed_entry(manager, archive):
     assert not created and third["up_to_date"] and third["id"] == second["id"]
 
 
+def test_an_output_edited_in_place_is_staged_again_and_the_others_kept(manager, archive):
+    """A staged FITS file updated in place (astropy's ``setval``: a header card changed, the size kept) is
+    not the source's copy any more: the re-run stages it again from the source, keeps the untouched outputs
+    (same inode: no byte moved) and is up to date after that. Before, only the size was compared."""
+    from astropy.io import fits
+
+    entries = {name: str(archive / src.name) for name, src in (("k", KEPLER), ("t", TESS))}
+    first, _ = run(manager, manifest=entries, destination="pair")
+    edited = manager.root_dir / "pair" / "k" / KEPLER.name
+    before = tree(manager.root_dir / "pair")
+    manifest = json.loads((manager.root_dir / "pair" / "manifest.json").read_text())
+    assert all(isinstance(obj["mtime_ns"], int) for obj in manifest["objects"])
+
+    fits.setval(edited, "OBSERVER", value="someone", ext=0)
+    assert edited.stat().st_size == KEPLER.stat().st_size and sha256(edited) != sha256(KEPLER)
+    second, created = run(manager, manifest=entries, destination="pair")
+
+    assert created and second["state"] == "succeeded" and second["id"] != first["id"]
+    assert sha256(edited) == sha256(KEPLER)
+    after = tree(manager.root_dir / "pair")
+    assert after[f"t/{TESS.name}"][0] == before[f"t/{TESS.name}"][0]  # untouched: kept, not copied
+    third, created = run(manager, manifest=entries, destination="pair")
+    assert not created and third["up_to_date"] and third["id"] == second["id"]
+
+
 def test_if_exists_error_and_refresh(manager, archive):
     body = {"source": str(archive / SPITZER.name), "destination": "sp"}
     first, _ = run(manager, **body)
