@@ -49,6 +49,7 @@ async def test_copy_job_end_to_end(jp_fetch, jp_root_dir, jp_base_url):
                 "mtime_ns": KEPLER.stat().st_mtime_ns,
                 "inode": KEPLER.stat().st_ino,
             },
+            "mtime_ns": staged.stat().st_mtime_ns,  # the output's, as the job left it
         }
     ]
     assert json.loads((jp_root_dir / "staging" / "kepler" / "manifest.json").read_text()) == manifest
