@@ -101,14 +101,15 @@ def free_bytes(path: Path) -> int:
 def unwritable(path: Path) -> str | None:
     """Why nothing can be made at ``path`` (below its :func:`nearest_folder`), or None: on a file system
     mounted read-only (``statvfs(3)``'s ``ST_RDONLY``), or a folder this process may not write into
-    (``access(2)``, ``W_OK | X_OK``: always allowed to root). None too when it cannot be asked."""
+    (``faccessat(2)`` with the effective ids, ``W_OK | X_OK``: always allowed to root). None too when it
+    cannot be asked."""
     folder = nearest_folder(path)
     try:
         if os.statvfs(folder).f_flag & os.ST_RDONLY:
             return "is on a read-only file system"
     except OSError:
         return None
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not os.access(folder, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
         return "lies in a folder this server may not write into (permission denied)"
     return None
 
