@@ -8,14 +8,21 @@ from pathlib import Path
 import pytest
 
 from jupyter_staging.engine.manager import StagingManager
-from tests.engine.test_scale import manager_for
+from tests.helpers.managers import manager_for
 
 
 @pytest.fixture
-def manager(tmp_path: Path) -> Iterator[StagingManager]:
-    """A started :class:`StagingManager` on ``tmp_path / "root"`` (made here) with its own SQLite job
-    database, stopped afterwards."""
-    (tmp_path / "root").mkdir()
+def root(tmp_path: Path) -> Path:
+    """``tmp_path / "root"``, made here: the folder a test's jobs stage into."""
+    folder = tmp_path / "root"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def manager(root: Path, tmp_path: Path) -> Iterator[StagingManager]:
+    """A started :class:`StagingManager` on :func:`root` with its own SQLite job database, stopped
+    afterwards."""
     mgr = manager_for(tmp_path)
     yield mgr
     mgr.stop()

@@ -22,8 +22,9 @@ from jupyter_staging.engine.models import CreateJob, JobState
 from jupyter_staging.engine.pipeline import GROUPS_IN_FLIGHT, SYNC_GROUP_FILES, SyncPipeline
 from jupyter_staging.errors import JobInterrupted
 from jupyter_staging.safety.partfile import PartFile
-from tests.engine.test_scale import make_files, manager_for
+from tests.engine.test_scale import make_files
 from tests.helpers.data import wait_until
+from tests.helpers.managers import manager_for
 
 
 def written(folder: Path, name: str, data: bytes) -> PartFile:

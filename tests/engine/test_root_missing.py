@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from jupyter_staging.engine.models import CreateJob, JobState
-from tests.engine.test_scale import make_files, manager_for
+from tests.engine.test_scale import make_files
 from tests.helpers.data import KEPLER
+from tests.helpers.managers import manager_for
 
 
 def requests_of(kind: str, tmp_path: Path) -> CreateJob:

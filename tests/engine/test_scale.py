@@ -25,6 +25,7 @@ from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, JobState
 from jupyter_staging.errors import JobInterrupted, TransferFailed
 from tests.helpers.data import wait_until
+from tests.helpers.managers import manager_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,14 +39,6 @@ def make_files(folder: Path, count: int, size: int = 4096) -> dict[str, str]:
         (folder / f"lc-{i:05d}.fits").write_bytes(data)
         sums[f"lc-{i:05d}.fits"] = hashlib.sha256(data).hexdigest()
     return sums
-
-
-def manager_for(tmp_path: Path, **kwargs) -> StagingManager:
-    mgr = StagingManager(
-        tmp_path / "root", db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}", sweep_interval=0, **kwargs
-    )
-    mgr.start()
-    return mgr
 
 
 class StatementCounter:

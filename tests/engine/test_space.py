@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
 from jupyter_staging.engine.space import Listing, SpaceLimits, figure
 from jupyter_staging.engine.units import format_bytes
@@ -23,14 +22,8 @@ from jupyter_staging.errors import InsufficientSpace, NoSpace, as_staging_error,
 from jupyter_staging.sources.base import SourceItem
 from tests.helpers.api import expect_error, post_job, wait_for
 from tests.helpers.jupyter import server_config
+from tests.helpers.managers import unstarted_manager
 from tests.helpers.space import TMPFS_SIZE, MiB, mount_small, unmount
-
-
-@pytest.fixture
-def root(tmp_path) -> Path:
-    folder = tmp_path / "root"
-    folder.mkdir()
-    return folder
 
 
 @pytest.fixture
@@ -52,13 +45,9 @@ def sources(tmp_path) -> Path:
     return folder
 
 
-def make_manager(root: Path, tmp_path: Path, **kwargs) -> StagingManager:
-    return StagingManager(root, db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}", sweep_interval=0, **kwargs)
-
-
 @pytest.fixture
 def manager(root, tmp_path):
-    mgr = make_manager(root, tmp_path)
+    mgr = unstarted_manager(root, tmp_path)
     yield mgr
     mgr.stop()
 
@@ -95,7 +84,7 @@ def test_a_manifest_entry_that_does_not_fit_fails_alone_and_the_job_is_partial(
 ):
     # One item at a time: staged beside the big entry, the tiny one could meet the disk filled by the big
     # one's part before that part is removed, and fail too (a CI run saw it: both no_space).
-    manager = make_manager(root, tmp_path, concurrent_items=1)
+    manager = unstarted_manager(root, tmp_path, concurrent_items=1)
     manifest = {"big": str(sources / "big.bin"), "tiny": str(sources / "tiny.txt")}
     try:
         job, _ = manager.create(CreateJob(manifest=manifest, destination="small/inputs"))
@@ -133,7 +122,7 @@ async def test_a_job_created_over_http_shows_no_space(jp_fetch, jp_root_dir, sou
 
 def test_admission_refuses_a_job_that_would_leave_less_than_min_free_bytes(root, tmp_path, sources):
     free = shutil.disk_usage(root).free
-    mgr = make_manager(root, tmp_path, min_free_bytes=free + 10 * MiB)
+    mgr = unstarted_manager(root, tmp_path, min_free_bytes=free + 10 * MiB)
     try:
         with pytest.raises(InsufficientSpace) as info:
             mgr.create(CreateJob(source=str(sources / "mid.bin"), destination="out"))
@@ -150,7 +139,7 @@ def test_admission_refuses_a_job_that_would_leave_less_than_min_free_bytes(root,
 
 
 def test_admission_compares_with_the_file_system_of_the_destination(small, root, tmp_path, sources):
-    mgr = make_manager(root, tmp_path, min_free_bytes=2 * MiB)
+    mgr = unstarted_manager(root, tmp_path, min_free_bytes=2 * MiB)
     try:
         with pytest.raises(InsufficientSpace) as info:  # 4 MiB free - 3 MiB < 2 MiB
             mgr.create(CreateJob(source=str(sources / "mid.bin"), destination="small/out"))
@@ -164,7 +153,7 @@ def test_admission_compares_with_the_file_system_of_the_destination(small, root,
 
 
 def test_a_job_that_fits_runs_from_the_listing_made_at_admission(root, tmp_path, sources):
-    mgr = make_manager(root, tmp_path, min_free_bytes=1)
+    mgr = unstarted_manager(root, tmp_path, min_free_bytes=1)
     try:
         job, _ = mgr.create(CreateJob(source=str(sources), destination="all"))
         assert job.progress.bytes_total == 6 * MiB + 3 * MiB + 5
@@ -179,7 +168,7 @@ def test_a_job_that_fits_runs_from_the_listing_made_at_admission(root, tmp_path,
 
 
 def test_quota_bounds_what_staged_output_may_hold(root, tmp_path, sources):
-    mgr = make_manager(root, tmp_path, quota_bytes=8 * MiB)
+    mgr = unstarted_manager(root, tmp_path, quota_bytes=8 * MiB)
     try:
         first, _ = mgr.create(CreateJob(source=str(sources / "big.bin"), destination="a"))
         assert mgr.wait(first.id, timeout=60).state.value == "succeeded"
