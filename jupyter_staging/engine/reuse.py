@@ -136,8 +136,8 @@ class ReusingWriter(DestinationWriter):
             st = src.lstat()
         except OSError:
             return None
-        if not stat.S_ISREG(st.st_mode) or st.st_size != old.get("size") or not output_as_staged(st, old):
-            return None  # gone, replaced, or edited since: staged again from the source
+        if not stat.S_ISREG(st.st_mode) or old.get("size") is None or not output_as_staged(st, old):
+            return None  # gone, replaced, edited since, or of no recorded size: staged again from the source
         try:
             self._link_into(src, final, symbolic=False)
         except OSError:

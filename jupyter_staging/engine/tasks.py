@@ -26,27 +26,20 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jupyter_staging.destinations.registry import open_destination
-from jupyter_staging.engine.ranges import fetch_in_ranges, range_step, streams_for
+from jupyter_staging.engine.verified import fetch_verified
 from jupyter_staging.errors import (
-    JobInterrupted,
     PathNotAllowed,
-    SourceChanged,
-    TransferFailed,
     VerificationFailed,
 )
 from jupyter_staging.formats.base import ChunkInfo
 from jupyter_staging.formats.convert import convert_to_parquet
 from jupyter_staging.formats.parquet import part_name
 from jupyter_staging.safety.checksums import (
-    can_compute,
-    checksums_to_verify,
     second_algorithm,
     verifiable_here,
 )
@@ -54,15 +47,14 @@ from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.dirfd import (
     create_file,
-    fd_identity,
     folder_fd,
     lstat_at,
     open_existing,
     read_file_at,
     unlink_at,
 )
-from jupyter_staging.safety.partfile import Hashed, PartFile, part_path
-from jupyter_staging.sources.base import Source, SourceItem
+from jupyter_staging.safety.partfile import PartFile, part_path
+from jupyter_staging.sources.base import SourceItem
 from jupyter_staging.sources.registry import open_source
 
 #: Seconds between two looks of a task at its job's control variable (pause / cancel).
@@ -247,91 +239,6 @@ def fetch_item(
         control.flush()
 
 
-def fetch_verified(
-    source: Source,
-    item: SourceItem,
-    control: JobControl,
-    final: Path,
-    root: Path,
-    checksums: dict[str, str],
-    *,
-    second: str | None,
-    streams: int,
-) -> tuple[int, str]:
-    """Fetch ``item`` into a fresh part file of ``final`` (below ``root``; a dead attempt's is truncated),
-    verify it against ``item.size``, ``checksums`` and those the source states, and publish it; returns
-    ``(size_bytes, sha256_hex)``. On ``streams`` parallel streams when
-    :func:`~jupyter_staging.engine.ranges.streams_for` says so (a remote file of 64 MiB or more whose source
-    serves ranges, each range conditional on the item's version; hashed as they arrive, the ``second``
-    digest too), else on one. A file that changes between two ranges is fetched again on one stream, as the
-    server's threads do.
-
-    On an error the part is removed, except on a pause or cancel (:class:`JobInterrupted`: closed; the
-    next attempt truncates it). Raises what the source and :meth:`PartFile.commit` raise."""
-
-    if not item.checksums and streams_for(source, item, streams):
-        with suppress(SourceChanged):  # ranges state no checksum, nor an S3 listing: ask (a change: 1 stream)
-            source.ask_checksums(item)
-    if second is not None and not can_compute(second):  # a worker without awscrt: another stated one, or fail
-        checksums = verifiable_here(checksums, item.checksums, item.name)
-        second = second_algorithm(checksums)
-    chosen_here = second is None
-    second = second_algorithm(checksums_to_verify(item.checksums)) if chosen_here else second
-
-    def part(hashed: Hashed | None) -> PartFile:
-        return PartFile(final, resume=hashed is not None, second=second, root=root, hashed=hashed)
-
-    out = _fetched_part(source, item, control, part, second=second, streams=streams)
-    # Unless the server chose: what the source stated, as the bytes came too (a GET may have learned more).
-    expected = {**checksums_to_verify(item.checksums), **checksums} if chosen_here else checksums
-    return out.commit(item.size, checksums=expected or None)
-
-
-def _fetched_part(
-    source: Source,
-    item: SourceItem,
-    control: JobControl,
-    part: Callable[[Hashed | None], PartFile],
-    *,
-    second: str | None,
-    streams: int,
-) -> PartFile:
-    """The part file of ``item``, its bytes fetched (see :func:`fetch_verified`), ready to commit:
-    ``part(None)`` makes a fresh one, ``part(hashed)`` opens a fetched one again with what was hashed."""
-    if streams_for(source, item, streams):
-        assert item.size is not None
-        out = part(None)
-        try:
-            with _settled(out):
-                os.ftruncate(out.fileno(), item.size)
-                step = range_step(item.size, streams)
-                hashed = fetch_in_ranges(
-                    source, item, out.fileno(), control, streams=streams, step=step, second=second
-                )
-        except SourceChanged:
-            pass  # discarded: no range of the new version is trusted; one stream, from the first byte
-        else:
-            return _reopened(out, part, hashed)
-    out = part(None)
-    with _settled(out):
-        source.fetch(item, out, control)
-    return out
-
-
-@contextmanager
-def _settled(out: PartFile) -> Iterator[None]:
-    """Fetch into ``out`` inside the block: on a pause or cancel (:class:`JobInterrupted`) it is closed
-    (the next attempt truncates it), on any other error it is discarded; the error is raised again."""
-    try:
-        yield
-    except JobInterrupted:
-        out.close()
-        raise
-    except BaseException:
-        out.discard()
-        raise
-
-
 def _published(ctx: TaskContext, final_rel: str, size: int | None) -> tuple[int, str] | None:
     """``(size, sha256)`` of ``final_rel`` when an earlier attempt of this task published it (a regular
     file of the expected size and no ``.part`` beside it: the runner submitted the task only after finding
@@ -465,24 +372,6 @@ def convert_range(
         )
     finally:
         control.flush()
-
-
-def _reopened(out: PartFile, part: Callable[[Hashed | None], PartFile], hashed: Hashed) -> PartFile:
-    """``part(hashed)``: the part file ``out`` (its ranges fetched, still open) opened again to commit it,
-    then ``out`` closed. When the reopen fails (the final name taken meanwhile, the folder moved), or finds
-    another file under the part's name, the part is removed by ``out``'s folder descriptor and the error
-    raised (:class:`TransferFailed` for a replaced part): ``hashed`` is of ``out``'s bytes only."""
-    try:
-        whole = part(hashed)
-    except BaseException:
-        out.discard()
-        raise
-    if fd_identity(whole.fileno()) != fd_identity(out.fileno()):
-        whole.close()
-        out.discard()
-        raise TransferFailed(f"{out.final.name}: its part file was replaced while it was fetched")
-    out.close()
-    return whole
 
 
 def fetch_item_to_store(

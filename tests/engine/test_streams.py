@@ -307,7 +307,7 @@ def test_a_task_whose_final_name_is_taken_after_its_ranges_leaves_no_part(tmp_pa
     """A Dask task fetched a file's ranges; reopening its part to commit finds the final name taken: the
     error is raised and the full-size ``.part`` is removed (it would otherwise sit beside the final name,
     and every retry would refuse the published file)."""
-    from jupyter_staging.engine.tasks import fetch_verified
+    from jupyter_staging.engine.verified import fetch_verified
     from jupyter_staging.errors import DestinationExists
     from jupyter_staging.safety.control import JobControl
     from jupyter_staging.sources.base import SourceItem

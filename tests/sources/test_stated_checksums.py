@@ -349,7 +349,7 @@ def no_awscrt(monkeypatch):
 def crc64_object(bucket, tmp_path):
     """An S3 object stating a CRC64NVME and its ETag's MD5; the checksums the server (with awscrt) has the
     worker verify; and a root folder for the worker's output."""
-    from jupyter_staging.engine.tasks import fetch_verified  # noqa: F401 - imported before awscrt "goes"
+    from jupyter_staging.engine.verified import fetch_verified  # noqa: F401 - imported before awscrt "goes"
 
     client, name, _ = bucket
     data = os.urandom(300 * 1024 + 7)
@@ -364,7 +364,7 @@ def crc64_object(bucket, tmp_path):
 
 
 def _fetch(source, item, chosen, root):
-    from jupyter_staging.engine.tasks import fetch_verified
+    from jupyter_staging.engine.verified import fetch_verified
 
     final = root / "out" / "lc.bin"
     return final, fetch_verified(
