@@ -26,7 +26,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from jupyter_staging.errors import DestinationExists, DestinationUnavailable, PathNotAllowed
+from jupyter_staging.errors import (
+    DestinationExists,
+    DestinationNotWritable,
+    DestinationUnavailable,
+    PathNotAllowed,
+)
 
 #: Flags opening a folder below the root: never through a symlink.
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -39,6 +44,16 @@ READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 #: errno values of ``linkat`` meaning "no hard links here": publish with ``renameat`` instead.
 _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}
+
+
+def write_refused(name: str, err: PermissionError) -> DestinationNotWritable:
+    """The :class:`DestinationNotWritable` for ``err`` (``EACCES`` / ``EPERM``), met making or naming
+    ``name`` in a folder: the folder's permissions (or an immutable flag) forbid this process to write
+    into it, as when they changed after the job was admitted. The message names ``name``, not its path."""
+    return DestinationNotWritable(
+        f"{name!r} could not be written: this server's user may not write into its folder "
+        f"({err.strerror or 'permission denied'}); make the folder writable, or choose another destination"
+    )
 
 
 def components(rel: str | PurePosixPath) -> list[str]:
@@ -126,6 +141,8 @@ def open_dir(parent_fd: int, name: str, *, create: bool = False, mode: int = 0o7
         os.mkdir(name, mode, dir_fd=parent_fd)
     except FileExistsError:
         pass  # made meanwhile: the O_NOFOLLOW open below decides whether it is acceptable
+    except PermissionError as err:
+        raise write_refused(name, err) from None
     try:
         return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
     except OSError as err:
@@ -242,8 +259,11 @@ def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
 def create_file(dir_fd: int, name: str, mode: int = 0o666) -> int:
     """Create ``name`` in ``dir_fd`` with ``O_CREAT | O_EXCL | O_NOFOLLOW`` (read-write, ``mode`` before
     the umask); returns its descriptor. Raises :class:`FileExistsError` when anything (a symlink too)
-    already has that name."""
-    return os.open(check_name(name), CREATE_FLAGS, mode, dir_fd=dir_fd)
+    already has that name, :class:`DestinationNotWritable` when the folder may not be written into."""
+    try:
+        return os.open(check_name(name), CREATE_FLAGS, mode, dir_fd=dir_fd)
+    except PermissionError as err:
+        raise write_refused(name, err) from None
 
 
 def open_existing(dir_fd: int, name: str, flags: int = RESUME_FLAGS) -> int | None:
@@ -272,7 +292,8 @@ def publish_at(src_dir_fd: int, part: str, dst_dir_fd: int, final: str, *, sync:
     file system has no hard links, ``fstatat`` then ``renameat``: a file made at ``final`` between the
     two calls would be replaced (no ``RENAME_NOREPLACE`` from Python).
 
-    Raises :class:`DestinationExists` when ``final`` exists (a symlink or folder included)."""
+    Raises :class:`DestinationExists` when ``final`` exists (a symlink or folder included),
+    :class:`DestinationNotWritable` when a folder may not be written into (any more)."""
     check_name(part)
     check_name(final)
     try:
@@ -281,10 +302,15 @@ def publish_at(src_dir_fd: int, part: str, dst_dir_fd: int, final: str, *, sync:
         raise DestinationExists(f"{final} already exists in the destination; not overwritten") from None
     except OSError as err:
         if err.errno not in _NO_LINKS:
+            if isinstance(err, PermissionError):  # EACCES (EPERM means no hard links here)
+                raise write_refused(final, err) from None
             raise
         if lstat_at(dst_dir_fd, final) is not None:
             raise DestinationExists(f"{final} already exists in the destination; not overwritten") from None
-        os.rename(part, final, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+        try:
+            os.rename(part, final, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+        except PermissionError as refused:
+            raise write_refused(final, refused) from None
     else:
         os.unlink(part, dir_fd=src_dir_fd)
     if sync:
@@ -354,11 +380,14 @@ def unlink_at(dir_fd: int, name: str) -> bool:
 
 
 def mkdir_at(dir_fd: int, name: str, mode: int = 0o777) -> None:
-    """Make folder ``name`` in ``dir_fd`` (``mode`` before the umask); an existing one is fine."""
+    """Make folder ``name`` in ``dir_fd`` (``mode`` before the umask); an existing one is fine. Raises
+    :class:`DestinationNotWritable` when ``dir_fd`` may not be written into."""
     try:
         os.mkdir(check_name(name), mode, dir_fd=dir_fd)
     except FileExistsError:
         pass
+    except PermissionError as err:
+        raise write_refused(name, err) from None
 
 
 def rmdir_at(dir_fd: int, name: str) -> bool:

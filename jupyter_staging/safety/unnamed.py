@@ -15,7 +15,14 @@ import os
 import secrets
 
 from jupyter_staging.errors import DestinationExists
-from jupyter_staging.safety.dirfd import check_name, create_file, fsync_fd, publish_at, unlink_at
+from jupyter_staging.safety.dirfd import (
+    check_name,
+    create_file,
+    fsync_fd,
+    publish_at,
+    unlink_at,
+    write_refused,
+)
 
 #: Where a descriptor can be named again by path (Linux's procfs): an unnamed file is linked into its
 #: folder, and re-opened, through ``/proc/self/fd/<n>`` (open(2), "O_TMPFILE"); ``linkat`` with
@@ -37,15 +44,22 @@ def create_unnamed(dir_fd: int, mode: int = 0o666) -> int | None:
     """A new unnamed regular file in folder ``dir_fd`` (``O_TMPFILE``, read-write, ``mode`` before the
     umask), given a name only by :func:`publish_fd_at`; a crash or a close before that leaves nothing
     behind. None where the kernel or the file system cannot make one, or procfs is missing (it could not
-    be named then). Raises ``OSError`` for any other failure (ENOSPC, EACCES)."""
+    be named then), and where the folder may not be written into (``EACCES`` / ``EPERM``: the named part
+    file the caller makes instead fails with :class:`~jupyter_staging.errors.DestinationNotWritable`, naming
+    it). Raises ``OSError`` for any other failure (``ENOSPC``)."""
     if _unnamed_refused or not _procfs():
         return None
     try:
         return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode, dir_fd=dir_fd)
     except OSError as err:
-        if err.errno in _NO_TMPFILE:
+        if err.errno in _NO_TMPFILE or isinstance(err, PermissionError):
             return None
         raise
+
+
+def _writable(dir_fd: int) -> bool:
+    """Whether this process may make entries in folder ``dir_fd`` (``faccessat`` with the effective ids)."""
+    return os.access(".", os.W_OK | os.X_OK, dir_fd=dir_fd, effective_ids=True)
 
 
 def reopen_unnamed(fd: int, flags: int = os.O_RDONLY | os.O_CLOEXEC) -> int:
@@ -71,7 +85,8 @@ def publish_fd_at(fd: int, dst_dir_fd: int, final: str, *, sync: bool = True) ->
     ``<final>.<8 hex>.part`` in the same folder, fsynced and published with :func:`publish_at` (that file
     removed on any failure), and no later file of this process is made unnamed.
 
-    Raises :class:`DestinationExists` when ``final`` exists; ``OSError`` else."""
+    Raises :class:`DestinationExists` when ``final`` exists, :class:`DestinationNotWritable` when
+    ``dst_dir_fd`` may not be written into (then unnamed files stay in use); ``OSError`` else."""
     global _unnamed_refused
     check_name(final)
     try:
@@ -81,6 +96,8 @@ def publish_fd_at(fd: int, dst_dir_fd: int, final: str, *, sync: bool = True) ->
     except OSError as err:
         if err.errno not in _NO_PROC_LINK:
             raise
+        if isinstance(err, PermissionError) and not _writable(dst_dir_fd):
+            raise write_refused(final, err) from None  # this folder's permissions, not the system's way
         _unnamed_refused = True
         _publish_copy(fd, dst_dir_fd, final)
     if sync:

@@ -18,18 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
 from jupyter_staging.errors import DestinationNotWritable, as_staging_error
 from tests.helpers.api import expect_error, post_job
+from tests.helpers.managers import unstarted_manager
 from tests.helpers.space import read_only_folder
-
-
-@pytest.fixture
-def root(tmp_path) -> Path:
-    folder = tmp_path / "root"
-    folder.mkdir()
-    return folder
 
 
 @pytest.fixture
@@ -40,12 +33,8 @@ def sources(tmp_path) -> Path:
     return folder
 
 
-def make_manager(root: Path, tmp_path: Path) -> StagingManager:
-    return StagingManager(root, db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}", sweep_interval=0)
-
-
 def test_a_read_only_destination_is_refused_at_creation_and_no_job_is_recorded(root, tmp_path, sources):
-    mgr = make_manager(root, tmp_path)
+    mgr = unstarted_manager(root, tmp_path)
     try:
         with read_only_folder(root / "shared"), pytest.raises(DestinationNotWritable) as info:
             mgr.create(CreateJob(source=str(sources / "lc.bin"), destination="shared/kepler"))
@@ -59,7 +48,7 @@ def test_a_read_only_destination_is_refused_at_creation_and_no_job_is_recorded(r
 
 def test_output_staged_before_the_folder_became_read_only_is_still_reused(root, tmp_path, sources):
     """A re-run must never fail when nothing changed: the read-only check comes after the up-to-date one."""
-    mgr = make_manager(root, tmp_path)
+    mgr = unstarted_manager(root, tmp_path)
     mgr.start()
     try:
         request = CreateJob(source=str(sources / "lc.bin"), destination="results")
@@ -80,7 +69,7 @@ def test_a_folder_made_read_only_after_admission_fails_the_job_destination_not_w
 ):
     """The job is admitted while its folder is writable and runs once it is not (a remount under a running
     server): it ends ``failed`` with ``destination_not_writable``, never ``internal_error``."""
-    mgr = make_manager(root, tmp_path)
+    mgr = unstarted_manager(root, tmp_path)
     (root / "data").mkdir()
     try:
         mgr.start()
@@ -123,9 +112,10 @@ async def test_the_server_answers_409_destination_not_writable(jp_fetch, jp_root
     assert "read-only" in body["message"] and str(jp_root_dir) not in body["message"]
 
 
-#: Run as a user without write permission on ``locked``: a job into it, then one into ``open``.
+#: Run as a user without write permission on ``locked``: a job into it, then one into ``open``; then a job
+#: admitted into ``later`` (writable) that runs once ``later`` lost its write permission.
 _AS_ANOTHER_USER = """
-import json, sys
+import json, os, sys
 from pathlib import Path
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
@@ -142,6 +132,23 @@ try:
             seen[folder] = {"state": mgr.wait(job.id, timeout=60).state.value}
         except StagingError as exc:
             seen[folder] = {"code": exc.code, "status": exc.status, "message": exc.message}
+    # A folder to make in ``later``, and the file itself in ``later``: both admitted while it is writable.
+    jobs = {
+        folder: mgr.create(CreateJob(source=source, destination=folder), start=False)[0]
+        for folder in ("later/kepler", "later")
+    }
+    (top / "root" / "later" / "notes.txt").write_text("the user's")
+    os.chmod(top / "root" / "later", 0o555)
+    for folder, job in jobs.items():
+        mgr.submit(job.id, recorded=True)
+        done = mgr.wait(job.id, timeout=60)
+        seen[folder] = {
+            "state": done.state.value,
+            "code": done.error.code if done.error else None,
+            "message": done.error.message if done.error else None,
+            "log": " ".join(line["message"] for line in mgr.job_log(job.id)),
+            "left": sorted(os.listdir(top / "root" / "later")),
+        }
 finally:
     mgr.stop()
 print(json.dumps(seen))
@@ -150,10 +157,12 @@ print(json.dumps(seen))
 
 def test_a_folder_the_server_may_not_write_into_is_refused_at_creation(sources):
     """A user's server staging into a group folder it may only read: 409 ``destination_not_writable``
-    naming the permission, no job; a writable folder beside it is staged."""
+    naming the permission, no job; a writable folder beside it is staged. A job admitted while its folder
+    was writable, run once it is not (its permissions changed meanwhile), fails ``destination_not_writable``
+    naming the file, not ``internal_error``, and leaves nothing there."""
     top = Path(tempfile.mkdtemp(prefix="staging-perm-"))
     try:
-        for name in ("root", "root/locked", "root/open", "db", "home"):
+        for name in ("root", "root/locked", "root/open", "root/later", "db", "home"):
             (top / name).mkdir(exist_ok=True)
         source = top / "lc.bin"
         shutil.copyfile(sources / "lc.bin", source)
@@ -161,7 +170,7 @@ def test_a_folder_the_server_may_not_write_into_is_refused_at_creation(sources):
         if os.geteuid() == 0:  # root may write anywhere: the engine runs as nobody, as a user's server would
             if shutil.which("setpriv") is None:
                 pytest.skip("running as root without setpriv: cannot run the engine as another user")
-            for name in ("root", "root/open", "db", "home"):
+            for name in ("root", "root/open", "root/later", "db", "home"):
                 os.chown(top / name, 65534, 65534)
             command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
         os.chmod(top, 0o755)
@@ -173,9 +182,15 @@ def test_a_folder_the_server_may_not_write_into_is_refused_at_creation(sources):
         assert done.returncode == 0, done.stderr[-2000:]
         seen = json.loads(done.stdout.strip().splitlines()[-1])
     finally:
-        os.chmod(top / "root" / "locked", 0o755)
+        for name in ("locked", "later"):
+            os.chmod(top / "root" / name, 0o755)
         shutil.rmtree(top, ignore_errors=True)
     locked = seen["locked/kepler"]
     assert (locked.get("code"), locked.get("status")) == ("destination_not_writable", 409), seen
     assert "permission denied" in locked["message"] and str(top) not in locked["message"]
     assert seen["open/kepler"] == {"state": "succeeded"}, seen
+    for folder in ("later/kepler", "later"):
+        later = seen[folder]
+        assert (later["state"], later["code"]) == ("failed", "destination_not_writable"), later
+        assert "permission denied" in later["message"].lower() and str(top) not in later["message"]
+        assert "Traceback" not in later["log"] and later["left"] == ["notes.txt"], later
