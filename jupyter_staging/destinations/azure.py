@@ -271,7 +271,13 @@ class AzureDestination(ObjectStoreDestination):
         return errors.missing is None
 
     def remove(
-        self, chunk_paths: list[str], item_names: list[str], convert_dirs: list[str], *, keep_ready: bool
+        self,
+        chunk_paths: list[str],
+        item_names: list[str],
+        convert_dirs: list[str],
+        *,
+        keep_ready: bool,
+        keep_folder: bool = False,
     ) -> int:
         """Delete the scratch folder; unless ``keep_ready``, also every blob below ``prefix/<job_id>/``
         (listed, then deleted in blob batches of :data:`AZURE_DELETE_BATCH`) — never anything outside

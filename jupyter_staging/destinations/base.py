@@ -75,10 +75,23 @@ class Destination(abc.ABC):
 
     @abc.abstractmethod
     def remove(
-        self, chunk_paths: list[str], item_names: list[str], convert_dirs: list[str], *, keep_ready: bool
+        self,
+        chunk_paths: list[str],
+        item_names: list[str],
+        convert_dirs: list[str],
+        *,
+        keep_ready: bool,
+        keep_folder: bool = False,
     ) -> int:
         """Delete what the job wrote: partial and scratch files always, its published output and manifest
-        unless ``keep_ready``. Returns the number of files (objects) deleted."""
+        unless ``keep_ready``; a local destination folder left empty is removed too, unless ``keep_folder``
+        (it was there before the job: the user's). Returns the number of files (objects) deleted."""
+
+    def folder_present(self) -> bool:
+        """Whether the destination folder exists now (a local one; an object store has no folders: True),
+        asked before a job's first run writes anything, so that cleaning up never removes a folder the job
+        did not make (:meth:`remove`'s ``keep_folder``)."""
+        return True
 
     @property
     def files(self) -> Confined:

@@ -65,6 +65,17 @@ class LocalDestination(Destination):
             return
         os.close(fd)
 
+    def folder_present(self) -> bool:
+        """Whether the destination folder is there now (reached from the root without a symlink; one found
+        through a symlink counts as present: it is never removed, and :meth:`confined` refuses it)."""
+        try:
+            os.close(open_folder(self.root_dir, self.rel))
+        except FileNotFoundError:
+            return False
+        except PathNotAllowed:
+            return True
+        return True
+
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Write ``manifest.json`` (``.part`` by descriptor, then ``linkat``; never overwrites)."""
         out = PartFile(self.workdir / MANIFEST_NAME, root=self.root_dir)
@@ -91,11 +102,17 @@ class LocalDestination(Destination):
             return False
 
     def remove(
-        self, chunk_paths: list[str], item_names: list[str], convert_dirs: list[str], *, keep_ready: bool
+        self,
+        chunk_paths: list[str],
+        item_names: list[str],
+        convert_dirs: list[str],
+        *,
+        keep_ready: bool,
+        keep_folder: bool = False,
     ) -> int:
         """Only entries inside the destination folder are touched, by descriptor from the root; a symlink
         is removed, never followed. A destination equal to the root, missing, or reached through a symlink
-        is left alone (0)."""
+        is left alone (0). The folder itself is removed when left empty, unless ``keep_folder``."""
         if not components(self.rel):
             return 0
         try:
@@ -108,6 +125,8 @@ class LocalDestination(Destination):
             )
         finally:
             os.close(dest_fd)
+        if keep_folder:
+            return removed
         parent, name = PurePosixPath(self.rel).parent, PurePosixPath(self.rel).name
         try:
             with folder_fd(self.root_dir, parent) as parent_fd:

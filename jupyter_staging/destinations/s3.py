@@ -214,7 +214,13 @@ class S3Destination(ObjectStoreDestination):
         return True
 
     def remove(
-        self, chunk_paths: list[str], item_names: list[str], convert_dirs: list[str], *, keep_ready: bool
+        self,
+        chunk_paths: list[str],
+        item_names: list[str],
+        convert_dirs: list[str],
+        *,
+        keep_ready: bool,
+        keep_folder: bool = False,
     ) -> int:
         """Delete the scratch folder and abort unfinished multipart uploads below the job prefix; unless
         ``keep_ready``, also delete every object below ``prefix/<job_id>/`` (ListObjectsV2 +

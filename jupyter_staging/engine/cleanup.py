@@ -7,6 +7,10 @@ from typing import Any
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.store import JobRecord
 
+#: Key of a job's resume data: True when its first run found no destination folder (the job makes it, and
+#: cleaning up may remove it once empty), False when the folder was there already (the user's: kept).
+MADE_DESTINATION = "made_destination"
+
 
 def resume_item_names(resume: dict[str, Any]) -> list[str]:
     """Names of every item a job listed (its own and its manifest entries'), from its resume data."""
@@ -22,7 +26,8 @@ def remove_job_output(host: JobHost, rec: JobRecord, *, keep_ready: bool) -> int
     prefix). Returns the number of files (objects) removed.
 
     Only the job's own destination is touched: paths inside its folder (a symlink is removed, never
-    followed) or keys below ``prefix/<job_id>/``. Raises
+    followed; the folder itself, once empty, only when the job made it: :data:`MADE_DESTINATION`) or keys
+    below ``prefix/<job_id>/``. Raises
     :class:`~jupyter_staging.errors.TransferFailed` when the object store cannot be cleaned, and
     :class:`~jupyter_staging.errors.PathNotAllowed` (nothing removed) when the destination folder is
     reached through a symlink (``Destination.confined``).
@@ -32,5 +37,9 @@ def remove_job_output(host: JobHost, rec: JobRecord, *, keep_ready: bool) -> int
     resume = rec.resume or {}
     chunk_paths = [destination.relative(c.path) for c in host.store.list_chunks(rec.id)]
     return destination.remove(
-        chunk_paths, resume_item_names(resume), list(resume.get("convert_dirs", [])), keep_ready=keep_ready
+        chunk_paths,
+        resume_item_names(resume),
+        list(resume.get("convert_dirs", [])),
+        keep_ready=keep_ready,
+        keep_folder=not resume.get(MADE_DESTINATION, True),  # jobs recorded before this key: as before
     )

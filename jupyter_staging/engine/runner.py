@@ -24,7 +24,7 @@ from typing import Any
 
 from jupyter_staging.destinations.base import make_private_dir, remove_tree_if_empty
 from jupyter_staging.destinations.manifest import build_manifest, read_manifest
-from jupyter_staging.engine.cleanup import remove_job_output
+from jupyter_staging.engine.cleanup import MADE_DESTINATION, remove_job_output
 from jupyter_staging.engine.collector import collector_paused
 from jupyter_staging.engine.entries import error_of
 from jupyter_staging.engine.freshness import every_listed_item
@@ -102,6 +102,8 @@ class JobRunner(TableSpreadStager):
         self.resume = dict(rec.resume or {})
         self.resume["attempts"] = int(self.resume.get("attempts", 0)) + 1
         self.recovering = self.resume["attempts"] > 1
+        if not self.recovering:  # before anything is written: a folder that is there already is the user's
+            self.resume[MADE_DESTINATION] = not self.host.destination_of(rec).folder_present()
         return self.host.set_state(
             self.job_id,
             JobState.running,

@@ -14,6 +14,7 @@ import os
 import shutil
 import tarfile
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,29 @@ def test_planted_part_file_is_set_aside_never_spliced(manager, archive):
     assert job["state"] == "succeeded"
     assert sha256(folder / KEPLER.name) == sha256(KEPLER)
     assert "set aside" in log_text(manager, job["id"])
+
+
+def test_cleaning_up_keeps_a_destination_folder_that_was_there_before(manager, archive):
+    """A failed job, and an expired one, remove what they wrote; the destination folder itself only when the
+    job made it. An empty folder the user made beforehand (its own permissions, a mount point) stays."""
+    wrong = "sha256:" + "0" * 64
+    mine = manager.root_dir / "mine"
+    mine.mkdir()
+    os.chmod(mine, 0o750)
+    failed, _ = run(manager, source=str(archive / KEPLER.name), destination="mine", checksum=wrong)
+    assert failed["error"]["code"] == "checksum_mismatch"
+    assert mine.is_dir() and os.listdir(mine) == [] and (mine.stat().st_mode & 0o777) == 0o750
+    made, _ = run(manager, source=str(archive / KEPLER.name), destination="made", checksum=wrong)
+    assert made["error"]["code"] == "checksum_mismatch"
+    assert not (manager.root_dir / "made").exists()  # the job made it: removed with what it wrote
+
+    kept, _ = run(manager, source=str(archive / KEPLER.name), destination="mine", ttl_seconds=1)
+    gone, _ = run(manager, source=str(archive / KEPLER.name), destination="made", ttl_seconds=1)
+    assert kept["state"] == gone["state"] == "succeeded"
+    later = datetime.now(timezone.utc) + timedelta(minutes=5)
+    assert set(manager.sweep(now=later)) >= {kept["id"], gone["id"]}
+    assert mine.is_dir() and os.listdir(mine) == []
+    assert not (manager.root_dir / "made").exists()
 
 
 def test_checksum_wrong_by_one_digit_publishes_nothing_right_one_stages(manager, archive):
