@@ -70,6 +70,7 @@ class CsvSource(Source):
         self._column_types = dict(column_types or {})
         self._ecsv = fmt == "ecsv"
         schema = self._untyped_as_strings(self._infer_schema(), control)
+        self._warn_not_utf8(schema, control)
         if self._ecsv and column_types is not None and list(column_types) != schema.names:
             raise ConversionFailed(f"{path.name}: ECSV column names do not match its header")
         if len(set(schema.names)) == len(schema.names):
@@ -91,6 +92,20 @@ class CsvSource(Source):
         if control is not None:
             control.log("warning", message)
         return pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in schema])
+
+    def _warn_not_utf8(self, schema: pa.Schema, control: JobControl | None) -> None:
+        """Warn of the columns read as bytes (``binary``): text that is not UTF-8 (another encoding, Latin-1
+        say) in the inferred sample. Their values are kept byte for byte; pandas shows them as ``bytes``."""
+        raw = [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+        if not raw:
+            return
+        message = (
+            f"{self.path.name}: columns {', '.join(raw)} are not UTF-8 text (another encoding, Latin-1 say); "
+            "kept as bytes: save the file as UTF-8 to read them as strings"
+        )
+        log.warning("%s", message)
+        if control is not None:
+            control.log("warning", message)
 
     def _infer_schema(self) -> pa.Schema:
         """Column names and types from the first ``CSV_INFER_BYTES`` (whole lines) of the text.
@@ -244,6 +259,12 @@ class CsvSource(Source):
                             f"{CSV_INFER_BYTES // (1024 * 1024)} MiB; such files are converted only "
                             "when the first short row comes before that"
                         ) from None
+                    if "invalid UTF8" in str(exc):
+                        raise ConversionFailed(
+                            f"{self.path.name}: not UTF-8 text after the first "
+                            f"{CSV_INFER_BYTES // (1024 * 1024)} MiB ({_column_of(exc)}another encoding, "
+                            "Latin-1 say); save it as UTF-8 to convert it"
+                        ) from None
                     raise ConversionFailed(
                         f"{self.path.name}: {exc} (column types were inferred from the first "
                         f"{CSV_INFER_BYTES // (1024 * 1024)} MiB of the file)"
@@ -260,6 +281,13 @@ class CsvSource(Source):
         finally:
             reader.close()
             raw.close()
+
+
+def _column_of(exc: Exception) -> str:
+    """``"column <n>, "`` (counted from 1) when pyarrow's message names a column (``In CSV column #0``),
+    else ``""``."""
+    found = re.search(r"column #(\d+)", str(exc))
+    return f"column {int(found.group(1)) + 1}, " if found else ""
 
 
 def _ragged_message(exc: Exception) -> str:

@@ -26,6 +26,7 @@ from jupyter_staging.formats.astropy_meta import astropy_unit
 from jupyter_staging.formats.convert import convert_to_parquet
 from jupyter_staging.formats.detect import is_table
 from jupyter_staging.kernel.tables import to_qtable
+from tests.helpers.data import latin1_past_inference
 
 DATA = Path("/work/shared/data")
 KEPLER = DATA / "kplr010666592-2009131110544_slc.fits"
@@ -181,6 +182,23 @@ def test_a_csv_that_is_not_utf8_text_says_so(tmp_path: Path) -> None:
         convert_to_parquet(src, tmp_path / "out")
     assert caught.value.message.startswith("dump.csv: not UTF-8 text")
     assert str(tmp_path) not in caught.value.message
+
+
+def test_latin1_text_is_kept_as_bytes_and_warned_of(tmp_path: Path, caplog) -> None:
+    """Latin-1 text in the first 16 MiB: the column is read as bytes, value for value, and a warning names
+    it; past them (types already inferred as strings), the conversion fails saying the text is not UTF-8."""
+    src = tmp_path / "names.csv"
+    src.write_bytes("name,flux\nAlpha Cen,1.5\nBeta \xc5ngstr\xf6m,2.5\n".encode("latin-1"))
+    with caplog.at_level("WARNING", logger="jupyter_staging.formats.csv"):
+        convert_to_parquet(src, tmp_path / "out")
+    table = pq.read_table(tmp_path / "out")
+    assert table.column("name").to_pylist() == [b"Alpha Cen", "Beta \xc5ngstr\xf6m".encode("latin-1")]
+    assert "names.csv: columns name are not UTF-8 text" in caplog.text
+    late = latin1_past_inference(tmp_path / "late.csv")
+    with pytest.raises(ConversionFailed) as caught:
+        convert_to_parquet(late, tmp_path / "late")
+    assert caught.value.message.startswith("late.csv: not UTF-8 text after the first 16 MiB (column 1, ")
+    assert "save it as UTF-8" in caught.value.message and str(tmp_path) not in caught.value.message
 
 
 def test_votable_astropy_rejects_is_staged_as_it_is_and_messages_hold_no_folder(tmp_path: Path) -> None:

@@ -36,3 +36,12 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def latin1_past_inference(path: Path, rows: int = 1_200_000) -> Path:
+    """Write ``path``: a CSV of ``rows`` UTF-8 rows (about 20 bytes each: past the converter's 16 MiB of
+    type inference) and then one row of Latin-1 text (``Å``, ``ö``), as a file appended to by another tool
+    would be. Returns ``path``."""
+    lines = ["name,flux", *(f"star{i},{i}.5" for i in range(rows)), "Beta \xc5ngstr\xf6m,2.5"]
+    path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    return path
