@@ -23,15 +23,16 @@ from astropy.io import fits
 
 from jupyter_staging.destinations.base import remove_tree_if_empty, scratch_dir
 from jupyter_staging.engine.items import sha256_file
-from jupyter_staging.engine.models import ChunkState
+from jupyter_staging.engine.models import DONE_STATES, ChunkState
 from jupyter_staging.engine.pipeline import PipelinedStager
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.store import NOT_CONVERTED, PART_BYTES, JobRecord
-from jupyter_staging.errors import TransferFailed
+from jupyter_staging.errors import DestinationExists, JobInterrupted, TransferFailed, as_staging_error
 from jupyter_staging.formats.convert import convert_to_parquet
 from jupyter_staging.formats.detect import detect_format, is_table
 from jupyter_staging.safety.control import DelegatingControl, JobControl
 from jupyter_staging.safety.paths import check_output_name
+from jupyter_staging.safety.redact import redact_text
 from jupyter_staging.sources.base import Source, SourceItem
 
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
@@ -86,9 +87,15 @@ class ConvertingStager(PipelinedStager):
         if fmt == "fits" and len(self.resume.get("items", [])) == 1:
             self._expect_chunks(local, opts)
         bytes_before = self.live.bytes_done if downloaded is None else None
-        out_rel = self._convert_file(
-            local, item.name, opts, entry, counted=downloaded is not None, listed=source.local_path(item)
-        )
+        try:
+            out_rel = self._convert_file(
+                local, item.name, opts, entry, counted=downloaded is not None, listed=source.local_path(item)
+            )
+        except JobInterrupted:
+            raise  # paused, cancelled or shut down: the parts stay, and a resumed run goes on after them
+        except Exception as exc:
+            self._withdraw_parts(item.name, exc)
+            raise
         if bytes_before is not None and self.live.bytes_done == bytes_before:
             self.control.add_bytes(item.size or 0)
         self._converted(item, out_rel, self.dest.workdir / out_rel, downloaded)
@@ -257,6 +264,65 @@ class ConvertingStager(PipelinedStager):
         if self.dest.remote:
             remove_tree_if_empty(out_dir, work)
         self._log("info", f"{item.name}: converted to {out_rel}")
+
+    def _withdraw_parts(self, name: str, exc: Exception) -> None:
+        """After the conversion of table ``name`` failed (``exc``), remove the Parquet parts it published,
+        so no partial table is left under ``<stem>.parquet`` for a reader to take for the whole one (the
+        job fails, or its manifest entry does, and a run again converts from the start). Their chunks
+        become ``expired``; a part published but not recorded (a range a Dask worker finished out of order)
+        is removed too, unless the failure was a name already taken (``destination_exists``: that file is
+        not ours). Nothing here raises: a part that cannot be removed is logged, the failure stands."""
+        stem = PurePosixPath(name)
+        out_rel = (stem.parent / f"{_strip_suffixes(stem.name)}.parquet").as_posix()
+        relative = self.dest.relative
+        recorded = [
+            c for c in self.store.list_chunks(self.job_id) if relative(c.path).startswith(out_rel + "/")
+        ]
+        parts = [c for c in recorded if c.state in DONE_STATES]
+        removed = rows = 0
+        try:
+            for chunk in parts:
+                self.dest.remove_chunk(chunk.path)
+                self.store.update_chunk(chunk.id, state=ChunkState.expired.value)
+                removed, rows = removed + 1, rows + int(chunk.rows or 0)
+            with self._lock:
+                for chunk in parts:
+                    rel = self.dest.relative(chunk.path)
+                    self.resume.get("outputs", {}).pop(rel, None)
+                    self.resume.get(PART_BYTES, {}).pop(rel, None)
+                self._save_resume()
+            out_dir = self.dest.workdir / out_rel
+            if not isinstance(exc, DestinationExists):
+                removed += self._drop_unrecorded_parts(out_dir, {relative(c.path) for c in recorded})
+            remove_tree_if_empty(out_dir, self.dest.workdir)
+        except Exception as cleanup:  # the conversion's own error is the one the job reports
+            known = as_staging_error(cleanup)
+            why = redact_text(known.message) if known is not None else type(cleanup).__name__
+            self._log("warning", f"{name}: Parquet parts of the failed conversion not all removed: {why}")
+        if removed:
+            self._log(
+                "warning",
+                f"{name}: conversion failed; the {removed} Parquet part(s) written before it ({rows:,} rows) "
+                f"were removed, so {out_rel} holds no partial table",
+            )
+
+    def _drop_unrecorded_parts(self, out_dir: Path, recorded: set[str]) -> int:
+        """Remove the part files in ``out_dir`` whose path (relative to the destination) is not in
+        ``recorded``: published by this job, never recorded. Returns how many."""
+        if self.dest.remote or not out_dir.is_dir() or out_dir.is_symlink():
+            return 0
+        removed = 0
+        for path in out_dir.iterdir():
+            rel = path.relative_to(self.dest.workdir).as_posix()
+            if (
+                _PART_RE.fullmatch(path.name)
+                and rel not in recorded
+                and path.is_file()
+                and not path.is_symlink()
+            ):
+                self.dest.files.unlink(path)
+                removed += 1
+        return removed
 
     def _drop_unrecorded_part(self, out_dir: Path, start_index: int) -> None:
         """Remove the part file ``start_index`` if a previous run published it but stopped before

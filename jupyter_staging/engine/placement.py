@@ -5,7 +5,9 @@ different request that maps to the same name gets ``staging/<name>-<key8>``), so
 output. A folder that holds the output of an earlier job of the same request is reused when every source
 fingerprint still matches; otherwise (a source changed, or ``if_exists="refresh"``) the new job stages into
 a scratch folder beside it (:func:`swap_folder`) and swaps it in when complete, so the old output stays
-readable until then.
+readable until then. The output of a job that failed or was cancelled (a table's first Parquet parts, the
+entries of a manifest job that were staged) is never reused: any request into its folder stages afresh
+beside it and swaps in, as a changed source would (unless ``if_exists="error"``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from jupyter_staging.destinations.manifest import MANIFEST_NAME, read_manifest
 from jupyter_staging.engine.freshness import Freshness, check_sources, outputs_present
-from jupyter_staging.engine.models import JobState
+from jupyter_staging.engine.models import DONE_STATES, JobState
 from jupyter_staging.engine.store import JobRecord, Store
 from jupyter_staging.errors import DestinationExists, PathNotAllowed
 from jupyter_staging.safety.confined import Confined
@@ -26,6 +28,8 @@ from jupyter_staging.safety.paths import resolve_destination
 
 #: States of a job that still owns its destination folder.
 ACTIVE_STATES = (JobState.queued.value, JobState.running.value, JobState.paused.value)
+#: Final states of a job whose output is not whole: a new request into its folder replaces what it left.
+UNFINISHED_STATES = (JobState.failed.value, JobState.cancelled.value)
 
 
 @dataclass
@@ -91,6 +95,19 @@ class Placer:
         job_id = self.store.active_job_id(str(self.root_dir), rel, list(ACTIVE_STATES))
         return None if job_id is None else self.store.get_job(job_id)
 
+    def failed_job(self, rel: str) -> str | None:
+        """The id of the newest failed or cancelled job of this root that wrote to ``rel`` when files it
+        published (the first files of a folder it did not finish) are still in the folder, which has no
+        ``manifest.json``: a new job writing straight into the folder would meet them. None otherwise, so a
+        folder holding only the user's own files is written into, never swapped (it keeps its identity:
+        its mode, a mount point)."""
+        job_id = self.store.active_job_id(str(self.root_dir), rel, list(UNFINISHED_STATES))
+        if job_id is None:
+            return None
+        folder = self.root_dir / rel
+        published = (c.path for c in self.store.list_chunks(job_id) if c.state in DONE_STATES)
+        return job_id if any(os.path.lexists(folder / path) for path in published) else None
+
     def output_job(self, folder: Path) -> JobRecord | None:
         """The job whose ``manifest.json`` is in ``folder`` (None when there is none, or no such job)."""
         manifest = read_manifest(folder) if (folder / MANIFEST_NAME).is_file() else None
@@ -120,10 +137,25 @@ class Placer:
                 return Placement(rel, active=active)
             raise DestinationExists(f"destination {rel!r} is used by another active job")
         if not (path / MANIFEST_NAME).is_file():
-            return Placement(rel)
+            failed = self.failed_job(rel) if if_exists != "error" and path.is_dir() else None
+            return Placement(rel, replaces=failed) if failed is not None else Placement(rel)
         if if_exists == "error":
             raise DestinationExists(f"destination {rel!r} already holds a staged job's output")
+        return self._over_output(rel, key, if_exists, sources, prefix)
+
+    def _over_output(
+        self,
+        rel: str,
+        key: str,
+        if_exists: str,
+        sources: dict[str | None, str],
+        prefix: Callable[[str | None, str], str],
+    ) -> Placement:
+        """:meth:`place` for a folder that holds a ``manifest.json`` and ``if_exists`` is not ``error``."""
+        path = self.root_dir / rel
         prev = self.output_job(path)
+        if prev is not None and prev.state in UNFINISHED_STATES:  # a failed job's output: staged again
+            return Placement(rel, replaces=prev.id)
         same = prev is not None and request_key_of(prev) == key
         if not same and if_exists != "refresh":
             raise DestinationExists(

@@ -29,7 +29,7 @@ from jupyter_staging.engine.collector import collector_paused
 from jupyter_staging.engine.entries import error_of
 from jupyter_staging.engine.freshness import every_listed_item
 from jupyter_staging.engine.models import DONE_STATES, PENDING, ChunkState, JobState
-from jupyter_staging.engine.placement import swap_in
+from jupyter_staging.engine.placement import UNFINISHED_STATES, swap_in
 from jupyter_staging.engine.records import has_sealed, json_copy, without_sealed
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.spreadtables import TableSpreadStager
@@ -292,6 +292,8 @@ class JobRunner(TableSpreadStager):
         replaced = self.store.get_job(swap["replaces"]) if swap.get("replaces") else None
         old = read_manifest(self.replaced_folder) if self.replaced_folder is not None else None
         staged_before = {str(o.get("path")) for o in (old or {}).get("objects", [])}
+        if old is None and replaced is not None:  # a failed job's files, no manifest: its chunk records
+            staged_before |= {c.path for c in self.store.list_chunks(replaced.id)}
         root = self.dest.workdir.parents[len(PurePosixPath(swap["into"]).parts) - 1]
         moved = swap_in(
             root,
@@ -311,9 +313,8 @@ class JobRunner(TableSpreadStager):
         if replaced is not None and not JobState(replaced.state) == JobState.expired:
             for chunk in self.store.list_chunks(replaced.id):
                 self.store.update_chunk(chunk.id, state=ChunkState.expired.value)
-            self.host.log_event(
-                replaced.id, "info", f"output replaced by job {self.job_id} (a source changed)"
-            )
+            why = "staged again" if replaced.state in UNFINISHED_STATES else "a source changed"
+            self.host.log_event(replaced.id, "info", f"output replaced by job {self.job_id} ({why})")
             self.host.set_state(replaced.id, JobState.expired)
 
     def _fingerprints(self) -> dict[str, dict[str, Any]]:

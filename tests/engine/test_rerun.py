@@ -17,12 +17,13 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
 from jupyter_staging.errors import DestinationExists
-from tests.helpers.data import KEPLER, SPITZER, TESS, sha256, wait_until
+from tests.helpers.data import KEPLER, SPITZER, TESS, latin1_past_inference, sha256, wait_until
 from tests.helpers.servers import RangeHTTPServer
 
 
@@ -202,6 +203,45 @@ def test_cleaning_up_keeps_a_destination_folder_that_was_there_before(manager, a
     assert not (manager.root_dir / "made").exists()
 
 
+def test_a_failed_jobs_output_is_staged_again_never_reused_nor_in_the_way(manager, archive, tmp_path):
+    """A failed job's output is not an answer: the same request runs again, and a corrected one replaces it
+    without ``if_exists="refresh"``. A table that failed part-way (Parquet parts published, no manifest)
+    does not stop the corrected file's conversion with ``destination_exists``; the user's own file in the
+    folder is kept."""
+    good = sha256(TESS)
+    body = {"destination": "m", "manifest": {"k": str(archive / KEPLER.name)}}
+    wrong = {"t": {"source": str(archive / TESS.name), "checksum": "sha256:" + "0" * 64}}
+    first, _ = run(manager, **{**body, "manifest": {**body["manifest"], **wrong}})
+    again, created = run(manager, **{**body, "manifest": {**body["manifest"], **wrong}})
+    assert first["error"]["code"] == again["error"]["code"] == "partial"
+    assert created and again["id"] != first["id"]  # run again, not answered by the failed job
+    right = {"t": {"source": str(archive / TESS.name), "checksum": f"sha256:{good}"}}
+    fixed, created = run(manager, **{**body, "manifest": {**body["manifest"], **right}})
+    assert created and fixed["state"] == "succeeded", fixed["error"]
+    assert sha256(manager.root_dir / "m" / "t" / TESS.name) == good
+    reused, created = run(manager, **{**body, "manifest": {**body["manifest"], **right}})
+    assert not created and reused["id"] == fixed["id"]
+
+    table = latin1_past_inference(tmp_path / "late.csv")
+    out = manager.root_dir / "tables"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    convert = {"source": str(table), "destination": "tables", "convert": {"chunk_rows": 100_000}}
+    broken, _ = run(manager, **convert)
+    assert broken["error"]["code"] == "conversion_failed", broken["error"]
+    # The parts written before the bad row are removed: no partial table for pd.read_parquet to take.
+    assert not (out / "late.parquet").exists() and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    log = [e.message for e in manager.store.list_events(broken["id"])]
+    assert any("Parquet part(s) written before it" in m and "holds no partial table" in m for m in log), log
+    assert {c.state for c in manager.store.list_chunks(broken["id"])} == {"expired"}
+    table.write_bytes(table.read_bytes().decode("latin-1").encode("utf-8"))  # saved again as UTF-8
+    converted, created = run(manager, **convert)
+    assert created and converted["state"] == "succeeded", converted["error"]
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in (out / "late.parquet").glob("part-*.parquet"))
+    assert rows == 1_200_001 and (out / "notes.txt").read_text() == "the user's"
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []  # nothing set aside
+
+
 def test_checksum_wrong_by_one_digit_publishes_nothing_right_one_stages(manager, archive):
     right = sha256(KEPLER)
     wrong = right[:-1] + ("0" if right[-1] != "0" else "1")
@@ -334,3 +374,30 @@ def test_bytes_already_staged_here_are_not_downloaded_again(manager, tmp_path):
     assert sha256(manager.root_dir / "b" / "lc.fits") == sha256(KEPLER)
     assert "copied locally, not downloaded" in log_text(manager, second["id"])
     assert second["progress"]["bytes_done"] == KEPLER.stat().st_size
+
+
+def test_a_folder_job_that_failed_part_way_is_staged_again_beside_what_it_published(manager, tmp_path):
+    """A folder copy that failed after publishing its first files (the user had a file of its last
+    file's name there) leaves those files and no manifest; running the request again once the user moved
+    that file stages the whole folder beside them and swaps it in, instead of meeting its own files."""
+    source = tmp_path / "lcs"
+    (source / "zz").mkdir(parents=True)
+    for i in range(10):
+        (source / f"a{i}.bin").write_bytes(os.urandom(64 * 1024))
+    (source / "zz" / "last.bin").write_bytes(os.urandom(64 * 1024))
+    out = manager.root_dir / "out"
+    request = {"source": str(source), "destination": "out"}
+    (out / "zz").mkdir(parents=True)
+    (out / "zz" / "last.bin").write_text("the user's")
+    failed, _ = run(manager, **request)
+    assert failed["error"]["code"] == "destination_exists", failed["error"]
+    (out / "zz" / "last.bin").rename(out / "mine.txt")
+    published = sorted(p.name for p in out.glob("a*.bin"))
+    assert published and not (out / "manifest.json").exists()
+    again, created = run(manager, **request)
+    assert created and again["state"] == "succeeded", again["error"]
+    assert tree(out).keys() == {*(f"a{i}.bin" for i in range(10)), "zz/last.bin", "manifest.json", "mine.txt"}
+    assert all(sha256(out / rel) == sha256(source / rel) for rel in tree(source))
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []  # nothing set aside
+    assert manager.store.get_job(failed["id"]).state == "expired"
+    assert "output replaced by job" in log_text(manager, failed["id"])
