@@ -22,6 +22,7 @@ from typing import BinaryIO
 
 from jupyter_staging.errors import (
     DestinationExists,
+    DestinationNotWritable,
     InvalidRequest,
     PathNotAllowed,
     SourceNotFound,
@@ -29,7 +30,7 @@ from jupyter_staging.errors import (
 )
 from jupyter_staging.hub.areas import Target
 from jupyter_staging.safety.copying import copy_stream
-from jupyter_staging.safety.dirfd import fsync_fd, open_dir, publish_at, write_all
+from jupyter_staging.safety.dirfd import fsync_fd, open_dir, publish_at, write_all, write_refused
 from jupyter_staging.safety.paths import resolve_source
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,10 @@ def _open_source(source: SourceFile) -> int:
         fd = os.open(source.path, READ_FLAGS)
     except FileNotFoundError:
         raise SourceNotFound(f"source {str(source.path)!r} disappeared") from None
+    except PermissionError:  # its mode changed since the check (resolve_source says it the same way)
+        raise SourceNotFound(
+            f"source {str(source.path)!r} is not readable", code="source_not_readable"
+        ) from None
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise PathNotAllowed(f"source {str(source.path)!r} became a symbolic link") from None
@@ -196,6 +201,9 @@ def local_copy(source: SourceFile, target: Target) -> Outcome:
     part = f"{target.name}.{secrets.token_hex(4)}.part"
     try:
         out_fd = os.open(part, CREATE_FLAGS, 0o600, dir_fd=target.dir_fd)
+    except PermissionError as err:
+        os.close(src_fd)
+        raise _refused(target, err) from None
     except BaseException:
         os.close(src_fd)
         raise
@@ -231,6 +239,12 @@ def _publish(part: str, target: Target) -> None:
         publish_at(target.dir_fd, part, target.dir_fd, target.name)
     except DestinationExists:
         raise _exists_error(target) from None
+
+
+def _refused(target: Target, err: PermissionError) -> DestinationNotWritable:
+    """``destination_not_writable`` (409) for ``err`` met writing into the target's folder: the service's
+    user may not write there (the folder's mode, an immutable flag). Names the target's file, no path."""
+    return write_refused(target.name, err, who="the service's user")
 
 
 def _unlink_quietly(name: str, dir_fd: int) -> None:
@@ -269,6 +283,8 @@ def hardlink(source: SourceFile, target: Target) -> Outcome:
                 code="link_not_permitted",
                 status=403,
             ) from None
+        if isinstance(err, PermissionError):
+            raise _refused(target, err) from None
         raise
     finally:
         os.close(pinned)
@@ -339,6 +355,8 @@ def symlink(source: SourceFile, target: Target) -> Outcome:
         os.symlink(source.path, target.name, dir_fd=target.dir_fd)
     except FileExistsError:
         raise _exists_error(target) from None
+    except PermissionError as err:
+        raise _refused(target, err) from None
     if target.owner is not None:
         os.chown(target.name, target.owner.uid, target.owner.gid, dir_fd=target.dir_fd, follow_symlinks=False)
     fsync_fd(target.dir_fd)

@@ -46,12 +46,13 @@ READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}
 
 
-def write_refused(name: str, err: PermissionError) -> DestinationNotWritable:
+def write_refused(name: str, err: PermissionError, who: str = "this server's user") -> DestinationNotWritable:
     """The :class:`DestinationNotWritable` for ``err`` (``EACCES`` / ``EPERM``), met making or naming
-    ``name`` in a folder: the folder's permissions (or an immutable flag) forbid this process to write
-    into it, as when they changed after the job was admitted. The message names ``name``, not its path."""
+    ``name`` in a folder: the folder's permissions (or an immutable flag) forbid this process (``who``
+    runs it) to write into it, as when they changed after the job was admitted. The message names
+    ``name``, not its path."""
     return DestinationNotWritable(
-        f"{name!r} could not be written: this server's user may not write into its folder "
+        f"{name!r} could not be written: {who} may not write into its folder "
         f"({err.strerror or 'permission denied'}); make the folder writable, or choose another destination"
     )
 

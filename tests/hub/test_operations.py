@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -243,3 +248,75 @@ def test_log_tail_filters_by_user_and_level(tmp_path):
     assert [e["message"] for e in warnings] == ["line 6", "line 9"]
     with pytest.raises(ValueError):
         oplog.tail(path, level="loud")
+
+
+#: Run as a user (``nobody``) who may read ``archive/open.bin`` but not ``archive/closed.bin``, and may
+#: write into ``homes/alice`` but not into its folder ``locked``: each file operation, its error as the
+#: service records it (``as_staging_error``).
+_AS_THE_SERVICE = """
+import json, os, sys
+from jupyter_staging.hub.areas import UserAreas
+from jupyter_staging.hub.fileops import check_source, hardlink, local_copy, symlink
+from jupyter_staging.hub.recording import as_staging_error
+
+site = sys.argv[1]
+areas = UserAreas(site + "/homes/{username}")
+seen = {}
+for name, operation, source, folder in [
+    ("copy", local_copy, "open.bin", "locked/"),
+    ("hardlink", hardlink, "open.bin", "locked/"),
+    ("symlink", symlink, "open.bin", "locked/"),
+    ("unreadable", local_copy, "closed.bin", "free/"),
+    ("made unreadable", local_copy, "later.bin", "free/"),
+]:
+    try:
+        src = check_source(site + "/archive/" + source, [site + "/archive"])
+        if name == "made unreadable":  # its mode changed between the check and the copy
+            os.chmod(src.path, 0)
+        with areas.open_target("alice", folder, src.name) as target:
+            seen[name] = {"status": operation(src, target).status}
+    except Exception as exc:
+        staging = as_staging_error(exc, "op")
+        seen[name] = {"code": staging.code, "status": staging.status, "message": staging.message}
+print(json.dumps(seen))
+"""
+
+
+def test_a_folder_or_source_the_service_may_not_use_is_a_4xx_not_io_error(request):
+    """The service running as a user who may not write into the target's folder (its mode) records
+    ``destination_not_writable`` (409) for a copy, a hard link and a symlink, naming the file and no path;
+    a source it may not read is ``source_not_readable`` (400). Never ``io_error`` (500); nothing is left in
+    the folder. Root may write anywhere, so the operations run as ``nobody`` (``setpriv``)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the service's operations as another user")
+    site = Path(tempfile.mkdtemp(prefix="staging-hub-perm-"))  # pytest's own folders are 0700
+    request.addfinalizer(lambda: shutil.rmtree(site, ignore_errors=True))
+    for name in ("archive", "homes/alice/locked", "homes/alice/free"):
+        (site / name).mkdir(parents=True)
+    (site / "archive" / "open.bin").write_bytes(os.urandom(64 * 1024))
+    (site / "archive" / "closed.bin").write_bytes(os.urandom(64 * 1024))
+    os.chmod(site / "archive" / "closed.bin", 0o600)
+    (site / "archive" / "later.bin").write_bytes(os.urandom(64 * 1024))
+    for name in ("archive/open.bin", "archive/later.bin", "homes/alice", "homes/alice/free"):
+        os.chown(site / name, 65534, 65534)
+    for folder in (site, site / "archive", site / "homes"):
+        os.chmod(folder, 0o755)
+    command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    done = subprocess.run(  # noqa: S603 - fixed arguments
+        [*command, sys.executable, "-c", _AS_THE_SERVICE, str(site)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "HOME": str(site)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    for name in ("copy", "hardlink", "symlink"):
+        assert (seen[name]["code"], seen[name]["status"]) == ("destination_not_writable", 409), seen
+        assert "'open.bin' could not be written: the service's user may not write" in seen[name]["message"]
+        assert str(site) not in seen[name]["message"]
+    for name in ("unreadable", "made unreadable"):
+        assert (seen[name]["code"], seen[name]["status"]) == ("source_not_readable", 400), seen
+    assert os.listdir(site / "homes" / "alice" / "locked") == []
+    assert os.listdir(site / "homes" / "alice" / "free") == []
