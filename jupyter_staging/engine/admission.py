@@ -116,12 +116,24 @@ def identity(request: CreateJob, plan: SourcePlan) -> dict[str, Any]:
         "source": locator_identity(request.source) if request.source is not None else None,
         "entries": {k: locator_identity(v) for k, v in entries.items()} if entries is not None else None,
         "method": plan.method,
-        "convert": request.convert.model_dump() if request.convert else None,
+        "convert": _convert_identity(request),
         "checksum": request.checksum,
         "entry_checksums": request.entry_checksums(),
         "unpack": request.unpack,
         "decompress": request.decompress,
     }
+
+
+def _convert_identity(request: CreateJob) -> dict[str, Any] | None:
+    """The conversion options of ``request`` as they make its key: ``encoding`` only when given, so the
+    key of a conversion without one is what it was before the option existed (a re-run after an upgrade
+    is still the same request)."""
+    if request.convert is None:
+        return None
+    options = request.convert.model_dump()
+    if options.get("encoding") is None:
+        options.pop("encoding", None)
+    return options
 
 
 def run_options(request: CreateJob, key: str, job_id: str, placement: Placement) -> dict[str, Any]:

@@ -131,6 +131,7 @@ class ConvertingStager(PipelinedStager):
             chunk_rows=int(opts.get("chunk_rows") or 100_000),
             compression=str(opts.get("compression") or "zstd"),
             hdu=opts.get("hdu"),
+            encoding=opts.get("encoding"),
             control=CountedControl(self.control) if counted else self.control,
             start_index=len(existing),
             on_chunk=lambda info: self._record_part(out_dir, out_rel, info, entry, name),

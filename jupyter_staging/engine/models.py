@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from jupyter_staging.errors import StagingError
+from jupyter_staging.formats.csv import text_encoding
 from jupyter_staging.safety.paths import check_destination_text, check_name_lengths, unsafe_character
 
 
@@ -122,7 +123,10 @@ class ConvertOptions(BaseModel):
 
     ``chunk_rows`` rows per part file (one chunk each; an integer, not ``true`` or ``5000.0``; a request
     asks for :data:`MIN_CHUNK_ROWS` to :data:`MAX_CHUNK_ROWS`, see :class:`CreateJob`); ``compression`` a
-    Parquet codec; ``hdu`` the FITS HDU index or name holding the table (default: the first table HDU).
+    Parquet codec; ``hdu`` the FITS HDU index or name holding the table (default: the first table HDU);
+    ``encoding`` the text encoding of a CSV/TSV source that is not UTF-8 (``latin-1``, ``cp1252``: any
+    Python codec that writes line ends, delimiters and digits as ASCII, stored by its codec name; ``utf-8``
+    is the default and stored as null). FITS, VOTable and ECSV state their own encoding and ignore it.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -138,6 +142,15 @@ class ConvertOptions(BaseModel):
     )
     compression: Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"] = "zstd"
     hdu: int | str | None = None
+    encoding: str | None = Field(default=None, min_length=1, max_length=64)
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        name = text_encoding(value)  # ValueError: unknown, or not ASCII-compatible
+        return None if name == "utf-8" else name
 
 
 #: A manifest entry name: a letter or digit, then letters, digits, ``_``, ``-`` or ``.`` (128 at most).

@@ -103,6 +103,7 @@ class TableSpreadStager(SpreadStager):
             "compression": str(opts.get("compression") or "zstd"),
             "hdu": opts.get("hdu"),
             "fmt": ranges.fmt,
+            "encoding": opts.get("encoding"),
         }
         stops = {t.start_index: t.stop_index for t in tasks}
         with self._tasks(executor).batch() as batch:

@@ -342,10 +342,10 @@ def convert_range(
     """Convert the rows of parts ``start_index .. stop_index - 1`` of the table ``src`` into those Parquet
     parts of folder ``out_rel`` (below the root): exactly the files one whole conversion writes there
     (:func:`~jupyter_staging.formats.convert.convert_to_parquet` with the same ``options``: ``chunk_rows``,
-    ``compression``, ``hdu``, ``fmt``). ``start_offset``: the byte offset of part ``start_index``'s first
-    line (CSV/TSV, from :mod:`jupyter_staging.formats.split`). Parts of this range left by a dead attempt
-    are removed first. ``count_bytes``: report source bytes (False when the server counted them already, for
-    a download). Returns the parts written, in order.
+    ``compression``, ``hdu``, ``fmt``, ``encoding``). ``start_offset``: the byte offset of part
+    ``start_index``'s first line (CSV/TSV, from :mod:`jupyter_staging.formats.split`). Parts of this range
+    left by a dead attempt are removed first. ``count_bytes``: report source bytes (False when the server
+    counted them already, for a download). Returns the parts written, in order.
 
     Raises what the converter raises (``conversion_failed``, ``destination_exists``, ...) and
     :class:`JobInterrupted` on pause or cancel (parts published so far stay; the runner records none of
@@ -364,6 +364,7 @@ def convert_range(
             compression=str(options["compression"]),
             hdu=options.get("hdu"),
             fmt=options.get("fmt"),
+            encoding=options.get("encoding"),
             control=control,
             start_index=start_index,
             stop_index=stop_index,

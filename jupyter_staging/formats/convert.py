@@ -60,7 +60,7 @@ from pathlib import Path
 from jupyter_staging.errors import ConversionFailed, SourceNotFound
 from jupyter_staging.formats.base import ChunkInfo, Piece, Source
 from jupyter_staging.formats.compression import comment_prefix_bytes
-from jupyter_staging.formats.csv import CsvSource, RaggedRows, read_ragged
+from jupyter_staging.formats.csv import CsvSource, RaggedRows, read_ragged, text_encoding
 from jupyter_staging.formats.detect import detect_format
 from jupyter_staging.formats.ecsv import ecsv_source
 from jupyter_staging.formats.fits import FitsSource
@@ -89,6 +89,7 @@ def convert_to_parquet(
     root: Path | None = None,
     stop_index: int | None = None,
     start_offset: int | None = None,
+    encoding: str | None = None,
 ) -> list[ChunkInfo]:
     """Convert the table in ``src`` into Parquet part files in ``out_dir``; return the parts written.
 
@@ -108,8 +109,13 @@ def convert_to_parquet(
     ``src`` of the first line of part ``start_index`` (from
     :func:`jupyter_staging.formats.split.csv_part_offsets`); reading starts there instead of parsing
     and dropping the rows before it; the header is still read for the column names and types.
+    ``encoding``: the text encoding of a CSV/TSV file (default UTF-8; :func:`~jupyter_staging.formats.csv.
+    text_encoding` lists what is taken), for files written in Latin-1 or Windows-1252, say; the other
+    formats state their own (FITS headers are ASCII, FITS Standard 4.0 §4.1; a VOTable's XML declaration;
+    ECSV is UTF-8 by its standard) and ignore it.
 
-    Raises :class:`SourceNotFound` if ``src`` is not a file; :class:`ConversionFailed` for something
+    Raises :class:`SourceNotFound` if ``src`` is not a file; :class:`ConversionFailed` for an unknown
+    or not ASCII-compatible ``encoding``, for something
     that is not a table (e.g. an image-only FITS file), an HDU/table index or name that does not exist or
     is not a table, an unreadable or corrupt file, an unknown compression, a CSV value that does not fit
     its column's type, a ``stop_index`` not above ``start_index``, a ``start_offset`` for a file that is
@@ -121,6 +127,10 @@ def convert_to_parquet(
     """
     src, out_dir = Path(src), Path(out_dir)
     codec = _check_arguments(chunk_rows, start_index, compression)
+    try:
+        text = text_encoding(encoding or "utf-8")
+    except ValueError as exc:
+        raise ConversionFailed(str(exc)) from None
     if stop_index is not None and stop_index <= start_index:
         raise ConversionFailed(f"stop_index must be above start_index ({start_index}), not {stop_index}")
     fmt = _table_format(src, fmt)
@@ -129,7 +139,7 @@ def convert_to_parquet(
     else:
         Confined(root).makedirs(out_dir)
     started = time.monotonic()
-    source = _open_source(src, fmt, hdu, chunk_rows, control)
+    source = _open_source(src, fmt, hdu, chunk_rows, control, text)
     try:
         pieces = _pieces(src, source, start_index * chunk_rows, start_offset)
         parts = (start_index, stop_index)
@@ -167,17 +177,22 @@ def _table_format(src: Path, fmt: str | None) -> str:
 
 
 def _open_source(
-    src: Path, fmt: str, hdu: int | str | None, chunk_rows: int, control: JobControl | None
+    src: Path, fmt: str, hdu: int | str | None, chunk_rows: int, control: JobControl | None, encoding: str
 ) -> Source:
     if fmt in ("csv", "tsv"):
         delimiter = "\t" if fmt == "tsv" else ","
         try:
             return CsvSource(
-                src, fmt, header_bytes=comment_prefix_bytes(src), delimiter=delimiter, control=control
+                src,
+                fmt,
+                header_bytes=comment_prefix_bytes(src),
+                delimiter=delimiter,
+                control=control,
+                encoding=encoding,
             )
         except RaggedRows as exc:
             log.info("%s; read whole by astropy, missing fields masked", exc.message)
-            return read_ragged(src, fmt, chunk_rows)
+            return read_ragged(src, fmt, chunk_rows, encoding)
     if fmt == "ecsv":
         return ecsv_source(src, chunk_rows, control)
     if fmt == "fits":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import logging
 import re
 from collections.abc import Iterator
@@ -18,7 +19,15 @@ from jupyter_staging.formats.compression import compression_of
 from jupyter_staging.formats.metadata import base_meta, with_metadata
 from jupyter_staging.safety.control import JobControl
 
-__all__ = ["CSV_BLOCK_SIZE", "CSV_INFER_BYTES", "RAGGED_MAX_BYTES", "CsvSource", "RaggedRows", "read_ragged"]
+__all__ = [
+    "CSV_BLOCK_SIZE",
+    "CSV_INFER_BYTES",
+    "RAGGED_MAX_BYTES",
+    "CsvSource",
+    "RaggedRows",
+    "read_ragged",
+    "text_encoding",
+]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +39,34 @@ CSV_INFER_BYTES = 16 * 1024 * 1024
 RAGGED_MAX_BYTES = 256 * 1024 * 1024
 #: pyarrow's message for a row whose field count differs from the header's.
 _RAGGED = re.compile(r"Expected (\d+) columns, got (\d+)")
+
+
+def text_encoding(name: str) -> str:
+    """The Python codec name of text encoding ``name`` (``"latin-1"`` -> ``"iso8859-1"``, ``"UTF8"`` ->
+    ``"utf-8"``), for a CSV/TSV file that is not UTF-8 text. Only encodings that write ``\n``, ``\r``,
+    ``,``, ``\t``, ``"`` and the digits as ASCII bytes are taken (Latin-1, Windows-1252, the other
+    ISO-8859 parts, ASCII, UTF-8): the file is split at line ends by byte offset. Raises
+    :class:`ValueError` for an unknown encoding or one that is not ASCII-compatible (UTF-16, UTF-32,
+    EBCDIC)."""
+    try:
+        info = codecs.lookup(name)
+    except (LookupError, TypeError):
+        raise ValueError(
+            f"unknown text encoding {name!r}; use one Python knows, latin-1 or cp1252 say"
+        ) from None
+    probe = '\n\r,\t"0123456789.-+eE'
+    try:
+        same = (
+            info.encode(probe)[0] == probe.encode("ascii") and info.decode(probe.encode("ascii"))[0] == probe
+        )
+    except (UnicodeError, ValueError, TypeError):
+        same = False
+    if not same:
+        raise ValueError(
+            f"text encoding {name!r} does not write line ends, delimiters and digits as ASCII (UTF-16 or "
+            "UTF-32, say); save the file as UTF-8 to convert it"
+        )
+    return info.name
 
 
 class RaggedRows(ConversionFailed):
@@ -61,9 +98,13 @@ class CsvSource(Source):
         fields_meta: dict[str, dict[bytes, bytes]] | None = None,
         schema_meta: dict[str, str] | None = None,
         control: JobControl | None = None,
+        encoding: str = "utf-8",
     ) -> None:
         self.path = path
         self.fmt = fmt
+        #: The text's encoding (a Python codec name, :func:`text_encoding`); pyarrow decodes other than
+        #: UTF-8 through Python's codecs, block by block.
+        self.encoding = encoding
         self.size = path.stat().st_size
         self._header_bytes = header_bytes
         self._delimiter = delimiter
@@ -100,8 +141,9 @@ class CsvSource(Source):
         if not raw:
             return
         message = (
-            f"{self.path.name}: columns {', '.join(raw)} are not UTF-8 text (another encoding, Latin-1 say); "
-            "kept as bytes: save the file as UTF-8 to read them as strings"
+            f"{self.path.name}: columns {', '.join(raw)} are not {_shown(self.encoding)} text (another "
+            "encoding, Latin-1 say); kept as bytes: give the file's encoding (convert option "
+            "encoding='latin-1', say) or save it as UTF-8 to read them as strings"
         )
         log.warning("%s", message)
         if control is not None:
@@ -131,7 +173,16 @@ class CsvSource(Source):
         return table.schema
 
     def _unreadable(self, exc: Exception) -> ConversionFailed:
+        if "invalid UTF8" in str(exc):  # a range of rows read from a byte offset (a Dask task)
+            return self._not_text(exc, "")
         return ConversionFailed(f"{self.path.name}: not a readable {self.fmt.upper()} file: {exc}")
+
+    def _not_text(self, exc: Exception, where: str) -> ConversionFailed:
+        """The error for text pyarrow could not decode as UTF-8 (``exc``), ``where`` in the file."""
+        return ConversionFailed(
+            f"{self.path.name}: not UTF-8 text{where} ({_column_of(exc)}another encoding, Latin-1 say); give "
+            "the file's encoding (convert option encoding='latin-1', say) or save it as UTF-8 to convert it"
+        )
 
     def _open_stream(self) -> tuple[pa.NativeFile, pa.NativeFile]:
         """``(raw file, text stream)``: the file decompressed if need be, positioned after the comment
@@ -163,7 +214,7 @@ class CsvSource(Source):
         else:
             convert = pacsv.ConvertOptions(column_types=self._column_types)
         return {
-            "read_options": pacsv.ReadOptions(block_size=CSV_BLOCK_SIZE),
+            "read_options": pacsv.ReadOptions(block_size=CSV_BLOCK_SIZE, encoding=self.encoding),
             "parse_options": pacsv.ParseOptions(delimiter=self._delimiter),
             "convert_options": convert,
         }
@@ -260,11 +311,8 @@ class CsvSource(Source):
                             "when the first short row comes before that"
                         ) from None
                     if "invalid UTF8" in str(exc):
-                        raise ConversionFailed(
-                            f"{self.path.name}: not UTF-8 text after the first "
-                            f"{CSV_INFER_BYTES // (1024 * 1024)} MiB ({_column_of(exc)}another encoding, "
-                            "Latin-1 say); save it as UTF-8 to convert it"
-                        ) from None
+                        where = f" after the first {CSV_INFER_BYTES // (1024 * 1024)} MiB"
+                        raise self._not_text(exc, where) from None
                     raise ConversionFailed(
                         f"{self.path.name}: {exc} (column types were inferred from the first "
                         f"{CSV_INFER_BYTES // (1024 * 1024)} MiB of the file)"
@@ -283,6 +331,11 @@ class CsvSource(Source):
             raw.close()
 
 
+def _shown(encoding: str) -> str:
+    """``encoding`` as a message names it: ``UTF-8`` for Python's ``utf-8``."""
+    return "UTF-8" if encoding == "utf-8" else encoding
+
+
 def _column_of(exc: Exception) -> str:
     """``"column <n>, "`` (counted from 1) when pyarrow's message names a column (``In CSV column #0``),
     else ``""``."""
@@ -296,9 +349,10 @@ def _ragged_message(exc: Exception) -> str:
     return f"a row has {match.group(2)} fields where the header has {match.group(1)}"
 
 
-def read_ragged(path: Path, fmt: str, chunk_rows: int) -> TableSource:
+def read_ragged(path: Path, fmt: str, chunk_rows: int, encoding: str = "utf-8") -> TableSource:
     """A CSV/TSV file whose rows have fewer fields than its header, read whole as astropy reads it
-    (``Table.read(format="ascii.csv" | "ascii.tab")``): missing fields are masked, then nulls.
+    (``Table.read(format="ascii.csv" | "ascii.tab")``, text in ``encoding``): missing fields are
+    masked, then nulls.
 
     Memory is the whole table. Raises :class:`ConversionFailed` when the file is larger than
     ``RAGGED_MAX_BYTES`` or astropy cannot read it either (a row longer than the header).
@@ -313,11 +367,11 @@ def read_ragged(path: Path, fmt: str, chunk_rows: int) -> TableSource:
             f"{RAGGED_MAX_BYTES // (1024 * 1024)} MiB with such rows are not converted"
         )
     try:
-        table = Table.read(path, format="ascii.tab" if fmt == "tsv" else "ascii.csv")
+        table = Table.read(path, format="ascii.tab" if fmt == "tsv" else "ascii.csv", encoding=encoding)
     except UnicodeDecodeError:
         raise ConversionFailed(
-            f"{path.name}: not UTF-8 text (a binary file, or another encoding); "
-            "save it as UTF-8 to convert it"
+            f"{path.name}: not {_shown(encoding)} text (a binary file, or another encoding); give the file's "
+            "encoding (convert option encoding='latin-1', say) or save it as UTF-8 to convert it"
         ) from None
     except Exception as exc:  # astropy raises many error types for inconsistent text tables
         raise ConversionFailed(

@@ -110,6 +110,7 @@ def stage(
     chunk_rows: int | None = None,
     compression: str = "zstd",
     hdu: int | str | None = None,
+    encoding: str | None = None,
     name: str | None = None,
     idempotency_key: str | None = None,
     cleanup_policy: str = "retain",
@@ -144,9 +145,11 @@ def stage(
         URLs.
     method:
         ``copy``, ``hardlink``, ``symlink`` or ``download``; default chosen from the source.
-    to_parquet, chunk_rows, compression, hdu:
+    to_parquet, chunk_rows, compression, hdu, encoding:
         Convert tables (FITS, VOTable, CSV/TSV, ECSV) to Parquet part files of ``chunk_rows`` rows
-        (default 100,000) with ``compression``; ``hdu`` picks the FITS table HDU (index or name).
+        (default 100,000) with ``compression``; ``hdu`` picks the FITS table HDU (index or name);
+        ``encoding`` is the text encoding of a CSV/TSV file that is not UTF-8 (``"latin-1"``,
+        ``"cp1252"``), so its text columns are read as strings, not bytes.
     name, idempotency_key, cleanup_policy, ttl_seconds:
         As in the REST API (``DESIGN.md``); the same ``idempotency_key`` returns the same job.
     if_exists, refresh:
@@ -185,7 +188,7 @@ def stage(
     """
     backend = default_backend()
     body = _request_body(source, destination, backend, method=method, cleanup_policy=cleanup_policy)
-    convert = _convert_options(to_parquet, chunk_rows, compression, hdu)
+    convert = _convert_options(to_parquet, chunk_rows, compression, hdu, encoding)
     extra = {"convert": convert, "name": name, "idempotency_key": idempotency_key, "ttl_seconds": ttl_seconds}
     body.update({key: value for key, value in extra.items() if value is not None})
     body.update(_reuse_options(if_exists, refresh, checksum, unpack=unpack, decompress=decompress))
@@ -264,19 +267,27 @@ def _reuse_options(
 
 
 def _convert_options(
-    to_parquet: bool, chunk_rows: int | None, compression: str, hdu: int | str | None
+    to_parquet: bool,
+    chunk_rows: int | None,
+    compression: str,
+    hdu: int | str | None,
+    encoding: str | None = None,
 ) -> dict[str, Any] | None:
     """The body's ``convert`` object, or None without ``to_parquet``. Raises :class:`InvalidRequest` for
-    ``chunk_rows`` or ``hdu`` without ``to_parquet``."""
+    ``chunk_rows``, ``hdu`` or ``encoding`` without ``to_parquet``."""
     if not to_parquet:
-        if chunk_rows is not None or hdu is not None:
-            raise InvalidRequest("chunk_rows and hdu apply to conversions; pass to_parquet=True as well")
+        if chunk_rows is not None or hdu is not None or encoding is not None:
+            raise InvalidRequest(
+                "chunk_rows, hdu and encoding apply to conversions; pass to_parquet=True as well"
+            )
         return None
     convert: dict[str, Any] = {"format": "parquet", "compression": compression}
     if chunk_rows is not None:
         convert["chunk_rows"] = int(chunk_rows)
     if hdu is not None:
         convert["hdu"] = hdu
+    if encoding is not None:
+        convert["encoding"] = encoding
     return convert
 
 

@@ -52,6 +52,12 @@ _JOB_OPTIONS = (
     argument("--compression", default="zstd", metavar="C", help="Parquet codec (default zstd)."),
     argument("--hdu", default=None, metavar="H", help="FITS HDU holding the table (index or name)."),
     argument(
+        "--encoding",
+        default=None,
+        metavar="E",
+        help="Text encoding of a CSV/TSV file that is not UTF-8 (latin-1, cp1252).",
+    ),
+    argument(
         "--method", default=None, choices=["copy", "hardlink", "symlink", "download"], help="How to stage."
     ),
     argument("--name", default=None, help="A name for the job."),
@@ -271,9 +277,8 @@ def _stage_options(args: Any) -> dict[str, Any]:
     if args.refresh and args.if_exists == "error":
         raise UsageError("--refresh contradicts --if-exists error; pass one of them")
     if not args.to_parquet:
-        typed = [
-            flag for flag, value in (("--chunk-rows", args.chunk_rows), ("--hdu", hdu)) if value is not None
-        ]
+        given = (("--chunk-rows", args.chunk_rows), ("--hdu", hdu), ("--encoding", args.encoding))
+        typed = [flag for flag, value in given if value is not None]
         if args.compression != "zstd":
             typed.append("--compression")
         if typed:
@@ -285,6 +290,7 @@ def _stage_options(args: Any) -> dict[str, Any]:
         "chunk_rows": args.chunk_rows,
         "compression": args.compression,
         "hdu": hdu,
+        "encoding": args.encoding,
         "name": args.name,
         "if_exists": args.if_exists,
         "refresh": args.refresh,

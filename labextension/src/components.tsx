@@ -192,6 +192,18 @@ export function JobForm(props: JobFormProps): JSX.Element {
               onChange={e => set('hdu', e.target.value)}
             />
           </label>
+          <label className="jp-Staging-field">
+            <span>CSV encoding</span>
+            <input
+              className="jp-mod-styled"
+              name="encoding"
+              placeholder="UTF-8"
+              title="The text encoding of a CSV or TSV file that is not UTF-8: latin-1, cp1252"
+              spellCheck={false}
+              value={values.encoding ?? ''}
+              onChange={e => set('encoding', e.target.value)}
+            />
+          </label>
         </div>
       )}
       {error && (

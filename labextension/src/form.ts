@@ -19,6 +19,8 @@ export interface JobFormValues {
   checksum?: string;
   /** The FITS HDU holding the table, an index (``1``) or a name (``LIGHTCURVE``); empty: the first table. */
   hdu?: string;
+  /** The text encoding of a CSV/TSV source that is not UTF-8 (``latin-1``, ``cp1252``); empty: UTF-8. */
+  encoding?: string;
 }
 
 /** An HDU as the form's field gives it: a whole number is an index, other text an extension name. */
@@ -73,6 +75,10 @@ export function buildCreateRequest(
     const hdu = parseHdu(values.hdu);
     if (hdu !== null) {
       request.convert.hdu = hdu;
+    }
+    const encoding = (values.encoding ?? '').trim();
+    if (encoding) {
+      request.convert.encoding = encoding;
     }
   }
   return { request };

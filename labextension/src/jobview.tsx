@@ -214,7 +214,8 @@ export class JobDetail extends ReactWidget {
             {job.convert &&
               ` → Parquet, ${formatCount(job.convert.chunk_rows)} rows per chunk, ` +
                 job.convert.compression +
-                (job.convert.hdu !== null && job.convert.hdu !== undefined ? `, HDU ${job.convert.hdu}` : '')}
+                (job.convert.hdu !== null && job.convert.hdu !== undefined ? `, HDU ${job.convert.hdu}` : '') +
+                (job.convert.encoding ? `, text in ${job.convert.encoding}` : '')}
           </dd>
           {workers.length > 0 && (
             <>

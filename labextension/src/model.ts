@@ -69,6 +69,8 @@ export interface ConvertOptions {
   chunk_rows: number;
   compression: Compression;
   hdu?: number | string | null;
+  /** The text encoding of a CSV/TSV source that is not UTF-8 (``latin-1``), as its Python codec name. */
+  encoding?: string | null;
 }
 
 /** A job, as every endpoint of ``api/v1/staging`` returns it. */

@@ -56,6 +56,7 @@ export class StagingPanel extends ReactWidget {
       ifExists: 'reuse',
       checksum: '',
       hdu: '',
+      encoding: '',
       ...initial
     };
     this._formKey += 1;

@@ -427,9 +427,14 @@ describe('the form', () => {
     expect(buildCreateRequest({ ...values, toParquet: false })).toEqual({ request: { source: '/archive/k.fits' } });
   });
 
-  it('sends the FITS HDU as an index or a name', () => {
+  it('sends the FITS HDU as an index or a name, and the text encoding of a CSV', () => {
     expect(buildCreateRequest({ ...values, hdu: ' 1 ' })).toHaveProperty('request.convert.hdu', 1);
     expect(buildCreateRequest({ ...values, hdu: 'LIGHTCURVE' })).toHaveProperty('request.convert.hdu', 'LIGHTCURVE');
     expect(buildCreateRequest({ ...values, hdu: '' })).not.toHaveProperty('request.convert.hdu');
+    expect(buildCreateRequest({ ...values, encoding: ' latin-1 ' })).toHaveProperty(
+      'request.convert.encoding',
+      'latin-1'
+    );
+    expect(buildCreateRequest({ ...values, encoding: '' })).not.toHaveProperty('request.convert.encoding');
   });
 });

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from distributed import Client, LocalCluster
 
@@ -29,7 +30,7 @@ from jupyter_staging.engine.executors import DaskExecutor, LocalExecutor
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, DescribeJob, JobState
 from tests.helpers.dask import local_cluster
-from tests.helpers.data import KEPLER, SPITZER, TESS, sha256, wait_until
+from tests.helpers.data import KEPLER, SPITZER, TESS, latin1_past_inference, sha256, wait_until
 from tests.helpers.servers import RangeHTTPServer
 
 FINAL = {JobState.succeeded, JobState.failed, JobState.cancelled, JobState.paused}
@@ -308,19 +309,21 @@ def write_light_curve_csv(path: Path, rows: int) -> None:
 
 @pytest.mark.parametrize(
     ("name", "chunk_rows"),
-    [("kepler", 1000), ("csv", 50_000)],
+    [("kepler", 1000), ("csv", 50_000), ("latin-1 csv", 100_000)],
 )
 def test_a_table_is_converted_in_part_ranges_identical_to_the_local_executor(
     tmp_path, cluster, name, chunk_rows
 ):
+    convert: dict[str, Any] = {"format": "parquet", "chunk_rows": chunk_rows}
     if name == "kepler":
         source = KEPLER
-    else:
+    elif name == "csv":
         source = tmp_path / "lightcurve.csv"
         write_light_curve_csv(source, 1_000_000)  # about 30 MB: 20 parts, ranges of 1 MiB
-    request = CreateJob(
-        source=str(source), destination="table", convert={"format": "parquet", "chunk_rows": chunk_rows}
-    )
+    else:  # its last row is Latin-1 text: the range tasks read it with the job's encoding
+        source = latin1_past_inference(tmp_path / "names.csv")
+        convert["encoding"] = "latin-1"
+    request = CreateJob(source=str(source), destination="table", convert=convert)
     dask = make_manager(tmp_path / "dask", scheduler_address=cluster.scheduler_address, range_bytes=1024**2)
     local = make_manager(tmp_path / "local", executor_class=LocalExecutor)
     try:
@@ -339,6 +342,9 @@ def test_a_table_is_converted_in_part_ranges_identical_to_the_local_executor(
         assert [c.path for c in dask.chunks(job.id, urls=False)] == sorted(
             c.path for c in dask.chunks(job.id, urls=False)
         )
+        if "encoding" in convert:
+            last = pq.read_table(tmp_path / "dask" / "table" / parts[-1][0]).to_pylist()[-1]
+            assert last == {"name": "Beta Ångström", "flux": 2.5}
     finally:
         dask.stop(wait=True)
         local.stop(wait=True)

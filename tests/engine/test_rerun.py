@@ -16,10 +16,12 @@ import tarfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
 
+from jupyter_staging.engine.admission import identity
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
 from jupyter_staging.errors import DestinationExists
@@ -401,3 +403,29 @@ def test_a_folder_job_that_failed_part_way_is_staged_again_beside_what_it_publis
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []  # nothing set aside
     assert manager.store.get_job(failed["id"]).state == "expired"
     assert "output replaced by job" in log_text(manager, failed["id"])
+
+
+def test_a_latin1_csv_converts_as_text_with_its_encoding_and_the_option_makes_another_request(
+    manager, tmp_path
+):
+    """The conversion option ``encoding`` reaches the converter, past the first 16 MiB too: every row
+    converts and the Latin-1 name is a string. A conversion without the option keeps the request key it
+    had before the option existed (a re-run after an upgrade is the same request), and one with it is
+    another request (``destination_exists`` into the same folder, unless refreshed)."""
+    table = latin1_past_inference(tmp_path / "late.csv")
+    convert = {"source": str(table), "destination": "t", "convert": {"chunk_rows": 500_000}}
+    latin1 = {**convert, "convert": {"chunk_rows": 500_000, "encoding": "Latin-1"}}
+    done, created = run(manager, **latin1)
+    assert created and done["state"] == "succeeded", done["error"]
+    assert done["convert"]["encoding"] == "iso8859-1"
+    parts = sorted((manager.root_dir / "t" / "late.parquet").glob("part-*.parquet"))
+    last = pq.read_table(parts[-1]).to_pylist()[-1]
+    assert last == {"name": "Beta Ångström", "flux": 2.5}
+    assert sum(pq.ParquetFile(p).metadata.num_rows for p in parts) == 1_200_001
+    again, created = run(manager, **latin1)
+    assert not created and again["id"] == done["id"]
+    with pytest.raises(DestinationExists):
+        manager.create(CreateJob(**convert))
+    plain = CreateJob(source=str(table), convert={"chunk_rows": 500_000, "encoding": "utf-8"})
+    assert plain.convert is not None and plain.convert.encoding is None  # UTF-8 is the default, stored null
+    assert "encoding" not in identity(plain, SimpleNamespace(method="copy"))["convert"]  # type: ignore[arg-type]

@@ -228,3 +228,25 @@ def test_arrow_types_round_trip_through_to_qtable() -> None:
     ]
     assert table["s"].mask.tolist() == [False, True, False] and table["s"][2] == "zz"
     assert table["l"][0].tolist() == [1] and table["l"].mask.tolist() == [False, False, True]
+
+
+def test_a_latin1_csv_with_its_encoding_given_is_read_as_text(tmp_path: Path) -> None:
+    """``encoding="latin-1"``: the names and a unit (``Å``, ``µJy``) come out as strings, as the file
+    means them, whether the rows are streamed or (rows shorter than the header) read whole by astropy; an
+    encoding that does not write line ends as ASCII (UTF-16), or one Python does not know, is refused."""
+    src = tmp_path / "names.csv"
+    src.write_bytes("name,flux,unit\nAlpha Cen,1.5,\xc5\nBeta \xc5ngstr\xf6m,2.5,\xb5Jy\n".encode("latin-1"))
+    convert_to_parquet(src, tmp_path / "out", encoding="latin-1")
+    rows = pq.read_table(tmp_path / "out").to_pylist()
+    assert rows == [
+        {"name": "Alpha Cen", "flux": 1.5, "unit": "Å"},
+        {"name": "Beta Ångström", "flux": 2.5, "unit": "µJy"},
+    ]
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_bytes("name,flux,unit\nAlpha Cen,1.5\nBeta \xc5ngstr\xf6m,2.5,\xb5Jy\n".encode("latin-1"))
+    convert_to_parquet(ragged, tmp_path / "ragged", encoding="cp1252")
+    assert pq.read_table(tmp_path / "ragged").column("name").to_pylist() == ["Alpha Cen", "Beta Ångström"]
+    for bad, said in (("utf-16", "does not write line ends"), ("klingon", "unknown text encoding")):
+        with pytest.raises(ConversionFailed, match=said):
+            convert_to_parquet(src, tmp_path / bad, encoding=bad)
+        assert not (tmp_path / bad).exists()

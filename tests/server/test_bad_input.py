@@ -217,6 +217,22 @@ async def test_chunk_rows_out_of_bounds_or_not_an_integer_is_invalid_request(jp_
     await expect_error(post_job(jp_fetch, body), 400, "invalid_request")
 
 
+@pytest.mark.parametrize(
+    ("encoding", "said"),
+    [
+        ("utf-16", "does not write line ends"),
+        ("cp500", "does not write line ends"),
+        ("klingon", "unknown text encoding"),
+        ("", "at least 1"),
+        ("x" * 65, "at most 64"),
+    ],
+)
+async def test_a_text_encoding_the_converter_cannot_split_is_invalid_request(jp_fetch, encoding, said):
+    body = {"source": str(KEPLER), "convert": {"encoding": encoding}}
+    error = await expect_error(post_job(jp_fetch, body), 400, "invalid_request")
+    assert said in error["message"], error
+
+
 @pytest.mark.parametrize("chunk_rows", [1000, 10_000_000])
 async def test_chunk_rows_at_the_bounds_is_accepted(jp_fetch, chunk_rows):
     body = {"source": str(KEPLER), "convert": {"chunk_rows": chunk_rows}}

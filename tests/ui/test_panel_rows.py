@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers.data import KEPLER, SHARED_DATA, wait_until
@@ -182,6 +183,40 @@ def test_form_clears_a_stale_error_on_edit_and_offers_hdu_and_if_exists(page: An
     form.locator('input[name="toParquet"]').check()
     assert form.locator('input[name="hdu"]').get_attribute("placeholder") == "first table"
     form.get_by_role("button", name="Cancel").click()
+
+
+def test_the_form_converts_a_latin1_csv_with_the_encoding_given(
+    lab: JupyterLabProcess, page: Any, tmp_path: Path
+) -> None:
+    """The form's "CSV encoding" field reaches the conversion: the Latin-1 names are strings in the
+    Parquet, and the job's view says which encoding the text was read in."""
+    source = tmp_path / "names.csv"
+    source.write_bytes("name,flux\nAlpha Cen,1.5\nBeta \xc5ngstr\xf6m,2.5\n".encode("latin-1"))
+    known = {j["id"] for j in lab.request("GET", "jobs").json()["jobs"]}
+    open_panel(page)
+    page.click(f"{PANEL} .jp-Staging-newButton")
+    form = page.locator(f"{PANEL} form.jp-Staging-form")
+    form.locator('input[name="source"]').fill(str(source))
+    form.locator('input[name="toParquet"]').check()
+    assert form.locator('input[name="encoding"]').get_attribute("placeholder") == "UTF-8"
+    form.locator('input[name="encoding"]').fill("latin-1")
+    form.get_by_role("button", name="Stage").click()
+    form.wait_for(state="detached", timeout=15_000)
+    job = wait_until(
+        lambda: next((j for j in lab.request("GET", "jobs").json()["jobs"] if j["id"] not in known), None),
+        15,
+        "the job of names.csv",
+    )
+    done = lab.wait_for(job["id"], lambda j: j["state"] in ("succeeded", "failed"), timeout=60)
+    assert done["state"] == "succeeded", done["error"]
+    assert done["convert"]["encoding"] == "iso8859-1"
+    parts = sorted((lab.root_dir / done["destination"]).glob("names.parquet/part-*.parquet"))
+    assert pq.read_table(parts[0]).column("name").to_pylist() == ["Alpha Cen", "Beta Ångström"]
+    item = job_item(page, done["id"])
+    item.hover()
+    item.get_by_role("button", name="Log").click()
+    view = page.locator(f'.jp-Staging-detailBody[data-job-id="{done["id"]}"]')
+    view.locator(".jp-Staging-facts", has_text="text in iso8859-1").wait_for(timeout=10_000)
 
 
 def test_converted_download_never_shows_more_than_100_percent(
