@@ -5,9 +5,10 @@ different request that maps to the same name gets ``staging/<name>-<key8>``), so
 output. A folder that holds the output of an earlier job of the same request is reused when every source
 fingerprint still matches; otherwise (a source changed, or ``if_exists="refresh"``) the new job stages into
 a scratch folder beside it (:func:`swap_folder`) and swaps it in when complete, so the old output stays
-readable until then. The output of a job that failed or was cancelled (a table's first Parquet parts, the
-entries of a manifest job that were staged) is never reused: any request into its folder stages afresh
-beside it and swaps in, as a changed source would (unless ``if_exists="error"``).
+readable until then. The output of a job that failed or was cancelled (the files a folder copy published
+before it stopped, the entries of a manifest job that were staged; a failed conversion leaves no parts) is
+never reused: a request into its folder stages afresh beside it and swaps in, as a changed source would
+(unless ``if_exists="error"``), when files of that job are still there; else it writes into the folder.
 """
 
 from __future__ import annotations
