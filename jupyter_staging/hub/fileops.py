@@ -193,7 +193,9 @@ def local_copy(source: SourceFile, target: Target) -> Outcome:
     exist (nothing is ever overwritten).
 
     Returns ``skipped`` for a duplicate. Raises :class:`DestinationExists` (``target_exists``) for a
-    different file of that name, ``source_changed`` (409) when the source changed size while copied.
+    different file of that name, ``source_changed`` (409) when the source changed size while copied,
+    :class:`DestinationNotWritable` (409) when the service's user may not write into the target's folder,
+    ``source_not_readable`` (400) when it may no longer read the source.
     """
     if check_duplicate(target, source):
         return Outcome("skipped", source.size, source_sha256(source))
@@ -262,7 +264,8 @@ def hardlink(source: SourceFile, target: Target) -> Outcome:
     read-only to users already. ``sha256`` is not computed (the content is the source itself).
 
     Raises ``cross_device`` (400) across file systems, ``link_not_permitted`` (403) when the kernel's
-    ``protected_hardlinks`` refuses, :class:`DestinationExists` (``target_exists``) for a different file.
+    ``protected_hardlinks`` refuses, :class:`DestinationExists` (``target_exists``) for a different file,
+    :class:`DestinationNotWritable` (409) when the service's user may not write into the target's folder.
     """
     if check_duplicate(target, source):
         return Outcome("skipped", source.size)
@@ -345,7 +348,7 @@ def _link_pinned(fd: int, source: SourceFile, target: Target) -> None:
 def symlink(source: SourceFile, target: Target) -> Outcome:
     """Create ``target`` as a symbolic link to the resolved ``source`` path (owned by the user when the
     service may). A link to the same path already there is a duplicate; anything else there is
-    ``target_exists``."""
+    ``target_exists``; a folder the service's user may not write into is :class:`DestinationNotWritable`."""
     st = target.lstat()
     if st is not None:
         if stat.S_ISLNK(st.st_mode) and os.readlink(target.name, dir_fd=target.dir_fd) == str(source.path):
