@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from astropy.io import fits
 
 from jupyter_staging.destinations.base import remove_tree_if_empty, scratch_dir
@@ -26,7 +28,7 @@ from jupyter_staging.engine.items import sha256_file
 from jupyter_staging.engine.models import DONE_STATES, ChunkState
 from jupyter_staging.engine.pipeline import PipelinedStager
 from jupyter_staging.engine.schema import JobChunk
-from jupyter_staging.engine.store import NOT_CONVERTED, PART_BYTES, JobRecord
+from jupyter_staging.engine.store import BYTES_COLUMNS, NOT_CONVERTED, PART_BYTES, JobRecord
 from jupyter_staging.errors import DestinationExists, JobInterrupted, TransferFailed, as_staging_error
 from jupyter_staging.formats.convert import convert_to_parquet
 from jupyter_staging.formats.detect import detect_format, is_table
@@ -222,8 +224,11 @@ class ConvertingStager(PipelinedStager):
     def _record_part(self, out_dir: Path, out_rel: str, info: Any, entry: str | None, item_name: str) -> None:
         """A part file the converter published: hand it to the destination, then record its chunk."""
         rel = f"{out_rel}/{info.name}"
+        raw = _bytes_columns(out_dir / info.name) if info.index == 0 else []
         with self._lock:
             self.resume.setdefault("outputs", {})[rel] = item_name
+            if raw:  # shown as a notice: text that is not UTF-8, kept as bytes (saved with the part's size)
+                self.resume.setdefault(BYTES_COLUMNS, {})[item_name] = raw
         # Published locally; for object storage uploaded now (and the local part removed). Only then
         # is the chunk recorded, so an interrupted upload is redone from the part on resume.
         path = self.dest.put(
@@ -291,6 +296,7 @@ class ConvertingStager(PipelinedStager):
                     rel = self.dest.relative(chunk.path)
                     self.resume.get("outputs", {}).pop(rel, None)
                     self.resume.get(PART_BYTES, {}).pop(rel, None)
+                self.resume.get(BYTES_COLUMNS, {}).pop(name, None)
                 self._save_resume()
             out_dir = self.dest.workdir / out_rel
             if not isinstance(exc, DestinationExists):
@@ -404,6 +410,16 @@ class ConvertingStager(PipelinedStager):
             final, item.name, size=size, sha256=sha, content_type=item.content_type, control=self.control
         )
         self._chunk_ready(chunk, bytes=size, sha256=sha, path=path)
+
+
+def _bytes_columns(part: Path) -> list[str]:
+    """The names of the columns of Parquet part ``part`` whose type is binary (bytes): text a CSV/TSV
+    held that was not UTF-8, as no ``encoding`` was given. Reads the footer only; ``[]`` when it cannot."""
+    try:
+        schema = pq.read_schema(part)
+    except (OSError, pa.ArrowException):
+        return []
+    return [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
 
 
 def _strip_suffixes(name: str) -> str:

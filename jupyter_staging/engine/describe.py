@@ -31,7 +31,8 @@ def describe_job(rec: JobRecord, live: LiveProgress | None = None) -> DescribeJo
 
     ``progress.bytes_done`` never exceeds a known ``bytes_total`` (both count source bytes);
     ``progress.output_bytes`` sums the Parquet parts the conversion recorded; ``notices`` says which
-    files were staged as they are although a conversion was asked for."""
+    files were staged as they are although a conversion was asked for, and which tables have columns read
+    as bytes (a CSV that is not UTF-8)."""
     bytes_done = rec.bytes_done
     rows_done = rec.rows_done
     rate = None
@@ -76,8 +77,22 @@ def describe_job(rec: JobRecord, live: LiveProgress | None = None) -> DescribeJo
         started_at=rec.started_at,
         finished_at=rec.finished_at,
         expires_at=rec.expires_at,
-        notices=conversion_notices(rec.not_converted or {}),
+        notices=conversion_notices(rec.not_converted or {}) + bytes_notices(rec.bytes_columns or {}),
     )
+
+
+def bytes_notices(bytes_columns: dict[str, list[str]]) -> list[str]:
+    """One line per converted table with columns read as bytes (``{"names.csv": ["name"]}``): the text
+    was not UTF-8, and the line says how to read it as text."""
+    notices = []
+    for name, columns in bytes_columns.items():
+        shown = ", ".join(str(c) for c in list(columns)[:MAX_NOTICE_NAMES])
+        more = ", ..." if len(columns) > MAX_NOTICE_NAMES else ""
+        notices.append(
+            f"{name}: column{'s' if len(columns) > 1 else ''} {shown}{more} kept as bytes (not UTF-8 text); "
+            "stage it again with its encoding (encoding='latin-1', say) to read text"
+        )
+    return notices
 
 
 def conversion_notices(not_converted: dict[str, str]) -> list[str]:

@@ -17,7 +17,7 @@ from sqlalchemy.types import TypeDecorator
 
 #: Keys of ``JobRecord.resume``: the bytes of each Parquet part written so far; why an output was staged
 #: as it is although a conversion was asked for.
-PART_BYTES, NOT_CONVERTED = "part_bytes", "not_converted"
+PART_BYTES, NOT_CONVERTED, BYTES_COLUMNS = "part_bytes", "not_converted", "bytes_columns"
 
 
 def aware(value: datetime | None) -> datetime | None:
@@ -84,6 +84,9 @@ class JobRecord(Base):
     #: files staged as they are although a conversion was asked for.
     part_bytes: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
     not_converted: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
+    #: ``{output name: [column names]}`` of the converted tables with columns read as bytes, not text (a
+    #: CSV that is not UTF-8 and no ``encoding`` given), shown as a notice (migration 0005).
+    bytes_columns: Mapped[dict[str, list[str]] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -133,15 +136,20 @@ class ResumeRecord(Base):
 
 
 def _show_resume(rec: JobRecord) -> None:
-    """Set the shown parts of ``rec``'s resume data (``part_bytes``, ``not_converted``) from it."""
-    rec.part_bytes, rec.not_converted = shown_parts(rec.resume).values()
+    """Set the shown parts of ``rec``'s resume data (``part_bytes``, ``not_converted``,
+    ``bytes_columns``) from it."""
+    rec.part_bytes, rec.not_converted, rec.bytes_columns = shown_parts(rec.resume).values()
 
 
 def shown_parts(resume: dict[str, Any] | None) -> dict[str, Any]:
-    """``{"part_bytes": ..., "not_converted": ...}`` of ``resume`` (None when absent): the columns written
-    beside the resume data."""
+    """``{"part_bytes": ..., "not_converted": ..., "bytes_columns": ...}`` of ``resume`` (None when
+    absent): the columns written beside the resume data."""
     resume = resume or {}
-    return {"part_bytes": resume.get(PART_BYTES) or None, "not_converted": resume.get(NOT_CONVERTED) or None}
+    return {
+        "part_bytes": resume.get(PART_BYTES) or None,
+        "not_converted": resume.get(NOT_CONVERTED) or None,
+        "bytes_columns": resume.get(BYTES_COLUMNS) or None,
+    }
 
 
 class ChunkRecord(Base):

@@ -34,6 +34,7 @@ from sqlalchemy.sql.schema import ScalarElementColumnDefault
 from jupyter_staging.engine.database import SQLStore
 from jupyter_staging.engine.migrate import JOB_MIGRATIONS
 from jupyter_staging.engine.schema import (
+    BYTES_COLUMNS,
     NOT_CONVERTED,
     PART_BYTES,
     Base,
@@ -50,6 +51,7 @@ from jupyter_staging.engine.schema import (
 )
 
 __all__ = [
+    "BYTES_COLUMNS",
     "NOT_CONVERTED",
     "PART_BYTES",
     "ChunkRecord",

@@ -429,3 +429,20 @@ def test_a_latin1_csv_converts_as_text_with_its_encoding_and_the_option_makes_an
     plain = CreateJob(source=str(table), convert={"chunk_rows": 500_000, "encoding": "utf-8"})
     assert plain.convert is not None and plain.convert.encoding is None  # UTF-8 is the default, stored null
     assert "encoding" not in identity(plain, SimpleNamespace(method="copy"))["convert"]  # type: ignore[arg-type]
+
+
+def test_a_csv_read_as_bytes_says_so_in_a_notice_and_not_with_its_encoding(manager, tmp_path):
+    """A Latin-1 CSV converted without its encoding: the name column is bytes, and the job's notices say
+    which column and how to read it as text (``%stage`` prints them, the panel shows them); with
+    ``encoding`` there is no such notice."""
+    table = tmp_path / "names.csv"
+    table.write_bytes("name,flux\nAlpha Cen,1.5\nBeta \xc5ngstr\xf6m,2.5\n".encode("latin-1"))
+    plain, _ = run(manager, source=str(table), destination="plain", convert={})
+    assert plain["state"] == "succeeded", plain["error"]
+    assert plain["notices"] == [
+        "names.csv: column name kept as bytes (not UTF-8 text); stage it again with its encoding "
+        "(encoding='latin-1', say) to read text"
+    ]
+    assert manager.get(plain["id"]).notices == plain["notices"]  # read back from the database
+    latin1, _ = run(manager, source=str(table), destination="text", convert={"encoding": "latin-1"})
+    assert latin1["state"] == "succeeded" and latin1["notices"] == [], latin1

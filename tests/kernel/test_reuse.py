@@ -219,13 +219,16 @@ def test_stage_magic_flags_reach_the_engine(shell, requests_seen, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_the_encoding_of_a_csv_reaches_the_converter_from_the_magic_and_the_api(
-    shell, requests_seen, tmp_path
+    shell, requests_seen, tmp_path, capsys
 ):
-    """``%stage ... --to-parquet --encoding latin-1`` and ``stage(..., encoding="cp1252")``: the Latin-1
+    """Without its encoding, ``%stage`` of a Latin-1 CSV prints a note naming the column kept as bytes.
+    ``%stage ... --to-parquet --encoding latin-1`` and ``stage(..., encoding="cp1252")``: the Latin-1
     name is a string in the DataFrame; ``--encoding`` without ``--to-parquet`` is a usage error."""
     table = tmp_path / "names.csv"
     table.write_bytes("name,flux\nBeta \xc5ngstr\xf6m,2.5\n".encode("latin-1"))
     shell.user_ns.update(table=str(table))
+    shell.run_line_magic("stage", "$table bytes --to-parquet --wait")
+    assert "note: names.csv: column name kept as bytes (not UTF-8 text)" in capsys.readouterr().out
     shell.run_line_magic("stage", "$table t --to-parquet --encoding latin-1 --wait")
     assert requests_seen[-1].convert is not None and requests_seen[-1].convert.encoding == "iso8859-1"
     job = api.stage(table, "u", to_parquet=True, encoding="cp1252", wait=True, show=False)
