@@ -1,22 +1,28 @@
 /**
- * Shareable staging links: ``<base_url>lab?stage=<source>&dest=<folder>&to_parquet=1`` opens the panel's
- * "New staging job" form prefilled, and nothing starts until the user presses Stage. Under JupyterHub a
+ * Shareable staging links: ``<base_url>lab?stage=<source>&dest=<folder>&to_parquet=1`` (with ``&hdu=`` and
+ * ``&encoding=`` when a conversion names them) opens the panel's "New staging job" form prefilled, and nothing
+ * starts until the user presses Stage. Under JupyterHub a
  * link goes through ``<hub_prefix>user-redirect/lab?...``, which the Hub redirects to the same URL of the
  * reader's own server. Pure functions (no JupyterLab imports), unit-tested under plain node.
  */
 import type { Job } from './model';
 
 /** The query parameters of a staging link, in the order a link spells them. */
-export const LINK_PARAMS = ['stage', 'dest', 'to_parquet'] as const;
+export const LINK_PARAMS = ['stage', 'dest', 'to_parquet', 'hdu', 'encoding'] as const;
 
 /** Longest source or destination a link may carry (characters); a longer one is not a staging link. */
 export const MAX_LINK_FIELD = 4096;
 
-/** What a link prefills: the form's source, destination and "Convert tables to Parquet". */
+/** What a link prefills: the form's source, destination and "Convert tables to Parquet" (with its FITS HDU
+ * and CSV encoding when given; only with ``toParquet``). */
 export interface StagingLink {
   source: string;
   destination: string;
   toParquet: boolean;
+  /** The FITS HDU holding the table, as the form's field takes it: an index (``1``) or a name. */
+  hdu?: string;
+  /** The text encoding of a CSV/TSV that is not UTF-8 (``latin-1``). */
+  encoding?: string;
 }
 
 /** Text a form field can take: trimmed, without control characters (NUL, newlines, ...). */
@@ -46,10 +52,19 @@ export function parseStagingLink(search: string): StagingLink | null {
   const params = new URLSearchParams(search);
   const source = cleanField(params.get('stage'));
   const destination = cleanField(params.get('dest'));
-  if (!source || destination === null) {
+  const hdu = cleanField(params.get('hdu'));
+  const encoding = cleanField(params.get('encoding'));
+  if (!source || destination === null || hdu === null || encoding === null) {
     return null;
   }
-  return { source, destination, toParquet: flag(params.get('to_parquet')) };
+  const link: StagingLink = { source, destination, toParquet: flag(params.get('to_parquet')) };
+  if (link.toParquet && hdu) {
+    link.hdu = hdu;
+  }
+  if (link.toParquet && encoding) {
+    link.encoding = encoding;
+  }
+  return link;
 }
 
 /**
@@ -89,15 +104,30 @@ export function buildStagingLink(link: StagingLink, target: LinkTarget): string 
   }
   if (link.toParquet) {
     url.searchParams.set('to_parquet', '1');
+    if (link.hdu) {
+      url.searchParams.set('hdu', link.hdu);
+    }
+    if (link.encoding) {
+      url.searchParams.set('encoding', link.encoding);
+    }
   }
   return url.toString();
 }
 
-/** What a link to stage ``job`` again prefills: its source, its destination, Parquet if it converted. */
+/** What a link to stage ``job`` again prefills: its source, its destination, Parquet if it converted (with
+ * the conversion's FITS HDU and CSV encoding when it named them). */
 export function linkOfJob(job: Pick<Job, 'source' | 'destination' | 'convert'>): StagingLink {
-  return {
+  const link: StagingLink = {
     source: job.source,
     destination: job.destination,
     toParquet: job.convert?.format === 'parquet'
   };
+  const hdu = job.convert?.hdu;
+  if (link.toParquet && hdu !== null && hdu !== undefined) {
+    link.hdu = String(hdu);
+  }
+  if (link.toParquet && job.convert?.encoding) {
+    link.encoding = job.convert.encoding;
+  }
+  return link;
 }

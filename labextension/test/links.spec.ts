@@ -111,6 +111,33 @@ describe('buildStagingLink', () => {
     });
     expect(linkOfJob(job()).toParquet).toBe(false);
   });
+
+  it('carries the FITS HDU and the CSV encoding of a conversion, both ways', () => {
+    const named = job({
+      convert: { format: 'parquet', chunk_rows: 10, compression: 'zstd', hdu: 1, encoding: 'iso8859-1' }
+    });
+    const link = linkOfJob(named);
+    expect(link).toEqual({
+      source: '/archive/kepler/kplr.fits',
+      destination: 'staging/kepler',
+      toParquet: true,
+      hdu: '1',
+      encoding: 'iso8859-1'
+    });
+    const url = new URL(buildStagingLink(link, { baseUrl: 'http://127.0.0.1:9/' }));
+    expect(url.searchParams.get('hdu')).toBe('1');
+    expect(url.searchParams.get('encoding')).toBe('iso8859-1');
+    expect(parseStagingLink(url.search)).toEqual(link);
+    expect(parseStagingLink('?stage=a.csv&hdu=1&encoding=latin-1')).toEqual({
+      source: 'a.csv',
+      destination: '',
+      toParquet: false
+    }); // without to_parquet they mean nothing
+    expect(parseStagingLink('?stage=a.csv&to_parquet=1&encoding=%0Alatin-1')).toBeNull();
+    expect(withoutStagingLink('http://h/lab?stage=a&to_parquet=1&hdu=2&encoding=cp1252&reset=')).toBe(
+      'http://h/lab?reset='
+    );
+  });
 });
 
 describe('notifications of jobs that end', () => {
