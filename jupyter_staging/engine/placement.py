@@ -13,7 +13,9 @@ never reused: a request into its folder stages afresh beside it and swaps in, as
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -179,7 +181,9 @@ def swap_in(root: Path, rel: str, into: str, *, staged_before: set[str], aside_n
     Files of the old folder that were not staged output (``staged_before``: relative paths, and
     ``manifest.json``) are moved into the new folder when their name is free there, so nothing a user put
     beside the staged files is lost; the old folder is then removed (it is kept, renamed ``aside_name``,
-    when some of its files could not be moved). Returns the relative paths of the files moved across.
+    when some of its files could not be moved). The new folder takes the old one's permission bits and,
+    where this process may give it, its group before it is swapped in: a folder the user made private
+    (0700) or shared with a group (2770) stays so. Returns the relative paths of the files moved across.
     Every step is done by descriptor from ``root`` (:class:`~jupyter_staging.safety.confined.Confined`).
     Raises :class:`PathNotAllowed` when ``rel`` or a folder above it became a symlink.
     """
@@ -190,6 +194,8 @@ def swap_in(root: Path, rel: str, into: str, *, staged_before: set[str], aside_n
     if not fs.exists(final):
         fs.rename(new, final, make_parents=True)
         return []
+    with fs.folder(final) as old_fd, fs.folder(new) as new_fd:
+        _same_access(old_fd, new_fd)
     aside = final.parent / aside_name
     # Both names change before the one fsync of their folder: a failing fsync stops nothing half-way.
     fs.rename(final, aside, sync=False)
@@ -199,6 +205,17 @@ def swap_in(root: Path, rel: str, into: str, *, staged_before: set[str], aside_n
     if not kept:
         fs.remove_tree(aside)
     return moved
+
+
+def _same_access(old_fd: int, new_fd: int) -> None:
+    """Give folder ``new_fd`` the permission bits (setgid and sticky too) of folder ``old_fd``, the
+    owner's read, write and search kept (the swap moves the user's files into it), and its group when
+    this process may (a member of that group, or root); a group it may not give is left as made."""
+    st = os.fstat(old_fd)
+    if os.fstat(new_fd).st_gid != st.st_gid:
+        with contextlib.suppress(PermissionError):
+            os.fchown(new_fd, -1, st.st_gid)
+    os.fchmod(new_fd, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)  # after the chown, which may clear setgid
 
 
 def _carry_over(old_fd: int, new_fd: int, staged: set[str]) -> tuple[list[str], int]:

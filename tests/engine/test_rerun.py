@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import tarfile
 import time
 from datetime import datetime, timedelta, timezone
@@ -109,6 +110,28 @@ def test_changed_source_is_restaged_and_swapped_in(manager, archive):
     assert obj["sha256"] == sha256(TESS) and obj["fingerprint"]["size"] == TESS.stat().st_size
     assert manager.get(first["id"]).state.value == "expired"
     assert "changed since the last run: source" in log_text(manager, second["id"])
+
+
+def test_a_swapped_in_folder_keeps_the_permissions_and_group_the_user_gave_it(manager, archive):
+    """A folder the user made private to a group (``chmod 2750``, ``chgrp 100``) and staged into: after a
+    changed source is staged beside it and swapped in, the folder at that path is a new one with the
+    same mode and group, never the default 0755 that would open it to every user of the machine."""
+    src = archive / "lc.fits"
+    shutil.copyfile(KEPLER, src)
+    folder = manager.root_dir / "group"
+    folder.mkdir()
+    os.chown(folder, -1, 100)
+    os.chmod(folder, 0o2750)
+    run(manager, source=str(src), destination="group")
+    before = folder.stat()
+    shutil.copyfile(TESS, src)
+    os.utime(src)
+    second, created = run(manager, source=str(src), destination="group")
+    assert created and second["state"] == "succeeded", second["error"]
+    after = folder.stat()
+    assert after.st_ino != before.st_ino  # swapped in: a new folder
+    assert (stat.S_IMODE(after.st_mode), after.st_gid) == (0o2750, 100)
+    assert sha256(folder / "lc.fits") == sha256(TESS)
 
 
 def test_manifest_restages_only_the_changed_entry(manager, archive):
