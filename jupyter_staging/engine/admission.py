@@ -150,7 +150,7 @@ def run_options(request: CreateJob, key: str, job_id: str, placement: Placement)
     }
     if placement.replaces is not None:
         resume["swap"] = {
-            "into": swap_folder(placement.rel, job_id),
+            "into": swap_folder(placement.rel, job_id, inside=placement.inside),
             "replaces": placement.replaces or None,
             "reuse": reuse_plan_of(placement),
             "changes": describe_changes(placement.fresh),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from jupyter_staging.engine.models import DONE_STATES, JobState
 from jupyter_staging.engine.store import JobRecord, Store
 from jupyter_staging.errors import DestinationExists, PathNotAllowed
 from jupyter_staging.safety.confined import Confined
-from jupyter_staging.safety.dirfd import lstat_at, open_below
+from jupyter_staging.safety.dirfd import closing_fd, fsync_fd, lstat_at, open_below, unlink_at
 from jupyter_staging.safety.paths import resolve_destination
 
 #: States of a job that still owns its destination folder.
@@ -43,7 +44,9 @@ class Placement:
     the request as it is (up to date; nothing to run). ``active``: an earlier job of the same request still
     queued, running or paused (answered instead of a second job). ``replaces``: the earlier job whose
     folder the new job replaces by a swap (or ``""`` for output of no known job); None when the new job
-    writes straight into ``rel``. ``fresh``: the fingerprint comparison, when one was made.
+    writes straight into ``rel``. ``fresh``: the fingerprint comparison, when one was made. ``inside``: the
+    folder is a mount point, which cannot be renamed, so a replacing job stages into a hidden folder inside
+    it and its files are moved in one by one (:func:`swap_folder`, :func:`swap_in`).
     """
 
     rel: str
@@ -52,6 +55,7 @@ class Placement:
     replaces: str | None = None
     fresh: Freshness | None = None
     notes: list[str] = field(default_factory=list)
+    inside: bool = False
 
 
 def request_key_of(rec: JobRecord | None) -> str | None:
@@ -61,11 +65,36 @@ def request_key_of(rec: JobRecord | None) -> str | None:
     return ((rec.resume or {}).get("request") or {}).get("key")
 
 
-def swap_folder(rel: str, job_id: str) -> str:
-    """The scratch folder beside ``rel`` (``parent/.<leaf>.staging-<id8>``) where a replacing job stages."""
+def swap_folder(rel: str, job_id: str, *, inside: bool = False) -> str:
+    """The scratch folder where a replacing job stages: beside ``rel`` (``parent/.<leaf>.staging-<id8>``),
+    or with ``inside`` (``rel`` is a mount point) in it (``rel/.staging-<id8>``), on the same file system."""
+    if inside:
+        return f"{rel}/.staging-{job_id[:8]}"
     parent, _, leaf = rel.rpartition("/")
     name = f".{leaf}.staging-{job_id[:8]}"
     return f"{parent}/{name}" if parent else name
+
+
+def is_mount_point(path: Path) -> bool:
+    """Whether folder ``path`` is a mount point (its own file system, or a bind mount of a folder), which
+    ``rename(2)`` cannot move (``EBUSY``): :func:`os.path.ismount`, then the mount points the kernel lists
+    for this process (``/proc/self/mountinfo``, proc(5): field 5, octal escapes), where bind mounts of a
+    folder of the same file system show."""
+    if os.path.ismount(path):
+        return True
+    try:
+        text = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return False
+    target = os.path.realpath(path)
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if (
+            len(fields) > 4
+            and re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]) == target
+        ):
+            return True
+    return False
 
 
 class Placer:
@@ -141,10 +170,13 @@ class Placer:
             raise DestinationExists(f"destination {rel!r} is used by another active job")
         if not (path / MANIFEST_NAME).is_file():
             failed = self.failed_job(rel) if if_exists != "error" and path.is_dir() else None
-            return Placement(rel, replaces=failed) if failed is not None else Placement(rel)
-        if if_exists == "error":
+            placement = Placement(rel, replaces=failed) if failed is not None else Placement(rel)
+        elif if_exists == "error":
             raise DestinationExists(f"destination {rel!r} already holds a staged job's output")
-        return self._over_output(rel, key, if_exists, sources, prefix)
+        else:
+            placement = self._over_output(rel, key, if_exists, sources, prefix)
+        placement.inside = placement.replaces is not None and is_mount_point(path)
+        return placement
 
     def _over_output(
         self,
@@ -191,6 +223,8 @@ def swap_in(root: Path, rel: str, into: str, *, staged_before: set[str], aside_n
     final, new = root / rel, root / into
     if fs.exists(final) and not fs.is_folder(final):
         raise PathNotAllowed(f"destination {rel!r} was replaced by a symbolic link or a file; not swapped in")
+    if into.startswith(rel.rstrip("/") + "/"):  # staged inside: the folder is a mount point
+        return _merge_in(fs, final, new, staged_before, aside_name)
     if not fs.exists(final):
         fs.rename(new, final, make_parents=True)
         return []
@@ -205,6 +239,53 @@ def swap_in(root: Path, rel: str, into: str, *, staged_before: set[str], aside_n
     if not kept:
         fs.remove_tree(aside)
     return moved
+
+
+def _merge_in(fs: Confined, final: Path, new: Path, staged_before: set[str], aside_name: str) -> list[str]:
+    """:func:`swap_in` for a folder that cannot be renamed (a mount point): the job staged into ``new``, a
+    hidden folder inside ``final``. Each of its files takes its name in ``final`` with one ``rename(2)``,
+    which replaces the old staged file of that name at once (``manifest.json`` last); a file of the user's
+    with that name is first moved to ``final/<aside_name>/``. The old staged files the new output lacks
+    are then removed, and ``new`` with them. The folder keeps its identity (mode, owner, mount). Returns
+    the user's files moved aside."""
+    staged = staged_before | {MANIFEST_NAME}
+    written: set[str] = set()
+    aside: list[str] = []
+
+    def move(folder: PurePosixPath, name: str, dir_fd: int, final_fd: int) -> None:
+        rel = (folder / name).as_posix()
+        with closing_fd(open_below(final_fd, folder.as_posix(), create=True)) as target_fd:
+            there = lstat_at(target_fd, name)
+            if there is not None and (rel not in staged or stat.S_ISDIR(there.st_mode)):
+                with closing_fd(open_below(final_fd, f"{aside_name}/{folder}", create=True)) as keep:
+                    os.rename(name, name, src_dir_fd=target_fd, dst_dir_fd=keep)
+                aside.append(rel)
+            os.rename(name, name, src_dir_fd=dir_fd, dst_dir_fd=target_fd)
+        written.add(rel)
+
+    with fs.folder(final) as final_fd, fs.folder(new) as new_fd:
+        touched: set[str] = set()
+        for dirpath, _dirs, files, dir_fd in os.fwalk(".", dir_fd=new_fd):
+            folder = PurePosixPath(dirpath)
+            for name in files:
+                if (folder, name) != (PurePosixPath("."), MANIFEST_NAME):
+                    move(folder, name, dir_fd, final_fd)
+                    touched.add(folder.as_posix())
+        for folder_rel in sorted(touched - {"."}):  # each subfolder once, the top one with the manifest
+            with closing_fd(open_below(final_fd, folder_rel)) as fd:
+                fsync_fd(fd)
+        if lstat_at(new_fd, MANIFEST_NAME) is not None:
+            move(PurePosixPath("."), MANIFEST_NAME, new_fd, final_fd)
+        fsync_fd(final_fd)
+        for rel in sorted(staged - written):
+            parent, _, name = rel.rpartition("/")
+            try:
+                with closing_fd(open_below(final_fd, parent)) as fd:
+                    unlink_at(fd, name)
+            except (FileNotFoundError, PathNotAllowed):
+                continue
+    fs.remove_tree(new)
+    return aside
 
 
 def _same_access(old_fd: int, new_fd: int) -> None:

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import os
 import time
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from jupyter_staging.destinations.base import make_private_dir, remove_tree_if_empty
@@ -120,7 +120,7 @@ class JobRunner(TableSpreadStager):
         self._chunks_at_start = self._load_ledger()
         self.dest = self.host.destination_of(rec)
         if self.resume.get("swap"):
-            self.replaced_folder = self.dest.workdir.parent / PurePosixPath(rec.destination).name
+            self.replaced_folder = self._swap_root() / rec.destination
             self._log("info", f"staging into {self.resume['swap']['into']}; swapped in when complete")
         if self.dest.remote:
             make_private_dir(self.dest.workdir)
@@ -294,9 +294,8 @@ class JobRunner(TableSpreadStager):
         staged_before = {str(o.get("path")) for o in (old or {}).get("objects", [])}
         if old is None and replaced is not None:  # a failed job's files, no manifest: its chunk records
             staged_before |= {c.path for c in self.store.list_chunks(replaced.id)}
-        root = self.dest.workdir.parents[len(PurePosixPath(swap["into"]).parts) - 1]
         moved = swap_in(
-            root,
+            self._swap_root(),
             rec.destination,
             swap["into"],
             staged_before=staged_before,
@@ -316,6 +315,11 @@ class JobRunner(TableSpreadStager):
             why = "staged again" if replaced.state in UNFINISHED_STATES else "a source changed"
             self.host.log_event(replaced.id, "info", f"output replaced by job {self.job_id} ({why})")
             self.host.set_state(replaced.id, JobState.expired)
+
+    def _swap_root(self) -> Path:
+        """The root folder of a replacing job: its scratch folder (``swap["into"]``, relative to the root,
+        beside the destination or inside it) is the job's workdir until the swap."""
+        return self.dest.workdir.parents[len(PurePosixPath(self.resume["swap"]["into"]).parts) - 1]
 
     def _fingerprints(self) -> dict[str, dict[str, Any]]:
         """``{item name: fingerprint}`` of every item the job listed."""

@@ -28,6 +28,7 @@ from jupyter_staging.engine.models import CreateJob
 from jupyter_staging.errors import DestinationExists
 from tests.helpers.data import KEPLER, SPITZER, TESS, latin1_past_inference, sha256, wait_until
 from tests.helpers.servers import RangeHTTPServer
+from tests.helpers.space import small_file_system
 
 
 @pytest.fixture
@@ -469,3 +470,37 @@ def test_a_csv_read_as_bytes_says_so_in_a_notice_and_not_with_its_encoding(manag
     assert manager.get(plain["id"]).notices == plain["notices"]  # read back from the database
     latin1, _ = run(manager, source=str(table), destination="text", convert={"encoding": "latin-1"})
     assert latin1["state"] == "succeeded" and latin1["notices"] == [], latin1
+
+
+def test_a_destination_that_is_a_mount_point_is_replaced_file_by_file(manager, tmp_path):
+    """A destination folder that is a mount point (here a tmpfs) cannot be renamed: a re-run after a
+    source changed stages into a hidden folder inside it and moves each file into place, the manifest
+    last. The mount, its mode and the user's file stay; the file the source no longer has goes, nothing
+    is left beside or inside the folder. Before, the swap failed ``internal_error`` (``EBUSY``) and left
+    its scratch folder."""
+    source = tmp_path / "catalog"
+    (source / "sub").mkdir(parents=True)
+    for rel in ("a.csv", "b.csv", "sub/c.csv"):
+        (source / rel).write_text(f"id,flux\n1,{len(rel)}.5\n")
+    mount = manager.root_dir / "mp"
+    with small_file_system(mount):
+        os.chmod(mount, 0o750)
+        (mount / "notes.txt").write_text("the user's")
+        first, _ = run(manager, source=str(source), destination="mp")
+        assert first["state"] == "succeeded", first["error"]
+        (source / "a.csv").write_text("id,flux\n1,99.5\n2,100.5\n")
+        (source / "b.csv").unlink()
+        second, created = run(manager, source=str(source), destination="mp")
+        assert created and second["state"] == "succeeded", second["error"]
+        assert os.path.ismount(mount) and stat.S_IMODE(mount.stat().st_mode) == 0o750
+        assert sorted(p.relative_to(mount).as_posix() for p in mount.rglob("*")) == [
+            "a.csv",
+            "manifest.json",
+            "notes.txt",
+            "sub",
+            "sub/c.csv",
+        ]
+        assert (mount / "a.csv").read_text() == "id,flux\n1,99.5\n2,100.5\n"
+        assert json.loads((mount / "manifest.json").read_text())["job_id"] == second["id"]
+        assert sorted(p.name for p in manager.root_dir.iterdir()) == ["mp"]
+        assert manager.store.get_job(first["id"]).state == "expired"
