@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -89,6 +90,7 @@ class ConvertingStager(PipelinedStager):
         if fmt == "fits" and len(self.resume.get("items", [])) == 1:
             self._expect_chunks(local, opts)
         bytes_before = self.live.bytes_done if downloaded is None else None
+        started_ns = time.time_ns()
         try:
             out_rel = self._convert_file(
                 local, item.name, opts, entry, counted=downloaded is not None, listed=source.local_path(item)
@@ -96,7 +98,7 @@ class ConvertingStager(PipelinedStager):
         except JobInterrupted:
             raise  # paused, cancelled or shut down: the parts stay, and a resumed run goes on after them
         except Exception as exc:
-            self._withdraw_parts(item.name, exc)
+            self._withdraw_parts(item.name, exc, started_ns)
             raise
         if bytes_before is not None and self.live.bytes_done == bytes_before:
             self.control.add_bytes(item.size or 0)
@@ -271,22 +273,23 @@ class ConvertingStager(PipelinedStager):
             remove_tree_if_empty(out_dir, work)
         self._log("info", f"{item.name}: converted to {out_rel}")
 
-    def _withdraw_parts(self, name: str, exc: Exception) -> None:
+    def _withdraw_parts(self, name: str, exc: Exception, started_ns: int) -> None:
         """After the conversion of table ``name`` failed (``exc``), remove the Parquet parts it published,
         so no partial table is left under ``<stem>.parquet`` for a reader to take for the whole one (the
         job fails, or its manifest entry does, and a run again converts from the start). Their chunks
         become ``expired``; a part published but not recorded (a range a Dask worker finished out of order)
-        is removed too, unless the failure was a name already taken (``destination_exists``: that file is
-        not ours). Nothing here raises: a part that cannot be removed is logged, the failure stands."""
+        is removed too when it was published since ``started_ns`` (its ``ctime``, in ns since the epoch),
+        unless the failure was a name already taken (``destination_exists``): a part file of the user's is
+        never touched. Nothing here raises: a part that cannot be removed is logged, the failure stands."""
         stem = PurePosixPath(name)
         out_rel = (stem.parent / f"{_strip_suffixes(stem.name)}.parquet").as_posix()
         relative = self.dest.relative
-        recorded = [
-            c for c in self.store.list_chunks(self.job_id) if relative(c.path).startswith(out_rel + "/")
-        ]
-        parts = [c for c in recorded if c.state in DONE_STATES]
         removed = rows = 0
         try:
+            recorded = [
+                c for c in self.store.list_chunks(self.job_id) if relative(c.path).startswith(out_rel + "/")
+            ]
+            parts = [c for c in recorded if c.state in DONE_STATES]
             for chunk in parts:
                 self.dest.remove_chunk(chunk.path)
                 self.store.update_chunk(chunk.id, state=ChunkState.expired.value)
@@ -300,7 +303,8 @@ class ConvertingStager(PipelinedStager):
                 self._save_resume()
             out_dir = self.dest.workdir / out_rel
             if not isinstance(exc, DestinationExists):
-                removed += self._drop_unrecorded_parts(out_dir, {relative(c.path) for c in recorded})
+                recorded_paths = {relative(c.path) for c in recorded}
+                removed += self._drop_unrecorded_parts(out_dir, recorded_paths, started_ns)
             remove_tree_if_empty(out_dir, self.dest.workdir)
         except Exception as cleanup:  # the conversion's own error is the one the job reports
             known = as_staging_error(cleanup)
@@ -313,9 +317,10 @@ class ConvertingStager(PipelinedStager):
                 f"were removed, so {out_rel} holds no partial table",
             )
 
-    def _drop_unrecorded_parts(self, out_dir: Path, recorded: set[str]) -> int:
+    def _drop_unrecorded_parts(self, out_dir: Path, recorded: set[str], since_ns: int) -> int:
         """Remove the part files in ``out_dir`` whose path (relative to the destination) is not in
-        ``recorded``: published by this job, never recorded. Returns how many."""
+        ``recorded`` and which were published since ``since_ns`` (``ctime``: a link or rename sets it): this
+        conversion's, never recorded. Returns how many."""
         if self.dest.remote or not out_dir.is_dir() or out_dir.is_symlink():
             return 0
         removed = 0
@@ -326,6 +331,7 @@ class ConvertingStager(PipelinedStager):
                 and rel not in recorded
                 and path.is_file()
                 and not path.is_symlink()
+                and path.lstat().st_ctime_ns >= since_ns
             ):
                 self.dest.files.unlink(path)
                 removed += 1

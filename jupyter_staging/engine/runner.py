@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -29,12 +30,13 @@ from jupyter_staging.engine.collector import collector_paused
 from jupyter_staging.engine.entries import error_of
 from jupyter_staging.engine.freshness import every_listed_item
 from jupyter_staging.engine.models import DONE_STATES, PENDING, ChunkState, JobState
-from jupyter_staging.engine.placement import UNFINISHED_STATES, swap_in
+from jupyter_staging.engine.placement import UNFINISHED_STATES
 from jupyter_staging.engine.records import has_sealed, json_copy, without_sealed
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.spreadtables import TableSpreadStager
 from jupyter_staging.engine.staged import RECENT, job_entries
 from jupyter_staging.engine.store import ChunkSummary, JobRecord, utcnow
+from jupyter_staging.engine.swap import swap_in
 from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import JobInterrupted, PartiallyStaged, StagingError
 from jupyter_staging.safety.paths import check_output_name
@@ -292,16 +294,22 @@ class JobRunner(TableSpreadStager):
         replaced = self.store.get_job(swap["replaces"]) if swap.get("replaces") else None
         old = read_manifest(self.replaced_folder) if self.replaced_folder is not None else None
         staged_before = {str(o.get("path")) for o in (old or {}).get("objects", [])}
-        if old is None and replaced is not None:  # a failed job's files, no manifest: its chunk records
-            staged_before |= {c.path for c in self.store.list_chunks(replaced.id)}
+        if old is None and replaced is not None:  # a failed job's files, no manifest: what it published
+            staged_before |= self._published_by(replaced)
+        aside = f".replaced-{self.job_id[:8]}"
         moved = swap_in(
             self._swap_root(),
             rec.destination,
             swap["into"],
             staged_before=staged_before,
-            aside_name=f".replaced-{self.job_id[:8]}",
+            staged_now={self.dest.relative(c.path) for c in self.store.list_chunks(self.job_id)},
+            aside_name=aside,
         )
-        if moved:
+        if moved and swap["into"].startswith(rec.destination.rstrip("/") + "/"):
+            self._log(
+                "info", f"moved {len(moved)} file(s) of yours in the way into {aside}: {', '.join(moved[:5])}"
+            )
+        elif moved:
             self._log(
                 "info", f"kept {len(moved)} file(s) that were not staged output: {', '.join(moved[:5])}"
             )
@@ -315,6 +323,23 @@ class JobRunner(TableSpreadStager):
             why = "staged again" if replaced.state in UNFINISHED_STATES else "a source changed"
             self.host.log_event(replaced.id, "info", f"output replaced by job {self.job_id} ({why})")
             self.host.set_state(replaced.id, JobState.expired)
+
+    def _published_by(self, job: JobRecord) -> set[str]:
+        """The relative paths of the files failed job ``job`` published that are still as it left them in
+        the folder it failed in (a done chunk, the same size): a file of the user's with such a name is not
+        counted (it is kept when the new output is swapped in)."""
+        assert self.replaced_folder is not None
+        paths = set()
+        for chunk in self.store.list_chunks(job.id):
+            if chunk.state not in DONE_STATES:
+                continue
+            try:
+                st = os.lstat(self.replaced_folder / chunk.path)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and (chunk.bytes is None or st.st_size == chunk.bytes):
+                paths.add(chunk.path)
+        return paths
 
     def _swap_root(self) -> Path:
         """The root folder of a replacing job: its scratch folder (``swap["into"]``, relative to the root,

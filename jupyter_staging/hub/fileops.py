@@ -312,6 +312,10 @@ def _pin_source(source: SourceFile) -> int:
         fd = os.open(source.path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         raise SourceNotFound(f"source {str(source.path)!r} disappeared") from None
+    except PermissionError:  # a folder on its path lost its search permission since the check
+        raise SourceNotFound(
+            f"source {str(source.path)!r} is not readable", code="source_not_readable"
+        ) from None
     except OSError as err:
         if err.errno in (errno.ENOTDIR, errno.ELOOP):  # a folder on the way replaced by a file, or a loop
             raise _changed(source) from None

@@ -504,3 +504,37 @@ def test_a_destination_that_is_a_mount_point_is_replaced_file_by_file(manager, t
         assert json.loads((mount / "manifest.json").read_text())["job_id"] == second["id"]
         assert sorted(p.name for p in manager.root_dir.iterdir()) == ["mp"]
         assert manager.store.get_job(first["id"]).state == "expired"
+
+
+def test_a_failed_conversion_removes_its_own_parts_never_a_users_file_named_like_one(manager, tmp_path):
+    """The user keeps a file named like a Parquet part in the table's folder; the conversion fails past
+    its first parts: the job's parts are removed, the user's file stays as it was."""
+    table = latin1_past_inference(tmp_path / "late.csv")
+    mine = manager.root_dir / "own" / "late.parquet" / "part-00099.parquet"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"the user's")
+    broken, _ = run(manager, source=str(table), destination="own", convert={"chunk_rows": 100_000})
+    assert broken["error"]["code"] == "conversion_failed", broken["error"]
+    assert [p.name for p in mine.parent.iterdir()] == [mine.name] and mine.read_bytes() == b"the user's"
+    assert "holds no partial table" in log_text(manager, broken["id"])
+
+
+def test_a_failed_jobs_leftovers_are_replaced_and_the_users_file_in_its_way_is_kept(manager, tmp_path):
+    """A folder copy failed on the user's own file where its last file goes; the request is run again with
+    that file still there: the whole folder is staged and swapped in, and the user's file, which the failed
+    job never wrote, is kept aside (``.replaced-<id8>``), never taken for the job's output and dropped."""
+    source = tmp_path / "lcs"
+    (source / "zz").mkdir(parents=True)
+    for i in range(3):
+        (source / f"a{i}.bin").write_bytes(os.urandom(1024))
+    (source / "zz" / "last.bin").write_bytes(os.urandom(1024))
+    out = manager.root_dir / "out"
+    (out / "zz").mkdir(parents=True)
+    (out / "zz" / "last.bin").write_text("the user's")
+    failed, _ = run(manager, source=str(source), destination="out")
+    assert failed["error"]["code"] == "destination_exists", failed["error"]
+    again, created = run(manager, source=str(source), destination="out")
+    assert created and again["state"] == "succeeded", again["error"]
+    assert sha256(out / "zz" / "last.bin") == sha256(source / "zz" / "last.bin")
+    (aside,) = [p for p in manager.root_dir.iterdir() if p.name.startswith(".replaced-")]
+    assert (aside / "zz" / "last.bin").read_text() == "the user's"

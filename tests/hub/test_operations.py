@@ -268,11 +268,14 @@ for name, operation, source, folder in [
     ("symlink", symlink, "open.bin", "locked/"),
     ("unreadable", local_copy, "closed.bin", "free/"),
     ("made unreadable", local_copy, "later.bin", "free/"),
+    ("folder made unsearchable", hardlink, "deep/lc.bin", "free/"),
 ]:
     try:
         src = check_source(site + "/archive/" + source, [site + "/archive"])
         if name == "made unreadable":  # its mode changed between the check and the copy
             os.chmod(src.path, 0)
+        if name == "folder made unsearchable":  # its folder's, between the check and the link
+            os.chmod(src.path.parent, 0)
         with areas.open_target("alice", folder, src.name) as target:
             seen[name] = {"status": operation(src, target).status}
     except Exception as exc:
@@ -297,7 +300,16 @@ def test_a_folder_or_source_the_service_may_not_use_is_a_4xx_not_io_error(reques
     (site / "archive" / "closed.bin").write_bytes(os.urandom(64 * 1024))
     os.chmod(site / "archive" / "closed.bin", 0o600)
     (site / "archive" / "later.bin").write_bytes(os.urandom(64 * 1024))
-    for name in ("archive/open.bin", "archive/later.bin", "homes/alice", "homes/alice/free"):
+    (site / "archive" / "deep").mkdir()
+    (site / "archive" / "deep" / "lc.bin").write_bytes(os.urandom(64 * 1024))
+    for name in (
+        "archive/open.bin",
+        "archive/later.bin",
+        "archive/deep",
+        "archive/deep/lc.bin",
+        "homes/alice",
+        "homes/alice/free",
+    ):
         os.chown(site / name, 65534, 65534)
     for folder in (site, site / "archive", site / "homes"):
         os.chmod(folder, 0o755)
@@ -316,7 +328,7 @@ def test_a_folder_or_source_the_service_may_not_use_is_a_4xx_not_io_error(reques
         assert (seen[name]["code"], seen[name]["status"]) == ("destination_not_writable", 409), seen
         assert "'open.bin' could not be written: the service's user may not write" in seen[name]["message"]
         assert str(site) not in seen[name]["message"]
-    for name in ("unreadable", "made unreadable"):
+    for name in ("unreadable", "made unreadable", "folder made unsearchable"):
         assert (seen[name]["code"], seen[name]["status"]) == ("source_not_readable", 400), seen
     assert os.listdir(site / "homes" / "alice" / "locked") == []
     assert os.listdir(site / "homes" / "alice" / "free") == []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_staging.engine.placement import swap_in
+from jupyter_staging.engine.swap import swap_in
 from jupyter_staging.errors import DestinationExists, PathNotAllowed, UnsafeArchive
 from jupyter_staging.formats.archives import decompress, unpack
 from jupyter_staging.safety.confined import Confined
@@ -91,7 +91,14 @@ def test_swap_in_refuses_a_parent_swapped_for_a_link(layout: tuple[Path, Path]) 
     (root / "staging").symlink_to(outside, target_is_directory=True)
     before = snapshot(outside)
     with pytest.raises(PathNotAllowed):
-        swap_in(root, "staging/run", "staging/.swap", staged_before={"a.txt"}, aside_name=".aside")
+        swap_in(
+            root,
+            "staging/run",
+            "staging/.swap",
+            staged_before={"a.txt"},
+            staged_now={"a.txt"},
+            aside_name=".aside",
+        )
     assert snapshot(outside) == before
 
 
@@ -103,8 +110,16 @@ def test_swap_in_carries_over_user_files_by_descriptor(layout: tuple[Path, Path]
     (run / "linked").symlink_to(outside, target_is_directory=True)
     (root / "staging" / ".swap").mkdir()
     (root / "staging" / ".swap" / "a.txt").write_bytes(b"new")
-    moved = swap_in(root, "staging/run", "staging/.swap", staged_before={"a.txt"}, aside_name=".aside")
-    assert moved == ["notes/mine.txt"]
+    moved = swap_in(
+        root,
+        "staging/run",
+        "staging/.swap",
+        staged_before={"a.txt"},
+        staged_now={"a.txt"},
+        aside_name=".aside",
+    )
+    assert moved == ["linked", "notes/mine.txt"]  # the user's symlink moves as a link, never followed
+    assert (run / "linked").is_symlink() and os.readlink(run / "linked") == str(outside)
     assert (run / "a.txt").read_bytes() == b"new"
     assert (run / "notes" / "mine.txt").read_bytes() == b"user's"
     assert snapshot(outside) == {"keep.txt": b"precious", "sub/deep.txt": b"deep"}
@@ -154,3 +169,55 @@ def test_conversion_parts_are_written_by_descriptor(layout: tuple[Path, Path], s
     with pytest.raises(PathNotAllowed):
         convert_to_parquet(src, root / "evil" / "tau", chunk_rows=2000, root=root)
     assert snapshot(outside) == before and not (outside / "tau").exists()
+
+
+def test_swap_in_carries_over_a_users_part_file_and_empty_folder(layout: tuple[Path, Path]) -> None:
+    """Entries of the user's that are neither files nor folders with files (an empty folder), or that look
+    like a download in progress (``*.part``, a browser's): carried into the new folder, none removed with
+    the old one."""
+    root, _outside = layout
+    run = root / "staging" / "run"
+    (run / "empty").mkdir()
+    (run / "catalog.csv.part").write_bytes(b"a browser's download")
+    (root / "staging" / ".swap").mkdir()
+    (root / "staging" / ".swap" / "a.txt").write_bytes(b"new")
+    moved = swap_in(
+        root,
+        "staging/run",
+        "staging/.swap",
+        staged_before={"a.txt"},
+        staged_now={"a.txt"},
+        aside_name=".aside",
+    )
+    assert sorted(moved) == ["catalog.csv.part", "empty/"]
+    assert (run / "catalog.csv.part").read_bytes() == b"a browser's download" and (run / "empty").is_dir()
+    assert sorted(p.name for p in (root / "staging").iterdir()) == ["run"]
+
+
+def test_a_merge_into_a_mount_point_run_again_half_way_keeps_the_new_files(layout: tuple[Path, Path]) -> None:
+    """``into`` inside ``rel`` (a mount point's hidden scratch folder): files move in one by one. Run
+    again after a crash half-way (``a.txt`` already moved, the old manifest already gone), the merge moves
+    the rest, removes only the old file the new output lacks (``b.txt``), never the new ``a.txt``, keeps
+    the user's file, and puts the new manifest last."""
+    root, _outside = layout
+    final = root / "mp"
+    (final / ".staging-1").mkdir(parents=True)
+    (final / "b.txt").write_bytes(b"old b")
+    (final / "notes.txt").write_bytes(b"the user's")
+    (final / "a.txt").write_bytes(b"new a")  # moved before the crash
+    (final / ".staging-1" / "c.txt").write_bytes(b"new c")
+    (final / ".staging-1" / "manifest.json").write_text('{"job_id": "new"}')
+    swap_in(
+        root,
+        "mp",
+        "mp/.staging-1",
+        staged_before={"a.txt", "b.txt"},
+        staged_now={"a.txt", "c.txt"},
+        aside_name=".replaced-1",
+    )
+    assert {p.name: p.read_bytes() for p in final.iterdir()} == {
+        "a.txt": b"new a",
+        "c.txt": b"new c",
+        "notes.txt": b"the user's",
+        "manifest.json": b'{"job_id": "new"}',
+    }
