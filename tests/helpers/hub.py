@@ -8,6 +8,7 @@ hub so tests can call the API as each of them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 
 from tests.helpers.net import free_port
@@ -142,10 +144,16 @@ c.JupyterHub.log_level = "INFO"
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the hub (it stops the proxy, the service and users' servers); SIGKILL its process
-        group if it does not exit in ``timeout`` seconds."""
+        group if it does not exit in ``timeout`` seconds. Processes it started that outlive it (a managed
+        service such as the idle culler, or the proxy, in sessions of their own) are then terminated, so a
+        test run leaves no orphan behind."""
         if self.proc is None or self.proc.poll() is not None:
             self.proc = None
             return
+        try:
+            started = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.Error:
+            started = []
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout)
@@ -153,6 +161,14 @@ c.JupyterHub.log_level = "INFO"
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self.proc = None
+        left = [p for p in started if p.is_running()]
+        for process in left:
+            with contextlib.suppress(psutil.Error):
+                process.terminate()
+        _, alive = psutil.wait_procs(left, timeout=10)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
 
     def restart(self) -> None:
         self.stop()
