@@ -149,8 +149,7 @@ class ConvertingStager(PipelinedStager):
         it did."""
         if self.replaced_folder is None or not self._unchanged(item):
             return False
-        stem = PurePosixPath(item.name)
-        out_rel = (stem.parent / f"{_strip_suffixes(stem.name)}.parquet").as_posix()
+        out_rel = _parquet_folder(item.name)
         parts = sorted(p for p in self._previous_objects() if p.startswith(out_rel + "/"))
         folder = self.replaced_folder
         if not parts or not all(
@@ -215,8 +214,7 @@ class ConvertingStager(PipelinedStager):
 
     def _output_folder(self, name: str) -> str:
         """The checked output folder ``<stem>.parquet`` of output ``name`` (recorded for cleanup)."""
-        stem = PurePosixPath(name)
-        out_rel = check_output_name((stem.parent / f"{_strip_suffixes(stem.name)}.parquet").as_posix())
+        out_rel = check_output_name(_parquet_folder(name))
         with self._lock:
             if out_rel not in self.resume.setdefault("convert_dirs", []):
                 self.resume["convert_dirs"].append(out_rel)
@@ -281,8 +279,7 @@ class ConvertingStager(PipelinedStager):
         is removed too when it was published since ``started_ns`` (its ``ctime``, in ns since the epoch),
         unless the failure was a name already taken (``destination_exists``): a part file of the user's is
         never touched. Nothing here raises: a part that cannot be removed is logged, the failure stands."""
-        stem = PurePosixPath(name)
-        out_rel = (stem.parent / f"{_strip_suffixes(stem.name)}.parquet").as_posix()
+        out_rel = _parquet_folder(name)
         relative = self.dest.relative
         removed = rows = 0
         try:
@@ -296,7 +293,7 @@ class ConvertingStager(PipelinedStager):
                 removed, rows = removed + 1, rows + int(chunk.rows or 0)
             with self._lock:
                 for chunk in parts:
-                    rel = self.dest.relative(chunk.path)
+                    rel = relative(chunk.path)
                     self.resume.get("outputs", {}).pop(rel, None)
                     self.resume.get(PART_BYTES, {}).pop(rel, None)
                 self.resume.get(BYTES_COLUMNS, {}).pop(name, None)
@@ -426,6 +423,13 @@ def _bytes_columns(part: Path) -> list[str]:
     except (OSError, pa.ArrowException):
         return []
     return [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+
+
+def _parquet_folder(name: str) -> str:
+    """The output folder (relative, not checked) of table output ``name``: ``a/b.csv.gz`` ->
+    ``a/b.parquet``."""
+    stem = PurePosixPath(name)
+    return (stem.parent / f"{_strip_suffixes(stem.name)}.parquet").as_posix()
 
 
 def _strip_suffixes(name: str) -> str:
