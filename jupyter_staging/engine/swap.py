@@ -179,10 +179,24 @@ def _same_access(old_fd: int, new_fd: int) -> None:
         log.warning("could not give the swapped-in folder the old one's permission bits")
 
 
+def _same_subfolder_access(old_dir_fd: int, new_fd: int, folder: PurePosixPath, *, create: bool) -> bool:
+    """Give subfolder ``folder`` of ``new_fd`` (made when ``create``) the access of the old folder
+    ``old_dir_fd`` (:func:`_same_access`). False when it is not there (or not a folder) and was not made."""
+    try:
+        sub_fd = open_below(new_fd, folder.as_posix(), create=create)
+    except (FileNotFoundError, PathNotAllowed):
+        return False
+    with closing_fd(sub_fd):
+        _same_access(old_dir_fd, sub_fd)
+    return True
+
+
 def _carry_over(old_fd: int, new_fd: int, staged: set[str]) -> tuple[list[str], int]:
     """Move the entries of folder ``old_fd`` that are not in ``staged`` into folder ``new_fd`` at the same
     relative path (no overwrite, no symlink followed): files, symlinks (to folders too), and empty folders
-    (made again). Returns the moved paths and the number of entries that had to stay."""
+    (made again). Each subfolder of the new folder that the old one had too takes the old one's permission
+    bits and group (:func:`_same_access`): a subfolder the user made private stays private. Returns the
+    moved paths and the number of entries that had to stay."""
     moved: list[str] = []
     kept = 0
     for dirpath, dirs, files, dir_fd in os.fwalk(".", dir_fd=old_fd):
@@ -190,10 +204,9 @@ def _carry_over(old_fd: int, new_fd: int, staged: set[str]) -> tuple[list[str], 
         links = [d for d in dirs if (st := lstat_at(dir_fd, d)) is not None and stat.S_ISLNK(st.st_mode)]
         entries = [n for n in [*files, *links] if (folder / n).as_posix() not in staged]
         if not files and not dirs and folder != PurePosixPath("."):  # an empty folder of the user's
-            try:
-                os.close(open_below(new_fd, folder.as_posix(), create=True))
+            if _same_subfolder_access(dir_fd, new_fd, folder, create=True):
                 moved.append(f"{folder.as_posix()}/")
-            except PathNotAllowed:
+            else:
                 kept += 1
             continue
         for name in entries:
@@ -209,4 +222,6 @@ def _carry_over(old_fd: int, new_fd: int, staged: set[str]) -> tuple[list[str], 
                     continue
                 os.rename(name, name, src_dir_fd=dir_fd, dst_dir_fd=target_fd)
                 moved.append(rel)
+        if folder != PurePosixPath("."):  # the new output's, or made above for the user's entries
+            _same_subfolder_access(dir_fd, new_fd, folder, create=False)
     return moved, kept

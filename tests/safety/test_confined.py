@@ -194,6 +194,43 @@ def test_swap_in_carries_over_a_users_part_file_and_empty_folder(layout: tuple[P
     assert sorted(p.name for p in (root / "staging").iterdir()) == ["run"]
 
 
+def test_swap_in_gives_each_subfolder_the_access_the_user_gave_it(layout: tuple[Path, Path]) -> None:
+    """The user made one subfolder of the output private (0700), shared another with a group (2750,
+    group 100) and keeps a folder of their own (0750) beside them: after the swap the new folder's
+    subfolders at those paths have those modes and that group, not the default 0755 of a folder the job
+    made (which would open them to every user of the machine)."""
+    root, _outside = layout
+    run = root / "staging" / "run"
+    for sub, mode in (("sector1", 0o700), ("sector2", 0o2750), ("mine", 0o750)):
+        (run / sub).mkdir()
+        (run / sub / "a.fits").write_bytes(b"old")
+        os.chmod(run / sub, mode)
+    os.chown(run / "sector2", -1, 100)
+    os.chmod(run / "sector2", 0o2750)  # a chown may clear setgid
+    new = root / "staging" / ".swap"
+    for sub in ("sector1", "sector2"):
+        (new / sub).mkdir(parents=True)
+        os.chmod(new / sub, 0o755)
+        (new / sub / "a.fits").write_bytes(b"new")
+    swap_in(
+        root,
+        "staging/run",
+        "staging/.swap",
+        staged_before={"sector1/a.fits", "sector2/a.fits"},
+        staged_now={"sector1/a.fits", "sector2/a.fits"},
+        aside_name=".aside",
+    )
+    got = {
+        sub: ((run / sub).stat().st_mode & 0o7777, (run / sub).stat().st_gid)
+        for sub in os.listdir(run)
+        if (run / sub).is_dir()
+    }
+    assert got == {"sector1": (0o700, 0), "sector2": (0o2750, 100), "mine": (0o750, 0)}
+    assert (run / "sector1" / "a.fits").read_bytes() == b"new" and (
+        run / "mine" / "a.fits"
+    ).read_bytes() == b"old"
+
+
 def test_a_merge_into_a_mount_point_run_again_half_way_keeps_the_new_files(layout: tuple[Path, Path]) -> None:
     """``into`` inside ``rel`` (a mount point's hidden scratch folder): files move in one by one. Run
     again after a crash half-way (``a.txt`` already moved, the old manifest already gone), the merge moves
