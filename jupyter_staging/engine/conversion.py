@@ -30,6 +30,7 @@ from jupyter_staging.engine.models import DONE_STATES, ChunkState
 from jupyter_staging.engine.pipeline import PipelinedStager
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.store import BYTES_COLUMNS, NOT_CONVERTED, PART_BYTES, JobRecord
+from jupyter_staging.engine.tasks import published_since
 from jupyter_staging.errors import DestinationExists, JobInterrupted, TransferFailed, as_staging_error
 from jupyter_staging.formats.convert import convert_to_parquet
 from jupyter_staging.formats.detect import detect_format, is_table
@@ -326,9 +327,7 @@ class ConvertingStager(PipelinedStager):
             if (
                 _PART_RE.fullmatch(path.name)
                 and rel not in recorded
-                and path.is_file()
-                and not path.is_symlink()
-                and path.lstat().st_ctime_ns >= since_ns
+                and published_since(path.lstat(), since_ns)
             ):
                 self.dest.files.unlink(path)
                 removed += 1
@@ -336,12 +335,18 @@ class ConvertingStager(PipelinedStager):
 
     def _drop_unrecorded_part(self, out_dir: Path, start_index: int) -> None:
         """Remove the part file ``start_index`` if a previous run published it but stopped before
-        recording it (the converter publishes a part while encoding the next); it is written again."""
+        recording it (the converter publishes a part while encoding the next); it is written again. A
+        file of that name from before the job started (the user's) is left, and the conversion fails
+        ``destination_exists`` at it."""
         if not out_dir.is_dir() or out_dir.is_symlink():
             return
         for path in out_dir.iterdir():
             match = _PART_RE.fullmatch(path.name)
-            if match and int(match.group(1)) == start_index and path.is_file() and not path.is_symlink():
+            if (
+                match
+                and int(match.group(1)) == start_index
+                and published_since(path.lstat(), self.started_ns)
+            ):
                 self._log(
                     "info", f"{path.name}: published but not recorded before the stop; writing it again"
                 )

@@ -8,6 +8,7 @@ brings one :class:`~jupyter_staging.sources.base.SourceItem` to a published, ver
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,9 @@ class ItemStager(LinkingWriter, PartOwnership):
         self.live = LiveProgress()
         self.control = JobControl(on_bytes=self._on_bytes, on_rows=self._on_rows, log=self._log)
         self.recovering = False
+        #: When the job first started (ns since the epoch; its first run's, kept by every resumed run):
+        #: a Parquet part older than this is not the job's (:func:`.tasks.published_since`).
+        self.started_ns = time.time_ns()
         #: Engine bookkeeping persisted in ``JobRecord.resume``; guarded by ``_lock`` (entries run in
         #: parallel), as is the allocation of chunk indices.
         self.resume: dict[str, Any] = {}

@@ -106,12 +106,14 @@ class JobRunner(TableSpreadStager):
         self.recovering = self.resume["attempts"] > 1
         if not self.recovering:  # before anything is written: a folder that is there already is the user's
             self.resume[MADE_DESTINATION] = not self.host.destination_of(rec).folder_present()
+        started = rec.started_at or utcnow()
+        self.started_ns = round(started.timestamp() * 1e6) * 1000  # what this job publishes is newer
         return self.host.set_state(
             self.job_id,
             JobState.running,
             events=[("info", "running")],
             resume=json_copy(self.resume),
-            started_at=rec.started_at or utcnow(),
+            started_at=started,
             requested=None,
         )
 

@@ -118,6 +118,7 @@ class TableSpreadStager(SpreadStager):
                     t.stop_index,
                     t.start_offset,
                     count_bytes=not counted,
+                    since_ns=self.started_ns,
                     tag=t.start_index,
                 )
             self._log("info", f"{name}: {len(tasks)} part ranges of {ranges.parts} parts as Dask tasks")

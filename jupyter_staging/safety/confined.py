@@ -76,11 +76,7 @@ class Confined:
     def exists(self, path: Path) -> bool:
         """True when something (a symlink included, not followed) is at ``path``; False when it or a
         folder on the way is missing."""
-        try:
-            with self.parent(path) as (fd, name):
-                return lstat_at(fd, name) is not None
-        except FileNotFoundError:
-            return False
+        return self.lstat(path) is not None
 
     def is_folder(self, path: Path) -> bool:
         """True when ``path`` is a real folder (not a symlink to one)."""
@@ -95,6 +91,15 @@ class Confined:
         """Make folder ``path`` and its missing parents (an existing folder is fine)."""
         with self.folder(path, create=True):
             pass
+
+    def lstat(self, path: Path) -> os.stat_result | None:
+        """The status of what is at ``path`` (a symlink not followed), or None when it or a folder on the
+        way is missing."""
+        try:
+            with self.parent(path) as (fd, name):
+                return lstat_at(fd, name)
+        except FileNotFoundError:
+            return None
 
     def unlink(self, path: Path) -> bool:
         """Remove the file or symlink at ``path`` (never followed; a folder is left alone). Returns True

@@ -29,6 +29,7 @@ from distributed import Client, LocalCluster
 from jupyter_staging.engine.executors import DaskExecutor, LocalExecutor
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, DescribeJob, JobState
+from jupyter_staging.engine.tasks import CTIME_SLACK_NS
 from tests.helpers.dask import local_cluster
 from tests.helpers.data import KEPLER, SPITZER, TESS, latin1_past_inference, sha256, wait_until
 from tests.helpers.servers import RangeHTTPServer
@@ -348,6 +349,27 @@ def test_a_table_is_converted_in_part_ranges_identical_to_the_local_executor(
     finally:
         dask.stop(wait=True)
         local.stop(wait=True)
+
+
+def test_a_users_file_named_like_a_part_stops_the_range_task_and_is_kept(tmp_path, cluster):
+    """The user keeps ``part-00005.parquet`` of their own in the folder a table converts into: the range
+    task that writes that part leaves it (older than the job) and fails ``destination_exists`` at it,
+    where it used to remove it as a dead attempt's leftover and put its own part there."""
+    source = tmp_path / "lightcurve.csv"
+    write_light_curve_csv(source, 1_000_000)  # about 30 MB: 20 parts in ranges of 1 MiB
+    dask = make_manager(tmp_path / "dask", scheduler_address=cluster.scheduler_address, range_bytes=1024**2)
+    mine = tmp_path / "dask" / "table" / "lightcurve.parquet" / "part-00005.parquet"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"the user's")
+    time.sleep(CTIME_SLACK_NS / 1e9 + 0.1)  # older than the job by more than the clocks may differ
+    try:
+        job = run(dask, CreateJob(source=str(source), destination="table", convert={"chunk_rows": 50_000}))
+        assert job.state == JobState.failed and job.error is not None, job
+        assert job.error.code == "destination_exists", job.error
+        assert "part ranges of" in log_text(dask, job.id)
+        assert mine.read_bytes() == b"the user's"
+    finally:
+        dask.stop(wait=True)
 
 
 SERVER = """
