@@ -22,6 +22,7 @@ from jupyter_staging.errors import SourceChanged, TransferFailed
 from jupyter_staging.safety.checksums import optional_digest
 from jupyter_staging.safety.control import DelegatingControl, JobControl
 from jupyter_staging.safety.partfile import Hashed
+from jupyter_staging.safety.writeback import start_writeback
 from jupyter_staging.sources.base import Source, SourceItem
 
 #: Bytes read back at a time by :class:`PrefixHasher`.
@@ -180,10 +181,12 @@ def fetch_in_ranges(
     """Fetch the ranges of ``step`` bytes of ``item`` (``item.size`` bytes) not in ``done`` (their starts)
     into ``fd``, a part file of that size, ``streams`` at a time, each written at its offset
     (``Source.fetch_range``: conditional on the item's version), hashed from the first byte as they
-    arrive (:class:`PrefixHasher`; the ``second`` digest too). ``on_range(start)`` is called as each range is
-    in. Returns what was hashed, for ``PartFile(..., resume=True, hashed=)``. When the version changed, the
-    bytes this call reported to ``control`` are taken back before :class:`SourceChanged` is raised (the
-    caller fetches the file again from its first byte).
+    arrive (:class:`PrefixHasher`; the ``second`` digest too), its writeback started at once
+    (:func:`~jupyter_staging.safety.writeback.start_writeback`: the fsync after the last range then finds
+    little left to write). ``on_range(start)`` is called as each range is in. Returns what was hashed,
+    for ``PartFile(..., resume=True, hashed=)``. When the version changed, the bytes this call reported to
+    ``control`` are taken back before :class:`SourceChanged` is raised (the caller fetches the file again
+    from its first byte).
 
     Raises :class:`TransferFailed` for a range that came short, :class:`SourceChanged` when the item's
     version changed, :class:`JobInterrupted` on pause or cancel, and what the source raises."""
@@ -202,6 +205,7 @@ def fetch_in_ranges(
         if source.fetch_range(item, start, length, fd, counted) != length:
             raise TransferFailed(f"{item.name}: range at byte {start} came short")
         hasher.completed(start, length)
+        start_writeback(fd, start, length)  # the disk writes it while the other ranges arrive
         if on_range is not None:
             on_range(start)
 
