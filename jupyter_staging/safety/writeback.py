@@ -3,9 +3,11 @@
 A big local copy moves each range with ``copy_file_range(2)`` while a second core hashes the range before
 (sha256 at about 1.6 GiB/s here, the pace of the copy), and the fsync before publishing then wrote all of
 the file's dirty pages at once: 0.56-0.74 s of a 2.0-2.3 s copy of 2 GiB, the disk idle until then. Starting
-each range's writeback as soon as it is copied lets the disk write while the hashing runs: the fsync found
-nothing left to write (0.00 s in five runs of five) and the copy took 1.47-1.64 s (bench/README.md,
-"Fifteenth session").
+each range's writeback as soon as it is copied lets the disk write while the hashing runs. In a loop making
+the same calls as the engine, interleaved with the page cache dropped, the fsync then found nothing left to
+write (0.00 s in every run) and 2 GiB took 1.47-1.64 s against 2.00-2.34 s while the host was quiet; while
+it was slow (every CPU-bound step twice as long), the two were alike (bench/README.md, "Fifteenth
+session").
 
 Unlike ``posix_fadvise(POSIX_FADV_DONTNEED)`` (:meth:`~jupyter_staging.safety.partfile.PartFile.write_back`),
 this neither drops the pages (the hash reads them back from the page cache) nor drains the page lists of
