@@ -36,7 +36,7 @@ from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.spreadtables import TableSpreadStager
 from jupyter_staging.engine.staged import RECENT, job_entries
 from jupyter_staging.engine.store import ChunkSummary, JobRecord, utcnow
-from jupyter_staging.engine.swap import swap_in
+from jupyter_staging.engine.swap import staged_inside, swap_in
 from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import JobInterrupted, PartiallyStaged, StagingError
 from jupyter_staging.safety.paths import check_output_name
@@ -307,7 +307,7 @@ class JobRunner(TableSpreadStager):
             staged_now={self.dest.relative(c.path) for c in self.store.list_chunks(self.job_id)},
             aside_name=aside,
         )
-        if moved and swap["into"].startswith(rec.destination.rstrip("/") + "/"):
+        if moved and staged_inside(rec.destination, swap["into"]):
             self._log(
                 "info", f"moved {len(moved)} file(s) of yours in the way into {aside}: {', '.join(moved[:5])}"
             )

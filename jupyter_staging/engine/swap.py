@@ -47,6 +47,12 @@ def is_mount_point(path: Path) -> bool:
     return False
 
 
+def staged_inside(rel: str, into: str) -> bool:
+    """Whether the output for folder ``rel`` was staged inside it (``into`` below ``rel``: a mount point,
+    merged file by file) rather than beside it (renamed into place)."""
+    return into.startswith(rel.rstrip("/") + "/")
+
+
 def swap_in(
     root: Path,
     rel: str,
@@ -75,7 +81,7 @@ def swap_in(
     final, new = root / rel, root / into
     if fs.exists(final) and not fs.is_folder(final):
         raise PathNotAllowed(f"destination {rel!r} was replaced by a symbolic link or a file; not swapped in")
-    if into.startswith(rel.rstrip("/") + "/"):  # staged inside: the folder is a mount point
+    if staged_inside(rel, into):  # the folder is a mount point
         return _merge_in(fs, final, new, staged_before | {MANIFEST_NAME}, staged_now, aside_name)
     if not fs.exists(final):
         fs.rename(new, final, make_parents=True)
