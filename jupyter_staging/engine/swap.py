@@ -87,7 +87,7 @@ def swap_in(
         fs.rename(new, final, make_parents=True)
         return []
     with fs.folder(final) as old_fd, fs.folder(new) as new_fd:
-        _same_access(old_fd, new_fd)
+        _same_access(os.fstat(old_fd), new_fd)
     aside = final.parent / aside_name
     # Both names change before the one fsync of their folder: a failing fsync stops nothing half-way.
     fs.rename(final, aside, sync=False)
@@ -170,55 +170,67 @@ def _move_in(
         os.rename(name, name, src_dir_fd=dir_fd, dst_dir_fd=target_fd)
 
 
-def _same_access(old_fd: int, new_fd: int) -> None:
-    """Give folder ``new_fd`` the permission bits (setgid and sticky too) of folder ``old_fd``, the
-    owner's read, write and search kept (the swap moves the user's files into it), and its group when
-    this process may (a member of that group, or root). Best effort: a group or mode the file system
-    refuses (``EPERM``, on CIFS say) is logged and the folder left as made."""
-    st = os.fstat(old_fd)
-    if os.fstat(new_fd).st_gid != st.st_gid:
-        with contextlib.suppress(PermissionError):
-            os.fchown(new_fd, -1, st.st_gid)
+def _same_access(old: os.stat_result, new_fd: int) -> None:
+    """Give folder ``new_fd`` the permission bits (setgid and sticky too) of the old folder whose status is
+    ``old``, the owner's read, write and search kept (the swap moves the user's files into it), and its
+    group when this process may (a member of that group, or root). Where the group cannot be given, the
+    folder's own group gets no more than others had in the old folder (a folder shared with one group,
+    2770, becomes 0700, never 0770 for another group), and no setgid. Best effort: a group or mode the
+    file system refuses (``EPERM``, ``EINVAL`` for a group not mapped in a user namespace, ``ENOTSUP``) is
+    logged and the folder left as made."""
+    mode = stat.S_IMODE(old.st_mode) | stat.S_IRWXU
     try:
-        os.fchmod(new_fd, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)  # after the chown, which may clear setgid
-    except PermissionError:
-        log.warning("could not give the swapped-in folder the old one's permission bits")
+        if os.fstat(new_fd).st_gid != old.st_gid:
+            with contextlib.suppress(OSError):
+                os.fchown(new_fd, -1, old.st_gid)
+            if os.fstat(new_fd).st_gid != old.st_gid:
+                others = mode & stat.S_IRWXO
+                mode = (mode & ~(stat.S_ISGID | stat.S_IRWXG)) | (mode & stat.S_IRWXG & (others << 3))
+        os.fchmod(new_fd, mode)  # after the chown, which may clear setgid
+    except OSError as exc:
+        log.warning("could not give a swapped-in folder the old one's permission bits: %s", exc.strerror)
 
 
-def _same_subfolder_access(old_dir_fd: int, new_fd: int, folder: PurePosixPath, *, create: bool) -> bool:
-    """Give subfolder ``folder`` of ``new_fd`` (made when ``create``) the access of the old folder
-    ``old_dir_fd`` (:func:`_same_access`). False when it is not there (or not a folder) and was not made."""
-    try:
-        sub_fd = open_below(new_fd, folder.as_posix(), create=create)
-    except (FileNotFoundError, PathNotAllowed):
-        return False
-    with closing_fd(sub_fd):
-        _same_access(old_dir_fd, sub_fd)
-    return True
+def _same_subfolder_access(modes: dict[str, os.stat_result], new_fd: int) -> None:
+    """Give each subfolder of ``new_fd`` named in ``modes`` (relative path: the old folder's status) the
+    old one's access (:func:`_same_access`); one that is not there (or not a folder) is skipped. Parents
+    first, so each is reached through folders already done."""
+    for rel in sorted(modes, key=lambda r: r.count("/")):
+        try:
+            sub_fd = open_below(new_fd, rel)
+        except (OSError, PathNotAllowed):
+            continue
+        with closing_fd(sub_fd):
+            _same_access(modes[rel], sub_fd)
 
 
 def _carry_over(old_fd: int, new_fd: int, staged: set[str]) -> tuple[list[str], int]:
     """Move the entries of folder ``old_fd`` that are not in ``staged`` into folder ``new_fd`` at the same
     relative path (no overwrite, no symlink followed): files, symlinks (to folders too), and empty folders
-    (made again). Each subfolder of the new folder that the old one had too takes the old one's permission
-    bits and group (:func:`_same_access`): a subfolder the user made private stays private. Returns the
-    moved paths and the number of entries that had to stay."""
+    (made again). Folders made for them are made 0700; then every subfolder of the new folder that the old
+    one had takes the old one's permission bits and group (:func:`_same_subfolder_access`): a subfolder the
+    user made private stays private, the new output's own too. Returns the moved paths and the number of
+    entries that had to stay."""
     moved: list[str] = []
     kept = 0
+    modes: dict[str, os.stat_result] = {}
     for dirpath, dirs, files, dir_fd in os.fwalk(".", dir_fd=old_fd):
         folder = PurePosixPath(dirpath)
+        if folder != PurePosixPath("."):
+            modes[folder.as_posix()] = os.fstat(dir_fd)
         links = [d for d in dirs if (st := lstat_at(dir_fd, d)) is not None and stat.S_ISLNK(st.st_mode)]
         entries = [n for n in [*files, *links] if (folder / n).as_posix() not in staged]
         if not files and not dirs and folder != PurePosixPath("."):  # an empty folder of the user's
-            if _same_subfolder_access(dir_fd, new_fd, folder, create=True):
+            try:
+                os.close(open_below(new_fd, folder.as_posix(), create=True, mode=0o700))
                 moved.append(f"{folder.as_posix()}/")
-            else:
+            except PathNotAllowed:
                 kept += 1
             continue
         for name in entries:
             rel = (folder / name).as_posix()
             try:
-                target_fd = open_below(new_fd, folder.as_posix(), create=True)
+                target_fd = open_below(new_fd, folder.as_posix(), create=True, mode=0o700)
             except PathNotAllowed:
                 kept += 1
                 continue
@@ -228,6 +240,5 @@ def _carry_over(old_fd: int, new_fd: int, staged: set[str]) -> tuple[list[str], 
                     continue
                 os.rename(name, name, src_dir_fd=dir_fd, dst_dir_fd=target_fd)
                 moved.append(rel)
-        if folder != PurePosixPath("."):  # the new output's, or made above for the user's entries
-            _same_subfolder_access(dir_fd, new_fd, folder, create=False)
+    _same_subfolder_access(modes, new_fd)
     return moved, kept

@@ -158,9 +158,11 @@ def open_below(
     *,
     create: bool = False,
     on_the_way: Callable[[str, int], object] | None = None,
+    mode: int = 0o777,
 ) -> int:
     """A new descriptor of folder ``rel`` below the folder ``dir_fd``, reached one component at a time
-    without following any symlink; missing folders are made with ``create``. The caller closes it.
+    without following any symlink; missing folders are made with ``create`` (``mode`` before the umask).
+    The caller closes it.
     ``on_the_way(prefix, fd)`` is called with each folder reached before the last (its path relative to
     ``dir_fd``, and a descriptor it may duplicate but not close).
 
@@ -171,7 +173,7 @@ def open_below(
     try:
         for depth, part in enumerate(parts, start=1):
             try:
-                child = open_dir(fd, part, create=create)
+                child = open_dir(fd, part, create=create, mode=mode)
             except PathNotAllowed:
                 raise PathNotAllowed(
                     f"{'/'.join(parts[:depth])!r} is a symbolic link or a file, not a folder; links are "

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
+import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -229,6 +233,86 @@ def test_swap_in_gives_each_subfolder_the_access_the_user_gave_it(layout: tuple[
     assert (run / "sector1" / "a.fits").read_bytes() == b"new" and (
         run / "mine" / "a.fits"
     ).read_bytes() == b"old"
+
+
+def test_swap_in_makes_a_private_parent_of_the_users_folders_private_again(layout: tuple[Path, Path]) -> None:
+    """The user's folder ``private/`` (0700) holds only a folder ``notes/`` (0750) with a file, and the
+    new output has no ``private/``: the folders made again to carry ``notes/x.txt`` over are 0700 and 0750
+    again, never the default 0755 (a parent made on the way to a carried file, and never visited again)."""
+    root, _outside = layout
+    run = root / "staging" / "run"
+    (run / "private" / "notes").mkdir(parents=True)
+    (run / "private" / "notes" / "x.txt").write_text("mine")
+    os.chmod(run / "private" / "notes", 0o750)
+    os.chmod(run / "private", 0o700)
+    (root / "staging" / ".swap").mkdir()
+    (root / "staging" / ".swap" / "a.txt").write_bytes(b"new")
+    moved = swap_in(
+        root,
+        "staging/run",
+        "staging/.swap",
+        staged_before={"a.txt"},
+        staged_now={"a.txt"},
+        aside_name=".aside",
+    )
+    assert moved == ["private/notes/x.txt"]
+    assert (run / "private").stat().st_mode & 0o7777 == 0o700
+    assert (run / "private" / "notes").stat().st_mode & 0o7777 == 0o750
+    assert (run / "private" / "notes" / "x.txt").read_text() == "mine"
+
+
+_SWAP_AS_NOBODY = """
+import json, os, sys
+from pathlib import Path
+from jupyter_staging.engine.swap import swap_in
+root = Path(sys.argv[1])
+staged = {"sector/a.fits"}
+swap_in(root, "run", ".swap", staged_before=staged, staged_now=staged, aside_name=".aside")
+seen = {p: [os.stat(root / p).st_mode & 0o7777, os.stat(root / p).st_gid] for p in ("run", "run/sector")}
+print(json.dumps(seen))
+"""
+
+
+def test_a_swap_by_a_user_outside_the_folders_group_never_opens_it_to_another_group(tmp_path: Path) -> None:
+    """A folder and its subfolder shared with one group (2770, group 100), swapped in by a server whose
+    user is not in that group (``nobody``, no supplementary groups): the group cannot be given, so the new
+    folders are 0700 in the server's own group, never 0770 for that other group."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the swap as another user")
+    top = tmp_path / "top"
+    for folder in ("run/sector", ".swap/sector"):
+        (top / folder).mkdir(parents=True)
+    (top / "run" / "sector" / "a.fits").write_bytes(b"old")
+    (top / ".swap" / "sector" / "a.fits").write_bytes(b"new")
+    for path in [top, *top.rglob("*")]:
+        os.chown(path, 65534, 65534)
+    for folder in ("run/sector", "run"):
+        os.chown(top / folder, 65534, 100)
+        os.chmod(top / folder, 0o2770)
+    for parent in (tmp_path, *tmp_path.parents):
+        if parent.stat().st_mode & 0o005 != 0o005:
+            os.chmod(parent, parent.stat().st_mode | 0o005)  # nobody must reach the folder
+    done = subprocess.run(  # noqa: S603 - fixed arguments
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            _SWAP_AS_NOBODY,
+            str(top),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd="/",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"run": [0o700, 65534], "run/sector": [0o700, 65534]}, seen
+    assert (top / "run" / "sector" / "a.fits").read_bytes() == b"new"
 
 
 def test_a_merge_into_a_mount_point_run_again_half_way_keeps_the_new_files(layout: tuple[Path, Path]) -> None:
