@@ -13,7 +13,9 @@ its chunk is counted (``progress.output_bytes``).
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +32,6 @@ from jupyter_staging.engine.models import DONE_STATES, ChunkState
 from jupyter_staging.engine.pipeline import PipelinedStager
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.store import BYTES_COLUMNS, NOT_CONVERTED, PART_BYTES, JobRecord
-from jupyter_staging.engine.tasks import published_since
 from jupyter_staging.errors import DestinationExists, JobInterrupted, TransferFailed, as_staging_error
 from jupyter_staging.formats.convert import convert_to_parquet
 from jupyter_staging.formats.detect import detect_format, is_table
@@ -41,6 +42,22 @@ from jupyter_staging.sources.base import Source, SourceItem
 
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 _PART_RE = re.compile(r"part-(\d+)\.parquet")
+#: Resume key: ``{output folder (relative): [part file names]}``, the part files a table's output folder
+#: held before this job wrote any there (the user's): never removed as a dead attempt's. Kept only where
+#: there were some.
+FOREIGN_PARTS = "foreign_parts"
+
+#: How far before a job's start (ns) a part file's ``ctime`` may be and the file still count as the job's
+#: own: file systems stamp times from the kernel's coarse clock (a tick, up to 10 ms, behind the clock the
+#: start was read from), and a Dask worker's host keeps a clock of its own.
+CTIME_SLACK_NS = 1_000_000_000
+
+
+def published_since(st: os.stat_result | None, since_ns: int) -> bool:
+    """Whether ``st`` (an ``lstat``) is a regular file published at or after ``since_ns`` (ns since the
+    epoch, less :data:`CTIME_SLACK_NS`): linking or renaming a file into place sets its ``ctime``, so a
+    Parquet part this job wrote passes and a file the user had there before the job started does not."""
+    return st is not None and stat.S_ISREG(st.st_mode) and st.st_ctime_ns >= since_ns - CTIME_SLACK_NS
 
 
 class CountedControl(DelegatingControl):
@@ -128,8 +145,9 @@ class ConvertingStager(PipelinedStager):
             for c in self.store.list_chunks(self.job_id)
             if self.dest.relative(c.path).startswith(out_rel + "/")
         ]
+        foreign = self._foreign_parts(out_rel, out_dir)
         if self.recovering:
-            self._drop_unrecorded_part(out_dir, len(existing))
+            self._drop_unrecorded_part(out_dir, len(existing), foreign)
         convert_to_parquet(
             local,
             out_dir,
@@ -277,9 +295,10 @@ class ConvertingStager(PipelinedStager):
         so no partial table is left under ``<stem>.parquet`` for a reader to take for the whole one (the
         job fails, or its manifest entry does, and a run again converts from the start). Their chunks
         become ``expired``; a part published but not recorded (a range a Dask worker finished out of order)
-        is removed too when it was published since ``started_ns`` (its ``ctime``, in ns since the epoch),
-        unless the failure was a name already taken (``destination_exists``): a part file of the user's is
-        never touched. Nothing here raises: a part that cannot be removed is logged, the failure stands."""
+        is removed too when it was published since ``started_ns`` (its ``ctime``, in ns since the epoch)
+        and the folder did not hold it before the job (:meth:`_foreign_parts`), unless the failure was a
+        name already taken (``destination_exists``): a part file of the user's is never touched. Nothing
+        here raises: a part that cannot be removed is logged, the failure stands."""
         out_rel = _parquet_folder(name)
         relative = self.dest.relative
         removed = rows = 0
@@ -302,7 +321,9 @@ class ConvertingStager(PipelinedStager):
             out_dir = self.dest.workdir / out_rel
             if not isinstance(exc, DestinationExists):
                 recorded_paths = {relative(c.path) for c in recorded}
-                removed += self._drop_unrecorded_parts(out_dir, recorded_paths, started_ns)
+                with self._lock:
+                    foreign = frozenset(self.resume.get(FOREIGN_PARTS, {}).get(out_rel, []))
+                removed += self._drop_unrecorded_parts(out_dir, recorded_paths, started_ns, foreign)
             remove_tree_if_empty(out_dir, self.dest.workdir)
         except Exception as cleanup:  # the conversion's own error is the one the job reports
             known = as_staging_error(cleanup)
@@ -315,10 +336,37 @@ class ConvertingStager(PipelinedStager):
                 f"were removed, so {out_rel} holds no partial table",
             )
 
-    def _drop_unrecorded_parts(self, out_dir: Path, recorded: set[str], since_ns: int) -> int:
+    def _foreign_parts(self, out_rel: str, out_dir: Path) -> frozenset[str]:
+        """The names of the part files folder ``out_dir`` (``out_rel``) held before this job wrote any
+        there: the user's, never removed as a dead attempt's (a Dask range, a resumed run). Listed the first
+        time the table converts, before any part is written, and kept in the resume data when there are
+        some (:data:`FOREIGN_PARTS`). A resumed run that finds none kept takes those not published since the
+        job first started (:func:`published_since`: a job started by an earlier version)."""
+        with self._lock:
+            kept = self.resume.get(FOREIGN_PARTS, {}).get(out_rel)
+        if kept is not None:
+            return frozenset(kept)
+        if self.dest.remote or not out_dir.is_dir() or out_dir.is_symlink():
+            return frozenset()
+        names = sorted(
+            path.name
+            for path in out_dir.iterdir()
+            if _PART_RE.fullmatch(path.name)
+            and not (self.recovering and published_since(path.lstat(), self.started_ns))
+        )
+        if names:
+            with self._lock:
+                self.resume.setdefault(FOREIGN_PARTS, {})[out_rel] = names
+                self._save_resume()
+        return frozenset(names)
+
+    def _drop_unrecorded_parts(
+        self, out_dir: Path, recorded: set[str], since_ns: int, foreign: frozenset[str]
+    ) -> int:
         """Remove the part files in ``out_dir`` whose path (relative to the destination) is not in
-        ``recorded`` and which were published since ``since_ns`` (``ctime``: a link or rename sets it): this
-        conversion's, never recorded. Returns how many."""
+        ``recorded``, which the folder did not hold before the job (not in ``foreign``), and which were
+        published since ``since_ns`` (``ctime``: a link or rename sets it): this conversion's, never
+        recorded. Returns how many."""
         if self.dest.remote or not out_dir.is_dir() or out_dir.is_symlink():
             return 0
         removed = 0
@@ -327,17 +375,18 @@ class ConvertingStager(PipelinedStager):
             if (
                 _PART_RE.fullmatch(path.name)
                 and rel not in recorded
+                and path.name not in foreign
                 and published_since(path.lstat(), since_ns)
             ):
                 self.dest.files.unlink(path)
                 removed += 1
         return removed
 
-    def _drop_unrecorded_part(self, out_dir: Path, start_index: int) -> None:
+    def _drop_unrecorded_part(self, out_dir: Path, start_index: int, foreign: frozenset[str]) -> None:
         """Remove the part file ``start_index`` if a previous run published it but stopped before
         recording it (the converter publishes a part while encoding the next); it is written again. A
-        file of that name from before the job started (the user's) is left, and the conversion fails
-        ``destination_exists`` at it."""
+        file of that name the folder held before the job (in ``foreign``: the user's) is left, and the
+        conversion fails ``destination_exists`` at it."""
         if not out_dir.is_dir() or out_dir.is_symlink():
             return
         for path in out_dir.iterdir():
@@ -345,7 +394,9 @@ class ConvertingStager(PipelinedStager):
             if (
                 match
                 and int(match.group(1)) == start_index
-                and published_since(path.lstat(), self.started_ns)
+                and path.name not in foreign
+                and path.is_file()
+                and not path.is_symlink()
             ):
                 self._log(
                     "info", f"{path.name}: published but not recorded before the stop; writing it again"

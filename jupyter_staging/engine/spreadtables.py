@@ -95,6 +95,7 @@ class TableSpreadStager(SpreadStager):
             for c in self.store.list_chunks(self.job_id)
             if self.dest.relative(c.path).startswith(out_rel + "/")
         )
+        keep = sorted(self._foreign_parts(out_rel, out_dir))
         tasks = ranges.after(existing)
         if len(self.resume.get("items", [])) == 1:
             self.store.update_job(self.job_id, load_resume=False, chunks_total=ranges.parts)
@@ -118,7 +119,7 @@ class TableSpreadStager(SpreadStager):
                     t.stop_index,
                     t.start_offset,
                     count_bytes=not counted,
-                    since_ns=self.started_ns,
+                    keep=keep,
                     tag=t.start_index,
                 )
             self._log("info", f"{name}: {len(tasks)} part ranges of {ranges.parts} parts as Dask tasks")

@@ -328,19 +328,6 @@ def source_visible(path: str, size: int, mtime_ns: int) -> bool:
     return st.st_size == size and st.st_mtime_ns == mtime_ns
 
 
-#: How far before a job's start (ns) a part file's ``ctime`` may be and the file still count as the job's
-#: own: file systems stamp times from the kernel's coarse clock (a tick, up to 10 ms, behind the clock the
-#: start was read from), and a Dask worker's host keeps a clock of its own.
-CTIME_SLACK_NS = 1_000_000_000
-
-
-def published_since(st: os.stat_result | None, since_ns: int) -> bool:
-    """Whether ``st`` (an ``lstat``) is a regular file published at or after ``since_ns`` (ns since the
-    epoch, less :data:`CTIME_SLACK_NS`): linking or renaming a file into place sets its ``ctime``, so a
-    Parquet part this job wrote passes and a file the user had there before the job started does not."""
-    return st is not None and stat.S_ISREG(st.st_mode) and st.st_ctime_ns >= since_ns - CTIME_SLACK_NS
-
-
 def convert_range(
     ctx: TaskContext,
     src: str,
@@ -351,17 +338,17 @@ def convert_range(
     start_offset: int | None,
     *,
     count_bytes: bool,
-    since_ns: int,
+    keep: list[str],
 ) -> list[ChunkInfo]:
     """Convert the rows of parts ``start_index .. stop_index - 1`` of the table ``src`` into those Parquet
     parts of folder ``out_rel`` (below the root): exactly the files one whole conversion writes there
     (:func:`~jupyter_staging.formats.convert.convert_to_parquet` with the same ``options``: ``chunk_rows``,
     ``compression``, ``hdu``, ``fmt``, ``encoding``). ``start_offset``: the byte offset of part
     ``start_index``'s first line (CSV/TSV, from :mod:`jupyter_staging.formats.split`). Parts of this range
-    left by a dead attempt of this job are removed first: those published since ``since_ns`` (the job's
-    start, ns since the epoch: :func:`published_since`); a file of the user's with a part's name is left,
-    and the range fails ``destination_exists`` at it. ``count_bytes``: report source bytes (False when the
-    server counted them already, for a download). Returns the parts written, in order.
+    left by a dead attempt of this job are removed first, except those named in ``keep`` (the part files
+    the folder held before the job wrote any: the user's, which the range then fails ``destination_exists``
+    at). ``count_bytes``: report source bytes (False when the server counted them already, for a download).
+    Returns the parts written, in order.
 
     Raises what the converter raises (``conversion_failed``, ``destination_exists``, ...) and
     :class:`JobInterrupted` on pause or cancel (parts published so far stay; the runner records none of
@@ -371,9 +358,10 @@ def convert_range(
     out_dir = ctx.path(out_rel)
     files = Confined(Path(ctx.root))
     for index in range(start_index, stop_index):
-        part = out_dir / part_name(index)
-        if published_since(files.lstat(part), since_ns):
-            files.unlink(part)
+        name = part_name(index)
+        st = files.lstat(out_dir / name)
+        if name not in keep and st is not None and stat.S_ISREG(st.st_mode):
+            files.unlink(out_dir / name)
     try:
         return convert_to_parquet(
             Path(src),
