@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from jupyter_staging.engine import ranges
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, JobState
 from jupyter_staging.engine.ranges import STREAM_RANGE_BYTES, PrefixHasher, byte_ranges
@@ -47,8 +48,18 @@ def log_text(manager: StagingManager, job_id: str) -> str:
     return "\n".join(line["message"] for line in manager.job_log(job_id))
 
 
-def test_a_large_download_is_fetched_as_conditional_ranges_on_four_streams(tmp_path, served):
+def test_a_large_download_is_fetched_as_conditional_ranges_on_four_streams(tmp_path, served, monkeypatch):
+    """Each range's writeback is started as it arrives (watched, not replaced): the fsync before
+    publishing finds the ranges on their way to the disk."""
     server, big = served
+    written_back: list[tuple[int, int]] = []
+    real_writeback = ranges.start_writeback
+
+    def writeback(fd: int, offset: int, length: int) -> bool:
+        written_back.append((offset, length))
+        return real_writeback(fd, offset, length)
+
+    monkeypatch.setattr(ranges, "start_writeback", writeback)
     manager = make_manager(tmp_path / "root", streams=4)
     try:
         job, _ = manager.create(CreateJob(source=server.url(big.name), destination="big"))
@@ -61,6 +72,7 @@ def test_a_large_download_is_fetched_as_conditional_ranges_on_four_streams(tmp_p
         assert len(ranged) == 4
         assert all(r.header("If-Range") for r in ranged)
         assert not list((tmp_path / "root" / "big").glob("*.part"))
+        assert sorted(written_back) == byte_ranges(SIZE, STREAM_RANGE_BYTES)
     finally:
         manager.stop()
 

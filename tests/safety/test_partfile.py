@@ -9,6 +9,7 @@ import os
 import pytest
 
 from jupyter_staging.errors import DestinationExists, JobInterrupted, VerificationFailed
+from jupyter_staging.safety import copying
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.copying import copy_file, copy_stream
 from jupyter_staging.safety.partfile import PartFile, part_path
@@ -90,17 +91,21 @@ def test_commit_checks_the_size_and_never_overwrites(tmp_path):
     assert (tmp_path / "c.bin").read_bytes() == b"arrived meanwhile"
 
 
-def test_a_big_copy_leaves_its_ranges_to_the_page_cache_until_its_fsync(tmp_path, payload, monkeypatch):
-    """As ``cp`` does, a big copy starts no writeback of its own while it copies (no ``posix_fadvise`` on
-    the part: starting it per range cost more CPU and time than it saved, ``copying._copy_ranges``); the
-    fsync at commit makes every byte durable before the name is given. The calls are real; they are only
-    watched."""
+def test_a_big_copy_starts_each_ranges_writeback_and_its_fsync_makes_it_durable(
+    tmp_path, payload, monkeypatch
+):
+    """A big copy starts the writeback of each range as soon as it is copied (``sync_file_range``, through
+    :func:`~jupyter_staging.safety.writeback.start_writeback`: the ranges cover the file once, in order),
+    never ``posix_fadvise`` (which drops the pages and cost more CPU than it saved), and no fsync while it
+    copies; the fsync at commit makes every byte durable before the name is given. The calls are real;
+    they are only watched."""
     src, data = payload
     out = PartFile(tmp_path / "out" / "copy.bin")
     part_ino = os.fstat(out.fileno()).st_ino
     advised: list[int] = []
     synced: list[int] = []
-    real_fadvise, real_fsync = os.posix_fadvise, os.fsync
+    written_back: list[tuple[int, int, bool]] = []
+    real_fadvise, real_fsync, real_writeback = os.posix_fadvise, os.fsync, copying.start_writeback
 
     def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
         if os.fstat(fd).st_ino == part_ino:
@@ -113,11 +118,22 @@ def test_a_big_copy_leaves_its_ranges_to_the_page_cache_until_its_fsync(tmp_path
             synced.append(st.st_size)
         real_fsync(fd)
 
+    def writeback(fd: int, offset: int, length: int) -> bool:
+        started = real_writeback(fd, offset, length)
+        if os.fstat(fd).st_ino == part_ino:
+            written_back.append((offset, length, started))
+        return started
+
     monkeypatch.setattr(os, "posix_fadvise", fadvise)
     monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(copying, "start_writeback", writeback)
     copy_file(src, out, step=1024 * 1024)
     assert advised == []
     assert synced == []
+    step = 1024 * 1024
+    assert written_back == [
+        (start, min(step, len(data) - start), True) for start in range(0, len(data), step)
+    ]
     assert out.commit(len(data))[1] == hashlib.sha256(data).hexdigest()
     assert synced == [len(data)]
     assert (tmp_path / "out" / "copy.bin").read_bytes() == data
