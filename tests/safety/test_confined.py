@@ -106,15 +106,12 @@ def test_swap_in_refuses_a_parent_swapped_for_a_link(layout: tuple[Path, Path]) 
     assert snapshot(outside) == before
 
 
-def test_swap_in_carries_over_user_files_by_descriptor(layout: tuple[Path, Path]) -> None:
-    root, outside = layout
-    run = root / "staging" / "run"
-    (run / "notes").mkdir()
-    (run / "notes" / "mine.txt").write_bytes(b"user's")
-    (run / "linked").symlink_to(outside, target_is_directory=True)
+def swap_in_a_new_a_txt(root: Path) -> list[str]:
+    """Swap a new output of one file, ``a.txt`` (the old output's only file too), into ``staging/run``;
+    returns the user's entries moved."""
     (root / "staging" / ".swap").mkdir()
     (root / "staging" / ".swap" / "a.txt").write_bytes(b"new")
-    moved = swap_in(
+    return swap_in(
         root,
         "staging/run",
         "staging/.swap",
@@ -122,6 +119,15 @@ def test_swap_in_carries_over_user_files_by_descriptor(layout: tuple[Path, Path]
         staged_now={"a.txt"},
         aside_name=".aside",
     )
+
+
+def test_swap_in_carries_over_user_files_by_descriptor(layout: tuple[Path, Path]) -> None:
+    root, outside = layout
+    run = root / "staging" / "run"
+    (run / "notes").mkdir()
+    (run / "notes" / "mine.txt").write_bytes(b"user's")
+    (run / "linked").symlink_to(outside, target_is_directory=True)
+    moved = swap_in_a_new_a_txt(root)
     assert moved == ["linked", "notes/mine.txt"]  # the user's symlink moves as a link, never followed
     assert (run / "linked").is_symlink() and os.readlink(run / "linked") == str(outside)
     assert (run / "a.txt").read_bytes() == b"new"
@@ -183,16 +189,7 @@ def test_swap_in_carries_over_a_users_part_file_and_empty_folder(layout: tuple[P
     run = root / "staging" / "run"
     (run / "empty").mkdir()
     (run / "catalog.csv.part").write_bytes(b"a browser's download")
-    (root / "staging" / ".swap").mkdir()
-    (root / "staging" / ".swap" / "a.txt").write_bytes(b"new")
-    moved = swap_in(
-        root,
-        "staging/run",
-        "staging/.swap",
-        staged_before={"a.txt"},
-        staged_now={"a.txt"},
-        aside_name=".aside",
-    )
+    moved = swap_in_a_new_a_txt(root)
     assert sorted(moved) == ["catalog.csv.part", "empty/"]
     assert (run / "catalog.csv.part").read_bytes() == b"a browser's download" and (run / "empty").is_dir()
     assert sorted(p.name for p in (root / "staging").iterdir()) == ["run"]
@@ -245,16 +242,7 @@ def test_swap_in_makes_a_private_parent_of_the_users_folders_private_again(layou
     (run / "private" / "notes" / "x.txt").write_text("mine")
     os.chmod(run / "private" / "notes", 0o750)
     os.chmod(run / "private", 0o700)
-    (root / "staging" / ".swap").mkdir()
-    (root / "staging" / ".swap" / "a.txt").write_bytes(b"new")
-    moved = swap_in(
-        root,
-        "staging/run",
-        "staging/.swap",
-        staged_before={"a.txt"},
-        staged_now={"a.txt"},
-        aside_name=".aside",
-    )
+    moved = swap_in_a_new_a_txt(root)
     assert moved == ["private/notes/x.txt"]
     assert (run / "private").stat().st_mode & 0o7777 == 0o700
     assert (run / "private" / "notes").stat().st_mode & 0o7777 == 0o750
