@@ -43,8 +43,7 @@ from jupyter_staging.sources.base import Source, SourceItem
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 _PART_RE = re.compile(r"part-(\d+)\.parquet")
 #: Resume key: ``{output folder (relative): [part file names]}``, the part files a table's output folder
-#: held before this job wrote any there (the user's): never removed as a dead attempt's. Kept only where
-#: there were some.
+#: held before this job wrote any there (the user's, usually none): never removed as a dead attempt's.
 FOREIGN_PARTS = "foreign_parts"
 
 #: How far before a job's start (ns) a part file's ``ctime`` may be and the file still count as the job's
@@ -339,25 +338,32 @@ class ConvertingStager(PipelinedStager):
     def _foreign_parts(self, out_rel: str, out_dir: Path) -> frozenset[str]:
         """The names of the part files folder ``out_dir`` (``out_rel``) held before this job wrote any
         there: the user's, never removed as a dead attempt's (a Dask range, a resumed run). Listed the first
-        time the table converts, before any part is written, and kept in the resume data when there are
-        some (:data:`FOREIGN_PARTS`). A resumed run that finds none kept takes those not published since the
-        job first started (:func:`published_since`: a job started by an earlier version)."""
+        time the table converts and saved in the resume data (:data:`FOREIGN_PARTS`) before any part is
+        written: one more write of the resume data per table, where each part makes one. A resumed run of a
+        job started by an earlier version, which kept no lists (:meth:`JobRunner.before_start` makes the
+        key at a conversion's first start), takes those not published since the job first started
+        (:func:`published_since`)."""
         with self._lock:
-            kept = self.resume.get(FOREIGN_PARTS, {}).get(out_rel)
+            lists = self.resume.get(FOREIGN_PARTS)
+            kept = None if lists is None else lists.get(out_rel)
         if kept is not None:
             return frozenset(kept)
-        if self.dest.remote or not out_dir.is_dir() or out_dir.is_symlink():
+        if self.dest.remote:
             return frozenset()
-        names = sorted(
-            path.name
-            for path in out_dir.iterdir()
-            if _PART_RE.fullmatch(path.name)
-            and not (self.recovering and published_since(path.lstat(), self.started_ns))
+        older = lists is None and self.recovering  # a job started by an earlier version, resumed
+        names = (
+            []
+            if not out_dir.is_dir() or out_dir.is_symlink()
+            else sorted(
+                path.name
+                for path in out_dir.iterdir()
+                if _PART_RE.fullmatch(path.name)
+                and not (older and published_since(path.lstat(), self.started_ns))
+            )
         )
-        if names:
-            with self._lock:
-                self.resume.setdefault(FOREIGN_PARTS, {})[out_rel] = names
-                self._save_resume()
+        with self._lock:
+            self.resume.setdefault(FOREIGN_PARTS, {})[out_rel] = names
+            self._save_resume()
         return frozenset(names)
 
     def _drop_unrecorded_parts(
