@@ -31,6 +31,7 @@ from jupyter_staging.engine.progress import LiveProgress
 from jupyter_staging.engine.tasks import RUN, TaskContext
 from jupyter_staging.errors import JobInterrupted, StagingError
 from jupyter_staging.safety.control import JobControl
+from jupyter_staging.safety.dirfd import WRITER
 
 #: Times a task that raised is run again (a lost connection, a full worker).
 TASK_RETRIES = 2
@@ -42,6 +43,17 @@ POLL_SECONDS = 0.02
 COUNT_SECONDS = 1.0
 #: Seconds the running tasks of a stopping batch are given to notice and end.
 STOP_SECONDS = 60.0
+
+
+def on_worker(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run task ``fn(*args, **kwargs)`` on a Dask worker, a folder it may not write into named as the
+    worker's user's (:data:`~jupyter_staging.safety.dirfd.WRITER`), not the server's: the worker may run
+    as another user. Returns what ``fn`` returns; raises what it raises."""
+    token = WRITER.set("the Dask worker's user")
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        WRITER.reset(token)
 
 
 class JobTasks:
@@ -189,7 +201,7 @@ class TaskBatch:
         result comes back from :meth:`results` with ``tag``. ``counted``: part of the job's work, shown in
         its task counts (False for the checks before it: the probe, a look at the source)."""
         key = f"staging-{fn.__name__}-{self.ctx.job_id[:8]}-{uuid.uuid4().hex[:12]}"
-        future = self.job.client.submit(fn, *args, key=key, pure=False, retries=retries, **kwargs)
+        future = self.job.client.submit(on_worker, fn, *args, key=key, pure=False, retries=retries, **kwargs)
         self._pending[future] = tag
         if counted:
             self.job.track(key)

@@ -24,6 +24,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path, PurePosixPath
 
 from jupyter_staging.errors import (
@@ -46,11 +47,17 @@ READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}
 
 
-def write_refused(name: str, err: PermissionError, who: str = "this server's user") -> DestinationNotWritable:
+#: Whose writes this thread makes, as :func:`write_refused` names them: the server's user, or on a Dask
+#: worker the worker's (:func:`~jupyter_staging.engine.taskset.on_worker` sets it for each task).
+WRITER: ContextVar[str] = ContextVar("jupyter_staging_writer", default="this server's user")
+
+
+def write_refused(name: str, err: PermissionError, who: str | None = None) -> DestinationNotWritable:
     """The :class:`DestinationNotWritable` for ``err`` (``EACCES`` / ``EPERM``), met making or naming
     ``name`` in a folder: the folder's permissions (or an immutable flag) forbid this process (``who``
-    runs it) to write into it, as when they changed after the job was admitted. The message names
-    ``name``, not its path."""
+    runs it; default :data:`WRITER`) to write into it, as when they changed after the job was admitted.
+    The message names ``name``, not its path."""
+    who = who or WRITER.get()
     return DestinationNotWritable(
         f"{name!r} could not be written: {who} may not write into its folder "
         f"({err.strerror or 'permission denied'}); make the folder writable, or choose another destination"

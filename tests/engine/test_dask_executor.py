@@ -10,6 +10,7 @@ tmpfs over the server's root.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -29,6 +30,8 @@ from distributed import Client, LocalCluster
 from jupyter_staging.engine.executors import DaskExecutor, LocalExecutor
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, DescribeJob, JobState
+from jupyter_staging.engine.taskset import on_worker
+from jupyter_staging.safety.dirfd import write_refused
 from tests.helpers.dask import local_cluster
 from tests.helpers.data import KEPLER, SPITZER, TESS, latin1_past_inference, sha256, wait_until
 from tests.helpers.servers import RangeHTTPServer
@@ -348,6 +351,18 @@ def test_a_table_is_converted_in_part_ranges_identical_to_the_local_executor(
     finally:
         dask.stop(wait=True)
         local.stop(wait=True)
+
+
+def test_a_folder_a_worker_may_not_write_into_names_the_workers_user(cluster):
+    """A task runs on a worker that may be another user than the server's: a folder it may not write into
+    is named as the worker's user's, never the server's (the server's own writes still say so)."""
+    from distributed import Client
+
+    refused = PermissionError(errno.EACCES, "Permission denied")
+    with Client(cluster.scheduler_address) as client:
+        on_the_worker = client.submit(on_worker, write_refused, "lc.fits", refused, pure=False).result()
+    assert "the Dask worker's user may not write into its folder" in on_the_worker.message
+    assert "this server's user may not write into its folder" in write_refused("lc.fits", refused).message
 
 
 def test_a_users_file_named_like_a_part_stops_the_range_task_and_is_kept(tmp_path, cluster):
