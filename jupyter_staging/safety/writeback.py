@@ -19,7 +19,6 @@ releases the GIL during the call); where there is none (not Linux), nothing is d
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import sys
 from collections.abc import Callable
@@ -32,6 +31,10 @@ SYNC_FILE_RANGE_WRITE = 2
 def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     """The C library's ``sync_file_range``, or None where there is none."""
     if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes  # here: a Python built without _ctypes still copies, only without the hint
+    except ImportError:
         return None
     try:
         call = ctypes.CDLL(None, use_errno=True).sync_file_range
