@@ -13,9 +13,7 @@ its chunk is counted (``progress.output_bytes``).
 from __future__ import annotations
 
 import math
-import os
 import re
-import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +27,7 @@ from astropy.io import fits
 from jupyter_staging.destinations.base import remove_tree_if_empty, scratch_dir
 from jupyter_staging.engine.items import sha256_file
 from jupyter_staging.engine.models import DONE_STATES, ChunkState
+from jupyter_staging.engine.parts import published_since
 from jupyter_staging.engine.pipeline import PipelinedStager
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.store import BYTES_COLUMNS, NOT_CONVERTED, PART_BYTES, JobRecord
@@ -45,18 +44,6 @@ _PART_RE = re.compile(r"part-(\d+)\.parquet")
 #: Resume key: ``{output folder (relative): [part file names]}``, the part files a table's output folder
 #: held before this job wrote any there (the user's, usually none): never removed as a dead attempt's.
 FOREIGN_PARTS = "foreign_parts"
-
-#: How far before a job's start (ns) a part file's ``ctime`` may be and the file still count as the job's
-#: own: file systems stamp times from the kernel's coarse clock (a tick, up to 10 ms, behind the clock the
-#: start was read from), and a Dask worker's host keeps a clock of its own.
-CTIME_SLACK_NS = 1_000_000_000
-
-
-def published_since(st: os.stat_result | None, since_ns: int) -> bool:
-    """Whether ``st`` (an ``lstat``) is a regular file published at or after ``since_ns`` (ns since the
-    epoch, less :data:`CTIME_SLACK_NS`): linking or renaming a file into place sets its ``ctime``, so a
-    Parquet part this job wrote passes and a file the user had there before the job started does not."""
-    return st is not None and stat.S_ISREG(st.st_mode) and st.st_ctime_ns >= since_ns - CTIME_SLACK_NS
 
 
 class CountedControl(DelegatingControl):

@@ -52,7 +52,7 @@ class ItemStager(LinkingWriter, PartOwnership):
         self.control = JobControl(on_bytes=self._on_bytes, on_rows=self._on_rows, log=self._log)
         self.recovering = False
         #: When the job first started (ns since the epoch; its first run's, kept by every resumed run):
-        #: a Parquet part older than this is not the job's (:func:`.conversion.published_since`).
+        #: a Parquet part older than this is not the job's (:func:`.parts.published_since`).
         self.started_ns = time.time_ns()
         #: Engine bookkeeping persisted in ``JobRecord.resume``; guarded by ``_lock`` (entries run in
         #: parallel), as is the allocation of chunk indices.

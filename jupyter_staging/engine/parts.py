@@ -1,4 +1,5 @@
-"""Who may resume a part file: ownership tags, part files set aside, unnamed parts.
+"""Who may resume a part file: ownership tags, part files set aside, unnamed parts; and whether a Parquet
+part file was published since a job started (:func:`published_since`).
 
 DESIGN.md, "Re-running a notebook": a part file is resumed only by the job that wrote it, for the same
 fingerprint. Ownership is an extended attribute of the part file (:data:`OWNER_XATTR`: the job id and a
@@ -27,6 +28,19 @@ from jupyter_staging.sources.base import SourceItem
 
 #: Extended attribute naming the job (and source version) that writes a part file.
 OWNER_XATTR = "user.jupyter_staging.owner"
+
+
+#: How far before a job's start (ns) a part file's ``ctime`` may be and the file still count as the job's
+#: own: file systems stamp times from the kernel's coarse clock (a tick, up to 10 ms, behind the clock the
+#: start was read from), and a Dask worker's host keeps a clock of its own.
+CTIME_SLACK_NS = 1_000_000_000
+
+
+def published_since(st: os.stat_result | None, since_ns: int) -> bool:
+    """Whether ``st`` (an ``lstat``) is a regular file published at or after ``since_ns`` (ns since the
+    epoch, less :data:`CTIME_SLACK_NS`): linking or renaming a file into place sets its ``ctime``, so a
+    Parquet part this job wrote passes and a file the user had there before the job started does not."""
+    return st is not None and stat.S_ISREG(st.st_mode) and st.st_ctime_ns >= since_ns - CTIME_SLACK_NS
 
 
 def owner_tag(job_id: str, fingerprint: dict[str, Any]) -> str:
