@@ -44,6 +44,9 @@ _PART_RE = re.compile(r"part-(\d+)\.parquet")
 #: Resume key: ``{output folder (relative): [part file names]}``, the part files a table's output folder
 #: held before this job wrote any there (the user's, usually none): never removed as a dead attempt's.
 FOREIGN_PARTS = "foreign_parts"
+#: Resume key, True: the job was started by a version that lists them (:data:`FOREIGN_PARTS`) as each table
+#: starts; a job without it (started by an earlier version, resumed by this one) falls back to ``ctime``.
+FOREIGN_PARTS_LISTED = "foreign_parts_listed"
 
 
 class CountedControl(DelegatingControl):
@@ -164,6 +167,7 @@ class ConvertingStager(PipelinedStager):
         ):
             return False
         self._output_folder(item.name)
+        self._foreign_parts(out_rel, self.dest.workdir / out_rel)  # before the first part is linked there
         for rel in parts:
             old = self._previous_objects()[rel]
             reused = self._reuse_output(item, self.dest.workdir / rel, rel)
@@ -327,17 +331,17 @@ class ConvertingStager(PipelinedStager):
         there: the user's, never removed as a dead attempt's (a Dask range, a resumed run). Listed the first
         time the table converts and saved in the resume data (:data:`FOREIGN_PARTS`) before any part is
         written: one more write of the resume data per table, where each part makes one. A resumed run of a
-        job started by an earlier version, which kept no lists (:meth:`JobRunner.before_start` makes the
-        key at a conversion's first start), takes those not published since the job first started
-        (:func:`published_since`)."""
+        job started by an earlier version, which kept no lists (:data:`FOREIGN_PARTS_LISTED`, set by
+        :meth:`JobRunner.before_start` at a conversion's first start), takes those not published since the
+        job first started (:func:`published_since`). Called before a table's first part is converted or
+        taken from the output a job replaces (:meth:`_reuse_converted`)."""
         with self._lock:
-            lists = self.resume.get(FOREIGN_PARTS)
-            kept = None if lists is None else lists.get(out_rel)
+            kept = self.resume.get(FOREIGN_PARTS, {}).get(out_rel)
+            older = self.recovering and not self.resume.get(FOREIGN_PARTS_LISTED)
         if kept is not None:
             return frozenset(kept)
         if self.dest.remote:
             return frozenset()
-        older = lists is None and self.recovering  # a job started by an earlier version, resumed
         names = (
             []
             if not out_dir.is_dir() or out_dir.is_symlink()

@@ -27,7 +27,7 @@ from jupyter_staging.destinations.base import make_private_dir, remove_tree_if_e
 from jupyter_staging.destinations.manifest import build_manifest, read_manifest
 from jupyter_staging.engine.cleanup import MADE_DESTINATION, remove_job_output
 from jupyter_staging.engine.collector import collector_paused
-from jupyter_staging.engine.conversion import FOREIGN_PARTS
+from jupyter_staging.engine.conversion import FOREIGN_PARTS_LISTED
 from jupyter_staging.engine.entries import error_of
 from jupyter_staging.engine.freshness import every_listed_item
 from jupyter_staging.engine.models import DONE_STATES, PENDING, ChunkState, JobState
@@ -108,7 +108,7 @@ class JobRunner(TableSpreadStager):
         if not self.recovering:  # before anything is written: a folder that is there already is the user's
             self.resume[MADE_DESTINATION] = not self.host.destination_of(rec).folder_present()
             if rec.convert:  # each table lists the part files of the user's in its folder as it starts
-                self.resume[FOREIGN_PARTS] = {}
+                self.resume[FOREIGN_PARTS_LISTED] = True
         started = rec.started_at or utcnow()
         self.started_ns = round(started.timestamp() * 1e6) * 1000  # what this job publishes is newer
         return self.host.set_state(

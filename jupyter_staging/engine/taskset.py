@@ -45,7 +45,7 @@ COUNT_SECONDS = 1.0
 STOP_SECONDS = 60.0
 
 
-def on_worker(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def on_worker(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     """Run task ``fn(*args, **kwargs)`` on a Dask worker, a folder it may not write into named as the
     worker's user's (:data:`~jupyter_staging.safety.dirfd.WRITER`), not the server's: the worker may run
     as another user. Returns what ``fn`` returns; raises what it raises."""

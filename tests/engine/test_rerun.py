@@ -23,8 +23,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from jupyter_staging.engine.admission import identity
+from jupyter_staging.engine.conversion import FOREIGN_PARTS, FOREIGN_PARTS_LISTED
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
+from jupyter_staging.engine.parts import CTIME_SLACK_NS
+from jupyter_staging.engine.runner import JobRunner
 from jupyter_staging.errors import DestinationExists
 from tests.helpers.data import KEPLER, SPITZER, TESS, latin1_past_inference, sha256, wait_until
 from tests.helpers.servers import RangeHTTPServer
@@ -517,6 +520,35 @@ def test_a_failed_conversion_removes_its_own_parts_never_a_users_file_named_like
     assert broken["error"]["code"] == "conversion_failed", broken["error"]
     assert [p.name for p in mine.parent.iterdir()] == [mine.name] and mine.read_bytes() == b"the user's"
     assert "holds no partial table" in log_text(manager, broken["id"])
+
+
+def test_the_users_part_files_are_listed_for_each_table_and_a_resumed_older_job_tells_them_by_ctime(
+    manager, archive
+):
+    """``ConvertingStager._foreign_parts`` on a real job and store. A job started by an earlier version
+    (no ``foreign_parts_listed``) and resumed: in each table's folder, the user's part files from before
+    the job started are listed and the job's own later ones are not, for the second table as for the
+    first (whose saved list must not make the second look like a job of this version). A job of this
+    version lists every part file of a table not converted yet, and a saved list is kept as it is."""
+    done, _ = run(manager, source=str(archive / KEPLER.name), destination="t", convert={"chunk_rows": 5000})
+    runner = JobRunner(manager, done["id"])
+    runner.dest = manager.destination_of(manager.store.get_job(done["id"]))
+    folders = {name: runner.dest.workdir / f"{name}.parquet" for name in ("a", "b", "c")}
+    for folder in folders.values():
+        folder.mkdir()
+        (folder / "part-00000.parquet").write_bytes(b"the user's")
+    time.sleep(CTIME_SLACK_NS / 1e9 + 0.2)
+    runner.started_ns = time.time_ns()
+    for folder in folders.values():
+        (folder / "part-00001.parquet").write_bytes(b"the job's, published before a crash")
+    runner.recovering, runner.resume = True, {}
+    assert runner._foreign_parts("a.parquet", folders["a"]) == {"part-00000.parquet"}
+    assert runner._foreign_parts("b.parquet", folders["b"]) == {"part-00000.parquet"}
+    runner.resume = {FOREIGN_PARTS_LISTED: True, FOREIGN_PARTS: {"a.parquet": ["part-00007.parquet"]}}
+    assert runner._foreign_parts("a.parquet", folders["a"]) == {"part-00007.parquet"}
+    assert runner._foreign_parts("c.parquet", folders["c"]) == {"part-00000.parquet", "part-00001.parquet"}
+    stored = manager.store.get_job(done["id"]).resume[FOREIGN_PARTS]
+    assert stored["c.parquet"] == ["part-00000.parquet", "part-00001.parquet"]
 
 
 def test_a_failed_jobs_leftovers_are_replaced_and_the_users_file_in_its_way_is_kept(manager, tmp_path):
