@@ -79,11 +79,12 @@ def swap_in(
     """
     fs = Confined(root)
     final, new = root / rel, root / into
-    if fs.exists(final) and not fs.is_folder(final):
+    there = fs.lstat(final)
+    if there is not None and not stat.S_ISDIR(there.st_mode):
         raise PathNotAllowed(f"destination {rel!r} was replaced by a symbolic link or a file; not swapped in")
     if staged_inside(rel, into):  # the folder is a mount point
         return _merge_in(fs, final, new, staged_before | {MANIFEST_NAME}, staged_now, aside_name)
-    if not fs.exists(final):
+    if there is None:
         fs.rename(new, final, make_parents=True)
         return []
     with fs.folder(final) as old_fd, fs.folder(new) as new_fd:

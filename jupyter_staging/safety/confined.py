@@ -80,11 +80,7 @@ class Confined:
 
     def is_folder(self, path: Path) -> bool:
         """True when ``path`` is a real folder (not a symlink to one)."""
-        try:
-            with self.parent(path) as (fd, name):
-                st = lstat_at(fd, name)
-        except FileNotFoundError:
-            return False
+        st = self.lstat(path)
         return st is not None and stat.S_ISDIR(st.st_mode)
 
     def makedirs(self, path: Path) -> None:
