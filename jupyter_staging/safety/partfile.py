@@ -22,6 +22,7 @@ from jupyter_staging.errors import (
     SizeMismatch,
     VerificationFailed,
 )
+from jupyter_staging.safety import writeback
 from jupyter_staging.safety.checksums import (
     can_compute,
     cannot_verify,
@@ -50,6 +51,11 @@ from jupyter_staging.safety.unnamed import publish_fd_at, reopen_unnamed
 #: measured 1.5-1.9x slower here (bench/README.md).
 BLOCK_SIZE = 1024 * 1024
 PART_SUFFIX = ".part"
+#: Bytes that :meth:`PartFile.write` appends before it starts their writeback (8 MiB, the big copy's
+#: ``copy_file_range`` step): a file of a single stream (a server without ranges, an object below the
+#: size for parallel streams, a stream a job converts) reaches its fsync with its bytes on their way, not
+#: all still dirty. Smaller files never reach it; their writeback is started with the fsync groups.
+WRITEBACK_STEP = 8 * 1024 * 1024
 
 
 def part_path(final: Path) -> Path:
@@ -123,6 +129,8 @@ class PartFile:
         self.sha256 = hashlib.sha256()
         self.second = optional_digest(second)
         self.offset = 0
+        #: ``offset`` up to which :meth:`write` has started the writeback (:data:`WRITEBACK_STEP`).
+        self._writeback_from = 0
         #: Bytes thrown away by :meth:`restart` calls (progress already reported for them).
         self.discarded = 0
         #: ``offset`` when :meth:`sync` last made the bytes durable (None: not since the last restart).
@@ -325,6 +333,7 @@ class PartFile:
         self.discarded += self.offset
         self._synced = None
         self.offset = 0
+        self._writeback_from = 0
 
     def copy_range_from(self, src_fd: int, count: int) -> int:
         """Append up to ``count`` bytes from ``src_fd`` (at its current position) with
@@ -369,12 +378,19 @@ class PartFile:
             self._reader = None
 
     def write(self, data: bytes | memoryview) -> None:
-        """Append ``data`` to the part and its running digests; OSError if not written whole."""
+        """Append ``data`` to the part and its running digests; OSError if not written whole. Each
+        :data:`WRITEBACK_STEP` bytes appended have their writeback started
+        (:func:`~jupyter_staging.safety.writeback.start_writeback`, a hint that never raises)."""
         written = self._fh.write(data) or 0
         if written != len(data):  # a short write of an unbuffered part (a signal, a nearly full disk)
             write_all(self._fh.fileno(), memoryview(data)[written:])
         self._hash(data)
         self.offset += len(data)
+        pending = self.offset - self._writeback_from
+        if pending >= WRITEBACK_STEP:
+            self._fh.flush()
+            writeback.start_writeback(self._fh.fileno(), self._writeback_from, pending)
+            self._writeback_from = self.offset
 
     def hexdigests(self) -> dict[str, str]:
         """The digests of the bytes written so far, lower-case hex: ``{"sha256": ..., second: ...}``."""

@@ -9,10 +9,10 @@ import os
 import pytest
 
 from jupyter_staging.errors import DestinationExists, JobInterrupted, VerificationFailed
-from jupyter_staging.safety import copying
+from jupyter_staging.safety import copying, writeback
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.copying import copy_file, copy_stream
-from jupyter_staging.safety.partfile import PartFile, part_path
+from jupyter_staging.safety.partfile import WRITEBACK_STEP, PartFile, part_path
 
 
 @pytest.fixture
@@ -89,6 +89,35 @@ def test_commit_checks_the_size_and_never_overwrites(tmp_path):
     with pytest.raises(DestinationExists):
         out.commit()
     assert (tmp_path / "c.bin").read_bytes() == b"arrived meanwhile"
+
+
+def test_a_single_stream_starts_the_writeback_of_each_step_it_appends(tmp_path, monkeypatch):
+    """A file written block by block (one HTTP or S3 stream, a copy without ``copy_file_range``) starts
+    the writeback of every :data:`WRITEBACK_STEP` bytes it appends, in order and once each; a restart
+    (the source changed) starts again from byte 0; the fsync at commit still makes it durable. The calls
+    are real, only watched."""
+    first = os.urandom(WRITEBACK_STEP + 3 * 1024 * 1024)
+    data = os.urandom(2 * WRITEBACK_STEP + 5 * 1024 * 1024 + 17)
+    out = PartFile(tmp_path / "out" / "stream.bin")
+    part_ino = os.fstat(out.fileno()).st_ino
+    started: list[tuple[int, int, bool]] = []
+    real = writeback.start_writeback
+
+    def watched(fd: int, offset: int, length: int) -> bool:
+        done = real(fd, offset, length)
+        if os.fstat(fd).st_ino == part_ino:
+            started.append((offset, length, done))
+        return done
+
+    monkeypatch.setattr(writeback, "start_writeback", watched)
+    assert copy_stream(io.BytesIO(first), out, block_size=1024 * 1024) == len(first)
+    assert started == [(0, WRITEBACK_STEP, True)]
+    out.restart()
+    started.clear()
+    assert copy_stream(io.BytesIO(data), out, block_size=1024 * 1024) == len(data)
+    assert started == [(0, WRITEBACK_STEP, True), (WRITEBACK_STEP, WRITEBACK_STEP, True)]
+    assert out.commit(len(data))[1] == hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "out" / "stream.bin").read_bytes() == data
 
 
 def test_a_big_copy_starts_each_ranges_writeback_and_its_fsync_makes_it_durable(
