@@ -53,7 +53,7 @@ BLOCK_SIZE = 1024 * 1024
 PART_SUFFIX = ".part"
 #: Bytes that :meth:`PartFile.write` appends before it starts their writeback (8 MiB, the big copy's
 #: ``copy_file_range`` step): a file of a single stream (a server without ranges, an object below the
-#: size for parallel streams, a stream a job converts) reaches its fsync with its bytes on their way, not
+#: size for parallel streams, a Parquet part, a file taken out of an archive) reaches its fsync with its bytes on their way, not
 #: all still dirty. Smaller files never reach it; their writeback is started with the fsync groups.
 WRITEBACK_STEP = 8 * 1024 * 1024
 
