@@ -52,9 +52,10 @@ from jupyter_staging.safety.unnamed import publish_fd_at, reopen_unnamed
 BLOCK_SIZE = 1024 * 1024
 PART_SUFFIX = ".part"
 #: Bytes that :meth:`PartFile.write` appends before it starts their writeback (8 MiB, the big copy's
-#: ``copy_file_range`` step): a file of a single stream (a server without ranges, an object below the
-#: size for parallel streams, a Parquet part, a file taken out of an archive) reaches its fsync with its bytes on their way, not
-#: all still dirty. Smaller files never reach it; their writeback is started with the fsync groups.
+#: ``copy_file_range`` step): a file written block by block (one stream from a server without ranges or
+#: of an object too small for parallel streams, a Parquet part, a file taken out of an archive) reaches
+#: its fsync with its bytes on their way, not all still dirty. Smaller files never reach it; their
+#: writeback is started with the fsync groups.
 WRITEBACK_STEP = 8 * 1024 * 1024
 
 
