@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -31,11 +31,11 @@ from jupyter_staging.engine.parts import published_since
 from jupyter_staging.engine.pipeline import PipelinedStager
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.store import BYTES_COLUMNS, NOT_CONVERTED, PART_BYTES, JobRecord
+from jupyter_staging.engine.tablefolders import TableFolders, parquet_folder
 from jupyter_staging.errors import DestinationExists, JobInterrupted, TransferFailed, as_staging_error
 from jupyter_staging.formats.convert import convert_to_parquet
 from jupyter_staging.formats.detect import detect_format, is_table
 from jupyter_staging.safety.control import DelegatingControl, JobControl
-from jupyter_staging.safety.paths import check_output_name
 from jupyter_staging.safety.redact import redact_text
 from jupyter_staging.sources.base import Source, SourceItem
 
@@ -57,7 +57,7 @@ class CountedControl(DelegatingControl):
         super().__init__(job, on_rows=job.add_rows, log=job.log)
 
 
-class ConvertingStager(PipelinedStager):
+class ConvertingStager(PipelinedStager, TableFolders):
     """Adds conversion to Parquet to :class:`~jupyter_staging.engine.pipeline.PipelinedStager`."""
 
     def _convert(
@@ -129,11 +129,7 @@ class ConvertingStager(PipelinedStager):
         processes, Dask workers, open instead)."""
         out_rel = self._output_folder(name)
         out_dir = self.dest.workdir / out_rel
-        existing = [
-            c
-            for c in self.store.list_chunks(self.job_id)
-            if self.dest.relative(c.path).startswith(out_rel + "/")
-        ]
+        existing = self._table_parts(name, out_rel)
         foreign = self._foreign_parts(out_rel, out_dir)
         if self.recovering:
             self._drop_unrecorded_part(out_dir, len(existing), foreign)
@@ -157,7 +153,7 @@ class ConvertingStager(PipelinedStager):
         it did."""
         if self.replaced_folder is None or not self._unchanged(item):
             return False
-        out_rel = _parquet_folder(item.name)
+        out_rel = parquet_folder(item.name)
         parts = sorted(p for p in self._previous_objects() if p.startswith(out_rel + "/"))
         folder = self.replaced_folder
         if not parts or not all(
@@ -221,15 +217,6 @@ class ConvertingStager(PipelinedStager):
             self.control.add_bytes(item.size or 0)
         yield downloaded, downloaded
 
-    def _output_folder(self, name: str) -> str:
-        """The checked output folder ``<stem>.parquet`` of output ``name`` (recorded for cleanup)."""
-        out_rel = check_output_name(_parquet_folder(name))
-        with self._lock:
-            if out_rel not in self.resume.setdefault("convert_dirs", []):
-                self.resume["convert_dirs"].append(out_rel)
-                self._save_resume()
-        return out_rel
-
     def _record_part(self, out_dir: Path, out_rel: str, info: Any, entry: str | None, item_name: str) -> None:
         """A part file the converter published: hand it to the destination, then record its chunk."""
         rel = f"{out_rel}/{info.name}"
@@ -289,14 +276,11 @@ class ConvertingStager(PipelinedStager):
         and the folder did not hold it before the job (:meth:`_foreign_parts`), unless the failure was a
         name already taken (``destination_exists``): a part file of the user's is never touched. Nothing
         here raises: a part that cannot be removed is logged, the failure stands."""
-        out_rel = _parquet_folder(name)
+        out_rel = parquet_folder(name)
         relative = self.dest.relative
         removed = rows = 0
         try:
-            recorded = [
-                c for c in self.store.list_chunks(self.job_id) if relative(c.path).startswith(out_rel + "/")
-            ]
-            parts = [c for c in recorded if c.state in DONE_STATES]
+            parts = [c for c in self._table_parts(name, out_rel) if c.state in DONE_STATES]
             for chunk in parts:
                 self.dest.remove_chunk(chunk.path)
                 self.store.update_chunk(chunk.id, state=ChunkState.expired.value)
@@ -310,7 +294,11 @@ class ConvertingStager(PipelinedStager):
                 self._save_resume()
             out_dir = self.dest.workdir / out_rel
             if not isinstance(exc, DestinationExists):
-                recorded_paths = {relative(c.path) for c in recorded}
+                recorded_paths = {  # any item's: a file staged there as it is is not a dead part
+                    rel
+                    for c in self.store.list_chunks(self.job_id)
+                    if (rel := relative(c.path)).startswith(out_rel + "/")
+                }
                 with self._lock:
                     foreign = frozenset(self.resume.get(FOREIGN_PARTS, {}).get(out_rel, []))
                 removed += self._drop_unrecorded_parts(out_dir, recorded_paths, started_ns, foreign)
@@ -476,18 +464,3 @@ def _bytes_columns(part: Path) -> list[str]:
     except (OSError, pa.ArrowException):
         return []
     return [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
-
-
-def _parquet_folder(name: str) -> str:
-    """The output folder (relative, not checked) of table output ``name``: ``a/b.csv.gz`` ->
-    ``a/b.parquet``."""
-    stem = PurePosixPath(name)
-    return (stem.parent / f"{_strip_suffixes(stem.name)}.parquet").as_posix()
-
-
-def _strip_suffixes(name: str) -> str:
-    lowered = name.lower()
-    for suffix in (".gz", ".bz2", ".fz"):
-        if lowered.endswith(suffix):
-            name, lowered = name[: -len(suffix)], lowered[: -len(suffix)]
-    return name.rsplit(".", 1)[0] if "." in name[1:] else name

@@ -1,0 +1,115 @@
+"""The output folders of tables converted to Parquet: ``<stem>.parquet``, one per table.
+
+A table ``a/b.csv.gz`` is converted into the folder ``a/b.parquet`` (:func:`parquet_folder`), read back as one
+dataset. Two tables of one job whose names give one folder (``lc.csv`` and ``lc.fits``), or a table whose
+folder would hold or be a file the job stages as it is (``lc.parquet/part-00000.parquet`` beside
+``lc.csv``), would have made one dataset of two tables (the parts of the second numbered on after the
+first's): :meth:`TableFolders._output_folder` refuses the second (``destination_exists``) before it writes
+anything.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from pathlib import PurePosixPath
+from typing import Any
+
+from jupyter_staging.destinations.base import Destination
+from jupyter_staging.engine.cleanup import resume_item_names
+from jupyter_staging.engine.schema import JobChunk
+from jupyter_staging.engine.store import Store
+from jupyter_staging.errors import DestinationExists
+from jupyter_staging.safety.paths import check_output_name
+
+#: Resume key: ``{output folder: the table converted into it}``. Two tables of one job whose names give
+#: one folder (``lc.csv`` and ``lc.fits`` both ``lc.parquet``) would have had their parts numbered on
+#: into one dataset, read back as one table; the second is refused instead (:meth:`_output_folder`).
+FOLDER_TABLES = "folder_tables"
+
+
+class TableFolders:
+    """Claims the output folder of each table one run of job ``job_id`` converts (the state is set by
+    :class:`~jupyter_staging.engine.items.ItemStager`)."""
+
+    job_id: str
+    store: Store
+    dest: Destination
+    #: Engine bookkeeping persisted in ``JobRecord.resume`` (guarded by ``_lock``).
+    resume: dict[str, Any]
+    _lock: threading.RLock
+    #: Writes the resume data (ItemStager's).
+    _save_resume: Callable[..., Any]
+
+    def _output_folder(self, name: str) -> str:
+        """The checked output folder ``<stem>.parquet`` of output ``name`` (recorded for cleanup), claimed
+        for table ``name``. Raises :class:`DestinationExists` before anything is written when another table
+        of this job is converted into the same folder (``lc.csv`` and ``lc.fits``), or when an item the
+        job listed is that folder or lies in it (``lc.parquet``, ``lc.parquet/part-00000.parquet``): their
+        parts and files would make one dataset that a reader takes for one table."""
+        out_rel = check_output_name(parquet_folder(name))
+        listed = self._listed_paths.get(out_rel)
+        if listed is not None:
+            raise DestinationExists(
+                f"{name} would be converted into {out_rel}, where this job also stages {listed}; {name} "
+                "was not converted. Stage them in separate jobs, or as entries of a manifest (each entry "
+                "has a folder of its own)"
+            )
+        with self._lock:
+            claims = self.resume.setdefault(FOLDER_TABLES, {})
+            claimed = out_rel in claims
+            other = claims.setdefault(out_rel, name)
+            if other != name:
+                raise DestinationExists(
+                    f"{name} and {other} would both be converted into {out_rel}, which would then read as "
+                    f"one table; {name} was not converted. Stage them as entries of a manifest (each entry "
+                    "has a folder of its own), or convert one of them in a job of its own"
+                )
+            folders = self.resume.setdefault("convert_dirs", [])
+            known = out_rel in folders
+            if not known:
+                folders.append(out_rel)
+            if not (claimed and known):
+                self._save_resume()
+        return out_rel
+
+    def _table_parts(self, name: str, out_rel: str) -> list[JobChunk]:
+        """The chunks recorded for the parts of table ``name`` in its folder ``out_rel``: a file staged
+        there as it is (taken out of an archive) is not one (a chunk an earlier version recorded without
+        naming its table counts as the table's)."""
+        relative = self.dest.relative
+        with self._lock:
+            made_by = dict(self.resume.get("outputs", {}))
+        return [
+            c
+            for c in self.store.list_chunks(self.job_id)
+            if relative(c.path).startswith(out_rel + "/") and made_by.get(relative(c.path), name) == name
+        ]
+
+    @functools.cached_property
+    def _listed_paths(self) -> dict[str, str]:
+        """Every item name the job listed, and every folder above one, each mapped to an item name it is
+        or holds (made once per run: one look per table, whatever the number of items)."""
+        paths: dict[str, str] = {}
+        for name in resume_item_names(self.resume):
+            path = name
+            while path and path not in paths:
+                paths[path] = name
+                path = path.rpartition("/")[0]
+        return paths
+
+
+def parquet_folder(name: str) -> str:
+    """The output folder (relative, not checked) of table output ``name``: ``a/b.csv.gz`` ->
+    ``a/b.parquet``."""
+    stem = PurePosixPath(name)
+    return (stem.parent / f"{_strip_suffixes(stem.name)}.parquet").as_posix()
+
+
+def _strip_suffixes(name: str) -> str:
+    lowered = name.lower()
+    for suffix in (".gz", ".bz2", ".fz"):
+        if lowered.endswith(suffix):
+            name, lowered = name[: -len(suffix)], lowered[: -len(suffix)]
+    return name.rsplit(".", 1)[0] if "." in name[1:] else name

@@ -1,0 +1,100 @@
+"""Each converted table has an output folder of its own (``engine/tablefolders.py``).
+
+Two tables whose names give one folder (``lc.csv`` and ``lc.fits`` both ``lc.parquet``), or a table whose
+folder a file staged as it is would be or lie in, used to make one dataset of two tables: the job succeeded
+and ``pd.read_parquet("lc.parquet")`` read the second table's parts after the first's. Now the second is
+refused (``destination_exists``) before it writes anything, whichever item the job reached first.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from astropy.table import Table
+
+from jupyter_staging.engine.manager import StagingManager
+from jupyter_staging.engine.models import CreateJob, JobState
+from tests.helpers.data import KEPLER, sha256
+
+CSV_ROWS = 500
+
+
+@pytest.fixture
+def tables(tmp_path: Path) -> Path:
+    """A folder holding the Kepler light curve as ``lc.fits`` and its first 500 rows (two columns) as
+    ``lc.csv``: the same target in two formats, as archives often give it."""
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    shutil.copyfile(KEPLER, folder / "lc.fits")
+    Table.read(KEPLER, hdu=1)[["TIME", "SAP_FLUX"]][:CSV_ROWS].write(folder / "lc.csv", format="ascii.csv")
+    return folder
+
+
+def run(manager: StagingManager, **body) -> tuple[dict, list]:
+    """Create a job from ``body``, wait for it; returns (job JSON, its chunk records)."""
+    job, _ = manager.create(CreateJob(**body))
+    done = manager.wait(job.id, timeout=120)
+    return done.model_dump(mode="json"), manager.chunks(job.id)
+
+
+def test_two_tables_that_give_one_folder_fail_the_job_and_the_folder_holds_one_table(manager, root, tables):
+    job, chunks = run(manager, source=str(tables), destination="out", convert={"chunk_rows": 1000})
+    assert job["state"] == JobState.failed.value
+    assert job["error"]["code"] == "destination_exists"
+    message = job["error"]["message"]
+    assert "lc.csv" in message and "lc.fits" in message and "lc.parquet" in message
+    assert "manifest" in message  # what to do instead
+    folder = root / "out" / "lc.parquet"
+    parts = sorted(folder.glob("*.parquet"))
+    assert [root / "out" / c.path for c in chunks] == parts  # only the first table's parts are recorded
+    dataset = pq.read_table(folder)  # one table: one schema across its parts
+    if "lc.csv" in message.split(" and ")[0]:  # lc.csv was refused: the folder is the FITS table's
+        assert dataset.num_rows == len(Table.read(KEPLER, hdu=1)) and "PDCSAP_FLUX" in dataset.column_names
+    else:
+        assert dataset.num_rows == CSV_ROWS and dataset.column_names == ["TIME", "SAP_FLUX"]
+    assert not list(folder.glob("*.part"))
+
+
+def test_a_parquet_file_named_like_a_tables_folder_is_never_mixed_with_the_table(manager, root, tables):
+    (tables / "lc.fits").unlink()
+    pq.write_table(pacsv.read_csv(tables / "lc.csv"), tables / "lc.parquet")
+    job, _ = run(manager, source=str(tables), destination="out", convert={})
+    assert job["state"] == JobState.failed.value
+    assert job["error"]["code"] == "destination_exists"
+    assert "where this job also stages lc.parquet" in job["error"]["message"]
+    staged = root / "out" / "lc.parquet"
+    # Staged as it is before the table was reached, or not at all: never a folder of the table's parts.
+    assert not staged.exists() or (staged.is_file() and sha256(staged) == sha256(tables / "lc.parquet"))
+
+
+def test_a_part_file_of_the_source_in_a_tables_folder_is_never_taken_for_the_tables(manager, root, tables):
+    (tables / "lc.fits").unlink()
+    (tables / "lc.parquet").mkdir()
+    theirs = tables / "lc.parquet" / "part-00000.parquet"
+    pq.write_table(pacsv.read_csv(tables / "lc.csv").slice(0, 7), theirs)
+    job, chunks = run(manager, source=str(tables), destination="out", convert={})
+    assert job["state"] == JobState.failed.value
+    assert "also stages lc.parquet/part-00000.parquet" in job["error"]["message"]
+    staged = root / "out" / "lc.parquet" / "part-00000.parquet"
+    # Before, the CSV's part took its name and the job succeeded with the source's file left out.
+    assert not staged.exists() or sha256(staged) == sha256(theirs)
+    assert all(c.rows in (None, 7) for c in chunks)
+
+
+def test_the_same_tables_as_entries_of_a_manifest_are_each_converted_into_a_folder_of_their_own(
+    manager, root, tables
+):
+    job, chunks = run(
+        manager,
+        manifest={"csv": str(tables / "lc.csv"), "fits": str(tables / "lc.fits")},
+        destination="both",
+        convert={"chunk_rows": 1000},
+    )
+    assert job["state"] == JobState.succeeded.value, job["error"]
+    assert pq.read_table(root / "both" / "csv" / "lc.parquet").num_rows == CSV_ROWS
+    assert pq.read_table(root / "both" / "fits" / "lc.parquet").num_rows == len(Table.read(KEPLER, hdu=1))
+    assert {c.path.split("/")[0] for c in chunks} == {"csv", "fits"}
