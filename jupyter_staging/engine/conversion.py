@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,15 +96,15 @@ class ConvertingStager(PipelinedStager, TableFolders):
         if fmt == "fits" and len(self.resume.get("items", [])) == 1:
             self._expect_chunks(local, opts)
         bytes_before = self.live.bytes_done if downloaded is None else None
-        started_ns = time.time_ns()
         try:
+            self._same_version(item)
             out_rel = self._convert_file(
                 local, item.name, opts, entry, counted=downloaded is not None, listed=source.local_path(item)
             )
         except JobInterrupted:
             raise  # paused, cancelled or shut down: the parts stay, and a resumed run goes on after them
         except Exception as exc:
-            self._withdraw_parts(item.name, exc, started_ns)
+            self._withdraw_parts(item.name, exc, self.started_ns)
             raise
         if bytes_before is not None and self.live.bytes_done == bytes_before:
             self.control.add_bytes(item.size or 0)
@@ -162,6 +161,7 @@ class ConvertingStager(PipelinedStager, TableFolders):
             for rel in parts
         ):
             return False
+        self._same_version(item)  # the version the replaced output was made of
         self._output_folder(item.name)
         self._foreign_parts(out_rel, self.dest.workdir / out_rel)  # before the first part is linked there
         for rel in parts:
@@ -272,10 +272,11 @@ class ConvertingStager(PipelinedStager, TableFolders):
         so no partial table is left under ``<stem>.parquet`` for a reader to take for the whole one (the
         job fails, or its manifest entry does, and a run again converts from the start). Their chunks
         become ``expired``; a part published but not recorded (a range a Dask worker finished out of order)
-        is removed too when it was published since ``started_ns`` (its ``ctime``, in ns since the epoch)
-        and the folder did not hold it before the job (:meth:`_foreign_parts`), unless the failure was a
-        name already taken (``destination_exists``): a part file of the user's is never touched. Nothing
-        here raises: a part that cannot be removed is logged, the failure stands."""
+        is removed too when it was published since ``started_ns`` (its ``ctime``; the job's first start,
+        which resumed runs keep, in ns since the epoch) and the folder did not hold it before the job
+        (:meth:`_foreign_parts`), unless the failure was a name already taken (``destination_exists``): a
+        part file of the user's is never touched. Nothing here raises: a part that cannot be removed is
+        logged, the failure stands."""
         out_rel = parquet_folder(name)
         relative = self.dest.relative
         removed = rows = 0

@@ -18,15 +18,19 @@ from typing import Any
 
 from jupyter_staging.destinations.base import Destination
 from jupyter_staging.engine.cleanup import resume_item_names
+from jupyter_staging.engine.models import DONE_STATES
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.store import Store
-from jupyter_staging.errors import DestinationExists
+from jupyter_staging.errors import DestinationExists, SourceChanged
 from jupyter_staging.safety.paths import check_output_name
+from jupyter_staging.sources.base import SourceItem
 
 #: Resume key: ``{output folder: the table converted into it}``. Two tables of one job whose names give
 #: one folder (``lc.csv`` and ``lc.fits`` both ``lc.parquet``) would have had their parts numbered on
 #: into one dataset, read back as one table; the second is refused instead (:meth:`_output_folder`).
 FOLDER_TABLES = "folder_tables"
+#: Resume key: ``{table: the fingerprint of the version its recorded parts were converted from}``.
+TABLE_VERSIONS = "table_versions"
 
 
 class TableFolders:
@@ -73,6 +77,31 @@ class TableFolders:
             if not (claimed and known):
                 self._save_resume()
         return out_rel
+
+    def _same_version(self, item: SourceItem) -> None:
+        """Record which version of table ``item`` (its fingerprint, ``item.validator``) the job converts,
+        before its first part (kept in memory here, saved with the folder's claim or the first part). A
+        resumed run that finds another version (the file rewritten while the job was paused or stopped)
+        after parts of the first were recorded raises :class:`SourceChanged`, and the caller removes those
+        parts: one table never holds rows of two versions (DESIGN.md: bytes of two versions are never
+        spliced). Before, the run went on converting the new version after the old version's parts."""
+        out_rel = parquet_folder(item.name)
+        with self._lock:
+            versions = self.resume.setdefault(TABLE_VERSIONS, {})
+            seen = versions.get(item.name)
+            if seen is None or seen == item.validator:  # a job of an earlier version kept none: as it is now
+                versions[item.name] = dict(item.validator)
+                return
+        done = sum(1 for c in self._table_parts(item.name, out_rel) if c.state in DONE_STATES)
+        if not done:
+            with self._lock:
+                versions[item.name] = dict(item.validator)
+            return
+        raise SourceChanged(
+            f"{item.name} changed while the job was paused or stopped, after {done} of its Parquet parts "
+            f"were converted from the version before; they are removed, so {out_rel} holds no rows of it. "
+            "Stage it again to convert it as it is now"
+        )
 
     def _table_parts(self, name: str, out_rel: str) -> list[JobChunk]:
         """The chunks recorded for the parts of table ``name`` in its folder ``out_rel``: a file staged

@@ -1,4 +1,4 @@
-"""Each converted table has an output folder of its own (``engine/tablefolders.py``).
+"""Each converted table has an output folder of its own and rows of one version (``engine/tablefolders.py``).
 
 Two tables whose names give one folder (``lc.csv`` and ``lc.fits`` both ``lc.parquet``), or a table whose
 folder a file staged as it is would be or lie in, used to make one dataset of two tables: the job succeeded
@@ -9,8 +9,10 @@ refused (``destination_exists``) before it writes anything, whichever item the j
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
@@ -18,7 +20,7 @@ from astropy.table import Table
 
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, JobState
-from tests.helpers.data import KEPLER, sha256
+from tests.helpers.data import KEPLER, sha256, wait_until
 
 CSV_ROWS = 500
 
@@ -98,3 +100,40 @@ def test_the_same_tables_as_entries_of_a_manifest_are_each_converted_into_a_fold
     assert pq.read_table(root / "both" / "csv" / "lc.parquet").num_rows == CSV_ROWS
     assert pq.read_table(root / "both" / "fits" / "lc.parquet").num_rows == len(Table.read(KEPLER, hdu=1))
     assert {c.path.split("/")[0] for c in chunks} == {"csv", "fits"}
+
+
+def write_version(path: Path, version: int, rows: int = 1_000_000) -> None:
+    """A CSV table of ``rows`` rows whose column ``version`` holds ``version`` on every row."""
+    pacsv.write_csv(pa.table({"row": pa.array(range(rows)), "version": pa.array([version] * rows)}), path)
+
+
+def test_a_table_rewritten_while_its_job_is_paused_is_never_mixed_with_the_version_before(
+    manager, root, tmp_path
+):
+    """Before, the resumed run went on converting the new version after the old version's parts: the job
+    succeeded with 150,000 rows of one version and 1,850,000 of the other in one table."""
+    table = tmp_path / "t.csv"
+    write_version(table, 1)
+    request = CreateJob(source=str(table), destination="out", convert={"chunk_rows": 25_000})
+    job, _ = manager.create(request)
+    wait_until(lambda: any(c.state == "ready" for c in manager.chunks(job.id)), what="a first part")
+    manager.pause(job.id)
+    paused = manager.wait(job.id, timeout=60, until=lambda s: s in (JobState.paused, JobState.succeeded))
+    assert paused.state == JobState.paused  # 40 parts: paused long before the last
+    time.sleep(0.02)  # a new modification time on any file system clock
+    write_version(table, 2)
+    manager.resume(job.id)
+    done = manager.wait(job.id, timeout=120)
+    assert done.state == JobState.failed
+    assert done.error.code == "source_changed"
+    assert "t.csv changed while the job was paused" in done.error.message
+    folder = root / "out" / "t.parquet"
+    assert not folder.exists() or not list(folder.iterdir())  # no rows of the version before are left
+    assert all(c.state == "expired" for c in manager.chunks(job.id))
+    # Staged again, the table is converted as it is now, whole.
+    again, created = manager.create(request)
+    assert created
+    assert manager.wait(again.id, timeout=120).state == JobState.succeeded
+    staged = pq.read_table(folder)
+    assert staged.num_rows == 1_000_000
+    assert set(staged.column("version").to_pylist()) == {2}
