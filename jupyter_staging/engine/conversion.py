@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,7 @@ class ConvertingStager(PipelinedStager, TableFolders):
         if fmt == "fits" and len(self.resume.get("items", [])) == 1:
             self._expect_chunks(local, opts)
         bytes_before = self.live.bytes_done if downloaded is None else None
+        started_ns = time.time_ns()
         try:
             self._same_version(item)
             out_rel = self._convert_file(
@@ -104,7 +106,7 @@ class ConvertingStager(PipelinedStager, TableFolders):
         except JobInterrupted:
             raise  # paused, cancelled or shut down: the parts stay, and a resumed run goes on after them
         except Exception as exc:
-            self._withdraw_parts(item.name, exc, self.started_ns)
+            self._withdraw_parts(item.name, exc, started_ns)
             raise
         if bytes_before is not None and self.live.bytes_done == bytes_before:
             self.control.add_bytes(item.size or 0)
@@ -128,10 +130,10 @@ class ConvertingStager(PipelinedStager, TableFolders):
         processes, Dask workers, open instead)."""
         out_rel = self._output_folder(name)
         out_dir = self.dest.workdir / out_rel
-        existing = self._table_parts(name, out_rel)
+        existing, recorded = self._recorded_parts(name, out_rel)
         foreign = self._foreign_parts(out_rel, out_dir)
         if self.recovering:
-            self._drop_unrecorded_part(out_dir, len(existing), foreign)
+            self._drop_unrecorded_part(out_dir, len(existing), foreign | recorded)
         convert_to_parquet(
             local,
             out_dir,
@@ -153,7 +155,13 @@ class ConvertingStager(PipelinedStager, TableFolders):
         if self.replaced_folder is None or not self._unchanged(item):
             return False
         out_rel = parquet_folder(item.name)
-        parts = sorted(p for p in self._previous_objects() if p.startswith(out_rel + "/"))
+        parts = (
+            sorted(  # this table's: an output an earlier version mixed with another table is not reused whole
+                p
+                for p, obj in self._previous_objects().items()
+                if p.startswith(out_rel + "/") and obj.get("source_item") == item.name
+            )
+        )
         folder = self.replaced_folder
         if not parts or not all(
             (folder / rel).is_file()
@@ -186,12 +194,13 @@ class ConvertingStager(PipelinedStager, TableFolders):
                 content_type=PARQUET_CONTENT_TYPE,
                 entry=entry,
             )
+            with self._lock:  # saved with the part's size: a resumed run counts it as the table's
+                self.resume.setdefault("outputs", {})[rel] = item.name
             self._part_written(rel, reused[0])
             self._chunk_ready(chunk, path=path)
             self.control.add_rows(int(old.get("rows") or 0))
         with self._lock:
             self.resume["converted"].append(item.name)
-            self.resume.setdefault("outputs", {}).update({rel: item.name for rel in parts})
             self._save_resume()
         self._log("info", f"{item.name}: unchanged; {len(parts)} Parquet part(s) taken from the local copy")
         return True
@@ -272,11 +281,10 @@ class ConvertingStager(PipelinedStager, TableFolders):
         so no partial table is left under ``<stem>.parquet`` for a reader to take for the whole one (the
         job fails, or its manifest entry does, and a run again converts from the start). Their chunks
         become ``expired``; a part published but not recorded (a range a Dask worker finished out of order)
-        is removed too when it was published since ``started_ns`` (its ``ctime``; the job's first start,
-        which resumed runs keep, in ns since the epoch) and the folder did not hold it before the job
-        (:meth:`_foreign_parts`), unless the failure was a name already taken (``destination_exists``): a
-        part file of the user's is never touched. Nothing here raises: a part that cannot be removed is
-        logged, the failure stands."""
+        is removed too when it was published since ``started_ns`` (its ``ctime``, in ns since the epoch)
+        and the folder did not hold it before the job (:meth:`_foreign_parts`), unless the failure was a
+        name already taken (``destination_exists``): a part file of the user's is never touched. Nothing
+        here raises: a part that cannot be removed is logged, the failure stands."""
         out_rel = parquet_folder(name)
         relative = self.dest.relative
         removed = rows = 0
@@ -368,11 +376,11 @@ class ConvertingStager(PipelinedStager, TableFolders):
                 removed += 1
         return removed
 
-    def _drop_unrecorded_part(self, out_dir: Path, start_index: int, foreign: frozenset[str]) -> None:
+    def _drop_unrecorded_part(self, out_dir: Path, start_index: int, kept: Collection[str]) -> None:
         """Remove the part file ``start_index`` if a previous run published it but stopped before
         recording it (the converter publishes a part while encoding the next); it is written again. A
-        file of that name the folder held before the job (in ``foreign``: the user's) is left, and the
-        conversion fails ``destination_exists`` at it."""
+        file of that name in ``kept`` (the folder held it before the job: the user's; or a chunk records
+        it) is left, and the conversion fails ``destination_exists`` at it."""
         if not out_dir.is_dir() or out_dir.is_symlink():
             return
         for path in out_dir.iterdir():
@@ -380,7 +388,8 @@ class ConvertingStager(PipelinedStager, TableFolders):
             if (
                 match
                 and int(match.group(1)) == start_index
-                and path.name not in foreign
+                and path.name not in kept
+                and path.relative_to(self.dest.workdir).as_posix() not in kept
                 and path.is_file()
                 and not path.is_symlink()
             ):

@@ -11,12 +11,15 @@ kept.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path, PurePosixPath
 
 from jupyter_staging.destinations.base import scratch_dir
 from jupyter_staging.engine.conversion import ConvertingStager
-from jupyter_staging.engine.models import ChunkState
+from jupyter_staging.engine.models import DONE_STATES, ChunkState
 from jupyter_staging.engine.store import JobRecord
+from jupyter_staging.engine.tablefolders import TABLE_VERSIONS
+from jupyter_staging.errors import SourceChanged
 from jupyter_staging.formats.archives import (
     Extracted,
     archive_kind,
@@ -92,12 +95,15 @@ class ExpandingStager(ConvertingStager):
             limit = self.host.max_unpacked_bytes
             if archive:
                 base = check_output_name(archive_stem(item.name))
+                self._same_archive(item, base, None)
                 files = unpack(
                     local, scratch, max_bytes=limit, max_ratio=MAX_RATIO, control=self.control, root=fs.root
                 )
             else:
-                base = check_output_name(PurePosixPath(item.name).parent.as_posix())
+                parent = PurePosixPath(item.name).parent.as_posix()
+                base = "" if parent == "." else check_output_name(parent)  # "." was refused: a top-level file
                 name = decompressed_name(PurePosixPath(item.name).name)
+                self._same_archive(item, base, name)
                 files = [
                     decompress(
                         local,
@@ -120,6 +126,42 @@ class ExpandingStager(ConvertingStager):
             if downloaded is not None:
                 fs.unlink(downloaded)
 
+    def _same_archive(self, item: SourceItem, base: str, decompressed: str | None) -> None:
+        """Record which version of archive (or compressed file) ``item`` the job takes its files from
+        (``item.validator``, checked by :meth:`_local_copy` just before); ``base``: the folder they go to,
+        ``decompressed``: the one file's name for a compressed file. A resumed run that finds another
+        version after files of the first were staged raises :class:`SourceChanged`, having removed the
+        Parquet parts of tables converted from it: a table never holds rows of two versions (before, the
+        run converted on from the new version after the old version's parts)."""
+        with self._lock:
+            versions = self.resume.setdefault(TABLE_VERSIONS, {})
+            seen = versions.get(item.name)
+            if seen is None or seen == item.validator:
+                versions[item.name] = dict(item.validator)
+                return
+            made_by = dict(self.resume.get("outputs", {}))
+        scope = "" if base in ("", ".") else f"{base}/"
+        one = None if decompressed is None else f"{scope}{decompressed}"
+        relative = self.dest.relative
+
+        def from_it(rel: str) -> bool:  # the one file, or the table converted from it; all files unpacked
+            return rel == one or made_by.get(rel) == one if one is not None else rel.startswith(scope)
+
+        chunks = self.store.list_chunks(self.job_id)
+        staged = [rel for c in chunks if c.state in DONE_STATES and from_it(rel := relative(c.path))]
+        if not staged:
+            with self._lock:
+                versions[item.name] = dict(item.validator)
+            return
+        changed = SourceChanged(
+            f"{item.name} changed while the job was paused or stopped, after {len(staged)} file(s) were "
+            "staged from the version before; the Parquet parts converted from it are removed. Stage it "
+            "again to take it as it is now"
+        )
+        for table in sorted({made_by[rel] for rel in staged if rel in made_by}):
+            self._withdraw_parts(table, changed, time.time_ns())
+        raise changed
+
     def _publish_extracted(
         self, rec: JobRecord, path: Path, rel: str, extracted: Extracted, entry: str | None
     ) -> None:
@@ -132,6 +174,7 @@ class ExpandingStager(ConvertingStager):
         if fmt is not None and fmt != "parquet" and (opts.get("hdu") is not None or is_table(path)):
             self._convert_file(path, rel, opts, entry)
             return
+        self._outside_table_folders(rel)
         final = self.dest.workdir / rel
         self._publish_local(path, final)
         chunk = self._new_chunk(path=rel, state=ChunkState.pending.value, bytes=extracted.size, entry=entry)

@@ -90,7 +90,7 @@ class TableSpreadStager(SpreadStager):
             return super()._convert_file(local, name, opts, entry, counted=counted)
         out_rel = self._output_folder(name)
         out_dir = self.dest.workdir / out_rel
-        existing = len(self._table_parts(name, out_rel))
+        existing = len(self._recorded_parts(name, out_rel)[0])
         keep = sorted(self._foreign_parts(out_rel, out_dir))
         tasks = ranges.after(existing)
         if len(self.resume.get("items", [])) == 1:

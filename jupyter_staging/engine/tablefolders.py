@@ -18,7 +18,7 @@ from typing import Any
 
 from jupyter_staging.destinations.base import Destination
 from jupyter_staging.engine.cleanup import resume_item_names
-from jupyter_staging.engine.models import DONE_STATES
+from jupyter_staging.engine.models import DONE_STATES, ChunkState
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.store import Store
 from jupyter_staging.errors import DestinationExists, SourceChanged
@@ -104,17 +104,54 @@ class TableFolders:
         )
 
     def _table_parts(self, name: str, out_rel: str) -> list[JobChunk]:
-        """The chunks recorded for the parts of table ``name`` in its folder ``out_rel``: a file staged
-        there as it is (taken out of an archive) is not one (a chunk an earlier version recorded without
-        naming its table counts as the table's)."""
+        """The chunks recorded for the parts of table ``name`` in its folder ``out_rel`` (the resume data's
+        ``outputs`` names the table of each part: a file staged there as it is is not one)."""
+        return self._folder_chunks(name, out_rel)[0]
+
+    def _recorded_parts(self, name: str, out_rel: str) -> tuple[list[JobChunk], set[str]]:
+        """``(the chunks of table name's parts in out_rel, the paths every chunk there records)``, before
+        the table converts on after its parts. Raises :class:`DestinationExists` when the folder holds a
+        chunk of something else the job staged (a file taken out of an archive and staged as it is,
+        another table converted by a job of an earlier version): the table would read as one with it."""
+        parts, others = self._folder_chunks(name, out_rel)
+        if others:
+            raise DestinationExists(
+                f"{name} would be converted into {out_rel}, where this job also staged "
+                f"{self.dest.relative(others[0].path)}; {name} was not converted. Stage them in separate "
+                "jobs, or as entries of a manifest (each entry has a folder of its own)"
+            )
+        return parts, {self.dest.relative(c.path) for c in parts}
+
+    def _folder_chunks(self, name: str, out_rel: str) -> tuple[list[JobChunk], list[JobChunk]]:
+        """``(table name's chunks in out_rel, the other chunks there still staged)``."""
         relative = self.dest.relative
         with self._lock:
             made_by = dict(self.resume.get("outputs", {}))
-        return [
-            c
-            for c in self.store.list_chunks(self.job_id)
-            if relative(c.path).startswith(out_rel + "/") and made_by.get(relative(c.path), name) == name
-        ]
+        mine: list[JobChunk] = []
+        others: list[JobChunk] = []
+        for chunk in self.store.list_chunks(self.job_id):
+            rel = relative(chunk.path)
+            if rel.startswith(out_rel + "/"):
+                if made_by.get(rel) == name:
+                    mine.append(chunk)
+                elif chunk.state in DONE_STATES or chunk.state == ChunkState.pending.value:
+                    others.append(chunk)
+        return mine, others
+
+    def _outside_table_folders(self, rel: str) -> None:
+        """Raise :class:`DestinationExists` when ``rel``, a file the job stages as it is, would lie in (or
+        be) the folder a table of the job is converted into."""
+        with self._lock:
+            claims = dict(self.resume.get(FOLDER_TABLES, {}))
+        path = rel
+        while path:
+            table = claims.get(path)
+            if table is not None:
+                raise DestinationExists(
+                    f"{rel} would be staged in {path}, the folder {table} is converted into, and read as "
+                    f"part of that table; {rel} was not staged. Stage them in separate jobs"
+                )
+            path = path.rpartition("/")[0]
 
     @functools.cached_property
     def _listed_paths(self) -> dict[str, str]:

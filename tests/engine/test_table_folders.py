@@ -8,7 +8,9 @@ refused (``destination_exists``) before it writes anything, whichever item the j
 
 from __future__ import annotations
 
+import gzip
 import shutil
+import tarfile
 import time
 from pathlib import Path
 
@@ -137,3 +139,61 @@ def test_a_table_rewritten_while_its_job_is_paused_is_never_mixed_with_the_versi
     staged = pq.read_table(folder)
     assert staged.num_rows == 1_000_000
     assert set(staged.column("version").to_pylist()) == {2}
+
+
+def test_a_file_of_an_archive_in_a_tables_folder_is_never_read_as_part_of_the_table(manager, root, tmp_path):
+    """``unpack``: the archive holds ``lc.parquet/part-00000.parquet`` (7 rows of something else), then
+    ``lc.csv``. Before, the job succeeded with the 7 rows and the CSV's rows from 1,000 on in one table (the
+    CSV's first part was taken to be the file's)."""
+    theirs = tmp_path / "theirs.parquet"
+    pq.write_table(pa.table({"row": pa.array([-1] * 7)}), theirs)
+    write_version(tmp_path / "lc.csv", 1, rows=5000)
+    bundle = tmp_path / "bulk.tar"
+    with tarfile.open(bundle, "w") as tar:
+        tar.add(theirs, arcname="lc.parquet/part-00000.parquet")
+        tar.add(tmp_path / "lc.csv", arcname="lc.csv")
+    job, chunks = run(
+        manager, source=str(bundle), destination="out", unpack=True, convert={"chunk_rows": 1000}
+    )
+    assert job["state"] == JobState.failed.value
+    assert job["error"]["code"] == "destination_exists"
+    assert "bulk/lc.csv would be converted into bulk/lc.parquet" in job["error"]["message"]
+    assert [(c.path, c.rows) for c in chunks] == [("bulk/lc.parquet/part-00000.parquet", None)]
+    assert sha256(root / "out" / "bulk" / "lc.parquet" / "part-00000.parquet") == sha256(theirs)
+    assert [p.name for p in (root / "out" / "bulk" / "lc.parquet").iterdir()] == ["part-00000.parquet"]
+
+
+def test_a_compressed_table_rewritten_while_its_job_is_paused_is_never_mixed(manager, root, tmp_path):
+    """``decompress``: ``t.csv.gz`` is rewritten while the job converting what it holds is paused. Before,
+    the resumed run decompressed the new version and converted on after the old version's parts."""
+    (tmp_path / "src").mkdir()
+    packed = tmp_path / "src" / "t.csv.gz"
+
+    def pack(version: int) -> None:
+        plain = tmp_path / "t.csv"
+        write_version(plain, version, rows=400_000)
+        with gzip.open(packed, "wb", compresslevel=1) as fh:
+            fh.write(plain.read_bytes())
+
+    pack(1)
+    request = CreateJob(
+        source=str(tmp_path / "src"), destination="out", decompress=True, convert={"chunk_rows": 10_000}
+    )
+    job, _ = manager.create(request)
+    wait_until(lambda: any(c.state == "ready" for c in manager.chunks(job.id)), what="a first part")
+    manager.pause(job.id)
+    paused = manager.wait(job.id, timeout=60, until=lambda s: s in (JobState.paused, JobState.succeeded))
+    assert paused.state == JobState.paused
+    time.sleep(0.02)
+    pack(2)
+    manager.resume(job.id)
+    done = manager.wait(job.id, timeout=120)
+    assert done.state == JobState.failed
+    assert done.error.code == "source_changed"
+    assert "t.csv.gz changed while the job was paused" in done.error.message
+    folder = root / "out" / "t.parquet"
+    assert not folder.exists() or not list(folder.iterdir())
+    again, created = manager.create(request)
+    assert created
+    assert manager.wait(again.id, timeout=120).state == JobState.succeeded
+    assert set(pq.read_table(folder).column("version").to_pylist()) == {2}
