@@ -32,7 +32,13 @@ from jupyter_staging.engine.pipeline import PipelinedStager
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.store import BYTES_COLUMNS, NOT_CONVERTED, PART_BYTES, JobRecord
 from jupyter_staging.engine.tablefolders import TableFolders, parquet_folder
-from jupyter_staging.errors import DestinationExists, JobInterrupted, TransferFailed, as_staging_error
+from jupyter_staging.errors import (
+    DestinationExists,
+    JobInterrupted,
+    SourceChanged,
+    TransferFailed,
+    as_staging_error,
+)
 from jupyter_staging.formats.convert import convert_to_parquet
 from jupyter_staging.formats.detect import detect_format, is_table
 from jupyter_staging.safety.control import DelegatingControl, JobControl
@@ -169,7 +175,10 @@ class ConvertingStager(PipelinedStager, TableFolders):
             for rel in parts
         ):
             return False
-        self._same_version(item)  # the version the replaced output was made of
+        try:
+            self._same_version(item)  # the version the replaced output was made of
+        except SourceChanged:
+            return False  # parts of another version: converting raises it again, and removes them
         self._output_folder(item.name)
         self._foreign_parts(out_rel, self.dest.workdir / out_rel)  # before the first part is linked there
         for rel in parts:

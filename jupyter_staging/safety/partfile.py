@@ -233,6 +233,7 @@ class PartFile:
                 break
             self._hash(block)
             self.offset += len(block)
+        self._writeback_from = self.offset  # bytes written by an earlier run: not this run's to start
 
     def fileno(self) -> int:
         """The descriptor of the open ``.part`` (for ``fsetxattr``, ``fstat``)."""
