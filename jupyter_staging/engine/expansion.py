@@ -19,7 +19,7 @@ from jupyter_staging.engine.conversion import ConvertingStager
 from jupyter_staging.engine.models import DONE_STATES, ChunkState
 from jupyter_staging.engine.store import JobRecord
 from jupyter_staging.engine.tablefolders import TABLE_VERSIONS
-from jupyter_staging.errors import SourceChanged
+from jupyter_staging.errors import DestinationExists, SourceChanged
 from jupyter_staging.formats.archives import (
     Extracted,
     archive_kind,
@@ -48,6 +48,11 @@ def archive_stem(name: str) -> str:
         if lowered.endswith(suffix) and len(lowered) > len(suffix):
             return (path.parent / path.name[: -len(suffix)]).as_posix()
     return name
+
+
+#: Resume key: ``{the folder an archive is unpacked into, or the file a compressed file is decompressed
+#: into: that item}`` (:meth:`ExpandingStager._same_archive`).
+EXPANDED_INTO = "expanded_into"
 
 
 class ExpandingStager(ConvertingStager):
@@ -117,31 +122,50 @@ class ExpandingStager(ConvertingStager):
             self._log(
                 "info", f"{item.name}: {'unpacked' if archive else 'decompressed'} {len(files)} file(s)"
             )
+            staged = {self.dest.relative(c.path) for c in self.store.list_chunks(self.job_id)}
             for extracted in files:
-                rel = extracted.name if base in ("", ".") else f"{base}/{extracted.name}"
-                self._publish_extracted(
-                    rec, scratch / extracted.name, check_output_name(rel), extracted, entry
-                )
+                rel = check_output_name(extracted.name if base in ("", ".") else f"{base}/{extracted.name}")
+                if rel not in staged:  # else recorded by an earlier attempt
+                    self._publish_extracted(rec, scratch / extracted.name, rel, extracted, entry)
             fs.remove_tree(scratch)
             if downloaded is not None:
                 fs.unlink(downloaded)
 
     def _same_archive(self, item: SourceItem, base: str, decompressed: str | None) -> None:
-        """Record which version of archive (or compressed file) ``item`` the job takes its files from
-        (``item.validator``, checked by :meth:`_local_copy` just before); ``base``: the folder they go to,
-        ``decompressed``: the one file's name for a compressed file. A resumed run that finds another
-        version after files of the first were staged raises :class:`SourceChanged`, having removed the
-        Parquet parts of tables converted from it: a table never holds rows of two versions (before, the
-        run converted on from the new version after the old version's parts)."""
+        """Claim what archive (or compressed file) ``item`` is expanded into, and record which version of
+        it the job takes its files from (``item.validator``, checked by :meth:`_local_copy` just before);
+        ``base``: the folder its files go to, ``decompressed``: the one file's name for a compressed file.
+
+        Raises :class:`DestinationExists` when that folder (or file) is another archive's (``bulk.tar`` and
+        ``bulk.zip``), or is or holds an item the job lists (``t.csv`` beside ``t.csv.gz``, ``bulk/lc.csv``
+        beside ``bulk.tar``): their files and tables would have been taken for each other's (a table
+        converted on after the other's parts, a file skipped as staged already). A resumed run that finds
+        another version after files of the first were staged raises :class:`SourceChanged`, having removed
+        the Parquet parts of tables converted from it: a table never holds rows of two versions (before,
+        the run converted on from the new version after the old version's parts). The claim and the first
+        version are saved at once: one write of the resume data per archive."""
+        scope = "" if base in ("", ".") else f"{base}/"
+        out = base if decompressed is None else f"{scope}{decompressed}"
+        listed = self._listed_paths.get(out)
         with self._lock:
+            claims = self.resume.setdefault(EXPANDED_INTO, {})
+            other = listed if listed is not None else claims.get(out, item.name)
+            if other != item.name:
+                raise DestinationExists(
+                    f"{item.name} would be {'decompressed' if decompressed else 'unpacked'} into {out}, "
+                    f"where this job also stages {other}; {item.name} was not staged. Stage them in "
+                    "separate jobs, or as entries of a manifest (each entry has a folder of its own)"
+                )
             versions = self.resume.setdefault(TABLE_VERSIONS, {})
             seen = versions.get(item.name)
             if seen is None or seen == item.validator:
-                versions[item.name] = dict(item.validator)
+                if seen is None or out not in claims:
+                    claims[out] = item.name
+                    versions[item.name] = dict(item.validator)
+                    self._save_resume()
                 return
             made_by = dict(self.resume.get("outputs", {}))
-        scope = "" if base in ("", ".") else f"{base}/"
-        one = None if decompressed is None else f"{scope}{decompressed}"
+        one = None if decompressed is None else out
         relative = self.dest.relative
 
         def from_it(rel: str) -> bool:  # the one file, or the table converted from it; all files unpacked
@@ -153,22 +177,23 @@ class ExpandingStager(ConvertingStager):
             with self._lock:
                 versions[item.name] = dict(item.validator)
             return
+        tables = sorted({made_by[rel] for rel in staged if rel in made_by})
         changed = SourceChanged(
             f"{item.name} changed while the job was paused or stopped, after {len(staged)} file(s) were "
-            "staged from the version before; the Parquet parts converted from it are removed. Stage it "
-            "again to take it as it is now"
+            "staged from the version before"
+            + ("; the Parquet parts converted from it are removed" if tables else "")
+            + ". Stage it again to take it as it is now"
         )
-        for table in sorted({made_by[rel] for rel in staged if rel in made_by}):
+        for table in tables:
             self._withdraw_parts(table, changed, time.time_ns())
         raise changed
 
     def _publish_extracted(
         self, rec: JobRecord, path: Path, rel: str, extracted: Extracted, entry: str | None
     ) -> None:
-        """One extracted file: converted to Parquet parts when the job converts and it is a table,
-        else published under ``rel`` as a chunk with the sha256 computed while extracting."""
-        if any(self.dest.relative(c.path) == rel for c in self.store.list_chunks(self.job_id)):
-            return  # recorded by an earlier attempt
+        """One extracted file (not recorded by an earlier attempt): converted to Parquet parts when the job
+        converts and it is a table, else published under ``rel`` as a chunk with the sha256 computed while
+        extracting."""
         opts = rec.convert or {}
         fmt = detect_format(path) if rec.convert is not None else None
         if fmt is not None and fmt != "parquet" and (opts.get("hdu") is not None or is_table(path)):

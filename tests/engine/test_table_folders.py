@@ -12,6 +12,7 @@ import gzip
 import shutil
 import tarfile
 import time
+import zipfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -197,3 +198,45 @@ def test_a_compressed_table_rewritten_while_its_job_is_paused_is_never_mixed(man
     assert created
     assert manager.wait(again.id, timeout=120).state == JobState.succeeded
     assert set(pq.read_table(folder).column("version").to_pylist()) == {2}
+
+
+def test_a_compressed_table_beside_its_plain_twin_is_refused_not_converted_on_after_it(
+    manager, root, tmp_path
+):
+    """``t.csv`` and ``t.csv.gz`` (``decompress``): both would be ``t.csv``, one table. Before, the job
+    succeeded with the plain file's 3,000 rows and the compressed one's from row 3,000 on in ``t.parquet``
+    (or the second table dropped, when it had fewer rows)."""
+    (tmp_path / "src").mkdir()
+    write_version(tmp_path / "src" / "t.csv", 1, rows=3000)
+    write_version(tmp_path / "t.csv", 2, rows=5000)
+    with gzip.open(tmp_path / "src" / "t.csv.gz", "wb") as fh:
+        fh.write((tmp_path / "t.csv").read_bytes())
+    job, _ = run(manager, source=str(tmp_path / "src"), destination="out", decompress=True, convert={})
+    assert job["state"] == JobState.failed.value
+    assert job["error"]["code"] == "destination_exists"
+    assert (
+        "t.csv.gz would be decompressed into t.csv, where this job also stages t.csv"
+        in job["error"]["message"]
+    )
+    folder = root / "out" / "t.parquet"
+    if folder.exists():  # the plain table, converted before the refusal: whole and of one version
+        staged = pq.read_table(folder)
+        assert staged.num_rows == 3000 and set(staged.column("version").to_pylist()) == {1}
+
+
+def test_two_archives_unpacked_into_one_folder_are_refused(manager, root, tmp_path):
+    """``bulk.tar`` and ``bulk.zip`` both unpack into ``bulk/``: a file of the second was skipped as
+    "staged already" where the first had one of that name, and its tables converted on after the first's."""
+    (tmp_path / "src").mkdir()
+    write_version(tmp_path / "lc.csv", 1, rows=2000)
+    with tarfile.open(tmp_path / "src" / "bulk.tar", "w") as tar:
+        tar.add(tmp_path / "lc.csv", arcname="lc.csv")
+    with zipfile.ZipFile(tmp_path / "src" / "bulk.zip", "w") as archive:
+        archive.write(tmp_path / "lc.csv", arcname="lc.csv")
+    job, chunks = run(manager, source=str(tmp_path / "src"), destination="out", unpack=True, convert={})
+    assert job["state"] == JobState.failed.value
+    assert job["error"]["code"] == "destination_exists"
+    message = job["error"]["message"]
+    assert "would be unpacked into bulk, where this job also stages bulk." in message
+    assert pq.read_table(root / "out" / "bulk" / "lc.parquet").num_rows == 2000  # the first's, once
+    assert sum(c.rows or 0 for c in chunks if c.state == "ready") == 2000
