@@ -11,12 +11,16 @@ kept.
 
 from __future__ import annotations
 
+import hashlib
+import stat
 import time
 from pathlib import Path, PurePosixPath
 
 from jupyter_staging.destinations.base import scratch_dir
 from jupyter_staging.engine.conversion import ConvertingStager
+from jupyter_staging.engine.items import sha256_file
 from jupyter_staging.engine.models import DONE_STATES, ChunkState
+from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.store import JobRecord
 from jupyter_staging.engine.tablefolders import TABLE_VERSIONS
 from jupyter_staging.errors import DestinationExists, SourceChanged
@@ -94,7 +98,10 @@ class ExpandingStager(ConvertingStager):
         with self._local_copy(source, item) as (local, downloaded):
             if downloaded is None:
                 self.control.add_bytes(item.size or 0)
-            scratch = scratch_dir(self.dest.workdir, self.job_id) / f"expand-{len(self.resume['expanded'])}"
+            # One folder per item: manifest entries expand at once (a count of the items expanded so far
+            # gave two entries one folder, and each removed the other's files while it unpacked them).
+            label = hashlib.sha256(item.name.encode()).hexdigest()[:16]
+            scratch = scratch_dir(self.dest.workdir, self.job_id) / f"expand-{label}"
             fs = self.dest.files
             fs.remove_tree(scratch)  # what an interrupted attempt left
             limit = self.host.max_unpacked_bytes
@@ -122,11 +129,12 @@ class ExpandingStager(ConvertingStager):
             self._log(
                 "info", f"{item.name}: {'unpacked' if archive else 'decompressed'} {len(files)} file(s)"
             )
-            staged = {self.dest.relative(c.path) for c in self.store.list_chunks(self.job_id)}
+            recorded = {self.dest.relative(c.path): c for c in self.store.list_chunks(self.job_id)}
             for extracted in files:
                 rel = check_output_name(extracted.name if base in ("", ".") else f"{base}/{extracted.name}")
-                if rel not in staged:  # else recorded by an earlier attempt
-                    self._publish_extracted(rec, scratch / extracted.name, rel, extracted, entry)
+                chunk = recorded.get(rel)
+                if chunk is None or chunk.state == ChunkState.pending.value:  # else staged by an earlier run
+                    self._publish_extracted(rec, scratch / extracted.name, rel, extracted, entry, chunk)
             fs.remove_tree(scratch)
             if downloaded is not None:
                 fs.unlink(downloaded)
@@ -189,11 +197,20 @@ class ExpandingStager(ConvertingStager):
         raise changed
 
     def _publish_extracted(
-        self, rec: JobRecord, path: Path, rel: str, extracted: Extracted, entry: str | None
+        self,
+        rec: JobRecord,
+        path: Path,
+        rel: str,
+        extracted: Extracted,
+        entry: str | None,
+        pending: JobChunk | None = None,
     ) -> None:
-        """One extracted file (not recorded by an earlier attempt): converted to Parquet parts when the job
+        """One extracted file (not staged by an earlier run): converted to Parquet parts when the job
         converts and it is a table, else published under ``rel`` as a chunk with the sha256 computed while
-        extracting."""
+        extracting. ``pending``: its chunk, recorded by an earlier run that stopped before the chunk was
+        ready (an upload to object storage paused): the file that run published under ``rel``, when it
+        holds these very bytes, is taken as it is, else ``rel`` is published again (before, the file was
+        skipped for good, and the job succeeded without it)."""
         opts = rec.convert or {}
         fmt = detect_format(path) if rec.convert is not None else None
         if fmt is not None and fmt != "parquet" and (opts.get("hdu") is not None or is_table(path)):
@@ -201,9 +218,23 @@ class ExpandingStager(ConvertingStager):
             return
         self._outside_table_folders(rel)
         final = self.dest.workdir / rel
-        self._publish_local(path, final)
-        chunk = self._new_chunk(path=rel, state=ChunkState.pending.value, bytes=extracted.size, entry=entry)
+        if not (pending is not None and _holds(final, extracted)):
+            self._publish_local(path, final)
+        chunk = pending or self._new_chunk(
+            path=rel, state=ChunkState.pending.value, bytes=extracted.size, entry=entry
+        )
         stored = self.dest.put(
             final, rel, size=extracted.size, sha256=extracted.sha256, content_type=None, control=self.control
         )
         self._chunk_ready(chunk, bytes=extracted.size, sha256=extracted.sha256, path=stored)
+
+
+def _holds(final: Path, extracted: Extracted) -> bool:
+    """Whether ``final`` is a regular file (no symlink followed) of ``extracted``'s size and sha256."""
+    try:
+        st = final.lstat()
+    except OSError:
+        return False
+    return (
+        stat.S_ISREG(st.st_mode) and st.st_size == extracted.size and sha256_file(final) == extracted.sha256
+    )

@@ -240,3 +240,27 @@ def test_two_archives_unpacked_into_one_folder_are_refused(manager, root, tmp_pa
     assert "would be unpacked into bulk, where this job also stages bulk." in message
     assert pq.read_table(root / "out" / "bulk" / "lc.parquet").num_rows == 2000  # the first's, once
     assert sum(c.rows or 0 for c in chunks if c.state == "ready") == 2000
+
+
+def test_archives_of_several_manifest_entries_are_unpacked_at_once_each_in_a_scratch_folder_of_its_own(
+    manager, root, tmp_path
+):
+    """Entries run in parallel; each archive's scratch folder was named by how many items had been
+    expanded (``expand-0`` for all of them at first), so one entry removed another's files while it
+    unpacked them and the job ended ``partial`` with a different error each time."""
+    entries = {}
+    for name in ("a", "b", "c", "d"):
+        folder = tmp_path / name
+        folder.mkdir()
+        write_version(tmp_path / f"{name}.csv", 1, rows=20_000)
+        with tarfile.open(folder / "bulk.tar", "w") as tar:
+            for i in range(20):
+                tar.add(tmp_path / f"{name}.csv", arcname=f"t{i}.csv")
+        entries[name] = str(folder / "bulk.tar")
+    job, chunks = run(manager, manifest=entries, destination="many", unpack=True)
+    assert job["state"] == JobState.succeeded.value, job["error"]
+    assert len(chunks) == 80
+    for name in entries:
+        assert sorted(p.name for p in (root / "many" / name / "bulk").iterdir()) == sorted(
+            f"t{i}.csv" for i in range(20)
+        )
