@@ -154,26 +154,47 @@ class ExpandingStager(ConvertingStager):
         version are saved at once: one write of the resume data per archive."""
         scope = "" if base in ("", ".") else f"{base}/"
         out = base if decompressed is None else f"{scope}{decompressed}"
-        listed = self._listed_paths.get(out)
         with self._lock:
-            claims = self.resume.setdefault(EXPANDED_INTO, {})
-            other = listed if listed is not None else claims.get(out, item.name)
-            if other != item.name:
-                raise DestinationExists(
-                    f"{item.name} would be {'decompressed' if decompressed else 'unpacked'} into {out}, "
-                    f"where this job also stages {other}; {item.name} was not staged. Stage them in "
-                    "separate jobs, or as entries of a manifest (each entry has a folder of its own)"
-                )
+            claimed = self._claim_expansion(item, out, unpacked=decompressed is None)
             versions = self.resume.setdefault(TABLE_VERSIONS, {})
             seen = versions.get(item.name)
-            if seen is None or seen == item.validator:
-                if seen is None or out not in claims:
-                    claims[out] = item.name
-                    versions[item.name] = dict(item.validator)
-                    self._save_resume()
-                return
             made_by = dict(self.resume.get("outputs", {}))
-        one = None if decompressed is None else out
+        if seen is not None and seen != item.validator:
+            self._archive_changed(item, scope, None if decompressed is None else out, made_by)
+        if claimed or seen != item.validator:
+            with self._lock:
+                versions[item.name] = dict(item.validator)
+                self._save_resume()
+
+    def _claim_expansion(self, item: SourceItem, out: str, *, unpacked: bool) -> bool:
+        """Claim ``out`` (a folder unpacked into, or a decompressed file) for ``item``; True when the claim
+        is new. Raises :class:`DestinationExists` when another archive claimed it or a listed item is or
+        lies in it. Called holding ``_lock``."""
+        if EXPANDED_INTO not in self.resume:  # a job started by an earlier version: what it expanded
+            unpacks = bool((self.resume.get("request") or {}).get("unpack"))
+            self.resume[EXPANDED_INTO] = {
+                _expanded_into(name, unpacks): name for name in self.resume.get("expanded", [])
+            }
+        claims = self.resume[EXPANDED_INTO]
+        listed = self._listed_paths.get(out)
+        other = listed if listed is not None else claims.get(out, item.name)
+        if other != item.name:
+            raise DestinationExists(
+                f"{item.name} would be {'unpacked' if unpacked else 'decompressed'} into {out}, where this "
+                f"job also stages {other}; {item.name} was not staged. Stage them in separate jobs, or as "
+                "entries of a manifest (each entry has a folder of its own)"
+            )
+        if out in claims:
+            return False
+        claims[out] = item.name
+        return True
+
+    def _archive_changed(
+        self, item: SourceItem, scope: str, one: str | None, made_by: dict[str, str]
+    ) -> None:
+        """``item`` changed since its files were first taken: raise :class:`SourceChanged` when files of the
+        version before were staged (``one``: the decompressed file, whose table ``made_by`` may name; else
+        every file below ``scope``), after removing the Parquet parts of tables converted from them."""
         relative = self.dest.relative
 
         def from_it(rel: str) -> bool:  # the one file, or the table converted from it; all files unpacked
@@ -182,8 +203,6 @@ class ExpandingStager(ConvertingStager):
         chunks = self.store.list_chunks(self.job_id)
         staged = [rel for c in chunks if c.state in DONE_STATES and from_it(rel := relative(c.path))]
         if not staged:
-            with self._lock:
-                versions[item.name] = dict(item.validator)
             return
         tables = sorted({made_by[rel] for rel in staged if rel in made_by})
         changed = SourceChanged(
@@ -238,3 +257,13 @@ def _holds(final: Path, extracted: Extracted) -> bool:
     return (
         stat.S_ISREG(st.st_mode) and st.st_size == extracted.size and sha256_file(final) == extracted.sha256
     )
+
+
+def _expanded_into(name: str, unpacks: bool) -> str:
+    """Where item ``name`` was expanded (as :meth:`ExpandingStager._stage_item` chooses): the folder an
+    archive is unpacked into, else the file a compressed file is decompressed into."""
+    if unpacks and archive_kind(name):
+        return archive_stem(name)
+    path = PurePosixPath(name)
+    decompressed = decompressed_name(path.name)
+    return decompressed if path.parent.as_posix() == "." else f"{path.parent.as_posix()}/{decompressed}"
