@@ -13,7 +13,9 @@ import shutil
 import tarfile
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -110,6 +112,20 @@ def write_version(path: Path, version: int, rows: int = 1_000_000) -> None:
     pacsv.write_csv(pa.table({"row": pa.array(range(rows)), "version": pa.array([version] * rows)}), path)
 
 
+def rewritten_while_paused(manager: StagingManager, request: CreateJob, rewrite: Callable[[], None]) -> Any:
+    """Start ``request``, pause it once its first part is ready, ``rewrite()`` its source, resume it;
+    returns the job as it ended."""
+    job, _ = manager.create(request)
+    wait_until(lambda: any(c.state == "ready" for c in manager.chunks(job.id)), what="a first part")
+    manager.pause(job.id)
+    paused = manager.wait(job.id, timeout=60, until=lambda s: s in (JobState.paused, JobState.succeeded))
+    assert paused.state == JobState.paused  # tens of parts: paused long before the last
+    time.sleep(0.02)  # a new modification time on any file system clock
+    rewrite()
+    manager.resume(job.id)
+    return manager.wait(job.id, timeout=120)
+
+
 def test_a_table_rewritten_while_its_job_is_paused_is_never_mixed_with_the_version_before(
     manager, root, tmp_path
 ):
@@ -118,21 +134,13 @@ def test_a_table_rewritten_while_its_job_is_paused_is_never_mixed_with_the_versi
     table = tmp_path / "t.csv"
     write_version(table, 1)
     request = CreateJob(source=str(table), destination="out", convert={"chunk_rows": 25_000})
-    job, _ = manager.create(request)
-    wait_until(lambda: any(c.state == "ready" for c in manager.chunks(job.id)), what="a first part")
-    manager.pause(job.id)
-    paused = manager.wait(job.id, timeout=60, until=lambda s: s in (JobState.paused, JobState.succeeded))
-    assert paused.state == JobState.paused  # 40 parts: paused long before the last
-    time.sleep(0.02)  # a new modification time on any file system clock
-    write_version(table, 2)
-    manager.resume(job.id)
-    done = manager.wait(job.id, timeout=120)
+    done = rewritten_while_paused(manager, request, lambda: write_version(table, 2))
     assert done.state == JobState.failed
     assert done.error.code == "source_changed"
     assert "t.csv changed while the job was paused" in done.error.message
     folder = root / "out" / "t.parquet"
     assert not folder.exists() or not list(folder.iterdir())  # no rows of the version before are left
-    assert all(c.state == "expired" for c in manager.chunks(job.id))
+    assert all(c.state == "expired" for c in manager.chunks(done.id))
     # Staged again, the table is converted as it is now, whole.
     again, created = manager.create(request)
     assert created
@@ -180,15 +188,7 @@ def test_a_compressed_table_rewritten_while_its_job_is_paused_is_never_mixed(man
     request = CreateJob(
         source=str(tmp_path / "src"), destination="out", decompress=True, convert={"chunk_rows": 10_000}
     )
-    job, _ = manager.create(request)
-    wait_until(lambda: any(c.state == "ready" for c in manager.chunks(job.id)), what="a first part")
-    manager.pause(job.id)
-    paused = manager.wait(job.id, timeout=60, until=lambda s: s in (JobState.paused, JobState.succeeded))
-    assert paused.state == JobState.paused
-    time.sleep(0.02)
-    pack(2)
-    manager.resume(job.id)
-    done = manager.wait(job.id, timeout=120)
+    done = rewritten_while_paused(manager, request, lambda: pack(2))
     assert done.state == JobState.failed
     assert done.error.code == "source_changed"
     assert "t.csv.gz changed while the job was paused" in done.error.message
