@@ -161,12 +161,11 @@ class ConvertingStager(PipelinedStager, TableFolders):
         if self.replaced_folder is None or not self._unchanged(item):
             return False
         out_rel = parquet_folder(item.name)
-        parts = (
-            sorted(  # this table's: an output an earlier version mixed with another table is not reused whole
-                p
-                for p, obj in self._previous_objects().items()
-                if p.startswith(out_rel + "/") and obj.get("source_item") == item.name
-            )
+        # This table's parts only: an output where an earlier version mixed two tables is not taken whole.
+        parts = sorted(
+            p
+            for p, obj in self._previous_objects().items()
+            if p.startswith(out_rel + "/") and obj.get("source_item") == item.name
         )
         folder = self.replaced_folder
         if not parts or not all(
@@ -267,17 +266,22 @@ class ConvertingStager(PipelinedStager, TableFolders):
 
     def _part_written(self, rel: str, size: int) -> None:
         """Record the ``size`` bytes of Parquet part ``rel`` (``progress.output_bytes`` sums them); keyed by
-        part, so a part written again after a stop is counted once."""
+        part, so a part written again after a stop is counted once. Written with the part's chunk record
+        (in the same transaction, by the flush that marks it ready), not on its own: one write of the resume
+        data per part, where there were two."""
         with self._lock:
             self.resume.setdefault(PART_BYTES, {})[rel] = int(size)
-            self._save_resume()
+            self._resume_dirty = True
 
     def _converted(self, item: SourceItem, out_rel: str, out_dir: Path, downloaded: Path | None) -> None:
         """Record ``item`` as converted and remove its scratch download."""
         work = self.dest.workdir
         with self._lock:
             self.resume["converted"].append(item.name)
-            self._save_resume()
+            if downloaded is not None:  # saved before the download it was read from is removed
+                self._save_resume()
+            else:  # with the next records: a run stopped before finds every part recorded, and writes none
+                self._resume_dirty = True
         if downloaded is not None:
             self.dest.files.unlink(downloaded)
             remove_tree_if_empty(downloaded.parent, work)
@@ -360,7 +364,7 @@ class ConvertingStager(PipelinedStager, TableFolders):
         )
         with self._lock:
             self.resume.setdefault(FOREIGN_PARTS, {})[out_rel] = names
-            self._save_resume()
+            self._save_resume()  # with the table's claim of its folder
         return frozenset(names)
 
     def _drop_unrecorded_parts(

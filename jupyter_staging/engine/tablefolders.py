@@ -45,6 +45,8 @@ class TableFolders:
     _lock: threading.RLock
     #: Writes the resume data (ItemStager's).
     _save_resume: Callable[..., Any]
+    #: True when the resume data has changes that the next flush of chunk records writes with them.
+    _resume_dirty: bool
 
     def _output_folder(self, name: str) -> str:
         """The checked output folder ``<stem>.parquet`` of output ``name`` (recorded for cleanup), claimed
@@ -74,8 +76,8 @@ class TableFolders:
             known = out_rel in folders
             if not known:
                 folders.append(out_rel)
-            if not (claimed and known):
-                self._save_resume()
+            if not (claimed and known):  # saved before the first part (the list of the user's parts is)
+                self._resume_dirty = True
         return out_rel
 
     def _same_version(self, item: SourceItem) -> None:
