@@ -240,6 +240,7 @@ class ConvertingStager(PipelinedStager, TableFolders):
         raw = _bytes_columns(out_dir / info.name) if info.index == 0 else []
         with self._lock:
             self.resume.setdefault("outputs", {})[rel] = item_name
+            self._resume_dirty = True  # a flush that writes the part's record writes this with it
             if raw:  # shown as a notice: text that is not UTF-8, kept as bytes (saved with the part's size)
                 self.resume.setdefault(BYTES_COLUMNS, {})[item_name] = raw
         # Published locally; for object storage uploaded now (and the local part removed). Only then
@@ -278,10 +279,7 @@ class ConvertingStager(PipelinedStager, TableFolders):
         work = self.dest.workdir
         with self._lock:
             self.resume["converted"].append(item.name)
-            if downloaded is not None:  # saved before the download it was read from is removed
-                self._save_resume()
-            else:  # with the next records: a run stopped before finds every part recorded, and writes none
-                self._resume_dirty = True
+            self._save_resume()  # a run resumed later never reads the table again (it may have changed)
         if downloaded is not None:
             self.dest.files.unlink(downloaded)
             remove_tree_if_empty(downloaded.parent, work)

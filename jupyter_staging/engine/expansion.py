@@ -227,9 +227,10 @@ class ExpandingStager(ConvertingStager):
         """One extracted file (not staged by an earlier run): converted to Parquet parts when the job
         converts and it is a table, else published under ``rel`` as a chunk with the sha256 computed while
         extracting. ``pending``: its chunk, recorded by an earlier run that stopped before the chunk was
-        ready (an upload to object storage paused): the file that run published under ``rel``, when it
-        holds these very bytes, is taken as it is, else ``rel`` is published again (before, the file was
-        skipped for good, and the job succeeded without it)."""
+        ready (an upload to object storage paused): for object storage, the local file that run published
+        under ``rel`` is uploaded as it is when it holds these very bytes; else ``rel`` is published again
+        (which fails ``destination_exists`` when a file is there). Before, the file was skipped for good,
+        and the job succeeded without it."""
         opts = rec.convert or {}
         fmt = detect_format(path) if rec.convert is not None else None
         if fmt is not None and fmt != "parquet" and (opts.get("hdu") is not None or is_table(path)):
@@ -237,8 +238,8 @@ class ExpandingStager(ConvertingStager):
             return
         self._outside_table_folders(rel)
         final = self.dest.workdir / rel
-        if not (pending is not None and _holds(final, extracted)):
-            self._publish_local(path, final)
+        if not (pending is not None and self.dest.remote and _holds(final, extracted)):
+            self._publish_local(path, final)  # in a user's folder, never a file found there taken as ours
         chunk = pending or self._new_chunk(
             path=rel, state=ChunkState.pending.value, bytes=extracted.size, entry=entry
         )

@@ -101,9 +101,13 @@ class ItemStager(LinkingWriter, PartOwnership):
         flush's (the one order both are taken in)."""
         with self._lock:
             self._resume_dirty = False
-            return self._flush_chunks(
-                force=True, load_job=load_job, events=events, resume=json_copy(self.resume), **job_fields
-            )
+            try:
+                return self._flush_chunks(
+                    force=True, load_job=load_job, events=events, resume=json_copy(self.resume), **job_fields
+                )
+            except BaseException:  # not written: the records given back to the ledger still need it
+                self._resume_dirty = True
+                raise
 
     def _relist(self, item: SourceItem, seen: dict[str, Any]) -> None:
         """``item`` changed since it was listed: from now on it has fingerprint ``seen``, in memory and in
