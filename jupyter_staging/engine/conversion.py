@@ -72,9 +72,9 @@ class ConvertingStager(PipelinedStager, TableFolders):
         """Convert table ``item`` into ``<stem>.parquet/part-NNNNN.parquet`` chunks (or stage it as it is
         when it is not a table); resumes after the parts already recorded."""
         with self._lock:
-            if item.name in self.resume.setdefault("converted", []):
+            if item.name in self.resume.get("converted", ()):
                 return
-        if any(self.dest.relative(c.path) == item.name for c in self.store.list_chunks(self.job_id)):
+        if self.recovering and self._chunks_named(item.name):
             # Staged as it is in an earlier run, which recorded why (resume data, job log).
             self._convert_passthrough(source, method, item, entry=entry, why="")
             return
@@ -154,6 +154,16 @@ class ConvertingStager(PipelinedStager, TableFolders):
         )
         return out_rel
 
+    def _chunks_named(self, name: str) -> list[JobChunk]:
+        """The chunk records of output ``name`` (a file staged as it is), read by path: O(1) rows, not the
+        job's every chunk once per table."""
+        named = {name, self.dest.chunk_path(name)}
+        return [
+            c
+            for c in self.store.list_chunks(self.job_id, paths=sorted(named))
+            if self.dest.relative(c.path) == name
+        ]
+
     def _reuse_converted(self, item: SourceItem, entry: str | None) -> bool:
         """When ``item`` is unchanged since the output this job replaces, take that output's Parquet parts
         (hard links, or local copies) as this job's chunks instead of converting again. Returns True when
@@ -202,14 +212,12 @@ class ConvertingStager(PipelinedStager, TableFolders):
                 content_type=PARQUET_CONTENT_TYPE,
                 entry=entry,
             )
-            with self._lock:  # saved with the part's size: a resumed run counts it as the table's
-                self.resume.setdefault("outputs", {})[rel] = item.name
+            self._resume_put("outputs", rel, item.name)  # with the part's size: a resumed run counts it
             self._part_written(rel, reused[0])
             self._chunk_ready(chunk, path=path)
             self.control.add_rows(int(old.get("rows") or 0))
-        with self._lock:
-            self.resume["converted"].append(item.name)
-            self._save_resume()
+        self._resume_add("converted", item.name)
+        self._save_changes()
         self._log("info", f"{item.name}: unchanged; {len(parts)} Parquet part(s) taken from the local copy")
         return True
 
@@ -238,11 +246,9 @@ class ConvertingStager(PipelinedStager, TableFolders):
         """A part file the converter published: hand it to the destination, then record its chunk."""
         rel = f"{out_rel}/{info.name}"
         raw = _bytes_columns(out_dir / info.name) if info.index == 0 else []
-        with self._lock:
-            self.resume.setdefault("outputs", {})[rel] = item_name
-            self._resume_dirty = True  # a flush that writes the part's record writes this with it
-            if raw:  # shown as a notice: text that is not UTF-8, kept as bytes (saved with the part's size)
-                self.resume.setdefault(BYTES_COLUMNS, {})[item_name] = raw
+        self._resume_put("outputs", rel, item_name)  # the flush writing the part's record writes this
+        if raw:  # shown as a notice: text that is not UTF-8, kept as bytes (saved with the part's size)
+            self._resume_put(BYTES_COLUMNS, item_name, raw)
         # Published locally; for object storage uploaded now (and the local part removed). Only then
         # is the chunk recorded, so an interrupted upload is redone from the part on resume.
         path = self.dest.put(
@@ -270,22 +276,19 @@ class ConvertingStager(PipelinedStager, TableFolders):
         part, so a part written again after a stop is counted once. Written with the part's chunk record
         (in the same transaction, by the flush that marks it ready), not on its own: one write of the resume
         data per part, where there were two."""
-        with self._lock:
-            self.resume.setdefault(PART_BYTES, {})[rel] = int(size)
-            self._resume_dirty = True
+        self._resume_put(PART_BYTES, rel, int(size))
 
     def _converted(self, item: SourceItem, out_rel: str, out_dir: Path, downloaded: Path | None) -> None:
         """Record ``item`` as converted and remove its scratch download."""
         work = self.dest.workdir
-        with self._lock:
-            self.resume["converted"].append(item.name)
-            self._save_resume()  # a run resumed later never reads the table again (it may have changed)
+        self._resume_add("converted", item.name)
+        # A run resumed later never reads the table again (it may have changed); the log line goes with it.
+        self._save_changes(events=[("info", f"{item.name}: converted to {out_rel}")])
         if downloaded is not None:
             self.dest.files.unlink(downloaded)
             remove_tree_if_empty(downloaded.parent, work)
         if self.dest.remote:
             remove_tree_if_empty(out_dir, work)
-        self._log("info", f"{item.name}: converted to {out_rel}")
 
     def _withdraw_parts(self, name: str, exc: Exception, started_ns: int) -> None:
         """After the conversion of table ``name`` failed (``exc``), remove the Parquet parts it published,
@@ -308,15 +311,16 @@ class ConvertingStager(PipelinedStager, TableFolders):
             with self._lock:
                 for chunk in parts:
                     rel = relative(chunk.path)
-                    self.resume.get("outputs", {}).pop(rel, None)
-                    self.resume.get(PART_BYTES, {}).pop(rel, None)
-                self.resume.get(BYTES_COLUMNS, {}).pop(name, None)
-                self._save_resume()
+                    self._resume_drop("outputs", rel)
+                    self._resume_drop(PART_BYTES, rel)
+                self._resume_drop(BYTES_COLUMNS, name)
+                self._save_changes()
             out_dir = self.dest.workdir / out_rel
+            chunk_dir = self.dest.chunk_path(f"{out_rel}/")
             if not isinstance(exc, DestinationExists):
                 recorded_paths = {  # any item's: a file staged there as it is is not a dead part
                     rel
-                    for c in self.store.list_chunks(self.job_id)
+                    for c in self.store.list_chunks(self.job_id, under=[f"{out_rel}/", chunk_dir])
                     if (rel := relative(c.path)).startswith(out_rel + "/")
                 }
                 with self._lock:
@@ -360,9 +364,8 @@ class ConvertingStager(PipelinedStager, TableFolders):
                 and not (older and published_since(path.lstat(), self.started_ns))
             )
         )
-        with self._lock:
-            self.resume.setdefault(FOREIGN_PARTS, {})[out_rel] = names
-            self._save_resume()  # with the table's claim of its folder
+        self._resume_put(FOREIGN_PARTS, out_rel, names)
+        self._save_changes()  # with the table's claim of its folder
         return frozenset(names)
 
     def _drop_unrecorded_parts(
@@ -440,12 +443,11 @@ class ConvertingStager(PipelinedStager, TableFolders):
         ``downloaded`` to the scratch folder already is moved into place rather than fetched again.
         ``why`` is logged (nothing when empty)."""
         chunk: JobChunk
-        for chunk in self.store.list_chunks(self.job_id):
-            if self.dest.relative(chunk.path) == item.name:
-                if chunk.state != ChunkState.pending.value:
-                    self.control.add_bytes(chunk.bytes or 0)
-                    return
-                break
+        for chunk in self._chunks_named(item.name) if self.recovering else ():
+            if chunk.state != ChunkState.pending.value:
+                self.control.add_bytes(chunk.bytes or 0)
+                return
+            break
         else:
             chunk = self._new_chunk(
                 path=item.name,
@@ -456,9 +458,8 @@ class ConvertingStager(PipelinedStager, TableFolders):
             )
         if why:
             self._log("info", f"{item.name}: {why}; staged as it is")
-            with self._lock:
-                self.resume.setdefault(NOT_CONVERTED, {})[item.name] = why
-                self._save_resume()
+            self._resume_put(NOT_CONVERTED, item.name, why)
+            self._save_changes()
         final = self.dest.workdir / item.name
         if downloaded is not None:
             if self.dest.remote and final.is_file():

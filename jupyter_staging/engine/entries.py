@@ -187,7 +187,7 @@ class ManifestStager(ExpandingStager):
                     self._stage_item(source, rec, method, item, entry=name)
                 else:
                     self._convert(source, rec, method, item, entry=name)
-                self.host.report_progress(self.job_id, force=True)
+                self.host.report_progress(self.job_id)  # at most every progress interval
         except JobInterrupted:
             raise
         except Exception as exc:

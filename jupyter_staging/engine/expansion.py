@@ -74,7 +74,7 @@ class ExpandingStager(ConvertingStager):
         compressed file), converted when the job converts, else as it is (one chunk)."""
         request = self.resume.get("request") or {}
         with self._lock:
-            if item.name in self.resume.setdefault("expanded", []):
+            if item.name in self.resume.get("expanded", ()):
                 return
         if request.get("unpack") and archive_kind(item.name):
             self._expand(source, rec, item, entry, archive=True)
@@ -86,9 +86,8 @@ class ExpandingStager(ConvertingStager):
         else:
             self._convert_passthrough(source, method, item, entry=entry, why="")
             return
-        with self._lock:
-            self.resume["expanded"].append(item.name)
-            self._save_resume()
+        self._resume_add("expanded", item.name)
+        self._save_changes()
 
     def _expand(
         self, source: Source, rec: JobRecord, item: SourceItem, entry: str | None, *, archive: bool
@@ -156,15 +155,14 @@ class ExpandingStager(ConvertingStager):
         out = base if decompressed is None else f"{scope}{decompressed}"
         with self._lock:
             claimed = self._claim_expansion(item, out, unpacked=decompressed is None)
-            versions = self.resume.setdefault(TABLE_VERSIONS, {})
-            seen = versions.get(item.name)
-            made_by = dict(self.resume.get("outputs", {}))
+            seen = self.resume.get(TABLE_VERSIONS, {}).get(item.name)
         if seen is not None and seen != item.validator:
+            with self._lock:
+                made_by = dict(self.resume.get("outputs", {}))
             self._archive_changed(item, scope, None if decompressed is None else out, made_by)
         if claimed or seen != item.validator:
-            with self._lock:
-                versions[item.name] = dict(item.validator)
-                self._save_resume()
+            self._resume_put(TABLE_VERSIONS, item.name, dict(item.validator))
+            self._save_changes()
 
     def _claim_expansion(self, item: SourceItem, out: str, *, unpacked: bool) -> bool:
         """Claim ``out`` (a folder unpacked into, or a decompressed file) for ``item``; True when the claim
@@ -175,6 +173,7 @@ class ExpandingStager(ConvertingStager):
             self.resume[EXPANDED_INTO] = {
                 _expanded_into(name, unpacks): name for name in self.resume.get("expanded", [])
             }
+            self._resume_dirty = True  # written whole, once
         claims = self.resume[EXPANDED_INTO]
         listed = self._listed_paths.get(out)
         other = listed if listed is not None else claims.get(out, item.name)
@@ -186,7 +185,7 @@ class ExpandingStager(ConvertingStager):
             )
         if out in claims:
             return False
-        claims[out] = item.name
+        self._resume_put(EXPANDED_INTO, out, item.name)
         return True
 
     def _archive_changed(

@@ -22,7 +22,8 @@ from jupyter_staging.engine.models import DONE_STATES, PENDING, READY
 from jupyter_staging.engine.parts import PartOwnership, owner_tag
 from jupyter_staging.engine.progress import ChunkBatch, ChunkLedger, LiveProgress
 from jupyter_staging.engine.records import dump_item, json_copy, load_item
-from jupyter_staging.engine.schema import ChunkRow, JobChunk
+from jupyter_staging.engine.resumechanges import add, compaction_due, drop, put
+from jupyter_staging.engine.schema import BYTES_COLUMNS, NOT_CONVERTED, PART_BYTES, ChunkRow, JobChunk
 from jupyter_staging.engine.staged import StagedIndex
 from jupyter_staging.engine.store import JobRecord
 from jupyter_staging.errors import (
@@ -33,6 +34,18 @@ from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.copying import file_digest
 from jupyter_staging.safety.partfile import PartFile, part_path
 from jupyter_staging.sources.base import Source, SourceItem
+
+#: Entries of a shown part of the resume data (``part_bytes``...) up to which a write of changes touching it
+#: writes it too (:meth:`ItemStager._save_changes`): O(1) per write.
+SHOWN_WITH_CHANGES = 256
+
+
+def _add_folders(folders: set[str], rel: str) -> None:
+    """Add every folder above output path ``rel`` (``a/b/c.fits``: ``a/b``, ``a``) to ``folders``."""
+    parent = rel.rpartition("/")[0]
+    while parent and parent not in folders:
+        folders.add(parent)
+        parent = parent.rpartition("/")[0]
 
 
 def sha256_file(path: Path) -> str:
@@ -68,13 +81,21 @@ class ItemStager(LinkingWriter, PartOwnership):
         self.ledger = ChunkLedger()
         #: The job's chunk records as this run found them (:meth:`_load_ledger`).
         self._chunks_at_start: list[JobChunk] = []
-        self._flush_lock = threading.Lock()
         #: Items of this job staged at once, across all of its manifest entries.
         self._item_slots = threading.BoundedSemaphore(max(1, int(host.concurrent_items)))
         #: Files this run found complete from the previous run (logged as one line per transfer).
         self._recovered_files = 0
-        #: Items relisted (:meth:`_relist`) since the resume data was last written.
+        #: Items relisted (:meth:`_relist`) since the resume data was last written: the next write is whole.
         self._resume_dirty = False
+        #: Changes to the resume data (:mod:`~jupyter_staging.engine.resumechanges`) that the next flush
+        #: of chunk records writes with them (:meth:`_save_changes`), and how many were written since
+        #: the last whole write.
+        self._resume_changes: list[list[Any]] = []
+        self._changes_since_whole = 0
+        #: Every folder (relative to the destination) holding a chunk this job recorded or made: made from
+        #: the chunks found at the start by the first :meth:`_new_chunk` or :meth:`_holds_chunks` (after
+        #: the run has its destination), then kept by :meth:`_new_chunk`. None until then.
+        self._chunk_folders: set[str] | None = None
 
     # -- callbacks from sources and converters ------------------------------------------------------
 
@@ -95,19 +116,100 @@ class ItemStager(LinkingWriter, PartOwnership):
     def _save_resume(
         self, *, load_job: bool = False, events: Sequence[tuple[str, str]] = (), **job_fields: Any
     ) -> JobRecord | None:
-        """Persist the resume data, with the chunk records waiting in the ledger (one transaction, so
-        the resume data never gets ahead of the chunks it speaks of), and like :meth:`_flush_chunks`
-        ``job_fields`` and ``events``; returns what it returns. The job's lock is taken before the
-        flush's (the one order both are taken in)."""
+        """Write the resume data whole now, with the chunk records waiting in the ledger (one transaction,
+        so the resume data never gets ahead of the chunks it speaks of), and like :meth:`_flush_chunks`
+        ``job_fields`` and ``events``; returns what it returns."""
         with self._lock:
+            self._resume_dirty = True
+            return self._flush_chunks(force=True, load_job=load_job, events=events, **job_fields)
+
+    def _save_changes(
+        self, *, load_job: bool = False, events: Sequence[tuple[str, str]] = (), **job_fields: Any
+    ) -> JobRecord | None:
+        """Write the changes made to the resume data since the last write (:meth:`_resume_put`...) now,
+        with the chunk records waiting in the ledger, in one transaction: :meth:`_flush_chunks` with
+        ``force`` (see :meth:`_take_resume` for when the resume data is written whole instead)."""
+        return self._flush_chunks(force=True, load_job=load_job, events=events, **job_fields)
+
+    def _take_resume(self, given: bool) -> tuple[dict[str, Any], tuple[list[list[Any]], bool] | None]:
+        """What a flush writes of the resume data, taken holding ``_lock`` with the ledger's batch:
+        ``(job fields, taken)``, ``taken`` to give back with :meth:`_give_back_resume` when the write fails.
+        ``given``: the caller passes the resume data whole (``resume=``).
+
+        The changes (one row, :mod:`~jupyter_staging.engine.resumechanges`): O(changes), not O(items).
+        The resume data whole instead when an item was relisted, or when the changes since the last whole
+        write outnumber the entries it holds
+        (:func:`~jupyter_staging.engine.resumechanges.compaction_due`): each entry is then written a
+        bounded number of times. The shown parts of the resume data (``part_bytes``, ``not_converted``,
+        ``bytes_columns``) go with the changes that touch them while they hold at most
+        :data:`SHOWN_WITH_CHANGES` entries; a bigger one is shown as of the last whole write, which every
+        end of a run makes (:meth:`_settle_resume`)."""
+        changes, self._resume_changes = self._resume_changes, []
+        whole = given or self._resume_dirty
+        if not whole and changes:
+            whole = compaction_due(self._changes_since_whole + len(changes), self._resume_size())
+        if whole:
+            taken = (changes, True)
             self._resume_dirty = False
-            try:
-                return self._flush_chunks(
-                    force=True, load_job=load_job, events=events, resume=json_copy(self.resume), **job_fields
-                )
-            except BaseException:  # not written: the records given back to the ledger still need it
-                self._resume_dirty = True
-                raise
+            return ({} if given else {"resume": json_copy(self.resume)}), taken
+        if not changes:
+            return {}, None
+        fields: dict[str, Any] = {"resume_changes": changes}
+        for key in {c[1] for c in changes} & {PART_BYTES, NOT_CONVERTED, BYTES_COLUMNS}:
+            shown = self.resume.get(key) or {}
+            if len(shown) <= SHOWN_WITH_CHANGES:
+                fields[key] = dict(shown) or None
+        return fields, (changes, False)
+
+    def _give_back_resume(self, taken: tuple[list[list[Any]], bool] | None, *, written: bool) -> None:
+        """After the write of what :meth:`_take_resume` took: count it (``written``), or keep it to write."""
+        if taken is None:
+            return
+        changes, whole = taken
+        if written:
+            self._changes_since_whole = 0 if whole else self._changes_since_whole + len(changes)
+            return
+        self._resume_changes[:0] = changes
+        if whole:
+            self._resume_dirty = True
+
+    def _settle_resume(self) -> None:
+        """Write the resume data whole when changes were written since it last was (a run's end: its
+        shown parts complete, and one row to read), with what waits in the ledger."""
+        with self._lock:
+            if self._changes_since_whole or self._resume_changes:
+                self._save_resume()
+
+    def _resume_size(self) -> int:
+        """The entries the resume data holds, roughly what a whole write costs: the items it lists (its own
+        and its manifest entries') and the entries of its other maps and lists."""
+        entries = (self.resume.get("entries") or {}).values()
+        size = sum(len(e.get("items") or []) for e in entries)
+        return size + sum(len(v) for v in self.resume.values() if isinstance(v, (dict, list)))
+
+    def _resume_put(self, key: str, name: str, value: Any) -> None:
+        """``resume[key][name] = value``, written with the next flush as a change."""
+        with self._lock:
+            self.resume.setdefault(key, {})[name] = value
+            self._resume_changes.append(put(key, name, value))
+
+    def _resume_drop(self, key: str, name: str) -> None:
+        """Remove ``resume[key][name]`` (when there), written with the next flush as a change."""
+        with self._lock:
+            if name in self.resume.get(key, {}):
+                del self.resume[key][name]
+                self._resume_changes.append(drop(key, name))
+
+    def _resume_add(self, key: str, value: Any) -> bool:
+        """Append ``value`` to the list ``resume[key]`` unless it holds it, written with the next flush as a
+        change. Returns False when it held it."""
+        with self._lock:
+            values = self.resume.setdefault(key, [])
+            if value in values:
+                return False
+            values.append(value)
+            self._resume_changes.append(add(key, value))
+            return True
 
     def _relist(self, item: SourceItem, seen: dict[str, Any]) -> None:
         """``item`` changed since it was listed: from now on it has fingerprint ``seen``, in memory and in
@@ -145,7 +247,25 @@ class ItemStager(LinkingWriter, PartOwnership):
 
     def _new_chunk(self, *, index: int | None = None, **fields: Any) -> JobChunk:
         """A new chunk record at ``index`` or the next free index, written with the next batch."""
+        with self._lock:
+            _add_folders(self._folders_of_chunks(), self.dest.relative(str(fields["path"])))
         return ChunkRow(**self.ledger.add(self.job_id, fields, index))
+
+    def _holds_chunks(self, folder: str) -> bool:
+        """True when ``folder`` (relative to the destination) holds, at any depth, a chunk this job recorded
+        (found at the run's start) or made since: a table's folder that holds none needs no read of the
+        job's chunk records (O(1), where the read is O(chunks) once per table)."""
+        with self._lock:
+            return folder in self._folders_of_chunks()
+
+    def _folders_of_chunks(self) -> set[str]:
+        """:attr:`_chunk_folders`, made from the chunks found at the run's start the first time (the
+        destination is known by then). Called holding ``_lock``."""
+        if self._chunk_folders is None:
+            self._chunk_folders = set()
+            for chunk in self._chunks_at_start:
+                _add_folders(self._chunk_folders, self.dest.relative(chunk.path))
+        return self._chunk_folders
 
     def _chunk_ready(self, chunk: JobChunk, **fields: Any) -> None:
         """Mark ``chunk`` ready now (one transaction with any records waiting) and announce the job."""
@@ -175,25 +295,24 @@ class ItemStager(LinkingWriter, PartOwnership):
         when nothing was written)."""
         if not force and not self.ledger.due():
             return None
-        if self._resume_dirty and "resume" not in job_fields:
-            # Relisted items: their listing goes out with (or before) their ready marks.
-            return self._save_resume(load_job=load_job, events=events, **job_fields)
-        # A due flush skips when another thread is writing (what waits goes with the next one).
-        if not self._flush_lock.acquire(blocking=force):
+        # A due flush skips when another thread is writing (what waits goes with the next one). The job's
+        # lock is held from taking the batch and the resume data's changes to the end of the write: a
+        # ready mark never goes out before the change that speaks of its chunk, nor after a crash without it.
+        if not self._lock.acquire(blocking=force):
             return None
         try:
             batch = self.ledger.take()
-            if batch.empty and not job_fields and not events:
+            resume, taken = self._take_resume("resume" in job_fields)
+            if batch.empty and not job_fields and not events and not resume:
                 return None
-            relisted = self._resume_dirty and "resume" not in job_fields
-            if relisted:  # an item was relisted meanwhile: its ready mark goes with the resume data
-                self.ledger.restore(batch)
-            else:
-                rec = self._write_batch(batch, load_job=load_job, events=events, **job_fields)
+            try:
+                rec = self._write_batch(batch, load_job=load_job, events=events, **resume, **job_fields)
+            except BaseException:
+                self._give_back_resume(taken, written=False)
+                raise
+            self._give_back_resume(taken, written=True)
         finally:
-            self._flush_lock.release()
-        if relisted:
-            return self._save_resume(load_job=load_job, events=events, **job_fields)
+            self._lock.release()
         if not force:
             self.host.report_progress(self.job_id)
         return rec

@@ -58,8 +58,9 @@ class PartOwnership(DestinationWriter):
     #: Engine bookkeeping persisted in ``JobRecord.resume`` (guarded by ``_lock``).
     resume: dict[str, Any]
     _lock: threading.RLock
-    #: Writes the resume data (ItemStager's).
-    _save_resume: Callable[..., Any]
+    #: Change the resume data, and write the changes (ItemStager's).
+    _resume_put: Callable[[str, str, Any], None]
+    _save_changes: Callable[..., Any]
     #: Adds a line to the job's log (ReusingWriter's).
     _log: Callable[[str, str], None]
 
@@ -136,9 +137,8 @@ class PartOwnership(DestinationWriter):
         try:
             os.setxattr(out.fileno(), OWNER_XATTR, tag.encode())
         except OSError:  # no user xattrs here: remember it in the resume data (one database write)
-            with self._lock:
-                self.resume.setdefault("parts", {})[item.name] = tag
-                self._save_resume()
+            self._resume_put("parts", item.name, tag)
+            self._save_changes()
         return out
 
     def _drop_published_part(self, final: Path) -> None:

@@ -175,6 +175,7 @@ class JobRunner(TableSpreadStager):
         job still ends as it must."""
         try:
             self._flush_chunks(force=True)
+            self._settle_resume()  # written whole once more: its shown parts complete while it waits
         except Exception as exc:
             self._log("warning", f"published chunks not recorded: {error_of(exc)['message']}")
 
@@ -189,6 +190,7 @@ class JobRunner(TableSpreadStager):
         entries failed, raise :class:`PartiallyStaged` (code ``partial``) after writing the manifest."""
         failures = failures or {}
         self._flush_chunks(force=True)
+        self._settle_resume()  # one row to read, its shown parts complete
         chunks = self.store.chunk_summaries(self.job_id)
         staged = [c for c in chunks if c.state in DONE_STATES]
         objects = self._manifest_objects(staged)
@@ -272,7 +274,8 @@ class JobRunner(TableSpreadStager):
                     self._stage_item(source, rec, rec.method, item)
                 else:
                     self._convert(source, rec, rec.method, item)
-                self.host.report_progress(self.job_id, force=True)
+                # At most every progress interval: a write per table was a tenth of a small table's time.
+                self.host.report_progress(self.job_id)
         self.control.check()
 
     def _plain_chunks(self, items: list[SourceItem], **listing: Any) -> dict[int, JobChunk]:

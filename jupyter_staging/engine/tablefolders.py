@@ -43,10 +43,11 @@ class TableFolders:
     #: Engine bookkeeping persisted in ``JobRecord.resume`` (guarded by ``_lock``).
     resume: dict[str, Any]
     _lock: threading.RLock
-    #: Writes the resume data (ItemStager's).
-    _save_resume: Callable[..., Any]
-    #: True when the resume data has changes that the next flush of chunk records writes with them.
-    _resume_dirty: bool
+    #: Change the resume data; the next flush of chunk records writes the change (ItemStager's).
+    _resume_put: Callable[[str, str, Any], None]
+    _resume_add: Callable[[str, Any], bool]
+    #: True when a chunk of the job lies in the folder (ItemStager's).
+    _holds_chunks: Callable[[str], bool]
 
     def _output_folder(self, name: str) -> str:
         """The checked output folder ``<stem>.parquet`` of output ``name`` (recorded for cleanup), claimed
@@ -62,22 +63,17 @@ class TableFolders:
                 "was not converted. Stage them in separate jobs, or as entries of a manifest (each entry "
                 "has a folder of its own)"
             )
-        with self._lock:
-            claims = self.resume.setdefault(FOLDER_TABLES, {})
-            claimed = out_rel in claims
-            other = claims.setdefault(out_rel, name)
-            if other != name:
+        with self._lock:  # saved before the first part (with the list of the user's parts)
+            other = self.resume.get(FOLDER_TABLES, {}).get(out_rel)
+            if other is None:
+                self._resume_put(FOLDER_TABLES, out_rel, name)
+            elif other != name:
                 raise DestinationExists(
                     f"{name} and {other} would both be converted into {out_rel}, which would then read as "
                     f"one table; {name} was not converted. Stage them as entries of a manifest (each entry "
                     "has a folder of its own), or convert one of them in a job of its own"
                 )
-            folders = self.resume.setdefault("convert_dirs", [])
-            known = out_rel in folders
-            if not known:
-                folders.append(out_rel)
-            if not (claimed and known):  # saved before the first part (the list of the user's parts is)
-                self._resume_dirty = True
+            self._resume_add("convert_dirs", out_rel)
         return out_rel
 
     def _same_version(self, item: SourceItem) -> None:
@@ -89,15 +85,15 @@ class TableFolders:
         spliced). Before, the run went on converting the new version after the old version's parts."""
         out_rel = parquet_folder(item.name)
         with self._lock:
-            versions = self.resume.setdefault(TABLE_VERSIONS, {})
-            seen = versions.get(item.name)
-            if seen is None or seen == item.validator:  # a job of an earlier version kept none: as it is now
-                versions[item.name] = dict(item.validator)
+            seen = self.resume.get(TABLE_VERSIONS, {}).get(item.name)
+            if seen == item.validator:
+                return
+            if seen is None:  # a job of an earlier version kept none: as it is now
+                self._resume_put(TABLE_VERSIONS, item.name, dict(item.validator))
                 return
         done = sum(1 for c in self._table_parts(item.name, out_rel) if c.state in DONE_STATES)
         if not done:
-            with self._lock:
-                versions[item.name] = dict(item.validator)
+            self._resume_put(TABLE_VERSIONS, item.name, dict(item.validator))
             return
         raise SourceChanged(
             f"{item.name} changed while the job was paused or stopped, after {done} of its Parquet parts "
@@ -127,14 +123,18 @@ class TableFolders:
     def _folder_chunks(self, name: str, out_rel: str) -> tuple[list[JobChunk], list[JobChunk]]:
         """``(table name's chunks in out_rel, the other chunks there still staged)``."""
         relative = self.dest.relative
-        with self._lock:
-            made_by = dict(self.resume.get("outputs", {}))
         mine: list[JobChunk] = []
         others: list[JobChunk] = []
-        for chunk in self.store.list_chunks(self.job_id):
+        if not self._holds_chunks(out_rel):
+            return mine, others
+        # A pending chunk records its path as named, a published one where the destination put it.
+        prefixes = {f"{out_rel}/", self.dest.chunk_path(f"{out_rel}/")}
+        for chunk in self.store.list_chunks(self.job_id, under=sorted(prefixes)):
             rel = relative(chunk.path)
             if rel.startswith(out_rel + "/"):
-                if made_by.get(rel) == name:
+                with self._lock:
+                    made_by = self.resume.get("outputs", {}).get(rel)
+                if made_by == name:
                     mine.append(chunk)
                 elif chunk.state in DONE_STATES or chunk.state == ChunkState.pending.value:
                     others.append(chunk)

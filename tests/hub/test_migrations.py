@@ -233,6 +233,52 @@ def test_the_resume_table_is_moved_back_by_a_downgrade_and_forth_again(db_url):
     engine.dispose()
 
 
+def test_resume_changes_are_read_back_and_folded_in_by_a_downgrade(db_url):
+    """Migration 0006 on each database: rows of changes are read back on top of the resume data, in the
+    order written; a downgrade to 0005 folds them into the resume data (a paused job loses nothing), an
+    upgrade makes the table again."""
+    from alembic import command
+
+    from jupyter_staging.engine.migrate import upgrade_database
+    from jupyter_staging.engine.resumechanges import add, drop, put
+
+    store = Store(db_url)
+    store.add_job(running_job("job-c", {"items": [{"name": "a.csv"}, {"name": "b.csv"}], "attempts": 1}))
+    parts = {"a.parquet/part-00000.parquet": 1698, "b.parquet/part-00000.parquet": 1701}
+    for rel, size in parts.items():
+        store.write_chunks("job-c", [], {}, resume_changes=[put("part_bytes", rel, size)])
+    store.write_chunks("job-c", [], {}, resume_changes=[add("converted", "a.csv"), add("converted", "b.csv")])
+    store.write_chunks("job-c", [], {}, resume_changes=[drop("part_bytes", "b.parquet/part-00000.parquet")])
+    expected = {
+        "items": [{"name": "a.csv"}, {"name": "b.csv"}],
+        "attempts": 1,
+        "part_bytes": {"a.parquet/part-00000.parquet": 1698},
+        "converted": ["a.csv", "b.csv"],
+    }
+    job = store.get_job("job-c")
+    assert job is not None and job.resume == expected
+    store.close()
+    engine = sa.create_engine(db_url)
+    cfg = JOB_MIGRATIONS.config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        cfg.attributes["version_table"] = JOB_MIGRATIONS.version_table
+        command.downgrade(cfg, "0005")
+    with engine.connect() as conn:
+        resume = sa.table("staging_job_resume", sa.column("job_id"), sa.column("resume", sa.JSON))
+        assert conn.execute(sa.select(resume.c.resume).where(resume.c.job_id == "job-c")).scalar() == expected
+        assert "staging_resume_changes" not in sa.inspect(conn).get_table_names()
+    upgrade_database(engine, JOB_MIGRATIONS)
+    store = Store(db_url)
+    job = store.get_job("job-c")
+    assert job is not None and job.resume == expected
+    store.write_chunks("job-c", [], {}, resume_changes=[add("converted", "c.csv")])
+    job = store.get_job("job-c")
+    assert job is not None and job.resume["converted"] == ["a.csv", "b.csv", "c.csv"]
+    store.close()
+    engine.dispose()
+
+
 # The job store's chunk writes: one driver-level executemany per set of columns, the statement compiled for
 # the database (positional or named parameters), read back as written.
 def test_chunk_rows_are_inserted_and_updated_in_batches_on_each_database(db_url: str):

@@ -1,0 +1,56 @@
+"""Jobs: changes to the resume data are written as rows of their own, ``staging_resume_changes``.
+
+A conversion records a few small entries per table in the resume data, which lists every item of the job;
+writing it whole for each made a folder of N small tables cost O(N²) (1,000 five-row CSV files: 75 s).
+Each write now adds one row of changes, applied on top of ``staging_job_resume`` when it is read
+(:mod:`jupyter_staging.engine.resumechanges`), and a whole write replaces them.
+
+A downgrade folds each job's changes into its resume data first, so a running job loses nothing. Every
+server using one database must run this release or a later one: an earlier release would not read the
+changes. Stop them all before the upgrade.
+
+Revision ID: 0006
+Revises: 0005
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+from jupyter_staging.engine.resumechanges import apply_changes
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+JOBS, RESUME, CHANGES = "staging_jobs", "staging_job_resume", "staging_resume_changes"
+
+
+def upgrade() -> None:
+    op.create_table(
+        CHANGES,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("job_id", sa.String(36), sa.ForeignKey(f"{JOBS}.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("changes", sa.JSON, nullable=False),
+    )
+    op.create_index(f"ix_{CHANGES}_job_id", CHANGES, ["job_id"])
+
+
+def downgrade() -> None:
+    bind = op.get_bind()
+    resume = sa.table(RESUME, sa.column("job_id", sa.String), sa.column("resume", sa.JSON))
+    changes = sa.table(CHANGES, sa.column("id", sa.Integer), sa.column("job_id", sa.String),
+                       sa.column("changes", sa.JSON))  # fmt: skip
+    writes: dict[str, list[list[list[object]]]] = {}
+    for job_id, rows in bind.execute(sa.select(changes.c.job_id, changes.c.changes).order_by(changes.c.id)):
+        writes.setdefault(job_id, []).append(rows)
+    for job_id, rows in writes.items():
+        known = bind.execute(sa.select(resume.c.resume).where(resume.c.job_id == job_id)).first()
+        data = apply_changes(known[0] if known is not None else None, rows)
+        if known is None:
+            bind.execute(resume.insert().values(job_id=job_id, resume=data))
+        else:
+            bind.execute(resume.update().where(resume.c.job_id == job_id).values(resume=data))
+    op.drop_table(CHANGES)  # and its index (MySQL refuses to drop an index its foreign key uses)
