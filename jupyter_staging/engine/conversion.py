@@ -71,9 +71,8 @@ class ConvertingStager(PipelinedStager, TableFolders):
     ) -> None:
         """Convert table ``item`` into ``<stem>.parquet/part-NNNNN.parquet`` chunks (or stage it as it is
         when it is not a table); resumes after the parts already recorded."""
-        with self._lock:
-            if item.name in self.resume.get("converted", ()):
-                return
+        if self._resume_has("converted", item.name):
+            return
         if self.recovering and self._chunks_named(item.name):
             # Staged as it is in an earlier run, which recorded why (resume data, job log).
             self._convert_passthrough(source, method, item, entry=entry, why="")
@@ -203,6 +202,8 @@ class ConvertingStager(PipelinedStager, TableFolders):
                 content_type=PARQUET_CONTENT_TYPE,
                 control=self.control,
             )
+            # Named before the chunk is made: no flush writes the chunk without its table.
+            self._resume_put("outputs", rel, item.name)
             chunk = self._new_chunk(
                 path=rel,
                 state=ChunkState.pending.value,
@@ -212,7 +213,6 @@ class ConvertingStager(PipelinedStager, TableFolders):
                 content_type=PARQUET_CONTENT_TYPE,
                 entry=entry,
             )
-            self._resume_put("outputs", rel, item.name)  # with the part's size: a resumed run counts it
             self._part_written(rel, reused[0])
             self._chunk_ready(chunk, path=path)
             self.control.add_rows(int(old.get("rows") or 0))

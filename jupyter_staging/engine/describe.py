@@ -64,7 +64,11 @@ def describe_job(rec: JobRecord, live: LiveProgress | None = None) -> DescribeJo
             chunks_done=rec.chunks_done,
             chunks_total=rec.chunks_total,
             rows_done=rows_done,
-            output_bytes=sum(int(n) for n in (rec.part_bytes or {}).values()),
+            output_bytes=(
+                rec.output_bytes
+                if rec.output_bytes is not None
+                else sum(int(n) for n in (rec.part_bytes or {}).values())
+            ),
             rate=rate,
             eta_seconds=eta,
             tasks=tasks,

@@ -73,9 +73,8 @@ class ExpandingStager(ConvertingStager):
         """Stage ``item`` of a job that unpacks / decompresses: expanded when it is an archive (or a
         compressed file), converted when the job converts, else as it is (one chunk)."""
         request = self.resume.get("request") or {}
-        with self._lock:
-            if item.name in self.resume.get("expanded", ()):
-                return
+        if self._resume_has("expanded", item.name):
+            return
         if request.get("unpack") and archive_kind(item.name):
             self._expand(source, rec, item, entry, archive=True)
         elif request.get("decompress") and compressed_kind(item.name):

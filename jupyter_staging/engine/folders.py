@@ -33,9 +33,9 @@ class DestinationWriter:
     #: The job's chunk records waiting to be written (folders holding new links are fsynced first).
     ledger: ChunkLedger
     _lock: threading.RLock
-    #: Guards :attr:`_folders` alone (one lock for all runs: it is held only to make or drop a cache): a
-    #: chunk flush fsyncs folders through the cache while holding the flush lock, and the job's ``_lock``
-    #: is taken before the flush lock elsewhere (saving resume data), so ``_lock`` cannot guard it.
+    #: Guards :attr:`_folders` alone (one lock for all runs: it is held only to make or drop a cache, and
+    #: never while waiting for another): a chunk flush fsyncs folders through the cache while holding the
+    #: job's ``_lock``, so a lock of its own keeps making the cache from waiting for a database write.
     _folders_lock: ClassVar[threading.Lock] = threading.Lock()
     _folders: FolderCache | None = None
 

@@ -85,6 +85,7 @@ class ItemStager(LinkingWriter, PartOwnership):
         self._item_slots = threading.BoundedSemaphore(max(1, int(host.concurrent_items)))
         #: Files this run found complete from the previous run (logged as one line per transfer).
         self._recovered_files = 0
+        self._recovered_lock = threading.Lock()  # not _lock: a flush holds that while it writes
         #: Items relisted (:meth:`_relist`) since the resume data was last written: the next write is whole.
         self._resume_dirty = False
         #: Changes to the resume data (:mod:`~jupyter_staging.engine.resumechanges`) that the next flush
@@ -92,6 +93,13 @@ class ItemStager(LinkingWriter, PartOwnership):
         #: the last whole write.
         self._resume_changes: list[list[Any]] = []
         self._changes_since_whole = 0
+        #: The entries the resume data held at its last whole write (None: not counted yet), and the sum
+        #: of its ``part_bytes`` (None: not summed yet).
+        self._entries_at_whole: int | None = None
+        self._output_bytes: int | None = None
+        #: ``{key: (the list resume[key], a set of its values, its length then)}`` for :meth:`_resume_has`
+        #: (made again when the list is another object, or changed in length behind it).
+        self._resume_sets: dict[str, tuple[list[Any], set[Any], int]] = {}
         #: Every folder (relative to the destination) holding a chunk this job recorded or made: made from
         #: the chunks found at the start by the first :meth:`_new_chunk` or :meth:`_holds_chunks` (after
         #: the run has its destination), then kept by :meth:`_new_chunk`. None until then.
@@ -138,20 +146,26 @@ class ItemStager(LinkingWriter, PartOwnership):
 
         The changes (one row, :mod:`~jupyter_staging.engine.resumechanges`): O(changes), not O(items).
         The resume data whole instead when an item was relisted, or when the changes since the last whole
-        write outnumber the entries it holds
-        (:func:`~jupyter_staging.engine.resumechanges.compaction_due`): each entry is then written a
-        bounded number of times. The shown parts of the resume data (``part_bytes``, ``not_converted``,
-        ``bytes_columns``) go with the changes that touch them while they hold at most
-        :data:`SHOWN_WITH_CHANGES` entries; a bigger one is shown as of the last whole write, which every
-        end of a run makes (:meth:`_settle_resume`)."""
-        changes, self._resume_changes = self._resume_changes, []
+        write outnumber the entries it held then
+        (:func:`~jupyter_staging.engine.resumechanges.compaction_due`): the whole writes come at
+        geometrically growing intervals, each entry is written a bounded number of times. The shown parts
+        of the resume data (``part_bytes``, ``not_converted``, ``bytes_columns``) go with the changes that
+        touch them while they hold at most :data:`SHOWN_WITH_CHANGES` entries, and ``output_bytes`` (their
+        sum, kept in memory) always; a bigger one is shown as of the last whole write, which every end of a
+        run makes (:meth:`_settle_resume`). Raises ``TypeError`` for what JSON cannot hold, having taken
+        nothing."""
         whole = given or self._resume_dirty
-        if not whole and changes:
-            whole = compaction_due(self._changes_since_whole + len(changes), self._resume_size())
+        if not whole and self._resume_changes:
+            if self._entries_at_whole is None:  # the run's start wrote it whole
+                self._entries_at_whole = self._resume_size()
+            since = self._changes_since_whole + len(self._resume_changes)
+            whole = compaction_due(since, self._entries_at_whole)
         if whole:
-            taken = (changes, True)
+            copied = {} if given else {"resume": json_copy(self.resume)}
+            changes, self._resume_changes = self._resume_changes, []
             self._resume_dirty = False
-            return ({} if given else {"resume": json_copy(self.resume)}), taken
+            return copied, (changes, True)
+        changes, self._resume_changes = self._resume_changes, []
         if not changes:
             return {}, None
         fields: dict[str, Any] = {"resume_changes": changes}
@@ -159,15 +173,27 @@ class ItemStager(LinkingWriter, PartOwnership):
             shown = self.resume.get(key) or {}
             if len(shown) <= SHOWN_WITH_CHANGES:
                 fields[key] = dict(shown) or None
+            if key == PART_BYTES:
+                fields["output_bytes"] = self._part_bytes_total()
         return fields, (changes, False)
+
+    def _part_bytes_total(self) -> int:
+        """The sum of the resume data's ``part_bytes`` (bytes), kept in memory by :meth:`_resume_put` and
+        :meth:`_resume_drop` once first made. Called holding ``_lock``."""
+        if self._output_bytes is None:
+            self._output_bytes = sum(int(n) for n in (self.resume.get(PART_BYTES) or {}).values())
+        return self._output_bytes
 
     def _give_back_resume(self, taken: tuple[list[list[Any]], bool] | None, *, written: bool) -> None:
         """After the write of what :meth:`_take_resume` took: count it (``written``), or keep it to write."""
         if taken is None:
             return
         changes, whole = taken
+        if written and whole:
+            self._changes_since_whole, self._entries_at_whole = 0, self._resume_size()
+            return
         if written:
-            self._changes_since_whole = 0 if whole else self._changes_since_whole + len(changes)
+            self._changes_since_whole += len(changes)
             return
         self._resume_changes[:0] = changes
         if whole:
@@ -190,13 +216,18 @@ class ItemStager(LinkingWriter, PartOwnership):
     def _resume_put(self, key: str, name: str, value: Any) -> None:
         """``resume[key][name] = value``, written with the next flush as a change."""
         with self._lock:
-            self.resume.setdefault(key, {})[name] = value
+            target = self.resume.setdefault(key, {})
+            if key == PART_BYTES:
+                self._output_bytes = self._part_bytes_total() + int(value) - int(target.get(name) or 0)
+            target[name] = value
             self._resume_changes.append(put(key, name, value))
 
     def _resume_drop(self, key: str, name: str) -> None:
         """Remove ``resume[key][name]`` (when there), written with the next flush as a change."""
         with self._lock:
             if name in self.resume.get(key, {}):
+                if key == PART_BYTES:
+                    self._output_bytes = self._part_bytes_total() - int(self.resume[key][name] or 0)
                 del self.resume[key][name]
                 self._resume_changes.append(drop(key, name))
 
@@ -205,11 +236,25 @@ class ItemStager(LinkingWriter, PartOwnership):
         change. Returns False when it held it."""
         with self._lock:
             values = self.resume.setdefault(key, [])
-            if value in values:
+            if self._resume_has(key, value):
                 return False
             values.append(value)
+            known = self._resume_sets[key]
+            known[1].add(value)
+            self._resume_sets[key] = (values, known[1], len(values))
             self._resume_changes.append(add(key, value))
             return True
+
+    def _resume_has(self, key: str, value: Any) -> bool:
+        """True when the list ``resume[key]`` holds ``value``: O(1), through a set kept beside the list."""
+        with self._lock:
+            values = self.resume.get(key)
+            if not isinstance(values, list):
+                return False
+            known = self._resume_sets.get(key)
+            if known is None or known[0] is not values or known[2] != len(values):
+                known = self._resume_sets[key] = (values, set(values), len(values))
+            return value in known[1]
 
     def _relist(self, item: SourceItem, seen: dict[str, Any]) -> None:
         """``item`` changed since it was listed: from now on it has fingerprint ``seen``, in memory and in
@@ -301,8 +346,8 @@ class ItemStager(LinkingWriter, PartOwnership):
         if not self._lock.acquire(blocking=force):
             return None
         try:
+            resume, taken = self._take_resume("resume" in job_fields)  # first: it may raise, taking nothing
             batch = self.ledger.take()
-            resume, taken = self._take_resume("resume" in job_fields)
             if batch.empty and not job_fields and not events and not resume:
                 return None
             try:
@@ -395,12 +440,12 @@ class ItemStager(LinkingWriter, PartOwnership):
         """Count one file found complete (published, or linked) by the previous run: one log line for all
         of them (:meth:`_log_recovered`), not one each (a batch of 1,000 lines would push the line that
         says why the job was resumed out of the newest lines the panel shows)."""
-        with self._lock:
+        with self._recovered_lock:
             self._recovered_files += 1
 
     def _log_recovered(self) -> None:
         """Log how many files were found complete from the previous run since the last call, if any."""
-        with self._lock:
+        with self._recovered_lock:
             count, self._recovered_files = self._recovered_files, 0
         if count:
             self._log("info", f"{count} file(s) already complete from the previous run, kept as they are")

@@ -7,8 +7,8 @@ of N small tables cost O(N²) (1,000 five-row CSV files: 75 s, 2,000: about 210 
 row of changes (``staging_resume_changes``, migration 0006), applied in order on top of the last whole
 write when the resume data is read; a whole write (:meth:`~jupyter_staging.engine.store.Store.write_chunks`
 with ``resume``) replaces them. The runner writes the whole resume data again once the changes since the
-last whole write outnumber the items (:func:`compaction_due`): every change is then rewritten a bounded
-number of times, and a job of N tables costs O(N).
+last whole write outnumber the entries it held then (:func:`compaction_due`), and at the end of every run:
+every change is then rewritten a bounded number of times, and a job of N tables costs O(N).
 
 A change is a JSON list, one of:
 
@@ -76,8 +76,10 @@ def apply_changes(resume: dict[str, Any] | None, writes: Iterable[list[list[Any]
     return result
 
 
-def compaction_due(changes_since_whole: int, items: int) -> bool:
-    """True when the resume data should be written whole again: ``changes_since_whole`` changes (each
-    entry of each row) were written since the last whole write, more than both
-    :data:`MIN_CHANGES_BEFORE_COMPACTION` and ``items`` (the items it lists, which a whole write costs)."""
-    return changes_since_whole > max(MIN_CHANGES_BEFORE_COMPACTION, items)
+def compaction_due(changes_since_whole: int, entries_then: int) -> bool:
+    """True when the resume data should be written whole again: ``changes_since_whole`` changes were
+    written since the last whole write, more than both :data:`MIN_CHANGES_BEFORE_COMPACTION` and
+    ``entries_then``, the entries the resume data held at that write (the items it lists, and the entries
+    of its other maps and lists: what a whole write costs). As the changes add entries, the whole writes
+    come at geometrically growing intervals: O(entries) in all, however many there are."""
+    return changes_since_whole > max(MIN_CHANGES_BEFORE_COMPACTION, entries_then)

@@ -103,7 +103,11 @@ class ReusingWriter(DestinationWriter):
 
     def _previous_objects(self) -> dict[str, dict[str, Any]]:
         """The objects of the output this job replaces (``{relative path: manifest object}``), when the
-        job may reuse them; empty otherwise."""
+        job may reuse them; empty otherwise. Made once; read without the job's lock after that (a flush
+        holds it while it writes: every file's look would wait for the database)."""
+        previous = self._previous
+        if previous is not None:
+            return previous
         with self._lock:  # manifest entries run in parallel
             if self._previous is None:
                 reuse = (self.resume.get("swap") or {}).get("reuse") or {}

@@ -87,6 +87,10 @@ class JobRecord(Base):
     #: ``{output name: [column names]}`` of the converted tables with columns read as bytes, not text (a
     #: CSV that is not UTF-8 and no ``encoding`` given), shown as a notice (migration 0005).
     bytes_columns: Mapped[dict[str, list[str]] | None] = mapped_column(JSON, nullable=True)
+    #: The sum of ``part_bytes`` (``progress.output_bytes``), kept by a running job with each write of
+    #: changes (migration 0006): ``part_bytes`` itself is written with changes only while small. None for
+    #: jobs written before; their ``part_bytes`` is summed instead.
+    output_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -156,17 +160,20 @@ class ResumeChangeRecord(Base):
 def _show_resume(rec: JobRecord) -> None:
     """Set the shown parts of ``rec``'s resume data (``part_bytes``, ``not_converted``,
     ``bytes_columns``) from it."""
-    rec.part_bytes, rec.not_converted, rec.bytes_columns = shown_parts(rec.resume).values()
+    for name, value in shown_parts(rec.resume).items():
+        setattr(rec, name, value)
 
 
 def shown_parts(resume: dict[str, Any] | None) -> dict[str, Any]:
-    """``{"part_bytes": ..., "not_converted": ..., "bytes_columns": ...}`` of ``resume`` (None when
-    absent): the columns written beside the resume data."""
+    """``{"part_bytes": ..., "not_converted": ..., "bytes_columns": ..., "output_bytes": ...}`` of
+    ``resume`` (None when absent): the columns written beside the resume data."""
     resume = resume or {}
+    part_bytes = resume.get(PART_BYTES) or None
     return {
-        "part_bytes": resume.get(PART_BYTES) or None,
+        "part_bytes": part_bytes,
         "not_converted": resume.get(NOT_CONVERTED) or None,
         "bytes_columns": resume.get(BYTES_COLUMNS) or None,
+        "output_bytes": sum(int(n) for n in part_bytes.values()) if part_bytes else None,
     }
 
 

@@ -65,7 +65,7 @@ from jupyter_staging.formats.detect import detect_format
 from jupyter_staging.formats.ecsv import ecsv_source
 from jupyter_staging.formats.fits import FitsSource
 from jupyter_staging.formats.parquet import COMPRESSIONS, ParquetSource, PartWriter
-from jupyter_staging.formats.prefetch import Prefetch
+from jupyter_staging.formats.prefetch import ahead_of
 from jupyter_staging.formats.votable import VOTableSource
 from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.control import JobControl
@@ -253,8 +253,8 @@ def _write_parts(
     )
     try:
         taken = 0
-        with Prefetch(pieces) as ahead:
-            for piece in _limited(iter(ahead), limit):
+        with ahead_of(pieces, source.size) as ahead:
+            for piece in _limited(ahead, limit):
                 writer.add(piece)
                 taken += piece.batch.num_rows
         return writer.finish(to_end=limit is None or taken < limit)

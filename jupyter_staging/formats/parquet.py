@@ -23,6 +23,7 @@ from jupyter_staging.formats.arrow import conform
 from jupyter_staging.formats.astropy_meta import string_lengths
 from jupyter_staging.formats.base import ChunkInfo, Piece, Source, without_paths
 from jupyter_staging.formats.metadata import base_meta, with_metadata
+from jupyter_staging.formats.prefetch import Inline, overlaps
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile
 
@@ -267,7 +268,12 @@ class PartWriter:
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._inflight: _Inflight | None = None
-        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-convert-write")
+        # A small source's parts are encoded on this thread (starting a thread costs more than it gains).
+        self._encoder: ThreadPoolExecutor | Inline = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-convert-write")
+            if overlaps(source.size)
+            else Inline()
+        )
         # Source bytes reported through control.add_bytes, up to here; a resumed run starts counting
         # where its first row was read.
         self._reported: int | None = 0 if start_index == 0 else None

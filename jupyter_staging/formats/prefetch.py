@@ -4,15 +4,63 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from jupyter_staging.formats.base import Piece
 
-__all__ = ["PREFETCH_BATCHES", "Prefetch"]
+__all__ = ["OVERLAP_MIN_BYTES", "PREFETCH_BATCHES", "Inline", "Prefetch", "ahead_of", "overlaps"]
+
+T = TypeVar("T")
 
 #: Batches the reader thread may hold ahead of the writer.
 PREFETCH_BATCHES = 4
+
+
+#: Sources of at most this many bytes are read, encoded and written on the calling thread: starting and
+#: stopping a reader and a writer thread cost more than the overlap gains for a table of a few rows (a
+#: folder of 20,000 small light curves). ``None`` (size unknown) overlaps.
+OVERLAP_MIN_BYTES = 4 * 1024 * 1024
+
+
+def overlaps(size: int | None) -> bool:
+    """True when a source of ``size`` bytes is read on a thread of its own (:class:`Prefetch`) and its
+    parts are encoded on another (``PartWriter``)."""
+    return size is None or size > OVERLAP_MIN_BYTES
+
+
+class Inline:
+    """An executor that runs each call at once, on the calling thread (``submit`` returns a done
+    :class:`~concurrent.futures.Future`): ``PartWriter``'s encoder for a small source."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # raised by the future's result(), as a thread's would be
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Nothing to stop."""
+
+
+@contextmanager
+def ahead_of(items: Iterator[Piece], size: int | None) -> Iterator[Iterator[Piece]]:
+    """``items`` read ahead on a thread (:class:`Prefetch`) when the source of ``size`` bytes
+    :func:`overlaps`, else as they are (closed on exit)."""
+    if overlaps(size):
+        with Prefetch(items) as ahead:
+            yield iter(ahead)
+        return
+    try:
+        yield items
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
 
 
 class Prefetch:

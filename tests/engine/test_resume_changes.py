@@ -234,3 +234,22 @@ def test_a_job_of_many_small_tables_killed_part_way_resumes_from_its_written_cha
     assert sum(pq.read_table(root / "out" / f"t{i:05d}.parquet").num_rows for i in range(count)) == 5 * count
     for name in sorted(converted)[:20]:  # converted before the kill: never read again
         assert log.count(f"{name}: converted to") == 1
+
+
+def test_output_bytes_keeps_up_with_a_running_conversion_of_many_tables(manager, root, tmp_path):
+    """Beyond 256 parts, ``part_bytes`` goes with the changes no more; ``output_bytes`` (their sum, kept by
+    the running job) still grows with every part, not only at the run's end."""
+    source = small_tables(tmp_path / "tables", 700)
+    job, _ = manager.create(CreateJob(source=str(source), destination="out", convert={}))
+    shown: list[tuple[str, int]] = []
+
+    def past_400_parts() -> bool:
+        now = manager.get(job.id)
+        shown.append((now.state.value, now.progress.output_bytes or 0))
+        return now.state.is_final or now.progress.output_bytes > 400 * 1500
+
+    wait_until(past_400_parts, timeout=300, what="output_bytes past 400 parts")
+    assert shown[-1][0] == "running", shown[-3:]  # seen growing while the job ran
+    done = manager.wait(job.id, timeout=300)
+    assert done.state == JobState.succeeded
+    assert done.progress.output_bytes == sum(p.stat().st_size for p in (root / "out").glob("*/*.parquet"))

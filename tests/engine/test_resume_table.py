@@ -56,3 +56,25 @@ def test_resume_data_is_written_with_the_job_row(store):
     assert updated is not None and updated.part_bytes is None
     again = store.get_job("job-001")
     assert again is not None and again.state == "failed" and again.resume == {"items": [{"name": "a"}]}
+
+
+def test_jobs_are_read_with_their_resume_data_and_changes_under_sqlites_old_limit_of_999_parameters(store):
+    """An SQLite before 3.32 binds at most 999 parameters per statement; each read names a batch of job ids
+    twice (their whole rows and their rows of changes), so 850 jobs take three reads, none refused."""
+    import sqlite3
+
+    from sqlalchemy import event
+
+    from jupyter_staging.engine.resumechanges import add
+
+    @event.listens_for(store.engine, "connect")
+    def old_limit(dbapi_conn, record):
+        dbapi_conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+
+    store.engine.dispose()  # new connections, with the limit
+    for i in range(850):
+        store.add_job(job(i, {"items": [{"name": f"lc-{i}.fits"}]}))
+    store.write_chunks("job-007", [], {}, resume_changes=[add("converted", "lc-7.fits")])
+    listed = {rec.id: rec for rec in store.list_jobs("alice", limit=1000)}
+    assert len(listed) == 850
+    assert listed["job-007"].resume == {"items": [{"name": "lc-7.fits"}], "converted": ["lc-7.fits"]}

@@ -3,7 +3,9 @@
 A conversion records a few small entries per table in the resume data, which lists every item of the job;
 writing it whole for each made a folder of N small tables cost O(N²) (1,000 five-row CSV files: 75 s).
 Each write now adds one row of changes, applied on top of ``staging_job_resume`` when it is read
-(:mod:`jupyter_staging.engine.resumechanges`), and a whole write replaces them.
+(:mod:`jupyter_staging.engine.resumechanges`), and a whole write replaces them. The column
+``staging_jobs.output_bytes`` holds the sum of the Parquet parts' bytes, which a running job keeps with
+each write of changes (``part_bytes`` itself is written with changes only while small).
 
 A downgrade folds each job's changes into its resume data first, so a running job loses nothing. Every
 server using one database must run this release or a later one: an earlier release would not read the
@@ -14,6 +16,8 @@ Revises: 0005
 """
 
 from __future__ import annotations
+
+import sqlite3
 
 import sqlalchemy as sa
 from alembic import op
@@ -28,7 +32,13 @@ depends_on = None
 JOBS, RESUME, CHANGES = "staging_jobs", "staging_job_resume", "staging_resume_changes"
 
 
+def _can_drop_columns(bind: sa.Connection) -> bool:
+    """True where ``ALTER TABLE ... DROP COLUMN`` works without rebuilding the table (migration 0004)."""
+    return bind.dialect.name != "sqlite" or sqlite3.sqlite_version_info >= (3, 35, 5)
+
+
 def upgrade() -> None:
+    op.add_column(JOBS, sa.Column("output_bytes", sa.BigInteger, nullable=True))
     op.create_table(
         CHANGES,
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -54,3 +64,5 @@ def downgrade() -> None:
         else:
             bind.execute(resume.update().where(resume.c.job_id == job_id).values(resume=data))
     op.drop_table(CHANGES)  # and its index (MySQL refuses to drop an index its foreign key uses)
+    if _can_drop_columns(bind):  # else kept, unread: an older SQLite would rebuild the table
+        op.drop_column(JOBS, "output_bytes")
