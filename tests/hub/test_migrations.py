@@ -67,6 +67,17 @@ def make_release_0_1_jobs(url: str) -> None:
     engine.dispose()
 
 
+def downgrade_jobs(engine: sa.Engine, revision: str) -> None:
+    """Downgrade the job database of ``engine`` to ``revision`` (Alembic, as an admin would)."""
+    from alembic import command
+
+    cfg = JOB_MIGRATIONS.config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        cfg.attributes["version_table"] = JOB_MIGRATIONS.version_table
+        command.downgrade(cfg, revision)
+
+
 def running_job(job_id: str, resume: dict) -> JobRecord:
     """A running copy job of alice's with ``resume`` as its resume data."""
     return JobRecord(
@@ -207,7 +218,6 @@ def test_jobs_are_shown_without_reading_their_resume_data_on_every_database(db_u
 def test_the_resume_table_is_moved_back_by_a_downgrade_and_forth_again(db_url):
     """Migration 0004 both ways: a downgrade to 0003 puts each job's resume data back in its row, an upgrade
     moves it out again, nothing lost."""
-    from alembic import command
 
     from jupyter_staging.engine.migrate import upgrade_database
 
@@ -216,11 +226,7 @@ def test_the_resume_table_is_moved_back_by_a_downgrade_and_forth_again(db_url):
     store.add_job(running_job("job-r", resume))
     store.close()
     engine = sa.create_engine(db_url)
-    cfg = JOB_MIGRATIONS.config()
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        cfg.attributes["version_table"] = JOB_MIGRATIONS.version_table
-        command.downgrade(cfg, "0003")
+    downgrade_jobs(engine, "0003")
     with engine.connect() as conn:
         jobs = sa.table("staging_jobs", sa.column("id"), sa.column("resume", sa.JSON))
         assert conn.execute(sa.select(jobs.c.resume).where(jobs.c.id == "job-r")).scalar() == resume
@@ -237,7 +243,6 @@ def test_resume_changes_are_read_back_and_folded_in_by_a_downgrade(db_url):
     """Migration 0006 on each database: rows of changes are read back on top of the resume data, in the
     order written; a downgrade to 0005 folds them into the resume data (a paused job loses nothing), an
     upgrade makes the table again."""
-    from alembic import command
 
     from jupyter_staging.engine.migrate import upgrade_database
     from jupyter_staging.engine.resumechanges import add, drop, put
@@ -259,11 +264,7 @@ def test_resume_changes_are_read_back_and_folded_in_by_a_downgrade(db_url):
     assert job is not None and job.resume == expected
     store.close()
     engine = sa.create_engine(db_url)
-    cfg = JOB_MIGRATIONS.config()
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        cfg.attributes["version_table"] = JOB_MIGRATIONS.version_table
-        command.downgrade(cfg, "0005")
+    downgrade_jobs(engine, "0005")
     with engine.connect() as conn:
         resume = sa.table("staging_job_resume", sa.column("job_id"), sa.column("resume", sa.JSON))
         assert conn.execute(sa.select(resume.c.resume).where(resume.c.job_id == "job-c")).scalar() == expected
