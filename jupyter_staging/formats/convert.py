@@ -59,13 +59,13 @@ from pathlib import Path
 
 from jupyter_staging.errors import ConversionFailed, SourceNotFound
 from jupyter_staging.formats.base import ChunkInfo, Piece, Source
-from jupyter_staging.formats.compression import comment_prefix_bytes
+from jupyter_staging.formats.compression import comment_prefix_bytes, compression_of
 from jupyter_staging.formats.csv import CsvSource, RaggedRows, read_ragged, text_encoding
 from jupyter_staging.formats.detect import detect_format
 from jupyter_staging.formats.ecsv import ecsv_source
 from jupyter_staging.formats.fits import FitsSource
 from jupyter_staging.formats.parquet import COMPRESSIONS, ParquetSource, PartWriter
-from jupyter_staging.formats.prefetch import ahead_of
+from jupyter_staging.formats.prefetch import ahead_of, overlaps
 from jupyter_staging.formats.votable import VOTableSource
 from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.control import JobControl
@@ -143,7 +143,10 @@ def convert_to_parquet(
     try:
         pieces = _pieces(src, source, start_index * chunk_rows, start_offset)
         parts = (start_index, stop_index)
-        chunks = _write_parts(source, pieces, out_dir, chunk_rows, codec, parts, control, on_chunk, root)
+        threads = overlaps(None if compression_of(src) is not None else source.size)
+        chunks = _write_parts(
+            source, pieces, out_dir, chunk_rows, codec, parts, control, on_chunk, root, threads=threads
+        )
     finally:
         source.close()
     _log_converted(src, fmt, chunks, time.monotonic() - started)
@@ -237,8 +240,11 @@ def _write_parts(
     control: JobControl | None,
     on_chunk: Callable[[ChunkInfo], None] | None,
     root: Path | None,
+    *,
+    threads: bool,
 ) -> list[ChunkInfo]:
-    """Parts ``parts[0] .. parts[1]-1`` (None: to the end) of ``pieces`` written into ``out_dir``."""
+    """Parts ``parts[0] .. parts[1]-1`` (None: to the end) of ``pieces`` written into ``out_dir``; read,
+    encoded and published on three threads with ``threads``, else on this one."""
     start_index, stop_index = parts
     limit = None if stop_index is None else (stop_index - start_index) * chunk_rows
     writer = PartWriter(
@@ -250,10 +256,11 @@ def _write_parts(
         control=control,
         on_chunk=on_chunk,
         root=root,
+        threads=threads,
     )
     try:
         taken = 0
-        with ahead_of(pieces, source.size) as ahead:
+        with ahead_of(pieces, threads) as ahead:
             for piece in _limited(ahead, limit):
                 writer.add(piece)
                 taken += piece.batch.num_rows

@@ -23,7 +23,7 @@ from jupyter_staging.formats.arrow import conform
 from jupyter_staging.formats.astropy_meta import string_lengths
 from jupyter_staging.formats.base import ChunkInfo, Piece, Source, without_paths
 from jupyter_staging.formats.metadata import base_meta, with_metadata
-from jupyter_staging.formats.prefetch import Inline, overlaps
+from jupyter_staging.formats.prefetch import Inline
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile
 
@@ -237,7 +237,8 @@ class PartWriter:
     part order, once a part is published; after an interrupt no further part is published (the writer
     thread checks ``control`` between encoding a part and publishing it).
 
-    Parts are numbered from ``start_index``; ``compression`` is one of :data:`COMPRESSIONS`. Call
+    Parts are numbered from ``start_index``; ``compression`` is one of :data:`COMPRESSIONS`; without
+    ``threads`` parts are encoded and published on the caller's thread (a small source). Call
     :meth:`add` for each piece, :meth:`finish` at the end, and :meth:`close` always.
     """
 
@@ -252,6 +253,7 @@ class PartWriter:
         control: JobControl | None,
         on_chunk: Callable[[ChunkInfo], None] | None,
         root: Path | None = None,
+        threads: bool = True,
     ) -> None:
         self.chunks: list[ChunkInfo] = []
         self._out_dir = out_dir
@@ -268,10 +270,10 @@ class PartWriter:
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._inflight: _Inflight | None = None
-        # A small source's parts are encoded on this thread (starting a thread costs more than it gains).
+        # Without ``threads`` (a small source: :func:`overlaps`), parts are encoded on this thread.
         self._encoder: ThreadPoolExecutor | Inline = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-convert-write")
-            if overlaps(source.size)
+            if threads
             else Inline()
         )
         # Source bytes reported through control.add_bytes, up to here; a resumed run starts counting

@@ -21,7 +21,8 @@ PREFETCH_BATCHES = 4
 
 #: Sources of at most this many bytes are read, encoded and written on the calling thread: starting and
 #: stopping a reader and a writer thread cost more than the overlap gains for a table of a few rows (a
-#: folder of 20,000 small light curves). ``None`` (size unknown) overlaps.
+#: folder of 20,000 small light curves). ``None`` (size unknown, or a compressed file: its size says
+#: little of its rows) overlaps.
 OVERLAP_MIN_BYTES = 4 * 1024 * 1024
 
 
@@ -48,10 +49,10 @@ class Inline:
 
 
 @contextmanager
-def ahead_of(items: Iterator[Piece], size: int | None) -> Iterator[Iterator[Piece]]:
-    """``items`` read ahead on a thread (:class:`Prefetch`) when the source of ``size`` bytes
-    :func:`overlaps`, else as they are (closed on exit)."""
-    if overlaps(size):
+def ahead_of(items: Iterator[Piece], threads: bool) -> Iterator[Iterator[Piece]]:
+    """``items`` read ahead on a thread (:class:`Prefetch`) with ``threads`` (:func:`overlaps`), else as
+    they are (closed on exit)."""
+    if threads:
         with Prefetch(items) as ahead:
             yield iter(ahead)
         return

@@ -269,6 +269,10 @@ def test_resume_changes_are_read_back_and_folded_in_by_a_downgrade(db_url):
         resume = sa.table("staging_job_resume", sa.column("job_id"), sa.column("resume", sa.JSON))
         assert conn.execute(sa.select(resume.c.resume).where(resume.c.job_id == "job-c")).scalar() == expected
         assert "staging_resume_changes" not in sa.inspect(conn).get_table_names()
+        # The release before shows a job's Parquet bytes from this column: as of every change.
+        jobs = sa.table("staging_jobs", sa.column("id"), sa.column("part_bytes", sa.JSON))
+        shown = conn.execute(sa.select(jobs.c.part_bytes).where(jobs.c.id == "job-c")).scalar()
+        assert shown == {"a.parquet/part-00000.parquet": 1698}
     upgrade_database(engine, JOB_MIGRATIONS)
     store = Store(db_url)
     job = store.get_job("job-c")
@@ -334,3 +338,30 @@ def test_chunk_rows_are_inserted_and_updated_in_batches_on_each_database(db_url:
             assert (c.state, c.sha256, c.bytes) == ("pending", None, 65536 + i)
     last = chunks["c-300"]
     assert (last.state, last.path, last.rows, last.bytes) == ("ready", "100% done's.fits", 7, None)
+
+
+def test_an_older_sqlite_keeps_output_bytes_on_a_downgrade_and_upgrades_again(tmp_path, monkeypatch):
+    """Before 3.35.5, SQLite cannot drop a column without rebuilding the table: the downgrade from 0006
+    keeps ``output_bytes``, emptied, and the next upgrade takes the column as it finds it, still empty (the
+    release before never kept it up), so the job's Parquet bytes are summed from ``part_bytes``."""
+    import sqlite3
+
+    from jupyter_staging.engine.migrate import upgrade_database
+
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    store = Store(url)
+    store.add_job(running_job("job-o", {"items": [], "part_bytes": {"a.parquet/part-00000.parquet": 7}}))
+    store.close()
+    engine = sa.create_engine(url)
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))
+    downgrade_jobs(engine, "0005")
+    with engine.connect() as conn:
+        assert "output_bytes" in {c["name"] for c in sa.inspect(conn).get_columns("staging_jobs")}
+    upgrade_database(engine, JOB_MIGRATIONS)
+    engine.dispose()
+    store = Store(url)
+    job = store.get_job("job-o", resume=False)
+    assert (
+        job is not None and job.output_bytes is None and job.part_bytes == {"a.parquet/part-00000.parquet": 7}
+    )
+    store.close()

@@ -37,8 +37,18 @@ def _can_drop_columns(bind: sa.Connection) -> bool:
     return bind.dialect.name != "sqlite" or sqlite3.sqlite_version_info >= (3, 35, 5)
 
 
+#: The columns shown beside the resume data that a downgrade writes from the folded changes.
+SHOWN = ("part_bytes", "not_converted", "bytes_columns")
+
+
 def upgrade() -> None:
-    op.add_column(JOBS, sa.Column("output_bytes", sa.BigInteger, nullable=True))
+    bind = op.get_bind()
+    if "output_bytes" in {c["name"] for c in sa.inspect(bind).get_columns(JOBS)}:
+        # Kept by a downgrade on an older SQLite, and not kept up since: summed from part_bytes again.
+        jobs = sa.table(JOBS, sa.column("output_bytes", sa.BigInteger))
+        bind.execute(jobs.update().values(output_bytes=None))
+    else:
+        op.add_column(JOBS, sa.Column("output_bytes", sa.BigInteger, nullable=True))
     op.create_table(
         CHANGES,
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -56,6 +66,9 @@ def downgrade() -> None:
     writes: dict[str, list[list[list[object]]]] = {}
     for job_id, rows in bind.execute(sa.select(changes.c.job_id, changes.c.changes).order_by(changes.c.id)):
         writes.setdefault(job_id, []).append(rows)
+    jobs = sa.table(
+        JOBS, sa.column("id", sa.String), *(sa.column(name, sa.JSON(none_as_null=True)) for name in SHOWN)
+    )
     for job_id, rows in writes.items():
         known = bind.execute(sa.select(resume.c.resume).where(resume.c.job_id == job_id)).first()
         data = apply_changes(known[0] if known is not None else None, rows)
@@ -63,6 +76,13 @@ def downgrade() -> None:
             bind.execute(resume.insert().values(job_id=job_id, resume=data))
         else:
             bind.execute(resume.update().where(resume.c.job_id == job_id).values(resume=data))
+        # The shown columns as of all the changes (a big one was written only with whole writes).
+        shown = {name: (data or {}).get(name) or None for name in SHOWN}
+        bind.execute(jobs.update().where(jobs.c.id == job_id).values(**shown))
     op.drop_table(CHANGES)  # and its index (MySQL refuses to drop an index its foreign key uses)
-    if _can_drop_columns(bind):  # else kept, unread: an older SQLite would rebuild the table
+    if _can_drop_columns(bind):
         op.drop_column(JOBS, "output_bytes")
+    else:  # kept (an older SQLite would rebuild the table), unread by the release before; emptied
+        bind.execute(
+            sa.table(JOBS, sa.column("output_bytes", sa.BigInteger)).update().values(output_bytes=None)
+        )
