@@ -15,9 +15,16 @@ from typing import Any
 
 from jupyter_staging.engine.records import json_copy
 from jupyter_staging.engine.resumechanges import add, compaction_due, drop, put
-from jupyter_staging.engine.schema import BYTES_COLUMNS, NOT_CONVERTED, PART_BYTES, JobRecord
+from jupyter_staging.engine.schema import (
+    BYTES_COLUMNS,
+    NOT_CONVERTED,
+    PART_BYTES,
+    SHOWN_PART_BYTES,
+    JobRecord,
+)
 
-#: Entries of a shown part of the resume data (``part_bytes``...) up to which a write of changes touching it
+#: Entries of a shown part of the resume data (``not_converted``, ``bytes_columns``; ``part_bytes`` has its
+#: own, :data:`~jupyter_staging.engine.schema.SHOWN_PART_BYTES`) up to which a write of changes touching it
 #: writes it too (:meth:`ResumeBook._take_resume`): O(1) per write.
 SHOWN_WITH_CHANGES = 256
 
@@ -77,10 +84,12 @@ class ResumeBook:
         write outnumber the entries it held then
         (:func:`~jupyter_staging.engine.resumechanges.compaction_due`): the whole writes come at
         geometrically growing intervals, each entry is written a bounded number of times. The shown parts
-        of the resume data (``part_bytes``, ``not_converted``, ``bytes_columns``) go with the changes that
-        touch them while they hold at most :data:`SHOWN_WITH_CHANGES` entries, and ``output_bytes`` (their
-        sum, kept in memory) always; a bigger one is shown as of the last whole write, which every end of a
-        run makes (:meth:`_settle_resume`). Raises ``TypeError`` for what JSON cannot hold, having taken
+        of the resume data go with the changes that touch them: ``output_bytes`` (the sum of the parts'
+        bytes, kept in memory) always, ``part_bytes`` while it holds at most
+        :data:`~jupyter_staging.engine.schema.SHOWN_PART_BYTES` parts (else None: only the sum is shown),
+        ``not_converted`` and ``bytes_columns`` while they hold at most :data:`SHOWN_WITH_CHANGES` entries
+        (a bigger one is shown as of the last whole write, which every end of a run makes:
+        :meth:`_settle_resume`). Raises ``TypeError`` for what JSON cannot hold, having taken
         nothing."""
         whole = given or self._resume_dirty
         if not whole and self._resume_changes:
@@ -99,10 +108,11 @@ class ResumeBook:
         fields: dict[str, Any] = {"resume_changes": changes}
         for key in {c[1] for c in changes} & {PART_BYTES, NOT_CONVERTED, BYTES_COLUMNS}:
             shown = self.resume.get(key) or {}
-            if len(shown) <= SHOWN_WITH_CHANGES:
-                fields[key] = dict(shown) or None
             if key == PART_BYTES:
                 fields["output_bytes"] = self._part_bytes_total()
+                fields[key] = (dict(shown) or None) if len(shown) <= SHOWN_PART_BYTES else None
+            elif len(shown) <= SHOWN_WITH_CHANGES:
+                fields[key] = dict(shown) or None
         return fields, (changes, False)
 
     def _part_bytes_total(self) -> int:

@@ -164,13 +164,20 @@ def _show_resume(rec: JobRecord) -> None:
         setattr(rec, name, value)
 
 
+#: Parts up to which ``part_bytes`` is written beside the resume data too; beyond, only their sum
+#: (``output_bytes``): the job's row is read with every part a conversion records, and 20,000 parts' sizes
+#: there made each read O(parts).
+SHOWN_PART_BYTES = 256
+
+
 def shown_parts(resume: dict[str, Any] | None) -> dict[str, Any]:
     """``{"part_bytes": ..., "not_converted": ..., "bytes_columns": ..., "output_bytes": ...}`` of
-    ``resume`` (None when absent): the columns written beside the resume data."""
+    ``resume`` (None when absent): the columns written beside the resume data (``part_bytes`` only while it
+    holds at most :data:`SHOWN_PART_BYTES` parts)."""
     resume = resume or {}
     part_bytes = resume.get(PART_BYTES) or None
     return {
-        "part_bytes": part_bytes,
+        "part_bytes": part_bytes if part_bytes and len(part_bytes) <= SHOWN_PART_BYTES else None,
         "not_converted": resume.get(NOT_CONVERTED) or None,
         "bytes_columns": resume.get(BYTES_COLUMNS) or None,
         "output_bytes": sum(int(n) for n in part_bytes.values()) if part_bytes else None,

@@ -66,9 +66,6 @@ def downgrade() -> None:
     writes: dict[str, list[list[list[object]]]] = {}
     for job_id, rows in bind.execute(sa.select(changes.c.job_id, changes.c.changes).order_by(changes.c.id)):
         writes.setdefault(job_id, []).append(rows)
-    jobs = sa.table(
-        JOBS, sa.column("id", sa.String), *(sa.column(name, sa.JSON(none_as_null=True)) for name in SHOWN)
-    )
     for job_id, rows in writes.items():
         known = bind.execute(sa.select(resume.c.resume).where(resume.c.job_id == job_id)).first()
         data = apply_changes(known[0] if known is not None else None, rows)
@@ -76,7 +73,12 @@ def downgrade() -> None:
             bind.execute(resume.insert().values(job_id=job_id, resume=data))
         else:
             bind.execute(resume.update().where(resume.c.job_id == job_id).values(resume=data))
-        # The shown columns as of all the changes (a big one was written only with whole writes).
+    # The shown columns whole, as the release before reads them (this one writes ``part_bytes`` only while
+    # small, beside ``output_bytes``, and big ones only with whole writes).
+    jobs = sa.table(
+        JOBS, sa.column("id", sa.String), *(sa.column(name, sa.JSON(none_as_null=True)) for name in SHOWN)
+    )
+    for job_id, data in bind.execute(sa.select(resume.c.job_id, resume.c.resume)).all():
         shown = {name: (data or {}).get(name) or None for name in SHOWN}
         bind.execute(jobs.update().where(jobs.c.id == job_id).values(**shown))
     op.drop_table(CHANGES)  # and its index (MySQL refuses to drop an index its foreign key uses)
