@@ -24,6 +24,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+import stat
 import tarfile
 import zipfile
 from collections.abc import Callable
@@ -129,8 +130,13 @@ class _Writer:
         missing = []
         probe = path
         try:
-            while probe != self.fs.root and not self.fs.is_folder(probe):
-                if self.fs.exists(probe):
+            while probe != self.fs.root:
+                # One look per folder: between two (is it a folder? is anything there?) another archive
+                # unpacking beside this one could make it, and it would be taken for a link.
+                st = self.fs.lstat(probe)
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    break
+                if st is not None:
                     raise PathNotAllowed(f"{probe.name!r} is a symbolic link or a file")
                 missing.append(probe)
                 probe = probe.parent

@@ -553,3 +553,26 @@ def test_decompress_of_a_tarball_or_plain_file_is_refused(dest: Path) -> None:
 
     assert refused.value.code == "archive_unsupported"
     assert tree(dest) == []
+
+
+def test_a_folder_made_by_another_archive_while_this_one_looks_is_taken_not_refused(tmp_path):
+    """Manifest entries unpack at once and share the job's scratch folder: one made it between this one's
+    two looks at it (a folder? anything there?), and the second took it for a link (``unsafe_archive_link``,
+    seen once in CI). A single look per folder: a folder made meanwhile is taken as it is."""
+    from jupyter_staging.formats.archives import _Writer
+
+    root = tmp_path / "root"
+    root.mkdir()
+    shared = root / "scratch"
+    writer = _Writer(root / "scratch" / "expand-1", root)
+    looked = writer.fs.lstat
+
+    def another_archive_makes_it(path):
+        seen = looked(path)
+        if path == shared and seen is None:
+            shared.mkdir()  # the other entry, right after this look
+        return seen
+
+    writer.fs.lstat = another_archive_makes_it  # type: ignore[method-assign]
+    writer.folder(root / "scratch" / "expand-1" / "bulk")
+    assert (root / "scratch" / "expand-1" / "bulk").is_dir()
