@@ -12,18 +12,19 @@ kept.
 from __future__ import annotations
 
 import hashlib
+import os
 import stat
 import time
 from pathlib import Path, PurePosixPath
 
 from jupyter_staging.destinations.base import scratch_dir
 from jupyter_staging.engine.conversion import ConvertingStager
-from jupyter_staging.engine.items import sha256_file
 from jupyter_staging.engine.models import DONE_STATES, ChunkState
+from jupyter_staging.engine.parts import published_since
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.store import JobRecord
 from jupyter_staging.engine.tablefolders import TABLE_VERSIONS
-from jupyter_staging.errors import DestinationExists, SourceChanged
+from jupyter_staging.errors import DestinationExists, PathNotAllowed, SourceChanged
 from jupyter_staging.formats.archives import (
     Extracted,
     archive_kind,
@@ -33,6 +34,7 @@ from jupyter_staging.formats.archives import (
     unpack,
 )
 from jupyter_staging.formats.detect import detect_format, is_table
+from jupyter_staging.safety.copying import fd_digest
 from jupyter_staging.safety.paths import check_output_name
 from jupyter_staging.sources.base import Source, SourceItem
 
@@ -127,15 +129,29 @@ class ExpandingStager(ConvertingStager):
             self._log(
                 "info", f"{item.name}: {'unpacked' if archive else 'decompressed'} {len(files)} file(s)"
             )
-            recorded = {self.dest.relative(c.path): c for c in self.store.list_chunks(self.job_id)}
-            for extracted in files:
-                rel = check_output_name(extracted.name if base in ("", ".") else f"{base}/{extracted.name}")
+            rels = [check_output_name(f.name if base in ("", ".") else f"{base}/{f.name}") for f in files]
+            recorded = self._recorded_outputs(rels, base if archive else None)
+            for extracted, rel in zip(files, rels, strict=True):
                 chunk = recorded.get(rel)
                 if chunk is None or chunk.state == ChunkState.pending.value:  # else staged by an earlier run
                     self._publish_extracted(rec, scratch / extracted.name, rel, extracted, entry, chunk)
             fs.remove_tree(scratch)
             if downloaded is not None:
                 fs.unlink(downloaded)
+
+    def _recorded_outputs(self, rels: list[str], folder: str | None) -> dict[str, JobChunk]:
+        """``{output: its chunk}`` of the outputs ``rels`` an earlier run of the job recorded (none on a
+        first run: nothing but this archive expands into its place). ``folder``: the one they all lie in (an
+        archive's), read by prefix; else each read by path. O(their chunks), not the job's every chunk once
+        per archive (a folder of thousands of compressed files)."""
+        if not self.recovering:
+            return {}
+        if folder:
+            prefixes = sorted({f"{folder}/", self.dest.chunk_path(f"{folder}/")})
+            return {
+                self.dest.relative(c.path): c for c in self.store.list_chunks(self.job_id, under=prefixes)
+            }
+        return {rel: c for rel in rels for c in self._chunks_named(rel)}
 
     def _same_archive(self, item: SourceItem, base: str, decompressed: str | None) -> None:
         """Claim what archive (or compressed file) ``item`` is expanded into, and record which version of
@@ -225,10 +241,11 @@ class ExpandingStager(ConvertingStager):
         """One extracted file (not staged by an earlier run): converted to Parquet parts when the job
         converts and it is a table, else published under ``rel`` as a chunk with the sha256 computed while
         extracting. ``pending``: its chunk, recorded by an earlier run that stopped before the chunk was
-        ready (an upload to object storage paused): for object storage, the local file that run published
-        under ``rel`` is uploaded as it is when it holds these very bytes; else ``rel`` is published again
-        (which fails ``destination_exists`` when a file is there). Before, the file was skipped for good,
-        and the job succeeded without it."""
+        ready (an upload to object storage paused; before, the file was skipped for good, and the job
+        succeeded without it). A recovering run takes the file an earlier run published under ``rel`` and
+        stopped before recording (killed between the two) as it is when it holds these very bytes
+        (:meth:`_published_before_the_stop`); else ``rel`` is published again (which fails
+        ``destination_exists`` when a file is there: a user's, never replaced)."""
         opts = rec.convert or {}
         fmt = detect_format(path) if rec.convert is not None else None
         if fmt is not None and fmt != "parquet" and (opts.get("hdu") is not None or is_table(path)):
@@ -236,8 +253,10 @@ class ExpandingStager(ConvertingStager):
             return
         self._outside_table_folders(rel)
         final = self.dest.workdir / rel
-        if not (pending is not None and self.dest.remote and _holds(final, extracted)):
-            self._publish_local(path, final)  # in a user's folder, never a file found there taken as ours
+        if self.recovering and self._published_before_the_stop(final, extracted):
+            self._count_recovered()
+        else:
+            self._publish_local(path, final)
         chunk = pending or self._new_chunk(
             path=rel, state=ChunkState.pending.value, bytes=extracted.size, entry=entry
         )
@@ -246,16 +265,30 @@ class ExpandingStager(ConvertingStager):
         )
         self._chunk_ready(chunk, bytes=extracted.size, sha256=extracted.sha256, path=stored)
 
-
-def _holds(final: Path, extracted: Extracted) -> bool:
-    """Whether ``final`` is a regular file (no symlink followed) of ``extracted``'s size and sha256."""
-    try:
-        st = final.lstat()
-    except OSError:
-        return False
-    return (
-        stat.S_ISREG(st.st_mode) and st.st_size == extracted.size and sha256_file(final) == extracted.sha256
-    )
+    def _published_before_the_stop(self, final: Path, extracted: Extracted) -> bool:
+        """Whether ``final`` is ``extracted`` as an earlier run of this job published it before it was
+        killed, between publishing the file and recording its chunk: a regular file (opened by
+        descriptor of its folder where the destination is confined, never through a symlink) of
+        ``extracted``'s size (bytes) and sha256, published since the job first started (its ``ctime``,
+        :func:`~jupyter_staging.engine.parts.published_since`: a file the user had there before is never
+        taken as the job's, whatever it holds). In object storage's work folder, the job's own scratch
+        folder, any file of these bytes is the job's. Errors reading it count as not."""
+        try:
+            with self._in_folder(final) as (dir_fd, name):
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        except (OSError, PathNotAllowed):  # absent, a symlink, a folder moved during the run
+            return False
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != extracted.size:
+                return False
+            if not self.dest.remote and not published_since(st, self.started_ns):
+                return False
+            return fd_digest(fd, "sha256") == extracted.sha256
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
 
 def _expanded_into(name: str, unpacks: bool) -> str:

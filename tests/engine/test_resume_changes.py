@@ -10,11 +10,14 @@ of times, not once per table.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import tarfile
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -176,15 +179,54 @@ def test_a_failed_job_of_many_tables_shows_the_bytes_of_every_part_it_kept(manag
 
 
 CHILD = """
-import sys, time
+import json, os, sys, time
+from jupyter_staging.engine.expansion import ExpandingStager
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
+exit_at = int(sys.argv[4])
+if exit_at:  # dies as a kill would, at the exit_at-th file published, before its chunk is recorded
+    ready, calls = ExpandingStager._chunk_ready, []
+    def dying(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == exit_at:
+            os._exit(9)
+        return ready(self, *args, **kwargs)
+    ExpandingStager._chunk_ready = dying
 mgr = StagingManager(sys.argv[1], db_url=sys.argv[2], sweep_interval=0)
 mgr.start()
-job, _ = mgr.create(CreateJob(source=sys.argv[3], destination="out", convert={}))
+job, _ = mgr.create(CreateJob(**json.loads(sys.argv[3])))
 print(job.id, flush=True)
 time.sleep(600)
 """
+
+
+def killed_part_way(
+    tmp_path: Path, request: dict, done: Callable[[Path], bool] | None = None, *, exit_at: int = 0
+) -> str:
+    """Run ``request`` in a server of its own (a child process) on ``tmp_path / "root"`` and the job
+    database ``tmp_path / "jobs.sqlite"``, kill it (SIGKILL) once ``done(root / "out")``, or let it die
+    (exit status 9, nothing flushed) at the ``exit_at``-th file an unpacking publishes, before the file's
+    chunk is recorded; returns the job's id."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path / "root"), f"sqlite:///{tmp_path / 'jobs.sqlite'}",
+         json.dumps(request), str(exit_at)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        job_id = child.stdout.readline().strip()
+        out = tmp_path / "root" / "out"
+        if done is None:
+            assert child.wait(timeout=120) == 9, "the job ended before its planned death; nothing was tested"
+        else:
+            wait_until(lambda: out.is_dir() and done(out), timeout=120, what="part of the job")
+            child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    return job_id
 
 
 def test_a_job_of_many_small_tables_killed_part_way_resumes_from_its_written_changes(tmp_path):
@@ -196,21 +238,8 @@ def test_a_job_of_many_small_tables_killed_part_way_resumes_from_its_written_cha
     root.mkdir()
     source = small_tables(tmp_path / "tables", count)
     db = tmp_path / "jobs.sqlite"
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(root), f"sqlite:///{db}", str(source)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        job_id = child.stdout.readline().strip()
-        out = root / "out"
-        wait_until(lambda: out.is_dir() and len(os.listdir(out)) >= 60, timeout=120, what="60 tables")
-        child.send_signal(signal.SIGKILL)
-    finally:
-        child.kill()
-        child.wait()
+    request = {"source": str(source), "destination": "out", "convert": {}}
+    job_id = killed_part_way(tmp_path, request, lambda out: len(os.listdir(out)) >= 60)
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT COUNT(*) FROM staging_resume_changes").fetchone()[0]
     assert rows > 0  # written as changes since the last whole write
@@ -255,3 +284,87 @@ def test_output_bytes_keeps_up_with_a_running_conversion_of_many_tables(manager,
     done = manager.wait(job.id, timeout=300)
     assert done.state == JobState.succeeded
     assert done.progress.output_bytes == sum(p.stat().st_size for p in (root / "out").glob("*/*.parquet"))
+
+
+def bulk_tar(tmp_path: Path, count: int) -> Path:
+    """``tmp_path / "bulk.tar"`` of ``count`` files ``lc-00000.dat``... (``f"{i}\\n"`` 200 times each), and
+    an empty folder ``tmp_path / "root"``."""
+    (tmp_path / "root").mkdir()
+    folder = tmp_path / "files"
+    folder.mkdir()
+    with tarfile.open(tmp_path / "bulk.tar", "w") as tar:
+        for i in range(count):
+            path = folder / f"lc-{i:05d}.dat"
+            path.write_bytes(f"{i}\n".encode() * 200)
+            tar.add(path, arcname=path.name)
+    return tmp_path / "bulk.tar"
+
+
+def test_an_archive_killed_while_its_files_are_published_resumes_after_those_staged(tmp_path):
+    """The next server reads what the killed run recorded below the archive's folder (not the job's every
+    chunk once per archive) and publishes only the rest: each file once, none refused as already there."""
+    count = 4000
+    request = {"source": str(bulk_tar(tmp_path, count)), "destination": "out", "unpack": True}
+    bulk = tmp_path / "root" / "out" / "bulk"
+    job_id = killed_part_way(tmp_path, request, lambda out: bulk.is_dir() and len(os.listdir(bulk)) >= 200)
+    with sqlite3.connect(tmp_path / "jobs.sqlite") as conn:
+        ready = conn.execute("SELECT COUNT(*) FROM staging_chunks WHERE state = 'ready'").fetchone()[0]
+    assert 0 < ready < count, "killed before any file was recorded, or after the last: nothing was tested"
+    manager = manager_for(tmp_path)
+    try:
+        done = manager.wait(job_id, timeout=300)
+        chunks = manager.chunks(job_id)
+    finally:
+        manager.stop()
+    assert done.state == JobState.succeeded, done.error
+    assert sorted(c.path for c in chunks) == [f"bulk/lc-{i:05d}.dat" for i in range(count)]
+    assert all(c.state == "ready" for c in chunks)
+    for i in (0, count // 2, count - 1):
+        assert (bulk / f"lc-{i:05d}.dat").read_bytes() == f"{i}\n".encode() * 200
+
+
+def test_a_file_unpacked_but_not_recorded_when_the_server_died_is_taken_as_the_jobs_not_refused(tmp_path):
+    """The run dies between publishing an extracted file under its final name and recording its chunk.
+    The file holds the archive's very bytes and was published since the job started: the next run takes it
+    as the job's (before: ``destination_exists``, "lc-00299.dat already exists", and the job failed)."""
+    count = 600
+    request = {"source": str(bulk_tar(tmp_path, count)), "destination": "out", "unpack": True}
+    job_id = killed_part_way(tmp_path, request, exit_at=300)
+    bulk = tmp_path / "root" / "out" / "bulk"
+    assert (bulk / "lc-00299.dat").is_file()  # the 300th published, its chunk not recorded
+    manager = manager_for(tmp_path)
+    try:
+        done = manager.wait(job_id, timeout=300)
+        chunks = manager.chunks(job_id)
+        log = "\n".join(line["message"] for line in manager.job_log(job_id, limit=5000))
+    finally:
+        manager.stop()
+    assert done.state == JobState.succeeded, done.error
+    assert sorted(c.path for c in chunks) == [f"bulk/lc-{i:05d}.dat" for i in range(count)]
+    assert all(c.state == "ready" for c in chunks)
+    assert (bulk / "lc-00299.dat").read_bytes() == b"299\n" * 200
+    assert "already complete from the previous run" in log
+
+
+def test_a_file_there_from_before_the_job_started_is_never_taken_as_the_jobs(tmp_path):
+    """Only a file published since the job started is taken as the job's. A file of the same bytes that
+    was there before (here: the job's start moved past the unrecorded file's ctime) fails the job
+    ``destination_exists`` and is left as it is."""
+    count = 600
+    request = {"source": str(bulk_tar(tmp_path, count)), "destination": "out", "unpack": True}
+    job_id = killed_part_way(tmp_path, request, exit_at=300)
+    unrecorded = tmp_path / "root" / "out" / "bulk" / "lc-00299.dat"
+    stored = Store(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    try:
+        later = datetime.fromtimestamp(unrecorded.stat().st_ctime + 5, tz=timezone.utc)
+        stored.set_job_fields(job_id, started_at=later)
+    finally:
+        stored.close()
+    manager = manager_for(tmp_path)
+    try:
+        done = manager.wait(job_id, timeout=300)
+    finally:
+        manager.stop()
+    assert done.state == JobState.failed and done.error is not None
+    assert done.error.code == "destination_exists" and "lc-00299.dat" in done.error.message
+    assert unrecorded.read_bytes() == b"299\n" * 200
