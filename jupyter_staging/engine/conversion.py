@@ -106,7 +106,13 @@ class ConvertingStager(PipelinedStager, TableFolders):
         try:
             self._same_version(item)
             out_rel = self._convert_file(
-                local, item.name, opts, entry, counted=downloaded is not None, listed=source.local_path(item)
+                local,
+                item.name,
+                opts,
+                entry,
+                counted=downloaded is not None,
+                listed=source.local_path(item),
+                last_with_table=True,
             )
         except JobInterrupted:
             raise  # paused, cancelled or shut down: the parts stay, and a resumed run goes on after them
@@ -126,13 +132,17 @@ class ConvertingStager(PipelinedStager, TableFolders):
         *,
         counted: bool = True,
         listed: Path | None = None,
+        last_with_table: bool = False,
     ) -> str:
         """Convert the local table ``local`` (output name ``name``) into ``<stem>.parquet/part-*.parquet``
         chunks, after the parts an earlier attempt recorded; returns the output folder (relative).
         ``counted``: the source bytes were counted already (a download, or the archive a file was
         extracted from), so the converter reports rows only; False for a table read in place. ``listed``:
         the table's own path when ``local`` reads it through this process's descriptors (what other
-        processes, Dask workers, open instead)."""
+        processes, Dask workers, open instead). ``last_with_table``: the caller writes what ends the table
+        (:meth:`_converted`) at once, so the last part's record waits for that write instead of being a
+        write of its own (every other part is recorded before the next is published, so a stop leaves at
+        most one part published and not recorded per table, as :meth:`_drop_unrecorded_part` expects)."""
         out_rel = self._output_folder(name)
         out_dir = self.dest.workdir / out_rel
         existing, recorded = self._recorded_parts(name, out_rel)
@@ -148,7 +158,9 @@ class ConvertingStager(PipelinedStager, TableFolders):
             encoding=opts.get("encoding"),
             control=CountedControl(self.control) if counted else self.control,
             start_index=len(existing),
-            on_chunk=lambda info: self._record_part(out_dir, out_rel, info, entry, name),
+            on_chunk=lambda info: self._record_part(
+                out_dir, out_rel, info, entry, name, later=last_with_table and info.last
+            ),
             root=self.dest.files.root,
         )
         return out_rel
@@ -242,8 +254,18 @@ class ConvertingStager(PipelinedStager, TableFolders):
             self.control.add_bytes(item.size or 0)
         yield downloaded, downloaded
 
-    def _record_part(self, out_dir: Path, out_rel: str, info: Any, entry: str | None, item_name: str) -> None:
-        """A part file the converter published: hand it to the destination, then record its chunk."""
+    def _record_part(
+        self,
+        out_dir: Path,
+        out_rel: str,
+        info: Any,
+        entry: str | None,
+        item_name: str,
+        *,
+        later: bool = False,
+    ) -> None:
+        """A part file the converter published: hand it to the destination, then record its chunk, in a
+        write of its own unless ``later`` (then with the next write: the caller's, at once)."""
         rel = f"{out_rel}/{info.name}"
         raw = _bytes_columns(out_dir / info.name) if info.index == 0 else []
         self._resume_put("outputs", rel, item_name)  # the flush writing the part's record writes this
@@ -269,7 +291,10 @@ class ConvertingStager(PipelinedStager, TableFolders):
             entry=entry,
         )
         self._part_written(rel, info.bytes)
-        self._chunk_ready(chunk, path=path)
+        if later:
+            self._chunk_done(chunk, path=path)
+        else:
+            self._chunk_ready(chunk, path=path)
 
     def _part_written(self, rel: str, size: int) -> None:
         """Record the ``size`` bytes of Parquet part ``rel`` (``progress.output_bytes`` sums them); keyed by
@@ -282,8 +307,11 @@ class ConvertingStager(PipelinedStager, TableFolders):
         """Record ``item`` as converted and remove its scratch download."""
         work = self.dest.workdir
         self._resume_add("converted", item.name)
-        # A run resumed later never reads the table again (it may have changed); the log line goes with it.
-        self._save_changes(events=[("info", f"{item.name}: converted to {out_rel}")])
+        # A run resumed later never reads the table again (it may have changed); the log line and the last
+        # part's record go with it.
+        rec = self._save_changes(load_job=True, events=[("info", f"{item.name}: converted to {out_rel}")])
+        if rec is not None:
+            self.host.announce(rec)
         if downloaded is not None:
             self.dest.files.unlink(downloaded)
             remove_tree_if_empty(downloaded.parent, work)
@@ -303,6 +331,7 @@ class ConvertingStager(PipelinedStager, TableFolders):
         relative = self.dest.relative
         removed = rows = 0
         try:
+            self._save_changes()  # a part's record waiting in the ledger is read below, not written after
             parts = [c for c in self._table_parts(name, out_rel) if c.state in DONE_STATES]
             for chunk in parts:
                 self.dest.remove_chunk(chunk.path)

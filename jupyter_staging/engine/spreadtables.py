@@ -80,6 +80,7 @@ class TableSpreadStager(SpreadStager):
         *,
         counted: bool = True,
         listed: Path | None = None,
+        last_with_table: bool = False,
     ) -> str:
         executor = None if self.dest.remote else self._executor_for("copy")
         # Workers are other processes: they open the table by its own path (``local`` may be a path
@@ -87,7 +88,9 @@ class TableSpreadStager(SpreadStager):
         shared = listed or local
         ranges = self._plan_ranges(executor, shared, opts) if executor is not None else None
         if executor is None or ranges is None:
-            return super()._convert_file(local, name, opts, entry, counted=counted)
+            return super()._convert_file(
+                local, name, opts, entry, counted=counted, last_with_table=last_with_table
+            )
         out_rel = self._output_folder(name)
         out_dir = self.dest.workdir / out_rel
         existing = len(self._recorded_parts(name, out_rel)[0])

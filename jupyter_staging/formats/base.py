@@ -29,7 +29,7 @@ class ChunkInfo:
 
     ``index`` is the 0-based part number, ``name`` the file name relative to the output folder
     (``part-00000.parquet``), ``rows`` its row count, ``bytes`` its size in bytes and ``sha256`` the hex
-    digest of those bytes.
+    digest of those bytes. ``last``: the table's last part (the conversion read the source to its end).
     """
 
     index: int
@@ -37,6 +37,7 @@ class ChunkInfo:
     rows: int
     bytes: int
     sha256: str
+    last: bool = False
 
 
 class Piece(NamedTuple):

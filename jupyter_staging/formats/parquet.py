@@ -311,7 +311,7 @@ class PartWriter:
         """
         if self._pending_rows or self._index == 0:
             self._flush()
-        self._settle()
+        self._settle(last=to_end)
         if not to_end:
             return self.chunks
         if self._reported is None and not self.chunks:
@@ -343,8 +343,9 @@ class PartWriter:
             part.discard()
             raise
 
-    def _settle(self) -> None:
-        """Wait until the part being published is published, then report it."""
+    def _settle(self, *, last: bool = False) -> None:
+        """Wait until the part being published is published, then report it (``last``: the table's last
+        part, :attr:`ChunkInfo.last`)."""
         inflight, self._inflight = self._inflight, None
         if inflight is None:
             return
@@ -355,6 +356,7 @@ class PartWriter:
             rows=inflight.rows,
             bytes=size,
             sha256=sha256,
+            last=last,
         )
         log.debug("published %s: %d rows, %d bytes", info.name, info.rows, info.bytes)
         self.chunks.append(info)
