@@ -308,10 +308,9 @@ class ConvertingStager(PipelinedStager, TableFolders):
         work = self.dest.workdir
         self._resume_add("converted", item.name)
         # A run resumed later never reads the table again (it may have changed); the log line and the last
-        # part's record go with it.
-        rec = self._save_changes(load_job=True, events=[("info", f"{item.name}: converted to {out_rel}")])
-        if rec is not None:
-            self.host.announce(rec)
+        # part's record go with it. Listeners hear of it with the next progress report (once per interval,
+        # not once per table of a folder of thousands).
+        self._save_changes(events=[("info", f"{item.name}: converted to {out_rel}")])
         if downloaded is not None:
             self.dest.files.unlink(downloaded)
             remove_tree_if_empty(downloaded.parent, work)

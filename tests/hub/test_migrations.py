@@ -206,6 +206,16 @@ def test_jobs_are_shown_without_reading_their_resume_data_on_every_database(db_u
     store.write_chunks("job-1", [], {}, resume={"items": items[:2]}, bytes_done=9)
     [listed] = store.list_jobs("alice")
     assert listed.resume == {"items": items[:2]} and listed.bytes_done == 9 and listed.part_bytes is None
+    # The job's row is updated by a statement built once per list of columns: JSON and times bound as the
+    # columns' types on every database.
+    started = datetime(2026, 12, 5, 1, 2, 3, 456789, tzinfo=timezone.utc)
+    store.set_job_fields("job-1", not_converted={"y.csv": "not a table"}, started_at=started)
+    store.write_chunks("job-1", [], {}, bytes_columns={"z.csv": ["name"]}, chunks_done=3)
+    shown = store.get_job("job-1", resume=False)
+    assert shown is not None and shown.not_converted == {"y.csv": "not a table"}
+    assert shown.bytes_columns == {"z.csv": ["name"]} and shown.chunks_done == 3
+    assert shown.started_at is not None
+    assert shown.started_at.replace(tzinfo=None) == started.replace(tzinfo=None)
     store.delete_job("job-1")
     assert store.get_job("job-1") is None
     engine = sa.create_engine(db_url)
