@@ -291,8 +291,8 @@ class ConvertingStager(PipelinedStager, TableFolders):
             entry=entry,
         )
         self._part_written(rel, info.bytes)
-        if later:
-            self._chunk_done(chunk, path=path)
+        if later:  # its name was fsynced as it was published: a batch another thread fails keeps it
+            self._chunk_done(chunk, path=path, synced=True)
         else:
             self._chunk_ready(chunk, path=path)
 

@@ -167,10 +167,13 @@ class ItemStager(LinkingWriter, PartOwnership, ResumeBook):
         if rec is not None:
             self.host.announce(rec)
 
-    def _chunk_done(self, chunk: JobChunk, *, folder: Path | None = None, **fields: Any) -> None:
+    def _chunk_done(
+        self, chunk: JobChunk, *, folder: Path | None = None, synced: bool = False, **fields: Any
+    ) -> None:
         """Mark ``chunk`` ready with the next batch (its bytes are durable already: fsynced, or a link
-        whose folder the batch fsyncs first); ``folder`` (holding its new name) is fsynced before it."""
-        self.ledger.ready(chunk.id, {**fields, "state": READY}, folder=folder)
+        whose folder the batch fsyncs first); ``folder`` (holding its new name) is fsynced before it.
+        ``synced``: its name is durable already too (:meth:`ChunkLedger.ready`)."""
+        self.ledger.ready(chunk.id, {**fields, "state": READY}, folder=folder, synced=synced)
         if self.ledger.due():
             self._flush_chunks()
 

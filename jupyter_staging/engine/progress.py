@@ -59,12 +59,14 @@ class ChunkBatch:
     new hard links, symlinks or published copies, whose names must be durable before their chunks say
     ``ready``; a copy's bytes were fsynced when it was published);
     ``chunks_done``: ready or acked chunks of the job once the batch is written (None before the ledger
-    was loaded)."""
+    was loaded); ``synced``: the chunks whose ready marks do not wait on ``folders`` (their names were
+    fsynced as they were published)."""
 
     new: dict[str, dict[str, Any]] = field(default_factory=dict)
     updates: dict[str, dict[str, Any]] = field(default_factory=dict)
     folders: set[Path] = field(default_factory=set)
     chunks_done: int | None = None
+    synced: set[str] = field(default_factory=set)
 
     @property
     def empty(self) -> bool:
@@ -108,10 +110,16 @@ class ChunkLedger:
             self._pending.new[row["id"]] = row
             return dict(row)
 
-    def ready(self, chunk_id: str, fields: dict[str, Any], *, folder: Path | None = None) -> None:
+    def ready(
+        self, chunk_id: str, fields: dict[str, Any], *, folder: Path | None = None, synced: bool = False
+    ) -> None:
         """Queue ``fields`` (its ``state`` ``ready`` among them) for chunk ``chunk_id``, counted done;
-        ``folder`` (holding its new link or published file) is fsynced before the batch is written."""
+        ``folder`` (holding its new link or published file) is fsynced before the batch is written.
+        ``synced``: the chunk's name is durable already (its folder was fsynced as it was published), so
+        a batch whose folders fail their fsync keeps this mark (:meth:`restore`)."""
         with self._lock:
+            if synced:
+                self._pending.synced.add(chunk_id)
             self.done += 1
             row = self._pending.new.get(chunk_id)
             if row is not None:
@@ -148,19 +156,27 @@ class ChunkLedger:
         ``durable=False``: the fsync of the batch's folders failed, so the names it would record ready may
         not survive a crash, and fsyncing them again proves nothing (Linux reports a write-back error once).
         Its ready marks are dropped, not given back: its new rows go back ``pending``, its updates and
-        folders are forgotten, and the chunks are no longer counted done."""
+        folders are forgotten, and the chunks are no longer counted done; but for the marks of chunks
+        whose names were durable already (``synced`` in :meth:`ready`: a Parquet part another thread
+        recorded), which go back as they were."""
         with self._lock:
             pending = self._pending
             new, updates = batch.new, batch.updates
+            pending.synced |= batch.synced
             if not durable:
-                unready = [row for row in new.values() if row.get("state") == ChunkState.ready.value]
+                ready = ChunkState.ready.value
+                unready = [
+                    row for row in new.values() if row.get("state") == ready and row["id"] not in batch.synced
+                ]
                 for row in unready:
                     row["state"] = ChunkState.pending.value
                 marked = sum(
-                    1 for fields in updates.values() if fields.get("state") == ChunkState.ready.value
+                    1
+                    for chunk_id, fields in updates.items()
+                    if fields.get("state") == ready and chunk_id not in batch.synced
                 )
                 self.done -= len(unready) + marked
-                updates = {}
+                updates = {chunk_id: f for chunk_id, f in updates.items() if chunk_id in batch.synced}
             pending.new = {**new, **pending.new}
             for chunk_id, fields in updates.items():
                 pending.updates[chunk_id] = {**fields, **pending.updates.get(chunk_id, {})}

@@ -25,8 +25,9 @@ __all__ = ["META_YAML_KEY", "astropy_unit", "string_lengths", "table_meta_yaml"]
 
 #: Parquet key-value metadata key astropy reads column units and descriptions from.
 META_YAML_KEY = "table_meta_yaml"
-#: libyaml's emitter where PyYAML was built with it (the same YAML as PyYAML's own, about 5x faster: a
-#: folder of small tables writes one document per table).
+#: libyaml's emitter where PyYAML was built with it (YAML that reads back the same as PyYAML's own, though
+#: long values may be folded at other places; about 5x faster: a folder of small tables writes one document
+#: per table).
 _DUMPER: type = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 #: Schema metadata keys not repeated in the YAML's table ``meta`` (Arrow's own, or already per column).
 _NOT_META = ("ARROW:", META_YAML_KEY, "table::len::", "jupyter_staging.columns")

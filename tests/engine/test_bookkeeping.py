@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from jupyter_staging.engine.models import CreateJob, JobState
+from jupyter_staging.engine.progress import ChunkLedger
 from jupyter_staging.errors import InvalidState
 from tests.engine.test_job_creation import count_commits
 from tests.helpers.data import KEPLER
@@ -83,3 +84,23 @@ def test_a_paused_first_run_resumes_counting_its_second_attempt(manager, tmp_pat
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".fits") == sorted(
         p.name for p in src.iterdir()
     )
+
+
+def test_a_batch_whose_folders_fail_their_fsync_keeps_the_marks_of_names_durable_already(tmp_path):
+    """A batch's folders failed their fsync: the ready marks that waited on them are dropped (their names
+    may not survive a crash), but a Parquet part's mark, whose name was fsynced as it was published and
+    which another thread's batch happened to take, goes back as it was: before, its table was then marked
+    converted with the part left ``pending`` (the job succeeded with a chunk missing from its manifest)."""
+    ledger = ChunkLedger()
+    ledger.load([], 0)
+    linked = ledger.add("job", {"path": "lc.fits", "state": "pending"})
+    ledger.ready(linked["id"], {"state": "ready"}, folder=tmp_path)  # a link: its folder's fsync pending
+    part = {"path": "t.parquet/part-00000.parquet", "state": "ready"}
+    ledger.ready("job-7", part, synced=True)  # a part, its record queued by another thread
+    batch = ledger.take()
+    assert batch.chunks_done == 2
+    ledger.restore(batch, durable=False)
+    again = ledger.take()
+    assert again.new[linked["id"]]["state"] == "pending"  # its name may not survive a crash: not ready
+    assert again.updates == {"job-7": part}
+    assert again.chunks_done == 1 and again.folders == set()
