@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from jupyter_staging.destinations.base import scratch_dir
 from jupyter_staging.engine.conversion import ConvertingStager
 from jupyter_staging.engine.models import DONE_STATES, ChunkState
-from jupyter_staging.engine.parts import published_since
+from jupyter_staging.engine.parts import OWNER_XATTR, owner_tag
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.store import JobRecord
 from jupyter_staging.engine.tablefolders import TABLE_VERSIONS
@@ -242,10 +242,12 @@ class ExpandingStager(ConvertingStager):
         converts and it is a table, else published under ``rel`` as a chunk with the sha256 computed while
         extracting. ``pending``: its chunk, recorded by an earlier run that stopped before the chunk was
         ready (an upload to object storage paused; before, the file was skipped for good, and the job
-        succeeded without it). A recovering run takes the file an earlier run published under ``rel`` and
-        stopped before recording (killed between the two) as it is when it holds these very bytes
-        (:meth:`_published_before_the_stop`); else ``rel`` is published again (which fails
-        ``destination_exists`` when a file is there: a user's, never replaced)."""
+        succeeded without it). The file is tagged as the job's before it takes its name (the owner
+        attribute of part files, :data:`~jupyter_staging.engine.parts.OWNER_XATTR`: the job, the name and
+        the sha256), so a recovering run takes the file an earlier run published under ``rel`` and stopped
+        before recording (killed between the two) as it is (:meth:`_published_before_the_stop`); anything
+        else there, whatever it holds, is the user's: ``rel`` is published again, which fails
+        ``destination_exists`` (never replaced)."""
         opts = rec.convert or {}
         fmt = detect_format(path) if rec.convert is not None else None
         if fmt is not None and fmt != "parquet" and (opts.get("hdu") is not None or is_table(path)):
@@ -253,9 +255,11 @@ class ExpandingStager(ConvertingStager):
             return
         self._outside_table_folders(rel)
         final = self.dest.workdir / rel
-        if self.recovering and self._published_before_the_stop(final, extracted):
+        tag = owner_tag(self.job_id, {"path": rel, "sha256": extracted.sha256})
+        if self.recovering and self._published_before_the_stop(final, extracted, tag):
             self._count_recovered()
         else:
+            self._tag_extracted(path, tag)  # the link keeps it: a file found under rel after a crash
             self._publish_local(path, final)
         chunk = pending or self._new_chunk(
             path=rel, state=ChunkState.pending.value, bytes=extracted.size, entry=entry
@@ -265,14 +269,31 @@ class ExpandingStager(ConvertingStager):
         )
         self._chunk_ready(chunk, bytes=extracted.size, sha256=extracted.sha256, path=stored)
 
-    def _published_before_the_stop(self, final: Path, extracted: Extracted) -> bool:
+    def _tag_extracted(self, path: Path, tag: str) -> None:
+        """Set the owner attribute ``tag`` on the extracted file ``path`` (in the job's scratch folder,
+        opened by descriptor of its folder, never through a symlink). Where the file system keeps no user
+        attributes the file goes untagged: after a crash, the resumed run then refuses it as a file of the
+        user's (``destination_exists``), the safe failure. Errors opening it are left to publishing."""
+        try:
+            with self._in_folder(path) as (dir_fd, name):
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        except (OSError, PathNotAllowed):
+            return
+        try:
+            os.setxattr(fd, OWNER_XATTR, tag.encode())
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def _published_before_the_stop(self, final: Path, extracted: Extracted, tag: str) -> bool:
         """Whether ``final`` is ``extracted`` as an earlier run of this job published it before it was
         killed, between publishing the file and recording its chunk: a regular file (opened by
-        descriptor of its folder where the destination is confined, never through a symlink) of
-        ``extracted``'s size (bytes) and sha256, published since the job first started (its ``ctime``,
-        :func:`~jupyter_staging.engine.parts.published_since`: a file the user had there before is never
-        taken as the job's, whatever it holds). In object storage's work folder, the job's own scratch
-        folder, any file of these bytes is the job's. Errors reading it count as not."""
+        descriptor of its folder where the destination is confined, never through a symlink) carrying
+        the owner attribute ``tag`` (:meth:`_tag_extracted`: this job, this name, these bytes), of
+        ``extracted``'s size (bytes) and sha256. A file without it is never taken as the job's, whatever
+        it holds and whenever it came (a user's, another job's). In object storage's work folder, the
+        job's own scratch folder, any file of these bytes is the job's. Errors reading it count as not."""
         try:
             with self._in_folder(final) as (dir_fd, name):
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
@@ -282,10 +303,10 @@ class ExpandingStager(ConvertingStager):
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_size != extracted.size:
                 return False
-            if not self.dest.remote and not published_since(st, self.started_ns):
+            if not self.dest.remote and os.getxattr(fd, OWNER_XATTR) != tag.encode():
                 return False
             return fd_digest(fd, "sha256") == extracted.sha256
-        except OSError:
+        except OSError:  # no attribute (or no user attributes here), unreadable
             return False
         finally:
             os.close(fd)

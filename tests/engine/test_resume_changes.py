@@ -28,6 +28,7 @@ import sqlalchemy as sa
 
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, JobState
+from jupyter_staging.engine.parts import OWNER_XATTR
 from jupyter_staging.engine.progress import PROGRESS_INTERVAL
 from jupyter_staging.engine.resumechanges import MIN_CHANGES_BEFORE_COMPACTION, add, apply_changes, drop, put
 from jupyter_staging.engine.store import JobRecord, Store
@@ -358,20 +359,19 @@ def test_a_file_unpacked_but_not_recorded_when_the_server_died_is_taken_as_the_j
     assert "already complete from the previous run" in log
 
 
-def test_a_file_there_from_before_the_job_started_is_never_taken_as_the_jobs(tmp_path):
-    """Only a file published since the job started is taken as the job's. A file of the same bytes that
-    was there before (here: the job's start moved past the unrecorded file's ctime) fails the job
-    ``destination_exists`` and is left as it is."""
+def test_a_file_of_the_same_bytes_not_tagged_by_the_job_is_never_taken_as_the_jobs(tmp_path):
+    """Only a file carrying the job's owner attribute (set before it took its name) is taken as the job's.
+    The user put their own copy of the same bytes where the unrecorded file was (or changed the mode of a
+    file they had there: a ctime says nothing of who made a file): the resumed job fails
+    ``destination_exists`` and leaves it as it is (acking the chunk would have removed it)."""
     count = 600
     request = {"source": str(bulk_tar(tmp_path, count)), "destination": "out", "unpack": True}
     job_id = killed_part_way(tmp_path, request, exit_at="_chunk_ready:300")
     unrecorded = tmp_path / "root" / "out" / "bulk" / "lc-00299.dat"
-    stored = Store(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
-    try:
-        later = datetime.fromtimestamp(unrecorded.stat().st_ctime + 5, tz=timezone.utc)
-        stored.set_job_fields(job_id, started_at=later)
-    finally:
-        stored.close()
+    assert os.getxattr(unrecorded, OWNER_XATTR).startswith(job_id.encode())  # the dead run's own
+    unrecorded.unlink()
+    unrecorded.write_bytes(b"299\n" * 200)  # the user's copy: the very bytes, published since the start
+    unrecorded.chmod(0o640)
     manager = manager_for(tmp_path)
     try:
         done = manager.wait(job_id, timeout=300)
@@ -379,7 +379,7 @@ def test_a_file_there_from_before_the_job_started_is_never_taken_as_the_jobs(tmp
         manager.stop()
     assert done.state == JobState.failed and done.error is not None
     assert done.error.code == "destination_exists" and "lc-00299.dat" in done.error.message
-    assert unrecorded.read_bytes() == b"299\n" * 200
+    assert unrecorded.read_bytes() == b"299\n" * 200 and unrecorded.stat().st_mode & 0o777 == 0o640
 
 
 def test_a_table_whose_last_part_was_published_when_the_server_died_is_finished_on_resume(tmp_path):
