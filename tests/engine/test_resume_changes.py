@@ -27,7 +27,7 @@ import pytest
 import sqlalchemy as sa
 
 from jupyter_staging.engine.manager import StagingManager
-from jupyter_staging.engine.models import CreateJob, JobState
+from jupyter_staging.engine.models import CreateJob, DescribeJob, JobState
 from jupyter_staging.engine.parts import OWNER_XATTR
 from jupyter_staging.engine.progress import PROGRESS_INTERVAL
 from jupyter_staging.engine.resumechanges import MIN_CHANGES_BEFORE_COMPACTION, add, apply_changes, drop, put
@@ -242,6 +242,19 @@ def killed_part_way(
     return job_id
 
 
+def resumed(tmp_path: Path, job_id: str) -> tuple[DescribeJob, list, str]:
+    """Start a server on the job database ``tmp_path / "jobs.sqlite"`` (which resumes job ``job_id``),
+    wait for the job to end, and stop it: ``(the job, its chunks, its log as one text)``."""
+    manager = manager_for(tmp_path)
+    try:
+        done = manager.wait(job_id, timeout=300)
+        chunks = manager.chunks(job_id)
+        log = "\n".join(line["message"] for line in manager.job_log(job_id, limit=5000))
+    finally:
+        manager.stop()
+    return done, chunks, log
+
+
 def test_a_job_of_many_small_tables_killed_part_way_resumes_from_its_written_changes(tmp_path):
     """Killed part way (a pause or a failure writes the resume data whole; a crash does not), the job's
     resume data is the last whole write plus rows of changes; the next server reads them back, skips the
@@ -264,13 +277,7 @@ def test_a_job_of_many_small_tables_killed_part_way_resumes_from_its_written_cha
     finally:
         stored.close()
     assert 50 <= len(converted) < count, "the job ended before the kill; nothing was tested"
-    manager = manager_for(tmp_path)  # the same database, tmp_path / "jobs.sqlite"
-    try:
-        done = manager.wait(job_id, timeout=300)
-        chunks = manager.chunks(job_id)
-        log = "\n".join(line["message"] for line in manager.job_log(job_id, limit=5000))
-    finally:
-        manager.stop()
+    done, chunks, log = resumed(tmp_path, job_id)  # the same database, tmp_path / "jobs.sqlite"
     assert done.state == JobState.succeeded, done.error
     expected = sorted(f"t{i:05d}.parquet/part-00000.parquet" for i in range(count))
     assert sorted(c.path for c in chunks) == expected
@@ -323,12 +330,7 @@ def test_an_archive_killed_while_its_files_are_published_resumes_after_those_sta
     with sqlite3.connect(tmp_path / "jobs.sqlite") as conn:
         ready = conn.execute("SELECT COUNT(*) FROM staging_chunks WHERE state = 'ready'").fetchone()[0]
     assert 0 < ready < count, "killed before any file was recorded, or after the last: nothing was tested"
-    manager = manager_for(tmp_path)
-    try:
-        done = manager.wait(job_id, timeout=300)
-        chunks = manager.chunks(job_id)
-    finally:
-        manager.stop()
+    done, chunks, _ = resumed(tmp_path, job_id)
     assert done.state == JobState.succeeded, done.error
     assert sorted(c.path for c in chunks) == [f"bulk/lc-{i:05d}.dat" for i in range(count)]
     assert all(c.state == "ready" for c in chunks)
@@ -338,20 +340,14 @@ def test_an_archive_killed_while_its_files_are_published_resumes_after_those_sta
 
 def test_a_file_unpacked_but_not_recorded_when_the_server_died_is_taken_as_the_jobs_not_refused(tmp_path):
     """The run dies between publishing an extracted file under its final name and recording its chunk.
-    The file holds the archive's very bytes and was published since the job started: the next run takes it
-    as the job's (before: ``destination_exists``, "lc-00299.dat already exists", and the job failed)."""
+    The file carries the job's owner attribute and holds the archive's very bytes: the next run takes it as
+    the job's (before: ``destination_exists``, "lc-00299.dat already exists", and the job failed)."""
     count = 600
     request = {"source": str(bulk_tar(tmp_path, count)), "destination": "out", "unpack": True}
     job_id = killed_part_way(tmp_path, request, exit_at="_chunk_ready:300")
     bulk = tmp_path / "root" / "out" / "bulk"
     assert (bulk / "lc-00299.dat").is_file()  # the 300th published, its chunk not recorded
-    manager = manager_for(tmp_path)
-    try:
-        done = manager.wait(job_id, timeout=300)
-        chunks = manager.chunks(job_id)
-        log = "\n".join(line["message"] for line in manager.job_log(job_id, limit=5000))
-    finally:
-        manager.stop()
+    done, chunks, log = resumed(tmp_path, job_id)
     assert done.state == JobState.succeeded, done.error
     assert sorted(c.path for c in chunks) == [f"bulk/lc-{i:05d}.dat" for i in range(count)]
     assert all(c.state == "ready" for c in chunks)
@@ -372,11 +368,7 @@ def test_a_file_of_the_same_bytes_not_tagged_by_the_job_is_never_taken_as_the_jo
     unrecorded.unlink()
     unrecorded.write_bytes(b"299\n" * 200)  # the user's copy: the very bytes, published since the start
     unrecorded.chmod(0o640)
-    manager = manager_for(tmp_path)
-    try:
-        done = manager.wait(job_id, timeout=300)
-    finally:
-        manager.stop()
+    done, _, _ = resumed(tmp_path, job_id)
     assert done.state == JobState.failed and done.error is not None
     assert done.error.code == "destination_exists" and "lc-00299.dat" in done.error.message
     assert unrecorded.read_bytes() == b"299\n" * 200 and unrecorded.stat().st_mode & 0o777 == 0o640
@@ -399,13 +391,7 @@ def test_a_table_whose_last_part_was_published_when_the_server_died_is_finished_
     # The 40th table's part waits for the write that never came (unless a batch fell due meanwhile: more
     # than a progress interval after the 39th table's write, on a very slow machine).
     assert ready in (39, 40)
-    manager = manager_for(tmp_path)
-    try:
-        done = manager.wait(job_id, timeout=300)
-        chunks = manager.chunks(job_id)
-        log = "\n".join(line["message"] for line in manager.job_log(job_id, limit=5000))
-    finally:
-        manager.stop()
+    done, chunks, log = resumed(tmp_path, job_id)
     assert done.state == JobState.succeeded, done.error
     assert sorted(c.path for c in chunks) == [f"t{i:05d}.parquet/part-00000.parquet" for i in range(count)]
     assert all(c.state == "ready" for c in chunks)
