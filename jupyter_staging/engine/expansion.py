@@ -269,15 +269,23 @@ class ExpandingStager(ConvertingStager):
         )
         self._chunk_ready(chunk, bytes=extracted.size, sha256=extracted.sha256, path=stored)
 
+    def _open_by_folder(self, path: Path) -> int | None:
+        """``path`` opened read-only by descriptor of its folder where the destination is confined (the
+        folder found still at its path), never through a symlink; None when it cannot be (absent, a
+        symlink, a folder moved during the run). The caller closes it."""
+        try:
+            with self._in_folder(path) as (dir_fd, name):
+                return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        except (OSError, PathNotAllowed):
+            return None
+
     def _tag_extracted(self, path: Path, tag: str) -> None:
         """Set the owner attribute ``tag`` on the extracted file ``path`` (in the job's scratch folder,
         opened by descriptor of its folder, never through a symlink). Where the file system keeps no user
         attributes the file goes untagged: after a crash, the resumed run then refuses it as a file of the
         user's (``destination_exists``), the safe failure. Errors opening it are left to publishing."""
-        try:
-            with self._in_folder(path) as (dir_fd, name):
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
-        except (OSError, PathNotAllowed):
+        fd = self._open_by_folder(path)
+        if fd is None:
             return
         try:
             os.setxattr(fd, OWNER_XATTR, tag.encode())
@@ -294,10 +302,8 @@ class ExpandingStager(ConvertingStager):
         ``extracted``'s size (bytes) and sha256. A file without it is never taken as the job's, whatever
         it holds and whenever it came (a user's, another job's). In object storage's work folder, the
         job's own scratch folder, any file of these bytes is the job's. Errors reading it count as not."""
-        try:
-            with self._in_folder(final) as (dir_fd, name):
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
-        except (OSError, PathNotAllowed):  # absent, a symlink, a folder moved during the run
+        fd = self._open_by_folder(final)
+        if fd is None:
             return False
         try:
             st = os.fstat(fd)
