@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from jupyter_staging.destinations.base import scratch_dir
 from jupyter_staging.engine.conversion import ConvertingStager
 from jupyter_staging.engine.models import DONE_STATES, ChunkState
-from jupyter_staging.engine.parts import OWNER_XATTR, owner_tag
+from jupyter_staging.engine.parts import OWNER_XATTR
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.store import JobRecord
 from jupyter_staging.engine.tablefolders import TABLE_VERSIONS
@@ -255,7 +255,7 @@ class ExpandingStager(ConvertingStager):
             return
         self._outside_table_folders(rel)
         final = self.dest.workdir / rel
-        tag = owner_tag(self.job_id, {"path": rel, "sha256": extracted.sha256})
+        tag = extracted_tag(self.job_id, rel, extracted.sha256)
         if self.recovering and self._published_before_the_stop(final, extracted, tag):
             self._count_recovered()
         else:
@@ -298,7 +298,7 @@ class ExpandingStager(ConvertingStager):
         """Whether ``final`` is ``extracted`` as an earlier run of this job published it before it was
         killed, between publishing the file and recording its chunk: a regular file (opened by
         descriptor of its folder where the destination is confined, never through a symlink) carrying
-        the owner attribute ``tag`` (:meth:`_tag_extracted`: this job, this name, these bytes), of
+        the owner attribute ``tag`` (:func:`extracted_tag`: this job, this name, these bytes), of
         ``extracted``'s size (bytes) and sha256. A file without it is never taken as the job's, whatever
         it holds and whenever it came (a user's, another job's). In object storage's work folder, the
         job's own scratch folder, any file of these bytes is the job's. Errors reading it count as not."""
@@ -316,6 +316,14 @@ class ExpandingStager(ConvertingStager):
             return False
         finally:
             os.close(fd)
+
+
+def extracted_tag(job_id: str, rel: str, sha256: str) -> str:
+    """The owner attribute of a file job ``job_id`` extracts to ``rel`` (relative to the destination) with
+    bytes of ``sha256`` (hex): 32 hex digits of a sha256 of the three, short enough to be kept inside the
+    inode on ext4 (a longer value cost a 4 KiB block per file: an archive of many small files took twice
+    its size on disk)."""
+    return hashlib.sha256(f"{job_id}\0{rel}\0{sha256}".encode()).hexdigest()[:32]
 
 
 def _expanded_into(name: str, unpacks: bool) -> str:

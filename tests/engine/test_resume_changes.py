@@ -10,6 +10,7 @@ of times, not once per table.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
+from jupyter_staging.engine.expansion import extracted_tag
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, DescribeJob, JobState
 from jupyter_staging.engine.parts import OWNER_XATTR
@@ -364,7 +366,8 @@ def test_a_file_of_the_same_bytes_not_tagged_by_the_job_is_never_taken_as_the_jo
     request = {"source": str(bulk_tar(tmp_path, count)), "destination": "out", "unpack": True}
     job_id = killed_part_way(tmp_path, request, exit_at="_chunk_ready:300")
     unrecorded = tmp_path / "root" / "out" / "bulk" / "lc-00299.dat"
-    assert os.getxattr(unrecorded, OWNER_XATTR).startswith(job_id.encode())  # the dead run's own
+    tag = extracted_tag(job_id, "bulk/lc-00299.dat", hashlib.sha256(b"299\n" * 200).hexdigest())
+    assert os.getxattr(unrecorded, OWNER_XATTR) == tag.encode()  # the dead run's own (kept in the inode)
     unrecorded.unlink()
     unrecorded.write_bytes(b"299\n" * 200)  # the user's copy: the very bytes, published since the start
     unrecorded.chmod(0o640)
