@@ -165,16 +165,6 @@ class ConvertingStager(PipelinedStager, TableFolders):
         )
         return out_rel
 
-    def _chunks_named(self, name: str) -> list[JobChunk]:
-        """The chunk records of output ``name`` (a file staged as it is), read by path: O(1) rows, not the
-        job's every chunk once per table."""
-        named = {name, self.dest.chunk_path(name)}
-        return [
-            c
-            for c in self.store.list_chunks(self.job_id, paths=sorted(named))
-            if self.dest.relative(c.path) == name
-        ]
-
     def _reuse_converted(self, item: SourceItem, entry: str | None) -> bool:
         """When ``item`` is unchanged since the output this job replaces, take that output's Parquet parts
         (hard links, or local copies) as this job's chunks instead of converting again. Returns True when
@@ -344,13 +334,9 @@ class ConvertingStager(PipelinedStager, TableFolders):
                 self._resume_drop(BYTES_COLUMNS, name)
                 self._save_changes()
             out_dir = self.dest.workdir / out_rel
-            chunk_dir = self.dest.chunk_path(f"{out_rel}/")
             if not isinstance(exc, DestinationExists):
-                recorded_paths = {  # any item's: a file staged there as it is is not a dead part
-                    rel
-                    for c in self.store.list_chunks(self.job_id, under=[f"{out_rel}/", chunk_dir])
-                    if (rel := relative(c.path)).startswith(out_rel + "/")
-                }
+                # Any item's: a file staged there as it is is not a dead part.
+                recorded_paths = {rel for rel, _ in self._chunks_under(out_rel)}
                 with self._lock:
                     foreign = frozenset(self.resume.get(FOREIGN_PARTS, {}).get(out_rel, []))
                 removed += self._drop_unrecorded_parts(out_dir, recorded_paths, started_ns, foreign)

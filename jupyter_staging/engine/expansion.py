@@ -147,10 +147,7 @@ class ExpandingStager(ConvertingStager):
         if not self.recovering:
             return {}
         if folder:
-            prefixes = sorted({f"{folder}/", self.dest.chunk_path(f"{folder}/")})
-            return {
-                self.dest.relative(c.path): c for c in self.store.list_chunks(self.job_id, under=prefixes)
-            }
+            return dict(self._chunks_under(folder))
         return {rel: c for rel in rels for c in self._chunks_named(rel)}
 
     def _same_archive(self, item: SourceItem, base: str, decompressed: str | None) -> None:

@@ -151,6 +151,26 @@ class ItemStager(LinkingWriter, PartOwnership, ResumeBook):
         with self._lock:
             return folder in self._folders_of_chunks()
 
+    def _chunks_under(self, folder: str) -> list[tuple[str, JobChunk]]:
+        """``(output path, chunk)`` of the job's chunk records below ``folder`` (relative to the
+        destination), read by prefix: the rows of that folder, not the job's every chunk. A pending chunk
+        records its path as named, a published one where the destination put it: both forms are read."""
+        relative = self.dest.relative
+        prefixes = sorted({f"{folder}/", self.dest.chunk_path(f"{folder}/")})
+        return [
+            (rel, chunk)
+            for chunk in self.store.list_chunks(self.job_id, under=prefixes)
+            if (rel := relative(chunk.path)).startswith(f"{folder}/")  # LIKE may ignore case: again
+        ]
+
+    def _chunks_named(self, name: str) -> list[JobChunk]:
+        """The chunk records of output ``name`` (a file staged as it is), read by path in both forms (see
+        :meth:`_chunks_under`): O(1) rows, not the job's every chunk once per table."""
+        named = sorted({name, self.dest.chunk_path(name)})
+        return [
+            c for c in self.store.list_chunks(self.job_id, paths=named) if self.dest.relative(c.path) == name
+        ]
+
     def _folders_of_chunks(self) -> set[str]:
         """:attr:`_chunk_folders`, made from the chunks found at the run's start the first time (the
         destination is known by then). Called holding ``_lock``."""

@@ -48,6 +48,7 @@ class TableFolders:
     _resume_add: Callable[[str, Any], bool]
     #: True when a chunk of the job lies in the folder (ItemStager's).
     _holds_chunks: Callable[[str], bool]
+    _chunks_under: Callable[[str], list[tuple[str, JobChunk]]]
 
     def _output_folder(self, name: str) -> str:
         """The checked output folder ``<stem>.parquet`` of output ``name`` (recorded for cleanup), claimed
@@ -122,22 +123,17 @@ class TableFolders:
 
     def _folder_chunks(self, name: str, out_rel: str) -> tuple[list[JobChunk], list[JobChunk]]:
         """``(table name's chunks in out_rel, the other chunks there still staged)``."""
-        relative = self.dest.relative
         mine: list[JobChunk] = []
         others: list[JobChunk] = []
         if not self._holds_chunks(out_rel):
             return mine, others
-        # A pending chunk records its path as named, a published one where the destination put it.
-        prefixes = {f"{out_rel}/", self.dest.chunk_path(f"{out_rel}/")}
-        for chunk in self.store.list_chunks(self.job_id, under=sorted(prefixes)):
-            rel = relative(chunk.path)
-            if rel.startswith(out_rel + "/"):
-                with self._lock:
-                    made_by = self.resume.get("outputs", {}).get(rel)
-                if made_by == name:
-                    mine.append(chunk)
-                elif chunk.state in DONE_STATES or chunk.state == ChunkState.pending.value:
-                    others.append(chunk)
+        for rel, chunk in self._chunks_under(out_rel):
+            with self._lock:
+                made_by = self.resume.get("outputs", {}).get(rel)
+            if made_by == name:
+                mine.append(chunk)
+            elif chunk.state in DONE_STATES or chunk.state == ChunkState.pending.value:
+                others.append(chunk)
         return mine, others
 
     def _outside_table_folders(self, rel: str) -> None:
