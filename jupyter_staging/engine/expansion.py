@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import time
 from pathlib import Path, PurePosixPath
 
 from jupyter_staging.destinations.base import scratch_dir
 from jupyter_staging.engine.conversion import ConvertingStager
 from jupyter_staging.engine.models import DONE_STATES, ChunkState
-from jupyter_staging.engine.parts import OWNER_XATTR
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.store import JobRecord
 from jupyter_staging.engine.tablefolders import TABLE_VERSIONS
-from jupyter_staging.errors import DestinationExists, PathNotAllowed, SourceChanged
+from jupyter_staging.errors import DestinationExists, SourceChanged
 from jupyter_staging.formats.archives import (
     Extracted,
     archive_kind,
@@ -34,7 +32,7 @@ from jupyter_staging.formats.archives import (
     unpack,
 )
 from jupyter_staging.formats.detect import detect_format, is_table
-from jupyter_staging.safety.copying import fd_digest
+from jupyter_staging.safety.ownership import tag_published
 from jupyter_staging.safety.paths import check_output_name
 from jupyter_staging.sources.base import Source, SourceItem
 
@@ -239,12 +237,12 @@ class ExpandingStager(ConvertingStager):
         converts and it is a table, else published under ``rel`` as a chunk with the sha256 computed while
         extracting. ``pending``: its chunk, recorded by an earlier run that stopped before the chunk was
         ready (an upload to object storage paused; before, the file was skipped for good, and the job
-        succeeded without it). The file is tagged as the job's before it takes its name (the owner
-        attribute of part files, :data:`~jupyter_staging.engine.parts.OWNER_XATTR`: the job, the name and
-        the sha256), so a recovering run takes the file an earlier run published under ``rel`` and stopped
-        before recording (killed between the two) as it is (:meth:`_published_before_the_stop`); anything
-        else there, whatever it holds, is the user's: ``rel`` is published again, which fails
-        ``destination_exists`` (never replaced)."""
+        succeeded without it). The file is tagged as the job's before it takes its name (its owner
+        attribute, :mod:`jupyter_staging.safety.ownership`: the job, the name and the sha256), so a
+        recovering run takes the file an earlier run published under ``rel`` and stopped before recording
+        (killed between the two) as it is (:meth:`_published_before_the_stop`); anything else there,
+        whatever it holds, is the user's: ``rel`` is published again, which fails ``destination_exists``
+        (never replaced)."""
         opts = rec.convert or {}
         fmt = detect_format(path) if rec.convert is not None else None
         if fmt is not None and fmt != "parquet" and (opts.get("hdu") is not None or is_table(path)):
@@ -252,11 +250,12 @@ class ExpandingStager(ConvertingStager):
             return
         self._outside_table_folders(rel)
         final = self.dest.workdir / rel
-        tag = extracted_tag(self.job_id, rel, extracted.sha256)
-        if self.recovering and self._published_before_the_stop(final, extracted, tag):
+        if self.recovering and self._published_before_the_stop(
+            final, size=extracted.size, sha256=extracted.sha256
+        ):
             self._count_recovered()
         else:
-            self._tag_extracted(path, tag)  # the link keeps it: a file found under rel after a crash
+            self._tag_extracted(path, final, extracted.sha256)  # the link keeps it (found after a crash)
             self._publish_local(path, final)
         chunk = pending or self._new_chunk(
             path=rel, state=ChunkState.pending.value, bytes=extracted.size, entry=entry
@@ -266,61 +265,19 @@ class ExpandingStager(ConvertingStager):
         )
         self._chunk_ready(chunk, bytes=extracted.size, sha256=extracted.sha256, path=stored)
 
-    def _open_by_folder(self, path: Path) -> int | None:
-        """``path`` opened read-only by descriptor of its folder where the destination is confined (the
-        folder found still at its path), never through a symlink; None when it cannot be (absent, a
-        symlink, a folder moved during the run). The caller closes it."""
-        try:
-            with self._in_folder(path) as (dir_fd, name):
-                return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
-        except (OSError, PathNotAllowed):
-            return None
-
-    def _tag_extracted(self, path: Path, tag: str) -> None:
-        """Set the owner attribute ``tag`` on the extracted file ``path`` (in the job's scratch folder,
-        opened by descriptor of its folder, never through a symlink). Where the file system keeps no user
+    def _tag_extracted(self, path: Path, final: Path, sha256: str) -> None:
+        """Tag the extracted file ``path`` (in the job's scratch folder, opened by descriptor of its folder,
+        never through a symlink) as published by the job at ``final`` with bytes of ``sha256``
+        (:func:`~jupyter_staging.safety.ownership.tag_published`). Where the file system keeps no user
         attributes the file goes untagged: after a crash, the resumed run then refuses it as a file of the
         user's (``destination_exists``), the safe failure. Errors opening it are left to publishing."""
         fd = self._open_by_folder(path)
         if fd is None:
             return
         try:
-            os.setxattr(fd, OWNER_XATTR, tag.encode())
-        except OSError:
-            pass
+            tag_published(fd, self.job_id, self._owner_rel(final), sha256)
         finally:
             os.close(fd)
-
-    def _published_before_the_stop(self, final: Path, extracted: Extracted, tag: str) -> bool:
-        """Whether ``final`` is ``extracted`` as an earlier run of this job published it before it was
-        killed, between publishing the file and recording its chunk: a regular file (opened by
-        descriptor of its folder where the destination is confined, never through a symlink) carrying
-        the owner attribute ``tag`` (:func:`extracted_tag`: this job, this name, these bytes), of
-        ``extracted``'s size (bytes) and sha256. A file without it is never taken as the job's, whatever
-        it holds and whenever it came (a user's, another job's). In object storage's work folder, the
-        job's own scratch folder, any file of these bytes is the job's. Errors reading it count as not."""
-        fd = self._open_by_folder(final)
-        if fd is None:
-            return False
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_size != extracted.size:
-                return False
-            if not self.dest.remote and os.getxattr(fd, OWNER_XATTR) != tag.encode():
-                return False
-            return fd_digest(fd, "sha256") == extracted.sha256
-        except OSError:  # no attribute (or no user attributes here), unreadable
-            return False
-        finally:
-            os.close(fd)
-
-
-def extracted_tag(job_id: str, rel: str, sha256: str) -> str:
-    """The owner attribute of a file job ``job_id`` extracts to ``rel`` (relative to the destination) with
-    bytes of ``sha256`` (hex): 32 hex digits of a sha256 of the three, short enough to be kept inside the
-    inode on ext4 (a longer value cost a 4 KiB block per file: an archive of many small files took twice
-    its size on disk)."""
-    return hashlib.sha256(f"{job_id}\0{rel}\0{sha256}".encode()).hexdigest()[:32]
 
 
 def _expanded_into(name: str, unpacks: bool) -> str:

@@ -21,14 +21,17 @@ from typing import Any, ClassVar
 from jupyter_staging.destinations.base import Destination
 from jupyter_staging.engine.progress import ChunkLedger
 from jupyter_staging.errors import PathNotAllowed
+from jupyter_staging.safety.copying import fd_digest
 from jupyter_staging.safety.dirfd import folder_below, fsync_dir, fsync_fd, publish, publish_at
 from jupyter_staging.safety.foldercache import FolderCache
+from jupyter_staging.safety.ownership import published_by
 from jupyter_staging.safety.partfile import PartFile
 
 
 class DestinationWriter:
     """Folders, part files, links and publication below ``dest`` for one run of a job."""
 
+    job_id: str
     dest: Destination
     #: The job's chunk records waiting to be written (folders holding new links are fsynced first).
     ledger: ChunkLedger
@@ -61,10 +64,12 @@ class DestinationWriter:
 
     def part_file(self, final: Path, **options: Any) -> PartFile:
         """A :class:`PartFile` for ``final`` (``options`` as its own): by descriptor through the run's
-        folder descriptors when the destination is confined to a root, else by path."""
+        folder descriptors when the destination is confined to a root, and then tagged as the job's when it
+        is published (``owner``: a run resumed after a crash takes it as the job's,
+        :meth:`_published_before_the_stop`); else by path (a private scratch folder)."""
         if self.dest.confinement_root is None:
             return PartFile(final, **options)
-        return PartFile(final, folders=self.folders, **options)
+        return PartFile(final, folders=self.folders, owner=self.job_id, **options)
 
     def _sync_folder(self, folder: Path) -> None:
         """fsync ``folder`` (by descriptor from the confinement root when there is one)."""
@@ -89,6 +94,49 @@ class DestinationWriter:
             return
         with self.folders.folder(self._folder_below_root(final), create=True):
             pass
+
+    def _open_by_folder(self, path: Path) -> int | None:
+        """``path`` opened read-only by descriptor of its folder where the destination is confined (the
+        folder found still at its path), never through a symlink; None when it cannot be (absent, a
+        symlink, a folder moved during the run). The caller closes it."""
+        try:
+            with self._in_folder(path) as (dir_fd, name):
+                return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        except (OSError, PathNotAllowed):
+            return None
+
+    def _owner_rel(self, final: Path) -> str:
+        """``final``'s path in the owner attribute of a file the job publishes there (POSIX): relative to
+        the confinement root, or to the work folder's parent for a private scratch folder."""
+        return final.relative_to(self.dest.confinement_root or self.dest.workdir.parent).as_posix()
+
+    def _published_before_the_stop(
+        self, final: Path, *, size: int | None = None, sha256: str | None = None
+    ) -> tuple[int, str] | None:
+        """``(size_bytes, sha256_hex)`` of ``final`` when an earlier run of this job published it and was
+        stopped before recording its chunk (killed between the two): a regular file (opened by descriptor
+        of its folder, never through a symlink) carrying the job's owner attribute for this name and the
+        bytes it holds (:func:`~jupyter_staging.safety.ownership.published_by`), of ``size`` bytes and
+        ``sha256`` when given. None for anything else, whatever it holds and whenever it came (a user's,
+        another job's, the job's own edited since). In object storage's work folder, the job's private
+        scratch folder, any regular file there is the job's."""
+        fd = self._open_by_folder(final)
+        if fd is None:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not self.dest.remote:
+                digest = published_by(fd, self.job_id, self._owner_rel(final), size=size, sha256=sha256)
+            elif stat.S_ISREG(st.st_mode) and (size is None or st.st_size == size):
+                digest = fd_digest(fd, "sha256")
+                digest = digest if sha256 is None or digest == sha256 else None
+            else:
+                digest = None
+            return None if digest is None else (st.st_size, digest)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     @contextlib.contextmanager
     def _in_folder(self, final: Path, *, create: bool = False) -> Iterator[tuple[int | None, str]]:

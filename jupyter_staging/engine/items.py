@@ -421,16 +421,17 @@ class ItemStager(LinkingWriter, PartOwnership, ResumeBook):
         if recovering:
             self._drop_published_part(final)
         if (recovering or self.dest.remote) and final.exists() and not part_path(final).exists():
-            # Published by this job just before it stopped, before the chunk was recorded. An object-store
-            # job's work folder is its own private scratch folder: whatever is published there is ours.
-            if (
-                final.is_file()
-                and not final.is_symlink()
-                and (self.dest.remote or final.stat().st_size == item.size)
-            ):
+            # Published by this job just before it stopped, before the chunk was recorded: tagged as the
+            # job's, for these bytes. An object-store job's work folder is its own private scratch folder:
+            # whatever is published there is ours. Anything else is left to fail destination_exists.
+            size = None if self.dest.remote else item.size
+            found = self._published_before_the_stop(final, size=size) or self._reused_before_the_stop(
+                item, final
+            )
+            if found is not None:
                 self._count_recovered()
-                self.control.add_bytes(final.stat().st_size)
-                return final.stat().st_size, sha256_file(final)
+                self.control.add_bytes(found[0])
+                return found
         reused = self._reuse_output(item, final)
         if reused is None and source.local_path(item) is None:
             reused = self._copy_staged(item, final, sync_folder=sync_folder)

@@ -22,13 +22,10 @@ from typing import Any
 from jupyter_staging.engine.folders import DestinationWriter
 from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.dirfd import lstat_at, open_existing, rename_at, unlink_at
+from jupyter_staging.safety.ownership import OWNER_XATTR
 from jupyter_staging.safety.partfile import PartFile, part_path
 from jupyter_staging.safety.unnamed import create_unnamed
 from jupyter_staging.sources.base import SourceItem
-
-#: Extended attribute naming the job (and source version) that writes a part file.
-OWNER_XATTR = "user.jupyter_staging.owner"
-
 
 #: How far before a job's start (ns) a part file's ``ctime`` may be and the file still count as the job's
 #: own: file systems stamp times from the kernel's coarse clock (a tick, up to 10 ms, behind the clock the

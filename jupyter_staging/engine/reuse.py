@@ -10,6 +10,7 @@ recorded sha256 before it is published. It also gives the checksums an item's by
 
 from __future__ import annotations
 
+import os
 import stat
 import threading
 from pathlib import Path
@@ -126,6 +127,29 @@ class ReusingWriter(DestinationWriter):
         reuse = (self.resume.get("swap") or {}).get("reuse") or {}
         fingerprint = (reuse.get("fingerprints") or {}).get(item.name)
         return bool(fingerprint) and fingerprint == item.validator
+
+    def _reused_before_the_stop(self, item: SourceItem, final: Path) -> tuple[int, str] | None:
+        """``(size_bytes, recorded sha256 hex)`` of the replaced output's file that ``final`` is a hard
+        link to, made by an earlier run of this job (:meth:`_reuse_output`) that was stopped before
+        recording it: ``final`` is the very inode of that file, still as it was staged, and ``item`` is
+        unchanged. None otherwise. (Such a link carries the earlier job's owner attribute, not this job's.)"""
+        old = self._previous_objects().get(item.name)
+        if old is None or self.replaced_folder is None or not self._unchanged(item):
+            return None
+        fd = self._open_by_folder(final)
+        if fd is None:
+            return None
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        try:
+            src = (self.replaced_folder / item.name).lstat()
+        except OSError:
+            return None
+        if not os.path.samestat(st, src) or not output_as_staged(src, old):
+            return None
+        return st.st_size, str(old["sha256"])
 
     def _reuse_output(self, item: SourceItem, final: Path, rel: str | None = None) -> tuple[int, str] | None:
         """Take output ``rel`` (default ``item.name``) of the replaced job when ``item`` is unchanged: a

@@ -19,7 +19,6 @@ job again) stops through the job's :attr:`TaskContext.run_key`; both are polled 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
@@ -53,6 +52,7 @@ from jupyter_staging.safety.dirfd import (
     read_file_at,
     unlink_at,
 )
+from jupyter_staging.safety.ownership import published_by
 from jupyter_staging.safety.partfile import PartFile, part_path
 from jupyter_staging.sources.base import SourceItem
 from jupyter_staging.sources.registry import open_source
@@ -233,7 +233,15 @@ def fetch_item(
     source, final = open_source(uri, source_roots=source_roots), ctx.path(final_rel)
     try:
         return fetch_verified(
-            source, item, control, final, Path(ctx.root), checksums, second=second, streams=streams
+            source,
+            item,
+            control,
+            final,
+            Path(ctx.root),
+            checksums,
+            second=second,
+            streams=streams,
+            owner=ctx.job_id,
         )
     finally:
         control.flush()
@@ -241,24 +249,24 @@ def fetch_item(
 
 def _published(ctx: TaskContext, final_rel: str, size: int | None) -> tuple[int, str] | None:
     """``(size, sha256)`` of ``final_rel`` when an earlier attempt of this task published it (a regular
-    file of the expected size and no ``.part`` beside it: the runner submitted the task only after finding
-    neither), else None. A task runs again after publishing when its worker died before the server read
-    the result."""
+    file of the expected size, no ``.part`` beside it, tagged as the job's for the bytes it holds:
+    :func:`~jupyter_staging.safety.ownership.published_by`), else None. A task runs again after
+    publishing when its worker died before the server read the result. A file someone else put there
+    meanwhile (the runner submitted the task only after finding neither) is never taken: publishing then
+    fails ``destination_exists``."""
     final = Path(final_rel)
     with folder_fd(Path(ctx.root), final.parent.as_posix(), create=True) as dir_fd:
         st = lstat_at(dir_fd, final.name)
         if st is None or not stat.S_ISREG(st.st_mode) or lstat_at(dir_fd, part_path(final).name) is not None:
             return None
-        if size is not None and st.st_size != size:
-            return None
         fd = open_existing(dir_fd, final.name, os.O_RDONLY | os.O_CLOEXEC)
     if fd is None:
         return None
-    digest = hashlib.sha256()
-    with os.fdopen(fd, "rb") as fh:
-        while block := fh.read(RANGE_STEP):
-            digest.update(block)
-    return st.st_size, digest.hexdigest()
+    try:
+        digest = published_by(fd, ctx.job_id, final_rel, size=size)
+        return None if digest is None else (os.fstat(fd).st_size, digest)
+    finally:
+        os.close(fd)
 
 
 def fetch_range(
@@ -314,7 +322,9 @@ def finish_ranges(
         with folder_fd(Path(ctx.root), Path(final_rel).parent.as_posix()) as dir_fd:
             unlink_at(dir_fd, part_path(final).name)
         raise
-    out = PartFile(final, resume=True, second=second_algorithm(checksums), root=Path(ctx.root))
+    out = PartFile(
+        final, resume=True, second=second_algorithm(checksums), root=Path(ctx.root), owner=ctx.job_id
+    )
     return out.commit(size, checksums=checksums or None)
 
 

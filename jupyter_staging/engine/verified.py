@@ -41,6 +41,7 @@ def fetch_verified(
     *,
     second: str | None,
     streams: int,
+    owner: str | None = None,
 ) -> tuple[int, str]:
     """Fetch ``item`` into a fresh part file of ``final`` (below ``root``; a dead attempt's is truncated),
     verify it against ``item.size``, ``checksums`` and those the source states, and publish it; returns
@@ -48,7 +49,8 @@ def fetch_verified(
     :func:`~jupyter_staging.engine.ranges.streams_for` says so (a remote file of 64 MiB or more whose source
     serves ranges, each range conditional on the item's version; hashed as they arrive, the ``second``
     digest too), else on one. A file that changes between two ranges is fetched again on one stream, as the
-    server's threads do.
+    server's threads do. ``owner``: the job's id, tagged on the file before it is published
+    (:mod:`jupyter_staging.safety.ownership`: a task run again takes it as the job's, nothing else).
 
     On an error the part is removed, except on a pause or cancel (:class:`JobInterrupted`: closed; the
     next attempt truncates it). Raises what the source and :meth:`PartFile.commit` raise."""
@@ -63,7 +65,9 @@ def fetch_verified(
     second = second_algorithm(checksums_to_verify(item.checksums)) if chosen_here else second
 
     def part(hashed: Hashed | None) -> PartFile:
-        return PartFile(final, resume=hashed is not None, second=second, root=root, hashed=hashed)
+        return PartFile(
+            final, resume=hashed is not None, second=second, root=root, hashed=hashed, owner=owner
+        )
 
     out = _fetched_part(source, item, control, part, second=second, streams=streams)
     # Unless the server chose: what the source stated, as the bytes came too (a GET may have learned more).

@@ -45,6 +45,7 @@ from jupyter_staging.safety.dirfd import (
     write_all,
 )
 from jupyter_staging.safety.foldercache import FolderCache
+from jupyter_staging.safety.ownership import tag_published
 from jupyter_staging.safety.unnamed import publish_fd_at, reopen_unnamed
 
 #: Size of one read/write block, bytes. 1 MiB blocks in reused buffers stay in the CPU caches; 8 MiB blocks
@@ -98,7 +99,10 @@ class PartFile:
     (taken over: the part file closes it, also when the constructor raises; with ``dir_fd_lent``, lent by
     ``folders`` and never closed here). ``unnamed_fd``: an unnamed file the caller made in that folder
     (:func:`~jupyter_staging.safety.unnamed.create_unnamed`), used as the part: it gets its only name at
-    :meth:`commit`, and a name taken meanwhile is refused then.
+    :meth:`commit`, and a name taken meanwhile is refused then. ``owner``, with ``root``: the id of the job
+    whose file this is; :meth:`commit` tags the file as published by it before it takes its name
+    (:func:`~jupyter_staging.safety.ownership.tag_published`), so that a run resumed after a crash takes
+    it as the job's own.
     """
 
     def __init__(
@@ -113,8 +117,10 @@ class PartFile:
         dir_fd: int | None = None,
         dir_fd_lent: bool = False,
         unnamed_fd: int | None = None,
+        owner: str | None = None,
     ) -> None:
         self.final = final
+        self._owner = owner
         #: The confinement root: when given, ``final``'s folder is opened from it by descriptor.
         self.root = folders.root if folders is not None else root
         #: Folder descriptors of the run, kept open (the walk from ``root`` is then done once per folder).
@@ -448,6 +454,7 @@ class PartFile:
         self._close_reader()
         try:
             self._fh.flush()
+            self._tag_owner()  # before the fsync that makes it durable (when this one makes it)
             if self._synced != self.offset:
                 os.fsync(self._fh.fileno())
             confined_size = os.fstat(self._fh.fileno()).st_size
@@ -472,6 +479,19 @@ class PartFile:
             raise
         self._publish(sync=sync_folder)
         return size, self.sha256.hexdigest()
+
+    def _tag_owner(self) -> None:
+        """Tag the file as published by the job ``owner`` (at its path below ``root``, for the bytes
+        written: :func:`~jupyter_staging.safety.ownership.tag_published`), when both are known. Without
+        user attributes the file goes untagged (a resumed run then refuses it, the safe failure). With a
+        :meth:`sync` done already, the tag is made durable with the name, by the fsync of the folder."""
+        if self._owner is None or self.root is None:
+            return
+        try:
+            rel = self.final.relative_to(self.root).as_posix()
+        except ValueError:
+            return
+        tag_published(self._fh.fileno(), self._owner, rel, self.sha256.hexdigest())
 
     def _verify(self, checksums: dict[str, str]) -> None:
         """Compare ``checksums`` (hex by algorithm) with the bytes written; raises on the first mismatch."""

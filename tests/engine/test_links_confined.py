@@ -16,7 +16,8 @@ from jupyter_staging.errors import PathNotAllowed
 
 class _Writer(DestinationWriter):
     def __init__(self, root: Path) -> None:
-        self.dest = LocalDestination("job", root, "staged")
+        self.job_id = "job"
+        self.dest = LocalDestination(self.job_id, root, "staged")
         self.ledger = ChunkLedger()
         self._lock = threading.RLock()
 

@@ -11,15 +11,10 @@ of times, not once per table.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import tarfile
 import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,17 +22,15 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from jupyter_staging.engine.expansion import extracted_tag
 from jupyter_staging.engine.manager import StagingManager
-from jupyter_staging.engine.models import CreateJob, DescribeJob, JobState
-from jupyter_staging.engine.parts import OWNER_XATTR
+from jupyter_staging.engine.models import CreateJob, JobState
 from jupyter_staging.engine.progress import PROGRESS_INTERVAL
 from jupyter_staging.engine.resumechanges import MIN_CHANGES_BEFORE_COMPACTION, add, apply_changes, drop, put
 from jupyter_staging.engine.store import JobRecord, Store
+from jupyter_staging.safety.ownership import OWNER_XATTR, published_tag
+from tests.helpers.crashes import killed_part_way, resumed
 from tests.helpers.data import wait_until
-from tests.helpers.managers import manager_for
 
-REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=timezone.utc)
 
 
@@ -192,71 +185,6 @@ def test_a_failed_job_of_many_tables_shows_the_bytes_of_every_part_it_kept(manag
     assert done.progress.output_bytes == sum(p.stat().st_size for p in parts)
 
 
-CHILD = """
-import json, os, sys, time
-from jupyter_staging.engine.expansion import ExpandingStager
-from jupyter_staging.engine.manager import StagingManager
-from jupyter_staging.engine.models import CreateJob
-method, _, exit_at = sys.argv[4].partition(":")
-if method:  # dies as a kill would, at the exit_at-th call of the stager's method, before it runs
-    original, calls = getattr(ExpandingStager, method), []
-    def dying(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == int(exit_at):
-            os._exit(9)
-        return original(self, *args, **kwargs)
-    setattr(ExpandingStager, method, dying)
-mgr = StagingManager(sys.argv[1], db_url=sys.argv[2], sweep_interval=0)
-mgr.start()
-job, _ = mgr.create(CreateJob(**json.loads(sys.argv[3])))
-print(job.id, flush=True)
-time.sleep(600)
-"""
-
-
-def killed_part_way(
-    tmp_path: Path, request: dict, done: Callable[[Path], bool] | None = None, *, exit_at: str = ""
-) -> str:
-    """Run ``request`` in a server of its own (a child process) on ``tmp_path / "root"`` and the job
-    database ``tmp_path / "jobs.sqlite"``, kill it (SIGKILL) once ``done(root / "out")``, or let it die
-    (exit status 9, nothing flushed) at a point ``exit_at`` names: ``"<method>:<n>"``, the n-th call of
-    that method of the job's stager (``"_chunk_ready:300"``: the 300th file an unpacking publishes, before
-    its chunk is recorded); returns the job's id."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(tmp_path / "root"), f"sqlite:///{tmp_path / 'jobs.sqlite'}",
-         json.dumps(request), exit_at],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        assert child.stdout is not None
-        job_id = child.stdout.readline().strip()
-        out = tmp_path / "root" / "out"
-        if done is None:
-            assert child.wait(timeout=120) == 9, "the job ended before its planned death; nothing was tested"
-        else:
-            wait_until(lambda: out.is_dir() and done(out), timeout=120, what="part of the job")
-            child.send_signal(signal.SIGKILL)
-    finally:
-        child.kill()
-        child.wait()
-    return job_id
-
-
-def resumed(tmp_path: Path, job_id: str) -> tuple[DescribeJob, list, str]:
-    """Start a server on the job database ``tmp_path / "jobs.sqlite"`` (which resumes job ``job_id``),
-    wait for the job to end, and stop it: ``(the job, its chunks, its log as one text)``."""
-    manager = manager_for(tmp_path)
-    try:
-        done = manager.wait(job_id, timeout=300)
-        chunks = manager.chunks(job_id)
-        log = "\n".join(line["message"] for line in manager.job_log(job_id, limit=5000))
-    finally:
-        manager.stop()
-    return done, chunks, log
-
-
 def test_a_job_of_many_small_tables_killed_part_way_resumes_from_its_written_changes(tmp_path):
     """Killed part way (a pause or a failure writes the resume data whole; a crash does not), the job's
     resume data is the last whole write plus rows of changes; the next server reads them back, skips the
@@ -366,8 +294,8 @@ def test_a_file_of_the_same_bytes_not_tagged_by_the_job_is_never_taken_as_the_jo
     request = {"source": str(bulk_tar(tmp_path, count)), "destination": "out", "unpack": True}
     job_id = killed_part_way(tmp_path, request, exit_at="_chunk_ready:300")
     unrecorded = tmp_path / "root" / "out" / "bulk" / "lc-00299.dat"
-    tag = extracted_tag(job_id, "bulk/lc-00299.dat", hashlib.sha256(b"299\n" * 200).hexdigest())
-    assert os.getxattr(unrecorded, OWNER_XATTR) == tag.encode()  # the dead run's own (kept in the inode)
+    tag = published_tag(job_id, "out/bulk/lc-00299.dat", hashlib.sha256(b"299\n" * 200).hexdigest())
+    assert os.getxattr(unrecorded, OWNER_XATTR) == tag  # the dead run's own (kept in the inode)
     unrecorded.unlink()
     unrecorded.write_bytes(b"299\n" * 200)  # the user's copy: the very bytes, published since the start
     unrecorded.chmod(0o640)

@@ -1,0 +1,77 @@
+"""Owner attributes: which job published a file, so that a run resumed after a crash takes as its own only
+what it published itself.
+
+A job publishes a file under its final name (``linkat``) and records its chunk later, in a batch; a server
+killed between the two leaves files published and not recorded. The next run finds them at their names.
+Size, bytes or times cannot tell such a file from one the user put there meanwhile (a copy of the very
+bytes, a ``chmod`` that sets the ctime), and taking a user's file as the job's output is a loss: acking the
+chunk, its TTL or a cancel's delete policy would remove it later. So every file a job publishes in a local
+destination carries, from before it has its name, the extended attribute :data:`OWNER_XATTR` with
+:func:`published_tag`: 32 hex digits of a digest of the job's id, the file's path and its bytes' sha256. A
+resumed run takes a file as its own only with that tag for the bytes it holds (:func:`published_by`).
+
+The value is 32 bytes so that ext4 keeps it inside the inode: a longer one (53 bytes) cost every tagged
+file a 4 KiB block of its own. Where the file system keeps no user attributes (NFS before 4.2, for
+example) files go untagged, and a resumed run refuses them (``destination_exists``): the safe failure.
+A part file (``<name>.part``) carries a tag of another form in the same attribute, saying which job and
+source version may resume it (:func:`jupyter_staging.engine.parts.owner_tag`); publishing replaces it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+
+#: Extended attribute naming the job that writes a part file, or that published a file (``user.``: any
+#: owner of the file may set it; setxattr(2)).
+OWNER_XATTR = "user.jupyter_staging.owner"
+
+#: Bytes read at a time when a file's sha256 is checked against its tag.
+_READ_BYTES = 1 << 20
+
+
+def published_tag(job_id: str, rel: str, sha256: str) -> bytes:
+    """The owner attribute of a file job ``job_id`` publishes at ``rel`` (POSIX, relative to the
+    destination's confinement root) holding bytes of ``sha256`` (hex): 32 hex digits (ASCII bytes) of a
+    sha256 of the three."""
+    return hashlib.sha256(f"{job_id}\0{rel}\0{sha256}".encode()).hexdigest()[:32].encode()
+
+
+def tag_published(fd: int, job_id: str, rel: str, sha256: str) -> bool:
+    """Set :func:`published_tag` on the file open as ``fd`` (any mode: ``fsetxattr``), before it takes its
+    name. Returns False, the file untagged, where the file system keeps no user attributes (or refuses
+    this one): a resumed run then refuses the file, never takes it."""
+    try:
+        os.setxattr(fd, OWNER_XATTR, published_tag(job_id, rel, sha256))
+    except OSError:
+        return False
+    return True
+
+
+def published_by(
+    fd: int, job_id: str, rel: str, *, size: int | None = None, sha256: str | None = None
+) -> str | None:
+    """The sha256 (hex) of the regular file open as ``fd`` (readable) when job ``job_id`` published it at
+    ``rel``: it carries the job's :func:`published_tag` for ``rel`` and for the bytes it holds now (all
+    read, from the first; ``pread``, the descriptor's offset is left as it is), and is of ``size`` bytes
+    and ``sha256`` when given. None otherwise: no tag (a user's file, whatever it holds), another job's
+    or another name's, bytes changed since it was published. Errors reading it count as not."""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (size is not None and st.st_size != size):
+            return None
+        tag = os.getxattr(fd, OWNER_XATTR)
+        if len(tag) != 32:  # a part file's tag, or none of ours
+            return None
+        digest = hashlib.sha256()
+        offset = 0
+        while block := os.pread(fd, _READ_BYTES, offset):
+            digest.update(block)
+            offset += len(block)
+    except OSError:
+        return None
+    actual = digest.hexdigest()
+    if (sha256 is not None and actual != sha256) or tag != published_tag(job_id, rel, actual):
+        return None
+    return actual

@@ -1,0 +1,168 @@
+"""A copy job killed between publishing a file and recording it takes that file back as its own, and nothing
+else (``safety/ownership.py``).
+
+Files are published one by one and their chunks recorded in batches: a server killed in between leaves
+files at their final names that the job never recorded. The next run must take those back (else it fails
+``destination_exists`` on its own output), and must never take a file the user put there meanwhile: a
+file taken as the job's is removed with the job's output later (ack with ``delete_on_ack``, a TTL, a
+cancel's delete policy), and its sha256 is offered to later jobs as staged bytes. Before, any file of the
+item's size was taken: a user's file of other bytes was recorded as the job's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from pathlib import Path
+
+from jupyter_staging.engine.models import CreateJob, JobState
+from jupyter_staging.safety.ownership import OWNER_XATTR, published_by, published_tag, tag_published
+from tests.helpers.crashes import killed_part_way, resumed
+from tests.helpers.managers import manager_for
+
+COUNT = 600
+
+
+def light_curves(tmp_path: Path) -> Path:
+    """``COUNT`` files ``lc-00000.dat``... of 1,000 bytes each (``f"{i:04d}\\n"`` 200 times), in
+    ``tmp_path / "curves"``; and an empty ``tmp_path / "root"``."""
+    (tmp_path / "root").mkdir()
+    folder = tmp_path / "curves"
+    folder.mkdir()
+    for i in range(COUNT):
+        (folder / f"lc-{i:05d}.dat").write_bytes(f"{i:04d}\n".encode() * 200)
+    return folder
+
+
+def killed_copy(tmp_path: Path) -> tuple[str, list[str]]:
+    """A copy job of :func:`light_curves` into ``out`` that dies (as a kill would) at its 300th file's
+    ``_chunk_done``, the file published and not recorded: ``(job id, names published and not recorded)``."""
+    request = {"source": str(light_curves(tmp_path)), "destination": "out", "method": "copy"}
+    job_id = killed_part_way(tmp_path, request, exit_at="_chunk_done:300")
+    with sqlite3.connect(tmp_path / "jobs.sqlite") as conn:
+        recorded = {row[0] for row in conn.execute("SELECT path FROM staging_chunks WHERE state = 'ready'")}
+    published = set(os.listdir(tmp_path / "root" / "out"))
+    unrecorded = sorted(published - recorded)
+    assert unrecorded, "every published file was recorded: nothing was tested"
+    assert len(published) < COUNT, "the job ended before its planned death"
+    return job_id, unrecorded
+
+
+def test_files_published_and_not_recorded_when_the_server_died_are_taken_back(tmp_path):
+    job_id, unrecorded = killed_copy(tmp_path)
+    out = tmp_path / "root" / "out"
+    for name in unrecorded:  # each tagged as the job's, for its path and bytes, before it took its name
+        fd = os.open(out / name, os.O_RDONLY)
+        try:
+            assert (
+                published_by(fd, job_id, f"out/{name}")
+                == hashlib.sha256((out / name).read_bytes()).hexdigest()
+            )
+        finally:
+            os.close(fd)
+    done, chunks, log = resumed(tmp_path, job_id)
+    assert done.state == JobState.succeeded, done.error
+    assert sorted(c.path for c in chunks) == [f"lc-{i:05d}.dat" for i in range(COUNT)]
+    assert all(c.state == "ready" for c in chunks)
+    by_path = {c.path: c for c in chunks}
+    for name in unrecorded:
+        i = int(name[3:8])
+        assert (out / name).read_bytes() == f"{i:04d}\n".encode() * 200
+        assert by_path[name].sha256 == hashlib.sha256(f"{i:04d}\n".encode() * 200).hexdigest()
+    assert "already complete from the previous run" in log
+
+
+def test_a_users_file_of_the_same_size_in_place_of_an_unrecorded_one_is_refused_and_kept(tmp_path):
+    """The reviewer's reproduction: the user replaced a file the dead run published (not recorded) with one
+    of the same size and other bytes. The resumed job fails ``destination_exists`` on it and leaves it; it
+    used to record the user's bytes as the job's (and log them as complete from the previous run)."""
+    job_id, unrecorded = killed_copy(tmp_path)
+    mine = tmp_path / "root" / "out" / unrecorded[0]
+    mine.unlink()
+    mine.write_bytes(b"x" * 1000)
+    done, _, log = resumed(tmp_path, job_id)
+    assert done.state == JobState.failed and done.error is not None
+    assert done.error.code == "destination_exists" and unrecorded[0] in done.error.message
+    assert mine.read_bytes() == b"x" * 1000
+
+
+def test_the_jobs_own_file_edited_since_it_was_published_is_not_taken(tmp_path):
+    """Edited in place (same size), the file keeps the job's tag, made for the bytes published: it no
+    longer matches them, so the file is the user's now and is refused, not recorded with the new bytes."""
+    job_id, unrecorded = killed_copy(tmp_path)
+    edited = tmp_path / "root" / "out" / unrecorded[0]
+    with open(edited, "r+b") as fh:
+        fh.write(b"EDIT")
+    assert os.getxattr(edited, OWNER_XATTR)  # the tag is still there
+    done, _, _ = resumed(tmp_path, job_id)
+    assert done.state == JobState.failed and done.error is not None
+    assert done.error.code == "destination_exists"
+    assert edited.read_bytes().startswith(b"EDIT")
+
+
+def test_the_owner_tag_is_short_enough_for_the_inode_and_names_the_job_the_path_and_the_bytes(tmp_path):
+    path = tmp_path / "a.dat"
+    path.write_bytes(b"light curve")
+    sha = hashlib.sha256(b"light curve").hexdigest()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert published_by(fd, "job-1", "out/a.dat") is None  # untagged: a user's file
+        assert tag_published(fd, "job-1", "out/a.dat", sha)
+        assert len(os.getxattr(path, OWNER_XATTR)) == 32 == len(published_tag("job-1", "out/a.dat", sha))
+        assert published_by(fd, "job-1", "out/a.dat") == sha
+        assert published_by(fd, "job-1", "out/a.dat", size=11, sha256=sha) == sha
+        assert published_by(fd, "job-1", "out/a.dat", size=12) is None
+        assert published_by(fd, "job-2", "out/a.dat") is None  # another job's
+        assert published_by(fd, "job-1", "out/b.dat") is None  # published under another name
+        os.setxattr(fd, OWNER_XATTR, b"job-1:0123456789abcdef")  # a part file's tag, not a published one's
+        assert published_by(fd, "job-1", "out/a.dat") is None
+    finally:
+        os.close(fd)
+
+
+def test_unchanged_files_linked_from_the_replaced_output_are_taken_back_after_a_crash(tmp_path):
+    """A re-run after one manifest entry changed stages the folder beside the old output, hard-linking the
+    unchanged entry's files from it (they carry the earlier job's tag, not this job's). Killed part way,
+    the next run takes back the links it made and did not record: the very files of the replaced output,
+    unchanged since they were staged."""
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "notes.txt").write_text("first release\n")
+    request = {"manifest": {"curves": str(light_curves(tmp_path)), "extra": str(extra)}, "destination": "out"}
+    manager = manager_for(tmp_path)
+    try:
+        first, _ = manager.create(CreateJob(**request))
+        assert manager.wait(first.id, timeout=120).state == JobState.succeeded
+    finally:
+        manager.stop()
+    (extra / "notes.txt").write_text("second release\n")  # staged again beside, swapped in; curves linked
+    job_id = killed_part_way(tmp_path, request, exit_at="_chunk_done:300")
+    done, chunks, log = resumed(tmp_path, job_id)
+    assert done.state == JobState.succeeded, done.error
+    assert len(chunks) == COUNT + 1 and all(c.state == "ready" for c in chunks)
+    out = tmp_path / "root" / "out"
+    assert (out / "extra" / "notes.txt").read_text() == "second release\n"
+    assert (out / "curves" / "lc-00000.dat").read_bytes() == b"0000\n" * 200
+    assert "unchanged and reused from the local copy: 1" in log
+    assert "already complete from the previous run" in log
+
+
+def test_a_dask_task_run_again_takes_back_only_the_file_it_published(tmp_path):
+    """A task runs again after publishing when its worker died before the server read the result; it takes
+    the file back when it carries the job's tag for its bytes (``tasks._published``), never a file someone
+    put there meanwhile (it used to take any file of the expected size)."""
+    from jupyter_staging.engine.tasks import TaskContext, _published, finish_ranges
+
+    data = os.urandom(3 * 1024**2 + 5)
+    (tmp_path / "out").mkdir()
+    final = tmp_path / "out" / "lc.bin"
+    (tmp_path / "out" / "lc.bin.part").write_bytes(data)  # as the range tasks left it
+    ctx = TaskContext("job-1", str(tmp_path))
+    published = finish_ranges(ctx, "out/lc.bin", len(data), {})
+    assert published == (len(data), hashlib.sha256(data).hexdigest())
+    assert _published(ctx, "out/lc.bin", len(data)) == published  # run again: taken back
+    assert _published(TaskContext("job-2", str(tmp_path)), "out/lc.bin", len(data)) is None  # not job-2's
+    final.unlink()
+    final.write_bytes(os.urandom(len(data)))  # someone else's, of the same size
+    assert _published(ctx, "out/lc.bin", len(data)) is None
