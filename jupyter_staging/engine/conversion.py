@@ -478,9 +478,10 @@ class ConvertingStager(PipelinedStager, TableFolders):
         if downloaded is not None:
             if self.dest.remote and final.is_file():
                 self.dest.files.unlink(downloaded)  # moved here by a run that stopped before the upload
-            else:
-                self._publish_local(downloaded, final)
-            size, sha = final.stat().st_size, sha256_file(final)
+                size, sha = final.stat().st_size, sha256_file(final)
+            else:  # tagged as the job's at its final name: taken back if a crash comes before the record
+                size, sha = downloaded.stat().st_size, sha256_file(downloaded)
+                self._publish_tagged(downloaded, final, sha)
         else:
             size, staged_sha = self._stage_file(
                 source, "copy" if method == "copy" else "download", item, final, recovering=self.recovering

@@ -12,7 +12,6 @@ kept.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path, PurePosixPath
 
@@ -32,7 +31,6 @@ from jupyter_staging.formats.archives import (
     unpack,
 )
 from jupyter_staging.formats.detect import detect_format, is_table
-from jupyter_staging.safety.ownership import tag_published
 from jupyter_staging.safety.paths import check_output_name
 from jupyter_staging.sources.base import Source, SourceItem
 
@@ -255,8 +253,7 @@ class ExpandingStager(ConvertingStager):
         ):
             self._count_recovered()
         else:
-            self._tag_extracted(path, final, extracted.sha256)  # the link keeps it (found after a crash)
-            self._publish_local(path, final)
+            self._publish_tagged(path, final, extracted.sha256)
         chunk = pending or self._new_chunk(
             path=rel, state=ChunkState.pending.value, bytes=extracted.size, entry=entry
         )
@@ -264,20 +261,6 @@ class ExpandingStager(ConvertingStager):
             final, rel, size=extracted.size, sha256=extracted.sha256, content_type=None, control=self.control
         )
         self._chunk_ready(chunk, bytes=extracted.size, sha256=extracted.sha256, path=stored)
-
-    def _tag_extracted(self, path: Path, final: Path, sha256: str) -> None:
-        """Tag the extracted file ``path`` (in the job's scratch folder, opened by descriptor of its folder,
-        never through a symlink) as published by the job at ``final`` with bytes of ``sha256``
-        (:func:`~jupyter_staging.safety.ownership.tag_published`). Where the file system keeps no user
-        attributes the file goes untagged: after a crash, the resumed run then refuses it as a file of the
-        user's (``destination_exists``), the safe failure. Errors opening it are left to publishing."""
-        fd = self._open_by_folder(path)
-        if fd is None:
-            return
-        try:
-            tag_published(fd, self.job_id, self._owner_rel(final), sha256)
-        finally:
-            os.close(fd)
 
 
 def _expanded_into(name: str, unpacks: bool) -> str:

@@ -24,7 +24,7 @@ from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.copying import fd_digest
 from jupyter_staging.safety.dirfd import folder_below, fsync_dir, fsync_fd, publish, publish_at
 from jupyter_staging.safety.foldercache import FolderCache
-from jupyter_staging.safety.ownership import published_by
+from jupyter_staging.safety.ownership import published_by, tag_published
 from jupyter_staging.safety.partfile import PartFile
 
 
@@ -207,6 +207,21 @@ class DestinationWriter:
         except FileNotFoundError:
             pass
         return True
+
+    def _publish_tagged(self, path: Path, final: Path, sha256: str) -> None:
+        """:meth:`_publish_local` of ``path`` (below the destination, holding bytes of ``sha256`` hex) as
+        ``final``, tagged first as the job's file at ``final`` (its owner attribute,
+        :func:`~jupyter_staging.safety.ownership.tag_published`; opened by descriptor of its folder, never
+        through a symlink), so that a run resumed after a crash between publishing and recording takes it
+        back (:meth:`_published_before_the_stop`). Without user attributes it goes untagged (a resumed run
+        then refuses it: the safe failure)."""
+        fd = self._open_by_folder(path)
+        if fd is not None:
+            try:
+                tag_published(fd, self.job_id, self._owner_rel(final), sha256)
+            finally:
+                os.close(fd)
+        self._publish_local(path, final)
 
     def _publish_local(self, path: Path, final: Path) -> None:
         """Give the complete file ``path`` (below the destination) the name ``final``, never replacing

@@ -20,6 +20,7 @@ from jupyter_staging.engine.models import CreateJob, JobState
 from jupyter_staging.safety.ownership import OWNER_XATTR, published_by, published_tag, tag_published
 from tests.helpers.crashes import killed_part_way, resumed
 from tests.helpers.managers import manager_for
+from tests.helpers.servers import RangeHTTPServer
 
 COUNT = 600
 
@@ -166,3 +167,24 @@ def test_a_dask_task_run_again_takes_back_only_the_file_it_published(tmp_path):
     final.unlink()
     final.write_bytes(os.urandom(len(data)))  # someone else's, of the same size
     assert _published(ctx, "out/lc.bin", len(data)) is None
+
+
+def test_a_downloaded_file_of_a_conversion_that_is_no_table_is_taken_back_after_a_crash(tmp_path):
+    """A conversion downloads a remote file to its scratch folder first; one that is no table is then moved
+    to its final name as it is, tagged for that name. A run that dies before recording it leaves it there,
+    and the next run takes it back (it used to be refused when the tag named the scratch path)."""
+    (tmp_path / "root").mkdir()
+    www = tmp_path / "www"
+    www.mkdir()
+    data = os.urandom(200_000)
+    (www / "notes.bin").write_bytes(data)
+    with RangeHTTPServer(www) as server:
+        request = {"source": server.url("notes.bin"), "destination": "out", "convert": {}}
+        job_id = killed_part_way(tmp_path, request, exit_at="_chunk_ready:1")
+        assert (tmp_path / "root" / "out" / "notes.bin").read_bytes() == data  # published, not recorded
+        done, chunks, log = resumed(tmp_path, job_id)
+    assert done.state == JobState.succeeded, done.error
+    assert [(c.path, c.state, c.sha256) for c in chunks] == [
+        ("notes.bin", "ready", hashlib.sha256(data).hexdigest())
+    ]
+    assert "already complete from the previous run" in log
