@@ -188,3 +188,23 @@ def test_a_downloaded_file_of_a_conversion_that_is_no_table_is_taken_back_after_
         ("notes.bin", "ready", hashlib.sha256(data).hexdigest())
     ]
     assert "already complete from the previous run" in log
+
+
+def test_a_file_verified_and_tagged_but_not_yet_named_when_the_server_died_is_resumed_not_set_aside(tmp_path):
+    """The file's own tag replaces the part's as the last step before its name. A run that dies right
+    there leaves a complete part carrying it; the next run resumes that part at its end (it was set aside
+    as a stranger's, left in the folder, and the file fetched again from byte 0)."""
+    (tmp_path / "root").mkdir()
+    source = tmp_path / "archive"
+    source.mkdir()
+    data = os.urandom(8 * 1024**2)
+    (source / "big.bin").write_bytes(data)
+    request = {"source": str(source / "big.bin"), "destination": "out"}
+    job_id = killed_part_way(tmp_path, request, exit_at="PartFile._publish:1")
+    out = tmp_path / "root" / "out"
+    assert os.listdir(out) == ["big.bin.part"]
+    done, _, log = resumed(tmp_path, job_id)
+    assert done.state == JobState.succeeded, done.error
+    assert sorted(os.listdir(out)) == ["big.bin", "manifest.json"]
+    assert (out / "big.bin").read_bytes() == data
+    assert f"resuming at byte {len(data)}" in log and "set aside" not in log

@@ -22,15 +22,18 @@ import json, os, sys, time
 from jupyter_staging.engine.expansion import ExpandingStager
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
+from jupyter_staging.safety.partfile import PartFile
 method, _, exit_at = sys.argv[4].partition(":")
-if method:  # dies as a kill would, at the exit_at-th call of the stager's method, before it runs
-    original, calls = getattr(ExpandingStager, method), []
+owner, _, method = method.rpartition(".")
+owner = {"": ExpandingStager, "PartFile": PartFile}[owner]
+if method:  # dies as a kill would, at the exit_at-th call of the method, before it runs
+    original, calls = getattr(owner, method), []
     def dying(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == int(exit_at):
             os._exit(9)
         return original(self, *args, **kwargs)
-    setattr(ExpandingStager, method, dying)
+    setattr(owner, method, dying)
 mgr = StagingManager(sys.argv[1], db_url=sys.argv[2], sweep_interval=0)
 mgr.start()
 job, _ = mgr.create(CreateJob(**json.loads(sys.argv[3])))
@@ -46,7 +49,8 @@ def killed_part_way(
     database ``tmp_path / "jobs.sqlite"``, kill it (SIGKILL) once ``done(root / "out")``, or let it die
     (exit status 9, nothing flushed) at a point ``exit_at`` names: ``"<method>:<n>"``, the n-th call of
     that method of the job's stager (``"_chunk_ready:300"``: the 300th file an unpacking publishes, before
-    its chunk is recorded); returns the job's id."""
+    its chunk is recorded), or ``"PartFile.<method>:<n>"``, of a part file's (``"PartFile._publish:1"``:
+    a verified file about to take its name); returns the job's id."""
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(tmp_path / "root"), f"sqlite:///{tmp_path / 'jobs.sqlite'}",
          json.dumps(request), exit_at],
