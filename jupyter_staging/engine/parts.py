@@ -22,7 +22,7 @@ from typing import Any
 from jupyter_staging.engine.folders import DestinationWriter
 from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.dirfd import lstat_at, open_existing, rename_at, unlink_at
-from jupyter_staging.safety.ownership import OWNER_XATTR, published_by
+from jupyter_staging.safety.ownership import OWNER_XATTR
 from jupyter_staging.safety.partfile import PartFile, part_path
 from jupyter_staging.safety.unnamed import create_unnamed
 from jupyter_staging.sources.base import SourceItem
@@ -83,7 +83,7 @@ class PartOwnership(DestinationWriter):
             return self._tag_part(item, tag, self.part_file(final, resume=True, second=second))
         fd = self.folders.open(self._folder_below_root(final), create=True, placed=True)
         try:
-            resume = self._clear_part_at(item, fd, part.name, tag, self._owner_rel(final))
+            resume = self._clear_part_at(item, fd, part.name, tag)
         except BaseException:
             os.close(fd)
             raise
@@ -111,23 +111,13 @@ class PartOwnership(DestinationWriter):
             return None
         return self.part_file(final, second=second, dir_fd=fd, dir_fd_lent=lent, unnamed_fd=blank)
 
-    def _clear_part_at(self, item: SourceItem, dir_fd: int, name: str, tag: str, final_rel: str) -> bool:
+    def _clear_part_at(self, item: SourceItem, dir_fd: int, name: str, tag: str) -> bool:
         """Make way for the part file ``name`` in ``dir_fd``: True when the ``.part`` there is ours
-        (``tag``) to resume; an empty untagged one is removed, any other set aside. A part this job
-        verified and tagged for publishing at ``final_rel`` (its owner attribute replaced by the file's,
-        :mod:`jupyter_staging.safety.ownership`), stopped before it took its name, is ours too: complete,
-        resumed at its end."""
+        (``tag``) to resume; an empty untagged one is removed, any other set aside."""
         st = lstat_at(dir_fd, name)
         if st is None:  # without a part of ours there is nothing to resume: it is created, not looked for
             return False
         owner = self._part_owner_at(item, dir_fd, name)
-        if (
-            owner is not None
-            and owner != tag
-            and len(owner) == 32
-            and self._tagged_for(dir_fd, name, final_rel)
-        ):
-            return True
         if owner is None and stat.S_ISREG(st.st_mode) and st.st_size == 0:
             # Created, then the process died before tagging it (the tag follows the creation at once,
             # before any byte): an empty file, nothing to keep.
@@ -137,20 +127,6 @@ class PartOwnership(DestinationWriter):
             rename_at(dir_fd, name, aside_name)  # a planted symlink itself, never its target
             self._log_set_aside(item, aside_name)
         return owner == tag
-
-    def _tagged_for(self, dir_fd: int, name: str, final_rel: str) -> bool:
-        """Whether file ``name`` in ``dir_fd`` (opened without following a symlink) carries this job's
-        owner attribute for publishing at ``final_rel`` with the bytes it holds (all read once)."""
-        try:
-            fd = open_existing(dir_fd, name, os.O_RDONLY | os.O_NONBLOCK)
-        except PathNotAllowed:
-            return False
-        if fd is None:
-            return False
-        try:
-            return published_by(fd, self.job_id, final_rel) is not None
-        finally:
-            os.close(fd)
 
     def _tag_part(self, item: SourceItem, tag: str, out: PartFile) -> PartFile:
         """Record ``tag`` as the owner of the new or resumed part ``out`` (its xattr, else the resume

@@ -253,12 +253,18 @@ def _published(ctx: TaskContext, final_rel: str, size: int | None) -> tuple[int,
     :func:`~jupyter_staging.safety.ownership.published_by`), else None. A task runs again after
     publishing when its worker died before the server read the result. A file someone else put there
     meanwhile (the runner submitted the task only after finding neither) is never taken: publishing then
-    fails ``destination_exists``."""
+    fails ``destination_exists``. Publishing is ``linkat`` then ``unlinkat`` of the ``.part``: a worker
+    killed between the two leaves both names on one file, and the ``.part`` name is dropped."""
     final = Path(final_rel)
     with folder_fd(Path(ctx.root), final.parent.as_posix(), create=True) as dir_fd:
         st = lstat_at(dir_fd, final.name)
-        if st is None or not stat.S_ISREG(st.st_mode) or lstat_at(dir_fd, part_path(final).name) is not None:
+        if st is None or not stat.S_ISREG(st.st_mode):
             return None
+        part = lstat_at(dir_fd, part_path(final).name)
+        if part is not None and not os.path.samestat(st, part):
+            return None
+        if part is not None:
+            unlink_at(dir_fd, part_path(final).name)
         fd = open_existing(dir_fd, final.name, os.O_RDONLY | os.O_CLOEXEC)
     if fd is None:
         return None

@@ -6,15 +6,15 @@ killed between the two leaves files published and not recorded. The next run fin
 Size, bytes or times cannot tell such a file from one the user put there meanwhile (a copy of the very
 bytes, a ``chmod`` that sets the ctime), and taking a user's file as the job's output is a loss: acking the
 chunk, its TTL or a cancel's delete policy would remove it later. So every file a job publishes in a local
-destination carries, from before it has its name, the extended attribute :data:`OWNER_XATTR` with
+destination carries, from before it has its name, the extended attribute :data:`PUBLISHED_XATTR` with
 :func:`published_tag`: 32 hex digits of a digest of the job's id, the file's path and its bytes' sha256. A
 resumed run takes a file as its own only with that tag for the bytes it holds (:func:`published_by`).
 
-The value is 32 bytes so that ext4 keeps it inside the inode: a longer one (53 bytes) cost every tagged
-file a 4 KiB block of its own. Where the file system keeps no user attributes (NFS before 4.2, for
+The value is 32 bytes so that ext4 keeps it inside a 256-byte inode: a longer one (53 bytes) cost every
+tagged file a 4 KiB block of its own. Where the file system keeps no user attributes (NFS before 4.2, for
 example) files go untagged, and a resumed run refuses them (``destination_exists``): the safe failure.
-A part file (``<name>.part``) carries a tag of another form in the same attribute, saying which job and
-source version may resume it (:func:`jupyter_staging.engine.parts.owner_tag`); publishing replaces it.
+A named part file (``<name>.part``) also carries :data:`OWNER_XATTR`, saying which job and source version
+may resume it (:func:`jupyter_staging.engine.parts.owner_tag`); the published file keeps it, unused.
 """
 
 from __future__ import annotations
@@ -23,9 +23,14 @@ import hashlib
 import os
 import stat
 
-#: Extended attribute naming the job that writes a part file, or that published a file (``user.``: any
-#: owner of the file may set it; setxattr(2)).
+#: Extended attribute naming the job (and source version) that writes a part file, which may resume it
+#: (:func:`jupyter_staging.engine.parts.owner_tag`; ``user.``: any owner of the file may set it, setxattr(2)).
 OWNER_XATTR = "user.jupyter_staging.owner"
+
+#: Extended attribute naming the job that published a file, for its path and bytes (:func:`published_tag`).
+#: An attribute of its own: a part stopped after it is set and before it takes its name keeps its
+#: :data:`OWNER_XATTR`, and is resumed by its rules (this job, this version of the source).
+PUBLISHED_XATTR = "user.jupyter_staging.published"
 
 #: Bytes read at a time when a file's sha256 is checked against its tag.
 _READ_BYTES = 1 << 20
@@ -43,7 +48,7 @@ def tag_published(fd: int, job_id: str, rel: str, sha256: str) -> bool:
     name. Returns False, the file untagged, where the file system keeps no user attributes (or refuses
     this one): a resumed run then refuses the file, never takes it."""
     try:
-        os.setxattr(fd, OWNER_XATTR, published_tag(job_id, rel, sha256))
+        os.setxattr(fd, PUBLISHED_XATTR, published_tag(job_id, rel, sha256))
     except OSError:
         return False
     return True
@@ -61,9 +66,7 @@ def published_by(
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or (size is not None and st.st_size != size):
             return None
-        tag = os.getxattr(fd, OWNER_XATTR)
-        if len(tag) != 32:  # a part file's tag, or none of ours
-            return None
+        tag = os.getxattr(fd, PUBLISHED_XATTR)
         digest = hashlib.sha256()
         offset = 0
         while block := os.pread(fd, _READ_BYTES, offset):

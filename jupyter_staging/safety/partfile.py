@@ -454,6 +454,7 @@ class PartFile:
         self._close_reader()
         try:
             self._fh.flush()
+            self._tag_owner()  # before the fsync that makes it durable (when this one makes it)
             if self._synced != self.offset:
                 os.fsync(self._fh.fileno())
             confined_size = os.fstat(self._fh.fileno()).st_size
@@ -476,34 +477,22 @@ class PartFile:
             self._remove_part()
             self._close_dir()
             raise
-        self._tag_owner()  # verified: the last step before the name (a stop before it resumes the part)
         self._publish(sync=sync_folder)
         return size, self.sha256.hexdigest()
 
     def _tag_owner(self) -> None:
-        """Tag the file as published by the job ``owner`` (at its path below ``root``, for the bytes
-        written: :func:`~jupyter_staging.safety.ownership.tag_published`), when both are known. Without
-        user attributes the file goes untagged (a resumed run then refuses it, the safe failure). With a
-        :meth:`sync` done already, the tag is made durable with the name, by the fsync of the folder."""
+        """Tag the open file as published by the job ``owner`` (at its path below ``root``, for the bytes
+        written: :func:`~jupyter_staging.safety.ownership.tag_published`), when both are known; a part's
+        own owner attribute (who may resume it) is another attribute, kept. Without user attributes the
+        file goes untagged (a resumed run then refuses it, the safe failure). With a :meth:`sync` done
+        already, the tag is made durable with the name, by the fsync of the folder."""
         if self._owner is None or self.root is None:
             return
-        if not self._fh.closed:
-            self._tag_fd(self._fh.fileno())
-            return
-        try:  # a named part is closed once flushed: tagged through a descriptor of its own
-            reader = self._open_reader()
-        except (OSError, VerificationFailed):  # gone or replaced: publishing it fails next
-            return
-        with reader:
-            self._tag_fd(reader.fileno())
-
-    def _tag_fd(self, fd: int) -> None:
-        assert self._owner is not None and self.root is not None
         try:
             rel = self.final.relative_to(self.root).as_posix()
         except ValueError:
             return
-        tag_published(fd, self._owner, rel, self.sha256.hexdigest())
+        tag_published(self._fh.fileno(), self._owner, rel, self.sha256.hexdigest())
 
     def _verify(self, checksums: dict[str, str]) -> None:
         """Compare ``checksums`` (hex by algorithm) with the bytes written; raises on the first mismatch."""

@@ -17,7 +17,13 @@ import sqlite3
 from pathlib import Path
 
 from jupyter_staging.engine.models import CreateJob, JobState
-from jupyter_staging.safety.ownership import OWNER_XATTR, published_by, published_tag, tag_published
+from jupyter_staging.safety.ownership import (
+    OWNER_XATTR,
+    PUBLISHED_XATTR,
+    published_by,
+    published_tag,
+    tag_published,
+)
 from tests.helpers.crashes import killed_part_way, resumed
 from tests.helpers.managers import manager_for
 from tests.helpers.servers import RangeHTTPServer
@@ -95,7 +101,7 @@ def test_the_jobs_own_file_edited_since_it_was_published_is_not_taken(tmp_path):
     edited = tmp_path / "root" / "out" / unrecorded[0]
     with open(edited, "r+b") as fh:
         fh.write(b"EDIT")
-    assert os.getxattr(edited, OWNER_XATTR)  # the tag is still there
+    assert os.getxattr(edited, PUBLISHED_XATTR)  # the tag is still there
     done, _, _ = resumed(tmp_path, job_id)
     assert done.state == JobState.failed and done.error is not None
     assert done.error.code == "destination_exists"
@@ -110,13 +116,19 @@ def test_the_owner_tag_is_short_enough_for_the_inode_and_names_the_job_the_path_
     try:
         assert published_by(fd, "job-1", "out/a.dat") is None  # untagged: a user's file
         assert tag_published(fd, "job-1", "out/a.dat", sha)
-        assert len(os.getxattr(path, OWNER_XATTR)) == 32 == len(published_tag("job-1", "out/a.dat", sha))
+        assert len(os.getxattr(path, PUBLISHED_XATTR)) == 32 == len(published_tag("job-1", "out/a.dat", sha))
         assert published_by(fd, "job-1", "out/a.dat") == sha
         assert published_by(fd, "job-1", "out/a.dat", size=11, sha256=sha) == sha
         assert published_by(fd, "job-1", "out/a.dat", size=12) is None
         assert published_by(fd, "job-2", "out/a.dat") is None  # another job's
         assert published_by(fd, "job-1", "out/b.dat") is None  # published under another name
-        os.setxattr(fd, OWNER_XATTR, b"job-1:0123456789abcdef")  # a part file's tag, not a published one's
+    finally:
+        os.close(fd)
+    other = tmp_path / "b.dat"  # a part file's tag (who may resume it) says nothing of a published file
+    other.write_bytes(b"light curve")
+    os.setxattr(other, OWNER_XATTR, b"job-1:0123456789abcdef")
+    fd = os.open(other, os.O_RDONLY)
+    try:
         assert published_by(fd, "job-1", "out/a.dat") is None
     finally:
         os.close(fd)
@@ -164,6 +176,9 @@ def test_a_dask_task_run_again_takes_back_only_the_file_it_published(tmp_path):
     assert published == (len(data), hashlib.sha256(data).hexdigest())
     assert _published(ctx, "out/lc.bin", len(data)) == published  # run again: taken back
     assert _published(TaskContext("job-2", str(tmp_path)), "out/lc.bin", len(data)) is None  # not job-2's
+    os.link(final, tmp_path / "out" / "lc.bin.part")  # killed between linkat and unlinkat
+    assert _published(ctx, "out/lc.bin", len(data)) == published
+    assert sorted(os.listdir(tmp_path / "out")) == ["lc.bin"]
     final.unlink()
     final.write_bytes(os.urandom(len(data)))  # someone else's, of the same size
     assert _published(ctx, "out/lc.bin", len(data)) is None
@@ -191,9 +206,10 @@ def test_a_downloaded_file_of_a_conversion_that_is_no_table_is_taken_back_after_
 
 
 def test_a_file_verified_and_tagged_but_not_yet_named_when_the_server_died_is_resumed_not_set_aside(tmp_path):
-    """The file's own tag replaces the part's as the last step before its name. A run that dies right
-    there leaves a complete part carrying it; the next run resumes that part at its end (it was set aside
-    as a stranger's, left in the folder, and the file fetched again from byte 0)."""
+    """The published file's tag is an attribute of its own, set before the part's fsync; the part keeps the
+    attribute that says who may resume it. A run that dies before the name leaves a complete part, which
+    the next run resumes at its end (with one attribute for both, it was set aside as a stranger's, left in
+    the folder, and the file fetched again from byte 0)."""
     (tmp_path / "root").mkdir()
     source = tmp_path / "archive"
     source.mkdir()
@@ -208,3 +224,21 @@ def test_a_file_verified_and_tagged_but_not_yet_named_when_the_server_died_is_re
     assert sorted(os.listdir(out)) == ["big.bin", "manifest.json"]
     assert (out / "big.bin").read_bytes() == data
     assert f"resuming at byte {len(data)}" in log and "set aside" not in log
+
+
+def test_a_verified_part_of_a_source_changed_before_the_resume_is_not_published(tmp_path):
+    """The part a run verified and tagged before it died is of the version read then. The source changed
+    (same size) before the next run: the part is not resumed (its owner attribute names the other
+    version), and the file holds the new bytes, never the old ones under the new fingerprint."""
+    (tmp_path / "root").mkdir()
+    source = tmp_path / "archive"
+    source.mkdir()
+    old, new = os.urandom(8 * 1024**2), os.urandom(8 * 1024**2)
+    (source / "big.bin").write_bytes(old)
+    request = {"source": str(source / "big.bin"), "destination": "out"}
+    job_id = killed_part_way(tmp_path, request, exit_at="PartFile._publish:1")
+    (source / "big.bin").write_bytes(new)
+    done, chunks, _ = resumed(tmp_path, job_id)
+    assert done.state == JobState.succeeded, done.error
+    assert (tmp_path / "root" / "out" / "big.bin").read_bytes() == new
+    assert chunks[0].sha256 == hashlib.sha256(new).hexdigest()

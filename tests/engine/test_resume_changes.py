@@ -27,7 +27,7 @@ from jupyter_staging.engine.models import CreateJob, JobState
 from jupyter_staging.engine.progress import PROGRESS_INTERVAL
 from jupyter_staging.engine.resumechanges import MIN_CHANGES_BEFORE_COMPACTION, add, apply_changes, drop, put
 from jupyter_staging.engine.store import JobRecord, Store
-from jupyter_staging.safety.ownership import OWNER_XATTR, published_tag
+from jupyter_staging.safety.ownership import PUBLISHED_XATTR, published_tag
 from tests.helpers.crashes import killed_part_way, resumed
 from tests.helpers.data import wait_until
 
@@ -295,7 +295,7 @@ def test_a_file_of_the_same_bytes_not_tagged_by_the_job_is_never_taken_as_the_jo
     job_id = killed_part_way(tmp_path, request, exit_at="_chunk_ready:300")
     unrecorded = tmp_path / "root" / "out" / "bulk" / "lc-00299.dat"
     tag = published_tag(job_id, "out/bulk/lc-00299.dat", hashlib.sha256(b"299\n" * 200).hexdigest())
-    assert os.getxattr(unrecorded, OWNER_XATTR) == tag  # the dead run's own (kept in the inode)
+    assert os.getxattr(unrecorded, PUBLISHED_XATTR) == tag  # the dead run's own (kept in the inode)
     unrecorded.unlink()
     unrecorded.write_bytes(b"299\n" * 200)  # the user's copy: the very bytes, published since the start
     unrecorded.chmod(0o640)
