@@ -162,6 +162,7 @@ class ConvertingStager(PipelinedStager, TableFolders):
                 out_dir, out_rel, info, entry, name, later=last_with_table and info.last
             ),
             root=self.dest.files.root,
+            owner=self.job_id,
         )
         return out_rel
 
@@ -386,9 +387,9 @@ class ConvertingStager(PipelinedStager, TableFolders):
         self, out_dir: Path, recorded: set[str], since_ns: int, foreign: frozenset[str]
     ) -> int:
         """Remove the part files in ``out_dir`` whose path (relative to the destination) is not in
-        ``recorded``, which the folder did not hold before the job (not in ``foreign``), and which were
-        published since ``since_ns`` (``ctime``: a link or rename sets it): this conversion's, never
-        recorded. Returns how many."""
+        ``recorded``, which the folder did not hold before the job (not in ``foreign``), were published
+        since ``since_ns`` (``ctime``: a link or rename sets it) and carry the job's tag for their path and
+        bytes (:meth:`_published_before_the_stop`): this conversion's, never recorded. Returns how many."""
         if self.dest.remote or not out_dir.is_dir() or out_dir.is_symlink():
             return 0
         removed = 0
@@ -399,6 +400,7 @@ class ConvertingStager(PipelinedStager, TableFolders):
                 and rel not in recorded
                 and path.name not in foreign
                 and published_since(path.lstat(), since_ns)
+                and self._published_before_the_stop(path) is not None
             ):
                 self.dest.files.unlink(path)
                 removed += 1
@@ -406,9 +408,11 @@ class ConvertingStager(PipelinedStager, TableFolders):
 
     def _drop_unrecorded_part(self, out_dir: Path, start_index: int, kept: Collection[str]) -> None:
         """Remove the part file ``start_index`` if a previous run published it but stopped before
-        recording it (the converter publishes a part while encoding the next); it is written again. A
-        file of that name in ``kept`` (the folder held it before the job: the user's; or a chunk records
-        it) is left, and the conversion fails ``destination_exists`` at it."""
+        recording it (the converter publishes a part while encoding the next): it carries the job's tag
+        for its path and bytes (:meth:`_published_before_the_stop`); it is written again. A file of that
+        name in ``kept`` (the folder held it before the job: the user's; or a chunk records it), or without
+        the tag (put there since, whatever it holds), is left, and the conversion fails
+        ``destination_exists`` at it."""
         if not out_dir.is_dir() or out_dir.is_symlink():
             return
         for path in out_dir.iterdir():
@@ -420,6 +424,7 @@ class ConvertingStager(PipelinedStager, TableFolders):
                 and path.relative_to(self.dest.workdir).as_posix() not in kept
                 and path.is_file()
                 and not path.is_symlink()
+                and self._published_before_the_stop(path) is not None
             ):
                 self._log(
                     "info", f"{path.name}: published but not recorded before the stop; writing it again"

@@ -361,10 +361,11 @@ def convert_range(
     (:func:`~jupyter_staging.formats.convert.convert_to_parquet` with the same ``options``: ``chunk_rows``,
     ``compression``, ``hdu``, ``fmt``, ``encoding``). ``start_offset``: the byte offset of part
     ``start_index``'s first line (CSV/TSV, from :mod:`jupyter_staging.formats.split`). Parts of this range
-    left by a dead attempt of this job are removed first, except those named in ``keep`` (the part files
-    the folder held before the job wrote any: the user's, which the range then fails ``destination_exists``
-    at). ``count_bytes``: report source bytes (False when the server counted them already, for a download).
-    Returns the parts written, in order.
+    left by a dead attempt of this job (tagged as its own for their path and bytes,
+    :func:`~jupyter_staging.safety.ownership.published_by`) are removed first, never those named in
+    ``keep`` (the part files the folder held before the job wrote any) nor any other file: the range then
+    fails ``destination_exists`` at it. ``count_bytes``: report source bytes (False when the server
+    counted them already, for a download). Returns the parts written, in order.
 
     Raises what the converter raises (``conversion_failed``, ``destination_exists``, ...) and
     :class:`JobInterrupted` on pause or cancel (parts published so far stay; the runner records none of
@@ -377,7 +378,8 @@ def convert_range(
         name = part_name(index)
         st = files.lstat(out_dir / name)
         if name not in keep and st is not None and stat.S_ISREG(st.st_mode):
-            files.unlink(out_dir / name)
+            if _published(ctx, f"{out_rel}/{name}", None) is not None:
+                files.unlink(out_dir / name)
     try:
         return convert_to_parquet(
             Path(src),
@@ -392,6 +394,7 @@ def convert_range(
             stop_index=stop_index,
             start_offset=start_offset,
             root=Path(ctx.root),
+            owner=ctx.job_id,
         )
     finally:
         control.flush()

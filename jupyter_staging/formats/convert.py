@@ -90,6 +90,7 @@ def convert_to_parquet(
     stop_index: int | None = None,
     start_offset: int | None = None,
     encoding: str | None = None,
+    owner: str | None = None,
 ) -> list[ChunkInfo]:
     """Convert the table in ``src`` into Parquet part files in ``out_dir``; return the parts written.
 
@@ -112,7 +113,8 @@ def convert_to_parquet(
     ``encoding``: the text encoding of a CSV/TSV file (default UTF-8; :func:`~jupyter_staging.formats.csv.
     text_encoding` lists what is taken), for files written in Latin-1 or Windows-1252, say; the other
     formats state their own (FITS headers are ASCII, FITS Standard 4.0 §4.1; a VOTable's XML declaration;
-    ECSV is UTF-8 by its standard) and ignore it.
+    ECSV is UTF-8 by its standard) and ignore it. ``owner``, with ``root``: the id of the job whose parts
+    these are, tagged on each before it is published (:mod:`jupyter_staging.safety.ownership`).
 
     Raises :class:`SourceNotFound` if ``src`` is not a file; :class:`ConversionFailed` for an unknown
     or not ASCII-compatible ``encoding``, for something
@@ -145,7 +147,17 @@ def convert_to_parquet(
         parts = (start_index, stop_index)
         threads = overlaps(None if compression_of(src) is not None else source.size)
         chunks = _write_parts(
-            source, pieces, out_dir, chunk_rows, codec, parts, control, on_chunk, root, threads=threads
+            source,
+            pieces,
+            out_dir,
+            chunk_rows,
+            codec,
+            parts,
+            control,
+            on_chunk,
+            root,
+            threads=threads,
+            owner=owner,
         )
     finally:
         source.close()
@@ -242,6 +254,7 @@ def _write_parts(
     root: Path | None,
     *,
     threads: bool,
+    owner: str | None = None,
 ) -> list[ChunkInfo]:
     """Parts ``parts[0] .. parts[1]-1`` (None: to the end) of ``pieces`` written into ``out_dir``; read,
     encoded and published on three threads with ``threads``, else on this one."""
@@ -257,6 +270,7 @@ def _write_parts(
         on_chunk=on_chunk,
         root=root,
         threads=threads,
+        owner=owner,
     )
     try:
         taken = 0

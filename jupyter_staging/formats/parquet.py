@@ -180,15 +180,19 @@ def _encode_part(
     compression: str,
     row_group_rows: int,
     root: Path | None = None,
+    owner: str | None = None,
 ) -> PartFile:
     """Write ``batches`` as one Parquet file into ``final.part``, hashing it; not yet fsynced or published.
     ``batches`` is emptied once its rows are gathered into one table.
+
+    ``owner``, with ``root``: the id of the job whose part this is, tagged on it before it is published
+    (:mod:`jupyter_staging.safety.ownership`: a resumed run removes only the job's own).
 
     Raises :class:`DestinationExists` (before writing anything) if ``final`` exists, :class:`OSError`
     when the destination fails, :class:`ConversionFailed` when Arrow cannot write the table; on any error
     the ``.part`` is removed.
     """
-    part = PartFile(final, root=root)
+    part = PartFile(final, root=root, owner=owner)
     try:
         # One contiguous chunk per column: Parquet page boundaries follow the chunks written, so the
         # bytes of a part then depend only on its rows, not on how the source batched them (a part
@@ -238,7 +242,8 @@ class PartWriter:
     thread checks ``control`` between encoding a part and publishing it).
 
     Parts are numbered from ``start_index``; ``compression`` is one of :data:`COMPRESSIONS`; without
-    ``threads`` parts are encoded and published on the caller's thread (a small source). Call
+    ``threads`` parts are encoded and published on the caller's thread (a small source). ``owner``: the
+    job's id, tagged on each part before it is published (with ``root``). Call
     :meth:`add` for each piece, :meth:`finish` at the end, and :meth:`close` always.
     """
 
@@ -254,11 +259,14 @@ class PartWriter:
         on_chunk: Callable[[ChunkInfo], None] | None,
         root: Path | None = None,
         threads: bool = True,
+        owner: str | None = None,
     ) -> None:
         self.chunks: list[ChunkInfo] = []
         self._out_dir = out_dir
         #: The confinement root: parts are written by descriptor from it (PartFile ``root=``).
         self._root = root
+        #: The job whose parts these are (tagged as its own before they are published), if known.
+        self._owner = owner
         self._schema = source.schema
         self._size = source.size
         self._chunk_rows = chunk_rows
@@ -334,7 +342,13 @@ class PartWriter:
         """In the writer thread: encode ``batches`` as part ``name``, then fsync and publish it unless the
         job was interrupted meanwhile; ``(bytes, sha256)``. On any error the ``.part`` is removed."""
         part = _encode_part(
-            self._out_dir / name, batches, self._schema, self._compression, self._row_group_rows, self._root
+            self._out_dir / name,
+            batches,
+            self._schema,
+            self._compression,
+            self._row_group_rows,
+            self._root,
+            self._owner,
         )
         try:
             self._check()

@@ -16,6 +16,8 @@ import os
 import sqlite3
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from jupyter_staging.engine.models import CreateJob, JobState
 from jupyter_staging.safety.ownership import (
     OWNER_XATTR,
@@ -242,3 +244,50 @@ def test_a_verified_part_of_a_source_changed_before_the_resume_is_not_published(
     assert done.state == JobState.succeeded, done.error
     assert (tmp_path / "root" / "out" / "big.bin").read_bytes() == new
     assert chunks[0].sha256 == hashlib.sha256(new).hexdigest()
+
+
+def kepler_csv(tmp_path: Path, rows: int) -> Path:
+    """``tmp_path / "kepler.csv"``: ``rows`` rows of a light curve (time, flux), and an empty root."""
+    (tmp_path / "root").mkdir()
+    path = tmp_path / "kepler.csv"
+    path.write_text(
+        "TIME,SAP_FLUX\n" + "".join(f"{120.5 + i * 0.0204:.6f},{5000 + i % 97}.5\n" for i in range(rows))
+    )
+    return path
+
+
+def test_a_parquet_part_published_and_not_recorded_is_written_again_on_resume(tmp_path):
+    """The run dies after publishing the second part of a table and before recording it. The part carries
+    the job's tag: the next run removes it and converts from there, every part once."""
+    request = {
+        "source": str(kepler_csv(tmp_path, 5000)),
+        "destination": "out",
+        "convert": {"chunk_rows": 1000},
+    }
+    job_id = killed_part_way(tmp_path, request, exit_at="_record_part:2")
+    table = tmp_path / "root" / "out" / "kepler.parquet"
+    assert sorted(os.listdir(table)) == ["part-00000.parquet", "part-00001.parquet"]
+    done, chunks, log = resumed(tmp_path, job_id)
+    assert done.state == JobState.succeeded, done.error
+    assert sorted(c.path for c in chunks) == [f"kepler.parquet/part-{i:05d}.parquet" for i in range(5)]
+    assert pq.read_table(table).num_rows == 5000
+    assert "part-00001.parquet: published but not recorded before the stop; writing it again" in log
+
+
+def test_a_users_file_at_the_name_of_an_unrecorded_part_is_never_removed(tmp_path):
+    """A file the user put in the table's folder, at the name of the part the dead run published and did
+    not record, is the user's (it lacks the job's tag, whatever it holds): the resumed conversion fails
+    ``destination_exists`` at it and leaves it. It used to be removed as the dead run's part."""
+    request = {
+        "source": str(kepler_csv(tmp_path, 5000)),
+        "destination": "out",
+        "convert": {"chunk_rows": 1000},
+    }
+    job_id = killed_part_way(tmp_path, request, exit_at="_record_part:2")
+    mine = tmp_path / "root" / "out" / "kepler.parquet" / "part-00001.parquet"
+    mine.unlink()
+    mine.write_bytes(b"PAR1 my own notes PAR1")
+    done, _, _ = resumed(tmp_path, job_id)
+    assert done.state == JobState.failed and done.error is not None
+    assert done.error.code == "destination_exists" and "part-00001.parquet" in done.error.message
+    assert mine.read_bytes() == b"PAR1 my own notes PAR1"
