@@ -24,7 +24,7 @@ from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.copying import fd_digest
 from jupyter_staging.safety.dirfd import folder_below, fsync_dir, fsync_fd, publish, publish_at
 from jupyter_staging.safety.foldercache import FolderCache
-from jupyter_staging.safety.ownership import published_by, tag_published
+from jupyter_staging.safety.ownership import keeps_attributes, published_by, tag_published
 from jupyter_staging.safety.partfile import PartFile
 
 
@@ -119,13 +119,15 @@ class DestinationWriter:
         bytes it holds (:func:`~jupyter_staging.safety.ownership.published_by`), of ``size`` bytes and
         ``sha256`` when given. None for anything else, whatever it holds and whenever it came (a user's,
         another job's, the job's own edited since). In object storage's work folder, the job's private
-        scratch folder, any regular file there is the job's."""
+        scratch folder, any regular file there (of that size and sha256) is the job's; so is one on a file
+        system that keeps no user attributes (:func:`~jupyter_staging.safety.ownership.keeps_attributes`),
+        where no tag can tell."""
         fd = self._open_by_folder(final)
         if fd is None:
             return None
         try:
             st = os.fstat(fd)
-            if not self.dest.remote:
+            if not self.dest.remote and keeps_attributes(fd):
                 digest = published_by(fd, self.job_id, self._owner_rel(final), size=size, sha256=sha256)
             elif stat.S_ISREG(st.st_mode) and (size is None or st.st_size == size):
                 digest = fd_digest(fd, "sha256")

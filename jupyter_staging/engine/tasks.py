@@ -44,6 +44,7 @@ from jupyter_staging.safety.checksums import (
 )
 from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.control import JobControl
+from jupyter_staging.safety.copying import fd_digest
 from jupyter_staging.safety.dirfd import (
     create_file,
     folder_fd,
@@ -52,7 +53,7 @@ from jupyter_staging.safety.dirfd import (
     read_file_at,
     unlink_at,
 )
-from jupyter_staging.safety.ownership import published_by
+from jupyter_staging.safety.ownership import keeps_attributes, published_by
 from jupyter_staging.safety.partfile import PartFile, part_path
 from jupyter_staging.sources.base import SourceItem
 from jupyter_staging.sources.registry import open_source
@@ -253,8 +254,11 @@ def _published(ctx: TaskContext, final_rel: str, size: int | None) -> tuple[int,
     :func:`~jupyter_staging.safety.ownership.published_by`), else None. A task runs again after
     publishing when its worker died before the server read the result. A file someone else put there
     meanwhile (the runner submitted the task only after finding neither) is never taken: publishing then
-    fails ``destination_exists``. Publishing is ``linkat`` then ``unlinkat`` of the ``.part``: a worker
-    killed between the two leaves both names on one file, and the ``.part`` name is dropped."""
+    fails ``destination_exists``; where the file system keeps no user attributes
+    (:func:`~jupyter_staging.safety.ownership.keeps_attributes`) no tag can tell, and a regular file of the
+    expected size is taken, as before the tag. Publishing is ``linkat`` then ``unlinkat`` of the
+    ``.part``: a worker killed between the two leaves both names on one file, and the ``.part`` name is
+    dropped."""
     final = Path(final_rel)
     with folder_fd(Path(ctx.root), final.parent.as_posix(), create=True) as dir_fd:
         st = lstat_at(dir_fd, final.name)
@@ -269,8 +273,14 @@ def _published(ctx: TaskContext, final_rel: str, size: int | None) -> tuple[int,
     if fd is None:
         return None
     try:
-        digest = published_by(fd, ctx.job_id, final_rel, size=size)
-        return None if digest is None else (os.fstat(fd).st_size, digest)
+        st = os.fstat(fd)
+        if keeps_attributes(fd):
+            digest = published_by(fd, ctx.job_id, final_rel, size=size)
+        elif size is None or st.st_size == size:  # no tag can tell here: a file of that size is taken
+            digest = fd_digest(fd, "sha256")
+        else:
+            digest = None
+        return None if digest is None else (st.st_size, digest)
     finally:
         os.close(fd)
 

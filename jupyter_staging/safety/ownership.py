@@ -12,13 +12,15 @@ resumed run takes a file as its own only with that tag for the bytes it holds (:
 
 The value is 32 bytes so that ext4 keeps it inside a 256-byte inode: a longer one (53 bytes) cost every
 tagged file a 4 KiB block of its own. Where the file system keeps no user attributes (NFS before 4.2, for
-example) files go untagged, and a resumed run refuses them (``destination_exists``): the safe failure.
+example) files go untagged, and nothing can tell the job's from a user's (:func:`keeps_attributes`): a
+resumed run there takes a regular file of the expected size and bytes, as it did before the tag.
 A named part file (``<name>.part``) also carries :data:`OWNER_XATTR`, saying which job and source version
 may resume it (:func:`jupyter_staging.engine.parts.owner_tag`); the published file keeps it, unused.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -51,6 +53,17 @@ def tag_published(fd: int, job_id: str, rel: str, sha256: str) -> bool:
         os.setxattr(fd, PUBLISHED_XATTR, published_tag(job_id, rel, sha256))
     except OSError:
         return False
+    return True
+
+
+def keeps_attributes(fd: int) -> bool:
+    """Whether the file system of the open file ``fd`` keeps user extended attributes: False where
+    ``getxattr`` answers ``ENOTSUP`` (NFS before 4.2, ramfs, some FUSE file systems), where no file can be
+    tagged and no tag can tell whose a file is. True otherwise (a missing attribute is ``ENODATA``)."""
+    try:
+        os.getxattr(fd, PUBLISHED_XATTR)
+    except OSError as exc:
+        return exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP)
     return True
 
 

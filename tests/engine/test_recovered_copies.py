@@ -22,6 +22,7 @@ from jupyter_staging.engine.models import CreateJob, JobState
 from jupyter_staging.safety.ownership import (
     OWNER_XATTR,
     PUBLISHED_XATTR,
+    keeps_attributes,
     published_by,
     published_tag,
     tag_published,
@@ -29,6 +30,7 @@ from jupyter_staging.safety.ownership import (
 from tests.helpers.crashes import killed_part_way, resumed
 from tests.helpers.managers import manager_for
 from tests.helpers.servers import RangeHTTPServer
+from tests.helpers.space import file_system_without_attributes
 
 COUNT = 600
 
@@ -291,3 +293,36 @@ def test_a_users_file_at_the_name_of_an_unrecorded_part_is_never_removed(tmp_pat
     assert done.state == JobState.failed and done.error is not None
     assert done.error.code == "destination_exists" and "part-00001.parquet" in done.error.message
     assert mine.read_bytes() == b"PAR1 my own notes PAR1"
+
+
+def test_without_extended_attributes_files_found_after_a_crash_are_taken_by_their_size(tmp_path):
+    """On a file system that keeps no user attributes (a ramfs here, NFS before 4.2 at a site) no file can
+    be tagged, and nothing tells the job's files from a user's: a resumed copy takes a regular file of the
+    item's size as before the tag, rather than failing on every file the dead run published."""
+    source = light_curves(tmp_path)
+    with file_system_without_attributes(tmp_path / "root"):
+        request = {"source": str(source), "destination": "out", "method": "copy"}
+        job_id = killed_part_way(tmp_path, request, exit_at="_chunk_done:300")
+        out = tmp_path / "root" / "out"
+        fd = os.open(out / "lc-00000.dat", os.O_RDONLY)
+        try:
+            assert not keeps_attributes(fd)
+        finally:
+            os.close(fd)
+        done, chunks, log = resumed(tmp_path, job_id)
+        assert done.state == JobState.succeeded, done.error
+        assert len(chunks) == COUNT and all(c.state == "ready" for c in chunks)
+        assert (out / "lc-00299.dat").read_bytes() == b"0299\n" * 200
+
+
+def test_without_extended_attributes_a_conversion_killed_part_way_resumes(tmp_path):
+    """The same for a table's part published and not recorded: removed and written again by its name, as
+    before the tag (a user's file there is not told apart on such a file system)."""
+    src = kepler_csv(tmp_path, 5000)
+    with file_system_without_attributes(tmp_path / "root"):
+        request = {"source": str(src), "destination": "out", "convert": {"chunk_rows": 1000}}
+        job_id = killed_part_way(tmp_path, request, exit_at="_record_part:2")
+        done, chunks, _ = resumed(tmp_path, job_id)
+        assert done.state == JobState.succeeded, done.error
+        assert len(chunks) == 5
+        assert pq.read_table(tmp_path / "root" / "out" / "kepler.parquet").num_rows == 5000

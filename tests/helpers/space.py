@@ -69,3 +69,25 @@ def read_only_folder(folder: Path) -> Iterator[Path]:
         yield folder
     finally:
         unmount(folder)
+
+
+@contextmanager
+def file_system_without_attributes(folder: Path) -> Iterator[Path]:
+    """A ramfs mounted at ``folder`` (created) for the block, unmounted after it: a real file system that
+    keeps no extended attributes (``setxattr`` answers ``ENOTSUP``, as NFS before 4.2 does), with hard
+    links, symlinks and ``O_TMPFILE``. Skips the test, saying why, where this process may not mount."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if shutil.which("mount") is None:
+        pytest.skip("no `mount` command here: cannot make a file system without extended attributes")
+    done = subprocess.run(  # noqa: S603 - fixed arguments
+        ["mount", "-t", "ramfs", "ramfs", str(folder)],  # noqa: S607
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"mounting a ramfs is not permitted here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield folder
+    finally:
+        unmount(folder)
