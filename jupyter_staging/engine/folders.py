@@ -27,12 +27,19 @@ from jupyter_staging.safety.foldercache import FolderCache
 from jupyter_staging.safety.ownership import keeps_attributes, published_by, tag_published
 from jupyter_staging.safety.partfile import PartFile
 
+#: Resume-data key set at a job's first start by a version that tags what it publishes
+#: (:mod:`jupyter_staging.safety.ownership`): files an earlier run of a job without it published carry no
+#: tag, and are found again after a crash by the rules before the tag (their size and bytes, a part's name).
+PUBLISHED_TAGS = "published_tags"
+
 
 class DestinationWriter:
     """Folders, part files, links and publication below ``dest`` for one run of a job."""
 
     job_id: str
     dest: Destination
+    #: Engine bookkeeping persisted in ``JobRecord.resume`` (ItemStager's).
+    resume: dict[str, Any]
     #: The job's chunk records waiting to be written (folders holding new links are fsynced first).
     ledger: ChunkLedger
     _lock: threading.RLock
@@ -121,13 +128,14 @@ class DestinationWriter:
         another job's, the job's own edited since). In object storage's work folder, the job's private
         scratch folder, any regular file there (of that size and sha256) is the job's; so is one on a file
         system that keeps no user attributes (:func:`~jupyter_staging.safety.ownership.keeps_attributes`),
-        where no tag can tell."""
+        where no tag can tell, and one of a job started by an earlier version (no :data:`PUBLISHED_TAGS`),
+        whose files carry none."""
         fd = self._open_by_folder(final)
         if fd is None:
             return None
         try:
             st = os.fstat(fd)
-            if not self.dest.remote and keeps_attributes(fd):
+            if not self.dest.remote and self.resume.get(PUBLISHED_TAGS) and keeps_attributes(fd):
                 digest = published_by(fd, self.job_id, self._owner_rel(final), size=size, sha256=sha256)
             elif stat.S_ISREG(st.st_mode) and (size is None or st.st_size == size):
                 digest = fd_digest(fd, "sha256")

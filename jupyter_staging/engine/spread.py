@@ -24,6 +24,7 @@ from typing import Any
 
 from jupyter_staging.engine.entries import ManifestStager
 from jupyter_staging.engine.executors import DaskExecutor
+from jupyter_staging.engine.folders import PUBLISHED_TAGS
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.ranges import byte_ranges
 from jupyter_staging.engine.schema import JobChunk
@@ -205,6 +206,7 @@ class SpreadStager(ManifestStager):
                         self.job_id,
                         str(self.dest.confinement_root or ""),
                         attempt=int(self.resume.get("attempts", 1)),
+                        tagged=bool(self.resume.get(PUBLISHED_TAGS)),
                     ),
                     self.control,
                     self.live,

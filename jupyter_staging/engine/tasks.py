@@ -81,6 +81,9 @@ class TaskContext:
     #: The run of the job (``JobRecord.resume["attempts"]``): a task of an earlier run, left running when
     #: the server died, stops once it finds a newer run in :attr:`run_key`.
     attempt: int = 1
+    #: The job was started by a version that tags what it publishes (``PUBLISHED_TAGS`` in its resume
+    #: data): a file at a task's name is the job's only with the job's tag. Without it, by the rules before.
+    tagged: bool = True
 
     @property
     def control_key(self) -> str:
@@ -255,8 +258,9 @@ def _published(ctx: TaskContext, final_rel: str, size: int | None) -> tuple[int,
     publishing when its worker died before the server read the result. A file someone else put there
     meanwhile (the runner submitted the task only after finding neither) is never taken: publishing then
     fails ``destination_exists``; where the file system keeps no user attributes
-    (:func:`~jupyter_staging.safety.ownership.keeps_attributes`) no tag can tell, and a regular file of the
-    expected size is taken, as before the tag. Publishing is ``linkat`` then ``unlinkat`` of the
+    (:func:`~jupyter_staging.safety.ownership.keeps_attributes`), or for a job an earlier version started
+    (not :attr:`TaskContext.tagged`), no tag can tell, and a regular file of the expected size is taken, as
+    before the tag. Publishing is ``linkat`` then ``unlinkat`` of the
     ``.part``: a worker killed between the two leaves both names on one file, and the ``.part`` name is
     dropped."""
     final = Path(final_rel)
@@ -274,7 +278,7 @@ def _published(ctx: TaskContext, final_rel: str, size: int | None) -> tuple[int,
         return None
     try:
         st = os.fstat(fd)
-        if keeps_attributes(fd):
+        if ctx.tagged and keeps_attributes(fd):
             digest = published_by(fd, ctx.job_id, final_rel, size=size)
         elif size is None or st.st_size == size:  # no tag can tell here: a file of that size is taken
             digest = fd_digest(fd, "sha256")

@@ -11,6 +11,7 @@ item's size was taken: a user's file of other bytes was recorded as the job's.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -18,7 +19,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from jupyter_staging.engine.folders import PUBLISHED_TAGS
 from jupyter_staging.engine.models import CreateJob, JobState
+from jupyter_staging.engine.store import Store
 from jupyter_staging.safety.ownership import (
     OWNER_XATTR,
     PUBLISHED_XATTR,
@@ -326,3 +329,25 @@ def test_without_extended_attributes_a_conversion_killed_part_way_resumes(tmp_pa
         assert done.state == JobState.succeeded, done.error
         assert len(chunks) == 5
         assert pq.read_table(tmp_path / "root" / "out" / "kepler.parquet").num_rows == 5000
+
+
+def test_a_job_an_earlier_version_started_takes_its_untagged_files_back_by_their_size(tmp_path):
+    """A job started (and killed) by a version that tagged nothing, resumed by this one: its resume data
+    lacks ``published_tags``, so the files its earlier run published are taken back by the rules before the
+    tag (a regular file of the item's size), not refused one by one."""
+    job_id, unrecorded = killed_copy(tmp_path)
+    out = tmp_path / "root" / "out"
+    for name in os.listdir(out):  # as the earlier version left them: no tag
+        with contextlib.suppress(OSError):
+            os.removexattr(out / name, PUBLISHED_XATTR)
+    store = Store(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    try:
+        job = store.get_job(job_id)
+        assert job is not None and job.resume.pop(PUBLISHED_TAGS) is True
+        store.write_chunks(job_id, [], {}, resume=job.resume)
+    finally:
+        store.close()
+    done, chunks, log = resumed(tmp_path, job_id)
+    assert done.state == JobState.succeeded, done.error
+    assert len(chunks) == COUNT and all(c.state == "ready" for c in chunks)
+    assert f"{len(unrecorded)} file(s) already complete from the previous run" in log
