@@ -20,6 +20,7 @@ that raises is run again :data:`TASK_RETRIES` times.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import threading
 import time
@@ -88,7 +89,7 @@ class JobTasks:
 
     def batch(self) -> TaskBatch:
         """A new :class:`TaskBatch` of this job (a context manager)."""
-        ctx = TaskContext(self.ctx.job_id, self.ctx.root, str(next(self._batches)), self.ctx.attempt)
+        ctx = dataclasses.replace(self.ctx, batch=str(next(self._batches)))
         return TaskBatch(self, ctx)
 
     def close(self, *, forget_run: bool = True) -> None:
