@@ -192,9 +192,19 @@ class ConvertingStager(PipelinedStager, TableFolders):
             return False  # parts of another version: converting raises it again, and removes them
         self._output_folder(item.name)
         self._foreign_parts(out_rel, self.dest.workdir / out_rel)  # before the first part is linked there
+        # A run stopped part way through the links: its recorded parts stay, its links are taken back.
+        recorded = dict(self._chunks_under(out_rel)) if self.recovering else {}
         for rel in parts:
             old = self._previous_objects()[rel]
-            reused = self._reuse_output(item, self.dest.workdir / rel, rel)
+            stopped = recorded.get(rel)
+            if stopped is not None and stopped.state in DONE_STATES:
+                self.control.add_bytes(stopped.bytes or 0)
+                self.control.add_rows(int(old.get("rows") or 0))
+                continue
+            final = self.dest.workdir / rel
+            reused = (
+                self._reused_before_the_stop(item, final, rel) if self.recovering else None
+            ) or self._reuse_output(item, final, rel)
             if reused is None:  # checked above; gone since: the job fails and is run again
                 raise TransferFailed(f"{item.name}: part {rel} of the replaced output disappeared")
             path = self.dest.put(
@@ -207,7 +217,7 @@ class ConvertingStager(PipelinedStager, TableFolders):
             )
             # Named before the chunk is made: no flush writes the chunk without its table.
             self._resume_put("outputs", rel, item.name)
-            chunk = self._new_chunk(
+            chunk = stopped or self._new_chunk(
                 path=rel,
                 state=ChunkState.pending.value,
                 rows=old.get("rows"),

@@ -223,8 +223,9 @@ class DestinationWriter:
         ``final``, tagged first as the job's file at ``final`` (its owner attribute,
         :func:`~jupyter_staging.safety.ownership.tag_published`; opened by descriptor of its folder, never
         through a symlink), so that a run resumed after a crash between publishing and recording takes it
-        back (:meth:`_published_before_the_stop`). Without user attributes it goes untagged (a resumed run
-        then refuses it: the safe failure)."""
+        back (:meth:`_published_before_the_stop`). Untagged where the file system keeps no user attributes
+        (a resumed run then goes by the rules before the tag) or refuses this one (it then refuses the
+        file: the safe failure)."""
         fd = self._open_by_folder(path)
         if fd is not None:
             try:

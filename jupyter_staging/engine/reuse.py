@@ -128,12 +128,16 @@ class ReusingWriter(DestinationWriter):
         fingerprint = (reuse.get("fingerprints") or {}).get(item.name)
         return bool(fingerprint) and fingerprint == item.validator
 
-    def _reused_before_the_stop(self, item: SourceItem, final: Path) -> tuple[int, str] | None:
+    def _reused_before_the_stop(
+        self, item: SourceItem, final: Path, rel: str | None = None
+    ) -> tuple[int, str] | None:
         """``(size_bytes, recorded sha256 hex)`` of the replaced output's file that ``final`` is a hard
         link to, made by an earlier run of this job (:meth:`_reuse_output`) that was stopped before
         recording it: ``final`` is the very inode of that file, still as it was staged, and ``item`` is
-        unchanged. None otherwise. (Such a link carries the earlier job's owner attribute, not this job's.)"""
-        old = self._previous_objects().get(item.name)
+        unchanged. None otherwise. (Such a link carries the earlier job's published tag, not this job's.)
+        ``rel``: the output's path (default ``item.name``; a Parquet part of the table ``item``)."""
+        rel = rel or item.name
+        old = self._previous_objects().get(rel)
         if old is None or self.replaced_folder is None or not self._unchanged(item):
             return None
         fd = self._open_by_folder(final)
@@ -144,7 +148,7 @@ class ReusingWriter(DestinationWriter):
         finally:
             os.close(fd)
         try:
-            src = (self.replaced_folder / item.name).lstat()
+            src = (self.replaced_folder / rel).lstat()
         except OSError:
             return None
         if not os.path.samestat(st, src) or not output_as_staged(src, old):

@@ -13,7 +13,8 @@ resumed run takes a file as its own only with that tag for the bytes it holds (:
 The value is 32 bytes so that ext4 keeps it inside a 256-byte inode: a longer one (53 bytes) cost every
 tagged file a 4 KiB block of its own. Where the file system keeps no user attributes (NFS before 4.2, for
 example) files go untagged, and nothing can tell the job's from a user's (:func:`keeps_attributes`): a
-resumed run there takes a regular file of the expected size and bytes, as it did before the tag.
+resumed run there takes a regular file of the expected size (and bytes, where they are known: an
+extracted file's), as it did before the tag.
 A named part file (``<name>.part``) also carries :data:`OWNER_XATTR`, saying which job and source version
 may resume it (:func:`jupyter_staging.engine.parts.owner_tag`); the published file keeps it, unused.
 """
@@ -47,8 +48,9 @@ def published_tag(job_id: str, rel: str, sha256: str) -> bytes:
 
 def tag_published(fd: int, job_id: str, rel: str, sha256: str) -> bool:
     """Set :func:`published_tag` on the file open as ``fd`` (any mode: ``fsetxattr``), before it takes its
-    name. Returns False, the file untagged, where the file system keeps no user attributes (or refuses
-    this one): a resumed run then refuses the file, never takes it."""
+    name. Returns False, the file untagged, where the file system keeps no user attributes (a resumed run
+    then goes by the rules before the tag, :func:`keeps_attributes`) or refuses this one (``EACCES``,
+    ``ENOSPC``: a resumed run then refuses the file, never takes it)."""
     try:
         os.setxattr(fd, PUBLISHED_XATTR, published_tag(job_id, rel, sha256))
     except OSError:

@@ -483,8 +483,9 @@ class PartFile:
     def _tag_owner(self) -> None:
         """Tag the open file as published by the job ``owner`` (at its path below ``root``, for the bytes
         written: :func:`~jupyter_staging.safety.ownership.tag_published`), when both are known; a part's
-        own owner attribute (who may resume it) is another attribute, kept. Without user attributes the
-        file goes untagged (a resumed run then refuses it, the safe failure). With a :meth:`sync` done
+        own owner attribute (who may resume it) is another attribute, kept. Untagged where the file system
+        keeps no user attributes (a resumed run then goes by the rules before the tag) or refuses this one
+        (a resumed run then refuses the file, the safe failure). With a :meth:`sync` done
         already, the tag is made durable with the name, by the fsync of the folder."""
         if self._owner is None or self.root is None:
             return

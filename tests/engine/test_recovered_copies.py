@@ -351,3 +351,37 @@ def test_a_job_an_earlier_version_started_takes_its_untagged_files_back_by_their
     assert done.state == JobState.succeeded, done.error
     assert len(chunks) == COUNT and all(c.state == "ready" for c in chunks)
     assert f"{len(unrecorded)} file(s) already complete from the previous run" in log
+
+
+def test_a_rerun_killed_while_it_links_an_unchanged_tables_parts_resumes(tmp_path):
+    """A re-run after one table of a manifest changed stages beside the old output and hard-links the
+    unchanged table's Parquet parts from it. Killed part way through those links, the next run keeps the
+    parts recorded and takes back the links it made (the very files of the replaced output) instead of
+    failing ``destination_exists`` at the first of them."""
+    (tmp_path / "root").mkdir()
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    for name in ("a", "b"):
+        (tables / f"{name}.csv").write_text(
+            "TIME,SAP_FLUX\n" + "".join(f"{120.5 + i * 0.0204:.6f},{5000 + i % 97}.5\n" for i in range(5000))
+        )
+    request = {
+        "manifest": {"a": str(tables / "a.csv"), "b": str(tables / "b.csv")},
+        "destination": "out",
+        "convert": {"chunk_rows": 1000},
+    }
+    manager = manager_for(tmp_path)
+    try:
+        first, _ = manager.create(CreateJob(**request))
+        assert manager.wait(first.id, timeout=120).state == JobState.succeeded
+    finally:
+        manager.stop()
+    with open(tables / "b.csv", "a") as fh:
+        fh.write("200.0,6000.5\n")  # b changed: staged again beside; a's parts linked from the old output
+    job_id = killed_part_way(tmp_path, request, exit_at="_chunk_ready:3")
+    done, chunks, log = resumed(tmp_path, job_id)
+    assert done.state == JobState.succeeded, done.error
+    out = tmp_path / "root" / "out"
+    assert pq.read_table(out / "a" / "a.parquet").num_rows == 5000
+    assert pq.read_table(out / "b" / "b.parquet").num_rows == 5001
+    assert len(chunks) == 11 and all(c.state == "ready" for c in chunks)
