@@ -49,6 +49,16 @@ def light_curves(tmp_path: Path) -> Path:
     return folder
 
 
+def staged_once(tmp_path: Path, request: dict) -> None:
+    """Run ``request`` to success in a server on ``tmp_path`` (root and job database), then stop it."""
+    manager = manager_for(tmp_path)
+    try:
+        first, _ = manager.create(CreateJob(**request))
+        assert manager.wait(first.id, timeout=120).state == JobState.succeeded
+    finally:
+        manager.stop()
+
+
 def killed_copy(tmp_path: Path) -> tuple[str, list[str]]:
     """A copy job of :func:`light_curves` into ``out`` that dies (as a kill would) at its 300th file's
     ``_chunk_done``, the file published and not recorded: ``(job id, names published and not recorded)``."""
@@ -150,12 +160,7 @@ def test_unchanged_files_linked_from_the_replaced_output_are_taken_back_after_a_
     extra.mkdir()
     (extra / "notes.txt").write_text("first release\n")
     request = {"manifest": {"curves": str(light_curves(tmp_path)), "extra": str(extra)}, "destination": "out"}
-    manager = manager_for(tmp_path)
-    try:
-        first, _ = manager.create(CreateJob(**request))
-        assert manager.wait(first.id, timeout=120).state == JobState.succeeded
-    finally:
-        manager.stop()
+    staged_once(tmp_path, request)
     (extra / "notes.txt").write_text("second release\n")  # staged again beside, swapped in; curves linked
     job_id = killed_part_way(tmp_path, request, exit_at="_chunk_done:300")
     done, chunks, log = resumed(tmp_path, job_id)
@@ -370,12 +375,7 @@ def test_a_rerun_killed_while_it_links_an_unchanged_tables_parts_resumes(tmp_pat
         "destination": "out",
         "convert": {"chunk_rows": 1000},
     }
-    manager = manager_for(tmp_path)
-    try:
-        first, _ = manager.create(CreateJob(**request))
-        assert manager.wait(first.id, timeout=120).state == JobState.succeeded
-    finally:
-        manager.stop()
+    staged_once(tmp_path, request)
     with open(tables / "b.csv", "a") as fh:
         fh.write("200.0,6000.5\n")  # b changed: staged again beside; a's parts linked from the old output
     job_id = killed_part_way(tmp_path, request, exit_at="_chunk_ready:3")
