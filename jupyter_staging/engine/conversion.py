@@ -195,44 +195,53 @@ class ConvertingStager(PipelinedStager, TableFolders):
         # A run stopped part way through the links: its recorded parts stay, its links are taken back.
         recorded = dict(self._chunks_under(out_rel)) if self.recovering else {}
         for rel in parts:
-            old = self._previous_objects()[rel]
-            stopped = recorded.get(rel)
-            if stopped is not None and stopped.state in DONE_STATES:
-                self.control.add_bytes(stopped.bytes or 0)
-                self.control.add_rows(int(old.get("rows") or 0))
-                continue
-            final = self.dest.workdir / rel
-            reused = (
-                self._reused_before_the_stop(item, final, rel) if self.recovering else None
-            ) or self._reuse_output(item, final, rel)
-            if reused is None:  # checked above; gone since: the job fails and is run again
-                raise TransferFailed(f"{item.name}: part {rel} of the replaced output disappeared")
-            path = self.dest.put(
-                self.dest.workdir / rel,
-                rel,
-                size=reused[0],
-                sha256=reused[1],
-                content_type=PARQUET_CONTENT_TYPE,
-                control=self.control,
-            )
-            # Named before the chunk is made: no flush writes the chunk without its table.
-            self._resume_put("outputs", rel, item.name)
-            chunk = stopped or self._new_chunk(
-                path=rel,
-                state=ChunkState.pending.value,
-                rows=old.get("rows"),
-                bytes=reused[0],
-                sha256=reused[1],
-                content_type=PARQUET_CONTENT_TYPE,
-                entry=entry,
-            )
-            self._part_written(rel, reused[0])
-            self._chunk_ready(chunk, path=path)
-            self.control.add_rows(int(old.get("rows") or 0))
+            self._take_replaced_part(item, rel, recorded.get(rel), entry)
         self._resume_add("converted", item.name)
         self._save_changes()
         self._log("info", f"{item.name}: unchanged; {len(parts)} Parquet part(s) taken from the local copy")
         return True
+
+    def _take_replaced_part(
+        self, item: SourceItem, rel: str, stopped: JobChunk | None, entry: str | None
+    ) -> None:
+        """Take Parquet part ``rel`` of the output this job replaces as this job's chunk (a hard link, or a
+        local copy: :meth:`_reuse_output`). ``stopped``: its chunk, recorded by a run of this job that
+        stopped part way: kept as it is when done; a link that run made and did not record is taken back
+        when it is the very file of the replaced output, unchanged (:meth:`_reused_before_the_stop`).
+        Raises :class:`TransferFailed` when the replaced part is gone."""
+        old = self._previous_objects()[rel]
+        if stopped is not None and stopped.state in DONE_STATES:
+            self.control.add_bytes(stopped.bytes or 0)
+            self.control.add_rows(int(old.get("rows") or 0))
+            return
+        final = self.dest.workdir / rel
+        reused = (
+            self._reused_before_the_stop(item, final, rel) if self.recovering else None
+        ) or self._reuse_output(item, final, rel)
+        if reused is None:  # checked before; gone since: the job fails and is run again
+            raise TransferFailed(f"{item.name}: part {rel} of the replaced output disappeared")
+        path = self.dest.put(
+            final,
+            rel,
+            size=reused[0],
+            sha256=reused[1],
+            content_type=PARQUET_CONTENT_TYPE,
+            control=self.control,
+        )
+        # Named before the chunk is made: no flush writes the chunk without its table.
+        self._resume_put("outputs", rel, item.name)
+        chunk = stopped or self._new_chunk(
+            path=rel,
+            state=ChunkState.pending.value,
+            rows=old.get("rows"),
+            bytes=reused[0],
+            sha256=reused[1],
+            content_type=PARQUET_CONTENT_TYPE,
+            entry=entry,
+        )
+        self._part_written(rel, reused[0])
+        self._chunk_ready(chunk, path=path)
+        self.control.add_rows(int(old.get("rows") or 0))
 
     @contextmanager
     def _local_copy(self, source: Source, item: SourceItem) -> Iterator[tuple[Path, Path | None]]:
