@@ -21,10 +21,9 @@ from typing import Any, ClassVar
 from jupyter_staging.destinations.base import Destination
 from jupyter_staging.engine.progress import ChunkLedger
 from jupyter_staging.errors import PathNotAllowed
-from jupyter_staging.safety.copying import fd_digest
 from jupyter_staging.safety.dirfd import folder_below, fsync_dir, fsync_fd, publish, publish_at
 from jupyter_staging.safety.foldercache import FolderCache
-from jupyter_staging.safety.ownership import keeps_attributes, published_by, tag_published
+from jupyter_staging.safety.ownership import tag_published, taken_back
 from jupyter_staging.safety.partfile import PartFile
 
 #: Resume-data key set at a job's first start by a version that tags what it publishes
@@ -123,7 +122,7 @@ class DestinationWriter:
         """``(size_bytes, sha256_hex)`` of ``final`` when an earlier run of this job published it and was
         stopped before recording its chunk (killed between the two): a regular file (opened by descriptor
         of its folder, never through a symlink) carrying the job's owner attribute for this name and the
-        bytes it holds (:func:`~jupyter_staging.safety.ownership.published_by`), of ``size`` bytes and
+        bytes it holds (:func:`~jupyter_staging.safety.ownership.taken_back`), of ``size`` bytes and
         ``sha256`` when given. None for anything else, whatever it holds and whenever it came (a user's,
         another job's, the job's own edited since). In object storage's work folder, the job's private
         scratch folder, any regular file there (of that size and sha256) is the job's; so is one on a file
@@ -134,17 +133,10 @@ class DestinationWriter:
         if fd is None:
             return None
         try:
-            st = os.fstat(fd)
-            if not self.dest.remote and self.resume.get(PUBLISHED_TAGS) and keeps_attributes(fd):
-                digest = published_by(fd, self.job_id, self._owner_rel(final), size=size, sha256=sha256)
-            elif stat.S_ISREG(st.st_mode) and (size is None or st.st_size == size):
-                digest = fd_digest(fd, "sha256")
-                digest = digest if sha256 is None or digest == sha256 else None
-            else:
-                digest = None
-            return None if digest is None else (st.st_size, digest)
-        except OSError:
-            return None
+            tagged = not self.dest.remote and bool(self.resume.get(PUBLISHED_TAGS))
+            return taken_back(
+                fd, self.job_id, self._owner_rel(final), tagged=tagged, size=size, sha256=sha256
+            )
         finally:
             os.close(fd)
 

@@ -44,7 +44,6 @@ from jupyter_staging.safety.checksums import (
 )
 from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.control import JobControl
-from jupyter_staging.safety.copying import fd_digest
 from jupyter_staging.safety.dirfd import (
     create_file,
     folder_fd,
@@ -53,7 +52,7 @@ from jupyter_staging.safety.dirfd import (
     read_file_at,
     unlink_at,
 )
-from jupyter_staging.safety.ownership import keeps_attributes, published_by
+from jupyter_staging.safety.ownership import taken_back
 from jupyter_staging.safety.partfile import PartFile, part_path
 from jupyter_staging.sources.base import SourceItem
 from jupyter_staging.sources.registry import open_source
@@ -254,7 +253,7 @@ def fetch_item(
 def _published(ctx: TaskContext, final_rel: str, size: int | None) -> tuple[int, str] | None:
     """``(size, sha256)`` of ``final_rel`` when an earlier attempt of this task published it (a regular
     file of the expected size, no ``.part`` beside it, tagged as the job's for the bytes it holds:
-    :func:`~jupyter_staging.safety.ownership.published_by`), else None. A task runs again after
+    :func:`~jupyter_staging.safety.ownership.taken_back`), else None. A task runs again after
     publishing when its worker died before the server read the result. A file someone else put there
     meanwhile (the runner submitted the task only after finding neither) is never taken: publishing then
     fails ``destination_exists``; where the file system keeps no user attributes
@@ -277,14 +276,7 @@ def _published(ctx: TaskContext, final_rel: str, size: int | None) -> tuple[int,
     if fd is None:
         return None
     try:
-        st = os.fstat(fd)
-        if ctx.tagged and keeps_attributes(fd):
-            digest = published_by(fd, ctx.job_id, final_rel, size=size)
-        elif size is None or st.st_size == size:  # no tag can tell here: a file of that size is taken
-            digest = fd_digest(fd, "sha256")
-        else:
-            digest = None
-        return None if digest is None else (st.st_size, digest)
+        return taken_back(fd, ctx.job_id, final_rel, tagged=ctx.tagged, size=size)
     finally:
         os.close(fd)
 
@@ -376,7 +368,7 @@ def convert_range(
     ``compression``, ``hdu``, ``fmt``, ``encoding``). ``start_offset``: the byte offset of part
     ``start_index``'s first line (CSV/TSV, from :mod:`jupyter_staging.formats.split`). Parts of this range
     left by a dead attempt of this job (tagged as its own for their path and bytes,
-    :func:`~jupyter_staging.safety.ownership.published_by`) are removed first, never those named in
+    :func:`~jupyter_staging.safety.ownership.taken_back`) are removed first, never those named in
     ``keep`` (the part files the folder held before the job wrote any) nor any other file: the range then
     fails ``destination_exists`` at it. ``count_bytes``: report source bytes (False when the server
     counted them already, for a download). Returns the parts written, in order.

@@ -8,7 +8,7 @@ bytes, a ``chmod`` that sets the ctime), and taking a user's file as the job's o
 chunk, its TTL or a cancel's delete policy would remove it later. So every file a job publishes in a local
 destination carries, from before it has its name, the extended attribute :data:`PUBLISHED_XATTR` with
 :func:`published_tag`: 32 hex digits of a digest of the job's id, the file's path and its bytes' sha256. A
-resumed run takes a file as its own only with that tag for the bytes it holds (:func:`published_by`).
+resumed run takes a file as its own only with that tag for the bytes it holds (:func:`taken_back`).
 
 The value is 32 bytes so that ext4 keeps it inside a 256-byte inode: a longer one (53 bytes) cost every
 tagged file a 4 KiB block of its own. Where the file system keeps no user attributes (NFS before 4.2, for
@@ -63,25 +63,38 @@ def keeps_attributes(fd: int) -> bool:
     ``getxattr`` answers ``ENOTSUP`` (NFS before 4.2, ramfs, some FUSE file systems), where no file can be
     tagged and no tag can tell whose a file is. True otherwise (a missing attribute is ``ENODATA``)."""
     try:
-        os.getxattr(fd, PUBLISHED_XATTR)
-    except OSError as exc:
-        return exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP)
-    return True
+        return _published_tag_of(fd) is not None
+    except OSError:
+        return True
 
 
-def published_by(
-    fd: int, job_id: str, rel: str, *, size: int | None = None, sha256: str | None = None
-) -> str | None:
-    """The sha256 (hex) of the regular file open as ``fd`` (readable) when job ``job_id`` published it at
-    ``rel``: it carries the job's :func:`published_tag` for ``rel`` and for the bytes it holds now (all
-    read, from the first; ``pread``, the descriptor's offset is left as it is), and is of ``size`` bytes
-    and ``sha256`` when given. None otherwise: no tag (a user's file, whatever it holds), another job's
-    or another name's, bytes changed since it was published. Errors reading it count as not."""
+def taken_back(
+    fd: int,
+    job_id: str,
+    rel: str,
+    *,
+    tagged: bool = True,
+    size: int | None = None,
+    sha256: str | None = None,
+) -> tuple[int, str] | None:
+    """``(size_bytes, sha256_hex)`` of the regular file open as ``fd`` (readable) when a run of job
+    ``job_id`` resumed after a crash takes it back as the file it published at ``rel`` and did not record:
+    it is of ``size`` bytes and ``sha256`` when given, and carries the job's :func:`published_tag` for
+    ``rel`` and for the bytes it holds now (all read, from the first; ``pread``, the descriptor's offset is
+    left as it is). None otherwise: no tag (a user's file, whatever it holds), another job's or another
+    name's, bytes changed since it was published, not a regular file. Errors reading it count as not.
+
+    Where no tag can tell, the rules before the tag hold and a regular file of that size (and sha256) is
+    taken: when ``tagged`` is False (a job an earlier version started, whose files carry none; a private
+    scratch folder, where every file is the job's) and where the file system keeps no user attributes
+    (``getxattr`` answers ``ENOTSUP``: :func:`keeps_attributes`). One ``getxattr`` and one read of the
+    bytes per file.
+    """
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or (size is not None and st.st_size != size):
             return None
-        tag = os.getxattr(fd, PUBLISHED_XATTR)
+        tag = _published_tag_of(fd) if tagged else None
         digest = hashlib.sha256()
         offset = 0
         while block := os.pread(fd, _READ_BYTES, offset):
@@ -90,6 +103,22 @@ def published_by(
     except OSError:
         return None
     actual = digest.hexdigest()
-    if (sha256 is not None and actual != sha256) or tag != published_tag(job_id, rel, actual):
+    if sha256 is not None and actual != sha256:
         return None
-    return actual
+    if tag is not None and tag != published_tag(job_id, rel, actual):
+        return None
+    return offset, actual
+
+
+def _published_tag_of(fd: int) -> bytes | None:
+    """The :data:`PUBLISHED_XATTR` of the open file ``fd``: ``b""`` when it has none (``ENODATA``: taken by
+    no tag), None where the file system keeps no user attributes (no tag can tell). Raises
+    :class:`OSError` for other errors reading it."""
+    try:
+        return os.getxattr(fd, PUBLISHED_XATTR)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return None
+        if exc.errno == errno.ENODATA:
+            return b""
+        raise

@@ -26,9 +26,9 @@ from jupyter_staging.safety.ownership import (
     OWNER_XATTR,
     PUBLISHED_XATTR,
     keeps_attributes,
-    published_by,
     published_tag,
     tag_published,
+    taken_back,
 )
 from tests.helpers.crashes import killed_part_way, resumed
 from tests.helpers.managers import manager_for
@@ -79,10 +79,8 @@ def test_files_published_and_not_recorded_when_the_server_died_are_taken_back(tm
     for name in unrecorded:  # each tagged as the job's, for its path and bytes, before it took its name
         fd = os.open(out / name, os.O_RDONLY)
         try:
-            assert (
-                published_by(fd, job_id, f"out/{name}")
-                == hashlib.sha256((out / name).read_bytes()).hexdigest()
-            )
+            data = (out / name).read_bytes()
+            assert taken_back(fd, job_id, f"out/{name}") == (len(data), hashlib.sha256(data).hexdigest())
         finally:
             os.close(fd)
     done, chunks, log = resumed(tmp_path, job_id)
@@ -131,14 +129,17 @@ def test_the_owner_tag_is_short_enough_for_the_inode_and_names_the_job_the_path_
     sha = hashlib.sha256(b"light curve").hexdigest()
     fd = os.open(path, os.O_RDONLY)
     try:
-        assert published_by(fd, "job-1", "out/a.dat") is None  # untagged: a user's file
+        assert taken_back(fd, "job-1", "out/a.dat") is None  # untagged: a user's file
+        assert taken_back(fd, "job-1", "out/a.dat", tagged=False) == (11, sha)  # no tag expected: by bytes
+        assert taken_back(fd, "job-1", "out/a.dat", tagged=False, size=12) is None
         assert tag_published(fd, "job-1", "out/a.dat", sha)
         assert len(os.getxattr(path, PUBLISHED_XATTR)) == 32 == len(published_tag("job-1", "out/a.dat", sha))
-        assert published_by(fd, "job-1", "out/a.dat") == sha
-        assert published_by(fd, "job-1", "out/a.dat", size=11, sha256=sha) == sha
-        assert published_by(fd, "job-1", "out/a.dat", size=12) is None
-        assert published_by(fd, "job-2", "out/a.dat") is None  # another job's
-        assert published_by(fd, "job-1", "out/b.dat") is None  # published under another name
+        assert taken_back(fd, "job-1", "out/a.dat") == (11, sha)
+        assert taken_back(fd, "job-1", "out/a.dat", size=11, sha256=sha) == (11, sha)
+        assert taken_back(fd, "job-1", "out/a.dat", sha256="0" * 64) is None  # other bytes than expected
+        assert taken_back(fd, "job-1", "out/a.dat", size=12) is None
+        assert taken_back(fd, "job-2", "out/a.dat") is None  # another job's
+        assert taken_back(fd, "job-1", "out/b.dat") is None  # published under another name
     finally:
         os.close(fd)
     other = tmp_path / "b.dat"  # a part file's tag (who may resume it) says nothing of a published file
@@ -146,7 +147,7 @@ def test_the_owner_tag_is_short_enough_for_the_inode_and_names_the_job_the_path_
     os.setxattr(other, OWNER_XATTR, b"job-1:0123456789abcdef")
     fd = os.open(other, os.O_RDONLY)
     try:
-        assert published_by(fd, "job-1", "out/a.dat") is None
+        assert taken_back(fd, "job-1", "out/a.dat") is None
     finally:
         os.close(fd)
 
