@@ -204,6 +204,7 @@ def _open_source(
                 delimiter=delimiter,
                 control=control,
                 encoding=encoding,
+                first_rows=chunk_rows,
             )
         except RaggedRows as exc:
             log.info("%s; read whole by astropy, missing fields masked", exc.message)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import codecs
+import functools
 import logging
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from jupyter_staging.errors import ConversionFailed
 from jupyter_staging.formats.arrow import ndarray_to_arrow
 from jupyter_staging.formats.base import Piece, Source, TableSource, without_paths
 from jupyter_staging.formats.compression import compression_of
+from jupyter_staging.formats.halves import BoundedFile, read_in_halves
 from jupyter_staging.formats.metadata import base_meta, with_metadata
 from jupyter_staging.safety.control import JobControl
 
@@ -35,6 +38,9 @@ log = logging.getLogger(__name__)
 CSV_BLOCK_SIZE = 1024 * 1024
 #: Bytes of CSV text column types are inferred from (then fixed for the whole file).
 CSV_INFER_BYTES = 16 * 1024 * 1024
+#: Smallest first part (bytes of text, estimated from the inferred sample) read from two offsets at once
+#: (:mod:`jupyter_staging.formats.halves`): below it a second thread gains less than it costs to start.
+HALVES_MIN_BYTES = 32 * 1024 * 1024
 #: Largest CSV/TSV file read whole by astropy when its rows have fewer fields than its header, bytes.
 RAGGED_MAX_BYTES = 256 * 1024 * 1024
 #: pyarrow's message for a row whose field count differs from the header's.
@@ -83,8 +89,11 @@ class CsvSource(Source):
     of text and their Arrow batches.
 
     ``header_bytes`` of comment lines at the start are skipped; ``column_types`` fixes types by name
-    (ECSV); ``fields_meta`` (by column name) and ``schema_meta`` are added to the schema. Raises
-    :class:`ConversionFailed` when the text cannot be read or (ECSV) its columns do not match the header.
+    (ECSV); ``fields_meta`` (by column name) and ``schema_meta`` are added to the schema. ``first_rows``:
+    the rows of the first part the caller writes; a plain CSV/TSV file whose first part holds at least
+    :data:`HALVES_MIN_BYTES` of text has that part read from two offsets at once, on two threads
+    (:mod:`jupyter_staging.formats.halves`; None: one stream). Raises :class:`ConversionFailed` when the
+    text cannot be read or (ECSV) its columns do not match the header.
     """
 
     def __init__(
@@ -99,6 +108,7 @@ class CsvSource(Source):
         schema_meta: dict[str, str] | None = None,
         control: JobControl | None = None,
         encoding: str = "utf-8",
+        first_rows: int | None = None,
     ) -> None:
         self.path = path
         self.fmt = fmt
@@ -110,6 +120,9 @@ class CsvSource(Source):
         self._delimiter = delimiter
         self._column_types = dict(column_types or {})
         self._ecsv = fmt == "ecsv"
+        self._first_rows = first_rows
+        #: Mean bytes of text per row in the inferred sample (0.0 when it holds no row).
+        self._row_bytes = 0.0
         schema = self._untyped_as_strings(self._infer_schema(), control)
         self._warn_not_utf8(schema, control)
         if self._ecsv and column_types is not None and list(column_types) != schema.names:
@@ -164,13 +177,17 @@ class CsvSource(Source):
                 if cut >= 0:
                     sample = sample.slice(0, CSV_INFER_BYTES - window + cut + 1)
             table = pacsv.read_csv(pa.BufferReader(sample), **self._options())
+            self._row_bytes = sample.size / table.num_rows if table.num_rows else 0.0
         except pa.ArrowException as exc:
             if not self._ecsv and _RAGGED.search(str(exc)):
                 raise RaggedRows(f"{self.path.name}: {_ragged_message(exc)}") from None
             raise self._unreadable(exc) from None
         finally:
             raw.close()
-        return table.schema
+        schema = table.schema
+        del table, sample
+        pa.default_memory_pool().release_unused()
+        return schema
 
     def _unreadable(self, exc: Exception) -> ConversionFailed:
         if "invalid UTF8" in str(exc):  # a range of rows read from a byte offset (a Dask task)
@@ -291,8 +308,55 @@ class CsvSource(Source):
         yield from self._read(reader, raw, 0)
 
     def pieces(self, skip_rows: int) -> Iterator[Piece]:
+        middle = self._middle_of_first_part() if skip_rows == 0 else None
+        if middle is None:
+            yield from self._whole(skip_rows)
+            return
+        head = functools.partial(self._head, middle)
+        yield from read_in_halves(head, self.pieces_at(middle), self._first_rows or 0, self._whole)
+
+    def _whole(self, skip_rows: int = 0) -> Iterator[Piece]:
+        """The rows after the first ``skip_rows`` as one stream."""
         reader, raw = self._open()
         yield from self._read(reader, raw, skip_rows)
+
+    def _middle_of_first_part(self) -> int | None:
+        """The byte offset of the line nearest after the middle of the first part's text (estimated from
+        the inferred sample's bytes per row), where its head ends and its tail begins
+        (:mod:`jupyter_staging.formats.halves`); None when the part is read as one stream: no
+        ``first_rows``, a part under :data:`HALVES_MIN_BYTES`, a file not read from a byte offset
+        (:meth:`data_start`), no line feed in the 1 MiB after the middle."""
+        if self._first_rows is None or not self._row_bytes:
+            return None
+        try:
+            start = self.data_start()
+        except ConversionFailed:
+            return None
+        first = min(self.size - start, int(self._first_rows * self._row_bytes))
+        if first < HALVES_MIN_BYTES:
+            return None
+        with open(self.path, "rb") as fh:
+            fh.seek(start + first // 2)
+            line_feed = fh.read(1024 * 1024).find(b"\n")
+        if line_feed < 0 or start + first // 2 + line_feed + 1 >= self.size:
+            return None
+        return start + first // 2 + line_feed + 1
+
+    def _head(self, middle: int, stop: threading.Event) -> Iterator[Piece]:
+        """The rows from the first data line to the line at ``middle``, read through a
+        :class:`~jupyter_staging.formats.halves.BoundedFile` that refuses a quote character; stopped
+        once ``stop`` is set."""
+        raw = pa.PythonFile(BoundedFile(self.path, self.data_start(), middle, b'"', stop), mode="r")
+        options = self._options()
+        options["read_options"].column_names = self.schema.names
+        try:
+            reader = pacsv.open_csv(raw, **options)
+        except BaseException as exc:
+            raw.close()
+            if isinstance(exc, pa.ArrowException):
+                raise self._unreadable(exc) from exc
+            raise
+        yield from self._read(reader, raw, 0)
 
     def _read(self, reader: pacsv.CSVStreamingReader, raw: pa.NativeFile, skip_rows: int) -> Iterator[Piece]:
         """Batches of ``reader`` after the first ``skip_rows`` rows; closes ``reader`` and ``raw``."""

@@ -198,6 +198,7 @@ def _encode_part(
         # bytes of a part then depend only on its rows, not on how the source batched them (a part
         # written by a ranged conversion is byte-identical to the same part of a whole one).
         table = _combined(batches, schema)
+        pa.default_memory_pool().release_unused()
         lengths = string_lengths(table)  # astropy's Parquet reader sizes its string columns from these
         if lengths:
             schema = schema.with_metadata(
