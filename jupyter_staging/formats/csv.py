@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import codecs
-import functools
 import logging
 import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -189,6 +187,22 @@ class CsvSource(Source):
         pa.default_memory_pool().release_unused()
         return schema
 
+    def _read_error(self, exc: pa.ArrowInvalid) -> ConversionFailed:
+        """The error for ``exc``, raised by pyarrow reading rows after the first block (whose types the
+        inferred sample fixed)."""
+        if _RAGGED.search(str(exc)):
+            return ConversionFailed(
+                f"{self.path.name}: {_ragged_message(exc)} after the first "
+                f"{CSV_INFER_BYTES // (1024 * 1024)} MiB; such files are converted only "
+                "when the first short row comes before that"
+            )
+        if "invalid UTF8" in str(exc):
+            return self._not_text(exc, f" after the first {CSV_INFER_BYTES // (1024 * 1024)} MiB")
+        return ConversionFailed(
+            f"{self.path.name}: {exc} (column types were inferred from the first "
+            f"{CSV_INFER_BYTES // (1024 * 1024)} MiB of the file)"
+        )
+
     def _unreadable(self, exc: Exception) -> ConversionFailed:
         if "invalid UTF8" in str(exc):  # a range of rows read from a byte offset (a Dask task)
             return self._not_text(exc, "")
@@ -302,6 +316,8 @@ class CsvSource(Source):
             reader = pacsv.open_csv(raw, **options)
         except BaseException as exc:
             raw.close()
+            if isinstance(exc, pa.ArrowInvalid) and offset != data_start:  # rows past the first block
+                raise self._read_error(exc) from None
             if isinstance(exc, pa.ArrowException):
                 raise self._unreadable(exc) from None
             raise
@@ -312,8 +328,9 @@ class CsvSource(Source):
         if middle is None:
             yield from self._whole(skip_rows)
             return
-        head = functools.partial(self._head, middle)
-        yield from read_in_halves(head, self.pieces_at(middle), self._first_rows or 0, self._whole)
+        head_rows = int((middle - self.data_start()) / self._row_bytes)
+        tail_rows = max(1, (self._first_rows or 0) - head_rows)
+        yield from read_in_halves(self._head(middle), self.pieces_at(middle), tail_rows, self._whole)
 
     def _whole(self, skip_rows: int = 0) -> Iterator[Piece]:
         """The rows after the first ``skip_rows`` as one stream."""
@@ -325,16 +342,17 @@ class CsvSource(Source):
         the inferred sample's bytes per row), where its head ends and its tail begins
         (:mod:`jupyter_staging.formats.halves`); None when the part is read as one stream: no
         ``first_rows``, a part under :data:`HALVES_MIN_BYTES`, a file not read from a byte offset
-        (:meth:`data_start`), no line feed in the 1 MiB after the middle."""
+        (:meth:`data_start`), no line feed in the 1 MiB after the middle, or none before the last line."""
         if self._first_rows is None or not self._row_bytes:
+            return None
+        first = min(self.size, int(self._first_rows * self._row_bytes))
+        if first < HALVES_MIN_BYTES:
             return None
         try:
             start = self.data_start()
         except ConversionFailed:
             return None
-        first = min(self.size - start, int(self._first_rows * self._row_bytes))
-        if first < HALVES_MIN_BYTES:
-            return None
+        first = min(self.size - start, first)
         with open(self.path, "rb") as fh:
             fh.seek(start + first // 2)
             line_feed = fh.read(1024 * 1024).find(b"\n")
@@ -342,11 +360,11 @@ class CsvSource(Source):
             return None
         return start + first // 2 + line_feed + 1
 
-    def _head(self, middle: int, stop: threading.Event) -> Iterator[Piece]:
+    def _head(self, middle: int) -> Iterator[Piece]:
         """The rows from the first data line to the line at ``middle``, read through a
-        :class:`~jupyter_staging.formats.halves.BoundedFile` that refuses a quote character; stopped
-        once ``stop`` is set."""
-        raw = pa.PythonFile(BoundedFile(self.path, self.data_start(), middle, b'"', stop), mode="r")
+        :class:`~jupyter_staging.formats.halves.BoundedFile` that refuses a quote character
+        (:class:`~jupyter_staging.formats.halves.SplitRefused`)."""
+        raw = pa.PythonFile(BoundedFile(self.path, self.data_start(), middle, b'"'), mode="r")
         options = self._options()
         options["read_options"].column_names = self.schema.names
         try:
@@ -354,7 +372,7 @@ class CsvSource(Source):
         except BaseException as exc:
             raw.close()
             if isinstance(exc, pa.ArrowException):
-                raise self._unreadable(exc) from exc
+                raise self._unreadable(exc) from None
             raise
         yield from self._read(reader, raw, 0)
 
@@ -368,19 +386,7 @@ class CsvSource(Source):
                 except StopIteration:
                     return
                 except pa.ArrowInvalid as exc:
-                    if _RAGGED.search(str(exc)):
-                        raise ConversionFailed(
-                            f"{self.path.name}: {_ragged_message(exc)} after the first "
-                            f"{CSV_INFER_BYTES // (1024 * 1024)} MiB; such files are converted only "
-                            "when the first short row comes before that"
-                        ) from None
-                    if "invalid UTF8" in str(exc):
-                        where = f" after the first {CSV_INFER_BYTES // (1024 * 1024)} MiB"
-                        raise self._not_text(exc, where) from None
-                    raise ConversionFailed(
-                        f"{self.path.name}: {exc} (column types were inferred from the first "
-                        f"{CSV_INFER_BYTES // (1024 * 1024)} MiB of the file)"
-                    ) from None
+                    raise self._read_error(exc) from None
                 end = raw.tell()
                 if skip_rows >= batch.num_rows:
                     skip_rows -= batch.num_rows

@@ -4,16 +4,19 @@ Converting a table overlaps reading and encoding (:mod:`jupyter_staging.formats.
 *n* is encoded, part *n + 1* is read. The first part has nothing to overlap with, and pyarrow's streaming
 CSV reader parses on about one core, so the second core idles for the whole first read (0.6 s of a 2 s
 conversion of 500 MB on a 2-core machine). Here the first part's first half (the *head*, from the first
-data line to a line start near the middle) is parsed on a thread of its own while the caller's thread
+data line to a line start near the middle) is parsed on the caller's thread while a thread of its own
 reads on from that line start (the *tail*); the pieces come out in the file's order, head first, and the
 tail then goes on to the end of the file as one stream.
 
 The split is at a byte after a line feed, which is a row's end only when no quoted value holds a line
-break across it: the head is read through :class:`BoundedFile`, which refuses any quote character, and a
-head that holds one is dropped and the file read whole as one stream (:class:`SplitRefused`), before any
-piece is given out. The tail starts at a row, then, and parses as the one stream would from there, with
-the same caveat a quoted line break already has (it is read only when it falls inside one block of
-:data:`~jupyter_staging.formats.csv.CSV_BLOCK_SIZE`).
+break across it: the head is read through :class:`BoundedFile`, which refuses any quote character, and
+once it meets one the rows after those given out come from the file read as one stream
+(:class:`SplitRefused`). The tail starts at a row, then. A quoted line break after the middle keeps the
+caveat it has in one stream (it is read only when it falls inside one block of
+:data:`~jupyter_staging.formats.csv.CSV_BLOCK_SIZE`), but the tail's blocks start at the middle, not at
+the first line: whether such a file converts can differ from one stream's reading (an error either way,
+never rows changed; pyarrow reports a quote left open). Files without such values give the same parts,
+byte for byte.
 """
 
 from __future__ import annotations
@@ -34,28 +37,20 @@ class SplitRefused(Exception):
     """The head holds a byte (a quote character) that may put the split point inside a quoted value."""
 
 
-class _Stopped(Exception):
-    """The head's reader was stopped (the conversion ended early: a pause, a cancel, an error)."""
-
-
 class BoundedFile:
     """Bytes ``[start, end)`` of the file at ``path`` as a read-only stream for :class:`pyarrow.PythonFile`
     (``read``, ``tell``, ``close``), refusing ``refused`` (one byte, a quote character) with
-    :class:`SplitRefused`. ``tell`` gives the offset in the whole file. Raises :class:`_Stopped` from
-    ``read`` once ``stop`` is set."""
+    :class:`SplitRefused`. ``tell`` gives the offset in the whole file."""
 
-    def __init__(self, path: Path, start: int, end: int, refused: bytes, stop: threading.Event) -> None:
+    def __init__(self, path: Path, start: int, end: int, refused: bytes) -> None:
         self._fh = open(path, "rb")  # noqa: SIM115 (closed by close(), as pyarrow's PythonFile does)
         self._fh.seek(start)
         self._position = start
         self._end = end
         self._refused = refused
-        self._stop = stop
         self.closed = False
 
     def read(self, nbytes: int = -1) -> bytes:
-        if self._stop.is_set():
-            raise _Stopped
         left = self._end - self._position
         data = self._fh.read(min(left, _READ_BYTES) if nbytes < 0 else min(left, nbytes, _READ_BYTES))
         if self._refused in data:
@@ -80,34 +75,32 @@ class BoundedFile:
         self.closed = True
 
 
-class _Head(threading.Thread):
-    """Runs ``pieces`` (the head's, given the stop event) to its end on a thread, keeping them."""
+class _Tail(threading.Thread):
+    """Reads ``pieces`` (the tail's) on a thread, holding up to ``rows`` rows; checks ``stop`` between
+    pieces (one block: a few milliseconds)."""
 
-    def __init__(self, pieces: Callable[[threading.Event], Iterator[Piece]]) -> None:
-        super().__init__(name="staging-convert-head", daemon=True)
+    def __init__(self, pieces: Iterator[Piece], rows: int) -> None:
+        super().__init__(name="staging-convert-tail", daemon=True)
         self.stop = threading.Event()
-        self._source = pieces(self.stop)
+        self._source = pieces
+        self._rows = rows
         self.pieces: list[Piece] = []
         self.error: BaseException | None = None
-        self.refused = False
 
     def run(self) -> None:
+        held = 0
         try:
             for piece in self._source:
                 self.pieces.append(piece)
-        except BaseException as exc:  # raised again in the caller, in the file's order
-            if _caused_by(exc, SplitRefused):
-                self.refused = True
-            elif not _caused_by(exc, _Stopped):
-                self.error = exc
-        finally:
-            close = getattr(self._source, "close", None)
-            if close is not None:
-                close()
+                held += piece.batch.num_rows
+                if held >= self._rows or self.stop.is_set():
+                    return
+        except BaseException as exc:  # raised in the caller after the pieces before it
+            self.error = exc
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    """Whether ``exc`` is a ``kind`` or was raised from one (pyarrow wraps errors of a Python file)."""
+    """Whether ``exc`` is a ``kind`` or was raised from one (pyarrow may wrap errors of a Python file)."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, kind):
@@ -117,51 +110,49 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
 
 
 def read_in_halves(
-    head: Callable[[threading.Event], Iterator[Piece]],
+    head: Iterator[Piece],
     tail: Iterator[Piece],
-    first_rows: int,
-    whole: Callable[[], Iterator[Piece]],
+    tail_rows: int,
+    whole: Callable[[int], Iterator[Piece]],
 ) -> Iterator[Piece]:
-    """The pieces of a file read as ``head`` (on a thread, stopped when the event it is given is set)
-    and then ``tail`` (read here meanwhile, up to ``first_rows`` rows held), in order; ``whole()`` (the
-    file as one stream) instead when the head refused its split (:class:`SplitRefused`). An error of the
-    head or of the tail is raised after the pieces before it, as one stream would raise it there.
+    """The pieces of a file read as ``head`` and then ``tail``, in order. The head is read here, its
+    pieces given out as they come (a pause or a cancel between them acts at once); meanwhile the tail is
+    read on a thread, up to ``tail_rows`` rows held, and then goes on here. When the head refuses its
+    split (:class:`SplitRefused`), the rest comes from ``whole(rows given so far)``: the file as one
+    stream, those rows skipped. An error of the head or of the tail is raised after the pieces before
+    it, as one stream would raise it there. Closing the generator stops the tail's thread (after its
+    current piece).
 
-    Memory: the head's pieces and up to ``first_rows`` rows of the tail, about one part: the part writer
-    holds the first part's rows whole anyway.
+    Memory: the tail's ``tail_rows`` rows beside the head's pieces, which the part writer holds anyway
+    until the first part is complete.
     """
-    reader = _Head(head)
+    reader = _Tail(tail, tail_rows)
     reader.start()
-    held: list[Piece] = []
-    failed: BaseException | None = None  # the tail's error, raised after the pieces before it
+    given = 0
     try:
-        rows = 0
         try:
-            for piece in tail:
-                held.append(piece)
-                rows += piece.batch.num_rows
-                if rows >= first_rows or not reader.is_alive():
-                    break
+            for piece in head:
+                given += piece.batch.num_rows
+                yield piece
         except Exception as exc:
-            failed = exc
-        reader.join()
-        if reader.refused:
-            held.clear()
+            if not _caused_by(exc, SplitRefused):
+                raise
+            reader.stop.set()
+            reader.join()
+            reader.pieces.clear()
             _close(tail)
-            yield from whole()
+            yield from whole(given)
             return
-        yield from reader.pieces
-        reader.pieces.clear()
+        reader.join()
+        while reader.pieces:
+            yield reader.pieces.pop(0)
         if reader.error is not None:
             raise reader.error
-        yield from held
-        held.clear()
-        if failed is not None:
-            raise failed
         yield from tail
     finally:
         reader.stop.set()
         reader.join()
+        _close(head)
         _close(tail)
 
 

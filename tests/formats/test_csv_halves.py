@@ -17,9 +17,7 @@ from jupyter_staging.formats import csv as csv_module
 from jupyter_staging.formats.convert import convert_to_parquet
 from jupyter_staging.formats.csv import CsvSource
 from jupyter_staging.safety.control import JobControl
-
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-KEPLER = DATA / "kplr010666592-2009131110544_slc.fits"
+from tests.helpers.data import KEPLER
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +61,8 @@ def one_stream(src: Path, out: Path, **options) -> dict[str, str]:
 
 
 def no_head_thread_left() -> bool:
-    return not any(t.name == "staging-convert-head" for t in threading.enumerate())
+    """No thread reading a tail is left running."""
+    return not any(t.name == "staging-convert-tail" for t in threading.enumerate())
 
 
 @pytest.mark.parametrize("chunk_rows", [4000, 14280, 100_000])
@@ -112,7 +111,7 @@ def test_a_value_that_does_not_fit_fails_in_either_half(
     tmp_path: Path, halves: list[int], bad_row: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A value that does not fit its column's type (inferred from the first 4 KiB here) fails the
-    conversion with the message one stream gives, in the head (row 1,000) or the tail (row 25,000); no
+    conversion naming the value, as one stream does, in the head (row 1,000) or the tail (row 25,000); no
     part file and no ``.part`` is left."""
     monkeypatch.setattr(csv_module, "CSV_INFER_BYTES", 4096)
     src = tmp_path / "bad.csv"
@@ -124,7 +123,8 @@ def test_a_value_that_does_not_fit_fails_in_either_half(
     assert halves
     with pytest.raises(ConversionFailed) as in_one:
         one_stream(src, tmp_path / "one", chunk_rows=30_000)
-    assert str(in_halves.value) == str(in_one.value) and "not-a-number" in str(in_halves.value)
+    assert "invalid value 'not-a-number'" in str(in_halves.value)
+    assert "invalid value 'not-a-number'" in str(in_one.value)  # (one stream may say so when it opens)
     assert list((tmp_path / "halves").iterdir()) == []
     assert no_head_thread_left()
 
@@ -148,3 +148,41 @@ def test_the_head_is_used_only_for_a_first_part_worth_a_thread(kepler_csv: Path)
     read with no part size given."""
     assert CsvSource(kepler_csv, "csv", first_rows=14280)._middle_of_first_part() is None
     assert CsvSource(kepler_csv, "csv")._middle_of_first_part() is None
+
+
+@pytest.mark.parametrize("bad", ["not-a-number", "1.0,extra"])
+def test_a_bad_line_where_the_tail_begins_is_named(
+    tmp_path: Path, halves: list[int], monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    """The tail's reader parses its first block when it opens: a bad value, a row with a field too many
+    right at the split gives the message of rows read past the first block
+    (one stream's, which may also come when it opens: pyarrow reads ahead), not a generic one."""
+    monkeypatch.setattr(csv_module, "CSV_INFER_BYTES", 4096)
+    src = tmp_path / "bad.csv"
+    lines = ["id,flux"] + [f"{i},{i * 0.5}" for i in range(1_500_000)]
+    src.write_text("\n".join(lines) + "\n")
+    middle = CsvSource(src, "csv", first_rows=2_000_000)._middle_of_first_part()
+    assert middle is not None
+    data = src.read_bytes()
+    end = data.index(b"\n", middle)
+    src.write_bytes(data[:middle] + f"7,{bad}".encode("latin-1") + data[end:])
+    with pytest.raises(ConversionFailed) as in_halves:
+        convert_to_parquet(src, tmp_path / "halves", chunk_rows=2_000_000)
+    assert halves
+    expected = {"not-a-number": "invalid value 'not-a-number'", "1.0,extra": "a row has 3 fields"}
+    assert expected[bad] in str(in_halves.value) and "not a readable" not in str(in_halves.value)
+    assert list((tmp_path / "halves").iterdir()) == []
+    assert no_head_thread_left()
+
+
+def test_closing_the_pieces_during_the_head_stops_the_tail_at_once(
+    tmp_path: Path, kepler_csv: Path, halves
+) -> None:
+    """A conversion stopped while the head is read (a pause, a cancel) closes the pieces: the tail's
+    thread stops after its current piece, and no file is left open."""
+    source = CsvSource(kepler_csv, "csv", first_rows=14280)
+    pieces = source.pieces(0)
+    first = next(pieces)
+    assert first.start > 0 and first.batch.num_rows > 0
+    pieces.close()
+    assert halves and no_head_thread_left()
