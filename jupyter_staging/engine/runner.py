@@ -27,7 +27,7 @@ from jupyter_staging.destinations.base import make_private_dir, remove_tree_if_e
 from jupyter_staging.destinations.manifest import build_manifest, read_manifest
 from jupyter_staging.engine.cleanup import MADE_DESTINATION, remove_job_output
 from jupyter_staging.engine.collector import collector_paused
-from jupyter_staging.engine.conversion import FOREIGN_PARTS_LISTED
+from jupyter_staging.engine.deadparts import FOREIGN_PARTS_LISTED
 from jupyter_staging.engine.entries import error_of
 from jupyter_staging.engine.folders import PUBLISHED_TAGS
 from jupyter_staging.engine.freshness import every_listed_item

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import stat
 
@@ -37,6 +38,11 @@ PUBLISHED_XATTR = "user.jupyter_staging.published"
 
 #: Bytes read at a time when a file's sha256 is checked against its tag.
 _READ_BYTES = 1 << 20
+#: Jobs whose refused tag was logged (once each); emptied when it holds this many.
+_REFUSALS_KEPT = 1024
+
+log = logging.getLogger(__name__)
+_refusals_logged: set[str] = set()
 
 
 def published_tag(job_id: str, rel: str, sha256: str) -> bytes:
@@ -50,12 +56,32 @@ def tag_published(fd: int, job_id: str, rel: str, sha256: str) -> bool:
     """Set :func:`published_tag` on the file open as ``fd`` (any mode: ``fsetxattr``), before it takes its
     name. Returns False, the file untagged, where the file system keeps no user attributes (a resumed run
     then goes by the rules before the tag, :func:`keeps_attributes`) or refuses this one (``EACCES``,
-    ``ENOSPC``: a resumed run then refuses the file, never takes it)."""
+    ``ENOSPC``, an SELinux denial: a resumed run then refuses the file, never takes it). A refusal is
+    logged (a warning, once per job: the reason a resumed job may fail ``destination_exists``)."""
     try:
         os.setxattr(fd, PUBLISHED_XATTR, published_tag(job_id, rel, sha256))
-    except OSError:
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            _log_refusal(job_id, exc)
         return False
     return True
+
+
+def _log_refusal(job_id: str, exc: OSError) -> None:
+    """Warn, once for job ``job_id``, that the file system refused a published file's tag (``exc``)."""
+    if job_id in _refusals_logged:
+        return
+    if len(_refusals_logged) >= _REFUSALS_KEPT:
+        _refusals_logged.clear()
+    _refusals_logged.add(job_id)
+    log.warning(
+        "job %s: the file system refused the attribute %s (%s); the files the job publishes are untagged, "
+        "and a run resumed after a crash refuses those it published and did not record "
+        "(destination_exists) instead of taking them back",
+        job_id,
+        PUBLISHED_XATTR,
+        os.strerror(exc.errno) if exc.errno else type(exc).__name__,
+    )
 
 
 def keeps_attributes(fd: int) -> bool:

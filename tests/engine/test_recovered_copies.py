@@ -12,6 +12,7 @@ item's size was taken: a user's file of other bytes was recorded as the job's.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import sqlite3
@@ -386,3 +387,30 @@ def test_a_rerun_killed_while_it_links_an_unchanged_tables_parts_resumes(tmp_pat
     assert pq.read_table(out / "a" / "a.parquet").num_rows == 5000
     assert pq.read_table(out / "b" / "b.parquet").num_rows == 5001
     assert len(chunks) == 11 and all(c.state == "ready" for c in chunks)
+
+
+def test_a_refused_tag_is_logged_once_per_job(tmp_path, monkeypatch, caplog):
+    """A file system that keeps attributes but refuses this one (EACCES: an SELinux denial, say; not
+    caused for real as root) leaves the job's files untagged: a warning says so, once per job, naming the
+    consequence; a file system without attributes (ENOTSUP) is no refusal and logs nothing."""
+    path = tmp_path / "a.dat"
+    path.write_bytes(b"light curve")
+    fd = os.open(path, os.O_RDONLY)
+    answers = {"errno": errno.EACCES}
+
+    def refused(*args):
+        raise OSError(answers["errno"], os.strerror(answers["errno"]))
+
+    monkeypatch.setattr(os, "setxattr", refused)
+    try:
+        with caplog.at_level("WARNING", logger="jupyter_staging.safety.ownership"):
+            assert not tag_published(fd, "job-refused-1", "out/a.dat", "0" * 64)
+            assert not tag_published(fd, "job-refused-1", "out/b.dat", "0" * 64)
+            assert not tag_published(fd, "job-refused-2", "out/a.dat", "0" * 64)
+            answers["errno"] = errno.ENOTSUP
+            assert not tag_published(fd, "job-refused-3", "out/a.dat", "0" * 64)
+    finally:
+        os.close(fd)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "jupyter_staging.safety.ownership"]
+    assert len(warnings) == 2 and "job-refused-1" in warnings[0] and "job-refused-2" in warnings[1]
+    assert "destination_exists" in warnings[0] and os.strerror(errno.EACCES) in warnings[0]

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jupyter_staging.engine.admission import identity
-from jupyter_staging.engine.conversion import FOREIGN_PARTS, FOREIGN_PARTS_LISTED
+from jupyter_staging.engine.deadparts import FOREIGN_PARTS, FOREIGN_PARTS_LISTED
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
 from jupyter_staging.engine.parts import CTIME_SLACK_NS
