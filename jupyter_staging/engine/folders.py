@@ -21,7 +21,14 @@ from typing import Any, ClassVar
 from jupyter_staging.destinations.base import Destination
 from jupyter_staging.engine.progress import ChunkLedger
 from jupyter_staging.errors import PathNotAllowed
-from jupyter_staging.safety.dirfd import folder_below, fsync_dir, fsync_fd, publish, publish_at
+from jupyter_staging.safety.dirfd import (
+    folder_below,
+    fsync_dir,
+    fsync_fd,
+    open_existing,
+    publish,
+    publish_open_at,
+)
 from jupyter_staging.safety.foldercache import FolderCache
 from jupyter_staging.safety.ownership import tag_published, taken_back
 from jupyter_staging.safety.partfile import PartFile
@@ -211,25 +218,17 @@ class DestinationWriter:
         return True
 
     def _publish_tagged(self, path: Path, final: Path, sha256: str) -> None:
-        """:meth:`_publish_local` of ``path`` (below the destination, holding bytes of ``sha256`` hex) as
-        ``final``, tagged first as the job's file at ``final`` (its owner attribute,
-        :func:`~jupyter_staging.safety.ownership.tag_published`; opened by descriptor of its folder, never
-        through a symlink), so that a run resumed after a crash between publishing and recording takes it
-        back (:meth:`_published_before_the_stop`). Untagged where the file system keeps no user attributes
-        (a resumed run then goes by the rules before the tag) or refuses this one (it then refuses the
-        file: the safe failure)."""
-        fd = self._open_by_folder(path)
-        if fd is not None:
-            try:
-                tag_published(fd, self.job_id, self._owner_rel(final), sha256)
-            finally:
-                os.close(fd)
-        self._publish_local(path, final)
-
-    def _publish_local(self, path: Path, final: Path) -> None:
-        """Give the complete file ``path`` (below the destination) the name ``final``, never replacing
-        anything: by descriptor from the confinement root (``linkat``; both folders found still at their
-        paths, else :class:`PathNotAllowed`), else by path."""
+        """Give the complete file ``path`` (below the destination, holding bytes of ``sha256`` hex) the name
+        ``final``, never replacing anything, tagged first as the job's file at ``final`` (its owner
+        attribute, :func:`~jupyter_staging.safety.ownership.tag_published`) so that a run resumed after a
+        crash between publishing and recording takes it back (:meth:`_published_before_the_stop`); untagged
+        where the file system keeps no user attributes (a resumed run then goes by the rules before the tag)
+        or refuses this one (it then refuses the file: the safe failure). Where the destination is confined
+        to a root: by descriptor (both folders found still at their paths, else :class:`PathNotAllowed`),
+        the file opened without following a symlink and published as that very file
+        (:func:`~jupyter_staging.safety.dirfd.publish_open_at`: a file put at ``path`` since is not);
+        else by path (a private scratch folder). Raises :class:`PathNotAllowed` when ``path`` is no longer
+        a regular file, :class:`DestinationExists` when ``final`` exists."""
         root = self.dest.confinement_root
         if root is None:
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -239,7 +238,14 @@ class DestinationWriter:
             self.folders.placed(self._folder_below_root(path)) as src_fd,
             self.folders.placed(self._folder_below_root(final), create=True) as dst_fd,
         ):
-            publish_at(src_fd, path.name, dst_fd, final.name)
+            fd = open_existing(src_fd, path.name, os.O_RDONLY | os.O_CLOEXEC)
+            if fd is None:
+                raise PathNotAllowed(f"{final.name}: its downloaded file is gone; nothing was published")
+            try:
+                tag_published(fd, self.job_id, self._owner_rel(final), sha256)
+                publish_open_at(fd, src_fd, path.name, dst_fd, final.name)
+            finally:
+                os.close(fd)
 
 
 def no_symlink(st: os.stat_result, src_name: str, remove: Callable[[], None]) -> os.stat_result:

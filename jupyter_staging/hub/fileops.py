@@ -30,7 +30,14 @@ from jupyter_staging.errors import (
 )
 from jupyter_staging.hub.areas import Target
 from jupyter_staging.safety.copying import copy_stream
-from jupyter_staging.safety.dirfd import fsync_fd, open_dir, publish_at, write_all, write_refused
+from jupyter_staging.safety.dirfd import (
+    fsync_fd,
+    lstat_at,
+    open_dir,
+    publish_open_at,
+    write_all,
+    write_refused,
+)
 from jupyter_staging.safety.paths import resolve_source
 
 log = logging.getLogger(__name__)
@@ -224,23 +231,33 @@ def local_copy(source: SourceFile, target: Target) -> Outcome:
         os.fchmod(out_fd, 0o444)
         if target.owner is not None:
             os.fchown(out_fd, target.owner.uid, target.owner.gid)
-        _publish(part, target)
+        _publish(out_fd, part, target)
         published = True
         return Outcome("succeeded", writer.size, writer.sha256.hexdigest())
     finally:
         os.close(src_fd)
-        os.close(out_fd)
-        if not published:
+        if not published and _names(target.dir_fd, part, out_fd):
             _unlink_quietly(part, target.dir_fd)
+        os.close(out_fd)
 
 
-def _publish(part: str, target: Target) -> None:
-    """Give ``part`` the target's name with ``linkat`` (:func:`publish_at`: never replaces, never
-    follows), then drop it."""
+def _publish(fd: int, part: str, target: Target) -> None:
+    """Give the file open as ``fd`` (written as ``part``) the target's name (:func:`publish_open_at`: that
+    very file, even if the user replaced ``part`` in their folder meanwhile; never replaces, never
+    follows), then drop ``part``."""
     try:
-        publish_at(target.dir_fd, part, target.dir_fd, target.name)
+        publish_open_at(fd, target.dir_fd, part, target.dir_fd, target.name)
     except DestinationExists:
         raise _exists_error(target) from None
+
+
+def _names(dir_fd: int, name: str, fd: int) -> bool:
+    """Whether ``name`` in ``dir_fd`` still names the file open as ``fd`` (not a file the user put there)."""
+    try:
+        named = lstat_at(dir_fd, name)
+        return named is not None and os.path.samestat(named, os.fstat(fd))
+    except OSError:
+        return False
 
 
 def _refused(target: Target, err: PermissionError) -> DestinationNotWritable:

@@ -258,6 +258,53 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[n:]
 
 
+#: ``linkat`` of ``/proc/self/fd/<fd>`` failed this way: no ``/proc`` (ENOENT), refused by the system or
+#: a security module (EACCES, EPERM), another file system (EXDEV), no magic links (ELOOP).
+_NO_FD_LINK = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EXDEV, errno.ELOOP}
+
+
+def publish_open_at(
+    fd: int, src_dir_fd: int, part: str, dst_dir_fd: int, final: str, *, sync: bool = True
+) -> None:
+    """Give the file open as ``fd``, written under the name ``part`` in ``src_dir_fd``, the name ``final``
+    in ``dst_dir_fd``, never replacing anything: the very file open as ``fd``, whatever ``part`` names by
+    then. A user's folder is the user's to change: a ``.part`` name replaced while the file was written
+    (by another file, a symlink, a hard link to someone else's file) is never published in its place.
+
+    ``linkat`` of ``/proc/self/fd/<fd>`` with ``AT_SYMLINK_FOLLOW`` (open(2), "O_TMPFILE"; it links the
+    open file itself), then ``part`` is removed only while it still names that file (a replacement is left
+    as it is), then the destination folder is fsynced unless ``sync`` is False (as :func:`publish_at`).
+    Where the system refuses that link (no ``/proc``, a security module; or the file has no name left,
+    which Linux does not link again: ``ENOENT``), ``part`` is checked to name that file and published by
+    name (:func:`publish_at`; a replacement in the instant between the two is the one window left).
+
+    Raises :class:`DestinationExists` when ``final`` exists, :class:`PathNotAllowed` (nothing published)
+    when ``part`` no longer names the file, :class:`DestinationNotWritable` when a folder may not be
+    written into."""
+    check_name(part)
+    check_name(final)
+    mine = os.fstat(fd)
+    try:
+        os.link(f"/proc/self/fd/{fd}", final, dst_dir_fd=dst_dir_fd, follow_symlinks=True)
+    except FileExistsError:
+        raise DestinationExists(f"{final} already exists in the destination; not overwritten") from None
+    except OSError as err:
+        if err.errno not in _NO_FD_LINK:
+            raise
+        named = lstat_at(src_dir_fd, part)
+        if named is None or not os.path.samestat(named, mine):
+            raise PathNotAllowed(
+                f"{final}: its part file was replaced while it was written; nothing was published"
+            ) from None
+        publish_at(src_dir_fd, part, dst_dir_fd, final, sync=sync)
+        return
+    named = lstat_at(src_dir_fd, part)
+    if named is not None and os.path.samestat(named, mine):
+        os.unlink(part, dir_fd=src_dir_fd)
+    if sync:
+        fsync_fd(dst_dir_fd)
+
+
 def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
     """``lstat`` of ``name`` in ``dir_fd`` (a symlink is described, not followed); None when absent."""
     try:

@@ -39,7 +39,7 @@ from jupyter_staging.safety.dirfd import (
     open_existing,
     open_folder,
     publish,
-    publish_at,
+    publish_open_at,
     same_inode,
     unlink_at,
     write_all,
@@ -282,15 +282,28 @@ class PartFile:
         if self.unnamed:
             self._close_file()
         elif self._dir_fd is not None:
-            unlink_at(self._dir_fd, self.part.name)
+            if self._named_so():
+                unlink_at(self._dir_fd, self.part.name)
         elif self.root is None:
             self.part.unlink(missing_ok=True)
+
+    def _named_so(self) -> bool:
+        """Whether the ``.part`` name in the part's folder still names the file open here (True when the
+        file is closed: nothing to compare): a file the user put at that name since is not removed."""
+        try:
+            mine = os.fstat(self._fh.fileno())
+        except (OSError, ValueError):
+            return True
+        assert self._dir_fd is not None
+        named = lstat_at(self._dir_fd, self.part.name)
+        return named is not None and os.path.samestat(named, mine)
 
     def _publish(self, *, sync: bool) -> None:
         """Publish the ``.part`` under the final name (the folder fsynced with ``sync``); in the confined
         mode only after re-opening the folder from the root and finding the very folder the part was
         written in (else :class:`PathNotAllowed`, and the part is removed)."""
         if self._dir_fd is None or self.root is None:
+            self._close_file()
             publish(self.part, self.final, sync=sync)
             return
         rel = folder_below(self.root, self.final)
@@ -306,6 +319,7 @@ class PartFile:
                 )
         except (PathNotAllowed, FileNotFoundError):
             self._remove_part()
+            self._close_file()
             self._close_dir()
             raise PathNotAllowed(
                 f"{self.final.name}: its folder was moved or replaced by a symbolic link while it was "
@@ -313,13 +327,16 @@ class PartFile:
             ) from None
         except (DestinationUnavailable, OSError):  # the root is gone, no descriptor left: nothing published
             self._remove_part()
+            self._close_file()
             self._close_dir()
             raise
         try:
             if self.unnamed:
                 publish_fd_at(self._fh.fileno(), self._dir_fd, self.final.name, sync=sync)
             else:
-                publish_at(self._dir_fd, self.part.name, self._dir_fd, self.final.name, sync=sync)
+                publish_open_at(
+                    self._fh.fileno(), self._dir_fd, self.part.name, self._dir_fd, self.final.name, sync=sync
+                )
         except BaseException:
             self._remove_part()  # nothing published stays behind (a no-op when the link happened)
             raise
@@ -458,7 +475,7 @@ class PartFile:
             if self._synced != self.offset:
                 os.fsync(self._fh.fileno())
             confined_size = os.fstat(self._fh.fileno()).st_size
-            if not self.unnamed:  # an unnamed one stays open until linked under its final name
+            if self._dir_fd is None:  # by descriptor, the file open is what is linked under its final name
                 self._fh.close()
         except OSError:
             # Bytes that could not be flushed or made durable are not kept for a resume either (after a
@@ -475,6 +492,7 @@ class PartFile:
                 self._verify(checksums)
         except (VerificationFailed, OSError):  # OSError: the part could not be re-read for a checksum
             self._remove_part()
+            self._close_file()
             self._close_dir()
             raise
         self._publish(sync=sync_folder)
@@ -537,10 +555,11 @@ class PartFile:
         and the bytes are thrown away anyway)."""
         try:
             self._close_reader()
-            if not self._fh.closed:
-                self._fh.close()
-        except OSError:
-            pass  # discarded bytes: an ENOSPC flushing them changes nothing
+            self._remove_part()  # while open: a file the user put at its name since is told apart, kept
         finally:
-            self._remove_part()
+            try:
+                if not self._fh.closed:
+                    self._fh.close()
+            except OSError:
+                pass  # discarded bytes: an ENOSPC flushing them changes nothing
             self._close_dir()

@@ -3,6 +3,7 @@ a folder moved out of the root while a job runs, and replaced by a symlink, rece
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from jupyter_staging.destinations.local import LocalDestination
 from jupyter_staging.engine.folders import DestinationWriter
 from jupyter_staging.engine.progress import ChunkLedger
 from jupyter_staging.errors import PathNotAllowed
+
+PAR1_SHA256 = hashlib.sha256(b"PAR1").hexdigest()
 
 
 class _Writer(DestinationWriter):
@@ -57,13 +60,13 @@ def test_a_reused_output_is_not_published_into_a_folder_moved_away(setting):
         writer._link_into(src, staged / "done.fits", symbolic=False)
         (staged / "work").mkdir()
         (staged / "work" / "out.parquet").write_bytes(b"PAR1")
-        writer._publish_local(staged / "work" / "out.parquet", staged / "out.parquet")
+        writer._publish_tagged(staged / "work" / "out.parquet", staged / "out.parquet", PAR1_SHA256)
         assert (staged / "out.parquet").read_bytes() == b"PAR1"
         (staged / "work" / "next.parquet").write_bytes(b"PAR1")
         (root / "staged").rename(outside / "staged")
         (root / "staged").symlink_to(outside / "staged")
         with pytest.raises(PathNotAllowed):
-            writer._publish_local(staged / "work" / "next.parquet", staged / "next.parquet")
+            writer._publish_tagged(staged / "work" / "next.parquet", staged / "next.parquet", PAR1_SHA256)
         assert not (outside / "staged" / "next.parquet").exists()
     finally:
         writer.close_folders()

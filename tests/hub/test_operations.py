@@ -103,6 +103,33 @@ def test_copy_is_read_only_and_never_overwrites(site, kepler):
     assert sorted(p.name for p in final.parent.iterdir()) == [KEPLER_NAME]  # no .part left
 
 
+def test_a_part_replaced_in_the_users_folder_is_never_published(site, monkeypatch):
+    """The service writes ``<name>.<random>.part`` into the user's folder, which the user may change: a
+    part replaced there before it takes its name (another file, a symlink) is not published as the copy,
+    and is not removed either (the service's copy lost its only name: nothing is published, the operation
+    fails ``path_not_allowed``). The replacement is made for real at the last step before the link (the
+    ``fchmod`` is hooked to make it)."""
+    areas = UserAreas(str(site / "homes" / "{username}" / "staging"))
+    src = check_source(str(site / "archive" / KEPLER_NAME), [str(site / "archive")])
+    folder = site / "homes" / "alice" / "staging" / "a"
+    real_fchmod = os.fchmod
+
+    def fchmod_then_replace(fd, mode):
+        real_fchmod(fd, mode)
+        (part,) = [p for p in folder.iterdir() if p.name.endswith(".part")]
+        part.unlink()
+        os.symlink("/etc/hostname", part)
+
+    with areas.open_target("alice", "a/", src.name) as target:
+        monkeypatch.setattr(os, "fchmod", fchmod_then_replace)
+        with pytest.raises(PathNotAllowed, match="replaced while it was written"):
+            local_copy(src, target)
+        monkeypatch.undo()
+    assert not os.path.lexists(folder / KEPLER_NAME)
+    (planted,) = list(folder.iterdir())
+    assert planted.is_symlink() and os.readlink(planted) == "/etc/hostname"
+
+
 def test_no_descriptor_left_is_too_many_open_files_not_io_error(site):
     """A copy that meets the service's open-file limit for real (``EMFILE`` opening the source) is
     recorded as ``too_many_open_files`` (503, the service's state), not a generic ``io_error`` (500), and

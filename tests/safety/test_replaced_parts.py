@@ -1,0 +1,122 @@
+"""A ``.part`` name replaced in the user's folder while the file was written (by another file, a symlink,
+a hard link to someone else's file) is never published in place of the file written: the very file open
+is linked under its final name (``safety.dirfd.publish_open_at``) while it still has a name, else nothing
+is published; the replacement is left where the user put it, and a part that fails is removed only while
+its name still names it.
+
+The replacement is made for real, at the point a user's process could make it (after the last write, before
+the commit); only the refusal of the ``/proc/self/fd`` link, which needs a system without ``/proc`` or a
+security module, is caused by replacing ``os.link`` for that one path.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from jupyter_staging.errors import PathNotAllowed
+from jupyter_staging.safety.dirfd import publish_open_at
+from jupyter_staging.safety.foldercache import FolderCache
+from jupyter_staging.safety.partfile import PartFile, part_path
+
+DATA = b"light curve\n" * 5000
+
+
+def written(tmp_path: Path) -> tuple[PartFile, Path]:
+    """A named part file of ``DATA`` for ``out/lc.fits`` below ``tmp_path``, by descriptor, not committed."""
+    final = tmp_path / "out" / "lc.fits"
+    part = PartFile(final, folders=FolderCache(tmp_path))
+    part.write(DATA)
+    return part, final
+
+
+def replace_part(final: Path, how: str, tmp_path: Path) -> bytes:
+    """Replace ``final``'s ``.part`` name as a user's process could; returns what the name then holds."""
+    planted = part_path(final)
+    other = tmp_path / "other.dat"
+    other.write_bytes(b"someone else's bytes")
+    os.unlink(planted)
+    if how == "file":
+        os.rename(other, planted)
+    elif how == "symlink":
+        os.symlink(other, planted)
+    else:  # a hard link to another file
+        os.link(other, planted)
+    return b"someone else's bytes"
+
+
+@pytest.mark.parametrize("how", ["file", "symlink", "hardlink"])
+def test_what_the_part_name_holds_by_then_is_never_published(tmp_path: Path, how: str):
+    """The file written lost its only name with the replacement, and Linux links no such file again
+    (``ENOENT``): nothing is published, the job's failure says why, the user's file stays."""
+    part, final = written(tmp_path)
+    planted = replace_part(final, how, tmp_path)
+    with pytest.raises(PathNotAllowed, match="replaced while it was written"):
+        part.commit()
+    assert not os.path.lexists(final)
+    assert part_path(final).read_bytes() == planted  # the user's, left where the user put it
+
+
+def test_a_part_with_another_name_too_is_published_itself(tmp_path: Path):
+    """A second name given to the part (a hard link the user made) keeps the file linkable: the file
+    written is published, not what the ``.part`` name holds."""
+    part, final = written(tmp_path)
+    os.link(part_path(final), tmp_path / "kept-by-the-user")
+    planted = replace_part(final, "file", tmp_path)
+    part.commit()
+    assert final.read_bytes() == DATA and not final.is_symlink()
+    assert part.sha256.hexdigest() == hashlib.sha256(DATA).hexdigest()
+    assert part_path(final).read_bytes() == planted
+
+
+def test_without_the_fd_link_a_replaced_part_publishes_nothing_and_is_left(tmp_path: Path, monkeypatch):
+    part, final = written(tmp_path)
+    planted = replace_part(final, "file", tmp_path)
+    real_link = os.link
+
+    def no_proc_link(src, dst, *args, **kwargs):
+        if str(src).startswith("/proc/self/fd/"):
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+        return real_link(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "link", no_proc_link)
+    with pytest.raises(PathNotAllowed, match="replaced while it was written"):
+        part.commit()
+    assert not final.exists()
+    assert part_path(final).read_bytes() == planted  # not removed with the failed part
+
+
+def test_without_the_fd_link_an_untouched_part_is_published_by_name(tmp_path: Path, monkeypatch):
+    part, final = written(tmp_path)
+    real_link = os.link
+
+    def no_proc_link(src, dst, *args, **kwargs):
+        if str(src).startswith("/proc/self/fd/"):
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+        return real_link(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "link", no_proc_link)
+    part.commit()
+    assert final.read_bytes() == DATA and not part_path(final).exists()
+
+
+def test_publish_open_at_drops_the_part_name_and_never_replaces(tmp_path: Path):
+    (tmp_path / "a.part").write_bytes(b"abc")
+    (tmp_path / "taken").write_bytes(b"user")
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(tmp_path / "a.part", os.O_RDONLY)
+    try:
+        from jupyter_staging.errors import DestinationExists
+
+        with pytest.raises(DestinationExists):
+            publish_open_at(fd, dir_fd, "a.part", dir_fd, "taken")
+        assert (tmp_path / "taken").read_bytes() == b"user" and (tmp_path / "a.part").exists()
+        publish_open_at(fd, dir_fd, "a.part", dir_fd, "a")
+        assert (tmp_path / "a").read_bytes() == b"abc" and not (tmp_path / "a.part").exists()
+    finally:
+        os.close(fd)
+        os.close(dir_fd)
