@@ -370,8 +370,7 @@ class ConvertingStager(PipelinedStager, TableFolders, DeadParts):
                 self.dest.files.unlink(downloaded)  # moved here by a run that stopped before the upload
                 size, sha = final.stat().st_size, sha256_file(final)
             else:  # tagged as the job's at its final name: taken back if a crash comes before the record
-                size, sha = downloaded.stat().st_size, sha256_file(downloaded)
-                self._publish_tagged(downloaded, final, sha)
+                size, sha = self._publish_tagged(downloaded, final)
         else:
             size, staged_sha = self._stage_file(
                 source, "copy" if method == "copy" else "download", item, final, recovering=self.recovering

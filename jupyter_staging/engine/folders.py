@@ -21,7 +21,9 @@ from typing import Any, ClassVar
 from jupyter_staging.destinations.base import Destination
 from jupyter_staging.engine.progress import ChunkLedger
 from jupyter_staging.errors import PathNotAllowed
+from jupyter_staging.safety.copying import fd_digest, file_digest
 from jupyter_staging.safety.dirfd import (
+    READ_FLAGS,
     folder_below,
     fsync_dir,
     fsync_fd,
@@ -217,35 +219,42 @@ class DestinationWriter:
             pass
         return True
 
-    def _publish_tagged(self, path: Path, final: Path, sha256: str) -> None:
-        """Give the complete file ``path`` (below the destination, holding bytes of ``sha256`` hex) the name
-        ``final``, never replacing anything, tagged first as the job's file at ``final`` (its owner
-        attribute, :func:`~jupyter_staging.safety.ownership.tag_published`) so that a run resumed after a
-        crash between publishing and recording takes it back (:meth:`_published_before_the_stop`); untagged
-        where the file system keeps no user attributes (a resumed run then goes by the rules before the tag)
-        or refuses this one (it then refuses the file: the safe failure). Where the destination is confined
-        to a root: by descriptor (both folders found still at their paths, else :class:`PathNotAllowed`),
-        the file opened without following a symlink and published as that very file
-        (:func:`~jupyter_staging.safety.dirfd.publish_open_at`: a file put at ``path`` since is not);
-        else by path (a private scratch folder). Raises :class:`PathNotAllowed` when ``path`` is no longer
-        a regular file, :class:`DestinationExists` when ``final`` exists."""
+    def _publish_tagged(self, path: Path, final: Path, sha256: str | None = None) -> tuple[int, str]:
+        """Give the complete file ``path`` (below the destination) the name ``final``, never replacing
+        anything, tagged first as the job's file at ``final`` for its bytes (its owner attribute,
+        :func:`~jupyter_staging.safety.ownership.tag_published`) so that a run resumed after a crash between
+        publishing and recording takes it back (:meth:`_published_before_the_stop`); untagged where the
+        file system keeps no user attributes (a resumed run then goes by the rules before the tag) or refuses
+        this one (it then refuses the file: the safe failure). Returns ``(size_bytes, sha256_hex)``.
+
+        ``sha256``: the hex digest of the bytes the job wrote there (an extracted file's, known as it was
+        written); None: the bytes are hashed here, through the descriptor that is then published, so the
+        digest describes the file published whatever was put at ``path`` before (a conversion's downloaded
+        file). Where the destination is confined to a root: by descriptor (both folders found still at
+        their paths, else :class:`PathNotAllowed`), the file opened without following a symlink or blocking
+        on a FIFO and published as that very file (:func:`~jupyter_staging.safety.dirfd.publish_open_at`);
+        else by path (a private scratch folder). Raises :class:`PathNotAllowed` when ``path`` is not a
+        regular file (any more), :class:`DestinationExists` when ``final`` exists."""
         root = self.dest.confinement_root
         if root is None:
+            size, digest = path.stat().st_size, sha256 or file_digest(path, "sha256")
             final.parent.mkdir(parents=True, exist_ok=True)
             publish(path, final)
-            return
+            return size, digest
         with (
             self.folders.placed(self._folder_below_root(path)) as src_fd,
             self.folders.placed(self._folder_below_root(final), create=True) as dst_fd,
         ):
-            fd = open_existing(src_fd, path.name, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_existing(src_fd, path.name, READ_FLAGS)
             if fd is None:
                 raise PathNotAllowed(f"{final.name}: its downloaded file is gone; nothing was published")
             try:
-                tag_published(fd, self.job_id, self._owner_rel(final), sha256)
+                size, digest = os.fstat(fd).st_size, sha256 or fd_digest(fd, "sha256")
+                tag_published(fd, self.job_id, self._owner_rel(final), digest)
                 publish_open_at(fd, src_fd, path.name, dst_fd, final.name)
             finally:
                 os.close(fd)
+        return size, digest
 
 
 def no_symlink(st: os.stat_result, src_name: str, remove: Callable[[], None]) -> os.stat_result:

@@ -388,17 +388,27 @@ def symlink(source: SourceFile, target: Target) -> Outcome:
 
 
 def make_read_only(target: Target) -> None:
-    """``chmod 0444`` (and give to the user when the service may) the regular file at ``target``,
-    opened without following a symlink. Best effort: a service without the right leaves it as is."""
+    """``chmod 0444`` the regular file at ``target`` (opened without following a symlink), a file the
+    user's own server wrote there. Where the service gives files to the user (``target.owner``: it runs as
+    root), only a file the user owns already is touched (and its group made the user's): the name lies in
+    the user's folder, and a hard link the user put there to someone else's file is never made read-only
+    or given away by root. Best effort: a service without the right leaves it as is."""
     try:
         fd = os.open(target.name, READ_FLAGS, dir_fd=target.dir_fd)
     except OSError:
         return
     try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            os.fchmod(fd, 0o444)
-            if target.owner is not None:
-                os.fchown(fd, target.owner.uid, target.owner.gid)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return
+        if target.owner is not None and st.st_uid != target.owner.uid:
+            log.warning(
+                "not making %s read-only: the file is not the user's (uid %d)", target.path, st.st_uid
+            )
+            return
+        os.fchmod(fd, 0o444)
+        if target.owner is not None:
+            os.fchown(fd, target.owner.uid, target.owner.gid)
     except PermissionError:
         log.debug("cannot make %s read-only: not its owner", target.path)
     finally:

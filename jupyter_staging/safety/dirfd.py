@@ -259,7 +259,8 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
 
 
 #: ``linkat`` of ``/proc/self/fd/<fd>`` failed this way: no ``/proc`` (ENOENT), refused by the system or
-#: a security module (EACCES, EPERM), another file system (EXDEV), no magic links (ELOOP).
+#: a security module (EACCES, EPERM), another file system (EXDEV), no magic links (ELOOP); with
+#: :data:`_NO_LINKS`, no hard links at all (then :func:`publish_at` renames).
 _NO_FD_LINK = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EXDEV, errno.ELOOP}
 
 
@@ -289,9 +290,12 @@ def publish_open_at(
     except FileExistsError:
         raise DestinationExists(f"{final} already exists in the destination; not overwritten") from None
     except OSError as err:
-        if err.errno not in _NO_FD_LINK:
+        if err.errno not in _NO_FD_LINK | _NO_LINKS:  # by name below: publish_at maps the rest
             raise
-        named = lstat_at(src_dir_fd, part)
+        try:
+            named = lstat_at(src_dir_fd, part)
+        except PermissionError as refused:  # a folder that may not be searched (any more)
+            raise write_refused(final, refused) from None
         if named is None or not os.path.samestat(named, mine):
             raise PathNotAllowed(
                 f"{final}: its part file was replaced while it was written; nothing was published"

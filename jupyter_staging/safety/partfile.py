@@ -8,6 +8,7 @@ name only when complete and verified").
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -338,7 +339,8 @@ class PartFile:
                     self._fh.fileno(), self._dir_fd, self.part.name, self._dir_fd, self.final.name, sync=sync
                 )
         except BaseException:
-            self._remove_part()  # nothing published stays behind (a no-op when the link happened)
+            with contextlib.suppress(OSError):  # the publication's own error is the one to report
+                self._remove_part()  # nothing published stays behind (a no-op when the link happened)
             raise
         finally:
             self._close_file()

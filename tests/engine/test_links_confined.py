@@ -4,6 +4,7 @@ a folder moved out of the root while a job runs, and replaced by a symlink, rece
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from pathlib import Path
 
@@ -117,5 +118,38 @@ def test_a_link_is_removed_only_while_its_name_is_still_that_link(setting, symbo
         assert not (staged / "a.fits").exists() and not (staged / "a.fits").is_symlink()
         assert writer._remove_output(staged / "a.fits", ours) is True  # gone already: no error
         assert src.exists()
+    finally:
+        writer.close_folders()
+
+
+def test_a_published_downloaded_file_is_hashed_through_the_file_published(setting):
+    """A conversion's downloaded file is hashed through the descriptor that is then linked under its final
+    name: the digest returned and its tag describe the bytes published, whatever was at the name before."""
+    root, outside, src = setting
+    writer = _Writer(root)
+    staged = root / "staged"
+    try:
+        (staged / "work").mkdir(parents=True)
+        (staged / "work" / "image.fits").write_bytes(b"the bytes at the name now")
+        size, sha = writer._publish_tagged(staged / "work" / "image.fits", staged / "image.fits")
+        assert (size, sha) == (25, hashlib.sha256(b"the bytes at the name now").hexdigest())
+        assert (staged / "image.fits").read_bytes() == b"the bytes at the name now"
+        assert not (staged / "work" / "image.fits").exists()
+    finally:
+        writer.close_folders()
+
+
+def test_a_fifo_at_a_downloaded_files_name_is_refused_not_waited_on(setting):
+    """A FIFO put at the name of a file to publish is refused at once (opened without blocking), never
+    published."""
+    root, outside, src = setting
+    writer = _Writer(root)
+    staged = root / "staged"
+    try:
+        (staged / "work").mkdir(parents=True)
+        os.mkfifo(staged / "work" / "image.fits")
+        with pytest.raises(PathNotAllowed):
+            writer._publish_tagged(staged / "work" / "image.fits", staged / "image.fits")
+        assert not os.path.lexists(staged / "image.fits")
     finally:
         writer.close_folders()

@@ -16,8 +16,8 @@ import pytest
 
 from jupyter_staging.errors import DestinationExists, PathNotAllowed, SourceNotFound, StagingError
 from jupyter_staging.hub import oplog
-from jupyter_staging.hub.areas import UserAreas, escape_username, split_relative_path
-from jupyter_staging.hub.fileops import check_source, hardlink, local_copy, symlink
+from jupyter_staging.hub.areas import Owner, UserAreas, escape_username, split_relative_path
+from jupyter_staging.hub.fileops import check_source, hardlink, local_copy, make_read_only, symlink
 from jupyter_staging.hub.handlers import content_disposition
 from jupyter_staging.hub.recording import as_staging_error
 from jupyter_staging.hub.requests import parse_stage_request
@@ -128,6 +128,32 @@ def test_a_part_replaced_in_the_users_folder_is_never_published(site, monkeypatc
     assert not os.path.lexists(folder / KEPLER_NAME)
     (planted,) = list(folder.iterdir())
     assert planted.is_symlink() and os.readlink(planted) == "/etc/hostname"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to a user needs root, as the service has")
+def test_a_hard_link_to_someone_elses_file_is_not_given_to_the_user(site):
+    """After a ``jupyter_copy``, the service (root) makes the file at the target read-only and gives it to
+    the user: only when it is the user's file already. A hard link the user put at that name to a file of
+    another owner keeps that file's mode and owner."""
+    areas = UserAreas(str(site / "homes" / "{username}" / "staging"))
+    folder = site / "homes" / "alice" / "staging"
+    folder.mkdir(parents=True, exist_ok=True)
+    secret = site / "secret.txt"  # another owner's file (root's here), mode 0600
+    secret.write_bytes(b"not alice's")
+    os.chmod(secret, 0o600)
+    os.link(secret, folder / "lc.fits")
+    own = folder / "own.fits"  # a file the user's server wrote: the user's
+    own.write_bytes(b"alice's")
+    os.chown(own, 65534, 65534)
+    alice = Owner(uid=65534, gid=65534)
+    for name in ("lc.fits", "own.fits"):
+        with areas.open_target("alice", "", name) as target:
+            target.owner = alice
+            make_read_only(target)
+    st = secret.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
+    st = own.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (65534, 0o444)
 
 
 def test_no_descriptor_left_is_too_many_open_files_not_io_error(site):

@@ -120,3 +120,18 @@ def test_publish_open_at_drops_the_part_name_and_never_replaces(tmp_path: Path):
     finally:
         os.close(fd)
         os.close(dir_fd)
+
+
+@pytest.mark.parametrize("code", [errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK])
+def test_a_file_system_without_hard_links_still_publishes_by_name(tmp_path: Path, monkeypatch, code: int):
+    """Where no hard link can be made (``linkat`` answers ENOTSUP, ENOSYS or EMLINK for every name), the
+    part is checked to be the file written and renamed, as before the descriptor link."""
+    part, final = written(tmp_path)
+
+    def no_links(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "link", no_links)
+    size, sha = part.commit()
+    assert (size, sha) == (len(DATA), hashlib.sha256(DATA).hexdigest())
+    assert final.read_bytes() == DATA and not part_path(final).exists()
