@@ -49,6 +49,19 @@ def replace_part(final: Path, how: str, tmp_path: Path) -> bytes:
     return b"someone else's bytes"
 
 
+def refuse_fd_links(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """Make ``linkat`` of ``/proc/self/fd/N`` fail with ``code`` (no ``/proc``, a security module); other
+    links are made."""
+    real_link = os.link
+
+    def no_fd_link(src, dst, *args, **kwargs):
+        if str(src).startswith("/proc/self/fd/"):
+            raise OSError(code, os.strerror(code))
+        return real_link(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "link", no_fd_link)
+
+
 @pytest.mark.parametrize("how", ["file", "symlink", "hardlink"])
 def test_what_the_part_name_holds_by_then_is_never_published(tmp_path: Path, how: str):
     """The file written lost its only name with the replacement, and Linux links no such file again
@@ -76,14 +89,7 @@ def test_a_part_with_another_name_too_is_published_itself(tmp_path: Path):
 def test_without_the_fd_link_a_replaced_part_publishes_nothing_and_is_left(tmp_path: Path, monkeypatch):
     part, final = written(tmp_path)
     planted = replace_part(final, "file", tmp_path)
-    real_link = os.link
-
-    def no_proc_link(src, dst, *args, **kwargs):
-        if str(src).startswith("/proc/self/fd/"):
-            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
-        return real_link(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "link", no_proc_link)
+    refuse_fd_links(monkeypatch, errno.EPERM)
     with pytest.raises(PathNotAllowed, match="replaced while it was written"):
         part.commit()
     assert not final.exists()
@@ -92,14 +98,7 @@ def test_without_the_fd_link_a_replaced_part_publishes_nothing_and_is_left(tmp_p
 
 def test_without_the_fd_link_an_untouched_part_is_published_by_name(tmp_path: Path, monkeypatch):
     part, final = written(tmp_path)
-    real_link = os.link
-
-    def no_proc_link(src, dst, *args, **kwargs):
-        if str(src).startswith("/proc/self/fd/"):
-            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
-        return real_link(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "link", no_proc_link)
+    refuse_fd_links(monkeypatch, errno.ENOENT)
     part.commit()
     assert final.read_bytes() == DATA and not part_path(final).exists()
 
