@@ -493,7 +493,8 @@ class PartFile:
             if checksums:
                 self._verify(checksums)
         except (VerificationFailed, OSError):  # OSError: the part could not be re-read for a checksum
-            self._remove_part()
+            with contextlib.suppress(OSError):  # the verification's error is the one to report
+                self._remove_part()
             self._close_file()
             self._close_dir()
             raise
