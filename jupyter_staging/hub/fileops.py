@@ -32,7 +32,7 @@ from jupyter_staging.hub.areas import Target
 from jupyter_staging.safety.copying import copy_stream
 from jupyter_staging.safety.dirfd import (
     fsync_fd,
-    lstat_at,
+    names_file,
     open_dir,
     publish_open_at,
     write_all,
@@ -252,10 +252,10 @@ def _publish(fd: int, part: str, target: Target) -> None:
 
 
 def _names(dir_fd: int, name: str, fd: int) -> bool:
-    """Whether ``name`` in ``dir_fd`` still names the file open as ``fd`` (not a file the user put there)."""
+    """Whether ``name`` in ``dir_fd`` still names the file open as ``fd`` (not a file the user put there);
+    False when it cannot be told."""
     try:
-        named = lstat_at(dir_fd, name)
-        return named is not None and os.path.samestat(named, os.fstat(fd))
+        return names_file(dir_fd, name, fd)
     except OSError:
         return False
 

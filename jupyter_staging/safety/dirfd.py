@@ -284,7 +284,6 @@ def publish_open_at(
     written into."""
     check_name(part)
     check_name(final)
-    mine = os.fstat(fd)
     try:
         os.link(f"/proc/self/fd/{fd}", final, dst_dir_fd=dst_dir_fd, follow_symlinks=True)
     except FileExistsError:
@@ -293,20 +292,27 @@ def publish_open_at(
         if err.errno not in _NO_FD_LINK | _NO_LINKS:  # by name below: publish_at maps the rest
             raise
         try:
-            named = lstat_at(src_dir_fd, part)
+            same = names_file(src_dir_fd, part, fd)
         except PermissionError as refused:  # a folder that may not be searched (any more)
             raise write_refused(final, refused) from None
-        if named is None or not os.path.samestat(named, mine):
+        if not same:
             raise PathNotAllowed(
                 f"{final}: its part file was replaced while it was written; nothing was published"
             ) from None
         publish_at(src_dir_fd, part, dst_dir_fd, final, sync=sync)
         return
-    named = lstat_at(src_dir_fd, part)
-    if named is not None and os.path.samestat(named, mine):
+    if names_file(src_dir_fd, part, fd):
         os.unlink(part, dir_fd=src_dir_fd)
     if sync:
         fsync_fd(dst_dir_fd)
+
+
+def names_file(dir_fd: int, name: str, fd: int) -> bool:
+    """Whether ``name`` in ``dir_fd`` (not followed) names the file open as ``fd`` (same device and inode):
+    not a file put at that name since, in a folder its user may change. Raises ``OSError`` when either
+    cannot be looked at."""
+    named = lstat_at(dir_fd, name)
+    return named is not None and os.path.samestat(named, os.fstat(fd))
 
 
 def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:

@@ -37,6 +37,7 @@ from jupyter_staging.safety.dirfd import (
     fd_identity,
     folder_below,
     lstat_at,
+    names_file,
     open_existing,
     open_folder,
     publish,
@@ -291,13 +292,10 @@ class PartFile:
     def _named_so(self) -> bool:
         """Whether the ``.part`` name in the part's folder still names the file open here (True when the
         file is closed: nothing to compare): a file the user put at that name since is not removed."""
-        try:
-            mine = os.fstat(self._fh.fileno())
-        except (OSError, ValueError):
+        if self._fh.closed:
             return True
         assert self._dir_fd is not None
-        named = lstat_at(self._dir_fd, self.part.name)
-        return named is not None and os.path.samestat(named, mine)
+        return names_file(self._dir_fd, self.part.name, self._fh.fileno())
 
     def _publish(self, *, sync: bool) -> None:
         """Publish the ``.part`` under the final name (the folder fsynced with ``sync``); in the confined
