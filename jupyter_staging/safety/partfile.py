@@ -555,7 +555,8 @@ class PartFile:
         """Close and delete the ``.part`` (also when closing fails: a full disk cannot flush the buffer,
         and the bytes are thrown away anyway)."""
         try:
-            self._close_reader()
+            with contextlib.suppress(OSError):  # a reader that fails to close changes nothing here
+                self._close_reader()
             self._remove_part()  # while open: a file the user put at its name since is told apart, kept
         finally:
             try:
