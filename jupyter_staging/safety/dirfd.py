@@ -258,10 +258,24 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[n:]
 
 
-#: ``linkat`` of ``/proc/self/fd/<fd>`` failed this way: no ``/proc`` (ENOENT), refused by the system or
-#: a security module (EACCES, EPERM), another file system (EXDEV), no magic links (ELOOP); with
-#: :data:`_NO_LINKS`, no hard links at all (then :func:`publish_at` renames).
-_NO_FD_LINK = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EXDEV, errno.ELOOP}
+#: Where Linux shows the files a process has open, as links (proc(5)): linking one names the open file.
+PROC_FD = "/proc/self/fd"
+#: :func:`link_open_file` failed this way: no ``/proc`` (ENOENT), refused by the system or a security
+#: module (EACCES, EPERM), another file system (EXDEV), no magic links (ELOOP), or (for a file that was
+#: named) the file has no name left, which Linux does not link again (ENOENT).
+NO_FD_LINK = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EXDEV, errno.ELOOP}
+
+
+def link_open_file(fd: int, dst_dir_fd: int, final: str) -> None:
+    """Name the file open as ``fd`` ``final`` in ``dst_dir_fd``, never replacing anything: ``linkat`` of
+    ``/proc/self/fd/<fd>`` with ``AT_SYMLINK_FOLLOW`` (open(2), "O_TMPFILE"), which links the open file
+    itself (an unnamed one too), whatever any name holds. Raises :class:`DestinationExists` when ``final``
+    exists (a symlink or folder included); ``OSError`` else (:data:`NO_FD_LINK`: not linked this way
+    here)."""
+    try:
+        os.link(f"{PROC_FD}/{fd}", final, dst_dir_fd=dst_dir_fd, follow_symlinks=True)
+    except FileExistsError:
+        raise DestinationExists(f"{final} already exists in the destination; not overwritten") from None
 
 
 def publish_open_at(
@@ -285,11 +299,9 @@ def publish_open_at(
     check_name(part)
     check_name(final)
     try:
-        os.link(f"/proc/self/fd/{fd}", final, dst_dir_fd=dst_dir_fd, follow_symlinks=True)
-    except FileExistsError:
-        raise DestinationExists(f"{final} already exists in the destination; not overwritten") from None
+        link_open_file(fd, dst_dir_fd, final)
     except OSError as err:
-        if err.errno not in _NO_FD_LINK | _NO_LINKS:  # by name below: publish_at maps the rest
+        if err.errno not in NO_FD_LINK | _NO_LINKS:  # by name below: publish_at maps the rest
             raise
         try:
             same = names_file(src_dir_fd, part, fd)

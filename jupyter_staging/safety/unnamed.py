@@ -14,20 +14,21 @@ import functools
 import os
 import secrets
 
-from jupyter_staging.errors import DestinationExists
+# An unnamed file is linked into its folder, and re-opened, through ``PROC_FD/<n>`` (open(2),
+# "O_TMPFILE"); ``linkat`` with ``AT_EMPTY_PATH`` would need a capability. Where that link is refused
+# (``NO_FD_LINK``: a sandbox, a hardened procfs), the file is copied to a named part instead, and no more
+# are made unnamed.
 from jupyter_staging.safety.dirfd import (
+    NO_FD_LINK,
+    PROC_FD,
     check_name,
     create_file,
     fsync_fd,
+    link_open_file,
     publish_at,
     unlink_at,
     write_refused,
 )
-
-#: Where a descriptor can be named again by path (Linux's procfs): an unnamed file is linked into its
-#: folder, and re-opened, through ``/proc/self/fd/<n>`` (open(2), "O_TMPFILE"); ``linkat`` with
-#: ``AT_EMPTY_PATH`` would need a capability.
-PROC_FD = "/proc/self/fd"
 
 #: errno values of ``open(O_TMPFILE)`` meaning "not on this kernel or file system" (open(2): EISDIR from
 #: kernels without ``O_TMPFILE``, EOPNOTSUPP from file systems without it).
@@ -68,9 +69,6 @@ def reopen_unnamed(fd: int, flags: int = os.O_RDONLY | os.O_CLOEXEC) -> int:
     return os.open(f"{PROC_FD}/{fd}", flags)
 
 
-#: errno values of the link through procfs meaning "this system does not name unnamed files that way" (a
-#: sandbox or a hardened procfs): the file is copied to a named part instead, and no more are made unnamed.
-_NO_PROC_LINK = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EXDEV, errno.ELOOP}
 #: Set once linking an unnamed file was refused in this process: :func:`create_unnamed` then makes none.
 _unnamed_refused = False
 
@@ -81,20 +79,19 @@ def publish_fd_at(fd: int, dst_dir_fd: int, final: str, *, sync: bool = True) ->
     ``AT_SYMLINK_FOLLOW`` (open(2), "O_TMPFILE"), which fails with ``EEXIST`` whatever is at ``final``; then
     the folder is fsynced unless ``sync`` is False (as :func:`publish_at`).
 
-    Where the system refuses that link (:data:`_NO_PROC_LINK`), the bytes are copied to a new file
-    ``<final>.<8 hex>.part`` in the same folder, fsynced and published with :func:`publish_at` (that file
-    removed on any failure), and no later file of this process is made unnamed.
+    Where the system refuses that link (:data:`~jupyter_staging.safety.dirfd.NO_FD_LINK`), the bytes are
+    copied to a new file ``<final>.<8 hex>.part`` in the same folder, fsynced and published with
+    :func:`publish_at` (that file removed on any failure), and no later file of this process is made
+    unnamed.
 
     Raises :class:`DestinationExists` when ``final`` exists, :class:`DestinationNotWritable` when
     ``dst_dir_fd`` may not be written into (then unnamed files stay in use); ``OSError`` else."""
     global _unnamed_refused
     check_name(final)
     try:
-        os.link(f"{PROC_FD}/{fd}", final, dst_dir_fd=dst_dir_fd, follow_symlinks=True)
-    except FileExistsError:
-        raise DestinationExists(f"{final} already exists in the destination; not overwritten") from None
+        link_open_file(fd, dst_dir_fd, final)
     except OSError as err:
-        if err.errno not in _NO_PROC_LINK:
+        if err.errno not in NO_FD_LINK:
             raise
         if isinstance(err, PermissionError) and not _writable(dst_dir_fd):
             raise write_refused(final, err) from None  # this folder's permissions, not the system's way

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from jupyter_staging.errors import DestinationExists, PathNotAllowed, VerificationFailed
-from jupyter_staging.safety import unnamed
+from jupyter_staging.safety import dirfd, unnamed
 from jupyter_staging.safety.dirfd import folder_below
 from jupyter_staging.safety.foldercache import FolderCache
 from jupyter_staging.safety.partfile import PartFile
@@ -210,6 +210,7 @@ def test_where_linking_through_procfs_is_refused_the_bytes_are_copied_to_a_named
     path is pointed at a missing folder). The file is then copied to a part of its own name and published
     the usual way, and later files are no longer made unnamed."""
     monkeypatch.setattr(unnamed, "PROC_FD", str(tmp_path / "no-proc"))
+    monkeypatch.setattr(dirfd, "PROC_FD", str(tmp_path / "no-proc"))  # where link_open_file links
     monkeypatch.setattr(unnamed, "_unnamed_refused", False)
     final = tmp_path / "out" / "lc.fits"
     out = unnamed_part(cache, final)
