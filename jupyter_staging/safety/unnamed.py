@@ -9,6 +9,7 @@ procfs cannot do this, :func:`create_unnamed` says so (None) and callers write a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -25,7 +26,8 @@ from jupyter_staging.safety.dirfd import (
     create_file,
     fsync_fd,
     link_open_file,
-    publish_at,
+    names_file,
+    publish_open_at,
     unlink_at,
     write_refused,
 )
@@ -77,15 +79,16 @@ def publish_fd_at(fd: int, dst_dir_fd: int, final: str, *, sync: bool = True) ->
     """Give the unnamed file open as ``fd`` (made with ``O_TMPFILE``) the name ``final`` in
     ``dst_dir_fd``, never replacing anything: ``linkat`` of ``/proc/self/fd/<fd>`` with
     ``AT_SYMLINK_FOLLOW`` (open(2), "O_TMPFILE"), which fails with ``EEXIST`` whatever is at ``final``; then
-    the folder is fsynced unless ``sync`` is False (as :func:`publish_at`).
+    the folder is fsynced unless ``sync`` is False (as :func:`~jupyter_staging.safety.dirfd.publish_at`).
 
     Where the system refuses that link (:data:`~jupyter_staging.safety.dirfd.NO_FD_LINK`), the bytes are
-    copied to a new file ``<final>.<8 hex>.part`` in the same folder, fsynced and published with
-    :func:`publish_at` (that file removed on any failure), and no later file of this process is made
-    unnamed.
+    copied to a new file ``<final>.<8 hex>.part`` in the same folder, fsynced and published while its name
+    still names it (:func:`_publish_copy`; that file removed on any failure), and no later file of this
+    process is made unnamed.
 
     Raises :class:`DestinationExists` when ``final`` exists, :class:`DestinationNotWritable` when
-    ``dst_dir_fd`` may not be written into (then unnamed files stay in use); ``OSError`` else."""
+    ``dst_dir_fd`` may not be written into (then unnamed files stay in use), :class:`PathNotAllowed` when
+    the copy's name was taken over before it was published; ``OSError`` else."""
     global _unnamed_refused
     check_name(final)
     try:
@@ -104,25 +107,28 @@ def publish_fd_at(fd: int, dst_dir_fd: int, final: str, *, sync: bool = True) ->
 def _publish_copy(fd: int, dir_fd: int, final: str) -> None:
     """Copy the whole file open as ``fd`` to a new file of ``dir_fd`` with a name of its own
     (``<final>.<8 hex>.part``, ``O_EXCL``: nothing of anyone else is touched), fsync it and publish it as
-    ``final`` (not fsyncing the folder). Raises :class:`DestinationExists` or ``OSError``; that file is
-    removed on failure."""
+    ``final`` (not fsyncing the folder) while that name still names the copy
+    (:func:`~jupyter_staging.safety.dirfd.publish_open_at`: a file put at the part's name meanwhile is
+    neither published nor removed). Raises :class:`DestinationExists`, :class:`PathNotAllowed` (the part's
+    name was taken over) or ``OSError``; the copy is removed on failure."""
     part = check_name(f"{final}.{secrets.token_hex(4)}.part")
     out = create_file(dir_fd, part)
     try:
-        try:
-            offset, size = 0, os.fstat(fd).st_size
-            while offset < size:
-                block = os.pread(fd, min(size - offset, 1024 * 1024), offset)
-                if not block:
-                    raise OSError(errno.EIO, f"{final}: the unnamed file shrank while it was copied")
-                written = 0
-                while written < len(block):
-                    written += os.pwrite(out, block[written:], offset + written)
-                offset += len(block)
-            os.fsync(out)
-        finally:
-            os.close(out)
-        publish_at(dir_fd, part, dir_fd, final, sync=False)
+        offset, size = 0, os.fstat(fd).st_size
+        while offset < size:
+            block = os.pread(fd, min(size - offset, 1024 * 1024), offset)
+            if not block:
+                raise OSError(errno.EIO, f"{final}: the unnamed file shrank while it was copied")
+            written = 0
+            while written < len(block):
+                written += os.pwrite(out, block[written:], offset + written)
+            offset += len(block)
+        os.fsync(out)
+        publish_open_at(out, dir_fd, part, dir_fd, final, sync=False)
     except BaseException:
-        unlink_at(dir_fd, part)
+        with contextlib.suppress(OSError):
+            if names_file(dir_fd, part, out):
+                unlink_at(dir_fd, part)
         raise
+    finally:
+        os.close(out)

@@ -228,3 +228,33 @@ def test_where_linking_through_procfs_is_refused_the_bytes_are_copied_to_a_named
         assert create_unnamed(fd) is None  # no more unnamed files in this process
     finally:
         os.close(fd)
+
+
+def test_a_copy_whose_part_name_is_taken_over_is_neither_published_nor_removed(
+    tmp_path: Path, cache: FolderCache, monkeypatch
+):
+    """Where linking through ``/proc/self/fd`` is refused, the copy made instead is published only while
+    its ``.part`` name still names it: a file the user put at that name meanwhile (their folder is theirs
+    to change; the instant is injected, a race this test cannot win for real) is neither published under
+    the final name nor removed."""
+    monkeypatch.setattr(unnamed, "PROC_FD", str(tmp_path / "no-proc"))
+    monkeypatch.setattr(dirfd, "PROC_FD", str(tmp_path / "no-proc"))
+    monkeypatch.setattr(unnamed, "_unnamed_refused", False)
+    final = tmp_path / "out" / "lc.fits"
+    fsync = os.fsync
+
+    def taken_over_after(fd: int) -> None:  # the copy is fsynced, then published
+        fsync(fd)
+        named = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if named.name.startswith("lc.fits.") and named.name.endswith(".part"):
+            (final.parent / "theirs").write_bytes(b"theirs")
+            os.rename(final.parent / "theirs", named)
+
+    monkeypatch.setattr(os, "fsync", taken_over_after)
+    out = unnamed_part(cache, final)
+    out.write(b"q" * 3000)
+    with pytest.raises(PathNotAllowed, match="replaced"):
+        out.commit(3000)
+    (name,) = os.listdir(final.parent)
+    assert name.startswith("lc.fits.") and name.endswith(".part")
+    assert (final.parent / name).read_bytes() == b"theirs"
