@@ -23,7 +23,7 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from pathlib import Path, PurePosixPath
 
@@ -291,7 +291,9 @@ def publish_open_at(
     as it is), then the destination folder is fsynced unless ``sync`` is False (as :func:`publish_at`).
     Where the system refuses that link (no ``/proc``, a security module; or the file has no name left,
     which Linux does not link again: ``ENOENT``), ``part`` is checked to name that file and published by
-    name (:func:`publish_at`; a replacement in the instant between the two is the one window left).
+    name (:func:`publish_at`, which checks ``final`` to name that file after the link and removes ``part``
+    only while it names it; without hard links, a replacement in the instant between the check and the
+    rename is the one window left).
 
     Raises :class:`DestinationExists` when ``final`` exists, :class:`PathNotAllowed` (nothing published)
     when ``part`` no longer names the file, :class:`DestinationNotWritable` when a folder may not be
@@ -311,7 +313,7 @@ def publish_open_at(
             raise PathNotAllowed(
                 f"{final}: its part file was replaced while it was written; nothing was published"
             ) from None
-        publish_at(src_dir_fd, part, dst_dir_fd, final, sync=sync)
+        publish_at(src_dir_fd, part, dst_dir_fd, final, sync=sync, fd=fd)
         return
     if names_file(src_dir_fd, part, fd):
         os.unlink(part, dir_fd=src_dir_fd)
@@ -363,13 +365,20 @@ def open_existing(dir_fd: int, name: str, flags: int = RESUME_FLAGS) -> int | No
     return fd
 
 
-def publish_at(src_dir_fd: int, part: str, dst_dir_fd: int, final: str, *, sync: bool = True) -> None:
+def publish_at(
+    src_dir_fd: int, part: str, dst_dir_fd: int, final: str, *, sync: bool = True, fd: int | None = None
+) -> None:
     """Give ``part`` (in ``src_dir_fd``) the name ``final`` (in ``dst_dir_fd``), never replacing
     anything: ``linkat`` + ``unlinkat`` (race-free, see the module's docstring), then the destination
     folder is fsynced — unless ``sync`` is False: the caller then fsyncs that folder itself before it
     relies on the name surviving a crash (the engine does it once per batch of chunk records). Where the
     file system has no hard links, ``fstatat`` then ``renameat``: a file made at ``final`` between the
     two calls would be replaced (no ``RENAME_NOREPLACE`` from Python).
+
+    ``fd``: the file open as ``fd`` is the one ``part`` is to name (the caller checked it): after the link,
+    ``final`` is checked to name it too, else the new name is taken back and :class:`PathNotAllowed` raised
+    (``part`` was replaced in between; the replacement stays at ``part``), and ``part`` is removed only while
+    it still names that file.
 
     Raises :class:`DestinationExists` when ``final`` exists (a symlink or folder included),
     :class:`DestinationNotWritable` when a folder may not be written into (any more)."""
@@ -391,7 +400,14 @@ def publish_at(src_dir_fd: int, part: str, dst_dir_fd: int, final: str, *, sync:
         except PermissionError as refused:
             raise write_refused(final, refused) from None
     else:
-        os.unlink(part, dir_fd=src_dir_fd)
+        if fd is not None and not names_file(dst_dir_fd, final, fd):
+            with suppress(OSError):
+                os.unlink(final, dir_fd=dst_dir_fd)  # the name just made, of the replacement
+            raise PathNotAllowed(
+                f"{final}: its part file was replaced while it was published; nothing was published"
+            )
+        if fd is None or names_file(src_dir_fd, part, fd):
+            os.unlink(part, dir_fd=src_dir_fd)
     if sync:
         fsync_fd(dst_dir_fd)
 

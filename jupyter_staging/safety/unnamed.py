@@ -131,4 +131,5 @@ def _publish_copy(fd: int, dir_fd: int, final: str) -> None:
                 unlink_at(dir_fd, part)
         raise
     finally:
-        os.close(out)
+        with contextlib.suppress(OSError):  # fsynced before: a failed close loses nothing, masks nothing
+            os.close(out)

@@ -134,3 +134,45 @@ def test_a_file_system_without_hard_links_still_publishes_by_name(tmp_path: Path
     size, sha = part.commit()
     assert (size, sha) == (len(DATA), hashlib.sha256(DATA).hexdigest())
     assert final.read_bytes() == DATA and not part_path(final).exists()
+
+
+def replaced_at_link(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, final: Path, when: str) -> bytes:
+    """Without the descriptor link, replace the ``.part`` name in the instant ``when`` ("before" or "after")
+    the by-name ``linkat`` of the fallback: the check that the name names the file written has passed by
+    then, so the link itself is the one place left to act (the instant is injected around ``os.link``; a
+    user's process cannot be made to win this race on demand)."""
+    refuse_fd_links(monkeypatch, errno.EPERM)
+    linking = os.link
+
+    def link(src, dst, *args, **kwargs):
+        if src == part_path(final).name and when == "before":
+            replace_part(final, "file", tmp_path)
+        linking(src, dst, *args, **kwargs)
+        if src == part_path(final).name and when == "after":
+            replace_part(final, "file", tmp_path)
+
+    monkeypatch.setattr(os, "link", link)
+    return b"someone else's bytes"
+
+
+def test_without_the_fd_link_a_part_replaced_just_before_the_link_is_not_published(
+    tmp_path: Path, monkeypatch
+):
+    """The by-name link then names the user's file: the final name made for it is taken back, nothing is
+    published, and the user's file stays at the ``.part`` name."""
+    part, final = written(tmp_path)
+    planted = replaced_at_link(monkeypatch, tmp_path, final, "before")
+    with pytest.raises(PathNotAllowed, match="replaced while it was published"):
+        part.commit()
+    assert not os.path.lexists(final)
+    assert part_path(final).read_bytes() == planted
+
+
+def test_without_the_fd_link_a_part_replaced_just_after_the_link_is_kept(tmp_path: Path, monkeypatch):
+    """The file written is published; the ``.part`` name, which now holds the user's file, is not
+    removed."""
+    part, final = written(tmp_path)
+    planted = replaced_at_link(monkeypatch, tmp_path, final, "after")
+    assert part.commit() == (len(DATA), hashlib.sha256(DATA).hexdigest())
+    assert final.read_bytes() == DATA
+    assert part_path(final).read_bytes() == planted

@@ -209,6 +209,7 @@ def test_where_linking_through_procfs_is_refused_the_bytes_are_copied_to_a_named
     """Some sandboxes refuse ``linkat`` through ``/proc/self/fd`` (a fault this machine cannot produce: the
     path is pointed at a missing folder). The file is then copied to a part of its own name and published
     the usual way, and later files are no longer made unnamed."""
+    unnamed._procfs()  # looked up once, before /proc is made to refuse (as in a process that ran before)
     monkeypatch.setattr(unnamed, "PROC_FD", str(tmp_path / "no-proc"))
     monkeypatch.setattr(dirfd, "PROC_FD", str(tmp_path / "no-proc"))  # where link_open_file links
     monkeypatch.setattr(unnamed, "_unnamed_refused", False)
@@ -237,6 +238,7 @@ def test_a_copy_whose_part_name_is_taken_over_is_neither_published_nor_removed(
     its ``.part`` name still names it: a file the user put at that name meanwhile (their folder is theirs
     to change; the instant is injected, a race this test cannot win for real) is neither published under
     the final name nor removed."""
+    unnamed._procfs()  # looked up once, before /proc is made to refuse (as in a process that ran before)
     monkeypatch.setattr(unnamed, "PROC_FD", str(tmp_path / "no-proc"))
     monkeypatch.setattr(dirfd, "PROC_FD", str(tmp_path / "no-proc"))
     monkeypatch.setattr(unnamed, "_unnamed_refused", False)
