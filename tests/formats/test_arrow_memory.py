@@ -15,7 +15,7 @@ import pytest
 PROBE = """
 import os, subprocess, sys
 {before}
-import jupyter_staging.formats.csv
+import {module}
 from jupyter_staging.formats import PURGED_AT_ONCE
 child = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('MIMALLOC_PURGE_DELAY'))"],
                        capture_output=True, text=True, check=True).stdout.strip()
@@ -23,13 +23,16 @@ print("result", PURGED_AT_ONCE, os.environ.get("MIMALLOC_PURGE_DELAY"), child)
 """
 
 
-def probe(before: str = "", **env: str) -> tuple[list[str], int | None]:
-    """Run :data:`PROBE` in a fresh interpreter: its result line's fields (whether it purged at once, the
-    variable in its own environment and in a child's) and the purge delay mimalloc reported (ms)."""
+def probe(
+    before: str = "", module: str = "jupyter_staging.formats.csv", **env: str
+) -> tuple[list[str], int | None]:
+    """Run :data:`PROBE` in a fresh interpreter that imports ``module`` first: its result line's fields
+    (whether it purged at once, the variable in its own environment and in a child's) and the purge delay
+    mimalloc reported (ms)."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MIMALLOC_")}
     environ |= {"MIMALLOC_VERBOSE": "1", **env}
     done = subprocess.run(
-        [sys.executable, "-c", PROBE.format(before=before)],
+        [sys.executable, "-c", PROBE.format(before=before, module=module)],
         env=environ,
         capture_output=True,
         text=True,
@@ -40,16 +43,30 @@ def probe(before: str = "", **env: str) -> tuple[list[str], int | None]:
     return line.split()[1:], int(delays[0]) if delays else None
 
 
-def test_pyarrow_loaded_through_jupyter_staging_purges_at_once_and_children_keep_their_environment():
-    fields, delay = probe()
+@pytest.mark.parametrize(
+    "module",
+    [
+        "jupyter_staging.formats.csv",
+        "jupyter_staging.server.app",  # the server extension
+        "jupyter_staging.hub.app",  # the hub service
+        "jupyter_staging.engine.tasks",  # what a Dask worker unpickles
+        "jupyter_staging.engine.conversion",  # imports pyarrow at its top
+        "jupyter_staging.kernel.tables",  # the same, in a kernel
+        "jupyter_staging.kernel.magics",
+    ],
+)
+def test_pyarrow_loaded_through_jupyter_staging_purges_at_once_and_children_keep_their_environment(module):
+    fields, delay = probe(module=module)
     assert fields == ["True", "None", "None"]
     assert delay == 0
 
 
+@pytest.mark.parametrize("name", ["MIMALLOC_PURGE_DELAY", "mimalloc_purge_delay", "MIMALLOC_RESET_DELAY"])
 @pytest.mark.parametrize("value", ["1000", "10"])
-def test_a_sites_own_setting_is_kept(value: str):
-    fields, delay = probe(MIMALLOC_PURGE_DELAY=value)
-    assert fields == ["False", value, value]
+def test_a_sites_own_setting_is_kept(name: str, value: str):
+    """mimalloc reads the delay under either name, in any case: none of them is overridden."""
+    fields, delay = probe(**{name: value})
+    assert fields[0] == "False"
     assert delay == int(value)
 
 
