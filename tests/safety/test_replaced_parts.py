@@ -176,3 +176,42 @@ def test_without_the_fd_link_a_part_replaced_just_after_the_link_is_kept(tmp_pat
     assert part.commit() == (len(DATA), hashlib.sha256(DATA).hexdigest())
     assert final.read_bytes() == DATA
     assert part_path(final).read_bytes() == planted
+
+
+def test_dask_range_tasks_write_into_and_publish_only_the_part_the_server_made(tmp_path: Path):
+    """A file fetched as Dask range tasks is made at its size by the server; each ``fetch_range`` task and
+    the last task (``finish_ranges``) open its ``.part`` by name. A file the user put at that name in
+    between (a regular file of the same size: no symlink to refuse) is not written into, not published
+    and not removed: the tasks carry the ``(st_dev, st_ino)`` of the part the server made."""
+    from jupyter_staging.engine.tasks import TaskContext, fetch_range, finish_ranges
+    from jupyter_staging.safety.dirfd import identity
+    from jupyter_staging.sources.registry import open_source
+
+    data = os.urandom(2 * 1024**2 + 7)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "lc.bin").write_bytes(data)
+    source = open_source(str(tmp_path / "src" / "lc.bin"), source_roots=[str(tmp_path / "src")])
+    (item,) = source.list_items()
+    (tmp_path / "out").mkdir()
+    final = tmp_path / "out" / "lc.bin"
+    part_path(final).write_bytes(b"\0" * len(data))  # as the server makes it
+    made = identity(os.stat(part_path(final)))
+    theirs = b"u" * len(data)
+    (tmp_path / "theirs").write_bytes(theirs)
+    os.replace(tmp_path / "theirs", part_path(final))  # the user's file, same size, at the part's name
+    ctx = TaskContext("job-1", str(tmp_path))
+    with pytest.raises(PathNotAllowed, match="replaced"):
+        fetch_range(ctx, source.uri, [str(tmp_path / "src")], item, "out/lc.bin", 0, len(data), part=made)
+    with pytest.raises(PathNotAllowed, match="replaced"):
+        finish_ranges(ctx, "out/lc.bin", len(data), {}, part=made)
+    assert part_path(final).read_bytes() == theirs and not final.exists()
+    # The part the server made, filled as the tasks fill it (a worker's run: tests/engine/test_dask_*),
+    # is published as before.
+    os.unlink(part_path(final))
+    part_path(final).write_bytes(data)
+    made = identity(os.stat(part_path(final)))
+    assert finish_ranges(ctx, "out/lc.bin", len(data), {}, part=made) == (
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+    )
+    assert final.read_bytes() == data and not part_path(final).exists()
