@@ -40,7 +40,6 @@ from jupyter_staging.engine.tasks import (
 from jupyter_staging.engine.taskset import JobTasks, TaskBatch
 from jupyter_staging.errors import DestinationNotShared, SourceChanged, StagingError
 from jupyter_staging.safety.checksums import second_algorithm
-from jupyter_staging.safety.dirfd import fd_identity
 from jupyter_staging.sources.base import Source, SourceItem
 
 #: Methods whose bytes are read from the source, hence worth a task.
@@ -81,7 +80,6 @@ class SpreadStager(ManifestStager):
         with self._tasks(executor).batch() as tasks:
             waiting: dict[int, tuple[SourceItem, JobChunk, Path]] = {}
             ranges: dict[int, int] = {}
-            parts: dict[int, tuple[int, int]] = {}  # (st_dev, st_ino) of each file fetched in ranges
             for index, (item, chunk) in enumerate(work):
                 self.control.check()
                 if chunk.state != ChunkState.pending.value:
@@ -97,7 +95,7 @@ class SpreadStager(ManifestStager):
                 if source.revalidate(item):  # changed since the listing: the workers stage it as it is now
                     self._relist(item, item.validator)
                 waiting[index] = (item, chunk, final)
-                ranges[index] = self._submit(tasks, executor, source, item, final, index, parts)
+                ranges[index] = self._submit(tasks, executor, source, item, final, index)
             for (kind, index), result in tasks.results():
                 item, chunk, final = waiting[index]
                 if kind == "stored":
@@ -115,7 +113,6 @@ class SpreadStager(ManifestStager):
                             item.size,
                             checksums,
                             item.checksums,
-                            part=parts.pop(index, None),
                             tag=("item", index),
                         )
                     continue
@@ -129,11 +126,8 @@ class SpreadStager(ManifestStager):
         item: SourceItem,
         final: Path,
         index: int,
-        parts: dict[int, tuple[int, int]],
     ) -> int:
-        """Submit the task(s) of one file; returns how many byte-range tasks (0: one fetch task). A file
-        fetched in ranges is made here at its size: its ``(st_dev, st_ino)`` goes into ``parts[index]``, and
-        each task writes into that very file only."""
+        """Submit the task(s) of one file; returns how many byte-range tasks (0: one fetch task)."""
         checksums = self._expected_checksums(item)
         if self.dest.remote:  # the worker uploads what it fetched (object storage needs no shared folder)
             tasks.submit(
@@ -169,10 +163,8 @@ class SpreadStager(ManifestStager):
         out = self._open_part(item, final, second=None)  # sets aside a foreign .part, tags ours
         try:
             os.ftruncate(out.fileno(), item.size)
-            part = fd_identity(out.fileno())  # the tasks write into this very file, never another
         finally:
             out.close()
-        parts[index] = part
         step = executor.range_bytes
         spans = byte_ranges(item.size, step)
         for start, length in spans:
@@ -185,7 +177,6 @@ class SpreadStager(ManifestStager):
                 self._rel(final),
                 start,
                 length,
-                part=part,
                 tag=("range", index),
             )
         self._log("info", f"{item.name}: {len(spans)} ranges of up to {step} bytes as Dask tasks")

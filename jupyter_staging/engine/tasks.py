@@ -46,9 +46,7 @@ from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.dirfd import (
     create_file,
-    fd_identity,
     folder_fd,
-    identity,
     lstat_at,
     open_existing,
     read_file_at,
@@ -291,16 +289,13 @@ def fetch_range(
     final_rel: str,
     start: int,
     length: int,
-    *,
-    part: tuple[int, int] | None = None,
 ) -> int:
     """Write bytes ``[start, start + length)`` of ``item`` (source ``uri``) into the same range of
-    ``final_rel``'s ``.part`` (made at its full size beforehand, as the file ``part``: its ``(st_dev,
-    st_ino)``), with ``Source.fetch_range`` (a local file by ``copy_file_range``, HTTP by a conditional
-    ``Range`` GET, S3 / Azure by a conditional ranged GET); fsynced. Returns the bytes written. Raises
-    :class:`JobInterrupted` on pause or cancel, :class:`PathNotAllowed` when the part file is a symlink or
-    another file than ``part`` (the user's folder is the user's: a file put at that name is not written
-    into), and what the source raises (``source_changed`` when the version changed, ``transfer_failed``)."""
+    ``final_rel``'s ``.part`` (made at its full size beforehand), with ``Source.fetch_range`` (a local
+    file by ``copy_file_range``, HTTP by a conditional ``Range`` GET, S3 / Azure by a conditional ranged
+    GET); fsynced. Returns the bytes written. Raises :class:`JobInterrupted` on pause or cancel,
+    :class:`PathNotAllowed` when the part file is a symlink, and what the source raises
+    (``source_changed`` when the version changed, ``transfer_failed``)."""
     control = TaskControl(ctx)
     source = open_source(uri, source_roots=source_roots)
     final = ctx.path(final_rel)
@@ -308,9 +303,6 @@ def fetch_range(
         fd = open_existing(dir_fd, part_path(final).name, os.O_WRONLY | os.O_CLOEXEC)
         if fd is None:
             raise FileNotFoundError(f"{final.name}: its part file is missing")
-        if part is not None and fd_identity(fd) != (part[0], part[1]):
-            os.close(fd)
-            raise PathNotAllowed(f"{final.name}: its part file was replaced while it was fetched")
         try:
             done = source.fetch_range(item, start, length, fd, control)
             os.fsync(fd)
@@ -326,16 +318,12 @@ def finish_ranges(
     size: int,
     checksums: dict[str, str],
     stated: dict[str, str] | None = None,
-    *,
-    part: tuple[int, int] | None = None,
 ) -> tuple[int, str]:
     """Hash the assembled ``.part`` of ``final_rel`` once (sha256, and the other digest ``checksums`` asks
     for), verify it against ``size`` and ``checksums``, publish it. Returns ``(size_bytes, sha256_hex)``;
     raises as :meth:`PartFile.commit`. ``stated``: what the source states (``{algorithm: hex}``), for a
     worker that cannot compute an algorithm of ``checksums`` (no awscrt): one of these stands in for it, as
-    in :func:`fetch_verified`, else :class:`VerificationFailed` (the ``.part`` is removed). ``part``: the
-    ``(st_dev, st_ino)`` the ``.part`` was made as; another file at its name is neither published nor
-    removed (:class:`PathNotAllowed`)."""
+    in :func:`fetch_verified`, else :class:`VerificationFailed` (the ``.part`` is removed)."""
     published = _published(ctx, final_rel, size)
     if published is not None:
         return published
@@ -344,17 +332,10 @@ def finish_ranges(
         checksums = verifiable_here(checksums, stated or {}, final.name)
     except VerificationFailed:  # nothing can be verified here: the assembled bytes are not kept
         with folder_fd(Path(ctx.root), Path(final_rel).parent.as_posix()) as dir_fd:
-            st = lstat_at(dir_fd, part_path(final).name)
-            if part is None or (st is not None and identity(st) == (part[0], part[1])):
-                unlink_at(dir_fd, part_path(final).name)
+            unlink_at(dir_fd, part_path(final).name)
         raise
     out = PartFile(
-        final,
-        resume=True,
-        second=second_algorithm(checksums),
-        root=Path(ctx.root),
-        owner=ctx.job_id,
-        expected=(part[0], part[1]) if part is not None else None,
+        final, resume=True, second=second_algorithm(checksums), root=Path(ctx.root), owner=ctx.job_id
     )
     return out.commit(size, checksums=checksums or None)
 

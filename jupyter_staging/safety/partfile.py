@@ -104,9 +104,7 @@ class PartFile:
     :meth:`commit`, and a name taken meanwhile is refused then. ``owner``, with ``root``: the id of the job
     whose file this is; :meth:`commit` tags the file as published by it before it takes its name
     (:func:`~jupyter_staging.safety.ownership.tag_published`), so that a run resumed after a crash takes
-    it as the job's own. ``expected``, with ``resume`` and ``root``: the ``(st_dev, st_ino)`` the ``.part``
-    was made as (by the server, for Dask tasks to fill); another file at its name (or none) is left as it is
-    and :class:`PathNotAllowed` raised.
+    it as the job's own.
     """
 
     def __init__(
@@ -122,11 +120,9 @@ class PartFile:
         dir_fd_lent: bool = False,
         unnamed_fd: int | None = None,
         owner: str | None = None,
-        expected: tuple[int, int] | None = None,
     ) -> None:
         self.final = final
         self._owner = owner
-        self._expected = expected
         #: The confinement root: when given, ``final``'s folder is opened from it by descriptor.
         self.root = folders.root if folders is not None else root
         #: Folder descriptors of the run, kept open (the walk from ``root`` is then done once per folder).
@@ -208,13 +204,6 @@ class PartFile:
                     fd = open_existing(self._dir_fd, self.part.name)
                 except PathNotAllowed:
                     fd = None
-                if self._expected is not None and (fd is None or fd_identity(fd) != self._expected):
-                    if fd is not None:
-                        os.close(fd)
-                    raise PathNotAllowed(
-                        f"{self.final.name}: its part file was replaced while it was written; nothing was "
-                        "published"
-                    )
             if fd is None:
                 try:
                     fd = create_file(self._dir_fd, self.part.name)
