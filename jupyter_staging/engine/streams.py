@@ -25,6 +25,7 @@ from typing import Any
 from jupyter_staging.engine.items import ItemStager
 from jupyter_staging.engine.parts import owner_tag
 from jupyter_staging.engine.ranges import byte_ranges, fetch_in_ranges, range_step, streams_for
+from jupyter_staging.engine.verified import reopened
 from jupyter_staging.errors import JobInterrupted, SourceChanged
 from jupyter_staging.safety.checksums import second_algorithm
 from jupyter_staging.sources.base import Source, SourceItem
@@ -97,9 +98,10 @@ class StreamingStager(ItemStager):
             out.discard()
             self._drop_range_record(item)
             raise
-        out.close()
         checksums = self._expected_checksums(item)
-        whole = self.part_file(final, resume=True, second=second_algorithm(checksums), hashed=hashed)
+        second = second_algorithm(checksums)
+        # Opened again while ``out`` is still open, and only as that very file: ``hashed`` is of its bytes.
+        whole = reopened(out, lambda h: self.part_file(final, resume=True, second=second, hashed=h), hashed)
         result = whole.commit(size, checksums=checksums or None, sync_folder=sync_folder)
         self._drop_range_record(item)
         return result

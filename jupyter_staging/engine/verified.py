@@ -99,7 +99,7 @@ def _fetched_part(
         except SourceChanged:
             pass  # discarded: no range of the new version is trusted; one stream, from the first byte
         else:
-            return _reopened(out, part, hashed)
+            return reopened(out, part, hashed)
     out = part(None)
     with _settled(out):
         source.fetch(item, out, control)
@@ -120,7 +120,7 @@ def _settled(out: PartFile) -> Iterator[None]:
         raise
 
 
-def _reopened(out: PartFile, part: Callable[[Hashed | None], PartFile], hashed: Hashed) -> PartFile:
+def reopened(out: PartFile, part: Callable[[Hashed | None], PartFile], hashed: Hashed) -> PartFile:
     """``part(hashed)``: the part file ``out`` (its ranges fetched, still open) opened again to commit it,
     then ``out`` closed. When the reopen fails (the final name taken meanwhile, the folder moved), or finds
     another file under the part's name, the part is removed by ``out``'s folder descriptor and the error

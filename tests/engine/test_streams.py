@@ -335,3 +335,32 @@ def test_a_task_whose_final_name_is_taken_after_its_ranges_leaves_no_part(tmp_pa
     assert source.calls == 3
     assert sorted(p.name for p in final.parent.iterdir()) == ["big.bin"]
     assert final.read_bytes() == b"published by the other attempt"
+
+
+def test_a_part_replaced_after_its_ranges_is_not_published(tmp_path, served, monkeypatch):
+    """Once every range is in, the part is opened again to be committed with the hash of the bytes the
+    streams wrote. A same-size file the user put at the part's name in that instant (injected after the
+    ranges: a race a test cannot win on demand) is not published with that hash: the job fails
+    (``transfer_failed``) and nothing takes the final name. It was published, recorded with the sha256
+    of the bytes the streams wrote."""
+    server, big = served
+    root = tmp_path / "root"
+    theirs = os.urandom(SIZE)
+    real = ranges.fetch_in_ranges
+
+    def then_replaced(*args, **kwargs):
+        hashed = real(*args, **kwargs)
+        (root / "theirs").write_bytes(theirs)
+        os.replace(root / "theirs", root / "big" / f"{big.name}.part")
+        return hashed
+
+    monkeypatch.setattr("jupyter_staging.engine.streams.fetch_in_ranges", then_replaced)
+    manager = make_manager(root, streams=4)
+    try:
+        job, _ = manager.create(CreateJob(source=server.url(big.name), destination="big"))
+        done = manager.wait(job.id, timeout=120)
+        assert done.state == JobState.failed
+        assert done.error is not None and "replaced while it was fetched" in done.error.message
+        assert not (root / "big" / big.name).exists()
+    finally:
+        manager.stop()
