@@ -28,12 +28,11 @@ from jupyter_staging.safety.dirfd import (
     fsync_dir,
     fsync_fd,
     open_existing,
-    publish,
-    publish_open_at,
 )
 from jupyter_staging.safety.foldercache import FolderCache
 from jupyter_staging.safety.ownership import tag_published, taken_back
 from jupyter_staging.safety.partfile import PartFile
+from jupyter_staging.safety.publishing import publish, publish_open_at
 
 #: Resume-data key set at a job's first start by a version that tags what it publishes
 #: (:mod:`jupyter_staging.safety.ownership`): files an earlier run of a job without it published carry no
@@ -232,9 +231,10 @@ class DestinationWriter:
         digest describes the file published whatever was put at ``path`` before (a conversion's downloaded
         file). Where the destination is confined to a root: by descriptor (both folders found still at
         their paths, else :class:`PathNotAllowed`), the file opened without following a symlink or blocking
-        on a FIFO and published as that very file (:func:`~jupyter_staging.safety.dirfd.publish_open_at`);
-        else by path (a private scratch folder). Raises :class:`PathNotAllowed` when ``path`` is not a
-        regular file (any more), :class:`DestinationExists` when ``final`` exists."""
+        on a FIFO and published as that very file
+        (:func:`~jupyter_staging.safety.publishing.publish_open_at`); else by path (a private scratch
+        folder). Raises :class:`PathNotAllowed` when ``path`` is not a regular file (any more),
+        :class:`DestinationExists` when ``final`` exists."""
         root = self.dest.confinement_root
         if root is None:
             size, digest = path.stat().st_size, sha256 or file_digest(path, "sha256")

@@ -32,13 +32,12 @@ from jupyter_staging.hub.areas import Target
 from jupyter_staging.safety.copying import copy_stream
 from jupyter_staging.safety.dirfd import (
     fsync_fd,
-    names_file,
     open_dir,
-    publish_open_at,
     write_all,
     write_refused,
 )
 from jupyter_staging.safety.paths import resolve_source
+from jupyter_staging.safety.publishing import names_file, publish_open_at
 
 log = logging.getLogger(__name__)
 

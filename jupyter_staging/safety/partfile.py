@@ -37,17 +37,15 @@ from jupyter_staging.safety.dirfd import (
     fd_identity,
     folder_below,
     lstat_at,
-    names_file,
     open_existing,
     open_folder,
-    publish,
-    publish_open_at,
     same_inode,
     unlink_at,
     write_all,
 )
 from jupyter_staging.safety.foldercache import FolderCache
 from jupyter_staging.safety.ownership import tag_published
+from jupyter_staging.safety.publishing import names_file, publish, publish_open_at
 from jupyter_staging.safety.unnamed import publish_fd_at, reopen_unnamed
 
 #: Size of one read/write block, bytes. 1 MiB blocks in reused buffers stay in the CPU caches; 8 MiB blocks

@@ -20,16 +20,18 @@ import secrets
 # (``NO_FD_LINK``: a sandbox, a hardened procfs), the file is copied to a named part instead, and no more
 # are made unnamed.
 from jupyter_staging.safety.dirfd import (
-    NO_FD_LINK,
-    PROC_FD,
     check_name,
     create_file,
     fsync_fd,
+    unlink_at,
+    write_refused,
+)
+from jupyter_staging.safety.publishing import (
+    NO_FD_LINK,
+    PROC_FD,
     link_open_file,
     names_file,
     publish_open_at,
-    unlink_at,
-    write_refused,
 )
 
 #: errno values of ``open(O_TMPFILE)`` meaning "not on this kernel or file system" (open(2): EISDIR from
@@ -79,9 +81,9 @@ def publish_fd_at(fd: int, dst_dir_fd: int, final: str, *, sync: bool = True) ->
     """Give the unnamed file open as ``fd`` (made with ``O_TMPFILE``) the name ``final`` in
     ``dst_dir_fd``, never replacing anything: ``linkat`` of ``/proc/self/fd/<fd>`` with
     ``AT_SYMLINK_FOLLOW`` (open(2), "O_TMPFILE"), which fails with ``EEXIST`` whatever is at ``final``; then
-    the folder is fsynced unless ``sync`` is False (as :func:`~jupyter_staging.safety.dirfd.publish_at`).
+    the folder is fsynced unless ``sync`` is False (as :func:`~jupyter_staging.safety.publishing.publish_at`).
 
-    Where the system refuses that link (:data:`~jupyter_staging.safety.dirfd.NO_FD_LINK`), the bytes are
+    Where the system refuses that link (:data:`~jupyter_staging.safety.publishing.NO_FD_LINK`), the bytes are
     copied to a new file ``<final>.<8 hex>.part`` in the same folder, fsynced and published while its name
     still names it (:func:`_publish_copy`; that file removed on any failure), and no later file of this
     process is made unnamed.
@@ -108,7 +110,7 @@ def _publish_copy(fd: int, dir_fd: int, final: str) -> None:
     """Copy the whole file open as ``fd`` to a new file of ``dir_fd`` with a name of its own
     (``<final>.<8 hex>.part``, ``O_EXCL``: nothing of anyone else is touched), fsync it and publish it as
     ``final`` (not fsyncing the folder) while that name still names the copy
-    (:func:`~jupyter_staging.safety.dirfd.publish_open_at`: a file put at the part's name meanwhile is
+    (:func:`~jupyter_staging.safety.publishing.publish_open_at`: a file put at the part's name meanwhile is
     neither published nor removed). Raises :class:`DestinationExists`, :class:`PathNotAllowed` (the part's
     name was taken over) or ``OSError``; the copy is removed on failure."""
     part = check_name(f"{final}.{secrets.token_hex(4)}.part")

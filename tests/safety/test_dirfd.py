@@ -17,12 +17,12 @@ from jupyter_staging.safety.dirfd import (
     open_existing,
     open_folder,
     open_root,
-    publish_at,
     read_file_at,
     rename_at,
     unlink_at,
 )
 from jupyter_staging.safety.partfile import PartFile
+from jupyter_staging.safety.publishing import publish_at
 
 
 @pytest.fixture

@@ -15,8 +15,9 @@ from jupyter_staging.errors import DestinationExists, JobInterrupted
 from jupyter_staging.safety import copying
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.copying import block_buffer, copy_file, file_digest, file_md5
-from jupyter_staging.safety.dirfd import folder_fd, publish_at
+from jupyter_staging.safety.dirfd import folder_fd
 from jupyter_staging.safety.partfile import BLOCK_SIZE, PartFile, part_path
+from jupyter_staging.safety.publishing import publish_at
 
 
 @pytest.fixture

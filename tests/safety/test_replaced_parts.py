@@ -1,6 +1,6 @@
 """A ``.part`` name replaced in the user's folder while the file was written (by another file, a symlink,
 a hard link to someone else's file) is never published in place of the file written: the very file open
-is linked under its final name (``safety.dirfd.publish_open_at``) while it still has a name, else nothing
+is linked under its final name (``safety.publishing.publish_open_at``) while it still has a name, else nothing
 is published; the replacement is left where the user put it, and a part that fails is removed only while
 its name still names it.
 
@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from jupyter_staging.errors import PathNotAllowed
-from jupyter_staging.safety.dirfd import publish_open_at
 from jupyter_staging.safety.foldercache import FolderCache
 from jupyter_staging.safety.partfile import PartFile, part_path
+from jupyter_staging.safety.publishing import publish_open_at
 
 DATA = b"light curve\n" * 5000
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from jupyter_staging.errors import DestinationExists, PathNotAllowed, VerificationFailed
-from jupyter_staging.safety import dirfd, unnamed
+from jupyter_staging.safety import publishing, unnamed
 from jupyter_staging.safety.dirfd import folder_below
 from jupyter_staging.safety.foldercache import FolderCache
 from jupyter_staging.safety.partfile import PartFile
@@ -211,7 +211,7 @@ def test_where_linking_through_procfs_is_refused_the_bytes_are_copied_to_a_named
     the usual way, and later files are no longer made unnamed."""
     unnamed._procfs()  # looked up once, before /proc is made to refuse (as in a process that ran before)
     monkeypatch.setattr(unnamed, "PROC_FD", str(tmp_path / "no-proc"))
-    monkeypatch.setattr(dirfd, "PROC_FD", str(tmp_path / "no-proc"))  # where link_open_file links
+    monkeypatch.setattr(publishing, "PROC_FD", str(tmp_path / "no-proc"))  # where link_open_file links
     monkeypatch.setattr(unnamed, "_unnamed_refused", False)
     final = tmp_path / "out" / "lc.fits"
     out = unnamed_part(cache, final)
@@ -240,7 +240,7 @@ def test_a_copy_whose_part_name_is_taken_over_is_neither_published_nor_removed(
     the final name nor removed."""
     unnamed._procfs()  # looked up once, before /proc is made to refuse (as in a process that ran before)
     monkeypatch.setattr(unnamed, "PROC_FD", str(tmp_path / "no-proc"))
-    monkeypatch.setattr(dirfd, "PROC_FD", str(tmp_path / "no-proc"))
+    monkeypatch.setattr(publishing, "PROC_FD", str(tmp_path / "no-proc"))
     monkeypatch.setattr(unnamed, "_unnamed_refused", False)
     final = tmp_path / "out" / "lc.fits"
     fsync = os.fsync
