@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import stat
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -37,7 +38,7 @@ from jupyter_staging.safety.dirfd import (
     write_refused,
 )
 from jupyter_staging.safety.paths import resolve_source
-from jupyter_staging.safety.publishing import names_file, publish_open_at
+from jupyter_staging.safety.publishing import publish_open_at, unlink_if_names
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +236,9 @@ def local_copy(source: SourceFile, target: Target) -> Outcome:
         return Outcome("succeeded", writer.size, writer.sha256.hexdigest())
     finally:
         os.close(src_fd)
-        if not published and _names(target.dir_fd, part, out_fd):
-            _unlink_quietly(part, target.dir_fd)
+        if not published:
+            with suppress(OSError):  # a folder no longer searchable: nothing more to do
+                unlink_if_names(target.dir_fd, part, out_fd)
         os.close(out_fd)
 
 
@@ -248,15 +250,6 @@ def _publish(fd: int, part: str, target: Target) -> None:
         publish_open_at(fd, target.dir_fd, part, target.dir_fd, target.name)
     except DestinationExists:
         raise _exists_error(target) from None
-
-
-def _names(dir_fd: int, name: str, fd: int) -> bool:
-    """Whether ``name`` in ``dir_fd`` still names the file open as ``fd`` (not a file the user put there);
-    False when it cannot be told."""
-    try:
-        return names_file(dir_fd, name, fd)
-    except OSError:
-        return False
 
 
 def _refused(target: Target, err: PermissionError) -> DestinationNotWritable:

@@ -45,7 +45,7 @@ from jupyter_staging.safety.dirfd import (
 )
 from jupyter_staging.safety.foldercache import FolderCache
 from jupyter_staging.safety.ownership import tag_published
-from jupyter_staging.safety.publishing import names_file, publish, publish_open_at
+from jupyter_staging.safety.publishing import publish, publish_open_at, unlink_if_names
 from jupyter_staging.safety.unnamed import publish_fd_at, reopen_unnamed
 
 #: Size of one read/write block, bytes. 1 MiB blocks in reused buffers stay in the CPU caches; 8 MiB blocks
@@ -282,18 +282,12 @@ class PartFile:
         if self.unnamed:
             self._close_file()
         elif self._dir_fd is not None:
-            if self._named_so():
+            if self._fh.closed:
                 unlink_at(self._dir_fd, self.part.name)
+            else:  # only while it names the file written: a file the user put at that name stays
+                unlink_if_names(self._dir_fd, self.part.name, self._fh.fileno())
         elif self.root is None:
             self.part.unlink(missing_ok=True)
-
-    def _named_so(self) -> bool:
-        """Whether the ``.part`` name in the part's folder still names the file open here (True when the
-        file is closed: nothing to compare): a file the user put at that name since is not removed."""
-        if self._fh.closed:
-            return True
-        assert self._dir_fd is not None
-        return names_file(self._dir_fd, self.part.name, self._fh.fileno())
 
     def _publish(self, *, sync: bool) -> None:
         """Publish the ``.part`` under the final name (the folder fsynced with ``sync``); in the confined

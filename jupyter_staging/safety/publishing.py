@@ -83,10 +83,23 @@ def publish_open_at(
             ) from None
         publish_at(src_dir_fd, part, dst_dir_fd, final, sync=sync, fd=fd)
         return
-    if names_file(src_dir_fd, part, fd):
-        os.unlink(part, dir_fd=src_dir_fd)
+    unlink_if_names(src_dir_fd, part, fd)
     if sync:
         fsync_fd(dst_dir_fd)
+
+
+def unlink_if_names(dir_fd: int, name: str, fd: int) -> bool:
+    """Remove ``name`` from ``dir_fd`` only while it names the file open as ``fd`` (:func:`names_file`): a
+    file, symlink or hard link the user put at that name since is left as it is. Returns True when the
+    name was removed, False when it names another file or nothing. Raises ``OSError`` when the name cannot
+    be looked at or removed (a folder that may not be searched or written into any more)."""
+    if not names_file(dir_fd, name, fd):
+        return False
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def names_file(dir_fd: int, name: str, fd: int) -> bool:
@@ -138,8 +151,10 @@ def publish_at(
             raise PathNotAllowed(
                 f"{final}: its part file was replaced while it was published; nothing was published"
             )
-        if fd is None or names_file(src_dir_fd, part, fd):
+        if fd is None:
             os.unlink(part, dir_fd=src_dir_fd)
+        else:
+            unlink_if_names(src_dir_fd, part, fd)
     if sync:
         fsync_fd(dst_dir_fd)
 

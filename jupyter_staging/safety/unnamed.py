@@ -23,15 +23,14 @@ from jupyter_staging.safety.dirfd import (
     check_name,
     create_file,
     fsync_fd,
-    unlink_at,
     write_refused,
 )
 from jupyter_staging.safety.publishing import (
     NO_FD_LINK,
     PROC_FD,
     link_open_file,
-    names_file,
     publish_open_at,
+    unlink_if_names,
 )
 
 #: errno values of ``open(O_TMPFILE)`` meaning "not on this kernel or file system" (open(2): EISDIR from
@@ -129,8 +128,7 @@ def _publish_copy(fd: int, dir_fd: int, final: str) -> None:
         publish_open_at(out, dir_fd, part, dir_fd, final, sync=False)
     except BaseException:
         with contextlib.suppress(OSError):
-            if names_file(dir_fd, part, out):
-                unlink_at(dir_fd, part)
+            unlink_if_names(dir_fd, part, out)
         raise
     finally:
         with contextlib.suppress(OSError):  # fsynced before: a failed close loses nothing, masks nothing

@@ -21,7 +21,7 @@ import pytest
 from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.foldercache import FolderCache
 from jupyter_staging.safety.partfile import PartFile, part_path
-from jupyter_staging.safety.publishing import publish_open_at
+from jupyter_staging.safety.publishing import publish_open_at, unlink_if_names
 
 DATA = b"light curve\n" * 5000
 
@@ -176,3 +176,24 @@ def test_without_the_fd_link_a_part_replaced_just_after_the_link_is_kept(tmp_pat
     assert part.commit() == (len(DATA), hashlib.sha256(DATA).hexdigest())
     assert final.read_bytes() == DATA
     assert part_path(final).read_bytes() == planted
+
+
+def test_unlink_if_names_removes_only_the_file_open(tmp_path: Path):
+    """The one check every cleanup and publication uses: the name is removed while it names the open file;
+    a file, symlink or nothing at that name is left as it is."""
+    folder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    ours = os.open(tmp_path / "a.part", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        assert unlink_if_names(folder, "a.part", ours) is True
+        assert not (tmp_path / "a.part").exists()
+        assert unlink_if_names(folder, "a.part", ours) is False  # nothing at the name
+        (tmp_path / "a.part").write_bytes(b"the user's")
+        assert unlink_if_names(folder, "a.part", ours) is False
+        assert (tmp_path / "a.part").read_bytes() == b"the user's"
+        (tmp_path / "a.part").unlink()
+        os.symlink(f"/proc/self/fd/{ours}", tmp_path / "a.part")  # a symlink to it is not it
+        assert unlink_if_names(folder, "a.part", ours) is False
+        assert (tmp_path / "a.part").is_symlink()
+    finally:
+        os.close(ours)
+        os.close(folder)
