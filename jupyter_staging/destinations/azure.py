@@ -278,6 +278,7 @@ class AzureDestination(ObjectStoreDestination):
         *,
         keep_ready: bool,
         keep_folder: bool = False,
+        parts_tagged: bool = False,
     ) -> int:
         """Delete the scratch folder; unless ``keep_ready``, also every blob below ``prefix/<job_id>/``
         (listed, then deleted in blob batches of :data:`AZURE_DELETE_BATCH`) — never anything outside

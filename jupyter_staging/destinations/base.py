@@ -82,10 +82,15 @@ class Destination(abc.ABC):
         *,
         keep_ready: bool,
         keep_folder: bool = False,
+        parts_tagged: bool = False,
     ) -> int:
         """Delete what the job wrote: partial and scratch files always, its published output and manifest
         unless ``keep_ready``; a local destination folder left empty is removed too, unless ``keep_folder``
-        (it was there before the job: the user's). Returns the number of files (objects) deleted."""
+        (it was there before the job: the user's). ``parts_tagged``: the job was started by a version that
+        tags every part file it makes as the job's (:func:`~jupyter_staging.safety.ownership.tag_part`), so
+        a local ``.part`` is removed only when it is the job's
+        (:func:`~jupyter_staging.safety.ownership.part_of_job`); without it, any ``.part`` at the job's
+        names. Returns the number of files (objects) deleted."""
 
     def folder_present(self) -> bool:
         """Whether the destination folder exists now (a local one; an object store has no folders: True),

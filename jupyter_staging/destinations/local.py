@@ -23,12 +23,15 @@ from jupyter_staging.safety.dirfd import (
     folder_fd,
     lstat_at,
     open_below,
+    open_existing,
     open_folder,
     read_file_at,
     rmdir_at,
     unlink_at,
 )
+from jupyter_staging.safety.ownership import part_of_job
 from jupyter_staging.safety.partfile import PART_SUFFIX, PartFile
+from jupyter_staging.safety.publishing import unlink_if_names
 
 
 class LocalDestination(Destination):
@@ -109,10 +112,13 @@ class LocalDestination(Destination):
         *,
         keep_ready: bool,
         keep_folder: bool = False,
+        parts_tagged: bool = False,
     ) -> int:
         """Only entries inside the destination folder are touched, by descriptor from the root; a symlink
         is removed, never followed. A destination equal to the root, missing, or reached through a symlink
-        is left alone (0). The folder itself is removed when left empty, unless ``keep_folder``."""
+        is left alone (0). The folder itself is removed when left empty, unless ``keep_folder``. With
+        ``parts_tagged`` a ``.part`` is removed only when it is this job's
+        (:func:`~jupyter_staging.safety.ownership.part_of_job`): a file the user put at such a name stays."""
         if not components(self.rel):
             return 0
         try:
@@ -121,7 +127,12 @@ class LocalDestination(Destination):
             return 0
         try:
             removed = self._remove_below(
-                dest_fd, chunk_paths, item_names, convert_dirs, keep_ready=keep_ready
+                dest_fd,
+                chunk_paths,
+                item_names,
+                convert_dirs,
+                keep_ready=keep_ready,
+                parts_tagged=parts_tagged,
             )
         finally:
             os.close(dest_fd)
@@ -143,22 +154,24 @@ class LocalDestination(Destination):
         convert_dirs: list[str],
         *,
         keep_ready: bool,
+        parts_tagged: bool,
     ) -> int:
         """The work of :meth:`remove` inside the open destination folder ``dest_fd``."""
+        owner = self.job_id if parts_tagged else None
         removed = 0
         folders: set[tuple[str, ...]] = set()
         for rel, keep in [(p, keep_ready) for p in chunk_paths] + [(n, True) for n in item_names]:
             parts = _parts(rel)
             if parts:
                 folders.add(tuple(parts[:-1]))
-                removed += _unlink_below(dest_fd, parts[:-1], parts[-1] + PART_SUFFIX)
+                removed += _remove_parts_in(dest_fd, parts[:-1], owner, [parts[-1] + PART_SUFFIX])
                 if not keep:
                     removed += _unlink_below(dest_fd, parts[:-1], parts[-1])
         for out_dir in convert_dirs:
             parts = _parts(out_dir)
             if parts:
                 folders.add(tuple(parts))
-                removed += _remove_parts_in(dest_fd, parts)
+                removed += _remove_parts_in(dest_fd, parts, owner)
         scratch = scratch_dir(Path(), self.job_id).name
         st = lstat_at(dest_fd, scratch)
         if st is not None and stat.S_ISDIR(st.st_mode):  # lstat: a symlink is not a folder
@@ -199,14 +212,38 @@ def _unlink_below(dest_fd: int, folder: list[str], name: str) -> int:
         os.close(fd)
 
 
-def _remove_parts_in(dest_fd: int, folder: list[str]) -> int:
-    """Remove every ``*.part`` right in ``folder`` below ``dest_fd``; returns how many."""
+def _remove_parts_in(
+    dest_fd: int, folder: list[str], owner: str | None, names: list[str] | None = None
+) -> int:
+    """Remove the part files ``names`` (default: every ``*.part``) right in ``folder`` below ``dest_fd``;
+    with ``owner`` (a job id) only those that are that job's; returns how many."""
     try:
         fd = open_below(dest_fd, PurePosixPath(*folder))
     except (FileNotFoundError, PathNotAllowed):
         return 0
     try:
-        return sum(unlink_at(fd, name) for name in os.listdir(fd) if name.endswith(PART_SUFFIX))
+        if names is None:
+            names = [name for name in os.listdir(fd) if name.endswith(PART_SUFFIX)]
+        if owner is None:
+            return sum(unlink_at(fd, name) for name in names)
+        return sum(_remove_job_part(fd, name, owner) for name in names)
+    finally:
+        os.close(fd)
+
+
+def _remove_job_part(dir_fd: int, name: str, job_id: str) -> bool:
+    """Remove part file ``name`` of ``dir_fd`` when it is job ``job_id``'s (:func:`part_of_job`), and only
+    that very file (:func:`unlink_if_names`); a symlink, another job's part or the user's file stays."""
+    try:
+        fd = open_existing(dir_fd, name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (PathNotAllowed, OSError):
+        return False
+    if fd is None:
+        return False
+    try:
+        return part_of_job(fd, job_id) and unlink_if_names(dir_fd, name, fd)
+    except OSError:
+        return False
     finally:
         os.close(fd)
 

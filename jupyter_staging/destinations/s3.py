@@ -221,6 +221,7 @@ class S3Destination(ObjectStoreDestination):
         *,
         keep_ready: bool,
         keep_folder: bool = False,
+        parts_tagged: bool = False,
     ) -> int:
         """Delete the scratch folder and abort unfinished multipart uploads below the job prefix; unless
         ``keep_ready``, also delete every object below ``prefix/<job_id>/`` (ListObjectsV2 +

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jupyter_staging.engine.folders import PARTS_TAGGED
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.store import JobRecord
 
@@ -42,4 +43,5 @@ def remove_job_output(host: JobHost, rec: JobRecord, *, keep_ready: bool) -> int
         list(resume.get("convert_dirs", [])),
         keep_ready=keep_ready,
         keep_folder=not resume.get(MADE_DESTINATION, True),  # jobs recorded before this key: as before
+        parts_tagged=bool(resume.get(PARTS_TAGGED)),
     )

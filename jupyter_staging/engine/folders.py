@@ -38,6 +38,10 @@ from jupyter_staging.safety.publishing import publish, publish_open_at
 #: (:mod:`jupyter_staging.safety.ownership`): files an earlier run of a job without it published carry no
 #: tag, and are found again after a crash by the rules before the tag (their size and bytes, a part's name).
 PUBLISHED_TAGS = "published_tags"
+#: Resume-data key set at a job's first start by a version that tags every part file it makes as the job's
+#: (:func:`~jupyter_staging.safety.ownership.tag_part`): its cleanup removes a ``.part`` only when it is the
+#: job's. A job an earlier version started made untagged ones: any ``.part`` at its names is removed.
+PARTS_TAGGED = "parts_tagged"
 
 
 class DestinationWriter:

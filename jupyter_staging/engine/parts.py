@@ -22,7 +22,7 @@ from typing import Any
 from jupyter_staging.engine.folders import DestinationWriter
 from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.dirfd import lstat_at, open_existing, rename_at, unlink_at
-from jupyter_staging.safety.ownership import OWNER_XATTR
+from jupyter_staging.safety.ownership import OWNER_XATTR, part_owner_prefix
 from jupyter_staging.safety.partfile import PartFile, part_path
 from jupyter_staging.safety.unnamed import create_unnamed
 from jupyter_staging.sources.base import SourceItem
@@ -41,9 +41,11 @@ def published_since(st: os.stat_result | None, since_ns: int) -> bool:
 
 
 def owner_tag(job_id: str, fingerprint: dict[str, Any]) -> str:
-    """``<job id>:<sha256 of the fingerprint, 16 hex>``: who may resume a part file."""
+    """``<job id>:<sha256 of the fingerprint, 16 hex>``: who may resume a part file (it begins with
+    :func:`~jupyter_staging.safety.ownership.part_owner_prefix`, which the cleanup of a failed job goes
+    by)."""
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
-    return f"{job_id}:{digest[:16]}"
+    return f"{part_owner_prefix(job_id)}{digest[:16]}"
 
 
 class PartOwnership(DestinationWriter):

@@ -29,7 +29,7 @@ from jupyter_staging.engine.cleanup import MADE_DESTINATION, remove_job_output
 from jupyter_staging.engine.collector import collector_paused
 from jupyter_staging.engine.deadparts import FOREIGN_PARTS_LISTED
 from jupyter_staging.engine.entries import error_of
-from jupyter_staging.engine.folders import PUBLISHED_TAGS
+from jupyter_staging.engine.folders import PARTS_TAGGED, PUBLISHED_TAGS
 from jupyter_staging.engine.freshness import every_listed_item
 from jupyter_staging.engine.models import DONE_STATES, PENDING, ChunkState, JobState
 from jupyter_staging.engine.placement import UNFINISHED_STATES
@@ -109,6 +109,7 @@ class JobRunner(TableSpreadStager):
         if not self.recovering:  # before anything is written: a folder that is there already is the user's
             self.resume[MADE_DESTINATION] = not self.host.destination_of(rec).folder_present()
             self.resume[PUBLISHED_TAGS] = True  # what it publishes is tagged: taken back after a crash by it
+            self.resume[PARTS_TAGGED] = True  # its part files are tagged as it makes them: cleaned up by it
             if rec.convert:  # each table lists the part files of the user's in its folder as it starts
                 self.resume[FOREIGN_PARTS_LISTED] = True
         started = rec.started_at or utcnow()

@@ -40,6 +40,7 @@ from jupyter_staging.engine.tasks import (
 from jupyter_staging.engine.taskset import JobTasks, TaskBatch
 from jupyter_staging.errors import DestinationNotShared, SourceChanged, StagingError
 from jupyter_staging.safety.checksums import second_algorithm
+from jupyter_staging.safety.ownership import mark_ranges_part
 from jupyter_staging.sources.base import Source, SourceItem
 
 #: Methods whose bytes are read from the source, hence worth a task.
@@ -80,6 +81,7 @@ class SpreadStager(ManifestStager):
         with self._tasks(executor).batch() as tasks:
             waiting: dict[int, tuple[SourceItem, JobChunk, Path]] = {}
             ranges: dict[int, int] = {}
+            tokens: dict[int, str | None] = {}  # the token of each file's part (mark_ranges_part)
             for index, (item, chunk) in enumerate(work):
                 self.control.check()
                 if chunk.state != ChunkState.pending.value:
@@ -95,7 +97,7 @@ class SpreadStager(ManifestStager):
                 if source.revalidate(item):  # changed since the listing: the workers stage it as it is now
                     self._relist(item, item.validator)
                 waiting[index] = (item, chunk, final)
-                ranges[index] = self._submit(tasks, executor, source, item, final, index)
+                ranges[index] = self._submit(tasks, executor, source, item, final, index, tokens)
             for (kind, index), result in tasks.results():
                 item, chunk, final = waiting[index]
                 if kind == "stored":
@@ -113,6 +115,7 @@ class SpreadStager(ManifestStager):
                             item.size,
                             checksums,
                             item.checksums,
+                            token=tokens.pop(index, None),
                             tag=("item", index),
                         )
                     continue
@@ -126,8 +129,10 @@ class SpreadStager(ManifestStager):
         item: SourceItem,
         final: Path,
         index: int,
+        tokens: dict[int, str | None],
     ) -> int:
-        """Submit the task(s) of one file; returns how many byte-range tasks (0: one fetch task)."""
+        """Submit the task(s) of one file; returns how many byte-range tasks (0: one fetch task). For range
+        tasks, the token of the part they fill goes into ``tokens[index]`` (for ``finish_ranges``)."""
         checksums = self._expected_checksums(item)
         if self.dest.remote:  # the worker uploads what it fetched (object storage needs no shared folder)
             tasks.submit(
@@ -163,8 +168,10 @@ class SpreadStager(ManifestStager):
         out = self._open_part(item, final, second=None)  # sets aside a foreign .part, tags ours
         try:
             os.ftruncate(out.fileno(), item.size)
+            token = mark_ranges_part(out.fileno())  # the tasks fill and publish this very file only
         finally:
             out.close()
+        tokens[index] = token
         step = executor.range_bytes
         spans = byte_ranges(item.size, step)
         for start, length in spans:
@@ -177,6 +184,7 @@ class SpreadStager(ManifestStager):
                 self._rel(final),
                 start,
                 length,
+                token=token,
                 tag=("range", index),
             )
         self._log("info", f"{item.name}: {len(spans)} ranges of up to {step} bytes as Dask tasks")

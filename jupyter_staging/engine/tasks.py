@@ -52,7 +52,7 @@ from jupyter_staging.safety.dirfd import (
     read_file_at,
     unlink_at,
 )
-from jupyter_staging.safety.ownership import taken_back
+from jupyter_staging.safety.ownership import check_ranges_part, taken_back
 from jupyter_staging.safety.partfile import PartFile, part_path
 from jupyter_staging.sources.base import SourceItem
 from jupyter_staging.sources.registry import open_source
@@ -289,13 +289,16 @@ def fetch_range(
     final_rel: str,
     start: int,
     length: int,
+    token: str | None = None,
 ) -> int:
     """Write bytes ``[start, start + length)`` of ``item`` (source ``uri``) into the same range of
-    ``final_rel``'s ``.part`` (made at its full size beforehand), with ``Source.fetch_range`` (a local
+    ``final_rel``'s ``.part`` (made at its full size beforehand, and marked with ``token``:
+    :func:`~jupyter_staging.safety.ownership.mark_ranges_part`), with ``Source.fetch_range`` (a local
     file by ``copy_file_range``, HTTP by a conditional ``Range`` GET, S3 / Azure by a conditional ranged
     GET); fsynced. Returns the bytes written. Raises :class:`JobInterrupted` on pause or cancel,
-    :class:`PathNotAllowed` when the part file is a symlink, and what the source raises
-    (``source_changed`` when the version changed, ``transfer_failed``)."""
+    :class:`PathNotAllowed` when the part file is a symlink or not the server's (a file put at its name
+    since: nothing written), and what the source raises (``source_changed`` when the version changed,
+    ``transfer_failed``)."""
     control = TaskControl(ctx)
     source = open_source(uri, source_roots=source_roots)
     final = ctx.path(final_rel)
@@ -304,6 +307,7 @@ def fetch_range(
         if fd is None:
             raise FileNotFoundError(f"{final.name}: its part file is missing")
         try:
+            check_ranges_part(fd, token, final.name)
             done = source.fetch_range(item, start, length, fd, control)
             os.fsync(fd)
         finally:
@@ -318,12 +322,15 @@ def finish_ranges(
     size: int,
     checksums: dict[str, str],
     stated: dict[str, str] | None = None,
+    token: str | None = None,
 ) -> tuple[int, str]:
     """Hash the assembled ``.part`` of ``final_rel`` once (sha256, and the other digest ``checksums`` asks
     for), verify it against ``size`` and ``checksums``, publish it. Returns ``(size_bytes, sha256_hex)``;
     raises as :meth:`PartFile.commit`. ``stated``: what the source states (``{algorithm: hex}``), for a
     worker that cannot compute an algorithm of ``checksums`` (no awscrt): one of these stands in for it, as
-    in :func:`fetch_verified`, else :class:`VerificationFailed` (the ``.part`` is removed)."""
+    in :func:`fetch_verified`, else :class:`VerificationFailed` (the ``.part`` is removed). ``token``: the
+    part's mark (as :func:`fetch_range`): a file put at the part's name since is neither published nor
+    removed (:class:`PathNotAllowed`)."""
     published = _published(ctx, final_rel, size)
     if published is not None:
         return published
@@ -334,10 +341,21 @@ def finish_ranges(
         with folder_fd(Path(ctx.root), Path(final_rel).parent.as_posix()) as dir_fd:
             unlink_at(dir_fd, part_path(final).name)
         raise
-    out = PartFile(
-        final, resume=True, second=second_algorithm(checksums), root=Path(ctx.root), owner=ctx.job_id
-    )
-    return out.commit(size, checksums=checksums or None)
+    with folder_fd(Path(ctx.root), Path(final_rel).parent.as_posix()) as dir_fd:
+        marked = open_existing(dir_fd, part_path(final).name, os.O_RDONLY | os.O_CLOEXEC)
+    if marked is None:  # as a part of the wrong size: nothing to verify, nothing published
+        raise VerificationFailed(f"{final.name}: its part file is missing; nothing was published")
+    try:
+        check_ranges_part(marked, token, final.name)
+        out = PartFile(
+            final, resume=True, second=second_algorithm(checksums), root=Path(ctx.root), owner=ctx.job_id
+        )
+        if not os.path.samestat(os.fstat(out.fileno()), os.fstat(marked)):  # replaced in between
+            out.close()
+            raise PathNotAllowed(f"{final.name}: the part file was replaced while its ranges were fetched")
+        return out.commit(size, checksums=checksums or None)
+    finally:
+        os.close(marked)
 
 
 def source_visible(path: str, size: int, mtime_ns: int) -> bool:

@@ -15,8 +15,11 @@ tagged file a 4 KiB block of its own. Where the file system keeps no user attrib
 example) files go untagged, and nothing can tell the job's from a user's (:func:`keeps_attributes`): a
 resumed run there takes a regular file of the expected size (and bytes, where they are known: an
 extracted file's), as it did before the tag.
-A named part file (``<name>.part``) also carries :data:`OWNER_XATTR`, saying which job and source version
-may resume it (:func:`jupyter_staging.engine.parts.owner_tag`); the published file keeps it, unused.
+A named part file (``<name>.part``) also carries :data:`OWNER_XATTR`, from the moment it is made: which job
+made it (:func:`part_owner_prefix`; :func:`tag_part`) and, for a download, which source version may resume
+it (:func:`jupyter_staging.engine.parts.owner_tag`); the published file keeps it, unused. The cleanup of a
+failed or cancelled job removes a ``.part`` only when it is the job's (:func:`part_of_job`): a file the user
+put at such a name is left where it is.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ import errno
 import hashlib
 import logging
 import os
+import secrets
 import stat
+
+from jupyter_staging.errors import PathNotAllowed
 
 #: Extended attribute naming the job (and source version) that writes a part file, which may resume it
 #: (:func:`jupyter_staging.engine.parts.owner_tag`; ``user.``: any owner of the file may set it, setxattr(2)).
@@ -36,6 +42,12 @@ OWNER_XATTR = "user.jupyter_staging.owner"
 #: :data:`OWNER_XATTR`, and is resumed by its rules (this job, this version of the source).
 PUBLISHED_XATTR = "user.jupyter_staging.published"
 
+#: Extended attribute of a part file the server made for Dask range tasks to fill: a random token the
+#: tasks are given, and compare before they write into or publish the file at the part's name
+#: (:func:`mark_ranges_part`, :func:`check_ranges_part`). A token rather than ``(st_dev, st_ino)``: each NFS
+#: client numbers its mounts itself, and a file made at the name after an unlink may get the same inode.
+RANGES_XATTR = "user.jupyter_staging.ranges"
+
 #: Bytes read at a time when a file's sha256 is checked against its tag.
 _READ_BYTES = 1 << 20
 #: Jobs whose refused tag was logged (once each); emptied when it holds this many.
@@ -43,6 +55,73 @@ _REFUSALS_KEPT = 1024
 
 log = logging.getLogger(__name__)
 _refusals_logged: set[str] = set()
+
+
+def part_owner_prefix(job_id: str) -> str:
+    """How the :data:`OWNER_XATTR` of every part file job ``job_id`` makes begins: ``"<job id>:"`` (a
+    download's then names the source version, :func:`jupyter_staging.engine.parts.owner_tag`)."""
+    return f"{job_id}:"
+
+
+def tag_part(fd: int, job_id: str) -> None:
+    """Mark the part file just made, open as ``fd``, as job ``job_id``'s (:data:`OWNER_XATTR` set to
+    :func:`part_owner_prefix`), before any byte is written. Where the file system keeps no user
+    attributes or refuses this one it stays untagged: the cleanup there goes by the rules before the tag
+    (:func:`part_of_job`)."""
+    try:
+        os.setxattr(fd, OWNER_XATTR, part_owner_prefix(job_id).encode())
+    except OSError:
+        pass
+
+
+def part_of_job(fd: int, job_id: str) -> bool:
+    """Whether the part file open as ``fd`` is job ``job_id``'s to remove after the job failed or was
+    cancelled: a regular file whose :data:`OWNER_XATTR` begins with :func:`part_owner_prefix`, or one
+    whose attribute cannot tell (the file system keeps no user attributes, ``ENOTSUP``; or it is empty and
+    untagged, made by a process that died before its tag). Not: a symlink or other non-regular file,
+    another job's part, a file of the user's (untagged, with bytes). One ``fstat``, one ``fgetxattr``."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    try:
+        return os.getxattr(fd, OWNER_XATTR).decode(errors="replace").startswith(part_owner_prefix(job_id))
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return True
+        return exc.errno == errno.ENODATA and st.st_size == 0
+
+
+def mark_ranges_part(fd: int) -> str | None:
+    """Give the part file open as ``fd`` (made by the server, to be filled by range tasks) a new random
+    token in :data:`RANGES_XATTR`; returns it (32 hex digits), or None where the file system keeps no user
+    attributes or refuses this one (the tasks then check nothing: the rule before the token)."""
+    token = secrets.token_hex(16)
+    try:
+        os.setxattr(fd, RANGES_XATTR, token.encode())
+    except OSError:
+        return None
+    return token
+
+
+def check_ranges_part(fd: int, token: str | None, name: str) -> None:
+    """Check that the file open as ``fd``, opened at part name ``name``, is the part the server made for
+    the range tasks (its :data:`RANGES_XATTR` is ``token``), not a file put at that name since: a file of
+    the same size is not refused by opening it (``O_NOFOLLOW`` refuses only a symlink). Nothing is checked
+    without a token, or where this host's mount keeps no user attributes (``ENOTSUP``). Raises
+    :class:`~jupyter_staging.errors.PathNotAllowed` otherwise."""
+    if token is None:
+        return
+    try:
+        same = os.getxattr(fd, RANGES_XATTR) == token.encode()
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return
+        same = False
+    if not same:
+        raise PathNotAllowed(f"{name}: the part file was replaced while its ranges were fetched")
 
 
 def published_tag(job_id: str, rel: str, sha256: str) -> bytes:

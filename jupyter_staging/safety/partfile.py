@@ -44,7 +44,7 @@ from jupyter_staging.safety.dirfd import (
     write_all,
 )
 from jupyter_staging.safety.foldercache import FolderCache
-from jupyter_staging.safety.ownership import tag_published
+from jupyter_staging.safety.ownership import tag_part, tag_published
 from jupyter_staging.safety.publishing import publish, publish_open_at, unlink_if_names
 from jupyter_staging.safety.unnamed import publish_fd_at, reopen_unnamed
 
@@ -102,7 +102,9 @@ class PartFile:
     :meth:`commit`, and a name taken meanwhile is refused then. ``owner``, with ``root``: the id of the job
     whose file this is; :meth:`commit` tags the file as published by it before it takes its name
     (:func:`~jupyter_staging.safety.ownership.tag_published`), so that a run resumed after a crash takes
-    it as the job's own.
+    it as the job's own; a named ``.part`` made here is tagged as the job's from the first
+    (:func:`~jupyter_staging.safety.ownership.tag_part`), so that the job's cleanup removes it and no file
+    of the user's.
     """
 
     def __init__(
@@ -208,6 +210,8 @@ class PartFile:
                 except FileExistsError:  # rarely: removed (a planted symlink itself), then made anew
                     unlink_at(self._dir_fd, self.part.name)
                     fd = create_file(self._dir_fd, self.part.name)
+                if self._owner is not None:  # the job's, before any byte: its cleanup may remove it
+                    tag_part(fd, self._owner)
         except BaseException:
             if unnamed_fd is not None:
                 os.close(unnamed_fd)

@@ -20,6 +20,7 @@ import pytest
 
 from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.foldercache import FolderCache
+from jupyter_staging.safety.ownership import mark_ranges_part
 from jupyter_staging.safety.partfile import PartFile, part_path
 from jupyter_staging.safety.publishing import publish_open_at, unlink_if_names
 
@@ -197,3 +198,49 @@ def test_unlink_if_names_removes_only_the_file_open(tmp_path: Path):
     finally:
         os.close(ours)
         os.close(folder)
+
+
+def test_dask_range_tasks_write_into_and_publish_only_the_part_the_server_made(tmp_path: Path):
+    """A file fetched as Dask range tasks is made at its size by the server and marked with a random token
+    (``ownership.mark_ranges_part``); each ``fetch_range`` task and the last one (``finish_ranges``) open its
+    ``.part`` by name. A file the user put at that name in between (a regular file of the same size: no
+    symlink to refuse) is not written into, not published and not removed. The server's part, filled as
+    the tasks fill it, is published (a real cluster's run: tests/engine/test_dask_*)."""
+    from jupyter_staging.engine.tasks import TaskContext, fetch_range, finish_ranges
+    from jupyter_staging.sources.registry import open_source
+
+    data = os.urandom(2 * 1024**2 + 7)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "lc.bin").write_bytes(data)
+    roots = [str(tmp_path / "src")]
+    source = open_source(str(tmp_path / "src" / "lc.bin"), source_roots=roots)
+    (item,) = source.list_items()
+    (tmp_path / "out").mkdir()
+    final = tmp_path / "out" / "lc.bin"
+
+    def made_by_the_server() -> str:
+        with open(part_path(final), "wb") as out:
+            out.truncate(len(data))
+            token = mark_ranges_part(out.fileno())
+        assert token is not None, "the test's file system keeps no user attributes"
+        return token
+
+    token = made_by_the_server()
+    theirs = b"u" * len(data)
+    (tmp_path / "theirs").write_bytes(theirs)
+    os.replace(tmp_path / "theirs", part_path(final))  # the user's file, same size, at the part's name
+    ctx = TaskContext("job-1", str(tmp_path))
+    with pytest.raises(PathNotAllowed, match="replaced"):
+        fetch_range(ctx, source.uri, roots, item, "out/lc.bin", 0, len(data), token=token)
+    with pytest.raises(PathNotAllowed, match="replaced"):
+        finish_ranges(ctx, "out/lc.bin", len(data), {}, token=token)
+    assert part_path(final).read_bytes() == theirs and not final.exists()
+    os.unlink(part_path(final))
+    token = made_by_the_server()
+    with open(part_path(final), "r+b") as out:  # filled as the tasks fill it (they need a cluster's client)
+        out.write(data)
+    assert finish_ranges(ctx, "out/lc.bin", len(data), {}, token=token) == (
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+    )
+    assert final.read_bytes() == data and not part_path(final).exists()

@@ -89,6 +89,25 @@ async def test_cancel_a_running_download_removes_partial_output(jp_fetch, jp_roo
     assert not (jp_root_dir / "staging" / "cancel").exists()
 
 
+async def test_cancel_keeps_a_file_the_user_put_at_the_parts_name(jp_fetch, jp_root_dir, slow_file):
+    """The user moves a file of theirs onto the ``.part`` name while the download runs, then cancels: the
+    job's own bytes go, the user's file stays (untagged: not the job's), and so does the folder holding
+    it. Before, the cleanup removed whatever the ``.part`` name held."""
+    url, _ = slow_file
+    job = json.loads((await post_job(jp_fetch, {"source": url, "destination": "staging/mine"})).body)
+    while (await job_state(jp_fetch, job["id"]))["progress"]["bytes_done"] < 100_000:
+        await asyncio.sleep(0.05)
+    folder = jp_root_dir / "staging" / "mine"
+    (parts,) = [p for p in folder.iterdir() if p.name.endswith(".part")]
+    (folder / "notes.tmp").write_bytes(b"the user's notes")
+    os.replace(folder / "notes.tmp", parts)
+    response = await jp_fetch(*API, "jobs", job["id"], method="DELETE")
+    assert response.code == 204
+    assert (await job_state(jp_fetch, job["id"]))["state"] == "cancelled"
+    assert [p.name for p in folder.iterdir()] == [parts.name]
+    assert parts.read_bytes() == b"the user's notes"
+
+
 async def test_tess_chunks_and_ack_with_delete_on_ack(jp_fetch, jp_root_dir):
     body = {
         "source": str(TESS),

@@ -1,0 +1,91 @@
+"""The cleanup of a failed or cancelled job in a local destination (``LocalDestination.remove``) removes a
+``.part`` only when it is the job's: the part files a job makes carry its owner attribute from the first
+(``safety.ownership.tag_part``), and a file the user put at such a name (with bytes, untagged), another
+job's part or a symlink stays where it is. Real files and attributes on the test's own file system."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from jupyter_staging.destinations.local import LocalDestination
+from jupyter_staging.safety.foldercache import FolderCache
+from jupyter_staging.safety.ownership import OWNER_XATTR, keeps_attributes, tag_part
+from jupyter_staging.safety.partfile import PartFile
+
+JOB = "0123456789abcdef0123456789abcdef"
+OTHER = "fedcba9876543210fedcba9876543210"
+
+
+def tagged(path: Path, job_id: str | None, data: bytes = b"x" * 100) -> Path:
+    """A file at ``path`` holding ``data``, tagged as ``job_id``'s part (untagged with None)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    if job_id is not None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            tag_part(fd, job_id)
+        finally:
+            os.close(fd)
+    return path
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    folder = tmp_path / "staged"
+    folder.mkdir()
+    probe = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if not keeps_attributes(probe):
+            pytest.fail("the test's file system keeps no user attributes: nothing here can be told apart")
+    finally:
+        os.close(probe)
+    return folder
+
+
+def test_only_the_jobs_own_parts_are_removed(tmp_path: Path, out: Path):
+    ours = tagged(out / "lc1.fits.part", JOB)
+    users = tagged(out / "lc2.fits.part", None, b"the user's")
+    empty = tagged(out / "lc3.fits.part", None, b"")  # made, the process died before its tag
+    others = tagged(out / "lc4.fits.part", OTHER)
+    (out / "lc5.fits.part").symlink_to(ours)
+    table = out / "kplr.parquet"
+    in_table = [tagged(table / "part-00001.parquet.part", JOB), tagged(table / "mine.part", None, b"kept")]
+    destination = LocalDestination(JOB, tmp_path, "staged")
+    removed = destination.remove(
+        [],
+        [f"lc{i}.fits" for i in range(1, 6)],
+        ["kplr.parquet"],
+        keep_ready=True,
+        parts_tagged=True,
+    )
+    assert removed == 3
+    assert not ours.exists() and not empty.exists() and not in_table[0].exists()
+    assert users.read_bytes() == b"the user's" and in_table[1].read_bytes() == b"kept"
+    assert others.exists() and (out / "lc5.fits.part").is_symlink()
+
+
+def test_a_job_an_earlier_version_started_removes_any_part_at_its_names(tmp_path: Path, out: Path):
+    """Its parts carry no tag: the rule before the tag (any ``.part`` at the job's names) holds."""
+    users = tagged(out / "lc1.fits.part", None, b"untagged, as an earlier version made them")
+    table_part = tagged(out / "kplr.parquet" / "part-00000.parquet.part", None)
+    destination = LocalDestination(JOB, tmp_path, "staged")
+    assert destination.remove([], ["lc1.fits"], ["kplr.parquet"], keep_ready=True) == 2
+    assert not users.exists() and not table_part.exists()
+
+
+def test_a_part_file_is_tagged_as_its_jobs_before_any_byte(tmp_path: Path, out: Path):
+    """A named part made with an owner carries ``<job id>:`` from its creation; without one, no tag."""
+    part = PartFile(out / "lc.fits", folders=FolderCache(tmp_path), owner=JOB)
+    try:
+        assert os.getxattr(out / "lc.fits.part", OWNER_XATTR) == f"{JOB}:".encode()
+    finally:
+        part.discard()
+    anonymous = PartFile(out / "lc.fits", root=tmp_path)
+    try:
+        with pytest.raises(OSError):
+            os.getxattr(out / "lc.fits.part", OWNER_XATTR)
+    finally:
+        anonymous.discard()
