@@ -42,6 +42,10 @@ PUBLISHED_TAGS = "published_tags"
 #: (:func:`~jupyter_staging.safety.ownership.tag_part`): its cleanup removes a ``.part`` only when it is the
 #: job's. A job an earlier version started made untagged ones: any ``.part`` at its names is removed.
 PARTS_TAGGED = "parts_tagged"
+#: Resume-data key: ``{host name: True}`` for Dask worker hosts whose mount could not tag the part files
+#: they make (the probe's tag did not reach the server): the job's cleanup then removes any ``.part`` at
+#: its names, as without :data:`PARTS_TAGGED`.
+UNTAGGED_PARTS_HOSTS = "untagged_parts_hosts"
 
 
 class DestinationWriter:

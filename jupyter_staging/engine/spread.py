@@ -24,7 +24,7 @@ from typing import Any
 
 from jupyter_staging.engine.entries import ManifestStager
 from jupyter_staging.engine.executors import DaskExecutor
-from jupyter_staging.engine.folders import PUBLISHED_TAGS
+from jupyter_staging.engine.folders import PARTS_TAGGED, PUBLISHED_TAGS, UNTAGGED_PARTS_HOSTS
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.ranges import byte_ranges
 from jupyter_staging.engine.schema import JobChunk
@@ -250,9 +250,19 @@ class SpreadStager(ManifestStager):
             raise
         except Exception as exc:  # the folder is missing or different on the worker
             raise self._not_shared(folder, type(exc).__name__) from None
-        if not read_probe(self.dest.confinement_root, folder, token):
+        seen, tagged = read_probe(self.dest.confinement_root, folder, token, self.job_id)
+        if not seen:
             raise self._not_shared(folder, f"a file written by worker host {host} did not appear here")
         self._log("info", f"Dask workers see the destination folder (probe from host {host})")
+        if not tagged and self.resume.get(PARTS_TAGGED):
+            # Its parts would be untagged here: the job's cleanup keeps to the rule before the tag for them.
+            self._resume_put(UNTAGGED_PARTS_HOSTS, host, True)
+            self._save_changes()
+            self._log(
+                "info",
+                f"worker host {host} cannot tag the part files it makes (its mount keeps no user "
+                "attributes): if the job fails, any .part at its names is removed",
+            )
 
     @staticmethod
     def _not_shared(folder: str, why: str) -> DestinationNotShared:

@@ -25,6 +25,7 @@ import stat
 import tempfile
 import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,11 +50,12 @@ from jupyter_staging.safety.dirfd import (
     folder_fd,
     lstat_at,
     open_existing,
-    read_file_at,
+    open_folder,
     unlink_at,
 )
-from jupyter_staging.safety.ownership import check_ranges_part, taken_back
+from jupyter_staging.safety.ownership import check_ranges_part, part_of_job, tag_part, taken_back
 from jupyter_staging.safety.partfile import PartFile, part_path
+from jupyter_staging.safety.publishing import unlink_if_names
 from jupyter_staging.sources.base import SourceItem
 from jupyter_staging.sources.registry import open_source
 
@@ -181,8 +183,10 @@ class TaskControl(JobControl):
 
 
 def probe_folder(ctx: TaskContext, rel: str, token: str) -> str:
-    """Write the file ``.staging-probe-<token>`` (holding ``token``) into folder ``rel`` below the root,
-    so the server can tell whether it sees what this worker writes. Returns the worker's host name.
+    """Write the file ``.staging-probe-<token>`` (holding ``token``, tagged as the job's part files are:
+    :func:`~jupyter_staging.safety.ownership.tag_part`) into folder ``rel`` below the root, so the server
+    can tell whether it sees what this worker writes, and whether the worker's parts carry the job's tag
+    (:func:`read_probe`). Returns the worker's host name.
     Raises :class:`FileNotFoundError` / :class:`PathNotAllowed` when the folder is missing or a symlink
     here."""
     with folder_fd(Path(ctx.root), rel) as fd:
@@ -190,6 +194,7 @@ def probe_folder(ctx: TaskContext, rel: str, token: str) -> str:
         unlink_at(fd, name)  # a run again of this task (its worker died before the result was read)
         out = create_file(fd, name, 0o600)
         try:
+            tag_part(out, ctx.job_id)  # as the part files it makes: the server tells whether it can
             os.write(out, token.encode())
             os.fsync(out)
         finally:
@@ -197,16 +202,26 @@ def probe_folder(ctx: TaskContext, rel: str, token: str) -> str:
     return os.uname().nodename
 
 
-def read_probe(root: Path, rel: str, token: str) -> bool:
-    """Whether the probe file of ``token`` is in folder ``rel`` with its content (then removed)."""
+def read_probe(root: Path, rel: str, token: str, job_id: str) -> tuple[bool, bool]:
+    """``(seen, tagged)`` for the probe file of ``token`` in folder ``rel`` (then removed): whether it is
+    there with its content, and whether it is tagged as job ``job_id``'s part files are (False: the
+    worker's mount keeps no user attributes where this server's does, so the parts it makes are untagged
+    here; :func:`~jupyter_staging.safety.ownership.part_of_job`)."""
+    name = f".staging-probe-{token}"
     try:
-        with folder_fd(root, rel) as fd:
-            name = f".staging-probe-{token}"
-            found = read_file_at(fd, name, limit=1024)
-            unlink_at(fd, name)
+        with folder_fd(root, rel) as dir_fd:
+            fd = open_existing(dir_fd, name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            if fd is None:
+                return False, False
+            try:
+                found = os.read(fd, 1024)
+                tagged = part_of_job(fd, job_id)
+            finally:
+                os.close(fd)
+            unlink_at(dir_fd, name)
     except (FileNotFoundError, PathNotAllowed):
-        return False
-    return found == token.encode()
+        return False, False
+    return found == token.encode(), tagged
 
 
 def fetch_item(
@@ -303,7 +318,8 @@ def fetch_range(
     source = open_source(uri, source_roots=source_roots)
     final = ctx.path(final_rel)
     with folder_fd(Path(ctx.root), Path(final_rel).parent.as_posix(), writing=True) as dir_fd:
-        fd = open_existing(dir_fd, part_path(final).name, os.O_WRONLY | os.O_CLOEXEC)
+        # Non-blocking: a FIFO put at the name is refused (not a regular file), not waited on.
+        fd = open_existing(dir_fd, part_path(final).name, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         if fd is None:
             raise FileNotFoundError(f"{final.name}: its part file is missing")
         try:
@@ -335,27 +351,41 @@ def finish_ranges(
     if published is not None:
         return published
     final = ctx.path(final_rel)
+    name = part_path(final).name
+    dir_fd = open_folder(Path(ctx.root), Path(final_rel).parent.as_posix())
     try:
+        # Read-write (PartFile re-hashes it, then links it), non-blocking: a FIFO put at the name is
+        # refused, not waited on.
+        part_fd = open_existing(dir_fd, name, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        if part_fd is None:  # as a part of the wrong size: nothing to verify, nothing published
+            raise VerificationFailed(f"{final.name}: its part file is missing; nothing was published")
+    except BaseException:
+        os.close(dir_fd)
+        raise
+    try:
+        check_ranges_part(part_fd, token, final.name)
         checksums = verifiable_here(checksums, stated or {}, final.name)
     except VerificationFailed:  # nothing can be verified here: the assembled bytes are not kept
-        with folder_fd(Path(ctx.root), Path(final_rel).parent.as_posix()) as dir_fd:
-            unlink_at(dir_fd, part_path(final).name)
+        with suppress(OSError):
+            unlink_if_names(dir_fd, name, part_fd)
+        os.close(part_fd)
+        os.close(dir_fd)
         raise
-    with folder_fd(Path(ctx.root), Path(final_rel).parent.as_posix()) as dir_fd:
-        marked = open_existing(dir_fd, part_path(final).name, os.O_RDONLY | os.O_CLOEXEC)
-    if marked is None:  # as a part of the wrong size: nothing to verify, nothing published
-        raise VerificationFailed(f"{final.name}: its part file is missing; nothing was published")
-    try:
-        check_ranges_part(marked, token, final.name)
-        out = PartFile(
-            final, resume=True, second=second_algorithm(checksums), root=Path(ctx.root), owner=ctx.job_id
-        )
-        if not os.path.samestat(os.fstat(out.fileno()), os.fstat(marked)):  # replaced in between
-            out.close()
-            raise PathNotAllowed(f"{final.name}: the part file was replaced while its ranges were fetched")
-        return out.commit(size, checksums=checksums or None)
-    finally:
-        os.close(marked)
+    except BaseException:
+        os.close(part_fd)
+        os.close(dir_fd)
+        raise
+    # The very file checked, in the folder it was found in (both taken over by the part file).
+    out = PartFile(
+        final,
+        resume=True,
+        second=second_algorithm(checksums),
+        root=Path(ctx.root),
+        owner=ctx.job_id,
+        dir_fd=dir_fd,
+        named_fd=part_fd,
+    )
+    return out.commit(size, checksums=checksums or None)
 
 
 def source_visible(path: str, size: int, mtime_ns: int) -> bool:

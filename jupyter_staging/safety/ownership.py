@@ -63,15 +63,17 @@ def part_owner_prefix(job_id: str) -> str:
     return f"{job_id}:"
 
 
-def tag_part(fd: int, job_id: str) -> None:
+def tag_part(fd: int, job_id: str) -> bool:
     """Mark the part file just made, open as ``fd``, as job ``job_id``'s (:data:`OWNER_XATTR` set to
-    :func:`part_owner_prefix`), before any byte is written. Where the file system keeps no user
-    attributes or refuses this one it stays untagged: the cleanup there goes by the rules before the tag
-    (:func:`part_of_job`)."""
+    :func:`part_owner_prefix`), before any byte is written. Returns False, the part untagged, where the
+    file system keeps no user attributes (the cleanup there goes by the rules before the tag:
+    :func:`part_of_job`) or refuses this one (``EDQUOT``, a security module: the job's cleanup then leaves
+    that part, never a file of the user's)."""
     try:
         os.setxattr(fd, OWNER_XATTR, part_owner_prefix(job_id).encode())
     except OSError:
-        pass
+        return False
+    return True
 
 
 def part_of_job(fd: int, job_id: str) -> bool:
@@ -97,12 +99,15 @@ def part_of_job(fd: int, job_id: str) -> bool:
 def mark_ranges_part(fd: int) -> str | None:
     """Give the part file open as ``fd`` (made by the server, to be filled by range tasks) a new random
     token in :data:`RANGES_XATTR`; returns it (32 hex digits), or None where the file system keeps no user
-    attributes or refuses this one (the tasks then check nothing: the rule before the token)."""
+    attributes (the tasks then check nothing: the rule before the token). Raises ``OSError`` when the file
+    system refuses this one (``EDQUOT``, a security module): the tasks would otherwise check nothing."""
     token = secrets.token_hex(16)
     try:
         os.setxattr(fd, RANGES_XATTR, token.encode())
-    except OSError:
-        return None
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return None
+        raise
     return token
 
 
@@ -119,6 +124,11 @@ def check_ranges_part(fd: int, token: str | None, name: str) -> None:
     except OSError as exc:
         if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             return
+        if exc.errno != errno.ENODATA:  # refused (a security module): what the name holds is not known
+            raise PathNotAllowed(
+                f"{name}: the part file's mark could not be read ({os.strerror(exc.errno or 0)}); "
+                "nothing was written or published"
+            ) from None
         same = False
     if not same:
         raise PathNotAllowed(f"{name}: the part file was replaced while its ranges were fetched")

@@ -76,8 +76,10 @@ class PartFile(PartPlace):
     (taken over: the part file closes it, also when the constructor raises; with ``dir_fd_lent``, lent by
     ``folders`` and never closed here). ``unnamed_fd``: an unnamed file the caller made in that folder
     (:func:`~jupyter_staging.safety.unnamed.create_unnamed`), used as the part: it gets its only name at
-    :meth:`commit`, and a name taken meanwhile is refused then. ``owner``, with ``root``: the id of the job
-    whose file this is; :meth:`commit` tags the file as published by it before it takes its name
+    :meth:`commit`, and a name taken meanwhile is refused then. ``named_fd``, with ``resume``: the ``.part``
+    itself, opened read-write at its name and checked by the caller (Dask's ``finish_ranges``), resumed
+    without opening that name again (taken over, as ``unnamed_fd``). ``owner``, with ``root``: the id of the
+    job whose file this is; :meth:`commit` tags the file as published by it before it takes its name
     (:func:`~jupyter_staging.safety.ownership.tag_published`), so that a run resumed after a crash takes
     it as the job's own; a named ``.part`` made here is tagged as the job's from the first
     (:func:`~jupyter_staging.safety.ownership.tag_part`), so that the job's cleanup removes it and no file
@@ -97,6 +99,7 @@ class PartFile(PartPlace):
         dir_fd_lent: bool = False,
         unnamed_fd: int | None = None,
         owner: str | None = None,
+        named_fd: int | None = None,
     ) -> None:
         self.final = final
         self._owner = owner
@@ -121,13 +124,15 @@ class PartFile(PartPlace):
         #: With ``resume``: the first bytes of the part were hashed already (by whoever wrote them).
         self._prehashed = hashed
         self._buffer = memoryview(b"")
-        if root is None and (dir_fd is not None or unnamed_fd is not None):
-            for fd in (None if dir_fd_lent else dir_fd, unnamed_fd):
+        if root is None and (dir_fd is not None or unnamed_fd is not None or named_fd is not None):
+            for fd in (None if dir_fd_lent else dir_fd, unnamed_fd, named_fd):
                 if fd is not None:
                     os.close(fd)
             raise ValueError("a part file given descriptors needs its root")
         if root is not None:
-            self._fh = self._open_by_fd(root, resume=resume, dir_fd=dir_fd, unnamed_fd=unnamed_fd)
+            self._fh = self._open_by_fd(
+                root, resume=resume, dir_fd=dir_fd, unnamed_fd=unnamed_fd, named_fd=named_fd
+            )
             if resume:
                 self._rehash()
             return

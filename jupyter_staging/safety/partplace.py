@@ -69,12 +69,15 @@ class PartPlace:
     _fh: io.FileIO | BinaryIO
 
     def _open_by_fd(
-        self, root: Path, *, resume: bool, dir_fd: int | None, unnamed_fd: int | None
+        self, root: Path, *, resume: bool, dir_fd: int | None, unnamed_fd: int | None, named_fd: int | None
     ) -> io.FileIO:
         """Open the folder of ``final`` from ``root`` by descriptor (made when missing, no symlink
         followed) and the ``.part`` in it: an existing regular one kept with ``resume``, else anything
         of that name removed (a planted symlink itself, never its target) and created ``O_EXCL``. With
-        ``unnamed_fd`` (an unnamed file made in that folder by the caller) that file is the part."""
+        ``unnamed_fd`` (an unnamed file made in that folder by the caller) that file is the part; with
+        ``named_fd`` (the ``.part`` the caller opened read-write at its name and checked) that file, never
+        opened by name again. Either descriptor is taken over (closed here when this raises)."""
+        given = unnamed_fd if unnamed_fd is not None else named_fd
         if dir_fd is not None:
             self._dir_fd = dir_fd  # opened from the root by the caller
         else:
@@ -85,8 +88,8 @@ class PartPlace:
                 else:
                     self._dir_fd = open_folder(root, rel, create=True)
             except BaseException as exc:
-                if unnamed_fd is not None:
-                    os.close(unnamed_fd)
+                if given is not None:
+                    os.close(given)
                 if isinstance(exc, ValueError):
                     raise PathNotAllowed(f"{self.final.name}: its folder is outside the root") from None
                 raise
@@ -96,8 +99,8 @@ class PartPlace:
                 raise DestinationExists(
                     f"{self.final.name} already exists in the destination; not overwritten"
                 )
-            fd = unnamed_fd
-            self.unnamed = fd is not None
+            fd = given
+            self.unnamed = unnamed_fd is not None
             if fd is None and resume:
                 try:
                     fd = open_existing(self._dir_fd, self.part.name)
@@ -112,8 +115,8 @@ class PartPlace:
                 if self._owner is not None:  # the job's, before any byte: its cleanup may remove it
                     tag_part(fd, self._owner)
         except BaseException:
-            if unnamed_fd is not None:
-                os.close(unnamed_fd)
+            if given is not None:
+                os.close(given)
             self._close_dir()
             raise
         if not self.unnamed:  # an unnamed part is re-opened by descriptor, never by a name

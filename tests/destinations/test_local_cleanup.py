@@ -89,3 +89,33 @@ def test_a_part_file_is_tagged_as_its_jobs_before_any_byte(tmp_path: Path, out: 
             os.getxattr(out / "lc.fits.part", OWNER_XATTR)
     finally:
         anonymous.discard()
+
+
+@pytest.mark.parametrize(
+    ("resume", "tagged"),
+    [
+        ({}, True),  # never started: it made no part, so whatever a part's name holds is someone else's
+        ({"attempts": 1, "parts_tagged": True}, True),
+        ({"attempts": 1}, False),  # started by an earlier version: its parts are untagged
+        ({"attempts": 2, "parts_tagged": True, "untagged_parts_hosts": {"worker-3": True}}, False),
+    ],
+)
+def test_which_jobs_go_by_their_parts_tags(resume: dict, tagged: bool):
+    from jupyter_staging.engine.cleanup import _parts_tagged
+
+    assert _parts_tagged(resume) is tagged
+
+
+def test_a_workers_probe_tells_whether_its_parts_carry_the_jobs_tag(tmp_path: Path, out: Path):
+    """``read_probe`` on the probe file a worker wrote (``probe_folder``, run here as a worker runs it,
+    without a cluster: it needs none): tagged as the job's parts are; and, as a worker whose mount keeps no
+    user attributes writes it, untagged. Either way the probe is seen and then removed."""
+    from jupyter_staging.engine.tasks import TaskContext, probe_folder, read_probe
+
+    probe_folder(TaskContext(JOB, str(tmp_path)), "staged", "a" * 32)
+    assert read_probe(tmp_path, "staged", "a" * 32, JOB) == (True, True)
+    assert read_probe(tmp_path, "staged", "a" * 32, JOB) == (False, False)  # removed
+    probe_folder(TaskContext(JOB, str(tmp_path)), "staged", "b" * 32)
+    os.removexattr(out / f".staging-probe-{'b' * 32}", OWNER_XATTR)
+    assert read_probe(tmp_path, "staged", "b" * 32, JOB) == (True, False)
+    assert list(out.iterdir()) == []

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_staging.errors import PathNotAllowed
+from jupyter_staging.errors import PathNotAllowed, VerificationFailed
 from jupyter_staging.safety.foldercache import FolderCache
 from jupyter_staging.safety.ownership import mark_ranges_part
 from jupyter_staging.safety.partfile import PartFile, part_path
@@ -244,3 +244,71 @@ def test_dask_range_tasks_write_into_and_publish_only_the_part_the_server_made(t
         hashlib.sha256(data).hexdigest(),
     )
     assert final.read_bytes() == data and not part_path(final).exists()
+
+
+def _ranges_part(tmp_path: Path, data: bytes) -> tuple[Path, str]:
+    """``out/lc.bin``'s part as the server makes it for range tasks, filled with ``data``; its token."""
+    (tmp_path / "out").mkdir(exist_ok=True)
+    final = tmp_path / "out" / "lc.bin"
+    with open(part_path(final), "wb") as out:
+        out.write(data)
+        token = mark_ranges_part(out.fileno())
+    assert token is not None, "the test's file system keeps no user attributes"
+    return final, token
+
+
+def test_finish_ranges_that_cannot_verify_removes_only_the_servers_part(tmp_path: Path):
+    """A worker that cannot compute the checksum asked for, with nothing stated to stand in, throws the
+    assembled bytes away: the server's part, never a file the user put at its name."""
+    from jupyter_staging.engine.tasks import TaskContext, finish_ranges
+
+    ctx = TaskContext("job-1", str(tmp_path))
+    final, token = _ranges_part(tmp_path, b"x" * 1000)
+    with pytest.raises(VerificationFailed):
+        finish_ranges(ctx, "out/lc.bin", 1000, {"sha512x": "00"}, {}, token=token)
+    assert not part_path(final).exists() and not final.exists()
+    final, token = _ranges_part(tmp_path, b"x" * 1000)
+    (tmp_path / "theirs").write_bytes(b"u" * 1000)
+    os.replace(tmp_path / "theirs", part_path(final))
+    with pytest.raises(PathNotAllowed, match="replaced"):
+        finish_ranges(ctx, "out/lc.bin", 1000, {"sha512x": "00"}, {}, token=token)
+    assert part_path(final).read_bytes() == b"u" * 1000 and not final.exists()
+
+
+def test_range_tasks_refuse_a_fifo_at_the_parts_name_without_waiting(tmp_path: Path):
+    """A FIFO put at the part's name is refused at once (opened non-blocking, not a regular file): the
+    task never waits in ``open`` for a writer or reader that will not come, where a cancel cannot reach it.
+    Each call runs in a thread that must end within seconds."""
+    import threading
+
+    from jupyter_staging.engine.tasks import TaskContext, fetch_range, finish_ranges
+    from jupyter_staging.sources.registry import open_source
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "lc.bin").write_bytes(b"y" * 1000)
+    roots = [str(tmp_path / "src")]
+    source = open_source(str(tmp_path / "src" / "lc.bin"), source_roots=roots)
+    (item,) = source.list_items()
+    final, token = _ranges_part(tmp_path, b"\0" * 1000)
+    os.unlink(part_path(final))
+    os.mkfifo(part_path(final))
+    ctx = TaskContext("job-1", str(tmp_path))
+    calls = {
+        "fetch_range": lambda: fetch_range(ctx, source.uri, roots, item, "out/lc.bin", 0, 1000, token=token),
+        "finish_ranges": lambda: finish_ranges(ctx, "out/lc.bin", 1000, {}, token=token),
+    }
+    for what, call in calls.items():
+        raised: list[BaseException] = []
+
+        def run(call=call, raised=raised) -> None:
+            try:
+                call()
+            except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+                raised.append(exc)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive(), f"{what} waits on the FIFO"
+        assert len(raised) == 1 and isinstance(raised[0], PathNotAllowed), (what, raised)
+    assert part_path(final).is_fifo() and not final.exists()
