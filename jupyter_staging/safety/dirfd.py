@@ -312,6 +312,12 @@ def unlink_at(dir_fd: int, name: str) -> bool:
     st = lstat_at(dir_fd, name)
     if st is None or stat.S_ISDIR(st.st_mode):
         return False
+    return unlink_name(dir_fd, name)
+
+
+def unlink_name(dir_fd: int, name: str) -> bool:
+    """``unlinkat`` of ``name`` in ``dir_fd``: True when removed, False when nothing had that name (any
+    more). Raises ``OSError`` otherwise (a folder: ``EISDIR``; a folder not writable: ``EACCES``)."""
     try:
         os.unlink(name, dir_fd=dir_fd)
     except FileNotFoundError:

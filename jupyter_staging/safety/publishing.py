@@ -21,7 +21,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from jupyter_staging.errors import DestinationExists, PathNotAllowed
-from jupyter_staging.safety.dirfd import check_name, fsync_dir, fsync_fd, lstat_at, write_refused
+from jupyter_staging.safety.dirfd import check_name, fsync_dir, fsync_fd, lstat_at, unlink_name, write_refused
 
 #: errno values of ``linkat`` meaning "no hard links here": publish with ``renameat`` instead.
 _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}
@@ -93,13 +93,7 @@ def unlink_if_names(dir_fd: int, name: str, fd: int) -> bool:
     file, symlink or hard link the user put at that name since is left as it is. Returns True when the
     name was removed, False when it names another file or nothing. Raises ``OSError`` when the name cannot
     be looked at or removed (a folder that may not be searched or written into any more)."""
-    if not names_file(dir_fd, name, fd):
-        return False
-    try:
-        os.unlink(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return False
-    return True
+    return names_file(dir_fd, name, fd) and unlink_name(dir_fd, name)
 
 
 def names_file(dir_fd: int, name: str, fd: int) -> bool:
