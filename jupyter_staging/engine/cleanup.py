@@ -37,9 +37,10 @@ def remove_job_output(host: JobHost, rec: JobRecord, *, keep_ready: bool) -> int
     destination.confined()
     resume = rec.resume or {}
     chunk_paths = [destination.relative(c.path) for c in host.store.list_chunks(rec.id)]
+    started = bool(resume.get("attempts"))  # a job that never started made no part: none is removed
     return destination.remove(
         chunk_paths,
-        resume_item_names(resume),
+        resume_item_names(resume) if started else [],
         list(resume.get("convert_dirs", [])),
         keep_ready=keep_ready,
         keep_folder=not resume.get(MADE_DESTINATION, True),  # jobs recorded before this key: as before
@@ -50,8 +51,5 @@ def remove_job_output(host: JobHost, rec: JobRecord, *, keep_ready: bool) -> int
 def _parts_tagged(resume: dict[str, Any]) -> bool:
     """Whether every part file the job can have made is tagged as its own (then its cleanup removes a
     ``.part`` only with that tag): it was started by a version that tags them and no Dask worker of it
-    failed to (:data:`UNTAGGED_PARTS_HOSTS`), or it never started (it made no part: whatever is at a part's
-    name is someone else's)."""
-    if not resume.get("attempts"):
-        return True
+    failed to (:data:`UNTAGGED_PARTS_HOSTS`)."""
     return bool(resume.get(PARTS_TAGGED)) and not resume.get(UNTAGGED_PARTS_HOSTS)

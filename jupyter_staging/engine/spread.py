@@ -40,6 +40,7 @@ from jupyter_staging.engine.tasks import (
 from jupyter_staging.engine.taskset import JobTasks, TaskBatch
 from jupyter_staging.errors import DestinationNotShared, SourceChanged, StagingError
 from jupyter_staging.safety.checksums import second_algorithm
+from jupyter_staging.safety.dirfd import write_refused
 from jupyter_staging.safety.ownership import mark_ranges_part
 from jupyter_staging.sources.base import Source, SourceItem
 
@@ -169,8 +170,12 @@ class SpreadStager(ManifestStager):
         try:
             os.ftruncate(out.fileno(), item.size)
             token = mark_ranges_part(out.fileno())  # the tasks fill and publish this very file only
-        finally:
-            out.close()
+        except BaseException as exc:
+            out.discard()  # nothing for the tasks to fill: not left behind
+            if isinstance(exc, PermissionError):  # the mark refused (a security module)
+                raise write_refused(final.name, exc) from None
+            raise
+        out.close()
         tokens[index] = token
         step = executor.range_bytes
         spans = byte_ranges(item.size, step)

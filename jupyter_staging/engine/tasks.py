@@ -318,7 +318,7 @@ def fetch_range(
     source = open_source(uri, source_roots=source_roots)
     final = ctx.path(final_rel)
     with folder_fd(Path(ctx.root), Path(final_rel).parent.as_posix(), writing=True) as dir_fd:
-        # Non-blocking: a FIFO put at the name is refused (not a regular file), not waited on.
+        # Non-blocking open: a FIFO put at the name is refused (not a regular file), not waited on.
         fd = open_existing(dir_fd, part_path(final).name, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         if fd is None:
             raise FileNotFoundError(f"{final.name}: its part file is missing")
@@ -354,9 +354,9 @@ def finish_ranges(
     name = part_path(final).name
     dir_fd = open_folder(Path(ctx.root), Path(final_rel).parent.as_posix())
     try:
-        # Read-write (PartFile re-hashes it, then links it), non-blocking: a FIFO put at the name is
-        # refused, not waited on.
-        part_fd = open_existing(dir_fd, name, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        # Read-write (PartFile re-hashes it, then links it): a FIFO put at the name is opened at once,
+        # then refused (not a regular file), never waited on.
+        part_fd = open_existing(dir_fd, name, os.O_RDWR | os.O_CLOEXEC)
         if part_fd is None:  # as a part of the wrong size: nothing to verify, nothing published
             raise VerificationFailed(f"{final.name}: its part file is missing; nothing was published")
     except BaseException:

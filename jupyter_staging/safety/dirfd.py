@@ -266,8 +266,10 @@ def create_file(dir_fd: int, name: str, mode: int = 0o666) -> int:
 
 def open_existing(dir_fd: int, name: str, flags: int = RESUME_FLAGS) -> int | None:
     """Open the regular file ``name`` in ``dir_fd`` with ``O_NOFOLLOW`` (default read-write, to resume a
-    part file); None when absent. Raises :class:`PathNotAllowed` when it is a symlink or not a regular
-    file."""
+    part file); None when absent. ``O_NONBLOCK`` in ``flags`` serves the open alone (a FIFO put at the
+    name is then refused, not waited on): it is cleared once the file is known to be regular, since some
+    file systems (Lustre) honour it for a regular file's reads and writes. Raises :class:`PathNotAllowed`
+    when it is a symlink or not a regular file."""
     try:
         fd = os.open(check_name(name), flags | os.O_NOFOLLOW, dir_fd=dir_fd)
     except FileNotFoundError:
@@ -279,6 +281,8 @@ def open_existing(dir_fd: int, name: str, flags: int = RESUME_FLAGS) -> int | No
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise PathNotAllowed(f"{name!r} is not a regular file")
+    if flags & os.O_NONBLOCK:
+        os.set_blocking(fd, True)
     return fd
 
 

@@ -134,7 +134,12 @@ class PartFile(PartPlace):
                 root, resume=resume, dir_fd=dir_fd, unnamed_fd=unnamed_fd, named_fd=named_fd
             )
             if resume:
-                self._rehash()
+                try:
+                    self._rehash()
+                except BaseException:  # an unreadable part (EIO): its descriptors are let go of here
+                    self._close_file()
+                    self._close_dir()
+                    raise
             return
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists() or final.is_symlink():

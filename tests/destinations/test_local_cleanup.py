@@ -94,7 +94,6 @@ def test_a_part_file_is_tagged_as_its_jobs_before_any_byte(tmp_path: Path, out: 
 @pytest.mark.parametrize(
     ("resume", "tagged"),
     [
-        ({}, True),  # never started: it made no part, so whatever a part's name holds is someone else's
         ({"attempts": 1, "parts_tagged": True}, True),
         ({"attempts": 1}, False),  # started by an earlier version: its parts are untagged
         ({"attempts": 2, "parts_tagged": True, "untagged_parts_hosts": {"worker-3": True}}, False),
@@ -119,3 +118,26 @@ def test_a_workers_probe_tells_whether_its_parts_carry_the_jobs_tag(tmp_path: Pa
     os.removexattr(out / f".staging-probe-{'b' * 32}", OWNER_XATTR)
     assert read_probe(tmp_path, "staged", "b" * 32, JOB) == (True, False)
     assert list(out.iterdir()) == []
+
+
+def test_a_job_cancelled_before_it_ever_started_removes_no_part(tmp_path: Path, out: Path):
+    """A queued job's resume data lists its items already (admission hands them over): cancelled before
+    its first start, it made no part, and the user's ``.part`` files at those names stay, tagged or not,
+    empty or not (on any file system). ``remove_job_output`` with the job's real destination; the host
+    gives only that and the job's (no) chunks."""
+    from types import SimpleNamespace
+
+    from jupyter_staging.engine.cleanup import remove_job_output
+
+    users = [tagged(out / "lc1.fits.part", None, b"the user's"), tagged(out / "lc2.fits.part", None, b"")]
+    destination = LocalDestination(JOB, tmp_path, "staged")
+    host = SimpleNamespace(
+        destination_of=lambda rec: destination, store=SimpleNamespace(list_chunks=lambda job_id: [])
+    )
+    resume = {"items": [{"name": "lc1.fits"}, {"name": "lc2.fits"}], "made_destination": False}
+    record = SimpleNamespace(id=JOB, resume=resume)
+    assert remove_job_output(host, record, keep_ready=False) == 0  # type: ignore[arg-type]
+    assert all(path.exists() for path in users)
+    record.resume = {**resume, "attempts": 1, "parts_tagged": True}  # started: the empty untagged one goes
+    assert remove_job_output(host, record, keep_ready=False) == 1  # type: ignore[arg-type]
+    assert users[0].read_bytes() == b"the user's" and not users[1].exists()

@@ -365,6 +365,39 @@ def test_a_folder_a_worker_may_not_write_into_names_the_workers_user(cluster):
     assert "this server's user may not write into its folder" in write_refused("lc.fits", refused).message
 
 
+def test_a_refused_mark_on_a_ranges_part_fails_the_job_destination_not_writable(
+    tmp_path, cluster, monkeypatch
+):
+    """The server marks the part it makes for range tasks (``user.jupyter_staging.ranges``); a file system
+    or security module that refuses that one attribute (caused here by refusing it in this process only:
+    the workers are other processes) fails the job ``destination_not_writable`` with nothing left in the
+    folder, rather than ``internal_error`` with a full-size part behind it."""
+    from jupyter_staging.safety import ownership
+
+    real = os.setxattr
+
+    def refusing(path: Any, attribute: str, value: bytes, *args: Any, **kwargs: Any) -> None:
+        if attribute == ownership.RANGES_XATTR:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        real(path, attribute, value, *args, **kwargs)
+
+    monkeypatch.setattr(ownership.os, "setxattr", refusing)
+    source = tmp_path / "src" / "catalog.bin"
+    source.parent.mkdir()
+    source.write_bytes(os.urandom(3 * 1024**2 + 5))
+    manager = make_manager(
+        tmp_path / "root", scheduler_address=cluster.scheduler_address, range_bytes=1024**2
+    )
+    try:
+        job = run(manager, CreateJob(source=str(source), destination="big"))
+        assert job.state == JobState.failed and job.error is not None, job
+        assert job.error.code == "destination_not_writable", job.error
+        assert "catalog.bin" in job.error.message and "Traceback" not in job.error.message
+        assert list((tmp_path / "root").rglob("*.part")) == []
+    finally:
+        manager.stop(wait=True)
+
+
 def test_a_users_file_named_like_a_part_stops_the_range_task_and_is_kept(tmp_path, cluster):
     """The user keeps ``part-00005.parquet`` of their own in the folder a table converts into: the range
     task that writes that part leaves it (older than the job) and fails ``destination_exists`` at it,
