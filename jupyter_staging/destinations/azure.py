@@ -284,7 +284,7 @@ class AzureDestination(ObjectStoreDestination):
         (listed, then deleted in blob batches of :data:`AZURE_DELETE_BATCH`) — never anything outside
         that prefix. Uncommitted blocks of an interrupted upload are left to the service, which
         discards them after a week. Raises :class:`TransferFailed` (code ``cleanup_failed``) when blobs
-        could not be deleted."""
+        could not be deleted. ``parts_tagged`` is a local destination's (no ``.part`` here)."""
         self.remove_scratch()
         if keep_ready:
             return 0

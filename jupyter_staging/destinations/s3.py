@@ -226,7 +226,8 @@ class S3Destination(ObjectStoreDestination):
         """Delete the scratch folder and abort unfinished multipart uploads below the job prefix; unless
         ``keep_ready``, also delete every object below ``prefix/<job_id>/`` (ListObjectsV2 +
         DeleteObjects, :data:`DELETE_BATCH` keys a request) — never anything outside that prefix.
-        Raises :class:`TransferFailed` (code ``cleanup_failed``) when objects could not be deleted."""
+        Raises :class:`TransferFailed` (code ``cleanup_failed``) when objects could not be deleted.
+        ``parts_tagged`` is a local destination's (no ``.part`` here)."""
         self.remove_scratch()
         removed = 0
         with self.errors(self.uri):

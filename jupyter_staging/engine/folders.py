@@ -86,8 +86,9 @@ class DestinationWriter:
 
     def part_file(self, final: Path, **options: Any) -> PartFile:
         """A :class:`PartFile` for ``final`` (``options`` as its own): by descriptor through the run's
-        folder descriptors when the destination is confined to a root, and then tagged as the job's when it
-        is published (``owner``: a run resumed after a crash takes it as the job's,
+        folder descriptors when the destination is confined to a root, and then tagged as the job's, a
+        named ``.part`` from its creation (its cleanup removes it) and the file when it is published
+        (``owner``: a run resumed after a crash takes it as the job's,
         :meth:`_published_before_the_stop`); else by path (a private scratch folder)."""
         if self.dest.confinement_root is None:
             return PartFile(final, **options)

@@ -115,7 +115,8 @@ class PartOwnership(DestinationWriter):
 
     def _clear_part_at(self, item: SourceItem, dir_fd: int, name: str, tag: str) -> bool:
         """Make way for the part file ``name`` in ``dir_fd``: True when the ``.part`` there is ours
-        (``tag``) to resume; an empty untagged one is removed, any other set aside."""
+        (``tag``) to resume; an empty untagged one, or one of this job's of no known source version, is
+        removed; any other set aside."""
         st = lstat_at(dir_fd, name)
         if st is None:  # without a part of ours there is nothing to resume: it is created, not looked for
             return False
@@ -123,6 +124,10 @@ class PartOwnership(DestinationWriter):
         if owner is None and stat.S_ISREG(st.st_mode) and st.st_size == 0:
             # Created, then the process died before tagging it (the tag follows the creation at once,
             # before any byte): an empty file, nothing to keep.
+            unlink_at(dir_fd, name)
+        elif owner == part_owner_prefix(self.job_id) and stat.S_ISREG(st.st_mode):
+            # This job's, of no known source version (a Dask worker's fetch, stopped; a part made, then the
+            # process died before its version was tagged): not resumable, and nobody else's to keep.
             unlink_at(dir_fd, name)
         elif owner != tag:
             aside_name = f"{name}.set-aside-{self.job_id[:8]}"

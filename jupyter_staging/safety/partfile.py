@@ -13,7 +13,7 @@ import hashlib
 import io
 import os
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from jupyter_staging.errors import DestinationExists, SizeMismatch, VerificationFailed
 from jupyter_staging.safety import writeback
@@ -40,6 +40,15 @@ BLOCK_SIZE = 1024 * 1024
 #: its fsync with its bytes on their way, not all still dirty. Smaller files never reach it; their
 #: writeback is started with the fsync groups.
 WRITEBACK_STEP = 8 * 1024 * 1024
+
+
+def _refuse(descriptors: tuple[int | None, ...], why: str) -> NoReturn:
+    """Close the ``descriptors`` a :class:`PartFile` was given (taken over even when it refuses them), then
+    raise ``ValueError(why)``."""
+    for fd in descriptors:
+        if fd is not None:
+            os.close(fd)
+    raise ValueError(why)
 
 
 class Hashed(NamedTuple):
@@ -124,11 +133,11 @@ class PartFile(PartPlace):
         #: With ``resume``: the first bytes of the part were hashed already (by whoever wrote them).
         self._prehashed = hashed
         self._buffer = memoryview(b"")
+        given = (None if dir_fd_lent else dir_fd, unnamed_fd, named_fd)
+        if named_fd is not None and not resume:
+            _refuse(given, "a part file given its named part's descriptor resumes it (resume=True)")
         if root is None and (dir_fd is not None or unnamed_fd is not None or named_fd is not None):
-            for fd in (None if dir_fd_lent else dir_fd, unnamed_fd, named_fd):
-                if fd is not None:
-                    os.close(fd)
-            raise ValueError("a part file given descriptors needs its root")
+            _refuse(given, "a part file given descriptors needs its root")
         if root is not None:
             self._fh = self._open_by_fd(
                 root, resume=resume, dir_fd=dir_fd, unnamed_fd=unnamed_fd, named_fd=named_fd

@@ -68,12 +68,14 @@ def test_only_the_jobs_own_parts_are_removed(tmp_path: Path, out: Path):
 
 
 def test_a_job_an_earlier_version_started_removes_any_part_at_its_names(tmp_path: Path, out: Path):
-    """Its parts carry no tag: the rule before the tag (any ``.part`` at the job's names) holds."""
-    users = tagged(out / "lc1.fits.part", None, b"untagged, as an earlier version made them")
+    """Its parts carry no tag: the rule before the tag (any ``.part`` at the job's names) holds; in a
+    table's folder, only names a conversion gives its parts (a ``notes.part`` of the user's there stays)."""
+    untagged = tagged(out / "lc1.fits.part", None, b"untagged, as an earlier version made them")
     table_part = tagged(out / "kplr.parquet" / "part-00000.parquet.part", None)
+    notes = tagged(out / "kplr.parquet" / "notes.part", None, b"the user's")
     destination = LocalDestination(JOB, tmp_path, "staged")
     assert destination.remove([], ["lc1.fits"], ["kplr.parquet"], keep_ready=True) == 2
-    assert not users.exists() and not table_part.exists()
+    assert not untagged.exists() and not table_part.exists() and notes.read_bytes() == b"the user's"
 
 
 def test_a_part_file_is_tagged_as_its_jobs_before_any_byte(tmp_path: Path, out: Path):

@@ -398,6 +398,38 @@ def test_a_refused_mark_on_a_ranges_part_fails_the_job_destination_not_writable(
         manager.stop(wait=True)
 
 
+def test_a_worker_whose_parts_arrive_untagged_is_recorded_for_the_cleanup(tmp_path, cluster, monkeypatch):
+    """The server reads the worker's probe file: one that arrives without the job's tag (a worker mount
+    without user attributes where the server's keeps them; caused here by what ``read_probe`` answers, as
+    no such mount can be made in a test) is recorded in the job's resume data, and the job's cleanup then
+    removes a ``.part`` at its names by name, as before the tags (its worker's parts are untagged)."""
+    from jupyter_staging.engine import spread
+    from jupyter_staging.engine.cleanup import _parts_tagged
+
+    real = spread.read_probe
+
+    def untagged(*args: Any, **kwargs: Any) -> tuple[bool, bool]:
+        seen, _ = real(*args, **kwargs)
+        return seen, False
+
+    monkeypatch.setattr(spread, "read_probe", untagged)
+    source = tmp_path / "src" / "catalog.bin"
+    source.parent.mkdir()
+    source.write_bytes(os.urandom(3 * 1024**2 + 5))
+    manager = make_manager(
+        tmp_path / "root", scheduler_address=cluster.scheduler_address, range_bytes=1024**2
+    )
+    try:
+        job = run(manager, CreateJob(source=str(source), destination="big"))
+        assert job.state == JobState.succeeded, job.error
+        resume = manager.store.get_job(job.id).resume
+        assert list(resume["untagged_parts_hosts"].values()) == [True]
+        assert _parts_tagged(resume) is False
+        assert "cannot tag the part files it makes" in log_text(manager, job.id)
+    finally:
+        manager.stop(wait=True)
+
+
 def test_a_users_file_named_like_a_part_stops_the_range_task_and_is_kept(tmp_path, cluster):
     """The user keeps ``part-00005.parquet`` of their own in the folder a table converts into: the range
     task that writes that part leaves it (older than the job) and fails ``destination_exists`` at it,

@@ -26,9 +26,10 @@ from jupyter_staging.engine.admission import identity
 from jupyter_staging.engine.deadparts import FOREIGN_PARTS, FOREIGN_PARTS_LISTED
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
-from jupyter_staging.engine.parts import CTIME_SLACK_NS
+from jupyter_staging.engine.parts import CTIME_SLACK_NS, owner_tag
 from jupyter_staging.engine.runner import JobRunner
 from jupyter_staging.errors import DestinationExists
+from jupyter_staging.sources.registry import open_source
 from tests.helpers.data import KEPLER, SPITZER, TESS, latin1_past_inference, sha256, wait_until
 from tests.helpers.servers import RangeHTTPServer
 from tests.helpers.space import small_file_system
@@ -207,6 +208,36 @@ def test_planted_part_file_is_set_aside_never_spliced(manager, archive):
     assert job["state"] == "succeeded"
     assert sha256(folder / KEPLER.name) == sha256(KEPLER)
     assert "set aside" in log_text(manager, job["id"])
+
+
+def test_a_part_of_this_job_of_no_known_version_is_removed_not_set_aside(manager, archive):
+    """``PartOwnership._clear_part_at`` on a real job's runner: a ``.part`` tagged ``<job id>:`` alone (made
+    by this job, its source version never recorded: a Dask worker's fetch stopped, or a part made and the
+    process died before its version was tagged) cannot be resumed and is nobody else's: it is removed, not
+    left in the user's folder as ``.set-aside-...``. Another job's part is still set aside."""
+    from jupyter_staging.safety.ownership import OWNER_XATTR
+
+    done, _ = run(manager, source=str(archive / KEPLER.name), destination="kept")
+    runner = JobRunner(manager, done["id"])
+    runner.dest = manager.destination_of(manager.store.get_job(done["id"]))
+    runner.resume = {}
+    source = open_source(str(archive / KEPLER.name), source_roots=[str(archive)])
+    (item,) = source.list_items()
+    folder = runner.dest.workdir
+    for owner, kept in ((f"{done['id']}:", False), ("0" * 32 + ":", True)):
+        part = folder / "lc.fits.part"
+        part.write_bytes(b"bytes of some version" * 100)
+        os.setxattr(part, OWNER_XATTR, owner.encode())
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert (
+                runner._clear_part_at(item, dir_fd, part.name, owner_tag(done["id"], item.validator)) is False
+            )
+        finally:
+            os.close(dir_fd)
+        assert not part.exists()
+        aside = list(folder.glob("lc.fits.part.set-aside-*"))
+        assert bool(aside) is kept, (owner, aside)
 
 
 def test_cleaning_up_keeps_a_destination_folder_that_was_there_before(manager, archive):
