@@ -214,24 +214,23 @@ def _unlink_below(dest_fd: int, folder: list[str], name: str) -> int:
 
 
 #: The part files a conversion writes in a table's folder (``formats.parquet.PART_TEMPLATE`` + ``.part``).
-_TABLE_PART = re.compile(r"part-\d{5,}\.parquet\.part")
+_TABLE_PART = re.compile(r"part-[0-9]{5,}\.parquet\.part")
 
 
 def _remove_parts_in(
     dest_fd: int, folder: list[str], owner: str | None, names: list[str] | None = None
 ) -> int:
-    """Remove the part files ``names`` right in ``folder`` below ``dest_fd``; returns how many. With
-    ``owner`` (a job id) only those that are that job's (default: every ``*.part`` there that is); without,
-    every one of ``names`` (default: those named as a conversion names its parts, :data:`_TABLE_PART`: a
-    ``notes.part`` of the user's in a table's folder stays even where nothing tells whose a file is)."""
+    """Remove the part files ``names`` right in ``folder`` below ``dest_fd`` (default: those named as a
+    conversion names its parts, :data:`_TABLE_PART`: a ``notes.part`` of the user's in a table's folder
+    stays, even where nothing tells whose a file is); with ``owner`` (a job id) only those that are that
+    job's. Returns how many."""
     try:
         fd = open_below(dest_fd, PurePosixPath(*folder))
     except (FileNotFoundError, PathNotAllowed):
         return 0
     try:
-        if names is None:  # a table's folder: its part files' names (untagged, only those a job makes)
-            listed = os.listdir(fd)
-            names = [n for n in listed if (n.endswith(PART_SUFFIX) if owner else _TABLE_PART.fullmatch(n))]
+        if names is None:  # a table's folder: only names a conversion gives its part files
+            names = [name for name in os.listdir(fd) if _TABLE_PART.fullmatch(name)]
         if owner is None:
             return sum(unlink_at(fd, name) for name in names)
         return sum(_remove_job_part(fd, name, owner) for name in names)

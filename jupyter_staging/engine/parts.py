@@ -166,20 +166,25 @@ class PartOwnership(DestinationWriter):
 
     def _part_owner_at(self, item: SourceItem, dir_fd: int, name: str) -> str | None:
         """The owner tag of part file ``name`` in ``dir_fd`` (opened without following a symlink: a
-        planted symlink has no owner), else the resume data's, or None."""
+        planted symlink has no owner), else the resume data's (also for a part tagged with this job's
+        prefix alone, whose full tag was refused and kept there), or None."""
         try:
             fd = open_existing(dir_fd, name, os.O_RDONLY | os.O_NONBLOCK)
         except PathNotAllowed:
             return None
+        tagged = None
         if fd is not None:
             try:
-                return os.getxattr(fd, OWNER_XATTR).decode()
+                tagged = os.getxattr(fd, OWNER_XATTR).decode()
             except OSError:
                 pass
             finally:
                 os.close(fd)
+        if tagged is not None and tagged != part_owner_prefix(self.job_id):
+            return tagged
+        # This job's, its version tag refused (a quota): the resume data holds it, when it was recorded.
         with self._lock:
-            return (self.resume.get("parts") or {}).get(item.name)
+            return (self.resume.get("parts") or {}).get(item.name) or tagged
 
     def _part_owner(self, item: SourceItem, part: Path) -> str | None:
         """The owner tag of an existing part file (its xattr, else the resume data), or None."""

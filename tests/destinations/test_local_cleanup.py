@@ -143,3 +143,28 @@ def test_a_job_cancelled_before_it_ever_started_removes_no_part(tmp_path: Path, 
     record.resume = {**resume, "attempts": 1, "parts_tagged": True}  # started: the empty untagged one goes
     assert remove_job_output(host, record, keep_ready=False) == 1  # type: ignore[arg-type]
     assert users[0].read_bytes() == b"the user's" and not users[1].exists()
+
+
+def test_where_no_attributes_are_kept_a_tables_folder_loses_only_its_part_names(
+    tmp_path: Path, out: Path, monkeypatch
+):
+    """A job of this version on a file system that keeps no user attributes (NFS before 4.2; caused here by
+    ``getxattr`` answering ``ENOTSUP``, as no such mount can be made in a test): nothing tells whose a
+    ``.part`` is, so the job's names are removed by name; in a table's folder only the names a conversion
+    gives its parts, and a ``notes.part`` of the user's there stays."""
+    import errno
+
+    from jupyter_staging.safety import ownership
+
+    table_part = tagged(out / "kplr.parquet" / "part-00003.parquet.part", None)
+    notes = tagged(out / "kplr.parquet" / "notes.part", None, b"the user's")
+    item_part = tagged(out / "lc1.fits.part", None)
+
+    def no_attributes(*args: object, **kwargs: object) -> bytes:
+        raise OSError(errno.ENOTSUP, "Operation not supported")
+
+    monkeypatch.setattr(ownership.os, "getxattr", no_attributes)
+    destination = LocalDestination(JOB, tmp_path, "staged")
+    removed = destination.remove([], ["lc1.fits"], ["kplr.parquet"], keep_ready=True, parts_tagged=True)
+    assert removed == 2
+    assert not table_part.exists() and not item_part.exists() and notes.read_bytes() == b"the user's"

@@ -401,8 +401,9 @@ def test_a_refused_mark_on_a_ranges_part_fails_the_job_destination_not_writable(
 def test_a_worker_whose_parts_arrive_untagged_is_recorded_for_the_cleanup(tmp_path, cluster, monkeypatch):
     """The server reads the worker's probe file: one that arrives without the job's tag (a worker mount
     without user attributes where the server's keeps them; caused here by what ``read_probe`` answers, as
-    no such mount can be made in a test) is recorded in the job's resume data, and the job's cleanup then
-    removes a ``.part`` at its names by name, as before the tags (its worker's parts are untagged)."""
+    no such mount can be made in a test) is recorded in the job's resume data, so that the job's cleanup
+    goes by the parts' names, as before the tags (``_parts_tagged``; the removal itself:
+    tests/destinations/test_local_cleanup.py)."""
     from jupyter_staging.engine import spread
     from jupyter_staging.engine.cleanup import _parts_tagged
 

@@ -238,6 +238,18 @@ def test_a_part_of_this_job_of_no_known_version_is_removed_not_set_aside(manager
         assert not part.exists()
         aside = list(folder.glob("lc.fits.part.set-aside-*"))
         assert bool(aside) is kept, (owner, aside)
+    # Its full tag refused (a quota) and kept in the resume data instead: still this version's, resumed.
+    tag = owner_tag(done["id"], item.validator)
+    runner.resume = {"parts": {item.name: tag}}
+    part = folder / "lc.fits.part"
+    part.write_bytes(b"bytes of this version" * 100)
+    os.setxattr(part, OWNER_XATTR, f"{done['id']}:".encode())
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert runner._clear_part_at(item, dir_fd, part.name, tag) is True
+    finally:
+        os.close(dir_fd)
+    assert part.read_bytes() == b"bytes of this version" * 100
 
 
 def test_cleaning_up_keeps_a_destination_folder_that_was_there_before(manager, archive):
