@@ -365,6 +365,13 @@ def test_a_folder_a_worker_may_not_write_into_names_the_workers_user(cluster):
     assert "this server's user may not write into its folder" in write_refused("lc.fits", refused).message
 
 
+def random_file(path: Path, size: int = 3 * 1024**2 + 5) -> Path:
+    """``path`` holding ``size`` random bytes (3 MiB and a tail: three 1 MiB range tasks and a short one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(os.urandom(size))
+    return path
+
+
 def test_a_refused_mark_on_a_ranges_part_fails_the_job_destination_not_writable(
     tmp_path, cluster, monkeypatch
 ):
@@ -382,14 +389,13 @@ def test_a_refused_mark_on_a_ranges_part_fails_the_job_destination_not_writable(
         real(path, attribute, value, *args, **kwargs)
 
     monkeypatch.setattr(ownership.os, "setxattr", refusing)
-    source = tmp_path / "src" / "catalog.bin"
-    source.parent.mkdir()
-    source.write_bytes(os.urandom(3 * 1024**2 + 5))
     manager = make_manager(
         tmp_path / "root", scheduler_address=cluster.scheduler_address, range_bytes=1024**2
     )
     try:
-        job = run(manager, CreateJob(source=str(source), destination="big"))
+        job = run(
+            manager, CreateJob(source=str(random_file(tmp_path / "src" / "catalog.bin")), destination="big")
+        )
         assert job.state == JobState.failed and job.error is not None, job
         assert job.error.code == "destination_not_writable", job.error
         assert "catalog.bin" in job.error.message and "Traceback" not in job.error.message
@@ -414,14 +420,13 @@ def test_a_worker_whose_parts_arrive_untagged_is_recorded_for_the_cleanup(tmp_pa
         return seen, False
 
     monkeypatch.setattr(spread, "read_probe", untagged)
-    source = tmp_path / "src" / "catalog.bin"
-    source.parent.mkdir()
-    source.write_bytes(os.urandom(3 * 1024**2 + 5))
     manager = make_manager(
         tmp_path / "root", scheduler_address=cluster.scheduler_address, range_bytes=1024**2
     )
     try:
-        job = run(manager, CreateJob(source=str(source), destination="big"))
+        job = run(
+            manager, CreateJob(source=str(random_file(tmp_path / "src" / "catalog.bin")), destination="big")
+        )
         assert job.state == JobState.succeeded, job.error
         resume = manager.store.get_job(job.id).resume
         assert list(resume["untagged_parts_hosts"].values()) == [True]
