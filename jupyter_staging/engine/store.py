@@ -15,15 +15,12 @@ from datetime import datetime, timezone
 from typing import Any, cast
 
 from sqlalchemy import (
-    Integer,
     Table,
     bindparam,
     delete,
     insert,
-    literal,
     or_,
     select,
-    union_all,
     update,
 )
 from sqlalchemy.engine import Dialect
@@ -37,7 +34,7 @@ from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
 from jupyter_staging.engine.database import SQLStore
 from jupyter_staging.engine.migrate import JOB_MIGRATIONS
-from jupyter_staging.engine.resumechanges import apply_changes
+from jupyter_staging.engine.resumerows import add_changes, add_resume, read_resume, write_resume
 from jupyter_staging.engine.schema import (
     BYTES_COLUMNS,
     NOT_CONVERTED,
@@ -100,53 +97,9 @@ _JOB_DEFAULTS = {
 #: work (its session synchronisation) was a fifth of a small table's conversion.
 _JOBS = cast(Table, JobRecord.__table__)
 _INSERT_JOB = insert(_JOBS)
-_RESUME = cast(Table, ResumeRecord.__table__)
-_CHANGES = cast(Table, ResumeChangeRecord.__table__)
-
-
-#: Job ids per ``SELECT`` of resume data, which names them twice (its whole rows, its rows of changes):
-#: 2 x 400 + 1 stays below every database's limit of bound parameters (999 on SQLite before 3.32, 32,766
-#: since; 65,535 with psycopg).
-_RESUME_BATCH = 400
-
-
-def _read_resume(s: Session, records: Sequence[JobRecord]) -> None:
-    """Read the resume data of ``records`` into them; None for a job without any. One ``SELECT`` per
-    :data:`_RESUME_BATCH` jobs reads the last whole write and the changes written since (``UNION ALL``:
-    one statement, so one snapshot on every database; two could see a compaction in between and lose the
-    changes it folded in), applied in the order written."""
-    found: dict[str, Any] = {}
-    writes: dict[str, list[list[Any]]] = {}
-    ids = [rec.id for rec in records]
-    for start in range(0, len(ids), _RESUME_BATCH):
-        batch = ids[start : start + _RESUME_BATCH]
-        whole = select(_RESUME.c.job_id, literal(0, Integer).label("seq"), _RESUME.c.resume.label("data"))
-        changed = select(_CHANGES.c.job_id, _CHANGES.c.id, _CHANGES.c.changes)
-        query = union_all(
-            whole.where(_RESUME.c.job_id.in_(batch)), changed.where(_CHANGES.c.job_id.in_(batch))
-        ).order_by("seq")
-        for job_id, seq, data in s.execute(query).tuples():
-            if seq == 0:
-                found[job_id] = data
-            else:
-                writes.setdefault(job_id, []).append(data)
-    for rec in records:
-        rec.resume = apply_changes(found.get(rec.id), writes.get(rec.id, ()))
-
-
-def _write_resume(s: Session, job_id: str, resume: dict[str, Any] | None) -> None:
-    """Set the resume data of job ``job_id`` (its row made when missing), replacing the changes written
-    since its last whole write, in session ``s``'s transaction."""
-    s.execute(delete(_CHANGES).where(_CHANGES.c.job_id == job_id))
-    known = s.execute(select(_RESUME.c.job_id).where(_RESUME.c.job_id == job_id)).first()
-    if known is None:
-        s.execute(insert(_RESUME).values(job_id=job_id, resume=resume))
-    else:
-        s.execute(update(_RESUME).where(_RESUME.c.job_id == job_id).values(resume=resume))
 
 
 _INSERT_EVENT = insert(cast(Table, EventRecord.__table__))
-_INSERT_CHANGES = insert(_CHANGES)
 _ACTIVE_JOB_ID = (
     select(JobRecord.id)
     .where(
@@ -237,7 +190,7 @@ class Store(SQLStore):
         with self.session(first=True) as s:
             s.execute(_INSERT_JOB, [values])
             if record.resume is not None:
-                s.execute(insert(_RESUME).values(job_id=record.id, resume=record.resume))
+                add_resume(s, record.id, record.resume)
             if events:
                 now = utcnow()
                 s.execute(
@@ -252,7 +205,7 @@ class Store(SQLStore):
         with self.read_session() as s:
             rec = s.get(JobRecord, job_id)
             if rec is not None and resume:
-                _read_resume(s, [rec])
+                read_resume(s, [rec])
             return rec
 
     def job_state(self, job_id: str) -> tuple[str, str, str] | None:
@@ -277,7 +230,7 @@ class Store(SQLStore):
                 select(JobRecord).where(JobRecord.owner == owner, JobRecord.idempotency_key == key)
             ).first()
             if rec is not None:
-                _read_resume(s, [rec])
+                read_resume(s, [rec])
             return rec
 
     def list_jobs(
@@ -316,7 +269,7 @@ class Store(SQLStore):
             q = q.order_by(JobRecord.created_at.desc(), JobRecord.id.desc()).limit(limit)
             records = list(s.scalars(q))
             if resume:
-                _read_resume(s, records)
+                read_resume(s, records)
             return records
 
     def update_job(
@@ -342,7 +295,7 @@ class Store(SQLStore):
             if rec is None:
                 return None
             if load_resume:
-                _read_resume(s, [rec])
+                read_resume(s, [rec])
             if defaults is not None:
                 fields = {**defaults(rec), **fields}
             for key, value in fields.items():
@@ -353,7 +306,7 @@ class Store(SQLStore):
             rec.updated_at = now
             if "resume" in fields:
                 s.flush()  # the job's row before its resume row, as in write_chunks (one lock order)
-                _write_resume(s, job_id, fields["resume"])
+                write_resume(s, job_id, fields["resume"])
             s.add_all(EventRecord(job_id=job_id, time=now, level=lv, message=m) for lv, m in events)
             return rec
 
@@ -455,9 +408,9 @@ class Store(SQLStore):
                     _job_update(tuple(job_fields)), {**job_fields, "updated_at": utcnow(), "job_id_": job_id}
                 )
             if resume is not _UNSET:
-                _write_resume(s, job_id, resume)
+                write_resume(s, job_id, resume)
             if resume_changes:
-                s.execute(_INSERT_CHANGES, {"job_id": job_id, "changes": list(resume_changes)})
+                add_changes(s, job_id, resume_changes)
             if events:
                 now = utcnow()
                 s.execute(

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from jupyter_staging.engine import store as store_module
+from jupyter_staging.engine import resumerows
 from jupyter_staging.engine.store import JobRecord, ResumeNotRead, Store
 
 NOW = datetime(2026, 12, 2, 8, 0, tzinfo=timezone.utc)
@@ -29,7 +29,7 @@ def store(tmp_path):
 
 
 def test_many_jobs_are_read_with_their_resume_data_in_batches(store, monkeypatch):
-    monkeypatch.setattr(store_module, "_RESUME_BATCH", 3)  # 10 jobs: four SELECTs
+    monkeypatch.setattr(resumerows, "RESUME_BATCH", 3)  # 10 jobs: four SELECTs
     for i in range(10):
         store.add_job(job(i, {"items": [{"name": f"lc-{i}.fits"}]} if i % 4 else None))
     listed = store.list_jobs("alice", limit=100)
