@@ -89,11 +89,14 @@ def part_of_job(fd: int, job_id: str) -> bool:
     if not stat.S_ISREG(st.st_mode):
         return False
     try:
-        return os.getxattr(fd, OWNER_XATTR).decode(errors="replace").startswith(part_owner_prefix(job_id))
-    except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return True
-        return exc.errno == errno.ENODATA and st.st_size == 0
+        owner = _attribute(fd, OWNER_XATTR)
+    except OSError:
+        return False
+    if owner is None:  # no attributes here: nothing tells
+        return True
+    if not owner:  # untagged
+        return st.st_size == 0
+    return owner.decode(errors="replace").startswith(part_owner_prefix(job_id))
 
 
 def mark_ranges_part(fd: int) -> str | None:
@@ -120,17 +123,13 @@ def check_ranges_part(fd: int, token: str | None, name: str) -> None:
     if token is None:
         return
     try:
-        same = os.getxattr(fd, RANGES_XATTR) == token.encode()
-    except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return
-        if exc.errno != errno.ENODATA:  # refused (a security module): what the name holds is not known
-            raise PathNotAllowed(
-                f"{name}: the part file's mark could not be read ({os.strerror(exc.errno or 0)}); "
-                "nothing was written or published"
-            ) from None
-        same = False
-    if not same:
+        mark = _attribute(fd, RANGES_XATTR)
+    except OSError as exc:  # refused (a security module): what the name holds is not known
+        raise PathNotAllowed(
+            f"{name}: the part file's mark could not be read ({os.strerror(exc.errno or 0)}); "
+            "nothing was written or published"
+        ) from None
+    if mark is not None and mark != token.encode():  # None: this mount keeps no attributes
         raise PathNotAllowed(f"{name}: the part file was replaced while its ranges were fetched")
 
 
@@ -178,7 +177,7 @@ def keeps_attributes(fd: int) -> bool:
     ``getxattr`` answers ``ENOTSUP`` (NFS before 4.2, ramfs, some FUSE file systems), where no file can be
     tagged and no tag can tell whose a file is. True otherwise (a missing attribute is ``ENODATA``)."""
     try:
-        return _published_tag_of(fd) is not None
+        return _attribute(fd, PUBLISHED_XATTR) is not None
     except OSError:
         return True
 
@@ -209,7 +208,7 @@ def taken_back(
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or (size is not None and st.st_size != size):
             return None
-        tag = _published_tag_of(fd) if tagged else None
+        tag = _attribute(fd, PUBLISHED_XATTR) if tagged else None
         digest = hashlib.sha256()
         offset = 0
         while block := os.pread(fd, _READ_BYTES, offset):
@@ -225,12 +224,12 @@ def taken_back(
     return offset, actual
 
 
-def _published_tag_of(fd: int) -> bytes | None:
-    """The :data:`PUBLISHED_XATTR` of the open file ``fd``: ``b""`` when it has none (``ENODATA``: taken by
-    no tag), None where the file system keeps no user attributes (no tag can tell). Raises
-    :class:`OSError` for other errors reading it."""
+def _attribute(fd: int, name: str) -> bytes | None:
+    """The extended attribute ``name`` of the open file ``fd``: ``b""`` when it has none (``ENODATA``:
+    untagged), None where the file system keeps no user attributes (``ENOTSUP``: no tag can tell). Raises
+    :class:`OSError` for other errors reading it (a security module's refusal)."""
     try:
-        return os.getxattr(fd, PUBLISHED_XATTR)
+        return os.getxattr(fd, name)
     except OSError as exc:
         if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             return None
