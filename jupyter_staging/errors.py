@@ -91,6 +91,12 @@ class DestinationExists(StagingError):
     code = "destination_exists"
     status = 409
 
+    @classmethod
+    def not_overwritten(cls, name: str) -> DestinationExists:
+        """The error for ``name`` (a file's name or path below the destination, never an absolute path)
+        already being there: "<name> already exists in the destination; not overwritten"."""
+        return cls(f"{name} already exists in the destination; not overwritten")
+
 
 class DestinationNotShared(StagingError):
     """The job runs on a distributed executor whose workers cannot see the destination folder (a probe

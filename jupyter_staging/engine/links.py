@@ -342,7 +342,7 @@ def _link_failed(exc: OSError, method: str, item: SourceItem, name: str) -> Stag
     when the name is taken, else :class:`TransferFailed` (``hardlink_failed`` / ``symlink_failed``; for
     ``EXDEV``, the hint that both must be on one file system)."""
     if isinstance(exc, FileExistsError):
-        return DestinationExists(f"{name} already exists in the destination; not overwritten")
+        return DestinationExists.not_overwritten(name)
     code = "hardlink_failed" if method == "hardlink" else "symlink_failed"
     hint = " (source and destination must be on the same file system)" if exc.errno == errno.EXDEV else ""
     return TransferFailed(f"cannot {method} {item.name}: {exc.strerror}{hint}", code=code)

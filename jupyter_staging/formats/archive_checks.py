@@ -246,4 +246,4 @@ def check_layout(what: str, members: list[Member], into: Path) -> None:
     for name in files:
         path = into.joinpath(*name.split("/"))
         if path.exists() or path.is_symlink():
-            raise DestinationExists(f"{name} already exists in the destination; not overwritten")
+            raise DestinationExists.not_overwritten(name)

@@ -142,7 +142,7 @@ class Confined:
             self.parent(dst, create=make_parents, writing=True) as (dst_fd, name),
         ):
             if lstat_at(dst_fd, name) is not None:
-                raise DestinationExists(f"{name} already exists in the destination; not overwritten")
+                raise DestinationExists.not_overwritten(name)
             os.rename(src_name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
             if sync:
                 fsync_fd(dst_fd)

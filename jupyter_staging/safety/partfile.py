@@ -152,7 +152,7 @@ class PartFile(PartPlace):
             return
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists() or final.is_symlink():
-            raise DestinationExists(f"{final.name} already exists in the destination; not overwritten")
+            raise DestinationExists.not_overwritten(final.name)
         if resume and self.part.exists():
             self._fh = open(self.part, "r+b")  # noqa: SIM115 - closed in commit/discard
             self._rehash()

@@ -96,9 +96,7 @@ class PartPlace:
         try:
             # An unnamed part is refused at publishing if the name is taken (nothing to clean up then).
             if unnamed_fd is None and lstat_at(self._dir_fd, self.final.name) is not None:
-                raise DestinationExists(
-                    f"{self.final.name} already exists in the destination; not overwritten"
-                )
+                raise DestinationExists.not_overwritten(self.final.name)
             fd = given
             self.unnamed = unnamed_fd is not None
             if fd is None and resume:

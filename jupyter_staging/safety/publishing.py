@@ -43,7 +43,7 @@ def link_open_file(fd: int, dst_dir_fd: int, final: str) -> None:
     try:
         os.link(f"{PROC_FD}/{fd}", final, dst_dir_fd=dst_dir_fd, follow_symlinks=True)
     except FileExistsError:
-        raise DestinationExists(f"{final} already exists in the destination; not overwritten") from None
+        raise DestinationExists.not_overwritten(final) from None
 
 
 def publish_open_at(
@@ -126,14 +126,14 @@ def publish_at(
     try:
         os.link(part, final, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
     except FileExistsError:
-        raise DestinationExists(f"{final} already exists in the destination; not overwritten") from None
+        raise DestinationExists.not_overwritten(final) from None
     except OSError as err:
         if err.errno not in _NO_LINKS:
             if isinstance(err, PermissionError):  # EACCES (EPERM means no hard links here)
                 raise write_refused(final, err) from None
             raise
         if lstat_at(dst_dir_fd, final) is not None:
-            raise DestinationExists(f"{final} already exists in the destination; not overwritten") from None
+            raise DestinationExists.not_overwritten(final) from None
         try:
             os.rename(part, final, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
         except PermissionError as refused:
@@ -165,12 +165,10 @@ def publish(tmp: Path, final: Path, *, sync: bool = True) -> None:
     try:
         os.link(tmp, final)
     except FileExistsError:
-        raise DestinationExists(f"{final.name} already exists in the destination; not overwritten") from None
+        raise DestinationExists.not_overwritten(final.name) from None
     except OSError:
         if final.exists() or final.is_symlink():
-            raise DestinationExists(
-                f"{final.name} already exists in the destination; not overwritten"
-            ) from None
+            raise DestinationExists.not_overwritten(final.name) from None
         os.rename(tmp, final)
     else:
         os.unlink(tmp)
