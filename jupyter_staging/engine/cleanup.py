@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jupyter_staging.engine.folders import PARTS_TAGGED, UNTAGGED_PARTS_HOSTS
+from jupyter_staging.engine.folders import parts_tagged
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.store import JobRecord
 
@@ -44,12 +44,5 @@ def remove_job_output(host: JobHost, rec: JobRecord, *, keep_ready: bool) -> int
         list(resume.get("convert_dirs", [])),
         keep_ready=keep_ready,
         keep_folder=not resume.get(MADE_DESTINATION, True),  # jobs recorded before this key: as before
-        parts_tagged=_parts_tagged(resume),
+        parts_tagged=parts_tagged(resume),
     )
-
-
-def _parts_tagged(resume: dict[str, Any]) -> bool:
-    """Whether every part file the job can have made is tagged as its own (then its cleanup removes a
-    ``.part`` only with that tag): it was started by a version that tags them and no Dask worker of it
-    failed to (:data:`UNTAGGED_PARTS_HOSTS`)."""
-    return bool(resume.get(PARTS_TAGGED)) and not resume.get(UNTAGGED_PARTS_HOSTS)

@@ -25,6 +25,7 @@ from astropy.io import fits
 
 from jupyter_staging.destinations.base import remove_tree_if_empty, scratch_dir
 from jupyter_staging.engine.deadparts import DeadParts
+from jupyter_staging.engine.folders import parts_tagged
 from jupyter_staging.engine.items import sha256_file
 from jupyter_staging.engine.models import DONE_STATES, ChunkState
 from jupyter_staging.engine.pipeline import PipelinedStager
@@ -152,6 +153,7 @@ class ConvertingStager(PipelinedStager, TableFolders, DeadParts):
             ),
             root=self.dest.files.root,
             owner=self.job_id,
+            claim_untagged=not parts_tagged(self.resume),
         )
         return out_rel
 

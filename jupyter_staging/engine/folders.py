@@ -48,6 +48,14 @@ PARTS_TAGGED = "parts_tagged"
 UNTAGGED_PARTS_HOSTS = "untagged_parts_hosts"
 
 
+def parts_tagged(resume: dict[str, Any]) -> bool:
+    """Whether every part file the job can have made is tagged as its own (then its cleanup removes a
+    ``.part`` only with that tag, and an untagged file at a new part's name is set aside, not removed): it
+    was started by a version that tags them and no Dask worker of it failed to
+    (:data:`UNTAGGED_PARTS_HOSTS`)."""
+    return bool(resume.get(PARTS_TAGGED)) and not resume.get(UNTAGGED_PARTS_HOSTS)
+
+
 class DestinationWriter:
     """Folders, part files, links and publication below ``dest`` for one run of a job."""
 
@@ -58,6 +66,8 @@ class DestinationWriter:
     #: The job's chunk records waiting to be written (folders holding new links are fsynced first).
     ledger: ChunkLedger
     _lock: threading.RLock
+    #: Adds a line to the job's log (ReusingWriter's).
+    _log: Callable[[str, str], None]
     #: Guards :attr:`_folders` alone (one lock for all runs: it is held only to make or drop a cache, and
     #: never while waiting for another): a chunk flush fsyncs folders through the cache while holding the
     #: job's ``_lock``, so a lock of its own keeps making the cache from waiting for a database write.
@@ -87,12 +97,19 @@ class DestinationWriter:
     def part_file(self, final: Path, **options: Any) -> PartFile:
         """A :class:`PartFile` for ``final`` (``options`` as its own): by descriptor through the run's
         folder descriptors when the destination is confined to a root, and then tagged as the job's, a
-        named ``.part`` from its creation (its cleanup removes it) and the file when it is published
+        named ``.part`` from its creation (its cleanup removes it; a file not the job's in its way is set
+        aside, and logged; an untagged one is the job's when its parts are not all tagged,
+        :func:`parts_tagged`) and the file when it is published
         (``owner``: a run resumed after a crash takes it as the job's,
         :meth:`_published_before_the_stop`); else by path (a private scratch folder)."""
         if self.dest.confinement_root is None:
             return PartFile(final, **options)
-        return PartFile(final, folders=self.folders, owner=self.job_id, **options)
+        untagged = not parts_tagged(self.resume)  # two keys read: no lock (a chunk flush may hold it)
+        out = PartFile(final, folders=self.folders, owner=self.job_id, claim_untagged=untagged, **options)
+        notice = out.set_aside_notice()  # a file not the job's was in the way of its new .part
+        if notice is not None:
+            self._log("warning", notice)
+        return out
 
     def _sync_folder(self, folder: Path) -> None:
         """fsync ``folder`` (by descriptor from the confinement root when there is one)."""

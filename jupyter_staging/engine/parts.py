@@ -21,7 +21,7 @@ from typing import Any
 
 from jupyter_staging.engine.folders import DestinationWriter
 from jupyter_staging.errors import PathNotAllowed
-from jupyter_staging.safety.dirfd import lstat_at, open_existing, rename_at, unlink_at
+from jupyter_staging.safety.dirfd import lstat_at, open_existing, set_aside_at, unlink_at
 from jupyter_staging.safety.ownership import OWNER_XATTR, part_owner_prefix
 from jupyter_staging.safety.partfile import PartFile, part_path
 from jupyter_staging.safety.unnamed import create_unnamed
@@ -60,8 +60,6 @@ class PartOwnership(DestinationWriter):
     #: Change the resume data, and write the changes (ItemStager's).
     _resume_put: Callable[[str, str, Any], None]
     _save_changes: Callable[..., Any]
-    #: Adds a line to the job's log (ReusingWriter's).
-    _log: Callable[[str, str], None]
 
     def _open_part(self, item: SourceItem, final: Path, *, second: str | None) -> PartFile:
         """The part file of ``item``, resumed only when this job wrote it for this fingerprint; any other
@@ -130,8 +128,7 @@ class PartOwnership(DestinationWriter):
             # process died before its version was tagged): not resumable, and nobody else's to keep.
             unlink_at(dir_fd, name)
         elif owner != tag:
-            aside_name = f"{name}.set-aside-{self.job_id[:8]}"
-            rename_at(dir_fd, name, aside_name)  # a planted symlink itself, never its target
+            aside_name = set_aside_at(dir_fd, name, self.job_id[:8])  # a planted symlink itself
             self._log_set_aside(item, aside_name)
         return owner == tag
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from jupyter_staging.engine.entries import ManifestStager
 from jupyter_staging.engine.executors import DaskExecutor
-from jupyter_staging.engine.folders import PARTS_TAGGED, PUBLISHED_TAGS, UNTAGGED_PARTS_HOSTS
+from jupyter_staging.engine.folders import PARTS_TAGGED, PUBLISHED_TAGS, UNTAGGED_PARTS_HOSTS, parts_tagged
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.ranges import byte_ranges
 from jupyter_staging.engine.schema import JobChunk
@@ -220,6 +220,7 @@ class SpreadStager(ManifestStager):
                         str(self.dest.confinement_root or ""),
                         attempt=int(self.resume.get("attempts", 1)),
                         tagged=bool(self.resume.get(PUBLISHED_TAGS)),
+                        parts_tagged=parts_tagged(self.resume),
                     ),
                     self.control,
                     self.live,

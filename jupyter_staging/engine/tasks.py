@@ -63,6 +63,8 @@ from jupyter_staging.sources.registry import open_source
 POLL_SECONDS = 0.5
 #: Seconds between two progress events of one task.
 REPORT_SECONDS = 0.25
+#: Lines a task may add to its job's log (:meth:`TaskControl.log`): a set-aside file, a notice.
+LOG_LINES = 20
 #: Bytes read at a time when hashing a published file.
 RANGE_STEP = 16 * 1024**2
 #: What a job's control variable holds while it may run.
@@ -85,6 +87,9 @@ class TaskContext:
     #: The job was started by a version that tags what it publishes (``PUBLISHED_TAGS`` in its resume
     #: data): a file at a task's name is the job's only with the job's tag. Without it, by the rules before.
     tagged: bool = True
+    #: Every part file of the job is tagged as its own (:func:`~jupyter_staging.engine.folders.parts_tagged`):
+    #: without it, an untagged file at a new part's name is the job's (removed), not set aside.
+    parts_tagged: bool = True
 
     @property
     def control_key(self) -> str:
@@ -109,8 +114,9 @@ class TaskControl(JobControl):
     every :data:`POLL_SECONDS`), bytes and rows are sent back as structured events."""
 
     def __init__(self, ctx: TaskContext, *, count_bytes: bool = True) -> None:
-        super().__init__()
+        super().__init__(log=self._send_log)
         self.ctx = ctx
+        self._logged = 0
         self.count_bytes = count_bytes
         self._checked = 0.0
         self._sent = time.monotonic()
@@ -177,6 +183,20 @@ class TaskControl(JobControl):
             worker = get_worker()
         worker.log_event(self.ctx.topic, event)  # thread-safe: sent from the worker's event loop
 
+    def _send_log(self, level: str, message: str) -> None:
+        """Send a line for the job's log (``level``: info, warning, error) to the server at once, as an
+        event ``{"log": [level, message]}``; at most :data:`LOG_LINES` per task (later ones are dropped)."""
+        with self._lock:
+            self._logged += 1
+            if self._logged > LOG_LINES:
+                return
+        worker = self._worker
+        if worker is None:
+            from distributed import get_worker  # deferred: as above
+
+            worker = get_worker()
+        worker.log_event(self.ctx.topic, {"log": [level, message]})
+
     def flush(self) -> None:
         """Send the bytes and rows not reported yet."""
         self._report(force=True)
@@ -236,13 +256,14 @@ def fetch_item(
     streams: int = 1,
 ) -> tuple[int, str]:
     """Fetch ``item`` of source ``uri`` into ``final_rel`` (below the root): a fresh ``.part`` (a dead
-    attempt's is truncated), on ``streams`` parallel streams when it is large enough
-    (:func:`fetch_verified`), verified against ``item.size`` and ``checksums`` (``{algorithm: hex}``, plus
-    those the source states when the bytes come), published. Returns ``(size_bytes, sha256_hex)``.
+    attempt's is replaced; a file of someone else's at its name set aside and logged), on ``streams``
+    parallel streams when it is large enough (:func:`fetch_verified`), verified against ``item.size`` and
+    ``checksums`` (``{algorithm: hex}``, plus those the source states when the bytes come), published.
+    Returns ``(size_bytes, sha256_hex)``.
 
     Raises what the source and :meth:`PartFile.commit` raise (``transfer_failed``, ``checksum_mismatch``,
     ``size_mismatch``, ``destination_exists``, ...), and :class:`JobInterrupted` on pause or cancel (the
-    ``.part`` stays; the next attempt truncates it)."""
+    ``.part`` stays; the next attempt replaces it)."""
     control = TaskControl(ctx)
     control.check()
     published = _published(ctx, final_rel, item.size)
@@ -260,6 +281,7 @@ def fetch_item(
             second=second,
             streams=streams,
             owner=ctx.job_id,
+            claim_untagged=not ctx.parts_tagged,
         )
     finally:
         control.flush()
@@ -449,6 +471,7 @@ def convert_range(
             start_offset=start_offset,
             root=Path(ctx.root),
             owner=ctx.job_id,
+            claim_untagged=not ctx.parts_tagged,
         )
     finally:
         control.flush()

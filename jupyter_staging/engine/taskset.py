@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import logging
 import threading
 import time
 import uuid
@@ -34,6 +35,8 @@ from jupyter_staging.errors import JobInterrupted, StagingError
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.dirfd import WRITER
 
+log = logging.getLogger(__name__)
+
 #: Times a task that raised is run again (a lost connection, a full worker).
 TASK_RETRIES = 2
 #: Seconds the runner's thread waits for a task to finish before it looks at the job's control again.
@@ -44,6 +47,10 @@ POLL_SECONDS = 0.02
 COUNT_SECONDS = 1.0
 #: Seconds the running tasks of a stopping batch are given to notice and end.
 STOP_SECONDS = 60.0
+#: Levels of the log lines tasks send (:meth:`JobControl.log`'s).
+LOG_LEVELS = ("info", "warning", "error")
+#: Log lines from tasks kept until the runner's thread adds them; later ones are dropped.
+MAX_LOGS_KEPT = 1000
 
 
 def on_worker(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
@@ -80,6 +87,8 @@ class JobTasks:
         self._pending: set[str] = set()  # keys of every batch's unfinished tasks
         self._done = 0
         self._counted = 0.0
+        #: Lines for the job's log its tasks sent (:meth:`TaskControl.log`), added by :meth:`flush_logs`.
+        self._logs: list[tuple[str, str]] = []
         # Deferred: distributed is the optional dask extra; this module runs only with it.
         from distributed import Variable
 
@@ -100,6 +109,14 @@ class JobTasks:
         deletion, whose tasks would then wait for it in vain (and fail after 30 s). The variable is
         deleted by the run that ends the job."""
         self.client.unsubscribe_topic(self.ctx.topic)
+        try:
+            self.flush_logs()  # sent by a task before the run ended (one that failed it, too)
+        except Exception:  # the job's log is not written (its database gone): the run's own error counts
+            log.warning(
+                "job %s: lines its Dask tasks sent for its log were not written",
+                self.ctx.job_id,
+                exc_info=True,
+            )
         if not forget_run:
             with self.live.lock:
                 self.live.tasks = None
@@ -155,11 +172,24 @@ class JobTasks:
                 "workers": workers,
             }
 
+    def flush_logs(self) -> None:
+        """Add the lines the job's tasks sent for its log (on the runner's thread: a database write each)."""
+        with self._lock:
+            lines, self._logs = self._logs, []
+        for level, message in lines:
+            self.control.log(level, message)
+
     def _on_event(self, event: Any) -> None:
-        """A task's progress event (on the client's event loop): add it to the live counters only."""
+        """A task's event (on the client's event loop): progress is added to the live counters; a line for
+        the job's log is kept for :meth:`flush_logs` (no database write on the event loop)."""
         _, message = event
         if not isinstance(message, dict):
             return
+        line = message.get("log")
+        if isinstance(line, (list, tuple)) and len(line) == 2 and line[0] in LOG_LEVELS:
+            with self._lock:
+                if len(self._logs) < MAX_LOGS_KEPT:
+                    self._logs.append((str(line[0]), str(line[1])))
         with self.live.lock:
             self.live.bytes_done += int(message.get("bytes", 0))
             self.live.rows_done += int(message.get("rows", 0))
@@ -219,11 +249,13 @@ class TaskBatch:
             _wait(list(self._pending), WAIT_SECONDS, every=False)
             self.job.count()
             self.job.report()
+            self.job.flush_logs()
             for future in [f for f in self._pending if f.done()]:
                 tag = self._pending.pop(future)
                 self.job.track(future.key, done=True)
                 yield tag, self._result(future)
         self.job.count(force=True)
+        self.job.flush_logs()
 
     def _result(self, future: Any) -> Any:
         """The future's result; on its error, stop the batch's other tasks and raise it."""

@@ -42,8 +42,10 @@ def fetch_verified(
     second: str | None,
     streams: int,
     owner: str | None = None,
+    claim_untagged: bool = False,
 ) -> tuple[int, str]:
-    """Fetch ``item`` into a fresh part file of ``final`` (below ``root``; a dead attempt's is truncated),
+    """Fetch ``item`` into a fresh part file of ``final`` (below ``root``; a dead attempt's is replaced, a
+    file in its way that is not the job's set aside and logged: ``PartFile``, ``claim_untagged`` as its own),
     verify it against ``item.size``, ``checksums`` and those the source states, and publish it; returns
     ``(size_bytes, sha256_hex)``. On ``streams`` parallel streams when
     :func:`~jupyter_staging.engine.ranges.streams_for` says so (a remote file of 64 MiB or more whose source
@@ -65,9 +67,19 @@ def fetch_verified(
     second = second_algorithm(checksums_to_verify(item.checksums)) if chosen_here else second
 
     def part(hashed: Hashed | None) -> PartFile:
-        return PartFile(
-            final, resume=hashed is not None, second=second, root=root, hashed=hashed, owner=owner
+        out = PartFile(
+            final,
+            resume=hashed is not None,
+            second=second,
+            root=root,
+            hashed=hashed,
+            owner=owner,
+            claim_untagged=claim_untagged,
         )
+        notice = out.set_aside_notice()  # a file not the job's was in the way of its new .part
+        if notice is not None:
+            control.log("warning", notice)
+        return out
 
     out = _fetched_part(source, item, control, part, second=second, streams=streams)
     # Unless the server chose: what the source stated, as the bytes came too (a GET may have learned more).
@@ -109,7 +121,7 @@ def _fetched_part(
 @contextmanager
 def _settled(out: PartFile) -> Iterator[None]:
     """Fetch into ``out`` inside the block: on a pause or cancel (:class:`JobInterrupted`) it is closed
-    (the next attempt truncates it), on any other error it is discarded; the error is raised again."""
+    (the next attempt replaces it), on any other error it is discarded; the error is raised again."""
     try:
         yield
     except JobInterrupted:

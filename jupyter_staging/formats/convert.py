@@ -91,6 +91,7 @@ def convert_to_parquet(
     start_offset: int | None = None,
     encoding: str | None = None,
     owner: str | None = None,
+    claim_untagged: bool = False,
 ) -> list[ChunkInfo]:
     """Convert the table in ``src`` into Parquet part files in ``out_dir``; return the parts written.
 
@@ -114,7 +115,8 @@ def convert_to_parquet(
     text_encoding` lists what is taken), for files written in Latin-1 or Windows-1252, say; the other
     formats state their own (FITS headers are ASCII, FITS Standard 4.0 §4.1; a VOTable's XML declaration;
     ECSV is UTF-8 by its standard) and ignore it. ``owner``, with ``root``: the id of the job whose parts
-    these are, tagged on each before it is published (:mod:`jupyter_staging.safety.ownership`).
+    these are, tagged on each before it is published (:mod:`jupyter_staging.safety.ownership`);
+    ``claim_untagged``: an untagged file at a new part's name is the job's too (``PartFile``'s).
 
     Raises :class:`SourceNotFound` if ``src`` is not a file; :class:`ConversionFailed` for an unknown
     or not ASCII-compatible ``encoding``, for something
@@ -158,6 +160,7 @@ def convert_to_parquet(
             root,
             threads=threads,
             owner=owner,
+            claim_untagged=claim_untagged,
         )
     finally:
         source.close()
@@ -256,6 +259,7 @@ def _write_parts(
     *,
     threads: bool,
     owner: str | None = None,
+    claim_untagged: bool = False,
 ) -> list[ChunkInfo]:
     """Parts ``parts[0] .. parts[1]-1`` (None: to the end) of ``pieces`` written into ``out_dir``; read,
     encoded and published on three threads with ``threads``, else on this one."""
@@ -272,6 +276,7 @@ def _write_parts(
         root=root,
         threads=threads,
         owner=owner,
+        claim_untagged=claim_untagged,
     )
     try:
         taken = 0

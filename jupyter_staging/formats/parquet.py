@@ -181,18 +181,26 @@ def _encode_part(
     row_group_rows: int,
     root: Path | None = None,
     owner: str | None = None,
+    *,
+    claim_untagged: bool = False,
+    control: JobControl | None = None,
 ) -> PartFile:
     """Write ``batches`` as one Parquet file into ``final.part``, hashing it; not yet fsynced or published.
     ``batches`` is emptied once its rows are gathered into one table.
 
     ``owner``, with ``root``: the id of the job whose part this is, tagged on it before it is published
-    (:mod:`jupyter_staging.safety.ownership`: a resumed run removes only the job's own).
+    (:mod:`jupyter_staging.safety.ownership`: a resumed run removes only the job's own); a file in the way
+    of the ``.part`` that is not the job's (``claim_untagged``: an untagged one is) is set aside, and
+    ``control``'s log says so.
 
     Raises :class:`DestinationExists` (before writing anything) if ``final`` exists, :class:`OSError`
     when the destination fails, :class:`ConversionFailed` when Arrow cannot write the table; on any error
     the ``.part`` is removed.
     """
-    part = PartFile(final, root=root, owner=owner)
+    part = PartFile(final, root=root, owner=owner, claim_untagged=claim_untagged)
+    notice = part.set_aside_notice()  # logged at once: the user's file moved, whatever happens next
+    if notice is not None and control is not None:
+        control.log("warning", notice)
     try:
         # One contiguous chunk per column: Parquet page boundaries follow the chunks written, so the
         # bytes of a part then depend only on its rows, not on how the source batched them (a part
@@ -244,7 +252,8 @@ class PartWriter:
 
     Parts are numbered from ``start_index``; ``compression`` is one of :data:`COMPRESSIONS`; without
     ``threads`` parts are encoded and published on the caller's thread (a small source). ``owner``: the
-    job's id, tagged on each part before it is published (with ``root``). Call
+    job's id, tagged on each part before it is published (with ``root``); ``claim_untagged``: an untagged
+    file at a new part's name is the job's too. Call
     :meth:`add` for each piece, :meth:`finish` at the end, and :meth:`close` always.
     """
 
@@ -261,6 +270,7 @@ class PartWriter:
         root: Path | None = None,
         threads: bool = True,
         owner: str | None = None,
+        claim_untagged: bool = False,
     ) -> None:
         self.chunks: list[ChunkInfo] = []
         self._out_dir = out_dir
@@ -268,6 +278,8 @@ class PartWriter:
         self._root = root
         #: The job whose parts these are (tagged as its own before they are published), if known.
         self._owner = owner
+        #: An untagged file at a new part's name is the job's too (``PartFile(claim_untagged=)``).
+        self._claim_untagged = claim_untagged
         self._schema = source.schema
         self._size = source.size
         self._chunk_rows = chunk_rows
@@ -350,6 +362,8 @@ class PartWriter:
             self._row_group_rows,
             self._root,
             self._owner,
+            claim_untagged=self._claim_untagged,
+            control=self._control,
         )
         try:
             self._check()

@@ -20,6 +20,7 @@ from contextvars import ContextVar
 from pathlib import Path, PurePosixPath
 
 from jupyter_staging.errors import (
+    DestinationExists,
     DestinationNotWritable,
     DestinationUnavailable,
     PathNotAllowed,
@@ -303,11 +304,37 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def rename_at(dir_fd: int, name: str, new_name: str) -> None:
-    """Rename entry ``name`` of ``dir_fd`` to ``new_name`` in the same folder (a symlink is renamed
-    itself, never its target); an entry at ``new_name`` is removed first (never a folder)."""
-    unlink_at(dir_fd, new_name)
-    os.rename(check_name(name), check_name(new_name), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+#: How many names :func:`set_aside_at` tries (``<name>.set-aside-<suffix>``, then ``-2``, ``-3``, ...).
+SET_ASIDE_TRIES = 100
+
+
+def set_aside_at(dir_fd: int, name: str, suffix: str) -> str:
+    """Rename entry ``name`` of ``dir_fd`` (a symlink itself, never its target) to the first name of
+    ``<name>.set-aside-<suffix>``, ``<name>.set-aside-<suffix>-2``, ... that nothing has in the folder
+    (``name`` cut short to keep it within :data:`NAME_MAX_BYTES`); returns that name. Nothing is removed:
+    a file set aside before keeps its name. Raises :class:`~jupyter_staging.errors.DestinationExists` when
+    :data:`SET_ASIDE_TRIES` names are all taken, ``OSError`` when the rename fails (``EACCES``)."""
+    for attempt in range(1, SET_ASIDE_TRIES + 1):
+        tail = f".set-aside-{suffix}" + ("" if attempt == 1 else f"-{attempt}")
+        new_name = check_name(_name_with(name, tail))
+        if lstat_at(dir_fd, new_name) is None:
+            os.rename(name, new_name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            return new_name
+    raise DestinationExists(f"{name}: {SET_ASIDE_TRIES} files set aside already; not set aside again")
+
+
+#: The longest name of a folder entry, in bytes (``NAME_MAX`` of ext4, XFS, NFS and most others).
+NAME_MAX_BYTES = 255
+
+
+def _name_with(name: str, tail: str) -> str:
+    """``name + tail`` (``tail`` ASCII), ``name`` cut so the whole is at most :data:`NAME_MAX_BYTES` bytes:
+    a character cut in two, and bytes of a name that are not UTF-8, are left out of a cut name."""
+    raw = os.fsencode(name)
+    room = NAME_MAX_BYTES - len(tail)
+    if len(raw) <= room:
+        return name + tail
+    return raw[:room].decode("utf-8", errors="ignore") + tail
 
 
 def unlink_at(dir_fd: int, name: str) -> bool:

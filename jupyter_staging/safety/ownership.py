@@ -76,12 +76,14 @@ def tag_part(fd: int, job_id: str) -> bool:
     return True
 
 
-def part_of_job(fd: int, job_id: str) -> bool:
+def part_of_job(fd: int, job_id: str, *, untagged: bool = False) -> bool:
     """Whether the part file open as ``fd`` is job ``job_id``'s to remove after the job failed or was
     cancelled: a regular file whose :data:`OWNER_XATTR` begins with :func:`part_owner_prefix`, or one
     whose attribute cannot tell (the file system keeps no user attributes, ``ENOTSUP``; or it is empty and
-    untagged, made by a process that died before its tag). Not: a symlink or other non-regular file,
-    another job's part, a file of the user's (untagged, with bytes). One ``fstat``, one ``fgetxattr``."""
+    untagged, made by a process that died before its tag; with ``untagged``, any untagged one: the job's
+    part files were made untagged, by an earlier version or on a mount without attributes). Not: a symlink
+    or other non-regular file, another job's part, a file of the user's (untagged, with bytes).
+    One ``fstat``, one ``fgetxattr``."""
     try:
         st = os.fstat(fd)
     except OSError:
@@ -95,7 +97,7 @@ def part_of_job(fd: int, job_id: str) -> bool:
     if owner is None:  # no attributes here: nothing tells
         return True
     if not owner:  # untagged
-        return st.st_size == 0
+        return untagged or st.st_size == 0
     return owner.decode(errors="replace").startswith(part_owner_prefix(job_id))
 
 

@@ -63,12 +63,13 @@ class Hashed(NamedTuple):
 class PartFile(PartPlace):
     """Writer of one output file through ``<final>.part``.
 
-    With ``resume=True`` an existing ``.part`` is kept and its bytes re-hashed, so ``offset`` (bytes)
-    tells a source where to continue; otherwise any stale ``.part`` is truncated. With ``second`` (an
-    algorithm of :data:`~jupyter_staging.safety.checksums.CHECKSUM_ALGORITHMS` but sha256) that digest is
+    With ``resume=True`` an existing ``.part`` is kept and its bytes re-hashed, so ``offset`` (bytes) tells a
+    source where to continue; otherwise a new one is made (with ``root``, a file already at its name is
+    removed only when it is the job's, else set aside: :meth:`_make_way`; without, truncated). With ``second``
+    (an algorithm of :data:`~jupyter_staging.safety.checksums.CHECKSUM_ALGORITHMS` but sha256) that digest is
     computed beside the sha256 over every byte (re-hashed ones included), for a checksum a source states (an
-    S3 ETag's MD5 or CRC, ``Content-MD5``) or a user's ``md5:<hex>``. Use :meth:`write` for each block,
-    then :meth:`commit`; :meth:`discard` removes the ``.part``.
+    S3 ETag's MD5 or CRC, ``Content-MD5``) or a user's ``md5:<hex>``. Use :meth:`write` for each block, then
+    :meth:`commit`; :meth:`discard` removes the ``.part``.
 
     With ``resume`` and ``hashed`` (a :class:`Hashed`), the first ``hashed.offset`` bytes are taken as hashed
     already and only the rest of the ``.part`` is read (parallel streams hash each range as it completes).
@@ -92,7 +93,9 @@ class PartFile(PartPlace):
     (:func:`~jupyter_staging.safety.ownership.tag_published`), so that a run resumed after a crash takes
     it as the job's own; a named ``.part`` made here is tagged as the job's from the first
     (:func:`~jupyter_staging.safety.ownership.tag_part`), so that the job's cleanup removes it and no file
-    of the user's.
+    of the user's. ``claim_untagged``, with ``owner``: an untagged file at the new part's name is the job's
+    too (its parts were made untagged: a job an earlier version started, a worker's mount without
+    attributes), removed rather than set aside.
     """
 
     def __init__(
@@ -109,9 +112,11 @@ class PartFile(PartPlace):
         unnamed_fd: int | None = None,
         owner: str | None = None,
         named_fd: int | None = None,
+        claim_untagged: bool = False,
     ) -> None:
         self.final = final
         self._owner = owner
+        self._claim_untagged = claim_untagged
         self.root = folders.root if folders is not None else root
         self._folders = folders
         root = self.root

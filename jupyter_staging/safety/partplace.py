@@ -15,6 +15,7 @@ import contextlib
 import functools
 import io
 import os
+import stat
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,6 +26,7 @@ from jupyter_staging.errors import (
     VerificationFailed,
 )
 from jupyter_staging.safety.dirfd import (
+    READ_FLAGS,
     closing_fd,
     create_file,
     fd_identity,
@@ -33,10 +35,11 @@ from jupyter_staging.safety.dirfd import (
     open_existing,
     open_folder,
     same_inode,
+    set_aside_at,
     unlink_at,
 )
 from jupyter_staging.safety.foldercache import FolderCache
-from jupyter_staging.safety.ownership import tag_part
+from jupyter_staging.safety.ownership import part_of_job, tag_part
 from jupyter_staging.safety.publishing import publish, publish_open_at, unlink_if_names
 from jupyter_staging.safety.unnamed import publish_fd_at, reopen_unnamed
 
@@ -59,6 +62,10 @@ class PartPlace:
     #: True when the part file has no name at all (``O_TMPFILE``) until it is published.
     unnamed: bool
     _owner: str | None
+    #: An untagged file at the new part's name counts as the owner's (:meth:`_make_way`).
+    _claim_untagged: bool
+    #: The name a file in the way of the new ``.part`` was renamed to in its folder (:meth:`_make_way`).
+    set_aside: str | None = None
     #: Folder descriptors of the run, kept open (the walk from ``root`` is then done once per folder).
     _folders: FolderCache | None
     _dir_fd: int | None
@@ -72,11 +79,13 @@ class PartPlace:
         self, root: Path, *, resume: bool, dir_fd: int | None, unnamed_fd: int | None, named_fd: int | None
     ) -> io.FileIO:
         """Open the folder of ``final`` from ``root`` by descriptor (made when missing, no symlink
-        followed) and the ``.part`` in it: an existing regular one kept with ``resume``, else anything
-        of that name removed (a planted symlink itself, never its target) and created ``O_EXCL``. With
-        ``unnamed_fd`` (an unnamed file made in that folder by the caller) that file is the part; with
-        ``named_fd`` (the ``.part`` the caller opened read-write at its name and checked) that file, never
-        opened by name again. Either descriptor is taken over (closed here when this raises)."""
+        followed) and the ``.part`` in it: an existing regular one kept with ``resume``, else what has
+        that name cleared (:meth:`_make_way`: removed when it is the owner's, a planted symlink itself
+        and never its target; set aside otherwise) and the part created ``O_EXCL``. With ``unnamed_fd`` (an
+        unnamed file made in that folder by the caller) that file is the part; with ``named_fd`` (the
+        ``.part`` the caller opened read-write at its name and checked) that file, never opened by name
+        again. Either descriptor is taken over (closed here when this raises). Raises
+        :class:`DestinationExists` when the name is taken again after it was cleared."""
         given = unnamed_fd if unnamed_fd is not None else named_fd
         if dir_fd is not None:
             self._dir_fd = dir_fd  # opened from the root by the caller
@@ -107,9 +116,12 @@ class PartPlace:
             if fd is None:
                 try:
                     fd = create_file(self._dir_fd, self.part.name)
-                except FileExistsError:  # rarely: removed (a planted symlink itself), then made anew
-                    unlink_at(self._dir_fd, self.part.name)
-                    fd = create_file(self._dir_fd, self.part.name)
+                except FileExistsError:  # a dead attempt's part, a planted symlink, a file of the user's
+                    self._make_way()
+                    try:
+                        fd = create_file(self._dir_fd, self.part.name)
+                    except FileExistsError:  # put there again meanwhile: left as it is
+                        raise DestinationExists.not_overwritten(self.part.name) from None
                 if self._owner is not None:  # the job's, before any byte: its cleanup may remove it
                     tag_part(fd, self._owner)
         except BaseException:
@@ -121,6 +133,52 @@ class PartPlace:
             self._part_id = fd_identity(fd)
         # Unbuffered: each write is a block already (a buffer costs three lseek calls and a copy per file).
         return io.FileIO(fd, "r+")
+
+    def _make_way(self) -> None:
+        """Clear the part's name, found taken when the part was to be made anew.
+
+        Removed: a symlink (itself, never its target) or another entry that is neither a regular file nor
+        a folder (a FIFO, a socket); a regular file that is the owner's
+        (:func:`~jupyter_staging.safety.ownership.part_of_job`: tagged as the job's, empty and untagged,
+        on a file system that keeps no user attributes, or untagged at all with :attr:`_claim_untagged`),
+        only while the name still names it; without
+        an owner, any regular file (the rule before the tags: an archive's unpacking, in the job's scratch
+        folder; the manifest).
+        Any other file (the user's, another job's, one that may not be read) is renamed
+        ``<part>.set-aside-<first 8 characters of the owner>`` in its folder (:attr:`set_aside`), never
+        lost. Raises :class:`DestinationExists` for a folder at the name."""
+        assert self._dir_fd is not None
+        name, owner = self.part.name, self._owner
+        st = lstat_at(self._dir_fd, name)
+        if st is None:  # gone meanwhile
+            return
+        if stat.S_ISDIR(st.st_mode):
+            raise DestinationExists.not_overwritten(name)
+        if owner is None or not stat.S_ISREG(st.st_mode):
+            unlink_at(self._dir_fd, name)
+            return
+        try:
+            fd = open_existing(self._dir_fd, name, READ_FLAGS)
+            if fd is None:  # gone meanwhile
+                return
+        except (PathNotAllowed, PermissionError):  # replaced meanwhile, or may not be read: not known ours
+            fd = None
+        if fd is not None:
+            with closing_fd(fd):
+                if part_of_job(fd, owner, untagged=self._claim_untagged):
+                    unlink_if_names(self._dir_fd, name, fd)
+                    return
+        self.set_aside = set_aside_at(self._dir_fd, name, owner[:8])
+
+    def set_aside_notice(self) -> str | None:
+        """The line for the job's log when a file in the way of the part was set aside
+        (:meth:`_make_way`), else None."""
+        if self.set_aside is None:
+            return None
+        return (
+            f"{self.final.name}: a file that this job did not write was in the way of its partial file "
+            f"{self.part.name} and was set aside as {self.set_aside}"
+        )
 
     @functools.cached_property
     def part(self) -> Path:

@@ -102,9 +102,9 @@ def test_a_part_file_is_tagged_as_its_jobs_before_any_byte(tmp_path: Path, out: 
     ],
 )
 def test_which_jobs_go_by_their_parts_tags(resume: dict, tagged: bool):
-    from jupyter_staging.engine.cleanup import _parts_tagged
+    from jupyter_staging.engine.folders import parts_tagged
 
-    assert _parts_tagged(resume) is tagged
+    assert parts_tagged(resume) is tagged
 
 
 def test_a_workers_probe_tells_whether_its_parts_carry_the_jobs_tag(tmp_path: Path, out: Path):

@@ -408,10 +408,10 @@ def test_a_worker_whose_parts_arrive_untagged_is_recorded_for_the_cleanup(tmp_pa
     """The server reads the worker's probe file: one that arrives without the job's tag (a worker mount
     without user attributes where the server's keeps them; caused here by what ``read_probe`` answers, as
     no such mount can be made in a test) is recorded in the job's resume data, so that the job's cleanup
-    goes by the parts' names, as before the tags (``_parts_tagged``; the removal itself:
+    goes by the parts' names, as before the tags (``parts_tagged``; the removal itself:
     tests/destinations/test_local_cleanup.py)."""
     from jupyter_staging.engine import spread
-    from jupyter_staging.engine.cleanup import _parts_tagged
+    from jupyter_staging.engine.folders import parts_tagged
 
     real = spread.read_probe
 
@@ -430,7 +430,7 @@ def test_a_worker_whose_parts_arrive_untagged_is_recorded_for_the_cleanup(tmp_pa
         assert job.state == JobState.succeeded, job.error
         resume = manager.store.get_job(job.id).resume
         assert list(resume["untagged_parts_hosts"].values()) == [True]
-        assert _parts_tagged(resume) is False
+        assert parts_tagged(resume) is False
         assert "cannot tag the part files it makes" in log_text(manager, job.id)
     finally:
         manager.stop(wait=True)
@@ -551,6 +551,28 @@ def test_a_download_below_range_bytes_is_one_task_on_parallel_streams(tmp_path, 
         assert all(r.header("If-Range") for r in gets)
         assert sha256(tmp_path / "root" / "img" / "cube.fits") == expected
         assert job.progress.bytes_done == 70 * 1024**2 + 77
+    finally:
+        manager.stop(wait=True)
+
+
+def test_a_users_file_at_a_workers_part_name_is_set_aside_and_logged_by_the_server(tmp_path, cluster):
+    """The worker making ``lc.fits.part`` finds a file of the user's at that name: it is set aside, never
+    removed, and the task's log line reaches the job's log through the server."""
+    www = tmp_path / "www"
+    www.mkdir()
+    shutil.copyfile(KEPLER, www / "lc.fits")
+    manager = make_manager(tmp_path / "root", scheduler_address=cluster.scheduler_address)
+    mine = tmp_path / "root" / "lcs" / "lc.fits.part"
+    mine.parent.mkdir()
+    mine.write_bytes(b"the user's unfinished download")
+    try:
+        with RangeHTTPServer(www) as server:
+            job = run(manager, CreateJob(source=server.url("lc.fits"), destination="lcs"))
+        assert job.state == JobState.succeeded, job.error
+        aside = mine.with_name(f"lc.fits.part.set-aside-{job.id[:8]}")
+        assert aside.read_bytes() == b"the user's unfinished download"
+        assert sha256(mine.parent / "lc.fits") == sha256(KEPLER)
+        assert f"was set aside as {aside.name}" in log_text(manager, job.id)
     finally:
         manager.stop(wait=True)
 

@@ -613,3 +613,66 @@ def test_a_failed_jobs_leftovers_are_replaced_and_the_users_file_in_its_way_is_k
     assert sha256(out / "zz" / "last.bin") == sha256(source / "zz" / "last.bin")
     (aside,) = [p for p in manager.root_dir.iterdir() if p.name.startswith(".replaced-")]
     assert (aside / "zz" / "last.bin").read_text() == "the user's"
+
+
+def test_a_users_file_at_a_copied_outputs_part_name_is_set_aside_and_logged(manager, tmp_path):
+    """The second job copies the bytes staged by the first (no download) through a new ``lc.fits.part``;
+    the user's own ``lc.fits.part`` there (a browser's unfinished download) is set aside, never removed."""
+    web = tmp_path / "web"
+    web.mkdir()
+    shutil.copyfile(KEPLER, web / "lc.fits")
+    http = RangeHTTPServer(web).start()
+    try:
+        run(manager, source=http.url("lc.fits"), destination="a")
+        mine = manager.root_dir / "b" / "lc.fits.part"
+        mine.parent.mkdir()
+        mine.write_bytes(b"half of a browser download")
+        second, _ = run(manager, source=http.url("lc.fits"), destination="b")
+    finally:
+        http.stop()
+    assert second["state"] == "succeeded", second["error"]
+    assert "copied locally, not downloaded" in log_text(manager, second["id"])
+    aside = mine.with_name(f"lc.fits.part.set-aside-{second['id'][:8]}")
+    assert sorted(p.name for p in mine.parent.iterdir()) == ["lc.fits", aside.name, "manifest.json"]
+    assert aside.read_bytes() == b"half of a browser download"
+    assert sha256(mine.parent / "lc.fits") == sha256(KEPLER)
+    assert f"was set aside as {aside.name}" in log_text(manager, second["id"])
+
+
+def test_a_users_file_at_a_parquet_parts_name_is_set_aside_and_the_table_converted(manager, archive):
+    """A conversion making ``part-00001.parquet.part`` finds a file of the user's at that name: it is set
+    aside (logged), the table is converted whole, and the run again is up to date."""
+    body = {"source": str(archive / KEPLER.name), "destination": "kepler", "convert": {"chunk_rows": 1000}}
+    table = manager.root_dir / "kepler" / f"{KEPLER.stem}.parquet"
+    table.mkdir(parents=True)
+    mine = table / "part-00001.parquet.part"
+    mine.write_bytes(b"the user's")
+    first, _ = run(manager, **body)
+    assert first["state"] == "succeeded", first["error"]
+    aside = table / f"part-00001.parquet.part.set-aside-{first['id'][:8]}"
+    assert aside.read_bytes() == b"the user's" and not mine.exists()
+    assert f"was set aside as {aside.name}" in log_text(manager, first["id"])
+    parts = sorted(table.glob("part-*.parquet"))
+    assert sum(pq.ParquetFile(p).metadata.num_rows for p in parts) == first["progress"]["rows_done"] > 1000
+    second, created = run(manager, **body)
+    assert second["up_to_date"] and aside.read_bytes() == b"the user's"
+
+
+def test_a_job_an_earlier_version_started_takes_an_untagged_file_at_a_parts_name_as_its_own(manager, archive):
+    """``DestinationWriter.part_file`` on a real job's runner: a job started before part files were tagged
+    (no ``parts_tagged`` in its resume data) made its parts untagged, so an untagged one in the way is its
+    dead part, removed; a job of this version sets the same file aside."""
+    done, _ = run(manager, source=str(archive / KEPLER.name), destination="legacy")
+    runner = JobRunner(manager, done["id"])
+    runner.dest = manager.destination_of(manager.store.get_job(done["id"]))
+    final = runner.dest.workdir / "next.fits"
+    for resume, kept in (({}, False), ({"parts_tagged": True}, True)):
+        part_path = final.with_name("next.fits.part")
+        part_path.write_bytes(b"bytes of a dead attempt, or the user's")
+        runner.resume = resume
+        out = runner.part_file(final)
+        out.discard()
+        aside = final.with_name(f"next.fits.part.set-aside-{done['id'][:8]}")
+        assert aside.exists() is kept and (out.set_aside is not None) is kept
+        assert not part_path.exists()
+    runner.close_folders()

@@ -18,7 +18,7 @@ from jupyter_staging.safety.dirfd import (
     open_folder,
     open_root,
     read_file_at,
-    rename_at,
+    set_aside_at,
     unlink_at,
 )
 from jupyter_staging.safety.partfile import PartFile
@@ -136,13 +136,27 @@ def test_unlink_at_removes_the_link_not_its_target(layout):
     assert (root / "folder").is_dir()
 
 
-def test_rename_at_moves_a_symlink_itself(layout):
+def test_set_aside_at_moves_a_symlink_itself(layout):
     root, outside = layout
     (root / "a.part").symlink_to(outside / "secret.txt")
     with folder_fd(root, "") as fd:
-        rename_at(fd, "a.part", "a.part.aside")
-    assert (root / "a.part.aside").is_symlink()
+        assert set_aside_at(fd, "a.part", "abcd1234") == "a.part.set-aside-abcd1234"
+    assert (root / "a.part.set-aside-abcd1234").is_symlink()
+    assert not (root / "a.part").is_symlink()
     assert (outside / "secret.txt").read_text() == "keep me"
+
+
+def test_set_aside_at_keeps_a_file_set_aside_before(layout):
+    root, _ = layout
+    (root / "a.part.set-aside-abcd1234").write_bytes(b"first")
+    (root / "a.part.set-aside-abcd1234-2").symlink_to("nowhere")
+    (root / "a.part").write_bytes(b"second")
+    with folder_fd(root, "") as fd:
+        assert set_aside_at(fd, "a.part", "abcd1234") == "a.part.set-aside-abcd1234-3"
+    assert (root / "a.part.set-aside-abcd1234").read_bytes() == b"first"
+    assert os.readlink(root / "a.part.set-aside-abcd1234-2") == "nowhere"
+    assert (root / "a.part.set-aside-abcd1234-3").read_bytes() == b"second"
+    assert not (root / "a.part").exists()
 
 
 def test_read_file_at_refuses_symlinks(layout):
