@@ -6,6 +6,8 @@ from typing import Any
 
 from jupyter_staging.engine.folders import parts_tagged
 from jupyter_staging.engine.host import JobHost
+from jupyter_staging.engine.models import ChunkState
+from jupyter_staging.engine.schema import ChunkRecord
 from jupyter_staging.engine.store import JobRecord
 
 #: Key of a job's resume data: True when its first run found no destination folder (the job makes it, and
@@ -28,7 +30,10 @@ def remove_job_output(host: JobHost, rec: JobRecord, *, keep_ready: bool) -> int
 
     Only the job's own destination is touched: paths inside its folder (a symlink is removed, never
     followed; the folder itself, once empty, only when the job made it: :data:`MADE_DESTINATION`) or keys
-    below ``prefix/<job_id>/``. Raises
+    below ``prefix/<job_id>/``. Of its chunks' files only those it published and still has are removed
+    (:func:`published_chunks`): a file at the name of a chunk still pending is the user's (a folder staged
+    into, a name the job failed ``destination_exists`` at), and one at the name of a chunk removed already
+    (deleted on ack, expired) was put there since. Raises
     :class:`~jupyter_staging.errors.TransferFailed` when the object store cannot be cleaned, and
     :class:`~jupyter_staging.errors.PathNotAllowed` (nothing removed) when the destination folder is
     reached through a symlink (``Destination.confined``).
@@ -36,13 +41,29 @@ def remove_job_output(host: JobHost, rec: JobRecord, *, keep_ready: bool) -> int
     destination = host.destination_of(rec)
     destination.confined()
     resume = rec.resume or {}
-    chunk_paths = [destination.relative(c.path) for c in host.store.list_chunks(rec.id)]
+    chunks = host.store.list_chunks(rec.id)
+    published = published_chunks(rec, chunks)
+    chunk_paths = [destination.relative(c.path) for c in published]
     started = bool(resume.get("attempts"))  # a job that never started made no part: none is removed
+    pending = [destination.relative(c.path) for c in chunks if c.state == ChunkState.pending.value]
     return destination.remove(
         chunk_paths,
-        resume_item_names(resume) if started else [],
+        resume_item_names(resume) + pending if started else [],  # their .part files only
         list(resume.get("convert_dirs", [])),
         keep_ready=keep_ready,
         keep_folder=not resume.get(MADE_DESTINATION, True),  # jobs recorded before this key: as before
         parts_tagged=parts_tagged(resume),
     )
+
+
+def published_chunks(rec: JobRecord, chunks: list[ChunkRecord]) -> list[ChunkRecord]:
+    """The chunks of job ``rec`` whose file it published and has not removed since: ``ready`` ones, and
+    ``acked`` ones unless its policy is ``delete_on_ack`` (their files went at the ack). Not ``pending``
+    (nothing of the job's under that name, except a file published in the instant before a crash and not
+    recorded: left) nor ``expired`` (removed already)."""
+    kept_on_ack = rec.cleanup_policy != "delete_on_ack"
+    return [
+        c
+        for c in chunks
+        if c.state == ChunkState.ready.value or (kept_on_ack and c.state == ChunkState.acked.value)
+    ]

@@ -1,0 +1,70 @@
+"""What a job's cleanup removes of its chunks' files (``engine.cleanup.remove_job_output``): only files
+it published and still has. A file at the name of a chunk still pending (the job staged into a folder
+holding the user's files and failed, or was cancelled, before that name) and one at the name of a chunk
+whose file went already (deleted on ack) are the user's, kept by a ``delete_always`` policy, a cancel and
+the TTL sweep alike.
+
+A real :class:`StagingManager` in this process (SQLite in ``tmp_path``), local folders as sources.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from jupyter_staging.engine.lifecycle import utcnow
+from jupyter_staging.engine.manager import StagingManager
+from jupyter_staging.engine.models import CreateJob, JobState
+
+
+def folder_with_users_file(root: Path) -> Path:
+    """``src/`` with ``a.bin`` and ``b.bin``; ``mydata/`` holding the user's own ``b.bin`` already."""
+    (root / "src").mkdir()
+    (root / "src" / "a.bin").write_bytes(b"A" * 1000)
+    (root / "src" / "b.bin").write_bytes(b"B" * 1000)
+    (root / "mydata").mkdir()
+    (root / "mydata" / "b.bin").write_bytes(b"the user's own data")
+    return root / "mydata"
+
+
+@pytest.mark.parametrize("policy", ["delete_always", "retain"])
+def test_a_file_of_the_users_at_a_pending_chunks_name_outlives_the_cleanup(
+    manager: StagingManager, root: Path, policy: str
+):
+    """The copy fails ``destination_exists`` at the user's ``b.bin`` (its chunk stays pending); then its
+    output is removed, at once (``delete_always``) or by the TTL sweep (``retain``): the job's ``a.bin``
+    goes, the user's ``b.bin`` stays. Before, both went."""
+    mydata = folder_with_users_file(root)
+    request = CreateJob(source=str(root / "src"), destination="mydata", cleanup_policy=policy, ttl_seconds=60)
+    job, _ = manager.create(request)
+    done = manager.wait(job.id, timeout=60)
+    assert done.state == JobState.failed and done.error is not None
+    assert done.error.code == "destination_exists"
+    if policy == "retain":
+        assert sorted(p.name for p in mydata.iterdir()) == ["a.bin", "b.bin"]
+        assert manager.sweep(utcnow() + timedelta(seconds=120)) == [job.id]
+    assert [p.name for p in mydata.iterdir()] == ["b.bin"]
+    assert (mydata / "b.bin").read_bytes() == b"the user's own data"
+
+
+def test_a_file_put_where_a_chunk_was_deleted_on_ack_outlives_the_ttl(manager: StagingManager, root: Path):
+    """``delete_on_ack`` removes ``a.bin`` at its ack; the user then saves a file of theirs as ``a.bin``;
+    the TTL sweep removes the job's ``b.bin`` and keeps the user's ``a.bin``. Before, it removed it."""
+    (root / "src").mkdir()
+    (root / "src" / "a.bin").write_bytes(b"A" * 1000)
+    (root / "src" / "b.bin").write_bytes(b"B" * 1000)
+    request = CreateJob(
+        source=str(root / "src"), destination="out", cleanup_policy="delete_on_ack", ttl_seconds=60
+    )
+    job, _ = manager.create(request)
+    assert manager.wait(job.id, timeout=60).state == JobState.succeeded
+    out = root / "out"
+    (chunk_a,) = [c for c in manager.chunks(job.id) if c.path.endswith("a.bin")]
+    manager.ack(job.id, str(chunk_a.index))
+    assert not (out / "a.bin").exists()
+    (out / "a.bin").write_bytes(b"the user's new a.bin")
+    assert manager.sweep(utcnow() + timedelta(seconds=120)) == [job.id]
+    assert [p.name for p in out.iterdir()] == ["a.bin"]
+    assert (out / "a.bin").read_bytes() == b"the user's new a.bin"
