@@ -20,6 +20,7 @@ from typing import Any
 from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.control import JobControl
+from jupyter_staging.safety.dirfd import closing_fd, open_folder
 
 #: Name of the folder, inside the staging folder, holding the scratch folders of object-store jobs.
 SCRATCH_FOLDER = ".staging-scratch"
@@ -149,8 +150,15 @@ def scratch_dir(dest: Path, job_id: str) -> Path:
     return dest / f".staging-{job_id}"
 
 
-def make_private_dir(folder: Path) -> None:
-    """Create ``folder`` (and parents) with mode 0700 for the last component."""
+def make_private_dir(folder: Path, root: Path | None = None) -> None:
+    """Create ``folder`` (and parents) with mode 0700 for the last component. Below ``root`` (the server's
+    root, which the user may write into) it is reached from ``root`` by descriptor: a symlink on the way
+    (``.staging-scratch`` planted as a link elsewhere) raises :class:`PathNotAllowed`, nothing made or
+    changed outside the root. Elsewhere (a scratch folder the administrator configured), by path."""
+    if root is not None and folder != root and folder.is_relative_to(root):
+        with closing_fd(open_folder(root, folder.relative_to(root).as_posix(), create=True)) as fd:
+            os.fchmod(fd, 0o700)
+        return
     folder.parent.mkdir(parents=True, exist_ok=True)
     try:
         folder.mkdir(mode=0o700)

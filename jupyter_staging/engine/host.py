@@ -7,6 +7,7 @@ cycle) and a test or another executor can host a runner with anything that provi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from jupyter_staging.destinations.base import Destination
@@ -27,6 +28,8 @@ class JobHost(Protocol):
 
     store: Store
     secrets: SecretBox
+    #: The folder local destinations lie below (the server's root: the user may write anywhere in it).
+    root_dir: Path
     #: What runs the jobs (its type says whether a job's work becomes tasks on a cluster).
     executor: Executor
     source_roots: list[str] | None

@@ -133,7 +133,7 @@ class JobRunner(TableSpreadStager):
             self.replaced_folder = self._swap_root() / rec.destination
             self._log("info", f"staging into {self.resume['swap']['into']}; swapped in when complete")
         if self.dest.remote:
-            make_private_dir(self.dest.workdir)
+            make_private_dir(self.dest.workdir, self.host.root_dir)
         else:
             # Confinement is re-checked at every start and resume: a destination folder swapped for a
             # symlink meanwhile fails the job with path_not_allowed before a byte is written.

@@ -102,6 +102,25 @@ async def test_kepler_converted_gives_three_parts_then_the_manifest(jp_fetch, jp
     assert [p for p in jp_root_dir.rglob("*") if p.is_file()] == []
 
 
+async def test_a_scratch_folder_planted_as_a_symlink_fails_the_job_and_writes_nothing_there(
+    jp_fetch, jp_root_dir, tmp_path, store
+):
+    """The object-store job's scratch folder (``<root>/staging/.staging-scratch/<job id>``) is reached
+    from the root by descriptor: ``.staging-scratch`` planted as a link to a folder elsewhere fails the job
+    ``path_not_allowed`` before anything is made there. Before, the scratch was made (and chmod-ed, and
+    written into, and removed) through the link."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (jp_root_dir / "staging").mkdir(exist_ok=True)
+    (jp_root_dir / "staging" / ".staging-scratch").symlink_to(elsewhere)
+    body = {"source": str(KEPLER), "destination": f"{store.root}kepler/", "convert": {"chunk_rows": 5000}}
+    created = json.loads((await post_job(jp_fetch, body)).body)
+    job = await wait_for(jp_fetch, created["id"], timeout=120)
+    assert job["state"] == "failed" and job["error"]["code"] == "path_not_allowed", job
+    assert list(elsewhere.iterdir()) == []
+    assert store.keys_below(store.job_prefix(job)) == set()
+
+
 async def test_bad_destinations_are_refused(jp_fetch, store):
     source = str(KEPLER)
     for destination, code in store.bad_destinations:
