@@ -8,6 +8,7 @@ paused is refused with ``path_not_allowed``, and nothing outside the root is wri
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -33,6 +34,8 @@ from jupyter_staging.safety.dirfd import (
 from jupyter_staging.safety.ownership import part_of_job
 from jupyter_staging.safety.partfile import PART_SUFFIX, PartFile
 from jupyter_staging.safety.publishing import unlink_if_names
+
+log = logging.getLogger(__name__)
 
 
 class LocalDestination(Destination):
@@ -81,8 +84,13 @@ class LocalDestination(Destination):
         return True
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        """Write ``manifest.json`` (``.part`` by descriptor, then ``linkat``; never overwrites)."""
-        out = PartFile(self.workdir / MANIFEST_NAME, root=self.root_dir)
+        """Write ``manifest.json`` (``.part`` by descriptor, then ``linkat``; never overwrites). The part is
+        the job's (tagged): a ``manifest.json.part`` of the user's in the way is set aside, never removed
+        (said in the server's log)."""
+        out = PartFile(self.workdir / MANIFEST_NAME, root=self.root_dir, owner=self.job_id)
+        notice = out.set_aside_notice()
+        if notice is not None:
+            log.warning("staging job %s: %s", self.job_id, notice)
         try:
             out.write(manifest_bytes(manifest))
             out.commit()

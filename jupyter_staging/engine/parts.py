@@ -114,11 +114,13 @@ class PartOwnership(DestinationWriter):
     def _clear_part_at(self, item: SourceItem, dir_fd: int, name: str, tag: str) -> bool:
         """Make way for the part file ``name`` in ``dir_fd``: True when the ``.part`` there is ours
         (``tag``) to resume; an empty untagged one, or one of this job's of no known source version, is
-        removed; any other set aside."""
+        removed; any other set aside. A hard link (a second name on the file: ``st_nlink`` above 1) is
+        never resumed, tag or not: writing into it would change the file at its other name (where the file
+        system keeps no user attributes, any regular file at the name passes the resume data's check)."""
         st = lstat_at(dir_fd, name)
         if st is None:  # without a part of ours there is nothing to resume: it is created, not looked for
             return False
-        owner = self._part_owner_at(item, dir_fd, name)
+        owner = self._part_owner_at(item, dir_fd, name) if st.st_nlink <= 1 else None
         if owner is None and stat.S_ISREG(st.st_mode) and st.st_size == 0:
             # Created, then the process died before tagging it (the tag follows the creation at once,
             # before any byte): an empty file, nothing to keep.

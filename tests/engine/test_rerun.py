@@ -676,3 +676,27 @@ def test_a_job_an_earlier_version_started_takes_an_untagged_file_at_a_parts_name
         assert aside.exists() is kept and (out.set_aside is not None) is kept
         assert not part_path.exists()
     runner.close_folders()
+
+
+def test_a_hard_link_at_a_parts_name_is_set_aside_never_written_into(manager, archive):
+    """The user hard-links a file of theirs as ``<item>.part`` (tagged as the job's part for this version:
+    even that passes no more). The job sets that name aside and starts from byte 0 in a file of its own:
+    the user's file keeps its bytes."""
+    done, _ = run(manager, source=str(archive / KEPLER.name), destination="first")
+    runner = JobRunner(manager, done["id"])
+    runner.dest = manager.destination_of(manager.store.get_job(done["id"]))
+    runner.resume = {}
+    item = open_source(str(archive / KEPLER.name)).list_items()[0]
+    mine = manager.root_dir / "mine.bin"
+    mine.write_bytes(b"the user's bytes, linked")
+    os.setxattr(mine, "user.jupyter_staging.owner", owner_tag(done["id"], item.validator).encode())
+    final = runner.dest.workdir / "again.fits"
+    os.link(mine, final.with_name("again.fits.part"))
+    out = runner._open_part(item, final, second=None)
+    assert out.offset == 0
+    out.write(b"the job's")
+    out.discard()
+    assert mine.read_bytes() == b"the user's bytes, linked"
+    aside = final.with_name(f"again.fits.part.set-aside-{done['id'][:8]}")
+    assert os.path.samefile(aside, mine)
+    runner.close_folders()

@@ -179,3 +179,17 @@ def test_a_parquet_part_that_fails_to_encode_still_logs_the_file_it_set_aside(tm
     aside = f"part-00000.parquet.part.set-aside-{JOB[:8]}"
     assert entries(table) == [aside] and (table / aside).read_bytes() == b"the user's"
     assert [level for level, _ in lines] == ["warning"] and aside in lines[0][1]
+
+
+def test_the_manifests_part_sets_a_users_file_aside(tmp_path: Path):
+    """``LocalDestination.write_manifest`` makes ``manifest.json.part`` as the job's: a file of the user's
+    at that name in the destination folder is set aside, never removed."""
+    from jupyter_staging.destinations.local import LocalDestination
+
+    folder = tmp_path / "staged"
+    folder.mkdir()
+    (folder / "manifest.json.part").write_bytes(b"the user's draft")
+    LocalDestination(JOB, tmp_path, "staged").write_manifest({"job_id": JOB, "objects": []})
+    aside = f"manifest.json.part.set-aside-{JOB[:8]}"
+    assert entries(folder) == ["manifest.json", aside]
+    assert (folder / aside).read_bytes() == b"the user's draft"
