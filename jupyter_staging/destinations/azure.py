@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -279,12 +280,14 @@ class AzureDestination(ObjectStoreDestination):
         keep_ready: bool,
         keep_folder: bool = False,
         parts_tagged: bool = False,
+        unrecorded: Sequence[str] = (),
     ) -> int:
         """Delete the scratch folder; unless ``keep_ready``, also every blob below ``prefix/<job_id>/``
         (listed, then deleted in blob batches of :data:`AZURE_DELETE_BATCH`) — never anything outside
         that prefix. Uncommitted blocks of an interrupted upload are left to the service, which
         discards them after a week. Raises :class:`TransferFailed` (code ``cleanup_failed``) when blobs
-        could not be deleted. ``parts_tagged`` is a local destination's (no ``.part`` here)."""
+        could not be deleted. ``parts_tagged`` and ``unrecorded`` are a local destination's (no ``.part``
+        here; every blob of the job's prefix goes)."""
         self.remove_scratch()
         if keep_ready:
             return 0

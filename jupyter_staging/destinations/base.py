@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import os
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,7 @@ class Destination(abc.ABC):
         keep_ready: bool,
         keep_folder: bool = False,
         parts_tagged: bool = False,
+        unrecorded: Sequence[str] = (),
     ) -> int:
         """Delete what the job wrote: partial and scratch files always, its published output and manifest
         unless ``keep_ready``; a local destination folder left empty is removed too, unless ``keep_folder``
@@ -91,7 +93,11 @@ class Destination(abc.ABC):
         tags every part file it makes as the job's (:func:`~jupyter_staging.safety.ownership.tag_part`), so
         a local ``.part`` is removed only when it is the job's
         (:func:`~jupyter_staging.safety.ownership.part_of_job`); without it, any ``.part`` at the job's
-        names. Returns the number of files (objects) deleted."""
+        names. ``unrecorded``: paths of chunks still pending; unless ``keep_ready`` a local file there is
+        removed only when it carries the job's published tag for the bytes it holds
+        (:func:`~jupyter_staging.safety.ownership.taken_back`: published in the instant before the run
+        stopped and not recorded: a cancel that abandoned a finished Dask task, a crash); any other file
+        there is the user's. Returns the number of files (objects) deleted."""
 
     def folder_present(self) -> bool:
         """Whether the destination folder exists now (a local one; an object store has no folders: True),

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import stat
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -21,6 +22,8 @@ from jupyter_staging.destinations.manifest import MANIFEST_NAME, manifest_bytes,
 from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.dirfd import (
+    READ_FLAGS,
+    closing_fd,
     components,
     folder_fd,
     lstat_at,
@@ -31,7 +34,7 @@ from jupyter_staging.safety.dirfd import (
     rmdir_at,
     unlink_at,
 )
-from jupyter_staging.safety.ownership import part_of_job
+from jupyter_staging.safety.ownership import part_of_job, taken_back
 from jupyter_staging.safety.partfile import PART_SUFFIX, PartFile
 from jupyter_staging.safety.publishing import unlink_if_names
 
@@ -122,6 +125,7 @@ class LocalDestination(Destination):
         keep_ready: bool,
         keep_folder: bool = False,
         parts_tagged: bool = False,
+        unrecorded: Sequence[str] = (),
     ) -> int:
         """Only entries inside the destination folder are touched, by descriptor from the root; a symlink
         is removed, never followed. A destination equal to the root, missing, or reached through a symlink
@@ -143,6 +147,8 @@ class LocalDestination(Destination):
                 keep_ready=keep_ready,
                 parts_tagged=parts_tagged,
             )
+            if not keep_ready:
+                removed += sum(self._remove_if_published(dest_fd, rel) for rel in unrecorded)
         finally:
             os.close(dest_fd)
         if keep_folder:
@@ -190,6 +196,28 @@ class LocalDestination(Destination):
         for chain in sorted(folders, key=len, reverse=True):
             _rmdir_chain(dest_fd, list(chain))
         return removed
+
+    def _remove_if_published(self, dest_fd: int, rel: str) -> int:
+        """Remove the file ``rel`` below ``dest_fd`` (1) only when this job published it there: a regular
+        file carrying the job's tag for that path and the bytes it holds (all read); else nothing (0)."""
+        parts = _parts(rel)
+        if not parts:
+            return 0
+        try:
+            folder = open_below(dest_fd, PurePosixPath(*parts[:-1]))
+        except (FileNotFoundError, PathNotAllowed):
+            return 0
+        with closing_fd(folder):
+            try:
+                fd = open_existing(folder, parts[-1], READ_FLAGS)
+            except (PathNotAllowed, PermissionError):  # a symlink, a FIFO; unreadable: nothing tells
+                return 0
+            if fd is None:
+                return 0
+            with closing_fd(fd):
+                if taken_back(fd, self.job_id, PurePosixPath(self.rel, *parts).as_posix()) is None:
+                    return 0
+                return int(unlink_if_names(folder, parts[-1], fd))
 
     def _own_manifest(self, dest_fd: int) -> bool:
         """True when ``manifest.json`` in ``dest_fd`` is a regular file written by this job."""

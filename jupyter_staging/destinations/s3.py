@@ -14,6 +14,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -222,10 +223,12 @@ class S3Destination(ObjectStoreDestination):
         keep_ready: bool,
         keep_folder: bool = False,
         parts_tagged: bool = False,
+        unrecorded: Sequence[str] = (),
     ) -> int:
         """Delete the scratch folder and abort unfinished multipart uploads below the job prefix; unless
         ``keep_ready``, also delete every object below ``prefix/<job_id>/`` (ListObjectsV2 +
-        DeleteObjects, :data:`DELETE_BATCH` keys a request) — never anything outside that prefix.
+        DeleteObjects, :data:`DELETE_BATCH` keys a request) — never anything outside that prefix
+        (``unrecorded`` among them: nothing else is looked at).
         Raises :class:`TransferFailed` (code ``cleanup_failed``) when objects could not be deleted.
         ``parts_tagged`` is a local destination's (no ``.part`` here)."""
         self.remove_scratch()

@@ -31,9 +31,11 @@ def remove_job_output(host: JobHost, rec: JobRecord, *, keep_ready: bool) -> int
     Only the job's own destination is touched: paths inside its folder (a symlink is removed, never
     followed; the folder itself, once empty, only when the job made it: :data:`MADE_DESTINATION`) or keys
     below ``prefix/<job_id>/``. Of its chunks' files only those it published and still has are removed
-    (:func:`published_chunks`): a file at the name of a chunk still pending is the user's (a folder staged
-    into, a name the job failed ``destination_exists`` at), and one at the name of a chunk removed already
-    (deleted on ack, expired) was put there since. Raises
+    (:func:`published_chunks`), and at a pending chunk's name a file that carries the job's published tag
+    for its bytes (published just before the run stopped, not recorded: ``Destination.remove``'s
+    ``unrecorded``). Any other file at a pending chunk's name is the user's (a folder staged into, a name
+    the job failed ``destination_exists`` at), and one at the name of a chunk removed already (deleted on
+    ack, expired) was put there since. Raises
     :class:`~jupyter_staging.errors.TransferFailed` when the object store cannot be cleaned, and
     :class:`~jupyter_staging.errors.PathNotAllowed` (nothing removed) when the destination folder is
     reached through a symlink (``Destination.confined``).
@@ -45,14 +47,17 @@ def remove_job_output(host: JobHost, rec: JobRecord, *, keep_ready: bool) -> int
     published = published_chunks(rec, chunks)
     chunk_paths = [destination.relative(c.path) for c in published]
     started = bool(resume.get("attempts"))  # a job that never started made no part: none is removed
+    ids = {c.id for c in published}
+    others = [destination.relative(c.path) for c in chunks if c.id not in ids]  # .part, folders only
     pending = [destination.relative(c.path) for c in chunks if c.state == ChunkState.pending.value]
     return destination.remove(
         chunk_paths,
-        resume_item_names(resume) + pending if started else [],  # their .part files only
+        resume_item_names(resume) + others if started else [],
         list(resume.get("convert_dirs", [])),
         keep_ready=keep_ready,
         keep_folder=not resume.get(MADE_DESTINATION, True),  # jobs recorded before this key: as before
         parts_tagged=parts_tagged(resume),
+        unrecorded=pending,
     )
 
 

@@ -68,3 +68,57 @@ def test_a_file_put_where_a_chunk_was_deleted_on_ack_outlives_the_ttl(manager: S
     assert manager.sweep(utcnow() + timedelta(seconds=120)) == [job.id]
     assert [p.name for p in out.iterdir()] == ["a.bin"]
     assert (out / "a.bin").read_bytes() == b"the user's new a.bin"
+
+
+def test_at_a_pending_chunks_name_only_a_file_the_job_published_unrecorded_is_removed(tmp_path: Path):
+    """``LocalDestination.remove(unrecorded=)``: a file the job published just before its run stopped and
+    never recorded (its chunk still pending: a Dask task finished as the cancel came) carries the job's
+    tag for its bytes and goes; the same file edited since, and the user's file, stay."""
+    from jupyter_staging.destinations.local import LocalDestination
+    from jupyter_staging.safety.ownership import tag_published
+    from tests.helpers.data import sha256
+
+    job = "7c1d2e3f-0000-4000-8000-000000000003"
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, content in (("ours.bin", b"published"), ("edited.bin", b"published too")):
+        (out / name).write_bytes(content)
+        with open(out / name, "rb") as fh:
+            assert tag_published(fh.fileno(), job, f"out/{name}", sha256(out / name))
+    with open(out / "edited.bin", "ab") as fh:
+        fh.write(b", then edited by the user")
+    (out / "users.bin").write_bytes(b"the user's")
+    destination = LocalDestination(job, tmp_path, "out")
+    removed = destination.remove(
+        [], [], [], keep_ready=False, keep_folder=True, unrecorded=["ours.bin", "edited.bin", "users.bin"]
+    )
+    assert removed == 1
+    assert sorted(p.name for p in out.iterdir()) == ["edited.bin", "users.bin"]
+
+
+def test_a_folder_the_job_made_goes_with_its_last_file_deleted_on_ack(manager: StagingManager, root: Path):
+    """An archive unpacked into folders of its own, every chunk acked under ``delete_on_ack`` (files gone),
+    then the TTL: the folders the job made, now empty, are removed too (their names are the chunks', not
+    the listed item's)."""
+    import io
+    import tarfile
+
+    (root / "src").mkdir()
+    with tarfile.open(root / "src" / "data.tar", "w") as tar:
+        info = tarfile.TarInfo("d/e/f.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    request = CreateJob(
+        source=str(root / "src" / "data.tar"),
+        destination="out",
+        unpack=True,
+        cleanup_policy="delete_on_ack",
+        ttl_seconds=60,
+    )
+    job, _ = manager.create(request)
+    assert manager.wait(job.id, timeout=60).state == JobState.succeeded
+    assert (root / "out" / "data" / "d" / "e" / "f.txt").read_bytes() == b"hello"
+    for chunk in manager.chunks(job.id):
+        manager.ack(job.id, str(chunk.index))
+    assert manager.sweep(utcnow() + timedelta(seconds=120)) == [job.id]
+    assert not (root / "out").exists()
