@@ -24,6 +24,11 @@ class _Writer(DestinationWriter):
         self.dest = LocalDestination(self.job_id, root, "staged")
         self.ledger = ChunkLedger()
         self._lock = threading.RLock()
+        self.resume = {"parts_tagged": True}  # a job of this version: its part files are tagged
+        self.logged: list[tuple[str, str]] = []
+
+    def _log(self, level: str, message: str) -> None:
+        self.logged.append((level, message))
 
 
 @pytest.fixture
