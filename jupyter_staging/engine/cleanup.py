@@ -64,8 +64,8 @@ def remove_job_output(host: JobHost, rec: JobRecord, *, keep_ready: bool) -> int
 def published_chunks(rec: JobRecord, chunks: list[ChunkRecord]) -> list[ChunkRecord]:
     """The chunks of job ``rec`` whose file it published and has not removed since: ``ready`` ones, and
     ``acked`` ones unless its policy is ``delete_on_ack`` (their files went at the ack). Not ``pending``
-    (nothing of the job's under that name, except a file published in the instant before a crash and not
-    recorded: left) nor ``expired`` (removed already)."""
+    (a file there is the job's only with its published tag: :func:`remove_job_output`) nor ``expired``
+    (removed already)."""
     kept_on_ack = rec.cleanup_policy != "delete_on_ack"
     return [
         c
