@@ -26,6 +26,7 @@ from jupyter_staging.engine.entries import ManifestStager
 from jupyter_staging.engine.executors import DaskExecutor
 from jupyter_staging.engine.folders import PARTS_TAGGED, PUBLISHED_TAGS, UNTAGGED_PARTS_HOSTS, parts_tagged
 from jupyter_staging.engine.models import ChunkState
+from jupyter_staging.engine.probe import probe_folder, read_probe
 from jupyter_staging.engine.ranges import byte_ranges
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.tasks import (
@@ -34,8 +35,6 @@ from jupyter_staging.engine.tasks import (
     fetch_item_to_store,
     fetch_range,
     finish_ranges,
-    probe_folder,
-    read_probe,
 )
 from jupyter_staging.engine.taskset import JobTasks, TaskBatch
 from jupyter_staging.errors import DestinationNotShared, SourceChanged, StagingError

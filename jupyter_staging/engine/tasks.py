@@ -8,7 +8,8 @@ bookkeeping: they return sizes and sha256 digests, and the job's runner in the s
 manifest and the job's state (:mod:`jupyter_staging.engine.spread`).
 
 A retried task (its worker died, Dask ran it again elsewhere) starts its output afresh: a part file left by
-the dead attempt is truncated (a byte range is rewritten), never trusted.
+the dead attempt is replaced (a byte range is rewritten), never trusted. Whether the workers see the
+destination at all is asked first (:mod:`jupyter_staging.engine.probe`).
 
 Pause and cancel reach a running task through a ``distributed.Variable`` named by its job, run and batch
 (:attr:`TaskContext.control_key`), and a task of a run that was superseded (the server died and runs the
@@ -33,7 +34,6 @@ from typing import Any
 from jupyter_staging.destinations.registry import open_destination
 from jupyter_staging.engine.verified import fetch_verified
 from jupyter_staging.errors import (
-    PathNotAllowed,
     VerificationFailed,
 )
 from jupyter_staging.formats.base import ChunkInfo
@@ -46,14 +46,13 @@ from jupyter_staging.safety.checksums import (
 from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.dirfd import (
-    create_file,
     folder_fd,
     lstat_at,
     open_existing,
     open_folder,
     unlink_at,
 )
-from jupyter_staging.safety.ownership import check_ranges_part, part_of_job, tag_part, taken_back
+from jupyter_staging.safety.ownership import check_ranges_part, taken_back
 from jupyter_staging.safety.partfile import PartFile, part_path
 from jupyter_staging.safety.publishing import unlink_if_names
 from jupyter_staging.sources.base import SourceItem
@@ -200,48 +199,6 @@ class TaskControl(JobControl):
     def flush(self) -> None:
         """Send the bytes and rows not reported yet."""
         self._report(force=True)
-
-
-def probe_folder(ctx: TaskContext, rel: str, token: str) -> str:
-    """Write the file ``.staging-probe-<token>`` (holding ``token``, tagged as the job's part files are:
-    :func:`~jupyter_staging.safety.ownership.tag_part`) into folder ``rel`` below the root, so the server
-    can tell whether it sees what this worker writes, and whether the worker's parts carry the job's tag
-    (:func:`read_probe`). Returns the worker's host name.
-    Raises :class:`FileNotFoundError` / :class:`PathNotAllowed` when the folder is missing or a symlink
-    here."""
-    with folder_fd(Path(ctx.root), rel) as fd:
-        name = f".staging-probe-{token}"
-        unlink_at(fd, name)  # a run again of this task (its worker died before the result was read)
-        out = create_file(fd, name, 0o600)
-        try:
-            tag_part(out, ctx.job_id)  # as the part files it makes: the server tells whether it can
-            os.write(out, token.encode())
-            os.fsync(out)
-        finally:
-            os.close(out)
-    return os.uname().nodename
-
-
-def read_probe(root: Path, rel: str, token: str, job_id: str) -> tuple[bool, bool]:
-    """``(seen, tagged)`` for the probe file of ``token`` in folder ``rel`` (then removed): whether it is
-    there with its content, and whether it is tagged as job ``job_id``'s part files are (False: the
-    worker's mount keeps no user attributes where this server's does, so the parts it makes are untagged
-    here; :func:`~jupyter_staging.safety.ownership.part_of_job`)."""
-    name = f".staging-probe-{token}"
-    try:
-        with folder_fd(root, rel) as dir_fd:
-            fd = open_existing(dir_fd, name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            if fd is None:
-                return False, False
-            try:
-                found = os.read(fd, 1024)
-                tagged = part_of_job(fd, job_id)
-            finally:
-                os.close(fd)
-            unlink_at(dir_fd, name)
-    except (FileNotFoundError, PathNotAllowed):
-        return False, False
-    return found == token.encode(), tagged
 
 
 def fetch_item(

@@ -111,7 +111,8 @@ def test_a_workers_probe_tells_whether_its_parts_carry_the_jobs_tag(tmp_path: Pa
     """``read_probe`` on the probe file a worker wrote (``probe_folder``, run here as a worker runs it,
     without a cluster: it needs none): tagged as the job's parts are; and, as a worker whose mount keeps no
     user attributes writes it, untagged. Either way the probe is seen and then removed."""
-    from jupyter_staging.engine.tasks import TaskContext, probe_folder, read_probe
+    from jupyter_staging.engine.probe import probe_folder, read_probe
+    from jupyter_staging.engine.tasks import TaskContext
 
     probe_folder(TaskContext(JOB, str(tmp_path)), "staged", "a" * 32)
     assert read_probe(tmp_path, "staged", "a" * 32, JOB) == (True, True)
