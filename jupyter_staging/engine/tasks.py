@@ -175,12 +175,7 @@ class TaskControl(JobControl):
                 return
             event = {"bytes": self._bytes, "rows": self._rows}
             self._sent, self._bytes, self._rows = now, 0, 0
-        worker = self._worker
-        if worker is None:
-            from distributed import get_worker  # deferred: as above
-
-            worker = get_worker()
-        worker.log_event(self.ctx.topic, event)  # thread-safe: sent from the worker's event loop
+        self._emit(event)
 
     def _send_log(self, level: str, message: str) -> None:
         """Send a line for the job's log (``level``: info, warning, error) to the server at once, as an
@@ -189,12 +184,16 @@ class TaskControl(JobControl):
             self._logged += 1
             if self._logged > LOG_LINES:
                 return
+        self._emit({"log": [level, message]})
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        """Send ``event`` on the job's topic (``distributed.Worker.log_event``)."""
         worker = self._worker
         if worker is None:
             from distributed import get_worker  # deferred: as above
 
             worker = get_worker()
-        worker.log_event(self.ctx.topic, {"log": [level, message]})
+        worker.log_event(self.ctx.topic, event)  # thread-safe: sent from the worker's event loop
 
     def flush(self) -> None:
         """Send the bytes and rows not reported yet."""
