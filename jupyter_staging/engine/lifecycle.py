@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -448,9 +448,29 @@ class JobLifecycle:
             raise JobNotFound(f"no staging job {job_id!r}")
         return rec
 
-    def describe(self, rec: JobRecord) -> DescribeJob:
-        """The API view of ``rec``, with the live counters of a job running in this process."""
-        return describe_job(rec, self._live.get(rec.id))
+    def describe(self, rec: JobRecord, live: Mapping[str, LiveProgress] | None = None) -> DescribeJob:
+        """The API view of ``rec``, with the live counters of a job running in this process: those of
+        ``live`` (:meth:`live_counters`, taken before ``rec`` was read) when given, else those registered
+        now (right for a record its own runner just wrote; for a record read by anyone else, use
+        :meth:`current`)."""
+        return describe_job(rec, (self._live if live is None else live).get(rec.id))
+
+    def live_counters(self) -> dict[str, LiveProgress]:
+        """The live counters of the jobs running in this process (job id -> counters), to be taken
+        *before* their records are read. A runner ends by writing its final counters with its final state,
+        then forgets its live ones (:meth:`release`): a record read before that end with counters looked up
+        after it would be a running job's lagging record (persisted every :data:`PROGRESS_INTERVAL`)
+        without its counters, and its progress would go back for one read."""
+        with self._lock:
+            return dict(self._live)
+
+    def current(self, job_id: str, owner: str | None = None) -> DescribeJob:
+        """The API view of job ``job_id`` as it is now: its live counters taken, then its record read
+        (:meth:`live_counters`). Raises :class:`JobNotFound` for unknown and foreign ids."""
+        with self._lock:
+            live = self._live.get(job_id)
+        rec = self._record(job_id, owner, resume=False)
+        return describe_job(rec, live)
 
 
 def echo_event(job_id: str, level: str, message: str) -> None:

@@ -199,8 +199,8 @@ class StagingManager(JobLifecycle):
         if admitted.up_to_date:
             self.log_event(rec.id, "info", "asked again: up to date (every source unchanged), no bytes moved")
             return self.describe(rec).model_copy(update={"up_to_date": True}), False
-        if not admitted.created:
-            return self.describe(rec), False
+        if not admitted.created:  # another request's job, perhaps running: its counters, then its record
+            return self.current(rec.id), False
         # Admission stored the job, its runner (this process) and its first log lines in one commit. Its
         # runner is made now, so a pause or cancel reaches it even before it is started; a job in the
         # database is started whatever happens below (else it would wait, queued, for a restart).
@@ -219,7 +219,7 @@ class StagingManager(JobLifecycle):
 
     def get(self, job_id: str, owner: str | None = None) -> DescribeJob:
         """The job's status and progress. Raises :class:`JobNotFound` (404) for unknown or foreign ids."""
-        return self.describe(self._record(job_id, owner, resume=False))
+        return self.current(job_id, owner)
 
     def list_jobs(self, owner: str | None = None, query: ListJobsQuery | None = None) -> ListJobsResponse:
         """Jobs of ``owner`` newest first, filtered by ``query.state``, ``query.limit`` per page.
@@ -232,13 +232,14 @@ class StagingManager(JobLifecycle):
         if query.cursor:
             before = decode_cursor(query.cursor)
         states = [query.state.value] if query.state else None
+        live = self.live_counters()  # before the records are read (see live_counters)
         recs = self.store.list_jobs(
             owner, root=str(self.root_dir), states=states, limit=query.limit + 1, before=before, resume=False
         )
         more = len(recs) > query.limit
         recs = recs[: query.limit]
         next_cursor = encode_cursor(recs[-1]) if more and recs else None
-        return ListJobsResponse(jobs=[self.describe(r) for r in recs], next_cursor=next_cursor)
+        return ListJobsResponse(jobs=[self.describe(r, live) for r in recs], next_cursor=next_cursor)
 
     def cancel(self, job_id: str, owner: str | None = None) -> DescribeJob:
         """Cancel a job and remove its partial output (and its output, for ``delete_always``).
@@ -296,7 +297,7 @@ class StagingManager(JobLifecycle):
         rec = self._record(job_id, owner)
         state = JobState(rec.state)
         if state in (JobState.queued, JobState.running):
-            return self.describe(rec)
+            return self.current(job_id, owner)  # it may be ending: read again, after its counters
         if state != JobState.paused:
             raise InvalidState(f"a {state.value} job cannot be resumed")
         self.store.update_job(job_id, load_resume=False, requested=None)
@@ -444,7 +445,7 @@ class StagingManager(JobLifecycle):
                 raise JobNotFound(f"no staging job {job_id!r}")
             remaining = None if deadline is None else deadline - time.monotonic()
             if until(JobState(head[0])) or (remaining is not None and remaining <= 0):
-                return self.describe(self._record(job_id, owner, resume=False))
+                return self.current(job_id, owner)
             with self._done:
                 self._done.wait(timeout=0.5 if remaining is None else min(0.5, remaining))
 

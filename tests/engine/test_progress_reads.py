@@ -1,0 +1,85 @@
+"""A job's progress read as its runner ends never goes back (CI on 2be7244: ``bytes_done went backwards``,
+the whole file, then 1,638,400 of 2,666,681 bytes, for one read).
+
+A runner ends by writing its final counters with its final state, then forgets its live counters. A read
+that took the record before that write and looked the live counters up after it got a running job's record
+(its counters persisted every 0.25 s, so lagging) and no live counters. The interleaving is a few
+microseconds wide: here the test's own reads of the job table are held, after they read, until the runner
+has ended (``Store.get_job`` wrapped for the test's thread only; the job, the download and the runner are
+real). Readers now take the live counters first, then the record.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jupyter_staging.engine.manager import StagingManager
+from jupyter_staging.engine.models import CreateJob, JobState
+from tests.helpers.data import wait_until
+from tests.helpers.servers import RangeHTTPServer
+
+SIZE = 3 * 1024 * 1024
+
+
+@pytest.fixture
+def slow_server(tmp_path: Path):
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "lightcurves.tar").write_bytes(os.urandom(SIZE))
+    with RangeHTTPServer(www, throttle_bytes_per_s=3_000_000) as server:  # about one second
+        yield server
+
+
+def held_after_reading(manager: StagingManager, job_id: str) -> Callable[[], Any]:
+    """Make the calling thread's next read of the job's record wait, once read, until the job's runner
+    has ended and forgotten its live counters; returns a function undoing it."""
+    real = manager.store.get_job
+    reader = threading.get_ident()
+    held = []
+
+    def get_job(wanted: str, **kwargs: Any):
+        rec = real(wanted, **kwargs)
+        if threading.get_ident() == reader and wanted == job_id and not held:
+            held.append(rec)
+            wait_until(lambda: job_id not in manager.live_counters(), timeout=60, what="the runner's end")
+        return rec
+
+    manager.store.get_job = get_job  # type: ignore[method-assign]
+    return lambda: held
+
+
+def test_a_status_read_as_the_job_ends_shows_the_final_counters(manager, slow_server):
+    job, _ = manager.create(CreateJob(source=slow_server.url("lightcurves.tar"), destination="tess"))
+    wait_until(lambda: 0 < manager.get(job.id).progress.bytes_done < SIZE, what="bytes under way")
+    held = held_after_reading(manager, job.id)
+
+    seen = manager.get(job.id)
+
+    [rec] = held()
+    assert rec.state == JobState.running.value and rec.bytes_done < SIZE  # the record read was a lagging one
+    assert seen.state == JobState.running
+    assert seen.progress.bytes_done == SIZE  # the runner's counters as it ended, taken before that read
+    assert manager.wait(job.id, timeout=60).progress.bytes_done == SIZE
+
+
+def test_a_job_list_read_as_the_job_ends_shows_the_final_counters(manager, slow_server):
+    job, _ = manager.create(CreateJob(source=slow_server.url("lightcurves.tar"), destination="tess"))
+    wait_until(lambda: 0 < manager.get(job.id).progress.bytes_done < SIZE, what="bytes under way")
+    real = manager.store.list_jobs
+
+    def list_jobs(*args: Any, **kwargs: Any):
+        recs = real(*args, **kwargs)
+        wait_until(lambda: job.id not in manager.live_counters(), timeout=60, what="the runner's end")
+        return recs
+
+    manager.store.list_jobs = list_jobs  # type: ignore[method-assign]
+    [listed] = manager.list_jobs().jobs
+
+    assert listed.state == JobState.running
+    assert listed.progress.bytes_done == SIZE
