@@ -11,6 +11,7 @@ given their final name by :mod:`jupyter_staging.safety.publishing` and removed w
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
@@ -317,10 +318,48 @@ def set_aside_at(dir_fd: int, name: str, suffix: str) -> str:
     for attempt in range(1, SET_ASIDE_TRIES + 1):
         tail = f".set-aside-{suffix}" + ("" if attempt == 1 else f"-{attempt}")
         new_name = check_name(_name_with(name, tail))
-        if lstat_at(dir_fd, new_name) is None:
-            os.rename(name, new_name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        if rename_noreplace_at(dir_fd, name, new_name):
             return new_name
     raise DestinationExists(f"{name}: {SET_ASIDE_TRIES} files set aside already; not set aside again")
+
+
+def _load_renameat2() -> Callable[..., int] | None:
+    """``renameat2(2)`` of the C library (glibc 2.28 and later), or None."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function  # type: ignore[no-any-return]
+
+
+_renameat2 = _load_renameat2()
+#: ``RENAME_NOREPLACE`` of ``renameat2(2)`` (linux/fs.h): fail with ``EEXIST`` rather than replace.
+RENAME_NOREPLACE = 1
+
+
+def rename_noreplace_at(dir_fd: int, name: str, new_name: str) -> bool:
+    """Rename entry ``name`` of ``dir_fd`` (a symlink itself) to ``new_name`` in the same folder unless
+    something has that name: True when renamed, False when ``new_name`` was taken. One atomic
+    ``renameat2(2)`` with ``RENAME_NOREPLACE`` (Linux 3.15; ext4, XFS, Btrfs, tmpfs); where the kernel or
+    the file system has no such flag (``ENOSYS``, ``EINVAL``: NFS, for one) or the C library no such call,
+    ``new_name`` is checked with ``lstat`` first and then renamed: a file made at ``new_name`` between the
+    two would be replaced. Raises ``OSError`` when the rename fails otherwise (``ENOENT``: ``name`` is gone;
+    ``EACCES``)."""
+    if _renameat2 is not None:
+        if _renameat2(dir_fd, os.fsencode(name), dir_fd, os.fsencode(new_name), RENAME_NOREPLACE) == 0:
+            return True
+        code = ctypes.get_errno()
+        if code == errno.EEXIST:
+            return False
+        if code not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(code, os.strerror(code), name)
+    if lstat_at(dir_fd, new_name) is not None:
+        return False
+    os.rename(name, new_name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    return True
 
 
 #: The longest name of a folder entry, in bytes (``NAME_MAX`` of ext4, XFS, NFS and most others).

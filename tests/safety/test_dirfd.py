@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from jupyter_staging.errors import DestinationExists, DestinationUnavailable, PathNotAllowed
+from jupyter_staging.safety import dirfd
 from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.dirfd import (
     components,
@@ -18,6 +19,7 @@ from jupyter_staging.safety.dirfd import (
     open_folder,
     open_root,
     read_file_at,
+    rename_noreplace_at,
     set_aside_at,
     unlink_at,
 )
@@ -143,6 +145,34 @@ def test_set_aside_at_moves_a_symlink_itself(layout):
         assert set_aside_at(fd, "a.part", "abcd1234") == "a.part.set-aside-abcd1234"
     assert (root / "a.part.set-aside-abcd1234").is_symlink()
     assert not (root / "a.part").is_symlink()
+    assert (outside / "secret.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("atomic", [True, False], ids=["renameat2", "lstat-then-rename"])
+def test_rename_noreplace_at_never_replaces_what_has_the_new_name(layout, monkeypatch, atomic):
+    """Whatever has the new name stays (a file, a symlink, one that points nowhere, a folder); the entry
+    to rename then keeps its name. Without ``renameat2`` (a C library without it; a kernel or file system
+    without ``RENAME_NOREPLACE`` answers ``EINVAL``, which takes the same path) the name is checked first."""
+    root, outside = layout
+    assert dirfd._renameat2 is not None  # Linux with glibc: the atomic call is what runs
+    if not atomic:
+        monkeypatch.setattr(dirfd, "_renameat2", None)
+    (root / "file").write_bytes(b"kept")
+    (root / "link").symlink_to(outside / "secret.txt")
+    (root / "dangling").symlink_to(outside / "missing")
+    (root / "folder").mkdir()
+    (root / "a.part").write_bytes(b"in the way")
+    with folder_fd(root, "") as fd:
+        for taken in ("file", "link", "dangling", "folder"):
+            assert not rename_noreplace_at(fd, "a.part", taken)
+        assert rename_noreplace_at(fd, "a.part", "a.part.set-aside-x")
+        with pytest.raises(FileNotFoundError):
+            rename_noreplace_at(fd, "a.part", "elsewhere")
+    assert (root / "file").read_bytes() == b"kept"
+    assert os.readlink(root / "link") == str(outside / "secret.txt")
+    assert os.readlink(root / "dangling") == str(outside / "missing")
+    assert (root / "folder").is_dir() and not any((root / "folder").iterdir())
+    assert (root / "a.part.set-aside-x").read_bytes() == b"in the way"
     assert (outside / "secret.txt").read_text() == "keep me"
 
 
