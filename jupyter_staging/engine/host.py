@@ -16,6 +16,7 @@ from jupyter_staging.engine.models import JobState
 from jupyter_staging.engine.progress import LiveProgress
 from jupyter_staging.engine.store import JobRecord, Store
 from jupyter_staging.errors import StagingError
+from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.sealed import SecretBox
 
 
@@ -119,6 +120,7 @@ class JobHost(Protocol):
         anything that is not a :class:`~jupyter_staging.errors.StagingError`)."""
         ...
 
-    def release(self, job_id: str) -> None:
-        """Forget the runner's control and live counters once it has returned."""
+    def release(self, job_id: str, control: JobControl, live: LiveProgress) -> None:
+        """Forget the runner's ``control`` and ``live`` counters once it has returned (not those of a
+        later runner of the job)."""
         ...

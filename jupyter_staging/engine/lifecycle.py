@@ -9,10 +9,7 @@ expired by the sweeper thread.
 
 from __future__ import annotations
 
-import getpass
 import logging
-import os
-import socket
 import threading
 import time
 import traceback
@@ -20,8 +17,6 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-from sqlalchemy.engine import make_url
 
 from jupyter_staging.clouds.http import error_detail
 from jupyter_staging.destinations.base import Destination
@@ -31,6 +26,7 @@ from jupyter_staging.engine.describe import describe_job
 from jupyter_staging.engine.executors import DEFAULT_CONCURRENT_ITEMS, DEFAULT_STREAMS_PER_FILE, Executor
 from jupyter_staging.engine.expansion import DEFAULT_MAX_UNPACKED_BYTES
 from jupyter_staging.engine.models import TRANSITIONS, ChunkState, DescribeJob, JobState
+from jupyter_staging.engine.processes import runner_alive, this_runner
 from jupyter_staging.engine.progress import PROGRESS_INTERVAL, LiveProgress
 from jupyter_staging.engine.records import has_sealed, without_sealed
 from jupyter_staging.engine.runner import JobRunner
@@ -86,7 +82,7 @@ class JobLifecycle:
         self._done = threading.Condition(self._lock)
         self._stopped = False
         #: Identifies this process as the runner of the jobs it submits (``host:pid``).
-        self.runner_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.runner_id = this_runner()
         self.sweep_interval = sweep_interval
         self._sweeper: threading.Thread | None = None
         self._sweep_stop = threading.Event()
@@ -389,7 +385,7 @@ class JobLifecycle:
                 return
             live.last_flush = now
             live.rate = live.meter.sample(live.bytes_done, now)
-            bytes_done, rows_done = live.bytes_done, live.rows_done
+            bytes_done, rows_done = live.persisted()
         row = self.store.set_job_fields(job_id, bytes_done=bytes_done, rows_done=rows_done)
         if row is None:
             return
@@ -434,11 +430,15 @@ class JobLifecycle:
             job_id, JobState.failed, events=lines, error_code=code, error_message=message, requested=None
         )
 
-    def release(self, job_id: str) -> None:
-        """Forget the control and live counters of a runner that has returned."""
+    def release(self, job_id: str, control: JobControl, live: LiveProgress) -> None:
+        """Forget the ``control`` and ``live`` counters of a runner of job ``job_id`` that has returned,
+        unless they are another run's already: a job paused and at once resumed has its next runner
+        registered before the last one returns."""
         with self._lock:
-            self._controls.pop(job_id, None)
-            self._live.pop(job_id, None)
+            if self._controls.get(job_id) is control:
+                del self._controls[job_id]
+            if self._live.get(job_id) is live:
+                del self._live[job_id]
 
     def _record(self, job_id: str, owner: str | None, *, resume: bool = True) -> JobRecord:
         """Job ``job_id`` of this root (and of ``owner`` when given; without its resume data unless
@@ -478,35 +478,3 @@ def echo_event(job_id: str, level: str, message: str) -> None:
     getattr(log, level if level in ("info", "warning", "error") else "info")(
         "staging job %s: %s", job_id, message
     )
-
-
-def runner_alive(runner: str) -> bool:
-    """True when ``runner`` (``host:pid``) is a live process on this host; False when it is gone or
-    cannot be checked from here (another host)."""
-    host, _, pid = runner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def current_user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return "user"
-
-
-def default_key_file(db_url: str) -> Path | None:
-    """``<database file>.key`` for a SQLite database file, else None (an in-memory key)."""
-    url = make_url(db_url)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    if url.database.startswith("file:"):
-        return None
-    return Path(url.database + ".key")

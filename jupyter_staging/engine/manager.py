@@ -28,7 +28,7 @@ from jupyter_staging.engine.executors import (
     LocalExecutor,
 )
 from jupyter_staging.engine.expansion import DEFAULT_MAX_UNPACKED_BYTES
-from jupyter_staging.engine.lifecycle import JobLifecycle, current_user, default_key_file, echo_event, log
+from jupyter_staging.engine.lifecycle import JobLifecycle, echo_event, log
 from jupyter_staging.engine.models import (
     ChunkState,
     CreateJob,
@@ -38,6 +38,7 @@ from jupyter_staging.engine.models import (
     ListJobsQuery,
     ListJobsResponse,
 )
+from jupyter_staging.engine.processes import current_user, default_key_file
 from jupyter_staging.engine.store import ChunkRecord, JobRecord, Store
 from jupyter_staging.errors import InvalidRequest, InvalidState, JobNotFound
 from jupyter_staging.safety.redact import install_log_filters

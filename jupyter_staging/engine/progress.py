@@ -44,6 +44,16 @@ class LiveProgress:
         self.lock = threading.Lock()
         #: Task counts of a job on a distributed executor (``TaskCounts`` fields), None on threads.
         self.tasks: dict[str, Any] | None = None
+        #: Bytes and rows the job's record showed as this run started (those of a paused or interrupted
+        #: run): persisted counters never go below them while this run credits again what is on disk
+        #: (finished files first, a part file once re-hashed, ranges in flight not at all).
+        self.floor_bytes = 0
+        self.floor_rows = 0
+
+    def persisted(self) -> tuple[int, int]:
+        """``(bytes_done, rows_done)`` to persist: the counters, never below this run's floor. Call with
+        :attr:`lock` held."""
+        return max(self.bytes_done, self.floor_bytes), max(self.rows_done, self.floor_rows)
 
 
 #: Most chunk records written in one transaction by a :class:`ChunkLedger` batch.

@@ -82,7 +82,7 @@ class JobRunner(TableSpreadStager):
             self.on_failure(exc)
         finally:
             self.close_folders()
-            self.host.release(self.job_id)
+            self.host.release(self.job_id, self.control, self.live)
 
     # -- the template's steps -------------------------------------------------------------------------
 
@@ -101,6 +101,7 @@ class JobRunner(TableSpreadStager):
         self.host.attach_live(self.job_id, self.live)
         with self.live.lock:  # the first progress is written one interval in (a short job writes none)
             self.live.last_flush = time.monotonic()
+            self.live.floor_bytes, self.live.floor_rows = rec.bytes_done or 0, rec.rows_done or 0
         # The run counts itself in the resume data as it takes the job: a run after one that did not
         # finish (a crash, a pause) is recovering, and finds the chunks and part files left.
         self.resume = dict(rec.resume or {})

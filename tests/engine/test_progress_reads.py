@@ -21,6 +21,7 @@ import pytest
 
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, JobState
+from jupyter_staging.engine.runner import JobRunner
 from tests.helpers.data import wait_until
 from tests.helpers.servers import RangeHTTPServer
 
@@ -83,3 +84,46 @@ def test_a_job_list_read_as_the_job_ends_shows_the_final_counters(manager, slow_
 
     assert listed.state == JobState.running
     assert listed.progress.bytes_done == SIZE
+
+
+def test_a_runner_ending_after_the_next_one_started_leaves_that_ones_counters(
+    manager, slow_server, monkeypatch
+):
+    """Paused and at once resumed: the paused run's thread returns after the resumed run has registered its
+    counters and control (held here in its last step, closing its folders). The resumed run keeps them:
+    its progress is still live, and a pause still reaches it."""
+    first_run_may_end = threading.Event()
+    real_close = JobRunner.close_folders
+    closing: list[JobRunner] = []
+
+    def close_folders(runner: JobRunner) -> None:
+        closing.append(runner)
+        if len(closing) == 1:
+            first_run_may_end.wait(60)
+        real_close(runner)
+
+    real_release = manager.release
+    released: list[object] = []
+
+    def release(job_id: str, *args: Any) -> None:
+        real_release(job_id, *args)
+        released.append(args)
+
+    monkeypatch.setattr(JobRunner, "close_folders", close_folders)
+    monkeypatch.setattr(manager, "release", release)
+    job, _ = manager.create(CreateJob(source=slow_server.url("lightcurves.tar"), destination="tess"))
+    wait_until(lambda: 0 < manager.get(job.id).progress.bytes_done < SIZE, what="bytes under way")
+    manager.pause(job.id)
+    wait_until(lambda: closing, what="the paused run's last step")
+    paused_run = manager.live_counters()[job.id]  # not released yet
+    slow_server.throttle_bytes_per_s = 200_000  # the resumed run takes seconds
+    manager.resume(job.id)
+    wait_until(lambda: manager.live_counters()[job.id] is not paused_run, what="the resumed run's counters")
+    resumed = manager.live_counters()[job.id]
+    first_run_may_end.set()
+    wait_until(lambda: released, what="the paused run's end")
+
+    assert manager.live_counters().get(job.id) is resumed
+    manager.pause(job.id)
+    assert manager.wait(job.id, timeout=30).state == JobState.paused
+    assert manager.get(job.id).progress.bytes_done < SIZE  # paused again before the end

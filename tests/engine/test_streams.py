@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -362,5 +363,35 @@ def test_a_part_replaced_after_its_ranges_is_not_published(tmp_path, served, mon
         assert done.state == JobState.failed
         assert done.error is not None and "replaced while it was fetched" in done.error.message
         assert not (root / "big" / big.name).exists()
+    finally:
+        manager.stop()
+
+
+def test_a_resumed_job_never_shows_less_than_it_had_when_paused(tmp_path, served):
+    """Paused with three ranges finished and one part way, the resumed run credits the finished ones and
+    fetches the other from its first byte: until it is past the paused figure again, the job shows that
+    figure (it went back to the finished ranges' bytes, 0.25 s into the resumed run)."""
+    server, big = served
+    server.throttle_bytes_per_s = 8 * 1024**2  # per stream: about 4 s per range
+    manager = make_manager(tmp_path / "root", streams=2)
+    try:
+        job, _ = manager.create(CreateJob(source=server.url(big.name), destination="big"))
+        wait_until(lambda: _ranges_done(manager, job.id) >= 2, timeout=120, what="two ranges finished")
+        wait_until(
+            lambda: manager.get(job.id).progress.bytes_done > 2 * STREAM_RANGE_BYTES + 8 * 1024**2,
+            timeout=60,
+            what="the next two ranges part way",
+        )
+        manager.pause(job.id)
+        paused = manager.wait(job.id, timeout=60)
+        assert paused.state == JobState.paused and _ranges_done(manager, job.id) < 4  # one part way
+        seen = [paused.progress.bytes_done]
+        manager.resume(job.id)
+        while (now := manager.get(job.id)).state not in (JobState.succeeded, JobState.failed):
+            seen.append(now.progress.bytes_done)
+            time.sleep(0.01)
+        assert now.state == JobState.succeeded, now.error
+        assert seen == sorted(seen), f"went back from {seen[0]} to {min(seen)}"
+        assert manager.get(job.id).progress.bytes_done == SIZE
     finally:
         manager.stop()
