@@ -196,20 +196,21 @@ class AzureDestination(ObjectStoreDestination):
         """
         name = self.key(rel)
         client = self.blob(name)
-        with self.errors(self.locator(name)):
-            with open(local, "rb") as fh:
-                client.upload_blob(
-                    _InterruptibleReader(fh, control),
-                    length=size,
-                    overwrite=True,
-                    metadata={"sha256": sha256},
-                    content_settings=content_settings(content_type or "application/octet-stream"),
-                    validate_content=True,
-                    max_concurrency=UPLOAD_CONCURRENCY,
-                )
-            props = client.get_blob_properties()
-        self._verify(props, local, name, size, sha256)
-        local.unlink(missing_ok=True)
+        with self.opened_local(local) as opened:
+            with self.errors(self.locator(name)):
+                with open(opened, "rb") as fh:
+                    client.upload_blob(
+                        _InterruptibleReader(fh, control),
+                        length=size,
+                        overwrite=True,
+                        metadata={"sha256": sha256},
+                        content_settings=content_settings(content_type or "application/octet-stream"),
+                        validate_content=True,
+                        max_concurrency=UPLOAD_CONCURRENCY,
+                    )
+                props = client.get_blob_properties()
+            self._verify(props, opened, name, size, sha256)
+        self.drop_local(local)
         return self.chunk_path(rel)
 
     def _verify(self, props: Any, local: Path, name: str, size: int, sha256: str) -> None:

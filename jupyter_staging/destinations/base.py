@@ -33,7 +33,8 @@ class Destination(abc.ABC):
     #: True for object stores: chunk paths are object URIs and ready chunks have presigned URLs.
     remote: bool = False
     #: The root ``workdir`` is confined to, for writes by descriptor
-    #: (:class:`~jupyter_staging.safety.partfile.PartFile` ``root=``); None for a private scratch folder.
+    #: (:class:`~jupyter_staging.safety.partfile.PartFile` ``root=``): the server's root for a folder
+    #: destination and for an object store's scratch folder below it; None for a scratch folder elsewhere.
     confinement_root: Path | None = None
 
     def __init__(self, job_id: str, workdir: Path) -> None:

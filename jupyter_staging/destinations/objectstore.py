@@ -1,8 +1,11 @@
 """What S3 and Azure Blob Storage destinations share: a job prefix in object storage.
 
-The job's work folder is a private scratch folder (mode 0700) below the staging folder; ``put`` uploads
-each file to ``<prefix>/<job_id>/<relative path>``, verifies it, deletes the local copy and returns the
-object's URI. Ready chunks are handed out as presigned URLs valid at most :data:`MAX_PRESIGN_SECONDS`.
+The job's work folder is a private scratch folder (mode 0700) below the staging folder, written by
+descriptor from the server's root when it is below that root (``confinement_root``, set by
+:func:`~jupyter_staging.destinations.registry.open_destination`); ``put`` uploads each file to
+``<prefix>/<job_id>/<relative path>`` (the file opened from that root:
+:meth:`ObjectStoreDestination.opened_local`), verifies it, deletes the local copy and returns the object's
+URI. Ready chunks are handed out as presigned URLs valid at most :data:`MAX_PRESIGN_SECONDS`.
 :meth:`~jupyter_staging.destinations.base.Destination.remove` deletes exactly the objects below
 ``<prefix>/<job_id>/``, never anything outside it.
 """
@@ -10,13 +13,18 @@ object's URI. Ready chunks are handed out as presigned URLs valid at most :data:
 from __future__ import annotations
 
 import abc
+import errno
 import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
 from jupyter_staging.destinations.base import Destination, remove_tree_if_empty
 from jupyter_staging.destinations.manifest import manifest_bytes
 from jupyter_staging.errors import InvalidRequest, VerificationFailed
+from jupyter_staging.safety.dirfd import READ_FLAGS, open_existing
 from jupyter_staging.safety.partfile import BLOCK_SIZE
 
 #: Files at least this large (bytes) are uploaded in parts (multipart upload, or Azure blocks).
@@ -122,6 +130,34 @@ class ObjectStoreDestination(Destination):
         except Exception:  # noqa: S110 - the verification error is the one to report
             pass
         raise VerificationFailed(f"upload of {self.locator(key)} could not be verified: {problem}")
+
+    @contextmanager
+    def opened_local(self, local: Path) -> Iterator[Path]:
+        """``local`` (a file of the work folder) for an upload and its digests: with a
+        :attr:`~jupyter_staging.destinations.base.Destination.confinement_root` (a scratch folder below
+        the server's root), opened by descriptor from that root, never through a symlink, and given as
+        ``/proc/self/fd/<n>`` (Linux's name of that very open file: a folder swapped for a symlink after the
+        open changes nothing read); else ``local`` itself (a private scratch folder). Raises
+        :class:`~jupyter_staging.errors.PathNotAllowed` when a folder on the way or the file itself is a
+        symlink or not a regular file, ``FileNotFoundError`` when it is gone."""
+        if self.confinement_root is None:
+            yield local
+            return
+        with self.files.parent(local) as (dir_fd, name):
+            fd = open_existing(dir_fd, name, READ_FLAGS)
+        if fd is None:
+            raise FileNotFoundError(errno.ENOENT, "no such file in the work folder", local.name)
+        try:
+            yield Path(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+
+    def drop_local(self, local: Path) -> None:
+        """Delete ``local``, uploaded and verified (by descriptor below a confinement root)."""
+        if self.confinement_root is None:
+            local.unlink(missing_ok=True)
+        else:
+            self.files.unlink(local)
 
     def remove_scratch(self) -> None:
         """Delete the local work folder (partial and not yet uploaded files) and its empty parent."""

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from jupyter_staging.clouds.azure import is_azure_uri
 from jupyter_staging.destinations.azure import AzureDestination, azure_job_prefix, check_azure_destination
-from jupyter_staging.destinations.base import Destination
+from jupyter_staging.destinations.base import Destination, within
 from jupyter_staging.destinations.local import LocalDestination
+from jupyter_staging.destinations.objectstore import ObjectStoreDestination
 from jupyter_staging.destinations.s3 import S3Destination, check_s3_destination, s3_job_prefix
 from jupyter_staging.errors import InvalidRequest
 
@@ -58,7 +59,15 @@ def open_destination(job_id: str, destination: str, *, root_dir: Path, scratch_r
     (code ``missing_extra``) for Azure without the ``azure`` extra."""
     if is_object_destination(destination):
         scratch = scratch_root / job_id
+        store: ObjectStoreDestination
         if is_azure_uri(destination):
-            return AzureDestination(job_id, destination, scratch)
-        return S3Destination(job_id, destination, scratch)
+            store = AzureDestination(job_id, destination, scratch)
+        else:
+            store = S3Destination(job_id, destination, scratch)
+        if within(scratch, root_dir) and scratch != root_dir:
+            # The default scratch folder is below the server's root, where the user may swap any folder
+            # on the way for a symlink: written by descriptor from that root, as a folder destination.
+            # One the administrator put elsewhere is private, written by path.
+            store.confinement_root = root_dir
+        return store
     return LocalDestination(job_id, root_dir, destination)

@@ -139,11 +139,12 @@ class S3Destination(ObjectStoreDestination):
         extra: dict[str, Any] = {"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": sha256}}
         if content_type:
             extra["ContentType"] = content_type
-        with self.errors(self.locator(key)):
-            self._upload(local, key, extra, control)
-            head = self.client().head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
-        self._verify(head, local, key, size, sha256)
-        local.unlink(missing_ok=True)
+        with self.opened_local(local) as opened:
+            with self.errors(self.locator(key)):
+                self._upload(opened, key, extra, control)
+                head = self.client().head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+            self._verify(head, opened, key, size, sha256)
+        self.drop_local(local)
         return self.chunk_path(rel)
 
     def _upload(self, local: Path, key: str, extra: dict[str, Any], control: JobControl) -> None:

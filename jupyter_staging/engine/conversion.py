@@ -368,9 +368,11 @@ class ConvertingStager(PipelinedStager, TableFolders, DeadParts):
             self._save_changes()
         final = self.dest.workdir / item.name
         if downloaded is not None:
-            if self.dest.remote and final.is_file():
-                self.dest.files.unlink(downloaded)  # moved here by a run that stopped before the upload
-                size, sha = final.stat().st_size, sha256_file(final)
+            # Moved to ``final`` by a run that stopped before the upload: uploaded as it is.
+            found = self._file_digest(final) if self.dest.remote else None
+            if found is not None:
+                self.dest.files.unlink(downloaded)
+                size, sha = found
             else:  # tagged as the job's at its final name: taken back if a crash comes before the record
                 size, sha = self._publish_tagged(downloaded, final)
         else:

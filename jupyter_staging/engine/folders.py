@@ -24,6 +24,7 @@ from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.copying import fd_digest, file_digest
 from jupyter_staging.safety.dirfd import (
     READ_FLAGS,
+    closing_fd,
     folder_below,
     fsync_dir,
     fsync_fd,
@@ -144,6 +145,18 @@ class DestinationWriter:
                 return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
         except (OSError, PathNotAllowed):
             return None
+
+    def _file_digest(self, path: Path) -> tuple[int, str] | None:
+        """``(size in bytes, hex sha256)`` of the regular file at ``path``, read through one descriptor
+        (:meth:`_open_by_folder`); None when there is none (absent, a symlink, a folder, a FIFO)."""
+        fd = self._open_by_folder(path)
+        if fd is None:
+            return None
+        with closing_fd(fd):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            return st.st_size, fd_digest(fd)
 
     def _owner_rel(self, final: Path) -> str:
         """``final``'s path in the owner attribute of a file the job publishes there (POSIX): relative to

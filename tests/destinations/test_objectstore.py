@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from jupyter_staging.errors import VerificationFailed
+from jupyter_staging.destinations.registry import open_destination
+from jupyter_staging.errors import PathNotAllowed, VerificationFailed
 from jupyter_staging.safety.control import JobControl
 from tests.helpers.api import API, expect_error, post_job, wait_for
 from tests.helpers.data import KEPLER, sha256
@@ -267,6 +268,48 @@ def test_an_upload_that_does_not_match_its_checksum_is_deleted_and_fails(store, 
         )
     assert store.keys_below("verify/job-2/") == set()
     assert local.exists()  # kept for another attempt
+
+
+def test_a_scratch_folder_below_the_root_is_written_by_descriptor_from_the_root(store, tmp_path):
+    """The default scratch folder is below the server's root (where the user may swap a folder for a
+    symlink at any moment): its destination is confined to that root. One an administrator put elsewhere
+    is private, written by path."""
+    root = tmp_path / "root"
+    below = open_destination(
+        "job-4", f"{store.root}job-4/", root_dir=root, scratch_root=root / "staging" / ".staging-scratch"
+    )
+    assert below.confinement_root == root and below.workdir == root / "staging" / ".staging-scratch" / "job-4"
+    elsewhere = open_destination("job-4", f"{store.root}job-4/", root_dir=root, scratch_root=tmp_path / "var")
+    assert elsewhere.confinement_root is None
+
+
+def test_an_upload_never_reads_or_removes_through_a_scratch_folder_swapped_for_a_symlink(store, tmp_path):
+    """``put`` opens the file by descriptor from the confinement root, never through a symlink: a scratch
+    folder swapped for a link to a folder elsewhere fails with ``path_not_allowed``; the file there is
+    neither uploaded nor removed. (Before, it was uploaded as the job's and then deleted by path.)"""
+    root = tmp_path / "root"
+    scratch = root / "staging" / ".staging-scratch" / "job-3"
+    scratch.mkdir(parents=True)
+    (scratch / "a.txt").write_bytes(b"the job's bytes")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "a.txt").write_bytes(b"another file")
+    destination = store.destination("job-3", f"{store.root}swap/job-3/", scratch)
+    destination.confinement_root = root
+    os.rename(scratch, root / "moved")
+    scratch.symlink_to(elsewhere)
+    with pytest.raises(PathNotAllowed):
+        destination.put(
+            scratch / "a.txt",
+            "a.txt",
+            size=12,
+            sha256=sha256(b"another file"),
+            content_type=None,
+            control=JobControl(),
+        )
+    assert store.keys_below("swap/job-3/") == set()
+    assert (elsewhere / "a.txt").read_bytes() == b"another file"
+    assert (root / "moved" / "a.txt").read_bytes() == b"the job's bytes"
 
 
 @pytest.mark.slow
