@@ -97,6 +97,10 @@ class ItemStager(LinkingWriter, PartOwnership, ResumeBook):
             self._flush_chunks()
         self.host.report_progress(self.job_id)
 
+    def _take_back(self, n: int) -> None:
+        """Take back ``n`` bytes counted for a part file that restarted from its first byte."""
+        self.control.add_bytes(-n)
+
     def _on_rows(self, n: int) -> None:
         with self.live.lock:
             self.live.rows_done += n
@@ -366,6 +370,7 @@ class ItemStager(LinkingWriter, PartOwnership, ResumeBook):
             self._log("info", f"{item.name}: resuming at byte {out.offset}")
             self.control.add_bytes(out.offset)
         listed = dict(item.validator)
+        out.on_restart = self._take_back  # the bytes of a file fetched again are counted again
         try:
             source.fetch(item, out, self.control)
         except JobInterrupted:
@@ -375,10 +380,6 @@ class ItemStager(LinkingWriter, PartOwnership, ResumeBook):
         except BaseException:
             out.discard()
             raise
-        finally:
-            # Bytes of a restarted file were reported once already; take them back.
-            if out.discarded:
-                self.control.add_bytes(-out.discarded)
         self._follow_version(item, listed, out)
         return out
 

@@ -113,6 +113,7 @@ def _fetched_part(
         else:
             return reopened(out, part, hashed)
     out = part(None)
+    out.on_restart = lambda thrown: control.add_bytes(-thrown)  # fetched again, counted again
     with _settled(out):
         source.fetch(item, out, control)
     return out

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
@@ -132,6 +133,9 @@ class PartFile(PartPlace):
         self._writeback_from = 0
         #: Bytes thrown away by :meth:`restart` calls (progress already reported for them).
         self.discarded = 0
+        #: Called by :meth:`restart` with the bytes it throws away (their progress is taken back at once,
+        #: not after the file was fetched again); None: they are added to :attr:`discarded`.
+        self.on_restart: Callable[[int], None] | None = None
         #: ``offset`` when :meth:`sync` last made the bytes durable (None: not since the last restart).
         self._synced: int | None = None
         self._reader: io.RawIOBase | None = None
@@ -193,10 +197,13 @@ class PartFile(PartPlace):
         self._fh.truncate()
         self.sha256 = hashlib.sha256()
         self.second = optional_digest(self._want_second)
-        self.discarded += self.offset
+        thrown, self.offset = self.offset, 0
         self._synced = None
-        self.offset = 0
         self._writeback_from = 0
+        if self.on_restart is None:
+            self.discarded += thrown
+        elif thrown:
+            self.on_restart(thrown)
 
     def copy_range_from(self, src_fd: int, count: int) -> int:
         """Append up to ``count`` bytes from ``src_fd`` (at its current position) with

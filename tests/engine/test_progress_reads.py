@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -127,3 +128,29 @@ def test_a_runner_ending_after_the_next_one_started_leaves_that_ones_counters(
     manager.pause(job.id)
     assert manager.wait(job.id, timeout=30).state == JobState.paused
     assert manager.get(job.id).progress.bytes_done < SIZE  # paused again before the end
+
+
+def test_a_file_restarted_from_its_first_byte_takes_its_bytes_back_at_once(manager, tmp_path):
+    """The connection drops after 1.5 of 2 MiB and the server, which ignores ``Range``, sends the whole file
+    again: the file restarts, and its 1.5 MiB are taken back then, not after it was fetched again. Held
+    (a stalled body) 256 KiB into the second answer, the job shows at most 256 KiB; it showed 1.5 MiB or more
+    (and 100 % half way through the second answer)."""
+    size = 2 * 1024 * 1024
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "spectra.fits").write_bytes(os.urandom(size))
+    with RangeHTTPServer(www, throttle_bytes_per_s=2_000_000, drop_after_bytes=3 * size // 4) as server:
+        server.ranges = False
+        server.stall_seconds = 4.0
+        job, _ = manager.create(CreateJob(source=server.url("spectra.fits"), destination="spectra"))
+        wait_until(
+            lambda: manager.get(job.id).progress.bytes_done > size // 4, what="the first answer under way"
+        )
+        server.stall_after_bytes = 256 * 1024  # taken by the next answer
+        wait_until(lambda: len(server.requests_for("spectra.fits", "GET")) >= 2, what="the second answer")
+        time.sleep(1.0)  # 256 KiB arrive in 0.13 s; the stall lasts 4 s
+        during_the_stall = manager.get(job.id).progress.bytes_done
+        assert during_the_stall <= 256 * 1024, during_the_stall  # (read in blocks: perhaps 0)
+        done = manager.wait(job.id, timeout=60)
+    assert done.state == JobState.succeeded, done.error
+    assert done.progress.bytes_done == size
