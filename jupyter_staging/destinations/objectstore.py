@@ -13,7 +13,6 @@ URI. Ready chunks are handed out as presigned URLs valid at most :data:`MAX_PRES
 from __future__ import annotations
 
 import abc
-import errno
 import hashlib
 import os
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from typing import Any, NoReturn
 
 from jupyter_staging.destinations.base import Destination, remove_tree_if_empty
 from jupyter_staging.destinations.manifest import manifest_bytes
-from jupyter_staging.errors import InvalidRequest, VerificationFailed
+from jupyter_staging.errors import InvalidRequest, PathNotAllowed, TransferFailed, VerificationFailed
 from jupyter_staging.safety.dirfd import READ_FLAGS, open_existing
 from jupyter_staging.safety.partfile import BLOCK_SIZE
 
@@ -139,14 +138,20 @@ class ObjectStoreDestination(Destination):
         ``/proc/self/fd/<n>`` (Linux's name of that very open file: a folder swapped for a symlink after the
         open changes nothing read); else ``local`` itself (a private scratch folder). Raises
         :class:`~jupyter_staging.errors.PathNotAllowed` when a folder on the way or the file itself is a
-        symlink or not a regular file, ``FileNotFoundError`` when it is gone."""
+        symlink or not a regular file, :class:`TransferFailed` (code ``upload_failed``) when it is gone or
+        cannot be opened."""
         if self.confinement_root is None:
             yield local
             return
-        with self.files.parent(local) as (dir_fd, name):
-            fd = open_existing(dir_fd, name, READ_FLAGS)
+        try:
+            with self.files.parent(local) as (dir_fd, name):
+                fd = open_existing(dir_fd, name, READ_FLAGS)
+        except OSError as exc:
+            raise TransferFailed(
+                f"cannot read {local.name} to upload it: {exc.strerror}", code="upload_failed"
+            ) from None
         if fd is None:
-            raise FileNotFoundError(errno.ENOENT, "no such file in the work folder", local.name)
+            raise TransferFailed(f"cannot read {local.name} to upload it: it is gone", code="upload_failed")
         try:
             yield Path(f"/proc/self/fd/{fd}")
         finally:
@@ -160,6 +165,11 @@ class ObjectStoreDestination(Destination):
             self.files.unlink(local)
 
     def remove_scratch(self) -> None:
-        """Delete the local work folder (partial and not yet uploaded files) and its empty parent."""
-        self.files.remove_tree(self.workdir)
+        """Delete the local work folder (partial and not yet uploaded files) and its empty parent. A folder
+        on the way swapped for a symlink (``staging`` moved to another disk and linked back) leaves it
+        where it is: nothing is removed through a link, and the job's objects are deleted all the same."""
+        try:
+            self.files.remove_tree(self.workdir)
+        except PathNotAllowed:
+            return
         remove_tree_if_empty(self.workdir.parent, self.workdir.parent.parent)

@@ -435,6 +435,7 @@ class JobRunner(TableSpreadStager):
         live counters; persisted by the caller with the job's final state."""
         rows = sum(c.rows or 0 for c in staged)
         with self.live.lock:
+            self.live.floor_bytes = self.live.floor_rows = 0  # these figures are exact
             self.live.rows_done = rows
             if rec.bytes_total is not None and not failed:
                 self.live.bytes_done = max(self.live.bytes_done, rec.bytes_total)

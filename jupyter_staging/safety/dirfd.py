@@ -344,17 +344,18 @@ def rename_noreplace_at(dir_fd: int, name: str, new_name: str) -> bool:
     """Rename entry ``name`` of ``dir_fd`` (a symlink itself) to ``new_name`` in the same folder unless
     something has that name: True when renamed, False when ``new_name`` was taken. One atomic
     ``renameat2(2)`` with ``RENAME_NOREPLACE`` (Linux 3.15; ext4, XFS, Btrfs, tmpfs); where the kernel or
-    the file system has no such flag (``ENOSYS``, ``EINVAL``: NFS, for one) or the C library no such call,
-    ``new_name`` is checked with ``lstat`` first and then renamed: a file made at ``new_name`` between the
-    two would be replaced. Raises ``OSError`` when the rename fails otherwise (``ENOENT``: ``name`` is gone;
-    ``EACCES``)."""
+    the file system has no such flag (``ENOSYS``, ``EINVAL``: NFS, for one), a container's seccomp
+    filter refuses the call (``EPERM``; a real ``EPERM`` is raised by the rename after) or the C library
+    has no such call, ``new_name`` is checked with ``lstat`` first and then renamed: a file made at
+    ``new_name`` between the two would be replaced. Raises ``OSError`` when the rename fails otherwise
+    (``ENOENT``: ``name`` is gone; ``EACCES``)."""
     if _renameat2 is not None:
         if _renameat2(dir_fd, os.fsencode(name), dir_fd, os.fsencode(new_name), RENAME_NOREPLACE) == 0:
             return True
         code = ctypes.get_errno()
         if code == errno.EEXIST:
             return False
-        if code not in (errno.ENOSYS, errno.EINVAL):
+        if code not in (errno.ENOSYS, errno.EINVAL, errno.EPERM):  # EPERM: a seccomp filter without it
             raise OSError(code, os.strerror(code), name)
     if lstat_at(dir_fd, new_name) is not None:
         return False

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from jupyter_staging.destinations.registry import open_destination
-from jupyter_staging.errors import PathNotAllowed, VerificationFailed
+from jupyter_staging.errors import PathNotAllowed, TransferFailed, VerificationFailed
 from jupyter_staging.safety.control import JobControl
 from tests.helpers.api import API, expect_error, post_job, wait_for
 from tests.helpers.data import KEPLER, sha256
@@ -281,6 +281,45 @@ def test_a_scratch_folder_below_the_root_is_written_by_descriptor_from_the_root(
     assert below.confinement_root == root and below.workdir == root / "staging" / ".staging-scratch" / "job-4"
     elsewhere = open_destination("job-4", f"{store.root}job-4/", root_dir=root, scratch_root=tmp_path / "var")
     assert elsewhere.confinement_root is None
+
+
+def test_a_staging_folder_moved_and_linked_back_still_has_the_job_objects_removed(store, tmp_path):
+    """``staging`` moved to another disk and linked back: the scratch folder is reached through a link, so it
+    is left where it is (nothing removed through a link), and the job's objects are deleted all the same."""
+    root = tmp_path / "root"
+    scratch_root = root / "staging" / ".staging-scratch"
+    destination = open_destination(
+        "job-5", f"{store.root}moved/job-5/", root_dir=root, scratch_root=scratch_root
+    )
+    (scratch_root / "job-5").mkdir(parents=True)
+    (scratch_root / "job-5" / "a.txt.part").write_bytes(b"partial")
+    store.write("moved/job-5/a.txt", b"uploaded")
+    os.rename(root / "staging", tmp_path / "bigger-disk")
+    (root / "staging").symlink_to(tmp_path / "bigger-disk")
+
+    destination.remove([f"{store.root}moved/job-5/a.txt"], ["a.txt"], [], keep_ready=False)
+
+    assert store.keys_below("moved/job-5/") == set()
+    assert (tmp_path / "bigger-disk" / ".staging-scratch" / "job-5" / "a.txt.part").read_bytes() == b"partial"
+
+
+def test_an_upload_whose_file_is_gone_fails_with_upload_failed(store, tmp_path):
+    root = tmp_path / "root"
+    destination = open_destination(
+        "job-6", f"{store.root}gone/job-6/", root_dir=root, scratch_root=root / "staging" / ".staging-scratch"
+    )
+    destination.workdir.mkdir(parents=True)
+    with pytest.raises(TransferFailed) as info:
+        destination.put(
+            destination.workdir / "a.txt",
+            "a.txt",
+            size=1,
+            sha256="0" * 64,
+            content_type=None,
+            control=JobControl(),
+        )
+    assert info.value.code == "upload_failed"
+    assert store.keys_below("gone/job-6/") == set()
 
 
 def test_an_upload_never_reads_or_removes_through_a_scratch_folder_swapped_for_a_symlink(store, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 from pathlib import Path
@@ -148,15 +149,31 @@ def test_set_aside_at_moves_a_symlink_itself(layout):
     assert (outside / "secret.txt").read_text() == "keep me"
 
 
-@pytest.mark.parametrize("atomic", [True, False], ids=["renameat2", "lstat-then-rename"])
-def test_rename_noreplace_at_never_replaces_what_has_the_new_name(layout, monkeypatch, atomic):
+def _refused_with(code: int):
+    """A stand-in for ``renameat2`` that fails with ``code``, as a kernel, file system or seccomp filter
+    without the call or its flag does (none of those can be had here)."""
+
+    def renameat2(*args: object) -> int:
+        ctypes.set_errno(code)
+        return -1
+
+    return renameat2
+
+
+@pytest.mark.parametrize(
+    "way", ["renameat2", "no-renameat2", "EINVAL", "ENOSYS", "EPERM"], ids=lambda way: str(way)
+)
+def test_rename_noreplace_at_never_replaces_what_has_the_new_name(layout, monkeypatch, way):
     """Whatever has the new name stays (a file, a symlink, one that points nowhere, a folder); the entry
-    to rename then keeps its name. Without ``renameat2`` (a C library without it; a kernel or file system
-    without ``RENAME_NOREPLACE`` answers ``EINVAL``, which takes the same path) the name is checked first."""
+    to rename then keeps its name. Without ``renameat2`` (a C library without it) or its flag (``EINVAL``
+    from a file system, ``ENOSYS`` from an old kernel, ``EPERM`` from a seccomp filter) the name is
+    checked first, then renamed."""
     root, outside = layout
     assert dirfd._renameat2 is not None  # Linux with glibc: the atomic call is what runs
-    if not atomic:
+    if way == "no-renameat2":
         monkeypatch.setattr(dirfd, "_renameat2", None)
+    elif way != "renameat2":
+        monkeypatch.setattr(dirfd, "_renameat2", _refused_with(getattr(errno, way)))
     (root / "file").write_bytes(b"kept")
     (root / "link").symlink_to(outside / "secret.txt")
     (root / "dangling").symlink_to(outside / "missing")
@@ -174,6 +191,15 @@ def test_rename_noreplace_at_never_replaces_what_has_the_new_name(layout, monkey
     assert (root / "folder").is_dir() and not any((root / "folder").iterdir())
     assert (root / "a.part.set-aside-x").read_bytes() == b"in the way"
     assert (outside / "secret.txt").read_text() == "keep me"
+
+
+def test_rename_noreplace_at_raises_other_errors_of_renameat2(layout, monkeypatch):
+    root, _ = layout
+    (root / "a.part").write_bytes(b"x")
+    monkeypatch.setattr(dirfd, "_renameat2", _refused_with(errno.EACCES))
+    with folder_fd(root, "") as fd, pytest.raises(PermissionError):
+        rename_noreplace_at(fd, "a.part", "b")
+    assert (root / "a.part").read_bytes() == b"x" and not (root / "b").exists()
 
 
 def test_set_aside_at_keeps_a_file_set_aside_before(layout):
