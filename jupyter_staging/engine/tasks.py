@@ -26,6 +26,7 @@ import stat
 import tempfile
 import threading
 import time
+import uuid
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,10 @@ class TaskControl(JobControl):
             self._client: Any = get_client()
         except ValueError:
             self._worker = self._client = None
+        #: The task's key and this try of it: a task run again (after an error, a worker lost) counts from
+        #: zero, and the server takes back what its earlier try reported (``JobTasks._on_event``).
+        self._task = self._worker.get_current_task() if self._worker is not None else None
+        self._try = uuid.uuid4().hex[:12]
 
     def check(self) -> None:
         now = time.monotonic()
@@ -187,12 +192,14 @@ class TaskControl(JobControl):
         self._emit({"log": [level, message]})
 
     def _emit(self, event: dict[str, Any]) -> None:
-        """Send ``event`` on the job's topic (``distributed.Worker.log_event``)."""
+        """Send ``event`` on the job's topic (``distributed.Worker.log_event``), with the run, the task and
+        the try it comes from (``attempt``, ``task``, ``try``)."""
         worker = self._worker
         if worker is None:
             from distributed import get_worker  # deferred: as above
 
             worker = get_worker()
+        event.update(attempt=self.ctx.attempt, task=self._task, attempt_try=self._try)
         worker.log_event(self.ctx.topic, event)  # thread-safe: sent from the worker's event loop
 
     def flush(self) -> None:

@@ -89,6 +89,8 @@ class JobTasks:
         self._counted = 0.0
         #: Lines for the job's log its tasks sent (:meth:`TaskControl.log`), added by :meth:`flush_logs`.
         self._logs: list[tuple[str, str]] = []
+        #: Task key -> (its try that reported last, bytes and rows that try reported).
+        self._tries: dict[str, tuple[str, int, int]] = {}
         # Deferred: distributed is the optional dask extra; this module runs only with it.
         from distributed import Variable
 
@@ -183,16 +185,34 @@ class JobTasks:
         """A task's event (on the client's event loop): progress is added to the live counters; a line for
         the job's log is kept for :meth:`flush_logs` (no database write on the event loop)."""
         _, message = event
-        if not isinstance(message, dict):
-            return
+        if not isinstance(message, dict) or message.get("attempt", self.ctx.attempt) != self.ctx.attempt:
+            return  # a task of another run of the job (the topic is the job's), stopping
         line = message.get("log")
         if isinstance(line, (list, tuple)) and len(line) == 2 and line[0] in LOG_LEVELS:
             with self._lock:
                 if len(self._logs) < MAX_LOGS_KEPT:
                     self._logs.append((str(line[0]), str(line[1])))
+        added = int(message.get("bytes", 0)), int(message.get("rows", 0))
+        bytes_done, rows_done = self._counted_once(message.get("task"), message.get("attempt_try"), *added)
         with self.live.lock:
-            self.live.bytes_done += int(message.get("bytes", 0))
-            self.live.rows_done += int(message.get("rows", 0))
+            self.live.bytes_done += bytes_done
+            self.live.rows_done += rows_done
+
+    def _counted_once(
+        self, task: Any, attempt_try: Any, added_bytes: int, added_rows: int
+    ) -> tuple[int, int]:
+        """What ``added_bytes`` / ``added_rows`` from try ``attempt_try`` of task ``task`` add to the job:
+        when it is a new try of a task that reported before (Dask ran it again, from its start), less what
+        the earlier try reported."""
+        if not task or not attempt_try or not (added_bytes or added_rows):
+            return added_bytes, added_rows
+        with self._lock:
+            last, sent_bytes, sent_rows = self._tries.get(task, (attempt_try, 0, 0))
+            if last != attempt_try:  # what the earlier try counted is counted again by this one
+                self._tries[task] = (attempt_try, added_bytes, added_rows)
+                return added_bytes - sent_bytes, added_rows - sent_rows
+            self._tries[task] = (attempt_try, sent_bytes + added_bytes, sent_rows + added_rows)
+        return added_bytes, added_rows
 
 
 class TaskBatch:
