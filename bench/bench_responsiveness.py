@@ -47,7 +47,7 @@ from benchlib import WORK, MachineLoad, MiB, machine, rmtree
 from datagen import write_csv
 from sqlalchemy import insert
 
-from jupyter_staging.engine.lifecycle import current_user
+from jupyter_staging.engine.processes import current_user
 from jupyter_staging.engine.store import ChunkRecord, EventRecord, JobRecord, ResumeRecord, Store, utcnow
 from tests.helpers.jupyter import JupyterServerProcess
 
