@@ -97,10 +97,6 @@ class ItemStager(LinkingWriter, PartOwnership, ResumeBook):
             self._flush_chunks()
         self.host.report_progress(self.job_id)
 
-    def _take_back(self, n: int) -> None:
-        """Take back ``n`` bytes counted for a part file that restarted from its first byte."""
-        self.control.add_bytes(-n)
-
     def _on_rows(self, n: int) -> None:
         with self.live.lock:
             self.live.rows_done += n
@@ -370,7 +366,7 @@ class ItemStager(LinkingWriter, PartOwnership, ResumeBook):
             self._log("info", f"{item.name}: resuming at byte {out.offset}")
             self.control.add_bytes(out.offset)
         listed = dict(item.validator)
-        out.on_restart = self._take_back  # the bytes of a file fetched again are counted again
+        out.on_restart = lambda thrown: self.control.add_bytes(-thrown)  # fetched again, counted again
         try:
             source.fetch(item, out, self.control)
         except JobInterrupted:

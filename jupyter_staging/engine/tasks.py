@@ -193,7 +193,7 @@ class TaskControl(JobControl):
 
     def _emit(self, event: dict[str, Any]) -> None:
         """Send ``event`` on the job's topic (``distributed.Worker.log_event``), with the run, the task and
-        the try it comes from (``attempt``, ``task``, ``try``)."""
+        the try it comes from (keys ``attempt``, ``task``, ``attempt_try``)."""
         worker = self._worker
         if worker is None:
             from distributed import get_worker  # deferred: as above
