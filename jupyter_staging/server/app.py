@@ -127,6 +127,17 @@ class StagingApp(ExtensionApp):
         resume after a restart) — set it when ``db_url`` is not SQLite.""",
     ).tag(config=True)
 
+    scratch_dir = Unicode(
+        "",
+        help="""Local folder where jobs writing to S3 or Azure prepare each file (a download, a conversion's
+        Parquet) before uploading it: relative to the server's root, or absolute. Empty:
+        ``<staging_dir>/.staging-scratch`` below the root, reached from the root by descriptor like any
+        output. A folder outside the root (a local disk of the node, a pod's own ``/tmp``) is used by path,
+        so it must be one only this server's account can write to. Either way each job works in its own
+        subfolder of mode 0700, removed when the job ends, which must hold the files the job has in
+        flight.""",
+    ).tag(config=True)
+
     min_free_bytes = Int(
         0,
         min=0,
@@ -235,6 +246,7 @@ class StagingApp(ExtensionApp):
             presign_expiry_seconds=self.presign_expiry_seconds,
             max_unpacked_bytes=self.max_unpacked_bytes,
             secret_key_file=self.secret_key_file or None,
+            scratch_dir=self.scratch_dir or None,
             min_free_bytes=self.min_free_bytes,
             quota_bytes=self.quota_bytes,
             concurrent_items=self.concurrent_items,
