@@ -9,6 +9,8 @@ check                     what it does
 ``database``              ``StagingApp.db_url`` opens; a probe row is written and deleted
 ``staging folder``        ``<root_dir>/<staging_dir>`` (or its nearest existing parent) takes a
                           probe file, and its file system has free space
+``scratch folder``        ``StagingApp.scratch_dir``, when set, the same; outside the root a warning
+                          when another account can write where it is (used by path there)
 ``source root``           each ``StagingApp.source_roots`` folder exists and can be listed
 ``s3``                    boto3 finds credentials and the endpoint answers a HEAD on a bucket
 ``azure``                 the ``azure`` extra is installed and the account (or a container) answers
@@ -37,7 +39,7 @@ from jupyter_staging._version import __version__
 from jupyter_staging.cli.checks_azure import check_azure
 from jupyter_staging.cli.checks_database import check_database
 from jupyter_staging.cli.checks_extension import check_extension
-from jupyter_staging.cli.checks_folders import check_source_roots, check_staging_folder
+from jupyter_staging.cli.checks_folders import check_scratch_folder, check_source_roots, check_staging_folder
 from jupyter_staging.cli.checks_hub import check_hub, check_hub_service
 from jupyter_staging.cli.checks_s3 import check_s3
 from jupyter_staging.cli.model import FAIL, OK, SKIP, WARN, Check, DoctorSettings, first_line
@@ -51,6 +53,7 @@ CHECKS: tuple[CheckFunction, ...] = (
     check_extension,
     check_database,
     check_staging_folder,
+    check_scratch_folder,
     check_source_roots,
     check_s3,
     check_azure,
@@ -72,8 +75,8 @@ class Doctor:
         self.checks = checks
 
     def run(self) -> list[Check]:
-        """Every check, in a fixed order: extension, database, staging folder, source roots, S3,
-        Azure, hub, hub service. A check that raises unexpectedly is reported as ``fail``."""
+        """Every check, in a fixed order: extension, database, staging folder, scratch folder, source
+        roots, S3, Azure, hub, hub service. A check that raises unexpectedly is reported as ``fail``."""
         results: list[Check] = []
         for check in self.checks:
             name = check.__name__.removeprefix("check_").replace("_", " ")

@@ -41,8 +41,8 @@ class DoctorApp(JupyterApp):
     name = "jupyter-staging-doctor"
     version = __version__
     description = """Check what jupyter_staging needs on this machine and explain how to fix what is broken:
-    the server extension, the job database, the staging folder, the source roots, S3, Azure and the hub.
-    Exit status 1 when a check fails."""
+    the server extension, the job database, the staging and scratch folders, the source roots, S3, Azure
+    and the hub. Exit status 1 when a check fails."""
     examples = """
     jupyter staging doctor
     jupyter staging doctor --root-dir ~/work --s3-bucket results
@@ -122,6 +122,7 @@ class DoctorApp(JupyterApp):
         return DoctorSettings(
             root_dir=str(Path(os.path.expanduser(root)).absolute()),
             staging_dir=staging.staging_dir,
+            scratch_dir=staging.scratch_dir,
             source_roots=parse_source_roots(staging.source_roots),  # as the server reads it
             db_url=staging.db_url,
             jpserver_extensions=dict(extensions),

@@ -44,7 +44,8 @@ class DoctorSettings:
     ``config_paths``: the config folders, highest priority first.
     ``s3_bucket`` / ``azure_container``: what to HEAD (None: not named). ``hub_api_url`` /
     ``hub_service_url``: where the hub's API and the staging service are (None: not configured).
-    ``min_free_bytes``: free space below which the staging folder warns. ``timeout``: seconds per
+    ``scratch_dir``: ``StagingApp.scratch_dir`` as set (empty: the default below the staging folder).
+    ``min_free_bytes``: free space below which the staging and scratch folders warn. ``timeout``: seconds per
     network request.
     """
 
@@ -60,6 +61,7 @@ class DoctorSettings:
     hub_api_url: str | None = None
     hub_service_url: str | None = None
     min_free_bytes: int = GIB
+    scratch_dir: str = ""
     timeout: float = 10.0
 
 

@@ -452,3 +452,53 @@ def test_hub_refusing_the_token_and_a_service_prefix_with_nothing_behind_it(setu
     assert service["status"] == "fail" and "no route" in service["message"]
     assert "c.JupyterHub.services" in service["fix"]
     assert_no_secrets(json.dumps(report))
+
+
+def test_scratch_folder_outside_the_root_is_checked_where_it_will_be_made(setup, tmp_path):
+    status, report = setup.run_json()
+    check = only(report, "scratch folder")
+    assert status == 0 and check["status"] == "ok" and ".staging-scratch" in check["message"]
+
+    private = tmp_path / "node-local"
+    private.mkdir(mode=0o700)
+    setup.server_config["StagingApp"]["scratch_dir"] = str(private / "scratch")
+    status, report = setup.run_json()
+    check = only(report, "scratch folder")
+    assert status == 0 and check["status"] == "ok", check
+    assert str(private / "scratch") in check["message"] and "writable" in check["message"]
+    assert not (private / "scratch").exists()  # checked, not created
+
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)  # a node's /tmp
+    setup.server_config["StagingApp"]["scratch_dir"] = str(shared / "scratch")
+    status, report = setup.run_json()
+    check = only(report, "scratch folder")
+    assert status == 0 and check["status"] == "warn", check
+    assert "other accounts" in check["message"] and "1777" in check["message"]
+    assert "mkdir -m 700" in check["fix"]
+
+    (shared / "scratch").mkdir(mode=0o700)  # made beforehand by the account, as the fix says
+    status, report = setup.run_json()
+    assert only(report, "scratch folder")["status"] == "ok"
+
+    (tmp_path / "elsewhere").mkdir()
+    (shared / "linked").symlink_to(tmp_path / "elsewhere")
+    setup.server_config["StagingApp"]["scratch_dir"] = str(shared / "linked")
+    check = only(setup.run_json()[1], "scratch folder")
+    assert check["status"] == "warn" and "symlink" in check["message"], check
+
+    (private / "a-file").write_text("x")
+    setup.server_config["StagingApp"]["scratch_dir"] = str(private / "a-file" / "scratch")
+    status, report = setup.run_json()
+    check = only(report, "scratch folder")
+    assert status == 1 and check["status"] == "fail" and "is not a folder" in check["message"], check
+    assert "StagingApp.scratch_dir" in check["fix"]
+
+
+def test_scratch_folder_below_the_root_needs_no_private_parent(setup):
+    setup.server_config["StagingApp"]["scratch_dir"] = "fast-scratch"
+    status, report = setup.run_json()
+    check = only(report, "scratch folder")
+    assert status == 0 and check["status"] == "ok", check
+    assert "fast-scratch" in check["message"]
