@@ -14,7 +14,9 @@ results back in the order they finish, so the runner records chunks as on its ow
   job, such as other manifest entries, go on).
 
 A task whose worker dies is run again by the scheduler (``distributed.scheduler.allowed-failures``); one
-that raises is run again :data:`TASK_RETRIES` times.
+that raises is run again :data:`TASK_RETRIES` times, unless its error is one of :data:`FINAL_ERRORS`, which
+running it again would only repeat: that task fails the batch at once, as the same error fails an item on
+the server's own threads.
 """
 
 from __future__ import annotations
@@ -31,7 +33,22 @@ from typing import Any
 
 from jupyter_staging.engine.progress import LiveProgress
 from jupyter_staging.engine.tasks import RUN, TaskContext
-from jupyter_staging.errors import JobInterrupted, StagingError
+from jupyter_staging.errors import (
+    ChecksumMismatch,
+    ConversionFailed,
+    DestinationExists,
+    DestinationNotShared,
+    DestinationNotWritable,
+    InsufficientSpace,
+    InvalidRequest,
+    JobInterrupted,
+    NoSpace,
+    SecretUnavailable,
+    SourceChanged,
+    SourceNotFound,
+    StagingError,
+    UnsafeArchive,
+)
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.dirfd import WRITER
 
@@ -53,13 +70,44 @@ LOG_LEVELS = ("info", "warning", "error")
 MAX_LOGS_KEPT = 1000
 
 
+#: Errors of a task that running it again would only repeat: the bytes do not match the digest the source
+#: states (a 1 GiB file would be fetched three times to fail three times), a path or request refused, a
+#: source gone or changed, a table that does not convert, a destination refused or full. Other errors (a
+#: connection that kept breaking, an ``OSError`` of the worker's own) are retried.
+FINAL_ERRORS: tuple[type[StagingError], ...] = (
+    ChecksumMismatch,
+    ConversionFailed,
+    DestinationExists,
+    DestinationNotShared,
+    DestinationNotWritable,
+    InsufficientSpace,
+    InvalidRequest,
+    NoSpace,
+    SecretUnavailable,
+    SourceChanged,
+    SourceNotFound,
+    UnsafeArchive,
+)
+
+
+@dataclasses.dataclass
+class TaskFailed:
+    """What a task returns instead of raising one of :data:`FINAL_ERRORS` (Dask retries any task that
+    raises); :meth:`TaskBatch.results` raises ``error`` in the server."""
+
+    error: StagingError
+
+
 def on_worker(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     """Run task ``fn(*args, **kwargs)`` on a Dask worker, a folder it may not write into named as the
     worker's user's (:data:`~jupyter_staging.safety.dirfd.WRITER`), not the server's: the worker may run
-    as another user. Returns what ``fn`` returns; raises what it raises."""
+    as another user. Returns what ``fn`` returns, or a :class:`TaskFailed` holding an error of
+    :data:`FINAL_ERRORS` it raised; raises its other errors."""
     token = WRITER.set("the Dask worker's user")
     try:
         return fn(*args, **kwargs)
+    except FINAL_ERRORS as exc:
+        return TaskFailed(exc)
     finally:
         WRITER.reset(token)
 
@@ -278,10 +326,16 @@ class TaskBatch:
         self.job.flush_logs()
 
     def _result(self, future: Any) -> Any:
-        """The future's result; on its error, stop the batch's other tasks and raise it."""
+        """The future's result; on its error (raised, or returned as :class:`TaskFailed`), stop the batch's
+        other tasks and raise it."""
+        error: object
         if future.status == "finished":
-            return future.result()
-        error = future.exception() if future.status == "error" else JobInterrupted("cancelled")
+            result = future.result()
+            if not isinstance(result, TaskFailed):
+                return result
+            error = result.error
+        else:
+            error = future.exception() if future.status == "error" else JobInterrupted("cancelled")
         self._stop("failed")
         control = self.job.control
         if isinstance(error, JobInterrupted) and control.interrupted:
