@@ -18,6 +18,7 @@ import asyncio
 import errno
 import json
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from jupyter_server.auth.decorator import authorized
@@ -27,7 +28,7 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from jupyter_staging.engine.manager import StagingManager
-from jupyter_staging.engine.models import CreateJob, ListJobsQuery, dump
+from jupyter_staging.engine.models import CreateJob, JobState, ListJobsQuery, dump
 from jupyter_staging.errors import StagingError, too_many_open_files_error
 from jupyter_staging.server.openapi import OpenAPIHandler
 from jupyter_staging.server.web import JSONHandlerMixin, StagingHTTPError
@@ -222,11 +223,36 @@ class LogHandler(StagingAPIHandler):
         self.write_json({"lines": lines})
 
 
+class StreamOrder:
+    """Which job events one event stream sends, so that it never goes back in time for a job.
+
+    Threads announce a job's changes as they write them: two that write at nearly the same time (the
+    progress report and a chunk of a conversion made ready) may call the listeners in the other order, and
+    the events queued while the stream's first list of jobs was read are older than that list. An event is
+    dropped when its ``updated_at`` is earlier than that of the last event sent for the job and it does
+    not change the job's state, or the job had already ended (a ``running`` event after ``succeeded``).
+    Events whose ``updated_at`` is the same (a chunk acknowledged) or later go out. A wall clock set back
+    delays only progress events of one state; a change of state always goes out."""
+
+    def __init__(self) -> None:
+        self._sent: dict[str, tuple[datetime, str]] = {}
+
+    def admit(self, job: dict[str, Any]) -> bool:
+        """Whether to send the event of ``job`` (the event's ``"job"`` object); remembers it when so."""
+        when, state = datetime.fromisoformat(job["updated_at"]), str(job["state"])
+        last = self._sent.get(job["id"])
+        if last is not None and when < last[0] and (state == last[1] or JobState(last[1]).is_final):
+            return False
+        self._sent[job["id"]] = (when, state)
+        return True
+
+
 class EventsHandler(StagingAPIHandler):
     """``GET /events``: server-sent events, one ``data: {"type": "job", "job": {...}}`` per job change.
 
     The stream opens with the current state of every unfinished job, then follows changes (progress at
-    most a few times a second per job); a comment line keeps idle connections open.
+    most a few times a second per job), each job's in the order they were written (:class:`StreamOrder`);
+    a comment line keeps idle connections open.
     """
 
     auth_resource = "jupyter_staging:events"
@@ -248,11 +274,14 @@ class EventsHandler(StagingAPIHandler):
                 loop.call_soon_threadsafe(_put, queue, event)
 
         unsubscribe = self.manager.subscribe(listener)
+        order = StreamOrder()
         try:
             current = await self.call(self.manager.list_jobs, self.owner, ListJobsQuery(limit=1000))
             for job in current.jobs:
                 if not job.state.is_final:
-                    await self._send({"type": "job", "job": dump(job)})
+                    snapshot = dump(job)
+                    order.admit(snapshot)
+                    await self._send({"type": "job", "job": snapshot})
             while True:
                 try:
                     event = await asyncio.wait_for(queue.get(), timeout=EVENTS_KEEPALIVE)
@@ -260,7 +289,8 @@ class EventsHandler(StagingAPIHandler):
                     self.write(": keep-alive\n\n")
                     await self.flush()
                     continue
-                await self._send(event)
+                if order.admit(event["job"]):
+                    await self._send(event)
         except StreamClosedError:
             pass
         finally:

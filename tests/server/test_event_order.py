@@ -1,0 +1,93 @@
+"""``GET /events`` never goes back in time for a job: an event of a record older than one already sent
+(two threads announcing at nearly the same time, in the other order) is not sent, and no ``running`` event
+follows the job's end.
+
+A real Jupyter server streams a real job's events from a throttled Range server. Which of two racing threads
+calls the listeners first cannot be caused at will, so the test announces a record it read earlier itself,
+through the manager's own ``announce``, as the slower thread would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from datetime import datetime
+
+import pytest
+from tornado.httpclient import HTTPClientError
+
+from jupyter_staging.engine.models import JobState
+from jupyter_staging.server.handlers import StreamOrder
+from tests.helpers.api import post_job, wait_for
+
+
+async def test_a_stale_announcement_is_not_streamed(
+    jp_fetch, jp_serverapp, http_server_client, jp_base_url, jp_auth_header, range_server
+):
+    (range_server.root / "slow.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    range_server.throttle_bytes_per_s = 1_000_000
+    manager = jp_serverapp.web_app.settings["staging_manager"]
+    events: list[dict] = []
+    buffer = b""
+
+    def on_chunk(data: bytes) -> None:
+        nonlocal buffer
+        buffer += data
+        while b"\n\n" in buffer:
+            frame, buffer = buffer.split(b"\n\n", 1)
+            if frame.startswith(b"data: "):
+                events.append(json.loads(frame[6:]))
+
+    stream = asyncio.ensure_future(
+        http_server_client.fetch(
+            f"{jp_base_url}api/v1/staging/events",
+            headers=jp_auth_header,
+            streaming_callback=on_chunk,
+            request_timeout=8,
+        )
+    )
+    await asyncio.sleep(0.3)
+    body = {"source": range_server.url("slow.bin"), "destination": "staging/order"}
+    job = json.loads((await post_job(jp_fetch, body)).body)
+    for _ in range(200):
+        early = manager.store.get_job(job["id"], resume=False)
+        if early.state == JobState.running.value and early.bytes_done > 0:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)  # later records are announced meanwhile
+    await asyncio.to_thread(manager.announce, early)  # the slower thread's record, announced last
+
+    range_server.throttle_bytes_per_s = 0
+    done = await wait_for(jp_fetch, job["id"])
+    assert done["state"] == "succeeded", done
+    await asyncio.sleep(0.2)
+    await asyncio.to_thread(manager.announce, early)  # a running record after the job's end
+    with pytest.raises(HTTPClientError):  # the stream never ends by itself; the timeout closes it
+        await stream
+
+    mine = [e["job"] for e in events if e["job"]["id"] == job["id"]]
+    assert mine[-1]["state"] == "succeeded", [j["state"] for j in mine]
+    times = [datetime.fromisoformat(j["updated_at"]) for j in mine]
+    assert times == sorted(times)
+    sent = [j["progress"]["bytes_done"] for j in mine]
+    assert sent == sorted(sent)
+    stale = early.updated_at
+    assert not [t for t in times[times.index(max(times)) :] if t < stale]
+    assert sum(1 for t in times if t == stale) <= 1  # the early record went out once, when it was new
+
+
+def test_stream_order_drops_only_what_is_older_in_the_same_state_or_after_the_end():
+    order = StreamOrder()
+
+    def job(when: str, state: str = "running", job_id: str = "a") -> dict:
+        return {"id": job_id, "updated_at": when, "state": state}
+
+    assert order.admit(job("2026-12-05T10:00:01Z"))
+    assert not order.admit(job("2026-12-05T10:00:00.500000Z"))  # older, same state
+    assert order.admit(job("2026-12-05T10:00:01Z"))  # same time: a chunk acknowledged
+    assert order.admit(job("2026-12-05T10:00:00Z", job_id="b"))  # another job's
+    assert order.admit(job("2026-12-05T10:00:00Z", state="paused"))  # a clock set back: a state change goes
+    assert order.admit(job("2026-12-05T10:00:02Z", state="succeeded"))
+    assert not order.admit(job("2026-12-05T10:00:01.500000Z"))  # running after the end
+    assert order.admit(job("2026-12-05T10:00:03Z", state="expired"))
