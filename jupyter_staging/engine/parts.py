@@ -21,7 +21,7 @@ from typing import Any
 
 from jupyter_staging.engine.folders import DestinationWriter
 from jupyter_staging.errors import PathNotAllowed
-from jupyter_staging.safety.dirfd import lstat_at, open_existing, set_aside_at, unlink_at
+from jupyter_staging.safety.dirfd import lstat_at, open_existing, set_aside_at, set_aside_name, unlink_at
 from jupyter_staging.safety.ownership import OWNER_XATTR, part_owner_prefix
 from jupyter_staging.safety.partfile import PartFile, part_path
 from jupyter_staging.safety.unnamed import create_unnamed
@@ -75,7 +75,7 @@ class PartOwnership(DestinationWriter):
         tag = owner_tag(self.job_id, item.validator)
         if root is None:
             if (part.exists() or part.is_symlink()) and self._part_owner(item, part) != tag:
-                aside = part.with_name(f"{part.name}.set-aside-{self.job_id[:8]}")
+                aside = part.with_name(set_aside_name(part.name, self.job_id[:8]))
                 if aside.exists() or aside.is_symlink():
                     aside.unlink()
                 os.rename(part, aside)  # renames a planted symlink itself, never its target

@@ -305,19 +305,28 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-#: How many names :func:`set_aside_at` tries (``<name>.set-aside-<suffix>``, then ``-2``, ``-3``, ...).
+#: How many names :func:`set_aside_at` tries (``_<name>.set-aside-<suffix>``, then ``-2``, ``-3``, ...).
 SET_ASIDE_TRIES = 100
+
+
+def set_aside_name(name: str, suffix: str, attempt: int = 1) -> str:
+    """The name entry ``name`` is set aside as: ``_<name>.set-aside-<suffix>`` (``-<attempt>`` added from
+    the second attempt on), ``name`` cut short to keep it within :data:`NAME_MAX_BYTES`. The leading ``_``
+    keeps it out of what Parquet readers take as a dataset's files (Arrow's datasets, so
+    ``pd.read_parquet`` of a table's folder, skip names starting with ``_`` or ``.``), while the file
+    browser still shows it."""
+    tail = f".set-aside-{suffix}" + ("" if attempt == 1 else f"-{attempt}")
+    return _name_with(f"_{name}", tail)
 
 
 def set_aside_at(dir_fd: int, name: str, suffix: str) -> str:
     """Rename entry ``name`` of ``dir_fd`` (a symlink itself, never its target) to the first name of
-    ``<name>.set-aside-<suffix>``, ``<name>.set-aside-<suffix>-2``, ... that nothing has in the folder
-    (``name`` cut short to keep it within :data:`NAME_MAX_BYTES`); returns that name. Nothing is removed:
-    a file set aside before keeps its name. Raises :class:`~jupyter_staging.errors.DestinationExists` when
-    :data:`SET_ASIDE_TRIES` names are all taken, ``OSError`` when the rename fails (``EACCES``)."""
+    :func:`set_aside_name` (``_<name>.set-aside-<suffix>``, ``...-2``, ...) that nothing has in the folder;
+    returns that name. Nothing is removed: a file set aside before keeps its name. Raises
+    :class:`~jupyter_staging.errors.DestinationExists` when :data:`SET_ASIDE_TRIES` names are all taken,
+    ``OSError`` when the rename fails (``EACCES``)."""
     for attempt in range(1, SET_ASIDE_TRIES + 1):
-        tail = f".set-aside-{suffix}" + ("" if attempt == 1 else f"-{attempt}")
-        new_name = check_name(_name_with(name, tail))
+        new_name = check_name(set_aside_name(name, suffix, attempt))
         if rename_noreplace_at(dir_fd, name, new_name):
             return new_name
     raise DestinationExists(f"{name}: {SET_ASIDE_TRIES} files set aside already; not set aside again")

@@ -145,7 +145,7 @@ class PartPlace:
         an owner, any regular file (the rule before the tags: an archive's unpacking, in the job's scratch
         folder; the manifest).
         Any other file (the user's, another job's, one that may not be read) is renamed
-        ``<part>.set-aside-<first 8 characters of the owner>`` in its folder (:attr:`set_aside`), never
+        ``_<part>.set-aside-<first 8 characters of the owner>`` in its folder (:attr:`set_aside`), never
         lost. Raises :class:`DestinationExists` for a folder at the name."""
         assert self._dir_fd is not None
         name, owner = self.part.name, self._owner

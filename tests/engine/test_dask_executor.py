@@ -569,7 +569,7 @@ def test_a_users_file_at_a_workers_part_name_is_set_aside_and_logged_by_the_serv
         with RangeHTTPServer(www) as server:
             job = run(manager, CreateJob(source=server.url("lc.fits"), destination="lcs"))
         assert job.state == JobState.succeeded, job.error
-        aside = mine.with_name(f"lc.fits.part.set-aside-{job.id[:8]}")
+        aside = mine.with_name(f"_lc.fits.part.set-aside-{job.id[:8]}")
         assert aside.read_bytes() == b"the user's unfinished download"
         assert sha256(mine.parent / "lc.fits") == sha256(KEPLER)
         assert f"was set aside as {aside.name}" in log_text(manager, job.id)

@@ -236,7 +236,7 @@ def test_a_part_of_this_job_of_no_known_version_is_removed_not_set_aside(manager
         finally:
             os.close(dir_fd)
         assert not part.exists()
-        aside = list(folder.glob("lc.fits.part.set-aside-*"))
+        aside = list(folder.glob("_lc.fits.part.set-aside-*"))
         assert bool(aside) is kept, (owner, aside)
     # Its full tag refused (a quota) and kept in the resume data instead: still this version's, resumed.
     tag = owner_tag(done["id"], item.validator)
@@ -632,8 +632,8 @@ def test_a_users_file_at_a_copied_outputs_part_name_is_set_aside_and_logged(mana
         http.stop()
     assert second["state"] == "succeeded", second["error"]
     assert "copied locally, not downloaded" in log_text(manager, second["id"])
-    aside = mine.with_name(f"lc.fits.part.set-aside-{second['id'][:8]}")
-    assert sorted(p.name for p in mine.parent.iterdir()) == ["lc.fits", aside.name, "manifest.json"]
+    aside = mine.with_name(f"_lc.fits.part.set-aside-{second['id'][:8]}")
+    assert sorted(p.name for p in mine.parent.iterdir()) == [aside.name, "lc.fits", "manifest.json"]
     assert aside.read_bytes() == b"half of a browser download"
     assert sha256(mine.parent / "lc.fits") == sha256(KEPLER)
     assert f"was set aside as {aside.name}" in log_text(manager, second["id"])
@@ -649,11 +649,12 @@ def test_a_users_file_at_a_parquet_parts_name_is_set_aside_and_the_table_convert
     mine.write_bytes(b"the user's")
     first, _ = run(manager, **body)
     assert first["state"] == "succeeded", first["error"]
-    aside = table / f"part-00001.parquet.part.set-aside-{first['id'][:8]}"
+    aside = table / f"_part-00001.parquet.part.set-aside-{first['id'][:8]}"
     assert aside.read_bytes() == b"the user's" and not mine.exists()
     assert f"was set aside as {aside.name}" in log_text(manager, first["id"])
     parts = sorted(table.glob("part-*.parquet"))
     assert sum(pq.ParquetFile(p).metadata.num_rows for p in parts) == first["progress"]["rows_done"] > 1000
+    assert len(pq.read_table(table)) == first["progress"]["rows_done"]  # a reader of the folder skips it
     second, created = run(manager, **body)
     assert second["up_to_date"] and aside.read_bytes() == b"the user's"
 
@@ -672,7 +673,7 @@ def test_a_job_an_earlier_version_started_takes_an_untagged_file_at_a_parts_name
         runner.resume = resume
         out = runner.part_file(final)
         out.discard()
-        aside = final.with_name(f"next.fits.part.set-aside-{done['id'][:8]}")
+        aside = final.with_name(f"_next.fits.part.set-aside-{done['id'][:8]}")
         assert aside.exists() is kept and (out.set_aside is not None) is kept
         assert not part_path.exists()
     runner.close_folders()
@@ -697,6 +698,6 @@ def test_a_hard_link_at_a_parts_name_is_set_aside_never_written_into(manager, ar
     out.write(b"the job's")
     out.discard()
     assert mine.read_bytes() == b"the user's bytes, linked"
-    aside = final.with_name(f"again.fits.part.set-aside-{done['id'][:8]}")
+    aside = final.with_name(f"_again.fits.part.set-aside-{done['id'][:8]}")
     assert os.path.samefile(aside, mine)
     runner.close_folders()

@@ -143,8 +143,8 @@ def test_set_aside_at_moves_a_symlink_itself(layout):
     root, outside = layout
     (root / "a.part").symlink_to(outside / "secret.txt")
     with folder_fd(root, "") as fd:
-        assert set_aside_at(fd, "a.part", "abcd1234") == "a.part.set-aside-abcd1234"
-    assert (root / "a.part.set-aside-abcd1234").is_symlink()
+        assert set_aside_at(fd, "a.part", "abcd1234") == "_a.part.set-aside-abcd1234"
+    assert (root / "_a.part.set-aside-abcd1234").is_symlink()
     assert not (root / "a.part").is_symlink()
     assert (outside / "secret.txt").read_text() == "keep me"
 
@@ -182,14 +182,14 @@ def test_rename_noreplace_at_never_replaces_what_has_the_new_name(layout, monkey
     with folder_fd(root, "") as fd:
         for taken in ("file", "link", "dangling", "folder"):
             assert not rename_noreplace_at(fd, "a.part", taken)
-        assert rename_noreplace_at(fd, "a.part", "a.part.set-aside-x")
+        assert rename_noreplace_at(fd, "a.part", "_a.part.set-aside-x")
         with pytest.raises(FileNotFoundError):
             rename_noreplace_at(fd, "a.part", "elsewhere")
     assert (root / "file").read_bytes() == b"kept"
     assert os.readlink(root / "link") == str(outside / "secret.txt")
     assert os.readlink(root / "dangling") == str(outside / "missing")
     assert (root / "folder").is_dir() and not any((root / "folder").iterdir())
-    assert (root / "a.part.set-aside-x").read_bytes() == b"in the way"
+    assert (root / "_a.part.set-aside-x").read_bytes() == b"in the way"
     assert (outside / "secret.txt").read_text() == "keep me"
 
 
@@ -204,14 +204,14 @@ def test_rename_noreplace_at_raises_other_errors_of_renameat2(layout, monkeypatc
 
 def test_set_aside_at_keeps_a_file_set_aside_before(layout):
     root, _ = layout
-    (root / "a.part.set-aside-abcd1234").write_bytes(b"first")
-    (root / "a.part.set-aside-abcd1234-2").symlink_to("nowhere")
+    (root / "_a.part.set-aside-abcd1234").write_bytes(b"first")
+    (root / "_a.part.set-aside-abcd1234-2").symlink_to("nowhere")
     (root / "a.part").write_bytes(b"second")
     with folder_fd(root, "") as fd:
-        assert set_aside_at(fd, "a.part", "abcd1234") == "a.part.set-aside-abcd1234-3"
-    assert (root / "a.part.set-aside-abcd1234").read_bytes() == b"first"
-    assert os.readlink(root / "a.part.set-aside-abcd1234-2") == "nowhere"
-    assert (root / "a.part.set-aside-abcd1234-3").read_bytes() == b"second"
+        assert set_aside_at(fd, "a.part", "abcd1234") == "_a.part.set-aside-abcd1234-3"
+    assert (root / "_a.part.set-aside-abcd1234").read_bytes() == b"first"
+    assert os.readlink(root / "_a.part.set-aside-abcd1234-2") == "nowhere"
+    assert (root / "_a.part.set-aside-abcd1234-3").read_bytes() == b"second"
     assert not (root / "a.part").exists()
 
 

@@ -49,8 +49,8 @@ def entries(folder: Path) -> list[str]:
 def test_a_file_not_the_jobs_is_set_aside_with_its_bytes(tmp_path: Path, owner: str | None):
     planted(tmp_path, b"the user's own notes", owner)
     part, final = staged(tmp_path)
-    aside = final.parent / f"lc.csv.part.set-aside-{JOB[:8]}"
-    assert entries(final.parent) == ["lc.csv", aside.name]
+    aside = final.parent / f"_lc.csv.part.set-aside-{JOB[:8]}"
+    assert entries(final.parent) == [aside.name, "lc.csv"]
     assert aside.read_bytes() == b"the user's own notes" and final.read_bytes() == DATA
     assert part.set_aside == aside.name
     notice = part.set_aside_notice()
@@ -63,7 +63,7 @@ def test_a_second_file_in_the_way_keeps_the_first_one_set_aside(tmp_path: Path):
     final.unlink()
     planted(tmp_path, b"second")
     part, _ = staged(tmp_path)
-    first = final.parent / f"lc.csv.part.set-aside-{JOB[:8]}"
+    first = final.parent / f"_lc.csv.part.set-aside-{JOB[:8]}"
     assert first.read_bytes() == b"first"
     assert (final.parent / part.set_aside).read_bytes() == b"second" and part.set_aside == f"{first.name}-2"
 
@@ -117,7 +117,7 @@ def test_claiming_untagged_parts_removes_an_untagged_one_and_still_sets_another_
     planted(tmp_path, b"another job's", OTHER_JOB)
     part = PartFile(final, folders=FolderCache(tmp_path), owner=JOB, claim_untagged=True)
     part.discard()
-    assert entries(final.parent) == [f"lc.csv.part.set-aside-{JOB[:8]}"]
+    assert entries(final.parent) == [f"_lc.csv.part.set-aside-{JOB[:8]}"]
 
 
 def test_a_name_near_the_longest_is_set_aside_under_a_name_that_fits(tmp_path: Path):
@@ -129,7 +129,7 @@ def test_a_name_near_the_longest_is_set_aside_under_a_name_that_fits(tmp_path: P
     part.write(DATA)
     part.commit(len(DATA))
     assert part.set_aside is not None and len(part.set_aside.encode()) <= 255
-    assert part.set_aside.endswith(f".set-aside-{JOB[:8]}") and part.set_aside.startswith("é" * 100)
+    assert part.set_aside.endswith(f".set-aside-{JOB[:8]}") and part.set_aside.startswith("_" + "é" * 100)
     assert (final.parent / part.set_aside).read_bytes() == b"the user's" and final.read_bytes() == DATA
 
 
@@ -149,7 +149,7 @@ def test_a_name_taken_again_after_it_was_cleared_fails_destination_exists(tmp_pa
     with pytest.raises(DestinationExists, match=r"lc\.csv\.part already exists"):
         PartFile(tmp_path / "out" / "lc.csv", folders=FolderCache(tmp_path), owner=JOB)
     assert part_path(tmp_path / "out" / "lc.csv").read_bytes() == b"put there again"
-    assert (tmp_path / "out" / f"lc.csv.part.set-aside-{JOB[:8]}").read_bytes() == b"first"
+    assert (tmp_path / "out" / f"_lc.csv.part.set-aside-{JOB[:8]}").read_bytes() == b"first"
 
 
 def test_a_parquet_part_that_fails_to_encode_still_logs_the_file_it_set_aside(tmp_path: Path):
@@ -176,7 +176,7 @@ def test_a_parquet_part_that_fails_to_encode_still_logs_the_file_it_set_aside(tm
             JOB,
             control=JobControl(log=lambda level, message: lines.append((level, message))),
         )
-    aside = f"part-00000.parquet.part.set-aside-{JOB[:8]}"
+    aside = f"_part-00000.parquet.part.set-aside-{JOB[:8]}"
     assert entries(table) == [aside] and (table / aside).read_bytes() == b"the user's"
     assert [level for level, _ in lines] == ["warning"] and aside in lines[0][1]
 
@@ -190,6 +190,6 @@ def test_the_manifests_part_sets_a_users_file_aside(tmp_path: Path):
     folder.mkdir()
     (folder / "manifest.json.part").write_bytes(b"the user's draft")
     LocalDestination(JOB, tmp_path, "staged").write_manifest({"job_id": JOB, "objects": []})
-    aside = f"manifest.json.part.set-aside-{JOB[:8]}"
-    assert entries(folder) == ["manifest.json", aside]
+    aside = f"_manifest.json.part.set-aside-{JOB[:8]}"
+    assert entries(folder) == [aside, "manifest.json"]
     assert (folder / aside).read_bytes() == b"the user's draft"
