@@ -28,7 +28,7 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from jupyter_staging.engine.manager import StagingManager
-from jupyter_staging.engine.models import CreateJob, JobState, ListJobsQuery, dump
+from jupyter_staging.engine.models import CreateJob, ListJobsQuery, dump
 from jupyter_staging.errors import StagingError, too_many_open_files_error
 from jupyter_staging.server.openapi import OpenAPIHandler
 from jupyter_staging.server.web import JSONHandlerMixin, StagingHTTPError
@@ -227,23 +227,24 @@ class StreamOrder:
     """Which job events one event stream sends, so that it never goes back in time for a job.
 
     Threads announce a job's changes as they write them: two that write at nearly the same time (the
-    progress report and a chunk of a conversion made ready) may call the listeners in the other order, and
-    the events queued while the stream's first list of jobs was read are older than that list. An event is
-    dropped when its ``updated_at`` is earlier than that of the last event sent for the job and it does
-    not change the job's state, or the job had already ended (a ``running`` event after ``succeeded``).
-    Events whose ``updated_at`` is the same (a chunk acknowledged) or later go out. A wall clock set back
-    delays only progress events of one state; a change of state always goes out."""
+    progress report and a chunk of a conversion made ready, a progress report and a pause) may call the
+    listeners in the other order, and the events queued while the stream's first list of jobs was read
+    are older than that list. An event whose ``updated_at`` is earlier than that of an event already sent
+    for the job is dropped, whatever its state; one of the same ``updated_at`` (a chunk acknowledged) or
+    a later one goes out. ``updated_at`` is the server's wall clock: were it set back while a job runs,
+    that job's events would wait until the clock passes the last one sent (a client's poll still reads
+    the job as it is)."""
 
     def __init__(self) -> None:
-        self._sent: dict[str, tuple[datetime, str]] = {}
+        self._sent: dict[str, datetime] = {}
 
     def admit(self, job: dict[str, Any]) -> bool:
         """Whether to send the event of ``job`` (the event's ``"job"`` object); remembers it when so."""
-        when, state = datetime.fromisoformat(job["updated_at"]), str(job["state"])
+        when = datetime.fromisoformat(job["updated_at"])
         last = self._sent.get(job["id"])
-        if last is not None and when < last[0] and (state == last[1] or JobState(last[1]).is_final):
+        if last is not None and when < last:
             return False
-        self._sent[job["id"]] = (when, state)
+        self._sent[job["id"]] = when
         return True
 
 
