@@ -39,15 +39,14 @@ from jupyter_staging.errors import (
     DestinationExists,
     DestinationNotShared,
     DestinationNotWritable,
-    InsufficientSpace,
     InvalidRequest,
     JobInterrupted,
     NoSpace,
     SecretUnavailable,
     SourceChanged,
-    SourceNotFound,
     StagingError,
     UnsafeArchive,
+    as_staging_error,
 )
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.dirfd import WRITER
@@ -72,20 +71,20 @@ MAX_LOGS_KEPT = 1000
 
 #: Errors of a task that running it again would only repeat: the bytes do not match the digest the source
 #: states (a 1 GiB file would be fetched three times to fail three times), a path or request refused, a
-#: source gone or changed, a table that does not convert, a destination refused or full. Other errors (a
-#: connection that kept breaking, an ``OSError`` of the worker's own) are retried.
+#: source that changed since it was listed, a table that does not convert, a destination refused or full
+#: (``ENOSPC`` / ``EDQUOT`` on the worker: :func:`~jupyter_staging.errors.as_staging_error`). Other errors
+#: are retried: a connection that kept breaking, an ``OSError`` of the worker's own, and a source not
+#: found or refused, which may be a worker's missing mount or credentials.
 FINAL_ERRORS: tuple[type[StagingError], ...] = (
     ChecksumMismatch,
     ConversionFailed,
     DestinationExists,
     DestinationNotShared,
     DestinationNotWritable,
-    InsufficientSpace,
     InvalidRequest,
     NoSpace,
     SecretUnavailable,
     SourceChanged,
-    SourceNotFound,
     UnsafeArchive,
 )
 
@@ -106,8 +105,11 @@ def on_worker(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     token = WRITER.set("the Dask worker's user")
     try:
         return fn(*args, **kwargs)
-    except FINAL_ERRORS as exc:
-        return TaskFailed(exc)
+    except Exception as exc:
+        known = as_staging_error(exc)
+        if isinstance(known, FINAL_ERRORS):
+            return TaskFailed(known)
+        raise
     finally:
         WRITER.reset(token)
 

@@ -10,6 +10,7 @@ every body short 1,000 bytes before its end until the task's first try gives up,
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,8 @@ from distributed import LocalCluster
 from jupyter_staging.engine.executors import DaskExecutor
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, JobState
+from jupyter_staging.engine.taskset import TaskFailed, on_worker
+from jupyter_staging.errors import ChecksumMismatch, SourceNotFound, TransferFailed
 from jupyter_staging.sources.base import MAX_RESUMES
 from tests.helpers.dask import local_cluster
 from tests.helpers.servers import RangeHTTPServer
@@ -90,3 +93,31 @@ def test_a_wrong_stated_checksum_fails_the_job_without_running_the_task_again(
     assert gets == 1  # not fetched again TASK_RETRIES times to fail the same check
     assert manager.store.get_job(job.id).bytes_done == SIZE
     assert not (manager.root_dir / "kepler" / "lightcurve.fits").exists()
+
+
+def test_which_errors_of_a_task_are_final():
+    """What ``on_worker`` hands back instead of raising (Dask runs a task that raises again): an error that
+    would only repeat, including a full disk on the worker; a source not found (a worker's missing mount)
+    and a connection that kept breaking are raised, so Dask runs the task again."""
+
+    def full_disk() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def mismatch() -> None:
+        raise ChecksumMismatch("lightcurve.fits: sha256 mismatch")
+
+    failed = on_worker(full_disk)
+    assert isinstance(failed, TaskFailed) and failed.error.code == "no_space"
+    failed = on_worker(mismatch)
+    assert isinstance(failed, TaskFailed) and failed.error.code == "checksum_mismatch"
+    for retried in (
+        SourceNotFound("no such file"),
+        TransferFailed("connection reset"),
+        OSError(errno.EIO, "EIO"),
+    ):
+
+        def raising(error: Exception = retried) -> None:
+            raise error
+
+        with pytest.raises(type(retried)):
+            on_worker(raising)
