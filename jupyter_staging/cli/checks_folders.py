@@ -1,6 +1,6 @@
 """The local folder checks: ``staging folder`` (``<root_dir>/<staging_dir>``, or its nearest existing
 parent, takes a probe file and has free space), ``scratch folder`` (the same for ``StagingApp.scratch_dir``
-when set, and no other account can write where it is) and ``source root`` (each
+when set; outside the root, a folder no other account controls) and ``source root`` (each
 ``StagingApp.source_roots`` folder exists and can be listed)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from jupyter_staging.cli.model import FAIL, OK, WARN, Check, DoctorSettings, existing_ancestor
+from jupyter_staging.destinations.base import folder_exposure, scratch_root_of, within
 from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.paths import resolve_destination
@@ -56,10 +57,12 @@ def check_staging_folder(settings: DoctorSettings) -> Check:
 
 
 def check_scratch_folder(settings: DoctorSettings) -> Check:
-    """``StagingApp.scratch_dir`` (relative to ``root_dir``, or absolute), where jobs writing to object
-    storage prepare their files: writable with free space, as the staging folder. Outside the root it is
-    used by path, so a folder (or the nearest existing parent it will be created in) that another account
-    can write to, or a symlink, is a warning. Empty: ``ok``, the scratch is below the staging folder."""
+    """``StagingApp.scratch_dir`` (:func:`~jupyter_staging.destinations.base.scratch_root_of`), where jobs
+    writing to object storage prepare their files: writable with free space, as the staging folder. One
+    outside the root must be a folder no other account controls
+    (:func:`~jupyter_staging.destinations.base.folder_exposure`, which jobs check at their start: ``fail``
+    otherwise); one still to be made in a folder other accounts may write into is a warning (another
+    account could make it first). Empty: ``ok``, the scratch is below the staging folder."""
     if not settings.scratch_dir:
         return Check(
             SCRATCH,
@@ -67,8 +70,8 @@ def check_scratch_folder(settings: DoctorSettings) -> Check:
             "StagingApp.scratch_dir is empty: jobs writing to S3 or Azure prepare their files in "
             f"{settings.staging_dir}/.staging-scratch below the root",
         )
-    root = Path(settings.root_dir).expanduser()
-    target = root / Path(settings.scratch_dir).expanduser()
+    root = Path(settings.root_dir).expanduser().resolve()
+    target = scratch_root_of(root, settings.staging_dir, settings.scratch_dir)
     existing = existing_ancestor(target)
     if existing.exists() and not existing.is_dir():
         return Check(
@@ -77,30 +80,25 @@ def check_scratch_folder(settings: DoctorSettings) -> Check:
             f"the scratch folder {target} cannot be created: {existing} is not a folder",
             f"move {existing} out of the way, or set StagingApp.scratch_dir to another folder",
         )
-    outside = not target.absolute().is_relative_to(root.absolute())
-    if outside and (exposed := _writable_by_others(target, existing)):
-        return Check(
-            SCRATCH,
-            WARN,
-            f"the scratch folder {target} is outside the root and used by path, but {exposed}",
-            f"create {target} beforehand as a folder of this account with mode 0700 (mkdir -m 700), "
-            "or leave StagingApp.scratch_dir empty",
-        )
+    fix = (
+        f"create {target} beforehand as a folder of this account with mode 0700 (mkdir -m 700), or leave "
+        "StagingApp.scratch_dir empty"
+    )
+    if not within(target, root) and existing.exists():
+        info = existing.stat()
+        problem = folder_exposure(info)
+        if problem and existing == target:
+            return Check(SCRATCH, FAIL, f"the scratch folder {target} {problem}: jobs refuse it", fix)
+        if existing != target and (problem or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
+            return Check(
+                SCRATCH,
+                WARN,
+                f"the scratch folder {target} will be made in {existing}, which other accounts can write "
+                f"into (mode {stat.S_IMODE(info.st_mode):o}): one could make it first, and jobs would "
+                "refuse it",
+                fix,
+            )
     return _writable_with_space(target, existing, settings.min_free_bytes, SCRATCH, "StagingApp.scratch_dir")
-
-
-def _writable_by_others(target: Path, existing: Path) -> str | None:
-    """Why another account could plant a link or folder at ``target`` (``existing``: it or its nearest
-    existing parent), or None."""
-    info = existing.lstat()
-    if stat.S_ISLNK(info.st_mode):
-        return f"{existing} is a symlink"
-    if existing == target and info.st_uid != os.geteuid():
-        return f"it belongs to another account (uid {info.st_uid})"
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        where = "it" if existing == target else f"{existing}, where it will be created,"
-        return f"{where} can be written by other accounts (mode {stat.S_IMODE(info.st_mode):o})"
-    return None
 
 
 def _writable_with_space(

@@ -9,8 +9,8 @@ check                     what it does
 ``database``              ``StagingApp.db_url`` opens; a probe row is written and deleted
 ``staging folder``        ``<root_dir>/<staging_dir>`` (or its nearest existing parent) takes a
                           probe file, and its file system has free space
-``scratch folder``        ``StagingApp.scratch_dir``, when set, the same; outside the root a warning
-                          when another account can write where it is (used by path there)
+``scratch folder``        ``StagingApp.scratch_dir``, when set, the same; outside the root it must be
+                          a folder no other account controls, as jobs check at their start
 ``source root``           each ``StagingApp.source_roots`` folder exists and can be listed
 ``s3``                    boto3 finds credentials and the endpoint answers a HEAD on a bucket
 ``azure``                 the ``azure`` extra is installed and the account (or a container) answers

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import os
+import stat
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.control import JobControl
-from jupyter_staging.safety.dirfd import closing_fd, open_folder
+from jupyter_staging.safety.dirfd import closing_fd, open_folder, open_root
 
 #: Name of the folder, inside the staging folder, holding the scratch folders of object-store jobs.
 SCRATCH_FOLDER = ".staging-scratch"
@@ -157,18 +158,56 @@ def scratch_dir(dest: Path, job_id: str) -> Path:
     return dest / f".staging-{job_id}"
 
 
-def make_private_dir(folder: Path, root: Path | None = None) -> None:
-    """Create ``folder`` (and parents) with mode 0700 for the last component. Below ``root`` (the server's
-    root, which the user may write into) it is reached from ``root`` by descriptor: a symlink on the way
-    (``.staging-scratch`` planted as a link elsewhere) raises :class:`PathNotAllowed`, nothing made or
-    changed outside the root. Elsewhere (a scratch folder the administrator configured), by path."""
-    if root is not None and folder != root and folder.is_relative_to(root):
-        with closing_fd(open_folder(root, folder.relative_to(root).as_posix(), create=True)) as fd:
-            os.fchmod(fd, 0o700)
-        return
+def scratch_root_of(root: Path, staging_dir: str, scratch_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The folder holding the scratch folders of object-store jobs: ``scratch_dir`` relative to the
+    server's ``root`` (or absolute; ``~`` expanded), with ``.`` and ``..`` taken out lexically, so that a
+    setting leading out of the root is a folder outside it; empty or None:
+    ``<root>/<staging_dir>/.staging-scratch``. The server and ``jupyter staging doctor`` both use it."""
+    if not scratch_dir:
+        return root / f"{staging_dir.strip('/') or '.'}/{SCRATCH_FOLDER}"
+    return Path(os.path.normpath(root / Path(scratch_dir).expanduser()))
+
+
+def make_private_dir(folder: Path, root: Path, *, private_root: bool = False) -> None:
+    """Create ``folder``, below ``root``, with mode 0700 for its last component, reached from ``root`` by
+    descriptor: a symlink on the way (``.staging-scratch`` planted as a link elsewhere) raises
+    :class:`PathNotAllowed`, nothing made or changed outside ``root``. ``private_root``: ``root`` is a
+    scratch folder the administrator put outside the server's root, used by path: it is made (mode 0700)
+    when missing and must be one no other account controls (:func:`check_private_folder`)."""
+    if private_root:
+        check_private_folder(root)
+    with closing_fd(open_folder(root, folder.relative_to(root).as_posix(), create=True)) as fd:
+        os.fchmod(fd, 0o700)
+
+
+def check_private_folder(folder: Path) -> None:
+    """Make ``folder`` (parents as needed, mode 0700 for itself) when missing, then check the folder that
+    opening its path reaches: owned by this account or by root, and writable by no other account unless
+    its sticky bit is set (as ``/tmp``: then nobody else may rename or remove what this account makes
+    in it). Raises :class:`PathNotAllowed` (``path_not_allowed``) otherwise: another account could swap
+    a job's scratch folder for one of its own, or a link, and read or change what the job prepares."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     try:
         folder.mkdir(mode=0o700)
     except FileExistsError:
         pass
-    os.chmod(folder, 0o700)
+    with closing_fd(open_root(folder)) as fd:
+        st = os.fstat(fd)
+    problem = folder_exposure(st)
+    if problem:
+        raise PathNotAllowed(
+            f"the scratch folder {str(folder)!r} {problem}: jobs writing to object storage do not prepare "
+            "their files there (make it a folder of this account with mode 0700, or leave "
+            "StagingApp.scratch_dir empty)"
+        )
+
+
+def folder_exposure(st: os.stat_result) -> str | None:
+    """Why another account could replace what this account makes in the folder of ``st`` (an
+    ``os.stat_result``), or None: it belongs to another account than this one and root, or others may
+    write into it and its sticky bit is not set."""
+    if st.st_uid not in (os.geteuid(), 0):
+        return f"belongs to another account (uid {st.st_uid})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+        return f"can be written by other accounts (mode {stat.S_IMODE(st.st_mode):o}, no sticky bit)"
+    return None

@@ -1,8 +1,10 @@
 """What S3 and Azure Blob Storage destinations share: a job prefix in object storage.
 
 The job's work folder is a private scratch folder (mode 0700) below the staging folder, written by
-descriptor from the server's root when it is below that root (``confinement_root``, set by
-:func:`~jupyter_staging.destinations.registry.open_destination`); ``put`` uploads each file to
+descriptor from the server's root (``confinement_root``, set by
+:func:`~jupyter_staging.destinations.registry.open_destination`), or below a scratch folder the
+administrator put elsewhere, written by descriptor from that folder once it was checked private
+(:meth:`ObjectStoreDestination.make_workdir`); ``put`` uploads each file to
 ``<prefix>/<job_id>/<relative path>`` (the file opened from that root:
 :meth:`ObjectStoreDestination.opened_local`), verifies it, deletes the local copy and returns the object's
 URI. Ready chunks are handed out as presigned URLs valid at most :data:`MAX_PRESIGN_SECONDS`.
@@ -20,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
-from jupyter_staging.destinations.base import Destination, remove_tree_if_empty
+from jupyter_staging.destinations.base import Destination, make_private_dir, remove_tree_if_empty
 from jupyter_staging.destinations.manifest import manifest_bytes
 from jupyter_staging.errors import InvalidRequest, PathNotAllowed, TransferFailed, VerificationFailed
 from jupyter_staging.safety.dirfd import READ_FLAGS, open_existing
@@ -86,6 +88,9 @@ class ObjectStoreDestination(Destination):
     remote = True
     uri: str
     prefix: str
+    #: The :attr:`confinement_root` is a scratch folder the administrator put outside the server's root:
+    #: checked private at each start (:meth:`make_workdir`) and never removed.
+    private_root = False
 
     def __init__(self, job_id: str, uri: str, scratch: Path) -> None:
         super().__init__(job_id, scratch)
@@ -164,12 +169,28 @@ class ObjectStoreDestination(Destination):
         else:
             self.files.unlink(local)
 
+    def make_workdir(self) -> None:
+        """Make the work folder (mode 0700) by descriptor from :attr:`confinement_root`, that folder first
+        checked private when it is the administrator's (:func:`~jupyter_staging.destinations.base.
+        check_private_folder`). Raises :class:`PathNotAllowed` for a symlink on the way or a scratch
+        folder another account controls."""
+        assert self.confinement_root is not None
+        make_private_dir(self.workdir, self.confinement_root, private_root=self.private_root)
+
+    def remove_workdir_if_empty(self) -> None:
+        """Remove the work folder when empty, and the default scratch folder above it when empty too (an
+        administrator's scratch folder stays: removing it would let another account make one at its
+        name)."""
+        parent = self.workdir.parent
+        remove_tree_if_empty(self.workdir, parent if self.private_root else parent.parent)
+
     def remove_scratch(self) -> None:
-        """Delete the local work folder (partial and not yet uploaded files) and its empty parent. A folder
-        on the way swapped for a symlink (``staging`` moved to another disk and linked back) leaves it
-        where it is: nothing is removed through a link, and the job's objects are deleted all the same."""
+        """Delete the local work folder (partial and not yet uploaded files), then
+        :meth:`remove_workdir_if_empty`. A folder on the way swapped for a symlink (``staging`` moved to
+        another disk and linked back) leaves it where it is: nothing is removed through a link, and the
+        job's objects are deleted all the same."""
         try:
             self.files.remove_tree(self.workdir)
         except PathNotAllowed:
             return
-        remove_tree_if_empty(self.workdir.parent, self.workdir.parent.parent)
+        self.remove_workdir_if_empty()

@@ -67,7 +67,10 @@ def open_destination(job_id: str, destination: str, *, root_dir: Path, scratch_r
         if within(scratch, root_dir) and scratch != root_dir:
             # The default scratch folder is below the server's root, where the user may swap any folder
             # on the way for a symlink: written by descriptor from that root, as a folder destination.
-            # One the administrator put elsewhere is private, written by path.
             store.confinement_root = root_dir
+        else:
+            # One the administrator put elsewhere: by descriptor from it, checked private at each start.
+            store.confinement_root = scratch_root
+            store.private_root = True
         return store
     return LocalDestination(job_id, root_dir, destination)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jupyter_staging.destinations.base import SCRATCH_FOLDER, Destination, remove_tree_if_empty
+from jupyter_staging.destinations.base import Destination, remove_tree_if_empty, scratch_root_of
 from jupyter_staging.destinations.registry import is_object_destination
 from jupyter_staging.engine.admission import Admission, default_name
 from jupyter_staging.engine.describe import decode_cursor, describe_chunk, encode_cursor
@@ -83,8 +83,12 @@ class StagingManager(JobLifecycle):
         file; for
         other databases a key held in memory (such jobs then cannot resume after a restart).
     scratch_dir:
-        Local folder (relative to ``root_dir``, or absolute) where jobs writing to object storage prepare
-        their files before uploading them. Default: ``<staging_dir>/.staging-scratch``.
+        Local folder (relative to ``root_dir``, or absolute; ``~`` expanded, ``..`` taken out) where jobs
+        writing to object storage prepare their files before uploading them
+        (:func:`~jupyter_staging.destinations.base.scratch_root_of`). Default:
+        ``<staging_dir>/.staging-scratch``. One outside ``root_dir`` is made (mode 0700) when missing and
+        must be a folder no other account controls: a job starting with it otherwise fails
+        ``path_not_allowed``.
     min_free_bytes:
         Bytes that must stay free on a local destination's file system: a job whose known size (local
         files, an HTTP ``Content-Length``, an S3 / Azure listing) would leave less is refused at creation
@@ -147,7 +151,7 @@ class StagingManager(JobLifecycle):
             store=store,
             secrets=SecretBox(secret_key_file),
             root_dir=root,
-            scratch_root=root / (scratch_dir or f"{staging_dir.strip('/') or '.'}/{SCRATCH_FOLDER}"),
+            scratch_root=scratch_root_of(root, staging_dir, scratch_dir),
             source_roots=list(source_roots) if source_roots else None,
             executor=executor_class(max_concurrent_jobs, **(executor_options or {})),
             sweep_interval=sweep_interval,

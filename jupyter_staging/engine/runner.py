@@ -23,8 +23,8 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from jupyter_staging.destinations.base import make_private_dir, remove_tree_if_empty
 from jupyter_staging.destinations.manifest import build_manifest, read_manifest
+from jupyter_staging.destinations.objectstore import ObjectStoreDestination
 from jupyter_staging.engine.cleanup import MADE_DESTINATION, remove_job_output
 from jupyter_staging.engine.collector import collector_paused
 from jupyter_staging.engine.deadparts import FOREIGN_PARTS_LISTED
@@ -133,8 +133,8 @@ class JobRunner(TableSpreadStager):
         if self.resume.get("swap"):
             self.replaced_folder = self._swap_root() / rec.destination
             self._log("info", f"staging into {self.resume['swap']['into']}; swapped in when complete")
-        if self.dest.remote:
-            make_private_dir(self.dest.workdir, self.host.root_dir)
+        if isinstance(self.dest, ObjectStoreDestination):
+            self.dest.make_workdir()
         else:
             # Confinement is re-checked at every start and resume: a destination folder swapped for a
             # symlink meanwhile fails the job with path_not_allowed before a byte is written.
@@ -201,8 +201,8 @@ class JobRunner(TableSpreadStager):
         self.dest.confined()  # before publishing the manifest (path_not_allowed if swapped meanwhile)
         self._write_manifest(rec, objects, entries, failures)
         totals = self._totals(rec, chunks, staged, failed=bool(failures))
-        if self.dest.remote:
-            remove_tree_if_empty(self.dest.workdir, self.dest.workdir.parent.parent)
+        if isinstance(self.dest, ObjectStoreDestination):
+            self.dest.remove_workdir_if_empty()
         total = sum(c.bytes or 0 for c in staged)
         if self.resume.get("swap"):
             self._swap_in(rec)

@@ -130,12 +130,13 @@ class StagingApp(ExtensionApp):
     scratch_dir = Unicode(
         "",
         help="""Local folder where jobs writing to S3 or Azure prepare each file (a download, a conversion's
-        Parquet) before uploading it: relative to the server's root, or absolute. Empty:
-        ``<staging_dir>/.staging-scratch`` below the root, reached from the root by descriptor like any
-        output. A folder outside the root (a local disk of the node, a pod's own ``/tmp``) is used by path,
-        so it must be one only this server's account can write to. Either way each job works in its own
-        subfolder of mode 0700, removed when the job ends, which must hold the files the job has in
-        flight.""",
+        Parquet) before uploading it: relative to the server's root, or absolute (``~`` expanded). Empty:
+        ``<staging_dir>/.staging-scratch`` below the root. A folder outside the root (a local disk of the
+        node, a pod's own ``/tmp``) is made with mode 0700 when missing and must be one no other account
+        controls (owned by this account or root; writable by others only with the sticky bit, as
+        ``/tmp``): a job starting with another fails ``path_not_allowed``. It is never removed. Each job
+        works in its own subfolder (mode 0700), removed when the job ends. On a DaskExecutor the workers
+        prepare their files in their own temporary folders.""",
     ).tag(config=True)
 
     min_free_bytes = Int(

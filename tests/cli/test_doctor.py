@@ -454,7 +454,7 @@ def test_hub_refusing_the_token_and_a_service_prefix_with_nothing_behind_it(setu
     assert_no_secrets(json.dumps(report))
 
 
-def test_scratch_folder_outside_the_root_is_checked_where_it_will_be_made(setup, tmp_path):
+def test_scratch_folder_outside_the_root_is_checked_as_jobs_check_it(setup, tmp_path):
     status, report = setup.run_json()
     check = only(report, "scratch folder")
     assert status == 0 and check["status"] == "ok" and ".staging-scratch" in check["message"]
@@ -475,18 +475,22 @@ def test_scratch_folder_outside_the_root_is_checked_where_it_will_be_made(setup,
     status, report = setup.run_json()
     check = only(report, "scratch folder")
     assert status == 0 and check["status"] == "warn", check
-    assert "other accounts" in check["message"] and "1777" in check["message"]
+    assert "other accounts can write" in check["message"] and "1777" in check["message"]
     assert "mkdir -m 700" in check["fix"]
 
     (shared / "scratch").mkdir(mode=0o700)  # made beforehand by the account, as the fix says
     status, report = setup.run_json()
     assert only(report, "scratch folder")["status"] == "ok"
 
-    (tmp_path / "elsewhere").mkdir()
-    (shared / "linked").symlink_to(tmp_path / "elsewhere")
-    setup.server_config["StagingApp"]["scratch_dir"] = str(shared / "linked")
+    (shared / "scratch").chmod(0o777)  # anyone may swap a job's folder in it: jobs refuse it
+    status, report = setup.run_json()
+    check = only(report, "scratch folder")
+    assert status == 1 and check["status"] == "fail", check
+    assert "no sticky bit" in check["message"] and "jobs refuse it" in check["message"]
+
+    setup.server_config["StagingApp"]["scratch_dir"] = "../node-local/scratch"  # out of the root, relative
     check = only(setup.run_json()[1], "scratch folder")
-    assert check["status"] == "warn" and "symlink" in check["message"], check
+    assert check["status"] == "ok" and str(private / "scratch") in check["message"], check
 
     (private / "a-file").write_text("x")
     setup.server_config["StagingApp"]["scratch_dir"] = str(private / "a-file" / "scratch")

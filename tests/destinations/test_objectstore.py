@@ -13,6 +13,7 @@ import asyncio
 import io
 import json
 import os
+import stat
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
@@ -273,14 +274,20 @@ def test_an_upload_that_does_not_match_its_checksum_is_deleted_and_fails(store, 
 def test_a_scratch_folder_below_the_root_is_written_by_descriptor_from_the_root(store, tmp_path):
     """The default scratch folder is below the server's root (where the user may swap a folder for a
     symlink at any moment): its destination is confined to that root. One an administrator put elsewhere
-    is private, written by path."""
+    is confined to itself, checked private at each start, and never removed."""
     root = tmp_path / "root"
     below = open_destination(
         "job-4", f"{store.root}job-4/", root_dir=root, scratch_root=root / "staging" / ".staging-scratch"
     )
     assert below.confinement_root == root and below.workdir == root / "staging" / ".staging-scratch" / "job-4"
+    assert not below.private_root
     elsewhere = open_destination("job-4", f"{store.root}job-4/", root_dir=root, scratch_root=tmp_path / "var")
-    assert elsewhere.confinement_root is None
+    assert elsewhere.confinement_root == tmp_path / "var" and elsewhere.private_root
+    elsewhere.make_workdir()
+    assert stat.S_IMODE((tmp_path / "var").stat().st_mode) == 0o700
+    assert stat.S_IMODE(elsewhere.workdir.stat().st_mode) == 0o700
+    elsewhere.remove_scratch()
+    assert not elsewhere.workdir.exists() and (tmp_path / "var").is_dir()
 
 
 def test_a_staging_folder_moved_and_linked_back_still_has_the_job_objects_removed(store, tmp_path):
