@@ -12,10 +12,11 @@ import tempfile
 from pathlib import Path
 
 from jupyter_staging.cli.model import FAIL, OK, WARN, Check, DoctorSettings, existing_ancestor
-from jupyter_staging.destinations.base import folder_exposure, scratch_root_of, within
+from jupyter_staging.destinations.base import scratch_root_of, within
 from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.paths import resolve_destination
+from jupyter_staging.safety.privatedir import path_exposure
 
 STAGING = "staging folder"
 SCRATCH = "scratch folder"
@@ -59,8 +60,8 @@ def check_staging_folder(settings: DoctorSettings) -> Check:
 def check_scratch_folder(settings: DoctorSettings) -> Check:
     """``StagingApp.scratch_dir`` (:func:`~jupyter_staging.destinations.base.scratch_root_of`), where jobs
     writing to object storage prepare their files: writable with free space, as the staging folder. One
-    outside the root must be a folder no other account controls
-    (:func:`~jupyter_staging.destinations.base.folder_exposure`, which jobs check at their start: ``fail``
+    outside the root must be a folder no other account controls, nor any folder or link on its way
+    (:func:`~jupyter_staging.safety.privatedir.path_exposure`, which jobs check at their start: ``fail``
     otherwise); one still to be made in a folder other accounts may write into is a warning (another
     account could make it first). Empty: ``ok``, the scratch is below the staging folder."""
     if not settings.scratch_dir:
@@ -85,17 +86,19 @@ def check_scratch_folder(settings: DoctorSettings) -> Check:
         "StagingApp.scratch_dir empty"
     )
     if not within(target, root) and existing.exists():
-        info = existing.stat()
-        problem = folder_exposure(info)
-        if problem and existing == target:
-            return Check(SCRATCH, FAIL, f"the scratch folder {target} {problem}: jobs refuse it", fix)
-        if existing != target and (problem or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
+        try:
+            problem = path_exposure(existing)
+        except OSError as exc:
+            problem = f"{existing} cannot be looked at ({exc.strerror or exc})"
+        if problem:
+            return Check(SCRATCH, FAIL, f"the scratch folder {target} is not private: {problem}", fix)
+        mode = existing.stat().st_mode
+        if existing != target and mode & (stat.S_IWGRP | stat.S_IWOTH):
             return Check(
                 SCRATCH,
                 WARN,
                 f"the scratch folder {target} will be made in {existing}, which other accounts can write "
-                f"into (mode {stat.S_IMODE(info.st_mode):o}): one could make it first, and jobs would "
-                "refuse it",
+                f"into (mode {stat.S_IMODE(mode):o}): one could make it first, and jobs would refuse it",
                 fix,
             )
     return _writable_with_space(target, existing, settings.min_free_bytes, SCRATCH, "StagingApp.scratch_dir")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import abc
 import os
-import stat
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +21,8 @@ from typing import Any
 from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.control import JobControl
-from jupyter_staging.safety.dirfd import closing_fd, open_folder, open_root
+from jupyter_staging.safety.dirfd import closing_fd, open_folder
+from jupyter_staging.safety.privatedir import check_own_folder, check_private_folder
 
 #: Name of the folder, inside the staging folder, holding the scratch folders of object-store jobs.
 SCRATCH_FOLDER = ".staging-scratch"
@@ -173,41 +173,13 @@ def make_private_dir(folder: Path, root: Path, *, private_root: bool = False) ->
     descriptor: a symlink on the way (``.staging-scratch`` planted as a link elsewhere) raises
     :class:`PathNotAllowed`, nothing made or changed outside ``root``. ``private_root``: ``root`` is a
     scratch folder the administrator put outside the server's root, used by path: it is made (mode 0700)
-    when missing and must be one no other account controls (:func:`check_private_folder`)."""
+    when missing, must be one no other account controls
+    (:func:`~jupyter_staging.safety.privatedir.check_private_folder`), and ``folder`` must be this
+    account's (:func:`~jupyter_staging.safety.privatedir.check_own_folder`). Raises
+    :class:`~jupyter_staging.errors.DestinationUnavailable` when ``root`` cannot be made or looked at."""
     if private_root:
         check_private_folder(root)
     with closing_fd(open_folder(root, folder.relative_to(root).as_posix(), create=True)) as fd:
+        if private_root:
+            check_own_folder(fd, folder.name)
         os.fchmod(fd, 0o700)
-
-
-def check_private_folder(folder: Path) -> None:
-    """Make ``folder`` (parents as needed, mode 0700 for itself) when missing, then check the folder that
-    opening its path reaches: owned by this account or by root, and writable by no other account unless
-    its sticky bit is set (as ``/tmp``: then nobody else may rename or remove what this account makes
-    in it). Raises :class:`PathNotAllowed` (``path_not_allowed``) otherwise: another account could swap
-    a job's scratch folder for one of its own, or a link, and read or change what the job prepares."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        folder.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
-    with closing_fd(open_root(folder)) as fd:
-        st = os.fstat(fd)
-    problem = folder_exposure(st)
-    if problem:
-        raise PathNotAllowed(
-            f"the scratch folder {str(folder)!r} {problem}: jobs writing to object storage do not prepare "
-            "their files there (make it a folder of this account with mode 0700, or leave "
-            "StagingApp.scratch_dir empty)"
-        )
-
-
-def folder_exposure(st: os.stat_result) -> str | None:
-    """Why another account could replace what this account makes in the folder of ``st`` (an
-    ``os.stat_result``), or None: it belongs to another account than this one and root, or others may
-    write into it and its sticky bit is not set."""
-    if st.st_uid not in (os.geteuid(), 0):
-        return f"belongs to another account (uid {st.st_uid})"
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
-        return f"can be written by other accounts (mode {stat.S_IMODE(st.st_mode):o}, no sticky bit)"
-    return None

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
-from jupyter_staging.destinations.base import Destination, make_private_dir, remove_tree_if_empty
+from jupyter_staging.destinations.base import Destination, make_private_dir, remove_tree_if_empty, within
 from jupyter_staging.destinations.manifest import manifest_bytes
 from jupyter_staging.errors import InvalidRequest, PathNotAllowed, TransferFailed, VerificationFailed
 from jupyter_staging.safety.dirfd import READ_FLAGS, open_existing
@@ -178,11 +178,12 @@ class ObjectStoreDestination(Destination):
         make_private_dir(self.workdir, self.confinement_root, private_root=self.private_root)
 
     def remove_workdir_if_empty(self) -> None:
-        """Remove the work folder when empty, and the default scratch folder above it when empty too (an
-        administrator's scratch folder stays: removing it would let another account make one at its
-        name)."""
-        parent = self.workdir.parent
-        remove_tree_if_empty(self.workdir, parent if self.private_root else parent.parent)
+        """Remove the work folder when empty, and the scratch folder above it when empty too if that is
+        below the server's root and not the root itself (an administrator's scratch folder stays: removing
+        it would let another account make one at its name)."""
+        parent, root = self.workdir.parent, self.confinement_root
+        above = not self.private_root and root is not None and parent != root and within(parent.parent, root)
+        remove_tree_if_empty(self.workdir, parent.parent if above else parent)
 
     def remove_scratch(self) -> None:
         """Delete the local work folder (partial and not yet uploaded files), then

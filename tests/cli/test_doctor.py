@@ -486,7 +486,7 @@ def test_scratch_folder_outside_the_root_is_checked_as_jobs_check_it(setup, tmp_
     status, report = setup.run_json()
     check = only(report, "scratch folder")
     assert status == 1 and check["status"] == "fail", check
-    assert "no sticky bit" in check["message"] and "jobs refuse it" in check["message"]
+    assert "no sticky bit" in check["message"] and "is not private" in check["message"]
 
     setup.server_config["StagingApp"]["scratch_dir"] = "../node-local/scratch"  # out of the root, relative
     check = only(setup.run_json()[1], "scratch folder")

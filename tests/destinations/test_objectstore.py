@@ -288,6 +288,11 @@ def test_a_scratch_folder_below_the_root_is_written_by_descriptor_from_the_root(
     assert stat.S_IMODE(elsewhere.workdir.stat().st_mode) == 0o700
     elsewhere.remove_scratch()
     assert not elsewhere.workdir.exists() and (tmp_path / "var").is_dir()
+    root.mkdir()
+    at_root = open_destination("job-5", f"{store.root}job-5/", root_dir=root, scratch_root=root)  # "."
+    at_root.make_workdir()
+    at_root.remove_scratch()
+    assert not at_root.workdir.exists() and root.is_dir()  # the server's root is never removed
 
 
 def test_a_staging_folder_moved_and_linked_back_still_has_the_job_objects_removed(store, tmp_path):
