@@ -134,9 +134,9 @@ class StagingApp(ExtensionApp):
         ``<staging_dir>/.staging-scratch`` below the root. A folder outside the root (a local disk of the
         node, a pod's own ``/tmp``) is made with mode 0700 when missing and must be one no other account
         controls, nor any folder or link on its way (owned by this account or root; writable by others
-        only with the sticky bit, as ``/tmp``): a job starting with another fails ``path_not_allowed``. It is never removed. Each job
-        works in its own subfolder (mode 0700), removed when the job ends. On a DaskExecutor the workers
-        prepare their files in their own temporary folders.""",
+        only with the sticky bit, as ``/tmp``): a job starting with another fails ``path_not_allowed``.
+        It is never removed. Each job works in its own subfolder (mode 0700), removed when the job ends.
+        On a DaskExecutor the workers prepare their files in their own temporary folders.""",
     ).tag(config=True)
 
     min_free_bytes = Int(
