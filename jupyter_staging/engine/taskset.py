@@ -31,23 +31,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from jupyter_staging import errors
 from jupyter_staging.engine.progress import LiveProgress
 from jupyter_staging.engine.tasks import RUN, TaskContext
-from jupyter_staging.errors import (
-    ChecksumMismatch,
-    ConversionFailed,
-    DestinationExists,
-    DestinationNotShared,
-    DestinationNotWritable,
-    InvalidRequest,
-    JobInterrupted,
-    NoSpace,
-    SecretUnavailable,
-    SourceChanged,
-    StagingError,
-    UnsafeArchive,
-    as_staging_error,
-)
+from jupyter_staging.errors import JobInterrupted, StagingError, as_staging_error
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.dirfd import WRITER
 
@@ -76,16 +63,16 @@ MAX_LOGS_KEPT = 1000
 #: are retried: a connection that kept breaking, an ``OSError`` of the worker's own, and a source not
 #: found or refused, which may be a worker's missing mount or credentials.
 FINAL_ERRORS: tuple[type[StagingError], ...] = (
-    ChecksumMismatch,
-    ConversionFailed,
-    DestinationExists,
-    DestinationNotShared,
-    DestinationNotWritable,
-    InvalidRequest,
-    NoSpace,
-    SecretUnavailable,
-    SourceChanged,
-    UnsafeArchive,
+    errors.ChecksumMismatch,
+    errors.ConversionFailed,
+    errors.DestinationExists,
+    errors.DestinationNotShared,
+    errors.DestinationNotWritable,
+    errors.InvalidRequest,
+    errors.NoSpace,
+    errors.SecretUnavailable,
+    errors.SourceChanged,
+    errors.UnsafeArchive,
 )
 
 

@@ -35,3 +35,33 @@ async def expect_error(coro, status, code):
     assert "Traceback" not in info.value.response.body.decode()
     assert body["message"]
     return body
+
+
+class EventStream:
+    """``GET /events`` of a real server, read in the background: :attr:`events` collects each
+    ``data:`` frame's JSON as it arrives. The stream never ends by itself: ``await stream.closed()``
+    waits until the request's ``timeout`` (seconds) closes it."""
+
+    def __init__(self, http_server_client, jp_base_url: str, jp_auth_header: dict, timeout: float) -> None:
+        self.events: list[dict] = []
+        self._buffer = b""
+        self._fetch = asyncio.ensure_future(
+            http_server_client.fetch(
+                f"{jp_base_url}api/v1/staging/events",
+                headers=jp_auth_header,
+                streaming_callback=self._on_chunk,
+                request_timeout=timeout,
+            )
+        )
+
+    def _on_chunk(self, data: bytes) -> None:
+        self._buffer += data
+        while b"\n\n" in self._buffer:
+            frame, self._buffer = self._buffer.split(b"\n\n", 1)
+            if frame.startswith(b"data: "):
+                self.events.append(json.loads(frame[6:]))
+
+    async def closed(self) -> None:
+        """Wait for the timeout to close the stream (the request then fails, as expected)."""
+        with pytest.raises(HTTPClientError):
+            await self._fetch

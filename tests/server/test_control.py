@@ -9,9 +9,8 @@ import os
 
 import pyarrow.parquet as pq
 import pytest
-from tornado.httpclient import HTTPClientError
 
-from tests.helpers.api import API, expect_error, post_job, wait_for
+from tests.helpers.api import API, EventStream, expect_error, post_job, wait_for
 from tests.helpers.data import TESS
 from tests.helpers.jupyter import server_config
 
@@ -174,30 +173,11 @@ async def test_events_stream_progress_with_job_ids(
 ):
     url, _ = slow_file
     range_server.throttle_bytes_per_s = 2_000_000
-    events: list[dict] = []
-    buffer = b""
-
-    def on_chunk(data: bytes) -> None:
-        nonlocal buffer
-        buffer += data
-        while b"\n\n" in buffer:
-            frame, buffer = buffer.split(b"\n\n", 1)
-            if frame.startswith(b"data: "):
-                events.append(json.loads(frame[6:]))
-
-    stream = asyncio.ensure_future(
-        http_server_client.fetch(
-            f"{jp_base_url}api/v1/staging/events",
-            headers=jp_auth_header,
-            streaming_callback=on_chunk,
-            request_timeout=4,
-        )
-    )
+    stream = EventStream(http_server_client, jp_base_url, jp_auth_header, timeout=4)
     await asyncio.sleep(0.3)
     job = json.loads((await post_job(jp_fetch, {"source": url, "destination": "staging/events"})).body)
-    with pytest.raises(HTTPClientError):  # the stream never ends by itself; the timeout closes it
-        await stream
-    mine = [e for e in events if e["job"]["id"] == job["id"]]
+    await stream.closed()
+    mine = [e for e in stream.events if e["job"]["id"] == job["id"]]
     assert mine and all(e["type"] == "job" for e in mine)
     running = [e for e in mine if e["job"]["state"] == "running"]
     assert len(running) >= 3

@@ -14,12 +14,9 @@ import json
 import os
 from datetime import datetime
 
-import pytest
-from tornado.httpclient import HTTPClientError
-
 from jupyter_staging.engine.models import JobState
 from jupyter_staging.server.handlers import StreamOrder
-from tests.helpers.api import post_job, wait_for
+from tests.helpers.api import EventStream, post_job, wait_for
 
 
 async def test_a_stale_announcement_is_not_streamed(
@@ -28,25 +25,7 @@ async def test_a_stale_announcement_is_not_streamed(
     (range_server.root / "slow.bin").write_bytes(os.urandom(3 * 1024 * 1024))
     range_server.throttle_bytes_per_s = 1_000_000
     manager = jp_serverapp.web_app.settings["staging_manager"]
-    events: list[dict] = []
-    buffer = b""
-
-    def on_chunk(data: bytes) -> None:
-        nonlocal buffer
-        buffer += data
-        while b"\n\n" in buffer:
-            frame, buffer = buffer.split(b"\n\n", 1)
-            if frame.startswith(b"data: "):
-                events.append(json.loads(frame[6:]))
-
-    stream = asyncio.ensure_future(
-        http_server_client.fetch(
-            f"{jp_base_url}api/v1/staging/events",
-            headers=jp_auth_header,
-            streaming_callback=on_chunk,
-            request_timeout=8,
-        )
-    )
+    stream = EventStream(http_server_client, jp_base_url, jp_auth_header, timeout=8)
     await asyncio.sleep(0.3)
     body = {"source": range_server.url("slow.bin"), "destination": "staging/order"}
     job = json.loads((await post_job(jp_fetch, body)).body)
@@ -63,10 +42,9 @@ async def test_a_stale_announcement_is_not_streamed(
     assert done["state"] == "succeeded", done
     await asyncio.sleep(0.2)
     await asyncio.to_thread(manager.announce, early)  # a running record after the job's end
-    with pytest.raises(HTTPClientError):  # the stream never ends by itself; the timeout closes it
-        await stream
+    await stream.closed()
 
-    mine = [e["job"] for e in events if e["job"]["id"] == job["id"]]
+    mine = [e["job"] for e in stream.events if e["job"]["id"] == job["id"]]
     assert mine[-1]["state"] == "succeeded", [j["state"] for j in mine]
     times = [datetime.fromisoformat(j["updated_at"]) for j in mine]
     assert times == sorted(times)
