@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -265,7 +265,7 @@ class AzureDestination(ObjectStoreDestination):
 
     # -- removing ----------------------------------------------------------------------------------
 
-    def remove_chunk(self, chunk_path: str) -> bool:
+    def remove_chunk(self, chunk_path: str, size: int | None = None) -> bool:
         """Delete one blob of this job; False when it was gone already."""
         name = self.key_of(chunk_path)
         with self.errors(chunk_path, missing_ok=True) as errors:
@@ -282,6 +282,7 @@ class AzureDestination(ObjectStoreDestination):
         keep_folder: bool = False,
         parts_tagged: bool = False,
         unrecorded: Sequence[str] = (),
+        chunk_bytes: Mapping[str, int] | None = None,
     ) -> int:
         """Delete the scratch folder; unless ``keep_ready``, also every blob below ``prefix/<job_id>/``
         (listed, then deleted in blob batches of :data:`AZURE_DELETE_BATCH`) — never anything outside

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -74,8 +74,10 @@ class Destination(abc.ABC):
         """The stored manifest, or None when there is none (yet)."""
 
     @abc.abstractmethod
-    def remove_chunk(self, chunk_path: str) -> bool:
-        """Delete one published output file (``delete_on_ack``); True when something was deleted."""
+    def remove_chunk(self, chunk_path: str, size: int | None = None) -> bool:
+        """Delete one published output file (``delete_on_ack``); True when something was deleted. With
+        ``size`` (bytes, the chunk's), a local regular file of another size at the name stays (the
+        user's)."""
 
     @abc.abstractmethod
     def remove(
@@ -88,6 +90,7 @@ class Destination(abc.ABC):
         keep_folder: bool = False,
         parts_tagged: bool = False,
         unrecorded: Sequence[str] = (),
+        chunk_bytes: Mapping[str, int] | None = None,
     ) -> int:
         """Delete what the job wrote: partial and scratch files always, its published output and manifest
         unless ``keep_ready``; a local destination folder left empty is removed too, unless ``keep_folder``
@@ -99,7 +102,10 @@ class Destination(abc.ABC):
         removed only when it carries the job's published tag for the bytes it holds
         (:func:`~jupyter_staging.safety.ownership.taken_back`: published in the instant before the run
         stopped and not recorded: a cancel that abandoned a finished Dask task, a crash); any other file
-        there is the user's. Returns the number of files (objects) deleted."""
+        there is the user's. Returns the number of files (objects) deleted.
+        ``chunk_bytes``: the size (bytes) each published chunk had (by chunk path); a local destination
+        leaves a regular file at a chunk's name whose size is another (the user replaced it: ``mv`` or
+        an editor's save over it)."""
 
     def folder_present(self) -> bool:
         """Whether the destination folder exists now (a local one; an object store has no folders: True),

@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -104,15 +104,16 @@ class LocalDestination(Destination):
     def read_manifest(self) -> dict[str, Any] | None:
         return read_manifest(self.workdir)
 
-    def remove_chunk(self, chunk_path: str) -> bool:
+    def remove_chunk(self, chunk_path: str, size: int | None = None) -> bool:
         """Delete output file ``chunk_path`` (relative to the folder) by descriptor; a symlink is removed,
-        never followed. Raises :class:`PathNotAllowed` when a folder on the way is a symlink."""
+        never followed; with ``size`` (bytes), a regular file of another size stays (the user's, put
+        over the job's). Raises :class:`PathNotAllowed` when a folder on the way is a symlink."""
         parts = components(chunk_path)
         if not parts:
             return False
         try:
-            with folder_fd(self.root_dir, PurePosixPath(self.rel, *parts[:-1])) as fd:
-                return unlink_at(fd, parts[-1])
+            with folder_fd(self.root_dir, PurePosixPath(self.rel)) as fd:
+                return bool(_unlink_below(fd, parts[:-1], parts[-1], size))
         except FileNotFoundError:
             return False
 
@@ -126,12 +127,15 @@ class LocalDestination(Destination):
         keep_folder: bool = False,
         parts_tagged: bool = False,
         unrecorded: Sequence[str] = (),
+        chunk_bytes: Mapping[str, int] | None = None,
     ) -> int:
         """Only entries inside the destination folder are touched, by descriptor from the root; a symlink
         is removed, never followed. A destination equal to the root, missing, or reached through a symlink
         is left alone (0). The folder itself is removed when left empty, unless ``keep_folder``. With
         ``parts_tagged`` a ``.part`` is removed only when it is this job's
-        (:func:`~jupyter_staging.safety.ownership.part_of_job`): a file the user put at such a name stays."""
+        (:func:`~jupyter_staging.safety.ownership.part_of_job`): a file the user put at such a name stays.
+        With ``chunk_bytes`` a regular file at a chunk's name whose size is not the chunk's stays (the
+        user's, put over the job's)."""
         if not components(self.rel):
             return 0
         try:
@@ -146,6 +150,7 @@ class LocalDestination(Destination):
                 convert_dirs,
                 keep_ready=keep_ready,
                 parts_tagged=parts_tagged,
+                chunk_bytes=chunk_bytes or {},
             )
             if not keep_ready:
                 removed += sum(self._remove_if_published(dest_fd, rel) for rel in unrecorded)
@@ -170,6 +175,7 @@ class LocalDestination(Destination):
         *,
         keep_ready: bool,
         parts_tagged: bool,
+        chunk_bytes: Mapping[str, int],
     ) -> int:
         """The work of :meth:`remove` inside the open destination folder ``dest_fd``."""
         owner = self.job_id if parts_tagged else None
@@ -181,7 +187,7 @@ class LocalDestination(Destination):
                 folders.add(tuple(parts[:-1]))
                 removed += _remove_parts_in(dest_fd, parts[:-1], owner, [parts[-1] + PART_SUFFIX])
                 if not keep:
-                    removed += _unlink_below(dest_fd, parts[:-1], parts[-1])
+                    removed += _unlink_below(dest_fd, parts[:-1], parts[-1], chunk_bytes.get(rel))
         for out_dir in convert_dirs:
             parts = _parts(out_dir)
             if parts:
@@ -237,13 +243,18 @@ def _parts(rel: str) -> list[str]:
         return []
 
 
-def _unlink_below(dest_fd: int, folder: list[str], name: str) -> int:
-    """Remove ``folder/name`` below ``dest_fd`` (1) or nothing (0), by descriptor."""
+def _unlink_below(dest_fd: int, folder: list[str], name: str, size: int | None = None) -> int:
+    """Remove ``folder/name`` below ``dest_fd`` (1) or nothing (0), by descriptor; with ``size`` (bytes), a
+    regular file of another size stays (0)."""
     try:
         fd = open_below(dest_fd, PurePosixPath(*folder))
     except (FileNotFoundError, PathNotAllowed):
         return 0
     try:
+        if size is not None:
+            st = lstat_at(fd, name)
+            if st is not None and stat.S_ISREG(st.st_mode) and st.st_size != size:
+                return 0
         return int(unlink_at(fd, name))
     finally:
         os.close(fd)

@@ -14,7 +14,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -208,7 +208,7 @@ class S3Destination(ObjectStoreDestination):
 
     # -- removing ----------------------------------------------------------------------------------
 
-    def remove_chunk(self, chunk_path: str) -> bool:
+    def remove_chunk(self, chunk_path: str, size: int | None = None) -> bool:
         """DeleteObject of one chunk of this job."""
         key = self.key_of(chunk_path)
         with self.errors(chunk_path):
@@ -225,6 +225,7 @@ class S3Destination(ObjectStoreDestination):
         keep_folder: bool = False,
         parts_tagged: bool = False,
         unrecorded: Sequence[str] = (),
+        chunk_bytes: Mapping[str, int] | None = None,
     ) -> int:
         """Delete the scratch folder and abort unfinished multipart uploads below the job prefix; unless
         ``keep_ready``, also delete every object below ``prefix/<job_id>/`` (ListObjectsV2 +

@@ -69,7 +69,7 @@ class DeadParts:
             self._save_changes()  # a part's record waiting in the ledger is read below, not written after
             parts = [c for c in self._table_parts(name, out_rel) if c.state in DONE_STATES]
             for chunk in parts:
-                self.dest.remove_chunk(chunk.path)
+                self.dest.remove_chunk(chunk.path, chunk.bytes)
                 self.store.update_chunk(chunk.id, state=ChunkState.expired.value)
                 removed, rows = removed + 1, rows + int(chunk.rows or 0)
             with self._lock:

@@ -138,7 +138,7 @@ def test_a_job_cancelled_before_it_ever_started_removes_no_part(tmp_path: Path, 
         destination_of=lambda rec: destination, store=SimpleNamespace(list_chunks=lambda job_id: [])
     )
     resume = {"items": [{"name": "lc1.fits"}, {"name": "lc2.fits"}], "made_destination": False}
-    record = SimpleNamespace(id=JOB, resume=resume, cleanup_policy="retain")
+    record = SimpleNamespace(id=JOB, resume=resume, cleanup_policy="retain", method="copy")
     assert remove_job_output(host, record, keep_ready=False) == 0  # type: ignore[arg-type]
     assert all(path.exists() for path in users)
     record.resume = {**resume, "attempts": 1, "parts_tagged": True}  # started: the empty untagged one goes

@@ -122,3 +122,52 @@ def test_a_folder_the_job_made_goes_with_its_last_file_deleted_on_ack(manager: S
         manager.ack(job.id, str(chunk.index))
     assert manager.sweep(utcnow() + timedelta(seconds=120)) == [job.id]
     assert not (root / "out").exists()
+
+
+def test_a_file_the_user_saved_over_a_ready_chunk_outlives_the_cleanup(manager: StagingManager, root: Path):
+    """The job's ``a.bin`` (1,000 bytes) is ready; the user saves a file of theirs over it (``mv``, an
+    editor's save): the TTL sweep removes the job's ``b.bin`` and its manifest, and keeps the user's
+    ``a.bin``, whose size is not the chunk's. Before, it was removed by its name."""
+    (root / "src").mkdir()
+    (root / "src" / "a.bin").write_bytes(b"A" * 1000)
+    (root / "src" / "b.bin").write_bytes(b"B" * 1000)
+    request = CreateJob(source=str(root / "src"), destination="out", ttl_seconds=60)
+    job, _ = manager.create(request)
+    assert manager.wait(job.id, timeout=60).state == JobState.succeeded
+    out = root / "out"
+    (out / "notes.tmp").write_bytes(b"the user's edited a.bin")
+    (out / "notes.tmp").rename(out / "a.bin")
+    assert manager.sweep(utcnow() + timedelta(seconds=120)) == [job.id]
+    assert [p.name for p in out.iterdir()] == ["a.bin"]
+    assert (out / "a.bin").read_bytes() == b"the user's edited a.bin"
+
+
+def test_delete_on_ack_keeps_a_file_the_user_saved_over_the_chunk(manager: StagingManager, root: Path):
+    """Under ``delete_on_ack`` the ack removes the chunk's file, not a file of another size the user put at
+    its name; the job's own ``b.bin`` still goes at its ack."""
+    (root / "src").mkdir()
+    (root / "src" / "a.bin").write_bytes(b"A" * 1000)
+    (root / "src" / "b.bin").write_bytes(b"B" * 1000)
+    request = CreateJob(source=str(root / "src"), destination="out", cleanup_policy="delete_on_ack")
+    job, _ = manager.create(request)
+    assert manager.wait(job.id, timeout=60).state == JobState.succeeded
+    out = root / "out"
+    (out / "a.bin").write_bytes(b"the user's a.bin")
+    for chunk in manager.chunks(job.id):
+        manager.ack(job.id, str(chunk.index))
+    assert (out / "a.bin").read_bytes() == b"the user's a.bin" and not (out / "b.bin").exists()
+
+
+def test_a_hard_linked_output_goes_even_when_its_source_grew(manager: StagingManager, root: Path):
+    """A hard link's size is its source's: appended to after the job, the link is still the job's and is
+    removed by the sweep (sizes are not compared for link jobs); the source stays."""
+    (root / "src").mkdir()
+    (root / "src" / "a.bin").write_bytes(b"A" * 1000)
+    request = CreateJob(source=str(root / "src"), destination="out", method="hardlink", ttl_seconds=60)
+    job, _ = manager.create(request)
+    assert manager.wait(job.id, timeout=60).state == JobState.succeeded
+    with open(root / "src" / "a.bin", "ab") as grown:
+        grown.write(b"more rows")
+    assert manager.sweep(utcnow() + timedelta(seconds=120)) == [job.id]
+    assert not (root / "out" / "a.bin").exists()
+    assert (root / "src" / "a.bin").stat().st_size == 1009
