@@ -245,7 +245,7 @@ def _parts(rel: str) -> list[str]:
 
 def _unlink_below(dest_fd: int, folder: list[str], name: str, size: int | None = None) -> int:
     """Remove ``folder/name`` below ``dest_fd`` (1) or nothing (0), by descriptor; with ``size`` (bytes), a
-    regular file of another size stays (0)."""
+    regular file of one name and another size stays (0)."""
     try:
         fd = open_below(dest_fd, PurePosixPath(*folder))
     except (FileNotFoundError, PathNotAllowed):
@@ -253,7 +253,9 @@ def _unlink_below(dest_fd: int, folder: list[str], name: str, size: int | None =
     try:
         if size is not None:
             st = lstat_at(fd, name)
-            if st is not None and stat.S_ISREG(st.st_mode) and st.st_size != size:
+            # One name only: a file with others is a link the job made (a re-run's reused output, whose
+            # other name the user may have appended to), removed by name as before.
+            if st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_size != size:
                 return 0
         return int(unlink_at(fd, name))
     finally:

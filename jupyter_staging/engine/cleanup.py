@@ -7,7 +7,7 @@ from typing import Any
 from jupyter_staging.destinations.base import Destination
 from jupyter_staging.engine.folders import parts_tagged
 from jupyter_staging.engine.host import JobHost
-from jupyter_staging.engine.models import ChunkState
+from jupyter_staging.engine.models import LINK_METHODS, ChunkState
 from jupyter_staging.engine.schema import ChunkRecord
 from jupyter_staging.engine.store import JobRecord
 
@@ -63,15 +63,11 @@ def remove_job_output(host: JobHost, rec: JobRecord, *, keep_ready: bool) -> int
     )
 
 
-#: Methods whose outputs are links to their sources (their sizes are not the job's to check).
-LINK_METHODS = ("hardlink", "symlink")
-
-
 def published_sizes(rec: JobRecord, published: list[ChunkRecord], destination: Destination) -> dict[str, int]:
     """The size (bytes) of each published chunk's file by its path relative to ``destination``: a file of
-    another size at its name is the user's (:meth:`Destination.remove`'s ``chunk_bytes``). None for a
-    link job's chunks: a hard link's size follows its source's (appended to since), a symlink is removed
-    as a link whatever it names."""
+    one name and another size at its name is the user's (:meth:`Destination.remove`'s ``chunk_bytes``).
+    None for a link job's chunks: a hard link's size follows its source's (appended to since), a symlink
+    is removed as a link whatever it names."""
     if rec.method in LINK_METHODS:
         return {}
     return {destination.relative(c.path): c.bytes for c in published if c.bytes is not None}

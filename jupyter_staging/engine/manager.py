@@ -20,7 +20,6 @@ from typing import Any
 from jupyter_staging.destinations.base import Destination, remove_tree_if_empty, scratch_root_of
 from jupyter_staging.destinations.registry import is_object_destination
 from jupyter_staging.engine.admission import Admission, default_name
-from jupyter_staging.engine.cleanup import LINK_METHODS
 from jupyter_staging.engine.describe import decode_cursor, describe_chunk, encode_cursor
 from jupyter_staging.engine.executors import (
     DEFAULT_CONCURRENT_ITEMS,
@@ -31,6 +30,7 @@ from jupyter_staging.engine.executors import (
 from jupyter_staging.engine.expansion import DEFAULT_MAX_UNPACKED_BYTES
 from jupyter_staging.engine.lifecycle import JobLifecycle, echo_event, log
 from jupyter_staging.engine.models import (
+    LINK_METHODS,
     ChunkState,
     CreateJob,
     DescribeChunk,

@@ -72,6 +72,8 @@ DONE_STATES: frozenset[str] = frozenset({ChunkState.ready.value, ChunkState.acke
 
 
 Method = Literal["copy", "hardlink", "symlink", "download"]
+#: The methods whose outputs are links to their sources (no byte read; a hard link's size is its source's).
+LINK_METHODS = ("hardlink", "symlink")
 CleanupPolicy = Literal["retain", "delete_on_success", "delete_always", "delete_on_ack"]
 
 

@@ -31,7 +31,7 @@ from jupyter_staging.engine.deadparts import FOREIGN_PARTS_LISTED
 from jupyter_staging.engine.entries import error_of
 from jupyter_staging.engine.folders import PARTS_TAGGED, PUBLISHED_TAGS
 from jupyter_staging.engine.freshness import every_listed_item
-from jupyter_staging.engine.models import DONE_STATES, PENDING, ChunkState, JobState
+from jupyter_staging.engine.models import DONE_STATES, LINK_METHODS, PENDING, ChunkState, JobState
 from jupyter_staging.engine.placement import UNFINISHED_STATES
 from jupyter_staging.engine.records import has_sealed, json_copy, without_sealed
 from jupyter_staging.engine.schema import JobChunk
@@ -47,9 +47,6 @@ from jupyter_staging.sources.registry import open_source
 
 log = logging.getLogger(__name__)
 
-#: Methods whose jobs read no byte (links): their runs hold the collector off.
-LINK_METHODS = ("hardlink", "symlink")
-
 
 class JobRunner(TableSpreadStager):
     """Runs job ``job_id`` of its :class:`~jupyter_staging.engine.host.JobHost` once (from queued to a
@@ -63,6 +60,7 @@ class JobRunner(TableSpreadStager):
                 return
             # A link job builds its per-file records faster than anything else: the collector's full
             # passes, one every few thousand files, are held off until it ends (engine/collector.py).
+            # Link jobs read no byte: their runs hold the collector off.
             bulk = collector_paused() if rec.method in LINK_METHODS else contextlib.nullcontext()
             with bulk:
                 # No task counts once the job says paused, failed or succeeded.

@@ -9,6 +9,7 @@ A real :class:`StagingManager` in this process (SQLite in ``tmp_path``), local f
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import pytest
 from jupyter_staging.engine.lifecycle import utcnow
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, JobState
+from tests.helpers.data import wait_until
+from tests.helpers.servers import RangeHTTPServer
 
 
 def folder_with_users_file(root: Path) -> Path:
@@ -171,3 +174,33 @@ def test_a_hard_linked_output_goes_even_when_its_source_grew(manager: StagingMan
     assert manager.sweep(utcnow() + timedelta(seconds=120)) == [job.id]
     assert not (root / "out" / "a.bin").exists()
     assert (root / "src" / "a.bin").stat().st_size == 1009
+
+
+def test_a_reruns_reused_output_goes_with_its_cancel_even_when_the_live_file_grew(
+    manager: StagingManager, root: Path, tmp_path: Path
+):
+    """A re-run (its HTTP entry changed) stages beside the live output and hard-links the unchanged
+    ``notes.csv`` into it; the user appends to the live ``notes.csv`` (the same file, so the re-run's link
+    grows too); the re-run is cancelled: its link goes with its hidden folder, though its size is no
+    longer the chunk's (a file of more than one name is the job's link). The live output stays whole."""
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "lc.fits").write_bytes(os.urandom(300_000))
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "notes.csv").write_bytes(b"x" * 1000)
+    with RangeHTTPServer(web) as http:
+        body = {"manifest": {"sp": str(local), "lc": http.url("lc.fits")}, "destination": "swap"}
+        first, _ = manager.create(CreateJob(**body))
+        assert manager.wait(first.id, timeout=60).state == JobState.succeeded
+        (web / "lc.fits").write_bytes(os.urandom(400_000))
+        http.throttle_bytes_per_s = 100_000
+        rerun, created = manager.create(CreateJob(**body))
+        assert created
+        wait_until(lambda: any(c.state == "ready" for c in manager.chunks(rerun.id)), what="a reused chunk")
+        with open(root / "swap" / "sp" / "notes.csv", "ab") as notes:
+            notes.write(b"my row\n")
+        manager.cancel(rerun.id)
+        assert manager.wait(rerun.id, timeout=60).state == JobState.cancelled
+    assert not [p for p in root.rglob("*") if ".staging-" in str(p)]
+    assert (root / "swap" / "sp" / "notes.csv").read_bytes() == b"x" * 1000 + b"my row\n"
