@@ -76,8 +76,8 @@ class Destination(abc.ABC):
     @abc.abstractmethod
     def remove_chunk(self, chunk_path: str, size: int | None = None) -> bool:
         """Delete one published output file (``delete_on_ack``); True when something was deleted. With
-        ``size`` (bytes, the chunk's), a local regular file of another size at the name stays (the
-        user's)."""
+        ``size`` (bytes, the chunk's), a local regular file of one name and another size at the name stays
+        (the user's)."""
 
     @abc.abstractmethod
     def remove(
@@ -104,8 +104,8 @@ class Destination(abc.ABC):
         stopped and not recorded: a cancel that abandoned a finished Dask task, a crash); any other file
         there is the user's. Returns the number of files (objects) deleted.
         ``chunk_bytes``: the size (bytes) each published chunk had (by chunk path); a local destination
-        leaves a regular file at a chunk's name whose size is another (the user replaced it: ``mv`` or
-        an editor's save over it)."""
+        leaves a regular file of one name at a chunk's name whose size is another (the user replaced or
+        changed it: ``mv`` or an editor's save over it, an append)."""
 
     def folder_present(self) -> bool:
         """Whether the destination folder exists now (a local one; an object store has no folders: True),

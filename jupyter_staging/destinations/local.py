@@ -106,8 +106,8 @@ class LocalDestination(Destination):
 
     def remove_chunk(self, chunk_path: str, size: int | None = None) -> bool:
         """Delete output file ``chunk_path`` (relative to the folder) by descriptor; a symlink is removed,
-        never followed; with ``size`` (bytes), a regular file of another size stays (the user's, put
-        over the job's). Raises :class:`PathNotAllowed` when a folder on the way is a symlink."""
+        never followed; with ``size`` (bytes), a regular file of one name and another size stays (the
+        user's, put over the job's). Raises :class:`PathNotAllowed` when a folder on the way is a symlink."""
         parts = components(chunk_path)
         if not parts:
             return False
@@ -134,8 +134,8 @@ class LocalDestination(Destination):
         is left alone (0). The folder itself is removed when left empty, unless ``keep_folder``. With
         ``parts_tagged`` a ``.part`` is removed only when it is this job's
         (:func:`~jupyter_staging.safety.ownership.part_of_job`): a file the user put at such a name stays.
-        With ``chunk_bytes`` a regular file at a chunk's name whose size is not the chunk's stays (the
-        user's, put over the job's)."""
+        With ``chunk_bytes`` a regular file of one name at a chunk's name whose size is not the chunk's
+        stays (the user's, put over the job's)."""
         if not components(self.rel):
             return 0
         try:

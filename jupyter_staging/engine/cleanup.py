@@ -66,8 +66,8 @@ def remove_job_output(host: JobHost, rec: JobRecord, *, keep_ready: bool) -> int
 def published_sizes(rec: JobRecord, published: list[ChunkRecord], destination: Destination) -> dict[str, int]:
     """The size (bytes) of each published chunk's file by its path relative to ``destination``: a file of
     one name and another size at its name is the user's (:meth:`Destination.remove`'s ``chunk_bytes``).
-    None for a link job's chunks: a hard link's size follows its source's (appended to since), a symlink
-    is removed as a link whatever it names."""
+    Empty for a link job: a hard link's size follows its source's (appended to since), a symlink is
+    removed as a link whatever it names."""
     if rec.method in LINK_METHODS:
         return {}
     return {destination.relative(c.path): c.bytes for c in published if c.bytes is not None}

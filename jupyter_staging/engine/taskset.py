@@ -15,8 +15,7 @@ results back in the order they finish, so the runner records chunks as on its ow
 
 A task whose worker dies is run again by the scheduler (``distributed.scheduler.allowed-failures``); one
 that raises is run again :data:`TASK_RETRIES` times, unless its error is one of :data:`FINAL_ERRORS`, which
-running it again would only repeat: that task fails the batch at once, as the same error fails an item on
-the server's own threads.
+running it again would only repeat: that task fails the batch at once.
 """
 
 from __future__ import annotations
