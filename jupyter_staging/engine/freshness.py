@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,7 +154,7 @@ def check_sources(
     return result
 
 
-def output_as_staged(st: os.stat_result, obj: dict[str, Any]) -> bool:
+def output_as_staged(st: os.stat_result, obj: Mapping[str, Any]) -> bool:
     """True when ``st`` (an ``lstat`` of a staged output) still shows the manifest object ``obj`` as the job
     left it: its ``size`` (bytes; not compared for a symlink, whose own size is its target's length) and its
     ``mtime_ns`` (a file edited in place keeps its size, not its modification time; a manifest written

@@ -38,7 +38,7 @@ from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.spreadtables import TableSpreadStager
 from jupyter_staging.engine.staged import RECENT, job_entries
 from jupyter_staging.engine.store import ChunkSummary, JobRecord, utcnow
-from jupyter_staging.engine.swap import staged_inside, swap_in
+from jupyter_staging.engine.swap import kept_lines, recorded_outputs, staged_inside, swap_in
 from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import JobInterrupted, PartiallyStaged, StagingError
 from jupyter_staging.safety.paths import check_output_name
@@ -302,29 +302,32 @@ class JobRunner(TableSpreadStager):
         """Put the output staged beside the old one in its place, and retire the job it replaces."""
         swap = self.resume["swap"]
         replaced = self.store.get_job(swap["replaces"]) if swap.get("replaces") else None
-        old = read_manifest(self.replaced_folder) if self.replaced_folder is not None else None
-        staged_before = {str(o.get("path")) for o in (old or {}).get("objects", [])}
-        if old is None and replaced is not None:  # a failed job's files, no manifest: what it published
-            staged_before |= self._published_by(replaced)
-        aside = f".replaced-{self.job_id[:8]}"
-        moved = swap_in(
+        staged_before = swap.get("before")
+        if staged_before is None:
+            old = read_manifest(self.replaced_folder) if self.replaced_folder is not None else None
+            staged_before = recorded_outputs(old)
+            if old is None and replaced is not None:  # a failed job's files, no manifest: what it published
+                staged_before |= dict.fromkeys(self._published_by(replaced), {})
+            if staged_inside(rec.destination, swap["into"]):  # a merge removes the old manifest first:
+                with self._lock:  # what it recorded is kept for a run after a crash half-way
+                    swap["before"] = staged_before
+                    self._save_resume()
+        done = swap_in(
             self._swap_root(),
             rec.destination,
             swap["into"],
             staged_before=staged_before,
             staged_now={self.dest.relative(c.path) for c in self.store.list_chunks(self.job_id)},
-            aside_name=aside,
+            aside_name=f".replaced-{self.job_id[:8]}",
+            suffix=self.job_id[:8],
         )
-        if moved and staged_inside(rec.destination, swap["into"]):
-            self._log(
-                "info", f"moved {len(moved)} file(s) of yours in the way into {aside}: {', '.join(moved[:5])}"
-            )
-        elif moved:
-            self._log(
-                "info", f"kept {len(moved)} file(s) that were not staged output: {', '.join(moved[:5])}"
-            )
+        aside = PurePosixPath(rec.destination).parent / f".replaced-{self.job_id[:8]}"
+        where = rec.destination if staged_inside(rec.destination, swap["into"]) else aside.as_posix()
+        for level, message in kept_lines(done, set(staged_before), where):
+            self._log(level, message)
         with self._lock:
             self.resume["swap"]["done"] = True
+            self.resume["swap"].pop("before", None)
             self._save_resume()
         self._log("info", f"swapped into {rec.destination}")
         if replaced is not None and not JobState(replaced.state) == JobState.expired:

@@ -16,12 +16,25 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from jupyter_staging.destinations.manifest import MANIFEST_NAME
-from jupyter_staging.errors import PathNotAllowed
+from jupyter_staging.engine.freshness import output_as_staged
+from jupyter_staging.errors import DestinationExists, PathNotAllowed
 from jupyter_staging.safety.confined import Confined
-from jupyter_staging.safety.dirfd import closing_fd, fsync_fd, lstat_at, open_below, unlink_at, write_refused
+from jupyter_staging.safety.dirfd import (
+    closing_fd,
+    fsync_fd,
+    lstat_at,
+    open_below,
+    rename_noreplace_at,
+    set_aside_at,
+    unlink_at,
+    write_refused,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,40 +66,135 @@ def staged_inside(rel: str, into: str) -> bool:
     return into.startswith(rel.rstrip("/") + "/")
 
 
+@dataclass
+class Swapped:
+    """What :func:`swap_in` did with the entries of the old folder that were not its unchanged output
+    (paths relative to the destination folder).
+
+    ``moved``: the user's own entries (never staged) carried into the new folder under their names.
+    ``set_aside``: ``{path: path now}`` of entries kept under a set-aside name
+    (``_<name>.set-aside-<suffix>``, :func:`~jupyter_staging.safety.dirfd.set_aside_name`): a staged file
+    the user changed since it was staged, and an entry of the user's whose name the new output takes.
+    ``left``: entries that could not be moved (a folder not writable, a name the new output made a file):
+    they stay in the old folder, kept beside the destination under the swap's ``aside_name``, or at their
+    place in a mount point.
+    """
+
+    moved: list[str] = field(default_factory=list)
+    set_aside: dict[str, str] = field(default_factory=dict)
+    left: list[str] = field(default_factory=list)
+
+
+def recorded_outputs(manifest: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """``{relative path: what tells the staged file changed since}`` of each object of an output's
+    ``manifest`` (:func:`changed_since_staged`): its ``size`` (bytes) and ``mtime_ns``; for a ``hardlink``
+    job, whose link changes with its source, the source's ``inode`` the link shares; for a ``symlink``
+    job, only that it is a link. Empty without a manifest."""
+    method = (manifest or {}).get("method")
+    recorded: dict[str, dict[str, Any]] = {}
+    for obj in (manifest or {}).get("objects", []):
+        if method == "hardlink":
+            kept = {"link": "hardlink", "inode": (obj.get("fingerprint") or {}).get("inode")}
+        elif method == "symlink":
+            kept = {"link": "symlink"}
+        else:
+            kept = {key: obj[key] for key in ("size", "mtime_ns") if obj.get(key) is not None}
+        recorded[str(obj.get("path"))] = kept
+    return recorded
+
+
+def changed_since_staged(recorded: Mapping[str, Any] | None, st: os.stat_result | None) -> bool:
+    """Whether a staged file, now of status ``st`` (an ``lstat``), is no longer as ``recorded``
+    (:func:`recorded_outputs`) says the job left it: a file whose size (bytes) or ``mtime_ns`` changed
+    (:func:`~jupyter_staging.engine.freshness.output_as_staged`: edited, appended to, saved over); a hard
+    link that is no longer the source's inode (saved over: a new file) or no regular file; a symlink that
+    is no link any more. False with nothing recorded (``{}``), for a folder, or when gone."""
+    if not recorded or st is None or stat.S_ISDIR(st.st_mode):
+        return False
+    link = recorded.get("link")
+    if link == "symlink":
+        return not stat.S_ISLNK(st.st_mode)
+    if link == "hardlink":
+        inode = recorded.get("inode")
+        return not stat.S_ISREG(st.st_mode) or (inode is not None and st.st_ino != inode)
+    return not output_as_staged(st, recorded)
+
+
+def kept_lines(done: Swapped, staged_before: set[str], aside: str) -> list[tuple[str, str]]:
+    """The job's log lines (``(level, message)``) saying what a swap kept of the old folder (``done``):
+    five paths a line, and how many more. ``staged_before``: the old output's paths (a set-aside one among
+    them was changed since it was staged); ``aside``: where entries left stay (relative to the root: the
+    old folder kept beside the destination, or the destination itself when it is a mount point)."""
+
+    def count(n: int) -> str:
+        return f"{n} entry" if n == 1 else f"{n} entries"
+
+    def listed(paths: list[str]) -> str:
+        return ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+
+    lines = []
+    if done.moved:
+        lines.append(("info", f"kept {count(len(done.moved))} of yours: {listed(done.moved)}"))
+    if done.set_aside:
+        changed = sum(before in staged_before for before in done.set_aside)
+        pairs = [f"{before} as {now}" for before, now in done.set_aside.items()]
+        lines.append(
+            (
+                "warning",
+                f"kept {count(len(done.set_aside))} under another name ({changed} changed since staged, "
+                f"{len(done.set_aside) - changed} of yours in the new output's way): {listed(pairs)}",
+            )
+        )
+    if done.left:
+        lines.append(
+            (
+                "warning",
+                f"{count(len(done.left))} could not be moved into the new output and stay in {aside}: "
+                f"{listed(done.left)}",
+            )
+        )
+    return lines
+
+
 def swap_in(
     root: Path,
     rel: str,
     into: str,
     *,
-    staged_before: set[str],
+    staged_before: Mapping[str, Mapping[str, Any]],
     staged_now: set[str],
     aside_name: str,
-) -> list[str]:
+    suffix: str,
+) -> Swapped:
     """Replace the output in folder ``root/rel`` by the one staged in ``root/into``.
 
-    ``staged_before``: the relative paths of the old output's files (and ``manifest.json``);
-    ``staged_now``: those of the new output. With ``into`` beside ``rel``: two renames (the old folder is
-    whole until then); files of the old folder that were not staged output are moved into the new one when
-    their name is free there (symlinks and empty folders of the user's too), so nothing a user put beside
-    the staged files is lost; the old folder is then removed (it is kept, renamed ``aside_name``, when some
-    of its entries could not be moved). The new folder takes the old one's permission bits and, where this
-    process may give it, its group before it is swapped in: a folder the user made private (0700) or shared
-    with a group (2770) stays so. With ``into`` inside ``rel`` (a mount point): :func:`_merge_in`.
+    ``staged_before``: ``{relative path: manifest object}`` of the old output's files (``size`` in bytes,
+    ``mtime_ns``; ``{}`` where nothing was recorded); ``staged_now``: the relative paths of the new
+    output's. With ``into`` beside ``rel``: two renames (the old folder is whole until then); entries of
+    the old folder that are not its unchanged output are moved into the new one (symlinks and empty
+    folders of the user's too), so nothing is lost: a staged file the user changed since
+    (:func:`changed_since_staged`) under a set-aside name (``_<name>.set-aside-<suffix>``), an entry of
+    the user's under its own name, or a set-aside one when the new output has that name. The old folder is
+    then removed (it is kept, renamed ``aside_name``, when some of its entries could not be moved). The
+    new folder takes the old one's permission bits and, where this process may give it, its group before
+    it is swapped in: a folder the user made private (0700) or shared with a group (2770) stays so. With
+    ``into`` inside ``rel`` (a mount point): :func:`_merge_in`.
 
-    Returns the relative paths of the user's entries moved (into the new folder, or with a mount point
-    into ``rel/<aside_name>/``). Raises :class:`PathNotAllowed` when ``rel`` or a folder above it became a
-    symlink, :class:`~jupyter_staging.errors.DestinationNotWritable` when a folder may not be written into.
+    Returns what was kept (:class:`Swapped`; paths relative to ``rel``). Raises :class:`PathNotAllowed`
+    when ``rel`` or a folder above it became a symlink,
+    :class:`~jupyter_staging.errors.DestinationNotWritable` when a folder may not be written into.
     """
+    staged_before = {**staged_before, MANIFEST_NAME: {}}
     fs = Confined(root)
     final, new = root / rel, root / into
     there = fs.lstat(final)
     if there is not None and not stat.S_ISDIR(there.st_mode):
         raise PathNotAllowed(f"destination {rel!r} was replaced by a symbolic link or a file; not swapped in")
     if staged_inside(rel, into):  # the folder is a mount point
-        return _merge_in(fs, final, new, staged_before | {MANIFEST_NAME}, staged_now, aside_name)
+        return _merge_in(fs, final, new, staged_before, staged_now, suffix)
     if there is None:
         fs.rename(new, final, make_parents=True)
-        return []
+        return Swapped()
     with fs.folder(final) as old_fd, fs.folder(new) as new_fd:
         _same_access(os.fstat(old_fd), new_fd)
     aside = final.parent / aside_name
@@ -94,27 +202,33 @@ def swap_in(
     fs.rename(final, aside, sync=False)
     fs.rename(new, final)
     with fs.folder(aside) as old_fd, fs.folder(final) as new_fd:
-        moved, kept = _carry_over(old_fd, new_fd, staged_before | {MANIFEST_NAME})
+        done, kept = _carry_over(old_fd, new_fd, staged_before, suffix)
     if not kept:
         fs.remove_tree(aside)
-    return moved
+    return done
 
 
 def _merge_in(
-    fs: Confined, final: Path, new: Path, staged_before: set[str], staged_now: set[str], aside_name: str
-) -> list[str]:
+    fs: Confined,
+    final: Path,
+    new: Path,
+    staged_before: Mapping[str, Mapping[str, Any]],
+    staged_now: set[str],
+    suffix: str,
+) -> Swapped:
     """:func:`swap_in` for a folder that cannot be renamed (a mount point): the job staged into ``new``, a
     hidden folder inside ``final``.
 
     The old ``manifest.json`` goes first, so a folder caught half-way never claims the old output whole.
     Each new file then takes its name in ``final`` with one ``rename(2)``, which replaces the old staged file
-    of that name at once; an entry of the user's with that name is first moved to ``final/<aside_name>/``.
-    The old staged files the new output lacks (``staged_before - staged_now``) are removed, the new manifest
-    is moved last, and ``new`` is removed. Run again after a crash half-way, it moves what is left and
+    of that name at once; an entry of the user's with that name, or a staged file the user changed since
+    (:func:`changed_since_staged`), is first set aside in its folder (``_<name>.set-aside-<suffix>``).
+    The old staged files the new output lacks are removed (set aside when changed), the new manifest is
+    moved last, and ``new`` is removed. Run again after a crash half-way, it moves what is left and
     removes only those (never a new file already moved). The folder keeps its identity (mode, owner,
-    mount). Returns the user's entries moved aside."""
-    aside: list[str] = []
-    dropped = staged_before - staged_now - {MANIFEST_NAME}
+    mount). Returns the entries set aside."""
+    done = Swapped()
+    dropped = set(staged_before) - staged_now - {MANIFEST_NAME}
     try:
         with fs.folder(final) as final_fd, fs.folder(new) as new_fd:
             if lstat_at(new_fd, MANIFEST_NAME) is not None:
@@ -125,27 +239,40 @@ def _merge_in(
                 folder = PurePosixPath(dirpath)
                 for name in files:
                     if (folder, name) != (PurePosixPath("."), MANIFEST_NAME):
-                        _move_in(folder, name, dir_fd, final_fd, staged_before, aside_name, aside)
+                        _move_in(folder, name, dir_fd, final_fd, staged_before, suffix, done)
                         touched.add(folder.as_posix())
             for rel in sorted(dropped):
                 parent, _, name = rel.rpartition("/")
                 try:
                     with closing_fd(open_below(final_fd, parent)) as fd:
-                        unlink_at(fd, name)
+                        if not changed_since_staged(staged_before[rel], lstat_at(fd, name)):
+                            unlink_at(fd, name)
+                        elif not _set_aside(fd, PurePosixPath(parent or "."), name, suffix, done):
+                            done.left.append(rel)  # stays at its name
                 except (FileNotFoundError, PathNotAllowed):
                     continue
             for folder_rel in sorted(touched - {"."}):  # each subfolder once, the top one with the manifest
                 with closing_fd(open_below(final_fd, folder_rel)) as fd:
                     fsync_fd(fd)
             if lstat_at(new_fd, MANIFEST_NAME) is not None:
-                _move_in(
-                    PurePosixPath("."), MANIFEST_NAME, new_fd, final_fd, staged_before, aside_name, aside
-                )
+                _move_in(PurePosixPath("."), MANIFEST_NAME, new_fd, final_fd, staged_before, suffix, done)
             fsync_fd(final_fd)
     except PermissionError as exc:  # a folder of the mount the server's user may not write into
         raise write_refused(final.name, exc) from None
     fs.remove_tree(new)
-    return aside
+    return done
+
+
+def _set_aside(dir_fd: int, folder: PurePosixPath, name: str, suffix: str, done: Swapped) -> bool:
+    """Rename entry ``name`` of ``dir_fd`` (folder ``folder`` of the output) to its set-aside name in the
+    same folder and record it in ``done``; False when that fails (every set-aside name taken, a folder not
+    writable): it stays."""
+    try:
+        new_name = set_aside_at(dir_fd, name, suffix)
+    except (DestinationExists, OSError):
+        return False
+    done.set_aside[(folder / name).as_posix()] = (folder / new_name).as_posix()
+    return True
 
 
 def _move_in(
@@ -153,21 +280,21 @@ def _move_in(
     name: str,
     dir_fd: int,
     final_fd: int,
-    staged: set[str],
-    aside_name: str,
-    aside: list[str],
+    staged: Mapping[str, Mapping[str, Any]],
+    suffix: str,
+    done: Swapped,
 ) -> None:
     """Rename ``name`` of ``dir_fd`` (the scratch folder's ``folder``) to ``folder/name`` below
-    ``final_fd``, replacing a file of the old output (in ``staged``); an entry of the user's there, or a
-    folder, is first moved to ``<aside_name>/folder/name`` (its path appended to ``aside``)."""
+    ``final_fd``, replacing a file of the old output (in ``staged``) as it was staged; an entry of the
+    user's there, a folder, or a staged file changed since, is first set aside in that folder."""
     rel = (folder / name).as_posix()
     with closing_fd(open_below(final_fd, folder.as_posix(), create=True)) as target_fd:
         there = lstat_at(target_fd, name)
-        if there is not None and (rel not in staged or stat.S_ISDIR(there.st_mode)):
-            with closing_fd(open_below(final_fd, f"{aside_name}/{folder}", create=True)) as keep:
-                if lstat_at(keep, name) is None:
-                    os.rename(name, name, src_dir_fd=target_fd, dst_dir_fd=keep)
-                    aside.append(rel)
+        if there is not None and (
+            rel not in staged or stat.S_ISDIR(there.st_mode) or changed_since_staged(staged[rel], there)
+        ):
+            if not _set_aside(target_fd, folder, name, suffix, done):  # never replaced: the job stops here
+                raise DestinationExists(f"{rel} is not the old output as staged, and could not be set aside")
         os.rename(name, name, src_dir_fd=dir_fd, dst_dir_fd=target_fd)
 
 
@@ -205,41 +332,54 @@ def _same_subfolder_access(modes: dict[str, os.stat_result], new_fd: int) -> Non
             _same_access(modes[rel], sub_fd)
 
 
-def _carry_over(old_fd: int, new_fd: int, staged: set[str]) -> tuple[list[str], int]:
-    """Move the entries of folder ``old_fd`` that are not in ``staged`` into folder ``new_fd`` at the same
-    relative path (no overwrite, no symlink followed): files, symlinks (to folders too), and empty folders
-    (made again). Folders made for them are made 0700; then every subfolder of the new folder that the old
-    one had takes the old one's permission bits and group (:func:`_same_subfolder_access`): a subfolder the
-    user made private stays private, the new output's own too. Returns the moved paths and the number of
-    entries that had to stay."""
-    moved: list[str] = []
-    kept = 0
+def _carry_over(
+    old_fd: int, new_fd: int, staged: Mapping[str, Mapping[str, Any]], suffix: str
+) -> tuple[Swapped, int]:
+    """Move the entries of folder ``old_fd`` that are not its unchanged output into folder ``new_fd`` at
+    the same relative path (never replacing anything, no symlink followed): files, symlinks (to folders
+    too), and empty folders (made again); a staged file changed since (:func:`changed_since_staged`), or
+    an entry whose name the new output has, under a set-aside name. Folders made for them are made 0700;
+    then every subfolder of the new folder that the old one had takes the old one's permission bits and
+    group (:func:`_same_subfolder_access`): a subfolder the user made private stays private, the new
+    output's own too. Returns what was moved and the number of entries that had to stay."""
+    done = Swapped()
     modes: dict[str, os.stat_result] = {}
     for dirpath, dirs, files, dir_fd in os.fwalk(".", dir_fd=old_fd):
         folder = PurePosixPath(dirpath)
         if folder != PurePosixPath("."):
             modes[folder.as_posix()] = os.fstat(dir_fd)
-        links = [d for d in dirs if (st := lstat_at(dir_fd, d)) is not None and stat.S_ISLNK(st.st_mode)]
-        entries = [n for n in [*files, *links] if (folder / n).as_posix() not in staged]
         if not files and not dirs and folder != PurePosixPath("."):  # an empty folder of the user's
             try:
                 os.close(open_below(new_fd, folder.as_posix(), create=True, mode=0o700))
-                moved.append(f"{folder.as_posix()}/")
-            except PathNotAllowed:
-                kept += 1
+                done.moved.append(f"{folder.as_posix()}/")
+            except (PathNotAllowed, OSError):
+                done.left.append(f"{folder.as_posix()}/")
             continue
-        for name in entries:
+        links = [d for d in dirs if (st := lstat_at(dir_fd, d)) is not None and stat.S_ISLNK(st.st_mode)]
+        for name in [*files, *links]:
             rel = (folder / name).as_posix()
+            if rel in staged and not changed_since_staged(staged[rel], lstat_at(dir_fd, name)):
+                continue  # the old output as it was staged: it goes with the old folder
             try:
-                target_fd = open_below(new_fd, folder.as_posix(), create=True, mode=0o700)
-            except PathNotAllowed:
-                kept += 1
-                continue
-            with closing_fd(target_fd):
-                if lstat_at(target_fd, name) is not None:
-                    kept += 1
-                    continue
-                os.rename(name, name, src_dir_fd=dir_fd, dst_dir_fd=target_fd)
-                moved.append(rel)
+                _carry_one(dir_fd, folder, name, new_fd, suffix, staged=rel in staged, done=done)
+            except (PathNotAllowed, DestinationExists, OSError):  # EACCES, ENOENT (gone meanwhile)
+                done.left.append(rel)
     _same_subfolder_access(modes, new_fd)
-    return moved, kept
+    return done, len(done.left)
+
+
+def _carry_one(
+    dir_fd: int, folder: PurePosixPath, name: str, new_fd: int, suffix: str, *, staged: bool, done: Swapped
+) -> None:
+    """Move entry ``name`` of ``dir_fd`` (folder ``folder`` of the old output) to the same folder below
+    ``new_fd``, never replacing anything there: under its own name when it was never staged output
+    (``staged`` False) and the name is free there, else under the first set-aside name free there.
+    Raises :class:`PathNotAllowed` (the folder is not one there), ``DestinationExists`` (no name left)
+    or ``OSError`` when it cannot be moved."""
+    rel = (folder / name).as_posix()
+    with closing_fd(open_below(new_fd, folder.as_posix(), create=True, mode=0o700)) as target_fd:
+        if not staged and rename_noreplace_at(dir_fd, name, name, into=target_fd):
+            done.moved.append(rel)
+            return
+        new_name = set_aside_at(dir_fd, name, suffix, into=target_fd)
+    done.set_aside[rel] = (folder / new_name).as_posix()

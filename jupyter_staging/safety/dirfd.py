@@ -319,15 +319,16 @@ def set_aside_name(name: str, suffix: str, attempt: int = 1) -> str:
     return _name_with(f"_{name}", tail)
 
 
-def set_aside_at(dir_fd: int, name: str, suffix: str) -> str:
+def set_aside_at(dir_fd: int, name: str, suffix: str, *, into: int | None = None) -> str:
     """Rename entry ``name`` of ``dir_fd`` (a symlink itself, never its target) to the first name of
-    :func:`set_aside_name` (``_<name>.set-aside-<suffix>``, ``...-2``, ...) that nothing has in the folder;
-    returns that name. Nothing is removed: a file set aside before keeps its name. Raises
+    :func:`set_aside_name` (``_<name>.set-aside-<suffix>``, ``...-2``, ...) that nothing has in the folder
+    (or in folder ``into``, where it is moved to: the same file system); returns that name. Nothing is
+    removed: a file set aside before keeps its name. Raises
     :class:`~jupyter_staging.errors.DestinationExists` when :data:`SET_ASIDE_TRIES` names are all taken,
-    ``OSError`` when the rename fails (``EACCES``)."""
+    ``OSError`` when the rename fails (``EACCES``; ``ENOENT``: ``name`` is gone)."""
     for attempt in range(1, SET_ASIDE_TRIES + 1):
         new_name = check_name(set_aside_name(name, suffix, attempt))
-        if rename_noreplace_at(dir_fd, name, new_name):
+        if rename_noreplace_at(dir_fd, name, new_name, into=into):
             return new_name
     raise DestinationExists(f"{name}: {SET_ASIDE_TRIES} files set aside already; not set aside again")
 
@@ -349,26 +350,27 @@ _renameat2 = _load_renameat2()
 RENAME_NOREPLACE = 1
 
 
-def rename_noreplace_at(dir_fd: int, name: str, new_name: str) -> bool:
-    """Rename entry ``name`` of ``dir_fd`` (a symlink itself) to ``new_name`` in the same folder unless
-    something has that name: True when renamed, False when ``new_name`` was taken. One atomic
-    ``renameat2(2)`` with ``RENAME_NOREPLACE`` (Linux 3.15; ext4, XFS, Btrfs, tmpfs); where the kernel or
-    the file system has no such flag (``ENOSYS``, ``EINVAL``: NFS, for one), a container's seccomp
-    filter refuses the call (``EPERM``; a real ``EPERM`` is raised by the rename after) or the C library
-    has no such call, ``new_name`` is checked with ``lstat`` first and then renamed: a file made at
-    ``new_name`` between the two would be replaced. Raises ``OSError`` when the rename fails otherwise
-    (``ENOENT``: ``name`` is gone; ``EACCES``)."""
+def rename_noreplace_at(dir_fd: int, name: str, new_name: str, *, into: int | None = None) -> bool:
+    """Rename entry ``name`` of ``dir_fd`` (a symlink itself) to ``new_name`` in the same folder (or in
+    folder ``into``: the same file system) unless something has that name: True when renamed, False when
+    ``new_name`` was taken. One atomic ``renameat2(2)`` with ``RENAME_NOREPLACE`` (Linux 3.15; ext4, XFS,
+    Btrfs, tmpfs); where the kernel or the file system has no such flag (``ENOSYS``, ``EINVAL``: NFS, for
+    one), a container's seccomp filter refuses the call (``EPERM``; a real ``EPERM`` is raised by the
+    rename after) or the C library has no such call, ``new_name`` is checked with ``lstat`` first and then
+    renamed: a file made at ``new_name`` between the two would be replaced. Raises ``OSError`` when the
+    rename fails otherwise (``ENOENT``: ``name`` is gone; ``EACCES``)."""
+    target_fd = dir_fd if into is None else into
     if _renameat2 is not None:
-        if _renameat2(dir_fd, os.fsencode(name), dir_fd, os.fsencode(new_name), RENAME_NOREPLACE) == 0:
+        if _renameat2(dir_fd, os.fsencode(name), target_fd, os.fsencode(new_name), RENAME_NOREPLACE) == 0:
             return True
         code = ctypes.get_errno()
         if code == errno.EEXIST:
             return False
         if code not in (errno.ENOSYS, errno.EINVAL, errno.EPERM):  # EPERM: a seccomp filter without it
             raise OSError(code, os.strerror(code), name)
-    if lstat_at(dir_fd, new_name) is not None:
+    if lstat_at(target_fd, new_name) is not None:
         return False
-    os.rename(name, new_name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    os.rename(name, new_name, src_dir_fd=dir_fd, dst_dir_fd=target_fd)
     return True
 
 

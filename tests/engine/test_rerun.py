@@ -29,6 +29,7 @@ from jupyter_staging.engine.models import CreateJob
 from jupyter_staging.engine.parts import CTIME_SLACK_NS, owner_tag
 from jupyter_staging.engine.runner import JobRunner
 from jupyter_staging.errors import DestinationExists
+from jupyter_staging.safety.dirfd import set_aside_name
 from jupyter_staging.sources.registry import open_source
 from tests.helpers.data import KEPLER, SPITZER, TESS, latin1_past_inference, sha256, wait_until
 from tests.helpers.servers import RangeHTTPServer
@@ -597,7 +598,8 @@ def test_the_users_part_files_are_listed_for_each_table_and_a_resumed_older_job_
 def test_a_failed_jobs_leftovers_are_replaced_and_the_users_file_in_its_way_is_kept(manager, tmp_path):
     """A folder copy failed on the user's own file where its last file goes; the request is run again with
     that file still there: the whole folder is staged and swapped in, and the user's file, which the failed
-    job never wrote, is kept aside (``.replaced-<id8>``), never taken for the job's output and dropped."""
+    job never wrote, is kept beside the new one as ``_last.bin.set-aside-<id8>``, never taken for the job's
+    output and dropped (before, it stayed in a hidden ``.replaced-<id8>`` folder beside the destination)."""
     source = tmp_path / "lcs"
     (source / "zz").mkdir(parents=True)
     for i in range(3):
@@ -611,8 +613,8 @@ def test_a_failed_jobs_leftovers_are_replaced_and_the_users_file_in_its_way_is_k
     again, created = run(manager, source=str(source), destination="out")
     assert created and again["state"] == "succeeded", again["error"]
     assert sha256(out / "zz" / "last.bin") == sha256(source / "zz" / "last.bin")
-    (aside,) = [p for p in manager.root_dir.iterdir() if p.name.startswith(".replaced-")]
-    assert (aside / "zz" / "last.bin").read_text() == "the user's"
+    assert sorted(p.name for p in manager.root_dir.iterdir()) == ["out"]
+    assert (out / "zz" / set_aside_name("last.bin", again["id"][:8])).read_text() == "the user's"
 
 
 def test_a_users_file_at_a_copied_outputs_part_name_is_set_aside_and_logged(manager, tmp_path):

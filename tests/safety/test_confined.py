@@ -99,9 +99,10 @@ def test_swap_in_refuses_a_parent_swapped_for_a_link(layout: tuple[Path, Path]) 
             root,
             "staging/run",
             "staging/.swap",
-            staged_before={"a.txt"},
+            staged_before={"a.txt": {}},
             staged_now={"a.txt"},
             aside_name=".aside",
+            suffix="0123abcd",
         )
     assert snapshot(outside) == before
 
@@ -115,10 +116,11 @@ def swap_in_a_new_a_txt(root: Path) -> list[str]:
         root,
         "staging/run",
         "staging/.swap",
-        staged_before={"a.txt"},
+        staged_before={"a.txt": {}},
         staged_now={"a.txt"},
         aside_name=".aside",
-    )
+        suffix="0123abcd",
+    ).moved
 
 
 def test_swap_in_carries_over_user_files_by_descriptor(layout: tuple[Path, Path]) -> None:
@@ -217,9 +219,10 @@ def test_swap_in_gives_each_subfolder_the_access_the_user_gave_it(layout: tuple[
         root,
         "staging/run",
         "staging/.swap",
-        staged_before={"sector1/a.fits", "sector2/a.fits"},
+        staged_before=dict.fromkeys(["sector1/a.fits", "sector2/a.fits"], {}),
         staged_now={"sector1/a.fits", "sector2/a.fits"},
         aside_name=".aside",
+        suffix="0123abcd",
     )
     got = {
         sub: ((run / sub).stat().st_mode & 0o7777, (run / sub).stat().st_gid)
@@ -254,8 +257,8 @@ import json, os, sys
 from pathlib import Path
 from jupyter_staging.engine.swap import swap_in
 root = Path(sys.argv[1])
-staged = {"sector/a.fits"}
-swap_in(root, "run", ".swap", staged_before=staged, staged_now=staged, aside_name=".aside")
+staged = {"sector/a.fits": {}}
+swap_in(root, "run", ".swap", staged_before=staged, staged_now=set(staged), aside_name=".aside", suffix="1")
 seen = {p: [os.stat(root / p).st_mode & 0o7777, os.stat(root / p).st_gid] for p in ("run", "run/sector")}
 print(json.dumps(seen))
 """
@@ -320,9 +323,10 @@ def test_a_merge_into_a_mount_point_run_again_half_way_keeps_the_new_files(layou
         root,
         "mp",
         "mp/.staging-1",
-        staged_before={"a.txt", "b.txt"},
+        staged_before={"a.txt": {}, "b.txt": {}},
         staged_now={"a.txt", "c.txt"},
         aside_name=".replaced-1",
+        suffix="0123abcd",
     )
     assert {p.name: p.read_bytes() for p in final.iterdir()} == {
         "a.txt": b"new a",
