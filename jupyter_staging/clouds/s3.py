@@ -230,11 +230,18 @@ def stated_checksums(meta: Mapping[str, Any]) -> dict[str, str]:
         if hexed:
             found[algorithm] = hexed
     etag = str(meta.get("ETag") or "").strip('"')
-    encryption = str(meta.get("ServerSideEncryption") or "")
-    plain_etag = not encryption.startswith("aws:kms") and not meta.get("SSECustomerAlgorithm")
-    if "ContentLength" in meta and plain_etag and _MD5_ETAG_RE.fullmatch(etag):
+    if "ContentLength" in meta and etag_may_be_md5(meta) and _MD5_ETAG_RE.fullmatch(etag):
         found["md5"] = etag.lower()
     return found
+
+
+def etag_may_be_md5(meta: Mapping[str, Any]) -> bool:
+    """Whether the ETag of an object (a ``head_object`` / ``get_object`` answer ``meta``) may be made of
+    MD5s: the object's MD5 (one PutObject), or the MD5 of its parts' MD5s with ``-<parts>`` (a multipart
+    upload). Not for an object encrypted with SSE-KMS or SSE-C, whose ETags are not MD5s (the S3 API
+    Reference, "Object"; MinIO's ETag rules say the same)."""
+    encryption = str(meta.get("ServerSideEncryption") or "")
+    return not encryption.startswith("aws:kms") and not meta.get("SSECustomerAlgorithm")
 
 
 _BOTOCORE_MISMATCH_RE = re.compile(r"Expected checksum (\S+) did not match calculated checksum: (\S+)")

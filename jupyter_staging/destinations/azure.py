@@ -35,6 +35,7 @@ from jupyter_staging.destinations.objectstore import (
     ObjectStoreDestination,
     checked_prefix,
     file_digests,
+    file_sha256,
     manifest_body,
     presign_seconds,
 )
@@ -188,9 +189,9 @@ class AzureDestination(ObjectStoreDestination):
         ``upload_blob`` with ``validate_content`` (the service checks each Put Blob / Put Block body
         against its MD5) and ``max_concurrency`` blocks at once above :attr:`single_put_size`; the hex
         sha256 is stored as the blob's ``sha256`` metadata. Afterwards the blob must have ``size``
-        bytes and, for a single-shot upload, the stored Content-MD5 (where the service keeps one) must
-        be the file's MD5 and the file's SHA-256 ``sha256``; a mismatch deletes the blob and raises
-        :class:`VerificationFailed`. Pause and cancel stop a running upload within one block (its
+        bytes, the file's SHA-256 must be ``sha256`` and, for a single-shot upload, the stored
+        Content-MD5 (where the service keeps one) must be the file's MD5; a mismatch deletes the blob and
+        raises :class:`VerificationFailed`. Pause and cancel stop a running upload within one block (its
         uncommitted blocks are discarded by the service) and raise :class:`JobInterrupted`. Other
         failures raise :class:`TransferFailed` (see :meth:`errors`).
         """
@@ -209,11 +210,13 @@ class AzureDestination(ObjectStoreDestination):
                         max_concurrency=UPLOAD_CONCURRENCY,
                     )
                 props = client.get_blob_properties()
-            self._verify(props, opened, name, size, sha256)
+            self._verify(props, opened, name, size, sha256, control)
         self.drop_local(local)
         return self.chunk_path(rel)
 
-    def _verify(self, props: Any, local: Path, name: str, size: int, sha256: str) -> None:
+    def _verify(
+        self, props: Any, local: Path, name: str, size: int, sha256: str, control: JobControl
+    ) -> None:
         problem = None
         if int(props.size) != size:
             problem = f"{props.size} bytes stored, {size} sent"
@@ -224,7 +227,10 @@ class AzureDestination(ObjectStoreDestination):
                 problem = "the stored MD5 differs from the file's"
             elif sha != sha256:
                 problem = "the file's SHA-256 differs from the one recorded"
-        # Block uploads: each block's MD5 was checked by the service; only the size is compared here.
+        elif file_sha256(local, control.check) != sha256:
+            # Block uploads: each block's MD5 was checked by the service against the bytes read from the
+            # file, which must still be the file staged (the blob's own MD5, where kept, is of the blocks).
+            problem = "the file's SHA-256 differs from the one recorded"
         if problem:
             self.reject(name, problem)
 

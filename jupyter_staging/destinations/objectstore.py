@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 from jupyter_staging.destinations.base import Destination, make_private_dir, remove_tree_if_empty, within
 from jupyter_staging.destinations.manifest import manifest_bytes
 from jupyter_staging.errors import InvalidRequest, PathNotAllowed, TransferFailed, VerificationFailed
+from jupyter_staging.safety.copying import block_buffer, fd_digests
 from jupyter_staging.safety.dirfd import READ_FLAGS, open_existing
 from jupyter_staging.safety.partfile import BLOCK_SIZE
 
@@ -75,6 +76,45 @@ def file_digests(path: Path) -> tuple[bytes, str]:
             md5.update(block)
             sha.update(block)
     return md5.digest(), sha.hexdigest()
+
+
+def file_sha256(path: Path, check: Callable[[], None] | None = None) -> str:
+    """The hex SHA-256 of the file at ``path``, read once into a reused buffer; ``check`` (a job's
+    :meth:`~jupyter_staging.safety.control.JobControl.check`) is called before each block, so a pause or
+    cancel stops the read. Raises ``OSError``, and what ``check`` raises."""
+    with open(path, "rb", buffering=0) as fh:
+        return fd_digests(fh.fileno(), ("sha256",), check)["sha256"]
+
+
+def file_part_digests(
+    path: Path, part_size: int, algorithm: str, check: Callable[[], None] | None = None
+) -> tuple[list[bytes], str]:
+    """The ``algorithm`` (``"sha256"``, ``"md5"``) digest of each part of a file as a multipart upload cut
+    it (``part_size`` bytes each, the last one shorter; one part for an empty file), and the hex SHA-256 of
+    the whole file, read once into a reused buffer (``check`` called before each block, as in
+    :func:`file_sha256`). Raises ``OSError``, and what ``check`` raises."""
+    parts: list[bytes] = []
+    whole = hashlib.sha256()
+    view = block_buffer()
+    with open(path, "rb", buffering=0) as fh:
+        while True:
+            part = hashlib.new(algorithm, usedforsecurity=False)
+            left = part_size
+            while left:
+                if check is not None:
+                    check()
+                n = os.readv(fh.fileno(), [view[: min(len(view), left)]])
+                if not n:
+                    break
+                part.update(view[:n])
+                whole.update(view[:n])
+                left -= n
+            if left == part_size and parts:  # the end of the file, at a part's boundary
+                break
+            parts.append(part.digest())
+            if left:  # a short part: the last one
+                break
+    return parts, whole.hexdigest()
 
 
 class ObjectStoreDestination(Destination):

@@ -11,17 +11,26 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
+from botocore.exceptions import BotoCoreError, ClientError
 
-from jupyter_staging.clouds.s3 import S3Errors, bucket_exists, parse_s3_uri, presign_object, shared_s3_client
+from jupyter_staging.clouds.s3 import (
+    S3Errors,
+    bucket_exists,
+    etag_may_be_md5,
+    parse_s3_uri,
+    presign_object,
+    shared_s3_client,
+)
 from jupyter_staging.destinations.manifest import MANIFEST_NAME
 from jupyter_staging.destinations.objectstore import (
     UPLOAD_CHUNKSIZE,
@@ -30,6 +39,8 @@ from jupyter_staging.destinations.objectstore import (
     ObjectStoreDestination,
     checked_prefix,
     file_digests,
+    file_part_digests,
+    file_sha256,
     manifest_body,
     presign_seconds,
 )
@@ -39,8 +50,56 @@ from jupyter_staging.safety.control import JobControl
 #: Keys deleted by one DeleteObjects request (the service's limit).
 DELETE_BATCH = 1000
 
+log = logging.getLogger(__name__)
+
 _BUCKET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 _MD5_ETAG_RE = re.compile(r'"?([0-9a-f]{32})"?')
+_MULTIPART_ETAG_RE = re.compile(r'"?([0-9a-f]{32})-([0-9]+)"?')
+
+
+def _digest_of(parts: list[bytes], algorithm: str) -> bytes:
+    """The ``algorithm`` digest of the parts' digests, end to end: a multipart object's composite checksum
+    (``"sha256"``) or the MD5 of its ETag (``"md5"``)."""
+    return hashlib.new(algorithm, b"".join(parts), usedforsecurity=False).digest()
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def _compared_parts(head: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """For a multipart object (HeadObject answer ``head``): the algorithm of the parts' digests its
+    stated checksum is made of (``"sha256"`` for a composite ``ChecksumSHA256``, ``"md5"`` for an ETag of
+    MD5s; None for a full-object checksum, or nothing usable stated) and the ``-<parts>`` it states."""
+    stated = str(head.get("ChecksumSHA256") or "")
+    if stated:
+        algorithm = None if head.get("ChecksumType") == "FULL_OBJECT" else "sha256"
+        return algorithm, (stated.rpartition("-")[2] if "-" in stated else None)
+    etag = _MULTIPART_ETAG_RE.fullmatch(str(head.get("ETag") or ""))
+    if etag and etag_may_be_md5(head):
+        return "md5", etag.group(2)
+    return None, None
+
+
+def _stated_problem(
+    head: Mapping[str, Any], algorithm: str | None, parts: list[bytes], sha256: str
+) -> str | None:
+    """What the store states of a multipart object (``head``) against the file: its hex ``sha256`` for a
+    full-object checksum, the digests of its ``parts`` (by ``algorithm``, :func:`_compared_parts`) for a
+    composite checksum or an ETag of MD5s; None when they agree, or when there is nothing to compare."""
+    stated = str(head.get("ChecksumSHA256") or "")
+    if stated and algorithm is None:
+        return None if stated == _b64(bytes.fromhex(sha256)) else "the stored SHA-256 differs from the file's"
+    if not parts:
+        return None
+    if algorithm == "sha256":
+        if stated.split("-")[0] != _b64(_digest_of(parts, "sha256")):
+            return "the stored composite SHA-256 differs from the one of the file's parts"
+        return None
+    etag = _MULTIPART_ETAG_RE.fullmatch(str(head.get("ETag") or ""))
+    if etag and etag.group(1) != _digest_of(parts, "md5").hex():
+        return "the stored multipart ETag differs from the one of the file's parts"
+    return None
 
 
 def s3_job_prefix(destination: str, job_id: str) -> str:
@@ -130,10 +189,11 @@ class S3Destination(ObjectStoreDestination):
         The upload carries ``ChecksumAlgorithm=SHA256`` (the store checks each PutObject / UploadPart
         body against it) and the hex sha256 as ``x-amz-meta-sha256``. Afterwards a HeadObject
         (``ChecksumMode=ENABLED``) must report ``size`` bytes and, for a single-part upload, the same
-        SHA-256 (or, from a store without checksums, an MD5 ETag equal to the file's MD5); a mismatch
-        deletes the object and raises :class:`VerificationFailed`. Pause and cancel stop a running upload
-        (an unfinished multipart upload is aborted) and raise :class:`JobInterrupted`. Other failures
-        raise :class:`TransferFailed` (see :meth:`errors`).
+        SHA-256 (or, from a store without checksums, an MD5 ETag equal to the file's MD5); for a multipart
+        upload, the file's SHA-256 and what the store states of the object (:meth:`_multipart_problem`). A
+        mismatch deletes the object and raises :class:`VerificationFailed`. Pause and cancel stop a running
+        upload (an unfinished multipart upload is aborted) and raise :class:`JobInterrupted`. Other
+        failures raise :class:`TransferFailed` (see :meth:`errors`).
         """
         key = self.key(rel)
         extra: dict[str, Any] = {"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": sha256}}
@@ -143,7 +203,7 @@ class S3Destination(ObjectStoreDestination):
             with self.errors(self.locator(key)):
                 self._upload(opened, key, extra, control)
                 head = self.client().head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
-            self._verify(head, opened, key, size, sha256)
+            self._verify(head, opened, key, size, sha256, control)
         self.drop_local(local)
         return self.chunk_path(rel)
 
@@ -159,7 +219,9 @@ class S3Destination(ObjectStoreDestination):
                 future.result()
         control.check()
 
-    def _verify(self, head: dict[str, Any], local: Path, key: str, size: int, sha256: str) -> None:
+    def _verify(
+        self, head: dict[str, Any], local: Path, key: str, size: int, sha256: str, control: JobControl
+    ) -> None:
         problem = None
         if int(head.get("ContentLength", -1)) != size:
             problem = f"{head.get('ContentLength')} bytes stored, {size} sent"
@@ -169,12 +231,62 @@ class S3Destination(ObjectStoreDestination):
             if checksum:
                 if checksum != base64.b64encode(bytes.fromhex(sha256)).decode():
                     problem = "the stored SHA-256 differs from the file's"
-            elif etag and etag.group(1) != file_digests(local)[0].hex():
+            elif etag and etag_may_be_md5(head) and etag.group(1) != file_digests(local)[0].hex():
                 problem = "the stored MD5 (ETag) differs from the file's"
-        # Multipart: each UploadPart body was checked against its SHA-256 by the store; the object's
-        # checksum is then a checksum of the parts' checksums, so only the size is compared here.
+        else:
+            problem = self._multipart_problem(head, local, key, sha256, control.check)
         if problem:
             self.reject(key, problem)
+
+    def _multipart_problem(
+        self,
+        head: dict[str, Any],
+        local: Path,
+        key: str,
+        sha256: str,
+        check: Callable[[], None] | None = None,
+    ) -> str | None:
+        """What is wrong with the multipart upload of ``local`` (the object's HeadObject answer ``head``),
+        or None. The file must still be the one staged: its SHA-256 the recorded ``sha256``. Then what the
+        store states of the object, where it states something (the S3 User Guide, "Checking object
+        integrity"), must be the file's:
+
+        - a full-object ``ChecksumSHA256`` (``ChecksumType`` ``FULL_OBJECT``): the file's SHA-256;
+        - a composite one (the SHA-256 of the parts' SHA-256 digests, base64, ``-<parts>`` after it on
+          AWS): the one of the file's parts, cut at the part size the store gives for part 1 (HeadObject
+          ``PartNumber=1``: its ``ContentLength`` and ``PartsCount``);
+        - without a checksum, a multipart ETag of MD5s (``<hex MD5 of the parts' MD5 digests>-<parts>``;
+          not for SSE-KMS or SSE-C, :func:`~jupyter_staging.clouds.s3.etag_may_be_md5`): the file parts'.
+
+        A store that gives no parts count that fits the size and the ``-<parts>`` stated (it ignores
+        ``PartNumber``, or the HeadObject fails), or states neither, is checked by the file's SHA-256
+        only (logged). The file is read once; ``check`` is called before each block."""
+        algorithm, stated_parts = _compared_parts(head)
+        part_size = self._part_size(key, int(head["ContentLength"]), stated_parts) if algorithm else 0
+        parts: list[bytes] = []
+        if algorithm and part_size:
+            parts, whole = file_part_digests(local, part_size, algorithm, check)
+        else:
+            whole = file_sha256(local, check)
+            if algorithm or not head.get("ChecksumSHA256"):
+                log.info("%s: multipart upload checked by its size and the file's SHA-256 only", key)
+        if whole != sha256:
+            return "the file's SHA-256 differs from the one recorded"
+        return _stated_problem(head, algorithm, parts, sha256)
+
+    def _part_size(self, key: str, size: int, stated_parts: str | None) -> int:
+        """The size (bytes) of part 1 of multipart object ``key`` of ``size`` bytes, from a HeadObject with
+        ``PartNumber=1``; 0 when the store does not say, or says a ``PartsCount`` that does not fit the size
+        or the ``-<parts>`` it stated (``stated_parts``)."""
+        try:
+            first = self.client().head_object(Bucket=self.bucket, Key=key, PartNumber=1)
+        except (ClientError, BotoCoreError) as exc:  # a store that knows no PartNumber, say
+            log.info("%s: HeadObject of part 1 failed (%s)", key, type(exc).__name__)
+            return 0
+        part_size, count = int(first.get("ContentLength") or 0), int(first.get("PartsCount") or 0)
+        if part_size <= 0 or count != -(-size // part_size) or stated_parts not in (None, str(count)):
+            return 0
+        return part_size
 
     def discard(self, key: str) -> None:
         self.client().delete_object(Bucket=self.bucket, Key=key)
