@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from jupyter_staging.engine.manager import StagingManager
+from tests.helpers.data import KEPLER, SPITZER, TESS
 from tests.helpers.managers import manager_for
 
 
@@ -26,3 +28,13 @@ def manager(root: Path, tmp_path: Path) -> Iterator[StagingManager]:
     mgr = manager_for(tmp_path)
     yield mgr
     mgr.stop()
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    """Copies of the mission data the tests may change (``../shared/data`` is never modified)."""
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    for src in (KEPLER, SPITZER, TESS):
+        shutil.copyfile(src, folder / src.name)
+    return folder

@@ -36,16 +36,6 @@ from tests.helpers.servers import RangeHTTPServer
 from tests.helpers.space import small_file_system
 
 
-@pytest.fixture
-def archive(tmp_path: Path) -> Path:
-    """Copies of the mission data the tests may change (``../shared/data`` is never modified)."""
-    folder = tmp_path / "archive"
-    folder.mkdir()
-    for src in (KEPLER, SPITZER, TESS):
-        shutil.copyfile(src, folder / src.name)
-    return folder
-
-
 def run(manager: StagingManager, **body) -> tuple[dict, bool]:
     """Create a job from ``body`` and wait for it; returns (job JSON, created)."""
     job, created = manager.create(CreateJob(**body))

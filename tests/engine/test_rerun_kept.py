@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -21,7 +20,7 @@ import pytest
 from jupyter_staging.engine.swap import changed_since_staged, kept_lines, recorded_outputs, swap_in
 from jupyter_staging.safety.dirfd import NAME_MAX_BYTES, set_aside_name
 from tests.engine.test_rerun import log_text, run
-from tests.helpers.data import KEPLER, SPITZER, TESS, sha256
+from tests.helpers.data import KEPLER, SPITZER, sha256
 
 SUFFIX = "0123abcd"
 
@@ -223,16 +222,6 @@ def test_a_link_jobs_output_counts_as_changed_only_when_it_is_no_longer_the_link
 
 
 # -- through the engine -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def archive(tmp_path: Path) -> Path:
-    """Copies of the mission data the tests may change (``../shared/data`` is never modified)."""
-    folder = tmp_path / "archive"
-    folder.mkdir()
-    for src in (KEPLER, SPITZER, TESS):
-        shutil.copyfile(src, folder / src.name)
-    return folder
 
 
 def test_a_rerun_restores_an_edited_fits_file_and_keeps_the_users_version(manager, archive):
