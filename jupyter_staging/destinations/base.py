@@ -105,7 +105,8 @@ class Destination(abc.ABC):
         there is the user's. Returns the number of files (objects) deleted.
         ``chunk_bytes``: the size (bytes) each published chunk had (by chunk path); a local destination
         leaves a regular file of one name at a chunk's name whose size is another (the user replaced or
-        changed it: ``mv`` or an editor's save over it, an append)."""
+        changed it: ``mv`` or an editor's save over it, an append), or whose modification time is not the
+        one the job's own manifest recorded (edited in place at the same size)."""
 
     def folder_present(self) -> bool:
         """Whether the destination folder exists now (a local one; an object store has no folders: True),

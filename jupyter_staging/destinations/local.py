@@ -135,7 +135,8 @@ class LocalDestination(Destination):
         ``parts_tagged`` a ``.part`` is removed only when it is this job's
         (:func:`~jupyter_staging.safety.ownership.part_of_job`): a file the user put at such a name stays.
         With ``chunk_bytes`` a regular file of one name at a chunk's name whose size is not the chunk's
-        stays (the user's, put over the job's)."""
+        stays (the user's, put over the job's), and so does one whose modification time is not the one
+        this job's manifest recorded (edited in place at the same size: a FITS header updated)."""
         if not components(self.rel):
             return 0
         try:
@@ -179,6 +180,7 @@ class LocalDestination(Destination):
     ) -> int:
         """The work of :meth:`remove` inside the open destination folder ``dest_fd``."""
         owner = self.job_id if parts_tagged else None
+        mtimes = self._recorded_mtimes(dest_fd) if chunk_bytes and not keep_ready else {}
         removed = 0
         folders: set[tuple[str, ...]] = set()
         for rel, keep in [(p, keep_ready) for p in chunk_paths] + [(n, True) for n in item_names]:
@@ -187,7 +189,8 @@ class LocalDestination(Destination):
                 folders.add(tuple(parts[:-1]))
                 removed += _remove_parts_in(dest_fd, parts[:-1], owner, [parts[-1] + PART_SUFFIX])
                 if not keep:
-                    removed += _unlink_below(dest_fd, parts[:-1], parts[-1], chunk_bytes.get(rel))
+                    size = chunk_bytes.get(rel)
+                    removed += _unlink_below(dest_fd, parts[:-1], parts[-1], size, mtimes.get(rel))
         for out_dir in convert_dirs:
             parts = _parts(out_dir)
             if parts:
@@ -197,7 +200,7 @@ class LocalDestination(Destination):
         st = lstat_at(dest_fd, scratch)
         if st is not None and stat.S_ISDIR(st.st_mode):  # lstat: a symlink is not a folder
             shutil.rmtree(scratch, ignore_errors=True, dir_fd=dest_fd)  # type: ignore[call-arg]
-        if not keep_ready and self._own_manifest(dest_fd):
+        if not keep_ready and self._own_manifest(dest_fd) is not None:
             removed += _unlink_below(dest_fd, [], MANIFEST_NAME)
         for chain in sorted(folders, key=len, reverse=True):
             _rmdir_chain(dest_fd, list(chain))
@@ -225,14 +228,25 @@ class LocalDestination(Destination):
                     return 0
                 return int(unlink_if_names(folder, parts[-1], fd))
 
-    def _own_manifest(self, dest_fd: int) -> bool:
-        """True when ``manifest.json`` in ``dest_fd`` is a regular file written by this job."""
+    def _own_manifest(self, dest_fd: int) -> dict[str, Any] | None:
+        """The ``manifest.json`` in ``dest_fd`` (read by descriptor, never through a symlink) when it is a
+        regular file this job wrote; None otherwise."""
         try:
             data = read_file_at(dest_fd, MANIFEST_NAME)
             manifest = json.loads(data) if data is not None else None
         except (PathNotAllowed, ValueError, OSError):
-            return False
-        return isinstance(manifest, dict) and manifest.get("job_id") == self.job_id
+            return None
+        return manifest if isinstance(manifest, dict) and manifest.get("job_id") == self.job_id else None
+
+    def _recorded_mtimes(self, dest_fd: int) -> dict[str, int]:
+        """``{relative path: mtime_ns}`` of the files this job's manifest in ``dest_fd`` lists as it left
+        them (empty without one: a job that did not succeed)."""
+        objects = (self._own_manifest(dest_fd) or {}).get("objects") or []
+        return {
+            str(o["path"]): o["mtime_ns"]
+            for o in objects
+            if isinstance(o, dict) and "path" in o and isinstance(o.get("mtime_ns"), int)
+        }
 
 
 def _parts(rel: str) -> list[str]:
@@ -243,9 +257,12 @@ def _parts(rel: str) -> list[str]:
         return []
 
 
-def _unlink_below(dest_fd: int, folder: list[str], name: str, size: int | None = None) -> int:
+def _unlink_below(
+    dest_fd: int, folder: list[str], name: str, size: int | None = None, mtime_ns: int | None = None
+) -> int:
     """Remove ``folder/name`` below ``dest_fd`` (1) or nothing (0), by descriptor; with ``size`` (bytes), a
-    regular file of one name and another size stays (0)."""
+    regular file of one name and another size, or (with ``mtime_ns``, the time the job's manifest
+    recorded) another modification time, stays (0): changed since the job left it."""
     try:
         fd = open_below(dest_fd, PurePosixPath(*folder))
     except (FileNotFoundError, PathNotAllowed):
@@ -255,8 +272,9 @@ def _unlink_below(dest_fd: int, folder: list[str], name: str, size: int | None =
             st = lstat_at(fd, name)
             # One name only: a file with others is a link the job made (a re-run's reused output, whose
             # other name the user may have appended to), removed by name as before.
-            if st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_size != size:
-                return 0
+            if st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                if st.st_size != size or (mtime_ns is not None and st.st_mtime_ns != mtime_ns):
+                    return 0
         return int(unlink_at(fd, name))
     finally:
         os.close(fd)

@@ -10,6 +10,7 @@ A real :class:`StagingManager` in this process (SQLite in ``tmp_path``), local f
 from __future__ import annotations
 
 import os
+import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 from jupyter_staging.engine.lifecycle import utcnow
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, JobState
-from tests.helpers.data import wait_until
+from tests.helpers.data import KEPLER, TESS, wait_until
 from tests.helpers.servers import RangeHTTPServer
 
 
@@ -143,6 +144,27 @@ def test_a_file_the_user_saved_over_a_ready_chunk_outlives_the_cleanup(manager: 
     assert manager.sweep(utcnow() + timedelta(seconds=120)) == [job.id]
     assert [p.name for p in out.iterdir()] == ["a.bin"]
     assert (out / "a.bin").read_bytes() == b"the user's edited a.bin"
+
+
+def test_a_staged_fits_file_edited_in_place_outlives_the_ttl(manager: StagingManager, root: Path):
+    """A staged FITS file whose header the user updated in place (astropy ``mode="update"``: the same
+    size, a new modification time) is no longer the job's file: the TTL sweep keeps it, and removes the
+    untouched one and the manifest. Before, a file of the chunk's size was removed by its name."""
+    from astropy.io import fits
+
+    (root / "src").mkdir()
+    for src in (KEPLER, TESS):
+        shutil.copyfile(src, root / "src" / src.name)
+    request = CreateJob(source=str(root / "src"), destination="out", ttl_seconds=60)
+    job, _ = manager.create(request)
+    assert manager.wait(job.id, timeout=60).state == JobState.succeeded
+    edited = root / "out" / KEPLER.name
+    with fits.open(edited, mode="update") as hdul:
+        hdul[0].header["OBSERVER"] = "someone"
+    assert edited.stat().st_size == KEPLER.stat().st_size
+    assert manager.sweep(utcnow() + timedelta(seconds=120)) == [job.id]
+    assert [p.name for p in (root / "out").iterdir()] == [KEPLER.name]
+    assert fits.getheader(edited)["OBSERVER"] == "someone"
 
 
 def test_delete_on_ack_keeps_a_file_the_user_saved_over_the_chunk(manager: StagingManager, root: Path):
