@@ -180,7 +180,8 @@ class LocalDestination(Destination):
     ) -> int:
         """The work of :meth:`remove` inside the open destination folder ``dest_fd``."""
         owner = self.job_id if parts_tagged else None
-        mtimes = self._recorded_mtimes(dest_fd) if chunk_bytes and not keep_ready else {}
+        manifest = self._own_manifest(dest_fd) if not keep_ready else None
+        mtimes = _recorded_mtimes(manifest) if chunk_bytes else {}
         removed = 0
         folders: set[tuple[str, ...]] = set()
         for rel, keep in [(p, keep_ready) for p in chunk_paths] + [(n, True) for n in item_names]:
@@ -200,7 +201,7 @@ class LocalDestination(Destination):
         st = lstat_at(dest_fd, scratch)
         if st is not None and stat.S_ISDIR(st.st_mode):  # lstat: a symlink is not a folder
             shutil.rmtree(scratch, ignore_errors=True, dir_fd=dest_fd)  # type: ignore[call-arg]
-        if not keep_ready and self._own_manifest(dest_fd) is not None:
+        if manifest is not None:
             removed += _unlink_below(dest_fd, [], MANIFEST_NAME)
         for chain in sorted(folders, key=len, reverse=True):
             _rmdir_chain(dest_fd, list(chain))
@@ -238,15 +239,16 @@ class LocalDestination(Destination):
             return None
         return manifest if isinstance(manifest, dict) and manifest.get("job_id") == self.job_id else None
 
-    def _recorded_mtimes(self, dest_fd: int) -> dict[str, int]:
-        """``{relative path: mtime_ns}`` of the files this job's manifest in ``dest_fd`` lists as it left
-        them (empty without one: a job that did not succeed)."""
-        objects = (self._own_manifest(dest_fd) or {}).get("objects") or []
-        return {
-            str(o["path"]): o["mtime_ns"]
-            for o in objects
-            if isinstance(o, dict) and "path" in o and isinstance(o.get("mtime_ns"), int)
-        }
+
+def _recorded_mtimes(manifest: dict[str, Any] | None) -> dict[str, int]:
+    """``{relative path: mtime_ns}`` of the files a job's ``manifest`` lists, as the job left them when it
+    ended (empty without one: a job that did not succeed; a manifest of an earlier version has none)."""
+    objects = (manifest or {}).get("objects") or []
+    return {
+        str(o["path"]): o["mtime_ns"]
+        for o in objects
+        if isinstance(o, dict) and "path" in o and isinstance(o.get("mtime_ns"), int)
+    }
 
 
 def _parts(rel: str) -> list[str]:
