@@ -7,6 +7,7 @@ brings one :class:`~jupyter_staging.sources.base.SourceItem` to a published, ver
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -87,6 +88,10 @@ class ItemStager(LinkingWriter, PartOwnership, ResumeBook):
         #: the chunks found at the start by the first :meth:`_new_chunk` or :meth:`_holds_chunks` (after
         #: the run has its destination), then kept by :meth:`_new_chunk`. None until then.
         self._chunk_folders: set[str] | None = None
+        #: ``{relative path: mtime_ns}`` of the local files this run published, taken as each became
+        #: ready (:meth:`_note_published`): the manifest records these, not the time at the job's end, so
+        #: a file the user edits while the job still runs is not recorded as the job's.
+        self.published_mtimes: dict[str, int] = {}
 
     # -- callbacks from sources and converters ------------------------------------------------------
 
@@ -180,8 +185,22 @@ class ItemStager(LinkingWriter, PartOwnership, ResumeBook):
                 _add_folders(self._chunk_folders, self.dest.relative(chunk.path))
         return self._chunk_folders
 
+    def _note_published(self, fields: dict[str, Any]) -> None:
+        """Keep the ``mtime_ns`` of the local file a chunk marked ready (``fields``) names, in
+        :attr:`published_mtimes`: one ``lstat``; not for a link whose bytes were not read (``sha256``
+        None: its time is its source's)."""
+        path = fields.get("path")
+        if self.dest.remote or path is None or ("sha256" in fields and fields["sha256"] is None):
+            return
+        rel = self.dest.relative(str(path))
+        try:
+            self.published_mtimes[rel] = os.lstat(self.dest.workdir / rel).st_mtime_ns
+        except OSError:
+            pass
+
     def _chunk_ready(self, chunk: JobChunk, **fields: Any) -> None:
         """Mark ``chunk`` ready now (one transaction with any records waiting) and announce the job."""
+        self._note_published(fields)
         self.ledger.ready(chunk.id, {**fields, "state": READY})
         rec = self._flush_chunks(force=True, load_job=True)
         if rec is not None:
@@ -193,6 +212,7 @@ class ItemStager(LinkingWriter, PartOwnership, ResumeBook):
         """Mark ``chunk`` ready with the next batch (its bytes are durable already: fsynced, or a link
         whose folder the batch fsyncs first); ``folder`` (holding its new name) is fsynced before it.
         ``synced``: its name is durable already too (:meth:`ChunkLedger.ready`)."""
+        self._note_published(fields)
         self.ledger.ready(chunk.id, {**fields, "state": READY}, folder=folder, synced=synced)
         if self.ledger.due():
             self._flush_chunks()

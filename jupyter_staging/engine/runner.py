@@ -384,7 +384,9 @@ class JobRunner(TableSpreadStager):
                 obj["fingerprint"] = fingerprints[item]
             if self.dest.remote:
                 obj["uri"] = c.path
-            else:  # its modification time as the job left it: a re-run finds a file edited since
+            elif path in self.published_mtimes:  # its modification time as published: a re-run, and a
+                obj["mtime_ns"] = self.published_mtimes[path]  # cleanup, find a file edited since
+            else:  # published by an earlier run of the job (a restart): its time now
                 with contextlib.suppress(OSError):
                     obj["mtime_ns"] = os.lstat(self.dest.workdir / path).st_mtime_ns
             if c.entry is not None:

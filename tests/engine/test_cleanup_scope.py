@@ -167,6 +167,40 @@ def test_a_staged_fits_file_edited_in_place_outlives_the_ttl(manager: StagingMan
     assert fits.getheader(edited)["OBSERVER"] == "someone"
 
 
+@pytest.mark.parametrize("policy", ["retain", "delete_on_success"])
+def test_a_ready_file_edited_while_the_job_still_runs_outlives_the_cleanup(
+    manager: StagingManager, root: Path, tmp_path: Path, policy: str
+):
+    """The user updates a FITS header of an entry already ready while another entry still downloads
+    (throttled): the manifest records the time the file had when it was published, not the edited one,
+    so the TTL sweep, or the ``delete_on_success`` policy at the job's end, keeps the edit (and a re-run
+    would see it changed)."""
+    from astropy.io import fits
+
+    (tmp_path / "local").mkdir()
+    shutil.copyfile(KEPLER, tmp_path / "local" / KEPLER.name)
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "big.bin").write_bytes(os.urandom(3_000_000))
+    with RangeHTTPServer(tmp_path / "web", throttle_bytes_per_s=1_500_000) as http:
+        entries = {"k": str(tmp_path / "local" / KEPLER.name), "big": http.url("big.bin")}
+        request = CreateJob(manifest=entries, destination="out", ttl_seconds=60, cleanup_policy=policy)
+        job, _ = manager.create(request)
+        edited = root / "out" / "k" / KEPLER.name
+        wait_until(
+            lambda: any(c.state == "ready" and c.entry == "k" for c in manager.chunks(job.id)), timeout=30
+        )
+        assert manager.get(job.id).state == JobState.running
+        with fits.open(edited, mode="update") as hdul:
+            hdul[0].header["OBSERVER"] = "someone"
+        assert manager.wait(job.id, timeout=60).state == JobState.succeeded
+    if policy == "retain":
+        assert manager.sweep(utcnow() + timedelta(seconds=120)) == [job.id]
+    assert [p.relative_to(root / "out").as_posix() for p in (root / "out").rglob("*") if p.is_file()] == [
+        f"k/{KEPLER.name}"
+    ]
+    assert fits.getheader(edited)["OBSERVER"] == "someone"
+
+
 def test_delete_on_ack_keeps_a_file_the_user_saved_over_the_chunk(manager: StagingManager, root: Path):
     """Under ``delete_on_ack`` the ack removes the chunk's file, not a file of another size the user put at
     its name; the job's own ``b.bin`` still goes at its ack."""
