@@ -202,8 +202,8 @@ def swap_in(
     fs.rename(final, aside, sync=False)
     fs.rename(new, final)
     with fs.folder(aside) as old_fd, fs.folder(final) as new_fd:
-        done, kept = _carry_over(old_fd, new_fd, staged_before, suffix)
-    if not kept:
+        done = _carry_over(old_fd, new_fd, staged_before, suffix)
+    if not done.left:
         fs.remove_tree(aside)
     return done
 
@@ -332,16 +332,14 @@ def _same_subfolder_access(modes: dict[str, os.stat_result], new_fd: int) -> Non
             _same_access(modes[rel], sub_fd)
 
 
-def _carry_over(
-    old_fd: int, new_fd: int, staged: Mapping[str, Mapping[str, Any]], suffix: str
-) -> tuple[Swapped, int]:
+def _carry_over(old_fd: int, new_fd: int, staged: Mapping[str, Mapping[str, Any]], suffix: str) -> Swapped:
     """Move the entries of folder ``old_fd`` that are not its unchanged output into folder ``new_fd`` at
     the same relative path (never replacing anything, no symlink followed): files, symlinks (to folders
     too), and empty folders (made again); a staged file changed since (:func:`changed_since_staged`), or
     an entry whose name the new output has, under a set-aside name. Folders made for them are made 0700;
     then every subfolder of the new folder that the old one had takes the old one's permission bits and
     group (:func:`_same_subfolder_access`): a subfolder the user made private stays private, the new
-    output's own too. Returns what was moved and the number of entries that had to stay."""
+    output's own too. Returns what was moved, and what had to stay (``Swapped.left``)."""
     done = Swapped()
     modes: dict[str, os.stat_result] = {}
     for dirpath, dirs, files, dir_fd in os.fwalk(".", dir_fd=old_fd):
@@ -365,7 +363,7 @@ def _carry_over(
             except (PathNotAllowed, DestinationExists, OSError):  # EACCES, ENOENT (gone meanwhile)
                 done.left.append(rel)
     _same_subfolder_access(modes, new_fd)
-    return done, len(done.left)
+    return done
 
 
 def _carry_one(
