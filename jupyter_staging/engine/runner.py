@@ -386,7 +386,7 @@ class JobRunner(TableSpreadStager):
                 obj["uri"] = c.path
             elif path in self.published_mtimes:  # its modification time as published: a re-run, and a
                 obj["mtime_ns"] = self.published_mtimes[path]  # cleanup, find a file edited since
-            else:  # published by an earlier run of the job (a restart): its time now
+            else:  # published by an earlier run of the job (before a pause or a restart): its time now
                 with contextlib.suppress(OSError):
                     obj["mtime_ns"] = os.lstat(self.dest.workdir / path).st_mtime_ns
             if c.entry is not None:
