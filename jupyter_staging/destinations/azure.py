@@ -35,7 +35,6 @@ from jupyter_staging.destinations.objectstore import (
     ObjectStoreDestination,
     checked_prefix,
     file_digests,
-    file_sha256,
     manifest_body,
     presign_seconds,
 )
@@ -47,6 +46,7 @@ from jupyter_staging.errors import (
     VerificationFailed,
 )
 from jupyter_staging.safety.control import JobControl
+from jupyter_staging.safety.copying import file_digest
 
 #: Azure files above this size (bytes) are uploaded in blocks (Put Block + Put Block List).
 AZURE_SINGLE_PUT_SIZE = UPLOAD_MULTIPART_THRESHOLD
@@ -227,7 +227,7 @@ class AzureDestination(ObjectStoreDestination):
                 problem = "the stored MD5 differs from the file's"
             elif sha != sha256:
                 problem = "the file's SHA-256 differs from the one recorded"
-        elif file_sha256(local, control.check) != sha256:
+        elif file_digest(local, "sha256", control.check) != sha256:
             # Block uploads: each block's MD5 was checked by the service against the bytes read from the
             # file, which must still be the file staged (the blob's own MD5, where kept, is of the blocks).
             problem = "the file's SHA-256 differs from the one recorded"

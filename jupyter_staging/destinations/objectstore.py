@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 from jupyter_staging.destinations.base import Destination, make_private_dir, remove_tree_if_empty, within
 from jupyter_staging.destinations.manifest import manifest_bytes
 from jupyter_staging.errors import InvalidRequest, PathNotAllowed, TransferFailed, VerificationFailed
-from jupyter_staging.safety.copying import block_buffer, fd_digests
+from jupyter_staging.safety.copying import block_buffer
 from jupyter_staging.safety.dirfd import READ_FLAGS, open_existing
 from jupyter_staging.safety.partfile import BLOCK_SIZE
 
@@ -78,21 +78,13 @@ def file_digests(path: Path) -> tuple[bytes, str]:
     return md5.digest(), sha.hexdigest()
 
 
-def file_sha256(path: Path, check: Callable[[], None] | None = None) -> str:
-    """The hex SHA-256 of the file at ``path``, read once into a reused buffer; ``check`` (a job's
-    :meth:`~jupyter_staging.safety.control.JobControl.check`) is called before each block, so a pause or
-    cancel stops the read. Raises ``OSError``, and what ``check`` raises."""
-    with open(path, "rb", buffering=0) as fh:
-        return fd_digests(fh.fileno(), ("sha256",), check)["sha256"]
-
-
 def file_part_digests(
     path: Path, part_size: int, algorithm: str, check: Callable[[], None] | None = None
 ) -> tuple[list[bytes], str]:
     """The ``algorithm`` (``"sha256"``, ``"md5"``) digest of each part of a file as a multipart upload cut
     it (``part_size`` bytes each, the last one shorter; one part for an empty file), and the hex SHA-256 of
     the whole file, read once into a reused buffer (``check`` called before each block, as in
-    :func:`file_sha256`). Raises ``OSError``, and what ``check`` raises."""
+    :func:`~jupyter_staging.safety.copying.file_digest`). Raises ``OSError``, and what ``check`` raises."""
     parts: list[bytes] = []
     whole = hashlib.sha256()
     view = block_buffer()

@@ -40,12 +40,12 @@ from jupyter_staging.destinations.objectstore import (
     checked_prefix,
     file_digests,
     file_part_digests,
-    file_sha256,
     manifest_body,
     presign_seconds,
 )
 from jupyter_staging.errors import InvalidRequest, TransferFailed, VerificationFailed
 from jupyter_staging.safety.control import JobControl
+from jupyter_staging.safety.copying import file_digest
 
 #: Keys deleted by one DeleteObjects request (the service's limit).
 DELETE_BATCH = 1000
@@ -267,7 +267,7 @@ class S3Destination(ObjectStoreDestination):
         if algorithm and part_size:
             parts, whole = file_part_digests(local, part_size, algorithm, check)
         else:
-            whole = file_sha256(local, check)
+            whole = file_digest(local, "sha256", check)
             if algorithm or not head.get("ChecksumSHA256"):
                 log.info("%s: multipart upload checked by its size and the file's SHA-256 only", key)
         if whole != sha256:

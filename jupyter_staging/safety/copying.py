@@ -34,12 +34,14 @@ def block_buffer() -> memoryview:
     return view
 
 
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
+def file_digest(path: Path, algorithm: str = "sha256", check: Callable[[], None] | None = None) -> str:
     """The ``algorithm`` (``hashlib`` name) digest of the file at ``path``, lower-case hex: read
-    unbuffered into this thread's :func:`block_buffer` and hashed in place (no copy of a block).
-    Raises ``OSError`` when the file cannot be read."""
+    unbuffered into this thread's :func:`block_buffer` and hashed in place (no copy of a block);
+    ``check`` (a job's :meth:`~jupyter_staging.safety.control.JobControl.check`) is called before each
+    block, so a pause or cancel stops the read. Raises ``OSError`` when the file cannot be read, and what
+    ``check`` raises."""
     with open(path, "rb", buffering=0) as fh:
-        return fd_digest(fh.fileno(), algorithm)
+        return fd_digests(fh.fileno(), (algorithm,), check)[algorithm]
 
 
 def fd_digest(fd: int, algorithm: str = "sha256") -> str:
