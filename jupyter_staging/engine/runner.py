@@ -312,16 +312,17 @@ class JobRunner(TableSpreadStager):
                 with self._lock:  # what it recorded is kept for a run after a crash half-way
                     swap["before"] = staged_before
                     self._save_resume()
+        aside_name = f".replaced-{self.job_id[:8]}"
         done = swap_in(
             self._swap_root(),
             rec.destination,
             swap["into"],
             staged_before=staged_before,
             staged_now={self.dest.relative(c.path) for c in self.store.list_chunks(self.job_id)},
-            aside_name=f".replaced-{self.job_id[:8]}",
+            aside_name=aside_name,
             suffix=self.job_id[:8],
         )
-        aside = PurePosixPath(rec.destination).parent / f".replaced-{self.job_id[:8]}"
+        aside = PurePosixPath(rec.destination).parent / aside_name
         where = rec.destination if staged_inside(rec.destination, swap["into"]) else aside.as_posix()
         for level, message in kept_lines(done, set(staged_before), where):
             self._log(level, message)
