@@ -27,6 +27,7 @@ from jupyter_staging.clouds.azure import (
     read_sas_url,
     require_sdk,
 )
+from jupyter_staging.destinations.base import PublishedFile
 from jupyter_staging.destinations.manifest import MANIFEST_NAME
 from jupyter_staging.destinations.objectstore import (
     UPLOAD_CHUNKSIZE,
@@ -271,7 +272,7 @@ class AzureDestination(ObjectStoreDestination):
 
     # -- removing ----------------------------------------------------------------------------------
 
-    def remove_chunk(self, chunk_path: str, size: int | None = None) -> bool:
+    def remove_chunk(self, chunk_path: str, published: PublishedFile | None = None) -> bool:
         """Delete one blob of this job; False when it was gone already."""
         name = self.key_of(chunk_path)
         with self.errors(chunk_path, missing_ok=True) as errors:
@@ -288,7 +289,7 @@ class AzureDestination(ObjectStoreDestination):
         keep_folder: bool = False,
         parts_tagged: bool = False,
         unrecorded: Sequence[str] = (),
-        chunk_bytes: Mapping[str, int] | None = None,
+        chunk_files: Mapping[str, PublishedFile] | None = None,
     ) -> int:
         """Delete the scratch folder; unless ``keep_ready``, also every blob below ``prefix/<job_id>/``
         (listed, then deleted in blob batches of :data:`AZURE_DELETE_BATCH`) — never anything outside

@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.confined import Confined
@@ -26,6 +26,16 @@ from jupyter_staging.safety.privatedir import check_own_folder, check_private_fo
 
 #: Name of the folder, inside the staging folder, holding the scratch folders of object-store jobs.
 SCRATCH_FOLDER = ".staging-scratch"
+
+
+class PublishedFile(NamedTuple):
+    """How a job left one of its local output files when it published it (its chunk's record): ``size``
+    in bytes and ``mtime_ns`` (ns since the epoch; None when not recorded). A regular file of one name at
+    its path that differs in either was changed since (the user's: saved over, appended to, edited in place
+    at the same size, such as a FITS header updated), and cleaning up leaves it."""
+
+    size: int
+    mtime_ns: int | None = None
 
 
 class Destination(abc.ABC):
@@ -74,10 +84,10 @@ class Destination(abc.ABC):
         """The stored manifest, or None when there is none (yet)."""
 
     @abc.abstractmethod
-    def remove_chunk(self, chunk_path: str, size: int | None = None) -> bool:
+    def remove_chunk(self, chunk_path: str, published: PublishedFile | None = None) -> bool:
         """Delete one published output file (``delete_on_ack``); True when something was deleted. With
-        ``size`` (bytes, the chunk's), a local regular file of one name and another size at the name stays
-        (the user's)."""
+        ``published`` (the chunk's size and time), a local regular file of one name that is not as the job
+        published it stays (the user's)."""
 
     @abc.abstractmethod
     def remove(
@@ -90,7 +100,7 @@ class Destination(abc.ABC):
         keep_folder: bool = False,
         parts_tagged: bool = False,
         unrecorded: Sequence[str] = (),
-        chunk_bytes: Mapping[str, int] | None = None,
+        chunk_files: Mapping[str, PublishedFile] | None = None,
     ) -> int:
         """Delete what the job wrote: partial and scratch files always, its published output and manifest
         unless ``keep_ready``; a local destination folder left empty is removed too, unless ``keep_folder``
@@ -103,10 +113,11 @@ class Destination(abc.ABC):
         (:func:`~jupyter_staging.safety.ownership.taken_back`: published in the instant before the run
         stopped and not recorded: a cancel that abandoned a finished Dask task, a crash); any other file
         there is the user's. Returns the number of files (objects) deleted.
-        ``chunk_bytes``: the size (bytes) each published chunk had (by chunk path); a local destination
+        ``chunk_files``: how the job published each chunk's file (by chunk path); a local destination
         leaves a regular file of one name at a chunk's name whose size is another (the user replaced or
         changed it: ``mv`` or an editor's save over it, an append), or whose modification time is not the
-        one the job's own manifest recorded (edited in place at the same size)."""
+        one recorded (edited in place at the same size): the chunk's, else the one the job's own manifest
+        recorded (chunks recorded before migration 0007)."""
 
     def folder_present(self) -> bool:
         """Whether the destination folder exists now (a local one; an object store has no folders: True),

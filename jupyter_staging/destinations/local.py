@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from jupyter_staging.destinations.base import Destination, scratch_dir
+from jupyter_staging.destinations.base import Destination, PublishedFile, scratch_dir
 from jupyter_staging.destinations.manifest import MANIFEST_NAME, manifest_bytes, read_manifest
 from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.control import JobControl
@@ -104,16 +104,17 @@ class LocalDestination(Destination):
     def read_manifest(self) -> dict[str, Any] | None:
         return read_manifest(self.workdir)
 
-    def remove_chunk(self, chunk_path: str, size: int | None = None) -> bool:
+    def remove_chunk(self, chunk_path: str, published: PublishedFile | None = None) -> bool:
         """Delete output file ``chunk_path`` (relative to the folder) by descriptor; a symlink is removed,
-        never followed; with ``size`` (bytes), a regular file of one name and another size stays (the
-        user's, put over the job's). Raises :class:`PathNotAllowed` when a folder on the way is a symlink."""
+        never followed; with ``published``, a regular file of one name of another size or modification
+        time stays (the user's, put over the job's or edited). Raises :class:`PathNotAllowed` when a folder
+        on the way is a symlink."""
         parts = components(chunk_path)
         if not parts:
             return False
         try:
             with folder_fd(self.root_dir, PurePosixPath(self.rel)) as fd:
-                return bool(_unlink_below(fd, parts[:-1], parts[-1], size))
+                return bool(_unlink_below(fd, parts[:-1], parts[-1], published))
         except FileNotFoundError:
             return False
 
@@ -127,16 +128,17 @@ class LocalDestination(Destination):
         keep_folder: bool = False,
         parts_tagged: bool = False,
         unrecorded: Sequence[str] = (),
-        chunk_bytes: Mapping[str, int] | None = None,
+        chunk_files: Mapping[str, PublishedFile] | None = None,
     ) -> int:
         """Only entries inside the destination folder are touched, by descriptor from the root; a symlink
         is removed, never followed. A destination equal to the root, missing, or reached through a symlink
         is left alone (0). The folder itself is removed when left empty, unless ``keep_folder``. With
         ``parts_tagged`` a ``.part`` is removed only when it is this job's
         (:func:`~jupyter_staging.safety.ownership.part_of_job`): a file the user put at such a name stays.
-        With ``chunk_bytes`` a regular file of one name at a chunk's name whose size is not the chunk's
+        With ``chunk_files`` a regular file of one name at a chunk's name whose size is not the chunk's
         stays (the user's, put over the job's), and so does one whose modification time is not the one
-        this job's manifest recorded (edited in place at the same size: a FITS header updated)."""
+        recorded: the chunk's, else the one this job's manifest recorded (edited in place at the same size:
+        a FITS header updated)."""
         if not components(self.rel):
             return 0
         try:
@@ -151,7 +153,7 @@ class LocalDestination(Destination):
                 convert_dirs,
                 keep_ready=keep_ready,
                 parts_tagged=parts_tagged,
-                chunk_bytes=chunk_bytes or {},
+                chunk_files=chunk_files or {},
             )
             if not keep_ready:
                 removed += sum(self._remove_if_published(dest_fd, rel) for rel in unrecorded)
@@ -176,12 +178,12 @@ class LocalDestination(Destination):
         *,
         keep_ready: bool,
         parts_tagged: bool,
-        chunk_bytes: Mapping[str, int],
+        chunk_files: Mapping[str, PublishedFile],
     ) -> int:
         """The work of :meth:`remove` inside the open destination folder ``dest_fd``."""
         owner = self.job_id if parts_tagged else None
         manifest = self._own_manifest(dest_fd) if not keep_ready else None
-        mtimes = _recorded_mtimes(manifest) if chunk_bytes else {}
+        mtimes = _recorded_mtimes(manifest) if chunk_files else {}
         removed = 0
         folders: set[tuple[str, ...]] = set()
         for rel, keep in [(p, keep_ready) for p in chunk_paths] + [(n, True) for n in item_names]:
@@ -190,8 +192,10 @@ class LocalDestination(Destination):
                 folders.add(tuple(parts[:-1]))
                 removed += _remove_parts_in(dest_fd, parts[:-1], owner, [parts[-1] + PART_SUFFIX])
                 if not keep:
-                    size = chunk_bytes.get(rel)
-                    removed += _unlink_below(dest_fd, parts[:-1], parts[-1], size, mtimes.get(rel))
+                    published = chunk_files.get(rel)
+                    if published is not None and published.mtime_ns is None and rel in mtimes:
+                        published = published._replace(mtime_ns=mtimes[rel])
+                    removed += _unlink_below(dest_fd, parts[:-1], parts[-1], published)
         for out_dir in convert_dirs:
             parts = _parts(out_dir)
             if parts:
@@ -241,8 +245,9 @@ class LocalDestination(Destination):
 
 
 def _recorded_mtimes(manifest: dict[str, Any] | None) -> dict[str, int]:
-    """``{relative path: mtime_ns}`` of the files a job's ``manifest`` lists, as the job left them when it
-    ended (empty without one: a job that did not succeed; a manifest of an earlier version has none)."""
+    """``{relative path: mtime_ns}`` of the files a job's ``manifest`` lists: the times of chunks recorded
+    before migration 0007, which have none of their own (empty without a manifest: a job that did not
+    succeed; a manifest of an earlier version has none)."""
     objects = (manifest or {}).get("objects") or []
     return {
         str(o["path"]): o["mtime_ns"]
@@ -259,23 +264,21 @@ def _parts(rel: str) -> list[str]:
         return []
 
 
-def _unlink_below(
-    dest_fd: int, folder: list[str], name: str, size: int | None = None, mtime_ns: int | None = None
-) -> int:
-    """Remove ``folder/name`` below ``dest_fd`` (1) or nothing (0), by descriptor; with ``size`` (bytes), a
-    regular file of one name and another size, or (with ``mtime_ns``, the time the job's manifest
-    recorded) another modification time, stays (0): changed since the job left it."""
+def _unlink_below(dest_fd: int, folder: list[str], name: str, published: PublishedFile | None = None) -> int:
+    """Remove ``folder/name`` below ``dest_fd`` (1) or nothing (0), by descriptor; with ``published``, a
+    regular file of one name of another size, or (when recorded) another modification time, stays (0):
+    changed since the job published it."""
     try:
         fd = open_below(dest_fd, PurePosixPath(*folder))
     except (FileNotFoundError, PathNotAllowed):
         return 0
     try:
-        if size is not None:
+        if published is not None:
             st = lstat_at(fd, name)
             # One name only: a file with others is a link the job made (a re-run's reused output, whose
             # other name the user may have appended to), removed by name as before.
             if st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-                if st.st_size != size or (mtime_ns is not None and st.st_mtime_ns != mtime_ns):
+                if st.st_size != published.size or published.mtime_ns not in (None, st.st_mtime_ns):
                     return 0
         return int(unlink_at(fd, name))
     finally:

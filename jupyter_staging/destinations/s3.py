@@ -31,6 +31,7 @@ from jupyter_staging.clouds.s3 import (
     presign_object,
     shared_s3_client,
 )
+from jupyter_staging.destinations.base import PublishedFile
 from jupyter_staging.destinations.manifest import MANIFEST_NAME
 from jupyter_staging.destinations.objectstore import (
     UPLOAD_CHUNKSIZE,
@@ -320,7 +321,7 @@ class S3Destination(ObjectStoreDestination):
 
     # -- removing ----------------------------------------------------------------------------------
 
-    def remove_chunk(self, chunk_path: str, size: int | None = None) -> bool:
+    def remove_chunk(self, chunk_path: str, published: PublishedFile | None = None) -> bool:
         """DeleteObject of one chunk of this job."""
         key = self.key_of(chunk_path)
         with self.errors(chunk_path):
@@ -337,7 +338,7 @@ class S3Destination(ObjectStoreDestination):
         keep_folder: bool = False,
         parts_tagged: bool = False,
         unrecorded: Sequence[str] = (),
-        chunk_bytes: Mapping[str, int] | None = None,
+        chunk_files: Mapping[str, PublishedFile] | None = None,
     ) -> int:
         """Delete the scratch folder and abort unfinished multipart uploads below the job prefix; unless
         ``keep_ready``, also delete every object below ``prefix/<job_id>/`` (ListObjectsV2 +

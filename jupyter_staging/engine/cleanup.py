@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jupyter_staging.destinations.base import Destination
+from jupyter_staging.destinations.base import Destination, PublishedFile
 from jupyter_staging.engine.folders import parts_tagged
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.models import LINK_METHODS, ChunkState
@@ -59,18 +59,28 @@ def remove_job_output(host: JobHost, rec: JobRecord, *, keep_ready: bool) -> int
         keep_folder=not resume.get(MADE_DESTINATION, True),  # jobs recorded before this key: as before
         parts_tagged=parts_tagged(resume),
         unrecorded=pending,
-        chunk_bytes=published_sizes(rec, published, destination),
+        chunk_files=published_files(rec, published, destination),
     )
 
 
-def published_sizes(rec: JobRecord, published: list[ChunkRecord], destination: Destination) -> dict[str, int]:
-    """The size (bytes) of each published chunk's file by its path relative to ``destination``: a file of
-    one name and another size at its name is the user's (:meth:`Destination.remove`'s ``chunk_bytes``).
-    Empty for a link job: a hard link's size follows its source's (appended to since), a symlink is
-    removed as a link whatever it names."""
+def published_files(
+    rec: JobRecord, published: list[ChunkRecord], destination: Destination
+) -> dict[str, PublishedFile]:
+    """How job ``rec`` published each chunk's file, by its path relative to ``destination``: a file of
+    one name and another size or time at its name is the user's (:meth:`Destination.remove`'s
+    ``chunk_files``). Empty for a link job (:func:`published_file`)."""
     if rec.method in LINK_METHODS:
         return {}
-    return {destination.relative(c.path): c.bytes for c in published if c.bytes is not None}
+    return {destination.relative(c.path): f for c in published if (f := published_file(rec, c)) is not None}
+
+
+def published_file(rec: JobRecord, chunk: ChunkRecord) -> PublishedFile | None:
+    """How job ``rec`` published ``chunk``'s file (its size in bytes and modification time), or None when
+    nothing tells: a link job's (a hard link's size follows its source's, appended to since; a symlink is
+    removed as a link whatever it names), or a chunk without a size."""
+    if rec.method in LINK_METHODS or chunk.bytes is None:
+        return None
+    return PublishedFile(chunk.bytes, chunk.mtime_ns)
 
 
 def published_chunks(rec: JobRecord, chunks: list[ChunkRecord]) -> list[ChunkRecord]:

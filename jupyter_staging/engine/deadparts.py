@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from jupyter_staging.destinations.base import Destination, remove_tree_if_empty
+from jupyter_staging.destinations.base import Destination, PublishedFile, remove_tree_if_empty
 from jupyter_staging.engine.models import DONE_STATES, ChunkState
 from jupyter_staging.engine.parts import published_since
 from jupyter_staging.engine.schema import JobChunk
@@ -69,7 +69,8 @@ class DeadParts:
             self._save_changes()  # a part's record waiting in the ledger is read below, not written after
             parts = [c for c in self._table_parts(name, out_rel) if c.state in DONE_STATES]
             for chunk in parts:
-                self.dest.remove_chunk(chunk.path, chunk.bytes)
+                published = PublishedFile(chunk.bytes, chunk.mtime_ns) if chunk.bytes is not None else None
+                self.dest.remove_chunk(chunk.path, published)
                 self.store.update_chunk(chunk.id, state=ChunkState.expired.value)
                 removed, rows = removed + 1, rows + int(chunk.rows or 0)
             with self._lock:

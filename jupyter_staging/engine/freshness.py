@@ -91,6 +91,12 @@ def every_listed_item(resume: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from entry.get("items") or []
 
 
+def fingerprints_of(resume: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{item name: fingerprint}`` (its validator: size, mtime, inode, ETag...) of every item a job
+    listed, from its resume data."""
+    return {i["name"]: i.get("validator") or {} for i in every_listed_item(resume)}
+
+
 @dataclass
 class Freshness:
     """The outcome of comparing an earlier job's sources with what they are now.
@@ -162,6 +168,19 @@ def output_as_staged(st: os.stat_result, obj: Mapping[str, Any]) -> bool:
     if obj.get("size") is not None and not stat.S_ISLNK(st.st_mode) and st.st_size != obj["size"]:
         return False
     return obj.get("mtime_ns") is None or st.st_mtime_ns == obj["mtime_ns"]
+
+
+def reusable_output(path: Path, obj: Mapping[str, Any]) -> os.stat_result | None:
+    """The ``lstat`` of staged output ``path`` when a re-run may take it as it is: a regular file of the
+    recorded ``size`` (bytes) that is still as the job left it (:func:`output_as_staged`: not edited in
+    place since); None when it is gone, no regular file, of no recorded size, or changed."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or obj.get("size") is None or not output_as_staged(st, obj):
+        return None
+    return st
 
 
 def outputs_present(folder: Path, manifest: dict[str, Any]) -> bool:

@@ -88,10 +88,6 @@ class ItemStager(LinkingWriter, PartOwnership, ResumeBook):
         #: the chunks found at the start by the first :meth:`_new_chunk` or :meth:`_holds_chunks` (after
         #: the run has its destination), then kept by :meth:`_new_chunk`. None until then.
         self._chunk_folders: set[str] | None = None
-        #: ``{relative path: mtime_ns}`` of the local files this run published, taken as each became
-        #: ready (:meth:`_note_published`): the manifest records these, not the time at the job's end, so
-        #: a file the user edits while the job still runs is not recorded as the job's.
-        self.published_mtimes: dict[str, int] = {}
 
     # -- callbacks from sources and converters ------------------------------------------------------
 
@@ -186,15 +182,16 @@ class ItemStager(LinkingWriter, PartOwnership, ResumeBook):
         return self._chunk_folders
 
     def _note_published(self, fields: dict[str, Any]) -> None:
-        """Keep the ``mtime_ns`` of the local file a chunk marked ready (``fields``) names, in
-        :attr:`published_mtimes`: one ``lstat``; not for a link whose bytes were not read (``sha256``
-        None: its time is its source's)."""
+        """Add to ``fields`` (of a chunk marked ready) the ``mtime_ns`` of the local file it names (one
+        ``lstat``), recorded with the chunk (:attr:`~jupyter_staging.engine.schema.ChunkRecord.mtime_ns`):
+        a file the user edits later, while the job still runs or after a restart, is then not taken for
+        the job's. Not for a link whose bytes were not read (``sha256`` None: its time is its source's)
+        nor an object in a store."""
         path = fields.get("path")
         if self.dest.remote or path is None or ("sha256" in fields and fields["sha256"] is None):
             return
-        rel = self.dest.relative(str(path))
         try:
-            self.published_mtimes[rel] = os.lstat(self.dest.workdir / rel).st_mtime_ns
+            fields["mtime_ns"] = os.lstat(self.dest.workdir / self.dest.relative(str(path))).st_mtime_ns
         except OSError:
             pass
 

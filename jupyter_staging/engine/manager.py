@@ -20,6 +20,7 @@ from typing import Any
 from jupyter_staging.destinations.base import Destination, remove_tree_if_empty, scratch_root_of
 from jupyter_staging.destinations.registry import is_object_destination
 from jupyter_staging.engine.admission import Admission, default_name
+from jupyter_staging.engine.cleanup import published_file
 from jupyter_staging.engine.describe import decode_cursor, describe_chunk, encode_cursor
 from jupyter_staging.engine.executors import (
     DEFAULT_CONCURRENT_ITEMS,
@@ -30,7 +31,6 @@ from jupyter_staging.engine.executors import (
 from jupyter_staging.engine.expansion import DEFAULT_MAX_UNPACKED_BYTES
 from jupyter_staging.engine.lifecycle import JobLifecycle, echo_event, log
 from jupyter_staging.engine.models import (
-    LINK_METHODS,
     ChunkState,
     CreateJob,
     DescribeChunk,
@@ -400,9 +400,8 @@ class StagingManager(JobLifecycle):
         if chunk.state == ChunkState.ready.value:
             chunk = self.store.update_chunk(chunk.id, state=ChunkState.acked.value) or chunk
             self.log_event(job_id, "info", f"chunk {index} acknowledged")
-            size = None if rec.method in LINK_METHODS else chunk.bytes  # see published_sizes
             on_ack = rec.cleanup_policy == "delete_on_ack"
-            if on_ack and self.destination_of(rec).remove_chunk(chunk.path, size):
+            if on_ack and self.destination_of(rec).remove_chunk(chunk.path, published_file(rec, chunk)):
                 self.log_event(job_id, "info", f"chunk {index} deleted on ack: {chunk.path}")
             self.announce(self._record(job_id, owner))
         return describe_chunk(chunk)

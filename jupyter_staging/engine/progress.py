@@ -178,8 +178,9 @@ class ChunkLedger:
                 unready = [
                     row for row in new.values() if row.get("state") == ready and row["id"] not in batch.synced
                 ]
-                for row in unready:
+                for row in unready:  # not published as far as anyone may know: no time recorded either
                     row["state"] = ChunkState.pending.value
+                    row.pop("mtime_ns", None)
                 marked = sum(
                     1
                     for chunk_id, fields in updates.items()

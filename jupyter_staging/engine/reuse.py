@@ -11,14 +11,13 @@ recorded sha256 before it is published. It also gives the checksums an item's by
 from __future__ import annotations
 
 import os
-import stat
 import threading
 from pathlib import Path
 from typing import Any
 
 from jupyter_staging.destinations.manifest import read_manifest
 from jupyter_staging.engine.folders import DestinationWriter
-from jupyter_staging.engine.freshness import locator_identity, output_as_staged
+from jupyter_staging.engine.freshness import locator_identity, output_as_staged, reusable_output
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.staged import StagedIndex
 from jupyter_staging.errors import ChecksumMismatch, VerificationFailed
@@ -164,11 +163,7 @@ class ReusingWriter(DestinationWriter):
         if old is None or self.replaced_folder is None or not self._unchanged(item):
             return None
         src = self.replaced_folder / rel
-        try:
-            st = src.lstat()
-        except OSError:
-            return None
-        if not stat.S_ISREG(st.st_mode) or old.get("size") is None or not output_as_staged(st, old):
+        if reusable_output(src, old) is None:
             return None  # gone, replaced, edited since, or of no recorded size: staged again from the source
         try:
             self._link_into(src, final, symbolic=False)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import stat
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -30,7 +29,7 @@ from jupyter_staging.engine.collector import collector_paused
 from jupyter_staging.engine.deadparts import FOREIGN_PARTS_LISTED
 from jupyter_staging.engine.entries import error_of
 from jupyter_staging.engine.folders import PARTS_TAGGED, PUBLISHED_TAGS
-from jupyter_staging.engine.freshness import every_listed_item
+from jupyter_staging.engine.freshness import fingerprints_of
 from jupyter_staging.engine.models import DONE_STATES, LINK_METHODS, PENDING, ChunkState, JobState
 from jupyter_staging.engine.placement import UNFINISHED_STATES
 from jupyter_staging.engine.records import has_sealed, json_copy, without_sealed
@@ -38,7 +37,7 @@ from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.spreadtables import TableSpreadStager
 from jupyter_staging.engine.staged import RECENT, job_entries
 from jupyter_staging.engine.store import ChunkSummary, JobRecord, utcnow
-from jupyter_staging.engine.swap import kept_lines, recorded_outputs, staged_inside, swap_in
+from jupyter_staging.engine.swap import kept_lines, recorded_output, recorded_outputs, staged_inside, swap_in
 from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import JobInterrupted, PartiallyStaged, StagingError
 from jupyter_staging.safety.paths import check_output_name
@@ -307,7 +306,7 @@ class JobRunner(TableSpreadStager):
             old = read_manifest(self.replaced_folder) if self.replaced_folder is not None else None
             staged_before = recorded_outputs(old)
             if old is None and replaced is not None:  # a failed job's files, no manifest: what it published
-                staged_before |= dict.fromkeys(self._published_by(replaced), {})
+                staged_before |= self._published_by(replaced)
             if staged_inside(rec.destination, swap["into"]):  # a merge removes the old manifest first:
                 with self._lock:  # what it recorded is kept for a run after a crash half-way
                     swap["before"] = staged_before
@@ -338,37 +337,34 @@ class JobRunner(TableSpreadStager):
             self.host.log_event(replaced.id, "info", f"output replaced by job {self.job_id} ({why})")
             self.host.set_state(replaced.id, JobState.expired)
 
-    def _published_by(self, job: JobRecord) -> set[str]:
-        """The relative paths of the files failed job ``job`` published that are still as it left them in
-        the folder it failed in (a done chunk, the same size): a file of the user's with such a name is not
-        counted (it is kept when the new output is swapped in)."""
-        assert self.replaced_folder is not None
-        paths = set()
-        for chunk in self.store.list_chunks(job.id):
-            if chunk.state not in DONE_STATES:
-                continue
-            try:
-                st = os.lstat(self.replaced_folder / chunk.path)
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode) and (chunk.bytes is None or st.st_size == chunk.bytes):
-                paths.add(chunk.path)
-        return paths
+    def _published_by(self, job: JobRecord) -> dict[str, dict[str, Any]]:
+        """``{relative path: what tells it changed since}`` (:func:`recorded_output`) of the files failed
+        job ``job`` published (its done chunks), as it recorded them (size, time; for a hard link, the
+        inode of the source it listed): one the user changed since, or put at such a name, is kept when the
+        new output is swapped in."""
+        resume = job.resume or {}
+        outputs, fingerprints = resume.get("outputs") or {}, fingerprints_of(resume)
+        return {
+            chunk.path: recorded_output(
+                job.method,
+                chunk.bytes,
+                chunk.mtime_ns,
+                fingerprints.get(outputs.get(chunk.path, chunk.path), {}).get("inode"),
+            )
+            for chunk in self.store.list_chunks(job.id)
+            if chunk.state in DONE_STATES
+        }
 
     def _swap_root(self) -> Path:
         """The root folder of a replacing job: its scratch folder (``swap["into"]``, relative to the root,
         beside the destination or inside it) is the job's workdir until the swap."""
         return self.dest.workdir.parents[len(PurePosixPath(self.resume["swap"]["into"]).parts) - 1]
 
-    def _fingerprints(self) -> dict[str, dict[str, Any]]:
-        """``{item name: fingerprint}`` of every item the job listed."""
-        return {i["name"]: i.get("validator") or {} for i in every_listed_item(self.resume)}
-
     def _manifest_objects(self, staged: list[ChunkSummary]) -> list[dict[str, Any]]:
         """One manifest object per staged chunk: path (and URI), size in bytes, sha256, rows, type, the
         fingerprint of the source item it came from and, for a local output, its ``mtime_ns``."""
         objects = []
-        fingerprints = self._fingerprints()
+        fingerprints = fingerprints_of(self.resume)
         outputs = self.resume.get("outputs") or {}
         for c in staged:
             path = self.dest.relative(c.path)
@@ -385,9 +381,9 @@ class JobRunner(TableSpreadStager):
                 obj["fingerprint"] = fingerprints[item]
             if self.dest.remote:
                 obj["uri"] = c.path
-            elif path in self.published_mtimes:  # its modification time as published: a re-run, and a
-                obj["mtime_ns"] = self.published_mtimes[path]  # cleanup, find a file edited since
-            else:  # published by an earlier run of the job (before a pause or a restart): its time now
+            elif c.mtime_ns is not None:  # its modification time as published: a re-run, and a cleanup,
+                obj["mtime_ns"] = c.mtime_ns  # find a file edited since
+            else:  # recorded by a release before migration 0007: its time now
                 with contextlib.suppress(OSError):
                     obj["mtime_ns"] = os.lstat(self.dest.workdir / path).st_mtime_ns
             if c.entry is not None:

@@ -205,6 +205,10 @@ class ChunkRecord(Base):
     #: Why the chunk's entry failed (the chunk stays pending), else None.
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: The modification time (ns since the epoch) of the chunk's local file when the job published it
+    #: (migration 0007): a file whose time is another now was edited since, and a re-run or a cleanup keeps
+    #: it. None for a link whose bytes were not read, an object in a store, and chunks recorded before.
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 @dataclass(slots=True)
@@ -227,6 +231,7 @@ class ChunkRow:
     entry: str | None = None
     error_code: str | None = None
     error_message: str | None = None
+    mtime_ns: int | None = None
 
 
 #: A chunk as a job's run sees it: read from the database at its start (recovery), or made during it.
@@ -243,6 +248,7 @@ class ChunkSummary(NamedTuple):
     sha256: str | None
     content_type: str | None
     entry: str | None
+    mtime_ns: int | None
 
 
 class EventRecord(Base):

@@ -91,16 +91,26 @@ def recorded_outputs(manifest: Mapping[str, Any] | None) -> dict[str, dict[str, 
     job, whose link changes with its source, the source's ``inode`` the link shares; for a ``symlink``
     job, only that it is a link. Empty without a manifest."""
     method = (manifest or {}).get("method")
-    recorded: dict[str, dict[str, Any]] = {}
-    for obj in (manifest or {}).get("objects", []):
-        if method == "hardlink":
-            kept = {"link": "hardlink", "inode": (obj.get("fingerprint") or {}).get("inode")}
-        elif method == "symlink":
-            kept = {"link": "symlink"}
-        else:
-            kept = {key: obj[key] for key in ("size", "mtime_ns") if obj.get(key) is not None}
-        recorded[str(obj.get("path"))] = kept
-    return recorded
+    return {
+        str(obj.get("path")): recorded_output(
+            method, obj.get("size"), obj.get("mtime_ns"), (obj.get("fingerprint") or {}).get("inode")
+        )
+        for obj in (manifest or {}).get("objects", [])
+    }
+
+
+def recorded_output(
+    method: str | None, size: int | None, mtime_ns: int | None, inode: int | None = None
+) -> dict[str, Any]:
+    """What tells that one file a job of ``method`` staged changed since (:func:`changed_since_staged`):
+    its ``size`` (bytes) and ``mtime_ns`` as published (those known); for a ``hardlink`` job the source's
+    ``inode`` (None: unknown, then only a file that is no regular one any more counts as changed); for a
+    ``symlink`` job only that it is a link."""
+    if method == "hardlink":
+        return {"link": "hardlink", "inode": inode}
+    if method == "symlink":
+        return {"link": "symlink"}
+    return {key: value for key, value in (("size", size), ("mtime_ns", mtime_ns)) if value is not None}
 
 
 def changed_since_staged(recorded: Mapping[str, Any] | None, st: os.stat_result | None) -> bool:

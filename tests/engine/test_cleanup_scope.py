@@ -260,3 +260,83 @@ def test_a_reruns_reused_output_goes_with_its_cancel_even_when_the_live_file_gre
         assert manager.wait(rerun.id, timeout=60).state == JobState.cancelled
     assert not [p for p in root.rglob("*") if ".staging-" in str(p)]
     assert (root / "swap" / "sp" / "notes.csv").read_bytes() == b"x" * 1000 + b"my row\n"
+
+
+def _edit_fits_header(path: Path) -> None:
+    """Update a FITS header in place (astropy ``mode="update"``): the same size, a new modification time."""
+    from astropy.io import fits
+
+    size = path.stat().st_size
+    with fits.open(path, mode="update") as hdul:
+        hdul[0].header["OBSERVER"] = "someone"
+    assert path.stat().st_size == size
+
+
+def _observer(path: Path) -> str | None:
+    from astropy.io import fits
+
+    return fits.getheader(path).get("OBSERVER")
+
+
+@pytest.mark.parametrize("finish", ["resume", "cancel"])
+def test_a_file_edited_while_its_job_was_paused_outlives_the_cleanup(
+    manager: StagingManager, root: Path, tmp_path: Path, finish: str
+):
+    """The user updates the header of an entry published before the job was paused. Resumed, the job
+    records the time the file had when it was published (kept with its chunk, migration 0007), not the
+    edited one, so the TTL sweep keeps the edit; cancelled instead under ``delete_always`` (a cancelled
+    job's files go), the edited file stays too. Before, the manifest took the
+    time of a file published by an earlier run at the job's end, and a job without a manifest compared
+    sizes only: the edit was removed."""
+    (tmp_path / "local").mkdir()
+    shutil.copyfile(KEPLER, tmp_path / "local" / KEPLER.name)
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "big.bin").write_bytes(os.urandom(3_000_000))
+    with RangeHTTPServer(tmp_path / "web", throttle_bytes_per_s=1_000_000) as http:
+        entries = {"k": str(tmp_path / "local" / KEPLER.name), "big": http.url("big.bin")}
+        policy = "retain" if finish == "resume" else "delete_always"
+        request = CreateJob(manifest=entries, destination="out", ttl_seconds=60, cleanup_policy=policy)
+        job, _ = manager.create(request)
+        edited = root / "out" / "k" / KEPLER.name
+        wait_until(
+            lambda: any(c.state == "ready" and c.entry == "k" for c in manager.chunks(job.id)), timeout=30
+        )
+        manager.pause(job.id)
+        wait_until(lambda: manager.get(job.id).state == JobState.paused, timeout=30)
+        _edit_fits_header(edited)
+        if finish == "resume":
+            manager.resume(job.id)
+            assert manager.wait(job.id, timeout=60).state == JobState.succeeded
+            manifest = manager.manifest(job.id)
+            [recorded] = [o for o in manifest["objects"] if o["path"] == f"k/{KEPLER.name}"]
+            assert recorded["mtime_ns"] != edited.stat().st_mtime_ns
+            assert manager.sweep(utcnow() + timedelta(seconds=120)) == [job.id]
+        else:
+            assert manager.cancel(job.id).state == JobState.cancelled
+    assert [p.relative_to(root / "out").as_posix() for p in (root / "out").rglob("*") if p.is_file()] == [
+        f"k/{KEPLER.name}"
+    ]
+    assert _observer(edited) == "someone"
+
+
+def test_delete_on_ack_keeps_a_file_edited_in_place_and_removes_an_untouched_one(
+    manager: StagingManager, root: Path
+):
+    """Under ``delete_on_ack`` the ack of a chunk whose FITS header the user updated in place (same size)
+    keeps the file: its modification time is not the one its chunk recorded. The untouched file goes at
+    its ack. Before, the ack compared the size only."""
+    (root / "src").mkdir()
+    for src in (KEPLER, TESS):
+        shutil.copyfile(src, root / "src" / src.name)
+    request = CreateJob(source=str(root / "src"), destination="out", cleanup_policy="delete_on_ack")
+    job, _ = manager.create(request)
+    assert manager.wait(job.id, timeout=60).state == JobState.succeeded
+    out = root / "out"
+    _edit_fits_header(out / KEPLER.name)
+    for chunk in manager.chunks(job.id):
+        assert manager.ack(job.id, str(chunk.index)).state == "acked"
+    assert sorted(p.name for p in out.iterdir()) == [KEPLER.name, "manifest.json"]
+    assert _observer(out / KEPLER.name) == "someone"
+    log = [line["message"] for line in manager.job_log(job.id)]
+    assert any(m.startswith("chunk") and "deleted on ack" in m and TESS.name in m for m in log)
+    assert not any("deleted on ack" in m and KEPLER.name in m for m in log)

@@ -297,3 +297,87 @@ def test_a_link_jobs_output_the_user_saved_over_is_kept(manager, archive, method
     assert sha256(staged) == sha256(SPITZER) and sha256(source) == sha256(SPITZER)
     kept = staged.with_name(set_aside_name(SPITZER.name, second["id"][:8]))
     assert kept.read_bytes() == b"<the user's reduced version/>\n" and not kept.is_symlink()
+
+
+def test_a_failed_jobs_file_edited_in_place_is_kept_when_the_request_runs_again(manager, tmp_path):
+    """A folder copy published a FITS file, then failed on the user's own file where its last file goes;
+    the user updates the FITS header in place (same size) and runs the request again. The failed job wrote
+    no manifest: its chunks' records (size and publication time, migration 0007) tell its files, so the
+    edited one is kept beside the new copy as ``_<name>.set-aside-<id8>``. Before, a file of the chunk's
+    size was taken for the failed job's and dropped with the old folder."""
+    from astropy.io import fits
+
+    source = tmp_path / "lcs"
+    (source / "zz").mkdir(parents=True)
+    (source / KEPLER.name).write_bytes(KEPLER.read_bytes())
+    (source / "zz" / "last.bin").write_bytes(os.urandom(1024))
+    out = manager.root_dir / "out"
+    (out / "zz").mkdir(parents=True)
+    (out / "zz" / "last.bin").write_text("the user's")
+    failed, _ = run(manager, source=str(source), destination="out")
+    assert failed["error"]["code"] == "destination_exists", failed["error"]
+    staged = out / KEPLER.name
+    assert sha256(staged) == sha256(KEPLER)  # published before the failure
+    with fits.open(staged, mode="update") as hdul:
+        hdul[0].header["OBSERVER"] = "someone"
+    edited = sha256(staged)
+    again, created = run(manager, source=str(source), destination="out")
+    assert created and again["state"] == "succeeded", again["error"]
+    assert sha256(staged) == sha256(KEPLER)
+    kept = staged.with_name(set_aside_name(KEPLER.name, again["id"][:8]))
+    assert sha256(kept) == edited and fits.getheader(kept)["OBSERVER"] == "someone"
+    assert (out / "zz" / set_aside_name("last.bin", again["id"][:8])).read_text() == "the user's"
+    assert sorted(p.name for p in manager.root_dir.iterdir()) == ["out"]
+
+
+def test_a_parquet_part_edited_at_the_same_size_is_kept_and_the_table_converted_again(manager, archive):
+    """A Parquet part of a converted table changed in place at the same size (its bytes and time; the
+    footer rewritten with another ``created_by``, say): the re-run converts the table again and keeps the
+    user's part as ``_part-…set-aside-…``. Before, the part passed the size check for reuse, was then
+    refused as changed, and the re-run failed ``transfer_failed`` ("part … disappeared"), every time."""
+    body = {"source": str(archive / KEPLER.name), "destination": "t", "convert": {"chunk_rows": 1000}}
+    first, _ = run(manager, **body)
+    folder = manager.root_dir / "t" / f"{KEPLER.stem}.parquet"
+    rows = pq.read_table(folder).num_rows
+    part = sorted(folder.glob("part-*.parquet"))[0]
+    data = bytearray(part.read_bytes())
+    data[4:8] = bytes(b ^ 0xFF for b in data[4:8])  # inside the first page: the size is the same
+    with open(part, "r+b") as fh:  # in place, as an editor saving over it would not keep the inode
+        fh.write(data)
+    os.utime(part, ns=(0, part.stat().st_mtime_ns + 10**9))
+    second, created = run(manager, **body)
+    assert created and second["state"] == "succeeded", second["error"]
+    kept = folder / set_aside_name(part.name, second["id"][:8])
+    assert kept.read_bytes() == bytes(data)
+    assert pq.read_table(folder).num_rows == rows
+    third, created = run(manager, **body)
+    assert not created and third["up_to_date"]
+
+
+@pytest.mark.parametrize("method", ["hardlink", "symlink"])
+def test_a_failed_link_jobs_output_is_replaced_and_one_the_user_saved_over_kept(manager, tmp_path, method):
+    """A failed link job's links are its own: the corrected request replaces them without a set-aside
+    copy (a symlink was taken for the user's and kept as ``_<name>.set-aside-…``), and a file the user
+    saved over one (another inode, no link) is kept. The inode comes from what the failed job listed."""
+    source = tmp_path / "lcs"
+    (source / "zz").mkdir(parents=True)
+    (source / KEPLER.name).write_bytes(KEPLER.read_bytes())
+    (source / SPITZER.name).write_bytes(SPITZER.read_bytes())
+    (source / "zz" / "last.bin").write_bytes(os.urandom(1024))
+    out = manager.root_dir / "out"
+    (out / "zz").mkdir(parents=True)
+    (out / "zz" / "last.bin").write_text("the user's")
+    failed, _ = run(manager, source=str(source), destination="out", method=method)
+    assert failed["error"]["code"] == "destination_exists", failed["error"]
+    mine = out / "mine.tmp"
+    mine.write_bytes(b"the user's reduced version\n")
+    os.replace(mine, out / KEPLER.name)
+    again, created = run(manager, source=str(source), destination="out", method=method)
+    assert created and again["state"] == "succeeded", again["error"]
+    suffix = again["id"][:8]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if "set-aside" in p.name) == [
+        set_aside_name(KEPLER.name, suffix),
+        f"zz/{set_aside_name('last.bin', suffix)}",
+    ]
+    assert (out / set_aside_name(KEPLER.name, suffix)).read_bytes() == b"the user's reduced version\n"
+    assert sha256(out / KEPLER.name) == sha256(KEPLER) and sha256(out / SPITZER.name) == sha256(SPITZER)

@@ -350,10 +350,42 @@ def test_chunk_rows_are_inserted_and_updated_in_batches_on_each_database(db_url:
     assert (last.state, last.path, last.rows, last.bytes) == ("ready", "100% done's.fits", 7, None)
 
 
+def test_chunks_keep_their_publication_time_and_a_downgrade_drops_it(db_url: str):
+    """Migration 0007 on each database: a chunk's ``mtime_ns`` (ns since the epoch, past 2**32) is written
+    with its ready mark and read back, in full and in the summaries a manifest is made from; a downgrade to
+    0006 drops the column (the release before reads and writes the chunks as ever) and an upgrade adds it
+    again, empty: those chunks' times are read from their job's manifest then."""
+    from jupyter_staging.engine.migrate import upgrade_database
+
+    published = 1_796_000_000_123_456_789
+    store = Store(db_url)
+    store.add_job(running_job("job-t", {"items": [{"name": "k.fits"}]}))
+    pending = {"id": "job-t-0", "job_id": "job-t", "index": 0, "path": "k.fits", "state": "pending"}
+    store.write_chunks("job-t", [pending], {})
+    store.write_chunks("job-t", [], {"job-t-0": {"state": "ready", "bytes": 1457280, "mtime_ns": published}})
+    [chunk] = store.list_chunks("job-t")
+    assert (chunk.state, chunk.mtime_ns) == ("ready", published)
+    assert [c.mtime_ns for c in store.chunk_summaries("job-t")] == [published]
+    store.close()
+    engine = sa.create_engine(db_url)
+    downgrade_jobs(engine, "0006")
+    with engine.connect() as conn:
+        assert "mtime_ns" not in {c["name"] for c in sa.inspect(conn).get_columns("staging_chunks")}
+        chunks = sa.table("staging_chunks", sa.column("id"), sa.column("bytes"))
+        assert conn.execute(sa.select(chunks.c.bytes).where(chunks.c.id == "job-t-0")).scalar() == 1457280
+    upgrade_database(engine, JOB_MIGRATIONS)
+    engine.dispose()
+    store = Store(db_url)
+    [chunk] = store.list_chunks("job-t")
+    assert (chunk.state, chunk.bytes, chunk.mtime_ns) == ("ready", 1457280, None)
+    store.close()
+
+
 def test_an_older_sqlite_keeps_output_bytes_on_a_downgrade_and_upgrades_again(tmp_path, monkeypatch):
     """Before 3.35.5, SQLite cannot drop a column without rebuilding the table: the downgrade from 0006
     keeps ``output_bytes``, emptied, and the next upgrade takes the column as it finds it, still empty (the
-    release before never kept it up), so the job's Parquet bytes are summed from ``part_bytes``."""
+    release before never kept it up), so the job's Parquet bytes are summed from ``part_bytes``. The
+    downgrade from 0007 keeps the chunks' ``mtime_ns`` the same way."""
     import sqlite3
 
     from jupyter_staging.engine.migrate import upgrade_database
@@ -367,6 +399,7 @@ def test_an_older_sqlite_keeps_output_bytes_on_a_downgrade_and_upgrades_again(tm
     downgrade_jobs(engine, "0005")
     with engine.connect() as conn:
         assert "output_bytes" in {c["name"] for c in sa.inspect(conn).get_columns("staging_jobs")}
+        assert "mtime_ns" in {c["name"] for c in sa.inspect(conn).get_columns("staging_chunks")}  # 0007's
     upgrade_database(engine, JOB_MIGRATIONS)
     engine.dispose()
     store = Store(url)
