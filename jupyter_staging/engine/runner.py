@@ -37,7 +37,15 @@ from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.spreadtables import TableSpreadStager
 from jupyter_staging.engine.staged import RECENT, job_entries
 from jupyter_staging.engine.store import ChunkSummary, JobRecord, utcnow
-from jupyter_staging.engine.swap import kept_lines, recorded_output, recorded_outputs, staged_inside, swap_in
+from jupyter_staging.engine.swap import (
+    Swapped,
+    kept_lines,
+    recorded_output,
+    recorded_outputs,
+    staged_inside,
+    swap_in,
+    swapped_already,
+)
 from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import JobInterrupted, PartiallyStaged, StagingError
 from jupyter_staging.safety.paths import check_output_name
@@ -129,7 +137,13 @@ class JobRunner(TableSpreadStager):
         self.dest = self.host.destination_of(rec)
         if self.resume.get("swap"):
             self.replaced_folder = self._swap_root() / rec.destination
-            self._log("info", f"staging into {self.resume['swap']['into']}; swapped in when complete")
+            if self._swap_under_way():  # its output was complete: swapped in, then checked in place
+                self._log("info", "the server stopped while the output was swapped in; finishing that first")
+                self._swap_in(rec)
+                rec.resume = json_copy(self.resume)  # swap done: the run works in the destination
+                self.dest = self.host.destination_of(rec)
+            else:
+                self._log("info", f"staging into {self.resume['swap']['into']}; swapped in when complete")
         if isinstance(self.dest, ObjectStoreDestination):
             self.dest.make_workdir()
         else:
@@ -298,44 +312,62 @@ class JobRunner(TableSpreadStager):
     # -- the end ----------------------------------------------------------------------------------------
 
     def _swap_in(self, rec: JobRecord) -> None:
-        """Put the output staged beside the old one in its place, and retire the job it replaces."""
+        """Put the output staged beside the old one in its place, and retire the job it replaces. What the
+        old output recorded (:func:`recorded_outputs`) is kept in the resume data first, so a run after a
+        stop part way goes on from there (:meth:`_swap_under_way`)."""
         swap = self.resume["swap"]
         replaced = self.store.get_job(swap["replaces"]) if swap.get("replaces") else None
-        staged_before = swap.get("before")
-        if staged_before is None:
-            old = read_manifest(self.replaced_folder) if self.replaced_folder is not None else None
-            staged_before = recorded_outputs(old)
-            if old is None and replaced is not None:  # a failed job's files, no manifest: what it published
-                staged_before |= self._published_by(replaced)
-            if staged_inside(rec.destination, swap["into"]):  # a merge removes the old manifest first:
-                with self._lock:  # what it recorded is kept for a run after a crash half-way
-                    swap["before"] = staged_before
-                    self._save_resume()
-        aside_name = f".replaced-{self.job_id[:8]}"
-        done = swap_in(
-            self._swap_root(),
-            rec.destination,
-            swap["into"],
-            staged_before=staged_before,
-            staged_now={self.dest.relative(c.path) for c in self.store.list_chunks(self.job_id)},
-            aside_name=aside_name,
-            suffix=self.job_id[:8],
-        )
-        aside = PurePosixPath(rec.destination).parent / aside_name
-        where = rec.destination if staged_inside(rec.destination, swap["into"]) else aside.as_posix()
-        for level, message in kept_lines(done, set(staged_before), where):
-            self._log(level, message)
-        with self._lock:
-            self.resume["swap"]["done"] = True
-            self.resume["swap"].pop("before", None)
-            self._save_resume()
-        self._log("info", f"swapped into {rec.destination}")
+        if not swap.get("done"):  # else swapped in by a run that stopped before the job's end
+            self._put_in_place(rec, swap, replaced)
         if replaced is not None and not JobState(replaced.state) == JobState.expired:
             for chunk in self.store.list_chunks(replaced.id):
                 self.store.update_chunk(chunk.id, state=ChunkState.expired.value)
             why = "staged again" if replaced.state in UNFINISHED_STATES else "a source changed"
             self.host.log_event(replaced.id, "info", f"output replaced by job {self.job_id} ({why})")
             self.host.set_state(replaced.id, JobState.expired)
+
+    def _put_in_place(self, rec: JobRecord, swap: dict[str, Any], replaced: JobRecord | None) -> None:
+        """The swap of :meth:`_swap_in` (:func:`swap_in`), recorded ``done`` once over."""
+        staged_before = swap.get("before")
+        if staged_before is None:
+            old = read_manifest(self.replaced_folder) if self.replaced_folder is not None else None
+            staged_before = recorded_outputs(old)
+            if old is None and replaced is not None:  # a failed job's files, no manifest: what it published
+                staged_before |= self._published_by(replaced)
+            with self._lock:  # the old folder is aside, or the old manifest gone, once the swap starts
+                swap["before"] = staged_before
+                self._save_resume()
+        aside_name = f".replaced-{self.job_id[:8]}"
+        root = self._swap_root()
+        if self.recovering and swapped_already(
+            root / rec.destination, root / swap["into"], aside_name, self.job_id
+        ):
+            done = Swapped()
+        else:
+            done = swap_in(
+                root,
+                rec.destination,
+                swap["into"],
+                staged_before=staged_before,
+                staged_now={self.dest.relative(c.path) for c in self.store.list_chunks(self.job_id)},
+                aside_name=aside_name,
+                suffix=self.job_id[:8],
+            )
+        aside = PurePosixPath(rec.destination).parent / aside_name
+        where = rec.destination if staged_inside(rec.destination, swap["into"]) else aside.as_posix()
+        for level, message in kept_lines(done, set(staged_before), where):
+            self._log(level, message)
+        with self._lock:
+            swap["done"] = True
+            swap.pop("before", None)
+            self._save_resume()
+        self._log("info", f"swapped into {rec.destination}")
+
+    def _swap_under_way(self) -> bool:
+        """True when a run of this job stopped (a crash, a shutdown) after its swap had started: its output
+        was complete, and the next run finishes the swap before anything else."""
+        swap = self.resume.get("swap") or {}
+        return self.recovering and swap.get("before") is not None and not swap.get("done")
 
     def _published_by(self, job: JobRecord) -> dict[str, dict[str, Any]]:
         """``{relative path: what tells it changed since}`` (:func:`recorded_output`) of the files failed

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from jupyter_staging.destinations.manifest import MANIFEST_NAME
+from jupyter_staging.destinations.manifest import MANIFEST_NAME, read_manifest
 from jupyter_staging.engine.freshness import output_as_staged
 from jupyter_staging.errors import DestinationExists, PathNotAllowed
 from jupyter_staging.safety.confined import Confined
@@ -180,9 +180,11 @@ def swap_in(
 
     ``staged_before``: ``{relative path: manifest object}`` of the old output's files (``size`` in bytes,
     ``mtime_ns``; ``{}`` where nothing was recorded); ``staged_now``: the relative paths of the new
-    output's. With ``into`` beside ``rel``: two renames (the old folder is whole until then); entries of
-    the old folder that are not its unchanged output are moved into the new one (symlinks and empty
-    folders of the user's too), so nothing is lost: a staged file the user changed since
+    output's. With ``into`` beside ``rel``: two renames (the old folder is whole until then, and kept as
+    ``aside_name`` until its entries are carried over: run again after a stop part way, the swap goes on
+    from where it stopped); entries of the old folder that are not its unchanged output are moved into the
+    new one (symlinks and empty folders of the user's too), so nothing is lost: a staged file the user
+    changed since
     (:func:`changed_since_staged`) under a set-aside name (``_<name>.set-aside-<suffix>``), an entry of
     the user's under its own name, or a set-aside one when the new output has that name. The old folder is
     then removed (it is kept, renamed ``aside_name``, when some of its entries could not be moved). The
@@ -202,20 +204,39 @@ def swap_in(
         raise PathNotAllowed(f"destination {rel!r} was replaced by a symbolic link or a file; not swapped in")
     if staged_inside(rel, into):  # the folder is a mount point
         return _merge_in(fs, final, new, staged_before, staged_now, suffix)
-    if there is None:
-        fs.rename(new, final, make_parents=True)
-        return Swapped()
-    with fs.folder(final) as old_fd, fs.folder(new) as new_fd:
-        _same_access(os.fstat(old_fd), new_fd)
     aside = final.parent / aside_name
-    # Both names change before the one fsync of their folder: a failing fsync stops nothing half-way.
-    fs.rename(final, aside, sync=False)
-    fs.rename(new, final)
+    if fs.lstat(aside) is None:
+        if there is None:
+            fs.rename(new, final, make_parents=True)
+            return Swapped()
+        with fs.folder(final) as old_fd, fs.folder(new) as new_fd:
+            _same_access(os.fstat(old_fd), new_fd)
+        # Both names change before the one fsync of their folder: a failing fsync stops nothing half-way.
+        fs.rename(final, aside, sync=False)
+        fs.rename(new, final)
+    elif fs.lstat(new) is not None:  # run again after a stop between the two renames: the old folder is
+        if there is not None:  # aside already, and something took its name since
+            raise DestinationExists(
+                f"{rel!r} was made again while its output was being replaced; the old output is in "
+                f"{aside_name} beside it, the new one in {into!r}"
+            )
+        fs.rename(new, final)
+    # else: run again after a stop past both renames; what the old folder still holds is carried over.
     with fs.folder(aside) as old_fd, fs.folder(final) as new_fd:
         done = _carry_over(old_fd, new_fd, staged_before, suffix)
     if not done.left:
         fs.remove_tree(aside)
     return done
+
+
+def swapped_already(final: Path, new: Path, aside_name: str, job_id: str) -> bool:
+    """True when a swap of job ``job_id`` that a stop cut short was complete but for its record: the
+    scratch folder ``new`` is gone (renamed into place, or emptied by a merge), nothing is left aside beside
+    ``final`` (``aside_name``), and ``final`` holds the job's manifest."""
+    if os.path.lexists(new) or os.path.lexists(final.parent / aside_name):
+        return False
+    manifest = read_manifest(final)
+    return manifest is not None and manifest.get("job_id") == job_id
 
 
 def _merge_in(

@@ -19,13 +19,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 CHILD = """
 import json, os, sys, time
+from jupyter_staging.engine import runner, swap
 from jupyter_staging.engine.expansion import ExpandingStager
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
+from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.partfile import PartFile
 method, _, exit_at = sys.argv[4].partition(":")
 owner, _, method = method.rpartition(".")
-owner = {"": ExpandingStager, "PartFile": PartFile}[owner]
+owners = {"": ExpandingStager, "PartFile": PartFile, "Confined": Confined, "swap": swap, "runner": runner}
+owner = owners[owner]
 if method:  # dies as a kill would, at the exit_at-th call of the method, before it runs
     original, calls = getattr(owner, method), []
     def dying(self, *args, **kwargs):
@@ -50,7 +53,8 @@ def killed_part_way(
     (exit status 9, nothing flushed) at a point ``exit_at`` names: ``"<method>:<n>"``, the n-th call of
     that method of the job's stager (``"_chunk_ready:300"``: the 300th file an unpacking publishes, before
     its chunk is recorded), or ``"PartFile.<method>:<n>"``, of a part file's (``"PartFile._publish:1"``:
-    a verified file about to take its name); returns the job's id."""
+    a verified file about to take its name), of ``Confined`` (``"Confined.rename:2"``), or of a function of
+    the modules ``swap`` and ``runner`` (``"swap._carry_over:1"``); returns the job's id."""
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(tmp_path / "root"), f"sqlite:///{tmp_path / 'jobs.sqlite'}",
          json.dumps(request), exit_at],
