@@ -35,7 +35,6 @@ from jupyter_staging.destinations.objectstore import (
     UPLOAD_MULTIPART_THRESHOLD,
     ObjectStoreDestination,
     checked_prefix,
-    file_digests,
     manifest_body,
     presign_seconds,
 )
@@ -47,7 +46,7 @@ from jupyter_staging.errors import (
     VerificationFailed,
 )
 from jupyter_staging.safety.control import JobControl
-from jupyter_staging.safety.copying import file_digest
+from jupyter_staging.safety.copying import file_digest, file_digests
 
 #: Azure files above this size (bytes) are uploaded in blocks (Put Block + Put Block List).
 AZURE_SINGLE_PUT_SIZE = UPLOAD_MULTIPART_THRESHOLD
@@ -222,11 +221,11 @@ class AzureDestination(ObjectStoreDestination):
         if int(props.size) != size:
             problem = f"{props.size} bytes stored, {size} sent"
         elif size <= self.single_put_size:
-            md5, sha = file_digests(local)
+            digests = file_digests(local, ("md5", "sha256"), control.check)
             stored = getattr(props.content_settings, "content_md5", None)
-            if stored and bytes(stored) != md5:
+            if stored and bytes(stored).hex() != digests["md5"]:
                 problem = "the stored MD5 differs from the file's"
-            elif sha != sha256:
+            elif digests["sha256"] != sha256:
                 problem = "the file's SHA-256 differs from the one recorded"
         elif file_digest(local, "sha256", control.check) != sha256:
             # Block uploads: each block's MD5 was checked by the service against the bytes read from the

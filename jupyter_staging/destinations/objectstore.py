@@ -27,7 +27,6 @@ from jupyter_staging.destinations.manifest import manifest_bytes
 from jupyter_staging.errors import InvalidRequest, PathNotAllowed, TransferFailed, VerificationFailed
 from jupyter_staging.safety.copying import block_buffer
 from jupyter_staging.safety.dirfd import READ_FLAGS, open_existing
-from jupyter_staging.safety.partfile import BLOCK_SIZE
 
 #: Files at least this large (bytes) are uploaded in parts (multipart upload, or Azure blocks).
 UPLOAD_MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -65,17 +64,6 @@ def presign_seconds(expires_seconds: int) -> int:
 def manifest_body(manifest: dict[str, Any]) -> bytes:
     """The bytes of ``manifest.json`` as stored in object storage (:func:`manifest_bytes`)."""
     return manifest_bytes(manifest)
-
-
-def file_digests(path: Path) -> tuple[bytes, str]:
-    """(MD5 digest, hex SHA-256) of a file, read once in blocks."""
-    md5 = hashlib.md5(usedforsecurity=False)
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(BLOCK_SIZE):
-            md5.update(block)
-            sha.update(block)
-    return md5.digest(), sha.hexdigest()
 
 
 def file_part_digests(

@@ -39,14 +39,13 @@ from jupyter_staging.destinations.objectstore import (
     UPLOAD_MULTIPART_THRESHOLD,
     ObjectStoreDestination,
     checked_prefix,
-    file_digests,
     file_part_digests,
     manifest_body,
     presign_seconds,
 )
 from jupyter_staging.errors import InvalidRequest, TransferFailed, VerificationFailed
 from jupyter_staging.safety.control import JobControl
-from jupyter_staging.safety.copying import file_digest
+from jupyter_staging.safety.copying import file_digest, file_digests
 
 #: Keys deleted by one DeleteObjects request (the service's limit).
 DELETE_BATCH = 1000
@@ -227,17 +226,34 @@ class S3Destination(ObjectStoreDestination):
         if int(head.get("ContentLength", -1)) != size:
             problem = f"{head.get('ContentLength')} bytes stored, {size} sent"
         elif size < self.transfer_config.multipart_threshold:
-            checksum = head.get("ChecksumSHA256")
-            etag = _MD5_ETAG_RE.fullmatch(str(head.get("ETag") or ""))
-            if checksum:
-                if checksum != base64.b64encode(bytes.fromhex(sha256)).decode():
-                    problem = "the stored SHA-256 differs from the file's"
-            elif etag and etag_may_be_md5(head) and etag.group(1) != file_digests(local)[0].hex():
-                problem = "the stored MD5 (ETag) differs from the file's"
+            problem = self._single_part_problem(head, local, sha256, control.check)
         else:
             problem = self._multipart_problem(head, local, key, sha256, control.check)
         if problem:
             self.reject(key, problem)
+
+    def _single_part_problem(
+        self, head: dict[str, Any], local: Path, sha256: str, check: Callable[[], None] | None = None
+    ) -> str | None:
+        """What is wrong with an object put in one request (``head``: its HeadObject), or None. A stated
+        ``ChecksumSHA256`` must be the recorded ``sha256`` (hex) of the staged file: that says both that the
+        store holds the file and that the file sent was the one staged. Otherwise the file is read again
+        (``check`` called before each block): its SHA-256 must be the recorded one and, where the ETag is
+        an MD5 (no SSE-KMS / SSE-C: :func:`etag_may_be_md5`), its MD5 the ETag (the S3 API, "Checking
+        object integrity")."""
+        checksum = head.get("ChecksumSHA256")
+        if checksum:
+            if checksum != base64.b64encode(bytes.fromhex(sha256)).decode():
+                return "the stored SHA-256 differs from the file's"
+            return None
+        etag = _MD5_ETAG_RE.fullmatch(str(head.get("ETag") or ""))
+        md5 = etag is not None and etag_may_be_md5(head)
+        digests = file_digests(local, ("md5", "sha256") if md5 else ("sha256",), check)
+        if digests["sha256"] != sha256:
+            return "the file's SHA-256 differs from the one recorded"
+        if etag is not None and md5 and etag.group(1) != digests["md5"]:
+            return "the stored MD5 (ETag) differs from the file's"
+        return None
 
     def _multipart_problem(
         self,

@@ -40,8 +40,16 @@ def file_digest(path: Path, algorithm: str = "sha256", check: Callable[[], None]
     ``check`` (a job's :meth:`~jupyter_staging.safety.control.JobControl.check`) is called before each
     block, so a pause or cancel stops the read. Raises ``OSError`` when the file cannot be read, and what
     ``check`` raises."""
+    return file_digests(path, (algorithm,), check)[algorithm]
+
+
+def file_digests(
+    path: Path, algorithms: tuple[str, ...], check: Callable[[], None] | None = None
+) -> dict[str, str]:
+    """``{algorithm: lower-case hex}`` of the file at ``path``, every algorithm fed the same blocks of one
+    read, as :func:`file_digest` reads. Raises what :func:`fd_digests` raises."""
     with open(path, "rb", buffering=0) as fh:
-        return fd_digests(fh.fileno(), (algorithm,), check)[algorithm]
+        return fd_digests(fh.fileno(), algorithms, check)
 
 
 def fd_digest(fd: int, algorithm: str = "sha256") -> str:

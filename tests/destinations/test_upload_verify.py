@@ -143,3 +143,44 @@ def test_a_cancel_stops_the_check_of_a_big_file(s3_results, tmp_path):
     control.interrupt("cancelled")
     with pytest.raises(JobInterrupted):
         destination._multipart_problem(head, local, key, sha256(data), control.check)
+
+
+def test_an_object_put_in_one_request_is_checked_against_the_staged_file_without_a_checksum(
+    s3_results, tmp_path
+):
+    """From a store that states no checksum, only an MD5 ETag (s3rver, older Ceph): the file sent is read
+    again, its SHA-256 must be the one recorded when it was staged (before, only its MD5 was compared with
+    the ETag, so a file changed after it was staged was taken) and its MD5 the ETag; under SSE-KMS (no MD5
+    ETag) the SHA-256 is still compared. A stated SHA-256 is compared with the recorded one, no read."""
+    store = s3_results
+    local, data = big_file(tmp_path, "job-8", 3 * 1024 * 1024)
+    destination = store.small_parts_destination("job-8", f"{store.root}single/job-8/", local.parent)
+    destination.put(
+        local, "big.bin", size=len(data), sha256=sha256(data), content_type=None, control=JobControl()
+    )
+    local.write_bytes(data)  # as staged, at its scratch path again
+    head = store.client.head_object(Bucket=RESULTS, Key="single/job-8/big.bin", ChecksumMode="ENABLED")
+    assert len(head["ETag"].strip('"')) == 32  # one request: the ETag is the MD5
+    no_checksum = {k: v for k, v in head.items() if not k.startswith("Checksum")}
+    assert destination._single_part_problem(no_checksum, local, sha256(data)) is None
+    changed = sha256(b"x" + data[1:])  # recorded for the file as it was staged; the file changed since
+    assert destination._single_part_problem(no_checksum, local, changed) == (
+        "the file's SHA-256 differs from the one recorded"
+    )
+    kms = {**no_checksum, "ServerSideEncryption": "aws:kms"}
+    assert (
+        destination._single_part_problem(kms, local, changed)
+        == "the file's SHA-256 differs from the one recorded"
+    )
+    other = local.with_name("other.bin")
+    other.write_bytes(os.urandom(len(data)))
+    assert destination._single_part_problem(no_checksum, other, sha256(other.read_bytes())) == (
+        "the stored MD5 (ETag) differs from the file's"
+    )
+    assert destination._single_part_problem(kms, other, sha256(other.read_bytes())) is None
+    stated = {**no_checksum, "ChecksumSHA256": base64.b64encode(bytes.fromhex(sha256(data))).decode()}
+    assert destination._single_part_problem(stated, other, sha256(data)) is None  # the store's word, no read
+    assert (
+        destination._single_part_problem(stated, local, changed)
+        == "the stored SHA-256 differs from the file's"
+    )
