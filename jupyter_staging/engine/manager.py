@@ -41,6 +41,7 @@ from jupyter_staging.engine.models import (
 )
 from jupyter_staging.engine.processes import current_user, default_key_file
 from jupyter_staging.engine.store import ChunkRecord, JobRecord, Store
+from jupyter_staging.engine.swap import swap_under_way
 from jupyter_staging.errors import InvalidRequest, InvalidState, JobNotFound
 from jupyter_staging.safety.redact import install_log_filters
 from jupyter_staging.safety.sealed import SecretBox
@@ -250,13 +251,15 @@ class StagingManager(JobLifecycle):
     def cancel(self, job_id: str, owner: str | None = None) -> DescribeJob:
         """Cancel a job and remove its partial output (and its output, for ``delete_always``).
 
-        Cancelling a finished job is a no-op that returns it. Raises :class:`JobNotFound`.
+        Cancelling a finished job is a no-op that returns it, and so is cancelling one whose complete
+        output is being swapped in (a server stopped during the swap: the next run finishes it). Raises
+        :class:`JobNotFound`.
         """
         rec = self._record(job_id, owner)
         state = JobState(rec.state)
         if state.is_final:
             return self.describe(rec)
-        if state == JobState.running:
+        if state == JobState.running or (state == JobState.queued and swap_under_way(rec.resume)):
             self._request(job_id, JobState.cancelled)
             return self.wait(job_id, timeout=30, owner=owner)
         self.finish_cancelled(job_id)
@@ -284,7 +287,7 @@ class StagingManager(JobLifecycle):
             raise InvalidState(f"a {state.value} job cannot be paused")
         with self._lock:
             queued_here = job_id in self._controls
-        if state == JobState.running or queued_here:
+        if state == JobState.running or queued_here or swap_under_way(rec.resume):
             self._request(job_id, JobState.paused)
             self.wait(
                 job_id, timeout=30, owner=owner, until=lambda s: s not in (JobState.running, JobState.queued)

@@ -40,10 +40,11 @@ from jupyter_staging.engine.store import ChunkSummary, JobRecord, utcnow
 from jupyter_staging.engine.swap import (
     Swapped,
     kept_lines,
-    recorded_output,
+    published_by,
     recorded_outputs,
     staged_inside,
     swap_in,
+    swap_under_way,
     swapped_already,
 )
 from jupyter_staging.engine.units import format_bytes
@@ -97,10 +98,14 @@ class JobRunner(TableSpreadStager):
         rec = self.store.get_job(self.job_id)
         if rec is None or rec.state != JobState.queued.value:
             return None
-        if rec.requested == JobState.paused.value:
+        if rec.requested and swap_under_way(rec.resume):  # stopped as its complete output was swapped in
+            self.host.log_event(
+                self.job_id, "info", f"{rec.requested}: too late, the output is being swapped in"
+            )
+        elif rec.requested == JobState.paused.value:
             self.host.set_state(self.job_id, JobState.paused, requested=None)
             return None
-        if rec.requested == JobState.cancelled.value:
+        elif rec.requested == JobState.cancelled.value:
             self.host.finish_cancelled(self.job_id)
             return None
         self.host.attach_live(self.job_id, self.live)
@@ -137,12 +142,9 @@ class JobRunner(TableSpreadStager):
         self.dest = self.host.destination_of(rec)
         if self.resume.get("swap"):
             self.replaced_folder = self._swap_root() / rec.destination
-            if self._swap_under_way():  # its output was complete: swapped in, then checked in place
-                self._log("info", "the server stopped while the output was swapped in; finishing that first")
-                self._swap_in(rec)
-                rec.resume = json_copy(self.resume)  # swap done: the run works in the destination
-                self.dest = self.host.destination_of(rec)
-            else:
+            if self.recovering and swap_under_way(self.resume):
+                return self._finish_swap(rec)
+            if not self.resume["swap"].get("done"):
                 self._log("info", f"staging into {self.resume['swap']['into']}; swapped in when complete")
         if isinstance(self.dest, ObjectStoreDestination):
             self.dest.make_workdir()
@@ -314,7 +316,7 @@ class JobRunner(TableSpreadStager):
     def _swap_in(self, rec: JobRecord) -> None:
         """Put the output staged beside the old one in its place, and retire the job it replaces. What the
         old output recorded (:func:`recorded_outputs`) is kept in the resume data first, so a run after a
-        stop part way goes on from there (:meth:`_swap_under_way`)."""
+        stop part way goes on from there (:meth:`_finish_swap`)."""
         swap = self.resume["swap"]
         replaced = self.store.get_job(swap["replaces"]) if swap.get("replaces") else None
         if not swap.get("done"):  # else swapped in by a run that stopped before the job's end
@@ -328,16 +330,17 @@ class JobRunner(TableSpreadStager):
 
     def _put_in_place(self, rec: JobRecord, swap: dict[str, Any], replaced: JobRecord | None) -> None:
         """The swap of :meth:`_swap_in` (:func:`swap_in`), recorded ``done`` once over."""
-        staged_before = swap.get("before")
+        staged_before, suffix = swap.get("before"), self.job_id[:8]
+        resumed = staged_before is not None  # a run that stopped had started the swap
         if staged_before is None:
             old = read_manifest(self.replaced_folder) if self.replaced_folder is not None else None
             staged_before = recorded_outputs(old)
             if old is None and replaced is not None:  # a failed job's files, no manifest: what it published
-                staged_before |= self._published_by(replaced)
+                staged_before |= published_by(replaced, self.store.list_chunks(replaced.id))
             with self._lock:  # the old folder is aside, or the old manifest gone, once the swap starts
                 swap["before"] = staged_before
                 self._save_resume()
-        aside_name = f".replaced-{self.job_id[:8]}"
+        aside_name = f".replaced-{suffix}"
         root = self._swap_root()
         if self.recovering and swapped_already(
             root / rec.destination, root / swap["into"], aside_name, self.job_id
@@ -351,41 +354,35 @@ class JobRunner(TableSpreadStager):
                 staged_before=staged_before,
                 staged_now={self.dest.relative(c.path) for c in self.store.list_chunks(self.job_id)},
                 aside_name=aside_name,
-                suffix=self.job_id[:8],
+                suffix=suffix,
             )
         aside = PurePosixPath(rec.destination).parent / aside_name
         where = rec.destination if staged_inside(rec.destination, swap["into"]) else aside.as_posix()
         for level, message in kept_lines(done, set(staged_before), where):
             self._log(level, message)
+        if resumed:  # what the stopped run moved is not known here; its set-aside names tell it
+            self._log(
+                "info", f"entries kept before the stop are not listed: their names end .set-aside-{suffix}"
+            )
         with self._lock:
             swap["done"] = True
             swap.pop("before", None)
             self._save_resume()
         self._log("info", f"swapped into {rec.destination}")
 
-    def _swap_under_way(self) -> bool:
-        """True when a run of this job stopped (a crash, a shutdown) after its swap had started: its output
-        was complete, and the next run finishes the swap before anything else."""
-        swap = self.resume.get("swap") or {}
-        return self.recovering and swap.get("before") is not None and not swap.get("done")
-
-    def _published_by(self, job: JobRecord) -> dict[str, dict[str, Any]]:
-        """``{relative path: what tells it changed since}`` (:func:`recorded_output`) of the files failed
-        job ``job`` published (its done chunks), as it recorded them (size, time; for a hard link, the
-        inode of the source it listed): one the user changed since, or put at such a name, is kept when the
-        new output is swapped in."""
-        resume = job.resume or {}
-        outputs, fingerprints = resume.get("outputs") or {}, fingerprints_of(resume)
-        return {
-            chunk.path: recorded_output(
-                job.method,
-                chunk.bytes,
-                chunk.mtime_ns,
-                fingerprints.get(outputs.get(chunk.path, chunk.path), {}).get("inode"),
-            )
-            for chunk in self.store.list_chunks(job.id)
-            if chunk.state in DONE_STATES
-        }
+    def _finish_swap(self, rec: JobRecord) -> tuple[list[str] | None, dict[str, dict[str, str]]]:
+        """The run after one that stopped (a crash, a shutdown) while its complete output was swapped in:
+        the swap goes on from where it stopped, and the job ends as that run would have, nothing staged
+        or listed again (no pause or cancel can stop it now). Returns the manifest's entry names and
+        failures, read back from the manifest the output holds (as :meth:`run_items` returns them)."""
+        self._log("info", "the server stopped while the output was swapped in; finishing the swap")
+        self._swap_in(rec)
+        rec.resume = json_copy(self.resume)  # swap done: the job's destination is its folder now
+        self.dest = self.host.destination_of(rec)
+        listing = (self.dest.read_manifest() or {}).get("entries")
+        if listing is None:
+            return None, {}
+        return [e["name"] for e in listing], {e["name"]: e["error"] for e in listing if e.get("error")}
 
     def _swap_root(self) -> Path:
         """The root folder of a replacing job: its scratch folder (``swap["into"]``, relative to the root,

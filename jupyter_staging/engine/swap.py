@@ -16,13 +16,15 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from jupyter_staging.destinations.manifest import MANIFEST_NAME, read_manifest
-from jupyter_staging.engine.freshness import output_as_staged
+from jupyter_staging.engine.freshness import fingerprints_of, output_as_staged
+from jupyter_staging.engine.models import DONE_STATES
+from jupyter_staging.engine.schema import JobChunk, JobRecord
 from jupyter_staging.errors import DestinationExists, PathNotAllowed
 from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.dirfd import (
@@ -111,6 +113,25 @@ def recorded_output(
     if method == "symlink":
         return {"link": "symlink"}
     return {key: value for key, value in (("size", size), ("mtime_ns", mtime_ns)) if value is not None}
+
+
+def published_by(job: JobRecord, chunks: Iterable[JobChunk]) -> dict[str, dict[str, Any]]:
+    """``{relative path: what tells it changed since}`` (:func:`recorded_output`) of the files failed job
+    ``job`` (read with its resume data) published: its done ``chunks``, as it recorded them
+    (size, time; for a hard link, the inode of the source it listed). One the user changed since, or put
+    at such a name, is kept when the new output is swapped in (a failed job wrote no manifest)."""
+    resume = job.resume or {}
+    outputs, fingerprints = resume.get("outputs") or {}, fingerprints_of(resume)
+    return {
+        chunk.path: recorded_output(
+            job.method,
+            chunk.bytes,
+            chunk.mtime_ns,
+            fingerprints.get(outputs.get(chunk.path, chunk.path), {}).get("inode"),
+        )
+        for chunk in chunks
+        if chunk.state in DONE_STATES
+    }
 
 
 def changed_since_staged(recorded: Mapping[str, Any] | None, st: os.stat_result | None) -> bool:
@@ -227,6 +248,14 @@ def swap_in(
     if not done.left:
         fs.remove_tree(aside)
     return done
+
+
+def swap_under_way(resume: Mapping[str, Any] | None) -> bool:
+    """Whether a job's resume data says its swap started and is not done: its output is complete and
+    being put in place (what the old output recorded is kept as ``swap["before"]`` meanwhile). A run of
+    the job that stopped then leaves the swap to the next one; a pause or cancel comes too late."""
+    swap = (resume or {}).get("swap") or {}
+    return swap.get("before") is not None and not swap.get("done")
 
 
 def swapped_already(final: Path, new: Path, aside_name: str, job_id: str) -> bool:
@@ -366,18 +395,22 @@ def _same_subfolder_access(modes: dict[str, os.stat_result], new_fd: int) -> Non
 def _carry_over(old_fd: int, new_fd: int, staged: Mapping[str, Mapping[str, Any]], suffix: str) -> Swapped:
     """Move the entries of folder ``old_fd`` that are not its unchanged output into folder ``new_fd`` at
     the same relative path (never replacing anything, no symlink followed): files, symlinks (to folders
-    too), and empty folders (made again); a staged file changed since (:func:`changed_since_staged`), or
+    too), and empty folders of the user's (made again; not one that held staged files, emptied by the
+    user or by a removal a stop cut short); a staged file changed since (:func:`changed_since_staged`), or
     an entry whose name the new output has, under a set-aside name. Folders made for them are made 0700;
     then every subfolder of the new folder that the old one had takes the old one's permission bits and
     group (:func:`_same_subfolder_access`): a subfolder the user made private stays private, the new
     output's own too. Returns what was moved, and what had to stay (``Swapped.left``)."""
     done = Swapped()
     modes: dict[str, os.stat_result] = {}
+    staged_folders = {"."} | {parent.as_posix() for rel in staged for parent in PurePosixPath(rel).parents}
     for dirpath, dirs, files, dir_fd in os.fwalk(".", dir_fd=old_fd):
         folder = PurePosixPath(dirpath)
         if folder != PurePosixPath("."):
             modes[folder.as_posix()] = os.fstat(dir_fd)
-        if not files and not dirs and folder != PurePosixPath("."):  # an empty folder of the user's
+        if (
+            not files and not dirs and folder.as_posix() not in staged_folders
+        ):  # an empty folder of the user's
             try:
                 os.close(open_below(new_fd, folder.as_posix(), create=True, mode=0o700))
                 done.moved.append(f"{folder.as_posix()}/")

@@ -381,3 +381,29 @@ def test_a_failed_link_jobs_output_is_replaced_and_one_the_user_saved_over_kept(
     ]
     assert (out / set_aside_name(KEPLER.name, suffix)).read_bytes() == b"the user's reduced version\n"
     assert sha256(out / KEPLER.name) == sha256(KEPLER) and sha256(out / SPITZER.name) == sha256(SPITZER)
+
+
+def test_a_swap_run_again_after_its_removal_of_the_old_folder_stopped_makes_no_folder(tmp_path: Path) -> None:
+    """The server died while the old folder (kept aside as ``.replaced-<id8>``) was being removed, after
+    its ``sub/`` was emptied: run again, the swap finishes and does not take that emptied folder of the old
+    output for an empty folder of the user's (which it makes again in the new output, as it does
+    ``mine/``)."""
+    root = tmp_path / "root"
+    staged = old_output(root / "out")
+    new_output(root / ".out.staging-1", ["a.txt"])
+    (root / "out" / "mine").mkdir()
+    os.rename(root / "out", root / ".replaced-1")
+    os.rename(root / ".out.staging-1", root / "out")
+    for rel in ("sub/c.txt", "b.txt"):  # removed before the stop, with the old folder's manifest
+        (root / ".replaced-1" / rel).unlink()
+    done = swap_in(
+        root,
+        "out",
+        ".out.staging-1",
+        staged_before=staged,
+        staged_now={"a.txt"},
+        aside_name=".replaced-1",
+        suffix=SUFFIX,
+    )
+    assert done.moved == ["mine/"] and not done.set_aside and not done.left
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["out", "out/a.txt", "out/mine"]

@@ -13,28 +13,32 @@ call, then resumes it in the next server on the same job database (:mod:`tests.h
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from jupyter_staging.engine.models import CreateJob, JobState
+from jupyter_staging.engine.store import Store
 from jupyter_staging.safety.dirfd import set_aside_name
 from tests.helpers.crashes import killed_part_way, resumed
-from tests.helpers.data import KEPLER, TESS, sha256
+from tests.helpers.data import KEPLER, SPITZER, TESS, sha256
 from tests.helpers.managers import manager_for
+from tests.helpers.space import small_file_system
 
 
-def staged_and_edited(tmp_path: Path) -> tuple[dict, str]:
-    """Stage ``lcs/`` (Kepler and TESS light curves) into ``out`` once, then as a notebook would: update
-    the staged Kepler header in place (same size), add a file of the user's, and change the TESS source so
-    that the same request stages again. Returns ``(the request, the first job's id)``."""
+def staged_and_edited(tmp_path: Path, edited: Path = KEPLER, changed: Path = TESS) -> tuple[dict, str]:
+    """Stage ``lcs/`` (copies of the FITS file ``edited`` and of ``changed``) into ``out`` once, then as a
+    notebook would: update the staged FITS header in place (same size), add a file of the user's, and add
+    bytes to the ``changed`` source so that the same request stages again. Returns ``(the request, the
+    first job's id)``."""
     from astropy.io import fits
 
-    (tmp_path / "root").mkdir()
+    (tmp_path / "root").mkdir(exist_ok=True)
     source = tmp_path / "lcs"
     source.mkdir()
-    for src in (KEPLER, TESS):
+    for src in (edited, changed):
         shutil.copyfile(src, source / src.name)
     request = {"source": str(source), "destination": "out"}
     manager = manager_for(tmp_path)
@@ -44,11 +48,11 @@ def staged_and_edited(tmp_path: Path) -> tuple[dict, str]:
     finally:
         manager.stop()
     out = tmp_path / "root" / "out"
-    with fits.open(out / KEPLER.name, mode="update") as hdul:
+    with fits.open(out / edited.name, mode="update") as hdul:
         hdul[0].header["OBSERVER"] = "someone"
     (out / "notes.txt").write_text("my notes\n")
-    with fits.open(source / TESS.name, mode="update") as hdul:
-        hdul[0].header["OBJECT"] = "a new release"
+    with open(source / changed.name, "ab") as fh:
+        fh.write(b"a new release\n")
     return request, first.id
 
 
@@ -93,11 +97,64 @@ def test_a_server_dying_during_the_swap_leaves_it_finished_by_the_next(
         [KEPLER.name, TESS.name, "manifest.json", "notes.txt", set_aside_name(KEPLER.name, suffix)]
     )
     assert all(c.state == "ready" for c in chunks) and len(chunks) == 2
-    assert "finishing that first" in log or exit_at == "Confined.rename:1"
+    assert "finishing the swap" in log
     manager = manager_for(tmp_path)
     try:
         assert manager.get(first_id).state == JobState.expired
         again, created = manager.create(CreateJob(**request))
         assert not created and again.up_to_date and again.id == job_id
+    finally:
+        manager.stop()
+
+
+def tree(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def test_a_merge_into_a_mount_point_stopped_part_way_is_finished_by_the_next_server(tmp_path: Path):
+    """The destination is a mount point (a tmpfs), so the new output moves in file by file; the server dies
+    after the first file moved. The next server moves the rest, keeps the edited file and the user's, and
+    ends the job ``succeeded``, nothing staged again and nothing left inside the folder."""
+    rosat = SPITZER.with_name("allsky_rosat.fits")
+    out = tmp_path / "root" / "out"
+    with small_file_system(out):
+        request, _ = staged_and_edited(tmp_path, edited=rosat, changed=SPITZER)
+        edited = sha256(out / rosat.name)
+        job_id = killed_part_way(tmp_path, request, exit_at="swap._move_in:2")
+        suffix = job_id[:8]
+        assert f".staging-{suffix}" in os.listdir(out), "the server died elsewhere than planned"
+        done, _, log = resumed(tmp_path, job_id)
+        assert done.state == JobState.succeeded, done.error
+        assert "finishing the swap" in log
+        kept = set_aside_name(rosat.name, suffix)
+        assert tree(out) == sorted([rosat.name, SPITZER.name, "manifest.json", "notes.txt", kept])
+        assert sha256(out / rosat.name) == sha256(rosat) and sha256(out / kept) == edited
+        assert sha256(out / SPITZER.name) == sha256(tmp_path / "lcs" / SPITZER.name)
+        assert (out / "notes.txt").read_text() == "my notes\n"
+        assert sorted(p.name for p in (tmp_path / "root").iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("requested", ["cancelled", "paused"])
+def test_a_cancel_or_pause_asked_for_during_the_swap_comes_too_late(tmp_path: Path, requested: str):
+    """The server dies between the swap's two renames with a cancel (or pause) recorded for the job: the
+    next server does not honour it (the output is complete; removing the scratch folder as a cancel's
+    partial output would leave no folder at ``out`` and the old one hidden), finishes the swap, and the job
+    succeeds; its log says why. A cancel asked of the job while it waits to run again is answered so too."""
+    request, _ = staged_and_edited(tmp_path)
+    job_id = killed_part_way(tmp_path, request, exit_at="Confined.rename:2")
+    store = Store(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    try:
+        store.update_job(job_id, load_resume=False, requested=requested)
+    finally:
+        store.close()
+    done, _, log = resumed(tmp_path, job_id)
+    assert done.state == JobState.succeeded, done.error
+    assert f"{requested}: too late, the output is being swapped in" in log
+    root = tmp_path / "root"
+    assert sorted(p.name for p in root.iterdir()) == ["out"]
+    assert (root / "out" / "notes.txt").read_text() == "my notes\n"
+    manager = manager_for(tmp_path)
+    try:
+        assert manager.cancel(job_id).state == JobState.succeeded  # finished: a no-op
     finally:
         manager.stop()
