@@ -41,7 +41,7 @@ from jupyter_staging.engine.models import (
 )
 from jupyter_staging.engine.processes import current_user, default_key_file
 from jupyter_staging.engine.store import ChunkRecord, JobRecord, Store
-from jupyter_staging.engine.swap import swap_under_way
+from jupyter_staging.engine.swap import swap_started, too_late
 from jupyter_staging.errors import InvalidRequest, InvalidState, JobNotFound
 from jupyter_staging.safety.redact import install_log_filters
 from jupyter_staging.safety.sealed import SecretBox
@@ -252,14 +252,17 @@ class StagingManager(JobLifecycle):
         """Cancel a job and remove its partial output (and its output, for ``delete_always``).
 
         Cancelling a finished job is a no-op that returns it, and so is cancelling one whose complete
-        output is being swapped in (a server stopped during the swap: the next run finishes it). Raises
-        :class:`JobNotFound`.
+        output is being swapped in (:func:`~jupyter_staging.engine.swap.swap_started`; its log says so).
+        Raises :class:`JobNotFound`.
         """
         rec = self._record(job_id, owner)
         state = JobState(rec.state)
         if state.is_final:
             return self.describe(rec)
-        if state == JobState.running or (state == JobState.queued and swap_under_way(rec.resume)):
+        if swap_started(rec.resume):  # complete; a run (after a stop, the next) ends it
+            self.log_event(job_id, "info", too_late(JobState.cancelled.value))
+            return self.current(job_id, owner)
+        if state == JobState.running:
             self._request(job_id, JobState.cancelled)
             return self.wait(job_id, timeout=30, owner=owner)
         self.finish_cancelled(job_id)
@@ -285,9 +288,12 @@ class StagingManager(JobLifecycle):
             return self.describe(rec)
         if state not in (JobState.queued, JobState.running):
             raise InvalidState(f"a {state.value} job cannot be paused")
+        if swap_started(rec.resume):  # as for cancel
+            self.log_event(job_id, "info", too_late(JobState.paused.value))
+            return self.current(job_id, owner)
         with self._lock:
             queued_here = job_id in self._controls
-        if state == JobState.running or queued_here or swap_under_way(rec.resume):
+        if state == JobState.running or queued_here:
             self._request(job_id, JobState.paused)
             self.wait(
                 job_id, timeout=30, owner=owner, until=lambda s: s not in (JobState.running, JobState.queued)

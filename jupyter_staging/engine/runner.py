@@ -39,13 +39,15 @@ from jupyter_staging.engine.staged import RECENT, job_entries
 from jupyter_staging.engine.store import ChunkSummary, JobRecord, utcnow
 from jupyter_staging.engine.swap import (
     Swapped,
+    kept_before,
     kept_lines,
     published_by,
     recorded_outputs,
     staged_inside,
     swap_in,
-    swap_under_way,
+    swap_started,
     swapped_already,
+    too_late,
 )
 from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import JobInterrupted, PartiallyStaged, StagingError
@@ -98,10 +100,8 @@ class JobRunner(TableSpreadStager):
         rec = self.store.get_job(self.job_id)
         if rec is None or rec.state != JobState.queued.value:
             return None
-        if rec.requested and swap_under_way(rec.resume):  # stopped as its complete output was swapped in
-            self.host.log_event(
-                self.job_id, "info", f"{rec.requested}: too late, the output is being swapped in"
-            )
+        if rec.requested and swap_started(rec.resume):  # stopped as its complete output was swapped in
+            self.host.log_event(self.job_id, "info", too_late(rec.requested))
         elif rec.requested == JobState.paused.value:
             self.host.set_state(self.job_id, JobState.paused, requested=None)
             return None
@@ -142,8 +142,11 @@ class JobRunner(TableSpreadStager):
         self.dest = self.host.destination_of(rec)
         if self.resume.get("swap"):
             self.replaced_folder = self._swap_root() / rec.destination
-            if self.recovering and swap_under_way(self.resume):
-                return self._finish_swap(rec)
+            if self.recovering and swap_started(self.resume):
+                finished = self._finish_swap(rec)
+                if finished is not None:
+                    return finished
+                # Its manifest is gone from the folder: the run checks what the job staged there.
             if not self.resume["swap"].get("done"):
                 self._log("info", f"staging into {self.resume['swap']['into']}; swapped in when complete")
         if isinstance(self.dest, ObjectStoreDestination):
@@ -339,7 +342,7 @@ class JobRunner(TableSpreadStager):
                 staged_before |= published_by(replaced, self.store.list_chunks(replaced.id))
             with self._lock:  # the old folder is aside, or the old manifest gone, once the swap starts
                 swap["before"] = staged_before
-                self._save_resume()
+                self._save_resume(bytes_done=self.live.bytes_done)  # the job's totals (_totals)
         aside_name = f".replaced-{suffix}"
         root = self._swap_root()
         if self.recovering and swapped_already(
@@ -360,26 +363,31 @@ class JobRunner(TableSpreadStager):
         where = rec.destination if staged_inside(rec.destination, swap["into"]) else aside.as_posix()
         for level, message in kept_lines(done, set(staged_before), where):
             self._log(level, message)
-        if resumed:  # what the stopped run moved is not known here; its set-aside names tell it
-            self._log(
-                "info", f"entries kept before the stop are not listed: their names end .set-aside-{suffix}"
-            )
+        if resumed and (earlier := kept_before(root / rec.destination, suffix, done)):
+            shown = ", ".join(earlier[:5]) + (f" and {len(earlier) - 5} more" if len(earlier) > 5 else "")
+            self._log("warning", f"kept under another name before the server stopped: {shown}")
         with self._lock:
             swap["done"] = True
             swap.pop("before", None)
             self._save_resume()
         self._log("info", f"swapped into {rec.destination}")
 
-    def _finish_swap(self, rec: JobRecord) -> tuple[list[str] | None, dict[str, dict[str, str]]]:
-        """The run after one that stopped (a crash, a shutdown) while its complete output was swapped in:
-        the swap goes on from where it stopped, and the job ends as that run would have, nothing staged
-        or listed again (no pause or cancel can stop it now). Returns the manifest's entry names and
-        failures, read back from the manifest the output holds (as :meth:`run_items` returns them)."""
+    def _finish_swap(self, rec: JobRecord) -> tuple[list[str] | None, dict[str, dict[str, str]]] | None:
+        """The run after one that stopped (a crash, a shutdown) once its complete output was being swapped
+        in, or was: the swap goes on from where it stopped, and the job ends as that run would have, nothing
+        staged or listed again (no pause or cancel can stop it now). Returns the manifest's entry names and
+        failures, read back from the manifest the output holds (as :meth:`run_items` returns them); None
+        when it holds none (gone meanwhile), and the run goes on to check what the job staged there."""
         self._log("info", "the server stopped while the output was swapped in; finishing the swap")
         self._swap_in(rec)
         rec.resume = json_copy(self.resume)  # swap done: the job's destination is its folder now
         self.dest = self.host.destination_of(rec)
-        listing = (self.dest.read_manifest() or {}).get("entries")
+        manifest = self.dest.read_manifest()
+        if manifest is None or manifest.get("job_id") != self.job_id:
+            return None
+        with self.live.lock:  # what the stopped run had counted by the swap's start
+            self.live.bytes_done = max(self.live.bytes_done, rec.bytes_done or 0)
+        listing = manifest.get("entries")
         if listing is None:
             return None, {}
         return [e["name"] for e in listing], {e["name"]: e["error"] for e in listing if e.get("error")}

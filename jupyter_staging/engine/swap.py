@@ -250,12 +250,34 @@ def swap_in(
     return done
 
 
-def swap_under_way(resume: Mapping[str, Any] | None) -> bool:
-    """Whether a job's resume data says its swap started and is not done: its output is complete and
-    being put in place (what the old output recorded is kept as ``swap["before"]`` meanwhile). A run of
-    the job that stopped then leaves the swap to the next one; a pause or cancel comes too late."""
+def swap_started(resume: Mapping[str, Any] | None) -> bool:
+    """Whether a job's resume data says its swap started (``swap["before"]``, what the old output
+    recorded, is kept from the swap's start until it is done) or is done: its output is complete and being,
+    or already, put in place. A run of an unfinished job that stopped then leaves the end to the next run
+    (:meth:`~jupyter_staging.engine.runner.JobRunner.run_items`), and a pause or cancel comes too late."""
     swap = (resume or {}).get("swap") or {}
-    return swap.get("before") is not None and not swap.get("done")
+    return swap.get("before") is not None or bool(swap.get("done"))
+
+
+def too_late(requested: str) -> str:
+    """The log line of a pause or cancel (``requested``: ``"paused"``, ``"cancelled"``) that came once the
+    job's swap had started (:func:`swap_started`)."""
+    asked = {"paused": "pause", "cancelled": "cancel"}.get(requested, requested)
+    return f"a {asked} was asked for too late: the output is complete and being swapped in"
+
+
+def kept_before(final: Path, suffix: str, done: Swapped) -> list[str]:
+    """The set-aside entries below ``final`` (``_<name>.set-aside-<suffix>``, or ``-2``... when taken)
+    that ``done`` does not list: kept by a run of the swap that stopped, relative to ``final``, sorted."""
+    ours = re.compile(rf"_.*\.set-aside-{re.escape(suffix)}(-[0-9]+)?")
+    listed = set(done.set_aside.values())
+    found = []
+    for dirpath, dirs, files in os.walk(final):
+        for name in [*files, *dirs]:
+            rel = os.path.relpath(os.path.join(dirpath, name), final)
+            if ours.fullmatch(name) and rel not in listed:
+                found.append(rel)
+    return sorted(found)
 
 
 def swapped_already(final: Path, new: Path, aside_name: str, job_id: str) -> bool:

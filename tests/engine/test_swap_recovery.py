@@ -21,10 +21,11 @@ import pytest
 
 from jupyter_staging.engine.models import CreateJob, JobState
 from jupyter_staging.engine.store import Store
+from jupyter_staging.engine.swap import too_late
 from jupyter_staging.safety.dirfd import set_aside_name
 from tests.helpers.crashes import killed_part_way, resumed
 from tests.helpers.data import KEPLER, SPITZER, TESS, sha256
-from tests.helpers.managers import manager_for
+from tests.helpers.managers import manager_for, unstarted_manager
 from tests.helpers.space import small_file_system
 
 
@@ -134,27 +135,72 @@ def test_a_merge_into_a_mount_point_stopped_part_way_is_finished_by_the_next_ser
         assert sorted(p.name for p in (tmp_path / "root").iterdir()) == ["out"]
 
 
-@pytest.mark.parametrize("requested", ["cancelled", "paused"])
-def test_a_cancel_or_pause_asked_for_during_the_swap_comes_too_late(tmp_path: Path, requested: str):
-    """The server dies between the swap's two renames with a cancel (or pause) recorded for the job: the
-    next server does not honour it (the output is complete; removing the scratch folder as a cancel's
-    partial output would leave no folder at ``out`` and the old one hidden), finishes the swap, and the job
-    succeeds; its log says why. A cancel asked of the job while it waits to run again is answered so too."""
+@pytest.mark.parametrize(
+    "exit_at, requested",
+    [
+        ("Confined.rename:2", "cancelled"),  # between the two renames: no folder at ``out``
+        ("Confined.rename:2", "paused"),
+        ("runner.format_bytes:2", "cancelled"),  # swapped in and recorded done; the job not ended yet
+    ],
+)
+def test_a_cancel_or_pause_once_the_swap_started_comes_too_late(tmp_path: Path, exit_at: str, requested: str):
+    """The server dies once the swap has started, with a cancel (or pause) recorded for the job: the next
+    server does not honour it (the output is complete: a cancel removed the new output as partial, and
+    left the old one hidden or none at all), finishes the job, and it succeeds; its log says why. Asked of
+    the job while no server runs it, a cancel or pause is answered at once, and changes nothing."""
     request, _ = staged_and_edited(tmp_path)
-    job_id = killed_part_way(tmp_path, request, exit_at="Confined.rename:2")
+    job_id = killed_part_way(tmp_path, request, exit_at=exit_at)
     store = Store(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
     try:
         store.update_job(job_id, load_resume=False, requested=requested)
     finally:
         store.close()
+    idle = unstarted_manager(tmp_path / "root", tmp_path)
+    try:
+        for ask in (idle.cancel, idle.pause):
+            assert ask(job_id).state == JobState.running  # as the stopped server left it
+    finally:
+        idle.stop()
     done, _, log = resumed(tmp_path, job_id)
     assert done.state == JobState.succeeded, done.error
-    assert f"{requested}: too late, the output is being swapped in" in log
+    assert too_late(requested) in log and too_late("cancelled") in log and too_late("paused") in log
     root = tmp_path / "root"
     assert sorted(p.name for p in root.iterdir()) == ["out"]
     assert (root / "out" / "notes.txt").read_text() == "my notes\n"
+    assert sha256(root / "out" / TESS.name) == sha256(tmp_path / "lcs" / TESS.name)
+    assert done.progress.bytes_done == TESS.stat().st_size + len(b"a new release\n") + KEPLER.stat().st_size
+
+
+def test_a_manifest_job_with_a_failed_entry_stopped_during_the_swap_ends_partial_with_its_bytes(
+    tmp_path: Path,
+):
+    """A manifest job whose Kepler entry has a wrong checksum ends ``partial``; the same request runs again
+    after the TESS source changed, replacing that output, and dies between the swap's renames. The next
+    server ends it ``partial`` as the stopped run would have, its failed entry as the manifest records it,
+    and its bytes counted as a run that did not stop counts them (they were 0)."""
+    (tmp_path / "root").mkdir()
+    for src in (KEPLER, TESS):
+        shutil.copyfile(src, tmp_path / src.name)
+    entries = {"k": {"source": str(tmp_path / KEPLER.name), "checksum": "sha256:" + "0" * 64}}
+    request = {"manifest": {**entries, "t": str(tmp_path / TESS.name)}, "destination": "out"}
     manager = manager_for(tmp_path)
     try:
-        assert manager.cancel(job_id).state == JobState.succeeded  # finished: a no-op
+        first, _ = manager.create(CreateJob(**request))
+        done = manager.wait(first.id, timeout=120)
+        assert done.error is not None and done.error.code == "partial", done
+        first_bytes = done.progress.bytes_done
     finally:
         manager.stop()
+    with open(tmp_path / TESS.name, "ab") as fh:
+        fh.write(b"a new release\n")
+    job_id = killed_part_way(tmp_path, request, exit_at="Confined.rename:2")
+    done, _, log = resumed(tmp_path, job_id)
+    assert done.state == JobState.failed and done.error is not None and done.error.code == "partial", done
+    assert "finishing the swap" in log
+    assert done.progress.bytes_done == first_bytes + len(b"a new release\n")  # as a run not stopped counts
+    manifest = json.loads((tmp_path / "root" / "out" / "manifest.json").read_text())
+    assert manifest["job_id"] == job_id
+    assert {e["name"]: (e["error"] or {}).get("code") for e in manifest["entries"]} == {
+        "k": "checksum_mismatch",
+        "t": None,
+    }
