@@ -99,6 +99,10 @@ def test_a_server_dying_during_the_swap_leaves_it_finished_by_the_next(
     )
     assert all(c.state == "ready" for c in chunks) and len(chunks) == 2
     assert "finishing the swap" in log
+    before_the_stop = (
+        f"kept under another name before the server stopped: {set_aside_name(KEPLER.name, suffix)}"
+    )
+    assert (before_the_stop in log) == (exit_at == "runner.kept_lines:1"), log  # else listed as it was kept
     manager = manager_for(tmp_path)
     try:
         assert manager.get(first_id).state == JobState.expired
