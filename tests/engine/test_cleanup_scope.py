@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,6 +33,18 @@ def folder_with_users_file(root: Path) -> Path:
     (root / "mydata").mkdir()
     (root / "mydata" / "b.bin").write_bytes(b"the user's own data")
     return root / "mydata"
+
+
+@contextmanager
+def kepler_and_a_slow_download(tmp_path: Path, bytes_per_s: int) -> Iterator[dict[str, str]]:
+    """Manifest entries for the block: ``k``, a local copy of the Kepler light curve (staged at once), and
+    ``big``, 3 MB over HTTP at ``bytes_per_s`` (bytes/s) from a Range server on 127.0.0.1."""
+    (tmp_path / "local").mkdir()
+    shutil.copyfile(KEPLER, tmp_path / "local" / KEPLER.name)
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "big.bin").write_bytes(os.urandom(3_000_000))
+    with RangeHTTPServer(tmp_path / "web", throttle_bytes_per_s=bytes_per_s) as http:
+        yield {"k": str(tmp_path / "local" / KEPLER.name), "big": http.url("big.bin")}
 
 
 @pytest.mark.parametrize("policy", ["delete_always", "retain"])
@@ -177,12 +191,7 @@ def test_a_ready_file_edited_while_the_job_still_runs_outlives_the_cleanup(
     would see it changed)."""
     from astropy.io import fits
 
-    (tmp_path / "local").mkdir()
-    shutil.copyfile(KEPLER, tmp_path / "local" / KEPLER.name)
-    (tmp_path / "web").mkdir()
-    (tmp_path / "web" / "big.bin").write_bytes(os.urandom(3_000_000))
-    with RangeHTTPServer(tmp_path / "web", throttle_bytes_per_s=1_500_000) as http:
-        entries = {"k": str(tmp_path / "local" / KEPLER.name), "big": http.url("big.bin")}
+    with kepler_and_a_slow_download(tmp_path, 1_500_000) as entries:
         request = CreateJob(manifest=entries, destination="out", ttl_seconds=60, cleanup_policy=policy)
         job, _ = manager.create(request)
         edited = root / "out" / "k" / KEPLER.name
@@ -288,12 +297,7 @@ def test_a_file_edited_while_its_job_was_paused_outlives_the_cleanup(
     job's files go), the edited file stays too. Before, the manifest took the
     time of a file published by an earlier run at the job's end, and a job without a manifest compared
     sizes only: the edit was removed."""
-    (tmp_path / "local").mkdir()
-    shutil.copyfile(KEPLER, tmp_path / "local" / KEPLER.name)
-    (tmp_path / "web").mkdir()
-    (tmp_path / "web" / "big.bin").write_bytes(os.urandom(3_000_000))
-    with RangeHTTPServer(tmp_path / "web", throttle_bytes_per_s=1_000_000) as http:
-        entries = {"k": str(tmp_path / "local" / KEPLER.name), "big": http.url("big.bin")}
+    with kepler_and_a_slow_download(tmp_path, 1_000_000) as entries:
         policy = "retain" if finish == "resume" else "delete_always"
         request = CreateJob(manifest=entries, destination="out", ttl_seconds=60, cleanup_policy=policy)
         job, _ = manager.create(request)

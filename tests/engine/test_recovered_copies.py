@@ -50,14 +50,16 @@ def light_curves(tmp_path: Path) -> Path:
     return folder
 
 
-def staged_once(tmp_path: Path, request: dict) -> None:
-    """Run ``request`` to success in a server on ``tmp_path`` (root and job database), then stop it."""
+def staged_once(tmp_path: Path, request: dict) -> str:
+    """Run ``request`` to success in a server on ``tmp_path`` (root and job database), then stop it;
+    returns the job's id."""
     manager = manager_for(tmp_path)
     try:
         first, _ = manager.create(CreateJob(**request))
         assert manager.wait(first.id, timeout=120).state == JobState.succeeded
     finally:
         manager.stop()
+    return first.id
 
 
 def killed_copy(tmp_path: Path) -> tuple[str, list[str]]:

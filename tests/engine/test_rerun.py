@@ -585,6 +585,20 @@ def test_the_users_part_files_are_listed_for_each_table_and_a_resumed_older_job_
     assert stored["c.parquet"] == ["part-00000.parquet", "part-00001.parquet"]
 
 
+def failed_on_the_users_file(manager: StagingManager, source: Path, **body) -> Path:
+    """Copy folder ``source`` (``body``: more of the request) into ``out``, where the user has a file at
+    ``zz/last.bin``, the name of ``source``'s last file (random bytes, made here): the job fails
+    ``destination_exists`` there, after publishing the others. Returns ``out``."""
+    (source / "zz").mkdir(parents=True, exist_ok=True)
+    (source / "zz" / "last.bin").write_bytes(os.urandom(1024))
+    out = manager.root_dir / "out"
+    (out / "zz").mkdir(parents=True)
+    (out / "zz" / "last.bin").write_text("the user's")
+    failed, _ = run(manager, source=str(source), destination="out", **body)
+    assert failed["error"]["code"] == "destination_exists", failed["error"]
+    return out
+
+
 def test_a_failed_jobs_leftovers_are_replaced_and_the_users_file_in_its_way_is_kept(manager, tmp_path):
     """A folder copy failed on the user's own file where its last file goes; the request is run again with
     that file still there: the whole folder is staged and swapped in, and the user's file, which the failed
@@ -594,12 +608,7 @@ def test_a_failed_jobs_leftovers_are_replaced_and_the_users_file_in_its_way_is_k
     (source / "zz").mkdir(parents=True)
     for i in range(3):
         (source / f"a{i}.bin").write_bytes(os.urandom(1024))
-    (source / "zz" / "last.bin").write_bytes(os.urandom(1024))
-    out = manager.root_dir / "out"
-    (out / "zz").mkdir(parents=True)
-    (out / "zz" / "last.bin").write_text("the user's")
-    failed, _ = run(manager, source=str(source), destination="out")
-    assert failed["error"]["code"] == "destination_exists", failed["error"]
+    out = failed_on_the_users_file(manager, source)
     again, created = run(manager, source=str(source), destination="out")
     assert created and again["state"] == "succeeded", again["error"]
     assert sha256(out / "zz" / "last.bin") == sha256(source / "zz" / "last.bin")

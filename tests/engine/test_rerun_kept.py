@@ -19,7 +19,7 @@ import pytest
 
 from jupyter_staging.engine.swap import changed_since_staged, kept_lines, recorded_outputs, swap_in
 from jupyter_staging.safety.dirfd import NAME_MAX_BYTES, set_aside_name
-from tests.engine.test_rerun import log_text, run
+from tests.engine.test_rerun import failed_on_the_users_file, log_text, run
 from tests.helpers.data import KEPLER, SPITZER, sha256
 
 SUFFIX = "0123abcd"
@@ -308,14 +308,9 @@ def test_a_failed_jobs_file_edited_in_place_is_kept_when_the_request_runs_again(
     from astropy.io import fits
 
     source = tmp_path / "lcs"
-    (source / "zz").mkdir(parents=True)
+    source.mkdir()
     (source / KEPLER.name).write_bytes(KEPLER.read_bytes())
-    (source / "zz" / "last.bin").write_bytes(os.urandom(1024))
-    out = manager.root_dir / "out"
-    (out / "zz").mkdir(parents=True)
-    (out / "zz" / "last.bin").write_text("the user's")
-    failed, _ = run(manager, source=str(source), destination="out")
-    assert failed["error"]["code"] == "destination_exists", failed["error"]
+    out = failed_on_the_users_file(manager, source)
     staged = out / KEPLER.name
     assert sha256(staged) == sha256(KEPLER)  # published before the failure
     with fits.open(staged, mode="update") as hdul:
@@ -360,15 +355,10 @@ def test_a_failed_link_jobs_output_is_replaced_and_one_the_user_saved_over_kept(
     copy (a symlink was taken for the user's and kept as ``_<name>.set-aside-…``), and a file the user
     saved over one (another inode, no link) is kept. The inode comes from what the failed job listed."""
     source = tmp_path / "lcs"
-    (source / "zz").mkdir(parents=True)
+    source.mkdir()
     (source / KEPLER.name).write_bytes(KEPLER.read_bytes())
     (source / SPITZER.name).write_bytes(SPITZER.read_bytes())
-    (source / "zz" / "last.bin").write_bytes(os.urandom(1024))
-    out = manager.root_dir / "out"
-    (out / "zz").mkdir(parents=True)
-    (out / "zz" / "last.bin").write_text("the user's")
-    failed, _ = run(manager, source=str(source), destination="out", method=method)
-    assert failed["error"]["code"] == "destination_exists", failed["error"]
+    out = failed_on_the_users_file(manager, source, method=method)
     mine = out / "mine.tmp"
     mine.write_bytes(b"the user's reduced version\n")
     os.replace(mine, out / KEPLER.name)

@@ -23,6 +23,7 @@ from jupyter_staging.engine.models import CreateJob, JobState
 from jupyter_staging.engine.store import Store
 from jupyter_staging.engine.swap import too_late
 from jupyter_staging.safety.dirfd import set_aside_name
+from tests.engine.test_recovered_copies import staged_once
 from tests.helpers.crashes import killed_part_way, resumed
 from tests.helpers.data import KEPLER, SPITZER, TESS, sha256
 from tests.helpers.managers import manager_for, unstarted_manager
@@ -42,19 +43,14 @@ def staged_and_edited(tmp_path: Path, edited: Path = KEPLER, changed: Path = TES
     for src in (edited, changed):
         shutil.copyfile(src, source / src.name)
     request = {"source": str(source), "destination": "out"}
-    manager = manager_for(tmp_path)
-    try:
-        first, _ = manager.create(CreateJob(**request))
-        assert manager.wait(first.id, timeout=120).state == JobState.succeeded
-    finally:
-        manager.stop()
+    first_id = staged_once(tmp_path, request)
     out = tmp_path / "root" / "out"
     with fits.open(out / edited.name, mode="update") as hdul:
         hdul[0].header["OBSERVER"] = "someone"
     (out / "notes.txt").write_text("my notes\n")
     with open(source / changed.name, "ab") as fh:
         fh.write(b"a new release\n")
-    return request, first.id
+    return request, first_id
 
 
 @pytest.mark.parametrize(
