@@ -205,13 +205,12 @@ def swap_in(
     ``aside_name`` until its entries are carried over: run again after a stop part way, the swap goes on
     from where it stopped); entries of the old folder that are not its unchanged output are moved into the
     new one (symlinks and empty folders of the user's too), so nothing is lost: a staged file the user
-    changed since
-    (:func:`changed_since_staged`) under a set-aside name (``_<name>.set-aside-<suffix>``), an entry of
-    the user's under its own name, or a set-aside one when the new output has that name. The old folder is
-    then removed (it is kept, renamed ``aside_name``, when some of its entries could not be moved). The
-    new folder takes the old one's permission bits and, where this process may give it, its group before
-    it is swapped in: a folder the user made private (0700) or shared with a group (2770) stays so. With
-    ``into`` inside ``rel`` (a mount point): :func:`_merge_in`.
+    changed since (:func:`changed_since_staged`) under a set-aside name (``_<name>.set-aside-<suffix>``),
+    an entry of the user's under its own name, or a set-aside one when the new output has that name. The
+    old folder is then removed (it is kept, renamed ``aside_name``, when some of its entries could not be
+    moved). The new folder takes the old one's permission bits and, where this process may give it, its
+    group before it is swapped in: a folder the user made private (0700) or shared with a group (2770)
+    stays so. With ``into`` inside ``rel`` (a mount point): :func:`_merge_in`.
 
     Returns what was kept (:class:`Swapped`; paths relative to ``rel``). Raises :class:`PathNotAllowed`
     when ``rel`` or a folder above it became a symlink,
@@ -430,9 +429,8 @@ def _carry_over(old_fd: int, new_fd: int, staged: Mapping[str, Mapping[str, Any]
         folder = PurePosixPath(dirpath)
         if folder != PurePosixPath("."):
             modes[folder.as_posix()] = os.fstat(dir_fd)
-        if (
-            not files and not dirs and folder.as_posix() not in staged_folders
-        ):  # an empty folder of the user's
+        users_empty_folder = not files and not dirs and folder.as_posix() not in staged_folders
+        if users_empty_folder:
             try:
                 os.close(open_below(new_fd, folder.as_posix(), create=True, mode=0o700))
                 done.moved.append(f"{folder.as_posix()}/")
