@@ -69,8 +69,6 @@ def published_files(
     """How job ``rec`` published each chunk's file, by its path relative to ``destination``: a file of
     one name and another size or time at its name is the user's (:meth:`Destination.remove`'s
     ``chunk_files``). Empty for a link job (:func:`published_file`)."""
-    if rec.method in LINK_METHODS:
-        return {}
     return {destination.relative(c.path): f for c in published if (f := published_file(rec, c)) is not None}
 
 
