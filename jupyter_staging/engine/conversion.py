@@ -173,7 +173,7 @@ class ConvertingStager(PipelinedStager, TableFolders, DeadParts):
         )
         folder, objects = self.replaced_folder, self._previous_objects()
         # Each part as staged: one the user changed since (edited at the same size) is converted again.
-        if not parts or not all(reusable_output(folder / rel, objects[rel]) is not None for rel in parts):
+        if not parts or not all(reusable_output(folder / rel, objects[rel]) for rel in parts):
             return False
         try:
             self._same_version(item)  # the version the replaced output was made of

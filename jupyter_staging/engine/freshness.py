@@ -170,17 +170,15 @@ def output_as_staged(st: os.stat_result, obj: Mapping[str, Any]) -> bool:
     return obj.get("mtime_ns") is None or st.st_mtime_ns == obj["mtime_ns"]
 
 
-def reusable_output(path: Path, obj: Mapping[str, Any]) -> os.stat_result | None:
-    """The ``lstat`` of staged output ``path`` when a re-run may take it as it is: a regular file of the
-    recorded ``size`` (bytes) that is still as the job left it (:func:`output_as_staged`: not edited in
-    place since); None when it is gone, no regular file, of no recorded size, or changed."""
+def reusable_output(path: Path, obj: Mapping[str, Any]) -> bool:
+    """Whether a re-run may take staged output ``path`` as it is: a regular file of the recorded ``size``
+    (bytes) that is still as the job left it (:func:`output_as_staged`: not edited in place since); not
+    when it is gone, no regular file, of no recorded size, or changed."""
     try:
         st = path.lstat()
     except OSError:
-        return None
-    if not stat.S_ISREG(st.st_mode) or obj.get("size") is None or not output_as_staged(st, obj):
-        return None
-    return st
+        return False
+    return stat.S_ISREG(st.st_mode) and obj.get("size") is not None and output_as_staged(st, obj)
 
 
 def outputs_present(folder: Path, manifest: dict[str, Any]) -> bool:

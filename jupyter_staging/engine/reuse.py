@@ -163,7 +163,7 @@ class ReusingWriter(DestinationWriter):
         if old is None or self.replaced_folder is None or not self._unchanged(item):
             return None
         src = self.replaced_folder / rel
-        if reusable_output(src, old) is None:
+        if not reusable_output(src, old):
             return None  # gone, replaced, edited since, or of no recorded size: staged again from the source
         try:
             self._link_into(src, final, symbolic=False)
