@@ -23,6 +23,14 @@ from jupyter_staging.kernel import progressbar
 from jupyter_staging.kernel.backends import FINAL_STATES, REQUEST_TIMEOUT, Backend
 from jupyter_staging.kernel.formatting import jobs_table_html, progress_summary, tasks_summary
 from jupyter_staging.kernel.paths import chunk_paths, entry_paths, is_url
+from jupyter_staging.kernel.readback import (
+    PARQUET_CONTENT_TYPE,
+    common_schema,
+    concat_tables,
+    fetch_part,
+    parquet_tables,
+    pick_tables,
+)
 
 if TYPE_CHECKING:
     import astropy.table
@@ -31,8 +39,6 @@ if TYPE_CHECKING:
     import pyarrow.dataset
 
 __all__ = ["PARQUET_CONTENT_TYPE", "Chunk", "Job", "JobFailed", "JobList", "iter_chunks"]
-
-PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 
 _PROGRESS_KEYS = (
     "bytes_done",
@@ -260,68 +266,92 @@ class Job:
 
     # -- reading ---------------------------------------------------------------------------------------
 
-    def _parquet_paths(self) -> list[Path] | list[str]:
-        """Local part files, or for an object store destination their presigned URLs."""
+    @property
+    def tables(self) -> list[str]:
+        """The Parquet tables of the job's output, relative to its destination: ``<name>.parquet`` folders
+        of the tables it converted (one per source table), and Parquet files it copied. Readers take one
+        of them as ``table=``. Chunks not ready yet are listed too."""
+        return list(parquet_tables(self.chunks, self._uri_prefix()))
+
+    def _uri_prefix(self) -> str:
+        destination = self.destination
+        return destination if isinstance(destination, str) else ""
+
+    def _parquet_paths(self, table: str | None) -> dict[str, list[Path] | list[str]]:
+        """``{table name: its parts}``: local part files, or for an object store destination their
+        presigned URLs; the tables asked for (:func:`~jupyter_staging.kernel.readback.pick_tables`)."""
         if self.state != "succeeded":
             self.wait()
-        chunks = [c for c in self.chunks if _is_parquet_chunk(c)]
-        if not chunks:
+        tables = parquet_tables(self.chunks, self._uri_prefix())
+        if not tables:
             raise StagingError(
                 f"job {self.name!r} has no Parquet output; stage with to_parquet=True "
                 "(or %stage --to-parquet) to read it as a table",
                 code="no_parquet_output",
                 status=400,
             )
-        destination = self.destination
-        paths: list[Path] | list[str]
-        if isinstance(destination, str):
-            paths = [str(c["url"]) for c in sorted(chunks, key=lambda c: c["index"]) if c.get("url")]
-        else:
-            paths = chunk_paths(destination, chunks)
-        if len(paths) != len(chunks):
-            raise StagingError(
-                f"some Parquet chunks of job {self.name!r} are no longer on disk (acknowledged or expired)",
-                code="chunks_missing",
-                status=409,
-            )
-        return paths
+        found: dict[str, list[Path] | list[str]] = {}
+        for name in pick_tables(tables, table, self.name):
+            chunks = tables[name]
+            paths: list[Path] | list[str]
+            if self._uri_prefix():
+                paths = [str(c["url"]) for c in chunks if c.get("url")]
+            else:
+                paths = chunk_paths(Path(self.destination), chunks)
+            if len(paths) != len(chunks):
+                raise StagingError(
+                    f"some Parquet chunks of job {self.name!r} are no longer on disk "
+                    "(acknowledged or expired)",
+                    code="chunks_missing",
+                    status=409,
+                )
+            found[name] = paths
+        return found
 
-    def to_arrow(self) -> pyarrow.Table:
-        """All Parquet chunks of the job as one ``pyarrow.Table``, rows in chunk order, with the schema's
-        column units and descriptions. Waits for the job to succeed first.
+    def to_arrow(self, table: str | None = None) -> pyarrow.Table:
+        """The job's Parquet output as one ``pyarrow.Table``, rows in chunk order, with the schema's column
+        units and descriptions. Waits for the job to succeed first.
 
-        Parts in object storage are fetched through their presigned URLs (each part is read into memory).
+        ``table``: one of :attr:`tables` (a folder job writes a table per source table). Without it, all of
+        them, read as one only when they have the same columns (names, types, units); the table metadata
+        they do not share (source file, FITS header) is then left out. Parts in object storage are fetched
+        through their presigned URLs (each part is read into memory).
 
-        Raises :class:`JobFailed` if it does not, and :class:`StagingError` (code ``no_parquet_output``)
-        when the job wrote no Parquet file.
+        Raises :class:`JobFailed` if the job does not succeed, and :class:`StagingError` with code
+        ``no_parquet_output`` when it wrote no Parquet file, ``unknown_table`` for a ``table`` it did not
+        write, ``several_tables`` when its tables' columns differ and no ``table`` was given.
         """
         # Deferred: pyarrow is heavy and only needed when a job is read as a table.
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        parts = self._parquet_paths()
-        tables = [pq.read_table(_fetch_part(p) if isinstance(p, str) else p) for p in parts]
-        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        parts = {
+            name: [pq.read_table(fetch_part(p) if isinstance(p, str) else p) for p in paths]
+            for name, paths in self._parquet_paths(table).items()
+        }
+        return concat_tables(parts, self.name)
 
-    def to_pandas(self, **kwargs: Any) -> pandas.DataFrame:
+    def to_pandas(self, table: str | None = None, **kwargs: Any) -> pandas.DataFrame:
         """:meth:`to_arrow` as a ``pandas.DataFrame`` (``kwargs`` go to ``pyarrow.Table.to_pandas``)."""
-        return self.to_arrow().to_pandas(**kwargs)
+        return self.to_arrow(table).to_pandas(**kwargs)
 
-    def to_table(self) -> astropy.table.QTable:
+    def to_table(self, table: str | None = None) -> astropy.table.QTable:
         """:meth:`to_arrow` as an astropy ``QTable``: columns with units are ``Quantity`` (e.g.
         ``PDCSAP_FLUX`` in ``electron / s``), nulls masked, FITS time columns as ``Time`` where the header
-        says how; ``meta`` holds the source's metadata. Same waiting and errors as :meth:`to_arrow`."""
+        says how; ``meta`` holds the source's metadata. Same ``table``, waiting and errors as
+        :meth:`to_arrow`."""
         # Deferred: astropy is heavy (about a second to import) and only needed here.
         from jupyter_staging.kernel.tables import to_qtable
 
-        return to_qtable(self.to_arrow())
+        return to_qtable(self.to_arrow(table))
 
-    def dataset(self) -> pyarrow.dataset.Dataset:
+    def dataset(self, table: str | None = None) -> pyarrow.dataset.Dataset:
         """A ``pyarrow.dataset.Dataset`` over the job's Parquet chunk files, for filtered or lazy reads
-        larger than memory. Same waiting and errors as :meth:`to_arrow`; for a job writing to object
-        storage use :meth:`to_arrow` (code ``not_local``)."""
+        larger than memory. Same ``table``, waiting and errors as :meth:`to_arrow` (without ``table``, the
+        tables' schemas are compared from each one's first part); for a job writing to object storage use
+        :meth:`to_arrow` (code ``not_local``)."""
         # Deferred: pyarrow is heavy and only needed when a job is read as a table.
         import pyarrow.dataset as ds
+        import pyarrow.parquet as pq
 
         if isinstance(self.destination, str):
             raise StagingError(
@@ -329,7 +359,10 @@ class Job:
                 code="not_local",
                 status=400,
             )
-        return ds.dataset([str(p) for p in self._parquet_paths()], format="parquet")
+        found = self._parquet_paths(table)
+        names = list(found)
+        schema = common_schema([pq.read_schema(found[name][0]) for name in names], names, self.name)
+        return ds.dataset([str(p) for name in names for p in found[name]], schema=schema, format="parquet")
 
     # -- display -----------------------------------------------------------------------------------------
 
@@ -362,30 +395,6 @@ class JobList(list):  # type: ignore[type-arg]
         if not self:
             return "<p>(no staging jobs)</p>"
         return jobs_table_html(self, with_id=True)
-
-
-def _is_parquet_chunk(chunk: dict[str, Any]) -> bool:
-    path = str(chunk.get("path") or "")
-    return chunk.get("content_type") == PARQUET_CONTENT_TYPE or path.lower().endswith(".parquet")
-
-
-def _fetch_part(url: str) -> Any:
-    """A Parquet part behind a presigned URL, as a ``pyarrow.BufferReader`` (errors never show the URL)."""
-    # Deferred: pyarrow is heavy and only needed when a job is read as a table.
-    import pyarrow as pa
-
-    try:
-        response = requests.get(url, timeout=REQUEST_TIMEOUT)
-    except requests.RequestException as exc:
-        raise StagingError(
-            f"cannot read a part from object storage: {type(exc).__name__}", code="read_failed"
-        ) from None
-    if response.status_code != 200:
-        raise StagingError(
-            f"object storage answered HTTP {response.status_code} for a part (an expired URL?)",
-            code="read_failed",
-        )
-    return pa.BufferReader(response.content)
 
 
 # -- chunks as a stream --------------------------------------------------------------------------------------

@@ -5,8 +5,10 @@ from __future__ import annotations
 import shutil
 
 import astropy.units as u
+import pytest
 from astropy.time import Time
 
+from jupyter_staging.errors import StagingError
 from jupyter_staging.kernel import api
 from tests.helpers.data import KEPLER
 
@@ -21,3 +23,44 @@ def test_to_table_gives_units_and_times_for_the_kepler_light_curve(local_backend
     assert table["PDCSAP_FLUX"].unit == u.electron / u.s
     assert isinstance(table["TIME"], Time) and table["TIME"].scale == "tdb"
     assert table["TIME"][0].jd > 2454833
+
+
+def test_a_folder_of_tables_in_other_units_is_read_one_table_at_a_time(local_backend, tmp_path):
+    from astropy.table import Table
+
+    folder = tmp_path / "fluxes"
+    folder.mkdir()
+    Table({"id": [1, 2], "flux": [1500.0, 2500.0] * u.mJy}).write(folder / "a.ecsv")
+    Table({"id": [3, 4], "flux": [3.0, 4.0] * u.Jy}).write(folder / "b.ecsv")
+    job = api.stage(str(folder), "fluxes-pq", to_parquet=True, wait=True)
+
+    assert job.tables == ["a.parquet", "b.parquet"]
+    for read in (job.to_arrow, job.to_pandas, job.to_table, job.dataset):
+        with pytest.raises(StagingError) as refused:
+            read()
+        assert refused.value.code == "several_tables"
+        assert "'a.parquet' and 'b.parquet'" in str(refused.value)
+    b = job.to_table("b.parquet")
+    assert list(b["id"]) == [3, 4] and b["flux"][0] == 3 * u.Jy
+    assert b.meta["jupyter_staging.source"] == "b.ecsv"
+    assert job.dataset(table="a.parquet").to_table().column("flux").to_pylist() == [1500.0, 2500.0]
+    with pytest.raises(StagingError) as unknown:
+        job.to_arrow("c.parquet")
+    assert unknown.value.code == "unknown_table" and "'a.parquet', 'b.parquet'" in str(unknown.value)
+
+
+def test_a_folder_of_light_curves_with_the_same_columns_is_read_as_one_table(local_backend, tmp_path):
+    folder = tmp_path / "curves"
+    folder.mkdir()
+    for name in ("first.fits", "second.fits"):
+        shutil.copyfile(KEPLER, folder / name)
+    job = api.stage(str(folder), "curves-pq", to_parquet=True, chunk_rows=5000, wait=True)
+
+    table = job.to_table()
+
+    assert len(table) == 2 * 14280 and len(job.to_pandas()) == 2 * 14280
+    assert job.dataset().count_rows() == 2 * 14280
+    assert table["PDCSAP_FLUX"].unit == u.electron / u.s
+    assert isinstance(table["TIME"], Time)  # the FITS header both share is kept
+    assert "jupyter_staging.source" not in table.meta  # the file names differ: neither is claimed
+    assert job.to_table("second.parquet").meta["jupyter_staging.source"] == "second.fits"
