@@ -449,5 +449,5 @@ def read_ragged(path: Path, fmt: str, chunk_rows: int, encoding: str = "utf-8") 
         ) from None
     arrays = [ndarray_to_arrow(table[name]) for name in table.colnames]
     arrow = pa.table(arrays, names=table.colnames)
-    arrow = arrow.cast(with_metadata(arrow.schema, [{} for _ in arrays], base_meta(path, fmt)))
-    return TableSource(arrow, size, chunk_rows)
+    schema = with_metadata(arrow.schema, [{} for _ in arrays], base_meta(path, fmt))
+    return TableSource(pa.Table.from_arrays(arrow.columns, schema=schema), size, chunk_rows)

@@ -123,5 +123,5 @@ def read_ecsv_whole(path: Path, chunk_rows: int) -> TableSource:
     if table.meta:
         meta["ecsv.meta"] = dumps(dict(table.meta))
     arrow = pa.table(arrays, names=table.colnames)
-    arrow = arrow.cast(with_metadata(arrow.schema, fields_meta, meta))
-    return TableSource(arrow, path.stat().st_size, chunk_rows)
+    schema = with_metadata(arrow.schema, fields_meta, meta)
+    return TableSource(pa.Table.from_arrays(arrow.columns, schema=schema), path.stat().st_size, chunk_rows)

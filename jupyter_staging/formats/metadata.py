@@ -38,6 +38,7 @@ __all__ = [
     "votable_field_meta",
     "votable_param",
     "votable_unit",
+    "unique_names",
     "with_metadata",
 ]
 
@@ -92,21 +93,46 @@ def base_meta(path: Path, fmt: str) -> dict[str, str]:
     }
 
 
+def unique_names(names: list[str]) -> list[str]:
+    """``names`` with each repeated one made unique as ``astropy.io.ascii`` does: the second ``ra`` becomes
+    ``ra_1``, the third ``ra_2`` (a number further on when that name is taken). A TAP join (``SELECT a.ra,
+    b.ra``) or a CSV header can repeat a name; Parquet keeps both columns, but no reader can then pick one."""
+    taken = set(names)
+    seen: set[str] = set()
+    unique = []
+    for name in names:
+        if name in seen:
+            n = 1
+            while f"{name}_{n}" in taken:
+                n += 1
+            name = f"{name}_{n}"
+            taken.add(name)
+        seen.add(name)
+        unique.append(name)
+    return unique
+
+
 def with_metadata(
     schema: pa.Schema, fields_meta: list[dict[bytes, bytes]], schema_meta: dict[str, str]
 ) -> pa.Schema:
     """``schema`` with per-field metadata added and ``schema_meta`` merged into its metadata.
 
-    ``fields_meta`` has one dict per field, in order. Also records every column's
-    ``unit``/``ucd``/``description`` as JSON under ``jupyter_staging.columns`` so readers that ignore
+    ``fields_meta`` has one dict per field, in order. A repeated column name is made unique
+    (:func:`unique_names`), the name in the source kept as the field's ``original_name``: batches are
+    matched to the schema by position (:func:`~jupyter_staging.formats.arrow.conform`). Also records every
+    column's ``unit``/``ucd``/``description`` as JSON under ``jupyter_staging.columns`` so readers that ignore
     Arrow field metadata still see them, and writes them in astropy's Parquet convention under
     ``table_meta_yaml`` (:mod:`jupyter_staging.formats.astropy_meta`) unless the schema holds one.
     """
     fields = []
     columns: dict[str, dict[str, str]] = {}
-    for field, extra in zip(schema, fields_meta, strict=True):
+    names = unique_names(schema.names)
+    for field, extra, name in zip(schema, fields_meta, names, strict=True):
         meta = dict(field.metadata or {})
         meta.update(extra)
+        if name != field.name:
+            meta[b"original_name"] = field.name.encode()
+            field = field.with_name(name)
         fields.append(field.with_metadata(meta) if meta else field)
         described = {k.decode(): meta[k].decode() for k in _DESCRIBED if k in meta}
         if described:

@@ -142,5 +142,5 @@ class VOTableSource(TableSource):
             fields_meta.append(votable_field_meta(field))
         meta = _schema_meta(path, votable, found[position], position)
         arrow = pa.table(arrays, names=columns)
-        arrow = arrow.cast(with_metadata(arrow.schema, fields_meta, meta))
-        super().__init__(arrow, path.stat().st_size, chunk_rows)
+        schema = with_metadata(arrow.schema, fields_meta, meta)
+        super().__init__(pa.Table.from_arrays(arrow.columns, schema=schema), path.stat().st_size, chunk_rows)

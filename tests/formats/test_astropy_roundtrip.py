@@ -250,3 +250,38 @@ def test_a_latin1_csv_with_its_encoding_given_is_read_as_text(tmp_path: Path) ->
         with pytest.raises(ConversionFailed, match=said):
             convert_to_parquet(src, tmp_path / bad, encoding=bad)
         assert not (tmp_path / bad).exists()
+
+
+REPEATED_VOTABLE = """<?xml version="1.0"?>
+<VOTABLE version="1.4" xmlns="http://www.ivoa.net/xml/VOTable/v1.3"><RESOURCE><TABLE>
+<FIELD name="source_id" datatype="long"/>
+<FIELD name="ra" datatype="double" unit="deg"/>
+<FIELD name="ra" datatype="double" unit="deg"/>
+<DATA><TABLEDATA><TR><TD>1</TD><TD>10.5</TD><TD>10.6</TD></TR></TABLEDATA></DATA>
+</TABLE></RESOURCE></VOTABLE>
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("join.vot", REPEATED_VOTABLE),  # a TAP join: SELECT a.source_id, a.ra, b.ra
+        ("join.csv", "source_id,ra,ra\n1,10.5,10.6\n"),
+        ("short.csv", "source_id,ra,ra\n1,10.5,10.6\n2,11.5\n"),  # a short row: read by astropy
+    ],
+)
+def test_a_repeated_column_name_is_made_unique_and_both_columns_read_back(
+    tmp_path: Path, name: str, text: str
+) -> None:
+    src = tmp_path / name
+    src.write_text(text)
+    convert_to_parquet(src, tmp_path / "out")
+
+    arrow = pq.read_table(tmp_path / "out")
+    table = to_qtable(arrow)
+
+    assert arrow.column_names == ["source_id", "ra", "ra_1"]  # as astropy.io.ascii names them
+    if name != "short.csv":  # astropy reads that one, and gives the name
+        assert arrow.schema.field("ra_1").metadata[b"original_name"] == b"ra"
+    assert u.Quantity(table["ra"][0]).value == 10.5 and u.Quantity(table["ra_1"][0]).value == 10.6
+    assert arrow.to_pandas()["ra_1"].iloc[0] == 10.6
