@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from jupyter_staging.errors import ConversionFailed
@@ -121,6 +122,10 @@ class CsvSource(Source):
         self._first_rows = first_rows
         #: Mean bytes of text per row in the inferred sample (0.0 when it holds no row).
         self._row_bytes = 0.0
+        #: A quoted value of the inferred sample holds a line break: pyarrow then parses with
+        #: ``newlines_in_values`` (slower: its block boundaries follow the quotes), else a block boundary
+        #: can fall inside such a value ("CSV parser got out of sync with chunker").
+        self._quoted_breaks = False
         schema = self._untyped_as_strings(self._infer_schema(), control)
         self._warn_not_utf8(schema, control)
         if self._ecsv and column_types is not None and list(column_types) != schema.names:
@@ -174,8 +179,16 @@ class CsvSource(Source):
                 cut = sample.slice(CSV_INFER_BYTES - window, window).to_pybytes().rfind(b"\n")
                 if cut >= 0:
                     sample = sample.slice(0, CSV_INFER_BYTES - window + cut + 1)
-            table = pacsv.read_csv(pa.BufferReader(sample), **self._options())
+            try:
+                table = pacsv.read_csv(pa.BufferReader(sample), **self._options())
+            except pa.ArrowInvalid as exc:  # a quoted line break across pyarrow's block boundary
+                if "out of sync with chunker" not in str(exc):
+                    raise
+                self._quoted_breaks = True
+                sample = _whole_rows(sample, b'"')
+                table = pacsv.read_csv(pa.BufferReader(sample), **self._options())
             self._row_bytes = sample.size / table.num_rows if table.num_rows else 0.0
+            self._quoted_breaks = self._quoted_breaks or _holds_line_breaks(table)
         except pa.ArrowException as exc:
             if not self._ecsv and _RAGGED.search(str(exc)):
                 raise RaggedRows(f"{self.path.name}: {_ragged_message(exc)}") from None
@@ -198,6 +211,12 @@ class CsvSource(Source):
             )
         if "invalid UTF8" in str(exc):
             return self._not_text(exc, f" after the first {CSV_INFER_BYTES // (1024 * 1024)} MiB")
+        if "out of sync with chunker" in str(exc):
+            return ConversionFailed(
+                f"{self.path.name}: a quoted value holds a line break after the first "
+                f"{CSV_INFER_BYTES // (1024 * 1024)} MiB, and none before; such files are converted only "
+                "when the first one comes before that"
+            )
         return ConversionFailed(
             f"{self.path.name}: {exc} (column types were inferred from the first "
             f"{CSV_INFER_BYTES // (1024 * 1024)} MiB of the file)"
@@ -246,7 +265,9 @@ class CsvSource(Source):
             convert = pacsv.ConvertOptions(column_types=self._column_types)
         return {
             "read_options": pacsv.ReadOptions(block_size=CSV_BLOCK_SIZE, encoding=self.encoding),
-            "parse_options": pacsv.ParseOptions(delimiter=self._delimiter),
+            "parse_options": pacsv.ParseOptions(
+                delimiter=self._delimiter, newlines_in_values=self._quoted_breaks
+            ),
             "convert_options": convert,
         }
 
@@ -411,6 +432,33 @@ def _column_of(exc: Exception) -> str:
     else ``""``."""
     found = re.search(r"column #(\d+)", str(exc))
     return f"column {int(found.group(1)) + 1}, " if found else ""
+
+
+def _whole_rows(sample: pa.Buffer, quote: bytes) -> pa.Buffer:
+    """``sample`` (the first bytes of a CSV text) cut after its last line feed outside quotes: an even
+    number of ``quote`` characters before it (RFC 4180 doubles a quote inside a quoted value). The whole
+    sample when it holds no such line feed."""
+    data = sample.to_pybytes()
+    end = len(data)
+    quotes = data.count(quote)
+    while end > 0:
+        newline = data.rfind(b"\n", 0, end)
+        if newline < 0:
+            break
+        quotes -= data.count(quote, newline + 1, end)
+        if quotes % 2 == 0:
+            return sample.slice(0, newline + 1)
+        end = newline
+    return sample
+
+
+def _holds_line_breaks(table: pa.Table) -> bool:
+    """Whether a text column of ``table`` holds a line break (a quoted value over several lines)."""
+    for column in table.columns:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            if pc.any(pc.match_substring_regex(column, "[\\r\\n]")).as_py():
+                return True
+    return False
 
 
 def _ragged_message(exc: Exception) -> str:

@@ -17,9 +17,10 @@ Which CSV/TSV files split (:func:`splittable`): plain (uncompressed) files whose
 column names on one line and whose first ``CSV_INFER_BYTES`` have no short rows (those are read whole by
 astropy). Leading ``#`` comment lines and empty lines are handled as the converter handles them (empty
 lines are not rows). Row boundaries are taken to be line ends (``\\n`` or ``\\r\\n``), which holds unless
-a quoted value holds a line break: the converter reads such a value only when it falls inside one block,
-so the rule here is that :func:`count_csv_rows` checks every block of lines that holds a quote
-character by parsing it with pyarrow (quoted line breaks allowed) followed by a sentinel row, and raises
+a quoted value holds a line break (the converter reads those with pyarrow's ``newlines_in_values`` when
+its first ``CSV_INFER_BYTES`` show one), so the rule here is that :func:`count_csv_rows` checks every
+block of lines that holds a quote character by parsing it with pyarrow (quoted line breaks allowed)
+followed by a sentinel row, and raises
 :class:`NotSplittable` unless it gives exactly one row per non-empty line plus the sentinel (a quote
 left open swallows the sentinel). A bare ``\\r`` line end is also :class:`NotSplittable`.
 """

@@ -8,6 +8,7 @@ import hashlib
 import threading
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from astropy.table import Table
@@ -16,6 +17,7 @@ from jupyter_staging.errors import ConversionFailed, JobInterrupted
 from jupyter_staging.formats import csv as csv_module
 from jupyter_staging.formats.convert import convert_to_parquet
 from jupyter_staging.formats.csv import CsvSource
+from jupyter_staging.kernel import api
 from jupyter_staging.safety.control import JobControl
 from tests.helpers.data import KEPLER
 
@@ -186,3 +188,19 @@ def test_closing_the_pieces_during_the_head_stops_the_tail_at_once(
     assert first.start > 0 and first.batch.num_rows > 0
     pieces.close()
     assert halves and no_head_thread_left()
+
+
+@pytest.mark.parametrize("rows", [400_000, 600_000])  # inside the inferred sample (16 MiB), and beyond it
+def test_quoted_line_breaks_across_pyarrows_blocks_convert_as_pandas_reads_them(
+    local_backend, tmp_path: Path, rows: int
+) -> None:
+    src = tmp_path / "notes.csv"
+    with open(src, "w") as fh:  # an archive export: every tenth row's note holds a line break
+        fh.write("id,comment,mag\n")  # with this header, such a value spans a block boundary of pyarrow
+        for i in range(rows):
+            note = f'"first line of note {i}\nsecond line"' if i % 10 == 0 else f"plain note {i}"
+            fh.write(f"{i},{note},12.5\n")
+
+    job = api.stage(str(src), "notes", to_parquet=True, chunk_rows=100_000, wait=True)
+
+    assert job.to_pandas().equals(pd.read_csv(src))
