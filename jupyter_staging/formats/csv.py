@@ -485,7 +485,9 @@ def read_ragged(path: Path, fmt: str, chunk_rows: int, encoding: str = "utf-8") 
             f"{RAGGED_MAX_BYTES // (1024 * 1024)} MiB with such rows are not converted"
         )
     try:
-        table = Table.read(path, format="ascii.tab" if fmt == "tsv" else "ascii.csv", encoding=encoding)
+        # utf-8-sig: a byte-order mark (Excel's) is not part of the first column's name, as for pyarrow
+        text = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+        table = Table.read(path, format="ascii.tab" if fmt == "tsv" else "ascii.csv", encoding=text)
     except UnicodeDecodeError:
         raise ConversionFailed(
             f"{path.name}: not {_shown(encoding)} text (a binary file, or another encoding); give the file's "

@@ -285,3 +285,13 @@ def test_a_repeated_column_name_is_made_unique_and_both_columns_read_back(
         assert arrow.schema.field("ra_1").metadata[b"original_name"] == b"ra"
     assert u.Quantity(table["ra"][0]).value == 10.5 and u.Quantity(table["ra_1"][0]).value == 10.6
     assert arrow.to_pandas()["ra_1"].iloc[0] == 10.6
+
+
+@pytest.mark.parametrize("rows", [b"1,10.5\n2,11.5\n", b"1,10.5\n2\n"])  # a short row: read by astropy
+def test_a_byte_order_mark_is_not_part_of_the_first_column_name(tmp_path: Path, rows: bytes) -> None:
+    src = tmp_path / "excel.csv"
+    src.write_bytes(b"\xef\xbb\xbfid,ra\n" + rows)  # as Excel saves UTF-8
+
+    convert_to_parquet(src, tmp_path / "out")
+
+    assert pq.read_table(tmp_path / "out").column_names == ["id", "ra"]
