@@ -80,6 +80,18 @@ def ecsv_source(path: Path, chunk_rows: int, control: JobControl | None) -> Sour
     header, header_bytes = found
     if not _is_simple(header):
         return read_ecsv_whole(path, chunk_rows)
+    try:
+        return _streamed(path, header, header_bytes, control)
+    except ConversionFailed:
+        if header.get("delimiter", " ") != " ":
+            raise
+        # Columns aligned with runs of spaces, or a blank at a line's end: astropy's reader takes them
+        # (whitespace-separated), the CSV reader's one-space delimiter does not.
+        return read_ecsv_whole(path, chunk_rows)
+
+
+def _streamed(path: Path, header: dict[str, Any], header_bytes: int, control: JobControl | None) -> Source:
+    """:func:`ecsv_source` of a file whose columns the CSV reader reads (``_is_simple``)."""
     columns = header["datatype"]
     table_meta = header.get("meta") or {}
     fields_meta = {
@@ -106,9 +118,13 @@ def read_ecsv_whole(path: Path, chunk_rows: int) -> TableSource:
     # astropy is heavy (about a second to import): loaded only when such a file is read
     from astropy.table import Table
     from astropy.table.serialize import represent_mixins_as_columns
+    from astropy.utils.data_info import serialize_context_as
 
     try:
-        table = represent_mixins_as_columns(Table.read(path, format="ascii.ecsv"))
+        # In ECSV's own context a Time column stays the text the file holds (its formatted value), not
+        # astropy's two-double split (jd1, jd2) of the Parquet and FITS contexts.
+        with serialize_context_as("ecsv"):
+            table = represent_mixins_as_columns(Table.read(path, format="ascii.ecsv"))
     except Exception as exc:  # astropy raises many error types for malformed ECSV
         raise ConversionFailed(
             f"{path.name}: not a readable ECSV file: {without_paths(str(exc), path)}"

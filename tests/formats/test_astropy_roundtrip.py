@@ -295,3 +295,30 @@ def test_a_byte_order_mark_is_not_part_of_the_first_column_name(tmp_path: Path, 
     convert_to_parquet(src, tmp_path / "out")
 
     assert pq.read_table(tmp_path / "out").column_names == ["id", "ra"]
+
+
+def test_ecsv_columns_aligned_with_spaces_convert_as_astropy_reads_them(tmp_path: Path) -> None:
+    src = tmp_path / "aligned.ecsv"
+    src.write_text(
+        "# %ECSV 1.0\n# ---\n# datatype:\n# - {name: id, datatype: int64}\n"
+        "# - {name: mag, unit: mag, datatype: float64}\n# - {name: name, datatype: string}\n"
+        "id  mag    name\n1   12.50  Vega \n22  3.25   Deneb\n"
+    )
+
+    convert_to_parquet(src, tmp_path / "out")
+
+    table = to_qtable(pq.read_table(tmp_path / "out"))
+    expected = Table.read(src, format="ascii.ecsv")
+    assert list(table["name"]) == list(expected["name"]) == ["Vega", "Deneb"]
+    assert table["mag"].unit == u.mag and list(table["mag"].value) == [12.5, 3.25]
+
+
+def test_an_ecsv_time_column_stays_the_text_the_file_holds(tmp_path: Path) -> None:
+    src = tmp_path / "times.ecsv"
+    Table({"t": Time(["2020-01-01T00:00:00", "2021-06-01T12:00:00"]), "flux": [1.0, 2.0]}).write(src)
+
+    convert_to_parquet(src, tmp_path / "out")
+
+    arrow = pq.read_table(tmp_path / "out")
+    assert arrow.column_names == ["t", "flux"]  # not astropy's two doubles t.jd1, t.jd2
+    assert arrow.column("t").to_pylist() == ["2020-01-01T00:00:00.000", "2021-06-01T12:00:00.000"]

@@ -27,6 +27,7 @@ from astropy.io import fits
 from astropy.io.votable import parse
 from astropy.table import Table
 from astropy.table.serialize import represent_mixins_as_columns
+from astropy.utils.data_info import serialize_context_as
 
 from jupyter_staging.errors import StagingError
 from jupyter_staging.formats.astropy_meta import astropy_unit
@@ -96,8 +97,9 @@ def astropy_reading(path: Path, fmt: str, table: int | None) -> Table:
         return fits_reading(path, table)
     if fmt == "votable":
         return Table.read(path, format="votable", table_id=table, use_names_over_ids=True)
-    if fmt == "ecsv":
-        return represent_mixins_as_columns(Table.read(path, format="ascii.ecsv"))
+    if fmt == "ecsv":  # in ECSV's context: a Time column as the text the file holds
+        with serialize_context_as("ecsv"):
+            return represent_mixins_as_columns(Table.read(path, format="ascii.ecsv"))
     return Table.read(path, format="ascii.csv", comment="#")
 
 
