@@ -24,6 +24,7 @@ from jupyter_staging.safety.control import JobControl
 __all__ = [
     "CSV_BLOCK_SIZE",
     "CSV_INFER_BYTES",
+    "CSV_NULLS",
     "RAGGED_MAX_BYTES",
     "CsvSource",
     "RaggedRows",
@@ -33,6 +34,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Fields read as null in a CSV/TSV file, text columns too (as pandas reads them): pyarrow's defaults
+#: (``""``, ``NA``, ``NULL``, ``N/A`` ...) but for the spellings of NaN, which stay floating-point NaN as
+#: astropy and numpy read them.
+CSV_NULLS = [v for v in pacsv.ConvertOptions().null_values if v.lstrip("-").lower() != "nan"]
 #: Bytes of CSV text parsed per batch. Small blocks keep the reader's read-ahead small.
 CSV_BLOCK_SIZE = 1024 * 1024
 #: Bytes of CSV text column types are inferred from (then fixed for the whole file).
@@ -262,7 +267,9 @@ class CsvSource(Source):
                 false_values=["False", "false"],
             )
         else:
-            convert = pacsv.ConvertOptions(column_types=self._column_types)
+            convert = pacsv.ConvertOptions(
+                column_types=self._column_types, null_values=CSV_NULLS, strings_can_be_null=True
+            )
         return {
             "read_options": pacsv.ReadOptions(block_size=CSV_BLOCK_SIZE, encoding=self.encoding),
             "parse_options": pacsv.ParseOptions(

@@ -322,3 +322,18 @@ def test_an_ecsv_time_column_stays_the_text_the_file_holds(tmp_path: Path) -> No
     arrow = pq.read_table(tmp_path / "out")
     assert arrow.column_names == ["t", "flux"]  # not astropy's two doubles t.jd1, t.jd2
     assert arrow.column("t").to_pylist() == ["2020-01-01T00:00:00.000", "2021-06-01T12:00:00.000"]
+
+
+def test_csv_nan_stays_nan_and_an_empty_text_field_is_null(tmp_path: Path) -> None:
+    src = tmp_path / "nulls.csv"
+    src.write_text("id,flux,name\n1,nan,NULL\n2,NaN,\n3,,x\n4,inf,y\n")
+
+    convert_to_parquet(src, tmp_path / "out")
+
+    arrow = pq.read_table(tmp_path / "out")
+    flux = arrow.column("flux").to_pylist()
+    assert np.isnan(flux[0]) and np.isnan(flux[1]) and flux[2] is None and flux[3] == np.inf
+    assert arrow.column("name").to_pylist() == [None, None, "x", "y"]
+    table = to_qtable(arrow)
+    assert table["flux"].mask.tolist() == [False, False, True, False]  # as astropy masks the empty field
+    assert table["name"].mask.tolist() == [True, True, False, False]
