@@ -12,6 +12,7 @@ around its runs (state changes, events, recovery, TTL, cleanup) is
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,9 @@ from jupyter_staging.engine.swap import swap_started, too_late
 from jupyter_staging.errors import InvalidRequest, InvalidState, JobNotFound
 from jupyter_staging.safety.redact import install_log_filters
 from jupyter_staging.safety.sealed import SecretBox
+
+#: A chunk id in a URL: its index, as ASCII digits without leading zero (at most 19: a 64-bit integer).
+_CHUNK_INDEX = re.compile(r"0|[1-9][0-9]{0,18}")
 
 
 class StagingManager(JobLifecycle):
@@ -381,11 +385,10 @@ class StagingManager(JobLifecycle):
         return described
 
     def _chunk(self, job_id: str, chunk_id: str) -> ChunkRecord:
-        try:
-            index = int(chunk_id)
-        except ValueError:
-            raise JobNotFound(f"no chunk {chunk_id!r} in job {job_id!r}", code="chunk_not_found") from None
-        chunk = self.store.get_chunk(job_id, index)
+        # Only a chunk's index as written (ASCII digits, no sign, space, "_" or leading zero): "1_0" is not
+        # chunk 10, which an ack under delete_on_ack would delete.
+        index = int(chunk_id) if _CHUNK_INDEX.fullmatch(chunk_id) else None
+        chunk = None if index is None else self.store.get_chunk(job_id, index)
         if chunk is None:
             raise JobNotFound(f"no chunk {chunk_id!r} in job {job_id!r}", code="chunk_not_found")
         return chunk

@@ -222,11 +222,14 @@ class CreateJob(BaseModel):
     name: str | None = Field(default=None, max_length=255)
     idempotency_key: str | None = Field(default=None, max_length=255)
     cleanup_policy: CleanupPolicy = "retain"
-    ttl_seconds: int | None = Field(default=None, ge=1, json_schema_extra={"maximum": MAX_TTL_SECONDS})
+    # Strict: JSON ``true`` is not a TTL of one second, nor ``"yes"`` a boolean.
+    ttl_seconds: int | None = Field(
+        default=None, ge=1, strict=True, json_schema_extra={"maximum": MAX_TTL_SECONDS}
+    )
     checksum: str | None = Field(default=None, json_schema_extra={"pattern": CHECKSUM_PATTERN})
     if_exists: IfExists = "reuse"
-    unpack: bool = False
-    decompress: bool = False
+    unpack: bool = Field(default=False, strict=True)
+    decompress: bool = Field(default=False, strict=True)
 
     @field_validator("checksum")
     @classmethod
@@ -250,6 +253,18 @@ class CreateJob(BaseModel):
     def _no_nul(cls, value: str | None) -> str | None:
         if value is not None and "\x00" in value:
             raise ValueError("must not contain NUL characters")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        """A job's name is shown in lists, logs and notebooks: no control character (LF, ESC, a
+        bidirectional override), as for a destination."""
+        bad = None if value is None else unsafe_character(value)
+        if bad is not None:
+            raise PydanticCustomError(
+                "invalid_request", "name contains the control character {bad}", {"bad": bad}
+            )
         return value
 
     @field_validator("source")

@@ -36,8 +36,10 @@ from jupyter_staging.server.web import JSONHandlerMixin, StagingHTTPError
 T = TypeVar("T")
 
 API_PREFIX = "api/v1/staging"
-_JOB_ID = r"(?P<job_id>[^/]{1,128})"
-_CHUNK_ID = r"(?P<chunk_id>[^/]{1,64})"
+# Any length: an id no job has is answered with a JSON ``job_not_found`` / ``chunk_not_found``, not an
+# HTML 404.
+_JOB_ID = r"(?P<job_id>[^/]+)"
+_CHUNK_ID = r"(?P<chunk_id>[^/]+)"
 
 #: Seconds between keep-alive comments on an idle event stream.
 EVENTS_KEEPALIVE = 15.0

@@ -70,6 +70,35 @@ async def test_chunk_id_of_twenty_digits_is_chunk_not_found(jp_fetch, verb):
     )
 
 
+@pytest.mark.parametrize("chunk", ["+1", " 1", "01", "0_1", "\u0661", "1_0"])
+async def test_a_chunk_id_not_written_as_its_index_is_chunk_not_found(jp_fetch, chunk):
+    job = json.loads((await post_job(jp_fetch, {"source": str(KEPLER)})).body)
+    await wait_for(jp_fetch, job["id"])
+    await expect_error(
+        jp_fetch(*API, "jobs", job["id"], "chunks", chunk, "ack", method="POST", body=""),
+        404,
+        "chunk_not_found",
+    )
+
+
+async def test_a_job_id_of_any_length_is_a_json_job_not_found(jp_fetch):
+    await expect_error(jp_fetch(*API, "jobs", "a" * 300), 404, "job_not_found")
+
+
+@pytest.mark.parametrize(
+    "field", [{"ttl_seconds": True}, {"ttl_seconds": "10"}, {"unpack": "yes"}, {"decompress": 1}]
+)
+async def test_a_value_of_the_wrong_json_type_is_refused_not_coerced(jp_fetch, jp_root_dir, field):
+    before = snapshot(jp_root_dir)
+    await expect_error(post_job(jp_fetch, {"source": str(KEPLER), **field}), 400, "invalid_request")
+    assert snapshot(jp_root_dir) == before
+
+
+@pytest.mark.parametrize("name", ["two\nlines", "\u202eflipped", "bell\x07"])
+async def test_a_job_name_with_a_control_character_is_refused(jp_fetch, name):
+    await expect_error(post_job(jp_fetch, {"source": str(KEPLER), "name": name}), 400, "invalid_request")
+
+
 async def test_destination_component_over_255_bytes_is_name_too_long(jp_fetch, jp_root_dir):
     await refused_destination(jp_fetch, jp_root_dir, "x" * 256, 400, "name_too_long")
     await refused_destination(jp_fetch, jp_root_dir, "ok/" + "é" * 128, 400, "name_too_long")
