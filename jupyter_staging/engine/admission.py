@@ -213,7 +213,8 @@ class Admission:
         listing = self._list_for_space(request) if self.space.enabled and not remote else None
         with self._lock:
             if request.idempotency_key:
-                existing = self.store.find_by_idempotency_key(owner, request.idempotency_key)
+                root, key = str(self.root_dir), request.idempotency_key
+                existing = self.store.find_by_idempotency_key(owner, root, key)
                 if existing is not None:
                     return Admitted(existing, created=False, described=existing.source)
             plan = (

@@ -224,10 +224,15 @@ class Store(SQLStore):
             params = {"root": root, "destination": destination, "states": states}
             return s.execute(_ACTIVE_JOB_ID, params).scalars().first()
 
-    def find_by_idempotency_key(self, owner: str, key: str) -> JobRecord | None:
+    def find_by_idempotency_key(self, owner: str, root: str, key: str) -> JobRecord | None:
+        """The job of ``owner`` under server root ``root`` created with idempotency key ``key``, or None.
+        A database shared by servers of several roots (one file per user, by default) holds jobs another
+        root's server neither shows nor runs: their keys are another root's."""
         with self.read_session() as s:
             rec = s.scalars(
-                select(JobRecord).where(JobRecord.owner == owner, JobRecord.idempotency_key == key)
+                select(JobRecord).where(
+                    JobRecord.owner == owner, JobRecord.root == root, JobRecord.idempotency_key == key
+                )
             ).first()
             if rec is not None:
                 read_resume(s, [rec])

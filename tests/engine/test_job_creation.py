@@ -24,6 +24,7 @@ from jupyter_staging.engine.database import FairLock
 from jupyter_staging.engine.models import CreateJob
 from jupyter_staging.engine.store import JobRecord, Store, utcnow
 from tests.helpers.data import KEPLER, wait_until
+from tests.helpers.managers import unstarted_manager
 
 
 @pytest.fixture
@@ -173,6 +174,23 @@ def test_create_starts_the_job_by_default_and_a_repeat_adds_no_job(manager, sour
     commits = count_commits(manager.store)
     again, created_again = manager.create(body)
     assert again.id == job.id and not created_again and commits == []
+
+
+def test_an_idempotency_key_is_the_roots_own_in_a_database_shared_by_two_roots(manager, source, tmp_path):
+    (tmp_path / "other").mkdir()
+    other = unstarted_manager(tmp_path / "other", tmp_path)  # a second project of the same user, same DB
+    other.start()
+    try:
+        body = CreateJob(source=str(source), destination="staging/run", idempotency_key="run-42")
+        first, _ = manager.create(body)
+        second, created = other.create(body)
+        assert created and second.id != first.id  # was: 404 job_not_found, naming a job it cannot show
+        assert other.wait(second.id, timeout=120).state.value == "succeeded"
+        assert (tmp_path / "other/staging/run" / KEPLER.name).read_bytes() == KEPLER.read_bytes()
+        again, created_again = other.create(body)
+        assert again.id == second.id and not created_again
+    finally:
+        other.stop()
 
 
 def test_add_job_writes_the_job_and_its_lines_in_one_transaction(tmp_path):
