@@ -172,7 +172,7 @@ class Admission:
     ``root_dir`` confines local destinations; ``staging_dir`` (relative to it) is the parent of default
     destinations; ``source_roots``, when set, are the only local folders a job may read;
     ``min_free_bytes`` / ``quota_bytes`` (0: off) are the space rules of
-    :class:`~jupyter_staging.engine.space.SpaceLimits`; ``runner_id`` (``host:pid``) is recorded as the
+    :class:`~jupyter_staging.engine.space.SpaceLimits`; ``runner_id`` (``host:pid:start``) is recorded as the
     runner of every job admitted (the process that will run it), in the same transaction as the job.
     """
 

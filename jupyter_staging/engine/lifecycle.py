@@ -81,7 +81,7 @@ class JobLifecycle:
         self._lock = threading.RLock()
         self._done = threading.Condition(self._lock)
         self._stopped = False
-        #: Identifies this process as the runner of the jobs it submits (``host:pid``).
+        #: Identifies this process as the runner of the jobs it submits (``host:pid:start``).
         self.runner_id = this_runner()
         self.sweep_interval = sweep_interval
         self._sweeper: threading.Thread | None = None

@@ -1,4 +1,4 @@
-"""Who runs a job: this process's runner id (``host:pid``), whether another runner is alive, the default
+"""Who runs a job: this process's runner id (``host:pid:start``), whether another runner is alive, the default
 owner of a job (the user running the process) and the key file of a SQLite job database."""
 
 from __future__ import annotations
@@ -11,15 +11,40 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks since boot (field 22 of ``/proc/<pid>/stat``,
+    proc(5)), as text; None where there is no such file (another system, the process gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: count fields after its end.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else None
+
+
 def this_runner() -> str:
-    """The runner id of this process, ``<host name>:<pid>`` (a job's ``runner`` column)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """The runner id of this process (a job's ``runner`` column): ``<host name>:<pid>:<start>``, where
+    ``<start>`` is when the process started (:func:`_started`), so that another process given the same
+    pid later (a restarted container's PID 1) is not taken for it; ``<host name>:<pid>`` where the start
+    cannot be read."""
+    pid = os.getpid()
+    started = _started(pid)
+    return f"{socket.gethostname()}:{pid}" + (f":{started}" if started else "")
 
 
 def runner_alive(runner: str) -> bool:
-    """True when ``runner`` (``host:pid``) is a live process on this host; False when it is gone or
-    cannot be checked from here (another host)."""
-    host, _, pid = runner.rpartition(":")
+    """True when ``runner`` (:func:`this_runner`) is a live process on this host: its pid is alive and,
+    when the id gives one, started at that time. False when it is gone, its pid belongs to a process
+    started since, or it cannot be checked from here (another host). An id of an earlier release
+    (``host:pid``) is checked by its pid alone."""
+    head, _, last = runner.rpartition(":")
+    host, _, pid = head.rpartition(":")
+    if not (host and pid.isdigit()):  # host:pid
+        host, pid, started = head, last, None
+    else:
+        started = last
     if host != socket.gethostname() or not pid.isdigit():
         return False
     try:
@@ -27,8 +52,8 @@ def runner_alive(runner: str) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return started is None or _started(int(pid)) in (started, None)
 
 
 def current_user() -> str:

@@ -67,7 +67,7 @@ class JobRecord(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)
     #: Desired state requested by a user while the worker still runs ("paused", "cancelled"), else None.
     requested: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    #: ``host:pid`` of the process that runs (or queued) the job; recovery skips jobs of live runners.
+    #: ``host:pid:start`` of the process that runs (or queued) the job; recovery skips jobs of live runners.
     runner: Mapped[str | None] = mapped_column(String(255), nullable=True)
     bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_total: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

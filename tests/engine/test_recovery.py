@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import subprocess
+from pathlib import Path
 
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
@@ -34,3 +37,38 @@ def test_a_job_created_before_start_is_not_run_a_second_time(tmp_path):
     assert not any("resuming it" in line or "invalid_state" in line for line in log), log
     out = tmp_path / "root" / "survey" / "survey.bin"
     assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(payload).digest()
+
+
+def test_a_job_whose_runners_pid_now_belongs_to_another_process_is_resumed(tmp_path):
+    """A restarted container reuses pids (the server was PID 1, and PID 1 is now a shell): the job's
+    runner id holds when its process started, so a live process of that pid started since is not it."""
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "archive" / "survey.bin").write_bytes(os.urandom(1024 * 1024))
+    (tmp_path / "root").mkdir()
+    other = subprocess.Popen(["sleep", "600"])  # the process that has the old runner's pid now
+    try:
+        for started, resumed in (("1", True), (None, False)):
+            db = f"sqlite:///{tmp_path / f'jobs-{resumed}.sqlite'}"
+            gone = StagingManager(tmp_path / "root", db_url=db, sweep_interval=0)  # never started: "killed"
+            request = CreateJob(source=str(tmp_path / "archive" / "survey.bin"), destination=f"out-{resumed}")
+            job, _ = gone.create(request, start=False)
+            start = started or this_runner_started(other.pid)
+            gone.store.set_job_fields(job.id, runner=f"{socket.gethostname()}:{other.pid}:{start}")
+            mgr = StagingManager(tmp_path / "root", db_url=db, sweep_interval=0)
+            try:
+                assert mgr.start() == ([job.id] if resumed else [])
+                if resumed:
+                    assert mgr.wait(job.id, timeout=60).state.value == "succeeded"
+                else:  # the live runner it names has it
+                    assert mgr.get(job.id).state.value == "queued"
+            finally:
+                mgr.stop()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def this_runner_started(pid: int) -> str:
+    """Field 22 of ``/proc/<pid>/stat``: when ``pid`` started (clock ticks since boot)."""
+    stat = (Path("/proc") / str(pid) / "stat").read_text()
+    return stat[stat.rfind(")") + 2 :].split()[19]
