@@ -12,6 +12,7 @@ Kepler/K2/TESS convention (a ``TIME`` column in days since ``BJDREFI`` + ``BJDRE
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import numpy as np
@@ -77,7 +78,9 @@ def _to_numpy(column: pa.ChunkedArray) -> np.ndarray:
     values, shape = _flatten(array)
     if pa.types.is_nested(values.type) or pa.types.is_null(values.type):
         data = np.empty(rows, dtype=object)
-        data[:] = [np.asarray(v) if isinstance(v, list) else v for v in array.to_pylist()]
+        data[:] = _variable_rows(array) or [
+            np.asarray(v) if isinstance(v, list) else v for v in array.to_pylist()
+        ]
         return np.ma.MaskedArray(data, mask=row_nulls) if row_nulls is not None else data
     element_nulls = values.is_null().to_numpy(zero_copy_only=False) if values.null_count else None
     if element_nulls is not None:
@@ -92,6 +95,55 @@ def _to_numpy(column: pa.ChunkedArray) -> np.ndarray:
     if row_nulls is not None:
         mask |= row_nulls.reshape((rows,) + (1,) * (len(shape) - 1))
     return np.ma.MaskedArray(data, mask=mask) if mask.any() else data
+
+
+def _variable_rows(array: pa.Array) -> list[np.ndarray] | None:
+    """The rows of a variable-length list column (FITS ``P``/``Q`` arrays, VOTable ``arraysize="*"``) as
+    numpy arrays of the element type the file gives (``uint8``, ``float32`` ...; ``np.asarray`` of Python
+    lists would widen them to int64 / float64), each row's values below fixed-size lists as extra
+    dimensions; None for other columns, or when an element is null (those keep their Python values)."""
+    if not (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)):
+        return None
+    flat = pc.list_flatten(array)
+    elements, element_shape = _flatten(flat)
+    if pa.types.is_nested(elements.type) or pa.types.is_null(elements.type) or elements.null_count:
+        return None
+    lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False)
+    data = elements.to_numpy(zero_copy_only=False)
+    if pa.types.is_string(elements.type) or pa.types.is_large_string(elements.type):
+        data = data.astype(str)
+    data = data.reshape(element_shape)
+    return np.split(data, np.cumsum(lengths)[:-1]) if len(lengths) else []
+
+
+#: FITS ``TFORMn`` of a complex column (``C``/``M``, repeated, or a ``P``/``Q`` array of them).
+_FITS_COMPLEX = re.compile(r"\s*\d*[PQ]?[CM]\b", re.IGNORECASE)
+
+
+def _is_complex(field: pa.Field) -> bool:
+    """Whether ``field`` holds complex values, kept as ``[re, im]`` pairs (Arrow has no complex type): the
+    FITS ``TFORMn`` (FITS Standard 4.0, Table 18: ``C``, ``M``) or VOTable ``datatype`` (``floatComplex``,
+    ``doubleComplex``) the converter kept in its metadata says so."""
+    meta = field.metadata or {}
+    tform = meta.get(b"fits.tform", b"").decode(errors="replace")
+    datatype = meta.get(b"votable.datatype", b"").decode(errors="replace")
+    return bool(_FITS_COMPLEX.match(tform)) or datatype.endswith("Complex")
+
+
+def _as_complex(values: Any) -> Any:
+    """``[re, im]`` pairs (a last dimension of 2; masked, or an object column of such arrays) as complex
+    values without that dimension."""
+    if isinstance(values, np.ndarray) and values.dtype == object:
+        data = np.empty(len(values), dtype=object)
+        data[:] = [_as_complex(v) if isinstance(v, np.ndarray) else v for v in values]
+        return np.ma.MaskedArray(data, mask=values.mask) if isinstance(values, np.ma.MaskedArray) else data
+    if values.ndim == 0 or values.shape[-1] != 2:
+        return values
+    pairs = np.ma.getdata(values)
+    data = pairs[..., 0] + 1j * pairs[..., 1]
+    if isinstance(values, np.ma.MaskedArray):
+        return np.ma.MaskedArray(data, mask=np.ma.getmaskarray(values)[..., 0])
+    return data
 
 
 def _fits_header(meta: dict[str, Any]) -> fits.Header | None:
@@ -141,8 +193,11 @@ def to_qtable(table: pa.Table) -> QTable:
     header = _yaml_header(table.schema)
     entries = {entry["name"]: entry for entry in header.get("datatype") or [] if "name" in entry}
     result = Table(meta=dict(header.get("meta") or {}))
-    for name, column in zip(table.column_names, table.columns, strict=True):
+    for field, column in zip(table.schema, table.columns, strict=True):
+        name = field.name
         values = _to_numpy(column)
+        if _is_complex(field):
+            values = _as_complex(values)
         cls = MaskedColumn if isinstance(values, np.ma.MaskedArray) else None
         result[name] = cls(values, name=name) if cls is not None else values
         for attribute in _ATTRIBUTES:

@@ -337,3 +337,29 @@ def test_csv_nan_stays_nan_and_an_empty_text_field_is_null(tmp_path: Path) -> No
     table = to_qtable(arrow)
     assert table["flux"].mask.tolist() == [False, False, True, False]  # as astropy masks the empty field
     assert table["name"].mask.tolist() == [True, True, False, False]
+
+
+def test_complex_and_variable_length_fits_columns_keep_their_numpy_types(tmp_path: Path) -> None:
+    src = tmp_path / "arrays.fits"
+    rows = 4
+    columns = [
+        fits.Column(name="vis", format="C", array=np.arange(rows) + 1j),
+        fits.Column(name="pair", format="2M", array=np.arange(2 * rows).reshape(rows, 2) - 1j),
+        fits.Column(name="flags", format="PB()", array=[np.arange(n, dtype=np.uint8) for n in range(rows)]),
+        fits.Column(
+            name="flux", format="PE()", array=[np.arange(n, dtype=np.float32) / 3 for n in range(rows)]
+        ),
+        fits.Column(name="gains", format="PC()", array=[np.arange(n) + 1j for n in range(rows)]),
+    ]
+    fits.BinTableHDU.from_columns(columns).writeto(src)
+    expected = Table.read(src)
+
+    convert_to_parquet(src, tmp_path / "out")
+
+    table = to_qtable(pq.read_table(tmp_path / "out"))
+    for name in ("vis", "pair"):
+        assert table[name].dtype.kind == "c" and table[name].shape == expected[name].shape
+        assert np.array_equal(np.asarray(table[name]), np.asarray(expected[name]))
+    for name in ("flags", "flux", "gains"):
+        for got, want in zip(table[name], expected[name], strict=True):
+            assert got.dtype == want.dtype.newbyteorder("=") and np.array_equal(got, want)
