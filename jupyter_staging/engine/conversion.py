@@ -39,7 +39,7 @@ from jupyter_staging.errors import (
     TransferFailed,
 )
 from jupyter_staging.formats.convert import convert_to_parquet
-from jupyter_staging.formats.detect import detect_format, is_table
+from jupyter_staging.formats.detect import detect_format, table_problem
 from jupyter_staging.safety.control import DelegatingControl, JobControl
 from jupyter_staging.sources.base import Source, SourceItem
 
@@ -86,8 +86,9 @@ class ConvertingStager(PipelinedStager, TableFolders, DeadParts):
         """:meth:`_convert` of ``item`` read at ``local`` (``downloaded`` when it was downloaded there)."""
         opts = rec.convert or {}
         fmt = detect_format(local)
-        if fmt is None or fmt == "parquet" or (opts.get("hdu") is None and not is_table(local)):
-            why = "already Parquet" if fmt == "parquet" else "not a table"
+        problem = None if fmt in (None, "parquet") or opts.get("hdu") is not None else table_problem(local)
+        if fmt is None or fmt == "parquet" or problem is not None:
+            why = "already Parquet" if fmt == "parquet" else problem or "not a table"
             self._convert_passthrough(source, method, item, downloaded=downloaded, entry=entry, why=why)
             return
         if fmt == "fits" and len(self.resume.get("items", [])) == 1:

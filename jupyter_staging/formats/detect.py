@@ -9,11 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jupyter_staging.errors import ConversionFailed
+from jupyter_staging.formats.base import without_paths
 from jupyter_staging.formats.compression import COMPRESSED_SUFFIXES, head, open_binary
 from jupyter_staging.formats.fits import select_fits_hdu
 from jupyter_staging.formats.votable import VOTableSource, has_readable_table
 
-__all__ = ["detect_format", "is_table"]
+__all__ = ["detect_format", "is_table", "table_problem"]
 
 #: Suffixes of FITS files.
 _FITS_SUFFIXES = {".fits", ".fit", ".fts", ".fz"}
@@ -78,10 +79,17 @@ def detect_format(path: Path) -> str | None:
 
 def is_table(path: Path, hdu: int | str | None = None) -> bool:
     """True when :func:`jupyter_staging.formats.convert.convert_to_parquet` can convert ``path`` (with
-    this ``hdu``).
+    this ``hdu``): :func:`table_problem` finds none. Never raises."""
+    return table_problem(path, hdu) is None
+
+
+def table_problem(path: Path, hdu: int | str | None = None) -> str | None:
+    """Why :func:`jupyter_staging.formats.convert.convert_to_parquet` cannot convert ``path`` (with this
+    ``hdu``), for a notice: ``"not a table"``, or ``"not a readable FITS file (<astropy's words>)"`` for a
+    damaged one (a cut gzip stream, a header cut short); None when it can.
 
     FITS files are opened (headers only) and need a binary or ASCII table HDU (or ``hdu`` must name one);
-    an image-only FITS file gives False. VOTables need a ``TABLE`` element and astropy must parse them:
+    an image-only FITS file is not a table. VOTables need a ``TABLE`` element and astropy must parse them:
     a VOTable astropy rejects is staged as it is (the file is parsed, which takes as long as converting
     it). Parquet files need a readable footer; CSV, TSV and ECSV files are taken on trust (their content
     is only checked while converting). Never raises.
@@ -89,17 +97,20 @@ def is_table(path: Path, hdu: int | str | None = None) -> bool:
     path = Path(path)
     fmt = detect_format(path)
     if fmt is None or not path.is_file():
-        return False
+        return "not a table"
     try:
         if fmt == "fits":
             _check_fits(path, hdu)
         elif fmt == "votable":
-            return _check_votable(path, hdu)
+            return None if _check_votable(path, hdu) else "not a table"
         elif fmt == "parquet":
             pq.ParquetFile(path).close()
-    except (ConversionFailed, OSError, ValueError, pa.ArrowException):
-        return False
-    return True
+    except ConversionFailed:
+        return "not a table"
+    except (OSError, ValueError, EOFError, pa.ArrowException) as exc:
+        words = without_paths(str(exc), path).strip() or type(exc).__name__
+        return f"not a readable {fmt.upper() if fmt == 'fits' else fmt.capitalize()} file ({words})"
+    return None
 
 
 def _check_fits(path: Path, hdu: int | str | None) -> None:
@@ -108,7 +119,16 @@ def _check_fits(path: Path, hdu: int | str | None) -> None:
     from astropy.io import fits
 
     with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
-        select_fits_hdu(hdul, hdu, path.name)
+        try:
+            select_fits_hdu(hdul, hdu, path.name)
+        except ConversionFailed:
+            # Nothing but a primary header without data: astropy stops quietly at an extension cut short
+            # (a gzip stream or a header cut part way), so the file is damaged, not an image.
+            if len(hdul) == 1 and not hdul[0].header.get("NAXIS"):
+                raise ValueError(
+                    "nothing after the primary header: the file may have been cut short"
+                ) from None
+            raise
 
 
 def _check_votable(path: Path, hdu: int | str | None) -> bool:

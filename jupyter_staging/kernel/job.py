@@ -284,11 +284,14 @@ class Job:
             self.wait()
         tables = parquet_tables(self.chunks, self._uri_prefix())
         if not tables:
+            kept = [notice for notice in self.notices if notice.endswith("staged as it is")]
+            hint = (
+                f": {'; '.join(kept[:3])}"  # asked for, and not converted: why
+                if kept
+                else "; stage with to_parquet=True (or %stage --to-parquet) to read it as a table"
+            )
             raise StagingError(
-                f"job {self.name!r} has no Parquet output; stage with to_parquet=True "
-                "(or %stage --to-parquet) to read it as a table",
-                code="no_parquet_output",
-                status=400,
+                f"job {self.name!r} has no Parquet output{hint}", code="no_parquet_output", status=400
             )
         found: dict[str, list[Path] | list[str]] = {}
         for name in pick_tables(tables, table, self.name):

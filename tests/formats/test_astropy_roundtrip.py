@@ -7,6 +7,7 @@ rejects.
 
 from __future__ import annotations
 
+import gzip
 import json
 import warnings
 from pathlib import Path
@@ -363,3 +364,31 @@ def test_complex_and_variable_length_fits_columns_keep_their_numpy_types(tmp_pat
     for name in ("flags", "flux", "gains"):
         for got, want in zip(table[name], expected[name], strict=True):
             assert got.dtype == want.dtype.newbyteorder("=") and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("cut", ["gzip", "header"])
+def test_a_fits_table_cut_short_is_named_as_damaged_not_as_no_table(
+    local_backend, tmp_path: Path, cut
+) -> None:
+    from jupyter_staging.errors import StagingError
+    from jupyter_staging.kernel import api
+    from tests.helpers.data import KEPLER
+
+    data = KEPLER.read_bytes()
+    if cut == "gzip":  # a download that stopped half-way
+        src = tmp_path / "kepler.fits.gz"
+        packed = gzip.compress(data)
+        src.write_bytes(packed[: len(packed) // 2])
+    else:  # cut inside the table extension's header
+        src = tmp_path / "kepler.fits"
+        src.write_bytes(data[: 2880 * 3 + 1000])
+
+    job = api.stage(str(src), "cut", to_parquet=True, wait=True)
+
+    assert job.notices == [
+        f"{src.name}: not a readable FITS file (nothing after the primary header: the "
+        "file may have been cut short): staged as it is"
+    ]
+    with pytest.raises(StagingError) as refused:
+        job.to_table()
+    assert refused.value.code == "no_parquet_output" and "cut short" in str(refused.value)
