@@ -369,8 +369,16 @@ class JobLifecycle:
             remove_job_output(self, rec, keep_ready=False)
         except StagingError as exc:
             self.log_event(job_id, "warning", f"partial output not removed: {exc.message}")
+            removed = False
+        else:
+            removed = True
+        # The chunks whose files went are expired with the state, as _expire and the cleanup policies do.
         self.set_state(
-            job_id, JobState.cancelled, requested=None, events=[("info", "cancelled; partial output removed")]
+            job_id,
+            JobState.cancelled,
+            requested=None,
+            events=[("info", "cancelled; partial output removed")],
+            expire_chunks=removed,
         )
 
     def report_progress(self, job_id: str, *, force: bool = False) -> None:
