@@ -7,6 +7,7 @@ The races are made deterministic: a step of the real code is wrapped so that it 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import ChunkState, CreateJob, JobState
 from jupyter_staging.sources.local import LocalSource
+from tests.helpers.data import wait_until
 from tests.helpers.managers import manager_for
 
 FILES = ("a.bin", "b.bin", "c.bin")
@@ -82,3 +84,72 @@ def test_a_cancelled_job_expires_the_chunks_whose_files_it_removed(
     assert not (root / "out").exists()
     assert {c.state for c in mgr.chunks(job.id)} == {ChunkState.expired}
     assert mgr.ack(job.id, "0").state == ChunkState.expired
+
+
+def in_thread(
+    call: Callable[[], Any], threads: list[threading.Thread] | None = None
+) -> tuple[threading.Thread, list[Any]]:
+    """Start ``call`` on a thread (appended to ``threads`` first); its result (or exception) lands in the
+    list returned."""
+    result: list[Any] = []
+
+    def run() -> None:
+        try:
+            result.append(call())
+        except Exception as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=run)
+    if threads is not None:
+        threads.append(thread)
+    thread.start()
+    return thread, result
+
+
+def test_a_cancel_as_the_runner_takes_the_job_cancels_it_once(
+    manager: StagingManager,
+    src: Path,
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """DELETE just after POST: the cancel reads the job queued while its runner (in this process) is about
+    to take it. The cancel is handed to that runner, which ends the job ``cancelled`` with nothing
+    published. Before, the cancel ended the job itself (held here until the runner was copying its first
+    file): the job said cancelled, its whole output and manifest were published, and the runner's own
+    state change failed with a traceback."""
+    decided, copying, cancelled = threading.Event(), threading.Event(), threading.Event()
+    finish_cancelled = manager.finish_cancelled
+    canceller: list[threading.Thread] = []
+
+    def held_finish(*args: Any) -> Any:
+        if threading.current_thread() is not canceller[0]:
+            return finish_cancelled(*args)
+        decided.set()
+        copying.wait(10)
+        try:
+            return finish_cancelled(*args)
+        finally:
+            cancelled.set()
+
+    def copy_after_cancel() -> None:
+        copying.set()
+        cancelled.wait(10)
+
+    monkeypatch.setattr(manager, "finish_cancelled", held_finish)
+    on_fetch(monkeypatch, 1, copy_after_cancel)
+    job, _ = manager.create(manifest_of(src), start=False)
+    thread, answer = in_thread(lambda: manager.cancel(job.id), canceller)
+    wait_until(
+        lambda: decided.is_set() or manager.store.get_job(job.id, resume=False).requested == "cancelled",  # type: ignore[union-attr]
+        what="the cancel decided",
+    )
+    manager.submit(job.id, recorded=True)
+    thread.join(60)
+
+    assert not thread.is_alive() and answer[0].state == JobState.cancelled, answer
+    assert manager.wait(job.id, timeout=60).state == JobState.cancelled
+    assert not (root / "out").exists()
+    lines = [line["message"] for line in manager.job_log(job.id)]
+    assert "running" not in lines and lines.count("cancelled; partial output removed") == 1, lines
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
