@@ -143,8 +143,15 @@ class JobSteering(JobLifecycle):
             return self.current(job_id, owner)  # it may be ending: read again, after its counters
         if state != JobState.paused:
             raise InvalidState(f"a {state.value} job cannot be resumed")
-        self.store.update_job(job_id, load_resume=False, requested=None)
-        self.set_state(job_id, JobState.queued)
+        try:  # one resume of two at once (a double click) queues it and starts its one runner
+            self.set_state(job_id, JobState.queued, requested=None, when=found(JobState.paused, None))
+        except StateChanged:
+            if JobState(self._record(job_id, owner, resume=False).state) in (
+                JobState.queued,
+                JobState.running,
+            ):
+                return self.current(job_id, owner)
+            raise
         self.log_event(job_id, "info", "resumed")
         self.submit(job_id)
         return self.current(job_id, owner)

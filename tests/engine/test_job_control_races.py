@@ -153,3 +153,34 @@ def test_a_cancel_as_the_runner_takes_the_job_cancels_it_once(
     lines = [line["message"] for line in manager.job_log(job.id)]
     assert "running" not in lines and lines.count("cancelled; partial output removed") == 1, lines
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_two_resumes_at_once_start_one_runner(
+    manager: StagingManager, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two resumes of a paused job (a double click): the second runs whole between the first's read of the
+    job (paused) and its state change. One queues the job and starts its runner; the other answers the
+    job as it then is. Before, both queued it and each started a runner."""
+    job_id: list[str] = []
+    on_fetch(monkeypatch, 2, lambda: manager._request(job_id[0], JobState.paused))
+    job, _ = manager.create(manifest_of(src), start=False)
+    job_id.append(job.id)
+    manager.submit(job.id, recorded=True)
+    assert manager.wait(job.id, timeout=60, until=lambda s: s == JobState.paused).state == JobState.paused
+    set_state, inner, outer = manager.set_state, [], threading.current_thread()
+
+    def second_resume_first(job_id: str, state: JobState, **kwargs: Any) -> Any:
+        if state == JobState.queued and threading.current_thread() is outer and not inner:
+            inner.append(in_thread(lambda: manager.resume(job.id)))
+            inner[0][0].join(60)
+        return set_state(job_id, state, **kwargs)
+
+    monkeypatch.setattr(manager, "set_state", second_resume_first)
+    first = manager.resume(job.id)
+    second = inner[0][1][0]
+    assert not isinstance(second, Exception), repr(second)
+    assert manager.wait(job.id, timeout=60).state == JobState.succeeded
+    assert first.state in (JobState.queued, JobState.running, JobState.succeeded), first
+    assert second.state in (JobState.queued, JobState.running, JobState.succeeded), second
+    lines = [line["message"] for line in manager.job_log(job.id)]
+    assert lines.count("resumed") == 1 and lines.count("running") == 2, lines
