@@ -16,7 +16,7 @@ from jupyter_staging.engine.expansion import ExpandingStager
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.store import JobRecord
-from jupyter_staging.errors import JobInterrupted, as_staging_error
+from jupyter_staging.errors import JobInterrupted, PartiallyStaged, StagingError, as_staging_error
 from jupyter_staging.safety.paths import check_output_name
 from jupyter_staging.safety.redact import redact_text
 from jupyter_staging.sources.base import SourceItem
@@ -223,3 +223,19 @@ class ManifestStager(ExpandingStager):
             if not pending:
                 self._error_chunk(name, error)
         self._log("warning", f"entry {name} failed: {error['message']} ({error['code']}); the others go on")
+
+
+def raise_partial(entries: list[str], failures: dict[str, dict[str, str]], staged: str) -> None:
+    """Raise :class:`PartiallyStaged` for a manifest job whose ``failures`` (entry name -> error) are some
+    of its ``entries`` (``staged``: what the others staged, shown), or the one shared error when no entry
+    was staged."""
+    failed = ", ".join(f"{n} ({failures[n]['code']})" for n in entries if n in failures)
+    message = (
+        f"{len(entries) - len(failures)} of {len(entries)} entries staged "
+        f"({staged}; manifest written); failed: {failed}"
+    )
+    codes = {f["code"] for f in failures.values()}
+    if len(failures) == len(entries) and len(codes) == 1:
+        # Nothing staged, for one reason (a missing bucket, no network): that reason is the code.
+        raise StagingError(message, code=codes.pop())
+    raise PartiallyStaged(message)

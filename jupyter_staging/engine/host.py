@@ -15,6 +15,7 @@ from jupyter_staging.engine.executors import Executor
 from jupyter_staging.engine.models import JobState
 from jupyter_staging.engine.progress import LiveProgress
 from jupyter_staging.engine.store import JobRecord, Store
+from jupyter_staging.engine.transitions import Guard
 from jupyter_staging.errors import StagingError
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.sealed import SecretBox
@@ -57,13 +58,16 @@ class JobHost(Protocol):
         events: Sequence[tuple[str, str]] = (),
         load_resume: bool = False,
         sealed_dropped: bool = False,
+        when: Guard | None = None,
         **fields: Any,
     ) -> JobRecord:
         """Persist a state transition (and other columns, and the log lines ``events``: ``(level,
         message)``) in one transaction and announce it; returns the job (with its resume data when
         ``load_resume``). ``sealed_dropped``: the caller knows the stored resume data holds no sealed
         locator (or sets ``resume`` without them), so a final state need not read it. Raises
-        :class:`~jupyter_staging.errors.InvalidState` for a transition the job model forbids."""
+        :class:`~jupyter_staging.errors.InvalidState` for a transition the job model forbids, and
+        :class:`~jupyter_staging.engine.transitions.StateChanged` when the job as read in that transaction
+        fails ``when`` (nothing written)."""
         ...
 
     def update_job(
@@ -111,8 +115,9 @@ class JobHost(Protocol):
         so for ``outcome``."""
         ...
 
-    def finish_cancelled(self, job_id: str) -> None:
-        """Remove the job's partial output and end it ``cancelled``."""
+    def finish_cancelled(self, job_id: str, when: Guard) -> bool:
+        """Remove the job's partial output and end it ``cancelled`` if the job as read in that transaction
+        passes ``when``; False (nothing changed) when another state change was first."""
         ...
 
     def fail(self, job_id: str, error: StagingError | Exception) -> None:

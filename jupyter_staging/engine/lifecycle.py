@@ -31,6 +31,7 @@ from jupyter_staging.engine.progress import PROGRESS_INTERVAL, LiveProgress
 from jupyter_staging.engine.records import has_sealed, without_sealed
 from jupyter_staging.engine.runner import JobRunner
 from jupyter_staging.engine.store import JobRecord, Store, utcnow
+from jupyter_staging.engine.transitions import Guard, StateChanged
 from jupyter_staging.errors import InvalidState, JobNotFound, StagingError, as_staging_error
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.descriptors import raise_open_file_limit
@@ -252,6 +253,7 @@ class JobLifecycle:
         events: Sequence[tuple[str, str]] = (),
         load_resume: bool = False,
         sealed_dropped: bool = False,
+        when: Guard | None = None,
         **fields: Any,
     ) -> JobRecord:
         """Persist ``state`` (and ``fields``, and the log lines ``events``: ``(level, message)``, redacted
@@ -260,11 +262,15 @@ class JobLifecycle:
         knows there are none, or sets ``resume`` without them; a listing of 20,000 files is megabytes of
         JSON to read). The transition is checked against the state read inside that transaction. Returns
         the job as updated, without its resume data unless ``load_resume`` or ``fields`` sets it. Raises
-        :class:`JobNotFound` and :class:`InvalidState` (a transition the model forbids; nothing written)."""
+        :class:`JobNotFound` and :class:`InvalidState` (a transition the model forbids; nothing written),
+        :class:`StateChanged` when ``when(job)`` is false for the job as read in that transaction (a
+        compare-and-set: :mod:`~jupyter_staging.engine.transitions`)."""
 
         def defaults(rec: JobRecord) -> dict[str, Any]:
             current = JobState(rec.state)
-            if state != current and state not in TRANSITIONS[current]:
+            if when is not None and not when(rec):
+                raise StateChanged(f"job {job_id} is {current.value} (requested: {rec.requested}) now")
+            if state not in TRANSITIONS[current]:
                 raise InvalidState(f"a {current.value} job cannot become {state.value}")
             if not state.is_final:
                 return {}
@@ -362,16 +368,10 @@ class JobLifecycle:
             self._controls[job_id] = runner.control
         self.executor.submit(runner.run)
 
-    def finish_cancelled(self, job_id: str) -> None:
-        """Remove the job's output and end it ``cancelled``."""
-        rec = self._record(job_id, None)
-        try:
-            remove_job_output(self, rec, keep_ready=False)
-        except StagingError as exc:
-            self.log_event(job_id, "warning", f"partial output not removed: {exc.message}")
-        self.set_state(
-            job_id, JobState.cancelled, requested=None, events=[("info", "cancelled; partial output removed")]
-        )
+    def finish_cancelled(self, job_id: str, when: Guard) -> bool:
+        """Remove the job's output and end it ``cancelled`` if it passes ``when``
+        (:class:`~jupyter_staging.engine.steering.JobSteering`)."""
+        raise NotImplementedError
 
     def report_progress(self, job_id: str, *, force: bool = False) -> None:
         """Persist and announce the live counters, at most every :data:`PROGRESS_INTERVAL` seconds unless

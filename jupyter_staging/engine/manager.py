@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +28,18 @@ from jupyter_staging.engine.executors import (
     LocalExecutor,
 )
 from jupyter_staging.engine.expansion import DEFAULT_MAX_UNPACKED_BYTES
-from jupyter_staging.engine.lifecycle import JobLifecycle, echo_event, log
+from jupyter_staging.engine.lifecycle import echo_event, log
 from jupyter_staging.engine.models import (
     ChunkState,
     CreateJob,
     DescribeChunk,
     DescribeJob,
-    JobState,
     ListJobsQuery,
     ListJobsResponse,
 )
 from jupyter_staging.engine.processes import current_user, default_key_file
+from jupyter_staging.engine.steering import JobSteering
 from jupyter_staging.engine.store import ChunkRecord, JobRecord, Store
-from jupyter_staging.engine.swap import swap_started, too_late
 from jupyter_staging.errors import InvalidRequest, InvalidState, JobNotFound
 from jupyter_staging.safety.redact import install_log_filters
 from jupyter_staging.safety.sealed import SecretBox
@@ -51,7 +48,7 @@ from jupyter_staging.safety.sealed import SecretBox
 _CHUNK_INDEX = re.compile(r"0|[1-9][0-9]{0,18}")
 
 
-class StagingManager(JobLifecycle):
+class StagingManager(JobSteering):
     """Owns the jobs of one staging area.
 
     Parameters
@@ -252,79 +249,6 @@ class StagingManager(JobLifecycle):
         next_cursor = encode_cursor(recs[-1]) if more and recs else None
         return ListJobsResponse(jobs=[self.describe(r, live) for r in recs], next_cursor=next_cursor)
 
-    def cancel(self, job_id: str, owner: str | None = None) -> DescribeJob:
-        """Cancel a job and remove its partial output (and its output, for ``delete_always``).
-
-        Cancelling a finished job is a no-op that returns it, and so is cancelling one whose complete
-        output is being swapped in (:func:`~jupyter_staging.engine.swap.swap_started`; its log says so).
-        Raises :class:`JobNotFound`.
-        """
-        rec = self._record(job_id, owner)
-        state = JobState(rec.state)
-        if state.is_final:
-            return self.describe(rec)
-        if swap_started(rec.resume):  # complete; a run (after a stop, the next) ends it
-            self.log_event(job_id, "info", too_late(JobState.cancelled.value))
-            return self.current(job_id, owner)
-        if state == JobState.running:
-            self._request(job_id, JobState.cancelled)
-            return self.wait(job_id, timeout=30, owner=owner)
-        self.finish_cancelled(job_id)
-        return self.get(job_id, owner)
-
-    def _request(self, job_id: str, wanted: JobState) -> None:
-        """Ask the runner of a running job to pause or cancel: in this process through its control,
-        in another process (a shared database) through the ``requested`` column it polls."""
-        self.store.update_job(job_id, load_resume=False, requested=wanted.value)
-        with self._lock:
-            control = self._controls.get(job_id)
-        if control is not None:
-            control.interrupt(wanted.value)
-
-    def pause(self, job_id: str, owner: str | None = None) -> DescribeJob:
-        """Stop moving bytes at the next block and keep the partial files; ``resume`` continues.
-
-        Raises :class:`InvalidState` (409) unless the job is queued, running or already paused.
-        """
-        rec = self._record(job_id, owner)
-        state = JobState(rec.state)
-        if state == JobState.paused:
-            return self.describe(rec)
-        if state not in (JobState.queued, JobState.running):
-            raise InvalidState(f"a {state.value} job cannot be paused")
-        if swap_started(rec.resume):  # as for cancel
-            self.log_event(job_id, "info", too_late(JobState.paused.value))
-            return self.current(job_id, owner)
-        with self._lock:
-            queued_here = job_id in self._controls
-        if state == JobState.running or queued_here:
-            self._request(job_id, JobState.paused)
-            self.wait(
-                job_id, timeout=30, owner=owner, until=lambda s: s not in (JobState.running, JobState.queued)
-            )
-        else:
-            self.set_state(job_id, JobState.paused)
-        self.log_event(job_id, "info", "paused")
-        return self.get(job_id, owner)
-
-    def resume(self, job_id: str, owner: str | None = None) -> DescribeJob:
-        """Queue a paused job again; it continues from its partial files.
-
-        Raises :class:`InvalidState` (409) unless the job is paused (a queued or running job is returned
-        as it is).
-        """
-        rec = self._record(job_id, owner)
-        state = JobState(rec.state)
-        if state in (JobState.queued, JobState.running):
-            return self.current(job_id, owner)  # it may be ending: read again, after its counters
-        if state != JobState.paused:
-            raise InvalidState(f"a {state.value} job cannot be resumed")
-        self.store.update_job(job_id, load_resume=False, requested=None)
-        self.set_state(job_id, JobState.queued)
-        self.log_event(job_id, "info", "resumed")
-        self.submit(job_id)
-        return self.get(job_id, owner)
-
     def chunks(self, job_id: str, owner: str | None = None, *, urls: bool = True) -> list[DescribeChunk]:
         """The job's chunks in index order. Raises :class:`JobNotFound`.
 
@@ -444,29 +368,6 @@ class StagingManager(JobLifecycle):
             {"time": e.time.isoformat().replace("+00:00", "Z"), "level": e.level, "message": e.message}
             for e in self.store.list_events(job_id, limit=limit)
         ]
-
-    def wait(
-        self,
-        job_id: str,
-        timeout: float | None = None,
-        owner: str | None = None,
-        until: Callable[[JobState], bool] | None = None,
-    ) -> DescribeJob:
-        """Block until the job reaches a final state (or ``until(state)`` holds), at most ``timeout``
-        seconds; returns the job as it then is."""
-        until = until or (lambda s: s.is_final)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self._record(job_id, owner, resume=False)  # JobNotFound for unknown and foreign ids
-        while True:
-            # Woken at every progress report: poll the state alone, read the whole job once at the end.
-            head = self.store.job_state(job_id)
-            if head is None:
-                raise JobNotFound(f"no staging job {job_id!r}")
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if until(JobState(head[0])) or (remaining is not None and remaining <= 0):
-                return self.current(job_id, owner)
-            with self._done:
-                self._done.wait(timeout=0.5 if remaining is None else min(0.5, remaining))
 
 
 __all__ = ["StagingManager", "default_name", "remove_tree_if_empty"]

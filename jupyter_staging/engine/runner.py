@@ -27,7 +27,7 @@ from jupyter_staging.destinations.objectstore import ObjectStoreDestination
 from jupyter_staging.engine.cleanup import MADE_DESTINATION, remove_job_output
 from jupyter_staging.engine.collector import collector_paused
 from jupyter_staging.engine.deadparts import FOREIGN_PARTS_LISTED
-from jupyter_staging.engine.entries import error_of
+from jupyter_staging.engine.entries import error_of, raise_partial
 from jupyter_staging.engine.folders import PARTS_TAGGED, PUBLISHED_TAGS
 from jupyter_staging.engine.freshness import fingerprints_of
 from jupyter_staging.engine.models import DONE_STATES, LINK_METHODS, PENDING, ChunkState, JobState
@@ -49,8 +49,9 @@ from jupyter_staging.engine.swap import (
     swapped_already,
     too_late,
 )
+from jupyter_staging.engine.transitions import StateChanged, found, in_state
 from jupyter_staging.engine.units import format_bytes
-from jupyter_staging.errors import JobInterrupted, PartiallyStaged, StagingError
+from jupyter_staging.errors import JobInterrupted
 from jupyter_staging.safety.paths import check_output_name
 from jupyter_staging.sources.base import SourceItem
 from jupyter_staging.sources.registry import open_source
@@ -96,17 +97,29 @@ class JobRunner(TableSpreadStager):
 
     def before_start(self) -> JobRecord | None:
         """Take a queued job: honour a pause or cancel requested while it waited, else mark it
-        ``running``. Returns its record, or None when there is nothing to run."""
-        rec = self.store.get_job(self.job_id)
-        if rec is None or rec.state != JobState.queued.value:
-            return None
+        ``running``. Returns its record, or None when there is nothing to run (not queued: another runner
+        took it, or a verb ended it). Each change is made only if the job is still as read (queued, with
+        the same request pending); else it is read again."""
+        for _ in range(3):
+            rec = self.store.get_job(self.job_id)
+            if rec is None or rec.state != JobState.queued.value:
+                return None
+            try:
+                return self._take(rec)
+            except StateChanged:  # a pause or cancel came in between: read the job again
+                continue
+        return None
+
+    def _take(self, rec: JobRecord) -> JobRecord | None:
+        """:meth:`before_start` for the queued job ``rec`` as read."""
+        taken = found(JobState.queued, rec.requested)
         if rec.requested and swap_started(rec.resume):  # stopped as its complete output was swapped in
             self.host.log_event(self.job_id, "info", too_late(rec.requested))
         elif rec.requested == JobState.paused.value:
-            self.host.set_state(self.job_id, JobState.paused, requested=None)
+            self.host.set_state(self.job_id, JobState.paused, requested=None, when=taken)
             return None
         elif rec.requested == JobState.cancelled.value:
-            self.host.finish_cancelled(self.job_id)
+            self.host.finish_cancelled(self.job_id, taken)
             return None
         self.host.attach_live(self.job_id, self.live)
         with self.live.lock:  # the first progress is written one interval in (a short job writes none)
@@ -132,6 +145,7 @@ class JobRunner(TableSpreadStager):
             resume=json_copy(self.resume),
             started_at=started,
             requested=None,
+            when=taken,
         )
 
     def run_items(self, rec: JobRecord) -> tuple[list[str] | None, dict[str, dict[str, str]]]:
@@ -171,7 +185,7 @@ class JobRunner(TableSpreadStager):
         if reason == "paused":
             self.host.set_state(self.job_id, JobState.paused, requested=None)
         elif reason == "cancelled":
-            self.host.finish_cancelled(self.job_id)
+            self.host.finish_cancelled(self.job_id, in_state(JobState.running))
         # "shutdown": stay running in the database; start() resumes the job in the next process.
 
     def on_failure(self, exc: Exception) -> None:
@@ -225,7 +239,7 @@ class JobRunner(TableSpreadStager):
         if failures:
             assert entries is not None
             self.host.update_job(self.job_id, **totals)
-            self._raise_partial(entries, failures, f"{len(staged)} chunk(s), {format_bytes(total)}")
+            raise_partial(entries, failures, f"{len(staged)} chunk(s), {format_bytes(total)}")
         summary = f"{len(staged)} chunk(s), {format_bytes(total)}, {totals['rows_done']} rows"
         self.host.apply_cleanup_policy(self.job_id, JobState.succeeded, policy=rec.cleanup_policy)
         # This run's resume data is the newest: its sealed locators (presigned URLs), if any, are dropped
@@ -483,17 +497,3 @@ class JobRunner(TableSpreadStager):
             "chunks_done": len(staged),
             "chunks_total": len(chunks),
         }
-
-    @staticmethod
-    def _raise_partial(entries: list[str], failures: dict[str, dict[str, str]], staged: str) -> None:
-        """Raise :class:`PartiallyStaged`, or the one shared error when no entry was staged."""
-        failed = ", ".join(f"{n} ({failures[n]['code']})" for n in entries if n in failures)
-        message = (
-            f"{len(entries) - len(failures)} of {len(entries)} entries staged "
-            f"({staged}; manifest written); failed: {failed}"
-        )
-        codes = {f["code"] for f in failures.values()}
-        if len(failures) == len(entries) and len(codes) == 1:
-            # Nothing staged, for one reason (a missing bucket, no network): that reason is the code.
-            raise StagingError(message, code=codes.pop())
-        raise PartiallyStaged(message)

@@ -284,11 +284,13 @@ class Store(SQLStore):
         load_resume: bool = True,
         events: Sequence[tuple[str, str]] = (),
         defaults: Callable[[JobRecord], dict[str, Any]] | None = None,
+        expire_chunks: bool = False,
         **fields: Any,
     ) -> JobRecord | None:
         """Set ``fields`` on a job, bump ``updated_at`` and add the log lines ``events`` (``(level,
         message)``, already redacted), in one transaction; returns the updated record (without its resume
-        data unless ``load_resume`` or ``fields`` sets it), or None when there is no such job.
+        data unless ``load_resume`` or ``fields`` sets it), or None when there is no such job. With
+        ``expire_chunks`` every chunk of the job becomes ``expired`` in that transaction (its files are gone).
 
         ``defaults``, when given, is called with the record as read inside the transaction (with its
         resume data when ``load_resume``) and returns fields to set unless ``fields`` sets them; whatever
@@ -312,6 +314,12 @@ class Store(SQLStore):
             if "resume" in fields:
                 s.flush()  # the job's row before its resume row, as in write_chunks (one lock order)
                 write_resume(s, job_id, fields["resume"])
+            if expire_chunks:
+                s.execute(
+                    update(ChunkRecord)
+                    .where(ChunkRecord.job_id == job_id, ChunkRecord.state != "expired")
+                    .values(state="expired")
+                )
             s.add_all(EventRecord(job_id=job_id, time=now, level=lv, message=m) for lv, m in events)
             return rec
 

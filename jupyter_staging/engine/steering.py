@@ -1,0 +1,180 @@
+"""The verbs that steer a job between its runs: cancel, pause, resume.
+
+Each decides on the job as it reads it, then changes it only as it found it (a compare-and-set in the
+database, :mod:`~jupyter_staging.engine.transitions`): a verb that meets another (a cancel as the job's
+runner takes it, two resumes at once) either wins whole or reads the job again. A job whose runner is in
+this process (running, or queued and about to start) is stopped by that runner, asked through its control
+and the ``requested`` column; only a job no runner of this process holds is ended here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from jupyter_staging.engine.cleanup import remove_job_output
+from jupyter_staging.engine.lifecycle import JobLifecycle
+from jupyter_staging.engine.models import DescribeJob, JobState
+from jupyter_staging.engine.store import JobRecord
+from jupyter_staging.engine.swap import swap_started, too_late
+from jupyter_staging.engine.transitions import CANCELLED, Guard, StateChanged, found
+from jupyter_staging.errors import InvalidState, JobNotFound, StagingError
+
+#: Times a verb reads the job again when another change was first, before it answers with the job as it is.
+ATTEMPTS = 3
+
+
+class JobSteering(JobLifecycle):
+    """Cancel, pause and resume (the base of :class:`~jupyter_staging.engine.manager.StagingManager`)."""
+
+    def cancel(self, job_id: str, owner: str | None = None) -> DescribeJob:
+        """Cancel a job and remove its partial output (and its output, for ``delete_always``).
+
+        Cancelling a finished job is a no-op that returns it, and so is cancelling one whose complete
+        output is being swapped in (:func:`~jupyter_staging.engine.swap.swap_started`; its log says so).
+        A job whose runner is in this process (running, or queued) is cancelled by that runner; this waits
+        for it, at most 30 s. Raises :class:`JobNotFound`.
+        """
+        for _ in range(ATTEMPTS):
+            rec = self._record(job_id, owner)
+            state = JobState(rec.state)
+            if state.is_final:
+                return self.describe(rec)
+            if swap_started(rec.resume):  # complete; a run (after a stop, the next) ends it
+                self.log_event(job_id, "info", too_late(JobState.cancelled.value))
+                return self.current(job_id, owner)
+            with self._lock:
+                runner_here = job_id in self._controls
+            if state == JobState.running or (state == JobState.queued and runner_here):
+                # Its runner ends it: as it takes the job (before_start), or at its next block.
+                self._request(job_id, JobState.cancelled)
+                return self.wait(job_id, timeout=30, owner=owner)
+            if self._claim_cancel(job_id, state) and self.finish_cancelled(job_id, found(state, CANCELLED)):
+                return self.current(job_id, owner)
+        return self.current(job_id, owner)
+
+    def _claim_cancel(self, job_id: str, state: JobState) -> bool:
+        """Record a pending cancel of a job no runner of this process holds, if it is still in ``state``:
+        from then on no runner takes it and no resume queues it. False when it changed meanwhile."""
+
+        def still(rec: JobRecord) -> dict[str, str]:
+            if rec.state != state.value:
+                raise StateChanged(f"job {job_id} is {rec.state} now")
+            return {}
+
+        try:
+            self.update_job(job_id, defaults=still, requested=CANCELLED)
+        except StateChanged:
+            return False
+        return True
+
+    def finish_cancelled(self, job_id: str, when: Guard) -> bool:
+        """Remove the job's output and end it ``cancelled``, its chunks ``expired`` in that transaction —
+        if the job passes ``when`` (read before anything is removed, and again in that transaction).
+        Returns False, nothing changed, when another state change was first."""
+        rec = self._record(job_id, None)
+        if not when(rec):
+            return False
+        try:
+            remove_job_output(self, rec, keep_ready=False)
+        except StagingError as exc:
+            self.log_event(job_id, "warning", f"partial output not removed: {exc.message}")
+            removed = False
+        else:
+            removed = True
+        try:
+            # The chunks whose files went are expired with the state, as _expire and the cleanup policies do.
+            self.set_state(
+                job_id,
+                JobState.cancelled,
+                requested=None,
+                events=[("info", "cancelled; partial output removed")],
+                expire_chunks=removed,
+                when=when,
+            )
+        except StateChanged:
+            return False
+        return True
+
+    def _request(self, job_id: str, wanted: JobState) -> None:
+        """Ask the runner of a running job to pause or cancel: in this process through its control,
+        in another process (a shared database) through the ``requested`` column it polls."""
+        self.store.update_job(job_id, load_resume=False, requested=wanted.value)
+        with self._lock:
+            control = self._controls.get(job_id)
+        if control is not None:
+            control.interrupt(wanted.value)
+
+    def pause(self, job_id: str, owner: str | None = None) -> DescribeJob:
+        """Stop moving bytes at the next block and keep the partial files; ``resume`` continues.
+
+        Raises :class:`InvalidState` (409) unless the job is queued, running or already paused.
+        """
+        rec = self._record(job_id, owner)
+        state = JobState(rec.state)
+        if state == JobState.paused:
+            return self.describe(rec)
+        if state not in (JobState.queued, JobState.running):
+            raise InvalidState(f"a {state.value} job cannot be paused")
+        if swap_started(rec.resume):  # as for cancel
+            self.log_event(job_id, "info", too_late(JobState.paused.value))
+            return self.current(job_id, owner)
+        with self._lock:
+            queued_here = job_id in self._controls
+        if state == JobState.running or queued_here:
+            self._request(job_id, JobState.paused)
+            self.wait(
+                job_id, timeout=30, owner=owner, until=lambda s: s not in (JobState.running, JobState.queued)
+            )
+        else:
+            self.set_state(job_id, JobState.paused)
+        self.log_event(job_id, "info", "paused")
+        return self.current(job_id, owner)
+
+    def resume(self, job_id: str, owner: str | None = None) -> DescribeJob:
+        """Queue a paused job again; it continues from its partial files.
+
+        Raises :class:`InvalidState` (409) unless the job is paused (a queued or running job is returned
+        as it is).
+        """
+        rec = self._record(job_id, owner)
+        state = JobState(rec.state)
+        if state in (JobState.queued, JobState.running):
+            return self.current(job_id, owner)  # it may be ending: read again, after its counters
+        if state != JobState.paused:
+            raise InvalidState(f"a {state.value} job cannot be resumed")
+        try:  # one resume of two at once (a double click) queues it and starts its one runner
+            self.set_state(job_id, JobState.queued, requested=None, when=found(JobState.paused, None))
+        except StateChanged:
+            if JobState(self._record(job_id, owner, resume=False).state) in (
+                JobState.queued,
+                JobState.running,
+            ):
+                return self.current(job_id, owner)
+            raise
+        self.log_event(job_id, "info", "resumed")
+        self.submit(job_id)
+        return self.current(job_id, owner)
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        owner: str | None = None,
+        until: Callable[[JobState], bool] | None = None,
+    ) -> DescribeJob:
+        """Block until the job reaches a final state (or ``until(state)`` holds), at most ``timeout``
+        seconds; returns the job as it then is."""
+        until = until or (lambda s: s.is_final)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._record(job_id, owner, resume=False)  # JobNotFound for unknown and foreign ids
+        while True:
+            # Woken at every progress report: poll the state alone, read the whole job once at the end.
+            head = self.store.job_state(job_id)
+            if head is None:
+                raise JobNotFound(f"no staging job {job_id!r}")
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if until(JobState(head[0])) or (remaining is not None and remaining <= 0):
+                return self.current(job_id, owner)
+            with self._done:
+                self._done.wait(timeout=0.5 if remaining is None else min(0.5, remaining))

@@ -1,0 +1,186 @@
+"""Job control against a real :class:`StagingManager` at the exact points where two verbs meet: a cancel of
+a job with ready chunks, a cancel as its runner takes it, a cancel then a pause, two resumes at once.
+
+The races are made deterministic: a step of the real code is wrapped so that it stops (an Event) or acts
+(a request) at the point under test; the jobs, their files and their database are real.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jupyter_staging.engine.manager import StagingManager
+from jupyter_staging.engine.models import ChunkState, CreateJob, JobState
+from jupyter_staging.sources.local import LocalSource
+from tests.helpers.data import wait_until
+from tests.helpers.managers import manager_for
+
+FILES = ("a.bin", "b.bin", "c.bin")
+
+
+@pytest.fixture
+def one_at_a_time(root: Path, tmp_path: Path) -> Iterator[StagingManager]:
+    """A started manager staging one file of a job at a time (its files in name order)."""
+    mgr = manager_for(tmp_path, concurrent_items=1)
+    yield mgr
+    mgr.stop()
+
+
+@pytest.fixture
+def src(root: Path) -> Path:
+    folder = root / "src"
+    folder.mkdir()
+    for i, name in enumerate(FILES):
+        (folder / name).write_bytes(bytes([i]) * 65536)
+    return folder
+
+
+def on_fetch(monkeypatch: pytest.MonkeyPatch, nth: int, action: Callable[[], Any]) -> None:
+    """Run ``action`` once, as the copy of the ``nth`` file fetched (from 1) starts (then copy it)."""
+    fetch = LocalSource.fetch
+    started: list[str] = []
+    lock = threading.Lock()
+
+    def fetch_then(self: LocalSource, item: Any, out: Any, control: Any) -> None:
+        with lock:
+            started.append(item.name)
+            due = len(started) == nth
+        if due:
+            action()
+        fetch(self, item, out, control)
+
+    monkeypatch.setattr(LocalSource, "fetch", fetch_then)
+
+
+def manifest_of(src: Path) -> CreateJob:
+    """A manifest job of the files of ``src``, one entry each (staged one at a time, each entry's chunk
+    marked ready as it is published)."""
+    return CreateJob(manifest={name: str(src / name) for name in FILES}, destination="out")
+
+
+def test_a_cancelled_job_expires_the_chunks_whose_files_it_removed(
+    one_at_a_time: StagingManager, src: Path, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paused after its first file was published (chunk ``ready``), then cancelled: the files go and so
+    do the chunks (``expired``, in the transaction of the ``cancelled`` state); they stayed ``ready``, and
+    an ack answered ``acked`` for a file that was gone."""
+    mgr = one_at_a_time
+    job_id: list[str] = []
+    on_fetch(monkeypatch, 2, lambda: mgr._request(job_id[0], JobState.paused))
+    job, _ = mgr.create(manifest_of(src), start=False)
+    job_id.append(job.id)
+    mgr.submit(job.id, recorded=True)
+    assert mgr.wait(job.id, timeout=60, until=lambda s: s == JobState.paused).state == JobState.paused
+    ready = [c.path for c in mgr.chunks(job.id) if c.state == ChunkState.ready]
+    assert len(ready) == 1 and (root / "out" / ready[0]).is_file()
+
+    assert mgr.cancel(job.id).state == JobState.cancelled
+    assert not (root / "out").exists()
+    assert {c.state for c in mgr.chunks(job.id)} == {ChunkState.expired}
+    assert mgr.ack(job.id, "0").state == ChunkState.expired
+
+
+def in_thread(
+    call: Callable[[], Any], threads: list[threading.Thread] | None = None
+) -> tuple[threading.Thread, list[Any]]:
+    """Start ``call`` on a thread (appended to ``threads`` first); its result (or exception) lands in the
+    list returned."""
+    result: list[Any] = []
+
+    def run() -> None:
+        try:
+            result.append(call())
+        except Exception as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=run)
+    if threads is not None:
+        threads.append(thread)
+    thread.start()
+    return thread, result
+
+
+def test_a_cancel_as_the_runner_takes_the_job_cancels_it_once(
+    manager: StagingManager,
+    src: Path,
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """DELETE just after POST: the cancel reads the job queued while its runner (in this process) is about
+    to take it. The cancel is handed to that runner, which ends the job ``cancelled`` with nothing
+    published. Before, the cancel ended the job itself (held here until the runner was copying its first
+    file): the job said cancelled, its whole output and manifest were published, and the runner's own
+    state change failed with a traceback."""
+    decided, copying, cancelled = threading.Event(), threading.Event(), threading.Event()
+    finish_cancelled = manager.finish_cancelled
+    canceller: list[threading.Thread] = []
+
+    def held_finish(*args: Any) -> Any:
+        if threading.current_thread() is not canceller[0]:
+            return finish_cancelled(*args)
+        decided.set()
+        copying.wait(10)
+        try:
+            return finish_cancelled(*args)
+        finally:
+            cancelled.set()
+
+    def copy_after_cancel() -> None:
+        copying.set()
+        cancelled.wait(10)
+
+    monkeypatch.setattr(manager, "finish_cancelled", held_finish)
+    on_fetch(monkeypatch, 1, copy_after_cancel)
+    job, _ = manager.create(manifest_of(src), start=False)
+    thread, answer = in_thread(lambda: manager.cancel(job.id), canceller)
+    wait_until(
+        lambda: decided.is_set() or manager.store.get_job(job.id, resume=False).requested == "cancelled",  # type: ignore[union-attr]
+        what="the cancel decided",
+    )
+    manager.submit(job.id, recorded=True)
+    thread.join(60)
+
+    assert not thread.is_alive() and answer[0].state == JobState.cancelled, answer
+    assert manager.wait(job.id, timeout=60).state == JobState.cancelled
+    assert not (root / "out").exists()
+    lines = [line["message"] for line in manager.job_log(job.id)]
+    assert "running" not in lines and lines.count("cancelled; partial output removed") == 1, lines
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_two_resumes_at_once_start_one_runner(
+    manager: StagingManager, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two resumes of a paused job (a double click): the second runs whole between the first's read of the
+    job (paused) and its state change. One queues the job and starts its runner; the other answers the
+    job as it then is. Before, both queued it and each started a runner."""
+    job_id: list[str] = []
+    on_fetch(monkeypatch, 2, lambda: manager._request(job_id[0], JobState.paused))
+    job, _ = manager.create(manifest_of(src), start=False)
+    job_id.append(job.id)
+    manager.submit(job.id, recorded=True)
+    assert manager.wait(job.id, timeout=60, until=lambda s: s == JobState.paused).state == JobState.paused
+    set_state, inner, outer = manager.set_state, [], threading.current_thread()
+
+    def second_resume_first(job_id: str, state: JobState, **kwargs: Any) -> Any:
+        if state == JobState.queued and threading.current_thread() is outer and not inner:
+            inner.append(in_thread(lambda: manager.resume(job.id)))
+            inner[0][0].join(60)
+        return set_state(job_id, state, **kwargs)
+
+    monkeypatch.setattr(manager, "set_state", second_resume_first)
+    first = manager.resume(job.id)
+    second = inner[0][1][0]
+    assert not isinstance(second, Exception), repr(second)
+    assert manager.wait(job.id, timeout=60).state == JobState.succeeded
+    assert first.state in (JobState.queued, JobState.running, JobState.succeeded), first
+    assert second.state in (JobState.queued, JobState.running, JobState.succeeded), second
+    lines = [line["message"] for line in manager.job_log(job.id)]
+    assert lines.count("resumed") == 1 and lines.count("running") == 2, lines
