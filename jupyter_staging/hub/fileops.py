@@ -1,7 +1,10 @@
 """The file work of the hub service, descriptor-based: copy, hard-link, symlink, stream a source.
 
 Nothing here knows tornado or the Hub; every call runs on a worker thread. A source is a regular file on the
-shared storage (:func:`check_source`), re-checked by inode when it is opened. A target is a name in a
+shared storage (:func:`check_source`), always opened by descriptor: its folder is reached from ``/`` one
+component at a time without following a symlink (:func:`~jupyter_staging.safety.sourcefolders.open_walked`),
+so a folder swapped for a symlink after the check is refused, never followed, and the file opened is
+re-checked by inode against the one checked. A target is a name in a
 folder open as a descriptor (:class:`~jupyter_staging.hub.areas.Target`); files are created there with
 ``O_CREAT | O_EXCL | O_NOFOLLOW`` relative to that descriptor, written as ``<name>.<random>.part``,
 fsynced and given their final name with ``linkat`` (never replacing anything), so a symlink planted by the
@@ -39,6 +42,7 @@ from jupyter_staging.safety.dirfd import (
 )
 from jupyter_staging.safety.paths import resolve_source
 from jupyter_staging.safety.publishing import publish_open_at, unlink_if_names
+from jupyter_staging.safety.sourcefolders import open_walked, walk_to_folder
 
 log = logging.getLogger(__name__)
 
@@ -70,42 +74,61 @@ class SourceFile:
 
 def check_source(path: str, shared_roots: list[str]) -> SourceFile:
     """Resolve ``path`` (absolute) and check it is a regular file inside ``shared_roots`` after every
-    symlink is followed.
+    symlink is followed; its size, device and inode are those of the file then opened by descriptor at
+    the resolved path (:func:`_walk_open`: no symlink followed), not of a second look up of the path.
 
     Raises :class:`PathNotAllowed` (400, ``path_not_allowed``) for relative paths or paths outside the
-    roots (including through a symlink), :class:`SourceNotFound` (400, ``source_not_found``) when it does
-    not exist, :class:`InvalidRequest` (400, ``source_not_a_file``) for folders and special files.
+    roots (including through a symlink, also one swapped in after the resolution), :class:`SourceNotFound`
+    (400, ``source_not_found``) when it does not exist (``source_not_readable`` when it may not be
+    reached), :class:`InvalidRequest` (400, ``source_not_a_file``) for folders and special files.
     """
     if not shared_roots:
         raise StagingError("the service has no shared roots configured", code="not_configured", status=500)
     resolved = resolve_source(path, shared_roots)
-    st = resolved.stat()
+    fd = _walk_open(resolved, os.O_PATH)
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
     if not stat.S_ISREG(st.st_mode):
         raise InvalidRequest(f"source {path!r} is not a regular file", code="source_not_a_file")
     return SourceFile(resolved, st.st_size, st.st_dev, st.st_ino)
 
 
-def _open_source(source: SourceFile) -> int:
-    """An fd reading ``source``; refuses a file replaced since :func:`check_source` (``source_changed``)."""
+def _walk_open(path: Path, flags: int) -> int:
+    """A descriptor of the file at the resolved ``path`` (``flags``, ``O_NOFOLLOW`` added), its folder
+    reached from ``/`` without following a symlink (:func:`open_walked`). Raises :class:`SourceNotFound`
+    when it is missing (``source_not_found``) or may not be reached or opened (``source_not_readable``),
+    :class:`PathNotAllowed` when a folder on the way (or the file, without ``O_PATH``) is a symlink."""
     try:
-        fd = os.open(source.path, READ_FLAGS)
+        return open_walked(str(path), flags)
     except FileNotFoundError:
-        raise SourceNotFound(f"source {str(source.path)!r} disappeared") from None
-    except PermissionError:  # its mode changed since the check (resolve_source says it the same way)
-        raise SourceNotFound(
-            f"source {str(source.path)!r} is not readable", code="source_not_readable"
-        ) from None
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise PathNotAllowed(f"source {str(source.path)!r} became a symbolic link") from None
-        raise
+        raise SourceNotFound(f"source {str(path)!r} does not exist (any more)") from None
+    except PermissionError:  # its mode, or a folder's, changed since the check
+        raise SourceNotFound(f"source {str(path)!r} is not readable", code="source_not_readable") from None
+    except PathNotAllowed:
+        raise PathNotAllowed(f"source {str(path)!r} passes through a symbolic link") from None
+
+
+def _open_checked(source: SourceFile, flags: int) -> int:
+    """A descriptor (``flags``) of the very file :func:`check_source` checked: reached by descriptor
+    (:func:`_walk_open`), a regular file of the same device and inode, else ``source_changed`` (409): a
+    folder on its path swapped for a symlink since the check (to a file outside the shared roots, say) is
+    refused, never followed. Raises :class:`SourceNotFound` as :func:`_walk_open` does."""
+    try:
+        fd = _walk_open(source.path, flags)
+    except PathNotAllowed:
+        raise _changed(source) from None
     st = os.fstat(fd)
     if (st.st_dev, st.st_ino) != (source.device, source.inode) or not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise StagingError(
-            f"source {str(source.path)!r} changed while it was checked", code="source_changed", status=409
-        )
+        raise _changed(source)
     return fd
+
+
+def _open_source(source: SourceFile) -> int:
+    """An fd reading ``source`` (:func:`_open_checked`)."""
+    return _open_checked(source, READ_FLAGS)
 
 
 def sha256_of_fd(fd: int) -> tuple[int, str]:
@@ -306,34 +329,16 @@ def hardlink(source: SourceFile, target: Target) -> Outcome:
 
 def _changed(source: SourceFile) -> StagingError:
     return StagingError(
-        f"source {str(source.path)!r} changed while it was checked; not linked",
+        f"source {str(source.path)!r} changed since it was checked; nothing was read from it",
         code="source_changed",
         status=409,
     )
 
 
 def _pin_source(source: SourceFile) -> int:
-    """An ``O_PATH`` descriptor of ``source`` (a final symlink not followed) that is the very file
-    :func:`check_source` checked (device and inode, a regular file), else ``source_changed`` (409): a folder
-    on its path replaced by a symlink since the check (to a file outside the shared roots, say) leads to
-    another inode. ``O_PATH`` needs no read permission on the file."""
-    try:
-        fd = os.open(source.path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise SourceNotFound(f"source {str(source.path)!r} disappeared") from None
-    except PermissionError:  # a folder on its path lost its search permission since the check
-        raise SourceNotFound(
-            f"source {str(source.path)!r} is not readable", code="source_not_readable"
-        ) from None
-    except OSError as err:
-        if err.errno in (errno.ENOTDIR, errno.ELOOP):  # a folder on the way replaced by a file, or a loop
-            raise _changed(source) from None
-        raise
-    st = os.fstat(fd)
-    if (st.st_dev, st.st_ino) != (source.device, source.inode) or not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise _changed(source)
-    return fd
+    """An ``O_PATH`` descriptor of ``source`` (:func:`_open_checked`): needs no read permission on the
+    file."""
+    return _open_checked(source, os.O_PATH)
 
 
 def _link_pinned(fd: int, source: SourceFile, target: Target) -> None:
@@ -341,14 +346,23 @@ def _link_pinned(fd: int, source: SourceFile, target: Target) -> None:
     ``/proc/self/fd/<fd>`` with ``AT_SYMLINK_FOLLOW`` (proc(5); the same rules as any hard link, so
     ``protected_hardlinks`` still applies), so that what is linked is the inode checked, not whatever the
     path leads to by then. Where ``/proc`` is not mounted, the path is linked (no symlink followed at its
-    end) and the new link checked to be that inode, else removed (``source_changed``)."""
+    end, its folder reached by descriptor: :func:`walk_to_folder`) and the new link checked to be that
+    inode, else removed (``source_changed``)."""
     if os.path.lexists(f"/proc/self/fd/{fd}"):
         try:
             os.link(f"/proc/self/fd/{fd}", target.name, dst_dir_fd=target.dir_fd, follow_symlinks=True)
         except FileNotFoundError:  # the source was removed since it was pinned
             raise _changed(source) from None
         return
-    os.link(source.path, target.name, dst_dir_fd=target.dir_fd, follow_symlinks=False)
+    try:
+        folder_fd = walk_to_folder(str(source.path.parent))
+    except PathNotAllowed:
+        raise _changed(source) from None
+    try:
+        name = source.path.name
+        os.link(name, target.name, src_dir_fd=folder_fd, dst_dir_fd=target.dir_fd, follow_symlinks=False)
+    finally:
+        os.close(folder_fd)
     try:
         st = os.stat(target.name, dir_fd=target.dir_fd, follow_symlinks=False)
     except FileNotFoundError:

@@ -169,7 +169,11 @@ def check_output_name(name: str) -> str:
 def resolve_source(path: str, roots: Sequence[str | os.PathLike[str]] | None) -> Path:
     """Resolve a local source path, confined to ``roots`` when given.
 
-    Returns the resolved absolute path (symlinks followed).
+    Returns the resolved absolute path (symlinks followed). This is a check of the path as it is now, not
+    a way to read it: a folder on the way may be swapped for a symlink right after, so the caller opens
+    the returned path by descriptor without following a symlink
+    (:func:`~jupyter_staging.safety.sourcefolders.open_walked`, or ``SourceFolders``), never by its
+    string again.
 
     Raises
     ------
