@@ -373,9 +373,14 @@ def _link_pinned(fd: int, source: SourceFile, target: Target) -> None:
 
 
 def symlink(source: SourceFile, target: Target) -> Outcome:
-    """Create ``target`` as a symbolic link to the resolved ``source`` path (owned by the user when the
-    service may). A link to the same path already there is a duplicate; anything else there is
-    ``target_exists``; a folder the service's user may not write into is :class:`DestinationNotWritable`."""
+    """Create ``target`` as a symbolic link to the resolved ``source`` path. A link to the same path already
+    there is a duplicate; anything else there is ``target_exists``; a folder the service's user may not
+    write into is :class:`DestinationNotWritable`.
+
+    The link keeps the service's owner, even where the service gives files to the user: ``symlink(2)``
+    makes it by name in a folder the user owns, and a ``chown`` of that name would change whatever the
+    user renamed onto it in between (a hard link to another owner's file). A symlink's owner matters
+    little: the user may remove or rename it (their folder), and it leads where its text says."""
     st = target.lstat()
     if st is not None:
         if stat.S_ISLNK(st.st_mode) and os.readlink(target.name, dir_fd=target.dir_fd) == str(source.path):
@@ -387,8 +392,6 @@ def symlink(source: SourceFile, target: Target) -> Outcome:
         raise _exists_error(target) from None
     except PermissionError as err:
         raise _refused(target, err) from None
-    if target.owner is not None:
-        os.chown(target.name, target.owner.uid, target.owner.gid, dir_fd=target.dir_fd, follow_symlinks=False)
     fsync_fd(target.dir_fd)
     return Outcome("succeeded", source.size)
 
