@@ -55,3 +55,48 @@ def test_a_symlink_keeps_the_services_owner_and_nothing_is_chowned_by_name(site,
     link = (folder / "plain.fits").lstat()
     assert stat.S_ISLNK(link.st_mode) and link.st_uid == os.geteuid()
     assert os.readlink(folder / "plain.fits") == str(site / "archive" / "a.fits")
+
+
+def test_only_folders_the_service_made_are_given_to_the_user(site):
+    """Staging into an area whose home (setgid, group ``users``) and an administrator's read-only folder
+    exist already: both keep their owner, group and mode; the folder the call made is the user's."""
+    home = site / "homes" / "alice"
+    os.chown(home, ALICE.uid, 100)
+    os.chmod(home, 0o2770)
+    course = home / "staging" / "course-material"
+    course.mkdir()
+    os.chmod(course, 0o755)  # root's: the user may read it, not change it
+    (course / "handout.txt").write_text("do not edit\n")
+    before = {p: (p.stat().st_uid, p.stat().st_gid, p.stat().st_mode) for p in (home, course)}
+    src = check_source(str(site / "archive" / "a.fits"), [str(site / "archive")])
+    areas = UserAreas(str(site / "homes" / "{username}" / "staging"))
+    with areas.open_target("alice", "course-material/new/", src.name, owner=ALICE) as target:
+        symlink(src, target)
+    assert {p: (p.stat().st_uid, p.stat().st_gid, p.stat().st_mode) for p in (home, course)} == before
+    made = (course / "new").stat()
+    assert (made.st_uid, made.st_gid, stat.S_IMODE(made.st_mode)) == (ALICE.uid, ALICE.gid, 0o755)
+
+
+def test_a_folder_the_user_swaps_in_for_the_one_made_is_not_given_away(site, monkeypatch):
+    """The user renames the administrator's folder onto the name of the folder the service just made
+    (they own the parent): the service opens that name and finds another folder, which it leaves alone."""
+    staging = site / "homes" / "alice" / "staging"
+    course = staging / "course-material"
+    course.mkdir()
+    (course / "handout.txt").write_text("do not edit\n")
+    real_mkdir = os.mkdir
+
+    def mkdir_then_swap(path, mode=0o777, *, dir_fd=None):
+        real_mkdir(path, mode, dir_fd=dir_fd)
+        if path == "new":
+            os.rename(course, staging / "new")  # over the empty folder just made
+
+    src = check_source(str(site / "archive" / "a.fits"), [str(site / "archive")])
+    areas = UserAreas(str(site / "homes" / "{username}" / "staging"))
+    monkeypatch.setattr(os, "mkdir", mkdir_then_swap)
+    with areas.open_target("alice", "new/", src.name, owner=ALICE):
+        pass
+    monkeypatch.undo()
+    swapped = (staging / "new").stat()
+    assert (staging / "new" / "handout.txt").exists()
+    assert (swapped.st_uid, stat.S_IMODE(swapped.st_mode)) == (0, 0o755)
