@@ -40,7 +40,7 @@ from jupyter_staging.safety.dirfd import (
     write_all,
     write_refused,
 )
-from jupyter_staging.safety.paths import resolve_source
+from jupyter_staging.safety.paths import is_utf8, resolve_source
 from jupyter_staging.safety.publishing import publish_open_at, unlink_if_names
 from jupyter_staging.safety.sourcefolders import open_walked, walk_to_folder
 
@@ -80,11 +80,20 @@ def check_source(path: str, shared_roots: list[str]) -> SourceFile:
     Raises :class:`PathNotAllowed` (400, ``path_not_allowed``) for relative paths or paths outside the
     roots (including through a symlink, also one swapped in after the resolution), :class:`SourceNotFound`
     (400, ``source_not_found``) when it does not exist (``source_not_readable`` when it may not be
-    reached), :class:`InvalidRequest` (400, ``source_not_a_file``) for folders and special files.
+    reached), :class:`InvalidRequest` (400, ``source_not_a_file``) for folders and special files,
+    (400, ``name_not_utf8``) when the resolved path holds a name that is not UTF-8 (it could be neither
+    given as a target's name nor recorded as text).
     """
     if not shared_roots:
         raise StagingError("the service has no shared roots configured", code="not_configured", status=500)
     resolved = resolve_source(path, shared_roots)
+    if not is_utf8(str(resolved)):
+        raise InvalidRequest(
+            f"source {path!r} is {str(resolved)!r}, a name that is not UTF-8 (its bytes are shown as "
+            "\\udcXX); the service stages only files whose path is UTF-8 text: ask the archive's keepers "
+            "to rename it",
+            code="name_not_utf8",
+        )
     fd = _walk_open(resolved, os.O_PATH)
     try:
         st = os.fstat(fd)

@@ -163,6 +163,8 @@ HOSTILE = {
     "missing-source": ({"local_path_on_storage": "{archive}/kepler/nope.fits"}, "source_not_found"),
     "folder-source": ({"local_path_on_storage": "{archive}/a-folder"}, "source_not_a_file"),
     "unknown-method": ({"method": "teleport"}, "invalid_request"),
+    "source-name-not-utf8": ({"local_path_on_storage": "{archive}/cafe.fits"}, "name_not_utf8"),
+    "target-lone-surrogate": ({"relative_path": "caf\udce9.fits"}, "name_not_utf8"),
 }
 
 
