@@ -324,7 +324,9 @@ def test_jupyter_copy_starts_bobs_server_and_lands_through_his_job(hub, kepler):
     server_job = _bobs_job(hub, op["job_id"])
     assert server_job["state"] == "succeeded"
     assert server_job["source"] == str(Path(source(hub)).resolve())
-    assert server_job["destination"] == "staging/kepler"
+    # it staged into a scratch folder of its own, which is gone: the file alone is in bob's folder
+    assert server_job["destination"] == f"staging/kepler/{KEPLER_NAME}.staging-{op['id'][:8]}"
+    assert sorted(p.name for p in target.parent.iterdir()) == [KEPLER_NAME]
 
 
 def _bobs_job(hub: HubProcess, job_id: str) -> dict[str, Any]:
