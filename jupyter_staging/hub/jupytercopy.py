@@ -25,16 +25,9 @@ from typing import Any
 from jupyter_staging.errors import StagingError
 from jupyter_staging.hub.areas import Target, UserAreas, owner_for, split_relative_path
 from jupyter_staging.hub.db import Operation, OperationStore
-from jupyter_staging.hub.fileops import (
-    Outcome,
-    SourceFile,
-    check_duplicate,
-    make_read_only,
-    publish_from_folder,
-    remove_folder,
-    source_sha256,
-)
+from jupyter_staging.hub.fileops import Outcome, SourceFile, check_duplicate, source_sha256
 from jupyter_staging.hub.hubapi import HubAPI
+from jupyter_staging.hub.jobfiles import make_read_only, publish_from_folder, remove_folder
 from jupyter_staging.hub.recording import Recorder
 
 #: States of a job in the user's server that end a ``jupyter_copy`` without its file.
