@@ -233,7 +233,8 @@ def local_copy(source: SourceFile, target: Target) -> Outcome:
     user when the service may (``fchown``), then linked under its final name, which must not exist
     (nothing is ever overwritten).
 
-    Returns ``skipped`` for a duplicate. Raises :class:`DestinationExists` (``target_exists``) for a
+    Returns ``skipped`` for a duplicate: found before the copy, or published by another call while this
+    one copied (the same bytes at the target). Raises :class:`DestinationExists` (``target_exists``) for a
     different file of that name, ``source_changed`` (409) when the source changed size while copied,
     :class:`DestinationNotWritable` (409) when the service's user may not write into the target's folder,
     ``source_not_readable`` (400) when it may no longer read the source.
@@ -281,7 +282,7 @@ def _copy_unnamed(src_fd: int, source: SourceFile, target: Target) -> Outcome | 
         try:
             link_open_file(out_fd, target.dir_fd, target.name)
         except DestinationExists:
-            raise exists_error(target) from None
+            return _landed_meanwhile(target, writer)
         except OSError as err:
             if err.errno not in NO_FD_LINK:
                 raise
@@ -294,8 +295,8 @@ def _copy_unnamed(src_fd: int, source: SourceFile, target: Target) -> Outcome | 
 
 def _copy_named(src_fd: int, source: SourceFile, target: Target) -> Outcome:
     """The copy written as ``<name>.<random>.part`` in the target's folder and published as that very file
-    (:func:`_publish`); the part is removed on failure (while its name still names it). A service killed
-    mid-copy leaves it: only where unnamed files cannot be used. Raises as :func:`local_copy`."""
+    (:func:`publish_open_at`); the part is removed on failure (while its name still names it). A service
+    killed mid-copy leaves it: only where unnamed files cannot be used. Raises as :func:`local_copy`."""
     part = f"{target.name}.{secrets.token_hex(4)}.part"
     try:
         out_fd = os.open(part, CREATE_FLAGS, 0o600, dir_fd=target.dir_fd)
@@ -304,7 +305,10 @@ def _copy_named(src_fd: int, source: SourceFile, target: Target) -> Outcome:
     published = False
     try:
         writer = _fill(src_fd, out_fd, source, target)
-        _publish(out_fd, part, target)
+        try:  # that very file, even if the user replaced ``part`` meanwhile; never replaces, never follows
+            publish_open_at(out_fd, target.dir_fd, part, target.dir_fd, target.name)
+        except DestinationExists:
+            return _landed_meanwhile(target, writer)
         published = True
         return Outcome("succeeded", writer.size, writer.sha256.hexdigest())
     finally:
@@ -314,14 +318,27 @@ def _copy_named(src_fd: int, source: SourceFile, target: Target) -> Outcome:
         os.close(out_fd)
 
 
-def _publish(fd: int, part: str, target: Target) -> None:
-    """Give the file open as ``fd`` (written as ``part``) the target's name (:func:`publish_open_at`: that
-    very file, even if the user replaced ``part`` in their folder meanwhile; never replaces, never
-    follows), then drop ``part``."""
+def _landed_meanwhile(target: Target, writer: _FdWriter) -> Outcome:
+    """The outcome of a copy whose final name was taken while it was written: ``skipped`` (a duplicate)
+    when the target now holds the very bytes written (the same copy asked twice at once: the other call
+    published first), else :class:`DestinationExists` (``target_exists``)."""
+    digest = writer.sha256.hexdigest()
+    if _holds(target, writer.size, digest):
+        return Outcome("skipped", writer.size, digest)
+    raise exists_error(target)
+
+
+def _holds(target: Target, size: int, sha256: str) -> bool:
+    """True when the target is a regular file (no symlink followed) of ``size`` bytes and that sha256."""
     try:
-        publish_open_at(fd, target.dir_fd, part, target.dir_fd, target.name)
-    except DestinationExists:
-        raise exists_error(target) from None
+        fd = os.open(target.name, READ_FLAGS, dir_fd=target.dir_fd)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        return stat.S_ISREG(st.st_mode) and st.st_size == size and sha256_of_fd(fd) == (size, sha256)
+    finally:
+        os.close(fd)
 
 
 def _refused(target: Target, err: PermissionError) -> DestinationNotWritable:
@@ -353,7 +370,9 @@ def hardlink(source: SourceFile, target: Target) -> Outcome:
     pinned = _pin_source(source)
     try:
         _link_pinned(pinned, source, target)
-    except FileExistsError:
+    except FileExistsError:  # made meanwhile: the same link asked twice at once is a duplicate
+        if check_duplicate(target, source):
+            return Outcome("skipped", source.size)
         raise exists_error(target) from None
     except OSError as err:
         if err.errno == errno.EXDEV:
@@ -421,6 +440,17 @@ def _link_pinned(fd: int, source: SourceFile, target: Target) -> None:
         raise _changed(source)
 
 
+def _links_to(target: Target, source: SourceFile) -> bool:
+    """True when the target is a symlink to the source's path; False when nothing is there. Raises
+    :class:`DestinationExists` (``target_exists``) for anything else there."""
+    st = target.lstat()
+    if st is None:
+        return False
+    if stat.S_ISLNK(st.st_mode) and os.readlink(target.name, dir_fd=target.dir_fd) == str(source.path):
+        return True
+    raise exists_error(target)
+
+
 def symlink(source: SourceFile, target: Target) -> Outcome:
     """Create ``target`` as a symbolic link to the resolved ``source`` path. A link to the same path already
     there is a duplicate; anything else there is ``target_exists``; a folder the service's user may not
@@ -430,14 +460,13 @@ def symlink(source: SourceFile, target: Target) -> Outcome:
     makes it by name in a folder the user owns, and a ``chown`` of that name would change whatever the
     user renamed onto it in between (a hard link to another owner's file). A symlink's owner matters
     little: the user may remove or rename it (their folder), and it leads where its text says."""
-    st = target.lstat()
-    if st is not None:
-        if stat.S_ISLNK(st.st_mode) and os.readlink(target.name, dir_fd=target.dir_fd) == str(source.path):
-            return Outcome("skipped", source.size)
-        raise exists_error(target)
+    if _links_to(target, source):
+        return Outcome("skipped", source.size)
     try:
         os.symlink(source.path, target.name, dir_fd=target.dir_fd)
-    except FileExistsError:
+    except FileExistsError:  # made meanwhile: the same link asked twice at once is a duplicate
+        if _links_to(target, source):
+            return Outcome("skipped", source.size)
         raise exists_error(target) from None
     except PermissionError as err:
         raise _refused(target, err) from None

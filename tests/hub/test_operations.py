@@ -423,3 +423,32 @@ def test_a_service_killed_mid_copy_leaves_nothing_in_the_users_folder(site):
     with UserAreas(str(site / "homes" / "{username}")).open_target("alice", "run/", src.name) as target:
         assert local_copy(src, target).status == "succeeded"
     assert os.listdir(folder) == ["big.bin"]
+
+
+@pytest.mark.parametrize("meanwhile", ["the same copy", "another file"])
+def test_a_name_taken_while_copying_is_a_duplicate_only_for_the_same_bytes(site, monkeypatch, meanwhile):
+    """Two identical copies at once: the one that publishes second finds the same bytes at the target and
+    is ``skipped`` (a duplicate), not ``target_exists``; a different file put there meanwhile is still
+    ``target_exists`` and is kept. The other call is run for real just before this one links its file."""
+    areas = UserAreas(str(site / "homes" / "{username}"))
+    src = check_source(str(site / "archive" / KEPLER_NAME), [str(site / "archive")])
+    real_link = fileops.link_open_file
+
+    def the_other_call_first(fd, dir_fd, name):
+        monkeypatch.setattr(fileops, "link_open_file", real_link)
+        if meanwhile == "the same copy":
+            with areas.open_target("alice", "d/", src.name) as other:
+                assert local_copy(src, other).status == "succeeded"
+        else:
+            (site / "homes" / "alice" / "d" / KEPLER_NAME).write_bytes(b"bob's own work")
+        real_link(fd, dir_fd, name)
+
+    with areas.open_target("alice", "d/", src.name) as target:
+        monkeypatch.setattr(fileops, "link_open_file", the_other_call_first)
+        if meanwhile == "the same copy":
+            outcome = local_copy(src, target)
+            assert (outcome.status, outcome.bytes) == ("skipped", src.size) and outcome.duplicate
+        else:
+            with pytest.raises(DestinationExists):
+                local_copy(src, target)
+    assert os.listdir(site / "homes" / "alice" / "d") == [KEPLER_NAME]
