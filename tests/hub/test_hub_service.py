@@ -247,10 +247,13 @@ def test_the_user_is_never_taken_from_the_body(hub):
     assert r.status_code == 400 and r.json()["code"] == "user_in_body", r.text
 
 
-def test_bad_json_is_400_and_recorded(hub):
+def test_bad_json_and_a_username_not_utf8_are_400_and_recorded(hub):
     r = hub.api("POST", "api/stage", token=hub.tokens["alice"], data=b"{not json")
     assert r.status_code == 400 and r.json()["code"] == "invalid_json"
     assert operation(hub, r.json()["operation_id"], "alice")["status"] == "failed"
+    r = hub.api("POST", "api/stage?username=%ff", token=hub.tokens["admin"], data=b"{}")
+    assert r.status_code == 400 and r.json()["code"] == "invalid_username", r.text
+    assert operation(hub, r.json()["operation_id"], "admin")["error_code"] == "invalid_username"
 
 
 # -- acceptance 5: direct_download, hardlink, symlink ------------------------------------------------
