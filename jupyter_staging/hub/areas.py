@@ -8,6 +8,7 @@ target's folder is :mod:`jupyter_staging.hub.fileops`' business.
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import string
@@ -15,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from jupyter_staging.errors import PathNotAllowed, StagingError
-from jupyter_staging.safety.dirfd import DIR_FLAGS, open_dir
+from jupyter_staging.safety.dirfd import DIR_FLAGS, open_dir, write_refused
 from jupyter_staging.safety.paths import check_output_name
+
+log = logging.getLogger(__name__)
 
 _SAFE_USERNAME_CHARS = frozenset(string.ascii_letters + string.digits)
 
@@ -92,7 +95,8 @@ class UserAreas:
     ``{username}`` is replaced by :func:`escape_username` of the user's name. The folders above the
     component holding ``{username}`` are the trusted base: set by the administrator, resolved once,
     symlinks allowed. From the user's component down, every folder is opened with ``O_NOFOLLOW``, and
-    missing folders are created (mode 0755, given to the user when the service runs as root).
+    missing folders are created (mode 0755; a folder made is given to the user when the service runs as root,
+    an existing one keeps its owner and mode).
 
     Raises :class:`ValueError` at construction for a template that is relative, lacks ``{username}``, or
     has ``.``/``..`` components.
@@ -191,15 +195,57 @@ def split_relative_path(relative_path: str, default_name: str) -> tuple[list[str
 
 
 def _open_child_dir(parent_fd: int, name: str, *, create: bool, owner: Owner | None, shown: list[str]) -> int:
-    """Open folder ``name`` in ``parent_fd`` without following a symlink (:func:`open_dir`), creating it
-    (mode 0755, then given to ``owner``) if asked."""
+    """Open folder ``name`` in ``parent_fd`` without following a symlink (:func:`open_dir`), creating it if
+    asked: mode 0755, given to ``owner`` when this call made it (:func:`_make_dir`). An existing folder
+    (the user's home, an administrator's read-only folder inside the area) keeps its owner and mode.
+
+    Raises :class:`PathNotAllowed` for a symlink or a file where the folder is expected,
+    :class:`FileNotFoundError` when missing and not ``create``, :class:`DestinationNotWritable` when the
+    service may not make it."""
     try:
-        fd = open_dir(parent_fd, name, create=create, mode=0o755)
+        try:
+            return open_dir(parent_fd, name)
+        except FileNotFoundError:
+            if not create:
+                raise
+        made = _make_dir(parent_fd, name, private=owner is not None)
+        fd = open_dir(parent_fd, name)
     except PathNotAllowed:
         raise PathNotAllowed(
             f"{'/'.join(shown)!r} is a symbolic link or a file, not a folder; links in a user's area are "
             "never followed"
         ) from None
-    if owner is not None:
-        os.fchown(fd, owner.uid, owner.gid)
+    if made and owner is not None:
+        try:
+            _give_new_folder(fd, owner, "/".join(shown))
+        except BaseException:
+            os.close(fd)
+            raise
     return fd
+
+
+def _make_dir(parent_fd: int, name: str, *, private: bool) -> bool:
+    """``mkdir`` ``name`` in ``parent_fd``: mode 0700 when ``private`` (a folder to give away, see
+    :func:`_give_new_folder`), else 0755 (before the umask). True when made, False when something had the
+    name already. Raises :class:`DestinationNotWritable` when the folder may not be written into."""
+    try:
+        os.mkdir(name, 0o700 if private else 0o755, dir_fd=parent_fd)
+    except FileExistsError:
+        return False
+    except PermissionError as err:
+        raise write_refused(name, err, who="the service's user") from None
+    return True
+
+
+def _give_new_folder(fd: int, owner: Owner, shown: str) -> None:
+    """Give the folder open as ``fd``, just made by :func:`_make_dir` with mode 0700, to ``owner`` and make
+    it 0755: only while it still looks like that folder (the service's, 0700 for others, empty). It was
+    opened by name in a folder the user owns, so the user may have renamed another folder onto that name
+    in between (an administrator's read-only folder): that one is left as it is, and logged. A folder of
+    the service's, private and empty, given away by mistake holds nothing."""
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077 or os.listdir(fd):
+        log.warning("not giving folder %r to uid %d: it is not the folder the service made", shown, owner.uid)
+        return
+    os.fchown(fd, owner.uid, owner.gid)
+    os.fchmod(fd, 0o755)

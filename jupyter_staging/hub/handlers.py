@@ -39,7 +39,7 @@ from tornado.httputil import HTTPOutputError
 from tornado.iostream import StreamClosedError
 from tornado.log import access_log, app_log
 
-from jupyter_staging.errors import StagingError
+from jupyter_staging.errors import InvalidRequest, StagingError
 from jupyter_staging.hub import oplog
 from jupyter_staging.hub.db import STATUSES
 from jupyter_staging.hub.fileops import BLOCK_SIZE
@@ -140,9 +140,7 @@ class StageHandler(APIHandler):
 
     @web.authenticated
     async def post(self) -> None:
-        result = await self.call(
-            self.ops.stage, self.caller, self.request.body, self.get_argument("username", None) or None
-        )
+        result = await self.call(self.ops.stage, self.caller, self.request.body, await self._acting_for())
         if isinstance(result, Download):
             await self._stream(result)
             return
@@ -150,6 +148,16 @@ class StageHandler(APIHandler):
         self.set_header("Location", url_path_join(prefix, "api/operations", result.id))
         status = {"succeeded": 201, "skipped": 200, "running": 202}.get(result.status, 200)
         self.write_json(result.to_dict(), status=status)
+
+    async def _acting_for(self) -> str | None:
+        """``?username=`` (None when absent or empty). One that is not UTF-8 is refused 400
+        ``invalid_username`` and recorded, as every refusal of a call is
+        (:meth:`~jupyter_staging.hub.operations.StagingOperations.refuse`)."""
+        try:
+            return self.get_argument("username", None) or None
+        except web.HTTPError:  # tornado's "Invalid unicode in username"
+            refusal = InvalidRequest("?username= is not valid UTF-8", code="invalid_username")
+            return await self.call(self.ops.refuse, self.caller, refusal)  # type: ignore[no-any-return]
 
     async def _stream(self, download: Download) -> None:
         """Send the file: ``Content-Length`` and an ``attachment`` filename; record bytes and sha256."""

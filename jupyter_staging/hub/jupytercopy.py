@@ -2,12 +2,12 @@
 
 The service starts the user's server through the Hub API when it is stopped, creates a ``copy`` job in
 that server's staging API (``POST api/v1/staging/jobs``, :mod:`~jupyter_staging.hub.hubapi`) and polls
-it. A job stages into a destination *folder* and keeps the source's file name, so:
-
-- a ``relative_path`` that keeps the source's name (or names a folder) is the job's destination folder;
-- a ``relative_path`` that renames the file gets a scratch folder of its own beside the target,
-  ``<name>.staging-<id8>`` (:func:`scratch_name`); once the job succeeded the service links the file under
-  its new name (``linkat``: never replaces, never follows a link) and removes the scratch folder.
+it. A job stages into a destination *folder*, keeps the source's file name and writes its ``manifest.json``
+there, so every operation's job stages into a scratch folder of its own beside the target,
+``<name>.staging-<id8>`` (:func:`scratch_name`), whatever the target's name: once the job succeeded the
+service links the file under the target's name (``linkat``: never replaces, never follows a link) and
+removes the scratch folder, manifest and all. The user's folder gets the file alone, and a second
+``jupyter_copy`` of another file into that folder is not refused by the server for a manifest it finds.
 
 A repeat is a duplicate (``skipped``), never a second job: the target already holding the same bytes is
 skipped at once; a call for a target that another call of this service is still staging waits for it and
@@ -25,16 +25,9 @@ from typing import Any
 from jupyter_staging.errors import StagingError
 from jupyter_staging.hub.areas import Target, UserAreas, owner_for, split_relative_path
 from jupyter_staging.hub.db import Operation, OperationStore
-from jupyter_staging.hub.fileops import (
-    Outcome,
-    SourceFile,
-    check_duplicate,
-    make_read_only,
-    publish_from_folder,
-    remove_folder,
-    source_sha256,
-)
+from jupyter_staging.hub.fileops import Outcome, SourceFile, check_duplicate, source_sha256
 from jupyter_staging.hub.hubapi import HubAPI
+from jupyter_staging.hub.jobfiles import make_read_only, publish_from_folder, remove_folder
 from jupyter_staging.hub.recording import Recorder
 
 #: States of a job in the user's server that end a ``jupyter_copy`` without its file.
@@ -185,9 +178,7 @@ class JupyterCopies:
     async def _create_job(self, op: Operation, source: SourceFile, relative_path: str) -> None:
         """Start the user's server if needed, create the job there, follow it to its end, record."""
         folder, name = split_relative_path(relative_path, source.name)
-        parts = [self._server_destination(op.user, folder)]
-        if name != source.name:
-            parts.append(scratch_name(name, op.id))
+        parts = [self._server_destination(op.user, folder), scratch_name(name, op.id)]
         destination = "/".join(part for part in parts if part)
         async with self.server_starts:
             server = await self.hub.ensure_server(op.user, timeout=self.server_start_timeout)
@@ -214,8 +205,10 @@ class JupyterCopies:
         return "/".join([*inside.parts, *folder])
 
     async def _follow_job(self, op: Operation, server: str, relative_path: str, name: str) -> None:
-        """Wait for the job to end; put its file under the target's name when it staged into a scratch
-        folder; make the file read-only; record the outcome (``skipped`` for an earlier request's job)."""
+        """Wait for the job to end; put its file under the target's name from its scratch folder (a job
+        that staged into the target's folder itself, as 0.1.0 had it do for a kept name, and which a
+        replica of that release left running, is taken as it is); make the file read-only; record the
+        outcome (``skipped`` for an earlier request's job)."""
         job = await self._wait_for_job(op, server)
         scratch = own_scratch(job, name, op.id)
         if job.get("state") != "succeeded":

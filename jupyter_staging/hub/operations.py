@@ -26,7 +26,7 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 from jupyter_staging.errors import InvalidRequest, StagingError
 from jupyter_staging.hub.areas import Target, UserAreas, owner_for
@@ -174,10 +174,7 @@ class StagingOperations:
         finished by :meth:`finish_download`. Raises :class:`StagingError` (its ``operation_id``
         attribute names the recorded failure) for every refusal and failure.
         """
-        op = Operation(
-            id=str(uuid.uuid4()), user=caller.name, actor=caller.name, method="unknown", source="",
-            status="running", started=utcnow(), runner=self.leases.replica_id,
-        )  # fmt: skip
+        op = self._new_operation(caller)
         try:
             request = parse_stage_request(body)
             op.method = request.canonical_method
@@ -196,6 +193,21 @@ class StagingOperations:
         except Exception as err:
             await self.recorder.fail(op, err)
             raise as_staging_error(err, op.id) from None
+
+    async def refuse(self, caller: Caller, err: StagingError) -> NoReturn:
+        """Record a ``POST api/stage`` call that the handler refused before :meth:`stage` could run (a
+        query argument that is not UTF-8) as a failed operation of ``caller``, then raise ``err`` with that
+        operation's id (``operation_id``), as :meth:`stage` raises its refusals."""
+        op = self._new_operation(caller)
+        await self.recorder.fail(op, err)
+        raise as_staging_error(err, op.id)
+
+    def _new_operation(self, caller: Caller) -> Operation:
+        """A new ``running`` operation of ``caller`` (method ``unknown`` until the body is parsed)."""
+        return Operation(
+            id=str(uuid.uuid4()), user=caller.name, actor=caller.name, method="unknown", source="",
+            status="running", started=utcnow(), runner=self.leases.replica_id,
+        )  # fmt: skip
 
     async def _work_in_area(self, op: Operation, source: SourceFile, relative_path: str) -> Outcome:
         """Open the target in the user's area, record ``op`` as running, do the method's file work."""

@@ -37,7 +37,8 @@ class JSONFormatter(logging.Formatter):
         }
         for name in FIELDS:
             line[name] = getattr(record, name, None)
-        return json.dumps(line, ensure_ascii=False)
+        # A lone surrogate (a name that is not UTF-8) as its JSON escape, so the line can always be written.
+        return json.dumps(line, ensure_ascii=False).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):

@@ -26,6 +26,7 @@ from jupyter_staging.errors import (
 )
 from jupyter_staging.hub.db import LeaseLost, Operation, OperationStore, utcnow
 from jupyter_staging.hub.fileops import Outcome
+from jupyter_staging.safety.paths import escape_non_utf8
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class Recorder:
         """Insert ``op`` as ``running``, held by this replica."""
         op.status = "running"
         self.leases.hold(op)
+        _escape_text(op)
         return await asyncio.to_thread(self.store.add, op)
 
     async def finish(self, op: Operation, outcome: Outcome) -> Operation:
@@ -105,6 +107,8 @@ class Recorder:
         """Give ``op`` its final ``status`` and ``fields``, inserting the row if it is not there yet.
 
         Raises :class:`~jupyter_staging.hub.db.LeaseLost` when ``op.runner`` no longer holds the row."""
+        _escape_text(op)
+        fields = {k: escape_non_utf8(v) if isinstance(v, str) else v for k, v in fields.items()}
         try:
             done = self.store.finish(op.id, status, runner=op.runner, **fields)
         finally:
@@ -136,7 +140,7 @@ class Recorder:
             logger.error("operation %s not recorded: %s: %s", op.id, type(db_err).__name__, db_err)
             op.status, op.error_code = "failed", staging.code
             done = op
-        self.log(level, done, staging.message)
+        self.log(level, done, escape_non_utf8(staging.message))
 
     def _dropped(self, op: Operation, lost: LeaseLost) -> Operation:
         """The row as another replica left it, when this one lost ``op`` (its outcome is not recorded)."""
@@ -164,6 +168,15 @@ class Recorder:
                 "job_id": op.job_id,
             },
         )
+
+
+def _escape_text(op: Operation) -> None:
+    """Write the lone surrogates of ``op``'s text (a name that is not UTF-8) as ``\\udcXX`` escapes, so no
+    database refuses the row (:func:`~jupyter_staging.safety.paths.escape_non_utf8`)."""
+    for field in ("user", "actor", "source", "target"):
+        value = getattr(op, field)
+        if isinstance(value, str):
+            setattr(op, field, escape_non_utf8(value))
 
 
 def as_staging_error(err: BaseException, operation_id: str) -> StagingError:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from jupyter_staging.errors import InvalidRequest
+from jupyter_staging.safety.paths import is_utf8
 from jupyter_staging.server.web import parse_json_object, validate
 
 #: Methods of ``POST api/stage``.
@@ -45,7 +46,8 @@ def parse_stage_request(body: bytes) -> StageRequest:
 
     Raises :class:`InvalidRequest` (400): code ``invalid_json`` for a body that is not a JSON object,
     ``user_in_body`` when it names a user (the user is never taken from the body), ``invalid_request``
-    for missing or malformed fields (values are never echoed).
+    for missing or malformed fields (values are never echoed), ``name_not_utf8`` for a path holding an
+    escaped lone surrogate (``"\\udce9"``: no UTF-8 text, so it could be neither used nor recorded).
     """
     data = parse_json_object(body, reject_duplicate_keys=False)
     if USER_FIELDS & set(data):
@@ -54,4 +56,11 @@ def parse_stage_request(body: bytes) -> StageRequest:
             "admins act for another user with ?username=",
             code="user_in_body",
         )
+    for field in ("local_path_on_storage", "relative_path"):
+        value = data.get(field)
+        if isinstance(value, str) and not is_utf8(value):
+            raise InvalidRequest(
+                f"{field} holds a lone surrogate escape (\\ud800-\\udfff), which is not UTF-8 text",
+                code="name_not_utf8",
+            )
     return validate(StageRequest, data)

@@ -46,6 +46,23 @@ def unsafe_character(text: str) -> str | None:
     return None
 
 
+def is_utf8(text: str) -> bool:
+    """True when ``text`` can be written as UTF-8: it holds no lone surrogate, which is how Python spells
+    the bytes of a file name that are not UTF-8 (``os.fsdecode``'s ``surrogateescape``) or a JSON
+    ``"\\udce9"`` escape."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def escape_non_utf8(text: str) -> str:
+    """``text`` with every lone surrogate written as the six characters ``\\udcXX``: always UTF-8, so it may
+    go into a database, a log line or a message (JSON reads such an escape back as the same character)."""
+    return text if is_utf8(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def check_name_lengths(parts: Sequence[str], what: str) -> None:
     """Refuse a path whose ``parts`` (its ``/``-separated names) hold a name over :data:`MAX_NAME_BYTES`
     bytes of UTF-8; ``what`` names the path in the message ("destination", "source").
@@ -169,7 +186,11 @@ def check_output_name(name: str) -> str:
 def resolve_source(path: str, roots: Sequence[str | os.PathLike[str]] | None) -> Path:
     """Resolve a local source path, confined to ``roots`` when given.
 
-    Returns the resolved absolute path (symlinks followed).
+    Returns the resolved absolute path (symlinks followed). This is a check of the path as it is now, not
+    a way to read it: a folder on the way may be swapped for a symlink right after, so the caller opens
+    the returned path by descriptor without following a symlink
+    (:func:`~jupyter_staging.safety.sourcefolders.open_walked`, or ``SourceFolders``), never by its
+    string again.
 
     Raises
     ------

@@ -19,7 +19,7 @@ from collections import OrderedDict
 
 from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.descriptors import SOURCE_FOLDERS_PER_MILLE, descriptor_share
-from jupyter_staging.safety.dirfd import components
+from jupyter_staging.safety.dirfd import check_name, components
 
 #: How a source folder is opened: a path-only descriptor of a real folder, never through a symlink.
 PATH_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -53,6 +53,28 @@ def walk_to_folder(folder: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def open_walked(path: str, flags: int) -> int:
+    """A new descriptor of the absolute file ``path`` opened with ``flags | O_NOFOLLOW``, relative to its
+    folder reached by :func:`walk_to_folder` (from ``/``, no symlink followed): the file that is at that
+    path now, never one a folder swapped for a symlink leads to (the caller closes it). ``O_PATH`` in
+    ``flags`` needs no read permission on the file; a symlink at ``path`` is then opened itself (the
+    caller's ``fstat`` sees ``S_IFLNK``), as ``open(2)`` does with ``O_PATH | O_NOFOLLOW``.
+
+    Raises :class:`PathNotAllowed` (``path_not_allowed``) when a folder on the way or the file itself is a
+    symlink, or a folder on the way is a file; :class:`FileNotFoundError` when something is missing;
+    :class:`PermissionError` when a folder may not be searched or the file not opened so."""
+    folder, _, name = path.rpartition("/")
+    folder_fd = walk_to_folder(folder or "/")
+    try:
+        return os.open(check_name(name), flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder_fd)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise PathNotAllowed(f"{path!r} is a symbolic link; links are not followed here") from None
+    finally:
+        os.close(folder_fd)
 
 
 class SourceFolders:

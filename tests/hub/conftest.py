@@ -37,8 +37,9 @@ def kepler() -> Path:
 
 
 def build_archive(workdir: Path, kepler: Path) -> None:
-    """``workdir/archive``: a copy of the Kepler file, a symlink leaving the archive, a folder; and
-    ``workdir/outside``: what the hostile requests try to reach."""
+    """``workdir/archive``: a copy of the Kepler file, a symlink leaving the archive, a folder, a file whose
+    name is not UTF-8 (Latin-1 ``caf\\xe9.fits``) with a UTF-8 symlink to it; and ``workdir/outside``: what
+    the hostile requests try to reach."""
     archive = workdir / "archive"
     outside = workdir / "outside"
     (archive / "kepler").mkdir(parents=True)
@@ -47,6 +48,8 @@ def build_archive(workdir: Path, kepler: Path) -> None:
     (outside / "secret.txt").write_text("not for users\n")
     (archive / "escape.fits").symlink_to(outside / "secret.txt")
     (archive / "a-folder").mkdir()
+    (archive / os.fsdecode(b"caf\xe9.fits")).write_bytes(b"data" * 100)
+    (archive / "cafe.fits").symlink_to(os.fsdecode(b"caf\xe9.fits"))
 
 
 @pytest.fixture(scope="session")

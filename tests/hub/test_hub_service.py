@@ -163,6 +163,8 @@ HOSTILE = {
     "missing-source": ({"local_path_on_storage": "{archive}/kepler/nope.fits"}, "source_not_found"),
     "folder-source": ({"local_path_on_storage": "{archive}/a-folder"}, "source_not_a_file"),
     "unknown-method": ({"method": "teleport"}, "invalid_request"),
+    "source-name-not-utf8": ({"local_path_on_storage": "{archive}/cafe.fits"}, "name_not_utf8"),
+    "target-lone-surrogate": ({"relative_path": "caf\udce9.fits"}, "name_not_utf8"),
 }
 
 
@@ -245,10 +247,13 @@ def test_the_user_is_never_taken_from_the_body(hub):
     assert r.status_code == 400 and r.json()["code"] == "user_in_body", r.text
 
 
-def test_bad_json_is_400_and_recorded(hub):
+def test_bad_json_and_a_username_not_utf8_are_400_and_recorded(hub):
     r = hub.api("POST", "api/stage", token=hub.tokens["alice"], data=b"{not json")
     assert r.status_code == 400 and r.json()["code"] == "invalid_json"
     assert operation(hub, r.json()["operation_id"], "alice")["status"] == "failed"
+    r = hub.api("POST", "api/stage?username=%ff", token=hub.tokens["admin"], data=b"{}")
+    assert r.status_code == 400 and r.json()["code"] == "invalid_username", r.text
+    assert operation(hub, r.json()["operation_id"], "admin")["error_code"] == "invalid_username"
 
 
 # -- acceptance 5: direct_download, hardlink, symlink ------------------------------------------------
@@ -322,7 +327,9 @@ def test_jupyter_copy_starts_bobs_server_and_lands_through_his_job(hub, kepler):
     server_job = _bobs_job(hub, op["job_id"])
     assert server_job["state"] == "succeeded"
     assert server_job["source"] == str(Path(source(hub)).resolve())
-    assert server_job["destination"] == "staging/kepler"
+    # it staged into a scratch folder of its own, which is gone: the file alone is in bob's folder
+    assert server_job["destination"] == f"staging/kepler/{KEPLER_NAME}.staging-{op['id'][:8]}"
+    assert sorted(p.name for p in target.parent.iterdir()) == [KEPLER_NAME]
 
 
 def _bobs_job(hub: HubProcess, job_id: str) -> dict[str, Any]:

@@ -28,8 +28,9 @@ BOB = Caller("bob", "user", False)
 
 class FakeServer:
     """Answers the calls :class:`~jupyter_staging.hub.hubapi.HubAPI` makes, like bob's server would:
-    ``create_job`` copies the source into ``root/destination`` (unless told the job is an earlier
-    one) and answers ``job``; ``get_job`` and ``job_chunks`` answer what ``create_job`` set."""
+    ``create_job`` copies the source into ``root/destination`` with a ``manifest.json`` and answers
+    ``job``, or, as the real server does, refuses a folder holding another request's manifest (409);
+    ``get_job`` and ``job_chunks`` answer what ``create_job`` set."""
 
     def __init__(self, root: Path, *, state: str = "succeeded", earlier: bool = False) -> None:
         self.root = root
@@ -46,6 +47,8 @@ class FakeServer:
     async def create_job(self, username: str, server: str, body: dict[str, Any]) -> dict[str, Any]:
         self.created.append(body)
         folder = self.root / body["destination"]
+        if (folder / "manifest.json").exists():
+            raise StagingError("the destination holds the output of a different request", status=409)
         folder.mkdir(parents=True, exist_ok=True)
         data = Path(body["source"]).read_bytes()
         (folder / Path(body["source"]).name).write_bytes(data)
@@ -82,8 +85,8 @@ def site(tmp_path, kepler):
     return tmp_path
 
 
-def run_copy(site: Path, server: FakeServer, relative_path: str) -> Operation:
-    """One ``jupyter_copy`` for bob, followed until its record is final."""
+def run_copy(site: Path, server: FakeServer, relative_path: str, source: str = KEPLER_NAME) -> Operation:
+    """One ``jupyter_copy`` of archive file ``source`` for bob, followed until its record is final."""
 
     async def go() -> Operation:
         ops = StagingOperations(
@@ -96,7 +99,7 @@ def run_copy(site: Path, server: FakeServer, relative_path: str) -> Operation:
         )
         body = {
             "method": "jupyter_copy",
-            "local_path_on_storage": str(site / "archive" / KEPLER_NAME),
+            "local_path_on_storage": str(site / "archive" / source),
             "relative_path": relative_path,
         }
         op = await ops.stage(BOB, json.dumps(body).encode(), None)
@@ -130,6 +133,20 @@ def test_a_new_name_is_linked_from_the_scratch_folder_which_goes(site, kepler):
     assert sorted(p.name for p in folder.iterdir()) == ["lc.fits"]
     assert (folder / "lc.fits").read_bytes() == kepler.read_bytes()
     assert op.sha256 == hashlib.sha256(kepler.read_bytes()).hexdigest()
+
+
+def test_two_files_keeping_their_names_land_in_one_folder_alone(site, kepler):
+    """A job for a target keeping the source's name stages into a scratch folder too: the user's folder
+    gets the file alone (no manifest.json), and a second file into that folder is not refused."""
+    (site / "archive" / "notes.txt").write_text("observing notes\n")
+    server = FakeServer(site / "homes" / "bob")
+    first = run_copy(site, server, "data/")
+    second = run_copy(site, server, "data/", source="notes.txt")
+    assert (first.status, second.status) == ("succeeded", "succeeded"), (first.to_dict(), second.to_dict())
+    assert server.created[0]["destination"] == f"staging/data/{scratch_name(KEPLER_NAME, first.id)}"
+    folder = site / "homes" / "bob" / "staging" / "data"
+    assert sorted(p.name for p in folder.iterdir()) == sorted([KEPLER_NAME, "notes.txt"])
+    assert (folder / KEPLER_NAME).read_bytes() == kepler.read_bytes()
 
 
 def test_a_failed_job_leaves_no_scratch_folder(site):

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from jupyter_staging.errors import DestinationExists, PathNotAllowed, SourceNotFound, StagingError
-from jupyter_staging.hub import oplog
+from jupyter_staging.hub import fileops, oplog
 from jupyter_staging.hub.areas import Owner, UserAreas, escape_username, split_relative_path
-from jupyter_staging.hub.fileops import check_source, hardlink, local_copy, make_read_only, symlink
+from jupyter_staging.hub.fileops import check_source, hardlink, local_copy, symlink
 from jupyter_staging.hub.handlers import content_disposition
+from jupyter_staging.hub.jobfiles import make_read_only
 from jupyter_staging.hub.recording import as_staging_error
 from jupyter_staging.hub.requests import parse_stage_request
 from tests.helpers.data import KEPLER_NAME
@@ -108,7 +109,9 @@ def test_a_part_replaced_in_the_users_folder_is_never_published(site, monkeypatc
     part replaced there before it takes its name (another file, a symlink) is not published as the copy,
     and is not removed either (the service's copy lost its only name: nothing is published, the operation
     fails ``path_not_allowed``). The replacement is made for real at the last step before the link (the
-    ``fchmod`` is hooked to make it)."""
+    ``fchmod`` is hooked to make it). The service writes a named part only where it cannot write an
+    unnamed file (``O_TMPFILE``): that is made so here."""
+    monkeypatch.setattr(fileops, "create_unnamed", lambda dir_fd, mode: None)
     areas = UserAreas(str(site / "homes" / "{username}" / "staging"))
     src = check_source(str(site / "archive" / KEPLER_NAME), [str(site / "archive")])
     folder = site / "homes" / "alice" / "staging" / "a"
@@ -385,3 +388,67 @@ def test_a_folder_or_source_the_service_may_not_use_is_a_4xx_not_io_error(reques
         assert (seen[name]["code"], seen[name]["status"]) == ("source_not_readable", 400), seen
     assert os.listdir(site / "homes" / "alice" / "locked") == []
     assert os.listdir(site / "homes" / "alice" / "free") == []
+
+
+#: A service process killed (SIGKILL) in the middle of a copy: after the first block is written.
+_KILLED_MID_COPY = """
+import os, signal, sys
+from jupyter_staging.hub import fileops
+from jupyter_staging.hub.areas import UserAreas
+
+def write_then_die(self, data):
+    fileops.write_all(self.fd, data)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+fileops._FdWriter.write = write_then_die
+site = sys.argv[1]
+src = fileops.check_source(site + "/archive/big.bin", [site + "/archive"])
+with UserAreas(site + "/homes/{username}").open_target("alice", "run/", src.name) as target:
+    fileops.local_copy(src, target)
+"""
+
+
+def test_a_service_killed_mid_copy_leaves_nothing_in_the_users_folder(site):
+    """The copy has no name in the user's folder until it is complete (an unnamed ``O_TMPFILE`` file):
+    a service process killed after writing part of it leaves no ``.part`` behind, and the copy made again
+    (as a replica taking the operation over does) leaves the file alone."""
+    (site / "archive" / "big.bin").write_bytes(os.urandom(3 * fileops.BLOCK_SIZE))
+    done = subprocess.run(  # noqa: S603 - fixed arguments
+        [sys.executable, "-c", _KILLED_MID_COPY, str(site)], capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == -9, done.stderr[-2000:]
+    folder = site / "homes" / "alice" / "run"
+    assert os.listdir(folder) == []
+    src = check_source(str(site / "archive" / "big.bin"), [str(site / "archive")])
+    with UserAreas(str(site / "homes" / "{username}")).open_target("alice", "run/", src.name) as target:
+        assert local_copy(src, target).status == "succeeded"
+    assert os.listdir(folder) == ["big.bin"]
+
+
+@pytest.mark.parametrize("meanwhile", ["the same copy", "another file"])
+def test_a_name_taken_while_copying_is_a_duplicate_only_for_the_same_bytes(site, monkeypatch, meanwhile):
+    """Two identical copies at once: the one that publishes second finds the same bytes at the target and
+    is ``skipped`` (a duplicate), not ``target_exists``; a different file put there meanwhile is still
+    ``target_exists`` and is kept. The other call is run for real just before this one links its file."""
+    areas = UserAreas(str(site / "homes" / "{username}"))
+    src = check_source(str(site / "archive" / KEPLER_NAME), [str(site / "archive")])
+    real_link = fileops.link_open_file
+
+    def the_other_call_first(fd, dir_fd, name):
+        monkeypatch.setattr(fileops, "link_open_file", real_link)
+        if meanwhile == "the same copy":
+            with areas.open_target("alice", "d/", src.name) as other:
+                assert local_copy(src, other).status == "succeeded"
+        else:
+            (site / "homes" / "alice" / "d" / KEPLER_NAME).write_bytes(b"bob's own work")
+        real_link(fd, dir_fd, name)
+
+    with areas.open_target("alice", "d/", src.name) as target:
+        monkeypatch.setattr(fileops, "link_open_file", the_other_call_first)
+        if meanwhile == "the same copy":
+            outcome = local_copy(src, target)
+            assert (outcome.status, outcome.bytes) == ("skipped", src.size) and outcome.duplicate
+        else:
+            with pytest.raises(DestinationExists):
+                local_copy(src, target)
+    assert os.listdir(site / "homes" / "alice" / "d") == [KEPLER_NAME]
