@@ -16,7 +16,7 @@ import stat
 from jupyter_staging.errors import PathNotAllowed, StagingError
 from jupyter_staging.hub.areas import Target
 from jupyter_staging.hub.fileops import READ_FLAGS, exists_error, sha256_of_fd
-from jupyter_staging.safety.dirfd import fsync_fd, open_dir
+from jupyter_staging.safety.dirfd import fsync_fd, open_dir, rename_noreplace_at
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,9 @@ def publish_from_folder(folder: str, file_name: str, target: Target) -> bool:
     Returns True when linked, False when the target already holds the same bytes (size and sha256).
     Raises :class:`DestinationExists` (``target_exists``) when a different file has the target's name,
     :class:`PathNotAllowed` when the folder or the file is a symlink or not what it should be,
-    ``link_not_permitted`` (403) when the system refuses the link (``protected_hardlinks``: the service
-    runs neither as root nor as the user), :class:`FileNotFoundError` when the file is missing.
+    ``link_not_permitted`` (403) when the system refuses both the link (``protected_hardlinks``: the
+    service runs neither as root nor as the user) and a rename (:func:`_move_in`, which it then tries),
+    :class:`FileNotFoundError` when the file is missing.
     """
     folder_fd = open_dir(target.dir_fd, folder)
     try:
@@ -86,17 +87,32 @@ def publish_from_folder(folder: str, file_name: str, target: Target) -> bool:
             if not _same_bytes(folder_fd, file_name, target):
                 raise exists_error(target) from None
             return False
-        except PermissionError:
-            raise StagingError(
-                f"the system refused to link {target.path} to the file the user's server wrote "
-                "(protected_hardlinks); run the service as root or as the users' uid",
-                code="link_not_permitted",
-                status=403,
-            ) from None
+        except PermissionError:  # protected_hardlinks: moved instead, never replacing
+            if not _move_in(folder_fd, file_name, target):
+                if not _same_bytes(folder_fd, file_name, target):
+                    raise exists_error(target) from None
+                return False
         fsync_fd(target.dir_fd)
         return True
     finally:
         os.close(folder_fd)
+
+
+def _move_in(folder_fd: int, file_name: str, target: Target) -> bool:
+    """Rename ``file_name`` of ``folder_fd`` to the target's name, never replacing (``renameat2`` with
+    ``RENAME_NOREPLACE``): for a service that may not link the user's file (neither root nor the user's
+    uid, with ``protected_hardlinks``) but may write in the user's folders. True when moved, False when the
+    name was taken. Raises :class:`StagingError` (``link_not_permitted``, 403) when the system refuses the
+    rename too."""
+    try:
+        return rename_noreplace_at(folder_fd, file_name, target.name, into=target.dir_fd)
+    except PermissionError:
+        raise StagingError(
+            f"the system refused to link or move the file the user's server wrote to {target.path} "
+            "(protected_hardlinks, folder permissions); run the service as root or as the users' uid",
+            code="link_not_permitted",
+            status=403,
+        ) from None
 
 
 def remove_folder(parent_fd: int, name: str) -> None:

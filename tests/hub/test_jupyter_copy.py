@@ -181,3 +181,34 @@ def test_a_relative_path_leaving_the_area_is_refused_before_any_job(site):
         run_copy(site, server, "../escape.fits")
     assert err.value.code == "path_not_allowed"
     assert server.created == []
+
+
+@pytest.fixture
+def links_refused(monkeypatch):
+    """``protected_hardlinks`` refusing the service's link of the user's file: what a service that is
+    neither root nor the users' uid meets (this suite runs as root, which the rule never stops)."""
+    from jupyter_staging.hub import jobfiles
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(jobfiles.os, "link", refuse)
+
+
+def test_a_file_that_may_not_be_linked_is_moved_in(site, kepler, links_refused):
+    server = FakeServer(site / "homes" / "bob")
+    op = run_copy(site, server, "kepler/lc.fits")
+    assert op.status == "succeeded", op.to_dict()
+    folder = site / "homes" / "bob" / "staging" / "kepler"
+    assert sorted(p.name for p in folder.iterdir()) == ["lc.fits"]
+    assert (folder / "lc.fits").read_bytes() == kepler.read_bytes()
+
+
+def test_a_file_moved_in_never_replaces_one_at_its_name(site, links_refused):
+    server = FakeServer(site / "homes" / "bob")
+    theirs = site / "homes" / "bob" / "staging" / "kepler" / "lc.fits"
+    server.before_answer = lambda: theirs.write_bytes(b"bob's own work")
+    op = run_copy(site, server, "kepler/lc.fits")
+    assert op.status == "failed" and op.error_code == "target_exists", op.to_dict()
+    assert theirs.read_bytes() == b"bob's own work"
+    assert [p.name for p in theirs.parent.iterdir()] == ["lc.fits"]
