@@ -120,6 +120,11 @@ class JobHost(Protocol):
         passes ``when``; False (nothing changed) when another state change was first."""
         ...
 
+    def finish_paused(self, job_id: str) -> None:
+        """End a running job's run ``paused`` — ``cancelled`` instead when a cancel is pending (asked for
+        after the pause, or by another process): a cancel outranks a pause."""
+        ...
+
     def fail(self, job_id: str, error: StagingError | Exception) -> None:
         """End the job ``failed`` with the error's code and a redacted message (``internal_error`` for
         anything that is not a :class:`~jupyter_staging.errors.StagingError`)."""

@@ -373,6 +373,11 @@ class JobLifecycle:
         (:class:`~jupyter_staging.engine.steering.JobSteering`)."""
         raise NotImplementedError
 
+    def finish_paused(self, job_id: str) -> None:
+        """End a running job's run ``paused``, or ``cancelled`` when a cancel is pending
+        (:class:`~jupyter_staging.engine.steering.JobSteering`)."""
+        raise NotImplementedError
+
     def report_progress(self, job_id: str, *, force: bool = False) -> None:
         """Persist and announce the live counters, at most every :data:`PROGRESS_INTERVAL` seconds unless
         ``force``; relays a pause / cancel that another process requested through the database."""

@@ -183,7 +183,7 @@ class JobRunner(TableSpreadStager):
         self._record_published()
         self.host.report_progress(self.job_id, force=True)
         if reason == "paused":
-            self.host.set_state(self.job_id, JobState.paused, requested=None)
+            self.host.finish_paused(self.job_id)
         elif reason == "cancelled":
             self.host.finish_cancelled(self.job_id, in_state(JobState.running))
         # "shutdown": stay running in the database; start() resumes the job in the next process.

@@ -17,7 +17,15 @@ from jupyter_staging.engine.lifecycle import JobLifecycle
 from jupyter_staging.engine.models import DescribeJob, JobState
 from jupyter_staging.engine.store import JobRecord
 from jupyter_staging.engine.swap import swap_started, too_late
-from jupyter_staging.engine.transitions import CANCELLED, Guard, StateChanged, found
+from jupyter_staging.engine.transitions import (
+    CANCELLED,
+    Guard,
+    StateChanged,
+    found,
+    in_state,
+    no_cancel_pending,
+    stronger,
+)
 from jupyter_staging.errors import InvalidState, JobNotFound, StagingError
 
 #: Times a verb reads the job again when another change was first, before it answers with the job as it is.
@@ -96,10 +104,22 @@ class JobSteering(JobLifecycle):
             return False
         return True
 
+    def finish_paused(self, job_id: str) -> None:
+        """End a running job's run ``paused`` (its runner stopped at a pause) — ``cancelled`` instead when a
+        cancel is pending (asked for after the pause, or by another process): a cancel outranks a pause."""
+        try:
+            self.set_state(job_id, JobState.paused, requested=None, when=no_cancel_pending(JobState.running))
+        except StateChanged:
+            self.finish_cancelled(job_id, in_state(JobState.running))
+
     def _request(self, job_id: str, wanted: JobState) -> None:
         """Ask the runner of a running job to pause or cancel: in this process through its control,
         in another process (a shared database) through the ``requested`` column it polls."""
-        self.store.update_job(job_id, load_resume=False, requested=wanted.value)
+
+        def request(rec: JobRecord) -> dict[str, str]:
+            return {"requested": stronger(rec.requested, wanted.value)}  # a pending cancel stands
+
+        self.store.update_job(job_id, load_resume=False, defaults=request)
         with self._lock:
             control = self._controls.get(job_id)
         if control is not None:
@@ -127,9 +147,14 @@ class JobSteering(JobLifecycle):
                 job_id, timeout=30, owner=owner, until=lambda s: s not in (JobState.running, JobState.queued)
             )
         else:
-            self.set_state(job_id, JobState.paused)
-        self.log_event(job_id, "info", "paused")
-        return self.current(job_id, owner)
+            try:  # a queued job no runner here holds: paused unless a cancel came first
+                self.set_state(job_id, JobState.paused, when=no_cancel_pending(JobState.queued))
+            except StateChanged:
+                return self.current(job_id, owner)
+        job = self.current(job_id, owner)
+        if job.state == JobState.paused:  # else a cancel asked for before stands, or the job ended
+            self.log_event(job_id, "info", "paused")
+        return job
 
     def resume(self, job_id: str, owner: str | None = None) -> DescribeJob:
         """Queue a paused job again; it continues from its partial files.

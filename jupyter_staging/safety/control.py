@@ -33,8 +33,11 @@ class JobControl:
         self._log = log
 
     def interrupt(self, reason: str) -> None:
-        """Ask the worker to stop at its next check; ``reason`` is ``"paused"`` or ``"cancelled"``."""
-        self.reason = reason
+        """Ask the worker to stop at its next check; ``reason`` is ``"paused"``, ``"cancelled"`` or
+        ``"shutdown"``. A cancel asked for stands: a later pause (a click after the cancel) or shutdown
+        does not replace it."""
+        if self.reason != "cancelled":
+            self.reason = reason
         self._event.set()
 
     @property

@@ -184,3 +184,43 @@ def test_two_resumes_at_once_start_one_runner(
     assert second.state in (JobState.queued, JobState.running, JobState.succeeded), second
     lines = [line["message"] for line in manager.job_log(job.id)]
     assert lines.count("resumed") == 1 and lines.count("running") == 2, lines
+
+
+def test_a_pause_after_a_cancel_does_not_undo_it(
+    one_at_a_time: StagingManager, src: Path, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DELETE then pause in quick succession: both reach the runner while it copies a file. The cancel
+    stands (in the runner's control and in the ``requested`` column), the job ends ``cancelled`` with
+    nothing left, and the pause answers the job as it is. Before, the pause replaced the cancel: the job
+    ended paused, the DELETE answered after 30 s as if it had cancelled, and a resume completed it."""
+    mgr = one_at_a_time
+    copying, release, paused_asked = threading.Event(), threading.Event(), threading.Event()
+    request = mgr._request
+
+    def noted_request(job_id: str, wanted: JobState) -> None:
+        request(job_id, wanted)
+        if wanted == JobState.paused:
+            paused_asked.set()
+
+    def held_copy() -> None:
+        copying.set()
+        release.wait(30)
+
+    monkeypatch.setattr(mgr, "_request", noted_request)
+    on_fetch(monkeypatch, 2, held_copy)
+    job, _ = mgr.create(manifest_of(src))
+    assert copying.wait(30)
+    cancel, cancelled = in_thread(lambda: mgr.cancel(job.id))
+    wait_until(lambda: mgr.store.get_job(job.id, resume=False).requested == "cancelled", what="the cancel")  # type: ignore[union-attr]
+    pause, paused = in_thread(lambda: mgr.pause(job.id))
+    assert paused_asked.wait(30)
+    assert mgr.store.get_job(job.id, resume=False).requested == "cancelled"  # type: ignore[union-attr]
+    release.set()
+    cancel.join(60)
+    pause.join(60)
+
+    assert cancelled[0].state == JobState.cancelled, cancelled
+    assert paused[0].state == JobState.cancelled, paused
+    assert mgr.get(job.id).state == JobState.cancelled
+    assert not (root / "out").exists()
+    assert "paused" not in [line["message"] for line in mgr.job_log(job.id)]
