@@ -156,7 +156,10 @@ def test_a_failed_job_leaves_no_scratch_folder(site):
     assert list((site / "homes" / "bob" / "staging" / "kepler").iterdir()) == []
 
 
-def test_a_different_file_appearing_at_the_new_name_is_never_replaced(site):
+@pytest.mark.parametrize("moved", [False, True])  # linked in, or moved in where links are refused
+def test_a_different_file_appearing_at_the_new_name_is_never_replaced(site, moved, request):
+    if moved:
+        request.getfixturevalue("links_refused")
     server = FakeServer(site / "homes" / "bob")
     theirs = site / "homes" / "bob" / "staging" / "kepler" / "lc.fits"
     server.before_answer = lambda: theirs.write_bytes(b"bob's own work")
@@ -202,13 +205,3 @@ def test_a_file_that_may_not_be_linked_is_moved_in(site, kepler, links_refused):
     folder = site / "homes" / "bob" / "staging" / "kepler"
     assert sorted(p.name for p in folder.iterdir()) == ["lc.fits"]
     assert (folder / "lc.fits").read_bytes() == kepler.read_bytes()
-
-
-def test_a_file_moved_in_never_replaces_one_at_its_name(site, links_refused):
-    server = FakeServer(site / "homes" / "bob")
-    theirs = site / "homes" / "bob" / "staging" / "kepler" / "lc.fits"
-    server.before_answer = lambda: theirs.write_bytes(b"bob's own work")
-    op = run_copy(site, server, "kepler/lc.fits")
-    assert op.status == "failed" and op.error_code == "target_exists", op.to_dict()
-    assert theirs.read_bytes() == b"bob's own work"
-    assert [p.name for p in theirs.parent.iterdir()] == ["lc.fits"]
