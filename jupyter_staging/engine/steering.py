@@ -2,9 +2,9 @@
 
 Each decides on the job as it reads it, then changes it only as it found it (a compare-and-set in the
 database, :mod:`~jupyter_staging.engine.transitions`): a verb that meets another (a cancel as the job's
-runner takes it, two resumes at once) either wins whole or reads the job again. A job whose runner is in
-this process (running, or queued and about to start) is stopped by that runner, asked through its control
-and the ``requested`` column; only a job no runner of this process holds is ended here.
+runner takes it, two resumes at once) either wins whole or reads the job again. A running job is stopped
+by its runner, asked through its control and the ``requested`` column (only while it runs: a request never
+outlives its run); a queued or paused job is changed here.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ class JobSteering(JobLifecycle):
 
         Cancelling a finished job is a no-op that returns it, and so is cancelling one whose complete
         output is being swapped in (:func:`~jupyter_staging.engine.swap.swap_started`; its log says so).
-        A job whose runner is in this process (running, or queued) is cancelled by that runner; this waits
-        for it, at most 30 s. Raises :class:`JobNotFound`.
+        A running job is cancelled by its runner (in this process or another sharing the database); this
+        waits for it, at most 30 s. A queued or paused job is ended here (a runner about to take a queued
+        one finds the cancel pending and ends it instead). Raises :class:`JobNotFound`.
         """
         for _ in range(ATTEMPTS):
             rec = self._record(job_id, owner)
@@ -51,12 +52,13 @@ class JobSteering(JobLifecycle):
             if swap_started(rec.resume):  # complete; a run (after a stop, the next) ends it
                 self.log_event(job_id, "info", too_late(JobState.cancelled.value))
                 return self.current(job_id, owner)
-            with self._lock:
-                runner_here = job_id in self._controls
-            if state == JobState.running or (state == JobState.queued and runner_here):
-                # Its runner ends it: as it takes the job (before_start), or at its next block.
-                self._request(job_id, JobState.cancelled)
-                return self.wait(job_id, timeout=30, owner=owner)
+            if state == JobState.running:
+                # Its runner ends it at its next block; unless it stopped meanwhile (read again).
+                if self._request(job_id, JobState.cancelled):
+                    return self.wait(job_id, timeout=30, owner=owner)
+                continue
+            # Queued (a runner of this process may be about to take it: then it finds the cancel, or the
+            # claim finds it running) or paused: ended here.
             if self._claim_cancel(job_id, state) and self.finish_cancelled(job_id, found(state, CANCELLED)):
                 return self.current(job_id, owner)
         return self.current(job_id, owner)
@@ -112,49 +114,57 @@ class JobSteering(JobLifecycle):
         except StateChanged:
             self.finish_cancelled(job_id, in_state(JobState.running))
 
-    def _request(self, job_id: str, wanted: JobState) -> None:
+    def _request(self, job_id: str, wanted: JobState) -> bool:
         """Ask the runner of a running job to pause or cancel: in this process through its control,
-        in another process (a shared database) through the ``requested`` column it polls."""
+        in another process (a shared database) through the ``requested`` column it polls. A pending cancel
+        stands (a pause does not replace it). False, nothing asked, when the job is no longer running (its
+        run ended meanwhile: a request then would outlive it)."""
 
         def request(rec: JobRecord) -> dict[str, str]:
-            return {"requested": stronger(rec.requested, wanted.value)}  # a pending cancel stands
+            if rec.state != JobState.running.value:
+                raise StateChanged(f"job {job_id} is {rec.state} now")
+            return {"requested": stronger(rec.requested, wanted.value)}
 
-        self.store.update_job(job_id, load_resume=False, defaults=request)
+        try:
+            self.store.update_job(job_id, load_resume=False, defaults=request)
+        except StateChanged:
+            return False
         with self._lock:
             control = self._controls.get(job_id)
         if control is not None:
             control.interrupt(wanted.value)
+        return True
 
     def pause(self, job_id: str, owner: str | None = None) -> DescribeJob:
         """Stop moving bytes at the next block and keep the partial files; ``resume`` continues.
 
         Raises :class:`InvalidState` (409) unless the job is queued, running or already paused.
         """
-        rec = self._record(job_id, owner)
-        state = JobState(rec.state)
-        if state == JobState.paused:
-            return self.describe(rec)
-        if state not in (JobState.queued, JobState.running):
-            raise InvalidState(f"a {state.value} job cannot be paused")
-        if swap_started(rec.resume):  # as for cancel
-            self.log_event(job_id, "info", too_late(JobState.paused.value))
-            return self.current(job_id, owner)
-        with self._lock:
-            queued_here = job_id in self._controls
-        if state == JobState.running or queued_here:
-            self._request(job_id, JobState.paused)
-            self.wait(
-                job_id, timeout=30, owner=owner, until=lambda s: s not in (JobState.running, JobState.queued)
-            )
-        else:
-            try:  # a queued job no runner here holds: paused unless a cancel came first
-                self.set_state(job_id, JobState.paused, when=no_cancel_pending(JobState.queued))
-            except StateChanged:
+        for _ in range(ATTEMPTS):
+            rec = self._record(job_id, owner)
+            state = JobState(rec.state)
+            if state == JobState.paused:
+                return self.describe(rec)
+            if state not in (JobState.queued, JobState.running):
+                raise InvalidState(f"a {state.value} job cannot be paused")
+            if swap_started(rec.resume):  # as for cancel
+                self.log_event(job_id, "info", too_late(JobState.paused.value))
                 return self.current(job_id, owner)
-        job = self.current(job_id, owner)
-        if job.state == JobState.paused:  # else a cancel asked for before stands, or the job ended
-            self.log_event(job_id, "info", "paused")
-        return job
+            if state == JobState.running:
+                if not self._request(job_id, JobState.paused):
+                    continue  # its run ended meanwhile: read again
+                until = lambda s: s not in (JobState.running, JobState.queued)  # noqa: E731
+                self.wait(job_id, timeout=30, owner=owner, until=until)
+            else:
+                try:  # queued: paused here, unless a runner took it or a cancel is pending (read again)
+                    self.set_state(job_id, JobState.paused, requested=None, when=found(JobState.queued, None))
+                except StateChanged:
+                    continue
+            job = self.current(job_id, owner)
+            if job.state == JobState.paused:  # else a cancel asked for before stands, or the job ended
+                self.log_event(job_id, "info", "paused")
+            return job
+        return self.current(job_id, owner)
 
     def resume(self, job_id: str, owner: str | None = None) -> DescribeJob:
         """Queue a paused job again; it continues from its partial files.
@@ -169,7 +179,8 @@ class JobSteering(JobLifecycle):
         if state != JobState.paused:
             raise InvalidState(f"a {state.value} job cannot be resumed")
         try:  # one resume of two at once (a double click) queues it and starts its one runner
-            self.set_state(job_id, JobState.queued, requested=None, when=found(JobState.paused, None))
+            # A pause asked for as the run ended paused is spent; a pending cancel is not undone.
+            self.set_state(job_id, JobState.queued, requested=None, when=no_cancel_pending(JobState.paused))
         except StateChanged:
             if JobState(self._record(job_id, owner, resume=False).state) in (
                 JobState.queued,

@@ -297,7 +297,11 @@ class Store(SQLStore):
         it raises aborts the transaction with nothing written (a forbidden state transition)."""
         with self.session() as s:
             # With ``defaults`` the row is read FOR UPDATE (PostgreSQL, MySQL): another process's writer
-            # cannot change it between the check and the write. SQLite has one writer at a time anyway.
+            # cannot change it between the check and the write. SQLite has no row locks and its first read
+            # would not take the write lock: a no-op UPDATE first takes it (no other process commits
+            # until this transaction ends), so the row read next is still the row when it is written.
+            if defaults is not None and s.get_bind().dialect.name == "sqlite":
+                s.execute(_JOBS.update().where(_JOBS.c.id == job_id).values(id=_JOBS.c.id))
             rec = s.get(JobRecord, job_id, with_for_update=defaults is not None)
             if rec is None:
                 return None

@@ -197,10 +197,11 @@ def test_a_pause_after_a_cancel_does_not_undo_it(
     copying, release, paused_asked = threading.Event(), threading.Event(), threading.Event()
     request = mgr._request
 
-    def noted_request(job_id: str, wanted: JobState) -> None:
-        request(job_id, wanted)
+    def noted_request(job_id: str, wanted: JobState) -> bool:
+        asked = request(job_id, wanted)
         if wanted == JobState.paused:
             paused_asked.set()
+        return asked
 
     def held_copy() -> None:
         copying.set()
@@ -224,3 +225,94 @@ def test_a_pause_after_a_cancel_does_not_undo_it(
     assert mgr.get(job.id).state == JobState.cancelled
     assert not (root / "out").exists()
     assert "paused" not in [line["message"] for line in mgr.job_log(job.id)]
+
+
+def test_a_request_never_outlives_the_run_it_was_for(manager: StagingManager, src: Path, root: Path) -> None:
+    """A second pause click (or a cancel) that read the job running and writes as the run ends paused: the
+    request is for a run that is over. Before, it stayed in the ``requested`` column and every resume of
+    the job answered 409, after a restart too, and a cancel waited 30 s and left the job paused."""
+    job, _ = manager.create(manifest_of(src), start=False)
+    manager.pause(job.id)  # queued, no runner yet: paused at once
+
+    assert manager._request(job.id, JobState.paused) is False  # the click that came late
+    assert manager.store.get_job(job.id, resume=False).requested is None  # type: ignore[union-attr]
+    assert manager.resume(job.id).state in (JobState.queued, JobState.running)
+    assert manager.wait(job.id, timeout=60).state == JobState.succeeded
+
+
+def test_a_paused_job_is_cancelled_at_once_and_keeps_nothing(
+    manager: StagingManager, src: Path, root: Path
+) -> None:
+    job, _ = manager.create(manifest_of(src), start=False)
+    manager.pause(job.id)
+
+    assert manager.cancel(job.id).state == JobState.cancelled
+    assert manager.store.get_job(job.id, resume=False).requested is None  # type: ignore[union-attr]
+
+
+def test_a_job_queued_behind_another_is_cancelled_at_once(
+    root: Path, tmp_path: Path, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One job at a time: the second waits in this process's queue, its runner not started. A cancel ends
+    it at once; before, it was handed to that runner and answered ``queued`` after 30 s."""
+    mgr = manager_for(tmp_path, max_concurrent_jobs=1)
+    copying, release = threading.Event(), threading.Event()
+
+    def held_copy() -> None:
+        copying.set()
+        release.wait(30)
+
+    on_fetch(monkeypatch, 1, held_copy)
+    try:
+        first, _ = mgr.create(manifest_of(src))
+        assert copying.wait(30)
+        second, _ = mgr.create(CreateJob(source=str(src / "a.bin"), destination="second"))
+        answer = mgr.cancel(second.id)
+        release.set()
+        assert answer.state == JobState.cancelled
+        assert mgr.wait(first.id, timeout=60).state == JobState.succeeded
+        assert mgr.get(second.id).state == JobState.cancelled and not (root / "second").exists()
+    finally:
+        release.set()
+        mgr.stop()
+
+
+def test_a_job_set_again_to_its_final_state_is_left_as_it_is(manager: StagingManager, src: Path) -> None:
+    """Two servers sweeping one root both expire a job: the second is a no-op, not an error that stopped
+    its sweep with a traceback."""
+    job, _ = manager.create(CreateJob(source=str(src / "a.bin"), destination="once"))
+    assert manager.wait(job.id, timeout=60).state == JobState.succeeded
+    manager.set_state(job.id, JobState.expired)
+    manager.set_state(job.id, JobState.expired)
+    assert manager.get(job.id).state == JobState.expired
+
+
+def test_on_sqlite_a_checked_change_holds_off_another_processs_writes(
+    root: Path, tmp_path: Path, src: Path
+) -> None:
+    """Two servers on one SQLite file: while one checks a job's row and writes it (a compare-and-set),
+    the other's write waits, so the row checked is the row written. Before, the check read the row
+    outside the write lock: a runner could commit ``running`` between another server's check and its
+    ``paused``, and a resume there started a second runner."""
+    a = manager_for(tmp_path)
+    b = manager_for(tmp_path)  # the same job database, another "process"
+    try:
+        job, _ = a.create(manifest_of(src), start=False)
+        written = threading.Event()
+
+        def other_write() -> None:
+            a.store.update_job(job.id, load_resume=False, name="renamed by a")
+            written.set()
+
+        def check(rec: Any) -> dict[str, Any]:
+            writer = threading.Thread(target=other_write)
+            writer.start()
+            assert not written.wait(1.0)  # held off while this transaction checks and writes
+            return {"requested": None}
+
+        b.store.update_job(job.id, load_resume=False, defaults=check)
+        assert written.wait(30)
+        assert b.store.get_job(job.id, resume=False).name == "renamed by a"  # type: ignore[union-attr]
+    finally:
+        b.stop()
+        a.stop()
