@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from jupyter_staging.errors import PathNotAllowed, StagingError
-from jupyter_staging.safety.dirfd import DIR_FLAGS, open_dir, write_refused
+from jupyter_staging.safety.dirfd import DIR_FLAGS, check_name, open_dir, write_refused
 from jupyter_staging.safety.paths import check_output_name
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,9 @@ class Target:
     path: str
     folder: str
     owner: Owner | None
+
+    def __post_init__(self) -> None:
+        check_name(self.name)  # one entry of the folder: never a path that calls by descriptor would walk
 
     def close(self) -> None:
         if self.dir_fd >= 0:
@@ -187,8 +190,10 @@ def split_relative_path(relative_path: str, default_name: str) -> tuple[list[str
         )
     is_folder = raw == "" or raw.endswith("/")
     parts = check_output_name(raw.rstrip("/")).split("/") if raw.rstrip("/") else []
-    if is_folder:
-        parts.append(check_output_name(default_name))
+    if is_folder:  # the source's own name: one entry, a backslash in it a character like any other
+        if default_name.startswith("."):
+            raise PathNotAllowed(f"the source's name {default_name!r} is hidden; give relative_path a name")
+        parts.append(check_name(default_name))
     if len(parts) == 1 and parts[0] == "":
         raise PathNotAllowed("relative_path names no file")
     return parts[:-1], parts[-1]

@@ -225,6 +225,25 @@ def test_symlinks_in_the_area_are_refused_at_every_level(site):
     assert sorted(p.name for p in (site / "outside").iterdir()) == ["secret"]
 
 
+@pytest.mark.parametrize("method", [local_copy, hardlink, symlink])
+def test_a_backslash_in_a_source_name_is_a_character_not_a_folder(site, method):
+    """A file named ``x\\pwned.conf`` (from Windows, say) staged into a folder keeps its name; it was taken
+    for ``x/pwned.conf`` and followed the symlink ``x`` the user had planted there, out of the area."""
+    areas = UserAreas(str(site / "homes" / "{username}" / "staging"))
+    (site / "archive" / "x\\pwned.conf").write_text("from the archive")
+    src = check_source(str(site / "archive" / "x\\pwned.conf"), [str(site / "archive")])
+    (site / "homes" / "bob" / "staging" / "d").mkdir(parents=True)
+    (site / "homes" / "bob" / "staging" / "d" / "x").symlink_to(site / "outside")
+
+    with areas.open_target("bob", "d/", src.name) as target:
+        method(src, target)
+
+    assert (site / "homes" / "bob" / "staging" / "d" / "x\\pwned.conf").exists()
+    assert sorted(p.name for p in (site / "outside").iterdir()) == ["secret"]
+    with pytest.raises(PathNotAllowed):
+        split_relative_path("d/", ".hidden")
+
+
 def test_the_trusted_base_may_be_a_symlink(site):
     (site / "real-homes").mkdir()
     (site / "homes-link").symlink_to(site / "real-homes")
