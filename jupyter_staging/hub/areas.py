@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import secrets
 import string
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from jupyter_staging.errors import PathNotAllowed, StagingError
-from jupyter_staging.safety.dirfd import DIR_FLAGS, check_name, open_dir, write_refused
+from jupyter_staging.safety.dirfd import DIR_FLAGS, check_name, open_dir, rename_noreplace_at, write_refused
 from jupyter_staging.safety.paths import check_output_name
 
 log = logging.getLogger(__name__)
@@ -201,40 +202,41 @@ def split_relative_path(relative_path: str, default_name: str) -> tuple[list[str
 
 def _open_child_dir(parent_fd: int, name: str, *, create: bool, owner: Owner | None, shown: list[str]) -> int:
     """Open folder ``name`` in ``parent_fd`` without following a symlink (:func:`open_dir`), creating it if
-    asked: mode 0755, given to ``owner`` when this call made it (:func:`_make_dir`). An existing folder
-    (the user's home, an administrator's read-only folder inside the area) keeps its owner and mode.
+    asked: mode 0755, the ``owner``'s when given (:func:`_make_given_dir`). An existing folder (the user's
+    home, an administrator's read-only folder inside the area) keeps its owner and mode.
 
     Raises :class:`PathNotAllowed` for a symlink or a file where the folder is expected,
     :class:`FileNotFoundError` when missing and not ``create``, :class:`DestinationNotWritable` when the
     service may not make it."""
     try:
-        try:
-            return open_dir(parent_fd, name)
-        except FileNotFoundError:
-            if not create:
-                raise
-        made = _make_dir(parent_fd, name, private=owner is not None)
-        fd = open_dir(parent_fd, name)
+        return _open_folder(parent_fd, name, shown)
+    except FileNotFoundError:
+        if not create:
+            raise
+    if owner is None:
+        _make_dir(parent_fd, name)
+    else:
+        _make_given_dir(parent_fd, name, owner, "/".join(shown))
+    return _open_folder(parent_fd, name, shown)
+
+
+def _open_folder(parent_fd: int, name: str, shown: list[str]) -> int:
+    """:func:`open_dir`, its :class:`PathNotAllowed` naming the folder as the user sees it."""
+    try:
+        return open_dir(parent_fd, name)
     except PathNotAllowed:
         raise PathNotAllowed(
             f"{'/'.join(shown)!r} is a symbolic link or a file, not a folder; links in a user's area are "
             "never followed"
         ) from None
-    if made and owner is not None:
-        try:
-            _give_new_folder(fd, owner, "/".join(shown))
-        except BaseException:
-            os.close(fd)
-            raise
-    return fd
 
 
-def _make_dir(parent_fd: int, name: str, *, private: bool) -> bool:
-    """``mkdir`` ``name`` in ``parent_fd``: mode 0700 when ``private`` (a folder to give away, see
-    :func:`_give_new_folder`), else 0755 (before the umask). True when made, False when something had the
-    name already. Raises :class:`DestinationNotWritable` when the folder may not be written into."""
+def _make_dir(parent_fd: int, name: str) -> bool:
+    """``mkdir`` ``name`` in ``parent_fd``, mode 0755 (before the umask). True when made, False when
+    something had the name already. Raises :class:`DestinationNotWritable` when the folder may not be
+    written into."""
     try:
-        os.mkdir(name, 0o700 if private else 0o755, dir_fd=parent_fd)
+        os.mkdir(name, 0o755, dir_fd=parent_fd)
     except FileExistsError:
         return False
     except PermissionError as err:
@@ -242,15 +244,48 @@ def _make_dir(parent_fd: int, name: str, *, private: bool) -> bool:
     return True
 
 
-def _give_new_folder(fd: int, owner: Owner, shown: str) -> None:
-    """Give the folder open as ``fd``, just made by :func:`_make_dir` with mode 0700, to ``owner`` and make
-    it 0755: only while it still looks like that folder (the service's, 0700 for others, empty). It was
-    opened by name in a folder the user owns, so the user may have renamed another folder onto that name
-    in between (an administrator's read-only folder): that one is left as it is, and logged. A folder of
-    the service's, private and empty, given away by mistake holds nothing."""
-    st = os.fstat(fd)
-    if st.st_uid != os.geteuid() or st.st_mode & 0o077 or os.listdir(fd):
-        log.warning("not giving folder %r to uid %d: it is not the folder the service made", shown, owner.uid)
-        return
-    os.fchown(fd, owner.uid, owner.gid)
-    os.fchmod(fd, 0o755)
+def _make_given_dir(parent_fd: int, name: str, owner: Owner, shown: str) -> bool:
+    """Make folder ``name`` in ``parent_fd`` as ``owner``'s, mode 0755, whole or not at all: it is made
+    under a hidden name of its own (0700), given away by descriptor (only while it is still the service's,
+    private and empty: the user may rename another folder onto that name, which is then left as it is),
+    then renamed to ``name`` without replacing anything (``renameat2`` ``RENAME_NOREPLACE``). Two calls
+    making the same folder at once: one renames its own in, the other removes its own and uses that one;
+    a folder is never left the service's, or half given (a call that found it made by the other used to
+    see it not empty, not give it away, and leave the user's home the service's, 0700, for good). True
+    when this call made it. Raises :class:`DestinationNotWritable` when the folder may not be written
+    into."""
+    scratch = f".staging-folder-{secrets.token_hex(8)}"
+    try:
+        os.mkdir(scratch, 0o700, dir_fd=parent_fd)
+    except PermissionError as err:
+        raise write_refused(name, err, who="the service's user") from None
+    try:
+        fd = open_dir(parent_fd, scratch)
+        try:
+            st = os.fstat(fd)
+            if st.st_uid == os.geteuid() and not st.st_mode & 0o077 and not os.listdir(fd):
+                os.fchown(fd, owner.uid, owner.gid)
+                os.fchmod(fd, 0o755)
+            else:  # the user renamed another folder onto the new one's name: left as it is
+                log.warning(
+                    "not giving folder %r to uid %d: it is not the folder the service made", shown, owner.uid
+                )
+                raise PathNotAllowed(f"{shown!r} was replaced while it was made; nothing was given away")
+        finally:
+            os.close(fd)
+        if rename_noreplace_at(parent_fd, scratch, name):
+            return True
+    except BaseException:
+        _remove_empty(parent_fd, scratch)
+        raise
+    _remove_empty(parent_fd, scratch)  # another call made it first
+    return False
+
+
+def _remove_empty(parent_fd: int, name: str) -> None:
+    """``rmdir`` of ``name`` in ``parent_fd``, which only ever removes an empty folder; what it cannot
+    remove (gone, not empty, not a folder) stays."""
+    try:
+        os.rmdir(name, dir_fd=parent_fd)
+    except OSError:
+        pass

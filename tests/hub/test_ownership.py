@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import jupyter_staging.hub.areas as areas_module
+from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.hub.areas import Owner, UserAreas
 from jupyter_staging.hub.fileops import check_source, symlink
 
@@ -79,24 +81,53 @@ def test_only_folders_the_service_made_are_given_to_the_user(site):
 
 def test_a_folder_the_user_swaps_in_for_the_one_made_is_not_given_away(site, monkeypatch):
     """The user renames the administrator's folder onto the name of the folder the service just made
-    (they own the parent): the service opens that name and finds another folder, which it leaves alone."""
+    (they own the parent): the service finds another folder there, leaves it alone and refuses."""
     staging = site / "homes" / "alice" / "staging"
     course = staging / "course-material"
     course.mkdir()
     (course / "handout.txt").write_text("do not edit\n")
     real_mkdir = os.mkdir
+    made: list[str] = []
 
     def mkdir_then_swap(path, mode=0o777, *, dir_fd=None):
         real_mkdir(path, mode, dir_fd=dir_fd)
-        if path == "new":
-            os.rename(course, staging / "new")  # over the empty folder just made
+        if str(path).startswith(".staging-folder-"):  # made under a name of its own, given, then renamed
+            made.append(str(path))
+            os.rename(course, staging / str(path))  # over the empty folder just made
 
     src = check_source(str(site / "archive" / "a.fits"), [str(site / "archive")])
     areas = UserAreas(str(site / "homes" / "{username}" / "staging"))
     monkeypatch.setattr(os, "mkdir", mkdir_then_swap)
-    with areas.open_target("alice", "new/", src.name, owner=ALICE):
-        pass
+    with pytest.raises(PathNotAllowed):
+        areas.open_target("alice", "new/", src.name, owner=ALICE)
     monkeypatch.undo()
-    swapped = (staging / "new").stat()
-    assert (staging / "new" / "handout.txt").exists()
+    swapped = (staging / made[0]).stat()
+    assert (staging / made[0] / "handout.txt").exists() and not (staging / "new").exists()
     assert (swapped.st_uid, stat.S_IMODE(swapped.st_mode)) == (0, 0o755)
+
+
+def test_two_calls_making_one_folder_at_once_both_leave_it_the_users(site, monkeypatch):
+    """Two operations for one user at once both find the folder missing. One renames its new folder in;
+    the other finds the name taken, removes its own and uses that one. Before, the second saw the first's
+    folder not empty, did not give it away, and the user's home stayed the service's, 0700, for good."""
+    staging = site / "homes" / "alice" / "staging"
+    real_rename = areas_module.rename_noreplace_at
+    first: list[bool] = []
+
+    def other_call_first(parent_fd, name, new_name, **kwargs):
+        if not first and new_name == "shared":  # the other call renames its folder in just before
+            first.append(True)
+            real_mkdir = os.mkdir
+            real_mkdir("shared", 0o755, dir_fd=parent_fd)
+            os.chown("shared", ALICE.uid, ALICE.gid, dir_fd=parent_fd)
+            (staging / "shared" / "theirs.txt").write_text("the other call's file\n")
+        return real_rename(parent_fd, name, new_name, **kwargs)
+
+    src = check_source(str(site / "archive" / "a.fits"), [str(site / "archive")])
+    areas = UserAreas(str(site / "homes" / "{username}" / "staging"))
+    monkeypatch.setattr(areas_module, "rename_noreplace_at", other_call_first)
+    with areas.open_target("alice", "shared/", src.name, owner=ALICE) as target:
+        assert target.folder == "shared"
+    folder = (staging / "shared").stat()
+    assert (folder.st_uid, stat.S_IMODE(folder.st_mode)) == (ALICE.uid, 0o755)
+    assert sorted(p.name for p in staging.iterdir()) == ["shared"]  # no folder of the service's left
