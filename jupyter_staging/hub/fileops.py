@@ -37,6 +37,7 @@ from jupyter_staging.hub.areas import Target
 from jupyter_staging.safety.copying import copy_stream
 from jupyter_staging.safety.dirfd import (
     fsync_fd,
+    name_with,
     write_all,
     write_refused,
 )
@@ -297,7 +298,7 @@ def _copy_named(src_fd: int, source: SourceFile, target: Target) -> Outcome:
     """The copy written as ``<name>.<random>.part`` in the target's folder and published as that very file
     (:func:`publish_open_at`); the part is removed on failure (while its name still names it). A service
     killed mid-copy leaves it: only where unnamed files cannot be used. Raises as :func:`local_copy`."""
-    part = f"{target.name}.{secrets.token_hex(4)}.part"
+    part = name_with(target.name, f".{secrets.token_hex(4)}.part")  # within 255 bytes
     try:
         out_fd = os.open(part, CREATE_FLAGS, 0o600, dir_fd=target.dir_fd)
     except PermissionError as err:

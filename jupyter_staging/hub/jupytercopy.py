@@ -29,15 +29,17 @@ from jupyter_staging.hub.fileops import Outcome, SourceFile, check_duplicate, so
 from jupyter_staging.hub.hubapi import HubAPI
 from jupyter_staging.hub.jobfiles import make_read_only, publish_from_folder, remove_folder
 from jupyter_staging.hub.recording import Recorder
+from jupyter_staging.safety.dirfd import name_with
 
 #: States of a job in the user's server that end a ``jupyter_copy`` without its file.
 FAILED_JOB_STATES = ("failed", "cancelled", "expired")
 
 
 def scratch_name(name: str, operation_id: str) -> str:
-    """The folder, beside the target ``name``, that the job of operation ``operation_id`` stages into
-    when the target renames the file: ``<name>.staging-<first 8 characters of the id>``."""
-    return f"{name}.staging-{operation_id[:8]}"
+    """The folder, beside the target ``name``, that the job of operation ``operation_id`` stages into:
+    ``<name>.staging-<first 8 characters of the id>``, the name cut to keep it within 255 bytes (a name of
+    239 bytes or more failed ``name_too_long``)."""
+    return name_with(name, f".staging-{operation_id[:8]}")
 
 
 def idempotency_key(operation_id: str) -> str:

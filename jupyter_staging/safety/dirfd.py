@@ -316,7 +316,7 @@ def set_aside_name(name: str, suffix: str, attempt: int = 1) -> str:
     ``pd.read_parquet`` of a table's folder, skip names starting with ``_`` or ``.``), while the file
     browser still shows it."""
     tail = f".set-aside-{suffix}" + ("" if attempt == 1 else f"-{attempt}")
-    return _name_with(f"_{name}", tail)
+    return name_with(f"_{name}", tail)
 
 
 def set_aside_at(dir_fd: int, name: str, suffix: str, *, into: int | None = None) -> str:
@@ -378,7 +378,7 @@ def rename_noreplace_at(dir_fd: int, name: str, new_name: str, *, into: int | No
 NAME_MAX_BYTES = 255
 
 
-def _name_with(name: str, tail: str) -> str:
+def name_with(name: str, tail: str) -> str:
     """``name + tail`` (``tail`` ASCII), ``name`` cut so the whole is at most :data:`NAME_MAX_BYTES` bytes:
     a character cut in two, and bytes of a name that are not UTF-8, are left out of a cut name."""
     raw = os.fsencode(name)

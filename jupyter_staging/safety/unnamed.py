@@ -23,6 +23,7 @@ from jupyter_staging.safety.dirfd import (
     check_name,
     create_file,
     fsync_fd,
+    name_with,
     write_refused,
 )
 from jupyter_staging.safety.publishing import (
@@ -112,7 +113,7 @@ def _publish_copy(fd: int, dir_fd: int, final: str) -> None:
     (:func:`~jupyter_staging.safety.publishing.publish_open_at`: a file put at the part's name meanwhile is
     neither published nor removed). Raises :class:`DestinationExists`, :class:`PathNotAllowed` (the part's
     name was taken over) or ``OSError``; the copy is removed on failure."""
-    part = check_name(f"{final}.{secrets.token_hex(4)}.part")
+    part = check_name(name_with(final, f".{secrets.token_hex(4)}.part"))  # within 255 bytes
     out = create_file(dir_fd, part)
     try:
         offset, size = 0, os.fstat(fd).st_size

@@ -149,6 +149,26 @@ def test_two_files_keeping_their_names_land_in_one_folder_alone(site, kepler):
     assert (folder / KEPLER_NAME).read_bytes() == kepler.read_bytes()
 
 
+@pytest.mark.parametrize("keep_name", [False, True])
+def test_a_name_of_245_bytes_is_copied(site, kepler, keep_name):
+    """The scratch folder beside the target is named after it with ``.staging-<id8>``: cut to fit in 255
+    bytes (a name of 239 bytes or more failed ``name_too_long``)."""
+    long_name = "l" * 240 + ".fits"
+    if keep_name:
+        shutil.copyfile(kepler, site / "archive" / long_name)
+    server = FakeServer(site / "homes" / "bob")
+    op = run_copy(
+        site,
+        server,
+        "kepler/" if keep_name else f"kepler/{long_name}",
+        source=long_name if keep_name else KEPLER_NAME,
+    )
+    assert op.status == "succeeded", op.to_dict()
+    folder = site / "homes" / "bob" / "staging" / "kepler"
+    assert [p.name for p in folder.iterdir()] == [long_name]
+    assert (folder / long_name).read_bytes() == kepler.read_bytes()
+
+
 def test_a_failed_job_leaves_no_scratch_folder(site):
     server = FakeServer(site / "homes" / "bob", state="failed")
     op = run_copy(site, server, "kepler/lc.fits")
