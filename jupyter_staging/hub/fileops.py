@@ -244,10 +244,16 @@ def local_copy(source: SourceFile, target: Target) -> Outcome:
         return Outcome("skipped", source.size, source_sha256(source))
     src_fd = _open_source(source)
     try:
-        outcome = _copy_unnamed(src_fd, source, target)
-        return outcome if outcome is not None else _copy_named(src_fd, source, target)
+        return copy_open(src_fd, source, target)
     finally:
         os.close(src_fd)
+
+
+def copy_open(src_fd: int, source: SourceFile, target: Target) -> Outcome:
+    """:func:`local_copy` of the file open as ``src_fd`` (``source`` describes it: ``size`` in bytes, the
+    path for messages), with no duplicate check first. Raises as :func:`local_copy`."""
+    outcome = _copy_unnamed(src_fd, source, target)
+    return outcome if outcome is not None else _copy_named(src_fd, source, target)
 
 
 def _fill(src_fd: int, out_fd: int, source: SourceFile, target: Target) -> _FdWriter:

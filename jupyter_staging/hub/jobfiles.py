@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from pathlib import Path
 
 from jupyter_staging.errors import PathNotAllowed, StagingError
 from jupyter_staging.hub.areas import Target
-from jupyter_staging.hub.fileops import READ_FLAGS, exists_error, sha256_of_fd
+from jupyter_staging.hub.fileops import READ_FLAGS, SourceFile, copy_open, exists_error, sha256_of_fd
 from jupyter_staging.safety.dirfd import fsync_fd, open_dir, rename_noreplace_at
 
 log = logging.getLogger(__name__)
@@ -71,9 +72,10 @@ def publish_from_folder(folder: str, file_name: str, target: Target) -> bool:
     Returns True when linked, False when the target already holds the same bytes (size and sha256).
     Raises :class:`DestinationExists` (``target_exists``) when a different file has the target's name,
     :class:`PathNotAllowed` when the folder or the file is a symlink or not what it should be,
-    ``link_not_permitted`` (403) when the system refuses both the link (``protected_hardlinks``: the
-    service runs neither as root nor as the user) and a rename (:func:`_move_in`, which it then tries),
-    :class:`FileNotFoundError` when the file is missing.
+    ``link_not_permitted`` (403) when the system refuses the link (``protected_hardlinks``: the service
+    runs neither as root nor as the user), the rename (:func:`_move_in`, which it then tries) and reading
+    the file to copy it (:func:`_copy_in`, tried last), :class:`FileNotFoundError` when the file is
+    missing.
     """
     folder_fd = open_dir(target.dir_fd, folder)
     try:
@@ -102,17 +104,37 @@ def _move_in(folder_fd: int, file_name: str, target: Target) -> bool:
     """Rename ``file_name`` of ``folder_fd`` to the target's name, never replacing (``renameat2`` with
     ``RENAME_NOREPLACE``): for a service that may not link the user's file (neither root nor the user's
     uid, with ``protected_hardlinks``) but may write in the user's folders. True when moved, False when the
-    name was taken. Raises :class:`StagingError` (``link_not_permitted``, 403) when the system refuses the
-    rename too."""
+    name was taken. Where the rename is refused too (the scratch folder is the user's, 0755), the file is
+    copied in (:func:`_copy_in`), which raises as it says."""
     try:
         return rename_noreplace_at(folder_fd, file_name, target.name, into=target.dir_fd)
     except PermissionError:
+        return _copy_in(folder_fd, file_name, target)
+
+
+def _copy_in(folder_fd: int, file_name: str, target: Target) -> bool:
+    """Copy ``file_name`` of ``folder_fd`` to the target as ``local_copy`` does (an unnamed file linked in
+    when complete, never replacing): for a service that may neither link nor move the file the user's
+    server wrote (its scratch folder is the user's, 0755) but may write in the user's folder (a group's).
+    True when copied, False when the same bytes were there already. Raises :class:`StagingError`
+    (``link_not_permitted``, 403) when it may not read the file either."""
+    try:
+        fd = os.open(file_name, READ_FLAGS, dir_fd=folder_fd)
+    except PermissionError:
         raise StagingError(
-            f"the system refused to link or move the file the user's server wrote to {target.path} "
+            f"the system refused to link, move or read the file the user's server wrote for {target.path} "
             "(protected_hardlinks, folder permissions); run the service as root or as the users' uid",
             code="link_not_permitted",
             status=403,
         ) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PathNotAllowed(f"{file_name} is not a regular file")
+        written = SourceFile(Path(file_name), st.st_size, st.st_dev, st.st_ino)
+        return copy_open(fd, written, target).status == "succeeded"
+    finally:
+        os.close(fd)
 
 
 def remove_folder(parent_fd: int, name: str) -> None:
