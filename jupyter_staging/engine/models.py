@@ -294,6 +294,14 @@ class CreateJob(BaseModel):
             raise custom_error(err) from None
         return value
 
+    @field_validator("ttl_seconds", mode="before")
+    @classmethod
+    def _whole_ttl(cls, value: Any) -> Any:
+        """``5400.0`` (``1.5 * 3600`` in Python) is 5400 seconds; ``true`` and ``5400.5`` stay refused."""
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
     @field_validator("ttl_seconds")
     @classmethod
     def _ttl(cls, value: int | None) -> int | None:

@@ -122,9 +122,11 @@ def _check_fits(path: Path, hdu: int | str | None) -> None:
         try:
             select_fits_hdu(hdul, hdu, path.name)
         except ConversionFailed:
-            # Nothing but a primary header without data: astropy stops quietly at an extension cut short
-            # (a gzip stream or a header cut part way), so the file is damaged, not an image.
-            if len(hdul) == 1 and not hdul[0].header.get("NAXIS"):
+            # Nothing but a primary header without data that promised extensions (EXTEND), or a plain file
+            # not whole 2880-byte blocks: astropy stops quietly at an extension cut short (a gzip stream
+            # or a header cut part way), so the file is damaged, not an image.
+            promised = hdul[0].header.get("EXTEND") or path.stat().st_size % 2880
+            if len(hdul) == 1 and not hdul[0].header.get("NAXIS") and promised:
                 raise ValueError(
                     "nothing after the primary header: the file may have been cut short"
                 ) from None

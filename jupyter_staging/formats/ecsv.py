@@ -17,11 +17,14 @@ from jupyter_staging.errors import ConversionFailed
 from jupyter_staging.formats.arrow import ndarray_to_arrow
 from jupyter_staging.formats.base import Source, TableSource, without_paths
 from jupyter_staging.formats.compression import comment_prefix_bytes, head
-from jupyter_staging.formats.csv import CsvSource
+from jupyter_staging.formats.csv import RAGGED_MAX_BYTES, CsvSource
 from jupyter_staging.formats.metadata import base_meta, dumps, ecsv_field_meta, with_metadata
 from jupyter_staging.safety.control import JobControl
 
 __all__ = ["ECSV_TYPES", "ecsv_source", "read_ecsv_whole"]
+
+#: pyarrow's error for a row with more or fewer fields than the header.
+_FIELD_COUNT = re.compile(r"Expected \d+ columns, got \d+")
 
 #: ECSV 1.0 ``datatype`` values read directly by the CSV reader.
 ECSV_TYPES: dict[str, pa.DataType] = {
@@ -82,11 +85,13 @@ def ecsv_source(path: Path, chunk_rows: int, control: JobControl | None) -> Sour
         return read_ecsv_whole(path, chunk_rows)
     try:
         return _streamed(path, header, header_bytes, control)
-    except ConversionFailed:
-        if header.get("delimiter", " ") != " ":
-            raise
+    except ConversionFailed as exc:
         # Columns aligned with runs of spaces, or a blank at a line's end: astropy's reader takes them
-        # (whitespace-separated), the CSV reader's one-space delimiter does not.
+        # (whitespace-separated), the CSV reader's one-space delimiter counts more fields. Read whole,
+        # up to the size the ragged CSV files are read whole at; any other error stands.
+        aligned = header.get("delimiter", " ") == " " and _FIELD_COUNT.search(str(exc))
+        if not aligned or path.stat().st_size > RAGGED_MAX_BYTES:
+            raise
         return read_ecsv_whole(path, chunk_rows)
 
 

@@ -36,6 +36,8 @@ __all__ = [
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 #: Table names listed in an error before "and N more".
 _LISTED = 5
+#: The schema metadata key holding a FITS table's header (``formats.metadata``).
+FITS_HEADER_KEY = b"fits.header"
 
 
 def is_parquet_chunk(chunk: dict[str, Any]) -> bool:
@@ -59,12 +61,12 @@ def parquet_tables(
     chunks: Iterable[dict[str, Any]], destination: str = ""
 ) -> dict[str, list[dict[str, Any]]]:
     """The Parquet chunks of a job grouped by table (:func:`table_name`): ``{name: [chunk, ...]}``, the
-    tables in the order of their first chunk, each table's chunks in index order."""
+    tables by name (a manifest's entries finish in any order), each table's chunks in index order."""
     tables: dict[str, list[dict[str, Any]]] = {}
     for chunk in sorted(chunks, key=lambda c: c["index"]):
         if is_parquet_chunk(chunk):
             tables.setdefault(table_name(str(chunk["path"]), destination), []).append(chunk)
-    return tables
+    return {name: tables[name] for name in sorted(tables)}
 
 
 def _listed(names: Sequence[str]) -> str:
@@ -73,10 +75,14 @@ def _listed(names: Sequence[str]) -> str:
 
 
 def pick_tables(tables: dict[str, list[Any]], table: str | None, job_name: str) -> list[str]:
-    """The names of the tables a reader asked for: ``[table]``, or all of them when ``table`` is None.
+    """The names of the tables a reader asked for: ``[table]`` (a manifest entry's name stands for the one
+    table in it: ``"lc"`` for ``"lc/kplr....parquet"``), or all of them when ``table`` is None.
     Raises :class:`StagingError` (code ``unknown_table``, 400) when the job wrote no table of that name."""
     if table is None:
         return list(tables)
+    inside = [name for name in tables if name.startswith(f"{table.rstrip('/')}/")]
+    if table not in tables and len(inside) == 1:  # a manifest entry's name, the entry one table
+        return inside
     if table not in tables:
         raise StagingError(
             f"job {job_name!r} wrote no table {table!r}; its tables are {_listed(list(tables))} (job.tables)",
@@ -115,11 +121,24 @@ def common_schema(schemas: Sequence[pyarrow.Schema], names: Sequence[str], job_n
         return schemas[0]
     shared = dict(schemas[0].metadata or {})
     shared.pop(META_YAML_KEY.encode(), None)
+    headers = [(schema.metadata or {}).get(FITS_HEADER_KEY) for schema in schemas]
     for schema in schemas[1:]:
         meta = schema.metadata or {}
         shared = {k: v for k, v in shared.items() if meta.get(k) == v}
+    if FITS_HEADER_KEY not in shared and all(headers):
+        # Each file's header differs (its target, CHECKSUM, DATE): keep the cards all of them share, the
+        # time keywords (TIMESYS, BJDREFI, MJDREF ...) among them, so that TIME is still a Time.
+        shared[FITS_HEADER_KEY] = shared_cards([h for h in headers if h is not None])
     schema = schemas[0].with_metadata(shared)
     return schema.with_metadata({**shared, META_YAML_KEY.encode(): table_meta_yaml(schema).encode()})
+
+
+def shared_cards(headers: Sequence[bytes]) -> bytes:
+    """The card images (one per line, as the converter keeps a FITS header) found in every one of
+    ``headers``, in the first's order."""
+    first, *rest = [header.split(b"\n") for header in headers]
+    common = set(first).intersection(*rest)
+    return b"\n".join(card for card in first if card in common)
 
 
 def concat_tables(parts: dict[str, list[pyarrow.Table]], job_name: str) -> pyarrow.Table:

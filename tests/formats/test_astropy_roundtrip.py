@@ -392,3 +392,21 @@ def test_a_fits_table_cut_short_is_named_as_damaged_not_as_no_table(
     with pytest.raises(StagingError) as refused:
         job.to_table()
     assert refused.value.code == "no_parquet_output" and "cut short" in str(refused.value)
+
+
+def test_an_ecsv_error_other_than_alignment_is_not_read_again_by_astropy(tmp_path: Path) -> None:
+    src = tmp_path / "latin.ecsv"
+    src.write_bytes(
+        b"# %ECSV 1.0\n# ---\n# datatype:\n# - {name: id, datatype: int64}\n"
+        b"# - {name: name, datatype: string}\nid name\n1 Caf\xe9\n"
+    )
+    with pytest.raises(ConversionFailed, match="not UTF-8 text"):  # its own advice, not astropy's words
+        convert_to_parquet(src, tmp_path / "out")
+
+
+def test_a_fits_file_of_a_primary_header_alone_is_not_a_table_not_cut_short(tmp_path: Path) -> None:
+    from jupyter_staging.formats.detect import table_problem
+
+    src = tmp_path / "header-only.fits"
+    fits.PrimaryHDU(header=fits.Header([("EXTEND", False), ("OBSERVER", "me")])).writeto(src)
+    assert table_problem(src) == "not a table"

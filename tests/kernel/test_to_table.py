@@ -50,10 +50,14 @@ def test_a_folder_of_tables_in_other_units_is_read_one_table_at_a_time(local_bac
 
 
 def test_a_folder_of_light_curves_with_the_same_columns_is_read_as_one_table(local_backend, tmp_path):
+    from astropy.io import fits
+
     folder = tmp_path / "curves"
     folder.mkdir()
     for name in ("first.fits", "second.fits"):
         shutil.copyfile(KEPLER, folder / name)
+    with fits.open(folder / "second.fits", mode="update") as hdul:  # another star: the headers differ
+        hdul[1].header["OBJECT"] = "KIC 00000001"
     job = api.stage(str(folder), "curves-pq", to_parquet=True, chunk_rows=5000, wait=True)
 
     table = job.to_table()
@@ -61,6 +65,24 @@ def test_a_folder_of_light_curves_with_the_same_columns_is_read_as_one_table(loc
     assert len(table) == 2 * 14280 and len(job.to_pandas()) == 2 * 14280
     assert job.dataset().count_rows() == 2 * 14280
     assert table["PDCSAP_FLUX"].unit == u.electron / u.s
-    assert isinstance(table["TIME"], Time)  # the FITS header both share is kept
+    assert isinstance(table["TIME"], Time)  # the cards both headers share are kept: the time keywords
+    assert "KIC 00000001" not in table.meta["fits.header"] and "BJDREFI" in table.meta["fits.header"]
     assert "jupyter_staging.source" not in table.meta  # the file names differ: neither is claimed
     assert job.to_table("second.parquet").meta["jupyter_staging.source"] == "second.fits"
+
+
+def test_a_manifest_entrys_name_reads_its_table(local_backend, tmp_path):
+    from astropy.table import Table
+
+    for name, flux in (("a", 1.0), ("b", 2.0)):
+        Table({"flux": [flux] * u.Jy}).write(tmp_path / f"{name}.ecsv")
+    job = api.stage(
+        {"second": str(tmp_path / "b.ecsv"), "first": str(tmp_path / "a.ecsv")},
+        "m",
+        to_parquet=True,
+        wait=True,
+    )
+
+    assert job.tables == ["first/a.parquet", "second/b.parquet"]  # by name: entries finish in any order
+    assert job.to_table("second")["flux"][0] == 2 * u.Jy
+    assert list(job.to_pandas()["flux"]) == [1.0, 2.0]

@@ -47,6 +47,15 @@ async def test_huge_ttl_is_invalid_ttl(jp_fetch, ttl):
     await expect_error(post_job(jp_fetch, {"source": str(KEPLER), "ttl_seconds": ttl}), 400, "invalid_ttl")
 
 
+@pytest.mark.parametrize(("ttl", "code"), [(5400.0, 201), (5400.5, 400)])
+async def test_a_ttl_given_as_a_whole_float_is_seconds(jp_fetch, ttl, code):
+    request = post_job(jp_fetch, {"source": str(KEPLER), "ttl_seconds": ttl})  # 1.5 * 3600 in Python
+    if code == 201:
+        assert (await request).code == 201
+    else:
+        await expect_error(request, 400, "invalid_request")
+
+
 async def test_ttl_of_ten_years_is_accepted(jp_fetch):
     response = await post_job(jp_fetch, {"source": str(KEPLER), "ttl_seconds": TEN_YEARS})
     assert response.code == 201
