@@ -56,6 +56,14 @@ def runner_alive(runner: str) -> bool:
     return started is None or _started(int(pid)) in (started, None)
 
 
+def runner_gone(runner: str) -> bool:
+    """True when ``runner`` (:func:`this_runner`) names a process of this host that is no longer alive (a
+    server killed or crashed): no run of it will ever read a request. False for a live one, and for a
+    runner of another host, which cannot be checked from here."""
+    host = runner.split(":", 1)[0]
+    return host == socket.gethostname() and not runner_alive(runner)
+
+
 def current_user() -> str:
     """The name of the user running this process (the default owner of a job), else ``"user"``."""
     try:

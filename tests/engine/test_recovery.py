@@ -72,3 +72,28 @@ def this_runner_started(pid: int) -> str:
     """Field 22 of ``/proc/<pid>/stat``: when ``pid`` started (clock ticks since boot)."""
     stat = (Path("/proc") / str(pid) / "stat").read_text()
     return stat[stat.rfind(")") + 2 :].split()[19]
+
+
+def test_a_running_job_whose_runner_died_is_cancelled_at_once(tmp_path):
+    """The server running the job was killed and another server of this host (sharing the database) has
+    not recovered it yet: a cancel there ends it at once. Before, it asked the dead runner, waited 30 s
+    and answered ``running``."""
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "archive" / "survey.bin").write_bytes(os.urandom(1024 * 1024))
+    (tmp_path / "root").mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    db = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    gone = StagingManager(tmp_path / "root", db_url=db, sweep_interval=0)  # never started: "killed"
+    job, _ = gone.create(
+        CreateJob(source=str(tmp_path / "archive" / "survey.bin"), destination="out"), start=False
+    )
+    gone.store.set_job_fields(job.id, state="running", runner=f"{socket.gethostname()}:{dead.pid}:1")
+    (tmp_path / "root" / "out").mkdir()  # what the dead run had made
+    mgr = StagingManager(tmp_path / "root", db_url=db, sweep_interval=0)  # not started: no recovery yet
+    try:
+        answer = mgr.cancel(job.id)
+    finally:
+        mgr.stop()
+    assert answer.state.value == "cancelled"
+    assert [line["message"] for line in mgr.job_log(job.id)][-1] == "cancelled; partial output removed"
