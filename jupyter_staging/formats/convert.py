@@ -60,12 +60,13 @@ from pathlib import Path
 from jupyter_staging.errors import ConversionFailed, SourceNotFound
 from jupyter_staging.formats.base import ChunkInfo, Piece, Source
 from jupyter_staging.formats.compression import comment_prefix_bytes, compression_of
-from jupyter_staging.formats.csv import CsvSource, RaggedRows, read_ragged, text_encoding
+from jupyter_staging.formats.csv import CsvSource, RaggedRows, text_encoding
 from jupyter_staging.formats.detect import detect_format
 from jupyter_staging.formats.ecsv import ecsv_source
 from jupyter_staging.formats.fits import FitsSource
 from jupyter_staging.formats.parquet import COMPRESSIONS, ParquetSource, PartWriter
 from jupyter_staging.formats.prefetch import ahead_of, overlaps
+from jupyter_staging.formats.ragged import read_ragged
 from jupyter_staging.formats.votable import VOTableSource
 from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.control import JobControl

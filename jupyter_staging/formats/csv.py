@@ -14,8 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from jupyter_staging.errors import ConversionFailed
-from jupyter_staging.formats.arrow import ndarray_to_arrow
-from jupyter_staging.formats.base import Piece, Source, TableSource, without_paths
+from jupyter_staging.formats.base import Piece, Source
 from jupyter_staging.formats.compression import compression_of
 from jupyter_staging.formats.halves import BoundedFile, read_in_halves
 from jupyter_staging.formats.metadata import base_meta, with_metadata
@@ -25,10 +24,9 @@ __all__ = [
     "CSV_BLOCK_SIZE",
     "CSV_INFER_BYTES",
     "CSV_NULLS",
-    "RAGGED_MAX_BYTES",
     "CsvSource",
     "RaggedRows",
-    "read_ragged",
+    "shown_encoding",
     "text_encoding",
 ]
 
@@ -45,8 +43,6 @@ CSV_INFER_BYTES = 16 * 1024 * 1024
 #: Smallest first part (bytes of text, estimated from the inferred sample) read from two offsets at once
 #: (:mod:`jupyter_staging.formats.halves`): below it a second thread gains less than it costs to start.
 HALVES_MIN_BYTES = 32 * 1024 * 1024
-#: Largest CSV/TSV file read whole by astropy when its rows have fewer fields than its header, bytes.
-RAGGED_MAX_BYTES = 256 * 1024 * 1024
 #: pyarrow's message for a row whose field count differs from the header's.
 _RAGGED = re.compile(r"Expected (\d+) columns, got (\d+)")
 
@@ -162,8 +158,8 @@ class CsvSource(Source):
         if not raw:
             return
         message = (
-            f"{self.path.name}: columns {', '.join(raw)} are not {_shown(self.encoding)} text (another "
-            "encoding, Latin-1 say); kept as bytes: give the file's encoding (convert option "
+            f"{self.path.name}: columns {', '.join(raw)} are not {shown_encoding(self.encoding)} text "
+            "(another encoding, Latin-1 say); kept as bytes: give the file's encoding (convert option "
             "encoding='latin-1', say) or save it as UTF-8 to read them as strings"
         )
         log.warning("%s", message)
@@ -429,7 +425,7 @@ class CsvSource(Source):
             raw.close()
 
 
-def _shown(encoding: str) -> str:
+def shown_encoding(encoding: str) -> str:
     """``encoding`` as a message names it: ``UTF-8`` for Python's ``utf-8``."""
     return "UTF-8" if encoding == "utf-8" else encoding
 
@@ -472,39 +468,3 @@ def _ragged_message(exc: Exception) -> str:
     match = _RAGGED.search(str(exc))
     assert match is not None
     return f"a row has {match.group(2)} fields where the header has {match.group(1)}"
-
-
-def read_ragged(path: Path, fmt: str, chunk_rows: int, encoding: str = "utf-8") -> TableSource:
-    """A CSV/TSV file whose rows have fewer fields than its header, read whole as astropy reads it
-    (``Table.read(format="ascii.csv" | "ascii.tab")``, text in ``encoding``): missing fields are
-    masked, then nulls.
-
-    Memory is the whole table. Raises :class:`ConversionFailed` when the file is larger than
-    ``RAGGED_MAX_BYTES`` or astropy cannot read it either (a row longer than the header).
-    """
-    # astropy is heavy (about a second to import): loaded only when such a file is read
-    from astropy.table import Table
-
-    size = path.stat().st_size
-    if size > RAGGED_MAX_BYTES:
-        raise ConversionFailed(
-            f"{path.name}: some rows have fewer fields than the header; files over "
-            f"{RAGGED_MAX_BYTES // (1024 * 1024)} MiB with such rows are not converted"
-        )
-    try:
-        # utf-8-sig: a byte-order mark (Excel's) is not part of the first column's name, as for pyarrow
-        text = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
-        table = Table.read(path, format="ascii.tab" if fmt == "tsv" else "ascii.csv", encoding=text)
-    except UnicodeDecodeError:
-        raise ConversionFailed(
-            f"{path.name}: not {_shown(encoding)} text (a binary file, or another encoding); give the file's "
-            "encoding (convert option encoding='latin-1', say) or save it as UTF-8 to convert it"
-        ) from None
-    except Exception as exc:  # astropy raises many error types for inconsistent text tables
-        raise ConversionFailed(
-            f"{path.name}: rows and header disagree: {without_paths(str(exc), path)}"
-        ) from None
-    arrays = [ndarray_to_arrow(table[name]) for name in table.colnames]
-    arrow = pa.table(arrays, names=table.colnames)
-    schema = with_metadata(arrow.schema, [{} for _ in arrays], base_meta(path, fmt))
-    return TableSource(pa.Table.from_arrays(arrow.columns, schema=schema), size, chunk_rows)

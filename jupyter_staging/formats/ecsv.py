@@ -17,8 +17,9 @@ from jupyter_staging.errors import ConversionFailed
 from jupyter_staging.formats.arrow import ndarray_to_arrow
 from jupyter_staging.formats.base import Source, TableSource, without_paths
 from jupyter_staging.formats.compression import comment_prefix_bytes, head
-from jupyter_staging.formats.csv import RAGGED_MAX_BYTES, CsvSource
+from jupyter_staging.formats.csv import CsvSource
 from jupyter_staging.formats.metadata import base_meta, dumps, ecsv_field_meta, with_metadata
+from jupyter_staging.formats.ragged import RAGGED_MAX_BYTES
 from jupyter_staging.safety.control import JobControl
 
 __all__ = ["ECSV_TYPES", "ecsv_source", "read_ecsv_whole"]

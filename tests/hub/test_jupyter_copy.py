@@ -218,24 +218,18 @@ def links_refused(monkeypatch):
     monkeypatch.setattr(jobfiles.os, "link", refuse)
 
 
-def test_a_file_that_may_not_be_linked_is_moved_in(site, kepler, links_refused):
-    server = FakeServer(site / "homes" / "bob")
-    op = run_copy(site, server, "kepler/lc.fits")
-    assert op.status == "succeeded", op.to_dict()
-    folder = site / "homes" / "bob" / "staging" / "kepler"
-    assert sorted(p.name for p in folder.iterdir()) == ["lc.fits"]
-    assert (folder / "lc.fits").read_bytes() == kepler.read_bytes()
-
-
-def test_a_file_that_may_be_neither_linked_nor_moved_is_copied_in(site, kepler, links_refused, monkeypatch):
-    """An unprivileged service, the user's folder shared with it through a group (2775), the job's scratch
-    folder the user's server made 0755: the link and the rename are refused, the bytes are copied in."""
+@pytest.mark.parametrize("moves", [True, False])
+def test_a_file_that_may_not_be_linked_is_moved_or_copied_in(site, kepler, links_refused, monkeypatch, moves):
+    """A service that is neither root nor the users' uid may not link the file the user's server wrote
+    (``protected_hardlinks``): it moves it in; and where it may not move it either (the user's folder shared
+    with it through a group, 2775; the job's scratch folder the user's server made 0755), it copies it in."""
     from jupyter_staging.hub import jobfiles
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(jobfiles, "rename_noreplace_at", refuse)
+    if not moves:
+        monkeypatch.setattr(jobfiles, "rename_noreplace_at", refuse)
     server = FakeServer(site / "homes" / "bob")
     op = run_copy(site, server, "kepler/lc.fits")
     assert op.status == "succeeded", op.to_dict()
