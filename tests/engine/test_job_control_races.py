@@ -71,12 +71,7 @@ def test_a_cancelled_job_expires_the_chunks_whose_files_it_removed(
     do the chunks (``expired``, in the transaction of the ``cancelled`` state); they stayed ``ready``, and
     an ack answered ``acked`` for a file that was gone."""
     mgr = one_at_a_time
-    job_id: list[str] = []
-    on_fetch(monkeypatch, 2, lambda: mgr._request(job_id[0], JobState.paused))
-    job, _ = mgr.create(manifest_of(src), start=False)
-    job_id.append(job.id)
-    mgr.submit(job.id, recorded=True)
-    assert mgr.wait(job.id, timeout=60, until=lambda s: s == JobState.paused).state == JobState.paused
+    job = paused_at_second_file(mgr, src, monkeypatch)
     ready = [c.path for c in mgr.chunks(job.id) if c.state == ChunkState.ready]
     assert len(ready) == 1 and (root / "out" / ready[0]).is_file()
 
@@ -84,6 +79,18 @@ def test_a_cancelled_job_expires_the_chunks_whose_files_it_removed(
     assert not (root / "out").exists()
     assert {c.state for c in mgr.chunks(job.id)} == {ChunkState.expired}
     assert mgr.ack(job.id, "0").state == ChunkState.expired
+
+
+def paused_at_second_file(mgr: StagingManager, src: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A manifest job of ``src`` run on ``mgr``, paused as its second file starts (the first published,
+    its chunk ``ready``); returns the job as created."""
+    job_id: list[str] = []
+    on_fetch(monkeypatch, 2, lambda: mgr._request(job_id[0], JobState.paused))
+    job, _ = mgr.create(manifest_of(src), start=False)
+    job_id.append(job.id)
+    mgr.submit(job.id, recorded=True)
+    assert mgr.wait(job.id, timeout=60, until=lambda s: s == JobState.paused).state == JobState.paused
+    return job
 
 
 def in_thread(
@@ -161,12 +168,7 @@ def test_two_resumes_at_once_start_one_runner(
     """Two resumes of a paused job (a double click): the second runs whole between the first's read of the
     job (paused) and its state change. One queues the job and starts its runner; the other answers the
     job as it then is. Before, both queued it and each started a runner."""
-    job_id: list[str] = []
-    on_fetch(monkeypatch, 2, lambda: manager._request(job_id[0], JobState.paused))
-    job, _ = manager.create(manifest_of(src), start=False)
-    job_id.append(job.id)
-    manager.submit(job.id, recorded=True)
-    assert manager.wait(job.id, timeout=60, until=lambda s: s == JobState.paused).state == JobState.paused
+    job = paused_at_second_file(manager, src, monkeypatch)
     set_state, inner, outer = manager.set_state, [], threading.current_thread()
 
     def second_resume_first(job_id: str, state: JobState, **kwargs: Any) -> Any:
