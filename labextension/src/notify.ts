@@ -38,13 +38,19 @@ export class JobNotifier {
     model.changed.connect(() => this._check());
   }
 
-  /** Watch ``job`` until it ends (an answer that reused finished output has nothing left to report). */
+  /**
+   * Watch ``job`` (the answer to ``POST /jobs``) until it ends; an answer that reused finished output has
+   * nothing left to report. The job may already have ended: its runner starts as the answer is written,
+   * and the event stream or a poll can bring its end before the answer arrives, so the model's state is
+   * checked at once.
+   */
   watch(job: Job): void {
     if (isFinal(job.state) || this._watched.has(job.id)) {
       return;
     }
     this._watched.set(job.id, job.state);
     saveWatched(this._watched);
+    this._check();
   }
 
   private _check(): void {

@@ -10,6 +10,8 @@ Screenshots land in ``/work/screens/`` when that folder exists, else in ``tests/
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -172,6 +174,41 @@ def test_a_failure_is_announced_with_its_reason(
     assert "Staging gone failed: source_not_found:" in text, text
     assert failed.get_by_role("button", name="DataFrame").count() == 0
     shoot_toast(page, shots / "notification-failure.png")
+
+
+def test_a_failure_before_the_answer_is_still_announced(
+    lab: JupyterLabProcess, page: Any, missing_http: RangeHTTPServer
+) -> None:
+    """The runner starts as ``POST /jobs`` is answered, so the event stream can bring the job's failure
+    before the answer reaches the browser. The answer is held here until the server says the job failed:
+    the failure must still be announced (it was not: the watch began at the stale ``queued``)."""
+    open_panel(page)
+
+    def hold_until_failed(route: Any) -> None:
+        if route.request.method != "POST":
+            route.fallback()
+            return
+        answer = route.fetch()
+        job_id = answer.json()["id"]
+        lab.wait_for(job_id, lambda j: j["state"] == "failed", timeout=60)
+        time.sleep(2)  # a poll or the event stream brings the failure to the page first
+        route.fulfill(response=answer)
+
+    jobs_url = re.compile(r"/api/v1/staging/jobs(\?.*)?$")
+    page.route(jobs_url, hold_until_failed)
+    try:
+        form = open_link(page, staging_link(lab, stage=missing_http.url("early.fits"), dest="early"))
+        # Following the event stream: no poll comes to bring the failure again after the answer.
+        page.wait_for_function(
+            f"() => document.querySelector('{PANEL} .jp-Staging-status')?.textContent === 'live'"
+        )
+        form.get_by_role("button", name="Stage").click()
+        form.wait_for(state="detached", timeout=90_000)
+        failed = toast(page, "Staging early failed")
+        failed.wait_for(timeout=30_000)
+        assert "source_not_found" in failed.inner_text()
+    finally:
+        page.unroute(jobs_url)
 
 
 def test_the_setting_turns_notifications_off(lab: JupyterLabProcess, page: Any) -> None:
