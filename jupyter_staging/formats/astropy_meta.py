@@ -21,16 +21,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-__all__ = ["META_YAML_KEY", "astropy_unit", "string_lengths", "table_meta_yaml"]
+__all__ = ["META_YAML_KEY", "SERIALIZED_COLUMNS_KEY", "astropy_unit", "string_lengths", "table_meta_yaml"]
 
 #: Parquet key-value metadata key astropy reads column units and descriptions from.
 META_YAML_KEY = "table_meta_yaml"
+#: Schema metadata key holding, as astropy's YAML, the ``__serialized_columns__`` of a table whose mixin
+#: columns (a ``Time``, a ``SkyCoord``, a ``Quantity`` with a dtype of its own) astropy split into plain
+#: ones (``c.ra``, ``c.dec``); it becomes the ``table_meta_yaml`` table meta's ``__serialized_columns__``,
+#: which astropy's readers (``QTable.read(part)``) and ``to_table()`` rebuild the mixins from.
+SERIALIZED_COLUMNS_KEY = "astropy.serialized_columns"
 #: libyaml's emitter where PyYAML was built with it (YAML that reads back the same as PyYAML's own, though
 #: long values may be folded at other places; about 5x faster: a folder of small tables writes one document
 #: per table).
 _DUMPER: type = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 #: Schema metadata keys not repeated in the YAML's table ``meta`` (Arrow's own, or already per column).
-_NOT_META = ("ARROW:", META_YAML_KEY, "table::len::", "jupyter_staging.columns")
+_NOT_META = ("ARROW:", META_YAML_KEY, "table::len::", "jupyter_staging.columns", SERIALIZED_COLUMNS_KEY)
 #: Unit spellings of mission files that astropy does not parse (Kepler, K2, TESS light curves).
 _MISSION_UNITS = {
     "e-/s": "electron / s",
@@ -105,14 +110,23 @@ def _column_entry(field: pa.Field) -> dict[str, Any]:
 
 def table_meta_yaml(schema: pa.Schema) -> str:
     """The ``table_meta_yaml`` document for ``schema``: every field's entry, and the schema metadata
-    (source, format, FITS header, VOTable PARAMs ...) as the table's ``meta``."""
+    (source, format, FITS header, VOTable PARAMs ...) as the table's ``meta``, with the mixin columns'
+    ``__serialized_columns__`` when the schema holds them (:data:`SERIALIZED_COLUMNS_KEY`)."""
     meta = {
         k.decode(): v.decode()
         for k, v in (schema.metadata or {}).items()
         if not k.decode().startswith(_NOT_META)
     }
     header = {"datatype": [_column_entry(field) for field in schema], "meta": meta}
-    return yaml.dump(header, Dumper=_DUMPER, sort_keys=False, allow_unicode=True)
+    serialized = (schema.metadata or {}).get(SERIALIZED_COLUMNS_KEY.encode())
+    if serialized is None:
+        return yaml.dump(header, Dumper=_DUMPER, sort_keys=False, allow_unicode=True)
+    # astropy's YAML (its tags: !astropy.table.SerializedColumn) for the mixins' description; loaded only
+    # for such tables (astropy takes about a second to import)
+    from astropy.io.misc import yaml as astropy_yaml
+
+    meta["__serialized_columns__"] = astropy_yaml.load(serialized.decode())
+    return str(astropy_yaml.dump(header, sort_keys=False, allow_unicode=True))
 
 
 def _max_length(column: pa.ChunkedArray | pa.Array) -> int:

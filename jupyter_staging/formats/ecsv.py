@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from jupyter_staging.errors import ConversionFailed
 from jupyter_staging.formats.arrow import ndarray_to_arrow
+from jupyter_staging.formats.astropy_meta import SERIALIZED_COLUMNS_KEY
 from jupyter_staging.formats.base import Source, TableSource, without_paths
 from jupyter_staging.formats.compression import comment_prefix_bytes, head
 from jupyter_staging.formats.csv import CsvSource
@@ -117,11 +118,13 @@ def _streamed(path: Path, header: dict[str, Any], header_bytes: int, control: Jo
 
 
 def read_ecsv_whole(path: Path, chunk_rows: int) -> TableSource:
-    """An ECSV file read whole by ``astropy.table.Table.read`` (mixin columns split into plain ones).
+    """An ECSV file read whole by ``astropy.table.Table.read``: mixin columns are split into plain ones
+    (``c.ra``, ``c.dec``) and described under the schema key :data:`SERIALIZED_COLUMNS_KEY`.
 
     Memory is the whole table. Raises :class:`ConversionFailed` when astropy cannot read it.
     """
     # astropy is heavy (about a second to import): loaded only when such a file is read
+    from astropy.io.misc import yaml as astropy_yaml
     from astropy.table import Table
     from astropy.table.serialize import represent_mixins_as_columns
     from astropy.utils.data_info import serialize_context_as
@@ -142,8 +145,12 @@ def read_ecsv_whole(path: Path, chunk_rows: int) -> TableSource:
         unit = column.unit.to_string() if column.unit is not None else None
         fields_meta.append(ecsv_field_meta(unit, column.description, column.meta))
     meta = base_meta(path, "ecsv")
-    if table.meta:
-        meta["ecsv.meta"] = dumps(dict(table.meta))
+    table_meta = dict(table.meta)
+    serialized = table_meta.pop("__serialized_columns__", None)
+    if serialized:  # the mixins' description, kept as astropy's YAML: to_table() rebuilds them from it
+        meta[SERIALIZED_COLUMNS_KEY] = astropy_yaml.dump(serialized)
+    if table_meta:
+        meta["ecsv.meta"] = dumps(table_meta)
     arrow = pa.table(arrays, names=table.colnames)
     schema = with_metadata(arrow.schema, fields_meta, meta)
     return TableSource(pa.Table.from_arrays(arrow.columns, schema=schema), path.stat().st_size, chunk_rows)

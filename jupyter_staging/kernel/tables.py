@@ -186,7 +186,8 @@ def to_qtable(table: pa.Table) -> QTable:
     reads from the ``table_meta_yaml`` entry; the source's original spelling is in the column's
     ``info.meta['original_unit']`` when it differs, e.g. ``e-/s`` read as ``electron / s``); nulls are
     masked; fixed-size lists are extra dimensions; variable-length lists are object columns. FITS time
-    columns become ``Time`` as the module docstring says. ``meta`` holds the source's metadata.
+    columns become ``Time`` as the module docstring says; mixin columns astropy split into plain ones (an
+    ECSV ``Time`` or ``SkyCoord``) are rebuilt. ``meta`` holds the source's metadata.
 
     Raises ``ValueError`` from astropy when a column cannot be represented (it names the column).
     """
@@ -203,10 +204,27 @@ def to_qtable(table: pa.Table) -> QTable:
         for attribute in _ATTRIBUTES:
             if attribute in entries.get(name, {}):
                 setattr(result[name], attribute, entries[name][attribute])
+    if "__serialized_columns__" in result.meta:
+        result = _mixins(result)
     fits_header = _fits_header(result.meta)
     if fits_header is not None:
         _fits_times(result, fits_header)
     return QTable(result)
+
+
+def _mixins(table: Table) -> Table:
+    """``table`` with its mixin columns (``Time``, ``SkyCoord`` ...) rebuilt from the plain columns astropy
+    split them into, as the meta's ``__serialized_columns__`` describes them (astropy's ECSV and Parquet
+    readers do the same); the plain columns, with a warning, when they cannot be."""
+    from astropy.table import serialize
+
+    try:
+        # astropy's own step for this in each of its readers (no public name for it)
+        return serialize._construct_mixins_from_columns(table)
+    except Exception as exc:  # a description astropy no longer reads: the columns are still worth having
+        log.warning("mixin columns could not be rebuilt (%s); they stay plain columns", type(exc).__name__)
+        table.meta.pop("__serialized_columns__", None)
+        return table
 
 
 def _fits_times(table: Table, header: fits.Header) -> None:

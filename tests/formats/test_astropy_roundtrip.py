@@ -410,3 +410,52 @@ def test_a_fits_file_of_a_primary_header_alone_is_not_a_table_not_cut_short(tmp_
     src = tmp_path / "header-only.fits"
     fits.PrimaryHDU(header=fits.Header([("EXTEND", False), ("OBSERVER", "me")])).writeto(src)
     assert table_problem(src) == "not a table"
+
+
+def spitzer_with_mixins(path: Path) -> QTable:
+    """The Spitzer catalogue's positions as a Galactic ``SkyCoord``, with a ``Time`` of each kind astropy's
+    ECSV writer serializes (an ISO text, an MJD in TDB), written to ``path`` as ECSV."""
+    from astropy.coordinates import SkyCoord
+
+    source = QTable.read(SPITZER)[:40]
+    table = QTable()
+    table["pos"] = SkyCoord(l=source["l"], b=source["b"], frame="galactic")
+    table["obs"] = Time("2008-05-01T00:00:00", scale="utc") + np.arange(40) * u.hour
+    table["mid"] = Time(54587.0 + np.arange(40) / 24, format="mjd", scale="tdb")
+    table["f4_5"] = source["f4_5"]
+    table.write(path, format="ascii.ecsv")
+    return table
+
+
+def test_ecsv_time_and_skycoord_columns_come_back_as_mixins(tmp_path: Path) -> None:
+    """astropy's ECSV writer splits a ``SkyCoord`` into ``pos.l`` / ``pos.b`` and describes it in
+    ``__serialized_columns__``; ``to_table()`` and ``QTable.read(part)`` rebuild it, and the times."""
+    from astropy.coordinates import SkyCoord
+
+    expected = spitzer_with_mixins(tmp_path / "cat.ecsv")
+    parts = convert_to_parquet(tmp_path / "cat.ecsv", tmp_path / "out", chunk_rows=16)
+    assert [p.rows for p in parts] == [16, 16, 8]
+    arrow = pq.read_table(tmp_path / "out")
+    assert arrow.column_names == ["pos.l", "pos.b", "obs", "mid", "f4_5"]  # pandas still gets plain columns
+    for table in (to_qtable(arrow), QTable.read(tmp_path / "out" / parts[0].name, format="parquet")):
+        rows = len(table)
+        assert table.colnames == ["pos", "obs", "mid", "f4_5"]
+        assert isinstance(table["pos"], SkyCoord) and table["pos"].frame.name == "galactic"
+        assert np.allclose(table["pos"].l.deg, expected["pos"].l.deg[:rows])
+        assert isinstance(table["obs"], Time) and table["obs"].scale == "utc"
+        assert table["obs"].isot[1] == "2008-05-01T01:00:00.000"
+        assert isinstance(table["mid"], Time) and table["mid"].scale == "tdb"
+        assert np.allclose(table["mid"].mjd, expected["mid"].mjd[:rows])
+        assert table["f4_5"].unit == u.mJy
+        assert "__serialized_columns__" not in table.meta
+
+
+def test_mixins_astropy_cannot_rebuild_stay_plain_columns(tmp_path: Path) -> None:
+    """A description naming a column that is not there (a part read with some columns only) leaves the
+    columns as they are, with their units."""
+    spitzer_with_mixins(tmp_path / "cat.ecsv")
+    convert_to_parquet(tmp_path / "cat.ecsv", tmp_path / "out", chunk_rows=100)
+    arrow = pq.read_table(tmp_path / "out").drop_columns(["pos.b"])
+    table = to_qtable(arrow)
+    assert table.colnames == ["pos.l", "obs", "mid", "f4_5"]
+    assert table["pos.l"].unit == u.deg
