@@ -11,7 +11,7 @@ import pyarrow as pa
 from jupyter_staging.errors import ConversionFailed
 from jupyter_staging.formats.arrow import ndarray_to_arrow
 from jupyter_staging.formats.base import TableSource, without_paths
-from jupyter_staging.formats.csv import shown_encoding
+from jupyter_staging.formats.csv import CSV_NULLS, shown_encoding
 from jupyter_staging.formats.metadata import base_meta, with_metadata
 
 __all__ = ["RAGGED_MAX_BYTES", "read_ragged"]
@@ -22,8 +22,9 @@ RAGGED_MAX_BYTES = 256 * 1024 * 1024
 
 def read_ragged(path: Path, fmt: str, chunk_rows: int, encoding: str = "utf-8") -> TableSource:
     """A CSV/TSV file whose rows have fewer fields than its header, read whole as astropy reads it
-    (``Table.read(format="ascii.csv" | "ascii.tab")``, text in ``encoding``): missing fields are
-    masked, then nulls.
+    (``Table.read(format="ascii.csv" | "ascii.tab")``, text in ``encoding``): missing fields and the
+    streamed reader's null spellings (``CSV_NULLS``: ``""``, ``NA``, ``NULL`` ...) are masked, then
+    nulls; ``nan`` stays floating-point NaN.
 
     Memory is the whole table. Raises :class:`ConversionFailed` when the file is larger than
     ``RAGGED_MAX_BYTES`` or astropy cannot read it either (a row longer than the header).
@@ -40,7 +41,12 @@ def read_ragged(path: Path, fmt: str, chunk_rows: int, encoding: str = "utf-8") 
     try:
         # utf-8-sig: a byte-order mark (Excel's) is not part of the first column's name, as for pyarrow
         text = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
-        table = Table.read(path, format="ascii.tab" if fmt == "tsv" else "ascii.csv", encoding=text)
+        table = Table.read(
+            path,
+            format="ascii.tab" if fmt == "tsv" else "ascii.csv",
+            encoding=text,
+            fill_values=[(null, "0") for null in CSV_NULLS],  # masked, and typed as the other values
+        )
     except UnicodeDecodeError:
         raise ConversionFailed(
             f"{path.name}: not {shown_encoding(encoding)} text (a binary file, or another encoding); give "

@@ -174,6 +174,20 @@ def test_csv_with_short_rows_is_read_as_astropy_reads_it(tmp_path: Path) -> None
     assert pq.read_table(tmp_path / "out").to_pydict() == {"a": [1, 4], "b": [None, 5], "c": [None, 6]}
 
 
+def test_short_rows_read_nulls_as_the_streamed_reader_does(tmp_path: Path) -> None:
+    """``NA``, ``NULL``, ``N/A`` and empty fields are null in a file with short rows too (they were text, and
+    made the column a string column); ``nan`` stays NaN."""
+    src = tmp_path / "short.csv"
+    src.write_text("id,x,name,extra\n1,2.5,a,q\n2,NA,NULL\n3,nan,,z\n4,N/A,b\n")
+    convert_to_parquet(src, tmp_path / "out")
+    table = pq.read_table(tmp_path / "out")
+    assert table.schema.field("x").type == pa.float64()
+    got = table.to_pydict()
+    assert got["x"][0] == 2.5 and got["x"][1] is None and np.isnan(got["x"][2]) and got["x"][3] is None
+    assert got["name"] == ["a", None, None, "b"]
+    assert got["extra"] == ["q", None, "z", None]
+
+
 def test_a_csv_that_is_not_utf8_text_says_so(tmp_path: Path) -> None:
     """Bytes that are no UTF-8 text, whose lines also disagree with the header (read the astropy way), fail
     naming the encoding, not "rows and header disagree"."""
