@@ -31,7 +31,8 @@ from typing import Any, TypeVar
 import yaml
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.utils.process import arg_split
 
 from jupyter_staging.engine.models import check_checksum
 from jupyter_staging.errors import StagingError
@@ -203,11 +204,17 @@ def _cell_arguments(line: str, cell: str) -> None:
 
 
 def parse_options(magic: Callable[..., Any], line: str) -> argparse.Namespace:
-    """``line`` parsed by ``magic``'s arguments (``parse_argstring``). A mistyped option gets a "did you
-    mean": ``unrecognized arguments: --to-parqet (did you mean --to-parquet?)``, one line, as a
-    :class:`UsageError`."""
+    """``line`` parsed by ``magic``'s arguments, split as a shell splits it (POSIX rules): quotes and
+    backslashes keep a path or name with spaces one argument (``'my data/cat.xml'``, ``my\\ data``) and
+    leave it without its quotes. A mistyped option gets a "did you mean": ``unrecognized arguments:
+    --to-parqet (did you mean --to-parquet?)``, one line, as a :class:`UsageError`; so does a quote left
+    open."""
     try:
-        return parse_argstring(magic, line)
+        argv = arg_split(line, posix=True)
+    except ValueError as err:  # shlex: "No closing quotation", "No escaped character"
+        raise UsageError(f"{err} in: {line}") from None
+    try:
+        return magic.parser.parse_args(argv)  # type: ignore[attr-defined,no-any-return]
     except UsageError as err:
         message = str(err)
         if "unrecognized arguments" not in message:

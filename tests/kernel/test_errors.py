@@ -69,6 +69,30 @@ def test_a_mistyped_option_gets_did_you_mean(shell):
     assert "did you mean" not in str(info.value) and "--zzzzzz" in str(info.value)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_paths_and_names_with_spaces_are_quoted_as_in_a_shell(shell, tmp_path):
+    """Quotes keep a path with spaces one argument and leave it without its quotes; so does a backslash
+    before a space, and a variable expanded inside quotes. (Quotes stayed in the path, and a backslash
+    split it.)"""
+    folder = tmp_path / "my data"
+    folder.mkdir()
+    source = folder / "kepler light curve.fits"
+    source.write_bytes(KEPLER.read_bytes())
+    shell.user_ns["src"] = str(source)
+    calls = {
+        "'my data/kepler light curve.fits' 'out dir' --name 'a b' --wait": "out dir",
+        r"my\ data/kepler\ light\ curve.fits out\ dir2 --wait": "out dir2",
+        '"$src" "out dir3" --wait': "out dir3",
+    }
+    for line, dest in calls.items():
+        shell.run_line_magic("stage", line)
+        assert (tmp_path / dest / source.name).read_bytes() == source.read_bytes(), line
+    assert [j.name for j in jupyter_staging.list_jobs() if j.name == "a b"] == ["a b"]
+    with pytest.raises(UsageError, match="^No closing quotation in: "):
+        shell.run_line_magic("stage", "'my data/kepler light curve.fits out")
+
+
 def test_partial_failure_hint_names_a_call_that_works(shell, tmp_path):
     cell = f"good: {ROSAT}\nbad: {tmp_path / 'missing.fits'}\n"
     with pytest.raises(UsageError) as info:
