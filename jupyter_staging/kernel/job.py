@@ -16,11 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import requests
-
 from jupyter_staging.errors import StagingError
 from jupyter_staging.kernel import progressbar
-from jupyter_staging.kernel.backends import FINAL_STATES, REQUEST_TIMEOUT, Backend
+from jupyter_staging.kernel.backends import FINAL_STATES, Backend
+from jupyter_staging.kernel.chunks import Chunk
 from jupyter_staging.kernel.formatting import jobs_table_html, progress_summary, tasks_summary
 from jupyter_staging.kernel.paths import chunk_paths, entry_paths, is_url
 from jupyter_staging.kernel.readback import (
@@ -403,95 +402,36 @@ class JobList(list):  # type: ignore[type-arg]
 # -- chunks as a stream --------------------------------------------------------------------------------------
 
 
-class Chunk:
-    """One ready chunk of a job: a file at :attr:`path` (:attr:`rows` rows, :attr:`size` bytes)."""
-
-    def __init__(self, job: Job, data: dict[str, Any]) -> None:
-        self.job = job
-        self._data = data
-
-    @property
-    def index(self) -> int:
-        return int(self._data["index"])
-
-    @property
-    def path(self) -> Path | str:
-        """Absolute local path of the chunk's file; for object storage, its object URI (``s3://...``)."""
-        path = str(self._data["path"])
-        destination = self.job.destination
-        if "://" in path or isinstance(destination, str):
-            return path
-        return destination / path
-
-    @property
-    def rows(self) -> int | None:
-        return self._data.get("rows")
-
-    @property
-    def size(self) -> int | None:
-        """Size of the chunk's file, bytes (the wire format's ``bytes``)."""
-        return self._data.get("bytes")
-
-    @property
-    def sha256(self) -> str | None:
-        return self._data.get("sha256")
-
-    @property
-    def state(self) -> str:
-        return str(self._data["state"])
-
-    def to_arrow(self) -> pyarrow.Table:
-        """The chunk as a ``pyarrow.Table`` (Parquet chunks only; units in the schema). Raises
-        :class:`StagingError` (code ``not_parquet``) for other files."""
-        # Deferred: pyarrow is heavy and only needed when a chunk is read as a table.
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        if not str(self.path).endswith(".parquet"):
-            raise StagingError(f"chunk {self.index} is not a Parquet part: {self.path}", code="not_parquet")
-        if isinstance(self.path, Path):
-            return pq.read_table(self.path)
-        return pq.read_table(pa.BufferReader(self.read_bytes()))
-
-    def to_pandas(self, **kwargs: Any) -> pandas.DataFrame:
-        """:meth:`to_arrow` as a ``pandas.DataFrame``."""
-        return self.to_arrow().to_pandas(**kwargs)
-
-    def read_bytes(self) -> bytes:
-        """The chunk's content: read from disk, or for object storage downloaded through its presigned
-        ``url`` (``GET .../chunks`` hands one out with each ready chunk)."""
-        if isinstance(self.path, Path):
-            return self.path.read_bytes()
-        url = self._data.get("url") or self.job.refresh_url(self.index).get("url")
-        response = requests.get(str(url), timeout=REQUEST_TIMEOUT)
-        response.raise_for_status()
-        return response.content
-
-    def ack(self) -> Chunk:
-        """Acknowledge the chunk; with ``delete_on_ack`` its file is deleted. Returns ``self``."""
-        self._data = self.job.ack(self.index)
-        return self
-
-    def __repr__(self) -> str:
-        return f"<Chunk {self.index} {self.state} rows={self.rows} bytes={self.size} {self.path}>"
+#: Chunk states whose file can be read.
+_READABLE = ("ready", "acked")
 
 
 def iter_chunks(job: Job, *, poll: float = 0.25, timeout: float | None = None) -> Iterator[Chunk]:
     """Yield each chunk of ``job`` once, in index order, as soon as it is ready — while the job runs.
 
-    Ends when the job has ended and every ready chunk was yielded. ``poll`` seconds between status reads;
-    ``timeout`` seconds at most in all. Raises :class:`JobFailed` when the job fails or is cancelled (after
-    yielding what was ready) and :class:`TimeoutError` when ``timeout`` passes.
+    Ends when the job has ended and every ready chunk was yielded. A chunk that failed (a manifest entry
+    that could not be staged: it has an ``error``) is skipped, and chunks after it still come. ``poll``
+    seconds between status reads; ``timeout`` seconds at most in all. Raises :class:`JobFailed` when the
+    job fails (a manifest job with failed entries: code ``partial``) or is cancelled, after yielding every
+    chunk that was ready, and :class:`TimeoutError` when ``timeout`` passes.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     next_index = 0
     while True:
         done = job.refresh().done  # read the state first: chunks listed after it are complete
         by_index = {c["index"]: c for c in job.chunks}
-        while next_index in by_index and by_index[next_index]["state"] in ("ready", "acked"):
-            yield Chunk(job, by_index[next_index])
+        while next_index in by_index:
+            chunk = by_index[next_index]
+            if chunk["state"] in _READABLE:
+                yield Chunk(job, chunk)
+            elif not chunk.get("error"):
+                break  # still being written: the chunks after it wait, to come in index order
             next_index += 1
         if done:
+            # A job that ended before all its chunks were written: the ones written after the gap
+            for index in sorted(i for i in by_index if i > next_index):
+                if by_index[index]["state"] in _READABLE:
+                    yield Chunk(job, by_index[index])
             if job.state in ("failed", "cancelled"):
                 raise JobFailed(job)
             return

@@ -49,3 +49,20 @@ def test_iter_chunks_raises_when_the_job_fails(local_backend, tmp_path, shared_d
         ).iter_chunks():
             pass
     assert info.value.code == "conversion_failed"
+
+
+def test_a_failed_entry_does_not_stop_the_chunks_after_it(local_backend, tmp_path, shared_data):
+    """A manifest whose first entry cannot be staged: the stream skips it, yields the entries staged after
+    it (it yielded nothing and raised), then raises ``partial``."""
+    entries = {
+        "a_missing": str(tmp_path / "nothere.fits"),
+        "kepler": str(shared_data / "kplr010666592-2009131110544_slc.fits"),
+        "tess": str(shared_data / "hlsp_tess-data-alerts_tess_phot_00025155310-s01_tess_v1_lc.fits"),
+    }
+    job = api.stage(entries, "m", show=False)
+    got = []
+    with pytest.raises(JobFailed) as info:
+        for chunk in job.iter_chunks(poll=0.05, timeout=120):
+            got.append((chunk.index, chunk.path.parent.name))
+    assert info.value.code == "partial"
+    assert got == [(1, "kepler"), (2, "tess")]
