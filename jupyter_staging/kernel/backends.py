@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 import requests
 from jupyter_core.paths import jupyter_data_dir
@@ -35,6 +35,7 @@ __all__ = [
     "LocalBackend",
     "ServerBackend",
     "error_from_response",
+    "server_base_url",
 ]
 
 API_PREFIX = "api/v1/staging"
@@ -139,6 +140,24 @@ class Backend:
 # -- a Jupyter server --------------------------------------------------------------------------------------
 
 
+def server_base_url(url: str) -> tuple[str, str | None]:
+    """The base URL of a Jupyter server from a URL a user pastes, and the token it carries (or None).
+
+    The URL Jupyter prints (``http://127.0.0.1:8888/lab?token=abc``) becomes ``http://127.0.0.1:8888/``
+    and ``"abc"``: the query and fragment are dropped (a token in them would reach messages and logs), and
+    a last ``lab`` or ``tree`` path segment without a slash after it (JupyterLab's and the classic
+    file browser's pages) is the server's page, not its base URL. Always ends with ``/``.
+    """
+    parts = urlsplit(url)
+    token = parse_qs(parts.query).get("token", [None])[0]
+    path = parts.path
+    head, _, last = path.rpartition("/")
+    if last in ("lab", "tree"):
+        path = head
+    base = urlunsplit((parts.scheme, parts.netloc, path if path.endswith("/") else path + "/", "", ""))
+    return base, token
+
+
 class ServerBackend(Backend):
     """Jobs in a Jupyter server running the ``jupyter_staging`` extension, through its REST API.
 
@@ -146,18 +165,22 @@ class ServerBackend(Backend):
     ----------
     url:
         The server's URL including its base_url, e.g. ``http://127.0.0.1:8888/`` or
-        ``https://hub.example.org/user/ada/``.
+        ``https://hub.example.org/user/ada/``; the URL Jupyter prints (``.../lab?token=...``) is taken
+        too (:func:`server_base_url`).
     token:
-        An API token of that server (sent as ``Authorization: token ...``), or None.
+        An API token of that server (sent as ``Authorization: token ...``), or None: then the URL's
+        ``token`` if it has one.
     root_dir:
         The server's root directory as this process sees it (destinations are relative to it).
 
     Errors the server answers with become :class:`StagingError` subclasses carrying the server's ``code``,
-    ``message`` and HTTP ``status``; an unreachable server is ``StagingError(code="server_unreachable")``.
+    ``message`` and HTTP ``status``; an unreachable server is ``StagingError(code="server_unreachable")``, and
+    an answer that is not JSON (an HTML page) ``StagingError(code="bad_response")``.
     """
 
     def __init__(self, url: str, token: str | None, root_dir: str | os.PathLike[str]) -> None:
-        self.url = url if url.endswith("/") else url + "/"
+        self.url, url_token = server_base_url(url)
+        token = token or url_token
         self.api = f"{self.url}{API_PREFIX}/"
         self.root_dir = Path(root_dir).expanduser().resolve()
         self._session = requests.Session()
@@ -195,7 +218,16 @@ class ServerBackend(Backend):
             raise error_from_response(response.status_code, body if isinstance(body, dict) else None)
         if response.status_code == 204 or not response.content:
             return None
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:  # a page, not the API: a URL that is not the server's base URL, or a proxy
+            kind = response.headers.get("Content-Type", "no content type").split(";")[0]
+            raise StagingError(
+                f"the Jupyter server at {self.url} answered {path} with {kind}, not JSON: is that the "
+                "server's base URL (as JUPYTERHUB_SERVICE_PREFIX or `jupyter server list` gives it)?",
+                code="bad_response",
+                status=502,
+            ) from None
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", "jobs", json=body)  # type: ignore[no-any-return]

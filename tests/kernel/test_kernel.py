@@ -28,12 +28,19 @@ from jupyter_staging.errors import (
     error_classes,
 )
 from jupyter_staging.kernel import api
-from jupyter_staging.kernel.backends import Backend, LocalBackend, ServerBackend, error_from_response
+from jupyter_staging.kernel.backends import (
+    Backend,
+    LocalBackend,
+    ServerBackend,
+    error_from_response,
+    server_base_url,
+)
 from jupyter_staging.kernel.discovery import ENV_ROOT, ENV_TOKEN, ENV_URL
 from jupyter_staging.kernel.job import Job
 from jupyter_staging.kernel.paths import to_root_relative
 from tests.helpers.data import KEPLER, SPITZER
 from tests.helpers.net import free_port
+from tests.helpers.servers import RangeHTTPServer
 from tests.helpers.space import read_only_folder
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -391,6 +398,49 @@ def test_server_backend_maps_api_errors_to_staging_errors(jupyter_server):
     wrong = ServerBackend(jupyter_server.url, "not-the-token", jupyter_server.root)
     assert not wrong.probe()
     wrong.close()
+
+
+@pytest.mark.parametrize(
+    ("pasted", "base", "token"),
+    [
+        ("http://127.0.0.1:8888/lab?token=abc", "http://127.0.0.1:8888/", "abc"),
+        ("http://127.0.0.1:8888/tree?token=abc#x", "http://127.0.0.1:8888/", "abc"),
+        ("https://hub.example.org/user/ada/lab", "https://hub.example.org/user/ada/", None),
+        ("https://hub.example.org/user/ada", "https://hub.example.org/user/ada/", None),
+        ("https://hub.example.org/user/lab/", "https://hub.example.org/user/lab/", None),
+        ("http://127.0.0.1:8888", "http://127.0.0.1:8888/", None),
+    ],
+)
+def test_server_base_url_of_what_a_user_pastes(pasted: str, base: str, token: str | None) -> None:
+    assert server_base_url(pasted) == (base, token)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_url_jupyter_prints_is_taken_and_its_token_never_shown(jupyter_server, tmp_path):
+    """``use_server("http://127.0.0.1:8888/lab?token=...")``: the token is taken from the URL, and neither
+    the backend's repr nor an error quotes it. (The API path was appended after the query: every call got
+    the lab's HTML page and a JSONDecodeError traceback, and errors quoted the token.)"""
+    printed = f"{jupyter_server.url}lab?token={jupyter_server.token}"
+    backend = ServerBackend(printed, None, jupyter_server.root)
+    try:
+        assert backend.probe() and backend.list_jobs() == []
+        assert jupyter_server.token not in repr(backend)
+    finally:
+        backend.close()
+    gone = ServerBackend(f"http://127.0.0.1:{free_port()}/lab?token=secret123", None, tmp_path)
+    with pytest.raises(StagingError) as info:
+        gone.list_jobs()
+    assert info.value.code == "server_unreachable" and "secret123" not in info.value.message
+    # A server that answers a page, not JSON: one line with a stable code, no JSONDecodeError.
+    page = tmp_path / "site" / API / "jobs"
+    page.parent.mkdir(parents=True)
+    page.write_text("<html><body>Sign in</body></html>")
+    with RangeHTTPServer(tmp_path / "site") as site:
+        proxy = ServerBackend(site.url(""), "t", tmp_path)
+        with pytest.raises(StagingError) as info:
+            proxy.list_jobs()
+    assert info.value.code == "bad_response" and "not JSON" in info.value.message
 
 
 def test_every_error_code_from_the_wire_is_its_own_class():
