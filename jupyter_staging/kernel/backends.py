@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import ssl
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 import requests
+import requests.adapters
 from jupyter_core.paths import jupyter_data_dir
 from pydantic import ValidationError
 
@@ -140,6 +142,23 @@ class Backend:
 # -- a Jupyter server --------------------------------------------------------------------------------------
 
 
+class _PinnedCertificate(requests.adapters.HTTPAdapter):
+    """TLS to a server that must present the certificate of ``cafile`` (or one it signed): the server's
+    own certificate file, read by OpenSSL as trust anchors (``VERIFY_X509_PARTIAL_CHAIN``: a leaf is
+    one), without a host-name check. Raises ``OSError`` / ``ssl.SSLError`` when the file is unreadable."""
+
+    def __init__(self, cafile: str) -> None:
+        self._context = ssl.create_default_context(cafile=cafile)
+        self._context.check_hostname = False
+        self._context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._context
+        kwargs["assert_hostname"] = False  # urllib3 checks the name itself unless told not to
+        super().init_poolmanager(*args, **kwargs)
+
+
 def server_base_url(url: str) -> tuple[str, str | None]:
     """The base URL of a Jupyter server from a URL a user pastes, and the token it carries (or None).
 
@@ -172,18 +191,32 @@ class ServerBackend(Backend):
         ``token`` if it has one.
     root_dir:
         The server's root directory as this process sees it (destinations are relative to it).
+    server_cert:
+        For an ``https`` URL, the PEM file of the server's own certificate (its ``ServerApp.certfile``),
+        trusted as the only certificate of that URL whatever names it holds (a self-signed certificate,
+        or one naming the host when the URL is ``127.0.0.1``); None: the system's CAs and a host-name
+        check, as requests does.
 
     Errors the server answers with become :class:`StagingError` subclasses carrying the server's ``code``,
     ``message`` and HTTP ``status``; an unreachable server is ``StagingError(code="server_unreachable")``, and
     an answer that is not JSON (an HTML page) ``StagingError(code="bad_response")``.
     """
 
-    def __init__(self, url: str, token: str | None, root_dir: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        root_dir: str | os.PathLike[str],
+        *,
+        server_cert: str | None = None,
+    ) -> None:
         self.url, url_token = server_base_url(url)
         token = token or url_token
         self.api = f"{self.url}{API_PREFIX}/"
         self.root_dir = Path(root_dir).expanduser().resolve()
         self._session = requests.Session()
+        if server_cert and self.url.startswith("https:"):
+            self._session.mount(self.url, _PinnedCertificate(server_cert))
         self._session.headers["Accept"] = "application/json"
         if token:
             self._session.headers["Authorization"] = f"token {token}"

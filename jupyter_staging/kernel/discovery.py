@@ -4,7 +4,8 @@
 with 200 within :data:`~jupyter_staging.kernel.backends.PROBE_TIMEOUT` seconds:
 
 1. ``JUPYTER_STAGING_SERVER_URL`` with ``JUPYTER_STAGING_SERVER_TOKEN`` (else ``JUPYTERHUB_API_TOKEN``)
-   and ``JUPYTER_STAGING_ROOT_DIR`` — what the server extension exports to the kernels it starts;
+   and ``JUPYTER_STAGING_ROOT_DIR`` — what the server extension exports to the kernels it starts (with
+   ``JUPYTER_STAGING_SERVER_CERT``, its own certificate, when it serves https);
 2. the JupyterHub single-user server (``JUPYTERHUB_SERVICE_URL``, or ``JUPYTERHUB_SERVICE_PREFIX``
    matched against the running servers) with ``JUPYTERHUB_API_TOKEN``;
 3. the running Jupyter server whose process is this process's parent;
@@ -16,27 +17,46 @@ The environment is read when :func:`discover` is called, never at import.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from jupyter_staging.kernel.backends import Backend, LocalBackend, ServerBackend
+from jupyter_staging.kernel.backends import Backend, LocalBackend, ServerBackend, server_base_url
 
-__all__ = ["ENV_ROOT", "ENV_TOKEN", "ENV_URL", "candidates", "discover", "running_servers"]
+__all__ = ["ENV_CERT", "ENV_ROOT", "ENV_TOKEN", "ENV_URL", "candidates", "discover", "running_servers"]
 
 #: Environment variables the server extension exports to the kernels it starts (``server/app.py``).
 ENV_URL = "JUPYTER_STAGING_SERVER_URL"
 ENV_TOKEN = "JUPYTER_STAGING_SERVER_TOKEN"  # noqa: S105 - a variable name, not a secret
 ENV_ROOT = "JUPYTER_STAGING_ROOT_DIR"
+#: The PEM file of the server's own certificate, when it serves https (its ``ServerApp.certfile``).
+ENV_CERT = "JUPYTER_STAGING_SERVER_CERT"
 
 
 def discover() -> Backend:
     """The backend of the first candidate server that answers (see the module docstring), else a new
-    :class:`LocalBackend` on the current working directory. Never raises for an unreachable server."""
+    :class:`LocalBackend` on the current working directory. Never raises for an unreachable server; when
+    there were candidates and none answered, says so once (a ``RuntimeWarning``: jobs then run in this
+    process and stop with it, and the server's panel does not show them)."""
+    tried = []
     for url, token, root in candidates():
-        backend = ServerBackend(url, token, root)
+        server_cert = os.environ.get(ENV_CERT) if url == os.environ.get(ENV_URL) else None
+        try:
+            backend = ServerBackend(url, token, root, server_cert=server_cert)
+        except OSError:  # the server's certificate file cannot be read
+            tried.append(server_base_url(url)[0])
+            continue
         if backend.probe():
             return backend
+        tried.append(backend.url)
         backend.close()
+    if tried:
+        warnings.warn(
+            f"no Jupyter server answered at {', '.join(tried)}: staging jobs run in this process (they stop "
+            "with it, and the server's Staging panel does not list them); use_server(url, token) names one",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return LocalBackend()
 
 

