@@ -4,7 +4,8 @@ once at the same address, a task's worker killed. The scheduler and workers are 
 the engine runs in this process (a real :class:`StagingManager`, SQLite in ``tmp_path``).
 
 Nobody cancels these jobs: each ends ``failed`` with a stable code (``cluster_unavailable``,
-``worker_killed``), never ``cancelled`` nor ``internal_error``.
+``worker_killed``), never ``cancelled`` nor ``internal_error``, and a server whose cluster came back runs
+new jobs without a restart.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dask
 import pytest
 from distributed import Client
 
@@ -77,6 +79,43 @@ def running(manager: StagingManager, job_id: str) -> Any:
 
 def log_text(manager: StagingManager, job_id: str) -> str:
     return "\n".join(line["message"] for line in manager.job_log(job_id))
+
+
+def test_a_scheduler_lost_for_good_fails_the_job_and_a_new_one_runs_once_it_is_back(tmp_path, www, processes):
+    # The client gives up reconnecting after 3 s, not 30 (distributed.comm.timeouts.connect).
+    with dask.config.set({"distributed.comm.timeouts.connect": "3s"}):
+        processes.start_scheduler()
+        processes.start_workers(1)
+        manager = make_manager(tmp_path / "root", processes.address)
+        try:
+            executor = manager.executor
+            assert isinstance(executor, DaskExecutor)
+            manifest = {f"big-{i}": www.url(f"big-{i}.fits") for i in range(2)}
+            job, _ = manager.create(CreateJob(manifest=manifest, destination="lcs"))
+            wait_until(lambda: running(manager, job.id), timeout=30, what="tasks to run")
+            first = executor.client()
+            processes.close()
+
+            failed = ended(manager, job.id, timeout=40)
+            assert failed.state == JobState.failed
+            assert failed.error is not None and failed.error.code == "cluster_unavailable", failed.error
+            assert processes.address not in failed.error.message
+            wait_until(lambda: first.status == "closed", timeout=30, what="the client to give up")
+
+            processes.start_scheduler()  # the cluster back at the same address
+            processes.start_workers(1)
+            for attempt in range(2):
+                again, _ = manager.create(
+                    CreateJob(source=www.url("small.fits"), destination=f"again{attempt}")
+                )
+                done = ended(manager, again.id, timeout=30)
+                assert done.state == JobState.succeeded, done.error
+                assert sha256(tmp_path / "root" / f"again{attempt}" / "small.fits") == sha256(
+                    www.root / "small.fits"
+                )
+            assert executor.client() is not first
+        finally:
+            manager.stop(wait=True)
 
 
 def test_a_scheduler_restarted_mid_job_fails_it_cluster_unavailable_not_cancelled(tmp_path, www, processes):
