@@ -117,10 +117,21 @@ class DestinationUnavailable(StagingError):
 
 class ClusterUnavailable(StagingError):
     """The Dask cluster could not be reached or made (``DaskExecutor``): a wrong address, refused
-    credentials, a gateway that could not start the cluster (HTTP 503)."""
+    credentials, a gateway that could not start the cluster; or it was lost while the job ran (its
+    scheduler stopped, or restarted: Dask cancels every task it had). Submit the job again once the
+    cluster is back (HTTP 503)."""
 
     code = "cluster_unavailable"
     status = 503
+
+
+class WorkerKilled(StagingError):
+    """A task of the job ran on Dask workers that all died while running it (``distributed.KilledWorker``,
+    once ``distributed.scheduler.allowed-failures`` is spent): most often a worker out of memory. Nothing of
+    that task was published (HTTP 502)."""
+
+    code = "worker_killed"
+    status = 502
 
 
 class SourceNotFound(StagingError):

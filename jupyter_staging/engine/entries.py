@@ -2,7 +2,9 @@
 
 Entries are listed and staged in parallel, at most :data:`MANIFEST_CONCURRENCY` at a time. An entry that
 fails is recorded (its chunks keep ``pending`` with an ``error``) and the others go on; the job then ends
-``failed`` with code ``partial`` after writing a manifest of what was staged.
+``failed`` with code ``partial`` after writing a manifest of what was staged. A Dask cluster lost under the
+job (:class:`~jupyter_staging.errors.ClusterUnavailable`) is no entry's failure: it fails the job, with that
+code and no manifest, as a pause or cancel stops it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from jupyter_staging.engine.expansion import ExpandingStager
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.store import JobRecord
-from jupyter_staging.errors import JobInterrupted, PartiallyStaged, StagingError, as_staging_error
+from jupyter_staging.errors import (
+    ClusterUnavailable,
+    JobInterrupted,
+    PartiallyStaged,
+    StagingError,
+    as_staging_error,
+)
 from jupyter_staging.safety.paths import check_output_name
 from jupyter_staging.safety.redact import redact_text
 from jupyter_staging.sources.base import SourceItem
@@ -188,7 +196,7 @@ class ManifestStager(ExpandingStager):
                 else:
                     self._convert(source, rec, method, item, entry=name)
                 self.host.report_progress(self.job_id)  # at most every progress interval
-        except JobInterrupted:
+        except (JobInterrupted, ClusterUnavailable):  # the whole job's: not this entry's failure
             raise
         except Exception as exc:
             error = error_of(exc)

@@ -66,6 +66,8 @@ class LocalExecutor(Executor):
 
 #: Bytes above which a local file is copied in ranges, one task each (``StagingApp.dask_range_bytes``).
 DEFAULT_RANGE_BYTES = 256 * 1024**2
+#: Statuses of a ``distributed.Client`` that will not connect again.
+CLOSED = ("closing", "closed")
 
 
 class DaskExecutor(LocalExecutor):
@@ -120,12 +122,20 @@ class DaskExecutor(LocalExecutor):
             log.warning("staging: could not reach the Dask cluster yet: %s", type(exc).__name__)
 
     def client(self) -> Any:
-        """The ``distributed.Client`` of the cluster, connected (or the cluster made) on first use.
+        """The ``distributed.Client`` of the cluster, connected (or the cluster made) on first use, and
+        again when the last one gave up: a client that lost its scheduler for longer than its connect
+        timeout (``distributed.comm.timeouts.connect``, 30 s by default) closes itself, and is replaced
+        (with the cluster this executor made, closed first) by the next job that needs it.
 
         Raises :class:`~jupyter_staging.errors.ClusterUnavailable` when it cannot be reached or made (the
         message names the error's type, never the address: it may hold credentials); :class:`ImportError`
         without ``distributed`` (or ``dask-gateway`` for a gateway)."""
         with self._connect_lock:
+            if self._client is not None and self._client.status in CLOSED:
+                log.warning("staging: the Dask client lost its scheduler and closed; connecting again")
+                stale = (self._client, self._cluster)
+                self._client = self._cluster = None
+                _close_quietly(*stale)
             if self._client is None:
                 try:
                     self._client, self._cluster = self._connect()
@@ -188,6 +198,18 @@ class DaskExecutor(LocalExecutor):
             client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _close_quietly(*parts: Any) -> None:
+    """Close each of ``parts`` (a client, a cluster or None) that is broken already: its errors are
+    logged, not raised."""
+    for part in parts:
+        if part is None:
+            continue
+        try:
+            part.close()
+        except Exception as exc:  # a cluster whose scheduler is gone may fail to close
+            log.warning("staging: closing a lost Dask %s failed: %s", type(part).__name__, type(exc).__name__)
 
 
 def run_bounded(

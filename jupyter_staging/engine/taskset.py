@@ -13,14 +13,22 @@ results back in the order they finish, so the runner records chunks as on its ow
 - stops its other tasks the same way when one fails, then raises that task's error (other batches of the
   job, such as other manifest entries, go on).
 
-A task whose worker dies is run again by the scheduler (``distributed.scheduler.allowed-failures``); one
-that raises is run again :data:`TASK_RETRIES` times, unless its error is one of :data:`FINAL_ERRORS`, which
-running it again would only repeat: that task fails the batch at once.
+A task whose worker dies is run again by the scheduler (``distributed.scheduler.allowed-failures``; once
+they are spent, the batch fails with :class:`~jupyter_staging.errors.WorkerKilled`); one that raises is run
+again :data:`TASK_RETRIES` times, unless its error is one of :data:`FINAL_ERRORS`, which running it again
+would only repeat: that task fails the batch at once.
+
+A cluster lost under the job (its scheduler stopped, or restarted: Dask then cancels every task of the
+client) fails the run with :class:`~jupyter_staging.errors.ClusterUnavailable`, never as a cancel: only
+the job's own control says whether someone paused or cancelled it. From then on, every call of the run to
+the scheduler raises it at once (:meth:`JobTasks.scheduler_call`), and stopping and closing skip the
+scheduler.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -33,7 +41,13 @@ from typing import Any
 from jupyter_staging import errors
 from jupyter_staging.engine.progress import LiveProgress
 from jupyter_staging.engine.tasks import RUN, TaskContext
-from jupyter_staging.errors import JobInterrupted, StagingError, as_staging_error
+from jupyter_staging.errors import (
+    ClusterUnavailable,
+    JobInterrupted,
+    StagingError,
+    WorkerKilled,
+    as_staging_error,
+)
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.dirfd import WRITER
 
@@ -53,6 +67,13 @@ STOP_SECONDS = 60.0
 LOG_LEVELS = ("info", "warning", "error")
 #: Log lines from tasks kept until the runner's thread adds them; later ones are dropped.
 MAX_LOGS_KEPT = 1000
+#: Errors of a call to the scheduler meaning it cannot be reached: a connection refused, closed
+#: (``CommClosedError``) or timed out (``OSError``), a client whose connections were closed as it gave up
+#: reconnecting (``RuntimeError: ConnectionPool is closed``). Any error of a client that is no longer
+#: running counts too (``ClosedClientError``, ``AttributeError`` of its scheduler gone).
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (OSError, RuntimeError)
+#: The ``reason`` of the cancel Dask gives the futures of a client that lost its scheduler.
+CONNECTION_LOST = "scheduler-connection-lost"
 
 
 #: Errors of a task that running it again would only repeat: the bytes do not match the digest the source
@@ -127,12 +148,41 @@ class JobTasks:
         self._logs: list[tuple[str, str]] = []
         #: Task key -> (its try that reported last, bytes and rows that try reported).
         self._tries: dict[str, tuple[str, int, int]] = {}
+        #: Why the cluster is lost to this run (the message of its ClusterUnavailable), or None.
+        self.lost: str | None = None
         # Deferred: distributed is the optional dask extra; this module runs only with it.
         from distributed import Variable
 
-        self._run = Variable(ctx.run_key, client=client)
-        self._run.set(ctx.attempt)
-        client.subscribe_topic(ctx.topic, self._on_event)
+        with self.scheduler_call():
+            self._run = Variable(ctx.run_key, client=client)
+            self._run.set(ctx.attempt)
+            client.subscribe_topic(ctx.topic, self._on_event)
+
+    @contextlib.contextmanager
+    def scheduler_call(self) -> Iterator[None]:
+        """Around the run's calls to the Dask scheduler (and its client). Raises
+        :class:`ClusterUnavailable` at once, calling nothing, when the cluster was lost to this run
+        already; and when a call fails for want of the cluster (:data:`CONNECTION_ERRORS`, or any error of
+        a client that is closing or closed), which is remembered (:meth:`cluster_lost`)."""
+        if self.lost is not None:
+            raise ClusterUnavailable(self.lost)
+        try:
+            yield
+        except Exception as exc:
+            if not isinstance(exc, CONNECTION_ERRORS) and self.client.status == "running":
+                raise
+            raise self.cluster_lost(f"it cannot be reached: {type(exc).__name__}") from exc
+
+    def cluster_lost(self, why: str) -> ClusterUnavailable:
+        """Record that the cluster is lost to this run (``why``, for the job's error: no address, it may
+        hold credentials); returns the :class:`ClusterUnavailable` to raise."""
+        with self._lock:
+            if self.lost is None:
+                self.lost = (
+                    f"the connection to the Dask scheduler was lost while the job ran ({why}); run the job "
+                    "again once the cluster is back"
+                )
+            return ClusterUnavailable(self.lost)
 
     def batch(self) -> TaskBatch:
         """A new :class:`TaskBatch` of this job (a context manager)."""
@@ -145,8 +195,12 @@ class JobTasks:
         A run that was interrupted (paused, cancelled, the server stopping) passes False: a job paused and
         resumed at once may have a newer run that set the variable between this run's look and its
         deletion, whose tasks would then wait for it in vain (and fail after 30 s). The variable is
-        deleted by the run that ends the job."""
-        self.client.unsubscribe_topic(self.ctx.topic)
+        deleted by the run that ends the job.
+
+        A cluster that cannot be reached is not an error here (its variables are gone with it, or stay
+        unused); the scheduler is not called at all once the cluster was lost to this run."""
+        with contextlib.suppress(ClusterUnavailable), self.scheduler_call():  # no events are coming then
+            self.client.unsubscribe_topic(self.ctx.topic)
         try:
             self.flush_logs()  # sent by a task before the run ended (one that failed it, too)
         except Exception:  # the job's log is not written (its database gone): the run's own error counts
@@ -155,18 +209,25 @@ class JobTasks:
                 self.ctx.job_id,
                 exc_info=True,
             )
-        if not forget_run:
-            with self.live.lock:
-                self.live.tasks = None
-            return
-        try:
-            current = self._run.get(timeout=5)
-        except (TimeoutError, asyncio.TimeoutError):  # gone already
-            current = None
-        if current == self.ctx.attempt:
-            self._run.delete()
         with self.live.lock:
             self.live.tasks = None
+        if forget_run and self.lost is None:
+            try:
+                self._forget_run()
+            except ClusterUnavailable:
+                log.warning(
+                    "job %s: the Dask scheduler left before the run's variable was deleted", self.ctx.job_id
+                )
+
+    def _forget_run(self) -> None:
+        """Delete the run variable while it names this run (:meth:`close`)."""
+        with self.scheduler_call():
+            try:
+                current = self._run.get(timeout=5)
+            except (TimeoutError, asyncio.TimeoutError):  # gone already
+                current = None
+            if current == self.ctx.attempt:
+                self._run.delete()
 
     def track(self, key: str, *, done: bool = False) -> None:
         """Count task ``key`` as submitted, or (``done``) as ended."""
@@ -184,11 +245,14 @@ class JobTasks:
             self._pending.difference_update(keys)
 
     def running_keys(self) -> set[str]:
-        """Keys of the tasks the scheduler has handed to workers (one scheduler request)."""
-        return {key for keys in self.client.processing().values() for key in keys}
+        """Keys of the tasks the scheduler has handed to workers (one scheduler request). Raises
+        :class:`ClusterUnavailable` (:meth:`scheduler_call`)."""
+        with self.scheduler_call():
+            return {key for keys in self.client.processing().values() for key in keys}
 
     def count(self, *, force: bool = False) -> None:
-        """Update the live task counts (one scheduler request, at most every :data:`COUNT_SECONDS`)."""
+        """Update the live task counts (one scheduler request, at most every :data:`COUNT_SECONDS`).
+        Raises :class:`ClusterUnavailable` (:meth:`scheduler_call`)."""
         now = time.monotonic()
         with self._lock:
             if not force and now - self._counted < COUNT_SECONDS:
@@ -197,7 +261,9 @@ class JobTasks:
             ours, done = set(self._pending), self._done
         workers: dict[str, int] = {}
         if ours:
-            for worker, keys in self.client.processing().items():
+            with self.scheduler_call():
+                processing = self.client.processing()
+            for worker, keys in processing.items():
                 running = sum(1 for key in keys if key in ours)
                 if running:
                     workers[str(worker)] = running
@@ -253,7 +319,8 @@ class JobTasks:
 
 class TaskBatch:
     """Tasks of ``job`` that one thread of the runner waits for together; a context manager whose exit
-    stops what still runs and deletes the batch's control variable."""
+    stops what still runs and deletes the batch's control variable (neither when the cluster is lost).
+    Raises :class:`ClusterUnavailable` when the scheduler cannot be reached."""
 
     def __init__(self, job: JobTasks, ctx: TaskContext) -> None:
         # Deferred: distributed is the optional dask extra; this module runs only with it.
@@ -261,8 +328,9 @@ class TaskBatch:
 
         self.job = job
         self.ctx = ctx
-        self._variable = Variable(ctx.control_key, client=job.client)
-        self._variable.set(RUN)
+        with job.scheduler_call():
+            self._variable = Variable(ctx.control_key, client=job.client)
+            self._variable.set(RUN)
         self._pending: dict[Any, Any] = {}  # future -> tag
 
     def __enter__(self) -> TaskBatch:
@@ -273,7 +341,9 @@ class TaskBatch:
             if self._pending:
                 self._stop("cancelled")
         finally:
-            self._variable.delete()
+            # Gone with its scheduler, if lost: the batch's own outcome (or error) stands.
+            with contextlib.suppress(ClusterUnavailable), self.job.scheduler_call():
+                self._variable.delete()
 
     def submit(
         self,
@@ -288,7 +358,10 @@ class TaskBatch:
         result comes back from :meth:`results` with ``tag``. ``counted``: part of the job's work, shown in
         its task counts (False for the checks before it: the probe, a look at the source)."""
         key = f"staging-{fn.__name__}-{self.ctx.job_id[:8]}-{uuid.uuid4().hex[:12]}"
-        future = self.job.client.submit(on_worker, fn, *args, key=key, pure=False, retries=retries, **kwargs)
+        with self.job.scheduler_call():
+            future = self.job.client.submit(
+                on_worker, fn, *args, key=key, pure=False, retries=retries, **kwargs
+            )
         self._pending[future] = tag
         if counted:
             self.job.track(key)
@@ -296,7 +369,9 @@ class TaskBatch:
     def results(self) -> Iterator[tuple[Any, Any]]:
         """``(tag, result)`` of each task as it finishes (tasks submitted meanwhile included), until none
         is left. Raises :class:`JobInterrupted` when the job is paused or cancelled, or the first task's
-        error; either way, every other task of the batch has ended first."""
+        error (:class:`ClusterUnavailable` when the cluster was lost, :class:`WorkerKilled` when every
+        worker that ran a task died); either way, every other task of the batch has ended first (or was
+        lost with the cluster)."""
         control = self.job.control
         while self._pending:
             if control.interrupted:
@@ -318,12 +393,15 @@ class TaskBatch:
         other tasks and raise it."""
         error: object
         if future.status == "finished":
-            result = future.result()
+            with self.job.scheduler_call():  # the result is fetched from the worker that holds it
+                result = future.result()
             if not isinstance(result, TaskFailed):
                 return result
             error = result.error
+        elif future.status == "error":
+            error = _worker_killed(future.exception())
         else:
-            error = future.exception() if future.status == "error" else JobInterrupted("cancelled")
+            error = self._not_finished(future)
         self._stop("failed")
         control = self.job.control
         if isinstance(error, JobInterrupted) and control.interrupted:
@@ -332,18 +410,56 @@ class TaskBatch:
             raise error
         raise StagingError(f"a task ended {future.status}")
 
+    def _not_finished(self, future: Any) -> BaseException:
+        """Why a task of the batch ended neither finished nor failed: cancelled by Dask, since the batch
+        cancels its own only once it stopped waiting for them. :class:`JobInterrupted` when the job's
+        control was interrupted (a pause or cancel relayed), else :class:`ClusterUnavailable`: the client
+        lost its scheduler (Dask cancels every future of the client), or the cluster cancelled the task."""
+        control = self.job.control
+        if control.interrupted:
+            return JobInterrupted(control.reason or "cancelled")
+        # The cancel's reason, read where Dask keeps it (``FutureCancelledError.reason``): ``result()``
+        # would wait on the client's event loop, stopped once a client gives up reconnecting.
+        cancel = getattr(getattr(future, "_state", None), "exception", None)
+        reason = getattr(cancel, "reason", None)
+        if reason == CONNECTION_LOST:
+            return self.job.cluster_lost("Dask cancelled its tasks")
+        return self.job.cluster_lost(
+            f"the cluster ended a task {future.status}, reason: {reason or 'unknown'}"
+        )
+
     def _stop(self, reason: str) -> None:
         """Tell running tasks to stop (they raise at their next check), cancel queued ones, wait for the
-        running ones to end (at most :data:`STOP_SECONDS`)."""
-        self._variable.set(reason)
+        running ones to end (at most :data:`STOP_SECONDS`). When the cluster is lost, only forget them:
+        they ended with it (a scheduler started again knows none of them)."""
         futures = list(self._pending)
         self._pending.clear()
-        running = self.job.running_keys()
-        queued = [f for f in futures if f.key not in running and not f.done()]
-        if queued:
-            self.job.client.cancel(queued)
+        try:
+            with self.job.scheduler_call():
+                self._variable.set(reason)
+                running = self.job.running_keys()
+                queued = [f for f in futures if f.key not in running and not f.done()]
+                if queued:
+                    self.job.client.cancel(queued)
+        except ClusterUnavailable:
+            running = set()
         _wait([f for f in futures if f.key in running], STOP_SECONDS, every=True)
         self.job.forget([f.key for f in futures])
+
+
+def _worker_killed(error: BaseException | None) -> BaseException | None:
+    """A failed task's ``error``, or the :class:`WorkerKilled` standing for a ``distributed.KilledWorker``
+    (every worker that ran the task died while running it)."""
+    from distributed import KilledWorker  # deferred: as above
+
+    if not isinstance(error, KilledWorker):
+        return error
+    killed = WorkerKilled(
+        f"a Dask task of the job was run on {error.allowed_failures + 1} worker(s) that all died while "
+        "running it (most often out of memory: see the workers' logs); nothing of that task was published"
+    )
+    killed.__cause__ = error
+    return killed
 
 
 def _wait(futures: list[Any], seconds: float, *, every: bool) -> None:
