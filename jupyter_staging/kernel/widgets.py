@@ -5,9 +5,10 @@ tasks run on a distributed executor (tasks per worker), state, the error when it
 requested conversion did not apply — and, while the job can still change, Pause / Resume / Cancel buttons that
 call the staging API. A finished job shows its outcome instead: one line with the chunks, bytes and rows
 staged and a link to the folder they are in. A :class:`JobsTable` shows every job the same way. Both follow
-their jobs from a daemon thread that polls the job's status, so the kernel stays free: the user keeps running
-cells while jobs move. Widget state moves only through synced traits (``value``, ``description``...), set from
-that thread.
+their jobs from a daemon thread that polls the job's status (:mod:`~jupyter_staging.kernel.follower`), so
+the kernel stays free: the user keeps running cells while jobs move. The thread stops once the jobs shown
+have ended or the widget is closed; while the server cannot be reached the widget says so and polls less
+often. Widget state moves only through synced traits (``value``, ``description``...), set from that thread.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import html
 import os
 import threading
+import time
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,9 @@ from typing import Any
 import ipywidgets as w
 from IPython.display import display
 
+from jupyter_staging.errors import StagingError
 from jupyter_staging.kernel.backends import FINAL_STATES
+from jupyter_staging.kernel.follower import Follower
 from jupyter_staging.kernel.formatting import (
     format_bytes,
     progress_summary,
@@ -31,21 +36,28 @@ from jupyter_staging.kernel.formatting import (
     tasks_summary,
 )
 from jupyter_staging.kernel.job import Job
+from jupyter_staging.safety.redact import redact_text
 
 __all__ = [
+    "MAX_POLL_INTERVAL",
     "POLL_INTERVAL",
     "JobWidget",
     "JobsTable",
     "chunk_grid_html",
     "display_job",
+    "error_text",
     "job_notices",
     "outcome_html",
     "progress_text",
     "tasks_html",
+    "trouble_html",
 ]
 
 #: Seconds between two status polls of a job shown in a widget.
 POLL_INTERVAL = 0.5
+#: Seconds between two tries at most while a widget cannot refresh (the wait doubles from
+#: :data:`POLL_INTERVAL` at each failure).
+MAX_POLL_INTERVAL = 15.0
 
 _STATE_COLOURS = {
     "queued": "#9e9e9e",
@@ -155,39 +167,70 @@ def outcome_html(data: dict[str, Any], destination: Path | str) -> str:
     return ""
 
 
-class _Follower:
-    """Polls ``refresh`` every :data:`POLL_INTERVAL` seconds on a daemon thread until ``done()``."""
+def error_text(exc: Exception) -> str:
+    """What a widget says about ``exc``, on one line and without a traceback: a :class:`StagingError`'s
+    message (the server's), another exception's class and message; URLs and credentials in it redacted
+    (:func:`~jupyter_staging.safety.redact.redact_text`)."""
+    text = exc.message if isinstance(exc, StagingError) else f"{type(exc).__name__}: {exc}"
+    return redact_text(text)
 
-    def __init__(self, refresh: Callable[[], None], done: Callable[[], bool]) -> None:
-        self._refresh = refresh
-        self._done = done
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="staging-widget", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
+def trouble_html(exc: Exception, since: float, wait: float) -> str:
+    """The line a live widget shows while it cannot refresh: ``⚠ cannot reach the server since 14:03:07;
+    retrying (next try in 8 s)``. ``since``: when the failures began (``time.time()``, seconds);
+    ``wait``: seconds until the next try. Another error than an unreachable server is named by its
+    code and :func:`error_text`."""
+    when = time.strftime("%H:%M:%S", time.localtime(since))
+    if getattr(exc, "code", None) == "server_unreachable":
+        what = f"cannot reach the server since {when}"
+    else:
+        code = getattr(exc, "code", type(exc).__name__)
+        what = f"cannot refresh since {when} [{code}]: {error_text(exc)}"
+    return f'<span style="color:#e65100">⚠ {html.escape(what)}; retrying (next try in {wait:.3g} s)</span>'
 
-    def stop(self) -> None:
-        self._stop.set()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._refresh()
-            except Exception:  # noqa: S110 - a transient API error must not kill the display
-                pass
-            if self._done():
-                return
-            self._stop.wait(POLL_INTERVAL)
+def _close_tree(widgets: Sequence[w.Widget]) -> None:
+    """Close ``widgets`` and, for a box, what it holds."""
+    for widget in widgets:
+        if isinstance(widget, w.Box):
+            _close_tree(widget.children)
+        widget.close()
+
+
+def _close_with_comm(widget: w.Widget) -> None:
+    """Close ``widget`` (and so stop its follower) when the frontend closes its comm. The callback holds
+    the widget by weak reference."""
+    ref = weakref.ref(widget)
+
+    def closed(_msg: Any) -> None:
+        alive = ref()
+        if alive is not None:
+            alive.close()
+
+    if widget.comm is not None:
+        widget.comm.on_close(closed)
+
+
+def _follower(owner: JobWidget | JobsTable) -> Follower:
+    return Follower(owner._poll, owner._poll_failed, interval=POLL_INTERVAL, max_interval=MAX_POLL_INTERVAL)
 
 
 class JobWidget(w.VBox):
     """Live view of one job: state, progress bar, figures, where its tasks run (distributed executors),
-    chunk grid, error and control buttons."""
+    chunk grid, error and control buttons.
+
+    With ``follow`` (and a job that has not ended) a daemon thread re-reads the job every
+    :data:`POLL_INTERVAL` seconds until it ends or the widget is closed (:meth:`close`, or its comm
+    closed by the frontend); the chunks are read again only when the job's ``chunks_done`` or state
+    changed. While the server cannot be reached, :attr:`status` says so and the tries slow down to one
+    every :data:`MAX_POLL_INTERVAL` seconds. A button's action the server refuses stays in
+    :attr:`action_error` until the next action.
+    """
 
     def __init__(self, job: Job, *, follow: bool = True) -> None:
         self.job = job
         self.title = w.HTML()
+        self.status = w.HTML()
         self.bar = w.FloatProgress(value=0.0, min=0.0, max=1.0, layout=w.Layout(width="100%"))
         self.figures = w.HTML()
         self.tasks = w.HTML()
@@ -195,6 +238,7 @@ class JobWidget(w.VBox):
         self.error = w.HTML()
         self.notice = w.HTML()
         self.outcome = w.HTML()
+        self.action_error = w.HTML()
         self.pause_button = w.Button(description="Pause", icon="pause", layout=w.Layout(width="auto"))
         self.resume_button = w.Button(description="Resume", icon="play", layout=w.Layout(width="auto"))
         self.cancel_button = w.Button(
@@ -207,6 +251,7 @@ class JobWidget(w.VBox):
         super().__init__(
             [
                 self.title,
+                self.status,
                 self.bar,
                 self.figures,
                 self.tasks,
@@ -215,50 +260,77 @@ class JobWidget(w.VBox):
                 self.notice,
                 self.outcome,
                 self.buttons,
+                self.action_error,
             ]
         )
         self._lock = threading.Lock()
+        self._chunks_read: tuple[str, Any] | None = None
+        self._follower = _follower(self)
         self.update()
-        self._follower = _Follower(self.refresh, lambda: self.job.state in FINAL_STATES)
-        if follow:
+        if follow and not job.done:
             self._follower.start()
+        _close_with_comm(self)
+
+    @property
+    def following(self) -> bool:
+        """True while the widget's thread follows the job."""
+        return self._follower.running
 
     def _act(self, action: Callable[[], Any]) -> None:
-        try:
-            action()
-        except Exception as exc:  # show the server's message, never a traceback
-            self.error.value = f'<span style="color:#c62828">{html.escape(str(exc))}</span>'
-        self.refresh()
+        """Run a button's ``action``, then re-read the job; what either raises is shown in
+        :attr:`action_error` (the server's message, never a traceback) until the next action."""
+        self.action_error.value = ""
+        messages = []
+        for step in (action, self.refresh):
+            try:
+                step()
+            except Exception as exc:
+                messages.append(error_text(exc))
+        self.action_error.value = "".join(
+            f'<div style="color:#c62828">{html.escape(message)}</div>' for message in dict.fromkeys(messages)
+        )
 
     def refresh(self) -> None:
-        """Re-read the job from the API and update every trait."""
+        """Re-read the job and its chunks from the API and update every trait. Raises
+        :class:`StagingError` (code ``server_unreachable`` for a server that does not answer)."""
+        self.job.refresh()
+        self.update(reread_chunks=True)
+        self.status.value = ""
+
+    def _poll(self) -> bool:
+        """One step of the follower: re-read the job (its chunks only when they changed); True once it
+        has ended."""
         self.job.refresh()
         self.update()
+        self.status.value = ""
+        return self.job.done
 
-    def update(self) -> None:
+    def _poll_failed(self, exc: Exception, since: float, wait: float) -> None:
+        self.status.value = trouble_html(exc, since, wait)
+
+    def update(self, *, reread_chunks: bool = False) -> None:
         """Set the widgets' traits from ``self.job`` as last read.
 
-        The chunks are fetched first and the title (which shows the state) is set last, so a display
-        whose title says ``failed`` already shows that state's error, figures, chunks and bar. A finished
-        job's buttons are hidden (nothing is left to pause, resume or cancel) and its outcome shows."""
+        The chunks are read from the API when the job's state or ``chunks_done`` changed since they were
+        last read, or with ``reread_chunks`` (an acknowledged chunk changes neither); when that read
+        fails, the grid keeps what it showed and the next update reads them again. The title (which
+        shows the state) is set last, so a display whose title says ``failed`` already shows that state's
+        error, figures, chunks and bar. A finished job's buttons are hidden (nothing is left to pause,
+        resume or cancel) and its outcome shows."""
         with self._lock:
             job = self.job
             data = job.as_dict()
             state = data.get("state", "?")
-            try:
-                chunks = job.chunks
-            except Exception:
-                chunks = []
+            p = data.get("progress") or {}
+            self._read_chunks((state, p.get("chunks_done")), reread_chunks)
             self.error.value = self._error_html(data.get("error"))
             self.notice.value = "".join(
                 f"<div>ⓘ <i>{html.escape(notice)}</i></div>" for notice in job_notices(data)
             )
-            p = data.get("progress") or {}
             percent = _percent(p, state)
             shown = f"{percent:.1f}%" if percent is not None else "?%"
             self.figures.value = f"<code>{html.escape(f'{shown} · {progress_summary(p)}')}</code>"
             self.tasks.value = tasks_html(state, p)
-            self.chunk_grid.value = chunk_grid_html(chunks)
             final = state in FINAL_STATES
             self.outcome.value = outcome_html(data, job.destination) if final else ""
             self.buttons.layout.display = "none" if final else ""
@@ -271,6 +343,16 @@ class JobWidget(w.VBox):
             styles = {"succeeded": "success", "failed": "danger", "paused": "warning"}
             self.bar.bar_style = styles.get(state, "")
             self.title.value = self._title_html(data, state)
+
+    def _read_chunks(self, key: tuple[str, Any], force: bool) -> None:
+        if key == self._chunks_read and not force:
+            return
+        try:
+            chunks = self.job.chunks
+        except Exception:  # the grid keeps its last state; the next update reads the chunks again
+            return
+        self._chunks_read = key
+        self.chunk_grid.value = chunk_grid_html(chunks)
 
     @staticmethod
     def _error_html(error: dict[str, str] | None) -> str:
@@ -295,27 +377,57 @@ class JobWidget(w.VBox):
         )
 
     def stop(self) -> None:
-        """Stop following the job."""
+        """Stop following the job (the widget stays as it is)."""
         self._follower.stop()
+
+    def close(self) -> None:
+        """Stop following the job and close the widget and its parts: their views leave the notebook."""
+        self._follower.stop()
+        _close_tree(self.children)
+        super().close()
+
+
+#: The header of a :class:`JobsTable`, and what it adds once it no longer follows its jobs.
+_TABLE_HEADER = "<b>Staging jobs</b>"
+_TABLE_ENDED = " <i>· every job listed has ended; run <code>%stage jobs</code> again for newer jobs</i>"
 
 
 class JobsTable(w.VBox):
-    """Every job as a row: name, state, progress and the same Pause / Resume / Cancel controls."""
+    """Every job as a row: name, state, progress and the same Pause / Resume / Cancel controls.
+
+    ``list_jobs`` gives the jobs to show; it is called now (what it raises, a :class:`StagingError`, is
+    raised) and at each poll. With ``follow`` a daemon thread re-lists them every :data:`POLL_INTERVAL`
+    seconds while one of them has not ended, then stops and the header says so: a job submitted later
+    shows in a new table (run ``%stage jobs`` again). The thread stops too when the table is closed
+    (:meth:`close`, or its comm closed by the frontend), and never keeps the table alive. A row reads its
+    job's chunks only when the job's state or ``chunks_done`` changed, so a finished row reads them once.
+    While the server cannot be reached, :attr:`status` says so and the tries slow down to one every
+    :data:`MAX_POLL_INTERVAL` seconds.
+    """
 
     def __init__(self, list_jobs: Callable[[], list[Job]], *, follow: bool = True) -> None:
         self._list_jobs = list_jobs
         self._rows: dict[str, JobWidget] = {}
-        self.header = w.HTML("<b>Staging jobs</b>")
-        super().__init__([self.header])
+        self._ended = False
+        self.header = w.HTML(_TABLE_HEADER)
+        self.status = w.HTML()
+        self.empty = w.HTML("<i>no staging jobs yet</i>")
+        super().__init__([self.header, self.status])
+        self._follower = _follower(self)
         self.refresh()
-        self._follower = _Follower(self.refresh, lambda: False)
-        if follow:
+        if follow and not self._ended:
             self._follower.start()
+        _close_with_comm(self)
+
+    @property
+    def following(self) -> bool:
+        """True while the table's thread follows its jobs."""
+        return self._follower.running
 
     def refresh(self) -> None:
-        """Re-list the jobs; add rows for new ones, update the rest."""
+        """Re-list the jobs; add rows for new ones, update the rest. Raises what ``list_jobs`` raises."""
         jobs = self._list_jobs()
-        children: list[w.Widget] = [self.header]
+        children: list[w.Widget] = [self.header, self.status]
         for job in jobs:
             row = self._rows.get(job.id)
             if row is None:
@@ -325,11 +437,29 @@ class JobsTable(w.VBox):
                 row.update()
             children.append(row)
         if not jobs:
-            children.append(w.HTML("<i>no staging jobs yet</i>"))
+            children.append(self.empty)
         self.children = tuple(children)
+        self._ended = all(job.done for job in jobs)
+        self.header.value = _TABLE_HEADER + (_TABLE_ENDED if self._ended else "")
+
+    def _poll(self) -> bool:
+        """One step of the follower: re-list the jobs; True once every job listed has ended."""
+        self.refresh()
+        self.status.value = ""
+        return self._ended
+
+    def _poll_failed(self, exc: Exception, since: float, wait: float) -> None:
+        self.status.value = trouble_html(exc, since, wait)
 
     def stop(self) -> None:
+        """Stop following the jobs (the table stays as it is)."""
         self._follower.stop()
+
+    def close(self) -> None:
+        """Stop following the jobs and close the table, its rows and their parts."""
+        self._follower.stop()
+        _close_tree([self.header, self.status, self.empty, *self._rows.values()])
+        super().close()
 
 
 def display_job(job: Job) -> JobWidget:
