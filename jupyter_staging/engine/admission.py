@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -173,7 +174,8 @@ class Admission:
     destinations; ``source_roots``, when set, are the only local folders a job may read;
     ``min_free_bytes`` / ``quota_bytes`` (0: off) are the space rules of
     :class:`~jupyter_staging.engine.space.SpaceLimits`; ``runner_id`` (``host:pid:start``) is recorded as the
-    runner of every job admitted (the process that will run it), in the same transaction as the job.
+    runner of every job admitted (the process that will run it), in the same transaction as the job, with
+    the lease ``lease()`` gives (when it expires, aware UTC: :mod:`~jupyter_staging.engine.leases`).
     """
 
     def __init__(
@@ -187,9 +189,11 @@ class Admission:
         min_free_bytes: int = 0,
         quota_bytes: int = 0,
         runner_id: str | None = None,
+        lease: Callable[[], datetime] | None = None,
     ) -> None:
         self.store = store
         self.runner_id = runner_id
+        self.lease = lease
         self.secrets = secrets
         self.root_dir = root_dir
         self.staging_dir = staging_dir
@@ -357,6 +361,7 @@ class Admission:
             convert=request.convert.model_dump() if request.convert else None,
             state=JobState.queued.value,
             runner=self.runner_id,
+            lease_expires_at=self.lease() if self.lease is not None else None,
             bytes_done=0,
             chunks_done=0,
             rows_done=0,

@@ -3,8 +3,9 @@
 :class:`JobLifecycle` is the part of the manager its runners see (it implements
 :class:`~jupyter_staging.engine.host.JobHost`): every state change is persisted in the
 :class:`~jupyter_staging.engine.store.Store` before it is announced to listeners; jobs left running by a
-process that died are resumed by :meth:`JobLifecycle.start`; finished jobs past their ``expires_at`` are
-expired by the sweeper thread.
+process that died (of this host, or of another whose lease expired: :mod:`~jupyter_staging.engine.leases`)
+are resumed by :meth:`JobLifecycle.start`; finished jobs past their ``expires_at`` are expired by the sweeper
+thread.
 """
 
 from __future__ import annotations
@@ -21,17 +22,18 @@ from typing import Any
 from jupyter_staging.clouds.http import error_detail
 from jupyter_staging.destinations.base import Destination
 from jupyter_staging.destinations.registry import open_destination
-from jupyter_staging.engine.cleanup import remove_job_output
 from jupyter_staging.engine.describe import describe_job
 from jupyter_staging.engine.executors import DEFAULT_CONCURRENT_ITEMS, DEFAULT_STREAMS_PER_FILE, Executor
 from jupyter_staging.engine.expansion import DEFAULT_MAX_UNPACKED_BYTES
-from jupyter_staging.engine.models import TRANSITIONS, ChunkState, DescribeJob, JobState
-from jupyter_staging.engine.processes import runner_alive, this_runner
+from jupyter_staging.engine.leases import Heartbeat, Verdict, claim, lease_until, release, verdict
+from jupyter_staging.engine.models import TRANSITIONS, DescribeJob, JobState
+from jupyter_staging.engine.processes import parse_runner, this_runner
 from jupyter_staging.engine.progress import PROGRESS_INTERVAL, LiveProgress
 from jupyter_staging.engine.records import has_sealed, without_sealed
+from jupyter_staging.engine.retention import apply_cleanup_policy, sweep
 from jupyter_staging.engine.runner import JobRunner
 from jupyter_staging.engine.store import JobRecord, Store, utcnow
-from jupyter_staging.engine.transitions import Guard, StateChanged
+from jupyter_staging.engine.transitions import Guard, JobEnded, StateChanged
 from jupyter_staging.errors import InvalidState, JobNotFound, StagingError, as_staging_error
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.descriptors import raise_open_file_limit
@@ -64,6 +66,7 @@ class JobLifecycle:
         source_roots: list[str] | None,
         executor: Executor,
         sweep_interval: float,
+        heartbeat_interval: float,
         raise_open_files: bool = False,
     ) -> None:
         self.store = store
@@ -84,6 +87,12 @@ class JobLifecycle:
         self._stopped = False
         #: Identifies this process as the runner of the jobs it submits (``host:pid:start``).
         self.runner_id = this_runner()
+        #: The host of :attr:`runner_id`: runners of this host are checked by pid, others by their lease.
+        self.host = parse_runner(self.runner_id)[0]
+        #: Renews the leases of the jobs this process holds (a runner prepared or submitted).
+        self.heartbeat = Heartbeat(
+            store, self.runner_id, str(root_dir), heartbeat_interval, lambda: bool(self._controls)
+        )
         self.sweep_interval = sweep_interval
         self._sweeper: threading.Thread | None = None
         self._sweep_stop = threading.Event()
@@ -91,26 +100,34 @@ class JobLifecycle:
     # -- recovery, TTL expiry, cleanup policies -------------------------------------------------------
 
     def start(self) -> list[str]:
-        """Recover after a restart: jobs left ``running`` or ``queued`` are queued again and resume from
-        their partial files (not those this manager runs already: created before it was started). Returns
-        the ids of the jobs resubmitted. With ``raise_open_files``, raises the process's soft open-file
-        limit first (:func:`raise_open_file_limit`)."""
+        """Recover after a restart: jobs left ``running`` or ``queued`` by a process that is gone are
+        queued again and resume from their partial files — not those this manager runs already (created
+        before it was started), nor those of a live process: of this host, checked by pid; of another, one
+        whose lease has not expired (:mod:`~jupyter_staging.engine.leases`). Each is claimed first: of two
+        servers starting at once, one takes it. Returns the ids of the jobs resubmitted. Starts the lease
+        heartbeat; with ``raise_open_files``, raises the process's soft open-file limit first
+        (:func:`raise_open_file_limit`)."""
         before, after = raise_open_file_limit() if self.raise_open_files else (0, 0)
         if after != before:
             log.info("staging: raised the soft open-file limit (RLIMIT_NOFILE) from %d to %d", before, after)
         self.executor.start()
+        self.heartbeat.start()
         resumed = []
+        now = utcnow()
         for rec in self.store.list_jobs(
             root=str(self.root_dir),
             states=[JobState.running.value, JobState.queued.value],
             limit=100000,
             resume=False,
         ):
-            if rec.runner and rec.runner != self.runner_id and runner_alive(rec.runner):
-                continue  # another live process (a second kernel, a script) runs it
             with self._lock:
                 if rec.id in self._controls:
                     continue  # created and submitted by this manager before it started: its runner has it
+            if rec.runner and rec.runner != self.runner_id:
+                if verdict(rec, host=self.host, now=now) == Verdict.ALIVE:
+                    continue  # another live process (a second kernel, a script, a server of another host)
+                if not claim(self.store, rec, self.runner_id, self.lease_until()):
+                    continue  # another server took it first, or its runner renewed its lease meanwhile
             if rec.state == JobState.running.value:
                 self.log_event(rec.id, "warning", "the server stopped while this job ran; resuming it")
                 self.set_state(rec.id, JobState.queued)
@@ -122,6 +139,10 @@ class JobLifecycle:
             self._sweeper.start()
         return resumed
 
+    def lease_until(self) -> datetime:
+        """When a lease this process takes or renews now expires (its heartbeat's ``lease_until``)."""
+        return lease_until(self.heartbeat.interval)
+
     def _sweep_loop(self) -> None:
         while not self._sweep_stop.wait(self.sweep_interval):
             try:
@@ -130,68 +151,33 @@ class JobLifecycle:
                 log.exception("staging TTL sweep failed")
 
     def sweep(self, now: datetime | None = None) -> list[str]:
-        """Expire finished jobs whose ``expires_at`` has passed: remove their output, mark their chunks
-        and the job ``expired``. Returns the ids expired. Runs every ``sweep_interval`` seconds."""
-        now = now or utcnow()
-        expired = []
-        final = [JobState.succeeded.value, JobState.failed.value, JobState.cancelled.value]
-        due = self.store.list_jobs(root=str(self.root_dir), states=final, limit=100000, expires_before=now)
-        for rec in due:  # only the jobs due: a sweep of 10,000 finished jobs reads none of the others
-            self._expire(rec)
-            expired.append(rec.id)
-        return expired
-
-    def _expire(self, rec: JobRecord) -> None:
-        try:
-            removed = remove_job_output(self, rec, keep_ready=False)
-        except StagingError as exc:  # the store is unreachable: the next sweep tries again
-            log.warning("staging job %s: could not expire its output: %s", rec.id, redact_text(exc.message))
-            return
-        for chunk in self.store.list_chunks(rec.id):
-            if chunk.state != ChunkState.expired.value:
-                self.store.update_chunk(chunk.id, state=ChunkState.expired.value)
-        self.log_event(rec.id, "info", f"expired: output removed ({removed} file(s))")
-        self.set_state(rec.id, JobState.expired)
+        """Expire finished jobs past their ``expires_at`` (:func:`~jupyter_staging.engine.retention.sweep`);
+        returns their ids. Runs every ``sweep_interval`` seconds."""
+        return sweep(self, now)
 
     def apply_cleanup_policy(
         self, job_id: str, outcome: JobState | None = None, *, policy: str | None = None
     ) -> None:
-        """When a job ends: ``delete_on_success`` (if it succeeded) and ``delete_always`` remove its
-        output — for an object store, every object below the job's prefix; chunks become ``expired``.
-        ``retain`` and ``delete_on_ack`` keep what is left.
-
-        ``outcome`` is the final state the job is about to be given (the runner cleans up *before*
-        announcing it, so a client that sees ``succeeded`` never sees the output still there); default:
-        its present state. ``policy``: the job's cleanup policy when the caller has its record (a policy
-        that keeps the output then costs no read)."""
-        if policy in ("retain", "delete_on_ack") and outcome is not None:
-            return
-        rec = self._record(job_id, None, resume=False)
-        policy = rec.cleanup_policy
-        state = (outcome or JobState(rec.state)).value
-        if policy == "delete_always" or (policy == "delete_on_success" and state == JobState.succeeded.value):
-            try:
-                removed = remove_job_output(self, self._record(job_id, None), keep_ready=False)
-            except StagingError as exc:
-                self.log_event(
-                    job_id, "warning", f"cleanup policy {policy}: output not removed: {exc.message}"
-                )
-                return
-            for chunk in self.store.list_chunks(rec.id):
-                self.store.update_chunk(chunk.id, state=ChunkState.expired.value)
-            self.log_event(job_id, "info", f"cleanup policy {policy}: output removed ({removed} file(s))")
-            self.announce(self._record(job_id, None))
+        """When a job ends, its cleanup policy
+        (:func:`~jupyter_staging.engine.retention.apply_cleanup_policy`, whose arguments these are)."""
+        apply_cleanup_policy(self, job_id, outcome, policy=policy)
 
     def stop(self, wait: bool = True) -> None:
         """Pause nothing, persist progress and stop workers. Running jobs stay ``running`` in the
         database so that the next :meth:`start` resumes them."""
         self._stopped = True
         self._sweep_stop.set()
+        self.heartbeat.stop()
         with self._lock:
             controls = list(self._controls.values())
         for control in controls:
             control.interrupt("shutdown")
         self.executor.shutdown(wait=wait)
+        if wait:  # its runs have ended: a server of another host may resume its jobs at once
+            try:
+                release(self.store, self.runner_id, str(self.root_dir))
+            except Exception as exc:  # they expire on their own
+                log.warning("staging: job leases not released: %s", type(exc).__name__)
         self.store.close()
 
     # -- listeners ----------------------------------------------------------------------------------
@@ -262,9 +248,11 @@ class JobLifecycle:
         knows there are none, or sets ``resume`` without them; a listing of 20,000 files is megabytes of
         JSON to read). The transition is checked against the state read inside that transaction. Returns
         the job as updated, without its resume data unless ``load_resume`` or ``fields`` sets it. Raises
-        :class:`JobNotFound` and :class:`InvalidState` (a transition the model forbids; nothing written),
-        :class:`StateChanged` when ``when(job)`` is false for the job as read in that transaction (a
-        compare-and-set: :mod:`~jupyter_staging.engine.transitions`)."""
+        :class:`JobNotFound` and :class:`InvalidState` (a transition the model forbids; nothing written;
+        :class:`JobEnded` when it had ended already), :class:`StateChanged` when ``when(job)`` is false
+        for the job as read in that transaction (a compare-and-set:
+        :mod:`~jupyter_staging.engine.transitions`). Setting ``running`` makes this process the job's
+        runner, under its lease."""
 
         def defaults(rec: JobRecord) -> dict[str, Any]:
             current = JobState(rec.state)
@@ -273,7 +261,10 @@ class JobLifecycle:
             # Without a guard, a job already in ``state`` is set again (two sweepers expiring one job);
             # with one, the guard decided.
             if (when is not None or state != current) and state not in TRANSITIONS[current]:
-                raise InvalidState(f"a {current.value} job cannot become {state.value}")
+                ended = JobEnded if current.is_final else InvalidState
+                raise ended(f"a {current.value} job cannot become {state.value}")
+            if state == JobState.running:  # taken by this process's runner: its own, under its lease
+                return {"runner": self.runner_id, "lease_expires_at": self.lease_until()}
             if not state.is_final:
                 return {}
             # The raw source is needed to run, not to remember: drop the sealed copies.
@@ -365,7 +356,9 @@ class JobLifecycle:
         if runner is None:
             runner = JobRunner(self, job_id)
         if not recorded:
-            self.store.update_job(job_id, load_resume=False, runner=self.runner_id)
+            self.store.update_job(
+                job_id, load_resume=False, runner=self.runner_id, lease_expires_at=self.lease_until()
+            )
         with self._lock:
             self._controls[job_id] = runner.control
         self.executor.submit(runner.run)
@@ -413,7 +406,11 @@ class JobLifecycle:
         """End the job ``failed`` with the error's code: a :class:`StagingError`'s own, ``no_space`` for an
         :class:`OSError` saying the disk (or the disk quota) is full (``ENOSPC`` / ``EDQUOT``), else
         ``internal_error`` and the exception's type (its traceback, redacted, goes to this process's log
-        only). A known error's technical cause (``__cause__``) is written to the job's log as one line."""
+        only). A known error's technical cause (``__cause__``) is written to the job's log as one line.
+        A job that has ended already (another server's run of it was first) is left as it is, and this
+        process's log says so (a warning, no traceback). Raises :class:`JobNotFound`."""
+        if self._ended(job_id):
+            return
         known = as_staging_error(error)
         if known is not None:
             code, message = known.code, known.message
@@ -433,9 +430,23 @@ class JobLifecycle:
             cause = as_staging_error(exc)
             shown = cause.message if cause is not None else type(exc).__name__
             lines.append(("warning", f"cleanup policy not applied: {shown}"))
-        self.set_state(
-            job_id, JobState.failed, events=lines, error_code=code, error_message=message, requested=None
+        try:
+            self.set_state(
+                job_id, JobState.failed, events=lines, error_code=code, error_message=message, requested=None
+            )
+        except JobEnded:  # ended meanwhile
+            self._ended(job_id)
+
+    def _ended(self, job_id: str) -> bool:
+        """Whether job ``job_id`` has ended (a final state), which this process's log then says: a run
+        finding it so as it ends records nothing (another run of it, or a verb, ended it first)."""
+        head = self.store.job_state(job_id)
+        if head is None or not JobState(head[0]).is_final:
+            return False
+        log.warning(
+            "staging job %s: %s already as this run ended; the run's end is not recorded", job_id, head[0]
         )
+        return True
 
     def release(self, job_id: str, control: JobControl, live: LiveProgress) -> None:
         """Forget the ``control`` and ``live`` counters of a runner of job ``job_id`` that has returned,

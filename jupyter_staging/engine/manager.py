@@ -28,6 +28,7 @@ from jupyter_staging.engine.executors import (
     LocalExecutor,
 )
 from jupyter_staging.engine.expansion import DEFAULT_MAX_UNPACKED_BYTES
+from jupyter_staging.engine.leases import DEFAULT_HEARTBEAT_INTERVAL
 from jupyter_staging.engine.lifecycle import echo_event, log
 from jupyter_staging.engine.models import (
     ChunkState,
@@ -105,6 +106,11 @@ class StagingManager(JobSteering):
         :meth:`start` runs (:mod:`jupyter_staging.safety.descriptors`); processes started afterwards inherit
         it. Off by default: a kernel's or a script's limits are theirs. The server extension turns it on
         (``StagingApp.raise_open_file_limit``). Either way each job keeps a share of the limit it finds.
+    heartbeat_interval:
+        Seconds between two renewals of the leases on this process's queued and running jobs (one
+        ``UPDATE`` for all of them; :mod:`~jupyter_staging.engine.leases`). A server of another host sharing
+        the job database takes such a job over only once its lease has gone three intervals unrenewed.
+        Positive (:class:`ValueError` otherwise).
     """
 
     def __init__(
@@ -128,6 +134,7 @@ class StagingManager(JobSteering):
         min_free_bytes: int = 0,
         quota_bytes: int = 0,
         raise_open_files: bool = False,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
     ) -> None:
         install_log_filters()
         root = Path(root_dir).resolve()
@@ -158,6 +165,7 @@ class StagingManager(JobSteering):
             source_roots=list(source_roots) if source_roots else None,
             executor=executor_class(max_concurrent_jobs, **(executor_options or {})),
             sweep_interval=sweep_interval,
+            heartbeat_interval=heartbeat_interval,
             raise_open_files=raise_open_files,
         )
         self.default_owner = default_owner or current_user()
@@ -170,6 +178,7 @@ class StagingManager(JobSteering):
             min_free_bytes=min_free_bytes,
             quota_bytes=quota_bytes,
             runner_id=self.runner_id,
+            lease=self.lease_until,
         )
 
     # -- public API ---------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Who runs a job: this process's runner id (``host:pid:start``), whether another runner is alive, the default
-owner of a job (the user running the process) and the key file of a SQLite job database."""
+"""Who runs a job: this process's runner id (``host:pid:start``), whether another runner of this host is
+alive, the default owner of a job (the user running the process) and the key file of a SQLite job database.
+A runner of another host is judged by its lease instead (:mod:`~jupyter_staging.engine.leases`)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ def _started(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else None
 
 
+def host_name() -> str:
+    """The name of this host, as runner ids give it (its own function so tests can play two hosts)."""
+    return socket.gethostname()
+
+
 def this_runner() -> str:
     """The runner id of this process (a job's ``runner`` column): ``<host name>:<pid>:<start>``, where
     ``<start>`` is when the process started (:func:`_started`), so that another process given the same
@@ -31,21 +37,27 @@ def this_runner() -> str:
     cannot be read."""
     pid = os.getpid()
     started = _started(pid)
-    return f"{socket.gethostname()}:{pid}" + (f":{started}" if started else "")
+    return f"{host_name()}:{pid}" + (f":{started}" if started else "")
 
 
-def runner_alive(runner: str) -> bool:
-    """True when ``runner`` (:func:`this_runner`) is a live process on this host: its pid is alive and,
-    when the id gives one, started at that time. False when it is gone, its pid belongs to a process
-    started since, or it cannot be checked from here (another host). An id of an earlier release
-    (``host:pid``) is checked by its pid alone."""
+def parse_runner(runner: str) -> tuple[str, str, str | None]:
+    """``(host, pid, start)`` of a runner id (:func:`this_runner`); ``start`` is None for an id of an earlier
+    release (``host:pid``). The host name may hold colons (an IPv6 literal); the pid is digits."""
     head, _, last = runner.rpartition(":")
     host, _, pid = head.rpartition(":")
     if not (host and pid.isdigit()):  # host:pid
-        host, pid, started = head, last, None
-    else:
-        started = last
-    if host != socket.gethostname() or not pid.isdigit():
+        return head, last, None
+    return host, pid, last
+
+
+def runner_alive(runner: str, host: str | None = None) -> bool:
+    """True when ``runner`` (:func:`this_runner`) is a live process on ``host`` (default: this host, by
+    :func:`host_name`; a manager passes the host of its own runner id), which must be this one: its pid is
+    alive and, when the id gives one, started at that time. False when it is gone, its pid belongs to a
+    process started since, or it cannot be checked from here (another host). An id of an earlier release
+    (``host:pid``) is checked by its pid alone."""
+    runner_host, pid, started = parse_runner(runner)
+    if runner_host != (host or host_name()) or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
@@ -54,14 +66,6 @@ def runner_alive(runner: str) -> bool:
     except PermissionError:
         pass
     return started is None or _started(int(pid)) in (started, None)
-
-
-def runner_gone(runner: str) -> bool:
-    """True when ``runner`` (:func:`this_runner`) names a process of this host that is no longer alive (a
-    server killed or crashed): no run of it will ever read a request. False for a live one, and for a
-    runner of another host, which cannot be checked from here."""
-    host = runner.split(":", 1)[0]
-    return host == socket.gethostname() and not runner_alive(runner)
 
 
 def current_user() -> str:

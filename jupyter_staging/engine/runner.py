@@ -194,7 +194,7 @@ class JobRunner(TableSpreadStager):
             self._record_published()  # published chunks are kept: record them first
             self.host.report_progress(self.job_id, force=True)  # a job failing early wrote none yet
             rec = self.store.get_job(self.job_id)
-            if rec is not None:
+            if rec is not None and not JobState(rec.state).is_final:  # ended by another run: its output
                 try:
                     remove_job_output(self.host, rec, keep_ready=True)
                 except Exception as cleanup:

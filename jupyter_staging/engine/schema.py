@@ -69,6 +69,10 @@ class JobRecord(Base):
     requested: Mapped[str | None] = mapped_column(String(16), nullable=True)
     #: ``host:pid:start`` of the process that runs (or queued) the job; recovery skips jobs of live runners.
     runner: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    #: Until when that runner holds the job unless it renews its lease (UTC, migration 0008): set with
+    #: ``runner``, renewed by the runner's heartbeat; a server of another host takes the job over only once it
+    #: has passed (:mod:`~jupyter_staging.engine.leases`). None in rows of a release before leases.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_total: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     chunks_done: Mapped[int] = mapped_column(Integer, default=0)

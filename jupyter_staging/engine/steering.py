@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable
 
 from jupyter_staging.engine.cleanup import remove_job_output
+from jupyter_staging.engine.leases import Verdict, verdict
 from jupyter_staging.engine.lifecycle import JobLifecycle
 from jupyter_staging.engine.models import DescribeJob, JobState
-from jupyter_staging.engine.processes import runner_gone
-from jupyter_staging.engine.store import JobRecord
+from jupyter_staging.engine.store import JobRecord, utcnow
 from jupyter_staging.engine.swap import swap_started, too_late
 from jupyter_staging.engine.transitions import (
     CANCELLED,
@@ -43,8 +43,9 @@ class JobSteering(JobLifecycle):
         output is being swapped in (:func:`~jupyter_staging.engine.swap.swap_started`; its log says so).
         A running job is cancelled by its runner (in this process or another sharing the database); this
         waits for it, at most 30 s. A queued or paused job is ended here (a runner about to take a queued
-        one finds the cancel pending and ends it instead), and so is a running one whose runner was a
-        process of this host that died. Raises :class:`JobNotFound`.
+        one finds the cancel pending and ends it instead), and so is a running one whose runner is gone: a
+        process of this host that died, or one of another host whose lease expired
+        (:mod:`~jupyter_staging.engine.leases`). Raises :class:`JobNotFound`.
         """
         for _ in range(ATTEMPTS):
             rec = self._record(job_id, owner)
@@ -60,18 +61,20 @@ class JobSteering(JobLifecycle):
                     return self.wait(job_id, timeout=30, owner=owner)
                 continue
             # Queued (a runner of this process may be about to take it: then it finds the cancel, or the
-            # claim finds it running), paused, or running in a process of this host that died: ended here.
+            # claim finds it running), paused, or running in a process that is gone: ended here.
             if self._claim_cancel(job_id, state) and self.finish_cancelled(job_id, found(state, CANCELLED)):
                 return self.current(job_id, owner)
         return self.current(job_id, owner)
 
     def _runner_gone(self, rec: JobRecord) -> bool:
-        """Whether a running job's runner is a process of this host that died (killed, crashed) and was
-        not recovered yet: its cancel would wait for a run that never reads it."""
+        """Whether a running job's runner is gone and the job was not recovered yet: a process of this host
+        that died (killed, crashed), or one of another host whose lease expired. Its cancel would wait for
+        a run that never reads it. A runner of another host without a lease (a release before) is asked."""
         with self._lock:
             here = rec.id in self._controls
-        runner = rec.runner or ""
-        return not here and bool(runner) and runner != self.runner_id and runner_gone(runner)
+        if here or not rec.runner or rec.runner == self.runner_id:
+            return False
+        return verdict(rec, host=self.host, now=utcnow()) == Verdict.DEAD
 
     def _claim_cancel(self, job_id: str, state: JobState) -> bool:
         """Record a pending cancel of a job no runner of this process holds, if it is still in ``state``:

@@ -28,6 +28,11 @@ class StateChanged(InvalidState):
     written): another verb, or another runner, was first."""
 
 
+class JobEnded(InvalidState):
+    """The job had ended (succeeded, failed, cancelled, expired) when a state change came: a run that finds
+    its job ended as it records its own end (another server's run of it ended it) records nothing."""
+
+
 def found(state: JobState, requested: str | None) -> Guard:
     """The job is still in ``state`` with ``requested`` pending (None: nothing)."""
     return lambda rec: rec.state == state.value and rec.requested == requested

@@ -20,6 +20,7 @@ from jupyter_staging.engine.executors import (
     DEFAULT_STREAMS_PER_FILE,
     DaskExecutor,
 )
+from jupyter_staging.engine.leases import DEFAULT_HEARTBEAT_INTERVAL
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import JobState
 from jupyter_staging.server.handlers import default_handlers
@@ -70,6 +71,22 @@ class StagingApp(ExtensionApp):
         10.0,
         help="""Seconds between two sweeps that expire jobs past their TTL and remove their output.""",
     ).tag(config=True)
+
+    heartbeat_interval = Float(
+        DEFAULT_HEARTBEAT_INTERVAL,
+        help="""Seconds between two renewals of this server's leases on its queued and running jobs (one
+        database write per interval, whatever the number of jobs and files). A server of another host
+        sharing the job database (JupyterHub named servers in several pods, one shared home) takes such a
+        job over only once its lease has gone three intervals unrenewed: the server running it is gone.
+        Servers of one host check each other's process instead.""",
+    ).tag(config=True)
+
+    @validate("heartbeat_interval")
+    def _valid_heartbeat_interval(self, proposal: dict[str, object]) -> float:
+        value = float(proposal["value"])  # type: ignore[arg-type]
+        if value <= 0:
+            raise TraitError(f"StagingApp.heartbeat_interval must be positive, not {value}")
+        return value
 
     executor_class = TypeTrait(
         default_value="jupyter_staging.engine.executors.LocalExecutor",
@@ -245,6 +262,7 @@ class StagingApp(ExtensionApp):
             executor_options=self._executor_options(),
             default_owner=self.owner,
             sweep_interval=self.sweep_interval,
+            heartbeat_interval=self.heartbeat_interval,
             presign_expiry_seconds=self.presign_expiry_seconds,
             max_unpacked_bytes=self.max_unpacked_bytes,
             secret_key_file=self.secret_key_file or None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import ModuleType
 
@@ -381,6 +381,43 @@ def test_chunks_keep_their_publication_time_and_a_downgrade_drops_it(db_url: str
     store.close()
 
 
+def test_job_leases_are_kept_to_the_microsecond_and_a_downgrade_drops_them(db_url: str):
+    """Migration 0008 on each database: a job's ``lease_expires_at`` (UTC, microseconds on MariaDB too) is
+    written with its runner and renewed by a conditional ``UPDATE``, and read back; a downgrade to 0007
+    drops the column (the release before reads and writes the jobs as ever) and an upgrade adds it again,
+    empty: such a job's runner is judged as before leases."""
+    from jupyter_staging.engine.leases import claim, renew
+    from jupyter_staging.engine.migrate import upgrade_database
+
+    lease = datetime(2026, 11, 21, 12, 0, 30, 123456, tzinfo=timezone.utc)
+    store = Store(db_url)
+    job = running_job("job-l", {"items": []})
+    job.runner, job.lease_expires_at = "podA:7:1", lease
+    store.add_job(job)
+    assert store.get_job("job-l", resume=False).lease_expires_at == lease
+    assert renew(store, "podA:7:1", "/home/alice", lease + timedelta(microseconds=1)) == 1
+    assert renew(store, "podB:7:1", "/home/alice", lease + timedelta(seconds=9)) == 0  # not podB's
+    as_read = store.get_job("job-l", resume=False)
+    assert as_read.lease_expires_at == lease + timedelta(microseconds=1)
+    assert not claim(store, job, "podB:7:1", lease)  # renewed since it was read
+    assert claim(store, as_read, "podB:7:1", lease + timedelta(seconds=30))
+    assert (store.get_job("job-l", resume=False).runner, store.get_job("job-l").lease_expires_at) == (
+        "podB:7:1",
+        lease + timedelta(seconds=30),
+    )
+    store.close()
+    engine = sa.create_engine(db_url)
+    downgrade_jobs(engine, "0007")
+    with engine.connect() as conn:
+        assert "lease_expires_at" not in {c["name"] for c in sa.inspect(conn).get_columns("staging_jobs")}
+    upgrade_database(engine, JOB_MIGRATIONS)
+    engine.dispose()
+    store = Store(db_url)
+    job = store.get_job("job-l", resume=False)
+    assert job is not None and (job.runner, job.lease_expires_at) == ("podB:7:1", None)
+    store.close()
+
+
 def test_an_older_sqlite_keeps_output_bytes_on_a_downgrade_and_upgrades_again(tmp_path, monkeypatch):
     """Before 3.35.5, SQLite cannot drop a column without rebuilding the table: the downgrade from 0006
     keeps ``output_bytes``, emptied, and the next upgrade takes the column as it finds it, still empty (the
@@ -400,6 +437,7 @@ def test_an_older_sqlite_keeps_output_bytes_on_a_downgrade_and_upgrades_again(tm
     with engine.connect() as conn:
         assert "output_bytes" in {c["name"] for c in sa.inspect(conn).get_columns("staging_jobs")}
         assert "mtime_ns" in {c["name"] for c in sa.inspect(conn).get_columns("staging_chunks")}  # 0007's
+        assert "lease_expires_at" in {c["name"] for c in sa.inspect(conn).get_columns("staging_jobs")}  # 0008
     upgrade_database(engine, JOB_MIGRATIONS)
     engine.dispose()
     store = Store(url)

@@ -1,0 +1,152 @@
+"""Leases on the jobs a process runs, so that servers of several hosts may share one job database.
+
+A job's ``runner`` names the process that queued or runs it (``host:pid:start``,
+:func:`~jupyter_staging.engine.processes.this_runner`). A server of the same host checks that process by its
+pid and start time; a server of another host (JupyterHub named servers in two pods, one shared home and
+job database) cannot. So the runner holds a lease, ``lease_expires_at`` (UTC): set with the runner (a new
+job, a submitted one, one taken ``running``) and pushed on by the process's :class:`Heartbeat` every
+``heartbeat_interval`` seconds, to :data:`LEASE_INTERVALS` intervals ahead. A server of another host takes
+a job over only once its lease has expired (:func:`verdict`), claiming it with a conditional ``UPDATE``
+(:func:`claim`): of two servers starting at once, one gets it. A cancel of a job whose lease expired ends it
+at once, as one of a dead runner of this host.
+
+A job of another host's runner without a lease was written by a release before leases (whose runner ids
+were ``host:pid``): it is taken over at once, as those releases did. Lease times come from each host's
+clock (UTC): keep them in sync (NTP), within a fraction of the lease.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import cast
+
+from sqlalchemy import Table, or_, update
+
+from jupyter_staging.engine.models import JobState
+from jupyter_staging.engine.processes import parse_runner, runner_alive
+from jupyter_staging.engine.store import JobRecord, Store, utcnow
+from jupyter_staging.safety.redact import redact_text
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two renewals of a process's leases, by default (``StagingApp.heartbeat_interval``).
+DEFAULT_HEARTBEAT_INTERVAL = 10.0
+#: Heartbeat intervals a lease lasts: a runner is taken for dead after this many renewals missed.
+LEASE_INTERVALS = 3
+
+_JOBS = cast(Table, JobRecord.__table__)
+#: The states a runner holds a job in (queued in its executor, or running).
+HELD_STATES = (JobState.queued.value, JobState.running.value)
+
+
+class Verdict(enum.Enum):
+    """What the server reading a job's row knows of the process its ``runner`` names."""
+
+    #: A live process of this host, or one of another host whose lease has not expired.
+    ALIVE = "alive"
+    #: A process of this host that is gone, or one of another host whose lease expired.
+    DEAD = "dead"
+    #: A process of another host holding no lease (a release before leases): nothing is known.
+    UNLEASED = "unleased"
+
+
+def lease_until(interval: float, now: datetime | None = None) -> datetime:
+    """When a lease taken or renewed ``now`` (default: now) expires: :data:`LEASE_INTERVALS` heartbeat
+    intervals of ``interval`` seconds later (aware UTC datetime)."""
+    return (now or utcnow()) + timedelta(seconds=LEASE_INTERVALS * interval)
+
+
+def verdict(rec: JobRecord, *, host: str, now: datetime) -> Verdict:
+    """Whether the runner of job ``rec`` (which names one) is alive, as seen at ``now`` from host ``host``
+    (the host of the reader's own runner id): by its pid and start time on this host, by its lease on
+    another. A lease running up to ``now`` exactly is taken as expired."""
+    runner = rec.runner or ""
+    if parse_runner(runner)[0] == host:
+        return Verdict.ALIVE if runner_alive(runner, host) else Verdict.DEAD
+    if rec.lease_expires_at is None:
+        return Verdict.UNLEASED
+    return Verdict.ALIVE if rec.lease_expires_at > now else Verdict.DEAD
+
+
+def claim(store: Store, rec: JobRecord, runner: str, until: datetime) -> bool:
+    """Make ``runner`` the runner of job ``rec``, its lease until ``until``, if its row is still as read:
+    same state, same runner, its lease not renewed since (one conditional ``UPDATE``). Returns whether it
+    did: False when another server claimed it first or its runner renewed its lease meanwhile."""
+    lease = _JOBS.c.lease_expires_at
+    old = rec.lease_expires_at
+    kept = lease.is_(None) if old is None else or_(lease.is_(None), lease <= old)
+    with store.session() as s:
+        result = s.execute(
+            update(_JOBS)
+            .where(_JOBS.c.id == rec.id, _JOBS.c.state == rec.state, _JOBS.c.runner == rec.runner, kept)
+            .values(runner=runner, lease_expires_at=until)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def renew(store: Store, runner: str, root: str, until: datetime) -> int:
+    """Extend to ``until`` the leases of every queued or running job of root folder ``root`` whose runner
+    is ``runner``: one ``UPDATE`` whatever their number (``updated_at`` is left alone: nothing about the
+    jobs changed). Returns the number of jobs renewed."""
+    with store.session() as s:
+        result = s.execute(
+            update(_JOBS)
+            .where(_JOBS.c.runner == runner, _JOBS.c.root == root, _JOBS.c.state.in_(HELD_STATES))
+            .values(lease_expires_at=until)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def release(store: Store, runner: str, root: str) -> None:
+    """End the leases of ``runner``'s queued and running jobs of ``root`` now (a server stopped with its
+    runs ended): a server of another host may take them over at its start, without waiting for them to
+    expire."""
+    renew(store, runner, root, utcnow())
+
+
+class Heartbeat:
+    """A daemon thread renewing the leases of runner ``runner`` on the jobs of root folder ``root`` in
+    ``store`` every ``interval`` seconds while ``holding()`` is true (the manager has jobs queued or
+    running; an idle server writes nothing). A failed renewal (the database unreachable) is logged and
+    tried again at the next beat. Raises :class:`ValueError` unless ``interval`` is positive."""
+
+    def __init__(
+        self, store: Store, runner: str, root: str, interval: float, holding: Callable[[], bool]
+    ) -> None:
+        if interval <= 0:
+            raise ValueError(f"heartbeat_interval must be positive, not {interval}")
+        self.store = store
+        self.runner = runner
+        self.root = root
+        self.interval = interval
+        self.holding = holding
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the thread (nothing when it runs already)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="staging-lease-heartbeat", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread at its next wake-up (the leases it renewed run out unless :func:`release`\\ d)."""
+        self._stop.set()
+
+    def beat(self) -> None:
+        """Renew the leases once, now (when ``holding()``)."""
+        if self.holding():
+            renew(self.store, self.runner, self.root, lease_until(self.interval))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except Exception as exc:  # the next beat tries again; the lease runs LEASE_INTERVALS beats
+                log.warning(
+                    "staging: could not renew the job leases of %s: %s", self.runner, redact_text(str(exc))
+                )

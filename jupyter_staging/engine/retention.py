@@ -1,0 +1,80 @@
+"""How long a job's output stays: the TTL sweep that expires finished jobs, and the cleanup policies applied
+as a job ends (``delete_on_success``, ``delete_always``; ``retain`` and ``delete_on_ack`` keep the output).
+Both work through the :class:`~jupyter_staging.engine.host.JobHost` of the jobs (their manager)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from jupyter_staging.engine.cleanup import remove_job_output
+from jupyter_staging.engine.host import JobHost
+from jupyter_staging.engine.models import ChunkState, JobState
+from jupyter_staging.engine.store import JobRecord, utcnow
+from jupyter_staging.errors import JobNotFound, StagingError
+from jupyter_staging.safety.redact import redact_text
+
+log = logging.getLogger("jupyter_staging.engine.manager")
+
+
+def sweep(host: JobHost, now: datetime | None = None) -> list[str]:
+    """Expire the finished jobs of ``host``'s root whose ``expires_at`` is at or before ``now`` (default:
+    now): remove their output, mark their chunks and the job ``expired``. Returns the ids due (a job
+    whose output cannot be removed, the store unreachable, is logged and left for the next sweep)."""
+    now = now or utcnow()
+    expired = []
+    final = [JobState.succeeded.value, JobState.failed.value, JobState.cancelled.value]
+    due = host.store.list_jobs(root=str(host.root_dir), states=final, limit=100000, expires_before=now)
+    for rec in due:  # only the jobs due: a sweep of 10,000 finished jobs reads none of the others
+        _expire(host, rec)
+        expired.append(rec.id)
+    return expired
+
+
+def _expire(host: JobHost, rec: JobRecord) -> None:
+    try:
+        removed = remove_job_output(host, rec, keep_ready=False)
+    except StagingError as exc:  # the store is unreachable: the next sweep tries again
+        log.warning("staging job %s: could not expire its output: %s", rec.id, redact_text(exc.message))
+        return
+    for chunk in host.store.list_chunks(rec.id):
+        if chunk.state != ChunkState.expired.value:
+            host.store.update_chunk(chunk.id, state=ChunkState.expired.value)
+    host.log_event(rec.id, "info", f"expired: output removed ({removed} file(s))")
+    host.set_state(rec.id, JobState.expired)
+
+
+def apply_cleanup_policy(
+    host: JobHost, job_id: str, outcome: JobState | None = None, *, policy: str | None = None
+) -> None:
+    """When job ``job_id`` of ``host`` ends: ``delete_on_success`` (if it succeeded) and ``delete_always``
+    remove its output — for an object store, every object below the job's prefix; chunks become
+    ``expired``. ``retain`` and ``delete_on_ack`` keep what is left.
+
+    ``outcome`` is the final state the job is about to be given (the runner cleans up *before* announcing
+    it, so a client that sees ``succeeded`` never sees the output still there); default: its present state.
+    ``policy``: the job's cleanup policy when the caller has its record (a policy that keeps the output then
+    costs no read). Raises :class:`JobNotFound` for a job that is not of ``host``'s root; an output that
+    cannot be removed is a warning in the job's log."""
+    if policy in ("retain", "delete_on_ack") and outcome is not None:
+        return
+    rec = _record(host, job_id, resume=False)
+    policy = rec.cleanup_policy
+    state = (outcome or JobState(rec.state)).value
+    if policy == "delete_always" or (policy == "delete_on_success" and state == JobState.succeeded.value):
+        try:
+            removed = remove_job_output(host, _record(host, job_id, resume=True), keep_ready=False)
+        except StagingError as exc:
+            host.log_event(job_id, "warning", f"cleanup policy {policy}: output not removed: {exc.message}")
+            return
+        for chunk in host.store.list_chunks(rec.id):
+            host.store.update_chunk(chunk.id, state=ChunkState.expired.value)
+        host.log_event(job_id, "info", f"cleanup policy {policy}: output removed ({removed} file(s))")
+        host.announce(_record(host, job_id, resume=True))
+
+
+def _record(host: JobHost, job_id: str, *, resume: bool) -> JobRecord:
+    rec = host.store.get_job(job_id, resume=resume)
+    if rec is None or rec.root != str(host.root_dir):
+        raise JobNotFound(f"no staging job {job_id!r}")
+    return rec
