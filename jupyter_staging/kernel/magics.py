@@ -25,6 +25,7 @@ import argparse
 import difflib
 import json
 import re
+import shlex
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -203,16 +204,26 @@ def _cell_arguments(line: str, cell: str) -> None:
     per line (YAML) or a JSON object."""
 
 
-def parse_options(magic: Callable[..., Any], line: str) -> argparse.Namespace:
-    """``line`` parsed by ``magic``'s arguments, split as a shell splits it (POSIX rules): quotes and
-    backslashes keep a path or name with spaces one argument (``'my data/cat.xml'``, ``my\\ data``) and
-    leave it without its quotes. A mistyped option gets a "did you mean": ``unrecognized arguments:
-    --to-parqet (did you mean --to-parquet?)``, one line, as a :class:`UsageError`; so does a quote left
-    open."""
+def split_line(line: str) -> list[str]:
+    """A magic's line as arguments: split at blanks, where quotes (``'my data/cat.xml'``, ``"$path"``) keep
+    a path or name with spaces one argument and are removed, as a shell does; a backslash is a character
+    (a Windows path IPython put in the line stays whole). A line whose quotes do not pair (an apostrophe
+    in ``O'Brien.fits``) is split at blanks only, every character kept."""
+    lexer = shlex.shlex(line, posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    lexer.escape = ""
     try:
-        argv = arg_split(line, posix=True)
-    except ValueError as err:  # shlex: "No closing quotation", "No escaped character"
-        raise UsageError(f"{err} in: {line}") from None
+        return list(lexer)
+    except ValueError:  # "No closing quotation": an apostrophe in a name, not a quote
+        return list(arg_split(line, posix=False))
+
+
+def parse_options(magic: Callable[..., Any], line: str) -> argparse.Namespace:
+    """``line`` parsed by ``magic``'s arguments, split by :func:`split_line`. A mistyped option gets a
+    "did you mean": ``unrecognized arguments: --to-parqet (did you mean --to-parquet?)``, one line, as a
+    :class:`UsageError`."""
+    argv = split_line(line)
     try:
         return magic.parser.parse_args(argv)  # type: ignore[attr-defined,no-any-return]
     except UsageError as err:

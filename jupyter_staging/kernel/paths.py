@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from jupyter_staging.errors import PathNotAllowed
+from jupyter_staging.errors import InvalidRequest, PathNotAllowed
 
 __all__ = ["chunk_paths", "entry_paths", "is_url", "local_source", "to_root_relative"]
 
@@ -27,7 +27,16 @@ def is_url(text: str) -> bool:
 
 def local_source(source: str) -> str:
     """A local source made absolute against the current working directory (``~`` expanded); URLs
-    unchanged."""
+    unchanged.
+
+    Raises :class:`InvalidRequest` (code ``invalid_source``) for an empty or blank source: ``%stage "$p"``
+    with ``p = ""`` would otherwise stage the whole working folder (``.`` names it on purpose).
+    """
+    if not source.strip():
+        raise InvalidRequest(
+            "the source is empty: give a path, a URL or an object URI ('.' stages this whole folder)",
+            code="invalid_source",
+        )
     if is_url(source):
         return source
     return os.path.abspath(os.path.expanduser(source))

@@ -72,25 +72,32 @@ def test_a_mistyped_option_gets_did_you_mean(shell):
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_paths_and_names_with_spaces_are_quoted_as_in_a_shell(shell, tmp_path):
-    """Quotes keep a path with spaces one argument and leave it without its quotes; so does a backslash
-    before a space, and a variable expanded inside quotes. (Quotes stayed in the path, and a backslash
-    split it.)"""
+    """Quotes keep a path with spaces one argument and leave it without its quotes, a variable expanded
+    inside quotes too. (Quotes stayed in the path.) An apostrophe in a name (no pairing quote) and a
+    backslash are characters, as before; an empty source is refused, not the notebook's whole folder."""
     folder = tmp_path / "my data"
     folder.mkdir()
     source = folder / "kepler light curve.fits"
     source.write_bytes(KEPLER.read_bytes())
+    (tmp_path / "O'Brien.fits").write_bytes(KEPLER.read_bytes())
     shell.user_ns["src"] = str(source)
     calls = {
-        "'my data/kepler light curve.fits' 'out dir' --name 'a b' --wait": "out dir",
-        r"my\ data/kepler\ light\ curve.fits out\ dir2 --wait": "out dir2",
-        '"$src" "out dir3" --wait': "out dir3",
+        "'my data/kepler light curve.fits' 'out dir' --name 'a b' --wait": "out dir/kepler light curve.fits",
+        '"$src" "out dir3" --wait': "out dir3/kepler light curve.fits",
+        "O'Brien.fits obrien --wait": "obrien/O'Brien.fits",
     }
-    for line, dest in calls.items():
+    for line, staged in calls.items():
         shell.run_line_magic("stage", line)
-        assert (tmp_path / dest / source.name).read_bytes() == source.read_bytes(), line
+        assert (tmp_path / staged).read_bytes() == source.read_bytes(), line
     assert [j.name for j in jupyter_staging.list_jobs() if j.name == "a b"] == ["a b"]
-    with pytest.raises(UsageError, match="^No closing quotation in: "):
-        shell.run_line_magic("stage", "'my data/kepler light curve.fits out")
+    with pytest.raises(UsageError) as info:  # the backslashes kept: one name, as typed
+        shell.run_line_magic("stage", r"C:\data\kepler.fits win")
+    assert "source_not_found" in str(info.value) and repr(r"C:\data\kepler.fits")[1:-1] in str(info.value)
+    shell.user_ns["empty"] = ""
+    for line in ('"$empty" everything', '"" everything'):
+        with pytest.raises(UsageError, match=r"^staging error \[invalid_source\]: the source is empty"):
+            shell.run_line_magic("stage", line)
+    assert not (tmp_path / "everything").exists()
 
 
 def test_partial_failure_hint_names_a_call_that_works(shell, tmp_path):
