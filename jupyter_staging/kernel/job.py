@@ -410,7 +410,8 @@ def iter_chunks(job: Job, *, poll: float = 0.25, timeout: float | None = None) -
     """Yield each chunk of ``job`` once, in index order, as soon as it is ready — while the job runs.
 
     Ends when the job has ended and every ready chunk was yielded. A chunk that failed (a manifest entry
-    that could not be staged: it has an ``error``) is skipped, and chunks after it still come. ``poll``
+    that could not be staged: it has an ``error``) or was withdrawn (``expired``: the parts a failed
+    conversion had written, or removed by its TTL) is skipped, and chunks after it still come. ``poll``
     seconds between status reads; ``timeout`` seconds at most in all. Raises :class:`JobFailed` when the
     job fails (a manifest job with failed entries: code ``partial``) or is cancelled, after yielding every
     chunk that was ready, and :class:`TimeoutError` when ``timeout`` passes.
@@ -424,7 +425,7 @@ def iter_chunks(job: Job, *, poll: float = 0.25, timeout: float | None = None) -
             chunk = by_index[next_index]
             if chunk["state"] in _READABLE:
                 yield Chunk(job, chunk)
-            elif not chunk.get("error"):
+            elif chunk["state"] == "pending" and not chunk.get("error"):
                 break  # still being written: the chunks after it wait, to come in index order
             next_index += 1
         if done:

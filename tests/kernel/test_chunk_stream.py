@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from jupyter_staging.engine import entries as manifest_entries
 from jupyter_staging.kernel import api
 from jupyter_staging.kernel.job import JobFailed
+from tests.helpers.data import latin1_past_inference, wait_until
+from tests.helpers.servers import RangeHTTPServer
 
 
 def write_csv(path, rows):
@@ -66,3 +71,39 @@ def test_a_failed_entry_does_not_stop_the_chunks_after_it(local_backend, tmp_pat
             got.append((chunk.index, chunk.path.parent.name))
     assert info.value.code == "partial"
     assert got == [(1, "kepler"), (2, "tess")]
+
+
+@pytest.mark.timeout(180)
+def test_withdrawn_parts_of_a_failed_conversion_do_not_stall_the_stream(local_backend, tmp_path, monkeypatch):
+    """Entry ``a`` fails past its first Parquet parts, which are withdrawn (``expired``, no ``error``);
+    the chunks of ``b`` after them come while the job still runs (a slow download keeps it running).
+    (The stream waited at the first withdrawn part until the job ended.) One entry at a time, so that
+    ``b``'s chunks are numbered after ``a``'s."""
+    monkeypatch.setattr(manifest_entries, "MANIFEST_CONCURRENCY", 1)
+    latin1_past_inference(tmp_path / "late.csv")
+    (tmp_path / "b.csv").write_text("name,flux\n" + "".join(f"s{i},{i}.5\n" for i in range(300_000)))
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "slow.bin").write_bytes(os.urandom(3_000_000))
+    with RangeHTTPServer(www, throttle_bytes_per_s=100_000) as site:
+        entries = {"a": str(tmp_path / "late.csv"), "b": str(tmp_path / "b.csv"), "c": site.url("slow.bin")}
+        job = api.stage(entries, "out", to_parquet=True, chunk_rows=100_000, show=False)
+        try:
+
+            def a_withdrawn_b_ready() -> bool:
+                chunks = job.refresh().chunks
+                b_ready = [c for c in chunks if c["entry"] == "b" and c["state"] == "ready"]
+                return any(c["state"] == "expired" for c in chunks) and len(b_ready) == 3
+
+            wait_until(a_withdrawn_b_ready, timeout=120)
+            assert job.state == "running"
+            b_chunks = {c["index"] for c in job.chunks if c["entry"] == "b"}
+            assert min(b_chunks) > min(c["index"] for c in job.chunks if c["state"] == "expired")
+            got = []
+            for chunk in job.iter_chunks(poll=0.05, timeout=20):
+                got.append(chunk.index)
+                if b_chunks <= set(got):
+                    break
+            assert job.refresh().state == "running"  # all of b came before the job ended
+        finally:
+            job.cancel()
