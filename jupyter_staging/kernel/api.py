@@ -20,8 +20,8 @@ from typing import Any, get_args
 
 from jupyter_staging.engine.models import IfExists
 from jupyter_staging.errors import InvalidRequest
-from jupyter_staging.kernel.backends import Backend, LocalBackend, ServerBackend
-from jupyter_staging.kernel.discovery import discover
+from jupyter_staging.kernel.backends import Backend, LocalBackend, ServerBackend, server_base_url
+from jupyter_staging.kernel.discovery import ENV_CERT, ENV_URL, discover
 from jupyter_staging.kernel.frontend import has_widget_frontend, in_ipython
 from jupyter_staging.kernel.job import Job, JobList
 from jupyter_staging.kernel.paths import is_url, local_source, to_root_relative
@@ -64,14 +64,28 @@ def default_backend() -> Backend:
         return _backend
 
 
-def use_server(url: str, token: str | None = None, root_dir: str | os.PathLike[str] | None = None) -> Backend:
-    """Send every later call of this process to the Jupyter server at ``url`` (with its base_url).
+def use_server(
+    url: str,
+    token: str | None = None,
+    root_dir: str | os.PathLike[str] | None = None,
+    *,
+    server_cert: str | os.PathLike[str] | None = None,
+) -> Backend:
+    """Send every later call of this process to the Jupyter server at ``url`` (with its base_url; the URL
+    Jupyter prints, ``.../lab?token=...``, is taken as it is).
 
     ``root_dir`` is the server's root directory as this process sees it (default: the current working
-    directory). Nothing is checked until the first call; a wrong URL or token then raises
-    :class:`StagingError`. Returns the backend.
+    directory). ``server_cert``: for an https server with a certificate of its own (self-signed, or naming
+    another host), its PEM file, trusted as the only certificate of that URL; by default the one the
+    server gave its kernels (``JUPYTER_STAGING_SERVER_CERT``) when ``url`` is that server. Nothing is
+    checked until the first call; a wrong URL or token then raises :class:`StagingError`. Raises
+    ``OSError`` when ``server_cert`` cannot be read. Returns the backend.
     """
-    backend = ServerBackend(url, token, root_dir if root_dir is not None else os.getcwd())
+    base = server_base_url(url)[0]
+    if server_cert is None and base == server_base_url(os.environ.get(ENV_URL) or "")[0]:
+        server_cert = os.environ.get(ENV_CERT) or None
+    cert = os.fspath(server_cert) if server_cert is not None else None
+    backend = ServerBackend(url, token, root_dir if root_dir is not None else os.getcwd(), server_cert=cert)
     _set_backend(backend)
     return backend
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 
 import requests
 import requests.adapters
@@ -144,8 +144,9 @@ class Backend:
 
 class _PinnedCertificate(requests.adapters.HTTPAdapter):
     """TLS to a server that must present the certificate of ``cafile`` (or one it signed): the server's
-    own certificate file, read by OpenSSL as trust anchors (``VERIFY_X509_PARTIAL_CHAIN``: a leaf is
-    one), without a host-name check. Raises ``OSError`` / ``ssl.SSLError`` when the file is unreadable."""
+    own certificate file, read by OpenSSL as the only trust anchors (``VERIFY_X509_PARTIAL_CHAIN``: a leaf
+    is one; no system or certifi CA), without a host-name check. Raises ``OSError`` / ``ssl.SSLError``
+    when the file is unreadable."""
 
     def __init__(self, cafile: str) -> None:
         self._context = ssl.create_default_context(cafile=cafile)
@@ -158,22 +159,43 @@ class _PinnedCertificate(requests.adapters.HTTPAdapter):
         kwargs["assert_hostname"] = False  # urllib3 checks the name itself unless told not to
         super().init_poolmanager(*args, **kwargs)
 
+    # requests adds its CA bundle (certifi's, or REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE) to the context of
+    # each connection: with no host-name check, any certificate such a CA signed would pass. The pinned
+    # certificate is the only trust anchor, whatever ``verify`` the session or the environment gives.
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: bool | str, cert: Any = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        host, pool = super().build_connection_pool_key_attributes(request, True, cert)
+        return host, pool
+
+    def cert_verify(self, conn: Any, url: str, verify: bool | str, cert: Any) -> None:
+        super().cert_verify(conn, url, True, cert)
+        conn.ca_certs = conn.ca_cert_dir = None
+
+
+#: First path segments of a Jupyter server's pages (JupyterLab, the file browser, Notebook 7, the editor):
+#: a URL copied from the address bar ends the server's base URL where one of them begins.
+_PAGES = frozenset({"lab", "tree", "notebooks", "edit", "doc", "view"})
+
 
 def server_base_url(url: str) -> tuple[str, str | None]:
     """The base URL of a Jupyter server from a URL a user pastes, and the token it carries (or None).
 
     The URL Jupyter prints (``http://127.0.0.1:8888/lab?token=abc``) becomes ``http://127.0.0.1:8888/``
-    and ``"abc"``: the query and fragment are dropped (a token in them would reach messages and logs), and
-    a last ``lab`` or ``tree`` path segment without a slash after it (JupyterLab's and the classic
-    file browser's pages) is the server's page, not its base URL. Always ends with ``/``.
+    and ``"abc"``; so does one copied from the address bar (``.../lab/tree/analysis/run.ipynb``,
+    ``.../tree/data``): the path ends where the first page segment (``lab``, ``tree``, ``notebooks``,
+    ``edit``, ``doc``, ``view``) begins, after a JupyterHub ``/user/<name>/`` (a user may be called
+    ``lab``). The query, the fragment and a ``user:password@`` are dropped: the URL is shown in messages
+    and logs (:class:`ServerBackend` sends a user and password as basic auth). Always ends with ``/``.
     """
     parts = urlsplit(url)
     token = parse_qs(parts.query).get("token", [None])[0]
-    path = parts.path
-    head, _, last = path.rpartition("/")
-    if last in ("lab", "tree"):
-        path = head
-    base = urlunsplit((parts.scheme, parts.netloc, path if path.endswith("/") else path + "/", "", ""))
+    segments = parts.path.split("/")
+    first = 3 if len(segments) > 3 and segments[1] == "user" else 1
+    page = next((i for i in range(first, len(segments)) if segments[i] in _PAGES), None)
+    path = "/".join(segments[:page]) if page is not None else parts.path
+    host = parts.netloc.rpartition("@")[2]
+    base = urlunsplit((parts.scheme, host, path if path.endswith("/") else path + "/", "", ""))
     return base, token
 
 
@@ -215,6 +237,9 @@ class ServerBackend(Backend):
         self.api = f"{self.url}{API_PREFIX}/"
         self.root_dir = Path(root_dir).expanduser().resolve()
         self._session = requests.Session()
+        given = urlsplit(url)
+        if given.username is not None:  # user:password@ in the URL: basic auth, never shown
+            self._session.auth = (unquote(given.username), unquote(given.password or ""))
         if server_cert and self.url.startswith("https:"):
             self._session.mount(self.url, _PinnedCertificate(server_cert))
         self._session.headers["Accept"] = "application/json"

@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from jupyter_staging.kernel.backends import Backend, LocalBackend, ServerBackend, server_base_url
+from jupyter_staging.kernel.backends import Backend, LocalBackend, ServerBackend
 
 __all__ = ["ENV_CERT", "ENV_ROOT", "ENV_TOKEN", "ENV_URL", "candidates", "discover", "running_servers"]
 
@@ -38,22 +38,24 @@ def discover() -> Backend:
     :class:`LocalBackend` on the current working directory. Never raises for an unreachable server; when
     there were candidates and none answered, says so once (a ``RuntimeWarning``: jobs then run in this
     process and stop with it, and the server's panel does not show them)."""
-    tried = []
+    tried, unreadable = [], []
     for url, token, root in candidates():
         server_cert = os.environ.get(ENV_CERT) if url == os.environ.get(ENV_URL) else None
         try:
             backend = ServerBackend(url, token, root, server_cert=server_cert)
-        except OSError:  # the server's certificate file cannot be read
-            tried.append(server_base_url(url)[0])
+        except OSError as exc:  # the server's certificate file cannot be read
+            unreadable.append(f"{server_cert} ({exc.strerror or type(exc).__name__})")
             continue
         if backend.probe():
             return backend
         tried.append(backend.url)
         backend.close()
-    if tried:
+    if tried or unreadable:
+        why = [f"no Jupyter server answered at {', '.join(tried)}"] if tried else []
+        why += [f"the server's certificate {', '.join(unreadable)} cannot be read"] if unreadable else []
         warnings.warn(
-            f"no Jupyter server answered at {', '.join(tried)}: staging jobs run in this process (they stop "
-            "with it, and the server's Staging panel does not list them); use_server(url, token) names one",
+            f"{'; '.join(why)}: staging jobs run in this process (they stop with it, and the server's "
+            "Staging panel does not list them); use_server(url, token, server_cert=...) names a server",
             RuntimeWarning,
             stacklevel=2,
         )

@@ -427,6 +427,12 @@ def test_server_backend_maps_api_errors_to_staging_errors(jupyter_server):
         ("https://hub.example.org/user/ada", "https://hub.example.org/user/ada/", None),
         ("https://hub.example.org/user/lab/", "https://hub.example.org/user/lab/", None),
         ("http://127.0.0.1:8888", "http://127.0.0.1:8888/", None),
+        ("http://127.0.0.1:8888/lab/tree/analysis/run.ipynb?token=abc", "http://127.0.0.1:8888/", "abc"),
+        ("http://127.0.0.1:8888/lab/workspaces/auto-x?reset", "http://127.0.0.1:8888/", None),
+        ("http://127.0.0.1:8888/tree/analysis/", "http://127.0.0.1:8888/", None),
+        ("https://hub.example.org/user/lab/lab/tree/x.ipynb", "https://hub.example.org/user/lab/", None),
+        ("https://hub.example.org/user/ada/gpu/notebooks/x", "https://hub.example.org/user/ada/gpu/", None),
+        ("http://ada:s3cret@[::1]:8888/lab", "http://[::1]:8888/", None),
     ],
 )
 def test_server_base_url_of_what_a_user_pastes(pasted: str, base: str, token: str | None) -> None:
@@ -446,10 +452,12 @@ def test_the_url_jupyter_prints_is_taken_and_its_token_never_shown(jupyter_serve
         assert jupyter_server.token not in repr(backend)
     finally:
         backend.close()
-    gone = ServerBackend(f"http://127.0.0.1:{free_port()}/lab?token=secret123", None, tmp_path)
+    gone = ServerBackend(f"http://ada:s3cret@127.0.0.1:{free_port()}/lab?token=secret123", None, tmp_path)
     with pytest.raises(StagingError) as info:
         gone.list_jobs()
-    assert info.value.code == "server_unreachable" and "secret123" not in info.value.message
+    assert info.value.code == "server_unreachable"
+    for secret in ("secret123", "s3cret"):
+        assert secret not in info.value.message and secret not in repr(gone)
     # A server that answers a page, not JSON: one line with a stable code, no JSONDecodeError.
     page = tmp_path / "site" / API / "jobs"
     page.parent.mkdir(parents=True)

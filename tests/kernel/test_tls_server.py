@@ -36,7 +36,7 @@ def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_a_kernel_of_an_https_server_stages_through_it(tmp_path):
+def test_a_kernel_of_an_https_server_stages_through_it(tmp_path, monkeypatch):
     cert, key = self_signed(tmp_path, "server")
     other, _ = self_signed(tmp_path, "other")
     options = (f"--certfile={cert}", f"--keyfile={key}")
@@ -58,10 +58,21 @@ def test_a_kernel_of_an_https_server_stages_through_it(tmp_path):
         finally:
             kernel.close()
         listed = [j["id"] for j in server.request("GET", "api/v1/staging/jobs").json()["jobs"]]
-        # The kernel trusts that certificate only: another one, of the same name, is refused.
-        for pem, answers in ((cert, True), (other, False)):
+        # use_server() of the URL Jupyter prints, with the certificate given, and with the one the server
+        # gave its kernels when the URL is that server's.
+        printed = f"{server.url}lab?token={server.token}"
+        assert api.use_server(printed, server_cert=cert).list_jobs()
+        monkeypatch.setenv(discovery.ENV_URL, server.url)
+        monkeypatch.setenv(discovery.ENV_CERT, str(cert))
+        assert api.use_server(printed).list_jobs()
+        api.reset_backend()
+        # The kernel trusts that certificate only: pinned to another one, of the same name, the server is
+        # refused, even when requests' CA bundle (REQUESTS_CA_BUNDLE) vouches for the server's.
+        for pem, bundle, answers in ((cert, None, True), (other, None, False), (other, cert, False)):
+            if bundle is not None:
+                monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
             backend = ServerBackend(server.url, server.token, server.root, server_cert=str(pem))
-            assert backend.probe() is answers, pem.name
+            assert backend.probe() is answers, (pem.name, bundle)
             backend.close()
     kind, url, job_id, state = shown.split()
     assert (kind, url, state) == ("ServerBackend", server.url, "succeeded")
@@ -87,3 +98,8 @@ def test_no_server_answering_is_said_once_and_jobs_run_here(tmp_path, monkeypatc
     finally:
         backend.close()
         api.reset_backend()
+    # A certificate the kernel cannot read is named as such, not as a server that did not answer.
+    monkeypatch.setenv(discovery.ENV_URL, url.replace("http:", "https:"))
+    monkeypatch.setenv(discovery.ENV_CERT, str(tmp_path / "missing.pem"))
+    with pytest.warns(RuntimeWarning, match=r"the server's certificate .*missing\.pem \(No such file"):
+        discovery.discover().close()
