@@ -425,9 +425,12 @@ class JobsTable(w.VBox):
         return self._follower.running
 
     def refresh(self) -> None:
-        """Re-list the jobs; add rows for new ones, update the rest. Raises what ``list_jobs`` raises."""
+        """Re-list the jobs; add rows for new ones, update the rest. A row whose job left the listing (a
+        ``--state running`` table whose job ended) stays, its job read on its own until it has ended.
+        Raises what ``list_jobs`` (or reading such a job) raises."""
         jobs = self._list_jobs()
-        children: list[w.Widget] = [self.header, self.status]
+        listed = {job.id for job in jobs}
+        rows: list[w.Widget] = []
         for job in jobs:
             row = self._rows.get(job.id)
             if row is None:
@@ -435,11 +438,15 @@ class JobsTable(w.VBox):
             else:
                 row.job = job
                 row.update()
-            children.append(row)
-        if not jobs:
-            children.append(self.empty)
-        self.children = tuple(children)
-        self._ended = all(job.done for job in jobs)
+            rows.append(row)
+        for job_id, row in self._rows.items():
+            if job_id not in listed:
+                if not row.job.done:
+                    row.job.refresh()
+                    row.update()
+                rows.append(row)
+        self.children = (self.header, self.status, *(rows or [self.empty]))
+        self._ended = all(row.job.done for row in self._rows.values())
         self.header.value = _TABLE_HEADER + (_TABLE_ENDED if self._ended else "")
 
     def _poll(self) -> bool:

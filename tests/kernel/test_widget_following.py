@@ -207,6 +207,23 @@ def test_a_table_whose_comm_the_frontend_closes_stops_following(local_backend, r
     job.cancel()
 
 
+def test_a_filtered_table_keeps_the_row_of_a_job_that_left_its_listing(
+    local_backend, range_server, fast_polls
+):
+    """``%stage jobs --state running``: once the job ends it is no longer listed; its row stays, showing
+    how it ended, and the table stops. (The row vanished, and the table said "no staging jobs yet".)"""
+    job = slow_download(range_server, "filtered")
+    wait_until(lambda: job.refresh().state == "running", 30, "the job to run")
+    table = widgets.JobsTable(lambda: api.list_jobs(state="running"))
+    assert [row.job.id for row in table.children[2:]] == [job.id]
+    range_server.throttle_bytes_per_s = 0
+    job.wait(timeout=60)
+    wait_until(lambda: not table.following, 30, "the table to stop")
+    assert [row.job.state for row in table.children[2:]] == ["succeeded"]
+    assert "no staging jobs yet" not in shown(table) and "every job listed has ended" in shown(table)
+    table.close()
+
+
 def test_a_refused_action_stays_on_show(local_backend, range_server):
     job = slow_download(range_server, "refused")
     widget = widgets.JobWidget(job, follow=False)
