@@ -398,8 +398,9 @@ class JobLifecycle:
         :class:`OSError` saying the disk (or the disk quota) is full (``ENOSPC`` / ``EDQUOT``), else
         ``internal_error`` and the exception's type (its traceback, redacted, goes to this process's log
         only). A known error's technical cause (``__cause__``) is written to the job's log as one line.
-        A job that has ended already (another server's run of it was first) is left as it is, and this
-        process's log says so (a warning, no traceback). Raises :class:`JobNotFound`."""
+        A job that has ended already (another server's run of it was first), or that another server took
+        over, is left as it is, and this process's log says so (a warning, no traceback). Raises
+        :class:`JobNotFound`."""
         if not self.still_held(job_id):
             return
         known = as_staging_error(error)
