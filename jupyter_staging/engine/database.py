@@ -63,6 +63,12 @@ def make_private(path: str) -> None:
             log.warning("cannot make %s private (mode 0600): %s", name, err.strerror)
 
 
+#: Seconds a SQLite writer waits for another connection's write lock before ``database is locked``. A lease
+#: (:mod:`~jupyter_staging.engine.leases`) must outlast such a wait, or a renewal stuck behind a long write
+#: would let another host take over a job its runner still runs.
+SQLITE_BUSY_TIMEOUT = 30.0
+
+
 def make_engine(db_url: str) -> Engine:
     """Create an engine for ``db_url``; SQLite gets WAL, foreign keys and thread sharing, and its file
     (with ``-wal`` and ``-shm``, which SQLite creates with the database's mode) is 0600."""
@@ -72,7 +78,7 @@ def make_engine(db_url: str) -> Engine:
             make_private(path)
         engine = create_engine(
             db_url,
-            connect_args={"check_same_thread": False, "timeout": 30},
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT},
             json_serializer=json.dumps,
         )
 

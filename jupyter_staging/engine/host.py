@@ -41,6 +41,8 @@ class JobHost(Protocol):
     concurrent_items: int
     #: Byte ranges of one large download from a range-capable source fetched at once; 1: one stream.
     streams_per_file: int
+    #: This process as a job's ``runner`` (``host:pid:start``): a run's final writes are conditional on it.
+    runner_id: str
 
     def destination_of(self, rec: JobRecord) -> Destination:
         """The destination (local folder or object-store prefix) of job ``rec``."""
@@ -128,6 +130,11 @@ class JobHost(Protocol):
     def fail(self, job_id: str, error: StagingError | Exception) -> None:
         """End the job ``failed`` with the error's code and a redacted message (``internal_error`` for
         anything that is not a :class:`~jupyter_staging.errors.StagingError`)."""
+        ...
+
+    def still_held(self, job_id: str) -> bool:
+        """Whether the job is still this process's to end (not ended, its runner still this process);
+        when not, this process's log says why."""
         ...
 
     def release(self, job_id: str, control: JobControl, live: LiveProgress) -> None:

@@ -8,7 +8,15 @@ job, a submitted one, one taken ``running``) and pushed on by the process's :cla
 ``heartbeat_interval`` seconds, to :data:`LEASE_INTERVALS` intervals ahead. A server of another host takes
 a job over only once its lease has expired (:func:`verdict`), claiming it with a conditional ``UPDATE``
 (:func:`claim`): of two servers starting at once, one gets it. A cancel of a job whose lease expired ends it
-at once, as one of a dead runner of this host.
+at once, and so does a pause (paused).
+
+A runner that misses its lease though alive (stopped, starved, its renewal stuck behind another write) may
+find its job taken over: each beat compares the jobs renewed with those held, and the run of a job another
+process took is interrupted (``superseded``) and records nothing; its final writes are conditional on
+``runner`` still naming it. The same beat takes over (:mod:`~jupyter_staging.engine.recovery`) the jobs of
+other processes whose lease expired, not only at a server's start. The lease outlasts the SQLite busy timeout
+(:data:`~jupyter_staging.engine.database.SQLITE_BUSY_TIMEOUT`) by an interval with the default interval
+(:func:`outlasts_lock_wait`).
 
 A job of another host's runner without a lease was written by a release before leases (whose runner ids
 were ``host:pid``): it is taken over at once, as those releases did. Lease times come from each host's
@@ -20,12 +28,13 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Table, or_, update
+from sqlalchemy import Table, or_, select, update
 
+from jupyter_staging.engine.database import SQLITE_BUSY_TIMEOUT
 from jupyter_staging.engine.models import JobState
 from jupyter_staging.engine.processes import parse_runner, runner_alive
 from jupyter_staging.engine.store import JobRecord, Store, utcnow
@@ -33,8 +42,9 @@ from jupyter_staging.safety.redact import redact_text
 
 log = logging.getLogger(__name__)
 
-#: Seconds between two renewals of a process's leases, by default (``StagingApp.heartbeat_interval``).
-DEFAULT_HEARTBEAT_INTERVAL = 10.0
+#: Seconds between two renewals of a process's leases, by default (``StagingApp.heartbeat_interval``): a
+#: lease of 60 s, so a renewal that waited the whole SQLite busy timeout (30 s) still lands in time.
+DEFAULT_HEARTBEAT_INTERVAL = 20.0
 #: Heartbeat intervals a lease lasts: a runner is taken for dead after this many renewals missed.
 LEASE_INTERVALS = 3
 
@@ -58,6 +68,13 @@ def lease_until(interval: float, now: datetime | None = None) -> datetime:
     """When a lease taken or renewed ``now`` (default: now) expires: :data:`LEASE_INTERVALS` heartbeat
     intervals of ``interval`` seconds later (aware UTC datetime)."""
     return (now or utcnow()) + timedelta(seconds=LEASE_INTERVALS * interval)
+
+
+def outlasts_lock_wait(interval: float) -> bool:
+    """Whether a lease renewed every ``interval`` seconds outlasts a renewal that waited the whole SQLite
+    busy timeout (:data:`~jupyter_staging.engine.database.SQLITE_BUSY_TIMEOUT`, seconds) for another
+    connection's write lock: the beat after a renewal lands before the lease it renewed expires."""
+    return (LEASE_INTERVALS - 1) * interval > SQLITE_BUSY_TIMEOUT
 
 
 def verdict(rec: JobRecord, *, host: str, now: datetime) -> Verdict:
@@ -101,6 +118,24 @@ def renew(store: Store, runner: str, root: str, until: datetime) -> int:
         return int(result.rowcount)  # type: ignore[attr-defined]
 
 
+def runners_of(store: Store, job_ids: Collection[str]) -> dict[str, str | None]:
+    """The ``runner`` of each of the jobs ``job_ids`` that exist (job id -> runner id): one ``SELECT``."""
+    with store.read_session() as s:
+        rows = s.execute(select(_JOBS.c.id, _JOBS.c.runner).where(_JOBS.c.id.in_(list(job_ids))))
+        return {row.id: row.runner for row in rows}
+
+
+def expired(store: Store, runner: str, root: str, now: datetime) -> list[str]:
+    """The ids of the queued or running jobs of root folder ``root`` whose runner is not ``runner`` and
+    whose lease ran out by ``now``: one ``SELECT`` on the indexed ``state`` (jobs to take over)."""
+    lease = _JOBS.c.lease_expires_at
+    with store.read_session() as s:
+        query = select(_JOBS.c.id).where(
+            _JOBS.c.state.in_(HELD_STATES), _JOBS.c.root == root, _JOBS.c.runner != runner, lease <= now
+        )
+        return list(s.execute(query).scalars())
+
+
 def release(store: Store, runner: str, root: str) -> None:
     """End the leases of ``runner``'s queued and running jobs of ``root`` now (a server stopped with its
     runs ended): a server of another host may take them over at its start, without waiting for them to
@@ -109,13 +144,22 @@ def release(store: Store, runner: str, root: str) -> None:
 
 
 class Heartbeat:
-    """A daemon thread renewing the leases of runner ``runner`` on the jobs of root folder ``root`` in
-    ``store`` every ``interval`` seconds while ``holding()`` is true (the manager has jobs queued or
-    running; an idle server writes nothing). A failed renewal (the database unreachable) is logged and
-    tried again at the next beat. Raises :class:`ValueError` unless ``interval`` is positive."""
+    """A daemon thread that, every ``interval`` seconds, renews the leases of runner ``runner`` on the jobs of
+    root folder ``root`` in ``store`` while it holds some (``held()``: the ids of the jobs it has a runner
+    of; an idle server writes nothing), calls ``lost(ids)`` with those another process took meanwhile (the
+    row's runner is another's: a lease missed), then ``recover()`` (the takeover of jobs whose lease
+    expired). A failure (the database unreachable) is logged and tried again at the next beat. Raises
+    :class:`ValueError` unless ``interval`` (seconds) is positive."""
 
     def __init__(
-        self, store: Store, runner: str, root: str, interval: float, holding: Callable[[], bool]
+        self,
+        store: Store,
+        runner: str,
+        root: str,
+        interval: float,
+        held: Callable[[], Collection[str]],
+        lost: Callable[[list[str]], None] = lambda ids: None,
+        recover: Callable[[], object] = lambda: None,
     ) -> None:
         if interval <= 0:
             raise ValueError(f"heartbeat_interval must be positive, not {interval}")
@@ -123,7 +167,9 @@ class Heartbeat:
         self.runner = runner
         self.root = root
         self.interval = interval
-        self.holding = holding
+        self.held = held
+        self.lost = lost
+        self.recover = recover
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -138,15 +184,23 @@ class Heartbeat:
         self._stop.set()
 
     def beat(self) -> None:
-        """Renew the leases once, now (when ``holding()``)."""
-        if self.holding():
-            renew(self.store, self.runner, self.root, lease_until(self.interval))
+        """Renew the leases once, now, and report the jobs lost (``lost``): when fewer rows were renewed
+        than jobs are held, their runners are read (one more ``SELECT``). A job held but no longer queued
+        or running (its run ending) is not lost."""
+        held = set(self.held())  # before the renewal: each held job named this runner before it was held
+        if not held:
+            return
+        if renew(self.store, self.runner, self.root, lease_until(self.interval)) >= len(held):
+            return
+        runners = runners_of(self.store, held)
+        gone = sorted(i for i in held if i in runners and runners[i] != self.runner)
+        if gone:
+            self.lost(gone)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
-                self.beat()
-            except Exception as exc:  # the next beat tries again; the lease runs LEASE_INTERVALS beats
-                log.warning(
-                    "staging: could not renew the job leases of %s: %s", self.runner, redact_text(str(exc))
-                )
+            for step, what in ((self.beat, "renew the job leases"), (self.recover, "take over jobs")):
+                try:
+                    step()
+                except Exception as exc:  # the next beat tries again; the lease runs LEASE_INTERVALS beats
+                    log.warning("staging: could not %s of %s: %s", what, self.runner, redact_text(str(exc)))

@@ -4,8 +4,8 @@
 :class:`~jupyter_staging.engine.host.JobHost`): every state change is persisted in the
 :class:`~jupyter_staging.engine.store.Store` before it is announced to listeners; jobs left running by a
 process that died (of this host, or of another whose lease expired: :mod:`~jupyter_staging.engine.leases`)
-are resumed by :meth:`JobLifecycle.start`; finished jobs past their ``expires_at`` are expired by the sweeper
-thread.
+are resumed by :class:`~jupyter_staging.engine.recovery.JobRecovery`; finished jobs past their
+``expires_at`` are expired by the sweeper thread.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from jupyter_staging.destinations.registry import open_destination
 from jupyter_staging.engine.describe import describe_job
 from jupyter_staging.engine.executors import DEFAULT_CONCURRENT_ITEMS, DEFAULT_STREAMS_PER_FILE, Executor
 from jupyter_staging.engine.expansion import DEFAULT_MAX_UNPACKED_BYTES
-from jupyter_staging.engine.leases import Heartbeat, Verdict, claim, lease_until, release, verdict
+from jupyter_staging.engine.leases import HELD_STATES, Heartbeat, lease_until, release
 from jupyter_staging.engine.models import TRANSITIONS, DescribeJob, JobState
 from jupyter_staging.engine.processes import parse_runner, this_runner
 from jupyter_staging.engine.progress import PROGRESS_INTERVAL, LiveProgress
@@ -33,10 +33,9 @@ from jupyter_staging.engine.records import has_sealed, without_sealed
 from jupyter_staging.engine.retention import apply_cleanup_policy, sweep
 from jupyter_staging.engine.runner import JobRunner
 from jupyter_staging.engine.store import JobRecord, Store, utcnow
-from jupyter_staging.engine.transitions import Guard, JobEnded, StateChanged
+from jupyter_staging.engine.transitions import Guard, JobEnded, StateChanged, held_by
 from jupyter_staging.errors import InvalidState, JobNotFound, StagingError, as_staging_error
 from jupyter_staging.safety.control import JobControl
-from jupyter_staging.safety.descriptors import raise_open_file_limit
 from jupyter_staging.safety.redact import redact_text
 from jupyter_staging.safety.sealed import SecretBox
 
@@ -70,7 +69,7 @@ class JobLifecycle:
         raise_open_files: bool = False,
     ) -> None:
         self.store = store
-        #: :meth:`start` raises the process's soft open-file limit (:func:`raise_open_file_limit`).
+        #: :meth:`start` raises the process's soft open-file limit (``raise_open_file_limit``).
         self.raise_open_files = raise_open_files
         self.secrets = secrets
         self.root_dir = root_dir
@@ -91,7 +90,13 @@ class JobLifecycle:
         self.host = parse_runner(self.runner_id)[0]
         #: Renews the leases of the jobs this process holds (a runner prepared or submitted).
         self.heartbeat = Heartbeat(
-            store, self.runner_id, str(root_dir), heartbeat_interval, lambda: bool(self._controls)
+            store,
+            self.runner_id,
+            str(root_dir),
+            heartbeat_interval,
+            held=self._held,
+            lost=self._lost,
+            recover=self.recover_expired,
         )
         self.sweep_interval = sweep_interval
         self._sweeper: threading.Thread | None = None
@@ -99,45 +104,24 @@ class JobLifecycle:
 
     # -- recovery, TTL expiry, cleanup policies -------------------------------------------------------
 
-    def start(self) -> list[str]:
-        """Recover after a restart: jobs left ``running`` or ``queued`` by a process that is gone are
-        queued again and resume from their partial files — not those this manager runs already (created
-        before it was started), nor those of a live process: of this host, checked by pid; of another, one
-        whose lease has not expired (:mod:`~jupyter_staging.engine.leases`). Each is claimed first: of two
-        servers starting at once, one takes it. Returns the ids of the jobs resubmitted. Starts the lease
-        heartbeat; with ``raise_open_files``, raises the process's soft open-file limit first
-        (:func:`raise_open_file_limit`)."""
-        before, after = raise_open_file_limit() if self.raise_open_files else (0, 0)
-        if after != before:
-            log.info("staging: raised the soft open-file limit (RLIMIT_NOFILE) from %d to %d", before, after)
-        self.executor.start()
-        self.heartbeat.start()
-        resumed = []
-        now = utcnow()
-        for rec in self.store.list_jobs(
-            root=str(self.root_dir),
-            states=[JobState.running.value, JobState.queued.value],
-            limit=100000,
-            resume=False,
-        ):
+    def recover_expired(self) -> list[str]:
+        """Take over the jobs whose lease expired (:class:`~jupyter_staging.engine.recovery.JobRecovery`)."""
+        raise NotImplementedError
+
+    def _held(self) -> list[str]:
+        """The ids of the jobs this process has a runner of (prepared, queued or running)."""
+        with self._lock:
+            return list(self._controls)
+
+    def _lost(self, job_ids: list[str]) -> None:
+        """Interrupt the runs of jobs ``job_ids``, which other processes took over (this one missed their
+        leases) or ended: each stops at its next block, ``superseded``, and records nothing."""
+        for job_id in job_ids:
             with self._lock:
-                if rec.id in self._controls:
-                    continue  # created and submitted by this manager before it started: its runner has it
-            if rec.runner and rec.runner != self.runner_id:
-                if verdict(rec, host=self.host, now=now) == Verdict.ALIVE:
-                    continue  # another live process (a second kernel, a script, a server of another host)
-                if not claim(self.store, rec, self.runner_id, self.lease_until()):
-                    continue  # another server took it first, or its runner renewed its lease meanwhile
-            if rec.state == JobState.running.value:
-                self.log_event(rec.id, "warning", "the server stopped while this job ran; resuming it")
-                self.set_state(rec.id, JobState.queued)
-            resumed.append(rec.id)
-        for job_id in reversed(resumed):  # oldest first
-            self.submit(job_id)
-        if self.sweep_interval > 0 and self._sweeper is None:
-            self._sweeper = threading.Thread(target=self._sweep_loop, name="staging-ttl-sweeper", daemon=True)
-            self._sweeper.start()
-        return resumed
+                control = self._controls.get(job_id)
+            if control is not None and control.reason != "superseded":
+                log.warning("staging job %s: taken over by another server, or ended: its run stops", job_id)
+                control.interrupt("superseded")
 
     def lease_until(self) -> datetime:
         """When a lease this process takes or renews now expires (its heartbeat's ``lease_until``)."""
@@ -375,7 +359,8 @@ class JobLifecycle:
 
     def report_progress(self, job_id: str, *, force: bool = False) -> None:
         """Persist and announce the live counters, at most every :data:`PROGRESS_INTERVAL` seconds unless
-        ``force``; relays a pause / cancel that another process requested through the database."""
+        ``force``; relays a pause / cancel that another process requested through the database. Nothing is
+        written once the job is not queued or running under this process: its run is stopped instead."""
         live = self._live.get(job_id)
         if live is None:
             return
@@ -386,8 +371,14 @@ class JobLifecycle:
             live.last_flush = now
             live.rate = live.meter.sample(live.bytes_done, now)
             bytes_done, rows_done = live.persisted()
-        row = self.store.set_job_fields(job_id, bytes_done=bytes_done, rows_done=rows_done)
+        # Written only while the job is this process's: else it stops (taken over, or ended by another run).
+        row = self.store.set_job_fields(
+            job_id, held_by=self.runner_id, bytes_done=bytes_done, rows_done=rows_done
+        )
         if row is None:
+            return
+        if row["runner"] != self.runner_id or row["state"] not in HELD_STATES:
+            self._lost([job_id])
             return
         if row["requested"] in (JobState.paused.value, JobState.cancelled.value):
             with self._lock:
@@ -407,9 +398,10 @@ class JobLifecycle:
         :class:`OSError` saying the disk (or the disk quota) is full (``ENOSPC`` / ``EDQUOT``), else
         ``internal_error`` and the exception's type (its traceback, redacted, goes to this process's log
         only). A known error's technical cause (``__cause__``) is written to the job's log as one line.
-        A job that has ended already (another server's run of it was first) is left as it is, and this
-        process's log says so (a warning, no traceback). Raises :class:`JobNotFound`."""
-        if self._ended(job_id):
+        A job that has ended already (another server's run of it was first), or that another server took
+        over, is left as it is, and this process's log says so (a warning, no traceback). Raises
+        :class:`JobNotFound`."""
+        if not self.still_held(job_id):
             return
         known = as_staging_error(error)
         if known is not None:
@@ -430,23 +422,33 @@ class JobLifecycle:
             cause = as_staging_error(exc)
             shown = cause.message if cause is not None else type(exc).__name__
             lines.append(("warning", f"cleanup policy not applied: {shown}"))
-        try:
+        fields: dict[str, Any] = {"error_code": code, "error_message": message, "requested": None}
+        try:  # only while the job is this process's
             self.set_state(
-                job_id, JobState.failed, events=lines, error_code=code, error_message=message, requested=None
+                job_id,
+                JobState.failed,
+                events=lines,
+                when=held_by(self.runner_id, lambda rec: True),
+                **fields,
             )
-        except JobEnded:  # ended meanwhile
-            self._ended(job_id)
+        except (StateChanged, JobEnded):  # taken over, or ended, meanwhile
+            self.still_held(job_id)
 
-    def _ended(self, job_id: str) -> bool:
-        """Whether job ``job_id`` has ended (a final state), which this process's log then says: a run
-        finding it so as it ends records nothing (another run of it, or a verb, ended it first)."""
-        head = self.store.job_state(job_id)
-        if head is None or not JobState(head[0]).is_final:
+    def still_held(self, job_id: str) -> bool:
+        """Whether job ``job_id`` is still this process's to end: not ended (a final state), its runner
+        still this process. When not, this process's log says so (a warning): a run finding it so as it
+        ends records nothing (another run of it, or a verb, ended it first; another server took it over)."""
+        rec = self.store.get_job(job_id, resume=False)
+        if rec is None:
             return False
-        log.warning(
-            "staging job %s: %s already as this run ended; the run's end is not recorded", job_id, head[0]
-        )
-        return True
+        if JobState(rec.state).is_final:
+            why = f"{rec.state} already"
+        elif rec.runner != self.runner_id:
+            why = f"taken over by {rec.runner} (this run missed its lease)"
+        else:
+            return True
+        log.warning("staging job %s: %s as this run ended; the run's end is not recorded", job_id, why)
+        return False
 
     def release(self, job_id: str, control: JobControl, live: LiveProgress) -> None:
         """Forget the ``control`` and ``live`` counters of a runner of job ``job_id`` that has returned,

@@ -17,24 +17,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from jupyter_staging.destinations.manifest import build_manifest, read_manifest
+from jupyter_staging.destinations.manifest import read_manifest
 from jupyter_staging.destinations.objectstore import ObjectStoreDestination
 from jupyter_staging.engine.cleanup import MADE_DESTINATION, remove_job_output
 from jupyter_staging.engine.collector import collector_paused
 from jupyter_staging.engine.deadparts import FOREIGN_PARTS_LISTED
 from jupyter_staging.engine.entries import error_of, raise_partial
 from jupyter_staging.engine.folders import PARTS_TAGGED, PUBLISHED_TAGS
-from jupyter_staging.engine.freshness import fingerprints_of
+from jupyter_staging.engine.manifesting import ManifestStager
 from jupyter_staging.engine.models import DONE_STATES, LINK_METHODS, PENDING, ChunkState, JobState
 from jupyter_staging.engine.placement import UNFINISHED_STATES
 from jupyter_staging.engine.records import has_sealed, json_copy, without_sealed
 from jupyter_staging.engine.schema import JobChunk
-from jupyter_staging.engine.spreadtables import TableSpreadStager
 from jupyter_staging.engine.staged import RECENT, job_entries
 from jupyter_staging.engine.store import ChunkSummary, JobRecord, utcnow
 from jupyter_staging.engine.swap import (
@@ -49,7 +47,7 @@ from jupyter_staging.engine.swap import (
     swapped_already,
     too_late,
 )
-from jupyter_staging.engine.transitions import StateChanged, found, in_state
+from jupyter_staging.engine.transitions import JobEnded, StateChanged, found, held_by, in_state
 from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import JobInterrupted
 from jupyter_staging.safety.paths import check_output_name
@@ -59,7 +57,7 @@ from jupyter_staging.sources.registry import open_source
 log = logging.getLogger(__name__)
 
 
-class JobRunner(TableSpreadStager):
+class JobRunner(ManifestStager):
     """Runs job ``job_id`` of its :class:`~jupyter_staging.engine.host.JobHost` once (from queued to a
     final or paused state)."""
 
@@ -99,11 +97,11 @@ class JobRunner(TableSpreadStager):
         """Take a queued job: honour a pause or cancel requested while it waited, else mark it
         ``running``. Returns its record, or None when there is nothing to run (not queued: another runner
         took it, or a verb ended it). Each change is made only if the job is still as read (queued, with
-        the same request pending); else it is read again."""
+        the same request pending, this process its runner); else it is read again."""
         for _ in range(3):
             rec = self.store.get_job(self.job_id)
-            if rec is None or rec.state != JobState.queued.value:
-                return None
+            if rec is None or rec.state != JobState.queued.value or rec.runner != self.host.runner_id:
+                return None  # another server took it over (this process missed its lease)
             try:
                 return self._take(rec)
             except StateChanged:  # a pause or cancel came in between: read the job again
@@ -112,7 +110,7 @@ class JobRunner(TableSpreadStager):
 
     def _take(self, rec: JobRecord) -> JobRecord | None:
         """:meth:`before_start` for the queued job ``rec`` as read."""
-        taken = found(JobState.queued, rec.requested)
+        taken = held_by(self.host.runner_id, found(JobState.queued, rec.requested))
         if rec.requested and swap_started(rec.resume):  # stopped as its complete output was swapped in
             self.host.log_event(self.job_id, "info", too_late(rec.requested))
         elif rec.requested == JobState.paused.value:
@@ -179,13 +177,16 @@ class JobRunner(TableSpreadStager):
             self._log_recovered()  # files found complete outside a plain transfer (conversions, Dask)
 
     def on_interrupted(self, reason: str) -> None:
-        """A pause, cancel or shutdown stopped the run between two blocks."""
+        """A pause, cancel or shutdown stopped the run between two blocks; a run ``superseded`` (another
+        server took its job over) records nothing and cleans nothing up: the job is the other run's."""
+        if reason == "superseded":
+            return
         self._record_published()
         self.host.report_progress(self.job_id, force=True)
         if reason == "paused":
             self.host.finish_paused(self.job_id)
         elif reason == "cancelled":
-            self.host.finish_cancelled(self.job_id, in_state(JobState.running))
+            self.host.finish_cancelled(self.job_id, held_by(self.host.runner_id, in_state(JobState.running)))
         # "shutdown": stay running in the database; start() resumes the job in the next process.
 
     def on_failure(self, exc: Exception) -> None:
@@ -194,7 +195,8 @@ class JobRunner(TableSpreadStager):
             self._record_published()  # published chunks are kept: record them first
             self.host.report_progress(self.job_id, force=True)  # a job failing early wrote none yet
             rec = self.store.get_job(self.job_id)
-            if rec is not None and not JobState(rec.state).is_final:  # ended by another run: its output
+            mine = rec is not None and rec.runner == self.host.runner_id
+            if rec is not None and mine and not JobState(rec.state).is_final:  # else another run's output
                 try:
                     remove_job_output(self.host, rec, keep_ready=True)
                 except Exception as cleanup:
@@ -221,7 +223,12 @@ class JobRunner(TableSpreadStager):
         failures: dict[str, dict[str, str]] | None = None,
     ) -> None:
         """Write the manifest (last), apply the cleanup policy, end ``succeeded`` — or, when manifest
-        entries failed, raise :class:`PartiallyStaged` (code ``partial``) after writing the manifest."""
+        entries failed, raise :class:`PartiallyStaged` (code ``partial``) after writing the manifest. A job
+        that is no longer this run's (ended, or taken over by another server) is left as it is: raises
+        :class:`JobInterrupted` (``superseded``) before its manifest and before its cleanup policy, and
+        its end is recorded only if it is still running under this process."""
+        if not self.host.still_held(self.job_id):
+            raise JobInterrupted("superseded")
         failures = failures or {}
         self._flush_chunks(force=True)
         self._settle_resume()  # one row to read, its shown parts complete
@@ -241,6 +248,8 @@ class JobRunner(TableSpreadStager):
             self.host.update_job(self.job_id, **totals)
             raise_partial(entries, failures, f"{len(staged)} chunk(s), {format_bytes(total)}")
         summary = f"{len(staged)} chunk(s), {format_bytes(total)}, {totals['rows_done']} rows"
+        if not self.host.still_held(self.job_id):
+            raise JobInterrupted("superseded")
         self.host.apply_cleanup_policy(self.job_id, JobState.succeeded, policy=rec.cleanup_policy)
         # This run's resume data is the newest: its sealed locators (presigned URLs), if any, are dropped
         # from it here instead of reading the stored copy back.
@@ -248,15 +257,20 @@ class JobRunner(TableSpreadStager):
             unsealed: dict[str, Any] = (
                 {"resume": without_sealed(self.resume)} if has_sealed(self.resume) else {}
             )
-        # The totals, the last log line and the final state: one transaction.
-        self.host.set_state(
-            self.job_id,
-            JobState.succeeded,
-            events=[("info", f"succeeded: {summary}; manifest written")],
-            sealed_dropped=True,
-            **unsealed,
-            **totals,
-        )
+        # The totals, the last log line and the final state: one transaction, if the job is still this run's.
+        try:
+            self.host.set_state(
+                self.job_id,
+                JobState.succeeded,
+                events=[("info", f"succeeded: {summary}; manifest written")],
+                sealed_dropped=True,
+                when=held_by(self.host.runner_id, in_state(JobState.running)),
+                **unsealed,
+                **totals,
+            )
+        except (StateChanged, JobEnded):
+            self.host.still_held(self.job_id)  # says why in this process's log
+            return
         if not self.dest.remote and not self.resume.get("swap") and rec.cleanup_policy == "retain":
             # A later job of the same source in this server takes these digests from memory (made after
             # the job has ended: 50 ms for 20,000 files, not part of its time). Not for an output the
@@ -410,74 +424,6 @@ class JobRunner(TableSpreadStager):
         """The root folder of a replacing job: its scratch folder (``swap["into"]``, relative to the root,
         beside the destination or inside it) is the job's workdir until the swap."""
         return self.dest.workdir.parents[len(PurePosixPath(self.resume["swap"]["into"]).parts) - 1]
-
-    def _manifest_objects(self, staged: list[ChunkSummary]) -> list[dict[str, Any]]:
-        """One manifest object per staged chunk: path (and URI), size in bytes, sha256, rows, type, the
-        fingerprint of the source item it came from and, for a local output, its ``mtime_ns``."""
-        objects = []
-        fingerprints = fingerprints_of(self.resume)
-        outputs = self.resume.get("outputs") or {}
-        for c in staged:
-            path = self.dest.relative(c.path)
-            obj: dict[str, Any] = {
-                "path": path,
-                "size": c.bytes,
-                "sha256": c.sha256,
-                "rows": c.rows,
-                "content_type": c.content_type,
-            }
-            item = outputs.get(path, path)
-            if item in fingerprints:
-                obj["source_item"] = item
-                obj["fingerprint"] = fingerprints[item]
-            if self.dest.remote:
-                obj["uri"] = c.path
-            elif c.mtime_ns is not None:  # its modification time as published: a re-run, and a cleanup,
-                obj["mtime_ns"] = c.mtime_ns  # find a file edited since
-            else:  # recorded by a release before migration 0007: its time now
-                with contextlib.suppress(OSError):
-                    obj["mtime_ns"] = os.lstat(self.dest.workdir / path).st_mtime_ns
-            if c.entry is not None:
-                obj["entry"] = c.entry
-            objects.append(obj)
-        return objects
-
-    def _write_manifest(
-        self,
-        rec: JobRecord,
-        objects: list[dict[str, Any]],
-        entries: list[str] | None,
-        failures: dict[str, dict[str, str]],
-    ) -> None:
-        """Write ``manifest.json`` unless this job's manifest is already there (a recovered run)."""
-        listing = None
-        if entries is not None:
-            shown = rec.entries or {}
-            listing = [
-                {
-                    "name": name,
-                    "source": shown.get(name, ""),
-                    "paths": [o["path"] for o in objects if o.get("entry") == name],
-                    "error": failures.get(name),
-                }
-                for name in entries
-            ]
-        existing = self.dest.read_manifest()
-        if existing is not None and existing.get("job_id") == self.job_id:
-            return
-        self.dest.write_manifest(
-            build_manifest(
-                job_id=self.job_id,
-                name=rec.name,
-                source=rec.source,
-                method=rec.method,
-                convert=rec.convert,
-                objects=objects,
-                created_at=rec.created_at,
-                finished_at=utcnow(),
-                entries=listing,
-            ),
-        )
 
     def _totals(
         self, rec: JobRecord, chunks: list[ChunkSummary], staged: list[ChunkSummary], *, failed: bool

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 from jupyter_staging.engine.cleanup import remove_job_output
 from jupyter_staging.engine.leases import Verdict, verdict
-from jupyter_staging.engine.lifecycle import JobLifecycle
 from jupyter_staging.engine.models import DescribeJob, JobState
+from jupyter_staging.engine.recovery import JobRecovery
 from jupyter_staging.engine.store import JobRecord, utcnow
 from jupyter_staging.engine.swap import swap_started, too_late
 from jupyter_staging.engine.transitions import (
@@ -23,6 +23,7 @@ from jupyter_staging.engine.transitions import (
     Guard,
     StateChanged,
     found,
+    held_by,
     in_state,
     no_cancel_pending,
     stronger,
@@ -33,7 +34,7 @@ from jupyter_staging.errors import InvalidState, JobNotFound, StagingError
 ATTEMPTS = 3
 
 
-class JobSteering(JobLifecycle):
+class JobSteering(JobRecovery):
     """Cancel, pause and resume (the base of :class:`~jupyter_staging.engine.manager.StagingManager`)."""
 
     def cancel(self, job_id: str, owner: str | None = None) -> DescribeJob:
@@ -75,6 +76,20 @@ class JobSteering(JobLifecycle):
         if here or not rec.runner or rec.runner == self.runner_id:
             return False
         return verdict(rec, host=self.host, now=utcnow()) == Verdict.DEAD
+
+    def _pause_abandoned(self, rec: JobRecord) -> bool:
+        """Pause running job ``rec`` whose runner is gone (:meth:`_runner_gone`), if it is still as read:
+        running, the same runner, its lease not renewed, no cancel pending. False when it changed."""
+
+        def untouched(now: JobRecord) -> bool:
+            same = now.runner == rec.runner and now.lease_expires_at == rec.lease_expires_at
+            return same and no_cancel_pending(JobState.running)(now)
+
+        try:
+            self.set_state(rec.id, JobState.paused, requested=None, when=untouched)
+        except StateChanged:
+            return False
+        return True
 
     def _claim_cancel(self, job_id: str, state: JobState) -> bool:
         """Record a pending cancel of a job no runner of this process holds, if it is still in ``state``:
@@ -121,11 +136,13 @@ class JobSteering(JobLifecycle):
 
     def finish_paused(self, job_id: str) -> None:
         """End a running job's run ``paused`` (its runner stopped at a pause) — ``cancelled`` instead when a
-        cancel is pending (asked for after the pause, or by another process): a cancel outranks a pause."""
+        cancel is pending (asked for after the pause, or by another process): a cancel outranks a pause.
+        Nothing when the job is no longer this process's (taken over: its runner is another's)."""
+        mine = held_by(self.runner_id, no_cancel_pending(JobState.running))
         try:
-            self.set_state(job_id, JobState.paused, requested=None, when=no_cancel_pending(JobState.running))
+            self.set_state(job_id, JobState.paused, requested=None, when=mine)
         except StateChanged:
-            self.finish_cancelled(job_id, in_state(JobState.running))
+            self.finish_cancelled(job_id, held_by(self.runner_id, in_state(JobState.running)))
 
     def _request(self, job_id: str, wanted: JobState) -> bool:
         """Ask the runner of a running job to pause or cancel: in this process through its control,
@@ -151,7 +168,9 @@ class JobSteering(JobLifecycle):
     def pause(self, job_id: str, owner: str | None = None) -> DescribeJob:
         """Stop moving bytes at the next block and keep the partial files; ``resume`` continues.
 
-        Raises :class:`InvalidState` (409) unless the job is queued, running or already paused.
+        A running job is paused by its runner, which this waits for (at most 30 s); one whose runner is gone
+        (as for :meth:`cancel`) is paused here, at once. Raises :class:`InvalidState` (409) unless the job
+        is queued, running or already paused.
         """
         for _ in range(ATTEMPTS):
             rec = self._record(job_id, owner)
@@ -163,7 +182,10 @@ class JobSteering(JobLifecycle):
             if swap_started(rec.resume):  # as for cancel
                 self.log_event(job_id, "info", too_late(JobState.paused.value))
                 return self.current(job_id, owner)
-            if state == JobState.running:
+            if state == JobState.running and self._runner_gone(rec):  # as cancel: paused here
+                if not self._pause_abandoned(rec):
+                    continue
+            elif state == JobState.running:
                 if not self._request(job_id, JobState.paused):
                     continue  # its run ended meanwhile: read again
                 until = lambda s: s not in (JobState.running, JobState.queued)  # noqa: E731

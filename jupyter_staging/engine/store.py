@@ -99,6 +99,8 @@ _JOBS = cast(Table, JobRecord.__table__)
 _INSERT_JOB = insert(_JOBS)
 
 
+#: The states a runner holds a job in (queued in its executor, or running).
+_HELD = ("queued", "running")
 _INSERT_EVENT = insert(cast(Table, EventRecord.__table__))
 _ACTIVE_JOB_ID = (
     select(JobRecord.id)
@@ -113,12 +115,16 @@ _ACTIVE_JOB_ID = (
 
 
 @functools.lru_cache(maxsize=64)
-def _job_update(columns: tuple[str, ...]) -> Update:
+def _job_update(columns: tuple[str, ...], held: bool = False) -> Update:
     """``UPDATE staging_jobs`` of ``columns`` and ``updated_at`` for the row whose ``id`` is bound as
-    ``job_id_``: built once per list of columns (building and keying a statement per write was a third of
+    ``job_id_`` (and, when ``held``, only while it is queued or running under the runner bound as
+    ``runner_``): built once per list of columns (building and keying a statement per write was a third of
     a small write's time)."""
     values = {name: bindparam(name, type_=_JOBS.c[name].type) for name in (*columns, "updated_at")}
-    return update(_JOBS).where(_JOBS.c.id == bindparam("job_id_")).values(values)
+    query = update(_JOBS).where(_JOBS.c.id == bindparam("job_id_"))
+    if held:
+        query = query.where(_JOBS.c.runner == bindparam("runner_"), _JOBS.c.state.in_(_HELD))
+    return query.values(values)
 
 
 @functools.lru_cache(maxsize=64)
@@ -436,16 +442,20 @@ class Store(SQLStore):
                 )
             return s.get(JobRecord, job_id) if load_job else None
 
-    def set_job_fields(self, job_id: str, **fields: Any) -> dict[str, Any] | None:
+    def set_job_fields(
+        self, job_id: str, *, held_by: str | None = None, **fields: Any
+    ) -> dict[str, Any] | None:
         """Like :meth:`update_job`, for frequent small updates such as progress, without reading the
         whole row back (its resume data lists every item of the job): one ``UPDATE`` (``updated_at``
-        bumped), then ``{"state", "requested"}`` of the job as updated, or None when it is gone."""
+        bumped; with ``held_by``, only while the job is queued or running under that runner), then
+        ``{"state", "requested", "runner"}`` of the job as it then is, or None when it is gone."""
         with self.session() as s:
-            s.execute(_job_update(tuple(fields)), {**fields, "updated_at": utcnow(), "job_id_": job_id})
+            params = {**fields, "updated_at": utcnow(), "job_id_": job_id, "runner_": held_by}
+            s.execute(_job_update(tuple(fields), held_by is not None), params)
             row = s.execute(
-                select(JobRecord.state, JobRecord.requested).where(JobRecord.id == job_id)
+                select(JobRecord.state, JobRecord.requested, JobRecord.runner).where(JobRecord.id == job_id)
             ).first()
-            return None if row is None else {"state": row.state, "requested": row.requested}
+            return None if row is None else dict(row._mapping)
 
     def delete_chunks(self, job_id: str) -> None:
         with self.session() as s:

@@ -50,6 +50,12 @@ def no_cancel_pending(*states: JobState) -> Guard:
     return lambda rec: rec.state in values and rec.requested != CANCELLED
 
 
+def held_by(runner: str, guard: Guard) -> Guard:
+    """``guard``, and the job's ``runner`` is still ``runner``: no server of another host took it over
+    (its lease lapsed) since that runner's run began (:mod:`~jupyter_staging.engine.leases`)."""
+    return lambda rec: rec.runner == runner and guard(rec)
+
+
 def stronger(pending: str | None, wanted: str) -> str:
     """The request that stands when ``wanted`` comes while ``pending`` is: a cancel outranks a pause."""
     return CANCELLED if CANCELLED in (pending, wanted) else wanted

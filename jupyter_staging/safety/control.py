@@ -33,10 +33,11 @@ class JobControl:
         self._log = log
 
     def interrupt(self, reason: str) -> None:
-        """Ask the worker to stop at its next check; ``reason`` is ``"paused"``, ``"cancelled"`` or
-        ``"shutdown"``. A cancel asked for stands: a later pause (a click after the cancel) or shutdown
-        does not replace it."""
-        if self.reason != "cancelled":
+        """Ask the worker to stop at its next check; ``reason`` is ``"paused"``, ``"cancelled"``,
+        ``"shutdown"`` or ``"superseded"`` (another server took the job over: the run records nothing). A
+        cancel asked for stands: a later pause (a click after the cancel) or shutdown does not replace it;
+        nothing replaces ``"superseded"``, and it replaces a cancel (the job is no longer this run's)."""
+        if self.reason != "superseded" and (self.reason != "cancelled" or reason == "superseded"):
             self.reason = reason
         self._event.set()
 

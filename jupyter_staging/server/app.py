@@ -14,13 +14,14 @@ from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default
 from traitlets import Type as TypeTrait
 
 from jupyter_staging._version import __version__
+from jupyter_staging.engine.database import SQLITE_BUSY_TIMEOUT
 from jupyter_staging.engine.executors import (
     DEFAULT_CONCURRENT_ITEMS,
     DEFAULT_RANGE_BYTES,
     DEFAULT_STREAMS_PER_FILE,
     DaskExecutor,
 )
-from jupyter_staging.engine.leases import DEFAULT_HEARTBEAT_INTERVAL
+from jupyter_staging.engine.leases import DEFAULT_HEARTBEAT_INTERVAL, outlasts_lock_wait
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import JobState
 from jupyter_staging.server.handlers import default_handlers
@@ -78,6 +79,7 @@ class StagingApp(ExtensionApp):
         database write per interval, whatever the number of jobs and files). A server of another host
         sharing the job database (JupyterHub named servers in several pods, one shared home) takes such a
         job over only once its lease has gone three intervals unrenewed: the server running it is gone.
+        With SQLite keep it above 15 s, so a lease outlasts a renewal that waited the busy timeout (30 s).
         Servers of one host check each other's process instead.""",
     ).tag(config=True)
 
@@ -86,6 +88,13 @@ class StagingApp(ExtensionApp):
         value = float(proposal["value"])  # type: ignore[arg-type]
         if value <= 0:
             raise TraitError(f"StagingApp.heartbeat_interval must be positive, not {value}")
+        if not outlasts_lock_wait(value):
+            self.log.warning(
+                "StagingApp.heartbeat_interval = %s s: a lease of three intervals does not outlast a renewal "
+                "that waited the SQLite busy timeout (%s s); another host may take over a live server's job",
+                value,
+                SQLITE_BUSY_TIMEOUT,
+            )
         return value
 
     executor_class = TypeTrait(

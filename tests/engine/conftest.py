@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from jupyter_staging.engine import processes
 from jupyter_staging.engine.manager import StagingManager
 from tests.helpers.data import KEPLER, SPITZER, TESS
 from tests.helpers.managers import manager_for
@@ -38,3 +39,32 @@ def archive(tmp_path: Path) -> Path:
     for src in (KEPLER, SPITZER, TESS):
         shutil.copyfile(src, folder / src.name)
     return folder
+
+
+#: Seconds between two renewals in these tests: a lease lasts LEASE_INTERVALS of them.
+INTERVAL = 0.5
+
+
+@pytest.fixture
+def on_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``on_host(name)``: an unstarted manager on ``tmp_path / "root"`` and the shared job database, whose
+    runner id names host ``name`` (only :func:`~jupyter_staging.engine.processes.host_name` is replaced,
+    while it is made); all are stopped at the end."""
+    (tmp_path / "root").mkdir(exist_ok=True)
+    made: list[StagingManager] = []
+
+    def make(name: str) -> StagingManager:
+        with monkeypatch.context() as patch:
+            patch.setattr(processes, "host_name", lambda: name)
+            mgr = StagingManager(
+                tmp_path / "root",
+                db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}",
+                sweep_interval=0,
+                heartbeat_interval=INTERVAL,
+            )
+        made.append(mgr)
+        return mgr
+
+    yield make
+    for mgr in made:
+        mgr.stop()

@@ -10,45 +10,13 @@ import logging
 import os
 import time
 from datetime import timedelta
-from pathlib import Path
 
-import pytest
-
-from jupyter_staging.engine import processes
 from jupyter_staging.engine.leases import LEASE_INTERVALS, claim
-from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
 from jupyter_staging.engine.store import utcnow
+from tests.engine.conftest import INTERVAL
 from tests.helpers.data import wait_until
 from tests.helpers.servers import RangeHTTPServer
-
-#: Seconds between two lease renewals in these tests: a lease lasts LEASE_INTERVALS of them.
-INTERVAL = 0.5
-
-
-@pytest.fixture
-def on_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """``on_host(name)``: an unstarted manager on ``tmp_path / "root"`` and the shared job database, whose
-    runner id names host ``name`` (only :func:`~jupyter_staging.engine.processes.host_name` is replaced,
-    while it is made); all are stopped at the end."""
-    (tmp_path / "root").mkdir(exist_ok=True)
-    made: list[StagingManager] = []
-
-    def make(name: str) -> StagingManager:
-        with monkeypatch.context() as patch:
-            patch.setattr(processes, "host_name", lambda: name)
-            mgr = StagingManager(
-                tmp_path / "root",
-                db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}",
-                sweep_interval=0,
-                heartbeat_interval=INTERVAL,
-            )
-        made.append(mgr)
-        return mgr
-
-    yield make
-    for mgr in made:
-        mgr.stop()
 
 
 def test_a_job_a_server_of_another_host_runs_is_left_to_it_while_it_renews_its_lease(tmp_path, on_host):
@@ -79,12 +47,13 @@ def test_a_job_a_server_of_another_host_runs_is_left_to_it_while_it_renews_its_l
 def test_a_job_of_a_server_of_another_host_that_stopped_renewing_is_resumed_once_its_lease_expired(
     tmp_path, on_host
 ):
-    """Server A (another host) was killed with a job running: its lease is left to expire. Server B leaves
-    the job alone until then, and resumes it after; of two servers claiming it at once, one gets it."""
+    """Server A (another host) was killed with a job running, after servers B and C had started: its lease
+    is left to expire. B and C leave the job alone until then; after, their heartbeats take it over (not
+    only a server's start), and of the two one gets it. Before, a server took over only at its start:
+    the job stayed ``running`` for ever."""
     (tmp_path / "archive").mkdir()
     (tmp_path / "archive" / "survey.bin").write_bytes(os.urandom(1024 * 1024))
     a = on_host("podA")  # never started: no heartbeat, as a killed server
-    early = on_host("podB")
     job, _ = a.create(
         CreateJob(source=str(tmp_path / "archive" / "survey.bin"), destination="out"), start=False
     )
@@ -92,19 +61,33 @@ def test_a_job_of_a_server_of_another_host_that_stopped_renewing_is_resumed_once
     rec = a.store.get_job(job.id, resume=False)
     assert rec.runner.startswith("podA:") and rec.lease_expires_at > utcnow()
 
-    assert early.start() == []  # the lease still runs: podA may be alive
-    wait_until(lambda: utcnow() > rec.lease_expires_at, timeout=10, what="the lease to expire")
+    b, c = on_host("podB"), on_host("podC")
+    assert b.start() == [] and c.start() == []  # the lease still runs: podA may be alive
+    assert b.get(job.id).state.value == "running"
+    assert b.wait(job.id, timeout=60).state.value == "succeeded"
+    assert utcnow() > rec.lease_expires_at
+    log = [line["message"] for line in b.job_log(job.id)]
+    assert log.count("the server stopped while this job ran; resuming it") == 1, log
+    assert log.count("running") == 1, log  # the one run that took it over
+
+
+def test_a_claim_takes_a_job_as_read_once(tmp_path, on_host):
+    """Of two servers claiming one expired lease as read, one gets the job; a lease renewed since the
+    read is not taken."""
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "archive" / "survey.bin").write_bytes(os.urandom(1024))
+    a = on_host("podA")
+    job, _ = a.create(
+        CreateJob(source=str(tmp_path / "archive" / "survey.bin"), destination="out"), start=False
+    )
+    a.store.set_job_fields(job.id, state="running", lease_expires_at=utcnow() - timedelta(seconds=1))
     until = utcnow() + timedelta(seconds=LEASE_INTERVALS * INTERVAL)
     expired = a.store.get_job(job.id, resume=False)
     assert claim(a.store, expired, "podC:1:1", until)
     assert not claim(a.store, expired, "podD:1:1", until)  # podC was first
-    a.store.set_job_fields(job.id, lease_expires_at=utcnow() - timedelta(seconds=1))  # podC died too
-
-    late = on_host("podB")
-    assert late.start() == [job.id]
-    assert late.wait(job.id, timeout=60).state.value == "succeeded"
-    log = [line["message"] for line in late.job_log(job.id)]
-    assert "the server stopped while this job ran; resuming it" in log
+    renewed = a.store.get_job(job.id, resume=False)
+    a.store.set_job_fields(job.id, lease_expires_at=until + timedelta(seconds=1))  # podC renewed it
+    assert not claim(a.store, renewed, "podD:1:1", until)
 
 
 def test_a_job_of_a_server_of_another_host_is_kept_leased_while_it_waits_queued(tmp_path, on_host):
@@ -163,9 +146,10 @@ def test_a_cancel_ends_at_once_a_job_whose_runner_on_another_host_lost_its_lease
 def test_a_run_finding_its_job_ended_by_another_run_records_nothing_and_raises_nothing(
     tmp_path, on_host, caplog
 ):
-    """A run that ends failed (one manifest entry missing) after another server's run of its job ended it
-    ``succeeded`` leaves the job as it is and says so in this process's log, a warning: no ``InvalidState``
-    traceback, no cleanup of the other run's output, no failure in the job's log."""
+    """A run (one manifest entry missing: it would end failed) whose job another server's run ended
+    ``succeeded`` stops at its next progress report, leaves the job as it is and says so in this process's
+    log, a warning: no ``InvalidState`` traceback, no cleanup of the other run's output, no failure in the
+    job's log."""
     (tmp_path / "www").mkdir()
     (tmp_path / "www" / "survey.bin").write_bytes(os.urandom(2 * 1024 * 1024))
     a = on_host("podA")
@@ -176,12 +160,12 @@ def test_a_run_finding_its_job_ended_by_another_run_records_nothing_and_raises_n
         job, _ = a.create(CreateJob(manifest=entries, destination="survey"))
         wait_until(lambda: a.get(job.id).progress.bytes_done > 0, timeout=30, what="bytes to move")
         a.store.set_job_fields(job.id, state="succeeded")  # the other run ended the job meanwhile
-        ended = ("as this run ended", "could not record")
-        wait_until(lambda: any(w in caplog.text for w in ended), timeout=60, what="the run to end")
+        wait_until(lambda: not a.heartbeat.held(), timeout=60, what="the run to end")
     assert a.get(job.id).state.value == "succeeded"
     assert "could not record" not in caplog.text and "InvalidState" not in caplog.text, caplog.text
     assert not any(line["level"] == "error" for line in a.job_log(job.id))
-    assert (tmp_path / "root" / "survey" / "survey" / "survey.bin").exists()  # not cleaned up
+    assert "its run stops" in caplog.text, caplog.text
+    assert (tmp_path / "root" / "survey" / "survey").is_dir()  # not cleaned up
 
 
 def test_a_server_stopped_cleanly_ends_its_leases_so_another_host_resumes_its_job_at_once(tmp_path, on_host):
