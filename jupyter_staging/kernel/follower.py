@@ -32,25 +32,29 @@ def _weak(method: Callable[..., Any]) -> Callable[[], Callable[..., Any] | None]
 class Follower:
     """Calls ``poll()`` on a daemon thread named ``staging-widget`` until it returns True.
 
-    ``interval``: seconds between two polls that succeed. When ``poll`` raises an :class:`Exception`,
-    ``failed(exc, since, wait)`` is called (``since``: when the failures began, ``time.time()``; ``wait``:
-    the seconds until the next try, which doubles at each failure up to ``max_interval`` seconds); the
-    next poll that succeeds brings the interval back. The thread ends when ``poll`` returns True, at
-    :meth:`stop`, or once the object ``poll`` and ``failed`` are bound to has been garbage collected
-    (they are held by weak reference). Nothing is raised to the caller.
+    ``interval``: seconds between two polls that succeed; ``idle_interval`` (default ``interval``) after a
+    poll that returns None (nothing moves: a paused job, which a click elsewhere may resume). When
+    ``poll`` raises an :class:`Exception`, ``failed(exc, since, wait)`` is called (``since``: when the
+    failures began, ``time.time()``; ``wait``: the seconds until the next try, which doubles at each
+    failure up to ``max_interval`` seconds); the next poll that succeeds brings the interval back. The
+    thread ends when ``poll`` returns True, at :meth:`stop`, or once the object ``poll`` and ``failed``
+    are bound to has been garbage collected (they are held by weak reference). Nothing is raised to the
+    caller.
     """
 
     def __init__(
         self,
-        poll: Callable[[], bool],
+        poll: Callable[[], bool | None],
         failed: FailureCallback,
         *,
         interval: float,
         max_interval: float,
+        idle_interval: float | None = None,
     ) -> None:
         self._poll = _weak(poll)
         self._failed = _weak(failed)
         self.interval = interval
+        self.idle_interval = interval if idle_interval is None else idle_interval
         self.max_interval = max(interval, max_interval)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="staging-widget", daemon=True)
@@ -88,7 +92,7 @@ class Follower:
             else:
                 if done:
                     return
-                since, wait = None, self.interval
+                since, wait = None, self.idle_interval if done is None else self.interval
             # Between two polls the thread holds no strong reference to the widget.
             del poll
             self._stop.wait(wait)

@@ -39,6 +39,7 @@ from jupyter_staging.kernel.job import Job
 from jupyter_staging.safety.redact import redact_text
 
 __all__ = [
+    "IDLE_POLL_INTERVAL",
     "MAX_POLL_INTERVAL",
     "POLL_INTERVAL",
     "JobWidget",
@@ -55,6 +56,9 @@ __all__ = [
 
 #: Seconds between two status polls of a job shown in a widget.
 POLL_INTERVAL = 0.5
+#: Seconds between two polls while nothing a widget shows moves (its jobs paused): a resume from elsewhere
+#: (the panel, another cell) shows within them; the widget's own Resume button shows at once.
+IDLE_POLL_INTERVAL = 5.0
 #: Seconds between two tries at most while a widget cannot refresh (the wait doubles from
 #: :data:`POLL_INTERVAL` at each failure).
 MAX_POLL_INTERVAL = 15.0
@@ -212,7 +216,13 @@ def _close_with_comm(widget: w.Widget) -> None:
 
 
 def _follower(owner: JobWidget | JobsTable) -> Follower:
-    return Follower(owner._poll, owner._poll_failed, interval=POLL_INTERVAL, max_interval=MAX_POLL_INTERVAL)
+    return Follower(
+        owner._poll,
+        owner._poll_failed,
+        interval=POLL_INTERVAL,
+        max_interval=MAX_POLL_INTERVAL,
+        idle_interval=IDLE_POLL_INTERVAL,
+    )
 
 
 class JobWidget(w.VBox):
@@ -297,13 +307,13 @@ class JobWidget(w.VBox):
         self.update(reread_chunks=True)
         self.status.value = ""
 
-    def _poll(self) -> bool:
+    def _poll(self) -> bool | None:
         """One step of the follower: re-read the job (its chunks only when they changed); True once it
-        has ended."""
+        has ended, None while it is paused (polled every :data:`IDLE_POLL_INTERVAL` seconds)."""
         self.job.refresh()
         self.update()
         self.status.value = ""
-        return self.job.done
+        return None if self.job.state == "paused" else self.job.done
 
     def _poll_failed(self, exc: Exception, since: float, wait: float) -> None:
         self.status.value = trouble_html(exc, since, wait)
@@ -449,11 +459,13 @@ class JobsTable(w.VBox):
         self._ended = all(row.job.done for row in self._rows.values())
         self.header.value = _TABLE_HEADER + (_TABLE_ENDED if self._ended else "")
 
-    def _poll(self) -> bool:
-        """One step of the follower: re-list the jobs; True once every job listed has ended."""
+    def _poll(self) -> bool | None:
+        """One step of the follower: re-list the jobs; True once every job listed has ended, None while
+        the others are all paused (polled every :data:`IDLE_POLL_INTERVAL` seconds)."""
         self.refresh()
         self.status.value = ""
-        return self._ended
+        states = {row.job.state for row in self._rows.values() if not row.job.done}
+        return None if states == {"paused"} else self._ended
 
     def _poll_failed(self, exc: Exception, since: float, wait: float) -> None:
         self.status.value = trouble_html(exc, since, wait)

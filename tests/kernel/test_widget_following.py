@@ -13,6 +13,7 @@ import gc
 import os
 import re
 import threading
+import time
 import uuid
 import weakref
 from pathlib import Path
@@ -36,6 +37,7 @@ CAP = 0.4
 def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(widgets, "POLL_INTERVAL", FAST)
     monkeypatch.setattr(widgets, "MAX_POLL_INTERVAL", CAP, raising=False)  # raising: also before the fix
+    monkeypatch.setattr(widgets, "IDLE_POLL_INTERVAL", FAST, raising=False)
 
 
 def shown(widget: w.Widget) -> str:
@@ -254,3 +256,24 @@ def test_a_follower_ends_once_what_it_follows_is_gone():
     del watched
     gc.collect()
     wait_until(lambda: not follower.running, 10, "the thread to end")
+
+
+def test_a_follower_polls_slower_while_nothing_moves():
+    """A poll answering None (the jobs shown are paused) waits ``idle_interval`` before the next, not
+    ``interval``: a paused job's widget read it twice a second for as long as it stayed paused."""
+    polls: list[float] = []
+
+    class Paused:
+        def poll(self) -> bool | None:
+            polls.append(time.monotonic())
+            return None if len(polls) < 3 else True  # paused twice, then ended
+
+        def failed(self, exc: Exception, since: float, wait: float) -> None:
+            raise AssertionError("poll did not fail")
+
+    paused = Paused()
+    follower = Follower(paused.poll, paused.failed, interval=0.01, max_interval=1.0, idle_interval=0.3)
+    follower.start()
+    wait_until(lambda: not follower.running, 10, "the thread to end")
+    assert len(polls) == 3
+    assert min(b - a for a, b in zip(polls, polls[1:], strict=False)) >= 0.3
