@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from jupyter_staging import errors
+from jupyter_staging.engine.daskwait import wait_for, within
 from jupyter_staging.engine.progress import LiveProgress
 from jupyter_staging.engine.tasks import RUN, TaskContext
 from jupyter_staging.errors import (
@@ -57,8 +58,6 @@ log = logging.getLogger(__name__)
 TASK_RETRIES = 2
 #: Seconds the runner's thread waits for a task to finish before it looks at the job's control again.
 WAIT_SECONDS = 0.25
-#: Seconds between two looks at the state of a batch's tasks.
-POLL_SECONDS = 0.02
 #: Seconds between two updates of the task counts (one request to the scheduler each).
 COUNT_SECONDS = 1.0
 #: Seconds the running tasks of a stopping batch are given to notice and end.
@@ -72,6 +71,10 @@ MAX_LOGS_KEPT = 1000
 #: reconnecting (``RuntimeError: ConnectionPool is closed``). Any error of a client that is no longer
 #: running counts too (``ClosedClientError``, ``AttributeError`` of its scheduler gone).
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (OSError, RuntimeError)
+#: Seconds the run waits for one call to the scheduler (the tasks it handed out, a control variable set):
+#: a scheduler that hangs with its connections open (a frozen node) fails the run ``cluster_unavailable``,
+#: or ends it paused or cancelled when that was asked, instead of waiting for ever.
+SCHEDULER_SECONDS = 30.0
 #: The ``reason`` of the cancel Dask gives the futures of a client that lost its scheduler.
 CONNECTION_LOST = "scheduler-connection-lost"
 
@@ -248,7 +251,15 @@ class JobTasks:
         """Keys of the tasks the scheduler has handed to workers (one scheduler request). Raises
         :class:`ClusterUnavailable` (:meth:`scheduler_call`)."""
         with self.scheduler_call():
-            return {key for keys in self.client.processing().values() for key in keys}
+            return {key for keys in self._processing().values() for key in keys}
+
+    def _processing(self) -> dict[Any, Any]:
+        """``Client.processing()`` (worker -> keys of the tasks it runs) within :data:`SCHEDULER_SECONDS`
+        (``TimeoutError`` past them: ``processing()`` has no time limit of its own)."""
+        client = self.client
+        return dict(
+            client.sync(client.scheduler.processing, workers=None, callback_timeout=SCHEDULER_SECONDS)
+        )
 
     def count(self, *, force: bool = False) -> None:
         """Update the live task counts (one scheduler request, at most every :data:`COUNT_SECONDS`).
@@ -262,7 +273,7 @@ class JobTasks:
         workers: dict[str, int] = {}
         if ours:
             with self.scheduler_call():
-                processing = self.client.processing()
+                processing = self._processing()
             for worker, keys in processing.items():
                 running = sum(1 for key in keys if key in ours)
                 if running:
@@ -377,8 +388,13 @@ class TaskBatch:
             if control.interrupted:
                 self._stop(control.reason or "cancelled")
                 raise JobInterrupted(control.reason or "cancelled")
-            _wait(list(self._pending), WAIT_SECONDS, every=False)
-            self.job.count()
+            wait_for(list(self._pending), WAIT_SECONDS, every=False)
+            try:
+                self.job.count()
+            except ClusterUnavailable:
+                if control.interrupted:  # asked while the scheduler hung: a pause or cancel, not a failure
+                    raise JobInterrupted(control.reason or "cancelled") from None
+                raise
             self.job.report()
             self.job.flush_logs()
             for future in [f for f in self._pending if f.done()]:
@@ -436,14 +452,14 @@ class TaskBatch:
         self._pending.clear()
         try:
             with self.job.scheduler_call():
-                self._variable.set(reason)
+                within(SCHEDULER_SECONDS, self._variable.set, reason)
                 running = self.job.running_keys()
                 queued = [f for f in futures if f.key not in running and not f.done()]
                 if queued:
-                    self.job.client.cancel(queued)
+                    within(SCHEDULER_SECONDS, self.job.client.cancel, queued)
         except ClusterUnavailable:
             running = set()
-        _wait([f for f in futures if f.key in running], STOP_SECONDS, every=True)
+        wait_for([f for f in futures if f.key in running], STOP_SECONDS, every=True)
         self.job.forget([f.key for f in futures])
 
 
@@ -460,14 +476,3 @@ def _worker_killed(error: BaseException | None) -> BaseException | None:
     )
     killed.__cause__ = error
     return killed
-
-
-def _wait(futures: list[Any], seconds: float, *, every: bool) -> None:
-    """Wait up to ``seconds`` until one (``every``: all) of ``futures`` is done. (``distributed.wait``
-    needs a default client; the executor's client is not made the default of the server's process.)"""
-    deadline = time.monotonic() + seconds
-    while futures and time.monotonic() < deadline:
-        done = [f.done() for f in futures]
-        if all(done) if every else any(done):
-            return
-        time.sleep(POLL_SECONDS)

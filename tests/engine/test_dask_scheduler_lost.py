@@ -11,6 +11,7 @@ new jobs without a restart.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import dask
 import pytest
 from distributed import Client
 
+from jupyter_staging.engine import taskset
 from jupyter_staging.engine.executors import DaskExecutor
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, DescribeJob, JobState
@@ -161,5 +163,34 @@ def test_a_task_whose_worker_is_killed_fails_the_job_worker_killed(tmp_path, www
         assert failed.error is not None and failed.error.code == "worker_killed", failed.error
         assert "died" in failed.error.message
         assert processes.address not in failed.error.message
+    finally:
+        manager.stop(wait=True)
+
+
+def test_a_pause_while_the_scheduler_hangs_pauses_the_job(tmp_path, www, processes, monkeypatch):
+    """A scheduler that hangs with its connections open (a frozen node: ``SIGSTOP``): the run's calls to it
+    end after ``SCHEDULER_SECONDS`` (2 s here, 30 by default), so a pause asked meanwhile pauses the job,
+    and a resume once the scheduler is back completes it. (``Client.processing()`` has no time limit:
+    the job stayed ``running``, the pause and a cancel were never honoured.)"""
+    monkeypatch.setattr(taskset, "SCHEDULER_SECONDS", 2.0)
+    processes.start_scheduler()
+    processes.start_workers(1)
+    manager = make_manager(tmp_path / "root", processes.address)
+    scheduler = processes.scheduler
+    assert scheduler is not None
+    try:
+        job, _ = manager.create(CreateJob(source=www.url("big-0.fits"), destination="lc"))
+        wait_until(lambda: running(manager, job.id), timeout=30, what="the task to run")
+        os.kill(scheduler.pid, signal.SIGSTOP)
+        try:
+            manager.pause(job.id)
+            paused = ended(manager, job.id, timeout=40)
+            assert paused.state == JobState.paused, paused.error
+        finally:
+            os.kill(scheduler.pid, signal.SIGCONT)
+        manager.resume(job.id)
+        done = ended(manager, job.id, timeout=60)
+        assert done.state == JobState.succeeded, done.error
+        assert sha256(tmp_path / "root" / "lc" / "big-0.fits") == sha256(www.root / "big-0.fits")
     finally:
         manager.stop(wait=True)

@@ -1,0 +1,53 @@
+"""Waiting on a Dask cluster within a time limit: for futures (:func:`wait_for`), and for the blocking
+calls of a ``distributed.Client`` that a hung scheduler (a frozen node, its connections open) would never
+answer (:func:`within`)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+__all__ = ["POLL_SECONDS", "wait_for", "within"]
+
+T = TypeVar("T")
+
+#: Seconds between two looks at the futures waited for.
+POLL_SECONDS = 0.02
+
+
+def within(seconds: float, call: Callable[..., T], *args: Any) -> T:
+    """``call(*args)`` (a blocking call of the Dask client, which a hung scheduler never answers: a
+    ``Variable.set``, a cancel) on a thread of its own, waited for ``seconds`` at most. Raises what the
+    call raises, or ``TimeoutError`` past ``seconds`` (the call is left to end on its own, or with the
+    client)."""
+    outcome: list[Any] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append((True, call(*args)))
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="staging-dask-call", daemon=True).start()
+    if not done.wait(seconds):
+        raise TimeoutError(f"the Dask scheduler did not answer within {seconds:g} s")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return cast(T, value)
+
+
+def wait_for(futures: list[Any], seconds: float, *, every: bool) -> None:
+    """Wait up to ``seconds`` until one (``every``: all) of ``futures`` is done. (``distributed.wait``
+    needs a default client; the executor's client is not made the default of the server's process.)"""
+    deadline = time.monotonic() + seconds
+    while futures and time.monotonic() < deadline:
+        done = [f.done() for f in futures]
+        if all(done) if every else any(done):
+            return
+        time.sleep(POLL_SECONDS)
