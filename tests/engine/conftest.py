@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from jupyter_staging.engine import processes
 from jupyter_staging.engine.manager import StagingManager
+from jupyter_staging.engine.models import CreateJob
+from jupyter_staging.engine.store import utcnow
 from tests.helpers.data import KEPLER, SPITZER, TESS
 from tests.helpers.managers import manager_for
 
@@ -68,3 +72,17 @@ def on_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     yield make
     for mgr in made:
         mgr.stop()
+
+
+def job_of_a_dead_host(tmp_path: Path, on_host, lease_left: timedelta) -> str:
+    """The id of a job that a server of host ``podA``, killed, was running: a 1 KiB file to copy into
+    ``out``, the job ``running`` under podA's runner with its lease ending ``lease_left`` from now (negative:
+    expired). podA's manager was never started."""
+    (tmp_path / "archive").mkdir(exist_ok=True)
+    (tmp_path / "archive" / "survey.bin").write_bytes(os.urandom(1024))
+    a = on_host("podA")
+    job, _ = a.create(
+        CreateJob(source=str(tmp_path / "archive" / "survey.bin"), destination="out"), start=False
+    )
+    a.store.set_job_fields(job.id, state="running", lease_expires_at=utcnow() + lease_left)
+    return job.id

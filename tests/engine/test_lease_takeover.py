@@ -17,6 +17,7 @@ from jupyter_staging.engine import recovery
 from jupyter_staging.engine.leases import DEFAULT_HEARTBEAT_INTERVAL, outlasts_lock_wait
 from jupyter_staging.engine.models import CreateJob, JobState
 from jupyter_staging.engine.store import utcnow
+from tests.engine.conftest import job_of_a_dead_host
 from tests.helpers.data import wait_until
 from tests.helpers.servers import RangeHTTPServer
 
@@ -182,18 +183,12 @@ def test_a_pause_of_a_job_whose_runner_on_another_host_lost_its_lease_pauses_it_
     """The server of another host running the job was killed and its lease expired: a pause here pauses
     the job at once, as a cancel ends it, and a resume queues it again. Before, the pause asked the gone
     runner, waited 30 s, answered ``running`` and left its request pending."""
-    (tmp_path / "archive").mkdir()
-    (tmp_path / "archive" / "survey.bin").write_bytes(os.urandom(1024))
-    a = on_host("podA")  # never started: killed
-    job, _ = a.create(
-        CreateJob(source=str(tmp_path / "archive" / "survey.bin"), destination="out"), start=False
-    )
-    a.store.set_job_fields(job.id, state="running", lease_expires_at=utcnow() - timedelta(minutes=5))
+    job_id = job_of_a_dead_host(tmp_path, on_host, lease_left=-timedelta(minutes=5))
     b = on_host("podB")  # not started: no takeover yet
     began = time.monotonic()
-    assert b.pause(job.id).state == JobState.paused
+    assert b.pause(job_id).state == JobState.paused
     assert time.monotonic() - began < 10
-    rec = b.store.get_job(job.id, resume=False)
+    rec = b.store.get_job(job_id, resume=False)
     assert (rec.state, rec.requested) == ("paused", None)
-    assert _log(b, job.id)[-1] == "paused"
-    assert b.resume(job.id).state in (JobState.queued, JobState.running, JobState.succeeded)
+    assert _log(b, job_id)[-1] == "paused"
+    assert b.resume(job_id).state in (JobState.queued, JobState.running, JobState.succeeded)

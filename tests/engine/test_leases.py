@@ -14,7 +14,7 @@ from datetime import timedelta
 from jupyter_staging.engine.leases import LEASE_INTERVALS, claim
 from jupyter_staging.engine.models import CreateJob
 from jupyter_staging.engine.store import utcnow
-from tests.engine.conftest import INTERVAL
+from tests.engine.conftest import INTERVAL, job_of_a_dead_host
 from tests.helpers.data import wait_until
 from tests.helpers.servers import RangeHTTPServer
 
@@ -127,20 +127,14 @@ def test_a_job_of_a_release_before_leases_on_another_host_is_resumed_at_once(tmp
 def test_a_cancel_ends_at_once_a_job_whose_runner_on_another_host_lost_its_lease(tmp_path, on_host):
     """The server of another host running the job was killed and its lease expired: a cancel here ends the
     job at once, as one of a dead runner of this host (it asked the gone runner and waited 30 s)."""
-    (tmp_path / "archive").mkdir()
-    (tmp_path / "archive" / "survey.bin").write_bytes(os.urandom(1024))
-    a = on_host("podA")  # never started: killed
-    job, _ = a.create(
-        CreateJob(source=str(tmp_path / "archive" / "survey.bin"), destination="out"), start=False
-    )
-    a.store.set_job_fields(job.id, state="running", lease_expires_at=utcnow() - timedelta(seconds=1))
+    job_id = job_of_a_dead_host(tmp_path, on_host, lease_left=-timedelta(seconds=1))
     (tmp_path / "root" / "out").mkdir()  # what the dead run had made
     b = on_host("podB")  # not started: no recovery yet
     began = time.monotonic()
-    answer = b.cancel(job.id)
+    answer = b.cancel(job_id)
     assert answer.state.value == "cancelled"
     assert time.monotonic() - began < 10
-    assert [line["message"] for line in b.job_log(job.id)][-1] == "cancelled; partial output removed"
+    assert [line["message"] for line in b.job_log(job_id)][-1] == "cancelled; partial output removed"
 
 
 def test_a_run_finding_its_job_ended_by_another_run_records_nothing_and_raises_nothing(
