@@ -1,8 +1,7 @@
 """The life of jobs around their runs: state changes and events, recovery, TTL expiry, cleanup policies.
 
-:class:`JobLifecycle` is the part of the manager its runners see (it implements
-:class:`~jupyter_staging.engine.host.JobHost`): every state change is persisted in the
-:class:`~jupyter_staging.engine.store.Store` before it is announced to listeners; jobs left running by a
+:class:`JobLifecycle` is the part of the manager its runners see (its ``JobHost``): every state change is
+persisted in the :class:`~jupyter_staging.engine.store.Store` before it is announced; jobs left running by a
 process that died (of this host, or of another whose lease expired: :mod:`~jupyter_staging.engine.leases`)
 are resumed by :class:`~jupyter_staging.engine.recovery.JobRecovery`; finished jobs past their
 ``expires_at`` are expired by the sweeper thread.
@@ -330,13 +329,14 @@ class JobLifecycle:
             self._prepared[job_id] = runner
 
     def submit(self, job_id: str, *, recorded: bool = False) -> None:
-        """Hand job ``job_id`` to the executor (the runner :meth:`prepare` made, else a new
-        :class:`JobRunner`), this process its runner (in the database already when ``recorded``:
-        admission stores it with a new job)."""
+        """Hand job ``job_id`` to the executor (the runner :meth:`prepare` made, else a new runner; not
+        while a run of this process holds it and was not asked to stop), this process its runner (in the
+        database already when ``recorded``: admission stores it with a new job)."""
         with self._lock:
             runner = self._prepared.pop(job_id, None)
-        if self._stopped:
-            return
+            held = self._controls.get(job_id)
+        if self._stopped or (runner is None and held is not None and not held.interrupted):
+            return  # a run of this process holds it already (a takeover and a resume at once)
         if runner is None:
             runner = JobRunner(self, job_id)
         if not recorded:

@@ -49,7 +49,7 @@ from jupyter_staging.engine.swap import (
 )
 from jupyter_staging.engine.transitions import JobEnded, StateChanged, found, held_by, in_state
 from jupyter_staging.engine.units import format_bytes
-from jupyter_staging.errors import JobInterrupted
+from jupyter_staging.errors import ClusterUnavailable, JobInterrupted
 from jupyter_staging.safety.paths import check_output_name
 from jupyter_staging.sources.base import SourceItem
 from jupyter_staging.sources.registry import open_source
@@ -85,6 +85,11 @@ class JobRunner(ManifestStager):
                 self.on_complete(rec, entries=names, failures=failures)
         except JobInterrupted as stop:
             self.on_interrupted(stop.reason)
+        except ClusterUnavailable as lost:  # a pause or cancel asked while the Dask scheduler hung stands
+            if self.control.interrupted:
+                self.on_interrupted(self.control.reason or "cancelled")
+            else:
+                self.on_failure(lost)
         except Exception as exc:  # every failure ends the job with a code, never a traceback
             self.on_failure(exc)
         finally:

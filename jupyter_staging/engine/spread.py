@@ -37,7 +37,7 @@ from jupyter_staging.engine.tasks import (
     finish_ranges,
 )
 from jupyter_staging.engine.taskset import JobTasks, TaskBatch
-from jupyter_staging.errors import DestinationNotShared, SourceChanged, StagingError
+from jupyter_staging.errors import DestinationNotShared, JobInterrupted, SourceChanged, StagingError
 from jupyter_staging.safety.checksums import second_algorithm
 from jupyter_staging.safety.dirfd import write_refused
 from jupyter_staging.safety.ownership import mark_ranges_part
@@ -251,7 +251,7 @@ class SpreadStager(ManifestStager):
         tasks.submit(probe_folder, tasks.ctx, folder, token, tag=("probe", -1), retries=0, counted=False)
         try:
             host = next((result for _, result in tasks.results()), "?")
-        except StagingError:
+        except (StagingError, JobInterrupted):  # a pause or cancel while the probe waited: not the folder
             raise
         except Exception as exc:  # the folder is missing or different on the worker
             raise self._not_shared(folder, type(exc).__name__) from None

@@ -158,7 +158,7 @@ class JobTasks:
 
         with self.scheduler_call():
             self._run = Variable(ctx.run_key, client=client)
-            self._run.set(ctx.attempt)
+            within(SCHEDULER_SECONDS, self._run.set, ctx.attempt)
             client.subscribe_topic(ctx.topic, self._on_event)
 
     @contextlib.contextmanager
@@ -230,7 +230,7 @@ class JobTasks:
             except (TimeoutError, asyncio.TimeoutError):  # gone already
                 current = None
             if current == self.ctx.attempt:
-                self._run.delete()
+                within(SCHEDULER_SECONDS, self._run.delete)
 
     def track(self, key: str, *, done: bool = False) -> None:
         """Count task ``key`` as submitted, or (``done``) as ended."""
@@ -341,7 +341,7 @@ class TaskBatch:
         self.ctx = ctx
         with job.scheduler_call():
             self._variable = Variable(ctx.control_key, client=job.client)
-            self._variable.set(RUN)
+            within(SCHEDULER_SECONDS, self._variable.set, RUN)
         self._pending: dict[Any, Any] = {}  # future -> tag
 
     def __enter__(self) -> TaskBatch:
@@ -354,7 +354,7 @@ class TaskBatch:
         finally:
             # Gone with its scheduler, if lost: the batch's own outcome (or error) stands.
             with contextlib.suppress(ClusterUnavailable), self.job.scheduler_call():
-                self._variable.delete()
+                within(SCHEDULER_SECONDS, self._variable.delete)
 
     def submit(
         self,
@@ -410,7 +410,7 @@ class TaskBatch:
         error: object
         if future.status == "finished":
             with self.job.scheduler_call():  # the result is fetched from the worker that holds it
-                result = future.result()
+                result = future.result(timeout=SCHEDULER_SECONDS)
             if not isinstance(result, TaskFailed):
                 return result
             error = result.error

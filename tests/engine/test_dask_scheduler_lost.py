@@ -186,11 +186,40 @@ def test_a_pause_while_the_scheduler_hangs_pauses_the_job(tmp_path, www, process
             manager.pause(job.id)
             paused = ended(manager, job.id, timeout=40)
             assert paused.state == JobState.paused, paused.error
+            # A job started while it hangs: its run's first calls to the scheduler end too.
+            second, _ = manager.create(CreateJob(source=www.url("big-1.fits"), destination="lc2"))
+            wait_until(lambda: manager.get(second.id).state == JobState.running, 30, "the second job to run")
+            manager.pause(second.id)
+            assert ended(manager, second.id, timeout=40).state == JobState.paused
         finally:
             os.kill(scheduler.pid, signal.SIGCONT)
-        manager.resume(job.id)
-        done = ended(manager, job.id, timeout=60)
-        assert done.state == JobState.succeeded, done.error
-        assert sha256(tmp_path / "root" / "lc" / "big-0.fits") == sha256(www.root / "big-0.fits")
+        for resumed, name in ((job, "lc/big-0.fits"), (second, "lc2/big-1.fits")):
+            manager.resume(resumed.id)
+            done = ended(manager, resumed.id, timeout=60)
+            assert done.state == JobState.succeeded, done.error
+            assert sha256(tmp_path / "root" / name) == sha256(www.root / name.split("/")[1])
+
+    finally:
+        manager.stop(wait=True)
+
+
+def test_a_pause_while_the_destination_probe_waits_for_a_worker_pauses_the_job(tmp_path, www, processes):
+    """One worker thread, busy with another job's file: the second job's probe of its destination waits
+    in the queue, and the second job is paused meanwhile. (It failed ``destination_not_shared``: the
+    pause was taken for the probe's failure.)"""
+    processes.start_scheduler()
+    processes.start_workers(1, threads=1)
+    manager = make_manager(tmp_path / "root", processes.address)
+    try:
+        first, _ = manager.create(CreateJob(source=www.url("big-0.fits"), destination="a"))
+        wait_until(lambda: running(manager, first.id), timeout=30, what="the first job's task to run")
+        second, _ = manager.create(CreateJob(source=www.url("small.fits"), destination="b"))
+        wait_until(lambda: manager.get(second.id).state == JobState.running, 30, "the second job to run")
+        manager.pause(second.id)
+        paused = ended(manager, second.id, timeout=40)
+        assert paused.state == JobState.paused, paused.error
+        assert ended(manager, first.id, timeout=60).state == JobState.succeeded
+        manager.resume(second.id)
+        assert ended(manager, second.id, timeout=60).state == JobState.succeeded
     finally:
         manager.stop(wait=True)

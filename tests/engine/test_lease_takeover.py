@@ -13,8 +13,9 @@ from datetime import timedelta
 
 import pytest
 
-from jupyter_staging.engine import recovery
+from jupyter_staging.engine import processes, recovery
 from jupyter_staging.engine.leases import DEFAULT_HEARTBEAT_INTERVAL, outlasts_lock_wait
+from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, JobState
 from jupyter_staging.engine.store import utcnow
 from tests.engine.conftest import job_of_a_dead_host
@@ -192,3 +193,41 @@ def test_a_pause_of_a_job_whose_runner_on_another_host_lost_its_lease_pauses_it_
     assert (rec.state, rec.requested) == ("paused", None)
     assert _log(b, job_id)[-1] == "paused"
     assert b.resume(job_id).state in (JobState.queued, JobState.running, JobState.succeeded)
+
+
+def test_a_takeover_between_a_resume_and_its_start_makes_one_run(tmp_path, monkeypatch):
+    """A paused job whose runner was a process of this host that died (a crashed kernel), its lease
+    expired: the user resumes it, and the heartbeat's takeover runs between the resume's requeue and its
+    start (forced here from the "resumed" log line). One run holds the job: a stop interrupts it. (Two
+    runs were started; the one moving bytes had no control, so the stop waited for the whole file.)"""
+    served = tmp_path / "www"
+    served.mkdir()
+    (served / "big.fits").write_bytes(os.urandom(3_000_000))
+    with RangeHTTPServer(served, throttle_bytes_per_s=200_000) as www:
+        (tmp_path / "root").mkdir()
+        # One job at a time: the first run started takes the job, a second would wait behind it.
+        db_url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+        mgr = StagingManager(tmp_path / "root", db_url=db_url, sweep_interval=0, max_concurrent_jobs=1)
+        mgr.start()
+        try:
+            job, _ = mgr.create(CreateJob(source=www.url("big.fits"), destination="a"))
+            wait_until(lambda: mgr.get(job.id).progress.bytes_done > 0, 30, "bytes to move")
+            assert mgr.pause(job.id).state == JobState.paused
+            crashed = f"{processes.host_name()}:999999:12345"  # no such process
+            mgr.store.update_job(job.id, runner=crashed, lease_expires_at=utcnow() - timedelta(seconds=5))
+            taken: list[list[str]] = []
+            log_event = mgr.log_event
+
+            def with_takeover(job_id: str, level: str, message: str) -> None:
+                log_event(job_id, level, message)
+                if message == "resumed" and not taken:
+                    taken.append(mgr.recover_expired())
+
+            monkeypatch.setattr(mgr, "log_event", with_takeover)
+            mgr.resume(job.id)
+            assert taken == [[job.id]]
+        finally:
+            began = time.monotonic()
+            mgr.stop(wait=True)
+        assert time.monotonic() - began < 10, "the stop waited for the run to end"
+        assert mgr.store.get_job(job.id, resume=False).state != "succeeded"
