@@ -125,7 +125,8 @@ def test_stage_magic_widget_moves_pauses_and_resumes(
     wait_until(lambda: bar_percent(widget) > first, 3, "the bar to move within ~2 s")
     assert widget.get_by_role("button", name="Pause").is_enabled()
     assert widget.get_by_role("button", name="Resume").is_disabled()
-    assert "/s" in widget.locator(".widget-html").nth(1).inner_text()  # figures: a rate while running
+    # The figures show a rate while running (found by it: the panes before them may be empty).
+    assert widget.locator(".widget-html", has_text="/s").count() == 1
     shot(widget, screenshots, "widget-01-running")
 
     # A second cell runs while the job moves: the widget's thread does not hold the kernel.
