@@ -49,6 +49,12 @@ from jupyter_staging.safety.sealed import SecretBox
 _CHUNK_INDEX = re.compile(r"0|[1-9][0-9]{0,18}")
 
 
+def chunk_expired(index: int, why: str) -> InvalidState:
+    """The 409 ``chunk_expired`` of chunk ``index`` whose file or object is gone for good (``why``): an ack
+    or a URL refresh of it can never succeed, unlike one of a chunk ``chunk_not_ready`` yet."""
+    return InvalidState(f"chunk {index} is gone: {why}", code="chunk_expired")
+
+
 class StagingManager(JobSteering):
     """Owns the jobs of one staging area.
 
@@ -330,10 +336,11 @@ class StagingManager(JobSteering):
         """Record that a consumer has read chunk ``chunk_id`` (its index); with the ``delete_on_ack``
         policy its file is deleted at once. Acking twice is harmless.
 
-        Raises :class:`JobNotFound` (code ``chunk_not_found``), :class:`InvalidState` (code
-        ``chunk_not_ready``) for a chunk whose file is not complete yet, and :class:`PathNotAllowed` (code
-        ``path_not_allowed``, nothing deleted) under ``delete_on_ack`` when the destination folder became
-        a symlink.
+        Raises :class:`JobNotFound` (code ``chunk_not_found``), :class:`InvalidState` (409) with code
+        ``chunk_not_ready`` for a chunk whose file is not complete yet and ``chunk_expired`` for one whose
+        file clean-up removed (``expired``: a cancel, a cleanup policy, the TTL, a re-run's swap), and
+        :class:`PathNotAllowed` (code ``path_not_allowed``, nothing deleted) under ``delete_on_ack`` when
+        the destination folder became a symlink.
         """
         rec = self._record(job_id, owner)
         chunk = self._chunk(job_id, chunk_id)
@@ -342,6 +349,8 @@ class StagingManager(JobSteering):
             self.destination_of(rec).confined()  # a folder swapped for a symlink: path_not_allowed
         if chunk.state == ChunkState.pending.value:
             raise InvalidState(f"chunk {index} is not ready yet", code="chunk_not_ready")
+        if chunk.state == ChunkState.expired.value:  # its file is gone: no read of it can be recorded
+            raise chunk_expired(chunk.index, "its file was removed by clean-up")
         if chunk.state == ChunkState.ready.value:
             chunk = self.store.update_chunk(chunk.id, state=ChunkState.acked.value) or chunk
             self.log_event(job_id, "info", f"chunk {index} acknowledged")

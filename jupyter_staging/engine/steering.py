@@ -169,8 +169,11 @@ class JobSteering(JobRecovery):
         """Stop moving bytes at the next block and keep the partial files; ``resume`` continues.
 
         A running job is paused by its runner, which this waits for (at most 30 s); one whose runner is gone
-        (as for :meth:`cancel`) is paused here, at once. Raises :class:`InvalidState` (409) unless the job
-        is queued, running or already paused.
+        (as for :meth:`cancel`) is paused here, at once. Raises :class:`InvalidState` (409): code
+        ``invalid_state`` unless the job is queued, running or already paused, and ``swap_in_progress`` once
+        its complete output is being swapped in (a re-run, :func:`~jupyter_staging.engine.swap.swap_started`,
+        also when the swap began while the pause waited for the runner): no pause stops it then, the job
+        goes on to its end.
         """
         for _ in range(ATTEMPTS):
             rec = self._record(job_id, owner)
@@ -179,9 +182,8 @@ class JobSteering(JobRecovery):
                 return self.describe(rec)
             if state not in (JobState.queued, JobState.running):
                 raise InvalidState(f"a {state.value} job cannot be paused")
-            if swap_started(rec.resume):  # as for cancel
-                self.log_event(job_id, "info", too_late(JobState.paused.value))
-                return self.current(job_id, owner)
+            if swap_started(rec.resume):  # complete: it ends succeeded (or partial), never paused
+                raise self._pause_too_late(job_id)
             if state == JobState.running and self._runner_gone(rec):  # as cancel: paused here
                 if not self._pause_abandoned(rec):
                     continue
@@ -190,6 +192,9 @@ class JobSteering(JobRecovery):
                     continue  # its run ended meanwhile: read again
                 until = lambda s: s not in (JobState.running, JobState.queued)  # noqa: E731
                 self.wait(job_id, timeout=30, owner=owner, until=until)
+                waited = self._record(job_id, owner)
+                if waited.state == JobState.running.value and swap_started(waited.resume):
+                    raise self._pause_too_late(job_id)  # the swap began before the runner read the pause
             else:
                 try:  # queued: paused here, unless a runner took it or a cancel is pending (read again)
                     self.set_state(job_id, JobState.paused, requested=None, when=found(JobState.queued, None))
@@ -200,6 +205,17 @@ class JobSteering(JobRecovery):
                 self.log_event(job_id, "info", "paused")
             return job
         return self.current(job_id, owner)
+
+    def _pause_too_late(self, job_id: str) -> InvalidState:
+        """The 409 ``swap_in_progress`` of a pause that came once the job's complete output was being
+        swapped in (:func:`~jupyter_staging.engine.swap.swap_started`): the job goes on to its end. The
+        job's log says so too."""
+        self.log_event(job_id, "info", too_late(JobState.paused.value))
+        return InvalidState(
+            "the job's output is complete and being swapped in; it can no longer be paused and will end by "
+            "itself in a moment",
+            code="swap_in_progress",
+        )
 
     def resume(self, job_id: str, owner: str | None = None) -> DescribeJob:
         """Queue a paused job again; it continues from its partial files.

@@ -209,7 +209,8 @@ class Job:
 
     def ack(self, index: int) -> dict[str, Any]:
         """Acknowledge that chunk ``index`` has been read (with ``cleanup_policy="delete_on_ack"`` its file
-        is deleted). Raises :class:`InvalidState` (code ``chunk_not_ready``) for a chunk not ready yet."""
+        is deleted). Raises :class:`InvalidState` (code ``chunk_not_ready``) for a chunk not ready yet, and
+        (code ``chunk_expired``) for one whose file clean-up removed."""
         return self._backend.ack(self.id, index)
 
     def manifest(self) -> dict[str, Any]:
@@ -249,7 +250,8 @@ class Job:
 
     def pause(self) -> Job:
         """Pause the job at its next block, keeping partial files. Raises :class:`InvalidState` for a
-        finished job. Returns ``self``."""
+        finished job (code ``invalid_state``) and for one whose complete output is being swapped in (code
+        ``swap_in_progress``: it ends by itself). Returns ``self``."""
         self._data = self._backend.pause(self.id)
         return self
 

@@ -128,7 +128,8 @@ class JobHandler(StagingAPIHandler):
 
 
 class PauseHandler(StagingAPIHandler):
-    """``POST /jobs/{id}/pause``."""
+    """``POST /jobs/{id}/pause``: the job, paused. 409 ``invalid_state`` for a job that ended and
+    ``swap_in_progress`` for one whose complete output is being swapped in (no pause stops it)."""
 
     auth_resource = "jupyter_staging:jobs"
 
@@ -190,7 +191,10 @@ class ChunkRefreshHandler(StagingAPIHandler):
 
 
 class ChunkAckHandler(StagingAPIHandler):
-    """``POST /jobs/{id}/chunks/{chunk_id}/ack``: the acknowledged chunk."""
+    """``POST /jobs/{id}/chunks/{chunk_id}/ack``: the acknowledged chunk.
+
+    Errors: 404 ``chunk_not_found``; 409 ``chunk_not_ready`` for a chunk not complete yet and
+    ``chunk_expired`` for one whose output clean-up removed."""
 
     auth_resource = "jupyter_staging:jobs"
 

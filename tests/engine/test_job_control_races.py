@@ -17,6 +17,7 @@ import pytest
 
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import ChunkState, CreateJob, JobState
+from jupyter_staging.errors import InvalidState
 from jupyter_staging.sources.local import LocalSource
 from tests.helpers.data import wait_until
 from tests.helpers.managers import manager_for
@@ -69,7 +70,7 @@ def test_a_cancelled_job_expires_the_chunks_whose_files_it_removed(
 ) -> None:
     """Paused after its first file was published (chunk ``ready``), then cancelled: the files go and so
     do the chunks (``expired``, in the transaction of the ``cancelled`` state); they stayed ``ready``, and
-    an ack answered ``acked`` for a file that was gone."""
+    an ack answered ``acked`` for a file that was gone (it is a 409 ``chunk_expired`` now)."""
     mgr = one_at_a_time
     job = paused_at_second_file(mgr, src, monkeypatch)
     ready = [c.path for c in mgr.chunks(job.id) if c.state == ChunkState.ready]
@@ -78,7 +79,10 @@ def test_a_cancelled_job_expires_the_chunks_whose_files_it_removed(
     assert mgr.cancel(job.id).state == JobState.cancelled
     assert not (root / "out").exists()
     assert {c.state for c in mgr.chunks(job.id)} == {ChunkState.expired}
-    assert mgr.ack(job.id, "0").state == ChunkState.expired
+    with pytest.raises(InvalidState) as refused:  # a read of a file that is gone cannot be recorded
+        mgr.ack(job.id, "0")
+    assert refused.value.code == "chunk_expired"
+    assert {c.state for c in mgr.chunks(job.id)} == {ChunkState.expired}
 
 
 def paused_at_second_file(mgr: StagingManager, src: Path, monkeypatch: pytest.MonkeyPatch) -> Any:

@@ -22,6 +22,7 @@ import pytest
 from jupyter_staging.engine.models import CreateJob, JobState
 from jupyter_staging.engine.store import Store
 from jupyter_staging.engine.swap import too_late
+from jupyter_staging.errors import InvalidState
 from jupyter_staging.safety.dirfd import set_aside_name
 from tests.engine.test_recovered_copies import staged_once
 from tests.helpers.crashes import killed_part_way, resumed
@@ -147,7 +148,8 @@ def test_a_cancel_or_pause_once_the_swap_started_comes_too_late(tmp_path: Path, 
     """The server dies once the swap has started, with a cancel (or pause) recorded for the job: the next
     server does not honour it (the output is complete: a cancel removed the new output as partial, and
     left the old one hidden or none at all), finishes the job, and it succeeds; its log says why. Asked of
-    the job while no server runs it, a cancel or pause is answered at once, and changes nothing."""
+    the job while no server runs it, a cancel or pause is answered at once, and changes nothing: the pause
+    is refused (409 ``swap_in_progress``)."""
     request, _ = staged_and_edited(tmp_path)
     job_id = killed_part_way(tmp_path, request, exit_at=exit_at)
     store = Store(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
@@ -157,8 +159,11 @@ def test_a_cancel_or_pause_once_the_swap_started_comes_too_late(tmp_path: Path, 
         store.close()
     idle = unstarted_manager(tmp_path / "root", tmp_path)
     try:
-        for ask in (idle.cancel, idle.pause):
-            assert ask(job_id).state == JobState.running  # as the stopped server left it
+        assert idle.cancel(job_id).state == JobState.running  # as the stopped server left it
+        with pytest.raises(InvalidState) as refused:  # a 200 would say it pauses: it goes on to succeed
+            idle.pause(job_id)
+        assert refused.value.code == "swap_in_progress"
+        assert idle.get(job_id).state == JobState.running
     finally:
         idle.stop()
     done, _, log = resumed(tmp_path, job_id)
