@@ -1,4 +1,5 @@
-"""Text for people: byte sizes, one-line job progress, where a job's tasks run and the HTML table of jobs.
+"""Text for people: byte sizes, one-line job progress, where a job's tasks run, the HTML table of jobs and
+the line a live widget shows about an error (:func:`error_text`, :func:`trouble_html`).
 
 Shared by :class:`~jupyter_staging.kernel.job.Job` (its ``repr``), the terminal progress bar
 (:mod:`jupyter_staging.kernel.progressbar`) and the notebook widgets. :func:`format_bytes` is the engine's
@@ -10,14 +11,18 @@ from __future__ import annotations
 
 import html
 import re
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
 from jupyter_staging.engine.units import format_bytes
+from jupyter_staging.errors import StagingError
+from jupyter_staging.safety.redact import redact_text
 
 __all__ = [
     "JobSummary",
+    "error_text",
     "format_bytes",
     "jobs_table_html",
     "progress_summary",
@@ -26,6 +31,7 @@ __all__ = [
     "task_worker_lines",
     "task_workers",
     "tasks_summary",
+    "trouble_html",
 ]
 
 #: A worker address's scheme and host:port (``tcp://127.0.0.1:40123``, ``tls://[::1]:8786``).
@@ -167,3 +173,25 @@ def _count_of(n: int, noun: str) -> str:
 
 def _or_q(value: Any) -> str:
     return "?" if value is None else str(value)
+
+
+def error_text(exc: Exception) -> str:
+    """What a widget says about ``exc``, on one line and without a traceback: a :class:`StagingError`'s
+    message (the server's), another exception's class and message; URLs and credentials in it redacted
+    (:func:`~jupyter_staging.safety.redact.redact_text`)."""
+    text = exc.message if isinstance(exc, StagingError) else f"{type(exc).__name__}: {exc}"
+    return redact_text(text)
+
+
+def trouble_html(exc: Exception, since: float, wait: float) -> str:
+    """The line a live widget shows while it cannot refresh: ``⚠ cannot reach the server since 14:03:07;
+    retrying (next try in 8 s)``. ``since``: when the failures began (``time.time()``, seconds);
+    ``wait``: seconds until the next try. Another error than an unreachable server is named by its
+    code and :func:`error_text`."""
+    when = time.strftime("%H:%M:%S", time.localtime(since))
+    if getattr(exc, "code", None) == "server_unreachable":
+        what = f"cannot reach the server since {when}"
+    else:
+        code = getattr(exc, "code", type(exc).__name__)
+        what = f"cannot refresh since {when} [{code}]: {error_text(exc)}"
+    return f'<span style="color:#e65100">⚠ {html.escape(what)}; retrying (next try in {wait:.3g} s)</span>'

@@ -16,7 +16,6 @@ from __future__ import annotations
 import html
 import os
 import threading
-import time
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,14 +28,15 @@ from jupyter_staging.errors import StagingError
 from jupyter_staging.kernel.backends import FINAL_STATES
 from jupyter_staging.kernel.follower import Follower
 from jupyter_staging.kernel.formatting import (
+    error_text,
     format_bytes,
     progress_summary,
     progress_text,
     task_worker_lines,
     tasks_summary,
+    trouble_html,
 )
 from jupyter_staging.kernel.job import Job
-from jupyter_staging.safety.redact import redact_text
 
 __all__ = [
     "IDLE_POLL_INTERVAL",
@@ -171,28 +171,6 @@ def outcome_html(data: dict[str, Any], destination: Path | str) -> str:
     return ""
 
 
-def error_text(exc: Exception) -> str:
-    """What a widget says about ``exc``, on one line and without a traceback: a :class:`StagingError`'s
-    message (the server's), another exception's class and message; URLs and credentials in it redacted
-    (:func:`~jupyter_staging.safety.redact.redact_text`)."""
-    text = exc.message if isinstance(exc, StagingError) else f"{type(exc).__name__}: {exc}"
-    return redact_text(text)
-
-
-def trouble_html(exc: Exception, since: float, wait: float) -> str:
-    """The line a live widget shows while it cannot refresh: ``⚠ cannot reach the server since 14:03:07;
-    retrying (next try in 8 s)``. ``since``: when the failures began (``time.time()``, seconds);
-    ``wait``: seconds until the next try. Another error than an unreachable server is named by its
-    code and :func:`error_text`."""
-    when = time.strftime("%H:%M:%S", time.localtime(since))
-    if getattr(exc, "code", None) == "server_unreachable":
-        what = f"cannot reach the server since {when}"
-    else:
-        code = getattr(exc, "code", type(exc).__name__)
-        what = f"cannot refresh since {when} [{code}]: {error_text(exc)}"
-    return f'<span style="color:#e65100">⚠ {html.escape(what)}; retrying (next try in {wait:.3g} s)</span>'
-
-
 def _close_tree(widgets: Sequence[w.Widget]) -> None:
     """Close ``widgets`` and, for a box, what it holds."""
     for widget in widgets:
@@ -233,7 +211,8 @@ class JobWidget(w.VBox):
     :data:`POLL_INTERVAL` seconds until it ends or the widget is closed (:meth:`close`, or its comm
     closed by the frontend); the chunks are read again only when the job's ``chunks_done`` or state
     changed. While the server cannot be reached, :attr:`status` says so and the tries slow down to one
-    every :data:`MAX_POLL_INTERVAL` seconds. A button's action the server refuses stays in
+    every :data:`MAX_POLL_INTERVAL` seconds. A job the server no longer has (``job_not_found``) is
+    followed no more, and :attr:`status` says so. A button's action the server refuses stays in
     :attr:`action_error` until the next action.
     """
 
@@ -309,11 +288,26 @@ class JobWidget(w.VBox):
 
     def _poll(self) -> bool | None:
         """One step of the follower: re-read the job (its chunks only when they changed); True once it
-        has ended, None while it is paused (polled every :data:`IDLE_POLL_INTERVAL` seconds)."""
-        self.job.refresh()
+        has ended or is gone from the server (:meth:`_gone`), None while it is paused (polled every
+        :data:`IDLE_POLL_INTERVAL` seconds)."""
+        try:
+            self.job.refresh()
+        except StagingError as exc:
+            if exc.code != "job_not_found":
+                raise  # the follower says so and tries again
+            self._gone(exc)
+            return True
         self.update()
         self.status.value = ""
         return None if self.job.state == "paused" else self.job.done
+
+    def _gone(self, exc: StagingError) -> None:
+        """The job is no longer on the server (``job_not_found``: deleted, or the server's job database
+        replaced): no later poll can find it. Says so in :attr:`status`, keeps what was last shown and
+        hides the buttons (nothing is left to pause, resume or cancel)."""
+        what = f"this job is no longer on the server [{exc.code}]: {error_text(exc)}; no longer followed"
+        self.status.value = f'<span style="color:#c62828">⚠ {html.escape(what)}</span>'
+        self.buttons.layout.display = "none"
 
     def _poll_failed(self, exc: Exception, since: float, wait: float) -> None:
         self.status.value = trouble_html(exc, since, wait)

@@ -169,6 +169,31 @@ def test_a_widget_says_when_the_server_cannot_be_reached_and_recovers(server, ra
         widget.close()
 
 
+def test_a_widget_whose_job_is_gone_from_the_server_stops_and_says_so(server, range_server, fast_polls):
+    """The server came back with a new job database: the job it followed is no longer there
+    (``job_not_found``). Before, the widget said "cannot refresh ... retrying" and polled every
+    ``MAX_POLL_INTERVAL`` seconds for as long as the kernel lived; now it stops at the first answer and
+    says the job is gone, its buttons hidden."""
+    job = paused_download(server, range_server, "gone")
+    widget = widgets.JobWidget(job)
+    try:
+        assert widget.following
+        server.stop()
+        for database in server.state_dir.glob("jobs.sqlite*"):
+            database.unlink()  # the server's job database, as a new one would be
+        server.start()
+        wait_until(lambda: not widget.following, 10, "the widget to stop following")
+        text = shown(widget)
+        assert "no longer on the server" in text and "job_not_found" in text, text
+        assert "retrying" not in text
+        assert widget.buttons.layout.display == "none"
+        polls = gets(server, f"jobs/{job.id}")
+        time.sleep(10 * CAP)
+        assert gets(server, f"jobs/{job.id}") == polls  # no more tries
+    finally:
+        widget.close()
+
+
 # -- in this process ----------------------------------------------------------------------------------------
 
 
