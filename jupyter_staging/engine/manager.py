@@ -284,10 +284,10 @@ class StagingManager(JobSteering):
 
         Raises :class:`JobNotFound` (code ``chunk_not_found``), :class:`InvalidRequest` (400, code
         ``chunk_not_in_object_storage``) for a chunk of a local destination — a file has no URL — and
-        :class:`InvalidState` (409, code ``chunk_not_ready``) for a chunk not uploaded yet, or whose
-        object is gone (``expired``, or acked under ``delete_on_ack``), and (409, code
-        ``cannot_presign``) when the destination's credentials cannot sign a URL (Azure without an
-        account key)."""
+        :class:`InvalidState` (409) with code ``chunk_not_ready`` for a chunk not uploaded yet,
+        ``chunk_expired`` for one whose object is gone for good (``expired``, or acked under
+        ``delete_on_ack``: no retry brings it back), and ``cannot_presign`` when the destination's
+        credentials cannot sign a URL (Azure without an account key)."""
         rec = self._record(job_id, owner)
         chunk = self._chunk(job_id, chunk_id)
         if not is_object_destination(rec.destination):
@@ -297,10 +297,10 @@ class StagingManager(JobSteering):
                 code="chunk_not_in_object_storage",
             )
         described = self._with_url(self.destination_of(rec), rec, chunk, strict=True)
+        if described.url is None and chunk.state == ChunkState.pending.value:
+            raise InvalidState(f"chunk {chunk.index} is not uploaded yet", code="chunk_not_ready")
         if described.url is None:
-            raise InvalidState(
-                f"chunk {chunk.index} is {chunk.state}; it has no object to hand out", code="chunk_not_ready"
-            )
+            raise chunk_expired(chunk.index, f"its object was removed ({chunk.state})")
         return described
 
     def _with_url(

@@ -203,7 +203,8 @@ class Job:
     def refresh_url(self, index: int) -> dict[str, Any]:
         """Chunk ``index`` of a job writing to object storage, with a new presigned ``url`` (valid the
         server's ``presign_expiry_seconds``) and ``url_expires_at``. Raises :class:`InvalidRequest` (code
-        ``chunk_not_in_object_storage``) for a local chunk, :class:`InvalidState` (``chunk_not_ready``).
+        ``chunk_not_in_object_storage``) for a local chunk, :class:`InvalidState` (``chunk_not_ready``, or
+        ``chunk_expired`` once its object was removed).
         The URL is a credential: do not print or share it."""
         return self._backend.refresh_chunk(self.id, index)
 

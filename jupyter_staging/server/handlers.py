@@ -176,8 +176,9 @@ class ChunkRefreshHandler(StagingAPIHandler):
     ``StagingApp.presign_expiry_seconds`` from now) and its ``url_expires_at``.
 
     Errors: 404 ``chunk_not_found``; 400 ``chunk_not_in_object_storage`` for a chunk of a local
-    destination (a file has no URL); 409 ``chunk_not_ready`` for a chunk not uploaded yet or whose object
-    is gone. Signing is local (no request to the store) and changes nothing, hence a GET.
+    destination (a file has no URL); 409 ``chunk_not_ready`` for a chunk not uploaded yet and
+    ``chunk_expired`` for one whose object is gone for good. Signing is local (no request to the store)
+    and changes nothing, hence a GET.
     """
 
     auth_resource = "jupyter_staging:jobs"

@@ -203,7 +203,7 @@ async def test_delete_on_success_removes_exactly_the_job_prefix(jp_fetch, store)
     chunks = (await get_json(jp_fetch, "jobs", job["id"], "chunks"))["chunks"]
     assert [c["state"] for c in chunks] == ["expired"] * 3
     assert all(c["url"] is None for c in chunks)
-    await expect_error(jp_fetch(*API, "jobs", job["id"], "chunks", "0", "refresh"), 409, "chunk_not_ready")
+    await expect_error(jp_fetch(*API, "jobs", job["id"], "chunks", "0", "refresh"), 409, "chunk_expired")
 
 
 def test_removing_a_job_prefix_spares_a_sibling_whose_name_starts_with_it(store, tmp_path):

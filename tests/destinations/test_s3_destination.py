@@ -60,7 +60,7 @@ async def test_delete_on_ack_deletes_that_object_only(jp_fetch, results):
     after = (await get_json(jp_fetch, "jobs", job["id"], "chunks"))["chunks"]
     assert [c["state"] for c in after] == ["ready", "acked", "ready"]
     assert after[1]["url"] is None and after[0]["url"] and after[2]["url"]
-    await expect_error(jp_fetch(*API, "jobs", job["id"], "chunks", "1", "refresh"), 409, "chunk_not_ready")
+    await expect_error(jp_fetch(*API, "jobs", job["id"], "chunks", "1", "refresh"), 409, "chunk_expired")
 
 
 # -- steering: pause, resume, recovery ---------------------------------------------------------------
