@@ -39,6 +39,7 @@ from jupyter_staging.engine.models import (
     ListJobsResponse,
 )
 from jupyter_staging.engine.processes import current_user, default_key_file
+from jupyter_staging.engine.retention import expire_if_consumed
 from jupyter_staging.engine.steering import JobSteering
 from jupyter_staging.engine.store import ChunkRecord, JobRecord, Store
 from jupyter_staging.errors import InvalidRequest, InvalidState, JobNotFound
@@ -334,7 +335,9 @@ class StagingManager(JobSteering):
 
     def ack(self, job_id: str, chunk_id: str, owner: str | None = None) -> DescribeChunk:
         """Record that a consumer has read chunk ``chunk_id`` (its index); with the ``delete_on_ack``
-        policy its file is deleted at once. Acking twice is harmless.
+        policy its file is deleted at once, and once a finished job has no chunk left ``ready`` or ``pending``
+        its manifest and the folder it made go too and it is ``expired``
+        (:func:`~jupyter_staging.engine.retention.expire_if_consumed`). Acking twice is harmless.
 
         Raises :class:`JobNotFound` (code ``chunk_not_found``), :class:`InvalidState` (409) with code
         ``chunk_not_ready`` for a chunk whose file is not complete yet and ``chunk_expired`` for one whose
@@ -357,7 +360,8 @@ class StagingManager(JobSteering):
             on_ack = rec.cleanup_policy == "delete_on_ack"
             if on_ack and self.destination_of(rec).remove_chunk(chunk.path, published_file(rec, chunk)):
                 self.log_event(job_id, "info", f"chunk {index} deleted on ack: {chunk.path}")
-            self.announce(self._record(job_id, owner))
+            if not (on_ack and expire_if_consumed(self, job_id)):  # expiring announces it
+                self.announce(self._record(job_id, owner))
         return describe_chunk(chunk)
 
     def manifest(self, job_id: str, owner: str | None = None) -> dict[str, Any]:

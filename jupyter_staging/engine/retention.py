@@ -44,6 +44,24 @@ def _expire(host: JobHost, rec: JobRecord) -> None:
     host.set_state(rec.id, JobState.expired)
 
 
+def expire_if_consumed(host: JobHost, job_id: str) -> bool:
+    """After an acknowledgement under ``delete_on_ack``: a finished job (``succeeded``, or ``failed`` with
+    published chunks) none of whose chunks is still ``ready`` or ``pending`` -- every file consumed and
+    deleted at its ack -- has the rest of its output removed too (its ``manifest.json``, and its folder when
+    the job made it and it is left empty) and is ``expired``. Before, its folder stayed for good with the
+    manifest of files that were gone (a hub ``jupyter_copy``'s scratch folder, which a service that is
+    neither root nor the user may not remove). True when it was expired. Raises :class:`JobNotFound`."""
+    rec = _record(host, job_id, resume=True)
+    finished = (JobState.succeeded.value, JobState.failed.value)
+    if rec.cleanup_policy != "delete_on_ack" or rec.state not in finished:
+        return False
+    chunks = host.store.list_chunks(rec.id)
+    if not chunks or any(c.state in (ChunkState.ready.value, ChunkState.pending.value) for c in chunks):
+        return False
+    _expire(host, rec)
+    return True
+
+
 def apply_cleanup_policy(
     host: JobHost, job_id: str, outcome: JobState | None = None, *, policy: str | None = None
 ) -> None:

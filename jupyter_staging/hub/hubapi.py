@@ -144,6 +144,19 @@ class HubAPI:
         _, chunks = await self.server_api(server_path, "GET", f"{job_url(job_id)}/chunks")
         return list((chunks or {}).get("chunks", []))
 
+    async def ack_chunk(self, username: str, server_path: str, job_id: str, index: int) -> None:
+        """``POST api/v1/staging/jobs/{job_id}/chunks/{index}/ack`` in ``username``'s server: under the job's
+        ``delete_on_ack`` policy the server deletes that file, and with the last chunk the job's manifest
+        and the folder it made (as the user: what a service that is neither root nor the user may not
+        remove).
+
+        Raises :func:`server_error` unless the answer is 200."""
+        code, body = await self.server_api(
+            server_path, "POST", f"{job_url(job_id)}/chunks/{int(index)}/ack", {}
+        )
+        if code != 200:
+            raise server_error(username, code, body)
+
 
 def job_url(job_id: str) -> str:
     """Path of a job in the staging API of a user's server, relative to the server."""

@@ -6,8 +6,11 @@ it. A job stages into a destination *folder*, keeps the source's file name and w
 there, so every operation's job stages into a scratch folder of its own beside the target,
 ``<name>.staging-<id8>`` (:func:`scratch_name`), whatever the target's name: once the job succeeded the
 service links the file under the target's name (``linkat``: never replaces, never follows a link) and
-removes the scratch folder, manifest and all. The user's folder gets the file alone, and a second
-``jupyter_copy`` of another file into that folder is not refused by the server for a manifest it finds.
+the scratch folder goes, manifest and all: the job is ``delete_on_ack`` and the service acknowledges its
+file, so the user's server removes it as the user (a service that is neither root nor the user may not
+remove what the user's server wrote, 0755), and the service removes what it may. The user's folder gets
+the file alone, and a second ``jupyter_copy`` of another file into that folder is not refused by the server
+for a manifest it finds.
 
 A repeat is a duplicate (``skipped``), never a second job: the target already holding the same bytes is
 skipped at once; a call for a target that another call of this service is still staging waits for it and
@@ -56,6 +59,9 @@ def job_request(op: Operation, source: str, destination: str) -> dict[str, Any]:
         "method": "copy",
         "name": f"staging-hub-{op.id[:8]}",
         "idempotency_key": idempotency_key(op.id),
+        # The service acknowledges the file once it has it under the target's name: the user's server then
+        # removes the scratch folder, which a service that is neither root nor the user may not.
+        "cleanup_policy": "delete_on_ack",
     }
 
 
@@ -215,14 +221,20 @@ class JupyterCopies:
         scratch = own_scratch(job, name, op.id)
         if job.get("state") != "succeeded":
             if scratch is not None:
+                await self._release(op, server, await self.hub.job_chunks(server, str(op.job_id)))
                 await asyncio.to_thread(self._discard_scratch, op.user, relative_path, name, scratch)
             raise job_failed(op, job)
-        chunk = pick_chunk(await self.hub.job_chunks(server, str(op.job_id)), name)
+        chunks = await self.hub.job_chunks(server, str(op.job_id))
+        chunk = pick_chunk(chunks, name)
         landed = True
         target = await asyncio.to_thread(self._open_target, op.user, relative_path, name, create=False)
         with target:
             if scratch is not None:
-                landed = await asyncio.to_thread(self._publish, target, scratch, chunk)
+                try:
+                    landed = await asyncio.to_thread(self._publish, target, scratch, chunk)
+                finally:
+                    await self._release(op, server, chunks)
+                    await asyncio.to_thread(remove_folder, target.dir_fd, scratch)
             await asyncio.to_thread(make_read_only, target)
         bytes_done = (job.get("progress") or {}).get("bytes_done")
         status = "succeeded" if landed and made_by(job, op) else "skipped"
@@ -230,17 +242,28 @@ class JupyterCopies:
 
     @staticmethod
     def _publish(target: Target, scratch: str, chunk: dict[str, Any]) -> bool:
-        """Link the job's file from ``scratch`` under the target's name, then remove ``scratch``; False
-        when the same bytes were already there."""
+        """Link (move, copy) the job's file from ``scratch`` under the target's name; False when the same
+        bytes were already there. The scratch folder is left to :meth:`_release` and :func:`remove_folder`."""
         path = PurePosixPath(str(chunk.get("path") or ""))
         if len(path.parts) != 1:
             raise StagingError(
                 f"the job wrote no single file to give the name {target.name!r}", code="unexpected_output"
             )
-        try:
-            return publish_from_folder(scratch, path.name, target)
-        finally:
-            remove_folder(target.dir_fd, scratch)
+        return publish_from_folder(scratch, path.name, target)
+
+    async def _release(self, op: Operation, server: str, chunks: list[dict[str, Any]]) -> None:
+        """Acknowledge the job's ready chunks in the user's server, whose ``delete_on_ack`` policy then
+        removes the job's files, manifest and scratch folder as the user (the service may not, when it is
+        neither root nor the user: the folder is the user's server's, 0755). Best effort: a failure is
+        logged, the file under the target's name is not touched."""
+        for chunk in chunks:
+            if chunk.get("state") != "ready":
+                continue
+            try:
+                await self.hub.ack_chunk(op.user, server, str(op.job_id), int(chunk.get("index", -1)))
+            except (StagingError, ValueError, TypeError) as err:
+                self.recorder.log(logging.WARNING, op, f"scratch folder of job {op.job_id} kept: {err}")
+                return
 
     def _discard_scratch(self, username: str, relative_path: str, name: str, scratch: str) -> None:
         """Remove what a failed job left in its scratch folder (best effort)."""

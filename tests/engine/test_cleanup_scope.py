@@ -138,8 +138,37 @@ def test_a_folder_the_job_made_goes_with_its_last_file_deleted_on_ack(manager: S
     assert (root / "out" / "data" / "d" / "e" / "f.txt").read_bytes() == b"hello"
     for chunk in manager.chunks(job.id):
         manager.ack(job.id, str(chunk.index))
-    assert manager.sweep(utcnow() + timedelta(seconds=120)) == [job.id]
+    # The last ack expires the job: nothing is left for the TTL sweep.
+    assert manager.get(job.id).state == JobState.expired
     assert not (root / "out").exists()
+    assert manager.sweep(utcnow() + timedelta(seconds=120)) == []
+
+
+def test_the_last_ack_under_delete_on_ack_removes_the_manifest_and_the_folder(
+    manager: StagingManager, root: Path
+):
+    """A succeeded ``delete_on_ack`` job whose every chunk is acknowledged (files deleted) has its
+    ``manifest.json`` and the folder it made removed, and is ``expired``; before, the folder stayed for
+    good with the manifest of files that were gone. A folder that was there before the job stays."""
+    (root / "src").mkdir()
+    (root / "src" / "a.bin").write_bytes(b"A" * 1000)
+    (root / "src" / "b.bin").write_bytes(b"B" * 1000)
+    (root / "kept").mkdir()
+    made, _ = manager.create(
+        CreateJob(source=str(root / "src"), destination="made", cleanup_policy="delete_on_ack")
+    )
+    kept, _ = manager.create(
+        CreateJob(source=str(root / "src"), destination="kept", cleanup_policy="delete_on_ack")
+    )
+    for job in (made, kept):
+        assert manager.wait(job.id, timeout=60).state == JobState.succeeded
+        first, second = manager.chunks(job.id)
+        manager.ack(job.id, str(first.index))
+        assert manager.get(job.id).state == JobState.succeeded  # one chunk still ready
+        manager.ack(job.id, str(second.index))
+        assert manager.get(job.id).state == JobState.expired
+    assert not (root / "made").exists()
+    assert list((root / "kept").iterdir()) == []
 
 
 def test_a_file_the_user_saved_over_a_ready_chunk_outlives_the_cleanup(manager: StagingManager, root: Path):
@@ -339,7 +368,8 @@ def test_delete_on_ack_keeps_a_file_edited_in_place_and_removes_an_untouched_one
     _edit_fits_header(out / KEPLER.name)
     for chunk in manager.chunks(job.id):
         assert manager.ack(job.id, str(chunk.index)).state == "acked"
-    assert sorted(p.name for p in out.iterdir()) == [KEPLER.name, "manifest.json"]
+    # The last ack expired the job: its manifest went too; the user's edited file stays.
+    assert sorted(p.name for p in out.iterdir()) == [KEPLER.name]
     assert _observer(out / KEPLER.name) == "someone"
     log = [line["message"] for line in manager.job_log(job.id)]
     assert any(m.startswith("chunk") and "deleted on ack" in m and TESS.name in m for m in log)

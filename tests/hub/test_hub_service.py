@@ -325,7 +325,8 @@ def test_jupyter_copy_starts_bobs_server_and_lands_through_his_job(hub, kepler):
     assert stat.S_IMODE(target.stat().st_mode) == 0o444
     # the record links to the job that did the copy, in bob's own server
     server_job = _bobs_job(hub, op["job_id"])
-    assert server_job["state"] == "succeeded"
+    # the service acknowledged the job's file (delete_on_ack): bob's server removed its scratch output
+    assert server_job["state"] == "expired" and server_job["cleanup_policy"] == "delete_on_ack"
     assert server_job["source"] == str(Path(source(hub)).resolve())
     # it staged into a scratch folder of its own, which is gone: the file alone is in bob's folder
     assert server_job["destination"] == f"staging/kepler/{KEPLER_NAME}.staging-{op['id'][:8]}"
@@ -365,7 +366,8 @@ def test_jupyter_copy_to_a_new_name_then_a_duplicate(hub, kepler):
     # the job staged into a scratch folder beside the target, which is gone: only the renamed file stays
     assert sorted(p.name for p in target.parent.iterdir()) == ["other.fits"]
     server_job = _bobs_job(hub, op["job_id"])
-    assert server_job["state"] == "succeeded"
+    # the service acknowledged the job's file (delete_on_ack): bob's server removed its scratch output
+    assert server_job["state"] == "expired" and server_job["cleanup_policy"] == "delete_on_ack"
     assert server_job["destination"] == f"staging/x/other.fits.staging-{op['id'][:8]}"
 
     again = stage(hub, "bob", body)

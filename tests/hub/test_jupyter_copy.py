@@ -39,6 +39,7 @@ class FakeServer:
         self.created: list[dict[str, Any]] = []
         self.job: dict[str, Any] = {}
         self.chunks: list[dict[str, Any]] = []
+        self.acked: list[int] = []
         self.before_answer = lambda: None
 
     async def ensure_server(self, name: str, *, timeout: float) -> str:
@@ -63,7 +64,15 @@ class FakeServer:
             "error": {"code": "disk_full", "message": "no space"} if self.state == "failed" else None,
         }
         sha = hashlib.sha256(data).hexdigest()
-        self.chunks = [{"path": Path(body["source"]).name, "bytes": len(data), "sha256": sha}]
+        self.chunks = [
+            {
+                "index": 0,
+                "state": "ready",
+                "path": Path(body["source"]).name,
+                "bytes": len(data),
+                "sha256": sha,
+            }
+        ]
         self.before_answer()
         return self.job
 
@@ -72,6 +81,17 @@ class FakeServer:
 
     async def job_chunks(self, server: str, job_id: str) -> list[dict[str, Any]]:
         return self.chunks
+
+    async def ack_chunk(self, username: str, server: str, job_id: str, index: int) -> None:
+        """As the real server does under ``delete_on_ack`` (as the user): the chunk's file goes, and with
+        the last chunk of a finished job its manifest and the folder it made."""
+        self.acked.append(index)
+        folder = self.root / self.job["destination"]
+        self.chunks[index]["state"] = "acked"
+        (folder / self.chunks[index]["path"]).unlink(missing_ok=True)
+        if all(c["state"] != "ready" for c in self.chunks):
+            (folder / "manifest.json").unlink(missing_ok=True)
+            folder.rmdir()
 
     async def get_user(self, name: str) -> dict[str, Any]:
         return {"name": name}
@@ -237,3 +257,28 @@ def test_a_file_that_may_not_be_linked_is_moved_or_copied_in(site, kepler, links
     assert sorted(p.name for p in folder.iterdir()) == ["lc.fits"]
     assert (folder / "lc.fits").read_bytes() == kepler.read_bytes()
     assert op.sha256 == hashlib.sha256(kepler.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("state", ["succeeded", "failed"])
+def test_a_scratch_folder_the_service_may_not_remove_is_removed_by_the_users_server(
+    site, kepler, links_refused, monkeypatch, state
+):
+    """A service that is neither root nor the user may not remove what the user's server wrote in the
+    scratch folder (the user's, 0755: ``remove_folder`` is refused, as ``setpriv`` shows it for real): the
+    job is ``delete_on_ack`` and the service acknowledges its file once it has it (or once the job
+    failed), so the user's server removes the scratch folder. Before, the folder stayed for good with a
+    copy of the file and the job's manifest."""
+    from jupyter_staging.hub import jobfiles, jupytercopy
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(jobfiles, "rename_noreplace_at", refuse)  # copied in, as such a service does
+    monkeypatch.setattr(jupytercopy, "remove_folder", lambda parent_fd, name: None)  # removal refused
+    server = FakeServer(site / "homes" / "bob", state=state)
+    op = run_copy(site, server, "kepler/lc.fits")
+    assert server.created[0]["cleanup_policy"] == "delete_on_ack"
+    assert op.status == state, op.to_dict()
+    assert server.acked == [0]
+    folder = site / "homes" / "bob" / "staging" / "kepler"
+    assert sorted(p.name for p in folder.iterdir()) == (["lc.fits"] if state == "succeeded" else [])
