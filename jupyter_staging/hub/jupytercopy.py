@@ -22,13 +22,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import stat
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from jupyter_staging.errors import StagingError
 from jupyter_staging.hub.areas import Target, UserAreas, owner_for, split_relative_path
 from jupyter_staging.hub.db import Operation, OperationStore
-from jupyter_staging.hub.fileops import Outcome, SourceFile, check_duplicate, source_sha256
+from jupyter_staging.hub.fileops import (
+    READ_FLAGS,
+    Outcome,
+    SourceFile,
+    check_duplicate,
+    sha256_of_fd,
+    source_sha256,
+)
 from jupyter_staging.hub.hubapi import HubAPI
 from jupyter_staging.hub.jobfiles import make_read_only, publish_from_folder, remove_folder
 from jupyter_staging.hub.recording import Recorder
@@ -83,6 +92,22 @@ def pick_chunk(chunks: list[dict[str, Any]], name: str) -> dict[str, Any]:
         if PurePosixPath(str(chunk.get("path", ""))).name == name:
             return chunk
     return chunks[0] if len(chunks) == 1 else {}
+
+
+def holds_chunk(target: Target, chunk: dict[str, Any]) -> bool:
+    """True when the target is a regular file (never followed through a symlink) with the chunk's size
+    (bytes) and sha256: the job's file, put there by this operation before the job's folder was released."""
+    try:
+        fd = os.open(target.name, READ_FLAGS, dir_fd=target.dir_fd)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != chunk.get("bytes") or not chunk.get("sha256"):
+            return False
+        return sha256_of_fd(fd) == (st.st_size, chunk["sha256"])
+    finally:
+        os.close(fd)
 
 
 def job_failed(op: Operation, job: dict[str, Any]) -> StagingError:
@@ -219,6 +244,12 @@ class JupyterCopies:
         outcome (``skipped`` for an earlier request's job)."""
         job = await self._wait_for_job(op, server)
         scratch = own_scratch(job, name, op.id)
+        if (
+            job.get("state") == "expired"
+            and scratch is not None
+            and await self._released(op, server, job, relative_path, name)
+        ):
+            return  # a replica that stopped after releasing the job's folder, before recording: recorded now
         if job.get("state") != "succeeded":
             if scratch is not None:
                 await self._release(op, server, await self.hub.job_chunks(server, str(op.job_id)))
@@ -239,6 +270,22 @@ class JupyterCopies:
         bytes_done = (job.get("progress") or {}).get("bytes_done")
         status = "succeeded" if landed and made_by(job, op) else "skipped"
         await self.recorder.finish(op, Outcome(status, chunk.get("bytes", bytes_done), chunk.get("sha256")))
+
+    async def _released(
+        self, op: Operation, server: str, job: dict[str, Any], relative_path: str, name: str
+    ) -> bool:
+        """For a job found ``expired`` (its folder released by :meth:`_release`, which a replica did before
+        it stopped): when the target holds the job's file, record the operation succeeded and return
+        True; False otherwise (the job's expiry is then its failure)."""
+        chunk = pick_chunk(await self.hub.job_chunks(server, str(op.job_id)), name)
+        target = await asyncio.to_thread(self._open_target, op.user, relative_path, name, create=False)
+        with target:
+            if not await asyncio.to_thread(holds_chunk, target, chunk):
+                return False
+            await asyncio.to_thread(make_read_only, target)
+        status = "succeeded" if made_by(job, op) else "skipped"
+        await self.recorder.finish(op, Outcome(status, chunk.get("bytes"), chunk.get("sha256")))
+        return True
 
     @staticmethod
     def _publish(target: Target, scratch: str, chunk: dict[str, Any]) -> bool:

@@ -282,3 +282,46 @@ def test_a_scratch_folder_the_service_may_not_remove_is_removed_by_the_users_ser
     assert server.acked == [0]
     folder = site / "homes" / "bob" / "staging" / "kepler"
     assert sorted(p.name for p in folder.iterdir()) == (["lc.fits"] if state == "succeeded" else [])
+
+
+@pytest.mark.parametrize("landed", [True, False])
+def test_a_replica_taking_over_after_the_release_records_what_landed(site, kepler, landed):
+    """A replica that put the file under the target's name and released the job's folder (the last ack:
+    the job is ``expired`` in bob's server) then stopped before recording leaves the operation
+    ``running``. The replica that follows it again records it ``succeeded`` when the target holds the
+    job's bytes; before, the expired job made it ``failed`` (``job_expired``) with the file in place.
+    Without the file, the job's expiry is its failure."""
+    server = FakeServer(site / "homes" / "bob")
+    op = run_copy(site, server, "kepler/lc.fits")
+    assert op.status == "succeeded" and server.acked == [0], op.to_dict()
+    target = site / "homes" / "bob" / "staging" / "kepler" / "lc.fits"
+    if not landed:
+        target.chmod(0o644)
+        target.unlink()
+    server.job["state"] = "expired"
+    store = OperationStore(f"sqlite:///{site / 'ops.sqlite'}")
+    store.update(op.id, status="running", finished=None, sha256=None, bytes=None)
+
+    async def take_over() -> Operation | None:
+        ops = StagingOperations(
+            store,
+            UserAreas(str(site / "homes" / "{username}" / "staging")),
+            [str(site / "archive")],
+            server,  # type: ignore[arg-type]
+            server_root_template=str(site / "homes" / "{username}"),
+            job_poll_interval=0.01,
+        )
+        running = store.get(op.id)
+        assert running is not None
+        await ops.copies.follow_again(running)
+        await ops.stop()
+        return store.get(op.id)
+
+    final = asyncio.run(take_over())
+    assert final is not None
+    if landed:
+        assert final.status == "succeeded", final.to_dict()
+        assert final.sha256 == hashlib.sha256(kepler.read_bytes()).hexdigest()
+        assert final.bytes == kepler.stat().st_size
+    else:
+        assert (final.status, final.error_code) == ("failed", "job_expired"), final.to_dict()
