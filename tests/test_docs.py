@@ -104,3 +104,8 @@ def test_troubleshooting_lists_every_doctor_check_and_error_code(site: Path) -> 
         assert name in headings, name
     codes = set(texts(html, r"<td><p><code[^>]*>(.*?)</code></p></td>"))
     assert {StagingError.code, PathNotAllowed.code, InsufficientSpace.code} <= codes
+    # Codes no class names and no call gives as a literal: through a helper's argument
+    # (unsafe_archive_path), a local variable (hardlink_failed), a request's validator (invalid_ttl), the
+    # web framework (not_found, method_not_allowed), a fallback (server_error).
+    given_indirectly = {"unsafe_archive_path", "hardlink_failed", "symlink_failed", "invalid_ttl"}
+    assert given_indirectly | {"not_found", "method_not_allowed", "server_error"} <= codes

@@ -165,7 +165,10 @@ def stage(
         ``encoding`` is the text encoding of a CSV/TSV file that is not UTF-8 (``"latin-1"``,
         ``"cp1252"``), so its text columns are read as strings, not bytes.
     name, idempotency_key, cleanup_policy, ttl_seconds:
-        As in the REST API (``DESIGN.md``); the same ``idempotency_key`` returns the same job.
+        As in the REST API (``POST /jobs``): the job's name (default: from the source), a key that returns
+        the same job when given again, ``"retain"`` (default), ``"delete_on_success"``, ``"delete_always"``
+        or ``"delete_on_ack"``, and the seconds (1 to ten years) after which the job expires and its output
+        is removed.
     if_exists, refresh:
         When ``destination`` already holds the output of an earlier job of the same source(s) and options:
         ``"reuse"`` (default) answers at once with that job when every source is unchanged

@@ -5,8 +5,8 @@ chunks as a stream (:class:`Chunk`, :func:`iter_chunks`), :class:`JobList` and :
         df = chunk.to_pandas()
         chunk.ack()          # with cleanup_policy="delete_on_ack", the part file is deleted now
 
-A chunk is ``ready`` once its file is complete under its final name (``DESIGN.md``, "Chunks"), so it can be
-read while the job is still running. Sizes are bytes, rates bytes per second, times seconds.
+A chunk is ``ready`` once its file is complete under its final name, so it can be read while the job is
+still running. Sizes are bytes, rates bytes per second, times seconds.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ class Job:
         return list(entries) if entries is not None else None
 
     def as_dict(self) -> dict[str, Any]:
-        """The job as the API last returned it (the wire format of ``DESIGN.md``; a copy)."""
+        """The job as the API last returned it (the REST API's wire format, ``GET /jobs/{id}``; a copy)."""
         return dict(self._data)
 
     def refresh(self) -> Job:
