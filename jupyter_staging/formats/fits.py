@@ -207,13 +207,19 @@ class FitsSource(Source):
 
     def _types(self) -> list[pa.DataType]:
         """Arrow types of the columns: ASCII tables from their ``TFORMn`` (astropy cannot convert zero
-        rows of them), binary tables by converting zero rows."""
+        rows of them; a column with ``TSCALn``/``TZEROn`` is float64, as astropy scales it), binary tables
+        by converting zero rows."""
         if not self._ascii:
             return [array.type for array in self._convert(0, 0)]
         types = []
         for column in self._columns:
             dtype = np.dtype(column.format.recformat)
-            types.append(pa.string() if dtype.kind in "SUa" else pa.from_numpy_dtype(dtype))
+            if dtype.kind in "SUa":
+                types.append(pa.string())
+            elif _scaled(column):
+                types.append(pa.float64())
+            else:
+                types.append(pa.from_numpy_dtype(dtype))
         return types
 
     def _convert(self, start: int, stop: int) -> list[pa.Array]:
@@ -253,6 +259,11 @@ class FitsSource(Source):
             self._hdu = None
             hdul.close()
             self._hdul = None
+
+
+def _scaled(column: Any) -> bool:
+    """Whether an ``astropy.io.fits.Column`` has a ``TSCALn`` other than 1 or a ``TZEROn`` other than 0."""
+    return column.bscale not in (None, "", 1) or column.bzero not in (None, "", 0)
 
 
 def _ascii_column(records: Any, raw: np.ndarray, i: int, column: Any) -> pa.Array:
