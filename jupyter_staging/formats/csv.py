@@ -189,8 +189,10 @@ class CsvSource(Source):
                     sample = sample.slice(0, CSV_INFER_BYTES - window + cut + 1)
             try:
                 table = self._read_sample(sample)
-            except pa.ArrowInvalid as exc:  # a quoted line break across pyarrow's block boundary
-                if "out of sync with chunker" not in str(exc):
+            except pa.ArrowInvalid as exc:  # a quoted line break across pyarrow's block boundary: "out of
+                # sync with chunker", or a row cut there (a quoted value longer than a block) taken as short
+                quoted = _RAGGED.search(str(exc)) and b'"' in sample.to_pybytes()
+                if "out of sync" not in str(exc) and not quoted:
                     raise
                 self._quoted_breaks = True
                 sample = _whole_rows(sample, b'"')
@@ -218,10 +220,8 @@ class CsvSource(Source):
                 if "straddling object" not in str(exc):
                     raise
                 if self._block_size >= CSV_MAX_BLOCK_SIZE:
-                    raise ConversionFailed(
-                        f"{self.path.name}: a row is longer than {CSV_MAX_BLOCK_SIZE // (1024 * 1024)} MiB; "
-                        "such rows are not converted"
-                    ) from None
+                    longest = f"a row is longer than {CSV_MAX_BLOCK_SIZE >> 20} MiB"
+                    raise ConversionFailed(f"{self.path.name}: {longest}; not converted") from None
                 self._block_size *= 2
 
     def _read_error(self, exc: pa.ArrowInvalid) -> ConversionFailed:
@@ -236,11 +236,10 @@ class CsvSource(Source):
         if "invalid UTF8" in str(exc):
             return self._not_text(exc, f" after the first {CSV_INFER_BYTES // (1024 * 1024)} MiB")
         if "straddling object" in str(exc):
-            block, sample = self._block_size // (1024 * 1024), CSV_INFER_BYTES // (1024 * 1024)
             return ConversionFailed(
-                f"{self.path.name}: a row longer than {block} MiB comes after the first {sample} MiB, "
-                "whose longest row fixed how much is read at a time; such files are converted only when "
-                "a row as long comes before that"
+                f"{self.path.name}: a row longer than {self._block_size >> 20} MiB comes after the first "
+                f"{CSV_INFER_BYTES >> 20} MiB, whose longest row fixed how much is read at a time; such files"
+                " are converted only when a row as long comes before that"
             )
         if "out of sync with chunker" in str(exc):
             return ConversionFailed(

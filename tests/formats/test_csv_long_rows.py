@@ -38,3 +38,16 @@ def test_a_longer_row_after_the_inferred_sample_is_refused_with_its_reason(tmp_p
         convert_to_parquet(src, tmp_path / "out")
 
     assert "a row longer than 1 MiB comes after the first 16 MiB" in str(refused.value)
+
+
+def test_a_quoted_value_with_line_breaks_longer_than_a_block_is_one_value(tmp_path: Path) -> None:
+    """pyarrow cuts such a value at its block boundary, which looks like a short row: not a ragged file."""
+    src = tmp_path / "notes.csv"
+    note = ("a line of notes\n" * (3 * CSV_BLOCK_SIZE // 16)).rstrip("\n")
+    src.write_text(f'id,note\n1,"{note}"\n2,short\n')
+
+    convert_to_parquet(src, tmp_path / "out")
+
+    table = pq.read_table(tmp_path / "out")
+    assert table.column("note").to_pylist() == pd.read_csv(src)["note"].tolist() == [note, "short"]
+    assert table.column("id").to_pylist() == [1, 2]
