@@ -46,3 +46,25 @@ def test_a_scaled_integer_column_of_an_ascii_table_is_read_as_astropy_scales_it(
     assert arrow.schema.field("flux").type == pa.float64() and arrow.schema.field("n").type == pa.int32()
     assert arrow.column("flux").to_pylist() == reference["flux"].tolist()
     assert to_qtable(arrow)["n"].tolist() == [4, 5, 6]
+
+
+def test_scaled_and_null_variable_length_arrays_are_scaled_element_by_element(tmp_path: Path) -> None:
+    """FITS Standard 4.0 §7.3.5: TSCALn/TZEROn and TNULLn apply to each element of a ``P``/``Q`` array
+    (astropy scales the first row only, keeping it int16, and ignores TNULLn there)."""
+    table = fits.BinTableHDU.from_columns(
+        [
+            fits.Column(name="adu", format="PI()", array=[np.array([1, 2, 3], "i2"), np.array([4], "i2")]),
+            fits.Column(name="counts", format="QJ()", array=[np.array([1, -1], "i4"), np.array([], "i4")]),
+            fits.Column(name="plain", format="PJ()", array=[np.array([7], "i4"), np.array([8, 9], "i4")]),
+        ]
+    )
+    src = _with_keywords(tmp_path / "vla.fits", table, {"TSCAL1": 0.5, "TZERO1": 100.0, "TNULL2": -1})
+
+    convert_to_parquet(src, tmp_path / "out", chunk_rows=1)
+
+    arrow = pq.read_table(tmp_path / "out")
+    assert arrow.column("adu").to_pylist() == [[100.5, 101.0, 101.5], [102.0]]
+    assert arrow.column("counts").to_pylist() == [[1, None], []]
+    assert arrow.column("plain").to_pylist() == [[7], [8, 9]]
+    assert arrow.schema.field("adu").type == pa.list_(pa.float64())
+    assert [list(row) for row in to_qtable(arrow)["adu"]] == [[100.5, 101.0, 101.5], [102.0]]
