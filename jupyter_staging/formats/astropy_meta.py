@@ -8,7 +8,9 @@ description, meta}``, ``meta`` the table's metadata), and the length of string c
 
 Units: a source's unit text is parsed by astropy (generic, FITS, then CDS syntax, FITS Standard 4.0 §4.3,
 VOTable 1.4 §4.3); the few mission spellings astropy does not know are mapped (``e-/s`` is ``electron /
-s``, as lightkurve reads Kepler and TESS files; ``BJD - 2454833`` is days). The original text stays in the
+s``, as lightkurve reads Kepler and TESS files; ``BJD - 2454833`` is days). A unit astropy cannot parse
+(``DEGREES``, ``MPC``) is written as it is spelled, which astropy reads back as an ``UnrecognizedUnit``, as
+its FITS, VOTable and ECSV readers give it; no case or spelling is guessed. The original text stays in the
 Arrow field metadata (``unit``) and in the column's ``meta`` as ``original_unit`` when it differs.
 """
 
@@ -66,7 +68,9 @@ _DATATYPES = {
 def astropy_unit(text: str | None) -> str | None:
     """``text`` (a unit as a FITS, VOTable or ECSV file writes it) as astropy's generic unit string (``""``
     for dimensionless), or None when astropy cannot read it even after mapping mission spellings
-    (``e-/s`` -> ``electron / s``)."""
+    (``e-/s`` -> ``electron / s``). The case of ``text`` is never changed: ``MPC`` is not read as ``mpc``
+    (milliparsec) nor ``DEGREES`` as ``degrees``; astropy's readers make such a unit an
+    ``UnrecognizedUnit`` of the text as written, and so does :func:`table_meta_yaml`."""
     if text is None or not text.strip():
         return None
     # astropy is heavy (about a second to import): loaded only when a column has a unit
@@ -85,8 +89,7 @@ def astropy_unit(text: str | None) -> str | None:
         except (ValueError, TypeError):
             continue
         return str(generic)
-    lowered = text.lower()
-    return astropy_unit(lowered) if lowered != text else None
+    return None
 
 
 def _column_entry(field: pa.Field) -> dict[str, Any]:
@@ -97,6 +100,9 @@ def _column_entry(field: pa.Field) -> dict[str, Any]:
     unit = astropy_unit(original)
     if unit is not None:
         entry["unit"] = unit
+    elif original is not None and original.strip():
+        # as astropy writes an UnrecognizedUnit: its text, read back as UnrecognizedUnit(text)
+        entry["unit"] = original.strip()
     description = meta.pop("description", None)
     if description:
         entry["description"] = description

@@ -22,6 +22,7 @@ from jupyter_staging.safety.control import JobControl
 
 __all__ = [
     "CSV_BLOCK_SIZE",
+    "CSV_MAX_BLOCK_SIZE",
     "CSV_INFER_BYTES",
     "CSV_NULLS",
     "CsvSource",
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 CSV_NULLS = [v for v in pacsv.ConvertOptions().null_values if v.lstrip("-").lower() != "nan"]
 #: Bytes of CSV text parsed per batch. Small blocks keep the reader's read-ahead small.
 CSV_BLOCK_SIZE = 1024 * 1024
+#: Largest block (bytes): pyarrow needs a whole row in a block, so a file whose first ``CSV_INFER_BYTES``
+#: hold a longer row (a long text field) is read in blocks doubled until that row fits, up to this.
+CSV_MAX_BLOCK_SIZE = 64 * 1024 * 1024
 #: Bytes of CSV text column types are inferred from (then fixed for the whole file).
 CSV_INFER_BYTES = 16 * 1024 * 1024
 #: Smallest first part (bytes of text, estimated from the inferred sample) read from two offsets at once
@@ -85,8 +89,9 @@ class CsvSource(Source):
     Column types are inferred once from the first ``CSV_INFER_BYTES`` of text (ECSV: taken from its
     header) and then fixed for the whole file, so every part has the same schema; a later value that does
     not fit its column's type raises :class:`ConversionFailed`. Columns empty throughout that first block
-    are read as strings. The file is then streamed in ``CSV_BLOCK_SIZE`` blocks: memory is a few blocks
-    of text and their Arrow batches.
+    are read as strings. The file is then streamed in ``CSV_BLOCK_SIZE`` blocks (larger when a row of
+    that first block is longer, up to ``CSV_MAX_BLOCK_SIZE``): memory is a few blocks of text and their
+    Arrow batches.
 
     ``header_bytes`` of comment lines at the start are skipped; ``column_types`` fixes types by name
     (ECSV); ``fields_meta`` (by column name) and ``schema_meta`` are added to the schema. ``first_rows``:
@@ -127,6 +132,8 @@ class CsvSource(Source):
         #: ``newlines_in_values`` (slower: its block boundaries follow the quotes), else a block boundary
         #: can fall inside such a value ("CSV parser got out of sync with chunker").
         self._quoted_breaks = False
+        #: Bytes of text pyarrow parses at a time: at least the longest row of the inferred sample.
+        self._block_size = CSV_BLOCK_SIZE
         schema = self._untyped_as_strings(self._infer_schema(), control)
         self._warn_not_utf8(schema, control)
         if self._ecsv and column_types is not None and list(column_types) != schema.names:
@@ -181,13 +188,15 @@ class CsvSource(Source):
                 if cut >= 0:
                     sample = sample.slice(0, CSV_INFER_BYTES - window + cut + 1)
             try:
-                table = pacsv.read_csv(pa.BufferReader(sample), **self._options())
-            except pa.ArrowInvalid as exc:  # a quoted line break across pyarrow's block boundary
-                if "out of sync with chunker" not in str(exc):
+                table = self._read_sample(sample)
+            except pa.ArrowInvalid as exc:  # a quoted line break across pyarrow's block boundary: "out of
+                # sync with chunker", or a row cut there (a quoted value longer than a block) taken as short
+                quoted = _RAGGED.search(str(exc)) and b'"' in sample.to_pybytes()
+                if "out of sync" not in str(exc) and not quoted:
                     raise
                 self._quoted_breaks = True
                 sample = _whole_rows(sample, b'"')
-                table = pacsv.read_csv(pa.BufferReader(sample), **self._options())
+                table = self._read_sample(sample)
             self._row_bytes = sample.size / table.num_rows if table.num_rows else 0.0
             self._quoted_breaks = self._quoted_breaks or _holds_line_breaks(table)
         except pa.ArrowException as exc:
@@ -201,6 +210,20 @@ class CsvSource(Source):
         pa.default_memory_pool().release_unused()
         return schema
 
+    def _read_sample(self, sample: pa.Buffer) -> pa.Table:
+        """``sample`` parsed whole, the block size doubled while a row does not fit in one block (pyarrow:
+        "straddling object straddles two block boundaries"), up to ``CSV_MAX_BLOCK_SIZE``."""
+        while True:
+            try:
+                return pacsv.read_csv(pa.BufferReader(sample), **self._options())
+            except pa.ArrowInvalid as exc:
+                if "straddling object" not in str(exc):
+                    raise
+                if self._block_size >= CSV_MAX_BLOCK_SIZE:
+                    longest = f"a row is longer than {CSV_MAX_BLOCK_SIZE >> 20} MiB"
+                    raise ConversionFailed(f"{self.path.name}: {longest}; not converted") from None
+                self._block_size *= 2
+
     def _read_error(self, exc: pa.ArrowInvalid) -> ConversionFailed:
         """The error for ``exc``, raised by pyarrow reading rows after the first block (whose types the
         inferred sample fixed)."""
@@ -212,6 +235,12 @@ class CsvSource(Source):
             )
         if "invalid UTF8" in str(exc):
             return self._not_text(exc, f" after the first {CSV_INFER_BYTES // (1024 * 1024)} MiB")
+        if "straddling object" in str(exc):
+            return ConversionFailed(
+                f"{self.path.name}: a row longer than {self._block_size >> 20} MiB comes after the first "
+                f"{CSV_INFER_BYTES >> 20} MiB, whose longest row fixed how much is read at a time; such files"
+                " are converted only when a row as long comes before that"
+            )
         if "out of sync with chunker" in str(exc):
             return ConversionFailed(
                 f"{self.path.name}: a quoted value holds a line break after the first "
@@ -267,7 +296,7 @@ class CsvSource(Source):
                 column_types=self._column_types, null_values=CSV_NULLS, strings_can_be_null=True
             )
         return {
-            "read_options": pacsv.ReadOptions(block_size=CSV_BLOCK_SIZE, encoding=self.encoding),
+            "read_options": pacsv.ReadOptions(block_size=self._block_size, encoding=self.encoding),
             "parse_options": pacsv.ParseOptions(
                 delimiter=self._delimiter, newlines_in_values=self._quoted_breaks
             ),

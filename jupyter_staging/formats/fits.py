@@ -116,7 +116,8 @@ class FitsSource(Source):
     column: big-endian to native, ``TZEROn``/``TSCALn`` applied (offset unsigned integers kept as
     integers, other scaled columns as float64), integer ``TNULLn`` values and logical 0 bytes as nulls,
     trailing blanks of character fields removed, bits (``X``) as booleans, ``TDIMn``/repeat counts as
-    nested fixed-size lists, variable-length arrays (``P``/``Q``) as lists. Float NaNs stay NaN.
+    nested fixed-size lists, variable-length arrays (``P``/``Q``) as lists (scaled and ``TNULLn`` nulled
+    element by element). Float NaNs stay NaN.
 
     Binary tables without variable-length arrays are read with plain file reads at the data offset, so
     memory (resident set included) stays at a few slices. ASCII tables and tables with a heap are read
@@ -207,13 +208,19 @@ class FitsSource(Source):
 
     def _types(self) -> list[pa.DataType]:
         """Arrow types of the columns: ASCII tables from their ``TFORMn`` (astropy cannot convert zero
-        rows of them), binary tables by converting zero rows."""
+        rows of them; a column with ``TSCALn``/``TZEROn`` is float64, as astropy scales it), binary tables
+        by converting zero rows."""
         if not self._ascii:
             return [array.type for array in self._convert(0, 0)]
         types = []
         for column in self._columns:
             dtype = np.dtype(column.format.recformat)
-            types.append(pa.string() if dtype.kind in "SUa" else pa.from_numpy_dtype(dtype))
+            if dtype.kind in "SUa":
+                types.append(pa.string())
+            elif _scaled(column):
+                types.append(pa.float64())
+            else:
+                types.append(pa.from_numpy_dtype(dtype))
         return types
 
     def _convert(self, start: int, stop: int) -> list[pa.Array]:
@@ -255,6 +262,16 @@ class FitsSource(Source):
             self._hdul = None
 
 
+def _scaled(column: Any) -> bool:
+    """Whether an ``astropy.io.fits.Column`` has a ``TSCALn`` other than 1 or a ``TZEROn`` other than 0."""
+    return column.bscale not in (None, "", 1) or column.bzero not in (None, "", 0)
+
+
+def _has_null(column: Any) -> bool:
+    """Whether an ``astropy.io.fits.Column`` has a ``TNULLn``."""
+    return column.null not in (None, "")
+
+
 def _ascii_column(records: Any, raw: np.ndarray, i: int, column: Any) -> pa.Array:
     """Column ``i`` of an ASCII table slice: astropy's parsed values, ``TNULLn`` text as nulls."""
     values = np.asarray(records.field(i))
@@ -267,6 +284,8 @@ def _ascii_column(records: Any, raw: np.ndarray, i: int, column: Any) -> pa.Arra
 def _binary_column(records: Any, raw: np.ndarray, i: int, column: Any) -> pa.Array:
     """Column ``i`` of a binary table slice; ``raw`` is its stored (big-endian) values."""
     code = column.format.format
+    if code in ("P", "Q") and column.format.p_format in "BIJKED" and (_scaled(column) or _has_null(column)):
+        return _scaled_vla(records, raw, column)
     if code in ("P", "Q"):
         return _fits_vla(records.field(i), column.format.p_format)
     if code == "X":  # bits, most significant first (FITS Standard 4.0 §7.3.3.1)
@@ -297,6 +316,29 @@ def _scaled_column(values: np.ndarray, code: str, column: Any) -> pa.Array:
     elif bzero != 0 or bscale != 1:
         values = values.astype(np.float64) * bscale + bzero
     return ndarray_to_arrow(values, mask)
+
+
+def _scaled_vla(records: Any, descriptors: np.ndarray, column: Any) -> pa.Array:
+    """A numeric variable-length array column with ``TSCALn``/``TZEROn`` or ``TNULLn`` (FITS Standard 4.0
+    §7.3.5: they apply to each element) -> Arrow list array, read from the heap as stored and scaled as
+    :func:`_scaled_column` scales a fixed-length column (astropy scales only some rows of such a column,
+    to the stored integer type, and ignores ``TNULLn``). ``descriptors`` are the rows' (count, offset)."""
+    code = column.format.p_format
+    element = _FITS_CODES[code]
+    table_bytes = records._get_raw_data()  # astropy's own access to the table's bytes, heap included
+    if table_bytes is None:
+        raise ValueError(f"the heap of column {column.name!r} cannot be found")
+    heap = table_bytes.view(np.uint8)[records._heapoffset :]
+    counts = np.asarray(descriptors[:, 0], dtype=np.int64)
+    starts = np.asarray(descriptors[:, 1], dtype=np.int64)
+    if counts.sum() >= 2**31:
+        raise ValueError("a variable-length array column holds 2**31 or more elements in one slice")
+    size = element.itemsize
+    pieces = [heap[start : start + count * size] for start, count in zip(starts, counts, strict=True)]
+    flat = np.concatenate(pieces).view(element) if pieces else np.empty(0, element)
+    offsets = np.zeros(len(counts) + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), _scaled_column(native(flat), code, column))
 
 
 def _fits_vla(values: Any, p_format: str) -> pa.Array:

@@ -184,10 +184,11 @@ def to_qtable(table: pa.Table) -> QTable:
 
     Rows and column names are the Arrow table's. Columns with a unit are ``Quantity`` (the unit astropy
     reads from the ``table_meta_yaml`` entry; the source's original spelling is in the column's
-    ``info.meta['original_unit']`` when it differs, e.g. ``e-/s`` read as ``electron / s``); nulls are
-    masked; fixed-size lists are extra dimensions; variable-length lists are object columns. FITS time
-    columns become ``Time`` as the module docstring says; mixin columns astropy split into plain ones (an
-    ECSV ``Time`` or ``SkyCoord``) are rebuilt. ``meta`` holds the source's metadata.
+    ``info.meta['original_unit']`` when it differs, e.g. ``e-/s`` read as ``electron / s``; a unit astropy
+    cannot parse, e.g. ``DEGREES``, is an ``UnrecognizedUnit`` of its text, as astropy's readers give it);
+    nulls are masked; fixed-size lists are extra dimensions; variable-length lists are object columns.
+    FITS time columns become ``Time`` as the module docstring says; mixin columns astropy split into plain
+    ones (an ECSV ``Time`` or ``SkyCoord``) are rebuilt. ``meta`` holds the source's metadata.
 
     Raises ``ValueError`` from astropy when a column cannot be represented (it names the column).
     """
@@ -204,6 +205,11 @@ def to_qtable(table: pa.Table) -> QTable:
         for attribute in _ATTRIBUTES:
             if attribute in entries.get(name, {}):
                 setattr(result[name], attribute, entries[name][attribute])
+        original = (result[name].meta or {}).get("original_unit")
+        if result[name].unit is None and isinstance(original, str) and original.strip():
+            # parts of converters that left a unit astropy cannot parse out of the YAML: as astropy's
+            # readers give it, an UnrecognizedUnit of its text
+            result[name].unit = u.Unit(original.strip(), parse_strict="silent")
     if "__serialized_columns__" in result.meta:
         result = _mixins(result)
     fits_header = _fits_header(result.meta)

@@ -86,3 +86,29 @@ def test_a_manifest_entrys_name_reads_its_table(local_backend, tmp_path):
     assert job.tables == ["first/a.parquet", "second/b.parquet"]  # by name: entries finish in any order
     assert job.to_table("second")["flux"][0] == 2 * u.Jy
     assert list(job.to_pandas()["flux"]) == [1.0, 2.0]
+
+
+def test_a_unit_astropy_cannot_parse_is_the_unit_astropy_gives(local_backend, tmp_path):
+    import warnings
+
+    import numpy as np
+    from astropy.io import fits
+    from astropy.table import QTable
+
+    src = tmp_path / "positions.fits"
+    columns = [
+        fits.Column(name="RA", format="D", unit="DEGREES", array=np.array([10.5, 11.0])),
+        fits.Column(name="DIST", format="E", unit="MPC", array=np.array([3.0, 4.0])),
+        fits.Column(name="FLUX", format="E", unit="mJy", array=np.array([1.0, 2.0])),
+    ]
+    fits.BinTableHDU.from_columns(columns).writeto(src)
+    job = api.stage(str(src), "positions", to_parquet=True, wait=True)
+
+    table = job.to_table()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = QTable.read(src)
+    assert [table[n].unit for n in table.colnames] == [reference[n].unit for n in reference.colnames]
+    assert isinstance(table["RA"].unit, u.UnrecognizedUnit) and table["RA"].unit.name == "DEGREES"
+    assert table["FLUX"].unit == u.mJy and list(job.to_pandas()["RA"]) == [10.5, 11.0]
