@@ -180,8 +180,19 @@ class Heartbeat:
             self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread at its next wake-up (the leases it renewed run out unless :func:`release`\\ d)."""
+        """Stop the thread at its next wake-up (the leases it renewed run out unless :func:`release`\\ d);
+        a beat under way ends first (:meth:`join`)."""
         self._stop.set()
+
+    def join(self, timeout: float = 2 * SQLITE_BUSY_TIMEOUT) -> bool:
+        """Wait up to ``timeout`` seconds for the thread, once stopped, to end: a beat under way (a renewal
+        waiting for the database's write lock, a takeover) lands first. Returns whether the thread has
+        ended (True too when it never started, or when called from the thread itself)."""
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
 
     def beat(self) -> None:
         """Renew the leases once, now, and report the jobs lost (``lost``): when fewer rows were renewed

@@ -146,7 +146,9 @@ class JobLifecycle:
 
     def stop(self, wait: bool = True) -> None:
         """Pause nothing, persist progress and stop workers. Running jobs stay ``running`` in the
-        database so that the next :meth:`start` resumes them."""
+        database so that the next :meth:`start` resumes them. With ``wait``, the heartbeat's beat under
+        way ends first, then this process's leases are released (a server of another host takes the jobs
+        over at once); a takeover under way claims no more jobs."""
         self._stopped = True
         self._sweep_stop.set()
         self.heartbeat.stop()
@@ -156,6 +158,8 @@ class JobLifecycle:
             control.interrupt("shutdown")
         self.executor.shutdown(wait=wait)
         if wait:  # its runs have ended: a server of another host may resume its jobs at once
+            if not self.heartbeat.join():  # a renewal landing after the release would hold them a lease
+                log.warning("staging: the lease heartbeat did not end; job leases released regardless")
             try:
                 release(self.store, self.runner_id, str(self.root_dir))
             except Exception as exc:  # they expire on their own
