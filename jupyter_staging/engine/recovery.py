@@ -71,9 +71,11 @@ class JobRecovery(JobLifecycle):
         """Claim, queue again and submit those of the queued and running jobs ``records`` (newest first)
         whose runner is gone as seen at ``now`` (or names none); returns their ids. A job that changed
         between its claim and its requeue (ended, paused) is left as it is, and so is one another server
-        claimed first."""
+        claimed first; once this manager is stopping (:meth:`stop`), no more jobs are claimed."""
         taken = []
         for rec in records:
+            if self._stopped:
+                break  # a process shutting down claims nothing: its jobs would wait queued under it
             with self._lock:
                 if rec.id in self._controls:
                     continue  # created and submitted by this manager before it started: its runner has it

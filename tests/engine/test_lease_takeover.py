@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from datetime import timedelta
 
@@ -17,6 +18,7 @@ from jupyter_staging.engine import processes, recovery
 from jupyter_staging.engine.leases import DEFAULT_HEARTBEAT_INTERVAL, outlasts_lock_wait
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, JobState
+from jupyter_staging.engine.recovery import RESUMING
 from jupyter_staging.engine.store import utcnow
 from tests.engine.conftest import job_of_a_dead_host
 from tests.helpers.data import wait_until
@@ -231,3 +233,34 @@ def test_a_takeover_between_a_resume_and_its_start_makes_one_run(tmp_path, monke
             mgr.stop(wait=True)
         assert time.monotonic() - began < 10, "the stop waited for the run to end"
         assert mgr.store.get_job(job.id, resume=False).state != "succeeded"
+
+
+def test_a_server_stopping_as_its_heartbeat_takes_over_a_job_leaves_it_to_the_others(
+    tmp_path, on_host, monkeypatch
+):
+    """Server B's heartbeat finds a dead server's job (its lease expired) as B stops: B does not claim it,
+    so the job is not queued under a process that is shutting down, and a server of another host resumes
+    it at once. Before, B claimed it, logged that it resumed it, and left it queued under B's runner."""
+    job_id = job_of_a_dead_host(tmp_path, on_host, lease_left=timedelta(seconds=1))
+    b = on_host("podB")
+    assert b.start() == []  # podA's lease still runs
+    found = threading.Event()
+    expired = recovery.expired
+
+    def expired_as_b_stops(*args):
+        ids = expired(*args)
+        if ids and not found.is_set():
+            found.set()
+            wait_until(lambda: b._stopped, timeout=10, what="B to stop")
+        return ids
+
+    monkeypatch.setattr(recovery, "expired", expired_as_b_stops)
+    assert found.wait(10)
+    b.stop()
+    b.heartbeat._thread.join(10)  # the takeover in flight, if it outlived the stop
+    rec = b.store.get_job(job_id, resume=False)
+    assert (rec.state, rec.runner.split(":")[0]) == ("running", "podA")
+    assert RESUMING not in _log(b, job_id)
+    c = on_host("podC")
+    assert c.start() == [job_id]
+    assert c.wait(job_id, timeout=60).state.value == "succeeded"
