@@ -264,3 +264,48 @@ def test_a_server_stopping_as_its_heartbeat_takes_over_a_job_leaves_it_to_the_ot
     c = on_host("podC")
     assert c.start() == [job_id]
     assert c.wait(job_id, timeout=60).state.value == "succeeded"
+
+
+def test_a_takeover_of_hundreds_of_jobs_does_not_hold_back_the_renewal_of_the_leases_held(tmp_path, on_host):
+    """Server B runs a download when the leases of 500 jobs of a dead server A expire together: B's beats
+    take them over a share of an interval at a time, and B's own lease never runs out meanwhile (a third
+    server would have taken B's running job). Before, one beat took all 500 over before the next renewal
+    (the renewal came an interval after the takeover ended): B's lease lapsed."""
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "archive" / "s.bin").write_bytes(os.urandom(1024))
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "big.bin").write_bytes(os.urandom(3_000_000))
+    a = on_host("podA")  # never started: killed
+    source = str(tmp_path / "archive" / "s.bin")
+    dead = [a.create(CreateJob(source=source, destination=f"o{i}"), start=False)[0].id for i in range(500)]
+    b = on_host("podB")
+    assert b.start() == []
+    with RangeHTTPServer(tmp_path / "www", throttle_bytes_per_s=300_000) as http:
+        mine, _ = b.create(CreateJob(source=http.url("big.bin"), destination="mine"))
+        wait_until(lambda: b.get(mine.id).progress.bytes_done > 0, timeout=30, what="bytes to move")
+        until = utcnow() + timedelta(seconds=0.2)
+        for job_id in dead:
+            a.store.set_job_fields(job_id, state="running", lease_expires_at=until)
+        margins: list[float] = []
+        watching = threading.Event()
+
+        def watch() -> None:  # B's own lease, as a third server would read it
+            while not watching.wait(0.01):
+                rec = b.store.get_job(mine.id, resume=False)
+                if rec.state == "running":
+                    margins.append((rec.lease_expires_at - utcnow()).total_seconds())
+
+        def all_taken() -> bool:
+            held = b.store.list_jobs(root=str(tmp_path / "root"), states=["queued", "running"], limit=1000)
+            return not any(rec.runner.startswith("podA:") for rec in held)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            wait_until(all_taken, timeout=60, what="the dead server's jobs to be taken over", interval=0.3)
+            time.sleep(1.0)
+        finally:
+            watching.set()
+            watcher.join()
+        assert min(margins) > 0, f"B's lease ran out for {-min(margins):.2f} s"
+    b.stop()
