@@ -32,7 +32,7 @@ from jupyter_staging.engine.retention import apply_cleanup_policy, sweep
 from jupyter_staging.engine.runner import JobRunner
 from jupyter_staging.engine.store import JobRecord, Store, utcnow
 from jupyter_staging.engine.transitions import Guard, JobEnded, StateChanged
-from jupyter_staging.errors import InvalidState, JobNotFound, StagingError
+from jupyter_staging.errors import InvalidState, JobInterrupted, JobNotFound, StagingError
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.redact import redact_text
 from jupyter_staging.safety.sealed import SecretBox
@@ -305,9 +305,17 @@ class JobLifecycle:
     ) -> JobRecord | None:
         """Write chunk rows, columns of the job and its log lines ``events`` (redacted here, then echoed
         to this process's log) in one transaction (:meth:`~jupyter_staging.engine.store.Store.write_chunks`,
-        whose arguments and result these are)."""
+        whose arguments and result these are), only while the job is queued or running under this process:
+        else nothing is written, the run is interrupted and :class:`JobInterrupted` (``superseded``) is
+        raised."""
         lines = [(level, redact_text(message)) for level, message in events]
-        rec = self.store.write_chunks(job_id, new, updates, load_job=load_job, events=lines, **fields)
+        try:  # only while the job is this process's: a run that lost it writes nothing, and stops
+            rec = self.store.write_chunks(
+                job_id, new, updates, load_job=load_job, events=lines, held_by=self.runner_id, **fields
+            )
+        except JobInterrupted:
+            self._lost([job_id])
+            raise
         for level, message in lines:
             echo_event(job_id, level, message)
         return rec

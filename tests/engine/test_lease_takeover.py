@@ -309,3 +309,37 @@ def test_a_takeover_of_hundreds_of_jobs_does_not_hold_back_the_renewal_of_the_le
             watcher.join()
         assert min(margins) > 0, f"B's lease ran out for {-min(margins):.2f} s"
     b.stop()
+
+
+def test_a_run_that_lost_its_job_writes_no_chunk_row_after_the_takeover(tmp_path, on_host):
+    """Server A runs a manifest job of six files, and another server takes it over (A missed its lease)
+    just as A's run records a finished file (forced here at A's first chunk write with a file done). A's
+    run writes nothing from then on, nor the job's resume data: the chunks are the new run's, and A's run
+    stops. Before, A's run recorded the files it finished until its next progress report (up to one
+    heartbeat): rows in the new run's job, beside the chunks that run makes."""
+    (tmp_path / "www").mkdir()
+    data = {f"e{i}": os.urandom(256 * 1024) for i in range(6)}
+    for name, payload in data.items():
+        (tmp_path / "www" / f"{name}.bin").write_bytes(payload)
+    a = on_host("podA")
+    a.start()
+    write_chunks = a.store.write_chunks
+    before: list[tuple[set, object]] = []
+
+    def taken_over_first(job_id, new, updates, **kw):
+        done = any(u.get("state") == "ready" for u in updates.values())
+        if done and not before:  # another server claims the job now
+            far = utcnow() + timedelta(hours=1)
+            a.store.set_job_fields(job_id, runner="podB:1:1", lease_expires_at=far)
+            rows = {(c.id, c.state, c.bytes) for c in a.store.list_chunks(job_id)}
+            before.append((rows, a.store.get_job(job_id).resume))
+        return write_chunks(job_id, new, updates, **kw)
+
+    a.store.write_chunks = taken_over_first
+    with RangeHTTPServer(tmp_path / "www", throttle_bytes_per_s=400_000) as http:
+        job, _ = a.create(CreateJob(manifest={k: http.url(f"{k}.bin") for k in data}, destination="out"))
+        wait_until(lambda: before and not a.heartbeat.held(), timeout=60, what="A's run to stop")
+    rows, resume = before[0]
+    assert {(c.id, c.state, c.bytes) for c in a.store.list_chunks(job.id)} == rows
+    assert a.store.get_job(job.id).resume == resume
+    assert a.store.get_job(job.id, resume=False).runner == "podB:1:1"
