@@ -9,33 +9,60 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-__all__ = ["POLL_SECONDS", "wait_for", "within"]
+__all__ = ["MAX_ABANDONED", "POLL_SECONDS", "abandoned", "wait_for", "within"]
 
 T = TypeVar("T")
 
 #: Seconds between two looks at the futures waited for.
 POLL_SECONDS = 0.02
+#: Calls of this process that :func:`within` stopped waiting for and that are still blocked (a hung
+#: scheduler answers none): past this many, a call fails at once instead of leaving one more thread.
+MAX_ABANDONED = 4
+
+_abandoned = 0
+_abandoned_lock = threading.Lock()
+
+
+def abandoned() -> int:
+    """The number of calls :func:`within` stopped waiting for that have not returned yet (their threads)."""
+    with _abandoned_lock:
+        return _abandoned
 
 
 def within(seconds: float, call: Callable[..., T], *args: Any) -> T:
     """``call(*args)`` (a blocking call of the Dask client, which a hung scheduler never answers: a
     ``Variable.set``, a cancel) on a thread of its own, waited for ``seconds`` at most. Raises what the
     call raises, or ``TimeoutError`` past ``seconds`` (the call is left to end on its own, or with the
-    client)."""
+    client); ``TimeoutError`` at once, calling nothing, while :data:`MAX_ABANDONED` calls left so are still
+    blocked (the scheduler hangs: a thread per call would pile up as long as it does)."""
+    global _abandoned
     outcome: list[Any] = []
     done = threading.Event()
+    state = {"left": False}
 
     def run() -> None:
+        global _abandoned
         try:
             outcome.append((True, call(*args)))
         except BaseException as exc:  # handed to the caller's thread
             outcome.append((False, exc))
         finally:
-            done.set()
+            with _abandoned_lock:
+                done.set()
+                if state["left"]:
+                    _abandoned -= 1
 
+    with _abandoned_lock:
+        if _abandoned >= MAX_ABANDONED:
+            raise TimeoutError(f"the Dask scheduler has not answered {_abandoned} calls of this process")
     threading.Thread(target=run, name="staging-dask-call", daemon=True).start()
     if not done.wait(seconds):
-        raise TimeoutError(f"the Dask scheduler did not answer within {seconds:g} s")
+        with _abandoned_lock:
+            if not done.is_set():
+                state["left"] = True
+                _abandoned += 1
+        if state["left"]:
+            raise TimeoutError(f"the Dask scheduler did not answer within {seconds:g} s")
     ok, value = outcome[0]
     if not ok:
         raise value

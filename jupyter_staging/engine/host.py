@@ -90,7 +90,9 @@ class JobHost(Protocol):
         **fields: Any,
     ) -> JobRecord | None:
         """Insert the chunk rows ``new``, apply ``updates`` (by chunk id), set ``fields`` on the job and add
-        the redacted log lines ``events``, in one transaction; returns the job with ``load_job``."""
+        the redacted log lines ``events``, in one transaction; returns the job with ``load_job``. Raises
+        :class:`~jupyter_staging.errors.JobInterrupted` (``superseded``), nothing written, when the job is
+        no longer queued or running under this process (another server took it over)."""
         ...
 
     def log_event(self, job_id: str, level: str, message: str) -> None:

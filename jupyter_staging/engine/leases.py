@@ -28,6 +28,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+import time
 from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from typing import cast
@@ -148,7 +149,8 @@ class Heartbeat:
     root folder ``root`` in ``store`` while it holds some (``held()``: the ids of the jobs it has a runner
     of; an idle server writes nothing), calls ``lost(ids)`` with those another process took meanwhile (the
     row's runner is another's: a lease missed), then ``recover()`` (the takeover of jobs whose lease
-    expired). A failure (the database unreachable) is logged and tried again at the next beat. Raises
+    expired). Beats begin ``interval`` seconds apart (a beat that took long is followed by a shorter pause).
+    A failure (the database unreachable) is logged and tried again at the next beat. Raises
     :class:`ValueError` unless ``interval`` (seconds) is positive."""
 
     def __init__(
@@ -180,8 +182,19 @@ class Heartbeat:
             self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread at its next wake-up (the leases it renewed run out unless :func:`release`\\ d)."""
+        """Stop the thread at its next wake-up (the leases it renewed run out unless :func:`release`\\ d);
+        a beat under way ends first (:meth:`join`)."""
         self._stop.set()
+
+    def join(self, timeout: float = 2 * SQLITE_BUSY_TIMEOUT) -> bool:
+        """Wait up to ``timeout`` seconds for the thread, once stopped, to end: a beat under way (a renewal
+        waiting for the database's write lock, a takeover) lands first. Returns whether the thread has
+        ended (True too when it never started, or when called from the thread itself)."""
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
 
     def beat(self) -> None:
         """Renew the leases once, now, and report the jobs lost (``lost``): when fewer rows were renewed
@@ -198,9 +211,12 @@ class Heartbeat:
             self.lost(gone)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        pause = self.interval
+        while not self._stop.wait(pause):
+            began = time.monotonic()  # the next beat one interval after this one began, not after it ended
             for step, what in ((self.beat, "renew the job leases"), (self.recover, "take over jobs")):
                 try:
                     step()
                 except Exception as exc:  # the next beat tries again; the lease runs LEASE_INTERVALS beats
                     log.warning("staging: could not %s of %s: %s", what, self.runner, redact_text(str(exc)))
+            pause = max(0.0, self.interval - (time.monotonic() - began))

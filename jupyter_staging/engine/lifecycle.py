@@ -12,18 +12,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from jupyter_staging.clouds.http import error_detail
 from jupyter_staging.destinations.base import Destination
 from jupyter_staging.destinations.registry import open_destination
 from jupyter_staging.engine.describe import describe_job
 from jupyter_staging.engine.executors import DEFAULT_CONCURRENT_ITEMS, DEFAULT_STREAMS_PER_FILE, Executor
 from jupyter_staging.engine.expansion import DEFAULT_MAX_UNPACKED_BYTES
+from jupyter_staging.engine.failure import record_failure
 from jupyter_staging.engine.leases import HELD_STATES, Heartbeat, lease_until, release
 from jupyter_staging.engine.models import TRANSITIONS, DescribeJob, JobState
 from jupyter_staging.engine.processes import parse_runner, this_runner
@@ -32,8 +31,8 @@ from jupyter_staging.engine.records import has_sealed, without_sealed
 from jupyter_staging.engine.retention import apply_cleanup_policy, sweep
 from jupyter_staging.engine.runner import JobRunner
 from jupyter_staging.engine.store import JobRecord, Store, utcnow
-from jupyter_staging.engine.transitions import Guard, JobEnded, StateChanged, held_by
-from jupyter_staging.errors import InvalidState, JobNotFound, StagingError, as_staging_error
+from jupyter_staging.engine.transitions import Guard, JobEnded, StateChanged
+from jupyter_staging.errors import InvalidState, JobInterrupted, JobNotFound, StagingError
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.redact import redact_text
 from jupyter_staging.safety.sealed import SecretBox
@@ -147,7 +146,9 @@ class JobLifecycle:
 
     def stop(self, wait: bool = True) -> None:
         """Pause nothing, persist progress and stop workers. Running jobs stay ``running`` in the
-        database so that the next :meth:`start` resumes them."""
+        database so that the next :meth:`start` resumes them. With ``wait``, the heartbeat's beat under
+        way ends first, then this process's leases are released (a server of another host takes the jobs
+        over at once); a takeover under way claims no more jobs."""
         self._stopped = True
         self._sweep_stop.set()
         self.heartbeat.stop()
@@ -157,6 +158,8 @@ class JobLifecycle:
             control.interrupt("shutdown")
         self.executor.shutdown(wait=wait)
         if wait:  # its runs have ended: a server of another host may resume its jobs at once
+            if not self.heartbeat.join():  # a renewal landing after the release would hold them a lease
+                log.warning("staging: the lease heartbeat did not end; job leases released regardless")
             try:
                 release(self.store, self.runner_id, str(self.root_dir))
             except Exception as exc:  # they expire on their own
@@ -302,9 +305,17 @@ class JobLifecycle:
     ) -> JobRecord | None:
         """Write chunk rows, columns of the job and its log lines ``events`` (redacted here, then echoed
         to this process's log) in one transaction (:meth:`~jupyter_staging.engine.store.Store.write_chunks`,
-        whose arguments and result these are)."""
+        whose arguments and result these are), only while the job is queued or running under this process:
+        else nothing is written, the run is interrupted and :class:`JobInterrupted` (``superseded``) is
+        raised."""
         lines = [(level, redact_text(message)) for level, message in events]
-        rec = self.store.write_chunks(job_id, new, updates, load_job=load_job, events=lines, **fields)
+        try:  # only while the job is this process's: a run that lost it writes nothing, and stops
+            rec = self.store.write_chunks(
+                job_id, new, updates, load_job=load_job, events=lines, held_by=self.runner_id, **fields
+            )
+        except JobInterrupted:
+            self._lost([job_id])
+            raise
         for level, message in lines:
             echo_event(job_id, level, message)
         return rec
@@ -394,45 +405,9 @@ class JobLifecycle:
                 self.announce(rec)
 
     def fail(self, job_id: str, error: StagingError | Exception) -> None:
-        """End the job ``failed`` with the error's code: a :class:`StagingError`'s own, ``no_space`` for an
-        :class:`OSError` saying the disk (or the disk quota) is full (``ENOSPC`` / ``EDQUOT``), else
-        ``internal_error`` and the exception's type (its traceback, redacted, goes to this process's log
-        only). A known error's technical cause (``__cause__``) is written to the job's log as one line.
-        A job that has ended already (another server's run of it was first), or that another server took
-        over, is left as it is, and this process's log says so (a warning, no traceback). Raises
-        :class:`JobNotFound`."""
-        if not self.still_held(job_id):
-            return
-        known = as_staging_error(error)
-        if known is not None:
-            code, message = known.code, known.message
-        else:
-            # The traceback may quote a URL (a library's exception message): redact it as a log line.
-            text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-            log.error("staging job %s failed unexpectedly:\n%s", job_id, redact_text(text))
-            code, message = "internal_error", f"unexpected error: {type(error).__name__}"
-        message = redact_text(message)
-        lines = [("error", f"failed: {message} ({code})")]
-        if known is not None and error.__cause__ is not None:
-            # The one-line message is for people; the library's own words go to the job log only.
-            lines.insert(0, ("info", f"cause: {redact_text(error_detail(error.__cause__))}"))
-        try:
-            self.apply_cleanup_policy(job_id, JobState.failed)
-        except Exception as exc:  # the failure is recorded whatever its cleanup does
-            cause = as_staging_error(exc)
-            shown = cause.message if cause is not None else type(exc).__name__
-            lines.append(("warning", f"cleanup policy not applied: {shown}"))
-        fields: dict[str, Any] = {"error_code": code, "error_message": message, "requested": None}
-        try:  # only while the job is this process's
-            self.set_state(
-                job_id,
-                JobState.failed,
-                events=lines,
-                when=held_by(self.runner_id, lambda rec: True),
-                **fields,
-            )
-        except (StateChanged, JobEnded):  # taken over, or ended, meanwhile
-            self.still_held(job_id)
+        """End the job ``failed`` with the error's code, if it is still this process's
+        (:func:`~jupyter_staging.engine.failure.record_failure`). Raises :class:`JobNotFound`."""
+        record_failure(self, job_id, error)
 
     def still_held(self, job_id: str) -> bool:
         """Whether job ``job_id`` is still this process's to end: not ended (a final state), its runner

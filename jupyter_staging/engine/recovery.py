@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -25,6 +26,8 @@ log = logging.getLogger("jupyter_staging.engine.manager")
 
 #: The log line of a running job taken over.
 RESUMING = "the server stopped while this job ran; resuming it"
+#: The part of a heartbeat interval one beat's takeover may last (the renewal comes first, at every beat).
+TAKEOVER_SHARE = 0.5
 
 
 class JobRecovery(JobLifecycle):
@@ -60,20 +63,33 @@ class JobRecovery(JobLifecycle):
     def recover_expired(self) -> list[str]:
         """Take over the queued and running jobs of other processes whose lease expired (a server of another
         host that died after this one started): one ``SELECT`` when there are none. Returns the ids of the
-        jobs resubmitted. Called by the lease heartbeat every ``heartbeat_interval`` seconds."""
+        jobs resubmitted. Called by the lease heartbeat every ``heartbeat_interval`` seconds, after its
+        renewal: it takes over jobs for :data:`TAKEOVER_SHARE` of an interval at most, and leaves the rest to
+        the next beats, so that the next renewal of the leases this process holds is not held back."""
         if self._stopped:
             return []
+        began = time.monotonic()
         ids = expired(self.store, self.runner_id, str(self.root_dir), utcnow())
-        records = [rec for rec in map(lambda i: self.store.get_job(i, resume=False), ids) if rec is not None]
-        return self.take_over(records, utcnow()) if records else []
+        if not ids:
+            return []
+        # Read as they are taken: a takeover cut short by its deadline reads no more of them.
+        records = (rec for rec in map(lambda i: self.store.get_job(i, resume=False), ids) if rec is not None)
+        return self.take_over(records, utcnow(), deadline=began + self.heartbeat.interval * TAKEOVER_SHARE)
 
-    def take_over(self, records: Iterable[JobRecord], now: datetime) -> list[str]:
+    def take_over(
+        self, records: Iterable[JobRecord], now: datetime, *, deadline: float | None = None
+    ) -> list[str]:
         """Claim, queue again and submit those of the queued and running jobs ``records`` (newest first)
         whose runner is gone as seen at ``now`` (or names none); returns their ids. A job that changed
         between its claim and its requeue (ended, paused) is left as it is, and so is one another server
-        claimed first."""
+        claimed first; once this manager is stopping (:meth:`stop`), or past ``deadline`` (a
+        ``time.monotonic()`` value), no more jobs are claimed."""
         taken = []
         for rec in records:
+            if self._stopped:
+                break  # a process shutting down claims nothing: its jobs would wait queued under it
+            if deadline is not None and time.monotonic() > deadline:
+                break  # the rest at the next beat: the heartbeat renews this process's leases first
             with self._lock:
                 if rec.id in self._controls:
                     continue  # created and submitted by this manager before it started: its runner has it

@@ -52,6 +52,7 @@ from jupyter_staging.engine.schema import (
     aware,
     shown_parts,
 )
+from jupyter_staging.errors import JobInterrupted
 
 __all__ = [
     "BYTES_COLUMNS",
@@ -397,6 +398,7 @@ class Store(SQLStore):
         load_job: bool = False,
         events: Sequence[tuple[str, str]] = (),
         resume_changes: Sequence[list[Any]] = (),
+        held_by: str | None = None,
         **job_fields: Any,
     ) -> JobRecord | None:
         """In one transaction: insert the chunk rows ``new`` (column -> value, ``id`` / ``job_id`` /
@@ -406,8 +408,16 @@ class Store(SQLStore):
         row of ``resume_changes`` (:mod:`~jupyter_staging.engine.resumechanges`) when there are any, and
         add the log lines ``events`` (``(level, message)``, already redacted). Returns the job as updated
         with ``load_job`` (without its resume data; None when it is gone), else None. Costs O(rows +
-        changes) whatever the number of chunks the job already has."""
+        changes) whatever the number of chunks the job already has. With ``held_by``, nothing is written
+        unless the job is queued or running under that runner (checked in the same transaction): raises
+        :class:`~jupyter_staging.errors.JobInterrupted` (``superseded``) otherwise."""
         with self.session() as s:
+            if held_by is not None:  # first: the job's row is locked for the rest of the transaction
+                held = s.execute(
+                    _job_update((), True), {"updated_at": utcnow(), "job_id_": job_id, "runner_": held_by}
+                )
+                if not held.rowcount:  # type: ignore[attr-defined]
+                    raise JobInterrupted("superseded")
             # One executemany of a plain INSERT per list of columns (the ORM's bulk insert sorts and
             # inspects every row: 0.6 s of 20,000 here), then of a plain UPDATE by primary key per list of
             # columns (the ORM's bulk update costs a Python pass per row). Rows are grouped by their keys

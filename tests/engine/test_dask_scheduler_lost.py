@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import dask
 import pytest
 from distributed import Client
 
-from jupyter_staging.engine import taskset
+from jupyter_staging.engine import daskwait, taskset
 from jupyter_staging.engine.executors import DaskExecutor
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, DescribeJob, JobState
@@ -221,5 +222,36 @@ def test_a_pause_while_the_destination_probe_waits_for_a_worker_pauses_the_job(t
         assert ended(manager, first.id, timeout=60).state == JobState.succeeded
         manager.resume(second.id)
         assert ended(manager, second.id, timeout=60).state == JobState.succeeded
+    finally:
+        manager.stop(wait=True)
+
+
+def test_calls_left_waiting_on_a_hung_scheduler_are_bounded(tmp_path, www, processes, monkeypatch):
+    """A scheduler that hangs (``SIGSTOP``) for long while jobs keep starting (created, resumed): each run's
+    first call to it ends after ``SCHEDULER_SECONDS``, but its thread stays blocked until the scheduler
+    answers. At most ``MAX_ABANDONED`` such threads are left; a call beyond them fails at once, and the
+    jobs end ``cluster_unavailable`` as before. (A thread was left per call: as many as runs started.)"""
+    monkeypatch.setattr(taskset, "SCHEDULER_SECONDS", 1.0)
+    processes.start_scheduler()
+    processes.start_workers(1)
+    manager = make_manager(tmp_path / "root", processes.address)
+    scheduler = processes.scheduler
+    assert scheduler is not None
+    blocked = lambda: sum(t.name == "staging-dask-call" for t in threading.enumerate())  # noqa: E731
+    try:
+        first, _ = manager.create(CreateJob(source=www.url("small.fits"), destination="warm"))
+        assert ended(manager, first.id, timeout=60).state == JobState.succeeded  # the client is connected
+        os.kill(scheduler.pid, signal.SIGSTOP)
+        try:
+            for i in range(daskwait.MAX_ABANDONED + 3):
+                job, _ = manager.create(CreateJob(source=www.url("small.fits"), destination=f"d{i}"))
+                failed = ended(manager, job.id, timeout=60)
+                assert failed.state == JobState.failed and failed.error.code == "cluster_unavailable"
+            assert blocked() <= daskwait.MAX_ABANDONED
+        finally:
+            os.kill(scheduler.pid, signal.SIGCONT)
+        wait_until(lambda: blocked() == 0, timeout=30, what="the blocked calls to end")
+        again, _ = manager.create(CreateJob(source=www.url("small.fits"), destination="again"))
+        assert ended(manager, again.id, timeout=60).state == JobState.succeeded
     finally:
         manager.stop(wait=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from datetime import timedelta
 
@@ -17,6 +18,7 @@ from jupyter_staging.engine import processes, recovery
 from jupyter_staging.engine.leases import DEFAULT_HEARTBEAT_INTERVAL, outlasts_lock_wait
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, JobState
+from jupyter_staging.engine.recovery import RESUMING
 from jupyter_staging.engine.store import utcnow
 from tests.engine.conftest import job_of_a_dead_host
 from tests.helpers.data import wait_until
@@ -231,3 +233,113 @@ def test_a_takeover_between_a_resume_and_its_start_makes_one_run(tmp_path, monke
             mgr.stop(wait=True)
         assert time.monotonic() - began < 10, "the stop waited for the run to end"
         assert mgr.store.get_job(job.id, resume=False).state != "succeeded"
+
+
+def test_a_server_stopping_as_its_heartbeat_takes_over_a_job_leaves_it_to_the_others(
+    tmp_path, on_host, monkeypatch
+):
+    """Server B's heartbeat finds a dead server's job (its lease expired) as B stops: B does not claim it,
+    so the job is not queued under a process that is shutting down, and a server of another host resumes
+    it at once. Before, B claimed it, logged that it resumed it, and left it queued under B's runner."""
+    job_id = job_of_a_dead_host(tmp_path, on_host, lease_left=timedelta(seconds=1))
+    b = on_host("podB")
+    assert b.start() == []  # podA's lease still runs
+    found = threading.Event()
+    expired = recovery.expired
+
+    def expired_as_b_stops(*args):
+        ids = expired(*args)
+        if ids and not found.is_set():
+            found.set()
+            wait_until(lambda: b._stopped, timeout=10, what="B to stop")
+        return ids
+
+    monkeypatch.setattr(recovery, "expired", expired_as_b_stops)
+    assert found.wait(10)
+    b.stop()
+    b.heartbeat._thread.join(10)  # the takeover in flight, if it outlived the stop
+    rec = b.store.get_job(job_id, resume=False)
+    assert (rec.state, rec.runner.split(":")[0]) == ("running", "podA")
+    assert RESUMING not in _log(b, job_id)
+    c = on_host("podC")
+    assert c.start() == [job_id]
+    assert c.wait(job_id, timeout=60).state.value == "succeeded"
+
+
+def test_a_takeover_of_hundreds_of_jobs_does_not_hold_back_the_renewal_of_the_leases_held(tmp_path, on_host):
+    """Server B runs a download when the leases of 500 jobs of a dead server A expire together: B's beats
+    take them over a share of an interval at a time, and B's own lease never runs out meanwhile (a third
+    server would have taken B's running job). Before, one beat took all 500 over before the next renewal
+    (the renewal came an interval after the takeover ended): B's lease lapsed."""
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "archive" / "s.bin").write_bytes(os.urandom(1024))
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "big.bin").write_bytes(os.urandom(3_000_000))
+    a = on_host("podA")  # never started: killed
+    source = str(tmp_path / "archive" / "s.bin")
+    dead = [a.create(CreateJob(source=source, destination=f"o{i}"), start=False)[0].id for i in range(500)]
+    b = on_host("podB")
+    assert b.start() == []
+    with RangeHTTPServer(tmp_path / "www", throttle_bytes_per_s=300_000) as http:
+        mine, _ = b.create(CreateJob(source=http.url("big.bin"), destination="mine"))
+        wait_until(lambda: b.get(mine.id).progress.bytes_done > 0, timeout=30, what="bytes to move")
+        until = utcnow() + timedelta(seconds=0.2)
+        for job_id in dead:
+            a.store.set_job_fields(job_id, state="running", lease_expires_at=until)
+        margins: list[float] = []
+        watching = threading.Event()
+
+        def watch() -> None:  # B's own lease, as a third server would read it
+            while not watching.wait(0.01):
+                rec = b.store.get_job(mine.id, resume=False)
+                if rec.state == "running":
+                    margins.append((rec.lease_expires_at - utcnow()).total_seconds())
+
+        def all_taken() -> bool:
+            held = b.store.list_jobs(root=str(tmp_path / "root"), states=["queued", "running"], limit=1000)
+            return not any(rec.runner.startswith("podA:") for rec in held)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            wait_until(all_taken, timeout=60, what="the dead server's jobs to be taken over", interval=0.3)
+            time.sleep(1.0)
+        finally:
+            watching.set()
+            watcher.join()
+        assert min(margins) > 0, f"B's lease ran out for {-min(margins):.2f} s"
+    b.stop()
+
+
+def test_a_run_that_lost_its_job_writes_no_chunk_row_after_the_takeover(tmp_path, on_host):
+    """Server A runs a manifest job of six files, and another server takes it over (A missed its lease)
+    just as A's run records a finished file (forced here at A's first chunk write with a file done). A's
+    run writes nothing from then on, nor the job's resume data: the chunks are the new run's, and A's run
+    stops. Before, A's run recorded the files it finished until its next progress report (up to one
+    heartbeat): rows in the new run's job, beside the chunks that run makes."""
+    (tmp_path / "www").mkdir()
+    data = {f"e{i}": os.urandom(256 * 1024) for i in range(6)}
+    for name, payload in data.items():
+        (tmp_path / "www" / f"{name}.bin").write_bytes(payload)
+    a = on_host("podA")
+    a.start()
+    write_chunks = a.store.write_chunks
+    before: list[tuple[set, object]] = []
+
+    def taken_over_first(job_id, new, updates, **kw):
+        done = any(u.get("state") == "ready" for u in updates.values())
+        if done and not before:  # another server claims the job now
+            far = utcnow() + timedelta(hours=1)
+            a.store.set_job_fields(job_id, runner="podB:1:1", lease_expires_at=far)
+            rows = {(c.id, c.state, c.bytes) for c in a.store.list_chunks(job_id)}
+            before.append((rows, a.store.get_job(job_id).resume))
+        return write_chunks(job_id, new, updates, **kw)
+
+    a.store.write_chunks = taken_over_first
+    with RangeHTTPServer(tmp_path / "www", throttle_bytes_per_s=400_000) as http:
+        job, _ = a.create(CreateJob(manifest={k: http.url(f"{k}.bin") for k in data}, destination="out"))
+        wait_until(lambda: before and not a.heartbeat.held(), timeout=60, what="A's run to stop")
+    rows, resume = before[0]
+    assert {(c.id, c.state, c.bytes) for c in a.store.list_chunks(job.id)} == rows
+    assert a.store.get_job(job.id).resume == resume
+    assert a.store.get_job(job.id, resume=False).runner == "podB:1:1"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from datetime import timedelta
 
@@ -179,3 +180,37 @@ def test_a_server_stopped_cleanly_ends_its_leases_so_another_host_resumes_its_jo
         assert b.wait(job.id, timeout=60).state.value == "succeeded"
     out = tmp_path / "root" / "survey" / "survey.bin"
     assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(payload).digest()
+
+
+def test_a_renewal_in_flight_as_a_server_stops_lands_before_its_release(tmp_path, on_host):
+    """A beat of server A's heartbeat is renewing as A stops (its renewal slow: a write lock, a starved
+    thread). The stop waits for it before ending the leases, so the release is the last word: a server
+    of another host resumes the job at once. Before, the stop did not wait: the renewal landed after the
+    release, and the job looked held by the stopped server for a whole lease."""
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "survey.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    a = on_host("podA")
+    a.start()
+    in_beat = threading.Event()
+    held = a.heartbeat.held
+
+    def slow_held():
+        ids = held()  # read as the beat begins: the run still holds the job
+        if ids and not in_beat.is_set():
+            in_beat.set()
+            wait_until(lambda: a._stopped, timeout=10, what="A to stop")
+            time.sleep(2.0)  # the renewal is slow: A's runs end meanwhile
+        return ids
+
+    with RangeHTTPServer(tmp_path / "www", throttle_bytes_per_s=500_000) as http:
+        job, _ = a.create(CreateJob(source=http.url("survey.bin"), destination="survey"))
+        wait_until(lambda: a.get(job.id).progress.bytes_done > 0, timeout=30, what="bytes to move")
+        a.heartbeat.held = slow_held
+        assert in_beat.wait(10)
+        a.stop()
+        a.heartbeat._thread.join(10)  # the beat in flight, if it outlived the stop
+        rec = a.store.get_job(job.id, resume=False)
+        assert rec.state == "running" and rec.lease_expires_at <= utcnow()
+        b = on_host("podB")
+        assert b.start() == [job.id]
+        assert b.wait(job.id, timeout=60).state.value == "succeeded"

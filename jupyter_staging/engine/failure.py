@@ -1,0 +1,55 @@
+"""Recording a run's failure: the job ends ``failed`` with an error code, through the
+:class:`~jupyter_staging.engine.host.JobHost` of the job (its manager), if the job is still the host's."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any
+
+from jupyter_staging.clouds.http import error_detail
+from jupyter_staging.engine.host import JobHost
+from jupyter_staging.engine.models import JobState
+from jupyter_staging.engine.transitions import JobEnded, StateChanged, held_by
+from jupyter_staging.errors import StagingError, as_staging_error
+from jupyter_staging.safety.redact import redact_text
+
+log = logging.getLogger("jupyter_staging.engine.manager")
+
+
+def record_failure(host: JobHost, job_id: str, error: StagingError | Exception) -> None:
+    """End job ``job_id`` of ``host`` ``failed`` with the error's code: a :class:`StagingError`'s own,
+    ``no_space`` for an :class:`OSError` saying the disk (or the disk quota) is full (``ENOSPC`` /
+    ``EDQUOT``), else ``internal_error`` and the exception's type (its traceback, redacted, goes to this
+    process's log only). A known error's technical cause (``__cause__``) is written to the job's log as one
+    line. A job that has ended already (another server's run of it was first), or that another server took
+    over, is left as it is, and this process's log says so (a warning, no traceback). Raises
+    :class:`~jupyter_staging.errors.JobNotFound`."""
+    if not host.still_held(job_id):
+        return
+    known = as_staging_error(error)
+    if known is not None:
+        code, message = known.code, known.message
+    else:
+        # The traceback may quote a URL (a library's exception message): redact it as a log line.
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        log.error("staging job %s failed unexpectedly:\n%s", job_id, redact_text(text))
+        code, message = "internal_error", f"unexpected error: {type(error).__name__}"
+    message = redact_text(message)
+    lines = [("error", f"failed: {message} ({code})")]
+    if known is not None and error.__cause__ is not None:
+        # The one-line message is for people; the library's own words go to the job log only.
+        lines.insert(0, ("info", f"cause: {redact_text(error_detail(error.__cause__))}"))
+    try:
+        host.apply_cleanup_policy(job_id, JobState.failed)
+    except Exception as exc:  # the failure is recorded whatever its cleanup does
+        cause = as_staging_error(exc)
+        shown = cause.message if cause is not None else type(exc).__name__
+        lines.append(("warning", f"cleanup policy not applied: {shown}"))
+    fields: dict[str, Any] = {"error_code": code, "error_message": message, "requested": None}
+    try:  # only while the job is this process's
+        host.set_state(
+            job_id, JobState.failed, events=lines, when=held_by(host.runner_id, lambda rec: True), **fields
+        )
+    except (StateChanged, JobEnded):  # taken over, or ended, meanwhile
+        host.still_held(job_id)
