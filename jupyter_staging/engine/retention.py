@@ -31,14 +31,17 @@ def sweep(host: JobHost, now: datetime | None = None) -> list[str]:
     return expired
 
 
-def _expire(host: JobHost, rec: JobRecord) -> None:
+def _expire(host: JobHost, rec: JobRecord, *, keep_acked: bool = False) -> None:
+    """Remove job ``rec``'s output and mark it and its chunks ``expired`` -- its ``acked`` chunks stay
+    ``acked`` with ``keep_acked`` (their files went at their ack, which a repeated ack answers again)."""
     try:
         removed = remove_job_output(host, rec, keep_ready=False)
     except StagingError as exc:  # the store is unreachable: the next sweep tries again
         log.warning("staging job %s: could not expire its output: %s", rec.id, redact_text(exc.message))
         return
+    kept = (ChunkState.expired.value, ChunkState.acked.value) if keep_acked else (ChunkState.expired.value,)
     for chunk in host.store.list_chunks(rec.id):
-        if chunk.state != ChunkState.expired.value:
+        if chunk.state not in kept:
             host.store.update_chunk(chunk.id, state=ChunkState.expired.value)
     host.log_event(rec.id, "info", f"expired: output removed ({removed} file(s))")
     host.set_state(rec.id, JobState.expired)
@@ -50,7 +53,9 @@ def expire_if_consumed(host: JobHost, job_id: str) -> bool:
     deleted at its ack -- has the rest of its output removed too (its ``manifest.json``, and its folder when
     the job made it and it is left empty) and is ``expired``. Before, its folder stayed for good with the
     manifest of files that were gone (a hub ``jupyter_copy``'s scratch folder, which a service that is
-    neither root nor the user may not remove). True when it was expired. Raises :class:`JobNotFound`."""
+    neither root nor the user may not remove). Its acknowledged chunks stay ``acked``: their reads were
+    recorded, and acking one again (a retried request) answers it as before rather than ``chunk_expired``.
+    True when it was expired. Raises :class:`JobNotFound`."""
     rec = _record(host, job_id, resume=True)
     finished = (JobState.succeeded.value, JobState.failed.value)
     if rec.cleanup_policy != "delete_on_ack" or rec.state not in finished:
@@ -58,7 +63,7 @@ def expire_if_consumed(host: JobHost, job_id: str) -> bool:
     chunks = host.store.list_chunks(rec.id)
     if not chunks or any(c.state in (ChunkState.ready.value, ChunkState.pending.value) for c in chunks):
         return False
-    _expire(host, rec)
+    _expire(host, rec, keep_acked=True)
     return True
 
 

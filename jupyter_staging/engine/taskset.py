@@ -138,6 +138,8 @@ class JobTasks:
         report: Callable[[], None],
     ) -> None:
         self.client = client
+        #: The scheduler's address: calls left blocked on it hold back no other's (:func:`within`).
+        self.scheduler = str(getattr(getattr(client, "scheduler", None), "address", "") or "")
         self.ctx = ctx
         self.control = control
         self.live = live
@@ -158,7 +160,7 @@ class JobTasks:
 
         with self.scheduler_call():
             self._run = Variable(ctx.run_key, client=client)
-            within(SCHEDULER_SECONDS, self._run.set, ctx.attempt)
+            within(SCHEDULER_SECONDS, self._run.set, ctx.attempt, scheduler=self.scheduler)
             client.subscribe_topic(ctx.topic, self._on_event)
 
     @contextlib.contextmanager
@@ -230,7 +232,7 @@ class JobTasks:
             except (TimeoutError, asyncio.TimeoutError):  # gone already
                 current = None
             if current == self.ctx.attempt:
-                within(SCHEDULER_SECONDS, self._run.delete)
+                within(SCHEDULER_SECONDS, self._run.delete, scheduler=self.scheduler)
 
     def track(self, key: str, *, done: bool = False) -> None:
         """Count task ``key`` as submitted, or (``done``) as ended."""
@@ -341,7 +343,7 @@ class TaskBatch:
         self.ctx = ctx
         with job.scheduler_call():
             self._variable = Variable(ctx.control_key, client=job.client)
-            within(SCHEDULER_SECONDS, self._variable.set, RUN)
+            within(SCHEDULER_SECONDS, self._variable.set, RUN, scheduler=job.scheduler)
         self._pending: dict[Any, Any] = {}  # future -> tag
 
     def __enter__(self) -> TaskBatch:
@@ -354,7 +356,7 @@ class TaskBatch:
         finally:
             # Gone with its scheduler, if lost: the batch's own outcome (or error) stands.
             with contextlib.suppress(ClusterUnavailable), self.job.scheduler_call():
-                within(SCHEDULER_SECONDS, self._variable.delete)
+                within(SCHEDULER_SECONDS, self._variable.delete, scheduler=self.job.scheduler)
 
     def submit(
         self,
@@ -452,11 +454,11 @@ class TaskBatch:
         self._pending.clear()
         try:
             with self.job.scheduler_call():
-                within(SCHEDULER_SECONDS, self._variable.set, reason)
+                within(SCHEDULER_SECONDS, self._variable.set, reason, scheduler=self.job.scheduler)
                 running = self.job.running_keys()
                 queued = [f for f in futures if f.key not in running and not f.done()]
                 if queued:
-                    within(SCHEDULER_SECONDS, self.job.client.cancel, queued)
+                    within(SCHEDULER_SECONDS, self.job.client.cancel, queued, scheduler=self.job.scheduler)
         except ClusterUnavailable:
             running = set()
         wait_for([f for f in futures if f.key in running], STOP_SECONDS, every=True)

@@ -171,6 +171,28 @@ def test_the_last_ack_under_delete_on_ack_removes_the_manifest_and_the_folder(
     assert list((root / "kept").iterdir()) == []
 
 
+def test_acking_again_after_the_last_ack_expired_the_job_is_harmless(manager: StagingManager, root: Path):
+    """The last ack of a ``delete_on_ack`` job expires it; an ack sent again (a retried request, a cell
+    run twice) still answers the chunk ``acked``, as a second ack of any other chunk does. Before, the
+    last ack had turned every acked chunk ``expired`` and a repeated ack was a 409 ``chunk_expired``
+    saying clean-up had removed a file the consumer had read and acknowledged."""
+    (root / "src").mkdir()
+    (root / "src" / "a.bin").write_bytes(b"A" * 1000)
+    (root / "src" / "b.bin").write_bytes(b"B" * 1000)
+    job, _ = manager.create(
+        CreateJob(source=str(root / "src"), destination="out", cleanup_policy="delete_on_ack")
+    )
+    assert manager.wait(job.id, timeout=60).state == JobState.succeeded
+    indexes = [str(c.index) for c in manager.chunks(job.id)]
+    for index in indexes:
+        assert manager.ack(job.id, index).state == "acked"
+    assert manager.get(job.id).state == JobState.expired
+    for index in indexes:  # each again: the read was recorded, nothing left to delete
+        assert manager.ack(job.id, index).state == "acked"
+    assert [c.state for c in manager.chunks(job.id)] == ["acked", "acked"]
+    assert not (root / "out").exists()
+
+
 def test_a_file_the_user_saved_over_a_ready_chunk_outlives_the_cleanup(manager: StagingManager, root: Path):
     """The job's ``a.bin`` (1,000 bytes) is ready; the user saves a file of theirs over it (``mv``, an
     editor's save): the TTL sweep removes the job's ``b.bin`` and its manifest, and keeps the user's

@@ -255,3 +255,41 @@ def test_calls_left_waiting_on_a_hung_scheduler_are_bounded(tmp_path, www, proce
         assert ended(manager, again.id, timeout=60).state == JobState.succeeded
     finally:
         manager.stop(wait=True)
+
+
+def test_calls_left_on_a_hung_scheduler_hold_back_no_other_cluster(tmp_path, www, processes, monkeypatch):
+    """Calls left blocked on a scheduler that hangs for good (``SIGSTOP``: a frozen node) are bounded per
+    scheduler: a server of this process on another, healthy cluster still runs its jobs. Before, the
+    bound was one for the whole process: once ``MAX_ABANDONED`` calls to the frozen scheduler were left,
+    every Dask job on any cluster ended ``cluster_unavailable`` at once, for as long as that node hung."""
+    monkeypatch.setattr(taskset, "SCHEDULER_SECONDS", 1.0)
+    other = DaskProcesses(free_port())
+    processes.start_scheduler()
+    processes.start_workers(1)
+    other.start_scheduler()
+    other.start_workers(1)
+    hung = make_manager(tmp_path / "hung", processes.address)
+    healthy = make_manager(tmp_path / "healthy", other.address)
+    scheduler = processes.scheduler
+    assert scheduler is not None
+    try:
+        first, _ = hung.create(CreateJob(source=www.url("small.fits"), destination="warm"))
+        assert ended(hung, first.id, timeout=60).state == JobState.succeeded  # the client is connected
+        os.kill(scheduler.pid, signal.SIGSTOP)
+        try:
+            for i in range(daskwait.MAX_ABANDONED + 1):
+                job, _ = hung.create(CreateJob(source=www.url("small.fits"), destination=f"d{i}"))
+                failed = ended(hung, job.id, timeout=60)
+                assert failed.state == JobState.failed and failed.error.code == "cluster_unavailable"
+            assert daskwait.abandoned(processes.address) == daskwait.MAX_ABANDONED
+            job, _ = healthy.create(CreateJob(source=www.url("small.fits"), destination="fine"))
+            done = ended(healthy, job.id, timeout=60)
+            assert done.state == JobState.succeeded, done.error
+            assert sha256(tmp_path / "healthy" / "fine" / "small.fits") == sha256(www.root / "small.fits")
+        finally:
+            os.kill(scheduler.pid, signal.SIGCONT)
+        wait_until(lambda: daskwait.abandoned() == 0, timeout=30, what="the blocked calls to end")
+    finally:
+        healthy.stop(wait=True)
+        hung.stop(wait=True)
+        other.close()
