@@ -252,10 +252,10 @@ class JupyterCopies:
             return  # a replica that stopped after releasing the job's folder, before recording: recorded now
         if job.get("state") != "succeeded":
             if scratch is not None:
-                await self._release(op, server, await self.hub.job_chunks(server, str(op.job_id)))
+                await self._release(op, server, await self.hub.job_chunks(op.user, server, str(op.job_id)))
                 await asyncio.to_thread(self._discard_scratch, op.user, relative_path, name, scratch)
             raise job_failed(op, job)
-        chunks = await self.hub.job_chunks(server, str(op.job_id))
+        chunks = await self.hub.job_chunks(op.user, server, str(op.job_id))
         chunk = pick_chunk(chunks, name)
         landed = True
         target = await asyncio.to_thread(self._open_target, op.user, relative_path, name, create=False)
@@ -277,7 +277,7 @@ class JupyterCopies:
         """For a job found ``expired`` (its folder released by :meth:`_release`, which a replica did before
         it stopped): when the target holds the job's file, record the operation succeeded and return
         True; False otherwise (the job's expiry is then its failure)."""
-        chunk = pick_chunk(await self.hub.job_chunks(server, str(op.job_id)), name)
+        chunk = pick_chunk(await self.hub.job_chunks(op.user, server, str(op.job_id)), name)
         target = await asyncio.to_thread(self._open_target, op.user, relative_path, name, create=False)
         with target:
             if not await asyncio.to_thread(holds_chunk, target, chunk):

@@ -79,7 +79,7 @@ class FakeServer:
     async def get_job(self, username: str, server: str, job_id: str) -> dict[str, Any]:
         return self.job
 
-    async def job_chunks(self, server: str, job_id: str) -> list[dict[str, Any]]:
+    async def job_chunks(self, username: str, server: str, job_id: str) -> list[dict[str, Any]]:
         return self.chunks
 
     async def ack_chunk(self, username: str, server: str, job_id: str, index: int) -> None:
