@@ -121,6 +121,21 @@ def job_failed(op: Operation, job: dict[str, Any]) -> StagingError:
     )
 
 
+def job_id_of(op: Operation, job: dict[str, Any]) -> str:
+    """The id of the job the user's server answered: 1 to 128 printable characters (the operations table's
+    ``job_id``). The user runs that server and may make it answer anything: another id (too long for the
+    table, holding NUL) failed the write of the record again and again, leaving the operation running.
+    Raises ``server_error`` (502) for such an id."""
+    job_id = job.get("id")
+    if not isinstance(job_id, str) or not 0 < len(job_id) <= 128 or not job_id.isprintable():
+        raise StagingError(
+            f"{op.user}'s server answered a job without a usable id (1 to 128 printable characters)",
+            code="server_error",
+            status=502,
+        )
+    return job_id
+
+
 class JupyterCopies:
     """Runs ``jupyter_copy`` operations in the background (see the module) and records their end.
 
@@ -216,7 +231,7 @@ class JupyterCopies:
         async with self.server_starts:
             server = await self.hub.ensure_server(op.user, timeout=self.server_start_timeout)
             job = await self.hub.create_job(op.user, server, job_request(op, str(source.path), destination))
-        op.job_id = str(job["id"])
+        op.job_id = job_id_of(op, job)
         await asyncio.to_thread(self.store.update, op.id, job_id=op.job_id)
         how = "created" if made_by(job, op) else "of an earlier request answered"
         self.recorder.log(logging.INFO, op, f"job {op.job_id} {how} in {op.user}'s server")
