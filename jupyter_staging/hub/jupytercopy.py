@@ -280,7 +280,7 @@ class JupyterCopies:
                     landed = await asyncio.to_thread(self._publish, target, scratch, chunk)
                 finally:
                     await self._release(op, server, chunks)
-                    await asyncio.to_thread(remove_folder, target.dir_fd, scratch)
+                    await asyncio.to_thread(remove_folder, target.dir_fd, scratch, target.owner)
             await asyncio.to_thread(make_read_only, target)
         bytes_done = (job.get("progress") or {}).get("bytes_done")
         status = "succeeded" if landed and made_by(job, op) else "skipped"
@@ -334,7 +334,7 @@ class JupyterCopies:
         except (OSError, StagingError):
             return
         with target:
-            remove_folder(target.dir_fd, scratch)
+            remove_folder(target.dir_fd, scratch, target.owner)
 
     async def _wait_for_job(self, op: Operation, server: str) -> dict[str, Any]:
         """Poll the job until it ends, keeping ``bytes`` up to date; the job's final model."""
