@@ -91,9 +91,10 @@ c.JupyterHub.load_roles = [
         "users": ["admin"],
     },
     {
-        # The service's own token: see users' servers, start them, call their staging API.
+        # The service's own token: see users' servers, start them, and have the hub make each user a
+        # short-lived token for that user's own server alone (the service's token never goes there).
         "name": "staging-service",
-        "scopes": ["read:users:name", "read:servers", "servers", "access:servers"],
+        "scopes": ["read:users:name", "read:servers", "servers", "tokens"],
         "services": ["staging"],
     },
 ]

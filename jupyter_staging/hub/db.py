@@ -210,7 +210,10 @@ class OperationStore(SQLStore):
         return claimed
 
     def get(self, operation_id: str) -> Operation | None:
-        """Operation ``operation_id``, or None; a read beside the writers (:meth:`read_session`)."""
+        """Operation ``operation_id``, or None; a read beside the writers (:meth:`read_session`). An id
+        holding NUL names none (PostgreSQL would refuse the query)."""
+        if "\x00" in operation_id:
+            return None
         with self.read_session() as s:
             return s.get(Operation, operation_id)
 
@@ -223,7 +226,10 @@ class OperationStore(SQLStore):
         limit: int = 100,
     ) -> list[Operation]:
         """Operations newest first, filtered by the given columns, at most ``limit`` rows; a read beside the
-        writers (:meth:`read_session`), never queued behind running operations' updates."""
+        writers (:meth:`read_session`), never queued behind running operations' updates. A filter holding
+        NUL matches nothing (no recorded text holds one; PostgreSQL would refuse the query)."""
+        if any("\x00" in value for value in (user, method, status) if value is not None):
+            return []
         query = select(Operation)
         if user is not None:
             query = query.where(Operation.user == user)

@@ -1,9 +1,12 @@
-"""A small client of the JupyterHub REST API and of users' own servers, with the service's token.
+"""A small client of the JupyterHub REST API and of users' own servers.
 
 ``jupyter_copy`` needs it: the Hub starts the user's server
 (https://jupyterhub.readthedocs.io/en/stable/reference/rest-api.html), then the user's server runs the copy
-through its staging API (``api/v1/staging``), so the write is the user's own. Errors are
-:class:`~jupyter_staging.errors.StagingError` with stable codes; messages never hold the token.
+through its staging API (``api/v1/staging``), so the write is the user's own. The Hub is called with the
+service's own token; a user's server never sees it (the user runs that server and may read every header
+it gets), only a short-lived token the service asks the Hub to make for that user, whose one scope is
+``access:servers!user=<name>`` (:meth:`HubAPI.user_token`). Errors are
+:class:`~jupyter_staging.errors.StagingError` with stable codes; messages never hold a token.
 """
 
 from __future__ import annotations
@@ -20,13 +23,19 @@ from jupyter_staging.errors import InvalidRequest, StagingError
 #: The jobs of the staging API of a user's server, relative to the server's URL.
 STAGING_JOBS = "api/v1/staging/jobs"
 
+#: Seconds a token made for calls to a user's server lives; a new one is made once half of that is gone.
+USER_TOKEN_SECONDS = 3600
+
 
 class HubAPI:
-    """Calls to the JupyterHub REST API and to users' servers with the service's own token.
+    """Calls to the JupyterHub REST API with the service's own token, and to a user's server with a token
+    made for that user alone (:meth:`user_token`).
 
     Scopes the service's role needs (https://jupyterhub.readthedocs.io/en/stable/rbac/scopes.html):
-    ``read:users:name`` and ``read:servers`` to see a user's server, ``servers`` to start it,
-    ``access:servers`` to call the staging API of the user's server.
+    ``read:users:name`` and ``read:servers`` to see a user's server, ``servers`` to start it, ``tokens``
+    to have the Hub make the user's token for the staging API of the user's server. The service's own token
+    is never sent to a user's server: with ``access:servers`` it would open every user's server to whoever
+    runs that one.
 
     ``api_url`` is ``$JUPYTERHUB_API_URL`` (``.../hub/api``); ``proxy_url`` the proxy's URL as the service
     reaches it (user servers are under ``/user/<name>/`` there). Requests time out after
@@ -39,15 +48,20 @@ class HubAPI:
         self._token = token
         self.request_timeout = request_timeout
         self.client = AsyncHTTPClient()
+        #: Tokens made for users' servers: user name -> (token, monotonic time after which a new one is made).
+        self._user_tokens: dict[str, tuple[str, float]] = {}
 
-    async def request(self, method: str, url: str, body: Any = None) -> tuple[int, Any]:
-        """``(status, decoded JSON or None)``; HTTP error statuses are returned, not raised.
+    async def request(
+        self, method: str, url: str, body: Any = None, *, token: str | None = None
+    ) -> tuple[int, Any]:
+        """``(status, decoded JSON or None)``; HTTP error statuses are returned, not raised. ``token`` is
+        sent (default: the service's own, for the Hub only).
 
         Raises ``hub_unreachable`` (502) when the connection fails."""
         req = HTTPRequest(
             url,
             method=method,
-            headers={"Authorization": f"token {self._token}", "Content-Type": "application/json"},
+            headers={"Authorization": f"token {token or self._token}", "Content-Type": "application/json"},
             body=None if body is None and method in ("GET", "DELETE") else json.dumps(body or {}),
             request_timeout=self.request_timeout,
             follow_redirects=False,
@@ -115,9 +129,47 @@ class HubAPI:
             raise InvalidRequest(f"no JupyterHub user named {name!r}", code="unknown_user")
         return user
 
-    async def server_api(self, server_path: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        """Call ``<proxy_url><server_path><path>`` (a user's server) with the service token."""
-        return await self.request(method, f"{self.proxy_url}{server_path.rstrip('/')}/{path}", body)
+    async def user_token(self, name: str) -> str:
+        """A token of user ``name`` whose only scope is ``access:servers!user=<name>`` (what the user has
+        already), made by the Hub (``POST users/<name>/tokens``, the service's ``tokens`` scope) to live
+        :data:`USER_TOKEN_SECONDS` seconds, and kept for half of that. The user's server, which the user
+        runs and may spy on, gets this token, never the service's.
+
+        Raises ``not_configured`` (500) when the Hub refuses to make it (the service's role lacks
+        ``tokens``; the Hub's ``token_expires_in_max_seconds`` is shorter), ``hub_unreachable`` (502)."""
+        loop = asyncio.get_running_loop()
+        kept = self._user_tokens.get(name)
+        if kept is not None and loop.time() < kept[1]:
+            return kept[0]
+        body = {
+            "scopes": [f"access:servers!user={name}"],
+            "expires_in": USER_TOKEN_SECONDS,
+            "note": "jupyter-staging-hub: jupyter_copy calls to this user's server",
+        }
+        code, data = await self.request("POST", f"{self.api_url}/users/{quote(name, safe='')}/tokens", body)
+        token = data.get("token") if isinstance(data, dict) else None
+        if code not in (200, 201) or not isinstance(token, str):
+            message = data.get("message") if isinstance(data, dict) else None
+            raise StagingError(
+                f"the Hub made no token for {name}'s server ({code}: {message or 'no detail'}); the "
+                "service's role needs the 'tokens' scope (docs/hub.md)",
+                code="not_configured",
+                status=500,
+            )
+        self._user_tokens[name] = (token, loop.time() + USER_TOKEN_SECONDS / 2)
+        return token
+
+    async def server_api(
+        self, username: str, server_path: str, method: str, path: str, body: Any = None
+    ) -> tuple[int, Any]:
+        """Call ``<proxy_url><server_path><path>`` (``username``'s server) with :meth:`user_token`; a token
+        the server refuses (403: revoked, expired early) is made again once."""
+        url = f"{self.proxy_url}{server_path.rstrip('/')}/{path}"
+        code, data = await self.request(method, url, body, token=await self.user_token(username))
+        if code == 403:
+            self._user_tokens.pop(username, None)
+            code, data = await self.request(method, url, body, token=await self.user_token(username))
+        return code, data
 
     # -- the staging API of a user's server -----------------------------------------------------------
 
@@ -125,7 +177,7 @@ class HubAPI:
         """``POST api/v1/staging/jobs`` in ``username``'s server (at ``server_path``); the job model.
 
         Raises :func:`server_error` unless the answer is 200 or 201 with a JSON object."""
-        code, job = await self.server_api(server_path, "POST", STAGING_JOBS, body)
+        code, job = await self.server_api(username, server_path, "POST", STAGING_JOBS, body)
         if code not in (200, 201) or not isinstance(job, dict):
             raise server_error(username, code, job)
         return job
@@ -134,15 +186,17 @@ class HubAPI:
         """``GET api/v1/staging/jobs/{job_id}`` in ``username``'s server; the job model.
 
         Raises :func:`server_error` unless the answer is 200 with a JSON object."""
-        code, job = await self.server_api(server_path, "GET", job_url(job_id))
+        code, job = await self.server_api(username, server_path, "GET", job_url(job_id))
         if code != 200 or not isinstance(job, dict):
             raise server_error(username, code, job)
         return job
 
-    async def job_chunks(self, server_path: str, job_id: str) -> list[dict[str, Any]]:
-        """The chunks of a job in a user's server (``[]`` when the answer has none)."""
-        _, chunks = await self.server_api(server_path, "GET", f"{job_url(job_id)}/chunks")
-        return list((chunks or {}).get("chunks", []))
+    async def job_chunks(self, username: str, server_path: str, job_id: str) -> list[dict[str, Any]]:
+        """The chunks of a job in ``username``'s server (``[]`` when the answer has none, or none that
+        are objects)."""
+        _, answer = await self.server_api(username, server_path, "GET", f"{job_url(job_id)}/chunks")
+        chunks = answer.get("chunks") if isinstance(answer, dict) else None
+        return [chunk for chunk in chunks if isinstance(chunk, dict)] if isinstance(chunks, list) else []
 
     async def ack_chunk(self, username: str, server_path: str, job_id: str, index: int) -> None:
         """``POST api/v1/staging/jobs/{job_id}/chunks/{index}/ack`` in ``username``'s server: under the job's
@@ -152,7 +206,7 @@ class HubAPI:
 
         Raises :func:`server_error` unless the answer is 200."""
         code, body = await self.server_api(
-            server_path, "POST", f"{job_url(job_id)}/chunks/{int(index)}/ack", {}
+            username, server_path, "POST", f"{job_url(job_id)}/chunks/{int(index)}/ack", {}
         )
         if code != 200:
             raise server_error(username, code, body)

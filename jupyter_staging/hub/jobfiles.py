@@ -15,7 +15,7 @@ import stat
 from pathlib import Path
 
 from jupyter_staging.errors import PathNotAllowed, StagingError
-from jupyter_staging.hub.areas import Target
+from jupyter_staging.hub.areas import Owner, Target
 from jupyter_staging.hub.fileops import READ_FLAGS, SourceFile, copy_open, exists_error, sha256_of_fd
 from jupyter_staging.safety.dirfd import fsync_fd, open_dir, rename_noreplace_at
 
@@ -79,6 +79,8 @@ def publish_from_folder(folder: str, file_name: str, target: Target) -> bool:
     """
     folder_fd = open_dir(target.dir_fd, folder)
     try:
+        if not is_scratch_of(target.dir_fd, folder_fd, target.owner):
+            raise PathNotAllowed(f"{folder} is not a folder the user's server made; nothing is taken from it")
         if not stat.S_ISREG(os.stat(file_name, dir_fd=folder_fd, follow_symlinks=False).st_mode):
             raise PathNotAllowed(f"{folder}/{file_name} is not a regular file")
         try:
@@ -137,14 +139,31 @@ def _copy_in(folder_fd: int, file_name: str, target: Target) -> bool:
         os.close(fd)
 
 
-def remove_folder(parent_fd: int, name: str) -> None:
+def is_scratch_of(parent_fd: int, folder_fd: int, owner: Owner | None) -> bool:
+    """True when the folder open as ``folder_fd`` (in ``parent_fd``) may be a job's scratch folder, made by
+    the user's server: always for a service that is not root (the system decides what it may touch); as
+    root, a folder of the user's uid (``owner``; where the user is not in the password database, of the uid
+    of the folder it is in). The user knows the scratch folder's name (the operation's id) and may rename
+    another folder of their area onto it, one they may not write into (an administrator's): root would
+    have emptied it, and linked its files under the target's name."""
+    if os.geteuid() != 0:
+        return True
+    expected = owner.uid if owner is not None else os.fstat(parent_fd).st_uid
+    return os.fstat(folder_fd).st_uid == expected
+
+
+def remove_folder(parent_fd: int, name: str, owner: Owner | None = None) -> None:
     """Remove folder ``name`` of ``parent_fd`` and the files right in it (links are removed, never
-    followed; a subfolder keeps the folder). Best effort: what cannot be removed stays, and is logged."""
+    followed; a subfolder keeps the folder), if it is a scratch folder of the user's (:func:`is_scratch_of`,
+    ``owner`` the target's). Best effort: what cannot be removed stays, and is logged."""
     try:
         fd = open_dir(parent_fd, name)
     except (OSError, PathNotAllowed):
         return
     try:
+        if not is_scratch_of(parent_fd, fd, owner):
+            log.warning("not removing folder %s: it is not the user's (uid %d)", name, os.fstat(fd).st_uid)
+            return
         for entry in os.listdir(fd):
             try:
                 if not stat.S_ISDIR(os.stat(entry, dir_fd=fd, follow_symlinks=False).st_mode):

@@ -121,6 +121,21 @@ def job_failed(op: Operation, job: dict[str, Any]) -> StagingError:
     )
 
 
+def job_id_of(op: Operation, job: dict[str, Any]) -> str:
+    """The id of the job the user's server answered: 1 to 128 printable characters (the operations table's
+    ``job_id``). The user runs that server and may make it answer anything: another id (too long for the
+    table, holding NUL) failed the write of the record again and again, leaving the operation running.
+    Raises ``server_error`` (502) for such an id."""
+    job_id = job.get("id")
+    if not isinstance(job_id, str) or not 0 < len(job_id) <= 128 or not job_id.isprintable():
+        raise StagingError(
+            f"{op.user}'s server answered a job without a usable id (1 to 128 printable characters)",
+            code="server_error",
+            status=502,
+        )
+    return job_id
+
+
 class JupyterCopies:
     """Runs ``jupyter_copy`` operations in the background (see the module) and records their end.
 
@@ -216,7 +231,7 @@ class JupyterCopies:
         async with self.server_starts:
             server = await self.hub.ensure_server(op.user, timeout=self.server_start_timeout)
             job = await self.hub.create_job(op.user, server, job_request(op, str(source.path), destination))
-        op.job_id = str(job["id"])
+        op.job_id = job_id_of(op, job)
         await asyncio.to_thread(self.store.update, op.id, job_id=op.job_id)
         how = "created" if made_by(job, op) else "of an earlier request answered"
         self.recorder.log(logging.INFO, op, f"job {op.job_id} {how} in {op.user}'s server")
@@ -252,10 +267,10 @@ class JupyterCopies:
             return  # a replica that stopped after releasing the job's folder, before recording: recorded now
         if job.get("state") != "succeeded":
             if scratch is not None:
-                await self._release(op, server, await self.hub.job_chunks(server, str(op.job_id)))
+                await self._release(op, server, await self.hub.job_chunks(op.user, server, str(op.job_id)))
                 await asyncio.to_thread(self._discard_scratch, op.user, relative_path, name, scratch)
             raise job_failed(op, job)
-        chunks = await self.hub.job_chunks(server, str(op.job_id))
+        chunks = await self.hub.job_chunks(op.user, server, str(op.job_id))
         chunk = pick_chunk(chunks, name)
         landed = True
         target = await asyncio.to_thread(self._open_target, op.user, relative_path, name, create=False)
@@ -265,7 +280,7 @@ class JupyterCopies:
                     landed = await asyncio.to_thread(self._publish, target, scratch, chunk)
                 finally:
                     await self._release(op, server, chunks)
-                    await asyncio.to_thread(remove_folder, target.dir_fd, scratch)
+                    await asyncio.to_thread(remove_folder, target.dir_fd, scratch, target.owner)
             await asyncio.to_thread(make_read_only, target)
         bytes_done = (job.get("progress") or {}).get("bytes_done")
         status = "succeeded" if landed and made_by(job, op) else "skipped"
@@ -277,7 +292,7 @@ class JupyterCopies:
         """For a job found ``expired`` (its folder released by :meth:`_release`, which a replica did before
         it stopped): when the target holds the job's file, record the operation succeeded and return
         True; False otherwise (the job's expiry is then its failure)."""
-        chunk = pick_chunk(await self.hub.job_chunks(server, str(op.job_id)), name)
+        chunk = pick_chunk(await self.hub.job_chunks(op.user, server, str(op.job_id)), name)
         target = await asyncio.to_thread(self._open_target, op.user, relative_path, name, create=False)
         with target:
             if not await asyncio.to_thread(holds_chunk, target, chunk):
@@ -319,7 +334,7 @@ class JupyterCopies:
         except (OSError, StagingError):
             return
         with target:
-            remove_folder(target.dir_fd, scratch)
+            remove_folder(target.dir_fd, scratch, target.owner)
 
     async def _wait_for_job(self, op: Operation, server: str) -> dict[str, Any]:
         """Poll the job until it ends, keeping ``bytes`` up to date; the job's final model."""

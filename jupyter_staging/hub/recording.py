@@ -30,6 +30,9 @@ from jupyter_staging.safety.paths import escape_non_utf8
 
 logger = logging.getLogger(__name__)
 
+#: Characters of an error code the operations table keeps (its ``error_code`` column).
+ERROR_CODE_CHARS = 64
+
 
 def new_replica_id() -> str:
     """A replica id unique to this process: ``<host>:<pid>:<8 random hex digits>`` (at most 128 chars)."""
@@ -108,7 +111,9 @@ class Recorder:
 
         Raises :class:`~jupyter_staging.hub.db.LeaseLost` when ``op.runner`` no longer holds the row."""
         _escape_text(op)
-        fields = {k: escape_non_utf8(v) if isinstance(v, str) else v for k, v in fields.items()}
+        fields = {k: storable(v) if isinstance(v, str) else v for k, v in fields.items()}
+        if fields.get("error_code"):  # a code a user's server answered may be of any length
+            fields["error_code"] = fields["error_code"][:ERROR_CODE_CHARS]
         try:
             done = self.store.finish(op.id, status, runner=op.runner, **fields)
         finally:
@@ -170,13 +175,20 @@ class Recorder:
         )
 
 
+def storable(text: str) -> str:
+    """``text`` as every database takes it: lone surrogates (a name that is not UTF-8) as ``\\udcXX``
+    escapes (:func:`~jupyter_staging.safety.paths.escape_non_utf8`), NUL as the four characters ``\\x00``
+    (PostgreSQL refuses NUL in text: a source path holding one, or a job's error message from a user's
+    server, made the row's write fail, and a failure was then left ``running``)."""
+    return escape_non_utf8(text).replace("\x00", "\\x00")
+
+
 def _escape_text(op: Operation) -> None:
-    """Write the lone surrogates of ``op``'s text (a name that is not UTF-8) as ``\\udcXX`` escapes, so no
-    database refuses the row (:func:`~jupyter_staging.safety.paths.escape_non_utf8`)."""
+    """Make ``op``'s text :func:`storable`, so no database refuses the row."""
     for field in ("user", "actor", "source", "target"):
         value = getattr(op, field)
         if isinstance(value, str):
-            setattr(op, field, escape_non_utf8(value))
+            setattr(op, field, storable(value))
 
 
 def as_staging_error(err: BaseException, operation_id: str) -> StagingError:

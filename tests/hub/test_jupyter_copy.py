@@ -79,7 +79,7 @@ class FakeServer:
     async def get_job(self, username: str, server: str, job_id: str) -> dict[str, Any]:
         return self.job
 
-    async def job_chunks(self, server: str, job_id: str) -> list[dict[str, Any]]:
+    async def job_chunks(self, username: str, server: str, job_id: str) -> list[dict[str, Any]]:
         return self.chunks
 
     async def ack_chunk(self, username: str, server: str, job_id: str, index: int) -> None:
@@ -274,7 +274,7 @@ def test_a_scratch_folder_the_service_may_not_remove_is_removed_by_the_users_ser
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(jobfiles, "rename_noreplace_at", refuse)  # copied in, as such a service does
-    monkeypatch.setattr(jupytercopy, "remove_folder", lambda parent_fd, name: None)  # removal refused
+    monkeypatch.setattr(jupytercopy, "remove_folder", lambda parent_fd, name, owner: None)  # refused
     server = FakeServer(site / "homes" / "bob", state=state)
     op = run_copy(site, server, "kepler/lc.fits")
     assert server.created[0]["cleanup_policy"] == "delete_on_ack"

@@ -6,7 +6,11 @@ the service has; the service itself never depends on it."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,7 @@ import jupyter_staging.hub.areas as areas_module
 from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.hub.areas import Owner, UserAreas
 from jupyter_staging.hub.fileops import check_source, symlink
+from jupyter_staging.hub.jobfiles import publish_from_folder, remove_folder
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="giving files to a user needs root")
 
@@ -131,3 +136,41 @@ def test_two_calls_making_one_folder_at_once_both_leave_it_the_users(site, monke
     folder = (staging / "shared").stat()
     assert (folder.st_uid, stat.S_IMODE(folder.st_mode)) == (ALICE.uid, 0o755)
     assert sorted(p.name for p in staging.iterdir()) == ["shared"]  # no folder of the service's left
+
+
+@pytest.fixture
+def open_site() -> Iterator[Path]:
+    """A site nobody may reach (pytest's own folders are private to root)."""
+    site = Path(tempfile.mkdtemp(prefix="staging-owner-"))
+    os.chmod(site, 0o755)
+    (site / "homes" / "alice" / "staging").mkdir(parents=True)
+    yield site
+    shutil.rmtree(site)
+
+
+def _admins_folder_at_the_scratch_name(site: Path) -> tuple[Path, str]:
+    """An administrator's folder (root's, 0755) in alice's area, holding a file of root's, which alice (as
+    nobody, for real) renames onto the scratch folder's name of a jupyter_copy she asked for."""
+    area = site / "homes" / "alice" / "staging"
+    for folder in (site / "homes" / "alice", area):
+        os.chown(folder, ALICE.uid, ALICE.gid)
+    reference = area / "reference"
+    reference.mkdir()
+    (reference / "keep.fits").write_text("the administrator's\n")
+    scratch = "lc.fits.staging-0123abcd"
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    subprocess.run([*as_nobody, "mv", str(reference), str(area / scratch)], check=True)
+    return area / scratch, scratch
+
+
+def test_an_admins_folder_renamed_onto_a_scratch_folder_is_neither_emptied_nor_linked_from(open_site):
+    """root emptied (and removed) a folder alice may not write into, once she renamed it onto the scratch
+    folder's name (she knows it: the operation's id), and linked its file under the target's name."""
+    swapped, scratch = _admins_folder_at_the_scratch_name(open_site)
+    areas = UserAreas(str(open_site / "homes" / "{username}" / "staging"))
+    with areas.open_target("alice", "lc.fits", "lc.fits", owner=ALICE) as target:
+        with pytest.raises(PathNotAllowed):
+            publish_from_folder(scratch, "keep.fits", target)
+        remove_folder(target.dir_fd, scratch, target.owner)
+    assert (swapped / "keep.fits").read_text() == "the administrator's\n"
+    assert not (swapped.parent / "lc.fits").exists()
