@@ -6,24 +6,32 @@ astropy's Parquet reader (``astropy.io.misc.parquet.read_table_parquet``) takes 
 description, meta}``, ``meta`` the table's metadata), and the length of string columns from
 ``table::len::<name>``. The converter writes both beside its own Arrow field metadata.
 
-Units: a source's unit text is parsed by astropy (generic, FITS, then CDS syntax, FITS Standard 4.0 §4.3,
-VOTable 1.4 §4.3); the few mission spellings astropy does not know are mapped (``e-/s`` is ``electron /
-s``, as lightkurve reads Kepler and TESS files; ``BJD - 2454833`` is days). A unit astropy cannot parse
-(``DEGREES``, ``MPC``) is written as it is spelled, which astropy reads back as an ``UnrecognizedUnit``, as
+Units: a source's unit text is read by :func:`~jupyter_staging.formats.units.astropy_unit` (the FITS
+Standard's meaning first, never a different physical unit; ``e-/s`` is ``electron / s``, as lightkurve
+reads Kepler and TESS files; ``BJD - 2454833`` is days). A unit it cannot read (``DEGREES``, ``MPC``)
+is written as it is spelled, which astropy reads back as an ``UnrecognizedUnit``, as
 its FITS, VOTable and ECSV readers give it; no case or spelling is guessed. The original text stays in the
 Arrow field metadata (``unit``) and in the column's ``meta`` as ``original_unit`` when it differs.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-__all__ = ["META_YAML_KEY", "SERIALIZED_COLUMNS_KEY", "astropy_unit", "string_lengths", "table_meta_yaml"]
+from jupyter_staging.formats.units import astropy_unit, parses_as_generic
+
+__all__ = [
+    "META_YAML_KEY",
+    "SERIALIZED_COLUMNS_KEY",
+    "astropy_unit",
+    "string_lengths",
+    "table_meta_yaml",
+    "time_components",
+]
 
 #: Parquet key-value metadata key astropy reads column units and descriptions from.
 META_YAML_KEY = "table_meta_yaml"
@@ -38,16 +46,6 @@ SERIALIZED_COLUMNS_KEY = "astropy.serialized_columns"
 _DUMPER: type = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 #: Schema metadata keys not repeated in the YAML's table ``meta`` (Arrow's own, or already per column).
 _NOT_META = ("ARROW:", META_YAML_KEY, "table::len::", "jupyter_staging.columns", SERIALIZED_COLUMNS_KEY)
-#: Unit spellings of mission files that astropy does not parse (Kepler, K2, TESS light curves).
-_MISSION_UNITS = {
-    "e-/s": "electron / s",
-    "e-": "electron",
-    "e-/s/pix": "electron / (s pix)",
-    "pixels": "pix",
-    "deg": "deg",
-}
-#: A time offset written as a unit: ``BJD - 2454833``, ``BTJD``: days since a reference Julian date.
-_TIME_OFFSET = re.compile(r"^\s*(?:BJD|BKJD|BTJD|JD|MJD|TJD|HJD)(?:\s*-\s*\d+(?:\.\d+)?)?\s*$", re.IGNORECASE)
 #: ECSV 1.0 datatypes of Arrow types; any other type is described as ``string``.
 _DATATYPES = {
     pa.bool_(): "bool",
@@ -65,33 +63,6 @@ _DATATYPES = {
 }
 
 
-def astropy_unit(text: str | None) -> str | None:
-    """``text`` (a unit as a FITS, VOTable or ECSV file writes it) as astropy's generic unit string (``""``
-    for dimensionless), or None when astropy cannot read it even after mapping mission spellings
-    (``e-/s`` -> ``electron / s``). The case of ``text`` is never changed: ``MPC`` is not read as ``mpc``
-    (milliparsec) nor ``DEGREES`` as ``degrees``; astropy's readers make such a unit an
-    ``UnrecognizedUnit`` of the text as written, and so does :func:`table_meta_yaml`."""
-    if text is None or not text.strip():
-        return None
-    # astropy is heavy (about a second to import): loaded only when a column has a unit
-    from astropy import units as u
-
-    text = _MISSION_UNITS.get(text.strip(), text.strip())
-    if _TIME_OFFSET.match(text):
-        return "d"
-    for fmt in ("generic", "fits", "cds"):
-        try:
-            unit = u.Unit(text, format=fmt, parse_strict="raise")
-            if unit == u.dimensionless_unscaled:
-                return ""  # CDS "---", FITS "": astropy's generic spelling is the empty string
-            generic = unit.to_string()
-            u.Unit(generic, parse_strict="raise")  # what astropy's Parquet reader parses back
-        except (ValueError, TypeError):
-            continue
-        return str(generic)
-    return None
-
-
 def _column_entry(field: pa.Field) -> dict[str, Any]:
     """The YAML ``datatype`` entry of one field: name, datatype, unit, description, meta (ucd, ...)."""
     meta = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
@@ -100,8 +71,9 @@ def _column_entry(field: pa.Field) -> dict[str, Any]:
     unit = astropy_unit(original)
     if unit is not None:
         entry["unit"] = unit
-    elif original is not None and original.strip():
-        # as astropy writes an UnrecognizedUnit: its text, read back as UnrecognizedUnit(text)
+    elif original is not None and original.strip() and not parses_as_generic(original.strip()):
+        # as astropy writes an UnrecognizedUnit: its text, read back as UnrecognizedUnit(text); an
+        # ambiguous text astropy would read as a unit (``Gal``: a galileo) is left out, kept in the meta
         entry["unit"] = original.strip()
     description = meta.pop("description", None)
     if description:
@@ -112,6 +84,16 @@ def _column_entry(field: pa.Field) -> dict[str, Any]:
     if column_meta:
         entry["meta"] = column_meta
     return entry
+
+
+def time_components(serialized: dict[str, Any]) -> set[str]:
+    """Names of the plain columns that ``serialized`` (a ``__serialized_columns__`` mapping) builds a
+    ``Time`` from (its ``jd1``, ``jd2`` or ``value``): they carry no unit of their own."""
+    names: set[str] = set()
+    for mixin in serialized.values():
+        if isinstance(mixin, dict) and mixin.get("__class__") == "astropy.time.core.Time":
+            names.update(str(v["name"]) for v in mixin.values() if isinstance(v, dict) and "name" in v)
+    return names
 
 
 def table_meta_yaml(schema: pa.Schema) -> str:
@@ -132,6 +114,10 @@ def table_meta_yaml(schema: pa.Schema) -> str:
     from astropy.io.misc import yaml as astropy_yaml
 
     meta["__serialized_columns__"] = astropy_yaml.load(serialized.decode())
+    for entry in header["datatype"]:
+        if entry["name"] in time_components(meta["__serialized_columns__"]):
+            # a Time is built from plain numbers: astropy refuses a Quantity jd2 beside a float jd1
+            entry.pop("unit", None)
     return str(astropy_yaml.dump(header, sort_keys=False, allow_unicode=True))
 
 

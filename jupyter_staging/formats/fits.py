@@ -17,8 +17,10 @@ import pyarrow as pa
 
 from jupyter_staging.errors import ConversionFailed
 from jupyter_staging.formats.arrow import conform, native, ndarray_to_arrow, object_array
+from jupyter_staging.formats.astropy_meta import SERIALIZED_COLUMNS_KEY
 from jupyter_staging.formats.base import Piece, Source, without_paths
 from jupyter_staging.formats.compression import compression_of
+from jupyter_staging.formats.fits_time import mission_time_yaml
 from jupyter_staging.formats.metadata import base_meta, fits_column_meta, fits_header_text, with_metadata
 
 __all__ = ["FITS_SLICE_BYTES", "FitsSource", "is_table_hdu", "select_fits_hdu"]
@@ -181,6 +183,9 @@ class FitsSource(Source):
             "fits.header": fits_header_text(header),
             "fits.primary_header": fits_header_text(self._hdul[0].header),
         }
+        time = mission_time_yaml(header, self._columns)
+        if time is not None:  # QTable.read(part) gives TIME as a Time, as lightkurve reads it
+            meta[SERIALIZED_COLUMNS_KEY] = time
         self.schema = with_metadata(schema, fields_meta, meta)
 
     def _direct_dtype(self, row_bytes: int) -> np.dtype | None:

@@ -25,7 +25,8 @@ from astropy.table import MaskedColumn, QTable, Table
 from astropy.table.meta import get_header_from_yaml
 from astropy.time import Time
 
-from jupyter_staging.formats.astropy_meta import META_YAML_KEY
+from jupyter_staging.formats.astropy_meta import META_YAML_KEY, time_components
+from jupyter_staging.formats.fits_time import TIME_SCALES
 
 __all__ = ["to_qtable"]
 
@@ -166,14 +167,17 @@ def _mission_times(table: Table, header: fits.Header) -> None:
         return
     if str(header.get("TIMEUNIT", "d")).strip().lower() not in ("d", "day", "days"):
         return
+    scale = str(header.get("TIMESYS", "TDB")).strip().lower()
+    if scale not in TIME_SCALES:  # e.g. GPS: never read as another scale
+        log.warning("TIMESYS %r is not an astropy time scale; TIME stays days", scale.upper())
+        return
     column = table[name]
     days = column.filled(np.nan) if isinstance(column, MaskedColumn) else np.asarray(column)
-    scale = str(header.get("TIMESYS", "TDB")).strip().lower()
     time = Time(
         np.full(len(days), float(header["BJDREFI"])),
         np.asarray(days, dtype=np.float64) + float(header.get("BJDREFF", 0.0)),
         format="jd",
-        scale=scale if scale in Time.SCALES else "tdb",
+        scale=scale,
     )
     time.format = "jd"
     table.replace_column(name, time)
@@ -195,6 +199,7 @@ def to_qtable(table: pa.Table) -> QTable:
     header = _yaml_header(table.schema)
     entries = {entry["name"]: entry for entry in header.get("datatype") or [] if "name" in entry}
     result = Table(meta=dict(header.get("meta") or {}))
+    times = time_components(result.meta.get("__serialized_columns__") or {})
     for field, column in zip(table.schema, table.columns, strict=True):
         name = field.name
         values = _to_numpy(column)
@@ -206,10 +211,10 @@ def to_qtable(table: pa.Table) -> QTable:
             if attribute in entries.get(name, {}):
                 setattr(result[name], attribute, entries[name][attribute])
         original = (result[name].meta or {}).get("original_unit")
-        if result[name].unit is None and isinstance(original, str) and original.strip():
+        if result[name].unit is None and name not in times and isinstance(original, str) and original.strip():
             # parts of converters that left a unit astropy cannot parse out of the YAML: as astropy's
             # readers give it, an UnrecognizedUnit of its text
-            result[name].unit = u.Unit(original.strip(), parse_strict="silent")
+            result[name].unit = u.UnrecognizedUnit(original.strip())  # not parsed: Gal is no galileo
     if "__serialized_columns__" in result.meta:
         result = _mixins(result)
     fits_header = _fits_header(result.meta)
@@ -238,7 +243,9 @@ def _fits_times(table: Table, header: fits.Header) -> None:
     file spells them, so ``BJD - 2454833`` is not taken for days since MJD 0), then the mission convention."""
     mapped = {}
     for name in table.colnames:
-        original = (table[name].meta or {}).get("original_unit")
+        if isinstance(table[name], Time):  # made by the part's own description (a Kepler/TESS TIME)
+            continue
+        original = (table[name].info.meta or {}).get("original_unit")
         if original is not None:
             mapped[name] = table[name].unit
             table[name].unit = u.Unit(original, format="fits", parse_strict="silent")
