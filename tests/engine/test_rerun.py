@@ -565,6 +565,8 @@ def test_the_users_part_files_are_listed_for_each_table_and_a_resumed_older_job_
     first (whose saved list must not make the second look like a job of this version). A job of this
     version lists every part file of a table not converted yet, and a saved list is kept as it is."""
     done, _ = run(manager, source=str(archive / KEPLER.name), destination="t", convert={"chunk_rows": 5000})
+    # held as a run holds its job: chunk and resume writes are only a holding runner's
+    manager.store.set_job_fields(done["id"], state="running", runner=manager.runner_id)
     runner = JobRunner(manager, done["id"])
     runner.dest = manager.destination_of(manager.store.get_job(done["id"]))
     folders = {name: runner.dest.workdir / f"{name}.parquet" for name in ("a", "b", "c")}
