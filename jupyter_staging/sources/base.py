@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import hashlib
 import mimetypes
 import os
 import unicodedata
@@ -181,6 +182,48 @@ def plain_relative_name(rel: str) -> bool:
     """True when every ``/``-separated part of ``rel`` is a plain, visible name: not empty, ``.``,
     ``..``, hidden (a leading dot) or holding NUL. Listings skip other names."""
     return not any(p in ("", ".", "..") or p.startswith(".") or "\x00" in p for p in rel.split("/"))
+
+
+#: Hex digits of the key's sha256 added to a listed name that had to be changed (:func:`listed_name`).
+NAME_TAG_HEX = 8
+
+
+def listed_name(rel: str) -> str | None:
+    """The output path (relative, POSIX) of an object listed at ``rel`` below a prefix (S3, Azure), or
+    None when listings skip it (:func:`plain_relative_name`).
+
+    A key is not a file name: a part may be longer than a file name can be (S3 keys hold 1,024 bytes),
+    hold control characters, end in the ``.part`` suffix of the files being written, or be the job
+    folder's ``manifest.json`` at the top. Such a part becomes a safe name (:func:`safe_filename`) followed
+    by ``~`` and :data:`NAME_TAG_HEX` hex digits of the part's sha256 before its extension
+    (``a.fits.part`` -> ``a~1b2c3d4e.fits_part``), at most :data:`SAFE_NAME_BYTES` bytes: the same key
+    always gets the same name, two keys never share one, and every other part is kept as it is."""
+    if not plain_relative_name(rel):
+        return None
+    parts = rel.split("/")
+    return "/".join(_listed_part(part, top=len(parts) == 1) for part in parts)
+
+
+def _listed_part(part: str, *, top: bool) -> str:
+    """One part of :func:`listed_name`: ``part`` itself when it is a safe file name there, else its safe
+    name tagged with its digest."""
+    lowered = part.lower()
+    unsafe = (
+        len(part.encode("utf-8", "surrogatepass")) > SAFE_NAME_BYTES
+        or lowered.endswith(PART_SUFFIX)
+        or (top and lowered in RESERVED_FILE_NAMES)
+        or any(unicodedata.category(ch)[0] == "C" for ch in part)
+    )
+    if not unsafe:
+        return part
+    tag = "~" + hashlib.sha256(part.encode("utf-8", "surrogatepass")).hexdigest()[:NAME_TAG_HEX]
+    safe = safe_filename(part, fallback="object")
+    stem, dot, ext = safe.rpartition(".")
+    if not dot or not stem or len(ext) > 20:
+        stem, dot, ext = safe, "", ""
+    while stem and len((stem + tag + dot + ext).encode("utf-8", "surrogatepass")) > SAFE_NAME_BYTES:
+        stem = stem[:-1]
+    return stem + tag + dot + ext
 
 
 def pump(read: Callable[[], bytes], out: PartFile, control: JobControl) -> int:

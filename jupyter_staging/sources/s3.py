@@ -43,8 +43,8 @@ from jupyter_staging.sources.base import (
     SourceItem,
     check_range,
     content_type_of,
+    listed_name,
     object_or_prefix,
-    plain_relative_name,
     pump,
     pump_range,
     resume_range,
@@ -63,7 +63,8 @@ class S3Source(Source):
     """``s3://bucket/key`` (one object) or ``s3://bucket/prefix/`` (every object below the prefix).
 
     A key without a trailing slash that is not an object but is a prefix is treated as the prefix.
-    Item names are relative to the prefix (POSIX paths); keys ending in ``/`` (folder markers) and keys
+    Item names are relative to the prefix (POSIX paths, made safe file names by
+    :func:`~jupyter_staging.sources.base.listed_name`); keys ending in ``/`` (folder markers) and keys
     with empty, ``.``/``..`` or hidden (dot) components are skipped.
     """
 
@@ -113,9 +114,9 @@ class S3Source(Source):
                     key = obj["Key"]
                     if key.endswith("/"):
                         continue
-                    rel = key[len(prefix) :]
-                    if plain_relative_name(rel):
-                        items.append(self._item(key, rel, obj))
+                    name = listed_name(key[len(prefix) :])
+                    if name is not None:
+                        items.append(self._item(key, name, obj))
         return items
 
     def _item(self, key: str, name: str, meta: dict[str, Any]) -> SourceItem:
