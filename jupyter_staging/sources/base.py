@@ -246,6 +246,7 @@ def pump(read: Callable[[], bytes], out: PartFile, control: JobControl) -> int:
                     control.add_bytes(pending_len)
                     pending = None
                 if not block:
+                    control.check()  # a pause or cancel that shut the connection down ends no body
                     return copied
                 pending = pool.submit(out.write, block)
                 pending_len = len(block)
@@ -254,6 +255,20 @@ def pump(read: Callable[[], bytes], out: PartFile, control: JobControl) -> int:
             if pending is not None:
                 pending.result()
                 control.add_bytes(pending_len)
+
+
+def shutdown_of(stream: Any) -> Callable[[], None]:
+    """What shuts down the connection a response body ``stream`` reads from, from another thread, so a read
+    blocked on a stalled server returns at once (for :meth:`JobControl.aborting`): urllib3's
+    ``HTTPResponse.shutdown`` (urllib3 2.3 and later; a botocore ``StreamingBody`` is unwrapped to it), or
+    a no-op where there is none (the read then ends at its timeout)."""
+    raw = getattr(stream, "_raw_stream", stream)
+    shutdown = getattr(raw, "shutdown", None)
+    return shutdown if callable(shutdown) else _no_op
+
+
+def _no_op() -> None:
+    return None
 
 
 class ShortRange(Exception):  # noqa: N818 - control flow of a ranged fetch, never shown to a user
@@ -313,6 +328,7 @@ def pump_range(read: Callable[[], bytes], out: RangeOut) -> None:
         out.control.check()
         block = read()
         if not block:
+            out.control.check()  # a pause or cancel that shut the connection down
             raise ShortRange(f"the answer ended {out.remaining} bytes before the end of the range")
         out.write(block)
 

@@ -61,6 +61,7 @@ from jupyter_staging.sources.base import (
     pump_range,
     resume_range,
     safe_filename,
+    shutdown_of,
 )
 
 #: Bytes handed to the part file at a time. Large enough that per-block overhead vanishes at
@@ -242,7 +243,8 @@ class HTTPSource(Source):
         headers = {"Range": f"bytes={first}-{last}", "If-Range": str(self._if_range(item))}
         with session.get(item.locator, headers=headers, stream=True, timeout=TIMEOUT) as resp:
             self._check_range(resp, item, first, last)
-            pump_range(self._block_reader(resp.raw), out)
+            with out.control.aborting(shutdown_of(resp.raw)):
+                pump_range(self._block_reader(resp.raw), out)
 
     def _check_range(self, resp: requests.Response, item: SourceItem, first: int, last: int) -> None:
         """Raise unless ``resp`` is a ``206`` of bytes ``first``-``last`` of the listed version."""
@@ -361,7 +363,8 @@ class HTTPSource(Source):
             else:
                 self._raise_for_status(status)
             expected = int_header(resp.headers, "Content-Length")
-            got = pump(self._block_reader(resp.raw), out, control)
+            with control.aborting(shutdown_of(resp.raw)):
+                got = pump(self._block_reader(resp.raw), out, control)
             if expected is not None and got < expected:
                 raise _Incomplete(f"body ended after {got} of {expected} bytes")
 

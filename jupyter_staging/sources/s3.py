@@ -49,6 +49,7 @@ from jupyter_staging.sources.base import (
     pump_range,
     resume_range,
     safe_filename,
+    shutdown_of,
 )
 
 #: Bytes read from a GET body at a time.
@@ -208,7 +209,8 @@ class S3Source(Source):
                 raise SourceChanged(f"{item.locator} changed since it was listed (now {sent})")
             if not sent.startswith(f"bytes {first}-{last}/"):
                 raise TransferFailed(f"{item.locator}: S3 sent another range than bytes {first}-{last}")
-            pump_range(lambda: body.read(S3_BLOCK), out)
+            with out.control.aborting(shutdown_of(body)):
+                pump_range(lambda: body.read(S3_BLOCK), out)
         finally:
             body.close()
 
@@ -301,7 +303,8 @@ class S3Source(Source):
                 item.checksums = stated  # unconditional GET: what this answer states is all we know
             else:
                 item.checksums = {**item.checksums, **stated}  # the same version (IfMatch)
-            pump(lambda: body.read(S3_BLOCK), out, control)
+            with control.aborting(shutdown_of(body)):
+                pump(lambda: body.read(S3_BLOCK), out, control)
         finally:
             body.close()
 
