@@ -86,7 +86,9 @@ class ResumeBudget:
         """Account for an attempt that started at byte ``before`` of ``out`` (a :class:`PartFile` or a
         :class:`RangeOut`) and broke for ``reason`` (no secrets);
         ``give_up``: the error raised when this was the last attempt allowed (``SizeMismatch`` for a body
-        shorter or longer than announced)."""
+        shorter or longer than announced). Raises :class:`~jupyter_staging.errors.JobInterrupted` first when
+        the job was paused or cancelled (whose abort may be what broke the attempt: no warning is logged)."""
+        self.control.check()
         self.failures = 0 if out.offset > before else self.failures + 1
         if self.failures >= MAX_RESUMES:
             raise give_up(

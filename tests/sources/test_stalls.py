@@ -51,7 +51,8 @@ def s3_on_range_server(range_server, monkeypatch):
 def pause_while_stalled(work: Callable[[JobControl], object], reason: str) -> float:
     """Run ``work(control)`` on a thread, interrupt it with ``reason`` once the server stalls; seconds
     the worker took to stop. Asserts it raised :class:`JobInterrupted` with that reason."""
-    control = JobControl()
+    lines: list[str] = []
+    control = JobControl(log=lambda level, message: lines.append(message))
     raised: list[BaseException] = []
 
     def run() -> None:
@@ -71,6 +72,7 @@ def pause_while_stalled(work: Callable[[JobControl], object], reason: str) -> fl
     assert not worker.is_alive(), "the worker still waits on the stalled server"
     [exc] = raised
     assert isinstance(exc, JobInterrupted) and exc.reason == reason
+    assert not [line for line in lines if "connection lost" in line]  # the pause broke it, not the network
     return took
 
 
@@ -137,3 +139,19 @@ def test_a_body_ended_by_a_pause_is_never_taken_for_a_complete_one(tmp_path: Pat
         pump(read, out, control)
     out.close()
     assert not (tmp_path / "x.bin").exists()
+
+
+def test_a_pause_of_a_flowing_download_logs_no_lost_connection(range_server, payload, tmp_path: Path):
+    range_server.stall_after_bytes = None
+    range_server.throttle_bytes_per_s = 200_000
+    source = HTTPSource(range_server.url("bucket/big.bin"))
+    [item] = source.list_items()
+    out = PartFile(tmp_path / item.name)
+
+    def work(control: JobControl) -> None:
+        try:
+            source.fetch(item, out, control)
+        finally:
+            out.close()
+
+    assert pause_while_stalled(work, "paused") < PROMPT
