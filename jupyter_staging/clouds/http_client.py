@@ -9,9 +9,10 @@ Last-Modified, size), its length (``Content-Length``, ``Content-Range``), whethe
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta, timezone
 from email.message import Message
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -110,3 +111,25 @@ def int_header(headers: Any, name: str) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
+
+
+def presigned_expiry(url: str) -> datetime | None:
+    """When the signature of a presigned ``url`` stops being valid (UTC), from what its query states:
+    ``X-Amz-Date`` + ``X-Amz-Expires`` (S3 SigV4), ``X-Goog-Date`` + ``X-Goog-Expires`` (Google Cloud
+    Storage), ``Expires`` (seconds since the epoch: S3 SigV2), ``se`` (an Azure SAS's signed expiry).
+    None for a URL that states none, or states it unreadably."""
+    query = {name.lower(): value for name, value in parse_qsl(urlsplit(url).query)}
+    try:
+        for vendor in ("amz", "goog"):
+            signed, seconds = query.get(f"x-{vendor}-date"), query.get(f"x-{vendor}-expires")
+            if signed and seconds:
+                start = datetime.strptime(signed, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+                return start + timedelta(seconds=int(seconds))
+        if query.get("expires", "").isdigit():
+            return datetime.fromtimestamp(int(query["expires"]), tz=timezone.utc)
+        if query.get("se"):
+            ends = datetime.fromisoformat(query["se"].replace("Z", "+00:00"))
+            return ends if ends.tzinfo else ends.replace(tzinfo=timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return None

@@ -6,7 +6,9 @@ Every blocking loop (sources, destinations, converters, part-file writers) check
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from jupyter_staging.errors import JobInterrupted
 
@@ -28,6 +30,8 @@ class JobControl:
     ) -> None:
         self._event = threading.Event()
         self.reason: str | None = None
+        self._aborts: list[Callable[[], None]] = []
+        self._aborts_lock = threading.Lock()
         self._on_bytes = on_bytes
         self._on_rows = on_rows
         self._log = log
@@ -40,6 +44,27 @@ class JobControl:
         if self.reason != "superseded" and (self.reason != "cancelled" or reason == "superseded"):
             self.reason = reason
         self._event.set()
+        with self._aborts_lock:
+            aborts = list(self._aborts)
+        for abort in aborts:
+            _call_quietly(abort)
+
+    @contextmanager
+    def aborting(self, abort: Callable[[], None]) -> Iterator[None]:
+        """While the block runs, a pause or cancel also calls ``abort()`` (on the thread that asks for
+        it; at once when the job was already interrupted): a source passes what shuts down the connection
+        a read may be blocked on (a server that stalls mid-body), so the worker wakes at once instead of
+        after the read timeout (60 s), and its next :meth:`check` raises. ``abort`` must be quick and
+        thread-safe; what it raises is ignored."""
+        with self._aborts_lock:
+            self._aborts.append(abort)
+        try:
+            if self._event.is_set():
+                _call_quietly(abort)
+            yield
+        finally:
+            with self._aborts_lock:
+                self._aborts.remove(abort)
 
     @property
     def interrupted(self) -> bool:
@@ -89,6 +114,10 @@ class DelegatingControl(JobControl):
     def interrupt(self, reason: str) -> None:
         self._job.interrupt(reason)
 
+    def aborting(self, abort: Callable[[], None]) -> Any:
+        """``job``'s :meth:`JobControl.aborting`."""
+        return self._job.aborting(abort)
+
     @property
     def interrupted(self) -> bool:
         return self._job.interrupted
@@ -98,3 +127,11 @@ class DelegatingControl(JobControl):
 
     def wait(self, seconds: float) -> None:
         self._job.wait(seconds)
+
+
+def _call_quietly(abort: Callable[[], None]) -> None:
+    """``abort()``, whatever it raises ignored (a connection already closed, say)."""
+    try:
+        abort()
+    except Exception:  # noqa: S110 - best effort: the worker still stops at its next check
+        pass

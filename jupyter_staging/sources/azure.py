@@ -43,8 +43,8 @@ from jupyter_staging.sources.base import (
     SourceItem,
     check_range,
     content_type_of,
+    listed_name,
     object_or_prefix,
-    plain_relative_name,
     pump,
     pump_range,
     resume_range,
@@ -59,7 +59,8 @@ class AzureSource(Source):
     """``az://container/blob`` or ``azure://account/container/blob`` (one blob), or a prefix of them.
 
     A path without a trailing slash that is not a blob but is a prefix is treated as the prefix.
-    Item names are relative to the prefix (POSIX paths); names ending in ``/``, folder markers of
+    Item names are relative to the prefix (POSIX paths, made safe file names by
+    :func:`~jupyter_staging.sources.base.listed_name`); names ending in ``/``, folder markers of
     hierarchical-namespace accounts (``hdi_isfolder``) and names with empty, ``.``/``..`` or hidden
     (dot) components are skipped.
 
@@ -123,8 +124,8 @@ class AzureSource(Source):
                 name = blob.name
                 if name.endswith("/") or (blob.metadata or {}).get("hdi_isfolder") == "true":
                     continue
-                rel = name[len(prefix) :]
-                if plain_relative_name(rel):
+                rel = listed_name(name[len(prefix) :])
+                if rel is not None:
                     items.append(self._item(name, rel, blob))
         return items
 

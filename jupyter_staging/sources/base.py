@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import hashlib
 import mimetypes
 import os
 import unicodedata
@@ -85,7 +86,9 @@ class ResumeBudget:
         """Account for an attempt that started at byte ``before`` of ``out`` (a :class:`PartFile` or a
         :class:`RangeOut`) and broke for ``reason`` (no secrets);
         ``give_up``: the error raised when this was the last attempt allowed (``SizeMismatch`` for a body
-        shorter or longer than announced)."""
+        shorter or longer than announced). Raises :class:`~jupyter_staging.errors.JobInterrupted` first when
+        the job was paused or cancelled (whose abort may be what broke the attempt: no warning is logged)."""
+        self.control.check()
         self.failures = 0 if out.offset > before else self.failures + 1
         if self.failures >= MAX_RESUMES:
             raise give_up(
@@ -183,6 +186,48 @@ def plain_relative_name(rel: str) -> bool:
     return not any(p in ("", ".", "..") or p.startswith(".") or "\x00" in p for p in rel.split("/"))
 
 
+#: Hex digits of the key's sha256 added to a listed name that had to be changed (:func:`listed_name`).
+NAME_TAG_HEX = 8
+
+
+def listed_name(rel: str) -> str | None:
+    """The output path (relative, POSIX) of an object listed at ``rel`` below a prefix (S3, Azure), or
+    None when listings skip it (:func:`plain_relative_name`).
+
+    A key is not a file name: a part may be longer than a file name can be (S3 keys hold 1,024 bytes),
+    hold control characters, end in the ``.part`` suffix of the files being written, or be the job
+    folder's ``manifest.json`` at the top. Such a part becomes a safe name (:func:`safe_filename`) followed
+    by ``~`` and :data:`NAME_TAG_HEX` hex digits of the part's sha256 before its extension
+    (``a.fits.part`` -> ``a~1b2c3d4e.fits_part``), at most :data:`SAFE_NAME_BYTES` bytes: the same key
+    always gets the same name, two keys never share one, and every other part is kept as it is."""
+    if not plain_relative_name(rel):
+        return None
+    parts = rel.split("/")
+    return "/".join(_listed_part(part, top=len(parts) == 1) for part in parts)
+
+
+def _listed_part(part: str, *, top: bool) -> str:
+    """One part of :func:`listed_name`: ``part`` itself when it is a safe file name there, else its safe
+    name tagged with its digest."""
+    lowered = part.lower()
+    unsafe = (
+        len(part.encode("utf-8", "surrogatepass")) > SAFE_NAME_BYTES
+        or lowered.endswith(PART_SUFFIX)
+        or (top and lowered in RESERVED_FILE_NAMES)
+        or any(unicodedata.category(ch)[0] == "C" for ch in part)
+    )
+    if not unsafe:
+        return part
+    tag = "~" + hashlib.sha256(part.encode("utf-8", "surrogatepass")).hexdigest()[:NAME_TAG_HEX]
+    safe = safe_filename(part, fallback="object")
+    stem, dot, ext = safe.rpartition(".")
+    if not dot or not stem or len(ext) > 20:
+        stem, dot, ext = safe, "", ""
+    while stem and len((stem + tag + dot + ext).encode("utf-8", "surrogatepass")) > SAFE_NAME_BYTES:
+        stem = stem[:-1]
+    return stem + tag + dot + ext
+
+
 def pump(read: Callable[[], bytes], out: PartFile, control: JobControl) -> int:
     """Copy blocks from ``read()`` (``b""`` at the end) into ``out``; returns the bytes copied.
 
@@ -203,6 +248,7 @@ def pump(read: Callable[[], bytes], out: PartFile, control: JobControl) -> int:
                     control.add_bytes(pending_len)
                     pending = None
                 if not block:
+                    control.check()  # a pause or cancel that shut the connection down ends no body
                     return copied
                 pending = pool.submit(out.write, block)
                 pending_len = len(block)
@@ -211,6 +257,20 @@ def pump(read: Callable[[], bytes], out: PartFile, control: JobControl) -> int:
             if pending is not None:
                 pending.result()
                 control.add_bytes(pending_len)
+
+
+def shutdown_of(stream: Any) -> Callable[[], None]:
+    """What shuts down the connection a response body ``stream`` reads from, from another thread, so a read
+    blocked on a stalled server returns at once (for :meth:`JobControl.aborting`): urllib3's
+    ``HTTPResponse.shutdown`` (urllib3 2.3 and later; a botocore ``StreamingBody`` is unwrapped to it), or
+    a no-op where there is none (the read then ends at its timeout)."""
+    raw = getattr(stream, "_raw_stream", stream)
+    shutdown = getattr(raw, "shutdown", None)
+    return shutdown if callable(shutdown) else _no_op
+
+
+def _no_op() -> None:
+    return None
 
 
 class ShortRange(Exception):  # noqa: N818 - control flow of a ranged fetch, never shown to a user
@@ -270,6 +330,7 @@ def pump_range(read: Callable[[], bytes], out: RangeOut) -> None:
         out.control.check()
         block = read()
         if not block:
+            out.control.check()  # a pause or cancel that shut the connection down
             raise ShortRange(f"the answer ended {out.remaining} bytes before the end of the range")
         out.write(block)
 

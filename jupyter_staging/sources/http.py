@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any, NoReturn
 
 import requests
@@ -42,6 +43,7 @@ from jupyter_staging.clouds.http_client import (
     filename_from_disposition,
     filename_from_url,
     int_header,
+    presigned_expiry,
     retrying_session,
     total_from_content_range,
     validator_of,
@@ -61,6 +63,7 @@ from jupyter_staging.sources.base import (
     pump_range,
     resume_range,
     safe_filename,
+    shutdown_of,
 )
 
 #: Bytes handed to the part file at a time. Large enough that per-block overhead vanishes at
@@ -141,7 +144,8 @@ class HTTPSource(Source):
         """One :class:`SourceItem` for the URL, from a HEAD request (or a 1-byte ranged GET).
 
         Raises :class:`SourceNotFound` (code ``source_not_found`` for 404/410, ``source_forbidden``
-        for 401/403) and :class:`TransferFailed` for other errors.
+        for 401/403, ``source_expired`` for a 401/403 to a presigned URL whose stated expiry has passed)
+        and :class:`TransferFailed` for other errors.
         """
         with retrying_session() as session:
             headers, size, checksums = self._probe(session)
@@ -191,6 +195,13 @@ class HTTPSource(Source):
         if status in (404, 410):
             raise SourceNotFound(f"{self.safe_url} was not found (HTTP {status})")
         if status in (401, 403):
+            expiry = presigned_expiry(self.url)
+            if expiry is not None and expiry <= datetime.now(timezone.utc):
+                raise SourceNotFound(
+                    f"the presigned URL {self.safe_url} expired at {expiry:%Y-%m-%d %H:%M:%S} UTC (HTTP "
+                    f"{status}): presign it again and stage the new URL",
+                    code="source_expired",
+                )
             raise SourceNotFound(
                 f"access to {self.safe_url} was refused (HTTP {status})", code="source_forbidden"
             )
@@ -242,7 +253,8 @@ class HTTPSource(Source):
         headers = {"Range": f"bytes={first}-{last}", "If-Range": str(self._if_range(item))}
         with session.get(item.locator, headers=headers, stream=True, timeout=TIMEOUT) as resp:
             self._check_range(resp, item, first, last)
-            pump_range(self._block_reader(resp.raw), out)
+            with out.control.aborting(shutdown_of(resp.raw)):
+                pump_range(self._block_reader(resp.raw), out)
 
     def _check_range(self, resp: requests.Response, item: SourceItem, first: int, last: int) -> None:
         """Raise unless ``resp`` is a ``206`` of bytes ``first``-``last`` of the listed version."""
@@ -361,7 +373,8 @@ class HTTPSource(Source):
             else:
                 self._raise_for_status(status)
             expected = int_header(resp.headers, "Content-Length")
-            got = pump(self._block_reader(resp.raw), out, control)
+            with control.aborting(shutdown_of(resp.raw)):
+                got = pump(self._block_reader(resp.raw), out, control)
             if expected is not None and got < expected:
                 raise _Incomplete(f"body ended after {got} of {expected} bytes")
 

@@ -43,12 +43,13 @@ from jupyter_staging.sources.base import (
     SourceItem,
     check_range,
     content_type_of,
+    listed_name,
     object_or_prefix,
-    plain_relative_name,
     pump,
     pump_range,
     resume_range,
     safe_filename,
+    shutdown_of,
 )
 
 #: Bytes read from a GET body at a time.
@@ -63,7 +64,8 @@ class S3Source(Source):
     """``s3://bucket/key`` (one object) or ``s3://bucket/prefix/`` (every object below the prefix).
 
     A key without a trailing slash that is not an object but is a prefix is treated as the prefix.
-    Item names are relative to the prefix (POSIX paths); keys ending in ``/`` (folder markers) and keys
+    Item names are relative to the prefix (POSIX paths, made safe file names by
+    :func:`~jupyter_staging.sources.base.listed_name`); keys ending in ``/`` (folder markers) and keys
     with empty, ``.``/``..`` or hidden (dot) components are skipped.
     """
 
@@ -113,9 +115,9 @@ class S3Source(Source):
                     key = obj["Key"]
                     if key.endswith("/"):
                         continue
-                    rel = key[len(prefix) :]
-                    if plain_relative_name(rel):
-                        items.append(self._item(key, rel, obj))
+                    name = listed_name(key[len(prefix) :])
+                    if name is not None:
+                        items.append(self._item(key, name, obj))
         return items
 
     def _item(self, key: str, name: str, meta: dict[str, Any]) -> SourceItem:
@@ -207,7 +209,8 @@ class S3Source(Source):
                 raise SourceChanged(f"{item.locator} changed since it was listed (now {sent})")
             if not sent.startswith(f"bytes {first}-{last}/"):
                 raise TransferFailed(f"{item.locator}: S3 sent another range than bytes {first}-{last}")
-            pump_range(lambda: body.read(S3_BLOCK), out)
+            with out.control.aborting(shutdown_of(body)):
+                pump_range(lambda: body.read(S3_BLOCK), out)
         finally:
             body.close()
 
@@ -300,7 +303,8 @@ class S3Source(Source):
                 item.checksums = stated  # unconditional GET: what this answer states is all we know
             else:
                 item.checksums = {**item.checksums, **stated}  # the same version (IfMatch)
-            pump(lambda: body.read(S3_BLOCK), out, control)
+            with control.aborting(shutdown_of(body)):
+                pump(lambda: body.read(S3_BLOCK), out, control)
         finally:
             body.close()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import calendar
 import email.utils
 import hashlib
 import json
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from tests.helpers.net import free_port
 
@@ -74,6 +75,11 @@ class _Handler(BaseHTTPRequestHandler):
         path = unquote(urlsplit(self.path).path)
         if owner._take_failure():
             self._simple(503, "busy")
+            return
+        if owner.check_expiry and _signature_expired(self.path):
+            self._simple(
+                403, "<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
+            )
             return
         if self.command == "HEAD" and owner.head_status is not None:
             self._simple(owner.head_status, "no HEAD here")
@@ -187,6 +193,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
 
+def _signature_expired(target: str) -> bool:
+    """True when the request target is a SigV4-presigned URL (``X-Amz-Date`` + ``X-Amz-Expires``) whose
+    validity has ended, as S3 judges it."""
+    query = dict(parse_qsl(urlsplit(target).query))
+    if "X-Amz-Date" not in query or "X-Amz-Expires" not in query:
+        return False
+    signed = calendar.timegm(time.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ"))
+    return time.time() > signed + int(query["X-Amz-Expires"])
+
+
 def _parse_range(value: str, size: int) -> tuple[int, int] | None:
     """``bytes=a-``, ``bytes=a-b`` or ``bytes=-n`` -> inclusive ``(start, end)``; None if unsatisfiable."""
     m = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", value)
@@ -231,7 +247,8 @@ class RangeHTTPServer:
     ``Content-MD5`` (RFC 1864, full answers only), computed from the file; ``wrong_digests``: computed
     from other bytes. ``short_bodies_left``: when set, only this many bodies are cut by
     ``short_body_by`` (None: every body). ``weak_etags``: ETags are weak (``W/"..."``), as from a
-    server that may compress.
+    server that may compress. ``check_expiry``: answer a SigV4-presigned URL whose ``X-Amz-Date`` +
+    ``X-Amz-Expires`` have passed with S3's ``403`` (``Request has expired``).
     """
 
     def __init__(
@@ -266,6 +283,7 @@ class RangeHTTPServer:
         self.digest_headers: set[str] = set()
         self.wrong_digests = False
         self.weak_etags = False
+        self.check_expiry = False
         self.verbose = verbose
         self._lock = threading.Lock()
         self._httpd = _Server((HOST, port), _Handler)
