@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from jupyter_staging.destinations.local import LocalDestination
+from jupyter_staging.engine import manager as manager_module
 from jupyter_staging.engine import retention, runner
 from jupyter_staging.engine.acks import expire_chunks
 from jupyter_staging.engine.manager import StagingManager
@@ -130,6 +131,45 @@ def test_a_failed_swap_before_any_rename_gives_the_replaced_jobs_chunks_back(
     assert manager.get(first.id).state == JobState.succeeded
     assert {c.state for c in manager.chunks(first.id)} == {ChunkState.ready}
     assert acked(manager, first.id, 0).state == ChunkState.acked
+
+
+def test_two_acks_at_once_of_the_last_chunks_expire_the_job_once(
+    manager: StagingManager, archive: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last two ready chunks of a ``delete_on_ack`` job acked at once: both acks found nothing left
+    ready and both expired the job (its output removed twice, two ``expired`` lines in its log). It is
+    expired once now; both acks answer ``acked``, and the user's file in the folder stays."""
+    body = {
+        "manifest": {"k": str(archive / KEPLER.name), "s": str(archive / SPITZER.name)},
+        "destination": "d",
+        "cleanup_policy": "delete_on_ack",
+    }
+    job, _ = manager.create(CreateJob(**body))
+    assert manager.wait(job.id, timeout=60).state == JobState.succeeded
+    mine = manager.root_dir / "d" / "notes.txt"
+    mine.write_text("mine\n")
+    both = threading.Barrier(2, timeout=10)
+    expire = manager_module.expire_if_consumed
+
+    def together(host: Any, job_id: str) -> bool:
+        both.wait()  # both acks have marked their chunk: each finds no chunk left ready
+        return expire(host, job_id)
+
+    monkeypatch.setattr(manager_module, "expire_if_consumed", together)
+    answers: list[Any] = [None, None]
+    threads = [
+        threading.Thread(target=lambda i=i: answers.__setitem__(i, acked(manager, job.id, i))) for i in (0, 1)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert [a.state for a in answers] == [ChunkState.acked, ChunkState.acked], answers
+    lines = log_lines(manager, job.id)
+    assert len([line for line in lines if line.startswith("expired")]) == 1, lines
+    assert manager.get(job.id).state == JobState.expired
+    assert mine.read_text() == "mine\n"
+    assert sorted(p.name for p in (manager.root_dir / "d").iterdir()) == ["notes.txt"]
 
 
 @pytest.mark.parametrize("policy", ["retain", "delete_on_ack"])
