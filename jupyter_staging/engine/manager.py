@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import os
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from jupyter_staging.destinations.base import Destination, remove_tree_if_empty, scratch_root_of
 from jupyter_staging.destinations.registry import is_object_destination
+from jupyter_staging.engine.acks import take_ack
 from jupyter_staging.engine.admission import Admission, default_name
 from jupyter_staging.engine.cleanup import published_file
 from jupyter_staging.engine.describe import decode_cursor, describe_chunk, encode_cursor
@@ -348,20 +350,31 @@ class StagingManager(JobSteering):
         rec = self._record(job_id, owner)
         chunk = self._chunk(job_id, chunk_id)
         index = chunk.index
-        if rec.cleanup_policy == "delete_on_ack":
-            self.destination_of(rec).confined()  # a folder swapped for a symlink: path_not_allowed
+        on_ack = rec.cleanup_policy == "delete_on_ack"
+        destination = self.destination_of(rec) if on_ack else None
+        if destination is not None:
+            destination.confined()  # a folder swapped for a symlink: path_not_allowed
         if chunk.state == ChunkState.pending.value:
             raise InvalidState(f"chunk {index} is not ready yet", code="chunk_not_ready")
+        if chunk.state == ChunkState.ready.value:
+            # ready -> acked only if still ready, its file deleted in that transaction: a clean-up that
+            # expired it first (a re-run's swap, the TTL, a cancel) wins, and this deletes nothing.
+            remove, inside = None, True
+            if destination is not None:
+                remove = partial(destination.remove_chunk, chunk.path, published_file(rec, chunk))
+                inside = not destination.remote  # an object of this job's own prefix: no other job's
+            won, state, removed = take_ack(self.store, chunk.id, remove, remove_inside=inside)
+            if state is None:
+                raise JobNotFound(f"no chunk {chunk_id!r} in job {job_id!r}", code="chunk_not_found")
+            chunk.state = state
+            if won:
+                self.log_event(job_id, "info", f"chunk {index} acknowledged")
+                if removed:
+                    self.log_event(job_id, "info", f"chunk {index} deleted on ack: {chunk.path}")
+                if not (on_ack and expire_if_consumed(self, job_id)):  # expiring announces it
+                    self.announce(self._record(job_id, owner))
         if chunk.state == ChunkState.expired.value:  # its file is gone: no read of it can be recorded
             raise chunk_expired(chunk.index, "its file was removed by clean-up")
-        if chunk.state == ChunkState.ready.value:
-            chunk = self.store.update_chunk(chunk.id, state=ChunkState.acked.value) or chunk
-            self.log_event(job_id, "info", f"chunk {index} acknowledged")
-            on_ack = rec.cleanup_policy == "delete_on_ack"
-            if on_ack and self.destination_of(rec).remove_chunk(chunk.path, published_file(rec, chunk)):
-                self.log_event(job_id, "info", f"chunk {index} deleted on ack: {chunk.path}")
-            if not (on_ack and expire_if_consumed(self, job_id)):  # expiring announces it
-                self.announce(self._record(job_id, owner))
         return describe_chunk(chunk)
 
     def manifest(self, job_id: str, owner: str | None = None) -> dict[str, Any]:

@@ -5,16 +5,23 @@ Both work through the :class:`~jupyter_staging.engine.host.JobHost` of the jobs 
 from __future__ import annotations
 
 import logging
+import threading
+import zlib
 from datetime import datetime
 
 from jupyter_staging.engine.cleanup import remove_job_output
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.models import ChunkState, JobState
 from jupyter_staging.engine.store import JobRecord, utcnow
+from jupyter_staging.engine.transitions import StateChanged, in_state
 from jupyter_staging.errors import JobNotFound, StagingError
 from jupyter_staging.safety.redact import redact_text
 
 log = logging.getLogger("jupyter_staging.engine.manager")
+
+#: The states a job is expired from (its output removed): it has ended and is not expired yet.
+_EXPIRABLE = (JobState.succeeded.value, JobState.failed.value, JobState.cancelled.value)
+_STRIPES = tuple(threading.Lock() for _ in range(32))
 
 
 def sweep(host: JobHost, now: datetime | None = None) -> list[str]:
@@ -31,20 +38,39 @@ def sweep(host: JobHost, now: datetime | None = None) -> list[str]:
     return expired
 
 
-def _expire(host: JobHost, rec: JobRecord, *, keep_acked: bool = False) -> None:
+def _expire(host: JobHost, rec: JobRecord, *, keep_acked: bool = False) -> bool:
     """Remove job ``rec``'s output and mark it and its chunks ``expired`` -- its ``acked`` chunks stay
-    ``acked`` with ``keep_acked`` (their files went at their ack, which a repeated ack answers again)."""
-    try:
-        removed = remove_job_output(host, rec, keep_ready=False)
-    except StagingError as exc:  # the store is unreachable: the next sweep tries again
-        log.warning("staging job %s: could not expire its output: %s", rec.id, redact_text(exc.message))
-        return
-    kept = (ChunkState.expired.value, ChunkState.acked.value) if keep_acked else (ChunkState.expired.value,)
-    for chunk in host.store.list_chunks(rec.id):
-        if chunk.state not in kept:
-            host.store.update_chunk(chunk.id, state=ChunkState.expired.value)
-    host.log_event(rec.id, "info", f"expired: output removed ({removed} file(s))")
-    host.set_state(rec.id, JobState.expired)
+    ``acked`` with ``keep_acked`` (their files went at their ack, which a repeated ack answers again).
+
+    Once: two expiries of one job at once (the last two acks under ``delete_on_ack``, an ack and the TTL
+    sweep) take turns in this process, and the second finds the job expired and does nothing; in another
+    process, the state change is a compare-and-set, and only the first writes the ``expired`` line. True
+    when this call expired it."""
+    with _expiring(rec.id):
+        now = host.store.get_job(rec.id, resume=True)
+        if now is None or now.state not in _EXPIRABLE:
+            return False
+        try:
+            removed = remove_job_output(host, now, keep_ready=False)
+        except StagingError as exc:  # the store is unreachable: the next sweep tries again
+            log.warning("staging job %s: could not expire its output: %s", rec.id, redact_text(exc.message))
+            return False
+        try:  # the job, its chunks and the line: one transaction
+            host.set_state(
+                rec.id,
+                JobState.expired,
+                events=[("info", f"expired: output removed ({removed} file(s))")],
+                when=in_state(*(JobState(s) for s in _EXPIRABLE)),
+                expire_chunks=not keep_acked,
+            )
+        except StateChanged:  # expired by another process meanwhile
+            return False
+        return True
+
+
+def _expiring(job_id: str) -> threading.Lock:
+    """The lock this process's expiries of job ``job_id`` take turns at (one of a few, by its id)."""
+    return _STRIPES[zlib.crc32(job_id.encode()) % len(_STRIPES)]
 
 
 def expire_if_consumed(host: JobHost, job_id: str) -> bool:
@@ -63,8 +89,7 @@ def expire_if_consumed(host: JobHost, job_id: str) -> bool:
     chunks = host.store.list_chunks(rec.id)
     if not chunks or any(c.state in (ChunkState.ready.value, ChunkState.pending.value) for c in chunks):
         return False
-    _expire(host, rec, keep_acked=True)
-    return True
+    return _expire(host, rec, keep_acked=True)
 
 
 def apply_cleanup_policy(

@@ -23,13 +23,14 @@ from typing import Any
 
 from jupyter_staging.destinations.manifest import read_manifest
 from jupyter_staging.destinations.objectstore import ObjectStoreDestination
+from jupyter_staging.engine.acks import expire_chunks, restore_chunks
 from jupyter_staging.engine.cleanup import MADE_DESTINATION, remove_job_output
 from jupyter_staging.engine.collector import collector_paused
 from jupyter_staging.engine.deadparts import FOREIGN_PARTS_LISTED
 from jupyter_staging.engine.entries import error_of, raise_partial
 from jupyter_staging.engine.folders import PARTS_TAGGED, PUBLISHED_TAGS
 from jupyter_staging.engine.manifesting import ManifestStager
-from jupyter_staging.engine.models import DONE_STATES, LINK_METHODS, PENDING, ChunkState, JobState
+from jupyter_staging.engine.models import DONE_STATES, LINK_METHODS, PENDING, JobState
 from jupyter_staging.engine.placement import UNFINISHED_STATES
 from jupyter_staging.engine.records import has_sealed, json_copy, without_sealed
 from jupyter_staging.engine.schema import JobChunk
@@ -39,6 +40,7 @@ from jupyter_staging.engine.swap import (
     Swapped,
     kept_before,
     kept_lines,
+    nothing_moved,
     published_by,
     recorded_outputs,
     staged_inside,
@@ -358,8 +360,7 @@ class JobRunner(ManifestStager):
         if not swap.get("done"):  # else swapped in by a run that stopped before the job's end
             self._put_in_place(rec, swap, replaced)
         if replaced is not None and not JobState(replaced.state) == JobState.expired:
-            for chunk in self.store.list_chunks(replaced.id):
-                self.store.update_chunk(chunk.id, state=ChunkState.expired.value)
+            expire_chunks(self.store, replaced.id)  # done before the swap, unless a run that stopped did it
             why = "staged again" if replaced.state in UNFINISHED_STATES else "a source changed"
             self.host.log_event(replaced.id, "info", f"output replaced by job {self.job_id} ({why})")
             self.host.set_state(replaced.id, JobState.expired)
@@ -383,15 +384,24 @@ class JobRunner(ManifestStager):
         ):
             done = Swapped()
         else:
-            done = swap_in(
-                root,
-                rec.destination,
-                swap["into"],
-                staged_before=staged_before,
-                staged_now={self.dest.relative(c.path) for c in self.store.list_chunks(self.job_id)},
-                aside_name=aside_name,
-                suffix=suffix,
-            )
+            # The old output's chunks are expired before its folder is touched: an ack of one of them from
+            # now on deletes nothing (it would be the new output's file once renamed: a hard link to the
+            # same bytes, of the same size and time), and one under way ends first (engine.acks).
+            expired = expire_chunks(self.store, replaced.id) if replaced is not None else {}
+            try:
+                done = swap_in(
+                    root,
+                    rec.destination,
+                    swap["into"],
+                    staged_before=staged_before,
+                    staged_now={self.dest.relative(c.path) for c in self.store.list_chunks(self.job_id)},
+                    aside_name=aside_name,
+                    suffix=suffix,
+                )
+            except BaseException:
+                if nothing_moved(root, rec.destination, swap["into"], aside_name):
+                    restore_chunks(self.store, expired)  # the old output is whole where it was
+                raise
         aside = PurePosixPath(rec.destination).parent / aside_name
         where = rec.destination if staged_inside(rec.destination, swap["into"]) else aside.as_posix()
         for level, message in kept_lines(done, set(staged_before), where):

@@ -258,6 +258,19 @@ def swap_started(resume: Mapping[str, Any] | None) -> bool:
     return swap.get("before") is not None or bool(swap.get("done"))
 
 
+def nothing_moved(root: Path, rel: str, into: str, aside_name: str) -> bool:
+    """Whether a :func:`swap_in` that raised had moved nothing yet: the new output is still whole in its
+    scratch folder ``root/into`` beside ``rel``, and the old folder was not set aside (``aside_name``).
+    False for a merge into a mount point (its files move one by one)."""
+    if staged_inside(rel, into):
+        return False
+    try:
+        new = os.lstat(root / into)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISDIR(new.st_mode) and not os.path.lexists((root / rel).parent / aside_name)
+
+
 def too_late(requested: str) -> str:
     """The log line of a pause or cancel (``requested``: ``"paused"``, ``"cancelled"``) that came once the
     job's swap had started (:func:`swap_started`)."""

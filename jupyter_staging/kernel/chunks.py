@@ -91,13 +91,43 @@ class Chunk:
 
     def read_bytes(self) -> bytes:
         """The chunk's content: read from disk, or for object storage downloaded through its presigned
-        ``url`` (``GET .../chunks`` hands one out with each ready chunk)."""
+        ``url`` (``GET .../chunks`` hands one out with each ready chunk). An object storage that refuses
+        it or does not have it (403, 404: the URL expired, or the object was removed) is asked for a new
+        URL once: raises :class:`InvalidState` (code ``chunk_expired``) when the object is gone for good
+        (acknowledged under ``delete_on_ack`` by another reader, expired, replaced by a re-run), and
+        :class:`StagingError` (code ``read_failed``) when it still cannot be read. No error shows the URL
+        (a credential)."""
         if isinstance(self.path, Path):
             return self.path.read_bytes()
-        url = self._data.get("url") or self.job.refresh_url(self.index).get("url")
-        response = requests.get(str(url), timeout=REQUEST_TIMEOUT)
-        response.raise_for_status()
+        url = self._data.get("url") or self._fresh_url()
+        response = self._get(url)
+        if response.status_code in (403, 404):  # an expired URL, or an object removed: the server says which
+            response = self._get(self._fresh_url())
+        if response.status_code != 200:
+            raise StagingError(
+                f"object storage answered HTTP {response.status_code} for chunk {self.index}",
+                code="read_failed",
+                status=502,
+            )
         return response.content
+
+    def _fresh_url(self) -> str:
+        """A new presigned URL of the chunk (its record updated). Raises what :meth:`ChunkOwner.refresh_url`
+        raises (``chunk_expired`` for an object gone for good)."""
+        self._data = self.job.refresh_url(self.index)
+        return str(self._data.get("url"))
+
+    def _get(self, url: str) -> requests.Response:
+        """GET presigned ``url``; a request that fails is a :class:`StagingError` (``read_failed``) that
+        names the chunk, never the URL."""
+        try:
+            return requests.get(url, timeout=REQUEST_TIMEOUT)
+        except requests.RequestException as exc:
+            raise StagingError(
+                f"cannot read chunk {self.index} from object storage: {type(exc).__name__}",
+                code="read_failed",
+                status=502,
+            ) from None
 
     def ack(self) -> Chunk:
         """Acknowledge the chunk; with ``delete_on_ack`` its file is deleted. Returns ``self``."""

@@ -1,0 +1,80 @@
+"""Chunk state changes that race: an acknowledgement, and the expiry of a job's chunks by whatever removes its
+files (a re-run's swap, the TTL sweep, a cancel, a cleanup policy).
+
+An ack is a compare-and-set: a chunk becomes ``acked`` only if it is still ``ready`` in the transaction that
+writes it, and under ``delete_on_ack`` its file is deleted inside that transaction (for a local file: an
+``unlink``). Whoever expires the chunk -- one ``UPDATE`` of the job's chunks, :func:`expire_chunks` -- either
+comes first (the ack then finds it ``expired`` and deletes nothing) or waits for the ack's transaction to
+end, file deleted (a row lock on a server database; SQLite's one writer; this process's write lock), and
+only then goes on to put other files at those paths (a re-run's swap renames its folder over the old one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import cast
+
+from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy.engine import CursorResult
+
+from jupyter_staging.engine.models import ChunkState
+from jupyter_staging.engine.store import ChunkRecord, Store
+
+_CHUNKS = cast(Table, ChunkRecord.__table__)
+_READY, _ACKED, _EXPIRED = ChunkState.ready.value, ChunkState.acked.value, ChunkState.expired.value
+
+
+def take_ack(
+    store: Store, chunk_id: str, remove: Callable[[], bool] | None = None, *, remove_inside: bool = True
+) -> tuple[bool, str | None, bool]:
+    """Set chunk ``chunk_id`` ``acked`` if it is still ``ready`` (a compare-and-set), and then, only when
+    this call won it, run ``remove`` (the deletion of its file under ``delete_on_ack``): inside the
+    transaction with ``remove_inside`` (nothing that expires the chunk commits in between: see the module),
+    else after it commits (a request to an object store, which no other job's output shares keys with, is
+    not made while this process's writers wait). Whatever ``remove`` raises inside the transaction rolls it
+    back: the chunk stays ``ready``.
+
+    Returns ``(won, state, removed)``: whether this call acked it, the chunk's state when it did not (None:
+    no such chunk), and what ``remove`` returned (False when not run)."""
+    removed = False
+    with store.session(first=True) as s:
+        query = update(_CHUNKS).where(_CHUNKS.c.id == chunk_id, _CHUNKS.c.state == _READY)
+        result = cast(CursorResult, s.execute(query.values(state=_ACKED)))
+        if result.rowcount != 1:
+            return False, s.scalar(select(_CHUNKS.c.state).where(_CHUNKS.c.id == chunk_id)), False
+        if remove is not None and remove_inside:
+            removed = remove()
+    if remove is not None and not remove_inside:
+        removed = remove()
+    return True, _ACKED, removed
+
+
+def expire_chunks(store: Store, job_id: str, *, keep: Iterable[str] = (_EXPIRED,)) -> dict[str, str]:
+    """Mark every chunk of job ``job_id`` whose state is not in ``keep`` ``expired``, in one transaction;
+    returns ``{chunk id: its state before}`` of those changed (for :func:`restore_chunks`). An ack of one
+    of them that is under way (its file being deleted) ends before this commits (see the module)."""
+    kept = list(keep)
+    with store.session() as s:
+        where = (_CHUNKS.c.job_id == job_id, _CHUNKS.c.state.not_in(kept))
+        # A no-op UPDATE first takes the rows' locks (SQLite: the write lock), so that no other process's
+        # ack commits between the read of the states and their change.
+        s.execute(update(_CHUNKS).where(*where).values(state=_CHUNKS.c.state))
+        before = {row.id: row.state for row in s.execute(select(_CHUNKS.c.id, _CHUNKS.c.state).where(*where))}
+        if before:
+            s.execute(update(_CHUNKS).where(*where).values(state=_EXPIRED))
+    return before
+
+
+def restore_chunks(store: Store, before: Mapping[str, str]) -> None:
+    """Give the chunks :func:`expire_chunks` expired their states ``before`` back (one transaction), each
+    only while it is still ``expired``: their files were not removed after all (a swap that failed before
+    its first rename)."""
+    if not before:
+        return
+    query = (
+        update(_CHUNKS)
+        .where(_CHUNKS.c.id == bindparam("chunk_id"), _CHUNKS.c.state == _EXPIRED)
+        .values(state=bindparam("previous"))
+    )
+    with store.session() as s:
+        s.connection().execute(query, [{"chunk_id": k, "previous": v} for k, v in before.items()])
