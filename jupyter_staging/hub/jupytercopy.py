@@ -323,7 +323,12 @@ class JupyterCopies:
                 continue
             try:
                 await self.hub.ack_chunk(op.user, server, str(op.job_id), int(chunk.get("index", -1)))
-            except (StagingError, ValueError, TypeError) as err:
+            except StagingError as err:
+                if err.code == "chunk_expired":  # removed meanwhile (the TTL sweep, a cancel): gone already
+                    continue
+                self.recorder.log(logging.WARNING, op, f"scratch folder of job {op.job_id} kept: {err}")
+                return
+            except (ValueError, TypeError) as err:
                 self.recorder.log(logging.WARNING, op, f"scratch folder of job {op.job_id} kept: {err}")
                 return
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -325,3 +326,26 @@ def test_a_replica_taking_over_after_the_release_records_what_landed(site, keple
         assert final.bytes == kepler.stat().st_size
     else:
         assert (final.status, final.error_code) == ("failed", "job_expired"), final.to_dict()
+
+
+def test_a_chunk_removed_before_the_service_acknowledges_it_is_not_reported_as_a_kept_folder(
+    site, kepler, caplog
+):
+    """The user's server answers the service's ack ``chunk_expired`` when its clean-up (the TTL sweep, a
+    cancel) removed the job's output first: the scratch folder is gone already, so no warning says it was
+    kept, and the operation still succeeds with the file under the target's name."""
+
+    class ExpiredFirst(FakeServer):
+        async def ack_chunk(self, username: str, server: str, job_id: str, index: int) -> None:
+            folder = self.root / self.job["destination"]
+            shutil.rmtree(folder)
+            raise StagingError("chunk 0 is gone", code="chunk_expired", status=409)
+
+    server = ExpiredFirst(site / "homes" / "bob")
+    with caplog.at_level(logging.INFO, logger="jupyter_staging.hub.oplog"):
+        op = run_copy(site, server, "kepler/lc.fits")
+    assert op.status == "succeeded", op.to_dict()
+    assert (site / "homes" / "bob" / "staging" / "kepler" / "lc.fits").read_bytes() == kepler.read_bytes()
+    assert not [r for r in caplog.records if "kept" in r.getMessage()], [
+        r.getMessage() for r in caplog.records
+    ]
