@@ -146,11 +146,22 @@ export class JobDetail extends ReactWidget {
     const datasets = job.state === 'succeeded' ? parquetDatasets(job, this._chunks) : [];
     // Running tasks by worker (host:port), for a running job on a distributed executor.
     const workers = tasksSummary(job) ? taskWorkerLines(job.progress.tasks) : [];
-    const act = (what: () => Promise<void>) => () =>
-      void what().catch(error => {
-        this._error = (error as Error).message;
-        this.update();
-      });
+    // One action at a time: the buttons are disabled while its request runs (a double click sent two).
+    const act = (what: () => Promise<void>) => () => {
+      if (this._acting) {
+        return;
+      }
+      this._acting = true;
+      this.update();
+      void what()
+        .catch(error => {
+          this._error = (error as Error).message;
+        })
+        .finally(() => {
+          this._acting = false;
+          this.update();
+        });
+    };
     return (
       <div className="jp-Staging-detailBody" data-job-id={job.id} data-state={job.state}>
         <div className="jp-Staging-detailHead">
@@ -159,17 +170,29 @@ export class JobDetail extends ReactWidget {
           <span className={`jp-Staging-stateLabel jp-Staging-state-${job.state}`}>{job.state}</span>
           <span className="jp-Staging-spacer" />
           {actions.pause && (
-            <button className="jp-Staging-button" onClick={act(() => this.model.pause(job.id))}>
+            <button
+              className="jp-Staging-button"
+              disabled={this._acting}
+              onClick={act(() => this.model.pause(job.id))}
+            >
               Pause
             </button>
           )}
           {actions.resume && (
-            <button className="jp-Staging-button" onClick={act(() => this.model.resume(job.id))}>
+            <button
+              className="jp-Staging-button"
+              disabled={this._acting}
+              onClick={act(() => this.model.resume(job.id))}
+            >
               Resume
             </button>
           )}
           {actions.cancel && (
-            <button className="jp-Staging-button jp-mod-warn" onClick={act(() => this.model.cancel(job.id))}>
+            <button
+              className="jp-Staging-button jp-mod-warn"
+              disabled={this._acting}
+              onClick={act(() => this.model.cancel(job.id))}
+            >
               Cancel
             </button>
           )}
@@ -274,6 +297,7 @@ export class JobDetail extends ReactWidget {
   private _log: LogLine[] = [];
   private _error: string | null = null;
   private _loading = false;
+  private _acting = false;
   private _fetchedState: string | null = null;
   private _timer: number | null = null;
   private _stickToBottom = true;

@@ -10,6 +10,7 @@ DataFrame" gives a cell that reads 14,280 rows. Each state is saved as a PNG in 
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,41 @@ def test_rest_job_appears_live_moves_and_pauses_and_resumes(
         "survey.bin",
         "ready",
     ]
+    page.evaluate("() => window.jupyterapp.commands.execute('application:close-all')")
+
+
+def test_the_job_views_buttons_wait_for_the_answer(
+    lab: JupyterLabProcess, page: Any, slow_http: RangeHTTPServer
+) -> None:
+    """While a Pause asked from the job's view waits for the server, its buttons are disabled (a double
+    click sent the request twice), and they come back with the answer."""
+    open_panel(page)
+    (slow_http.root / "held.bin").write_bytes(os.urandom(3_000_000))  # bytes no earlier job staged
+    job = lab.create_job({"source": slow_http.url("held.bin"), "destination": "downloads/held"})
+    item = job_item(page, job["id"])
+    item.wait_for(timeout=10_000)
+    item.get_by_role("button", name="Log").click()
+    view = page.locator(f'.jp-Staging-detailBody[data-job-id="{job["id"]}"]')
+    view.get_by_role("button", name="Pause").wait_for(timeout=10_000)
+    pauses: list[str] = []
+
+    def hold(route: Any) -> None:
+        pauses.append(route.request.url)
+        time.sleep(2)  # the answer is slow to come
+        route.fallback()
+
+    url = re.compile(rf"/api/v1/staging/jobs/{job['id']}/pause(\?.*)?$")
+    page.route(url, hold)
+    try:
+        view.get_by_role("button", name="Pause").click()
+        wait_until(lambda: view.get_by_role("button", name="Cancel").is_disabled(), 5, "the buttons disabled")
+        view.get_by_role("button", name="Pause").click(force=True)  # ignored while the first one waits
+        page.wait_for_selector(f'{PANEL} li[data-job-id="{job["id"]}"][data-state="paused"]', timeout=20_000)
+        wait_until(lambda: view.get_by_role("button", name="Resume").is_enabled(), 10, "the buttons back")
+    finally:
+        page.unroute(url)
+    assert len(pauses) == 1, pauses
+    lab.request("POST", f"jobs/{job['id']}/cancel")
     page.evaluate("() => window.jupyterapp.commands.execute('application:close-all')")
 
 
