@@ -25,8 +25,9 @@ from jupyter_staging.destinations.registry import (
 )
 from jupyter_staging.engine.freshness import locator_identity, request_key
 from jupyter_staging.engine.models import CreateJob, JobState
-from jupyter_staging.engine.placement import Placement, Placer, describe_changes, swap_folder
+from jupyter_staging.engine.placement import Placement, Placer, describe_changes, request_key_of, swap_folder
 from jupyter_staging.engine.records import dump_item
+from jupyter_staging.engine.refresh import Refresh, expired_job, refresh_of
 from jupyter_staging.engine.space import Listing, SpaceLimits, list_sources, unwritable
 from jupyter_staging.engine.store import JobRecord, Store, utcnow
 from jupyter_staging.engine.units import format_bytes
@@ -88,6 +89,8 @@ class Admitted:
     #: ``"3 file(s) to stage, 1.02 kB"`` when admission listed the sources for the space check and
     #: handed the listing to the runner (which then does not list again); else None.
     listed: str | None = None
+    #: The submitted presigned URL(s) the earlier job takes (:mod:`~jupyter_staging.engine.refresh`).
+    refresh: Refresh | None = None
 
     @property
     def up_to_date(self) -> bool:
@@ -220,10 +223,9 @@ class Admission:
                 root, key = str(self.root_dir), request.idempotency_key
                 existing = self.store.find_by_idempotency_key(owner, root, key)
                 if existing is not None:
-                    return Admitted(existing, created=False, described=existing.source)
-            plan = (
-                self._plan_manifest(request) if request.manifest is not None else self._plan_source(request)
-            )
+                    refresh = self._refresh_repeat(existing, request)
+                    return Admitted(existing, created=False, described=existing.source, refresh=refresh)
+            plan = self._plan(request)
             if request.convert is not None and plan.method in ("hardlink", "symlink"):
                 raise InvalidRequest(
                     "conversion to Parquet writes new files; "
@@ -239,7 +241,14 @@ class Admission:
                 placement = self._place(request, plan, key)
                 earlier = placement.reuse or placement.active
                 if earlier is not None:
-                    return Admitted(earlier, created=False, described=plan.described, placement=placement)
+                    refresh = None if placement.reuse else self._refresh(earlier, request, plan)
+                    return Admitted(earlier, False, plan.described, placement=placement, refresh=refresh)
+                expired = None
+                if request.if_exists != "error":  # a job whose URL expired, continued with the new one
+                    expired = expired_job(self.store, str(self.root_dir), placement.rel, key)
+                refresh = self._refresh(expired, request, plan) if expired is not None else None
+                if expired is not None and refresh is not None:
+                    return Admitted(expired, False, plan.described, placement=placement, refresh=refresh)
                 why = unwritable(self.root_dir / placement.rel)  # up-to-date output there was answered above
                 if why is not None:
                     raise DestinationNotWritable(
@@ -258,6 +267,25 @@ class Admission:
             # running jobs' bookkeeping).
             self.store.add_job(rec, admitted.creation_lines())
         return admitted
+
+    def _plan(self, request: CreateJob) -> SourcePlan:
+        return self._plan_manifest(request) if request.manifest is not None else self._plan_source(request)
+
+    def _refresh_repeat(self, existing: JobRecord, request: CreateJob) -> Refresh | None:
+        """:meth:`_refresh` of the job an idempotency key names; None, the job answering as it is, when the
+        request cannot be planned now (a local source gone since: the key still names its job)."""
+        try:
+            plan = self._plan(request)
+        except (InvalidRequest, PathNotAllowed, SourceNotFound):
+            return None
+        return self._refresh(existing, request, plan)
+
+    def _refresh(self, earlier: JobRecord, request: CreateJob, plan: SourcePlan) -> Refresh | None:
+        """The refresh of job ``earlier``'s presigned URL(s) by ``request`` when it is the same request
+        (its key) with URLs signed again (:func:`~jupyter_staging.engine.refresh.refresh_of`), else None."""
+        if request_key_of(earlier) != request_key(identity(request, plan)):
+            return None  # an idempotency key reused for other objects: the job answers, unchanged
+        return refresh_of(earlier, plan.raw, plan.secret, self.secrets)
 
     def _list_for_space(self, request: CreateJob) -> Listing:
         """The request's sources listed for the space check (never raises; see

@@ -58,7 +58,7 @@ class ManifestStager(ExpandingStager):
         Returns the entry names and the errors of those that failed."""
         names = list(entries)
         listed = self._list_entries(names, entries)
-        items = {n: [self._load_item(d) for d in listed[n].get("items", [])] for n in names}
+        items = {n: [self._load_item(d, entries[n]) for d in listed[n].get("items", [])] for n in names}
         self._ensure_entry_chunks(rec, names, listed, items)
         sizes = [i.size for n in names for i in items[n]]
         fields: dict[str, Any] = {

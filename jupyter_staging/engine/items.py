@@ -23,12 +23,14 @@ from jupyter_staging.engine.models import DONE_STATES, PENDING, READY
 from jupyter_staging.engine.parts import PartOwnership, owner_tag
 from jupyter_staging.engine.progress import ChunkBatch, ChunkLedger, LiveProgress
 from jupyter_staging.engine.records import dump_item, load_item
+from jupyter_staging.engine.refresh import keeps_part_files
 from jupyter_staging.engine.resumebook import ResumeBook
 from jupyter_staging.engine.schema import ChunkRow, JobChunk
 from jupyter_staging.engine.staged import StagedIndex
 from jupyter_staging.engine.store import JobRecord
 from jupyter_staging.errors import (
     JobInterrupted,
+    as_staging_error,
 )
 from jupyter_staging.safety.checksums import second_algorithm
 from jupyter_staging.safety.control import JobControl
@@ -123,8 +125,10 @@ class ItemStager(LinkingWriter, PartOwnership, ResumeBook):
         """``item`` as JSON for the database (:func:`~jupyter_staging.engine.records.dump_item`)."""
         return dump_item(item, self.host.secrets)
 
-    def _load_item(self, data: dict[str, Any]) -> SourceItem:
-        return load_item(data, self.host.secrets)
+    def _load_item(self, data: dict[str, Any], current: str | None = None) -> SourceItem:
+        """The item stored by :meth:`_dump_item`; ``current``: its source's URI as the job holds it now
+        (:func:`~jupyter_staging.engine.records.load_item`)."""
+        return load_item(data, self.host.secrets, current)
 
     def _load_ledger(self) -> list[JobChunk]:
         """Read the job's chunk records once at the start of a run (the ledger then counts in memory);
@@ -390,11 +394,23 @@ class ItemStager(LinkingWriter, PartOwnership, ResumeBook):
             self._follow_version(item, listed, out)
             out.close()
             raise
-        except BaseException:
-            out.discard()
+        except BaseException as exc:
+            if self._keeps_parts(exc):  # an expired URL: kept for the job, continued with a new URL
+                self._follow_version(item, listed, out)
+                out.close()
+            else:
+                out.discard()
             raise
         self._follow_version(item, listed, out)
         return out
+
+    def _keeps_parts(self, exc: BaseException) -> bool:
+        """Whether failure ``exc`` leaves the job's part files in place: an expired presigned URL of a job
+        writing into a local folder (:func:`~jupyter_staging.engine.refresh.keeps_part_files`), so that a
+        submit with the URL presigned again continues from them."""
+        known = as_staging_error(exc) if isinstance(exc, Exception) else None
+        dest: Destination | None = getattr(self, "dest", None)
+        return known is not None and dest is not None and keeps_part_files(known.code, remote=dest.remote)
 
     def _follow_version(self, item: SourceItem, listed: dict[str, Any], out: PartFile) -> None:
         """When ``fetch`` switched ``item`` to another version than ``listed`` (an HTTP or S3 object

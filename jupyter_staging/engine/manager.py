@@ -37,13 +37,17 @@ from jupyter_staging.engine.models import (
     CreateJob,
     DescribeChunk,
     DescribeJob,
+    JobState,
     ListJobsQuery,
     ListJobsResponse,
 )
+from jupyter_staging.engine.placement import ACTIVE_STATES
 from jupyter_staging.engine.processes import current_user, default_key_file
+from jupyter_staging.engine.refresh import Refresh
 from jupyter_staging.engine.retention import expire_if_consumed
 from jupyter_staging.engine.steering import JobSteering
 from jupyter_staging.engine.store import ChunkRecord, JobRecord, Store
+from jupyter_staging.engine.transitions import StateChanged
 from jupyter_staging.errors import InvalidRequest, InvalidState, JobNotFound
 from jupyter_staging.safety.redact import install_log_filters
 from jupyter_staging.safety.sealed import SecretBox
@@ -206,6 +210,12 @@ class StagingManager(JobSteering):
         moves. When a source changed (or ``if_exists="refresh"``) the new job stages beside the old output
         and swaps it in when complete (DESIGN.md, "Re-running a notebook").
 
+        A request naming the same objects as a queued, running or paused job, or as one that failed
+        ``source_expired``, through presigned URLs signed again (only their signing parameters differ) gives
+        that job the new URLs (:mod:`~jupyter_staging.engine.refresh`): the answer is the job with
+        ``source_refreshed`` True; a paused job reads them when resumed, the failed one is queued again
+        (started here, whatever ``start`` says) and continues from the part files it kept.
+
         A source (or manifest entry) holding secrets is stored redacted, its raw form sealed
         (:mod:`jupyter_staging.safety.sealed`). An ``s3://bucket/prefix/`` destination becomes the job's own
         prefix ``s3://bucket/prefix/<job_id>/``.
@@ -225,6 +235,8 @@ class StagingManager(JobSteering):
         if admitted.up_to_date:
             self.log_event(rec.id, "info", "asked again: up to date (every source unchanged), no bytes moved")
             return self.describe(rec).model_copy(update={"up_to_date": True}), False
+        if admitted.refresh is not None:  # the same objects' URLs presigned again: the job takes them
+            return self._take_refresh(rec, admitted.refresh), False
         if not admitted.created:  # another request's job, perhaps running: its counters, then its record
             return self.current(rec.id), False
         # Admission stored the job, its runner (this process) and its first log lines in one commit. Its
@@ -242,6 +254,47 @@ class StagingManager(JobSteering):
         if start:
             self.submit(rec.id, recorded=True)
         return described, True
+
+    def _take_refresh(self, rec: JobRecord, refresh: Refresh) -> DescribeJob:
+        """Job ``rec`` with the presigned URL(s) of ``refresh`` sealed in place of its own, its log saying
+        so (:mod:`~jupyter_staging.engine.refresh`); one that failed ``source_expired`` is queued again and
+        started. The answer's ``source_refreshed`` is True. When the job changed meanwhile (it ended, or
+        another submit revived it first) it is answered as it is, ``source_refreshed`` False."""
+
+        def same(now: JobRecord) -> bool:  # as admission found it
+            if refresh.revive:
+                return now.state == JobState.failed.value and now.error_code == rec.error_code
+            return now.state in ACTIVE_STATES
+
+        def still(now: JobRecord) -> dict[str, Any]:
+            if not same(now):
+                raise StateChanged(f"job {rec.id} is {now.state} now")
+            return {}
+
+        line = ("info", refresh.log_line(rec))
+        try:
+            if refresh.revive:  # failed -> queued: its runner (this process) recorded with the state
+                self.set_state(
+                    rec.id,
+                    JobState.queued,
+                    events=[line],
+                    when=same,
+                    sealed=refresh.sealed,
+                    error_code=None,
+                    error_message=None,
+                    finished_at=None,
+                    requested=None,
+                    runner=self.runner_id,
+                    lease_expires_at=self.lease_until(),
+                )
+            else:
+                self.announce(self.update_job(rec.id, events=[line], defaults=still, sealed=refresh.sealed))
+        except StateChanged:
+            return self.current(rec.id)
+        if refresh.revive:
+            self.prepare(rec.id)
+            self.submit(rec.id, recorded=True)
+        return self.current(rec.id).model_copy(update={"source_refreshed": True})
 
     def get(self, job_id: str, owner: str | None = None) -> DescribeJob:
         """The job's status and progress. Raises :class:`JobNotFound` (404) for unknown or foreign ids."""

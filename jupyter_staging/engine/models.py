@@ -48,7 +48,9 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     ),
     JobState.paused: frozenset({JobState.queued, JobState.cancelled, JobState.failed}),
     JobState.succeeded: frozenset({JobState.expired}),
-    JobState.failed: frozenset({JobState.expired}),
+    # A job that failed ``source_expired`` is queued again by a submit of its URL presigned again
+    # (engine/refresh.py); no other failure is left, and nothing else leaves a final state but expiry.
+    JobState.failed: frozenset({JobState.expired, JobState.queued}),
     JobState.cancelled: frozenset({JobState.expired}),
     JobState.expired: frozenset(),
 }
@@ -443,6 +445,10 @@ class DescribeJob(BaseModel):
     expires_at: datetime | None = None
     #: True when this answer reused unchanged output: every source fingerprint still matched, no byte moved.
     up_to_date: bool = False
+    #: True when this answer gave the job the presigned URL(s) just submitted in place of its own (the same
+    #: objects signed again): a queued, running or paused job reads them from its next run, a job that had
+    #: failed ``source_expired`` is queued again and continues from the bytes it kept.
+    source_refreshed: bool = False
     #: What a user should know that is not an error, one line each: a requested conversion that did not
     #: apply (``"image.png: not a table: staged as it is"``).
     notices: list[str] = Field(default_factory=list)

@@ -39,13 +39,21 @@ def dump_item(item: SourceItem, secrets: SecretBox) -> dict[str, Any]:
     return data
 
 
-def load_item(data: dict[str, Any], secrets: SecretBox) -> SourceItem:
-    """The :class:`SourceItem` stored by :func:`dump_item`, its secret unsealed. Raises
+def load_item(data: dict[str, Any], secrets: SecretBox, current: str | None = None) -> SourceItem:
+    """The :class:`SourceItem` stored by :func:`dump_item`, its secret unsealed. ``current``: the job's
+    source (or manifest entry) as it is now, raw; when the item is that source's object
+    (:func:`~jupyter_staging.engine.freshness.locator_identity`: the same URL but for its signing
+    parameters), its locator is ``current``: a source URL presigned again since the item was listed (the
+    job's sealed source refreshed by a new submit, :mod:`~jupyter_staging.engine.refresh`) is the one
+    read, not the signature the item was listed with, which may have expired. Raises
     :class:`~jupyter_staging.errors.SecretUnavailable` when the sealing key changed."""
     data = dict(data)
-    data.pop("locator_id", None)
+    locator_id = data.pop("locator_id", None)
     sealed = data.pop("sealed", None)
-    if sealed:
+    signed = current is not None and "?" in current  # what a signature can change: a URL's query
+    if signed and locator_id is not None and locator_id == locator_identity(str(current)):
+        data["locator"] = current
+    elif sealed:
         data["locator"] = secrets.open(sealed)
     return SourceItem(**data)
 

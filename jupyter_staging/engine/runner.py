@@ -203,7 +203,9 @@ class JobRunner(ManifestStager):
             self.host.report_progress(self.job_id, force=True)  # a job failing early wrote none yet
             rec = self.store.get_job(self.job_id)
             mine = rec is not None and rec.runner == self.host.runner_id
-            if rec is not None and mine and not JobState(rec.state).is_final:  # else another run's output
+            if rec is not None and mine and self._keeps_parts(exc):
+                self._log("info", "the bytes received are kept: stage the URL presigned again to continue")
+            elif rec is not None and mine and not JobState(rec.state).is_final:  # else another run's output
                 try:
                     remove_job_output(self.host, rec, keep_ready=True)
                 except Exception as cleanup:
@@ -293,7 +295,7 @@ class JobRunner(ManifestStager):
         # The listing, written with the job's chunks (a first run's one transaction before any transfer).
         listing: dict[str, Any] = {}
         if "items" in self.resume:
-            items = [self._load_item(d) for d in self.resume["items"]]
+            items = [self._load_item(d, uri) for d in self.resume["items"]]
         else:
             items = source.list_items()
             for item in items:

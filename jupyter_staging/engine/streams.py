@@ -93,6 +93,9 @@ class StreamingStager(ItemStager):
             out.close()
             raise
         except BaseException as exc:
+            if self._keeps_parts(exc):  # an expired URL: the ranges done stay for a submit with a new one
+                out.close()
+                raise
             if isinstance(exc, SourceChanged):  # fetched again from the first byte, and counted again
                 self.control.add_bytes(-credited)
             out.discard()

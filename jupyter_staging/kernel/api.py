@@ -217,6 +217,9 @@ def stage(
     elif has_widget_frontend() if show is None else show:
         _display(job)
         displayed = True
+    if job.source_refreshed and (in_ipython() if show is None else show):
+        then = "resume it to continue" if job.state == "paused" else "it continues"
+        print(f"presigned URL refreshed for job {job.id} ({job.state}): {then} from the bytes kept")
     if wait:  # a displayed widget shows progress; else a bar when stderr is a terminal
         job.wait(timeout=timeout, progress=False if displayed else None)
     return job

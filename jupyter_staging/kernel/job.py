@@ -83,6 +83,7 @@ class Job:
         self._data = data
         self._backend = backend
         self._up_to_date = bool(data.get("up_to_date"))
+        self._source_refreshed = bool(data.get("source_refreshed"))
 
     # -- status ------------------------------------------------------------------------------------------
 
@@ -110,6 +111,14 @@ class Job:
         fingerprint still matched, no byte moved (the job JSON's ``up_to_date``; kept across
         :meth:`refresh`, since later status reads describe the job, not that request)."""
         return self._up_to_date or bool(self._data.get("up_to_date"))
+
+    @property
+    def source_refreshed(self) -> bool:
+        """True when the request that gave this job handed it presigned URL(s) signed again for the same
+        objects (the job JSON's ``source_refreshed``; kept across :meth:`refresh`): a paused job reads them
+        once resumed, a job that had failed ``source_expired`` was queued again and continues from the bytes
+        it kept."""
+        return self._source_refreshed
 
     @property
     def progress(self) -> dict[str, Any]:
