@@ -330,12 +330,12 @@ def _landed_meanwhile(target: Target, writer: _FdWriter) -> Outcome:
     when the target now holds the very bytes written (the same copy asked twice at once: the other call
     published first), else :class:`DestinationExists` (``target_exists``)."""
     digest = writer.sha256.hexdigest()
-    if _holds(target, writer.size, digest):
+    if holds_bytes(target, writer.size, digest):
         return Outcome("skipped", writer.size, digest)
     raise exists_error(target)
 
 
-def _holds(target: Target, size: int, sha256: str) -> bool:
+def holds_bytes(target: Target, size: int, sha256: str) -> bool:
     """True when the target is a regular file (no symlink followed) of ``size`` bytes and that sha256."""
     try:
         fd = os.open(target.name, READ_FLAGS, dir_fd=target.dir_fd)

@@ -22,22 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import stat
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from jupyter_staging.errors import StagingError
 from jupyter_staging.hub.areas import Target, UserAreas, owner_for, split_relative_path
 from jupyter_staging.hub.db import Operation, OperationStore
-from jupyter_staging.hub.fileops import (
-    READ_FLAGS,
-    Outcome,
-    SourceFile,
-    check_duplicate,
-    sha256_of_fd,
-    source_sha256,
-)
+from jupyter_staging.hub.fileops import Outcome, SourceFile, check_duplicate, holds_bytes, source_sha256
 from jupyter_staging.hub.hubapi import HubAPI
 from jupyter_staging.hub.jobfiles import make_read_only, publish_from_folder, remove_folder
 from jupyter_staging.hub.recording import Recorder
@@ -97,17 +88,8 @@ def pick_chunk(chunks: list[dict[str, Any]], name: str) -> dict[str, Any]:
 def holds_chunk(target: Target, chunk: dict[str, Any]) -> bool:
     """True when the target is a regular file (never followed through a symlink) with the chunk's size
     (bytes) and sha256: the job's file, put there by this operation before the job's folder was released."""
-    try:
-        fd = os.open(target.name, READ_FLAGS, dir_fd=target.dir_fd)
-    except OSError:
-        return False
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size != chunk.get("bytes") or not chunk.get("sha256"):
-            return False
-        return sha256_of_fd(fd) == (st.st_size, chunk["sha256"])
-    finally:
-        os.close(fd)
+    size, sha256 = chunk.get("bytes"), chunk.get("sha256")
+    return isinstance(size, int) and bool(sha256) and holds_bytes(target, size, str(sha256))
 
 
 def job_failed(op: Operation, job: dict[str, Any]) -> StagingError:
