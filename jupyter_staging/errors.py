@@ -118,8 +118,9 @@ class DestinationUnavailable(StagingError):
 class ClusterUnavailable(StagingError):
     """The Dask cluster could not be reached or made (``DaskExecutor``): a wrong address, refused
     credentials, a gateway that could not start the cluster; or it was lost while the job ran (its
-    scheduler stopped, or restarted: Dask cancels every task it had). Submit the job again once the
-    cluster is back (HTTP 503)."""
+    scheduler stopped, or restarted: Dask cancels every task it had), or stopped answering (a call waits
+    30 s at most; while four calls to that scheduler are left waiting, the next fail at once). Submit the job
+    again once the cluster is back (HTTP 503)."""
 
     code = "cluster_unavailable"
     status = 503
@@ -128,7 +129,7 @@ class ClusterUnavailable(StagingError):
 class WorkerKilled(StagingError):
     """A task of the job ran on Dask workers that all died while running it (``distributed.KilledWorker``,
     once ``distributed.scheduler.allowed-failures`` is spent): most often a worker out of memory. Nothing of
-    that task was published (HTTP 502)."""
+    that task was published. Give the workers more memory, then submit the job again (HTTP 502)."""
 
     code = "worker_killed"
     status = 502
