@@ -21,8 +21,10 @@ from jupyter_staging.safety.paths import check_destination_text, check_name_leng
 
 
 class JobState(str, enum.Enum):
-    """Life cycle of a job: ``queued -> running <-> paused -> succeeded | failed | cancelled``, then
-    ``expired`` once TTL clean-up removed the output."""
+    """Life cycle of a job: ``queued -> running <-> paused -> succeeded | failed | cancelled`` (a resumed
+    job is ``queued`` again), then ``expired`` once its output was removed: by its TTL, or under
+    ``delete_on_ack`` by the ack of a finished job's last chunk. A job that failed ``source_expired`` is
+    ``queued`` again by a submit of the same request with its URLs presigned again (``source_refreshed``)."""
 
     queued = "queued"
     running = "running"
@@ -58,7 +60,8 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 
 class ChunkState(str, enum.Enum):
     """A chunk is ``pending`` until its file is complete under its final name, then ``ready``; a
-    consumer's ack makes it ``acked``; clean-up makes it ``expired``."""
+    consumer's ack makes it ``acked``; clean-up (a cancel, a cleanup policy, the TTL, a re-run's swap)
+    makes it ``expired``: its file is gone, and an ack of it answers ``chunk_expired``."""
 
     pending = "pending"
     ready = "ready"

@@ -130,7 +130,9 @@ class Chunk:
             ) from None
 
     def ack(self) -> Chunk:
-        """Acknowledge the chunk; with ``delete_on_ack`` its file is deleted. Returns ``self``."""
+        """Acknowledge the chunk; with ``delete_on_ack`` its file is deleted (and with a finished job's last
+        chunk its manifest and folder: the job is ``expired``). Returns ``self``. Raises :class:`InvalidState`
+        (409: ``chunk_not_ready``, or ``chunk_expired`` when clean-up removed the file)."""
         self._data = self.job.ack(self.index)
         return self
 

@@ -5,8 +5,10 @@ chunks as a stream (:class:`Chunk`, :func:`iter_chunks`), :class:`JobList` and :
         df = chunk.to_pandas()
         chunk.ack()          # with cleanup_policy="delete_on_ack", the part file is deleted now
 
-A chunk is ``ready`` once its file is complete under its final name, so it can be read while the job is
-still running. Sizes are bytes, rates bytes per second, times seconds.
+With ``delete_on_ack``, the ack of a finished job's last chunk also removes its ``manifest.json`` and the
+folder it made (when left empty), and the job is ``expired``. A chunk is ``ready`` once its file is
+complete under its final name, so it can be read while the job is still running. Sizes are bytes, rates
+bytes per second, times seconds.
 """
 
 from __future__ import annotations
@@ -219,8 +221,10 @@ class Job:
 
     def ack(self, index: int) -> dict[str, Any]:
         """Acknowledge that chunk ``index`` has been read (with ``cleanup_policy="delete_on_ack"`` its file
-        is deleted). Raises :class:`InvalidState` (code ``chunk_not_ready``) for a chunk not ready yet, and
-        (code ``chunk_expired``) for one whose file clean-up removed."""
+        is deleted, and the ack of a finished job's last chunk also removes its manifest and the folder it
+        made, the job becoming ``expired``; acking again is harmless). Raises :class:`InvalidState` (code
+        ``chunk_not_ready``) for a chunk not ready yet, and (code ``chunk_expired``) for one whose file
+        clean-up removed."""
         return self._backend.ack(self.id, index)
 
     def manifest(self) -> dict[str, Any]:
@@ -423,10 +427,12 @@ def iter_chunks(job: Job, *, poll: float = 0.25, timeout: float | None = None) -
 
     Ends when the job has ended and every ready chunk was yielded. A chunk that failed (a manifest entry
     that could not be staged: it has an ``error``) or was withdrawn (``expired``: the parts a failed
-    conversion had written, or removed by its TTL) is skipped, and chunks after it still come. ``poll``
-    seconds between status reads; ``timeout`` seconds at most in all. Raises :class:`JobFailed` when the
-    job fails (a manifest job with failed entries: code ``partial``) or is cancelled, after yielding every
-    chunk that was ready, and :class:`TimeoutError` when ``timeout`` passes.
+    conversion had written, or removed by its TTL, a cancel or a re-run) is skipped, and chunks after it
+    still come. ``poll`` seconds between status reads; ``timeout`` seconds at most in all. Raises
+    :class:`JobFailed` when the job fails (a manifest job with failed entries: code ``partial``) or is
+    cancelled, after yielding every chunk that was ready, and :class:`TimeoutError` when ``timeout`` passes.
+    Under ``delete_on_ack``, acking every chunk as it comes leaves the job ``expired`` (its manifest and
+    folder removed with the last ack).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     next_index = 0
