@@ -10,6 +10,7 @@ from typing import Any
 from jupyter_staging.clouds.http import error_detail
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.models import JobState
+from jupyter_staging.engine.retention import expire_at_end
 from jupyter_staging.engine.transitions import JobEnded, StateChanged, held_by
 from jupyter_staging.errors import StagingError, as_staging_error
 from jupyter_staging.safety.redact import redact_text
@@ -53,3 +54,5 @@ def record_failure(host: JobHost, job_id: str, error: StagingError | Exception) 
         )
     except (StateChanged, JobEnded):  # taken over, or ended, meanwhile
         host.still_held(job_id)
+        return
+    expire_at_end(host, job_id)  # delete_on_ack: every published chunk acknowledged before the failure

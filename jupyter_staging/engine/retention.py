@@ -92,6 +92,16 @@ def expire_if_consumed(host: JobHost, job_id: str) -> bool:
     return _expire(host, rec, keep_acked=True)
 
 
+def expire_at_end(host: JobHost, job_id: str) -> None:
+    """When a ``delete_on_ack`` job has just ended: :func:`expire_if_consumed`, for a job whose every
+    chunk a consumer acknowledged while it still ran (the last ack came before its end, so no ack will
+    expire it). A failure is a warning in the job's log: the job keeps the state it ended with."""
+    try:
+        expire_if_consumed(host, job_id)
+    except StagingError as exc:
+        host.log_event(job_id, "warning", f"consumed output not removed: {exc.message}")
+
+
 def apply_cleanup_policy(
     host: JobHost, job_id: str, outcome: JobState | None = None, *, policy: str | None = None
 ) -> None:

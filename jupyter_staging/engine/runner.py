@@ -33,6 +33,7 @@ from jupyter_staging.engine.manifesting import ManifestStager
 from jupyter_staging.engine.models import DONE_STATES, LINK_METHODS, PENDING, JobState
 from jupyter_staging.engine.placement import UNFINISHED_STATES
 from jupyter_staging.engine.records import has_sealed, json_copy, without_sealed
+from jupyter_staging.engine.retention import expire_at_end
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.staged import RECENT, job_entries
 from jupyter_staging.engine.store import ChunkSummary, JobRecord, utcnow
@@ -280,6 +281,8 @@ class JobRunner(ManifestStager):
         except (StateChanged, JobEnded):
             self.host.still_held(self.job_id)  # says why in this process's log
             return
+        if rec.cleanup_policy == "delete_on_ack":  # every chunk acknowledged before the end: expired now
+            expire_at_end(self.host, self.job_id)
         if not self.dest.remote and not self.resume.get("swap") and rec.cleanup_policy == "retain":
             # A later job of the same source in this server takes these digests from memory (made after
             # the job has ended: 50 ms for 20,000 files, not part of its time). Not for an output the

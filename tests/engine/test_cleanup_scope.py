@@ -396,3 +396,33 @@ def test_delete_on_ack_keeps_a_file_edited_in_place_and_removes_an_untouched_one
     log = [line["message"] for line in manager.job_log(job.id)]
     assert any(m.startswith("chunk") and "deleted on ack" in m and TESS.name in m for m in log)
     assert not any("deleted on ack" in m and KEPLER.name in m for m in log)
+
+
+def test_a_job_whose_every_chunk_was_acknowledged_before_its_end_expires_at_its_end(
+    manager: StagingManager, root: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A consumer that acknowledges every chunk while the job still runs (``iter_chunks`` reading each
+    part as it is ready, the last ack before the manifest is written) leaves nothing for a later ack to
+    expire: the job expires at its end, its manifest and folder removed. Before, it stayed ``succeeded``
+    with a manifest of files that were gone."""
+    from jupyter_staging.engine.runner import JobRunner
+
+    (root / "src").mkdir()
+    (root / "src" / "a.bin").write_bytes(b"A" * 1000)
+    (root / "src" / "b.bin").write_bytes(b"B" * 1000)
+    write_manifest = JobRunner._write_manifest
+
+    def consumed_first(self: JobRunner, *args, **kwargs):
+        for chunk in manager.chunks(self.job_id):
+            manager.ack(self.job_id, str(chunk.index))  # the job is still running
+        assert manager.get(self.job_id).state == JobState.running
+        return write_manifest(self, *args, **kwargs)
+
+    monkeypatch.setattr(JobRunner, "_write_manifest", consumed_first)
+    job, _ = manager.create(
+        CreateJob(source=str(root / "src"), destination="made", cleanup_policy="delete_on_ack")
+    )
+    assert manager.wait(job.id, timeout=60).state in (JobState.succeeded, JobState.expired)
+    wait_until(lambda: manager.get(job.id).state == JobState.expired, 10, "the job expired at its end")
+    assert not (root / "made").exists()
+    assert {c.state for c in manager.chunks(job.id)} == {"acked"}
