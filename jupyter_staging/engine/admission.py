@@ -273,11 +273,18 @@ class Admission:
 
     def _refresh_repeat(self, existing: JobRecord, request: CreateJob) -> Refresh | None:
         """:meth:`_refresh` of the job an idempotency key names; None, the job answering as it is, when the
-        request cannot be planned now (a local source gone since: the key still names its job)."""
+        request cannot be planned now (a local source gone since: the key still names its job), or when
+        that job failed and another job has written to its folder since (reviving it would publish its
+        files into that job's output, then fail ``destination_exists`` on its manifest)."""
         try:
             plan = self._plan(request)
         except (InvalidRequest, PathNotAllowed, SourceNotFound):
             return None
+        if existing.state == JobState.failed.value and not is_object_destination(existing.destination):
+            key = request_key_of(existing) or ""
+            newest = expired_job(self.store, str(self.root_dir), existing.destination, key)
+            if newest is None or newest.id != existing.id:
+                return None
         return self._refresh(existing, request, plan)
 
     def _refresh(self, earlier: JobRecord, request: CreateJob, plan: SourcePlan) -> Refresh | None:

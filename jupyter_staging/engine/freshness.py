@@ -28,42 +28,46 @@ from jupyter_staging.sources.registry import open_source
 #: Sources (manifest entries) whose fingerprints are read at the same time.
 CHECK_CONCURRENCY = 16
 
-#: Query parameters of presigned URLs that change with every signing but do not name another object:
-#: AWS SigV4 / SigV2, Google, Azure SAS (``sig``, ``se``, ...), CloudFront.
+#: Query parameters of presigned URLs that change with every signing but do not name another object, by
+#: signing scheme: AWS SigV4 and Google V4 (``X-Amz-*``, ``X-Goog-*``: their names say so), Azure SAS
+#: (``sig``, ``se``, ...), and AWS SigV2 / Google V2 / CloudFront (``Signature``, ``Expires``, ...). The
+#: short names of a scheme are signing parameters only in a URL signed by it (its ``sig`` / ``Signature``
+#: is there): in another URL, ``SR`` is a cone search's radius and ``expires`` any service's parameter.
 _SIGNING_PREFIXES = ("x-amz-", "x-goog-")
-_SIGNING_PARAMS = frozenset(
-    {
-        "sig",
-        "se",
-        "st",
-        "sp",
-        "sv",
-        "sr",
-        "spr",
-        "ss",
-        "srt",
-        "si",
-        "skoid",
-        "sktid",
-        "skt",
-        "ske",
-        "sks",
-        "skv",
-    }
-    | {"signature", "expires", "awsaccesskeyid", "key-pair-id", "policy", "googleaccessid"}
-)
+_SCHEME_PARAMS = {
+    "sig": frozenset(
+        {"sig", "se", "st", "sp", "sv", "sr", "spr", "ss", "srt", "si"}
+        | {"skoid", "sktid", "skt", "ske", "sks", "skv"}
+    ),
+    "signature": frozenset(
+        {"signature", "expires", "awsaccesskeyid", "key-pair-id", "policy", "googleaccessid"}
+    ),
+}
+
+
+def _signing_params(names: set[str]) -> frozenset[str]:
+    """The lower-case query parameter names among ``names`` (lower-case) that only sign the URL: those of
+    each scheme whose signature parameter ``names`` holds (see :data:`_SCHEME_PARAMS`)."""
+    found: frozenset[str] = frozenset()
+    for signature, params in _SCHEME_PARAMS.items():
+        if signature in names:
+            found |= params
+    return found
 
 
 def locator_identity(uri: str) -> str:
     """A hex digest naming the object ``uri`` points at: the raw URI (secrets included: only its digest is
     kept) without the query parameters that change with every presigning, so a freshly presigned URL of
-    the same object has the same identity, while ``?id=1`` and ``?id=2`` do not."""
+    the same object has the same identity, while ``?id=1`` and ``?id=2`` do not, nor (unsigned) a cone
+    search's ``?SR=0.1`` and ``?SR=1.0``."""
     if "://" in uri and "?" in uri:
         parts = urlsplit(uri)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        signing = _signing_params({name.lower() for name, _ in query})
         kept = [
             (name, value)
-            for name, value in parse_qsl(parts.query, keep_blank_values=True)
-            if not name.lower().startswith(_SIGNING_PREFIXES) and name.lower() not in _SIGNING_PARAMS
+            for name, value in query
+            if not name.lower().startswith(_SIGNING_PREFIXES) and name.lower() not in signing
         ]
         uri = urlunsplit(parts._replace(query=urlencode(sorted(kept)), fragment=""))
     return hashlib.sha256(uri.encode()).hexdigest()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
@@ -135,8 +136,11 @@ class HubAPI:
         :data:`USER_TOKEN_SECONDS` seconds, and kept for half of that. The user's server, which the user
         runs and may spy on, gets this token, never the service's.
 
+        A Hub whose ``token_expires_in_max_seconds`` is shorter makes it for that long instead, and it is
+        kept for half of the lifetime the Hub gave it.
+
         Raises ``not_configured`` (500) when the Hub refuses to make it (the service's role lacks
-        ``tokens``; the Hub's ``token_expires_in_max_seconds`` is shorter), ``hub_unreachable`` (502)."""
+        ``tokens``), ``hub_unreachable`` (502)."""
         loop = asyncio.get_running_loop()
         kept = self._user_tokens.get(name)
         if kept is not None and loop.time() < kept[1]:
@@ -146,7 +150,11 @@ class HubAPI:
             "expires_in": USER_TOKEN_SECONDS,
             "note": "jupyter-staging-hub: jupyter_copy calls to this user's server",
         }
-        code, data = await self.request("POST", f"{self.api_url}/users/{quote(name, safe='')}/tokens", body)
+        url = f"{self.api_url}/users/{quote(name, safe='')}/tokens"
+        code, data = await self.request("POST", url, body)
+        if code == 400 and "must not exceed" in str(data.get("message") if isinstance(data, dict) else ""):
+            # The Hub's token_expires_in_max_seconds is shorter: without expires_in it gives its maximum.
+            code, data = await self.request("POST", url, {**body, "expires_in": None})
         token = data.get("token") if isinstance(data, dict) else None
         if code not in (200, 201) or not isinstance(token, str):
             message = data.get("message") if isinstance(data, dict) else None
@@ -156,7 +164,8 @@ class HubAPI:
                 code="not_configured",
                 status=500,
             )
-        self._user_tokens[name] = (token, loop.time() + USER_TOKEN_SECONDS / 2)
+        lifetime = min(USER_TOKEN_SECONDS, token_lifetime(data, USER_TOKEN_SECONDS))
+        self._user_tokens[name] = (token, loop.time() + lifetime / 2)
         return token
 
     async def server_api(
@@ -210,6 +219,17 @@ class HubAPI:
         )
         if code != 200:
             raise server_error(username, code, body)
+
+
+def token_lifetime(model: dict[str, Any], default: float) -> float:
+    """Seconds until the token of a Hub token model (``expires_at``, ISO 8601 UTC) expires; ``default``
+    when the model states no readable expiry."""
+    try:
+        ends = datetime.fromisoformat(str(model["expires_at"]).replace("Z", "+00:00"))
+    except (KeyError, TypeError, ValueError):
+        return default
+    ends = ends if ends.tzinfo else ends.replace(tzinfo=timezone.utc)
+    return max(0.0, (ends - datetime.now(timezone.utc)).total_seconds())
 
 
 def job_url(job_id: str) -> str:
