@@ -116,8 +116,9 @@ def int_header(headers: Any, name: str) -> int | None:
 def presigned_expiry(url: str) -> datetime | None:
     """When the signature of a presigned ``url`` stops being valid (UTC), from what its query states:
     ``X-Amz-Date`` + ``X-Amz-Expires`` (S3 SigV4), ``X-Goog-Date`` + ``X-Goog-Expires`` (Google Cloud
-    Storage), ``Expires`` (seconds since the epoch: S3 SigV2), ``se`` (an Azure SAS's signed expiry).
-    None for a URL that states none, or states it unreadably."""
+    Storage), ``Expires`` (seconds since the epoch) beside a ``Signature`` (S3 SigV2, Google V2,
+    CloudFront), ``se`` beside a ``sig`` (an Azure SAS's signed expiry). None for a URL that states none,
+    or states it unreadably, or is not signed by the scheme whose parameter it holds."""
     query = {name.lower(): value for name, value in parse_qsl(urlsplit(url).query)}
     try:
         for vendor in ("amz", "goog"):
@@ -125,9 +126,11 @@ def presigned_expiry(url: str) -> datetime | None:
             if signed and seconds:
                 start = datetime.strptime(signed, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
                 return start + timedelta(seconds=int(seconds))
-        if query.get("expires", "").isdigit():
+        # ``Expires`` and ``se`` only beside their scheme's signature: in another URL they are any
+        # service's own parameters, and a 401/403 there is no expiry.
+        if "signature" in query and query.get("expires", "").isdigit():
             return datetime.fromtimestamp(int(query["expires"]), tz=timezone.utc)
-        if query.get("se"):
+        if "sig" in query and query.get("se"):
             ends = datetime.fromisoformat(query["se"].replace("Z", "+00:00"))
             return ends if ends.tzinfo else ends.replace(tzinfo=timezone.utc)
     except (ValueError, OverflowError, OSError):

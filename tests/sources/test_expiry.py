@@ -42,6 +42,9 @@ def test_expiry_is_read_from_s3_gcs_sigv2_and_azure_sas_urls():
         "https://example.org/k.fits",
         "https://x/k?X-Amz-Date=bad&X-Amz-Expires=5",
         "https://x/k?se=no",
+        # another service's own parameters, in a URL no scheme signed: no expiry, a 403 stays forbidden
+        "https://example.org/data?file=a&expires=1700000000",
+        "https://example.org/data?se=2023-11-14T00%3A00%3A00Z&sp=r",
     ):
         assert presigned_expiry(plain) is None
 
