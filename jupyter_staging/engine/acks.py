@@ -32,7 +32,8 @@ def take_ack(
     transaction with ``remove_inside`` (nothing that expires the chunk commits in between: see the module),
     else after it commits (a request to an object store, which no other job's output shares keys with, is
     not made while this process's writers wait). Whatever ``remove`` raises inside the transaction rolls it
-    back: the chunk stays ``ready``.
+    back, and after it the chunk is given back (``ready`` again unless something expired it meanwhile):
+    either way a retried ack deletes the file.
 
     Returns ``(won, state, removed)``: whether this call acked it, the chunk's state when it did not (None:
     no such chunk), and what ``remove`` returned (False when not run)."""
@@ -45,8 +46,21 @@ def take_ack(
         if remove is not None and remove_inside:
             removed = remove()
     if remove is not None and not remove_inside:
-        removed = remove()
+        try:
+            removed = remove()
+        except BaseException:
+            _give_back(store, chunk_id)  # the file is still there: a retried ack deletes it
+            raise
     return True, _ACKED, removed
+
+
+def _give_back(store: Store, chunk_id: str) -> None:
+    """Chunk ``chunk_id`` ``ready`` again while it is still ``acked`` (a compare-and-set): the deletion of
+    its file that :func:`take_ack` ran after setting it ``acked`` failed."""
+    with store.session() as s:
+        s.execute(
+            update(_CHUNKS).where(_CHUNKS.c.id == chunk_id, _CHUNKS.c.state == _ACKED).values(state=_READY)
+        )
 
 
 def expire_chunks(store: Store, job_id: str, *, keep: Iterable[str] = (_EXPIRED,)) -> dict[str, str]:

@@ -9,6 +9,7 @@ import threading
 import zlib
 from datetime import datetime
 
+from jupyter_staging.engine.acks import expire_chunks
 from jupyter_staging.engine.cleanup import remove_job_output
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.models import ChunkState, JobState
@@ -74,9 +75,11 @@ def _expiring(job_id: str) -> threading.Lock:
 
 
 def expire_if_consumed(host: JobHost, job_id: str) -> bool:
-    """After an acknowledgement under ``delete_on_ack``: a finished job (``succeeded``, or ``failed`` with
-    published chunks) none of whose chunks is still ``ready`` or ``pending`` -- every file consumed and
-    deleted at its ack -- has the rest of its output removed too (its ``manifest.json``, and its folder when
+    """After an acknowledgement under ``delete_on_ack``: a finished job every file of which was consumed
+    and deleted at its ack -- ``succeeded`` with no chunk ``ready`` or ``pending``; ``failed`` with one
+    chunk ``acked`` at least and none ``ready`` (its ``pending`` ones, a failed entry's or item's, were
+    never published; they count unless it failed ``source_expired``, whose part file a URL signed again
+    continues) -- has the rest of its output removed too (its ``manifest.json``, and its folder when
     the job made it and it is left empty) and is ``expired``. Before, its folder stayed for good with the
     manifest of files that were gone (a hub ``jupyter_copy``'s scratch folder, which a service that is
     neither root nor the user may not remove). Its acknowledged chunks stay ``acked``: their reads were
@@ -87,9 +90,19 @@ def expire_if_consumed(host: JobHost, job_id: str) -> bool:
     if rec.cleanup_policy != "delete_on_ack" or rec.state not in finished:
         return False
     chunks = host.store.list_chunks(rec.id)
-    if not chunks or any(c.state in (ChunkState.ready.value, ChunkState.pending.value) for c in chunks):
+    unread = [ChunkState.ready.value, ChunkState.pending.value]
+    if rec.state == JobState.failed.value:
+        if not any(c.state == ChunkState.acked.value for c in chunks):
+            return False  # nothing it published was read: it stays failed
+        if rec.error_code != "source_expired":  # else its part file is kept for the URL signed again
+            unread.remove(ChunkState.pending.value)  # a failed entry's or item's: never published
+    if not chunks or any(c.state in unread for c in chunks):
         return False
-    return _expire(host, rec, keep_acked=True)
+    if not _expire(host, rec, keep_acked=True):
+        return False
+    if rec.state == JobState.failed.value:  # its never published chunks: no file will come
+        expire_chunks(host.store, rec.id, keep=(ChunkState.acked.value, ChunkState.expired.value))
+    return True
 
 
 def expire_at_end(host: JobHost, job_id: str) -> None:

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import mimetypes
 import os
+import re
 import unicodedata
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from jupyter_staging.errors import SourceNotFound, StagingError, TransferFailed
+from jupyter_staging.errors import InvalidRequest, SourceNotFound, StagingError, TransferFailed
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile
 from jupyter_staging.safety.redact import redact_url
@@ -122,11 +123,39 @@ def object_or_prefix(
         items = list_prefix(key + "/")
         if not items:
             raise SourceNotFound(f"{uri} was not found (no such {noun} or prefix)")
-        return items
+        return distinct_names(items, uri, noun)
     items = list_prefix(key)
     if not items:
         raise SourceNotFound(f"no {noun}s under {uri}")
+    return distinct_names(items, uri, noun)
+
+
+def distinct_names(items: list[SourceItem], uri: str, noun: str) -> list[SourceItem]:
+    """``items`` (listed below the prefix ``uri``) when no two of them would be staged to one path: two
+    names alike, or one name a folder of another (keys ``d`` and ``d/x.fits``).
+
+    Raises :class:`~jupyter_staging.errors.InvalidRequest` naming both keys otherwise, before any byte moves
+    (a file overwritten by another object or a job failing half-way are the alternatives)."""
+    by_name: dict[str, SourceItem] = {}
+    for item in items:
+        seen = by_name.setdefault(item.name, item)
+        if seen is not item:
+            _clash(uri, noun, seen, item, "the same file")
+    for item in items:
+        parts = item.name.split("/")
+        for depth in range(1, len(parts)):
+            folder = by_name.get("/".join(parts[:depth]))
+            if folder is not None:
+                _clash(uri, noun, folder, item, "a file and a folder of that name")
     return items
+
+
+def _clash(uri: str, noun: str, first: SourceItem, second: SourceItem, what: str) -> None:
+    """Raise :class:`InvalidRequest`: the {noun}s ``first`` and ``second`` under ``uri`` would be ``what``."""
+    raise InvalidRequest(
+        f"the {noun}s {first.locator!r} and {second.locator!r} under {uri} would both be staged as {what} "
+        f"({first.name!r}); stage them separately or rename one"
+    )
 
 
 #: Longest file name produced, bytes of UTF-8 (room for a ``.part`` suffix below the 255 of Linux).
@@ -188,6 +217,9 @@ def plain_relative_name(rel: str) -> bool:
 
 #: Hex digits of the key's sha256 added to a listed name that had to be changed (:func:`listed_name`).
 NAME_TAG_HEX = 8
+#: What a changed name ends with (``~`` and the tag, then an extension, if any): a key part that looks
+#: so already is changed too, so no key is ever staged under the name another key was changed to.
+_TAGGED = re.compile(rf"~[0-9a-f]{{{NAME_TAG_HEX}}}(\.[^.]*)?$")
 
 
 def listed_name(rel: str) -> str | None:
@@ -198,8 +230,10 @@ def listed_name(rel: str) -> str | None:
     hold control characters, end in the ``.part`` suffix of the files being written, or be the job
     folder's ``manifest.json`` at the top. Such a part becomes a safe name (:func:`safe_filename`) followed
     by ``~`` and :data:`NAME_TAG_HEX` hex digits of the part's sha256 before its extension
-    (``a.fits.part`` -> ``a~1b2c3d4e.fits_part``), at most :data:`SAFE_NAME_BYTES` bytes: the same key
-    always gets the same name, two keys never share one, and every other part is kept as it is."""
+    (``a.fits.part`` -> ``a~1b2c3d4e.fits_part``), at most :data:`SAFE_NAME_BYTES` bytes; a part that
+    already ends so (``a~00701940.fits_part``) is tagged again. The same key always gets the same name and
+    every other part is kept as it is; two keys given one name all the same (digests alike) are refused by
+    :func:`distinct_names`."""
     if not plain_relative_name(rel):
         return None
     parts = rel.split("/")
@@ -215,6 +249,7 @@ def _listed_part(part: str, *, top: bool) -> str:
         or lowered.endswith(PART_SUFFIX)
         or (top and lowered in RESERVED_FILE_NAMES)
         or any(unicodedata.category(ch)[0] == "C" for ch in part)
+        or _TAGGED.search(part) is not None
     )
     if not unsafe:
         return part

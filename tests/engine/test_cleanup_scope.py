@@ -426,3 +426,24 @@ def test_a_job_whose_every_chunk_was_acknowledged_before_its_end_expires_at_its_
     wait_until(lambda: manager.get(job.id).state == JobState.expired, 10, "the job expired at its end")
     assert not (root / "made").exists()
     assert {c.state for c in manager.chunks(job.id)} == {"acked"}
+
+
+def test_a_partial_manifest_job_whose_published_chunks_were_all_acknowledged_expires(
+    manager: StagingManager, root: Path
+):
+    """A manifest job that ends ``partial`` (an entry failed: its chunk stays ``pending``, never published)
+    and whose published chunks are all acknowledged expires, its manifest and folder removed. Before, the
+    failed entry's pending chunk kept it ``failed`` for good with a manifest (GET .../manifest) listing
+    files that were gone. One that failed with nothing acknowledged stays ``failed``."""
+    (root / "src").mkdir()
+    (root / "src" / "a.bin").write_bytes(b"A" * 1000)
+    entries = {"a": str(root / "src" / "a.bin"), "b": str(root / "src" / "missing.bin")}
+    job, _ = manager.create(CreateJob(manifest=entries, destination="made", cleanup_policy="delete_on_ack"))
+    done = manager.wait(job.id, timeout=60)
+    assert done.state == JobState.failed and done.error is not None and done.error.code == "partial"
+    assert [c.state for c in manager.chunks(job.id)] == ["ready", "pending"]
+    assert manager.get(job.id).state == JobState.failed  # nothing read yet
+    manager.ack(job.id, "0")
+    assert manager.get(job.id).state == JobState.expired
+    assert not (root / "made").exists()
+    assert [c.state for c in manager.chunks(job.id)] == ["acked", "expired"]

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from jupyter_staging.engine.models import CreateJob
-from jupyter_staging.sources.base import SAFE_NAME_BYTES, listed_name
+from jupyter_staging.errors import InvalidRequest
+from jupyter_staging.sources.base import SAFE_NAME_BYTES, SourceItem, distinct_names, listed_name
 from jupyter_staging.sources.s3 import S3Source
 from tests.helpers.managers import manager_for
 
@@ -78,3 +79,51 @@ def test_s3_prefix_with_hostile_keys_stages_every_object_inside_the_destination(
         manager.stop()
     items = S3Source(f"s3://{bucket}/p/").list_items()
     assert sorted(i.name for i in items) == sorted(paths)
+
+
+def test_a_key_named_like_a_changed_name_is_changed_too():
+    """``a~00701940.fits_part`` is what ``a.fits.part`` becomes: a key so named literally was kept and both
+    objects went to one file (the job failed verification_failed, 'the partial file was replaced', leaving
+    one object published and the other set aside)."""
+    changed = listed_name("a.fits.part")
+    assert changed is not None
+    assert listed_name(changed) not in (changed, None)
+    assert listed_name(changed) == listed_name(changed)  # stable
+    assert listed_name("sub/" + changed) == "sub/" + listed_name(changed)
+    assert listed_name("a~0070194.fits") == "a~0070194.fits"  # not a tag: kept
+    assert listed_name("run~2024.fits") == "run~2024.fits"
+
+
+def _item(key: str) -> SourceItem:
+    return SourceItem(name=key, size=1, locator=f"s3://b/p/{key}")
+
+
+def test_two_objects_staged_to_one_path_are_refused_before_any_byte_moves():
+    assert distinct_names([_item("a"), _item("b/c")], "s3://b/p/", "object")
+    for clash in (["a", "a"], ["d", "d/x.fits"], ["d/e/x.fits", "d/e"]):
+        with pytest.raises(InvalidRequest, match="would both be staged"):
+            distinct_names([_item(name) for name in clash], "s3://b/p/", "object")
+
+
+@pytest.mark.slow
+def test_s3_prefix_with_a_key_named_like_a_changed_name_stages_both(s3_env, tmp_path: Path):
+    s3, bucket = s3_env
+    changed = listed_name("a.fits.part")
+    bodies = {"a.fits.part": b"first object", changed: b"second object, named as the first is changed to"}
+    for key, body in bodies.items():
+        s3.put_object(Bucket=bucket, Key=f"p/{key}", Body=body)
+    (tmp_path / "root").mkdir()
+    manager = manager_for(tmp_path)
+    try:
+        job, _ = manager.create(CreateJob(source=f"s3://{bucket}/p/", destination="out"))
+        deadline = time.monotonic() + 60
+        while manager.get(job.id).state.value not in ("succeeded", "failed") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        done = manager.get(job.id)
+        assert done.state.value == "succeeded", done.error
+        out = tmp_path / "root" / "out"
+        staged = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "manifest.json"}
+        assert sorted(staged.values()) == sorted(bodies.values())
+        assert len(staged) == 2
+    finally:
+        manager.stop()
