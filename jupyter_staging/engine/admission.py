@@ -27,7 +27,7 @@ from jupyter_staging.engine.freshness import locator_identity, request_key
 from jupyter_staging.engine.models import CreateJob, JobState
 from jupyter_staging.engine.placement import Placement, Placer, describe_changes, request_key_of, swap_folder
 from jupyter_staging.engine.records import dump_item
-from jupyter_staging.engine.refresh import Refresh, expired_job, refresh_of
+from jupyter_staging.engine.refresh import Refresh, expired_job, kept_parts_job, refresh_of
 from jupyter_staging.engine.space import Listing, SpaceLimits, list_sources, unwritable
 from jupyter_staging.engine.store import JobRecord, Store, utcnow
 from jupyter_staging.engine.units import format_bytes
@@ -91,6 +91,9 @@ class Admitted:
     listed: str | None = None
     #: The submitted presigned URL(s) the earlier job takes (:mod:`~jupyter_staging.engine.refresh`).
     refresh: Refresh | None = None
+    #: The id of the job that failed ``source_expired`` into the new job's folder, keeping its part files,
+    #: and can no longer be revived now (:mod:`~jupyter_staging.engine.keptparts`); None when there is none.
+    superseded: str | None = None
 
     @property
     def up_to_date(self) -> bool:
@@ -234,6 +237,7 @@ class Admission:
                 )
             key = request_key(identity(request, plan))
             job_id = str(uuid.uuid4())
+            superseded: str | None = None  # a job of the folder whose kept part files go (local only)
             if remote:
                 assert request.destination is not None
                 placement = Placement(object_destination(request.destination, job_id))
@@ -249,6 +253,8 @@ class Admission:
                 refresh = self._refresh(expired, request, plan) if expired is not None else None
                 if expired is not None and refresh is not None:
                     return Admitted(expired, False, plan.described, placement=placement, refresh=refresh)
+                head = kept_parts_job(self.store, str(self.root_dir), placement.rel)
+                superseded = head.id if head is not None else None
                 why = unwritable(self.root_dir / placement.rel)  # up-to-date output there was answered above
                 if why is not None:
                     raise DestinationNotWritable(
@@ -261,7 +267,7 @@ class Admission:
             rec.resume = run_options(request, key, job_id, placement)
             listed = self._hand_over(rec, request, listing) if listing is not None else None
             admitted = Admitted(
-                rec, created=True, described=plan.described, placement=placement, listed=listed
+                rec, True, plan.described, placement=placement, listed=listed, superseded=superseded
             )
             # One commit for the job, its runner and its first log lines (each commit can wait behind
             # running jobs' bookkeeping).

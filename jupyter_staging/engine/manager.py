@@ -30,6 +30,7 @@ from jupyter_staging.engine.executors import (
     LocalExecutor,
 )
 from jupyter_staging.engine.expansion import DEFAULT_MAX_UNPACKED_BYTES
+from jupyter_staging.engine.keptparts import drop_kept_parts
 from jupyter_staging.engine.leases import DEFAULT_HEARTBEAT_INTERVAL
 from jupyter_staging.engine.lifecycle import echo_event, log
 from jupyter_staging.engine.models import (
@@ -43,7 +44,7 @@ from jupyter_staging.engine.models import (
 )
 from jupyter_staging.engine.placement import ACTIVE_STATES
 from jupyter_staging.engine.processes import current_user, default_key_file
-from jupyter_staging.engine.refresh import Refresh
+from jupyter_staging.engine.refresh import Refresh, kept_parts_job
 from jupyter_staging.engine.retention import expire_if_consumed
 from jupyter_staging.engine.steering import JobSteering
 from jupyter_staging.engine.store import ChunkRecord, JobRecord, Store
@@ -244,6 +245,8 @@ class StagingManager(JobSteering):
         # database is started whatever happens below (else it would wait, queued, for a restart).
         self.prepare(rec.id)
         try:
+            if admitted.superseded is not None:  # before the new job runs into that folder
+                drop_kept_parts(self, admitted.superseded, rec)
             for level, message in admitted.creation_lines():
                 echo_event(rec.id, level, message)
             self.announce(rec)
@@ -262,8 +265,10 @@ class StagingManager(JobSteering):
         another submit revived it first) it is answered as it is, ``source_refreshed`` False."""
 
         def same(now: JobRecord) -> bool:  # as admission found it
-            if refresh.revive:
-                return now.state == JobState.failed.value and now.error_code == rec.error_code
+            if refresh.revive:  # still the newest job of its folder: a job admitted there since removes
+                # the part files it kept (engine/keptparts.py), and the two would write into one folder
+                head = kept_parts_job(self.store, now.root, now.destination)
+                return head is not None and head.id == now.id and now.error_code == rec.error_code
             return now.state in ACTIVE_STATES
 
         def still(now: JobRecord) -> dict[str, Any]:

@@ -11,7 +11,9 @@ A job that failed ``source_expired`` into a local folder kept its part files (:f
 submit queues it again (``failed -> queued``, the one way out of a final state) and it continues from them,
 as a resumed job does: the part file is resumed by the job that wrote it, and only when the object's
 validator (ETag / ``If-Range``) still matches; a changed object restarts the file, never splices. A job that
-failed for another reason is not revived: the submit makes a new job, as before.
+failed for another reason is not revived: the submit makes a new job, as before. Only the newest job of a
+folder is revived: a new job admitted into that folder removes the part files it kept
+(:mod:`~jupyter_staging.engine.keptparts`).
 """
 
 from __future__ import annotations
@@ -95,9 +97,19 @@ def expired_job(store: Store, root: str, rel: str, key: str) -> JobRecord | None
     """The newest job of ``root`` writing to folder ``rel`` when it failed with a code of
     :data:`REVIVABLE_CODES` and was admitted with request key ``key``; None otherwise (also when a later
     job wrote there since)."""
+    head = kept_parts_job(store, root, rel)
+    if head is None:
+        return None
+    rec = store.get_job(head.id)  # with its resume data, which holds its request key
+    return rec if rec is not None and request_key_of(rec) == key else None
+
+
+def kept_parts_job(store: Store, root: str, rel: str) -> JobRecord | None:
+    """The newest job of ``root`` writing to folder ``rel`` (without its resume data) when it failed with a
+    code of :data:`REVIVABLE_CODES`, whatever its request: the job whose part files a submit with its URL
+    presigned again would continue, and which a new job of that folder leaves unrevivable. None otherwise."""
     job_id = store.active_job_id(root, rel, _ALL_STATES)
     head = store.get_job(job_id, resume=False) if job_id is not None else None  # its state: one narrow read
     if head is None or head.state != JobState.failed.value or head.error_code not in REVIVABLE_CODES:
         return None
-    rec = store.get_job(head.id)  # with its resume data, which holds its request key
-    return rec if rec is not None and request_key_of(rec) == key else None
+    return None if is_object_destination(head.destination) else head
