@@ -58,11 +58,12 @@ class Refresh:
         return f"{done}: the job's run reads them"
 
 
-def keeps_part_files(code: str, *, remote: bool) -> bool:
+def keeps_part_files(code: str, *, remote: bool, policy: str = "retain") -> bool:
     """Whether a job failing with ``code`` keeps its part files: a ``source_expired`` failure into a local
     folder, so that a submit with the URL presigned again continues from them (not for object storage,
-    whose unfinished uploads are removed as for any failure)."""
-    return code in REVIVABLE_CODES and not remote
+    whose unfinished uploads are removed as for any failure, nor under the cleanup ``policy``
+    ``delete_always``, which removes the output of a failed job)."""
+    return code in REVIVABLE_CODES and not remote and policy != "delete_always"
 
 
 def refreshed_seal(rec: JobRecord, raw: dict[str, Any], secret: bool, secrets: SecretBox) -> str | None:
@@ -72,7 +73,7 @@ def refreshed_seal(rec: JobRecord, raw: dict[str, Any], secret: bool, secrets: S
     secret was dropped as it ended). None otherwise. The caller has checked that the request is ``rec``'s
     (the same request key: the same objects and options)."""
     revivable = rec.state == JobState.failed.value and keeps_part_files(
-        rec.error_code or "", remote=is_object_destination(rec.destination)
+        rec.error_code or "", remote=is_object_destination(rec.destination), policy=rec.cleanup_policy
     )
     if not secret or (rec.state not in ACTIVE_STATES and not revivable):
         return None

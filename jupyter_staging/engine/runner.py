@@ -204,7 +204,7 @@ class JobRunner(ManifestStager):
             self.host.report_progress(self.job_id, force=True)  # a job failing early wrote none yet
             rec = self.store.get_job(self.job_id)
             mine = rec is not None and rec.runner == self.host.runner_id
-            if rec is not None and mine and self._keeps_parts(exc):
+            if rec is not None and mine and self._keeps_parts(exc) and rec.cleanup_policy != "delete_always":
                 self._log("info", "the bytes received are kept: stage the URL presigned again to continue")
             elif rec is not None and mine and not JobState(rec.state).is_final:  # else another run's output
                 try:

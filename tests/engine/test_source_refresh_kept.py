@@ -119,3 +119,38 @@ def test_a_job_replacing_the_folder_removes_the_scratch_folder_an_expired_replac
     assert sorted(p.name for p in root.iterdir()) == ["out"], "no scratch folder left"
     assert sorted(p.name for p in (root / "out").iterdir()) == ["manifest.json", "o.bin"]
     assert manager.get(first).state.value == "failed"
+
+
+def test_under_delete_always_an_expired_url_keeps_nothing_and_says_nothing_is_kept(
+    manager: StagingManager, range_server, root: Path
+):
+    """``delete_always`` removes a failed job's output: a ``source_expired`` failure under it keeps no part
+    file, its log does not say the bytes are kept (it said so, then that the output was removed), and a
+    submit with the URL presigned again is a new job, not the failed one continued."""
+    (range_server.root / "k.bin").write_bytes(os.urandom(1_500_000))
+    range_server.check_expiry = True
+    range_server.throttle_bytes_per_s = 300_000
+    job, _ = manager.create(
+        CreateJob(
+            source=signed(range_server.url("k.bin"), "a" * 64, lifetime=2),
+            destination="out",
+            cleanup_policy="delete_always",
+        )
+    )
+    wait_until(lambda: manager.get(job.id).progress.bytes_done > 150_000)
+    manager.pause(job.id)
+    time.sleep(3.5)  # the URL's lifetime is over
+    manager.resume(job.id)
+    assert manager.wait(job.id, timeout=30).error.code == "source_expired"
+    range_server.throttle_bytes_per_s = 0
+    assert not (root / "out" / "k.bin.part").exists()
+    lines = [line["message"] for line in manager.job_log(job.id)]
+    assert not any("are kept" in line for line in lines), lines
+    again, created = manager.create(
+        CreateJob(
+            source=signed(range_server.url("k.bin"), "b" * 64, lifetime=600),
+            destination="out",
+            cleanup_policy="delete_always",
+        )
+    )
+    assert created and again.id != job.id
