@@ -15,30 +15,15 @@ from pathlib import Path
 
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
-from tests.engine.test_source_refresh import signed, wait_until
+from tests.engine.test_source_refresh import signed
+from tests.engine.test_source_refresh_kept import failed_with_a_kept_part
 
 
 def test_a_key_does_not_revive_an_expired_job_into_a_folder_another_job_wrote_since(
     manager: StagingManager, range_server, root: Path
 ):
-    (range_server.root / "k.bin").write_bytes(os.urandom(1_500_000))
     (range_server.root / "o.bin").write_bytes(b"o" * 1000)
-    range_server.check_expiry = True
-    range_server.throttle_bytes_per_s = 300_000
-    first, _ = manager.create(
-        CreateJob(
-            source=signed(range_server.url("k.bin"), "a" * 64, lifetime=2),
-            destination="out",
-            idempotency_key="K",
-        )
-    )
-    wait_until(lambda: manager.get(first.id).progress.bytes_done > 150_000)
-    manager.pause(first.id)
-    time.sleep(3.5)
-    manager.resume(first.id)
-    assert manager.wait(first.id, timeout=30).error.code == "source_expired"
-
-    range_server.throttle_bytes_per_s = 0
+    first = failed_with_a_kept_part(manager, range_server, os.urandom(1_500_000), idempotency_key="K")
     other, created = manager.create(
         CreateJob(source=signed(range_server.url("o.bin"), "b" * 64, lifetime=600), destination="out")
     )
@@ -52,9 +37,9 @@ def test_a_key_does_not_revive_an_expired_job_into_a_folder_another_job_wrote_si
             idempotency_key="K",
         )
     )
-    assert (again.id, created, again.source_refreshed) == (first.id, False, False)
+    assert (again.id, created, again.source_refreshed) == (first, False, False)
     time.sleep(1.0)  # a revived run would have published k.bin by now
-    assert manager.get(first.id).state.value == "failed"
+    assert manager.get(first).state.value == "failed"
     assert not (root / "out" / "k.bin").exists(), "nothing published into the other job's output"
     assert (root / "out" / "manifest.json").read_bytes() == manifest
     assert manager.get(other.id).state.value == "succeeded"
