@@ -163,7 +163,18 @@ def test_the_job_views_buttons_wait_for_the_answer(
     try:
         view.get_by_role("button", name="Pause").click()
         wait_until(lambda: view.get_by_role("button", name="Cancel").is_disabled(), 5, "the buttons disabled")
-        view.get_by_role("button", name="Pause").click(force=True)  # ignored while the first one waits
+        # A second click while the first one waits: the disabled button ignores it (a click through the DOM,
+        # since Playwright's own waits for a button it could click, and the answer replaces it by Resume).
+        page.evaluate(
+            """(id) => {
+              const view = document.querySelector(`.jp-Staging-detailBody[data-job-id="${id}"]`);
+              const pause = [...(view ? view.querySelectorAll('button') : [])].find(
+                b => b.textContent.trim() === 'Pause'
+              );
+              if (pause) { pause.click(); }
+            }""",
+            job["id"],
+        )
         page.wait_for_selector(f'{PANEL} li[data-job-id="{job["id"]}"][data-state="paused"]', timeout=20_000)
         wait_until(lambda: view.get_by_role("button", name="Resume").is_enabled(), 10, "the buttons back")
     finally:
