@@ -52,10 +52,9 @@ def test_plain_names_are_kept_and_unsafe_ones_become_distinct_safe_names():
     assert listed_name(LONG).endswith(".fits")
 
 
-@pytest.mark.slow
-def test_s3_prefix_with_hostile_keys_stages_every_object_inside_the_destination(s3_env, tmp_path: Path):
-    s3, bucket = s3_env
-    bodies = {key: f"object {i}: {key!r}".encode() for i, key in enumerate(HOSTILE_KEYS)}
+def stage_prefix(s3, bucket: str, bodies: dict[str, bytes], tmp_path: Path) -> tuple[str, Path]:
+    """Put ``bodies`` (key -> bytes) below ``p/`` and stage ``s3://bucket/p/`` into ``out`` with a manager of
+    ``tmp_path``; asserts the job succeeded within 60 s. Returns the job's id and the output folder."""
     for key, body in bodies.items():
         s3.put_object(Bucket=bucket, Key=f"p/{key}", Body=body)
     (tmp_path / "root").mkdir()
@@ -67,16 +66,23 @@ def test_s3_prefix_with_hostile_keys_stages_every_object_inside_the_destination(
             time.sleep(0.1)
         done = manager.get(job.id)
         assert done.state.value == "succeeded", done.error
-        out = tmp_path / "root" / "out"
-        manifest = json.loads((out / "manifest.json").read_text())
-        assert manifest["job_id"] == job.id
-        paths = {o["path"] for o in manifest["objects"]}
-        assert len(paths) == len(HOSTILE_KEYS)
-        staged = {p.read_bytes() for p in out.rglob("*") if p.is_file() and p != out / "manifest.json"}
-        assert staged == set(bodies.values())
-        assert not list(out.rglob("*.part"))
     finally:
         manager.stop()
+    return job.id, tmp_path / "root" / "out"
+
+
+@pytest.mark.slow
+def test_s3_prefix_with_hostile_keys_stages_every_object_inside_the_destination(s3_env, tmp_path: Path):
+    s3, bucket = s3_env
+    bodies = {key: f"object {i}: {key!r}".encode() for i, key in enumerate(HOSTILE_KEYS)}
+    job_id, out = stage_prefix(s3, bucket, bodies, tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["job_id"] == job_id
+    paths = {o["path"] for o in manifest["objects"]}
+    assert len(paths) == len(HOSTILE_KEYS)
+    staged = {p.read_bytes() for p in out.rglob("*") if p.is_file() and p != out / "manifest.json"}
+    assert staged == set(bodies.values())
+    assert not list(out.rglob("*.part"))
     items = S3Source(f"s3://{bucket}/p/").list_items()
     assert sorted(i.name for i in items) == sorted(paths)
 
@@ -110,20 +116,7 @@ def test_s3_prefix_with_a_key_named_like_a_changed_name_stages_both(s3_env, tmp_
     s3, bucket = s3_env
     changed = listed_name("a.fits.part")
     bodies = {"a.fits.part": b"first object", changed: b"second object, named as the first is changed to"}
-    for key, body in bodies.items():
-        s3.put_object(Bucket=bucket, Key=f"p/{key}", Body=body)
-    (tmp_path / "root").mkdir()
-    manager = manager_for(tmp_path)
-    try:
-        job, _ = manager.create(CreateJob(source=f"s3://{bucket}/p/", destination="out"))
-        deadline = time.monotonic() + 60
-        while manager.get(job.id).state.value not in ("succeeded", "failed") and time.monotonic() < deadline:
-            time.sleep(0.1)
-        done = manager.get(job.id)
-        assert done.state.value == "succeeded", done.error
-        out = tmp_path / "root" / "out"
-        staged = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "manifest.json"}
-        assert sorted(staged.values()) == sorted(bodies.values())
-        assert len(staged) == 2
-    finally:
-        manager.stop()
+    _, out = stage_prefix(s3, bucket, bodies, tmp_path)
+    staged = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "manifest.json"}
+    assert sorted(staged.values()) == sorted(bodies.values())
+    assert len(staged) == 2
