@@ -232,6 +232,27 @@ class ManifestStager(ExpandingStager):
                 self._error_chunk(name, error)
         self._log("warning", f"entry {name} failed: {error['message']} ({error['code']}); the others go on")
 
+    def _reopenable(self, rec: JobRecord, failures: dict[str, dict[str, str]]) -> dict[str, str]:
+        """The entries of ``failures`` (name -> error) that a next run of the job can stage again: those
+        listed by this run whose files are plain transfers, each with its pending chunks (not an entry
+        whose listing failed, nor a conversion's, whose failure is an error chunk of its own). Name ->
+        error code."""
+        if rec.convert is not None or self._expands():
+            return {}
+        listed = self.resume.get("entries", {})
+        return {n: f["code"] for n, f in failures.items() if listed.get(n, {}).get("items")}
+
+    def _reopen_entries(self, names: list[str]) -> None:
+        """Forget the failures of entries ``names`` (see :meth:`_reopenable`) in the resume data and on
+        their pending chunks: the next run stages them again."""
+        with self._lock:
+            for name in names:
+                self.resume["entries"][name].pop("error", None)
+            self._save_resume()
+            for chunk in self.store.list_chunks(self.job_id):
+                if chunk.entry in names and chunk.state == ChunkState.pending.value and chunk.error_code:
+                    self.store.update_chunk(chunk.id, error_code=None, error_message=None)
+
 
 def raise_partial(entries: list[str], failures: dict[str, dict[str, str]], staged: str) -> None:
     """Raise :class:`PartiallyStaged` for a manifest job whose ``failures`` (entry name -> error) are some

@@ -139,6 +139,11 @@ class JobHost(Protocol):
         when not, this process's log says why."""
         ...
 
+    def submit(self, job_id: str) -> None:
+        """Hand the queued job ``job_id`` to the executor for a new run, this process its runner (not
+        while another run of this process holds it, nor once the host is stopping)."""
+        ...
+
     def release(self, job_id: str, control: JobControl, live: LiveProgress) -> None:
         """Forget the runner's ``control`` and ``live`` counters once it has returned (not those of a
         later runner of the job)."""

@@ -449,7 +449,8 @@ class DescribeJob(BaseModel):
     #: True when this answer reused unchanged output: every source fingerprint still matched, no byte moved.
     up_to_date: bool = False
     #: True when this answer gave the job the presigned URL(s) just submitted in place of its own (the same
-    #: objects signed again): a queued, running or paused job reads them from its next run, a job that had
+    #: objects signed again): a queued or paused job reads them from its next run, a running one once the
+    #: URLs it started with expire (queued again, it continues from what it finished), a job that had
     #: failed ``source_expired`` is queued again and continues from the bytes it kept.
     source_refreshed: bool = False
     #: What a user should know that is not an error, one line each: a requested conversion that did not

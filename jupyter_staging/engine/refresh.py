@@ -5,7 +5,10 @@ Job identity ignores the signing parameters of a presigned URL
 URL of the same object is answered by the earlier job. When that job still needs its URL — it is queued,
 running or paused, or it failed ``source_expired`` (its URL expired while it was paused) — the URL it holds
 sealed is replaced by the one submitted (:func:`refreshed_seal`): its next run reads the new URL, for the job
-itself and for each listed item of that object (:func:`~jupyter_staging.engine.records.load_item`).
+itself and for each listed item of that object (:func:`~jupyter_staging.engine.records.load_item`). A run
+under way keeps the URL it started with; when that one expires (a range, a retry or a manifest entry
+refused ``source_expired``), the job is queued again and its next run continues with the new URL
+(:func:`continues_refreshed`) instead of failing.
 
 A job that failed ``source_expired`` into a local folder kept its part files (:func:`keeps_part_files`); the
 submit queues it again (``failed -> queued``, the one way out of a final state) and it continues from them,
@@ -18,13 +21,16 @@ folder is revived: a new job admitted into that folder removes the part files it
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from jupyter_staging.destinations.registry import is_object_destination
+from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.models import JobState
 from jupyter_staging.engine.placement import ACTIVE_STATES, request_key_of
 from jupyter_staging.engine.store import JobRecord, Store
+from jupyter_staging.engine.transitions import JobEnded, StateChanged, held_by, in_state
 from jupyter_staging.errors import SecretUnavailable
 from jupyter_staging.safety.sealed import SecretBox
 
@@ -54,7 +60,7 @@ class Refresh:
         if rec.state == JobState.paused.value:
             return f"{done}: resume the job to continue with them from the bytes kept"
         if rec.state == JobState.running.value:
-            return f"{done}: this run keeps the ones it started with; a resumed or restarted run reads them"
+            return f"{done}: this run continues with them if the ones it started with expire"
         return f"{done}: the job's run reads them"
 
 
@@ -64,6 +70,44 @@ def keeps_part_files(code: str, *, remote: bool, policy: str = "retain") -> bool
     whose unfinished uploads are removed as for any failure, nor under the cleanup ``policy``
     ``delete_always``, which removes the output of a failed job)."""
     return code in REVIVABLE_CODES and not remote and policy != "delete_always"
+
+
+def continues_refreshed(rec: JobRecord, sealed_at_start: str | None, codes: Iterable[str]) -> bool:
+    """Whether a run of job ``rec`` (as read after the run's failure) whose items failed with ``codes``
+    is followed by another run rather than ending the job: one of them is ``source_expired`` and the job's
+    sealed source is no longer ``sealed_at_start``, the one the run started with, because a submit of the
+    URL presigned again gave the job a new one while it ran (:func:`refreshed_seal`). The next run reads
+    the new URL and continues from the chunks and part files this one left, as a resumed run does; when
+    its URL expires too, the job fails ``source_expired`` as before."""
+    return (
+        rec.state == JobState.running.value
+        and rec.sealed is not None
+        and rec.sealed != sealed_at_start
+        and any(code in REVIVABLE_CODES for code in codes)
+    )
+
+
+def requeue_refreshed(
+    host: JobHost, job_id: str, sealed_at_start: str | None, codes: Iterable[str], settle: Callable[[], None]
+) -> bool:
+    """Queue job ``job_id`` of ``host`` again, its chunks and part files kept, when its run's items failed
+    with ``codes`` and the job is still this host's and :func:`continues_refreshed`; ``settle`` (the run
+    recording what it published) is called first. True when queued: the caller submits the next run once
+    its own has returned. False, nothing changed, otherwise (also when a state change came first)."""
+    rec = host.store.get_job(job_id, resume=False)
+    if rec is None or rec.runner != host.runner_id or not continues_refreshed(rec, sealed_at_start, codes):
+        return False
+    settle()
+    try:
+        host.set_state(
+            job_id,
+            JobState.queued,
+            events=[("info", "the presigned URL this run started with expired: continuing with the new one")],
+            when=held_by(host.runner_id, in_state(JobState.running)),
+        )
+    except (StateChanged, JobEnded):
+        return False
+    return True
 
 
 def refreshed_seal(rec: JobRecord, raw: dict[str, Any], secret: bool, secrets: SecretBox) -> str | None:

@@ -33,6 +33,7 @@ from jupyter_staging.engine.manifesting import ManifestStager
 from jupyter_staging.engine.models import DONE_STATES, LINK_METHODS, PENDING, JobState
 from jupyter_staging.engine.placement import UNFINISHED_STATES
 from jupyter_staging.engine.records import has_sealed, json_copy, without_sealed
+from jupyter_staging.engine.refresh import requeue_refreshed
 from jupyter_staging.engine.retention import expire_at_end
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.staged import RECENT, job_entries
@@ -52,7 +53,7 @@ from jupyter_staging.engine.swap import (
 )
 from jupyter_staging.engine.transitions import JobEnded, StateChanged, found, held_by, in_state
 from jupyter_staging.engine.units import format_bytes
-from jupyter_staging.errors import ClusterUnavailable, JobInterrupted
+from jupyter_staging.errors import ClusterUnavailable, JobInterrupted, as_staging_error
 from jupyter_staging.safety.paths import check_output_name
 from jupyter_staging.sources.base import SourceItem
 from jupyter_staging.sources.registry import open_source
@@ -63,6 +64,11 @@ log = logging.getLogger(__name__)
 class JobRunner(ManifestStager):
     """Runs job ``job_id`` of its :class:`~jupyter_staging.engine.host.JobHost` once (from queued to a
     final or paused state)."""
+
+    #: The job's sealed source (presigned URLs) as this run read it; a submit may seal a new one meanwhile.
+    sealed_at_start: str | None = None
+    #: Queued again by :meth:`_requeued`: :meth:`run` submits the job's next run once this one returned.
+    requeued: bool = False
 
     def run(self) -> None:
         """Run the job; never raises (errors end the job ``failed`` with a code)."""
@@ -85,7 +91,8 @@ class JobRunner(ManifestStager):
                     self.close_tasks()
                     raise
                 self.close_tasks()
-                self.on_complete(rec, entries=names, failures=failures)
+                if not (failures and self._requeued(self._reopenable(rec, failures))):
+                    self.on_complete(rec, entries=names, failures=failures)
         except JobInterrupted as stop:
             self.on_interrupted(stop.reason)
         except ClusterUnavailable as lost:  # a pause or cancel asked while the Dask scheduler hung stands
@@ -98,6 +105,8 @@ class JobRunner(ManifestStager):
         finally:
             self.close_folders()
             self.host.release(self.job_id, self.control, self.live)
+            if self.requeued:  # queued again for a source presigned again while it ran: the next run
+                self.host.submit(self.job_id)
 
     # -- the template's steps -------------------------------------------------------------------------
 
@@ -157,6 +166,7 @@ class JobRunner(ManifestStager):
     def run_items(self, rec: JobRecord) -> tuple[list[str] | None, dict[str, dict[str, str]]]:
         """Stage every item of the job (a single source, or each entry of a manifest). Returns the
         manifest's entry names (None for a single source) and the errors of the entries that failed."""
+        self.sealed_at_start = rec.sealed
         source_uri, entries = self.host.raw_sources(rec)
         self._chunks_at_start = self._load_ledger()
         self.dest = self.host.destination_of(rec)
@@ -202,6 +212,9 @@ class JobRunner(ManifestStager):
         try:
             self._record_published()  # published chunks are kept: record them first
             self.host.report_progress(self.job_id, force=True)  # a job failing early wrote none yet
+            known = as_staging_error(exc)
+            if known is not None and self._requeued({"": known.code}):
+                return
             rec = self.store.get_job(self.job_id)
             mine = rec is not None and rec.runner == self.host.runner_id
             if rec is not None and mine and self._keeps_parts(exc) and rec.cleanup_policy != "delete_always":
@@ -214,6 +227,21 @@ class JobRunner(ManifestStager):
             self.host.fail(self.job_id, exc)
         except Exception:  # the database itself failed; nothing more we can record
             log.exception("could not record failure of job %s", self.job_id)
+
+    def _requeued(self, failed: dict[str, str]) -> bool:
+        """Queue the job again when its items failed (``failed``: manifest entry name, or ``""`` for the
+        job's source -> error code) and a submit gave it a source presigned again since this run started
+        (:func:`~jupyter_staging.engine.refresh.requeue_refreshed`; the failed entries reopened and the
+        published chunks recorded first): :meth:`run` then submits the next run, which reads the new URL."""
+
+        def settle() -> None:
+            self._reopen_entries([name for name in failed if name])
+            self._record_published()
+            self.host.report_progress(self.job_id, force=True)
+
+        codes = list(failed.values())
+        self.requeued = requeue_refreshed(self.host, self.job_id, self.sealed_at_start, codes, settle)
+        return self.requeued
 
     def _record_published(self) -> None:
         """Record the chunks published and not yet written (a pause or a failure keeps them); a failure to
