@@ -56,11 +56,12 @@ def reader_for(username: str) -> Reader | None:
     return Reader(entry.pw_name, entry.pw_uid, frozenset([entry.pw_gid, *groups]))
 
 
-def check_user_may_read(path: Path, reader: Reader) -> None:
+def check_user_may_read(path: Path, reader: Reader, identity: tuple[int, int] | None = None) -> None:
     """Raise :class:`SourceNotFound` (403, ``permission_denied``) unless ``reader`` may search every folder
     of the resolved, absolute ``path`` from ``/`` down and read the file (mode bits and POSIX ACLs; a name
-    on the way that is a symbolic link now, or is gone, is refused too: the caller resolved it). The
-    message names the path, not which folder or which bits refused."""
+    on the way that is a symbolic link now, or is gone, is refused too: the caller resolved it, and so is
+    a file at ``path`` that is not of ``identity``, the (device, inode) the caller checked). The message
+    names the path, not which folder or which bits refused."""
     if reader.uid == 0:
         return
     steps = [Path(*path.parts[:depth]) for depth in range(1, len(path.parts) + 1)]
@@ -71,6 +72,8 @@ def check_user_may_read(path: Path, reader: Reader) -> None:
             break
         want = READ if step == path else SEARCH
         if stat.S_ISLNK(st.st_mode) or not _granted(st, _acl_of(step), reader, want):
+            break
+        if step == path and identity is not None and (st.st_dev, st.st_ino) != identity:
             break
     else:
         return

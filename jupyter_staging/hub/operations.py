@@ -252,7 +252,7 @@ class StagingOperations:
         source = check_source(path, self.shared_roots)
         reader = reader_for(username)
         if reader is not None:
-            check_user_may_read(source.path, reader)
+            check_user_may_read(source.path, reader, (source.device, source.inode))
         return source
 
     def _open_target(self, username: str, relative_path: str, name: str, *, create: bool = True) -> Target:

@@ -101,6 +101,10 @@ def test_the_check_agrees_with_the_kernel(site):
             assert (refused.code, refused.status) == ("permission_denied", 403)
             allowed = False
         assert allowed == kernel_lets_nobody_read(path) == (name in READABLE), name
+    st = (site / "archive" / "open.bin").stat()
+    check_user_may_read(site / "archive" / "open.bin", reader, (st.st_dev, st.st_ino))
+    with pytest.raises(StagingError):  # another file than the one checked is at that path now
+        check_user_may_read(site / "archive" / "open.bin", reader, (st.st_dev, st.st_ino + 1))
 
 
 def stage(site: Path, method: str, name: str) -> tuple[str, str]:
