@@ -1,12 +1,16 @@
-"""Whether the user a call acts for may read a source, when the service's own permissions would not say.
+"""Whether the user a call acts for may read a source or write into a folder, when the service's own
+permissions would not say.
 
 A service running as root may read every file under the shared roots, a root-only file (mode 0600) and a
 file in another group's folder (0750) alike; it must not hand the user a copy, a download or a hard link of a
 file the user could not read from a terminal. When it runs as root and the user is in the password database
 (:func:`reader_for`), :func:`check_user_may_read` checks the user's permissions along the source's resolved
 path: search (``x``) on every folder from ``/`` down, read (``r``) on the file, as the kernel decides it for
-that uid and its groups, POSIX access ACLs (``system.posix_acl_access``, acl(5)) included. A service that is
-not root reads only what its own account may, and gives nothing away: it is not checked again here.
+that uid and its groups, POSIX access ACLs (``system.posix_acl_access``, acl(5)) included. Likewise it must
+not write, for the user, into a folder of the user's area the user may not write into (an administrator's
+read-only folder there): :func:`user_may` answers for a folder open as a descriptor
+(:meth:`~jupyter_staging.hub.areas.UserAreas.open_target` asks it). A service that is not root reads and
+writes only what its own account may: it is not checked again here.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from pathlib import Path
 
 from jupyter_staging.errors import SourceNotFound
 
-#: Permission bits asked for: read a file, search a folder.
-READ, SEARCH = 4, 1
+#: Permission bits asked for: read a file, write into a folder, search a folder.
+READ, WRITE, SEARCH = 4, 2, 1
 
 #: acl(5) entry tags as ``system.posix_acl_access`` stores them (linux/posix_acl_xattr.h), version 2.
 _ACL_VERSION = 2
@@ -85,9 +89,18 @@ def check_user_may_read(path: Path, reader: Reader, identity: tuple[int, int] | 
     )
 
 
-def _acl_of(path: Path) -> bytes | None:
-    """The POSIX access ACL of ``path`` as stored (None when it has none, or the file system keeps none)."""
+def user_may(fd: int, reader: Reader, want: int) -> bool:
+    """Whether ``reader`` has the ``want`` bits (:data:`READ`, :data:`WRITE`, :data:`SEARCH`, or'ed) on the
+    file or folder open as ``fd`` (mode bits, groups and its POSIX access ACL); always for root (uid 0)."""
+    return reader.uid == 0 or _granted(os.fstat(fd), _acl_of(fd), reader, want)
+
+
+def _acl_of(path: Path | int) -> bytes | None:
+    """The POSIX access ACL of ``path`` (or of the file open as that descriptor) as stored (None when it
+    has none, or the file system keeps none); a symbolic link's own, never its target's."""
     try:
+        if isinstance(path, int):
+            return os.getxattr(path, "system.posix_acl_access")
         return os.getxattr(path, "system.posix_acl_access", follow_symlinks=False)
     except OSError as err:
         if err.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):

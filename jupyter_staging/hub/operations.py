@@ -256,7 +256,14 @@ class StagingOperations:
         return source
 
     def _open_target(self, username: str, relative_path: str, name: str, *, create: bool = True) -> Target:
-        return self.areas.open_target(username, relative_path, name, create=create, owner=owner_for(username))
+        return self.areas.open_target(
+            username,
+            relative_path,
+            name,
+            create=create,
+            owner=owner_for(username),
+            reader=reader_for(username),
+        )
 
     # -- replicas -----------------------------------------------------------------------------------
 

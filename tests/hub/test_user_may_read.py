@@ -1,9 +1,10 @@
-"""The hub service running as root stages for a user only what that user may read: root reads every file
-below the shared roots (a root-only file, a file in a folder of another group), and handed the user a copy
-of it (given to the user, 0444), a download of its bytes, or a hard link to it in the user's area (a readable
-name for a file whose folder the user may not search). The user is ``nobody`` (a real account, in no group
-of the test's files), and each answer is compared with what the kernel says ``nobody`` may read
-(``setpriv``), POSIX ACLs included."""
+"""The hub service running as root stages for a user only what that user may read, and only where that user
+may write: root reads every file below the shared roots (a root-only file, a file in a folder of another
+group), and handed the user a copy of it (given to the user, 0444), a download of its bytes, or a hard link
+to it in the user's area (a readable name for a file whose folder the user may not search); and it wrote
+into any folder of the user's area. The user is ``nobody`` (a real account, in no group of the test's
+files), and each answer is compared with what the kernel says ``nobody`` may do (``setpriv``), POSIX ACLs
+included."""
 
 from __future__ import annotations
 
@@ -72,6 +73,7 @@ def site() -> Iterator[Path]:
     os.setxattr(archive / "acl-denied.bin", "system.posix_acl_access", NOBODY_DENIED)
     os.setxattr(archive / "acl-granted.bin", "system.posix_acl_access", NOBODY_GRANTED)
     (top / "homes" / "nobody").mkdir(parents=True)
+    os.chown(top / "homes" / "nobody", NOBODY_UID, NOBODY_UID)  # nobody's home: the user may write there
     yield top
     shutil.rmtree(top)
 
@@ -107,8 +109,9 @@ def test_the_check_agrees_with_the_kernel(site):
         check_user_may_read(site / "archive" / "open.bin", reader, (st.st_dev, st.st_ino + 1))
 
 
-def stage(site: Path, method: str, name: str) -> tuple[str, str]:
-    """``(outcome, detail)`` of nobody's ``POST api/stage`` of ``archive/<name>`` by ``method``."""
+def stage(site: Path, method: str, name: str, relative_path: str | None = None) -> tuple[str, str]:
+    """``(outcome, detail)`` of nobody's ``POST api/stage`` of ``archive/<name>`` by ``method`` (into
+    ``relative_path``; default ``<method>/<name>``)."""
     store = OperationStore(f"sqlite:///{site}/ops.sqlite")
     ops = StagingOperations(
         store,
@@ -120,7 +123,7 @@ def stage(site: Path, method: str, name: str) -> tuple[str, str]:
     body = {
         "method": method,
         "local_path_on_storage": str(site / "archive" / name),
-        "relative_path": f"{method}/{name.replace('/', '_')}",
+        "relative_path": relative_path or f"{method}/{name.replace('/', '_')}",
     }
 
     async def go() -> tuple[str, str]:
@@ -155,3 +158,25 @@ def test_a_file_the_user_may_read_is_staged(site, method):
         assert outcome in ("succeeded", "downloaded"), (name, outcome, detail)
         if outcome == "downloaded":
             assert detail == f"{name}\n"
+
+
+@pytest.mark.parametrize("method", ["local_copy", "hardlink", "symlink", "jupyter_copy"])
+def test_nothing_is_written_where_the_user_may_not_write(site, method):
+    """An administrator's folder in the user's area (root's, 0755) and a folder the user made read-only
+    (0555): root wrote the file, or made a folder, there all the same. Before, each call succeeded."""
+    area = site / "homes" / "nobody" / "staging"
+    area.mkdir()
+    os.chown(area, NOBODY_UID, NOBODY_UID)
+    (area / "course").mkdir(mode=0o755)
+    (area / "mine").mkdir()
+    os.chown(area / "mine", NOBODY_UID, NOBODY_UID)
+    os.chmod(area / "mine", 0o555)
+    for where in ("course/", "course/new/", "mine/"):
+        assert stage(site, method, "open.bin", where) == ("refused", "destination_not_writable 409"), where
+    assert not list((area / "course").iterdir()) and not list((area / "mine").iterdir())
+    (area / "course" / "shared").mkdir()
+    os.chown(area / "course" / "shared", 0, NOBODY_UID)  # nobody's group may write there: allowed
+    os.chmod(area / "course" / "shared", 0o775)
+    if method != "jupyter_copy":  # which would need the user's server
+        assert stage(site, method, "open.bin", "course/shared/new/")[0] == "succeeded"
+        assert [p.name for p in (area / "course" / "shared" / "new").iterdir()] == ["open.bin"]
