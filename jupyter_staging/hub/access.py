@@ -81,8 +81,33 @@ def check_user_may_read(path: Path, reader: Reader, identity: tuple[int, int] | 
             break
     else:
         return
-    raise SourceNotFound(
-        f"source {str(path)!r}: {reader.name} may not read it (its permissions, or a folder's on the way); "
+    raise _not_readable(str(path), reader)
+
+
+def check_user_may_reach(path: str, reader: Reader) -> None:
+    """Raise :class:`SourceNotFound` (403, ``permission_denied``) when a folder on the way to ``path`` as
+    written (absolute, made normal without resolving links) exists and ``reader`` may not search it: what
+    lies below such a folder is not the user's to learn of, so a refusal of ``path`` for what is there
+    (missing, a folder, a link leaving the roots) is answered as this instead. A name on the way that is
+    missing, a link or not a folder ends the look (nothing raised)."""
+    if reader.uid == 0 or not path.startswith("/") or "\x00" in path:
+        return
+    parts = Path(os.path.normpath(path)).parts
+    for depth in range(1, len(parts)):
+        step = Path(*parts[:depth])
+        try:
+            st = os.stat(step, follow_symlinks=False)
+        except OSError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            return
+        if not _granted(st, _acl_of(step), reader, SEARCH):
+            raise _not_readable(path, reader)
+
+
+def _not_readable(path: str, reader: Reader) -> SourceNotFound:
+    return SourceNotFound(
+        f"source {path!r}: {reader.name} may not read it (its permissions, or a folder's on the way); "
         "the service stages only what the user may read",
         code="permission_denied",
         status=403,

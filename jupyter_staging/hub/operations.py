@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, NoReturn
 
 from jupyter_staging.errors import InvalidRequest, StagingError
-from jupyter_staging.hub.access import check_user_may_read, reader_for
+from jupyter_staging.hub.access import check_user_may_reach, check_user_may_read, reader_for
 from jupyter_staging.hub.areas import Target, UserAreas, owner_for
 from jupyter_staging.hub.db import Operation, OperationStore, utcnow
 from jupyter_staging.hub.fileops import (
@@ -248,9 +248,15 @@ class StagingOperations:
         """:func:`check_source` of ``path``, then, when the service runs as root and ``username`` is in the
         password database, the check that the user may read it (:func:`check_user_may_read`): root reads
         every file below the shared roots, the user maybe not. Raises as both (``permission_denied``, 403,
-        for a file the user may not read)."""
-        source = check_source(path, self.shared_roots)
+        for a file the user may not read; also for a refused path below a folder the user may not search,
+        :func:`check_user_may_reach`: a missing file there is not told from a present one)."""
         reader = reader_for(username)
+        try:
+            source = check_source(path, self.shared_roots)
+        except StagingError:
+            if reader is not None:  # not found, a folder, ...: not the user's to learn below a closed folder
+                check_user_may_reach(path, reader)
+            raise
         if reader is not None:
             check_user_may_read(source.path, reader, (source.device, source.inode))
         return source

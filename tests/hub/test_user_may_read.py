@@ -180,3 +180,12 @@ def test_nothing_is_written_where_the_user_may_not_write(site, method):
     if method != "jupyter_copy":  # which would need the user's server
         assert stage(site, method, "open.bin", "course/shared/new/")[0] == "succeeded"
         assert [p.name for p in (area / "course" / "shared" / "new").iterdir()] == ["open.bin"]
+
+
+def test_what_lies_in_a_folder_the_user_may_not_search_is_not_told(site):
+    """A missing file in a root-only folder was ``source_not_found`` where a present one is refused: an
+    oracle for the names in a folder the user may not list. Both are ``permission_denied`` now; a missing
+    file where the user may look stays ``source_not_found``."""
+    for name in ("closed/in-a-root-folder.bin", "closed/no-such.bin", "closed/../closed/no-such.bin"):
+        assert stage(site, "local_copy", name) == ("refused", "permission_denied 403"), name
+    assert stage(site, "local_copy", "no-such.bin") == ("refused", "source_not_found 400")
