@@ -35,7 +35,7 @@ from jupyter_staging.safety.dirfd import (
     unlink_at,
 )
 from jupyter_staging.safety.ownership import part_of_job, taken_back
-from jupyter_staging.safety.partfile import PART_SUFFIX, PartFile
+from jupyter_staging.safety.partfile import PartFile, part_path
 from jupyter_staging.safety.publishing import unlink_if_names
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ class LocalDestination(Destination):
             parts = _parts(rel)
             if parts:
                 folders.add(tuple(parts[:-1]))
-                removed += _remove_parts_in(dest_fd, parts[:-1], owner, [parts[-1] + PART_SUFFIX])
+                removed += _remove_parts_in(dest_fd, parts[:-1], owner, [part_path(Path(parts[-1])).name])
                 if not keep:
                     published = chunk_files.get(rel)
                     if published is not None and published.mtime_ns is None and rel in mtimes:

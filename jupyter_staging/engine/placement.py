@@ -25,6 +25,7 @@ from jupyter_staging.engine.store import JobRecord, Store
 from jupyter_staging.engine.swap import is_mount_point
 from jupyter_staging.errors import DestinationExists, PathNotAllowed
 from jupyter_staging.safety.confined import Confined
+from jupyter_staging.safety.dirfd import name_with
 from jupyter_staging.safety.paths import resolve_destination
 
 #: States of a job that still owns its destination folder.
@@ -63,12 +64,13 @@ def request_key_of(rec: JobRecord | None) -> str | None:
 
 
 def swap_folder(rel: str, job_id: str, *, inside: bool = False) -> str:
-    """The scratch folder where a replacing job stages: beside ``rel`` (``parent/.<leaf>.staging-<id8>``),
-    or with ``inside`` (``rel`` is a mount point) in it (``rel/.staging-<id8>``), on the same file system."""
+    """The scratch folder where a replacing job stages: beside ``rel`` (``parent/.<leaf>.staging-<id8>``,
+    ``.<leaf>`` cut to keep the name within 255 bytes), or with ``inside`` (``rel`` is a mount point) in it
+    (``rel/.staging-<id8>``), on the same file system."""
     if inside:
         return f"{rel}/.staging-{job_id[:8]}"
     parent, _, leaf = rel.rpartition("/")
-    name = f".{leaf}.staging-{job_id[:8]}"
+    name = name_with(f".{leaf}", f".staging-{job_id[:8]}")  # a leaf of 238 bytes or more is cut short
     return f"{parent}/{name}" if parent else name
 
 

@@ -11,6 +11,8 @@ anything.
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
 import threading
 from collections.abc import Callable
 from pathlib import PurePosixPath
@@ -22,6 +24,7 @@ from jupyter_staging.engine.models import DONE_STATES, ChunkState
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.store import Store
 from jupyter_staging.errors import DestinationExists, SourceChanged
+from jupyter_staging.safety.dirfd import NAME_MAX_BYTES, name_with
 from jupyter_staging.safety.paths import check_output_name
 from jupyter_staging.sources.base import SourceItem
 
@@ -166,9 +169,16 @@ class TableFolders:
 
 def parquet_folder(name: str) -> str:
     """The output folder (relative, not checked) of table output ``name``: ``a/b.csv.gz`` ->
-    ``a/b.parquet``."""
+    ``a/b.parquet``; where that name would be longer than 255 bytes (a table named with 248 bytes or more),
+    its stem cut short, ``~`` and 8 hex digits of the table's name's sha256 before ``.parquet``: the same
+    folder for the same table on every run, another for tables named alike up to the cut."""
     stem = PurePosixPath(name)
-    return (stem.parent / f"{_strip_suffixes(stem.name)}.parquet").as_posix()
+    base = _strip_suffixes(stem.name)
+    folder = f"{base}.parquet"
+    if len(os.fsencode(folder)) > NAME_MAX_BYTES:
+        tag = hashlib.sha256(os.fsencode(stem.name)).hexdigest()[:8]
+        folder = name_with(base, f"~{tag}.parquet")
+    return (stem.parent / folder).as_posix()
 
 
 def _strip_suffixes(name: str) -> str:

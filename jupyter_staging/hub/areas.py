@@ -16,7 +16,8 @@ import string
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from jupyter_staging.errors import PathNotAllowed, StagingError
+from jupyter_staging.errors import DestinationNotWritable, PathNotAllowed, StagingError
+from jupyter_staging.hub.access import SEARCH, WRITE, Reader, user_may
 from jupyter_staging.safety.dirfd import DIR_FLAGS, check_name, open_dir, rename_noreplace_at, write_refused
 from jupyter_staging.safety.paths import check_output_name
 
@@ -136,11 +137,17 @@ class UserAreas:
         *,
         create: bool = True,
         owner: Owner | None = None,
+        reader: Reader | None = None,
     ) -> Target:
         """Open the folder that will hold the target and return the :class:`Target`.
 
         ``relative_path`` is relative to the user's area (see :class:`StageRequest`); ``default_name`` is
-        used when it names a folder. With ``create``, missing folders are made.
+        used when it names a folder. With ``create``, missing folders are made. With ``reader`` (the user,
+        when the service runs as root: :func:`~jupyter_staging.hub.access.reader_for`) and ``create``, every
+        folder below the area's first one is walked only where the user may search, a folder is made only
+        where the user may write, and the target's folder must be one the user may write into: root writes
+        anywhere, the user not into an administrator's read-only folder of the area
+        (:class:`DestinationNotWritable`, 409, ``destination_not_writable``).
 
         Raises :class:`PathNotAllowed` (400, ``path_not_allowed``) for absolute paths, ``..``, hidden
         (dot) components, NUL, or a symlink (or a file) where a folder is expected;
@@ -157,12 +164,24 @@ class UserAreas:
                 status=500,
             ) from None
         walked: list[str] = []
+        checked = reader if create else None
         try:
             for part in [*self.components(username), *folder]:
-                child = _open_child_dir(fd, part, create=create, owner=owner, shown=walked + [part])
+                if checked is not None and walked:  # the base, above the area, is the administrator's
+                    _check_user_may(fd, checked, SEARCH, walked)
+                child = _open_child_dir(
+                    fd,
+                    part,
+                    create=create,
+                    owner=owner,
+                    shown=walked + [part],
+                    reader=checked if walked else None,
+                )
                 os.close(fd)
                 fd = child
                 walked.append(part)
+            if checked is not None:
+                _check_user_may(fd, checked, WRITE | SEARCH, walked)
         except BaseException:
             os.close(fd)
             raise
@@ -200,10 +219,29 @@ def split_relative_path(relative_path: str, default_name: str) -> tuple[list[str
     return parts[:-1], parts[-1]
 
 
-def _open_child_dir(parent_fd: int, name: str, *, create: bool, owner: Owner | None, shown: list[str]) -> int:
+def _check_user_may(fd: int, reader: Reader, want: int, shown: list[str]) -> None:
+    """Raise :class:`DestinationNotWritable` unless ``reader`` has the ``want`` bits on the folder open as
+    ``fd`` (``shown``: its path in the user's area, for the message)."""
+    if not user_may(fd, reader, want):
+        raise DestinationNotWritable(
+            f"{'/'.join(shown)!r}: {reader.name} may not write into it (its permissions); the service writes "
+            "only where the user may: choose another folder"
+        )
+
+
+def _open_child_dir(
+    parent_fd: int,
+    name: str,
+    *,
+    create: bool,
+    owner: Owner | None,
+    shown: list[str],
+    reader: Reader | None = None,
+) -> int:
     """Open folder ``name`` in ``parent_fd`` without following a symlink (:func:`open_dir`), creating it if
-    asked: mode 0755, the ``owner``'s when given (:func:`_make_given_dir`). An existing folder (the user's
-    home, an administrator's read-only folder inside the area) keeps its owner and mode.
+    asked: mode 0755, the ``owner``'s when given (:func:`_make_given_dir`); with ``reader``, only where
+    that user may write (:class:`DestinationNotWritable` else). An existing folder (the user's home, an
+    administrator's read-only folder inside the area) keeps its owner and mode.
 
     Raises :class:`PathNotAllowed` for a symlink or a file where the folder is expected,
     :class:`FileNotFoundError` when missing and not ``create``, :class:`DestinationNotWritable` when the
@@ -213,6 +251,8 @@ def _open_child_dir(parent_fd: int, name: str, *, create: bool, owner: Owner | N
     except FileNotFoundError:
         if not create:
             raise
+    if reader is not None:
+        _check_user_may(parent_fd, reader, WRITE | SEARCH, shown[:-1])
     if owner is None:
         _make_dir(parent_fd, name)
     else:

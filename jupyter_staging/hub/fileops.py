@@ -426,8 +426,10 @@ def _link_pinned(fd: int, source: SourceFile, target: Target) -> None:
     if os.path.lexists(f"/proc/self/fd/{fd}"):
         try:
             os.link(f"/proc/self/fd/{fd}", target.name, dst_dir_fd=target.dir_fd, follow_symlinks=True)
-        except FileNotFoundError:  # the source was removed since it was pinned
-            raise _changed(source) from None
+        except FileNotFoundError:
+            if os.fstat(fd).st_nlink == 0:  # the source was removed since it was pinned
+                raise _changed(source) from None
+            raise  # the target's folder was removed meanwhile: target_missing, as for a copy or a symlink
         return
     try:
         folder_fd = walk_to_folder(str(source.path.parent))

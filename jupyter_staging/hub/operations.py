@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, NoReturn
 
 from jupyter_staging.errors import InvalidRequest, StagingError
+from jupyter_staging.hub.access import check_user_may_reach, check_user_may_read, reader_for
 from jupyter_staging.hub.areas import Target, UserAreas, owner_for
 from jupyter_staging.hub.db import Operation, OperationStore, utcnow
 from jupyter_staging.hub.fileops import (
@@ -180,7 +181,7 @@ class StagingOperations:
             op.method = request.canonical_method
             op.source = request.local_path_on_storage
             op.user = await self._acting_user(caller, username)
-            source = await asyncio.to_thread(check_source, request.local_path_on_storage, self.shared_roots)
+            source = await asyncio.to_thread(self._source_for, op.user, request.local_path_on_storage)
             if op.method == "direct_download":
                 op.target = source.name
                 await self.recorder.begin(op)
@@ -243,8 +244,32 @@ class StagingOperations:
             raise InvalidRequest(f"no JupyterHub user named {username!r}", code="unknown_user")
         return username
 
+    def _source_for(self, username: str, path: str) -> SourceFile:
+        """:func:`check_source` of ``path``, then, when the service runs as root and ``username`` is in the
+        password database, the check that the user may read it (:func:`check_user_may_read`): root reads
+        every file below the shared roots, the user maybe not. Raises as both (``permission_denied``, 403,
+        for a file the user may not read; also for a refused path below a folder the user may not search,
+        :func:`check_user_may_reach`: a missing file there is not told from a present one)."""
+        reader = reader_for(username)
+        try:
+            source = check_source(path, self.shared_roots)
+        except StagingError:
+            if reader is not None:  # not found, a folder, ...: not the user's to learn below a closed folder
+                check_user_may_reach(path, reader)
+            raise
+        if reader is not None:
+            check_user_may_read(source.path, reader, (source.device, source.inode))
+        return source
+
     def _open_target(self, username: str, relative_path: str, name: str, *, create: bool = True) -> Target:
-        return self.areas.open_target(username, relative_path, name, create=create, owner=owner_for(username))
+        return self.areas.open_target(
+            username,
+            relative_path,
+            name,
+            create=create,
+            owner=owner_for(username),
+            reader=reader_for(username),
+        )
 
     # -- replicas -----------------------------------------------------------------------------------
 
@@ -300,7 +325,7 @@ class StagingOperations:
                 return
             if op.method not in FILE_WORK and op.method != "jupyter_copy":
                 raise StagingError("the service replica running the operation stopped", code="interrupted")
-            source = await asyncio.to_thread(check_source, op.source, self.shared_roots)
+            source = await asyncio.to_thread(self._source_for, op.user, op.source)
             relative = self.copies.relative_target(op)
             if op.method == "jupyter_copy":
                 await self.copies.run(op, source, relative)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import os
 import stat
@@ -26,12 +27,14 @@ from jupyter_staging.errors import (
     VerificationFailed,
 )
 from jupyter_staging.safety.dirfd import (
+    NAME_MAX_BYTES,
     READ_FLAGS,
     closing_fd,
     create_file,
     fd_identity,
     folder_below,
     lstat_at,
+    name_with,
     open_existing,
     open_folder,
     same_inode,
@@ -46,9 +49,20 @@ from jupyter_staging.safety.unnamed import publish_fd_at, reopen_unnamed
 PART_SUFFIX = ".part"
 
 
+#: Hex digits of the name's sha256 in the part name of a file whose name leaves no room for ``.part``.
+PART_TAG_HEX = 8
+
+
 def part_path(final: Path) -> Path:
-    """The in-progress name of ``final``: ``<final>.part`` in the same folder."""
-    return final.with_name(final.name + PART_SUFFIX)
+    """The in-progress name of ``final``: ``<final>.part`` in the same folder; for a name of more than 250
+    bytes (``NAME_MAX`` is 255: a file of the user's may have such a name) ``final``'s name cut short,
+    ``~``, :data:`PART_TAG_HEX` hex digits of the whole name's sha256 and ``.part``, at most 255 bytes:
+    the same for the same name on every run, another for names that differ only past the cut."""
+    name = final.name
+    if len(os.fsencode(name)) + len(PART_SUFFIX) <= NAME_MAX_BYTES:
+        return final.with_name(name + PART_SUFFIX)
+    tag = hashlib.sha256(os.fsencode(name)).hexdigest()[:PART_TAG_HEX]
+    return final.with_name(name_with(name, f"~{tag}{PART_SUFFIX}"))
 
 
 class PartPlace:

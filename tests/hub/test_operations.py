@@ -265,6 +265,38 @@ def test_hardlink_shares_the_inode_and_keeps_the_mode(site):
     assert stat.S_IMODE(src_path.stat().st_mode) == 0o640
 
 
+@pytest.mark.parametrize("method", [local_copy, hardlink, symlink])
+def test_a_target_folder_removed_during_the_call_is_target_missing(site, method):
+    """The user removes the (empty) folder the call opened: each method answers ``target_missing`` (400).
+    A hard link answered ``source_changed`` (409), blaming a source nobody changed."""
+    areas = UserAreas(str(site / "homes" / "{username}"))
+    src = check_source(str(site / "archive" / KEPLER_NAME), [str(site / "archive")])
+    with areas.open_target("erin", "sub/", src.name) as target:
+        (site / "homes" / "erin" / "sub").rmdir()
+        with pytest.raises(Exception) as caught:
+            method(src, target)
+    err = as_staging_error(caught.value, "op")
+    assert (err.code, err.status) == ("target_missing", 400)
+
+
+def test_a_hardlink_source_removed_after_it_was_pinned_is_source_changed(site, monkeypatch):
+    areas = UserAreas(str(site / "homes" / "{username}"))
+    (site / "archive" / "gone.txt").write_text("soon gone")
+    src = check_source(str(site / "archive" / "gone.txt"), [str(site / "archive")])
+    pin = fileops._pin_source
+
+    def pin_then_remove(source):
+        fd = pin(source)
+        (site / "archive" / "gone.txt").unlink()
+        return fd
+
+    monkeypatch.setattr(fileops, "_pin_source", pin_then_remove)
+    with areas.open_target("erin", "", src.name) as target, pytest.raises(StagingError) as caught:
+        hardlink(src, target)
+    assert caught.value.code == "source_changed"
+    assert not (site / "homes" / "erin" / "gone.txt").exists()
+
+
 def test_hardlink_refuses_a_source_folder_replaced_by_a_symlink_after_the_check(site):
     """linkat follows symlinks in the source's folders: a folder swapped after check_source must not get a
     file from outside the shared roots linked into the user's area."""
