@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from jupyter_staging.engine.models import CreateJob, ListJobsQuery, dump
 from jupyter_staging.errors import InvalidRequest, InvalidState, JobNotFound, StagingError, error_classes
+from jupyter_staging.kernel.outages import through_outage
 
 if TYPE_CHECKING:
     from jupyter_staging.engine.manager import StagingManager
@@ -126,10 +127,12 @@ class Backend:
         raise NotImplementedError
 
     def wait(self, job_id: str, timeout: float, poll: float) -> dict[str, Any]:
-        """Block up to ``timeout`` seconds for the job to reach a final state; returns the job as it is."""
+        """Block up to ``timeout`` seconds for the job to reach a final state; returns the job as it is. A
+        server that stops answering meanwhile (restarted) is waited for, up to the same deadline
+        (:func:`~jupyter_staging.kernel.outages.through_outage`, which raises its error after)."""
         deadline = time.monotonic() + timeout
         while True:
-            job = self.get(job_id)
+            job = through_outage(lambda: self.get(job_id), deadline=deadline, poll=poll)
             remaining = deadline - time.monotonic()
             if job["state"] in FINAL_STATES or remaining <= 0:
                 return job
