@@ -37,7 +37,7 @@ from sqlalchemy import Table, or_, select, update
 
 from jupyter_staging.engine.database import SQLITE_BUSY_TIMEOUT
 from jupyter_staging.engine.models import JobState
-from jupyter_staging.engine.processes import parse_runner, runner_alive
+from jupyter_staging.engine.processes import KERNEL, KERNEL_PREFIX, parse_runner, runner_alive, runner_kind
 from jupyter_staging.engine.store import JobRecord, Store, utcnow
 from jupyter_staging.safety.redact import redact_text
 
@@ -127,12 +127,19 @@ def runners_of(store: Store, job_ids: Collection[str]) -> dict[str, str | None]:
 
 
 def expired(store: Store, runner: str, root: str, now: datetime) -> list[str]:
-    """The ids of the queued or running jobs of root folder ``root`` whose runner is not ``runner`` and
-    whose lease ran out by ``now``: one ``SELECT`` on the indexed ``state`` (jobs to take over)."""
+    """The ids of the queued or running jobs of root folder ``root`` whose runner is not ``runner`` but of
+    its kind (:func:`~jupyter_staging.engine.processes.runner_kind`) and whose lease ran out by ``now``: one
+    ``SELECT`` on the indexed ``state`` (jobs to take over)."""
     lease = _JOBS.c.lease_expires_at
+    of_kernels = _JOBS.c.runner.startswith(KERNEL_PREFIX, autoescape=True)
+    same_kind = of_kernels if runner_kind(runner) == KERNEL else ~of_kernels
     with store.read_session() as s:
         query = select(_JOBS.c.id).where(
-            _JOBS.c.state.in_(HELD_STATES), _JOBS.c.root == root, _JOBS.c.runner != runner, lease <= now
+            _JOBS.c.state.in_(HELD_STATES),
+            _JOBS.c.root == root,
+            _JOBS.c.runner != runner,
+            same_kind,
+            lease <= now,
         )
         return list(s.execute(query).scalars())
 

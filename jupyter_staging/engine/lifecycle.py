@@ -25,7 +25,7 @@ from jupyter_staging.engine.expansion import DEFAULT_MAX_UNPACKED_BYTES
 from jupyter_staging.engine.failure import record_failure
 from jupyter_staging.engine.leases import HELD_STATES, Heartbeat, lease_until, release
 from jupyter_staging.engine.models import TRANSITIONS, DescribeJob, JobState
-from jupyter_staging.engine.processes import parse_runner, this_runner
+from jupyter_staging.engine.processes import SERVER, parse_runner, this_runner
 from jupyter_staging.engine.progress import PROGRESS_INTERVAL, LiveProgress
 from jupyter_staging.engine.records import has_sealed, without_sealed
 from jupyter_staging.engine.retention import apply_cleanup_policy, sweep
@@ -65,6 +65,7 @@ class JobLifecycle:
         sweep_interval: float,
         heartbeat_interval: float,
         raise_open_files: bool = False,
+        runner_kind: str = SERVER,
     ) -> None:
         self.store = store
         #: :meth:`start` raises the process's soft open-file limit (``raise_open_file_limit``).
@@ -82,8 +83,10 @@ class JobLifecycle:
         self._lock = threading.RLock()
         self._done = threading.Condition(self._lock)
         self._stopped = False
-        #: Identifies this process as the runner of the jobs it submits (``host:pid:start``).
-        self.runner_id = this_runner()
+        #: Identifies this process as the runner of the jobs it submits (``host:pid:start``, a kernel's
+        #: prefixed ``kernel/``): it takes over only the jobs of runners of its kind (``runner_kind``).
+        self.runner_id = this_runner(runner_kind)
+        self.runner_kind = runner_kind
         #: The host of :attr:`runner_id`: runners of this host are checked by pid, others by their lease.
         self.host = parse_runner(self.runner_id)[0]
         #: Renews the leases of the jobs this process holds (a runner prepared or submitted).

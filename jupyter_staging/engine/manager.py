@@ -43,7 +43,7 @@ from jupyter_staging.engine.models import (
     ListJobsResponse,
 )
 from jupyter_staging.engine.placement import ACTIVE_STATES
-from jupyter_staging.engine.processes import current_user, default_key_file
+from jupyter_staging.engine.processes import SERVER, check_kind, current_user, default_key_file
 from jupyter_staging.engine.refresh import Refresh, kept_parts_job
 from jupyter_staging.engine.retention import expire_if_consumed
 from jupyter_staging.engine.steering import JobSteering
@@ -125,6 +125,11 @@ class StagingManager(JobSteering):
         ``UPDATE`` for all of them; :mod:`~jupyter_staging.engine.leases`). A server of another host sharing
         the job database takes such a job over only once its lease has gone three intervals unrenewed.
         Positive (:class:`ValueError` otherwise).
+    runner_kind:
+        The kind of engine this is (:data:`~jupyter_staging.engine.processes.RUNNER_KINDS`): ``"server"``
+        (a Jupyter server, a script) or ``"kernel"`` (a kernel's in-process engine). It takes over only the
+        jobs of dead runners of its own kind: a kernel on a server's job database leaves the server's jobs
+        to the server. Another kind raises :class:`ValueError`.
     """
 
     def __init__(
@@ -149,8 +154,10 @@ class StagingManager(JobSteering):
         quota_bytes: int = 0,
         raise_open_files: bool = False,
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        runner_kind: str = SERVER,
     ) -> None:
         install_log_filters()
+        check_kind(runner_kind)  # before the database is opened
         root = Path(root_dir).resolve()
         self.staging_dir = staging_dir
         self.max_concurrent_jobs = max_concurrent_jobs
@@ -181,6 +188,7 @@ class StagingManager(JobSteering):
             sweep_interval=sweep_interval,
             heartbeat_interval=heartbeat_interval,
             raise_open_files=raise_open_files,
+            runner_kind=runner_kind,
         )
         self.default_owner = default_owner or current_user()
         self.admission = Admission(

@@ -18,6 +18,7 @@ from datetime import datetime
 from jupyter_staging.engine.leases import Verdict, claim, expired, verdict
 from jupyter_staging.engine.lifecycle import JobLifecycle
 from jupyter_staging.engine.models import JobState
+from jupyter_staging.engine.processes import runner_kind
 from jupyter_staging.engine.store import JobRecord, utcnow
 from jupyter_staging.errors import InvalidState, JobNotFound
 from jupyter_staging.safety.descriptors import raise_open_file_limit
@@ -80,9 +81,10 @@ class JobRecovery(JobLifecycle):
         self, records: Iterable[JobRecord], now: datetime, *, deadline: float | None = None
     ) -> list[str]:
         """Claim, queue again and submit those of the queued and running jobs ``records`` (newest first)
-        whose runner is gone as seen at ``now`` (or names none); returns their ids. A job that changed
-        between its claim and its requeue (ended, paused) is left as it is, and so is one another server
-        claimed first; once this manager is stopping (:meth:`stop`), or past ``deadline`` (a
+        whose runner is gone as seen at ``now`` (or names none) and is of this engine's kind (a kernel's
+        engine takes no server's job, a server no kernel's: ``runner_kind``); returns their ids. A job that
+        changed between its claim and its requeue (ended, paused) is left as it is, and so is one another
+        server claimed first; once this manager is stopping (:meth:`stop`), or past ``deadline`` (a
         ``time.monotonic()`` value), no more jobs are claimed."""
         taken = []
         for rec in records:
@@ -94,6 +96,8 @@ class JobRecovery(JobLifecycle):
                 if rec.id in self._controls:
                     continue  # created and submitted by this manager before it started: its runner has it
             runner = rec.runner
+            if runner_kind(runner) != self.runner_kind:
+                continue  # a server's job is never run by a kernel's engine, nor a kernel's by a server
             if runner and runner != self.runner_id:
                 if verdict(rec, host=self.host, now=now) == Verdict.ALIVE:
                     continue  # another live process (a second kernel, a script, a server of another host)

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from jupyter_staging.engine.models import CreateJob, ListJobsQuery, dump
 from jupyter_staging.errors import InvalidRequest, InvalidState, JobNotFound, StagingError, error_classes
+from jupyter_staging.kernel.outages import through_outage
 
 if TYPE_CHECKING:
     from jupyter_staging.engine.manager import StagingManager
@@ -126,10 +127,12 @@ class Backend:
         raise NotImplementedError
 
     def wait(self, job_id: str, timeout: float, poll: float) -> dict[str, Any]:
-        """Block up to ``timeout`` seconds for the job to reach a final state; returns the job as it is."""
+        """Block up to ``timeout`` seconds for the job to reach a final state; returns the job as it is. A
+        server that stops answering meanwhile (restarted) is waited for, up to the same deadline
+        (:func:`~jupyter_staging.kernel.outages.through_outage`, which raises its error after)."""
         deadline = time.monotonic() + timeout
         while True:
-            job = self.get(job_id)
+            job = through_outage(lambda: self.get(job_id), deadline=deadline, poll=poll)
             remaining = deadline - time.monotonic()
             if job["state"] in FINAL_STATES or remaining <= 0:
                 return job
@@ -349,9 +352,11 @@ class LocalBackend(Backend):
         SQLAlchemy URL of the job database (default: ``local-jobs.sqlite`` in
         ``<jupyter data dir>/jupyter_staging``).
 
-    The manager is started at once (jobs this database left running in ``root_dir`` are resumed) and
-    stopped at interpreter exit; a job still running then stays ``running`` in the database and resumes
-    the next time a local backend starts on the same root.
+    The manager is started at once (jobs a kernel's engine left running in ``root_dir`` in this database are
+    resumed) and stopped at interpreter exit; a job still running then stays ``running`` in the database and
+    resumes the next time a local backend starts on the same root. Jobs of a Jupyter server sharing the
+    database are never run here, even when that server is gone: the server resumes them at its next start
+    (the manager's ``runner_kind`` is ``"kernel"``).
 
     The engine's log lines are the jobs' own logs (:meth:`Job.log`); unless the program configured a
     handler for the ``jupyter_staging`` logger, they are not also printed on stderr (Python's last-resort
@@ -370,7 +375,7 @@ class LocalBackend(Backend):
         engine_log = logging.getLogger("jupyter_staging")
         if not engine_log.handlers:
             engine_log.addHandler(logging.NullHandler())
-        self.manager: StagingManager = StagingManager(self.root_dir, db_url=db_url)
+        self.manager: StagingManager = StagingManager(self.root_dir, db_url=db_url, runner_kind="kernel")
         self.manager.start()
         self._closed = False
         atexit.register(self.close)

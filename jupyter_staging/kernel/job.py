@@ -23,6 +23,7 @@ from jupyter_staging.kernel import progressbar
 from jupyter_staging.kernel.backends import FINAL_STATES, Backend
 from jupyter_staging.kernel.chunks import Chunk
 from jupyter_staging.kernel.formatting import jobs_table_html, progress_summary, tasks_summary
+from jupyter_staging.kernel.outages import through_outage
 from jupyter_staging.kernel.paths import chunk_paths, entry_paths, is_url
 from jupyter_staging.kernel.readback import (
     PARQUET_CONTENT_TYPE,
@@ -431,14 +432,17 @@ def iter_chunks(job: Job, *, poll: float = 0.25, timeout: float | None = None) -
     still come. ``poll`` seconds between status reads; ``timeout`` seconds at most in all. Raises
     :class:`JobFailed` when the job fails (a manifest job with failed entries: code ``partial``) or is
     cancelled, after yielding every chunk that was ready, and :class:`TimeoutError` when ``timeout`` passes.
+    A server that does not answer for a while (restarted) is waited for
+    (:func:`~jupyter_staging.kernel.outages.through_outage`).
     Under ``delete_on_ack``, acking every chunk as it comes leaves the job ``expired`` (its manifest and
     folder removed with the last ack).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     next_index = 0
     while True:
-        done = job.refresh().done  # read the state first: chunks listed after it are complete
-        by_index = {c["index"]: c for c in job.chunks}
+        # the state first: chunks listed after it are complete; through a server's restart
+        done = through_outage(lambda: job.refresh().done, deadline=deadline, poll=poll)
+        by_index = {c["index"]: c for c in through_outage(lambda: job.chunks, deadline=deadline, poll=poll)}
         while next_index in by_index:
             chunk = by_index[next_index]
             if chunk["state"] in _READABLE:

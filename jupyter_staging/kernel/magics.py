@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import math
+import os
 import re
 import shlex
 from collections.abc import Callable
@@ -74,9 +76,23 @@ _JOB_OPTIONS = (
     argument("--unpack", action="store_true", help="Extract .zip / .tar[.gz|.bz2|.xz] / .tgz archives."),
     argument("--decompress", action="store_true", help="Turn x.gz / x.bz2 / x.xz into x."),
 )
+
+
+def seconds_value(text: str) -> float:
+    """``--timeout``'s value, checked: a positive, finite number of seconds (argparse names the flag in its
+    one-line error otherwise: ``-1`` would not wait at all, ``nan`` for ever)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seconds: {text!r}") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return seconds
+
+
 #: ``--timeout``, which both magics take after their own ``--wait``.
 _TIMEOUT_OPTION = argument(
-    "--timeout", type=float, default=None, metavar="SECONDS", help="With --wait: wait at most this."
+    "--timeout", type=seconds_value, default=None, metavar="SECONDS", help="With --wait: wait at most this."
 )
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -155,6 +171,9 @@ class StagingMagics(Magics):
             if args.source in CONTROL_COMMANDS and args.dest is not None:
                 job = api.get_job(args.dest)
                 return getattr(job, args.source)()
+            if args.source in CONTROL_COMMANDS and not os.path.exists(args.source):
+                usage = f"%stage {args.source} JOB_ID (%stage jobs lists them)"
+                raise UsageError(f"%stage {args.source} needs a job id: {usage}")
             job = api.stage(args.source, args.dest, **_stage_options(args))
             if args.wait:
                 job = _wait(job, args.timeout)
@@ -231,12 +250,24 @@ def parse_options(magic: Callable[..., Any], line: str) -> argparse.Namespace:
         if "unrecognized arguments" not in message:
             raise
         known = sorted(set(re.findall(r"--[a-z][a-z-]*", magic.parser.format_usage())))  # type: ignore[attr-defined]
-        hints = []
+        hints = [] if (quoted := _quoting_hint(argv)) is None else [quoted]
         for typed in re.findall(r"--?[A-Za-z][\w-]*", message.split(":", 1)[-1]):
             close = difflib.get_close_matches(typed.split("=", 1)[0], known, n=1, cutoff=0.6)
             if close:
                 hints.append(f"{typed}: did you mean {close[0]}?")
         raise UsageError(f"{message} ({'; '.join(hints)})" if hints else message) from None
+
+
+def _quoting_hint(argv: list[str]) -> str | None:
+    """For a local path with spaces typed without quotes (``my data/kepler lc.fits out``, which argparse
+    reports as ``unrecognized arguments: lc.fits out``): the path quoted, when the first words joined make
+    an existing file or folder; else None."""
+    words = [word for word in argv if not word.startswith("-")]
+    for end in range(len(words), 1, -1):
+        path = " ".join(words[:end])
+        if os.path.exists(os.path.expanduser(path)) and " " in path:
+            return f"a path with spaces goes in quotes: {shlex.quote(path)}"
+    return None
 
 
 def parse_manifest(text: str) -> dict[str, str | dict[str, str]]:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from jupyter_staging.kernel.formatting import progress_summary
 from jupyter_staging.kernel.frontend import has_widget_frontend
+from jupyter_staging.kernel.outages import through_outage
 
 __all__ = ["WatchedJob", "follow", "shows_by_default"]
 
@@ -57,7 +58,8 @@ def shows_by_default() -> bool:
 def follow(job: WatchedJob, *, poll: float, deadline: float | None, timeout: float | None) -> None:
     """Draw ``job``'s progress on stderr, refreshing it every ``poll`` seconds, until it ends (the bar
     stays, with the final state). Raises :class:`TimeoutError` once ``time.monotonic()`` passes
-    ``deadline`` (None: no limit; ``timeout`` seconds is what the message names)."""
+    ``deadline`` (None: no limit; ``timeout`` seconds is what the message names). A server that does not
+    answer for a while is waited for (:func:`~jupyter_staging.kernel.outages.through_outage`)."""
     columns, rows = _terminal_size()
     with tqdm(
         desc=job.name or job.id,
@@ -69,7 +71,7 @@ def follow(job: WatchedJob, *, poll: float, deadline: float | None, timeout: flo
         leave=True,
     ) as bar:
         while True:
-            job.refresh()
+            through_outage(job.refresh, deadline=deadline, poll=poll)  # through a server's restart
             _show(bar, job.progress, "" if not job.done else job.state)
             if job.done:
                 return

@@ -220,7 +220,24 @@ def to_qtable(table: pa.Table) -> QTable:
     fits_header = _fits_header(result.meta)
     if fits_header is not None:
         _fits_times(result, fits_header)
+    _mask_missing_times(result)
     return QTable(result)
+
+
+#: The Julian date put under the mask of a missing time (J2000.0): any valid one would do.
+_J2000 = 2451545.0
+
+
+def _mask_missing_times(table: Table) -> None:
+    """Mask the values of ``Time`` columns that are NaN (a Kepler / TESS cadence without a time): unmasked,
+    a Time of NaN prints as year -4713 (``isot``) and fails ``datetime64`` for its whole column."""
+    for name in table.colnames:
+        column = table[name]
+        if isinstance(column, Time):
+            missing = np.isnan(column.jd1) | np.isnan(column.jd2)
+            if missing.any():  # a valid time under the mask first: astropy converts masked values too
+                column[missing] = Time(_J2000, format="jd", scale=column.scale)
+                column[missing] = np.ma.masked
 
 
 def _mixins(table: Table) -> Table:

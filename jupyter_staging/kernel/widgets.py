@@ -137,10 +137,14 @@ def _percent(progress: dict[str, Any], state: str) -> float | None:
 
 def _folder_link(destination: Path | str, shown: str) -> str:
     """An ``<a>`` to a job's folder, relative to the kernel's working folder (the notebook's), which
-    JupyterLab opens in its file browser; plain text for an object store prefix or a folder elsewhere."""
+    JupyterLab opens in its file browser; plain text for an object store prefix or a folder elsewhere, and
+    ``<folder>/ (removed)`` for a folder that is gone from a parent this kernel sees (the partial output of
+    a cancelled or failed job): a link to it would open nothing."""
     label = html.escape(shown.rstrip("/") + "/")
     if isinstance(destination, str):
         return f"<code>{label}</code>"
+    if not destination.exists() and destination.parent.is_dir():
+        return f"<code>{label}</code> (removed)"
     relative = os.path.relpath(destination, os.getcwd())
     if relative.startswith(".."):
         return f"<code>{label}</code>"

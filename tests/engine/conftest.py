@@ -51,13 +51,14 @@ INTERVAL = 0.5
 
 @pytest.fixture
 def on_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """``on_host(name)``: an unstarted manager on ``tmp_path / "root"`` and the shared job database, whose
-    runner id names host ``name`` (only :func:`~jupyter_staging.engine.processes.host_name` is replaced,
-    while it is made); all are stopped at the end."""
+    """``on_host(name, kind="server")``: an unstarted manager of runner kind ``kind`` (``"kernel"``: a
+    kernel's in-process engine) on ``tmp_path / "root"`` and the shared job database, whose runner id names
+    host ``name`` (only :func:`~jupyter_staging.engine.processes.host_name` is replaced, while it is made);
+    all are stopped at the end."""
     (tmp_path / "root").mkdir(exist_ok=True)
     made: list[StagingManager] = []
 
-    def make(name: str) -> StagingManager:
+    def make(name: str, kind: str = "server") -> StagingManager:
         with monkeypatch.context() as patch:
             patch.setattr(processes, "host_name", lambda: name)
             mgr = StagingManager(
@@ -65,6 +66,7 @@ def on_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
                 db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}",
                 sweep_interval=0,
                 heartbeat_interval=INTERVAL,
+                runner_kind=kind,
             )
         made.append(mgr)
         return mgr

@@ -4,6 +4,8 @@ option typed, with "did you mean"; hints that name what exists; a notice when a 
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import requests
 from IPython.core.error import UsageError
@@ -132,3 +134,33 @@ def test_a_table_converts_without_a_notice(shell, capsys):
     job = shell.run_line_magic("stage", f"{KEPLER} --to-parquet --chunk-rows 5000 --wait")
     assert job.notices == [] and "note:" not in capsys.readouterr().out
     assert job.progress["output_bytes"] > 0 and job.progress["rows_done"] == 14_280
+
+
+def test_an_unquoted_path_with_spaces_gets_a_hint_to_quote_it(shell, tmp_path):
+    """Before: ``unrecognized arguments: lc.fits out`` and nothing more: the user had to guess the quotes."""
+    folder = tmp_path / "my data"
+    folder.mkdir()
+    shutil.copyfile(KEPLER, folder / "kepler lc.fits")
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic("stage", "my data/kepler lc.fits out")
+    assert str(info.value) == (
+        "unrecognized arguments: lc.fits out (a path with spaces goes in quotes: 'my data/kepler lc.fits')"
+    )
+    job = shell.run_line_magic("stage", "'my data/kepler lc.fits' out --wait")
+    assert job.state == "succeeded" and (tmp_path / "out" / "kepler lc.fits").is_file()
+
+
+def test_a_control_command_without_a_job_id_says_what_it_needs(shell):
+    """Before: ``%stage cancel`` staged a file named ``cancel`` and failed ``source_not_found``."""
+    for command in ("pause", "resume", "cancel"):
+        with pytest.raises(UsageError, match=rf"^%stage {command} needs a job id: %stage {command} JOB_ID"):
+            shell.run_line_magic("stage", command)
+
+
+@pytest.mark.parametrize("seconds", ["-1", "0", "nan", "inf"])
+def test_a_timeout_that_is_no_duration_is_refused(shell, seconds):
+    """Before, ``--timeout -1`` printed 'still running after -1.0 s' and ``--timeout nan`` waited for ever."""
+    with pytest.raises(UsageError, match="--timeout: .*positive"):
+        shell.run_line_magic("stage", f"{KEPLER} out --wait --timeout {seconds}")
+    with pytest.raises(UsageError, match="--timeout: .*positive"):
+        shell.run_cell_magic("stage", f"out --wait --timeout {seconds}", f"a: {KEPLER}\n")

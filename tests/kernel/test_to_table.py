@@ -10,7 +10,7 @@ from astropy.time import Time
 
 from jupyter_staging.errors import StagingError
 from jupyter_staging.kernel import api
-from tests.helpers.data import KEPLER
+from tests.helpers.data import KEPLER, TESS
 
 
 def test_to_table_gives_units_and_times_for_the_kepler_light_curve(local_backend, tmp_path):
@@ -23,6 +23,30 @@ def test_to_table_gives_units_and_times_for_the_kepler_light_curve(local_backend
     assert table["PDCSAP_FLUX"].unit == u.electron / u.s
     assert isinstance(table["TIME"], Time) and table["TIME"].scale == "tdb"
     assert table["TIME"][0].jd > 2454833
+
+
+def test_the_tess_cadences_without_a_time_are_masked_times(local_backend, tmp_path):
+    """The TESS light curve has 815 cadences whose TIME is NaN (no time: the spacecraft pointing lost).
+    Before, they became Time values of NaN, unmasked: ``.isot`` gave '-4713-11-24T-2147483648:...' for
+    them and ``.datetime64`` raised ValueError for the whole column. Now they are masked, the others
+    exact."""
+    import numpy as np
+    from astropy.io import fits
+
+    shutil.copyfile(TESS, tmp_path / TESS.name)
+    job = api.stage(str(tmp_path / TESS.name), "tess", to_parquet=True, chunk_rows=5000, wait=True)
+
+    times = job.to_table()["TIME"]
+
+    with fits.open(TESS) as hdul:
+        days = np.asarray(hdul[1].data["TIME"], dtype=np.float64)
+        reference = hdul[1].header["BJDREFI"] + hdul[1].header["BJDREFF"]
+    gaps = np.isnan(days)
+    assert isinstance(times, Time) and gaps.sum() == 815
+    assert times.masked and np.array_equal(times.mask, gaps)
+    assert np.allclose(times[~gaps].jd, reference + days[~gaps], rtol=0, atol=1e-9)
+    assert not any("-2147483648" in text for text in times.isot[~gaps])
+    assert times.datetime64[~gaps].min() > np.datetime64("2018-07-01")
 
 
 def test_a_folder_of_tables_in_other_units_is_read_one_table_at_a_time(local_backend, tmp_path):

@@ -60,6 +60,22 @@ def test_a_failed_job_says_how_far_it_got(local_backend, range_server) -> None:
         widget.stop()
 
 
+def test_a_cancelled_jobs_removed_folder_is_not_linked(local_backend, range_server) -> None:
+    """Cancel removes the partial output: before, the outcome still linked ``folder slow-cancel/``, which
+    JupyterLab could not open. Now it says the folder was removed, and links nothing."""
+    (range_server.root / "slow-cancel.bin").write_bytes(os.urandom(1_500_000))
+    range_server.throttle_bytes_per_s = 300_000
+    job = api.stage(range_server.url("slow-cancel.bin"), "slow-cancel", show=False)
+    wait_until(lambda: job.refresh().progress["bytes_done"] > 0, 15, "bytes to move")
+    job.cancel()
+    wait_until(lambda: job.refresh().state == "cancelled", 15, "the cancel")
+    assert not (local_backend.root_dir / "slow-cancel").exists()
+    widget = widgets.JobWidget(job, follow=False)
+    assert widget.outcome.value.startswith("<span>✗ Cancelled after 0 chunks")
+    assert "<code>slow-cancel/</code> (removed)" in widget.outcome.value
+    assert "<a " not in widget.outcome.value
+
+
 def test_an_image_asked_for_as_parquet_shows_the_notice(local_backend) -> None:
     job = api.stage(IMAGE, "rosat", to_parquet=True, wait=True, show=False)
     widget = widgets.JobWidget(job, follow=False)
