@@ -115,8 +115,9 @@ _TARGET_RE = re.compile(r"(?<![^\s\"'(\[=])(/[^\s?#\"'<>`]*)(\?" + _URL_TAIL + "
 
 _NAMES = "|".join(re.escape(n) for n in sorted(SECRET_PARAMS, key=len, reverse=True))
 _STRONG_NAME = r"[A-Za-z0-9_-]*(?:" + "|".join(re.escape(s) for s in _SECRET_SUFFIXES) + ")"
-# A value that is already ``REDACTED`` is left alone, so that redacting twice changes nothing.
-_BARE_VALUE = r"(?!" + REDACTED + r"(?![^\s&'\"()<>,;]))[^\s&'\"()<>,;]+"
+# A value that is already ``REDACTED`` is left alone, so that redacting twice changes nothing, also when the
+# sentence goes on with punctuation (``signature=REDACTED: connection refused`` keeps its colon).
+_BARE_VALUE = r"(?!" + REDACTED + r"[.:!?]*(?![^\s&'\"()<>,;]))[^\s&'\"()<>,;]+"
 # ``key=...``, ``client_secret=...`` outside URLs; ``password: ...``, ``"db_password": "..."`` too for
 # the names that can only mean a secret (``key: data/x.fits`` is an object key, not a credential).
 _BARE_SECRET_RE = re.compile(

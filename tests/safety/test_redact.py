@@ -195,3 +195,15 @@ def test_log_filter_drops_botocore_signatures_and_is_installed_once():
         )
         == 1
     )
+
+
+def test_the_sentence_after_a_redacted_url_keeps_its_punctuation():
+    """``cannot reach <url>: connection refused``: the URL's signature redacted, the bare-secret pass then
+    took ``REDACTED:`` for a value and ate the colon, so the message read ``... REDACTED connection
+    refused``. A secret's own last characters are still hidden with it."""
+    text = "cannot reach https://u:s@127.0.0.1:1/x.fits?X-Amz-Signature=abc: connection refused"
+    assert redact_text(text) == (
+        "cannot reach https://REDACTED@127.0.0.1:1/x.fits?X-Amz-Signature=REDACTED: connection refused"
+    )
+    assert redact_text("password=hunter2! rest") == "password=REDACTED rest"
+    assert redact_text("sig=REDACTEDxyz: then") == "sig=REDACTED then"
