@@ -30,6 +30,7 @@ from traitlets import Float, Int, List, Unicode, default
 from traitlets.config import Application
 
 from jupyter_staging._version import __version__
+from jupyter_staging.errors import DatabaseTooNew
 from jupyter_staging.hub import oplog
 from jupyter_staging.hub.areas import UserAreas
 from jupyter_staging.hub.db import OperationStore
@@ -294,8 +295,14 @@ class StagingHub(Application):
 
     async def serve(self) -> None:
         """Open the database and the log, listen, take over operations whose lease expired and keep
-        this replica's leases renewed, wait for a signal."""
-        store = OperationStore(self.db_url)
+        this replica's leases renewed, wait for a signal.
+
+        Raises :class:`SystemExit` (status 1, one line naming the revision) when a later release upgraded
+        the operations database."""
+        try:
+            store = OperationStore(self.db_url)
+        except DatabaseTooNew as err:
+            raise SystemExit(f"jupyter-staging-hub: {err.message}") from None
         operations = self.make_operations(store)
         bind = urlsplit(self.bind_url)
         server = HTTPServer(self.make_web_app(operations), xheaders=True)

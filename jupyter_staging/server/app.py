@@ -24,6 +24,7 @@ from jupyter_staging.engine.executors import (
 from jupyter_staging.engine.leases import DEFAULT_HEARTBEAT_INTERVAL, outlasts_lock_wait
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import JobState
+from jupyter_staging.errors import DatabaseTooNew
 from jupyter_staging.server.handlers import default_handlers
 from jupyter_staging.server.keepalive import KeepAlive
 
@@ -261,7 +262,22 @@ class StagingApp(ExtensionApp):
     def initialize_settings(self) -> None:
         assert self.serverapp is not None
         root_dir = Path(os.path.expanduser(self.serverapp.root_dir)).resolve()
-        self.manager = StagingManager(
+        try:
+            self.manager = self._make_manager(root_dir)
+        except DatabaseTooNew as err:
+            # Every staging request answers 503 database_newer_than_code (not a 404 of a missing extension,
+            # nor a traceback in the log); the rest of the server works.
+            self.log.error("jupyter_staging: staging is off: %s", err.message)
+            self.settings.update({"staging_unavailable": err, "staging_owner": self.owner})
+            return
+        self.settings.update({"staging_manager": self.manager, "staging_owner": self.owner})
+        self.log.info("jupyter_staging %s: jobs in %s", __version__, _safe_url(self.db_url))
+
+    def _make_manager(self, root_dir: Path) -> StagingManager:
+        """The :class:`StagingManager` of these settings (its database upgraded to the newest revision).
+
+        Raises :class:`~jupyter_staging.errors.DatabaseTooNew` when a later release upgraded the database."""
+        return StagingManager(
             root_dir,
             db_url=self.db_url,
             staging_dir=self.staging_dir,
@@ -282,8 +298,6 @@ class StagingApp(ExtensionApp):
             streams_per_file=self.streams_per_file,
             raise_open_files=self.raise_open_file_limit,
         )
-        self.settings.update({"staging_manager": self.manager, "staging_owner": self.owner})
-        self.log.info("jupyter_staging %s: jobs in %s", __version__, _safe_url(self.db_url))
 
     def _executor_options(self) -> dict[str, object]:
         """Keyword arguments of ``executor_class`` beyond its thread count (the ``dask_*`` settings)."""
@@ -302,6 +316,8 @@ class StagingApp(ExtensionApp):
     async def _start_jupyter_server_extension(self, serverapp) -> None:  # type: ignore[no-untyped-def]
         import asyncio
 
+        if getattr(self, "manager", None) is None:  # the database could not be opened (logged)
+            return
         resumed = await asyncio.to_thread(self.manager.start)
         if resumed:
             self.log.info("jupyter_staging: resumed %d job(s) after restart", len(resumed))
