@@ -272,6 +272,15 @@ class DatabaseTooNew(StagingError):
     status = 503
 
 
+class DatabaseUnavailable(StagingError):
+    """The job database could not be opened when the server started (its server down or unreachable, a
+    wrong URL or password, a SQLite file locked by another process past the busy timeout). Staging stays
+    off until the server is restarted with the database reachable (HTTP 503)."""
+
+    code = "database_unavailable"
+    status = 503
+
+
 def chained_errno(exc: BaseException, numbers: frozenset[int]) -> int | None:
     """The first of ``numbers`` (errno values) that ``exc`` — or an exception it was raised from or while
     handling (``__cause__`` / ``__context__``) — carries as an :class:`OSError`, by its ``errno`` or, for

@@ -1,7 +1,8 @@
 """A database upgraded by a later release, then opened by this one (the package downgraded): the job store
 and the operations store refuse it naming the revision and change nothing, on SQLite, PostgreSQL and
 MariaDB; a Jupyter server answers every staging request 503 ``database_newer_than_code`` (not a 404 of a
-missing extension, not a traceback) and the hub service exits with one line naming the revision."""
+missing extension, not a traceback) and the hub service exits with one line naming the revision. A database
+that cannot be reached at the server's start is answered 503 ``database_unavailable`` the same way."""
 
 from __future__ import annotations
 
@@ -88,7 +89,8 @@ def test_a_server_on_a_later_releases_database_answers_503_naming_the_revision(t
     finally:
         server.stop()
     log = server.log_path.read_text()
-    assert f"staging is off: the job database is at schema revision {LATER!r}" in log
+    assert "jupyter_staging: staging is off (sqlite:///" in log
+    assert f"the job database is at schema revision {LATER!r}" in log
     assert "Traceback" not in log and "CommandError" not in log and "AttributeError" not in log
     engine = sa.create_engine(url)
     assert current_revision(engine, JOB_MIGRATIONS) == LATER
@@ -135,3 +137,34 @@ def test_the_hub_service_on_a_later_releases_database_exits_with_one_line_naming
     assert f"operations database is at schema revision {LATER!r}" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert Path(tmp_path / "operations.sqlite").exists()
+
+
+class ServerOn(JupyterServerProcess):
+    """A Jupyter server whose job database is ``db_url`` (given once: the option takes one value)."""
+
+    def __init__(self, root_dir: Path, state_dir: Path, db_url: str) -> None:
+        super().__init__(root_dir, state_dir)
+        self.db_url = db_url
+
+    def command(self) -> list[str]:
+        args = [a for a in super().command() if not a.startswith("--StagingApp.db_url=")]
+        return [*args, f"--StagingApp.db_url={self.db_url}"]
+
+
+def test_a_server_whose_database_is_unreachable_at_start_answers_503_without_the_password(tmp_path):
+    password = "Sekrit-db-password-0123"
+    url = f"postgresql+psycopg://alice:{password}@127.0.0.1:{free_port()}/jobs"  # nothing listens there
+    server = ServerOn(tmp_path / "root", tmp_path / "state", url)
+    server.start()
+    try:
+        answer = server.request("GET", "jobs")
+        assert answer.status_code == 503, answer.text
+        body = answer.json()
+        assert body["code"] == "database_unavailable" and "could not be opened" in body["message"]
+        assert "Connection refused" in body["message"] and password not in answer.text
+        assert requests_ok(server)
+    finally:
+        server.stop()
+    log = server.log_path.read_text()
+    assert "staging is off (postgresql+psycopg://alice:***@127.0.0.1" in log
+    assert password not in log and "AttributeError" not in log
