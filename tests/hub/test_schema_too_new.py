@@ -104,10 +104,8 @@ def requests_ok(server: JupyterServerProcess) -> bool:
     return requests.get(f"{server.url}api/status", headers=server.headers, timeout=10).ok
 
 
-def test_the_hub_service_on_a_later_releases_database_exits_with_one_line_naming_it(tmp_path):
-    url = f"sqlite:///{tmp_path / 'operations.sqlite'}"
-    OperationStore(url).close()
-    mark_as_later(url, HUB_MIGRATIONS)
+def run_hub_service(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
+    """``python -m jupyter_staging.hub.app`` on the operations database ``url``, run to its exit."""
     archive, homes = tmp_path / "archive", tmp_path / "homes"
     archive.mkdir()
     homes.mkdir()
@@ -125,7 +123,7 @@ def test_the_hub_service_on_a_later_releases_database_exits_with_one_line_naming
         f"--user-area-template={homes}/{{username}}/staging",
         f"--server-root-template={homes}/{{username}}",
     ]
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "jupyter_staging.hub.app", *args],
         cwd=tmp_path,
         env=env,
@@ -133,6 +131,13 @@ def test_the_hub_service_on_a_later_releases_database_exits_with_one_line_naming
         text=True,
         timeout=60,
     )
+
+
+def test_the_hub_service_on_a_later_releases_database_exits_with_one_line_naming_it(tmp_path):
+    url = f"sqlite:///{tmp_path / 'operations.sqlite'}"
+    OperationStore(url).close()
+    mark_as_later(url, HUB_MIGRATIONS)
+    proc = run_hub_service(tmp_path, url)
     assert proc.returncode == 1, proc.stderr
     assert f"operations database is at schema revision {LATER!r}" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -168,3 +173,12 @@ def test_a_server_whose_database_is_unreachable_at_start_answers_503_without_the
     log = server.log_path.read_text()
     assert "staging is off (postgresql+psycopg://alice:***@127.0.0.1" in log
     assert password not in log and "AttributeError" not in log
+
+
+def test_the_hub_service_on_an_unreachable_database_exits_with_one_line_without_the_password(tmp_path):
+    password = "Sekrit-db-password-0123"
+    proc = run_hub_service(tmp_path, f"postgresql+psycopg://hub:{password}@127.0.0.1:{free_port()}/ops")
+    assert proc.returncode == 1, proc.stderr
+    assert "cannot open the operations database postgresql+psycopg://hub:***@127.0.0.1" in proc.stderr
+    assert "Connection refused" in proc.stderr
+    assert "Traceback" not in proc.stderr and password not in proc.stderr
