@@ -261,6 +261,26 @@ class DestinationNotWritable(StagingError):
     status = 409
 
 
+class DatabaseTooNew(StagingError):
+    """The job database (or the hub service's operations database) records a schema revision this
+    release does not know: a later release of jupyter_staging upgraded it, and this one was installed
+    since (a downgrade of the package). Nothing is read or written until the release that knows the
+    revision is installed again, or the database is downgraded with it (HTTP 503: the server's state, not
+    the request's)."""
+
+    code = "database_newer_than_code"
+    status = 503
+
+
+class DatabaseUnavailable(StagingError):
+    """The job database could not be opened when the server started (its server down or unreachable, a
+    wrong URL or password, a SQLite file locked by another process past the busy timeout). Staging stays
+    off until the server is restarted with the database reachable (HTTP 503)."""
+
+    code = "database_unavailable"
+    status = 503
+
+
 def chained_errno(exc: BaseException, numbers: frozenset[int]) -> int | None:
     """The first of ``numbers`` (errno values) that ``exc`` — or an exception it was raised from or while
     handling (``__cause__`` / ``__context__``) — carries as an :class:`OSError`, by its ``errno`` or, for

@@ -1,7 +1,9 @@
 """The ``database`` check: ``StagingApp.db_url`` opens, and a probe row is written and deleted.
 
 Changes nothing but the probe row (written and deleted in one transaction) and, for SQLite, the database
-file and its tables when they did not exist yet, as the server would create them.
+file and its tables when they did not exist yet, as the server would create them. A database at an older
+schema revision is reported and left as it is (servers of an earlier release may still use it); one at a
+revision of a later release is a failure naming it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, Numeric, func, select
+from sqlalchemy import JSON, Boolean, DateTime, Integer, Numeric, func, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
@@ -25,7 +27,10 @@ from jupyter_staging.cli.model import (
     first_line,
 )
 from jupyter_staging.cli.redaction import safe_db_url
+from jupyter_staging.engine.database import make_engine
+from jupyter_staging.engine.migrate import JOB_MIGRATIONS, current_revision
 from jupyter_staging.engine.store import JobRecord, Store, utcnow
+from jupyter_staging.errors import DatabaseTooNew
 
 NAME = "database"
 
@@ -57,7 +62,19 @@ def check_database(settings: DoctorSettings) -> Check:
         if problem is not None:
             return problem
     try:
+        behind = schema_check(url, shown)
+        if behind is not None:
+            return behind
         jobs = probe_database(url)
+    except DatabaseTooNew as err:
+        return Check(
+            NAME,
+            FAIL,
+            f"{shown}: {err.message}",
+            f"install the jupyter_staging release that upgraded it (pip install -U jupyter_staging), or "
+            f"downgrade the database with that release to revision {JOB_MIGRATIONS.head()!r} (see the admin "
+            "guide, The job database, Downgrading)",
+        )
     except (ModuleNotFoundError, NoSuchModuleError) as exc:
         hint = DRIVER_HINTS.get(backend, "install the driver the URL names")
         return Check(
@@ -121,6 +138,40 @@ def sqlite_location_problem(database: str | None, shown: str) -> Check | None:
         f"the folder of the SQLite database {path} does not exist ({folder}); the server does not "
         "create it for a configured db_url",
         f"mkdir -p {folder}   (or set StagingApp.db_url to a file in a folder that exists)",
+    )
+
+
+def schema_check(url: str, shown: str) -> Check | None:
+    """A ``warn`` for a job database at an older schema revision than this release's newest (left as it
+    is: the doctor does not upgrade a database that servers of an earlier release may still use); None
+    when it is new (no job table yet) or at the newest revision.
+
+    Raises :class:`~jupyter_staging.errors.DatabaseTooNew` for a revision of a later release, and what
+    SQLAlchemy and the driver raise when the database cannot be reached."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            tables = set(inspect(conn).get_table_names())
+            if "staging_jobs" not in tables:
+                return None
+            revision = current_revision(engine, JOB_MIGRATIONS)
+            head = JOB_MIGRATIONS.head()
+            if revision == head:
+                return None
+            if revision is not None and not JOB_MIGRATIONS.knows(revision):
+                raise JOB_MIGRATIONS.too_new(revision)
+            jobs = conn.scalar(text("SELECT COUNT(*) FROM staging_jobs"))
+    finally:
+        engine.dispose()
+    at = f"revision {revision!r}" if revision else "the schema of release 0.1.0 (no version table)"
+    return Check(
+        NAME,
+        WARN,
+        f"the job database {shown} ({jobs} job(s) recorded) is at {at}, older than this release's "
+        f"newest ({head!r}); the doctor left it as it is",
+        "the first server of this release to start upgrades it in place: stop every server of an earlier "
+        "release that uses it first (the admin guide's page The job database, Upgrading, says which "
+        "revisions need that)",
     )
 
 

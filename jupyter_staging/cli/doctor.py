@@ -6,7 +6,9 @@ The doctor checks, and explains how to fix, what breaks staging on this machine:
 check                     what it does
 ========================  =====================================================================
 ``extension``             the server extension imports and is enabled in Jupyter's configuration
-``database``              ``StagingApp.db_url`` opens; a probe row is written and deleted
+``database``              ``StagingApp.db_url`` opens; a probe row is written and deleted. A database
+                          of an older schema is a warning, left as it is (the doctor upgrades nothing);
+                          one of a later release's schema is a failure naming its revision
 ``staging folder``        ``<root_dir>/<staging_dir>`` (or its nearest existing parent) takes a
                           probe file, and its file system has free space
 ``scratch folder``        ``StagingApp.scratch_dir``, when set, the same; outside the root it must be

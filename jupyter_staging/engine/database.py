@@ -46,9 +46,17 @@ def sqlite_file(db_url: str) -> str | None:
 def make_private(path: str) -> None:
     """Create the SQLite file ``path`` with mode 0600 when missing, and tighten it and its ``-wal`` and
     ``-shm`` files to 0600 when they allow more (the database holds every job's details). Files of
-    another user are logged and left as they are."""
+    another user are logged and left as they are.
+
+    An existing database is never opened here: closing any descriptor of the file drops every POSIX lock
+    this process's SQLite connections hold on it (SQLite's "How To Corrupt" page, 2.2), and another process
+    closing its last connection (``jupyter staging doctor``, an admin's ``sqlite3``) would then take this
+    server for gone and delete the write-ahead log under it (``disk I/O error`` on the server's next
+    read)."""
     try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE))
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+    except FileExistsError:
+        pass
     except OSError as err:
         log.warning("cannot create the job database %s: %s", path, err.strerror)
         return

@@ -28,6 +28,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+
+from jupyter_staging._version import __version__
+from jupyter_staging.errors import DatabaseTooNew
 
 #: Alembic's script folder (``env.py``) shared by both databases.
 SCRIPT_LOCATION = Path(__file__).with_name("migrations")
@@ -43,6 +47,8 @@ class Migrations:
 
     versions: Path
     version_table: str
+    #: What the database is, for people ("job database", "operations database").
+    what: str = "job database"
 
     def config(self) -> Config:
         """An Alembic :class:`~alembic.config.Config` for these revisions (no ``alembic.ini``)."""
@@ -59,6 +65,22 @@ class Migrations:
             raise RuntimeError(f"no revisions in {self.versions}")
         return head
 
+    def knows(self, revision: str) -> bool:
+        """Whether ``revision`` is one of these revisions (False: one of a later release)."""
+        try:
+            return ScriptDirectory.from_config(self.config()).get_revision(revision) is not None
+        except CommandError:
+            return False
+
+    def too_new(self, revision: str) -> DatabaseTooNew:
+        """The error for a database at ``revision``, a revision these migrations do not know."""
+        return DatabaseTooNew(
+            f"the {self.what} is at schema revision {revision!r} (table {self.version_table}), which "
+            f"jupyter_staging {__version__} does not know (its newest is {self.head()!r}): a later release "
+            "upgraded it. Install that release again, or downgrade the database with it to "
+            f"{self.head()!r} (docs: The job database, Downgrading); nothing was changed"
+        )
+
 
 #: The job database (``jupyter_staging.engine.store``).
 JOB_MIGRATIONS = Migrations(SCRIPT_LOCATION / "jobs", "staging_alembic_version")
@@ -68,22 +90,32 @@ def upgrade_database(engine: sa.Engine, migrations: Migrations) -> None:
     """Bring the database of ``engine`` to the newest revision of ``migrations`` (nothing to do when it is
     there already), holding a database-wide lock meanwhile.
 
-    Raises :class:`sqlalchemy.exc.SQLAlchemyError` when the database refuses a statement (the transaction
-    is rolled back: on PostgreSQL the whole upgrade, elsewhere the statement)."""
+    Raises :class:`~jupyter_staging.errors.DatabaseTooNew` (nothing changed) when the database records a
+    revision ``migrations`` do not know (a later release upgraded it), and
+    :class:`sqlalchemy.exc.SQLAlchemyError` when the database refuses a statement (the transaction is
+    rolled back: on PostgreSQL the whole upgrade, elsewhere the statement)."""
     cfg = migrations.config()
     name = migrations.version_table
     with _PROCESS_LOCK, engine.connect() as conn, _session_lock(conn, name):
         with conn.begin(), _migration_lock(conn, name):
             cfg.attributes["connection"] = conn
             cfg.attributes["version_table"] = name
+            revision = _revision(conn, name)
+            if revision is not None and not migrations.knows(revision):
+                raise migrations.too_new(revision)
             command.upgrade(cfg, "head")
 
 
 def current_revision(engine: sa.Engine, migrations: Migrations) -> str | None:
     """The revision recorded in the database, or None before the first upgrade."""
     with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"version_table": migrations.version_table})
-        return context.get_current_revision()
+        return _revision(conn, migrations.version_table)
+
+
+def _revision(conn: sa.Connection, version_table: str) -> str | None:
+    """The revision recorded in ``version_table`` on ``conn`` (None: no table, or no row)."""
+    context = MigrationContext.configure(conn, opts={"version_table": version_table})
+    return context.get_current_revision()
 
 
 def create_missing(conn: sa.Connection, tables: list[sa.Table]) -> None:

@@ -24,12 +24,14 @@ import jinja2
 from jupyterhub._data import DATA_FILES_PATH
 from jupyterhub.services.auth import HubOAuth
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from tornado import web
 from tornado.httpserver import HTTPServer
 from traitlets import Float, Int, List, Unicode, default
 from traitlets.config import Application
 
 from jupyter_staging._version import __version__
+from jupyter_staging.errors import DatabaseTooNew
 from jupyter_staging.hub import oplog
 from jupyter_staging.hub.areas import UserAreas
 from jupyter_staging.hub.db import OperationStore
@@ -294,8 +296,20 @@ class StagingHub(Application):
 
     async def serve(self) -> None:
         """Open the database and the log, listen, take over operations whose lease expired and keep
-        this replica's leases renewed, wait for a signal."""
-        store = OperationStore(self.db_url)
+        this replica's leases renewed, wait for a signal.
+
+        Raises :class:`SystemExit` (status 1, one line: the revision, or the driver's reason) when a later
+        release upgraded the operations database, or it cannot be opened."""
+        try:
+            store = OperationStore(self.db_url)
+        except DatabaseTooNew as err:
+            raise SystemExit(f"jupyter-staging-hub: {err.message}") from None
+        except SQLAlchemyError as exc:
+            orig = getattr(exc, "orig", None) or exc
+            reason = f"{type(orig).__name__}: {(str(orig).strip().splitlines() or [''])[0]}"
+            shown = _safe_url(self.db_url)
+            message = f"jupyter-staging-hub: cannot open the operations database {shown} ({reason})"
+            raise SystemExit(message) from None
         operations = self.make_operations(store)
         bind = urlsplit(self.bind_url)
         server = HTTPServer(self.make_web_app(operations), xheaders=True)

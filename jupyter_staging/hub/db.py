@@ -32,7 +32,9 @@ from jupyter_staging.engine.migrate import Migrations
 from jupyter_staging.engine.store import UTCDateTime, aware, utcnow
 
 #: The operations database's revisions (``jupyter_staging/hub/migrations``) and version table.
-HUB_MIGRATIONS = Migrations(Path(__file__).with_name("migrations"), "staging_hub_alembic_version")
+HUB_MIGRATIONS = Migrations(
+    Path(__file__).with_name("migrations"), "staging_hub_alembic_version", "hub service's operations database"
+)
 
 #: Values of :attr:`Operation.status`.
 STATUSES = ("running", "succeeded", "skipped", "failed")

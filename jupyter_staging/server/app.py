@@ -10,6 +10,7 @@ from pathlib import Path
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
+from sqlalchemy.exc import SQLAlchemyError
 from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default, validate
 from traitlets import Type as TypeTrait
 
@@ -24,6 +25,7 @@ from jupyter_staging.engine.executors import (
 from jupyter_staging.engine.leases import DEFAULT_HEARTBEAT_INTERVAL, outlasts_lock_wait
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import JobState
+from jupyter_staging.errors import DatabaseTooNew, DatabaseUnavailable, StagingError
 from jupyter_staging.server.handlers import default_handlers
 from jupyter_staging.server.keepalive import KeepAlive
 
@@ -261,7 +263,36 @@ class StagingApp(ExtensionApp):
     def initialize_settings(self) -> None:
         assert self.serverapp is not None
         root_dir = Path(os.path.expanduser(self.serverapp.root_dir)).resolve()
-        self.manager = StagingManager(
+        try:
+            self.manager = self._make_manager(root_dir)
+        except DatabaseTooNew as err:
+            # Every staging request answers 503 database_newer_than_code (not a 404 of a missing extension,
+            # nor a traceback in the log); the rest of the server works.
+            self._staging_off(err)
+            return
+        except SQLAlchemyError as exc:
+            orig = getattr(exc, "orig", None) or exc
+            reason = f"{type(orig).__name__}: {(str(orig).strip().splitlines() or [''])[0]}"
+            self._staging_off(
+                DatabaseUnavailable(
+                    f"the job database could not be opened when this server started ({reason[:300]}); "
+                    "restart the server once it is reachable (jupyter staging doctor checks it)"
+                )
+            )
+            return
+        self.settings.update({"staging_manager": self.manager, "staging_owner": self.owner})
+        self.log.info("jupyter_staging %s: jobs in %s", __version__, _safe_url(self.db_url))
+
+    def _staging_off(self, err: StagingError) -> None:
+        """Serve no staging: every staging request answers ``err`` (a 503), logged once here."""
+        self.log.error("jupyter_staging: staging is off (%s): %s", _safe_url(self.db_url), err.message)
+        self.settings.update({"staging_unavailable": err, "staging_owner": self.owner})
+
+    def _make_manager(self, root_dir: Path) -> StagingManager:
+        """The :class:`StagingManager` of these settings (its database upgraded to the newest revision).
+
+        Raises :class:`~jupyter_staging.errors.DatabaseTooNew` when a later release upgraded the database."""
+        return StagingManager(
             root_dir,
             db_url=self.db_url,
             staging_dir=self.staging_dir,
@@ -282,8 +313,6 @@ class StagingApp(ExtensionApp):
             streams_per_file=self.streams_per_file,
             raise_open_files=self.raise_open_file_limit,
         )
-        self.settings.update({"staging_manager": self.manager, "staging_owner": self.owner})
-        self.log.info("jupyter_staging %s: jobs in %s", __version__, _safe_url(self.db_url))
 
     def _executor_options(self) -> dict[str, object]:
         """Keyword arguments of ``executor_class`` beyond its thread count (the ``dask_*`` settings)."""
@@ -302,6 +331,8 @@ class StagingApp(ExtensionApp):
     async def _start_jupyter_server_extension(self, serverapp) -> None:  # type: ignore[no-untyped-def]
         import asyncio
 
+        if getattr(self, "manager", None) is None:  # the database could not be opened (logged)
+            return
         resumed = await asyncio.to_thread(self.manager.start)
         if resumed:
             self.log.info("jupyter_staging: resumed %d job(s) after restart", len(resumed))

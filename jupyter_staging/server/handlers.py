@@ -52,6 +52,11 @@ class StagingAPIHandler(JSONHandlerMixin, APIHandler):
 
     @property
     def manager(self) -> StagingManager:
+        """The server's manager. Raises :class:`StagingHTTPError` (503 ``database_newer_than_code``) when the
+        server started without one: its job database was upgraded by a later release."""
+        unavailable = self.settings.get("staging_unavailable")
+        if unavailable is not None:
+            raise StagingHTTPError.from_error(unavailable)
         return self.settings["staging_manager"]  # type: ignore[no-any-return]
 
     @property
