@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from jupyter_staging.errors import ConversionFailed
+from jupyter_staging.formats.convert import convert_to_parquet
 from jupyter_staging.formats.detect import table_problem
 
 SPITZER = Path("/work/shared/data/spitzer_example_catalog.xml")
@@ -36,3 +38,24 @@ def test_a_votable_without_a_table_is_still_not_a_table(tmp_path: Path) -> None:
     src.write_text('<?xml version="1.0"?><VOTABLE version="1.4"><RESOURCE/></VOTABLE>')
     assert table_problem(src) == "not a table"
     assert table_problem(SPITZER) is None
+
+
+def test_an_ecsv_header_that_is_not_yaml_says_what_yaml_found(tmp_path: Path) -> None:
+    src = tmp_path / "bad.ecsv"
+    src.write_text("# %ECSV 1.0\n# ---\n# datatype: [\na\n1\n")
+    with pytest.raises(ConversionFailed) as caught:
+        convert_to_parquet(src, tmp_path / "out")
+    assert caught.value.message == (
+        "bad.ecsv: invalid ECSV header: while parsing a flow node: expected the node content, but found "
+        "'<stream end>' (line 3)"
+    )
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_an_ecsv_header_without_datatype_says_so(tmp_path: Path) -> None:
+    src = tmp_path / "nodatatype.ecsv"
+    src.write_text("# %ECSV 1.0\n# ---\n# delimiter: ','\na,b\n1,2\n")
+    with pytest.raises(ConversionFailed) as caught:
+        convert_to_parquet(src, tmp_path / "out")
+    message = caught.value.message
+    assert message == "nodatatype.ecsv: invalid ECSV header: it has no 'datatype' list of columns"
