@@ -13,6 +13,7 @@ from jupyter_staging.formats.base import without_paths
 from jupyter_staging.formats.compression import COMPRESSED_SUFFIXES, head, open_binary
 from jupyter_staging.formats.fits import select_fits_hdu
 from jupyter_staging.formats.votable import VOTableSource, votable_problem
+from jupyter_staging.formats.votable_stream import votable_source
 
 __all__ = ["detect_format", "is_table", "table_problem"]
 
@@ -91,8 +92,9 @@ def table_problem(path: Path, hdu: int | str | None = None) -> str | None:
 
     FITS files are opened (headers only) and need a binary or ASCII table HDU (or ``hdu`` must name one);
     an image-only FITS file is not a table. VOTables need a ``TABLE`` element and astropy must parse them:
-    a VOTable astropy rejects is staged as it is, named as unreadable (the file is parsed, which takes as
-    long as converting it). Parquet files need a readable footer; CSV, TSV and ECSV files are taken on
+    a VOTable astropy rejects is staged as it is, named as unreadable (the file is parsed whole, which
+    takes as long as converting it, unless it is converted a slice of rows at a time: then its first
+    slice is parsed). Parquet files need a readable footer; CSV, TSV and ECSV files are taken on
     trust (their content is only checked while converting). Never raises.
     """
     path = Path(path)
@@ -137,11 +139,20 @@ def _check_fits(path: Path, hdu: int | str | None) -> None:
 def _check_votable(path: Path, hdu: int | str | None) -> str | None:
     """Why the VOTable cannot be converted (:func:`~jupyter_staging.formats.votable.votable_problem`), or
     None; with ``hdu``, raises :class:`ConversionFailed` unless that table exists. A file without a
-    ``TABLE`` element is not parsed."""
+    ``TABLE`` element is not parsed; one read a slice at a time (:mod:`~jupyter_staging.formats.
+    votable_stream`) is parsed up to the end of its first slice of rows only."""
     if hdu is not None:
         VOTableSource(path, hdu, chunk_rows=1).close()
         return None
-    return votable_problem(path) if _has_votable_table(path) else "not a table"
+    if not _has_votable_table(path):
+        return "not a table"
+    try:
+        # a VOTable read a slice at a time is checked on its first slice of rows, not parsed whole
+        source = votable_source(path, None, chunk_rows=1)
+    except ConversionFailed:
+        return votable_problem(path)  # astropy's own words, from the whole file
+    source.close()
+    return None
 
 
 def _has_votable_table(path: Path) -> bool:

@@ -146,15 +146,20 @@ class VOTableSource(TableSource):
         votable = _parse(path)
         found = _tables(votable)
         position = _position(found, hdu, path.name)
-        table = found[position].table
-        data = table.array
-        names = data.dtype.names or ()
-        arrays, fields_meta, columns = [], [], []
-        for i, field in enumerate(table.fields):
-            arrays.append(ndarray_to_arrow(data[names[i]]) if i < len(names) else _no_data(field))
-            columns.append(field.name or field.ID or names[i])
-            fields_meta.append(votable_field_meta(field))
+        arrow = arrow_table(found[position].table)
+        fields_meta = [votable_field_meta(field) for field in found[position].table.fields]
         meta = _schema_meta(path, votable, found[position], position)
-        arrow = pa.table(arrays, names=columns)
         schema = with_metadata(arrow.schema, fields_meta, meta)
         super().__init__(pa.Table.from_arrays(arrow.columns, schema=schema), path.stat().st_size, chunk_rows)
+
+
+def arrow_table(table: Any) -> pa.Table:
+    """The rows of a parsed VOTable ``TABLE`` (astropy's ``TableElement``) as an Arrow table, one column
+    per ``FIELD`` (named by its name, else its ID), without metadata."""
+    data = table.array
+    names = data.dtype.names or ()
+    arrays, columns = [], []
+    for i, field in enumerate(table.fields):
+        arrays.append(ndarray_to_arrow(data[names[i]]) if i < len(names) else _no_data(field))
+        columns.append(field.name or field.ID or names[i])
+    return pa.table(arrays, names=columns)
