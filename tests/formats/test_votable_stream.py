@@ -167,3 +167,26 @@ def test_a_damaged_binary_stream_fails_naming_the_rows_and_leaves_no_part(tmp_pa
     assert "base64" in caught.value.message
     assert str(tmp_path) not in caught.value.message
     assert not list((tmp_path / "out").glob("*.part"))
+
+
+def test_a_votable_malformed_after_its_first_slice_fails_the_job_and_leaves_no_part(
+    local_backend, tmp_path: Path
+) -> None:
+    from jupyter_staging.errors import StagingError
+    from jupyter_staging.kernel import api
+
+    table = Table({"id": np.arange(50_000), "flux": np.linspace(0, 1, 50_000)})
+    src = tmp_path / "cat.xml"
+    from_table(table).to_xml(str(src))
+    text = src.read_bytes()
+    row = text.index(b"<TD>45000</TD>")
+    src.write_bytes(text[:row] + b"<TD>45000</TX>" + text[row + 14 :])  # malformed XML in row 45001
+
+    with pytest.raises(StagingError) as failed:
+        api.stage(str(src), "cat", to_parquet=True, chunk_rows=10_000, wait=True)
+
+    assert failed.value.code == "conversion_failed"
+    message = str(failed.value)
+    assert "cat.xml: not a readable VOTable (rows 40001 to 50000)" in message, message
+    assert str(tmp_path) not in message and "Traceback" not in message
+    assert not [p for p in (tmp_path / "cat").rglob("*") if p.is_file()]
