@@ -115,6 +115,38 @@ def _variable_fields(path: Path) -> None:
     votable.to_xml(str(path))
 
 
+def _packed_fields(path: Path) -> None:
+    """A TABLEDATA VOTable of the FIELDs whose binary size is not one byte per character: unicodeChar
+    (two), bits (packed eight to a byte), doubleComplex arrays, a boolean and a long with nulls."""
+    from astropy.io.votable.tree import Field, Resource, TableElement, VOTableFile
+
+    votable = VOTableFile()
+    votable.resources.append(Resource())
+    table = TableElement(votable, name="packed")
+    votable.resources[0].tables.append(table)
+    kinds = [
+        ("u4", "unicodeChar", "4"),
+        ("bits", "bit", "10"),
+        ("bit1", "bit", None),
+        ("dc", "doubleComplex", "2"),
+        ("b", "boolean", None),
+        ("l", "long", None),
+    ]
+    table.fields.extend(Field(votable, name=n, datatype=d, arraysize=a) for n, d, a in kinds)
+    table.fields[5].values.null = -1
+    table.create_arrays(9)
+    rows = table.array
+    rows["u4"] = ["αβγδ", "x", "", "yy", "z", "w", "v", "u", "t"]
+    rows["bits"] = [[True, False] * 5] * 9
+    rows["bit1"] = [True, False, True] * 3
+    rows["dc"] = [[1 + 1j, 2 - 2j]] * 9
+    rows["b"] = [True, False, True] * 3
+    rows.mask["b"][4] = True
+    rows["l"] = np.arange(9)
+    rows.mask["l"][3] = True
+    votable.to_xml(str(path))
+
+
 def _files(tmp_path: Path) -> list[Path]:
     files = [SPITZER]
     with warnings.catch_warnings():
@@ -129,7 +161,15 @@ def _files(tmp_path: Path) -> list[Path]:
             votable.to_xml(str(path))
             files.append(path)
         _variable_fields(tmp_path / "variable.xml")
-    return files + [tmp_path / "variable.xml"]
+        _packed_fields(tmp_path / "packed-tabledata.xml")
+        for serialization in ("binary", "binary2"):
+            votable = parse(str(tmp_path / "packed-tabledata.xml"))
+            votable.set_all_tables_format(serialization)
+            votable.to_xml(str(tmp_path / f"packed-{serialization}.xml"))
+    packed = [
+        tmp_path / f"packed-{serialization}.xml" for serialization in ("tabledata", "binary", "binary2")
+    ]
+    return files + [tmp_path / "variable.xml", *packed]
 
 
 @pytest.mark.parametrize(
