@@ -9,7 +9,7 @@ sha256 is computed, fsynced, and only then published under its final name, which
 
 Memory is a few parts' worth of Arrow data whatever the file size, except: VOTables other than those
 :mod:`jupyter_staging.formats.votable_stream` reads a slice of rows at a time (one ``TABLE`` of
-``TABLEDATA`` or of a base64 ``BINARY``/``BINARY2`` stream of fixed-size fields, not compressed) and ECSV
+``TABLEDATA`` or of a base64 ``BINARY``/``BINARY2`` stream, not compressed) and ECSV
 files with mixin or multidimensional columns are read whole by astropy; compressed FITS files are
 decompressed into memory; FITS ASCII tables and tables with variable-length arrays are read through a
 memory map, whose pages count as resident.

@@ -2,12 +2,13 @@
 
 astropy parses a VOTable whole, into about nine times the file's size in memory for a BINARY table (a
 545 MB file took 4.6 GB). A plain (not compressed) file whose one ``TABLE`` holds its rows inline, as
-``TABLEDATA`` or as a base64 ``BINARY``/``BINARY2`` ``STREAM`` of fixed-size ``FIELD``s (IVOA VOTable 1.4
-§5), is cut instead: the text before its rows (``FIELD``s, ``PARAM``s, ``INFO``s) and the text after them
-are kept, and each slice of rows is parsed by astropy between the two, as a small VOTable of its own. Each
-value, null and unit is therefore the one astropy gives for the whole file. Other VOTables (several
-``TABLE``s, compressed, ``FITS`` or external streams, variable-length fields in a binary stream, rows
-that do not end within the file's last MiB) are read whole by
+``TABLEDATA`` or as a base64 ``BINARY``/``BINARY2`` ``STREAM`` (IVOA VOTable 1.4 §5; each row's length
+told from its ``FIELD``s and the counts before its variable-length arrays), is cut instead: the text
+before its rows (``FIELD``s, ``PARAM``s, ``INFO``s) and the text after them are kept, and each slice of
+rows is parsed by astropy between the two, as a small VOTable of its own. Each value, null and unit is
+therefore the one astropy gives for the whole file. Other VOTables (several ``TABLE``s, compressed,
+``FITS`` or external streams, variable-length arrays of several dimensions in a binary stream, rows that
+do not end within the file's last MiB) are read whole by
 :class:`~jupyter_staging.formats.votable.VOTableSource`; so is a ``TABLE`` picked with ``hdu``.
 """
 
@@ -77,7 +78,7 @@ _OBJECT_TYPES = {
 
 
 class NotStreamable(ConversionFailed):
-    """The VOTable is to be read whole (a binary stream of fields without a fixed size)."""
+    """The VOTable is to be read whole (a binary stream of fields whose size cannot be told)."""
 
 
 @dataclass
@@ -161,21 +162,52 @@ def _parse_bytes(document: bytes, path: Path, rows: str) -> Any:
         raise ConversionFailed(f"{path.name}: not a readable VOTable ({rows}): {words}") from None
 
 
-def _row_size(fields: list[Any]) -> int | None:
-    """Bytes of one row of a BINARY stream of these fields, or None when a field has no fixed size."""
-    total = 0
+def _row_steps(fields: list[Any], null_flags: bool) -> list[tuple[int, int, bool]] | None:
+    """How a row of a BINARY (``null_flags``: BINARY2) stream of these fields is laid out: steps of
+    (fixed bytes, then the element size of a variable-length field (0: none), whether it holds bits),
+    or None when a field's size cannot be told (an unknown datatype, a variable dimension that is not
+    the only one)."""
+    steps = []
+    fixed = (len(fields) + 7) // 8 if null_flags else 0  # BINARY2: the null flags before each row
     for field in fields:
         size = _SIZES.get(field.datatype)
-        arraysize = field.arraysize or "1"
-        if (size is None and field.datatype != "bit") or "*" in arraysize:
+        bits = field.datatype == "bit"
+        if size is None and not bits:
+            return None
+        dimensions = (field.arraysize or "1").split("x")
+        if "*" in dimensions[-1] and len(dimensions) == 1:  # "*" or "n*": a count, then the items
+            steps.append((fixed, size or 1, bits))
+            fixed = 0
+            continue
+        if not all(dimension.isdigit() for dimension in dimensions):
             return None
         count = 1
-        for dimension in arraysize.split("x"):
-            if not dimension.isdigit():
-                return None
+        for dimension in dimensions:
             count *= int(dimension)
-        total += (count + 7) // 8 if size is None else size * count  # bits are packed, 8 to a byte
-    return total
+        fixed += (count + 7) // 8 if bits else count * (size or 1)  # bits are packed, 8 to a byte
+    return steps + [(fixed, 0, False)]
+
+
+def _rows_in(steps: list[tuple[int, int, bool]], raw: bytes, most: int) -> tuple[int, int]:
+    """How many complete rows (at most ``most``) ``raw`` starts with, and their length in bytes."""
+    if len(steps) == 1:
+        size = steps[0][0]
+        rows = min(most, len(raw) // size) if size else most
+        return rows, rows * size
+    rows, end, length = 0, 0, len(raw)
+    while rows < most:
+        position = end
+        for fixed, element, bits in steps:
+            position += fixed
+            if element:
+                if position + 4 > length:
+                    return rows, end
+                count = int.from_bytes(raw[position : position + 4], "big")
+                position += 4 + ((count + 7) // 8 if bits else count * element)
+        if position > length:
+            break
+        rows, end = rows + 1, position
+    return rows, end
 
 
 class StreamedVOTable(Source):
@@ -184,7 +216,7 @@ class StreamedVOTable(Source):
 
     Raises :class:`ConversionFailed` when astropy cannot parse the text around the rows or a slice of
     rows (the message names which rows), or when a slice's values do not fit the first slice's types;
-    :class:`NotStreamable` when the rows are a binary stream of fields without a fixed size.
+    :class:`NotStreamable` when the rows are a binary stream of fields whose size cannot be told.
     """
 
     def __init__(self, path: Path, layout: _Layout, chunk_rows: int) -> None:
@@ -197,11 +229,9 @@ class StreamedVOTable(Source):
         if len(found) != 1:
             raise ConversionFailed(f"{path.name}: the VOTable holds {len(found)} TABLEs, not one")
         self._fields = list(found[0].table.fields)
-        self.row_size = _row_size(self._fields)
-        if layout.kind != "TABLEDATA" and self.row_size is None:
-            raise NotStreamable(f"{path.name}: a binary stream of fields without a fixed size")
-        if layout.kind == "BINARY2" and self.row_size is not None:
-            self.row_size += (len(self._fields) + 7) // 8  # the null flags before each row
+        self._steps = _row_steps(self._fields, layout.kind == "BINARY2")
+        if layout.kind != "TABLEDATA" and self._steps is None:
+            raise NotStreamable(f"{path.name}: a binary stream of fields whose size cannot be told")
         fields_meta = [votable_field_meta(field) for field in self._fields]
         arrow = self._first_slice_schema()
         self.schema = with_metadata(arrow, fields_meta, _schema_meta(path, skeleton, found[0], 0))
@@ -230,9 +260,9 @@ class StreamedVOTable(Source):
     def _slices(self, skip_rows: int) -> Iterator[tuple[bytes, int, int, int, int]]:
         """(rows text, first row's 0-based number, row count, file offsets of the slice) after
         ``skip_rows`` rows."""
-        if self.row_size is None or self._layout.kind == "TABLEDATA":
+        if self._steps is None or self._layout.kind == "TABLEDATA":
             return self._tabledata(skip_rows)
-        return self._binary(skip_rows, self.row_size)
+        return self._binary(skip_rows, self._steps)
 
     def _blocks(self) -> Iterator[bytes]:
         """The file's text between the rows' start and end, in blocks."""
@@ -264,25 +294,30 @@ class StreamedVOTable(Source):
         if ends and row >= skip_rows:
             yield text, row, len(ends), offset, self._layout.stop
 
-    def _binary(self, skip_rows: int, row_size: int) -> Iterator[tuple[bytes, int, int, int, int]]:
-        raw, carry, row = b"", b"", 0
-        span = self._layout.stop - self._layout.start
-        slice_bytes = self._slice * row_size
+    def _binary(
+        self, skip_rows: int, steps: list[tuple[int, int, bool]]
+    ) -> Iterator[tuple[bytes, int, int, int, int]]:
+        raw, carry, row, used = b"", b"", 0, 0  # used: the decoded bytes before raw
         for block in self._blocks():
             clean = carry + block.translate(None, _WHITESPACE)
             whole = len(clean) // 4 * 4
             raw += self._decoded(clean[:whole], row)
             carry = clean[whole:]
-            if row < skip_rows:
-                dropped = min(skip_rows - row, len(raw) // row_size)
-                raw, row = raw[dropped * row_size :], row + dropped
-            while row >= skip_rows and len(raw) >= slice_bytes:
-                yield self._encoded(raw[:slice_bytes], row, self._slice, row_size, span)
-                raw, row = raw[slice_bytes:], row + self._slice
+            while True:
+                want = skip_rows - row if row < skip_rows else self._slice
+                rows, cut = _rows_in(steps, raw, want)
+                if rows < want:
+                    break
+                if row >= skip_rows:
+                    yield self._encoded(raw[:cut], row, rows, used)
+                raw, row, used = raw[cut:], row + rows, used + cut
         if carry:
             raw += self._decoded(carry + b"=" * (-len(carry) % 4), row)
-        if raw and row >= skip_rows:
-            yield self._encoded(raw, row, -(-len(raw) // row_size), row_size, span)
+        if row < skip_rows:
+            rows, cut = _rows_in(steps, raw, skip_rows - row)
+            raw, row, used = raw[cut:], row + rows, used + cut
+        if raw and row >= skip_rows:  # the last rows (astropy names what is wrong with a cut one)
+            yield self._encoded(raw, row, max(1, _rows_in(steps, raw, len(raw))[0]), used)
 
     def _decoded(self, text: bytes, row: int) -> bytes:
         try:
@@ -293,13 +328,12 @@ class StreamedVOTable(Source):
                 f"({exc})"
             ) from None
 
-    def _encoded(
-        self, raw: bytes, row: int, count: int, row_size: int, span: int
-    ) -> tuple[bytes, int, int, int, int]:
-        """A slice of a binary stream as the base64 text the small VOTable holds, with its offsets (the
-        base64 text's, estimated from the rows' bytes)."""
-        start = self._layout.start + min(span, row * row_size * 4 // 3)
-        end = self._layout.start + min(span, (row + count) * row_size * 4 // 3)
+    def _encoded(self, raw: bytes, row: int, count: int, used: int) -> tuple[bytes, int, int, int, int]:
+        """A slice of a binary stream (``used`` decoded bytes after its start) as the base64 text the
+        small VOTable holds, with its file offsets (estimated: four characters for three bytes)."""
+        span = self._layout.stop - self._layout.start
+        start = self._layout.start + min(span, used * 4 // 3)
+        end = self._layout.start + min(span, (used + len(raw)) * 4 // 3)
         return base64.b64encode(raw), row, count, start, end
 
     def pieces(self, skip_rows: int) -> Iterator[Piece]:

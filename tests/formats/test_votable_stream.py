@@ -113,6 +113,10 @@ def _variable_fields(path: Path) -> None:
     for field in table_element.fields[1:]:
         field.arraysize = "*"
     votable.to_xml(str(path))
+    for serialization in ("binary", "binary2"):  # each value preceded by its length
+        votable = parse(str(path))
+        votable.set_all_tables_format(serialization)
+        votable.to_xml(str(path.with_name(f"{path.stem}-{serialization}.xml")))
 
 
 def _packed_fields(path: Path) -> None:
@@ -169,7 +173,8 @@ def _files(tmp_path: Path) -> list[Path]:
     packed = [
         tmp_path / f"packed-{serialization}.xml" for serialization in ("tabledata", "binary", "binary2")
     ]
-    return files + [tmp_path / "variable.xml", *packed]
+    variable = [tmp_path / name for name in ("variable.xml", "variable-binary.xml", "variable-binary2.xml")]
+    return files + variable + packed
 
 
 @pytest.mark.parametrize(
