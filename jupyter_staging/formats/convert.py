@@ -7,10 +7,12 @@ sha256 is computed, fsynced, and only then published under its final name, which
 (:class:`jupyter_staging.safety.partfile.PartFile`). A table of zero rows gives one empty part.
 ``pyarrow.dataset.dataset(out_dir)`` and ``pandas.read_parquet(out_dir)`` read the parts as one table.
 
-Memory is a few parts' worth of Arrow data whatever the file size, except: VOTables and ECSV files with
-mixin or multidimensional columns are read whole by astropy; compressed FITS files are decompressed into
-memory; FITS ASCII tables and tables with variable-length arrays are read through a memory map, whose
-pages count as resident.
+Memory is a few parts' worth of Arrow data whatever the file size, except: VOTables other than those
+:mod:`jupyter_staging.formats.votable_stream` reads a slice of rows at a time (one ``TABLE`` of
+``TABLEDATA`` or of a base64 ``BINARY``/``BINARY2`` stream, not compressed) and ECSV
+files with mixin or multidimensional columns are read whole by astropy; compressed FITS files are
+decompressed into memory; FITS ASCII tables and tables with variable-length arrays are read through a
+memory map, whose pages count as resident.
 
 Resuming (``start_index``): parts ``0 .. start_index-1`` exist already and are not written again; the
 first ``start_index * chunk_rows`` rows are skipped (FITS, VOTable, ECSV, Parquet seek to them; CSV parses
@@ -67,7 +69,7 @@ from jupyter_staging.formats.fits import FitsSource
 from jupyter_staging.formats.parquet import COMPRESSIONS, ParquetSource, PartWriter
 from jupyter_staging.formats.prefetch import ahead_of, overlaps
 from jupyter_staging.formats.ragged import read_ragged
-from jupyter_staging.formats.votable import VOTableSource
+from jupyter_staging.formats.votable_stream import votable_source
 from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.control import JobControl
 
@@ -218,7 +220,7 @@ def _open_source(
     if fmt == "fits":
         return FitsSource(src, hdu, chunk_rows)
     if fmt == "votable":
-        return VOTableSource(src, hdu, chunk_rows)
+        return votable_source(src, hdu, chunk_rows)
     if fmt == "parquet":
         return ParquetSource(src, chunk_rows)
     raise ConversionFailed(f"{src.name}: unknown table format {fmt!r}")

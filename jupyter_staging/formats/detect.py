@@ -12,7 +12,8 @@ from jupyter_staging.errors import ConversionFailed
 from jupyter_staging.formats.base import without_paths
 from jupyter_staging.formats.compression import COMPRESSED_SUFFIXES, head, open_binary
 from jupyter_staging.formats.fits import select_fits_hdu
-from jupyter_staging.formats.votable import VOTableSource, has_readable_table
+from jupyter_staging.formats.votable import VOTableSource, votable_problem
+from jupyter_staging.formats.votable_stream import votable_source
 
 __all__ = ["detect_format", "is_table", "table_problem"]
 
@@ -85,14 +86,16 @@ def is_table(path: Path, hdu: int | str | None = None) -> bool:
 
 def table_problem(path: Path, hdu: int | str | None = None) -> str | None:
     """Why :func:`jupyter_staging.formats.convert.convert_to_parquet` cannot convert ``path`` (with this
-    ``hdu``), for a notice: ``"not a table"``, or ``"not a readable FITS file (<astropy's words>)"`` for a
-    damaged one (a cut gzip stream, a header cut short); None when it can.
+    ``hdu``), for a notice: ``"not a table"``, or ``"not a readable FITS file (<astropy's words>)"`` /
+    ``"not a readable VOTable file (<astropy's words>)"`` for a damaged one (a cut gzip stream, a header
+    or XML cut short); None when it can.
 
     FITS files are opened (headers only) and need a binary or ASCII table HDU (or ``hdu`` must name one);
     an image-only FITS file is not a table. VOTables need a ``TABLE`` element and astropy must parse them:
-    a VOTable astropy rejects is staged as it is (the file is parsed, which takes as long as converting
-    it). Parquet files need a readable footer; CSV, TSV and ECSV files are taken on trust (their content
-    is only checked while converting). Never raises.
+    a VOTable astropy rejects is staged as it is, named as unreadable (the file is parsed whole, which
+    takes as long as converting it, unless it is converted a slice of rows at a time: then its first
+    slice is parsed). Parquet files need a readable footer; CSV, TSV and ECSV files are taken on
+    trust (their content is only checked while converting). Never raises.
     """
     path = Path(path)
     fmt = detect_format(path)
@@ -102,7 +105,7 @@ def table_problem(path: Path, hdu: int | str | None = None) -> str | None:
         if fmt == "fits":
             _check_fits(path, hdu)
         elif fmt == "votable":
-            return None if _check_votable(path, hdu) else "not a table"
+            return _check_votable(path, hdu)
         elif fmt == "parquet":
             pq.ParquetFile(path).close()
     except ConversionFailed:
@@ -133,13 +136,23 @@ def _check_fits(path: Path, hdu: int | str | None) -> None:
             raise
 
 
-def _check_votable(path: Path, hdu: int | str | None) -> bool:
-    """Whether astropy reads a ``TABLE`` in the VOTable (with ``hdu``: raises unless that table exists).
-    A file without a ``TABLE`` element is not parsed."""
+def _check_votable(path: Path, hdu: int | str | None) -> str | None:
+    """Why the VOTable cannot be converted (:func:`~jupyter_staging.formats.votable.votable_problem`), or
+    None; with ``hdu``, raises :class:`ConversionFailed` unless that table exists. A file without a
+    ``TABLE`` element is not parsed; one read a slice at a time (:mod:`~jupyter_staging.formats.
+    votable_stream`) is parsed up to the end of its first slice of rows only."""
     if hdu is not None:
         VOTableSource(path, hdu, chunk_rows=1).close()
-        return True
-    return _has_votable_table(path) and has_readable_table(path)
+        return None
+    if not _has_votable_table(path):
+        return "not a table"
+    try:
+        # a VOTable read a slice at a time is checked on its first slice of rows, not parsed whole
+        source = votable_source(path, None, chunk_rows=1)
+    except ConversionFailed:
+        return votable_problem(path)  # astropy's own words, from the whole file
+    source.close()
+    return None
 
 
 def _has_votable_table(path: Path) -> bool:

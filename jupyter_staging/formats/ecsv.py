@@ -47,7 +47,9 @@ ECSV_TYPES: dict[str, pa.DataType] = {
 
 
 def _ecsv_header(path: Path) -> tuple[dict[str, Any], int] | None:
-    """The parsed YAML header of an ECSV file and its size in bytes, or None if it is not one."""
+    """The parsed YAML header of an ECSV file and its size in bytes, or None if it is not one.
+
+    Raises :class:`ConversionFailed` when the header is not YAML or lists no columns (``datatype``)."""
     # astropy is heavy (about a second to import): loaded only when an ECSV file is read
     from astropy.table import meta as table_meta
 
@@ -59,8 +61,23 @@ def _ecsv_header(path: Path) -> tuple[dict[str, Any], int] | None:
     try:
         header = table_meta.get_header_from_yaml(body)
     except Exception as exc:  # astropy raises several YAML error types
-        raise ConversionFailed(f"{path.name}: invalid ECSV header: {without_paths(str(exc), path)}") from None
+        raise ConversionFailed(f"{path.name}: invalid ECSV header: {_yaml_words(exc)}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("datatype"), list):
+        raise ConversionFailed(f"{path.name}: invalid ECSV header: it has no 'datatype' list of columns")
     return header, skip
+
+
+def _yaml_words(exc: Exception) -> str:
+    """What is wrong with an ECSV header, on one line: astropy's ``YamlParseError`` has no words of its own,
+    the YAML parser's (its cause) say what it found and where (the line of the file, the ``# %ECSV`` line
+    being line 1)."""
+    cause = exc.__cause__ or exc.__context__ or exc
+    problem = getattr(cause, "problem", None)
+    mark = getattr(cause, "problem_mark", None)
+    if problem and mark is not None:
+        context = getattr(cause, "context", None)
+        return f"{context + ': ' if context else ''}{problem} (line {mark.line + 2})"
+    return " ".join(str(cause).split()) or type(cause).__name__
 
 
 def _is_simple(header: dict[str, Any]) -> bool:

@@ -19,7 +19,7 @@ from jupyter_staging.formats.metadata import (
     with_metadata,
 )
 
-__all__ = ["VOTableSource", "has_readable_table"]
+__all__ = ["VOTableSource", "has_readable_table", "votable_problem"]
 
 
 class _Found(NamedTuple):
@@ -30,6 +30,14 @@ class _Found(NamedTuple):
     resource: Any
 
 
+class _Unreadable(ConversionFailed):
+    """astropy cannot parse the VOTable; ``words`` is astropy's message (folders removed)."""
+
+    def __init__(self, path: Path, words: str) -> None:
+        super().__init__(f"{path.name}: not a readable VOTable: {words}")
+        self.words = words
+
+
 def _parse(path: Path) -> Any:
     # astropy is heavy (about a second to import): loaded only when a VOTable is read
     from astropy.io.votable import parse
@@ -37,18 +45,24 @@ def _parse(path: Path) -> Any:
     try:
         return parse(str(path), verify="ignore")
     except Exception as exc:  # astropy raises XML, value and unit errors for malformed files
-        raise ConversionFailed(
-            f"{path.name}: not a readable VOTable: {without_paths(str(exc), path)}"
-        ) from None
+        words = without_paths(str(exc), path).strip() or type(exc).__name__
+        raise _Unreadable(path, words) from None
 
 
 def has_readable_table(path: Path) -> bool:
     """Whether astropy parses the VOTable at ``path`` and finds a ``TABLE`` in it (the file is parsed
     whole: as long as the conversion's own parse). A VOTable astropy rejects is not a table here."""
+    return votable_problem(path) is None
+
+
+def votable_problem(path: Path) -> str | None:
+    """Why the VOTable at ``path`` cannot be converted, for a notice: ``"not a readable VOTable file
+    (<astropy's words>)"`` when astropy cannot parse it (a download cut short, malformed XML), ``"not a
+    table"`` when it holds no ``TABLE``; None when it can. Parses the file whole. Never raises."""
     try:
-        return bool(_tables(_parse(path)))
-    except ConversionFailed:
-        return False
+        return None if _tables(_parse(path)) else "not a table"
+    except _Unreadable as exc:
+        return f"not a readable VOTable file ({exc.words})"
 
 
 def _tables(votable: Any) -> list[_Found]:
@@ -132,15 +146,20 @@ class VOTableSource(TableSource):
         votable = _parse(path)
         found = _tables(votable)
         position = _position(found, hdu, path.name)
-        table = found[position].table
-        data = table.array
-        names = data.dtype.names or ()
-        arrays, fields_meta, columns = [], [], []
-        for i, field in enumerate(table.fields):
-            arrays.append(ndarray_to_arrow(data[names[i]]) if i < len(names) else _no_data(field))
-            columns.append(field.name or field.ID or names[i])
-            fields_meta.append(votable_field_meta(field))
+        arrow = arrow_table(found[position].table)
+        fields_meta = [votable_field_meta(field) for field in found[position].table.fields]
         meta = _schema_meta(path, votable, found[position], position)
-        arrow = pa.table(arrays, names=columns)
         schema = with_metadata(arrow.schema, fields_meta, meta)
         super().__init__(pa.Table.from_arrays(arrow.columns, schema=schema), path.stat().st_size, chunk_rows)
+
+
+def arrow_table(table: Any) -> pa.Table:
+    """The rows of a parsed VOTable ``TABLE`` (astropy's ``TableElement``) as an Arrow table, one column
+    per ``FIELD`` (named by its name, else its ID), without metadata."""
+    data = table.array
+    names = data.dtype.names or ()
+    arrays, columns = [], []
+    for i, field in enumerate(table.fields):
+        arrays.append(ndarray_to_arrow(data[names[i]]) if i < len(names) else _no_data(field))
+        columns.append(field.name or field.ID or names[i])
+    return pa.table(arrays, names=columns)
