@@ -10,6 +10,7 @@ import {
   defaultDestination,
   formatBytes,
   formatCount,
+  visibleText,
   type Chunk,
   type Compression,
   type CreateJobRequest,
@@ -209,7 +210,7 @@ export function JobForm(props: JobFormProps): JSX.Element {
       {error && (
         <div className="jp-Staging-error jp-Staging-formError" role="alert">
           {error.code && <span className="jp-Staging-errorCode">{error.code}</span>}
-          <span className="jp-Staging-errorMessage">{error.message}</span>
+          <span className="jp-Staging-errorMessage">{visibleText(error.message)}</span>
         </div>
       )}
       <div className="jp-Staging-formButtons">
@@ -245,7 +246,7 @@ export function ChunkTable(props: { chunks: readonly Chunk[] }): JSX.Element {
           <tr key={c.id} className={`jp-Staging-chunk-${c.state}`}>
             <td>{c.index}</td>
             <td className="jp-Staging-chunkPath" title={c.sha256 ? `sha256 ${c.sha256}` : undefined}>
-              {c.path}
+              {visibleText(c.path)}
             </td>
             <td>{c.state}</td>
             <td className="jp-mod-number">{c.rows === null ? '' : formatCount(c.rows)}</td>

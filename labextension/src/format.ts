@@ -198,6 +198,27 @@ export function taskWorkerLines(tasks: TaskCounts | null | undefined): string[] 
   return tasks ? taskWorkers(tasks).map(([worker, n]) => `${worker}: ${countOf(n, 'task')}`) : [];
 }
 
+/**
+ * Characters that change how the text around them is shown without showing themselves: the Unicode
+ * bidirectional controls (after U+202E RIGHT-TO-LEFT OVERRIDE, a file named ``report<U+202E>fdp.exe``
+ * reads as ``reportexe.pdf``), and the C0 / C1 control characters other than tab and newline.
+ */
+const HIDDEN_CONTROLS = new RegExp(
+  '[\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f\\u061c\\u200e\\u200f\\u202a-\\u202e\\u2066-\\u2069]',
+  'g'
+);
+
+/**
+ * ``text`` as the panel shows it: each hidden control character (see above) replaced by a visible
+ * ``[U+202E]``, so a file name, source or log line reads as the characters it holds, in their order.
+ */
+export function visibleText(text: string): string {
+  return text.replace(
+    HIDDEN_CONTROLS,
+    c => `[U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, '0')}]`
+  );
+}
+
 /** The first line of an error message, for a one-line summary (the full text is in the job view). */
 export function firstLine(message: string): string {
   const line = message.split(/\r?\n/).find(l => l.trim() !== '') ?? '';

@@ -20,6 +20,7 @@ import {
   progressSummary,
   tasksSummary,
   taskWorkerLines,
+  visibleText,
   type Chunk,
   type Job,
   type LogLine
@@ -119,7 +120,7 @@ export class JobDetail extends ReactWidget {
   private _onModelChanged(): void {
     const job = this.model.job(this.jobId);
     if (job) {
-      this.title.label = `Staging: ${job.name}`;
+      this.title.label = `Staging: ${visibleText(job.name)}`;
       // A state change (e.g. the job finished) is worth an immediate fetch of chunks and log.
       if (job.state !== this._fetchedState && !this._loading) {
         void this.refresh();
@@ -166,7 +167,7 @@ export class JobDetail extends ReactWidget {
       <div className="jp-Staging-detailBody" data-job-id={job.id} data-state={job.state}>
         <div className="jp-Staging-detailHead">
           <StateIcon state={job.state} />
-          <h2>{job.name}</h2>
+          <h2>{visibleText(job.name)}</h2>
           <span className={`jp-Staging-stateLabel jp-Staging-state-${job.state}`}>{job.state}</span>
           <span className="jp-Staging-spacer" />
           {actions.pause && (
@@ -200,7 +201,7 @@ export class JobDetail extends ReactWidget {
             <button
               key={path}
               className="jp-Staging-button jp-mod-accept"
-              title={`Insert a cell reading ${path} into the active notebook`}
+              title={`Insert a cell reading ${visibleText(path)} into the active notebook`}
               onClick={() => void this.commands.execute(CommandIDs.openDataFrame, { path })}
             >
               Open in notebook as DataFrame
@@ -216,21 +217,21 @@ export class JobDetail extends ReactWidget {
         {job.error && (
           <div className="jp-Staging-error jp-Staging-errorFull" role="alert">
             <span className="jp-Staging-errorCode">{job.error.code}</span>
-            <span className="jp-Staging-errorMessage">{job.error.message}</span>
+            <span className="jp-Staging-errorMessage">{visibleText(job.error.message)}</span>
           </div>
         )}
-        {jobNotices(job).map(notice => (
+        {jobNotices(job).map(visibleText).map(notice => (
           <div key={notice} className="jp-Staging-noticeLine" role="note">
             <infoIcon.react tag="span" elementSize="small" className="jp-Staging-noticeIcon" />
             <span className="jp-Staging-noticeText">{notice}</span>
           </div>
         ))}
-        {this._error && <div className="jp-Staging-notice jp-mod-error">{this._error}</div>}
+        {this._error && <div className="jp-Staging-notice jp-mod-error">{visibleText(this._error)}</div>}
         <dl className="jp-Staging-facts">
           <dt>source</dt>
-          <dd>{job.source}</dd>
+          <dd>{visibleText(job.source)}</dd>
           <dt>destination</dt>
-          <dd>{displayFolder(job.destination)}</dd>
+          <dd>{visibleText(displayFolder(job.destination))}</dd>
           <dt>method</dt>
           <dd>
             {job.method}
@@ -284,7 +285,7 @@ export class JobDetail extends ReactWidget {
               <div key={i} className={`jp-Staging-logLine jp-Staging-log-${line.level.toLowerCase()}`}>
                 <span className="jp-Staging-logTime">{clock(line.time)}</span>
                 <span className="jp-Staging-logLevel">{line.level}</span>
-                <span className="jp-Staging-logMessage">{humanizeLogMessage(line.message)}</span>
+                <span className="jp-Staging-logMessage">{visibleText(humanizeLogMessage(line.message))}</span>
               </div>
             ))
           )}

@@ -26,6 +26,7 @@ import {
   relativePath,
   shortSource,
   visibleJobs,
+  visibleText,
   type Chunk,
   type Job
 } from '../src/model';
@@ -436,5 +437,19 @@ describe('the form', () => {
       'latin-1'
     );
     expect(buildCreateRequest({ ...values, encoding: '' })).not.toHaveProperty('request.convert.encoding');
+  });
+});
+
+describe('visibleText', () => {
+  it('shows bidirectional overrides and control characters instead of obeying them', () => {
+    expect(visibleText('report\u202Efdp.exe')).toBe('report[U+202E]fdp.exe');
+    expect(visibleText('a\u2066b\u2069c\u200Fd\u0000e\u001bf\u0085g')).toBe(
+      'a[U+2066]b[U+2069]c[U+200F]d[U+0000]e[U+001B]f[U+0085]g'
+    );
+  });
+
+  it('leaves ordinary text, tabs, newlines and right-to-left letters as they are', () => {
+    const text = 'kplr010666592_lc.fits\tطيف\nשמש <img src=x onerror=alert(1)> "q\'';
+    expect(visibleText(text)).toBe(text);
   });
 });
