@@ -225,11 +225,32 @@ export function JobForm(props: JobFormProps): JSX.Element {
   );
 }
 
-/** A small table of a job's chunks. */
+/**
+ * The most chunk rows a job view shows: the first ones, in index order, and a line saying how many more
+ * there are (a table of all 20,000 chunks of a job took 8 s to appear, with the page frozen meanwhile).
+ */
+export const MAX_CHUNK_ROWS = 500;
+
+/** A table of a job's chunks: the first :data:`MAX_CHUNK_ROWS` of them, and a note when there are more. */
 export function ChunkTable(props: { chunks: readonly Chunk[] }): JSX.Element {
   if (!props.chunks.length) {
     return <div className="jp-Staging-empty">No chunks yet.</div>;
   }
+  const shown = props.chunks.length > MAX_CHUNK_ROWS ? props.chunks.slice(0, MAX_CHUNK_ROWS) : props.chunks;
+  return (
+    <>
+      <ChunkRows chunks={shown} />
+      {shown.length < props.chunks.length && (
+        <div className="jp-Staging-chunksMore" role="note">
+          Showing the first {formatCount(shown.length)} of {formatCount(props.chunks.length)} chunks; the
+          job's folder holds them all.
+        </div>
+      )}
+    </>
+  );
+}
+
+function ChunkRows(props: { chunks: readonly Chunk[] }): JSX.Element {
   return (
     <table className="jp-Staging-chunks">
       <thead>

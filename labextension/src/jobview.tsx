@@ -5,7 +5,7 @@ import type { CommandRegistry } from '@lumino/commands';
 import type { Message } from '@lumino/messaging';
 import * as React from 'react';
 
-import { ChunkTable } from './components';
+import { ChunkTable, MAX_CHUNK_ROWS } from './components';
 import { displayFolder, ProgressBar, TasksLine } from './jobitem';
 import { StateIcon } from './icons';
 import type { JobsModel } from './jobs';
@@ -51,20 +51,30 @@ export class JobDetail extends ReactWidget {
     this.model.changed.connect(this._onModelChanged, this);
   }
 
-  /** Fetch the job, its chunks and its log now. */
+  /**
+   * Fetch the job, its chunks and its log now. The chunks of a job with more than the table shows
+   * (``MAX_CHUNK_ROWS``) are fetched again only when its state changed: the first rows barely change while
+   * it runs, and the whole list (20,000 chunks, megabytes) every few seconds loaded server and page.
+   */
   async refresh(): Promise<void> {
     if (this._loading) {
       return;
     }
     this._loading = true;
+    const known = this.model.job(this.jobId)?.state;
+    const wantChunks =
+      this._chunks.length <= MAX_CHUNK_ROWS || known === undefined || known !== this._chunksState;
     try {
       const [job, chunks, log] = await Promise.all([
         this.model.client.getJob(this.jobId),
-        this.model.client.chunks(this.jobId),
+        wantChunks ? this.model.client.chunks(this.jobId) : Promise.resolve(null),
         this.model.client.log(this.jobId)
       ]);
       this.model.dispatch({ type: 'job', job });
-      this._chunks = chunks;
+      if (chunks) {
+        this._chunks = chunks;
+        this._chunksState = job.state;
+      }
       this._log = log;
       this._error = null;
       this._fetchedState = job.state;
@@ -300,6 +310,8 @@ export class JobDetail extends ReactWidget {
   private _loading = false;
   private _acting = false;
   private _fetchedState: string | null = null;
+  /** The job's state when its chunks were last fetched. */
+  private _chunksState: string | null = null;
   private _timer: number | null = null;
   private _stickToBottom = true;
 }
