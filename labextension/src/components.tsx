@@ -9,6 +9,7 @@ import {
   METHODS,
   defaultDestination,
   formatBytes,
+  failureText,
   formatCount,
   visibleText,
   type Chunk,
@@ -59,7 +60,7 @@ export function JobForm(props: JobFormProps): JSX.Element {
       await props.onSubmit(built.request);
     } catch (err) {
       const e = err as StagingAPIError;
-      setError({ message: e.message, code: e instanceof StagingAPIError ? e.code : undefined });
+      setError({ message: failureText(e), code: e instanceof StagingAPIError ? e.code : undefined });
     } finally {
       setSubmitting(false);
     }

@@ -219,6 +219,31 @@ export function visibleText(text: string): string {
   );
 }
 
+/**
+ * What a failed call to the server means for the user, from the error (``StagingAPIError``: its
+ * ``status``, 0 when the server could not be reached, and ``message``; a failed ``fetch`` has no status):
+ * the server's own message for a refusal (4xx), ``Server not reachable: …`` when nothing answered;
+ * for 401 / 403 that this browser's session is no longer accepted (the server restarted with a new token,
+ * or the login expired) and how to get back; for 5xx that the server failed, with its status.
+ */
+export function failureText(error: unknown): string {
+  const { status, message } = (error ?? {}) as { status?: unknown; message?: unknown };
+  const text = typeof message === 'string' && message ? message : String(error);
+  if (status === 401 || status === 403) {
+    return (
+      `The server no longer accepts this session (HTTP ${status}: ${text}). ` +
+      'Reload JupyterLab to sign in again.'
+    );
+  }
+  if (typeof status === 'number' && status >= 500) {
+    return `The server failed (HTTP ${status}): ${text}`;
+  }
+  if (status === undefined) {
+    return `Server not reachable: ${text}`; // fetch itself failed: no answer, no status
+  }
+  return text; // 4xx refusals, and status 0 whose message already says the server could not be reached
+}
+
 /** The first line of an error message, for a one-line summary (the full text is in the job view). */
 export function firstLine(message: string): string {
   const line = message.split(/\r?\n/).find(l => l.trim() !== '') ?? '';

@@ -11,6 +11,7 @@ import type { StagingClient } from './api';
 import {
   EMPTY_JOBS,
   EventStreamParser,
+  failureText,
   isFinal,
   jobFromEvent,
   parquetDatasets,
@@ -78,7 +79,7 @@ export class JobsModel implements IDisposable {
     return this._status;
   }
 
-  /** The last failure to reach the server (null once it answers again). */
+  /** The last failure to reach the server, for the user (``failureText``; null once it answers again). */
   get lastError(): string | null {
     return this._lastError;
   }
@@ -144,7 +145,7 @@ export class JobsModel implements IDisposable {
       this._setError(null);
       this.dispatch({ type: 'jobs', jobs: answer.jobs });
     } catch (error) {
-      this._setError((error as Error).message);
+      this._setError(failureText(error));
       throw error;
     }
   }
@@ -305,7 +306,7 @@ export class JobsModel implements IDisposable {
       reader.cancel().catch(() => undefined);
     } catch (error) {
       if (!abort.signal.aborted && !connected) {
-        this._setError((error as Error).message);
+        this._setError(failureText(error));
       }
     } finally {
       clearTimeout(silence);

@@ -170,7 +170,7 @@ export class StagingPanel extends ReactWidget {
             )}
             {this.model.lastError && (
               <div className="jp-Staging-notice" role="status">
-                Server not reachable: {visibleText(this.model.lastError)}
+                {visibleText(this.model.lastError)}
               </div>
             )}
             {this._info && (

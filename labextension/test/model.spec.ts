@@ -10,6 +10,7 @@ import {
   splitForMiddleEllipsis,
   EMPTY_JOBS,
   EventStreamParser,
+  failureText,
   formatBytes,
   formatCount,
   formatEta,
@@ -451,5 +452,25 @@ describe('visibleText', () => {
   it('leaves ordinary text, tabs, newlines and right-to-left letters as they are', () => {
     const text = 'kplr010666592_lc.fits\tطيف\nשמש <img src=x onerror=alert(1)> "q\'';
     expect(visibleText(text)).toBe(text);
+  });
+});
+
+describe('failureText', () => {
+  const failure = (status: number | undefined, message: string) => Object.assign(new Error(message), { status });
+
+  it('says a refused session (401, 403) must sign in again, not that the server is unreachable', () => {
+    const text = failureText(failure(403, 'Forbidden'));
+    expect(text).toContain('HTTP 403: Forbidden');
+    expect(text).toContain('Reload JupyterLab to sign in again');
+    expect(failureText(failure(401, 'Unauthorized'))).toContain('HTTP 401');
+  });
+
+  it('names a server failure with its status, and keeps a refusal as the server worded it', () => {
+    expect(failureText(failure(502, 'Bad Gateway'))).toBe('The server failed (HTTP 502): Bad Gateway');
+    expect(failureText(failure(400, 'source not found: /x'))).toBe('source not found: /x');
+    expect(failureText(failure(0, 'cannot reach the Jupyter server: Failed to fetch'))).toBe(
+      'cannot reach the Jupyter server: Failed to fetch'
+    );
+    expect(failureText(new TypeError('Failed to fetch'))).toBe('Server not reachable: Failed to fetch');
   });
 });
