@@ -141,7 +141,7 @@ export function chunkCount(progress: Progress): string {
   if ((total === null || total === undefined) && !progress.chunks_done) {
     return '';
   }
-  const of = total === null || total === undefined ? '?' : String(total);
+  const of = total === null || total === undefined ? '?' : formatCount(total);
   return `${formatCount(progress.chunks_done)}/${of} chunks`;
 }
 

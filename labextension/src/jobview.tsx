@@ -278,7 +278,7 @@ export class JobDetail extends ReactWidget {
           <dt>id</dt>
           <dd className="jp-Staging-id">{job.id}</dd>
         </dl>
-        <h3>Chunks ({this._chunks.length})</h3>
+        <h3>Chunks ({formatCount(this._chunks.length)})</h3>
         <ChunkTable chunks={this._chunks} />
         <h3>Log</h3>
         <div

@@ -370,6 +370,7 @@ describe('the dense job row', () => {
     const p = job({ id: 'a' }).progress;
     expect(chunkCount({ ...p, chunks_done: 3, chunks_total: 3 })).toBe('3/3 chunks');
     expect(chunkCount({ ...p, chunks_done: 2, chunks_total: null })).toBe('2/? chunks');
+    expect(chunkCount({ ...p, chunks_done: 8000, chunks_total: 20000 })).toBe('8,000/20,000 chunks');
     expect(chunkCount({ ...p, chunks_done: 0, chunks_total: null })).toBe('');
   });
 
