@@ -27,6 +27,8 @@ import {
 export type ConnectionStatus = 'connecting' | 'live' | 'polling';
 
 const HIDDEN_KEY = 'jupyter-staging:hidden-jobs';
+/** The most jobs the panel lists: the newest ones (``GET /jobs?limit=``). */
+export const LIST_LIMIT = 200;
 const MAX_HIDDEN = 2000;
 const MAX_BACKOFF_MS = 30_000;
 /**
@@ -77,6 +79,16 @@ export class JobsModel implements IDisposable {
 
   get status(): ConnectionStatus {
     return this._status;
+  }
+
+  /** True when the server holds more jobs than the newest :data:`LIST_LIMIT` the list was given. */
+  get hasMore(): boolean {
+    return this._hasMore;
+  }
+
+  /** How many jobs the model knows but the list does not show (removed or cleared from it). */
+  get hiddenCount(): number {
+    return Object.keys(this._state.jobs).length - this.jobs.length;
   }
 
   /** The last failure to reach the server, for the user (``failureText``; null once it answers again). */
@@ -141,8 +153,12 @@ export class JobsModel implements IDisposable {
   /** ``GET /jobs`` into the list. */
   async refresh(): Promise<void> {
     try {
-      const answer = await this.client.listJobs({ limit: 200 });
+      const answer = await this.client.listJobs({ limit: LIST_LIMIT });
       this._setError(null);
+      if (this._hasMore !== !!answer.next_cursor) {
+        this._hasMore = !!answer.next_cursor;
+        this._changed.emit();
+      }
       this.dispatch({ type: 'jobs', jobs: answer.jobs });
     } catch (error) {
       this._setError(failureText(error));
@@ -368,6 +384,7 @@ export class JobsModel implements IDisposable {
   private _visible: Job[] | null = null;
   private _status: ConnectionStatus = 'connecting';
   private _lastError: string | null = null;
+  private _hasMore = false;
   private _refreshInterval = 3;
   private _liveUpdates = true;
   private _started = false;

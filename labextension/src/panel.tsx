@@ -8,7 +8,7 @@ import { JobForm } from './components';
 import type { JobFormValues } from './form';
 import { stagingIcon } from './icons';
 import { JobItem } from './jobitem';
-import type { JobsModel } from './jobs';
+import { LIST_LIMIT, type JobsModel } from './jobs';
 import { buildStagingLink, linkOfJob, type LinkTarget } from './links';
 import { isFinal, upToDateText, visibleText, type CreateJobRequest, type Job } from './model';
 
@@ -197,7 +197,11 @@ export class StagingPanel extends ReactWidget {
                 </button>
               </div>
             )}
-            {this.model.jobs.length === 0 ? (
+            {this.model.jobs.length === 0 && this.model.hiddenCount > 0 ? (
+              <div className="jp-Staging-empty">
+                No jobs to show: {this.model.hiddenCount} cleared from this list (their staged files stay).
+              </div>
+            ) : this.model.jobs.length === 0 ? (
               <div className="jp-Staging-empty">
                 No staging jobs yet. Use <b>+</b> above, <b>Stage Here…</b> on a folder in the file browser,
                 or <code>%stage</code> in a notebook.
@@ -220,6 +224,11 @@ export class StagingPanel extends ReactWidget {
                   />
                 ))}
               </ul>
+            )}
+            {this.model.hasMore && (
+              <div className="jp-Staging-empty jp-Staging-moreJobs" role="note">
+                Only the {LIST_LIMIT} newest jobs are listed here; the server keeps the older ones.
+              </div>
             )}
           </>
         )}
