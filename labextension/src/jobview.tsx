@@ -80,6 +80,8 @@ export class JobDetail extends ReactWidget {
       this._fetchedState = job.state;
     } catch (error) {
       this._error = (error as Error).message;
+      // No such job (a removed one, a stale link): asking again every refresh would only repeat that.
+      this._gone = (error as { status?: unknown }).status === 404;
     } finally {
       this._loading = false;
       this.update();
@@ -118,7 +120,7 @@ export class JobDetail extends ReactWidget {
       this._timer = null;
     }
     const job = this.model.job(this.jobId);
-    if (this.isDisposed || (job && isFinal(job.state) && this._fetchedState === job.state)) {
+    if (this.isDisposed || this._gone || (job && isFinal(job.state) && this._fetchedState === job.state)) {
       return;
     }
     this._timer = window.setTimeout(() => {
@@ -309,6 +311,8 @@ export class JobDetail extends ReactWidget {
   private _error: string | null = null;
   private _loading = false;
   private _acting = false;
+  /** The server answered 404 for the job: the view stops refreshing. */
+  private _gone = false;
   private _fetchedState: string | null = null;
   /** The job's state when its chunks were last fetched. */
   private _chunksState: string | null = null;

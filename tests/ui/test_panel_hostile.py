@@ -9,6 +9,7 @@ for another type). Screenshots: ``hostile-panel.png``, ``hostile-job.png``.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -84,3 +85,21 @@ def test_hostile_names_sources_errors_and_logs_show_as_text(
     assert page.evaluate(INJECTED_JS) == 0
     assert page.evaluate("() => window.__xss") is None
     assert not page.errors  # type: ignore[attr-defined]
+
+
+def test_a_job_view_of_an_unknown_job_says_so_and_stops_asking(lab: JupyterLabProcess, page: Any) -> None:
+    job_id = str(uuid.uuid4())  # a stale link, or a job of another server
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if f"/jobs/{job_id}" in r.url else None)
+    page.evaluate("(id) => { window.jupyterapp.commands.execute('staging:open-job', {id}); }", job_id)
+    view = page.locator(f"#jupyter-staging-job-{job_id} .jp-Staging-empty")
+    view.wait_for(timeout=15_000)
+    page.wait_for_function(
+        "(id) => !document.querySelector(`#jupyter-staging-job-${id} .jp-Staging-empty`)"
+        "?.innerText.includes('Loading')",
+        arg=job_id,
+    )
+    assert view.inner_text() == f"no staging job '{job_id}'"
+    first = len(asked)
+    page.wait_for_timeout(4000)  # four refresh intervals of these tests
+    assert len(asked) == first, f"{len(asked) - first} more requests for a job the server does not have"
