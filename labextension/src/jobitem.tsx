@@ -138,11 +138,9 @@ function RowDetail(props: { job: Job }): JSX.Element {
   const { job } = props;
   if (job.error) {
     return (
-      <div
-        className="jp-Staging-error jp-Staging-errorLine"
-        role="alert"
-        title={visibleText(job.error.message)}
-      >
+      // Not role="alert": a list of 200 failed jobs would be 200 alerts read out as the list appears (a
+      // job started here that fails is announced by its notification; the job view's error is an alert).
+      <div className="jp-Staging-error jp-Staging-errorLine" title={visibleText(job.error.message)}>
         <span className="jp-Staging-errorCode">{job.error.code}</span>
         <span className="jp-Staging-errorMessage">{visibleText(firstLine(job.error.message))}</span>
       </div>
