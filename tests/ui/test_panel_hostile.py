@@ -2,9 +2,10 @@
 
 A file whose name holds HTML, quotes and a Unicode RIGHT-TO-LEFT OVERRIDE (U+202E), a job named with a
 ``<script>`` element and a download from a URL holding an ``<img onerror>``: everything the server echoes
-(name, source, error, chunk path, log line, notification) shows as the characters it holds, never as HTML,
+(name, source, error, chunk path, log line) shows as the characters it holds, never as HTML,
 and an override never turns the text after it around (``q'.csv`` would read ``vsc.'q``: a file may pass
-for another type). Screenshots: ``hostile-panel.png``, ``hostile-job.png``.
+for another type); a failed job's row is no alert region. A job view opened on an id the server does not
+have says so and stops asking for it. Screenshots: ``hostile-panel.png``, ``hostile-job.png``.
 """
 
 from __future__ import annotations
