@@ -90,7 +90,10 @@ def test_a_list_of_more_jobs_than_shown_says_so_and_clearing_it_does_not_claim_t
         "() => window.jupyterapp && window.jupyterapp.commands.hasCommand('staging:open-panel')",
         timeout=90_000,
     )
-    open_panel(page)
+    # Once the layout is restored (the panel may come back open), show it: a click on its tab could hide it.
+    page.evaluate("async () => { await window.jupyterapp.restored; }")
+    page.evaluate("() => { window.jupyterapp.commands.execute('staging:open-panel'); }")
+    page.wait_for_selector(PANEL, state="visible")
     more = page.locator(f"{PANEL} .jp-Staging-moreJobs")
     more.wait_for(timeout=30_000)
     assert f"Only the {LISTED} newest jobs" in more.inner_text()
