@@ -9,7 +9,9 @@ import {
   METHODS,
   defaultDestination,
   formatBytes,
+  failureText,
   formatCount,
+  visibleText,
   type Chunk,
   type Compression,
   type CreateJobRequest,
@@ -58,7 +60,7 @@ export function JobForm(props: JobFormProps): JSX.Element {
       await props.onSubmit(built.request);
     } catch (err) {
       const e = err as StagingAPIError;
-      setError({ message: e.message, code: e instanceof StagingAPIError ? e.code : undefined });
+      setError({ message: failureText(e), code: e instanceof StagingAPIError ? e.code : undefined });
     } finally {
       setSubmitting(false);
     }
@@ -209,7 +211,7 @@ export function JobForm(props: JobFormProps): JSX.Element {
       {error && (
         <div className="jp-Staging-error jp-Staging-formError" role="alert">
           {error.code && <span className="jp-Staging-errorCode">{error.code}</span>}
-          <span className="jp-Staging-errorMessage">{error.message}</span>
+          <span className="jp-Staging-errorMessage">{visibleText(error.message)}</span>
         </div>
       )}
       <div className="jp-Staging-formButtons">
@@ -224,11 +226,32 @@ export function JobForm(props: JobFormProps): JSX.Element {
   );
 }
 
-/** A small table of a job's chunks. */
+/**
+ * The most chunk rows a job view shows: the first ones, in index order, and a line saying how many more
+ * there are (a table of all 20,000 chunks of a job took 8 s to appear, with the page frozen meanwhile).
+ */
+export const MAX_CHUNK_ROWS = 500;
+
+/** A table of a job's chunks: the first :data:`MAX_CHUNK_ROWS` of them, and a note when there are more. */
 export function ChunkTable(props: { chunks: readonly Chunk[] }): JSX.Element {
   if (!props.chunks.length) {
     return <div className="jp-Staging-empty">No chunks yet.</div>;
   }
+  const shown = props.chunks.length > MAX_CHUNK_ROWS ? props.chunks.slice(0, MAX_CHUNK_ROWS) : props.chunks;
+  return (
+    <>
+      <ChunkRows chunks={shown} />
+      {shown.length < props.chunks.length && (
+        <div className="jp-Staging-chunksMore" role="note">
+          Showing the first {formatCount(shown.length)} of {formatCount(props.chunks.length)} chunks; the
+          job's folder holds them all.
+        </div>
+      )}
+    </>
+  );
+}
+
+function ChunkRows(props: { chunks: readonly Chunk[] }): JSX.Element {
   return (
     <table className="jp-Staging-chunks">
       <thead>
@@ -245,7 +268,7 @@ export function ChunkTable(props: { chunks: readonly Chunk[] }): JSX.Element {
           <tr key={c.id} className={`jp-Staging-chunk-${c.state}`}>
             <td>{c.index}</td>
             <td className="jp-Staging-chunkPath" title={c.sha256 ? `sha256 ${c.sha256}` : undefined}>
-              {c.path}
+              {visibleText(c.path)}
             </td>
             <td>{c.state}</td>
             <td className="jp-mod-number">{c.rows === null ? '' : formatCount(c.rows)}</td>

@@ -2,7 +2,7 @@
  * Which jobs started from this browser have ended, and what their notification says. Pure functions (no
  * JupyterLab imports), unit-tested under plain node; ``notify.ts`` raises the notifications.
  */
-import { firstLine, isFinal, type Job, type JobState } from './model';
+import { firstLine, isFinal, visibleText, type Job, type JobState } from './model';
 
 /** What a finished job's notification says, and which of its actions apply. */
 export interface Ending {
@@ -33,7 +33,7 @@ export function endingOf(job: Job, parquet: readonly string[]): Ending | null {
   if (job.state === 'succeeded') {
     return {
       kind: 'success',
-      message: `Staged ${job.name} into ${folder}`,
+      message: visibleText(`Staged ${job.name} into ${folder}`),
       open: true,
       dataframe: parquet.length > 0
     };
@@ -41,7 +41,7 @@ export function endingOf(job: Job, parquet: readonly string[]): Ending | null {
   if (job.state === 'failed') {
     return {
       kind: 'error',
-      message: `Staging ${job.name} failed: ${failureReason(job)}`,
+      message: visibleText(`Staging ${job.name} failed: ${failureReason(job)}`),
       open: false,
       dataframe: false
     };

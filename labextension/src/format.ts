@@ -141,7 +141,7 @@ export function chunkCount(progress: Progress): string {
   if ((total === null || total === undefined) && !progress.chunks_done) {
     return '';
   }
-  const of = total === null || total === undefined ? '?' : String(total);
+  const of = total === null || total === undefined ? '?' : formatCount(total);
   return `${formatCount(progress.chunks_done)}/${of} chunks`;
 }
 
@@ -196,6 +196,52 @@ export function tasksSummary(job: Pick<Job, 'state' | 'progress'>, done = false)
 /** The per-worker lines of a job's tasks: ``127.0.0.1:40123: 2 tasks``, one per busy worker. */
 export function taskWorkerLines(tasks: TaskCounts | null | undefined): string[] {
   return tasks ? taskWorkers(tasks).map(([worker, n]) => `${worker}: ${countOf(n, 'task')}`) : [];
+}
+
+/**
+ * Characters that change how the text around them is shown without showing themselves: the Unicode
+ * bidirectional controls (after U+202E RIGHT-TO-LEFT OVERRIDE, a file named ``report<U+202E>fdp.exe``
+ * reads as ``reportexe.pdf``), and the C0 / C1 control characters other than tab and newline.
+ */
+const HIDDEN_CONTROLS = new RegExp(
+  '[\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f\\u061c\\u200e\\u200f\\u202a-\\u202e\\u2066-\\u2069]',
+  'g'
+);
+
+/**
+ * ``text`` as the panel shows it: each hidden control character (see above) replaced by a visible
+ * ``[U+202E]``, so a file name, source or log line reads as the characters it holds, in their order.
+ */
+export function visibleText(text: string): string {
+  return text.replace(
+    HIDDEN_CONTROLS,
+    c => `[U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, '0')}]`
+  );
+}
+
+/**
+ * What a failed call to the server means for the user, from the error (``StagingAPIError``: its
+ * ``status``, 0 when the server could not be reached, and ``message``; a failed ``fetch`` has no status):
+ * the server's own message for a refusal (4xx), ``Server not reachable: …`` when nothing answered;
+ * for 401 / 403 that this browser's session is no longer accepted (the server restarted with a new token,
+ * or the login expired) and how to get back; for 5xx that the server failed, with its status.
+ */
+export function failureText(error: unknown): string {
+  const { status, message } = (error ?? {}) as { status?: unknown; message?: unknown };
+  const text = typeof message === 'string' && message ? message : String(error);
+  if (status === 401 || status === 403) {
+    return (
+      `The server no longer accepts this session (HTTP ${status}: ${text}). ` +
+      'Reload JupyterLab to sign in again.'
+    );
+  }
+  if (typeof status === 'number' && status >= 500) {
+    return `The server failed (HTTP ${status}): ${text}`;
+  }
+  if (status === undefined) {
+    return `Server not reachable: ${text}`; // fetch itself failed: no answer, no status
+  }
+  return text; // 4xx refusals, and status 0 whose message already says the server could not be reached
 }
 
 /** The first line of an error message, for a one-line summary (the full text is in the job view). */

@@ -24,7 +24,7 @@ import { stagingIcon } from './icons';
 import { JobsModel } from './jobs';
 import { JobDetail } from './jobview';
 import { parseStagingLink, withoutStagingLink, type StagingLink } from './links';
-import { isParquetPath, parquetDatasets, type Compression } from './model';
+import { isParquetPath, parquetDatasets, visibleText, type Compression } from './model';
 import { openAsDataFrame } from './notebook';
 import { JobNotifier } from './notify';
 import { CommandIDs, StagingPanel, type FormDefaults } from './panel';
@@ -187,7 +187,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
           const content = new JobDetail(id, model, commands);
           widget = new MainAreaWidget({ content });
           widget.id = `jupyter-staging-job-${id}`;
-          widget.title.label = `Staging: ${model.job(id)?.name ?? id.slice(0, 8)}`;
+          widget.title.label = `Staging: ${visibleText(model.job(id)?.name ?? id.slice(0, 8))}`;
           widget.title.icon = stagingIcon;
           widget.title.closable = true;
           detailViews.set(id, widget);

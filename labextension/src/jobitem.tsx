@@ -30,6 +30,7 @@ import {
   tasksSummary,
   taskWorkerLines,
   upToDateText,
+  visibleText,
   type Job
 } from './model';
 
@@ -40,7 +41,7 @@ export function displayFolder(path: string): string {
 
 /** A job's tooltip: its name, then where its data comes from and goes. */
 export function routeTooltip(job: Pick<Job, 'name' | 'source' | 'destination'>): string {
-  return `${job.name}\n${job.source} → ${displayFolder(job.destination)}`;
+  return visibleText(`${job.name}\n${job.source} → ${displayFolder(job.destination)}`);
 }
 
 /** A thin bar; ``aria-valuenow`` is the percentage shown (0 to 100, never more). */
@@ -137,13 +138,15 @@ function RowDetail(props: { job: Job }): JSX.Element {
   const { job } = props;
   if (job.error) {
     return (
-      <div className="jp-Staging-error jp-Staging-errorLine" role="alert" title={job.error.message}>
+      // Not role="alert": a list of 200 failed jobs would be 200 alerts read out as the list appears (a
+      // job started here that fails is announced by its notification; the job view's error is an alert).
+      <div className="jp-Staging-error jp-Staging-errorLine" title={visibleText(job.error.message)}>
         <span className="jp-Staging-errorCode">{job.error.code}</span>
-        <span className="jp-Staging-errorMessage">{firstLine(job.error.message)}</span>
+        <span className="jp-Staging-errorMessage">{visibleText(firstLine(job.error.message))}</span>
       </div>
     );
   }
-  const notices = jobNotices(job);
+  const notices = jobNotices(job).map(visibleText);
   const summary = job.up_to_date && job.state === 'succeeded' ? upToDateText(job) : progressSummary(job);
   // While a job of one chunk runs, "0/1 chunks" says nothing the bar does not: room for rate and time.
   const p = job.progress;
@@ -260,8 +263,10 @@ export function JobItem(props: JobItemProps): JSX.Element {
     >
       <div className="jp-Staging-jobHead">
         <StateIcon state={job.state} />
-        <button className="jp-Staging-jobName" aria-label={job.name} onClick={() => props.onOpen(job)}>
-          <MiddleEllipsis text={job.name} />
+        <button className="jp-Staging-jobName" aria-label={visibleText(job.name)}
+          onClick={() => props.onOpen(job)}
+        >
+          <MiddleEllipsis text={visibleText(job.name)} />
         </button>
         <span className="jp-Staging-meta">{rowMeta(job)}</span>
         <RowActions {...props} />

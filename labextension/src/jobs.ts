@@ -11,6 +11,7 @@ import type { StagingClient } from './api';
 import {
   EMPTY_JOBS,
   EventStreamParser,
+  failureText,
   isFinal,
   jobFromEvent,
   parquetDatasets,
@@ -26,6 +27,8 @@ import {
 export type ConnectionStatus = 'connecting' | 'live' | 'polling';
 
 const HIDDEN_KEY = 'jupyter-staging:hidden-jobs';
+/** The most jobs the panel lists: the newest ones (``GET /jobs?limit=``). */
+export const LIST_LIMIT = 200;
 const MAX_HIDDEN = 2000;
 const MAX_BACKOFF_MS = 30_000;
 /**
@@ -78,7 +81,17 @@ export class JobsModel implements IDisposable {
     return this._status;
   }
 
-  /** The last failure to reach the server (null once it answers again). */
+  /** True when the server holds more jobs than the newest :data:`LIST_LIMIT` the list was given. */
+  get hasMore(): boolean {
+    return this._hasMore;
+  }
+
+  /** How many jobs the model knows but the list does not show (removed or cleared from it). */
+  get hiddenCount(): number {
+    return Object.keys(this._state.jobs).length - this.jobs.length;
+  }
+
+  /** The last failure to reach the server, for the user (``failureText``; null once it answers again). */
   get lastError(): string | null {
     return this._lastError;
   }
@@ -140,11 +153,15 @@ export class JobsModel implements IDisposable {
   /** ``GET /jobs`` into the list. */
   async refresh(): Promise<void> {
     try {
-      const answer = await this.client.listJobs({ limit: 200 });
+      const answer = await this.client.listJobs({ limit: LIST_LIMIT });
       this._setError(null);
+      if (this._hasMore !== !!answer.next_cursor) {
+        this._hasMore = !!answer.next_cursor;
+        this._changed.emit();
+      }
       this.dispatch({ type: 'jobs', jobs: answer.jobs });
     } catch (error) {
-      this._setError((error as Error).message);
+      this._setError(failureText(error));
       throw error;
     }
   }
@@ -305,7 +322,7 @@ export class JobsModel implements IDisposable {
       reader.cancel().catch(() => undefined);
     } catch (error) {
       if (!abort.signal.aborted && !connected) {
-        this._setError((error as Error).message);
+        this._setError(failureText(error));
       }
     } finally {
       clearTimeout(silence);
@@ -367,6 +384,7 @@ export class JobsModel implements IDisposable {
   private _visible: Job[] | null = null;
   private _status: ConnectionStatus = 'connecting';
   private _lastError: string | null = null;
+  private _hasMore = false;
   private _refreshInterval = 3;
   private _liveUpdates = true;
   private _started = false;

@@ -5,7 +5,7 @@ import type { CommandRegistry } from '@lumino/commands';
 import type { Message } from '@lumino/messaging';
 import * as React from 'react';
 
-import { ChunkTable } from './components';
+import { ChunkTable, MAX_CHUNK_ROWS } from './components';
 import { displayFolder, ProgressBar, TasksLine } from './jobitem';
 import { StateIcon } from './icons';
 import type { JobsModel } from './jobs';
@@ -20,6 +20,7 @@ import {
   progressSummary,
   tasksSummary,
   taskWorkerLines,
+  visibleText,
   type Chunk,
   type Job,
   type LogLine
@@ -50,25 +51,37 @@ export class JobDetail extends ReactWidget {
     this.model.changed.connect(this._onModelChanged, this);
   }
 
-  /** Fetch the job, its chunks and its log now. */
+  /**
+   * Fetch the job, its chunks and its log now. The chunks of a job with more than the table shows
+   * (``MAX_CHUNK_ROWS``) are fetched again only when its state changed: the first rows barely change while
+   * it runs, and the whole list (20,000 chunks, megabytes) every few seconds loaded server and page.
+   */
   async refresh(): Promise<void> {
     if (this._loading) {
       return;
     }
     this._loading = true;
+    const known = this.model.job(this.jobId)?.state;
+    const wantChunks =
+      this._chunks.length <= MAX_CHUNK_ROWS || known === undefined || known !== this._chunksState;
     try {
       const [job, chunks, log] = await Promise.all([
         this.model.client.getJob(this.jobId),
-        this.model.client.chunks(this.jobId),
+        wantChunks ? this.model.client.chunks(this.jobId) : Promise.resolve(null),
         this.model.client.log(this.jobId)
       ]);
       this.model.dispatch({ type: 'job', job });
-      this._chunks = chunks;
+      if (chunks) {
+        this._chunks = chunks;
+        this._chunksState = job.state;
+      }
       this._log = log;
       this._error = null;
       this._fetchedState = job.state;
     } catch (error) {
       this._error = (error as Error).message;
+      // No such job (a removed one, a stale link): asking again every refresh would only repeat that.
+      this._gone = (error as { status?: unknown }).status === 404;
     } finally {
       this._loading = false;
       this.update();
@@ -107,7 +120,7 @@ export class JobDetail extends ReactWidget {
       this._timer = null;
     }
     const job = this.model.job(this.jobId);
-    if (this.isDisposed || (job && isFinal(job.state) && this._fetchedState === job.state)) {
+    if (this.isDisposed || this._gone || (job && isFinal(job.state) && this._fetchedState === job.state)) {
       return;
     }
     this._timer = window.setTimeout(() => {
@@ -119,7 +132,7 @@ export class JobDetail extends ReactWidget {
   private _onModelChanged(): void {
     const job = this.model.job(this.jobId);
     if (job) {
-      this.title.label = `Staging: ${job.name}`;
+      this.title.label = `Staging: ${visibleText(job.name)}`;
       // A state change (e.g. the job finished) is worth an immediate fetch of chunks and log.
       if (job.state !== this._fetchedState && !this._loading) {
         void this.refresh();
@@ -166,7 +179,7 @@ export class JobDetail extends ReactWidget {
       <div className="jp-Staging-detailBody" data-job-id={job.id} data-state={job.state}>
         <div className="jp-Staging-detailHead">
           <StateIcon state={job.state} />
-          <h2>{job.name}</h2>
+          <h2>{visibleText(job.name)}</h2>
           <span className={`jp-Staging-stateLabel jp-Staging-state-${job.state}`}>{job.state}</span>
           <span className="jp-Staging-spacer" />
           {actions.pause && (
@@ -200,7 +213,7 @@ export class JobDetail extends ReactWidget {
             <button
               key={path}
               className="jp-Staging-button jp-mod-accept"
-              title={`Insert a cell reading ${path} into the active notebook`}
+              title={`Insert a cell reading ${visibleText(path)} into the active notebook`}
               onClick={() => void this.commands.execute(CommandIDs.openDataFrame, { path })}
             >
               Open in notebook as DataFrame
@@ -216,21 +229,21 @@ export class JobDetail extends ReactWidget {
         {job.error && (
           <div className="jp-Staging-error jp-Staging-errorFull" role="alert">
             <span className="jp-Staging-errorCode">{job.error.code}</span>
-            <span className="jp-Staging-errorMessage">{job.error.message}</span>
+            <span className="jp-Staging-errorMessage">{visibleText(job.error.message)}</span>
           </div>
         )}
-        {jobNotices(job).map(notice => (
+        {jobNotices(job).map(visibleText).map(notice => (
           <div key={notice} className="jp-Staging-noticeLine" role="note">
             <infoIcon.react tag="span" elementSize="small" className="jp-Staging-noticeIcon" />
             <span className="jp-Staging-noticeText">{notice}</span>
           </div>
         ))}
-        {this._error && <div className="jp-Staging-notice jp-mod-error">{this._error}</div>}
+        {this._error && <div className="jp-Staging-notice jp-mod-error">{visibleText(this._error)}</div>}
         <dl className="jp-Staging-facts">
           <dt>source</dt>
-          <dd>{job.source}</dd>
+          <dd>{visibleText(job.source)}</dd>
           <dt>destination</dt>
-          <dd>{displayFolder(job.destination)}</dd>
+          <dd>{visibleText(displayFolder(job.destination))}</dd>
           <dt>method</dt>
           <dd>
             {job.method}
@@ -267,7 +280,7 @@ export class JobDetail extends ReactWidget {
           <dt>id</dt>
           <dd className="jp-Staging-id">{job.id}</dd>
         </dl>
-        <h3>Chunks ({this._chunks.length})</h3>
+        <h3>Chunks ({formatCount(this._chunks.length)})</h3>
         <ChunkTable chunks={this._chunks} />
         <h3>Log</h3>
         <div
@@ -284,7 +297,7 @@ export class JobDetail extends ReactWidget {
               <div key={i} className={`jp-Staging-logLine jp-Staging-log-${line.level.toLowerCase()}`}>
                 <span className="jp-Staging-logTime">{clock(line.time)}</span>
                 <span className="jp-Staging-logLevel">{line.level}</span>
-                <span className="jp-Staging-logMessage">{humanizeLogMessage(line.message)}</span>
+                <span className="jp-Staging-logMessage">{visibleText(humanizeLogMessage(line.message))}</span>
               </div>
             ))
           )}
@@ -298,7 +311,11 @@ export class JobDetail extends ReactWidget {
   private _error: string | null = null;
   private _loading = false;
   private _acting = false;
+  /** The server answered 404 for the job: the view stops refreshing. */
+  private _gone = false;
   private _fetchedState: string | null = null;
+  /** The job's state when its chunks were last fetched. */
+  private _chunksState: string | null = null;
   private _timer: number | null = null;
   private _stickToBottom = true;
 }

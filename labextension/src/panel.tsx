@@ -8,9 +8,9 @@ import { JobForm } from './components';
 import type { JobFormValues } from './form';
 import { stagingIcon } from './icons';
 import { JobItem } from './jobitem';
-import type { JobsModel } from './jobs';
+import { LIST_LIMIT, type JobsModel } from './jobs';
 import { buildStagingLink, linkOfJob, type LinkTarget } from './links';
-import { isFinal, upToDateText, type CreateJobRequest, type Job } from './model';
+import { isFinal, upToDateText, visibleText, type CreateJobRequest, type Job } from './model';
 
 export const CommandIDs = {
   openPanel: 'staging:open-panel',
@@ -85,7 +85,7 @@ export class StagingPanel extends ReactWidget {
     try {
       await action();
     } catch (error) {
-      this._notice = `Could not ${what} ${job.name}: ${(error as Error).message}`;
+      this._notice = visibleText(`Could not ${what} ${job.name}: ${(error as Error).message}`);
     } finally {
       this._busy.delete(job.id);
       this.update();
@@ -109,7 +109,9 @@ export class StagingPanel extends ReactWidget {
     if (!isFinal(job.state)) {
       const answer = await showDialog({
         title: 'Cancel and remove this job?',
-        body: `${job.name} is ${job.state}. Removing it cancels it and cleans up its partial output.`,
+        body:
+          `${visibleText(job.name)} is ${job.state}. ` +
+          'Removing it cancels it and cleans up its partial output.',
         buttons: [Dialog.cancelButton({ label: 'Keep it' }), Dialog.warnButton({ label: 'Cancel and remove' })]
       });
       if (!answer.button.accept) {
@@ -168,12 +170,12 @@ export class StagingPanel extends ReactWidget {
             )}
             {this.model.lastError && (
               <div className="jp-Staging-notice" role="status">
-                Server not reachable: {this.model.lastError}
+                {visibleText(this.model.lastError)}
               </div>
             )}
             {this._info && (
               <div className="jp-Staging-notice jp-Staging-upToDateNotice" role="status">
-                {this._info}
+                {visibleText(this._info)}
                 <button className="jp-Staging-dismiss" title="Dismiss" onClick={() => this._dismiss()}>
                   ×
                 </button>
@@ -195,7 +197,11 @@ export class StagingPanel extends ReactWidget {
                 </button>
               </div>
             )}
-            {this.model.jobs.length === 0 ? (
+            {this.model.jobs.length === 0 && this.model.hiddenCount > 0 ? (
+              <div className="jp-Staging-empty">
+                No jobs to show: {this.model.hiddenCount} cleared from this list (their staged files stay).
+              </div>
+            ) : this.model.jobs.length === 0 ? (
               <div className="jp-Staging-empty">
                 No staging jobs yet. Use <b>+</b> above, <b>Stage Here…</b> on a folder in the file browser,
                 or <code>%stage</code> in a notebook.
@@ -218,6 +224,11 @@ export class StagingPanel extends ReactWidget {
                   />
                 ))}
               </ul>
+            )}
+            {this.model.hasMore && (
+              <div className="jp-Staging-empty jp-Staging-moreJobs" role="note">
+                Only the {LIST_LIMIT} newest jobs are listed here; the server keeps the older ones.
+              </div>
             )}
           </>
         )}

@@ -97,6 +97,27 @@ describe('JobsModel', () => {
     expect(model.status).toBe('live');
   });
 
+  it('knows when the server holds more jobs than it listed, and how many the user cleared', async () => {
+    let cursor: string | null = 'next';
+    const client = fakeClient({
+      listJobs: async () => ({ jobs: [job('old', 'succeeded', 100), job('new', 'failed', 0)], next_cursor: cursor }),
+      openEvents: async () => {
+        throw new Error('no stream');
+      }
+    });
+    model = new JobsModel({ client });
+    await model.start();
+    await until(() => model!.jobs.length === 2);
+    expect(model.hasMore).toBe(true);
+    expect(model.hiddenCount).toBe(0);
+    await model.clearFinished();
+    expect(model.jobs).toEqual([]);
+    expect(model.hiddenCount).toBe(2);
+    cursor = null;
+    await model.refresh();
+    expect(model.hasMore).toBe(false);
+  });
+
   it('polls while the stream is refused, and goes live once it opens', async () => {
     const stream = eventStream();
     let attempts = 0;

@@ -10,6 +10,7 @@ import {
   splitForMiddleEllipsis,
   EMPTY_JOBS,
   EventStreamParser,
+  failureText,
   formatBytes,
   formatCount,
   formatEta,
@@ -26,6 +27,7 @@ import {
   relativePath,
   shortSource,
   visibleJobs,
+  visibleText,
   type Chunk,
   type Job
 } from '../src/model';
@@ -368,6 +370,7 @@ describe('the dense job row', () => {
     const p = job({ id: 'a' }).progress;
     expect(chunkCount({ ...p, chunks_done: 3, chunks_total: 3 })).toBe('3/3 chunks');
     expect(chunkCount({ ...p, chunks_done: 2, chunks_total: null })).toBe('2/? chunks');
+    expect(chunkCount({ ...p, chunks_done: 8000, chunks_total: 20000 })).toBe('8,000/20,000 chunks');
     expect(chunkCount({ ...p, chunks_done: 0, chunks_total: null })).toBe('');
   });
 
@@ -436,5 +439,39 @@ describe('the form', () => {
       'latin-1'
     );
     expect(buildCreateRequest({ ...values, encoding: '' })).not.toHaveProperty('request.convert.encoding');
+  });
+});
+
+describe('visibleText', () => {
+  it('shows bidirectional overrides and control characters instead of obeying them', () => {
+    expect(visibleText('report\u202Efdp.exe')).toBe('report[U+202E]fdp.exe');
+    expect(visibleText('a\u2066b\u2069c\u200Fd\u0000e\u001bf\u0085g')).toBe(
+      'a[U+2066]b[U+2069]c[U+200F]d[U+0000]e[U+001B]f[U+0085]g'
+    );
+  });
+
+  it('leaves ordinary text, tabs, newlines and right-to-left letters as they are', () => {
+    const text = 'kplr010666592_lc.fits\tطيف\nשמש <img src=x onerror=alert(1)> "q\'';
+    expect(visibleText(text)).toBe(text);
+  });
+});
+
+describe('failureText', () => {
+  const failure = (status: number | undefined, message: string) => Object.assign(new Error(message), { status });
+
+  it('says a refused session (401, 403) must sign in again, not that the server is unreachable', () => {
+    const text = failureText(failure(403, 'Forbidden'));
+    expect(text).toContain('HTTP 403: Forbidden');
+    expect(text).toContain('Reload JupyterLab to sign in again');
+    expect(failureText(failure(401, 'Unauthorized'))).toContain('HTTP 401');
+  });
+
+  it('names a server failure with its status, and keeps a refusal as the server worded it', () => {
+    expect(failureText(failure(502, 'Bad Gateway'))).toBe('The server failed (HTTP 502): Bad Gateway');
+    expect(failureText(failure(400, 'source not found: /x'))).toBe('source not found: /x');
+    expect(failureText(failure(0, 'cannot reach the Jupyter server: Failed to fetch'))).toBe(
+      'cannot reach the Jupyter server: Failed to fetch'
+    );
+    expect(failureText(new TypeError('Failed to fetch'))).toBe('Server not reachable: Failed to fetch');
   });
 });
