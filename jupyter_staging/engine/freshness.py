@@ -14,14 +14,15 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from jupyter_staging.engine.store import JobRecord
+from jupyter_staging.engine.models import DONE_STATES
+from jupyter_staging.engine.store import ChunkSummary, JobRecord
 from jupyter_staging.sources.base import SourceItem
 from jupyter_staging.sources.registry import open_source
 
@@ -185,9 +186,40 @@ def reusable_output(path: Path, obj: Mapping[str, Any]) -> bool:
     return stat.S_ISREG(st.st_mode) and obj.get("size") is not None and output_as_staged(st, obj)
 
 
-def outputs_present(folder: Path, manifest: dict[str, Any]) -> bool:
+def objects_as_recorded(
+    manifest: Mapping[str, Any], chunks: Iterable[ChunkSummary]
+) -> dict[str, dict[str, Any]]:
+    """``{relative path: manifest object}`` of the objects of ``manifest`` that say of their file what the
+    job recorded in its database (``chunks``: its chunks, ready or acked ones counted): the same ``size``
+    (bytes), ``sha256`` and, when the chunk recorded one, ``mtime_ns``. ``manifest.json`` is a file in the
+    user's folder: an object edited since (to match an edited output) is left out, so its file is neither
+    reused nor taken as up to date; an object of no chunk of the job is left out too."""
+    recorded = {c.path: c for c in chunks if c.state in DONE_STATES}
+    kept: dict[str, dict[str, Any]] = {}
+    for obj in manifest.get("objects", []):
+        path = str(obj.get("path", ""))
+        chunk = recorded.get(path)
+        if chunk is None or obj.get("size") != chunk.bytes or obj.get("sha256") != chunk.sha256:
+            continue
+        if chunk.mtime_ns is not None and obj.get("mtime_ns") != chunk.mtime_ns:
+            continue
+        kept[path] = obj
+    return kept
+
+
+def manifest_as_recorded(manifest: Mapping[str, Any], chunks: Iterable[ChunkSummary]) -> bool:
+    """True when ``manifest`` lists exactly the files the job recorded (``chunks``, ready or acked), each as
+    recorded (:func:`objects_as_recorded`): a manifest emptied or edited by hand is not up to date."""
+    done = [c for c in chunks if c.state in DONE_STATES]
+    objects = manifest.get("objects", [])
+    return len(objects) == len(done) and len(objects_as_recorded(manifest, done)) == len(done)
+
+
+def outputs_present(folder: Path, manifest: dict[str, Any], method: str | None = None) -> bool:
     """True when every object the manifest lists is still a regular file (or a link to one) as the job left
-    it (:func:`output_as_staged`): a deleted output, or one edited since, is not up to date."""
+    it (:func:`output_as_staged`): a deleted output, or one edited since, is not up to date. The output of a
+    ``symlink`` job must still be a symbolic link; that of any other ``method`` (when given) a regular file,
+    never a symlink put in its place."""
     for obj in manifest.get("objects", []):
         path = folder / str(obj.get("path", ""))
         try:
@@ -195,6 +227,8 @@ def outputs_present(folder: Path, manifest: dict[str, Any]) -> bool:
         except OSError:
             return False
         if not path.is_file():  # a symlink (method symlink) must still lead to a file
+            return False
+        if method is not None and stat.S_ISLNK(st.st_mode) != (method == "symlink"):
             return False
         if not output_as_staged(st, obj):
             return False

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jupyter_staging.destinations.manifest import MANIFEST_NAME, read_manifest
-from jupyter_staging.engine.freshness import Freshness, check_sources, outputs_present
+from jupyter_staging.engine.freshness import Freshness, check_sources, manifest_as_recorded, outputs_present
 from jupyter_staging.engine.models import DONE_STATES, JobState
 from jupyter_staging.engine.store import JobRecord, Store
 from jupyter_staging.engine.swap import is_mount_point
@@ -184,7 +184,11 @@ class Placer:
         assert prev is not None
         fresh = check_sources(prev, sources, source_roots=self.source_roots, prefix=prefix)
         manifest = read_manifest(path) or {}
-        if fresh.up_to_date and outputs_present(path, manifest):
+        if (
+            fresh.up_to_date
+            and manifest_as_recorded(manifest, self.store.chunk_summaries(prev.id))
+            and outputs_present(path, manifest, prev.method)
+        ):
             return Placement(rel, reuse=prev, fresh=fresh)
         return Placement(rel, replaces=prev.id, fresh=fresh)
 

@@ -1,0 +1,117 @@
+"""A re-run must never answer "up to date" over output or sources that changed, however they changed.
+
+``manifest.json`` lies in the user's folder and may be edited like any file there: the job database, not the
+manifest, says what a job staged. The engine runs in this process (a real :class:`StagingManager`, SQLite
+in ``tmp_path``); sources are copies of the shipped mission data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from jupyter_staging.engine.manager import StagingManager
+from jupyter_staging.engine.models import CreateJob
+from tests.helpers.data import KEPLER, SPITZER, TESS, sha256
+
+
+def run(manager: StagingManager, **body) -> tuple[dict, bool]:
+    """Create a job from ``body`` and wait for it; returns (job JSON with ``up_to_date``, created)."""
+    job, created = manager.create(CreateJob(**body))
+    done = manager.wait(job.id, timeout=120)
+    return done.model_dump(mode="json") | {"up_to_date": job.up_to_date}, created
+
+
+def edit_manifest(folder: Path, change) -> None:
+    """Rewrite ``folder/manifest.json`` with ``change(manifest)`` applied, as a user's editor would."""
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def overwrite_inside(path: Path, offset: int, data: bytes) -> None:
+    """Write ``data`` at ``offset`` of ``path``, in place (same inode, same size)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def test_a_manifest_emptied_by_the_user_is_not_up_to_date_and_the_output_is_staged_again(manager, archive):
+    """The user empties the manifest's object list and deletes the staged file: the re-run used to answer
+    up to date (every object the manifest listed was there: none) with the file gone; now it stages it
+    again and writes a whole manifest."""
+    body = {"source": str(archive / KEPLER.name), "destination": "lc"}
+    first, _ = run(manager, **body)
+    folder = manager.root_dir / "lc"
+    edit_manifest(folder, lambda m: m.update(objects=[]))
+    (folder / KEPLER.name).unlink()
+
+    second, created = run(manager, **body)
+
+    assert created and not second["up_to_date"] and second["state"] == "succeeded"
+    assert sha256(folder / KEPLER.name) == sha256(KEPLER)
+    (obj,) = json.loads((folder / "manifest.json").read_text())["objects"]
+    assert obj["path"] == KEPLER.name and obj["sha256"] == sha256(KEPLER)
+    third, created = run(manager, **body)
+    assert not created and third["up_to_date"] and third["id"] == second["id"]
+
+
+def test_an_output_edited_with_its_manifest_entry_is_not_up_to_date_nor_reused(manager, archive):
+    """The user edits a staged file in place and changes its manifest entry (``mtime_ns``) to match. The
+    re-run used to answer up to date; and when another source changed, the replacing job hard-linked the
+    edited file into the new output under the source's sha256. Now the file is staged again from its source
+    and the other file is still reused."""
+    src = archive / "folder"
+    src.mkdir()
+    shutil.copyfile(KEPLER, src / "a.fits")
+    shutil.copyfile(TESS, src / "b.fits")
+    body = {"source": str(src), "destination": "pair"}
+    run(manager, **body)
+    folder = manager.root_dir / "pair"
+    edited = folder / "a.fits"
+    overwrite_inside(edited, 100, b"EDITED!!")
+    mtime = edited.stat().st_mtime_ns
+
+    def doctor(manifest: dict) -> None:
+        for obj in manifest["objects"]:
+            if obj["path"] == "a.fits":
+                obj["mtime_ns"] = mtime
+
+    edit_manifest(folder, doctor)
+    again, created = run(manager, **body)
+    assert created and not again["up_to_date"] and again["state"] == "succeeded"
+    assert sha256(edited) == sha256(KEPLER)
+
+    overwrite_inside(edited, 100, b"EDITED!!")  # edited again, and this time another source changes too
+    mtime = edited.stat().st_mtime_ns
+    edit_manifest(folder, doctor)
+    shutil.copyfile(SPITZER, src / "b.fits")
+    third, created = run(manager, **body)
+    assert created and third["state"] == "succeeded"
+    assert sha256(folder / "b.fits") == sha256(SPITZER)
+    assert sha256(edited) == sha256(KEPLER)  # staged from the source, not the edited file linked in
+    objects = {o["path"]: o for o in json.loads((folder / "manifest.json").read_text())["objects"]}
+    assert objects["a.fits"]["sha256"] == sha256(edited)
+
+
+def test_an_output_replaced_by_a_symlink_with_the_old_time_is_not_up_to_date(manager, archive, tmp_path):
+    """A copied output replaced by a symbolic link (to another file), the link's own time set to the one the
+    manifest records: the re-run used to answer up to date (a symlink's size is not compared and its time
+    matched); a copy's output must still be a regular file."""
+    body = {"source": str(archive / KEPLER.name), "destination": "lc"}
+    run(manager, **body)
+    staged = manager.root_dir / "lc" / KEPLER.name
+    st = staged.lstat()
+    elsewhere = tmp_path / "elsewhere.fits"
+    shutil.copyfile(TESS, elsewhere)
+    staged.unlink()
+    os.symlink(elsewhere, staged)
+    os.utime(staged, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+    again, created = run(manager, **body)
+
+    assert created and not again["up_to_date"] and again["state"] == "succeeded"
+    assert not staged.is_symlink() and sha256(staged) == sha256(KEPLER)
