@@ -107,8 +107,9 @@ class Freshness:
     """The outcome of comparing an earlier job's sources with what they are now.
 
     ``changed``: entry names (``None`` for a single source) whose items differ (added, removed, or a
-    fingerprint changed); ``unchanged`` the others. ``fingerprints``: the current fingerprint of every item,
-    ``{item name: validator}``, for the items whose bytes may be reused.
+    fingerprint changed); ``unchanged`` the others. ``fingerprints``: the current fingerprint,
+    ``{item name: validator}``, of every item whose bytes may be reused: all those of an unchanged entry,
+    and those of a changed one listed under the same name with the same fingerprint as before.
     """
 
     changed: list[str | None] = field(default_factory=list)
@@ -157,12 +158,24 @@ def check_sources(
     workers = max(1, min(CHECK_CONCURRENCY, len(sources)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="staging-fresh") as pool:
         for entry, items in pool.map(look, list(sources)):
-            if items is None or entry not in before or not _same_items(before[entry], items):
+            if items is None or entry not in before:
                 result.changed.append(entry)
+                continue
+            if not _same_items(before[entry], items):
+                result.changed.append(entry)
+                result.fingerprints.update(_unchanged_items(before[entry], items))
                 continue
             result.unchanged.append(entry)
             result.fingerprints.update({i.name: i.validator for i in items})
     return result
+
+
+def _unchanged_items(before: list[dict[str, Any]], now: list[SourceItem]) -> dict[str, dict[str, Any]]:
+    """``{item name: fingerprint}`` of the items of a changed source (a folder that gained, lost or changed
+    a file) listed ``now`` under a name ``before`` had, with the same fingerprint: their staged files are
+    reused, so that one file changed in a folder of 20,000 does not stage the other 19,999 again."""
+    old = {i["name"]: i.get("validator") for i in before}
+    return {i.name: i.validator for i in now if i.validator and old.get(i.name) == i.validator}
 
 
 def output_as_staged(st: os.stat_result, obj: Mapping[str, Any]) -> bool:

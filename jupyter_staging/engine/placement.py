@@ -199,4 +199,8 @@ def describe_changes(fresh: Freshness | None) -> str:
         return "staging again (if_exists=refresh, or the folder held other output)"
     changed = ", ".join("source" if e is None else e for e in fresh.changed) or "output files"
     reused = len(fresh.unchanged)
-    return f"changed since the last run: {changed}; unchanged and reused from the local copy: {reused}"
+    files = len(fresh.fingerprints)
+    return (
+        f"changed since the last run: {changed}; unchanged and reused from the local copy: {reused} "
+        f"({files} unchanged file(s) taken from the old output where still as staged)"
+    )

@@ -115,3 +115,30 @@ def test_an_output_replaced_by_a_symlink_with_the_old_time_is_not_up_to_date(man
 
     assert created and not again["up_to_date"] and again["state"] == "succeeded"
     assert not staged.is_symlink() and sha256(staged) == sha256(KEPLER)
+
+
+def test_one_file_changed_in_a_folder_restages_that_file_and_links_the_others(manager, tmp_path):
+    """A folder of 40 files, one of them changed: the re-run used to copy all 40 again from the source (the
+    folder, one source, counted as changed as a whole: none of its files was reused; 54 s for a folder of
+    20,000 small files, four times a first run). Now the 39 unchanged files are hard-linked from the old
+    output (same inode: no byte moved) and only the changed one is staged from the source."""
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(40):
+        (src / f"f{i:02}.txt").write_bytes(b"row %d\n" % i * 50)
+    body = {"source": str(src), "destination": "many"}
+    first, _ = run(manager, **body)
+    folder = manager.root_dir / "many"
+    inodes = {p.name: p.stat().st_ino for p in folder.iterdir() if p.suffix == ".txt"}
+    (src / "f07.txt").write_bytes(b"changed\n")
+
+    second, created = run(manager, **body)
+
+    assert created and second["state"] == "succeeded" and not second["up_to_date"]
+    assert (folder / "f07.txt").read_bytes() == b"changed\n"
+    now = {p.name: p.stat().st_ino for p in folder.iterdir() if p.suffix == ".txt"}
+    assert {name for name in now if now[name] != inodes[name]} == {"f07.txt"}
+    for i in range(40):
+        assert (folder / f"f{i:02}.txt").read_bytes() == (src / f"f{i:02}.txt").read_bytes()
+    third, created = run(manager, **body)
+    assert not created and third["up_to_date"] and third["id"] == second["id"]
