@@ -128,7 +128,14 @@ def _same_items(before: list[dict[str, Any]], now: list[SourceItem]) -> bool:
     """True when ``now`` lists the same item names with the same fingerprints (validators) as ``before``."""
     old = {i["name"]: i.get("validator") or {} for i in before}
     new = {i.name: i.validator for i in now}
-    return old == new and all(old.values())
+    return old == new and all(names_a_version(v) for v in old.values())
+
+
+def names_a_version(validator: Mapping[str, Any]) -> bool:
+    """Whether a fingerprint says which version of the bytes an item is: something besides its size (an
+    ETag, a Last-Modified, a local file's mtime and inode). An HTTP server that states neither ETag nor
+    Last-Modified leaves only the size, which a file rewritten at the same size keeps: never up to date."""
+    return any(value is not None for key, value in validator.items() if key != "size")
 
 
 def check_sources(
@@ -203,7 +210,9 @@ def _unchanged_items(before: list[dict[str, Any]], now: list[SourceItem]) -> dic
     a file) listed ``now`` under a name ``before`` had, with the same fingerprint: their staged files are
     reused, so that one file changed in a folder of 20,000 does not stage the other 19,999 again."""
     old = {i["name"]: i.get("validator") for i in before}
-    return {i.name: i.validator for i in now if i.validator and old.get(i.name) == i.validator}
+    return {
+        i.name: i.validator for i in now if names_a_version(i.validator) and old.get(i.name) == i.validator
+    }
 
 
 def output_as_staged(st: os.stat_result, obj: Mapping[str, Any]) -> bool:

@@ -188,3 +188,42 @@ def test_a_file_rewritten_in_place_in_a_folder_is_the_only_one_staged_again(mana
     assert created and not again["up_to_date"] and again["state"] == "succeeded"
     assert sha256(folder / "a.fits") == sha256(src / "a.fits") != sha256(KEPLER)
     assert (folder / "b.fits").stat().st_ino == kept
+
+
+def test_a_url_whose_server_states_no_version_is_never_up_to_date(manager, range_server):
+    """A server that sends neither ``ETag`` nor ``Last-Modified``: the file's only fingerprint was its size,
+    and a re-run after the file was rewritten at the same size (a FITS file keeps its size when a header
+    card changes) answered up to date over the old bytes. Without a validator nothing says the bytes are
+    the same: the re-run stages again."""
+    range_server.send_etag = range_server.send_last_modified = False
+    served = Path(range_server.root) / "lc.fits"
+    shutil.copyfile(KEPLER, served)
+    body = {"source": range_server.url("lc.fits"), "destination": "web"}
+    first, _ = run(manager, **body)
+    assert first["state"] == "succeeded"
+    overwrite_inside(served, 100, b"REWRITE!")
+
+    again, created = run(manager, **body)
+
+    assert created and not again["up_to_date"] and again["state"] == "succeeded"
+    assert sha256(manager.root_dir / "web" / "lc.fits") == sha256(served) != sha256(KEPLER)
+
+
+def test_a_url_with_last_modified_only_is_up_to_date_until_it_changes(manager, range_server):
+    """``Last-Modified`` and the size without an ``ETag``: the re-run is up to date; once the file is
+    rewritten (a new time) it is staged again."""
+    range_server.send_etag = False
+    served = Path(range_server.root) / "lc.fits"
+    shutil.copyfile(KEPLER, served)
+    body = {"source": range_server.url("lc.fits"), "destination": "web"}
+    run(manager, **body)
+    again, created = run(manager, **body)
+    assert not created and again["up_to_date"]
+    overwrite_inside(served, 100, b"REWRITE!")
+    st = served.stat()
+    os.utime(served, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))  # HTTP dates count seconds
+
+    third, created = run(manager, **body)
+
+    assert created and not third["up_to_date"]
+    assert sha256(manager.root_dir / "web" / "lc.fits") == sha256(served)
