@@ -14,15 +14,18 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from jupyter_staging.engine.store import JobRecord
+from jupyter_staging.engine.models import DONE_STATES
+from jupyter_staging.engine.store import ChunkSummary, JobRecord
 from jupyter_staging.sources.base import SourceItem
+from jupyter_staging.sources.local import LocalSource
 from jupyter_staging.sources.registry import open_source
 
 #: Sources (manifest entries) whose fingerprints are read at the same time.
@@ -106,8 +109,9 @@ class Freshness:
     """The outcome of comparing an earlier job's sources with what they are now.
 
     ``changed``: entry names (``None`` for a single source) whose items differ (added, removed, or a
-    fingerprint changed); ``unchanged`` the others. ``fingerprints``: the current fingerprint of every item,
-    ``{item name: validator}``, for the items whose bytes may be reused.
+    fingerprint changed); ``unchanged`` the others. ``fingerprints``: the current fingerprint,
+    ``{item name: validator}``, of every item whose bytes may be reused: all those of an unchanged entry,
+    and those of a changed one listed under the same name with the same fingerprint as before.
     """
 
     changed: list[str | None] = field(default_factory=list)
@@ -124,7 +128,14 @@ def _same_items(before: list[dict[str, Any]], now: list[SourceItem]) -> bool:
     """True when ``now`` lists the same item names with the same fingerprints (validators) as ``before``."""
     old = {i["name"]: i.get("validator") or {} for i in before}
     new = {i.name: i.validator for i in now}
-    return old == new and all(old.values())
+    return old == new and all(names_a_version(v) for v in old.values())
+
+
+def names_a_version(validator: Mapping[str, Any]) -> bool:
+    """Whether a fingerprint says which version of the bytes an item is: something besides its size (an
+    ETag, a Last-Modified, a local file's mtime and inode). An HTTP server that states neither ETag nor
+    Last-Modified leaves only the size, which a file rewritten at the same size keeps: never up to date."""
+    return any(value is not None for key, value in validator.items() if key != "size")
 
 
 def check_sources(
@@ -144,24 +155,64 @@ def check_sources(
     before = listed_items(prev.resume or {})
     result = Freshness()
 
+    since_ns = None if prev.method == "hardlink" else _ns_since_epoch(prev.created_at)
+
     def look(entry: str | None) -> tuple[str | None, list[SourceItem] | None]:
         try:
-            items = open_source(sources[entry], source_roots=source_roots).list_items()
+            source = open_source(sources[entry], source_roots=source_roots)
+            items = source.list_items()
         except Exception:  # the new job stages it again and reports the error
             return entry, None
         for item in items:
             item.name = prefix(entry, item.name)
+        if isinstance(source, LocalSource) and since_ns is not None:
+            _mark_touched(items, since_ns)
         return entry, items
 
     workers = max(1, min(CHECK_CONCURRENCY, len(sources)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="staging-fresh") as pool:
         for entry, items in pool.map(look, list(sources)):
-            if items is None or entry not in before or not _same_items(before[entry], items):
+            if items is None or entry not in before:
                 result.changed.append(entry)
+                continue
+            if not _same_items(before[entry], items):
+                result.changed.append(entry)
+                result.fingerprints.update(_unchanged_items(before[entry], items))
                 continue
             result.unchanged.append(entry)
             result.fingerprints.update({i.name: i.validator for i in items})
     return result
+
+
+def _ns_since_epoch(when: datetime) -> int:
+    """``when`` (aware, or naive UTC as some databases return it) in ns since the epoch."""
+    aware = when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+    return int(aware.timestamp() * 1_000_000_000)
+
+
+def _mark_touched(items: list[SourceItem], since_ns: int) -> None:
+    """Add ``ctime_ns`` to the fingerprint of each local item whose file's status changed after
+    ``since_ns`` (ns since the epoch: when the earlier job was created, before it listed its sources), so
+    that it no longer matches the one that job recorded. A file rewritten in place with its size kept and its
+    modification time set back (``cp -p``, ``touch -r``) keeps size, mtime and inode; its ``ctime`` cannot
+    be set back. Not for a ``hardlink`` job, whose own links change the ``ctime`` of its sources."""
+    for item in items:
+        try:
+            changed = os.stat(item.locator).st_ctime_ns
+        except OSError:
+            changed = since_ns + 1  # gone since it was listed: changed
+        if changed > since_ns:
+            item.validator = {**item.validator, "ctime_ns": changed}
+
+
+def _unchanged_items(before: list[dict[str, Any]], now: list[SourceItem]) -> dict[str, dict[str, Any]]:
+    """``{item name: fingerprint}`` of the items of a changed source (a folder that gained, lost or changed
+    a file) listed ``now`` under a name ``before`` had, with the same fingerprint: their staged files are
+    reused, so that one file changed in a folder of 20,000 does not stage the other 19,999 again."""
+    old = {i["name"]: i.get("validator") for i in before}
+    return {
+        i.name: i.validator for i in now if names_a_version(i.validator) and old.get(i.name) == i.validator
+    }
 
 
 def output_as_staged(st: os.stat_result, obj: Mapping[str, Any]) -> bool:
@@ -185,9 +236,40 @@ def reusable_output(path: Path, obj: Mapping[str, Any]) -> bool:
     return stat.S_ISREG(st.st_mode) and obj.get("size") is not None and output_as_staged(st, obj)
 
 
-def outputs_present(folder: Path, manifest: dict[str, Any]) -> bool:
+def objects_as_recorded(
+    manifest: Mapping[str, Any], chunks: Iterable[ChunkSummary]
+) -> dict[str, dict[str, Any]]:
+    """``{relative path: manifest object}`` of the objects of ``manifest`` that say of their file what the
+    job recorded in its database (``chunks``: its chunks, ready or acked ones counted): the same ``size``
+    (bytes), ``sha256`` and, when the chunk recorded one, ``mtime_ns``. ``manifest.json`` is a file in the
+    user's folder: an object edited since (to match an edited output) is left out, so its file is neither
+    reused nor taken as up to date; an object of no chunk of the job is left out too."""
+    recorded = {c.path: c for c in chunks if c.state in DONE_STATES}
+    kept: dict[str, dict[str, Any]] = {}
+    for obj in manifest.get("objects", []):
+        path = str(obj.get("path", ""))
+        chunk = recorded.get(path)
+        if chunk is None or obj.get("size") != chunk.bytes or obj.get("sha256") != chunk.sha256:
+            continue
+        if chunk.mtime_ns is not None and obj.get("mtime_ns") != chunk.mtime_ns:
+            continue
+        kept[path] = obj
+    return kept
+
+
+def manifest_as_recorded(manifest: Mapping[str, Any], chunks: Iterable[ChunkSummary]) -> bool:
+    """True when ``manifest`` lists exactly the files the job recorded (``chunks``, ready or acked), each as
+    recorded (:func:`objects_as_recorded`): a manifest emptied or edited by hand is not up to date."""
+    done = [c for c in chunks if c.state in DONE_STATES]
+    objects = manifest.get("objects", [])
+    return len(objects) == len(done) and len(objects_as_recorded(manifest, done)) == len(done)
+
+
+def outputs_present(folder: Path, manifest: dict[str, Any], method: str | None = None) -> bool:
     """True when every object the manifest lists is still a regular file (or a link to one) as the job left
-    it (:func:`output_as_staged`): a deleted output, or one edited since, is not up to date."""
+    it (:func:`output_as_staged`): a deleted output, or one edited since, is not up to date. The output of a
+    ``symlink`` job must still be a symbolic link; that of any other ``method`` (when given) a regular file,
+    never a symlink put in its place."""
     for obj in manifest.get("objects", []):
         path = folder / str(obj.get("path", ""))
         try:
@@ -195,6 +277,8 @@ def outputs_present(folder: Path, manifest: dict[str, Any]) -> bool:
         except OSError:
             return False
         if not path.is_file():  # a symlink (method symlink) must still lead to a file
+            return False
+        if method is not None and stat.S_ISLNK(st.st_mode) != (method == "symlink"):
             return False
         if not output_as_staged(st, obj):
             return False

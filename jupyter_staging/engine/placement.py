@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jupyter_staging.destinations.manifest import MANIFEST_NAME, read_manifest
-from jupyter_staging.engine.freshness import Freshness, check_sources, outputs_present
+from jupyter_staging.engine.freshness import Freshness, check_sources, manifest_as_recorded, outputs_present
 from jupyter_staging.engine.models import DONE_STATES, JobState
 from jupyter_staging.engine.store import JobRecord, Store
 from jupyter_staging.engine.swap import is_mount_point
@@ -186,7 +186,11 @@ class Placer:
         assert prev is not None
         fresh = check_sources(prev, sources, source_roots=self.source_roots, prefix=prefix)
         manifest = read_manifest(path) or {}
-        if fresh.up_to_date and outputs_present(path, manifest):
+        if (
+            fresh.up_to_date
+            and manifest_as_recorded(manifest, self.store.chunk_summaries(prev.id))
+            and outputs_present(path, manifest, prev.method)
+        ):
             return Placement(rel, reuse=prev, fresh=fresh)
         return Placement(rel, replaces=prev.id, fresh=fresh)
 
@@ -197,4 +201,8 @@ def describe_changes(fresh: Freshness | None) -> str:
         return "staging again (if_exists=refresh, or the folder held other output)"
     changed = ", ".join("source" if e is None else e for e in fresh.changed) or "output files"
     reused = len(fresh.unchanged)
-    return f"changed since the last run: {changed}; unchanged and reused from the local copy: {reused}"
+    files = len(fresh.fingerprints)
+    return (
+        f"changed since the last run: {changed}; unchanged and reused from the local copy: {reused} "
+        f"({files} unchanged file(s) taken from the old output where still as staged)"
+    )

@@ -17,7 +17,12 @@ from typing import Any
 
 from jupyter_staging.destinations.manifest import read_manifest
 from jupyter_staging.engine.folders import DestinationWriter
-from jupyter_staging.engine.freshness import locator_identity, output_as_staged, reusable_output
+from jupyter_staging.engine.freshness import (
+    locator_identity,
+    objects_as_recorded,
+    output_as_staged,
+    reusable_output,
+)
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.staged import StagedIndex
 from jupyter_staging.errors import ChecksumMismatch, VerificationFailed
@@ -113,12 +118,12 @@ class ReusingWriter(DestinationWriter):
                 reuse = (self.resume.get("swap") or {}).get("reuse") or {}
                 folder = self.replaced_folder
                 manifest = read_manifest(folder) if reuse and folder is not None else None
-                objects = (
-                    manifest.get("objects", [])
+                objects = (  # those the manifest, a file the user may edit, states as the job recorded
+                    objects_as_recorded(manifest, self.host.store.chunk_summaries(reuse["job"]))
                     if manifest and manifest.get("job_id") == reuse.get("job")
-                    else []
+                    else {}
                 )
-                self._previous = {str(o["path"]): o for o in objects if o.get("sha256")}
+                self._previous = {path: o for path, o in objects.items() if o.get("sha256")}
             return self._previous
 
     def _unchanged(self, item: SourceItem) -> bool:

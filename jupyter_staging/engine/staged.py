@@ -20,7 +20,7 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from jupyter_staging.engine.freshness import listed_items
+from jupyter_staging.engine.freshness import listed_items, names_a_version
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.models import DONE_STATES, JobState
 from jupyter_staging.engine.store import ChunkSummary
@@ -159,7 +159,7 @@ class StagedIndex:
         self._build()
         assert self._by_sha is not None
         candidates = [self._by_sha.get(sha256 or "")]
-        if fingerprint:
+        if fingerprint and names_a_version(fingerprint):  # a size alone names no version of the bytes
             candidates.append(self._by_fingerprint.get(fingerprint_key(locator_id, fingerprint)))
         for found in candidates:
             if found is None:

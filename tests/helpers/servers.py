@@ -128,8 +128,10 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in owner.digests_of(file, status).items():
             self.send_header(name, value)
         self.send_header("Content-Type", owner.content_type)
-        self.send_header("ETag", etag)
-        self.send_header("Last-Modified", last_modified)
+        if owner.send_etag:
+            self.send_header("ETag", etag)
+        if owner.send_last_modified:
+            self.send_header("Last-Modified", last_modified)
         if owner.ranges:
             self.send_header("Accept-Ranges", "bytes")
         if status == 206:
@@ -247,8 +249,10 @@ class RangeHTTPServer:
     ``Content-MD5`` (RFC 1864, full answers only), computed from the file; ``wrong_digests``: computed
     from other bytes. ``short_bodies_left``: when set, only this many bodies are cut by
     ``short_body_by`` (None: every body). ``weak_etags``: ETags are weak (``W/"..."``), as from a
-    server that may compress. ``check_expiry``: answer a SigV4-presigned URL whose ``X-Amz-Date`` +
-    ``X-Amz-Expires`` have passed with S3's ``403`` (``Request has expired``).
+    server that may compress. ``send_etag`` / ``send_last_modified``: False leaves that validator out
+    of every answer (a server stating no version of its files). ``check_expiry``: answer a
+    SigV4-presigned URL whose ``X-Amz-Date`` + ``X-Amz-Expires`` have passed with S3's ``403``
+    (``Request has expired``).
     """
 
     def __init__(
@@ -283,6 +287,8 @@ class RangeHTTPServer:
         self.digest_headers: set[str] = set()
         self.wrong_digests = False
         self.weak_etags = False
+        self.send_etag = True
+        self.send_last_modified = True
         self.check_expiry = False
         self.verbose = verbose
         self._lock = threading.Lock()
