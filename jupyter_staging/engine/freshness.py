@@ -17,7 +17,6 @@ import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -25,7 +24,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from jupyter_staging.engine.models import DONE_STATES
 from jupyter_staging.engine.store import ChunkSummary, JobRecord
 from jupyter_staging.sources.base import SourceItem
-from jupyter_staging.sources.local import LocalSource
 from jupyter_staging.sources.registry import open_source
 
 #: Sources (manifest entries) whose fingerprints are read at the same time.
@@ -155,18 +153,13 @@ def check_sources(
     before = listed_items(prev.resume or {})
     result = Freshness()
 
-    since_ns = None if prev.method == "hardlink" else _ns_since_epoch(prev.created_at)
-
     def look(entry: str | None) -> tuple[str | None, list[SourceItem] | None]:
         try:
-            source = open_source(sources[entry], source_roots=source_roots)
-            items = source.list_items()
+            items = open_source(sources[entry], source_roots=source_roots).list_items()
         except Exception:  # the new job stages it again and reports the error
             return entry, None
         for item in items:
             item.name = prefix(entry, item.name)
-        if isinstance(source, LocalSource) and since_ns is not None:
-            _mark_touched(items, since_ns)
         return entry, items
 
     workers = max(1, min(CHECK_CONCURRENCY, len(sources)))
@@ -182,27 +175,6 @@ def check_sources(
             result.unchanged.append(entry)
             result.fingerprints.update({i.name: i.validator for i in items})
     return result
-
-
-def _ns_since_epoch(when: datetime) -> int:
-    """``when`` (aware, or naive UTC as some databases return it) in ns since the epoch."""
-    aware = when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
-    return int(aware.timestamp() * 1_000_000_000)
-
-
-def _mark_touched(items: list[SourceItem], since_ns: int) -> None:
-    """Add ``ctime_ns`` to the fingerprint of each local item whose file's status changed after
-    ``since_ns`` (ns since the epoch: when the earlier job was created, before it listed its sources), so
-    that it no longer matches the one that job recorded. A file rewritten in place with its size kept and its
-    modification time set back (``cp -p``, ``touch -r``) keeps size, mtime and inode; its ``ctime`` cannot
-    be set back. Not for a ``hardlink`` job, whose own links change the ``ctime`` of its sources."""
-    for item in items:
-        try:
-            changed = os.stat(item.locator).st_ctime_ns
-        except OSError:
-            changed = since_ns + 1  # gone since it was listed: changed
-        if changed > since_ns:
-            item.validator = {**item.validator, "ctime_ns": changed}
 
 
 def _unchanged_items(before: list[dict[str, Any]], now: list[SourceItem]) -> dict[str, dict[str, Any]]:

@@ -144,52 +144,6 @@ def test_one_file_changed_in_a_folder_restages_that_file_and_links_the_others(ma
     assert not created and third["up_to_date"] and third["id"] == second["id"]
 
 
-def rewrite_keeping_size_and_time(path: Path, offset: int, data: bytes) -> None:
-    """Rewrite bytes of ``path`` in place (same inode, same size) and set its times back, as ``cp -p`` or
-    ``touch -r`` would: only the change time (``ctime``, which no call can set back) tells."""
-    st = path.stat()
-    overwrite_inside(path, offset, data)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert path.stat().st_mtime_ns == st.st_mtime_ns and path.stat().st_ino == st.st_ino
-
-
-def test_a_source_rewritten_in_place_with_its_size_and_time_kept_is_staged_again(manager, archive):
-    """The source file rewritten in place, its size and modification time kept: the re-run used to answer
-    up to date over the old bytes (size, mtime and inode all matched). Its change time is after the job
-    that staged it was created: it is staged again; after that, the re-run is up to date."""
-    src = archive / KEPLER.name
-    body = {"source": str(src), "destination": "lc"}
-    run(manager, **body)
-    rewrite_keeping_size_and_time(src, 100, b"REWRITE!")
-
-    again, created = run(manager, **body)
-
-    assert created and not again["up_to_date"] and again["state"] == "succeeded"
-    assert sha256(manager.root_dir / "lc" / KEPLER.name) == sha256(src) != sha256(KEPLER)
-    third, created = run(manager, **body)
-    assert not created and third["up_to_date"] and third["id"] == again["id"]
-
-
-def test_a_file_rewritten_in_place_in_a_folder_is_the_only_one_staged_again(manager, tmp_path):
-    """The same in a folder: only the rewritten file is staged again; the others are linked from the old
-    output."""
-    src = tmp_path / "pair"
-    src.mkdir()
-    shutil.copyfile(KEPLER, src / "a.fits")
-    shutil.copyfile(TESS, src / "b.fits")
-    body = {"source": str(src), "destination": "pair"}
-    run(manager, **body)
-    folder = manager.root_dir / "pair"
-    kept = (folder / "b.fits").stat().st_ino
-    rewrite_keeping_size_and_time(src / "a.fits", 100, b"REWRITE!")
-
-    again, created = run(manager, **body)
-
-    assert created and not again["up_to_date"] and again["state"] == "succeeded"
-    assert sha256(folder / "a.fits") == sha256(src / "a.fits") != sha256(KEPLER)
-    assert (folder / "b.fits").stat().st_ino == kept
-
-
 def test_a_url_whose_server_states_no_version_is_never_up_to_date(manager, range_server):
     """A server that sends neither ``ETag`` nor ``Last-Modified``: the file's only fingerprint was its size,
     and a re-run after the file was rewritten at the same size (a FITS file keeps its size when a header
