@@ -268,3 +268,21 @@ def test_no_answer_from_the_kernel_grants_nothing(site, monkeypatch):
             for method in ("local_copy", "direct_download"):
                 assert stage(site, method, "open.bin") == ("refused", "access_check_unavailable 503"), fault
     assert not [p for p in area.rglob("*") if not p.is_dir()] if area.exists() else True
+
+
+def test_a_folder_the_service_makes_for_nobody_else_is_asked_about(site):
+    """A folder the call makes but does not give to the user (no owner given) is root's, 0755: the kernel
+    is asked about it after it is made, and the user may not write there (the folders the call gives the
+    user are not asked about again: see the next staging test)."""
+    reader = reader_for("nobody")
+    assert reader is not None
+    area = site / "homes" / "nobody" / "staging"
+    area.mkdir()
+    os.chown(area, NOBODY_UID, NOBODY_UID)
+    areas = UserAreas(str(site / "homes" / "{username}" / "staging"))
+    with pytest.raises(StagingError) as raised:
+        areas.open_target("nobody", "made/", "open.bin", reader=reader)
+    assert (raised.value.code, raised.value.status) == ("destination_not_writable", 409)
+    assert not list((area / "made").iterdir())
+    assert stage(site, "local_copy", "open.bin", "given/deeper/")[0] == "succeeded"
+    assert (area / "given" / "deeper").stat().st_uid == NOBODY_UID
