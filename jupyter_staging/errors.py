@@ -126,6 +126,17 @@ class ClusterUnavailable(StagingError):
     status = 503
 
 
+class AccessCheckUnavailable(StagingError):
+    """The hub service, running as root, could not learn whether the user may read the source or write
+    into the target folder: the short-lived process it starts as the user to ask the kernel could not
+    start (no process left for the user, ``RLIMIT_NPROC``; its program missing) or did not answer in time
+    (a hung network file system). Nothing is granted and nothing was written; submit the same request again
+    once the file system answers (HTTP 503)."""
+
+    code = "access_check_unavailable"
+    status = 503
+
+
 class WorkerKilled(StagingError):
     """A task of the job ran on Dask workers that all died while running it (``distributed.KilledWorker``,
     once ``distributed.scheduler.allowed-failures`` is spent): most often a worker out of memory. Nothing of

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from jupyter_staging.errors import DestinationNotWritable, PathNotAllowed, StagingError
-from jupyter_staging.hub.access import SEARCH, WRITE, Reader, user_may
+from jupyter_staging.hub.access import SEARCH, WRITE, Reader, check_user_may
 from jupyter_staging.safety.dirfd import DIR_FLAGS, check_name, open_dir, rename_noreplace_at, write_refused
 from jupyter_staging.safety.paths import check_output_name
 
@@ -163,28 +163,28 @@ class UserAreas:
                 code="not_configured",
                 status=500,
             ) from None
-        walked: list[str] = []
-        checked = reader if create else None
+        parts = [*self.components(username), *folder]
+        fds = [fd]  # fds[i]: the folder parts[:i] below the base, open
         try:
-            for part in [*self.components(username), *folder]:
-                if checked is not None and walked:  # the base, above the area, is the administrator's
-                    _check_user_may(fd, checked, SEARCH, walked)
-                child = _open_child_dir(
-                    fd,
-                    part,
-                    create=create,
-                    owner=owner,
-                    shown=walked + [part],
-                    reader=checked if walked else None,
-                )
-                os.close(fd)
-                fd = child
-                walked.append(part)
-            if checked is not None:
-                _check_user_may(fd, checked, WRITE | SEARCH, walked)
+            _open_present(fds, parts, create=create)
+            checked = reader if create else None
+            if checked is not None:  # one child process for every folder there already
+                _check_present(fds, parts, checked)
+            present, made = len(fds), set[tuple[int, int]]()
+            while len(fds) <= len(parts):  # what is missing, made (and given to the owner) folder by folder
+                if checked is not None and len(fds) > present:
+                    _check_unless_made(fds[-1], made, owner, checked, parts[: len(fds) - 1])
+                shown = parts[: len(fds)]
+                fds.append(_make_child_dir(fds[-1], shown[-1], owner=owner, shown=shown, made=made))
+            if checked is not None and len(fds) > present:
+                _check_unless_made(fds[-1], made, owner, checked, parts)
         except BaseException:
-            os.close(fd)
+            for each in fds:
+                os.close(each)
             raise
+        fd = fds.pop()
+        for each in fds:
+            os.close(each)
         area = self.path(username)
         return Target(
             dir_fd=fd,
@@ -219,44 +219,68 @@ def split_relative_path(relative_path: str, default_name: str) -> tuple[list[str
     return parts[:-1], parts[-1]
 
 
-def _check_user_may(fd: int, reader: Reader, want: int, shown: list[str]) -> None:
-    """Raise :class:`DestinationNotWritable` unless ``reader`` has the ``want`` bits on the folder open as
-    ``fd`` (``shown``: its path in the user's area, for the message)."""
-    if not user_may(fd, reader, want):
+def _open_present(fds: list[int], parts: list[str], *, create: bool) -> None:
+    """Open, below ``fds[-1]``, the folders of ``parts`` there already, one at a time (:func:`open_dir`: no
+    symlink followed), appending each descriptor to ``fds``; stop at the first missing one when
+    ``create`` (:class:`FileNotFoundError` else)."""
+    while len(fds) <= len(parts):
+        shown = parts[: len(fds)]
+        try:
+            fds.append(_open_folder(fds[-1], shown[-1], shown))
+        except FileNotFoundError:
+            if not create:
+                raise
+            return
+
+
+def _check_present(fds: list[int], parts: list[str], reader: Reader) -> None:
+    """Check, in one child process, what ``reader`` needs of the folders open in ``fds`` (``fds[0]`` is the
+    base, the administrator's, not checked): search on each the walk went through, write and search on the
+    last (the target's folder, or the one the first missing folder is to be made in). Raises
+    :class:`DestinationNotWritable` naming the first folder refused."""
+    wanted = [(fds[i], SEARCH, parts[:i]) for i in range(1, len(fds) - 1)]
+    if len(fds) > 1 or len(fds) > len(parts):
+        wanted.append((fds[-1], WRITE | SEARCH, parts[: len(fds) - 1]))
+    _check_folders(wanted, reader)
+
+
+def _check_folders(wanted: list[tuple[int, int, list[str]]], reader: Reader) -> None:
+    """Raise :class:`DestinationNotWritable` unless the kernel grants ``reader`` the bits asked of each
+    ``(fd, bits, shown)`` (``shown``: the folder's path in the user's area, for the message), asked in one
+    child process (:func:`~jupyter_staging.hub.access.check_user_may`; ``access_check_unavailable``, 503,
+    when it gives no answer)."""
+    refused = check_user_may([(fd, bits) for fd, bits, _ in wanted], reader)
+    if refused is not None:
         raise DestinationNotWritable(
-            f"{'/'.join(shown)!r}: {reader.name} may not write into it (its permissions); the service writes "
-            "only where the user may: choose another folder"
+            f"{'/'.join(wanted[refused][2])!r}: {reader.name} may not write into it (its permissions); the "
+            "service writes only where the user may: choose another folder"
         )
 
 
-def _open_child_dir(
-    parent_fd: int,
-    name: str,
-    *,
-    create: bool,
-    owner: Owner | None,
-    shown: list[str],
-    reader: Reader | None = None,
+def _check_unless_made(
+    fd: int, made: set[tuple[int, int]], owner: Owner | None, reader: Reader, shown: list[str]
+) -> None:
+    """Check write and search on the folder open as ``fd`` (:func:`_check_folders`) unless it is one this
+    call made and gave to ``reader`` (its owner, mode 0755, in a folder the kernel let the user write into:
+    nothing to ask the kernel about); a folder someone else made in the meantime is asked about."""
+    st = os.fstat(fd)
+    if owner is None or owner.uid != reader.uid or (st.st_dev, st.st_ino) not in made:
+        _check_folders([(fd, WRITE | SEARCH, shown)], reader)
+
+
+def _make_child_dir(
+    parent_fd: int, name: str, *, owner: Owner | None, shown: list[str], made: set[tuple[int, int]]
 ) -> int:
-    """Open folder ``name`` in ``parent_fd`` without following a symlink (:func:`open_dir`), creating it if
-    asked: mode 0755, the ``owner``'s when given (:func:`_make_given_dir`); with ``reader``, only where
-    that user may write (:class:`DestinationNotWritable` else). An existing folder (the user's home, an
-    administrator's read-only folder inside the area) keeps its owner and mode.
+    """Make folder ``name`` in ``parent_fd`` and open it (no symlink followed): mode 0755, the ``owner``'s
+    when given (:func:`_make_given_dir`, which adds the (device, inode) of a folder it made to ``made``).
+    A folder made there in the meantime by someone else is opened as it is (its owner and mode kept).
 
     Raises :class:`PathNotAllowed` for a symlink or a file where the folder is expected,
-    :class:`FileNotFoundError` when missing and not ``create``, :class:`DestinationNotWritable` when the
-    service may not make it."""
-    try:
-        return _open_folder(parent_fd, name, shown)
-    except FileNotFoundError:
-        if not create:
-            raise
-    if reader is not None:
-        _check_user_may(parent_fd, reader, WRITE | SEARCH, shown[:-1])
+    :class:`DestinationNotWritable` when the service may not make it."""
     if owner is None:
         _make_dir(parent_fd, name)
     else:
-        _make_given_dir(parent_fd, name, owner, "/".join(shown))
+        _make_given_dir(parent_fd, name, owner, "/".join(shown), made)
     return _open_folder(parent_fd, name, shown)
 
 
@@ -284,7 +308,9 @@ def _make_dir(parent_fd: int, name: str) -> bool:
     return True
 
 
-def _make_given_dir(parent_fd: int, name: str, owner: Owner, shown: str) -> bool:
+def _make_given_dir(
+    parent_fd: int, name: str, owner: Owner, shown: str, made: set[tuple[int, int]] | None = None
+) -> bool:
     """Make folder ``name`` in ``parent_fd`` as ``owner``'s, mode 0755, whole or not at all: it is made
     under a hidden name of its own (0700), given away by descriptor (only while it is still the service's,
     private and empty: the user may rename another folder onto that name, which is then left as it is),
@@ -292,8 +318,8 @@ def _make_given_dir(parent_fd: int, name: str, owner: Owner, shown: str) -> bool
     making the same folder at once: one renames its own in, the other removes its own and uses that one;
     a folder is never left the service's, or half given (a call that found it made by the other used to
     see it not empty, not give it away, and leave the user's home the service's, 0700, for good). True
-    when this call made it. Raises :class:`DestinationNotWritable` when the folder may not be written
-    into."""
+    when this call made it; its (device, inode) is then added to ``made``. Raises
+    :class:`DestinationNotWritable` when the folder may not be written into."""
     scratch = f".staging-folder-{secrets.token_hex(8)}"
     try:
         os.mkdir(scratch, 0o700, dir_fd=parent_fd)
@@ -314,6 +340,8 @@ def _make_given_dir(parent_fd: int, name: str, owner: Owner, shown: str) -> bool
         finally:
             os.close(fd)
         if rename_noreplace_at(parent_fd, scratch, name):
+            if made is not None:
+                made.add((st.st_dev, st.st_ino))
             return True
     except BaseException:
         _remove_empty(parent_fd, scratch)

@@ -4,7 +4,8 @@ group), and handed the user a copy of it (given to the user, 0444), a download o
 to it in the user's area (a readable name for a file whose folder the user may not search); and it wrote
 into any folder of the user's area. The user is ``nobody`` (a real account, in no group of the test's
 files), and each answer is compared with what the kernel says ``nobody`` may do (``setpriv``), POSIX ACLs
-included."""
+included; the service asks the kernel itself, as the user, so what no mode bit tells (a folder made
+immutable, a read-only mount) is answered as the kernel does, and no answer grants nothing."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from jupyter_staging.errors import StagingError
-from jupyter_staging.hub.access import check_user_may_read, reader_for
+from jupyter_staging.hub import access
+from jupyter_staging.hub.access import SEARCH, WRITE, check_user_may_read, reader_for, user_may
 from jupyter_staging.hub.areas import UserAreas
 from jupyter_staging.hub.db import Operation, OperationStore
 from jupyter_staging.hub.operations import Caller, StagingOperations
@@ -189,3 +191,98 @@ def test_what_lies_in_a_folder_the_user_may_not_search_is_not_told(site):
     for name in ("closed/in-a-root-folder.bin", "closed/no-such.bin", "closed/../closed/no-such.bin"):
         assert stage(site, "local_copy", name) == ("refused", "permission_denied 403"), name
     assert stage(site, "local_copy", "no-such.bin") == ("refused", "source_not_found 400")
+
+
+def kernel_lets_nobody_write(path: Path) -> bool:
+    as_nobody = ["setpriv", f"--reuid={NOBODY_UID}", f"--regid={NOBODY_UID}", "--init-groups"]
+    done = subprocess.run([*as_nobody, "test", "-w", str(path)], check=False)
+    return done.returncode == 0
+
+
+@pytest.fixture
+def frozen_folders(site: Path) -> Iterator[dict[str, Path]]:
+    """Folders of nobody's area that nobody owns, mode 0755, and yet may not write into: one made immutable
+    (``chattr +i``), one a read-only bind mount of itself; and one nobody may write into."""
+    area = site / "homes" / "nobody" / "staging"
+    folders = {name: area / name for name in ("open", "immutable", "read-only")}
+    for folder in [area, *folders.values()]:
+        folder.mkdir()
+        os.chown(folder, NOBODY_UID, NOBODY_UID)
+    done = []
+    try:
+        if subprocess.run(["chattr", "+i", str(folders["immutable"])], check=False).returncode:
+            pytest.skip("chattr +i is not supported here")
+        done.append(["chattr", "-i", str(folders["immutable"])])
+        ro = str(folders["read-only"])
+        if subprocess.run(["mount", "--bind", ro, ro], check=False).returncode:
+            pytest.skip("no bind mount here")
+        done.append(["umount", ro])
+        if subprocess.run(["mount", "-o", "remount,bind,ro", ro], check=False).returncode:
+            pytest.skip("no read-only bind mount here")
+        yield folders
+    finally:
+        for command in reversed(done):
+            subprocess.run(command, check=True)
+
+
+def test_the_write_check_agrees_with_the_kernel_where_the_mode_does_not_tell(frozen_folders):
+    """Before, the service read the mode bits and said nobody may write into its own 0755 folders, though
+    the kernel refuses both: the immutable one (EPERM) and the one on a read-only mount (EROFS)."""
+    reader = reader_for("nobody")
+    assert reader is not None
+    for name, folder in frozen_folders.items():
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            allowed = user_may(fd, reader, WRITE | SEARCH)
+        finally:
+            os.close(fd)
+        assert allowed == kernel_lets_nobody_write(folder) == (name == "open"), name
+
+
+@pytest.mark.parametrize("method", ["local_copy", "hardlink", "symlink"])
+def test_a_folder_the_kernel_keeps_from_the_user_is_refused(site, frozen_folders, method):
+    """Before, a hard link into the immutable folder was ``link_not_permitted`` (403), blaming the link."""
+    refused = ("refused", "destination_not_writable 409")
+    for name in ("immutable", "read-only"):
+        assert stage(site, method, "open.bin", f"{name}/") == refused, name
+        assert stage(site, method, "open.bin", f"{name}/new/") == refused, name
+        assert not list(frozen_folders[name].iterdir())
+    assert stage(site, method, "open.bin", "open/new/")[0] == "succeeded"
+
+
+def test_no_answer_from_the_kernel_grants_nothing(site, monkeypatch):
+    """The child asking the kernel cannot start (its program is missing), says nothing (a program that
+    cannot ask: ``true``) or does not answer in time: a 503 ``access_check_unavailable``, never a grant nor
+    a refusal, nothing written."""
+    reader = reader_for("nobody")
+    assert reader is not None
+    area = site / "homes" / "nobody" / "staging"
+    faults = (("FIND", "/nonexistent/find"), ("FIND", shutil.which("true")), ("CHILD_TIMEOUT", 1e-6))
+    for fault, value in faults:
+        with monkeypatch.context() as patched:
+            patched.setattr(access, fault, value)
+            with pytest.raises(StagingError) as raised:
+                check_user_may_read(site / "archive" / "open.bin", reader)
+            assert (raised.value.code, raised.value.status) == ("access_check_unavailable", 503)
+            assert "Traceback" not in raised.value.message and "nonexistent" not in raised.value.message
+            for method in ("local_copy", "direct_download"):
+                assert stage(site, method, "open.bin") == ("refused", "access_check_unavailable 503"), fault
+    assert not [p for p in area.rglob("*") if not p.is_dir()] if area.exists() else True
+
+
+def test_a_folder_the_service_makes_for_nobody_else_is_asked_about(site):
+    """A folder the call makes but does not give to the user (no owner given) is root's, 0755: the kernel
+    is asked about it after it is made, and the user may not write there (the folders the call gives the
+    user are not asked about again: see the next staging test)."""
+    reader = reader_for("nobody")
+    assert reader is not None
+    area = site / "homes" / "nobody" / "staging"
+    area.mkdir()
+    os.chown(area, NOBODY_UID, NOBODY_UID)
+    areas = UserAreas(str(site / "homes" / "{username}" / "staging"))
+    with pytest.raises(StagingError) as raised:
+        areas.open_target("nobody", "made/", "open.bin", reader=reader)
+    assert (raised.value.code, raised.value.status) == ("destination_not_writable", 409)
+    assert not list((area / "made").iterdir())
+    assert stage(site, "local_copy", "open.bin", "given/deeper/")[0] == "succeeded"
+    assert (area / "given" / "deeper").stat().st_uid == NOBODY_UID
