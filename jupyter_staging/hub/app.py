@@ -31,8 +31,8 @@ from traitlets import Float, Int, List, Unicode, default
 from traitlets.config import Application
 
 from jupyter_staging._version import __version__
-from jupyter_staging.errors import DatabaseTooNew
-from jupyter_staging.hub import oplog
+from jupyter_staging.errors import AccessCheckUnavailable, DatabaseTooNew
+from jupyter_staging.hub import access, oplog
 from jupyter_staging.hub.areas import UserAreas
 from jupyter_staging.hub.db import OperationStore
 from jupyter_staging.hub.handlers import default_handlers, log_request
@@ -255,6 +255,7 @@ class StagingHub(Application):
         if not self.api_token:
             problems.append("no Hub API token: run as a JupyterHub service (JUPYTERHUB_API_TOKEN is unset)")
         problems += self._check_leases()
+        problems += _check_access_program()
         if not self.shared_roots:
             problems.append("StagingHub.shared_roots is empty: name the shared storage folders")
         for root in self.shared_roots:
@@ -390,6 +391,29 @@ class StagingHub(Application):
             paths.append(str(hub_templates))
         paths.append(str(TEMPLATES / "fallback"))
         return paths
+
+
+#: The account the start-up check of :func:`_check_access_program` asks as (``nobody`` on Debian and RHEL).
+_PROBE_ID = 65534
+
+
+def _check_access_program() -> list[str]:
+    """When this process runs as root, whether the kernel answers the service's access checks
+    (:mod:`jupyter_staging.hub.access`: ``find`` run as each user): asked once, as an unprivileged uid, at
+    start. Without it every call for a user in the password database would answer 503
+    ``access_check_unavailable``; the service says so and does not start."""
+    if os.geteuid() != 0:
+        return []
+    probe = access.Reader("an unprivileged account", _PROBE_ID, frozenset({_PROBE_ID}), _PROBE_ID)
+    try:
+        access.kernel_answers([access.FIND], probe)
+    except AccessCheckUnavailable:
+        return [
+            f"running as root, the service asks the kernel what each user may read and write through "
+            f"{access.FIND} (GNU findutils) run as that user, and {access.FIND} gave no answer: install "
+            "GNU findutils, or run the service as an account of its own"
+        ]
+    return []
 
 
 def url_join(*pieces: str) -> str:

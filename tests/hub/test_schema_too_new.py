@@ -182,3 +182,28 @@ def test_the_hub_service_on_an_unreachable_database_exits_with_one_line_without_
     assert "cannot open the operations database postgresql+psycopg://hub:***@127.0.0.1" in proc.stderr
     assert "Connection refused" in proc.stderr
     assert "Traceback" not in proc.stderr and password not in proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the check runs only when the service runs as root")
+def test_the_hub_service_as_root_without_a_working_find_does_not_start(tmp_path, monkeypatch, capsys):
+    """Running as root, the service asks ``find`` (run as each user) what the user may read and write; a
+    machine without GNU find answered every call 503 ``access_check_unavailable``. The service now asks
+    once at start and refuses to start, saying what to install."""
+    from jupyter_staging.hub import access
+    from jupyter_staging.hub.app import StagingHub
+
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "homes").mkdir()
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "service-token-0123456789")
+    args = [
+        f"--shared-roots={tmp_path / 'archive'}",
+        f"--user-area-template={tmp_path / 'homes'}/{{username}}/staging",
+        f"--server-root-template={tmp_path / 'homes'}/{{username}}",
+    ]
+    StagingHub().initialize(args)  # find works here: the service starts
+    monkeypatch.setattr(access, "FIND", str(tmp_path / "no-such-find"))
+    with pytest.raises(SystemExit) as stopped:
+        StagingHub().initialize(args)
+    assert stopped.value.code == 1
+    said = capsys.readouterr().err
+    assert "install GNU findutils" in said and "no-such-find" in said and "Traceback" not in said
