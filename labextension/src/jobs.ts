@@ -31,6 +31,8 @@ const HIDDEN_KEY = 'jupyter-staging:hidden-jobs';
 export const LIST_LIMIT = 200;
 const MAX_HIDDEN = 2000;
 const MAX_BACKOFF_MS = 30_000;
+/** Chunk lists fetched at once to find the Parquet datasets of succeeded conversions in the list. */
+export const PARQUET_FETCHES = 4;
 /**
  * The server sends a keep-alive comment every 15 s on an idle stream, and its response headers with the
  * first write: a stream silent for longer than this is dead (or buffered by a proxy), so poll instead.
@@ -223,15 +225,32 @@ export class JobsModel implements IDisposable {
       return known;
     }
     this._parquetPending.add(job.id);
-    this.client
-      .chunks(job.id)
-      .then(chunks => {
-        this._parquet.set(job.id, parquetDatasets(job, chunks));
-        this._changed.emit();
-      })
-      .catch(() => undefined)
-      .finally(() => this._parquetPending.delete(job.id));
+    this._parquetQueue.push(job);
+    this._nextParquet();
     return undefined;
+  }
+
+  /**
+   * Start the chunk fetches of :meth:`parquetOf` waiting in the queue, at most ``PARQUET_FETCHES`` at once:
+   * a list of 200 succeeded conversions asked for 200 chunk lists at the same moment when the panel opened.
+   */
+  private _nextParquet(): void {
+    while (this._parquetInFlight < PARQUET_FETCHES && this._parquetQueue.length) {
+      const job = this._parquetQueue.shift()!;
+      this._parquetInFlight += 1;
+      this.client
+        .chunks(job.id)
+        .then(chunks => {
+          this._parquet.set(job.id, parquetDatasets(job, chunks));
+          this._changed.emit();
+        })
+        .catch(() => undefined)
+        .finally(() => {
+          this._parquetPending.delete(job.id);
+          this._parquetInFlight -= 1;
+          this._nextParquet();
+        });
+    }
   }
 
   private async _saveHidden(): Promise<void> {
@@ -394,6 +413,8 @@ export class JobsModel implements IDisposable {
   private _wakers = new Set<() => void>();
   private _parquet = new Map<string, string[]>();
   private _parquetPending = new Set<string>();
+  private _parquetQueue: Job[] = [];
+  private _parquetInFlight = 0;
   private _stateDB: IStateDB | null;
   private _changed = new Signal<this, void>(this);
   private _created = new Signal<this, Job>(this);

@@ -1,4 +1,4 @@
-import { JobsModel, type JobsClient } from '../src/jobs';
+import { JobsModel, PARQUET_FETCHES, type JobsClient } from '../src/jobs';
 import type { Job, ListJobsResponse } from '../src/model';
 
 function job(id: string, state: Job['state'] = 'running', bytes = 0, updated = '2026-11-20T12:00:00Z'): Job {
@@ -224,5 +224,24 @@ describe('JobsModel', () => {
     expect(model.parquetOf(image)).toEqual([]);
     expect(model.parquetOf(job('plain', 'succeeded'))).toEqual([]);
     expect(chunks).toHaveBeenCalledTimes(2);
+  });
+
+  it('asks for the chunks of many succeeded conversions a few at a time', async () => {
+    let inFlight = 0;
+    let most = 0;
+    const chunks = jest.fn(async () => {
+      inFlight += 1;
+      most = Math.max(most, inFlight);
+      await new Promise(resolve => setTimeout(resolve, 5));
+      inFlight -= 1;
+      return [];
+    });
+    model = new JobsModel({ client: fakeClient({ chunks: chunks as never }) });
+    const convert = { format: 'parquet' as const, chunk_rows: 10, compression: 'zstd' as const };
+    const jobs = Array.from({ length: 40 }, (_, i) => ({ ...job(`t${i}`, 'succeeded'), convert }));
+    jobs.forEach(j => expect(model!.parquetOf(j)).toBeUndefined());
+    await until(() => jobs.every(j => model!.parquetOf(j) !== undefined), 5000);
+    expect(chunks).toHaveBeenCalledTimes(40);
+    expect(most).toBe(PARQUET_FETCHES);
   });
 });
