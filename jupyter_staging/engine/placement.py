@@ -104,13 +104,13 @@ class Placer:
         job_id = self.store.active_job_id(str(self.root_dir), rel, list(ACTIVE_STATES))
         return None if job_id is None else self.store.get_job(job_id)
 
-    def failed_job(self, rel: str) -> str | None:
-        """The id of the newest failed or cancelled job of this root that wrote to ``rel`` when files it
-        published (the first files of a folder it did not finish) are still in the folder, which has no
-        ``manifest.json``: a new job writing straight into the folder would meet them. None otherwise, so a
-        folder holding only the user's own files is written into, never swapped (it keeps its identity:
-        its mode, a mount point)."""
-        job_id = self.store.active_job_id(str(self.root_dir), rel, list(UNFINISHED_STATES))
+    def failed_job(self, rel: str, states: tuple[str, ...] = UNFINISHED_STATES) -> str | None:
+        """The id of the newest failed or cancelled job (of ``states``) of this root that wrote to ``rel``
+        when files it published (the first files of a folder it did not finish) are still in the folder,
+        which has no ``manifest.json``: a new job writing straight into the folder would meet them. None
+        otherwise, so a folder holding only the user's own files is written into, never swapped (it keeps
+        its identity: its mode, a mount point)."""
+        job_id = self.store.active_job_id(str(self.root_dir), rel, list(states))
         if job_id is None:
             return None
         rec = self.store.get_job(job_id)
@@ -155,6 +155,8 @@ class Placer:
         if not (path / MANIFEST_NAME).is_file():
             failed = self.failed_job(rel) if if_exists != "error" and path.is_dir() else None
             placement = Placement(rel, replaces=failed) if failed is not None else Placement(rel)
+            if failed is None and if_exists != "error" and path.is_dir():
+                placement = self._without_manifest(rel, key, sources, prefix) or placement
         elif if_exists == "error":
             raise DestinationExists(f"destination {rel!r} already holds a staged job's output")
         else:
@@ -192,6 +194,20 @@ class Placer:
             and outputs_present(path, manifest, prev.method)
         ):
             return Placement(rel, reuse=prev, fresh=fresh)
+        return Placement(rel, replaces=prev.id, fresh=fresh)
+
+    def _without_manifest(
+        self, rel: str, key: str, sources: dict[str | None, str], prefix: Callable[[str | None, str], str]
+    ) -> Placement | None:
+        """:meth:`place` for a folder whose ``manifest.json`` is gone (the user deleted it) while files the
+        newest succeeded job of the same request published there still are: that job's output, staged again
+        beside it and swapped in, its unchanged files linked from it (a new job writing straight into the
+        folder failed ``destination_exists`` on them). None when there is no such job."""
+        job_id = self.failed_job(rel, (JobState.succeeded.value,))
+        prev = self.store.get_job(job_id) if job_id is not None else None
+        if prev is None or request_key_of(prev) != key:
+            return None
+        fresh = check_sources(prev, sources, source_roots=self.source_roots, prefix=prefix)
         return Placement(rel, replaces=prev.id, fresh=fresh)
 
 

@@ -181,3 +181,31 @@ def test_a_url_with_last_modified_only_is_up_to_date_until_it_changes(manager, r
 
     assert created and not third["up_to_date"]
     assert sha256(manager.root_dir / "web" / "lc.fits") == sha256(served)
+
+
+def test_a_folder_whose_manifest_the_user_deleted_is_staged_again_not_refused(manager, archive):
+    """The user deletes ``manifest.json`` (clutter, they thought): the re-run's new job met the staged file
+    in the folder and failed ``destination_exists`` ("already exists; not overwritten"), and only
+    ``if_exists="refresh"`` got the notebook going again. Now the folder's files are known as the earlier
+    job's (the same request): they are staged again beside it and swapped in, the user's own file kept, the
+    manifest written; the next re-run is up to date. Another request into that folder is still refused."""
+    body = {"source": str(archive / KEPLER.name), "destination": "lc"}
+    first, _ = run(manager, **body)
+    folder = manager.root_dir / "lc"
+    (folder / "notes.txt").write_text("mine\n")
+    (folder / "manifest.json").unlink()
+
+    second, created = run(manager, **body)
+
+    assert created and second["state"] == "succeeded", second["error"]
+    assert sha256(folder / KEPLER.name) == sha256(KEPLER)
+    assert (folder / "notes.txt").read_text() == "mine\n"
+    (obj,) = json.loads((folder / "manifest.json").read_text())["objects"]
+    assert obj["path"] == KEPLER.name
+    third, created = run(manager, **body)
+    assert not created and third["up_to_date"] and third["id"] == second["id"]
+
+    (folder / "manifest.json").unlink()  # another request writes into the folder, the file left alone
+    other, created = run(manager, source=str(archive / TESS.name), destination="lc")
+    assert created and other["state"] == "succeeded"
+    assert sha256(folder / KEPLER.name) == sha256(KEPLER) and (folder / TESS.name).is_file()
