@@ -11,20 +11,23 @@ from jupyter_staging.clouds.http import error_detail
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.models import JobState
 from jupyter_staging.engine.retention import expire_at_end
-from jupyter_staging.engine.transitions import JobEnded, StateChanged, held_by
+from jupyter_staging.engine.transitions import Guard, JobEnded, StateChanged, held_by
 from jupyter_staging.errors import StagingError, as_staging_error
 from jupyter_staging.safety.redact import redact_text
 
 log = logging.getLogger("jupyter_staging.engine.manager")
 
 
-def record_failure(host: JobHost, job_id: str, error: StagingError | Exception) -> None:
+def record_failure(
+    host: JobHost, job_id: str, error: StagingError | Exception, when: Guard | None = None
+) -> None:
     """End job ``job_id`` of ``host`` ``failed`` with the error's code: a :class:`StagingError`'s own,
     ``no_space`` for an :class:`OSError` saying the disk (or the disk quota) is full (``ENOSPC`` /
     ``EDQUOT``), else ``internal_error`` and the exception's type (its traceback, redacted, goes to this
     process's log only). A known error's technical cause (``__cause__``) is written to the job's log as one
     line. A job that has ended already (another server's run of it was first), or that another server took
-    over, is left as it is, and this process's log says so (a warning, no traceback). Raises
+    over, is left as it is, and this process's log says so (a warning, no traceback); so is one that does not
+    pass ``when`` as read in the transaction that would end it (nothing logged). Raises
     :class:`~jupyter_staging.errors.JobNotFound`."""
     if not host.still_held(job_id):
         return
@@ -50,7 +53,11 @@ def record_failure(host: JobHost, job_id: str, error: StagingError | Exception) 
     fields: dict[str, Any] = {"error_code": code, "error_message": message, "requested": None}
     try:  # only while the job is this process's
         host.set_state(
-            job_id, JobState.failed, events=lines, when=held_by(host.runner_id, lambda rec: True), **fields
+            job_id,
+            JobState.failed,
+            events=lines,
+            when=held_by(host.runner_id, when or (lambda rec: True)),
+            **fields,
         )
     except (StateChanged, JobEnded):  # taken over, or ended, meanwhile
         host.still_held(job_id)

@@ -129,9 +129,10 @@ class JobHost(Protocol):
         after the pause, or by another process): a cancel outranks a pause."""
         ...
 
-    def fail(self, job_id: str, error: StagingError | Exception) -> None:
+    def fail(self, job_id: str, error: StagingError | Exception, when: Guard | None = None) -> None:
         """End the job ``failed`` with the error's code and a redacted message (``internal_error`` for
-        anything that is not a :class:`~jupyter_staging.errors.StagingError`)."""
+        anything that is not a :class:`~jupyter_staging.errors.StagingError`); with ``when``, only if the
+        job as read in that transaction passes it (else nothing is recorded)."""
         ...
 
     def still_held(self, job_id: str) -> bool:

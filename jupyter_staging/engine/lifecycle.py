@@ -407,10 +407,10 @@ class JobLifecycle:
             if rec is not None:
                 self.announce(rec)
 
-    def fail(self, job_id: str, error: StagingError | Exception) -> None:
-        """End the job ``failed`` with the error's code, if it is still this process's
+    def fail(self, job_id: str, error: StagingError | Exception, when: Guard | None = None) -> None:
+        """End the job ``failed`` with the error's code, if it is still this process's and passes ``when``
         (:func:`~jupyter_staging.engine.failure.record_failure`). Raises :class:`JobNotFound`."""
-        record_failure(self, job_id, error)
+        record_failure(self, job_id, error, when)
 
     def still_held(self, job_id: str) -> bool:
         """Whether job ``job_id`` is still this process's to end: not ended (a final state), its runner

@@ -218,7 +218,13 @@ class JobRunner(ManifestStager):
             rec = self.store.get_job(self.job_id)
             mine = rec is not None and rec.runner == self.host.runner_id
             if rec is not None and mine and self._keeps_parts(exc) and rec.cleanup_policy != "delete_always":
+                # A submit may give the job its URL presigned again until the failure is recorded: recorded
+                # only while the job holds the URL this run started with, else queued again with the new one
+                self.host.fail(self.job_id, exc, when=lambda now: now.sealed == self.sealed_at_start)
+                if known is not None and self._requeued({"": known.code}):
+                    return
                 self._log("info", "the bytes received are kept: stage the URL presigned again to continue")
+                return
             elif rec is not None and mine and not JobState(rec.state).is_final:  # else another run's output
                 try:
                     remove_job_output(self.host, rec, keep_ready=True)

@@ -44,7 +44,13 @@ _NAME = rb"(?:[A-Za-z_][\w.-]*:)?"
 _TABLE_TAG = re.compile(rb"<" + _NAME + rb"TABLE[\s>/]")
 _DATA_TAG = re.compile(rb"<" + _NAME + rb"(TABLEDATA|BINARY2|BINARY|FITS)[\s>/]")
 _STREAM_TAG = re.compile(rb"<" + _NAME + rb"STREAM[\s>/]")
-_ROW_END = re.compile(rb"</" + _NAME + rb"TR\s*>")
+#: What ends each text that is not markup (a comment, CDATA section, processing instruction), by its opener:
+#: a tag written inside one (``<!-- <TABLEDATA> -->``, ``<TD><![CDATA[</TR>]]></TD>``) is no tag.
+_CLOSERS = {b"<!--": b"-->", b"<![CDATA[": b"]]>", b"<?": b"?>"}
+_OPENER = re.compile(rb"<!--|<!\[CDATA\[|<\?")
+_ROW_TOKEN = re.compile(rb"<!--|<!\[CDATA\[|<\?|</" + _NAME + rb"TR\s*>")
+#: Characters at the end of a text searched again once more text follows (a token cut by a block's end).
+_REACH = 64
 _BASE64 = re.compile(rb"""encoding\s*=\s*["']base64["']""")
 _WHITESPACE = b" \t\r\n"
 #: Bytes per element of each VOTable ``datatype`` in a binary stream (VOTable 1.4 §5.4); ``bit`` is not
@@ -94,6 +100,37 @@ class _Layout:
     tail: bytes
 
 
+def _masked(text: bytes) -> bytes:
+    """``text`` with each comment, CDATA section and processing instruction blanked to spaces (to the end of
+    ``text`` when it does not end within it), so that tags are searched in markup only; offsets are kept."""
+    parts, at = [], 0
+    while (opener := _OPENER.search(text, at)) is not None:
+        closer = _CLOSERS[opener.group()]
+        end = text.find(closer, opener.end())
+        end = len(text) if end < 0 else end + len(closer)
+        parts += [text[at : opener.start()], b" " * (end - opener.start())]
+        at = end
+    parts.append(text[at:])
+    return b"".join(parts)
+
+
+def _row_ends(text: bytes, at: int, ends: list[int]) -> int:
+    """Add to ``ends`` the offset after each ``</TR>`` of ``text`` from ``at`` on that is not inside a
+    comment, CDATA section or processing instruction; return where to search on once ``text`` grows (a
+    token the text may end inside, or a comment or CDATA section that does not end within it)."""
+    while (token := _ROW_TOKEN.search(text, at)) is not None:
+        closer = _CLOSERS.get(token.group())
+        if closer is None:
+            ends.append(token.end())
+            at = token.end()
+            continue
+        end = text.find(closer, token.end())
+        if end < 0:
+            return token.start()
+        at = end + len(closer)
+    return max(at, len(text) - _REACH)
+
+
 def _scan(fh: IO[bytes]) -> tuple[int, re.Match[bytes] | None, bytes]:
     """The number of ``TABLE`` start tags in the file (counting stops at 2), the first data start tag
     (``TABLEDATA``, ``BINARY``, ``BINARY2``, ``FITS``), matched in the returned text: the file from its
@@ -103,11 +140,11 @@ def _scan(fh: IO[bytes]) -> tuple[int, re.Match[bytes] | None, bytes]:
     while found is None:
         block = fh.read(_BLOCK)
         if not block:
-            return len(_TABLE_TAG.findall(text)), None, text
+            return len(_TABLE_TAG.findall(_masked(text))), None, text
         text += block
-        found = _DATA_TAG.search(text)
+        found = _DATA_TAG.search(_masked(text))
     text += fh.read(_BLOCK)  # the STREAM start tag, whole
-    tables = len(_TABLE_TAG.findall(text))
+    tables = len(_TABLE_TAG.findall(_masked(text)))
     overlap = text[-64:]
     while tables < 2 and (block := fh.read(_BLOCK)):
         window = overlap + block  # a tag ending in the overlap was counted in the previous window
@@ -129,7 +166,7 @@ def streamed_layout(path: Path) -> _Layout | None:
         kind = found.group(1).decode()
         opening = found.start()
         if kind != "TABLEDATA":
-            stream = _STREAM_TAG.search(text, found.end())
+            stream = _STREAM_TAG.search(_masked(text), found.end())
             if stream is None:
                 return None
             opening = stream.start()
@@ -143,7 +180,7 @@ def streamed_layout(path: Path) -> _Layout | None:
         fh.seek(tail_at)
         tail = fh.read()
     word = re.compile(b"</" + _NAME + (b"TABLEDATA" if kind == "TABLEDATA" else b"STREAM") + rb"\s*>")
-    ends = list(word.finditer(tail))
+    ends = list(word.finditer(_masked(tail)))
     if not ends:
         return None
     stop = tail_at + ends[-1].start()
@@ -278,18 +315,17 @@ class StreamedVOTable(Source):
                 yield block
 
     def _tabledata(self, skip_rows: int) -> Iterator[tuple[bytes, int, int, int, int]]:
-        text, row, offset = b"", 0, self._layout.start
+        text, row, offset, at = b"", 0, self._layout.start, 0
         ends: list[int] = []  # where each complete row ends in ``text``
         for block in self._blocks():
-            searched = max(0, len(text) - 16)
             text += block
-            ends += [m.end() for m in _ROW_END.finditer(text, searched) if not ends or m.end() > ends[-1]]
+            at = _row_ends(text, at, ends)  # ``at``: where the search goes on in ``text``
             while ends and (row < skip_rows or len(ends) >= self._slice):
                 count = min(len(ends), skip_rows - row) if row < skip_rows else self._slice
                 cut = ends[count - 1]
                 if row >= skip_rows:
                     yield text[:cut], row, count, offset, offset + cut
-                text, offset, row = text[cut:], offset + cut, row + count
+                text, offset, row, at = text[cut:], offset + cut, row + count, at - cut
                 ends = [end - cut for end in ends[count:]]
         if ends and row >= skip_rows:
             yield text, row, len(ends), offset, self._layout.stop

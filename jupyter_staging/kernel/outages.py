@@ -22,15 +22,17 @@ log = logging.getLogger("jupyter_staging.kernel")
 OUTAGE_LIMIT = 600.0
 #: Longest pause between two tries while the server does not answer, seconds.
 MAX_RETRY_PAUSE = 5.0
-#: HTTP statuses of a proxy (JupyterHub's, an ingress) while the server behind it restarts.
-_PROXY_STATUSES = frozenset({502, 503, 504})
+#: HTTP statuses of a proxy while the server behind it restarts: an ingress's 502, 503, 504, and JupyterHub's
+#: 424 ("JupyterHub server no longer running", its answer to an API request while the user's server is
+#: stopped or still starting; 503 under ``use_legacy_stopped_server_status_code``).
+_PROXY_STATUSES = frozenset({424, 502, 503, 504})
 
 _T = TypeVar("_T")
 
 
 def is_outage(exc: StagingError) -> bool:
     """Whether ``exc`` says the server did not answer (code ``server_unreachable``), or a proxy in front of
-    it answered for it (HTTP 502, 503 or 504 without an error code of the staging API)."""
+    it answered for it (HTTP 424, 502, 503 or 504 without an error code of the staging API)."""
     return exc.code == "server_unreachable" or (exc.code == "http_error" and exc.status in _PROXY_STATUSES)
 
 

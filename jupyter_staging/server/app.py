@@ -337,6 +337,7 @@ class StagingApp(ExtensionApp):
         if resumed:
             self.log.info("jupyter_staging: resumed %d job(s) after restart", len(resumed))
         self._export_env(serverapp)
+        self._stop_on_sigint(serverapp)
         if self.keep_alive_while_staging:
             self.keep_alive = KeepAlive(
                 serverapp.web_app.settings,
@@ -345,6 +346,21 @@ class StagingApp(ExtensionApp):
                 max_seconds=self.max_keep_alive_seconds,
             )
             self.keep_alive.start()
+
+    def _stop_on_sigint(self, serverapp) -> None:  # type: ignore[no-untyped-def]
+        """Make SIGINT stop the server as SIGTERM does (its extensions stopped: running jobs left to resume at
+        the next start) when nothing handles it. JupyterHub's local spawners stop a server with SIGINT; with
+        no terminal on stdin jupyter_server leaves SIGINT to Python, whose KeyboardInterrupt ends the server
+        without stopping its extensions, so the running jobs met the interpreter's shutdown and failed
+        (``internal_error``). A handler the server (its ^C prompt), JupyterHub or a program set is kept."""
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._sigint_stop = serverapp._signal_stop
+            signal.signal(signal.SIGINT, self._sigint_stop)
 
     def _has_active_jobs(self) -> bool:
         """True when a job of this server's root is queued or running (one indexed query, one row)."""
@@ -371,6 +387,13 @@ class StagingApp(ExtensionApp):
 
     async def stop_extension(self) -> None:
         import asyncio
+        import signal
+        import threading
+
+        ours = getattr(self, "_sigint_stop", None)
+        if ours is not None and threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGINT) == ours:  # SIGINT as it was (a server run inside a program)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
 
         keep_alive = getattr(self, "keep_alive", None)
         if keep_alive is not None:

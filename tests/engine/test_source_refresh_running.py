@@ -130,3 +130,50 @@ def test_a_new_url_that_expires_too_ends_the_job_source_expired_once(
         assert (root / "o" / "big.bin.part").exists(), "the bytes received are kept for a submit"
     finally:
         manager.stop()
+
+
+def test_a_url_submitted_as_the_run_records_its_expiry_is_not_lost(
+    range_server, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A submit of the URL presigned again landing after the run found its URL expired and no new one, but
+    before it recorded the failure (a race: injected there), was answered ``source_refreshed`` ("this run
+    continues with them if the ones it started with expire"), yet the job then ended ``source_expired`` and
+    dropped the new URL with its secrets: a third submit was needed. The failure is now recorded only while
+    the job holds the URL the run started with; else the job is queued again and continues with the new
+    one."""
+    from jupyter_staging.engine.runner import JobRunner
+
+    monkeypatch.setattr(ranges, "STREAM_MIN_BYTES", 1024**2)
+    monkeypatch.setattr(ranges, "STREAM_RANGE_BYTES", 512 * 1024)
+    data = os.urandom(6 * 1024**2)  # 12 ranges on 2 streams: the URL expires mid-way
+    (range_server.root / "big.bin").write_bytes(data)
+    range_server.check_expiry = True
+    range_server.throttle_bytes_per_s = 500_000
+    manager = manager_for(tmp_path, streams_per_file=2)
+    answers = []
+    checked = JobRunner._requeued
+
+    def refreshed_meanwhile(runner: JobRunner, failed: dict[str, str]) -> bool:
+        requeued = checked(runner, failed)
+        if not requeued and not answers:  # the submit lands right after the run's check
+            again, _ = manager.create(
+                CreateJob(source=signed(range_server.url("big.bin"), NEW, lifetime=600), destination="o")
+            )
+            answers.append(again)
+        return requeued
+
+    monkeypatch.setattr(JobRunner, "_requeued", refreshed_meanwhile)
+    try:
+        job, _ = manager.create(
+            CreateJob(source=signed(range_server.url("big.bin"), OLD, lifetime=2), destination="o")
+        )
+        done = manager.wait(job.id, timeout=60)
+        assert len(answers) == 1, (done.state, done.error, log_of(manager, job.id))
+        assert answers[0].source_refreshed and answers[0].id == job.id
+        assert done.state.value == "succeeded", (done.error, log_of(manager, job.id))
+        assert sha256(root / "o" / "big.bin") == hashlib.sha256(data).hexdigest()
+        log = log_of(manager, job.id)
+        assert log.count(CONTINUED) == 1, log
+        assert not any(line.startswith("failed") for line in log), log
+    finally:
+        manager.stop()

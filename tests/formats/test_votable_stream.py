@@ -235,3 +235,68 @@ def test_a_votable_malformed_after_its_first_slice_fails_the_job_and_leaves_no_p
     assert "cat.xml: not a readable VOTable (rows 40001 to 50000)" in message, message
     assert str(tmp_path) not in message and "Traceback" not in message
     assert not [p for p in (tmp_path / "cat").rglob("*") if p.is_file()]
+
+
+def _markup_votable(rows: bytes, before: bytes = b"", after: bytes = b"") -> bytes:
+    """A TABLEDATA VOTable of an int and a char column, with ``before`` ahead of its FIELDs and ``after``
+    its TABLE."""
+    return (
+        b'<?xml version="1.0"?>\n<VOTABLE version="1.4" xmlns="http://www.ivoa.net/xml/VOTable/v1.3">'
+        b"<RESOURCE><TABLE>" + before + b'<FIELD name="id" datatype="int"/>'
+        b'<FIELD name="s" datatype="char" arraysize="*"/><DATA><TABLEDATA>\n'
+        + rows
+        + b"</TABLEDATA></DATA></TABLE>"
+        + after
+        + b"</RESOURCE></VOTABLE>\n"
+    )
+
+
+def _markup_row(i: int, text: bytes = b"x", then: bytes = b"") -> bytes:
+    return b"<TR><TD>%d</TD><TD>%s</TD></TR>\n%s" % (i, text, then)
+
+
+MARKUP = {
+    "a comment between rows": _markup_votable(
+        b"".join(_markup_row(i, then=b"<!-- </TR> <TR><TD>9</TD></TR> -->" * (i == 0)) for i in range(6))
+    ),
+    "CDATA in a TD": _markup_votable(
+        b"".join(_markup_row(i, b"<![CDATA[a</TR>b]]>" if i in (1, 3) else b"x") for i in range(6))
+    ),
+    "a processing instruction": _markup_votable(
+        b"".join(_markup_row(i, then=b"<?x </TR> ?>" * (i == 2)) for i in range(6))
+    ),
+    "a comment in the header": _markup_votable(
+        b"".join(_markup_row(i) for i in range(6)), before=b"<!-- the rows: <TABLEDATA> below -->"
+    ),
+    "CDATA in a DESCRIPTION": _markup_votable(
+        b"".join(_markup_row(i) for i in range(6)),
+        before=b"<DESCRIPTION><![CDATA[rows in <TABLEDATA>]]></DESCRIPTION>",
+    ),
+    "a comment in the trailer": _markup_votable(
+        b"".join(_markup_row(i) for i in range(6)), after=b"<!-- was </TABLEDATA> -->"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(MARKUP))
+@pytest.mark.parametrize("block", [1 << 20, 7])
+def test_tags_inside_comments_cdata_or_instructions_are_not_tags(
+    tmp_path: Path, monkeypatch, name: str, block: int
+) -> None:
+    """A ``</TR>`` or ``<TABLEDATA>`` written in a comment, CDATA section or processing instruction cut the
+    file there: a valid VOTable failed to convert ('unclosed token'), or its rows were miscounted."""
+    from jupyter_staging.formats import votable_stream
+
+    monkeypatch.setattr(votable_stream, "SLICE_ROWS", 2)
+    monkeypatch.setattr(votable_stream, "_BLOCK", block)  # comments and tags cut by a block's end
+    src = tmp_path / "markup.xml"
+    src.write_bytes(MARKUP[name])
+    assert isinstance(votable_stream.votable_source(src, None, 2), votable_stream.StreamedVOTable)
+    for start_index in (0, 1):
+        sliced, whole = tmp_path / f"sliced{start_index}", tmp_path / f"whole{start_index}"
+        parts = convert_to_parquet(src, sliced, chunk_rows=2, start_index=start_index)
+        expected = convert_to_parquet(src, whole, chunk_rows=2, start_index=start_index, hdu=0)
+        assert [(p.name, p.rows) for p in parts] == [(p.name, p.rows) for p in expected]
+        got, want = ds.dataset(sliced).to_table(), ds.dataset(whole).to_table()
+        assert got.equals(want, check_metadata=True)
+        assert got["id"].to_pylist() == list(range(2 * start_index, 6))

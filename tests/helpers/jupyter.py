@@ -90,7 +90,12 @@ class JupyterServerProcess:
         args = self.command()
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.root_dir
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.root_dir,
         )
         log.close()
         deadline = time.monotonic() + timeout
