@@ -359,7 +359,10 @@ class JobLifecycle:
             )
         with self._lock:
             self._controls[job_id] = runner.control
-        self.executor.submit(runner.run)
+        try:
+            self.executor.submit(runner.run)
+        except RuntimeError:  # the executor shut down since the check above: the next start takes it over
+            log.info("staging job %s stays queued for this server's next start", job_id)
 
     def finish_cancelled(self, job_id: str, when: Guard) -> bool:
         """Remove the job's output and end it ``cancelled`` if it passes ``when``

@@ -106,10 +106,7 @@ class JobRunner(ManifestStager):
             self.close_folders()
             self.host.release(self.job_id, self.control, self.live)
             if self.requeued:  # queued again for a source presigned again while it ran: the next run
-                try:
-                    self.host.submit(self.job_id)
-                except RuntimeError:  # the executor shut down meanwhile: the next start takes it over
-                    log.info("staging job %s stays queued for the next start", self.job_id)
+                self.host.submit(self.job_id)
 
     # -- the template's steps -------------------------------------------------------------------------
 
