@@ -274,6 +274,7 @@ class EventsHandler(StagingAPIHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
+        manager = self.manager  # a server without its database answers 503 here, before the stream opens
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
@@ -286,10 +287,10 @@ class EventsHandler(StagingAPIHandler):
             if event["job"].get("owner") == self.owner:
                 loop.call_soon_threadsafe(_put, queue, event)
 
-        unsubscribe = self.manager.subscribe(listener)
+        unsubscribe = manager.subscribe(listener)
         order = StreamOrder()
         try:
-            current = await self.call(self.manager.list_jobs, self.owner, ListJobsQuery(limit=1000))
+            current = await self.call(manager.list_jobs, self.owner, ListJobsQuery(limit=1000))
             for job in current.jobs:
                 if not job.state.is_final:
                     snapshot = dump(job)
