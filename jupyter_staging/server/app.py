@@ -26,7 +26,7 @@ from jupyter_staging.engine.leases import DEFAULT_HEARTBEAT_INTERVAL, outlasts_l
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import JobState
 from jupyter_staging.errors import DatabaseTooNew, DatabaseUnavailable, StagingError
-from jupyter_staging.server.handlers import default_handlers
+from jupyter_staging.server.handlers import database_reason, default_handlers
 from jupyter_staging.server.keepalive import KeepAlive
 
 #: Environment variables the extension sets for the kernels its server starts, so that ``%stage`` finds
@@ -271,11 +271,10 @@ class StagingApp(ExtensionApp):
             self._staging_off(err)
             return
         except SQLAlchemyError as exc:
-            orig = getattr(exc, "orig", None) or exc
-            reason = f"{type(orig).__name__}: {(str(orig).strip().splitlines() or [''])[0]}"
+            reason = database_reason(exc)
             self._staging_off(
                 DatabaseUnavailable(
-                    f"the job database could not be opened when this server started ({reason[:300]}); "
+                    f"the job database could not be opened when this server started ({reason}); "
                     "restart the server once it is reachable (jupyter staging doctor checks it)"
                 )
             )

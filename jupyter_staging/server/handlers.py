@@ -24,12 +24,13 @@ from typing import Any, TypeVar
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
+from sqlalchemy.exc import InterfaceError, OperationalError
 from tornado import web
 from tornado.iostream import StreamClosedError
 
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, ListJobsQuery, dump
-from jupyter_staging.errors import StagingError, too_many_open_files_error
+from jupyter_staging.errors import DatabaseUnavailable, StagingError, too_many_open_files_error
 from jupyter_staging.server.openapi import OpenAPIHandler
 from jupyter_staging.server.web import JSONHandlerMixin, StagingHTTPError
 
@@ -52,8 +53,9 @@ class StagingAPIHandler(JSONHandlerMixin, APIHandler):
 
     @property
     def manager(self) -> StagingManager:
-        """The server's manager. Raises :class:`StagingHTTPError` (503 ``database_newer_than_code``) when the
-        server started without one: its job database was upgraded by a later release."""
+        """The server's manager. Raises :class:`StagingHTTPError` (503 ``database_newer_than_code`` or
+        ``database_unavailable``) when the server started without one: its job database was upgraded by a
+        later release, or could not be opened."""
         unavailable = self.settings.get("staging_unavailable")
         if unavailable is not None:
             raise StagingHTTPError.from_error(unavailable)
@@ -69,13 +71,21 @@ class StagingAPIHandler(JSONHandlerMixin, APIHandler):
 
         What a request's values can still provoke below the checks is answered 400 too (see
         :func:`input_error`), logged with its traceback so a bug stays visible; no file descriptor left
-        (``EMFILE`` / ``ENFILE``) is a 503 ``too_many_open_files``; any other exception is a 500
-        ``internal_error`` without details.
+        (``EMFILE`` / ``ENFILE``) is a 503 ``too_many_open_files``; a job database that cannot be reached
+        now (its server stopped or restarting, a SQLite file locked past the busy timeout) is a 503
+        ``database_unavailable`` naming the driver's reason, answered again once it is back; any other
+        exception is a 500 ``internal_error`` without details.
         """
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except StagingError as err:
             raise StagingHTTPError.from_error(err) from None
+        except (OperationalError, InterfaceError) as exc:
+            reason = database_reason(exc)
+            self.log.warning("staging: the job database cannot be reached: %s", reason)
+            raise StagingHTTPError.from_error(
+                DatabaseUnavailable(f"the job database cannot be reached now ({reason}); try again later")
+            ) from None
         except (ValueError, OverflowError, RecursionError, OSError) as exc:
             http_error = input_error(exc)
             if http_error is None:
@@ -275,11 +285,6 @@ class EventsHandler(StagingAPIHandler):
     @authorized
     async def get(self) -> None:
         manager = self.manager  # a server without its database answers 503 here, before the stream opens
-        self.set_header("Content-Type", "text/event-stream")
-        self.set_header("Cache-Control", "no-cache")
-        self.set_header("X-Accel-Buffering", "no")
-        self.write(": stream open\n\n")  # send the headers now, so clients know the stream is live
-        await self.flush()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10_000)
 
@@ -290,7 +295,14 @@ class EventsHandler(StagingAPIHandler):
         unsubscribe = manager.subscribe(listener)
         order = StreamOrder()
         try:
+            # Read before the stream opens: a database that cannot be reached is answered 503, not a stream
+            # that ends at once (an error cannot be sent after the headers).
             current = await self.call(manager.list_jobs, self.owner, ListJobsQuery(limit=1000))
+            self.set_header("Content-Type", "text/event-stream")
+            self.set_header("Cache-Control", "no-cache")
+            self.set_header("X-Accel-Buffering", "no")
+            self.write(": stream open\n\n")  # send the headers now, so clients know the stream is live
+            await self.flush()
             for job in current.jobs:
                 if not job.state.is_final:
                     snapshot = dump(job)
@@ -313,6 +325,14 @@ class EventsHandler(StagingAPIHandler):
     async def _send(self, event: dict[str, Any]) -> None:
         self.write(f"data: {json.dumps(event)}\n\n")
         await self.flush()
+
+
+def database_reason(exc: BaseException) -> str:
+    """The driver's reason for a database error ``exc`` (a SQLAlchemy error wrapping it, or the driver's
+    own): its class and first line, at most 300 characters (the drivers name host and port, never the
+    password)."""
+    orig = getattr(exc, "orig", None) or exc
+    return f"{type(orig).__name__}: {(str(orig).strip().splitlines() or [''])[0]}"[:300]
 
 
 #: ``code`` of an :class:`OSError` a request's path provokes, by ``errno``.
