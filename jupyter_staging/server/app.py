@@ -26,8 +26,9 @@ from jupyter_staging.engine.leases import DEFAULT_HEARTBEAT_INTERVAL, outlasts_l
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import JobState
 from jupyter_staging.errors import DatabaseTooNew, DatabaseUnavailable, StagingError
-from jupyter_staging.server.handlers import database_reason, default_handlers
+from jupyter_staging.server.handlers import default_handlers
 from jupyter_staging.server.keepalive import KeepAlive
+from jupyter_staging.server.web import database_reason
 
 #: Environment variables the extension sets for the kernels its server starts, so that ``%stage`` finds
 #: this server with no configuration (kernels inherit the server's environment).

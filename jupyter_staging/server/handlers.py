@@ -24,15 +24,20 @@ from typing import Any, TypeVar
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
-from sqlalchemy.exc import InterfaceError, OperationalError
 from tornado import web
 from tornado.iostream import StreamClosedError
 
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, ListJobsQuery, dump
-from jupyter_staging.errors import DatabaseUnavailable, StagingError, too_many_open_files_error
+from jupyter_staging.errors import StagingError, too_many_open_files_error
 from jupyter_staging.server.openapi import OpenAPIHandler
-from jupyter_staging.server.web import JSONHandlerMixin, StagingHTTPError
+from jupyter_staging.server.web import (
+    DATABASE_DOWN,
+    JSONHandlerMixin,
+    StagingHTTPError,
+    database_down,
+    database_reason,
+)
 
 T = TypeVar("T")
 
@@ -80,12 +85,9 @@ class StagingAPIHandler(JSONHandlerMixin, APIHandler):
             return await asyncio.to_thread(fn, *args, **kwargs)
         except StagingError as err:
             raise StagingHTTPError.from_error(err) from None
-        except (OperationalError, InterfaceError) as exc:
-            reason = database_reason(exc)
-            self.log.warning("staging: the job database cannot be reached: %s", reason)
-            raise StagingHTTPError.from_error(
-                DatabaseUnavailable(f"the job database cannot be reached now ({reason}); try again later")
-            ) from None
+        except DATABASE_DOWN as exc:
+            self.log.warning("staging: the job database cannot be reached: %s", database_reason(exc))
+            raise StagingHTTPError.from_error(database_down("job database", exc)) from None
         except (ValueError, OverflowError, RecursionError, OSError) as exc:
             http_error = input_error(exc)
             if http_error is None:
@@ -325,14 +327,6 @@ class EventsHandler(StagingAPIHandler):
     async def _send(self, event: dict[str, Any]) -> None:
         self.write(f"data: {json.dumps(event)}\n\n")
         await self.flush()
-
-
-def database_reason(exc: BaseException) -> str:
-    """The driver's reason for a database error ``exc`` (a SQLAlchemy error wrapping it, or the driver's
-    own): its class and first line, at most 300 characters (the drivers name host and port, never the
-    password)."""
-    orig = getattr(exc, "orig", None) or exc
-    return f"{type(orig).__name__}: {(str(orig).strip().splitlines() or [''])[0]}"[:300]
 
 
 #: ``code`` of an :class:`OSError` a request's path provokes, by ``errno``.
