@@ -39,13 +39,14 @@ from tornado.httputil import HTTPOutputError
 from tornado.iostream import StreamClosedError
 from tornado.log import access_log, app_log
 
+from jupyter_staging.engine.database import DATABASE_DOWN
 from jupyter_staging.errors import InvalidRequest, StagingError
 from jupyter_staging.hub import oplog
 from jupyter_staging.hub.db import STATUSES
 from jupyter_staging.hub.fileops import BLOCK_SIZE
 from jupyter_staging.hub.operations import Caller, Download, StagingOperations
 from jupyter_staging.hub.requests import METHODS
-from jupyter_staging.server.web import DATABASE_DOWN, JSONHandlerMixin, StagingHTTPError, database_down
+from jupyter_staging.server.web import JSONHandlerMixin, StagingHTTPError, database_down
 
 #: Most rows ``GET api/operations`` returns; most lines ``GET api/logs`` returns.
 MAX_LIMIT = 1000

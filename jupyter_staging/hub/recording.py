@@ -17,6 +17,7 @@ import socket
 from datetime import datetime, timedelta
 from typing import Any
 
+from jupyter_staging.engine.database import DATABASE_DOWN
 from jupyter_staging.errors import (
     InvalidRequest,
     StagingError,
@@ -27,7 +28,7 @@ from jupyter_staging.errors import (
 from jupyter_staging.hub.db import LeaseLost, Operation, OperationStore, utcnow
 from jupyter_staging.hub.fileops import Outcome
 from jupyter_staging.safety.paths import escape_non_utf8
-from jupyter_staging.server.web import DATABASE_DOWN, database_down
+from jupyter_staging.server.web import database_down
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default
 from traitlets import Type as TypeTrait
 
 from jupyter_staging._version import __version__
-from jupyter_staging.engine.database import SQLITE_BUSY_TIMEOUT
+from jupyter_staging.engine.database import SQLITE_BUSY_TIMEOUT, database_reason
 from jupyter_staging.engine.executors import (
     DEFAULT_CONCURRENT_ITEMS,
     DEFAULT_RANGE_BYTES,
@@ -28,7 +28,6 @@ from jupyter_staging.engine.models import JobState
 from jupyter_staging.errors import DatabaseTooNew, DatabaseUnavailable, StagingError
 from jupyter_staging.server.handlers import default_handlers
 from jupyter_staging.server.keepalive import KeepAlive
-from jupyter_staging.server.web import database_reason
 
 #: Environment variables the extension sets for the kernels its server starts, so that ``%stage`` finds
 #: this server with no configuration (kernels inherit the server's environment).

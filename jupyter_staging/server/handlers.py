@@ -27,17 +27,12 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.iostream import StreamClosedError
 
+from jupyter_staging.engine.database import DATABASE_DOWN, database_reason
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, ListJobsQuery, dump
 from jupyter_staging.errors import StagingError, too_many_open_files_error
 from jupyter_staging.server.openapi import OpenAPIHandler
-from jupyter_staging.server.web import (
-    DATABASE_DOWN,
-    JSONHandlerMixin,
-    StagingHTTPError,
-    database_down,
-    database_reason,
-)
+from jupyter_staging.server.web import JSONHandlerMixin, StagingHTTPError, database_down
 
 T = TypeVar("T")
 

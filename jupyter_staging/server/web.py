@@ -17,9 +17,9 @@ import json
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.exc import InterfaceError, OperationalError
 from tornado import web
 
+from jupyter_staging.engine.database import database_reason
 from jupyter_staging.engine.models import ERROR_CODES
 from jupyter_staging.errors import DatabaseUnavailable, InvalidRequest, StagingError
 
@@ -109,23 +109,10 @@ class StagingHTTPError(web.HTTPError):
         return f"HTTP {self.status_code}: {self.message} ({self.code})"
 
 
-#: Database errors that say the database cannot be reached now (its server stopped or restarting, the
-#: connection lost, a SQLite file locked past the busy timeout): answered 503, the same request may succeed
-#: once it is back.
-DATABASE_DOWN = (OperationalError, InterfaceError)
-
-
-def database_reason(exc: BaseException) -> str:
-    """The driver's reason for a database error ``exc`` (a SQLAlchemy error wrapping it, or the driver's
-    own): its class and first line, at most 300 characters (the drivers name host and port, never the
-    password)."""
-    orig = getattr(exc, "orig", None) or exc
-    return f"{type(orig).__name__}: {(str(orig).strip().splitlines() or [''])[0]}"[:300]
-
-
 def database_down(what: str, exc: BaseException) -> DatabaseUnavailable:
-    """The error (503 ``database_unavailable``) for :data:`DATABASE_DOWN` error ``exc`` of ``what`` (``job
-    database``, ``operations database``), naming the driver's reason."""
+    """The error (503 ``database_unavailable``) for a
+    :data:`~jupyter_staging.engine.database.DATABASE_DOWN` error ``exc`` of ``what`` (``job database``,
+    ``operations database``), naming the driver's reason."""
     return DatabaseUnavailable(f"the {what} cannot be reached now ({database_reason(exc)}); try again later")
 
 

@@ -1,12 +1,20 @@
 """A database that stops answering while its server runs (PostgreSQL stopped or restarting): every staging
 request of a Jupyter server answers 503 ``database_unavailable`` with the driver's reason, the event stream
 too (not a 500 ``internal_error``, not a stream that ends at once), and so does the hub service's API for its
-operations database; both answer again by themselves once the database is back, without a restart."""
+operations database; both answer again by themselves once the database is back, without a restart. A job
+whose run fails because the database went away ends ``failed`` (``database_unavailable``) once it is back,
+not ``running`` with nothing running it."""
 
 from __future__ import annotations
 
-from tests.helpers.data import KEPLER_NAME
+import shutil
+import time
+
+from jupyter_staging.engine.manager import StagingManager
+from jupyter_staging.engine.models import CreateJob
+from tests.helpers.data import KEPLER, KEPLER_NAME
 from tests.helpers.groups import skip_group
+from tests.helpers.servers import RangeHTTPServer
 from tests.hub.conftest import PostgresServer, postgres_bindir, start_hub
 from tests.hub.test_schema_too_new import ServerOn
 
@@ -97,5 +105,39 @@ def test_the_hub_services_operations_database_stopped_is_answered_503_then_again
             assert answer.status_code == 200, answer.text
         finally:
             hub.stop()
+    finally:
+        pg_remove(pg)
+
+
+def test_a_job_whose_database_went_away_mid_run_ends_failed_once_it_is_back_not_running(tmp_path):
+    """The run failed writing its progress and could not record the failure either: the job stayed
+    ``running`` for good (its lease still renewed), its folder empty. It is now recorded once the database
+    answers again."""
+    pg = own_postgres()
+    web = tmp_path / "web"
+    web.mkdir()
+    shutil.copyfile(KEPLER, web / "k.fits")
+    root = tmp_path / "root"
+    root.mkdir()
+    try:
+        size = (web / "k.fits").stat().st_size
+        with RangeHTTPServer(web, throttle_bytes_per_s=size // 6) as http:  # about 6 s
+            manager = StagingManager(root, db_url=pg.create_database("jobs"), sweep_interval=0)
+            manager.start()
+            try:
+                job, _ = manager.create(CreateJob(source=http.url("k.fits"), destination="k"))
+                time.sleep(1.5)
+                pg_stop(pg)
+                time.sleep(6)  # the download ends meanwhile: the run cannot record it
+                pg_start(pg)
+                deadline = time.monotonic() + 30
+                while not (done := manager.get(job.id)).state.is_final and time.monotonic() < deadline:
+                    time.sleep(0.5)
+            finally:
+                manager.stop()
+        assert done.state.value == "failed", done.state
+        assert done.error is not None and done.error.code == "database_unavailable", done.error
+        assert "could not be reached while the job ran" in done.error.message
+        assert not (root / "k" / "k.fits").exists()
     finally:
         pg_remove(pg)
