@@ -285,8 +285,9 @@ class DatabaseTooNew(StagingError):
 
 class DatabaseUnavailable(StagingError):
     """The job database could not be opened when the server started (its server down or unreachable, a
-    wrong URL or password, a SQLite file locked by another process past the busy timeout). Staging stays
-    off until the server is restarted with the database reachable (HTTP 503)."""
+    wrong URL or password, a SQLite file locked by another process past the busy timeout): staging stays
+    off until the server is restarted with the database reachable. Or it cannot be reached now, the server
+    running (its server stopped or restarting): requests are answered again once it is back (HTTP 503)."""
 
     code = "database_unavailable"
     status = 503

@@ -21,11 +21,25 @@ from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from jupyter_staging.engine.migrate import Migrations, upgrade_database
 
 log = logging.getLogger(__name__)
+
+#: Database errors that say the database cannot be reached now (its server stopped or restarting, the
+#: connection lost, a SQLite file locked past the busy timeout): the same call may succeed once it is back.
+DATABASE_DOWN = (OperationalError, InterfaceError)
+
+
+def database_reason(exc: BaseException) -> str:
+    """The driver's reason for a database error ``exc`` (a SQLAlchemy error wrapping it, or the driver's
+    own): its class and first line, at most 300 characters (the drivers name host and port, never the
+    password)."""
+    orig = getattr(exc, "orig", None) or exc
+    return f"{type(orig).__name__}: {(str(orig).strip().splitlines() or [''])[0]}"[:300]
+
 
 #: Mode of a SQLite job database and its ``-wal`` / ``-shm`` files: read and write by the owner only.
 PRIVATE_FILE_MODE = 0o600

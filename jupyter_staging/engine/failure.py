@@ -4,18 +4,60 @@
 from __future__ import annotations
 
 import logging
+import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from jupyter_staging.clouds.http import error_detail
+from jupyter_staging.engine.database import DATABASE_DOWN, database_reason
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.models import JobState
 from jupyter_staging.engine.retention import expire_at_end
 from jupyter_staging.engine.transitions import Guard, JobEnded, StateChanged, held_by
-from jupyter_staging.errors import StagingError, as_staging_error
+from jupyter_staging.errors import DatabaseUnavailable, StagingError, as_staging_error
+from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.redact import redact_text
 
 log = logging.getLogger("jupyter_staging.engine.manager")
+
+#: Seconds before the first and, doubling, at most between two tries to record a run's failure while the
+#: job database cannot be reached.
+RECORD_RETRY_FIRST, RECORD_RETRY_MAX = 0.5, 5.0
+
+
+def as_run_error(exc: Exception) -> Exception:
+    """``exc``, or for a job database that could not be reached while the job ran a
+    :class:`DatabaseUnavailable` naming the driver's reason (not an ``internal_error``)."""
+    if isinstance(exc, DATABASE_DOWN):
+        reason = database_reason(exc)
+        return DatabaseUnavailable(f"the job database could not be reached while the job ran ({reason})")
+    return exc
+
+
+def record_once_reachable(record: Callable[[], None], control: JobControl, job_id: str) -> None:
+    """Call ``record`` (the end of job ``job_id``'s run), again while the job database cannot be reached
+    (:data:`~jupyter_staging.engine.database.DATABASE_DOWN`), waiting :data:`RECORD_RETRY_FIRST` seconds
+    and more: a job must not stay ``running`` with no run left. Stops trying once the server stops or
+    another server took the job over (``control`` interrupted so: the next start resumes the job, or it
+    is the other run's). Any other error of ``record`` is raised."""
+    delay = RECORD_RETRY_FIRST
+    while True:
+        try:
+            record()
+            return
+        except DATABASE_DOWN as exc:
+            reason = database_reason(exc)
+            if control.reason in ("shutdown", "superseded"):
+                log.warning(
+                    "staging job %s: its end is not recorded (%s): %s", job_id, control.reason, reason
+                )
+                return
+            log.warning(
+                "staging job %s: cannot record its end now (%s); again in %.1f s", job_id, reason, delay
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, RECORD_RETRY_MAX)
 
 
 def record_failure(

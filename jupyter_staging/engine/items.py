@@ -63,6 +63,10 @@ class ItemStager(LinkingWriter, PartOwnership, ResumeBook):
         self.live = LiveProgress()
         self.control = JobControl(on_bytes=self._on_bytes, on_rows=self._on_rows, log=self._log)
         self.recovering = False
+        #: The job's sealed source (presigned URLs) as this run read it (a submit may seal a new one).
+        self.sealed_at_start: str | None = None
+        #: Queued again (a source presigned again while it ran): the runner submits the job's next run.
+        self.requeued = False
         #: When the job first started (ns since the epoch; its first run's, kept by every resumed run):
         #: a Parquet part older than this is not the job's (:func:`.parts.published_since`).
         self.started_ns = time.time_ns()

@@ -28,6 +28,7 @@ from jupyter_staging.engine.cleanup import MADE_DESTINATION, remove_job_output
 from jupyter_staging.engine.collector import collector_paused
 from jupyter_staging.engine.deadparts import FOREIGN_PARTS_LISTED
 from jupyter_staging.engine.entries import error_of, raise_partial
+from jupyter_staging.engine.failure import as_run_error, record_once_reachable
 from jupyter_staging.engine.folders import PARTS_TAGGED, PUBLISHED_TAGS
 from jupyter_staging.engine.manifesting import ManifestStager
 from jupyter_staging.engine.models import DONE_STATES, LINK_METHODS, PENDING, JobState
@@ -64,11 +65,6 @@ log = logging.getLogger(__name__)
 class JobRunner(ManifestStager):
     """Runs job ``job_id`` of its :class:`~jupyter_staging.engine.host.JobHost` once (from queued to a
     final or paused state)."""
-
-    #: The job's sealed source (presigned URLs) as this run read it; a submit may seal a new one meanwhile.
-    sealed_at_start: str | None = None
-    #: Queued again by :meth:`_requeued`: :meth:`run` submits the job's next run once this one returned.
-    requeued: bool = False
 
     def run(self) -> None:
         """Run the job; never raises (errors end the job ``failed`` with a code)."""
@@ -208,37 +204,41 @@ class JobRunner(ManifestStager):
         # "shutdown": stay running in the database; start() resumes the job in the next process.
 
     def on_failure(self, exc: Exception) -> None:
-        """Remove the partial output (published chunks stay) and end the job ``failed`` with a code."""
+        """Remove the partial output (published chunks stay) and end the job ``failed`` with a code; while
+        the job database cannot be reached, again until it answers (:func:`record_once_reachable`)."""
+        error = as_run_error(exc)
         try:
-            self._record_published()  # published chunks are kept: record them first
-            self.host.report_progress(self.job_id, force=True)  # a job failing early wrote none yet
-            known = as_staging_error(exc)
-            if known is not None and self._requeued({"": known.code}):
-                return
-            rec = self.store.get_job(self.job_id)
-            mine = rec is not None and rec.runner == self.host.runner_id
-            if rec is not None and mine and self._keeps_parts(exc) and rec.cleanup_policy != "delete_always":
-                # A submit may give the job its URL presigned again until the failure is recorded: recorded
-                # only while the job holds the URL this run started with, else queued again with the new one
-                self.host.fail(self.job_id, exc, when=lambda now: now.sealed == self.sealed_at_start)
-                if known is not None and self._requeued({"": known.code}):
-                    return
-                self._log("info", "the bytes received are kept: stage the URL presigned again to continue")
-                return
-            elif rec is not None and mine and not JobState(rec.state).is_final:  # else another run's output
-                try:
-                    remove_job_output(self.host, rec, keep_ready=True)
-                except Exception as cleanup:
-                    self._log("warning", f"could not remove partial output: {error_of(cleanup)['message']}")
-            self.host.fail(self.job_id, exc)
+            record_once_reachable(lambda: self._end_failed(error), self.control, self.job_id)
         except Exception:  # the database itself failed; nothing more we can record
             log.exception("could not record failure of job %s", self.job_id)
 
+    def _end_failed(self, exc: Exception) -> None:
+        """:meth:`on_failure`'s records (raises what the database raises)."""
+        self._record_published()  # published chunks are kept: record them first
+        self.host.report_progress(self.job_id, force=True)  # a job failing early wrote none yet
+        known = as_staging_error(exc)
+        if known is not None and self._requeued({"": known.code}):
+            return
+        rec = self.store.get_job(self.job_id)
+        mine = rec is not None and rec.runner == self.host.runner_id
+        if rec is not None and mine and self._keeps_parts(exc) and rec.cleanup_policy != "delete_always":
+            # Recorded while the job holds the URL this run started with, else queued again with a new one
+            self.host.fail(self.job_id, exc, when=lambda now: now.sealed == self.sealed_at_start)
+            if known is not None and self._requeued({"": known.code}):
+                return
+            self._log("info", "the bytes received are kept: stage the URL presigned again to continue")
+            return
+        elif rec is not None and mine and not JobState(rec.state).is_final:  # else another run's output
+            try:
+                remove_job_output(self.host, rec, keep_ready=True)
+            except Exception as cleanup:
+                self._log("warning", f"could not remove partial output: {error_of(cleanup)['message']}")
+        self.host.fail(self.job_id, exc)
+
     def _requeued(self, failed: dict[str, str]) -> bool:
-        """Queue the job again when its items failed (``failed``: manifest entry name, or ``""`` for the
-        job's source -> error code) and a submit gave it a source presigned again since this run started
-        (:func:`~jupyter_staging.engine.refresh.requeue_refreshed`; the failed entries reopened and the
-        published chunks recorded first): :meth:`run` then submits the next run, which reads the new URL."""
+        """Queue the job again when its items failed (``failed``: entry name, ``""`` for the source -> code)
+        and a submit gave it a source presigned again since this run started (:func:`requeue_refreshed`,
+        failed entries reopened, published chunks recorded first); :meth:`run` submits the next run."""
 
         def settle() -> None:
             self._reopen_entries([name for name in failed if name])

@@ -39,13 +39,14 @@ from tornado.httputil import HTTPOutputError
 from tornado.iostream import StreamClosedError
 from tornado.log import access_log, app_log
 
+from jupyter_staging.engine.database import DATABASE_DOWN
 from jupyter_staging.errors import InvalidRequest, StagingError
 from jupyter_staging.hub import oplog
 from jupyter_staging.hub.db import STATUSES
 from jupyter_staging.hub.fileops import BLOCK_SIZE
 from jupyter_staging.hub.operations import Caller, Download, StagingOperations
 from jupyter_staging.hub.requests import METHODS
-from jupyter_staging.server.web import JSONHandlerMixin, StagingHTTPError
+from jupyter_staging.server.web import JSONHandlerMixin, StagingHTTPError, database_down
 
 #: Most rows ``GET api/operations`` returns; most lines ``GET api/logs`` returns.
 MAX_LIMIT = 1000
@@ -84,11 +85,15 @@ class BaseHandler(_HubAuthFromSettings, HubOAuthenticated, JSONHandlerMixin):
         )
 
     async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Await ``fn(*args, **kwargs)``, turning :class:`StagingError` into an HTTP error."""
+        """Await ``fn(*args, **kwargs)``, turning :class:`StagingError` into an HTTP error, and an operations
+        database that cannot be reached now into a 503 ``database_unavailable`` naming the driver's reason
+        (answered again once it is back)."""
         try:
             return await fn(*args, **kwargs)
         except StagingError as err:
             raise StagingHTTPError.from_error(err) from None
+        except DATABASE_DOWN as exc:
+            raise StagingHTTPError.from_error(database_down("operations database", exc)) from None
 
     def get_int(self, name: str, default: int, maximum: int) -> int:
         """Query argument ``name`` as an int in ``1..maximum``; 400 ``invalid_request`` otherwise."""

@@ -17,6 +17,7 @@ import socket
 from datetime import datetime, timedelta
 from typing import Any
 
+from jupyter_staging.engine.database import DATABASE_DOWN
 from jupyter_staging.errors import (
     InvalidRequest,
     StagingError,
@@ -27,6 +28,7 @@ from jupyter_staging.errors import (
 from jupyter_staging.hub.db import LeaseLost, Operation, OperationStore, utcnow
 from jupyter_staging.hub.fileops import Outcome
 from jupyter_staging.safety.paths import escape_non_utf8
+from jupyter_staging.server.web import database_down
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +198,8 @@ def as_staging_error(err: BaseException, operation_id: str) -> StagingError:
     ``strerror`` (never a traceback). No file descriptor left (``EMFILE`` / ``ENFILE``) is the engine's
     ``too_many_open_files`` (503: the service's state, not the request's); a full file system or disk quota
     (``ENOSPC`` / ``EDQUOT``) its ``no_space`` (507), as :func:`~jupyter_staging.errors.no_space_error`
-    says it; a read-only one (``EROFS``) its ``destination_not_writable`` (409)."""
+    says it; a read-only one (``EROFS``) its ``destination_not_writable`` (409); an operations database that
+    cannot be reached now ``database_unavailable`` (503)."""
     if isinstance(err, StagingError):
         staging = err
     elif (no_descriptor := too_many_open_files_error(err)) is not None:
@@ -211,6 +214,8 @@ def as_staging_error(err: BaseException, operation_id: str) -> StagingError:
         staging = InvalidRequest("a name in the path is too long", code="name_too_long")
     elif isinstance(err, OSError):
         staging = StagingError(f"file system error: {err.strerror or type(err).__name__}", code="io_error")
+    elif isinstance(err, DATABASE_DOWN):  # the service's state, not the request's: 503, try again later
+        staging = database_down("operations database", err)
     else:
         staging = StagingError(
             f"internal error ({type(err).__name__}); see the service log", code="internal_error"

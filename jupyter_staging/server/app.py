@@ -15,7 +15,7 @@ from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default
 from traitlets import Type as TypeTrait
 
 from jupyter_staging._version import __version__
-from jupyter_staging.engine.database import SQLITE_BUSY_TIMEOUT
+from jupyter_staging.engine.database import SQLITE_BUSY_TIMEOUT, database_reason
 from jupyter_staging.engine.executors import (
     DEFAULT_CONCURRENT_ITEMS,
     DEFAULT_RANGE_BYTES,
@@ -271,11 +271,10 @@ class StagingApp(ExtensionApp):
             self._staging_off(err)
             return
         except SQLAlchemyError as exc:
-            orig = getattr(exc, "orig", None) or exc
-            reason = f"{type(orig).__name__}: {(str(orig).strip().splitlines() or [''])[0]}"
+            reason = database_reason(exc)
             self._staging_off(
                 DatabaseUnavailable(
-                    f"the job database could not be opened when this server started ({reason[:300]}); "
+                    f"the job database could not be opened when this server started ({reason}); "
                     "restart the server once it is reachable (jupyter staging doctor checks it)"
                 )
             )

@@ -27,11 +27,12 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.iostream import StreamClosedError
 
+from jupyter_staging.engine.database import DATABASE_DOWN, database_reason
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, ListJobsQuery, dump
 from jupyter_staging.errors import StagingError, too_many_open_files_error
 from jupyter_staging.server.openapi import OpenAPIHandler
-from jupyter_staging.server.web import JSONHandlerMixin, StagingHTTPError
+from jupyter_staging.server.web import JSONHandlerMixin, StagingHTTPError, database_down
 
 T = TypeVar("T")
 
@@ -52,8 +53,9 @@ class StagingAPIHandler(JSONHandlerMixin, APIHandler):
 
     @property
     def manager(self) -> StagingManager:
-        """The server's manager. Raises :class:`StagingHTTPError` (503 ``database_newer_than_code``) when the
-        server started without one: its job database was upgraded by a later release."""
+        """The server's manager. Raises :class:`StagingHTTPError` (503 ``database_newer_than_code`` or
+        ``database_unavailable``) when the server started without one: its job database was upgraded by a
+        later release, or could not be opened."""
         unavailable = self.settings.get("staging_unavailable")
         if unavailable is not None:
             raise StagingHTTPError.from_error(unavailable)
@@ -69,13 +71,18 @@ class StagingAPIHandler(JSONHandlerMixin, APIHandler):
 
         What a request's values can still provoke below the checks is answered 400 too (see
         :func:`input_error`), logged with its traceback so a bug stays visible; no file descriptor left
-        (``EMFILE`` / ``ENFILE``) is a 503 ``too_many_open_files``; any other exception is a 500
-        ``internal_error`` without details.
+        (``EMFILE`` / ``ENFILE``) is a 503 ``too_many_open_files``; a job database that cannot be reached
+        now (its server stopped or restarting, a SQLite file locked past the busy timeout) is a 503
+        ``database_unavailable`` naming the driver's reason, answered again once it is back; any other
+        exception is a 500 ``internal_error`` without details.
         """
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except StagingError as err:
             raise StagingHTTPError.from_error(err) from None
+        except DATABASE_DOWN as exc:
+            self.log.warning("staging: the job database cannot be reached: %s", database_reason(exc))
+            raise StagingHTTPError.from_error(database_down("job database", exc)) from None
         except (ValueError, OverflowError, RecursionError, OSError) as exc:
             http_error = input_error(exc)
             if http_error is None:
@@ -274,11 +281,7 @@ class EventsHandler(StagingAPIHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.set_header("Content-Type", "text/event-stream")
-        self.set_header("Cache-Control", "no-cache")
-        self.set_header("X-Accel-Buffering", "no")
-        self.write(": stream open\n\n")  # send the headers now, so clients know the stream is live
-        await self.flush()
+        manager = self.manager  # a server without its database answers 503 here, before the stream opens
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10_000)
 
@@ -286,10 +289,17 @@ class EventsHandler(StagingAPIHandler):
             if event["job"].get("owner") == self.owner:
                 loop.call_soon_threadsafe(_put, queue, event)
 
-        unsubscribe = self.manager.subscribe(listener)
+        unsubscribe = manager.subscribe(listener)
         order = StreamOrder()
         try:
-            current = await self.call(self.manager.list_jobs, self.owner, ListJobsQuery(limit=1000))
+            # Read before the stream opens: a database that cannot be reached is answered 503, not a stream
+            # that ends at once (an error cannot be sent after the headers).
+            current = await self.call(manager.list_jobs, self.owner, ListJobsQuery(limit=1000))
+            self.set_header("Content-Type", "text/event-stream")
+            self.set_header("Cache-Control", "no-cache")
+            self.set_header("X-Accel-Buffering", "no")
+            self.write(": stream open\n\n")  # send the headers now, so clients know the stream is live
+            await self.flush()
             for job in current.jobs:
                 if not job.state.is_final:
                     snapshot = dump(job)

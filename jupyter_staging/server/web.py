@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from tornado import web
 
+from jupyter_staging.engine.database import database_reason
 from jupyter_staging.engine.models import ERROR_CODES
-from jupyter_staging.errors import InvalidRequest, StagingError
+from jupyter_staging.errors import DatabaseUnavailable, InvalidRequest, StagingError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -106,6 +107,13 @@ class StagingHTTPError(web.HTTPError):
 
     def __str__(self) -> str:
         return f"HTTP {self.status_code}: {self.message} ({self.code})"
+
+
+def database_down(what: str, exc: BaseException) -> DatabaseUnavailable:
+    """The error (503 ``database_unavailable``) for a
+    :data:`~jupyter_staging.engine.database.DATABASE_DOWN` error ``exc`` of ``what`` (``job database``,
+    ``operations database``), naming the driver's reason."""
+    return DatabaseUnavailable(f"the {what} cannot be reached now ({database_reason(exc)}); try again later")
 
 
 class JSONHandlerMixin(web.RequestHandler):

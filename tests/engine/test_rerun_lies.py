@@ -12,6 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
 from tests.helpers.data import KEPLER, SPITZER, TESS, sha256
@@ -209,3 +211,31 @@ def test_a_folder_whose_manifest_the_user_deleted_is_staged_again_not_refused(ma
     other, created = run(manager, source=str(archive / TESS.name), destination="lc")
     assert created and other["state"] == "succeeded"
     assert sha256(folder / KEPLER.name) == sha256(KEPLER) and (folder / TESS.name).is_file()
+
+
+def test_an_output_of_a_job_that_recorded_no_times_is_never_linked_after_an_edit(manager, archive):
+    """A folder staged by release 0.1.0 (its manifest and chunks record no ``mtime_ns``); the user edits a
+    staged file in place at the same size, then another file of the source folder changes. The re-run used
+    to hard-link the edited file into the new output (its size matched; nothing else could be compared)
+    under the source's sha256; it is now staged again from its source."""
+    src = archive / "pair"
+    src.mkdir()
+    shutil.copyfile(KEPLER, src / "a.fits")
+    (src / "b.txt").write_bytes(b"b" * 1000)
+    body = {"source": str(src), "destination": "pair"}
+    run(manager, **body)
+    folder = manager.root_dir / "pair"
+    with manager.store.engine.begin() as conn:  # as release 0.1.0 recorded its chunks
+        conn.execute(sa.text("UPDATE staging_chunks SET mtime_ns = NULL"))
+    edit_manifest(folder, lambda m: [obj.pop("mtime_ns", None) for obj in m["objects"]])
+    overwrite_inside(folder / "a.fits", 100, b"EDITED!!")
+    (src / "b.txt").write_bytes(b"B" * 10)
+
+    again, created = run(manager, **body)
+
+    assert created and again["state"] == "succeeded"
+    assert sha256(folder / "a.fits") == sha256(KEPLER)
+    (obj,) = [
+        o for o in json.loads((folder / "manifest.json").read_text())["objects"] if o["path"] == "a.fits"
+    ]
+    assert obj["sha256"] == sha256(KEPLER)

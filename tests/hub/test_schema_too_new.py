@@ -207,3 +207,20 @@ def test_the_hub_service_as_root_without_a_working_find_does_not_start(tmp_path,
     assert stopped.value.code == 1
     said = capsys.readouterr().err
     assert "install GNU findutils" in said and "no-such-find" in said and "Traceback" not in said
+
+
+def test_the_event_stream_of_a_server_without_its_database_answers_503_not_an_empty_stream(tmp_path):
+    url = f"postgresql+psycopg://alice:pw@127.0.0.1:{free_port()}/jobs"  # nothing listens there
+    server = ServerOn(tmp_path / "root", tmp_path / "state", url)
+    server.start()
+    try:
+        answer = server.request("GET", "events", stream=True, timeout=10)
+        try:
+            assert answer.status_code == 503, answer.status_code
+            assert answer.headers["Content-Type"].startswith("application/json")
+            assert answer.json()["code"] == "database_unavailable"
+        finally:
+            answer.close()
+    finally:
+        server.stop()
+    assert "Cannot send error response after headers written" not in server.log_path.read_text()
