@@ -67,3 +67,29 @@ def test_a_page_of_chunks_is_an_index_range_and_the_migration_goes_both_ways(tmp
         store.close()
     Store(url).close()
     assert INDEX in indexes(engine) and current_revision(engine, JOB_MIGRATIONS) == JOB_MIGRATIONS.head()
+
+
+def test_listing_the_chunks_of_a_local_job_does_not_read_its_resume_data(manager, tmp_path):
+    """The resume data of a folder job lists every item (megabytes, 0.1 s to read for 20,000 files): every
+    ``GET .../chunks`` read it, though only an object-store destination's URLs need it."""
+    from jupyter_staging.engine.models import CreateJob
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(300):
+        (folder / f"f{i:03d}.txt").write_text(str(i))
+    job, _ = manager.create(CreateJob(source=str(folder), destination="out"))
+    manager.wait(job.id, timeout=120)
+    assert manager.get(job.id).state.value == "succeeded"
+    reads: list[bool] = []
+    get_job = manager.store.get_job
+
+    def recording_get_job(job_id: str, *, resume: bool = True):  # the real read, recorded
+        reads.append(resume)
+        return get_job(job_id, resume=resume)
+
+    manager.store.get_job = recording_get_job  # type: ignore[method-assign]
+    page = manager.chunk_page(job.id, offset=10, limit=5)
+    assert [c.index for c in page.chunks] == [10, 11, 12, 13, 14] and page.total == 300
+    assert len(manager.chunks(job.id)) == 300
+    assert reads and not any(reads), reads
