@@ -21,6 +21,7 @@ from jupyter_staging.destinations.base import Destination, remove_tree_if_empty,
 from jupyter_staging.destinations.registry import is_object_destination
 from jupyter_staging.engine.acks import take_ack
 from jupyter_staging.engine.admission import Admission, default_name
+from jupyter_staging.engine.chunkpages import read_chunk_page
 from jupyter_staging.engine.cleanup import published_file
 from jupyter_staging.engine.describe import decode_cursor, describe_chunk, encode_cursor
 from jupyter_staging.engine.executors import (
@@ -34,6 +35,7 @@ from jupyter_staging.engine.keptparts import drop_kept_parts
 from jupyter_staging.engine.leases import DEFAULT_HEARTBEAT_INTERVAL
 from jupyter_staging.engine.lifecycle import echo_event, log
 from jupyter_staging.engine.models import (
+    ChunkList,
     ChunkState,
     CreateJob,
     DescribeChunk,
@@ -340,8 +342,26 @@ class StagingManager(JobSteering):
         carries a presigned GET URL valid :attr:`presign_expiry_seconds` from now, and its expiry. URLs
         are made for this answer only (locally: SigV4 presigning is an HMAC, no request) and never
         stored, logged or announced, so nothing changes on a read."""
-        rec = self._record(job_id, owner)
-        chunks = self.store.list_chunks(job_id)
+        rec = self._chunk_job(job_id, owner)
+        return self._described(rec, self.store.list_chunks(job_id), urls=urls)
+
+    def chunk_page(
+        self, job_id: str, owner: str | None = None, *, offset: int = 0, limit: int | None = None
+    ) -> ChunkList:
+        """The job's chunks of index ``>= offset`` in index order, at most ``limit`` (None: all), and
+        ``total``, how many the job has; only the chunks returned get a presigned URL (as :meth:`chunks`).
+        ``offset`` / ``limit`` as :class:`ChunksQuery` validates them. Raises :class:`JobNotFound`."""
+        rec = self._chunk_job(job_id, owner)
+        chunks, total = read_chunk_page(self.store, job_id, offset=offset, limit=limit)
+        return ChunkList(chunks=self._described(rec, chunks, urls=True), total=total)
+
+    def _chunk_job(self, job_id: str, owner: str | None) -> JobRecord:
+        """The job whose chunks are listed: its resume data (megabytes for 20,000 files, 0.1 s to read) only
+        for an object-store destination, whose URLs need it (:meth:`destination_of`)."""
+        rec = self._record(job_id, owner, resume=False)
+        return self._record(job_id, owner) if is_object_destination(rec.destination) else rec
+
+    def _described(self, rec: JobRecord, chunks: list[ChunkRecord], *, urls: bool) -> list[DescribeChunk]:
         if not urls or not is_object_destination(rec.destination):
             return [describe_chunk(c) for c in chunks]
         destination = self.destination_of(rec)

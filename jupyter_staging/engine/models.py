@@ -475,6 +475,26 @@ class ListJobsResponse(BaseModel):
     next_cursor: str | None = None
 
 
+MAX_CHUNK_PAGE = 10_000  # the most chunks one page of ``GET /jobs/{id}/chunks`` may ask for (``limit``)
+
+
+class ChunksQuery(BaseModel):
+    """Query of ``GET /jobs/{id}/chunks``: the chunks of index ``>= offset``, at most ``limit`` (<= 10,000;
+    none: all of them). Raises ``ValidationError`` for a negative or non-integer value or a larger limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    offset: int = Field(default=0, ge=0, le=2**31 - 1)
+    limit: int | None = Field(default=None, ge=0, le=MAX_CHUNK_PAGE)
+
+
+class ChunkList(BaseModel):
+    """Answer of ``GET /jobs/{job_id}/chunks``: the chunks asked for in index order; ``total`` of the job."""
+
+    chunks: list[DescribeChunk]
+    total: int
+
+
 def dump(model: BaseModel) -> dict[str, Any]:
     """A model as JSON-ready dict with ISO-8601 UTC timestamps (``...Z``)."""
     return model.model_dump(mode="json")

@@ -22,7 +22,7 @@ import requests.adapters
 from jupyter_core.paths import jupyter_data_dir
 from pydantic import ValidationError
 
-from jupyter_staging.engine.models import CreateJob, ListJobsQuery, dump
+from jupyter_staging.engine.models import ChunksQuery, CreateJob, ListJobsQuery, dump
 from jupyter_staging.errors import InvalidRequest, InvalidState, JobNotFound, StagingError, error_classes
 from jupyter_staging.kernel.outages import through_outage
 
@@ -109,6 +109,15 @@ class Backend:
     def chunks(self, job_id: str) -> list[dict[str, Any]]:
         """The job's chunks in index order."""
         raise NotImplementedError
+
+    def chunk_page(self, job_id: str, offset: int = 0, limit: int | None = None) -> dict[str, Any]:
+        """``{"chunks": [...], "total": n}``: the job's chunks of index ``>= offset`` in index order, at
+        most ``limit`` (None: all), and how many chunks the job has (``GET /jobs/{id}/chunks?offset&limit``).
+        Raises :class:`InvalidRequest` for a negative ``offset`` or ``limit``, or a ``limit`` over 10,000.
+        This default filters :meth:`chunks` (a backend that can ask for a page only does so)."""
+        query = _chunks_query(offset, limit)
+        chunks = self.chunks(job_id)
+        return _page_of(chunks, query.offset, query.limit, len(chunks))
 
     def ack(self, job_id: str, index: int) -> dict[str, Any]:
         """Acknowledge chunk ``index``; returns the chunk."""
@@ -315,6 +324,16 @@ class ServerBackend(Backend):
     def chunks(self, job_id: str) -> list[dict[str, Any]]:
         return self._call("GET", _job_path(job_id, "chunks"))["chunks"]  # type: ignore[no-any-return]
 
+    def chunk_page(self, job_id: str, offset: int = 0, limit: int | None = None) -> dict[str, Any]:
+        query = _chunks_query(offset, limit)
+        params = {"offset": query.offset, **({} if query.limit is None else {"limit": query.limit})}
+        answer = self._call("GET", _job_path(job_id, "chunks"), params=params)
+        if "total" in answer:
+            return answer  # type: ignore[no-any-return]
+        # a server of an earlier release answers every chunk, without a total
+        chunks = answer["chunks"]
+        return _page_of(chunks, query.offset, query.limit, len(chunks))
+
     def ack(self, job_id: str, index: int) -> dict[str, Any]:
         return self._call("POST", _job_path(job_id, f"chunks/{int(index)}/ack"))  # type: ignore[no-any-return]
 
@@ -415,6 +434,10 @@ class LocalBackend(Backend):
         chunks: Iterable[Any] = self.manager.chunks(job_id)  # type: ignore[assignment]
         return [dump(c) for c in chunks]
 
+    def chunk_page(self, job_id: str, offset: int = 0, limit: int | None = None) -> dict[str, Any]:
+        query = _chunks_query(offset, limit)
+        return dump(self.manager.chunk_page(job_id, offset=query.offset, limit=query.limit))
+
     def ack(self, job_id: str, index: int) -> dict[str, Any]:
         return dump(self.manager.ack(job_id, str(index)))
 
@@ -434,6 +457,20 @@ class LocalBackend(Backend):
         if not self._closed:
             self._closed = True
             self.manager.stop(wait=True)
+
+
+def _chunks_query(offset: int, limit: int | None) -> ChunksQuery:
+    """``offset`` / ``limit`` checked as the server checks them. Raises :class:`InvalidRequest`."""
+    try:
+        return ChunksQuery.model_validate({"offset": offset, "limit": limit}, strict=True)
+    except ValidationError as exc:
+        raise InvalidRequest(f"invalid query: {_problems(exc)}") from None
+
+
+def _page_of(chunks: list[dict[str, Any]], offset: int, limit: int | None, total: int) -> dict[str, Any]:
+    """The page ``offset`` / ``limit`` of ``chunks`` (every chunk of a job, in index order)."""
+    page = [c for c in chunks if int(c["index"]) >= offset]
+    return {"chunks": page if limit is None else page[:limit], "total": total}
 
 
 def _problems(err: ValidationError) -> str:

@@ -182,6 +182,11 @@ class Job:
         "content_type"}``; ``path`` is relative to :attr:`destination` (or an object URI)."""
         return self._backend.chunks(self.id)
 
+    def chunk_page(self, offset: int = 0, limit: int | None = None) -> dict[str, Any]:
+        """``{"chunks", "total"}``: its chunks of index >= ``offset`` (at most ``limit``, <= 10,000) and how
+        many it has. Raises :class:`InvalidRequest` for a negative value or a larger ``limit``."""
+        return self._backend.chunk_page(self.id, offset, limit)
+
     @property
     def paths(self) -> Any:
         """Where the staged output is.
@@ -421,6 +426,9 @@ class JobList(list):  # type: ignore[type-arg]
 
 #: Chunk states whose file can be read.
 _READABLE = ("ready", "acked")
+#: Chunks :func:`iter_chunks` asks at first / at most: twice what it read from the last page it asked.
+_FIRST_PAGE = 16
+_LARGEST_PAGE = 4096
 
 
 def iter_chunks(job: Job, *, poll: float = 0.25, timeout: float | None = None) -> Iterator[Chunk]:
@@ -436,28 +444,57 @@ def iter_chunks(job: Job, *, poll: float = 0.25, timeout: float | None = None) -
     (:func:`~jupyter_staging.kernel.outages.through_outage`).
     Under ``delete_on_ack``, acking every chunk as it comes leaves the job ``expired`` (its manifest and
     folder removed with the last ack).
+    Each poll asks only for the chunks from the next one awaited (``GET /jobs/{id}/chunks?offset&limit``),
+    never the job's whole list again.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    next_index = 0
+    next_index, size = 0, _FIRST_PAGE
     while True:
         # the state first: chunks listed after it are complete; through a server's restart
         done = through_outage(lambda: job.refresh().done, deadline=deadline, poll=poll)
-        by_index = {c["index"]: c for c in through_outage(lambda: job.chunks, deadline=deadline, poll=poll)}
-        while next_index in by_index:
-            chunk = by_index[next_index]
-            if chunk["state"] in _READABLE:
-                yield Chunk(job, chunk)
-            elif chunk["state"] == "pending" and not chunk.get("error"):
-                break  # still being written: the chunks after it wait, to come in index order
-            next_index += 1
+        while True:
+            page = _page(job, next_index, size, deadline, poll)
+            start = next_index
+            while next_index in page:
+                chunk = page[next_index]
+                if chunk["state"] in _READABLE:
+                    yield Chunk(job, chunk)
+                elif chunk["state"] == "pending" and not chunk.get("error"):
+                    break  # still being written: the chunks after it wait, to come in index order
+                next_index += 1
+            full = len(page) == size
+            size = min(_LARGEST_PAGE, max(_FIRST_PAGE, 2 * (next_index - start)))
+            if not (full and next_index > max(page)):
+                break  # the page was not read to its end: nothing more to read now
         if done:
-            # A job that ended before all its chunks were written: the ones written after the gap
-            for index in sorted(i for i in by_index if i > next_index):
-                if by_index[index]["state"] in _READABLE:
-                    yield Chunk(job, by_index[index])
+            yield from _after_gap(job, next_index, deadline, poll)
             if job.state in ("failed", "cancelled"):
                 raise JobFailed(job)
             return
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"job {job.name!r} still {job.state} after {timeout} s")
         time.sleep(poll)
+
+
+def _page(
+    job: Job, offset: int, limit: int, deadline: float | None, poll: float
+) -> dict[int, dict[str, Any]]:
+    """The chunks of ``job`` of index ``>= offset``, at most ``limit``, by index (through an outage)."""
+    answer = through_outage(
+        lambda: job._backend.chunk_page(job.id, offset, limit), deadline=deadline, poll=poll
+    )
+    return {int(c["index"]): c for c in answer["chunks"]}
+
+
+def _after_gap(job: Job, index: int, deadline: float | None, poll: float) -> Iterator[Chunk]:
+    """The readable chunks of an ended ``job`` after chunk ``index`` (the one it ended before writing, or
+    past its last), a page at a time."""
+    offset = index + 1
+    while True:
+        page = _page(job, offset, _LARGEST_PAGE, deadline, poll)
+        for i in sorted(page):
+            if page[i]["state"] in _READABLE:
+                yield Chunk(job, page[i])
+        if len(page) < _LARGEST_PAGE:
+            return
+        offset = max(page) + 1

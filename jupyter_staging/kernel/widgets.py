@@ -79,9 +79,14 @@ _CHUNK_COLOURS = {"pending": "#e0e0e0", "ready": "#43a047", "acked": "#1e88e5", 
 _FAILED_CHUNK_COLOUR = "#c62828"
 
 
-def chunk_grid_html(chunks: Sequence[dict[str, Any]], limit: int = 400) -> str:
+#: The chunks a job's widget shows as squares (the first ones).
+_GRID_CHUNKS = 400
+
+
+def chunk_grid_html(chunks: Sequence[dict[str, Any]], limit: int = 400, total: int | None = None) -> str:
     """A compact grid: one small square per chunk, coloured by its state, red for a failed manifest entry
-    (titles give rows / bytes / the error)."""
+    (titles give rows / bytes / the error); the first ``limit``, then how many more of ``total`` (default:
+    the chunks given) are not shown."""
     cells = []
     for chunk in list(chunks)[:limit]:
         colour = _CHUNK_COLOURS.get(chunk.get("state", ""), "#e0e0e0")
@@ -98,7 +103,8 @@ def chunk_grid_html(chunks: Sequence[dict[str, Any]], limit: int = 400) -> str:
             f'<span title="{title}" style="display:inline-block;width:10px;height:10px;margin:1px;'
             f'background:{colour};border-radius:2px"></span>'
         )
-    more = f" … +{len(chunks) - limit}" if len(chunks) > limit else ""
+    total = len(chunks) if total is None else total
+    more = f" … +{total - limit}" if total > limit else ""
     return f'<div style="line-height:10px">{"".join(cells)}{more}</div>'
 
 
@@ -356,11 +362,11 @@ class JobWidget(w.VBox):
         if key == self._chunks_read and not force:
             return
         try:
-            chunks = self.job.chunks
+            page = self.job.chunk_page(0, _GRID_CHUNKS)  # the squares shown, not the job's whole list
         except Exception:  # the grid keeps its last state; the next update reads the chunks again
             return
         self._chunks_read = key
-        self.chunk_grid.value = chunk_grid_html(chunks)
+        self.chunk_grid.value = chunk_grid_html(page["chunks"], _GRID_CHUNKS, page["total"])
 
     @staticmethod
     def _error_html(error: dict[str, str] | None) -> str:

@@ -29,7 +29,7 @@ from tornado.iostream import StreamClosedError
 
 from jupyter_staging.engine.database import DATABASE_DOWN, database_reason
 from jupyter_staging.engine.manager import StagingManager
-from jupyter_staging.engine.models import CreateJob, ListJobsQuery, dump
+from jupyter_staging.engine.models import ChunksQuery, CreateJob, ListJobsQuery, dump
 from jupyter_staging.errors import StagingError, too_many_open_files_error
 from jupyter_staging.server.openapi import OpenAPIHandler
 from jupyter_staging.server.web import JSONHandlerMixin, StagingHTTPError, database_down
@@ -165,9 +165,13 @@ class ResumeHandler(StagingAPIHandler):
 
 
 class ChunksHandler(StagingAPIHandler):
-    """``GET /jobs/{id}/chunks``: ``{"chunks": [chunk, ...]}``.
+    """``GET /jobs/{id}/chunks[?offset=N&limit=M]``: ``{"chunks": [chunk, ...], "total": T}``.
 
-    Ready chunks in object storage carry ``url``, a presigned GET URL valid
+    The chunks of index ``>= offset`` (default 0) in index order, at most ``limit`` (default: all of them;
+    at most 10,000); ``total`` is how many chunks the job has. A negative, non-integer or too large value
+    is a 400 ``invalid_request`` (other parameters are ignored); an unknown job a 404 ``job_not_found``.
+
+    Ready chunks in object storage (of this page only) carry ``url``, a presigned GET URL valid
     ``StagingApp.presign_expiry_seconds`` from this request, and ``url_expires_at``. This body (and
     ``refresh``'s) is the only place such a URL is ever written: it is made per request, never stored,
     logged or sent as an event.
@@ -178,9 +182,16 @@ class ChunksHandler(StagingAPIHandler):
     @web.authenticated
     @authorized
     async def get(self, job_id: str) -> None:
-        chunks = await self.call(self.manager.chunks, job_id, self.owner, urls=True)
+        # only these two: other parameters are ignored (JupyterLab adds a cache-busting one to every GET)
+        args = {
+            k: self.get_argument(k) for k in ("offset", "limit") if self.get_argument(k, None) is not None
+        }
+        query = self.validate(ChunksQuery, args)
+        page = await self.call(
+            self.manager.chunk_page, job_id, self.owner, offset=query.offset, limit=query.limit
+        )
         self.set_header("Cache-Control", "no-store")
-        self.write_json({"chunks": [dump(c) for c in chunks]})
+        self.write_json(dump(page))
 
 
 class ChunkRefreshHandler(StagingAPIHandler):

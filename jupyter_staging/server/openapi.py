@@ -27,6 +27,8 @@ from pydantic.json_schema import models_json_schema
 from tornado import web
 
 from jupyter_staging.engine.models import (
+    ChunkList,
+    ChunksQuery,
     CreateJob,
     DescribeChunk,
     DescribeJob,
@@ -51,12 +53,6 @@ class ErrorBody(BaseModel):
     message: str
     reason: str
     code: str
-
-
-class ChunkList(BaseModel):
-    """Answer of ``GET /jobs/{job_id}/chunks``."""
-
-    chunks: list[DescribeChunk]
 
 
 class LogLine(BaseModel):
@@ -109,6 +105,7 @@ SchemaModels = tuple[tuple[type[BaseModel], Literal["validation", "serialization
 SCHEMA_MODELS: SchemaModels = (
     (CreateJob, "validation"),
     (ListJobsQuery, "validation"),
+    (ChunksQuery, "validation"),
     (DescribeJob, "serialization"),
     (ListJobsResponse, "serialization"),
     (DescribeChunk, "serialization"),

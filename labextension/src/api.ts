@@ -7,6 +7,12 @@ import { ServerConnection } from '@jupyterlab/services';
 
 import type { Chunk, CreateJobRequest, Job, JobState, ListJobsResponse, LogLine } from './model';
 
+/** A page of a job's chunks and how many the job has. */
+export interface ChunkPage {
+  chunks: Chunk[];
+  total: number;
+}
+
 export const API_PREFIX = 'api/v1/staging';
 
 /** A refusal or failure of the staging API, carrying the server's ``message`` and stable ``code``. */
@@ -107,6 +113,25 @@ export class StagingClient {
     return requestAPI<void>(`jobs/${encodeURIComponent(id)}`, { method: 'DELETE' }, this.settings);
   }
 
+  /**
+   * ``GET /jobs/{id}/chunks?offset&limit``: the job's chunks of index >= ``offset`` in index order, at
+   * most ``limit`` (<= 10,000), and ``total``, how many chunks the job has. A server of an earlier release
+   * answers every chunk and no total: the page is then cut here and ``total`` is their count.
+   */
+  async chunkPage(id: string, offset: number, limit: number): Promise<ChunkPage> {
+    const data = await requestAPI<{ chunks: Chunk[]; total?: number }>(
+      `jobs/${encodeURIComponent(id)}/chunks?offset=${offset}&limit=${limit}`,
+      {},
+      this.settings
+    );
+    if (typeof data.total === 'number') {
+      return { chunks: data.chunks, total: data.total };
+    }
+    const from = data.chunks.filter(c => c.index >= offset);
+    return { chunks: from.slice(0, limit), total: data.chunks.length };
+  }
+
+  /** Every chunk of the job (``GET /jobs/{id}/chunks``): megabytes for a job of 20,000 files. */
   async chunks(id: string): Promise<Chunk[]> {
     const data = await requestAPI<{ chunks: Chunk[] }>(
       `jobs/${encodeURIComponent(id)}/chunks`,

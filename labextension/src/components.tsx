@@ -232,19 +232,23 @@ export function JobForm(props: JobFormProps): JSX.Element {
  */
 export const MAX_CHUNK_ROWS = 500;
 
-/** A table of a job's chunks: the first :data:`MAX_CHUNK_ROWS` of them, and a note when there are more. */
-export function ChunkTable(props: { chunks: readonly Chunk[] }): JSX.Element {
+/**
+ * A table of a job's chunks: the first :data:`MAX_CHUNK_ROWS` of them, and a note when the job has more
+ * (``total``, default the chunks given).
+ */
+export function ChunkTable(props: { chunks: readonly Chunk[]; total?: number }): JSX.Element {
   if (!props.chunks.length) {
     return <div className="jp-Staging-empty">No chunks yet.</div>;
   }
   const shown = props.chunks.length > MAX_CHUNK_ROWS ? props.chunks.slice(0, MAX_CHUNK_ROWS) : props.chunks;
+  const total = Math.max(props.total ?? 0, props.chunks.length);
   return (
     <>
       <ChunkRows chunks={shown} />
-      {shown.length < props.chunks.length && (
+      {shown.length < total && (
         <div className="jp-Staging-chunksMore" role="note">
-          Showing the first {formatCount(shown.length)} of {formatCount(props.chunks.length)} chunks; the
-          job's folder holds them all.
+          Showing the first {formatCount(shown.length)} of {formatCount(total)} chunks; the job's folder
+          holds them all.
         </div>
       )}
     </>

@@ -42,7 +42,16 @@ const STREAM_SILENCE_MS = 40_000;
 /** The calls the model makes (``StagingClient``; a fake in the unit tests). */
 export type JobsClient = Pick<
   StagingClient,
-  'listJobs' | 'getJob' | 'createJob' | 'pause' | 'resume' | 'cancel' | 'chunks' | 'log' | 'openEvents'
+  | 'listJobs'
+  | 'getJob'
+  | 'createJob'
+  | 'pause'
+  | 'resume'
+  | 'cancel'
+  | 'chunks'
+  | 'chunkPage'
+  | 'log'
+  | 'openEvents'
 >;
 
 export class JobsModel implements IDisposable {

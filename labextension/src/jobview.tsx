@@ -52,9 +52,9 @@ export class JobDetail extends ReactWidget {
   }
 
   /**
-   * Fetch the job, its chunks and its log now. The chunks of a job with more than the table shows
-   * (``MAX_CHUNK_ROWS``) are fetched again only when its state changed: the first rows barely change while
-   * it runs, and the whole list (20,000 chunks, megabytes) every few seconds loaded server and page.
+   * Fetch the job, the chunks the table shows (the first ``MAX_CHUNK_ROWS``, with the job's total: never
+   * its whole list, megabytes for 20,000 chunks) and its log now. The chunks of a job with more than the
+   * table shows are fetched again only when its state changed: the first rows barely change while it runs.
    */
   async refresh(): Promise<void> {
     if (this._loading) {
@@ -63,16 +63,17 @@ export class JobDetail extends ReactWidget {
     this._loading = true;
     const known = this.model.job(this.jobId)?.state;
     const wantChunks =
-      this._chunks.length <= MAX_CHUNK_ROWS || known === undefined || known !== this._chunksState;
+      this._chunksTotal <= MAX_CHUNK_ROWS || known === undefined || known !== this._chunksState;
     try {
       const [job, chunks, log] = await Promise.all([
         this.model.client.getJob(this.jobId),
-        wantChunks ? this.model.client.chunks(this.jobId) : Promise.resolve(null),
+        wantChunks ? this.model.client.chunkPage(this.jobId, 0, MAX_CHUNK_ROWS) : Promise.resolve(null),
         this.model.client.log(this.jobId)
       ]);
       this.model.dispatch({ type: 'job', job });
       if (chunks) {
-        this._chunks = chunks;
+        this._chunks = chunks.chunks;
+        this._chunksTotal = chunks.total;
         this._chunksState = job.state;
       }
       this._log = log;
@@ -280,8 +281,8 @@ export class JobDetail extends ReactWidget {
           <dt>id</dt>
           <dd className="jp-Staging-id">{job.id}</dd>
         </dl>
-        <h3>Chunks ({formatCount(this._chunks.length)})</h3>
-        <ChunkTable chunks={this._chunks} />
+        <h3>Chunks ({formatCount(this._chunksTotal)})</h3>
+        <ChunkTable chunks={this._chunks} total={this._chunksTotal} />
         <h3>Log</h3>
         <div
           className="jp-Staging-log"
@@ -306,7 +307,9 @@ export class JobDetail extends ReactWidget {
     );
   }
 
+  /** The first chunks (the table's rows) and how many the job has. */
   private _chunks: Chunk[] = [];
+  private _chunksTotal = 0;
   private _log: LogLine[] = [];
   private _error: string | null = null;
   private _loading = false;

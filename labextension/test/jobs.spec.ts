@@ -65,6 +65,7 @@ function fakeClient(overrides: Partial<JobsClient>): JobsClient & { polls: numbe
     resume: jest.fn(),
     cancel: jest.fn(),
     chunks: jest.fn(),
+    chunkPage: jest.fn(),
     log: jest.fn(),
     openEvents: jest.fn(),
     ...overrides

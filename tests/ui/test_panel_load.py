@@ -1,9 +1,10 @@
 """A job of many chunks in the Staging panel's job view, in a real JupyterLab driven in chromium.
 
-A copy of a folder of 8,000 files is a job of 8,000 chunks. Its view shows the first rows of the chunk
-table and says how many there are (all 20,000 rows of such a table took 8 s to appear, the page frozen),
-and while the job is paused it does not fetch the whole chunk list again every refresh (the panel's
-refresh interval is 1 s in these tests): the list is fetched again when the job's state changes.
+A copy of a folder of 8,000 files is a job of 8,000 chunks. Its view asks only for the first rows of the
+chunk table (``?offset=0&limit=500``) and says how many there are (the answer's ``total``; all 20,000 rows
+of such a table took 8 s to appear, the page frozen), and while the job is paused it does not fetch them
+again every refresh (the panel's refresh interval is 1 s in these tests): they are fetched again when the
+job's state changes.
 With more jobs on the server than the panel lists (the newest 200), the panel says so, and once the user
 cleared the finished ones it says they were cleared, not "No staging jobs yet". Screenshots:
 ``many-chunks.png``, ``cleared-list.png``.
@@ -15,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -47,17 +48,22 @@ def test_a_job_of_many_chunks_shows_the_first_rows_and_fetches_them_on_state_cha
     assert SHOWN < paused["progress"]["chunks_done"] < FILES, paused["progress"]
 
     fetched: list[float] = []
-    page.on(  # JupyterLab adds a cache-busting query: the path tells the call
-        "request",
-        lambda r: fetched.append(time.monotonic()) if urlsplit(r.url).path.endswith("/chunks") else None,
-    )
+    queries: list[dict[str, list[str]]] = []
+
+    def on_request(request: Any) -> None:  # JupyterLab adds a cache-busting query: the path tells the call
+        if urlsplit(request.url).path.endswith("/chunks"):
+            fetched.append(time.monotonic())
+            queries.append(parse_qs(urlsplit(request.url).query))
+
+    page.on("request", on_request)
     page.evaluate("(id) => { window.jupyterapp.commands.execute('staging:open-job', {id}); }", job["id"])
     detail = page.locator(f'.jp-Staging-detailBody[data-job-id="{job["id"]}"]')
     detail.locator(".jp-Staging-chunksMore").wait_for(timeout=30_000)
     assert detail.locator(".jp-Staging-chunks tbody tr").count() == SHOWN
-    rows = lab.request("GET", f"jobs/{job['id']}/chunks").json()["chunks"]
+    total = lab.request("GET", f"jobs/{job['id']}/chunks", params={"limit": "0"}).json()["total"]
     note = detail.locator(".jp-Staging-chunksMore").inner_text()
-    assert f"first {SHOWN} of {len(rows):,} chunks" in note, note
+    assert f"first {SHOWN} of {total:,} chunks" in note, note
+    assert detail.locator("h3", has_text=f"Chunks ({total:,})").count() == 1
     page.wait_for_timeout(5000)  # five refreshes of the paused job (events reach Python meanwhile)
     assert len(fetched) == 1, f"the chunk list was fetched {len(fetched)} times in 5 s"
     assert detail.locator(".jp-Staging-logLine").count() > 0
@@ -68,6 +74,8 @@ def test_a_job_of_many_chunks_shows_the_first_rows_and_fetches_them_on_state_cha
     detail.locator(".jp-Staging-chunksMore", has_text=f"of {FILES:,} chunks").wait_for(timeout=15_000)
     assert detail.locator(".jp-Staging-chunks tbody tr").count() == SHOWN
     assert 2 <= len(fetched) <= 4, f"{len(fetched)} fetches of the chunk list for two state changes"
+    # only the rows shown are asked for, never the job's whole list
+    assert all(q.get("offset") == ["0"] and q.get("limit") == [str(SHOWN)] for q in queries), queries
     detail.locator(".jp-Staging-chunksMore").scroll_into_view_if_needed()
     shot(page, screenshots, "many-chunks")
 
