@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from jupyter_staging.errors import DestinationNotWritable, PathNotAllowed, StagingError
-from jupyter_staging.hub.access import SEARCH, WRITE, Reader, check_user_may
+from jupyter_staging.hub.access import SEARCH, WRITE, Reader, check_user_may, reader_for
 from jupyter_staging.safety.dirfd import DIR_FLAGS, check_name, open_dir, rename_noreplace_at, write_refused
 from jupyter_staging.safety.paths import check_output_name
 
@@ -128,6 +128,13 @@ class UserAreas:
     def path(self, username: str) -> Path:
         """Absolute path of the user's area (it may not exist yet)."""
         return self.base.joinpath(*self.components(username))
+
+    def open_for(self, username: str, relative_path: str, name: str, *, create: bool = True) -> Target:
+        """:meth:`open_target` as the service does it for ``username``: files given to the user and folders
+        checked against what the user may do when the service runs as root (:func:`owner_for`,
+        :func:`~jupyter_staging.hub.access.reader_for`)."""
+        owner, reader = owner_for(username), reader_for(username)
+        return self.open_target(username, relative_path, name, create=create, owner=owner, reader=reader)
 
     def open_target(
         self,

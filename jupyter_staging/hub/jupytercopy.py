@@ -26,8 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from jupyter_staging.errors import StagingError
-from jupyter_staging.hub.access import reader_for
-from jupyter_staging.hub.areas import Target, UserAreas, owner_for, split_relative_path
+from jupyter_staging.hub.areas import Target, UserAreas, split_relative_path
 from jupyter_staging.hub.db import Operation, OperationStore
 from jupyter_staging.hub.fileops import Outcome, SourceFile, check_duplicate, holds_bytes, source_sha256
 from jupyter_staging.hub.hubapi import HubAPI
@@ -178,14 +177,7 @@ class JupyterCopies:
         return await self.recorder.finish(op, Outcome("skipped", source.size, sha))
 
     def _open_target(self, username: str, relative_path: str, name: str, *, create: bool = True) -> Target:
-        return self.areas.open_target(
-            username,
-            relative_path,
-            name,
-            create=create,
-            owner=owner_for(username),
-            reader=reader_for(username),
-        )
+        return self.areas.open_for(username, relative_path, name, create=create)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

@@ -30,7 +30,7 @@ from typing import BinaryIO, NoReturn
 
 from jupyter_staging.errors import InvalidRequest, StagingError
 from jupyter_staging.hub.access import check_user_may_reach, check_user_may_read, reader_for
-from jupyter_staging.hub.areas import Target, UserAreas, owner_for
+from jupyter_staging.hub.areas import Target, UserAreas
 from jupyter_staging.hub.db import Operation, OperationStore, utcnow
 from jupyter_staging.hub.fileops import (
     Outcome,
@@ -262,14 +262,7 @@ class StagingOperations:
         return source
 
     def _open_target(self, username: str, relative_path: str, name: str, *, create: bool = True) -> Target:
-        return self.areas.open_target(
-            username,
-            relative_path,
-            name,
-            create=create,
-            owner=owner_for(username),
-            reader=reader_for(username),
-        )
+        return self.areas.open_for(username, relative_path, name, create=create)
 
     # -- replicas -----------------------------------------------------------------------------------
 
