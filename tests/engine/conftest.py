@@ -51,21 +51,22 @@ INTERVAL = 0.5
 
 @pytest.fixture
 def on_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """``on_host(name, kind="server")``: an unstarted manager of runner kind ``kind`` (``"kernel"``: a
-    kernel's in-process engine) on ``tmp_path / "root"`` and the shared job database, whose runner id names
-    host ``name`` (only :func:`~jupyter_staging.engine.processes.host_name` is replaced, while it is made);
-    all are stopped at the end."""
+    """``on_host(name, kind="server", interval=INTERVAL)``: an unstarted manager of runner kind ``kind``
+    (``"kernel"``: a kernel's in-process engine), renewing its leases every ``interval`` seconds, on
+    ``tmp_path / "root"`` and the shared job database, whose runner id names host ``name`` (only
+    :func:`~jupyter_staging.engine.processes.host_name` is replaced, while it is made); all are stopped at
+    the end."""
     (tmp_path / "root").mkdir(exist_ok=True)
     made: list[StagingManager] = []
 
-    def make(name: str, kind: str = "server") -> StagingManager:
+    def make(name: str, kind: str = "server", interval: float = INTERVAL) -> StagingManager:
         with monkeypatch.context() as patch:
             patch.setattr(processes, "host_name", lambda: name)
             mgr = StagingManager(
                 tmp_path / "root",
                 db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}",
                 sweep_interval=0,
-                heartbeat_interval=INTERVAL,
+                heartbeat_interval=interval,
                 runner_kind=kind,
             )
         made.append(mgr)

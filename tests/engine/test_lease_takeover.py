@@ -275,12 +275,14 @@ def test_a_takeover_of_hundreds_of_jobs_does_not_hold_back_the_renewal_of_the_le
     (tmp_path / "archive" / "s.bin").write_bytes(os.urandom(1024))
     (tmp_path / "www").mkdir()
     (tmp_path / "www" / "big.bin").write_bytes(os.urandom(3_000_000))
-    a = on_host("podA")  # never started: killed
+    # Beats of 1 s (leases of 3 s): with the 0.5 s of the other tests, B's lease lapsed by 0.25 s once in a
+    # CI run, by scheduling noise with the takeover spread over beats as it should be.
+    a = on_host("podA", interval=1.0)  # never started: killed
     source = str(tmp_path / "archive" / "s.bin")
     dead = [a.create(CreateJob(source=source, destination=f"o{i}"), start=False)[0].id for i in range(500)]
     for job_id in dead:  # A's leases outlast making 500 jobs on a loaded machine; they expire below, together
         a.store.set_job_fields(job_id, lease_expires_at=utcnow() + timedelta(hours=1))
-    b = on_host("podB")
+    b = on_host("podB", interval=1.0)
     assert b.start() == []
     with RangeHTTPServer(tmp_path / "www", throttle_bytes_per_s=300_000) as http:
         mine, _ = b.create(CreateJob(source=http.url("big.bin"), destination="mine"))
