@@ -17,11 +17,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
-from jupyter_staging.destinations.registry import is_object_destination
+from sqlalchemy import Table, and_, func, or_, select
+
 from jupyter_staging.engine.freshness import CHECK_CONCURRENCY
 from jupyter_staging.engine.models import ChunkState, JobState
-from jupyter_staging.engine.store import JobRecord, Store
+from jupyter_staging.engine.store import ChunkRecord, JobRecord, Store
 from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import InsufficientSpace
 from jupyter_staging.safety.paths import check_output_name
@@ -135,24 +137,30 @@ class SpaceLimits:
 
     def staged_bytes(self) -> int:
         """Bytes the local output of this root's jobs holds or is going to hold: the announced total (else
-        the bytes done) of a queued, running or paused job, the published chunks of a finished one."""
-        held = 0
-        for rec in self.store.list_jobs(
-            root=str(self.root_dir), states=[*WRITING_STATES, *KEPT_STATES], limit=100000, resume=False
-        ):
-            if is_object_destination(rec.destination):
-                continue
-            if rec.state in WRITING_STATES:
-                held += rec.bytes_total if rec.bytes_total is not None else rec.bytes_done or 0
-            else:
-                held += self._kept_bytes(rec)
-        return held
+        the bytes done) of a queued, running or paused job, the published chunks of a finished one (its
+        ``ready`` chunks, and its ``acked`` ones unless acked chunks are deleted: ``delete_on_ack``).
 
-    def _kept_bytes(self, rec: JobRecord) -> int:
-        kept = [ChunkState.ready.value]
-        if rec.cleanup_policy != "delete_on_ack":
-            kept.append(ChunkState.acked.value)
-        return sum(c.bytes or 0 for c in self.store.list_chunks(rec.id) if c.state in kept)
+        Two narrow queries whatever the number of jobs and chunks, summed by the database: the writing
+        jobs' sizes and the kept chunks' bytes. A destination naming an object store (``://``, as
+        :func:`~jupyter_staging.destinations.registry.is_object_destination`) is left out. Every ``POST
+        /jobs`` asks this when a quota is set: loading each finished job's chunk records took 2.5 s per
+        request with 10,000 jobs in the database."""
+        jobs, chunks = cast(Table, JobRecord.__table__), cast(Table, ChunkRecord.__table__)
+        local = and_(jobs.c.root == str(self.root_dir), ~jobs.c.destination.contains("://"))
+        published = or_(
+            chunks.c.state == ChunkState.ready.value,
+            and_(chunks.c.state == ChunkState.acked.value, jobs.c.cleanup_policy != "delete_on_ack"),
+        )
+        kept = (
+            select(func.sum(chunks.c.bytes))
+            .select_from(jobs.join(chunks, chunks.c.job_id == jobs.c.id))
+            .where(local, jobs.c.state.in_(KEPT_STATES), published)
+        )
+        announced = func.coalesce(jobs.c.bytes_total, jobs.c.bytes_done, 0)
+        writing = select(func.sum(announced)).where(local, jobs.c.state.in_(WRITING_STATES))
+        with self.store.read_session() as s:
+            # SUM is NULL over no row, and a DECIMAL on PostgreSQL and MariaDB.
+            return sum(int(s.execute(query).scalar() or 0) for query in (writing, kept))
 
     def check(self, listing: Listing, rel: str, *, free: Callable[[Path], int] = free_bytes) -> None:
         """Refuse a job of ``listing`` into folder ``rel`` (relative to the root) that would leave less
