@@ -24,7 +24,7 @@ import { stagingIcon } from './icons';
 import { JobsModel } from './jobs';
 import { JobDetail } from './jobview';
 import { parseStagingLink, withoutStagingLink, type StagingLink } from './links';
-import { isParquetPath, parquetDatasets, visibleText, type Compression } from './model';
+import { isParquetPath, visibleText, type Compression } from './model';
 import { openAsDataFrame } from './notebook';
 import { JobNotifier } from './notify';
 import { CommandIDs, StagingPanel, type FormDefaults } from './panel';
@@ -214,7 +214,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         let newNotebookDir = currentFolder();
         if (!path && typeof args.jobId === 'string') {
           const job = model.job(args.jobId) ?? (await model.client.getJob(args.jobId));
-          const datasets = parquetDatasets(job, await model.client.chunks(job.id));
+          const datasets = await model.datasets(job);
           if (!datasets.length) {
             throw new Error(`${job.name} has no Parquet output`);
           }

@@ -33,6 +33,8 @@ const MAX_HIDDEN = 2000;
 const MAX_BACKOFF_MS = 30_000;
 /** Chunk lists fetched at once to find the Parquet datasets of succeeded conversions in the list. */
 export const PARQUET_FETCHES = 4;
+/** Chunks asked for in one request (``GET /jobs/{id}/chunks?limit=``) while reading a job's datasets. */
+export const DATASET_PAGE = 5000;
 /**
  * The server sends a keep-alive comment every 15 s on an idle stream, and its response headers with the
  * first write: a stream silent for longer than this is dead (or buffered by a proxy), so poll instead.
@@ -48,7 +50,6 @@ export type JobsClient = Pick<
   | 'pause'
   | 'resume'
   | 'cancel'
-  | 'chunks'
   | 'chunkPage'
   | 'log'
   | 'openEvents'
@@ -221,9 +222,51 @@ export class JobsModel implements IDisposable {
   }
 
   /**
-   * The Parquet datasets a succeeded job produced (paths relative to the server root): ``undefined``
-   * until known, then fetched once from ``GET /jobs/{id}/chunks`` (``changed`` fires when they arrive).
-   * Jobs without a conversion, or not succeeded, have none.
+   * The Parquet datasets ``job`` produced (paths relative to the server root), read from all its chunks a
+   * page of ``DATASET_PAGE`` at a time, so a dataset whose parts come after the first page is there too. A
+   * succeeded job's output no longer changes: its datasets are fetched once and kept, and callers asking
+   * while they are fetched share the fetch (the job view, the panel, a notification and the DataFrame
+   * command ask for the same job). Rejects with the request's error (nothing is kept then).
+   */
+  datasets(job: Job): Promise<string[]> {
+    const kept = this._datasets.get(job.id);
+    if (kept) {
+      return kept;
+    }
+    const fetched = this._readDatasets(job);
+    if (job.state === 'succeeded') {
+      this._datasets.set(job.id, fetched);
+      fetched.then(
+        found => {
+          this._parquet.set(job.id, found);
+          this._changed.emit();
+        },
+        () => this._datasets.delete(job.id)
+      );
+    }
+    return fetched;
+  }
+
+  private async _readDatasets(job: Job): Promise<string[]> {
+    const found = new Set<string>();
+    let offset = 0;
+    for (;;) {
+      const page = await this.client.chunkPage(job.id, offset, DATASET_PAGE);
+      parquetDatasets(job, page.chunks).forEach(path => found.add(path));
+      if (page.chunks.length < DATASET_PAGE) {
+        return [...found];
+      }
+      offset = page.chunks[page.chunks.length - 1].index + 1;
+      if (offset >= page.total) {
+        return [...found];
+      }
+    }
+  }
+
+  /**
+   * The Parquet datasets of a job in the list, for its DataFrame action: ``undefined`` until known, then
+   * :meth:`datasets` (``changed`` fires when they arrive). Jobs without a conversion, or not succeeded, have
+   * none.
    */
   parquetOf(job: Job): string[] | undefined {
     if (job.state !== 'succeeded' || !job.convert) {
@@ -240,19 +283,14 @@ export class JobsModel implements IDisposable {
   }
 
   /**
-   * Start the chunk fetches of :meth:`parquetOf` waiting in the queue, at most ``PARQUET_FETCHES`` at once:
-   * a list of 200 succeeded conversions asked for 200 chunk lists at the same moment when the panel opened.
+   * Start the fetches of :meth:`parquetOf` waiting in the queue, at most ``PARQUET_FETCHES`` at once: a list
+   * of 200 succeeded conversions asked for 200 chunk lists at the same moment when the panel opened.
    */
   private _nextParquet(): void {
     while (this._parquetInFlight < PARQUET_FETCHES && this._parquetQueue.length) {
       const job = this._parquetQueue.shift()!;
       this._parquetInFlight += 1;
-      this.client
-        .chunks(job.id)
-        .then(chunks => {
-          this._parquet.set(job.id, parquetDatasets(job, chunks));
-          this._changed.emit();
-        })
+      this.datasets(job)
         .catch(() => undefined)
         .finally(() => {
           this._parquetPending.delete(job.id);
@@ -420,7 +458,9 @@ export class JobsModel implements IDisposable {
   private _generation = 0;
   private _abort: AbortController | null = null;
   private _wakers = new Set<() => void>();
+  /** The datasets of succeeded jobs, as fetched (:meth:`datasets`), and the fetches under way or done. */
   private _parquet = new Map<string, string[]>();
+  private _datasets = new Map<string, Promise<string[]>>();
   private _parquetPending = new Set<string>();
   private _parquetQueue: Job[] = [];
   private _parquetInFlight = 0;

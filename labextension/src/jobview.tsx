@@ -157,7 +157,11 @@ export class JobDetail extends ReactWidget {
 
   private _renderJob(job: Job): JSX.Element {
     const actions = actionsFor(job.state);
-    const datasets = job.state === 'succeeded' ? parquetDatasets(job, this._chunks) : [];
+    // A conversion's datasets come from all its chunks (the model reads them once, a page at a time): the
+    // table's first page holds only the datasets among its first chunks. Until they arrive, and for a job
+    // that copied Parquet files, those of the first page.
+    const all = job.convert ? this.model.parquetOf(job) : undefined;
+    const datasets = job.state === 'succeeded' ? (all ?? parquetDatasets(job, this._chunks)) : [];
     // Running tasks by worker (host:port), for a running job on a distributed executor.
     const workers = tasksSummary(job) ? taskWorkerLines(job.progress.tasks) : [];
     // One action at a time: the buttons are disabled while its request runs (a double click sent two).

@@ -9,7 +9,7 @@ import type { CommandRegistry } from '@lumino/commands';
 
 import { endingOf, takeEnded } from './endings';
 import type { JobsModel } from './jobs';
-import { isFinal, parquetDatasets, type Job, type JobState } from './model';
+import { isFinal, type Job, type JobState } from './model';
 
 const WATCHED_KEY = 'jupyter-staging:watched-jobs';
 const MAX_WATCHED = 500;
@@ -70,7 +70,7 @@ export class JobNotifier {
     let parquet: string[] = [];
     if (job.state === 'succeeded' && job.convert) {
       try {
-        parquet = parquetDatasets(job, await this.model.client.chunks(job.id));
+        parquet = await this.model.datasets(job);
       } catch {
         parquet = []; // no chunk list: the notification goes without its DataFrame action
       }

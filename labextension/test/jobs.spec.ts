@@ -1,4 +1,4 @@
-import { JobsModel, PARQUET_FETCHES, type JobsClient } from '../src/jobs';
+import { DATASET_PAGE, JobsModel, PARQUET_FETCHES, type JobsClient } from '../src/jobs';
 import type { Job, ListJobsResponse } from '../src/model';
 
 function job(id: string, state: Job['state'] = 'running', bytes = 0, updated = '2026-11-20T12:00:00Z'): Job {
@@ -64,7 +64,6 @@ function fakeClient(overrides: Partial<JobsClient>): JobsClient & { polls: numbe
     pause: jest.fn(),
     resume: jest.fn(),
     cancel: jest.fn(),
-    chunks: jest.fn(),
     chunkPage: jest.fn(),
     log: jest.fn(),
     openEvents: jest.fn(),
@@ -213,8 +212,11 @@ describe('JobsModel', () => {
     const chunk = (path: string) => ({
       id: path, index: 0, path, state: 'ready', rows: 1, bytes: 1, sha256: null, content_type: null
     });
-    const chunks = jest.fn(async (id: string) => (id === 'table' ? [chunk('t.parquet/part-00000.parquet')] : [chunk('image.fits')]));
-    model = new JobsModel({ client: fakeClient({ chunks: chunks as never }) });
+    const chunks = jest.fn(async (id: string) => {
+      const found = id === 'table' ? [chunk('t.parquet/part-00000.parquet')] : [chunk('image.fits')];
+      return { chunks: found, total: 1 };
+    });
+    model = new JobsModel({ client: fakeClient({ chunkPage: chunks as never }) });
     const convert = { format: 'parquet' as const, chunk_rows: 10, compression: 'zstd' as const };
     const table = { ...job('table', 'succeeded'), convert, destination: 'staging/t' };
     const image = { ...job('image', 'succeeded'), convert };
@@ -235,14 +237,69 @@ describe('JobsModel', () => {
       most = Math.max(most, inFlight);
       await new Promise(resolve => setTimeout(resolve, 5));
       inFlight -= 1;
-      return [];
+      return { chunks: [], total: 0 };
     });
-    model = new JobsModel({ client: fakeClient({ chunks: chunks as never }) });
+    model = new JobsModel({ client: fakeClient({ chunkPage: chunks as never }) });
     const convert = { format: 'parquet' as const, chunk_rows: 10, compression: 'zstd' as const };
     const jobs = Array.from({ length: 40 }, (_, i) => ({ ...job(`t${i}`, 'succeeded'), convert }));
     jobs.forEach(j => expect(model!.parquetOf(j)).toBeUndefined());
     await until(() => jobs.every(j => model!.parquetOf(j) !== undefined), 5000);
     expect(chunks).toHaveBeenCalledTimes(40);
     expect(most).toBe(PARQUET_FETCHES);
+  });
+
+  it('finds every dataset of a job of many chunks, a page at a time, once', async () => {
+    // 3 tables: "big" writes 2.5 pages of parts, "mid" and "tail" one part each after them.
+    const paths = [
+      ...Array.from({ length: DATASET_PAGE * 2 + DATASET_PAGE / 2 }, (_, i) => `big.parquet/part-${i}.parquet`),
+      'mid.parquet/part-00000.parquet',
+      'tail.parquet/part-00000.parquet'
+    ];
+    const all = paths.map((path, index) => ({
+      id: String(index), index, path, state: 'ready', rows: 1000, bytes: 1, sha256: null, content_type: null
+    }));
+    const asked: [number, number][] = [];
+    const chunkPage = jest.fn(async (_id: string, offset: number, limit: number) => {
+      asked.push([offset, limit]);
+      await new Promise(resolve => setTimeout(resolve, 1));
+      return { chunks: all.slice(offset, offset + limit), total: all.length };
+    });
+    model = new JobsModel({ client: fakeClient({ chunkPage: chunkPage as never }) });
+    const convert = { format: 'parquet' as const, chunk_rows: 1000, compression: 'zstd' as const };
+    const done = { ...job('many', 'succeeded'), convert, destination: 'out' };
+    const expected = ['out/big.parquet', 'out/mid.parquet', 'out/tail.parquet'];
+    // The job view, a notification and the DataFrame command ask at the same moment: one read.
+    const answers = await Promise.all([model.datasets(done), model.datasets(done), model.datasets(done)]);
+    answers.forEach(found => expect(found).toEqual(expected));
+    expect(asked).toEqual([
+      [0, DATASET_PAGE],
+      [DATASET_PAGE, DATASET_PAGE],
+      [DATASET_PAGE * 2, DATASET_PAGE]
+    ]);
+    // Kept: the panel's row knows them at once, and asking again reads nothing.
+    expect(model.parquetOf(done)).toEqual(expected);
+    expect(await model.datasets(done)).toEqual(expected);
+    expect(chunkPage).toHaveBeenCalledTimes(3);
+  });
+
+  it('reads the datasets again after a failed read, and keeps none of a job still running', async () => {
+    let fail = true;
+    const chunkPage = jest.fn(async () => {
+      if (fail) {
+        throw new Error('Bad Gateway');
+      }
+      const chunk = { id: '0', index: 0, path: 't.parquet/part-0.parquet', state: 'ready', rows: 1, bytes: 1 };
+      return { chunks: [{ ...chunk, sha256: null, content_type: null }], total: 1 };
+    });
+    model = new JobsModel({ client: fakeClient({ chunkPage: chunkPage as never }) });
+    const convert = { format: 'parquet' as const, chunk_rows: 1000, compression: 'zstd' as const };
+    const done = { ...job('t', 'succeeded'), convert };
+    await expect(model.datasets(done)).rejects.toThrow('Bad Gateway');
+    fail = false;
+    expect(await model.datasets(done)).toEqual(['staging/t.parquet']);
+    const running = { ...job('r', 'running'), convert };
+    expect(await model.datasets(running)).toEqual(['staging/t.parquet']);
+    expect(await model.datasets(running)).toEqual(['staging/t.parquet']);
+    expect(chunkPage).toHaveBeenCalledTimes(4);
   });
 });
