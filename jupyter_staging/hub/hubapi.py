@@ -24,6 +24,9 @@ from jupyter_staging.errors import InvalidRequest, StagingError
 #: The jobs of the staging API of a user's server, relative to the server's URL.
 STAGING_JOBS = "api/v1/staging/jobs"
 
+#: Chunks asked for in one request when the service reads a job's chunks (the server answers at most 10,000).
+CHUNK_PAGE = 5000
+
 #: Seconds a token made for calls to a user's server lives; a new one is made once half of that is gone.
 USER_TOKEN_SECONDS = 3600
 
@@ -200,12 +203,29 @@ class HubAPI:
             raise server_error(username, code, job)
         return job
 
-    async def job_chunks(self, username: str, server_path: str, job_id: str) -> list[dict[str, Any]]:
-        """The chunks of a job in ``username``'s server (``[]`` when the answer has none, or none that
-        are objects)."""
-        _, answer = await self.server_api(username, server_path, "GET", f"{job_url(job_id)}/chunks")
-        chunks = answer.get("chunks") if isinstance(answer, dict) else None
-        return [chunk for chunk in chunks if isinstance(chunk, dict)] if isinstance(chunks, list) else []
+    async def job_chunks(
+        self, username: str, server_path: str, job_id: str, *, page: int = CHUNK_PAGE
+    ) -> list[dict[str, Any]]:
+        """The chunks of a job in ``username``'s server, in index order, read ``page`` at a time
+        (``GET .../chunks?offset=&limit=``, until ``total``): a job of 20,000 chunks is 4 answers of
+        5,000 rather than one of megabytes. A server of an earlier release, which answers every chunk and
+        no ``total``, is read in one answer. An answer without chunks (or none that are objects) ends the
+        list there (``[]`` for the first)."""
+        found: list[dict[str, Any]] = []
+        offset = 0
+        while True:
+            path = f"{job_url(job_id)}/chunks?offset={offset}&limit={page}"
+            _, answer = await self.server_api(username, server_path, "GET", path)
+            chunks = answer.get("chunks") if isinstance(answer, dict) else None
+            got = [c for c in chunks if isinstance(c, dict)] if isinstance(chunks, list) else []
+            total = answer.get("total") if isinstance(answer, dict) else None
+            if not isinstance(total, int):  # an earlier release: every chunk, whatever the offset and limit
+                return got
+            found += got
+            after = _index(got[-1]) + 1 if got else 0
+            if after <= offset or after >= total:  # the last page, or an answer that would not move on
+                return found
+            offset = after
 
     async def ack_chunk(self, username: str, server_path: str, job_id: str, index: int) -> None:
         """``POST api/v1/staging/jobs/{job_id}/chunks/{index}/ack`` in ``username``'s server: under the job's
@@ -230,6 +250,12 @@ def token_lifetime(model: dict[str, Any], default: float) -> float:
         return default
     ends = ends if ends.tzinfo else ends.replace(tzinfo=timezone.utc)
     return max(0.0, (ends - datetime.now(timezone.utc)).total_seconds())
+
+
+def _index(chunk: dict[str, Any]) -> int:
+    """A chunk's ``index`` (-1 when it has none that is an integer)."""
+    index = chunk.get("index")
+    return index if isinstance(index, int) else -1
 
 
 def job_url(job_id: str) -> str:
