@@ -152,6 +152,18 @@ class JupyterServerProcess:
             time.sleep(0.1)
 
 
+class ServerOn(JupyterServerProcess):
+    """A Jupyter server whose job database is ``db_url`` (given once: the option takes one value)."""
+
+    def __init__(self, root_dir: Path, state_dir: Path, db_url: str) -> None:
+        super().__init__(root_dir, state_dir)
+        self.db_url = db_url
+
+    def command(self) -> list[str]:
+        args = [a for a in super().command() if not a.startswith("--StagingApp.db_url=")]
+        return [*args, f"--StagingApp.db_url={self.db_url}"]
+
+
 def server_config(tmp_path: Path, **staging: object) -> dict:
     """pytest-jupyter config: only our extension, strict authentication, the job database in ``tmp_path``,
     and any further ``StagingApp`` settings."""

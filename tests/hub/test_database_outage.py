@@ -14,9 +14,9 @@ from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
 from tests.helpers.data import KEPLER, KEPLER_NAME
 from tests.helpers.groups import skip_group
+from tests.helpers.jupyter import ServerOn
 from tests.helpers.servers import RangeHTTPServer
 from tests.hub.conftest import PostgresServer, postgres_bindir, start_hub
-from tests.hub.test_schema_too_new import ServerOn
 
 
 def own_postgres() -> PostgresServer:

@@ -18,7 +18,7 @@ from jupyter_staging.engine.migrate import JOB_MIGRATIONS, Migrations, current_r
 from jupyter_staging.engine.store import Store
 from jupyter_staging.errors import DatabaseTooNew
 from jupyter_staging.hub.db import HUB_MIGRATIONS, OperationStore
-from tests.helpers.jupyter import JupyterServerProcess
+from tests.helpers.jupyter import JupyterServerProcess, ServerOn
 from tests.helpers.net import free_port
 
 #: A revision no release of this code has.
@@ -142,18 +142,6 @@ def test_the_hub_service_on_a_later_releases_database_exits_with_one_line_naming
     assert f"operations database is at schema revision {LATER!r}" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert Path(tmp_path / "operations.sqlite").exists()
-
-
-class ServerOn(JupyterServerProcess):
-    """A Jupyter server whose job database is ``db_url`` (given once: the option takes one value)."""
-
-    def __init__(self, root_dir: Path, state_dir: Path, db_url: str) -> None:
-        super().__init__(root_dir, state_dir)
-        self.db_url = db_url
-
-    def command(self) -> list[str]:
-        args = [a for a in super().command() if not a.startswith("--StagingApp.db_url=")]
-        return [*args, f"--StagingApp.db_url={self.db_url}"]
 
 
 def test_a_server_whose_database_is_unreachable_at_start_answers_503_without_the_password(tmp_path):

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from jupyter_staging.engine.migrate import JOB_MIGRATIONS, current_revision
 from tests.helpers.data import KEPLER
-from tests.helpers.jupyter import JupyterServerProcess
+from tests.helpers.jupyter import ServerOn
 from tests.helpers.servers import RangeHTTPServer
 from tests.hub.test_migrations import downgrade_jobs
 
@@ -32,18 +32,6 @@ def db_url(request, tmp_path) -> str:
     if request.param == "postgresql":
         return request.getfixturevalue("postgres").create_database(name)
     return request.getfixturevalue("mariadb").create_database(name)
-
-
-class ServerOn(JupyterServerProcess):
-    """A Jupyter server whose job database is ``db_url`` (given once: the option takes one value)."""
-
-    def __init__(self, root_dir: Path, state_dir: Path, db_url: str) -> None:
-        super().__init__(root_dir, state_dir)
-        self.db_url = db_url
-
-    def command(self) -> list[str]:
-        args = [a for a in super().command() if not a.startswith("--StagingApp.db_url=")]
-        return [*args, f"--StagingApp.db_url={self.db_url}"]
 
 
 def ended(job: dict) -> bool:
