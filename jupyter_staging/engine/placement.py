@@ -104,12 +104,13 @@ class Placer:
         job_id = self.store.active_job_id(str(self.root_dir), rel, list(ACTIVE_STATES))
         return None if job_id is None else self.store.get_job(job_id)
 
-    def failed_job(self, rel: str, states: tuple[str, ...] = UNFINISHED_STATES) -> str | None:
-        """The id of the newest failed or cancelled job (of ``states``) of this root that wrote to ``rel``
-        when files it published (the first files of a folder it did not finish) are still in the folder,
-        which has no ``manifest.json``: a new job writing straight into the folder would meet them. None
-        otherwise, so a folder holding only the user's own files is written into, never swapped (it keeps
-        its identity: its mode, a mount point)."""
+    def published_job(self, rel: str, states: tuple[str, ...] = UNFINISHED_STATES) -> str | None:
+        """The id of the newest job in ``states`` (default: failed or cancelled; :meth:`_without_manifest`
+        asks for succeeded ones) of this root that wrote to ``rel``, when files it published (for a failed
+        job, the first files of a folder it did not finish) are still in the folder, which has no
+        ``manifest.json``: a new job writing straight into the folder would meet them. None otherwise, so a
+        folder holding only the user's own files is written into, never swapped (it keeps its identity: its
+        mode, a mount point)."""
         job_id = self.store.active_job_id(str(self.root_dir), rel, list(states))
         if job_id is None:
             return None
@@ -153,7 +154,7 @@ class Placer:
                 return Placement(rel, active=active)
             raise DestinationExists(f"destination {rel!r} is used by another active job")
         if not (path / MANIFEST_NAME).is_file():
-            failed = self.failed_job(rel) if if_exists != "error" and path.is_dir() else None
+            failed = self.published_job(rel) if if_exists != "error" and path.is_dir() else None
             placement = Placement(rel, replaces=failed) if failed is not None else Placement(rel)
             if failed is None and if_exists != "error" and path.is_dir():
                 placement = self._without_manifest(rel, key, sources, prefix) or placement
@@ -203,7 +204,7 @@ class Placer:
         newest succeeded job of the same request published there still are: that job's output, staged again
         beside it and swapped in, its unchanged files linked from it (a new job writing straight into the
         folder failed ``destination_exists`` on them). None when there is no such job."""
-        job_id = self.failed_job(rel, (JobState.succeeded.value,))
+        job_id = self.published_job(rel, (JobState.succeeded.value,))
         prev = self.store.get_job(job_id) if job_id is not None else None
         if prev is None or request_key_of(prev) != key:
             return None
