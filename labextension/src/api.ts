@@ -131,16 +131,6 @@ export class StagingClient {
     return { chunks: from.slice(0, limit), total: data.chunks.length };
   }
 
-  /** Every chunk of the job (``GET /jobs/{id}/chunks``): megabytes for a job of 20,000 files. */
-  async chunks(id: string): Promise<Chunk[]> {
-    const data = await requestAPI<{ chunks: Chunk[] }>(
-      `jobs/${encodeURIComponent(id)}/chunks`,
-      {},
-      this.settings
-    );
-    return data.chunks;
-  }
-
   async log(id: string): Promise<LogLine[]> {
     const data = await requestAPI<{ lines: LogLine[] }>(
       `jobs/${encodeURIComponent(id)}/log`,
