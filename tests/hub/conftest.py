@@ -169,3 +169,19 @@ def mariadb() -> Iterator[MariaDBServer]:
     print(f"MariaDB on 127.0.0.1:{server.port} started in {time.monotonic() - started:.1f} s")
     yield server
     server.stop()
+
+
+# -- one empty database of each kind -------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def db_url(request, tmp_path) -> str:
+    """The SQLAlchemy URL of a new, empty database on SQLite, PostgreSQL and MariaDB (one test run per kind;
+    the servers are started once per session). Named after the test's node id, so that tests of several
+    modules never share one."""
+    name = f"t_{abs(hash(request.node.nodeid)) % 10**10}"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres").create_database(name)
+    return request.getfixturevalue("mariadb").create_database(name)

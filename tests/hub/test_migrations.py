@@ -22,17 +22,6 @@ from jupyter_staging.hub.db import HUB_MIGRATIONS, OperationStore
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def db_url(request, tmp_path) -> str:
-    """An empty database of each kind (the servers are started once per session)."""
-    name = f"mig_{abs(hash(request.node.name)) % 10**8}"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'jobs.sqlite'}"
-    if request.param == "postgresql":
-        return request.getfixturevalue("postgres").create_database(name)
-    return request.getfixturevalue("mariadb").create_database(name)
-
-
 def baseline(migrations: Migrations) -> ModuleType:
     """The baseline revision module of ``migrations`` (its tables are the 0.1.0 schema)."""
     [path] = sorted(Path(migrations.versions).glob("v0001_*.py"))

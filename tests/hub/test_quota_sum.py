@@ -13,7 +13,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
 from jupyter_staging.engine.space import SpaceLimits
@@ -22,16 +21,6 @@ from jupyter_staging.engine.store import ChunkRecord, JobRecord, Store
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=timezone.utc)
 ROOT = "/home/alice"
 TIB = 2**40
-
-
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def db_url(request, tmp_path) -> str:
-    name = f"quota_{abs(hash(request.node.name)) % 10**8}"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'jobs.sqlite'}"
-    if request.param == "postgresql":
-        return request.getfixturevalue("postgres").create_database(name)
-    return request.getfixturevalue("mariadb").create_database(name)
 
 
 def add(store: Store, job_id: str, state: str, chunks: dict[str, int | None] | None = None, **fields) -> None:

@@ -25,17 +25,6 @@ from tests.helpers.net import free_port
 LATER = "0999_of_a_later_release"
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def db_url(request, tmp_path) -> str:
-    """An empty database of each kind (the servers are started once per session)."""
-    name = f"new_{abs(hash(request.node.name)) % 10**8}"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'jobs.sqlite'}"
-    if request.param == "postgresql":
-        return request.getfixturevalue("postgres").create_database(name)
-    return request.getfixturevalue("mariadb").create_database(name)
-
-
 def mark_as_later(url: str, migrations: Migrations) -> None:
     """Record :data:`LATER` as the revision of ``url`` (what a later release's upgrade leaves)."""
     engine = sa.create_engine(url)
