@@ -73,3 +73,36 @@ def test_staged_bytes_counts_what_the_root_holds_locally(db_url):
         assert SpaceLimits(store, Path("/home/bob"), quota_bytes=1).staged_bytes() == 320_000 + 640_000
     finally:
         store.close()
+
+
+def test_a_job_finishing_during_the_count_is_counted_once(db_url):
+    """A job that succeeds while the quota is counted (another process's runner, between the count's reads)
+    is counted as writing or as kept, never both: POST /jobs near the quota was refused for bytes counted
+    twice when the two sums were two statements (PostgreSQL's READ COMMITTED gives each its own snapshot)."""
+    store = Store(db_url)
+    try:
+        limits = SpaceLimits(store, Path(ROOT), quota_bytes=1)
+        add(store, "finishing", "running", {"ready": 1000}, bytes_total=1000)
+        add(store, "kept", "succeeded", {"ready": 10})
+        assert limits.staged_bytes() == 1000 + 10
+        other = sa.create_engine(db_url)
+        reads: list[str] = []
+
+        def finish(conn, cursor, statement, parameters, context, executemany) -> None:
+            # the job ends between the count's reads, committed by another connection
+            if statement.lstrip().upper().startswith("SELECT") and "sum(" in statement.lower():
+                reads.append(statement)
+                if len(reads) == 1:
+                    done = sa.update(JobRecord).values(state="succeeded").where(JobRecord.id == "finishing")
+                    with other.begin() as c:
+                        c.execute(done)
+
+        sa.event.listen(store.engine, "after_cursor_execute", finish)
+        try:
+            assert limits.staged_bytes() == 1000 + 10
+        finally:
+            sa.event.remove(store.engine, "after_cursor_execute", finish)
+            other.dispose()
+        assert reads
+    finally:
+        store.close()
