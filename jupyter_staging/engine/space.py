@@ -140,27 +140,35 @@ class SpaceLimits:
         the bytes done) of a queued, running or paused job, the published chunks of a finished one (its
         ``ready`` chunks, and its ``acked`` ones unless acked chunks are deleted: ``delete_on_ack``).
 
-        Two narrow queries whatever the number of jobs and chunks, summed by the database: the writing
-        jobs' sizes and the kept chunks' bytes. A destination naming an object store (``://``, as
+        One statement of two narrow sums whatever the number of jobs and chunks, summed by the database:
+        the writing jobs' sizes and the kept chunks' bytes, read in one snapshot (a job ending meanwhile
+        is counted once). A destination naming an object store (``://``, as
         :func:`~jupyter_staging.destinations.registry.is_object_destination`) is left out. Every ``POST
         /jobs`` asks this when a quota is set: loading each finished job's chunk records took 2.5 s per
         request with 10,000 jobs in the database."""
         jobs, chunks = cast(Table, JobRecord.__table__), cast(Table, ChunkRecord.__table__)
+        # SQLite's SUM of integers fails ("integer overflow") past 2**63 - 1 bytes (sizes a remote server
+        # announced); its TOTAL is a float, exact to 2**53 bytes (8 PiB), beyond that near enough.
+        add = func.total if self.store.engine.dialect.name == "sqlite" else func.sum
         local = and_(jobs.c.root == str(self.root_dir), ~jobs.c.destination.contains("://"))
         published = or_(
             chunks.c.state == ChunkState.ready.value,
             and_(chunks.c.state == ChunkState.acked.value, jobs.c.cleanup_policy != "delete_on_ack"),
         )
         kept = (
-            select(func.sum(chunks.c.bytes))
+            select(add(chunks.c.bytes))
             .select_from(jobs.join(chunks, chunks.c.job_id == jobs.c.id))
             .where(local, jobs.c.state.in_(KEPT_STATES), published)
         )
         announced = func.coalesce(jobs.c.bytes_total, jobs.c.bytes_done, 0)
-        writing = select(func.sum(announced)).where(local, jobs.c.state.in_(WRITING_STATES))
+        writing = select(add(announced)).where(local, jobs.c.state.in_(WRITING_STATES))
+        # One statement, so one snapshot: as two, a job ending between them (PostgreSQL's READ COMMITTED,
+        # SQLite without BEGIN) was counted as writing and as kept.
+        both = select(writing.scalar_subquery(), kept.scalar_subquery())
         with self.store.read_session() as s:
-            # SUM is NULL over no row, and a DECIMAL on PostgreSQL and MariaDB.
-            return sum(int(s.execute(query).scalar() or 0) for query in (writing, kept))
+            row = s.execute(both).one()
+        # SUM is NULL over no row, and a DECIMAL on PostgreSQL and MariaDB (no overflow there).
+        return sum(int(value or 0) for value in row)
 
     def check(self, listing: Listing, rel: str, *, free: Callable[[Path], int] = free_bytes) -> None:
         """Refuse a job of ``listing`` into folder ``rel`` (relative to the root) that would leave less

@@ -209,8 +209,9 @@ class HubAPI:
         """The chunks of a job in ``username``'s server, in index order, read ``page`` at a time
         (``GET .../chunks?offset=&limit=``, until ``total``): a job of 20,000 chunks is 4 answers of
         5,000 rather than one of megabytes. A server of an earlier release, which answers every chunk and
-        no ``total``, is read in one answer. An answer without chunks (or none that are objects) ends the
-        list there (``[]`` for the first)."""
+        no ``total``, is read in one answer. An answer without chunks (or none that are objects), or a
+        later page answered with an error, ends the list there (``[]`` for the first): the chunks of the
+        pages before are kept."""
         found: list[dict[str, Any]] = []
         offset = 0
         while True:
@@ -219,12 +220,14 @@ class HubAPI:
             chunks = answer.get("chunks") if isinstance(answer, dict) else None
             got = [c for c in chunks if isinstance(c, dict)] if isinstance(chunks, list) else []
             total = answer.get("total") if isinstance(answer, dict) else None
-            if not isinstance(total, int):  # an earlier release: every chunk, whatever the offset and limit
-                return got
+            if not isinstance(total, int):  # an earlier release (every chunk), or a later page's error
+                return found + got
             found += got
             after = _index(got[-1]) + 1 if got else 0
-            if after <= offset or after >= total:  # the last page, or an answer that would not move on
-                return found
+            # ``offset`` is an index and ``total`` a count: indexes may have gaps, so the count of chunks
+            # read (or a short page) ends the list, never an index reaching ``total``.
+            if len(got) < page or len(found) >= total or after <= offset:
+                return found  # the last page, or an answer that would not move on
             offset = after
 
     async def ack_chunk(self, username: str, server_path: str, job_id: str, index: int) -> None:

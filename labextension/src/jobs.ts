@@ -250,16 +250,18 @@ export class JobsModel implements IDisposable {
   private async _readDatasets(job: Job): Promise<string[]> {
     const found = new Set<string>();
     let offset = 0;
+    let read = 0;
     for (;;) {
       const page = await this.client.chunkPage(job.id, offset, DATASET_PAGE);
       parquetDatasets(job, page.chunks).forEach(path => found.add(path));
-      if (page.chunks.length < DATASET_PAGE) {
+      read += page.chunks.length;
+      // ``offset`` is an index and ``total`` a count: indexes may have gaps, so the chunks read (or a short
+      // page) end the list, never an index reaching the total; nor an answer that would not move on.
+      const after = page.chunks.length ? page.chunks[page.chunks.length - 1].index + 1 : offset;
+      if (page.chunks.length < DATASET_PAGE || read >= page.total || !(after > offset)) {
         return [...found];
       }
-      offset = page.chunks[page.chunks.length - 1].index + 1;
-      if (offset >= page.total) {
-        return [...found];
-      }
+      offset = after;
     }
   }
 

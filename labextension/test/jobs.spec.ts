@@ -303,3 +303,29 @@ describe('JobsModel', () => {
     expect(chunkPage).toHaveBeenCalledTimes(4);
   });
 });
+
+describe('JobsModel datasets with gaps in the chunk indexes', () => {
+  it('reads every page: offset is an index, total a count', async () => {
+    // 7,500 chunks at indexes 0-2,499 and 10,000-14,999 (as the server answers: index >= offset, in order);
+    // "tail" only among the last. The read stopped when the next index (12,500) passed the count (7,500).
+    const at = (index: number, path: string) => ({
+      id: String(index), index, path, state: 'ready', rows: 1, bytes: 1, sha256: null, content_type: null
+    });
+    const all = [
+      ...Array.from({ length: 2500 }, (_, i) => at(i, `big.parquet/part-${i}.parquet`)),
+      ...Array.from({ length: 2500 }, (_, i) => at(10_000 + i, `big.parquet/part-${2500 + i}.parquet`)),
+      ...Array.from({ length: 2500 }, (_, i) => at(12_500 + i, `tail.parquet/part-${i}.parquet`))
+    ];
+    const chunkPage = jest.fn(async (_id: string, offset: number, limit: number) => ({
+      chunks: all.filter(c => c.index >= offset).slice(0, limit),
+      total: all.length
+    }));
+    const model = new JobsModel({ client: fakeClient({ chunkPage: chunkPage as never }) });
+    const convert = { format: 'parquet' as const, chunk_rows: 1, compression: 'zstd' as const };
+    const done = { ...job('gaps', 'succeeded'), convert, destination: 'out' };
+    expect(DATASET_PAGE).toBe(5000);
+    expect(await model.datasets(done)).toEqual(['out/big.parquet', 'out/tail.parquet']);
+    expect(chunkPage.mock.calls.map(call => call[1])).toEqual([0, 12_500]);
+    model.dispose();
+  });
+});

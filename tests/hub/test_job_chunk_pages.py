@@ -12,6 +12,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
+from jupyter_staging.engine.store import ChunkRecord
 from jupyter_staging.hub.hubapi import CHUNK_PAGE, HubAPI
 from tests.helpers.jupyter import JupyterServerProcess
 
@@ -63,5 +66,70 @@ def test_the_chunks_of_a_job_are_read_a_page_at_a_time(tmp_path: Path) -> None:
         assert asyncio.run(api.job_chunks("alice", "/", job["id"], page=4)) == whole
         assert len(api.asked) == 3
         assert asyncio.run(api.job_chunks("alice", "/", "no-such-job")) == []
+    finally:
+        server.stop()
+
+
+def test_chunks_whose_indexes_have_gaps_are_all_read(tmp_path: Path) -> None:
+    """``offset`` is an index and ``total`` a count: with gaps in the indexes (12 chunks at 0-4 and 20-26)
+    the read stopped once the next index passed the count (at 21 >= 12, after 0-4, 20) and lost 21-26."""
+    server = JupyterServerProcess(tmp_path / "root", tmp_path / "state")
+    source = tmp_path / "root" / "incoming"
+    source.mkdir(parents=True)
+    for i in range(12):
+        (source / f"frame-{i:02d}.dat").write_bytes(bytes([i]) * (100 + i))
+    server.start()
+    try:
+        job = server.create_job({"source": str(source), "destination": "copied", "method": "copy"})
+        server.wait_for(job["id"], lambda j: j["state"] == "succeeded", timeout=60)
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'state' / 'jobs.sqlite'}")
+        with engine.begin() as c:  # chunks 5-11 become 20-26 (ids stay: they are not indexes)
+            c.execute(
+                sa.update(ChunkRecord)
+                .where(ChunkRecord.job_id == job["id"], ChunkRecord.index >= 5)
+                .values(index=ChunkRecord.index + 15)
+            )
+        engine.dispose()
+        whole = server.request("GET", f"jobs/{job['id']}/chunks").json()["chunks"]
+        assert [c["index"] for c in whole] == [*range(5), *range(20, 27)]
+
+        api = DirectAPI(server)
+        assert asyncio.run(api.job_chunks("alice", "/", job["id"], page=6)) == whole
+        assert asyncio.run(api.job_chunks("alice", "/", job["id"], page=5)) == whole
+    finally:
+        server.stop()
+
+
+class FailingAPI(DirectAPI):
+    """:class:`DirectAPI` whose user's server answers 503 (restarting) from the ``fail_from``-th request."""
+
+    def __init__(self, server: JupyterServerProcess, fail_from: int) -> None:
+        super().__init__(server)
+        self.fail_from = fail_from
+
+    async def server_api(
+        self, username: str, server_path: str, method: str, path: str, body: Any = None
+    ) -> tuple[int, Any]:
+        if len(self.asked) + 1 >= self.fail_from:
+            self.asked.append(path)
+            return 503, {"message": "the server is restarting", "code": "service_unavailable"}
+        return await super().server_api(username, server_path, method, path, body)
+
+
+def test_a_page_answered_with_an_error_keeps_the_pages_read_before(tmp_path: Path) -> None:
+    """A later page answered with an error (no ``total``) was taken for an earlier release's whole list:
+    the chunks of the pages read before were dropped and ``[]`` returned (a job with none)."""
+    server = JupyterServerProcess(tmp_path / "root", tmp_path / "state")
+    source = tmp_path / "root" / "incoming"
+    source.mkdir(parents=True)
+    for i in range(12):
+        (source / f"frame-{i:02d}.dat").write_bytes(bytes([i]) * (100 + i))
+    server.start()
+    try:
+        job = server.create_job({"source": str(source), "destination": "copied", "method": "copy"})
+        server.wait_for(job["id"], lambda j: j["state"] == "succeeded", timeout=60)
+        whole = server.request("GET", f"jobs/{job['id']}/chunks").json()["chunks"]
+        assert asyncio.run(FailingAPI(server, 3).job_chunks("alice", "/", job["id"], page=5)) == whole[:10]
+        assert asyncio.run(FailingAPI(server, 1).job_chunks("alice", "/", job["id"], page=5)) == []
     finally:
         server.stop()

@@ -62,3 +62,52 @@ def test_staged_bytes_counts_what_the_root_holds_locally(db_url):
         assert SpaceLimits(store, Path("/home/bob"), quota_bytes=1).staged_bytes() == 320_000 + 640_000
     finally:
         store.close()
+
+
+def test_a_job_finishing_during_the_count_is_counted_once(db_url):
+    """A job that succeeds while the quota is counted (another process's runner, between the count's reads)
+    is counted as writing or as kept, never both: POST /jobs near the quota was refused for bytes counted
+    twice when the two sums were two statements (PostgreSQL's READ COMMITTED gives each its own snapshot)."""
+    store = Store(db_url)
+    try:
+        limits = SpaceLimits(store, Path(ROOT), quota_bytes=1)
+        add(store, "finishing", "running", {"ready": 1000}, bytes_total=1000)
+        add(store, "kept", "succeeded", {"ready": 10})
+        assert limits.staged_bytes() == 1000 + 10
+        other = sa.create_engine(db_url)
+        reads: list[str] = []
+
+        def finish(conn, cursor, statement, parameters, context, executemany) -> None:
+            # the job ends between the count's reads, committed by another connection
+            counting = "sum(" in statement or "total(" in statement  # TOTAL on SQLite
+            if statement.lstrip().upper().startswith("SELECT") and counting:
+                reads.append(statement)
+                if len(reads) == 1:
+                    done = sa.update(JobRecord).values(state="succeeded").where(JobRecord.id == "finishing")
+                    with other.begin() as c:
+                        c.execute(done)
+
+        sa.event.listen(store.engine, "after_cursor_execute", finish)
+        try:
+            assert limits.staged_bytes() == 1000 + 10
+        finally:
+            sa.event.remove(store.engine, "after_cursor_execute", finish)
+            other.dispose()
+        assert reads
+    finally:
+        store.close()
+
+
+def test_announced_sizes_beyond_a_64_bit_sum_are_counted(db_url):
+    """Two running jobs announcing 5 EB each (sizes a remote server claimed, admitted before a quota was
+    set): SQLite's SUM stops with ``integer overflow`` past 2**63 - 1, which made every POST /jobs of the
+    root a 503 ``database_unavailable`` (the count in Python before had no limit). The count is now ``10
+    EB``: over any quota, so the next job is refused for its size, as it should be."""
+    store = Store(db_url)
+    try:
+        add(store, "big-1", "running", bytes_total=5 * 10**18)
+        add(store, "big-2", "running", bytes_total=5 * 10**18)
+        add(store, "small", "queued", bytes_total=12_345)
+        assert SpaceLimits(store, Path(ROOT), quota_bytes=1).staged_bytes() >= 10 * 10**18
+    finally:
+        store.close()
