@@ -12,7 +12,7 @@ import {
   type JupyterFrontEnd,
   type JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { ICommandPalette, MainAreaWidget } from '@jupyterlab/apputils';
+import { ICommandPalette, MainAreaWidget, Notification } from '@jupyterlab/apputils';
 import { PageConfig, PathExt } from '@jupyterlab/coreutils';
 import { IDefaultFileBrowser, IFileBrowserFactory, type FileBrowser } from '@jupyterlab/filebrowser';
 import { INotebookTracker } from '@jupyterlab/notebook';
@@ -213,7 +213,16 @@ const plugin: JupyterFrontEndPlugin<void> = {
         let path = typeof args.path === 'string' ? args.path : '';
         let newNotebookDir = currentFolder();
         if (!path && typeof args.jobId === 'string') {
-          const job = model.job(args.jobId) ?? (await model.client.getJob(args.jobId));
+          // Asked afresh, not from the list: a job whose output was removed since it succeeded (its TTL,
+          // or every chunk acknowledged under delete_on_ack) is ``expired``, with nothing left to read.
+          const job = await model.client.getJob(args.jobId);
+          if (job.state !== 'succeeded') {
+            Notification.warning(
+              `${visibleText(job.name)} is ${job.state}: its Parquet output is no longer there to read`,
+              { autoClose: 8000 }
+            );
+            return;
+          }
           const datasets = await model.datasets(job);
           if (!datasets.length) {
             throw new Error(`${job.name} has no Parquet output`);

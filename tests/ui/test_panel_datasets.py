@@ -74,3 +74,36 @@ def test_every_dataset_of_a_job_of_many_chunks_is_offered(lab: JupyterLabProcess
     cell.wait_for(timeout=30_000)
     assert 'pd.read_parquet("big.parquet")' in cell.locator(".cm-content").inner_text()
     assert not page.errors, page.errors  # type: ignore[attr-defined]
+
+
+def test_the_dataframe_command_of_a_job_expired_since_says_so(lab: JupyterLabProcess, page: Any) -> None:
+    """A notification's DataFrame action clicked after the job's output was removed (every chunk acknowledged
+    under ``delete_on_ack``: the job is ``expired``) says so, and opens no notebook reading a dataset that is
+    gone."""
+    source = lab.root_dir / "incoming" / "one"
+    source.mkdir(parents=True)
+    (source / "tail.csv").write_text("i,flux\n" + "".join(f"{i},{i * 0.5}\n" for i in range(700)))
+    job = lab.create_job(
+        {
+            "source": str(source / "tail.csv"),
+            "destination": "consumed",
+            "convert": {"format": "parquet"},
+            "cleanup_policy": "delete_on_ack",
+        }
+    )
+    job = lab.wait_for(job["id"], lambda j: j["state"] in ("succeeded", "failed"), timeout=120)
+    assert job["state"] == "succeeded", job
+    chunks = lab.request("GET", f"jobs/{job['id']}/chunks").json()["chunks"]
+    for chunk in chunks:
+        acked = lab.request("POST", f"jobs/{job['id']}/chunks/{chunk['index']}/ack", json={})
+        assert acked.status_code == 200, acked.text
+    lab.wait_for(job["id"], lambda j: j["state"] == "expired", timeout=30)
+    notebooks = page.locator(".jp-NotebookPanel").count()  # the module's lab may have some open already
+    page.evaluate(
+        "async (jobId) => { await window.jupyterapp.commands.execute('staging:open-dataframe', {jobId}); }",
+        job["id"],
+    )
+    toast = page.locator(".Toastify__toast", has_text="is expired: its Parquet output is no longer there")
+    toast.wait_for(timeout=15_000)
+    assert page.locator(".jp-NotebookPanel").count() == notebooks
+    assert not (lab.root_dir / "consumed" / "Untitled.ipynb").exists()
