@@ -19,7 +19,7 @@ from typing import Any
 
 from jupyter_staging.destinations.base import Destination, remove_tree_if_empty, scratch_root_of
 from jupyter_staging.destinations.registry import is_object_destination
-from jupyter_staging.engine.acks import take_ack
+from jupyter_staging.engine.acks import output_in_place, take_ack
 from jupyter_staging.engine.admission import Admission, default_name
 from jupyter_staging.engine.chunkpages import read_chunk_page
 from jupyter_staging.engine.cleanup import published_file
@@ -433,10 +433,12 @@ class StagingManager(JobSteering):
         :class:`PathNotAllowed` (code ``path_not_allowed``, nothing deleted) under ``delete_on_ack`` when
         the destination folder became a symlink.
         """
-        rec = self._record(job_id, owner)
+        rec = self._record(job_id, owner, resume=False)
         chunk = self._chunk(job_id, chunk_id)
         index = chunk.index
         on_ack = rec.cleanup_policy == "delete_on_ack"
+        if on_ack and not output_in_place(rec):  # a replacing job's files are in its scratch folder until
+            rec = self._record(job_id, owner)  # swapped in, which its resume data names
         destination = self.destination_of(rec) if on_ack else None
         if destination is not None:
             destination.confined()  # a folder swapped for a symlink: path_not_allowed
@@ -458,7 +460,7 @@ class StagingManager(JobSteering):
                 if removed:
                     self.log_event(job_id, "info", f"chunk {index} deleted on ack: {chunk.path}")
                 if not (on_ack and expire_if_consumed(self, job_id)):  # expiring announces it
-                    self.announce(self._record(job_id, owner))
+                    self.announce(self._record(job_id, owner, resume=False))
         if chunk.state == ChunkState.expired.value:  # its file is gone: no read of it can be recorded
             raise chunk_expired(chunk.index, "its file was removed by clean-up")
         return describe_chunk(chunk)
