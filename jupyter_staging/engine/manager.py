@@ -486,7 +486,7 @@ class StagingManager(JobSteering):
         """The job's log lines, oldest first: ``{"time", "level", "message"}``.
 
         Raises :class:`JobNotFound`."""
-        self._record(job_id, owner)
+        self._record(job_id, owner, resume=False)
         return [
             {"time": e.time.isoformat().replace("+00:00", "Z"), "level": e.level, "message": e.message}
             for e in self.store.list_events(job_id, limit=limit)
