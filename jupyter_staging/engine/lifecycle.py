@@ -213,13 +213,14 @@ class JobLifecycle:
             return str(raw.get("source") or rec.source), raw.get("entries") or rec.entries
         return rec.source, rec.entries
 
-    def destination_of(self, rec: JobRecord) -> Destination:
+    def destination_of(self, rec: JobRecord, *, in_place: bool = False) -> Destination:
         """The :class:`~jupyter_staging.destinations.base.Destination` job ``rec`` writes into: its
         destination, or — for a job replacing an earlier output, until it swapped its own in — the scratch
         folder beside it (so cleaning up a failed replacement never touches the output it did not replace).
-        A record read without its resume data will do for a job whose output is in place
-        (:func:`~jupyter_staging.engine.acks.output_in_place`); for another it raises ``ResumeNotRead``."""
-        in_place = not rec.has_resume() and output_in_place(rec)
+        A record read without its resume data will do for a job whose output is in place: ``in_place`` (the
+        caller knows), or :func:`~jupyter_staging.engine.acks.output_in_place`; for another it raises
+        ``ResumeNotRead``."""
+        in_place = in_place or (not rec.has_resume() and output_in_place(rec))
         swap = None if in_place else (rec.resume or {}).get("swap")
         folder = swap["into"] if swap and not swap.get("done") else rec.destination
         return open_destination(rec.id, folder, root_dir=self.root_dir, scratch_root=self.scratch_root)

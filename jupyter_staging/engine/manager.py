@@ -19,7 +19,8 @@ from typing import Any
 
 from jupyter_staging.destinations.base import Destination, remove_tree_if_empty, scratch_root_of
 from jupyter_staging.destinations.registry import is_object_destination
-from jupyter_staging.engine.acks import output_in_place, take_ack
+from jupyter_staging.engine.ackfolders import AckFolders
+from jupyter_staging.engine.acks import take_ack
 from jupyter_staging.engine.admission import Admission, default_name
 from jupyter_staging.engine.chunkpages import read_chunk_page
 from jupyter_staging.engine.cleanup import published_file
@@ -193,6 +194,7 @@ class StagingManager(JobSteering):
             runner_kind=runner_kind,
         )
         self.default_owner = default_owner or current_user()
+        self._ack_folders = AckFolders()  # jobs whose output is in place: no resume data read per ack
         self.admission = Admission(
             self.store,
             self.secrets,
@@ -437,9 +439,7 @@ class StagingManager(JobSteering):
         chunk = self._chunk(job_id, chunk_id)
         index = chunk.index
         on_ack = rec.cleanup_policy == "delete_on_ack"
-        if on_ack and not output_in_place(rec):  # a replacing job's files are in its scratch folder until
-            rec = self._record(job_id, owner)  # swapped in, which its resume data names
-        destination = self.destination_of(rec) if on_ack else None
+        destination = self._ack_folders.destination(self, rec) if on_ack else None
         if destination is not None:
             destination.confined()  # a folder swapped for a symlink: path_not_allowed
         if chunk.state == ChunkState.pending.value:

@@ -19,7 +19,7 @@ from sqlalchemy import event
 
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
-from jupyter_staging.engine.store import ChunkRecord
+from jupyter_staging.engine.store import ChunkRecord, JobRecord, utcnow
 
 FILES = 120
 
@@ -94,3 +94,55 @@ def test_an_ack_of_a_retained_job_reads_no_resume_data(manager, root):
     finally:
         reads.close()
     assert manager.get(job_id).state.value == "succeeded"
+
+
+def paused_job(manager: StagingManager, root: Path, job_id: str, folder: str, resume: dict) -> None:
+    """A paused ``delete_on_ack`` job of the manager's root with ``resume`` as its resume data and five
+    ``ready`` chunks, whose files are in ``folder`` (relative to the root)."""
+    out = root / folder
+    out.mkdir(parents=True)
+    chunks = []
+    for i in range(5):
+        file = out / f"lc-{i}.fits"
+        file.write_bytes(bytes([i]) * 100)
+        st = file.stat()
+        chunks.append(
+            {"id": f"{job_id}-{i}", "job_id": job_id, "index": i, "path": file.name, "state": "ready"}
+            | {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+        )
+    now = utcnow()
+    manager.store.add_job(
+        JobRecord(
+            id=job_id, owner=manager.default_owner, root=str(manager.root_dir), name=job_id, method="copy",
+            source="/archive/lc", destination="out", state="paused", cleanup_policy="delete_on_ack",
+            bytes_done=250, bytes_total=500, chunks_done=5, chunks_total=10, rows_done=0, resume=resume,
+            created_at=now, updated_at=now,
+        )
+    )  # fmt: skip
+    manager.store.write_chunks(job_id, chunks, {})
+
+
+def test_acks_of_a_running_job_read_its_resume_data_once_unless_it_is_to_swap_its_output_in(manager, root):
+    """A job not ended yet (here paused) may stage beside an earlier output, in a scratch folder its resume
+    data names: the first ack reads it, and when no swap is pending none after does. A job that is to swap
+    its output in still reads it at each ack, and its files are deleted in the scratch folder."""
+    paused_job(manager, root, "plain", "out", {"request": {"key": "k"}, "items": []})
+    paused_job(
+        manager, root, "replacing", "scratch-into", {"swap": {"into": "scratch-into", "replaces": None}}
+    )
+    reads = Reads(manager)
+    try:
+        for job_id, folder, expected in (
+            ("plain", "out", [1, 0, 0, 0]),
+            ("replacing", "scratch-into", [1] * 4),
+        ):
+            resume_reads = []
+            for i in range(4):
+                assert manager.ack(job_id, str(i)).state.value == "acked"
+                resume_reads.append(reads.take()[1])
+                assert not (root / folder / f"lc-{i}.fits").exists()
+            assert resume_reads == expected, job_id
+            assert (root / folder / "lc-4.fits").exists()
+    finally:
+        reads.close()
+    assert manager.get("plain").state.value == "paused"
