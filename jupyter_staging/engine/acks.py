@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, exists, select, update
 from sqlalchemy.engine import CursorResult
 
-from jupyter_staging.engine.models import ChunkState
-from jupyter_staging.engine.store import ChunkRecord, Store
+from jupyter_staging.engine.models import ChunkState, JobState
+from jupyter_staging.engine.store import ChunkRecord, JobRecord, Store
 
 _CHUNKS = cast(Table, ChunkRecord.__table__)
 _READY, _ACKED, _EXPIRED = ChunkState.ready.value, ChunkState.acked.value, ChunkState.expired.value
@@ -52,6 +52,34 @@ def take_ack(
             _give_back(store, chunk_id)  # the file is still there: a retried ack deletes it
             raise
     return True, _ACKED, removed
+
+
+def chunk_states_present(store: Store, job_id: str, states: Iterable[str]) -> set[str]:
+    """Those of ``states`` that at least one chunk of job ``job_id`` is in: one ``SELECT`` of an ``EXISTS``
+    per state, each a seek in the ``(job_id, state)`` index (migration 0011) whatever the number of chunks.
+    Every ack of a ``delete_on_ack`` job asks it
+    (:func:`~jupyter_staging.engine.retention.expire_if_consumed`): reading the job's chunk records instead
+    made acking the 20,000 chunks of a job O(chunks²)."""
+    wanted = list(dict.fromkeys(states))
+    if not wanted:
+        return set()
+    query = select(
+        *(exists().where(_CHUNKS.c.job_id == job_id, _CHUNKS.c.state == state) for state in wanted)
+    )
+    with store.read_session() as s:
+        row = s.execute(query).one()
+    return {state for state, present in zip(wanted, row, strict=True) if present}
+
+
+def output_in_place(rec: JobRecord) -> bool:
+    """True when job ``rec``'s output is in its destination folder for good, whatever its resume data
+    says: it succeeded, or failed ``partial`` (a manifest job whose manifest was written); a job replacing an
+    earlier output swapped its own in before either (the runner's end). Its destination is then known
+    without reading its resume data (megabytes for 20,000 files), which only says where a replacing job
+    stages until then (``swap``)."""
+    return rec.state == JobState.succeeded.value or (
+        rec.state == JobState.failed.value and rec.error_code == "partial"
+    )
 
 
 def _give_back(store: Store, chunk_id: str) -> None:

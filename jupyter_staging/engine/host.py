@@ -44,8 +44,9 @@ class JobHost(Protocol):
     #: This process as a job's ``runner`` (``host:pid:start``): a run's final writes are conditional on it.
     runner_id: str
 
-    def destination_of(self, rec: JobRecord) -> Destination:
-        """The destination (local folder or object-store prefix) of job ``rec``."""
+    def destination_of(self, rec: JobRecord, *, in_place: bool = False) -> Destination:
+        """The destination (local folder or object-store prefix) of job ``rec`` (its own folder, not a
+        scratch folder it stages into, when ``in_place``)."""
         ...
 
     def raw_sources(self, rec: JobRecord) -> tuple[str, dict[str, str] | None]:

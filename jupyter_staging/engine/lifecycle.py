@@ -19,6 +19,7 @@ from typing import Any
 
 from jupyter_staging.destinations.base import Destination
 from jupyter_staging.destinations.registry import open_destination
+from jupyter_staging.engine.acks import output_in_place
 from jupyter_staging.engine.describe import describe_job
 from jupyter_staging.engine.executors import DEFAULT_CONCURRENT_ITEMS, DEFAULT_STREAMS_PER_FILE, Executor
 from jupyter_staging.engine.expansion import DEFAULT_MAX_UNPACKED_BYTES
@@ -212,11 +213,15 @@ class JobLifecycle:
             return str(raw.get("source") or rec.source), raw.get("entries") or rec.entries
         return rec.source, rec.entries
 
-    def destination_of(self, rec: JobRecord) -> Destination:
+    def destination_of(self, rec: JobRecord, *, in_place: bool = False) -> Destination:
         """The :class:`~jupyter_staging.destinations.base.Destination` job ``rec`` writes into: its
         destination, or — for a job replacing an earlier output, until it swapped its own in — the scratch
-        folder beside it (so cleaning up a failed replacement never touches the output it did not replace)."""
-        swap = (rec.resume or {}).get("swap")
+        folder beside it (so cleaning up a failed replacement never touches the output it did not replace).
+        A record read without its resume data will do for a job whose output is in place: ``in_place`` (the
+        caller knows), or :func:`~jupyter_staging.engine.acks.output_in_place`; for another it raises
+        ``ResumeNotRead``."""
+        in_place = in_place or (not rec.has_resume() and output_in_place(rec))
+        swap = None if in_place else (rec.resume or {}).get("swap")
         folder = swap["into"] if swap and not swap.get("done") else rec.destination
         return open_destination(rec.id, folder, root_dir=self.root_dir, scratch_root=self.scratch_root)
 

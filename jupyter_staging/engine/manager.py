@@ -19,6 +19,7 @@ from typing import Any
 
 from jupyter_staging.destinations.base import Destination, remove_tree_if_empty, scratch_root_of
 from jupyter_staging.destinations.registry import is_object_destination
+from jupyter_staging.engine.ackfolders import AckFolders
 from jupyter_staging.engine.acks import take_ack
 from jupyter_staging.engine.admission import Admission, default_name
 from jupyter_staging.engine.chunkpages import read_chunk_page
@@ -193,6 +194,7 @@ class StagingManager(JobSteering):
             runner_kind=runner_kind,
         )
         self.default_owner = default_owner or current_user()
+        self._ack_folders = AckFolders()  # jobs whose output is in place: no resume data read per ack
         self.admission = Admission(
             self.store,
             self.secrets,
@@ -433,11 +435,11 @@ class StagingManager(JobSteering):
         :class:`PathNotAllowed` (code ``path_not_allowed``, nothing deleted) under ``delete_on_ack`` when
         the destination folder became a symlink.
         """
-        rec = self._record(job_id, owner)
+        rec = self._record(job_id, owner, resume=False)
         chunk = self._chunk(job_id, chunk_id)
         index = chunk.index
         on_ack = rec.cleanup_policy == "delete_on_ack"
-        destination = self.destination_of(rec) if on_ack else None
+        destination = self._ack_folders.destination(self, rec) if on_ack else None
         if destination is not None:
             destination.confined()  # a folder swapped for a symlink: path_not_allowed
         if chunk.state == ChunkState.pending.value:
@@ -458,7 +460,7 @@ class StagingManager(JobSteering):
                 if removed:
                     self.log_event(job_id, "info", f"chunk {index} deleted on ack: {chunk.path}")
                 if not (on_ack and expire_if_consumed(self, job_id)):  # expiring announces it
-                    self.announce(self._record(job_id, owner))
+                    self.announce(self._record(job_id, owner, resume=False))
         if chunk.state == ChunkState.expired.value:  # its file is gone: no read of it can be recorded
             raise chunk_expired(chunk.index, "its file was removed by clean-up")
         return describe_chunk(chunk)
@@ -484,7 +486,7 @@ class StagingManager(JobSteering):
         """The job's log lines, oldest first: ``{"time", "level", "message"}``.
 
         Raises :class:`JobNotFound`."""
-        self._record(job_id, owner)
+        self._record(job_id, owner, resume=False)
         return [
             {"time": e.time.isoformat().replace("+00:00", "Z"), "level": e.level, "message": e.message}
             for e in self.store.list_events(job_id, limit=limit)

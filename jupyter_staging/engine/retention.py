@@ -9,7 +9,7 @@ import threading
 import zlib
 from datetime import datetime
 
-from jupyter_staging.engine.acks import expire_chunks
+from jupyter_staging.engine.acks import chunk_states_present, expire_chunks
 from jupyter_staging.engine.cleanup import remove_job_output
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.models import ChunkState, JobState
@@ -85,18 +85,20 @@ def expire_if_consumed(host: JobHost, job_id: str) -> bool:
     neither root nor the user may not remove). Its acknowledged chunks stay ``acked``: their reads were
     recorded, and acking one again (a retried request) answers it as before rather than ``chunk_expired``.
     True when it was expired. Raises :class:`JobNotFound`."""
-    rec = _record(host, job_id, resume=True)
+    rec = _record(host, job_id, resume=False)
     finished = (JobState.succeeded.value, JobState.failed.value)
     if rec.cleanup_policy != "delete_on_ack" or rec.state not in finished:
         return False
-    chunks = host.store.list_chunks(rec.id)
-    unread = [ChunkState.ready.value, ChunkState.pending.value]
+    # Which states its chunks are in, not the chunks (nor the resume data, read once it is expired): every
+    # ack asks, and reading them made acking each of 20,000 chunks O(chunks) -- 0.6 s per ack.
+    present = chunk_states_present(host.store, rec.id, (s.value for s in ChunkState))
+    unread = {ChunkState.ready.value, ChunkState.pending.value}
     if rec.state == JobState.failed.value:
-        if not any(c.state == ChunkState.acked.value for c in chunks):
+        if ChunkState.acked.value not in present:
             return False  # nothing it published was read: it stays failed
         if rec.error_code != "source_expired":  # else its part file is kept for the URL signed again
-            unread.remove(ChunkState.pending.value)  # a failed entry's or item's: never published
-    if not chunks or any(c.state in unread for c in chunks):
+            unread.discard(ChunkState.pending.value)  # a failed entry's or item's: never published
+    if not present or present & unread:
         return False
     if not _expire(host, rec, keep_acked=True):
         return False

@@ -223,7 +223,7 @@ class JobSteering(JobRecovery):
         Raises :class:`InvalidState` (409) unless the job is paused (a queued or running job is returned
         as it is).
         """
-        rec = self._record(job_id, owner)
+        rec = self._record(job_id, owner, resume=False)
         state = JobState(rec.state)
         if state in (JobState.queued, JobState.running):
             return self.current(job_id, owner)  # it may be ending: read again, after its counters

@@ -30,6 +30,7 @@ from tornado.iostream import StreamClosedError
 from jupyter_staging.engine.database import DATABASE_DOWN, database_reason
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import ChunksQuery, CreateJob, ListJobsQuery, dump
+from jupyter_staging.engine.snapshot import unfinished_jobs
 from jupyter_staging.errors import StagingError, too_many_open_files_error
 from jupyter_staging.server.openapi import OpenAPIHandler
 from jupyter_staging.server.web import JSONHandlerMixin, StagingHTTPError, database_down
@@ -305,17 +306,16 @@ class EventsHandler(StagingAPIHandler):
         try:
             # Read before the stream opens: a database that cannot be reached is answered 503, not a stream
             # that ends at once (an error cannot be sent after the headers).
-            current = await self.call(manager.list_jobs, self.owner, ListJobsQuery(limit=1000))
+            current = await self.call(unfinished_jobs, manager, self.owner)
             self.set_header("Content-Type", "text/event-stream")
             self.set_header("Cache-Control", "no-cache")
             self.set_header("X-Accel-Buffering", "no")
             self.write(": stream open\n\n")  # send the headers now, so clients know the stream is live
             await self.flush()
-            for job in current.jobs:
-                if not job.state.is_final:
-                    snapshot = dump(job)
-                    order.admit(snapshot)
-                    await self._send({"type": "job", "job": snapshot})
+            for job in current:
+                snapshot = dump(job)
+                order.admit(snapshot)
+                await self._send({"type": "job", "job": snapshot})
             while True:
                 try:
                     event = await asyncio.wait_for(queue.get(), timeout=EVENTS_KEEPALIVE)
