@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-import pytest
 import sqlalchemy as sa
 
 from jupyter_staging.engine.acks import chunk_states_present
@@ -17,16 +16,6 @@ from tests.hub.test_migrations import downgrade_jobs
 
 INDEX = "ix_staging_chunks_job_state"
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def db_url(request, tmp_path) -> str:
-    name = f"states_{abs(hash(request.node.name)) % 10**8}"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'jobs.sqlite'}"
-    if request.param == "postgresql":
-        return request.getfixturevalue("postgres").create_database(name)
-    return request.getfixturevalue("mariadb").create_database(name)
 
 
 def job_record(job_id: str) -> JobRecord:

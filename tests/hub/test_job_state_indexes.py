@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
@@ -18,16 +17,6 @@ from tests.hub.test_migrations import downgrade_jobs
 INDEXES = {"ix_staging_jobs_owner_state"}
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=timezone.utc)
 FINAL = ["succeeded", "failed", "cancelled"]
-
-
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def db_url(request, tmp_path) -> str:
-    name = f"ixs_{abs(hash(request.node.name)) % 10**8}"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'jobs.sqlite'}"
-    if request.param == "postgresql":
-        return request.getfixturevalue("postgres").create_database(name)
-    return request.getfixturevalue("mariadb").create_database(name)
 
 
 def add(store: Store, job_id: str, state: str, minutes: int, expires: int | None = None) -> None:

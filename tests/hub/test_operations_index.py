@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
@@ -16,16 +15,6 @@ from jupyter_staging.hub.db import HUB_MIGRATIONS, Operation, OperationStore
 
 INDEX = "ix_operations_user_started"
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def db_url(request, tmp_path) -> str:
-    name = f"ops_{abs(hash(request.node.name)) % 10**8}"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ops.sqlite'}"
-    if request.param == "postgresql":
-        return request.getfixturevalue("postgres").create_database(name)
-    return request.getfixturevalue("mariadb").create_database(name)
 
 
 def downgrade_hub(engine: sa.Engine, revision: str) -> None:
