@@ -8,6 +8,9 @@ job runs read it at every ack. But a job's swap is decided when it is admitted, 
 a job whose resume data shows no swap pending has its output in its destination folder for good. Such jobs
 are remembered here (this process, the last :data:`REMEMBERED`), so only a job that is still to swap its
 output in reads its resume data at each ack.
+
+Such an ack may find the scratch folder just before the job swaps it in: :meth:`AckFolders.remove_chunk`
+then deletes the file where the swap put it, the job's own folder.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from jupyter_staging.engine.acks import output_in_place
+from jupyter_staging.engine.swap import swap_started
 from jupyter_staging.errors import JobNotFound
 
 if TYPE_CHECKING:
-    from jupyter_staging.destinations.base import Destination
+    from jupyter_staging.destinations.base import Destination, PublishedFile
     from jupyter_staging.engine.lifecycle import JobLifecycle
     from jupyter_staging.engine.store import JobRecord
 
@@ -56,6 +60,32 @@ class AckFolders:
         if not swap_pending(full.resume):
             self._remember(rec.id)
         return host.destination_of(full)
+
+    def remove_chunk(
+        self,
+        host: JobLifecycle,
+        rec: JobRecord,
+        destination: Destination,
+        chunk_path: str,
+        published: PublishedFile | None,
+    ) -> bool:
+        """Delete the file of job ``rec``'s chunk ``chunk_path`` in ``destination`` (what :meth:`destination`
+        gave), as :meth:`Destination.remove_chunk` does; True when a file was deleted. When ``destination``
+        is the scratch folder of a job still to swap its output in and the file is not there, the job's
+        swap started since (its resume data, read again, says so) and moved the file into the job's own
+        folder: it is deleted there. Before, the ack answered ``acked`` and the file stayed in the folder
+        for good, even once the job was ``expired``. Raises what ``remove_chunk`` raises
+        (:class:`~jupyter_staging.errors.PathNotAllowed` when a folder on the way is a symlink)."""
+        removed = destination.remove_chunk(chunk_path, published)
+        if removed or destination.remote:
+            return removed
+        own = host.destination_of(rec, in_place=True)
+        if own.workdir == destination.workdir:  # the job's own folder: the file is gone, or the user's
+            return False
+        full = host.store.get_job(rec.id, resume=True)
+        if full is None or not swap_started(full.resume):  # nothing moved: the file is no longer there
+            return False
+        return own.remove_chunk(chunk_path, published)
 
     def _known(self, job_id: str) -> bool:
         with self._lock:

@@ -449,7 +449,8 @@ class StagingManager(JobSteering):
             # expired it first (a re-run's swap, the TTL, a cancel) wins, and this deletes nothing.
             remove, inside = None, True
             if destination is not None:
-                remove = partial(destination.remove_chunk, chunk.path, published_file(rec, chunk))
+                found = published_file(rec, chunk)  # the swap may move it meanwhile: AckFolders finds it
+                remove = partial(self._ack_folders.remove_chunk, self, rec, destination, chunk.path, found)
                 inside = not destination.remote  # an object of this job's own prefix: no other job's
             won, state, removed = take_ack(self.store, chunk.id, remove, remove_inside=inside)
             if state is None:

@@ -1,0 +1,78 @@
+"""An ack of a replacing job's own chunk while that job swaps its output in (a consumer acking each file as
+the job ends): the ack finds the job's scratch folder in its resume data, the swap moves the folder's files
+into the job's destination, and the ack then deletes at the scratch path.
+
+The race is made deterministic as in ``test_ack_races``: the real swap runs inside the ack, right after the
+ack has found where the job's files are; managers, files and the SQLite job database are real.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jupyter_staging.engine import runner
+from jupyter_staging.engine.manager import StagingManager
+from jupyter_staging.engine.models import ChunkState, CreateJob, JobState
+from tests.helpers.data import KEPLER, SPITZER, TESS
+
+
+def test_an_ack_during_the_jobs_own_swap_deletes_the_file_where_the_swap_put_it(
+    manager: StagingManager, archive: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Job A (``delete_on_ack``) of two entries; its request runs again after one source changed: job B
+    stages beside A's output and swaps its folder in. An ack of B's chunk that found B's scratch folder just
+    before the swap answered ``acked`` and deleted nothing (the file had moved): the file stayed in ``d``,
+    and once every chunk was acked B was ``expired`` with that file of its output still in the folder. The
+    ack deletes the file where the swap put it now, and the folder goes with the job."""
+    src = archive / "lc.fits"
+    shutil.copyfile(KEPLER, src)
+    body = {
+        "manifest": {"k": str(src), "s": str(archive / SPITZER.name)},
+        "destination": "d",
+        "cleanup_policy": "delete_on_ack",
+    }
+    first, _ = manager.create(CreateJob(**body))
+    assert manager.wait(first.id, timeout=60).state == JobState.succeeded
+    shutil.copyfile(TESS, src)
+    os.utime(src)
+    swap_in, answers = runner.swap_in, []
+    folders = manager._ack_folders
+    find = folders.destination
+
+    def swap_within_an_ack(*args: Any, **kwargs: Any) -> Any:
+        (job,) = [j for j in manager.store.list_jobs(states=["running"], resume=False)]
+        (chunk,) = [c for c in manager.store.list_chunks(job.id) if c.path.endswith("lc.fits")]
+        done: list[Any] = []
+
+        def found_then_swapped(host: Any, rec: Any) -> Any:
+            where = find(host, rec)
+            if not done and rec.id == job.id:
+                done.append(swap_in(*args, **kwargs))  # the swap, right after the ack found the folder
+            return where
+
+        monkeypatch.setattr(folders, "destination", found_then_swapped)
+        try:
+            answers.append((job.id, chunk.index, manager.ack(job.id, str(chunk.index))))
+        finally:
+            monkeypatch.setattr(folders, "destination", find)
+        (result,) = done
+        return result
+
+    monkeypatch.setattr(runner, "swap_in", swap_within_an_ack)
+    second, created = manager.create(CreateJob(**body))
+    assert created and manager.wait(second.id, timeout=60).state == JobState.succeeded
+    ((job_id, index, answer),) = answers
+    assert job_id == second.id
+    assert answer.state == ChunkState.acked
+    out = manager.root_dir / "d"
+    assert not (out / "k" / "lc.fits").exists(), "the acked file stayed in the job's folder"
+    for chunk in manager.chunks(second.id):
+        if chunk.index != index:
+            manager.ack(second.id, str(chunk.index))
+    assert manager.get(second.id).state == JobState.expired
+    assert not out.exists(), sorted(str(p.relative_to(out)) for p in out.rglob("*"))
