@@ -82,6 +82,16 @@ def output_in_place(rec: JobRecord) -> bool:
     )
 
 
+def unconsumed_paths(store: Store, rec: JobRecord) -> list[str]:
+    """The paths of job ``rec``'s chunks whose files it still has to put in place: all of them, but those
+    acknowledged under ``delete_on_ack`` (their files were deleted at the ack). A replacing job's swap into a
+    mount point moves these in (:func:`~jupyter_staging.engine.swap.swap_in`'s ``staged_now``) and removes
+    the old output's file at any other name: a file acked before the swap was not moved, and the old job's
+    file of that name stayed under the new manifest."""
+    consumed = _ACKED if rec.cleanup_policy == "delete_on_ack" else None
+    return [c.path for c in store.list_chunks(rec.id) if c.state != consumed]
+
+
 def _give_back(store: Store, chunk_id: str) -> None:
     """Chunk ``chunk_id`` ``ready`` again while it is still ``acked`` (a compare-and-set): the deletion of
     its file that :func:`take_ack` ran after setting it ``acked`` failed."""

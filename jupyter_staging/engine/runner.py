@@ -23,7 +23,7 @@ from typing import Any
 
 from jupyter_staging.destinations.manifest import read_manifest
 from jupyter_staging.destinations.objectstore import ObjectStoreDestination
-from jupyter_staging.engine.acks import expire_chunks, restore_chunks
+from jupyter_staging.engine.acks import expire_chunks, restore_chunks, unconsumed_paths
 from jupyter_staging.engine.cleanup import MADE_DESTINATION, remove_job_output
 from jupyter_staging.engine.collector import collector_paused
 from jupyter_staging.engine.deadparts import FOREIGN_PARTS_LISTED
@@ -433,7 +433,7 @@ class JobRunner(ManifestStager):
                     rec.destination,
                     swap["into"],
                     staged_before=staged_before,
-                    staged_now={self.dest.relative(c.path) for c in self.store.list_chunks(self.job_id)},
+                    staged_now={self.dest.relative(p) for p in unconsumed_paths(self.store, rec)},
                     aside_name=aside_name,
                     suffix=suffix,
                 )

@@ -8,6 +8,7 @@ ack has found where the job's files are; managers, files and the SQLite job data
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from jupyter_staging.engine import runner
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import ChunkState, CreateJob, JobState
 from tests.helpers.data import KEPLER, SPITZER, TESS
+from tests.helpers.space import small_file_system
 
 
 def test_an_ack_during_the_jobs_own_swap_deletes_the_file_where_the_swap_put_it(
@@ -76,3 +78,40 @@ def test_an_ack_during_the_jobs_own_swap_deletes_the_file_where_the_swap_put_it(
             manager.ack(second.id, str(chunk.index))
     assert manager.get(second.id).state == JobState.expired
     assert not out.exists(), sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+
+
+@pytest.mark.parametrize("mount_point", [True, False], ids=["merged", "renamed"])
+def test_an_ack_before_the_swap_leaves_no_old_file_at_its_name(
+    manager: StagingManager, archive: Path, monkeypatch: pytest.MonkeyPatch, mount_point: bool
+) -> None:
+    """The destination is a mount point: a replacing job stages inside it and moves its files in one by one,
+    each over the old output's file of that name. A file of the new job acked (and deleted) before the merge
+    was not moved, so the old job's file of that name stayed under the new manifest (a folder renamed into
+    place, the other case, never kept it)."""
+    src = archive / "lc.fits"
+    shutil.copyfile(KEPLER, src)
+    mount = manager.root_dir / "mp"
+    body = {
+        "manifest": {"k": str(src), "s": str(archive / SPITZER.name)},
+        "destination": "mp",
+        "cleanup_policy": "delete_on_ack",
+    }
+    with small_file_system(mount) if mount_point else contextlib.nullcontext(mount):
+        first, _ = manager.create(CreateJob(**body))
+        assert manager.wait(first.id, timeout=60).state == JobState.succeeded
+        shutil.copyfile(TESS, src)
+        os.utime(src)
+        swap_in, answers = runner.JobRunner._swap_in, []
+
+        def ack_then_swap(self: Any, rec: Any) -> Any:  # the consumer acks as the job ends
+            (chunk,) = [c for c in manager.store.list_chunks(rec.id) if c.path.endswith("lc.fits")]
+            answers.append(manager.ack(rec.id, str(chunk.index)))
+            return swap_in(self, rec)
+
+        monkeypatch.setattr(runner.JobRunner, "_swap_in", ack_then_swap)
+        second, created = manager.create(CreateJob(**body))
+        assert created and manager.wait(second.id, timeout=60).state == JobState.succeeded
+        (answer,) = answers
+        assert answer.state == ChunkState.acked
+        left = sorted(p.relative_to(mount).as_posix() for p in mount.rglob("*") if p.is_file())
+        assert left == ["manifest.json", f"s/{SPITZER.name}"], left
