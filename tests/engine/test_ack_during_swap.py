@@ -23,14 +23,16 @@ from tests.helpers.data import KEPLER, SPITZER, TESS
 from tests.helpers.space import small_file_system
 
 
+@pytest.mark.parametrize("mount_point", [False, True], ids=["renamed", "merged"])
 def test_an_ack_during_the_jobs_own_swap_deletes_the_file_where_the_swap_put_it(
-    manager: StagingManager, archive: Path, monkeypatch: pytest.MonkeyPatch
+    manager: StagingManager, archive: Path, monkeypatch: pytest.MonkeyPatch, mount_point: bool
 ) -> None:
     """Job A (``delete_on_ack``) of two entries; its request runs again after one source changed: job B
     stages beside A's output and swaps its folder in. An ack of B's chunk that found B's scratch folder just
     before the swap answered ``acked`` and deleted nothing (the file had moved): the file stayed in ``d``,
     and once every chunk was acked B was ``expired`` with that file of its output still in the folder. The
-    ack deletes the file where the swap put it now, and the folder goes with the job."""
+    ack deletes the file where the swap put it now, and the folder goes with the job (a mount point, whose
+    files the swap moves in one by one, stays, empty)."""
     src = archive / "lc.fits"
     shutil.copyfile(KEPLER, src)
     body = {
@@ -38,6 +40,17 @@ def test_an_ack_during_the_jobs_own_swap_deletes_the_file_where_the_swap_put_it(
         "destination": "d",
         "cleanup_policy": "delete_on_ack",
     }
+    out = manager.root_dir / "d"
+    with small_file_system(out) if mount_point else contextlib.nullcontext(out):
+        ack_during_the_swap(manager, monkeypatch, src, body)
+        assert not out.exists() or not any(out.iterdir()), sorted(str(p) for p in out.rglob("*"))
+
+
+def ack_during_the_swap(
+    manager: StagingManager, monkeypatch: pytest.MonkeyPatch, src: Path, body: dict
+) -> None:
+    """Job A of ``body``, then B of it after ``src`` changed, B's chunk of ``src`` acked during B's swap
+    (found in B's scratch folder, deleted after the swap); then B's other chunks, which expire B."""
     first, _ = manager.create(CreateJob(**body))
     assert manager.wait(first.id, timeout=60).state == JobState.succeeded
     shutil.copyfile(TESS, src)
@@ -77,7 +90,6 @@ def test_an_ack_during_the_jobs_own_swap_deletes_the_file_where_the_swap_put_it(
         if chunk.index != index:
             manager.ack(second.id, str(chunk.index))
     assert manager.get(second.id).state == JobState.expired
-    assert not out.exists(), sorted(str(p.relative_to(out)) for p in out.rglob("*"))
 
 
 @pytest.mark.parametrize("mount_point", [True, False], ids=["merged", "renamed"])
