@@ -380,7 +380,9 @@ def _move_in(
 ) -> None:
     """Rename ``name`` of ``dir_fd`` (the scratch folder's ``folder``) to ``folder/name`` below
     ``final_fd``, replacing a file of the old output (in ``staged``) as it was staged; an entry of the
-    user's there, a folder, or a staged file changed since, is first set aside in that folder."""
+    user's there, a folder, or a staged file changed since, is first set aside in that folder. A file gone
+    from the scratch folder since it was listed (acked, so deleted, under ``delete_on_ack``) is not moved:
+    the old output's file at its name is removed, as for a file the new output lacks."""
     rel = (folder / name).as_posix()
     with closing_fd(open_below(final_fd, folder.as_posix(), create=True)) as target_fd:
         there = lstat_at(target_fd, name)
@@ -389,7 +391,15 @@ def _move_in(
         ):
             if not _set_aside(target_fd, folder, name, suffix, done):  # never replaced: the job stops here
                 raise DestinationExists(f"{rel} is not the old output as staged, and could not be set aside")
-        os.rename(name, name, src_dir_fd=dir_fd, dst_dir_fd=target_fd)
+            there = None
+        try:
+            os.rename(name, name, src_dir_fd=dir_fd, dst_dir_fd=target_fd)
+        except FileNotFoundError:
+            if lstat_at(dir_fd, name) is not None:
+                raise
+            if there is not None:  # the old output's file, as staged (else set aside above)
+                with contextlib.suppress(FileNotFoundError):
+                    unlink_at(target_fd, name)
 
 
 def _same_access(old: os.stat_result, new_fd: int) -> None:

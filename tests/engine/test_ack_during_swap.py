@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from jupyter_staging.engine import runner
+from jupyter_staging.engine import runner, swap
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import ChunkState, CreateJob, JobState
 from tests.helpers.data import KEPLER, SPITZER, TESS
@@ -127,3 +127,40 @@ def test_an_ack_before_the_swap_leaves_no_old_file_at_its_name(
         assert answer.state == ChunkState.acked
         left = sorted(p.relative_to(mount).as_posix() for p in mount.rglob("*") if p.is_file())
         assert left == ["manifest.json", f"s/{SPITZER.name}"], left
+
+
+def test_an_ack_during_a_merge_into_a_mount_point_does_not_fail_the_swap(
+    manager: StagingManager, archive: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The merge into a mount point lists the scratch folder's files, then moves them in one by one; a
+    consumer acking a file of the new job meanwhile deletes it in the scratch folder (the swap is not done).
+    Its move failed ``FileNotFoundError``: the swap stopped half-way, and the job failed with the old
+    manifest gone and half of each output in the folder."""
+    folder = archive / "many"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"lc-{i}.fits").write_bytes(bytes([i]) * 1000)
+    mount = manager.root_dir / "mp"
+    body = {"source": str(folder), "destination": "mp", "cleanup_policy": "delete_on_ack"}
+    with small_file_system(mount):
+        first, _ = manager.create(CreateJob(**body))
+        assert manager.wait(first.id, timeout=60).state == JobState.succeeded
+        (folder / "lc-0.fits").write_bytes(b"changed" * 100)
+        move_in, acked = swap._move_in, []
+
+        def ack_another_then_move(folder_rel: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+            if not acked:
+                (job,) = manager.store.list_jobs(states=["running"], resume=False)
+                other = [c for c in manager.store.list_chunks(job.id) if not c.path.endswith(name)][-1]
+                acked.append((job.id, other.path, manager.ack(job.id, str(other.index))))
+            return move_in(folder_rel, name, *args, **kwargs)
+
+        monkeypatch.setattr(swap, "_move_in", ack_another_then_move)
+        second, created = manager.create(CreateJob(**body))
+        done = manager.wait(second.id, timeout=60)
+        assert created and done.state == JobState.succeeded, done.error
+        ((_, path, answer),) = acked
+        assert answer.state == ChunkState.acked
+        gone = Path(path).name
+        left = sorted(p.name for p in mount.iterdir())
+        assert left == sorted({"manifest.json"} | {f"lc-{i}.fits" for i in range(4)} - {gone}), left
