@@ -9,9 +9,11 @@ Hub's part (a token made for the user) is the server's own token here, the one t
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from jupyter_staging.engine.store import ChunkRecord
@@ -37,7 +39,10 @@ class DirectAPI(HubAPI):
         return await super().server_api(username, server_path, method, path, body)
 
 
-def test_the_chunks_of_a_job_are_read_a_page_at_a_time(tmp_path: Path) -> None:
+@pytest.fixture
+def copied(tmp_path: Path) -> Iterator[tuple[JupyterServerProcess, dict[str, Any]]]:
+    """A real server (job database ``tmp_path/state/jobs.sqlite``) and its succeeded ``copy`` job of a folder
+    of 12 files (12 chunks, indexes 0-11); the server is stopped after the test."""
     server = JupyterServerProcess(tmp_path / "root", tmp_path / "state")
     source = tmp_path / "root" / "incoming"
     source.mkdir(parents=True)
@@ -47,57 +52,52 @@ def test_the_chunks_of_a_job_are_read_a_page_at_a_time(tmp_path: Path) -> None:
     try:
         job = server.create_job({"source": str(source), "destination": "copied", "method": "copy"})
         server.wait_for(job["id"], lambda j: j["state"] == "succeeded", timeout=60)
-        whole = server.request("GET", f"jobs/{job['id']}/chunks").json()["chunks"]
-        assert len(whole) == 12
-
-        api = DirectAPI(server)
-        paged = asyncio.run(api.job_chunks("alice", "/", job["id"], page=5))
-        assert paged == whole
-        assert [path.rsplit("?", 1)[1] for path in api.asked] == [
-            "offset=0&limit=5",
-            "offset=5&limit=5",
-            "offset=10&limit=5",
-        ]
-        api.asked.clear()
-        assert asyncio.run(api.job_chunks("alice", "/", job["id"])) == whole
-        assert api.asked == [f"api/v1/staging/jobs/{job['id']}/chunks?offset=0&limit={CHUNK_PAGE}"]
-        # A page size dividing the count: the last full page ends the read (total), no empty page after it.
-        api.asked.clear()
-        assert asyncio.run(api.job_chunks("alice", "/", job["id"], page=4)) == whole
-        assert len(api.asked) == 3
-        assert asyncio.run(api.job_chunks("alice", "/", "no-such-job")) == []
+        yield server, job
     finally:
         server.stop()
 
 
-def test_chunks_whose_indexes_have_gaps_are_all_read(tmp_path: Path) -> None:
+def test_the_chunks_of_a_job_are_read_a_page_at_a_time(copied) -> None:
+    server, job = copied
+    whole = server.request("GET", f"jobs/{job['id']}/chunks").json()["chunks"]
+    assert len(whole) == 12
+
+    api = DirectAPI(server)
+    paged = asyncio.run(api.job_chunks("alice", "/", job["id"], page=5))
+    assert paged == whole
+    assert [path.rsplit("?", 1)[1] for path in api.asked] == [
+        "offset=0&limit=5",
+        "offset=5&limit=5",
+        "offset=10&limit=5",
+    ]
+    api.asked.clear()
+    assert asyncio.run(api.job_chunks("alice", "/", job["id"])) == whole
+    assert api.asked == [f"api/v1/staging/jobs/{job['id']}/chunks?offset=0&limit={CHUNK_PAGE}"]
+    # A page size dividing the count: the last full page ends the read (total), no empty page after it.
+    api.asked.clear()
+    assert asyncio.run(api.job_chunks("alice", "/", job["id"], page=4)) == whole
+    assert len(api.asked) == 3
+    assert asyncio.run(api.job_chunks("alice", "/", "no-such-job")) == []
+
+
+def test_chunks_whose_indexes_have_gaps_are_all_read(copied, tmp_path: Path) -> None:
     """``offset`` is an index and ``total`` a count: with gaps in the indexes (12 chunks at 0-4 and 20-26)
     the read stopped once the next index passed the count (at 21 >= 12, after 0-4, 20) and lost 21-26."""
-    server = JupyterServerProcess(tmp_path / "root", tmp_path / "state")
-    source = tmp_path / "root" / "incoming"
-    source.mkdir(parents=True)
-    for i in range(12):
-        (source / f"frame-{i:02d}.dat").write_bytes(bytes([i]) * (100 + i))
-    server.start()
-    try:
-        job = server.create_job({"source": str(source), "destination": "copied", "method": "copy"})
-        server.wait_for(job["id"], lambda j: j["state"] == "succeeded", timeout=60)
-        engine = sa.create_engine(f"sqlite:///{tmp_path / 'state' / 'jobs.sqlite'}")
-        with engine.begin() as c:  # chunks 5-11 become 20-26 (ids stay: they are not indexes)
-            c.execute(
-                sa.update(ChunkRecord)
-                .where(ChunkRecord.job_id == job["id"], ChunkRecord.index >= 5)
-                .values(index=ChunkRecord.index + 15)
-            )
-        engine.dispose()
-        whole = server.request("GET", f"jobs/{job['id']}/chunks").json()["chunks"]
-        assert [c["index"] for c in whole] == [*range(5), *range(20, 27)]
+    server, job = copied
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state' / 'jobs.sqlite'}")
+    with engine.begin() as c:  # chunks 5-11 become 20-26 (ids stay: they are not indexes)
+        c.execute(
+            sa.update(ChunkRecord)
+            .where(ChunkRecord.job_id == job["id"], ChunkRecord.index >= 5)
+            .values(index=ChunkRecord.index + 15)
+        )
+    engine.dispose()
+    whole = server.request("GET", f"jobs/{job['id']}/chunks").json()["chunks"]
+    assert [c["index"] for c in whole] == [*range(5), *range(20, 27)]
 
-        api = DirectAPI(server)
-        assert asyncio.run(api.job_chunks("alice", "/", job["id"], page=6)) == whole
-        assert asyncio.run(api.job_chunks("alice", "/", job["id"], page=5)) == whole
-    finally:
-        server.stop()
+    api = DirectAPI(server)
+    assert asyncio.run(api.job_chunks("alice", "/", job["id"], page=6)) == whole
+    assert asyncio.run(api.job_chunks("alice", "/", job["id"], page=5)) == whole
 
 
 class FailingAPI(DirectAPI):
@@ -116,20 +116,10 @@ class FailingAPI(DirectAPI):
         return await super().server_api(username, server_path, method, path, body)
 
 
-def test_a_page_answered_with_an_error_keeps_the_pages_read_before(tmp_path: Path) -> None:
+def test_a_page_answered_with_an_error_keeps_the_pages_read_before(copied) -> None:
     """A later page answered with an error (no ``total``) was taken for an earlier release's whole list:
     the chunks of the pages read before were dropped and ``[]`` returned (a job with none)."""
-    server = JupyterServerProcess(tmp_path / "root", tmp_path / "state")
-    source = tmp_path / "root" / "incoming"
-    source.mkdir(parents=True)
-    for i in range(12):
-        (source / f"frame-{i:02d}.dat").write_bytes(bytes([i]) * (100 + i))
-    server.start()
-    try:
-        job = server.create_job({"source": str(source), "destination": "copied", "method": "copy"})
-        server.wait_for(job["id"], lambda j: j["state"] == "succeeded", timeout=60)
-        whole = server.request("GET", f"jobs/{job['id']}/chunks").json()["chunks"]
-        assert asyncio.run(FailingAPI(server, 3).job_chunks("alice", "/", job["id"], page=5)) == whole[:10]
-        assert asyncio.run(FailingAPI(server, 1).job_chunks("alice", "/", job["id"], page=5)) == []
-    finally:
-        server.stop()
+    server, job = copied
+    whole = server.request("GET", f"jobs/{job['id']}/chunks").json()["chunks"]
+    assert asyncio.run(FailingAPI(server, 3).job_chunks("alice", "/", job["id"], page=5)) == whole[:10]
+    assert asyncio.run(FailingAPI(server, 1).job_chunks("alice", "/", job["id"], page=5)) == []
