@@ -4,7 +4,9 @@ On a Dask executor the runner stays in the server and keeps every decision and a
 already done, reused or linked is settled here as on threads (no task), and only reading the source's bytes
 becomes tasks (:mod:`jupyter_staging.engine.tasks`): one per file of a folder / prefix / manifest, or, for a
 local file larger than ``range_bytes``, one per byte range plus one that hashes, verifies and publishes the
-assembled file. Results come back in the order tasks finish and are recorded as chunks as on threads.
+assembled file. The small files of a big folder go as tasks of several files each
+(:mod:`jupyter_staging.engine.itemtasks`: a task's own cost is most of a small file's). Results come back
+in the order tasks finish and are recorded as chunks as on threads.
 
 Before the first task, a worker writes a probe file into the destination folder and the server reads it
 back: a destination the workers do not share fails the job with ``destination_not_shared`` before a byte
@@ -25,13 +27,20 @@ from typing import Any
 from jupyter_staging.engine.entries import ManifestStager
 from jupyter_staging.engine.executors import DaskExecutor
 from jupyter_staging.engine.folders import PARTS_TAGGED, PUBLISHED_TAGS, UNTAGGED_PARTS_HOSTS, parts_tagged
+from jupyter_staging.engine.itemtasks import (
+    GROUPED_BYTES,
+    GroupEntry,
+    Grouping,
+    fetch_item,
+    fetch_items,
+    files_per_group,
+)
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.probe import probe_folder, read_probe
 from jupyter_staging.engine.ranges import byte_ranges
 from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.tasks import (
     TaskContext,
-    fetch_item,
     fetch_item_to_store,
     fetch_range,
     finish_ranges,
@@ -82,6 +91,8 @@ class SpreadStager(ManifestStager):
             waiting: dict[int, tuple[SourceItem, JobChunk, Path]] = {}
             ranges: dict[int, int] = {}
             tokens: dict[int, str | None] = {}  # the token of each file's part (mark_ranges_part)
+            grouping: Grouping[int] = Grouping(files_per_group(len(work)))
+            groups: dict[int, list[int]] = {}  # group task -> the indexes of its files, in order
             for index, (item, chunk) in enumerate(work):
                 self.control.check()
                 if chunk.state != ChunkState.pending.value:
@@ -97,8 +108,26 @@ class SpreadStager(ManifestStager):
                 if source.revalidate(item):  # changed since the listing: the workers stage it as it is now
                     self._relist(item, item.validator)
                 waiting[index] = (item, chunk, final)
+                if self._grouped(executor, item, grouping):
+                    full = grouping.add(index, item.size or 0)
+                    if full is not None:
+                        self._submit_group(tasks, source, full, waiting, groups, grouping.count)
+                    continue
                 ranges[index] = self._submit(tasks, executor, source, item, final, index, tokens)
+            rest = grouping.drain()
+            if rest is not None:
+                self._submit_group(tasks, source, rest, waiting, groups, grouping.count)
+            if groups:
+                self._log(
+                    "info",
+                    f"{sum(len(g) for g in groups.values())} small files as {len(groups)} Dask tasks "
+                    f"of up to {grouping.per_group} files",
+                )
             for (kind, index), result in tasks.results():
+                if kind == "items":
+                    for at, one in zip(groups.pop(index), result, strict=True):
+                        self._item_done(*waiting[at], one)
+                    continue
                 item, chunk, final = waiting[index]
                 if kind == "stored":
                     size, sha, path = result
@@ -120,6 +149,44 @@ class SpreadStager(ManifestStager):
                         )
                     continue
                 self._item_done(item, chunk, final, result)
+
+    def _grouped(self, executor: DaskExecutor, item: SourceItem, grouping: Grouping[int]) -> bool:
+        """True when ``item`` is staged in a group task (:mod:`~jupyter_staging.engine.itemtasks`): a
+        file of known size of at most :data:`GROUPED_BYTES` (and not split into ranges) into a shared
+        folder, in a batch of files large enough to group."""
+        return (
+            grouping.per_group > 1
+            and not self.dest.remote
+            and item.size is not None
+            and item.size <= min(GROUPED_BYTES, executor.range_bytes)
+        )
+
+    def _submit_group(
+        self,
+        tasks: TaskBatch,
+        source: Source,
+        indexes: list[int],
+        waiting: dict[int, tuple[SourceItem, JobChunk, Path]],
+        groups: dict[int, list[int]],
+        number: int,
+    ) -> None:
+        """Submit one :func:`~jupyter_staging.engine.itemtasks.fetch_items` task for the files at
+        ``indexes`` of ``waiting``; its result comes back tagged ``("items", number)``."""
+        entries: list[GroupEntry] = []
+        for index in indexes:
+            item, _, final = waiting[index]
+            checksums = self._expected_checksums(item)
+            entries.append((item, self._rel(final), checksums, second_algorithm(checksums)))
+        groups[number] = indexes
+        tasks.submit(
+            fetch_items,
+            tasks.ctx,
+            source.uri,
+            self.host.source_roots,
+            entries,
+            streams=self.host.streams_per_file,
+            tag=("items", number),
+        )
 
     def _submit(
         self,

@@ -113,10 +113,11 @@ class TaskControl(JobControl):
     """The job's control as a task sees it: :meth:`check` reads the job's control variable (at most
     every :data:`POLL_SECONDS`), bytes and rows are sent back as structured events."""
 
-    def __init__(self, ctx: TaskContext, *, count_bytes: bool = True) -> None:
+    def __init__(self, ctx: TaskContext, *, count_bytes: bool = True, log_lines: int = LOG_LINES) -> None:
         super().__init__(log=self._send_log)
         self.ctx = ctx
         self._logged = 0
+        self._log_lines = log_lines
         self.count_bytes = count_bytes
         self._checked = 0.0
         self._sent = time.monotonic()
@@ -184,10 +185,10 @@ class TaskControl(JobControl):
 
     def _send_log(self, level: str, message: str) -> None:
         """Send a line for the job's log (``level``: info, warning, error) to the server at once, as an
-        event ``{"log": [level, message]}``; at most :data:`LOG_LINES` per task (later ones are dropped)."""
+        event ``{"log": [level, message]}``; at most ``log_lines`` per task (later ones are dropped)."""
         with self._lock:
             self._logged += 1
-            if self._logged > LOG_LINES:
+            if self._logged > self._log_lines:
                 return
         self._emit({"log": [level, message]})
 
@@ -207,50 +208,7 @@ class TaskControl(JobControl):
         self._report(force=True)
 
 
-def fetch_item(
-    ctx: TaskContext,
-    uri: str,
-    source_roots: list[str] | None,
-    item: SourceItem,
-    final_rel: str,
-    checksums: dict[str, str],
-    *,
-    second: str | None,
-    streams: int = 1,
-) -> tuple[int, str]:
-    """Fetch ``item`` of source ``uri`` into ``final_rel`` (below the root): a fresh ``.part`` (a dead
-    attempt's is replaced; a file of someone else's at its name set aside and logged), on ``streams``
-    parallel streams when it is large enough (:func:`fetch_verified`), verified against ``item.size`` and
-    ``checksums`` (``{algorithm: hex}``, plus those the source states when the bytes come), published.
-    Returns ``(size_bytes, sha256_hex)``.
-
-    Raises what the source and :meth:`PartFile.commit` raise (``transfer_failed``, ``checksum_mismatch``,
-    ``size_mismatch``, ``destination_exists``, ...), and :class:`JobInterrupted` on pause or cancel (the
-    ``.part`` stays; the next attempt replaces it)."""
-    control = TaskControl(ctx)
-    control.check()
-    published = _published(ctx, final_rel, item.size)
-    if published is not None:
-        return published
-    source, final = open_source(uri, source_roots=source_roots), ctx.path(final_rel)
-    try:
-        return fetch_verified(
-            source,
-            item,
-            control,
-            final,
-            Path(ctx.root),
-            checksums,
-            second=second,
-            streams=streams,
-            owner=ctx.job_id,
-            claim_untagged=not ctx.parts_tagged,
-        )
-    finally:
-        control.flush()
-
-
-def _published(ctx: TaskContext, final_rel: str, size: int | None) -> tuple[int, str] | None:
+def published_earlier(ctx: TaskContext, final_rel: str, size: int | None) -> tuple[int, str] | None:
     """``(size, sha256)`` of ``final_rel`` when an earlier attempt of this task published it (a regular
     file of the expected size, no ``.part`` beside it, tagged as the job's for the bytes it holds:
     :func:`~jupyter_staging.safety.ownership.taken_back`), else None. A task runs again after
@@ -332,7 +290,7 @@ def finish_ranges(
     in :func:`fetch_verified`, else :class:`VerificationFailed` (the ``.part`` is removed). ``token``: the
     part's mark (as :func:`fetch_range`): a file put at the part's name since is neither published nor
     removed (:class:`PathNotAllowed`)."""
-    published = _published(ctx, final_rel, size)
+    published = published_earlier(ctx, final_rel, size)
     if published is not None:
         return published
     final = ctx.path(final_rel)
@@ -417,7 +375,7 @@ def convert_range(
         name = part_name(index)
         st = files.lstat(out_dir / name)
         if name not in keep and st is not None and stat.S_ISREG(st.st_mode):
-            if _published(ctx, f"{out_rel}/{name}", None) is not None:
+            if published_earlier(ctx, f"{out_rel}/{name}", None) is not None:
                 files.unlink(out_dir / name)
     try:
         return convert_to_parquet(

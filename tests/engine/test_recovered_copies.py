@@ -179,9 +179,9 @@ def test_unchanged_files_linked_from_the_replaced_output_are_taken_back_after_a_
 
 def test_a_dask_task_run_again_takes_back_only_the_file_it_published(tmp_path):
     """A task runs again after publishing when its worker died before the server read the result; it takes
-    the file back when it carries the job's tag for its bytes (``tasks._published``), never a file someone
-    put there meanwhile (it used to take any file of the expected size)."""
-    from jupyter_staging.engine.tasks import TaskContext, _published, finish_ranges
+    the file back when it carries the job's tag for its bytes (``tasks.published_earlier``), never a file
+    someone put there meanwhile (it used to take any file of the expected size)."""
+    from jupyter_staging.engine.tasks import TaskContext, finish_ranges, published_earlier
 
     data = os.urandom(3 * 1024**2 + 5)
     (tmp_path / "out").mkdir()
@@ -190,14 +190,15 @@ def test_a_dask_task_run_again_takes_back_only_the_file_it_published(tmp_path):
     ctx = TaskContext("job-1", str(tmp_path))
     published = finish_ranges(ctx, "out/lc.bin", len(data), {})
     assert published == (len(data), hashlib.sha256(data).hexdigest())
-    assert _published(ctx, "out/lc.bin", len(data)) == published  # run again: taken back
-    assert _published(TaskContext("job-2", str(tmp_path)), "out/lc.bin", len(data)) is None  # not job-2's
+    assert published_earlier(ctx, "out/lc.bin", len(data)) == published  # run again: taken back
+    other = TaskContext("job-2", str(tmp_path))
+    assert published_earlier(other, "out/lc.bin", len(data)) is None  # not job-2's
     os.link(final, tmp_path / "out" / "lc.bin.part")  # killed between linkat and unlinkat
-    assert _published(ctx, "out/lc.bin", len(data)) == published
+    assert published_earlier(ctx, "out/lc.bin", len(data)) == published
     assert sorted(os.listdir(tmp_path / "out")) == ["lc.bin"]
     final.unlink()
     final.write_bytes(os.urandom(len(data)))  # someone else's, of the same size
-    assert _published(ctx, "out/lc.bin", len(data)) is None
+    assert published_earlier(ctx, "out/lc.bin", len(data)) is None
 
 
 def test_a_downloaded_file_of_a_conversion_that_is_no_table_is_taken_back_after_a_crash(tmp_path):
