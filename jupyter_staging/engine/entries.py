@@ -1,6 +1,9 @@
 """Manifest jobs: many sources, each an entry staged into ``<entry name>/`` of the job's output.
 
-Entries are listed and staged in parallel, at most :data:`MANIFEST_CONCURRENCY` at a time. An entry that
+Entries are listed in parallel, ``concurrent_items`` at a time (a request each to a remote source), and
+staged as many at a time when they are plain transfers (a manifest of URLs, one file each, fetches
+``concurrent_items`` files at once, as a folder does), at most :data:`MANIFEST_CONCURRENCY` at a time when
+they are converted or expanded (CPU and memory per entry). An entry that
 fails is recorded (its chunks keep ``pending`` with an ``error``) and the others go on; the job then ends
 ``failed`` with code ``partial`` after writing a manifest of what was staged. A Dask cluster lost under the
 job (:class:`~jupyter_staging.errors.ClusterUnavailable`) is no entry's failure: it fails the job, with that
@@ -34,7 +37,7 @@ log = logging.getLogger("jupyter_staging.engine.runner")
 
 T = TypeVar("T")
 
-#: Entries of a manifest job listed or staged at the same time.
+#: Entries of a manifest job converted to Parquet or expanded (archives) at the same time, at most.
 MANIFEST_CONCURRENCY = 4
 
 
@@ -54,8 +57,8 @@ class ManifestStager(ExpandingStager):
     def _run_manifest(
         self, rec: JobRecord, entries: dict[str, str]
     ) -> tuple[list[str], dict[str, dict[str, str]]]:
-        """List every entry, then stage them, :data:`MANIFEST_CONCURRENCY` at a time (see the module).
-        Returns the entry names and the errors of those that failed."""
+        """List every entry, then stage them, as many at a time as the module says. Returns the entry names
+        and the errors of those that failed."""
         names = list(entries)
         listed = self._list_entries(names, entries)
         items = {n: [self._load_item(d, entries[n]) for d in listed[n].get("items", [])] for n in names}
@@ -65,7 +68,8 @@ class ManifestStager(ExpandingStager):
             "bytes_total": None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
         }
         chunks = self.store.list_chunks(self.job_id)
-        if rec.convert is None and not self._expands():
+        plain = rec.convert is None and not self._expands()
+        if plain:
             fields["chunks_total"] = len(chunks)
         self.store.update_job(self.job_id, load_resume=False, **fields)
         by_item: dict[tuple[str | None, str], JobChunk] = {
@@ -75,6 +79,7 @@ class ManifestStager(ExpandingStager):
         staged = self._parallel(
             [n for n in names if n not in failures],
             lambda name: self._stage_entry(rec, name, entries[name], items[name], by_item),
+            self._items_at_once() if plain else min(MANIFEST_CONCURRENCY, self._items_at_once()),
         )
         failures.update({n: error for n, error in staged.items() if error is not None})
         self.control.check()
@@ -87,7 +92,9 @@ class ManifestStager(ExpandingStager):
             todo = [n for n in names if n not in listed]
         if not todo:
             return listed
-        results = self._parallel(todo, lambda name: self._list_entry(name, entries[name]))
+        results = self._parallel(
+            todo, lambda name: self._list_entry(name, entries[name]), self._items_at_once()
+        )
         with self._lock:
             listed.update(results)
             self._save_resume()
@@ -100,15 +107,18 @@ class ManifestStager(ExpandingStager):
         )
         return listed
 
-    def _parallel(self, names: list[str], work: Callable[[str], T]) -> dict[str, T]:
-        """``{name: work(name)}``, at most :data:`MANIFEST_CONCURRENCY` at once. Every call ends before
-        this returns; then a :class:`JobInterrupted` (pause, cancel, shutdown) or another error of any
-        call is raised."""
+    def _items_at_once(self) -> int:
+        """The host's ``concurrent_items`` (at least 1)."""
+        return max(1, int(self.host.concurrent_items))
+
+    def _parallel(self, names: list[str], work: Callable[[str], T], limit: int) -> dict[str, T]:
+        """``{name: work(name)}``, at most ``limit`` at once. Every call ends before this returns; then a
+        :class:`JobInterrupted` (pause, cancel, shutdown) or another error of any call is raised."""
         if not names:
             return {}
         results: dict[str, T] = {}
         errors: list[BaseException] = []
-        workers = min(MANIFEST_CONCURRENCY, len(names))
+        workers = min(limit, len(names))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="staging-entry") as pool:
             futures = {name: pool.submit(work, name) for name in names}
             for name, future in futures.items():

@@ -193,7 +193,8 @@ class StagingApp(ExtensionApp):
         min=1,
         help="""Items (files of a folder, entries of a manifest, objects of a prefix) one job stages at once,
         sharing its connection pools. Many small files are then limited by the storage, not by one
-        round trip after another.""",
+        round trip after another. Entries of a manifest converted to Parquet or unpacked: at most 4 at
+        once (each takes a core and its own memory).""",
     ).tag(config=True)
 
     raise_open_file_limit = Bool(
