@@ -17,6 +17,10 @@ repetition), the page cache dropped before each timed run where permitted. Secti
    local executor vs Dask 2 workers, median of ``--small-reps``; page cache warm (the question is the
    fixed cost, not the disk). One untimed first job per manager and kind comes before (worker imports).
 4. **Cluster start**: ``LocalCluster(n_workers=2)`` until both workers are up, median of ``--cluster-starts``.
+5. **A folder of many small files** (``--files`` files of ``--file-kib`` KiB, default 2,000 x 64 KiB: a sector
+   of light curves): local executor vs Dask 2 workers (the small files go as tasks of several files each);
+   every chunk's sha256 checked against the sources'. The page cache is dropped before each run (no
+   warming in ``--cache warm``).
 
 Measured per run: wall seconds (``create()`` to the job's ``finished_at``), CPU seconds of this process (the
 server: manager, threads, the in-process scheduler, waited-for children such as ``cp``) and of the Dask
@@ -354,6 +358,50 @@ def copy_section(args: argparse.Namespace, engines: dict[str, Engine], cache: Pa
     return {"figures": figures, "bytes": size}
 
 
+def files_section(args: argparse.Namespace, engines: dict[str, Engine], cache: PageCache) -> dict:
+    """Section 5: a folder of ``--files`` small files of ``--file-kib`` KiB each (a sector of light curves),
+    copied by the local executor and by Dask 2 workers (tasks of several files each), interleaved."""
+    folder = args.work / "files"
+    rmtree(folder)
+    folder.mkdir(parents=True)
+    sums = []
+    for i in range(args.files):
+        data = os.urandom(args.file_kib * 1024)
+        (folder / f"lc-{i:06d}.fits").write_bytes(data)
+        sums.append(hashlib.sha256(data).hexdigest())
+    sums.sort()
+    print(f"\n## a folder of {args.files} files of {args.file_kib} KiB", flush=True)
+
+    def engine_run(name: str) -> Callable[[int], float]:
+        def run(rep: int) -> float:
+            dest = f"files-{rep}"
+            seconds, job = engines[name].run(CreateJob(source=str(folder), destination=dest, method="copy"))
+            got = sorted(c.sha256 or "" for c in engines[name].manager.chunks(job.id, urls=False))
+            if got != sums:
+                raise SystemExit(f"{name}: the staged files differ from the sources")
+            return seconds
+
+        return run
+
+    def after(name: str, rep: int) -> None:
+        rmtree(engines[name].root / f"files-{rep}")
+        os.sync()
+
+    runs = {"local": engine_run("local"), "dask 2w": engine_run("dask 2w")}
+    figures: Figures = {}
+    try:
+        interleaved(
+            measured(engines, figures, runs),
+            args.reps,
+            before=lambda n, r: cache.prepare(folder),
+            after=after,
+        )
+    finally:
+        if not args.keep:
+            rmtree(folder)
+    return {"figures": figures, "files": args.files, "kib": args.file_kib}
+
+
 def small_section(args: argparse.Namespace, engines: dict[str, Engine]) -> dict:
     """Section 3: one 1 MB file and a manifest of 3 x 100 kB, local vs Dask 2 workers; the difference of
     the medians is the fixed cost of the Dask path."""
@@ -454,6 +502,10 @@ def report(result: dict) -> None:
         rows += table_rows(f"copy {result['copy']['bytes'] // MiB} MiB", result["copy"]["figures"])
     for kind, small in result.get("small", {}).items():
         rows += table_rows(f"small: {kind}", small["figures"])
+    if "files" in result:
+        rows += table_rows(
+            f"{result['files']['files']} x {result['files']['kib']} KiB", result["files"]["figures"]
+        )
     print(
         "\n# bench_dask: medians; 'local/this' = local executor time / this time (> 1: faster than it); "
         "CPU = user+sys; peak RSS = VmHWM"
@@ -469,6 +521,10 @@ def report(result: dict) -> None:
             f"# Dask overhead, {kind}: {small['overhead_s']:+.2f} s (median dask - median local; goal < 1 s: "
             f"{verdict} goal)"
         )
+    if "files" in result:
+        files = result["files"]
+        rates = {n: files["files"] / med(f["wall"]) for n, f in files["figures"].items()}
+        print("# folder of small files: " + ", ".join(f"{n} {r:,.0f} files/s" for n, r in rates.items()))
     if "cluster_start_s" in result:
         starts = result["cluster_start_s"]
         print(
@@ -495,8 +551,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--small-reps", type=int, default=10, help="repetitions of section 3")
     ap.add_argument("--cluster-starts", type=int, default=3, help="cluster starts timed (section 4)")
     ap.add_argument("--threads-per-worker", type=int, default=2)
+    ap.add_argument("--files", type=int, default=2000, help="files of section 5 (a folder)")
+    ap.add_argument("--file-kib", type=int, default=64, help="size of each file of section 5 (KiB)")
     ap.add_argument(
-        "--sections", nargs="+", default=["convert", "copy", "small"], choices=("convert", "copy", "small")
+        "--sections",
+        nargs="+",
+        default=["convert", "copy", "small", "files"],
+        choices=("convert", "copy", "small", "files"),
     )
     ap.add_argument("--cache", choices=("drop", "warm"), default="drop")
     ap.add_argument("--workdir", type=Path, default=WORK / "dask")
@@ -534,6 +595,8 @@ def main(argv: list[str] | None = None) -> dict:
             result["copy"] = copy_section(args, {k: v for k, v in engines.items() if k != "dask 1w"}, cache)
         if "small" in args.sections:
             result["small"] = small_section(args, engines)
+        if "files" in args.sections:
+            result["files"] = files_section(args, engines, cache)
         result["notes"] = {n: sorted(e.notes) for n, e in engines.items() if n != "local"}
     finally:
         for engine in engines.values():
