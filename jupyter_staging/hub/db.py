@@ -290,8 +290,8 @@ def parse_cursor(cursor: str) -> tuple[datetime, str]:
     """The position ``(started, id)`` a :func:`page_cursor` cursor holds (``started`` aware UTC).
 
     Raises :class:`~jupyter_staging.errors.InvalidRequest` (400, code ``invalid_cursor``) for anything else:
-    too long, not base64, not the JSON pair, a time without its zone, an id that is not 1 to 36 printable
-    characters."""
+    too long, not base64, not the JSON pair, a time without its zone or out of range in UTC, an id that is
+    not 1 to 36 printable characters."""
     try:
         if len(cursor) > MAX_CURSOR_CHARS:
             raise ValueError("too long")
@@ -302,7 +302,7 @@ def parse_cursor(cursor: str) -> tuple[datetime, str]:
         if not 0 < len(operation_id) <= 36 or not operation_id.isprintable():
             raise ValueError("not an operation id")
         return when.astimezone(timezone.utc), operation_id
-    except (ValueError, TypeError, UnicodeDecodeError, binascii.Error):  # JSONDecodeError is a ValueError
+    except (ValueError, TypeError, OverflowError, binascii.Error):  # JSON's, Unicode's errors: ValueError
         raise InvalidRequest(
             "before is not a cursor of this service: pass the next_cursor of an answer as it is",
             code="invalid_cursor",

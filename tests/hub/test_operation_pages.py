@@ -153,6 +153,8 @@ BAD_CURSORS = [
     b64(json.dumps(["2026-12-06T12:00:00+00:00", "a\x00b"]).encode()),
     b64(json.dumps(["2026-12-06T12:00:00+00:00", ""]).encode()),
     b64(b'{"started": 1}'),
+    b64(json.dumps(["0001-01-01T00:00:00+01:00", "x"]).encode()),  # before year 1 in UTC: was a 500
+    b64(json.dumps(["9999-12-31T23:59:59-01:00", "x"]).encode()),
     b64(b"\xff\xfe"),
     "A" * 5000,
 ]
@@ -258,6 +260,16 @@ def test_a_bad_cursor_is_a_400(paged_hub, cursor):
     )
     assert r.status_code == 400, r.text
     assert r.json()["code"] == "invalid_cursor" and "Traceback" not in r.text
+
+
+def test_a_cursor_at_either_end_of_time_is_a_position(paged_hub):
+    hub = paged_hub
+    first = hub.api("GET", "api/operations", token=hub.tokens["admin"], params={"limit": 5}).json()
+    for when, expected in (("9999-12-31T23:59:59.999999+00:00", first), ("0001-01-01T00:00:00+00:00", None)):
+        cursor = b64(json.dumps([when, "f" * 36]).encode())
+        r = hub.api("GET", "api/operations", token=hub.tokens["admin"], params={"limit": 5, "before": cursor})
+        assert r.status_code == 200, r.text
+        assert r.json()["operations"] == (expected["operations"] if expected else [])
 
 
 def test_the_page_links_to_older_operations(paged_hub):
