@@ -19,6 +19,9 @@ the end of an operation only while it still holds it (:meth:`OperationStore.fini
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Collection
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from jupyter_staging.engine.database import SQLStore
 from jupyter_staging.engine.migrate import Migrations
 from jupyter_staging.engine.store import UTCDateTime, aware, utcnow
+from jupyter_staging.errors import InvalidRequest
 
 #: The operations database's revisions (``jupyter_staging/hub/migrations``) and version table.
 HUB_MIGRATIONS = Migrations(
@@ -226,10 +230,20 @@ class OperationStore(SQLStore):
         method: str | None = None,
         status: str | None = None,
         limit: int = 100,
+        before: tuple[datetime, str] | None = None,
     ) -> list[Operation]:
-        """Operations newest first, filtered by the given columns, at most ``limit`` rows; a read beside the
-        writers (:meth:`read_session`), never queued behind running operations' updates. A filter holding
-        NUL matches nothing (no recorded text holds one; PostgreSQL would refuse the query)."""
+        """Operations newest first (``started``, then ``id``, descending), filtered by the given columns, at
+        most ``limit`` rows; with ``before`` (a :func:`parse_cursor` position: ``(started, id)`` of the last
+        row of the page before) only those after it in that order. A read beside the writers
+        (:meth:`read_session`), never queued behind running operations' updates. A filter holding NUL
+        matches nothing (no recorded text holds one; PostgreSQL would refuse the query).
+
+        A page is read from an index at its position, whatever the number of operations before it
+        (``started <= s AND (started < s OR id < i)``, a range of the index on every database): a user's
+        through ``(user, started, id)`` (hub0004), which MariaDB is made to read as a range from the position
+        (:data:`USER_PAGE_HINT`); everyone's through the index on ``started``, in which rows of one
+        ``started`` are put in ``id`` order by the database as it reads them (InnoDB's index holds the id;
+        PostgreSQL and SQLite sort each such group alone: their sort stops with the page)."""
         if any("\x00" in value for value in (user, method, status) if value is not None):
             return []
         query = select(Operation)
@@ -239,6 +253,57 @@ class OperationStore(SQLStore):
             query = query.where(Operation.method == method)
         if status is not None:
             query = query.where(Operation.status == status)
+        if before is not None:
+            started, operation_id = before
+            query = query.where(
+                Operation.started <= started, or_(Operation.started < started, Operation.id < operation_id)
+            )
+            if user is not None:
+                for dialect in ("mysql", "mariadb"):
+                    query = query.with_hint(Operation, USER_PAGE_HINT, dialect_name=dialect)
         query = query.order_by(Operation.started.desc(), Operation.id.desc()).limit(limit)
         with self.read_session() as s:
             return list(s.scalars(query))
+
+
+#: MySQL / MariaDB: a user's page after a position is read from the position on in the
+#: ``(user, started, id)`` index. Left to itself, MariaDB 10.11 looked the user up in it and read backwards
+#: from the user's newest operation to the position (25,101 rows for the page of 100 in the middle of
+#: 50,000 of one user, 50,000 for the last; 101 and 50 with it).
+USER_PAGE_HINT = "FORCE INDEX (ix_operations_user_started)"
+
+#: Characters of a cursor :func:`parse_cursor` reads (one :func:`page_cursor` makes is under 100).
+MAX_CURSOR_CHARS = 200
+
+
+def page_cursor(operation: Operation) -> str:
+    """The opaque cursor of the position after ``operation`` in :meth:`OperationStore.list_operations`'s
+    order: URL-safe base64 (no padding) of the JSON ``[started (ISO 8601 UTC, microseconds), id]``."""
+    started = (
+        (aware(operation.started) or utcnow()).astimezone(timezone.utc).isoformat(timespec="microseconds")
+    )
+    raw = json.dumps([started, operation.id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def parse_cursor(cursor: str) -> tuple[datetime, str]:
+    """The position ``(started, id)`` a :func:`page_cursor` cursor holds (``started`` aware UTC).
+
+    Raises :class:`~jupyter_staging.errors.InvalidRequest` (400, code ``invalid_cursor``) for anything else:
+    too long, not base64, not the JSON pair, a time without its zone or out of range in UTC, an id that is
+    not 1 to 36 printable characters."""
+    try:
+        if len(cursor) > MAX_CURSOR_CHARS:
+            raise ValueError("too long")
+        started, operation_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        when = datetime.fromisoformat(started)
+        if when.tzinfo is None or not isinstance(operation_id, str):
+            raise ValueError("no time zone")
+        if not 0 < len(operation_id) <= 36 or not operation_id.isprintable():
+            raise ValueError("not an operation id")
+        return when.astimezone(timezone.utc), operation_id
+    except (ValueError, TypeError, OverflowError, binascii.Error):  # JSON's, Unicode's errors: ValueError
+        raise InvalidRequest(
+            "before is not a cursor of this service: pass the next_cursor of an answer as it is",
+            code="invalid_cursor",
+        ) from None

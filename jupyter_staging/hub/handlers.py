@@ -13,7 +13,7 @@ verb     path                        does
 POST     ``api/stage``               one staging call (201 done, 200 skipped duplicate, 202 running
                                      ``jupyter_copy``; ``direct_download`` answers with the file)
 GET      ``api/operations``          operations, newest first (``user``, ``method``, ``status``,
-                                     ``limit``)
+                                     ``limit``, ``before``: the ``next_cursor`` of the page before)
 GET      ``api/operations/{id}``     one operation
 GET      ``api/logs``                the operations log (admins; ``user``, ``level``, ``lines``)
 GET      (the prefix)                the page: staging form, operations, log viewer for admins
@@ -30,7 +30,7 @@ import hashlib
 import html
 import json
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
@@ -107,6 +107,16 @@ class BaseHandler(_HubAuthFromSettings, HubOAuthenticated, JSONHandlerMixin):
         if not 1 <= value <= maximum:
             raise StagingHTTPError(400, f"{name} must be between 1 and {maximum}", code="invalid_request")
         return value
+
+    def get_cursor(self) -> str | None:
+        """Query argument ``before`` (None when absent or empty); one that is not UTF-8 is a 400
+        ``invalid_cursor`` (no cursor of this service is)."""
+        try:
+            return self.get_argument("before", None) or None
+        except web.HTTPError:  # tornado's "Invalid unicode in before"
+            raise StagingHTTPError(
+                400, "before is not a cursor of this service", code="invalid_cursor"
+            ) from None
 
     def get_choice(self, name: str, choices: tuple[str, ...]) -> str | None:
         """Query argument ``name``, which must be one of ``choices`` when given (400 otherwise)."""
@@ -202,21 +212,32 @@ class StageHandler(APIHandler):
 
 
 class OperationsHandler(APIHandler):
-    """``GET api/operations``: ``{"operations": [...]}`` newest first. Filters: ``user`` (admins; also
-    accepted as ``username``), ``method``, ``status``; ``limit`` (1-1000, default 100)."""
+    """``GET api/operations``: ``{"operations": [...], "next_cursor", "next"}`` newest first (``started``,
+    then ``id``). Filters: ``user`` (admins; also accepted as ``username``), ``method``, ``status``;
+    ``limit`` (1-1000, default 100). ``next_cursor`` (null on the last page) is passed back as ``before``
+    for the next page; ``next`` is that page's path with the same filters. A ``before`` that is not such a
+    cursor is a 400 ``invalid_cursor``."""
 
     @web.authenticated
     async def get(self) -> None:
         user = self.get_argument("user", None) or self.get_argument("username", None) or None
-        operations = await self.call(
-            self.ops.list_operations,
-            self.caller,
-            user=user,
-            method=self.get_choice("method", METHODS),
-            status=self.get_choice("status", STATUSES),
-            limit=self.get_int("limit", 100, MAX_LIMIT),
+        filters = {
+            "user": user,
+            "method": self.get_choice("method", METHODS),
+            "status": self.get_choice("status", STATUSES),
+        }
+        limit = self.get_int("limit", 100, MAX_LIMIT)
+        operations, cursor = await self.call(
+            self.ops.list_operations, self.caller, **filters, limit=limit, before=self.get_cursor()
         )
-        self.write_json({"operations": [op.to_dict() for op in operations]})
+        path = url_path_join(self.settings["staging_service_prefix"], "api/operations")
+        self.write_json(
+            {
+                "operations": [op.to_dict() for op in operations],
+                "next_cursor": cursor,
+                "next": next_page(path, {**filters, "limit": limit}, cursor),
+            }
+        )
 
 
 class OperationHandler(APIHandler):
@@ -265,21 +286,27 @@ class PageHandler(BaseHandler):
         caller = self.caller
         user = self.get_argument("user", None) or None
         status = self.get_choice("status", STATUSES)
-        operations = await self.call(
+        method = self.get_choice("method", METHODS)
+        operations, cursor = await self.call(
             self.ops.list_operations,
             caller,
             user=user if caller.is_admin else None,
-            method=self.get_choice("method", METHODS),
+            method=method,
             status=status,
             limit=200,
+            before=self.get_cursor(),
         )
         logs = None
         level = self.get_choice("level", tuple(oplog.LEVELS))
         if caller.is_admin:
             logs = await read_log(self.settings, lines=200, user=user, level=level)
-        self.finish(self.render_page(caller, operations, logs, user=user, level=level, status=status))
+        filters = {"user": user, "method": method, "status": status, "level": level}
+        older = next_page(self.settings["staging_service_prefix"], filters, cursor)
+        self.finish(self.render_page(caller, operations, logs, older=older, **filters))
 
-    def render_page(self, caller: Caller, operations: list[Any], logs: Any, **filters: Any) -> str:
+    def render_page(
+        self, caller: Caller, operations: list[Any], logs: Any, *, older: str | None = None, **filters: Any
+    ) -> str:
         settings = self.settings
         hub_prefix = settings["staging_hub_prefix"]
         template = settings["jinja_env"].get_template("staging.html")
@@ -311,6 +338,7 @@ class PageHandler(BaseHandler):
             operations=[op.to_dict() for op in operations],
             logs=logs,
             filters=filters,
+            older=older,
         )
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
@@ -322,6 +350,15 @@ class PageHandler(BaseHandler):
             f"<!DOCTYPE html><title>{status_code} {self._reason}</title>"
             f"<h1>{status_code} {self._reason}</h1><p>{html.escape(str(message))}</p>"
         )
+
+
+def next_page(path: str, query: dict[str, Any], cursor: str | None) -> str | None:
+    """``path`` with ``query`` (its None values left out) and ``before=cursor``: the next page of a listing
+    with the same filters; None without a cursor (the last page)."""
+    if cursor is None:
+        return None
+    kept = {name: value for name, value in query.items() if value is not None}
+    return f"{path}?{urlencode({**kept, 'before': cursor})}"
 
 
 def content_disposition(filename: str) -> str:

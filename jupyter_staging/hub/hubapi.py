@@ -206,29 +206,77 @@ class HubAPI:
     async def job_chunks(
         self, username: str, server_path: str, job_id: str, *, page: int = CHUNK_PAGE
     ) -> list[dict[str, Any]]:
-        """The chunks of a job in ``username``'s server, in index order, read ``page`` at a time
-        (``GET .../chunks?offset=&limit=``, until ``total``): a job of 20,000 chunks is 4 answers of
-        5,000 rather than one of megabytes. A server of an earlier release, which answers every chunk and
-        no ``total``, is read in one answer. An answer without chunks (or none that are objects), or a
-        later page answered with an error, ends the list there (``[]`` for the first): the chunks of the
-        pages before are kept."""
+        """Every chunk of a job in ``username``'s server, in index order, read ``page`` at a time
+        (``GET .../chunks?offset=&limit=``, until ``total`` are read): a job of 20,000 chunks is 4 answers
+        of 5,000 rather than one of megabytes. A server of an earlier release, which answers every chunk
+        and no ``total`` to the first page, is read in that one answer.
+
+        The list is whole or not returned: a page the server fails to answer (no connection, 429, 5xx) is
+        asked again after each of :attr:`page_retry_delays` seconds; a page still failing, or answered
+        anything else than 200 with a list of chunk objects (the job deleted meanwhile: 404; a non-JSON
+        answer; a later page without ``total``), or a read that ends short of ``total``, raises
+        ``chunk_list_failed`` (502) naming the job and the page's offset, never the chunks read before it
+        as if they were all."""
         found: list[dict[str, Any]] = []
         offset = 0
+        total: int | None = None
         while True:
-            path = f"{job_url(job_id)}/chunks?offset={offset}&limit={page}"
-            _, answer = await self.server_api(username, server_path, "GET", path)
-            chunks = answer.get("chunks") if isinstance(answer, dict) else None
-            got = [c for c in chunks if isinstance(c, dict)] if isinstance(chunks, list) else []
-            total = answer.get("total") if isinstance(answer, dict) else None
-            if not isinstance(total, int):  # an earlier release (every chunk), or a later page's error
-                return found + got
+            read = (len(found), total)
+            got, total = await self._chunk_page(username, server_path, job_id, offset, page, read)
             found += got
-            after = _index(got[-1]) + 1 if got else 0
+            if total is None:  # an earlier release answered every chunk to the first page
+                return found
+            after = _index(got[-1]) + 1 if got else offset
             # ``offset`` is an index and ``total`` a count: indexes may have gaps, so the count of chunks
-            # read (or a short page) ends the list, never an index reaching ``total``.
-            if len(got) < page or len(found) >= total or after <= offset:
-                return found  # the last page, or an answer that would not move on
+            # read ends the list, never an index reaching ``total``.
+            if len(found) >= total:
+                return found
+            if len(got) < page or after <= offset:  # the server has no more, or would not move on
+                raise chunk_list_failed(
+                    username, job_id, offset, len(found), total, f"its last page ended at {len(found)}"
+                )
             offset = after
+
+    #: Seconds waited before each new try of a page of chunks the user's server failed to answer.
+    page_retry_delays: tuple[float, ...] = (0.5, 2.0, 5.0)
+
+    async def _chunk_page(
+        self,
+        username: str,
+        server_path: str,
+        job_id: str,
+        offset: int,
+        page: int,
+        read: tuple[int, int | None],
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """One page of :meth:`job_chunks`: ``(chunks, total)``, ``total`` None only for an earlier
+        release's whole list (first page). Raises ``chunk_list_failed`` (502); ``read`` is how many chunks
+        the pages before gave, and of how many (for the message)."""
+        path = f"{job_url(job_id)}/chunks?offset={offset}&limit={page}"
+        delays = list(self.page_retry_delays)
+        while True:
+            try:
+                code, answer = await self.server_api(username, server_path, "GET", path)
+            except StagingError as err:
+                if err.code != "hub_unreachable":
+                    raise
+                code, answer = 599, {"message": err.message}  # no connection: stopping, restarting
+            if (code >= 500 or code == 429) and delays:
+                await asyncio.sleep(delays.pop(0))
+                continue
+            break
+        chunks = answer.get("chunks") if isinstance(answer, dict) else None
+        total = answer.get("total") if isinstance(answer, dict) else None
+        if (
+            code == 200
+            and isinstance(chunks, list)
+            and all(isinstance(c, dict) for c in chunks)
+            and (isinstance(total, int) or (total is None and offset == 0))
+        ):
+            return chunks, total
+        message = answer.get("message") if isinstance(answer, dict) and code != 200 else None
+        what = f"it answered {code}: {message or 'no detail'}" if code != 200 else "its answer was no page"
+        raise chunk_list_failed(username, job_id, offset, read[0], read[1], what)
 
     async def ack_chunk(self, username: str, server_path: str, job_id: str, index: int) -> None:
         """``POST api/v1/staging/jobs/{job_id}/chunks/{index}/ack`` in ``username``'s server: under the job's
@@ -264,6 +312,20 @@ def _index(chunk: dict[str, Any]) -> int:
 def job_url(job_id: str) -> str:
     """Path of a job in the staging API of a user's server, relative to the server."""
     return f"{STAGING_JOBS}/{quote(job_id, safe='')}"
+
+
+def chunk_list_failed(
+    username: str, job_id: str, offset: int, read: int, total: int | None, why: str
+) -> StagingError:
+    """``chunk_list_failed`` (502): the chunk list of ``job_id`` in ``username``'s server could not be read
+    whole; the page at ``offset`` failed after ``read`` chunks (of ``total`` when known) and ``why``."""
+    of = f" of {total}" if total is not None else ""
+    return StagingError(
+        f"the chunks of job {job_id} in {username}'s server could not be read whole: the page at offset "
+        f"{offset} failed after {read}{of} chunks ({why})",
+        code="chunk_list_failed",
+        status=502,
+    )
 
 
 def server_error(username: str, code: int, body: Any) -> StagingError:

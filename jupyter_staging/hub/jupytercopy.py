@@ -249,7 +249,7 @@ class JupyterCopies:
             return  # a replica that stopped after releasing the job's folder, before recording: recorded now
         if job.get("state") != "succeeded":
             if scratch is not None:
-                await self._release(op, server, await self.hub.job_chunks(op.user, server, str(op.job_id)))
+                await self._release_failed(op, server)
                 await asyncio.to_thread(self._discard_scratch, op.user, relative_path, name, scratch)
             raise job_failed(op, job)
         chunks = await self.hub.job_chunks(op.user, server, str(op.job_id))
@@ -313,6 +313,17 @@ class JupyterCopies:
             except (ValueError, TypeError) as err:
                 self.recorder.log(logging.WARNING, op, f"scratch folder of job {op.job_id} kept: {err}")
                 return
+
+    async def _release_failed(self, op: Operation, server: str) -> None:
+        """:meth:`_release` for a job that failed: its chunk list read whole first (best effort, as the
+        release: a list the user's server fails to give keeps the scratch folder, logged, and the operation
+        fails with the job's own error, not this one)."""
+        try:
+            chunks = await self.hub.job_chunks(op.user, server, str(op.job_id))
+        except StagingError as err:
+            self.recorder.log(logging.WARNING, op, f"scratch folder of job {op.job_id} kept: {err}")
+            return
+        await self._release(op, server, chunks)
 
     def _discard_scratch(self, username: str, relative_path: str, name: str, scratch: str) -> None:
         """Remove what a failed job left in its scratch folder (best effort)."""

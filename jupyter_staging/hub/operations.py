@@ -31,7 +31,7 @@ from typing import BinaryIO, NoReturn
 from jupyter_staging.errors import InvalidRequest, StagingError
 from jupyter_staging.hub.access import check_user_may_reach, check_user_may_read, reader_for
 from jupyter_staging.hub.areas import Target, UserAreas
-from jupyter_staging.hub.db import Operation, OperationStore, utcnow
+from jupyter_staging.hub.db import Operation, OperationStore, page_cursor, parse_cursor, utcnow
 from jupyter_staging.hub.fileops import (
     Outcome,
     SourceFile,
@@ -152,18 +152,37 @@ class StagingOperations:
         return op
 
     async def list_operations(
-        self, caller: Caller, *, user: str | None, method: str | None, status: str | None, limit: int
-    ) -> list[Operation]:
-        """Operations newest first: the caller's own, or anyone's for admins (``user`` filters).
+        self,
+        caller: Caller,
+        *,
+        user: str | None,
+        method: str | None,
+        status: str | None,
+        limit: int,
+        before: str | None = None,
+    ) -> tuple[list[Operation], str | None]:
+        """A page of operations newest first: the caller's own, or anyone's for admins (``user`` filters),
+        at most ``limit``, after the position of cursor ``before`` when given; and the cursor of the next
+        page (None on the last). A cursor is only a position: a user's cursor given by another user lists
+        that other user's own operations from there, never the first's.
 
-        Raises ``forbidden`` (403) when a non-admin asks for another user's operations."""
+        Raises ``forbidden`` (403) when a non-admin asks for another user's operations, ``invalid_cursor``
+        (400) for a ``before`` that is not a cursor of :func:`~jupyter_staging.hub.db.page_cursor`."""
         if not caller.is_admin:
             if user not in (None, caller.name):
                 raise _forbidden(caller, "see other users' operations")
             user = caller.name
-        return await asyncio.to_thread(
-            self.store.list_operations, user=user, method=method, status=status, limit=limit
+        position = parse_cursor(before) if before is not None else None
+        rows = await asyncio.to_thread(
+            self.store.list_operations,
+            user=user,
+            method=method,
+            status=status,
+            limit=limit + 1,
+            before=position,
         )
+        page = rows[:limit]
+        return page, page_cursor(page[-1]) if len(rows) > limit else None
 
     # -- staging ----------------------------------------------------------------------------------
 

@@ -349,3 +349,22 @@ def test_a_chunk_removed_before_the_service_acknowledges_it_is_not_reported_as_a
     assert not [r for r in caplog.records if "kept" in r.getMessage()], [
         r.getMessage() for r in caplog.records
     ]
+
+
+def test_a_failed_job_whose_chunks_cannot_be_read_fails_with_the_jobs_error(site, caplog):
+    """A failed job whose chunk list the user's server then failed to give (``chunk_list_failed``, as
+    :meth:`HubAPI.job_chunks` raises it for a list it cannot read whole): the operation failed with that
+    error, hiding the job's own (``disk_full``). It fails with the job's error, and a warning says the scratch
+    folder is kept."""
+
+    class NoChunkList(FakeServer):
+        async def job_chunks(self, username: str, server: str, job_id: str) -> list[dict[str, Any]]:
+            raise StagingError(
+                f"the chunks of job {job_id} could not be read whole", code="chunk_list_failed"
+            )
+
+    with caplog.at_level(logging.INFO, logger="jupyter_staging.hub.oplog"):
+        op = run_copy(site, NoChunkList(site / "homes" / "bob", state="failed"), "kepler/lc.fits")
+    assert (op.status, op.error_code) == ("failed", "disk_full"), op.to_dict()
+    kept = [r.getMessage() for r in caplog.records if "kept" in r.getMessage()]
+    assert kept and "could not be read whole" in kept[0], [r.getMessage() for r in caplog.records]
