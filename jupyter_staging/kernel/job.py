@@ -29,9 +29,9 @@ from jupyter_staging.kernel.readback import (
     PARQUET_CONTENT_TYPE,
     common_schema,
     concat_tables,
-    fetch_part,
     parquet_tables,
     pick_tables,
+    read_part,
 )
 
 if TYPE_CHECKING:
@@ -345,13 +345,7 @@ class Job:
         ``no_parquet_output`` when it wrote no Parquet file, ``unknown_table`` for a ``table`` it did not
         write, ``several_tables`` when its tables' columns differ and no ``table`` was given.
         """
-        # Deferred: pyarrow is heavy and only needed when a job is read as a table.
-        import pyarrow.parquet as pq
-
-        parts = {
-            name: [pq.read_table(fetch_part(p) if isinstance(p, str) else p) for p in paths]
-            for name, paths in self._parquet_paths(table).items()
-        }
+        parts = {name: [read_part(p) for p in paths] for name, paths in self._parquet_paths(table).items()}
         return concat_tables(parts, self.name)
 
     def to_pandas(self, table: str | None = None, **kwargs: Any) -> pandas.DataFrame:

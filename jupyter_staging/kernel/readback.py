@@ -12,7 +12,7 @@ asks for one (``table=``), since rows under the first table's units would be wro
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -31,6 +31,7 @@ __all__ = [
     "is_parquet_chunk",
     "parquet_tables",
     "pick_tables",
+    "read_part",
 ]
 
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
@@ -156,6 +157,22 @@ def concat_tables(parts: dict[str, list[pyarrow.Table]], job_name: str) -> pyarr
     if len(names) == 1:
         return pa.concat_tables(tables)
     return pa.concat_tables([t.replace_schema_metadata(schema.metadata) for t in tables])
+
+
+def read_part(part: Path | str | Any) -> pyarrow.Table:
+    """One Parquet part as a ``pyarrow.Table``: a local file (``Path``), a part behind a presigned URL
+    (``str``, :func:`fetch_part`) or a file-like object, opened once and read whole.
+
+    ``pyarrow.parquet.read_table`` builds a dataset for each file it is given: for the small parts of a
+    folder of light curves that doubles the time of a read (2,000 parts: 1.5 s against 0.7 s). Raises
+    ``OSError`` / ``pyarrow.ArrowInvalid`` for a file that cannot be read as Parquet, and what
+    :func:`fetch_part` raises."""
+    # Deferred: pyarrow is heavy and only needed when a job is read as a table.
+    import pyarrow.parquet as pq
+
+    source = fetch_part(part) if isinstance(part, str) else part
+    with pq.ParquetFile(source) as parquet:
+        return parquet.read()
 
 
 def fetch_part(url: str) -> Any:
