@@ -13,6 +13,7 @@ import requests
 
 from jupyter_staging.errors import StagingError
 from jupyter_staging.kernel.backends import REQUEST_TIMEOUT
+from jupyter_staging.kernel.readback import read_part
 
 if TYPE_CHECKING:
     import pandas
@@ -77,13 +78,12 @@ class Chunk:
         :class:`StagingError` (code ``not_parquet``) for other files."""
         # Deferred: pyarrow is heavy and only needed when a chunk is read as a table.
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         if not str(self.path).endswith(".parquet"):
             raise StagingError(f"chunk {self.index} is not a Parquet part: {self.path}", code="not_parquet")
         if isinstance(self.path, Path):
-            return pq.read_table(self.path)
-        return pq.read_table(pa.BufferReader(self.read_bytes()))
+            return read_part(self.path)
+        return read_part(pa.BufferReader(self.read_bytes()))
 
     def to_pandas(self, **kwargs: Any) -> pandas.DataFrame:
         """:meth:`to_arrow` as a ``pandas.DataFrame``."""

@@ -46,6 +46,8 @@ from jupyter_staging.kernel.widgets import JobsTable
 
 #: First words of ``%stage`` that are commands rather than a source (stage ``./jobs`` for a file so named).
 CONTROL_COMMANDS = ("pause", "resume", "cancel")
+#: Words a user may type for ``%stage jobs``: when no such file is there, the error says ``%stage jobs``.
+LIST_WORDS = ("list", "ls")
 
 #: The options ``%stage`` and ``%%stage`` share, in the order their help lists them.
 _JOB_OPTIONS = (
@@ -174,6 +176,11 @@ class StagingMagics(Magics):
             if args.source in CONTROL_COMMANDS and not os.path.exists(args.source):
                 usage = f"%stage {args.source} JOB_ID (%stage jobs lists them)"
                 raise UsageError(f"%stage {args.source} needs a job id: {usage}")
+            if args.source in LIST_WORDS and args.dest is None and not os.path.exists(args.source):
+                raise UsageError(
+                    f"%stage {args.source}: no file or folder {args.source!r} here to stage; "
+                    "%stage jobs lists the staging jobs"
+                )
             job = api.stage(args.source, args.dest, **_stage_options(args))
             if args.wait:
                 job = _wait(job, args.timeout)

@@ -12,13 +12,14 @@ asks for one (``table=``), since rows under the first table's units would be wro
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import requests
 
 from jupyter_staging.errors import StagingError
 from jupyter_staging.kernel.backends import REQUEST_TIMEOUT
+from jupyter_staging.kernel.paths import chunk_paths
 
 if TYPE_CHECKING:
     import pyarrow
@@ -29,8 +30,11 @@ __all__ = [
     "concat_tables",
     "fetch_part",
     "is_parquet_chunk",
+    "on_disk",
     "parquet_tables",
+    "part_files",
     "pick_tables",
+    "read_part",
 ]
 
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
@@ -90,6 +94,36 @@ def pick_tables(tables: dict[str, list[Any]], table: str | None, job_name: str) 
             status=400,
         )
     return [table]
+
+
+def part_files(
+    tables: dict[str, list[dict[str, Any]]], names: Iterable[str], destination: Path | str, job_name: str
+) -> dict[str, list[Path] | list[str]]:
+    """``{table name: its parts}`` for the tables ``names`` of ``tables`` (:func:`parquet_tables`): the
+    part files in a local ``destination`` (:func:`~jupyter_staging.kernel.paths.chunk_paths`), or for an
+    object store destination (an URI, ``str``) the parts' presigned URLs. Raises :class:`StagingError`
+    (code ``chunks_missing``, 409) when a part is no longer there (acknowledged and deleted, or expired)."""
+    found: dict[str, list[Path] | list[str]] = {}
+    for name in names:
+        chunks = tables[name]
+        paths: list[Path] | list[str]
+        if isinstance(destination, str):
+            paths = [str(c["url"]) for c in chunks if c.get("url")]
+        else:
+            paths = chunk_paths(destination, chunks)
+        if len(paths) != len(chunks):
+            raise StagingError(
+                f"some Parquet chunks of job {job_name!r} are no longer on disk (acknowledged or expired)",
+                code="chunks_missing",
+                status=409,
+            )
+        found[name] = paths
+    return found
+
+
+def on_disk(found: dict[str, list[Path] | list[str]]) -> bool:
+    """Whether every local part of ``found`` (:func:`part_files`) is still a file (URLs are not checked)."""
+    return all(part.is_file() for parts in found.values() for part in parts if isinstance(part, Path))
 
 
 def _columns(schema: pyarrow.Schema) -> list[tuple[str, Any, Any]]:
@@ -156,6 +190,22 @@ def concat_tables(parts: dict[str, list[pyarrow.Table]], job_name: str) -> pyarr
     if len(names) == 1:
         return pa.concat_tables(tables)
     return pa.concat_tables([t.replace_schema_metadata(schema.metadata) for t in tables])
+
+
+def read_part(part: Path | str | Any) -> pyarrow.Table:
+    """One Parquet part as a ``pyarrow.Table``: a local file (``Path``), a part behind a presigned URL
+    (``str``, :func:`fetch_part`) or a file-like object, opened once and read whole.
+
+    ``pyarrow.parquet.read_table`` builds a dataset for each file it is given: for the small parts of a
+    folder of light curves that doubles the time of a read (2,000 parts: 1.5 s against 0.7 s). Raises
+    ``OSError`` / ``pyarrow.ArrowInvalid`` for a file that cannot be read as Parquet, and what
+    :func:`fetch_part` raises."""
+    # Deferred: pyarrow is heavy and only needed when a job is read as a table.
+    import pyarrow.parquet as pq
+
+    source = fetch_part(part) if isinstance(part, str) else part
+    with pq.ParquetFile(source) as parquet:
+        return parquet.read()
 
 
 def fetch_part(url: str) -> Any:

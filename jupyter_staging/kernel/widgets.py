@@ -81,6 +81,9 @@ _FAILED_CHUNK_COLOUR = "#c62828"
 
 #: The chunks a job's widget shows as squares (the first ones).
 _GRID_CHUNKS = 400
+#: The chunks a row of a :class:`JobsTable` shows: a table lists up to 100 jobs, and 400 squares a row made
+#: ``%stage jobs`` read 40,000 chunks and send 7 MB of squares to the browser when its jobs were large.
+_ROW_GRID_CHUNKS = 40
 
 
 def chunk_grid_html(chunks: Sequence[dict[str, Any]], limit: int = 400, total: int | None = None) -> str:
@@ -224,10 +227,14 @@ class JobWidget(w.VBox):
     every :data:`MAX_POLL_INTERVAL` seconds. A job the server no longer has (``job_not_found``) is
     followed no more, and :attr:`status` says so. A button's action the server refuses stays in
     :attr:`action_error` until the next action.
+
+    ``grid_chunks``: the chunks the grid shows as squares, the first ones (400 by default; a row of a
+    :class:`JobsTable` shows 40), then how many more the job has; only those are read.
     """
 
-    def __init__(self, job: Job, *, follow: bool = True) -> None:
+    def __init__(self, job: Job, *, follow: bool = True, grid_chunks: int = _GRID_CHUNKS) -> None:
         self.job = job
+        self.grid_chunks = grid_chunks
         self.title = w.HTML()
         self.status = w.HTML()
         self.bar = w.FloatProgress(value=0.0, min=0.0, max=1.0, layout=w.Layout(width="100%"))
@@ -362,11 +369,11 @@ class JobWidget(w.VBox):
         if key == self._chunks_read and not force:
             return
         try:
-            page = self.job.chunk_page(0, _GRID_CHUNKS)  # the squares shown, not the job's whole list
+            page = self.job.chunk_page(0, self.grid_chunks)  # the squares shown, not the whole list
         except Exception:  # the grid keeps its last state; the next update reads the chunks again
             return
         self._chunks_read = key
-        self.chunk_grid.value = chunk_grid_html(page["chunks"], _GRID_CHUNKS, page["total"])
+        self.chunk_grid.value = chunk_grid_html(page["chunks"], self.grid_chunks, page["total"])
 
     @staticmethod
     def _error_html(error: dict[str, str] | None) -> str:
@@ -416,7 +423,8 @@ class JobsTable(w.VBox):
     (:meth:`close`, or its comm closed by the frontend), and never keeps the table alive. A row reads its
     job's chunks only when the job's state or ``chunks_done`` changed, so a finished row reads them once.
     While the server cannot be reached, :attr:`status` says so and the tries slow down to one every
-    :data:`MAX_POLL_INTERVAL` seconds.
+    :data:`MAX_POLL_INTERVAL` seconds. A row's grid shows its job's first 40 chunks (then how many more),
+    so a table of 100 large jobs reads 4,000 chunks, not 40,000.
     """
 
     def __init__(self, list_jobs: Callable[[], list[Job]], *, follow: bool = True) -> None:
@@ -448,7 +456,7 @@ class JobsTable(w.VBox):
         for job in jobs:
             row = self._rows.get(job.id)
             if row is None:
-                row = self._rows[job.id] = JobWidget(job, follow=False)
+                row = self._rows[job.id] = JobWidget(job, follow=False, grid_chunks=_ROW_GRID_CHUNKS)
             else:
                 row.job = job
                 row.update()

@@ -157,6 +157,20 @@ def test_a_control_command_without_a_job_id_says_what_it_needs(shell):
             shell.run_line_magic("stage", command)
 
 
+def test_stage_list_says_that_stage_jobs_lists_the_jobs(shell, tmp_path):
+    """Before: ``%stage list`` staged a file named ``list`` and failed ``source_not_found`` (a path the
+    user never meant). A file of that name is still staged."""
+    for word in ("list", "ls"):
+        with pytest.raises(UsageError) as info:
+            shell.run_line_magic("stage", word)
+        assert str(info.value) == (
+            f"%stage {word}: no file or folder {word!r} here to stage; %stage jobs lists the staging jobs"
+        )
+    (tmp_path / "list").write_text("a file named list\n")
+    job = shell.run_line_magic("stage", "list out --wait")
+    assert job.state == "succeeded" and (tmp_path / "out" / "list").read_text() == "a file named list\n"
+
+
 @pytest.mark.parametrize("seconds", ["-1", "0", "nan", "inf"])
 def test_a_timeout_that_is_no_duration_is_refused(shell, seconds):
     """Before, ``--timeout -1`` printed 'still running after -1.0 s' and ``--timeout nan`` waited for ever."""

@@ -1,0 +1,238 @@
+"""What each call a notebook makes costs, through a real Jupyter server, at the scale of issue 12: a job of
+``--files`` small files (a TESS sector: 20,000), a job of ``--tables`` small CSV tables converted to Parquet
+(many datasets), and a job database of ``--jobs`` jobs.
+
+For each call (``job.refresh()``, a widget's poll, ``job.chunks``, ``job.paths``, ``to_pandas()``,
+``%stage jobs``' table ...) it prints the wall time (ms), the requests the kernel made and the bytes it
+received, the kernel's CPU seconds, the server's CPU seconds and, for the readers, the peak RSS growth.
+Run it with the code to measure first on the path (the server inherits ``PYTHONPATH``)::
+
+    PYTHONPATH=. .venv/bin/python bench/bench_notebook.py --files 20000 --tables 2000 --jobs 10000
+
+Sources are made once in ``--work`` (default ``bench/_work/notebook``) and kept; the servers' state is new
+at each run. Timings on a shared machine are noisy: read the counts beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.bench_responsiveness import seed_jobs  # noqa: E402
+from jupyter_staging.kernel.backends import ServerBackend  # noqa: E402
+from jupyter_staging.kernel.job import Job  # noqa: E402
+from tests.helpers.jupyter import JupyterServerProcess  # noqa: E402
+
+WORK = Path(__file__).resolve().parent / "_work" / "notebook"
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU seconds of process ``pid`` (its threads included), from ``/proc``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class Meter:
+    """Counts the kernel's requests (by kind) and bytes received, CPU seconds and peak RSS of one call."""
+
+    def __init__(self, backend: ServerBackend, server: JupyterServerProcess) -> None:
+        self.server = server
+        self.requests: Counter[str] = Counter()
+        self.received = 0
+        backend._session.hooks["response"].append(self._count)
+        self.rows: list[dict[str, Any]] = []
+
+    def _count(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        path = response.url.split("/api/v1/staging/", 1)[-1].split("?", 1)[0]
+        kind = "chunks" if path.endswith("/chunks") else "jobs" if path == "jobs" else path.rsplit("/", 1)[-1]
+        self.requests["job" if len(kind) == 36 else kind] += 1
+        self.received += len(response.content)
+
+    def measure(self, label: str, call: Callable[[], Any], repeat: int = 1) -> Any:
+        """Run ``call`` ``repeat`` times; record the figures per call; return its last result."""
+        assert self.server.proc is not None
+        self.requests.clear()
+        self.received = 0
+        peak = [rss_bytes()]
+        start_rss = peak[0]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.01):
+                peak[0] = max(peak[0], rss_bytes())
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        server_cpu, cpu, started = cpu_seconds(self.server.proc.pid), cpu_seconds(), time.perf_counter()
+        result = None
+        for _ in range(repeat):
+            result = call()
+        wall = time.perf_counter() - started
+        cpu, server_cpu = cpu_seconds() - cpu, cpu_seconds(self.server.proc.pid) - server_cpu
+        stop.set()
+        sampler.join()
+        row = {
+            "call": label,
+            "ms": round(1000 * wall / repeat, 1),
+            "requests": {k: round(v / repeat, 2) for k, v in sorted(self.requests.items())},
+            "kB_received": round(self.received / repeat / 1000, 1),
+            "kernel_cpu_s": round(cpu / repeat, 3),
+            "server_cpu_s": round(server_cpu / repeat, 3),
+            "peak_rss_MB": round((peak[0] - start_rss) / 1e6, 1),
+        }
+        self.rows.append(row)
+        print(json.dumps(row), flush=True)
+        return result
+
+
+def make_files(count: int) -> Path:
+    folder = WORK / f"files-{count}"
+    if not (folder / f"f{count - 1:06d}.txt").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            (folder / f"f{i:06d}.txt").write_bytes(f"{i:06d}".encode() * 16 + b"\n" * 4)
+    return folder
+
+
+def make_tables(count: int, rows: int = 200) -> Path:
+    """``count`` CSV tables of ``rows`` rows (time, flux, flux_err, quality), as a folder of light curves."""
+    folder = WORK / f"tables-{count}"
+    if not (folder / f"lc{count - 1:05d}.csv").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            lines = ["time,flux,flux_err,quality"]
+            for r in range(rows):
+                lines.append(
+                    f"{1325.0 + r * 0.0208:.6f},{1000 + (r * 7 + i) % 50:.3f},{0.5 + r % 3 / 10:.3f},{r % 2}"
+                )
+            (folder / f"lc{i:05d}.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def start_server(name: str) -> tuple[JupyterServerProcess, ServerBackend]:
+    state = WORK / name
+    shutil.rmtree(state, ignore_errors=True)
+    server = JupyterServerProcess(state / "root", state / "state")
+    return server, ServerBackend(server.url, server.token, server.root_dir)
+
+
+def run_files(meter: Meter, backend: ServerBackend, count: int) -> None:
+    from jupyter_staging.kernel.widgets import JobWidget
+
+    source = make_files(count)
+    job = Job(backend.create({"source": str(source), "destination": "files", "method": "copy"}), backend)
+    widget = JobWidget(job, follow=False)
+    time.sleep(1.0)
+    meter.measure(f"[{count} files, running] job.refresh()", job.refresh, repeat=5)
+    meter.measure(f"[{count} files, running] widget poll", widget._poll, repeat=5)
+    meter.measure(f"[{count} files, running] job.chunks", lambda: job.chunks)
+    meter.measure(f"[{count} files, running] job.wait(timeout=2)", lambda: _timeout(job.wait, 2.0))
+    meter.measure(f"[{count} files] job.wait() to the end", job.wait)
+    print("job", job.state, job.progress["chunks_done"], flush=True)
+    meter.measure(f"[{count} files, done] job.refresh() + repr", lambda: repr(job.refresh()), repeat=5)
+    meter.measure(f"[{count} files, done] JobWidget(job)", lambda: JobWidget(job, follow=False))
+    meter.measure(f"[{count} files, done] job.chunks", lambda: job.chunks)
+    meter.measure(f"[{count} files, done] job.paths", lambda: job.paths)
+    meter.measure(f"[{count} files, done] job.tables", lambda: job.tables)
+    meter.measure(f"[{count} files, done] job.manifest()", job.manifest)
+    meter.measure(f"[{count} files, done] job.log()", job.log)
+    meter.measure(f"[{count} files, done] list(job.iter_chunks())", lambda: list(job.iter_chunks()))
+
+
+def _timeout(call: Callable[..., Any], seconds: float) -> None:
+    try:
+        call(timeout=seconds)
+    except TimeoutError:
+        pass
+
+
+def run_tables(meter: Meter, backend: ServerBackend, count: int) -> None:
+    source = make_tables(count)
+    body = {"source": str(source), "destination": "tables", "convert": {"format": "parquet"}}
+    job = Job(backend.create(body), backend)
+    meter.measure(f"[{count} tables] job.wait() to the end", job.wait)
+    print("job", job.state, job.progress["chunks_done"], flush=True)
+    meter.measure(f"[{count} tables] job.tables", lambda: job.tables)
+    meter.measure(f"[{count} tables] job.to_arrow()", job.to_arrow)
+    meter.measure(f"[{count} tables] job.to_pandas()", job.to_pandas)
+    meter.measure(f"[{count} tables] job.to_table()", job.to_table)
+    meter.measure(f"[{count} tables] job.dataset()", job.dataset)
+    meter.measure(f"[{count} tables] job.dataset().to_table()", lambda: job.dataset().to_table())
+    meter.measure(f"[{count} tables] job.to_pandas(table=one)", lambda: job.to_pandas(table=job.tables[-1]))
+    names = job.tables[:200]
+    meter.measure(
+        f"[{count} tables] for name in job.tables[:200]: job.to_pandas(table=name) (the whole loop)",
+        lambda: [job.to_pandas(table=name) for name in names],
+    )
+
+
+def run_jobs(meter: Meter, backend: ServerBackend, count: int) -> None:
+    from jupyter_staging.kernel.widgets import JobsTable
+
+    def listing() -> list[Job]:
+        return [Job(data, backend) for data in backend.list_jobs()]
+
+    meter.measure(f"[{count} jobs] list_jobs() (100)", listing, repeat=5)
+    meter.measure(f"[{count} jobs] list_jobs(state='running')", lambda: backend.list_jobs(state="running"), 5)
+    table = meter.measure(f"[{count} jobs] %stage jobs: JobsTable", lambda: JobsTable(listing, follow=False))
+    meter.measure(f"[{count} jobs] JobsTable poll", table._poll, repeat=5)
+    job_id = backend.list_jobs(limit=1)[0]["id"]
+    meter.measure(f"[{count} jobs] get_job(id)", lambda: backend.get(job_id), repeat=5)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--files", type=int, default=20000)
+    parser.add_argument("--tables", type=int, default=2000)
+    parser.add_argument("--jobs", type=int, default=10000)
+    parser.add_argument("--only", choices=["files", "tables", "jobs"], action="append")
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if args.work is not None:
+        globals()["WORK"] = args.work
+    rows: list[dict[str, Any]] = []
+    for part in args.only or ["files", "tables", "jobs"]:
+        server, backend = start_server(f"server-{part}")
+        if part == "jobs":
+            server.state_dir.mkdir(parents=True, exist_ok=True)
+            server.root_dir.mkdir(parents=True, exist_ok=True)
+            # The server makes its tables at its first start: start, stop, seed, start.
+            server.start()
+            server.stop()
+            seed_jobs(f"sqlite:///{server.state_dir / 'jobs.sqlite'}", server.root_dir, args.jobs)
+        server.start()
+        try:
+            meter = Meter(backend, server)
+            if part == "files":
+                run_files(meter, backend, args.files)
+            elif part == "tables":
+                run_tables(meter, backend, args.tables)
+            else:
+                run_jobs(meter, backend, args.jobs)
+            rows += meter.rows
+        finally:
+            backend.close()
+            server.stop()
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
