@@ -102,7 +102,7 @@ class LocalDestination(Destination):
             raise
 
     def read_manifest(self) -> dict[str, Any] | None:
-        return read_manifest(self.workdir)
+        return read_manifest(self.workdir, root=self.root_dir)
 
     def remove_chunk(self, chunk_path: str, published: PublishedFile | None = None) -> bool:
         """Delete output file ``chunk_path`` (relative to the folder) by descriptor; a symlink is removed,

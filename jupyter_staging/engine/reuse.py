@@ -116,8 +116,8 @@ class ReusingWriter(DestinationWriter):
         with self._lock:  # manifest entries run in parallel
             if self._previous is None:
                 reuse = (self.resume.get("swap") or {}).get("reuse") or {}
-                folder = self.replaced_folder
-                manifest = read_manifest(folder) if reuse and folder is not None else None
+                folder, root = self.replaced_folder, self.host.root_dir
+                manifest = read_manifest(folder, root=root) if reuse and folder is not None else None
                 objects = (  # those the manifest, a file the user may edit, states as the job recorded
                     objects_as_recorded(manifest, self.host.store.chunk_summaries(reuse["job"]))
                     if manifest and manifest.get("job_id") == reuse.get("job")

@@ -1,0 +1,82 @@
+"""What a user puts at an output's ``manifest.json`` is read by descriptor, never followed nor waited on: a
+FIFO there blocked a re-run that replaced the output for good (the swap and the reuse of unchanged files
+opened the path and waited for a writer), and a symlink there was read where it led.
+
+Real managers, files, FIFOs and symlinks; nothing mocked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from jupyter_staging.destinations.manifest import MANIFEST_NAME, read_manifest
+from jupyter_staging.engine.manager import StagingManager
+from jupyter_staging.engine.models import CreateJob, JobState
+from jupyter_staging.errors import PathNotAllowed
+from tests.helpers.data import KEPLER, SPITZER, TESS
+
+
+def release(manager: StagingManager, job_id: str, fifo: Path) -> None:
+    """Give each reader that blocks on ``fifo`` its end of file (a writer that opens and closes at once)
+    until job ``job_id`` ends (at most 30 s): without the fix its run waits in ``open(2)``, once per read."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and manager.store.get_job(job_id).state == JobState.running.value:
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        time.sleep(0.05)
+
+
+def test_a_fifo_at_the_old_manifest_does_not_block_the_rerun_that_replaces_it(
+    manager: StagingManager, archive: Path
+) -> None:
+    src = archive / "lc.fits"
+    shutil.copyfile(KEPLER, src)
+    body = CreateJob(manifest={"k": str(src), "s": str(archive / SPITZER.name)}, destination="d")
+    first, _ = manager.create(body)
+    assert manager.wait(first.id, timeout=60).state == JobState.succeeded
+    shutil.copyfile(TESS, src)  # a source changed: the request runs again, replacing the output
+    fifo = manager.root_dir / "d" / MANIFEST_NAME
+    fifo.unlink()
+    os.mkfifo(fifo)
+    again, created = manager.create(body)
+    assert created
+    try:
+        done = manager.wait(again.id, timeout=30)
+    finally:
+        release(manager, again.id, fifo)  # so that the manager can stop without the fix
+    assert done.state == JobState.succeeded, done
+    out = manager.root_dir / "d"
+    assert (out / "k" / "lc.fits").read_bytes() == TESS.read_bytes()
+    assert json.loads((out / MANIFEST_NAME).read_text())["job_id"] == again.id
+
+
+def test_read_manifest_follows_no_link_and_opens_no_special_file(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / MANIFEST_NAME).write_text(json.dumps({"job_id": "elsewhere"}))
+    manifest = root / "d" / MANIFEST_NAME
+    assert read_manifest(root / "d", root=root) is None  # none yet
+    assert read_manifest(root / "gone", root=root) is None  # no such folder
+    manifest.symlink_to(outside / MANIFEST_NAME)
+    assert read_manifest(root / "d", root=root) is None  # a symlink: never followed
+    manifest.unlink()
+    os.mkfifo(manifest)
+    assert read_manifest(root / "d", root=root) is None  # a FIFO: never waited on
+    manifest.unlink()
+    manifest.mkdir()
+    assert read_manifest(root / "d", root=root) is None
+    manifest.rmdir()
+    manifest.write_text(json.dumps({"job_id": "here"}))
+    assert read_manifest(root / "d", root=root) == {"job_id": "here"}
+    (root / "link").symlink_to(outside)  # a folder on the way that is a symlink
+    with pytest.raises(PathNotAllowed):
+        read_manifest(root / "link", root=root)
