@@ -26,6 +26,8 @@ STAGING_JOBS = "api/v1/staging/jobs"
 
 #: Chunks asked for in one request when the service reads a job's chunks (the server answers at most 10,000).
 CHUNK_PAGE = 5000
+#: Chunks the service reads of one job at most (:meth:`HubAPI.job_chunks`), whatever its server answers.
+MOST_CHUNKS = 20000
 
 #: Seconds a token made for calls to a user's server lives; a new one is made once half of that is gone.
 USER_TOKEN_SECONDS = 3600
@@ -204,30 +206,32 @@ class HubAPI:
         return job
 
     async def job_chunks(
-        self, username: str, server_path: str, job_id: str, *, page: int = CHUNK_PAGE
+        self, username: str, server_path: str, job_id: str, *, page: int = CHUNK_PAGE, most: int = MOST_CHUNKS
     ) -> list[dict[str, Any]]:
         """The chunks of a job in ``username``'s server, in index order, read ``page`` at a time
         (``GET .../chunks?offset=&limit=``, until ``total``): a job of 20,000 chunks is 4 answers of
         5,000 rather than one of megabytes. A server of an earlier release, which answers every chunk and
         no ``total``, is read in one answer. An answer without chunks (or none that are objects), or a
         later page answered with an error, ends the list there (``[]`` for the first): the chunks of the
-        pages before are kept."""
+        pages before are kept. At most ``most`` chunks are read and returned: the user runs that server
+        and may make it answer anything, such as a ``total`` of 10**12 and full pages for ever, which the
+        service read (and kept) without end."""
         found: list[dict[str, Any]] = []
         offset = 0
         while True:
-            path = f"{job_url(job_id)}/chunks?offset={offset}&limit={page}"
+            path = f"{job_url(job_id)}/chunks?offset={offset}&limit={min(page, most - len(found))}"
             _, answer = await self.server_api(username, server_path, "GET", path)
             chunks = answer.get("chunks") if isinstance(answer, dict) else None
             got = [c for c in chunks if isinstance(c, dict)] if isinstance(chunks, list) else []
             total = answer.get("total") if isinstance(answer, dict) else None
             if not isinstance(total, int):  # an earlier release (every chunk), or a later page's error
-                return found + got
+                return (found + got)[:most]
             found += got
             after = _index(got[-1]) + 1 if got else 0
             # ``offset`` is an index and ``total`` a count: indexes may have gaps, so the count of chunks
             # read (or a short page) ends the list, never an index reaching ``total``.
-            if len(got) < page or len(found) >= total or after <= offset:
-                return found  # the last page, or an answer that would not move on
+            if len(got) < page or len(found) >= min(total, most) or after <= offset:
+                return found[:most]  # the last page, as many as read, or an answer that would not move on
             offset = after
 
     async def ack_chunk(self, username: str, server_path: str, job_id: str, index: int) -> None:

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from jupyter_staging.engine.store import ChunkRecord
-from jupyter_staging.hub.hubapi import CHUNK_PAGE, HubAPI
+from jupyter_staging.hub.hubapi import CHUNK_PAGE, MOST_CHUNKS, HubAPI
 from tests.helpers.jupyter import JupyterServerProcess
 
 
@@ -123,3 +123,35 @@ def test_a_page_answered_with_an_error_keeps_the_pages_read_before(copied) -> No
     whole = server.request("GET", f"jobs/{job['id']}/chunks").json()["chunks"]
     assert asyncio.run(FailingAPI(server, 3).job_chunks("alice", "/", job["id"], page=5)) == whole[:10]
     assert asyncio.run(FailingAPI(server, 1).job_chunks("alice", "/", job["id"], page=5)) == []
+
+
+class EndlessServer(HubAPI):
+    """A user's server made to answer a ``total`` of 10**12 and full pages (``pages`` of them, then an empty
+    one, so that a reader without a bound ends too): the user runs it and may make it answer anything."""
+
+    def __init__(self, pages: int) -> None:
+        super().__init__("http://127.0.0.1:1/hub/api", "unused", "http://127.0.0.1:1")
+        self.pages = pages
+        self.asked: list[str] = []
+
+    async def server_api(
+        self, username: str, server_path: str, method: str, path: str, body: Any = None
+    ) -> tuple[int, Any]:
+        self.asked.append(path)
+        query = dict(part.split("=") for part in path.rsplit("?", 1)[1].split("&"))
+        offset, limit = int(query["offset"]), int(query["limit"])
+        count = limit if len(self.asked) <= self.pages else 0
+        chunks = [{"index": offset + i, "path": f"f{offset + i}", "state": "ready"} for i in range(count)]
+        return 200, {"chunks": chunks, "total": 10**12}
+
+
+def test_a_server_answering_pages_without_end_is_read_up_to_a_bound() -> None:
+    """Before, the service read (and kept) every page such a server answered: without end, for a server
+    that never stops answering, its memory growing by a page at every answer."""
+    api = EndlessServer(pages=3 * MOST_CHUNKS // CHUNK_PAGE)
+    chunks = asyncio.run(api.job_chunks("mallory", "/", "job"))
+    assert len(chunks) == MOST_CHUNKS
+    assert len(api.asked) == MOST_CHUNKS // CHUNK_PAGE
+    small = EndlessServer(pages=100)
+    assert len(asyncio.run(small.job_chunks("mallory", "/", "job", page=7, most=10))) == 10
+    assert [path.rsplit("?", 1)[1] for path in small.asked] == ["offset=0&limit=7", "offset=7&limit=3"]
