@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 from jupyter_staging.destinations.manifest import MANIFEST_NAME, read_manifest
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, JobState
-from jupyter_staging.errors import PathNotAllowed
+from jupyter_staging.errors import InvalidState, PathNotAllowed
 from tests.helpers.data import KEPLER, SPITZER, TESS
 
 
@@ -80,3 +81,34 @@ def test_read_manifest_follows_no_link_and_opens_no_special_file(tmp_path: Path)
     (root / "link").symlink_to(outside)  # a folder on the way that is a symlink
     with pytest.raises(PathNotAllowed):
         read_manifest(root / "link", root=root)
+
+
+def test_a_fifo_at_a_jobs_manifest_does_not_block_a_read_of_it(
+    manager: StagingManager, archive: Path
+) -> None:
+    """``GET .../manifest`` of a succeeded job whose ``manifest.json`` the user replaced by a FIFO: before,
+    the request's thread waited in ``open(2)`` for good (one thread of the server's pool per request)."""
+    job, _ = manager.create(CreateJob(source=str(archive / SPITZER.name), destination="d"))
+    assert manager.wait(job.id, timeout=60).state == JobState.succeeded
+    fifo = manager.root_dir / "d" / MANIFEST_NAME
+    fifo.unlink()
+    os.mkfifo(fifo)
+    answers: list[BaseException | dict] = []
+
+    def read() -> None:
+        try:
+            answers.append(manager.manifest(job.id))
+        except Exception as exc:  # noqa: BLE001 - the answer is checked below
+            answers.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    reader.join(10)
+    waited = reader.is_alive()
+    while reader.is_alive():  # without the fix: let it go
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(0.1)
+    assert not waited, "the read waited on the FIFO"
+    (answer,) = answers
+    assert isinstance(answer, InvalidState) and answer.code == "manifest_not_ready", answer
