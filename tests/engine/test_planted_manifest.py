@@ -13,7 +13,7 @@ import os
 import shutil
 import threading
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -112,3 +112,35 @@ def test_a_fifo_at_a_jobs_manifest_does_not_block_a_read_of_it(
     assert not waited, "the read waited on the FIFO"
     (answer,) = answers
     assert isinstance(answer, InvalidState) and answer.code == "manifest_not_ready", answer
+
+
+def test_a_rerun_reuses_no_file_through_a_folder_the_user_swapped_for_a_symlink(
+    manager: StagingManager, archive: Path, tmp_path: Path
+) -> None:
+    """Entry ``s``'s folder of the old output replaced by a symlink to a folder outside the root, holding a
+    file of the recorded name, size and time; entry ``k``'s source changes, so the request runs again and
+    ``s``, unchanged, is reused from the old output. Before, the re-run followed the symlink: the outside
+    file (other bytes) was hard-linked into the new output under the Spitzer file's recorded sha256, and the
+    job succeeded. Now ``s`` is staged again from its source."""
+    src = archive / "lc.fits"
+    shutil.copyfile(KEPLER, src)
+    body = CreateJob(manifest={"k": str(src), "s": str(archive / SPITZER.name)}, destination="d")
+    first, _ = manager.create(body)
+    assert manager.wait(first.id, timeout=60).state == JobState.succeeded
+    out = manager.root_dir / "d"
+    objects = json.loads((out / MANIFEST_NAME).read_text())["objects"]
+    (obj,) = [o for o in objects if o["path"].startswith("s/")]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    planted = outside / PurePosixPath(obj["path"]).name
+    planted.write_bytes(b"X" * obj["size"])
+    os.utime(planted, ns=(obj["mtime_ns"], obj["mtime_ns"]))
+    shutil.rmtree(out / "s")
+    (out / "s").symlink_to(outside)
+    shutil.copyfile(TESS, src)
+    again, _ = manager.create(body)
+    assert manager.wait(again.id, timeout=60).state == JobState.succeeded
+    staged = out / obj["path"]
+    assert staged.read_bytes() == SPITZER.read_bytes()
+    assert not os.path.samestat(staged.stat(), planted.stat())
+    assert planted.read_bytes() == b"X" * obj["size"]
