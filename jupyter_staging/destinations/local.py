@@ -7,6 +7,7 @@ paused is refused with ``path_not_allowed``, and nothing outside the root is wri
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from typing import Any
 
 from jupyter_staging.destinations.base import Destination, PublishedFile, scratch_dir
 from jupyter_staging.destinations.manifest import MANIFEST_NAME, manifest_bytes, read_manifest
-from jupyter_staging.errors import PathNotAllowed
+from jupyter_staging.errors import DestinationNotWritable, PathNotAllowed
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.dirfd import (
     READ_FLAGS,
@@ -102,13 +103,14 @@ class LocalDestination(Destination):
             raise
 
     def read_manifest(self) -> dict[str, Any] | None:
-        return read_manifest(self.workdir)
+        return read_manifest(self.workdir, root=self.root_dir)
 
     def remove_chunk(self, chunk_path: str, published: PublishedFile | None = None) -> bool:
         """Delete output file ``chunk_path`` (relative to the folder) by descriptor; a symlink is removed,
         never followed; with ``published``, a regular file of one name of another size or modification
         time stays (the user's, put over the job's or edited). Raises :class:`PathNotAllowed` when a folder
-        on the way is a symlink."""
+        on the way is a symlink, :class:`DestinationNotWritable` (409, nothing deleted) when its folder may
+        not be written into (``EACCES``, ``EPERM``; ``EROFS``: a read-only mount)."""
         parts = components(chunk_path)
         if not parts:
             return False
@@ -117,6 +119,8 @@ class LocalDestination(Destination):
                 return bool(_unlink_below(fd, parts[:-1], parts[-1], published))
         except FileNotFoundError:
             return False
+        except OSError as exc:
+            raise removal_refused(exc, repr(parts[-1])) from None
 
     def remove(
         self,
@@ -138,9 +142,37 @@ class LocalDestination(Destination):
         With ``chunk_files`` a regular file of one name at a chunk's name whose size is not the chunk's
         stays (the user's, put over the job's), and so does one whose modification time is not the one
         recorded: the chunk's, else the one this job's manifest recorded (edited in place at the same size:
-        a FITS header updated)."""
+        a FITS header updated). Raises :class:`DestinationNotWritable` (nothing more removed) when a folder
+        may not be written into (``EACCES``, ``EPERM``, ``EROFS``)."""
         if not components(self.rel):
             return 0
+        try:
+            return self._remove(
+                chunk_paths,
+                item_names,
+                convert_dirs,
+                keep_ready=keep_ready,
+                keep_folder=keep_folder,
+                parts_tagged=parts_tagged,
+                unrecorded=unrecorded,
+                chunk_files=chunk_files,
+            )
+        except OSError as exc:
+            raise removal_refused(exc, f"the output in {self.workdir.name!r}") from None
+
+    def _remove(
+        self,
+        chunk_paths: list[str],
+        item_names: list[str],
+        convert_dirs: list[str],
+        *,
+        keep_ready: bool,
+        keep_folder: bool,
+        parts_tagged: bool,
+        unrecorded: Sequence[str],
+        chunk_files: Mapping[str, PublishedFile] | None,
+    ) -> int:
+        """The work of :meth:`remove` (its arguments) below a destination that is not the root."""
         try:
             dest_fd = open_folder(self.root_dir, self.rel)
         except (FileNotFoundError, PathNotAllowed):
@@ -242,6 +274,20 @@ class LocalDestination(Destination):
         except (PathNotAllowed, ValueError, OSError):
             return None
         return manifest if isinstance(manifest, dict) and manifest.get("job_id") == self.job_id else None
+
+
+def removal_refused(exc: OSError, what: str) -> OSError | DestinationNotWritable:
+    """The :class:`DestinationNotWritable` (409) for ``exc`` met deleting ``what`` (a file's name, or the
+    output of a folder) when a folder may not be written into (``EACCES``, ``EPERM``; ``EROFS``: a read-only
+    mount); ``exc`` itself otherwise. Before, an ack under ``delete_on_ack`` in such a folder answered 500
+    ``internal_error``, and the TTL sweep stopped at such a job's output, every time, leaving the jobs after
+    it unexpired. The message names no path."""
+    if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return exc
+    return DestinationNotWritable(
+        f"{what} could not be deleted: this server's user may not write into its folder "
+        f"({exc.strerror or 'permission denied'}); it stays"
+    )
 
 
 def _recorded_mtimes(manifest: dict[str, Any] | None) -> dict[str, int]:

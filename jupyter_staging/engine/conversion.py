@@ -26,7 +26,6 @@ from astropy.io import fits
 from jupyter_staging.destinations.base import remove_tree_if_empty, scratch_dir
 from jupyter_staging.engine.deadparts import DeadParts
 from jupyter_staging.engine.folders import parts_tagged
-from jupyter_staging.engine.freshness import reusable_output
 from jupyter_staging.engine.items import sha256_file
 from jupyter_staging.engine.models import DONE_STATES, ChunkState
 from jupyter_staging.engine.pipeline import PipelinedStager
@@ -172,9 +171,9 @@ class ConvertingStager(PipelinedStager, TableFolders, DeadParts):
             for p, obj in self._previous_objects().items()
             if p.startswith(out_rel + "/") and obj.get("source_item") == item.name
         )
-        folder, objects = self.replaced_folder, self._previous_objects()
+        objects = self._previous_objects()
         # Each part as staged: one the user changed since (edited at the same size) is converted again.
-        if not parts or not all(reusable_output(folder / rel, objects[rel]) for rel in parts):
+        if not parts or not all(self._reusable_part(rel, objects[rel]) for rel in parts):
             return False
         try:
             self._same_version(item)  # the version the replaced output was made of

@@ -197,21 +197,6 @@ def output_as_staged(st: os.stat_result, obj: Mapping[str, Any]) -> bool:
     return obj.get("mtime_ns") is None or st.st_mtime_ns == obj["mtime_ns"]
 
 
-def reusable_output(path: Path, obj: Mapping[str, Any]) -> bool:
-    """Whether a re-run may take staged output ``path`` as it is: a regular file of the recorded ``size``
-    (bytes) and ``mtime_ns`` that is still as the job left it (:func:`output_as_staged`: not edited in place
-    since); not when it is gone, no regular file, of no recorded size, or changed. Nor when its time was
-    never recorded (a job of release 0.1.0): an edit at the same size could not be told from the job's
-    bytes, which would be linked into the new output under the source's sha256."""
-    if obj.get("size") is None or obj.get("mtime_ns") is None:
-        return False
-    try:
-        st = path.lstat()
-    except OSError:
-        return False
-    return stat.S_ISREG(st.st_mode) and output_as_staged(st, obj)
-
-
 def objects_as_recorded(
     manifest: Mapping[str, Any], chunks: Iterable[ChunkSummary]
 ) -> dict[str, dict[str, Any]]:

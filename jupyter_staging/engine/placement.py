@@ -127,7 +127,7 @@ class Placer:
 
     def output_job(self, folder: Path) -> JobRecord | None:
         """The job whose ``manifest.json`` is in ``folder`` (None when there is none, or no such job)."""
-        manifest = read_manifest(folder) if (folder / MANIFEST_NAME).is_file() else None
+        manifest = read_manifest(folder, root=self.root_dir)
         if manifest is None:
             return None
         rec = self.store.get_job(str(manifest.get("job_id")))
@@ -188,7 +188,7 @@ class Placer:
             return Placement(rel, replaces=prev.id if prev is not None else "")
         assert prev is not None
         fresh = check_sources(prev, sources, source_roots=self.source_roots, prefix=prefix)
-        manifest = read_manifest(path) or {}
+        manifest = read_manifest(path, root=self.root_dir) or {}
         if (
             fresh.up_to_date
             and manifest_as_recorded(manifest, self.store.chunk_summaries(prev.id))

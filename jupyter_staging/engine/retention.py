@@ -53,8 +53,12 @@ def _expire(host: JobHost, rec: JobRecord, *, keep_acked: bool = False) -> bool:
             return False
         try:
             removed = remove_job_output(host, now, keep_ready=False)
-        except StagingError as exc:  # the store is unreachable: the next sweep tries again
+        except StagingError as exc:  # the store unreachable, a folder not writable: the next sweep retries
             log.warning("staging job %s: could not expire its output: %s", rec.id, redact_text(exc.message))
+            return False
+        except OSError as exc:  # EIO, say: logged, and the sweep goes on with the other jobs due
+            why = exc.strerror or type(exc).__name__  # never the path it names
+            log.warning("staging job %s: could not expire its output: %s", rec.id, why)
             return False
         try:  # the job, its chunks and the line: one transaction
             host.set_state(

@@ -11,7 +11,10 @@ recorded sha256 before it is published. It also gives the checksums an item's by
 from __future__ import annotations
 
 import os
+import stat
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +24,14 @@ from jupyter_staging.engine.freshness import (
     locator_identity,
     objects_as_recorded,
     output_as_staged,
-    reusable_output,
 )
 from jupyter_staging.engine.host import JobHost
 from jupyter_staging.engine.staged import StagedIndex
-from jupyter_staging.errors import ChecksumMismatch, VerificationFailed
+from jupyter_staging.errors import ChecksumMismatch, PathNotAllowed, VerificationFailed
 from jupyter_staging.safety.checksums import checksums_to_verify, second_algorithm
 from jupyter_staging.safety.control import JobControl
-from jupyter_staging.safety.copying import copy_file
+from jupyter_staging.safety.copying import copy_file, copy_from_fd
+from jupyter_staging.safety.dirfd import READ_FLAGS, closing_fd, lstat_at, open_existing, open_folder
 from jupyter_staging.sources.base import SourceItem
 
 
@@ -116,8 +119,8 @@ class ReusingWriter(DestinationWriter):
         with self._lock:  # manifest entries run in parallel
             if self._previous is None:
                 reuse = (self.resume.get("swap") or {}).get("reuse") or {}
-                folder = self.replaced_folder
-                manifest = read_manifest(folder) if reuse and folder is not None else None
+                folder, root = self.replaced_folder, self.host.root_dir
+                manifest = read_manifest(folder, root=root) if reuse and folder is not None else None
                 objects = (  # those the manifest, a file the user may edit, states as the job recorded
                     objects_as_recorded(manifest, self.host.store.chunk_summaries(reuse["job"]))
                     if manifest and manifest.get("job_id") == reuse.get("job")
@@ -151,11 +154,9 @@ class ReusingWriter(DestinationWriter):
             st = os.fstat(fd)
         finally:
             os.close(fd)
-        try:
-            src = (self.replaced_folder / rel).lstat()
-        except OSError:
-            return None
-        if not os.path.samestat(st, src) or not output_as_staged(src, old):
+        with self._replaced_at(rel) as found:
+            src = lstat_at(*found) if found is not None else None
+        if src is None or not os.path.samestat(st, src) or not output_as_staged(src, old):
             return None
         return st.st_size, str(old["sha256"])
 
@@ -167,16 +168,58 @@ class ReusingWriter(DestinationWriter):
         old = self._previous_objects().get(rel)
         if old is None or self.replaced_folder is None or not self._unchanged(item):
             return None
-        src = self.replaced_folder / rel
-        if not reusable_output(src, old):
-            return None  # gone, replaced, edited since, or of no recorded size: staged again from the source
-        try:
-            self._link_into(src, final, symbolic=False)
-        except OSError:
-            out = self.part_file(final)
-            copy_file(src, out, self.control)
-            size, digest = out.commit(old.get("size"), checksums={"sha256": old["sha256"]})
-        else:
-            size, digest = int(old["size"]), str(old["sha256"])
-            self.control.add_bytes(size)
+        with self._replaced_at(rel) as found:
+            if found is None or not self.reusable(found, old):
+                return None  # gone, replaced, edited since, of no recorded size: staged from the source
+            try:
+                self._link_into(self.replaced_folder / rel, final, symbolic=False, src_at=found)
+            except OSError:
+                try:
+                    fd = open_existing(*found, READ_FLAGS)
+                except PathNotAllowed:  # replaced since it was looked at (a symlink, a FIFO)
+                    return None
+                if fd is None:
+                    return None
+                out = self.part_file(final)
+                with closing_fd(fd):
+                    copy_from_fd(fd, out, self.control)
+                size, digest = out.commit(old.get("size"), checksums={"sha256": old["sha256"]})
+            else:
+                size, digest = int(old["size"]), str(old["sha256"])
+                self.control.add_bytes(size)
         return size, digest
+
+    @contextmanager
+    def _replaced_at(self, rel: str) -> Iterator[tuple[int, str] | None]:
+        """``(descriptor of its folder, its name)`` of output ``rel`` of the folder this job replaces, the
+        folder reached from the root without following a symlink (closed on exit); None when it cannot be
+        (missing, a symlink or a file on the way, not to be entered). Before, the path was followed: a
+        folder of the old output that the user replaced by a symlink had a file outside the root, of the
+        recorded size and time, hard-linked into the new output under the old file's sha256."""
+        root = self.host.root_dir
+        path = (self.replaced_folder or root) / rel
+        try:
+            fd = open_folder(root, path.parent.relative_to(root).as_posix(), writing=False)
+        except (OSError, PathNotAllowed, ValueError):
+            yield None
+            return
+        with closing_fd(fd):
+            yield fd, path.name
+
+    @staticmethod
+    def reusable(found: tuple[int, str], obj: dict[str, Any]) -> bool:
+        """Whether the replaced output's file ``found`` (:meth:`_replaced_at`, looked at by descriptor) may
+        be taken as it is: a regular file of the recorded ``size`` (bytes) and ``mtime_ns`` that is still as
+        the job left it (:func:`~jupyter_staging.engine.freshness.output_as_staged`: not edited in place
+        since); not when it is gone, no regular file, of no recorded size, or changed. Nor when its time was
+        never recorded (a job of release 0.1.0): an edit at the same size could not be told from the job's
+        bytes, which would be linked into the new output under the source's sha256."""
+        if obj.get("size") is None or obj.get("mtime_ns") is None:
+            return False
+        st = lstat_at(*found)
+        return st is not None and stat.S_ISREG(st.st_mode) and output_as_staged(st, obj)
+
+    def _reusable_part(self, rel: str, obj: dict[str, Any]) -> bool:
+        """:meth:`reusable` for output ``rel`` of the folder this job replaces."""
+        with self._replaced_at(rel) as found:
+            return found is not None and self.reusable(found, obj)

@@ -408,8 +408,10 @@ class JobRunner(ManifestStager):
         """The swap of :meth:`_swap_in` (:func:`swap_in`), recorded ``done`` once over."""
         staged_before, suffix = swap.get("before"), self.job_id[:8]
         resumed = staged_before is not None  # a run that stopped had started the swap
+        root = self._swap_root()
         if staged_before is None:
-            old = read_manifest(self.replaced_folder) if self.replaced_folder is not None else None
+            folder = self.replaced_folder
+            old = read_manifest(folder, root=root) if folder is not None else None
             staged_before = recorded_outputs(old)
             if old is None and replaced is not None:  # a failed job's files, no manifest: what it published
                 staged_before |= published_by(replaced, self.store.list_chunks(replaced.id))
@@ -417,10 +419,7 @@ class JobRunner(ManifestStager):
                 swap["before"] = staged_before
                 self._save_resume(bytes_done=self.live.bytes_done)  # the job's totals (_totals)
         aside_name = f".replaced-{suffix}"
-        root = self._swap_root()
-        if self.recovering and swapped_already(
-            root / rec.destination, root / swap["into"], aside_name, self.job_id
-        ):
+        if self.recovering and swapped_already(root, rec.destination, swap["into"], aside_name, self.job_id):
             done = Swapped()
         else:
             # The old output's chunks are expired before its folder is touched: an ack of one of them from

@@ -292,13 +292,14 @@ def kept_before(final: Path, suffix: str, done: Swapped) -> list[str]:
     return sorted(found)
 
 
-def swapped_already(final: Path, new: Path, aside_name: str, job_id: str) -> bool:
+def swapped_already(root: Path, rel: str, into: str, aside_name: str, job_id: str) -> bool:
     """True when a swap of job ``job_id`` that a stop cut short was complete but for its record: the
-    scratch folder ``new`` is gone (renamed into place, or emptied by a merge), nothing is left aside beside
-    ``final`` (``aside_name``), and ``final`` holds the job's manifest."""
-    if os.path.lexists(new) or os.path.lexists(final.parent / aside_name):
+    scratch folder ``root/into`` is gone (renamed into place, or emptied by a merge), nothing is left aside
+    beside ``root/rel`` (``aside_name``), and ``root/rel`` holds the job's manifest (read by descriptor)."""
+    final = root / rel
+    if os.path.lexists(root / into) or os.path.lexists(final.parent / aside_name):
         return False
-    manifest = read_manifest(final)
+    manifest = read_manifest(final, root=root)
     return manifest is not None and manifest.get("job_id") == job_id
 
 

@@ -26,6 +26,8 @@ STAGING_JOBS = "api/v1/staging/jobs"
 
 #: Chunks asked for in one request when the service reads a job's chunks (the server answers at most 10,000).
 CHUNK_PAGE = 5000
+#: Chunks the service reads of one job at most (:meth:`HubAPI.job_chunks`), whatever its server answers.
+MOST_CHUNKS = 20000
 
 #: Seconds a token made for calls to a user's server lives; a new one is made once half of that is gone.
 USER_TOKEN_SECONDS = 3600
@@ -204,12 +206,16 @@ class HubAPI:
         return job
 
     async def job_chunks(
-        self, username: str, server_path: str, job_id: str, *, page: int = CHUNK_PAGE
+        self, username: str, server_path: str, job_id: str, *, page: int = CHUNK_PAGE, most: int = MOST_CHUNKS
     ) -> list[dict[str, Any]]:
         """Every chunk of a job in ``username``'s server, in index order, read ``page`` at a time
         (``GET .../chunks?offset=&limit=``, until ``total`` are read): a job of 20,000 chunks is 4 answers
         of 5,000 rather than one of megabytes. A server of an earlier release, which answers every chunk
         and no ``total`` to the first page, is read in that one answer.
+
+        At most ``most`` chunks: the user runs that server and may make it answer anything (a ``total`` of
+        10**12 and full pages for ever, which the service read and kept without end); a job stating more,
+        or a page holding more than asked for, raises ``chunk_list_failed``.
 
         The list is whole or not returned: a page the server fails to answer (no connection, 429, 5xx) is
         asked again after each of :attr:`page_retry_delays` seconds; a page still failing, or answered
@@ -222,7 +228,11 @@ class HubAPI:
         total: int | None = None
         while True:
             read = (len(found), total)
-            got, total = await self._chunk_page(username, server_path, job_id, offset, page, read)
+            asked = min(page, most - len(found))
+            got, total = await self._chunk_page(username, server_path, job_id, offset, asked, read)
+            if len(found) + len(got) > most or (total is not None and total > most) or len(got) > asked:
+                why = f"more than the {most} chunks read of one job, or more than the {asked} asked for"
+                raise chunk_list_failed(username, job_id, offset, len(found), total, why)
             found += got
             if total is None:  # an earlier release answered every chunk to the first page
                 return found
@@ -231,7 +241,7 @@ class HubAPI:
             # read ends the list, never an index reaching ``total``.
             if len(found) >= total:
                 return found
-            if len(got) < page or after <= offset:  # the server has no more, or would not move on
+            if len(got) < asked or after <= offset:  # the server has no more, or would not move on
                 raise chunk_list_failed(
                     username, job_id, offset, len(found), total, f"its last page ended at {len(found)}"
                 )

@@ -23,7 +23,7 @@ from jupyter_staging.engine.store import ChunkRecord, Store
 from jupyter_staging.errors import StagingError
 from jupyter_staging.hub.areas import UserAreas
 from jupyter_staging.hub.db import Operation, OperationStore
-from jupyter_staging.hub.hubapi import CHUNK_PAGE, HubAPI
+from jupyter_staging.hub.hubapi import CHUNK_PAGE, MOST_CHUNKS, HubAPI
 from jupyter_staging.hub.operations import Caller, StagingOperations
 from tests.helpers.data import KEPLER_NAME
 from tests.helpers.jupyter import JupyterServerProcess
@@ -279,3 +279,42 @@ def test_a_jupyter_copy_whose_chunks_cannot_be_read_fails_chunk_list_failed(tmp_
     assert (final.status, final.error_code) == ("failed", "chunk_list_failed"), final.error_reason
     assert str(final.job_id) in str(final.error_reason) and "404" in str(final.error_reason)
     assert not (home / "staging" / KEPLER_NAME).exists()
+
+
+class EndlessServer(HubAPI):
+    """A user's server made to answer a ``total`` of ``total`` and full pages (``pages`` of them, then an
+    empty one, so that a reader without a bound ends too): the user runs it and may make it answer
+    anything."""
+
+    def __init__(self, pages: int, total: int = 10**12, extra: int = 0) -> None:
+        super().__init__("http://127.0.0.1:1/hub/api", "unused", "http://127.0.0.1:1")
+        self.pages, self.total, self.extra = pages, total, extra
+        self.asked: list[str] = []
+
+    async def server_api(
+        self, username: str, server_path: str, method: str, path: str, body: Any = None
+    ) -> tuple[int, Any]:
+        self.asked.append(path)
+        query = dict(part.split("=") for part in path.rsplit("?", 1)[1].split("&"))
+        offset, limit = int(query["offset"]), int(query["limit"])
+        count = limit + self.extra if len(self.asked) <= self.pages else 0
+        chunks = [{"index": offset + i, "path": f"f{offset + i}", "state": "ready"} for i in range(count)]
+        return 200, {"chunks": chunks, "total": self.total}
+
+
+def test_a_server_answering_pages_without_end_is_read_up_to_a_bound() -> None:
+    """Before, the service read (and kept) every page such a server answered: without end, for a server
+    that never stops answering, its memory growing by a page at every answer. A job stating more chunks
+    than :data:`MOST_CHUNKS`, or pages past that bound or longer than asked, fail ``chunk_list_failed``
+    after one page."""
+    endless = EndlessServer(pages=3 * MOST_CHUNKS // CHUNK_PAGE)
+    with pytest.raises(StagingError) as caught:
+        asyncio.run(endless.job_chunks("mallory", "/", "job"))
+    assert caught.value.code == "chunk_list_failed" and len(endless.asked) == 1
+    lying = EndlessServer(pages=100, total=10)  # says 10, keeps sending full pages: ends at 10
+    assert len(asyncio.run(lying.job_chunks("mallory", "/", "job", page=7, most=10))) == 10
+    assert [path.rsplit("?", 1)[1] for path in lying.asked] == ["offset=0&limit=7", "offset=7&limit=3"]
+    longer = EndlessServer(pages=100, total=10, extra=5)  # more than asked for in one answer
+    with pytest.raises(StagingError) as caught:
+        asyncio.run(longer.job_chunks("mallory", "/", "job", page=7, most=10))
+    assert caught.value.code == "chunk_list_failed" and len(longer.asked) == 1
