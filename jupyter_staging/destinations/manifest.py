@@ -87,10 +87,10 @@ def read_manifest(folder: Path, *, root: Path) -> dict[str, Any] | None:
 
     Read by descriptor: ``folder`` reached from ``root`` one component at a time without following a
     symlink, ``manifest.json`` opened with ``O_NOFOLLOW | O_NONBLOCK`` (:data:`MAX_MANIFEST_BYTES` at
-    most). Before, the path was read as it was: a FIFO the user put at the old output's ``manifest.json`` blocked the re-run that
-    replaced it for good (its swap, its reuse of unchanged files). Raises :class:`PathNotAllowed` when a
-    folder on the way is a symlink or a file, ``ValueError`` when the file is not JSON, ``OSError`` when it
-    cannot be read (``EACCES``, ``EIO``)."""
+    most). Before, the path was read as it was: a FIFO the user put at the old output's ``manifest.json``
+    blocked the re-run that replaced it for good (its swap, its reuse of unchanged files). Raises
+    :class:`PathNotAllowed` when a folder on the way is a symlink or a file, ``ValueError`` when the file
+    is not JSON, ``OSError`` when it cannot be read (``EACCES``, ``EIO``)."""
     rel = "." if folder == root else folder.relative_to(root).as_posix()
     try:
         fd = open_folder(root, rel, writing=False)

@@ -144,3 +144,16 @@ def test_a_rerun_reuses_no_file_through_a_folder_the_user_swapped_for_a_symlink(
     assert staged.read_bytes() == SPITZER.read_bytes()
     assert not os.path.samestat(staged.stat(), planted.stat())
     assert planted.read_bytes() == b"X" * obj["size"]
+
+
+def test_a_manifest_past_64_mib_is_read_whole(tmp_path: Path) -> None:
+    """A manifest of some 250,000 files is over 64 MiB (about 300 bytes a file): the descriptor read first
+    stopped there, and the cut JSON would have made the job's output unreadable to its re-runs."""
+    out = tmp_path / "out"
+    out.mkdir()
+    objects = [
+        {"path": f"sector/lc-{i:07d}.fits", "size": 2_039_040, "sha256": "0" * 64} for i in range(600_000)
+    ]
+    (out / MANIFEST_NAME).write_text(json.dumps({"objects": objects}))
+    assert (out / MANIFEST_NAME).stat().st_size > 64 * 1024 * 1024
+    assert len(read_manifest(out, root=tmp_path)["objects"]) == 600_000
