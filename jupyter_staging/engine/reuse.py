@@ -30,7 +30,7 @@ from jupyter_staging.engine.staged import StagedIndex
 from jupyter_staging.errors import ChecksumMismatch, PathNotAllowed, VerificationFailed
 from jupyter_staging.safety.checksums import checksums_to_verify, second_algorithm
 from jupyter_staging.safety.control import JobControl
-from jupyter_staging.safety.copying import copy_file, copy_from_fd
+from jupyter_staging.safety.copying import copy_from_fd
 from jupyter_staging.safety.dirfd import READ_FLAGS, closing_fd, lstat_at, open_existing, open_folder
 from jupyter_staging.sources.base import SourceItem
 
@@ -94,9 +94,31 @@ class ReusingWriter(DestinationWriter):
         path, size, digest = found
         if item.size is not None and size != item.size:
             return None
+        try:  # never through a symlink, never waiting on a FIFO put at its name since it was looked at
+            fd = os.open(path, READ_FLAGS)
+        except OSError:
+            return None
+        with closing_fd(fd):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+                return None
+            return self._copy_staged_fd(item, fd, final, sums, size, digest, sync_folder=sync_folder)
+
+    def _copy_staged_fd(
+        self,
+        item: SourceItem,
+        fd: int,
+        final: Path,
+        sums: dict[str, str],
+        size: int,
+        digest: str,
+        *,
+        sync_folder: bool,
+    ) -> tuple[int, str] | None:
+        """:meth:`_copy_staged` of the staged file open as ``fd`` (``size`` bytes, recorded ``digest``)."""
         out = self.part_file(final, second=second_algorithm(sums))
         try:
-            copy_file(path, out, self.control)
+            copy_from_fd(fd, out, self.control)
             result = out.commit(size, checksums={**sums, "sha256": digest}, sync_folder=sync_folder)
         except VerificationFailed:
             self.control.add_bytes(-size)

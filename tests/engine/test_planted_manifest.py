@@ -157,3 +157,37 @@ def test_a_manifest_past_64_mib_is_read_whole(tmp_path: Path) -> None:
     (out / MANIFEST_NAME).write_text(json.dumps({"objects": objects}))
     assert (out / MANIFEST_NAME).stat().st_size > 64 * 1024 * 1024
     assert len(read_manifest(out, root=tmp_path)["objects"]) == 600_000
+
+
+def test_a_fifo_put_at_an_earlier_output_as_it_is_copied_from_does_not_block_the_job(
+    manager: StagingManager, range_server, monkeypatch
+) -> None:
+    """A file this server staged before is copied instead of downloaded again (the same ETag); the user
+    replaced it by a FIFO between the look at it (a regular file of its size) and its opening: the job
+    waited in ``open(2)`` for good. It is now opened without waiting nor following a link, and a file that
+    is no longer the one looked at is downloaded instead."""
+    from jupyter_staging.engine.staged import StagedIndex
+
+    shutil.copyfile(SPITZER, range_server.root / SPITZER.name)
+    url = range_server.url(SPITZER.name)
+    first, _ = manager.create(CreateJob(source=url, destination="one"))
+    assert manager.wait(first.id, timeout=60).state == JobState.succeeded
+    staged = manager.root_dir / "one" / SPITZER.name
+    real_find = StagedIndex.find
+
+    def find(self: StagedIndex, *args: object, **kwargs: object) -> object:
+        found = real_find(self, *args, **kwargs)  # type: ignore[arg-type]
+        if found is not None and found[0] == staged and not staged.is_fifo():
+            staged.unlink()
+            os.mkfifo(staged)
+        return found
+
+    monkeypatch.setattr(StagedIndex, "find", find)
+    second, _ = manager.create(CreateJob(source=url, destination="two"))
+    try:
+        done = manager.wait(second.id, timeout=30)
+    finally:
+        release(manager, second.id, staged)  # so that the manager can stop without the fix
+    assert done.state == JobState.succeeded, done
+    assert (manager.root_dir / "two" / SPITZER.name).read_bytes() == SPITZER.read_bytes()
+    assert staged.is_fifo()  # the user's, left alone
