@@ -103,10 +103,14 @@ def read_manifest(folder: Path, *, root: Path) -> dict[str, Any] | None:
             data = read_file_at(fd, MANIFEST_NAME, limit=MAX_MANIFEST_BYTES)
         except PathNotAllowed:  # a symlink or a special file: not a manifest
             return None
-    if data is None:
-        return None
+    return None if data is None else parse_manifest(data)
+
+
+def parse_manifest(data: bytes) -> dict[str, Any] | None:
+    """The manifest in the bytes of a ``manifest.json`` (a file, an object), or None when they hold no
+    JSON object (not JSON, not UTF-8/16/32, a list): someone's file of that name is no job's manifest."""
     try:
         manifest = json.loads(data)
-    except ValueError:  # not JSON, nor UTF-8 / 16 / 32 (UnicodeDecodeError is a ValueError)
+    except ValueError:  # UnicodeDecodeError is a ValueError too
         return None
     return manifest if isinstance(manifest, dict) else None
