@@ -10,7 +10,6 @@ docstring lists the environment variables read); a destination is never written 
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -28,7 +27,7 @@ from jupyter_staging.clouds.azure import (
     require_sdk,
 )
 from jupyter_staging.destinations.base import PublishedFile
-from jupyter_staging.destinations.manifest import MANIFEST_NAME
+from jupyter_staging.destinations.manifest import MANIFEST_NAME, parse_manifest
 from jupyter_staging.destinations.objectstore import (
     UPLOAD_CHUNKSIZE,
     UPLOAD_CONCURRENCY,
@@ -255,8 +254,9 @@ class AzureDestination(ObjectStoreDestination):
             raise VerificationFailed(f"upload of {self.locator(name)} could not be verified")
 
     def read_manifest(self) -> dict[str, Any] | None:
-        """The blob ``prefix/<job_id>/manifest.json``; None when it does not exist. Raises
-        :class:`TransferFailed` (code ``destination_not_found``) when the container does not exist."""
+        """The blob ``prefix/<job_id>/manifest.json``; None when it does not exist or holds no JSON
+        object. Raises :class:`TransferFailed` (code ``destination_not_found``) when the container does not
+        exist."""
         name = self.key(MANIFEST_NAME)
         with self.errors(self.locator(name), missing_ok=True) as errors:
             body = self.blob(name).download_blob().readall()
@@ -266,8 +266,7 @@ class AzureDestination(ObjectStoreDestination):
             )
         if errors.missing:
             return None
-        data: dict[str, Any] = json.loads(body)
-        return data
+        return parse_manifest(body)  # None for a blob overwritten with no JSON object
 
     # -- removing ----------------------------------------------------------------------------------
 

@@ -83,14 +83,16 @@ def build_manifest(
 def read_manifest(folder: Path, *, root: Path) -> dict[str, Any] | None:
     """The manifest in ``folder`` (a folder below the trusted ``root``, or ``root`` itself), or None when
     there is none: the job has not written one (yet), the folder is missing, or what has its name is no
-    regular file (a symlink, a FIFO, a folder: the user's, never followed nor opened to wait on).
+    regular file (a symlink, a FIFO, a folder: the user's, never followed nor opened to wait on) or holds
+    no JSON object (a file of the user's of that name, or the job's overwritten since).
 
     Read by descriptor: ``folder`` reached from ``root`` one component at a time without following a
     symlink, ``manifest.json`` opened with ``O_NOFOLLOW | O_NONBLOCK`` (:data:`MAX_MANIFEST_BYTES` at
     most). Before, the path was read as it was: a FIFO the user put at the old output's ``manifest.json``
     blocked the re-run that replaced it for good (its swap, its reuse of unchanged files). Raises
-    :class:`PathNotAllowed` when a folder on the way is a symlink or a file, ``ValueError`` when the file
-    is not JSON, ``OSError`` when it cannot be read (``EACCES``, ``EIO``)."""
+    :class:`PathNotAllowed` when a folder on the way is a symlink or a file, ``OSError`` when it cannot be
+    read (``EACCES``, ``EIO``). Before, a file that was not JSON (or JSON of no object) raised, and staging
+    into its folder or reading the job's manifest failed ``internal_error``."""
     rel = "." if folder == root else folder.relative_to(root).as_posix()
     try:
         fd = open_folder(root, rel, writing=False)
@@ -101,4 +103,14 @@ def read_manifest(folder: Path, *, root: Path) -> dict[str, Any] | None:
             data = read_file_at(fd, MANIFEST_NAME, limit=MAX_MANIFEST_BYTES)
         except PathNotAllowed:  # a symlink or a special file: not a manifest
             return None
-    return None if data is None else json.loads(data)
+    return None if data is None else parse_manifest(data)
+
+
+def parse_manifest(data: bytes) -> dict[str, Any] | None:
+    """The manifest in the bytes of a ``manifest.json`` (a file, an object), or None when they hold no
+    JSON object (not JSON, not UTF-8/16/32, a list): someone's file of that name is no job's manifest."""
+    try:
+        manifest = json.loads(data)
+    except ValueError:  # UnicodeDecodeError is a ValueError too
+        return None
+    return manifest if isinstance(manifest, dict) else None

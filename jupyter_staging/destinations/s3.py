@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import re
 import threading
@@ -32,7 +31,7 @@ from jupyter_staging.clouds.s3 import (
     shared_s3_client,
 )
 from jupyter_staging.destinations.base import PublishedFile
-from jupyter_staging.destinations.manifest import MANIFEST_NAME
+from jupyter_staging.destinations.manifest import MANIFEST_NAME, parse_manifest
 from jupyter_staging.destinations.objectstore import (
     UPLOAD_CHUNKSIZE,
     UPLOAD_CONCURRENCY,
@@ -326,14 +325,14 @@ class S3Destination(ObjectStoreDestination):
             raise VerificationFailed(f"upload of {self.locator(key)} could not be verified")
 
     def read_manifest(self) -> dict[str, Any] | None:
-        """GetObject ``prefix/<job_id>/manifest.json``; None when it does not exist."""
+        """GetObject ``prefix/<job_id>/manifest.json``; None when it does not exist or holds no JSON
+        object."""
         with self.errors(f"{self.uri}{MANIFEST_NAME}", missing_ok=True) as errors:
             response = self.client().get_object(Bucket=self.bucket, Key=self.key(MANIFEST_NAME))
         if errors.missing:
             return None
         with response["Body"] as body:
-            data: dict[str, Any] = json.loads(body.read())
-        return data
+            return parse_manifest(body.read())  # None for an object overwritten with no JSON object
 
     # -- removing ----------------------------------------------------------------------------------
 

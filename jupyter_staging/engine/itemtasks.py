@@ -139,11 +139,14 @@ def _fetch_one(
 ) -> tuple[int, str]:
     """The body of :func:`fetch_item` with the task's ``control`` and a ``source`` opened when first
     called (not at all for a file an earlier attempt published): shared with the tasks that stage a group
-    of small files (:func:`fetch_items`). Returns
-    ``(size_bytes, sha256_hex)``; raises as :func:`fetch_item`."""
+    of small files (:func:`fetch_items`). A file an earlier try published is taken back, its bytes counted
+    by this try. Returns ``(size_bytes, sha256_hex)``; raises as :func:`fetch_item`."""
     control.check()
     published = published_earlier(ctx, final_rel, item.size)
     if published is not None:
+        # Counted again: a try counts from zero (the server takes back what an earlier try of the task
+        # reported), so the bytes of a file the earlier try published would vanish from the job's progress.
+        control.add_bytes(published[0])
         return published
     return fetch_verified(
         source(),

@@ -252,7 +252,12 @@ class JupyterCopies:
                 await self._release_failed(op, server)
                 await asyncio.to_thread(self._discard_scratch, op.user, relative_path, name, scratch)
             raise job_failed(op, job)
-        chunks = await self.hub.job_chunks(op.user, server, str(op.job_id))
+        try:
+            chunks = await self.hub.job_chunks(op.user, server, str(op.job_id))
+        except StagingError:  # chunk_list_failed: nothing lands; the copy in scratch goes, as a failed job's
+            if scratch is not None:
+                await asyncio.to_thread(self._discard_scratch, op.user, relative_path, name, scratch)
+            raise
         chunk = pick_chunk(chunks, name)
         landed = True
         target = await asyncio.to_thread(self._open_target, op.user, relative_path, name, create=False)
@@ -326,7 +331,8 @@ class JupyterCopies:
         await self._release(op, server, chunks)
 
     def _discard_scratch(self, username: str, relative_path: str, name: str, scratch: str) -> None:
-        """Remove what a failed job left in its scratch folder (best effort)."""
+        """Remove what a failed job left in its scratch folder, or a job whose chunk list could not be read
+        (best effort)."""
         try:
             target = self._open_target(username, relative_path, name, create=False)
         except (OSError, StagingError):

@@ -396,3 +396,18 @@ async def test_cancel_removes_the_objects_already_uploaded(jp_fetch, jp_root_dir
     assert store.keys_below(prefix) == set()
     store.assert_siblings_intact(siblings)
     assert not [p for p in jp_root_dir.rglob("*") if p.is_file()]  # no scratch left either
+
+
+async def test_a_manifest_object_overwritten_with_no_json_object_is_manifest_not_ready(
+    jp_fetch, shared_data, store
+):
+    """A job's ``manifest.json`` object that someone overwrote with bytes that are no JSON object: before,
+    ``GET .../manifest`` answered 500 ``internal_error`` (the JSON error of its read); it is no manifest
+    now, as in a local folder: 409 ``manifest_not_ready``."""
+    body = {"source": str(shared_data / "README.md"), "destination": f"{store.root}overwritten/"}
+    job = await wait_for(jp_fetch, json.loads((await post_job(jp_fetch, body)).body)["id"])
+    assert job["state"] == "succeeded", job
+    assert (await get_json(jp_fetch, "jobs", job["id"], "manifest"))["job_id"] == job["id"]
+    for planted in (b"not json {", b"[1, 2]"):
+        store.write(f"{store.job_prefix(job)}manifest.json", planted)
+        await expect_error(jp_fetch(*API, "jobs", job["id"], "manifest"), 409, "manifest_not_ready")

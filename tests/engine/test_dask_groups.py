@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +21,11 @@ from jupyter_staging.engine.executors import DaskExecutor
 from jupyter_staging.engine.itemtasks import GROUPED_BYTES, Grouping, fetch_items, files_per_group
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, DescribeJob, JobState
+from jupyter_staging.engine.progress import LiveProgress
 from jupyter_staging.engine.tasks import RUN, TaskContext
-from jupyter_staging.engine.taskset import on_worker
+from jupyter_staging.engine.taskset import JobTasks, on_worker
 from jupyter_staging.errors import ChecksumMismatch
+from jupyter_staging.safety.control import JobControl
 from jupyter_staging.sources.registry import open_source
 from tests.helpers.dask import local_cluster
 from tests.helpers.data import sha256, wait_until
@@ -160,3 +163,47 @@ def test_groups_hold_at_most_their_files_and_bytes():
     assert by_bytes.add("c", 1) is None
     assert by_bytes.drain() == ["b", "c"]
     assert [files_per_group(n) for n in (1, 127, 128, 300, 2000, 20000)] == [1, 1, 2, 4, 31, 32]
+
+
+def test_a_group_run_again_counts_the_files_it_takes_back_in_the_jobs_bytes(tmp_path, cluster):
+    """A task run again counts from zero (the server takes back what its earlier try reported:
+    ``JobTasks._counted_once``), so a group run again must count the files it takes back too. Before, it
+    counted only those it fetched: the bytes of the files its first try published vanished from the job's
+    progress (bytes_done went back by them while the job ran, and a paused or failed job kept the lower
+    figure). The second try runs under the same task key, as Dask's retry of it does."""
+    src = tmp_path / "src"
+    sums = small_files(src, 5)
+    total = sum((src / name).stat().st_size for name in sums)
+    (tmp_path / "out").mkdir()
+    items = sorted(open_source(str(src)).list_items(), key=lambda item: item.name)
+    ctx = TaskContext("job-group-bytes", str(tmp_path), batch="b1")
+    live = LiveProgress()
+    key = "staging-fetch_items-group-bytes"
+
+    def entries(wrong: bool) -> list:
+        return [
+            (item, f"out/{item.name}", {"sha256": "0" * 64} if wrong and i == 2 else {}, None)
+            for i, item in enumerate(items)
+        ]
+
+    with Client(cluster, set_as_default=False) as client:
+        job = JobTasks(client, ctx, JobControl(), live, lambda: None)
+        Variable(ctx.control_key, client=client).set(RUN)
+        try:
+            first = client.submit(on_worker, fetch_items, ctx, str(src), None, entries(True), key=key)
+            assert isinstance(first.result().error, ChecksumMismatch)
+            first.release()
+            del first
+            wait_until(
+                lambda: not client.run_on_scheduler(lambda dask_scheduler: key in dask_scheduler.tasks),
+                timeout=30,
+                what="the first try to be forgotten",
+            )
+            again = client.submit(on_worker, fetch_items, ctx, str(src), None, entries(False), key=key)
+            assert [sha for _, sha in again.result()] == [sums[item.name] for item in items]
+            deadline = time.monotonic() + 15
+            while live.bytes_done != total and time.monotonic() < deadline:  # events come as they come
+                time.sleep(0.05)
+            assert live.bytes_done == total
+        finally:
+            job.close()

@@ -20,7 +20,7 @@ import pytest
 from jupyter_staging.destinations.manifest import MANIFEST_NAME, read_manifest
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, JobState
-from jupyter_staging.errors import InvalidState, PathNotAllowed
+from jupyter_staging.errors import DestinationExists, InvalidState, PathNotAllowed
 from tests.helpers.data import KEPLER, SPITZER, TESS
 
 
@@ -191,3 +191,30 @@ def test_a_fifo_put_at_an_earlier_output_as_it_is_copied_from_does_not_block_the
     assert done.state == JobState.succeeded, done
     assert (manager.root_dir / "two" / SPITZER.name).read_bytes() == SPITZER.read_bytes()
     assert staged.is_fifo()  # the user's, left alone
+
+
+@pytest.mark.parametrize("planted", [b"not json {", b"\xff\xfe\x00", b"[1, 2]", b'"text"'], ids=repr)
+def test_a_manifest_json_that_is_no_json_object_is_no_manifest(
+    manager: StagingManager, archive: Path, planted: bytes
+) -> None:
+    """A ``manifest.json`` that is no JSON object (a user's own file of that name in a folder staged into,
+    or a job's manifest the user overwrote) is no job's manifest, as a FIFO or a symlink there is. Before,
+    ``read_manifest`` raised ``JSONDecodeError`` (or its caller ``AttributeError`` on a list): staging into
+    that folder, and ``GET .../manifest`` of the job, failed ``internal_error`` (500)."""
+    mine = manager.root_dir / "mine"
+    mine.mkdir()
+    (mine / MANIFEST_NAME).write_bytes(planted)
+    with pytest.raises(DestinationExists):  # another request's output, as for a manifest of no job
+        manager.create(CreateJob(source=str(archive / SPITZER.name), destination="mine"))
+    job, _ = manager.create(
+        CreateJob(source=str(archive / SPITZER.name), destination="mine", if_exists="refresh")
+    )
+    assert manager.wait(job.id, timeout=60).state == JobState.succeeded
+    assert json.loads((mine / MANIFEST_NAME).read_text())["job_id"] == job.id
+
+    (mine / MANIFEST_NAME).unlink()
+    (mine / MANIFEST_NAME).write_bytes(planted)  # the job's manifest overwritten by the user
+    with pytest.raises(InvalidState) as read:
+        manager.manifest(job.id)
+    assert read.value.code == "manifest_not_ready"
+    assert read_manifest(mine, root=manager.root_dir) is None

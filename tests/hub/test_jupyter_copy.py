@@ -368,3 +368,21 @@ def test_a_failed_job_whose_chunks_cannot_be_read_fails_with_the_jobs_error(site
     assert (op.status, op.error_code) == ("failed", "disk_full"), op.to_dict()
     kept = [r.getMessage() for r in caplog.records if "kept" in r.getMessage()]
     assert kept and "could not be read whole" in kept[0], [r.getMessage() for r in caplog.records]
+
+
+def test_a_succeeded_job_whose_chunks_cannot_be_read_leaves_no_scratch_folder(site):
+    """A job that succeeded, whose chunk list the user's server then failed to give whole
+    (``chunk_list_failed``: a page answered 5xx after every retry). The operation fails so, but before, the
+    scratch folder holding the whole copied file stayed in the user's area for good (the job's
+    ``delete_on_ack`` policy never acknowledged, no TTL), and no line said so. It goes now as a failed job's
+    does. (``job_chunks`` raising stands for the user's server failing: see test_job_chunk_pages.py.)"""
+
+    class NoChunkList(FakeServer):
+        async def job_chunks(self, username: str, server: str, job_id: str) -> list[dict[str, Any]]:
+            raise StagingError(
+                f"the chunks of job {job_id} could not be read whole", code="chunk_list_failed"
+            )
+
+    op = run_copy(site, NoChunkList(site / "homes" / "bob"), "kepler/lc.fits")
+    assert (op.status, op.error_code) == ("failed", "chunk_list_failed"), op.to_dict()
+    assert list((site / "homes" / "bob" / "staging" / "kepler").iterdir()) == []

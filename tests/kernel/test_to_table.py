@@ -241,3 +241,24 @@ def test_an_output_replaced_since_the_list_was_kept_is_chunks_missing(local_back
     with pytest.raises(StagingError) as missing:
         old.to_pandas()
     assert missing.value.code == "chunks_missing" and old.refresh().state == "expired"
+
+
+def test_a_part_that_is_not_parquet_is_named_in_the_error(local_backend, tmp_path):
+    """A part that no longer reads as Parquet (overwritten since) fails the read with pyarrow's error, which
+    names the part, as ``pyarrow.parquet.read_table`` did: since parts are opened one at a time
+    (``readback.read_part``) the error said only "Parquet magic bytes not found in footer", for one of
+    thousands of parts. A chunk read alone says so too."""
+    import pyarrow as pa
+
+    job = api.stage(str(light_curve_tables(tmp_path / "curves", 3)), "pq", to_parquet=True, wait=True)
+    (part,) = [p for p in job.paths if "lc01.parquet" in str(p)]
+    part.unlink()
+    part.write_bytes(b"time,flux\n0.0,0\n")
+
+    with pytest.raises(pa.ArrowInvalid) as broken:
+        job.to_pandas()
+    assert str(part) in str(broken.value) and "magic bytes" in str(broken.value)
+    (chunk,) = [c for c in job.iter_chunks() if c.path == part]
+    with pytest.raises(pa.ArrowInvalid) as alone:
+        chunk.to_arrow()
+    assert str(part) in str(alone.value)
