@@ -91,8 +91,7 @@ class SpreadStager(ManifestStager):
             waiting: dict[int, tuple[SourceItem, JobChunk, Path]] = {}
             ranges: dict[int, int] = {}
             tokens: dict[int, str | None] = {}  # the token of each file's part (mark_ranges_part)
-            grouping: Grouping[int] = Grouping(files_per_group(len(work)))
-            groups: dict[int, list[int]] = {}  # group task -> the indexes of its files, in order
+            small: list[int] = []  # files that may go in groups, once their count is known
             for index, (item, chunk) in enumerate(work):
                 self.control.check()
                 if chunk.state != ChunkState.pending.value:
@@ -108,21 +107,11 @@ class SpreadStager(ManifestStager):
                 if source.revalidate(item):  # changed since the listing: the workers stage it as it is now
                     self._relist(item, item.validator)
                 waiting[index] = (item, chunk, final)
-                if self._grouped(executor, item, grouping):
-                    full = grouping.add(index, item.size or 0)
-                    if full is not None:
-                        self._submit_group(tasks, source, full, waiting, groups, grouping.count)
+                if self._groupable(executor, item):
+                    small.append(index)
                     continue
                 ranges[index] = self._submit(tasks, executor, source, item, final, index, tokens)
-            rest = grouping.drain()
-            if rest is not None:
-                self._submit_group(tasks, source, rest, waiting, groups, grouping.count)
-            if groups:
-                self._log(
-                    "info",
-                    f"{sum(len(g) for g in groups.values())} small files as {len(groups)} Dask tasks "
-                    f"of up to {grouping.per_group} files",
-                )
+            groups = self._submit_small(tasks, executor, source, small, waiting, ranges, tokens)
             for (kind, index), result in tasks.results():
                 if kind == "items":
                     for at, one in zip(groups.pop(index), result, strict=True):
@@ -150,16 +139,48 @@ class SpreadStager(ManifestStager):
                     continue
                 self._item_done(item, chunk, final, result)
 
-    def _grouped(self, executor: DaskExecutor, item: SourceItem, grouping: Grouping[int]) -> bool:
-        """True when ``item`` is staged in a group task (:mod:`~jupyter_staging.engine.itemtasks`): a
+    def _groupable(self, executor: DaskExecutor, item: SourceItem) -> bool:
+        """True when ``item`` may be staged in a group task (:mod:`~jupyter_staging.engine.itemtasks`): a
         file of known size of at most :data:`GROUPED_BYTES` (and not split into ranges) into a shared
-        folder, in a batch of files large enough to group."""
+        folder."""
         return (
-            grouping.per_group > 1
-            and not self.dest.remote
+            not self.dest.remote
             and item.size is not None
             and item.size <= min(GROUPED_BYTES, executor.range_bytes)
         )
+
+    def _submit_small(
+        self,
+        tasks: TaskBatch,
+        executor: DaskExecutor,
+        source: Source,
+        small: list[int],
+        waiting: dict[int, tuple[SourceItem, JobChunk, Path]],
+        ranges: dict[int, int],
+        tokens: dict[int, str | None],
+    ) -> dict[int, list[int]]:
+        """Submit the files at ``small`` (indexes of ``waiting``, the ones left to fetch: a resumed or
+        re-run job's done or reused files are not counted) in groups (:func:`files_per_group`), or a task
+        each when they are too few to group. Returns ``{group task number: its files' indexes}``."""
+        grouping: Grouping[int] = Grouping(files_per_group(len(small)))
+        groups: dict[int, list[int]] = {}
+        if grouping.per_group == 1:
+            for index in small:
+                item, _, final = waiting[index]
+                ranges[index] = self._submit(tasks, executor, source, item, final, index, tokens)
+            return groups
+        for index in small:
+            full = grouping.add(index, waiting[index][0].size or 0)
+            if full is not None:
+                self._submit_group(tasks, source, full, waiting, groups, grouping.count)
+        rest = grouping.drain()
+        if rest is not None:
+            self._submit_group(tasks, source, rest, waiting, groups, grouping.count)
+        self._log(
+            "info",
+            f"{len(small)} small files as {len(groups)} Dask tasks of up to {grouping.per_group} files",
+        )
+        return groups
 
     def _submit_group(
         self,

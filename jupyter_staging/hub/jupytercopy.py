@@ -321,12 +321,17 @@ class JupyterCopies:
 
     async def _release_failed(self, op: Operation, server: str) -> None:
         """:meth:`_release` for a job that failed: its chunk list read whole first (best effort, as the
-        release: a list the user's server fails to give keeps the scratch folder, logged, and the operation
-        fails with the job's own error, not this one)."""
+        release: a list the user's server fails to give is logged, and the operation fails with the job's
+        own error, not this one; the caller then removes the scratch folder itself where it may)."""
         try:
             chunks = await self.hub.job_chunks(op.user, server, str(op.job_id))
         except StagingError as err:
-            self.recorder.log(logging.WARNING, op, f"scratch folder of job {op.job_id} kept: {err}")
+            self.recorder.log(
+                logging.WARNING,
+                op,
+                f"chunks of job {op.job_id} not acknowledged: its scratch folder is removed where the "
+                f"service may, else kept: {err}",
+            )
             return
         await self._release(op, server, chunks)
 

@@ -207,3 +207,24 @@ def test_a_group_run_again_counts_the_files_it_takes_back_in_the_jobs_bytes(tmp_
             assert live.bytes_done == total
         finally:
             job.close()
+
+
+def test_a_rerun_groups_only_the_files_it_fetches(tmp_path, manager):
+    """A re-run of a folder of 302 files of which 150 changed takes the 152 others from the output it
+    replaces (no task) and fetches the 150 in groups made for 150 files (2 each, 75 tasks: at least
+    ``MIN_TASKS``), not for 302 (4 each, 38 tasks)."""
+    folder = tmp_path / "src" / "sector"
+    small_files(folder, 302)
+    body = CreateJob(source=str(folder), destination="sector")
+    first, _ = manager.create(body)
+    assert wait_until(lambda: finished(manager, first.id), timeout=180).state == JobState.succeeded
+    changed = sorted(folder.iterdir())[::2][:150]
+    for path in changed:
+        path.write_bytes(os.urandom(2048))
+    sums = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    again, created = manager.create(body)
+    assert created
+    done = wait_until(lambda: finished(manager, again.id), timeout=180, what="the re-run")
+    assert done.state == JobState.succeeded, done.error
+    assert staged(tmp_path / "root" / "sector") == sums
+    assert "150 small files as 75 Dask tasks of up to 2 files" in log_text(manager, again.id)
