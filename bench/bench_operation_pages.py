@@ -27,6 +27,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jupyter_staging.hub.db import Operation, OperationStore, page_cursor, parse_cursor  # noqa: E402
+from tests.helpers.statements import last_statement  # noqa: E402
 
 ROWS = 100_000
 PAGE = 100
@@ -46,21 +47,6 @@ def seed(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         for start in range(0, ROWS, 10_000):
             conn.execute(sa.insert(Operation.__table__), rows[start : start + 10_000])
-
-
-def last_statement(store: OperationStore, read: Any) -> tuple[str, Any]:
-    """The statement (and parameters) ``read()`` sent through ``store`` last."""
-    seen: list[tuple[str, Any]] = []
-
-    def keep(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
-        seen.append((statement, parameters))
-
-    sa.event.listen(store.engine, "before_cursor_execute", keep)
-    try:
-        read()
-    finally:
-        sa.event.remove(store.engine, "before_cursor_execute", keep)
-    return seen[-1]
 
 
 def rows_read(engine: sa.Engine, statement: str, parameters: Any) -> str:

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from distributed import Client, LocalCluster, Variable
 
-from jupyter_staging.engine.executors import DaskExecutor
 from jupyter_staging.engine.itemtasks import GROUPED_BYTES, Grouping, fetch_items, files_per_group
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, DescribeJob, JobState
@@ -27,7 +26,7 @@ from jupyter_staging.engine.taskset import JobTasks, on_worker
 from jupyter_staging.errors import ChecksumMismatch
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.sources.registry import open_source
-from tests.helpers.dask import local_cluster
+from tests.helpers.dask import dask_manager, local_cluster
 from tests.helpers.data import sha256, wait_until
 
 FINAL = {JobState.succeeded, JobState.failed, JobState.cancelled, JobState.paused}
@@ -41,20 +40,10 @@ def cluster() -> Iterator[LocalCluster]:
 
 @pytest.fixture
 def manager(tmp_path: Path, cluster: LocalCluster) -> Iterator[StagingManager]:
-    root = tmp_path / "root"
-    root.mkdir()
-    made = StagingManager(
-        root,
-        db_url=f"sqlite:///{root}/.jobs.db",
-        executor_class=DaskExecutor,
-        executor_options={"scheduler_address": cluster.scheduler_address},
-        source_roots=[str(tmp_path / "src")],
-    )
-    made.start()
-    try:
+    with dask_manager(
+        tmp_path / "root", cluster.scheduler_address, source_roots=[str(tmp_path / "src")]
+    ) as made:
         yield made
-    finally:
-        made.stop(wait=True)
 
 
 def small_files(folder: Path, count: int, *, big: int = 0) -> dict[str, str]:

@@ -18,13 +18,12 @@ from pathlib import Path
 import pytest
 from distributed import LocalCluster
 
-from jupyter_staging.engine.executors import DaskExecutor
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, JobState
 from jupyter_staging.engine.taskset import TaskFailed, on_worker
 from jupyter_staging.errors import ChecksumMismatch, SourceNotFound, TransferFailed
 from jupyter_staging.sources.base import MAX_RESUMES
-from tests.helpers.dask import local_cluster
+from tests.helpers.dask import dask_manager, local_cluster
 from tests.helpers.servers import RangeHTTPServer
 
 SIZE = 1024 * 1024
@@ -39,19 +38,10 @@ def cluster() -> Iterator[LocalCluster]:
 @pytest.fixture
 def manager(tmp_path: Path, cluster: LocalCluster) -> Iterator[StagingManager]:
     root = tmp_path / "root"
-    root.mkdir()
-    made = StagingManager(
-        root,
-        db_url=f"sqlite:///{tmp_path}/jobs.db",
-        sweep_interval=0,
-        executor_class=DaskExecutor,
-        executor_options={"scheduler_address": cluster.scheduler_address},
-    )
-    made.start()
-    try:
+    with dask_manager(
+        root, cluster.scheduler_address, db_url=f"sqlite:///{tmp_path}/jobs.db", sweep_interval=0
+    ) as made:
         yield made
-    finally:
-        made.stop(wait=True)
 
 
 @pytest.fixture

@@ -11,8 +11,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from distributed import Client, LocalCluster
+
+from jupyter_staging.engine.executors import DaskExecutor
+from jupyter_staging.engine.manager import StagingManager
 
 
 def local_cluster(workers: int = 2, threads: int = 2) -> LocalCluster:
@@ -25,6 +31,28 @@ def local_cluster(workers: int = 2, threads: int = 2) -> LocalCluster:
         host="127.0.0.1",
         dashboard_address=None,
     )
+
+
+@contextlib.contextmanager
+def dask_manager(
+    root: Path, scheduler_address: str, db_url: str | None = None, **kwargs: Any
+) -> Iterator[StagingManager]:
+    """A started :class:`StagingManager` of ``root`` (made) whose jobs run on the Dask scheduler at
+    ``scheduler_address``, its SQLite database ``root/.jobs.db`` unless ``db_url``; stopped afterwards.
+    ``kwargs``: more of its settings (``sweep_interval``, ``source_roots``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    made = StagingManager(
+        root,
+        db_url=db_url or f"sqlite:///{root}/.jobs.db",
+        executor_class=DaskExecutor,
+        executor_options={"scheduler_address": scheduler_address},
+        **kwargs,
+    )
+    made.start()
+    try:
+        yield made
+    finally:
+        made.stop(wait=True)
 
 
 class DaskProcesses:

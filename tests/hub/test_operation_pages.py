@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from jupyter_staging.errors import InvalidRequest
 from jupyter_staging.hub.db import Operation, OperationStore, page_cursor, parse_cursor
 from tests.helpers.hub import HubProcess
+from tests.helpers.statements import last_statement
 
 from .conftest import start_hub
 
@@ -75,21 +76,6 @@ def test_pages_cover_every_operation_once_in_order(db_url):
     finally:
         store.close()
         engine.dispose()
-
-
-def last_statement(store: OperationStore, read: Any) -> tuple[str, Any]:
-    """The SQL statement (and its parameters) ``read()`` sent through ``store`` last."""
-    seen: list[tuple[str, Any]] = []
-
-    def keep(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
-        seen.append((statement, parameters))
-
-    sa.event.listen(store.engine, "before_cursor_execute", keep)
-    try:
-        read()
-    finally:
-        sa.event.remove(store.engine, "before_cursor_execute", keep)
-    return seen[-1]
 
 
 def mariadb_rows_read(engine: sa.Engine, statement: str, parameters: Any) -> int:
