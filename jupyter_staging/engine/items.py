@@ -392,6 +392,8 @@ class ItemStager(LinkingWriter, PartOwnership, ResumeBook):
             self.control.add_bytes(out.offset)
         listed = dict(item.validator)
         out.on_restart = lambda thrown: self.control.add_bytes(-thrown)  # fetched again, counted again
+        # Stated in the GET's headers (an S3 ETag's MD5, an Azure Content-MD5): hashed as the bytes come.
+        out.second_for = lambda: second_algorithm(self._expected_checksums(item))
         try:
             source.fetch(item, out, self.control)
         except JobInterrupted:

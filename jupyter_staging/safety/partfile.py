@@ -136,6 +136,10 @@ class PartFile(PartPlace):
         #: Called by :meth:`restart` with the bytes it throws away (their progress is taken back at once,
         #: not after the file was fetched again); None: they are added to :attr:`discarded`.
         self.on_restart: Callable[[int], None] | None = None
+        #: Asked at the first write of an empty part opened without a second digest: the algorithm to
+        #: hash beside the sha256 as the bytes come (a checksum the source stated only in its answer's
+        #: headers, such as an S3 GET's MD5 ETag), so :meth:`commit` need not read the part back for it.
+        self.second_for: Callable[[], str | None] | None = None
         #: ``offset`` when :meth:`sync` last made the bytes durable (None: not since the last restart).
         self._synced: int | None = None
         self._reader: io.RawIOBase | None = None
@@ -251,6 +255,8 @@ class PartFile(PartPlace):
         """Append ``data`` to the part and its running digests; OSError if not written whole. Each
         :data:`WRITEBACK_STEP` bytes appended have their writeback started
         (:func:`~jupyter_staging.safety.writeback.start_writeback`, a hint that never raises)."""
+        if not self.offset and self.second is None and self.second_for is not None:
+            self._hash_second(self.second_for())
         written = self._fh.write(data) or 0
         if written != len(data):  # a short write of an unbuffered part (a signal, a nearly full disk)
             write_all(self._fh.fileno(), memoryview(data)[written:])
@@ -261,6 +267,13 @@ class PartFile(PartPlace):
             self._fh.flush()
             writeback.start_writeback(self._fh.fileno(), self._writeback_from, pending)
             self._writeback_from = self.offset
+
+    def _hash_second(self, algorithm: str | None) -> None:
+        """Hash ``algorithm`` beside the sha256 from now on (called with no byte written yet); nothing for
+        None or an algorithm this interpreter cannot compute (:meth:`commit` then says so)."""
+        if algorithm and algorithm != "sha256" and can_compute(algorithm):
+            self._want_second = algorithm
+            self.second = new_digest(algorithm)
 
     def hexdigests(self) -> dict[str, str]:
         """The digests of the bytes written so far, lower-case hex: ``{"sha256": ..., second: ...}``."""

@@ -142,3 +142,34 @@ def test_copy_stream_path_computes_md5(tmp_path):
     with pytest.raises(ChecksumMismatch):
         out.commit(checksums={"md5": one_digit_off(MD5)})
     assert nothing_published(tmp_path / "a.bin")
+
+
+def test_a_digest_named_at_the_first_write_is_hashed_as_the_bytes_come(tmp_path):
+    """``second_for`` (a checksum the source stated only in its answer's headers) is asked once, at the first
+    write of an empty part, and its digest follows every byte, also after a restart (kept, not asked again); a
+    part resumed from bytes already written is not asked (those bytes were not hashed with it)."""
+    asked: list[int] = []
+    out = PartFile(tmp_path / "a.bin")
+    out.second_for = lambda: asked.append(out.offset) or "md5"
+    out.write(DATA[:1000])
+    out.write(DATA[1000:])
+    assert asked == [0] and out.hexdigests()["md5"] == MD5
+    out.restart()
+    out.write(DATA)
+    assert asked == [0] and out.hexdigests() == {"sha256": SHA256, "md5": MD5}
+    out.close()
+
+    resumed = PartFile(tmp_path / "a.bin", resume=True)
+    resumed.second_for = lambda: asked.append(resumed.offset) or "md5"
+    resumed.write(b"more")
+    assert asked == [0] and "md5" not in resumed.hexdigests()
+    resumed.discard()
+
+
+@pytest.mark.parametrize("named", [None, "sha256", "no-such-digest"])
+def test_a_first_write_naming_no_other_digest_hashes_only_the_sha256(tmp_path, named):
+    out = PartFile(tmp_path / "a.bin")
+    out.second_for = lambda: named
+    out.write(DATA)
+    assert out.hexdigests() == {"sha256": SHA256}
+    assert out.commit(checksums={"md5": MD5}) == (len(DATA), SHA256)  # read back at commit, as before

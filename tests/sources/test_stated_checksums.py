@@ -306,6 +306,53 @@ def test_a_job_fails_with_checksum_mismatch_on_an_object_whose_crc64nvme_does_no
     assert not any(path.is_file() for path in (tmp_path / "root" / "rotten").rglob("*.bin*"))
 
 
+@pytest.mark.parametrize("uploaded", ["md5-only", "crc64nvme"])
+def test_a_prefixs_objects_are_verified_as_their_bytes_come(bucket, tmp_path, monkeypatch, uploaded):
+    """Objects listed below a prefix state their checksums only in the GET's headers (a listing states
+    none): the digest to verify (the ETag's MD5, as s3rver and rclone state it, or a CRC64NVME) is hashed
+    as the bytes are written, so no part is read back at commit; a rotten object still publishes nothing."""
+    client, name, backend = bucket
+    if uploaded == "md5-only":  # no checksum of its own: the object states only its ETag's MD5
+        import boto3
+        from botocore.config import Config
+
+        client = boto3.client("s3", config=Config(request_checksum_calculation="when_required"))
+        extra: dict[str, str] = {}
+    else:
+        extra = {"ChecksumAlgorithm": "CRC64NVME"}
+    data = {f"lc-{i}.bin": os.urandom(70_000 + i) for i in range(4)}
+    for folder in ("good", "rotten"):
+        for key, body in data.items():
+            client.put_object(Bucket=name, Key=f"{folder}/{key}", Body=body, **extra)
+    rot_one_byte(backend, name, "rotten/lc-2.bin", 11)
+    read_back: list[str] = []
+    original = PartFile._part_digest
+
+    def spied(self: PartFile, algorithm: str) -> str:
+        read_back.append(algorithm)
+        return original(self, algorithm)
+
+    monkeypatch.setattr(PartFile, "_part_digest", spied)
+    (tmp_path / "root").mkdir()
+    mgr = StagingManager(tmp_path / "root", db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}", sweep_interval=0)
+    mgr.start()
+    try:
+        done = {}
+        for folder in ("good", "rotten"):
+            job, _ = mgr.create(CreateJob(source=f"s3://{name}/{folder}/", destination=folder))
+            done[folder] = mgr.wait(job.id, timeout=300).model_dump(mode="json")
+    finally:
+        mgr.stop()
+    assert done["good"]["state"] == "succeeded", done["good"]
+    for key, body in data.items():
+        assert (tmp_path / "root" / "good" / key).read_bytes() == body
+    bad = done["rotten"]
+    assert bad["state"] == "failed" and bad["error"]["code"] == "checksum_mismatch", bad
+    assert ("md5" if uploaded == "md5-only" else "crc64nvme") in bad["error"]["message"], bad["error"]
+    assert not (tmp_path / "root" / "rotten" / "lc-2.bin").exists()
+    assert read_back == []
+
+
 # -- Azure Content-MD5 (Azurite) ---------------------------------------------------------------------------
 
 
