@@ -1,14 +1,17 @@
 """The HTTP client HTTP(S) sources use, and how they read its answers' headers.
 
 :func:`retrying_session` is the one ``requests`` session setup (urllib3 ``Retry`` of connection errors and
-429/5xx); the other functions read what an answer says about the resource: its version (ETag,
-Last-Modified, size), its length (``Content-Length``, ``Content-Range``), whether it serves byte ranges
-(``Accept-Ranges``), and its file name (``Content-Disposition`` or the URL). RFC 9110 throughout.
+429/5xx, on connection pools shared by the process: :class:`SharedPoolAdapter`); the other functions read
+what an answer says about the resource: its version (ETag, Last-Modified, size), its length
+(``Content-Length``, ``Content-Range``), whether it serves byte ranges (``Accept-Ranges``), and its file
+name (``Content-Disposition`` or the URL). RFC 9110 throughout.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 from datetime import datetime, timedelta, timezone
 from email.message import Message
 from typing import Any
@@ -26,22 +29,67 @@ RETRY_BACKOFF_MAX = 8.0
 CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
 
 
-def retrying_session() -> requests.Session:
-    """A :class:`requests.Session` that retries connection errors and 429/5xx answers to GET/HEAD.
+#: Hosts whose connections are kept, and connections kept per host (``concurrent_items`` 8 x
+#: ``streams_per_file`` 4 = 32 requests at once to one host from one job).
+POOL_HOSTS = 32
+POOL_PER_HOST = 32
 
-    Five retries with exponential back-off (factor 0.5 s, honouring ``Retry-After``). After the last
-    retry the final response is returned (not raised), so callers map its status themselves.
+
+class SharedPoolAdapter(HTTPAdapter):
+    """The transport adapter every session of :func:`retrying_session` mounts: one urllib3 pool manager
+    for the process, so the requests of all items (the HEAD that lists a file, its GET, the next file's)
+    reuse open connections to a host instead of opening one each, TLS handshake included. urllib3's pools
+    are thread-safe; a session's cookies stay its own. :meth:`close` (what closing a session does) keeps
+    the pools open for the next session; a forked child starts pools of its own."""
+
+    def close(self) -> None:
+        """Keep the shared pools: they live as long as the process."""
+
+
+_shared_adapter: SharedPoolAdapter | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_adapter() -> SharedPoolAdapter:
+    """The process's :class:`SharedPoolAdapter`: :data:`POOL_HOSTS` hosts of :data:`POOL_PER_HOST`
+    connections each, retrying connection errors and 429/5xx answers to GET/HEAD five times with
+    exponential back-off (factor 0.5 s, honouring ``Retry-After``, at most :data:`RETRY_BACKOFF_MAX` s);
+    after the last retry the final response is returned (not raised), so callers map its status."""
+    global _shared_adapter
+    with _shared_lock:
+        if _shared_adapter is None:
+            retry = Retry(
+                total=5,
+                backoff_factor=0.5,
+                status_forcelist=(429, 500, 502, 503, 504),
+                allowed_methods=frozenset({"GET", "HEAD"}),
+                raise_on_status=False,
+                backoff_max=RETRY_BACKOFF_MAX,
+            )
+            _shared_adapter = SharedPoolAdapter(
+                pool_connections=POOL_HOSTS, pool_maxsize=POOL_PER_HOST, max_retries=retry
+            )
+        return _shared_adapter
+
+
+def _forget_shared_adapter() -> None:
+    """In a forked child: a new pool manager at first use, never the parent's open connections."""
+    global _shared_adapter
+    _shared_adapter = None
+
+
+os.register_at_fork(after_in_child=_forget_shared_adapter)
+
+
+def retrying_session() -> requests.Session:
+    """A :class:`requests.Session` that retries connection errors and 429/5xx answers to GET/HEAD, on the
+    process's shared connection pools (:func:`shared_adapter`).
+
+    A new session per listing or fetch keeps cookies and redirects to that request's chain; its
+    connections are the shared ones, so closing it closes none of them.
     """
-    retry = Retry(
-        total=5,
-        backoff_factor=0.5,
-        status_forcelist=(429, 500, 502, 503, 504),
-        allowed_methods=frozenset({"GET", "HEAD"}),
-        raise_on_status=False,
-        backoff_max=RETRY_BACKOFF_MAX,
-    )
     session = requests.Session()
-    adapter = HTTPAdapter(max_retries=retry)
+    adapter = shared_adapter()
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = USER_AGENT

@@ -248,6 +248,25 @@ def test_entries_of_urls_are_fetched_concurrent_items_at_a_time(local, tmp_path,
         assert sha256(job.paths[f"e{i}"]) == sha256(range_server.root / f"f{i}.bin")
 
 
+def test_entries_of_urls_share_kept_alive_connections(local, tmp_path, range_server):
+    """The HEAD that lists each URL of a manifest and the GET that fetches it go over connections the job's
+    items share and keep open (at most ``concurrent_items`` at once per phase), not over a new connection
+    per request: on a real archive each new one is a TCP and a TLS handshake, two per file."""
+    import os
+
+    bodies = {f"g{i}.fits": os.urandom(10_000 + i) for i in range(40)}
+    for name, body in bodies.items():
+        (range_server.root / name).write_bytes(body)
+    job = api.stage({name[:-5]: range_server.url(name) for name in bodies}, "pooled", wait=True, show=False)
+    assert job.state == "succeeded"
+    for name, body in bodies.items():
+        assert job.paths[name[:-5]].read_bytes() == body
+    asked = [r for r in range_server.requests if r.path.startswith("/g")]
+    assert sorted(r.method for r in asked) == ["GET"] * 40 + ["HEAD"] * 40
+    connections = {r.client_port for r in asked}
+    assert len(connections) <= 2 * local.manager.concurrent_items, len(connections)
+
+
 @pytest.mark.slow
 def test_a_manifest_converted_to_parquet_maps_names_to_datasets(local, tmp_path, served):
     job = api.stage(

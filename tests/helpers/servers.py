@@ -47,6 +47,8 @@ class LoggedRequest:
     method: str
     path: str
     headers: dict[str, str] = field(default_factory=dict)
+    #: The client's port: one per connection, so requests that share one share it.
+    client_port: int = 0
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers.items():
@@ -301,7 +303,11 @@ class RangeHTTPServer:
 
     def _log(self, handler: BaseHTTPRequestHandler) -> None:
         with self._lock:
-            self.requests.append(LoggedRequest(handler.command, handler.path, dict(handler.headers.items())))
+            self.requests.append(
+                LoggedRequest(
+                    handler.command, handler.path, dict(handler.headers.items()), handler.client_address[1]
+                )
+            )
 
     def _take_failure(self) -> bool:
         with self._lock:
