@@ -191,13 +191,13 @@ class DaskExecutor(LocalExecutor):
         return cluster.get_client(set_as_default=False), cluster
 
     def shutdown(self, wait: bool = True) -> None:
+        """Stop the executor's threads, then close the Dask client and the cluster it made; a client whose
+        scheduler was lost or restarted may fail to close (distributed's ``RuntimeError: ConnectionPool is
+        closed`` while it reconnects): that is logged, not raised, so the server still stops."""
         super().shutdown(wait=wait)
         with self._connect_lock:
             client, cluster, self._client, self._cluster = self._client, self._cluster, None, None
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
+        _close_quietly(client, cluster)
 
 
 def _close_quietly(*parts: Any) -> None:
