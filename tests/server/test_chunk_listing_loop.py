@@ -27,12 +27,14 @@ from tests.helpers.api import API, post_job, wait_for
 COUNT = 5 * SLICE + 3
 #: Seconds the hold waits for the test to release it: a loop it blocked frees itself then, and fails.
 HOLD_SECONDS = 10.0
+#: The names of this test's files (no other test's chunk models are counted).
+PREFIX = "held-listing-lc-"
 
 
 class EncodingHold:
     """``json.dumps`` (the real one), paused once, when it encodes chunks of the listing's third slice or
     later (a whole page at once, as before, holds at once), until :attr:`release` is set or
-    :data:`HOLD_SECONDS` pass. Counts the chunk models alive at that moment."""
+    :data:`HOLD_SECONDS` pass. Counts the models of this job's chunks alive at that moment."""
 
     def __init__(self, dumps: Callable[..., str]) -> None:
         self.dumps = dumps
@@ -50,7 +52,10 @@ class EncodingHold:
             and isinstance(chunks[-1], dict)
             and chunks[-1].get("index", -1) >= 2 * SLICE
         ):
-            self.alive_models = sum(isinstance(o, DescribeChunk) for o in gc.get_objects())
+            objects = gc.get_objects()
+            self.alive_models = sum(
+                isinstance(o, DescribeChunk) and o.path.startswith(PREFIX) for o in objects
+            )
             self.entered.set()
             self.timed_out = not self.release.wait(HOLD_SECONDS)
         return self.dumps(obj, *args, **kwargs)
@@ -61,7 +66,7 @@ def many_files(tmp_path):
     folder = tmp_path / "sector"
     folder.mkdir()
     for i in range(COUNT):
-        (folder / f"tess-lc-{i:04d}.fits").write_bytes(b"SIMPLE  =  T" + bytes([i % 251]) * 50)
+        (folder / f"{PREFIX}{i:04d}.fits").write_bytes(b"SIMPLE  =  T" + bytes([i % 251]) * 50)
     return folder
 
 
