@@ -9,6 +9,16 @@ Run it with the code to measure first on the path (the server inherits ``PYTHONP
 
     PYTHONPATH=. .venv/bin/python bench/bench_notebook.py --files 20000 --tables 2000 --jobs 10000
 
+Part ``listing`` (``--only listing``, not run by default): what reading a big job's chunk list does to
+the rest of the server. A succeeded job of ``--listing-chunks`` chunks (default 20,000) is written into the
+server's job database before it starts; ``GET /api/status`` is then timed every 10 ms for 3 s at rest and
+for ``--listing-seconds`` while another process reads the whole chunk list in a loop
+(``GET .../jobs/{id}/chunks``: ``job.chunks``, the panel's job view; ``--listing-page 5000``: in pages, as
+the hub's ``job_chunks``). Prints the status latency p50 / p99 / max (ms) at rest and during the listings,
+how many listings were read, their time (ms) and the server's CPU seconds per listing::
+
+    PYTHONPATH=. .venv/bin/python bench/bench_notebook.py --only listing --listing-seconds 20
+
 Sources are made once in ``--work`` (default ``bench/_work/notebook``) and kept; the servers' state is new
 at each run. Timings on a shared machine are noisy: read the counts beside them.
 """
@@ -16,20 +26,28 @@ at each run. Timings on a shared machine are noisy: read the counts beside them.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import requests
+from sqlalchemy import insert
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_responsiveness import seed_jobs  # noqa: E402
+from bench.bench_responsiveness import seed_jobs, summary  # noqa: E402
+from jupyter_staging.engine.processes import current_user  # noqa: E402
+from jupyter_staging.engine.store import ChunkRecord, JobRecord, ResumeRecord, Store, utcnow  # noqa: E402
 from jupyter_staging.kernel.backends import ServerBackend  # noqa: E402
 from jupyter_staging.kernel.job import Job  # noqa: E402
 from tests.helpers.jupyter import JupyterServerProcess  # noqa: E402
@@ -195,12 +213,111 @@ def run_jobs(meter: Meter, backend: ServerBackend, count: int) -> None:
     meter.measure(f"[{count} jobs] get_job(id)", lambda: backend.get(job_id), repeat=5)
 
 
+def seed_chunk_job(db_url: str, root_dir: Path, count: int) -> str:
+    """Insert a succeeded copy job of ``count`` ready chunks (a TESS sector's light curves: name, size,
+    sha256, content type) into the job database at ``db_url``, as the server would have left it; its id."""
+    store = Store(db_url)
+    now, job_id = utcnow(), str(uuid.uuid4())
+    job = dict(id=job_id, owner=current_user(), root=str(root_dir.resolve()), name="sector", method="copy")
+    job |= dict(source="/archive/tess/sector-01", destination="staging/sector-01", state="succeeded")
+    job |= dict(bytes_done=count * 2_039_040, bytes_total=count * 2_039_040, chunks_done=count)
+    job |= dict(chunks_total=count, rows_done=0, cleanup_policy="retain", created_at=now, updated_at=now)
+    job |= dict(started_at=now, finished_at=now)
+    chunks = [
+        dict(id=f"{job_id}-{i}", job_id=job_id, index=i, state="ready", bytes=2_039_040, mtime_ns=i)
+        | dict(path=f"tess2018206045859-s0001-{i:016d}-0120-s_lc.fits", content_type="application/fits")
+        | dict(sha256=hashlib.sha256(f"lc {i}".encode()).hexdigest())
+        for i in range(count)
+    ]
+    with store.session() as s:
+        s.execute(insert(JobRecord), [job])
+        s.execute(insert(ResumeRecord), [{"job_id": job_id, "resume": {"request": {}, "items": []}}])
+        for start in range(0, count, 5000):
+            s.execute(insert(ChunkRecord), chunks[start : start + 5000])
+    store.close()
+    return job_id
+
+
+def status_every_10ms(server: JupyterServerProcess, seconds: float) -> list[float]:
+    """Milliseconds of ``GET /api/status``, one request 10 ms after the previous answer, for ``seconds``."""
+    session, out = requests.Session(), []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        session.get(f"{server.url}api/status", headers=server.headers, timeout=60).raise_for_status()
+        out.append((time.perf_counter() - t0) * 1000)
+        time.sleep(0.01)
+    return out
+
+
+def read_listings(url: str, headers: dict[str, str], count: int, page: int, stop: Any, out: Any) -> None:
+    """Read the whole chunk list at ``url`` (``count`` chunks, in pages of ``page``, 0: one request) again
+    and again until ``stop`` is set; put the list of each listing's milliseconds on ``out``. Run in a
+    process of its own: decoding 6.8 MB of JSON holds its GIL 0.1 s, which would delay the status
+    requests timed beside it."""
+    session, times = requests.Session(), []
+    while not stop.is_set():
+        t0, read, offset = time.perf_counter(), 0, 0
+        while True:
+            params = {"offset": offset, "limit": page} if page else {}
+            answer = session.get(url, headers=headers, params=params, timeout=120)
+            answer.raise_for_status()
+            got = answer.json()["chunks"]
+            read += len(got)
+            if not page or read >= count or not got:
+                break
+            offset = got[-1]["index"] + 1
+        assert read == count, (read, count)
+        times.append((time.perf_counter() - t0) * 1000)
+    out.put(times)
+
+
+def run_listing(server: JupyterServerProcess, job_id: str, count: int, seconds: float, page: int) -> dict:
+    """``/api/status`` at rest, then while another process reads job ``job_id``'s whole chunk list (in
+    pages of ``page``, 0: one request) in a loop for ``seconds``; the figures (ms) and the listings'."""
+    assert server.proc is not None
+    url = f"{server.api}jobs/{job_id}/chunks"
+    requests.get(
+        url, headers=server.headers, timeout=120
+    ).raise_for_status()  # warm: the first is not counted
+    time.sleep(3.0)  # the server's first full garbage collections (see bench_responsiveness --settle)
+    rest = status_every_10ms(server, 3.0)
+    context = multiprocessing.get_context("fork")
+    stop, out = context.Event(), context.Queue()
+    lister = context.Process(target=read_listings, args=(url, server.headers, count, page, stop, out))
+    cpu, load = cpu_seconds(server.proc.pid), os.getloadavg()[0]
+    lister.start()
+    busy = status_every_10ms(server, seconds)
+    stop.set()
+    listings = out.get(timeout=300)
+    lister.join()
+    cpu = cpu_seconds(server.proc.pid) - cpu
+    figures = {"rest_ms": summary(rest), "listing_status_ms": summary(busy), "listings_ms": summary(listings)}
+    rounded = {k: {m: round(v, 1) for m, v in f.items()} for k, f in figures.items()}
+    row = {"call": f"[{count} chunks] /api/status while the chunk list is read (page {page or 'all'})"}
+    row |= rounded | {"server_cpu_s_per_listing": round(cpu / max(1, len(listings)), 3)}
+    row |= {"load_average_before": round(load, 2), "load_average_after": round(os.getloadavg()[0], 2)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--files", type=int, default=20000)
     parser.add_argument("--tables", type=int, default=2000)
     parser.add_argument("--jobs", type=int, default=10000)
-    parser.add_argument("--only", choices=["files", "tables", "jobs"], action="append")
+    parser.add_argument(
+        "--only", choices=["files", "tables", "jobs", "listing"], action="append", help="parts to run"
+    )
+    parser.add_argument("--listing-chunks", type=int, default=20000, help="chunks of the listed job")
+    parser.add_argument(
+        "--listing-seconds", type=float, default=20.0, help="seconds /api/status is timed during the listings"
+    )
+    parser.add_argument(
+        "--listing-page", type=int, default=0, help="chunks per request of a listing (0: all in one)"
+    )
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -209,17 +326,24 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     for part in args.only or ["files", "tables", "jobs"]:
         server, backend = start_server(f"server-{part}")
-        if part == "jobs":
+        if part in ("jobs", "listing"):
             server.state_dir.mkdir(parents=True, exist_ok=True)
             server.root_dir.mkdir(parents=True, exist_ok=True)
             # The server makes its tables at its first start: start, stop, seed, start.
             server.start()
             server.stop()
-            seed_jobs(f"sqlite:///{server.state_dir / 'jobs.sqlite'}", server.root_dir, args.jobs)
+            db_url = f"sqlite:///{server.state_dir / 'jobs.sqlite'}"
+            if part == "jobs":
+                seed_jobs(db_url, server.root_dir, args.jobs)
+            else:
+                listed = seed_chunk_job(db_url, server.root_dir, args.listing_chunks)
         server.start()
         try:
             meter = Meter(backend, server)
-            if part == "files":
+            if part == "listing":
+                n, seconds, page = args.listing_chunks, args.listing_seconds, args.listing_page
+                rows.append(run_listing(server, listed, n, seconds, page))
+            elif part == "files":
                 run_files(meter, backend, args.files)
             elif part == "tables":
                 run_tables(meter, backend, args.tables)

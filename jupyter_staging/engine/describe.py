@@ -16,7 +16,8 @@ from jupyter_staging.engine.models import (
     TaskCounts,
 )
 from jupyter_staging.engine.progress import LiveProgress
-from jupyter_staging.engine.store import ChunkRecord, JobRecord
+from jupyter_staging.engine.schema import JobChunk
+from jupyter_staging.engine.store import JobRecord
 from jupyter_staging.errors import InvalidRequest
 from jupyter_staging.safety.redact import redact_url
 
@@ -117,8 +118,9 @@ def conversion_notices(not_converted: dict[str, str]) -> list[str]:
     return notices
 
 
-def describe_chunk(c: ChunkRecord) -> DescribeChunk:
-    """The API view of chunk ``c`` (``bytes`` in bytes, ``rows`` in rows)."""
+def describe_chunk(c: JobChunk) -> DescribeChunk:
+    """The API view of chunk ``c``, a record or a :class:`~jupyter_staging.engine.schema.ChunkRow` (``bytes``
+    in bytes, ``rows`` in rows)."""
     return DescribeChunk(
         id=str(c.index),
         index=c.index,

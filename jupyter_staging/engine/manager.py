@@ -22,7 +22,7 @@ from jupyter_staging.destinations.registry import is_object_destination
 from jupyter_staging.engine.ackfolders import AckFolders
 from jupyter_staging.engine.acks import take_ack
 from jupyter_staging.engine.admission import Admission, default_name
-from jupyter_staging.engine.chunkpages import read_chunk_page
+from jupyter_staging.engine.chunkpages import Describe, read_chunk_page
 from jupyter_staging.engine.cleanup import published_file
 from jupyter_staging.engine.describe import decode_cursor, describe_chunk, encode_cursor
 from jupyter_staging.engine.executors import (
@@ -49,6 +49,7 @@ from jupyter_staging.engine.placement import ACTIVE_STATES
 from jupyter_staging.engine.processes import SERVER, check_kind, current_user, default_key_file
 from jupyter_staging.engine.refresh import Refresh, kept_parts_job
 from jupyter_staging.engine.retention import expire_if_consumed
+from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.steering import JobSteering
 from jupyter_staging.engine.store import ChunkRecord, JobRecord, Store
 from jupyter_staging.engine.transitions import StateChanged
@@ -344,8 +345,8 @@ class StagingManager(JobSteering):
         carries a presigned GET URL valid :attr:`presign_expiry_seconds` from now, and its expiry. URLs
         are made for this answer only (locally: SigV4 presigning is an HMAC, no request) and never
         stored, logged or announced, so nothing changes on a read."""
-        rec = self._chunk_job(job_id, owner)
-        return self._described(rec, self.store.list_chunks(job_id), urls=urls)
+        describe = self.describer(job_id, owner, urls=urls)
+        return [describe(c) for c in self.store.list_chunks(job_id)]
 
     def chunk_page(
         self, job_id: str, owner: str | None = None, *, offset: int = 0, limit: int | None = None
@@ -353,9 +354,7 @@ class StagingManager(JobSteering):
         """The job's chunks of index ``>= offset`` in index order, at most ``limit`` (None: all), and
         ``total``, how many the job has; only the chunks returned get a presigned URL (as :meth:`chunks`).
         ``offset`` / ``limit`` as :class:`ChunksQuery` validates them. Raises :class:`JobNotFound`."""
-        rec = self._chunk_job(job_id, owner)
-        chunks, total = read_chunk_page(self.store, job_id, offset=offset, limit=limit)
-        return ChunkList(chunks=self._described(rec, chunks, urls=True), total=total)
+        return read_chunk_page(self.store, job_id, self.describer(job_id, owner), offset=offset, limit=limit)
 
     def _chunk_job(self, job_id: str, owner: str | None) -> JobRecord:
         """The job whose chunks are listed: its resume data (megabytes for 20,000 files, 0.1 s to read) only
@@ -363,11 +362,13 @@ class StagingManager(JobSteering):
         rec = self._record(job_id, owner, resume=False)
         return self._record(job_id, owner) if is_object_destination(rec.destination) else rec
 
-    def _described(self, rec: JobRecord, chunks: list[ChunkRecord], *, urls: bool) -> list[DescribeChunk]:
+    def describer(self, job_id: str, owner: str | None = None, *, urls: bool = True) -> Describe:
+        """What makes the API view of each chunk of job ``job_id`` (with ``urls``, as :meth:`chunks`), for
+        :func:`~jupyter_staging.engine.chunkpages.read_chunk_page`. Raises :class:`JobNotFound`."""
+        rec = self._chunk_job(job_id, owner)
         if not urls or not is_object_destination(rec.destination):
-            return [describe_chunk(c) for c in chunks]
-        destination = self.destination_of(rec)
-        return [self._with_url(destination, rec, c) for c in chunks]
+            return describe_chunk
+        return partial(self._with_url, self.destination_of(rec), rec)
 
     def refresh_chunk(self, job_id: str, chunk_id: str, owner: str | None = None) -> DescribeChunk:
         """Chunk ``chunk_id`` (its index) with a new presigned GET URL valid
@@ -395,7 +396,7 @@ class StagingManager(JobSteering):
         return described
 
     def _with_url(
-        self, destination: Destination, rec: JobRecord, chunk: ChunkRecord, *, strict: bool = False
+        self, destination: Destination, rec: JobRecord, chunk: JobChunk, *, strict: bool = False
     ) -> DescribeChunk:
         """The chunk with its URL; a destination that ``cannot_presign`` (Azure credentials without an
         account key) leaves it out of a listing and raises when ``strict`` (a refresh)."""

@@ -8,8 +8,10 @@ from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
-from jupyter_staging.engine.chunkpages import read_chunk_page
+from jupyter_staging.engine.chunkpages import SLICE, read_chunk_page
+from jupyter_staging.engine.describe import describe_chunk
 from jupyter_staging.engine.migrate import JOB_MIGRATIONS, current_revision
+from jupyter_staging.engine.models import ChunkList, DescribeChunk
 from jupyter_staging.engine.store import JobRecord, Store
 from tests.hub.test_migrations import downgrade_jobs
 
@@ -45,12 +47,14 @@ def test_a_page_of_chunks_is_an_index_range_and_the_migration_goes_both_ways(tmp
         for job_id, count in (("a", 50), ("b", 7)):
             store.add_job(job(job_id))
             store.write_chunks(job_id, chunk_rows(job_id, count), {})
-        chunks, total = read_chunk_page(store, "a", offset=10, limit=5)
-        assert [c.index for c in chunks] == [10, 11, 12, 13, 14] and total == 50
-        assert [c.index for c in read_chunk_page(store, "a", offset=48)[0]] == [48, 49]
-        assert read_chunk_page(store, "b")[1] == 7 and len(read_chunk_page(store, "b")[0]) == 7
-        assert read_chunk_page(store, "b", offset=7) == ([], 7)
-        assert read_chunk_page(store, "nope", limit=3) == ([], 0)
+        page = read_chunk_page(store, "a", describe_chunk, offset=10, limit=5)
+        assert [c.index for c in page.chunks] == [10, 11, 12, 13, 14] and page.total == 50
+        assert [c.index for c in read_chunk_page(store, "a", describe_chunk, offset=48).chunks] == [48, 49]
+        assert read_chunk_page(store, "b", describe_chunk) == ChunkList(
+            chunks=[describe_chunk(c) for c in sorted(store.list_chunks("b"), key=lambda c: c.index)], total=7
+        )
+        assert read_chunk_page(store, "b", describe_chunk, offset=7) == ChunkList(chunks=[], total=7)
+        assert read_chunk_page(store, "nope", describe_chunk, limit=3) == ChunkList(chunks=[], total=0)
 
         with engine.connect() as conn:
             plan = conn.exec_driver_sql(
@@ -67,6 +71,29 @@ def test_a_page_of_chunks_is_an_index_range_and_the_migration_goes_both_ways(tmp
         store.close()
     Store(url).close()
     assert INDEX in indexes(engine) and current_revision(engine, JOB_MIGRATIONS) == JOB_MIGRATIONS.head()
+
+
+def test_a_page_handed_to_a_sink_comes_in_slices_in_index_order(tmp_path):
+    """With a sink, a page is read and described a slice at a time (the server encodes each and lets it
+    go): the slices, joined, are the page read without one; none is larger than ``SLICE``."""
+    store = Store(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    try:
+        count = 2 * SLICE + 5
+        store.add_job(job("a"))
+        store.write_chunks("a", chunk_rows("a", count), {})
+        whole = read_chunk_page(store, "a", describe_chunk, offset=3)
+        slices: list[list[DescribeChunk]] = []
+        assert read_chunk_page(store, "a", describe_chunk, offset=3, sink=slices.append) == ChunkList(
+            chunks=[], total=count
+        )
+        assert [len(s) for s in slices] == [SLICE, SLICE, count - 3 - 2 * SLICE]
+        assert [c for s in slices for c in s] == whole.chunks and whole.total == count
+        assert [c.index for c in whole.chunks] == list(range(3, count))
+        limited: list[list[DescribeChunk]] = []
+        read_chunk_page(store, "a", describe_chunk, limit=SLICE + 1, sink=limited.append)
+        assert [c.index for s in limited for c in s] == list(range(SLICE + 1))
+    finally:
+        store.close()
 
 
 def test_listing_the_chunks_of_a_local_job_does_not_read_its_resume_data(manager, tmp_path):

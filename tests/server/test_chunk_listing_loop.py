@@ -1,0 +1,107 @@
+"""A listing of a job's chunks leaves the server's event loop free (issue 12), against a real Jupyter server.
+
+A job of 20,000 chunks, listed whole (``job.chunks``, the panel's job view, the hub's pages), held every
+other request of its server for 0.2-0.5 s: the page was dumped, JSON-encoded and hashed for its ``Etag`` on
+the event loop, and read and described all at once (200,000 objects, whose allocation set off the
+collector's full passes). The encoding is held here in the middle of a page, deliberately: another
+request is answered meanwhile, and only the slice being encoded is alive. Counts, never times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import hashlib
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from tornado.httpclient import HTTPClientError
+
+from jupyter_staging.engine.chunkpages import SLICE
+from jupyter_staging.engine.models import DescribeChunk, dump
+from tests.helpers.api import API, post_job, wait_for
+
+COUNT = 5 * SLICE + 3
+#: Seconds the hold waits for the test to release it: a loop it blocked frees itself then, and fails.
+HOLD_SECONDS = 10.0
+#: The names of this test's files (no other test's chunk models are counted).
+PREFIX = "held-listing-lc-"
+
+
+class EncodingHold:
+    """``json.dumps`` (the real one), paused once, when it encodes chunks of the listing's third slice or
+    later (a whole page at once, as before, holds at once), until :attr:`release` is set or
+    :data:`HOLD_SECONDS` pass. Counts the models of this job's chunks alive at that moment."""
+
+    def __init__(self, dumps: Callable[..., str]) -> None:
+        self.dumps = dumps
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.timed_out: bool | None = None
+        self.alive_models = -1
+
+    def __call__(self, obj: Any, *args: Any, **kwargs: Any) -> str:
+        chunks = obj.get("chunks") if isinstance(obj, dict) else obj
+        if (
+            not self.entered.is_set()
+            and isinstance(chunks, list)
+            and chunks
+            and isinstance(chunks[-1], dict)
+            and chunks[-1].get("index", -1) >= 2 * SLICE
+        ):
+            objects = gc.get_objects()
+            self.alive_models = sum(
+                isinstance(o, DescribeChunk) and o.path.startswith(PREFIX) for o in objects
+            )
+            self.entered.set()
+            self.timed_out = not self.release.wait(HOLD_SECONDS)
+        return self.dumps(obj, *args, **kwargs)
+
+
+@pytest.fixture
+def many_files(tmp_path):
+    folder = tmp_path / "sector"
+    folder.mkdir()
+    for i in range(COUNT):
+        (folder / f"{PREFIX}{i:04d}.fits").write_bytes(b"SIMPLE  =  T" + bytes([i % 251]) * 50)
+    return folder
+
+
+async def test_a_status_request_is_answered_while_a_listing_is_held_mid_page(
+    jp_fetch, jp_serverapp, many_files, monkeypatch
+):
+    job = json.loads((await post_job(jp_fetch, {"source": str(many_files), "destination": "sector"})).body)
+    job = await wait_for(jp_fetch, job["id"])
+    assert job["state"] == "succeeded" and job["progress"]["chunks_total"] == COUNT, job
+    manager = jp_serverapp.web_app.settings["staging_manager"]
+    expected = json.dumps(dump(manager.chunk_page(job["id"]))).encode()  # the answer as it always was
+
+    hold = EncodingHold(json.dumps)
+    monkeypatch.setattr(json, "dumps", hold)
+    listing = asyncio.ensure_future(jp_fetch(*API, "jobs", job["id"], "chunks"))
+    try:
+        while not hold.entered.is_set():  # a blocked loop runs this only once the hold gave up
+            await asyncio.sleep(0.01)
+        status = json.loads((await jp_fetch("api", "status")).body)
+        still_held = hold.timed_out is None
+        hold.release.set()
+        answer = await listing
+    finally:
+        hold.release.set()
+        monkeypatch.undo()
+    assert "started" in status
+    assert still_held and hold.timed_out is False, "the status request waited for the listing's encoding"
+    assert hold.alive_models <= SLICE, f"{hold.alive_models} chunk models alive at once (slices of {SLICE})"
+
+    assert answer.body == expected
+    page = json.loads(answer.body)
+    assert [c["index"] for c in page["chunks"]] == list(range(COUNT)) and page["total"] == COUNT
+    etag = f'"{hashlib.sha1(answer.body).hexdigest()}"'  # tornado's own Etag of the body, as before
+    assert answer.headers["Etag"] == etag and answer.headers["Cache-Control"] == "no-store"
+    assert answer.headers["Content-Type"] == "application/json"
+    with pytest.raises(HTTPClientError) as unchanged:
+        await jp_fetch(*API, "jobs", job["id"], "chunks", headers={"If-None-Match": etag})
+    assert unchanged.value.code == 304
