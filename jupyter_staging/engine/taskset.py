@@ -15,8 +15,9 @@ results back in the order they finish, so the runner records chunks as on its ow
 
 A task whose worker dies is run again by the scheduler (``distributed.scheduler.allowed-failures``; once
 they are spent, the batch fails with :class:`~jupyter_staging.errors.WorkerKilled`); one that raises is run
-again :data:`TASK_RETRIES` times, unless its error is one of :data:`FINAL_ERRORS`, which running it again
-would only repeat: that task fails the batch at once.
+again :data:`TASK_RETRIES` times, unless its error is one of
+:data:`~jupyter_staging.engine.taskoutcomes.FINAL_ERRORS`, which running it again would only repeat: that
+task fails the batch at once.
 
 A cluster lost under the job (its scheduler stopped, or restarted: Dask then cancels every task of the
 client) fails the run with :class:`~jupyter_staging.errors.ClusterUnavailable`, never as a cancel: only
@@ -38,19 +39,17 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from jupyter_staging import errors
 from jupyter_staging.engine.daskwait import wait_for, within
 from jupyter_staging.engine.progress import LiveProgress
+from jupyter_staging.engine.taskoutcomes import TaskFailed, on_worker
 from jupyter_staging.engine.tasks import RUN, TaskContext
 from jupyter_staging.errors import (
     ClusterUnavailable,
     JobInterrupted,
     StagingError,
     WorkerKilled,
-    as_staging_error,
 )
 from jupyter_staging.safety.control import JobControl
-from jupyter_staging.safety.dirfd import WRITER
 
 log = logging.getLogger(__name__)
 
@@ -77,51 +76,6 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (OSError, RuntimeError)
 SCHEDULER_SECONDS = 30.0
 #: The ``reason`` of the cancel Dask gives the futures of a client that lost its scheduler.
 CONNECTION_LOST = "scheduler-connection-lost"
-
-
-#: Errors of a task that running it again would only repeat: the bytes do not match the digest the source
-#: states (a 1 GiB file would be fetched three times to fail three times), a path or request refused, a
-#: source that changed since it was listed, a table that does not convert, a destination refused or full
-#: (``ENOSPC`` / ``EDQUOT`` on the worker: :func:`~jupyter_staging.errors.as_staging_error`). Other errors
-#: are retried: a connection that kept breaking, an ``OSError`` of the worker's own, and a source not
-#: found or refused, which may be a worker's missing mount or credentials.
-FINAL_ERRORS: tuple[type[StagingError], ...] = (
-    errors.ChecksumMismatch,
-    errors.ConversionFailed,
-    errors.DestinationExists,
-    errors.DestinationNotShared,
-    errors.DestinationNotWritable,
-    errors.InvalidRequest,
-    errors.NoSpace,
-    errors.SecretUnavailable,
-    errors.SourceChanged,
-    errors.UnsafeArchive,
-)
-
-
-@dataclasses.dataclass
-class TaskFailed:
-    """What a task returns instead of raising one of :data:`FINAL_ERRORS` (Dask retries any task that
-    raises); :meth:`TaskBatch.results` raises ``error`` in the server."""
-
-    error: StagingError
-
-
-def on_worker(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    """Run task ``fn(*args, **kwargs)`` on a Dask worker, a folder it may not write into named as the
-    worker's user's (:data:`~jupyter_staging.safety.dirfd.WRITER`), not the server's: the worker may run
-    as another user. Returns what ``fn`` returns, or a :class:`TaskFailed` holding an error of
-    :data:`FINAL_ERRORS` it raised; raises its other errors."""
-    token = WRITER.set("the Dask worker's user")
-    try:
-        return fn(*args, **kwargs)
-    except Exception as exc:
-        known = as_staging_error(exc)
-        if isinstance(known, FINAL_ERRORS):
-            return TaskFailed(known)
-        raise
-    finally:
-        WRITER.reset(token)
 
 
 class JobTasks:
