@@ -1,6 +1,7 @@
 """What a Dask task of a job hands back to the server besides its result: :func:`on_worker` runs every task
 and returns an error that running the task again would only repeat (:data:`FINAL_ERRORS`) as a
-:class:`TaskFailed` (Dask runs a task that raises again)."""
+:class:`TaskFailed` (Dask runs a task that raises again); :class:`BatchFailure` is what an isolated
+:class:`~jupyter_staging.engine.taskset.TaskBatch` hands back for a task that failed."""
 
 from __future__ import annotations
 
@@ -55,3 +56,14 @@ def on_worker(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         raise
     finally:
         WRITER.reset(token)
+
+
+@dataclasses.dataclass
+class BatchFailure:
+    """What :meth:`~jupyter_staging.engine.taskset.TaskBatch.results` of an isolated batch hands back for a
+    task that failed (its ``error``, raised on the worker or returned as :class:`TaskFailed`, or a
+    :class:`~jupyter_staging.errors.WorkerKilled`), instead of stopping the batch and raising it; ``key``
+    is the task's (for :meth:`~jupyter_staging.engine.taskset.JobTasks.take_back`)."""
+
+    error: Exception
+    key: str

@@ -11,7 +11,9 @@ results back in the order they finish, so the runner records chunks as on its ow
 - relays a pause or cancel of the job to its running tasks (the batch's control ``distributed.Variable``;
   tasks poll it) and cancels its queued ones, then raises :class:`JobInterrupted`;
 - stops its other tasks the same way when one fails, then raises that task's error (other batches of the
-  job, such as other manifest entries, go on).
+  job, such as other manifest entries, go on); in an *isolated* batch (the grouped entries of a manifest,
+  each of which fails alone) a failed task is handed back as a :class:`BatchFailure` instead and the others
+  go on.
 
 A task whose worker dies is run again by the scheduler (``distributed.scheduler.allowed-failures``; once
 they are spent, the batch fails with :class:`~jupyter_staging.errors.WorkerKilled`); one that raises is run
@@ -41,7 +43,7 @@ from typing import Any
 
 from jupyter_staging.engine.daskwait import wait_for, within
 from jupyter_staging.engine.progress import LiveProgress
-from jupyter_staging.engine.taskoutcomes import TaskFailed, on_worker
+from jupyter_staging.engine.taskoutcomes import BatchFailure, TaskFailed, on_worker
 from jupyter_staging.engine.tasks import RUN, TaskContext
 from jupyter_staging.errors import (
     ClusterUnavailable,
@@ -143,10 +145,21 @@ class JobTasks:
                 )
             return ClusterUnavailable(self.lost)
 
-    def batch(self) -> TaskBatch:
-        """A new :class:`TaskBatch` of this job (a context manager)."""
+    def batch(self, *, isolated: bool = False) -> TaskBatch:
+        """A new :class:`TaskBatch` of this job (a context manager); ``isolated``: a task that fails is
+        handed back as a :class:`BatchFailure`, the batch goes on."""
         ctx = dataclasses.replace(self.ctx, batch=str(next(self._batches)))
-        return TaskBatch(self, ctx)
+        return TaskBatch(self, ctx, isolated=isolated)
+
+    def take_back(self, key: str) -> None:
+        """Take the bytes and rows that task ``key`` reported out of the job's live progress: a task that
+        failed and whose files are staged again by other tasks, which count them again (those its tries
+        published too: they take them back)."""
+        with self._lock:
+            _, sent_bytes, sent_rows = self._tries.pop(key, ("", 0, 0))
+        with self.live.lock:
+            self.live.bytes_done -= sent_bytes
+            self.live.rows_done -= sent_rows
 
     def close(self, *, forget_run: bool = True) -> None:
         """Stop listening to the job's progress events and forget its task counts, and with
@@ -289,12 +302,14 @@ class TaskBatch:
     stops what still runs and deletes the batch's control variable (neither when the cluster is lost).
     Raises :class:`ClusterUnavailable` when the scheduler cannot be reached."""
 
-    def __init__(self, job: JobTasks, ctx: TaskContext) -> None:
+    def __init__(self, job: JobTasks, ctx: TaskContext, *, isolated: bool = False) -> None:
         # Deferred: distributed is the optional dask extra; this module runs only with it.
         from distributed import Variable
 
         self.job = job
         self.ctx = ctx
+        #: A failed task is handed back as a BatchFailure (the others go on), not raised.
+        self.isolated = isolated
         with job.scheduler_call():
             self._variable = Variable(ctx.control_key, client=job.client)
             within(SCHEDULER_SECONDS, self._variable.set, RUN, scheduler=job.scheduler)
@@ -362,7 +377,8 @@ class TaskBatch:
 
     def _result(self, future: Any) -> Any:
         """The future's result; on its error (raised, or returned as :class:`TaskFailed`), stop the batch's
-        other tasks and raise it."""
+        other tasks and raise it, or in an isolated batch return it as a :class:`BatchFailure` (not a
+        pause, a cancel or the cluster lost: those stop the batch and are raised)."""
         error: object
         if future.status == "finished":
             with self.job.scheduler_call():  # the result is fetched from the worker that holds it
@@ -374,6 +390,9 @@ class TaskBatch:
             error = _worker_killed(future.exception())
         else:
             error = self._not_finished(future)
+        if self.isolated and isinstance(error, Exception):
+            if not isinstance(error, (JobInterrupted, ClusterUnavailable)):
+                return BatchFailure(error, str(future.key))
         self._stop("failed")
         control = self.job.control
         if isinstance(error, JobInterrupted) and control.interrupted:
