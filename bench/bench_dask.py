@@ -21,6 +21,10 @@ repetition), the page cache dropped before each timed run where permitted. Secti
    of light curves): local executor vs Dask 2 workers (the small files go as tasks of several files each);
    every chunk's sha256 checked against the sources'. The page cache is dropped before each run (no
    warming in ``--cache warm``).
+6. **A manifest of many single local files** (``--manifest-files``, default 300 and 1,000 entries of
+   ``--file-kib`` KiB, each a local path: a MAST download list on the shared storage; 1,000 is the most a
+   manifest holds, ``MAX_MANIFEST_ENTRIES``): local executor vs Dask 2 workers; every chunk's sha256
+   checked, the page cache dropped before each run.
 
 Measured per run: wall seconds (``create()`` to the job's ``finished_at``), CPU seconds of this process (the
 server: manager, threads, the in-process scheduler, waited-for children such as ``cp``) and of the Dask
@@ -402,6 +406,54 @@ def files_section(args: argparse.Namespace, engines: dict[str, Engine], cache: P
     return {"figures": figures, "files": args.files, "kib": args.file_kib}
 
 
+def manifest_section(args: argparse.Namespace, engines: dict[str, Engine], cache: PageCache) -> dict:
+    """Section 6: manifests of ``--manifest-files`` entries, each one local file of ``--file-kib`` KiB,
+    staged by the local executor and by Dask 2 workers, interleaved. ``{count: {"figures"}}``."""
+    folder = args.work / "manifest"
+    rmtree(folder)
+    folder.mkdir(parents=True)
+    sums = []
+    for i in range(max(args.manifest_files)):
+        data = os.urandom(args.file_kib * 1024)
+        (folder / f"lc-{i:06d}.fits").write_bytes(data)
+        sums.append(hashlib.sha256(data).hexdigest())
+    result = {}
+    try:
+        for count in args.manifest_files:
+            print(f"\n## a manifest of {count} local files of {args.file_kib} KiB", flush=True)
+            manifest = {f"e{i:06d}": str(folder / f"lc-{i:06d}.fits") for i in range(count)}
+            expected = sorted(sums[:count])
+
+            def engine_run(name: str, manifest: dict = manifest, expected: list = expected) -> Callable:
+                def run(rep: int) -> float:
+                    request = CreateJob(manifest=manifest, destination=f"man-{rep}", method="copy")
+                    seconds, job = engines[name].run(request)
+                    got = sorted(c.sha256 or "" for c in engines[name].manager.chunks(job.id, urls=False))
+                    if got != expected:
+                        raise SystemExit(f"{name}: the staged files differ from the sources")
+                    return seconds
+
+                return run
+
+            def after(name: str, rep: int) -> None:
+                rmtree(engines[name].root / f"man-{rep}")
+                os.sync()
+
+            runs = {"local": engine_run("local"), "dask 2w": engine_run("dask 2w")}
+            figures: Figures = {}
+            interleaved(
+                measured(engines, figures, runs),
+                args.reps,
+                before=lambda n, r: cache.prepare(folder),
+                after=after,
+            )
+            result[count] = {"figures": figures}
+    finally:
+        if not args.keep:
+            rmtree(folder)
+    return {"counts": result, "kib": args.file_kib}
+
+
 def small_section(args: argparse.Namespace, engines: dict[str, Engine]) -> dict:
     """Section 3: one 1 MB file and a manifest of 3 x 100 kB, local vs Dask 2 workers; the difference of
     the medians is the fixed cost of the Dask path."""
@@ -506,6 +558,8 @@ def report(result: dict) -> None:
         rows += table_rows(
             f"{result['files']['files']} x {result['files']['kib']} KiB", result["files"]["figures"]
         )
+    for count, one in result.get("manifest", {}).get("counts", {}).items():
+        rows += table_rows(f"manifest {count} x {result['manifest']['kib']} KiB", one["figures"])
     print(
         "\n# bench_dask: medians; 'local/this' = local executor time / this time (> 1: faster than it); "
         "CPU = user+sys; peak RSS = VmHWM"
@@ -525,6 +579,9 @@ def report(result: dict) -> None:
         files = result["files"]
         rates = {n: files["files"] / med(f["wall"]) for n, f in files["figures"].items()}
         print("# folder of small files: " + ", ".join(f"{n} {r:,.0f} files/s" for n, r in rates.items()))
+    for count, one in result.get("manifest", {}).get("counts", {}).items():
+        rates = {n: count / med(f["wall"]) for n, f in one["figures"].items()}
+        print(f"# manifest of {count}: " + ", ".join(f"{n} {r:,.0f} files/s" for n, r in rates.items()))
     if "cluster_start_s" in result:
         starts = result["cluster_start_s"]
         print(
@@ -552,12 +609,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cluster-starts", type=int, default=3, help="cluster starts timed (section 4)")
     ap.add_argument("--threads-per-worker", type=int, default=2)
     ap.add_argument("--files", type=int, default=2000, help="files of section 5 (a folder)")
-    ap.add_argument("--file-kib", type=int, default=64, help="size of each file of section 5 (KiB)")
+    ap.add_argument("--file-kib", type=int, default=64, help="size of each file of sections 5 and 6 (KiB)")
+    ap.add_argument(
+        "--manifest-files", type=int, nargs="+", default=[300, 1000], help="entries of section 6's manifests"
+    )
     ap.add_argument(
         "--sections",
         nargs="+",
-        default=["convert", "copy", "small", "files"],
-        choices=("convert", "copy", "small", "files"),
+        default=["convert", "copy", "small", "files", "manifest"],
+        choices=("convert", "copy", "small", "files", "manifest"),
     )
     ap.add_argument("--cache", choices=("drop", "warm"), default="drop")
     ap.add_argument("--workdir", type=Path, default=WORK / "dask")
@@ -597,6 +657,8 @@ def main(argv: list[str] | None = None) -> dict:
             result["small"] = small_section(args, engines)
         if "files" in args.sections:
             result["files"] = files_section(args, engines, cache)
+        if "manifest" in args.sections:
+            result["manifest"] = manifest_section(args, engines, cache)
         result["notes"] = {n: sorted(e.notes) for n, e in engines.items() if n != "local"}
     finally:
         for engine in engines.values():

@@ -3,7 +3,8 @@
 Entries are listed in parallel, ``concurrent_items`` at a time (a request each to a remote source), and
 staged as many at a time when they are plain transfers (a manifest of URLs, one file each, fetches
 ``concurrent_items`` files at once, as a folder does), at most :data:`MANIFEST_CONCURRENCY` at a time when
-they are converted or expanded (CPU and memory per entry). An entry that
+they are converted or expanded (CPU and memory per entry); on a Dask executor the entries of one small file
+each go in groups across entries (:mod:`~jupyter_staging.engine.spreadentries`). An entry that
 fails is recorded (its chunks keep ``pending`` with an ``error``) and the others go on; the job then ends
 ``failed`` with code ``partial`` after writing a manifest of what was staged. A Dask cluster lost under the
 job (:class:`~jupyter_staging.errors.ClusterUnavailable`) is no entry's failure: it fails the job, with that
@@ -76,14 +77,31 @@ class ManifestStager(ExpandingStager):
             (c.entry, self.dest.relative(c.path)): c for c in chunks
         }
         failures = {n: listed[n]["error"] for n in names if "error" in listed[n]}
-        staged = self._parallel(
-            [n for n in names if n not in failures],
-            lambda name: self._stage_entry(rec, name, entries[name], items[name], by_item),
-            self._items_at_once() if plain else min(MANIFEST_CONCURRENCY, self._items_at_once()),
+        staged = self._stage_entries(
+            rec, [n for n in names if n not in failures], entries, items, by_item, plain=plain
         )
         failures.update({n: error for n, error in staged.items() if error is not None})
         self.control.check()
         return names, failures
+
+    def _stage_entries(
+        self,
+        rec: JobRecord,
+        names: list[str],
+        entries: dict[str, str],
+        items: dict[str, list[SourceItem]],
+        chunks: dict[tuple[str | None, str], JobChunk],
+        *,
+        plain: bool,
+    ) -> dict[str, dict[str, str] | None]:
+        """Stage the listed entries ``names`` (``entries``: name -> source), as many at a time as the module
+        says (``plain``: no conversion or expansion); ``{name: None, or the entry's error (recorded)}``.
+        Raises :class:`JobInterrupted` and :class:`ClusterUnavailable` (the whole job's)."""
+        return self._parallel(
+            names,
+            lambda name: self._stage_entry(rec, name, entries[name], items[name], chunks),
+            self._items_at_once() if plain else min(MANIFEST_CONCURRENCY, self._items_at_once()),
+        )
 
     def _list_entries(self, names: list[str], entries: dict[str, str]) -> dict[str, dict[str, Any]]:
         """List the entries not listed by an earlier run, in parallel; ``{name: {"items"} | {"error"}}``."""
@@ -209,12 +227,17 @@ class ManifestStager(ExpandingStager):
         except (JobInterrupted, ClusterUnavailable):  # the whole job's: not this entry's failure
             raise
         except Exception as exc:
-            error = error_of(exc)
-            if error["code"] == "internal_error":
-                log.error("staging job %s: entry %s failed: %s", self.job_id, name, redact_text(repr(exc)))
-            self._entry_failed(name, error)
-            return error
+            return self._entry_error(name, exc)
         return None
+
+    def _entry_error(self, name: str, exc: Exception) -> dict[str, str]:
+        """Record ``exc`` as the failure of entry ``name`` (:meth:`_entry_failed`; an unexpected error is
+        logged in the server's log too); returns the entry's error (:func:`error_of`)."""
+        error = error_of(exc)
+        if error["code"] == "internal_error":
+            log.error("staging job %s: entry %s failed: %s", self.job_id, name, redact_text(repr(exc)))
+        self._entry_failed(name, error)
+        return error
 
     def _error_chunk(self, name: str, error: dict[str, str]) -> None:
         """A pending chunk standing for manifest entry ``name``, carrying why it could not be staged."""

@@ -9,6 +9,10 @@ two local workers. So the small files of a big folder go as tasks of up to :data
 (:class:`Grouping` makes the groups, and leaves the cluster at least :data:`MIN_TASKS` tasks to spread), each
 file staged exactly as :func:`fetch_item` stages it.
 
+The single-file entries of a manifest go in groups the same way, each file with its own source
+(:func:`fetch_entries`): a file whose error would only repeat (a checksum that does not match) fails alone,
+handed back in its place, and the group goes on with the next.
+
 A task run again (its worker died, a transient error) stages its files again, taking back those an earlier
 try published (:func:`~jupyter_staging.engine.tasks.published_earlier`); a pause or cancel stops a group
 between two files (and inside a file, as for any task).
@@ -20,8 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from jupyter_staging.engine.taskoutcomes import FINAL_ERRORS, TaskFailed
 from jupyter_staging.engine.tasks import LOG_LINES, TaskContext, TaskControl, published_earlier
 from jupyter_staging.engine.verified import fetch_verified
+from jupyter_staging.errors import as_staging_error
 from jupyter_staging.sources.base import Source, SourceItem
 from jupyter_staging.sources.registry import open_source
 
@@ -32,6 +38,7 @@ __all__ = [
     "MIN_TASKS",
     "GroupEntry",
     "Grouping",
+    "fetch_entries",
     "fetch_item",
     "fetch_items",
     "files_per_group",
@@ -192,6 +199,45 @@ def fetch_items(
             results.append(
                 _fetch_one(ctx, control, source, item, final_rel, checksums, second=second, streams=streams)
             )
+    finally:
+        control.flush()
+    return results
+
+
+def fetch_entries(
+    ctx: TaskContext,
+    source_roots: list[str] | None,
+    entries: list[tuple[str, GroupEntry]],
+    *,
+    streams: int = 1,
+) -> list[tuple[int, str] | TaskFailed]:
+    """Stage each of ``entries`` (``(source uri, entry)``: the one file of a manifest entry, from its own
+    source) in turn, as :func:`fetch_item` would, with one control. Returns, in the order of ``entries``,
+    ``(size_bytes, sha256_hex)`` of each file, or a :class:`TaskFailed` in the place of a file that failed
+    with an error running it again would only repeat (``checksum_mismatch``, ``source_changed``, ...:
+    :data:`~jupyter_staging.engine.taskoutcomes.FINAL_ERRORS`); the next files are staged all the same.
+
+    Raises any other error of a file at once (the task is run again: the files it published are taken
+    back), :class:`~jupyter_staging.errors.JobInterrupted` on pause or cancel."""
+    control = TaskControl(ctx, log_lines=LOG_LINES * max(1, len(entries)))
+    results: list[tuple[int, str] | TaskFailed] = []
+    try:
+        for uri, (item, final_rel, checksums, second) in entries:
+
+            def source(uri: str = uri) -> Source:
+                return open_source(uri, source_roots=source_roots)
+
+            try:
+                one = _fetch_one(
+                    ctx, control, source, item, final_rel, checksums, second=second, streams=streams
+                )
+            except Exception as exc:
+                known = as_staging_error(exc)
+                if not isinstance(known, FINAL_ERRORS):
+                    raise
+                results.append(TaskFailed(known))
+                continue
+            results.append(one)
     finally:
         control.flush()
     return results

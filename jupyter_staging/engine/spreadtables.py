@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_staging.engine.executors import DaskExecutor
-from jupyter_staging.engine.spread import SpreadStager
+from jupyter_staging.engine.spreadentries import EntrySpreadStager
 from jupyter_staging.engine.tasks import convert_range, source_visible
 from jupyter_staging.engine.taskset import TaskBatch
 from jupyter_staging.formats.base import ChunkInfo
@@ -67,9 +67,9 @@ class RangePlan:
         ]
 
 
-class TableSpreadStager(SpreadStager):
+class TableSpreadStager(EntrySpreadStager):
     """Converts splittable tables as Dask tasks (part ranges); everything else as
-    :class:`~jupyter_staging.engine.spread.SpreadStager`."""
+    :class:`~jupyter_staging.engine.spreadentries.EntrySpreadStager`."""
 
     def _convert_file(
         self,

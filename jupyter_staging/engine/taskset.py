@@ -11,12 +11,15 @@ results back in the order they finish, so the runner records chunks as on its ow
 - relays a pause or cancel of the job to its running tasks (the batch's control ``distributed.Variable``;
   tasks poll it) and cancels its queued ones, then raises :class:`JobInterrupted`;
 - stops its other tasks the same way when one fails, then raises that task's error (other batches of the
-  job, such as other manifest entries, go on).
+  job, such as other manifest entries, go on); in an *isolated* batch (the grouped entries of a manifest,
+  each of which fails alone) a failed task is handed back as a :class:`BatchFailure` instead and the others
+  go on.
 
 A task whose worker dies is run again by the scheduler (``distributed.scheduler.allowed-failures``; once
 they are spent, the batch fails with :class:`~jupyter_staging.errors.WorkerKilled`); one that raises is run
-again :data:`TASK_RETRIES` times, unless its error is one of :data:`FINAL_ERRORS`, which running it again
-would only repeat: that task fails the batch at once.
+again :data:`TASK_RETRIES` times, unless its error is one of
+:data:`~jupyter_staging.engine.taskoutcomes.FINAL_ERRORS`, which running it again would only repeat: that
+task fails the batch at once.
 
 A cluster lost under the job (its scheduler stopped, or restarted: Dask then cancels every task of the
 client) fails the run with :class:`~jupyter_staging.errors.ClusterUnavailable`, never as a cancel: only
@@ -38,19 +41,17 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from jupyter_staging import errors
 from jupyter_staging.engine.daskwait import wait_for, within
 from jupyter_staging.engine.progress import LiveProgress
+from jupyter_staging.engine.taskoutcomes import BatchFailure, TaskFailed, on_worker
 from jupyter_staging.engine.tasks import RUN, TaskContext
 from jupyter_staging.errors import (
     ClusterUnavailable,
     JobInterrupted,
     StagingError,
     WorkerKilled,
-    as_staging_error,
 )
 from jupyter_staging.safety.control import JobControl
-from jupyter_staging.safety.dirfd import WRITER
 
 log = logging.getLogger(__name__)
 
@@ -77,51 +78,6 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (OSError, RuntimeError)
 SCHEDULER_SECONDS = 30.0
 #: The ``reason`` of the cancel Dask gives the futures of a client that lost its scheduler.
 CONNECTION_LOST = "scheduler-connection-lost"
-
-
-#: Errors of a task that running it again would only repeat: the bytes do not match the digest the source
-#: states (a 1 GiB file would be fetched three times to fail three times), a path or request refused, a
-#: source that changed since it was listed, a table that does not convert, a destination refused or full
-#: (``ENOSPC`` / ``EDQUOT`` on the worker: :func:`~jupyter_staging.errors.as_staging_error`). Other errors
-#: are retried: a connection that kept breaking, an ``OSError`` of the worker's own, and a source not
-#: found or refused, which may be a worker's missing mount or credentials.
-FINAL_ERRORS: tuple[type[StagingError], ...] = (
-    errors.ChecksumMismatch,
-    errors.ConversionFailed,
-    errors.DestinationExists,
-    errors.DestinationNotShared,
-    errors.DestinationNotWritable,
-    errors.InvalidRequest,
-    errors.NoSpace,
-    errors.SecretUnavailable,
-    errors.SourceChanged,
-    errors.UnsafeArchive,
-)
-
-
-@dataclasses.dataclass
-class TaskFailed:
-    """What a task returns instead of raising one of :data:`FINAL_ERRORS` (Dask retries any task that
-    raises); :meth:`TaskBatch.results` raises ``error`` in the server."""
-
-    error: StagingError
-
-
-def on_worker(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    """Run task ``fn(*args, **kwargs)`` on a Dask worker, a folder it may not write into named as the
-    worker's user's (:data:`~jupyter_staging.safety.dirfd.WRITER`), not the server's: the worker may run
-    as another user. Returns what ``fn`` returns, or a :class:`TaskFailed` holding an error of
-    :data:`FINAL_ERRORS` it raised; raises its other errors."""
-    token = WRITER.set("the Dask worker's user")
-    try:
-        return fn(*args, **kwargs)
-    except Exception as exc:
-        known = as_staging_error(exc)
-        if isinstance(known, FINAL_ERRORS):
-            return TaskFailed(known)
-        raise
-    finally:
-        WRITER.reset(token)
 
 
 class JobTasks:
@@ -189,10 +145,21 @@ class JobTasks:
                 )
             return ClusterUnavailable(self.lost)
 
-    def batch(self) -> TaskBatch:
-        """A new :class:`TaskBatch` of this job (a context manager)."""
+    def batch(self, *, isolated: bool = False) -> TaskBatch:
+        """A new :class:`TaskBatch` of this job (a context manager); ``isolated``: a task that fails is
+        handed back as a :class:`BatchFailure`, the batch goes on."""
         ctx = dataclasses.replace(self.ctx, batch=str(next(self._batches)))
-        return TaskBatch(self, ctx)
+        return TaskBatch(self, ctx, isolated=isolated)
+
+    def take_back(self, key: str) -> None:
+        """Take the bytes and rows that task ``key`` reported out of the job's live progress: a task that
+        failed and whose files are staged again by other tasks, which count them again (those its tries
+        published too: they take them back)."""
+        with self._lock:
+            _, sent_bytes, sent_rows = self._tries.pop(key, ("", 0, 0))
+        with self.live.lock:
+            self.live.bytes_done -= sent_bytes
+            self.live.rows_done -= sent_rows
 
     def close(self, *, forget_run: bool = True) -> None:
         """Stop listening to the job's progress events and forget its task counts, and with
@@ -335,12 +302,14 @@ class TaskBatch:
     stops what still runs and deletes the batch's control variable (neither when the cluster is lost).
     Raises :class:`ClusterUnavailable` when the scheduler cannot be reached."""
 
-    def __init__(self, job: JobTasks, ctx: TaskContext) -> None:
+    def __init__(self, job: JobTasks, ctx: TaskContext, *, isolated: bool = False) -> None:
         # Deferred: distributed is the optional dask extra; this module runs only with it.
         from distributed import Variable
 
         self.job = job
         self.ctx = ctx
+        #: A failed task is handed back as a BatchFailure (the others go on), not raised.
+        self.isolated = isolated
         with job.scheduler_call():
             self._variable = Variable(ctx.control_key, client=job.client)
             within(SCHEDULER_SECONDS, self._variable.set, RUN, scheduler=job.scheduler)
@@ -408,7 +377,8 @@ class TaskBatch:
 
     def _result(self, future: Any) -> Any:
         """The future's result; on its error (raised, or returned as :class:`TaskFailed`), stop the batch's
-        other tasks and raise it."""
+        other tasks and raise it, or in an isolated batch return it as a :class:`BatchFailure` (not a
+        pause, a cancel or the cluster lost: those stop the batch and are raised)."""
         error: object
         if future.status == "finished":
             with self.job.scheduler_call():  # the result is fetched from the worker that holds it
@@ -420,6 +390,9 @@ class TaskBatch:
             error = _worker_killed(future.exception())
         else:
             error = self._not_finished(future)
+        if self.isolated and isinstance(error, Exception):
+            if not isinstance(error, (JobInterrupted, ClusterUnavailable)):
+                return BatchFailure(error, str(future.key))
         self._stop("failed")
         control = self.job.control
         if isinstance(error, JobInterrupted) and control.interrupted:

@@ -38,7 +38,7 @@ READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 #: Whose writes this thread makes, as :func:`write_refused` names them: the server's user, or on a Dask
-#: worker the worker's (:func:`~jupyter_staging.engine.taskset.on_worker` sets it for each task).
+#: worker the worker's (:func:`~jupyter_staging.engine.taskoutcomes.on_worker` sets it for each task).
 WRITER: ContextVar[str] = ContextVar("jupyter_staging_writer", default="this server's user")
 
 

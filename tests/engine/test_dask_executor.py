@@ -30,7 +30,7 @@ from distributed import Client, LocalCluster
 from jupyter_staging.engine.executors import DaskExecutor, LocalExecutor
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, DescribeJob, JobState
-from jupyter_staging.engine.taskset import on_worker
+from jupyter_staging.engine.taskoutcomes import on_worker
 from jupyter_staging.safety.dirfd import write_refused
 from tests.helpers.dask import local_cluster
 from tests.helpers.data import KEPLER, SPITZER, TESS, latin1_past_inference, sha256, wait_until

@@ -21,8 +21,9 @@ from jupyter_staging.engine.itemtasks import GROUPED_BYTES, Grouping, fetch_item
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, DescribeJob, JobState
 from jupyter_staging.engine.progress import LiveProgress
+from jupyter_staging.engine.taskoutcomes import on_worker
 from jupyter_staging.engine.tasks import RUN, TaskContext
-from jupyter_staging.engine.taskset import JobTasks, on_worker
+from jupyter_staging.engine.taskset import JobTasks
 from jupyter_staging.errors import ChecksumMismatch
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.sources.registry import open_source

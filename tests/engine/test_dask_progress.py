@@ -20,7 +20,7 @@ from distributed import LocalCluster
 
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, JobState
-from jupyter_staging.engine.taskset import TaskFailed, on_worker
+from jupyter_staging.engine.taskoutcomes import TaskFailed, on_worker
 from jupyter_staging.errors import ChecksumMismatch, SourceNotFound, TransferFailed
 from jupyter_staging.sources.base import MAX_RESUMES
 from tests.helpers.dask import dask_manager, local_cluster

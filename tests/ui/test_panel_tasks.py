@@ -4,8 +4,8 @@ A real ``jupyter lab`` runs with ``StagingApp.executor_class = DaskExecutor`` on
 ``distributed.LocalCluster`` of two worker processes started here (127.0.0.1, no dashboard); the panel
 follows the server's event stream. A manifest of throttled HTTP downloads (a real Range HTTP server on
 127.0.0.1) runs as one task per file on the workers: while it runs its row shows ``N tasks on M workers``
-under its figures (``· Q queued`` when tasks wait: a manifest's entries are submitted only as the job's
-threads take them, so this one shows none), the line's tooltip and the job's view list each busy worker as
+under its figures (``· Q queued`` when tasks wait: the manifest's eight single-file entries are submitted
+at once, four running), the line's tooltip and the job's view list each busy worker as
 host:port, and the line goes once the job succeeds. A hard-link job of a folder under the server's source
 root runs on the server's own threads (``progress.tasks`` null) and shows no such line. Pictures in both
 themes: ``panel-tasks-light.png`` and ``panel-tasks-dark.png`` in ``tests/ui/screenshots/`` (copied by hand
