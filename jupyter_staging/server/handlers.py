@@ -32,7 +32,7 @@ from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import ChunksQuery, CreateJob, ListJobsQuery, dump
 from jupyter_staging.engine.snapshot import unfinished_jobs
 from jupyter_staging.errors import StagingError, too_many_open_files_error
-from jupyter_staging.server.chunkbody import chunk_page_body
+from jupyter_staging.server.chunkbody import chunk_page_body, manifest_body
 from jupyter_staging.server.openapi import OpenAPIHandler
 from jupyter_staging.server.web import JSONHandlerMixin, StagingHTTPError, database_down
 
@@ -67,6 +67,20 @@ class StagingAPIHandler(JSONHandlerMixin, APIHandler):
     def owner(self) -> str:
         """Everyone allowed on this single-user server acts as its owner."""
         return self.settings["staging_owner"]  # type: ignore[no-any-return]
+
+    _etag: str | None = None
+
+    def finish_encoded(self, encoded: tuple[bytes, str]) -> None:
+        """Finish with a JSON body and its ``Etag`` made on a worker thread (``(body, etag)``:
+        :mod:`jupyter_staging.server.chunkbody`), so a body of megabytes is neither encoded nor hashed on the
+        event loop; tornado still answers ``If-None-Match`` with 304."""
+        body, self._etag = encoded
+        self.set_header("Content-Type", "application/json")
+        self.finish(body)
+
+    def compute_etag(self) -> str | None:
+        """The ``Etag`` :meth:`finish_encoded` was given, else tornado's own (hashed on the loop)."""
+        return self._etag if self._etag is not None else super().compute_etag()
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking manager call on a worker thread, turning :class:`StagingError` into HTTP errors.
@@ -180,7 +194,6 @@ class ChunksHandler(StagingAPIHandler):
     """
 
     auth_resource = "jupyter_staging:jobs"
-    _etag: str | None = None
 
     @web.authenticated
     @authorized
@@ -192,16 +205,11 @@ class ChunksHandler(StagingAPIHandler):
         query = self.validate(ChunksQuery, args)
         # The page is read, described, encoded and hashed on the worker thread: 20,000 chunks are 6.8 MB
         # of JSON, which held every other request of the server (jupyter_staging.server.chunkbody).
-        body, self._etag = await self.call(
+        body = await self.call(
             chunk_page_body, self.manager, job_id, self.owner, offset=query.offset, limit=query.limit
         )
         self.set_header("Cache-Control", "no-store")
-        self.set_header("Content-Type", "application/json")
-        self.finish(body)
-
-    def compute_etag(self) -> str | None:
-        """The body's ``Etag``, hashed with it on the worker thread (tornado's own hashes it on the loop)."""
-        return self._etag if self._etag is not None else super().compute_etag()
+        self.finish_encoded(body)
 
 
 class ChunkRefreshHandler(StagingAPIHandler):
@@ -247,8 +255,8 @@ class ManifestHandler(StagingAPIHandler):
     @web.authenticated
     @authorized
     async def get(self, job_id: str) -> None:
-        manifest = await self.call(self.manager.manifest, job_id, self.owner)
-        self.write_json(manifest)
+        # Encoded and hashed on the worker thread: a manifest of 20,000 files is 6 MB of JSON.
+        self.finish_encoded(await self.call(manifest_body, self.manager, job_id, self.owner))
 
 
 class LogHandler(StagingAPIHandler):

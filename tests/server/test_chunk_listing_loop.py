@@ -105,3 +105,53 @@ async def test_a_status_request_is_answered_while_a_listing_is_held_mid_page(
     with pytest.raises(HTTPClientError) as unchanged:
         await jp_fetch(*API, "jobs", job["id"], "chunks", headers={"If-None-Match": etag})
     assert unchanged.value.code == 304
+
+
+class ManifestHold:
+    """``json.dumps`` (the real one), paused once when it encodes the manifest of job ``job_id``, until
+    :attr:`release` is set or :data:`HOLD_SECONDS` pass."""
+
+    def __init__(self, dumps: Callable[..., str], job_id: str) -> None:
+        self.dumps, self.job_id = dumps, job_id
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.timed_out: bool | None = None
+
+    def __call__(self, obj: Any, *args: Any, **kwargs: Any) -> str:
+        if not self.entered.is_set() and isinstance(obj, dict) and obj.get("job_id") == self.job_id:
+            self.entered.set()
+            self.timed_out = not self.release.wait(HOLD_SECONDS)
+        return self.dumps(obj, *args, **kwargs)
+
+
+async def test_a_status_request_is_answered_while_a_manifest_is_encoded(
+    jp_fetch, jp_serverapp, many_files, monkeypatch
+):
+    """``GET /jobs/{id}/manifest`` (6 MB of JSON for 20,000 files) is encoded and hashed on a worker thread:
+    held there, another request is answered; the answer and its ``Etag`` are those of before."""
+    job = json.loads((await post_job(jp_fetch, {"source": str(many_files), "destination": "m"})).body)
+    job = await wait_for(jp_fetch, job["id"])
+    assert job["state"] == "succeeded", job
+    manager = jp_serverapp.web_app.settings["staging_manager"]
+    expected = json.dumps(manager.manifest(job["id"])).encode()
+
+    hold = ManifestHold(json.dumps, job["id"])
+    monkeypatch.setattr(json, "dumps", hold)
+    reading = asyncio.ensure_future(jp_fetch(*API, "jobs", job["id"], "manifest"))
+    try:
+        while not hold.entered.is_set():  # a blocked loop runs this only once the hold gave up
+            await asyncio.sleep(0.01)
+        status = json.loads((await jp_fetch("api", "status")).body)
+        still_held = hold.timed_out is None
+        hold.release.set()
+        answer = await reading
+    finally:
+        hold.release.set()
+        monkeypatch.undo()
+    assert "started" in status
+    assert still_held and hold.timed_out is False, "the status request waited for the manifest's encoding"
+    assert answer.body == expected and answer.headers["Content-Type"] == "application/json"
+    etag = f'"{hashlib.sha1(answer.body).hexdigest()}"'
+    assert answer.headers["Etag"] == etag
+    with pytest.raises(HTTPClientError) as unchanged:
+        await jp_fetch(*API, "jobs", job["id"], "manifest", headers={"If-None-Match": etag})
+    assert unchanged.value.code == 304
