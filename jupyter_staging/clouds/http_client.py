@@ -9,6 +9,10 @@ Last-Modified, size), its length (``Content-Length``, ``Content-Range``), whethe
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timedelta, timezone
 from email.message import Message
 from typing import Any
@@ -21,24 +25,71 @@ from urllib3.util.retry import Retry
 USER_AGENT = "jupyter-staging"
 #: Longest back-off (seconds) between two retries of one request.
 RETRY_BACKOFF_MAX = 8.0
+#: Longest ``Retry-After`` (seconds) honoured before one retry; a longer one is waited this long (urllib3's
+#: own limit is six hours, five retries: a job, or a request listing its source, held for a day).
+RETRY_AFTER_MAX = 60
+
+#: How the retries of a session made in this context wait (:func:`waiting_with`); None: ``time.sleep``.
+_RETRY_WAIT: ContextVar[Callable[[float], None] | None] = ContextVar("staging_retry_wait", default=None)
+
+
+@contextmanager
+def waiting_with(wait: Callable[[float], None]) -> Iterator[None]:
+    """Sessions made by :func:`retrying_session` in this block (this thread) wait between retries with
+    ``wait(seconds)``: a job's :meth:`~jupyter_staging.safety.control.JobControl.wait`, which ends early and
+    raises :class:`~jupyter_staging.errors.JobInterrupted` at a pause or cancel."""
+    token = _RETRY_WAIT.set(wait)
+    try:
+        yield
+    finally:
+        _RETRY_WAIT.reset(token)
+
+
+class _Retry(Retry):
+    """urllib3's ``Retry`` waiting with ``wait(seconds)`` (kept by :meth:`new`, which makes the ``Retry`` of
+    every next attempt) instead of an uninterruptible ``time.sleep``."""
+
+    def __init__(self, *args: Any, wait: Callable[[float], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.wait = wait or time.sleep
+
+    def new(self, **kw: Any) -> _Retry:
+        kw.setdefault("wait", self.wait)
+        return super().new(**kw)  # type: ignore[return-value]
+
+    def sleep(self, response: Any = None) -> None:
+        """Wait what ``response``'s ``Retry-After`` asks (at most :data:`RETRY_AFTER_MAX` s), else the
+        back-off; raises what ``wait`` raises (:class:`~jupyter_staging.errors.JobInterrupted`)."""
+        seconds = self.get_retry_after(response) if self.respect_retry_after_header and response else None
+        if not seconds:
+            seconds = self.get_backoff_time()
+        if seconds > 0:
+            self.wait(seconds)
+
 
 #: ``Content-Range: bytes <first>-<last>/<complete length or *>``.
 CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
 
 
-def retrying_session() -> requests.Session:
+def retrying_session(wait: Callable[[float], None] | None = None) -> requests.Session:
     """A :class:`requests.Session` that retries connection errors and 429/5xx answers to GET/HEAD.
 
-    Five retries with exponential back-off (factor 0.5 s, honouring ``Retry-After``). After the last
-    retry the final response is returned (not raised), so callers map its status themselves.
+    Five retries with exponential back-off (factor 0.5 s, at most :data:`RETRY_BACKOFF_MAX` s), honouring
+    ``Retry-After`` up to :data:`RETRY_AFTER_MAX` seconds. After the last retry the final response is
+    returned (not raised), so callers map its status themselves. Waits between retries are
+    ``wait(seconds)`` (a job's ``control.wait``: a pause or cancel ends them, raising
+    :class:`~jupyter_staging.errors.JobInterrupted` from the request), else the one of the enclosing
+    :func:`waiting_with`, else ``time.sleep``.
     """
-    retry = Retry(
+    retry = _Retry(
         total=5,
         backoff_factor=0.5,
         status_forcelist=(429, 500, 502, 503, 504),
         allowed_methods=frozenset({"GET", "HEAD"}),
         raise_on_status=False,
         backoff_max=RETRY_BACKOFF_MAX,
+        retry_after_max=RETRY_AFTER_MAX,
+        wait=wait or _RETRY_WAIT.get(),
     )
     session = requests.Session()
     adapter = HTTPAdapter(max_retries=retry)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from jupyter_staging.clouds.http_client import waiting_with
 from jupyter_staging.engine.expansion import ExpandingStager
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.schema import JobChunk
@@ -137,7 +138,8 @@ class ManifestStager(ExpandingStager):
         """``{"items": [...]}`` for entry ``name`` (item names below ``name/``), or ``{"error": {...}}``."""
         self.control.check()
         try:
-            items = open_source(uri, source_roots=self.host.source_roots).list_items()
+            with waiting_with(self.control.wait):  # a pause or cancel ends a wait between retries
+                items = open_source(uri, source_roots=self.host.source_roots).list_items()
             for item in items:
                 item.name = check_output_name(f"{name}/{item.name}")
             return {"items": [self._dump_item(i) for i in items]}
