@@ -21,7 +21,6 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from jupyter_staging.clouds.http_client import waiting_with
 from jupyter_staging.destinations.manifest import read_manifest
 from jupyter_staging.destinations.objectstore import ObjectStoreDestination
 from jupyter_staging.engine.acks import expire_chunks, restore_chunks, unconsumed_paths
@@ -335,8 +334,7 @@ class JobRunner(ManifestStager):
         if "items" in self.resume:
             items = [self._load_item(d, uri) for d in self.resume["items"]]
         else:
-            with waiting_with(self.control.wait):  # a pause or cancel ends a wait between retries
-                items = source.list_items()
+            items = self._list_source(source)
             for item in items:
                 item.name = check_output_name(item.name)
             total = None if any(i.size is None for i in items) else sum(i.size or 0 for i in items)
