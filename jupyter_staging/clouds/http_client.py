@@ -12,6 +12,11 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.message import Message
 from typing import Any
@@ -19,11 +24,53 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3 import PoolManager
 from urllib3.util.retry import Retry
 
 USER_AGENT = "jupyter-staging"
 #: Longest back-off (seconds) between two retries of one request.
 RETRY_BACKOFF_MAX = 8.0
+#: Longest ``Retry-After`` (seconds) honoured before one retry; a longer one is waited this long (urllib3's
+#: own limit is six hours, five retries: a job, or a request listing its source, held for a day).
+RETRY_AFTER_MAX = 60
+
+#: How the retries of a session made in this context wait (:func:`waiting_with`); None: ``time.sleep``.
+_RETRY_WAIT: ContextVar[Callable[[float], None] | None] = ContextVar("staging_retry_wait", default=None)
+
+
+@contextmanager
+def waiting_with(wait: Callable[[float], None]) -> Iterator[None]:
+    """Sessions made by :func:`retrying_session` in this block (this thread) wait between retries with
+    ``wait(seconds)``: a job's :meth:`~jupyter_staging.safety.control.JobControl.wait`, which ends early and
+    raises :class:`~jupyter_staging.errors.JobInterrupted` at a pause or cancel."""
+    token = _RETRY_WAIT.set(wait)
+    try:
+        yield
+    finally:
+        _RETRY_WAIT.reset(token)
+
+
+class _Retry(Retry):
+    """urllib3's ``Retry`` waiting with ``wait(seconds)`` (kept by :meth:`new`, which makes the ``Retry`` of
+    every next attempt) instead of an uninterruptible ``time.sleep``."""
+
+    def __init__(self, *args: Any, wait: Callable[[float], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.wait = wait or time.sleep
+
+    def new(self, **kw: Any) -> _Retry:
+        kw.setdefault("wait", self.wait)
+        return super().new(**kw)  # type: ignore[return-value]
+
+    def sleep(self, response: Any = None) -> None:
+        """Wait what ``response``'s ``Retry-After`` asks (at most :data:`RETRY_AFTER_MAX` s), else the
+        back-off; raises what ``wait`` raises (:class:`~jupyter_staging.errors.JobInterrupted`)."""
+        seconds = self.get_retry_after(response) if self.respect_retry_after_header and response else None
+        if not seconds:
+            seconds = self.get_backoff_time()
+        if seconds > 0:
+            self.wait(seconds)
+
 
 #: ``Content-Range: bytes <first>-<last>/<complete length or *>``.
 CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
@@ -35,61 +82,86 @@ POOL_HOSTS = 32
 POOL_PER_HOST = 32
 
 
-class SharedPoolAdapter(HTTPAdapter):
-    """The transport adapter every session of :func:`retrying_session` mounts: one urllib3 pool manager
-    for the process, so the requests of all items (the HEAD that lists a file, its GET, the next file's)
-    reuse open connections to a host instead of opening one each, TLS handshake included. urllib3's pools
-    are thread-safe; a session's cookies stay its own. :meth:`close` (what closing a session does) keeps
-    the pools open for the next session; a forked child starts pools of its own."""
+@dataclass
+class SharedPools:
+    """The connections of the process: one urllib3 pool manager (thread-safe) and the proxy managers made
+    for the proxies the environment names, shared by every :class:`SharedPoolAdapter`."""
 
-    def close(self) -> None:
-        """Keep the shared pools: they live as long as the process."""
+    manager: PoolManager = field(
+        default_factory=lambda: PoolManager(num_pools=POOL_HOSTS, maxsize=POOL_PER_HOST)
+    )
+    proxies: dict[str, Any] = field(default_factory=dict)
 
 
-_shared_adapter: SharedPoolAdapter | None = None
+_shared: SharedPools | None = None
 _shared_lock = threading.Lock()
 
 
-def shared_adapter() -> SharedPoolAdapter:
-    """The process's :class:`SharedPoolAdapter`: :data:`POOL_HOSTS` hosts of :data:`POOL_PER_HOST`
-    connections each, retrying connection errors and 429/5xx answers to GET/HEAD five times with
-    exponential back-off (factor 0.5 s, honouring ``Retry-After``, at most :data:`RETRY_BACKOFF_MAX` s);
-    after the last retry the final response is returned (not raised), so callers map its status."""
-    global _shared_adapter
+def shared_pools() -> SharedPools:
+    """The process's :class:`SharedPools` (:data:`POOL_HOSTS` hosts of :data:`POOL_PER_HOST` connections
+    each), made at first use; a forked child makes its own."""
+    global _shared
     with _shared_lock:
-        if _shared_adapter is None:
-            retry = Retry(
-                total=5,
-                backoff_factor=0.5,
-                status_forcelist=(429, 500, 502, 503, 504),
-                allowed_methods=frozenset({"GET", "HEAD"}),
-                raise_on_status=False,
-                backoff_max=RETRY_BACKOFF_MAX,
-            )
-            _shared_adapter = SharedPoolAdapter(
-                pool_connections=POOL_HOSTS, pool_maxsize=POOL_PER_HOST, max_retries=retry
-            )
-        return _shared_adapter
+        if _shared is None:
+            _shared = SharedPools()
+        return _shared
 
 
-def _forget_shared_adapter() -> None:
-    """In a forked child: a new pool manager at first use, never the parent's open connections."""
-    global _shared_adapter
-    _shared_adapter = None
+def _forget_shared_pools() -> None:
+    """In a forked child: pools of its own at first use, never the parent's open connections."""
+    global _shared
+    _shared = None
 
 
-os.register_at_fork(after_in_child=_forget_shared_adapter)
+os.register_at_fork(after_in_child=_forget_shared_pools)
 
 
-def retrying_session() -> requests.Session:
+class SharedPoolAdapter(HTTPAdapter):
+    """The transport adapter of one :func:`retrying_session`: its own retries (a job's wait between them),
+    the process's connections (:func:`shared_pools`), so the requests of all items (the HEAD that lists a
+    file, its GET, the next file's) reuse open connections to a host instead of opening one each, TLS
+    handshake included. A session's cookies stay its own. :meth:`close` (what closing a session does)
+    keeps the shared connections open for the next session."""
+
+    def __init__(self, max_retries: Retry) -> None:
+        super().__init__(pool_connections=POOL_HOSTS, pool_maxsize=POOL_PER_HOST, max_retries=max_retries)
+        self.proxy_manager = shared_pools().proxies
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        """Use the process's pool manager instead of making one."""
+        self._pool_connections, self._pool_maxsize, self._pool_block = connections, maxsize, block
+        self.poolmanager = shared_pools().manager
+
+    def close(self) -> None:
+        """Keep the shared connections: they live as long as the process."""
+
+
+def retrying_session(wait: Callable[[float], None] | None = None) -> requests.Session:
     """A :class:`requests.Session` that retries connection errors and 429/5xx answers to GET/HEAD, on the
-    process's shared connection pools (:func:`shared_adapter`).
+    process's shared connections (:class:`SharedPoolAdapter`).
 
-    A new session per listing or fetch keeps cookies and redirects to that request's chain; its
-    connections are the shared ones, so closing it closes none of them.
+    Five retries with exponential back-off (factor 0.5 s, at most :data:`RETRY_BACKOFF_MAX` s), honouring
+    ``Retry-After`` up to :data:`RETRY_AFTER_MAX` seconds. After the last retry the final response is
+    returned (not raised), so callers map its status themselves. Waits between retries are
+    ``wait(seconds)`` (a job's ``control.wait``: a pause or cancel ends them, raising
+    :class:`~jupyter_staging.errors.JobInterrupted` from the request), else the one of the enclosing
+    :func:`waiting_with`, else ``time.sleep``. A new session per listing or fetch keeps cookies and
+    redirects to that request's chain; closing it closes no connection.
     """
+    retry = _Retry(
+        total=5,
+        backoff_factor=0.5,
+        status_forcelist=(429, 500, 502, 503, 504),
+        allowed_methods=frozenset({"GET", "HEAD"}),
+        raise_on_status=False,
+        backoff_max=RETRY_BACKOFF_MAX,
+        retry_after_max=RETRY_AFTER_MAX,
+        wait=wait or _RETRY_WAIT.get(),
+    )
     session = requests.Session()
-    adapter = shared_adapter()
+    adapter = SharedPoolAdapter(retry)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = USER_AGENT

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -28,7 +28,7 @@ from jupyter_staging.engine.models import CreateJob, JobState
 from jupyter_staging.engine.placement import Placement, Placer, describe_changes, request_key_of, swap_folder
 from jupyter_staging.engine.records import dump_item
 from jupyter_staging.engine.refresh import Refresh, expired_job, kept_parts_job, refresh_of
-from jupyter_staging.engine.space import Listing, SpaceLimits, list_sources, unwritable
+from jupyter_staging.engine.space import Listing, SpaceLimits, list_sources, notices_of, unwritable
 from jupyter_staging.engine.store import JobRecord, Store, utcnow
 from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import DestinationNotWritable, InvalidRequest, PathNotAllowed, SourceNotFound
@@ -94,6 +94,8 @@ class Admitted:
     #: The id of the job that failed ``source_expired`` into the new job's folder, keeping its part files,
     #: and can no longer be revived now (:mod:`~jupyter_staging.engine.keptparts`); None when there is none.
     superseded: str | None = None
+    #: Warnings of admission's listing for the job's log (:attr:`.space.Listing.notices`).
+    notices: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def up_to_date(self) -> bool:
@@ -111,7 +113,9 @@ class Admitted:
         swap = (rec.resume or {}).get("swap")
         if swap:
             lines.append(f"{swap['changes']}; staging beside the old output, swapped in when complete")
-        return [("info", redact_text(line)) for line in lines]
+        return [("info", redact_text(line)) for line in lines] + [
+            (level, redact_text(line)) for level, line in self.notices
+        ]
 
 
 def identity(request: CreateJob, plan: SourcePlan) -> dict[str, Any]:
@@ -267,7 +271,13 @@ class Admission:
             rec.resume = run_options(request, key, job_id, placement)
             listed = self._hand_over(rec, request, listing) if listing is not None else None
             admitted = Admitted(
-                rec, True, plan.described, placement=placement, listed=listed, superseded=superseded
+                rec,
+                True,
+                plan.described,
+                placement=placement,
+                listed=listed,
+                superseded=superseded,
+                notices=notices_of(listing),
             )
             # One commit for the job, its runner and its first log lines (each commit can wait behind
             # running jobs' bookkeeping).

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from jupyter_staging.clouds.http_client import waiting_with
 from jupyter_staging.engine.expansion import ExpandingStager
 from jupyter_staging.engine.models import ChunkState
 from jupyter_staging.engine.schema import JobChunk
@@ -31,7 +32,7 @@ from jupyter_staging.errors import (
 )
 from jupyter_staging.safety.paths import check_output_name
 from jupyter_staging.safety.redact import redact_text
-from jupyter_staging.sources.base import SourceItem
+from jupyter_staging.sources.base import Source, SourceItem, skipped_notice
 from jupyter_staging.sources.registry import open_source
 
 log = logging.getLogger("jupyter_staging.engine.runner")
@@ -151,11 +152,21 @@ class ManifestStager(ExpandingStager):
             raise errors[0]
         return results
 
+    def _list_source(self, source: Source, entry: str | None = None) -> list[SourceItem]:
+        """``source.list_items()``, a pause or cancel ending a wait between retries (:func:`waiting_with`);
+        objects below a prefix it left out are a warning in the job's log (:func:`skipped_notice`; the
+        manifest ``entry`` named)."""
+        with waiting_with(self.control.wait):
+            items = source.list_items()
+        for level, text in skipped_notice(source):
+            self._log(level, text if entry is None else f"entry {entry}: {text}")
+        return items
+
     def _list_entry(self, name: str, uri: str) -> dict[str, Any]:
         """``{"items": [...]}`` for entry ``name`` (item names below ``name/``), or ``{"error": {...}}``."""
         self.control.check()
         try:
-            items = open_source(uri, source_roots=self.host.source_roots).list_items()
+            items = self._list_source(open_source(uri, source_roots=self.host.source_roots), name)
             for item in items:
                 item.name = check_output_name(f"{name}/{item.name}")
             return {"items": [self._dump_item(i) for i in items]}

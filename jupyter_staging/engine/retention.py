@@ -28,13 +28,18 @@ _STRIPES = tuple(threading.Lock() for _ in range(32))
 def sweep(host: JobHost, now: datetime | None = None) -> list[str]:
     """Expire the finished jobs of ``host``'s root whose ``expires_at`` is at or before ``now`` (default:
     now): remove their output, mark their chunks and the job ``expired``. Returns the ids due (a job
-    whose output cannot be removed, the store unreachable, is logged and left for the next sweep)."""
+    whose output cannot be removed, the store unreachable, is logged and left for the next sweep; so is one
+    failing with any other error, and the sweep goes on with the others)."""
     now = now or utcnow()
     expired = []
     final = [JobState.succeeded.value, JobState.failed.value, JobState.cancelled.value]
     due = host.store.list_jobs(root=str(host.root_dir), states=final, limit=100000, expires_before=now)
     for rec in due:  # only the jobs due: a sweep of 10,000 finished jobs reads none of the others
-        _expire(host, rec)
+        try:
+            _expire(host, rec)
+        except Exception as exc:  # one job's unplanned failure never keeps the others from expiring
+            why = f"{type(exc).__name__}: {redact_text(str(exc))[:200]}"
+            log.warning("staging job %s: could not expire its output: %s", rec.id, why)
         expired.append(rec.id)
     return expired
 

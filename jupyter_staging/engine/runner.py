@@ -334,7 +334,7 @@ class JobRunner(ManifestStager):
         if "items" in self.resume:
             items = [self._load_item(d, uri) for d in self.resume["items"]]
         else:
-            items = source.list_items()
+            items = self._list_source(source)
             for item in items:
                 item.name = check_output_name(item.name)
             total = None if any(i.size is None for i in items) else sum(i.size or 0 for i in items)
@@ -483,14 +483,16 @@ class JobRunner(ManifestStager):
     ) -> dict[str, Any]:
         """The job's final bytes, rows and chunk counts (columns of :class:`JobRecord`), also set on the
         live counters; persisted by the caller with the job's final state."""
-        rows = sum(c.rows or 0 for c in staged)
+        exact = not failed and rec.convert is None and not self._expands()  # files as staged, not as listed
+        total = sum(c.bytes or 0 for c in staged) if exact else rec.bytes_total
         with self.live.lock:
             self.live.floor_bytes = self.live.floor_rows = 0  # these figures are exact
-            self.live.rows_done = rows
-            if rec.bytes_total is not None and not failed:
-                self.live.bytes_done = max(self.live.bytes_done, rec.bytes_total)
+            self.live.rows_done = rows = sum(c.rows or 0 for c in staged)
+            if total is not None and not failed:
+                self.live.bytes_done = total if exact else max(self.live.bytes_done, total)
             bytes_done = self.live.bytes_done
         return {
+            **({"bytes_total": total} if exact else {}),  # else as the listing stored it
             "bytes_done": bytes_done,
             "rows_done": rows,
             "chunks_done": len(staged),

@@ -27,7 +27,7 @@ from jupyter_staging.engine.store import ChunkRecord, JobRecord, Store
 from jupyter_staging.engine.units import format_bytes
 from jupyter_staging.errors import InsufficientSpace
 from jupyter_staging.safety.paths import check_output_name
-from jupyter_staging.sources.base import SourceItem
+from jupyter_staging.sources.base import SourceItem, skipped_notice
 from jupyter_staging.sources.registry import open_source
 
 #: States of a job that is going to write (its announced total counts against the quota).
@@ -44,6 +44,9 @@ class Listing:
 
     items: dict[str | None, list[SourceItem]] = field(default_factory=dict)
     unknown: bool = False
+    #: Warnings for the job's log, ``(level, message)``: objects below a listed prefix left out
+    #: (:func:`~jupyter_staging.sources.base.skipped_notice`), the entry named.
+    notices: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -56,29 +59,40 @@ class Listing:
         return None if self.unknown else self.total
 
 
+def notices_of(listing: Listing | None) -> list[tuple[str, str]]:
+    """The warnings of ``listing`` for the job's log (:attr:`Listing.notices`); none without a listing."""
+    return listing.notices if listing is not None else []
+
+
 def list_sources(sources: dict[str | None, str], *, source_roots: list[str] | None) -> Listing:
     """List ``sources`` (``{entry or None: raw URI}``), at most :data:`CHECK_CONCURRENCY` at once.
 
     Never raises: a source that cannot be listed now (missing, refused, network down) is left out and
     marks the listing ``unknown``; the job reports its error when it runs."""
 
-    def look(entry: str | None) -> tuple[str | None, list[SourceItem] | None]:
+    def look(entry: str | None) -> tuple[str | None, list[SourceItem] | None, list[tuple[str, str]]]:
         try:
-            items = open_source(sources[entry], source_roots=source_roots).list_items()
+            source = open_source(sources[entry], source_roots=source_roots)
+            items = source.list_items()
             for item in items:
                 item.name = check_output_name(item.name if entry is None else f"{entry}/{item.name}")
         except Exception:  # the runner lists it again and reports why it cannot
-            return entry, None
-        return entry, items
+            return entry, None, []
+        named = [
+            (level, text if entry is None else f"entry {entry}: {text}")
+            for level, text in skipped_notice(source)
+        ]
+        return entry, items, named
 
     listing = Listing()
     workers = max(1, min(CHECK_CONCURRENCY, len(sources)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="staging-size") as pool:
-        for entry, items in pool.map(look, list(sources)):
+        for entry, items, notices in pool.map(look, list(sources)):
             if items is None:
                 listing.unknown = True
                 continue
             listing.items[entry] = items
+            listing.notices += notices
             listing.unknown = listing.unknown or any(i.size is None for i in items)
     return listing
 

@@ -118,6 +118,7 @@ class AzureSource(Source):
 
     def _list(self, service: Any, prefix: str) -> list[SourceItem]:
         items = []
+        self.skipped = []
         container = service.get_container_client(self.container)
         with AzureErrors(self.locator(prefix), self.container, "list"):
             for blob in container.list_blobs(name_starts_with=prefix or None, include=["metadata"]):
@@ -127,6 +128,8 @@ class AzureSource(Source):
                 rel = listed_name(name[len(prefix) :])
                 if rel is not None:
                     items.append(self._item(name, rel, blob))
+                else:
+                    self.skipped.append(name[len(prefix) :])
         return items
 
     def _item(self, blob: str, name: str, props: Any) -> SourceItem:

@@ -222,6 +222,28 @@ NAME_TAG_HEX = 8
 _TAGGED = re.compile(rf"~[0-9a-f]{{{NAME_TAG_HEX}}}(\.[^.]*)?$")
 
 
+#: Keys a :func:`skipped_notice` shows, at most.
+SKIPPED_SHOWN = 3
+
+
+def skipped_notice(source: Source) -> list[tuple[str, str]]:
+    """The job's log line (``[("warning", text)]``) saying which objects below the prefix ``source`` listed
+    were not staged (:attr:`Source.skipped`, the first :data:`SKIPPED_SHOWN` named), or ``[]``: a job never
+    ends ``succeeded`` on a part of a prefix without saying so."""
+    skipped = source.skipped
+    if not skipped:
+        return []
+    shown = ", ".join(repr(key[:100]) for key in skipped[:SKIPPED_SHOWN])
+    more = f" and {len(skipped) - SKIPPED_SHOWN} more" if len(skipped) > SKIPPED_SHOWN else ""
+    return [
+        (
+            "warning",
+            f"{len(skipped)} object(s) below the prefix not staged: their keys are not plain paths (a part "
+            f"empty, '.', '..' or hidden): {shown}{more}",
+        )
+    ]
+
+
 def listed_name(rel: str) -> str | None:
     """The output path (relative, POSIX) of an object listed at ``rel`` below a prefix (S3, Azure), or
     None when listings skip it (:func:`plain_relative_name`).
@@ -429,9 +451,13 @@ class Source(abc.ABC):
     default_method: str = "download"
     #: Methods this source supports.
     methods: tuple[str, ...] = ("download",)
+    #: Keys below a prefix its last listing left out, not being plain paths (:func:`plain_relative_name`:
+    #: ``a//b``, ``a/../b``, ``.zattrs``), relative to the prefix; the job says so (:func:`skipped_notice`).
+    skipped: list[str]
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
+        self.skipped = []
 
     @abc.abstractmethod
     def list_items(self) -> list[SourceItem]:

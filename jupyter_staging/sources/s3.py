@@ -66,7 +66,7 @@ class S3Source(Source):
     A key without a trailing slash that is not an object but is a prefix is treated as the prefix.
     Item names are relative to the prefix (POSIX paths, made safe file names by
     :func:`~jupyter_staging.sources.base.listed_name`); keys ending in ``/`` (folder markers) and keys
-    with empty, ``.``/``..`` or hidden (dot) components are skipped.
+    with empty, ``.``/``..`` or hidden (dot) components are skipped (:attr:`Source.skipped`: the job says so).
     """
 
     default_method = "download"
@@ -108,6 +108,7 @@ class S3Source(Source):
 
     def _list(self, client: Any, prefix: str) -> list[SourceItem]:
         items = []
+        self.skipped = []
         with S3Errors(f"s3://{self.bucket}/{prefix}", self.bucket, "list"):
             pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
             for page in pages:
@@ -118,6 +119,8 @@ class S3Source(Source):
                     name = listed_name(key[len(prefix) :])
                     if name is not None:
                         items.append(self._item(key, name, obj))
+                    else:
+                        self.skipped.append(key[len(prefix) :])
         return items
 
     def _item(self, key: str, name: str, meta: dict[str, Any]) -> SourceItem:

@@ -1,4 +1,4 @@
-"""The HTTP client's connection pools (``clouds.http_client.shared_adapter``), shared by every listing and
+"""The HTTP client's connection pools (``clouds.http_client.shared_pools``), shared by every listing and
 fetch of the process: requests of many items reuse kept-alive connections (a manifest of URLs:
 tests/engine/test_manifest_jobs.py), and closing a session closes none of them."""
 
@@ -12,12 +12,12 @@ from jupyter_staging.clouds import http_client
 def test_a_forked_child_opens_connections_of_its_own():
     """Connections kept open for the process are never used by a forked child (two processes writing
     requests on one socket would interleave them)."""
-    parent = http_client.shared_adapter()
+    parent = http_client.shared_pools()
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report whether it got the parent's adapter
         os.close(read)
-        os.write(write, b"same" if http_client.shared_adapter() is parent else b"own")
+        os.write(write, b"same" if http_client.shared_pools().manager is parent.manager else b"own")
         os._exit(0)
     os.close(write)
     try:
@@ -25,7 +25,7 @@ def test_a_forked_child_opens_connections_of_its_own():
     finally:
         os.close(read)
         os.waitpid(pid, 0)
-    assert http_client.shared_adapter() is parent
+    assert http_client.shared_pools() is parent
 
 
 def test_closing_a_session_keeps_the_shared_connections(range_server):
