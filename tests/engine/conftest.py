@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -16,6 +17,9 @@ from jupyter_staging.engine.models import CreateJob
 from jupyter_staging.engine.store import utcnow
 from tests.helpers.data import KEPLER, SPITZER, TESS
 from tests.helpers.managers import manager_for
+
+if TYPE_CHECKING:
+    from distributed import LocalCluster
 
 
 @pytest.fixture
@@ -89,3 +93,13 @@ def job_of_a_dead_host(tmp_path: Path, on_host, lease_left: timedelta) -> str:
     )
     a.store.set_job_fields(job.id, state="running", lease_expires_at=utcnow() + lease_left)
     return job.id
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    """A Dask ``LocalCluster`` on 127.0.0.1 for the tests of one module (``tests.helpers.dask.local_cluster``;
+    distributed imported only by the modules that ask for it)."""
+    from tests.helpers.dask import local_cluster
+
+    with local_cluster() as made:
+        yield made

@@ -39,12 +39,6 @@ from tests.helpers.servers import RangeHTTPServer
 FINAL = {JobState.succeeded, JobState.failed, JobState.cancelled, JobState.paused}
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with local_cluster() as made:
-        yield made
-
-
 def make_manager(root: Path, executor_class: type = DaskExecutor, **options: Any) -> StagingManager:
     root.mkdir(parents=True, exist_ok=True)
     manager = StagingManager(

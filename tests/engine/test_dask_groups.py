@@ -27,16 +27,10 @@ from jupyter_staging.engine.taskset import JobTasks
 from jupyter_staging.errors import ChecksumMismatch
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.sources.registry import open_source
-from tests.helpers.dask import dask_manager, local_cluster
+from tests.helpers.dask import dask_manager
 from tests.helpers.data import sha256, wait_until
 
 FINAL = {JobState.succeeded, JobState.failed, JobState.cancelled, JobState.paused}
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with local_cluster() as made:
-        yield made
 
 
 @pytest.fixture

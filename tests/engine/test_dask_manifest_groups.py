@@ -18,17 +18,11 @@ from distributed import LocalCluster
 
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, DescribeJob, JobState
-from tests.helpers.dask import dask_manager, local_cluster
+from tests.helpers.dask import dask_manager
 from tests.helpers.data import sha256, wait_until
 from tests.helpers.servers import RangeHTTPServer
 
 FINAL = {JobState.succeeded, JobState.failed, JobState.cancelled, JobState.paused}
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with local_cluster() as made:
-        yield made
 
 
 @pytest.fixture

@@ -23,16 +23,10 @@ from jupyter_staging.engine.models import CreateJob, JobState
 from jupyter_staging.engine.taskoutcomes import TaskFailed, on_worker
 from jupyter_staging.errors import ChecksumMismatch, SourceNotFound, TransferFailed
 from jupyter_staging.sources.base import MAX_RESUMES
-from tests.helpers.dask import dask_manager, local_cluster
+from tests.helpers.dask import dask_manager
 from tests.helpers.servers import RangeHTTPServer
 
 SIZE = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with local_cluster() as made:
-        yield made
 
 
 @pytest.fixture
