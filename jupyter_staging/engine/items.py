@@ -430,11 +430,15 @@ class ItemStager(LinkingWriter, PartOwnership, ResumeBook):
 
     def _commit_part(self, out: PartFile, item: SourceItem, *, sync_folder: bool) -> tuple[int, str]:
         """Verify the fetched part of ``item`` and publish it (:meth:`PartFile.commit`); returns
-        ``(size_bytes, sha256_hex)``."""
-        # The source may have stated its checksums only when the bytes came (a GET's headers).
-        return out.commit(
-            item.size, checksums=self._expected_checksums(item) or None, sync_folder=sync_folder
-        )
+        ``(size_bytes, sha256_hex)``. A checksum the source stated only when the bytes came (a GET's
+        headers) that is not the user's raises :class:`ChecksumMismatch`, the part discarded (closed and
+        removed, as a commit that fails its verification leaves it)."""
+        try:
+            expected = self._expected_checksums(item)
+        except BaseException:
+            out.discard()
+            raise
+        return out.commit(item.size, checksums=expected or None, sync_folder=sync_folder)
 
     def _stage_without_fetch(
         self,

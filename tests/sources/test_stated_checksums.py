@@ -10,6 +10,7 @@ stored bytes behind S3's back, as bit rot or a faulty disk would: moto keeps the
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import os
 import zlib
@@ -34,7 +35,7 @@ from jupyter_staging.safety.checksums import checksums_to_verify
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile, part_path
 from jupyter_staging.sources.s3 import S3Source
-from tests.helpers.data import KEPLER_NAME, sha256
+from tests.helpers.data import KEPLER_NAME, sha256, wait_until
 from tests.helpers.servers import HOST, MotoS3Server
 
 DATA = b"light curve bytes " * 1000
@@ -351,6 +352,61 @@ def test_a_prefixs_objects_are_verified_as_their_bytes_come(bucket, tmp_path, mo
     assert ("md5" if uploaded == "md5-only" else "crc64nvme") in bad["error"]["message"], bad["error"]
     assert not (tmp_path / "root" / "rotten" / "lc-2.bin").exists()
     assert read_back == []
+
+
+@pytest.mark.parametrize("given", ["stated", "other"])
+def test_a_users_md5_not_the_one_a_get_states_fails_the_job_and_leaves_no_part(bucket, tmp_path, given):
+    """An object listed below a prefix states its MD5 (its ETag) only in the GET's headers, after its part
+    was opened hashing the MD5 the user expects. A user's MD5 that is not the one the object states fails
+    the job ``checksum_mismatch`` (one of the two is wrong) and leaves nothing behind: no file published,
+    no ``.part`` kept, and no descriptor of the part or its folder left open in the server."""
+    import boto3
+    from botocore.config import Config
+
+    client, name, _ = bucket
+    client = boto3.client("s3", config=Config(request_checksum_calculation="when_required"))  # MD5 only
+    data = os.urandom(70_000)
+    client.put_object(Bucket=name, Key="one/lc.bin", Body=data)
+    md5 = hashlib.md5(data).hexdigest() if given == "stated" else "0" * 32  # noqa: S324 - the user's
+    (tmp_path / "root").mkdir()
+    mgr = StagingManager(tmp_path / "root", db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}", sweep_interval=0)
+    mgr.start()
+    try:
+        open_before = open_paths(tmp_path / "root")
+        job, _ = mgr.create(CreateJob(source=f"s3://{name}/one/", destination="one", checksum=f"md5:{md5}"))
+        done = mgr.wait(job.id, timeout=300)
+        # What the job's last steps hold a moment (its cleanup) is let go; a descriptor leaked never is.
+        held = wait_until(
+            lambda: [open_paths(tmp_path / "root")] if open_paths(tmp_path / "root") == open_before else None,
+            timeout=5,
+            what="the job's descriptors below the root to be closed",
+        )
+    finally:
+        mgr.stop()
+    files = sorted(p.name for p in (tmp_path / "root" / "one").rglob("*") if p.is_file())
+    if given == "stated":
+        assert done.state == "succeeded", done.error
+        assert (tmp_path / "root" / "one" / "lc.bin").read_bytes() == data
+    else:
+        assert done.state == "failed" and done.error is not None and done.error.code == "checksum_mismatch"
+        assert "the source states md5" in done.error.message, done.error
+        assert files == []
+    assert held == [open_before]
+
+
+def open_paths(root: Path) -> list[str]:
+    """The paths below ``root`` this process holds open (its descriptors' targets), once objects no longer
+    referenced are collected (a file object left to the collector is closed then; a descriptor is not)."""
+    gc.collect()
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(root)):
+            held.append(target)
+    return sorted(held)
 
 
 # -- Azure Content-MD5 (Azurite) ---------------------------------------------------------------------------
