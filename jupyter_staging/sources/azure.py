@@ -45,11 +45,11 @@ from jupyter_staging.sources.base import (
     content_type_of,
     listed_name,
     object_or_prefix,
-    pump,
     pump_range,
     resume_range,
     safe_filename,
 )
+from jupyter_staging.sources.pumping import pump
 
 #: Times the blob may change under one fetch before it fails with ``source_changed``.
 MAX_RESTARTS = 3

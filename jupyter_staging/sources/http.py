@@ -59,12 +59,12 @@ from jupyter_staging.sources.base import (
     Source,
     SourceItem,
     check_range,
-    pump,
     pump_range,
     resume_range,
     safe_filename,
     shutdown_of,
 )
+from jupyter_staging.sources.pumping import pump
 
 #: Bytes handed to the part file at a time. Large enough that per-block overhead vanishes at
 #: 1 GB/s, small enough that a pause is noticed quickly on a slow link.

@@ -45,12 +45,12 @@ from jupyter_staging.sources.base import (
     content_type_of,
     listed_name,
     object_or_prefix,
-    pump,
     pump_range,
     resume_range,
     safe_filename,
     shutdown_of,
 )
+from jupyter_staging.sources.pumping import pump
 
 #: Bytes read from a GET body at a time.
 S3_BLOCK = 1 << 20

@@ -13,7 +13,7 @@ import pytest
 
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile
-from jupyter_staging.sources.base import pump
+from jupyter_staging.sources.pumping import pump
 
 
 class RecordingPart(PartFile):

@@ -16,8 +16,9 @@ import pytest
 from jupyter_staging.errors import JobInterrupted
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile
-from jupyter_staging.sources.base import Source, pump
+from jupyter_staging.sources.base import Source
 from jupyter_staging.sources.http import HTTPSource
+from jupyter_staging.sources.pumping import pump
 from jupyter_staging.sources.s3 import S3Source
 from tests.helpers.data import sha256
 
