@@ -61,6 +61,25 @@ class EncodingHold:
         return self.dumps(obj, *args, **kwargs)
 
 
+async def status_while_held(jp_fetch, monkeypatch, hold: Any, *path: str) -> tuple[dict, bool, Any]:
+    """With ``hold`` in place of ``json.dumps``, ask for ``path`` of the staging API and, once the hold has
+    paused its encoding, for ``/api/status``; returns ``(status, whether the hold was still on when the status
+    came, the first answer)``. A blocked event loop gets to the status request only once the hold gave up."""
+    monkeypatch.setattr(json, "dumps", hold)
+    request = asyncio.ensure_future(jp_fetch(*API, *path))
+    try:
+        while not hold.entered.is_set():
+            await asyncio.sleep(0.01)
+        status = json.loads((await jp_fetch("api", "status")).body)
+        still_held = hold.timed_out is None
+        hold.release.set()
+        answer = await request
+    finally:
+        hold.release.set()
+        monkeypatch.undo()
+    return status, still_held, answer
+
+
 @pytest.fixture
 def many_files(tmp_path):
     folder = tmp_path / "sector"
@@ -80,18 +99,9 @@ async def test_a_status_request_is_answered_while_a_listing_is_held_mid_page(
     expected = json.dumps(dump(manager.chunk_page(job["id"]))).encode()  # the answer as it always was
 
     hold = EncodingHold(json.dumps)
-    monkeypatch.setattr(json, "dumps", hold)
-    listing = asyncio.ensure_future(jp_fetch(*API, "jobs", job["id"], "chunks"))
-    try:
-        while not hold.entered.is_set():  # a blocked loop runs this only once the hold gave up
-            await asyncio.sleep(0.01)
-        status = json.loads((await jp_fetch("api", "status")).body)
-        still_held = hold.timed_out is None
-        hold.release.set()
-        answer = await listing
-    finally:
-        hold.release.set()
-        monkeypatch.undo()
+    status, still_held, answer = await status_while_held(
+        jp_fetch, monkeypatch, hold, "jobs", job["id"], "chunks"
+    )
     assert "started" in status
     assert still_held and hold.timed_out is False, "the status request waited for the listing's encoding"
     assert hold.alive_models <= SLICE, f"{hold.alive_models} chunk models alive at once (slices of {SLICE})"
@@ -135,18 +145,9 @@ async def test_a_status_request_is_answered_while_a_manifest_is_encoded(
     expected = json.dumps(manager.manifest(job["id"])).encode()
 
     hold = ManifestHold(json.dumps, job["id"])
-    monkeypatch.setattr(json, "dumps", hold)
-    reading = asyncio.ensure_future(jp_fetch(*API, "jobs", job["id"], "manifest"))
-    try:
-        while not hold.entered.is_set():  # a blocked loop runs this only once the hold gave up
-            await asyncio.sleep(0.01)
-        status = json.loads((await jp_fetch("api", "status")).body)
-        still_held = hold.timed_out is None
-        hold.release.set()
-        answer = await reading
-    finally:
-        hold.release.set()
-        monkeypatch.undo()
+    status, still_held, answer = await status_while_held(
+        jp_fetch, monkeypatch, hold, "jobs", job["id"], "manifest"
+    )
     assert "started" in status
     assert still_held and hold.timed_out is False, "the status request waited for the manifest's encoding"
     assert answer.body == expected and answer.headers["Content-Type"] == "application/json"
