@@ -27,7 +27,6 @@ from jupyter_staging.clouds.digests import (
     parse_repr_digest,
 )
 from jupyter_staging.clouds.s3 import s3_client, stated_checksums
-from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob
 from jupyter_staging.engine.ranges import STREAM_MIN_BYTES
 from jupyter_staging.errors import ChecksumMismatch
@@ -36,6 +35,7 @@ from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile, part_path
 from jupyter_staging.sources.s3 import S3Source
 from tests.helpers.data import KEPLER_NAME, sha256, wait_until
+from tests.helpers.managers import manager_for
 from tests.helpers.servers import HOST, MotoS3Server
 
 DATA = b"light curve bytes " * 1000
@@ -287,8 +287,7 @@ def test_a_job_fails_with_checksum_mismatch_on_an_object_whose_crc64nvme_does_no
         client.put_object(Bucket=name, Key=f"{folder}/lc.bin", Body=data, ChecksumAlgorithm="CRC64NVME")
     rot_one_byte(backend, name, "rotten/lc.bin", size - 3)
     (tmp_path / "root").mkdir()
-    mgr = StagingManager(tmp_path / "root", db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}", sweep_interval=0)
-    mgr.start()
+    mgr = manager_for(tmp_path)
     try:
         done = {}
         for folder in ("good", "rotten"):
@@ -335,8 +334,7 @@ def test_a_prefixs_objects_are_verified_as_their_bytes_come(bucket, tmp_path, mo
 
     monkeypatch.setattr(PartFile, "_part_digest", spied)
     (tmp_path / "root").mkdir()
-    mgr = StagingManager(tmp_path / "root", db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}", sweep_interval=0)
-    mgr.start()
+    mgr = manager_for(tmp_path)
     try:
         done = {}
         for folder in ("good", "rotten"):
@@ -369,8 +367,7 @@ def test_a_users_md5_not_the_one_a_get_states_fails_the_job_and_leaves_no_part(b
     client.put_object(Bucket=name, Key="one/lc.bin", Body=data)
     md5 = hashlib.md5(data).hexdigest() if given == "stated" else "0" * 32  # noqa: S324 - the user's
     (tmp_path / "root").mkdir()
-    mgr = StagingManager(tmp_path / "root", db_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}", sweep_interval=0)
-    mgr.start()
+    mgr = manager_for(tmp_path)
     try:
         open_before = open_paths(tmp_path / "root")
         job, _ = mgr.create(CreateJob(source=f"s3://{name}/one/", destination="one", checksum=f"md5:{md5}"))
