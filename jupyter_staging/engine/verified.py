@@ -79,6 +79,10 @@ def fetch_verified(
         notice = out.set_aside_notice()  # a file not the job's was in the way of its new .part
         if notice is not None:
             control.log("warning", notice)
+        if chosen_here and hashed is None:
+            # What a GET states in its headers (an S3 ETag's MD5 for an object listed below a prefix):
+            # hashed from the first byte written, so the part is not read back at its commit.
+            out.second_for = lambda: second_algorithm(checksums_to_verify(item.checksums))
         return out
 
     out = _fetched_part(source, item, control, part, second=second, streams=streams)

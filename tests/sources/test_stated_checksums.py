@@ -352,6 +352,63 @@ def test_a_prefixs_objects_are_verified_as_their_bytes_come(bucket, tmp_path, mo
     assert read_back == []
 
 
+def test_a_dask_workers_file_of_a_prefix_is_verified_as_its_bytes_come(bucket, tmp_path, monkeypatch):
+    """What a Dask worker's task runs for an object listed below a prefix (:func:`fetch_verified`, the
+    server choosing no digest: the listing states none): the MD5 its GET states is hashed as the bytes are
+    written, so no part is read back at commit; a rotten object fails ``checksum_mismatch``, nothing
+    published and no ``.part`` left."""
+    import boto3
+    from botocore.config import Config
+
+    from jupyter_staging.engine.verified import fetch_verified
+    from jupyter_staging.sources.registry import open_source
+
+    _, name, backend = bucket
+    client = boto3.client("s3", config=Config(request_checksum_calculation="when_required"))  # MD5 only
+    data = {f"lc-{i}.bin": os.urandom(70_000 + i) for i in range(3)}
+    for key, body in data.items():
+        client.put_object(Bucket=name, Key=f"p/{key}", Body=body)
+    rot_one_byte(backend, name, "p/lc-1.bin", 7)
+    read_back: list[str] = []
+    original = PartFile._part_digest
+
+    def spied(self: PartFile, algorithm: str) -> str:
+        read_back.append(algorithm)
+        return original(self, algorithm)
+
+    monkeypatch.setattr(PartFile, "_part_digest", spied)
+    root = tmp_path / "root"
+    root.mkdir()
+    items = {item.name: item for item in open_source(f"s3://{name}/p/").list_items()}
+    assert sorted(items) == sorted(data) and all(item.checksums == {} for item in items.values())
+    for key in ("lc-0.bin", "lc-2.bin"):
+        staged = fetch_verified(
+            open_source(f"s3://{name}/p/"),
+            items[key],
+            JobControl(),
+            root / key,
+            root,
+            {},
+            second=None,
+            streams=1,
+        )
+        assert staged == (len(data[key]), sha256(data[key]))
+        assert (root / key).read_bytes() == data[key]
+    with pytest.raises(ChecksumMismatch, match="md5"):
+        fetch_verified(
+            open_source(f"s3://{name}/p/"),
+            items["lc-1.bin"],
+            JobControl(),
+            root / "lc-1.bin",
+            root,
+            {},
+            second=None,
+            streams=1,
+        )
+    assert sorted(path.name for path in root.iterdir()) == ["lc-0.bin", "lc-2.bin"]
+    assert read_back == []
+
+
 @pytest.mark.parametrize("given", ["stated", "other"])
 def test_a_users_md5_not_the_one_a_get_states_fails_the_job_and_leaves_no_part(bucket, tmp_path, given):
     """An object listed below a prefix states its MD5 (its ETag) only in the GET's headers, after its part
