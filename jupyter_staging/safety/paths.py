@@ -16,6 +16,11 @@ from pathlib import Path, PurePosixPath
 
 from jupyter_staging.errors import PathNotAllowed, SourceNotFound
 
+#: Hidden (dot) file names that are data, not a program's settings: the metadata files of a Zarr v2 store
+#: (Zarr storage specification, version 2: ``.zarray``, ``.zattrs``, ``.zgroup``; ``.zmetadata``, its
+#: consolidated metadata), without which the store cannot be read. A folder or prefix staged keeps them as
+#: files; every other hidden name (``.git/``, ``.bashrc``, ``.ipython/``) is still left out or refused.
+DATA_DOT_NAMES = frozenset({".zarray", ".zattrs", ".zgroup", ".zmetadata"})
 #: Longest name of one file or folder, bytes of UTF-8 (``NAME_MAX`` of Linux and most file systems).
 MAX_NAME_BYTES = 255
 #: Longest absolute destination folder, bytes: ``PATH_MAX`` (4096) less room for the files a job writes.
@@ -166,19 +171,26 @@ def resolve_destination(root: str | os.PathLike[str], destination: str) -> tuple
     return final, "/".join(parts)
 
 
+def hidden_part(part: str, *, last: bool) -> bool:
+    """Whether ``part`` of a relative name is hidden (a leading dot) and so not staged: any hidden folder,
+    and a hidden file (``last``) unless it is one of :data:`DATA_DOT_NAMES` (a Zarr store's metadata)."""
+    return part.startswith(".") and not (last and part in DATA_DOT_NAMES)
+
+
 def check_output_name(name: str) -> str:
     """Validate a relative output file name a job will create below its destination.
 
-    Raises :class:`PathNotAllowed` for absolute names, ``..``, empty or dot components.
-    Returns the name as POSIX text.
+    Raises :class:`PathNotAllowed` for absolute names, ``..``, empty or dot components (a last component
+    in :data:`DATA_DOT_NAMES` excepted). Returns the name as POSIX text.
     """
     if "/" not in name and "\\" not in name and "\x00" not in name and name and not name.startswith("."):
         return name  # one plain component (a file of a flat folder: most names), as the loop below finds
     pure = PurePosixPath(name.replace("\\", "/"))
     if pure.is_absolute() or not pure.parts:
         raise PathNotAllowed(f"output name {name!r} is not a relative path")
-    for part in pure.parts:
-        if part in ("..", ".", "") or part.startswith(".") or "\x00" in part:
+    last = len(pure.parts) - 1
+    for index, part in enumerate(pure.parts):
+        if part in ("..", ".", "") or hidden_part(part, last=index == last) or "\x00" in part:
             raise PathNotAllowed(f"output name {name!r} has a component that is not allowed")
     return pure.as_posix()
 

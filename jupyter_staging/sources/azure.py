@@ -62,7 +62,7 @@ class AzureSource(Source):
     Item names are relative to the prefix (POSIX paths, made safe file names by
     :func:`~jupyter_staging.sources.base.listed_name`); names ending in ``/``, folder markers of
     hierarchical-namespace accounts (``hdi_isfolder``) and names with empty, ``.``/``..`` or hidden
-    (dot) components are skipped.
+    (dot) components are skipped, but for a Zarr store's metadata files (``.zarray``, ``.zattrs``, ...).
 
     Raises :class:`InvalidRequest` at construction for a malformed URI, or with code ``missing_extra``
     when ``azure-storage-blob`` is not installed.

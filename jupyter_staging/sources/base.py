@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from jupyter_staging.errors import InvalidRequest, SourceNotFound, StagingError, TransferFailed
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile
+from jupyter_staging.safety.paths import hidden_part
 from jupyter_staging.safety.redact import redact_url
 
 #: Broken attempts in a row (none gaining a byte) after which a transfer gives up.
@@ -210,8 +211,13 @@ def safe_filename(name: str, fallback: str = "download") -> str:
 
 def plain_relative_name(rel: str) -> bool:
     """True when every ``/``-separated part of ``rel`` is a plain, visible name: not empty, ``.``,
-    ``..``, hidden (a leading dot) or holding NUL. Listings skip other names."""
-    return not any(p in ("", ".", "..") or p.startswith(".") or "\x00" in p for p in rel.split("/"))
+    ``..``, hidden (a leading dot; a Zarr store's metadata files excepted,
+    :data:`~jupyter_staging.safety.paths.DATA_DOT_NAMES`) or holding NUL. Listings skip other names."""
+    parts = rel.split("/")
+    last = len(parts) - 1
+    return not any(
+        p in ("", ".", "..") or hidden_part(p, last=i == last) or "\x00" in p for i, p in enumerate(parts)
+    )
 
 
 #: Hex digits of the key's sha256 added to a listed name that had to be changed (:func:`listed_name`).
@@ -392,7 +398,7 @@ class Source(abc.ABC):
     #: Methods this source supports.
     methods: tuple[str, ...] = ("download",)
     #: Keys below a prefix its last listing left out, not being plain paths (:func:`plain_relative_name`:
-    #: ``a//b``, ``a/../b``, ``.zattrs``), relative to the prefix; the job says so (:func:`skipped_notice`).
+    #: ``a//b``, ``a/../b``, ``.git/x``), relative to the prefix; the job says so (:func:`skipped_notice`).
     skipped: list[str]
 
     def __init__(self, uri: str) -> None:

@@ -30,7 +30,7 @@ from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.copying import copy_from_fd
 from jupyter_staging.safety.dirfd import READ_FLAGS, check_name
 from jupyter_staging.safety.partfile import PartFile
-from jupyter_staging.safety.paths import resolve_source
+from jupyter_staging.safety.paths import hidden_part, resolve_source
 from jupyter_staging.safety.sourcefolders import SourceFolders
 from jupyter_staging.sources.base import RangeOut, Source, SourceItem, check_range, content_type_of
 
@@ -47,7 +47,8 @@ def fingerprint(st: os.stat_result) -> dict[str, int]:
 
 
 class LocalSource(Source):
-    """A file, or a folder copied recursively (hidden entries and symlinks leaving the folder skipped).
+    """A file, or a folder copied recursively (hidden entries, a Zarr store's metadata files excepted, and
+    symlinks leaving the folder skipped).
 
     Raises :class:`~jupyter_staging.errors.PathNotAllowed` / :class:`SourceNotFound` at construction when
     the path is outside ``source_roots`` or missing.
@@ -141,8 +142,10 @@ class LocalSource(Source):
 
     def list_items(self) -> list[SourceItem]:
         """The file, or the folder's files in walk order (a folder's files by name, then its folders by
-        name, recursively; hidden entries skipped, folder symlinks never followed, a file symlink kept
-        only when it resolves inside the source roots — or inside the folder when none are set).
+        name, recursively; hidden entries skipped but for a Zarr store's metadata files
+        (:data:`~jupyter_staging.safety.paths.DATA_DOT_NAMES`), folder symlinks never followed, a file
+        symlink kept only when it resolves inside the source roots — or inside the folder when none are
+        set).
 
         The folder's confinement was checked once, at construction: below it, regular files are taken
         from ``os.scandir`` with their ``lstat`` (one system call each, no per-file ``realpath``); only
@@ -171,7 +174,7 @@ class LocalSource(Source):
             return []
         subfolders = []
         for entry in entries:
-            if entry.name.startswith("."):
+            if hidden_part(entry.name, last=True):
                 continue
             rel = prefix + entry.name
             try:
@@ -179,6 +182,8 @@ class LocalSource(Source):
             except OSError:
                 is_dir = False
             if is_dir:
+                if hidden_part(entry.name, last=False):  # a folder named like a Zarr metadata file
+                    continue
                 if not entry.is_symlink():
                     subfolders.append((entry.path, rel + "/"))
                 continue

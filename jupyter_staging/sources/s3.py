@@ -66,7 +66,8 @@ class S3Source(Source):
     A key without a trailing slash that is not an object but is a prefix is treated as the prefix.
     Item names are relative to the prefix (POSIX paths, made safe file names by
     :func:`~jupyter_staging.sources.base.listed_name`); keys ending in ``/`` (folder markers) and keys
-    with empty, ``.``/``..`` or hidden (dot) components are skipped (:attr:`Source.skipped`: the job says so).
+    with empty, ``.``/``..`` or hidden (dot) components are skipped (:attr:`Source.skipped`: the job says so),
+    but for a Zarr store's metadata files (``.zarray``, ``.zattrs``, ``.zgroup``, ``.zmetadata``).
     """
 
     default_method = "download"

@@ -37,8 +37,10 @@ HOSTILE_KEYS = [
 def test_plain_names_are_kept_and_unsafe_ones_become_distinct_safe_names():
     assert listed_name("data/kplr.fits") == "data/kplr.fits"
     assert listed_name("sub/manifest.json") == "sub/manifest.json"  # only the job folder's own is reserved
-    for skipped in ("../x", "a//b", ".hidden", "a/./b", "a/"):
+    for skipped in ("../x", "a//b", ".hidden", "a/./b", "a/", ".git/config", ".zattrs/x", "a/.zarray.bak"):
         assert listed_name(skipped) is None
+    for zarr in (".zgroup", "cube.zarr/.zarray", "cube.zarr/flux/.zattrs", ".zmetadata"):
+        assert listed_name(zarr) == zarr  # a Zarr v2 store's metadata: data, not a hidden setting
     names = [listed_name(key) for key in HOSTILE_KEYS]
     assert len(set(names)) == len(names)
     for key, name in zip(HOSTILE_KEYS, names, strict=True):

@@ -129,3 +129,20 @@ def test_the_content_type_is_the_one_mimetypes_gives_for_the_name(name: str):
     from jupyter_staging.sources.base import content_type_of
 
     assert content_type_of(name) == mimetypes.guess_type(name)[0]
+
+
+def test_a_zarr_stores_metadata_files_are_listed_and_other_hidden_entries_are_not(tmp_path: Path):
+    """A Zarr v2 store on shared storage cannot be read without its ``.zgroup``, ``.zarray``, ``.zattrs``
+    and ``.zmetadata`` files: they are listed as the store's chunks are. Every other hidden entry, and a
+    folder named like one of them, is still skipped."""
+    src = tmp_path / "cube.zarr"
+    for folder in (src / "flux", src / ".git", src / ".zattrs-not", src / "sub" / ".zarray"):
+        folder.mkdir(parents=True)
+    wanted = [".zattrs", ".zgroup", ".zmetadata", "flux/.zarray", "flux/.zattrs", "flux/0.0", "flux/0.1"]
+    for rel in wanted:
+        (src / rel).write_text(rel)
+    for rel in (".git/config", ".bashrc", ".zattrs-not/x", "sub/.zarray/x", "flux/.zarray.bak"):
+        (src / rel).write_text("not staged")
+    items = LocalSource(str(src)).list_items()
+    assert sorted(i.name for i in items) == sorted(wanted)
+    assert all(Path(i.locator).read_text() == i.name for i in items)
