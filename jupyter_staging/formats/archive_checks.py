@@ -10,7 +10,11 @@ specific ``code``:
   stay inside, such as ``a/../b``), ``manifest.json`` at the top (the staging manifest's name), a name
   ending in ``.part`` (reserved for files being written), a name given twice or used both as a file and as
   a folder. Backslashes are read as separators (Windows tools write them), so ``a\\b`` is ``a/b``.
-  Hidden files (``.x``, ``__MACOSX/``) are ordinary data and are extracted.
+
+Members with a hidden part (``.git/config``, ``__MACOSX/._a.fits``, ``.DS_Store``) are not extracted, as a
+folder copy leaves out hidden entries (:func:`hidden_member`; the job's log counts and names them); a Zarr
+v2 store's metadata files (``.zarray``, ``.zattrs``, ...) are data and are extracted. Before, they were
+extracted and the job then failed ``path_not_allowed``, as no job publishes a hidden output name.
 - ``unsafe_archive_link``: every symbolic or hard link, whether or not it points inside the folder (the
   simplest rule that is safe), zip entries whose Unix mode says "symlink", and a link already in the
   destination on the way to a member.
@@ -41,6 +45,7 @@ from pathlib import Path
 from jupyter_staging.errors import DestinationExists, UnsafeArchive
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PART_SUFFIX
+from jupyter_staging.safety.paths import hidden_part
 
 __all__ = [
     "RATIO_FLOOR_BYTES",
@@ -48,6 +53,7 @@ __all__ = [
     "Member",
     "check_layout",
     "reading_archive",
+    "hidden_member",
     "scan_members",
 ]
 
@@ -184,16 +190,19 @@ def scan_members(
     members: Iterable[tarfile.TarInfo | zipfile.ZipInfo],
     budget: ByteBudget,
     control: JobControl | None,
-) -> list[Member]:
-    """Check every member of the archive ``what``, in archive order, and declare its size to ``budget``.
+) -> tuple[list[Member], list[str]]:
+    """Check every member of the archive ``what``, in archive order, and declare the size of each one to
+    extract to ``budget``.
 
     Stops at the first refusal, before a bomb's data is read. ``control.check()`` runs between members.
-    Returns the members to extract (the archive's own root folder left out).
+    Returns the members to extract (the archive's own root folder left out) and the names of the hidden
+    ones left out (:func:`hidden_member`: checked all the same, their sizes not counted).
     Raises :class:`UnsafeArchive` (``unsafe_archive_path``, ``unsafe_archive_link``,
     ``unsafe_archive_device``, ``archive_unsupported``, ``archive_too_large``, ``archive_bomb``) and
     :class:`~jupyter_staging.errors.JobInterrupted` from ``control``.
     """
     members_out = []
+    hidden = []
     for member in members:
         if control is not None:
             control.check()
@@ -201,10 +210,21 @@ def scan_members(
             checked = _tar_member(what, member)
         else:
             checked = _zip_member(what, member)
+        if hidden_member(checked):
+            hidden.append(checked.name)
+            continue
         budget.declare(checked.size)
         if checked.name:
             members_out.append(checked)
-    return members_out
+    return members_out, hidden
+
+
+def hidden_member(member: Member) -> bool:
+    """Whether ``member`` is left out of an extraction: a part of its name is hidden (a leading dot), a file
+    named as a Zarr v2 store's metadata excepted (:data:`~jupyter_staging.safety.paths.DATA_DOT_NAMES`)."""
+    parts = member.name.split("/")
+    last = len(parts) - 1
+    return any(hidden_part(part, last=i == last and not member.is_dir) for i, part in enumerate(parts))
 
 
 def _ancestors(name: str) -> list[str]:

@@ -261,7 +261,9 @@ def unpack(
     control: JobControl | None = None,
     root: Path | None = None,
 ) -> list[Extracted]:
-    """Extract the regular files and folders of ``archive`` (kind by :func:`archive_kind`) under ``into``.
+    """Extract the regular files and folders of ``archive`` (kind by :func:`archive_kind`) under ``into``,
+    but for members with a hidden part (:func:`~jupyter_staging.formats.archive_checks.hidden_member`:
+    ``.git/``, ``.DS_Store``, ``__MACOSX/._x``; counted in ``control``'s log).
 
     ``max_bytes`` limits the total bytes of files (declared and really written); ``max_ratio`` limits that
     total over the archive's size in bytes. ``into`` is created if missing. Folders are created but not
@@ -288,7 +290,7 @@ def unpack(
             zf = zipfile.ZipFile(archive)
         with zf:
             with reading_archive(what):
-                members = scan_members(what, zf.infolist(), budget, control)
+                members, hidden = scan_members(what, zf.infolist(), budget, control)
             check_layout(what, members, into)
             files = _extract(what, members, into, _open_zip_member(zf), budget, control, base)
     else:
@@ -296,11 +298,15 @@ def unpack(
             tf = tarfile.open(archive, "r:*")
         with tf:
             with reading_archive(what):
-                members = scan_members(what, tf, budget, control)
+                members, hidden = scan_members(what, tf, budget, control)
             check_layout(what, members, into)
             files = _extract(what, members, into, _open_tar_member(tf), budget, control, base)
     if control is not None:
         control.log("info", f"unpacked {len(files)} files ({budget.written} bytes) from {what}")
+        if hidden:
+            shown = ", ".join(repr(name[:100]) for name in hidden[:3])
+            more = f" and {len(hidden) - 3} more" if len(hidden) > 3 else ""
+            control.log("info", f"{len(hidden)} hidden member(s) of {what} not extracted: {shown}{more}")
     return files
 
 

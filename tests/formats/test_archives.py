@@ -222,19 +222,27 @@ def test_tar_gz_of_100_light_curves_unpacks_to_100_verified_files(light_curves_t
 ROUND_TRIP_MEMBERS = [
     ("kepler/kplr.fits", KEPLER.read_bytes()),
     ("tess.fits", TESS.read_bytes()),
-    (".notes", b"hidden files are ordinary data\n"),
+    ("cube.zarr/.zattrs", b'{"a Zarr store\'s metadata is data": true}\n'),
     ("sub/manifest.json", b'{"only the top-level manifest.json is reserved": true}\n'),
+]
+#: Members not extracted: a hidden part, as a folder copy leaves out (a job publishes no hidden name).
+HIDDEN_MEMBERS = [
+    (".notes", b"hidden\n"),
+    (".git/config", b"[core]\n\tfsmonitor = touch owned\n"),
+    ("__MACOSX/._tess.fits", b"resource fork\n"),
+    ("cube.zarr/.zattrs.bak", b"{}\n"),
 ]
 
 
 def build_round_trip(path: Path) -> Path:
     if path.name.endswith(".zip"):
         members: list[tuple[zipfile.ZipInfo | str, bytes]] = [("empty/", b"")]
-        return make_zip(path, members + list(ROUND_TRIP_MEMBERS))
+        return make_zip(path, members + list(ROUND_TRIP_MEMBERS) + HIDDEN_MEMBERS)
     mode = {"tar": "w", "tar.gz": "w:gz", "tar.bz2": "w:bz2", "tar.xz": "w:xz"}[str(archive_kind(path.name))]
     empty = tarfile.TarInfo("empty")
     empty.type = tarfile.DIRTYPE
-    return make_tar(path, [(empty, None)] + [regular(n, d) for n, d in ROUND_TRIP_MEMBERS], mode)
+    listed = [regular(n, d) for n, d in ROUND_TRIP_MEMBERS + HIDDEN_MEMBERS]
+    return make_tar(path, [(empty, None)] + listed, mode)
 
 
 @pytest.mark.parametrize("name", ["bulk.zip", "bulk.tar", "bulk.tgz", "bulk.tar.bz2", "bulk.tar.xz"])
@@ -248,6 +256,9 @@ def test_round_trip(name: str, dest: Path) -> None:
         assert (dest / member).read_bytes() == data
     assert (dest / "empty").is_dir()
     assert not list(dest.rglob("*.part"))
+    for member, _ in HIDDEN_MEMBERS:
+        assert not (dest / member).exists()
+    assert not (dest / ".git").exists()
 
 
 def test_unpack_creates_the_folder_and_counts_no_source_bytes(dest: Path) -> None:
@@ -260,7 +271,11 @@ def test_unpack_creates_the_folder_and_counts_no_source_bytes(dest: Path) -> Non
 
     assert len(files) == len(ROUND_TRIP_MEMBERS)
     assert counted == []
-    assert logged and logged[-1][0] == "info" and "unpacked 4 files" in logged[-1][1]
+    assert [level for level, _ in logged] == ["info", "info"] and "unpacked 4 files" in logged[0][1]
+    assert logged[1][1] == (
+        "4 hidden member(s) of bulk.zip not extracted: "
+        "'.notes', '.git/config', '__MACOSX/._tess.fits' and 1 more"
+    )
 
 
 def test_exactly_max_bytes_is_allowed_one_byte_less_is_refused(dest: Path) -> None:
@@ -478,7 +493,7 @@ class InterruptAfter(JobControl):
 
 def test_cancel_while_extracting_removes_what_was_written(dest: Path) -> None:
     archive = build_round_trip(dest.parent / "in" / "bulk.tar.gz")
-    scan_checks = len(ROUND_TRIP_MEMBERS) + 1  # one per member, the empty folder included
+    scan_checks = len(ROUND_TRIP_MEMBERS) + len(HIDDEN_MEMBERS) + 1  # one per member, the empty folder too
 
     with pytest.raises(JobInterrupted):
         unpack(archive, dest, max_bytes=NO_LIMIT, control=InterruptAfter(scan_checks + 4))
