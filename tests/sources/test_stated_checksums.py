@@ -306,8 +306,22 @@ def test_a_job_fails_with_checksum_mismatch_on_an_object_whose_crc64nvme_does_no
     assert not any(path.is_file() for path in (tmp_path / "root" / "rotten").rglob("*.bin*"))
 
 
+@pytest.fixture
+def read_back(monkeypatch) -> list[str]:
+    """The algorithms of every digest a part file computes by reading its bytes back at commit."""
+    algorithms: list[str] = []
+    original = PartFile._part_digest
+
+    def spied(self: PartFile, algorithm: str) -> str:
+        algorithms.append(algorithm)
+        return original(self, algorithm)
+
+    monkeypatch.setattr(PartFile, "_part_digest", spied)
+    return algorithms
+
+
 @pytest.mark.parametrize("uploaded", ["md5-only", "crc64nvme"])
-def test_a_prefixs_objects_are_verified_as_their_bytes_come(bucket, tmp_path, monkeypatch, uploaded):
+def test_a_prefixs_objects_are_verified_as_their_bytes_come(bucket, tmp_path, read_back, uploaded):
     """Objects listed below a prefix state their checksums only in the GET's headers (a listing states
     none): the digest to verify (the ETag's MD5, as s3rver and rclone state it, or a CRC64NVME) is hashed
     as the bytes are written, so no part is read back at commit; a rotten object still publishes nothing."""
@@ -325,14 +339,6 @@ def test_a_prefixs_objects_are_verified_as_their_bytes_come(bucket, tmp_path, mo
         for key, body in data.items():
             client.put_object(Bucket=name, Key=f"{folder}/{key}", Body=body, **extra)
     rot_one_byte(backend, name, "rotten/lc-2.bin", 11)
-    read_back: list[str] = []
-    original = PartFile._part_digest
-
-    def spied(self: PartFile, algorithm: str) -> str:
-        read_back.append(algorithm)
-        return original(self, algorithm)
-
-    monkeypatch.setattr(PartFile, "_part_digest", spied)
     (tmp_path / "root").mkdir()
     mgr = manager_for(tmp_path)
     try:
@@ -352,7 +358,7 @@ def test_a_prefixs_objects_are_verified_as_their_bytes_come(bucket, tmp_path, mo
     assert read_back == []
 
 
-def test_a_dask_workers_file_of_a_prefix_is_verified_as_its_bytes_come(bucket, tmp_path, monkeypatch):
+def test_a_dask_workers_file_of_a_prefix_is_verified_as_its_bytes_come(bucket, tmp_path, read_back):
     """What a Dask worker's task runs for an object listed below a prefix (:func:`fetch_verified`, the
     server choosing no digest: the listing states none): the MD5 its GET states is hashed as the bytes are
     written, so no part is read back at commit; a rotten object fails ``checksum_mismatch``, nothing
@@ -369,14 +375,6 @@ def test_a_dask_workers_file_of_a_prefix_is_verified_as_its_bytes_come(bucket, t
     for key, body in data.items():
         client.put_object(Bucket=name, Key=f"p/{key}", Body=body)
     rot_one_byte(backend, name, "p/lc-1.bin", 7)
-    read_back: list[str] = []
-    original = PartFile._part_digest
-
-    def spied(self: PartFile, algorithm: str) -> str:
-        read_back.append(algorithm)
-        return original(self, algorithm)
-
-    monkeypatch.setattr(PartFile, "_part_digest", spied)
     root = tmp_path / "root"
     root.mkdir()
     items = {item.name: item for item in open_source(f"s3://{name}/p/").list_items()}
