@@ -10,11 +10,6 @@ specific ``code``:
   stay inside, such as ``a/../b``), ``manifest.json`` at the top (the staging manifest's name), a name
   ending in ``.part`` (reserved for files being written), a name given twice or used both as a file and as
   a folder. Backslashes are read as separators (Windows tools write them), so ``a\\b`` is ``a/b``.
-
-Members with a hidden part (``.git/config``, ``__MACOSX/._a.fits``, ``.DS_Store``) are not extracted, as a
-folder copy leaves out hidden entries (:func:`hidden_member`; the job's log counts and names them); a Zarr
-v2 store's metadata files (``.zarray``, ``.zattrs``, ...) are data and are extracted. Before, they were
-extracted and the job then failed ``path_not_allowed``, as no job publishes a hidden output name.
 - ``unsafe_archive_link``: every symbolic or hard link, whether or not it points inside the folder (the
   simplest rule that is safe), zip entries whose Unix mode says "symlink", and a link already in the
   destination on the way to a member.
@@ -24,6 +19,11 @@ extracted and the job then failed ``path_not_allowed``, as no job publishes a hi
   past :data:`RATIO_FLOOR_BYTES` (so a small, very compressible file is not called a bomb).
 - ``archive_corrupt``: the archive cannot be read (:func:`reading_archive`).
 - ``archive_unsupported``: an encrypted zip member or unknown zip compression.
+
+Members with a hidden part (``.git/config``, ``__MACOSX/._a.fits``, ``.DS_Store``) are checked as the
+others are but not extracted, as a folder copy leaves out hidden entries (:func:`hidden_member`; the job's
+log counts and names them): no job publishes a hidden name. A Zarr v2 store's metadata files (``.zarray``,
+``.zattrs``, ...) are data and are extracted.
 
 Archive formats: tar members as :mod:`tarfile` reads them (POSIX.1-2001 pax, POSIX.1-1988 ustar, GNU) and
 zip members as :mod:`zipfile` reads them (PKWARE APPNOTE.TXT).
@@ -52,8 +52,8 @@ __all__ = [
     "ByteBudget",
     "Member",
     "check_layout",
-    "reading_archive",
     "hidden_member",
+    "reading_archive",
     "scan_members",
 ]
 
