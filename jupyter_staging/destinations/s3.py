@@ -42,7 +42,7 @@ from jupyter_staging.destinations.objectstore import (
     manifest_body,
     presign_seconds,
 )
-from jupyter_staging.errors import InvalidRequest, TransferFailed, VerificationFailed
+from jupyter_staging.errors import DestinationUnavailable, InvalidRequest, TransferFailed, VerificationFailed
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.copying import file_digest, file_digests
 
@@ -161,10 +161,21 @@ class S3Destination(ObjectStoreDestination):
         self._lock = threading.Lock()
 
     def client(self) -> Any:
-        """The S3 client (:func:`~jupyter_staging.clouds.s3.shared_s3_client`), taken once."""
+        """The S3 client (:func:`~jupyter_staging.clouds.s3.shared_s3_client`), taken once.
+
+        Raises :class:`DestinationUnavailable` (503, code ``destination_unavailable``) when boto3 cannot
+        make one from the server's settings (``AWS_ENDPOINT_URL`` not a URL: botocore's ``ValueError``):
+        nothing was sent, and the same request succeeds once the setting is right."""
         with self._lock:
             if self._client is None:
-                self._client = shared_s3_client()
+                try:
+                    self._client = shared_s3_client()
+                except ValueError:  # its text names the setting's value: not repeated to the user
+                    raise DestinationUnavailable(
+                        f"the object store of {self.uri} cannot be reached: this server's S3 endpoint "
+                        "setting (AWS_ENDPOINT_URL, or endpoint_url of its AWS profile) is not a usable URL; "
+                        "nothing was changed there, try again once the setting is corrected"
+                    ) from None
             return self._client
 
     def errors(self, what: str, *, missing_ok: bool = False) -> S3Errors:

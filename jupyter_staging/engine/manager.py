@@ -379,7 +379,9 @@ class StagingManager(JobSteering):
         :class:`InvalidState` (409) with code ``chunk_not_ready`` for a chunk not uploaded yet,
         ``chunk_expired`` for one whose object is gone for good (``expired``, or acked under
         ``delete_on_ack``: no retry brings it back), and ``cannot_presign`` when the destination's
-        credentials cannot sign a URL (Azure without an account key)."""
+        credentials cannot sign a URL (Azure without an account key);
+        :class:`~jupyter_staging.errors.DestinationUnavailable` (503, ``destination_unavailable``) when the
+        server's S3 endpoint setting is not a usable URL."""
         rec = self._record(job_id, owner)
         chunk = self._chunk(job_id, chunk_id)
         if not is_object_destination(rec.destination):
@@ -434,7 +436,9 @@ class StagingManager(JobSteering):
         ``chunk_not_ready`` for a chunk whose file is not complete yet and ``chunk_expired`` for one whose
         file clean-up removed (``expired``: a cancel, a cleanup policy, the TTL, a re-run's swap), and
         :class:`PathNotAllowed` (code ``path_not_allowed``, nothing deleted) under ``delete_on_ack`` when
-        the destination folder became a symlink.
+        the destination folder became a symlink, and
+        :class:`~jupyter_staging.errors.DestinationUnavailable` (503, ``destination_unavailable``, the chunk
+        left ``ready``) under ``delete_on_ack`` when the server's S3 endpoint setting is not a usable URL.
         """
         rec = self._record(job_id, owner, resume=False)
         chunk = self._chunk(job_id, chunk_id)
