@@ -424,3 +424,10 @@ class S3Destination(ObjectStoreDestination):
         return presign_object(
             self.client(), self.bucket, self.key_of(chunk_path), presign_seconds(expires_seconds)
         )
+
+    def holds(self, chunk_path: str) -> bool:
+        """Whether the chunk's object is in the bucket: one HeadObject (False for 404, also when the bucket
+        is gone). Raises :class:`TransferFailed` when the store cannot answer (refused, unreachable)."""
+        with self.errors(chunk_path, missing_ok=True) as errors:
+            self.client().head_object(Bucket=self.bucket, Key=self.key_of(chunk_path))
+        return not errors.missing

@@ -218,9 +218,10 @@ class ChunkRefreshHandler(StagingAPIHandler):
 
     Errors: 404 ``chunk_not_found``; 400 ``chunk_not_in_object_storage`` for a chunk of a local
     destination (a file has no URL); 409 ``chunk_not_ready`` for a chunk not uploaded yet and
-    ``chunk_expired`` for one whose object is gone for good; 503 ``destination_unavailable`` when the
-    server's S3 endpoint setting is not a usable URL. Signing is local (no request to the store)
-    and changes nothing, hence a GET.
+    ``chunk_expired`` for one whose object is gone for good (also when it was removed from the store
+    behind the job's back); 503 ``destination_unavailable`` when the server's S3 endpoint setting is not a
+    usable URL. Signing is local; one HEAD asks the store whether the object is still there. Nothing
+    changes, hence a GET.
     """
 
     auth_resource = "jupyter_staging:jobs"
