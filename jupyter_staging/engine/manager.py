@@ -382,7 +382,7 @@ class StagingManager(JobSteering):
         finds it missing), and ``cannot_presign`` when the destination's
         credentials cannot sign a URL (Azure without an account key);
         :class:`~jupyter_staging.errors.DestinationUnavailable` (503, ``destination_unavailable``) when the
-        server's S3 endpoint setting is not a usable URL."""
+        server's S3 endpoint setting is not a usable URL or the store cannot be reached."""
         rec = self._record(job_id, owner)
         chunk = self._chunk(job_id, chunk_id)
         if not is_object_destination(rec.destination):
@@ -442,7 +442,8 @@ class StagingManager(JobSteering):
         :class:`PathNotAllowed` (code ``path_not_allowed``, nothing deleted) under ``delete_on_ack`` when
         the destination folder became a symlink, and
         :class:`~jupyter_staging.errors.DestinationUnavailable` (503, ``destination_unavailable``, the chunk
-        left ``ready``) under ``delete_on_ack`` when the server's S3 endpoint setting is not a usable URL.
+        left ``ready``) under ``delete_on_ack`` when the server's S3 endpoint setting is not a usable URL or
+        the store cannot be reached.
         """
         rec = self._record(job_id, owner, resume=False)
         chunk = self._chunk(job_id, chunk_id)

@@ -220,8 +220,8 @@ class ChunkRefreshHandler(StagingAPIHandler):
     destination (a file has no URL); 409 ``chunk_not_ready`` for a chunk not uploaded yet and
     ``chunk_expired`` for one whose object is gone for good (also when it was removed from the store
     behind the job's back); 503 ``destination_unavailable`` when the server's S3 endpoint setting is not a
-    usable URL. Signing is local; one HEAD asks the store whether the object is still there. Nothing
-    changes, hence a GET.
+    usable URL or the store cannot be reached. Signing is local; one HEAD asks the store whether the
+    object is still there. Nothing changes, hence a GET.
     """
 
     auth_resource = "jupyter_staging:jobs"
@@ -239,7 +239,8 @@ class ChunkAckHandler(StagingAPIHandler):
 
     Errors: 404 ``chunk_not_found``; 409 ``chunk_not_ready`` for a chunk not complete yet and
     ``chunk_expired`` for one whose output clean-up removed; 503 ``destination_unavailable`` (the chunk left
-    ``ready``) under ``delete_on_ack`` when the server's S3 endpoint setting is not a usable URL."""
+    ``ready``) under ``delete_on_ack`` when the server's S3 endpoint setting is not a usable URL or the
+    store cannot be reached."""
 
     auth_resource = "jupyter_staging:jobs"
 

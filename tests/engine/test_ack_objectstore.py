@@ -42,9 +42,12 @@ def test_an_ack_whose_object_delete_fails_leaves_the_chunk_ready(tmp_path: Path,
             assert any(k.endswith(KEPLER.name) for k in keys), keys
             port = server.port
             server.stop()  # the store unreachable: the delete fails
-            with pytest.raises(StagingError) as failed:
-                manager.ack(job.id, "0")
-            assert failed.value.status >= 500
+            # Refused: "unavailable, try again later" (503), not an error of writing (502 upload_failed).
+            for call in (manager.ack, manager.refresh_chunk):
+                with pytest.raises(StagingError) as failed:
+                    call(job.id, "0")
+                assert failed.value.code == "destination_unavailable" and failed.value.status == 503
+                assert "cannot be reached now (connection refused)" in failed.value.message
             assert [c.state for c in manager.chunks(job.id)] == ["ready"]  # not acked: a retry deletes it
             assert manager.get(job.id).state == JobState.succeeded
             server = MotoS3Server(port=port).start()  # back (empty: moto keeps nothing)
