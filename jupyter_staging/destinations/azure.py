@@ -322,6 +322,13 @@ class AzureDestination(ObjectStoreDestination):
 
     # -- presigned URLs ----------------------------------------------------------------------------
 
+    def holds(self, chunk_path: str) -> bool:
+        """Whether the chunk's blob is in the container: one Get Blob Properties (a HEAD; False when the
+        blob or the container is gone). Raises :class:`TransferFailed` when the service cannot answer."""
+        with self.errors(chunk_path, missing_ok=True) as errors:
+            self.blob(self.key_of(chunk_path)).get_blob_properties()
+        return errors.missing is None
+
     def presign(self, chunk_path: str, expires_seconds: int) -> tuple[str, datetime]:
         """A read-only service SAS URL of the chunk's blob, valid ``expires_seconds`` (1 s - 7 days),
         and when it expires (its ``se``). Made locally with the account key (an HMAC, no request).

@@ -145,6 +145,11 @@ class Destination(abc.ABC):
         destination has no URLs (local folders)."""
         return None
 
+    def holds(self, chunk_path: str) -> bool:
+        """Whether the published chunk ``chunk_path`` is still in the store (an object store asks it once:
+        a HEAD); True where there is nothing to ask (local folders, whose chunks have no URL)."""
+        return True
+
 
 def within(path: Path, root: Path) -> bool:
     """True when ``path`` is ``root`` or below it (lexically; resolve both first)."""

@@ -37,7 +37,7 @@ from jupyter_staging.safety.dirfd import (
 )
 from jupyter_staging.safety.ownership import part_of_job, taken_back
 from jupyter_staging.safety.partfile import PartFile, part_path
-from jupyter_staging.safety.publishing import unlink_if_names
+from jupyter_staging.safety.publishing import unlink_checked, unlink_if_names
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,9 @@ def _parts(rel: str) -> list[str]:
 def _unlink_below(dest_fd: int, folder: list[str], name: str, published: PublishedFile | None = None) -> int:
     """Remove ``folder/name`` below ``dest_fd`` (1) or nothing (0), by descriptor; with ``published``, a
     regular file of one name of another size, or (when recorded) another modification time, stays (0):
-    changed since the job published it."""
+    changed since the job published it. The file so checked is the one removed
+    (:func:`~jupyter_staging.safety.publishing.unlink_checked`): one renamed onto the name after the check
+    stays."""
     try:
         fd = open_below(dest_fd, PurePosixPath(*folder))
     except (FileNotFoundError, PathNotAllowed):
@@ -326,6 +328,7 @@ def _unlink_below(dest_fd: int, folder: list[str], name: str, published: Publish
             if st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
                 if st.st_size != published.size or published.mtime_ns not in (None, st.st_mtime_ns):
                     return 0
+                return int(unlink_checked(fd, name, st))
         return int(unlink_at(fd, name))
     finally:
         os.close(fd)

@@ -14,7 +14,8 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,9 @@ from typing import Any
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.exceptions import BotoCoreError, ClientError
 
+from jupyter_staging.clouds.http import describe_error
 from jupyter_staging.clouds.s3 import (
+    TRANSIENT_ERRORS,
     S3Errors,
     bucket_exists,
     etag_may_be_md5,
@@ -42,7 +45,7 @@ from jupyter_staging.destinations.objectstore import (
     manifest_body,
     presign_seconds,
 )
-from jupyter_staging.errors import InvalidRequest, TransferFailed, VerificationFailed
+from jupyter_staging.errors import DestinationUnavailable, InvalidRequest, TransferFailed, VerificationFailed
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.copying import file_digest, file_digests
 
@@ -161,15 +164,39 @@ class S3Destination(ObjectStoreDestination):
         self._lock = threading.Lock()
 
     def client(self) -> Any:
-        """The S3 client (:func:`~jupyter_staging.clouds.s3.shared_s3_client`), taken once."""
+        """The S3 client (:func:`~jupyter_staging.clouds.s3.shared_s3_client`), taken once.
+
+        Raises :class:`DestinationUnavailable` (503, code ``destination_unavailable``) when boto3 cannot
+        make one from the server's settings (``AWS_ENDPOINT_URL`` not a URL: botocore's ``ValueError``):
+        nothing was sent, and the same request succeeds once the setting is right."""
         with self._lock:
             if self._client is None:
-                self._client = shared_s3_client()
+                try:
+                    self._client = shared_s3_client()
+                except ValueError:  # its text names the setting's value: not repeated to the user
+                    raise DestinationUnavailable(
+                        f"the object store of {self.uri} cannot be reached: this server's S3 endpoint "
+                        "setting (AWS_ENDPOINT_URL, or endpoint_url of its AWS profile) is not a usable URL; "
+                        "nothing was changed there, try again once the setting is corrected"
+                    ) from None
             return self._client
 
     def errors(self, what: str, *, missing_ok: bool = False) -> S3Errors:
         """The error translator for writing ``what`` (see :class:`~jupyter_staging.clouds.s3.S3Errors`)."""
         return S3Errors(what, self.bucket, "write", missing_ok=missing_ok)
+
+    @contextmanager
+    def reached(self) -> Iterator[None]:
+        """For a request on a consumer's behalf (an ack's DeleteObject, a refresh's HeadObject): the store
+        not answering (refused, unreachable, timed out, after botocore's retries) raises
+        :class:`DestinationUnavailable` (503: try again later), not an error of writing."""
+        try:
+            yield
+        except TRANSIENT_ERRORS as exc:
+            raise DestinationUnavailable(
+                f"the object store of {self.uri} cannot be reached now ({describe_error(exc)}); nothing was "
+                "changed there, try again later"
+            ) from None
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -337,9 +364,10 @@ class S3Destination(ObjectStoreDestination):
     # -- removing ----------------------------------------------------------------------------------
 
     def remove_chunk(self, chunk_path: str, published: PublishedFile | None = None) -> bool:
-        """DeleteObject of one chunk of this job."""
+        """DeleteObject of one chunk of this job. Raises :class:`DestinationUnavailable` when the store cannot
+        be reached (:meth:`reached`), :class:`TransferFailed` when it refuses."""
         key = self.key_of(chunk_path)
-        with self.errors(chunk_path):
+        with self.errors(chunk_path), self.reached():
             self.client().delete_object(Bucket=self.bucket, Key=key)
         return True
 
@@ -413,3 +441,11 @@ class S3Destination(ObjectStoreDestination):
         return presign_object(
             self.client(), self.bucket, self.key_of(chunk_path), presign_seconds(expires_seconds)
         )
+
+    def holds(self, chunk_path: str) -> bool:
+        """Whether the chunk's object is in the bucket: one HeadObject (False for 404, also when the bucket
+        is gone). Raises :class:`DestinationUnavailable` when the store cannot be reached (:meth:`reached`).
+        """
+        with self.errors(chunk_path, missing_ok=True) as errors, self.reached():
+            self.client().head_object(Bucket=self.bucket, Key=self.key_of(chunk_path))
+        return not errors.missing

@@ -378,8 +378,11 @@ class StagingManager(JobSteering):
         ``chunk_not_in_object_storage``) for a chunk of a local destination — a file has no URL — and
         :class:`InvalidState` (409) with code ``chunk_not_ready`` for a chunk not uploaded yet,
         ``chunk_expired`` for one whose object is gone for good (``expired``, or acked under
-        ``delete_on_ack``: no retry brings it back), and ``cannot_presign`` when the destination's
-        credentials cannot sign a URL (Azure without an account key)."""
+        ``delete_on_ack``, or removed from the store behind the job's back: the one HEAD of a refresh
+        finds it missing), and ``cannot_presign`` when the destination's
+        credentials cannot sign a URL (Azure without an account key);
+        :class:`~jupyter_staging.errors.DestinationUnavailable` (503, ``destination_unavailable``) when the
+        server's S3 endpoint setting is not a usable URL or the store cannot be reached."""
         rec = self._record(job_id, owner)
         chunk = self._chunk(job_id, chunk_id)
         if not is_object_destination(rec.destination):
@@ -388,7 +391,10 @@ class StagingManager(JobSteering):
                 "only object-store chunks have presigned URLs",
                 code="chunk_not_in_object_storage",
             )
-        described = self._with_url(self.destination_of(rec), rec, chunk, strict=True)
+        destination = self.destination_of(rec)
+        described = self._with_url(destination, rec, chunk, strict=True)
+        if described.url is not None and not destination.holds(chunk.path):  # one HEAD, nothing changed
+            raise chunk_expired(chunk.index, "its object is no longer in the store (removed outside the job)")
         if described.url is None and chunk.state == ChunkState.pending.value:
             raise InvalidState(f"chunk {chunk.index} is not uploaded yet", code="chunk_not_ready")
         if described.url is None:
@@ -434,7 +440,10 @@ class StagingManager(JobSteering):
         ``chunk_not_ready`` for a chunk whose file is not complete yet and ``chunk_expired`` for one whose
         file clean-up removed (``expired``: a cancel, a cleanup policy, the TTL, a re-run's swap), and
         :class:`PathNotAllowed` (code ``path_not_allowed``, nothing deleted) under ``delete_on_ack`` when
-        the destination folder became a symlink.
+        the destination folder became a symlink, and
+        :class:`~jupyter_staging.errors.DestinationUnavailable` (503, ``destination_unavailable``, the chunk
+        left ``ready``) under ``delete_on_ack`` when the server's S3 endpoint setting is not a usable URL or
+        the store cannot be reached.
         """
         rec = self._record(job_id, owner, resume=False)
         chunk = self._chunk(job_id, chunk_id)

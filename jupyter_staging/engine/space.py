@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import cast
 
 from sqlalchemy import Table, and_, func, or_, select
 
+from jupyter_staging.clouds.http_client import waiting_with
 from jupyter_staging.engine.freshness import CHECK_CONCURRENCY
 from jupyter_staging.engine.models import ChunkState, JobState
 from jupyter_staging.engine.store import ChunkRecord, JobRecord, Store
@@ -34,6 +36,30 @@ from jupyter_staging.sources.registry import open_source
 WRITING_STATES = (JobState.queued.value, JobState.running.value, JobState.paused.value)
 #: States of a finished job whose published chunks stay on disk until cleaned up or expired.
 KEPT_STATES = (JobState.succeeded.value, JobState.failed.value)
+#: Longest time (seconds) one source's listing made inside ``POST /jobs`` waits between its retries in all
+#: (an HTTP 429 / 503 and its ``Retry-After``, the back-off): a source asking for more is left to the job's
+#: runner, which waits as long as the server asks (up to a minute a retry), the request answered at once.
+LISTING_WAIT_MAX = 3.0
+
+
+class _WaitTooLong(Exception):  # noqa: N818 - control flow of a listing, never shown to a user
+    """A source asked the listing made inside a request to wait longer than :data:`LISTING_WAIT_MAX`."""
+
+
+def bounded_wait(budget: float) -> Callable[[float], None]:
+    """A ``wait(seconds)`` for :func:`~jupyter_staging.clouds.http_client.waiting_with`: sleeps while the
+    waits so far stay within ``budget`` seconds in all, and raises :class:`_WaitTooLong` at once, sleeping
+    nothing, for a wait beyond."""
+    left = budget
+
+    def wait(seconds: float) -> None:
+        nonlocal left
+        if seconds > left:
+            raise _WaitTooLong
+        left -= seconds
+        time.sleep(seconds)
+
+    return wait
 
 
 @dataclass
@@ -68,14 +94,21 @@ def list_sources(sources: dict[str | None, str], *, source_roots: list[str] | No
     """List ``sources`` (``{entry or None: raw URI}``), at most :data:`CHECK_CONCURRENCY` at once.
 
     Never raises: a source that cannot be listed now (missing, refused, network down) is left out and
-    marks the listing ``unknown``; the job reports its error when it runs."""
+    marks the listing ``unknown``; the job reports its error when it runs. So is one asking to be retried
+    later than :data:`LISTING_WAIT_MAX` seconds in all (a 503 with ``Retry-After``): the request is not held
+    up, the job lists it when it runs, and its log says so."""
 
     def look(entry: str | None) -> tuple[str | None, list[SourceItem] | None, list[tuple[str, str]]]:
         try:
             source = open_source(sources[entry], source_roots=source_roots)
-            items = source.list_items()
+            with waiting_with(bounded_wait(LISTING_WAIT_MAX)):  # this thread's HTTP sessions
+                items = source.list_items()
             for item in items:
                 item.name = check_output_name(item.name if entry is None else f"{entry}/{item.name}")
+        except _WaitTooLong:
+            what = "the source" if entry is None else f"entry {entry}: the source"
+            notice = f"{what} asked to wait before it answers; listed when the job runs"
+            return entry, None, [("info", notice)]
         except Exception:  # the runner lists it again and reports why it cannot
             return entry, None, []
         named = [
@@ -88,11 +121,11 @@ def list_sources(sources: dict[str | None, str], *, source_roots: list[str] | No
     workers = max(1, min(CHECK_CONCURRENCY, len(sources)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="staging-size") as pool:
         for entry, items, notices in pool.map(look, list(sources)):
+            listing.notices += notices
             if items is None:
                 listing.unknown = True
                 continue
             listing.items[entry] = items
-            listing.notices += notices
             listing.unknown = listing.unknown or any(i.size is None for i in items)
     return listing
 

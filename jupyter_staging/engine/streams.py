@@ -89,6 +89,9 @@ class StreamingStager(ItemStager):
                 second=second_algorithm(checksums),
                 on_range=recorded,
             )
+            # Agreed again now the ranges are in (a source may have stated more), inside the guard: when
+            # they cannot be (ChecksumMismatch), the part is discarded, its descriptors closed.
+            checksums = self._expected_checksums(item)
         except JobInterrupted:
             out.close()
             raise
@@ -101,7 +104,6 @@ class StreamingStager(ItemStager):
             out.discard()
             self._drop_range_record(item)
             raise
-        checksums = self._expected_checksums(item)
         second = second_algorithm(checksums)
         # Opened again while ``out`` is still open, and only as that very file: ``hashed`` is of its bytes.
         whole = reopened(out, lambda h: self.part_file(final, resume=True, second=second, hashed=h), hashed)

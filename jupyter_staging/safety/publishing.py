@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 from contextlib import suppress
 from pathlib import Path
 
@@ -174,3 +175,47 @@ def publish(tmp: Path, final: Path, *, sync: bool = True) -> None:
         os.unlink(tmp)
     if sync:
         fsync_dir(final.parent)
+
+
+def unlink_checked(dir_fd: int, name: str, checked: os.stat_result) -> bool:
+    """Remove ``name`` from ``dir_fd`` only while it is the file ``checked`` (the ``lstat`` of it the caller
+    judged: same device and inode, size and modification time), with no window between that check and the
+    removal: the name is first moved to a private, unguessable name in the same folder (one ``renameat``
+    moves whatever the name holds at that instant, and nothing else), what was moved is checked, and only
+    then removed. Another file renamed onto ``name`` after the caller's check is given its name back
+    (``linkat``, never replacing anything) and stays; should yet another file have taken the name in that
+    instant, the moved one keeps the private name rather than replace it.
+
+    Returns True when the checked file was removed, False when the name held another file or nothing.
+    Raises ``OSError`` when the name cannot be moved or removed (a folder not writable: ``EACCES``)."""
+    aside = f".staging-removing-{secrets.token_hex(16)}"
+    try:
+        os.rename(check_name(name), aside, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    moved = lstat_at(dir_fd, aside)
+    if moved is None:  # the private name removed meanwhile (the folder is the user's): nothing to do
+        return False
+    if os.path.samestat(moved, checked) and (moved.st_size, moved.st_mtime_ns) == (
+        checked.st_size,
+        checked.st_mtime_ns,
+    ):
+        return unlink_name(dir_fd, aside)
+    _put_back(dir_fd, aside, name)
+    return False
+
+
+def _put_back(dir_fd: int, aside: str, name: str) -> None:
+    """Give the file :func:`unlink_checked` moved to ``aside`` its ``name`` back, never replacing a file
+    that took the name since (then it stays at ``aside``)."""
+    try:
+        os.link(aside, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        return
+    except OSError as err:
+        if err.errno not in _NO_LINKS:  # no hard links here (or a folder): by rename, the name still free
+            raise
+        if lstat_at(dir_fd, name) is None:
+            os.rename(aside, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return
+    unlink_name(dir_fd, aside)

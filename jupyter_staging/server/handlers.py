@@ -218,8 +218,10 @@ class ChunkRefreshHandler(StagingAPIHandler):
 
     Errors: 404 ``chunk_not_found``; 400 ``chunk_not_in_object_storage`` for a chunk of a local
     destination (a file has no URL); 409 ``chunk_not_ready`` for a chunk not uploaded yet and
-    ``chunk_expired`` for one whose object is gone for good. Signing is local (no request to the store)
-    and changes nothing, hence a GET.
+    ``chunk_expired`` for one whose object is gone for good (also when it was removed from the store
+    behind the job's back); 503 ``destination_unavailable`` when the server's S3 endpoint setting is not a
+    usable URL or the store cannot be reached. Signing is local; one HEAD asks the store whether the
+    object is still there. Nothing changes, hence a GET.
     """
 
     auth_resource = "jupyter_staging:jobs"
@@ -236,7 +238,9 @@ class ChunkAckHandler(StagingAPIHandler):
     """``POST /jobs/{id}/chunks/{chunk_id}/ack``: the acknowledged chunk.
 
     Errors: 404 ``chunk_not_found``; 409 ``chunk_not_ready`` for a chunk not complete yet and
-    ``chunk_expired`` for one whose output clean-up removed."""
+    ``chunk_expired`` for one whose output clean-up removed; 503 ``destination_unavailable`` (the chunk left
+    ``ready``) under ``delete_on_ack`` when the server's S3 endpoint setting is not a usable URL or the
+    store cannot be reached."""
 
     auth_resource = "jupyter_staging:jobs"
 

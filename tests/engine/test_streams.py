@@ -9,6 +9,7 @@ HTTP server of tests/helpers/servers.py on 127.0.0.1.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import time
@@ -21,6 +22,8 @@ from jupyter_staging.engine import ranges
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, JobState
 from jupyter_staging.engine.ranges import STREAM_RANGE_BYTES, PrefixHasher, byte_ranges
+from jupyter_staging.engine.streams import StreamingStager
+from jupyter_staging.errors import ChecksumMismatch
 from jupyter_staging.safety.partfile import PartFile
 from tests.helpers.data import sha256, wait_until
 from tests.helpers.servers import RangeHTTPServer
@@ -395,3 +398,61 @@ def test_a_resumed_job_never_shows_less_than_it_had_when_paused(tmp_path, served
         assert manager.get(job.id).progress.bytes_done == SIZE
     finally:
         manager.stop()
+
+
+def test_checksums_that_cannot_be_agreed_after_the_ranges_leave_no_descriptor_open(
+    tmp_path, served, monkeypatch
+):
+    """Once the ranges are in, the checksums the file must match are agreed again (a source may have stated
+    more meanwhile); that raises :class:`ChecksumMismatch` when the user's and the source's differ. That
+    second agreement was made outside the guard that discards the part: the part file and its folder stayed
+    open in the server (counted in /proc/self/fd) and the full-size ``.part`` stayed on disk. No source
+    states a new checksum in a ranged answer today, so the fault is injected: the second call raises."""
+    server, big = served
+    real_checksums, real_fetch = StreamingStager._expected_checksums, ranges.fetch_in_ranges
+    fetched: list[str] = []
+
+    def fetch_then_note(*args, **kwargs):
+        hashed = real_fetch(*args, **kwargs)
+        fetched.append("ranges in")
+        return hashed
+
+    def fails_after_the_ranges(self, item):
+        if fetched:
+            fetched.append("checksums asked")
+            raise ChecksumMismatch(f"{item.name}: the source states sha256 1111..., the expected is 0000...")
+        return real_checksums(self, item)
+
+    monkeypatch.setattr("jupyter_staging.engine.streams.fetch_in_ranges", fetch_then_note)
+    monkeypatch.setattr(StreamingStager, "_expected_checksums", fails_after_the_ranges)
+    root = tmp_path / "root"
+    manager = make_manager(root, streams=4)
+    out = root / "big"  # the job's folder (its database, beside it in root, is held open by the manager)
+    try:
+        before = open_below(out)
+        job, _ = manager.create(CreateJob(source=server.url(big.name), destination="big"))
+        done = manager.wait(job.id, timeout=120)
+        assert done.state == JobState.failed and done.error is not None, done
+        assert done.error.code == "checksum_mismatch", done.error
+        assert "ranges on" in log_text(manager, job.id)  # fetched on parallel streams
+        assert fetched == ["ranges in", "checksums asked"]
+        # What the job's last steps hold a moment is let go; a descriptor leaked never is.
+        wait_until(lambda: open_below(out) == before, timeout=5, what="the job's descriptors to be closed")
+    finally:
+        manager.stop()
+    assert not list(out.glob("*.part")) if out.exists() else True
+
+
+def open_below(root: Path) -> list[str]:
+    """The targets below ``root`` of this process's open descriptors (/proc/self/fd), once objects no longer
+    referenced are collected (a file object left to the collector is closed then; a raw descriptor is not)."""
+    gc.collect()
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(root)):
+            held.append(target)
+    return sorted(held)

@@ -76,7 +76,7 @@ class _Handler(BaseHTTPRequestHandler):
         owner._log(self)
         path = unquote(urlsplit(self.path).path)
         if owner._take_failure():
-            self._simple(503, "busy")
+            self._simple(503, "busy", retry_after=owner.retry_after)
             return
         if owner.check_expiry and _signature_expired(self.path):
             self._simple(
@@ -187,9 +187,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.owner.stopping.wait(self.server.owner.stall_seconds)
         self.close_connection = True
 
-    def _simple(self, status: int, text: str) -> None:
+    def _simple(self, status: int, text: str, *, retry_after: str | None = None) -> None:
         data = text.encode()
         self.send_response(status)
+        if retry_after is not None:
+            self.send_header("Retry-After", retry_after)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -235,7 +237,8 @@ class RangeHTTPServer:
 
     ``root``: folder served. ``throttle_bytes_per_s``: sleep after each 64 KiB so the body flows at
     about this rate (0: full speed). ``drop_after_bytes``: close the connection once, after sending this
-    many bytes of one body. ``fail_first_n``: answer this many requests with 503 first.
+    many bytes of one body. ``fail_first_n``: answer this many requests with 503 first (with
+    ``Retry-After: <retry_after>`` when that is set).
     ``head_status``: answer HEAD with this status instead (e.g. 405). ``ranges``: honour ``Range``.
     ``content_disposition``: file name -> ``Content-Disposition`` value. ``redirects``: path -> Location.
     ``requests``: every request received, as :class:`LoggedRequest`.
@@ -275,6 +278,7 @@ class RangeHTTPServer:
         #: Set when the server stops, so stalled answers end at once.
         self.stopping = threading.Event()
         self.fail_first_n = fail_first_n
+        self.retry_after: str | None = None
         self.head_status: int | None = None
         self.ranges = True
         self.content_type = "application/octet-stream"

@@ -1,0 +1,45 @@
+"""With ``min_free_bytes`` or ``quota_bytes`` set, ``POST /jobs`` lists the job's sources before it answers
+(:mod:`jupyter_staging.engine.space`). A source answering 503 with ``Retry-After`` held that request for as
+long as the retries waited (five of up to 60 s each: minutes). Now the listing made inside the request
+waits a few seconds at most between retries (:data:`~jupyter_staging.engine.space.LISTING_WAIT_MAX`):
+past that the source is left unlisted, the job is admitted at once and its runner lists it, honouring the
+server's ``Retry-After`` as for any job, and the job's log says so.
+
+Real parts: the Range HTTP server of tests/helpers on 127.0.0.1 (answering 503 + ``Retry-After`` on
+purpose), a real :class:`StagingManager` with its SQLite job database.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from jupyter_staging.engine.models import CreateJob, JobState
+from tests.helpers.managers import unstarted_manager
+from tests.helpers.servers import RangeHTTPServer
+
+
+def test_a_source_asking_to_wait_does_not_hold_up_the_post(tmp_path: Path):
+    www = tmp_path / "www"
+    www.mkdir()
+    data = os.urandom(50_000)
+    (www / "lc.fits").write_bytes(data)
+    root = tmp_path / "root"
+    root.mkdir()
+    with RangeHTTPServer(www, fail_first_n=1) as server:
+        server.retry_after = "20"  # the first answer: 503, come back in 20 s
+        manager = unstarted_manager(root, tmp_path, min_free_bytes=1)
+        manager.start()
+        try:
+            started = time.monotonic()
+            job, created = manager.create(CreateJob(source=server.url("lc.fits"), destination="lc"))
+            took = time.monotonic() - started
+            assert created and took < 8, took  # was 20 s: the Retry-After waited inside the request
+            done = manager.wait(job.id, timeout=120)
+            assert done.state == JobState.succeeded, done.error
+            assert (root / "lc" / "lc.fits").read_bytes() == data
+            log = "\n".join(line["message"] for line in manager.job_log(job.id))
+            assert "asked to wait" in log, log
+        finally:
+            manager.stop()
