@@ -17,12 +17,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from jupyter_staging.destinations.base import Destination, remove_tree_if_empty, scratch_root_of
+from jupyter_staging.destinations.base import remove_tree_if_empty, scratch_root_of
 from jupyter_staging.destinations.registry import is_object_destination
 from jupyter_staging.engine.ackfolders import AckFolders
 from jupyter_staging.engine.acks import take_ack
 from jupyter_staging.engine.admission import Admission, default_name
 from jupyter_staging.engine.chunkpages import Describe, read_chunk_page
+from jupyter_staging.engine.chunkurls import chunk_expired, refreshed, with_url
 from jupyter_staging.engine.cleanup import published_file
 from jupyter_staging.engine.describe import decode_cursor, describe_chunk, encode_cursor
 from jupyter_staging.engine.executors import (
@@ -49,7 +50,6 @@ from jupyter_staging.engine.placement import ACTIVE_STATES
 from jupyter_staging.engine.processes import SERVER, check_kind, current_user, default_key_file
 from jupyter_staging.engine.refresh import Refresh, kept_parts_job
 from jupyter_staging.engine.retention import expire_if_consumed
-from jupyter_staging.engine.schema import JobChunk
 from jupyter_staging.engine.steering import JobSteering
 from jupyter_staging.engine.store import ChunkRecord, JobRecord, Store
 from jupyter_staging.engine.transitions import StateChanged
@@ -59,12 +59,6 @@ from jupyter_staging.safety.sealed import SecretBox
 
 #: A chunk id in a URL: its index, as ASCII digits without leading zero (at most 19: a 64-bit integer).
 _CHUNK_INDEX = re.compile(r"0|[1-9][0-9]{0,18}")
-
-
-def chunk_expired(index: int, why: str) -> InvalidState:
-    """The 409 ``chunk_expired`` of chunk ``index`` whose file or object is gone for good (``why``): an ack
-    or a URL refresh of it can never succeed, unlike one of a chunk ``chunk_not_ready`` yet."""
-    return InvalidState(f"chunk {index} is gone: {why}", code="chunk_expired")
 
 
 class StagingManager(JobSteering):
@@ -368,7 +362,7 @@ class StagingManager(JobSteering):
         rec = self._chunk_job(job_id, owner)
         if not urls or not is_object_destination(rec.destination):
             return describe_chunk
-        return partial(self._with_url, self.destination_of(rec), rec)
+        return partial(with_url, self.destination_of(rec), rec, expiry=self.presign_expiry_seconds)
 
     def refresh_chunk(self, job_id: str, chunk_id: str, owner: str | None = None) -> DescribeChunk:
         """Chunk ``chunk_id`` (its index) with a new presigned GET URL valid
@@ -391,35 +385,7 @@ class StagingManager(JobSteering):
                 "only object-store chunks have presigned URLs",
                 code="chunk_not_in_object_storage",
             )
-        destination = self.destination_of(rec)
-        described = self._with_url(destination, rec, chunk, strict=True)
-        if described.url is not None and not destination.holds(chunk.path):  # one HEAD, nothing changed
-            raise chunk_expired(chunk.index, "its object is no longer in the store (removed outside the job)")
-        if described.url is None and chunk.state == ChunkState.pending.value:
-            raise InvalidState(f"chunk {chunk.index} is not uploaded yet", code="chunk_not_ready")
-        if described.url is None:
-            raise chunk_expired(chunk.index, f"its object was removed ({chunk.state})")
-        return described
-
-    def _with_url(
-        self, destination: Destination, rec: JobRecord, chunk: JobChunk, *, strict: bool = False
-    ) -> DescribeChunk:
-        """The chunk with its URL; a destination that ``cannot_presign`` (Azure credentials without an
-        account key) leaves it out of a listing and raises when ``strict`` (a refresh)."""
-        described = describe_chunk(chunk)
-        kept = chunk.state == ChunkState.ready.value or (
-            chunk.state == ChunkState.acked.value and rec.cleanup_policy != "delete_on_ack"
-        )
-        if kept and "://" in chunk.path:
-            try:
-                signed = destination.presign(chunk.path, self.presign_expiry_seconds)
-            except InvalidState as exc:
-                if strict or exc.code != "cannot_presign":
-                    raise
-                signed = None
-            if signed is not None:
-                described.url, described.url_expires_at = signed
-        return described
+        return refreshed(self.destination_of(rec), rec, chunk, expiry=self.presign_expiry_seconds)
 
     def _chunk(self, job_id: str, chunk_id: str) -> ChunkRecord:
         # Only a chunk's index as written (ASCII digits, no sign, space, "_" or leading zero): "1_0" is not
