@@ -50,6 +50,26 @@ def waiting_with(wait: Callable[[float], None]) -> Iterator[None]:
         _RETRY_WAIT.reset(token)
 
 
+class WaitTooLong(Exception):  # noqa: N818 - a request's own limit, not an error of the source
+    """A source asked a listing made inside a request to wait longer than the request may
+    (:func:`bounded_wait`): the request goes on without it, and the job lists it when it runs."""
+
+
+def bounded_wait(budget: float) -> Callable[[float], None]:
+    """A ``wait(seconds)`` for :func:`waiting_with`: sleeps while the waits so far stay within ``budget``
+    seconds in all, and raises :class:`WaitTooLong` at once, sleeping nothing, for a wait beyond."""
+    left = budget
+
+    def wait(seconds: float) -> None:
+        nonlocal left
+        if seconds > left:
+            raise WaitTooLong
+        left -= seconds
+        time.sleep(seconds)
+
+    return wait
+
+
 class _Retry(Retry):
     """urllib3's ``Retry`` waiting with ``wait(seconds)`` (kept by :meth:`new`, which makes the ``Retry`` of
     every next attempt) instead of an uninterruptible ``time.sleep``."""

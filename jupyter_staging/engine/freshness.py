@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from jupyter_staging.clouds.http_client import bounded_wait, waiting_with
 from jupyter_staging.engine.models import DONE_STATES
 from jupyter_staging.engine.store import ChunkSummary, JobRecord
 from jupyter_staging.sources.base import SourceItem
@@ -28,6 +29,11 @@ from jupyter_staging.sources.registry import open_source
 
 #: Sources (manifest entries) whose fingerprints are read at the same time.
 CHECK_CONCURRENCY = 16
+#: Longest time (seconds) one source's listing made inside ``POST /jobs`` (this freshness check, the space
+#: check) waits between its retries in all (an HTTP 429 / 503 and its ``Retry-After``, the back-off): a
+#: source asking for more is left to the job's runner, which waits as long as the server asks (up to a
+#: minute a retry), and the request is answered at once.
+LISTING_WAIT_MAX = 3.0
 
 #: Query parameters of presigned URLs that change with every signing but do not name another object, by
 #: signing scheme: AWS SigV4 and Google V4 (``X-Amz-*``, ``X-Goog-*``: their names say so), Azure SAS
@@ -146,16 +152,19 @@ def check_sources(
     """Compare the items job ``prev`` staged with what ``sources`` (``{entry or None: raw URI}``) list now.
 
     ``prefix(entry, name)`` maps a source's item name to the job's item name (manifest entries stage into
-    ``<entry>/``). A source that cannot be listed now (gone, network down) counts as changed: the new job
-    then reports why. Runs at most :data:`CHECK_CONCURRENCY` listings at once; returns a
-    :class:`Freshness`.
+    ``<entry>/``). A source that cannot be listed now (gone, network down, or asking to be retried later
+    than :data:`LISTING_WAIT_MAX` seconds in all) counts as changed: the new job then lists it (and reuses
+    the files it finds unchanged) or reports why. Runs at most :data:`CHECK_CONCURRENCY` listings at once;
+    returns a :class:`Freshness`.
     """
     before = listed_items(prev.resume or {})
     result = Freshness()
 
     def look(entry: str | None) -> tuple[str | None, list[SourceItem] | None]:
         try:
-            items = open_source(sources[entry], source_roots=source_roots).list_items()
+            source = open_source(sources[entry], source_roots=source_roots)
+            with waiting_with(bounded_wait(LISTING_WAIT_MAX)):  # POST /jobs is not held for minutes
+                items = source.list_items()
         except Exception:  # the new job stages it again and reports the error
             return entry, None
         for item in items:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,8 +21,8 @@ from typing import cast
 
 from sqlalchemy import Table, and_, func, or_, select
 
-from jupyter_staging.clouds.http_client import waiting_with
-from jupyter_staging.engine.freshness import CHECK_CONCURRENCY
+from jupyter_staging.clouds.http_client import WaitTooLong, bounded_wait, waiting_with
+from jupyter_staging.engine.freshness import CHECK_CONCURRENCY, LISTING_WAIT_MAX
 from jupyter_staging.engine.models import ChunkState, JobState
 from jupyter_staging.engine.store import ChunkRecord, JobRecord, Store
 from jupyter_staging.engine.units import format_bytes
@@ -36,30 +35,6 @@ from jupyter_staging.sources.registry import open_source
 WRITING_STATES = (JobState.queued.value, JobState.running.value, JobState.paused.value)
 #: States of a finished job whose published chunks stay on disk until cleaned up or expired.
 KEPT_STATES = (JobState.succeeded.value, JobState.failed.value)
-#: Longest time (seconds) one source's listing made inside ``POST /jobs`` waits between its retries in all
-#: (an HTTP 429 / 503 and its ``Retry-After``, the back-off): a source asking for more is left to the job's
-#: runner, which waits as long as the server asks (up to a minute a retry), the request answered at once.
-LISTING_WAIT_MAX = 3.0
-
-
-class _WaitTooLong(Exception):  # noqa: N818 - control flow of a listing, never shown to a user
-    """A source asked the listing made inside a request to wait longer than :data:`LISTING_WAIT_MAX`."""
-
-
-def bounded_wait(budget: float) -> Callable[[float], None]:
-    """A ``wait(seconds)`` for :func:`~jupyter_staging.clouds.http_client.waiting_with`: sleeps while the
-    waits so far stay within ``budget`` seconds in all, and raises :class:`_WaitTooLong` at once, sleeping
-    nothing, for a wait beyond."""
-    left = budget
-
-    def wait(seconds: float) -> None:
-        nonlocal left
-        if seconds > left:
-            raise _WaitTooLong
-        left -= seconds
-        time.sleep(seconds)
-
-    return wait
 
 
 @dataclass
@@ -95,8 +70,8 @@ def list_sources(sources: dict[str | None, str], *, source_roots: list[str] | No
 
     Never raises: a source that cannot be listed now (missing, refused, network down) is left out and
     marks the listing ``unknown``; the job reports its error when it runs. So is one asking to be retried
-    later than :data:`LISTING_WAIT_MAX` seconds in all (a 503 with ``Retry-After``): the request is not held
-    up, the job lists it when it runs, and its log says so."""
+    later than :data:`~jupyter_staging.engine.freshness.LISTING_WAIT_MAX` seconds in all (a 503 with
+    ``Retry-After``): the request is not held up, the job lists it when it runs, and its log says so."""
 
     def look(entry: str | None) -> tuple[str | None, list[SourceItem] | None, list[tuple[str, str]]]:
         try:
@@ -105,7 +80,7 @@ def list_sources(sources: dict[str | None, str], *, source_roots: list[str] | No
                 items = source.list_items()
             for item in items:
                 item.name = check_output_name(item.name if entry is None else f"{entry}/{item.name}")
-        except _WaitTooLong:
+        except WaitTooLong:
             what = "the source" if entry is None else f"entry {entry}: the source"
             notice = f"{what} asked to wait before it answers; listed when the job runs"
             return entry, None, [("info", notice)]

@@ -1,7 +1,7 @@
 """With ``min_free_bytes`` or ``quota_bytes`` set, ``POST /jobs`` lists the job's sources before it answers
 (:mod:`jupyter_staging.engine.space`). A source answering 503 with ``Retry-After`` held that request for as
 long as the retries waited (five of up to 60 s each: minutes). Now the listing made inside the request
-waits a few seconds at most between retries (:data:`~jupyter_staging.engine.space.LISTING_WAIT_MAX`):
+waits a few seconds at most between retries (:data:`~jupyter_staging.engine.freshness.LISTING_WAIT_MAX`):
 past that the source is left unlisted, the job is admitted at once and its runner lists it, honouring the
 server's ``Retry-After`` as for any job, and the job's log says so.
 
@@ -41,5 +41,34 @@ def test_a_source_asking_to_wait_does_not_hold_up_the_post(tmp_path: Path):
             assert (root / "lc" / "lc.fits").read_bytes() == data
             log = "\n".join(line["message"] for line in manager.job_log(job.id))
             assert "asked to wait" in log, log
+        finally:
+            manager.stop()
+
+
+def test_a_busy_source_does_not_hold_up_a_reruns_freshness_check(tmp_path: Path):
+    """A notebook re-run: ``POST /jobs`` of a staged URL lists it again to see whether it changed
+    (:func:`~jupyter_staging.engine.freshness.check_sources`). A source answering 503 with ``Retry-After: 20``
+    held that request for the whole wait; now it counts as not checked (as a source that cannot be reached):
+    the answer comes at once with a new job, which lists it when it runs and finds the staged file unchanged."""
+    www = tmp_path / "www"
+    www.mkdir()
+    data = os.urandom(50_000)
+    (www / "lc.fits").write_bytes(data)
+    root = tmp_path / "root"
+    root.mkdir()
+    with RangeHTTPServer(www) as server:
+        manager = unstarted_manager(root, tmp_path)
+        manager.start()
+        try:
+            first, _ = manager.create(CreateJob(source=server.url("lc.fits"), destination="lc"))
+            assert manager.wait(first.id, timeout=60).state == JobState.succeeded
+            server.retry_after, server.fail_first_n = "20", 1  # the re-run's check: 503, come back in 20 s
+            started = time.monotonic()
+            again, created = manager.create(CreateJob(source=server.url("lc.fits"), destination="lc"))
+            took = time.monotonic() - started
+            assert not again.up_to_date and took < 8, (again, took)  # was 20 s, inside the request
+            done = manager.wait(again.id, timeout=120)
+            assert done.state == JobState.succeeded, done.error
+            assert (root / "lc" / "lc.fits").read_bytes() == data
         finally:
             manager.stop()
