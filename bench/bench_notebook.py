@@ -217,12 +217,13 @@ def run_jobs(meter: Meter, backend: ServerBackend, count: int) -> None:
     meter.measure(f"[{count} jobs] get_job(id)", lambda: backend.get(job_id), repeat=5)
 
 
-def seed_chunk_job(db_url: str, root_dir: Path, count: int) -> str:
+def seed_chunk_job(db_url: str, root_dir: Path, count: int, owner: str | None = None) -> str:
     """Insert a succeeded copy job of ``count`` ready chunks (a TESS sector's light curves: name, size,
-    sha256, content type) into the job database at ``db_url``, as the server would have left it; its id."""
+    sha256, content type) into the job database at ``db_url``, as the server would have left it, owned by
+    ``owner`` (default: this process's user; a hub user's server: the hub's user name); its id."""
     store = Store(db_url)
-    now, job_id = utcnow(), str(uuid.uuid4())
-    job = dict(id=job_id, owner=current_user(), root=str(root_dir.resolve()), name="sector", method="copy")
+    now, job_id, owner = utcnow(), str(uuid.uuid4()), owner or current_user()
+    job = dict(id=job_id, owner=owner, root=str(root_dir.resolve()), name="sector", method="copy")
     job |= dict(source="/archive/tess/sector-01", destination="staging/sector-01", state="succeeded")
     job |= dict(bytes_done=count * 2_039_040, bytes_total=count * 2_039_040, chunks_done=count)
     job |= dict(chunks_total=count, rows_done=0, cleanup_policy="retain", created_at=now, updated_at=now)
