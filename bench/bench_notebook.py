@@ -19,6 +19,10 @@ how many listings were read, their time (ms) and the server's CPU seconds per li
 
     PYTHONPATH=. .venv/bin/python bench/bench_notebook.py --only listing --listing-seconds 20
 
+Part ``manifest`` (``--only manifest``, not run by default): the same, while another process reads the
+job's manifest in a loop (``GET .../jobs/{id}/manifest``: ``job.manifest()``), a ``manifest.json`` of
+``--listing-chunks`` files (6 MB for 20,000) written beside the seeded job as a job writes it.
+
 Sources are made once in ``--work`` (default ``bench/_work/notebook``) and kept; the servers' state is new
 at each run. Timings on a shared machine are noisy: read the counts beside them.
 """
@@ -213,12 +217,13 @@ def run_jobs(meter: Meter, backend: ServerBackend, count: int) -> None:
     meter.measure(f"[{count} jobs] get_job(id)", lambda: backend.get(job_id), repeat=5)
 
 
-def seed_chunk_job(db_url: str, root_dir: Path, count: int) -> str:
+def seed_chunk_job(db_url: str, root_dir: Path, count: int, owner: str | None = None) -> str:
     """Insert a succeeded copy job of ``count`` ready chunks (a TESS sector's light curves: name, size,
-    sha256, content type) into the job database at ``db_url``, as the server would have left it; its id."""
+    sha256, content type) into the job database at ``db_url``, as the server would have left it, owned by
+    ``owner`` (default: this process's user; a hub user's server: the hub's user name); its id."""
     store = Store(db_url)
-    now, job_id = utcnow(), str(uuid.uuid4())
-    job = dict(id=job_id, owner=current_user(), root=str(root_dir.resolve()), name="sector", method="copy")
+    now, job_id, owner = utcnow(), str(uuid.uuid4()), owner or current_user()
+    job = dict(id=job_id, owner=owner, root=str(root_dir.resolve()), name="sector", method="copy")
     job |= dict(source="/archive/tess/sector-01", destination="staging/sector-01", state="succeeded")
     job |= dict(bytes_done=count * 2_039_040, bytes_total=count * 2_039_040, chunks_done=count)
     job |= dict(chunks_total=count, rows_done=0, cleanup_policy="retain", created_at=now, updated_at=now)
@@ -238,6 +243,40 @@ def seed_chunk_job(db_url: str, root_dir: Path, count: int) -> str:
     return job_id
 
 
+def seed_manifest(server: JupyterServerProcess, job_id: str, count: int) -> None:
+    """Write the ``manifest.json`` a copy of ``count`` light curves leaves in the folder of job ``job_id``
+    (:func:`seed_chunk_job`), laid out as the engine writes it: 300 bytes a file, 6 MB for 20,000."""
+    from jupyter_staging.destinations.manifest import build_manifest, manifest_bytes
+
+    objects = []
+    for i in range(count):
+        name = f"tess2018206045859-s0001-{i:016d}-0120-s_lc.fits"
+        obj = dict(
+            path=name, size=2_039_040, sha256=hashlib.sha256(f"lc {i}".encode()).hexdigest(), rows=None
+        )
+        obj |= dict(content_type="application/fits", source_item=name, mtime_ns=1_700_000_000_000_000_000 + i)
+        obj["fingerprint"] = {
+            "size": 2_039_040,
+            "mtime_ns": 1_600_000_000_000_000_000 + i,
+            "inode": 10**7 + i,
+        }
+        objects.append(obj)
+    now = utcnow()
+    manifest = build_manifest(
+        job_id=job_id,
+        name="sector",
+        source="/archive/tess/sector-01",
+        method="copy",
+        convert=None,
+        objects=objects,
+        created_at=now,
+        finished_at=now,
+    )
+    folder = server.root_dir / "staging" / "sector-01"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_bytes(manifest_bytes(manifest))
+
+
 def status_every_10ms(server: JupyterServerProcess, seconds: float) -> list[float]:
     """Milliseconds of ``GET /api/status``, one request 10 ms after the previous answer, for ``seconds``."""
     session, out = requests.Session(), []
@@ -251,20 +290,21 @@ def status_every_10ms(server: JupyterServerProcess, seconds: float) -> list[floa
 
 
 def read_listings(url: str, headers: dict[str, str], count: int, page: int, stop: Any, out: Any) -> None:
-    """Read the whole chunk list at ``url`` (``count`` chunks, in pages of ``page``, 0: one request) again
-    and again until ``stop`` is set; put the list of each listing's milliseconds on ``out``. Run in a
-    process of its own: decoding 6.8 MB of JSON holds its GIL 0.1 s, which would delay the status
-    requests timed beside it."""
+    """Read the whole chunk list at ``url`` (``count`` chunks, in pages of ``page``, 0: one request; a
+    ``.../manifest`` URL: the manifest of ``count`` objects) again and again until ``stop`` is set; put the
+    list of each listing's milliseconds on ``out``. Run in a process of its own: decoding 6.8 MB of JSON
+    holds its GIL 0.1 s, which would delay the status requests timed beside it."""
     session, times = requests.Session(), []
+    key = "objects" if url.endswith("/manifest") else "chunks"
     while not stop.is_set():
         t0, read, offset = time.perf_counter(), 0, 0
         while True:
-            params = {"offset": offset, "limit": page} if page else {}
+            params = {"offset": offset, "limit": page} if page and key == "chunks" else {}
             answer = session.get(url, headers=headers, params=params, timeout=120)
             answer.raise_for_status()
-            got = answer.json()["chunks"]
+            got = answer.json()[key]
             read += len(got)
-            if not page or read >= count or not got:
+            if key == "objects" or not page or read >= count or not got:
                 break
             offset = got[-1]["index"] + 1
         assert read == count, (read, count)
@@ -272,11 +312,14 @@ def read_listings(url: str, headers: dict[str, str], count: int, page: int, stop
     out.put(times)
 
 
-def run_listing(server: JupyterServerProcess, job_id: str, count: int, seconds: float, page: int) -> dict:
+def run_listing(
+    server: JupyterServerProcess, job_id: str, count: int, seconds: float, page: int, what: str = "chunks"
+) -> dict:
     """``/api/status`` at rest, then while another process reads job ``job_id``'s whole chunk list (in
-    pages of ``page``, 0: one request) in a loop for ``seconds``; the figures (ms) and the listings'."""
+    pages of ``page``, 0: one request; ``what="manifest"``: its manifest) in a loop for ``seconds``; the
+    figures (ms) and the listings'."""
     assert server.proc is not None
-    url = f"{server.api}jobs/{job_id}/chunks"
+    url = f"{server.api}jobs/{job_id}/{what}"
     requests.get(
         url, headers=server.headers, timeout=120
     ).raise_for_status()  # warm: the first is not counted
@@ -294,7 +337,8 @@ def run_listing(server: JupyterServerProcess, job_id: str, count: int, seconds: 
     cpu = cpu_seconds(server.proc.pid) - cpu
     figures = {"rest_ms": summary(rest), "listing_status_ms": summary(busy), "listings_ms": summary(listings)}
     rounded = {k: {m: round(v, 1) for m, v in f.items()} for k, f in figures.items()}
-    row = {"call": f"[{count} chunks] /api/status while the chunk list is read (page {page or 'all'})"}
+    read = f"the chunk list is read (page {page or 'all'})" if what == "chunks" else "the manifest is read"
+    row = {"call": f"[{count} {'chunks' if what == 'chunks' else 'files'}] /api/status while {read}"}
     row |= rounded | {"server_cpu_s_per_listing": round(cpu / max(1, len(listings)), 3)}
     row |= {"load_average_before": round(load, 2), "load_average_after": round(os.getloadavg()[0], 2)}
     print(json.dumps(row), flush=True)
@@ -309,7 +353,10 @@ def main() -> int:
     parser.add_argument("--tables", type=int, default=2000)
     parser.add_argument("--jobs", type=int, default=10000)
     parser.add_argument(
-        "--only", choices=["files", "tables", "jobs", "listing"], action="append", help="parts to run"
+        "--only",
+        choices=["files", "tables", "jobs", "listing", "manifest"],
+        action="append",
+        help="parts to run",
     )
     parser.add_argument("--listing-chunks", type=int, default=20000, help="chunks of the listed job")
     parser.add_argument(
@@ -326,7 +373,7 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     for part in args.only or ["files", "tables", "jobs"]:
         server, backend = start_server(f"server-{part}")
-        if part in ("jobs", "listing"):
+        if part in ("jobs", "listing", "manifest"):
             server.state_dir.mkdir(parents=True, exist_ok=True)
             server.root_dir.mkdir(parents=True, exist_ok=True)
             # The server makes its tables at its first start: start, stop, seed, start.
@@ -337,12 +384,15 @@ def main() -> int:
                 seed_jobs(db_url, server.root_dir, args.jobs)
             else:
                 listed = seed_chunk_job(db_url, server.root_dir, args.listing_chunks)
+                if part == "manifest":
+                    seed_manifest(server, listed, args.listing_chunks)
         server.start()
         try:
             meter = Meter(backend, server)
-            if part == "listing":
+            if part in ("listing", "manifest"):
                 n, seconds, page = args.listing_chunks, args.listing_seconds, args.listing_page
-                rows.append(run_listing(server, listed, n, seconds, page))
+                what = "chunks" if part == "listing" else "manifest"
+                rows.append(run_listing(server, listed, n, seconds, page, what))
             elif part == "files":
                 run_files(meter, backend, args.files)
             elif part == "tables":

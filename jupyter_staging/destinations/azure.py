@@ -27,7 +27,7 @@ from jupyter_staging.clouds.azure import (
     require_sdk,
 )
 from jupyter_staging.destinations.base import PublishedFile
-from jupyter_staging.destinations.manifest import MANIFEST_NAME, parse_manifest
+from jupyter_staging.destinations.manifest import MANIFEST_NAME
 from jupyter_staging.destinations.objectstore import (
     UPLOAD_CHUNKSIZE,
     UPLOAD_CONCURRENCY,
@@ -253,10 +253,9 @@ class AzureDestination(ObjectStoreDestination):
         if int(props.size) != len(body):
             raise VerificationFailed(f"upload of {self.locator(name)} could not be verified")
 
-    def read_manifest(self) -> dict[str, Any] | None:
-        """The blob ``prefix/<job_id>/manifest.json``; None when it does not exist or holds no JSON
-        object. Raises :class:`TransferFailed` (code ``destination_not_found``) when the container does not
-        exist."""
+    def read_manifest_data(self) -> bytes | None:
+        """The bytes of the blob ``prefix/<job_id>/manifest.json``; None when it does not exist. Raises
+        :class:`TransferFailed` (code ``destination_not_found``) when the container does not exist."""
         name = self.key(MANIFEST_NAME)
         with self.errors(self.locator(name), missing_ok=True) as errors:
             body = self.blob(name).download_blob().readall()
@@ -266,7 +265,7 @@ class AzureDestination(ObjectStoreDestination):
             )
         if errors.missing:
             return None
-        return parse_manifest(body)  # None for a blob overwritten with no JSON object
+        return bytes(body)
 
     # -- removing ----------------------------------------------------------------------------------
 

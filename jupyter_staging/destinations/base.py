@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from jupyter_staging.destinations.manifest import parse_manifest
 from jupyter_staging.errors import PathNotAllowed
 from jupyter_staging.safety.confined import Confined
 from jupyter_staging.safety.control import JobControl
@@ -79,9 +80,15 @@ class Destination(abc.ABC):
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Store ``manifest.json`` beside the output (call it last)."""
 
-    @abc.abstractmethod
     def read_manifest(self) -> dict[str, Any] | None:
-        """The stored manifest, or None when there is none (yet)."""
+        """The stored manifest, or None when there is none (yet) or what is stored holds no JSON object.
+        Raises as :meth:`read_manifest_data`."""
+        data = self.read_manifest_data()
+        return None if data is None else parse_manifest(data)
+
+    @abc.abstractmethod
+    def read_manifest_data(self) -> bytes | None:
+        """The bytes of the stored ``manifest.json``, or None when there is none (yet)."""
 
     @abc.abstractmethod
     def remove_chunk(self, chunk_path: str, published: PublishedFile | None = None) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from jupyter_staging.destinations.base import Destination, PublishedFile, scratch_dir
-from jupyter_staging.destinations.manifest import MANIFEST_NAME, manifest_bytes, read_manifest
+from jupyter_staging.destinations.manifest import MANIFEST_NAME, manifest_bytes, read_manifest_data
 from jupyter_staging.errors import DestinationNotWritable, PathNotAllowed
 from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.dirfd import (
@@ -102,8 +102,8 @@ class LocalDestination(Destination):
             out.discard()
             raise
 
-    def read_manifest(self) -> dict[str, Any] | None:
-        return read_manifest(self.workdir, root=self.root_dir)
+    def read_manifest_data(self) -> bytes | None:
+        return read_manifest_data(self.workdir, root=self.root_dir)
 
     def remove_chunk(self, chunk_path: str, published: PublishedFile | None = None) -> bool:
         """Delete output file ``chunk_path`` (relative to the folder) by descriptor; a symlink is removed,

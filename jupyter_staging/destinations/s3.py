@@ -34,7 +34,7 @@ from jupyter_staging.clouds.s3 import (
     shared_s3_client,
 )
 from jupyter_staging.destinations.base import PublishedFile
-from jupyter_staging.destinations.manifest import MANIFEST_NAME, parse_manifest
+from jupyter_staging.destinations.manifest import MANIFEST_NAME
 from jupyter_staging.destinations.objectstore import (
     UPLOAD_CHUNKSIZE,
     UPLOAD_CONCURRENCY,
@@ -351,15 +351,15 @@ class S3Destination(ObjectStoreDestination):
         if int(head.get("ContentLength", -1)) != len(body):
             raise VerificationFailed(f"upload of {self.locator(key)} could not be verified")
 
-    def read_manifest(self) -> dict[str, Any] | None:
-        """GetObject ``prefix/<job_id>/manifest.json``; None when it does not exist or holds no JSON
-        object."""
+    def read_manifest_data(self) -> bytes | None:
+        """GetObject ``prefix/<job_id>/manifest.json``: its bytes; None when it does not exist."""
         with self.errors(f"{self.uri}{MANIFEST_NAME}", missing_ok=True) as errors:
             response = self.client().get_object(Bucket=self.bucket, Key=self.key(MANIFEST_NAME))
         if errors.missing:
             return None
         with response["Body"] as body:
-            return parse_manifest(body.read())  # None for an object overwritten with no JSON object
+            data: bytes = body.read()
+            return data
 
     # -- removing ----------------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from jupyter_staging.engine.expansion import DEFAULT_MAX_UNPACKED_BYTES
 from jupyter_staging.engine.keptparts import drop_kept_parts
 from jupyter_staging.engine.leases import DEFAULT_HEARTBEAT_INTERVAL
 from jupyter_staging.engine.lifecycle import echo_event, log
+from jupyter_staging.engine.manifests import JobManifests
 from jupyter_staging.engine.models import (
     ChunkList,
     ChunkState,
@@ -50,7 +51,6 @@ from jupyter_staging.engine.placement import ACTIVE_STATES
 from jupyter_staging.engine.processes import SERVER, check_kind, current_user, default_key_file
 from jupyter_staging.engine.refresh import Refresh, kept_parts_job
 from jupyter_staging.engine.retention import expire_if_consumed
-from jupyter_staging.engine.steering import JobSteering
 from jupyter_staging.engine.store import ChunkRecord, JobRecord, Store
 from jupyter_staging.engine.transitions import StateChanged
 from jupyter_staging.errors import InvalidRequest, InvalidState, JobNotFound
@@ -61,7 +61,7 @@ from jupyter_staging.safety.sealed import SecretBox
 _CHUNK_INDEX = re.compile(r"0|[1-9][0-9]{0,18}")
 
 
-class StagingManager(JobSteering):
+class StagingManager(JobManifests):
     """Owns the jobs of one staging area.
 
     Parameters
@@ -441,23 +441,6 @@ class StagingManager(JobSteering):
         if chunk.state == ChunkState.expired.value:  # its file is gone: no read of it can be recorded
             raise chunk_expired(chunk.index, "its file was removed by clean-up")
         return describe_chunk(chunk)
-
-    def manifest(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
-        """The manifest of a succeeded job, or of a manifest job that failed with code ``partial`` (it
-        lists what was staged and which entries failed); for an object store it is read back from
-        ``prefix/<job_id>/manifest.json`` (GetObject).
-
-        Raises :class:`JobNotFound`, and :class:`InvalidState` (code ``manifest_not_ready``) until the job
-        has succeeded.
-        """
-        rec = self._record(job_id, owner)
-        written = rec.state == "succeeded" or (rec.state == "failed" and rec.error_code == "partial")
-        manifest = self.destination_of(rec).read_manifest() if written else None
-        if manifest is None or manifest.get("job_id") != job_id:
-            raise InvalidState(
-                f"job is {rec.state}; its manifest is written when it succeeds", code="manifest_not_ready"
-            )
-        return manifest
 
     def job_log(self, job_id: str, owner: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """The job's log lines, oldest first: ``{"time", "level", "message"}``.
