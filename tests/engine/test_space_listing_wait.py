@@ -47,9 +47,10 @@ def test_a_source_asking_to_wait_does_not_hold_up_the_post(tmp_path: Path):
 
 def test_a_busy_source_does_not_hold_up_a_reruns_freshness_check(tmp_path: Path):
     """A notebook re-run: ``POST /jobs`` of a staged URL lists it again to see whether it changed
-    (:func:`~jupyter_staging.engine.freshness.check_sources`). A source answering 503 with ``Retry-After: 20``
-    held that request for the whole wait; now it counts as not checked (as a source that cannot be reached):
-    the answer comes at once with a new job, which lists it when it runs and finds the staged file unchanged."""
+    (:func:`~jupyter_staging.engine.freshness.check_sources`). A source answering 503 with
+    ``Retry-After: 20`` held that request for the whole wait; now it counts as not checked (as a source that
+    cannot be reached): the answer comes at once with a new job, which lists it when it runs and finds the
+    staged file unchanged."""
     www = tmp_path / "www"
     www.mkdir()
     data = os.urandom(50_000)
