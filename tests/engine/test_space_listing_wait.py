@@ -15,18 +15,26 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from jupyter_staging.engine.models import CreateJob, JobState
 from tests.helpers.managers import unstarted_manager
 from tests.helpers.servers import RangeHTTPServer
 
 
-def test_a_source_asking_to_wait_does_not_hold_up_the_post(tmp_path: Path):
-    www = tmp_path / "www"
+@pytest.fixture
+def served(tmp_path: Path) -> tuple[Path, Path, bytes]:
+    """``(folder served, the manager's root, the bytes of lc.fits in the folder)``."""
+    www, root = tmp_path / "www", tmp_path / "root"
     www.mkdir()
+    root.mkdir()
     data = os.urandom(50_000)
     (www / "lc.fits").write_bytes(data)
-    root = tmp_path / "root"
-    root.mkdir()
+    return www, root, data
+
+
+def test_a_source_asking_to_wait_does_not_hold_up_the_post(tmp_path: Path, served):
+    www, root, data = served
     with RangeHTTPServer(www, fail_first_n=1) as server:
         server.retry_after = "20"  # the first answer: 503, come back in 20 s
         manager = unstarted_manager(root, tmp_path, min_free_bytes=1)
@@ -45,18 +53,13 @@ def test_a_source_asking_to_wait_does_not_hold_up_the_post(tmp_path: Path):
             manager.stop()
 
 
-def test_a_busy_source_does_not_hold_up_a_reruns_freshness_check(tmp_path: Path):
+def test_a_busy_source_does_not_hold_up_a_reruns_freshness_check(tmp_path: Path, served):
     """A notebook re-run: ``POST /jobs`` of a staged URL lists it again to see whether it changed
     (:func:`~jupyter_staging.engine.freshness.check_sources`). A source answering 503 with
     ``Retry-After: 20`` held that request for the whole wait; now it counts as not checked (as a source that
     cannot be reached): the answer comes at once with a new job, which lists it when it runs and finds the
     staged file unchanged."""
-    www = tmp_path / "www"
-    www.mkdir()
-    data = os.urandom(50_000)
-    (www / "lc.fits").write_bytes(data)
-    root = tmp_path / "root"
-    root.mkdir()
+    www, root, data = served
     with RangeHTTPServer(www) as server:
         manager = unstarted_manager(root, tmp_path)
         manager.start()

@@ -9,7 +9,6 @@ HTTP server of tests/helpers/servers.py on 127.0.0.1.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import os
 import time
@@ -26,6 +25,7 @@ from jupyter_staging.engine.streams import StreamingStager
 from jupyter_staging.errors import ChecksumMismatch
 from jupyter_staging.safety.partfile import PartFile
 from tests.helpers.data import sha256, wait_until
+from tests.helpers.descriptors import open_paths
 from tests.helpers.servers import RangeHTTPServer
 
 SIZE = 3 * STREAM_RANGE_BYTES + 12345  # 4 ranges, the last one short
@@ -429,7 +429,7 @@ def test_checksums_that_cannot_be_agreed_after_the_ranges_leave_no_descriptor_op
     manager = make_manager(root, streams=4)
     out = root / "big"  # the job's folder (its database, beside it in root, is held open by the manager)
     try:
-        before = open_below(out)
+        before = open_paths(out)
         job, _ = manager.create(CreateJob(source=server.url(big.name), destination="big"))
         done = manager.wait(job.id, timeout=120)
         assert done.state == JobState.failed and done.error is not None, done
@@ -437,22 +437,7 @@ def test_checksums_that_cannot_be_agreed_after_the_ranges_leave_no_descriptor_op
         assert "ranges on" in log_text(manager, job.id)  # fetched on parallel streams
         assert fetched == ["ranges in", "checksums asked"]
         # What the job's last steps hold a moment is let go; a descriptor leaked never is.
-        wait_until(lambda: open_below(out) == before, timeout=5, what="the job's descriptors to be closed")
+        wait_until(lambda: open_paths(out) == before, timeout=5, what="the job's descriptors to be closed")
     finally:
         manager.stop()
     assert not list(out.glob("*.part")) if out.exists() else True
-
-
-def open_below(root: Path) -> list[str]:
-    """The targets below ``root`` of this process's open descriptors (/proc/self/fd), once objects no longer
-    referenced are collected (a file object left to the collector is closed then; a raw descriptor is not)."""
-    gc.collect()
-    held = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(str(root)):
-            held.append(target)
-    return sorted(held)

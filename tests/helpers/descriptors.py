@@ -1,11 +1,14 @@
-"""This process out of file descriptors for real: its soft ``RLIMIT_NOFILE`` reached (``EMFILE`` after)."""
+"""This process's file descriptors: out of them for real (its soft ``RLIMIT_NOFILE`` reached, ``EMFILE``
+after), and which paths they hold open."""
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 
 @contextmanager
@@ -29,3 +32,18 @@ def descriptors_to_spare(spare: int = 0) -> Iterator[None]:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, saved)
+
+
+def open_paths(root: Path) -> list[str]:
+    """The paths below ``root`` this process holds open (its descriptors' targets), once objects no longer
+    referenced are collected (a file object left to the collector is closed then; a descriptor is not)."""
+    gc.collect()
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(root)):
+            held.append(target)
+    return sorted(held)

@@ -10,7 +10,6 @@ stored bytes behind S3's back, as bit rot or a faulty disk would: moto keeps the
 from __future__ import annotations
 
 import base64
-import gc
 import hashlib
 import os
 import zlib
@@ -35,6 +34,7 @@ from jupyter_staging.safety.control import JobControl
 from jupyter_staging.safety.partfile import PartFile, part_path
 from jupyter_staging.sources.s3 import S3Source
 from tests.helpers.data import KEPLER_NAME, sha256, wait_until
+from tests.helpers.descriptors import open_paths
 from tests.helpers.managers import manager_for
 from tests.helpers.servers import HOST, MotoS3Server
 
@@ -444,21 +444,6 @@ def test_a_users_md5_not_the_one_a_get_states_fails_the_job_and_leaves_no_part(b
         assert "the source states md5" in done.error.message, done.error
         assert files == []
     assert held == [open_before]
-
-
-def open_paths(root: Path) -> list[str]:
-    """The paths below ``root`` this process holds open (its descriptors' targets), once objects no longer
-    referenced are collected (a file object left to the collector is closed then; a descriptor is not)."""
-    gc.collect()
-    held = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(str(root)):
-            held.append(target)
-    return sorted(held)
 
 
 # -- Azure Content-MD5 (Azurite) ---------------------------------------------------------------------------
