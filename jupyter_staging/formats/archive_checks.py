@@ -23,7 +23,8 @@ specific ``code``:
 Members with a hidden part (``.git/config``, ``__MACOSX/._a.fits``, ``.DS_Store``) are checked as the
 others are but not extracted, as a folder copy leaves out hidden entries (:func:`hidden_member`; the job's
 log counts and names them): no job publishes a hidden name. A Zarr v2 store's metadata files (``.zarray``,
-``.zattrs``, ...) are data and are extracted.
+``.zattrs``, ...) are data and are extracted. A hidden tar member's bytes still count against the limits:
+a tar stream is read (decompressed) through them to reach the next member; a zip's are never read.
 
 Archive formats: tar members as :mod:`tarfile` reads them (POSIX.1-2001 pax, POSIX.1-1988 ustar, GNU) and
 zip members as :mod:`zipfile` reads them (PKWARE APPNOTE.TXT).
@@ -196,7 +197,8 @@ def scan_members(
 
     Stops at the first refusal, before a bomb's data is read. ``control.check()`` runs between members.
     Returns the members to extract (the archive's own root folder left out) and the names of the hidden
-    ones left out (:func:`hidden_member`: checked all the same, their sizes not counted).
+    ones left out (:func:`hidden_member`: checked all the same; the size of a hidden tar member is declared
+    too, as its bytes are read through, a hidden zip member's not).
     Raises :class:`UnsafeArchive` (``unsafe_archive_path``, ``unsafe_archive_link``,
     ``unsafe_archive_device``, ``archive_unsupported``, ``archive_too_large``, ``archive_bomb``) and
     :class:`~jupyter_staging.errors.JobInterrupted` from ``control``.
@@ -212,6 +214,8 @@ def scan_members(
             checked = _zip_member(what, member)
         if hidden_member(checked):
             hidden.append(checked.name)
+            if isinstance(member, tarfile.TarInfo):  # decompressed all the same, to reach the next member
+                budget.declare(checked.size)
             continue
         budget.declare(checked.size)
         if checked.name:

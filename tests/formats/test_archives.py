@@ -286,6 +286,30 @@ def test_exactly_max_bytes_is_allowed_one_byte_less_is_refused(dest: Path) -> No
     assert len(unpack(archive, dest, max_bytes=total)) == len(ROUND_TRIP_MEMBERS)
 
 
+def test_a_hidden_tar_member_still_counts_as_its_bytes_are_read(dest: Path) -> None:
+    """A hidden member is not extracted, but a tar stream is decompressed through it to reach the next one
+    (in the scan and again in the extraction): a 64 kB .tar.gz whose ``.git/pack`` expands to 64 MB (a
+    .tar.bz2 of 2.7 kB expanding to 2 GB held a worker 5 s, uncancellable) is a bomb like any other, and
+    over ``max_bytes``. A zip's hidden members are never read: the same in a zip is unpacked."""
+    pad = tarfile.TarInfo(".git/pack")
+    pad.size = 64 * MB
+    ok = tarfile.TarInfo("ok.txt")
+    ok.size = 3
+    tail = ok.tobuf() + b"ok\n".ljust(512, b"\0") + bytes(1024)
+    archive = dest.parent / "in" / "padded.tar.gz"
+    archive.parent.mkdir(exist_ok=True)
+    archive.write_bytes(gzip.compress(pad.tobuf()) + gz_of_zeros(pad.size) + gzip.compress(tail))
+
+    assert_refused(archive, dest, "archive_bomb")
+    assert_refused(archive, dest, "archive_too_large", max_bytes=10 * MB, max_ratio=10_000)
+
+    zipped = dest.parent / "in" / "padded.zip"
+    with zipfile.ZipFile(zipped, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(".git/pack", bytes(64 * MB))
+        zf.writestr("ok.txt", b"ok\n")
+    assert [f.name for f in unpack(zipped, dest, max_bytes=10 * MB)] == ["ok.txt"]
+
+
 # -- refusals: nothing written anywhere ---------------------------------------------------------------------
 
 TarMember = tuple[tarfile.TarInfo, bytes | None]
