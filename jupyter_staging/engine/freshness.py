@@ -153,9 +153,9 @@ def check_sources(
 
     ``prefix(entry, name)`` maps a source's item name to the job's item name (manifest entries stage into
     ``<entry>/``). A source that cannot be listed now (gone, network down, or asking to be retried later
-    than :data:`LISTING_WAIT_MAX` seconds in all) counts as changed: the new job then lists it (and reuses
-    the files it finds unchanged) or reports why. Runs at most :data:`CHECK_CONCURRENCY` listings at once;
-    returns a :class:`Freshness`.
+    than :data:`LISTING_WAIT_MAX` seconds in all) counts as changed, with no fingerprints: the new job then
+    lists it and stages all of its files again (none taken from the old output), or reports why. Runs at most
+    :data:`CHECK_CONCURRENCY` listings at once; returns a :class:`Freshness`.
     """
     before = listed_items(prev.resume or {})
     result = Freshness()
