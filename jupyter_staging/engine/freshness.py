@@ -29,11 +29,15 @@ from jupyter_staging.sources.registry import open_source
 
 #: Sources (manifest entries) whose fingerprints are read at the same time.
 CHECK_CONCURRENCY = 16
-#: Longest time (seconds) one source's listing made inside ``POST /jobs`` (this freshness check, the space
-#: check) waits between its retries in all (an HTTP 429 / 503 and its ``Retry-After``, the back-off): a
-#: source asking for more is left to the job's runner, which waits as long as the server asks (up to a
-#: minute a retry), and the request is answered at once.
+#: Longest time (seconds) the space check's listing of a source inside ``POST /jobs`` waits between its
+#: retries in all (an HTTP 429 / 503 and its ``Retry-After``, the back-off): a source asking for more is
+#: left to the job's runner, which waits as long as the server asks (up to a minute a retry), and the
+#: request is answered at once. Nothing is lost: the job is admitted with its size unknown.
 LISTING_WAIT_MAX = 3.0
+#: The same bound for a re-run's freshness check (:func:`check_sources`), seconds. Longer, since giving up
+#: costs more there: a source not checked counts as changed and every file of it is staged again, so a
+#: short busy spell (``Retry-After: 5``) is waited for, and only a longer one answers with a new job.
+FRESHNESS_WAIT_MAX = 30.0
 
 #: Query parameters of presigned URLs that change with every signing but do not name another object, by
 #: signing scheme: AWS SigV4 and Google V4 (``X-Amz-*``, ``X-Goog-*``: their names say so), Azure SAS
@@ -153,7 +157,7 @@ def check_sources(
 
     ``prefix(entry, name)`` maps a source's item name to the job's item name (manifest entries stage into
     ``<entry>/``). A source that cannot be listed now (gone, network down, or asking to be retried later
-    than :data:`LISTING_WAIT_MAX` seconds in all) counts as changed, with no fingerprints: the new job then
+    than :data:`FRESHNESS_WAIT_MAX` seconds in all) counts as changed, with no fingerprints: the new job then
     lists it and stages all of its files again (none taken from the old output), or reports why. Runs at most
     :data:`CHECK_CONCURRENCY` listings at once; returns a :class:`Freshness`.
     """
@@ -163,7 +167,7 @@ def check_sources(
     def look(entry: str | None) -> tuple[str | None, list[SourceItem] | None]:
         try:
             source = open_source(sources[entry], source_roots=source_roots)
-            with waiting_with(bounded_wait(LISTING_WAIT_MAX)):  # POST /jobs is not held for minutes
+            with waiting_with(bounded_wait(FRESHNESS_WAIT_MAX)):  # POST /jobs is not held for minutes
                 items = source.list_items()
         except Exception:  # the new job stages it again and reports the error
             return entry, None
