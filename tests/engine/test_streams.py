@@ -223,18 +223,18 @@ def test_the_prefix_hash_stops_where_its_read_failed_mid_range(tmp_path, monkeyp
     data = os.urandom(3 * 1024**2)
     part = tmp_path / "cube.fits.part"
     part.write_bytes(data)
-    real_pread, calls = os.pread, []
+    real_preadv, calls = os.preadv, []
 
-    def pread(fd, size, offset):
+    def preadv(fd, buffers, offset):
         calls.append(offset)
         if len(calls) == 3:  # the third block of the first range
             if fault == "read fails":
                 raise OSError(5, "Input/output error")
-            return b""
-        return real_pread(fd, size, offset)
+            return 0
+        return real_preadv(fd, buffers, offset)
 
     with open(part, "rb") as fh:
-        monkeypatch.setattr(ranges.os, "pread", pread)
+        monkeypatch.setattr(ranges.os, "preadv", preadv)
         hasher = PrefixHasher(fh.fileno(), second="md5")
         for start, length in byte_ranges(len(data), 1024**2):
             hasher.completed(start, length)
