@@ -19,6 +19,23 @@ from jupyter_server.extension.manager import ExtensionPackage
 from jupyter_staging.cli.model import EXTENSION, FAIL, OK, Check, DoctorSettings, first_line
 
 
+def check_settings(settings: DoctorSettings) -> Check | list[Check]:
+    """Every ``StagingApp`` setting of the config files and the command line has a value it can take; one
+    failure per setting refused (the server would serve no staging: ``staging_misconfigured``)."""
+    if not settings.refused_settings:
+        return Check("settings", OK, "every StagingApp setting given has a value it can take")
+    return [
+        Check(
+            "settings",
+            FAIL,
+            text,
+            "correct it in jupyter_server_config.py or on the command line and restart the server: until "
+            "then every staging request answers 503 staging_misconfigured",
+        )
+        for text in settings.refused_settings
+    ]
+
+
 def check_extension(settings: DoctorSettings) -> Check:
     """The extension imports, validates (``_jupyter_server_extension_points``) and is enabled."""
     name = "extension"
