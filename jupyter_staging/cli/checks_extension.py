@@ -1,4 +1,6 @@
-"""The ``extension`` check: the server extension imports and Jupyter's configuration enables it.
+"""The ``extension`` check: the server extension imports and Jupyter's configuration enables it. The
+``settings`` check: every ``StagingApp`` setting of the config files and the command line has a value it can
+take (``<text>`` is traitlets' message naming the setting and its rule, e.g. ``concurrent_items`` at least 1).
 
 The enabled server extensions are merged from the config files and their ``jupyter_server_config.d/*.json``
 exactly as ``ServerApp.find_server_extensions`` does.

@@ -21,6 +21,8 @@ from jupyter_staging.engine.executors import (
     DEFAULT_CONCURRENT_ITEMS,
     DEFAULT_RANGE_BYTES,
     DEFAULT_STREAMS_PER_FILE,
+    MAX_CONCURRENT_ITEMS,
+    MAX_STREAMS_PER_FILE,
     DaskExecutor,
 )
 from jupyter_staging.engine.leases import DEFAULT_HEARTBEAT_INTERVAL, outlasts_lock_wait
@@ -67,9 +69,9 @@ class StagingApp(ExtensionApp):
         help="""SQLAlchemy URL of the job database. Default: a SQLite file under the Jupyter data dir.""",
     ).tag(config=True)
 
-    max_concurrent_jobs = Int(4, help="""How many staging jobs run at once; others wait queued.""").tag(
-        config=True
-    )
+    max_concurrent_jobs = Int(
+        4, min=1, help="""How many staging jobs run at once (at least 1); others wait queued."""
+    ).tag(config=True)
 
     sweep_interval = Float(
         10.0,
@@ -192,10 +194,11 @@ class StagingApp(ExtensionApp):
     concurrent_items = Int(
         DEFAULT_CONCURRENT_ITEMS,
         min=1,
+        max=MAX_CONCURRENT_ITEMS,
         help="""Items (files of a folder, entries of a manifest, objects of a prefix) one job stages at once,
-        sharing its connection pools. Many small files are then limited by the storage, not by one
-        round trip after another. Entries of a manifest converted to Parquet or unpacked: at most 4 at
-        once (each takes a core and its own memory).""",
+        sharing its connection pools: a count of files, 1 to 256. Many small files are then limited by the
+        storage, not by one round trip after another. Entries of a manifest converted to Parquet or
+        unpacked: at most 4 at once (each takes a core and its own memory).""",
     ).tag(config=True)
 
     raise_open_file_limit = Bool(
@@ -209,9 +212,12 @@ class StagingApp(ExtensionApp):
     streams_per_file = Int(
         DEFAULT_STREAMS_PER_FILE,
         min=1,
+        max=MAX_STREAMS_PER_FILE,
         help="""Byte ranges of one large download (64 MiB and more, from an HTTP server that serves ranges of
         a file with a strong validator, S3 or Azure) fetched at once, each conditional on the file's
-        validator, into one file hashed and verified once at the end. 1: one stream.""",
+        validator, into one file hashed and verified once at the end: a count of connections, 1 to 32 (the
+        connections kept per host; aria2c allows 16). 1: one stream. Ranges are 32 MiB and up, at most 4
+        per stream (1 GiB on 4 streams: 16 ranges of 64 MiB).""",
     ).tag(config=True)
 
     keep_alive_while_staging = Bool(

@@ -13,6 +13,9 @@ from tests.helpers.jupyter import JupyterServerProcess
     [
         ("command line", "concurrent_items", "0"),
         ("config file", "streams_per_file", "'four'"),
+        ("command line", "streams_per_file", "33"),
+        ("command line", "concurrent_items", "10000"),
+        ("config file", "max_concurrent_jobs", "0"),
     ],
 )
 def test_a_refused_setting_turns_staging_off_naming_it(tmp_path, how, setting, value):
