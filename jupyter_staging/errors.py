@@ -293,6 +293,16 @@ class DatabaseUnavailable(StagingError):
     status = 503
 
 
+class StagingMisconfigured(StagingError):
+    """A ``StagingApp`` setting of the server's configuration (``jupyter_server_config.py``, the command line)
+    has a value it cannot use (``concurrent_items = 0``, ``streams_per_file = "four"``): the server runs, and
+    every staging request answers this (HTTP 503, the message naming the setting) until the setting is fixed
+    and the server restarted. ``jupyter staging doctor`` reports the setting and its rule."""
+
+    code = "staging_misconfigured"
+    status = 503
+
+
 def chained_errno(exc: BaseException, numbers: frozenset[int]) -> int | None:
     """The first of ``numbers`` (errno values) that ``exc`` — or an exception it was raised from or while
     handling (``__cause__`` / ``__context__``) — carries as an :class:`OSError`, by its ``errno`` or, for

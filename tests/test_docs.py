@@ -83,6 +83,11 @@ def test_configuration_lists_every_setting(site: Path) -> None:
         assert names, cls
         missing = [name for name in names if f'id="confval-{cls.__name__}.{name}"' not in html]
         assert not missing, f"{cls.__name__}: {missing}"
+    # A bounded setting states its range (a value outside is refused at start: staging_misconfigured).
+    for name, high in (("streams_per_file", 32), ("concurrent_items", 256)):
+        entry = html.split(f'id="confval-StagingApp.{name}"')[1].split('id="confval-')[0]
+        text = " ".join(re.sub(r"<[^>]+>", " ", entry).split())
+        assert f"Range: 1 to {high} ." in text, text[:600]
 
 
 def test_rest_reference_renders_every_operation_and_body(site: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 from typing import Any
 
 from docutils import nodes
@@ -53,14 +54,32 @@ def trait_default(trait: TraitType[Any, Any], computed: bool) -> str:
     return f"``{text}``"
 
 
+def trait_range(trait: TraitType[Any, Any]) -> str | None:
+    """The values a number trait takes, from its ``min`` / ``max`` (``1 to 32``, ``at least 0``), or None
+    when it has neither; a value outside is refused when the application starts."""
+    low, high = getattr(trait, "min", None), getattr(trait, "max", None)
+    low = None if low is not None and math.isinf(low) else low  # a Float's default bounds: no range
+    high = None if high is not None and math.isinf(high) else high
+    if low is not None and high is not None:
+        return f"``{low}`` to ``{high}``"
+    if low is not None:
+        return f"at least ``{low}``"
+    if high is not None:
+        return f"at most ``{high}``"
+    return None
+
+
 def trait_lines(cls: type[HasTraits], name: str, trait: TraitType[Any, Any], computed: bool) -> list[str]:
-    """reStructuredText of one ``confval`` entry."""
+    """reStructuredText of one ``confval`` entry (with its range, for a number trait bounded)."""
     lines = [
         f".. confval:: {cls.__name__}.{name}",
         f"   :type: ``{trait_type(trait)}``",
         f"   :default: {trait_default(trait, computed)}",
         "",
     ]
+    bounds = trait_range(trait)
+    if bounds:
+        lines += [f"   Range: {bounds}.", ""]
     help_text = inspect.cleandoc(trait.help) if trait.help else "(no description)"
     lines += [f"   {line}" if line else "" for line in help_text.splitlines()]
     lines.append("")

@@ -1,4 +1,6 @@
-"""The ``extension`` check: the server extension imports and Jupyter's configuration enables it.
+"""The ``extension`` check: the server extension imports and Jupyter's configuration enables it. The
+``settings`` check: every ``StagingApp`` setting of the config files and the command line has a value it can
+take (``<text>`` is traitlets' message naming the setting and its rule, e.g. ``concurrent_items`` at least 1).
 
 The enabled server extensions are merged from the config files and their ``jupyter_server_config.d/*.json``
 exactly as ``ServerApp.find_server_extensions`` does.
@@ -17,6 +19,23 @@ from jupyter_server.extension.config import ExtensionConfigManager
 from jupyter_server.extension.manager import ExtensionPackage
 
 from jupyter_staging.cli.model import EXTENSION, FAIL, OK, Check, DoctorSettings, first_line
+
+
+def check_settings(settings: DoctorSettings) -> Check | list[Check]:
+    """Every ``StagingApp`` setting of the config files and the command line has a value it can take; one
+    failure per setting refused (the server would serve no staging: ``staging_misconfigured``)."""
+    if not settings.refused_settings:
+        return Check("settings", OK, "every StagingApp setting given has a value it can take")
+    return [
+        Check(
+            "settings",
+            FAIL,
+            text,
+            "correct it in jupyter_server_config.py or on the command line and restart the server: until "
+            "then every staging request answers 503 staging_misconfigured",
+        )
+        for text in settings.refused_settings
+    ]
 
 
 def check_extension(settings: DoctorSettings) -> Check:

@@ -6,6 +6,8 @@ The doctor checks, and explains how to fix, what breaks staging on this machine:
 check                     what it does
 ========================  =====================================================================
 ``extension``             the server extension imports and is enabled in Jupyter's configuration
+``settings``              every ``StagingApp`` setting given has a value it can take (``concurrent_items``
+                          at least 1, ...); each one refused fails, naming it
 ``database``              ``StagingApp.db_url`` opens; a probe row is written and deleted. A database
                           of an older schema is a warning, left as it is (the doctor upgrades nothing);
                           one of a later release's schema is a failure naming its revision
@@ -40,7 +42,7 @@ from dataclasses import asdict
 from jupyter_staging._version import __version__
 from jupyter_staging.cli.checks_azure import check_azure
 from jupyter_staging.cli.checks_database import check_database
-from jupyter_staging.cli.checks_extension import check_extension
+from jupyter_staging.cli.checks_extension import check_extension, check_settings
 from jupyter_staging.cli.checks_folders import check_scratch_folder, check_source_roots, check_staging_folder
 from jupyter_staging.cli.checks_hub import check_hub, check_hub_service
 from jupyter_staging.cli.checks_s3 import check_s3
@@ -53,6 +55,7 @@ CheckFunction = Callable[[DoctorSettings], "Check | list[Check]"]
 #: Every check, in the order they run and are reported.
 CHECKS: tuple[CheckFunction, ...] = (
     check_extension,
+    check_settings,
     check_database,
     check_staging_folder,
     check_scratch_folder,
@@ -77,8 +80,9 @@ class Doctor:
         self.checks = checks
 
     def run(self) -> list[Check]:
-        """Every check, in a fixed order: extension, database, staging folder, scratch folder, source
-        roots, S3, Azure, hub, hub service. A check that raises unexpectedly is reported as ``fail``."""
+        """Every check, in a fixed order: extension, settings, database, staging folder, scratch folder,
+        source roots, S3, Azure, hub, hub service. A check that raises unexpectedly is reported as
+        ``fail``."""
         results: list[Check] = []
         for check in self.checks:
             name = check.__name__.removeprefix("check_").replace("_", " ")

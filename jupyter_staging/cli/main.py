@@ -12,6 +12,7 @@ which the doctor cannot see: pass ``--root-dir`` then. The checks and the report
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_core.application import JupyterApp, base_aliases, base_flags
-from traitlets import Bool, Float, Unicode
+from traitlets import Bool, Float, TraitError, Unicode
 from traitlets.config import Application, Config
 
 from jupyter_staging._version import __version__
@@ -32,7 +33,7 @@ from jupyter_staging.cli.model import (
     GIB,
     DoctorSettings,
 )
-from jupyter_staging.server.app import StagingApp, parse_source_roots
+from jupyter_staging.server.app import StagingApp, parse_source_roots, setting_name
 
 
 class DoctorApp(JupyterApp):
@@ -112,7 +113,7 @@ class DoctorApp(JupyterApp):
 
     def settings(self) -> DoctorSettings:
         """The settings to check: config files and command line merged, environment fallbacks."""
-        staging = StagingApp(config=self.config)
+        staging, refused = staging_app(self.config)
         server = self.config["ServerApp"] if "ServerApp" in self.config else Config()
         root = self.root_dir or (str(server["root_dir"]) if "root_dir" in server else "") or os.getcwd()
         extensions = server["jpserver_extensions"] if "jpserver_extensions" in server else {}
@@ -134,6 +135,7 @@ class DoctorApp(JupyterApp):
             hub_service_url=self.hub_service_url or os.environ.get(ENV_HUB_SERVICE_URL) or None,
             min_free_bytes=int(self.min_free_gib * GIB),
             timeout=self.timeout,
+            refused_settings=refused,
         )
 
     def start(self) -> None:
@@ -142,6 +144,24 @@ class DoctorApp(JupyterApp):
         print(text)
         if status:
             self.exit(status)
+
+
+def staging_app(config: Config) -> tuple[StagingApp, list[str]]:
+    """A :class:`StagingApp` of ``config`` and traitlets' message for each of its settings refused
+    (``concurrent_items = 0``), those left at their defaults so the other checks still run, where the server
+    would serve no staging at all (``staging_misconfigured``)."""
+    config = copy.deepcopy(config)
+    refused: list[str] = []
+    while True:
+        try:
+            return StagingApp(config=config), refused
+        except TraitError as exc:
+            refused.append(str(exc))
+            name = setting_name(exc)
+            section = config["StagingApp"] if "StagingApp" in config else None
+            if name is None or section is None or name not in section:  # not one we can leave out
+                return StagingApp(), refused
+            del section[name]
 
 
 class StagingCommand(JupyterApp):

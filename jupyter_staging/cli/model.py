@@ -63,6 +63,8 @@ class DoctorSettings:
     min_free_bytes: int = GIB
     scratch_dir: str = ""
     timeout: float = 10.0
+    #: traitlets' message for each ``StagingApp`` setting refused (left out of the settings above).
+    refused_settings: list[str] = field(default_factory=list)
 
 
 def first_line(exc: BaseException) -> str:

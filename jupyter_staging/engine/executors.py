@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 DEFAULT_CONCURRENT_ITEMS = 8
 #: Streams of one large download by default (``StagingApp.streams_per_file``; 1: one stream).
 DEFAULT_STREAMS_PER_FILE = 4
+#: Most items of one job at once ``StagingApp.concurrent_items`` takes: 256 threads and, for remote items,
+#: as many connections to one host (every one past the 32 kept per host opened and dropped per request).
+MAX_CONCURRENT_ITEMS = 256
+#: Most streams of one download ``StagingApp.streams_per_file`` takes: the connections kept per host
+#: (``clouds.http_client.POOL_PER_HOST``); more would open and drop a connection per range.
+MAX_STREAMS_PER_FILE = 32
 
 
 class Executor(abc.ABC):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,12 +21,14 @@ from jupyter_staging.engine.executors import (
     DEFAULT_CONCURRENT_ITEMS,
     DEFAULT_RANGE_BYTES,
     DEFAULT_STREAMS_PER_FILE,
+    MAX_CONCURRENT_ITEMS,
+    MAX_STREAMS_PER_FILE,
     DaskExecutor,
 )
 from jupyter_staging.engine.leases import DEFAULT_HEARTBEAT_INTERVAL, outlasts_lock_wait
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import JobState
-from jupyter_staging.errors import DatabaseTooNew, DatabaseUnavailable, StagingError
+from jupyter_staging.errors import DatabaseTooNew, DatabaseUnavailable, StagingError, StagingMisconfigured
 from jupyter_staging.server.handlers import default_handlers
 from jupyter_staging.server.keepalive import KeepAlive
 
@@ -66,9 +69,9 @@ class StagingApp(ExtensionApp):
         help="""SQLAlchemy URL of the job database. Default: a SQLite file under the Jupyter data dir.""",
     ).tag(config=True)
 
-    max_concurrent_jobs = Int(4, help="""How many staging jobs run at once; others wait queued.""").tag(
-        config=True
-    )
+    max_concurrent_jobs = Int(
+        4, min=1, help="""How many staging jobs run at once (at least 1); others wait queued."""
+    ).tag(config=True)
 
     sweep_interval = Float(
         10.0,
@@ -191,10 +194,11 @@ class StagingApp(ExtensionApp):
     concurrent_items = Int(
         DEFAULT_CONCURRENT_ITEMS,
         min=1,
+        max=MAX_CONCURRENT_ITEMS,
         help="""Items (files of a folder, entries of a manifest, objects of a prefix) one job stages at once,
-        sharing its connection pools. Many small files are then limited by the storage, not by one
-        round trip after another. Entries of a manifest converted to Parquet or unpacked: at most 4 at
-        once (each takes a core and its own memory).""",
+        sharing its connection pools: a count of files, 1 to 256. Many small files are then limited by the
+        storage, not by one round trip after another. Entries of a manifest converted to Parquet or
+        unpacked: at most 4 at once (each takes a core and its own memory).""",
     ).tag(config=True)
 
     raise_open_file_limit = Bool(
@@ -208,9 +212,12 @@ class StagingApp(ExtensionApp):
     streams_per_file = Int(
         DEFAULT_STREAMS_PER_FILE,
         min=1,
+        max=MAX_STREAMS_PER_FILE,
         help="""Byte ranges of one large download (64 MiB and more, from an HTTP server that serves ranges of
         a file with a strong validator, S3 or Azure) fetched at once, each conditional on the file's
-        validator, into one file hashed and verified once at the end. 1: one stream.""",
+        validator, into one file hashed and verified once at the end: a count of connections, 1 to 32 (the
+        connections kept per host; aria2c allows 16). 1: one stream. Ranges are 32 MiB and up, at most 4
+        per stream (1 GiB on 4 streams: 16 ranges of 64 MiB).""",
     ).tag(config=True)
 
     keep_alive_while_staging = Bool(
@@ -261,8 +268,27 @@ class StagingApp(ExtensionApp):
 
     _exported: dict[str, str] = {}  # noqa: RUF012 - replaced per instance in _export_env
 
+    #: The setting jupyter_server could not apply when it linked this extension (None: all applied).
+    _config_error: TraitError | None = None
+
+    def _link_jupyter_server_extension(self, serverapp) -> None:  # type: ignore[no-untyped-def]
+        """Apply this extension's settings; a value a setting refuses (``concurrent_items = 0``) is kept
+        as :attr:`_config_error`, so staging is then off with ``staging_misconfigured`` naming the setting,
+        not left half-configured (jupyter_server would log the traceback and load the extension anyway,
+        whose job database then read as unreachable)."""
+        try:
+            super()._link_jupyter_server_extension(serverapp)
+        except TraitError as exc:
+            self._config_error = exc
+            self.serverapp = serverapp
+            self._linked = True
+
     def initialize_settings(self) -> None:
         assert self.serverapp is not None
+        if self._config_error is not None:
+            self.log.error("jupyter_staging: a setting was refused: %s", self._config_error)
+            self._staging_off(misconfigured(self._config_error))
+            return
         root_dir = Path(os.path.expanduser(self.serverapp.root_dir)).resolve()
         try:
             self.manager = self._make_manager(root_dir)
@@ -443,6 +469,26 @@ def _split_roots(text: str) -> list[str]:
     if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
         raise ValueError(f"{text!r} must list folders as text, e.g. ['/archive', '/data']")
     return [item.strip() for item in items]
+
+
+def setting_name(exc: TraitError) -> str | None:
+    """The ``StagingApp`` setting a :class:`~traitlets.TraitError` of traitlets or of this module's validators
+    names (``"concurrent_items"``), or None when its message names none."""
+    text = str(exc)
+    found = re.search(r"'(\w+)' trait of a StagingApp\b", text) or re.search(r"\bStagingApp\.(\w+)", text)
+    return found.group(1) if found else None
+
+
+def misconfigured(exc: TraitError) -> StagingMisconfigured:
+    """The error every staging request answers while a setting is refused: it names the setting and where
+    to fix it, never its value (which may hold a secret); the server's log has traitlets' whole message."""
+    name = setting_name(exc)
+    what = f"the setting StagingApp.{name}" if name else "a StagingApp setting"
+    return StagingMisconfigured(
+        f"{what} has a value it cannot take, so staging is off (the server's log says why; "
+        "`jupyter staging doctor` checks it): fix it in jupyter_server_config.py or on the command line "
+        "and restart the server"
+    )
 
 
 def _safe_url(url: str) -> str:

@@ -55,9 +55,9 @@ class StagingAPIHandler(JSONHandlerMixin, APIHandler):
 
     @property
     def manager(self) -> StagingManager:
-        """The server's manager. Raises :class:`StagingHTTPError` (503 ``database_newer_than_code`` or
-        ``database_unavailable``) when the server started without one: its job database was upgraded by a
-        later release, or could not be opened."""
+        """The server's manager. Raises :class:`StagingHTTPError` (503 ``database_newer_than_code``,
+        ``database_unavailable`` or ``staging_misconfigured``) when the server started without one: its job
+        database was upgraded by a later release or could not be opened, or a setting was refused."""
         unavailable = self.settings.get("staging_unavailable")
         if unavailable is not None:
             raise StagingHTTPError.from_error(unavailable)

@@ -173,6 +173,27 @@ def test_command_line_overrides_the_config_files(setup, tmp_path):
     assert not setup.db.exists()
 
 
+def test_a_refused_setting_fails_its_check_by_name_and_the_other_checks_still_run(setup):
+    """A value the server refuses (from a config file and from the command line) is a failed ``settings``
+    check naming the setting, not a traceback; the database configured beside it is still checked."""
+    setup.server_config["StagingApp"]["concurrent_items"] = 0
+
+    status, report = setup.run_json("--StagingApp.streams_per_file=four")
+
+    assert status == 1, report
+    refused = checks_by_name(report)["settings"]
+    assert [c["status"] for c in refused] == ["fail", "fail"]
+    assert any("'concurrent_items'" in c["message"] for c in refused)
+    assert any("'streams_per_file'" in c["message"] for c in refused)
+    assert all("staging_misconfigured" in c["fix"] for c in refused)
+    assert only(report, "database")["status"] == "ok" and str(setup.db) in only(report, "database")["message"]
+
+    del setup.server_config["StagingApp"]["concurrent_items"]
+    status, report = setup.run_json()
+    assert status == 0, report
+    assert only(report, "settings")["status"] == "ok"
+
+
 def test_jupyter_staging_doctor_through_jupyters_subcommand_dispatch(setup):
     """``jupyter staging doctor`` finds the ``jupyter-staging`` script next to ``jupyter``."""
     bindir = Path(sys.executable).parent

@@ -1,0 +1,44 @@
+"""A server whose ``StagingApp`` settings hold a value a setting refuses: it runs, and staging answers 503
+``staging_misconfigured`` naming the setting (not its value), instead of a database said to be unreachable."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers.jupyter import JupyterServerProcess
+
+
+@pytest.mark.parametrize(
+    ("how", "setting", "value"),
+    [
+        ("command line", "concurrent_items", "0"),
+        ("config file", "streams_per_file", "'four'"),
+        ("command line", "streams_per_file", "33"),
+        ("command line", "concurrent_items", "10000"),
+        ("config file", "max_concurrent_jobs", "0"),
+    ],
+)
+def test_a_refused_setting_turns_staging_off_naming_it(tmp_path, how, setting, value):
+    state = tmp_path / "state"
+    args: list[str] = []
+    if how == "config file":
+        (state / "config").mkdir(parents=True)
+        (state / "config" / "jupyter_server_config.py").write_text(f"c.StagingApp.{setting} = {value}\n")
+    else:
+        args = [f"--StagingApp.{setting}={value}"]
+    server = JupyterServerProcess(tmp_path / "root", state, extra_args=args)
+    server.start()
+    try:
+        answer = server.request("GET", "jobs")
+        assert answer.status_code == 503, answer.text
+        body = answer.json()
+        assert body["code"] == "staging_misconfigured"
+        assert f"StagingApp.{setting}" in body["message"]
+        assert "four" not in body["message"] and "Traceback" not in answer.text
+        created = server.request("POST", "jobs", json={"source": str(tmp_path), "destination": "x"})
+        assert created.status_code == 503 and created.json()["code"] == "staging_misconfigured"
+        assert not (tmp_path / "root" / "x").exists()
+    finally:
+        server.stop()
+    log = server.log_path.read_text()
+    assert f"'{setting}'" in log and "could not be opened" not in log
