@@ -1,4 +1,5 @@
-"""Run the three benchmarks with modest sizes (about 10 minutes on a 2-core machine) and print a summary.
+"""Run the benchmarks (copy, convert, peak RSS, scale, responsiveness; with flags also Dask and streams)
+with modest sizes (about 10 minutes on a 2-core machine) and print a summary.
 
 Each benchmark runs in its own ``python`` process (so one's memory does not colour the next) and hands
 its figures back as JSON. The goals are printed next to the figures; nothing fails on a ratio (a
@@ -350,7 +351,7 @@ def print_rows(rows: list[Row]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--full", action="store_true", help="the issue's sizes (about 30 minutes)")
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the scripts run (~1 minute)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the scripts run (~2 minutes)")
     ap.add_argument("--scale", action="store_true", help="only bench_scale: 200, 2,000 and 20,000 files")
     ap.add_argument("--dask", action="store_true", help="also bench_dask: jobs on a Dask LocalCluster")
     ap.add_argument("--streams", action="store_true", help="also bench_streams: parallel downloads")
