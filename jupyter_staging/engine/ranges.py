@@ -2,7 +2,7 @@
 the server's threads (:class:`~jupyter_staging.engine.streams.StreamingStager`) and Dask tasks
 (:mod:`jupyter_staging.engine.tasks`) share.
 
-A file is cut into ranges of :func:`range_step` bytes (32 MiB and up, four per stream at most), fetched
+A file is cut into ranges of :func:`range_step` bytes (32 to 256 MiB, four per stream at most), fetched
 ``streams`` at a time (``Source.fetch_range``: each conditional on the item's version, ``If-Range`` /
 ``IfMatch``, so two versions are never spliced) and written at their own offsets of one pre-sized part file.
 :class:`PrefixHasher` hashes the file from its first byte while the ranges arrive (sha256, and MD5 when the
@@ -34,17 +34,22 @@ STREAM_RANGE_BYTES = 32 * 1024**2
 #: Ranges per stream at most: larger files get larger ranges (an endpoint slow per request, such as an
 #: object store that reads the whole object for each ranged GET, is asked few times).
 RANGES_PER_STREAM = 4
+#: Most bytes of one range. A range is recorded done only once it is whole: a pause, a cancel or a crash
+#: fetches the ranges in flight again from their first byte, so at most ``streams`` x this many bytes
+#: (1 GiB on 4 streams) are fetched twice. Without it, 100 GiB on 4 streams were ranges of 6.4 GB each.
+MAX_RANGE_BYTES = 256 * 1024**2
 #: Smallest file (bytes) fetched on parallel streams.
 STREAM_MIN_BYTES = 64 * 1024**2
 
 
 def range_step(size: int, streams: int) -> int:
     """Bytes per range for a file of ``size`` bytes on ``streams`` streams: at least
-    :data:`STREAM_RANGE_BYTES`, and at most :data:`RANGES_PER_STREAM` ranges per stream (in whole MiB).
-    Several ranges per stream let them finish roughly in order, so the prefix hash keeps up."""
+    :data:`STREAM_RANGE_BYTES`, at most :data:`RANGES_PER_STREAM` ranges per stream (in whole MiB) while
+    that keeps ranges within :data:`MAX_RANGE_BYTES` (1 GiB on 4 streams: 16 ranges of 64 MiB; 100 GiB: 400
+    of 256 MiB). Several ranges per stream let them finish roughly in order, so the prefix hash keeps up."""
     mib = 1024**2
     wanted = -(-size // (streams * RANGES_PER_STREAM))
-    return max(STREAM_RANGE_BYTES, -(-wanted // mib) * mib)
+    return min(MAX_RANGE_BYTES, max(STREAM_RANGE_BYTES, -(-wanted // mib) * mib))
 
 
 def byte_ranges(size: int, step: int, done: set[int] | None = None) -> list[tuple[int, int]]:

@@ -216,8 +216,9 @@ class StagingApp(ExtensionApp):
         help="""Byte ranges of one large download (64 MiB and more, from an HTTP server that serves ranges of
         a file with a strong validator, S3 or Azure) fetched at once, each conditional on the file's
         validator, into one file hashed and verified once at the end: a count of connections, 1 to 32 (the
-        connections kept per host; aria2c allows 16). 1: one stream. Ranges are 32 MiB and up, at most 4
-        per stream (1 GiB on 4 streams: 16 ranges of 64 MiB).""",
+        connections kept per host; aria2c allows 16). 1: one stream. Ranges are 32 to 256 MiB, at most 4
+        per stream (1 GiB on 4 streams: 16 ranges of 64 MiB); a pause or a restart fetches the ranges in
+        flight again.""",
     ).tag(config=True)
 
     keep_alive_while_staging = Bool(

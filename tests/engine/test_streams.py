@@ -20,7 +20,13 @@ import pytest
 from jupyter_staging.engine import ranges
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import CreateJob, JobState
-from jupyter_staging.engine.ranges import STREAM_RANGE_BYTES, PrefixHasher, byte_ranges
+from jupyter_staging.engine.ranges import (
+    MAX_RANGE_BYTES,
+    STREAM_RANGE_BYTES,
+    PrefixHasher,
+    byte_ranges,
+    range_step,
+)
 from jupyter_staging.engine.streams import StreamingStager
 from jupyter_staging.errors import ChecksumMismatch
 from jupyter_staging.safety.partfile import PartFile
@@ -441,3 +447,17 @@ def test_checksums_that_cannot_be_agreed_after_the_ranges_leave_no_descriptor_op
     finally:
         manager.stop()
     assert not list(out.glob("*.part")) if out.exists() else True
+
+
+def test_ranges_are_few_for_a_gigabyte_and_bounded_for_a_hundred():
+    """Ranges grow with the file (an endpoint slow per request is asked few times) up to 256 MiB: a pause,
+    a cancel or a crash fetches the ranges in flight again from their first byte, so at most 1 GiB on 4
+    streams is fetched twice (100 GiB on 4 streams were 16 ranges of 6.4 GB)."""
+    gib = 1024**3
+    assert range_step(10 * 1024**2, 4) == STREAM_RANGE_BYTES
+    assert len(byte_ranges(gib, range_step(gib, 4))) == 16  # 64 MiB each
+    assert range_step(4 * gib, 4) == MAX_RANGE_BYTES == 256 * 1024**2
+    step = range_step(100 * gib, 4)
+    assert step == MAX_RANGE_BYTES
+    spans = byte_ranges(100 * gib, step)
+    assert len(spans) == 400 and sum(length for _, length in spans) == 100 * gib
