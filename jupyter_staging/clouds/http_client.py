@@ -27,6 +27,8 @@ from requests.adapters import HTTPAdapter
 from urllib3 import PoolManager
 from urllib3.util.retry import Retry
 
+from jupyter_staging.clouds.http import describe_error
+
 USER_AGENT = "jupyter-staging"
 #: Longest back-off (seconds) between two retries of one request.
 RETRY_BACKOFF_MAX = 8.0
@@ -36,17 +38,21 @@ RETRY_AFTER_MAX = 60
 
 #: How the retries of a session made in this context wait (:func:`waiting_with`); None: ``time.sleep``.
 _RETRY_WAIT: ContextVar[Callable[[float], None] | None] = ContextVar("staging_retry_wait", default=None)
+#: What a session made in this context is told of each retry (:func:`waiting_with`); None: nothing.
+_RETRY_NOTE: ContextVar[Callable[[str], None] | None] = ContextVar("staging_retry_note", default=None)
 
 
 @contextmanager
-def waiting_with(wait: Callable[[float], None]) -> Iterator[None]:
+def waiting_with(wait: Callable[[float], None], note: Callable[[str], None] | None = None) -> Iterator[None]:
     """Sessions made by :func:`retrying_session` in this block (this thread) wait between retries with
     ``wait(seconds)``: a job's :meth:`~jupyter_staging.safety.control.JobControl.wait`, which ends early and
-    raises :class:`~jupyter_staging.errors.JobInterrupted` at a pause or cancel."""
-    token = _RETRY_WAIT.set(wait)
+    raises :class:`~jupyter_staging.errors.JobInterrupted` at a pause or cancel; ``note(line)`` is told each
+    retry and why (a line for the job's log)."""
+    token, note_token = _RETRY_WAIT.set(wait), _RETRY_NOTE.set(note)
     try:
         yield
     finally:
+        _RETRY_NOTE.reset(note_token)
         _RETRY_WAIT.reset(token)
 
 
@@ -74,12 +80,20 @@ class _Retry(Retry):
     """urllib3's ``Retry`` waiting with ``wait(seconds)`` (kept by :meth:`new`, which makes the ``Retry`` of
     every next attempt) instead of an uninterruptible ``time.sleep``."""
 
-    def __init__(self, *args: Any, wait: Callable[[float], None] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        wait: Callable[[float], None] | None = None,
+        note: Callable[[str], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.wait = wait or time.sleep
+        self.note = note
 
     def new(self, **kw: Any) -> _Retry:
         kw.setdefault("wait", self.wait)
+        kw.setdefault("note", self.note)
         return super().new(**kw)  # type: ignore[return-value]
 
     def sleep(self, response: Any = None) -> None:
@@ -88,8 +102,23 @@ class _Retry(Retry):
         seconds = self.get_retry_after(response) if self.respect_retry_after_header and response else None
         if not seconds:
             seconds = self.get_backoff_time()
+        if self.note is not None:
+            self.note(self._retry_line(seconds))
         if seconds > 0:
             self.wait(seconds)
+
+    def _retry_line(self, seconds: float) -> str:
+        """``"no answer from the server (connection refused): trying again in 2 s (retry 3 of 5)"``: the
+        last attempt's error (secret-free, :func:`~jupyter_staging.clouds.http.describe_error`) or status."""
+        last = self.history[-1] if self.history else None
+        if last is not None and last.error is not None:
+            what = f"no answer from the server ({describe_error(last.error)})"
+        else:
+            what = f"the server answered HTTP {last.status if last is not None else '?'}"
+        done = len(self.history)
+        total = done + (self.total if isinstance(self.total, int) else 0)
+        when = f"in {seconds:g} s" if seconds > 0 else "now"
+        return f"{what}: trying again {when} (retry {done} of {total})"
 
 
 #: ``Content-Range: bytes <first>-<last>/<complete length or *>``.
@@ -158,7 +187,15 @@ class SharedPoolAdapter(HTTPAdapter):
         """Keep the shared connections: they live as long as the process."""
 
 
-def retrying_session(wait: Callable[[float], None] | None = None) -> requests.Session:
+def retry_note(control: Any, name: str) -> Callable[[str], None]:
+    """A ``note`` for :func:`retrying_session`: each retry of file ``name`` a warning in the job's log of
+    ``control`` (a :class:`~jupyter_staging.safety.control.JobControl`)."""
+    return lambda line: control.log("warning", f"{name}: {line}")
+
+
+def retrying_session(
+    wait: Callable[[float], None] | None = None, note: Callable[[str], None] | None = None
+) -> requests.Session:
     """A :class:`requests.Session` that retries connection errors and 429/5xx answers to GET/HEAD, on the
     process's shared connections (:class:`SharedPoolAdapter`).
 
@@ -167,7 +204,8 @@ def retrying_session(wait: Callable[[float], None] | None = None) -> requests.Se
     returned (not raised), so callers map its status themselves. Waits between retries are
     ``wait(seconds)`` (a job's ``control.wait``: a pause or cancel ends them, raising
     :class:`~jupyter_staging.errors.JobInterrupted` from the request), else the one of the enclosing
-    :func:`waiting_with`, else ``time.sleep``. A new session per listing or fetch keeps cookies and
+    :func:`waiting_with`, else ``time.sleep``; each retry is told to ``note(line)`` (else the enclosing
+    :func:`waiting_with`'s), a line for the job's log. A new session per listing or fetch keeps cookies and
     redirects to that request's chain; closing it closes no connection.
     """
     retry = _Retry(
@@ -179,6 +217,7 @@ def retrying_session(wait: Callable[[float], None] | None = None) -> requests.Se
         backoff_max=RETRY_BACKOFF_MAX,
         retry_after_max=RETRY_AFTER_MAX,
         wait=wait or _RETRY_WAIT.get(),
+        note=note or _RETRY_NOTE.get(),
     )
     session = requests.Session()
     adapter = SharedPoolAdapter(retry)

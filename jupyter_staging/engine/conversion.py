@@ -12,6 +12,7 @@ its chunk is counted (``progress.output_bytes``).
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterator
@@ -39,10 +40,13 @@ from jupyter_staging.errors import (
 )
 from jupyter_staging.formats.convert import convert_to_parquet
 from jupyter_staging.formats.detect import detect_format, table_problem
+from jupyter_staging.formats.fits import images_left_out
 from jupyter_staging.safety.control import DelegatingControl, JobControl
 from jupyter_staging.sources.base import Source, SourceItem
 
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
+#: FITS files of a job whose image data left out of its Parquet output the log names (one line each).
+IMAGES_NOTED_MAX = 3
 
 
 class CountedControl(DelegatingControl):
@@ -113,6 +117,27 @@ class ConvertingStager(PipelinedStager, TableFolders, DeadParts):
         if bytes_before is not None and self.live.bytes_done == bytes_before:
             self.control.add_bytes(item.size or 0)
         self._converted(item, out_rel, self.dest.workdir / out_rel, downloaded)
+        if fmt == "fits":
+            self._log_images_left_out(item.name, local, opts.get("hdu"))
+
+    def _log_images_left_out(self, name: str, local: Path, hdu: int | str | None) -> None:
+        """Say in the job's log which image data of FITS file ``name`` (read at ``local``) its Parquet output,
+        which holds table ``hdu`` only, leaves out: a user finds no image in the folder, and learns why."""
+        left_out = images_left_out(local, hdu)
+        if not left_out:
+            return
+        # One line for each of the first files, then one for the rest: a folder of 20,000 light curves (each
+        # with its aperture image) must not bury the log.
+        said = next(self.__dict__.setdefault("_images_noted", itertools.count()))
+        table, images = left_out
+        if said < IMAGES_NOTED_MAX:
+            self.control.log(
+                "warning",
+                f"{name}: only its table ({table}) was converted; its image data ({'; '.join(images)}) is not"
+                " in the output: stage the file without --to-parquet to keep it",
+            )
+        elif said == IMAGES_NOTED_MAX:
+            self.control.log("warning", "more FITS files of this job had image data left out (not listed)")
 
     def _convert_file(
         self,

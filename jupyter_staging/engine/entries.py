@@ -156,7 +156,7 @@ class ManifestStager(ExpandingStager):
         """``source.list_items()``, a pause or cancel ending a wait between retries (:func:`waiting_with`);
         objects below a prefix it left out are a warning in the job's log (:func:`skipped_notice`; the
         manifest ``entry`` named)."""
-        with waiting_with(self.control.wait):
+        with waiting_with(self.control.wait, lambda line: self._log("warning", line)):
             items = source.list_items()
         for level, text in skipped_notice(source):
             self._log(level, text if entry is None else f"entry {entry}: {text}")

@@ -23,7 +23,7 @@ from jupyter_staging.formats.compression import compression_of
 from jupyter_staging.formats.fits_time import mission_time_yaml
 from jupyter_staging.formats.metadata import base_meta, fits_column_meta, fits_header_text, with_metadata
 
-__all__ = ["FITS_SLICE_BYTES", "FitsSource", "is_table_hdu", "select_fits_hdu"]
+__all__ = ["FITS_SLICE_BYTES", "FitsSource", "images_left_out", "is_table_hdu", "select_fits_hdu"]
 
 #: Raw FITS table bytes read per batch (a slice of whole rows, at most ``chunk_rows`` of them).
 FITS_SLICE_BYTES = 16 * 1024 * 1024
@@ -84,6 +84,35 @@ def _named_hdu(hdul: Any, count: int, hdu: int | str, name: str) -> int:
         names = ", ".join(repr(hdul[i].name) for i in range(count))
         raise ConversionFailed(f"{name}: no HDU named {hdu!r} (names: {names})")
     return matches[0]
+
+
+#: numpy names of the FITS ``BITPIX`` values (FITS Standard 4.0 §4.4.1.1, Table 8).
+_BITPIX_TYPES = {8: "uint8", 16: "int16", 32: "int32", 64: "int64", -32: "float32", -64: "float64"}
+
+
+def images_left_out(path: Path, hdu: int | str | None) -> tuple[str, list[str]] | None:
+    """What converting table ``hdu`` (as :func:`select_fits_hdu` takes it) of FITS file ``path`` leaves out:
+    ``("HDU 1 er.mask", ["HDU 0 PRIMARY, 891 x 893 int16"])``, the table converted and each image HDU holding
+    data (sizes in pixels, NAXIS1 first); None when the file holds no image data or cannot be read. Reads
+    the headers only."""
+    from astropy.io import fits
+
+    try:
+        with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
+            index = select_fits_hdu(hdul, hdu, path.name)
+            images = []
+            for i, item in enumerate(hdul):
+                header = item.header
+                sizes = [int(header.get(f"NAXIS{n}", 0)) for n in range(1, int(header.get("NAXIS", 0)) + 1)]
+                if is_table_hdu(item) or not isinstance(item, fits.PrimaryHDU | fits.ImageHDU) or 0 in sizes:
+                    continue
+                if sizes:
+                    kind = _BITPIX_TYPES.get(int(header.get("BITPIX", 0)), f"BITPIX {header.get('BITPIX')}")
+                    images.append(f"HDU {i} {item.name}, {' x '.join(map(str, sizes))} {kind}")
+            table = f"HDU {index} {hdul[index].name}"
+    except Exception:  # a damaged file converted all the same: nothing to say about its images
+        return None
+    return (table, images) if images else None
 
 
 def select_fits_hdu(hdul: Any, hdu: int | str | None, name: str) -> int:

@@ -22,7 +22,7 @@ from jupyter_staging.engine.models import IfExists
 from jupyter_staging.errors import InvalidRequest
 from jupyter_staging.kernel.backends import Backend, LocalBackend, ServerBackend, server_base_url
 from jupyter_staging.kernel.discovery import ENV_CERT, ENV_URL, discover
-from jupyter_staging.kernel.frontend import has_widget_frontend, in_ipython
+from jupyter_staging.kernel.frontend import has_widget_frontend, in_ipython, shown_live
 from jupyter_staging.kernel.job import Job, JobList
 from jupyter_staging.kernel.paths import is_url, local_source, to_root_relative
 
@@ -317,6 +317,7 @@ def _display(job: Job) -> None:
     from jupyter_staging.kernel.widgets import display_job
 
     display_job(job)
+    shown_live(job)  # so the cell's result does not show the job again, as it was when submitted
 
 
 def list_jobs(state: str | None = None, limit: int = 100) -> JobList:

@@ -51,6 +51,9 @@ class JobSummary(Protocol):
     def state(self) -> str: ...
 
     @property
+    def up_to_date(self) -> bool: ...
+
+    @property
     def error(self) -> dict[str, str] | None: ...
 
     @property
@@ -141,13 +144,14 @@ def progress_text(job: dict[str, Any]) -> str:
 
 def jobs_table_html(jobs: Iterable[JobSummary], *, with_id: bool = False) -> str:
     """An HTML ``<table class="jupyter-staging-jobs">``: one row per job (id, name, state with the error
-    of a failed job, progress with where a running job's tasks are, destination), every value escaped."""
+    of a failed job or "up to date" of a request answered by earlier output, progress with where a running
+    job's tasks are, destination), every value escaped."""
     head = "".join(
         f"<th>{h}</th>" for h in (["id"] if with_id else []) + ["name", "state", "progress", "destination"]
     )
     rows = []
     for job in jobs:
-        state = html.escape(job.state)
+        state = html.escape(f"{job.state}, up to date" if job.up_to_date else job.state)
         if job.error:
             code, message = job.error.get("code", ""), job.error.get("message", "")
             state += f"<br><small>{html.escape(code)}: {html.escape(message)}</small>"

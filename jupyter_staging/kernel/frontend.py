@@ -5,9 +5,13 @@ renders widgets. Importing this module imports neither IPython nor ipywidgets.
 from __future__ import annotations
 
 import sys
+import weakref
 from typing import Any
 
-__all__ = ["has_widget_frontend", "in_ipython"]
+__all__ = ["has_widget_frontend", "in_ipython", "shown_live"]
+
+#: The objects a live widget shows in the cell now running, each with that cell's execution count.
+_LIVE: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
 def in_ipython() -> bool:
@@ -26,3 +30,35 @@ def _shell() -> Any:
     is looked up in ``sys.modules`` rather than imported."""
     ipython = sys.modules.get("IPython")
     return ipython.get_ipython() if ipython is not None else None
+
+
+def shown_live(obj: Any) -> None:
+    """Record that a live widget of ``obj`` (a job) is in the output of the cell now running, so that the
+    cell's result does not show ``obj`` again: ``%stage URL`` on its own line (or ``job`` as the cell's last
+    line) would add a table of the job as it was when submitted, "queued" for good under a widget that says
+    "succeeded". Shown in a later cell, ``obj`` is a table of the job as it is then, as before. Outside
+    IPython this does nothing."""
+    shell = _shell()
+    if shell is None:
+        return
+    _LIVE[obj] = shell.execution_count
+    printers = shell.display_formatter.ipython_display_formatter
+    if type(obj) in printers.type_printers:
+        return
+    printers.for_type(type(obj), _display_unless_live)
+
+    def forget(*_: Any) -> None:  # after the cell: the type is displayed its own way again
+        printers.type_printers.pop(type(obj), None)
+        shell.events.unregister("post_run_cell", forget)
+
+    shell.events.register("post_run_cell", forget)
+
+
+def _display_unless_live(obj: Any) -> None:
+    """Show ``obj`` as its own ``_repr_html_`` and ``repr`` do, unless a live widget of it is in this cell."""
+    shell = _shell()
+    if shell is not None and _LIVE.get(obj) == shell.execution_count:
+        return
+    from IPython.display import display  # IPython runs: a shell called this
+
+    display({"text/plain": repr(obj), "text/html": obj._repr_html_()}, raw=True)

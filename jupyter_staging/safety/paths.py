@@ -236,7 +236,9 @@ def _resolve_confined(raw: Path, path: str, roots: Sequence[str | os.PathLike[st
     if roots:
         allowed = [Path(r).resolve() for r in roots]
         if not any(_is_within(resolved, r) for r in allowed):
-            raise PathNotAllowed(f"source {path!r} is outside the allowed source roots")
+            # Named (the first three), so a user learns where sources may be: shared storage, not a secret.
+            named = ", ".join(os.fspath(r) for r in roots[:3]) + (", ..." if len(roots) > 3 else "")
+            raise PathNotAllowed(f"source {path!r} is outside the allowed source roots: {named}")
     if not resolved.exists():
         raise SourceNotFound(f"source {path!r} does not exist")
     if not (resolved.is_file() or resolved.is_dir()):  # a FIFO would block a reader, a device never end

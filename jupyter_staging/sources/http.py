@@ -44,6 +44,7 @@ from jupyter_staging.clouds.http_client import (
     filename_from_url,
     int_header,
     presigned_expiry,
+    retry_note,
     retrying_session,
     total_from_content_range,
     validator_of,
@@ -243,7 +244,7 @@ class HTTPSource(Source):
                     f"{item.name}: request to {self.safe_url} failed: {describe_error(exc)}"
                 ) from None
 
-        with retrying_session(control.wait) as session:
+        with retrying_session(control.wait, retry_note(control, item.name)) as session:
             out = RangeOut(fd, start, length, control)
             return resume_range(item, self.safe_url, out, attempt, RANGE_RESUMABLE, describe_error)
 
@@ -292,7 +293,7 @@ class HTTPSource(Source):
         :data:`MAX_RESTARTS` times), :class:`SourceNotFound`, or
         :class:`~jupyter_staging.errors.JobInterrupted` when paused or cancelled.
         """
-        with retrying_session(control.wait) as session:
+        with retrying_session(control.wait, retry_note(control, item.name)) as session:
             if out.offset and self._complete_or_restart(session, item, out, control):
                 return
             budget = ResumeBudget(item, self.safe_url, control)

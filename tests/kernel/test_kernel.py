@@ -396,6 +396,24 @@ def test_staging_errors_are_one_line_not_tracebacks(kernel, jupyter_server):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_job_shown_live_is_not_shown_again_as_a_stale_table(kernel, jupyter_server):
+    # `%stage URL` on its own line: the live widget, and no result table of the job as it was when submitted
+    # (that table said "queued" for good, under a widget that said "succeeded").
+    shown = kernel.ok(f"%stage {SPITZER} live-once")
+    assert len(kernel.widgets_shown) == 1
+    assert "<Job" not in shown
+    # The same with the job's name on the cell's last line, as the demo notebook has it.
+    shown = kernel.ok(f"job = %stage {KEPLER} live-twice --wait\njob")
+    assert len(kernel.widgets_shown) == 1
+    assert "<Job" not in shown
+    # In a later cell the job shows as a table, as it is now.
+    shown = kernel.ok("job")
+    assert not kernel.widgets_shown and "<Job" in shown and "succeeded" in shown
+    assert "succeeded" in kernel.ok("_")
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_server_backend_maps_api_errors_to_staging_errors(jupyter_server):
     backend = ServerBackend(jupyter_server.url, jupyter_server.token, jupyter_server.root)

@@ -144,6 +144,7 @@ def test_up_to_date_job_returns_at_once_with_one_line_and_no_widget(recorder, tm
     assert shown == [] and recorder.calls == []  # no widget, no status poll
     assert capsys.readouterr().out == f"up to date: {tmp_path / 'k'} (no bytes moved)\n"
     assert "up to date" in repr(job)
+    assert "succeeded, up to date" in job._repr_html_()  # the table a notebook shows says so too
     assert job.refresh().up_to_date  # a later status read describes the job, not that answer
     assert api.stage(URL, "k", wait=True, show=False).up_to_date
     assert capsys.readouterr().out == ""

@@ -39,6 +39,14 @@ async def test_source_roots_confine_local_sources(jp_fetch, source_root):
     await expect_error(post_job(jp_fetch, {"source": str(source_root / ".." / "x")}), 400, "path_not_allowed")
 
 
+async def test_a_source_outside_the_roots_is_told_where_sources_may_be(jp_fetch, source_root):
+    # A new user who types the README's /archive/... path in the demo learns where its sources are.
+    refused = post_job(jp_fetch, {"source": "/archive/kepler/x.fits"})
+    body = await expect_error(refused, 400, "path_not_allowed")
+    expected = f"source '/archive/kepler/x.fits' is outside the allowed source roots: {source_root}"
+    assert body["message"] == expected
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
