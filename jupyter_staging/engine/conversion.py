@@ -12,8 +12,8 @@ its chunk is counted (``progress.output_bytes``).
 
 from __future__ import annotations
 
-import itertools
 import math
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +47,34 @@ from jupyter_staging.sources.base import Source, SourceItem
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 #: FITS files of a job whose image data left out of its Parquet output the log names (one line each).
 IMAGES_NOTED_MAX = 3
+#: FITS files of a job looked at for image data (their headers read again: 0.6-1.7 ms each here), so that a
+#: folder of 20,000 tables pays for 100 at most; image data of files after these is not said.
+IMAGES_CHECKED_MAX = 100
+
+
+class ImageNotes:
+    """How many FITS files of one job were looked at for image data left out of their Parquet output, and
+    how many had some (files are converted on several threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.checked = 0
+        self.noted = 0
+
+    def look(self) -> bool:
+        """Whether to look at one more file: not once the log said there are more than it names, nor past
+        :data:`IMAGES_CHECKED_MAX` files."""
+        with self._lock:
+            if self.noted > IMAGES_NOTED_MAX or self.checked >= IMAGES_CHECKED_MAX:
+                return False
+            self.checked += 1
+            return True
+
+    def note(self) -> int:
+        """Count one file with image data left out; returns how many were counted before it."""
+        with self._lock:
+            self.noted += 1
+            return self.noted - 1
 
 
 class CountedControl(DelegatingControl):
@@ -122,13 +150,17 @@ class ConvertingStager(PipelinedStager, TableFolders, DeadParts):
 
     def _log_images_left_out(self, name: str, local: Path, hdu: int | str | None) -> None:
         """Say in the job's log which image data of FITS file ``name`` (read at ``local``) its Parquet output,
-        which holds table ``hdu`` only, leaves out: a user finds no image in the folder, and learns why."""
+        which holds table ``hdu`` only, leaves out: a user finds no image in the folder, and learns why.
+        One line for each of the first :data:`IMAGES_NOTED_MAX` files, then one for the rest, among the
+        first :data:`IMAGES_CHECKED_MAX` FITS files of the job (:class:`ImageNotes`): a folder of 20,000
+        light curves, each with its aperture image, must neither bury the log nor pay 20,000 header reads."""
+        notes: ImageNotes = self.__dict__.setdefault("_image_notes", ImageNotes())
+        if not notes.look():
+            return
         left_out = images_left_out(local, hdu)
         if not left_out:
             return
-        # One line for each of the first files, then one for the rest: a folder of 20,000 light curves (each
-        # with its aperture image) must not bury the log.
-        said = next(self.__dict__.setdefault("_images_noted", itertools.count()))
+        said = notes.note()
         table, images = left_out
         if said < IMAGES_NOTED_MAX:
             self.control.log(

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import shutil
 
-from jupyter_staging.engine.conversion import IMAGES_NOTED_MAX
+from jupyter_staging.engine.conversion import IMAGES_NOTED_MAX, ImageNotes
 from jupyter_staging.engine.models import CreateJob, JobState
+from jupyter_staging.formats.fits import images_left_out
 from tests.helpers.data import KEPLER, SHARED_DATA
 
 HORSEHEAD = SHARED_DATA / "HorseHead.fits"
@@ -49,3 +50,33 @@ def test_a_folder_of_many_names_the_first_files_then_says_there_are_more(manager
     assert len([w for w in warnings if w.endswith(TAIL)]) == IMAGES_NOTED_MAX
     assert "more FITS files of this job had image data left out (not listed)" in warnings
     assert len(warnings) == IMAGES_NOTED_MAX + 1  # files are converted in parallel: in any order
+
+
+def test_only_the_first_files_of_a_job_are_looked_at(manager, root, tmp_path, monkeypatch):
+    """Looking for image data reads a file's headers again (1-2 ms for a light curve): a job looks at its
+    first IMAGES_CHECKED_MAX FITS files only, so a sector of 20,000 pays for 100, not 20,000."""
+    from jupyter_staging.engine import conversion
+
+    looked: list[str] = []
+
+    def counted(path, hdu):
+        looked.append(path.name)
+        return images_left_out(path, hdu)
+
+    monkeypatch.setattr(conversion, "IMAGES_CHECKED_MAX", 2)
+    monkeypatch.setattr(conversion, "images_left_out", counted)
+    folder = tmp_path / "sector"
+    folder.mkdir()
+    for n in range(5):
+        shutil.copyfile(KEPLER, folder / f"lc{n}.fits")
+    warnings = staged_warnings(manager, folder)
+    assert len(looked) == 2
+    assert len(warnings) == 2 and all(w.endswith(TAIL) for w in warnings)
+
+
+def test_image_notes_stop_looking_once_the_rest_is_said():
+    notes = ImageNotes()
+    for n in range(IMAGES_NOTED_MAX + 1):
+        assert notes.look()
+        assert notes.note() == n  # the last: "more FITS files ... (not listed)"
+    assert not notes.look()
