@@ -9,6 +9,7 @@ import re
 from traitlets import TraitError
 
 from jupyter_staging.errors import StagingMisconfigured
+from jupyter_staging.safety.redact import redact_text
 
 #: How traitlets names the app in a message: ``a StagingApp``, or its repr
 #: (``<jupyter_staging.server.app.StagingApp object at 0x7f...>``) for a class it cannot import.
@@ -28,8 +29,9 @@ def setting_name(exc: TraitError) -> str | None:
 
 def setting_message(exc: TraitError) -> str:
     """traitlets' message of ``exc`` (the setting, its rule and the value given), the app named ``a
-    StagingApp`` rather than by a repr with a memory address."""
-    return _APP_REPR.sub("a StagingApp", str(exc))
+    StagingApp`` rather than by a repr with a memory address, and any URL's secrets or credential of the
+    value redacted (``https://alice:hunter2@...`` given where a dict belongs)."""
+    return redact_text(_APP_REPR.sub("a StagingApp", str(exc)))
 
 
 def misconfigured(exc: TraitError) -> StagingMisconfigured:

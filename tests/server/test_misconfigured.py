@@ -69,3 +69,18 @@ def test_the_setting_is_found_in_each_of_traitlets_wordings(setting, value):
         StagingApp(config=config)
     assert setting_name(refused.value) == setting
     assert f"the setting StagingApp.{setting} has" in misconfigured(refused.value).message
+
+
+def test_the_servers_log_gives_no_password_of_a_refused_value(tmp_path):
+    """traitlets' message holds the value refused: a gateway's URL with its password, given where a dict
+    belongs, was written whole to the server's log (the answer named the setting only)."""
+    args = ["--StagingApp.dask_gateway=https://alice:hunter2@gateway.example.org/"]
+    server = JupyterServerProcess(tmp_path / "root", tmp_path / "state", extra_args=args)
+    server.start()
+    try:
+        answer = server.request("GET", "jobs")
+        assert answer.status_code == 503 and "StagingApp.dask_gateway" in answer.json()["message"]
+    finally:
+        server.stop()
+    log = server.log_path.read_text()
+    assert "'dask_gateway'" in log and "gateway.example.org" in log and "hunter2" not in log
