@@ -33,7 +33,8 @@ from jupyter_staging.cli.model import (
     GIB,
     DoctorSettings,
 )
-from jupyter_staging.server.app import StagingApp, parse_source_roots, setting_name
+from jupyter_staging.server.app import StagingApp, parse_source_roots
+from jupyter_staging.server.refused import setting_message, setting_name
 
 
 class DoctorApp(JupyterApp):
@@ -156,7 +157,7 @@ def staging_app(config: Config) -> tuple[StagingApp, list[str]]:
         try:
             return StagingApp(config=config), refused
         except TraitError as exc:
-            refused.append(str(exc))
+            refused.append(setting_message(exc))
             name = setting_name(exc)
             section = config["StagingApp"] if "StagingApp" in config else None
             if name is None or section is None or name not in section:  # not one we can leave out

@@ -9,6 +9,7 @@ name (``Content-Disposition`` or the URL). RFC 9110 throughout.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -28,6 +29,8 @@ from urllib3 import PoolManager
 from urllib3.util.retry import Retry
 
 from jupyter_staging.clouds.http import describe_error
+
+log = logging.getLogger(__name__)
 
 USER_AGENT = "jupyter-staging"
 #: Longest back-off (seconds) between two retries of one request.
@@ -103,7 +106,10 @@ class _Retry(Retry):
         if not seconds:
             seconds = self.get_backoff_time()
         if self.note is not None:
-            self.note(self._retry_line(seconds))
+            try:
+                self.note(self._retry_line(seconds))
+            except Exception as exc:  # a log line not written (its database locked) ends no request
+                log.warning("a retry's line for the job's log was not written (%s)", type(exc).__name__)
         if seconds > 0:
             self.wait(seconds)
 

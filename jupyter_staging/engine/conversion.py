@@ -144,9 +144,9 @@ class ConvertingStager(PipelinedStager, TableFolders, DeadParts):
             raise
         if bytes_before is not None and self.live.bytes_done == bytes_before:
             self.control.add_bytes(item.size or 0)
-        self._converted(item, out_rel, self.dest.workdir / out_rel, downloaded)
-        if fmt == "fits":
+        if fmt == "fits":  # before _converted removes a download: its headers are read again
             self._log_images_left_out(item.name, local, opts.get("hdu"))
+        self._converted(item, out_rel, self.dest.workdir / out_rel, downloaded)
 
     def _log_images_left_out(self, name: str, local: Path, hdu: int | str | None) -> None:
         """Say in the job's log which image data of FITS file ``name`` (read at ``local``) its Parquet output,

@@ -10,8 +10,8 @@ from typing import Any
 
 __all__ = ["has_widget_frontend", "in_ipython", "shown_live"]
 
-#: The objects a live widget shows in the cell now running, each with that cell's execution count.
-_LIVE: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+#: The objects a live widget shows in the cell now running (emptied when an execution starts and ends).
+_LIVE: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def in_ipython() -> bool:
@@ -36,28 +36,34 @@ def shown_live(obj: Any) -> None:
     """Record that a live widget of ``obj`` (a job) is in the output of the cell now running, so that the
     cell's result does not show ``obj`` again: ``%stage URL`` on its own line (or ``job`` as the cell's last
     line) would add a table of the job as it was when submitted, "queued" for good under a widget that says
-    "succeeded". Shown in a later cell, ``obj`` is a table of the job as it is then, as before. Outside
-    IPython this does nothing."""
+    "succeeded". Shown in a later cell, ``obj`` is a table of the job as it is then, as before; so is a job
+    whose widget was shown outside a cell (an ipywidgets button's callback): the record ends when the next
+    execution starts. Outside IPython this does nothing."""
     shell = _shell()
     if shell is None:
         return
-    _LIVE[obj] = shell.execution_count
+    _LIVE.add(obj)
     printers = shell.display_formatter.ipython_display_formatter
     if type(obj) in printers.type_printers:
         return
     printers.for_type(type(obj), _display_unless_live)
 
-    def forget(*_: Any) -> None:  # after the cell: the type is displayed its own way again
-        printers.type_printers.pop(type(obj), None)
-        shell.events.unregister("post_run_cell", forget)
+    def fresh(*_: Any) -> None:  # an execution starts: no widget of it shown yet
+        _LIVE.clear()
 
-    shell.events.register("post_run_cell", forget)
+    def forget(*_: Any) -> None:  # after it (a silent one too): the type is displayed its own way again
+        _LIVE.clear()
+        printers.type_printers.pop(type(obj), None)
+        shell.events.unregister("pre_execute", fresh)
+        shell.events.unregister("post_execute", forget)
+
+    shell.events.register("pre_execute", fresh)
+    shell.events.register("post_execute", forget)
 
 
 def _display_unless_live(obj: Any) -> None:
     """Show ``obj`` as its own ``_repr_html_`` and ``repr`` do, unless a live widget of it is in this cell."""
-    shell = _shell()
-    if shell is not None and _LIVE.get(obj) == shell.execution_count:
+    if obj in _LIVE:
         return
     from IPython.display import display  # IPython runs: a shell called this
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -28,9 +27,10 @@ from jupyter_staging.engine.executors import (
 from jupyter_staging.engine.leases import DEFAULT_HEARTBEAT_INTERVAL, outlasts_lock_wait
 from jupyter_staging.engine.manager import StagingManager
 from jupyter_staging.engine.models import JobState
-from jupyter_staging.errors import DatabaseTooNew, DatabaseUnavailable, StagingError, StagingMisconfigured
+from jupyter_staging.errors import DatabaseTooNew, DatabaseUnavailable, StagingError
 from jupyter_staging.server.handlers import default_handlers
 from jupyter_staging.server.keepalive import KeepAlive
+from jupyter_staging.server.refused import misconfigured, setting_message
 
 #: Environment variables the extension sets for the kernels its server starts, so that ``%stage`` finds
 #: this server with no configuration (kernels inherit the server's environment).
@@ -287,7 +287,7 @@ class StagingApp(ExtensionApp):
     def initialize_settings(self) -> None:
         assert self.serverapp is not None
         if self._config_error is not None:
-            self.log.error("jupyter_staging: a setting was refused: %s", self._config_error)
+            self.log.error("jupyter_staging: a setting was refused: %s", setting_message(self._config_error))
             self._staging_off(misconfigured(self._config_error))
             return
         root_dir = Path(os.path.expanduser(self.serverapp.root_dir)).resolve()
@@ -470,26 +470,6 @@ def _split_roots(text: str) -> list[str]:
     if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
         raise ValueError(f"{text!r} must list folders as text, e.g. ['/archive', '/data']")
     return [item.strip() for item in items]
-
-
-def setting_name(exc: TraitError) -> str | None:
-    """The ``StagingApp`` setting a :class:`~traitlets.TraitError` of traitlets or of this module's validators
-    names (``"concurrent_items"``), or None when its message names none."""
-    text = str(exc)
-    found = re.search(r"'(\w+)' trait of a StagingApp\b", text) or re.search(r"\bStagingApp\.(\w+)", text)
-    return found.group(1) if found else None
-
-
-def misconfigured(exc: TraitError) -> StagingMisconfigured:
-    """The error every staging request answers while a setting is refused: it names the setting and where
-    to fix it, never its value (which may hold a secret); the server's log has traitlets' whole message."""
-    name = setting_name(exc)
-    what = f"the setting StagingApp.{name}" if name else "a StagingApp setting"
-    return StagingMisconfigured(
-        f"{what} has a value it cannot take, so staging is off (the server's log says why; "
-        "`jupyter staging doctor` checks it): fix it in jupyter_server_config.py or on the command line "
-        "and restart the server"
-    )
 
 
 def _safe_url(url: str) -> str:

@@ -285,6 +285,23 @@ def test_broken_setup_as_json(s3_setup):
     assert only(report, "database")["status"] == "ok"
 
 
+def test_an_executor_class_that_does_not_import_is_named_and_the_other_settings_kept(setup):
+    """traitlets words a class it cannot import with the app's repr (``<...StagingApp object at 0x...>``), not
+    ``a StagingApp``: the setting was not found in the message, so the doctor checked every other setting at
+    its default (the default database said ok beside a configured one that does not exist)."""
+    setup.server_config["StagingApp"]["db_url"] = f"sqlite:///{setup.tmp / 'nowhere' / 'jobs.sqlite'}"
+
+    typo = "jupyter_staging.engine.executors.DaskExcutor"
+    status, report = setup.run_json(f"--StagingApp.executor_class={typo}")
+
+    assert status == 1, report
+    refused = only(report, "settings")
+    assert refused["status"] == "fail" and "'executor_class'" in refused["message"]
+    assert " object at 0x" not in refused["message"] and "of a StagingApp" in refused["message"]
+    db = only(report, "database")
+    assert db["status"] == "fail" and "does not exist" in db["message"]
+
+
 def test_missing_database_folder_and_a_file_that_is_not_a_database(setup):
     setup.server_config["StagingApp"]["db_url"] = f"sqlite:///{setup.tmp / 'nowhere' / 'jobs.sqlite'}"
     status, report = setup.run_json()

@@ -80,3 +80,15 @@ def test_image_notes_stop_looking_once_the_rest_is_said():
         assert notes.look()
         assert notes.note() == n  # the last: "more FITS files ... (not listed)"
     assert not notes.look()
+
+
+def test_a_downloaded_file_is_looked_at_before_its_download_is_removed(manager, root, range_server):
+    """A FITS file from an HTTP server (or S3) is converted from its download in the job's scratch folder,
+    removed once the file is recorded converted: the log said nothing of its image data, the headers being
+    read after the download was gone."""
+    shutil.copyfile(HORSEHEAD, range_server.root / HORSEHEAD.name)
+    warnings = staged_warnings(manager, range_server.url(HORSEHEAD.name))
+    assert warnings == [
+        f"HorseHead.fits: only its table (HDU 1 er.mask) was converted; its image data (HDU 0 PRIMARY, 891 x"
+        f" 893 int16) {TAIL}"
+    ]

@@ -26,3 +26,24 @@ def test_each_retry_of_a_server_that_refuses_is_a_line_of_the_log(manager, monke
     assert retries[0] == "no answer from the server (connection refused): trying again now (retry 1 of 5)"
     assert retries[1].startswith("no answer from the server (connection refused): trying again in ")
     assert retries[-1].endswith(" s (retry 5 of 5)")
+
+
+def test_a_retry_line_that_cannot_be_written_does_not_end_the_fetch():
+    """The line of a retry is told to the job's log, a write to the job database: one that fails (a database
+    locked past its busy timeout, a fault caused here by the note itself) ended the request with that error,
+    not retried, where without the line the request would have been retried as before."""
+    import sqlite3
+
+    import requests
+
+    told: list[str] = []
+
+    def broken(line: str) -> None:
+        told.append(line)
+        raise sqlite3.OperationalError("database is locked")
+
+    url = f"http://127.0.0.1:{free_port()}/catalogue.vot"  # nothing listens there
+    with http_client.retrying_session(lambda seconds: None, broken) as session:
+        with pytest.raises(requests.ConnectionError):
+            session.get(url, timeout=5)
+    assert len(told) == 5 and told[-1].endswith("(retry 5 of 5)")
