@@ -39,6 +39,12 @@ def big_file(tmp_path: Path, job_id: str, size: int) -> tuple[Path, bytes]:
     return local, data
 
 
+def other_first_byte(data: bytes) -> bytes:
+    """``data`` with its first byte changed: never ``data`` itself (``b"x" + data[1:]`` was ``data`` when the
+    random first byte happened to be ``x``, one run in 256)."""
+    return bytes([data[0] ^ 0xFF]) + data[1:]
+
+
 def test_an_upload_in_parts_of_a_file_that_is_not_the_one_staged_is_deleted_and_fails(store, tmp_path):
     """The recorded sha256 is not the file's (the file changed after it was staged): the parts each match
     what was read, the object's size is right, and still the upload fails and is deleted. Before, an upload
@@ -50,7 +56,7 @@ def test_an_upload_in_parts_of_a_file_that_is_not_the_one_staged_is_deleted_and_
             local,
             "big.bin",
             size=len(data),
-            sha256=sha256(b"x" + data[1:]),
+            sha256=sha256(other_first_byte(data)),
             content_type=None,
             control=JobControl(),
         )
@@ -163,7 +169,7 @@ def test_an_object_put_in_one_request_is_checked_against_the_staged_file_without
     assert len(head["ETag"].strip('"')) == 32  # one request: the ETag is the MD5
     no_checksum = {k: v for k, v in head.items() if not k.startswith("Checksum")}
     assert destination._single_part_problem(no_checksum, local, sha256(data)) is None
-    changed = sha256(b"x" + data[1:])  # recorded for the file as it was staged; the file changed since
+    changed = sha256(other_first_byte(data))  # recorded for the file as it was staged; the file changed since
     assert destination._single_part_problem(no_checksum, local, changed) == (
         "the file's SHA-256 differs from the one recorded"
     )
